@@ -1,0 +1,106 @@
+//! Run-time instruction-set detection and the kernel table it selects.
+
+use crate::dot;
+use std::sync::OnceLock;
+
+/// Instruction-set extensions the kernels care about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuFeatures {
+    pub avx2: bool,
+    pub fma: bool,
+    pub f16c: bool,
+    pub avx512f: bool,
+    pub avx512vnni: bool,
+    pub neon: bool,
+}
+
+impl CpuFeatures {
+    /// Detects the running CPU's features.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Self {
+                avx2: is_x86_feature_detected!("avx2"),
+                fma: is_x86_feature_detected!("fma"),
+                f16c: is_x86_feature_detected!("f16c"),
+                avx512f: is_x86_feature_detected!("avx512f"),
+                avx512vnni: is_x86_feature_detected!("avx512vnni"),
+                neon: false,
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            Self {
+                neon: std::arch::is_aarch64_feature_detected!("neon"),
+                ..Self::default()
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            Self::default()
+        }
+    }
+
+    /// True when the AVX2 kernels (which also need FMA and F16C) can run.
+    pub fn has_avx2_set(&self) -> bool {
+        self.avx2 && self.fma && self.f16c
+    }
+}
+
+/// Dot-product kernels: `f(weights_row, activations) -> f32`.
+pub type DotF32 = fn(&[f32], &[f32]) -> f32;
+pub type DotF16 = fn(&[half::f16], &[f32]) -> f32;
+pub type DotBf16 = fn(&[half::bf16], &[f32]) -> f32;
+pub type DotQ8_0 = fn(&[dot::BlockQ8_0], &[dot::BlockQ8_0]) -> f32;
+pub type DotQ4_0 = fn(&[dot::BlockQ4_0], &[dot::BlockQ8_0]) -> f32;
+pub type QuantizeRowQ8_0 = fn(&[f32], &mut [dot::BlockQ8_0]);
+
+/// The function table for one instruction set. Chosen once; the hot loops
+/// call through it without re-checking features.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub name: &'static str,
+    pub dot_f32: DotF32,
+    pub dot_f16: DotF16,
+    pub dot_bf16: DotBf16,
+    pub dot_q8_0: DotQ8_0,
+    pub dot_q4_0: DotQ4_0,
+    pub quantize_row_q8_0: QuantizeRowQ8_0,
+}
+
+impl Kernels {
+    /// The portable reference kernels.
+    pub fn scalar() -> Self {
+        Self {
+            name: "scalar",
+            dot_f32: dot::scalar::dot_f32,
+            dot_f16: dot::scalar::dot_f16,
+            dot_bf16: dot::scalar::dot_bf16,
+            dot_q8_0: dot::scalar::dot_q8_0,
+            dot_q4_0: dot::scalar::dot_q4_0,
+            quantize_row_q8_0: dot::scalar::quantize_row_q8_0,
+        }
+    }
+
+    /// The best kernels for `features`.
+    pub fn for_features(features: CpuFeatures) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if features.has_avx2_set() {
+            return dot::avx2::kernels();
+        }
+        let _ = features;
+        Self::scalar()
+    }
+
+    /// The best kernels for this CPU, detected once per process.
+    pub fn detect() -> &'static Kernels {
+        static KERNELS: OnceLock<Kernels> = OnceLock::new();
+        KERNELS.get_or_init(|| Self::for_features(CpuFeatures::detect()))
+    }
+}
+
+impl std::fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernels").field("name", &self.name).finish()
+    }
+}

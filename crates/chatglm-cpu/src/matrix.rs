@@ -1,0 +1,108 @@
+//! Weight matrices as the CPU kernels consume them.
+
+use crate::dot::{BlockQ4_0, BlockQ8_0};
+use chatglm_weights::TensorData;
+use half::{bf16, f16};
+
+/// Element storage: owned, or borrowed from a memory-mapped checkpoint
+/// (no copy when the file's layout is already what the kernel reads).
+#[derive(Clone)]
+pub enum Storage<T: bytemuck::Pod> {
+    Owned(Vec<T>),
+    /// Bytes whose alignment and length were checked against `T` at construction.
+    Mapped(TensorData),
+}
+
+impl<T: bytemuck::Pod> Storage<T> {
+    /// Wraps mapped bytes, or copies them when they are not aligned for `T`.
+    pub fn from_tensor_data(data: TensorData) -> Self {
+        if bytemuck::try_cast_slice::<u8, T>(&data).is_ok() {
+            Storage::Mapped(data)
+        } else {
+            Storage::Owned(bytemuck::pod_collect_to_vec(&data))
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Mapped(d) => {
+                bytemuck::try_cast_slice(d).expect("invariant: alignment checked in from_tensor_data")
+            }
+        }
+    }
+}
+
+/// The element format of a [`Matrix`].
+#[derive(Clone)]
+pub enum MatrixData {
+    F32(Storage<f32>),
+    F16(Storage<f16>),
+    BF16(Storage<bf16>),
+    /// `cols / 32` blocks per row.
+    Q8_0(Storage<BlockQ8_0>),
+    /// `cols / 32` blocks per row.
+    Q4_0(Storage<BlockQ4_0>),
+}
+
+/// A row-major `(rows, cols)` weight matrix: `y = W x` reads one row per output.
+#[derive(Clone)]
+pub struct Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: MatrixData,
+}
+
+impl Matrix {
+    /// Bytes of weights, i.e. what one mat-vec must stream from memory.
+    pub fn size_bytes(&self) -> usize {
+        match &self.data {
+            MatrixData::F32(s) => std::mem::size_of_val(s.as_slice()),
+            MatrixData::F16(s) => std::mem::size_of_val(s.as_slice()),
+            MatrixData::BF16(s) => std::mem::size_of_val(s.as_slice()),
+            MatrixData::Q8_0(s) => std::mem::size_of_val(s.as_slice()),
+            MatrixData::Q4_0(s) => std::mem::size_of_val(s.as_slice()),
+        }
+    }
+
+    pub fn format_name(&self) -> &'static str {
+        match &self.data {
+            MatrixData::F32(_) => "f32",
+            MatrixData::F16(_) => "f16",
+            MatrixData::BF16(_) => "bf16",
+            MatrixData::Q8_0(_) => "q8_0",
+            MatrixData::Q4_0(_) => "q4_0",
+        }
+    }
+
+    /// True when activations must be quantized to q8_0 before the dot products.
+    pub fn wants_q8_activations(&self) -> bool {
+        matches!(self.data, MatrixData::Q8_0(_) | MatrixData::Q4_0(_))
+    }
+
+    /// Row `r` converted to f32 (used for embedding lookups).
+    pub fn row_to_f32(&self, r: usize, out: &mut [f32]) {
+        let c = self.cols;
+        match &self.data {
+            MatrixData::F32(s) => out.copy_from_slice(&s.as_slice()[r * c..(r + 1) * c]),
+            MatrixData::F16(s) => {
+                for (o, v) in out.iter_mut().zip(&s.as_slice()[r * c..(r + 1) * c]) {
+                    *o = v.to_f32();
+                }
+            }
+            MatrixData::BF16(s) => {
+                for (o, v) in out.iter_mut().zip(&s.as_slice()[r * c..(r + 1) * c]) {
+                    *o = v.to_f32();
+                }
+            }
+            MatrixData::Q8_0(s) => {
+                let nb = c / 32;
+                chatglm_weights::quant::dequantize_row(&s.as_slice()[r * nb..(r + 1) * nb], out)
+            }
+            MatrixData::Q4_0(s) => {
+                let nb = c / 32;
+                chatglm_weights::quant::dequantize_row(&s.as_slice()[r * nb..(r + 1) * nb], out)
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Sampling: a pure function of (logits, params, previous tokens, seeded RNG).
+//!
+//! Order and definitions follow the official `model.chat()` path through
+//! transformers' `generate`: the NaN/Inf guard, repetition penalty, then
+//! temperature, top-k and top-p, then a multinomial draw (or argmax).
+
+use rand::Rng;
+
+/// Generation parameters of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// `<= 0` or `do_sample = false` means greedy.
+    pub temperature: f32,
+    /// Nucleus mass in `(0, 1]`; 1 disables.
+    pub top_p: f32,
+    /// Keep the `top_k` most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// transformers' definition: logits of tokens already in the sequence are
+    /// divided by the penalty when positive, multiplied when negative. 1 disables.
+    pub repetition_penalty: f32,
+    pub do_sample: bool,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    /// The official `chat()` defaults: sampling with temperature 0.8, top-p 0.8.
+    fn default() -> Self {
+        Self { temperature: 0.8, top_p: 0.8, top_k: 0, repetition_penalty: 1.0, do_sample: true, seed: None }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        Self { do_sample: false, temperature: 0.0, ..Self::default() }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        !self.do_sample || self.temperature <= 0.0
+    }
+
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
+            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+        }
+        Ok(())
+    }
+}
+
+/// The official `InvalidScoreLogitsProcessor`: if any logit is NaN or ±inf,
+/// all are zeroed and index 5 is set to 5e4.
+pub fn guard_invalid_scores(logits: &mut [f32]) {
+    if logits.iter().any(|v| !v.is_finite()) {
+        logits.fill(0.0);
+        if let Some(v) = logits.get_mut(5) {
+            *v = 5e4;
+        }
+    }
+}
+
+/// transformers' `RepetitionPenaltyLogitsProcessor` over `previous` (prompt and generated ids).
+pub fn apply_repetition_penalty(logits: &mut [f32], previous: &[u32], penalty: f32) {
+    if penalty == 1.0 {
+        return;
+    }
+    // Each id is penalised once, however often it occurs (torch.gather/scatter semantics).
+    let mut seen = std::collections::HashSet::with_capacity(previous.len());
+    for &id in previous {
+        if let Some(v) = logits.get_mut(id as usize) {
+            if seen.insert(id) {
+                *v = if *v < 0.0 { *v * penalty } else { *v / penalty };
+            }
+        }
+    }
+}
+
+/// Index of the largest logit; the first one on ties (as `torch.argmax`).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The probability distribution sampling draws from after temperature,
+/// top-k and top-p, as `(token, probability)` pairs (probabilities sum to 1).
+pub fn candidate_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f32)> {
+    let t = params.temperature.max(1e-6);
+    let mut cands: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v / t)).collect();
+    // Descending by logit; stable so equal logits keep index order.
+    cands.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if params.top_k > 0 && params.top_k < cands.len() {
+        // transformers keeps every token tied with the k-th logit.
+        let kth = cands[params.top_k - 1].1;
+        let keep = cands.iter().take_while(|c| c.1 >= kth).count();
+        cands.truncate(keep);
+    }
+    let max = cands[0].1;
+    let mut sum = 0.0f64;
+    for c in cands.iter_mut() {
+        c.1 = (c.1 - max).exp();
+        sum += c.1 as f64;
+    }
+    for c in cands.iter_mut() {
+        c.1 = (c.1 as f64 / sum) as f32;
+    }
+    if params.top_p < 1.0 {
+        // transformers removes tokens whose ascending cumulative mass is <= 1 - top_p:
+        // walking from the most likely token, keep while the mass *after* this
+        // token (the ascending cumsum below it) is still > 1 - top_p.
+        let threshold = 1.0 - params.top_p as f64;
+        let mut below: f64 = 1.0;
+        let mut keep = 0;
+        for c in cands.iter() {
+            if below <= threshold && keep > 0 {
+                break;
+            }
+            keep += 1;
+            below -= c.1 as f64;
+        }
+        cands.truncate(keep.max(1));
+        let s: f64 = cands.iter().map(|c| c.1 as f64).sum();
+        for c in cands.iter_mut() {
+            c.1 = (c.1 as f64 / s) as f32;
+        }
+    }
+    cands
+}
+
+/// Picks the next token. `logits` is modified (guard, penalty).
+pub fn sample<R: Rng + ?Sized>(logits: &mut [f32], params: &SamplingParams, previous: &[u32], rng: &mut R) -> u32 {
+    guard_invalid_scores(logits);
+    apply_repetition_penalty(logits, previous, params.repetition_penalty);
+    if params.is_greedy() {
+        return argmax(logits);
+    }
+    let dist = candidate_distribution(logits, params);
+    let r: f64 = rng.gen::<f64>();
+    let mut acc = 0.0f64;
+    for &(id, p) in &dist {
+        acc += p as f64;
+        if r < acc {
+            return id;
+        }
+    }
+    dist.last().map(|c| c.0).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn guard_replaces_invalid_scores() {
+        let mut l = vec![1.0, f32::NAN, 2.0, 0.0, 0.0, 0.0, 3.0];
+        guard_invalid_scores(&mut l);
+        assert_eq!(l, vec![0.0, 0.0, 0.0, 0.0, 0.0, 5e4, 0.0]);
+        let mut l = vec![1.0, f32::NEG_INFINITY, 2.0, 0.0, 0.0, 0.0];
+        guard_invalid_scores(&mut l);
+        assert_eq!(argmax(&l), 5);
+        let mut ok = vec![1.0, 2.0];
+        guard_invalid_scores(&mut ok);
+        assert_eq!(ok, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn repetition_penalty_matches_transformers() {
+        let mut l = vec![2.0, -2.0, 1.0];
+        apply_repetition_penalty(&mut l, &[0, 1, 1, 0], 2.0);
+        assert_eq!(l, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn argmax_takes_first_of_ties() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+    }
+
+    #[test]
+    fn top_p_keeps_the_nucleus() {
+        // probs 0.5, 0.3, 0.15, 0.05 (temperature 1)
+        let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
+        let p = SamplingParams { temperature: 1.0, top_p: 0.75, ..Default::default() };
+        let d = candidate_distribution(&logits, &p);
+        // ascending cumsum: 0.05, 0.2, 0.5, 1.0; removed where <= 0.25 → tokens 3 and 2.
+        assert_eq!(d.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!((d[0].1 - 0.625).abs() < 1e-6);
+        let p = SamplingParams { temperature: 1.0, top_p: 0.85, ..Default::default() };
+        assert_eq!(candidate_distribution(&logits, &p).len(), 3);
+    }
+
+    #[test]
+    fn top_k_and_temperature() {
+        let logits = vec![1.0f32, 2.0, 3.0, 4.0];
+        let p = SamplingParams { temperature: 0.5, top_k: 2, top_p: 1.0, ..Default::default() };
+        let d = candidate_distribution(&logits, &p);
+        assert_eq!(d.len(), 2);
+        let e = (2.0f32).exp(); // (4-3)/0.5
+        assert!((d[0].1 - e / (1.0 + e)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn draws_follow_the_distribution() {
+        // Chi-square goodness of fit over 20k draws, 3 degrees of freedom.
+        let probs = [0.1f32, 0.2, 0.3, 0.4];
+        let logits: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
+        let params = SamplingParams { temperature: 1.0, top_p: 1.0, ..Default::default() };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+        let n = 20_000;
+        let mut counts = [0usize; 4];
+        for _ in 0..n {
+            counts[sample(&mut logits.clone(), &params, &[], &mut rng) as usize] += 1;
+        }
+        let chi2: f64 = counts
+            .iter()
+            .zip(probs)
+            .map(|(&c, p)| {
+                let e = n as f64 * p as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum();
+        assert!(chi2 < 16.27, "chi2 {chi2} (p < 0.001 critical value 16.27), counts {counts:?}");
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p = SamplingParams { seed: Some(7), ..Default::default() };
+        let run = || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            (0..20).map(|_| sample(&mut logits.clone(), &p, &[], &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run());
+    }
+}

@@ -1,0 +1,260 @@
+//! The CPU backend: f32 activations, weights in any [`MatrixData`] format.
+
+use crate::forward::TokenLayout;
+use crate::kv_cache::KvStore;
+use crate::loader::WeightFormat;
+use crate::{Backend, KvCache, ModelError};
+use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
+use chatglm_cpu::matmul::{matmul, MatmulScratch};
+use chatglm_cpu::ops::{self, RopeTable};
+use chatglm_cpu::{Kernels, Matrix, MatrixData, Storage};
+use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ8_0, QuantBlock};
+use chatglm_weights::{DType, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+/// f32 activations `(rows, cols)`.
+pub struct CpuActivations {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Runs the model on CPU cores through the rayon pool.
+pub struct CpuBackend {
+    kernels: &'static Kernels,
+    rope: RopeTable,
+    scratch: Mutex<MatmulScratch>,
+}
+
+impl CpuBackend {
+    /// `head_dim` and `rope_base` (10000 × rope_ratio) fix the rotary table.
+    pub fn new(head_dim: usize, rope_base: f32) -> Self {
+        Self::with_kernels(Kernels::detect(), head_dim, rope_base)
+    }
+
+    pub fn with_kernels(kernels: &'static Kernels, head_dim: usize, rope_base: f32) -> Self {
+        Self {
+            kernels,
+            rope: RopeTable::new(head_dim, rope_base),
+            scratch: Mutex::new(MatmulScratch::default()),
+        }
+    }
+
+    /// For a model config.
+    pub fn for_config(cfg: &crate::Config) -> Self {
+        Self::new(cfg.kv_channels, 10000.0 * cfg.rope_ratio)
+    }
+
+    pub fn kernels(&self) -> &'static Kernels {
+        self.kernels
+    }
+}
+
+fn bad(tensor: &Tensor, message: String) -> ModelError {
+    ModelError::BadTensor { tensor: tensor.name.clone(), message }
+}
+
+fn quantized<B: QuantBlock>(tensor: &Tensor, rows: usize, cols: usize) -> Result<Vec<B>, ModelError> {
+    if cols % 32 != 0 {
+        return Err(bad(tensor, format!("{cols} columns is not a multiple of the 32-weight block; choose a float format")));
+    }
+    let mut row = vec![0.0f32; cols];
+    let mut out = Vec::with_capacity(rows * cols / 32);
+    let f32_tensor = |r: usize, row: &mut [f32]| -> Result<(), ModelError> {
+        decode_row(tensor, r, cols, row)
+    };
+    for r in 0..rows {
+        f32_tensor(r, &mut row)?;
+        out.extend(quantize_row::<B>(&row));
+    }
+    Ok(out)
+}
+
+/// Decodes row `r` of a float tensor into f32.
+fn decode_row(tensor: &Tensor, r: usize, cols: usize, out: &mut [f32]) -> Result<(), ModelError> {
+    let es = tensor.dtype.bytes_per_element();
+    let bytes = tensor
+        .data
+        .get(r * cols * es..(r + 1) * cols * es)
+        .ok_or_else(|| bad(tensor, format!("row {r} is out of bounds")))?;
+    match tensor.dtype {
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        #[allow(unreachable_patterns)]
+        other => return Err(bad(tensor, format!("cannot convert {other:?} to float rows"))),
+    }
+    Ok(())
+}
+
+fn convert<T: bytemuck::Pod>(tensor: &Tensor, rows: usize, cols: usize, f: impl Fn(f32) -> T) -> Result<Vec<T>, ModelError> {
+    let mut row = vec![0.0f32; cols];
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        decode_row(tensor, r, cols, &mut row)?;
+        out.extend(row.iter().map(|&v| f(v)));
+    }
+    Ok(out)
+}
+
+impl Backend for CpuBackend {
+    type Matrix = Matrix;
+    type Vector = Vec<f32>;
+    type Activations = CpuActivations;
+
+    fn name(&self) -> String {
+        format!("cpu ({} kernels, {} threads)", self.kernels.name, rayon::current_num_threads())
+    }
+
+    fn load_matrix(&self, t: &Tensor, format: WeightFormat) -> Result<Matrix, ModelError> {
+        let [rows, cols] = t.shape[..] else {
+            return Err(bad(t, format!("expected a 2-D matrix, found shape {:?}", t.shape)));
+        };
+        let data = match (format, t.dtype) {
+            (WeightFormat::F32, DType::F32) => MatrixData::F32(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::F16, DType::F16) => MatrixData::F16(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::BF16, DType::BF16) => MatrixData::BF16(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::F32 | WeightFormat::Auto, _) => MatrixData::F32(Storage::Owned(convert(t, rows, cols, |v| v)?)),
+            (WeightFormat::F16, _) => MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?)),
+            (WeightFormat::BF16, _) => MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?)),
+            (WeightFormat::Q8_0, _) => MatrixData::Q8_0(Storage::Owned(quantized::<BlockQ8_0>(t, rows, cols)?)),
+            (WeightFormat::Q4_0, _) => MatrixData::Q4_0(Storage::Owned(quantized::<BlockQ4_0>(t, rows, cols)?)),
+        };
+        Ok(Matrix { rows, cols, data })
+    }
+
+    fn load_vector(&self, values: Vec<f32>) -> Vec<f32> {
+        values
+    }
+
+    fn matrix_bytes(&self, m: &Matrix) -> usize {
+        m.size_bytes()
+    }
+
+    fn matrix_format(&self, m: &Matrix) -> &'static str {
+        m.format_name()
+    }
+
+    fn new_activations(&self) -> CpuActivations {
+        CpuActivations { data: Vec::new(), rows: 0, cols: 0 }
+    }
+
+    fn resize(&self, a: &mut CpuActivations, rows: usize, cols: usize) {
+        a.data.resize(rows * cols, 0.0);
+        a.rows = rows;
+        a.cols = cols;
+    }
+
+    fn embed(&self, table: &Matrix, ids: &[u32], out: &mut CpuActivations) {
+        for (row, &id) in out.data.chunks_exact_mut(table.cols).zip(ids) {
+            table.row_to_f32(id as usize, row);
+        }
+    }
+
+    fn rms_norm(&self, x: &CpuActivations, weight: &Vec<f32>, eps: f32, out: &mut CpuActivations) {
+        let n = x.rows * x.cols;
+        ops::rms_norm(&x.data[..n], weight, eps, &mut out.data[..n]);
+    }
+
+    fn linear(&self, w: &Matrix, bias: Option<&Vec<f32>>, x: &CpuActivations, out: &mut CpuActivations) {
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        matmul(self.kernels, w, &x.data[..x.rows * x.cols], x.rows, &mut out.data[..x.rows * w.rows], &mut scratch);
+        if let Some(bias) = bias {
+            ops::add_bias(&mut out.data[..x.rows * w.rows], bias);
+        }
+    }
+
+    fn add(&self, x: &mut CpuActivations, y: &CpuActivations) {
+        ops::add_inplace(&mut x.data[..x.rows * x.cols], &y.data[..y.rows * y.cols]);
+    }
+
+    fn swiglu(&self, x: &CpuActivations, out: &mut CpuActivations) {
+        ops::swiglu(&x.data[..x.rows * x.cols], out.cols, &mut out.data[..out.rows * out.cols]);
+    }
+
+    fn attention(
+        &self,
+        shape: AttentionShape,
+        layer: usize,
+        qkv: &mut CpuActivations,
+        layout: &TokenLayout,
+        caches: &mut [&mut KvCache],
+        out: &mut CpuActivations,
+    ) {
+        let hd = shape.head_dim;
+        let q_dim = shape.n_heads * hd;
+        let kv_width = shape.n_groups * hd;
+        let width = qkv.cols;
+        // RoPE on the query heads and key groups of every token.
+        for (t, row) in qkv.data.chunks_exact_mut(width).take(qkv.rows).enumerate() {
+            self.rope.apply(&mut row[..q_dim + kv_width], hd, layout.position[t]);
+        }
+        // Append this step's keys and values.
+        let mut next_row = 0;
+        for (s, cache) in caches.iter_mut().enumerate() {
+            let n_new = layout.seq_tokens[s];
+            let start = layout.seq_start[s];
+            cache.reserve_layer(layer, n_new);
+            let (k, v) = &mut cache.layers[layer];
+            for i in 0..n_new {
+                let row = &qkv.data[(next_row + i) * width..(next_row + i + 1) * width];
+                let dst = (start + i) * kv_width..(start + i + 1) * kv_width;
+                store(k, dst.clone(), &row[q_dim..q_dim + kv_width]);
+                store(v, dst, &row[q_dim + kv_width..q_dim + 2 * kv_width]);
+            }
+            next_row += n_new;
+        }
+        // Attend: one task per (token, KV group).
+        let heads_per_group = shape.n_heads / shape.n_groups;
+        let group_width = heads_per_group * hd;
+        let kernels = self.kernels;
+        let caches: &[&mut KvCache] = caches;
+        let qkv_data = &qkv.data;
+        out.data[..qkv.rows * q_dim]
+            .par_chunks_mut(group_width)
+            .enumerate()
+            .for_each(|(task, out_g)| {
+                let (t, g) = (task / shape.n_groups, task % shape.n_groups);
+                let q = &qkv_data[t * width + g * group_width..][..group_width];
+                let n_ctx = layout.position[t] + 1;
+                let (k, v) = &caches[layout.seq_of_token[t]].layers[layer];
+                match (k, v) {
+                    (KvStore::F32(k), KvStore::F32(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
+                    (KvStore::F16(k), KvStore::F16(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
+                    _ => unreachable!("invariant: keys and values share the cache dtype"),
+                }
+            });
+    }
+
+    fn gather_rows(&self, x: &CpuActivations, rows: &[usize], out: &mut CpuActivations) {
+        for (dst, &r) in out.data.chunks_exact_mut(x.cols).zip(rows) {
+            dst.copy_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+    }
+
+    fn read(&self, x: &CpuActivations, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(&x.data[..x.rows * x.cols]);
+    }
+}
+
+fn store(dst: &mut KvStore, range: std::ops::Range<usize>, src: &[f32]) {
+    match dst {
+        KvStore::F32(d) => f32::from_f32_slice(src, &mut d[range]),
+        KvStore::F16(d) => f16::from_f32_slice(src, &mut d[range]),
+    }
+}

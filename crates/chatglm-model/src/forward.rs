@@ -1,0 +1,230 @@
+//! The forward pass: the one hot loop, generic over the backend.
+
+use crate::loader::{load_weights, LoadOptions, TensorSource};
+use crate::{Backend, Config, KvCache, KvDType, ModelError, Weights};
+use chatglm_cpu::attention::AttentionShape;
+
+/// Which logits a sequence needs from a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (scoring, tests).
+    All,
+    /// None (a prefill chunk that is not the last).
+    None,
+}
+
+/// A chunk of one sequence's tokens to run, continuing its cache.
+pub struct SequenceInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut KvCache,
+    pub logits: LogitsWanted,
+}
+
+/// Where every token of a step sits: its sequence and position.
+#[derive(Debug, Default, Clone)]
+pub struct TokenLayout {
+    /// Sequence index of each token (row of the activations).
+    pub seq_of_token: Vec<usize>,
+    /// Absolute position of each token in its sequence.
+    pub position: Vec<usize>,
+    /// Position of each sequence's first new token (its cache length).
+    pub seq_start: Vec<usize>,
+    /// New tokens of each sequence in this step.
+    pub seq_tokens: Vec<usize>,
+}
+
+/// Reusable activation buffers, sized to the largest step seen so far.
+pub struct ForwardState<B: Backend> {
+    hidden: B::Activations, // (tokens, hidden): the residual stream
+    normed: B::Activations, // (tokens, hidden)
+    qkv: B::Activations,    // (tokens, qkv_out)
+    attn: B::Activations,   // (tokens, heads*head_dim)
+    proj: B::Activations,   // (tokens, hidden)
+    ffn_up: B::Activations, // (tokens, 2*ffn)
+    ffn: B::Activations,    // (tokens, ffn)
+    picked: B::Activations, // (logit rows, hidden)
+    logits: B::Activations, // (logit rows, vocab)
+    ids: Vec<u32>,
+    layout: TokenLayout,
+    logit_rows: Vec<usize>,
+    out: Vec<f32>,
+}
+
+impl<B: Backend> ForwardState<B> {
+    pub fn new(backend: &B) -> Self {
+        Self {
+            hidden: backend.new_activations(),
+            normed: backend.new_activations(),
+            qkv: backend.new_activations(),
+            attn: backend.new_activations(),
+            proj: backend.new_activations(),
+            ffn_up: backend.new_activations(),
+            ffn: backend.new_activations(),
+            picked: backend.new_activations(),
+            logits: backend.new_activations(),
+            ids: Vec::new(),
+            layout: TokenLayout::default(),
+            logit_rows: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+}
+
+/// A loaded model on a backend.
+pub struct Model<B: Backend> {
+    pub config: Config,
+    pub backend: B,
+    pub weights: Weights<B>,
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads weights from `source` (a checkpoint or GGUF file).
+    pub fn load<S: TensorSource + ?Sized>(
+        backend: B,
+        source: &S,
+        options: LoadOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
+        let config = source.config().clone();
+        let weights = load_weights(&backend, source, options, progress)?;
+        Ok(Self { config, backend, weights })
+    }
+
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.config.num_attention_heads,
+            n_groups: self.config.multi_query_group_num,
+            head_dim: self.config.kv_channels,
+        }
+    }
+
+    /// A fresh, empty cache for one sequence.
+    pub fn new_cache(&self, dtype: KvDType) -> KvCache {
+        KvCache::new(
+            self.config.num_layers,
+            self.config.multi_query_group_num,
+            self.config.kv_channels,
+            dtype,
+        )
+    }
+
+    /// Bytes of KV cache per token at `dtype`.
+    pub fn kv_bytes_per_token(&self, dtype: KvDType) -> usize {
+        let elem = match dtype {
+            KvDType::F32 => 4,
+            KvDType::F16 => 2,
+        };
+        self.config.num_layers * 2 * self.config.multi_query_group_num * self.config.kv_channels * elem
+    }
+
+    /// Bytes of weight matrices (what a decode step streams).
+    pub fn weight_bytes(&self) -> usize {
+        let w = &self.weights;
+        let b = &self.backend;
+        b.matrix_bytes(&w.output)
+            + w.layers
+                .iter()
+                .map(|l| b.matrix_bytes(&l.qkv) + b.matrix_bytes(&l.dense) + b.matrix_bytes(&l.h_to_4h) + b.matrix_bytes(&l.four_h_to_h))
+                .sum::<usize>()
+    }
+
+    /// Runs one step over a batch of independent sequences. Each sequence's
+    /// tokens continue its cache (positions `cache.len()..`), and are appended
+    /// to it. Returns the requested logits rows, concatenated in batch order
+    /// (`rows × padded_vocab`), valid until the next call.
+    pub fn forward<'s>(
+        &self,
+        state: &'s mut ForwardState<B>,
+        batch: &mut [SequenceInput<'_>],
+    ) -> Result<&'s [f32], ModelError> {
+        let cfg = &self.config;
+        let (b, w) = (&self.backend, &self.weights);
+        let shape = self.attention_shape();
+        let (hidden, vocab, ffn) = (cfg.hidden_size, cfg.padded_vocab_size, cfg.ffn_hidden_size);
+        let eps = cfg.layernorm_epsilon;
+
+        // Lay out the step: every sequence's tokens, in batch order.
+        let st = &mut *state;
+        st.ids.clear();
+        st.layout.seq_of_token.clear();
+        st.layout.position.clear();
+        st.layout.seq_start.clear();
+        st.layout.seq_tokens.clear();
+        st.logit_rows.clear();
+        for (s, seq) in batch.iter().enumerate() {
+            if seq.tokens.is_empty() {
+                return Err(ModelError::EmptyInput);
+            }
+            let start = seq.cache.len();
+            let needed = start + seq.tokens.len();
+            if needed > cfg.seq_length {
+                return Err(ModelError::ContextOverflow { needed, limit: cfg.seq_length });
+            }
+            if let Some(&id) = seq.tokens.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ModelError::TokenOutOfRange { id, vocab });
+            }
+            let first_row = st.ids.len();
+            st.layout.seq_start.push(start);
+            st.layout.seq_tokens.push(seq.tokens.len());
+            for (i, &id) in seq.tokens.iter().enumerate() {
+                st.ids.push(id);
+                st.layout.seq_of_token.push(s);
+                st.layout.position.push(start + i);
+            }
+            let last_row = st.ids.len() - 1;
+            match seq.logits {
+                LogitsWanted::Last => st.logit_rows.push(last_row),
+                LogitsWanted::All => st.logit_rows.extend(first_row..=last_row),
+                LogitsWanted::None => {}
+            }
+        }
+        let n = st.ids.len();
+        let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|s| &mut *s.cache).collect();
+
+        // Embedding.
+        b.resize(&mut st.hidden, n, hidden);
+        b.embed(&w.embedding, &st.ids, &mut st.hidden);
+
+        for (i, layer) in w.layers.iter().enumerate() {
+            // Attention block: RMSNorm → QKV (+bias) → RoPE, cache, attend → dense → residual.
+            b.resize(&mut st.normed, n, hidden);
+            b.rms_norm(&st.hidden, &layer.input_norm, eps, &mut st.normed);
+            b.resize(&mut st.qkv, n, cfg.qkv_out_dim());
+            b.linear(&layer.qkv, Some(&layer.qkv_bias), &st.normed, &mut st.qkv);
+            b.resize(&mut st.attn, n, cfg.q_dim());
+            b.attention(shape, i, &mut st.qkv, &st.layout, &mut caches, &mut st.attn);
+            b.resize(&mut st.proj, n, hidden);
+            b.linear(&layer.dense, None, &st.attn, &mut st.proj);
+            b.add(&mut st.hidden, &st.proj);
+
+            // MLP block: RMSNorm → [gate | up] → silu(gate)·up → down → residual.
+            b.rms_norm(&st.hidden, &layer.post_norm, eps, &mut st.normed);
+            b.resize(&mut st.ffn_up, n, 2 * ffn);
+            b.linear(&layer.h_to_4h, None, &st.normed, &mut st.ffn_up);
+            b.resize(&mut st.ffn, n, ffn);
+            b.swiglu(&st.ffn_up, &mut st.ffn);
+            b.linear(&layer.four_h_to_h, None, &st.ffn, &mut st.proj);
+            b.add(&mut st.hidden, &st.proj);
+        }
+        for (cache, &n_new) in caches.iter_mut().zip(&st.layout.seq_tokens) {
+            cache.advance(n_new);
+        }
+
+        // Final norm and logits, only for the rows asked for.
+        let rows = st.logit_rows.len();
+        st.out.clear();
+        if rows == 0 {
+            return Ok(&st.out);
+        }
+        b.resize(&mut st.picked, rows, hidden);
+        b.gather_rows(&st.hidden, &st.logit_rows, &mut st.picked);
+        b.resize(&mut st.normed, rows, hidden);
+        b.rms_norm(&st.picked, &w.final_norm, eps, &mut st.normed);
+        b.resize(&mut st.logits, rows, vocab);
+        b.linear(&w.output, None, &st.normed, &mut st.logits);
+        b.read(&st.logits, &mut st.out);
+        Ok(&st.out)
+    }
+}

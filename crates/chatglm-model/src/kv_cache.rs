@@ -1,0 +1,125 @@
+//! One sequence's keys and values, per layer, on the CPU.
+
+use crate::ModelError;
+use half::f16;
+
+/// Element type of the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDType {
+    /// Exact; used with f32 weights (golden tests compare to 1e-4).
+    F32,
+    /// Half the memory (28 KiB per token for ChatGLM2-6B); the default for
+    /// f16/bf16/quantized weights.
+    F16,
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            other => Err(ModelError::UnknownKvDType(other.to_string())),
+        }
+    }
+}
+
+/// Keys or values of one layer: `(len, n_groups, head_dim)` row-major.
+pub(crate) enum KvStore {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvStore {
+    fn new(dtype: KvDType) -> Self {
+        match dtype {
+            KvDType::F32 => Self::F32(Vec::new()),
+            KvDType::F16 => Self::F16(Vec::new()),
+        }
+    }
+
+    fn resize(&mut self, n: usize) {
+        // Grow in steps so a long dialogue does not reallocate every token,
+        // without the 2× over-allocation of Vec's doubling on large caches.
+        fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+            if n > v.capacity() {
+                let step = (v.capacity() / 4).max(4096);
+                v.reserve_exact((n - v.len()).max(step));
+            }
+            v.resize(n, T::default());
+        }
+        match self {
+            Self::F32(v) => grow(v, n),
+            Self::F16(v) => grow(v, n),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F32(v) => v.capacity() * 4,
+            Self::F16(v) => v.capacity() * 2,
+        }
+    }
+}
+
+/// A sequence's KV cache: positions `0..len()` of every layer.
+pub struct KvCache {
+    dtype: KvDType,
+    /// Elements per position: `n_groups · head_dim`.
+    kv_width: usize,
+    len: usize,
+    pub(crate) layers: Vec<(KvStore, KvStore)>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize, n_groups: usize, head_dim: usize, dtype: KvDType) -> Self {
+        Self {
+            dtype,
+            kv_width: n_groups * head_dim,
+            len: 0,
+            layers: (0..n_layers)
+                .map(|_| (KvStore::new(dtype), KvStore::new(dtype)))
+                .collect(),
+        }
+    }
+
+    /// Tokens held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn dtype(&self) -> KvDType {
+        self.dtype
+    }
+
+    /// Forgets everything after the first `n` tokens.
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Bytes allocated for keys and values.
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers.iter().map(|(k, v)| k.bytes() + v.bytes()).sum()
+    }
+
+    /// Makes room for `n_new` more tokens in `layer` (called by the backend).
+    pub(crate) fn reserve_layer(&mut self, layer: usize, n_new: usize) {
+        let n = (self.len + n_new) * self.kv_width;
+        let (k, v) = &mut self.layers[layer];
+        k.resize(n);
+        v.resize(n);
+    }
+
+    /// Marks `n_new` tokens, written to every layer, as held.
+    pub(crate) fn advance(&mut self, n_new: usize) {
+        self.len += n_new;
+    }
+}

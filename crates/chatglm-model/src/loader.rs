@@ -1,0 +1,158 @@
+//! Building [`Weights`] from checkpoint tensors, one tensor at a time (so
+//! quantize-on-load peaks near the quantized size, not the float size).
+
+use crate::{Backend, LayerWeights, ModelError, Weights};
+use chatglm_weights::{names, Checkpoint, DType, ModelConfig, Tensor};
+
+/// The storage format of the weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Keep what the checkpoint stores (memory-mapped, no copy).
+    Auto,
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+}
+
+impl WeightFormat {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, Self::Q8_0 | Self::Q4_0)
+    }
+
+    /// The format a tensor stored as `dtype` gets under this choice.
+    pub fn resolve(&self, dtype: DType) -> WeightFormat {
+        match self {
+            Self::Auto => match dtype {
+                DType::F32 => Self::F32,
+                DType::F16 => Self::F16,
+                DType::BF16 => Self::BF16,
+                #[allow(unreachable_patterns)]
+                _ => Self::F32,
+            },
+            other => *other,
+        }
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "auto" => Self::Auto,
+            "f32" | "float32" => Self::F32,
+            "f16" | "float16" | "half" => Self::F16,
+            "bf16" | "bfloat16" => Self::BF16,
+            "q8_0" | "int8" => Self::Q8_0,
+            "q4_0" | "int4" => Self::Q4_0,
+            other => return Err(ModelError::UnknownFormat(other.to_string())),
+        })
+    }
+}
+
+/// What to load and how.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Format of the layer matrices.
+    pub format: WeightFormat,
+    /// Format of the output layer; `None`: q8_0 when `format` is 4-bit (the
+    /// logits are the most quantization-sensitive product), else `format`.
+    pub output_format: Option<WeightFormat>,
+    /// Format of the embedding table; `None`: as `format` (only one row per
+    /// token is read, so its format costs memory, not speed).
+    pub embedding_format: Option<WeightFormat>,
+}
+
+impl LoadOptions {
+    pub fn new(format: WeightFormat) -> Self {
+        Self { format, output_format: None, embedding_format: None }
+    }
+
+    fn output(&self) -> WeightFormat {
+        self.output_format.unwrap_or(match self.format {
+            WeightFormat::Q4_0 => WeightFormat::Q8_0,
+            f => f,
+        })
+    }
+
+    fn embedding(&self) -> WeightFormat {
+        self.embedding_format.unwrap_or(self.format)
+    }
+}
+
+/// Where [`load_weights`] reads tensors from.
+pub trait TensorSource {
+    fn config(&self) -> &ModelConfig;
+    fn tensor(&self, name: &str) -> Result<&Tensor, ModelError>;
+}
+
+impl TensorSource for Checkpoint {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    fn tensor(&self, name: &str) -> Result<&Tensor, ModelError> {
+        Ok(Checkpoint::tensor(self, name)?)
+    }
+}
+
+/// Loads every weight, calling `progress(done, total)` after each tensor.
+pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
+    backend: &B,
+    source: &S,
+    options: LoadOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Weights<B>, ModelError> {
+    let cfg = source.config();
+    let total = 3 + cfg.num_layers * 7;
+    let mut done = 0;
+    let mut step = |done: &mut usize| {
+        *done += 1;
+        progress(*done, total);
+    };
+    let vector = |name: &str| -> Result<B::Vector, ModelError> {
+        Ok(backend.load_vector(source.tensor(name)?.to_f32()?))
+    };
+    let matrix = |name: &str, format: WeightFormat| -> Result<B::Matrix, ModelError> {
+        let t = source.tensor(name)?;
+        backend.load_matrix(t, format.resolve(t.dtype))
+    };
+
+    let embedding = matrix(names::WORD_EMBEDDINGS, options.embedding())?;
+    step(&mut done);
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for i in 0..cfg.num_layers {
+        let l = |suffix: &str| names::layer(i, suffix);
+        let input_norm = vector(&l(names::INPUT_LAYERNORM))?;
+        let qkv = matrix(&l(names::QKV_WEIGHT), options.format)?;
+        let qkv_bias = if cfg.add_qkv_bias {
+            vector(&l(names::QKV_BIAS))?
+        } else {
+            backend.load_vector(vec![0.0; cfg.qkv_out_dim()])
+        };
+        let dense = matrix(&l(names::ATTENTION_DENSE), options.format)?;
+        let post_norm = vector(&l(names::POST_ATTENTION_LAYERNORM))?;
+        let h_to_4h = matrix(&l(names::DENSE_H_TO_4H), options.format)?;
+        let four_h_to_h = matrix(&l(names::DENSE_4H_TO_H), options.format)?;
+        for _ in 0..7 {
+            step(&mut done);
+        }
+        layers.push(LayerWeights { input_norm, qkv, qkv_bias, dense, post_norm, h_to_4h, four_h_to_h });
+    }
+    let final_norm = vector(names::FINAL_LAYERNORM)?;
+    step(&mut done);
+    let output = matrix(names::OUTPUT_LAYER, options.output())?;
+    step(&mut done);
+    Ok(Weights { embedding, layers, final_norm, output })
+}

@@ -1,0 +1,195 @@
+//! The forward pass against logits recorded from the official PyTorch code.
+
+use chatglm_model::{CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, WeightFormat};
+use chatglm_weights::Checkpoint;
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn testdata() -> PathBuf {
+    std::env::var_os("CHATGLM_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+}
+
+fn golden(name: &str) -> Value {
+    let p = testdata().join("dev/golden").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn load(layout: &str, format: WeightFormat) -> Model<CpuBackend> {
+    let ckpt = Checkpoint::open(&testdata().join("dev/model").join(layout)).unwrap();
+    let backend = CpuBackend::for_config(&ckpt.config);
+    Model::load(backend, &ckpt, LoadOptions::new(format), &mut |_, _| {}).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn check_forward(layout: &str, format: WeightFormat, tol: f32, exact_argmax: bool) {
+    let model = load(layout, format);
+    let vocab = model.config.padded_vocab_size;
+    let fw = golden("forward.json");
+    let mut state = ForwardState::new(&model.backend);
+    for case in fw["cases"].as_array().unwrap() {
+        let input = ids(&case["input_ids"]);
+        let mut cache = model.new_cache(KvDType::F32);
+        let logits = model
+            .forward(&mut state, &mut [SequenceInput { tokens: &input, cache: &mut cache, logits: LogitsWanted::All }])
+            .unwrap();
+        let n = input.len();
+        assert_eq!(logits.len(), n * vocab);
+        let first = &logits[..vocab];
+        let last = &logits[(n - 1) * vocab..];
+        let d1 = max_abs_diff(first, &floats(&case["logits_first"]));
+        let d2 = max_abs_diff(last, &floats(&case["logits_last"]));
+        assert!(d1 <= tol && d2 <= tol, "{layout} len {n}: first {d1}, last {d2} > {tol}");
+        if exact_argmax {
+            let want = ids(&case["argmax_per_position"]);
+            let got: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
+            assert_eq!(got, want, "{layout} len {n}: argmax per position");
+        }
+    }
+}
+
+#[test]
+fn safetensors_f32_matches_official_logits() {
+    check_forward("safetensors-f32", WeightFormat::Auto, 1e-4, true);
+}
+
+#[test]
+fn pytorch_f32_matches_official_logits() {
+    check_forward("pytorch-f32", WeightFormat::Auto, 1e-4, true);
+}
+
+#[test]
+fn sharded_f16_matches_within_fp16_tolerance() {
+    check_forward("safetensors-sharded-f16", WeightFormat::Auto, 2e-2, false);
+}
+
+#[test]
+fn sharded_bf16_matches_within_bf16_tolerance() {
+    check_forward("pytorch-sharded-bf16", WeightFormat::Auto, 0.15, false);
+}
+
+#[test]
+fn incremental_decoding_matches_recorded_steps() {
+    let model = load("safetensors-f32", WeightFormat::Auto);
+    let g = golden("incremental.json");
+    let tokens = ids(&g["token_ids"]);
+    let prefill = g["prefill_len"].as_u64().unwrap() as usize;
+    let steps = g["incremental"].as_array().unwrap();
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    let logits = model
+        .forward(&mut state, &mut [SequenceInput { tokens: &tokens[..prefill], cache: &mut cache, logits: LogitsWanted::Last }])
+        .unwrap()
+        .to_vec();
+    let d = max_abs_diff(&logits, &floats(&steps[0]));
+    assert!(d <= 1e-4, "prefill: {d}");
+    for (i, want) in steps.iter().enumerate().skip(1) {
+        let tok = &tokens[prefill - 1 + i..prefill + i];
+        let logits = model
+            .forward(&mut state, &mut [SequenceInput { tokens: tok, cache: &mut cache, logits: LogitsWanted::Last }])
+            .unwrap();
+        let d = max_abs_diff(logits, &floats(want));
+        assert!(d <= 1e-4, "step {i}: {d}");
+    }
+    assert_eq!(cache.len(), prefill + steps.len() - 1);
+}
+
+#[test]
+fn chunk_after_prefill_matches_full_recompute() {
+    let model = load("safetensors-f32", WeightFormat::Auto);
+    let g = golden("incremental.json");
+    let tokens = ids(&g["token_ids"]);
+    let full = g["full_recompute"].as_array().unwrap();
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    model
+        .forward(&mut state, &mut [SequenceInput { tokens: &tokens[..7], cache: &mut cache, logits: LogitsWanted::None }])
+        .unwrap();
+    let vocab = model.config.padded_vocab_size;
+    let logits = model
+        .forward(&mut state, &mut [SequenceInput { tokens: &tokens[7..12], cache: &mut cache, logits: LogitsWanted::All }])
+        .unwrap();
+    // full_recompute[i] is position 6 + i, so positions 7..12 are rows 1..6.
+    for (row, want) in logits.chunks_exact(vocab).zip(&full[1..6]) {
+        let d = max_abs_diff(row, &floats(want));
+        assert!(d <= 1e-4, "chunk: {d}");
+    }
+}
+
+#[test]
+fn batched_sequences_are_independent() {
+    let model = load("safetensors-f32", WeightFormat::Auto);
+    let fw = golden("forward.json");
+    let cases = fw["cases"].as_array().unwrap();
+    let a = ids(&cases[1]["input_ids"]);
+    let b = ids(&cases[2]["input_ids"]);
+    let mut state = ForwardState::new(&model.backend);
+    let (mut ca, mut cb) = (model.new_cache(KvDType::F32), model.new_cache(KvDType::F32));
+    let logits = model
+        .forward(
+            &mut state,
+            &mut [
+                SequenceInput { tokens: &a, cache: &mut ca, logits: LogitsWanted::Last },
+                SequenceInput { tokens: &b, cache: &mut cb, logits: LogitsWanted::Last },
+            ],
+        )
+        .unwrap();
+    let vocab = model.config.padded_vocab_size;
+    assert!(max_abs_diff(&logits[..vocab], &floats(&cases[1]["logits_last"])) <= 1e-4);
+    assert!(max_abs_diff(&logits[vocab..], &floats(&cases[2]["logits_last"])) <= 1e-4);
+}
+
+#[test]
+fn f16_kv_cache_stays_close() {
+    let model = load("safetensors-f32", WeightFormat::Auto);
+    let fw = golden("forward.json");
+    let case = &fw["cases"].as_array().unwrap()[3];
+    let input = ids(&case["input_ids"]);
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F16);
+    let logits = model
+        .forward(&mut state, &mut [SequenceInput { tokens: &input, cache: &mut cache, logits: LogitsWanted::Last }])
+        .unwrap();
+    assert!(max_abs_diff(logits, &floats(&case["logits_last"])) <= 2e-2);
+}
+
+#[test]
+fn errors_instead_of_panics() {
+    let model = load("safetensors-f32", WeightFormat::Auto);
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    let bad = [999_999u32];
+    assert!(model
+        .forward(&mut state, &mut [SequenceInput { tokens: &bad, cache: &mut cache, logits: LogitsWanted::Last }])
+        .is_err());
+    assert!(model
+        .forward(&mut state, &mut [SequenceInput { tokens: &[], cache: &mut cache, logits: LogitsWanted::Last }])
+        .is_err());
+    let long = vec![5u32; model.config.seq_length + 1];
+    assert!(model
+        .forward(&mut state, &mut [SequenceInput { tokens: &long, cache: &mut cache, logits: LogitsWanted::Last }])
+        .is_err());
+}

@@ -1,0 +1,1 @@
+//! chatglm-server

@@ -1,0 +1,104 @@
+//! Element types of stored tensors.
+//!
+//! Sizes are expressed per *block* (`block_elements` elements take
+//! `block_bytes` bytes) so that block-quantized formats (Q8_0: 32 elements in
+//! 34 bytes, Q4_0: 32 in 18, ...) can be added as further variants without
+//! changing how callers compute buffer sizes: always go through
+//! [`DType::size_in_bytes`].
+
+use std::fmt;
+
+/// The storage type of a tensor's elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DType {
+    /// IEEE 754 binary32, little-endian.
+    F32,
+    /// IEEE 754 binary16, little-endian.
+    F16,
+    /// bfloat16 (the top half of an f32), little-endian.
+    BF16,
+}
+
+impl DType {
+    /// The name as safetensors spells it (`F32`, `F16`, `BF16`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+        }
+    }
+
+    /// Elements per storage block (1 for float formats).
+    pub fn block_elements(&self) -> usize {
+        match self {
+            DType::F32 | DType::F16 | DType::BF16 => 1,
+        }
+    }
+
+    /// Bytes per storage block.
+    pub fn block_bytes(&self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Bytes per element of an element-wise format. For block formats use
+    /// [`DType::size_in_bytes`], which is exact for every format.
+    pub fn bytes_per_element(&self) -> usize {
+        self.block_bytes() / self.block_elements()
+    }
+
+    /// Bytes taken by `n_elements` elements; `None` on overflow or when
+    /// `n_elements` is not a whole number of blocks.
+    pub fn size_in_bytes(&self, n_elements: usize) -> Option<usize> {
+        let block = self.block_elements();
+        if n_elements % block != 0 {
+            return None;
+        }
+        (n_elements / block).checked_mul(self.block_bytes())
+    }
+
+    /// Parses a safetensors dtype string; `None` for dtypes we do not read.
+    pub fn from_safetensors(name: &str) -> Option<Self> {
+        match name {
+            "F32" => Some(DType::F32),
+            "F16" => Some(DType::F16),
+            "BF16" => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
+    /// Maps a torch storage class (`FloatStorage`, ...) to a dtype.
+    pub fn from_torch_storage(class: &str) -> Option<Self> {
+        match class {
+            "FloatStorage" => Some(DType::F32),
+            "HalfStorage" => Some(DType::F16),
+            "BFloat16Storage" => Some(DType::BF16),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(DType::F32.size_in_bytes(3), Some(12));
+        assert_eq!(DType::BF16.size_in_bytes(5), Some(10));
+        assert_eq!(DType::F16.size_in_bytes(usize::MAX), None);
+        assert_eq!(DType::F16.bytes_per_element(), 2);
+        assert_eq!(DType::from_safetensors("I64"), None);
+        assert_eq!(DType::from_torch_storage("HalfStorage"), Some(DType::F16));
+    }
+}
