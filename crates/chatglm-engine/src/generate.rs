@@ -1,0 +1,192 @@
+//! Single-sequence generation: prefill in chunks, then decode token by token.
+
+use crate::sampling::{sample, SamplingParams};
+use crate::text::StopMatcher;
+use crate::EngineError;
+use chatglm_model::{Backend, ForwardState, KvCache, LogitsWanted, Model, SequenceInput};
+use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer};
+use rand::SeedableRng;
+use std::time::{Duration, Instant};
+
+/// Prompt tokens per forward call during prefill: large enough for the
+/// matrix-matrix kernels to reuse each weight row, small enough that the
+/// `(tokens, 2·ffn)` activations stay well under 100 MB for the 6B model.
+pub const PREFILL_CHUNK_TOKENS: usize = 512;
+
+/// What to generate and when to stop.
+#[derive(Debug, Clone)]
+pub struct GenerationConfig {
+    pub sampling: SamplingParams,
+    /// Total length (context + prompt + generated), as the official `max_length`.
+    pub max_length: usize,
+    /// At most this many new tokens.
+    pub max_new_tokens: Option<usize>,
+    /// Stop when the text contains one of these (the stop string is not returned).
+    pub stop: Vec<String>,
+    /// Token ids that end generation (ChatGLM2: `</s>` = 2).
+    pub eos_ids: Vec<u32>,
+}
+
+impl Default for GenerationConfig {
+    /// The official `chat()` defaults.
+    fn default() -> Self {
+        Self { sampling: SamplingParams::default(), max_length: 8192, max_new_tokens: None, stop: Vec::new(), eos_ids: vec![2] }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop string.
+    Stop,
+    /// `max_length`, `max_new_tokens` or the model's context.
+    Length,
+    /// The caller asked to stop (Ctrl-C, client gone).
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Wall-clock split of one generation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub prompt_tokens: usize,
+    pub prefill: Duration,
+    pub generated_tokens: usize,
+    pub decode: Duration,
+}
+
+impl Timings {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill.as_secs_f64().max(1e-9)
+    }
+    /// Decode rate over the tokens after the first (the first comes from prefill).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.generated_tokens.saturating_sub(1) as f64 / self.decode.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The result of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerationOutput {
+    /// Sampled ids, including a final EOS id if one was produced.
+    pub generated_ids: Vec<u32>,
+    /// Decoded text (cut before a stop string).
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+}
+
+/// Generates after `cache` (which may hold earlier rounds) from `new_ids`.
+/// `on_text` receives text deltas as they become final; returning `false`
+/// cancels. The cache ends holding everything fed to the model (the last
+/// sampled token is not fed, as in the official code).
+#[allow(clippy::too_many_arguments)]
+pub fn generate<B: Backend>(
+    model: &Model<B>,
+    tokenizer: &ChatGlmTokenizer,
+    state: &mut ForwardState<B>,
+    cache: &mut KvCache,
+    new_ids: &[u32],
+    config: &GenerationConfig,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<GenerationOutput, EngineError> {
+    config.sampling.validate().map_err(EngineError::InvalidParameter)?;
+    if new_ids.is_empty() {
+        return Err(EngineError::InvalidParameter("the prompt is empty".into()));
+    }
+    let context_limit = model.config.seq_length;
+    let total_prompt = cache.len() + new_ids.len();
+    if total_prompt >= config.max_length {
+        return Err(EngineError::ContextFull { prompt_tokens: total_prompt, limit: config.max_length, which: "max_length", hint: " or raise --max-length" });
+    }
+    if total_prompt >= context_limit {
+        return Err(EngineError::ContextFull { prompt_tokens: total_prompt, limit: context_limit, which: "the model's seq_length", hint: "" });
+    }
+    let mut rng = match config.sampling.seed {
+        Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+        None => rand::rngs::StdRng::from_entropy(),
+    };
+    let vocab = model.config.padded_vocab_size;
+    let start_len = cache.len();
+
+    // Prefill.
+    let t0 = Instant::now();
+    let mut logits = Vec::with_capacity(vocab);
+    let chunks: Vec<&[u32]> = new_ids.chunks(PREFILL_CHUNK_TOKENS).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let wanted = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
+        let out = model.forward(state, &mut [SequenceInput { tokens: chunk, cache, logits: wanted }]);
+        match out {
+            Ok(l) => {
+                logits.clear();
+                logits.extend_from_slice(l);
+            }
+            Err(e) => {
+                cache.truncate(start_len);
+                return Err(e.into());
+            }
+        }
+    }
+    let prefill = t0.elapsed();
+
+    // Decode.
+    let t1 = Instant::now();
+    let stops = StopMatcher::new(&config.stop);
+    let mut detok = Detokenizer::new(tokenizer);
+    let mut text = String::new();
+    let mut emitted = 0;
+    let mut generated = Vec::new();
+    // Repetition penalty looks at the whole visible sequence of this round.
+    let mut previous: Vec<u32> = if config.sampling.repetition_penalty != 1.0 { new_ids.to_vec() } else { Vec::new() };
+    let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
+    let finish = loop {
+        let token = sample(&mut logits, &config.sampling, &previous, &mut rng);
+        generated.push(token);
+        if config.sampling.repetition_penalty != 1.0 {
+            previous.push(token);
+        }
+        let total = cache.len() + 1;
+        if config.eos_ids.contains(&token) {
+            break FinishReason::Stop;
+        }
+        detok.push_into(token, &mut text);
+        if let Some(at) = stops.find(&text) {
+            text.truncate(at);
+            break FinishReason::Stop;
+        }
+        let ready = text.len() - stops.holdback(&text);
+        if ready > emitted {
+            if !on_text(&text[emitted..ready]) {
+                emitted = ready;
+                break FinishReason::Cancelled;
+            }
+            emitted = ready;
+        }
+        if total >= config.max_length || generated.len() >= max_new || total >= context_limit {
+            break FinishReason::Length;
+        }
+        let l = model.forward(state, &mut [SequenceInput { tokens: &[token], cache, logits: LogitsWanted::Last }])?;
+        logits.clear();
+        logits.extend_from_slice(l);
+    };
+    if finish != FinishReason::Cancelled {
+        text.push_str(&detok.finish());
+        if let Some(at) = stops.find(&text) {
+            text.truncate(at);
+        }
+        if text.len() > emitted {
+            on_text(&text[emitted..]);
+        }
+    }
+    let timings = Timings { prompt_tokens: new_ids.len(), prefill, generated_tokens: generated.len(), decode: t1.elapsed() };
+    Ok(GenerationOutput { generated_ids: generated, text, finish_reason: finish, timings })
+}
