@@ -1,1 +1,52 @@
-fn main() {}
+//! `chatglm`: chat with ChatGLM2-6B, generate, serve, quantize, benchmark,
+//! tokenize and inspect. Each subcommand lives in its own module and only
+//! parses arguments, calls the library crates and prints.
+
+mod args;
+mod chat;
+mod generate;
+mod inspect;
+mod tokenize;
+
+use clap::{Parser, Subcommand};
+
+/// ChatGLM2-6B inference in Rust: CPU, quantized, OpenAI-compatible server.
+#[derive(Parser)]
+#[command(name = "chatglm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Interactive chat (the CLI demo). Reads one query per line when stdin is not a terminal.
+    Chat(chat::ChatArgs),
+    /// One chat round (or raw continuation with --raw), streamed or as JSON.
+    Generate(generate::GenerateArgs),
+    /// Text to token ids (JSON Lines on stdin → JSON arrays on stdout), or back with --decode.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Describe a model: config, tensors, dtypes, parameters, memory at each format.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHATGLM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Chat(a) => chat::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

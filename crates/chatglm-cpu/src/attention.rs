@@ -139,7 +139,11 @@ pub fn attend_group_reference(
         let scores: Vec<f64> = (0..n_ctx)
             .map(|p| {
                 let k = &keys[p * kv_stride + group * hd..][..hd];
-                k.iter().zip(qh).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
+                k.iter()
+                    .zip(qh)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+                    * scale
             })
             .collect();
         let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -38,12 +38,25 @@ pub fn matmul(
     scratch: &mut MatmulScratch,
 ) {
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(x.len(), n_tokens * cols, "matmul: x is not (n_tokens, cols)");
-    assert_eq!(y.len(), n_tokens * rows, "matmul: y is not (n_tokens, rows)");
+    assert_eq!(
+        x.len(),
+        n_tokens * cols,
+        "matmul: x is not (n_tokens, cols)"
+    );
+    assert_eq!(
+        y.len(),
+        n_tokens * rows,
+        "matmul: y is not (n_tokens, rows)"
+    );
     if w.wants_q8_activations() {
         let blocks_per_row = cols / QK8_0;
-        scratch.q8.resize(n_tokens * blocks_per_row, BlockQ8_0::default_zero());
-        for (xr, qr) in x.chunks_exact(cols).zip(scratch.q8.chunks_exact_mut(blocks_per_row)) {
+        scratch
+            .q8
+            .resize(n_tokens * blocks_per_row, BlockQ8_0::default_zero());
+        for (xr, qr) in x
+            .chunks_exact(cols)
+            .zip(scratch.q8.chunks_exact_mut(blocks_per_row))
+        {
             (kernels.quantize_row_q8_0)(xr, qr);
         }
     }

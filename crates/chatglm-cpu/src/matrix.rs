@@ -26,9 +26,8 @@ impl<T: bytemuck::Pod> Storage<T> {
     pub fn as_slice(&self) -> &[T] {
         match self {
             Storage::Owned(v) => v,
-            Storage::Mapped(d) => {
-                bytemuck::try_cast_slice(d).expect("invariant: alignment checked in from_tensor_data")
-            }
+            Storage::Mapped(d) => bytemuck::try_cast_slice(d)
+                .expect("invariant: alignment checked in from_tensor_data"),
         }
     }
 }

@@ -30,7 +30,13 @@ pub struct GenerationConfig {
 impl Default for GenerationConfig {
     /// The official `chat()` defaults.
     fn default() -> Self {
-        Self { sampling: SamplingParams::default(), max_length: 8192, max_new_tokens: None, stop: Vec::new(), eos_ids: vec![2] }
+        Self {
+            sampling: SamplingParams::default(),
+            max_length: 8192,
+            max_new_tokens: None,
+            stop: Vec::new(),
+            eos_ids: vec![2],
+        }
     }
 }
 
@@ -99,17 +105,30 @@ pub fn generate<B: Backend>(
     config: &GenerationConfig,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<GenerationOutput, EngineError> {
-    config.sampling.validate().map_err(EngineError::InvalidParameter)?;
+    config
+        .sampling
+        .validate()
+        .map_err(EngineError::InvalidParameter)?;
     if new_ids.is_empty() {
         return Err(EngineError::InvalidParameter("the prompt is empty".into()));
     }
     let context_limit = model.config.seq_length;
     let total_prompt = cache.len() + new_ids.len();
     if total_prompt >= config.max_length {
-        return Err(EngineError::ContextFull { prompt_tokens: total_prompt, limit: config.max_length, which: "max_length", hint: " or raise --max-length" });
+        return Err(EngineError::ContextFull {
+            prompt_tokens: total_prompt,
+            limit: config.max_length,
+            which: "max_length",
+            hint: " or raise --max-length",
+        });
     }
     if total_prompt >= context_limit {
-        return Err(EngineError::ContextFull { prompt_tokens: total_prompt, limit: context_limit, which: "the model's seq_length", hint: "" });
+        return Err(EngineError::ContextFull {
+            prompt_tokens: total_prompt,
+            limit: context_limit,
+            which: "the model's seq_length",
+            hint: "",
+        });
     }
     let mut rng = match config.sampling.seed {
         Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
@@ -123,8 +142,19 @@ pub fn generate<B: Backend>(
     let mut logits = Vec::with_capacity(vocab);
     let chunks: Vec<&[u32]> = new_ids.chunks(PREFILL_CHUNK_TOKENS).collect();
     for (i, chunk) in chunks.iter().enumerate() {
-        let wanted = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
-        let out = model.forward(state, &mut [SequenceInput { tokens: chunk, cache, logits: wanted }]);
+        let wanted = if i + 1 == chunks.len() {
+            LogitsWanted::Last
+        } else {
+            LogitsWanted::None
+        };
+        let out = model.forward(
+            state,
+            &mut [SequenceInput {
+                tokens: chunk,
+                cache,
+                logits: wanted,
+            }],
+        );
         match out {
             Ok(l) => {
                 logits.clear();
@@ -146,7 +176,11 @@ pub fn generate<B: Backend>(
     let mut emitted = 0;
     let mut generated = Vec::new();
     // Repetition penalty looks at the whole visible sequence of this round.
-    let mut previous: Vec<u32> = if config.sampling.repetition_penalty != 1.0 { new_ids.to_vec() } else { Vec::new() };
+    let mut previous: Vec<u32> = if config.sampling.repetition_penalty != 1.0 {
+        new_ids.to_vec()
+    } else {
+        Vec::new()
+    };
     let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
     let finish = loop {
         let token = sample(&mut logits, &config.sampling, &previous, &mut rng);
@@ -174,7 +208,14 @@ pub fn generate<B: Backend>(
         if total >= config.max_length || generated.len() >= max_new || total >= context_limit {
             break FinishReason::Length;
         }
-        let l = model.forward(state, &mut [SequenceInput { tokens: &[token], cache, logits: LogitsWanted::Last }])?;
+        let l = model.forward(
+            state,
+            &mut [SequenceInput {
+                tokens: &[token],
+                cache,
+                logits: LogitsWanted::Last,
+            }],
+        )?;
         logits.clear();
         logits.extend_from_slice(l);
     };
@@ -187,6 +228,16 @@ pub fn generate<B: Backend>(
             on_text(&text[emitted..]);
         }
     }
-    let timings = Timings { prompt_tokens: new_ids.len(), prefill, generated_tokens: generated.len(), decode: t1.elapsed() };
-    Ok(GenerationOutput { generated_ids: generated, text, finish_reason: finish, timings })
+    let timings = Timings {
+        prompt_tokens: new_ids.len(),
+        prefill,
+        generated_tokens: generated.len(),
+        decode: t1.elapsed(),
+    };
+    Ok(GenerationOutput {
+        generated_ids: generated,
+        text,
+        finish_reason: finish,
+        timings,
+    })
 }

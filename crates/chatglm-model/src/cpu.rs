@@ -53,18 +53,29 @@ impl CpuBackend {
 }
 
 fn bad(tensor: &Tensor, message: String) -> ModelError {
-    ModelError::BadTensor { tensor: tensor.name.clone(), message }
+    ModelError::BadTensor {
+        tensor: tensor.name.clone(),
+        message,
+    }
 }
 
-fn quantized<B: QuantBlock>(tensor: &Tensor, rows: usize, cols: usize) -> Result<Vec<B>, ModelError> {
+fn quantized<B: QuantBlock>(
+    tensor: &Tensor,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<B>, ModelError> {
     if cols % 32 != 0 {
-        return Err(bad(tensor, format!("{cols} columns is not a multiple of the 32-weight block; choose a float format")));
+        return Err(bad(
+            tensor,
+            format!(
+                "{cols} columns is not a multiple of the 32-weight block; choose a float format"
+            ),
+        ));
     }
     let mut row = vec![0.0f32; cols];
     let mut out = Vec::with_capacity(rows * cols / 32);
-    let f32_tensor = |r: usize, row: &mut [f32]| -> Result<(), ModelError> {
-        decode_row(tensor, r, cols, row)
-    };
+    let f32_tensor =
+        |r: usize, row: &mut [f32]| -> Result<(), ModelError> { decode_row(tensor, r, cols, row) };
     for r in 0..rows {
         f32_tensor(r, &mut row)?;
         out.extend(quantize_row::<B>(&row));
@@ -96,12 +107,22 @@ fn decode_row(tensor: &Tensor, r: usize, cols: usize, out: &mut [f32]) -> Result
             }
         }
         #[allow(unreachable_patterns)]
-        other => return Err(bad(tensor, format!("cannot convert {other:?} to float rows"))),
+        other => {
+            return Err(bad(
+                tensor,
+                format!("cannot convert {other:?} to float rows"),
+            ))
+        }
     }
     Ok(())
 }
 
-fn convert<T: bytemuck::Pod>(tensor: &Tensor, rows: usize, cols: usize, f: impl Fn(f32) -> T) -> Result<Vec<T>, ModelError> {
+fn convert<T: bytemuck::Pod>(
+    tensor: &Tensor,
+    rows: usize,
+    cols: usize,
+    f: impl Fn(f32) -> T,
+) -> Result<Vec<T>, ModelError> {
     let mut row = vec![0.0f32; cols];
     let mut out = Vec::with_capacity(rows * cols);
     for r in 0..rows {
@@ -117,22 +138,45 @@ impl Backend for CpuBackend {
     type Activations = CpuActivations;
 
     fn name(&self) -> String {
-        format!("cpu ({} kernels, {} threads)", self.kernels.name, rayon::current_num_threads())
+        format!(
+            "cpu ({} kernels, {} threads)",
+            self.kernels.name,
+            rayon::current_num_threads()
+        )
     }
 
     fn load_matrix(&self, t: &Tensor, format: WeightFormat) -> Result<Matrix, ModelError> {
         let [rows, cols] = t.shape[..] else {
-            return Err(bad(t, format!("expected a 2-D matrix, found shape {:?}", t.shape)));
+            return Err(bad(
+                t,
+                format!("expected a 2-D matrix, found shape {:?}", t.shape),
+            ));
         };
         let data = match (format, t.dtype) {
-            (WeightFormat::F32, DType::F32) => MatrixData::F32(Storage::from_tensor_data(t.data.clone())),
-            (WeightFormat::F16, DType::F16) => MatrixData::F16(Storage::from_tensor_data(t.data.clone())),
-            (WeightFormat::BF16, DType::BF16) => MatrixData::BF16(Storage::from_tensor_data(t.data.clone())),
-            (WeightFormat::F32 | WeightFormat::Auto, _) => MatrixData::F32(Storage::Owned(convert(t, rows, cols, |v| v)?)),
-            (WeightFormat::F16, _) => MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?)),
-            (WeightFormat::BF16, _) => MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?)),
-            (WeightFormat::Q8_0, _) => MatrixData::Q8_0(Storage::Owned(quantized::<BlockQ8_0>(t, rows, cols)?)),
-            (WeightFormat::Q4_0, _) => MatrixData::Q4_0(Storage::Owned(quantized::<BlockQ4_0>(t, rows, cols)?)),
+            (WeightFormat::F32, DType::F32) => {
+                MatrixData::F32(Storage::from_tensor_data(t.data.clone()))
+            }
+            (WeightFormat::F16, DType::F16) => {
+                MatrixData::F16(Storage::from_tensor_data(t.data.clone()))
+            }
+            (WeightFormat::BF16, DType::BF16) => {
+                MatrixData::BF16(Storage::from_tensor_data(t.data.clone()))
+            }
+            (WeightFormat::F32 | WeightFormat::Auto, _) => {
+                MatrixData::F32(Storage::Owned(convert(t, rows, cols, |v| v)?))
+            }
+            (WeightFormat::F16, _) => {
+                MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?))
+            }
+            (WeightFormat::BF16, _) => {
+                MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?))
+            }
+            (WeightFormat::Q8_0, _) => {
+                MatrixData::Q8_0(Storage::Owned(quantized::<BlockQ8_0>(t, rows, cols)?))
+            }
+            (WeightFormat::Q4_0, _) => {
+                MatrixData::Q4_0(Storage::Owned(quantized::<BlockQ4_0>(t, rows, cols)?))
+            }
         };
         Ok(Matrix { rows, cols, data })
     }
@@ -150,7 +194,11 @@ impl Backend for CpuBackend {
     }
 
     fn new_activations(&self) -> CpuActivations {
-        CpuActivations { data: Vec::new(), rows: 0, cols: 0 }
+        CpuActivations {
+            data: Vec::new(),
+            rows: 0,
+            cols: 0,
+        }
     }
 
     fn resize(&self, a: &mut CpuActivations, rows: usize, cols: usize) {
@@ -170,9 +218,22 @@ impl Backend for CpuBackend {
         ops::rms_norm(&x.data[..n], weight, eps, &mut out.data[..n]);
     }
 
-    fn linear(&self, w: &Matrix, bias: Option<&Vec<f32>>, x: &CpuActivations, out: &mut CpuActivations) {
+    fn linear(
+        &self,
+        w: &Matrix,
+        bias: Option<&Vec<f32>>,
+        x: &CpuActivations,
+        out: &mut CpuActivations,
+    ) {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        matmul(self.kernels, w, &x.data[..x.rows * x.cols], x.rows, &mut out.data[..x.rows * w.rows], &mut scratch);
+        matmul(
+            self.kernels,
+            w,
+            &x.data[..x.rows * x.cols],
+            x.rows,
+            &mut out.data[..x.rows * w.rows],
+            &mut scratch,
+        );
         if let Some(bias) = bias {
             ops::add_bias(&mut out.data[..x.rows * w.rows], bias);
         }
@@ -183,7 +244,11 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, x: &CpuActivations, out: &mut CpuActivations) {
-        ops::swiglu(&x.data[..x.rows * x.cols], out.cols, &mut out.data[..out.rows * out.cols]);
+        ops::swiglu(
+            &x.data[..x.rows * x.cols],
+            out.cols,
+            &mut out.data[..out.rows * out.cols],
+        );
     }
 
     fn attention(
@@ -201,7 +266,8 @@ impl Backend for CpuBackend {
         let width = qkv.cols;
         // RoPE on the query heads and key groups of every token.
         for (t, row) in qkv.data.chunks_exact_mut(width).take(qkv.rows).enumerate() {
-            self.rope.apply(&mut row[..q_dim + kv_width], hd, layout.position[t]);
+            self.rope
+                .apply(&mut row[..q_dim + kv_width], hd, layout.position[t]);
         }
         // Append this step's keys and values.
         let mut next_row = 0;
@@ -233,8 +299,12 @@ impl Backend for CpuBackend {
                 let n_ctx = layout.position[t] + 1;
                 let (k, v) = &caches[layout.seq_of_token[t]].layers[layer];
                 match (k, v) {
-                    (KvStore::F32(k), KvStore::F32(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
-                    (KvStore::F16(k), KvStore::F16(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
+                    (KvStore::F32(k), KvStore::F32(v)) => {
+                        attend_group(kernels, shape, g, q, k, v, n_ctx, out_g)
+                    }
+                    (KvStore::F16(k), KvStore::F16(v)) => {
+                        attend_group(kernels, shape, g, q, k, v, n_ctx, out_g)
+                    }
                     _ => unreachable!("invariant: keys and values share the cache dtype"),
                 }
             });

@@ -89,7 +89,11 @@ impl<B: Backend> Model<B> {
     ) -> Result<Self, ModelError> {
         let config = source.config().clone();
         let weights = load_weights(&backend, source, options, progress)?;
-        Ok(Self { config, backend, weights })
+        Ok(Self {
+            config,
+            backend,
+            weights,
+        })
     }
 
     fn attention_shape(&self) -> AttentionShape {
@@ -116,7 +120,11 @@ impl<B: Backend> Model<B> {
             KvDType::F32 => 4,
             KvDType::F16 => 2,
         };
-        self.config.num_layers * 2 * self.config.multi_query_group_num * self.config.kv_channels * elem
+        self.config.num_layers
+            * 2
+            * self.config.multi_query_group_num
+            * self.config.kv_channels
+            * elem
     }
 
     /// Bytes of weight matrices (what a decode step streams).
@@ -126,7 +134,12 @@ impl<B: Backend> Model<B> {
         b.matrix_bytes(&w.output)
             + w.layers
                 .iter()
-                .map(|l| b.matrix_bytes(&l.qkv) + b.matrix_bytes(&l.dense) + b.matrix_bytes(&l.h_to_4h) + b.matrix_bytes(&l.four_h_to_h))
+                .map(|l| {
+                    b.matrix_bytes(&l.qkv)
+                        + b.matrix_bytes(&l.dense)
+                        + b.matrix_bytes(&l.h_to_4h)
+                        + b.matrix_bytes(&l.four_h_to_h)
+                })
                 .sum::<usize>()
     }
 
@@ -160,7 +173,10 @@ impl<B: Backend> Model<B> {
             let start = seq.cache.len();
             let needed = start + seq.tokens.len();
             if needed > cfg.seq_length {
-                return Err(ModelError::ContextOverflow { needed, limit: cfg.seq_length });
+                return Err(ModelError::ContextOverflow {
+                    needed,
+                    limit: cfg.seq_length,
+                });
             }
             if let Some(&id) = seq.tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(ModelError::TokenOutOfRange { id, vocab });

@@ -77,7 +77,11 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     pub fn new(format: WeightFormat) -> Self {
-        Self { format, output_format: None, embedding_format: None }
+        Self {
+            format,
+            output_format: None,
+            embedding_format: None,
+        }
     }
 
     fn output(&self) -> WeightFormat {
@@ -148,11 +152,24 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
         for _ in 0..7 {
             step(&mut done);
         }
-        layers.push(LayerWeights { input_norm, qkv, qkv_bias, dense, post_norm, h_to_4h, four_h_to_h });
+        layers.push(LayerWeights {
+            input_norm,
+            qkv,
+            qkv_bias,
+            dense,
+            post_norm,
+            h_to_4h,
+            four_h_to_h,
+        });
     }
     let final_norm = vector(names::FINAL_LAYERNORM)?;
     step(&mut done);
     let output = matrix(names::OUTPUT_LAYER, options.output())?;
     step(&mut done);
-    Ok(Weights { embedding, layers, final_norm, output })
+    Ok(Weights {
+        embedding,
+        layers,
+        final_norm,
+        output,
+    })
 }

@@ -108,29 +108,30 @@ pub(crate) fn encode_segment<'t>(
         pos += len;
     }
 
-    let mut maybe_add = |symbols: &[Symbol], agenda: &mut BinaryHeap<Candidate>, left: u32, right: u32| {
-        if left == NONE || right == NONE {
-            return;
-        }
-        let (l, r) = (symbols[left as usize], symbols[right as usize]);
-        if l.freeze || r.freeze {
-            return;
-        }
-        let piece = &text[l.start as usize..r.end as usize];
-        let Some((id, score_key)) = vocab.mergeable(piece) else {
-            return;
-        };
-        agenda.push(Candidate {
-            key: (u64::from(score_key) << 32) | u64::from(!left),
-            right,
-            len: l.len() + r.len(),
-        });
-        if let Some(rev) = rev_merge.as_deref_mut() {
-            if vocab.kind(id) == Some(PieceKind::Unused) {
-                rev.insert(piece, l.len());
+    let mut maybe_add =
+        |symbols: &[Symbol], agenda: &mut BinaryHeap<Candidate>, left: u32, right: u32| {
+            if left == NONE || right == NONE {
+                return;
             }
-        }
-    };
+            let (l, r) = (symbols[left as usize], symbols[right as usize]);
+            if l.freeze || r.freeze {
+                return;
+            }
+            let piece = &text[l.start as usize..r.end as usize];
+            let Some((id, score_key)) = vocab.mergeable(piece) else {
+                return;
+            };
+            agenda.push(Candidate {
+                key: (u64::from(score_key) << 32) | u64::from(!left),
+                right,
+                len: l.len() + r.len(),
+            });
+            if let Some(rev) = rev_merge.as_deref_mut() {
+                if vocab.kind(id) == Some(PieceKind::Unused) {
+                    rev.insert(piece, l.len());
+                }
+            }
+        };
 
     for i in 1..symbols.len() as u32 {
         maybe_add(symbols, agenda, i - 1, i);
@@ -157,7 +158,14 @@ pub(crate) fn encode_segment<'t>(
     let mut index = 0u32;
     while index != NONE {
         let s = symbols[index as usize];
-        resegment(vocab, text, (s.start, s.end), rev_merge.as_deref(), resegment_stack, out);
+        resegment(
+            vocab,
+            text,
+            (s.start, s.end),
+            rev_merge.as_deref(),
+            resegment_stack,
+            out,
+        );
         index = s.next;
     }
 }

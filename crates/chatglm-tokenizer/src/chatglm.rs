@@ -101,12 +101,20 @@ impl ChatGlmTokenizer {
                 "ChatGLM needs a {which} control piece {name:?}, the model has none"
             ))
         };
-        let bos_id = sp.bos_id().ok_or_else(|| missing("BOS", &sp.settings().bos_piece))?;
-        let eos_id = sp.eos_id().ok_or_else(|| missing("EOS", &sp.settings().eos_piece))?;
+        let bos_id = sp
+            .bos_id()
+            .ok_or_else(|| missing("BOS", &sp.settings().bos_piece))?;
+        let eos_id = sp
+            .eos_id()
+            .ok_or_else(|| missing("EOS", &sp.settings().eos_piece))?;
         let n = sp.vocab().len() as u32;
         let special_name_pieces = SpecialToken::ALL
             .iter()
-            .filter_map(|&t| sp.vocab().id_of(t.name().as_bytes()).map(|id| (id, n + t.offset())))
+            .filter_map(|&t| {
+                sp.vocab()
+                    .id_of(t.name().as_bytes())
+                    .map(|id| (id, n + t.offset()))
+            })
             .collect();
         Ok(Self {
             sp,
@@ -141,7 +149,11 @@ impl ChatGlmTokenizer {
         self.sp.encode_ids(text, ids);
         if !self.special_name_pieces.is_empty() {
             for id in &mut ids[start..] {
-                if let Some(&(_, special)) = self.special_name_pieces.iter().find(|(piece, _)| piece == id) {
+                if let Some(&(_, special)) = self
+                    .special_name_pieces
+                    .iter()
+                    .find(|(piece, _)| piece == id)
+                {
                     *id = special;
                 }
             }

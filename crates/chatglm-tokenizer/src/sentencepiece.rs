@@ -85,7 +85,11 @@ pub(crate) struct SentencePieceBpe {
 impl SentencePieceBpe {
     /// Checks that `model` uses only settings implemented here, then builds it.
     pub fn from_model_proto(model: ModelProto) -> Result<Self, TokenizerError> {
-        check_supported(&model.trainer_spec, &model.normalizer_spec, model.denormalizer_spec.as_ref())?;
+        check_supported(
+            &model.trainer_spec,
+            &model.normalizer_spec,
+            model.denormalizer_spec.as_ref(),
+        )?;
         let settings = SpSettings {
             add_dummy_prefix: model.normalizer_spec.add_dummy_prefix,
             byte_fallback: model.trainer_spec.byte_fallback,
@@ -126,7 +130,11 @@ impl SentencePieceBpe {
                 bos_id: id_or_minus_one(self.bos_id),
                 eos_id: id_or_minus_one(self.eos_id),
                 pad_id: -1,
-                unk_piece: self.vocab.text(self.vocab.unk_id()).unwrap_or("<unk>").to_owned(),
+                unk_piece: self
+                    .vocab
+                    .text(self.vocab.unk_id())
+                    .unwrap_or("<unk>")
+                    .to_owned(),
                 bos_piece: self.settings.bos_piece.clone(),
                 eos_piece: self.settings.eos_piece.clone(),
                 ..TrainerSpec::default()
@@ -188,19 +196,51 @@ impl SentencePieceBpe {
             // UNUSED pieces are split back using pairs seen anywhere in the
             // text, so the text must be processed as one piece.
             let mut rev_merge = FastMap::default();
-            encode_segment(&self.vocab, text, 0, text.len(), &mut scratch, Some(&mut rev_merge), &mut raw);
+            encode_segment(
+                &self.vocab,
+                text,
+                0,
+                text.len(),
+                &mut scratch,
+                Some(&mut rev_merge),
+                &mut raw,
+            );
         } else if self.vocab.split_before_space_runs() {
             // No piece can span the start of a `▁` run that follows another
             // character, so those positions split the text into independent
             // BPE problems with identical results (and cache-friendly heaps).
             let mut start = 0;
             for boundary in space_run_starts(text) {
-                encode_segment(&self.vocab, text, start, boundary, &mut scratch, None, &mut raw);
+                encode_segment(
+                    &self.vocab,
+                    text,
+                    start,
+                    boundary,
+                    &mut scratch,
+                    None,
+                    &mut raw,
+                );
                 start = boundary;
             }
-            encode_segment(&self.vocab, text, start, text.len(), &mut scratch, None, &mut raw);
+            encode_segment(
+                &self.vocab,
+                text,
+                start,
+                text.len(),
+                &mut scratch,
+                None,
+                &mut raw,
+            );
         } else {
-            encode_segment(&self.vocab, text, 0, text.len(), &mut scratch, None, &mut raw);
+            encode_segment(
+                &self.vocab,
+                text,
+                0,
+                text.len(),
+                &mut scratch,
+                None,
+                &mut raw,
+            );
         }
         self.handle_unknown(text, &raw, out);
     }
@@ -255,7 +295,9 @@ impl SentencePieceBpe {
         tokens
             .iter()
             .map(|t| {
-                let surface = normalized.get(t.start as usize..t.end as usize).unwrap_or("");
+                let surface = normalized
+                    .get(t.start as usize..t.end as usize)
+                    .unwrap_or("");
                 match self.vocab.text(t.id) {
                     Some(text) if t.id != unk => text.to_owned(),
                     _ => surface.to_owned(),
@@ -266,7 +308,10 @@ impl SentencePieceBpe {
 
     fn id_text(&self, id: u32) -> IdText<'_> {
         match self.vocab.kind(id) {
-            Some(PieceKind::Byte) => self.vocab.byte_value(id).map_or(IdText::Invisible, IdText::Byte),
+            Some(PieceKind::Byte) => self
+                .vocab
+                .byte_value(id)
+                .map_or(IdText::Invisible, IdText::Byte),
             Some(PieceKind::Normal | PieceKind::UserDefined | PieceKind::Unused) => {
                 self.vocab.text(id).map_or(IdText::Invisible, IdText::Text)
             }
@@ -352,7 +397,10 @@ fn space_run_starts(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
     // `0xE2` only ever starts a character, so matching the three bytes at any
     // offset finds exactly the `▁` characters.
     (1..text.len().saturating_sub(2)).filter(move |&i| {
-        text[i] == space[0] && text[i + 1] == space[1] && text[i + 2] == space[2] && !(i >= 3 && &text[i - 3..i] == space)
+        text[i] == space[0]
+            && text[i + 1] == space[1]
+            && text[i + 2] == space[2]
+            && !(i >= 3 && &text[i - 3..i] == space)
     })
 }
 
@@ -363,7 +411,13 @@ fn check_supported(
     normalizer: &NormalizerSpec,
     denormalizer: Option<&NormalizerSpec>,
 ) -> Result<(), TokenizerError> {
-    let unsupported = |setting, value: String, hint| Err(TokenizerError::Unsupported { setting, value, hint });
+    let unsupported = |setting, value: String, hint| {
+        Err(TokenizerError::Unsupported {
+            setting,
+            value,
+            hint,
+        })
+    };
     if trainer.model_type != MODEL_TYPE_BPE {
         let name = match trainer.model_type {
             1 => "UNIGRAM".to_owned(),
@@ -371,7 +425,11 @@ fn check_supported(
             4 => "CHAR".to_owned(),
             other => other.to_string(),
         };
-        return unsupported("trainer_spec.model_type", name, "only BPE models are supported");
+        return unsupported(
+            "trainer_spec.model_type",
+            name,
+            "only BPE models are supported",
+        );
     }
     if trainer.treat_whitespace_as_suffix {
         return unsupported(

@@ -192,7 +192,10 @@ fn incomplete_bytes_become_replacement_characters() {
 #[test]
 fn out_of_range_ids_decode_to_nothing() {
     for tok in [real(), dev()] {
-        assert_eq!(tok.decode(&[u32::MAX, tok.vocab_size() as u32, 1_000_000]), "");
+        assert_eq!(
+            tok.decode(&[u32::MAX, tok.vocab_size() as u32, 1_000_000]),
+            ""
+        );
         assert_eq!(tok.id_to_piece(u32::MAX), None);
     }
 }

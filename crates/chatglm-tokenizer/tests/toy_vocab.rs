@@ -71,7 +71,13 @@ fn unknown_runs_merge_into_one_unk_without_byte_fallback() {
 #[test]
 fn duplicate_and_missing_pieces_are_refused() {
     use PieceKind::*;
-    let base = || vec![piece("<unk>", 0.0, Unknown), piece("<s>", 0.0, Control), piece("</s>", 0.0, Control)];
+    let base = || {
+        vec![
+            piece("<unk>", 0.0, Unknown),
+            piece("<s>", 0.0, Control),
+            piece("</s>", 0.0, Control),
+        ]
+    };
     let settings = SpSettings {
         byte_fallback: false,
         ..SpSettings::default()
@@ -100,6 +106,7 @@ fn duplicate_and_missing_pieces_are_refused() {
     // byte_fallback needs all 256 byte pieces.
     let mut some_bytes = base();
     some_bytes.push(piece("<0x00>", 0.0, Byte));
-    let err = ChatGlmTokenizer::from_pieces(some_bytes, SpSettings::default()).expect_err("missing bytes");
+    let err = ChatGlmTokenizer::from_pieces(some_bytes, SpSettings::default())
+        .expect_err("missing bytes");
     assert!(err.to_string().contains("<0x01>"), "{err}");
 }

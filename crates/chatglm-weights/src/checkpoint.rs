@@ -31,9 +31,17 @@ impl CheckpointFormat {
 /// Weight layouts in the order Hugging Face transformers looks for them.
 const LAYOUTS: [(&str, CheckpointFormat, bool); 4] = [
     ("model.safetensors", CheckpointFormat::Safetensors, false),
-    ("model.safetensors.index.json", CheckpointFormat::Safetensors, true),
+    (
+        "model.safetensors.index.json",
+        CheckpointFormat::Safetensors,
+        true,
+    ),
     ("pytorch_model.bin", CheckpointFormat::PyTorchBin, false),
-    ("pytorch_model.bin.index.json", CheckpointFormat::PyTorchBin, true),
+    (
+        "pytorch_model.bin.index.json",
+        CheckpointFormat::PyTorchBin,
+        true,
+    ),
 ];
 
 /// An opened checkpoint folder. Tensors are windows of memory-mapped files:
@@ -80,7 +88,9 @@ impl Checkpoint {
             .iter()
             .find(|(file, ..)| dir.join(file).is_file())
             .copied()
-            .ok_or_else(|| WeightsError::NoWeights { root: dir.to_path_buf() })?;
+            .ok_or_else(|| WeightsError::NoWeights {
+                root: dir.to_path_buf(),
+            })?;
 
         let mut tensors = BTreeMap::new();
         let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -108,7 +118,10 @@ impl Checkpoint {
                 if !shard_path.is_file() {
                     return Err(WeightsError::Index {
                         path: index_path.clone(),
-                        message: format!("shard {shard} is listed but {} does not exist", shard_path.display()),
+                        message: format!(
+                            "shard {shard} is listed but {} does not exist",
+                            shard_path.display()
+                        ),
                     });
                 }
                 let loaded = format.load(&shard_path)?;
@@ -150,10 +163,12 @@ impl Checkpoint {
 
     /// The tensor called `name`, or an error naming it and the checkpoint.
     pub fn tensor(&self, name: &str) -> Result<&Tensor, WeightsError> {
-        self.tensors.get(name).ok_or_else(|| WeightsError::MissingTensor {
-            root: self.root.clone(),
-            tensor: name.to_string(),
-        })
+        self.tensors
+            .get(name)
+            .ok_or_else(|| WeightsError::MissingTensor {
+                root: self.root.clone(),
+                tensor: name.to_string(),
+            })
     }
 
     /// All tensors, sorted by name.

@@ -46,7 +46,9 @@ impl ShardIndex {
                 && shard != "."
                 && shard != ".."
                 && !shard.contains(['/', '\\'])
-                && Path::new(shard).file_name().is_some_and(|n| n == shard.as_str());
+                && Path::new(shard)
+                    .file_name()
+                    .is_some_and(|n| n == shard.as_str());
             if !plain {
                 return Err(bad(format!(
                     "tensor {tensor}: shard {shard:?} is not a file name in the checkpoint folder"

@@ -28,8 +28,8 @@ pub mod index;
 mod mapped;
 pub mod names;
 pub mod pickle;
-pub mod quant;
 mod pytorch;
+pub mod quant;
 mod safetensors;
 mod tensor;
 pub mod zip;
@@ -39,5 +39,7 @@ pub use config::ModelConfig;
 pub use dtype::DType;
 pub use error::WeightsError;
 pub use pytorch::load_pytorch_bin;
-pub use safetensors::{load_safetensors, parse_safetensors_bytes, serialize_safetensors, SafetensorsEntry};
+pub use safetensors::{
+    load_safetensors, parse_safetensors_bytes, serialize_safetensors, SafetensorsEntry,
+};
 pub use tensor::{Tensor, TensorData};

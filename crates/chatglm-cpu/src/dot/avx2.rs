@@ -44,7 +44,11 @@ unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
         i += 32;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
+        acc[0] = _mm256_fmadd_ps(
+            _mm256_loadu_ps(pw.add(i)),
+            _mm256_loadu_ps(px.add(i)),
+            acc[0],
+        );
         i += 8;
     }
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -99,7 +103,11 @@ unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     let mut i = 0;
     while i + 16 <= n {
         acc[0] = _mm256_fmadd_ps(load_bf16x8(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
-        acc[1] = _mm256_fmadd_ps(load_bf16x8(pw.add(i + 8)), _mm256_loadu_ps(px.add(i + 8)), acc[1]);
+        acc[1] = _mm256_fmadd_ps(
+            load_bf16x8(pw.add(i + 8)),
+            _mm256_loadu_ps(px.add(i + 8)),
+            acc[1],
+        );
         i += 16;
     }
     while i + 8 <= n {
@@ -178,7 +186,10 @@ unsafe fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
         let id = _mm256_set1_ps(if max != 0.0 { 127.0 / max } else { 0.0 });
         let mut ints = [_mm256_setzero_si256(); 4];
         for (i, vi) in v.iter().enumerate() {
-            let r = _mm256_round_ps(_mm256_mul_ps(*vi, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            let r = _mm256_round_ps(
+                _mm256_mul_ps(*vi, id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            );
             ints[i] = _mm256_cvtps_epi32(r);
         }
         // Pack i32 → i16 → i8; packs interleave 128-bit lanes, so permute back.

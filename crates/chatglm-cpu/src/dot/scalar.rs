@@ -33,7 +33,11 @@ pub fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
     debug_assert_eq!(w.len(), x.len());
     let mut sum = 0.0f32;
     for (a, b) in w.iter().zip(x) {
-        let isum: i32 = a.qs.iter().zip(&b.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let isum: i32 =
+            a.qs.iter()
+                .zip(&b.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sum += isum as f32 * (a.d.to_f32() * b.d.to_f32());
     }
     sum

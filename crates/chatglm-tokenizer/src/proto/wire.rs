@@ -111,10 +111,18 @@ impl<'a> MessageReader<'a> {
                 self.skip_group(number, offset)?;
                 WireValue::Group
             }
-            4 => return Err(self.error(offset, format!("unexpected end-group tag for field {number}"))),
+            4 => {
+                return Err(self.error(
+                    offset,
+                    format!("unexpected end-group tag for field {number}"),
+                ))
+            }
             5 => WireValue::Fixed32(u32::from_le_bytes(self.read_array::<4>()?)),
             other => {
-                return Err(self.error(offset, format!("field {number} has invalid wire type {other}")))
+                return Err(self.error(
+                    offset,
+                    format!("field {number} has invalid wire type {other}"),
+                ))
             }
         };
         Ok(Some(Field {
@@ -160,7 +168,10 @@ impl<'a> MessageReader<'a> {
                     let len = self.read_varint()?;
                     let remaining = (self.buf.len() - self.pos) as u64;
                     if len > remaining {
-                        return Err(self.error(key_offset, format!("field {n} inside group overruns the message")));
+                        return Err(self.error(
+                            key_offset,
+                            format!("field {n} inside group overruns the message"),
+                        ));
                     }
                     self.pos += len as usize;
                 }
@@ -168,11 +179,21 @@ impl<'a> MessageReader<'a> {
                 4 if n == innermost => {
                     open.pop();
                 }
-                4 => return Err(self.error(key_offset, format!("end-group tag {n} does not match open group {innermost}"))),
+                4 => {
+                    return Err(self.error(
+                        key_offset,
+                        format!("end-group tag {n} does not match open group {innermost}"),
+                    ))
+                }
                 5 => {
                     self.read_array::<4>()?;
                 }
-                other => return Err(self.error(key_offset, format!("field {n} has invalid wire type {other}"))),
+                other => {
+                    return Err(self.error(
+                        key_offset,
+                        format!("field {n} has invalid wire type {other}"),
+                    ))
+                }
             }
         }
         Ok(())
@@ -183,7 +204,10 @@ impl<'a> MessageReader<'a> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(self.error(start, "varint runs past the end of the message (truncated file?)"));
+                return Err(self.error(
+                    start,
+                    "varint runs past the end of the message (truncated file?)",
+                ));
             };
             self.pos += 1;
             let bits = u64::from(byte & 0x7f);
@@ -205,7 +229,12 @@ impl<'a> MessageReader<'a> {
             .get(start..start + N)
             .and_then(|s| <[u8; N]>::try_from(s).ok())
             .ok_or_else(|| {
-                self.error(self.base + start, format!("{N}-byte fixed value runs past the end of the message (truncated file?)"))
+                self.error(
+                    self.base + start,
+                    format!(
+                        "{N}-byte fixed value runs past the end of the message (truncated file?)"
+                    ),
+                )
             })?;
         self.pos += N;
         Ok(bytes)
@@ -250,7 +279,11 @@ impl<'a> MessageReader<'a> {
     }
 
     /// The field as raw bytes plus their absolute offset.
-    pub fn bytes(&self, field: &Field<'a>, name: &str) -> Result<(&'a [u8], usize), TokenizerError> {
+    pub fn bytes(
+        &self,
+        field: &Field<'a>,
+        name: &str,
+    ) -> Result<(&'a [u8], usize), TokenizerError> {
         match field.value {
             WireValue::Bytes(b, offset) => Ok((b, offset)),
             _ => Err(self.wrong_type(field, name, "length-delimited")),

@@ -38,9 +38,10 @@ struct Client<'a> {
 
 impl Client<'_> {
     fn request(&self, agent: &ureq::Agent, method: &str, url: &str) -> ureq::Request {
-        let req = agent
-            .request(method, url)
-            .set("User-Agent", concat!("chatglm-rs/", env!("CARGO_PKG_VERSION")));
+        let req = agent.request(method, url).set(
+            "User-Agent",
+            concat!("chatglm-rs/", env!("CARGO_PKG_VERSION")),
+        );
         match &self.opts.token {
             Some(t) => req.set("Authorization", &format!("Bearer {t}")),
             None => req,
@@ -51,7 +52,9 @@ impl Client<'_> {
 fn describe(url: &str, e: ureq::Error) -> String {
     match e {
         ureq::Error::Status(401 | 403, _) => {
-            format!("{url}: access denied (gated or private repo? set HF_TOKEN to a token with access)")
+            format!(
+                "{url}: access denied (gated or private repo? set HF_TOKEN to a token with access)"
+            )
         }
         ureq::Error::Status(404, _) => format!("{url}: not found (check the repo id and revision)"),
         ureq::Error::Status(code, _) => format!("{url}: HTTP {code}"),
@@ -87,7 +90,8 @@ pub(super) fn snapshot(repo: &RepoSpec, opts: &HubOptions) -> Result<PathBuf, St
         .map_err(|e| describe(&url, e))?
         .into_string()
         .map_err(|e| format!("{url}: {e}"))?;
-    let info: RepoInfo = serde_json::from_str(&body).map_err(|e| format!("{url}: unexpected answer: {e}"))?;
+    let info: RepoInfo =
+        serde_json::from_str(&body).map_err(|e| format!("{url}: unexpected answer: {e}"))?;
     if info.sha.len() != 40 || !info.sha.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("{url}: unexpected commit id {:?}", info.sha));
     }
@@ -106,15 +110,28 @@ pub(super) fn snapshot(repo: &RepoSpec, opts: &HubOptions) -> Result<PathBuf, St
     let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
     let has = |f: &str| listed.contains(&f);
     if !has("config.json") {
-        return Err(format!("{} at {} has no config.json", repo.repo_id, info.sha));
+        return Err(format!(
+            "{} at {} has no config.json",
+            repo.repo_id, info.sha
+        ));
     }
     for file in AUX_FILES.into_iter().filter(|f| has(f)) {
         fetch(&client, repo, &info.sha, &folder, file)?;
     }
-    let weights = ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"]
-        .into_iter()
-        .find(|f| has(f))
-        .ok_or_else(|| format!("{} has no safetensors or pytorch_model*.bin weights", repo.repo_id))?;
+    let weights = [
+        "model.safetensors.index.json",
+        "model.safetensors",
+        "pytorch_model.bin.index.json",
+        "pytorch_model.bin",
+    ]
+    .into_iter()
+    .find(|f| has(f))
+    .ok_or_else(|| {
+        format!(
+            "{} has no safetensors or pytorch_model*.bin weights",
+            repo.repo_id
+        )
+    })?;
     let path = fetch(&client, repo, &info.sha, &folder, weights)?;
     if weights.ends_with(".index.json") {
         let index = ShardIndex::from_file(&path).map_err(|e| e.to_string())?;
@@ -126,12 +143,21 @@ pub(super) fn snapshot(repo: &RepoSpec, opts: &HubOptions) -> Result<PathBuf, St
 }
 
 /// Ensures `snapshots/<commit>/<file>` exists, downloading its blob if needed.
-fn fetch(client: &Client<'_>, repo: &RepoSpec, commit: &str, folder: &Path, file: &str) -> Result<PathBuf, String> {
+fn fetch(
+    client: &Client<'_>,
+    repo: &RepoSpec,
+    commit: &str,
+    folder: &Path,
+    file: &str,
+) -> Result<PathBuf, String> {
     let target = folder.join("snapshots").join(commit).join(file);
     if target.is_file() {
         return Ok(target);
     }
-    let url = format!("{}/{}/resolve/{commit}/{file}", client.opts.endpoint, repo.repo_id);
+    let url = format!(
+        "{}/{}/resolve/{commit}/{file}",
+        client.opts.endpoint, repo.repo_id
+    );
     let head = client
         .request(&client.agent_no_redirect, "HEAD", &url)
         .call()
@@ -166,7 +192,10 @@ fn fetch(client: &Client<'_>, repo: &RepoSpec, commit: &str, folder: &Path, file
             }
         }
         if !done {
-            return Err(format!("{last_err} (partial download kept in {}; run again to resume)", partial.display()));
+            return Err(format!(
+                "{last_err} (partial download kept in {}; run again to resume)",
+                partial.display()
+            ));
         }
         fs::rename(&partial, &blob).map_err(|e| format!("{}: {e}", blob.display()))?;
     }
@@ -175,7 +204,13 @@ fn fetch(client: &Client<'_>, repo: &RepoSpec, commit: &str, folder: &Path, file
 }
 
 /// Appends the rest of `url` to `partial`, starting at its current length.
-fn download_resuming(client: &Client<'_>, url: &str, partial: &Path, size: Option<u64>, label: &str) -> Result<(), String> {
+fn download_resuming(
+    client: &Client<'_>,
+    url: &str,
+    partial: &Path,
+    size: Option<u64>,
+    label: &str,
+) -> Result<(), String> {
     let have = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     if size.is_some_and(|s| have == s) {
         return Ok(());
@@ -203,14 +238,19 @@ fn download_resuming(client: &Client<'_>, url: &str, partial: &Path, size: Optio
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("{url}: download interrupted after {written} bytes: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "{url}: download interrupted after {written} bytes: {e}"
+                ))
+            }
         };
         out.write_all(buf.get(..n).unwrap_or_default())
             .map_err(|e| format!("{}: {e}", partial.display()))?;
         written += n as u64;
         bar.set_position(written);
     }
-    out.flush().map_err(|e| format!("{}: {e}", partial.display()))?;
+    out.flush()
+        .map_err(|e| format!("{}: {e}", partial.display()))?;
     bar.finish_and_clear();
     match size {
         Some(s) if s != written => Err(format!("{url}: got {written} of {s} bytes")),
@@ -223,9 +263,9 @@ fn progress_bar(show: bool, size: Option<u64>, start: u64, label: &str) -> indic
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(size.unwrap_or(0));
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(label.to_string());

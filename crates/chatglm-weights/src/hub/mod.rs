@@ -40,17 +40,25 @@ impl HubOptions {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            let home = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let home = var("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache").join("huggingface")
         });
         let token = var("HF_TOKEN").or_else(|| {
             let t = std::fs::read_to_string(hf_home.join("token")).ok()?;
             Some(t.trim().to_string()).filter(|t| !t.is_empty())
         });
-        let offline = var("HF_HUB_OFFLINE")
-            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
+        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        });
         Self {
-            cache_dir: var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| hf_home.join("hub")),
+            cache_dir: var("HF_HUB_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| hf_home.join("hub")),
             endpoint: var("HF_ENDPOINT")
                 .unwrap_or_else(|| "https://huggingface.co".into())
                 .trim_end_matches('/')
@@ -83,11 +91,14 @@ impl RepoSpec {
             !s.is_empty()
                 && !s.starts_with(['.', '-'])
                 && !s.contains("..")
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         let revision_ok = !revision.is_empty()
             && !revision.starts_with('/')
-            && !revision.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+            && !revision
+                .split('/')
+                .any(|p| p.is_empty() || p == "." || p == "..")
             && revision.chars().all(|c| c.is_ascii_graphic() && c != '\\');
         (part_ok(owner) && part_ok(name) && revision_ok).then(|| Self {
             repo_id: repo_id.to_string(),
@@ -142,7 +153,11 @@ pub fn resolve_with(spec: &str, opts: &HubOptions) -> Result<PathBuf, WeightsErr
 
     let cached = cached_snapshot(&repo, &opts.cache_dir);
     if opts.offline {
-        return cached.map_err(|why| err(format!("HF_HUB_OFFLINE is set and {why}; unset HF_HUB_OFFLINE to download it")));
+        return cached.map_err(|why| {
+            err(format!(
+                "HF_HUB_OFFLINE is set and {why}; unset HF_HUB_OFFLINE to download it"
+            ))
+        });
     }
     if repo.is_commit() {
         if let Ok(dir) = cached {
@@ -153,7 +168,11 @@ pub fn resolve_with(spec: &str, opts: &HubOptions) -> Result<PathBuf, WeightsErr
 }
 
 #[cfg(feature = "download")]
-fn download_snapshot(repo: &RepoSpec, opts: &HubOptions, spec: &str) -> Result<PathBuf, WeightsError> {
+fn download_snapshot(
+    repo: &RepoSpec,
+    opts: &HubOptions,
+    spec: &str,
+) -> Result<PathBuf, WeightsError> {
     download::snapshot(repo, opts).or_else(|e| {
         // Like huggingface_hub: if the hub cannot be reached, a complete
         // cached snapshot of the same revision is good enough.
@@ -165,7 +184,11 @@ fn download_snapshot(repo: &RepoSpec, opts: &HubOptions, spec: &str) -> Result<P
 }
 
 #[cfg(not(feature = "download"))]
-fn download_snapshot(repo: &RepoSpec, opts: &HubOptions, spec: &str) -> Result<PathBuf, WeightsError> {
+fn download_snapshot(
+    repo: &RepoSpec,
+    opts: &HubOptions,
+    spec: &str,
+) -> Result<PathBuf, WeightsError> {
     cached_snapshot(repo, &opts.cache_dir).map_err(|why| WeightsError::Hub {
         spec: spec.to_string(),
         message: format!("{why}, and this build has no `download` feature"),
@@ -180,12 +203,21 @@ pub fn cached_snapshot(repo: &RepoSpec, cache_dir: &Path) -> Result<PathBuf, Str
         repo.revision.clone()
     } else {
         let ref_path = folder.join("refs").join(&repo.revision);
-        let commit = std::fs::read_to_string(&ref_path)
-            .map_err(|_| format!("revision {} of {} is not in the cache ({} not found)", repo.revision, repo.repo_id, ref_path.display()))?;
+        let commit = std::fs::read_to_string(&ref_path).map_err(|_| {
+            format!(
+                "revision {} of {} is not in the cache ({} not found)",
+                repo.revision,
+                repo.repo_id,
+                ref_path.display()
+            )
+        })?;
         commit.trim().to_string()
     };
     if commit.is_empty() || commit.contains(['/', '\\']) || commit == ".." {
-        return Err(format!("cache ref for {} is corrupt ({commit:?})", repo.revision));
+        return Err(format!(
+            "cache ref for {} is corrupt ({commit:?})",
+            repo.revision
+        ));
     }
     let snapshot = folder.join("snapshots").join(&commit);
     snapshot_complete(&snapshot).map(|()| snapshot)
@@ -224,7 +256,10 @@ mod tests {
         let r = RepoSpec::parse("THUDM/chatglm2-6b@v1.0").unwrap();
         assert_eq!(r.repo_id, "THUDM/chatglm2-6b");
         assert_eq!(r.revision, "v1.0");
-        assert_eq!(RepoSpec::parse("THUDM/chatglm2-6b").unwrap().revision, "main");
+        assert_eq!(
+            RepoSpec::parse("THUDM/chatglm2-6b").unwrap().revision,
+            "main"
+        );
         assert!(RepoSpec::parse("THUDM/../x").is_none());
         assert!(RepoSpec::parse("a/b@../../etc").is_none());
         assert!(RepoSpec::parse("noslash").is_none());

@@ -12,7 +12,12 @@ pub fn testdata() -> PathBuf {
 }
 
 /// The dev model's layouts.
-pub const LAYOUTS: [&str; 4] = ["safetensors-f32", "safetensors-sharded-f16", "pytorch-f32", "pytorch-sharded-bf16"];
+pub const LAYOUTS: [&str; 4] = [
+    "safetensors-f32",
+    "safetensors-sharded-f16",
+    "pytorch-f32",
+    "pytorch-sharded-bf16",
+];
 
 pub fn layout_dir(name: &str) -> PathBuf {
     testdata().join("dev/model").join(name)
@@ -77,7 +82,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
