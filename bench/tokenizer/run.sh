@@ -5,7 +5,8 @@
 #   bench/tokenizer/run.sh            # RUNS=10 by default
 #   RUNS=20 CHATGLM_TESTDATA=/path/to/testdata bench/tokenizer/run.sh
 #
-# Also checks that both produce identical ids on the whole corpus.
+# Also checks that both produce identical ids on the whole corpus and on
+# random Unicode text (bench/tokenizer/random_text.py).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,6 +37,21 @@ else
     echo "ids: DIFFER from sentencepiece" >&2
     exit 1
 fi
+
+# Differential check on random Unicode text, real and dev tokenizers.
+DEV_MODEL=$TESTDATA/dev/model/safetensors-f32/tokenizer.model
+for seed in 1 2 3; do
+    "$VENV/bin/python" bench/tokenizer/random_text.py "$seed" 100000 "$OUT/random-$seed.txt"
+    for model in "$MODEL" "$DEV_MODEL"; do
+        target/release/examples/encode_bench "$model" "$OUT/random-$seed.txt" 1 --ids "$OUT/ids-rust.txt" >/dev/null
+        "$VENV/bin/python" bench/tokenizer/sp_bench.py "$model" "$OUT/random-$seed.txt" 1 "$OUT/ids-sp.txt" >/dev/null
+        if ! cmp -s "$OUT/ids-rust.txt" "$OUT/ids-sp.txt"; then
+            echo "random text seed $seed, $model: ids DIFFER from sentencepiece" >&2
+            exit 1
+        fi
+    done
+done
+echo "random text (3 seeds x 100k fragments, real + dev tokenizer): ids identical"
 
 best() { sed -E 's/.*best ([0-9.]+) MB\/s.*/\1/' <<<"$1"; }
 python3 -c "import sys; r, s = map(float, sys.argv[1:]); print(f'ratio (rust / sentencepiece, best MB/s): {r / s:.2f}x')" \

@@ -32,15 +32,8 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load_options(&self) -> Result<PipelineOptions> {
         let format: WeightFormat = self.dtype.parse()?;
-        let kv_dtype = self
-            .kv_dtype
-            .as_deref()
-            .map(str::parse::<KvDType>)
-            .transpose()?;
-        Ok(PipelineOptions {
-            load: LoadOptions::new(format),
-            kv_dtype,
-        })
+        let kv_dtype = self.kv_dtype.as_deref().map(str::parse::<KvDType>).transpose()?;
+        Ok(PipelineOptions { load: LoadOptions::new(format), kv_dtype })
     }
 
     /// Sizes the thread pool, then loads with a progress bar on stderr.
@@ -70,18 +63,14 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
         anyhow::bail!("--threads must be at least 1");
     }
     // A second call (tests, re-entry) keeps the first pool.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     Ok(())
 }
 
 /// Physical cores from /proc/cpuinfo (distinct (physical id, core id)),
 /// falling back to the logical CPU count.
 pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
         return logical;
     };

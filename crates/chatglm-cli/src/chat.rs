@@ -25,9 +25,7 @@ const WELCOME: &str = "欢迎使用 ChatGLM2-6B 模型，输入内容即可进�
 pub fn run(args: ChatArgs) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let pipeline = args.model.load()?;
-    let config = args
-        .sampling
-        .generation_config(pipeline.tokenizer.eos_id())?;
+    let config = args.sampling.generation_config(pipeline.tokenizer.eos_id())?;
     let mut session = ChatSession::new(&pipeline);
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -38,11 +36,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     }
     if interactive {
         if args.verbose {
-            eprintln!(
-                "model: {} on {}",
-                pipeline.source,
-                pipeline.model.backend.name()
-            );
+            eprintln!("model: {} on {}", pipeline.source, pipeline.model.backend.name());
         }
         println!("{WELCOME}");
         let mut editor = rustyline::DefaultEditor::new()?;
@@ -131,13 +125,10 @@ fn answer<B: Backend>(
                 }
                 return Ok(());
             }
-            Err(EngineError::ContextFull {
-                prompt_tokens,
-                limit,
-                which,
-                ..
-            }) if !session.history().is_empty() => {
-                eprintln!("[the dialogue is {prompt_tokens} tokens, over {which} ({limit}); dropping the oldest round]");
+            Err(EngineError::ContextFull { prompt_tokens, limit, which, .. }) if !session.history().is_empty() => {
+                eprintln!(
+                    "[the dialogue is {prompt_tokens} tokens, over {which} ({limit}); dropping the oldest round]"
+                );
                 session.drop_oldest_rounds(1);
             }
             Err(e) => {

@@ -29,14 +29,9 @@ pub struct GenerateArgs {
 }
 
 pub fn read_history(path: &PathBuf) -> Result<History> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read history file {}", path.display()))?;
-    let pairs: Vec<(String, String)> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: expected a JSON list of [query, response] pairs",
-            path.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read history file {}", path.display()))?;
+    let pairs: Vec<(String, String)> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON list of [query, response] pairs", path.display()))?;
     Ok(pairs)
 }
 
@@ -44,16 +39,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.raw && args.history.is_some() {
         anyhow::bail!("--history only applies to chat mode; drop --raw or --history");
     }
-    let history = args
-        .history
-        .as_ref()
-        .map(read_history)
-        .transpose()?
-        .unwrap_or_default();
+    let history = args.history.as_ref().map(read_history).transpose()?.unwrap_or_default();
     let pipeline = args.model.load()?;
-    let config = args
-        .sampling
-        .generation_config(pipeline.tokenizer.eos_id())?;
+    let config = args.sampling.generation_config(pipeline.tokenizer.eos_id())?;
     let stream = !args.json;
     let mut stdout = std::io::stdout();
     let mut on_text = |delta: &str| {
@@ -67,15 +55,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         let ids = pipeline.tokenizer.encode(&args.prompt);
         let mut state = ForwardState::new(&pipeline.model.backend);
         let mut cache = pipeline.model.new_cache(pipeline.kv_dtype);
-        let out = generate(
-            &pipeline.model,
-            &pipeline.tokenizer,
-            &mut state,
-            &mut cache,
-            &ids,
-            &config,
-            &mut on_text,
-        )?;
+        let out = generate(&pipeline.model, &pipeline.tokenizer, &mut state, &mut cache, &ids, &config, &mut on_text)?;
         let text = out.text.clone();
         (ids, out, text)
     } else {

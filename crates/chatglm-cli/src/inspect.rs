@@ -16,17 +16,12 @@ pub struct InspectArgs {
 }
 
 /// Bytes per weight of each format, including block scales.
-const FORMATS: [(&str, f64); 5] = [
-    ("f32", 4.0),
-    ("f16", 2.0),
-    ("bf16", 2.0),
-    ("q8_0", 34.0 / 32.0),
-    ("q4_0", 18.0 / 32.0),
-];
+const FORMATS: [(&str, f64); 5] =
+    [("f32", 4.0), ("f16", 2.0), ("bf16", 2.0), ("q8_0", 34.0 / 32.0), ("q4_0", 18.0 / 32.0)];
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let dir = chatglm_weights::hub::resolve(&args.model)
-        .with_context(|| format!("cannot find model `{}`", args.model))?;
+    let dir =
+        chatglm_weights::hub::resolve(&args.model).with_context(|| format!("cannot find model `{}`", args.model))?;
     let ckpt = Checkpoint::open(&dir)?;
     let shapes = ckpt.validate_shapes();
     let cfg = &ckpt.config;
@@ -41,10 +36,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
         }
     }
     let other = params - matrix_params;
-    let estimates: Vec<(&str, u64)> = FORMATS
-        .iter()
-        .map(|(name, bpw)| (*name, (matrix_params as f64 * bpw) as u64 + other * 4))
-        .collect();
+    let estimates: Vec<(&str, u64)> =
+        FORMATS.iter().map(|(name, bpw)| (*name, (matrix_params as f64 * bpw) as u64 + other * 4)).collect();
     let kv_per_token = cfg.num_layers * 2 * cfg.multi_query_group_num * cfg.kv_channels * 2;
     if args.json {
         let v = serde_json::json!({
@@ -79,18 +72,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!(
         "tensors    {} ({})",
         ckpt.len(),
-        dtypes
-            .iter()
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        dtypes.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
     );
     println!("parameters {} ({:.2} B)", params, params as f64 / 1e9);
-    println!(
-        "bytes      {} ({})",
-        ckpt.total_bytes(),
-        human(ckpt.total_bytes())
-    );
+    println!("bytes      {} ({})", ckpt.total_bytes(), human(ckpt.total_bytes()));
     match &shapes {
         Ok(()) => println!("shapes     all match config.json"),
         Err(e) => println!("shapes     MISMATCH: {e}"),

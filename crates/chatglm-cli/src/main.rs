@@ -3,6 +3,7 @@
 //! parses arguments, calls the library crates and prints.
 
 mod args;
+mod bench;
 mod chat;
 mod generate;
 mod inspect;
@@ -26,6 +27,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Text to token ids (JSON Lines on stdin → JSON arrays on stdout), or back with --decode.
     Tokenize(tokenize::TokenizeArgs),
+    /// Measure load time, prefill and decode speed, bandwidth and peak memory.
+    Bench(bench::BenchArgs),
     /// Describe a model: config, tensors, dtypes, parameters, memory at each format.
     Inspect(inspect::InspectArgs),
 }
@@ -44,6 +47,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -25,12 +25,10 @@ pub fn load_tokenizer(spec: &str) -> Result<ChatGlmTokenizer> {
     let file = if path.is_file() {
         path.to_path_buf()
     } else {
-        let dir = chatglm_weights::hub::resolve(spec)
-            .with_context(|| format!("cannot find model `{spec}`"))?;
+        let dir = chatglm_weights::hub::resolve(spec).with_context(|| format!("cannot find model `{spec}`"))?;
         dir.join("tokenizer.model")
     };
-    ChatGlmTokenizer::from_file(&file)
-        .with_context(|| format!("cannot load tokenizer from {}", file.display()))
+    ChatGlmTokenizer::from_file(&file).with_context(|| format!("cannot load tokenizer from {}", file.display()))
 }
 
 pub fn run(args: TokenizeArgs) -> Result<()> {
@@ -44,19 +42,15 @@ pub fn run(args: TokenizeArgs) -> Result<()> {
         }
         let n = i + 1;
         if args.decode {
-            let ids: Vec<u32> = serde_json::from_str(&line)
-                .with_context(|| format!("line {n}: expected a JSON array of token ids"))?;
+            let ids: Vec<u32> =
+                serde_json::from_str(&line).with_context(|| format!("line {n}: expected a JSON array of token ids"))?;
             serde_json::to_writer(&mut out, &tok.decode(&ids))?;
         } else {
             let text: String = match serde_json::from_str(&line) {
                 Ok(t) => t,
                 Err(e) => bail!("line {n}: expected a JSON string: {e}"),
             };
-            let ids = if args.no_special {
-                tok.encode_no_special(&text)
-            } else {
-                tok.encode(&text)
-            };
+            let ids = if args.no_special { tok.encode_no_special(&text) } else { tok.encode(&text) };
             serde_json::to_writer(&mut out, &ids)?;
         }
         out.write_all(b"\n")?;

@@ -139,20 +139,14 @@ pub fn attend_group_reference(
         let scores: Vec<f64> = (0..n_ctx)
             .map(|p| {
                 let k = &keys[p * kv_stride + group * hd..][..hd];
-                k.iter()
-                    .zip(qh)
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum::<f64>()
-                    * scale
+                k.iter().zip(qh).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale
             })
             .collect();
         let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
         let z: f64 = e.iter().sum();
         for d in 0..hd {
-            let v: f64 = (0..n_ctx)
-                .map(|p| e[p] * values[p * kv_stride + group * hd + d] as f64)
-                .sum();
+            let v: f64 = (0..n_ctx).map(|p| e[p] * values[p * kv_stride + group * hd + d] as f64).sum();
             out[h * hd + d] = (v / z) as f32;
         }
     }

@@ -30,10 +30,7 @@ impl CpuFeatures {
         }
         #[cfg(target_arch = "aarch64")]
         {
-            Self {
-                neon: std::arch::is_aarch64_feature_detected!("neon"),
-                ..Self::default()
-            }
+            Self { neon: std::arch::is_aarch64_feature_detected!("neon"), ..Self::default() }
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
@@ -53,6 +50,9 @@ pub type DotF16 = fn(&[half::f16], &[f32]) -> f32;
 pub type DotBf16 = fn(&[half::bf16], &[f32]) -> f32;
 pub type DotQ8_0 = fn(&[dot::BlockQ8_0], &[dot::BlockQ8_0]) -> f32;
 pub type DotQ4_0 = fn(&[dot::BlockQ4_0], &[dot::BlockQ8_0]) -> f32;
+pub type DotQ4_1 = fn(&[dot::BlockQ4_1], &[dot::BlockQ8_0]) -> f32;
+pub type DotQ5_0 = fn(&[dot::BlockQ5_0], &[dot::BlockQ8_0]) -> f32;
+pub type DotQ5_1 = fn(&[dot::BlockQ5_1], &[dot::BlockQ8_0]) -> f32;
 pub type QuantizeRowQ8_0 = fn(&[f32], &mut [dot::BlockQ8_0]);
 
 /// The function table for one instruction set. Chosen once; the hot loops
@@ -65,6 +65,9 @@ pub struct Kernels {
     pub dot_bf16: DotBf16,
     pub dot_q8_0: DotQ8_0,
     pub dot_q4_0: DotQ4_0,
+    pub dot_q4_1: DotQ4_1,
+    pub dot_q5_0: DotQ5_0,
+    pub dot_q5_1: DotQ5_1,
     pub quantize_row_q8_0: QuantizeRowQ8_0,
 }
 
@@ -78,6 +81,9 @@ impl Kernels {
             dot_bf16: dot::scalar::dot_bf16,
             dot_q8_0: dot::scalar::dot_q8_0,
             dot_q4_0: dot::scalar::dot_q4_0,
+            dot_q4_1: dot::scalar::dot_q4_1,
+            dot_q5_0: dot::scalar::dot_q5_0,
+            dot_q5_1: dot::scalar::dot_q5_1,
             quantize_row_q8_0: dot::scalar::quantize_row_q8_0,
         }
     }

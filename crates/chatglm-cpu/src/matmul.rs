@@ -29,34 +29,14 @@ unsafe impl Sync for OutPtr {}
 /// Computes `y[t, r] = Σ_c x[t, c] · W[r, c]` for `n_tokens` rows of `x`.
 ///
 /// `x` is `(n_tokens, w.cols)`, `y` is `(n_tokens, w.rows)`, both row-major.
-pub fn matmul(
-    kernels: &Kernels,
-    w: &Matrix,
-    x: &[f32],
-    n_tokens: usize,
-    y: &mut [f32],
-    scratch: &mut MatmulScratch,
-) {
+pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut [f32], scratch: &mut MatmulScratch) {
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(
-        x.len(),
-        n_tokens * cols,
-        "matmul: x is not (n_tokens, cols)"
-    );
-    assert_eq!(
-        y.len(),
-        n_tokens * rows,
-        "matmul: y is not (n_tokens, rows)"
-    );
+    assert_eq!(x.len(), n_tokens * cols, "matmul: x is not (n_tokens, cols)");
+    assert_eq!(y.len(), n_tokens * rows, "matmul: y is not (n_tokens, rows)");
     if w.wants_q8_activations() {
         let blocks_per_row = cols / QK8_0;
-        scratch
-            .q8
-            .resize(n_tokens * blocks_per_row, BlockQ8_0::default_zero());
-        for (xr, qr) in x
-            .chunks_exact(cols)
-            .zip(scratch.q8.chunks_exact_mut(blocks_per_row))
-        {
+        scratch.q8.resize(n_tokens * blocks_per_row, BlockQ8_0::default_zero());
+        for (xr, qr) in x.chunks_exact(cols).zip(scratch.q8.chunks_exact_mut(blocks_per_row)) {
             (kernels.quantize_row_q8_0)(xr, qr);
         }
     }
@@ -99,26 +79,32 @@ pub fn matmul(
                     }
                 }
             }
-            MatrixData::Q8_0(s) => {
-                let (s, nb) = (s.as_slice(), cols / QK8_0);
-                for t in 0..n_tokens {
-                    let xt = &q8[t * nb..(t + 1) * nb];
-                    for r in r0..r1 {
-                        write(t, r, (kernels.dot_q8_0)(&s[r * nb..(r + 1) * nb], xt));
-                    }
-                }
-            }
-            MatrixData::Q4_0(s) => {
-                let (s, nb) = (s.as_slice(), cols / QK8_0);
-                for t in 0..n_tokens {
-                    let xt = &q8[t * nb..(t + 1) * nb];
-                    for r in r0..r1 {
-                        write(t, r, (kernels.dot_q4_0)(&s[r * nb..(r + 1) * nb], xt));
-                    }
-                }
-            }
+            MatrixData::Q8_0(s) => quantized_rows(s.as_slice(), kernels.dot_q8_0, q8, cols, n_tokens, r0..r1, &write),
+            MatrixData::Q4_0(s) => quantized_rows(s.as_slice(), kernels.dot_q4_0, q8, cols, n_tokens, r0..r1, &write),
+            MatrixData::Q4_1(s) => quantized_rows(s.as_slice(), kernels.dot_q4_1, q8, cols, n_tokens, r0..r1, &write),
+            MatrixData::Q5_0(s) => quantized_rows(s.as_slice(), kernels.dot_q5_0, q8, cols, n_tokens, r0..r1, &write),
+            MatrixData::Q5_1(s) => quantized_rows(s.as_slice(), kernels.dot_q5_1, q8, cols, n_tokens, r0..r1, &write),
         }
     });
+}
+
+/// One task's rows of a block-quantized matrix against q8_0 activations.
+fn quantized_rows<B>(
+    w: &[B],
+    dot: fn(&[B], &[BlockQ8_0]) -> f32,
+    q8: &[BlockQ8_0],
+    cols: usize,
+    n_tokens: usize,
+    rows: std::ops::Range<usize>,
+    write: &dyn Fn(usize, usize, f32),
+) {
+    let nb = cols / QK8_0;
+    for t in 0..n_tokens {
+        let xt = &q8[t * nb..(t + 1) * nb];
+        for r in rows.clone() {
+            write(t, r, dot(&w[r * nb..(r + 1) * nb], xt));
+        }
+    }
 }
 
 trait ZeroBlock {

@@ -1,6 +1,6 @@
 //! Weight matrices as the CPU kernels consume them.
 
-use crate::dot::{BlockQ4_0, BlockQ8_0};
+use crate::dot::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
 use chatglm_weights::TensorData;
 use half::{bf16, f16};
 
@@ -26,8 +26,9 @@ impl<T: bytemuck::Pod> Storage<T> {
     pub fn as_slice(&self) -> &[T] {
         match self {
             Storage::Owned(v) => v,
-            Storage::Mapped(d) => bytemuck::try_cast_slice(d)
-                .expect("invariant: alignment checked in from_tensor_data"),
+            Storage::Mapped(d) => {
+                bytemuck::try_cast_slice(d).expect("invariant: alignment checked in from_tensor_data")
+            }
         }
     }
 }
@@ -42,6 +43,9 @@ pub enum MatrixData {
     Q8_0(Storage<BlockQ8_0>),
     /// `cols / 32` blocks per row.
     Q4_0(Storage<BlockQ4_0>),
+    Q4_1(Storage<BlockQ4_1>),
+    Q5_0(Storage<BlockQ5_0>),
+    Q5_1(Storage<BlockQ5_1>),
 }
 
 /// A row-major `(rows, cols)` weight matrix: `y = W x` reads one row per output.
@@ -61,6 +65,9 @@ impl Matrix {
             MatrixData::BF16(s) => std::mem::size_of_val(s.as_slice()),
             MatrixData::Q8_0(s) => std::mem::size_of_val(s.as_slice()),
             MatrixData::Q4_0(s) => std::mem::size_of_val(s.as_slice()),
+            MatrixData::Q4_1(s) => std::mem::size_of_val(s.as_slice()),
+            MatrixData::Q5_0(s) => std::mem::size_of_val(s.as_slice()),
+            MatrixData::Q5_1(s) => std::mem::size_of_val(s.as_slice()),
         }
     }
 
@@ -71,12 +78,15 @@ impl Matrix {
             MatrixData::BF16(_) => "bf16",
             MatrixData::Q8_0(_) => "q8_0",
             MatrixData::Q4_0(_) => "q4_0",
+            MatrixData::Q4_1(_) => "q4_1",
+            MatrixData::Q5_0(_) => "q5_0",
+            MatrixData::Q5_1(_) => "q5_1",
         }
     }
 
     /// True when activations must be quantized to q8_0 before the dot products.
     pub fn wants_q8_activations(&self) -> bool {
-        matches!(self.data, MatrixData::Q8_0(_) | MatrixData::Q4_0(_))
+        !matches!(self.data, MatrixData::F32(_) | MatrixData::F16(_) | MatrixData::BF16(_))
     }
 
     /// Row `r` converted to f32 (used for embedding lookups).
@@ -94,14 +104,16 @@ impl Matrix {
                     *o = v.to_f32();
                 }
             }
-            MatrixData::Q8_0(s) => {
-                let nb = c / 32;
-                chatglm_weights::quant::dequantize_row(&s.as_slice()[r * nb..(r + 1) * nb], out)
-            }
-            MatrixData::Q4_0(s) => {
-                let nb = c / 32;
-                chatglm_weights::quant::dequantize_row(&s.as_slice()[r * nb..(r + 1) * nb], out)
-            }
+            MatrixData::Q8_0(s) => dequant(s.as_slice(), r, c, out),
+            MatrixData::Q4_0(s) => dequant(s.as_slice(), r, c, out),
+            MatrixData::Q4_1(s) => dequant(s.as_slice(), r, c, out),
+            MatrixData::Q5_0(s) => dequant(s.as_slice(), r, c, out),
+            MatrixData::Q5_1(s) => dequant(s.as_slice(), r, c, out),
         }
     }
+}
+
+fn dequant<B: chatglm_weights::quant::QuantBlock>(blocks: &[B], r: usize, cols: usize, out: &mut [f32]) {
+    let nb = cols / 32;
+    chatglm_weights::quant::dequantize_row(&blocks[r * nb..(r + 1) * nb], out)
 }

@@ -52,9 +52,7 @@ pub struct RopeTable {
 impl RopeTable {
     pub fn new(head_dim: usize, base: f32) -> Self {
         let rot_dim = head_dim / 2;
-        let inv_freq = (0..rot_dim / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32))
-            .collect();
+        let inv_freq = (0..rot_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32)).collect();
         Self { inv_freq }
     }
 

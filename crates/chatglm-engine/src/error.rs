@@ -11,12 +11,7 @@ pub enum EngineError {
     #[error(transparent)]
     Tokenizer(#[from] chatglm_tokenizer::TokenizerError),
     #[error("the prompt is {prompt_tokens} tokens but the limit is {limit} ({which}); shorten the input{hint}")]
-    ContextFull {
-        prompt_tokens: usize,
-        limit: usize,
-        which: &'static str,
-        hint: &'static str,
-    },
+    ContextFull { prompt_tokens: usize, limit: usize, which: &'static str, hint: &'static str },
     #[error("invalid parameter: {0}")]
     InvalidParameter(String),
     #[error("no tokenizer.model found next to the weights in {0}")]

@@ -105,10 +105,7 @@ pub fn generate<B: Backend>(
     config: &GenerationConfig,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<GenerationOutput, EngineError> {
-    config
-        .sampling
-        .validate()
-        .map_err(EngineError::InvalidParameter)?;
+    config.sampling.validate().map_err(EngineError::InvalidParameter)?;
     if new_ids.is_empty() {
         return Err(EngineError::InvalidParameter("the prompt is empty".into()));
     }
@@ -142,19 +139,8 @@ pub fn generate<B: Backend>(
     let mut logits = Vec::with_capacity(vocab);
     let chunks: Vec<&[u32]> = new_ids.chunks(PREFILL_CHUNK_TOKENS).collect();
     for (i, chunk) in chunks.iter().enumerate() {
-        let wanted = if i + 1 == chunks.len() {
-            LogitsWanted::Last
-        } else {
-            LogitsWanted::None
-        };
-        let out = model.forward(
-            state,
-            &mut [SequenceInput {
-                tokens: chunk,
-                cache,
-                logits: wanted,
-            }],
-        );
+        let wanted = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
+        let out = model.forward(state, &mut [SequenceInput { tokens: chunk, cache, logits: wanted }]);
         match out {
             Ok(l) => {
                 logits.clear();
@@ -176,11 +162,7 @@ pub fn generate<B: Backend>(
     let mut emitted = 0;
     let mut generated = Vec::new();
     // Repetition penalty looks at the whole visible sequence of this round.
-    let mut previous: Vec<u32> = if config.sampling.repetition_penalty != 1.0 {
-        new_ids.to_vec()
-    } else {
-        Vec::new()
-    };
+    let mut previous: Vec<u32> = if config.sampling.repetition_penalty != 1.0 { new_ids.to_vec() } else { Vec::new() };
     let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
     let finish = loop {
         let token = sample(&mut logits, &config.sampling, &previous, &mut rng);
@@ -208,14 +190,7 @@ pub fn generate<B: Backend>(
         if total >= config.max_length || generated.len() >= max_new || total >= context_limit {
             break FinishReason::Length;
         }
-        let l = model.forward(
-            state,
-            &mut [SequenceInput {
-                tokens: &[token],
-                cache,
-                logits: LogitsWanted::Last,
-            }],
-        )?;
+        let l = model.forward(state, &mut [SequenceInput { tokens: &[token], cache, logits: LogitsWanted::Last }])?;
         logits.clear();
         logits.extend_from_slice(l);
     };
@@ -228,16 +203,7 @@ pub fn generate<B: Backend>(
             on_text(&text[emitted..]);
         }
     }
-    let timings = Timings {
-        prompt_tokens: new_ids.len(),
-        prefill,
-        generated_tokens: generated.len(),
-        decode: t1.elapsed(),
-    };
-    Ok(GenerationOutput {
-        generated_ids: generated,
-        text,
-        finish_reason: finish,
-        timings,
-    })
+    let timings =
+        Timings { prompt_tokens: new_ids.len(), prefill, generated_tokens: generated.len(), decode: t1.elapsed() };
+    Ok(GenerationOutput { generated_ids: generated, text, finish_reason: finish, timings })
 }

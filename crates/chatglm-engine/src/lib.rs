@@ -5,18 +5,32 @@
 //! (one sequence: prefill, decode, stop conditions), [`SamplingParams`] and
 //! the pure [`sampling::sample`] function.
 //!
+//! Serving: [`Engine`] runs a continuous-batching loop on its own thread
+//! ([`scheduler::Scheduler`] plans each step, [`kv_blocks::BlockAllocator`]
+//! accounts KV memory); clients [`EngineHandle::submit`] a [`Request`] that
+//! carries its own [`EventSink`] and receive [`RequestEvent`]s.
+//!
 //! What comes in: text or token ids and parameters. What goes out: token
 //! ids, text deltas and finish reasons.
 
+mod engine_loop;
 mod error;
 pub mod generate;
+mod handle;
+pub mod kv_blocks;
 mod pipeline;
+pub mod request;
 pub mod sampling;
+pub mod scheduler;
+mod sequence;
 mod session;
+pub mod stats;
 pub mod text;
 
 pub use error::EngineError;
 pub use generate::{generate, FinishReason, GenerationConfig, GenerationOutput, Timings};
+pub use handle::{Engine, EngineConfig, EngineHandle, EngineLimits, SubmitError};
 pub use pipeline::{Pipeline, PipelineOptions};
+pub use request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
 pub use sampling::SamplingParams;
 pub use session::{ChatReply, ChatSession, History};

@@ -16,10 +16,7 @@ pub struct PipelineOptions {
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        Self {
-            load: LoadOptions::new(WeightFormat::Auto),
-            kv_dtype: None,
-        }
+        Self { load: LoadOptions::new(WeightFormat::Auto), kv_dtype: None }
     }
 }
 
@@ -52,28 +49,14 @@ impl Pipeline<CpuBackend> {
     ) -> Result<Self, EngineError> {
         let ckpt = Checkpoint::open(dir)?;
         ckpt.validate_shapes()?;
-        let tok_path = ckpt
-            .tokenizer_path
-            .clone()
-            .ok_or_else(|| EngineError::MissingTokenizer(dir.display().to_string()))?;
+        let tok_path =
+            ckpt.tokenizer_path.clone().ok_or_else(|| EngineError::MissingTokenizer(dir.display().to_string()))?;
         let tokenizer = ChatGlmTokenizer::from_file(&tok_path)?;
         let backend = CpuBackend::for_config(&ckpt.config);
         let model = Model::load(backend, &ckpt, options.load, progress)?;
         let all_f32 = model.backend.matrix_format(&model.weights.output) == "f32"
-            && model
-                .weights
-                .layers
-                .iter()
-                .all(|l| model.backend.matrix_format(&l.qkv) == "f32");
-        let kv_dtype =
-            options
-                .kv_dtype
-                .unwrap_or(if all_f32 { KvDType::F32 } else { KvDType::F16 });
-        Ok(Self {
-            model,
-            tokenizer,
-            kv_dtype,
-            source: spec.to_string(),
-        })
+            && model.weights.layers.iter().all(|l| model.backend.matrix_format(&l.qkv) == "f32");
+        let kv_dtype = options.kv_dtype.unwrap_or(if all_f32 { KvDType::F32 } else { KvDType::F16 });
+        Ok(Self { model, tokenizer, kv_dtype, source: spec.to_string() })
     }
 }

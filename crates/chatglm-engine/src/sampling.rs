@@ -25,24 +25,13 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     /// The official `chat()` defaults: sampling with temperature 0.8, top-p 0.8.
     fn default() -> Self {
-        Self {
-            temperature: 0.8,
-            top_p: 0.8,
-            top_k: 0,
-            repetition_penalty: 1.0,
-            do_sample: true,
-            seed: None,
-        }
+        Self { temperature: 0.8, top_p: 0.8, top_k: 0, repetition_penalty: 1.0, do_sample: true, seed: None }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self {
-            do_sample: false,
-            temperature: 0.0,
-            ..Self::default()
-        }
+        Self { do_sample: false, temperature: 0.0, ..Self::default() }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -52,19 +41,13 @@ impl SamplingParams {
     /// Checks ranges; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!(
-                "temperature must be a finite number >= 0, got {}",
-                self.temperature
-            ));
+            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return Err(format!(
-                "repetition_penalty must be > 0, got {}",
-                self.repetition_penalty
-            ));
+            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
         }
         Ok(())
     }
@@ -112,11 +95,7 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// top-k and top-p, as `(token, probability)` pairs (probabilities sum to 1).
 pub fn candidate_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f32)> {
     let t = params.temperature.max(1e-6);
-    let mut cands: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, v / t))
-        .collect();
+    let mut cands: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v / t)).collect();
     // Descending by logit; stable so equal logits keep index order.
     cands.sort_by(|a, b| b.1.total_cmp(&a.1));
     if params.top_k > 0 && params.top_k < cands.len() {
@@ -158,12 +137,7 @@ pub fn candidate_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u
 }
 
 /// Picks the next token. `logits` is modified (guard, penalty).
-pub fn sample<R: Rng + ?Sized>(
-    logits: &mut [f32],
-    params: &SamplingParams,
-    previous: &[u32],
-    rng: &mut R,
-) -> u32 {
+pub fn sample<R: Rng + ?Sized>(logits: &mut [f32], params: &SamplingParams, previous: &[u32], rng: &mut R) -> u32 {
     guard_invalid_scores(logits);
     apply_repetition_penalty(logits, previous, params.repetition_penalty);
     if params.is_greedy() {
@@ -215,32 +189,19 @@ mod tests {
     fn top_p_keeps_the_nucleus() {
         // probs 0.5, 0.3, 0.15, 0.05 (temperature 1)
         let logits: Vec<f32> = [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect();
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_p: 0.75,
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 1.0, top_p: 0.75, ..Default::default() };
         let d = candidate_distribution(&logits, &p);
         // ascending cumsum: 0.05, 0.2, 0.5, 1.0; removed where <= 0.25 → tokens 3 and 2.
         assert_eq!(d.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((d[0].1 - 0.625).abs() < 1e-6);
-        let p = SamplingParams {
-            temperature: 1.0,
-            top_p: 0.85,
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 1.0, top_p: 0.85, ..Default::default() };
         assert_eq!(candidate_distribution(&logits, &p).len(), 3);
     }
 
     #[test]
     fn top_k_and_temperature() {
         let logits = vec![1.0f32, 2.0, 3.0, 4.0];
-        let p = SamplingParams {
-            temperature: 0.5,
-            top_k: 2,
-            top_p: 1.0,
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 0.5, top_k: 2, top_p: 1.0, ..Default::default() };
         let d = candidate_distribution(&logits, &p);
         assert_eq!(d.len(), 2);
         let e = (2.0f32).exp(); // (4-3)/0.5
@@ -252,11 +213,7 @@ mod tests {
         // Chi-square goodness of fit over 20k draws, 3 degrees of freedom.
         let probs = [0.1f32, 0.2, 0.3, 0.4];
         let logits: Vec<f32> = probs.iter().map(|p| p.ln()).collect();
-        let params = SamplingParams {
-            temperature: 1.0,
-            top_p: 1.0,
-            ..Default::default()
-        };
+        let params = SamplingParams { temperature: 1.0, top_p: 1.0, ..Default::default() };
         let mut rng = rand::rngs::StdRng::seed_from_u64(42);
         let n = 20_000;
         let mut counts = [0usize; 4];
@@ -271,24 +228,16 @@ mod tests {
                 (c as f64 - e).powi(2) / e
             })
             .sum();
-        assert!(
-            chi2 < 16.27,
-            "chi2 {chi2} (p < 0.001 critical value 16.27), counts {counts:?}"
-        );
+        assert!(chi2 < 16.27, "chi2 {chi2} (p < 0.001 critical value 16.27), counts {counts:?}");
     }
 
     #[test]
     fn seeded_sampling_is_reproducible() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = SamplingParams {
-            seed: Some(7),
-            ..Default::default()
-        };
+        let p = SamplingParams { seed: Some(7), ..Default::default() };
         let run = || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-            (0..20)
-                .map(|_| sample(&mut logits.clone(), &p, &[], &mut rng))
-                .collect::<Vec<_>>()
+            (0..20).map(|_| sample(&mut logits.clone(), &p, &[], &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(run(), run());
     }

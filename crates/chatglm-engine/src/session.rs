@@ -86,11 +86,7 @@ impl<'p, B: Backend> ChatSession<'p, B> {
     }
 
     /// `response, history = model.chat(tokenizer, query, history)`.
-    pub fn chat(
-        &mut self,
-        query: &str,
-        config: &GenerationConfig,
-    ) -> Result<ChatReply, EngineError> {
+    pub fn chat(&mut self, query: &str, config: &GenerationConfig) -> Result<ChatReply, EngineError> {
         self.chat_stream(query, config, &mut |_| true)
     }
 
@@ -108,15 +104,7 @@ impl<'p, B: Backend> ChatSession<'p, B> {
         let prompt_ids = self.next_prompt_ids(query);
         let before = self.cache.len();
         let p = self.pipeline;
-        let result = generate(
-            &p.model,
-            &p.tokenizer,
-            &mut self.state,
-            &mut self.cache,
-            &prompt_ids,
-            config,
-            on_text,
-        );
+        let result = generate(&p.model, &p.tokenizer, &mut self.state, &mut self.cache, &prompt_ids, config, on_text);
         let output = match result {
             Ok(o) => o,
             Err(e) => {
@@ -127,25 +115,13 @@ impl<'p, B: Backend> ChatSession<'p, B> {
         if output.finish_reason == FinishReason::Cancelled {
             self.cache.truncate(before);
             self.cache_matches_history = before > 0;
-            return Ok(ChatReply {
-                response: process_response(&output.text),
-                prompt_ids,
-                output,
-            });
+            return Ok(ChatReply { response: process_response(&output.text), prompt_ids, output });
         }
         // The official code decodes the generated ids as a whole.
         let response = process_response(&p.tokenizer.decode(&output.generated_ids));
-        let response = if config.stop.is_empty() {
-            response
-        } else {
-            process_response(&output.text)
-        };
+        let response = if config.stop.is_empty() { response } else { process_response(&output.text) };
         self.history.push((query.to_string(), response.clone()));
         self.cache_matches_history = true;
-        Ok(ChatReply {
-            response,
-            prompt_ids,
-            output,
-        })
+        Ok(ChatReply { response, prompt_ids, output })
     }
 }

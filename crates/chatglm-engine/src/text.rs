@@ -8,8 +8,7 @@ fn is_python_space(c: char) -> bool {
 
 /// The official `process_response`: `strip()`, then `[[训练时间]]` → `2023年`.
 pub fn process_response(text: &str) -> String {
-    text.trim_matches(is_python_space)
-        .replace("[[训练时间]]", "2023年")
+    text.trim_matches(is_python_space).replace("[[训练时间]]", "2023年")
 }
 
 /// Finds stop strings in streamed text and holds back what might be the start of one.
@@ -20,9 +19,7 @@ pub struct StopMatcher {
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-        }
+        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -31,10 +28,7 @@ impl StopMatcher {
 
     /// Byte index where the earliest stop string starts in `text`, if any.
     pub fn find(&self, text: &str) -> Option<usize> {
-        self.stops
-            .iter()
-            .filter_map(|s| text.find(s.as_str()))
-            .min()
+        self.stops.iter().filter_map(|s| text.find(s.as_str())).min()
     }
 
     /// Length of the longest suffix of `text` that is a proper prefix of a

@@ -1,8 +1,7 @@
 //! Greedy generation and chat against the official `model.chat()` / `generate()` outputs.
 
 use chatglm_engine::{
-    generate, ChatSession, FinishReason, GenerationConfig, Pipeline, PipelineOptions,
-    SamplingParams,
+    generate, ChatSession, FinishReason, GenerationConfig, Pipeline, PipelineOptions, SamplingParams,
 };
 use chatglm_model::ForwardState;
 use serde_json::Value;
@@ -11,19 +10,12 @@ use std::path::PathBuf;
 fn testdata() -> PathBuf {
     std::env::var_os("CHATGLM_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
 }
 
 fn pipeline() -> Pipeline<chatglm_model::CpuBackend> {
     let dir = testdata().join("dev/model/safetensors-f32");
-    Pipeline::load(
-        dir.to_str().unwrap(),
-        PipelineOptions::default(),
-        &mut |_, _| {},
-    )
-    .unwrap()
+    Pipeline::load(dir.to_str().unwrap(), PipelineOptions::default(), &mut |_, _| {}).unwrap()
 }
 
 fn golden() -> Value {
@@ -32,32 +24,19 @@ fn golden() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn history(v: &Value) -> Vec<(String, String)> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string()))
         .collect()
 }
 
 fn greedy(max_length: usize) -> GenerationConfig {
-    GenerationConfig {
-        sampling: SamplingParams::greedy(),
-        max_length,
-        ..GenerationConfig::default()
-    }
+    GenerationConfig { sampling: SamplingParams::greedy(), max_length, ..GenerationConfig::default() }
 }
 
 #[test]
@@ -68,16 +47,8 @@ fn chat_cases_match_official() {
         let mut session = ChatSession::with_history(&p, history(&case["history"]));
         let max_length = case["max_length"].as_u64().unwrap() as usize;
         let reply = session.chat(query, &greedy(max_length)).unwrap();
-        assert_eq!(
-            reply.prompt_ids,
-            ids(&case["prompt_ids"]),
-            "prompt of {query}"
-        );
-        assert_eq!(
-            reply.output.generated_ids,
-            ids(&case["generated_ids"]),
-            "generated ids of {query}"
-        );
+        assert_eq!(reply.prompt_ids, ids(&case["prompt_ids"]), "prompt of {query}");
+        assert_eq!(reply.output.generated_ids, ids(&case["generated_ids"]), "generated ids of {query}");
         assert_eq!(reply.output.text, case["raw_decode"].as_str().unwrap());
         assert_eq!(reply.response, case["response"].as_str().unwrap());
         assert_eq!(session.history(), &history(&case["new_history"]));
@@ -111,20 +82,8 @@ fn raw_generate_cases_match_official() {
         let input = ids(&case["input_ids"]);
         assert_eq!(p.tokenizer.encode(case["text"].as_str().unwrap()), input);
         let mut cache = p.model.new_cache(p.kv_dtype);
-        let config = GenerationConfig {
-            max_new_tokens: Some(32),
-            ..greedy(8192)
-        };
-        let out = generate(
-            &p.model,
-            &p.tokenizer,
-            &mut state,
-            &mut cache,
-            &input,
-            &config,
-            &mut |_| true,
-        )
-        .unwrap();
+        let config = GenerationConfig { max_new_tokens: Some(32), ..greedy(8192) };
+        let out = generate(&p.model, &p.tokenizer, &mut state, &mut cache, &input, &config, &mut |_| true).unwrap();
         assert_eq!(out.generated_ids, ids(&case["new_ids"]));
     }
 }
@@ -133,19 +92,11 @@ fn raw_generate_cases_match_official() {
 fn second_round_reuses_the_cache_with_official_incremental_ids() {
     let p = pipeline();
     let mut session = ChatSession::new(&p);
-    let config = GenerationConfig {
-        max_new_tokens: Some(8),
-        ..greedy(8192)
-    };
+    let config = GenerationConfig { max_new_tokens: Some(8), ..greedy(8192) };
     let first = session.chat("你好", &config).unwrap();
     let cached = session.context_tokens();
-    assert_eq!(
-        cached,
-        first.prompt_ids.len() + first.output.generated_ids.len() - 1
-    );
-    let expected = p
-        .tokenizer
-        .encode_chat_incremental("再见", session.history());
+    assert_eq!(cached, first.prompt_ids.len() + first.output.generated_ids.len() - 1);
+    let expected = p.tokenizer.encode_chat_incremental("再见", session.history());
     let second = session.chat("再见", &config).unwrap();
     assert_eq!(second.prompt_ids, expected);
     assert_eq!(session.history().len(), 2);
@@ -165,39 +116,19 @@ fn context_overflow_is_an_error_not_a_crash() {
     let err = session.chat("你好", &greedy(5)).unwrap_err();
     assert!(err.to_string().contains("max_length"), "{err}");
     // The session still works afterwards.
-    assert!(session
-        .chat(
-            "你好",
-            &GenerationConfig {
-                max_new_tokens: Some(2),
-                ..greedy(8192)
-            }
-        )
-        .is_ok());
+    assert!(session.chat("你好", &GenerationConfig { max_new_tokens: Some(2), ..greedy(8192) }).is_ok());
 }
 
 #[test]
 fn official_guard_and_process_response_vectors() {
     let g = golden();
     let v = &g["invalid_score_logits_processor"];
-    let mut input: Vec<f32> = v["input"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().parse::<f32>().unwrap())
-        .collect();
+    let mut input: Vec<f32> =
+        v["input"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().parse::<f32>().unwrap()).collect();
     chatglm_engine::sampling::guard_invalid_scores(&mut input);
-    let want: Vec<f32> = v["output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect();
+    let want: Vec<f32> = v["output"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     assert_eq!(input, want);
     for (k, want) in g["process_response"].as_object().unwrap() {
-        assert_eq!(
-            chatglm_engine::text::process_response(k),
-            want.as_str().unwrap()
-        );
+        assert_eq!(chatglm_engine::text::process_response(k), want.as_str().unwrap());
     }
 }

@@ -21,12 +21,11 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
 
     /// Builds a matrix from checkpoint bytes, converting or quantizing to `format`.
-    fn load_matrix(
-        &self,
-        tensor: &Tensor,
-        format: WeightFormat,
-    ) -> Result<Self::Matrix, ModelError>;
+    fn load_matrix(&self, tensor: &Tensor, format: WeightFormat) -> Result<Self::Matrix, ModelError>;
     fn load_vector(&self, values: Vec<f32>) -> Self::Vector;
+    /// A matrix of random values in `format` (benchmarks: speed does not
+    /// depend on the values). `format` must not be `Auto`.
+    fn random_matrix(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> Self::Matrix;
     fn matrix_bytes(&self, m: &Self::Matrix) -> usize;
     fn matrix_format(&self, m: &Self::Matrix) -> &'static str;
 
@@ -37,21 +36,9 @@ pub trait Backend: Send + Sync {
     /// `out[t] = table[ids[t]]`.
     fn embed(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Activations);
     /// Row-wise RMSNorm.
-    fn rms_norm(
-        &self,
-        x: &Self::Activations,
-        weight: &Self::Vector,
-        eps: f32,
-        out: &mut Self::Activations,
-    );
+    fn rms_norm(&self, x: &Self::Activations, weight: &Self::Vector, eps: f32, out: &mut Self::Activations);
     /// `out = x · wᵀ` (+ `bias`).
-    fn linear(
-        &self,
-        w: &Self::Matrix,
-        bias: Option<&Self::Vector>,
-        x: &Self::Activations,
-        out: &mut Self::Activations,
-    );
+    fn linear(&self, w: &Self::Matrix, bias: Option<&Self::Vector>, x: &Self::Activations, out: &mut Self::Activations);
     /// `x += y`.
     fn add(&self, x: &mut Self::Activations, y: &Self::Activations);
     /// `out = silu(x[:, :ffn]) * x[:, ffn:]`.

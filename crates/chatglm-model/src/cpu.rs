@@ -8,7 +8,7 @@ use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::ops::{self, RopeTable};
 use chatglm_cpu::{Kernels, Matrix, MatrixData, Storage};
-use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ8_0, QuantBlock};
+use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock};
 use chatglm_weights::{DType, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -35,11 +35,7 @@ impl CpuBackend {
     }
 
     pub fn with_kernels(kernels: &'static Kernels, head_dim: usize, rope_base: f32) -> Self {
-        Self {
-            kernels,
-            rope: RopeTable::new(head_dim, rope_base),
-            scratch: Mutex::new(MatmulScratch::default()),
-        }
+        Self { kernels, rope: RopeTable::new(head_dim, rope_base), scratch: Mutex::new(MatmulScratch::default()) }
     }
 
     /// For a model config.
@@ -53,29 +49,19 @@ impl CpuBackend {
 }
 
 fn bad(tensor: &Tensor, message: String) -> ModelError {
-    ModelError::BadTensor {
-        tensor: tensor.name.clone(),
-        message,
-    }
+    ModelError::BadTensor { tensor: tensor.name.clone(), message }
 }
 
-fn quantized<B: QuantBlock>(
-    tensor: &Tensor,
-    rows: usize,
-    cols: usize,
-) -> Result<Vec<B>, ModelError> {
+fn quantized<B: QuantBlock>(tensor: &Tensor, rows: usize, cols: usize) -> Result<Vec<B>, ModelError> {
     if cols % 32 != 0 {
         return Err(bad(
             tensor,
-            format!(
-                "{cols} columns is not a multiple of the 32-weight block; choose a float format"
-            ),
+            format!("{cols} columns is not a multiple of the 32-weight block; choose a float format"),
         ));
     }
     let mut row = vec![0.0f32; cols];
     let mut out = Vec::with_capacity(rows * cols / 32);
-    let f32_tensor =
-        |r: usize, row: &mut [f32]| -> Result<(), ModelError> { decode_row(tensor, r, cols, row) };
+    let f32_tensor = |r: usize, row: &mut [f32]| -> Result<(), ModelError> { decode_row(tensor, r, cols, row) };
     for r in 0..rows {
         f32_tensor(r, &mut row)?;
         out.extend(quantize_row::<B>(&row));
@@ -83,12 +69,15 @@ fn quantized<B: QuantBlock>(
     Ok(out)
 }
 
-/// Decodes row `r` of a float tensor into f32.
+/// Decodes row `r` of a tensor into f32.
 fn decode_row(tensor: &Tensor, r: usize, cols: usize, out: &mut [f32]) -> Result<(), ModelError> {
-    let es = tensor.dtype.bytes_per_element();
+    let row_bytes = tensor
+        .dtype
+        .size_in_bytes(cols)
+        .ok_or_else(|| bad(tensor, format!("{cols} columns is not a whole number of {} blocks", tensor.dtype)))?;
     let bytes = tensor
         .data
-        .get(r * cols * es..(r + 1) * cols * es)
+        .get(r * row_bytes..(r + 1) * row_bytes)
         .ok_or_else(|| bad(tensor, format!("row {r} is out of bounds")))?;
     match tensor.dtype {
         DType::F32 => {
@@ -107,12 +96,7 @@ fn decode_row(tensor: &Tensor, r: usize, cols: usize, out: &mut [f32]) -> Result
             }
         }
         #[allow(unreachable_patterns)]
-        other => {
-            return Err(bad(
-                tensor,
-                format!("cannot convert {other:?} to float rows"),
-            ))
-        }
+        other => return Err(bad(tensor, format!("cannot convert {other:?} to float rows"))),
     }
     Ok(())
 }
@@ -138,51 +122,79 @@ impl Backend for CpuBackend {
     type Activations = CpuActivations;
 
     fn name(&self) -> String {
-        format!(
-            "cpu ({} kernels, {} threads)",
-            self.kernels.name,
-            rayon::current_num_threads()
-        )
+        format!("cpu ({} kernels, {} threads)", self.kernels.name, rayon::current_num_threads())
     }
 
     fn load_matrix(&self, t: &Tensor, format: WeightFormat) -> Result<Matrix, ModelError> {
         let [rows, cols] = t.shape[..] else {
-            return Err(bad(
-                t,
-                format!("expected a 2-D matrix, found shape {:?}", t.shape),
-            ));
+            return Err(bad(t, format!("expected a 2-D matrix, found shape {:?}", t.shape)));
         };
         let data = match (format, t.dtype) {
-            (WeightFormat::F32, DType::F32) => {
-                MatrixData::F32(Storage::from_tensor_data(t.data.clone()))
-            }
-            (WeightFormat::F16, DType::F16) => {
-                MatrixData::F16(Storage::from_tensor_data(t.data.clone()))
-            }
-            (WeightFormat::BF16, DType::BF16) => {
-                MatrixData::BF16(Storage::from_tensor_data(t.data.clone()))
-            }
+            (WeightFormat::F32, DType::F32) => MatrixData::F32(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::F16, DType::F16) => MatrixData::F16(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::BF16, DType::BF16) => MatrixData::BF16(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::Q8_0, DType::Q8_0) => MatrixData::Q8_0(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::Q4_0, DType::Q4_0) => MatrixData::Q4_0(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::Q4_1, DType::Q4_1) => MatrixData::Q4_1(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::Q5_0, DType::Q5_0) => MatrixData::Q5_0(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::Q5_1, DType::Q5_1) => MatrixData::Q5_1(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::F32 | WeightFormat::Auto, _) => {
                 MatrixData::F32(Storage::Owned(convert(t, rows, cols, |v| v)?))
             }
-            (WeightFormat::F16, _) => {
-                MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?))
-            }
-            (WeightFormat::BF16, _) => {
-                MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?))
-            }
-            (WeightFormat::Q8_0, _) => {
-                MatrixData::Q8_0(Storage::Owned(quantized::<BlockQ8_0>(t, rows, cols)?))
-            }
-            (WeightFormat::Q4_0, _) => {
-                MatrixData::Q4_0(Storage::Owned(quantized::<BlockQ4_0>(t, rows, cols)?))
-            }
+            (WeightFormat::F16, _) => MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?)),
+            (WeightFormat::BF16, _) => MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?)),
+            (WeightFormat::Q8_0, _) => MatrixData::Q8_0(Storage::Owned(quantized::<BlockQ8_0>(t, rows, cols)?)),
+            (WeightFormat::Q4_0, _) => MatrixData::Q4_0(Storage::Owned(quantized::<BlockQ4_0>(t, rows, cols)?)),
+            (WeightFormat::Q4_1, _) => MatrixData::Q4_1(Storage::Owned(quantized::<BlockQ4_1>(t, rows, cols)?)),
+            (WeightFormat::Q5_0, _) => MatrixData::Q5_0(Storage::Owned(quantized::<BlockQ5_0>(t, rows, cols)?)),
+            (WeightFormat::Q5_1, _) => MatrixData::Q5_1(Storage::Owned(quantized::<BlockQ5_1>(t, rows, cols)?)),
         };
         Ok(Matrix { rows, cols, data })
     }
 
     fn load_vector(&self, values: Vec<f32>) -> Vec<f32> {
         values
+    }
+
+    fn random_matrix(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> Matrix {
+        let data = match format {
+            WeightFormat::F32 => MatrixData::F32(Storage::Owned(random_vec(rows * cols, seed, |r| r))),
+            WeightFormat::F16 | WeightFormat::Auto => {
+                MatrixData::F16(Storage::Owned(random_vec(rows * cols, seed, f16::from_f32)))
+            }
+            WeightFormat::BF16 => MatrixData::BF16(Storage::Owned(random_vec(rows * cols, seed, bf16::from_f32))),
+            WeightFormat::Q8_0 => MatrixData::Q8_0(Storage::Owned(random_vec(rows * cols / 32, seed, |r| {
+                let mut b: BlockQ8_0 = bytemuck::Zeroable::zeroed();
+                b.d = f16::from_f32(0.02 / 127.0);
+                let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for (i, q) in b.qs.iter_mut().enumerate() {
+                    *q = (bits.rotate_left(i as u32 * 2) as i8) >> 1;
+                }
+                b
+            }))),
+            WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
+                // Same byte budget class; values do not matter for speed, so build
+                // from random f16 rows through the reference quantizer.
+                let src = random_vec(rows * cols, seed, |r| r);
+                let t = Tensor {
+                    name: "synthetic".into(),
+                    dtype: DType::F32,
+                    shape: vec![rows, cols],
+                    data: chatglm_weights::TensorData::from_vec(bytemuck::cast_slice(&src).to_vec()),
+                };
+                return self.load_matrix(&t, format).expect("invariant: synthetic shapes are multiples of 32");
+            }
+            WeightFormat::Q4_0 => MatrixData::Q4_0(Storage::Owned(random_vec(rows * cols / 32, seed, |r| {
+                let mut b: BlockQ4_0 = bytemuck::Zeroable::zeroed();
+                b.d = f16::from_f32(0.02 / 8.0);
+                let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for (i, q) in b.qs.iter_mut().enumerate() {
+                    *q = bits.rotate_left(i as u32 * 4) as u8;
+                }
+                b
+            }))),
+        };
+        Matrix { rows, cols, data }
     }
 
     fn matrix_bytes(&self, m: &Matrix) -> usize {
@@ -194,11 +206,7 @@ impl Backend for CpuBackend {
     }
 
     fn new_activations(&self) -> CpuActivations {
-        CpuActivations {
-            data: Vec::new(),
-            rows: 0,
-            cols: 0,
-        }
+        CpuActivations { data: Vec::new(), rows: 0, cols: 0 }
     }
 
     fn resize(&self, a: &mut CpuActivations, rows: usize, cols: usize) {
@@ -218,22 +226,9 @@ impl Backend for CpuBackend {
         ops::rms_norm(&x.data[..n], weight, eps, &mut out.data[..n]);
     }
 
-    fn linear(
-        &self,
-        w: &Matrix,
-        bias: Option<&Vec<f32>>,
-        x: &CpuActivations,
-        out: &mut CpuActivations,
-    ) {
+    fn linear(&self, w: &Matrix, bias: Option<&Vec<f32>>, x: &CpuActivations, out: &mut CpuActivations) {
         let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        matmul(
-            self.kernels,
-            w,
-            &x.data[..x.rows * x.cols],
-            x.rows,
-            &mut out.data[..x.rows * w.rows],
-            &mut scratch,
-        );
+        matmul(self.kernels, w, &x.data[..x.rows * x.cols], x.rows, &mut out.data[..x.rows * w.rows], &mut scratch);
         if let Some(bias) = bias {
             ops::add_bias(&mut out.data[..x.rows * w.rows], bias);
         }
@@ -244,11 +239,7 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, x: &CpuActivations, out: &mut CpuActivations) {
-        ops::swiglu(
-            &x.data[..x.rows * x.cols],
-            out.cols,
-            &mut out.data[..out.rows * out.cols],
-        );
+        ops::swiglu(&x.data[..x.rows * x.cols], out.cols, &mut out.data[..out.rows * out.cols]);
     }
 
     fn attention(
@@ -266,8 +257,7 @@ impl Backend for CpuBackend {
         let width = qkv.cols;
         // RoPE on the query heads and key groups of every token.
         for (t, row) in qkv.data.chunks_exact_mut(width).take(qkv.rows).enumerate() {
-            self.rope
-                .apply(&mut row[..q_dim + kv_width], hd, layout.position[t]);
+            self.rope.apply(&mut row[..q_dim + kv_width], hd, layout.position[t]);
         }
         // Append this step's keys and values.
         let mut next_row = 0;
@@ -290,24 +280,17 @@ impl Backend for CpuBackend {
         let kernels = self.kernels;
         let caches: &[&mut KvCache] = caches;
         let qkv_data = &qkv.data;
-        out.data[..qkv.rows * q_dim]
-            .par_chunks_mut(group_width)
-            .enumerate()
-            .for_each(|(task, out_g)| {
-                let (t, g) = (task / shape.n_groups, task % shape.n_groups);
-                let q = &qkv_data[t * width + g * group_width..][..group_width];
-                let n_ctx = layout.position[t] + 1;
-                let (k, v) = &caches[layout.seq_of_token[t]].layers[layer];
-                match (k, v) {
-                    (KvStore::F32(k), KvStore::F32(v)) => {
-                        attend_group(kernels, shape, g, q, k, v, n_ctx, out_g)
-                    }
-                    (KvStore::F16(k), KvStore::F16(v)) => {
-                        attend_group(kernels, shape, g, q, k, v, n_ctx, out_g)
-                    }
-                    _ => unreachable!("invariant: keys and values share the cache dtype"),
-                }
-            });
+        out.data[..qkv.rows * q_dim].par_chunks_mut(group_width).enumerate().for_each(|(task, out_g)| {
+            let (t, g) = (task / shape.n_groups, task % shape.n_groups);
+            let q = &qkv_data[t * width + g * group_width..][..group_width];
+            let n_ctx = layout.position[t] + 1;
+            let (k, v) = &caches[layout.seq_of_token[t]].layers[layer];
+            match (k, v) {
+                (KvStore::F32(k), KvStore::F32(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
+                (KvStore::F16(k), KvStore::F16(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
+                _ => unreachable!("invariant: keys and values share the cache dtype"),
+            }
+        });
     }
 
     fn gather_rows(&self, x: &CpuActivations, rows: &[usize], out: &mut CpuActivations) {
@@ -320,6 +303,25 @@ impl Backend for CpuBackend {
         out.clear();
         out.extend_from_slice(&x.data[..x.rows * x.cols]);
     }
+}
+
+/// `n` values `f(r)` with `r` uniform in about ±0.035 (std 0.02), filled in
+/// parallel from per-chunk xorshift streams.
+fn random_vec<T: Send>(n: usize, seed: u64, f: impl Fn(f32) -> T + Sync) -> Vec<T> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = Vec::with_capacity(n);
+    out.par_extend((0..n.div_ceil(CHUNK)).into_par_iter().flat_map_iter(|c| {
+        let mut s = seed ^ (c as u64).wrapping_mul(0xD134_2543_DE82_EF95) | 1;
+        let len = CHUNK.min(n - c * CHUNK);
+        let f = &f;
+        (0..len).map(move |_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            f(((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07)
+        })
+    }));
+    out
 }
 
 fn store(dst: &mut KvStore, range: std::ops::Range<usize>, src: &[f32]) {

@@ -8,13 +8,15 @@ pub enum ModelError {
     Weights(#[from] chatglm_weights::WeightsError),
     #[error("tensor `{tensor}`: {message}")]
     BadTensor { tensor: String, message: String },
-    #[error("unknown weight format `{0}` (expected one of: auto, f32, f16, bf16, q8_0, q4_0)")]
+    #[error("unknown weight format `{0}` (expected one of: auto, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1)")]
     UnknownFormat(String),
     #[error("unknown KV-cache type `{0}` (expected f32 or f16)")]
     UnknownKvDType(String),
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
-    #[error("context overflow: the sequence would hold {needed} tokens but the model's context is {limit} (seq_length)")]
+    #[error(
+        "context overflow: the sequence would hold {needed} tokens but the model's context is {limit} (seq_length)"
+    )]
     ContextOverflow { needed: usize, limit: usize },
     #[error("empty input: a sequence in the batch has no tokens")]
     EmptyInput,

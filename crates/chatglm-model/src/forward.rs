@@ -89,11 +89,13 @@ impl<B: Backend> Model<B> {
     ) -> Result<Self, ModelError> {
         let config = source.config().clone();
         let weights = load_weights(&backend, source, options, progress)?;
-        Ok(Self {
-            config,
-            backend,
-            weights,
-        })
+        Ok(Self { config, backend, weights })
+    }
+
+    /// Random weights of `config`'s shapes, without a file (benchmarks).
+    pub fn synthetic(backend: B, config: Config, options: LoadOptions, seed: u64) -> Self {
+        let weights = crate::loader::synthetic_weights(&backend, &config, options, seed);
+        Self { config, backend, weights }
     }
 
     fn attention_shape(&self) -> AttentionShape {
@@ -106,12 +108,7 @@ impl<B: Backend> Model<B> {
 
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self, dtype: KvDType) -> KvCache {
-        KvCache::new(
-            self.config.num_layers,
-            self.config.multi_query_group_num,
-            self.config.kv_channels,
-            dtype,
-        )
+        KvCache::new(self.config.num_layers, self.config.multi_query_group_num, self.config.kv_channels, dtype)
     }
 
     /// Bytes of KV cache per token at `dtype`.
@@ -120,11 +117,7 @@ impl<B: Backend> Model<B> {
             KvDType::F32 => 4,
             KvDType::F16 => 2,
         };
-        self.config.num_layers
-            * 2
-            * self.config.multi_query_group_num
-            * self.config.kv_channels
-            * elem
+        self.config.num_layers * 2 * self.config.multi_query_group_num * self.config.kv_channels * elem
     }
 
     /// Bytes of weight matrices (what a decode step streams).
@@ -173,10 +166,7 @@ impl<B: Backend> Model<B> {
             let start = seq.cache.len();
             let needed = start + seq.tokens.len();
             if needed > cfg.seq_length {
-                return Err(ModelError::ContextOverflow {
-                    needed,
-                    limit: cfg.seq_length,
-                });
+                return Err(ModelError::ContextOverflow { needed, limit: cfg.seq_length });
             }
             if let Some(&id) = seq.tokens.iter().find(|&&id| id as usize >= vocab) {
                 return Err(ModelError::TokenOutOfRange { id, vocab });

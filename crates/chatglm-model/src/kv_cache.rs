@@ -77,9 +77,7 @@ impl KvCache {
             dtype,
             kv_width: n_groups * head_dim,
             len: 0,
-            layers: (0..n_layers)
-                .map(|_| (KvStore::new(dtype), KvStore::new(dtype)))
-                .collect(),
+            layers: (0..n_layers).map(|_| (KvStore::new(dtype), KvStore::new(dtype))).collect(),
         }
     }
 
@@ -108,6 +106,30 @@ impl KvCache {
     /// Bytes allocated for keys and values.
     pub fn allocated_bytes(&self) -> usize {
         self.layers.iter().map(|(k, v)| k.bytes() + v.bytes()).sum()
+    }
+
+    /// Fills the cache up to `len` tokens with small pseudo-random values, as
+    /// if a dialogue of that length had been processed. Only for benchmarks
+    /// that measure decoding at a given context position.
+    pub fn fill_synthetic(&mut self, len: usize) {
+        let n = len * self.kv_width;
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+        };
+        for (k, v) in &mut self.layers {
+            for store in [k, v] {
+                store.resize(n);
+                match store {
+                    KvStore::F32(d) => d.iter_mut().for_each(|x| *x = next()),
+                    KvStore::F16(d) => d.iter_mut().for_each(|x| *x = f16::from_f32(next())),
+                }
+            }
+        }
+        self.len = len;
     }
 
     /// Makes room for `n_new` more tokens in `layer` (called by the backend).

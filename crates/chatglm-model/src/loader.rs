@@ -14,6 +14,9 @@ pub enum WeightFormat {
     BF16,
     Q8_0,
     Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
 }
 
 impl WeightFormat {
@@ -25,11 +28,14 @@ impl WeightFormat {
             Self::BF16 => "bf16",
             Self::Q8_0 => "q8_0",
             Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
         }
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self, Self::Q8_0 | Self::Q4_0)
+        matches!(self, Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1)
     }
 
     /// The format a tensor stored as `dtype` gets under this choice.
@@ -39,6 +45,11 @@ impl WeightFormat {
                 DType::F32 => Self::F32,
                 DType::F16 => Self::F16,
                 DType::BF16 => Self::BF16,
+                DType::Q8_0 => Self::Q8_0,
+                DType::Q4_0 => Self::Q4_0,
+                DType::Q4_1 => Self::Q4_1,
+                DType::Q5_0 => Self::Q5_0,
+                DType::Q5_1 => Self::Q5_1,
                 #[allow(unreachable_patterns)]
                 _ => Self::F32,
             },
@@ -57,6 +68,9 @@ impl std::str::FromStr for WeightFormat {
             "bf16" | "bfloat16" => Self::BF16,
             "q8_0" | "int8" => Self::Q8_0,
             "q4_0" | "int4" => Self::Q4_0,
+            "q4_1" => Self::Q4_1,
+            "q5_0" => Self::Q5_0,
+            "q5_1" => Self::Q5_1,
             other => return Err(ModelError::UnknownFormat(other.to_string())),
         })
     }
@@ -67,7 +81,7 @@ impl std::str::FromStr for WeightFormat {
 pub struct LoadOptions {
     /// Format of the layer matrices.
     pub format: WeightFormat,
-    /// Format of the output layer; `None`: q8_0 when `format` is 4-bit (the
+    /// Format of the output layer; `None`: q8_0 when `format` is 4/5-bit (the
     /// logits are the most quantization-sensitive product), else `format`.
     pub output_format: Option<WeightFormat>,
     /// Format of the embedding table; `None`: as `format` (only one row per
@@ -77,16 +91,12 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     pub fn new(format: WeightFormat) -> Self {
-        Self {
-            format,
-            output_format: None,
-            embedding_format: None,
-        }
+        Self { format, output_format: None, embedding_format: None }
     }
 
     fn output(&self) -> WeightFormat {
         self.output_format.unwrap_or(match self.format {
-            WeightFormat::Q4_0 => WeightFormat::Q8_0,
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => WeightFormat::Q8_0,
             f => f,
         })
     }
@@ -125,9 +135,8 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
         *done += 1;
         progress(*done, total);
     };
-    let vector = |name: &str| -> Result<B::Vector, ModelError> {
-        Ok(backend.load_vector(source.tensor(name)?.to_f32()?))
-    };
+    let vector =
+        |name: &str| -> Result<B::Vector, ModelError> { Ok(backend.load_vector(source.tensor(name)?.to_f32()?)) };
     let matrix = |name: &str, format: WeightFormat| -> Result<B::Matrix, ModelError> {
         let t = source.tensor(name)?;
         backend.load_matrix(t, format.resolve(t.dtype))
@@ -152,24 +161,38 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
         for _ in 0..7 {
             step(&mut done);
         }
-        layers.push(LayerWeights {
-            input_norm,
-            qkv,
-            qkv_bias,
-            dense,
-            post_norm,
-            h_to_4h,
-            four_h_to_h,
-        });
+        layers.push(LayerWeights { input_norm, qkv, qkv_bias, dense, post_norm, h_to_4h, four_h_to_h });
     }
     let final_norm = vector(names::FINAL_LAYERNORM)?;
     step(&mut done);
     let output = matrix(names::OUTPUT_LAYER, options.output())?;
     step(&mut done);
-    Ok(Weights {
-        embedding,
-        layers,
-        final_norm,
-        output,
-    })
+    Ok(Weights { embedding, layers, final_norm, output })
+}
+
+/// Random weights of the shapes `cfg` implies, built in memory without a
+/// file (for `chatglm bench --synthetic`). `Auto` means f16.
+pub fn synthetic_weights<B: Backend>(backend: &B, cfg: &ModelConfig, options: LoadOptions, seed: u64) -> Weights<B> {
+    let pick = |f: WeightFormat| if f == WeightFormat::Auto { WeightFormat::F16 } else { f };
+    let (h, ffn, vocab) = (cfg.hidden_size, cfg.ffn_hidden_size, cfg.padded_vocab_size);
+    let mut seed = seed;
+    let mut matrix = |rows: usize, cols: usize, f: WeightFormat| {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        backend.random_matrix(rows, cols, pick(f), seed)
+    };
+    let norm = |n: usize| backend.load_vector(vec![1.0; n]);
+    let embedding = matrix(vocab, h, options.embedding());
+    let layers = (0..cfg.num_layers)
+        .map(|_| LayerWeights {
+            input_norm: norm(h),
+            qkv: matrix(cfg.qkv_out_dim(), h, options.format),
+            qkv_bias: backend.load_vector(vec![0.0; cfg.qkv_out_dim()]),
+            dense: matrix(h, cfg.q_dim(), options.format),
+            post_norm: norm(h),
+            h_to_4h: matrix(2 * ffn, h, options.format),
+            four_h_to_h: matrix(h, ffn, options.format),
+        })
+        .collect();
+    let output = matrix(vocab, h, options.output());
+    Weights { embedding, layers, final_norm: norm(h), output }
 }

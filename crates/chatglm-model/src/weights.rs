@@ -6,11 +6,11 @@ use crate::Backend;
 /// One transformer layer.
 pub struct LayerWeights<B: Backend> {
     pub input_norm: B::Vector,  // (4096) = (hidden): RMSNorm before attention
-    pub qkv: B::Matrix, // (4608, 4096) = (32*128 + 2*2*128, hidden): [q heads | k groups | v groups]
-    pub qkv_bias: B::Vector, // (4608)
-    pub dense: B::Matrix, // (4096, 4096) = (hidden, heads*head_dim): attention output
-    pub post_norm: B::Vector, // (4096) = (hidden): RMSNorm before the MLP
-    pub h_to_4h: B::Matrix, // (27392, 4096) = (2*ffn, hidden): [gate | up]
+    pub qkv: B::Matrix,         // (4608, 4096) = (32*128 + 2*2*128, hidden): [q heads | k groups | v groups]
+    pub qkv_bias: B::Vector,    // (4608)
+    pub dense: B::Matrix,       // (4096, 4096) = (hidden, heads*head_dim): attention output
+    pub post_norm: B::Vector,   // (4096) = (hidden): RMSNorm before the MLP
+    pub h_to_4h: B::Matrix,     // (27392, 4096) = (2*ffn, hidden): [gate | up]
     pub four_h_to_h: B::Matrix, // (4096, 13696) = (hidden, ffn)
 }
 

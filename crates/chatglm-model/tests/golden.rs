@@ -1,9 +1,6 @@
 //! The forward pass against logits recorded from the official PyTorch code.
 
-use chatglm_model::{
-    CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput,
-    WeightFormat,
-};
+use chatglm_model::{CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, WeightFormat};
 use chatglm_weights::Checkpoint;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -11,9 +8,7 @@ use std::path::PathBuf;
 fn testdata() -> PathBuf {
     std::env::var_os("CHATGLM_TESTDATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
-        })
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
 }
 
 fn golden(name: &str) -> Value {
@@ -28,27 +23,16 @@ fn load(layout: &str, format: WeightFormat) -> Model<CpuBackend> {
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -70,14 +54,7 @@ fn check_forward(layout: &str, format: WeightFormat, tol: f32, exact_argmax: boo
         let input = ids(&case["input_ids"]);
         let mut cache = model.new_cache(KvDType::F32);
         let logits = model
-            .forward(
-                &mut state,
-                &mut [SequenceInput {
-                    tokens: &input,
-                    cache: &mut cache,
-                    logits: LogitsWanted::All,
-                }],
-            )
+            .forward(&mut state, &mut [SequenceInput { tokens: &input, cache: &mut cache, logits: LogitsWanted::All }])
             .unwrap();
         let n = input.len();
         assert_eq!(logits.len(), n * vocab);
@@ -85,10 +62,7 @@ fn check_forward(layout: &str, format: WeightFormat, tol: f32, exact_argmax: boo
         let last = &logits[(n - 1) * vocab..];
         let d1 = max_abs_diff(first, &floats(&case["logits_first"]));
         let d2 = max_abs_diff(last, &floats(&case["logits_last"]));
-        assert!(
-            d1 <= tol && d2 <= tol,
-            "{layout} len {n}: first {d1}, last {d2} > {tol}"
-        );
+        assert!(d1 <= tol && d2 <= tol, "{layout} len {n}: first {d1}, last {d2} > {tol}");
         if exact_argmax {
             let want = ids(&case["argmax_per_position"]);
             let got: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
@@ -129,11 +103,7 @@ fn incremental_decoding_matches_recorded_steps() {
     let logits = model
         .forward(
             &mut state,
-            &mut [SequenceInput {
-                tokens: &tokens[..prefill],
-                cache: &mut cache,
-                logits: LogitsWanted::Last,
-            }],
+            &mut [SequenceInput { tokens: &tokens[..prefill], cache: &mut cache, logits: LogitsWanted::Last }],
         )
         .unwrap()
         .to_vec();
@@ -142,14 +112,7 @@ fn incremental_decoding_matches_recorded_steps() {
     for (i, want) in steps.iter().enumerate().skip(1) {
         let tok = &tokens[prefill - 1 + i..prefill + i];
         let logits = model
-            .forward(
-                &mut state,
-                &mut [SequenceInput {
-                    tokens: tok,
-                    cache: &mut cache,
-                    logits: LogitsWanted::Last,
-                }],
-            )
+            .forward(&mut state, &mut [SequenceInput { tokens: tok, cache: &mut cache, logits: LogitsWanted::Last }])
             .unwrap();
         let d = max_abs_diff(logits, &floats(want));
         assert!(d <= 1e-4, "step {i}: {d}");
@@ -168,22 +131,14 @@ fn chunk_after_prefill_matches_full_recompute() {
     model
         .forward(
             &mut state,
-            &mut [SequenceInput {
-                tokens: &tokens[..7],
-                cache: &mut cache,
-                logits: LogitsWanted::None,
-            }],
+            &mut [SequenceInput { tokens: &tokens[..7], cache: &mut cache, logits: LogitsWanted::None }],
         )
         .unwrap();
     let vocab = model.config.padded_vocab_size;
     let logits = model
         .forward(
             &mut state,
-            &mut [SequenceInput {
-                tokens: &tokens[7..12],
-                cache: &mut cache,
-                logits: LogitsWanted::All,
-            }],
+            &mut [SequenceInput { tokens: &tokens[7..12], cache: &mut cache, logits: LogitsWanted::All }],
         )
         .unwrap();
     // full_recompute[i] is position 6 + i, so positions 7..12 are rows 1..6.
@@ -206,16 +161,8 @@ fn batched_sequences_are_independent() {
         .forward(
             &mut state,
             &mut [
-                SequenceInput {
-                    tokens: &a,
-                    cache: &mut ca,
-                    logits: LogitsWanted::Last,
-                },
-                SequenceInput {
-                    tokens: &b,
-                    cache: &mut cb,
-                    logits: LogitsWanted::Last,
-                },
+                SequenceInput { tokens: &a, cache: &mut ca, logits: LogitsWanted::Last },
+                SequenceInput { tokens: &b, cache: &mut cb, logits: LogitsWanted::Last },
             ],
         )
         .unwrap();
@@ -233,14 +180,7 @@ fn f16_kv_cache_stays_close() {
     let mut state = ForwardState::new(&model.backend);
     let mut cache = model.new_cache(KvDType::F16);
     let logits = model
-        .forward(
-            &mut state,
-            &mut [SequenceInput {
-                tokens: &input,
-                cache: &mut cache,
-                logits: LogitsWanted::Last,
-            }],
-        )
+        .forward(&mut state, &mut [SequenceInput { tokens: &input, cache: &mut cache, logits: LogitsWanted::Last }])
         .unwrap();
     assert!(max_abs_diff(logits, &floats(&case["logits_last"])) <= 2e-2);
 }
@@ -252,34 +192,13 @@ fn errors_instead_of_panics() {
     let mut cache = model.new_cache(KvDType::F32);
     let bad = [999_999u32];
     assert!(model
-        .forward(
-            &mut state,
-            &mut [SequenceInput {
-                tokens: &bad,
-                cache: &mut cache,
-                logits: LogitsWanted::Last
-            }]
-        )
+        .forward(&mut state, &mut [SequenceInput { tokens: &bad, cache: &mut cache, logits: LogitsWanted::Last }])
         .is_err());
     assert!(model
-        .forward(
-            &mut state,
-            &mut [SequenceInput {
-                tokens: &[],
-                cache: &mut cache,
-                logits: LogitsWanted::Last
-            }]
-        )
+        .forward(&mut state, &mut [SequenceInput { tokens: &[], cache: &mut cache, logits: LogitsWanted::Last }])
         .is_err());
     let long = vec![5u32; model.config.seq_length + 1];
     assert!(model
-        .forward(
-            &mut state,
-            &mut [SequenceInput {
-                tokens: &long,
-                cache: &mut cache,
-                logits: LogitsWanted::Last
-            }]
-        )
+        .forward(&mut state, &mut [SequenceInput { tokens: &long, cache: &mut cache, logits: LogitsWanted::Last }])
         .is_err());
 }

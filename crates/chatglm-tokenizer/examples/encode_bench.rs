@@ -25,12 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: encode_bench TOKENIZER_MODEL TEXT_FILE [N] [--ids OUT]";
     let model = PathBuf::from(args.first().ok_or(usage)?);
     let text_path = PathBuf::from(args.get(1).ok_or(usage)?);
-    let runs: usize = args
-        .get(2)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(10)
-        .max(1);
+    let runs: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(10).max(1);
 
     let tokenizer = ChatGlmTokenizer::from_file(&model)?;
     let text = std::fs::read_to_string(&text_path)?;

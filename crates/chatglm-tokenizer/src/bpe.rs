@@ -56,9 +56,14 @@ impl Candidate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BpeToken {
     pub id: u32,
-    pub start: u32,
-    pub end: u32,
+    pub start: usize,
+    pub end: usize,
 }
+
+/// Segments longer than this are cut (at a character boundary) before BPE so
+/// that offsets fit in `u32`. Only inputs over 2 GiB without a single space
+/// reach it; SentencePiece refuses inputs over 4 GiB altogether.
+pub(crate) const MAX_SEGMENT_BYTES: usize = 1 << 31;
 
 /// Reusable buffers for [`encode_segment`].
 #[derive(Default)]
@@ -68,7 +73,8 @@ pub(crate) struct BpeScratch {
     resegment_stack: Vec<(u32, u32)>,
 }
 
-/// Segments `text[start..end]` (a normalized string) and appends the pieces to `out`.
+/// Segments `text[start..end]` (a normalized string, at most
+/// [`MAX_SEGMENT_BYTES`] long) and appends the pieces to `out`.
 ///
 /// `rev_merge` must be `Some` when the vocabulary has UNUSED pieces: it maps an
 /// UNUSED piece's text to the byte length of the left half of the last pair
@@ -85,53 +91,46 @@ pub(crate) fn encode_segment<'t>(
     if start >= end {
         return;
     }
-    let BpeScratch {
-        symbols,
-        agenda,
-        resegment_stack,
-    } = scratch;
+    let seg = &text[start..end.min(start + MAX_SEGMENT_BYTES)];
+    let seg_len = seg.len();
+    let BpeScratch { symbols, agenda, resegment_stack } = scratch;
     symbols.clear();
     agenda.clear();
 
     // Split into characters (or greedy user-defined matches).
-    let mut pos = start;
-    while pos < end {
-        let (len, freeze) = prefix_match(vocab, &text[pos..end]);
+    let mut pos = 0;
+    while pos < seg_len {
+        let (len, freeze) = prefix_match(vocab, &seg[pos..]);
         let index = symbols.len() as u32;
         symbols.push(Symbol {
             start: pos as u32,
             end: (pos + len) as u32,
             prev: if index == 0 { NONE } else { index - 1 },
-            next: if pos + len < end { index + 1 } else { NONE },
+            next: if pos + len < seg_len { index + 1 } else { NONE },
             freeze,
         });
         pos += len;
     }
 
-    let mut maybe_add =
-        |symbols: &[Symbol], agenda: &mut BinaryHeap<Candidate>, left: u32, right: u32| {
-            if left == NONE || right == NONE {
-                return;
-            }
-            let (l, r) = (symbols[left as usize], symbols[right as usize]);
-            if l.freeze || r.freeze {
-                return;
-            }
-            let piece = &text[l.start as usize..r.end as usize];
-            let Some((id, score_key)) = vocab.mergeable(piece) else {
-                return;
-            };
-            agenda.push(Candidate {
-                key: (u64::from(score_key) << 32) | u64::from(!left),
-                right,
-                len: l.len() + r.len(),
-            });
-            if let Some(rev) = rev_merge.as_deref_mut() {
-                if vocab.kind(id) == Some(PieceKind::Unused) {
-                    rev.insert(piece, l.len());
-                }
-            }
+    let mut maybe_add = |symbols: &[Symbol], agenda: &mut BinaryHeap<Candidate>, left: u32, right: u32| {
+        if left == NONE || right == NONE {
+            return;
+        }
+        let (l, r) = (symbols[left as usize], symbols[right as usize]);
+        if l.freeze || r.freeze {
+            return;
+        }
+        let piece = &seg[l.start as usize..r.end as usize];
+        let Some((id, score_key)) = vocab.mergeable(piece) else {
+            return;
         };
+        agenda.push(Candidate { key: (u64::from(score_key) << 32) | u64::from(!left), right, len: l.len() + r.len() });
+        if let Some(rev) = rev_merge.as_deref_mut() {
+            if vocab.kind(id) == Some(PieceKind::Unused) {
+                rev.insert(piece, l.len());
+            }
+        }
+    };
 
     for i in 1..symbols.len() as u32 {
         maybe_add(symbols, agenda, i - 1, i);
@@ -158,14 +157,7 @@ pub(crate) fn encode_segment<'t>(
     let mut index = 0u32;
     while index != NONE {
         let s = symbols[index as usize];
-        resegment(
-            vocab,
-            text,
-            (s.start, s.end),
-            rev_merge.as_deref(),
-            resegment_stack,
-            out,
-        );
+        resegment(vocab, seg, start, (s.start, s.end), rev_merge.as_deref(), resegment_stack, out);
         index = s.next;
     }
 }
@@ -202,7 +194,8 @@ fn utf8_char_len(lead: u8) -> usize {
 /// Emits a final symbol, splitting UNUSED pieces back into the pairs that formed them.
 fn resegment(
     vocab: &Vocab,
-    text: &[u8],
+    seg: &[u8],
+    base: usize,
     range: (u32, u32),
     rev_merge: Option<&FastMap<&[u8], u32>>,
     stack: &mut Vec<(u32, u32)>,
@@ -211,7 +204,7 @@ fn resegment(
     stack.clear();
     stack.push(range);
     while let Some((start, end)) = stack.pop() {
-        let piece = &text[start as usize..end as usize];
+        let piece = &seg[start as usize..end as usize];
         let id = vocab.id_of(piece).unwrap_or(vocab.unk_id());
         if vocab.kind(id) == Some(PieceKind::Unused) {
             if let Some(&left_len) = rev_merge.and_then(|m| m.get(piece)) {
@@ -224,6 +217,6 @@ fn resegment(
                 }
             }
         }
-        out.push(BpeToken { id, start, end });
+        out.push(BpeToken { id, start: base + start as usize, end: base + end as usize });
     }
 }

@@ -69,14 +69,8 @@ pub struct ChatGlmTokenizer {
 impl ChatGlmTokenizer {
     /// Loads a `tokenizer.model` file; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_bytes(&bytes).map_err(|e| TokenizerError::InFile {
-            path: path.to_owned(),
-            source: Box::new(e),
-        })
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_owned(), source })?;
+        Self::from_bytes(&bytes).map_err(|e| TokenizerError::InFile { path: path.to_owned(), source: Box::new(e) })
     }
 
     /// Loads a serialized `tokenizer.model`.
@@ -97,32 +91,16 @@ impl ChatGlmTokenizer {
 
     fn new(sp: SentencePieceBpe, model_bytes: Vec<u8>) -> Result<Self, TokenizerError> {
         let missing = |which: &str, name: &str| {
-            TokenizerError::invalid_vocab(format!(
-                "ChatGLM needs a {which} control piece {name:?}, the model has none"
-            ))
+            TokenizerError::invalid_vocab(format!("ChatGLM needs a {which} control piece {name:?}, the model has none"))
         };
-        let bos_id = sp
-            .bos_id()
-            .ok_or_else(|| missing("BOS", &sp.settings().bos_piece))?;
-        let eos_id = sp
-            .eos_id()
-            .ok_or_else(|| missing("EOS", &sp.settings().eos_piece))?;
+        let bos_id = sp.bos_id().ok_or_else(|| missing("BOS", &sp.settings().bos_piece))?;
+        let eos_id = sp.eos_id().ok_or_else(|| missing("EOS", &sp.settings().eos_piece))?;
         let n = sp.vocab().len() as u32;
         let special_name_pieces = SpecialToken::ALL
             .iter()
-            .filter_map(|&t| {
-                sp.vocab()
-                    .id_of(t.name().as_bytes())
-                    .map(|id| (id, n + t.offset()))
-            })
+            .filter_map(|&t| sp.vocab().id_of(t.name().as_bytes()).map(|id| (id, n + t.offset())))
             .collect();
-        Ok(Self {
-            sp,
-            model_bytes,
-            special_name_pieces,
-            eos_id,
-            bos_id,
-        })
+        Ok(Self { sp, model_bytes, special_name_pieces, eos_id, bos_id })
     }
 
     pub(crate) fn sentencepiece(&self) -> &SentencePieceBpe {
@@ -149,11 +127,7 @@ impl ChatGlmTokenizer {
         self.sp.encode_ids(text, ids);
         if !self.special_name_pieces.is_empty() {
             for id in &mut ids[start..] {
-                if let Some(&(_, special)) = self
-                    .special_name_pieces
-                    .iter()
-                    .find(|(piece, _)| piece == id)
-                {
+                if let Some(&(_, special)) = self.special_name_pieces.iter().find(|(piece, _)| piece == id) {
                     *id = special;
                 }
             }

@@ -35,11 +35,7 @@ pub struct Detokenizer<'t> {
 impl<'t> Detokenizer<'t> {
     /// A detokenizer at the start of a sequence.
     pub fn new(tokenizer: &'t ChatGlmTokenizer) -> Self {
-        Self {
-            tokenizer,
-            pending: Vec::with_capacity(4),
-            state: PieceDecodeState::default(),
-        }
+        Self { tokenizer, pending: Vec::with_capacity(4), state: PieceDecodeState::default() }
     }
 
     /// Adds one id and returns the text that became final (possibly empty).

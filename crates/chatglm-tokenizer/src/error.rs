@@ -60,8 +60,6 @@ pub enum TokenizerError {
 
 impl TokenizerError {
     pub(crate) fn invalid_vocab(problem: impl Into<String>) -> Self {
-        Self::InvalidVocab {
-            problem: problem.into(),
-        }
+        Self::InvalidVocab { problem: problem.into() }
     }
 }

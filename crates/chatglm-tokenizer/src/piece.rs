@@ -63,11 +63,7 @@ pub struct Piece {
 /// The byte value of a byte piece's text `<0xXX>` (upper-case hex, as SentencePiece writes it).
 pub(crate) fn byte_piece_value(text: &str) -> Option<u8> {
     let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() != 2
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-    {
+    if hex.len() != 2 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
         return None;
     }
     u8::from_str_radix(hex, 16).ok()

@@ -9,20 +9,9 @@ pub fn build_prompt(query: &str, history: &[(String, String)]) -> String {
     let mut prompt = String::new();
     for (i, (old_query, response)) in history.iter().enumerate() {
         // Writing to a String cannot fail.
-        let _ = write!(
-            prompt,
-            "[Round {}]\n\n问：{}\n\n答：{}\n\n",
-            i + 1,
-            old_query,
-            response
-        );
+        let _ = write!(prompt, "[Round {}]\n\n问：{}\n\n答：{}\n\n", i + 1, old_query, response);
     }
-    let _ = write!(
-        prompt,
-        "[Round {}]\n\n问：{}\n\n答：",
-        history.len() + 1,
-        query
-    );
+    let _ = write!(prompt, "[Round {}]\n\n问：{}\n\n答：", history.len() + 1, query);
     prompt
 }
 

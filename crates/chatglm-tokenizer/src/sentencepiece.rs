@@ -7,7 +7,7 @@
 //! when a dummy prefix is added), runs of byte pieces decoded as UTF-8 with
 //! U+FFFD per invalid byte, control/unknown pieces invisible.
 
-use crate::bpe::{encode_segment, BpeScratch, BpeToken};
+use crate::bpe::{encode_segment, BpeScratch, BpeToken, MAX_SEGMENT_BYTES};
 use crate::hash::FastMap;
 use crate::piece::{Piece, PieceKind};
 use crate::proto::{ModelProto, NormalizerSpec, TrainerSpec, MODEL_TYPE_BPE};
@@ -32,12 +32,7 @@ pub struct SpSettings {
 
 impl Default for SpSettings {
     fn default() -> Self {
-        Self {
-            add_dummy_prefix: true,
-            byte_fallback: true,
-            bos_piece: "<s>".into(),
-            eos_piece: "</s>".into(),
-        }
+        Self { add_dummy_prefix: true, byte_fallback: true, bos_piece: "<s>".into(), eos_piece: "</s>".into() }
     }
 }
 
@@ -65,11 +60,7 @@ pub(crate) struct PieceDecodeState {
 
 impl Default for PieceDecodeState {
     fn default() -> Self {
-        Self {
-            is_bos_ws: true,
-            bos_ws_seen: false,
-            any_text: false,
-        }
+        Self { is_bos_ws: true, bos_ws_seen: false, any_text: false }
     }
 }
 
@@ -85,11 +76,7 @@ pub(crate) struct SentencePieceBpe {
 impl SentencePieceBpe {
     /// Checks that `model` uses only settings implemented here, then builds it.
     pub fn from_model_proto(model: ModelProto) -> Result<Self, TokenizerError> {
-        check_supported(
-            &model.trainer_spec,
-            &model.normalizer_spec,
-            model.denormalizer_spec.as_ref(),
-        )?;
+        check_supported(&model.trainer_spec, &model.normalizer_spec, model.denormalizer_spec.as_ref())?;
         let settings = SpSettings {
             add_dummy_prefix: model.normalizer_spec.add_dummy_prefix,
             byte_fallback: model.trainer_spec.byte_fallback,
@@ -102,19 +89,11 @@ impl SentencePieceBpe {
     pub fn from_pieces(pieces: Vec<Piece>, settings: SpSettings) -> Result<Self, TokenizerError> {
         let vocab = Vocab::new(pieces, settings.byte_fallback)?;
         // SentencePiece's bos_id()/eos_id(): the named piece, if it is a control symbol.
-        let control = |name: &str| {
-            vocab
-                .id_of(name.as_bytes())
-                .filter(|&id| vocab.kind(id) == Some(PieceKind::Control))
-        };
+        let control =
+            |name: &str| vocab.id_of(name.as_bytes()).filter(|&id| vocab.kind(id) == Some(PieceKind::Control));
         let bos_id = control(&settings.bos_piece);
         let eos_id = control(&settings.eos_piece);
-        Ok(Self {
-            vocab,
-            settings,
-            bos_id,
-            eos_id,
-        })
+        Ok(Self { vocab, settings, bos_id, eos_id })
     }
 
     /// A `ModelProto` equivalent to this model, for [`Self::from_model_proto`].
@@ -130,11 +109,7 @@ impl SentencePieceBpe {
                 bos_id: id_or_minus_one(self.bos_id),
                 eos_id: id_or_minus_one(self.eos_id),
                 pad_id: -1,
-                unk_piece: self
-                    .vocab
-                    .text(self.vocab.unk_id())
-                    .unwrap_or("<unk>")
-                    .to_owned(),
+                unk_piece: self.vocab.text(self.vocab.unk_id()).unwrap_or("<unk>").to_owned(),
                 bos_piece: self.settings.bos_piece.clone(),
                 eos_piece: self.settings.eos_piece.clone(),
                 ..TrainerSpec::default()
@@ -192,55 +167,20 @@ impl SentencePieceBpe {
         let text = normalized.as_bytes();
         let mut scratch = BpeScratch::default();
         let mut raw = Vec::with_capacity(text.len() / 2);
-        if self.vocab.has_unused() {
-            // UNUSED pieces are split back using pairs seen anywhere in the
-            // text, so the text must be processed as one piece.
-            let mut rev_merge = FastMap::default();
-            encode_segment(
-                &self.vocab,
-                text,
-                0,
-                text.len(),
-                &mut scratch,
-                Some(&mut rev_merge),
-                &mut raw,
-            );
-        } else if self.vocab.split_before_space_runs() {
-            // No piece can span the start of a `▁` run that follows another
-            // character, so those positions split the text into independent
-            // BPE problems with identical results (and cache-friendly heaps).
-            let mut start = 0;
-            for boundary in space_run_starts(text) {
-                encode_segment(
-                    &self.vocab,
-                    text,
-                    start,
-                    boundary,
-                    &mut scratch,
-                    None,
-                    &mut raw,
-                );
-                start = boundary;
+        // UNUSED pieces are split back using pairs seen anywhere in the text
+        // (`rev_merge`), so with them the text is processed as one piece.
+        let mut rev_merge = self.vocab.has_unused().then(FastMap::default);
+        // Otherwise, when no piece can span the start of a `▁` run that
+        // follows another character, those positions split the text into
+        // independent BPE problems with identical results (and small heaps).
+        let split = rev_merge.is_none() && self.vocab.split_before_space_runs();
+        let mut start = 0;
+        let boundaries = space_run_starts(text).filter(|_| split);
+        for boundary in boundaries.chain(std::iter::once(text.len())) {
+            for (a, b) in long_segment_parts(normalized, start, boundary) {
+                encode_segment(&self.vocab, text, a, b, &mut scratch, rev_merge.as_mut(), &mut raw);
             }
-            encode_segment(
-                &self.vocab,
-                text,
-                start,
-                text.len(),
-                &mut scratch,
-                None,
-                &mut raw,
-            );
-        } else {
-            encode_segment(
-                &self.vocab,
-                text,
-                0,
-                text.len(),
-                &mut scratch,
-                None,
-                &mut raw,
-            );
+            start = boundary;
         }
         self.handle_unknown(text, &raw, out);
     }
@@ -256,13 +196,9 @@ impl SentencePieceBpe {
             let is_unk = self.vocab.kind(token.id) == Some(PieceKind::Unknown);
             if is_unk {
                 if let Some(byte_ids) = self.vocab.byte_ids() {
-                    for pos in token.start..token.end {
-                        let byte = text[pos as usize];
-                        out.push(BpeToken {
-                            id: byte_ids[usize::from(byte)],
-                            start: pos,
-                            end: pos + 1,
-                        });
+                    let bytes = text.get(token.start..token.end).unwrap_or_default();
+                    for (pos, &byte) in (token.start..).zip(bytes) {
+                        out.push(BpeToken { id: byte_ids[usize::from(byte)], start: pos, end: pos + 1 });
                     }
                 } else if let Some(last) = out.last_mut().filter(|_| prev_is_unk) {
                     last.end = token.end;
@@ -295,9 +231,7 @@ impl SentencePieceBpe {
         tokens
             .iter()
             .map(|t| {
-                let surface = normalized
-                    .get(t.start as usize..t.end as usize)
-                    .unwrap_or("");
+                let surface = normalized.get(t.start..t.end).unwrap_or("");
                 match self.vocab.text(t.id) {
                     Some(text) if t.id != unk => text.to_owned(),
                     _ => surface.to_owned(),
@@ -308,10 +242,7 @@ impl SentencePieceBpe {
 
     fn id_text(&self, id: u32) -> IdText<'_> {
         match self.vocab.kind(id) {
-            Some(PieceKind::Byte) => self
-                .vocab
-                .byte_value(id)
-                .map_or(IdText::Invisible, IdText::Byte),
+            Some(PieceKind::Byte) => self.vocab.byte_value(id).map_or(IdText::Invisible, IdText::Byte),
             Some(PieceKind::Normal | PieceKind::UserDefined | PieceKind::Unused) => {
                 self.vocab.text(id).map_or(IdText::Invisible, IdText::Text)
             }
@@ -391,6 +322,24 @@ fn push_unescaped(piece: &str, out: &mut String) {
     out.push_str(rest);
 }
 
+/// `start..end` as one part, or cut at character boundaries into parts of at
+/// most [`MAX_SEGMENT_BYTES`] (only for inputs over 2 GiB; see there).
+fn long_segment_parts(text: &str, start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut pos = start;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let mut cut = end.min(pos + MAX_SEGMENT_BYTES);
+        while cut < end && !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let part = (pos, cut);
+        pos = cut;
+        Some(part)
+    })
+}
+
 /// Byte offsets in normalized text where a `▁` follows a character other than `▁`.
 fn space_run_starts(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
     let space = SPACE_SYMBOL.as_bytes();
@@ -411,13 +360,7 @@ fn check_supported(
     normalizer: &NormalizerSpec,
     denormalizer: Option<&NormalizerSpec>,
 ) -> Result<(), TokenizerError> {
-    let unsupported = |setting, value: String, hint| {
-        Err(TokenizerError::Unsupported {
-            setting,
-            value,
-            hint,
-        })
-    };
+    let unsupported = |setting, value: String, hint| Err(TokenizerError::Unsupported { setting, value, hint });
     if trainer.model_type != MODEL_TYPE_BPE {
         let name = match trainer.model_type {
             1 => "UNIGRAM".to_owned(),
@@ -425,11 +368,7 @@ fn check_supported(
             4 => "CHAR".to_owned(),
             other => other.to_string(),
         };
-        return unsupported(
-            "trainer_spec.model_type",
-            name,
-            "only BPE models are supported",
-        );
+        return unsupported("trainer_spec.model_type", name, "only BPE models are supported");
     }
     if trainer.treat_whitespace_as_suffix {
         return unsupported(
@@ -438,13 +377,9 @@ fn check_supported(
             "only whitespace as prefix is supported",
         );
     }
-    check_identity("normalizer_spec", normalizer)?;
+    check_identity(normalizer)?;
     if !normalizer.escape_whitespaces {
-        return unsupported(
-            "normalizer_spec.escape_whitespaces",
-            "false".into(),
-            "spaces must be escaped as U+2581",
-        );
+        return unsupported("normalizer_spec.escape_whitespaces", "false".into(), "spaces must be escaped as U+2581");
     }
     if normalizer.remove_extra_whitespaces {
         return unsupported(
@@ -465,14 +400,10 @@ fn check_supported(
     Ok(())
 }
 
-fn check_identity(which: &'static str, spec: &NormalizerSpec) -> Result<(), TokenizerError> {
+fn check_identity(spec: &NormalizerSpec) -> Result<(), TokenizerError> {
     if !spec.precompiled_charsmap.is_empty() {
         return Err(TokenizerError::Unsupported {
-            setting: if which == "normalizer_spec" {
-                "normalizer_spec.precompiled_charsmap"
-            } else {
-                "denormalizer_spec.precompiled_charsmap"
-            },
+            setting: "normalizer_spec.precompiled_charsmap",
             value: format!("{} bytes", spec.precompiled_charsmap.len()),
             hint: "only identity normalization (no charsmap) is supported",
         });

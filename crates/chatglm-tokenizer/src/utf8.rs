@@ -33,9 +33,7 @@ pub(crate) fn decode_char(bytes: &[u8]) -> Option<(char, usize)> {
         }
         (cp, 2)
     } else if bytes.len() >= 3 && b0 & 0xF0 == 0xE0 {
-        let cp = (u32::from(b0 & 0x0F) << 12)
-            | (u32::from(bytes[1] & 0x3F) << 6)
-            | u32::from(bytes[2] & 0x3F);
+        let cp = (u32::from(b0 & 0x0F) << 12) | (u32::from(bytes[1] & 0x3F) << 6) | u32::from(bytes[2] & 0x3F);
         if !(is_trail(bytes[1]) && is_trail(bytes[2]) && cp >= 0x800) {
             return None;
         }
@@ -110,8 +108,8 @@ mod tests {
     fn matches_std_on_all_short_sequences() {
         // Every 1..=2-byte sequence, and 3/4-byte sequences over the boundary bytes.
         let interesting: Vec<u8> = vec![
-            0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0,
-            0xE1, 0xED, 0xEE, 0xEF, 0xF0, 0xF1, 0xF4, 0xF5, 0xF7, 0xF8, 0xFF,
+            0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC1, 0xC2, 0xDF, 0xE0, 0xE1, 0xED, 0xEE, 0xEF,
+            0xF0, 0xF1, 0xF4, 0xF5, 0xF7, 0xF8, 0xFF,
         ];
         for &a in &interesting {
             for &b in &interesting {
@@ -119,11 +117,8 @@ mod tests {
                     for &d in &interesting {
                         let seq = [a, b, c, d];
                         let ours = decode_char(&seq);
-                        let std = (1..=4).find_map(|n| {
-                            std::str::from_utf8(&seq[..n])
-                                .ok()
-                                .map(|s| (s.chars().next(), n))
-                        });
+                        let std =
+                            (1..=4).find_map(|n| std::str::from_utf8(&seq[..n]).ok().map(|s| (s.chars().next(), n)));
                         let expected = std.and_then(|(c, n)| c.map(|c| (c, n)));
                         assert_eq!(ours, expected, "{seq:02X?}");
                     }

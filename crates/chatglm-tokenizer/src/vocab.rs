@@ -51,10 +51,7 @@ impl Vocab {
     pub fn new(pieces: Vec<Piece>, byte_fallback: bool) -> Result<Self, TokenizerError> {
         // Room for the ChatGLM special tokens after the pieces.
         if pieces.len() > (u32::MAX - 16) as usize {
-            return Err(TokenizerError::invalid_vocab(format!(
-                "{} pieces is too many",
-                pieces.len()
-            )));
+            return Err(TokenizerError::invalid_vocab(format!("{} pieces is too many", pieces.len())));
         }
         let mut ids = FastMap::default();
         ids.reserve(pieces.len());
@@ -70,15 +67,10 @@ impl Vocab {
         for (id, piece) in pieces.iter().enumerate() {
             let id = id as u32;
             if piece.text.is_empty() {
-                return Err(TokenizerError::invalid_vocab(format!(
-                    "piece {id} is empty"
-                )));
+                return Err(TokenizerError::invalid_vocab(format!("piece {id} is empty")));
             }
             if piece.score.is_nan() {
-                return Err(TokenizerError::invalid_vocab(format!(
-                    "piece {id} {:?} has a NaN score",
-                    piece.text
-                )));
+                return Err(TokenizerError::invalid_vocab(format!("piece {id} {:?} has a NaN score", piece.text)));
             }
             if let Some(previous) = ids.insert(piece.text.as_bytes().into(), id) {
                 return Err(TokenizerError::invalid_vocab(format!(
@@ -91,9 +83,7 @@ impl Vocab {
             match piece.kind {
                 PieceKind::Unknown => {
                     if let Some(first) = unk_id {
-                        return Err(TokenizerError::invalid_vocab(format!(
-                            "two unknown pieces: ids {first} and {id}"
-                        )));
+                        return Err(TokenizerError::invalid_vocab(format!("two unknown pieces: ids {first} and {id}")));
                     }
                     unk_id = Some(id);
                 }
@@ -128,9 +118,8 @@ impl Vocab {
             }
         }
 
-        let unk_id = unk_id.ok_or_else(|| {
-            TokenizerError::invalid_vocab("no unknown piece (type UNKNOWN) is defined")
-        })?;
+        let unk_id =
+            unk_id.ok_or_else(|| TokenizerError::invalid_vocab("no unknown piece (type UNKNOWN) is defined"))?;
         let byte_ids = if byte_fallback {
             if let Some(missing) = byte_ids.iter().position(|&id| id == u32::MAX) {
                 return Err(TokenizerError::invalid_vocab(format!(
@@ -181,8 +170,7 @@ impl Vocab {
         }
         let id = *self.ids.get(text)?;
         let kind = self.kind(id)?;
-        kind.is_mergeable()
-            .then(|| (id, self.score_keys[id as usize]))
+        kind.is_mergeable().then(|| (id, self.score_keys[id as usize]))
     }
 
     #[inline]
@@ -243,18 +231,7 @@ mod tests {
 
     #[test]
     fn score_key_preserves_order() {
-        let scores = [
-            f32::NEG_INFINITY,
-            -1e30,
-            -2.5,
-            -1.0,
-            -0.0,
-            0.0,
-            1e-30,
-            1.0,
-            3.5,
-            f32::INFINITY,
-        ];
+        let scores = [f32::NEG_INFINITY, -1e30, -2.5, -1.0, -0.0, 0.0, 1e-30, 1.0, 3.5, f32::INFINITY];
         for w in scores.windows(2) {
             assert!(score_key(w[0]) <= score_key(w[1]), "{} vs {}", w[0], w[1]);
         }

@@ -24,34 +24,16 @@ fn special_ids_match() {
         let special = &golden.tokenizer_cases()["special"];
         let n = special["sp_vocab_size"].as_u64().unwrap() as usize;
         assert_eq!(tok.sp_vocab_size(), n, "{}", golden.name);
-        assert_eq!(
-            tok.vocab_size() as u64,
-            special["tokenizer_vocab_size"].as_u64().unwrap()
-        );
+        assert_eq!(tok.vocab_size() as u64, special["tokenizer_vocab_size"].as_u64().unwrap());
         assert_eq!(u64::from(tok.unk_id()), special["unk_id"].as_u64().unwrap());
         assert_eq!(u64::from(tok.bos_id()), special["bos_id"].as_u64().unwrap());
         assert_eq!(u64::from(tok.eos_id()), special["eos_id"].as_u64().unwrap());
-        assert_eq!(
-            u64::from(tok.eos_id()),
-            special["eos_token_id"].as_u64().unwrap()
-        );
-        assert_eq!(
-            u64::from(tok.pad_id()),
-            special["pad_token_id"].as_u64().unwrap()
-        );
+        assert_eq!(u64::from(tok.eos_id()), special["eos_token_id"].as_u64().unwrap());
+        assert_eq!(u64::from(tok.pad_id()), special["pad_token_id"].as_u64().unwrap());
         let specials = &special["special_tokens"];
-        assert_eq!(
-            u64::from(tok.mask_id()),
-            specials["[MASK]"].as_u64().unwrap()
-        );
-        assert_eq!(
-            u64::from(tok.gmask_id()),
-            specials["[gMASK]"].as_u64().unwrap()
-        );
-        assert_eq!(
-            u64::from(tok.smask_id()),
-            specials["[sMASK]"].as_u64().unwrap()
-        );
+        assert_eq!(u64::from(tok.mask_id()), specials["[MASK]"].as_u64().unwrap());
+        assert_eq!(u64::from(tok.gmask_id()), specials["[gMASK]"].as_u64().unwrap());
+        assert_eq!(u64::from(tok.smask_id()), specials["[sMASK]"].as_u64().unwrap());
         assert_eq!(u64::from(tok.sop_id()), specials["sop"].as_u64().unwrap());
         assert_eq!(u64::from(tok.eop_id()), specials["eop"].as_u64().unwrap());
         for (name, id) in specials.as_object().unwrap() {
@@ -68,33 +50,20 @@ fn special_ids_match() {
             assert_eq!(&tok.pieces()[id].text, text);
             assert_eq!(tok.pieces()[id].kind, PieceKind::Byte);
         }
-        for id in special["convert_ids_to_tokens_of_specials"]
-            .as_object()
-            .unwrap()
-            .keys()
-        {
+        for id in special["convert_ids_to_tokens_of_specials"].as_object().unwrap().keys() {
             let id: u32 = id.parse().unwrap();
             assert_eq!(tok.decode(&[id]), "", "{}: id {id}", golden.name);
             assert!(tok.is_special(id));
         }
 
         let pair = ids(&special["pair_encoding_build_inputs_with_special_tokens([5,6],[7,8])"]);
-        assert_eq!(
-            tok.build_inputs_with_special_tokens(&[5, 6], Some(&[7, 8])),
-            pair
-        );
-        assert_eq!(
-            tok.build_inputs_with_special_tokens(&[5, 6], None),
-            [&tok.prefix_tokens()[..], &[5, 6]].concat()
-        );
+        assert_eq!(tok.build_inputs_with_special_tokens(&[5, 6], Some(&[7, 8])), pair);
+        assert_eq!(tok.build_inputs_with_special_tokens(&[5, 6], None), [&tok.prefix_tokens()[..], &[5, 6]].concat());
 
         let mixed = &special["decode_of_special_ids_mixed"];
         let mixed_ids = ids(&mixed["ids"]);
         assert_eq!(tok.decode(&mixed_ids), str_of(mixed, "decode"));
-        assert_eq!(
-            tok.decode(&mixed_ids),
-            str_of(mixed, "decode_skip_special_tokens")
-        );
+        assert_eq!(tok.decode(&mixed_ids), str_of(mixed, "decode_skip_special_tokens"));
         assert_eq!(stream_decode(&tok, &mixed_ids), str_of(mixed, "decode"));
     }
 }
@@ -112,63 +81,27 @@ fn check_case(golden: &Golden, tok: &ChatGlmTokenizer, case: &Value) -> Vec<Stri
     let pieces = strings(&case["pieces"]);
 
     let got = tok.encode(text);
-    check(
-        "input_ids",
-        got == input_ids,
-        format!("got {got:?}, want {input_ids:?}"),
-    );
+    check("input_ids", got == input_ids, format!("got {got:?}, want {input_ids:?}"));
     let got = tok.encode_no_special(text);
-    check(
-        "ids_no_special",
-        got == no_special,
-        format!("got {got:?}, want {no_special:?}"),
-    );
+    check("ids_no_special", got == no_special, format!("got {got:?}, want {no_special:?}"));
     let got = tok.tokenize(text);
-    check(
-        "pieces",
-        got == pieces,
-        format!("got {got:?}, want {pieces:?}"),
-    );
+    check("pieces", got == pieces, format!("got {got:?}, want {pieces:?}"));
 
-    let skip: Vec<u32> = input_ids
-        .iter()
-        .copied()
-        .filter(|&id| !tok.is_special(id))
-        .collect();
+    let skip: Vec<u32> = input_ids.iter().copied().filter(|&id| !tok.is_special(id)).collect();
     for (what, ids, key) in [
         ("decode_input_ids", &input_ids, "decode_input_ids"),
-        (
-            "decode_ids_no_special",
-            &no_special,
-            "decode_ids_no_special",
-        ),
-        (
-            "decode_input_ids_skip_special",
-            &skip,
-            "decode_input_ids_skip_special",
-        ),
-        (
-            "sp_decode_ids_no_special",
-            &no_special,
-            "sp_decode_ids_no_special",
-        ),
+        ("decode_ids_no_special", &no_special, "decode_ids_no_special"),
+        ("decode_input_ids_skip_special", &skip, "decode_input_ids_skip_special"),
+        ("sp_decode_ids_no_special", &no_special, "sp_decode_ids_no_special"),
     ] {
         let want = str_of(case, key);
         let got = tok.decode(ids);
         check(what, got == want, format!("got {got:?}, want {want:?}"));
         let got = stream_decode(tok, ids);
-        check(
-            &format!("{what} (streaming)"),
-            got == want,
-            format!("got {got:?}, want {want:?}"),
-        );
+        check(&format!("{what} (streaming)"), got == want, format!("got {got:?}, want {want:?}"));
     }
     let roundtrip = case["roundtrip_exact"].as_bool().unwrap();
-    check(
-        "roundtrip_exact",
-        (tok.decode(&no_special) == text) == roundtrip,
-        String::new(),
-    );
+    check("roundtrip_exact", (tok.decode(&no_special) == text) == roundtrip, String::new());
     failures
 }
 
@@ -179,16 +112,8 @@ fn tokenizer_cases_match() {
         let cases = golden.tokenizer_cases();
         let cases = cases["cases"].as_array().unwrap();
         assert_eq!(cases.len(), 160, "{}", golden.name);
-        let failures: Vec<String> = cases
-            .iter()
-            .flat_map(|case| check_case(&golden, &tok, case))
-            .collect();
-        assert!(
-            failures.is_empty(),
-            "{} failures:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+        let failures: Vec<String> = cases.iter().flat_map(|case| check_case(&golden, &tok, case)).collect();
+        assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     }
 }
 
@@ -203,33 +128,15 @@ fn prompt_cases_match() {
         for case in cases {
             let query = str_of(case, "query");
             let history = history(&case["history"]);
-            assert_eq!(
-                build_prompt(query, &history),
-                str_of(case, "prompt"),
-                "{}",
-                golden.name
-            );
-            let inputs = case
-                .get("build_inputs")
-                .or_else(|| case.get("tokenizer_call"))
-                .unwrap();
+            assert_eq!(build_prompt(query, &history), str_of(case, "prompt"), "{}", golden.name);
+            let inputs = case.get("build_inputs").or_else(|| case.get("tokenizer_call")).unwrap();
             let want = ids(&inputs["input_ids"]);
-            assert_eq!(
-                tok.encode_chat(query, &history),
-                want,
-                "{}: {query}",
-                golden.name
-            );
+            assert_eq!(tok.encode_chat(query, &history), want, "{}: {query}", golden.name);
             assert_eq!(tok.encode(str_of(case, "prompt")), want);
             if let Some(stream) = case.get("build_stream_inputs_with_history") {
                 incremental_cases += 1;
                 let want = ids(&stream["input_ids"]);
-                assert_eq!(
-                    tok.encode_chat_incremental(query, &history),
-                    want,
-                    "{}: {query}",
-                    golden.name
-                );
+                assert_eq!(tok.encode_chat_incremental(query, &history), want, "{}: {query}", golden.name);
                 assert_eq!(
                     chatglm_tokenizer::build_incremental_prompt(query, history.len()),
                     str_of(case, "build_stream_inputs_prompt")
@@ -241,11 +148,7 @@ fn prompt_cases_match() {
         if let Some(batch) = prompts.get("batch_left_padded") {
             // tokenizer([p1, p2], padding=True): left padding with pad id 0.
             let rows = batch["input_ids"].as_array().unwrap();
-            let width = rows
-                .iter()
-                .map(|r| r.as_array().unwrap().len())
-                .max()
-                .unwrap();
+            let width = rows.iter().map(|r| r.as_array().unwrap().len()).max().unwrap();
             for row in rows {
                 let row = ids(row);
                 let start = row.iter().position(|&id| id != tok.pad_id()).unwrap();

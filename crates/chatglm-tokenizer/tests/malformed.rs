@@ -10,10 +10,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
 }
@@ -29,8 +26,7 @@ fn every_truncation_is_an_error() {
             .chain(len.saturating_sub(1500)..len);
         let mut checked = 0;
         for cut in offsets {
-            let err = ChatGlmTokenizer::from_bytes(&bytes[..cut])
-                .expect_err(&format!("{} cut at {cut}", golden.name));
+            let err = ChatGlmTokenizer::from_bytes(&bytes[..cut]).expect_err(&format!("{} cut at {cut}", golden.name));
             let message = err.to_string();
             assert!(message.len() > 20, "{message}");
             checked += 1;
@@ -45,10 +41,7 @@ fn truncation_inside_a_field_names_the_problem() {
     let err = ChatGlmTokenizer::from_bytes(&bytes[..1001]).expect_err("truncated");
     let message = err.to_string();
     assert!(matches!(err, TokenizerError::Protobuf { .. }), "{message}");
-    assert!(
-        message.contains("truncated") && message.contains("byte"),
-        "{message}"
-    );
+    assert!(message.contains("truncated") && message.contains("byte"), "{message}");
 }
 
 #[test]
@@ -87,10 +80,7 @@ fn garbage_is_an_error() {
     for len in [0usize, 1, 2, 7, 100, 5000] {
         for _ in 0..50 {
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            assert!(
-                ChatGlmTokenizer::from_bytes(&bytes).is_err(),
-                "{bytes:02X?}"
-            );
+            assert!(ChatGlmTokenizer::from_bytes(&bytes).is_err(), "{bytes:02X?}");
         }
     }
     for bad in [
@@ -104,10 +94,7 @@ fn garbage_is_an_error() {
         &[0x15, 0x00, 0x00][..],               // truncated fixed32
     ] {
         let err = ChatGlmTokenizer::from_bytes(bad).expect_err("malformed");
-        assert!(
-            matches!(err, TokenizerError::Protobuf { .. }),
-            "{bad:02X?}: {err}"
-        );
+        assert!(matches!(err, TokenizerError::Protobuf { .. }), "{bad:02X?}: {err}");
     }
 }
 
@@ -126,30 +113,18 @@ fn unsupported_settings_are_refused() {
         (&[0x12, 0x02, 0x18, 0x03], "model_type = WORD"),
         (&[0x1A, 0x02, 0x20, 0x01], "remove_extra_whitespaces = true"),
         (&[0x1A, 0x02, 0x28, 0x00], "escape_whitespaces = false"),
-        (
-            &[0x1A, 0x03, 0x12, 0x01, 0x00],
-            "precompiled_charsmap = 1 bytes",
-        ),
-        (
-            &[0x1A, 0x06, 0x0A, 0x04, b'n', b'f', b'k', b'c'],
-            "name = nfkc",
-        ),
+        (&[0x1A, 0x03, 0x12, 0x01, 0x00], "precompiled_charsmap = 1 bytes"),
+        (&[0x1A, 0x06, 0x0A, 0x04, b'n', b'f', b'k', b'c'], "name = nfkc"),
     ];
     for (extra, what) in cases {
         let err = with_appended(extra).expect_err(what);
         let message = err.to_string();
-        assert!(
-            matches!(err, TokenizerError::Unsupported { .. }),
-            "{what}: {message}"
-        );
+        assert!(matches!(err, TokenizerError::Unsupported { .. }), "{what}: {message}");
         assert!(message.contains(what), "{what}: {message}");
     }
     // treat_whitespace_as_suffix is field 24: key (24 << 3) = 0xC0 0x01.
     let err = with_appended(&[0x12, 0x03, 0xC0, 0x01, 0x01]).expect_err("suffix");
-    assert!(
-        err.to_string().contains("treat_whitespace_as_suffix"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("treat_whitespace_as_suffix"), "{err}");
     // byte_fallback off while byte pieces exist: SentencePiece refuses too.
     let err = with_appended(&[0x12, 0x03, 0x98, 0x02, 0x00]).expect_err("byte_fallback");
     assert!(err.to_string().contains("byte_fallback"), "{err}");
@@ -165,8 +140,7 @@ fn unknown_fields_are_skipped() {
         0x99, 0x06, 1, 2, 3, 4, 5, 6, 7, 8, // 99 fixed64
         0x9D, 0x06, 1, 2, 3, 4, // 99 fixed32
         0x9A, 0x06, 0x02, 0xAA, 0xBB, // 99 bytes
-        0x9B, 0x06, 0x08, 0x01, 0x0B, 0x10, 0x02, 0x0C, 0x9C,
-        0x06, // 99 group with a nested group
+        0x9B, 0x06, 0x08, 0x01, 0x0B, 0x10, 0x02, 0x0C, 0x9C, 0x06, // 99 group with a nested group
     ];
     let mut extra = unknown.to_vec();
     for field in [0x12u8, 0x1A] {
@@ -183,10 +157,7 @@ fn unknown_fields_are_skipped() {
 fn file_errors_name_the_file() {
     let missing = std::path::Path::new("/nonexistent/dir/tokenizer.model");
     let err = ChatGlmTokenizer::from_file(missing).expect_err("missing file");
-    assert!(
-        err.to_string().contains("/nonexistent/dir/tokenizer.model"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/nonexistent/dir/tokenizer.model"), "{err}");
 
     let dir = std::env::temp_dir().join(format!("chatglm-tokenizer-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -203,10 +174,9 @@ fn file_errors_name_the_file() {
 fn from_pieces_round_trips_through_model_bytes() {
     for golden in common::both() {
         let tok = golden.tokenizer();
-        let rebuilt = ChatGlmTokenizer::from_pieces(tok.pieces().to_vec(), tok.settings().clone())
-            .expect("valid pieces");
-        let reloaded =
-            ChatGlmTokenizer::from_bytes(rebuilt.model_bytes()).expect("re-encoded model loads");
+        let rebuilt =
+            ChatGlmTokenizer::from_pieces(tok.pieces().to_vec(), tok.settings().clone()).expect("valid pieces");
+        let reloaded = ChatGlmTokenizer::from_bytes(rebuilt.model_bytes()).expect("re-encoded model loads");
         assert_eq!(reloaded.pieces(), tok.pieces());
         assert_eq!(reloaded.settings(), tok.settings());
         let text = "def f(x):\n    return x  # 注释 🦀";

@@ -27,11 +27,7 @@ fn real_unsplit() -> &'static ChatGlmTokenizer {
     TOK.get_or_init(|| {
         let tok = real();
         let mut pieces = tok.pieces().to_vec();
-        pieces.push(Piece {
-            text: "\u{E000}\u{2581}\u{E000}".into(),
-            score: -1e9,
-            kind: PieceKind::Normal,
-        });
+        pieces.push(Piece { text: "\u{E000}\u{2581}\u{E000}".into(), score: -1e9, kind: PieceKind::Normal });
         ChatGlmTokenizer::from_pieces(pieces, tok.settings().clone()).expect("valid vocabulary")
     })
 }
@@ -192,10 +188,7 @@ fn incomplete_bytes_become_replacement_characters() {
 #[test]
 fn out_of_range_ids_decode_to_nothing() {
     for tok in [real(), dev()] {
-        assert_eq!(
-            tok.decode(&[u32::MAX, tok.vocab_size() as u32, 1_000_000]),
-            ""
-        );
+        assert_eq!(tok.decode(&[u32::MAX, tok.vocab_size() as u32, 1_000_000]), "");
         assert_eq!(tok.id_to_piece(u32::MAX), None);
     }
 }

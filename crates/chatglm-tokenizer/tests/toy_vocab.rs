@@ -5,11 +5,7 @@
 use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer, Piece, PieceKind, SpSettings};
 
 fn piece(text: &str, score: f32, kind: PieceKind) -> Piece {
-    Piece {
-        text: text.into(),
-        score,
-        kind,
-    }
+    Piece { text: text.into(), score, kind }
 }
 
 fn toy() -> ChatGlmTokenizer {
@@ -30,10 +26,7 @@ fn toy() -> ChatGlmTokenizer {
         piece("y", -1.0, Normal),      // 12
         piece("x", -1.0, Normal),      // 13
     ];
-    let settings = SpSettings {
-        byte_fallback: false,
-        ..SpSettings::default()
-    };
+    let settings = SpSettings { byte_fallback: false, ..SpSettings::default() };
     ChatGlmTokenizer::from_pieces(pieces, settings).expect("valid toy vocabulary")
 }
 
@@ -71,17 +64,8 @@ fn unknown_runs_merge_into_one_unk_without_byte_fallback() {
 #[test]
 fn duplicate_and_missing_pieces_are_refused() {
     use PieceKind::*;
-    let base = || {
-        vec![
-            piece("<unk>", 0.0, Unknown),
-            piece("<s>", 0.0, Control),
-            piece("</s>", 0.0, Control),
-        ]
-    };
-    let settings = SpSettings {
-        byte_fallback: false,
-        ..SpSettings::default()
-    };
+    let base = || vec![piece("<unk>", 0.0, Unknown), piece("<s>", 0.0, Control), piece("</s>", 0.0, Control)];
+    let settings = SpSettings { byte_fallback: false, ..SpSettings::default() };
     let mut dup = base();
     dup.push(piece("<s>", 0.0, Normal));
     let err = ChatGlmTokenizer::from_pieces(dup, settings.clone()).expect_err("duplicate");
@@ -106,7 +90,6 @@ fn duplicate_and_missing_pieces_are_refused() {
     // byte_fallback needs all 256 byte pieces.
     let mut some_bytes = base();
     some_bytes.push(piece("<0x00>", 0.0, Byte));
-    let err = ChatGlmTokenizer::from_pieces(some_bytes, SpSettings::default())
-        .expect_err("missing bytes");
+    let err = ChatGlmTokenizer::from_pieces(some_bytes, SpSettings::default()).expect_err("missing bytes");
     assert!(err.to_string().contains("<0x01>"), "{err}");
 }

@@ -24,10 +24,7 @@ fn peak_rss_kib() -> Option<u64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir: PathBuf = std::env::args_os()
-        .nth(1)
-        .ok_or("usage: load_check <checkpoint dir>")?
-        .into();
+    let dir: PathBuf = std::env::args_os().nth(1).ok_or("usage: load_check <checkpoint dir>")?.into();
 
     let t0 = Instant::now();
     let ckpt = Checkpoint::open(&dir)?;
@@ -39,33 +36,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t1 = Instant::now();
     let mut checksum = 0u64;
     for t in ckpt.tensors() {
-        checksum = t
-            .data
-            .iter()
-            .fold(checksum, |acc, &b| acc.wrapping_add(u64::from(b)));
+        checksum = t.data.iter().fold(checksum, |acc, &b| acc.wrapping_add(u64::from(b)));
     }
     let touch_s = t1.elapsed().as_secs_f64();
     let gb = ckpt.total_bytes() as f64 / 1e9;
 
     println!("checkpoint      {}", dir.display());
-    println!(
-        "format          {:?}, {} files, {} tensors",
-        ckpt.format,
-        ckpt.weight_files.len(),
-        ckpt.len()
-    );
+    println!("format          {:?}, {} files, {} tensors", ckpt.format, ckpt.weight_files.len(), ckpt.len());
     println!("parameters      {} (config)", ckpt.config.parameter_count());
     println!("tensor bytes    {:.3} GB", gb);
-    println!(
-        "open+validate   {:.3} s (peak RSS so far {} MiB)",
-        open_s,
-        rss_after_open / 1024
-    );
-    println!(
-        "touch all bytes {:.2} s ({:.2} GB/s), byte sum {checksum}",
-        touch_s,
-        gb / touch_s
-    );
+    println!("open+validate   {:.3} s (peak RSS so far {} MiB)", open_s, rss_after_open / 1024);
+    println!("touch all bytes {:.2} s ({:.2} GB/s), byte sum {checksum}", touch_s, gb / touch_s);
     println!("peak RSS        {} MiB", peak_rss_kib().unwrap_or(0) / 1024);
     println!(
         "RSS now         anon {} MiB, file-backed {} MiB",

@@ -31,17 +31,9 @@ impl CheckpointFormat {
 /// Weight layouts in the order Hugging Face transformers looks for them.
 const LAYOUTS: [(&str, CheckpointFormat, bool); 4] = [
     ("model.safetensors", CheckpointFormat::Safetensors, false),
-    (
-        "model.safetensors.index.json",
-        CheckpointFormat::Safetensors,
-        true,
-    ),
+    ("model.safetensors.index.json", CheckpointFormat::Safetensors, true),
     ("pytorch_model.bin", CheckpointFormat::PyTorchBin, false),
-    (
-        "pytorch_model.bin.index.json",
-        CheckpointFormat::PyTorchBin,
-        true,
-    ),
+    ("pytorch_model.bin.index.json", CheckpointFormat::PyTorchBin, true),
 ];
 
 /// An opened checkpoint folder. Tensors are windows of memory-mapped files:
@@ -88,9 +80,7 @@ impl Checkpoint {
             .iter()
             .find(|(file, ..)| dir.join(file).is_file())
             .copied()
-            .ok_or_else(|| WeightsError::NoWeights {
-                root: dir.to_path_buf(),
-            })?;
+            .ok_or_else(|| WeightsError::NoWeights { root: dir.to_path_buf() })?;
 
         let mut tensors = BTreeMap::new();
         let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -118,10 +108,7 @@ impl Checkpoint {
                 if !shard_path.is_file() {
                     return Err(WeightsError::Index {
                         path: index_path.clone(),
-                        message: format!(
-                            "shard {shard} is listed but {} does not exist",
-                            shard_path.display()
-                        ),
+                        message: format!("shard {shard} is listed but {} does not exist", shard_path.display()),
                     });
                 }
                 let loaded = format.load(&shard_path)?;
@@ -165,10 +152,7 @@ impl Checkpoint {
     pub fn tensor(&self, name: &str) -> Result<&Tensor, WeightsError> {
         self.tensors
             .get(name)
-            .ok_or_else(|| WeightsError::MissingTensor {
-                root: self.root.clone(),
-                tensor: name.to_string(),
-            })
+            .ok_or_else(|| WeightsError::MissingTensor { root: self.root.clone(), tensor: name.to_string() })
     }
 
     /// All tensors, sorted by name.

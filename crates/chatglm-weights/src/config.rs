@@ -117,10 +117,8 @@ impl ModelConfig {
     }
 
     fn parse(s: &str, path: &Path) -> Result<Self, WeightsError> {
-        let cfg: Self = serde_json::from_str(s).map_err(|e| WeightsError::Config {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let cfg: Self = serde_json::from_str(s)
+            .map_err(|e| WeightsError::Config { path: path.to_path_buf(), message: e.to_string() })?;
         cfg.validate_at(path)?;
         Ok(cfg)
     }
@@ -133,10 +131,7 @@ impl ModelConfig {
 
     fn validate_at(&self, path: &Path) -> Result<(), WeightsError> {
         let path = path.to_path_buf();
-        let bad = |message: String| WeightsError::Config {
-            path: path.clone(),
-            message,
-        };
+        let bad = |message: String| WeightsError::Config { path: path.clone(), message };
         let sizes = [
             ("num_layers", self.num_layers),
             ("hidden_size", self.hidden_size),
@@ -153,31 +148,11 @@ impl ModelConfig {
             }
         }
         let flags: [(&'static str, bool, bool, &str); 6] = [
-            (
-                "multi_query_attention",
-                self.multi_query_attention,
-                true,
-                "ChatGLM2 multi-query attention",
-            ),
+            ("multi_query_attention", self.multi_query_attention, true, "ChatGLM2 multi-query attention"),
             ("rmsnorm", self.rmsnorm, true, "RMSNorm"),
-            (
-                "add_bias_linear",
-                self.add_bias_linear,
-                false,
-                "no biases outside QKV",
-            ),
-            (
-                "post_layer_norm",
-                self.post_layer_norm,
-                true,
-                "a final RMSNorm",
-            ),
-            (
-                "original_rope",
-                self.original_rope,
-                true,
-                "ChatGLM2 interleaved RoPE",
-            ),
+            ("add_bias_linear", self.add_bias_linear, false, "no biases outside QKV"),
+            ("post_layer_norm", self.post_layer_norm, true, "a final RMSNorm"),
+            ("original_rope", self.original_rope, true, "ChatGLM2 interleaved RoPE"),
             (
                 "apply_residual_connection_post_layernorm",
                 self.apply_residual_connection_post_layernorm,
@@ -187,21 +162,11 @@ impl ModelConfig {
         ];
         for (field, found, expected, what) in flags {
             if found != expected {
-                return Err(unsupported(
-                    &path,
-                    field,
-                    format!("{expected} ({what})"),
-                    found,
-                ));
+                return Err(unsupported(&path, field, format!("{expected} ({what})"), found));
             }
         }
         if self.tie_word_embeddings {
-            return Err(unsupported(
-                &path,
-                "tie_word_embeddings",
-                "false (a separate output_layer)".into(),
-                true,
-            ));
+            return Err(unsupported(&path, "tie_word_embeddings", "false (a separate output_layer)".into(), true));
         }
         if self.quantization_bit != 0 {
             return Err(unsupported(
@@ -212,21 +177,11 @@ impl ModelConfig {
             ));
         }
         if let Some(n) = self.pre_seq_len {
-            return Err(unsupported(
-                &path,
-                "pre_seq_len",
-                "null (P-tuning prefixes are not supported)".into(),
-                n,
-            ));
+            return Err(unsupported(&path, "pre_seq_len", "null (P-tuning prefixes are not supported)".into(), n));
         }
         if let Some(t) = &self.model_type {
             if t != "chatglm" {
-                return Err(unsupported(
-                    &path,
-                    "model_type",
-                    "\"chatglm\"".into(),
-                    format!("{t:?}"),
-                ));
+                return Err(unsupported(&path, "model_type", "\"chatglm\"".into(), format!("{t:?}")));
             }
         }
         if self.num_attention_heads % self.multi_query_group_num != 0 {
@@ -242,21 +197,12 @@ impl ModelConfig {
             )));
         }
         if !(self.layernorm_epsilon.is_finite() && self.layernorm_epsilon > 0.0) {
-            return Err(bad(format!(
-                "layernorm_epsilon must be a positive number, found {}",
-                self.layernorm_epsilon
-            )));
+            return Err(bad(format!("layernorm_epsilon must be a positive number, found {}", self.layernorm_epsilon)));
         }
         if !(self.rope_ratio.is_finite() && self.rope_ratio > 0.0) {
-            return Err(bad(format!(
-                "rope_ratio must be a positive number, found {}",
-                self.rope_ratio
-            )));
+            return Err(bad(format!("rope_ratio must be a positive number, found {}", self.rope_ratio)));
         }
-        for (field, id) in [
-            ("eos_token_id", self.eos_token_id),
-            ("pad_token_id", self.pad_token_id),
-        ] {
+        for (field, id) in [("eos_token_id", self.eos_token_id), ("pad_token_id", self.pad_token_id)] {
             if id as usize >= self.padded_vocab_size {
                 return Err(bad(format!(
                     "{field} ({id}) must be below padded_vocab_size ({})",
@@ -317,25 +263,12 @@ impl ModelConfig {
         .into_iter()
         .try_fold(0u64, u64::checked_add)?;
         let vocab = (self.padded_vocab_size as u64).checked_mul(h)?;
-        per_layer
-            .checked_mul(self.num_layers as u64)?
-            .checked_add(vocab.checked_mul(2)?)?
-            .checked_add(h)
+        per_layer.checked_mul(self.num_layers as u64)?.checked_add(vocab.checked_mul(2)?)?.checked_add(h)
     }
 }
 
-fn unsupported(
-    path: &Path,
-    field: &'static str,
-    expected: String,
-    found: impl ToString,
-) -> WeightsError {
-    WeightsError::UnsupportedConfig {
-        path: PathBuf::from(path),
-        field,
-        expected,
-        found: found.to_string(),
-    }
+fn unsupported(path: &Path, field: &'static str, expected: String, found: impl ToString) -> WeightsError {
+    WeightsError::UnsupportedConfig { path: PathBuf::from(path), field, expected, found: found.to_string() }
 }
 
 #[cfg(test)]
@@ -375,10 +308,7 @@ mod tests {
             ("add_bias_linear", r#""add_bias_linear": true"#),
             ("post_layer_norm", r#""post_layer_norm": false"#),
             ("original_rope", r#""original_rope": false"#),
-            (
-                "apply_residual_connection_post_layernorm",
-                r#""apply_residual_connection_post_layernorm": true"#,
-            ),
+            ("apply_residual_connection_post_layernorm", r#""apply_residual_connection_post_layernorm": true"#),
             ("quantization_bit", r#""quantization_bit": 4"#),
             ("pre_seq_len", r#""pre_seq_len": 128"#),
             ("num_attention_heads", r#""num_attention_heads": 31"#),
@@ -388,12 +318,9 @@ mod tests {
             // Duplicate keys are a serde error, so replace the value in place.
             let key = json.split(':').next().unwrap();
             let mut doc: serde_json::Value = serde_json::from_str(CHATGLM2_6B).unwrap();
-            let value: serde_json::Value =
-                serde_json::from_str(json.split_once(": ").unwrap().1).unwrap();
+            let value: serde_json::Value = serde_json::from_str(json.split_once(": ").unwrap().1).unwrap();
             doc[key.trim_matches('"')] = value;
-            let err = ModelConfig::from_json_str(&doc.to_string())
-                .unwrap_err()
-                .to_string();
+            let err = ModelConfig::from_json_str(&doc.to_string()).unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
     }
@@ -402,9 +329,7 @@ mod tests {
     fn missing_field_is_named() {
         let mut doc: serde_json::Value = serde_json::from_str(CHATGLM2_6B).unwrap();
         doc.as_object_mut().unwrap().remove("kv_channels");
-        let err = ModelConfig::from_json_str(&doc.to_string())
-            .unwrap_err()
-            .to_string();
+        let err = ModelConfig::from_json_str(&doc.to_string()).unwrap_err().to_string();
         assert!(err.contains("missing field `kv_channels`"), "{err}");
     }
 }

@@ -18,6 +18,16 @@ pub enum DType {
     F16,
     /// bfloat16 (the top half of an f32), little-endian.
     BF16,
+    /// ggml q8_0 blocks ([`crate::quant::BlockQ8_0`]): 32 weights in 34 bytes.
+    Q8_0,
+    /// ggml q4_0 blocks: 32 weights in 18 bytes.
+    Q4_0,
+    /// ggml q4_1 blocks: 32 weights in 20 bytes.
+    Q4_1,
+    /// ggml q5_0 blocks: 32 weights in 22 bytes.
+    Q5_0,
+    /// ggml q5_1 blocks: 32 weights in 24 bytes.
+    Q5_1,
 }
 
 impl DType {
@@ -27,6 +37,11 @@ impl DType {
             DType::F32 => "F32",
             DType::F16 => "F16",
             DType::BF16 => "BF16",
+            DType::Q8_0 => "Q8_0",
+            DType::Q4_0 => "Q4_0",
+            DType::Q4_1 => "Q4_1",
+            DType::Q5_0 => "Q5_0",
+            DType::Q5_1 => "Q5_1",
         }
     }
 
@@ -34,6 +49,7 @@ impl DType {
     pub fn block_elements(&self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
         }
     }
 
@@ -42,11 +58,20 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
+            DType::Q4_1 => 20,
+            DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
         }
     }
 
     /// Bytes per element of an element-wise format. For block formats use
     /// [`DType::size_in_bytes`], which is exact for every format.
+    pub fn is_quantized(&self) -> bool {
+        self.block_elements() > 1
+    }
+
     pub fn bytes_per_element(&self) -> usize {
         self.block_bytes() / self.block_elements()
     }

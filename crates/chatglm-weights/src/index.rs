@@ -33,10 +33,7 @@ impl ShardIndex {
 
     /// Parses index JSON, naming `path` in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self, WeightsError> {
-        let bad = |message: String| WeightsError::Index {
-            path: path.to_path_buf(),
-            message,
-        };
+        let bad = |message: String| WeightsError::Index { path: path.to_path_buf(), message };
         let raw: RawIndex = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         if raw.weight_map.is_empty() {
             return Err(bad("weight_map is empty".into()));
@@ -46,19 +43,14 @@ impl ShardIndex {
                 && shard != "."
                 && shard != ".."
                 && !shard.contains(['/', '\\'])
-                && Path::new(shard)
-                    .file_name()
-                    .is_some_and(|n| n == shard.as_str());
+                && Path::new(shard).file_name().is_some_and(|n| n == shard.as_str());
             if !plain {
                 return Err(bad(format!(
                     "tensor {tensor}: shard {shard:?} is not a file name in the checkpoint folder"
                 )));
             }
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            weight_map: raw.weight_map,
-        })
+        Ok(Self { path: path.to_path_buf(), weight_map: raw.weight_map })
     }
 
     /// The distinct shard file names, sorted.

@@ -39,7 +39,5 @@ pub use config::ModelConfig;
 pub use dtype::DType;
 pub use error::WeightsError;
 pub use pytorch::load_pytorch_bin;
-pub use safetensors::{
-    load_safetensors, parse_safetensors_bytes, serialize_safetensors, SafetensorsEntry,
-};
+pub use safetensors::{load_safetensors, parse_safetensors_bytes, serialize_safetensors, SafetensorsEntry};
 pub use tensor::{Tensor, TensorData};

@@ -21,7 +21,7 @@ use crate::{DType, WeightsError};
 /// Deepest container nesting accepted (a state dict needs about 4).
 const MAX_DEPTH: usize = 64;
 /// Elements copied by copy-on-write before giving up.
-const MAX_COPY_WORK: usize = 1 << 26;
+const MAX_COPY_WORK: usize = 1 << 22;
 
 /// A tensor as the pickle describes it: a view of a storage that lives in
 /// the archive entry `data/<storage_key>`.
@@ -124,10 +124,7 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<TensorRecord>, WeightsError> 
 }
 
 /// [`read_state_dict`], naming `path` in errors.
-pub(crate) fn read_state_dict_at(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<Vec<TensorRecord>, WeightsError> {
+pub(crate) fn read_state_dict_at(bytes: &[u8], path: &Path) -> Result<Vec<TensorRecord>, WeightsError> {
     let root = Machine::new(bytes, path).run()?;
     state_dict_records(root, path)
 }
@@ -143,21 +140,11 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn new(bytes: &'a [u8], path: &'a Path) -> Self {
-        Self {
-            bytes,
-            pos: 0,
-            path,
-            stack: Vec::new(),
-            memo: HashMap::new(),
-            copy_work: 0,
-        }
+        Self { bytes, pos: 0, path, stack: Vec::new(), memo: HashMap::new(), copy_work: 0 }
     }
 
     fn err(&self, message: impl std::fmt::Display) -> WeightsError {
-        WeightsError::Pickle {
-            path: self.path.to_path_buf(),
-            message: format!("at byte {}: {message}", self.pos),
-        }
+        WeightsError::Pickle { path: self.path.to_path_buf(), message: format!("at byte {}: {message}", self.pos) }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], WeightsError> {
@@ -166,9 +153,7 @@ impl<'a> Machine<'a> {
             .pos
             .checked_add(n)
             .and_then(|end| bytes.get(self.pos..end))
-            .ok_or_else(|| {
-                self.err(format!("stream ends inside an argument ({n} bytes needed)"))
-            })?;
+            .ok_or_else(|| self.err(format!("stream ends inside an argument ({n} bytes needed)")))?;
         self.pos += n;
         Ok(out)
     }
@@ -228,11 +213,8 @@ impl<'a> Machine<'a> {
 
     /// Pops everything down to (and including) the topmost MARK.
     fn pop_mark(&mut self) -> Result<Vec<Value>, WeightsError> {
-        let mark = self
-            .stack
-            .iter()
-            .rposition(|s| matches!(s, Slot::Mark))
-            .ok_or_else(|| self.err("no MARK on the stack"))?;
+        let mark =
+            self.stack.iter().rposition(|s| matches!(s, Slot::Mark)).ok_or_else(|| self.err("no MARK on the stack"))?;
         let items = self
             .stack
             .split_off(mark + 1)
@@ -318,17 +300,10 @@ impl<'a> Machine<'a> {
     fn global(&self, module: &str, name: &str) -> Result<Value, WeightsError> {
         let g = match (module, name) {
             ("collections", "OrderedDict") => Global::OrderedDict,
-            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                Global::RebuildTensor
-            }
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => Global::RebuildTensor,
             ("torch._utils", "_rebuild_parameter") => Global::RebuildParameter,
-            ("torch", class)
-                if class.ends_with("Storage")
-                    && class.chars().all(|c| c.is_ascii_alphanumeric()) =>
-            {
-                Global::Storage(
-                    DType::from_torch_storage(class).ok_or_else(|| format!("torch.{class}")),
-                )
+            ("torch", class) if class.ends_with("Storage") && class.chars().all(|c| c.is_ascii_alphanumeric()) => {
+                Global::Storage(DType::from_torch_storage(class).ok_or_else(|| format!("torch.{class}")))
             }
             _ => {
                 return Err(WeightsError::UnsafePickle {
@@ -342,9 +317,7 @@ impl<'a> Machine<'a> {
 
     fn int(&self, v: &Value, what: &str) -> Result<usize, WeightsError> {
         match v {
-            Value::Int(i) => {
-                usize::try_from(*i).map_err(|_| self.err(format!("{what} is negative ({i})")))
-            }
+            Value::Int(i) => usize::try_from(*i).map_err(|_| self.err(format!("{what} is negative ({i})"))),
             Value::Bool(b) => Ok(usize::from(*b)),
             other => Err(self.err(format!("{what} must be an int, found {}", other.kind()))),
         }
@@ -352,23 +325,15 @@ impl<'a> Machine<'a> {
 
     fn int_tuple(&self, v: &Value, what: &str) -> Result<Vec<usize>, WeightsError> {
         match v {
-            Value::Tuple(items, _) | Value::List(items, _) => {
-                items.iter().map(|i| self.int(i, what)).collect()
-            }
-            other => Err(self.err(format!(
-                "{what} must be a tuple of ints, found {}",
-                other.kind()
-            ))),
+            Value::Tuple(items, _) | Value::List(items, _) => items.iter().map(|i| self.int(i, what)).collect(),
+            other => Err(self.err(format!("{what} must be a tuple of ints, found {}", other.kind()))),
         }
     }
 
     /// BINPERSID: `('storage', storage_class, key, location, n_elements)`.
     fn persistent_load(&self, pid: Value) -> Result<Value, WeightsError> {
         let Value::Tuple(items, _) = &pid else {
-            return Err(self.err(format!(
-                "persistent id must be a tuple, found {}",
-                pid.kind()
-            )));
+            return Err(self.err(format!("persistent id must be a tuple, found {}", pid.kind())));
         };
         match items.as_slice() {
             [Value::Str(tag), Value::Global(Global::Storage(dtype)), Value::Str(key), _location, n]
@@ -380,18 +345,13 @@ impl<'a> Machine<'a> {
                     n_elements: self.int(n, "storage size")?,
                 })))
             }
-            _ => Err(self.err(
-                "persistent id is not ('storage', <torch storage class>, key, location, size)",
-            )),
+            _ => Err(self.err("persistent id is not ('storage', <torch storage class>, key, location, size)")),
         }
     }
 
     fn reduce(&self, callable: Value, args: Value) -> Result<Value, WeightsError> {
         let Value::Tuple(args, _) = args else {
-            return Err(self.err(format!(
-                "REDUCE arguments must be a tuple, found {}",
-                args.kind()
-            )));
+            return Err(self.err(format!("REDUCE arguments must be a tuple, found {}", args.kind())));
         };
         match callable {
             Value::Global(Global::OrderedDict) => {
@@ -406,9 +366,7 @@ impl<'a> Machine<'a> {
                     let shape = self.int_tuple(size, "tensor size")?;
                     let stride = self.int_tuple(stride, "tensor stride")?;
                     if shape.len() != stride.len() {
-                        return Err(self.err(format!(
-                            "size {shape:?} and stride {stride:?} differ in rank"
-                        )));
+                        return Err(self.err(format!("size {shape:?} and stride {stride:?} differ in rank")));
                     }
                     Ok(Value::Tensor(Rc::new(TensorView {
                         storage: Rc::clone(storage),
@@ -417,21 +375,14 @@ impl<'a> Machine<'a> {
                         stride,
                     })))
                 }
-                _ => {
-                    Err(self.err("_rebuild_tensor_v2 expects (storage, offset, size, stride, ...)"))
-                }
+                _ => Err(self.err("_rebuild_tensor_v2 expects (storage, offset, size, stride, ...)")),
             },
             Value::Global(Global::RebuildParameter) => match args.as_slice() {
                 [t @ Value::Tensor(_), ..] => Ok(t.clone()),
                 _ => Err(self.err("_rebuild_parameter expects (tensor, requires_grad, hooks)")),
             },
-            Value::Global(Global::Storage(_)) => {
-                Err(self.err("storage classes cannot be called directly"))
-            }
-            other => Err(self.err(format!(
-                "REDUCE on a {}, expected an allow-listed global",
-                other.kind()
-            ))),
+            Value::Global(Global::Storage(_)) => Err(self.err("storage classes cannot be called directly")),
+            other => Err(self.err(format!("REDUCE on a {}, expected an allow-listed global", other.kind()))),
         }
     }
 
@@ -474,21 +425,12 @@ impl<'a> Machine<'a> {
                     self.memoize(i)?;
                 }
                 0x94 => {
-                    let i =
-                        u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
+                    let i = u32::try_from(self.memo.len()).map_err(|_| self.err("memo overflow"))?;
                     self.memoize(i)?;
                 }
                 b'h' | b'j' => {
-                    let i = if op == b'h' {
-                        u32::from(self.u8()?)
-                    } else {
-                        self.u32()?
-                    };
-                    let v = self
-                        .memo
-                        .get(&i)
-                        .cloned()
-                        .ok_or_else(|| self.err(format!("memo key {i} unset")))?;
+                    let i = if op == b'h' { u32::from(self.u8()?) } else { self.u32()? };
+                    let v = self.memo.get(&i).cloned().ok_or_else(|| self.err(format!("memo key {i} unset")))?;
                     self.push(v);
                 }
                 b'J' => {
@@ -506,16 +448,10 @@ impl<'a> Machine<'a> {
                 0x8a => {
                     let n = usize::from(self.u8()?);
                     if n > 8 {
-                        return Err(self.err(format!(
-                            "LONG1 of {n} bytes; only 64-bit integers are supported"
-                        )));
+                        return Err(self.err(format!("LONG1 of {n} bytes; only 64-bit integers are supported")));
                     }
                     let raw = self.take(n)?;
-                    let mut buf = if raw.last().is_some_and(|&b| b & 0x80 != 0) {
-                        [0xFF; 8]
-                    } else {
-                        [0; 8]
-                    };
+                    let mut buf = if raw.last().is_some_and(|&b| b & 0x80 != 0) { [0xFF; 8] } else { [0; 8] };
                     buf[..n].copy_from_slice(raw);
                     self.push(Value::Int(i64::from_le_bytes(buf)));
                 }
@@ -537,11 +473,7 @@ impl<'a> Machine<'a> {
                     self.push(s);
                 }
                 b'U' | b'T' | b'C' | b'B' => {
-                    let n = if op == b'U' || op == b'C' {
-                        usize::from(self.u8()?)
-                    } else {
-                        self.u32()? as usize
-                    };
+                    let n = if op == b'U' || op == b'C' { usize::from(self.u8()?) } else { self.u32()? as usize };
                     let raw = self.take(n)?;
                     self.push(Value::Bytes(Rc::from(raw)));
                 }
@@ -595,9 +527,7 @@ impl<'a> Machine<'a> {
                     self.extend_list(items)?;
                 }
                 b'0' => {
-                    self.stack
-                        .pop()
-                        .ok_or_else(|| self.err("POP on an empty stack"))?;
+                    self.stack.pop().ok_or_else(|| self.err("POP on an empty stack"))?;
                 }
                 b'1' => {
                     self.pop_mark()?;
@@ -607,9 +537,9 @@ impl<'a> Machine<'a> {
                     self.push(v);
                 }
                 other => {
-                    return Err(self.err(format!(
-                        "opcode 0x{other:02x} is not supported (not used by torch.save state dicts)"
-                    )))
+                    return Err(
+                        self.err(format!("opcode 0x{other:02x} is not supported (not used by torch.save state dicts)"))
+                    )
                 }
             }
         }
@@ -624,40 +554,24 @@ impl<'a> Machine<'a> {
 
 /// Turns the unpickled root (a dict of name → tensor) into records.
 fn state_dict_records(root: Value, path: &Path) -> Result<Vec<TensorRecord>, WeightsError> {
-    let bad = |message: String| WeightsError::Pickle {
-        path: path.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| WeightsError::Pickle { path: path.to_path_buf(), message };
     let Value::Dict(items, _) = root else {
-        return Err(bad(format!(
-            "the pickle holds a {}, expected a state dict",
-            root.kind()
-        )));
+        return Err(bad(format!("the pickle holds a {}, expected a state dict", root.kind())));
     };
     let mut out: Vec<TensorRecord> = Vec::with_capacity(items.len());
     let mut index_of: HashMap<Rc<str>, usize> = HashMap::new();
     for (k, v) in items.iter() {
         let Value::Str(name) = k else {
-            return Err(bad(format!(
-                "state-dict key is a {}, expected a string",
-                k.kind()
-            )));
+            return Err(bad(format!("state-dict key is a {}, expected a string", k.kind())));
         };
         let Value::Tensor(t) = v else {
-            return Err(bad(format!(
-                "state-dict entry {name} is a {}, expected a tensor",
-                v.kind()
-            )));
+            return Err(bad(format!("state-dict entry {name} is a {}, expected a tensor", v.kind())));
         };
-        let dtype = t
-            .storage
-            .dtype
-            .clone()
-            .map_err(|class| WeightsError::UnsupportedDtype {
-                path: path.to_path_buf(),
-                tensor: name.to_string(),
-                dtype: class,
-            })?;
+        let dtype = t.storage.dtype.clone().map_err(|class| WeightsError::UnsupportedDtype {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            dtype: class,
+        })?;
         let record = TensorRecord {
             name: name.to_string(),
             storage_key: t.storage.key.clone(),

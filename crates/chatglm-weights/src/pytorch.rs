@@ -22,27 +22,20 @@ pub fn load_pytorch_bin(path: &Path) -> Result<Vec<Tensor>, WeightsError> {
         } else {
             "expected a zip archive written by torch.save"
         };
-        return Err(WeightsError::Zip {
-            path: path.to_path_buf(),
-            message: hint.into(),
-        });
+        return Err(WeightsError::Zip { path: path.to_path_buf(), message: hint.into() });
     }
     let entries = read_entries(&map, path)?;
     let (prefix, pkl) = entries
         .iter()
         .find_map(|e| {
             let prefix = e.name.strip_suffix("data.pkl")?;
-            (prefix.is_empty() || (prefix.ends_with('/') && prefix.matches('/').count() == 1))
-                .then_some((prefix, e))
+            (prefix.is_empty() || (prefix.ends_with('/') && prefix.matches('/').count() == 1)).then_some((prefix, e))
         })
         .ok_or_else(|| WeightsError::Zip {
             path: path.to_path_buf(),
             message: "no data.pkl entry: not a torch.save checkpoint".into(),
         })?;
-    if let Some(order) = entries
-        .iter()
-        .find(|e| e.name == format!("{prefix}byteorder"))
-    {
+    if let Some(order) = entries.iter().find(|e| e.name == format!("{prefix}byteorder")) {
         let order = map.get(order.data.clone()).unwrap_or_default();
         if order != b"little" {
             return Err(WeightsError::Zip {
@@ -60,14 +53,11 @@ pub fn load_pytorch_bin(path: &Path) -> Result<Vec<Tensor>, WeightsError> {
         .into_iter()
         .map(|r| {
             let entry_name = format!("{prefix}data/{}", r.storage_key);
-            let storage = entries
-                .iter()
-                .find(|e| e.name == entry_name)
-                .ok_or_else(|| WeightsError::BadTensor {
-                    path: path.to_path_buf(),
-                    tensor: r.name.clone(),
-                    message: format!("its storage entry {entry_name} is missing from the archive"),
-                })?;
+            let storage = entries.iter().find(|e| e.name == entry_name).ok_or_else(|| WeightsError::BadTensor {
+                path: path.to_path_buf(),
+                tensor: r.name.clone(),
+                message: format!("its storage entry {entry_name} is missing from the archive"),
+            })?;
             tensor_from_record(&map, storage, r, path)
         })
         .collect()
@@ -81,11 +71,7 @@ fn tensor_from_record(
     r: TensorRecord,
     path: &Path,
 ) -> Result<Tensor, WeightsError> {
-    let bad = |message: String| WeightsError::BadTensor {
-        path: path.to_path_buf(),
-        tensor: r.name.clone(),
-        message,
-    };
+    let bad = |message: String| WeightsError::BadTensor { path: path.to_path_buf(), tensor: r.name.clone(), message };
     let elem = r.dtype.bytes_per_element();
     let storage_bytes = r.dtype.size_in_bytes(r.storage_elements);
     if storage_bytes.is_none_or(|n| n > storage.data.len()) {
@@ -106,9 +92,7 @@ fn tensor_from_record(
         r.shape
             .iter()
             .zip(&r.stride)
-            .try_fold(r.offset_elements, |acc, (&d, &s)| {
-                acc.checked_add((d - 1).checked_mul(s)?)
-            })
+            .try_fold(r.offset_elements, |acc, (&d, &s)| acc.checked_add((d - 1).checked_mul(s)?))
     };
     if last.is_none_or(|l| n_elements > 0 && l >= r.storage_elements) {
         return Err(bad(format!(
@@ -132,21 +116,9 @@ fn tensor_from_record(
             .ok_or_else(|| bad("view outside the archive".into()))?
     } else {
         let storage_bytes = map.get(storage.data.clone()).unwrap_or_default();
-        TensorData::from_vec(gather(
-            storage_bytes,
-            elem,
-            r.offset_elements,
-            &r.shape,
-            &r.stride,
-            n_elements,
-        ))
+        TensorData::from_vec(gather(storage_bytes, elem, r.offset_elements, &r.shape, &r.stride, n_elements))
     };
-    Ok(Tensor {
-        name: r.name,
-        dtype: r.dtype,
-        shape: r.shape,
-        data,
-    })
+    Ok(Tensor { name: r.name, dtype: r.dtype, shape: r.shape, data })
 }
 
 /// Row-major contiguity; dimensions of size 1 may carry any stride.
@@ -163,14 +135,7 @@ fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
 
 /// Copies a strided view into row-major order. Bounds were checked by the
 /// caller (`last < storage_elements`).
-fn gather(
-    storage: &[u8],
-    elem: usize,
-    offset: usize,
-    shape: &[usize],
-    stride: &[usize],
-    n: usize,
-) -> Vec<u8> {
+fn gather(storage: &[u8], elem: usize, offset: usize, shape: &[usize], stride: &[usize], n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * elem);
     let mut index = vec![0usize; shape.len()];
     for _ in 0..n {
@@ -203,9 +168,6 @@ mod tests {
     fn gathers_a_transpose() {
         // storage [[0,1,2],[3,4,5]] as u8 "elements"; view = its transpose.
         let storage = [0u8, 1, 2, 3, 4, 5];
-        assert_eq!(
-            gather(&storage, 1, 0, &[3, 2], &[1, 3], 6),
-            vec![0, 3, 1, 4, 2, 5]
-        );
+        assert_eq!(gather(&storage, 1, 0, &[3, 2], &[1, 3], 6), vec![0, 3, 1, 4, 2, 5]);
     }
 }

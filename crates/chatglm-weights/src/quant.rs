@@ -86,10 +86,7 @@ fn abs_max_signed(x: &[f32]) -> f32 {
 }
 
 fn min_max(x: &[f32]) -> (f32, f32) {
-    x.iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
+    x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
 impl QuantBlock for BlockQ8_0 {
@@ -101,10 +98,7 @@ impl QuantBlock for BlockQ8_0 {
         for (q, &v) in qs.iter_mut().zip(x) {
             *q = (v * id).round() as i8;
         }
-        Self {
-            d: f16::from_f32(d),
-            qs,
-        }
+        Self { d: f16::from_f32(d), qs }
     }
     fn dequantize(&self, out: &mut [f32]) {
         let d = self.d.to_f32();
@@ -125,10 +119,7 @@ impl QuantBlock for BlockQ4_0 {
             let hi = ((x[j + 16] * id + 8.5) as i32).clamp(0, 15) as u8;
             *q = lo | (hi << 4);
         }
-        Self {
-            d: f16::from_f32(d),
-            qs,
-        }
+        Self { d: f16::from_f32(d), qs }
     }
     fn dequantize(&self, out: &mut [f32]) {
         let d = self.d.to_f32();
@@ -150,11 +141,7 @@ impl QuantBlock for BlockQ4_1 {
             let hi = (((x[j + 16] - min) * id + 0.5) as i32).clamp(0, 15) as u8;
             *q = lo | (hi << 4);
         }
-        Self {
-            d: f16::from_f32(d),
-            m: f16::from_f32(min),
-            qs,
-        }
+        Self { d: f16::from_f32(d), m: f16::from_f32(min), qs }
     }
     fn dequantize(&self, out: &mut [f32]) {
         let (d, m) = (self.d.to_f32(), self.m.to_f32());
@@ -196,11 +183,7 @@ impl QuantBlock for BlockQ5_0 {
             *q = ((v * id + 16.5) as i32).clamp(0, 31) as u8;
         }
         let (qh, qs) = pack5(&q);
-        Self {
-            d: f16::from_f32(d),
-            qh,
-            qs,
-        }
+        Self { d: f16::from_f32(d), qh, qs }
     }
     fn dequantize(&self, out: &mut [f32]) {
         let d = self.d.to_f32();
@@ -220,12 +203,7 @@ impl QuantBlock for BlockQ5_1 {
             *q = (((v - min) * id + 0.5) as i32).clamp(0, 31) as u8;
         }
         let (qh, qs) = pack5(&q);
-        Self {
-            d: f16::from_f32(d),
-            m: f16::from_f32(min),
-            qh,
-            qs,
-        }
+        Self { d: f16::from_f32(d), m: f16::from_f32(min), qh, qs }
     }
     fn dequantize(&self, out: &mut [f32]) {
         let (d, m) = (self.d.to_f32(), self.m.to_f32());
@@ -247,14 +225,21 @@ pub fn dequantize_row<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
     }
 }
 
+/// Dequantizes raw (possibly unaligned) block bytes; `out.len()` must be
+/// 32 × the number of whole blocks in `bytes`.
+pub fn dequantize_bytes<B: QuantBlock>(bytes: &[u8], out: &mut [f32]) {
+    let size = std::mem::size_of::<B>();
+    for (chunk, o) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(QK)) {
+        bytemuck::pod_read_unaligned::<B>(chunk).dequantize(o);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
@@ -267,11 +252,7 @@ mod tests {
                 let mut y = [0.0f32; 32];
                 b.dequantize(&mut y);
                 let (lo, hi) = min_max(&x);
-                let range = if symmetric {
-                    2.0 * lo.abs().max(hi.abs())
-                } else {
-                    hi - lo
-                };
+                let range = if symmetric { 2.0 * lo.abs().max(hi.abs()) } else { hi - lo };
                 // Half a step, plus f16 rounding of the scale (and min) applied to every level.
                 let bound = range / levels * 0.5 + range * 2e-3 + 1e-6;
                 for (a, b) in x.iter().zip(&y) {

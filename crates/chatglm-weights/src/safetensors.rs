@@ -48,23 +48,13 @@ pub fn parse_safetensors_bytes(bytes: &[u8]) -> Result<Vec<SafetensorsEntry>, We
 }
 
 /// Parses the header of `bytes` (the whole file), naming `path` in errors.
-pub(crate) fn parse_header(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<Vec<SafetensorsEntry>, WeightsError> {
-    let bad = |message: String| WeightsError::Safetensors {
-        path: path.to_path_buf(),
-        message,
-    };
+pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<SafetensorsEntry>, WeightsError> {
+    let bad = |message: String| WeightsError::Safetensors { path: path.to_path_buf(), message };
     let file_len = bytes.len();
     let len_bytes: [u8; 8] = bytes
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            bad(format!(
-                "file is {file_len} bytes, shorter than the 8-byte header length"
-            ))
-        })?;
+        .ok_or_else(|| bad(format!("file is {file_len} bytes, shorter than the 8-byte header length")))?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_BYTES {
         return Err(bad(format!(
@@ -74,12 +64,10 @@ pub(crate) fn parse_header(
     // Fits in usize: bounded by MAX_HEADER_BYTES.
     let data_start = 8 + header_len as usize;
     let header = bytes.get(8..data_start).ok_or_else(|| {
-        bad(format!(
-            "header length {header_len} runs past the end of the file ({file_len} bytes): truncated?"
-        ))
+        bad(format!("header length {header_len} runs past the end of the file ({file_len} bytes): truncated?"))
     })?;
-    let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header)
-        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
     let data_len = file_len - data_start;
 
     let mut entries = Vec::with_capacity(raw.len());
@@ -90,29 +78,16 @@ pub(crate) fn parse_header(
                 .map_err(|e| bad(format!("__metadata__ is not a map of strings: {e}")))?;
             continue;
         }
-        let entry: RawEntry = serde_json::from_value(value).map_err(|e| {
-            bad(format!(
-                "tensor {name}: header entry is not {{dtype, shape, data_offsets}}: {e}"
-            ))
-        })?;
+        let entry: RawEntry = serde_json::from_value(value)
+            .map_err(|e| bad(format!("tensor {name}: header entry is not {{dtype, shape, data_offsets}}: {e}")))?;
         let Some(dtype) = DType::from_safetensors(&entry.dtype) else {
-            return Err(WeightsError::UnsupportedDtype {
-                path: path.to_path_buf(),
-                tensor: name,
-                dtype: entry.dtype,
-            });
+            return Err(WeightsError::UnsupportedDtype { path: path.to_path_buf(), tensor: name, dtype: entry.dtype });
         };
         let [begin, end] = entry.data_offsets;
-        let n_elements = entry
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let n_elements = entry.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let n_bytes = n_elements.and_then(|n| dtype.size_in_bytes(n));
         let Some(n_bytes) = n_bytes else {
-            return Err(bad(format!(
-                "tensor {name}: shape {:?} is too large",
-                entry.shape
-            )));
+            return Err(bad(format!("tensor {name}: shape {:?} is too large", entry.shape)));
         };
         if begin > end || end > data_len {
             return Err(bad(format!(
@@ -134,10 +109,7 @@ pub(crate) fn parse_header(
         });
     }
 
-    let mut by_start: Vec<&SafetensorsEntry> = entries
-        .iter()
-        .filter(|e| !e.file_range.is_empty())
-        .collect();
+    let mut by_start: Vec<&SafetensorsEntry> = entries.iter().filter(|e| !e.file_range.is_empty()).collect();
     by_start.sort_by_key(|e| e.file_range.start);
     for pair in by_start.windows(2) {
         if let [a, b] = pair {
@@ -156,28 +128,19 @@ pub fn load_safetensors(path: &Path) -> Result<Vec<Tensor>, WeightsError> {
     entries
         .into_iter()
         .map(|e| {
-            let data = TensorData::from_mmap(&map, e.file_range.clone()).ok_or_else(|| {
-                WeightsError::BadTensor {
-                    path: path.to_path_buf(),
-                    tensor: e.name.clone(),
-                    message: format!("byte range {:?} outside the file", e.file_range),
-                }
+            let data = TensorData::from_mmap(&map, e.file_range.clone()).ok_or_else(|| WeightsError::BadTensor {
+                path: path.to_path_buf(),
+                tensor: e.name.clone(),
+                message: format!("byte range {:?} outside the file", e.file_range),
             })?;
-            Ok(Tensor {
-                name: e.name,
-                dtype: e.dtype,
-                shape: e.shape,
-                data,
-            })
+            Ok(Tensor { name: e.name, dtype: e.dtype, shape: e.shape, data })
         })
         .collect()
 }
 
 /// Serializes tensors as a safetensors file (used by tests and converters).
 /// Tensors are written in the given order with no padding.
-pub fn serialize_safetensors(
-    tensors: &[(&str, DType, &[usize], &[u8])],
-) -> Result<Vec<u8>, WeightsError> {
+pub fn serialize_safetensors(tensors: &[(&str, DType, &[usize], &[u8])]) -> Result<Vec<u8>, WeightsError> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, dtype, shape, bytes) in tensors {
@@ -186,10 +149,7 @@ pub fn serialize_safetensors(
             return Err(WeightsError::BadTensor {
                 path: "<serialize>".into(),
                 tensor: name.to_string(),
-                message: format!(
-                    "{dtype} {shape:?} needs {n_elements} elements, got {} bytes",
-                    bytes.len()
-                ),
+                message: format!("{dtype} {shape:?} needs {n_elements} elements, got {} bytes", bytes.len()),
             });
         }
         header.insert(
@@ -218,20 +178,13 @@ mod tests {
 
     #[test]
     fn roundtrip_and_checks() {
-        let a = [1.0f32, 2.0]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect::<Vec<_>>();
+        let a = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>();
         let b = vec![0u8; 6];
-        let file =
-            serialize_safetensors(&[("a", DType::F32, &[2], &a), ("b", DType::BF16, &[3, 1], &b)])
-                .unwrap();
+        let file = serialize_safetensors(&[("a", DType::F32, &[2], &a), ("b", DType::BF16, &[3, 1], &b)]).unwrap();
         let entries = parse_safetensors_bytes(&file).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].shape, vec![3, 1]);
-        let err = parse_safetensors_bytes(&file[..file.len() - 1])
-            .unwrap_err()
-            .to_string();
+        let err = parse_safetensors_bytes(&file[..file.len() - 1]).unwrap_err().to_string();
         assert!(err.contains("outside"), "{err}");
     }
 }

@@ -39,10 +39,7 @@ impl TensorData {
     /// Wraps owned bytes.
     pub fn from_vec(bytes: Vec<u8>) -> Self {
         let len = bytes.len();
-        Self {
-            backing: Backing::Owned(Arc::new(bytes)),
-            range: 0..len,
-        }
+        Self { backing: Backing::Owned(Arc::new(bytes)), range: 0..len }
     }
 
     /// A window of a mapped file; `None` if `range` is not inside it.
@@ -81,10 +78,7 @@ impl Deref for TensorData {
 
 impl std::fmt::Debug for TensorData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TensorData")
-            .field("mapped", &self.is_mapped())
-            .field("bytes", &self.range.len())
-            .finish()
+        f.debug_struct("TensorData").field("mapped", &self.is_mapped()).field("bytes", &self.range.len()).finish()
     }
 }
 
@@ -161,6 +155,11 @@ fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
                 *o = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
             }
         }
+        DType::Q8_0 => crate::quant::dequantize_bytes::<crate::quant::BlockQ8_0>(bytes, out),
+        DType::Q4_0 => crate::quant::dequantize_bytes::<crate::quant::BlockQ4_0>(bytes, out),
+        DType::Q4_1 => crate::quant::dequantize_bytes::<crate::quant::BlockQ4_1>(bytes, out),
+        DType::Q5_0 => crate::quant::dequantize_bytes::<crate::quant::BlockQ5_0>(bytes, out),
+        DType::Q5_1 => crate::quant::dequantize_bytes::<crate::quant::BlockQ5_1>(bytes, out),
     }
 }
 
@@ -176,32 +175,17 @@ mod tests {
         bytes.extend_from_slice(&half::f16::from_f32(-2.0).to_le_bytes());
         let shared = Arc::new(bytes);
         let data = TensorData::from_shared(&shared, 1..5).unwrap();
-        let t = Tensor {
-            name: "x".into(),
-            dtype: DType::F16,
-            shape: vec![2],
-            data,
-        };
+        let t = Tensor { name: "x".into(), dtype: DType::F16, shape: vec![2], data };
         assert_eq!(t.to_f32().unwrap(), vec![1.5, -2.0]);
 
         let bf = half::bf16::from_f32(3.0).to_le_bytes().to_vec();
-        let t = Tensor {
-            name: "y".into(),
-            dtype: DType::BF16,
-            shape: vec![1],
-            data: TensorData::from_vec(bf),
-        };
+        let t = Tensor { name: "y".into(), dtype: DType::BF16, shape: vec![1], data: TensorData::from_vec(bf) };
         assert_eq!(t.to_f32().unwrap(), vec![3.0]);
     }
 
     #[test]
     fn size_mismatch_is_an_error() {
-        let t = Tensor {
-            name: "z".into(),
-            dtype: DType::F32,
-            shape: vec![3],
-            data: TensorData::from_vec(vec![0; 8]),
-        };
+        let t = Tensor { name: "z".into(), dtype: DType::F32, shape: vec![3], data: TensorData::from_vec(vec![0; 8]) };
         let err = t.to_f32().unwrap_err().to_string();
         assert!(err.contains("tensor z"), "{err}");
     }

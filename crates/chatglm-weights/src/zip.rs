@@ -53,21 +53,14 @@ impl<'a> Reader<'a> {
 
 /// Lists the entries of the zip archive `bytes` (the whole file).
 pub fn read_entries(bytes: &[u8], path: &Path) -> Result<Vec<ZipEntry>, WeightsError> {
-    let bad = |message: String| WeightsError::Zip {
-        path: path.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| WeightsError::Zip { path: path.to_path_buf(), message };
     let r = Reader { bytes };
     let search_from = bytes.len().saturating_sub(MAX_EOCD_SEARCH);
     let eocd = (search_from..=bytes.len().saturating_sub(EOCD_LEN))
         .rev()
         .find(|&at| r.u32(at) == Some(EOCD_SIG))
-        .ok_or_else(|| {
-            bad("no end-of-central-directory record (not a zip archive, or truncated)".into())
-        })?;
-    let field = |v: Option<u32>| {
-        v.ok_or_else(|| bad("end-of-central-directory record is truncated".into()))
-    };
+        .ok_or_else(|| bad("no end-of-central-directory record (not a zip archive, or truncated)".into()))?;
+    let field = |v: Option<u32>| v.ok_or_else(|| bad("end-of-central-directory record is truncated".into()));
     let mut n_entries = u64::from(field(r.u16(eocd + 10).map(u32::from))?);
     let mut cd_size = u64::from(field(r.u32(eocd + 12))?);
     let mut cd_offset = u64::from(field(r.u32(eocd + 16))?);
@@ -83,27 +76,18 @@ pub fn read_entries(bytes: &[u8], path: &Path) -> Result<Vec<ZipEntry>, WeightsE
             .and_then(|v| usize::try_from(v).ok())
             .ok_or_else(|| bad("zip64 locator is truncated".into()))?;
         if r.u32(z64) != Some(ZIP64_EOCD_SIG) {
-            return Err(bad(format!(
-                "zip64 end-of-central-directory record not found at offset {z64}"
-            )));
+            return Err(bad(format!("zip64 end-of-central-directory record not found at offset {z64}")));
         }
-        let get = |at| {
-            r.u64(z64 + at)
-                .ok_or_else(|| bad("zip64 end-of-central-directory record is truncated".into()))
-        };
+        let get = |at| r.u64(z64 + at).ok_or_else(|| bad("zip64 end-of-central-directory record is truncated".into()));
         n_entries = get(32)?;
         cd_size = get(40)?;
         cd_offset = get(48)?;
     }
 
-    let cd_start = usize::try_from(cd_offset)
-        .map_err(|_| bad(format!("central directory offset {cd_offset} too large")))?;
-    let cd_len = usize::try_from(cd_size)
-        .map_err(|_| bad(format!("central directory size {cd_size} too large")))?;
-    if cd_start
-        .checked_add(cd_len)
-        .is_none_or(|end| end > bytes.len())
-    {
+    let cd_start =
+        usize::try_from(cd_offset).map_err(|_| bad(format!("central directory offset {cd_offset} too large")))?;
+    let cd_len = usize::try_from(cd_size).map_err(|_| bad(format!("central directory size {cd_size} too large")))?;
+    if cd_start.checked_add(cd_len).is_none_or(|end| end > bytes.len()) {
         return Err(bad(format!(
             "central directory [{cd_offset}, +{cd_size}) runs past the end of the {}-byte file: truncated?",
             bytes.len()
@@ -111,17 +95,13 @@ pub fn read_entries(bytes: &[u8], path: &Path) -> Result<Vec<ZipEntry>, WeightsE
     }
     // Each central record is at least 46 bytes: bound the count by the size.
     if n_entries > (cd_size / 46) + 1 {
-        return Err(bad(format!(
-            "{n_entries} entries cannot fit in a {cd_size}-byte central directory"
-        )));
+        return Err(bad(format!("{n_entries} entries cannot fit in a {cd_size}-byte central directory")));
     }
 
     let mut entries = Vec::with_capacity(n_entries as usize);
     let mut at = cd_start;
     for i in 0..n_entries {
-        entries.push(
-            read_central_entry(&r, &mut at).map_err(|m| bad(format!("central entry {i}: {m}")))?,
-        );
+        entries.push(read_central_entry(&r, &mut at).map_err(|m| bad(format!("central entry {i}: {m}")))?);
     }
     Ok(entries)
 }
@@ -143,11 +123,8 @@ fn read_central_entry(r: &Reader<'_>, at: &mut usize) -> Result<ZipEntry, String
     let comment_len = usize::from(r.u16(start + 32).ok_or_else(truncated)?);
     let mut local_offset = u64::from(r.u32(start + 42).ok_or_else(truncated)?);
     let name_bytes = r.slice(start + 46, name_len).ok_or_else(truncated)?;
-    let name = String::from_utf8(name_bytes.to_vec())
-        .map_err(|_| "entry name is not UTF-8".to_string())?;
-    let extra = r
-        .slice(start + 46 + name_len, extra_len)
-        .ok_or_else(truncated)?;
+    let name = String::from_utf8(name_bytes.to_vec()).map_err(|_| "entry name is not UTF-8".to_string())?;
+    let extra = r.slice(start + 46 + name_len, extra_len).ok_or_else(truncated)?;
     *at = start + 46 + name_len + extra_len + comment_len;
 
     // zip64 extra field: the 64-bit values of exactly those fields that are
@@ -159,9 +136,7 @@ fn read_central_entry(r: &Reader<'_>, at: &mut usize) -> Result<ZipEntry, String
             let mut field_at = x + 4;
             for value in [&mut uncompressed, &mut compressed, &mut local_offset] {
                 if *value == 0xFFFF_FFFF {
-                    *value = xr
-                        .u64(field_at)
-                        .ok_or_else(|| format!("{name}: zip64 extra field is truncated"))?;
+                    *value = xr.u64(field_at).ok_or_else(|| format!("{name}: zip64 extra field is truncated"))?;
                     field_at += 8;
                 }
             }
@@ -173,37 +148,25 @@ fn read_central_entry(r: &Reader<'_>, at: &mut usize) -> Result<ZipEntry, String
         return Err(format!("{name}: encrypted entries are not supported"));
     }
     if method != 0 {
-        return Err(format!(
-            "{name}: compression method {method}; torch.save writes stored (method 0) entries"
-        ));
+        return Err(format!("{name}: compression method {method}; torch.save writes stored (method 0) entries"));
     }
     if compressed != uncompressed {
-        return Err(format!("{name}: stored entry with compressed size {compressed} != uncompressed size {uncompressed}"));
+        return Err(format!(
+            "{name}: stored entry with compressed size {compressed} != uncompressed size {uncompressed}"
+        ));
     }
-    let local = usize::try_from(local_offset)
-        .map_err(|_| format!("{name}: local header offset too large"))?;
+    let local = usize::try_from(local_offset).map_err(|_| format!("{name}: local header offset too large"))?;
     if r.u32(local) != Some(LOCAL_SIG) {
         return Err(format!("{name}: no local header at offset {local_offset}"));
     }
-    let local_name_len = usize::from(
-        r.u16(local + 26)
-            .ok_or_else(|| format!("{name}: local header truncated"))?,
-    );
-    let local_extra_len = usize::from(
-        r.u16(local + 28)
-            .ok_or_else(|| format!("{name}: local header truncated"))?,
-    );
+    let local_name_len = usize::from(r.u16(local + 26).ok_or_else(|| format!("{name}: local header truncated"))?);
+    let local_extra_len = usize::from(r.u16(local + 28).ok_or_else(|| format!("{name}: local header truncated"))?);
     // torch pads the local extra field so that data is 64-byte aligned; it
     // differs from the central one, so the data offset comes from here.
     let data_start = local + 30 + local_name_len + local_extra_len;
-    let len = usize::try_from(uncompressed)
-        .map_err(|_| format!("{name}: size {uncompressed} too large"))?;
-    let data_end = data_start
-        .checked_add(len)
-        .filter(|&end| end <= r.bytes.len())
-        .ok_or_else(|| format!("{name}: {len} data bytes at offset {data_start} run past the end of the file (truncated?)"))?;
-    Ok(ZipEntry {
-        name,
-        data: data_start..data_end,
-    })
+    let len = usize::try_from(uncompressed).map_err(|_| format!("{name}: size {uncompressed} too large"))?;
+    let data_end = data_start.checked_add(len).filter(|&end| end <= r.bytes.len()).ok_or_else(|| {
+        format!("{name}: {len} data bytes at offset {data_start} run past the end of the file (truncated?)")
+    })?;
+    Ok(ZipEntry { name, data: data_start..data_end })
 }

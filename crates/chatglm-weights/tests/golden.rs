@@ -51,21 +51,10 @@ fn every_layout_matches_the_golden_summary() {
             let sum: f64 = v.iter().map(|&x| f64::from(x)).sum();
             let abs_sum: f64 = v.iter().map(|&x| f64::from(x).abs()).sum();
             let tol = eps * g.abs_sum + 1e-9;
-            assert!(
-                (sum - g.sum).abs() <= tol,
-                "{layout} {name}: sum {sum} vs {}",
-                g.sum
-            );
-            assert!(
-                (abs_sum - g.abs_sum).abs() <= tol,
-                "{layout} {name}: abs_sum {abs_sum} vs {}",
-                g.abs_sum
-            );
+            assert!((sum - g.sum).abs() <= tol, "{layout} {name}: sum {sum} vs {}", g.sum);
+            assert!((abs_sum - g.abs_sum).abs() <= tol, "{layout} {name}: abs_sum {abs_sum} vs {}", g.abs_sum);
             for (i, (&x, &y)) in v.iter().zip(&g.first8).enumerate() {
-                assert!(
-                    (x - y).abs() <= (eps as f32) * y.abs() + 1e-7,
-                    "{layout} {name}[{i}]: {x} vs {y}"
-                );
+                assert!((x - y).abs() <= (eps as f32) * y.abs() + 1e-7, "{layout} {name}[{i}]: {x} vs {y}");
             }
             assert_eq!(v.len().min(8), g.first8.len(), "{layout} {name}");
             total += t.n_bytes() as u64;
@@ -81,14 +70,8 @@ fn names_table_matches_the_dev_checkpoint() {
     // Every stored tensor is either expected or the optional inv_freq.
     assert_eq!(expected.len() + 1, ckpt.len());
     assert_eq!(expected[0].0, names::WORD_EMBEDDINGS);
-    assert_eq!(
-        names::layer(1, names::QKV_BIAS),
-        "transformer.encoder.layers.1.self_attention.query_key_value.bias"
-    );
-    let params: u64 = expected
-        .iter()
-        .map(|(_, s)| s.iter().product::<usize>() as u64)
-        .sum();
+    assert_eq!(names::layer(1, names::QKV_BIAS), "transformer.encoder.layers.1.self_attention.query_key_value.bias");
+    let params: u64 = expected.iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
     assert_eq!(params, ckpt.config.parameter_count());
     assert!(ckpt.tensor(names::ROTARY_INV_FREQ).is_ok());
 }
@@ -97,8 +80,5 @@ fn names_table_matches_the_dev_checkpoint() {
 fn missing_tensor_error_names_tensor_and_checkpoint() {
     let ckpt = Checkpoint::open(&layout_dir("pytorch-f32")).unwrap();
     let err = ckpt.tensor("transformer.nope").unwrap_err().to_string();
-    assert!(
-        err.contains("transformer.nope") && err.contains("pytorch-f32"),
-        "{err}"
-    );
+    assert!(err.contains("transformer.nope") && err.contains("pytorch-f32"), "{err}");
 }

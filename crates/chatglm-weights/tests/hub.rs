@@ -22,8 +22,7 @@ fn options(cache: &Path, offline: bool) -> HubOptions {
 /// Lays out `models--THUDM--chatglm2-6b` as huggingface_hub does: blobs,
 /// snapshot symlinks to them, and refs/main.
 fn fake_cache(cache: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/testdata/dev/model/safetensors-sharded-f16");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/dev/model/safetensors-sharded-f16");
     let src = std::env::var_os("CHATGLM_TESTDATA")
         .map(|p| Path::new(&p).join("dev/model/safetensors-sharded-f16"))
         .unwrap_or(src);
@@ -37,11 +36,7 @@ fn fake_cache(cache: &Path) {
         let entry = entry.unwrap();
         let blob = format!("blob{i:04}");
         fs::copy(entry.path(), repo.join("blobs").join(&blob)).unwrap();
-        std::os::unix::fs::symlink(
-            Path::new("../../blobs").join(&blob),
-            snapshot.join(entry.file_name()),
-        )
-        .unwrap();
+        std::os::unix::fs::symlink(Path::new("../../blobs").join(&blob), snapshot.join(entry.file_name())).unwrap();
     }
 }
 
@@ -54,36 +49,19 @@ fn offline_resolves_cached_snapshot_by_ref_and_by_commit() {
     assert!(dir.ends_with(format!("snapshots/{COMMIT}")));
     let ckpt = Checkpoint::open(&dir).unwrap();
     ckpt.validate_shapes().unwrap();
-    assert_eq!(
-        resolve_with(&format!("THUDM/chatglm2-6b@{COMMIT}"), &opts).unwrap(),
-        dir
-    );
+    assert_eq!(resolve_with(&format!("THUDM/chatglm2-6b@{COMMIT}"), &opts).unwrap(), dir);
     // A full commit id that is cached resolves without the network even online.
-    assert_eq!(
-        resolve_with(
-            &format!("THUDM/chatglm2-6b@{COMMIT}"),
-            &options(tmp.path(), false)
-        )
-        .unwrap(),
-        dir
-    );
+    assert_eq!(resolve_with(&format!("THUDM/chatglm2-6b@{COMMIT}"), &options(tmp.path(), false)).unwrap(), dir);
     // Online with an unreachable endpoint, a cached ref still resolves.
-    assert_eq!(
-        resolve_with("THUDM/chatglm2-6b", &options(tmp.path(), false)).unwrap(),
-        dir
-    );
+    assert_eq!(resolve_with("THUDM/chatglm2-6b", &options(tmp.path(), false)).unwrap(), dir);
 }
 
 #[test]
 fn offline_without_cache_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = resolve_with("THUDM/chatglm2-6b@v1.0", &options(tmp.path(), true))
-        .unwrap_err()
-        .to_string();
+    let err = resolve_with("THUDM/chatglm2-6b@v1.0", &options(tmp.path(), true)).unwrap_err().to_string();
     assert!(
-        err.contains("THUDM/chatglm2-6b@v1.0")
-            && err.contains("HF_HUB_OFFLINE")
-            && err.contains("not in the cache"),
+        err.contains("THUDM/chatglm2-6b@v1.0") && err.contains("HF_HUB_OFFLINE") && err.contains("not in the cache"),
         "{err}"
     );
 }
@@ -92,22 +70,12 @@ fn offline_without_cache_is_a_clear_error() {
 fn incomplete_snapshot_is_not_used() {
     let tmp = tempfile::tempdir().unwrap();
     fake_cache(tmp.path());
-    let snapshot = tmp
-        .path()
-        .join("models--THUDM--chatglm2-6b/snapshots")
-        .join(COMMIT);
+    let snapshot = tmp.path().join("models--THUDM--chatglm2-6b/snapshots").join(COMMIT);
     fs::remove_file(snapshot.join("model-00002-of-00002.safetensors")).unwrap();
-    let err = resolve_with("THUDM/chatglm2-6b", &options(tmp.path(), true))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("lacks shard model-00002-of-00002.safetensors"),
-        "{err}"
-    );
+    let err = resolve_with("THUDM/chatglm2-6b", &options(tmp.path(), true)).unwrap_err().to_string();
+    assert!(err.contains("lacks shard model-00002-of-00002.safetensors"), "{err}");
     // Online, the unreachable endpoint is reported.
-    let err = resolve_with("THUDM/chatglm2-6b", &options(tmp.path(), false))
-        .unwrap_err()
-        .to_string();
+    let err = resolve_with("THUDM/chatglm2-6b", &options(tmp.path(), false)).unwrap_err().to_string();
     assert!(err.contains("127.0.0.1:9"), "{err}");
 }
 
@@ -115,15 +83,10 @@ fn incomplete_snapshot_is_not_used() {
 fn local_paths() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = options(tmp.path(), true);
-    assert_eq!(
-        resolve_with(tmp.path().to_str().unwrap(), &opts).unwrap(),
-        tmp.path()
-    );
+    assert_eq!(resolve_with(tmp.path().to_str().unwrap(), &opts).unwrap(), tmp.path());
     let file = tmp.path().join("model.gguf");
     fs::write(&file, b"x").unwrap();
-    let err = resolve_with(file.to_str().unwrap(), &opts)
-        .unwrap_err()
-        .to_string();
+    let err = resolve_with(file.to_str().unwrap(), &opts).unwrap_err().to_string();
     assert!(err.contains("is a file"), "{err}");
     let err = resolve_with("/no/such/dir", &opts).unwrap_err().to_string();
     assert!(err.contains("no such file or folder"), "{err}");

@@ -7,8 +7,8 @@ use std::fs;
 use std::path::Path;
 
 use chatglm_weights::{
-    load_pytorch_bin, load_safetensors, parse_safetensors_bytes, pickle, serialize_safetensors,
-    Checkpoint, DType, WeightsError,
+    load_pytorch_bin, load_safetensors, parse_safetensors_bytes, pickle, serialize_safetensors, Checkpoint, DType,
+    WeightsError,
 };
 use common::{copy_layout, state_dict_pickle, zip_stored};
 
@@ -36,10 +36,7 @@ fn truncated_safetensors() {
     for keep in [0, 5, 8, 100, bytes.len() - 1] {
         fs::write(&path, &bytes[..keep]).unwrap();
         let err = open_err(tmp.path());
-        assert!(
-            err.contains("model.safetensors") && err.contains("malformed safetensors"),
-            "{keep}: {err}"
-        );
+        assert!(err.contains("model.safetensors") && err.contains("malformed safetensors"), "{keep}: {err}");
     }
 }
 
@@ -64,29 +61,15 @@ fn with_header(header: &str, data_len: usize) -> Vec<u8> {
 
 #[test]
 fn offsets_out_of_bounds_or_inconsistent() {
-    let out_of_bounds = with_header(
-        r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
-        8,
-    );
-    let err = parse_safetensors_bytes(&out_of_bounds)
-        .unwrap_err()
-        .to_string();
+    let out_of_bounds = with_header(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8);
+    let err = parse_safetensors_bytes(&out_of_bounds).unwrap_err().to_string();
     assert!(err.contains("tensor w") && err.contains("outside"), "{err}");
 
-    let wrong_len = with_header(
-        r#"{"w":{"dtype":"F16","shape":[4],"data_offsets":[0,16]}}"#,
-        16,
-    );
+    let wrong_len = with_header(r#"{"w":{"dtype":"F16","shape":[4],"data_offsets":[0,16]}}"#, 16);
     let err = parse_safetensors_bytes(&wrong_len).unwrap_err().to_string();
-    assert!(
-        err.contains("tensor w") && err.contains("needs 8 bytes"),
-        "{err}"
-    );
+    assert!(err.contains("tensor w") && err.contains("needs 8 bytes"), "{err}");
 
-    let reversed = with_header(
-        r#"{"w":{"dtype":"F16","shape":[0],"data_offsets":[8,4]}}"#,
-        16,
-    );
+    let reversed = with_header(r#"{"w":{"dtype":"F16","shape":[0],"data_offsets":[8,4]}}"#, 16);
     assert!(parse_safetensors_bytes(&reversed).is_err());
 
     let overlap = with_header(
@@ -96,25 +79,16 @@ fn offsets_out_of_bounds_or_inconsistent() {
     let err = parse_safetensors_bytes(&overlap).unwrap_err().to_string();
     assert!(err.contains("overlap"), "{err}");
 
-    let huge = with_header(
-        r#"{"w":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,8]}}"#,
-        8,
-    );
+    let huge = with_header(r#"{"w":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,8]}}"#, 8);
     assert!(parse_safetensors_bytes(&huge).is_err());
 
     let not_json = with_header("{not json", 0);
-    assert!(parse_safetensors_bytes(&not_json)
-        .unwrap_err()
-        .to_string()
-        .contains("JSON"));
+    assert!(parse_safetensors_bytes(&not_json).unwrap_err().to_string().contains("JSON"));
 }
 
 #[test]
 fn unknown_dtype_names_dtype_and_tensor() {
-    let bytes = with_header(
-        r#"{"pos":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#,
-        8,
-    );
+    let bytes = with_header(r#"{"pos":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#, 8);
     let err = parse_safetensors_bytes(&bytes).unwrap_err();
     assert!(matches!(err, WeightsError::UnsupportedDtype { .. }));
     let err = err.to_string();
@@ -124,19 +98,13 @@ fn unknown_dtype_names_dtype_and_tensor() {
 #[test]
 fn missing_shard_file() {
     for (layout, shard) in [
-        (
-            "safetensors-sharded-f16",
-            "model-00002-of-00002.safetensors",
-        ),
+        ("safetensors-sharded-f16", "model-00002-of-00002.safetensors"),
         ("pytorch-sharded-bf16", "pytorch_model-00002-of-00002.bin"),
     ] {
         let tmp = copy_layout(layout);
         fs::remove_file(tmp.path().join(shard)).unwrap();
         let err = open_err(tmp.path());
-        assert!(
-            err.contains(shard) && err.contains("does not exist"),
-            "{err}"
-        );
+        assert!(err.contains(shard) && err.contains("does not exist"), "{err}");
     }
 }
 
@@ -144,8 +112,7 @@ fn missing_shard_file() {
 fn index_points_at_a_tensor_missing_from_its_shard() {
     let tmp = copy_layout("safetensors-sharded-f16");
     let index_path = tmp.path().join("model.safetensors.index.json");
-    let mut index: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&index_path).unwrap()).unwrap();
+    let mut index: serde_json::Value = serde_json::from_str(&fs::read_to_string(&index_path).unwrap()).unwrap();
     index["weight_map"]["transformer.ghost.weight"] = "model-00001-of-00002.safetensors".into();
     fs::write(&index_path, index.to_string()).unwrap();
     let err = open_err(tmp.path());
@@ -156,20 +123,13 @@ fn index_points_at_a_tensor_missing_from_its_shard() {
     );
 
     // An entry pointing at the wrong shard.
-    let mut index: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&index_path).unwrap()).unwrap();
+    let mut index: serde_json::Value = serde_json::from_str(&fs::read_to_string(&index_path).unwrap()).unwrap();
     let map = index["weight_map"].as_object_mut().unwrap();
     map.remove("transformer.ghost.weight");
-    map.insert(
-        "transformer.output_layer.weight".into(),
-        "model-00001-of-00002.safetensors".into(),
-    );
+    map.insert("transformer.output_layer.weight".into(), "model-00001-of-00002.safetensors".into());
     fs::write(&index_path, index.to_string()).unwrap();
     let err = open_err(tmp.path());
-    assert!(
-        err.contains("transformer.output_layer.weight") && err.contains("it is in"),
-        "{err}"
-    );
+    assert!(err.contains("transformer.output_layer.weight") && err.contains("it is in"), "{err}");
 }
 
 #[test]
@@ -185,8 +145,7 @@ fn index_cannot_escape_the_folder() {
 fn wrong_shape_in_config_vs_tensor() {
     let tmp = copy_layout("safetensors-f32");
     let cfg_path = tmp.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["ffn_hidden_size"] = 96.into();
     fs::write(&cfg_path, cfg.to_string()).unwrap();
     let ckpt = Checkpoint::open(tmp.path()).unwrap();
@@ -203,15 +162,11 @@ fn wrong_shape_in_config_vs_tensor() {
 fn missing_and_broken_config() {
     let tmp = copy_layout("safetensors-f32");
     let cfg_path = tmp.path().join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&fs::read_to_string(&cfg_path).unwrap()).unwrap();
     cfg["multi_query_attention"] = false.into();
     fs::write(&cfg_path, cfg.to_string()).unwrap();
     let err = open_err(tmp.path());
-    assert!(
-        err.contains("config.json") && err.contains("multi_query_attention = false"),
-        "{err}"
-    );
+    assert!(err.contains("config.json") && err.contains("multi_query_attention = false"), "{err}");
     fs::remove_file(&cfg_path).unwrap();
     let err = open_err(tmp.path());
     assert!(err.contains("config.json"), "{err}");
@@ -230,15 +185,7 @@ fn truncated_pytorch_bin() {
     let tmp = copy_layout("pytorch-f32");
     let path = tmp.path().join("pytorch_model.bin");
     let bytes = fs::read(&path).unwrap();
-    for keep in [
-        0,
-        3,
-        4,
-        1000,
-        bytes.len() / 2,
-        bytes.len() - 23,
-        bytes.len() - 1,
-    ] {
+    for keep in [0, 3, 4, 1000, bytes.len() / 2, bytes.len() - 23, bytes.len() - 1] {
         fs::write(&path, &bytes[..keep]).unwrap();
         let err = load_pytorch_bin(&path).unwrap_err().to_string();
         assert!(err.contains("pytorch_model.bin"), "{keep}: {err}");
@@ -247,12 +194,7 @@ fn truncated_pytorch_bin() {
 
 #[test]
 fn pickle_calling_os_system_is_refused() {
-    for (module, name) in [
-        ("posix", "system"),
-        ("os", "system"),
-        ("builtins", "eval"),
-        ("subprocess", "Popen"),
-    ] {
+    for (module, name) in [("posix", "system"), ("os", "system"), ("builtins", "eval"), ("subprocess", "Popen")] {
         // PROTO 2, GLOBAL 'module\nname\n', BINUNICODE 'echo pwned', TUPLE1, REDUCE, STOP
         let mut pkl = vec![0x80, 2, b'c'];
         pkl.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
@@ -268,9 +210,7 @@ fn pickle_calling_os_system_is_refused() {
         assert!(matches!(err, WeightsError::UnsafePickle { .. }), "{err}");
         let msg = err.to_string();
         assert!(
-            msg.contains(&format!("{module}.{name}"))
-                && msg.contains("pytorch_model.bin")
-                && msg.contains("run code"),
+            msg.contains(&format!("{module}.{name}")) && msg.contains("pytorch_model.bin") && msg.contains("run code"),
             "{msg}"
         );
     }
@@ -281,45 +221,29 @@ fn pickle_tensor_views() {
     // Two tensors sharing storage "0" (6 floats): a row at offset 3, and a
     // transposed (non-contiguous) view that must be copied.
     let storage = f32_bytes(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
-    let pkl = state_dict_pickle(&[
-        ("row", "0", 6, 3, &[3], &[1]),
-        ("t", "0", 6, 0, &[3, 2], &[1, 3]),
-    ]);
-    let zip = zip_stored(&[
-        ("archive/data.pkl", &pkl),
-        ("archive/byteorder", b"little"),
-        ("archive/data/0", &storage),
-    ]);
+    let pkl = state_dict_pickle(&[("row", "0", 6, 3, &[3], &[1]), ("t", "0", 6, 0, &[3, 2], &[1, 3])]);
+    let zip = zip_stored(&[("archive/data.pkl", &pkl), ("archive/byteorder", b"little"), ("archive/data/0", &storage)]);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("x.bin");
     fs::write(&path, zip).unwrap();
     let tensors = load_pytorch_bin(&path).unwrap();
     assert_eq!(tensors[0].to_f32().unwrap(), vec![3.0, 4.0, 5.0]);
     assert!(tensors[0].data.is_mapped());
-    assert_eq!(
-        tensors[1].to_f32().unwrap(),
-        vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
-    );
+    assert_eq!(tensors[1].to_f32().unwrap(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
 
     // A view past the end of its storage.
     let pkl = state_dict_pickle(&[("bad", "0", 6, 4, &[3], &[1])]);
     let zip = zip_stored(&[("archive/data.pkl", &pkl), ("archive/data/0", &storage)]);
     fs::write(&path, zip).unwrap();
     let err = load_pytorch_bin(&path).unwrap_err().to_string();
-    assert!(
-        err.contains("tensor bad") && err.contains("reaches past"),
-        "{err}"
-    );
+    assert!(err.contains("tensor bad") && err.contains("reaches past"), "{err}");
 
     // A storage entry missing from the archive.
     let pkl = state_dict_pickle(&[("w", "7", 6, 0, &[6], &[1])]);
     let zip = zip_stored(&[("archive/data.pkl", &pkl), ("archive/data/0", &storage)]);
     fs::write(&path, zip).unwrap();
     let err = load_pytorch_bin(&path).unwrap_err().to_string();
-    assert!(
-        err.contains("tensor w") && err.contains("archive/data/7"),
-        "{err}"
-    );
+    assert!(err.contains("tensor w") && err.contains("archive/data/7"), "{err}");
 
     // A storage that declares more elements than its entry holds.
     let pkl = state_dict_pickle(&[("w", "0", 60, 0, &[6], &[1])]);
@@ -333,27 +257,14 @@ fn pickle_tensor_views() {
 fn pickle_errors_are_reported() {
     assert!(pickle::read_state_dict(b"").is_err());
     assert!(pickle::read_state_dict(&[0x80, 2, b'}']).is_err()); // no STOP
-    assert!(pickle::read_state_dict(&[0x80, 2, b'N', b'.'])
-        .unwrap_err()
-        .to_string()
-        .contains("state dict"));
-    assert!(pickle::read_state_dict(&[0x80, 2, b'i', b'.'])
-        .unwrap_err()
-        .to_string()
-        .contains("opcode 0x69"));
+    assert!(pickle::read_state_dict(&[0x80, 2, b'N', b'.']).unwrap_err().to_string().contains("state dict"));
+    assert!(pickle::read_state_dict(&[0x80, 2, b'i', b'.']).unwrap_err().to_string().contains("opcode 0x69"));
     // Deep nesting is bounded.
     let mut deep = vec![0x80, 2];
-    for _ in 0..10_000 {
-        deep.push(b']');
-    }
-    for _ in 0..9_999 {
-        deep.push(b'a');
-    }
+    deep.extend(std::iter::repeat_n(b']', 10_000));
+    deep.extend(std::iter::repeat_n(b'a', 9_999));
     deep.push(b'.');
-    assert!(pickle::read_state_dict(&deep)
-        .unwrap_err()
-        .to_string()
-        .contains("deeper"));
+    assert!(pickle::read_state_dict(&deep).unwrap_err().to_string().contains("deeper"));
     // An unsupported storage dtype names the tensor.
     let pkl = state_dict_pickle(&[("ids", "0", 1, 0, &[1], &[1])]);
     let at = pkl.windows(5).position(|w| w == b"Float").unwrap();
@@ -361,21 +272,14 @@ fn pickle_errors_are_reported() {
     long.extend_from_slice(b"Long");
     long.extend_from_slice(&pkl[at + 5..]);
     let err = pickle::read_state_dict(&long).unwrap_err().to_string();
-    assert!(
-        err.contains("torch.LongStorage") && err.contains("tensor ids"),
-        "{err}"
-    );
+    assert!(err.contains("torch.LongStorage") && err.contains("tensor ids"), "{err}");
 }
 
 #[test]
 fn not_a_zip() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("pytorch_model.bin");
-    fs::write(
-        &path,
-        [0x80, 2, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20],
-    )
-    .unwrap();
+    fs::write(&path, [0x80, 2, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20]).unwrap();
     let err = load_pytorch_bin(&path).unwrap_err().to_string();
     assert!(err.contains("legacy"), "{err}");
     fs::write(&path, b"hello").unwrap();

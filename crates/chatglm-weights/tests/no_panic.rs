@@ -25,10 +25,7 @@ fn valid_safetensors() -> Vec<u8> {
 fn valid_pickle() -> Vec<u8> {
     let bytes = std::fs::read(layout_dir("pytorch-f32").join("pytorch_model.bin")).unwrap();
     let entries = zip::read_entries(&bytes, Path::new("x")).unwrap();
-    let pkl = entries
-        .iter()
-        .find(|e| e.name.ends_with("data.pkl"))
-        .unwrap();
+    let pkl = entries.iter().find(|e| e.name.ends_with("data.pkl")).unwrap();
     bytes[pkl.data.clone()].to_vec()
 }
 
@@ -119,9 +116,6 @@ proptest! {
 
 #[test]
 fn valid_inputs_parse() {
-    assert_eq!(
-        parse_safetensors_bytes(&valid_safetensors()).unwrap().len(),
-        3
-    );
+    assert_eq!(parse_safetensors_bytes(&valid_safetensors()).unwrap().len(), 3);
     assert_eq!(pickle::read_state_dict(&valid_pickle()).unwrap().len(), 18);
 }

@@ -15,6 +15,11 @@ pub fn kernels() -> Kernels {
         dot_bf16: |w, x| unsafe { dot_bf16(w, x) },
         dot_q8_0: |w, x| unsafe { dot_q8_0(w, x) },
         dot_q4_0: |w, x| unsafe { dot_q4_0(w, x) },
+        // 4.5-6-bit variants: the scalar loops auto-vectorise well enough for
+        // formats chosen for quality rather than speed.
+        dot_q4_1: super::scalar::dot_q4_1,
+        dot_q5_0: super::scalar::dot_q5_0,
+        dot_q5_1: super::scalar::dot_q5_1,
         quantize_row_q8_0: |x, out| unsafe { quantize_row_q8_0(x, out) },
     }
 }
@@ -44,11 +49,7 @@ unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
         i += 32;
     }
     while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(
-            _mm256_loadu_ps(pw.add(i)),
-            _mm256_loadu_ps(px.add(i)),
-            acc[0],
-        );
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
         i += 8;
     }
     let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -103,11 +104,7 @@ unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     let mut i = 0;
     while i + 16 <= n {
         acc[0] = _mm256_fmadd_ps(load_bf16x8(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
-        acc[1] = _mm256_fmadd_ps(
-            load_bf16x8(pw.add(i + 8)),
-            _mm256_loadu_ps(px.add(i + 8)),
-            acc[1],
-        );
+        acc[1] = _mm256_fmadd_ps(load_bf16x8(pw.add(i + 8)), _mm256_loadu_ps(px.add(i + 8)), acc[1]);
         i += 16;
     }
     while i + 8 <= n {
@@ -168,12 +165,7 @@ unsafe fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     let sign_mask = _mm256_set1_ps(-0.0);
     for (chunk, block) in x.chunks_exact(32).zip(out.iter_mut()) {
         let p = chunk.as_ptr();
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
         let mut amax = _mm256_andnot_ps(sign_mask, v[0]);
         for vi in &v[1..] {
             amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, *vi));
@@ -186,10 +178,7 @@ unsafe fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
         let id = _mm256_set1_ps(if max != 0.0 { 127.0 / max } else { 0.0 });
         let mut ints = [_mm256_setzero_si256(); 4];
         for (i, vi) in v.iter().enumerate() {
-            let r = _mm256_round_ps(
-                _mm256_mul_ps(*vi, id),
-                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-            );
+            let r = _mm256_round_ps(_mm256_mul_ps(*vi, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             ints[i] = _mm256_cvtps_epi32(r);
         }
         // Pack i32 → i16 → i8; packs interleave 128-bit lanes, so permute back.

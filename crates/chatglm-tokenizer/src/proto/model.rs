@@ -107,9 +107,7 @@ impl ModelProto {
                 }
                 5 => {
                     let (body, offset) = reader.bytes(&field, "denormalizer_spec")?;
-                    let spec = model
-                        .denormalizer_spec
-                        .get_or_insert_with(NormalizerSpec::default);
+                    let spec = model.denormalizer_spec.get_or_insert_with(NormalizerSpec::default);
                     decode_normalizer_spec(body, offset, spec)?;
                 }
                 _ => {} // self_test_data (4) and extensions do not affect tokenization.
@@ -156,23 +154,15 @@ impl ModelProto {
 
 fn decode_piece(body: &[u8], base: usize) -> Result<Piece, TokenizerError> {
     let mut reader = MessageReader::new(body, base, "ModelProto.SentencePiece");
-    let mut piece = Piece {
-        text: String::new(),
-        score: 0.0,
-        kind: PieceKind::Normal,
-    };
+    let mut piece = Piece { text: String::new(), score: 0.0, kind: PieceKind::Normal };
     while let Some(field) = reader.next_field()? {
         match field.number {
             1 => piece.text = reader.string(&field, "piece")?.to_owned(),
             2 => piece.score = reader.float(&field, "score")?,
             3 => {
                 let value = reader.varint(&field, "type")? as i64;
-                piece.kind = PieceKind::from_proto_value(value).ok_or_else(|| {
-                    reader.error(
-                        field.offset,
-                        format!("unknown piece type {value} (known: 1..=6)"),
-                    )
-                })?;
+                piece.kind = PieceKind::from_proto_value(value)
+                    .ok_or_else(|| reader.error(field.offset, format!("unknown piece type {value} (known: 1..=6)")))?;
             }
             _ => {}
         }
@@ -180,11 +170,7 @@ fn decode_piece(body: &[u8], base: usize) -> Result<Piece, TokenizerError> {
     Ok(piece)
 }
 
-fn decode_trainer_spec(
-    body: &[u8],
-    base: usize,
-    spec: &mut TrainerSpec,
-) -> Result<(), TokenizerError> {
+fn decode_trainer_spec(body: &[u8], base: usize, spec: &mut TrainerSpec) -> Result<(), TokenizerError> {
     let mut r = MessageReader::new(body, base, "TrainerSpec");
     while let Some(f) = r.next_field()? {
         let f: Field<'_> = f;
@@ -210,11 +196,7 @@ fn decode_trainer_spec(
     Ok(())
 }
 
-fn decode_normalizer_spec(
-    body: &[u8],
-    base: usize,
-    spec: &mut NormalizerSpec,
-) -> Result<(), TokenizerError> {
+fn decode_normalizer_spec(body: &[u8], base: usize, spec: &mut NormalizerSpec) -> Result<(), TokenizerError> {
     let mut r = MessageReader::new(body, base, "NormalizerSpec");
     while let Some(f) = r.next_field()? {
         match f.number {

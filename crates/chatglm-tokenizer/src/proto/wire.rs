@@ -57,21 +57,12 @@ pub(crate) struct MessageReader<'a> {
 impl<'a> MessageReader<'a> {
     /// Reads a message occupying all of `buf`, which starts at absolute `base`.
     pub fn new(buf: &'a [u8], base: usize, message: &'static str) -> Self {
-        Self {
-            buf,
-            pos: 0,
-            base,
-            message,
-        }
+        Self { buf, pos: 0, base, message }
     }
 
     /// An error at absolute offset `offset` in this message.
     pub fn error(&self, offset: usize, problem: impl Into<String>) -> TokenizerError {
-        TokenizerError::Protobuf {
-            offset,
-            message: self.message,
-            problem: problem.into(),
-        }
+        TokenizerError::Protobuf { offset, message: self.message, problem: problem.into() }
     }
 
     /// The next field, or `None` at the end of the message.
@@ -92,17 +83,12 @@ impl<'a> MessageReader<'a> {
                 let len_offset = self.base + self.pos;
                 let len = self.read_varint()?;
                 let remaining = self.buf.len() - self.pos;
-                let len = usize::try_from(len)
-                    .ok()
-                    .filter(|&len| len <= remaining)
-                    .ok_or_else(|| {
-                        self.error(
-                            len_offset,
-                            format!(
-                                "field {number} claims {len} bytes but only {remaining} remain (truncated file?)"
-                            ),
-                        )
-                    })?;
+                let len = usize::try_from(len).ok().filter(|&len| len <= remaining).ok_or_else(|| {
+                    self.error(
+                        len_offset,
+                        format!("field {number} claims {len} bytes but only {remaining} remain (truncated file?)"),
+                    )
+                })?;
                 let start = self.pos;
                 self.pos += len;
                 WireValue::Bytes(&self.buf[start..start + len], self.base + start)
@@ -111,25 +97,11 @@ impl<'a> MessageReader<'a> {
                 self.skip_group(number, offset)?;
                 WireValue::Group
             }
-            4 => {
-                return Err(self.error(
-                    offset,
-                    format!("unexpected end-group tag for field {number}"),
-                ))
-            }
+            4 => return Err(self.error(offset, format!("unexpected end-group tag for field {number}"))),
             5 => WireValue::Fixed32(u32::from_le_bytes(self.read_array::<4>()?)),
-            other => {
-                return Err(self.error(
-                    offset,
-                    format!("field {number} has invalid wire type {other}"),
-                ))
-            }
+            other => return Err(self.error(offset, format!("field {number} has invalid wire type {other}"))),
         };
-        Ok(Some(Field {
-            number,
-            value,
-            offset,
-        }))
+        Ok(Some(Field { number, value, offset }))
     }
 
     fn split_key(&self, key: u64, offset: usize) -> Result<(u32, u8), TokenizerError> {
@@ -149,10 +121,7 @@ impl<'a> MessageReader<'a> {
                 return Err(self.error(offset, "groups nested too deeply"));
             }
             if self.pos >= self.buf.len() {
-                return Err(self.error(
-                    self.base + self.pos,
-                    format!("group {number} is not closed (truncated file?)"),
-                ));
+                return Err(self.error(self.base + self.pos, format!("group {number} is not closed (truncated file?)")));
             }
             let key_offset = self.base + self.pos;
             let key = self.read_varint()?;
@@ -168,10 +137,7 @@ impl<'a> MessageReader<'a> {
                     let len = self.read_varint()?;
                     let remaining = (self.buf.len() - self.pos) as u64;
                     if len > remaining {
-                        return Err(self.error(
-                            key_offset,
-                            format!("field {n} inside group overruns the message"),
-                        ));
+                        return Err(self.error(key_offset, format!("field {n} inside group overruns the message")));
                     }
                     self.pos += len as usize;
                 }
@@ -180,20 +146,14 @@ impl<'a> MessageReader<'a> {
                     open.pop();
                 }
                 4 => {
-                    return Err(self.error(
-                        key_offset,
-                        format!("end-group tag {n} does not match open group {innermost}"),
-                    ))
+                    return Err(
+                        self.error(key_offset, format!("end-group tag {n} does not match open group {innermost}"))
+                    )
                 }
                 5 => {
                     self.read_array::<4>()?;
                 }
-                other => {
-                    return Err(self.error(
-                        key_offset,
-                        format!("field {n} has invalid wire type {other}"),
-                    ))
-                }
+                other => return Err(self.error(key_offset, format!("field {n} has invalid wire type {other}"))),
             }
         }
         Ok(())
@@ -204,10 +164,7 @@ impl<'a> MessageReader<'a> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(self.error(
-                    start,
-                    "varint runs past the end of the message (truncated file?)",
-                ));
+                return Err(self.error(start, "varint runs past the end of the message (truncated file?)"));
             };
             self.pos += 1;
             let bits = u64::from(byte & 0x7f);
@@ -224,18 +181,12 @@ impl<'a> MessageReader<'a> {
 
     fn read_array<const N: usize>(&mut self) -> Result<[u8; N], TokenizerError> {
         let start = self.pos;
-        let bytes = self
-            .buf
-            .get(start..start + N)
-            .and_then(|s| <[u8; N]>::try_from(s).ok())
-            .ok_or_else(|| {
-                self.error(
-                    self.base + start,
-                    format!(
-                        "{N}-byte fixed value runs past the end of the message (truncated file?)"
-                    ),
-                )
-            })?;
+        let bytes = self.buf.get(start..start + N).and_then(|s| <[u8; N]>::try_from(s).ok()).ok_or_else(|| {
+            self.error(
+                self.base + start,
+                format!("{N}-byte fixed value runs past the end of the message (truncated file?)"),
+            )
+        })?;
         self.pos += N;
         Ok(bytes)
     }
@@ -243,11 +194,7 @@ impl<'a> MessageReader<'a> {
     fn wrong_type(&self, field: &Field<'_>, name: &str, expected: &str) -> TokenizerError {
         self.error(
             field.offset,
-            format!(
-                "field {} ({name}) has wire type {}, expected {expected}",
-                field.number,
-                field.value.wire_name()
-            ),
+            format!("field {} ({name}) has wire type {}, expected {expected}", field.number, field.value.wire_name()),
         )
     }
 
@@ -279,11 +226,7 @@ impl<'a> MessageReader<'a> {
     }
 
     /// The field as raw bytes plus their absolute offset.
-    pub fn bytes(
-        &self,
-        field: &Field<'a>,
-        name: &str,
-    ) -> Result<(&'a [u8], usize), TokenizerError> {
+    pub fn bytes(&self, field: &Field<'a>, name: &str) -> Result<(&'a [u8], usize), TokenizerError> {
         match field.value {
             WireValue::Bytes(b, offset) => Ok((b, offset)),
             _ => Err(self.wrong_type(field, name, "length-delimited")),
@@ -294,10 +237,7 @@ impl<'a> MessageReader<'a> {
     pub fn string(&self, field: &Field<'a>, name: &str) -> Result<&'a str, TokenizerError> {
         let (bytes, offset) = self.bytes(field, name)?;
         std::str::from_utf8(bytes).map_err(|e| {
-            self.error(
-                offset + e.valid_up_to(),
-                format!("field {} ({name}) is not valid UTF-8", field.number),
-            )
+            self.error(offset + e.valid_up_to(), format!("field {} ({name}) is not valid UTF-8", field.number))
         })
     }
 }

@@ -49,17 +49,12 @@ pub fn both() -> [Golden; 2] {
 
 impl Golden {
     pub fn tokenizer(&self) -> ChatGlmTokenizer {
-        ChatGlmTokenizer::from_file(&self.model_path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e} (set CHATGLM_TESTDATA to the testdata folder)",
-                self.name
-            )
-        })
+        ChatGlmTokenizer::from_file(&self.model_path)
+            .unwrap_or_else(|e| panic!("{}: {e} (set CHATGLM_TESTDATA to the testdata folder)", self.name))
     }
 
     pub fn model_bytes(&self) -> Vec<u8> {
-        std::fs::read(&self.model_path)
-            .unwrap_or_else(|e| panic!("{}: {e}", self.model_path.display()))
+        std::fs::read(&self.model_path).unwrap_or_else(|e| panic!("{}: {e}", self.model_path.display()))
     }
 
     pub fn tokenizer_cases(&self) -> Value {
@@ -72,12 +67,8 @@ impl Golden {
 }
 
 pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (set CHATGLM_TESTDATA to the testdata folder)",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (set CHATGLM_TESTDATA to the testdata folder)", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -85,11 +76,7 @@ pub fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected an id array, got {v}"))
         .iter()
-        .map(|x| {
-            x.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .unwrap_or_else(|| panic!("bad id {x}"))
-        })
+        .map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).unwrap_or_else(|| panic!("bad id {x}")))
         .collect()
 }
 
@@ -97,18 +84,12 @@ pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected a string array, got {v}"))
         .iter()
-        .map(|x| {
-            x.as_str()
-                .unwrap_or_else(|| panic!("bad string {x}"))
-                .to_owned()
-        })
+        .map(|x| x.as_str().unwrap_or_else(|| panic!("bad string {x}")).to_owned())
         .collect()
 }
 
 pub fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("missing string field {key}"))
+    v[key].as_str().unwrap_or_else(|| panic!("missing string field {key}"))
 }
 
 pub fn history(v: &Value) -> Vec<(String, String)> {

@@ -38,10 +38,7 @@ struct Client<'a> {
 
 impl Client<'_> {
     fn request(&self, agent: &ureq::Agent, method: &str, url: &str) -> ureq::Request {
-        let req = agent.request(method, url).set(
-            "User-Agent",
-            concat!("chatglm-rs/", env!("CARGO_PKG_VERSION")),
-        );
+        let req = agent.request(method, url).set("User-Agent", concat!("chatglm-rs/", env!("CARGO_PKG_VERSION")));
         match &self.opts.token {
             Some(t) => req.set("Authorization", &format!("Bearer {t}")),
             None => req,
@@ -52,9 +49,7 @@ impl Client<'_> {
 fn describe(url: &str, e: ureq::Error) -> String {
     match e {
         ureq::Error::Status(401 | 403, _) => {
-            format!(
-                "{url}: access denied (gated or private repo? set HF_TOKEN to a token with access)"
-            )
+            format!("{url}: access denied (gated or private repo? set HF_TOKEN to a token with access)")
         }
         ureq::Error::Status(404, _) => format!("{url}: not found (check the repo id and revision)"),
         ureq::Error::Status(code, _) => format!("{url}: HTTP {code}"),
@@ -73,25 +68,15 @@ pub(super) fn snapshot(repo: &RepoSpec, opts: &HubOptions) -> Result<PathBuf, St
             .redirects(redirects)
             .build()
     };
-    let client = Client {
-        opts,
-        agent: build(5),
-        agent_no_redirect: build(0),
-    };
-    let url = format!(
-        "{}/api/models/{}/revision/{}",
-        opts.endpoint,
-        repo.repo_id,
-        repo.revision.replace('/', "%2F")
-    );
+    let client = Client { opts, agent: build(5), agent_no_redirect: build(0) };
+    let url = format!("{}/api/models/{}/revision/{}", opts.endpoint, repo.repo_id, repo.revision.replace('/', "%2F"));
     let body = client
         .request(&client.agent, "GET", &url)
         .call()
         .map_err(|e| describe(&url, e))?
         .into_string()
         .map_err(|e| format!("{url}: {e}"))?;
-    let info: RepoInfo =
-        serde_json::from_str(&body).map_err(|e| format!("{url}: unexpected answer: {e}"))?;
+    let info: RepoInfo = serde_json::from_str(&body).map_err(|e| format!("{url}: unexpected answer: {e}"))?;
     if info.sha.len() != 40 || !info.sha.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("{url}: unexpected commit id {:?}", info.sha));
     }
@@ -110,28 +95,16 @@ pub(super) fn snapshot(repo: &RepoSpec, opts: &HubOptions) -> Result<PathBuf, St
     let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
     let has = |f: &str| listed.contains(&f);
     if !has("config.json") {
-        return Err(format!(
-            "{} at {} has no config.json",
-            repo.repo_id, info.sha
-        ));
+        return Err(format!("{} at {} has no config.json", repo.repo_id, info.sha));
     }
     for file in AUX_FILES.into_iter().filter(|f| has(f)) {
         fetch(&client, repo, &info.sha, &folder, file)?;
     }
-    let weights = [
-        "model.safetensors.index.json",
-        "model.safetensors",
-        "pytorch_model.bin.index.json",
-        "pytorch_model.bin",
-    ]
-    .into_iter()
-    .find(|f| has(f))
-    .ok_or_else(|| {
-        format!(
-            "{} has no safetensors or pytorch_model*.bin weights",
-            repo.repo_id
-        )
-    })?;
+    let weights =
+        ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"]
+            .into_iter()
+            .find(|f| has(f))
+            .ok_or_else(|| format!("{} has no safetensors or pytorch_model*.bin weights", repo.repo_id))?;
     let path = fetch(&client, repo, &info.sha, &folder, weights)?;
     if weights.ends_with(".index.json") {
         let index = ShardIndex::from_file(&path).map_err(|e| e.to_string())?;
@@ -143,37 +116,23 @@ pub(super) fn snapshot(repo: &RepoSpec, opts: &HubOptions) -> Result<PathBuf, St
 }
 
 /// Ensures `snapshots/<commit>/<file>` exists, downloading its blob if needed.
-fn fetch(
-    client: &Client<'_>,
-    repo: &RepoSpec,
-    commit: &str,
-    folder: &Path,
-    file: &str,
-) -> Result<PathBuf, String> {
+fn fetch(client: &Client<'_>, repo: &RepoSpec, commit: &str, folder: &Path, file: &str) -> Result<PathBuf, String> {
     let target = folder.join("snapshots").join(commit).join(file);
     if target.is_file() {
         return Ok(target);
     }
-    let url = format!(
-        "{}/{}/resolve/{commit}/{file}",
-        client.opts.endpoint, repo.repo_id
-    );
-    let head = client
-        .request(&client.agent_no_redirect, "HEAD", &url)
-        .call()
-        .map_err(|e| describe(&url, e))?;
+    let url = format!("{}/{}/resolve/{commit}/{file}", client.opts.endpoint, repo.repo_id);
+    let head = client.request(&client.agent_no_redirect, "HEAD", &url).call().map_err(|e| describe(&url, e))?;
     // LFS files answer with a redirect carrying X-Linked-Etag (the sha256);
     // small files with a plain ETag (the git blob id).
     let etag = head
         .header("x-linked-etag")
         .or_else(|| head.header("etag"))
         .map(|e| e.trim_start_matches("W/").trim_matches('"').to_string())
-        .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|e| !e.is_empty() && e.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
         .ok_or_else(|| format!("{url}: the server sent no usable ETag"))?;
-    let size: Option<u64> = head
-        .header("x-linked-size")
-        .or_else(|| head.header("content-length"))
-        .and_then(|s| s.parse().ok());
+    let size: Option<u64> =
+        head.header("x-linked-size").or_else(|| head.header("content-length")).and_then(|s| s.parse().ok());
 
     let blobs = folder.join("blobs");
     fs::create_dir_all(&blobs).map_err(|e| format!("{}: {e}", blobs.display()))?;
@@ -192,10 +151,7 @@ fn fetch(
             }
         }
         if !done {
-            return Err(format!(
-                "{last_err} (partial download kept in {}; run again to resume)",
-                partial.display()
-            ));
+            return Err(format!("{last_err} (partial download kept in {}; run again to resume)", partial.display()));
         }
         fs::rename(&partial, &blob).map_err(|e| format!("{}: {e}", blob.display()))?;
     }
@@ -238,19 +194,13 @@ fn download_resuming(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(format!(
-                    "{url}: download interrupted after {written} bytes: {e}"
-                ))
-            }
+            Err(e) => return Err(format!("{url}: download interrupted after {written} bytes: {e}")),
         };
-        out.write_all(buf.get(..n).unwrap_or_default())
-            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        out.write_all(buf.get(..n).unwrap_or_default()).map_err(|e| format!("{}: {e}", partial.display()))?;
         written += n as u64;
         bar.set_position(written);
     }
-    out.flush()
-        .map_err(|e| format!("{}: {e}", partial.display()))?;
+    out.flush().map_err(|e| format!("{}: {e}", partial.display()))?;
     bar.finish_and_clear();
     match size {
         Some(s) if s != written => Err(format!("{url}: got {written} of {s} bytes")),
@@ -263,9 +213,9 @@ fn progress_bar(show: bool, size: Option<u64>, start: u64, label: &str) -> indic
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(size.unwrap_or(0));
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(label.to_string());

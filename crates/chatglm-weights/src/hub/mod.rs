@@ -40,25 +40,17 @@ impl HubOptions {
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let hf_home = var("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            let home = var("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
+            let home = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
             home.join(".cache").join("huggingface")
         });
         let token = var("HF_TOKEN").or_else(|| {
             let t = std::fs::read_to_string(hf_home.join("token")).ok()?;
             Some(t.trim().to_string()).filter(|t| !t.is_empty())
         });
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        });
+        let offline = var("HF_HUB_OFFLINE")
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"));
         Self {
-            cache_dir: var("HF_HUB_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| hf_home.join("hub")),
+            cache_dir: var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| hf_home.join("hub")),
             endpoint: var("HF_ENDPOINT")
                 .unwrap_or_else(|| "https://huggingface.co".into())
                 .trim_end_matches('/')
@@ -91,19 +83,14 @@ impl RepoSpec {
             !s.is_empty()
                 && !s.starts_with(['.', '-'])
                 && !s.contains("..")
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         };
         let revision_ok = !revision.is_empty()
             && !revision.starts_with('/')
-            && !revision
-                .split('/')
-                .any(|p| p.is_empty() || p == "." || p == "..")
+            && !revision.split('/').any(|p| p.is_empty() || p == "." || p == "..")
             && revision.chars().all(|c| c.is_ascii_graphic() && c != '\\');
-        (part_ok(owner) && part_ok(name) && revision_ok).then(|| Self {
-            repo_id: repo_id.to_string(),
-            revision: revision.to_string(),
-        })
+        (part_ok(owner) && part_ok(name) && revision_ok)
+            .then(|| Self { repo_id: repo_id.to_string(), revision: revision.to_string() })
     }
 
     /// The repo's folder in the cache: `models--owner--name`.
@@ -127,17 +114,14 @@ pub fn resolve(spec: &str) -> Result<PathBuf, WeightsError> {
 /// * `owner/name[@revision]` → the cached snapshot, downloading what is
 ///   missing (config, tokenizer, weights: safetensors preferred) unless offline.
 pub fn resolve_with(spec: &str, opts: &HubOptions) -> Result<PathBuf, WeightsError> {
-    let err = |message: String| WeightsError::Hub {
-        spec: spec.to_string(),
-        message,
-    };
+    let err = |message: String| WeightsError::Hub { spec: spec.to_string(), message };
     let as_path = Path::new(spec);
     if as_path.is_dir() {
         return Ok(as_path.to_path_buf());
     }
     if as_path.exists() {
         return Err(err(
-            "this is a file; pass the folder that holds config.json, tokenizer.model and the weights".into(),
+            "this is a file; pass the folder that holds config.json, tokenizer.model and the weights".into()
         ));
     }
     let repo_part = spec.split('@').next().unwrap_or_default();
@@ -146,18 +130,15 @@ pub fn resolve_with(spec: &str, opts: &HubOptions) -> Result<PathBuf, WeightsErr
         Some(r) if !looks_like_path => r,
         _ => {
             return Err(err(
-                "no such file or folder, and not a Hugging Face repo id of the form owner/name[@revision]".into(),
+                "no such file or folder, and not a Hugging Face repo id of the form owner/name[@revision]".into()
             ))
         }
     };
 
     let cached = cached_snapshot(&repo, &opts.cache_dir);
     if opts.offline {
-        return cached.map_err(|why| {
-            err(format!(
-                "HF_HUB_OFFLINE is set and {why}; unset HF_HUB_OFFLINE to download it"
-            ))
-        });
+        return cached
+            .map_err(|why| err(format!("HF_HUB_OFFLINE is set and {why}; unset HF_HUB_OFFLINE to download it")));
     }
     if repo.is_commit() {
         if let Ok(dir) = cached {
@@ -168,27 +149,16 @@ pub fn resolve_with(spec: &str, opts: &HubOptions) -> Result<PathBuf, WeightsErr
 }
 
 #[cfg(feature = "download")]
-fn download_snapshot(
-    repo: &RepoSpec,
-    opts: &HubOptions,
-    spec: &str,
-) -> Result<PathBuf, WeightsError> {
+fn download_snapshot(repo: &RepoSpec, opts: &HubOptions, spec: &str) -> Result<PathBuf, WeightsError> {
     download::snapshot(repo, opts).or_else(|e| {
         // Like huggingface_hub: if the hub cannot be reached, a complete
         // cached snapshot of the same revision is good enough.
-        cached_snapshot(repo, &opts.cache_dir).map_err(|_| WeightsError::Hub {
-            spec: spec.to_string(),
-            message: e,
-        })
+        cached_snapshot(repo, &opts.cache_dir).map_err(|_| WeightsError::Hub { spec: spec.to_string(), message: e })
     })
 }
 
 #[cfg(not(feature = "download"))]
-fn download_snapshot(
-    repo: &RepoSpec,
-    opts: &HubOptions,
-    spec: &str,
-) -> Result<PathBuf, WeightsError> {
+fn download_snapshot(repo: &RepoSpec, opts: &HubOptions, spec: &str) -> Result<PathBuf, WeightsError> {
     cached_snapshot(repo, &opts.cache_dir).map_err(|why| WeightsError::Hub {
         spec: spec.to_string(),
         message: format!("{why}, and this build has no `download` feature"),
@@ -214,10 +184,7 @@ pub fn cached_snapshot(repo: &RepoSpec, cache_dir: &Path) -> Result<PathBuf, Str
         commit.trim().to_string()
     };
     if commit.is_empty() || commit.contains(['/', '\\']) || commit == ".." {
-        return Err(format!(
-            "cache ref for {} is corrupt ({commit:?})",
-            repo.revision
-        ));
+        return Err(format!("cache ref for {} is corrupt ({commit:?})", repo.revision));
     }
     let snapshot = folder.join("snapshots").join(&commit);
     snapshot_complete(&snapshot).map(|()| snapshot)
@@ -228,10 +195,9 @@ fn snapshot_complete(dir: &Path) -> Result<(), String> {
     if !dir.join("config.json").is_file() {
         return Err(format!("{} has no config.json", dir.display()));
     }
-    for (single, index) in [
-        ("model.safetensors", "model.safetensors.index.json"),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-    ] {
+    for (single, index) in
+        [("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")]
+    {
         if dir.join(single).is_file() {
             return Ok(());
         }
@@ -256,16 +222,10 @@ mod tests {
         let r = RepoSpec::parse("THUDM/chatglm2-6b@v1.0").unwrap();
         assert_eq!(r.repo_id, "THUDM/chatglm2-6b");
         assert_eq!(r.revision, "v1.0");
-        assert_eq!(
-            RepoSpec::parse("THUDM/chatglm2-6b").unwrap().revision,
-            "main"
-        );
+        assert_eq!(RepoSpec::parse("THUDM/chatglm2-6b").unwrap().revision, "main");
         assert!(RepoSpec::parse("THUDM/../x").is_none());
         assert!(RepoSpec::parse("a/b@../../etc").is_none());
         assert!(RepoSpec::parse("noslash").is_none());
-        assert_eq!(
-            r.cache_folder(Path::new("/c")),
-            PathBuf::from("/c/models--THUDM--chatglm2-6b")
-        );
+        assert_eq!(r.cache_folder(Path::new("/c")), PathBuf::from("/c/models--THUDM--chatglm2-6b"));
     }
 }

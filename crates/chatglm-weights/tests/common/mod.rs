@@ -12,12 +12,7 @@ pub fn testdata() -> PathBuf {
 }
 
 /// The dev model's layouts.
-pub const LAYOUTS: [&str; 4] = [
-    "safetensors-f32",
-    "safetensors-sharded-f16",
-    "pytorch-f32",
-    "pytorch-sharded-bf16",
-];
+pub const LAYOUTS: [&str; 4] = ["safetensors-f32", "safetensors-sharded-f16", "pytorch-f32", "pytorch-sharded-bf16"];
 
 pub fn layout_dir(name: &str) -> PathBuf {
     testdata().join("dev/model").join(name)
@@ -82,18 +77,17 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
         }
     }
     !crc
 }
 
 /// A protocol-2 pickle of `{name: _rebuild_tensor_v2(storage(key, FloatStorage, n), offset, shape, stride, False, OrderedDict())}`.
-pub fn state_dict_pickle(tensors: &[(&str, &str, usize, usize, &[usize], &[usize])]) -> Vec<u8> {
+/// (name, storage key, storage elements, offset, shape, stride).
+pub type PickledTensor<'a> = (&'a str, &'a str, usize, usize, &'a [usize], &'a [usize]);
+
+pub fn state_dict_pickle(tensors: &[PickledTensor<'_>]) -> Vec<u8> {
     let mut p = vec![0x80, 2, b'}', b'('];
     for (name, key, numel, offset, shape, stride) in tensors {
         unicode(&mut p, name);

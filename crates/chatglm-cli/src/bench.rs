@@ -1,0 +1,243 @@
+//! `chatglm bench`: load time, prefill and decode speed, achieved bandwidth, peak memory.
+
+use crate::args::{init_threads, physical_cores};
+use anyhow::{bail, Context, Result};
+use chatglm_engine::{Pipeline, PipelineOptions};
+use chatglm_model::{
+    Backend, Config, CpuBackend, ForwardState, KvCache, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput,
+    WeightFormat,
+};
+use clap::Args;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model folder, .gguf file or hub id (see `chatglm chat --help`).
+    #[arg(short = 'm', long = "model", conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    pub model: Option<String>,
+    /// Random weights of a known shape built in memory, no file needed: chatglm2-6b or dev (tiny).
+    #[arg(long)]
+    pub synthetic: Option<String>,
+    /// Weight format: auto, f32, f16, bf16, q8_0, q4_0 (auto = as stored; f16 for --synthetic).
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// KV-cache element type: f32 or f16.
+    #[arg(long, default_value = "f16")]
+    pub kv_dtype: String,
+    /// Worker threads (default: physical cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Prompt tokens for the prefill measurement (0 skips it).
+    #[arg(long, default_value_t = 512)]
+    pub prompt_len: usize,
+    /// Decode steps measured after the prompt (EOS is ignored; always the full length).
+    #[arg(long, default_value_t = 128)]
+    pub gen_len: usize,
+    /// Repeat the prefill+decode measurement and report best and median.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Also time decoding at these context positions (comma-separated token
+    /// counts, e.g. 1024,8192,32768), with a synthetic KV cache of that length.
+    #[arg(long, value_delimiter = ',')]
+    pub context: Vec<usize>,
+    /// Decode steps timed at each --context position.
+    #[arg(long, default_value_t = 8)]
+    pub context_steps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The published ChatGLM2-6B config.json.
+const CHATGLM2_6B: &str = r#"{"num_layers":28,"hidden_size":4096,"num_attention_heads":32,"kv_channels":128,
+"multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":13696,"padded_vocab_size":65024,
+"seq_length":32768,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
+"original_rope":true,"torch_dtype":"float16","model_type":"chatglm"}"#;
+/// The tiny "dev" test model's shape.
+const DEV: &str = r#"{"num_layers":2,"hidden_size":64,"num_attention_heads":4,"kv_channels":16,
+"multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":160,"padded_vocab_size":4032,
+"seq_length":512,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
+"original_rope":true,"model_type":"chatglm"}"#;
+
+fn synthetic_config(name: &str) -> Result<Config> {
+    let json = match name {
+        "chatglm2-6b" | "chatglm3-6b" => CHATGLM2_6B,
+        "dev" | "tiny" => DEV,
+        other => bail!("unknown --synthetic model `{other}` (known: chatglm2-6b, dev)"),
+    };
+    Ok(Config::from_json_str(json)?)
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+struct Run {
+    prefill: Option<Duration>,
+    decode_per_token: Duration,
+}
+
+fn argmax(l: &[f32]) -> u32 {
+    chatglm_engine::sampling::argmax(l)
+}
+
+fn one_run<B: Backend>(
+    model: &Model<B>,
+    state: &mut ForwardState<B>,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    gen_len: usize,
+) -> Result<Run> {
+    cache.clear();
+    let mut next = 5u32;
+    let prefill = if prompt.is_empty() {
+        None
+    } else {
+        let t = Instant::now();
+        let chunks: Vec<&[u32]> = prompt.chunks(chatglm_engine::generate::PREFILL_CHUNK_TOKENS).collect();
+        for (i, c) in chunks.iter().enumerate() {
+            let want = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
+            let l = model.forward(state, &mut [SequenceInput { tokens: c, cache, logits: want }])?;
+            if !l.is_empty() {
+                next = argmax(l);
+            }
+        }
+        Some(t.elapsed())
+    };
+    let t = Instant::now();
+    for _ in 0..gen_len {
+        let l = model.forward(state, &mut [SequenceInput { tokens: &[next], cache, logits: LogitsWanted::Last }])?;
+        next = argmax(l);
+    }
+    Ok(Run { prefill, decode_per_token: t.elapsed() / gen_len.max(1) as u32 })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    init_threads(args.threads)?;
+    let threads = args.threads.unwrap_or_else(physical_cores);
+    let format: WeightFormat = args.dtype.parse()?;
+    let kv_dtype: KvDType = args.kv_dtype.parse()?;
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    let t_load = Instant::now();
+    let (model, source) = if let Some(name) = &args.synthetic {
+        let cfg = synthetic_config(name)?;
+        let backend = CpuBackend::for_config(&cfg);
+        (Model::synthetic(backend, cfg, LoadOptions::new(format), 1), format!("synthetic {name}"))
+    } else {
+        let spec = args.model.clone().context("-m or --synthetic is required")?;
+        let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: Some(kv_dtype) };
+        let p = Pipeline::load(&spec, options, &mut |_, _| {})?;
+        (p.model, spec)
+    };
+    let load = t_load.elapsed();
+    let cfg = model.config.clone();
+    let vocab_for_prompt = cfg.padded_vocab_size.min(60000) as u64;
+    let prompt: Vec<u32> =
+        (0..args.prompt_len as u64).map(|i| (3 + (i * 7919 + 13) % (vocab_for_prompt - 3)) as u32).collect();
+    if args.prompt_len + args.gen_len > cfg.seq_length {
+        bail!(
+            "--prompt-len + --gen-len = {} exceeds the model context {}",
+            args.prompt_len + args.gen_len,
+            cfg.seq_length
+        );
+    }
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(kv_dtype);
+    // Warm-up: first-touch of weights and buffers.
+    one_run(&model, &mut state, &mut cache, &prompt[..prompt.len().min(8)], 2)?;
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        runs.push(one_run(&model, &mut state, &mut cache, &prompt, args.gen_len)?);
+    }
+    let weight_bytes = model.weight_bytes() as f64;
+    let decode_ms: Vec<f64> = runs.iter().map(|r| r.decode_per_token.as_secs_f64() * 1e3).collect();
+    let prefill_tps: Vec<f64> =
+        runs.iter().filter_map(|r| r.prefill).map(|d| args.prompt_len as f64 / d.as_secs_f64()).collect();
+    let best_ms = decode_ms.iter().copied().fold(f64::INFINITY, f64::min);
+    let med_ms = median(decode_ms.clone());
+    let mut ctx_results = Vec::new();
+    for &pos in &args.context {
+        if pos + args.context_steps > cfg.seq_length {
+            bail!("--context {pos} + {} steps exceeds the model context {}", args.context_steps, cfg.seq_length);
+        }
+        cache.clear();
+        cache.fill_synthetic(pos);
+        let t = Instant::now();
+        let mut next = 5u32;
+        for _ in 0..args.context_steps {
+            let l = model.forward(
+                &mut state,
+                &mut [SequenceInput { tokens: &[next], cache: &mut cache, logits: LogitsWanted::Last }],
+            )?;
+            next = argmax(l);
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / args.context_steps.max(1) as f64;
+        ctx_results.push((pos, ms));
+    }
+    let rss = peak_rss_bytes();
+    let gbps = |ms: f64| weight_bytes / (ms / 1e3) / 1e9;
+    if args.json {
+        let v = serde_json::json!({
+            "source": source,
+            "dtype": format.name(),
+            "kv_dtype": args.kv_dtype,
+            "threads": threads,
+            "backend": model.backend.name(),
+            "load_s": load.as_secs_f64(),
+            "weight_bytes_per_token": weight_bytes,
+            "prompt_len": args.prompt_len,
+            "gen_len": args.gen_len,
+            "prefill_tokens_per_s_best": prefill_tps.iter().copied().fold(0.0, f64::max),
+            "prefill_tokens_per_s_median": if prefill_tps.is_empty() { 0.0 } else { median(prefill_tps.clone()) },
+            "decode_ms_per_token_best": best_ms,
+            "decode_ms_per_token_median": med_ms,
+            "decode_tokens_per_s_best": 1e3 / best_ms,
+            "decode_gb_per_s_best": gbps(best_ms),
+            "decode_at_context": ctx_results.iter().map(|(p, ms)| serde_json::json!({"position": p, "ms_per_token": ms, "tokens_per_s": 1e3 / ms})).collect::<Vec<_>>(),
+            "peak_rss_bytes": rss,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    println!("model        {source} ({} weights, KV {}), {}", format.name(), args.kv_dtype, model.backend.name());
+    println!("load         {:.2} s", load.as_secs_f64());
+    println!("weights/tok  {:.3} GB streamed per decoded token", weight_bytes / 1e9);
+    if !prefill_tps.is_empty() {
+        println!(
+            "prefill      {} tokens: best {:.2} tok/s, median {:.2} tok/s",
+            args.prompt_len,
+            prefill_tps.iter().copied().fold(0.0, f64::max),
+            median(prefill_tps.clone())
+        );
+    }
+    println!(
+        "decode       {} tokens: best {:.1} ms/tok ({:.2} tok/s, {:.1} GB/s), median {:.1} ms/tok",
+        args.gen_len,
+        best_ms,
+        1e3 / best_ms,
+        gbps(best_ms),
+        med_ms
+    );
+    for (pos, ms) in &ctx_results {
+        println!("decode @ {pos:>6}  {ms:.1} ms/tok ({:.2} tok/s)", 1e3 / ms);
+    }
+    println!("peak RSS     {:.2} GiB", rss as f64 / (1u64 << 30) as f64);
+    Ok(())
+}

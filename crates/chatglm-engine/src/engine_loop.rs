@@ -1,0 +1,266 @@
+//! The engine loop: one plain thread that owns the model, every sequence and
+//! the scheduler, and talks to the world only through channels.
+//!
+//! Each step: take new requests, drop those whose client is gone (freeing
+//! their KV blocks), ask the scheduler for a plan, run one batched forward
+//! pass, then sample for every sequence whose chunk reached its last known
+//! token. Sequences never see each other: the forward pass keeps every row
+//! independent, so a greedy request produces the same tokens in any batch.
+
+use crate::generate::FinishReason;
+use crate::request::Request;
+use crate::scheduler::{Scheduler, SeqId, StepPlan};
+use crate::sequence::{Progress, Sequence};
+use crate::stats::EngineStats;
+use chatglm_model::{Backend, ForwardState, KvDType, LogitsWanted, Model, SequenceInput};
+use chatglm_tokenizer::ChatGlmTokenizer;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Messages to the loop.
+pub(crate) enum Command {
+    Submit(Request),
+}
+
+pub(crate) struct LoopSetup<'s, B: Backend> {
+    pub model: Model<B>,
+    pub tokenizer: Arc<ChatGlmTokenizer>,
+    pub kv_dtype: KvDType,
+    pub scheduler: Scheduler,
+    pub rx: mpsc::Receiver<Command>,
+    pub stats: &'s EngineStats,
+}
+
+struct Loop<'t, B: Backend> {
+    model: &'t Model<B>,
+    tokenizer: &'t ChatGlmTokenizer,
+    kv_dtype: KvDType,
+    scheduler: Scheduler,
+    seqs: HashMap<SeqId, Sequence<'t>>,
+    stats: &'t EngineStats,
+}
+
+/// Runs until every sender is dropped and no request is left.
+pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
+    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats } = setup;
+    let mut state = ForwardState::new(&model.backend);
+    let mut this = Loop { model: &model, tokenizer: &tokenizer, kv_dtype, scheduler, seqs: HashMap::new(), stats };
+    let mut open = true;
+    let mut row = Vec::new();
+    loop {
+        // Intake: block only when there is nothing to do.
+        if this.scheduler.is_idle() {
+            if !open {
+                break;
+            }
+            match rx.recv() {
+                Ok(cmd) => this.handle(cmd),
+                Err(_) => break,
+            }
+        }
+        while open {
+            match rx.try_recv() {
+                Ok(cmd) => this.handle(cmd),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => open = false,
+            }
+        }
+        this.drop_cancelled();
+        let plan = this.scheduler.schedule();
+        if plan.is_empty() {
+            if !this.scheduler.is_idle() {
+                // Nothing runnable (cannot happen with FIFO admission and
+                // reservations, but never spin if it does).
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            continue;
+        }
+        this.step(&mut state, &plan, &mut row);
+        this.publish_gauges();
+    }
+    tracing::debug!("engine loop finished");
+}
+
+impl<'t, B: Backend> Loop<'t, B> {
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(request) => self.submit(request),
+        }
+    }
+
+    fn submit(&mut self, request: Request) {
+        let id = request.id;
+        let context = self.model.config.seq_length;
+        let wanted = request.params.max_length.unwrap_or(context).min(context);
+        let prompt_len = request.prompt_ids.len();
+        let cache = self.model.new_cache(self.kv_dtype);
+        let mut seq = Sequence::new(request, self.tokenizer, cache, wanted);
+        match self.scheduler.add(id, prompt_len, wanted) {
+            Ok(granted) => {
+                seq.limit_total = granted;
+                self.seqs.insert(id, seq);
+            }
+            Err(e) => {
+                self.stats.queue_depth.fetch_sub(1, Relaxed);
+                self.stats.requests_failed.fetch_add(1, Relaxed);
+                seq.fail(e.to_string());
+            }
+        }
+        self.publish_gauges();
+    }
+
+    /// Cancels every request whose client is gone, waiting or running.
+    fn drop_cancelled(&mut self) {
+        let gone: Vec<SeqId> = self.seqs.iter().filter(|(_, s)| s.is_closed()).map(|(&id, _)| id).collect();
+        for id in gone {
+            self.cancel(id);
+        }
+    }
+
+    fn cancel(&mut self, id: SeqId) {
+        let was_running = self.scheduler.is_running(id);
+        self.scheduler.remove(id);
+        if let Some(seq) = self.seqs.remove(&id) {
+            if !was_running {
+                self.stats.queue_depth.fetch_sub(1, Relaxed);
+            }
+            self.stats.requests_cancelled.fetch_add(1, Relaxed);
+            let t = seq.timings(Instant::now());
+            tracing::info!(
+                request = id,
+                prompt_tokens = seq.prompt_len,
+                completion_tokens = seq.completion_tokens(),
+                finish = "cancelled",
+                total_ms = t.total.as_millis() as u64,
+                "request cancelled"
+            );
+        }
+        self.publish_gauges();
+    }
+
+    fn step(&mut self, state: &mut ForwardState<B>, plan: &StepPlan, row: &mut Vec<f32>) {
+        let now = Instant::now();
+        for id in &plan.admitted {
+            if let Some(seq) = self.seqs.get_mut(id) {
+                seq.mark_admitted(now);
+                self.stats.queue_depth.fetch_sub(1, Relaxed);
+                self.stats.prompt_tokens.fetch_add(seq.prompt_len as u64, Relaxed);
+                self.stats.queue_time.observe(seq.timings(now).queued);
+            }
+        }
+
+        // Borrow each planned sequence's tokens and cache, in plan order.
+        let mut by_id: HashMap<SeqId, &mut Sequence<'t>> = self
+            .seqs
+            .iter_mut()
+            .filter(|(id, _)| plan.chunks.iter().any(|c| c.id == **id))
+            .map(|(&id, s)| (id, s))
+            .collect();
+        let mut inputs = Vec::with_capacity(plan.chunks.len());
+        let mut sampled: Vec<SeqId> = Vec::new();
+        let mut in_batch: Vec<SeqId> = Vec::new();
+        for c in &plan.chunks {
+            let Some(seq) = by_id.remove(&c.id) else {
+                continue;
+            };
+            let Some(tokens) = seq.tokens.get(c.start..c.start + c.n_tokens) else {
+                continue;
+            };
+            in_batch.push(c.id);
+            if c.sample {
+                sampled.push(c.id);
+            }
+            inputs.push(SequenceInput {
+                tokens,
+                cache: &mut seq.cache,
+                logits: if c.sample { LogitsWanted::Last } else { LogitsWanted::None },
+            });
+        }
+        drop(by_id);
+        let result = self.model.forward(state, &mut inputs);
+        drop(inputs);
+        self.stats.steps.fetch_add(1, Relaxed);
+        self.stats.step_tokens.fetch_add(plan.total_tokens() as u64, Relaxed);
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                let message = format!("the forward pass failed: {e}");
+                tracing::error!(error = %e, "forward pass failed; failing its batch");
+                for id in in_batch {
+                    self.fail(id, message.clone());
+                }
+                return;
+            }
+        };
+
+        let vocab = self.model.config.padded_vocab_size;
+        let now = Instant::now();
+        for (i, id) in sampled.into_iter().enumerate() {
+            let Some(seq) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            let Some(r) = logits.get(i * vocab..(i + 1) * vocab) else {
+                continue;
+            };
+            row.clear();
+            row.extend_from_slice(r);
+            let first = seq.completion_tokens() == 0;
+            let progress = seq.on_logits(row, now);
+            self.stats.completion_tokens.fetch_add(1, Relaxed);
+            if first {
+                self.stats.time_to_first_token.observe(seq.timings(now).time_to_first_token());
+            }
+            match progress {
+                Progress::Continue => {
+                    if !self.scheduler.append_token(id) {
+                        self.finish(id, FinishReason::Length, now);
+                    }
+                }
+                Progress::Finished(reason) => self.finish(id, reason, now),
+                Progress::Cancelled => self.cancel(id),
+            }
+        }
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason, now: Instant) {
+        self.scheduler.remove(id);
+        let Some(mut seq) = self.seqs.remove(&id) else {
+            return;
+        };
+        let c = seq.finish(reason, now);
+        let counter = match reason {
+            FinishReason::Length => &self.stats.requests_finished_length,
+            _ => &self.stats.requests_finished_stop,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.stats.request_latency.observe(c.timings.total);
+        tracing::info!(
+            request = id,
+            prompt_tokens = c.prompt_tokens,
+            completion_tokens = c.completion_tokens,
+            finish = reason.as_str(),
+            queue_ms = c.timings.queued.as_millis() as u64,
+            ttft_ms = c.timings.time_to_first_token().as_millis() as u64,
+            total_ms = c.timings.total.as_millis() as u64,
+            "request finished"
+        );
+    }
+
+    fn fail(&mut self, id: SeqId, message: String) {
+        self.scheduler.remove(id);
+        if let Some(mut seq) = self.seqs.remove(&id) {
+            self.stats.requests_failed.fetch_add(1, Relaxed);
+            seq.fail(message);
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let s = self.stats;
+        let sch = &self.scheduler;
+        s.running.store(sch.running_len() as u64, Relaxed);
+        s.kv_blocks_reserved.store(sch.reserved_blocks() as u64, Relaxed);
+        s.kv_blocks_used.store(sch.used_blocks() as u64, Relaxed);
+    }
+}

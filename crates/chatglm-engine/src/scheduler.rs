@@ -1,0 +1,304 @@
+//! The continuous-batching scheduler: a model-free state machine.
+//!
+//! Each step, [`Scheduler::schedule`] returns a [`StepPlan`]: how many tokens
+//! to compute for which sequence. Prefill and decode are the same thing — a
+//! sequence has tokens it knows but has not computed yet (its whole prompt at
+//! first, then the one token sampled last step) — so one step mixes them
+//! under a token budget, and long prompts are prefilled in chunks over
+//! several steps.
+//!
+//! Policy, in order, within `max_batch_tokens`:
+//! 1. every running sequence that is decoding gets its one token (steady
+//!    inter-token latency for streaming clients);
+//! 2. running sequences still prefilling get chunks, oldest first;
+//! 3. waiting sequences are admitted strictly first-in first-out while the
+//!    batch has room (`max_batch_size`) and the head's KV reservation fits;
+//!    a head that does not fit yet blocks those behind it (no overtaking,
+//!    so no starvation).
+//!
+//! KV memory is reserved at admission for the most tokens the sequence may
+//! ever hold, so a running sequence can always grow: nothing is ever
+//! preempted, and a step can never deadlock on memory.
+
+use crate::kv_blocks::BlockAllocator;
+use std::collections::{HashMap, VecDeque};
+
+/// Identifies a sequence (one request).
+pub type SeqId = u64;
+
+/// Limits of one scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Tokens computed per step, all sequences together.
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    pub max_batch_size: usize,
+    /// Tokens per KV block.
+    pub block_size_tokens: usize,
+    /// KV blocks in the memory budget.
+    pub total_blocks: usize,
+}
+
+impl SchedulerConfig {
+    /// Checks the limits; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_size == 0 {
+            return Err("max_batch_size must be at least 1".into());
+        }
+        if self.max_batch_tokens < self.max_batch_size {
+            return Err(format!(
+                "max_batch_tokens ({}) must be at least max_batch_size ({}) so every running sequence can decode each step",
+                self.max_batch_tokens, self.max_batch_size
+            ));
+        }
+        if self.block_size_tokens == 0 {
+            return Err("block_size_tokens must be at least 1".into());
+        }
+        if self.total_blocks == 0 {
+            return Err("the KV budget holds no block; raise it".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a sequence was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdmitError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("sequence {0} is already scheduled")]
+    DuplicateId(SeqId),
+    #[error(
+        "the prompt needs {needed_tokens} tokens of KV cache but the whole KV budget holds {capacity_tokens}; shorten it or raise the KV budget"
+    )]
+    NeverFits { needed_tokens: usize, capacity_tokens: usize },
+}
+
+/// Tokens to compute for one sequence this step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduledChunk {
+    pub id: SeqId,
+    /// Tokens already in the sequence's cache (where this chunk starts).
+    pub start: usize,
+    pub n_tokens: usize,
+    /// Whether the chunk ends at the last known token, so the step's logits
+    /// for it are sampled.
+    pub sample: bool,
+}
+
+/// One step's work, in batch order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepPlan {
+    pub chunks: Vec<ScheduledChunk>,
+    /// Sequences that left the queue and joined the batch this step.
+    pub admitted: Vec<SeqId>,
+}
+
+impl StepPlan {
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    pub fn total_tokens(&self) -> usize {
+        self.chunks.iter().map(|c| c.n_tokens).sum()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SeqEntry {
+    /// Tokens the sequence knows (prompt, then sampled ones).
+    known_tokens: usize,
+    /// Tokens computed (in the cache, or being computed this step).
+    computed_tokens: usize,
+    prompt_tokens: usize,
+    /// The most tokens the sequence may hold (what `add` returned).
+    max_tokens: usize,
+    reserved_blocks: usize,
+    running: bool,
+}
+
+/// Waiting queue, running batch and KV accounting.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    blocks: BlockAllocator,
+    waiting: VecDeque<SeqId>,
+    /// In admission order.
+    running: Vec<SeqId>,
+    seqs: HashMap<SeqId, SeqEntry>,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Result<Self, String> {
+        config.validate()?;
+        Ok(Self {
+            blocks: BlockAllocator::new(config.block_size_tokens, config.total_blocks),
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            seqs: HashMap::new(),
+        })
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Tokens the whole KV budget holds.
+    pub fn capacity_tokens(&self) -> usize {
+        self.config.total_blocks * self.config.block_size_tokens
+    }
+
+    /// Queues a sequence with `prompt_tokens` tokens that may grow to
+    /// `max_total_tokens`. Returns the tokens it is guaranteed room for
+    /// (`max_total_tokens`, or less when the whole budget is smaller): the
+    /// caller must end the sequence there.
+    pub fn add(&mut self, id: SeqId, prompt_tokens: usize, max_total_tokens: usize) -> Result<usize, AdmitError> {
+        if prompt_tokens == 0 {
+            return Err(AdmitError::EmptyPrompt);
+        }
+        if self.seqs.contains_key(&id) {
+            return Err(AdmitError::DuplicateId(id));
+        }
+        // Room for the prompt and at least one sampled token.
+        let capacity = self.capacity_tokens();
+        if prompt_tokens + 1 > capacity {
+            return Err(AdmitError::NeverFits { needed_tokens: prompt_tokens + 1, capacity_tokens: capacity });
+        }
+        let total = max_total_tokens.max(prompt_tokens + 1).min(capacity);
+        self.seqs.insert(
+            id,
+            SeqEntry {
+                known_tokens: prompt_tokens,
+                computed_tokens: 0,
+                prompt_tokens,
+                max_tokens: total,
+                reserved_blocks: self.blocks.blocks_for(total),
+                running: false,
+            },
+        );
+        self.waiting.push_back(id);
+        Ok(total)
+    }
+
+    /// Plans the next step and marks its tokens as computed.
+    pub fn schedule(&mut self) -> StepPlan {
+        let mut plan = StepPlan::default();
+        let mut budget = self.config.max_batch_tokens;
+
+        // 1. Decodes, then 2. prefill chunks, each in admission order.
+        for decoding in [true, false] {
+            for &id in &self.running {
+                if budget == 0 {
+                    break;
+                }
+                let Some(s) = self.seqs.get_mut(&id) else {
+                    continue;
+                };
+                let pending = s.known_tokens - s.computed_tokens;
+                let is_decode = s.computed_tokens >= s.prompt_tokens;
+                if pending == 0 || is_decode != decoding {
+                    continue;
+                }
+                let n = pending.min(budget);
+                plan.chunks.push(chunk(id, s, n));
+                s.computed_tokens += n;
+                budget -= n;
+            }
+        }
+
+        // 3. Admission, strictly FIFO.
+        while budget > 0 && self.running.len() < self.config.max_batch_size {
+            let Some(&id) = self.waiting.front() else {
+                break;
+            };
+            let Some(s) = self.seqs.get_mut(&id) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            if !self.blocks.try_reserve(s.reserved_blocks) {
+                break;
+            }
+            self.waiting.pop_front();
+            s.running = true;
+            let n = s.known_tokens.min(budget);
+            plan.chunks.push(chunk(id, s, n));
+            s.computed_tokens += n;
+            budget -= n;
+            self.running.push(id);
+            plan.admitted.push(id);
+        }
+        plan
+    }
+
+    /// Records the token sampled for `id`; it is computed next step.
+    /// Returns `false` for an unknown sequence or one already at the length
+    /// `add` returned (the caller must end it).
+    pub fn append_token(&mut self, id: SeqId) -> bool {
+        match self.seqs.get_mut(&id) {
+            Some(s) if s.known_tokens < s.max_tokens => {
+                s.known_tokens += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes a sequence (finished or cancelled, waiting or running) and
+    /// frees its blocks at once. Returns `false` for an unknown sequence.
+    pub fn remove(&mut self, id: SeqId) -> bool {
+        let Some(s) = self.seqs.remove(&id) else {
+            return false;
+        };
+        if s.running {
+            self.blocks.release(s.reserved_blocks);
+            self.running.retain(|&r| r != id);
+        } else {
+            self.waiting.retain(|&w| w != id);
+        }
+        true
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_running(&self, id: SeqId) -> bool {
+        self.seqs.get(&id).is_some_and(|s| s.running)
+    }
+
+    pub fn total_blocks(&self) -> usize {
+        self.blocks.total_blocks()
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.blocks.free_blocks()
+    }
+
+    /// Blocks reserved by running sequences.
+    pub fn reserved_blocks(&self) -> usize {
+        self.blocks.reserved_blocks()
+    }
+
+    /// Blocks actually holding computed tokens (≤ reserved).
+    pub fn used_blocks(&self) -> usize {
+        self.running.iter().filter_map(|id| self.seqs.get(id)).map(|s| self.blocks.blocks_for(s.computed_tokens)).sum()
+    }
+}
+
+fn chunk(id: SeqId, s: &SeqEntry, n: usize) -> ScheduledChunk {
+    ScheduledChunk { id, start: s.computed_tokens, n_tokens: n, sample: s.computed_tokens + n == s.known_tokens }
+}
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

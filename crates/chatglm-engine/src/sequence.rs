@@ -1,0 +1,156 @@
+//! One request inside the engine loop: its tokens, KV cache, sampler state,
+//! detokenizer and stop conditions. The per-token logic mirrors
+//! [`crate::generate()`] exactly, so a request run in a batch produces what
+//! `generate` produces alone.
+
+use crate::generate::FinishReason;
+use crate::request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
+use crate::sampling::sample;
+use crate::text::StopMatcher;
+use chatglm_model::KvCache;
+use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::time::Instant;
+
+/// What happened after a token was sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// The token was appended; feed it next step.
+    Continue,
+    Finished(FinishReason),
+    /// The client is gone.
+    Cancelled,
+}
+
+pub(crate) struct Sequence<'t> {
+    /// Prompt, then every sampled token that is to be fed.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    pub cache: KvCache,
+    /// Generation ends with `Length` when prompt + generated reaches this.
+    pub limit_total: usize,
+    params: RequestParams,
+    max_new: usize,
+    rng: StdRng,
+    stops: StopMatcher,
+    detok: Detokenizer<'t>,
+    text: String,
+    emitted: usize,
+    generated: Vec<u32>,
+    sink: Box<dyn EventSink>,
+    arrived: Instant,
+    admitted: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+impl<'t> Sequence<'t> {
+    pub fn new(request: Request, tokenizer: &'t ChatGlmTokenizer, cache: KvCache, limit_total: usize) -> Self {
+        let rng = match request.params.sampling.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        Self {
+            prompt_len: request.prompt_ids.len(),
+            tokens: request.prompt_ids,
+            cache,
+            limit_total,
+            max_new: request.params.max_new_tokens.unwrap_or(usize::MAX),
+            stops: StopMatcher::new(&request.params.stop),
+            params: request.params,
+            rng,
+            detok: Detokenizer::new(tokenizer),
+            text: String::new(),
+            emitted: 0,
+            generated: Vec::new(),
+            sink: request.sink,
+            arrived: request.arrived,
+            admitted: None,
+            first_token: None,
+        }
+    }
+
+    pub fn mark_admitted(&mut self, now: Instant) {
+        self.admitted = Some(now);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sink.is_closed()
+    }
+
+    pub fn completion_tokens(&self) -> usize {
+        self.generated.len()
+    }
+
+    /// Samples from this sequence's logits row (modified in place), streams
+    /// any text that became final and applies the stop conditions.
+    pub fn on_logits(&mut self, logits: &mut [f32], now: Instant) -> Progress {
+        // Repetition penalty looks at the whole visible sequence (prompt + generated).
+        let previous: &[u32] = if self.params.sampling.repetition_penalty != 1.0 { &self.tokens } else { &[] };
+        let token = sample(logits, &self.params.sampling, previous, &mut self.rng);
+        self.first_token.get_or_insert(now);
+        self.generated.push(token);
+        let total = self.prompt_len + self.generated.len();
+        if self.params.eos_ids.contains(&token) {
+            return Progress::Finished(FinishReason::Stop);
+        }
+        self.detok.push_into(token, &mut self.text);
+        if let Some(at) = self.stops.find(&self.text) {
+            self.text.truncate(at);
+            return Progress::Finished(FinishReason::Stop);
+        }
+        let ready = self.text.len() - self.stops.holdback(&self.text);
+        if ready > self.emitted {
+            let delta = self.text[self.emitted..ready].to_string();
+            self.emitted = ready;
+            if !self.sink.send(RequestEvent::Text(delta)) {
+                return Progress::Cancelled;
+            }
+        }
+        if total >= self.limit_total || self.generated.len() >= self.max_new {
+            return Progress::Finished(FinishReason::Length);
+        }
+        self.tokens.push(token);
+        Progress::Continue
+    }
+
+    /// Flushes held-back text and sends the final event. Returns the
+    /// completion (also when the client is already gone).
+    pub fn finish(&mut self, reason: FinishReason, now: Instant) -> Completion {
+        self.text.push_str(&self.detok.finish());
+        if let Some(at) = self.stops.find(&self.text) {
+            self.text.truncate(at);
+        }
+        if self.text.len() > self.emitted {
+            let delta = self.text[self.emitted..].to_string();
+            self.emitted = self.text.len();
+            self.sink.send(RequestEvent::Text(delta));
+        }
+        let completion = Completion {
+            finish_reason: reason,
+            text: self.text.clone(),
+            generated_ids: self.generated.clone(),
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated.len(),
+            timings: self.timings(now),
+        };
+        self.sink.send(RequestEvent::Finished(completion.clone()));
+        completion
+    }
+
+    /// Tells the client the request failed.
+    pub fn fail(&mut self, message: String) {
+        self.sink.send(RequestEvent::Failed(message));
+    }
+
+    pub fn timings(&self, now: Instant) -> RequestTimings {
+        let admitted = self.admitted.unwrap_or(now);
+        let first = self.first_token.unwrap_or(now);
+        RequestTimings {
+            queued: admitted.saturating_duration_since(self.arrived),
+            prefill: first.saturating_duration_since(admitted),
+            decode: now.saturating_duration_since(first),
+            total: now.saturating_duration_since(self.arrived),
+        }
+    }
+}

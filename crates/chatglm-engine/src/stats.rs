@@ -1,0 +1,112 @@
+//! Counters and histograms the engine loop updates and front ends read
+//! (lock-free atomics; the server renders them as Prometheus text).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS_S: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// A cumulative latency histogram (Prometheus semantics).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations ≤ each bound in [`LATENCY_BUCKETS_S`] (non-cumulative; summed when read).
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+/// A point-in-time copy of a [`Histogram`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound in seconds, cumulative count)`, ending before `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_s: f64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS_S.iter().position(|&b| s <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut acc = 0;
+        let buckets = LATENCY_BUCKETS_S
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&b, c)| {
+                acc += c.load(Relaxed);
+                (b, acc)
+            })
+            .collect();
+        HistogramSnapshot { buckets, count: self.count.load(Relaxed), sum_s: self.sum_us.load(Relaxed) as f64 * 1e-6 }
+    }
+}
+
+/// Everything the engine counts. Totals only grow; gauges are current values.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Requests accepted into the queue.
+    pub requests_submitted: AtomicU64,
+    /// Requests refused at submission (queue full, too long, never fits).
+    pub requests_rejected: AtomicU64,
+    pub requests_finished_stop: AtomicU64,
+    pub requests_finished_length: AtomicU64,
+    /// Client gone before the end.
+    pub requests_cancelled: AtomicU64,
+    /// Failed inside the engine.
+    pub requests_failed: AtomicU64,
+    /// Prompt tokens of admitted requests.
+    pub prompt_tokens: AtomicU64,
+    /// Sampled tokens.
+    pub completion_tokens: AtomicU64,
+    /// Forward steps run, and the tokens they computed.
+    pub steps: AtomicU64,
+    pub step_tokens: AtomicU64,
+    /// Gauge: submitted, not yet running.
+    pub queue_depth: AtomicU64,
+    /// Gauge: sequences in the running batch.
+    pub running: AtomicU64,
+    /// Gauges: KV blocks.
+    pub kv_blocks_total: AtomicU64,
+    pub kv_blocks_reserved: AtomicU64,
+    pub kv_blocks_used: AtomicU64,
+    /// Arrival to end, finished requests.
+    pub request_latency: Histogram,
+    /// Arrival to first token.
+    pub time_to_first_token: Histogram,
+    /// Arrival to admission.
+    pub queue_time: Histogram,
+}
+
+impl EngineStats {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(1000));
+        let s = h.snapshot();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.buckets[0], (0.005, 1));
+        assert_eq!(s.buckets[3], (0.05, 2));
+        assert_eq!(s.buckets.last().map(|b| b.1), Some(2));
+        assert!((s.sum_s - 1000.033).abs() < 1e-6);
+    }
+}

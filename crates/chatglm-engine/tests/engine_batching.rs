@@ -1,0 +1,269 @@
+//! The continuous-batching engine on the tiny dev model: batched greedy
+//! output equals `generate()` alone, chunked prefill, cancellation frees KV
+//! blocks, queue limits.
+
+use chatglm_engine::{
+    generate, Completion, Engine, EngineConfig, EngineHandle, FinishReason, GenerationConfig,
+    Pipeline, PipelineOptions, Request, RequestEvent, RequestParams, SamplingParams, SubmitError,
+};
+use chatglm_model::{CpuBackend, ForwardState};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+fn testdata() -> PathBuf {
+    std::env::var_os("CHATGLM_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata")
+        })
+}
+
+fn pipeline() -> Pipeline<CpuBackend> {
+    let dir = testdata().join("dev/model/safetensors-f32");
+    Pipeline::load(
+        dir.to_str().unwrap(),
+        PipelineOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
+fn spawn(config: EngineConfig) -> (Engine, Pipeline<CpuBackend>) {
+    let p = pipeline();
+    let q = pipeline();
+    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
+    (engine, p)
+}
+
+fn greedy(max_new: usize) -> RequestParams {
+    RequestParams {
+        sampling: SamplingParams::greedy(),
+        max_new_tokens: Some(max_new),
+        ..RequestParams::default()
+    }
+}
+
+fn submit(
+    h: &EngineHandle,
+    ids: Vec<u32>,
+    params: RequestParams,
+) -> mpsc::Receiver<RequestEvent> {
+    let (tx, rx) = mpsc::channel();
+    h.submit(Request {
+        id: h.next_id(),
+        prompt_ids: ids,
+        params,
+        sink: Box::new(tx),
+        arrived: Instant::now(),
+    })
+    .unwrap();
+    rx
+}
+
+/// Collects deltas until the final event; checks the deltas add up.
+fn collect(rx: &mpsc::Receiver<RequestEvent>) -> Completion {
+    let mut streamed = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            RequestEvent::Text(t) => streamed.push_str(&t),
+            RequestEvent::Finished(c) => {
+                assert_eq!(streamed, c.text);
+                return c;
+            }
+            RequestEvent::Failed(m) => panic!("request failed: {m}"),
+        }
+    }
+}
+
+const QUERIES: [&str; 6] = [
+    "你好",
+    "hello world",
+    "写一首诗",
+    "What is the capital of France? Answer briefly.",
+    "1 + 1 = ?",
+    "请用三句话介绍一下你自己，并说明你能做什么。",
+];
+
+#[test]
+fn batched_greedy_equals_generate_alone() {
+    let (engine, p) = spawn(EngineConfig {
+        max_batch_tokens: 24, // forces chunked prefill mixed with decodes
+        max_batch_size: 4,    // forces queueing
+        ..EngineConfig::default()
+    });
+    let h = engine.handle.clone();
+    let prompts: Vec<Vec<u32>> = QUERIES
+        .iter()
+        .map(|q| p.tokenizer.encode_chat(q, &[]))
+        .collect();
+    let max_new = [40, 7, 33, 60, 1, 25];
+    let rxs: Vec<_> = prompts
+        .iter()
+        .zip(max_new)
+        .map(|(ids, n)| submit(&h, ids.clone(), greedy(n)))
+        .collect();
+    let results: Vec<Completion> = rxs.iter().map(collect).collect();
+
+    let mut state = ForwardState::new(&p.model.backend);
+    for ((ids, n), got) in prompts.iter().zip(max_new).zip(&results) {
+        let mut cache = p.model.new_cache(p.kv_dtype);
+        let config = GenerationConfig {
+            sampling: SamplingParams::greedy(),
+            max_new_tokens: Some(n),
+            max_length: 100_000,
+            ..GenerationConfig::default()
+        };
+        let alone = generate(
+            &p.model,
+            &p.tokenizer,
+            &mut state,
+            &mut cache,
+            ids,
+            &config,
+            &mut |_| true,
+        )
+        .unwrap();
+        assert_eq!(got.generated_ids, alone.generated_ids);
+        assert_eq!(got.text, alone.text);
+        assert_eq!(got.finish_reason, alone.finish_reason);
+        assert_eq!(got.prompt_tokens, ids.len());
+        assert_eq!(got.completion_tokens, alone.generated_ids.len());
+    }
+    let stats = h.stats();
+    assert_eq!(stats.requests_submitted.load(Relaxed), 6);
+    assert_eq!(stats.queue_depth.load(Relaxed), 0);
+    drop(h);
+    engine.shutdown();
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_in_a_batch() {
+    let (engine, p) = spawn(EngineConfig::default());
+    let h = &engine.handle;
+    let ids = p.tokenizer.encode_chat("你好", &[]);
+    let params = RequestParams {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: Some(1234),
+            ..SamplingParams::default()
+        },
+        max_new_tokens: Some(20),
+        ..RequestParams::default()
+    };
+    let a = submit(h, ids.clone(), params.clone());
+    let b = submit(h, ids.clone(), params.clone());
+    let (a, b) = (collect(&a), collect(&b));
+    assert_eq!(a.generated_ids, b.generated_ids);
+    let c = collect(&submit(h, ids, params));
+    assert_eq!(a.generated_ids, c.generated_ids);
+    engine.shutdown();
+}
+
+#[test]
+fn context_and_stop_conditions() {
+    let (engine, p) = spawn(EngineConfig::default());
+    let h = &engine.handle;
+    let ids = p.tokenizer.encode_chat("你好", &[]);
+    // max_length counts the prompt, as the official max_length.
+    let c = collect(&submit(
+        h,
+        ids.clone(),
+        RequestParams {
+            max_length: Some(ids.len() + 5),
+            ..greedy(1000)
+        },
+    ));
+    assert_eq!(c.finish_reason, FinishReason::Length);
+    assert_eq!(c.completion_tokens, 5);
+    // A stop string taken from the greedy output cuts the text before it.
+    let full = collect(&submit(h, ids.clone(), greedy(30)));
+    let stop: String = full.text.chars().skip(4).take(2).collect();
+    let cut = collect(&submit(
+        h,
+        ids.clone(),
+        RequestParams {
+            stop: vec![stop.clone()],
+            ..greedy(30)
+        },
+    ));
+    assert_eq!(cut.finish_reason, FinishReason::Stop);
+    assert!(full.text.starts_with(&cut.text));
+    assert!(!cut.text.contains(&stop));
+    // Too long for the model's context: refused at submission.
+    let long = vec![5u32; 600];
+    let (tx, _rx) = mpsc::channel();
+    let err = h
+        .submit(Request {
+            id: h.next_id(),
+            prompt_ids: long,
+            params: greedy(1),
+            sink: Box::new(tx),
+            arrived: Instant::now(),
+        })
+        .unwrap_err();
+    assert!(matches!(err, SubmitError::PromptTooLong { limit: 512, .. }), "{err}");
+    engine.shutdown();
+}
+
+#[test]
+fn a_dropped_receiver_cancels_and_frees_blocks() {
+    let (engine, p) = spawn(EngineConfig::default());
+    let h = engine.handle.clone();
+    let ids = p.tokenizer.encode_chat("你好", &[]);
+    let rx = submit(&h, ids.clone(), greedy(400));
+    // Wait for the first delta, then hang up.
+    loop {
+        if let RequestEvent::Text(_) = rx.recv_timeout(Duration::from_secs(30)).unwrap() {
+            break;
+        }
+    }
+    assert!(h.stats().kv_blocks_reserved.load(Relaxed) > 0);
+    drop(rx);
+    let t0 = Instant::now();
+    while h.stats().requests_cancelled.load(Relaxed) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "not cancelled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.stats().kv_blocks_reserved.load(Relaxed), 0);
+    assert_eq!(h.stats().running.load(Relaxed), 0);
+    // The engine still serves.
+    let c = collect(&submit(&h, ids, greedy(3)));
+    assert_eq!(c.completion_tokens, 3);
+    drop(h);
+    engine.shutdown();
+}
+
+#[test]
+fn the_queue_has_a_limit() {
+    let (engine, p) = spawn(EngineConfig {
+        max_batch_size: 1,
+        max_queue: 2,
+        ..EngineConfig::default()
+    });
+    let h = &engine.handle;
+    let ids = p.tokenizer.encode_chat("你好", &[]);
+    let mut rxs = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let (tx, rx) = mpsc::channel();
+        match h.submit(Request {
+            id: h.next_id(),
+            prompt_ids: ids.clone(),
+            params: greedy(200),
+            sink: Box::new(tx),
+            arrived: Instant::now(),
+        }) {
+            Ok(()) => rxs.push(rx),
+            Err(SubmitError::QueueFull(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // At most 2 queued + 1 running at any time; submissions are faster than a
+    // 200-token generation, so some must be refused.
+    assert!(refused >= 1 && rxs.len() <= 3, "refused {refused}");
+    drop(rxs);
+    engine.shutdown();
+}
