@@ -65,6 +65,7 @@ pub struct AttentionShape {
 /// `(n_ctx, n_groups, head_dim)` of the sequence (already holding this token);
 /// only positions `0..n_ctx` are attended (the causal prefix). `out`:
 /// `(heads_in_group, head_dim)`.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_group<T: KvElem>(
     kernels: &Kernels,
     shape: AttentionShape,
@@ -88,6 +89,7 @@ pub fn attend_group<T: KvElem>(
         out.fill(0.0);
         for start in (0..n_ctx).step_by(TILE) {
             let len = (n_ctx - start).min(TILE);
+            #[allow(clippy::needless_range_loop)]
             for p in 0..len {
                 let off = (start + p) * kv_stride + group * hd;
                 let k = &keys[off..off + hd];

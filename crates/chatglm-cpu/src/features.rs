@@ -1,6 +1,7 @@
 //! Run-time instruction-set detection and the kernel table it selects.
 
 use crate::dot;
+use crate::tile::TileKernels;
 use std::sync::OnceLock;
 
 /// Instruction-set extensions the kernels care about.
@@ -69,6 +70,11 @@ pub struct Kernels {
     pub dot_q5_0: DotQ5_0,
     pub dot_q5_1: DotQ5_1,
     pub quantize_row_q8_0: QuantizeRowQ8_0,
+    pub tiles_f32: TileKernels<f32, f32>,
+    pub tiles_f16: TileKernels<half::f16, f32>,
+    pub tiles_bf16: TileKernels<half::bf16, f32>,
+    pub tiles_q8_0: TileKernels<dot::BlockQ8_0, dot::BlockQ8_0>,
+    pub tiles_q4_0: TileKernels<dot::BlockQ4_0, dot::BlockQ8_0>,
 }
 
 impl Kernels {
@@ -85,6 +91,11 @@ impl Kernels {
             dot_q5_0: dot::scalar::dot_q5_0,
             dot_q5_1: dot::scalar::dot_q5_1,
             quantize_row_q8_0: dot::scalar::quantize_row_q8_0,
+            tiles_f32: TileKernels::scalar(),
+            tiles_f16: TileKernels::scalar(),
+            tiles_bf16: TileKernels::scalar(),
+            tiles_q8_0: TileKernels::scalar(),
+            tiles_q4_0: TileKernels::scalar(),
         }
     }
 

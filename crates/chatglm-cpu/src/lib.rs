@@ -18,6 +18,7 @@ pub mod features;
 pub mod matmul;
 pub mod matrix;
 pub mod ops;
+pub mod tile;
 mod quant_blocks;
 
 pub use features::{CpuFeatures, Kernels};

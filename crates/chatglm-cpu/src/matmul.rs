@@ -7,6 +7,7 @@
 use crate::dot::{BlockQ8_0, QK8_0};
 use crate::features::Kernels;
 use crate::matrix::{Matrix, MatrixData};
+use crate::tile::{TileKernels, TILE_ROWS};
 use rayon::prelude::*;
 
 /// Reusable buffers for [`matmul`]; grown on demand, never shrunk, so the
@@ -25,6 +26,13 @@ struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint (token, row) cells of the output.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not a field access) so closures capture the whole `Send` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Computes `y[t, r] = Σ_c x[t, c] · W[r, c]` for `n_tokens` rows of `x`.
 ///
@@ -46,46 +54,80 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
     (0..n_tasks).into_par_iter().for_each(|task| {
         let r0 = task * ROWS_PER_TASK;
         let r1 = (r0 + ROWS_PER_TASK).min(rows);
-        let out = out;
         let write = |t: usize, r: usize, v: f32| {
             // SAFETY: t < n_tokens and r < rows; each (t, r) is written by exactly one task.
-            unsafe { *out.0.add(t * rows + r) = v }
+            unsafe { *out.get().add(t * rows + r) = v }
         };
+        let rows = r0..r1;
         match &w.data {
-            MatrixData::F32(s) => {
-                let s = s.as_slice();
-                for t in 0..n_tokens {
-                    let xt = &x[t * cols..(t + 1) * cols];
-                    for r in r0..r1 {
-                        write(t, r, (kernels.dot_f32)(&s[r * cols..(r + 1) * cols], xt));
-                    }
-                }
-            }
-            MatrixData::F16(s) => {
-                let s = s.as_slice();
-                for t in 0..n_tokens {
-                    let xt = &x[t * cols..(t + 1) * cols];
-                    for r in r0..r1 {
-                        write(t, r, (kernels.dot_f16)(&s[r * cols..(r + 1) * cols], xt));
-                    }
-                }
-            }
+            MatrixData::F32(s) => tiled(s.as_slice(), x, cols, &kernels.tiles_f32, kernels.dot_f32, n_tokens, rows, &write),
+            MatrixData::F16(s) => tiled(s.as_slice(), x, cols, &kernels.tiles_f16, kernels.dot_f16, n_tokens, rows, &write),
             MatrixData::BF16(s) => {
-                let s = s.as_slice();
-                for t in 0..n_tokens {
-                    let xt = &x[t * cols..(t + 1) * cols];
-                    for r in r0..r1 {
-                        write(t, r, (kernels.dot_bf16)(&s[r * cols..(r + 1) * cols], xt));
-                    }
-                }
+                tiled(s.as_slice(), x, cols, &kernels.tiles_bf16, kernels.dot_bf16, n_tokens, rows, &write)
             }
-            MatrixData::Q8_0(s) => quantized_rows(s.as_slice(), kernels.dot_q8_0, q8, cols, n_tokens, r0..r1, &write),
-            MatrixData::Q4_0(s) => quantized_rows(s.as_slice(), kernels.dot_q4_0, q8, cols, n_tokens, r0..r1, &write),
-            MatrixData::Q4_1(s) => quantized_rows(s.as_slice(), kernels.dot_q4_1, q8, cols, n_tokens, r0..r1, &write),
-            MatrixData::Q5_0(s) => quantized_rows(s.as_slice(), kernels.dot_q5_0, q8, cols, n_tokens, r0..r1, &write),
-            MatrixData::Q5_1(s) => quantized_rows(s.as_slice(), kernels.dot_q5_1, q8, cols, n_tokens, r0..r1, &write),
+            MatrixData::Q8_0(s) => {
+                tiled(s.as_slice(), q8, cols / QK8_0, &kernels.tiles_q8_0, kernels.dot_q8_0, n_tokens, rows, &write)
+            }
+            MatrixData::Q4_0(s) => {
+                tiled(s.as_slice(), q8, cols / QK8_0, &kernels.tiles_q4_0, kernels.dot_q4_0, n_tokens, rows, &write)
+            }
+            MatrixData::Q4_1(s) => quantized_rows(s.as_slice(), kernels.dot_q4_1, q8, cols, n_tokens, rows, &write),
+            MatrixData::Q5_0(s) => quantized_rows(s.as_slice(), kernels.dot_q5_0, q8, cols, n_tokens, rows, &write),
+            MatrixData::Q5_1(s) => quantized_rows(s.as_slice(), kernels.dot_q5_1, q8, cols, n_tokens, rows, &write),
         }
     });
+}
+
+/// One task's rows through 4-row tiles (2 tokens at a time, then 1); rows
+/// that do not fill a tile use single dot products. `n` is the row length in
+/// units of `W` (elements or blocks).
+#[allow(clippy::too_many_arguments)]
+fn tiled<W, X>(
+    w: &[W],
+    x: &[X],
+    n: usize,
+    tiles: &TileKernels<W, X>,
+    dot: fn(&[W], &[X]) -> f32,
+    n_tokens: usize,
+    rows: std::ops::Range<usize>,
+    write: &dyn Fn(usize, usize, f32),
+) {
+    if n_tokens == 1 {
+        // Mat-vec: one row at a time streams memory in order, which measured
+        // faster than interleaving the 4 rows of a tile.
+        for r in rows {
+            write(0, r, dot(&w[r * n..(r + 1) * n], &x[..n]));
+        }
+        return;
+    }
+    let mut out = [0.0f32; TILE_ROWS * 2];
+    let full_tiles_end = rows.start + (rows.len() / TILE_ROWS) * TILE_ROWS;
+    let mut t = 0;
+    while t < n_tokens {
+        let nt = if n_tokens - t >= 2 { 2 } else { 1 };
+        let xt = &x[t * n..(t + nt) * n];
+        let mut r = rows.start;
+        while r < full_tiles_end {
+            let wr = &w[r * n..(r + TILE_ROWS) * n];
+            if nt == 2 {
+                (tiles.t2)(wr, xt, n, &mut out);
+            } else {
+                (tiles.t1)(wr, xt, n, &mut out);
+            }
+            for i in 0..TILE_ROWS {
+                for j in 0..nt {
+                    write(t + j, r + i, out[i * nt + j]);
+                }
+            }
+            r += TILE_ROWS;
+        }
+        for r in full_tiles_end..rows.end {
+            for j in 0..nt {
+                write(t + j, r, dot(&w[r * n..(r + 1) * n], &xt[j * n..(j + 1) * n]));
+            }
+        }
+        t += nt;
+    }
 }
 
 /// One task's rows of a block-quantized matrix against q8_0 activations.

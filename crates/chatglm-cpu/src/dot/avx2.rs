@@ -3,6 +3,7 @@
 
 use super::{BlockQ4_0, BlockQ8_0};
 use crate::features::Kernels;
+use crate::tile::avx2::scale;
 use half::{bf16, f16};
 use std::arch::x86_64::*;
 
@@ -21,6 +22,11 @@ pub fn kernels() -> Kernels {
         dot_q5_0: super::scalar::dot_q5_0,
         dot_q5_1: super::scalar::dot_q5_1,
         quantize_row_q8_0: |x, out| unsafe { quantize_row_q8_0(x, out) },
+        tiles_f32: crate::tile::avx2::f32_tiles(),
+        tiles_f16: crate::tile::avx2::f16_tiles(),
+        tiles_bf16: crate::tile::avx2::bf16_tiles(),
+        tiles_q8_0: crate::tile::avx2::q8_0_tiles(),
+        tiles_q4_0: crate::tile::avx2::q4_0_tiles(),
     }
 }
 
@@ -119,45 +125,46 @@ unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     sum
 }
 
-/// Sum of products of 32 signed bytes, as 8 i32 lanes converted to f32.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn mul_sum_i8_pairs(a: __m256i, b: __m256i) -> __m256 {
-    // maddubs needs one unsigned operand: move a's sign onto b.
-    let ax = _mm256_sign_epi8(a, a);
-    let sy = _mm256_sign_epi8(b, a);
-    let dot16 = _mm256_maddubs_epi16(ax, sy);
-    let dot32 = _mm256_madd_epi16(dot16, _mm256_set1_epi16(1));
-    _mm256_cvtepi32_ps(dot32)
-}
+// The quantized dots stream one weight row front to back (the pattern the
+// hardware prefetcher follows best; interleaving several rows measured slower
+// for mat-vec) and keep two accumulators so consecutive blocks do not wait on
+// each other's FMA.
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (a, b) in w.iter().zip(x) {
-        let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let n = w.len().min(x.len());
+    for i in 0..n {
+        let (a, b) = (w.get_unchecked(i), x.get_unchecked(i));
         let qa = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
         let qb = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qa, qb), acc);
+        let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(qa, qa), _mm256_sign_epi8(qb, qa));
+        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        acc[i & 1] = _mm256_fmadd_ps(p, scale(a, b), acc[i & 1]);
     }
-    hsum(acc)
+    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+    let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0f);
-    let eight = _mm256_set1_epi8(8);
-    for (a, b) in w.iter().zip(x) {
-        let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
+    let eights = _mm256_set1_epi8(8);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let n = w.len().min(x.len());
+    for i in 0..n {
+        let (a, b) = (w.get_unchecked(i), x.get_unchecked(i));
         let packed = _mm_loadu_si128(a.qs.as_ptr() as *const __m128i);
-        // Low nibbles are weights 0..16, high nibbles 16..32.
-        let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-        let qa = _mm256_sub_epi8(_mm256_and_si256(both, low), eight);
+        // Low nibbles are weights 0..16, high nibbles 16..32; kept unsigned for
+        // maddubs, with the −8 offset subtracted as Σ 8·x.
+        let wu = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
         let qb = _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i);
-        acc = _mm256_fmadd_ps(d, mul_sum_i8_pairs(qa, qb), acc);
+        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wu, qb), _mm256_maddubs_epi16(eights, qb));
+        let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+        acc[i & 1] = _mm256_fmadd_ps(p, scale(a, b), acc[i & 1]);
     }
-    hsum(acc)
+    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

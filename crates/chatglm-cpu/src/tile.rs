@@ -1,0 +1,288 @@
+//! Register tiles: 4 weight rows × T activation rows per call.
+//!
+//! Each weight row is loaded (and, for quantized formats, unpacked) once per
+//! tile and reused for T tokens; each activation row is reused for 4 weight
+//! rows. Decode uses T = 1 (bandwidth-bound: the tile only amortises the
+//! activation loads), prefill and batched decode use T = 2.
+//!
+//! Layout of every tile call: `w` holds 4 consecutive rows of `n` units
+//! (elements, or blocks for quantized formats), `x` holds T consecutive rows
+//! of `n` units, and `out[r * T + t] = dot(w[r], x[t])`.
+
+use crate::dot::{scalar, BlockQ4_0, BlockQ8_0};
+use half::{bf16, f16};
+
+/// Weight rows per tile.
+pub const TILE_ROWS: usize = 4;
+
+/// A tile kernel: `(w, x, n, out)`.
+pub type TileFn<W, X> = fn(&[W], &[X], usize, &mut [f32]);
+
+/// The T = 1 and T = 2 tile kernels of one weight format.
+#[derive(Clone, Copy)]
+pub struct TileKernels<W: 'static, X: 'static> {
+    pub t1: TileFn<W, X>,
+    pub t2: TileFn<W, X>,
+}
+
+/// A reference dot product for a (weight, activation) element pair.
+pub trait ScalarDot<X>: Sized {
+    fn dot(w: &[Self], x: &[X]) -> f32;
+}
+
+impl ScalarDot<f32> for f32 {
+    fn dot(w: &[f32], x: &[f32]) -> f32 {
+        scalar::dot_f32(w, x)
+    }
+}
+impl ScalarDot<f32> for f16 {
+    fn dot(w: &[f16], x: &[f32]) -> f32 {
+        scalar::dot_f16(w, x)
+    }
+}
+impl ScalarDot<f32> for bf16 {
+    fn dot(w: &[bf16], x: &[f32]) -> f32 {
+        scalar::dot_bf16(w, x)
+    }
+}
+impl ScalarDot<BlockQ8_0> for BlockQ8_0 {
+    fn dot(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+        scalar::dot_q8_0(w, x)
+    }
+}
+impl ScalarDot<BlockQ8_0> for BlockQ4_0 {
+    fn dot(w: &[BlockQ4_0], x: &[BlockQ8_0]) -> f32 {
+        scalar::dot_q4_0(w, x)
+    }
+}
+
+/// The reference tile: one dot product per output.
+pub fn scalar_tile<W: ScalarDot<X>, X, const T: usize>(w: &[W], x: &[X], n: usize, out: &mut [f32]) {
+    for r in 0..TILE_ROWS {
+        for t in 0..T {
+            out[r * T + t] = W::dot(&w[r * n..(r + 1) * n], &x[t * n..(t + 1) * n]);
+        }
+    }
+}
+
+impl<W: ScalarDot<X> + 'static, X: 'static> TileKernels<W, X> {
+    pub fn scalar() -> Self {
+        Self { t1: scalar_tile::<W, X, 1>, t2: scalar_tile::<W, X, 2> }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    //! AVX2 + FMA + F16C tiles. Only reached through [`super::TileKernels`]
+    //! tables built after a run-time feature check.
+
+    use super::{TileKernels, TILE_ROWS};
+    use crate::dot::{BlockQ4_0, BlockQ8_0};
+    use half::{bf16, f16};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// `d_w · d_x` (the f16 scales at the start of a weight and an
+    /// activation block) broadcast to 8 lanes.
+    ///
+    /// Inline assembly because of two codegen traps met here: from
+    /// intrinsics LLVM narrows a 2-byte scale load to `vpinsrw` merging into
+    /// an arbitrary register (it picked an accumulator, chaining every block
+    /// behind the previous FMA), and it widens `mulss` to `mulps`, whose upper
+    /// lanes then multiply neighbouring quant bytes read as f16 — often
+    /// subnormal, triggering a microcode assist per block (3× slower).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn scale<W, X>(w: &W, x: &X) -> __m256 {
+        const { assert!(std::mem::size_of::<W>() >= 8 && std::mem::size_of::<X>() >= 8) };
+        let dw: __m128;
+        std::arch::asm!(
+            "vcvtph2ps {dw}, qword ptr [{pw}]",
+            "vcvtph2ps {dx}, qword ptr [{px}]",
+            "vmulss {dw}, {dw}, {dx}",
+            pw = in(reg) w as *const W,
+            px = in(reg) x as *const X,
+            dw = out(xmm_reg) dw,
+            dx = out(xmm_reg) _,
+            options(pure, readonly, nostack, preserves_flags)
+        );
+        _mm256_broadcastss_ps(dw)
+    }
+
+    /// How a float weight format loads 8 values as f32.
+    trait Load8: Copy {
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn to_f32(self) -> f32;
+    }
+    impl Load8 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        fn to_f32(self) -> f32 {
+            self
+        }
+    }
+    impl Load8 for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        fn to_f32(self) -> f32 {
+            f16::to_f32(self)
+        }
+    }
+    impl Load8 for bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const bf16) -> __m256 {
+            let raw = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))
+        }
+        fn to_f32(self) -> f32 {
+            bf16::to_f32(self)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn float_tile<W: Load8, const T: usize>(w: &[W], x: &[f32], n: usize, out: &mut [f32]) {
+        debug_assert!(w.len() >= TILE_ROWS * n && x.len() >= T * n && out.len() >= TILE_ROWS * T);
+        let (pw, px) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); T]; TILE_ROWS];
+        let mut k = 0;
+        while k + 8 <= n {
+            let mut xv = [_mm256_setzero_ps(); T];
+            for (t, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(px.add(t * n + k));
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let wv = W::load8(pw.add(r * n + k));
+                for t in 0..T {
+                    acc_r[t] = _mm256_fmadd_ps(wv, xv[t], acc_r[t]);
+                }
+            }
+            k += 8;
+        }
+        for r in 0..TILE_ROWS {
+            for t in 0..T {
+                let mut s = hsum(acc[r][t]);
+                for j in k..n {
+                    s += w[r * n + j].to_f32() * x[t * n + j];
+                }
+                out[r * T + t] = s;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f32_t<const T: usize>(w: &[f32], x: &[f32], n: usize, out: &mut [f32]) {
+        float_tile::<f32, T>(w, x, n, out)
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn f16_t<const T: usize>(w: &[f16], x: &[f32], n: usize, out: &mut [f32]) {
+        float_tile::<f16, T>(w, x, n, out)
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn bf16_t<const T: usize>(w: &[bf16], x: &[f32], n: usize, out: &mut [f32]) {
+        float_tile::<bf16, T>(w, x, n, out)
+    }
+
+    /// q8_0 × q8_0. `maddubs` needs an unsigned operand, so the weight's sign
+    /// is moved onto the activation: |w| · sign(x, w).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q8_0_t<const T: usize>(w: &[BlockQ8_0], x: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+        debug_assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); T]; TILE_ROWS];
+        for b in 0..nb {
+            let mut xq = [_mm256_setzero_si256(); T];
+            for (t, q) in xq.iter_mut().enumerate() {
+                *q = _mm256_loadu_si256(x.get_unchecked(t * nb + b).qs.as_ptr() as *const __m256i);
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let wb = w.get_unchecked(r * nb + b);
+                let wq = _mm256_loadu_si256(wb.qs.as_ptr() as *const __m256i);
+                let aw = _mm256_sign_epi8(wq, wq);
+                for t in 0..T {
+                    let p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xq[t], wq));
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                    acc_r[t] = _mm256_fmadd_ps(p, scale(wb, x.get_unchecked(t * nb + b)), acc_r[t]);
+                }
+            }
+        }
+        for r in 0..TILE_ROWS {
+            for t in 0..T {
+                out[r * T + t] = hsum(acc[r][t]);
+            }
+        }
+    }
+
+    /// q4_0 × q8_0. Nibbles stay unsigned (0..15) for `maddubs`; the −8
+    /// offset is applied as `Σ q·x − Σ 8·x`, with `8·x` pair sums computed
+    /// once per activation block and shared by the 4 rows.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4_0_t<const T: usize>(w: &[BlockQ4_0], x: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
+        debug_assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
+        let ones = _mm256_set1_epi16(1);
+        let eights = _mm256_set1_epi8(8);
+        let low = _mm256_set1_epi8(0x0f);
+        let mut acc = [[_mm256_setzero_ps(); T]; TILE_ROWS];
+        for b in 0..nb {
+            let mut xq = [_mm256_setzero_si256(); T];
+            let mut x8 = [_mm256_setzero_si256(); T];
+            for t in 0..T {
+                xq[t] = _mm256_loadu_si256(x.get_unchecked(t * nb + b).qs.as_ptr() as *const __m256i);
+                x8[t] = _mm256_maddubs_epi16(eights, xq[t]);
+            }
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let wb = w.get_unchecked(r * nb + b);
+                let packed = _mm_loadu_si128(wb.qs.as_ptr() as *const __m128i);
+                // Low nibbles are weights 0..16, high nibbles 16..32.
+                let wu = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+                for t in 0..T {
+                    let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(wu, xq[t]), x8[t]);
+                    let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+                    acc_r[t] = _mm256_fmadd_ps(p, scale(wb, x.get_unchecked(t * nb + b)), acc_r[t]);
+                }
+            }
+        }
+        for r in 0..TILE_ROWS {
+            for t in 0..T {
+                out[r * T + t] = hsum(acc[r][t]);
+            }
+        }
+    }
+
+    pub fn f32_tiles() -> TileKernels<f32, f32> {
+        TileKernels { t1: |w, x, n, o| unsafe { f32_t::<1>(w, x, n, o) }, t2: |w, x, n, o| unsafe { f32_t::<2>(w, x, n, o) } }
+    }
+    pub fn f16_tiles() -> TileKernels<f16, f32> {
+        TileKernels { t1: |w, x, n, o| unsafe { f16_t::<1>(w, x, n, o) }, t2: |w, x, n, o| unsafe { f16_t::<2>(w, x, n, o) } }
+    }
+    pub fn bf16_tiles() -> TileKernels<bf16, f32> {
+        TileKernels {
+            t1: |w, x, n, o| unsafe { bf16_t::<1>(w, x, n, o) },
+            t2: |w, x, n, o| unsafe { bf16_t::<2>(w, x, n, o) },
+        }
+    }
+    pub fn q8_0_tiles() -> TileKernels<BlockQ8_0, BlockQ8_0> {
+        TileKernels {
+            t1: |w, x, n, o| unsafe { q8_0_t::<1>(w, x, n, o) },
+            t2: |w, x, n, o| unsafe { q8_0_t::<2>(w, x, n, o) },
+        }
+    }
+    pub fn q4_0_tiles() -> TileKernels<BlockQ4_0, BlockQ8_0> {
+        TileKernels {
+            t1: |w, x, n, o| unsafe { q4_0_t::<1>(w, x, n, o) },
+            t2: |w, x, n, o| unsafe { q4_0_t::<2>(w, x, n, o) },
+        }
+    }
+}
+

@@ -1,0 +1,215 @@
+//! Every SIMD kernel against the scalar reference, on random inputs of awkward sizes.
+
+use chatglm_cpu::attention::{attend_group, attend_group_reference, AttentionShape};
+use chatglm_cpu::dot::{scalar, BlockQ4_0, BlockQ8_0};
+use chatglm_cpu::matmul::{matmul, MatmulScratch};
+use chatglm_cpu::{CpuFeatures, Kernels, Matrix, MatrixData, Storage};
+use chatglm_weights::quant::{quantize_row, BlockQ4_1, BlockQ5_0, BlockQ5_1, QuantBlock};
+use half::{bf16, f16};
+
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// All kernel tables this CPU can run (scalar always).
+fn tables() -> Vec<Kernels> {
+    let mut v = vec![Kernels::scalar()];
+    let f = CpuFeatures::detect();
+    if f.has_avx2_set() {
+        v.push(Kernels::for_features(f));
+    } else {
+        eprintln!("note: no AVX2 on this CPU; only the scalar kernels are tested");
+    }
+    v
+}
+
+fn close(a: f32, b: f64, tol: f64, what: &str) {
+    assert!((a as f64 - b).abs() <= tol * (1.0 + b.abs()), "{what}: {a} vs {b}");
+}
+
+#[test]
+fn float_dots_match_f64() {
+    let mut rng = Rng(1);
+    for k in tables() {
+        for n in [1, 7, 8, 31, 33, 100, 4096 + 5] {
+            let w = rng.vec(n);
+            let x = rng.vec(n);
+            let exact: f64 = w.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+            close((k.dot_f32)(&w, &x), exact, 1e-5, &format!("{} f32 n={n}", k.name));
+            let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+            let exact_h: f64 = wh.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
+            close((k.dot_f16)(&wh, &x), exact_h, 1e-5, &format!("{} f16 n={n}", k.name));
+            let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+            let exact_b: f64 = wb.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
+            close((k.dot_bf16)(&wb, &x), exact_b, 1e-5, &format!("{} bf16 n={n}", k.name));
+        }
+    }
+}
+
+#[test]
+fn quantized_dots_match_scalar() {
+    let mut rng = Rng(2);
+    for k in tables() {
+        for nb in [1, 3, 17, 128] {
+            let x = rng.vec(nb * 32);
+            let mut xq = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; nb];
+            scalar::quantize_row_q8_0(&x, &mut xq);
+            let mut xq_fast = xq.clone();
+            (k.quantize_row_q8_0)(&x, &mut xq_fast);
+            for (a, b) in xq.iter().zip(&xq_fast) {
+                assert!((a.d.to_f32() - b.d.to_f32()).abs() <= 1e-3 * a.d.to_f32().abs().max(1e-6));
+                for (p, q) in a.qs.iter().zip(&b.qs) {
+                    assert!((*p as i32 - *q as i32).abs() <= 1, "{}: quantize_row_q8_0", k.name);
+                }
+            }
+            let w = rng.vec(nb * 32);
+            let w8: Vec<BlockQ8_0> = quantize_row(&w);
+            let w4: Vec<BlockQ4_0> = quantize_row(&w);
+            close((k.dot_q8_0)(&w8, &xq), scalar::dot_q8_0(&w8, &xq) as f64, 1e-4, "q8_0");
+            close((k.dot_q4_0)(&w4, &xq), scalar::dot_q4_0(&w4, &xq) as f64, 1e-4, "q4_0");
+            let w41: Vec<BlockQ4_1> = quantize_row(&w);
+            let w50: Vec<BlockQ5_0> = quantize_row(&w);
+            let w51: Vec<BlockQ5_1> = quantize_row(&w);
+            close((k.dot_q4_1)(&w41, &xq), scalar::dot_q4_1(&w41, &xq) as f64, 1e-4, "q4_1");
+            close((k.dot_q5_0)(&w50, &xq), scalar::dot_q5_0(&w50, &xq) as f64, 1e-4, "q5_0");
+            close((k.dot_q5_1)(&w51, &xq), scalar::dot_q5_1(&w51, &xq) as f64, 1e-4, "q5_1");
+        }
+    }
+}
+
+/// The quantized dot equals the dot of the dequantized rows.
+#[test]
+fn scalar_quantized_dots_equal_dequantized_dots() {
+    let mut rng = Rng(3);
+    let nb = 9;
+    let x = rng.vec(nb * 32);
+    let mut xq = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; nb];
+    scalar::quantize_row_q8_0(&x, &mut xq);
+    let mut xd = vec![0.0; nb * 32];
+    chatglm_weights::quant::dequantize_row(&xq, &mut xd);
+    let w = rng.vec(nb * 32);
+    fn check<B: QuantBlock>(w: &[f32], xq: &[BlockQ8_0], xd: &[f32], dot: fn(&[B], &[BlockQ8_0]) -> f32) {
+        let wq: Vec<B> = quantize_row(w);
+        let mut wd = vec![0.0; w.len()];
+        chatglm_weights::quant::dequantize_row(&wq, &mut wd);
+        let exact: f64 = wd.iter().zip(xd).map(|(a, b)| *a as f64 * *b as f64).sum();
+        close(dot(&wq, xq), exact, 1e-4, std::any::type_name::<B>());
+    }
+    check::<BlockQ8_0>(&w, &xq, &xd, scalar::dot_q8_0);
+    check::<BlockQ4_0>(&w, &xq, &xd, scalar::dot_q4_0);
+    check::<BlockQ4_1>(&w, &xq, &xd, scalar::dot_q4_1);
+    check::<BlockQ5_0>(&w, &xq, &xd, scalar::dot_q5_0);
+    check::<BlockQ5_1>(&w, &xq, &xd, scalar::dot_q5_1);
+}
+
+fn matrix(format: &str, rows: usize, cols: usize, w: &[f32]) -> Matrix {
+    let data = match format {
+        "f32" => MatrixData::F32(Storage::Owned(w.to_vec())),
+        "f16" => MatrixData::F16(Storage::Owned(w.iter().map(|&v| f16::from_f32(v)).collect())),
+        "bf16" => MatrixData::BF16(Storage::Owned(w.iter().map(|&v| bf16::from_f32(v)).collect())),
+        "q8_0" => MatrixData::Q8_0(Storage::Owned(quantize_row(w))),
+        "q4_0" => MatrixData::Q4_0(Storage::Owned(quantize_row(w))),
+        "q4_1" => MatrixData::Q4_1(Storage::Owned(quantize_row(w))),
+        "q5_0" => MatrixData::Q5_0(Storage::Owned(quantize_row(w))),
+        "q5_1" => MatrixData::Q5_1(Storage::Owned(quantize_row(w))),
+        _ => unreachable!(),
+    };
+    Matrix { rows, cols, data }
+}
+
+/// Tiled, threaded matmul of every format and kernel table against the
+/// scalar table, over row counts that leave partial tiles and odd token counts.
+#[test]
+fn matmul_tiles_match_scalar_reference() {
+    let mut rng = Rng(4);
+    let scalar = Kernels::scalar();
+    for k in tables() {
+        for &(rows, cols, n_tokens) in &[(1, 32, 1), (7, 64, 3), (21, 96, 5), (37, 160, 2), (64, 4096, 1)] {
+            let w = rng.vec(rows * cols);
+            let x = rng.vec(n_tokens * cols);
+            for format in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] {
+                let m = matrix(format, rows, cols, &w);
+                let mut want = vec![0.0; rows * n_tokens];
+                let mut got = vec![0.0; rows * n_tokens];
+                matmul(&scalar, &m, &x, n_tokens, &mut want, &mut MatmulScratch::default());
+                matmul(&k, &m, &x, n_tokens, &mut got, &mut MatmulScratch::default());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    let tol = 2e-3 * (1.0 + b.abs()) + if format.starts_with('q') { 0.02 } else { 0.0 };
+                    assert!((a - b).abs() <= tol, "{} {format} {rows}x{cols} t={n_tokens} [{i}]: {a} vs {b}", k.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_f64_reference() {
+    let mut rng = Rng(5);
+    for k in tables() {
+        for &(n_heads, n_groups, hd, n_ctx) in &[(4, 2, 16, 1), (4, 2, 16, 70), (32, 2, 128, 130), (6, 3, 8, 200)] {
+            let shape = AttentionShape { n_heads, n_groups, head_dim: hd };
+            let hpg = n_heads / n_groups;
+            let keys = rng.vec(n_ctx * n_groups * hd);
+            let values = rng.vec(n_ctx * n_groups * hd);
+            for g in 0..n_groups {
+                let q: Vec<f32> = rng.vec(hpg * hd).iter().map(|v| v * 3.0).collect();
+                let mut want = vec![0.0; hpg * hd];
+                attend_group_reference(shape, g, &q, &keys, &values, n_ctx, &mut want);
+                let mut got = vec![0.0; hpg * hd];
+                attend_group(&k, shape, g, &q, &keys, &values, n_ctx, &mut got);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5, "{} attention f32 ctx {n_ctx}: {a} vs {b}", k.name);
+                }
+                let kh: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
+                let vh: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
+                attend_group(&k, shape, g, &q, &kh, &vh, n_ctx, &mut got);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() <= 5e-3, "{} attention f16 ctx {n_ctx}: {a} vs {b}", k.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ops_match_definitions() {
+    use chatglm_cpu::ops;
+    let mut rng = Rng(6);
+    let x = rng.vec(3 * 37);
+    let w = rng.vec(37);
+    let mut y = vec![0.0; x.len()];
+    ops::rms_norm(&x, &w, 1e-5, &mut y);
+    for (xr, yr) in x.chunks(37).zip(y.chunks(37)) {
+        let ms: f64 = xr.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / 37.0;
+        for i in 0..37 {
+            close(yr[i], w[i] as f64 * xr[i] as f64 / (ms + 1e-5).sqrt(), 1e-5, "rms_norm");
+        }
+    }
+    let g = rng.vec(2 * 10);
+    let mut s = vec![0.0; 10];
+    ops::swiglu(&g, 5, &mut s);
+    for r in 0..2 {
+        for i in 0..5 {
+            let a = g[r * 10 + i] as f64;
+            close(s[r * 5 + i], a / (1.0 + (-a).exp()) * g[r * 10 + 5 + i] as f64, 1e-6, "swiglu");
+        }
+    }
+    // RoPE: rotating by position p then by -p... check the first pair against the formula.
+    let rope = ops::RopeTable::new(16, 10000.0);
+    let mut h = rng.vec(16);
+    let orig = h.clone();
+    rope.apply(&mut h, 16, 3);
+    let (c, s) = (3.0f64.cos(), 3.0f64.sin());
+    close(h[0], orig[0] as f64 * c - orig[1] as f64 * s, 1e-6, "rope");
+    close(h[1], orig[1] as f64 * c + orig[0] as f64 * s, 1e-6, "rope");
+    assert_eq!(&h[8..], &orig[8..], "the second half of each head is not rotated");
+}
