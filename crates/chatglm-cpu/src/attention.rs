@@ -18,7 +18,7 @@ pub trait KvElem: bytemuck::Pod + Send + Sync {
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
     fn dot(kernels: &Kernels, k: &[Self], q: &[f32]) -> f32;
     /// `acc += a · v`.
-    fn axpy(a: f32, v: &[Self], acc: &mut [f32]);
+    fn axpy(kernels: &Kernels, a: f32, v: &[Self], acc: &mut [f32]);
 }
 
 impl KvElem for f32 {
@@ -28,10 +28,8 @@ impl KvElem for f32 {
     fn dot(kernels: &Kernels, k: &[Self], q: &[f32]) -> f32 {
         (kernels.dot_f32)(k, q)
     }
-    fn axpy(a: f32, v: &[Self], acc: &mut [f32]) {
-        for (o, &x) in acc.iter_mut().zip(v) {
-            *o += a * x;
-        }
+    fn axpy(kernels: &Kernels, a: f32, v: &[Self], acc: &mut [f32]) {
+        (kernels.axpy_f32)(a, v, acc)
     }
 }
 
@@ -44,10 +42,8 @@ impl KvElem for f16 {
     fn dot(kernels: &Kernels, k: &[Self], q: &[f32]) -> f32 {
         (kernels.dot_f16)(k, q)
     }
-    fn axpy(a: f32, v: &[Self], acc: &mut [f32]) {
-        for (o, &x) in acc.iter_mut().zip(v) {
-            *o += a * x.to_f32();
-        }
+    fn axpy(kernels: &Kernels, a: f32, v: &[Self], acc: &mut [f32]) {
+        (kernels.axpy_f16)(a, v, acc)
     }
 }
 
@@ -113,7 +109,7 @@ pub fn attend_group<T: KvElem>(
                     let e = (*sp - new_max).exp();
                     denom[h] += e;
                     let off = (start + p) * kv_stride + group * hd;
-                    T::axpy(e, &values[off..off + hd], acc);
+                    T::axpy(kernels, e, &values[off..off + hd], acc);
                 }
             }
         }

@@ -54,6 +54,9 @@ pub type DotQ4_0 = fn(&[dot::BlockQ4_0], &[dot::BlockQ8_0]) -> f32;
 pub type DotQ4_1 = fn(&[dot::BlockQ4_1], &[dot::BlockQ8_0]) -> f32;
 pub type DotQ5_0 = fn(&[dot::BlockQ5_0], &[dot::BlockQ8_0]) -> f32;
 pub type DotQ5_1 = fn(&[dot::BlockQ5_1], &[dot::BlockQ8_0]) -> f32;
+/// `acc += a · v` (attention's weighted sum of values).
+pub type AxpyF32 = fn(f32, &[f32], &mut [f32]);
+pub type AxpyF16 = fn(f32, &[half::f16], &mut [f32]);
 pub type QuantizeRowQ8_0 = fn(&[f32], &mut [dot::BlockQ8_0]);
 
 /// The function table for one instruction set. Chosen once; the hot loops
@@ -70,6 +73,8 @@ pub struct Kernels {
     pub dot_q5_0: DotQ5_0,
     pub dot_q5_1: DotQ5_1,
     pub quantize_row_q8_0: QuantizeRowQ8_0,
+    pub axpy_f32: AxpyF32,
+    pub axpy_f16: AxpyF16,
     pub tiles_f32: TileKernels<f32, f32>,
     pub tiles_f16: TileKernels<half::f16, f32>,
     pub tiles_bf16: TileKernels<half::bf16, f32>,
@@ -91,6 +96,8 @@ impl Kernels {
             dot_q5_0: dot::scalar::dot_q5_0,
             dot_q5_1: dot::scalar::dot_q5_1,
             quantize_row_q8_0: dot::scalar::quantize_row_q8_0,
+            axpy_f32: dot::scalar::axpy_f32,
+            axpy_f16: dot::scalar::axpy_f16,
             tiles_f32: TileKernels::scalar(),
             tiles_f16: TileKernels::scalar(),
             tiles_bf16: TileKernels::scalar(),

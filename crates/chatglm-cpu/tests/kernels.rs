@@ -56,6 +56,29 @@ fn float_dots_match_f64() {
 }
 
 #[test]
+fn axpy_matches_definition() {
+    let mut rng = Rng(7);
+    for k in tables() {
+        for n in [1, 7, 8, 9, 128, 131] {
+            let v = rng.vec(n);
+            let acc0 = rng.vec(n);
+            let a = rng.f32();
+            let mut acc = acc0.clone();
+            (k.axpy_f32)(a, &v, &mut acc);
+            for i in 0..n {
+                close(acc[i], acc0[i] as f64 + a as f64 * v[i] as f64, 1e-6, "axpy_f32");
+            }
+            let vh: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+            let mut acc = acc0.clone();
+            (k.axpy_f16)(a, &vh, &mut acc);
+            for i in 0..n {
+                close(acc[i], acc0[i] as f64 + a as f64 * vh[i].to_f64(), 1e-6, "axpy_f16");
+            }
+        }
+    }
+}
+
+#[test]
 fn quantized_dots_match_scalar() {
     let mut rng = Rng(2);
     for k in tables() {

@@ -22,6 +22,8 @@ pub fn kernels() -> Kernels {
         dot_q5_0: super::scalar::dot_q5_0,
         dot_q5_1: super::scalar::dot_q5_1,
         quantize_row_q8_0: |x, out| unsafe { quantize_row_q8_0(x, out) },
+        axpy_f32: |a, v, acc| unsafe { axpy_f32(a, v, acc) },
+        axpy_f16: |a, v, acc| unsafe { axpy_f16(a, v, acc) },
         tiles_f32: crate::tile::avx2::f32_tiles(),
         tiles_f16: crate::tile::avx2::f16_tiles(),
         tiles_bf16: crate::tile::avx2::bf16_tiles(),
@@ -195,5 +197,36 @@ unsafe fn quantize_row_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
         let ordered = _mm256_permutevar8x32_epi32(i8s, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(block.qs.as_mut_ptr() as *mut __m256i, ordered);
         block.d = f16::from_f32(d);
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_f32(a: f32, v: &[f32], acc: &mut [f32]) {
+    let n = v.len().min(acc.len());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = acc.as_mut_ptr().add(i);
+        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        i += 8;
+    }
+    for j in i..n {
+        acc[j] += a * v[j];
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_f16(a: f32, v: &[f16], acc: &mut [f32]) {
+    let n = v.len().min(acc.len());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let p = acc.as_mut_ptr().add(i);
+        let x = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(i) as *const __m128i));
+        _mm256_storeu_ps(p, _mm256_fmadd_ps(av, x, _mm256_loadu_ps(p)));
+        i += 8;
+    }
+    for j in i..n {
+        acc[j] += a * v[j].to_f32();
     }
 }

@@ -102,3 +102,15 @@ pub fn dot_q5_1(w: &[BlockQ5_1], x: &[BlockQ8_0]) -> f32 {
     }
     sum
 }
+
+pub fn axpy_f32(a: f32, v: &[f32], acc: &mut [f32]) {
+    for (o, &x) in acc.iter_mut().zip(v) {
+        *o += a * x;
+    }
+}
+
+pub fn axpy_f16(a: f32, v: &[f16], acc: &mut [f32]) {
+    for (o, &x) in acc.iter_mut().zip(v) {
+        *o += a * x.to_f32();
+    }
+}
