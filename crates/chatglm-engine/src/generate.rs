@@ -1,6 +1,6 @@
 //! Single-sequence generation: prefill in chunks, then decode token by token.
 
-use crate::sampling::{sample, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams};
 use crate::text::StopMatcher;
 use crate::EngineError;
 use chatglm_model::{Backend, ForwardState, KvCache, LogitsWanted, Model, SequenceInput};
@@ -164,8 +164,9 @@ pub fn generate<B: Backend>(
     // Repetition penalty looks at the whole visible sequence of this round.
     let mut previous: Vec<u32> = if config.sampling.repetition_penalty != 1.0 { new_ids.to_vec() } else { Vec::new() };
     let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
+    let mut sampler = Sampler::new();
     let finish = loop {
-        let token = sample(&mut logits, &config.sampling, &previous, &mut rng);
+        let token = sampler.sample(&mut logits, &config.sampling, &previous, &mut rng);
         generated.push(token);
         if config.sampling.repetition_penalty != 1.0 {
             previous.push(token);

@@ -91,68 +91,145 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// The probability distribution sampling draws from after temperature,
-/// top-k and top-p, as `(token, probability)` pairs (probabilities sum to 1).
-pub fn candidate_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f32)> {
-    let t = params.temperature.max(1e-6);
-    let mut cands: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v / t)).collect();
-    // Descending by logit; stable so equal logits keep index order.
-    cands.sort_by(|a, b| b.1.total_cmp(&a.1));
-    if params.top_k > 0 && params.top_k < cands.len() {
-        // transformers keeps every token tied with the k-th logit.
-        let kth = cands[params.top_k - 1].1;
-        let keep = cands.iter().take_while(|c| c.1 >= kth).count();
-        cands.truncate(keep);
-    }
-    let max = cands[0].1;
-    let mut sum = 0.0f64;
-    for c in cands.iter_mut() {
-        c.1 = (c.1 - max).exp();
-        sum += c.1 as f64;
-    }
-    for c in cands.iter_mut() {
-        c.1 = (c.1 as f64 / sum) as f32;
-    }
-    if params.top_p < 1.0 {
-        // transformers removes tokens whose ascending cumulative mass is <= 1 - top_p:
-        // walking from the most likely token, keep while the mass *after* this
-        // token (the ascending cumsum below it) is still > 1 - top_p.
-        let threshold = 1.0 - params.top_p as f64;
-        let mut below: f64 = 1.0;
-        let mut keep = 0;
-        for c in cands.iter() {
-            if below <= threshold && keep > 0 {
-                break;
-            }
-            keep += 1;
-            below -= c.1 as f64;
-        }
-        cands.truncate(keep.max(1));
-        let s: f64 = cands.iter().map(|c| c.1 as f64).sum();
-        for c in cands.iter_mut() {
-            c.1 = (c.1 as f64 / s) as f32;
-        }
-    }
-    cands
+/// Candidates examined before falling back to sorting the whole vocabulary:
+/// with top-p 0.8 the nucleus is almost always far smaller.
+const PARTIAL_SORT_CANDIDATES: usize = 1024;
+
+/// Reusable buffers for sampling, so decoding does not allocate per token.
+#[derive(Debug, Default, Clone)]
+pub struct Sampler {
+    cands: Vec<(u32, f32)>,
 }
 
-/// Picks the next token. `logits` is modified (guard, penalty).
-pub fn sample<R: Rng + ?Sized>(logits: &mut [f32], params: &SamplingParams, previous: &[u32], rng: &mut R) -> u32 {
-    guard_invalid_scores(logits);
-    apply_repetition_penalty(logits, previous, params.repetition_penalty);
-    if params.is_greedy() {
-        return argmax(logits);
+/// Descending by logit, then ascending by id (the order a stable sort of the
+/// ids by logit gives), so the result does not depend on the selection algorithm.
+fn by_logit_desc(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+impl Sampler {
+    pub fn new() -> Self {
+        Self::default()
     }
-    let dist = candidate_distribution(logits, params);
-    let r: f64 = rng.gen::<f64>();
-    let mut acc = 0.0f64;
-    for &(id, p) in &dist {
-        acc += p as f64;
-        if r < acc {
-            return id;
+
+    /// The distribution sampling draws from after temperature, top-k and
+    /// top-p, as `(token, probability)` pairs, most likely first
+    /// (probabilities sum to 1). Valid until the next call.
+    pub fn distribution(&mut self, logits: &[f32], params: &SamplingParams) -> &[(u32, f32)] {
+        let t = params.temperature.max(1e-6);
+        let cands = &mut self.cands;
+        cands.clear();
+        cands.extend(logits.iter().enumerate().map(|(i, &v)| (i as u32, v / t)));
+        if cands.is_empty() {
+            return cands;
         }
+        let max = cands.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
+        // Softmax denominator over the whole vocabulary (before any filtering).
+        let total: f64 = cands.iter().map(|c| ((c.1 - max) as f64).exp()).sum();
+        let mut keep = cands.len();
+        if params.top_k > 0 && params.top_k < cands.len() {
+            keep = params.top_k;
+        }
+        // Bring the `limit` most likely to the front, sorted.
+        let sort_prefix = |cands: &mut Vec<(u32, f32)>, limit: usize| {
+            if limit < cands.len() {
+                cands.select_nth_unstable_by(limit - 1, by_logit_desc);
+                cands[..limit].sort_unstable_by(by_logit_desc);
+            } else {
+                cands.sort_unstable_by(by_logit_desc);
+            }
+        };
+        let mut sorted = keep.min(PARTIAL_SORT_CANDIDATES);
+        sort_prefix(cands, sorted);
+        if params.top_p < 1.0 && sorted < keep {
+            // Enough candidates sorted when their mass already reaches top_p.
+            let mass: f64 = cands[..sorted].iter().map(|c| ((c.1 - max) as f64).exp()).sum::<f64>() / total;
+            if mass < params.top_p as f64 {
+                sorted = keep;
+                sort_prefix(cands, keep);
+            }
+        } else if sorted < keep {
+            sorted = keep;
+            sort_prefix(cands, keep);
+        }
+        if params.top_k > 0 && params.top_k < cands.len() {
+            // transformers keeps every token tied with the k-th logit.
+            let kth = cands[params.top_k - 1].1;
+            let mut n = params.top_k;
+            while n < cands.len() && cands[n].1 >= kth {
+                n += 1;
+            }
+            if n > sorted {
+                sort_prefix(cands, n);
+            }
+            keep = n;
+        }
+        cands.truncate(keep.max(1));
+        let mut sum = 0.0f64;
+        for c in cands.iter_mut() {
+            c.1 = (c.1 - max).exp();
+            sum += c.1 as f64;
+        }
+        for c in cands.iter_mut() {
+            c.1 = (c.1 as f64 / sum) as f32;
+        }
+        if params.top_p < 1.0 {
+            // transformers removes tokens whose ascending cumulative mass is <= 1 - top_p:
+            // walking from the most likely token, keep while the mass *after* this
+            // token (the ascending cumsum below it) is still > 1 - top_p.
+            let threshold = 1.0 - params.top_p as f64;
+            let mut below: f64 = 1.0;
+            let mut n = 0;
+            for c in cands.iter() {
+                if below <= threshold && n > 0 {
+                    break;
+                }
+                n += 1;
+                below -= c.1 as f64;
+            }
+            cands.truncate(n.max(1));
+            let s: f64 = cands.iter().map(|c| c.1 as f64).sum();
+            for c in cands.iter_mut() {
+                c.1 = (c.1 as f64 / s) as f32;
+            }
+        }
+        cands
     }
-    dist.last().map(|c| c.0).unwrap_or(0)
+
+    /// Picks the next token. `logits` is modified (guard, penalty).
+    pub fn sample<R: Rng + ?Sized>(
+        &mut self,
+        logits: &mut [f32],
+        params: &SamplingParams,
+        previous: &[u32],
+        rng: &mut R,
+    ) -> u32 {
+        guard_invalid_scores(logits);
+        apply_repetition_penalty(logits, previous, params.repetition_penalty);
+        if params.is_greedy() {
+            return argmax(logits);
+        }
+        let dist = self.distribution(logits, params);
+        let r: f64 = rng.gen::<f64>();
+        let mut acc = 0.0f64;
+        for &(id, p) in dist {
+            acc += p as f64;
+            if r < acc {
+                return id;
+            }
+        }
+        dist.last().map(|c| c.0).unwrap_or(0)
+    }
+}
+
+/// [`Sampler::distribution`] with fresh buffers.
+pub fn candidate_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f32)> {
+    Sampler::new().distribution(logits, params).to_vec()
+}
+
+/// [`Sampler::sample`] with fresh buffers.
+pub fn sample<R: Rng + ?Sized>(logits: &mut [f32], params: &SamplingParams, previous: &[u32], rng: &mut R) -> u32 {
+    Sampler::new().sample(logits, params, previous, rng)
 }
 
 #[cfg(test)]
@@ -229,6 +306,23 @@ mod tests {
             })
             .sum();
         assert!(chi2 < 16.27, "chi2 {chi2} (p < 0.001 critical value 16.27), counts {counts:?}");
+    }
+
+    /// The partial selection gives exactly what sorting everything gives.
+    #[test]
+    fn partial_sort_equals_full_sort() {
+        let logits: Vec<f32> = (0..5000).map(|i| ((i * 7919 % 1000) as f32 / 100.0).sin() * 3.0).collect();
+        for (top_k, top_p) in [(0, 0.8), (0, 0.999), (40, 0.9), (3000, 1.0), (0, 1.0)] {
+            let p = SamplingParams { temperature: 0.7, top_k, top_p, ..Default::default() };
+            let got = candidate_distribution(&logits, &p);
+            // Reference: stable sort of everything, then the same filters.
+            let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v / 0.7)).collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let ids: Vec<u32> = got.iter().map(|c| c.0).collect();
+            assert_eq!(ids[..], all.iter().map(|c| c.0).take(ids.len()).collect::<Vec<_>>()[..], "k={top_k} p={top_p}");
+            let s: f32 = got.iter().map(|c| c.1).sum();
+            assert!((s - 1.0).abs() < 1e-4);
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! forward pass only sequences the calls.
 
 use crate::forward::TokenLayout;
-use crate::{KvCache, ModelError};
+use crate::{ModelError, SequenceInput};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_weights::Tensor;
 
@@ -44,7 +44,8 @@ pub trait Backend: Send + Sync {
     /// `out = silu(x[:, :ffn]) * x[:, ffn:]`.
     fn swiglu(&self, x: &Self::Activations, out: &mut Self::Activations);
     /// Rotates queries and keys of the fused QKV rows in place, appends the
-    /// new keys/values of every token to its sequence's `layer` cache, and
+    /// new keys/values of every token to its sequence's `layer` cache (in
+    /// `batch`), and
     /// writes causal attention outputs `(tokens, heads·head_dim)` to `out`.
     fn attention(
         &self,
@@ -52,7 +53,7 @@ pub trait Backend: Send + Sync {
         layer: usize,
         qkv: &mut Self::Activations,
         layout: &TokenLayout,
-        caches: &mut [&mut KvCache],
+        batch: &mut [SequenceInput<'_>],
         out: &mut Self::Activations,
     );
     /// Copies the listed rows into `out` (for computing only the logits needed).

@@ -3,7 +3,7 @@
 use crate::forward::TokenLayout;
 use crate::kv_cache::KvStore;
 use crate::loader::WeightFormat;
-use crate::{Backend, KvCache, ModelError};
+use crate::{Backend, ModelError, SequenceInput};
 use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::ops::{self, RopeTable};
@@ -248,7 +248,7 @@ impl Backend for CpuBackend {
         layer: usize,
         qkv: &mut CpuActivations,
         layout: &TokenLayout,
-        caches: &mut [&mut KvCache],
+        batch: &mut [SequenceInput<'_>],
         out: &mut CpuActivations,
     ) {
         let hd = shape.head_dim;
@@ -261,7 +261,8 @@ impl Backend for CpuBackend {
         }
         // Append this step's keys and values.
         let mut next_row = 0;
-        for (s, cache) in caches.iter_mut().enumerate() {
+        for (s, seq) in batch.iter_mut().enumerate() {
+            let cache = &mut *seq.cache;
             let n_new = layout.seq_tokens[s];
             let start = layout.seq_start[s];
             cache.reserve_layer(layer, n_new);
@@ -278,13 +279,13 @@ impl Backend for CpuBackend {
         let heads_per_group = shape.n_heads / shape.n_groups;
         let group_width = heads_per_group * hd;
         let kernels = self.kernels;
-        let caches: &[&mut KvCache] = caches;
+        let batch: &[SequenceInput<'_>] = batch;
         let qkv_data = &qkv.data;
         out.data[..qkv.rows * q_dim].par_chunks_mut(group_width).enumerate().for_each(|(task, out_g)| {
             let (t, g) = (task / shape.n_groups, task % shape.n_groups);
             let q = &qkv_data[t * width + g * group_width..][..group_width];
             let n_ctx = layout.position[t] + 1;
-            let (k, v) = &caches[layout.seq_of_token[t]].layers[layer];
+            let (k, v) = &batch[layout.seq_of_token[t]].cache.layers[layer];
             match (k, v) {
                 (KvStore::F32(k), KvStore::F32(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
                 (KvStore::F16(k), KvStore::F16(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),

@@ -187,7 +187,6 @@ impl<B: Backend> Model<B> {
             }
         }
         let n = st.ids.len();
-        let mut caches: Vec<&mut KvCache> = batch.iter_mut().map(|s| &mut *s.cache).collect();
 
         // Embedding.
         b.resize(&mut st.hidden, n, hidden);
@@ -200,7 +199,7 @@ impl<B: Backend> Model<B> {
             b.resize(&mut st.qkv, n, cfg.qkv_out_dim());
             b.linear(&layer.qkv, Some(&layer.qkv_bias), &st.normed, &mut st.qkv);
             b.resize(&mut st.attn, n, cfg.q_dim());
-            b.attention(shape, i, &mut st.qkv, &st.layout, &mut caches, &mut st.attn);
+            b.attention(shape, i, &mut st.qkv, &st.layout, batch, &mut st.attn);
             b.resize(&mut st.proj, n, hidden);
             b.linear(&layer.dense, None, &st.attn, &mut st.proj);
             b.add(&mut st.hidden, &st.proj);
@@ -214,8 +213,8 @@ impl<B: Backend> Model<B> {
             b.linear(&layer.four_h_to_h, None, &st.ffn, &mut st.proj);
             b.add(&mut st.hidden, &st.proj);
         }
-        for (cache, &n_new) in caches.iter_mut().zip(&st.layout.seq_tokens) {
-            cache.advance(n_new);
+        for (seq, &n_new) in batch.iter_mut().zip(&st.layout.seq_tokens) {
+            seq.cache.advance(n_new);
         }
 
         // Final norm and logits, only for the rows asked for.
