@@ -7,6 +7,8 @@ mod bench;
 mod chat;
 mod generate;
 mod inspect;
+mod quantize;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -29,15 +31,20 @@ enum Command {
     Tokenize(tokenize::TokenizeArgs),
     /// Measure load time, prefill and decode speed, bandwidth and peak memory.
     Bench(bench::BenchArgs),
+    /// OpenAI-compatible HTTP server with continuous batching (and the official api.py route, a web chat page, /metrics).
+    Serve(serve::ServeArgs),
     /// Describe a model: config, tensors, dtypes, parameters, memory at each format.
     Inspect(inspect::InspectArgs),
+    /// Write a model as one .gguf file (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1),
+    /// or --report the quality (KL divergence, top-1 agreement) of each format.
+    Quantize(quantize::QuantizeArgs),
 }
 
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CHATGLM_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,chatglm_server=info,chatglm_engine=info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -47,7 +54,9 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Quantize(a) => quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

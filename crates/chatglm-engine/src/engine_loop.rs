@@ -93,8 +93,14 @@ impl<'t, B: Backend> Loop<'t, B> {
     fn submit(&mut self, request: Request) {
         let id = request.id;
         let context = self.model.config.seq_length;
-        let wanted = request.params.max_length.unwrap_or(context).min(context);
         let prompt_len = request.prompt_ids.len();
+        // The most tokens this sequence can reach: what its KV reservation covers.
+        let wanted = request
+            .params
+            .max_length
+            .unwrap_or(context)
+            .min(context)
+            .min(request.params.max_new_tokens.map_or(usize::MAX, |n| prompt_len.saturating_add(n)));
         let cache = self.model.new_cache(self.kv_dtype);
         let mut seq = Sequence::new(request, self.tokenizer, cache, wanted);
         match self.scheduler.add(id, prompt_len, wanted) {
@@ -122,6 +128,8 @@ impl<'t, B: Backend> Loop<'t, B> {
     fn cancel(&mut self, id: SeqId) {
         let was_running = self.scheduler.is_running(id);
         self.scheduler.remove(id);
+        // Gauges before counters: whoever sees the cancellation sees the blocks freed.
+        self.publish_gauges();
         if let Some(seq) = self.seqs.remove(&id) {
             if !was_running {
                 self.stats.queue_depth.fetch_sub(1, Relaxed);
@@ -137,7 +145,6 @@ impl<'t, B: Backend> Loop<'t, B> {
                 "request cancelled"
             );
         }
-        self.publish_gauges();
     }
 
     fn step(&mut self, state: &mut ForwardState<B>, plan: &StepPlan, row: &mut Vec<f32>) {
@@ -246,12 +253,16 @@ impl<'t, B: Backend> Loop<'t, B> {
             total_ms = c.timings.total.as_millis() as u64,
             "request finished"
         );
+        // Statistics first: a client that saw its last event sees them updated.
+        self.publish_gauges();
+        seq.send_finished(c);
     }
 
     fn fail(&mut self, id: SeqId, message: String) {
         self.scheduler.remove(id);
         if let Some(mut seq) = self.seqs.remove(&id) {
             self.stats.requests_failed.fetch_add(1, Relaxed);
+            self.publish_gauges();
             seq.fail(message);
         }
     }

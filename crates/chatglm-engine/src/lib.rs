@@ -16,6 +16,7 @@
 mod engine_loop;
 mod error;
 pub mod generate;
+pub mod gguf_vocab;
 mod handle;
 pub mod kv_blocks;
 mod pipeline;

@@ -1,8 +1,11 @@
-//! A model and its tokenizer, loaded together from one model source.
+//! A model and its tokenizer, loaded together from one model source: a
+//! checkpoint folder, a Hugging Face hub id, or a single `.gguf` file
+//! (config, tokenizer and tensors all read from the file).
 
-use crate::EngineError;
+use crate::{gguf_vocab, EngineError};
 use chatglm_model::{Backend, CpuBackend, KvDType, LoadOptions, Model, WeightFormat};
 use chatglm_tokenizer::ChatGlmTokenizer;
+use chatglm_weights::gguf::GgufModel;
 use chatglm_weights::Checkpoint;
 use std::path::Path;
 
@@ -30,15 +33,34 @@ pub struct Pipeline<B: Backend> {
 }
 
 impl Pipeline<CpuBackend> {
-    /// Loads from a local directory or a Hugging Face hub id
-    /// (`THUDM/chatglm2-6b[@revision]`, downloaded on first use).
+    /// Loads from a `.gguf` file, a local directory or a Hugging Face hub id
+    /// (`THUDM/chatglm2-6b[@revision]`, downloaded on first use). With
+    /// [`WeightFormat::Auto`] a GGUF file's tensors are used as stored
+    /// (mapped, no copy); another format converts them while loading.
     pub fn load(
         spec: &str,
         options: PipelineOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, EngineError> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            return Self::load_gguf(path, spec, options, progress);
+        }
         let dir = chatglm_weights::hub::resolve(spec)?;
         Self::load_dir(&dir, spec, options, progress)
+    }
+
+    fn load_gguf(
+        path: &Path,
+        spec: &str,
+        options: PipelineOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, EngineError> {
+        let file = GgufModel::open(path)?;
+        let tokenizer = gguf_vocab::tokenizer_from_gguf(&file.file)?;
+        let backend = CpuBackend::for_config(&file.config);
+        let model = Model::load(backend, &file, options.load, progress)?;
+        Ok(Self::assemble(model, tokenizer, options, spec))
     }
 
     fn load_dir(
@@ -54,9 +76,13 @@ impl Pipeline<CpuBackend> {
         let tokenizer = ChatGlmTokenizer::from_file(&tok_path)?;
         let backend = CpuBackend::for_config(&ckpt.config);
         let model = Model::load(backend, &ckpt, options.load, progress)?;
+        Ok(Self::assemble(model, tokenizer, options, spec))
+    }
+
+    fn assemble(model: Model<CpuBackend>, tokenizer: ChatGlmTokenizer, options: PipelineOptions, spec: &str) -> Self {
         let all_f32 = model.backend.matrix_format(&model.weights.output) == "f32"
             && model.weights.layers.iter().all(|l| model.backend.matrix_format(&l.qkv) == "f32");
         let kv_dtype = options.kv_dtype.unwrap_or(if all_f32 { KvDType::F32 } else { KvDType::F16 });
-        Ok(Self { model, tokenizer, kv_dtype, source: spec.to_string() })
+        Self { model, tokenizer, kv_dtype, source: spec.to_string() }
     }
 }

@@ -114,8 +114,8 @@ impl<'t> Sequence<'t> {
         Progress::Continue
     }
 
-    /// Flushes held-back text and sends the final event. Returns the
-    /// completion (also when the client is already gone).
+    /// Flushes held-back text (sending the last delta) and returns the
+    /// completion; [`Self::send_finished`] then ends the stream.
     pub fn finish(&mut self, reason: FinishReason, now: Instant) -> Completion {
         self.text.push_str(&self.detok.finish());
         if let Some(at) = self.stops.find(&self.text) {
@@ -126,16 +126,18 @@ impl<'t> Sequence<'t> {
             self.emitted = self.text.len();
             self.sink.send(RequestEvent::Text(delta));
         }
-        let completion = Completion {
+        Completion {
             finish_reason: reason,
             text: self.text.clone(),
             generated_ids: self.generated.clone(),
             prompt_tokens: self.prompt_len,
             completion_tokens: self.generated.len(),
             timings: self.timings(now),
-        };
-        self.sink.send(RequestEvent::Finished(completion.clone()));
-        completion
+        }
+    }
+
+    pub fn send_finished(&mut self, completion: Completion) {
+        self.sink.send(RequestEvent::Finished(completion));
     }
 
     /// Tells the client the request failed.

@@ -106,7 +106,9 @@ impl LoadOptions {
     }
 }
 
-/// Where [`load_weights`] reads tensors from.
+/// Where [`Model::load`](crate::Model::load) reads tensors from: a
+/// [`Checkpoint`] folder or a [`chatglm_weights::gguf::GgufModel`] (official
+/// state-dict names in both).
 pub trait TensorSource {
     fn config(&self) -> &ModelConfig;
     fn tensor(&self, name: &str) -> Result<&Tensor, ModelError>;

@@ -22,7 +22,6 @@ impl EventSink for TokioSink {
 /// A queued request: its id and where its events arrive.
 pub(crate) struct Submitted {
     pub id: u64,
-    pub prompt_tokens: usize,
     pub events: UnboundedReceiver<RequestEvent>,
 }
 
@@ -36,21 +35,10 @@ pub(crate) fn submit(
     let engine = state.engine();
     let (tx, rx) = unbounded_channel();
     let id = engine.next_id();
-    let prompt_tokens = prompt_ids.len();
     engine
-        .submit(Request {
-            id,
-            prompt_ids,
-            params,
-            sink: Box::new(TokioSink(tx)),
-            arrived: Instant::now(),
-        })
+        .submit(Request { id, prompt_ids, params, sink: Box::new(TokioSink(tx)), arrived: Instant::now() })
         .map_err(|e| ApiError::from_submit(e, prompt_param))?;
-    Ok(Submitted {
-        id,
-        prompt_tokens,
-        events: rx,
-    })
+    Ok(Submitted { id, events: rx })
 }
 
 /// Waits for the whole completion (the non-streaming endpoints).

@@ -23,14 +23,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            kind,
-            param: None,
-            code: None,
-            retry_after_s: None,
-        }
+        Self { status, message: message.into(), kind, param: None, code: None, retry_after_s: None }
     }
 
     fn with_param(mut self, param: impl Into<String>) -> Self {
@@ -46,12 +39,7 @@ impl ApiError {
 
     /// 400 about one field.
     pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            message,
-        )
-        .with_param(param)
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message).with_param(param)
     }
 
     /// 400: the body is not JSON at all.
@@ -74,8 +62,7 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", what.to_string())
-            .with_code("not_found")
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", what.to_string()).with_code("not_found")
     }
 
     pub fn too_large(limit_bytes: usize) -> Self {
@@ -88,8 +75,7 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
-            .with_code("internal_error")
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message).with_code("internal_error")
     }
 
     /// Maps a refused submission; `prompt_param` names the prompt field.
@@ -97,29 +83,22 @@ impl ApiError {
         match e {
             SubmitError::InvalidParameter(m) => {
                 let param = m.split_whitespace().next().unwrap_or("").to_string();
-                let param = if param.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-                    param
-                } else {
-                    String::new()
-                };
+                let param =
+                    if param.chars().all(|c| c.is_ascii_lowercase() || c == '_') { param } else { String::new() };
                 Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", m).with_param(param)
             }
-            e @ SubmitError::PromptTooLong { .. } => Self::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                format!("{e}; shorten the input"),
-            )
-            .with_param(prompt_param)
-            .with_code("context_length_exceeded"),
+            e @ SubmitError::PromptTooLong { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", format!("{e}; shorten the input"))
+                    .with_param(prompt_param)
+                    .with_code("context_length_exceeded")
+            }
             e @ SubmitError::QueueFull(_) => {
                 let mut err =
-                    Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string())
-                        .with_code("queue_full");
+                    Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", e.to_string()).with_code("queue_full");
                 err.retry_after_s = Some(1);
                 err
             }
-            e => Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
-                .with_code("unavailable"),
+            e => Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string()).with_code("unavailable"),
         }
     }
 
@@ -149,8 +128,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = (self.status, axum::Json(self.body())).into_response();
         if let Some(s) = self.retry_after_s {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }

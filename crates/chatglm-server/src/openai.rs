@@ -161,31 +161,16 @@ pub(crate) async fn chat_completions(
         seed: req.seed,
         n: req.n,
     };
-    let params = fields.to_params(
-        &state,
-        Defaults {
-            temperature: CHAT_TEMPERATURE,
-            top_p: CHAT_TOP_P,
-            max_tokens: None,
-        },
-    )?;
+    let params =
+        fields.to_params(&state, Defaults { temperature: CHAT_TEMPERATURE, top_p: CHAT_TOP_P, max_tokens: None })?;
     let prompt_ids = state.0.tokenizer.encode_chat(&query, &history);
     let submitted = submit(&state, prompt_ids, params, "messages")?;
     let id = format!("chatcmpl-{}", submitted.id);
     let model = state.config().model_id.clone();
     let created = unix_now();
     if req.stream.unwrap_or(false) {
-        let include_usage = req
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        let spec = StreamSpec {
-            flavor: Flavor::Chat,
-            id,
-            model,
-            created,
-            include_usage,
-        };
+        let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        let spec = StreamSpec { flavor: Flavor::Chat, id, model, created, include_usage };
         return Ok(sse_response(spec, submitted));
     }
     let c = collect(submitted).await?;
@@ -215,10 +200,7 @@ pub(crate) async fn completions(
         PromptField::One(s) => s,
         PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
         PromptField::Many(v) => {
-            return Err(ApiError::invalid_param(
-                "prompt",
-                format!("exactly one prompt is supported, got {}", v.len()),
-            ))
+            return Err(ApiError::invalid_param("prompt", format!("exactly one prompt is supported, got {}", v.len())))
         }
     };
     let fields = SamplingFields {
@@ -231,31 +213,16 @@ pub(crate) async fn completions(
         seed: req.seed,
         n: req.n,
     };
-    let params = fields.to_params(
-        &state,
-        Defaults {
-            temperature: 1.0,
-            top_p: 1.0,
-            max_tokens: Some(COMPLETION_MAX_TOKENS),
-        },
-    )?;
+    let params =
+        fields.to_params(&state, Defaults { temperature: 1.0, top_p: 1.0, max_tokens: Some(COMPLETION_MAX_TOKENS) })?;
     let prompt_ids = state.0.tokenizer.encode(&prompt);
     let submitted = submit(&state, prompt_ids, params, "prompt")?;
     let id = format!("cmpl-{}", submitted.id);
     let model = state.config().model_id.clone();
     let created = unix_now();
     if req.stream.unwrap_or(false) {
-        let include_usage = req
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        let spec = StreamSpec {
-            flavor: Flavor::Completion,
-            id,
-            model,
-            created,
-            include_usage,
-        };
+        let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+        let spec = StreamSpec { flavor: Flavor::Completion, id, model, created, include_usage };
         return Ok(sse_response(spec, submitted));
     }
     let c = collect(submitted).await?;
@@ -292,23 +259,16 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: Some(Content::Text(content.into())),
-        }
+        Message { role: role.into(), content: Some(Content::Text(content.into())) }
     }
 
     #[test]
     fn folds_like_the_official_openai_api() {
         let (q, h) = fold_messages(&[msg("user", "hi")]).unwrap();
         assert_eq!((q.as_str(), h.len()), ("hi", 0));
-        let (q, h) = fold_messages(&[
-            msg("system", "Be brief. "),
-            msg("user", "a"),
-            msg("assistant", "b"),
-            msg("user", "c"),
-        ])
-        .unwrap();
+        let (q, h) =
+            fold_messages(&[msg("system", "Be brief. "), msg("user", "a"), msg("assistant", "b"), msg("user", "c")])
+                .unwrap();
         assert_eq!(q, "Be brief. c");
         assert_eq!(h, vec![("a".to_string(), "b".to_string())]);
     }

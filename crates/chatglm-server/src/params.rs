@@ -49,10 +49,7 @@ impl SamplingFields {
         }
         let top_p = self.top_p.unwrap_or(d.top_p);
         if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid_param(
-                "top_p",
-                format!("top_p must be in (0, 1], got {top_p}"),
-            ));
+            return Err(ApiError::invalid_param("top_p", format!("top_p must be in (0, 1], got {top_p}")));
         }
         let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
         if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
@@ -63,19 +60,11 @@ impl SamplingFields {
         }
         if let Some(n) = self.n {
             if n != 1 {
-                return Err(ApiError::invalid_param(
-                    "n",
-                    format!("only n = 1 is supported, got {n}"),
-                ));
+                return Err(ApiError::invalid_param("n", format!("only n = 1 is supported, got {n}")));
             }
         }
         let max_new_tokens = match self.max_tokens {
-            Some(0) => {
-                return Err(ApiError::invalid_param(
-                    "max_tokens",
-                    "max_tokens must be at least 1",
-                ))
-            }
+            Some(0) => return Err(ApiError::invalid_param("max_tokens", "max_tokens must be at least 1")),
             Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
             None => d.max_tokens,
         };
@@ -99,12 +88,7 @@ impl SamplingFields {
             Some(n) => match (n.as_u64(), n.as_i64()) {
                 (Some(u), _) => Some(u),
                 (None, Some(i)) => Some(i as u64),
-                _ => {
-                    return Err(ApiError::invalid_param(
-                        "seed",
-                        format!("seed must be an integer, got {n}"),
-                    ))
-                }
+                _ => return Err(ApiError::invalid_param("seed", format!("seed must be an integer, got {n}"))),
             },
         };
         let top_k = usize::try_from(self.top_k.unwrap_or(0)).unwrap_or(usize::MAX);

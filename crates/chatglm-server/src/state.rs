@@ -23,12 +23,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self {
-            model_id: "chatglm2-6b".into(),
-            api_key: None,
-            max_body_bytes: 2 << 20,
-            max_length: 8192,
-        }
+        Self { model_id: "chatglm2-6b".into(), api_key: None, max_body_bytes: 2 << 20, max_length: 8192 }
     }
 }
 
@@ -43,10 +38,7 @@ pub(crate) struct HttpCounters {
 
 impl HttpCounters {
     pub fn record(&self, status: u16) {
-        let i = COUNTED_STATUSES
-            .iter()
-            .position(|&s| s == status)
-            .unwrap_or(COUNTED_STATUSES.len());
+        let i = COUNTED_STATUSES.iter().position(|&s| s == status).unwrap_or(COUNTED_STATUSES.len());
         self.by_status[i].fetch_add(1, Relaxed);
     }
 }
@@ -65,18 +57,8 @@ pub(crate) struct Inner {
 pub struct AppState(pub(crate) Arc<Inner>);
 
 impl AppState {
-    pub fn new(
-        engine: EngineHandle,
-        tokenizer: Arc<ChatGlmTokenizer>,
-        config: ServerConfig,
-    ) -> Self {
-        Self(Arc::new(Inner {
-            engine,
-            tokenizer,
-            config,
-            http: HttpCounters::default(),
-            started_unix: unix_now(),
-        }))
+    pub fn new(engine: EngineHandle, tokenizer: Arc<ChatGlmTokenizer>, config: ServerConfig) -> Self {
+        Self(Arc::new(Inner { engine, tokenizer, config, http: HttpCounters::default(), started_unix: unix_now() }))
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -89,8 +71,5 @@ impl AppState {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -56,11 +56,7 @@ impl StreamState {
             Flavor::Chat => "chat.completion.chunk",
             Flavor::Completion => "text_completion",
         };
-        let choices = if choice.is_null() {
-            json!([])
-        } else {
-            json!([choice])
-        };
+        let choices = if choice.is_null() { json!([]) } else { json!([choice]) };
         let mut v = json!({
             "id": s.id,
             "object": object,
@@ -118,14 +114,12 @@ impl StreamState {
             }
             Some(RequestEvent::Failed(m)) => {
                 let body = ApiError::internal(m).body();
-                self.pending
-                    .push_back(Event::default().data(body.to_string()));
+                self.pending.push_back(Event::default().data(body.to_string()));
                 self.end();
             }
             None => {
                 let body = ApiError::internal("the engine stopped before the request finished").body();
-                self.pending
-                    .push_back(Event::default().data(body.to_string()));
+                self.pending.push_back(Event::default().data(body.to_string()));
                 self.end();
             }
         }
@@ -139,13 +133,7 @@ impl StreamState {
 
 /// The SSE response for a queued request.
 pub(crate) fn sse_response(spec: StreamSpec, submitted: Submitted) -> Response {
-    let mut state = StreamState {
-        spec,
-        submitted,
-        pending: VecDeque::new(),
-        content_started: false,
-        done: false,
-    };
+    let mut state = StreamState { spec, submitted, pending: VecDeque::new(), content_started: false, done: false };
     if state.spec.flavor == Flavor::Chat {
         let first = json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null });
         let ev = state.chunk(first, None);
@@ -163,7 +151,5 @@ pub(crate) fn sse_response(spec: StreamSpec, submitted: Submitted) -> Response {
             st.on_event(event);
         }
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }

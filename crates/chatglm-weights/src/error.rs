@@ -102,6 +102,16 @@ pub enum WeightsError {
         message: String,
     },
 
+    /// A GGUF file whose header, metadata or tensor table is broken, or that
+    /// uses a type or layout this crate does not read.
+    #[error("{}: malformed GGUF file: {message}", path.display())]
+    Gguf {
+        /// The file (`<memory>` when parsed from bytes).
+        path: PathBuf,
+        /// What is wrong, naming the key or tensor, with expected and found values.
+        message: String,
+    },
+
     /// A shard index (`*.index.json`) that is broken or disagrees with its shards.
     #[error("{}: shard index: {message}", path.display())]
     Index {

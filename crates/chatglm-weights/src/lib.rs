@@ -14,15 +14,23 @@
 //! checkpoint copies nothing. [`Checkpoint::validate_shapes`] checks every
 //! tensor against the shapes the config implies.
 //!
+//! GGUF ([`gguf`]): [`gguf::GgufModel`] opens a ChatGLM `.gguf` file the
+//! same way (config from metadata, tensors mapped under their official
+//! names, quantized blocks included); [`gguf::GgufWriter`] streams one out,
+//! and [`gguf::QuantizePlan`] with [`gguf::convert_rows`] is what
+//! `chatglm quantize` uses to convert tensor by tensor.
+//!
 //! Errors are [`WeightsError`]s naming the file, the tensor, what was
 //! expected and what was found. Untrusted-byte parsers
-//! ([`parse_safetensors_bytes`], [`pickle::read_state_dict`]) never panic and
+//! ([`parse_safetensors_bytes`], [`pickle::read_state_dict`],
+//! [`gguf::parse_gguf_bytes`]) never panic and
 //! have fuzz targets.
 
 mod checkpoint;
 mod config;
 mod dtype;
 mod error;
+pub mod gguf;
 pub mod hub;
 pub mod index;
 mod mapped;

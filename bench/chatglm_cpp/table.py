@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Markdown table from a bench/vs_chatglm_cpp.sh results file (JSON lines).
+
+    table.py RESULTS.jsonl [CHECKPOINT_DIR]
+
+Decode GB/s = weight bytes streamed per decoded token (the figure ChatGLM.rs reports for that format, used for both
+engines) / time per token, and its % of this machine's memory read bandwidth at the same thread count. Prefill rows
+give GFLOP/s instead (2 x matrix parameters per token, from config.json). Ratio = ours / theirs in speed (>1: we
+are faster)."""
+import json
+import sys
+from pathlib import Path
+
+
+def matrix_params(ckpt):
+    try:
+        c = json.loads((Path(ckpt) / "config.json").read_text())
+    except (OSError, TypeError):
+        return None
+    h, f, L = c["hidden_size"], c["ffn_hidden_size"], c["num_layers"]
+    qkv = h + 2 * c["multi_query_group_num"] * c["kv_channels"]
+    per_layer = h * qkv + h * h + h * 2 * f + f * h
+    return L * per_layer + h * c["padded_vocab_size"]
+
+
+def main():
+    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+    meta = next((r for r in rows if r["phase"] == "meta"), {})
+    ckpt = sys.argv[2] if len(sys.argv) > 2 else None
+    bw = {}
+    for r in rows:
+        if r["phase"] == "membw":
+            bw[r["threads"]] = max(bw.get(r["threads"], 0), r["gb_s"])
+    res = {}
+    wbytes = {}
+    for r in rows:
+        if r["phase"] in ("decode", "prefill"):
+            res[(r["phase"], r["format"], r["threads"], r["engine"])] = r["result"]
+            if r["engine"] == "ChatGLM.rs" and r["result"]:
+                wbytes[r["format"]] = r["result"]["weight_bytes_per_token"]
+                ckpt = ckpt or r["result"].get("source")
+    mp = matrix_params(ckpt)
+
+    def fmt(x, p=1):
+        return "—" if x is None else f"{x:,.{p}f}"
+
+    out = []
+    out.append(
+        "| format | threads | phase | ChatGLM.rs ms/token | chatglm.cpp ms/token | ChatGLM.rs tokens/s "
+        "| chatglm.cpp tokens/s | ChatGLM.rs GB/s (% of BW) | chatglm.cpp GB/s (% of BW) | ours ÷ theirs (speed) |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    keys = sorted({k[:3] for k in res}, key=lambda k: (k[0] != "decode", -k[2], ["q4_0", "q8_0", "f16"].index(k[1])
+                                                        if k[1] in ("q4_0", "q8_0", "f16") else 9))
+    for phase, f, t in keys:
+        ours, theirs = res.get((phase, f, t, "ChatGLM.rs")), res.get((phase, f, t, "chatglm.cpp"))
+        cells = {}
+        for name, r in (("ours", ours), ("theirs", theirs)):
+            if not r:
+                cells[name] = (None, None, "failed")
+                continue
+            if phase == "decode":
+                ms = r["decode_ms_per_token_best"]
+                gbs = wbytes.get(f, 0) / (ms / 1e3) / 1e9 if f in wbytes else None
+                ach = "—" if gbs is None else f"{gbs:.1f} GB/s" + (f" ({100 * gbs / bw[t]:.0f}%)" if t in bw else "")
+            else:
+                tps = r["prefill_tokens_per_s_best"]
+                ms = 1e3 / tps
+                ach = "—" if mp is None else f"{2 * mp * tps / 1e9:.0f} GFLOP/s"
+            cells[name] = (ms, 1e3 / ms, ach)
+        ratio = (cells["theirs"][0] / cells["ours"][0]) if cells["ours"][0] and cells["theirs"][0] else None
+        label = "decode" if phase == "decode" else f"prefill-{(ours or theirs or {}).get('prompt_len', '?')}"
+        out.append(
+            f"| {f} | {t} | {label} | {fmt(cells['ours'][0])} | {fmt(cells['theirs'][0])} | {fmt(cells['ours'][1], 2)} "
+            f"| {fmt(cells['theirs'][1], 2)} | {cells['ours'][2]} | {cells['theirs'][2]} | "
+            f"{'—' if ratio is None else f'{ratio:.2f}×'} |"
+        )
+    notes = []
+    bad = [k for k, r in res.items() if r and r.get("threads") != k[2]]
+    if bad:
+        notes.append("WARNING: thread count not applied for " + ", ".join(f"{k[3]} {k[1]} {k[0]} t={k[2]}" for k in bad))
+    if bw:
+        notes.append("Memory read bandwidth (1 GiB sum, best of 5, best of the probes at the start and end): "
+                     + ", ".join(f"{v:.1f} GB/s with {k} thread{'s' if k > 1 else ''}" for k, v in sorted(bw.items())))
+    if wbytes:
+        files = meta.get("files", {})
+        notes.append("Weight bytes per decoded token (ChatGLM.rs figure, used for both): "
+                     + ", ".join(f"{k} {v / 1e9:.3f} GB" for k, v in wbytes.items())
+                     + "; chatglm.cpp file sizes: " + ", ".join(f"{k} {v / 1e9:.3f} GB" for k, v in files.items()))
+    rss = []
+    for (phase, f, t, eng), r in sorted(res.items()):
+        if r and phase == "decode" and t == max(x[2] for x in res):
+            rss.append(f"{eng} {f} {r['peak_rss_bytes'] / 2**30:.1f} GiB")
+    if rss:
+        notes.append("Peak RSS (decode runs; ChatGLM.rs quantizes the mapped f16 checkpoint at load, and the mapped "
+                     "pages it touched count too; chatglm.cpp maps its converted file): " + ", ".join(rss))
+    if meta:
+        notes.append(f"Decode: {meta.get('gen_len')} greedy tokens after a {meta.get('decode_prompt_len')}-token prompt, "
+                     f"EOS ignored; best of {meta.get('repeat')} run(s) per process. Load average at start: "
+                     f"{meta.get('loadavg')}; ChatGLM.rs at {meta.get('ours_git')}; {meta.get('cpu')}, "
+                     f"{meta.get('nproc')} CPUs; {meta.get('date')}.")
+    print("\n".join(out))
+    print()
+    for n in notes:
+        print(f"- {n}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts `chatglm serve` on a free loopback port, runs load_test.py against it
+# at 1, 8 and 32 concurrent streaming clients, stops the server.
+#
+#   bench/serve/run.sh                          # tiny dev model (seconds)
+#   MODEL=/work/synth6b DTYPE=q4_0 CONCURRENCY=1,8 REQUESTS=4 MAX_TOKENS=16 SECONDS_PER_LEVEL=150 \
+#       bench/serve/run.sh                      # synthetic 6B, quantized on load (minutes)
+#
+# Env: MODEL, DTYPE (auto), CONCURRENCY (1,8,32), REQUESTS (64 per level),
+#      MAX_TOKENS (64), SECONDS_PER_LEVEL (60: stop issuing requests after this long), CHATGLM_BIN (skip the build),
+#      SERVE_ARGS (extra flags for `chatglm serve`), JSON (write results there).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+testdata=${CHATGLM_TESTDATA:-$root/../shared/testdata}
+model=${MODEL:-$testdata/dev/model/safetensors-f32}
+
+if [[ -z "${CHATGLM_BIN:-}" ]]; then
+    (cd "$root" && cargo build --release -p chatglm-cli)
+    CHATGLM_BIN=$root/target/release/chatglm
+fi
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+log=$(mktemp /tmp/chatglm-serve-XXXX.log)
+# shellcheck disable=SC2086
+"$CHATGLM_BIN" serve -m "$model" --dtype "${DTYPE:-auto}" --host 127.0.0.1 --port "$port" \
+    --max-batch 32 ${SERVE_ARGS:-} 2>"$log" &
+server=$!
+trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
+
+# Loading a 6B checkpoint (and quantizing it) takes a while.
+for _ in $(seq 1 1200); do
+    if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then break; fi
+    if ! kill -0 $server 2>/dev/null; then cat "$log"; exit 1; fi
+    sleep 0.5
+done
+echo "server: $(head -1 "$log")"
+echo "load test: model $model, dtype ${DTYPE:-auto}, max_tokens ${MAX_TOKENS:-64}, $(nproc) cores"
+python3 "$here/load_test.py" --url "http://127.0.0.1:$port" \
+    --concurrency "${CONCURRENCY:-1,8,32}" --requests "${REQUESTS:-64}" \
+    --max-tokens "${MAX_TOKENS:-64}" --seconds "${SECONDS_PER_LEVEL:-60}" \
+    ${JSON:+--json "$JSON"}
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatglm_(requests_total|completion_tokens_total|engine_steps_total|engine_step_tokens_total) '

@@ -1,0 +1,128 @@
+//! `GET /metrics`: Prometheus text exposition of the engine's counters,
+//! gauges and latency histograms, and HTTP responses by status.
+
+use crate::state::{AppState, COUNTED_STATUSES};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use chatglm_engine::stats::HistogramSnapshot;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (le, n) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum {}", h.sum_s);
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
+/// The exposition text.
+pub fn render(state: &AppState) -> String {
+    let s = state.engine().stats();
+    let g = |a: &AtomicU64| a.load(Relaxed);
+    let mut out = String::with_capacity(4096);
+    scalar(
+        &mut out,
+        "chatglm_requests_total",
+        "counter",
+        "Requests accepted into the queue.",
+        g(&s.requests_submitted),
+    );
+    scalar(
+        &mut out,
+        "chatglm_requests_rejected_total",
+        "counter",
+        "Requests refused at submission (queue full, prompt too long, bad parameters).",
+        g(&s.requests_rejected),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP chatglm_requests_finished_total Requests that ended, by reason.\n# TYPE chatglm_requests_finished_total counter"
+    );
+    for (reason, v) in [
+        ("stop", &s.requests_finished_stop),
+        ("length", &s.requests_finished_length),
+        ("cancelled", &s.requests_cancelled),
+        ("failed", &s.requests_failed),
+    ] {
+        let _ = writeln!(out, "chatglm_requests_finished_total{{reason=\"{reason}\"}} {}", g(v));
+    }
+    scalar(
+        &mut out,
+        "chatglm_prompt_tokens_total",
+        "counter",
+        "Prompt tokens of admitted requests (tokens in).",
+        g(&s.prompt_tokens),
+    );
+    scalar(
+        &mut out,
+        "chatglm_completion_tokens_total",
+        "counter",
+        "Generated tokens (tokens out).",
+        g(&s.completion_tokens),
+    );
+    scalar(&mut out, "chatglm_engine_steps_total", "counter", "Batched forward steps run.", g(&s.steps));
+    scalar(
+        &mut out,
+        "chatglm_engine_step_tokens_total",
+        "counter",
+        "Tokens computed by forward steps (prefill and decode).",
+        g(&s.step_tokens),
+    );
+    scalar(&mut out, "chatglm_queue_depth", "gauge", "Requests waiting to join the batch.", g(&s.queue_depth));
+    scalar(&mut out, "chatglm_running_sequences", "gauge", "Sequences in the running batch.", g(&s.running));
+    let (total, reserved) = (g(&s.kv_blocks_total), g(&s.kv_blocks_reserved));
+    scalar(&mut out, "chatglm_kv_blocks_total", "gauge", "KV-cache blocks in the memory budget.", total);
+    scalar(
+        &mut out,
+        "chatglm_kv_blocks_reserved",
+        "gauge",
+        "KV blocks reserved by running sequences (for their maximum length).",
+        reserved,
+    );
+    scalar(&mut out, "chatglm_kv_blocks_used", "gauge", "KV blocks holding computed tokens.", g(&s.kv_blocks_used));
+    scalar(&mut out, "chatglm_kv_blocks_free", "gauge", "KV blocks not reserved.", total.saturating_sub(reserved));
+    scalar(
+        &mut out,
+        "chatglm_kv_block_size_tokens",
+        "gauge",
+        "Tokens per KV block.",
+        state.engine().limits().block_size_tokens as u64,
+    );
+    histogram(
+        &mut out,
+        "chatglm_request_duration_seconds",
+        "Arrival to last token, finished requests.",
+        &s.request_latency.snapshot(),
+    );
+    histogram(
+        &mut out,
+        "chatglm_time_to_first_token_seconds",
+        "Arrival to first generated token.",
+        &s.time_to_first_token.snapshot(),
+    );
+    histogram(&mut out, "chatglm_queue_time_seconds", "Arrival to joining the batch.", &s.queue_time.snapshot());
+    let _ = writeln!(
+        out,
+        "# HELP chatglm_http_responses_total HTTP responses by status code.\n# TYPE chatglm_http_responses_total counter"
+    );
+    let http = &state.0.http.by_status;
+    for (code, v) in COUNTED_STATUSES.iter().zip(http.iter()) {
+        let _ = writeln!(out, "chatglm_http_responses_total{{status=\"{code}\"}} {}", g(v));
+    }
+    if let Some(other) = http.last() {
+        let _ = writeln!(out, "chatglm_http_responses_total{{status=\"other\"}} {}", g(other));
+    }
+    out
+}
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&state))
+}

@@ -1,0 +1,308 @@
+//! Every endpoint and error case through the router (no socket), on the
+//! tiny dev model behind a real engine.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chatglm_engine::{
+    ChatSession, EngineConfig, GenerationConfig, Request as EngineRequest, RequestParams, SamplingParams,
+};
+use chatglm_server::ServerConfig;
+use common::{chat_stream_text, pipeline, sse_data, TestServer};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, param: Option<&str>) {
+    assert_eq!(status, want, "{body}");
+    let e = &body["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn chat_completion_matches_the_chat_session() {
+    let s = TestServer::default();
+    let (status, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"model": "x", "messages": [{"role": "user", "content": "你好"}],
+                "temperature": 0, "max_tokens": 20, "some_unknown_field": {"a": 1}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "chatglm2-6b");
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let usage = &v["usage"];
+    assert_eq!(usage["completion_tokens"], 20);
+    assert_eq!(usage["total_tokens"].as_u64(), Some(usage["prompt_tokens"].as_u64().unwrap() + 20));
+
+    let p = pipeline();
+    let mut session = ChatSession::new(&p);
+    let reply = session
+        .chat(
+            "你好",
+            &GenerationConfig {
+                sampling: SamplingParams::greedy(),
+                max_new_tokens: Some(20),
+                ..GenerationConfig::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], reply.response);
+    assert_eq!(usage["prompt_tokens"].as_u64(), Some(reply.prompt_ids.len() as u64));
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn system_and_history_are_folded_as_the_official_api() {
+    let s = TestServer::default();
+    let (status, a) = s
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "system", "content": "Be brief. "},
+                {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                {"role": "user", "content": [{"type": "text", "text": "c"}]}],
+                "temperature": 0, "max_tokens": 8}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let p = pipeline();
+    let ids = p.tokenizer.encode_chat("Be brief. c", &[("a".into(), "b".into())]);
+    assert_eq!(a["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
+}
+
+#[tokio::test]
+async fn streaming_chat_sends_role_content_finish_usage_done() {
+    let s = TestServer::default();
+    let body = r#"{"messages": [{"role": "user", "content": "hello"}], "temperature": 0,
+                   "max_tokens": 12, "stream": true, "stream_options": {"include_usage": true}}"#;
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, headers, bytes) = s.call(req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let data = sse_data(&String::from_utf8(bytes).unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 12);
+    let (text, finish) = chat_stream_text(&data);
+    assert_eq!(finish.as_deref(), Some("length"));
+
+    let (_, v) = s
+        .post_json(
+            "/v1/chat/completions",
+            r#"{"messages": [{"role": "user", "content": "hello"}], "temperature": 0, "max_tokens": 12}"#,
+        )
+        .await;
+    // Streams keep trailing whitespace (it cannot be known in advance).
+    assert_eq!(text.trim_end(), v["choices"][0]["message"]["content"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn completions_models_health_metrics_and_the_page() {
+    let s = TestServer::default();
+    let (status, v) =
+        s.post_json("/v1/completions", r#"{"model": "m", "prompt": "hello", "temperature": 0, "seed": -5}"#).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["usage"]["completion_tokens"], 16, "OpenAI's default max_tokens");
+    let p = pipeline();
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(p.tokenizer.encode("hello").len() as u64));
+    assert!(v["choices"][0]["text"].is_string());
+
+    let req = Request::post("/v1/completions")
+        .body(Body::from(r#"{"prompt": ["hi"], "max_tokens": 3, "stream": true}"#))
+        .unwrap();
+    let (status, _, bytes) = s.call(req).await;
+    assert_eq!(status, StatusCode::OK);
+    let data = sse_data(&String::from_utf8(bytes).unwrap());
+    let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(last["object"], "text_completion");
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+
+    let (status, body) = s.get("/v1/models").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["data"][0]["id"], "chatglm2-6b");
+
+    let (status, body) = s.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["status"], "ok");
+
+    let (status, body) = s.get("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("<html"));
+
+    assert_eq!(s.metric("chatglm_requests_total").await, 2.0);
+    assert_eq!(s.metric("chatglm_completion_tokens_total").await, 19.0);
+    assert_eq!(s.metric("chatglm_running_sequences").await, 0.0);
+    assert_eq!(s.metric("chatglm_kv_blocks_reserved").await, 0.0);
+    assert!(s.metric("chatglm_kv_blocks_free").await > 0.0);
+    assert_eq!(s.metric("chatglm_request_duration_seconds_count").await, 2.0);
+    assert!(s.metric("chatglm_http_responses_total{status=\"200\"}").await >= 6.0);
+    s.shutdown();
+}
+
+#[tokio::test]
+async fn the_official_api_py_route() {
+    let s = TestServer::default();
+    let (status, v) = s
+        .post_json(
+            "/",
+            r#"{"prompt": "你好", "history": [["a", "b"]], "max_length": 80, "top_p": 0.7, "temperature": 0.95}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], 200);
+    let response = v["response"].as_str().unwrap();
+    assert_eq!(v["history"], json!([["a", "b"], ["你好", response]]));
+    let time = v["time"].as_str().unwrap();
+    assert_eq!(time.len(), 19);
+    assert_eq!(&time[4..5], "-");
+    assert_eq!(&time[13..14], ":");
+    let (status, v) = s.post_json("/", r#"{"history": []}"#).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("prompt"));
+    let (status, v) = s.post_json("/", r#"{"prompt": "x", "history": [["a"]]}"#).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("history"));
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors() {
+    let s =
+        TestServer::new(EngineConfig::default(), ServerConfig { max_body_bytes: 64 * 1024, ..ServerConfig::default() });
+    let chat = "/v1/chat/completions";
+    let (status, v) = s.post_json(chat, r#"{"messages": [{"role": "user""#).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, None);
+    assert_eq!(v["error"]["code"], "invalid_json");
+    let (status, v) = s.post_json(chat, "not json").await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, None);
+
+    let msgs = r#""messages": [{"role": "user", "content": "hi"}]"#;
+    for (extra, param) in [
+        (r#""temperature": 3"#, "temperature"),
+        (r#""temperature": -0.5"#, "temperature"),
+        (r#""top_p": 0"#, "top_p"),
+        (r#""top_p": 1.5"#, "top_p"),
+        (r#""max_tokens": 0"#, "max_tokens"),
+        (r#""max_tokens": -3"#, "max_tokens"),
+        (r#""max_tokens": "ten""#, "max_tokens"),
+        (r#""n": 2"#, "n"),
+        (r#""stop": [""]"#, "stop"),
+        (r#""seed": 1.5"#, "seed"),
+        (r#""temperature": "hot""#, "temperature"),
+    ] {
+        let (status, v) = s.post_json(chat, &format!("{{{msgs}, {extra}}}")).await;
+        assert_error(status, &v, StatusCode::BAD_REQUEST, Some(param));
+    }
+    let (status, v) = s.post_json(chat, r#"{"messages": []}"#).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("messages"));
+    let (status, v) = s.post_json(chat, r#"{"temperature": 0}"#).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, None);
+    let (status, v) = s.post_json(chat, r#"{"messages": [{"role": "assistant", "content": "hi"}]}"#).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("messages"));
+
+    // Longer than the dev model's 512-token context.
+    let long = "你好 ".repeat(400);
+    let (status, v) = s.post_json(chat, &json!({"messages": [{"role": "user", "content": long}]}).to_string()).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("messages"));
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    let (status, v) = s.post_json("/v1/completions", &json!({"prompt": long}).to_string()).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("prompt"));
+
+    // Over the body limit.
+    let huge = "x".repeat(100 * 1024);
+    let (status, v) = s.post_json(chat, &json!({"messages": [{"role": "user", "content": huge}]}).to_string()).await;
+    assert_error(status, &v, StatusCode::PAYLOAD_TOO_LARGE, None);
+
+    let (status, v) = s.post_json("/v1/nope", "{}").await;
+    assert_error(status, &v, StatusCode::NOT_FOUND, None);
+    let (status, body) = s.get(chat).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_error(status, &v, StatusCode::METHOD_NOT_ALLOWED, None);
+    assert_eq!(s.metric("chatglm_requests_total").await, 0.0);
+    assert!(s.metric("chatglm_http_responses_total{status=\"400\"}").await >= 15.0);
+}
+
+#[tokio::test]
+async fn api_keys_are_required_when_configured() {
+    let s = TestServer::new(
+        EngineConfig::default(),
+        ServerConfig { api_key: Some("sekrit".into()), ..ServerConfig::default() },
+    );
+    let body = r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#;
+    for auth in [None, Some("Bearer wrong"), Some("sekrit"), Some("Bearer sekri")] {
+        let mut req = Request::post("/v1/chat/completions");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let (status, _, bytes) = s.call(req.body(Body::from(body)).unwrap()).await;
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_error(status, &v, StatusCode::UNAUTHORIZED, None);
+        assert_eq!(v["error"]["code"], "invalid_api_key");
+    }
+    let req =
+        Request::post("/v1/chat/completions").header("authorization", "Bearer sekrit").body(Body::from(body)).unwrap();
+    assert_eq!(s.call(req).await.0, StatusCode::OK);
+    // Metrics and models need the key; the health check and the page do not.
+    assert_eq!(s.get("/v1/models").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.get("/metrics").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.get("/health").await.0, StatusCode::OK);
+    assert_eq!(s.get("/").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let s = TestServer::new(
+        EngineConfig { max_batch_size: 1, max_queue: 1, ..EngineConfig::default() },
+        ServerConfig::default(),
+    );
+    // Occupy the batch and the queue with long generations whose receivers we keep.
+    let p = pipeline();
+    let ids = p.tokenizer.encode_chat("你好", &[]);
+    let engine = s.state.engine().clone();
+    let mut keep = Vec::new();
+    let mut queued = 0;
+    while queued < 2 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = engine.submit(EngineRequest {
+            id: engine.next_id(),
+            prompt_ids: ids.clone(),
+            params: RequestParams {
+                max_new_tokens: Some(450),
+                eos_ids: Vec::new(), // never ends early
+                ..RequestParams::default()
+            },
+            sink: Box::new(tx),
+            arrived: Instant::now(),
+        });
+        if r.is_ok() {
+            queued += 1;
+            keep.push(rx);
+        }
+        // Let the first one join the batch, so the second waits in the queue.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let req = Request::post("/v1/chat/completions")
+        .body(Body::from(r#"{"messages": [{"role": "user", "content": "hi"}]}"#))
+        .unwrap();
+    let (status, headers, bytes) = s.call(req).await;
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_error(status, &v, StatusCode::TOO_MANY_REQUESTS, None);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(s.metric("chatglm_requests_rejected_total").await >= 1.0);
+    drop(keep);
+}
