@@ -24,7 +24,7 @@ fn interactive_chat_in_a_pty() {
     );
     let mut p = rexpect::spawn(&cmd, Some(60_000)).expect("spawn chatglm chat in a pty");
     p.exp_string("Ctrl-D exits").unwrap();
-    let mut context = |p: &mut rexpect::session::PtySession| -> usize {
+    let context = |p: &mut rexpect::session::PtySession| -> usize {
         let (_, m) = p.exp_regex(r"context \d+ tokens").unwrap();
         m.split_whitespace().nth(1).unwrap().parse().unwrap()
     };

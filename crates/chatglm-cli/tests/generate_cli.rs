@@ -40,8 +40,18 @@ fn generate_reproduces_official_chat_cases() {
         std::fs::write(&history, case["history"].to_string()).unwrap();
         let max_length = case["max_length"].to_string();
         let args = [
-            "generate", "-m", &dev_model(), "-p", case["query"].as_str().unwrap(), "--temperature", "0",
-            "--max-length", &max_length, "--history", history.to_str().unwrap(), "--json",
+            "generate",
+            "-m",
+            &dev_model(),
+            "-p",
+            case["query"].as_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-length",
+            &max_length,
+            "--history",
+            history.to_str().unwrap(),
+            "--json",
         ];
         let (stdout, stderr, ok) = chatglm(&args, "");
         assert!(ok, "{stderr}");
@@ -57,8 +67,17 @@ fn generate_reproduces_official_chat_cases() {
 fn generate_reproduces_official_raw_cases() {
     for case in golden("generate.json")["generate"].as_array().unwrap() {
         let args = [
-            "generate", "-m", &dev_model(), "--raw", "-p", case["text"].as_str().unwrap(), "--temperature", "0",
-            "--max-new-tokens", "32", "--json",
+            "generate",
+            "-m",
+            &dev_model(),
+            "--raw",
+            "-p",
+            case["text"].as_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "32",
+            "--json",
         ];
         let (stdout, stderr, ok) = chatglm(&args, "");
         assert!(ok, "{stderr}");
@@ -72,7 +91,8 @@ fn generate_reproduces_official_raw_cases() {
 fn generate_streams_the_same_text_it_reports() {
     let case = &golden("generate.json")["chat"][0];
     let q = case["query"].as_str().unwrap();
-    let (stdout, stderr, ok) = chatglm(&["generate", "-m", &dev_model(), "-p", q, "--temperature", "0", "--max-length", "42"], "");
+    let (stdout, stderr, ok) =
+        chatglm(&["generate", "-m", &dev_model(), "-p", q, "--temperature", "0", "--max-length", "42"], "");
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), case["response"].as_str().unwrap());
 }
@@ -136,8 +156,10 @@ fn inspect_reports_the_checkpoint() {
 
 #[test]
 fn bench_runs_on_a_synthetic_model() {
-    let (out, err, ok) =
-        chatglm(&["bench", "--synthetic", "dev", "--dtype", "q4_0", "--prompt-len", "16", "--gen-len", "4", "--json"], "");
+    let (out, err, ok) = chatglm(
+        &["bench", "--synthetic", "dev", "--dtype", "q4_0", "--prompt-len", "16", "--gen-len", "4", "--json"],
+        "",
+    );
     assert!(ok, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v["decode_tokens_per_s_best"].as_f64().unwrap() > 0.0);

@@ -25,7 +25,9 @@ fn dot_baseline(k: &Kernels, m: &Matrix, x: &[f32], n_tokens: usize, y: &mut [f3
         .map(|i| {
             let (r, t) = (i / n_tokens, i % n_tokens);
             let v = match &m.data {
-                MatrixData::F16(s) => (k.dot_f16)(&s.as_slice()[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols]),
+                MatrixData::F16(s) => {
+                    (k.dot_f16)(&s.as_slice()[r * cols..(r + 1) * cols], &x[t * cols..(t + 1) * cols])
+                }
                 MatrixData::Q8_0(s) => (k.dot_q8_0)(&s.as_slice()[r * nb..(r + 1) * nb], &q8[t * nb..(t + 1) * nb]),
                 MatrixData::Q4_0(s) => (k.dot_q4_0)(&s.as_slice()[r * nb..(r + 1) * nb], &q8[t * nb..(t + 1) * nb]),
                 _ => 0.0,
@@ -100,22 +102,38 @@ pub fn raw_compare() {
     let mut y = vec![0.0f32; rows];
     let mode = std::env::var("MODE").unwrap_or_default();
     for _ in 0..3 {
-        if mode == "tile" { let mut out = [0.0f32; 8]; for _ in 0..reps { for r in (0..rows).step_by(4) { (k.tiles_q4_0.t1)(&wq[r * nb..(r + 4) * nb], &xq, nb, &mut out); y[r] = out[0]; } } continue; }
-        if mode == "dot" { for _ in 0..reps { for r in 0..rows { y[r] = (k.dot_q4_0)(&wq[r * nb..(r + 1) * nb], &xq); } } continue; }
+        if mode == "tile" {
+            let mut out = [0.0f32; 8];
+            for _ in 0..reps {
+                for r in (0..rows).step_by(4) {
+                    (k.tiles_q4_0.t1)(&wq[r * nb..(r + 4) * nb], &xq, nb, &mut out);
+                    y[r] = out[0];
+                }
+            }
+            continue;
+        }
+        if mode == "dot" {
+            for _ in 0..reps {
+                for r in 0..rows {
+                    y[r] = (k.dot_q4_0)(&wq[r * nb..(r + 1) * nb], &xq);
+                }
+            }
+            continue;
+        }
         let t = Instant::now();
         for _ in 0..reps {
-        for r in 0..rows {
-            y[r] = (k.dot_q4_0)(&wq[r * nb..(r + 1) * nb], &xq);
-        }
+            for r in 0..rows {
+                y[r] = (k.dot_q4_0)(&wq[r * nb..(r + 1) * nb], &xq);
+            }
         }
         let a = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let mut out = [0.0f32; 8];
         for _ in 0..reps {
-        for r in (0..rows).step_by(4) {
-            (k.tiles_q4_0.t1)(&wq[r * nb..(r + 4) * nb], &xq, nb, &mut out);
-            y[r] = out[0];
-        }
+            for r in (0..rows).step_by(4) {
+                (k.tiles_q4_0.t1)(&wq[r * nb..(r + 4) * nb], &xq, nb, &mut out);
+                y[r] = out[0];
+            }
         }
         let b = t.elapsed().as_secs_f64();
         println!("raw 1-thread q4_0: dot {:.2} ms, tile {:.2} ms", a * 1e3, b * 1e3);

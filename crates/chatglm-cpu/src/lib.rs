@@ -18,8 +18,8 @@ pub mod features;
 pub mod matmul;
 pub mod matrix;
 pub mod ops;
-pub mod tile;
 mod quant_blocks;
+pub mod tile;
 
 pub use features::{CpuFeatures, Kernels};
 pub use matrix::{Matrix, MatrixData, Storage};

@@ -60,8 +60,12 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
         };
         let rows = r0..r1;
         match &w.data {
-            MatrixData::F32(s) => tiled(s.as_slice(), x, cols, &kernels.tiles_f32, kernels.dot_f32, n_tokens, rows, &write),
-            MatrixData::F16(s) => tiled(s.as_slice(), x, cols, &kernels.tiles_f16, kernels.dot_f16, n_tokens, rows, &write),
+            MatrixData::F32(s) => {
+                tiled(s.as_slice(), x, cols, &kernels.tiles_f32, kernels.dot_f32, n_tokens, rows, &write)
+            }
+            MatrixData::F16(s) => {
+                tiled(s.as_slice(), x, cols, &kernels.tiles_f16, kernels.dot_f16, n_tokens, rows, &write)
+            }
             MatrixData::BF16(s) => {
                 tiled(s.as_slice(), x, cols, &kernels.tiles_bf16, kernels.dot_bf16, n_tokens, rows, &write)
             }

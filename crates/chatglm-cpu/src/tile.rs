@@ -261,10 +261,16 @@ pub mod avx2 {
     }
 
     pub fn f32_tiles() -> TileKernels<f32, f32> {
-        TileKernels { t1: |w, x, n, o| unsafe { f32_t::<1>(w, x, n, o) }, t2: |w, x, n, o| unsafe { f32_t::<2>(w, x, n, o) } }
+        TileKernels {
+            t1: |w, x, n, o| unsafe { f32_t::<1>(w, x, n, o) },
+            t2: |w, x, n, o| unsafe { f32_t::<2>(w, x, n, o) },
+        }
     }
     pub fn f16_tiles() -> TileKernels<f16, f32> {
-        TileKernels { t1: |w, x, n, o| unsafe { f16_t::<1>(w, x, n, o) }, t2: |w, x, n, o| unsafe { f16_t::<2>(w, x, n, o) } }
+        TileKernels {
+            t1: |w, x, n, o| unsafe { f16_t::<1>(w, x, n, o) },
+            t2: |w, x, n, o| unsafe { f16_t::<2>(w, x, n, o) },
+        }
     }
     pub fn bf16_tiles() -> TileKernels<bf16, f32> {
         TileKernels {
@@ -285,4 +291,3 @@ pub mod avx2 {
         }
     }
 }
-

@@ -75,10 +75,16 @@ impl<'p, B: Backend> ChatSession<'p, B> {
         self.cache_matches_history = false;
     }
 
+    /// Whether the next round continues the cached dialogue (feeding only its
+    /// own ids) rather than re-encoding the whole history.
+    fn reuses_cache(&self) -> bool {
+        self.cache_matches_history && !self.history.is_empty()
+    }
+
     /// The ids the next round would feed for `query`.
     pub fn next_prompt_ids(&self, query: &str) -> Vec<u32> {
         let tok = &self.pipeline.tokenizer;
-        if self.cache_matches_history && !self.history.is_empty() {
+        if self.reuses_cache() {
             tok.encode_chat_incremental(query, &self.history)
         } else {
             tok.encode_chat(query, &self.history)
@@ -98,7 +104,7 @@ impl<'p, B: Backend> ChatSession<'p, B> {
         config: &GenerationConfig,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<ChatReply, EngineError> {
-        if !(self.cache_matches_history && !self.history.is_empty()) {
+        if !self.reuses_cache() {
             self.cache.clear();
         }
         let prompt_ids = self.next_prompt_ids(query);
