@@ -55,7 +55,8 @@ fn main() {
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i as u64 * 2654435761 % 1000) as f32 / 1000.0 - 0.5) * 0.05).collect();
     let x: Vec<f32> = (0..n_tokens * cols).map(|i| (i * 7919 % 1000) as f32 / 1000.0 - 0.5).collect();
     println!("kernels {}, {threads} threads, {rows}x{cols}, {n_tokens} tokens, best of {reps}", k.name);
-    for format in ["f16", "q8_0", "q4_0"] {
+    let formats = std::env::var("FORMATS").unwrap_or_else(|_| "f16 q8_0 q4_0".into());
+    for format in formats.split_whitespace() {
         let data = match format {
             "f16" => MatrixData::F16(Storage::Owned(w.iter().map(|&v| f16::from_f32(v)).collect())),
             "q8_0" => MatrixData::Q8_0(Storage::Owned(quantize_row(&w))),
@@ -69,9 +70,11 @@ fn main() {
             let t = Instant::now();
             matmul(k, &m, &x, n_tokens, &mut y, &mut scratch);
             best_tile = best_tile.min(t.elapsed().as_secs_f64());
-            let t = Instant::now();
-            dot_baseline(k, &m, &x, n_tokens, &mut y);
-            best_dot = best_dot.min(t.elapsed().as_secs_f64());
+            if std::env::var_os("TILED_ONLY").is_none() {
+                let t = Instant::now();
+                dot_baseline(k, &m, &x, n_tokens, &mut y);
+                best_dot = best_dot.min(t.elapsed().as_secs_f64());
+            }
         }
         let gb = m.size_bytes() as f64 / 1e9;
         let gflop = 2.0 * rows as f64 * cols as f64 * n_tokens as f64 / 1e9;

@@ -5,7 +5,7 @@
 
 use crate::generate::FinishReason;
 use crate::request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
-use crate::sampling::sample;
+use crate::sampling::Sampler;
 use crate::text::StopMatcher;
 use chatglm_model::KvCache;
 use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer};
@@ -33,6 +33,7 @@ pub(crate) struct Sequence<'t> {
     params: RequestParams,
     max_new: usize,
     rng: StdRng,
+    sampler: Sampler,
     stops: StopMatcher,
     detok: Detokenizer<'t>,
     text: String,
@@ -59,6 +60,7 @@ impl<'t> Sequence<'t> {
             stops: StopMatcher::new(&request.params.stop),
             params: request.params,
             rng,
+            sampler: Sampler::new(),
             detok: Detokenizer::new(tokenizer),
             text: String::new(),
             emitted: 0,
@@ -87,7 +89,7 @@ impl<'t> Sequence<'t> {
     pub fn on_logits(&mut self, logits: &mut [f32], now: Instant) -> Progress {
         // Repetition penalty looks at the whole visible sequence (prompt + generated).
         let previous: &[u32] = if self.params.sampling.repetition_penalty != 1.0 { &self.tokens } else { &[] };
-        let token = sample(logits, &self.params.sampling, previous, &mut self.rng);
+        let token = self.sampler.sample(logits, &self.params.sampling, previous, &mut self.rng);
         self.first_token.get_or_insert(now);
         self.generated.push(token);
         let total = self.prompt_len + self.generated.len();

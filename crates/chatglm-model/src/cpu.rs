@@ -54,7 +54,10 @@ fn bad(tensor: &Tensor, message: String) -> ModelError {
 
 fn quantized<B: QuantBlock>(tensor: &Tensor, rows: usize, cols: usize) -> Result<Vec<B>, ModelError> {
     if cols % 32 != 0 {
-        return Err(bad(tensor, format!("{cols} columns is not a multiple of the 32-weight block; choose a float format")));
+        return Err(bad(
+            tensor,
+            format!("{cols} columns is not a multiple of the 32-weight block; choose a float format"),
+        ));
     }
     let mut row = vec![0.0f32; cols];
     let mut out = Vec::with_capacity(rows * cols / 32);
