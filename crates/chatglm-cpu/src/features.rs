@@ -80,6 +80,7 @@ pub struct Kernels {
     pub tiles_bf16: TileKernels<half::bf16, f32>,
     pub tiles_q8_0: TileKernels<dot::BlockQ8_0, dot::BlockQ8_0>,
     pub tiles_q4_0: TileKernels<dot::BlockQ4_0, dot::BlockQ8_0>,
+    pub packed_q4_0: crate::packed::PackedQ4_0Kernels,
 }
 
 impl Kernels {
@@ -103,6 +104,7 @@ impl Kernels {
             tiles_bf16: TileKernels::scalar(),
             tiles_q8_0: TileKernels::scalar(),
             tiles_q4_0: TileKernels::scalar(),
+            packed_q4_0: crate::packed::PackedQ4_0Kernels::scalar(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod features;
 pub mod matmul;
 pub mod matrix;
 pub mod ops;
+pub mod packed;
 mod quant_blocks;
 pub mod tile;
 

@@ -7,6 +7,7 @@
 use crate::dot::{BlockQ8_0, QK8_0};
 use crate::features::Kernels;
 use crate::matrix::{Matrix, MatrixData};
+use crate::packed::{padded_blocks, pair_q8_blocks, PackedQ4_0, PackedQ4_0Kernels, Q8Pair};
 use crate::tile::{TileKernels, TILE_ROWS};
 use rayon::prelude::*;
 
@@ -15,6 +16,7 @@ use rayon::prelude::*;
 #[derive(Default)]
 pub struct MatmulScratch {
     q8: Vec<BlockQ8_0>,
+    pairs: Vec<Q8Pair>,
 }
 
 /// Output rows handed to one task. Small enough to balance load across
@@ -48,7 +50,16 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
             (kernels.quantize_row_q8_0)(xr, qr);
         }
     }
+    let pairs_per_row = padded_blocks(cols) / 2;
+    if let MatrixData::Q4_0Packed(_) = &w.data {
+        let blocks_per_row = cols / QK8_0;
+        scratch.pairs.resize(n_tokens * pairs_per_row, Q8Pair::default());
+        for (qr, pr) in scratch.q8.chunks_exact(blocks_per_row).zip(scratch.pairs.chunks_exact_mut(pairs_per_row)) {
+            pair_q8_blocks(qr, pr);
+        }
+    }
     let q8 = &scratch.q8;
+    let pairs = &scratch.pairs;
     let out = OutPtr(y.as_mut_ptr());
     let n_tasks = rows.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().for_each(|task| {
@@ -74,6 +85,9 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
             }
             MatrixData::Q4_0(s) => {
                 tiled(s.as_slice(), q8, cols / QK8_0, &kernels.tiles_q4_0, kernels.dot_q4_0, n_tokens, rows, &write)
+            }
+            MatrixData::Q4_0Packed(p) => {
+                packed_rows(p, &kernels.packed_q4_0, pairs, pairs_per_row, n_tokens, rows, &write)
             }
             MatrixData::Q4_1(s) => quantized_rows(s.as_slice(), kernels.dot_q4_1, q8, cols, n_tokens, rows, &write),
             MatrixData::Q5_0(s) => quantized_rows(s.as_slice(), kernels.dot_q5_0, q8, cols, n_tokens, rows, &write),
@@ -131,6 +145,53 @@ fn tiled<W, X>(
             }
         }
         t += nt;
+    }
+}
+
+/// One task's rows of a packed q4_0 matrix: 4×2 tiles for batches, one row
+/// at a time (in memory order) for a single token.
+fn packed_rows(
+    w: &PackedQ4_0,
+    kernels: &PackedQ4_0Kernels,
+    x: &[Q8Pair],
+    np: usize,
+    n_tokens: usize,
+    rows: std::ops::Range<usize>,
+    write: &dyn Fn(usize, usize, f32),
+) {
+    let row = |r: usize| w.rows_data(r, 1);
+    if n_tokens == 1 {
+        for r in rows {
+            let (s, q) = row(r);
+            write(0, r, (kernels.dot)(s, q, &x[..np]));
+        }
+        return;
+    }
+    let full_tiles_end = rows.start + (rows.len() / TILE_ROWS) * TILE_ROWS;
+    let mut out = [0.0f32; TILE_ROWS * 2];
+    let mut t = 0;
+    while t + 2 <= n_tokens {
+        let xt = &x[t * np..(t + 2) * np];
+        for r in (rows.start..full_tiles_end).step_by(TILE_ROWS) {
+            let (s, q) = w.rows_data(r, TILE_ROWS);
+            (kernels.t2)(s, q, xt, np, &mut out);
+            for i in 0..TILE_ROWS {
+                write(t, r + i, out[i * 2]);
+                write(t + 1, r + i, out[i * 2 + 1]);
+            }
+        }
+        for r in full_tiles_end..rows.end {
+            let (s, q) = row(r);
+            write(t, r, (kernels.dot)(s, q, &xt[..np]));
+            write(t + 1, r, (kernels.dot)(s, q, &xt[np..]));
+        }
+        t += 2;
+    }
+    if t < n_tokens {
+        for r in rows {
+            let (s, q) = row(r);
+            write(t, r, (kernels.dot)(s, q, &x[t * np..(t + 1) * np]));
+        }
     }
 }
 

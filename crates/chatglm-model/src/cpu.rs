@@ -7,6 +7,7 @@ use crate::{Backend, ModelError, SequenceInput};
 use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::ops::{self, RopeTable};
+use chatglm_cpu::packed::PackedQ4_0;
 use chatglm_cpu::{Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock};
 use chatglm_weights::{DType, Tensor};
@@ -148,7 +149,10 @@ impl Backend for CpuBackend {
             (WeightFormat::F16, DType::F16) => MatrixData::F16(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::BF16, DType::BF16) => MatrixData::BF16(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::Q8_0, DType::Q8_0) => MatrixData::Q8_0(Storage::from_tensor_data(t.data.clone())),
-            (WeightFormat::Q4_0, DType::Q4_0) => MatrixData::Q4_0(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::Q4_0, DType::Q4_0) => {
+                let blocks: Vec<BlockQ4_0> = bytemuck::pod_collect_to_vec(&t.data);
+                MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&blocks, rows, cols))
+            }
             (WeightFormat::Q4_1, DType::Q4_1) => MatrixData::Q4_1(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::Q5_0, DType::Q5_0) => MatrixData::Q5_0(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::Q5_1, DType::Q5_1) => MatrixData::Q5_1(Storage::from_tensor_data(t.data.clone())),
@@ -158,7 +162,9 @@ impl Backend for CpuBackend {
             (WeightFormat::F16, _) => MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?)),
             (WeightFormat::BF16, _) => MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?)),
             (WeightFormat::Q8_0, _) => MatrixData::Q8_0(Storage::Owned(quantized::<BlockQ8_0>(t, rows, cols)?)),
-            (WeightFormat::Q4_0, _) => MatrixData::Q4_0(Storage::Owned(quantized::<BlockQ4_0>(t, rows, cols)?)),
+            (WeightFormat::Q4_0, _) => {
+                MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&quantized::<BlockQ4_0>(t, rows, cols)?, rows, cols))
+            }
             (WeightFormat::Q4_1, _) => MatrixData::Q4_1(Storage::Owned(quantized::<BlockQ4_1>(t, rows, cols)?)),
             (WeightFormat::Q5_0, _) => MatrixData::Q5_0(Storage::Owned(quantized::<BlockQ5_0>(t, rows, cols)?)),
             (WeightFormat::Q5_1, _) => MatrixData::Q5_1(Storage::Owned(quantized::<BlockQ5_1>(t, rows, cols)?)),
@@ -214,7 +220,7 @@ impl Backend for CpuBackend {
                 };
                 return self.load_matrix(&t, format).expect("invariant: synthetic shapes are multiples of 32");
             }
-            WeightFormat::Q4_0 => MatrixData::Q4_0(Storage::Owned(random_vec(rows * cols / 32, seed, |r| {
+            WeightFormat::Q4_0 => MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&random_vec(rows * cols / 32, seed, |r| {
                 let mut b: BlockQ4_0 = bytemuck::Zeroable::zeroed();
                 b.d = f16::from_f32(0.02 / 8.0);
                 let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -222,7 +228,7 @@ impl Backend for CpuBackend {
                     *q = bits.rotate_left(i as u32 * 4) as u8;
                 }
                 b
-            }))),
+            }), rows, cols)),
         };
         Matrix { rows, cols, data }
     }

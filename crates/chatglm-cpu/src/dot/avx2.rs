@@ -29,6 +29,7 @@ pub fn kernels() -> Kernels {
         tiles_bf16: crate::tile::avx2::bf16_tiles(),
         tiles_q8_0: crate::tile::avx2::q8_0_tiles(),
         tiles_q4_0: crate::tile::avx2::q4_0_tiles(),
+        packed_q4_0: crate::packed::avx2::kernels(),
     }
 }
 
