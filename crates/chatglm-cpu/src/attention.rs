@@ -9,27 +9,87 @@ use crate::features::Kernels;
 use half::f16;
 
 /// Positions per tile; `TILE × 4` bytes of scores per head stay in L1.
-const TILE: usize = 64;
+pub const TILE: usize = 64;
 /// Query heads processed together against one KV group.
-const MAX_HEADS_PER_PASS: usize = 16;
+pub const MAX_HEADS_PER_PASS: usize = 16;
 
 /// An element type the KV cache can be stored in.
 pub trait KvElem: bytemuck::Pod + Send + Sync {
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
-    fn dot(kernels: &Kernels, k: &[Self], q: &[f32]) -> f32;
-    /// `acc += a · v`.
-    fn axpy(kernels: &Kernels, a: f32, v: &[Self], acc: &mut [f32]);
+    /// The attention block kernels for this element type.
+    fn block_kernels(kernels: &Kernels) -> &AttentionKernels<Self>;
+}
+
+/// `scores[h][p] = k[p·stride ..][..hd] · q[h]` for `p < len`, `h < nh`.
+pub type ScoresFn<T> = fn(k: &[T], stride: usize, len: usize, q: &[f32], nh: usize, hd: usize, scores: &mut Scores);
+/// `out[h] += Σ_p e[h][p] · v[p·stride ..][..hd]` for `p < len`, `h < nh`.
+pub type WeightedSumFn<T> = fn(e: &Scores, len: usize, v: &[T], stride: usize, nh: usize, hd: usize, out: &mut [f32]);
+/// Scores of up to [`MAX_HEADS_PER_PASS`] heads over one tile of positions.
+pub type Scores = [[f32; TILE]; MAX_HEADS_PER_PASS];
+
+/// Block kernels over a tile of positions for one KV element type.
+#[derive(Clone, Copy)]
+pub struct AttentionKernels<T: 'static> {
+    pub scores: ScoresFn<T>,
+    pub weighted_sum: WeightedSumFn<T>,
+}
+
+impl<T: KvElem + ToF32> AttentionKernels<T> {
+    pub const fn scalar() -> Self {
+        Self { scores: scalar_scores::<T>, weighted_sum: scalar_weighted_sum::<T> }
+    }
+}
+
+/// Element → f32 for the scalar reference kernels.
+pub trait ToF32: Copy {
+    fn f32(self) -> f32;
+}
+impl ToF32 for f32 {
+    fn f32(self) -> f32 {
+        self
+    }
+}
+impl ToF32 for f16 {
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+fn scalar_scores<T: ToF32>(k: &[T], stride: usize, len: usize, q: &[f32], nh: usize, hd: usize, scores: &mut Scores) {
+    for p in 0..len {
+        let kp = &k[p * stride..p * stride + hd];
+        for (h, row) in scores.iter_mut().enumerate().take(nh) {
+            row[p] = kp.iter().zip(&q[h * hd..(h + 1) * hd]).map(|(a, b)| a.f32() * b).sum();
+        }
+    }
+}
+
+fn scalar_weighted_sum<T: ToF32>(
+    e: &Scores,
+    len: usize,
+    v: &[T],
+    stride: usize,
+    nh: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    for p in 0..len {
+        let vp = &v[p * stride..p * stride + hd];
+        for h in 0..nh {
+            let w = e[h][p];
+            for (o, x) in out[h * hd..(h + 1) * hd].iter_mut().zip(vp) {
+                *o += w * x.f32();
+            }
+        }
+    }
 }
 
 impl KvElem for f32 {
     fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
     }
-    fn dot(kernels: &Kernels, k: &[Self], q: &[f32]) -> f32 {
-        (kernels.dot_f32)(k, q)
-    }
-    fn axpy(kernels: &Kernels, a: f32, v: &[Self], acc: &mut [f32]) {
-        (kernels.axpy_f32)(a, v, acc)
+    fn block_kernels(kernels: &Kernels) -> &AttentionKernels<Self> {
+        &kernels.attention_f32
     }
 }
 
@@ -39,11 +99,8 @@ impl KvElem for f16 {
             *d = f16::from_f32(s);
         }
     }
-    fn dot(kernels: &Kernels, k: &[Self], q: &[f32]) -> f32 {
-        (kernels.dot_f16)(k, q)
-    }
-    fn axpy(kernels: &Kernels, a: f32, v: &[Self], acc: &mut [f32]) {
-        (kernels.axpy_f16)(a, v, acc)
+    fn block_kernels(kernels: &Kernels) -> &AttentionKernels<Self> {
+        &kernels.attention_f16
     }
 }
 
@@ -83,35 +140,29 @@ pub fn attend_group<T: KvElem>(
         let mut scores = [[0.0f32; TILE]; MAX_HEADS_PER_PASS];
         let out = &mut out[h0 * hd..(h0 + nh) * hd];
         out.fill(0.0);
+        let block = T::block_kernels(kernels);
+        let q = &q[h0 * hd..(h0 + nh) * hd];
         for start in (0..n_ctx).step_by(TILE) {
             let len = (n_ctx - start).min(TILE);
-            #[allow(clippy::needless_range_loop)]
-            for p in 0..len {
-                let off = (start + p) * kv_stride + group * hd;
-                let k = &keys[off..off + hd];
-                for h in 0..nh {
-                    let qh = &q[(h0 + h) * hd..(h0 + h + 1) * hd];
-                    scores[h][p] = T::dot(kernels, k, qh) * scale;
-                }
-            }
+            let off = start * kv_stride + group * hd;
+            (block.scores)(&keys[off..], kv_stride, len, q, nh, hd, &mut scores);
             for h in 0..nh {
                 let s = &mut scores[h][..len];
+                s.iter_mut().for_each(|v| *v *= scale);
                 let tile_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let new_max = max[h].max(tile_max);
                 let correction = (max[h] - new_max).exp();
                 max[h] = new_max;
                 denom[h] *= correction;
-                let acc = &mut out[h * hd..(h + 1) * hd];
                 if correction != 1.0 {
-                    acc.iter_mut().for_each(|v| *v *= correction);
+                    out[h * hd..(h + 1) * hd].iter_mut().for_each(|v| *v *= correction);
                 }
-                for (p, sp) in s.iter_mut().enumerate() {
-                    let e = (*sp - new_max).exp();
-                    denom[h] += e;
-                    let off = (start + p) * kv_stride + group * hd;
-                    T::axpy(kernels, e, &values[off..off + hd], acc);
+                for e in s.iter_mut() {
+                    *e = (*e - new_max).exp();
+                    denom[h] += *e;
                 }
             }
+            (block.weighted_sum)(&scores, len, &values[off..], kv_stride, nh, hd, out);
         }
         for h in 0..nh {
             let inv = 1.0 / denom[h];

@@ -81,6 +81,8 @@ pub struct Kernels {
     pub tiles_q8_0: TileKernels<dot::BlockQ8_0, dot::BlockQ8_0>,
     pub tiles_q4_0: TileKernels<dot::BlockQ4_0, dot::BlockQ8_0>,
     pub packed_q4_0: crate::packed::PackedQ4_0Kernels,
+    pub attention_f32: crate::attention::AttentionKernels<f32>,
+    pub attention_f16: crate::attention::AttentionKernels<half::f16>,
 }
 
 impl Kernels {
@@ -105,6 +107,8 @@ impl Kernels {
             tiles_q8_0: TileKernels::scalar(),
             tiles_q4_0: TileKernels::scalar(),
             packed_q4_0: crate::packed::PackedQ4_0Kernels::scalar(),
+            attention_f32: crate::attention::AttentionKernels::scalar(),
+            attention_f16: crate::attention::AttentionKernels::scalar(),
         }
     }
 

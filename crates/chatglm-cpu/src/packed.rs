@@ -107,7 +107,8 @@ pub fn pair_q8_blocks(x: &[BlockQ8_0], out: &mut [Q8Pair]) {
         pair.hi[..16].copy_from_slice(&a.qs[16..]);
         pair.hi[16..].copy_from_slice(&b.qs[16..]);
         for i in 0..16 {
-            let s = pair.lo[2 * i] as i16 + pair.lo[2 * i + 1] as i16 + pair.hi[2 * i] as i16 + pair.hi[2 * i + 1] as i16;
+            let s =
+                pair.lo[2 * i] as i16 + pair.lo[2 * i + 1] as i16 + pair.hi[2 * i] as i16 + pair.hi[2 * i + 1] as i16;
             pair.x8[i] = 8 * s;
         }
         let (da, db) = (a.d.to_f32(), b.d.to_f32());

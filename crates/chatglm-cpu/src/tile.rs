@@ -77,6 +77,7 @@ pub mod avx2 {
     //! tables built after a run-time feature check.
 
     use super::{TileKernels, TILE_ROWS};
+    use crate::attention::{AttentionKernels, Scores, MAX_HEADS_PER_PASS, TILE};
     use crate::dot::{BlockQ4_0, BlockQ8_0};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
@@ -257,6 +258,147 @@ pub mod avx2 {
             for t in 0..T {
                 out[r * T + t] = hsum(acc[r][t]);
             }
+        }
+    }
+
+    /// Attention scores over a tile of positions: 4 positions × 2 heads per
+    /// inner step (8 accumulators), so each key chunk is converted once for
+    /// two heads and each query chunk loaded once for four positions.
+    #[inline(always)]
+    unsafe fn scores<T: Load8>(
+        k: &[T],
+        stride: usize,
+        len: usize,
+        q: &[f32],
+        nh: usize,
+        hd: usize,
+        scores: &mut Scores,
+    ) {
+        debug_assert!(hd % 8 == 0 && len <= TILE && nh <= MAX_HEADS_PER_PASS);
+        debug_assert!(len == 0 || k.len() >= (len - 1) * stride + hd);
+        let (pk, pq) = (k.as_ptr(), q.as_ptr());
+        let mut p = 0;
+        while p < len {
+            let np = (len - p).min(4);
+            let mut h = 0;
+            while h < nh {
+                let nhh = (nh - h).min(2);
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for d in (0..hd).step_by(8) {
+                    let q0 = _mm256_loadu_ps(pq.add(h * hd + d));
+                    let q1 = if nhh == 2 { _mm256_loadu_ps(pq.add((h + 1) * hd + d)) } else { _mm256_setzero_ps() };
+                    for (i, acc_i) in acc.iter_mut().enumerate().take(np) {
+                        let kv = T::load8(pk.add((p + i) * stride + d));
+                        acc_i[0] = _mm256_fmadd_ps(kv, q0, acc_i[0]);
+                        acc_i[1] = _mm256_fmadd_ps(kv, q1, acc_i[1]);
+                    }
+                }
+                for i in 0..np {
+                    scores[h][p + i] = hsum(acc[i][0]);
+                    if nhh == 2 {
+                        scores[h + 1][p + i] = hsum(acc[i][1]);
+                    }
+                }
+                h += 2;
+            }
+            p += 4;
+        }
+    }
+
+    /// `out[h] += Σ_p e[h][p]·v[p]`: 16 dimensions × 4 heads per pass (8
+    /// accumulators), each value chunk converted once for four heads.
+    #[inline(always)]
+    unsafe fn weighted_sum<T: Load8>(
+        e: &Scores,
+        len: usize,
+        v: &[T],
+        stride: usize,
+        nh: usize,
+        hd: usize,
+        out: &mut [f32],
+    ) {
+        debug_assert!(hd % 16 == 0 && out.len() >= nh * hd);
+        debug_assert!(len == 0 || v.len() >= (len - 1) * stride + hd);
+        let (pv, po) = (v.as_ptr(), out.as_mut_ptr());
+        let mut h = 0;
+        while h < nh {
+            let nhh = (nh - h).min(4);
+            for d in (0..hd).step_by(16) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for p in 0..len {
+                    let v0 = T::load8(pv.add(p * stride + d));
+                    let v1 = T::load8(pv.add(p * stride + d + 8));
+                    for (i, acc_i) in acc.iter_mut().enumerate().take(nhh) {
+                        let w = _mm256_set1_ps(e[h + i][p]);
+                        acc_i[0] = _mm256_fmadd_ps(w, v0, acc_i[0]);
+                        acc_i[1] = _mm256_fmadd_ps(w, v1, acc_i[1]);
+                    }
+                }
+                for (i, acc_i) in acc.iter().enumerate().take(nhh) {
+                    let o = po.add((h + i) * hd + d);
+                    _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), acc_i[0]));
+                    _mm256_storeu_ps(o.add(8), _mm256_add_ps(_mm256_loadu_ps(o.add(8)), acc_i[1]));
+                }
+            }
+            h += 4;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_f32(k: &[f32], stride: usize, len: usize, q: &[f32], nh: usize, hd: usize, s: &mut Scores) {
+        scores::<f32>(k, stride, len, q, nh, hd, s)
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_f16(k: &[f16], stride: usize, len: usize, q: &[f32], nh: usize, hd: usize, s: &mut Scores) {
+        scores::<f16>(k, stride, len, q, nh, hd, s)
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wsum_f32(e: &Scores, len: usize, v: &[f32], stride: usize, nh: usize, hd: usize, out: &mut [f32]) {
+        weighted_sum::<f32>(e, len, v, stride, nh, hd, out)
+    }
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wsum_f16(e: &Scores, len: usize, v: &[f16], stride: usize, nh: usize, hd: usize, out: &mut [f32]) {
+        weighted_sum::<f16>(e, len, v, stride, nh, hd, out)
+    }
+
+    /// AVX2 attention kernels for an f32 cache; the scalar ones when the head
+    /// size is not a multiple of 16.
+    pub fn attention_f32() -> AttentionKernels<f32> {
+        AttentionKernels {
+            scores: |k, st, len, q, nh, hd, s| {
+                if hd % 16 == 0 {
+                    unsafe { scores_f32(k, st, len, q, nh, hd, s) }
+                } else {
+                    (AttentionKernels::<f32>::scalar().scores)(k, st, len, q, nh, hd, s)
+                }
+            },
+            weighted_sum: |e, len, v, st, nh, hd, o| {
+                if hd % 16 == 0 {
+                    unsafe { wsum_f32(e, len, v, st, nh, hd, o) }
+                } else {
+                    (AttentionKernels::<f32>::scalar().weighted_sum)(e, len, v, st, nh, hd, o)
+                }
+            },
+        }
+    }
+
+    /// AVX2 attention kernels for an f16 cache.
+    pub fn attention_f16() -> AttentionKernels<f16> {
+        AttentionKernels {
+            scores: |k, st, len, q, nh, hd, s| {
+                if hd % 16 == 0 {
+                    unsafe { scores_f16(k, st, len, q, nh, hd, s) }
+                } else {
+                    (AttentionKernels::<f16>::scalar().scores)(k, st, len, q, nh, hd, s)
+                }
+            },
+            weighted_sum: |e, len, v, st, nh, hd, o| {
+                if hd % 16 == 0 {
+                    unsafe { wsum_f16(e, len, v, st, nh, hd, o) }
+                } else {
+                    (AttentionKernels::<f16>::scalar().weighted_sum)(e, len, v, st, nh, hd, o)
+                }
+            },
         }
     }
 

@@ -3,7 +3,7 @@
 use chatglm_cpu::attention::{attend_group, attend_group_reference, AttentionShape};
 use chatglm_cpu::dot::{scalar, BlockQ4_0, BlockQ8_0};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
-use chatglm_cpu::packed::{pair_q8_blocks, padded_blocks, PackedQ4_0, Q8Pair};
+use chatglm_cpu::packed::{padded_blocks, pair_q8_blocks, PackedQ4_0, Q8Pair};
 use chatglm_cpu::{CpuFeatures, Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_1, BlockQ5_0, BlockQ5_1, QuantBlock};
 use half::{bf16, f16};
@@ -158,7 +158,8 @@ fn matmul_tiles_match_scalar_reference() {
     let mut rng = Rng(4);
     let scalar = Kernels::scalar();
     for k in tables() {
-        for &(rows, cols, n_tokens) in &[(1, 32, 1), (7, 64, 3), (21, 96, 5), (37, 160, 2), (64, 4096, 1), (9, 4096, 4)] {
+        for &(rows, cols, n_tokens) in &[(1, 32, 1), (7, 64, 3), (21, 96, 5), (37, 160, 2), (64, 4096, 1), (9, 4096, 4)]
+        {
             let w = rng.vec(rows * cols);
             let x = rng.vec(n_tokens * cols);
             for format in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_0p", "q4_1", "q5_0", "q5_1"] {
@@ -180,7 +181,9 @@ fn matmul_tiles_match_scalar_reference() {
 fn attention_matches_f64_reference() {
     let mut rng = Rng(5);
     for k in tables() {
-        for &(n_heads, n_groups, hd, n_ctx) in &[(4, 2, 16, 1), (4, 2, 16, 70), (32, 2, 128, 130), (6, 3, 8, 200)] {
+        for &(n_heads, n_groups, hd, n_ctx) in
+            &[(4, 2, 16, 1), (4, 2, 16, 70), (32, 2, 128, 130), (6, 3, 8, 200), (9, 3, 32, 67), (5, 1, 48, 3)]
+        {
             let shape = AttentionShape { n_heads, n_groups, head_dim: hd };
             let hpg = n_heads / n_groups;
             let keys = rng.vec(n_ctx * n_groups * hd);
