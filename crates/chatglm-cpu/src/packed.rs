@@ -123,9 +123,9 @@ pub fn dot_packed_scalar(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Pair]) -> f32 {
         for half in 0..2 {
             let b = 2 * p + half;
             let mut isum = 0i32;
-            for j in 0..16 {
-                let lo = (qs[b][j] & 0x0f) as i32 - 8;
-                let hi = (qs[b][j] >> 4) as i32 - 8;
+            for (j, &byte) in qs[b].iter().enumerate() {
+                let lo = (byte & 0x0f) as i32 - 8;
+                let hi = (byte >> 4) as i32 - 8;
                 isum += lo * pair.lo[half * 16 + j] as i32 + hi * pair.hi[half * 16 + j] as i32;
             }
             sum += isum as f32 * scales[b].to_f32() * pair.d[half * 4];

@@ -325,6 +325,7 @@ pub mod avx2 {
             let nhh = (nh - h).min(4);
             for d in (0..hd).step_by(16) {
                 let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                #[allow(clippy::needless_range_loop)] // p indexes e's rows and v's positions
                 for p in 0..len {
                     let v0 = T::load8(pv.add(p * stride + d));
                     let v1 = T::load8(pv.add(p * stride + d + 8));
