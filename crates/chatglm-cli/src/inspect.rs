@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Model folder or hub id.
+    /// Model folder, .gguf file or hub id.
     #[arg(short = 'm', long = "model", default_value = crate::args::DEFAULT_MODEL)]
     pub model: String,
     /// Print JSON instead of text.
@@ -19,16 +19,53 @@ pub struct InspectArgs {
 const FORMATS: [(&str, f64); 5] =
     [("f32", 4.0), ("f16", 2.0), ("bf16", 2.0), ("q8_0", 34.0 / 32.0), ("q4_0", 18.0 / 32.0)];
 
-pub fn run(args: InspectArgs) -> Result<()> {
-    let dir =
-        chatglm_weights::hub::resolve(&args.model).with_context(|| format!("cannot find model `{}`", args.model))?;
+/// What `inspect` needs from a checkpoint folder or a GGUF file.
+struct Summary {
+    path: std::path::PathBuf,
+    format: String,
+    config: chatglm_weights::ModelConfig,
+    tensors: Vec<chatglm_weights::Tensor>,
+    bytes: u64,
+    shapes: Result<(), chatglm_weights::WeightsError>,
+}
+
+fn summarize(spec: &str) -> Result<Summary> {
+    let path = std::path::Path::new(spec);
+    if path.is_file() {
+        let model = chatglm_weights::gguf::GgufModel::open(path)?;
+        let tensors: Vec<_> = model.tensors().cloned().collect();
+        let bytes = tensors.iter().map(|t| t.n_bytes() as u64).sum();
+        return Ok(Summary {
+            path: path.to_path_buf(),
+            format: "GGUF".into(),
+            config: model.config.clone(),
+            tensors,
+            bytes,
+            // GgufModel::open has checked every shape against the config.
+            shapes: Ok(()),
+        });
+    }
+    let dir = chatglm_weights::hub::resolve(spec).with_context(|| format!("cannot find model `{spec}`"))?;
     let ckpt = Checkpoint::open(&dir)?;
-    let shapes = ckpt.validate_shapes();
-    let cfg = &ckpt.config;
+    Ok(Summary {
+        path: dir,
+        format: format!("{:?}", ckpt.format),
+        config: ckpt.config.clone(),
+        tensors: ckpt.tensors().cloned().collect(),
+        bytes: ckpt.total_bytes(),
+        shapes: ckpt.validate_shapes(),
+    })
+}
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    let summary = summarize(&args.model)?;
+    let dir = &summary.path;
+    let shapes = &summary.shapes;
+    let cfg = &summary.config;
     let mut dtypes: BTreeMap<&str, usize> = BTreeMap::new();
     let mut params: u64 = 0;
     let mut matrix_params: u64 = 0;
-    for t in ckpt.tensors() {
+    for t in &summary.tensors {
         *dtypes.entry(dtype_name(t.dtype)).or_default() += 1;
         params += t.n_elements() as u64;
         if t.shape.len() == 2 {
@@ -42,7 +79,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     if args.json {
         let v = serde_json::json!({
             "path": dir,
-            "format": format!("{:?}", ckpt.format),
+            "format": summary.format,
             "config": {
                 "num_layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
                 "num_attention_heads": cfg.num_attention_heads, "kv_channels": cfg.kv_channels,
@@ -50,10 +87,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 "padded_vocab_size": cfg.padded_vocab_size, "seq_length": cfg.seq_length,
                 "layernorm_epsilon": cfg.layernorm_epsilon, "rope_ratio": cfg.rope_ratio,
             },
-            "tensors": ckpt.len(),
+            "tensors": summary.tensors.len(),
             "dtypes": dtypes,
             "parameters": params,
-            "bytes": ckpt.total_bytes(),
+            "bytes": summary.bytes,
             "shapes_ok": shapes.is_ok(),
             "shape_error": shapes.as_ref().err().map(|e| e.to_string()),
             "estimated_bytes": estimates.iter().map(|(n, b)| (n.to_string(), *b)).collect::<BTreeMap<_, _>>(),
@@ -63,7 +100,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!("model      {}", dir.display());
-    println!("format     {:?}", ckpt.format);
+    println!("format     {}", summary.format);
     println!(
         "config     {} layers, hidden {}, {} heads x {}, {} KV groups, ffn {}, vocab {}, context {}, eps {}, rope_ratio {}",
         cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.kv_channels, cfg.multi_query_group_num,
@@ -71,12 +108,12 @@ pub fn run(args: InspectArgs) -> Result<()> {
     );
     println!(
         "tensors    {} ({})",
-        ckpt.len(),
+        summary.tensors.len(),
         dtypes.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
     );
     println!("parameters {} ({:.2} B)", params, params as f64 / 1e9);
-    println!("bytes      {} ({})", ckpt.total_bytes(), human(ckpt.total_bytes()));
-    match &shapes {
+    println!("bytes      {} ({})", summary.bytes, human(summary.bytes));
+    match shapes {
         Ok(()) => println!("shapes     all match config.json"),
         Err(e) => println!("shapes     MISMATCH: {e}"),
     }

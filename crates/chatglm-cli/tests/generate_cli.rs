@@ -152,6 +152,17 @@ fn inspect_reports_the_checkpoint() {
     assert_eq!(v["tensors"], 18); // 2 layers × 7 + embedding, final norm, output, rotary inv_freq
     assert_eq!(v["config"]["num_layers"], 2);
     assert_eq!(v["shapes_ok"], true);
+
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("dev-q8_0.gguf");
+    let gguf = gguf.to_str().unwrap();
+    let (_, err, ok) = chatglm(&["quantize", "-m", &dev_model(), "--dtype", "q8_0", "-o", gguf], "");
+    assert!(ok, "{err}");
+    let (out, err, ok) = chatglm(&["inspect", "-m", gguf, "--json"], "");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["format"], "GGUF");
+    assert_eq!(v["config"]["hidden_size"], 64);
 }
 
 #[test]
