@@ -4,12 +4,18 @@
 #   bench/vs_chatglm_cpp.sh [CHECKPOINT_DIR]          (default /work/synth6b, f16 safetensors shards)
 #
 # Phases (each skipped when its outputs exist, so only the first run is slow):
-#   1. build  chatglm.cpp 0.4.2 from its PyPI sdist (CMake, native ggml flags) -> $WORK/build/bin/{main,cgbench}
-#             plus the LD_PRELOAD thread shim and the memory-bandwidth probe   (~20+ min on 2 cores, under nice)
+#   1. build  chatglm.cpp 0.4.2 from its PyPI sdist with CMake (bench/chatglm_cpp/CMakeLists.txt wraps it) ->
+#             $WORK/build/bin/{main,cgbench}, plus the LD_PRELOAD thread shim and the memory-bandwidth probe.
+#             ggml's own Linux flags apply (-mavx -mavx2 -mfma -mf16c -msse3 from /proc/cpuinfo; never AVX-512),
+#             as in `pip install chatglm-cpp`. 11 min on the 2-core machine under nice with other builds running.
 #   2. convert the checkpoint with chatglm.cpp's own converter (chatglm_cpp/convert.py, ChatGLM2Converter),
 #             fed by stand-ins that read safetensors lazily, one tensor at a time -> $WORK/models/chatglm2-<fmt>.bin
+#             (needs torch in $WORK/venv: PyPI's wheel brings CUDA libraries, 5.5 GB; 1.5-8 min per format, 4 GB RSS)
 #   3. measure: memory read bandwidth, then for each format/thread count chatglm.cpp and ChatGLM.rs back to back,
-#             then print a markdown table (also saved under $WORK/results/).
+#             memory bandwidth again, then a markdown table (results under $WORK/results/run-*.{jsonl,md}).
+#             Best of several runs: python3 bench/chatglm_cpp/table.py RUN1.jsonl RUN2.jsonl ... [CHECKPOINT_DIR]
+#
+# Measurement only (after the first full run):  PHASES=measure bench/vs_chatglm_cpp.sh
 #
 # Environment:
 #   WORK=/work/chatglm-cpp-work   build products, venv, converted models, results (keep it outside the repo)

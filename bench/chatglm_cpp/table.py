@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Markdown table from a bench/vs_chatglm_cpp.sh results file (JSON lines).
 
-    table.py RESULTS.jsonl [CHECKPOINT_DIR]
+    table.py RESULTS.jsonl [MORE.jsonl ...] [CHECKPOINT_DIR]
+
+With several results files, each cell keeps the best run of that engine/format/threads/phase (best-of across runs
+on a shared machine); the memory bandwidth is the best probe of all files.
 
 Decode GB/s = weight bytes streamed per decoded token (the figure ChatGLM.rs reports for that format, used for both
 engines) / time per token, and its % of this machine's memory read bandwidth at the same thread count. Prefill rows
@@ -24,9 +27,12 @@ def matrix_params(ckpt):
 
 
 def main():
-    rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-    meta = next((r for r in rows if r["phase"] == "meta"), {})
-    ckpt = sys.argv[2] if len(sys.argv) > 2 else None
+    files = [a for a in sys.argv[1:] if a.endswith(".jsonl")]
+    dirs = [a for a in sys.argv[1:] if not a.endswith(".jsonl")]
+    rows = [json.loads(line) for fn in files for line in open(fn) if line.strip()]
+    metas = [r for r in rows if r["phase"] == "meta"]
+    meta = metas[0] if metas else {}
+    ckpt = dirs[0] if dirs else None
     bw = {}
     for r in rows:
         if r["phase"] == "membw":
@@ -35,7 +41,12 @@ def main():
     wbytes = {}
     for r in rows:
         if r["phase"] in ("decode", "prefill"):
-            res[(r["phase"], r["format"], r["threads"], r["engine"])] = r["result"]
+            k = (r["phase"], r["format"], r["threads"], r["engine"])
+            new, old = r["result"], res.get(k)
+            score = (lambda x: -x["decode_ms_per_token_best"]) if r["phase"] == "decode" else (
+                lambda x: x["prefill_tokens_per_s_best"])
+            if old is None or (new is not None and score(new) > score(old)):
+                res[k] = new
             if r["engine"] == "ChatGLM.rs" and r["result"]:
                 wbytes[r["format"]] = r["result"]["weight_bytes_per_token"]
                 ckpt = ckpt or r["result"].get("source")
@@ -92,13 +103,15 @@ def main():
         if r and phase == "decode" and t == max(x[2] for x in res):
             rss.append(f"{eng} {f} {r['peak_rss_bytes'] / 2**30:.1f} GiB")
     if rss:
-        notes.append("Peak RSS (decode runs; ChatGLM.rs quantizes the mapped f16 checkpoint at load, and the mapped "
-                     "pages it touched count too; chatglm.cpp maps its converted file): " + ", ".join(rss))
+        notes.append("Peak RSS (decode runs at the highest thread count; ChatGLM.rs reads the f16 safetensors and "
+                     "quantizes at load, chatglm.cpp maps its converted file): " + ", ".join(rss))
     if meta:
         notes.append(f"Decode: {meta.get('gen_len')} greedy tokens after a {meta.get('decode_prompt_len')}-token prompt, "
-                     f"EOS ignored; best of {meta.get('repeat')} run(s) per process. Load average at start: "
-                     f"{meta.get('loadavg')}; ChatGLM.rs at {meta.get('ours_git')}; {meta.get('cpu')}, "
-                     f"{meta.get('nproc')} CPUs; {meta.get('date')}.")
+                     f"EOS ignored; best of {meta.get('repeat')} run(s) per process"
+                     + (f", best of {len(metas)} invocations" if len(metas) > 1 else "")
+                     + ". Load average at start: " + "; ".join(m.get("loadavg", "?") for m in metas)
+                     + f"; ChatGLM.rs at {', '.join(sorted({m.get('ours_git', '?') for m in metas}))}; "
+                     f"{meta.get('cpu')}, {meta.get('nproc')} CPUs; " + ", ".join(m.get("date", "?") for m in metas) + ".")
     print("\n".join(out))
     print()
     for n in notes:
