@@ -11,6 +11,8 @@ pub struct CpuFeatures {
     pub fma: bool,
     pub f16c: bool,
     pub avx512f: bool,
+    pub avx512bw: bool,
+    pub avx512vl: bool,
     pub avx512vnni: bool,
     pub neon: bool,
 }
@@ -25,6 +27,8 @@ impl CpuFeatures {
                 fma: is_x86_feature_detected!("fma"),
                 f16c: is_x86_feature_detected!("f16c"),
                 avx512f: is_x86_feature_detected!("avx512f"),
+                avx512bw: is_x86_feature_detected!("avx512bw"),
+                avx512vl: is_x86_feature_detected!("avx512vl"),
                 avx512vnni: is_x86_feature_detected!("avx512vnni"),
                 neon: false,
             }
@@ -37,6 +41,11 @@ impl CpuFeatures {
         {
             Self::default()
         }
+    }
+
+    /// True when the AVX-512 VNNI kernels can run (on top of the AVX2 set).
+    pub fn has_avx512_vnni_set(&self) -> bool {
+        self.has_avx2_set() && self.avx512f && self.avx512bw && self.avx512vl && self.avx512vnni
     }
 
     /// True when the AVX2 kernels (which also need FMA and F16C) can run.
@@ -114,6 +123,15 @@ impl Kernels {
 
     /// The best kernels for `features`.
     pub fn for_features(features: CpuFeatures) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if features.has_avx512_vnni_set() {
+            // AVX2 everywhere, plus VNNI where int8 dot products dominate.
+            return Kernels {
+                name: "avx512-vnni",
+                packed_q4_0: crate::packed::avx512::kernels(),
+                ..dot::avx2::kernels()
+            };
+        }
         #[cfg(target_arch = "x86_64")]
         if features.has_avx2_set() {
             return dot::avx2::kernels();

@@ -7,7 +7,7 @@
 use crate::dot::{BlockQ8_0, QK8_0};
 use crate::features::Kernels;
 use crate::matrix::{Matrix, MatrixData};
-use crate::packed::{padded_blocks, pair_q8_blocks, PackedQ4_0, PackedQ4_0Kernels, Q8Pair};
+use crate::packed::{padded_blocks, quad_q8_blocks, PackedQ4_0, PackedQ4_0Kernels, Q8Quad};
 use crate::tile::{TileKernels, TILE_ROWS};
 use rayon::prelude::*;
 
@@ -16,7 +16,7 @@ use rayon::prelude::*;
 #[derive(Default)]
 pub struct MatmulScratch {
     q8: Vec<BlockQ8_0>,
-    pairs: Vec<Q8Pair>,
+    quads: Vec<Q8Quad>,
 }
 
 /// Output rows handed to one task. Small enough to balance load across
@@ -50,16 +50,16 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
             (kernels.quantize_row_q8_0)(xr, qr);
         }
     }
-    let pairs_per_row = padded_blocks(cols) / 2;
+    let quads_per_row = padded_blocks(cols) / 4;
     if let MatrixData::Q4_0Packed(_) = &w.data {
         let blocks_per_row = cols / QK8_0;
-        scratch.pairs.resize(n_tokens * pairs_per_row, Q8Pair::default());
-        for (qr, pr) in scratch.q8.chunks_exact(blocks_per_row).zip(scratch.pairs.chunks_exact_mut(pairs_per_row)) {
-            pair_q8_blocks(qr, pr);
+        scratch.quads.resize(n_tokens * quads_per_row, Q8Quad::default());
+        for (qr, pr) in scratch.q8.chunks_exact(blocks_per_row).zip(scratch.quads.chunks_exact_mut(quads_per_row)) {
+            quad_q8_blocks(qr, pr);
         }
     }
     let q8 = &scratch.q8;
-    let pairs = &scratch.pairs;
+    let quads = &scratch.quads;
     let out = OutPtr(y.as_mut_ptr());
     let n_tasks = rows.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().for_each(|task| {
@@ -87,7 +87,7 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
                 tiled(s.as_slice(), q8, cols / QK8_0, &kernels.tiles_q4_0, kernels.dot_q4_0, n_tokens, rows, &write)
             }
             MatrixData::Q4_0Packed(p) => {
-                packed_rows(p, &kernels.packed_q4_0, pairs, pairs_per_row, n_tokens, rows, &write)
+                packed_rows(p, &kernels.packed_q4_0, quads, quads_per_row, n_tokens, rows, &write)
             }
             MatrixData::Q4_1(s) => quantized_rows(s.as_slice(), kernels.dot_q4_1, q8, cols, n_tokens, rows, &write),
             MatrixData::Q5_0(s) => quantized_rows(s.as_slice(), kernels.dot_q5_0, q8, cols, n_tokens, rows, &write),
@@ -153,7 +153,7 @@ fn tiled<W, X>(
 fn packed_rows(
     w: &PackedQ4_0,
     kernels: &PackedQ4_0Kernels,
-    x: &[Q8Pair],
+    x: &[Q8Quad],
     np: usize,
     n_tokens: usize,
     rows: std::ops::Range<usize>,

@@ -1,34 +1,34 @@
 //! q4_0 weights repacked for speed: each row's f16 scales in one array and
 //! its nibbles in another, so 32 consecutive bytes hold two whole blocks.
 //!
-//! With the nibbles of blocks `2p` and `2p+1` side by side, one 32-byte load
-//! masked with 0x0F yields weights 0..16 of both blocks and the shifted copy
-//! yields weights 16..32 of both; activations are rearranged once per call
-//! into the matching [`Q8Pair`] layout. A pair of blocks then costs one
-//! multiply-add chain instead of two, which is what decode (compute-bound
-//! at q4_0 on AVX2) needs. Bits per weight are unchanged (4.5).
+//! With the nibbles of consecutive blocks side by side, one load masked with
+//! 0x0F yields weights 0..16 of several blocks and the shifted copy weights
+//! 16..32; activations are rearranged once per call into the matching
+//! [`Q8Quad`] layout (4 blocks: 2 pairs for 256-bit AVX2, one 512-bit
+//! AVX-512 register). Several blocks then share one multiply-add chain,
+//! which is what decode (compute-bound at q4_0) needs. Bits per weight are
+//! unchanged (4.5).
 
 use crate::dot::{BlockQ4_0, BlockQ8_0};
 use half::f16;
 
-/// A q4_0 matrix in the split layout. Rows are padded to an even number of
+/// A q4_0 matrix in the split layout. Rows are padded to a multiple of 4
 /// blocks with zero-scale, zero-weight blocks.
 #[derive(Clone, Debug)]
 pub struct PackedQ4_0 {
     pub rows: usize,
-    /// Blocks per row, padded to even.
+    /// Blocks per row, padded to a multiple of 4.
     pub blocks_per_row: usize,
-    /// `(rows, blocks_per_row)` scales, plus 4 zero entries so kernels may
-    /// load 4 scales at the last pair.
+    /// `(rows, blocks_per_row)` scales, plus 4 zero entries of slack.
     pub scales: Vec<f16>,
     /// `(rows, blocks_per_row)` × 16 bytes, ggml nibble order per block
     /// (byte j: weight j in the low nibble, weight j+16 in the high one).
     pub qs: Vec<[u8; 16]>,
 }
 
-/// Blocks per row once padded to an even count.
+/// Blocks per row once padded to a multiple of 4.
 pub fn padded_blocks(cols: usize) -> usize {
-    (cols / 32).div_ceil(2) * 2
+    (cols / 32).div_ceil(4) * 4
 }
 
 impl PackedQ4_0 {
@@ -69,76 +69,75 @@ impl PackedQ4_0 {
     /// Scales and nibbles of rows `r0..r0 + n`.
     pub fn rows_data(&self, r0: usize, n: usize) -> (&[f16], &[[u8; 16]]) {
         let nbp = self.blocks_per_row;
-        // Scales keep their 4-entry tail so the last pair's 4-scale load stays in bounds.
         (&self.scales[r0 * nbp..(r0 + n) * nbp + 4], &self.qs[r0 * nbp..(r0 + n) * nbp])
     }
 }
 
-/// Two q8_0 activation blocks rearranged to match [`PackedQ4_0`]'s pairs.
-#[repr(C, align(32))]
+/// Four q8_0 activation blocks rearranged to match [`PackedQ4_0`].
+///
+/// Byte `16m + j` of `lo` is value `j` of block `m`, of `hi` value `16 + j`;
+/// so 32-bit lane `i` of a 4-byte dot product (`maddubs`+`madd` on AVX2,
+/// `vpdpbusd` with VNNI) belongs to block `i / 4`.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
-pub struct Q8Pair {
-    /// Values 0..16 of block `2p`, then values 0..16 of block `2p+1`.
-    pub lo: [i8; 32],
-    /// Values 16..32 of block `2p`, then of block `2p+1`.
-    pub hi: [i8; 32],
-    /// `8·(lo[2i] + lo[2i+1] + hi[2i] + hi[2i+1])`: the q4_0 offset (−8)
+pub struct Q8Quad {
+    pub lo: [i8; 64],
+    pub hi: [i8; 64],
+    /// Lane `i`: `8 · Σ (lo[4i..4i+4] + hi[4i..4i+4])`, the q4_0 offset (−8)
     /// applied once per activation instead of once per weight row.
-    pub x8: [i16; 16],
-    /// `d_{2p}` in lanes 0..4, `d_{2p+1}` in lanes 4..8.
-    pub d: [f32; 8],
+    pub x8: [i32; 16],
+    /// Lane `i`: the scale of block `i / 4`.
+    pub d: [f32; 16],
 }
 
-impl Default for Q8Pair {
+impl Default for Q8Quad {
     fn default() -> Self {
-        Self { lo: [0; 32], hi: [0; 32], x8: [0; 16], d: [0.0; 8] }
+        Self { lo: [0; 64], hi: [0; 64], x8: [0; 16], d: [0.0; 16] }
     }
 }
 
-/// Rearranges one activation row's q8_0 blocks into pairs (`out.len()` =
-/// padded blocks / 2; a missing odd block is zero).
-pub fn pair_q8_blocks(x: &[BlockQ8_0], out: &mut [Q8Pair]) {
-    for (p, pair) in out.iter_mut().enumerate() {
-        let zero = BlockQ8_0 { d: f16::ZERO, qs: [0; 32] };
-        let a = x.get(2 * p).unwrap_or(&zero);
-        let b = x.get(2 * p + 1).unwrap_or(&zero);
-        pair.lo[..16].copy_from_slice(&a.qs[..16]);
-        pair.lo[16..].copy_from_slice(&b.qs[..16]);
-        pair.hi[..16].copy_from_slice(&a.qs[16..]);
-        pair.hi[16..].copy_from_slice(&b.qs[16..]);
-        for i in 0..16 {
-            let s =
-                pair.lo[2 * i] as i16 + pair.lo[2 * i + 1] as i16 + pair.hi[2 * i] as i16 + pair.hi[2 * i + 1] as i16;
-            pair.x8[i] = 8 * s;
+/// Rearranges one activation row's q8_0 blocks into quads (`out.len()` =
+/// padded blocks / 4; missing blocks are zero).
+pub fn quad_q8_blocks(x: &[BlockQ8_0], out: &mut [Q8Quad]) {
+    let zero = BlockQ8_0 { d: f16::ZERO, qs: [0; 32] };
+    for (q, quad) in out.iter_mut().enumerate() {
+        for m in 0..4 {
+            let b = x.get(4 * q + m).unwrap_or(&zero);
+            quad.lo[16 * m..16 * m + 16].copy_from_slice(&b.qs[..16]);
+            quad.hi[16 * m..16 * m + 16].copy_from_slice(&b.qs[16..]);
+            let d = b.d.to_f32();
+            quad.d[4 * m..4 * m + 4].copy_from_slice(&[d; 4]);
         }
-        let (da, db) = (a.d.to_f32(), b.d.to_f32());
-        pair.d = [da, da, da, da, db, db, db, db];
+        for i in 0..16 {
+            let s: i32 = (0..4).map(|j| quad.lo[4 * i + j] as i32 + quad.hi[4 * i + j] as i32).sum();
+            quad.x8[i] = 8 * s;
+        }
     }
 }
 
-/// Reference dot of one packed row (`scales`, `qs`: one row's blocks) with paired activations.
-pub fn dot_packed_scalar(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Pair]) -> f32 {
+/// Reference dot of one packed row (`scales`, `qs`: one row's blocks) with quad activations.
+pub fn dot_packed_scalar(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
     let mut sum = 0.0f32;
-    for (p, pair) in x.iter().enumerate() {
-        for half in 0..2 {
-            let b = 2 * p + half;
+    for (q, quad) in x.iter().enumerate() {
+        for m in 0..4 {
+            let b = 4 * q + m;
             let mut isum = 0i32;
             for (j, &byte) in qs[b].iter().enumerate() {
                 let lo = (byte & 0x0f) as i32 - 8;
                 let hi = (byte >> 4) as i32 - 8;
-                isum += lo * pair.lo[half * 16 + j] as i32 + hi * pair.hi[half * 16 + j] as i32;
+                isum += lo * quad.lo[16 * m + j] as i32 + hi * quad.hi[16 * m + j] as i32;
             }
-            sum += isum as f32 * scales[b].to_f32() * pair.d[half * 4];
+            sum += isum as f32 * scales[b].to_f32() * quad.d[4 * m];
         }
     }
     sum
 }
 
-/// A packed-q4_0 tile kernel: `(scales, qs, x, pairs_per_row, out)` over 4
-/// rows and T tokens (`x`: T rows of `pairs_per_row` pairs), `out[r*T + t]`.
-pub type PackedTileFn = fn(&[f16], &[[u8; 16]], &[Q8Pair], usize, &mut [f32]);
-/// Dot of one packed row with one paired activation row.
-pub type PackedDotFn = fn(&[f16], &[[u8; 16]], &[Q8Pair]) -> f32;
+/// A packed-q4_0 tile kernel: `(scales, qs, x, quads_per_row, out)` over 4
+/// rows and 2 tokens (`x`: 2 rows of `quads_per_row` quads), `out[r*2 + t]`.
+pub type PackedTileFn = fn(&[f16], &[[u8; 16]], &[Q8Quad], usize, &mut [f32]);
+/// Dot of one packed row with one quad activation row.
+pub type PackedDotFn = fn(&[f16], &[[u8; 16]], &[Q8Quad]) -> f32;
 
 /// The packed-q4_0 kernels of one instruction set.
 #[derive(Clone, Copy)]
@@ -147,11 +146,11 @@ pub struct PackedQ4_0Kernels {
     pub t2: PackedTileFn,
 }
 
-fn scalar_t2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Pair], np: usize, out: &mut [f32]) {
-    let nb = 2 * np;
+fn scalar_t2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+    let nb = 4 * nq;
     for r in 0..4 {
         for t in 0..2 {
-            out[r * 2 + t] = dot_packed_scalar(&scales[r * nb..], &qs[r * nb..(r + 1) * nb], &x[t * np..(t + 1) * np]);
+            out[r * 2 + t] = dot_packed_scalar(&scales[r * nb..], &qs[r * nb..(r + 1) * nb], &x[t * nq..(t + 1) * nq]);
         }
     }
 }
@@ -164,17 +163,17 @@ impl PackedQ4_0Kernels {
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    //! AVX2 packed-q4_0 kernels; reached only through tables built after a
-    //! run-time feature check.
+    //! AVX2 packed-q4_0 kernels (a quad as two 256-bit halves); reached only
+    //! through tables built after a run-time feature check.
 
-    use super::{PackedQ4_0Kernels, Q8Pair};
+    use super::{PackedQ4_0Kernels, Q8Quad};
     use half::f16;
     use std::arch::x86_64::*;
 
     pub fn kernels() -> PackedQ4_0Kernels {
         PackedQ4_0Kernels {
             dot: |s, q, x| unsafe { dot(s, q, x) },
-            t2: |s, q, x, np, o| unsafe { tile_4x2(s, q, x, np, o) },
+            t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
         }
     }
 
@@ -187,7 +186,7 @@ pub mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// `[d_{2p} ×4, d_{2p+1} ×4]` from the f16 scales at `s` (reads 4).
+    /// `[d_b ×4, d_{b+1} ×4]` from the f16 scales at `s` (reads 4).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn pair_scales(s: *const f16) -> __m256 {
@@ -195,18 +194,20 @@ pub mod avx2 {
         _mm256_permutevar8x32_ps(_mm256_castps128_ps256(four), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1))
     }
 
-    /// Σ over one pair of blocks: 8 f32 lanes (4 per block) still to be
-    /// scaled by the weight scales.
+    /// Half `k` of a quad (blocks 2k, 2k+1): 8 f32 lanes (4 per block), scaled
+    /// by the activation scales, still to be scaled by the weight scales.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn pair_products(lo: __m256i, hi: __m256i, x: &Q8Pair, ones: __m256i) -> __m256 {
+    unsafe fn half_products(lo: __m256i, hi: __m256i, x: &Q8Quad, k: usize, ones: __m256i) -> __m256 {
         let s16 = _mm256_add_epi16(
-            _mm256_maddubs_epi16(lo, _mm256_load_si256(x.lo.as_ptr() as *const __m256i)),
-            _mm256_maddubs_epi16(hi, _mm256_load_si256(x.hi.as_ptr() as *const __m256i)),
+            _mm256_maddubs_epi16(lo, _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i)),
+            _mm256_maddubs_epi16(hi, _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i)),
         );
-        let s16 = _mm256_sub_epi16(s16, _mm256_load_si256(x.x8.as_ptr() as *const __m256i));
-        let f = _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones));
-        _mm256_mul_ps(f, _mm256_load_ps(x.d.as_ptr()))
+        let s32 = _mm256_sub_epi32(
+            _mm256_madd_epi16(s16, ones),
+            _mm256_load_si256(x.x8.as_ptr().add(8 * k) as *const __m256i),
+        );
+        _mm256_mul_ps(_mm256_cvtepi32_ps(s32), _mm256_load_ps(x.d.as_ptr().add(8 * k)))
     }
 
     #[inline]
@@ -217,39 +218,126 @@ pub mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Pair]) -> f32 {
-        let np = x.len().min(qs.len() / 2);
-        debug_assert!(scales.len() >= 2 * np + 2);
+    unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
+        let nq = x.len().min(qs.len() / 4);
+        debug_assert!(scales.len() >= 4 * nq + 2);
         let ones = _mm256_set1_epi16(1);
         let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); 2];
-        for p in 0..np {
-            let (lo, hi) = nibbles(qs.as_ptr().add(2 * p), mask);
-            let prod = pair_products(lo, hi, x.get_unchecked(p), ones);
-            acc[p & 1] = _mm256_fmadd_ps(prod, pair_scales(scales.as_ptr().add(2 * p)), acc[p & 1]);
+        for q in 0..nq {
+            let xq = x.get_unchecked(q);
+            for (k, acc_k) in acc.iter_mut().enumerate() {
+                let b = 4 * q + 2 * k;
+                let (lo, hi) = nibbles(qs.as_ptr().add(b), mask);
+                let prod = half_products(lo, hi, xq, k, ones);
+                *acc_k = _mm256_fmadd_ps(prod, pair_scales(scales.as_ptr().add(b)), *acc_k);
+            }
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Pair], np: usize, out: &mut [f32]) {
-        let nb = 2 * np;
-        debug_assert!(qs.len() >= 4 * nb && scales.len() >= 4 * nb + 2 && x.len() >= 2 * np && out.len() >= 8);
+    unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+        let nb = 4 * nq;
+        debug_assert!(qs.len() >= 4 * nb && scales.len() >= 4 * nb + 2 && x.len() >= 2 * nq && out.len() >= 8);
         let ones = _mm256_set1_epi16(1);
         let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for p in 0..np {
-            let (x0, x1) = (x.get_unchecked(p), x.get_unchecked(np + p));
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let (lo, hi) = nibbles(qs.as_ptr().add(r * nb + 2 * p), mask);
-                let dw = pair_scales(scales.as_ptr().add(r * nb + 2 * p));
-                acc_r[0] = _mm256_fmadd_ps(pair_products(lo, hi, x0, ones), dw, acc_r[0]);
-                acc_r[1] = _mm256_fmadd_ps(pair_products(lo, hi, x1, ones), dw, acc_r[1]);
+        for q in 0..nq {
+            let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
+            for k in 0..2 {
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let b = r * nb + 4 * q + 2 * k;
+                    let (lo, hi) = nibbles(qs.as_ptr().add(b), mask);
+                    let dw = pair_scales(scales.as_ptr().add(b));
+                    acc_r[0] = _mm256_fmadd_ps(half_products(lo, hi, x0, k, ones), dw, acc_r[0]);
+                    acc_r[1] = _mm256_fmadd_ps(half_products(lo, hi, x1, k, ones), dw, acc_r[1]);
+                }
             }
         }
         for r in 0..4 {
             out[r * 2] = hsum(acc[r][0]);
             out[r * 2 + 1] = hsum(acc[r][1]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    //! AVX-512 (F, BW, VL, VNNI) packed-q4_0 kernels: a quad of blocks per
+    //! 512-bit register, `vpdpbusd` for the 4-byte dot products. Reached only
+    //! through tables built after a run-time feature check.
+
+    use super::{PackedQ4_0Kernels, Q8Quad};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    pub fn kernels() -> PackedQ4_0Kernels {
+        PackedQ4_0Kernels {
+            dot: |s, q, x| unsafe { dot(s, q, x) },
+            t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
+        }
+    }
+
+    /// `[d_b ×4, …, d_{b+3} ×4]` from the f16 scales at `s`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn quad_scales(s: *const f16) -> __m512 {
+        let four = _mm_cvtph_ps(_mm_loadl_epi64(s as *const __m128i));
+        let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(four))
+    }
+
+    /// 16 f32 lanes (4 per block) of a quad, scaled by the activation scales.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn products(lo: __m512i, hi: __m512i, x: &Q8Quad) -> __m512 {
+        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(x.lo.as_ptr() as *const _));
+        let s = _mm512_dpbusd_epi32(s, hi, _mm512_load_si512(x.hi.as_ptr() as *const _));
+        let s = _mm512_sub_epi32(s, _mm512_load_si512(x.x8.as_ptr() as *const _));
+        _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_load_ps(x.d.as_ptr()))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn nibbles(q: *const [u8; 16], mask: __m512i) -> (__m512i, __m512i) {
+        let v = _mm512_loadu_si512(q as *const _);
+        (_mm512_and_si512(v, mask), _mm512_and_si512(_mm512_srli_epi16(v, 4), mask))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
+        let nq = x.len().min(qs.len() / 4);
+        debug_assert!(scales.len() >= 4 * nq + 4);
+        let mask = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for q in 0..nq {
+            let (lo, hi) = nibbles(qs.as_ptr().add(4 * q), mask);
+            let prod = products(lo, hi, x.get_unchecked(q));
+            acc[q & 1] = _mm512_fmadd_ps(prod, quad_scales(scales.as_ptr().add(4 * q)), acc[q & 1]);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+        let nb = 4 * nq;
+        debug_assert!(qs.len() >= 4 * nb && scales.len() >= 4 * nb + 4 && x.len() >= 2 * nq && out.len() >= 8);
+        let mask = _mm512_set1_epi8(0x0f);
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        for q in 0..nq {
+            let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let b = r * nb + 4 * q;
+                let (lo, hi) = nibbles(qs.as_ptr().add(b), mask);
+                let dw = quad_scales(scales.as_ptr().add(b));
+                acc_r[0] = _mm512_fmadd_ps(products(lo, hi, x0), dw, acc_r[0]);
+                acc_r[1] = _mm512_fmadd_ps(products(lo, hi, x1), dw, acc_r[1]);
+            }
+        }
+        for r in 0..4 {
+            out[r * 2] = _mm512_reduce_add_ps(acc[r][0]);
+            out[r * 2 + 1] = _mm512_reduce_add_ps(acc[r][1]);
         }
     }
 }

@@ -3,7 +3,7 @@
 use chatglm_cpu::attention::{attend_group, attend_group_reference, AttentionShape};
 use chatglm_cpu::dot::{scalar, BlockQ4_0, BlockQ8_0};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
-use chatglm_cpu::packed::{padded_blocks, pair_q8_blocks, PackedQ4_0, Q8Pair};
+use chatglm_cpu::packed::{padded_blocks, quad_q8_blocks, PackedQ4_0, Q8Quad};
 use chatglm_cpu::{CpuFeatures, Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_1, BlockQ5_0, BlockQ5_1, QuantBlock};
 use half::{bf16, f16};
@@ -26,8 +26,14 @@ fn tables() -> Vec<Kernels> {
     let mut v = vec![Kernels::scalar()];
     let f = CpuFeatures::detect();
     if f.has_avx2_set() {
+        v.push(Kernels::for_features(CpuFeatures { avx512f: false, avx512vnni: false, ..f }));
+    }
+    if f.has_avx512_vnni_set() {
         v.push(Kernels::for_features(f));
     } else {
+        eprintln!("note: no AVX-512 VNNI on this CPU; those kernels are not tested here");
+    }
+    if !f.has_avx2_set() {
         eprintln!("note: no AVX2 on this CPU; only the scalar kernels are tested");
     }
     v
@@ -248,7 +254,7 @@ fn ops_match_definitions() {
 fn packed_q4_0_matches_block_layout() {
     let mut rng = Rng(8);
     for k in tables() {
-        for cols in [32, 96, 4096, 13696] {
+        for cols in [32, 96, 160, 4096, 13696] {
             let rows = 4;
             let w = rng.vec(rows * cols);
             let blocks: Vec<BlockQ4_0> = quantize_row(&w);
@@ -259,10 +265,10 @@ fn packed_q4_0_matches_block_layout() {
             for t in 0..2 {
                 scalar::quantize_row_q8_0(&x[t * cols..(t + 1) * cols], &mut xq[t * nb..(t + 1) * nb]);
             }
-            let np = padded_blocks(cols) / 2;
-            let mut pairs = vec![Q8Pair::default(); 2 * np];
+            let np = padded_blocks(cols) / 4;
+            let mut pairs = vec![Q8Quad::default(); 2 * np];
             for t in 0..2 {
-                pair_q8_blocks(&xq[t * nb..(t + 1) * nb], &mut pairs[t * np..(t + 1) * np]);
+                quad_q8_blocks(&xq[t * nb..(t + 1) * nb], &mut pairs[t * np..(t + 1) * np]);
             }
             let mut tile = [0.0f32; 8];
             let (s4, q4) = packed.rows_data(0, 4);
