@@ -274,7 +274,7 @@ pub mod avx2 {
         hd: usize,
         scores: &mut Scores,
     ) {
-        debug_assert!(hd % 8 == 0 && len <= TILE && nh <= MAX_HEADS_PER_PASS);
+        debug_assert!(hd.is_multiple_of(8) && len <= TILE && nh <= MAX_HEADS_PER_PASS);
         debug_assert!(len == 0 || k.len() >= (len - 1) * stride + hd);
         let (pk, pq) = (k.as_ptr(), q.as_ptr());
         let mut p = 0;
@@ -317,7 +317,7 @@ pub mod avx2 {
         hd: usize,
         out: &mut [f32],
     ) {
-        debug_assert!(hd % 16 == 0 && out.len() >= nh * hd);
+        debug_assert!(hd.is_multiple_of(16) && out.len() >= nh * hd);
         debug_assert!(len == 0 || v.len() >= (len - 1) * stride + hd);
         let (pv, po) = (v.as_ptr(), out.as_mut_ptr());
         let mut h = 0;

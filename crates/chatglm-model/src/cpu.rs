@@ -54,7 +54,7 @@ fn bad(tensor: &Tensor, message: String) -> ModelError {
 }
 
 fn quantized<B: QuantBlock>(tensor: &Tensor, rows: usize, cols: usize) -> Result<Vec<B>, ModelError> {
-    if cols % 32 != 0 {
+    if !cols.is_multiple_of(32) {
         return Err(bad(
             tensor,
             format!("{cols} columns is not a multiple of the 32-weight block; choose a float format"),
@@ -76,7 +76,7 @@ const RELEASE_EVERY_ROWS: usize = 256;
 /// After row `r`, drops the source pages of the rows converted so far (in
 /// steps), so converting a mapped tensor never holds both copies in RSS.
 fn release_converted_rows(tensor: &Tensor, r: usize, cols: usize) {
-    if (r + 1) % RELEASE_EVERY_ROWS == 0 {
+    if (r + 1).is_multiple_of(RELEASE_EVERY_ROWS) {
         if let Some(row_bytes) = tensor.dtype.size_in_bytes(cols) {
             tensor.data.release_pages((r + 1 - RELEASE_EVERY_ROWS) * row_bytes..(r + 1) * row_bytes);
         }
@@ -220,15 +220,19 @@ impl Backend for CpuBackend {
                 };
                 return self.load_matrix(&t, format).expect("invariant: synthetic shapes are multiples of 32");
             }
-            WeightFormat::Q4_0 => MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&random_vec(rows * cols / 32, seed, |r| {
-                let mut b: BlockQ4_0 = bytemuck::Zeroable::zeroed();
-                b.d = f16::from_f32(0.02 / 8.0);
-                let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                for (i, q) in b.qs.iter_mut().enumerate() {
-                    *q = bits.rotate_left(i as u32 * 4) as u8;
-                }
-                b
-            }), rows, cols)),
+            WeightFormat::Q4_0 => MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(
+                &random_vec(rows * cols / 32, seed, |r| {
+                    let mut b: BlockQ4_0 = bytemuck::Zeroable::zeroed();
+                    b.d = f16::from_f32(0.02 / 8.0);
+                    let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    for (i, q) in b.qs.iter_mut().enumerate() {
+                        *q = bits.rotate_left(i as u32 * 4) as u8;
+                    }
+                    b
+                }),
+                rows,
+                cols,
+            )),
         };
         Matrix { rows, cols, data }
     }

@@ -184,13 +184,13 @@ impl ModelConfig {
                 return Err(unsupported(&path, "model_type", "\"chatglm\"".into(), format!("{t:?}")));
             }
         }
-        if self.num_attention_heads % self.multi_query_group_num != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.multi_query_group_num) {
             return Err(bad(format!(
                 "num_attention_heads ({}) must be a multiple of multi_query_group_num ({})",
                 self.num_attention_heads, self.multi_query_group_num
             )));
         }
-        if self.kv_channels % 4 != 0 {
+        if !self.kv_channels.is_multiple_of(4) {
             return Err(bad(format!(
                 "kv_channels must be a multiple of 4 (RoPE rotates pairs in the first half of each head), found {}",
                 self.kv_channels

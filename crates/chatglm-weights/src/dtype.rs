@@ -80,7 +80,7 @@ impl DType {
     /// `n_elements` is not a whole number of blocks.
     pub fn size_in_bytes(&self, n_elements: usize) -> Option<usize> {
         let block = self.block_elements();
-        if n_elements % block != 0 {
+        if !n_elements.is_multiple_of(block) {
             return None;
         }
         (n_elements / block).checked_mul(self.block_bytes())

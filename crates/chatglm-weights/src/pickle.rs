@@ -271,7 +271,7 @@ impl<'a> Machine<'a> {
 
     /// Sets key/value pairs on the dict on top of the stack.
     fn extend_dict(&mut self, items: Vec<Value>) -> Result<(), WeightsError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of values"));
         }
         let extra_depth = self.container_depth(items.iter().map(Value::depth))?;

@@ -160,7 +160,7 @@ pub fn serialize_safetensors(tensors: &[(&str, DType, &[usize], &[u8])]) -> Resu
     }
     let mut json = serde_json::Value::Object(header).to_string().into_bytes();
     // Pad the header with spaces so the data section starts 8-byte aligned.
-    while (8 + json.len()) % 8 != 0 {
+    while !(8 + json.len()).is_multiple_of(8) {
         json.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + json.len() + offset);

@@ -79,7 +79,7 @@ fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation], hot: usize) -> Vec<u8> {
             break;
         }
         let len = bytes.len();
-        let pick = |i: usize| if i % 4 != 0 { i % hot.min(len).max(1) } else { i % len };
+        let pick = |i: usize| if !i.is_multiple_of(4) { i % hot.min(len).max(1) } else { i % len };
         match *m {
             Mutation::Set(i, b) => {
                 let at = pick(i);

@@ -53,7 +53,7 @@ fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation], hot: usize) -> Vec<u8> {
             break;
         }
         let pick = |i: usize, len: usize| {
-            if i % 4 != 0 {
+            if !i.is_multiple_of(4) {
                 i % hot.min(len).max(1)
             } else {
                 i % len
