@@ -126,10 +126,15 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         if features.has_avx512_vnni_set() {
             // AVX2 everywhere, plus VNNI where int8 dot products dominate.
+            let base = dot::avx2::kernels();
             return Kernels {
                 name: "avx512-vnni",
                 packed_q4_0: crate::packed::avx512::kernels(),
-                ..dot::avx2::kernels()
+                tiles_f32: TileKernels { t4: Some(crate::tile512::f32_t4_fn()), ..base.tiles_f32 },
+                tiles_f16: TileKernels { t4: Some(crate::tile512::f16_t4_fn()), ..base.tiles_f16 },
+                tiles_bf16: TileKernels { t4: Some(crate::tile512::bf16_t4_fn()), ..base.tiles_bf16 },
+                tiles_q8_0: TileKernels { t4: Some(crate::tile512::q8_0_t4_fn()), ..base.tiles_q8_0 },
+                ..base
             };
         }
         #[cfg(target_arch = "x86_64")]

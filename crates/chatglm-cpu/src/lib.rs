@@ -21,6 +21,8 @@ pub mod ops;
 pub mod packed;
 mod quant_blocks;
 pub mod tile;
+#[cfg(target_arch = "x86_64")]
+pub mod tile512;
 
 pub use features::{CpuFeatures, Kernels};
 pub use matrix::{Matrix, MatrixData, Storage};

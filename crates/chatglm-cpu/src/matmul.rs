@@ -118,19 +118,23 @@ fn tiled<W, X>(
         }
         return;
     }
-    let mut out = [0.0f32; TILE_ROWS * 2];
+    let mut out = [0.0f32; TILE_ROWS * 4];
     let full_tiles_end = rows.start + (rows.len() / TILE_ROWS) * TILE_ROWS;
     let mut t = 0;
     while t < n_tokens {
-        let nt = if n_tokens - t >= 2 { 2 } else { 1 };
+        let nt = match (n_tokens - t, tiles.t4) {
+            (4.., Some(_)) => 4,
+            (2.., _) => 2,
+            _ => 1,
+        };
         let xt = &x[t * n..(t + nt) * n];
         let mut r = rows.start;
         while r < full_tiles_end {
             let wr = &w[r * n..(r + TILE_ROWS) * n];
-            if nt == 2 {
-                (tiles.t2)(wr, xt, n, &mut out);
-            } else {
-                (tiles.t1)(wr, xt, n, &mut out);
+            match (nt, tiles.t4) {
+                (4, Some(t4)) => t4(wr, xt, n, &mut out),
+                (2, _) => (tiles.t2)(wr, xt, n, &mut out),
+                _ => (tiles.t1)(wr, xt, n, &mut out),
             }
             for i in 0..TILE_ROWS {
                 for j in 0..nt {

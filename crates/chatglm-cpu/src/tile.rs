@@ -23,6 +23,8 @@ pub type TileFn<W, X> = fn(&[W], &[X], usize, &mut [f32]);
 pub struct TileKernels<W: 'static, X: 'static> {
     pub t1: TileFn<W, X>,
     pub t2: TileFn<W, X>,
+    /// 4 rows × 4 tokens, where the register file allows it (AVX-512).
+    pub t4: Option<TileFn<W, X>>,
 }
 
 /// A reference dot product for a (weight, activation) element pair.
@@ -67,7 +69,7 @@ pub fn scalar_tile<W: ScalarDot<X>, X, const T: usize>(w: &[W], x: &[X], n: usiz
 
 impl<W: ScalarDot<X> + 'static, X: 'static> TileKernels<W, X> {
     pub fn scalar() -> Self {
-        Self { t1: scalar_tile::<W, X, 1>, t2: scalar_tile::<W, X, 2> }
+        Self { t1: scalar_tile::<W, X, 1>, t2: scalar_tile::<W, X, 2>, t4: None }
     }
 }
 
@@ -407,30 +409,35 @@ pub mod avx2 {
         TileKernels {
             t1: |w, x, n, o| unsafe { f32_t::<1>(w, x, n, o) },
             t2: |w, x, n, o| unsafe { f32_t::<2>(w, x, n, o) },
+            t4: None,
         }
     }
     pub fn f16_tiles() -> TileKernels<f16, f32> {
         TileKernels {
             t1: |w, x, n, o| unsafe { f16_t::<1>(w, x, n, o) },
             t2: |w, x, n, o| unsafe { f16_t::<2>(w, x, n, o) },
+            t4: None,
         }
     }
     pub fn bf16_tiles() -> TileKernels<bf16, f32> {
         TileKernels {
             t1: |w, x, n, o| unsafe { bf16_t::<1>(w, x, n, o) },
             t2: |w, x, n, o| unsafe { bf16_t::<2>(w, x, n, o) },
+            t4: None,
         }
     }
     pub fn q8_0_tiles() -> TileKernels<BlockQ8_0, BlockQ8_0> {
         TileKernels {
             t1: |w, x, n, o| unsafe { q8_0_t::<1>(w, x, n, o) },
             t2: |w, x, n, o| unsafe { q8_0_t::<2>(w, x, n, o) },
+            t4: None,
         }
     }
     pub fn q4_0_tiles() -> TileKernels<BlockQ4_0, BlockQ8_0> {
         TileKernels {
             t1: |w, x, n, o| unsafe { q4_0_t::<1>(w, x, n, o) },
             t2: |w, x, n, o| unsafe { q4_0_t::<2>(w, x, n, o) },
+            t4: None,
         }
     }
 }
