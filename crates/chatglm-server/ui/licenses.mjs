@@ -22,7 +22,7 @@ with \`npm ci && node licenses.mjs\`.
 `;
 for (const [name, what] of [...bundled, ...buildOnly]) {
   const p = pkg(name);
-  out += `| `${name}` (npm) | ${p.version} | ${p.license} | ${what} |\n`;
+  out += `| \`${name}\` (npm) | ${p.version} | ${p.license} | ${what} |\n`;
 }
 out += `
 The page's own code (\`src/\`) is part of ChatGLM.rs (Apache-2.0). The CJK text uses the
