@@ -129,6 +129,7 @@ impl Kernels {
             let base = dot::avx2::kernels();
             return Kernels {
                 name: "avx512-vnni",
+                dot_f16: crate::tile512::dot_f16_fn(),
                 packed_q4_0: crate::packed::avx512::kernels(),
                 tiles_f32: TileKernels { t4: Some(crate::tile512::f32_t4_fn()), ..base.tiles_f32 },
                 tiles_f16: TileKernels { t4: Some(crate::tile512::f16_t4_fn()), ..base.tiles_f16 },
