@@ -167,6 +167,7 @@ pub mod avx2 {
     //! through tables built after a run-time feature check.
 
     use super::{PackedQ4_0Kernels, Q8Quad};
+    use crate::dot::avx2::hsum;
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -175,15 +176,6 @@ pub mod avx2 {
             dot: |s, q, x| unsafe { dot(s, q, x) },
             t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 
     /// `[d_b ×4, d_{b+1} ×4]` from the f16 scales at `s` (reads 4).

@@ -83,15 +83,7 @@ pub mod avx2 {
     use crate::dot::{BlockQ4_0, BlockQ8_0};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
+    use crate::dot::avx2::hsum;
 
     /// `d_w · d_x` (the f16 scales at the start of a weight and an
     /// activation block) broadcast to 8 lanes.

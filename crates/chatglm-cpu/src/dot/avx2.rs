@@ -35,9 +35,10 @@ pub fn kernels() -> Kernels {
     }
 }
 
+/// Sum of the 8 lanes (shared by every AVX2 kernel).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum(v: __m256) -> f32 {
     let lo = _mm256_castps256_ps128(v);
     let hi = _mm256_extractf128_ps(v, 1);
     let s = _mm_add_ps(lo, hi);
