@@ -80,10 +80,10 @@ pub mod avx2 {
 
     use super::{TileKernels, TILE_ROWS};
     use crate::attention::{AttentionKernels, Scores, MAX_HEADS_PER_PASS, TILE};
+    use crate::dot::avx2::hsum;
     use crate::dot::{BlockQ4_0, BlockQ8_0};
     use half::{bf16, f16};
     use std::arch::x86_64::*;
-    use crate::dot::avx2::hsum;
 
     /// `d_w · d_x` (the f16 scales at the start of a weight and an
     /// activation block) broadcast to 8 lanes.
