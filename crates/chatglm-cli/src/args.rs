@@ -21,7 +21,8 @@ pub struct ModelArgs {
     /// checkpoints are quantized while loading.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// KV-cache element type: f32 or f16 (default: f32 for f32 weights, else f16).
+    /// KV-cache element type: f32, f16 or q8_0 (default: f32 for f32 weights, else f16;
+    /// q8_0 halves f16's memory and needs a head size that is a multiple of 32).
     #[arg(long)]
     pub kv_dtype: Option<String>,
     /// Worker threads (default: the number of physical cores).

@@ -21,7 +21,7 @@ pub struct BenchArgs {
     /// Weight format: auto, f32, f16, bf16, q8_0, q4_0 (auto = as stored; f16 for --synthetic).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// KV-cache element type: f32 or f16.
+    /// KV-cache element type: f32, f16 or q8_0.
     #[arg(long, default_value = "f16")]
     pub kv_dtype: String,
     /// Worker threads (default: physical cores).
@@ -147,6 +147,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (p.model, spec)
     };
     let load = t_load.elapsed();
+    model.check_kv_dtype(kv_dtype)?;
     let cfg = model.config.clone();
     let vocab_for_prompt = cfg.padded_vocab_size.min(60000) as u64;
     let prompt: Vec<u32> =

@@ -5,6 +5,7 @@
 //! any context length fits in a fixed stack buffer. Each KV group's key and
 //! value rows are loaded once per tile for all the query heads sharing them.
 
+use crate::dot::BlockQ8_0;
 use crate::features::Kernels;
 use half::f16;
 
@@ -15,6 +16,10 @@ pub const MAX_HEADS_PER_PASS: usize = 16;
 
 /// An element type the KV cache can be stored in.
 pub trait KvElem: bytemuck::Pod + Send + Sync {
+    /// Values per stored unit (1 for floats, 32 for a q8_0 block). Strides
+    /// and head sizes passed to the kernels are in values.
+    const VALUES_PER_UNIT: usize = 1;
+    /// Stores `src` (a whole number of units) into `dst`.
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
     /// The attention block kernels for this element type.
     fn block_kernels(kernels: &Kernels) -> &AttentionKernels<Self>;
@@ -32,6 +37,64 @@ pub type Scores = [[f32; TILE]; MAX_HEADS_PER_PASS];
 pub struct AttentionKernels<T: 'static> {
     pub scores: ScoresFn<T>,
     pub weighted_sum: WeightedSumFn<T>,
+}
+
+impl KvElem for BlockQ8_0 {
+    const VALUES_PER_UNIT: usize = 32;
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        for (block, chunk) in dst.iter_mut().zip(src.chunks_exact(32)) {
+            *block = chatglm_weights::quant::QuantBlock::quantize(chunk);
+        }
+    }
+    fn block_kernels(kernels: &Kernels) -> &AttentionKernels<Self> {
+        &kernels.attention_q8_0
+    }
+}
+
+impl AttentionKernels<BlockQ8_0> {
+    /// The reference q8_0 KV kernels (keys and values dequantized on the fly).
+    pub const fn scalar_q8_0() -> Self {
+        Self { scores: scalar_scores_q8, weighted_sum: scalar_weighted_sum_q8 }
+    }
+}
+
+fn scalar_scores_q8(k: &[BlockQ8_0], stride: usize, len: usize, q: &[f32], nh: usize, hd: usize, scores: &mut Scores) {
+    let (stride_b, nb) = (stride / 32, hd / 32);
+    for p in 0..len {
+        let kp = &k[p * stride_b..p * stride_b + nb];
+        for (h, row) in scores.iter_mut().enumerate().take(nh) {
+            let qh = &q[h * hd..(h + 1) * hd];
+            row[p] = kp
+                .iter()
+                .zip(qh.chunks_exact(32))
+                .map(|(b, qc)| b.d.to_f32() * b.qs.iter().zip(qc).map(|(&v, &x)| v as f32 * x).sum::<f32>())
+                .sum();
+        }
+    }
+}
+
+fn scalar_weighted_sum_q8(
+    e: &Scores,
+    len: usize,
+    v: &[BlockQ8_0],
+    stride: usize,
+    nh: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    let (stride_b, nb) = (stride / 32, hd / 32);
+    for p in 0..len {
+        let vp = &v[p * stride_b..p * stride_b + nb];
+        for h in 0..nh {
+            let oh = &mut out[h * hd..(h + 1) * hd];
+            for (b, oc) in vp.iter().zip(oh.chunks_exact_mut(32)) {
+                let w = e[h][p] * b.d.to_f32();
+                for (o, &val) in oc.iter_mut().zip(&b.qs) {
+                    *o += w * val as f32;
+                }
+            }
+        }
+    }
 }
 
 impl<T: KvElem + ToF32> AttentionKernels<T> {
@@ -144,7 +207,7 @@ pub fn attend_group<T: KvElem>(
         let q = &q[h0 * hd..(h0 + nh) * hd];
         for start in (0..n_ctx).step_by(TILE) {
             let len = (n_ctx - start).min(TILE);
-            let off = start * kv_stride + group * hd;
+            let off = (start * kv_stride + group * hd) / T::VALUES_PER_UNIT;
             (block.scores)(&keys[off..], kv_stride, len, q, nh, hd, &mut scores);
             for h in 0..nh {
                 let s = &mut scores[h][..len];

@@ -92,6 +92,7 @@ pub struct Kernels {
     pub packed_q4_0: crate::packed::PackedQ4_0Kernels,
     pub attention_f32: crate::attention::AttentionKernels<f32>,
     pub attention_f16: crate::attention::AttentionKernels<half::f16>,
+    pub attention_q8_0: crate::attention::AttentionKernels<dot::BlockQ8_0>,
 }
 
 impl Kernels {
@@ -118,6 +119,7 @@ impl Kernels {
             packed_q4_0: crate::packed::PackedQ4_0Kernels::scalar(),
             attention_f32: crate::attention::AttentionKernels::scalar(),
             attention_f16: crate::attention::AttentionKernels::scalar(),
+            attention_q8_0: crate::attention::AttentionKernels::scalar_q8_0(),
         }
     }
 

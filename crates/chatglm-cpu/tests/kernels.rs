@@ -203,6 +203,20 @@ fn attention_matches_f64_reference() {
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() <= 1e-5, "{} attention f32 ctx {n_ctx}: {a} vs {b}", k.name);
                 }
+                if hd % 32 == 0 {
+                    // q8_0 cache: compare with the reference on the dequantized keys/values.
+                    let kq: Vec<BlockQ8_0> = quantize_row(&keys);
+                    let vq: Vec<BlockQ8_0> = quantize_row(&values);
+                    let (mut kd, mut vd) = (vec![0.0; keys.len()], vec![0.0; values.len()]);
+                    chatglm_weights::quant::dequantize_row(&kq, &mut kd);
+                    chatglm_weights::quant::dequantize_row(&vq, &mut vd);
+                    let mut want_q = vec![0.0; hpg * hd];
+                    attend_group_reference(shape, g, &q, &kd, &vd, n_ctx, &mut want_q);
+                    attend_group(&k, shape, g, &q, &kq, &vq, n_ctx, &mut got);
+                    for (a, b) in got.iter().zip(&want_q) {
+                        assert!((a - b).abs() <= 1e-4, "{} attention q8_0 ctx {n_ctx}: {a} vs {b}", k.name);
+                    }
+                }
                 let kh: Vec<f16> = keys.iter().map(|&v| f16::from_f32(v)).collect();
                 let vh: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
                 attend_group(&k, shape, g, &q, &kh, &vh, n_ctx, &mut got);

@@ -60,7 +60,7 @@ impl Pipeline<CpuBackend> {
         let tokenizer = gguf_vocab::tokenizer_from_gguf(&file.file)?;
         let backend = CpuBackend::for_config(&file.config);
         let model = Model::load(backend, &file, options.load, progress)?;
-        Ok(Self::assemble(model, tokenizer, options, spec))
+        Self::assemble(model, tokenizer, options, spec)
     }
 
     fn load_dir(
@@ -76,13 +76,19 @@ impl Pipeline<CpuBackend> {
         let tokenizer = ChatGlmTokenizer::from_file(&tok_path)?;
         let backend = CpuBackend::for_config(&ckpt.config);
         let model = Model::load(backend, &ckpt, options.load, progress)?;
-        Ok(Self::assemble(model, tokenizer, options, spec))
+        Self::assemble(model, tokenizer, options, spec)
     }
 
-    fn assemble(model: Model<CpuBackend>, tokenizer: ChatGlmTokenizer, options: PipelineOptions, spec: &str) -> Self {
+    fn assemble(
+        model: Model<CpuBackend>,
+        tokenizer: ChatGlmTokenizer,
+        options: PipelineOptions,
+        spec: &str,
+    ) -> Result<Self, EngineError> {
         let all_f32 = model.backend.matrix_format(&model.weights.output) == "f32"
             && model.weights.layers.iter().all(|l| model.backend.matrix_format(&l.qkv) == "f32");
         let kv_dtype = options.kv_dtype.unwrap_or(if all_f32 { KvDType::F32 } else { KvDType::F16 });
-        Self { model, tokenizer, kv_dtype, source: spec.to_string() }
+        model.check_kv_dtype(kv_dtype)?;
+        Ok(Self { model, tokenizer, kv_dtype, source: spec.to_string() })
     }
 }

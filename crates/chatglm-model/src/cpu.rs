@@ -329,6 +329,7 @@ impl Backend for CpuBackend {
             match (k, v) {
                 (KvStore::F32(k), KvStore::F32(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
                 (KvStore::F16(k), KvStore::F16(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
+                (KvStore::Q8_0(k), KvStore::Q8_0(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
                 _ => unreachable!("invariant: keys and values share the cache dtype"),
             }
         });
@@ -369,5 +370,6 @@ fn store(dst: &mut KvStore, range: std::ops::Range<usize>, src: &[f32]) {
     match dst {
         KvStore::F32(d) => f32::from_f32_slice(src, &mut d[range]),
         KvStore::F16(d) => f16::from_f32_slice(src, &mut d[range]),
+        KvStore::Q8_0(d) => BlockQ8_0::from_f32_slice(src, &mut d[range.start / 32..range.end.div_ceil(32)]),
     }
 }

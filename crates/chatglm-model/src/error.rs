@@ -10,8 +10,10 @@ pub enum ModelError {
     BadTensor { tensor: String, message: String },
     #[error("unknown weight format `{0}` (expected one of: auto, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1)")]
     UnknownFormat(String),
-    #[error("unknown KV-cache type `{0}` (expected f32 or f16)")]
+    #[error("unknown KV-cache type `{0}` (expected f32, f16 or q8_0)")]
     UnknownKvDType(String),
+    #[error("a {dtype} KV cache is not possible for this model: {reason}")]
+    UnsupportedKvDType { dtype: &'static str, reason: String },
     #[error("token id {id} is outside the vocabulary (size {vocab})")]
     TokenOutOfRange { id: u32, vocab: usize },
     #[error(

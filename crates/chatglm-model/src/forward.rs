@@ -106,6 +106,17 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// Checks that this model can cache keys and values as `dtype`.
+    pub fn check_kv_dtype(&self, dtype: KvDType) -> Result<(), ModelError> {
+        if dtype == KvDType::Q8_0 && self.config.kv_channels % 32 != 0 {
+            return Err(ModelError::UnsupportedKvDType {
+                dtype: dtype.name(),
+                reason: format!("the head size {} is not a multiple of 32", self.config.kv_channels),
+            });
+        }
+        Ok(())
+    }
+
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self, dtype: KvDType) -> KvCache {
         KvCache::new(self.config.num_layers, self.config.multi_query_group_num, self.config.kv_channels, dtype)
@@ -113,11 +124,8 @@ impl<B: Backend> Model<B> {
 
     /// Bytes of KV cache per token at `dtype`.
     pub fn kv_bytes_per_token(&self, dtype: KvDType) -> usize {
-        let elem = match dtype {
-            KvDType::F32 => 4,
-            KvDType::F16 => 2,
-        };
-        self.config.num_layers * 2 * self.config.multi_query_group_num * self.config.kv_channels * elem
+        let values = self.config.num_layers * 2 * self.config.multi_query_group_num * self.config.kv_channels;
+        (values as f64 * dtype.bytes_per_value()).ceil() as usize
     }
 
     /// Bytes of weight matrices (what a decode step streams).

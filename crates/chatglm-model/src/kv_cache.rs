@@ -1,6 +1,8 @@
 //! One sequence's keys and values, per layer, on the CPU.
 
 use crate::ModelError;
+use chatglm_cpu::dot::BlockQ8_0;
+use chatglm_weights::quant::QuantBlock;
 use half::f16;
 
 /// Element type of the KV cache.
@@ -11,6 +13,29 @@ pub enum KvDType {
     /// Half the memory (28 KiB per token for ChatGLM2-6B); the default for
     /// f16/bf16/quantized weights.
     F16,
+    /// q8_0 blocks of 32 values (8.5 bits per value: 15 KiB per token for
+    /// ChatGLM2-6B, 476 MiB for the full 32K context). Needs a head size that
+    /// is a multiple of 32.
+    Q8_0,
+}
+
+impl KvDType {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+        }
+    }
+
+    /// Bytes per cached value (keys or values).
+    pub fn bytes_per_value(&self) -> f64 {
+        match self {
+            Self::F32 => 4.0,
+            Self::F16 => 2.0,
+            Self::Q8_0 => 34.0 / 32.0,
+        }
+    }
 }
 
 impl std::str::FromStr for KvDType {
@@ -19,6 +44,7 @@ impl std::str::FromStr for KvDType {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(Self::F32),
             "f16" => Ok(Self::F16),
+            "q8_0" => Ok(Self::Q8_0),
             other => Err(ModelError::UnknownKvDType(other.to_string())),
         }
     }
@@ -28,6 +54,8 @@ impl std::str::FromStr for KvDType {
 pub(crate) enum KvStore {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// One block per 32 values.
+    Q8_0(Vec<BlockQ8_0>),
 }
 
 impl KvStore {
@@ -35,22 +63,25 @@ impl KvStore {
         match dtype {
             KvDType::F32 => Self::F32(Vec::new()),
             KvDType::F16 => Self::F16(Vec::new()),
+            KvDType::Q8_0 => Self::Q8_0(Vec::new()),
         }
     }
 
+    /// Resizes to hold `n` values.
     fn resize(&mut self, n: usize) {
         // Grow in steps so a long dialogue does not reallocate every token,
         // without the 2× over-allocation of Vec's doubling on large caches.
-        fn grow<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+        fn grow<T: bytemuck::Zeroable + Copy>(v: &mut Vec<T>, n: usize) {
             if n > v.capacity() {
                 let step = (v.capacity() / 4).max(4096);
                 v.reserve_exact((n - v.len()).max(step));
             }
-            v.resize(n, T::default());
+            v.resize(n, T::zeroed());
         }
         match self {
             Self::F32(v) => grow(v, n),
             Self::F16(v) => grow(v, n),
+            Self::Q8_0(v) => grow(v, n.div_ceil(32)),
         }
     }
 
@@ -58,6 +89,7 @@ impl KvStore {
         match self {
             Self::F32(v) => v.capacity() * 4,
             Self::F16(v) => v.capacity() * 2,
+            Self::Q8_0(v) => v.capacity() * std::mem::size_of::<BlockQ8_0>(),
         }
     }
 }
@@ -126,6 +158,10 @@ impl KvCache {
                 match store {
                     KvStore::F32(d) => d.iter_mut().for_each(|x| *x = next()),
                     KvStore::F16(d) => d.iter_mut().for_each(|x| *x = f16::from_f32(next())),
+                    KvStore::Q8_0(d) => d.iter_mut().for_each(|b| {
+                        let values: [f32; 32] = std::array::from_fn(|_| next());
+                        *b = QuantBlock::quantize(&values);
+                    }),
                 }
             }
         }

@@ -202,3 +202,47 @@ fn errors_instead_of_panics() {
         .forward(&mut state, &mut [SequenceInput { tokens: &long, cache: &mut cache, logits: LogitsWanted::Last }])
         .is_err());
 }
+
+/// A q8_0 KV cache stays close to an f32 one (synthetic model with 32-wide heads,
+/// since the dev model's 16-wide heads cannot hold q8_0 blocks).
+#[test]
+fn q8_0_kv_cache_stays_close_to_f32() {
+    let cfg = chatglm_model::Config::from_json_str(
+        r#"{"num_layers":2,"hidden_size":64,"num_attention_heads":4,"kv_channels":32,"multi_query_attention":true,
+        "multi_query_group_num":2,"ffn_hidden_size":96,"padded_vocab_size":256,"seq_length":256,"add_qkv_bias":true,
+        "model_type":"chatglm"}"#,
+    )
+    .unwrap();
+    let model = Model::synthetic(CpuBackend::for_config(&cfg), cfg, LoadOptions::new(WeightFormat::F32), 3);
+    model.check_kv_dtype(KvDType::Q8_0).unwrap();
+    let tokens: Vec<u32> = (0..48).map(|i| (i * 37 % 250) as u32 + 3).collect();
+    let run = |dtype: KvDType| {
+        let mut state = ForwardState::new(&model.backend);
+        let mut cache = model.new_cache(dtype);
+        let mut out = Vec::new();
+        model
+            .forward(
+                &mut state,
+                &mut [SequenceInput { tokens: &tokens[..40], cache: &mut cache, logits: LogitsWanted::None }],
+            )
+            .unwrap();
+        for t in &tokens[40..] {
+            let l = model
+                .forward(
+                    &mut state,
+                    &mut [SequenceInput { tokens: &[*t], cache: &mut cache, logits: LogitsWanted::Last }],
+                )
+                .unwrap();
+            out.extend_from_slice(l);
+        }
+        out
+    };
+    let exact = run(KvDType::F32);
+    let q8 = run(KvDType::Q8_0);
+    let scale = exact.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = max_abs_diff(&exact, &q8);
+    assert!(d <= 0.02 * scale, "q8_0 KV drifts {d} (logit scale {scale})");
+    // The dev model (16-wide heads) refuses it with a clear error.
+    let dev = load("safetensors-f32", WeightFormat::Auto);
+    assert!(dev.check_kv_dtype(KvDType::Q8_0).unwrap_err().to_string().contains("multiple of 32"));
+}
