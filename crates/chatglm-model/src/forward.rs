@@ -108,7 +108,7 @@ impl<B: Backend> Model<B> {
 
     /// Checks that this model can cache keys and values as `dtype`.
     pub fn check_kv_dtype(&self, dtype: KvDType) -> Result<(), ModelError> {
-        if dtype == KvDType::Q8_0 && self.config.kv_channels % 32 != 0 {
+        if dtype == KvDType::Q8_0 && !self.config.kv_channels.is_multiple_of(32) {
             return Err(ModelError::UnsupportedKvDType {
                 dtype: dtype.name(),
                 reason: format!("the head size {} is not a multiple of 32", self.config.kv_channels),
