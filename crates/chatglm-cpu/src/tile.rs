@@ -397,6 +397,101 @@ pub mod avx2 {
         }
     }
 
+    /// 8 signed bytes at `p` as f32.
+    #[inline(always)]
+    unsafe fn i8x8(p: *const i8) -> __m256 {
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
+    }
+
+    /// Attention scores against a q8_0 key cache: per block, the int8 keys
+    /// are widened once and multiplied with two heads' queries, then the
+    /// block's scale is applied to the partial sums.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scores_q8(
+        k: &[BlockQ8_0],
+        stride: usize,
+        len: usize,
+        q: &[f32],
+        nh: usize,
+        hd: usize,
+        scores: &mut Scores,
+    ) {
+        let (stride_b, nb) = (stride / 32, hd / 32);
+        debug_assert!(len == 0 || k.len() >= (len - 1) * stride_b + nb);
+        let pq = q.as_ptr();
+        for p in 0..len {
+            let kp = &k[p * stride_b..p * stride_b + nb];
+            let mut h = 0;
+            while h < nh {
+                let two = nh - h >= 2;
+                let mut acc = [_mm256_setzero_ps(); 2];
+                for (b, block) in kp.iter().enumerate() {
+                    let mut part = [_mm256_setzero_ps(); 2];
+                    for c in 0..4 {
+                        let kv = i8x8(block.qs.as_ptr().add(8 * c));
+                        let off = 32 * b + 8 * c;
+                        part[0] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(pq.add(h * hd + off)), part[0]);
+                        if two {
+                            part[1] = _mm256_fmadd_ps(kv, _mm256_loadu_ps(pq.add((h + 1) * hd + off)), part[1]);
+                        }
+                    }
+                    let d = _mm256_set1_ps(block.d.to_f32());
+                    acc[0] = _mm256_fmadd_ps(part[0], d, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(part[1], d, acc[1]);
+                }
+                scores[h][p] = hsum(acc[0]);
+                if two {
+                    scores[h + 1][p] = hsum(acc[1]);
+                }
+                h += 2;
+            }
+        }
+    }
+
+    /// `out[h] += Σ_p e[h][p]·v[p]` for a q8_0 value cache: 16 dimensions
+    /// (half a block) × 4 heads per pass, each value chunk widened once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wsum_q8(e: &Scores, len: usize, v: &[BlockQ8_0], stride: usize, nh: usize, hd: usize, out: &mut [f32]) {
+        let (stride_b, nb) = (stride / 32, hd / 32);
+        debug_assert!(len == 0 || v.len() >= (len - 1) * stride_b + nb);
+        debug_assert!(out.len() >= nh * hd);
+        let po = out.as_mut_ptr();
+        let mut h = 0;
+        while h < nh {
+            let nhh = (nh - h).min(4);
+            for b in 0..nb {
+                for half in 0..2 {
+                    let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                    for p in 0..len {
+                        let block = &v[p * stride_b + b];
+                        let v0 = i8x8(block.qs.as_ptr().add(16 * half));
+                        let v1 = i8x8(block.qs.as_ptr().add(16 * half + 8));
+                        let d = block.d.to_f32();
+                        for (i, acc_i) in acc.iter_mut().enumerate().take(nhh) {
+                            let w = _mm256_set1_ps(e[h + i][p] * d);
+                            acc_i[0] = _mm256_fmadd_ps(w, v0, acc_i[0]);
+                            acc_i[1] = _mm256_fmadd_ps(w, v1, acc_i[1]);
+                        }
+                    }
+                    for (i, acc_i) in acc.iter().enumerate().take(nhh) {
+                        let o = po.add((h + i) * hd + 32 * b + 16 * half);
+                        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), acc_i[0]));
+                        _mm256_storeu_ps(o.add(8), _mm256_add_ps(_mm256_loadu_ps(o.add(8)), acc_i[1]));
+                    }
+                }
+            }
+            h += 4;
+        }
+    }
+
+    /// AVX2 attention kernels for a q8_0 cache.
+    pub fn attention_q8_0() -> AttentionKernels<BlockQ8_0> {
+        AttentionKernels {
+            scores: |k, st, len, q, nh, hd, s| unsafe { scores_q8(k, st, len, q, nh, hd, s) },
+            weighted_sum: |e, len, v, st, nh, hd, o| unsafe { wsum_q8(e, len, v, st, nh, hd, o) },
+        }
+    }
+
     pub fn f32_tiles() -> TileKernels<f32, f32> {
         TileKernels {
             t1: |w, x, n, o| unsafe { f32_t::<1>(w, x, n, o) },

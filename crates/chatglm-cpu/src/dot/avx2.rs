@@ -32,7 +32,7 @@ pub fn kernels() -> Kernels {
         packed_q4_0: crate::packed::avx2::kernels(),
         attention_f32: crate::tile::avx2::attention_f32(),
         attention_f16: crate::tile::avx2::attention_f16(),
-        attention_q8_0: crate::attention::AttentionKernels::scalar_q8_0(),
+        attention_q8_0: crate::tile::avx2::attention_q8_0(),
     }
 }
 
