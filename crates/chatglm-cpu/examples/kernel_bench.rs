@@ -51,7 +51,11 @@ fn main() {
         return;
     }
     let k = Kernels::detect();
-    let (rows, cols) = (27392, 4096); // ChatGLM2-6B dense_h_to_4h
+    // Default: ChatGLM2-6B dense_h_to_4h; MATRIX=ROWSxCOLS picks another shape.
+    let (rows, cols) = std::env::var("MATRIX")
+        .ok()
+        .and_then(|m| m.split_once('x').and_then(|(r, c)| Some((r.parse().ok()?, c.parse().ok()?))))
+        .unwrap_or((27392, 4096));
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i as u64 * 2654435761 % 1000) as f32 / 1000.0 - 0.5) * 0.05).collect();
     let x: Vec<f32> = (0..n_tokens * cols).map(|i| (i * 7919 % 1000) as f32 / 1000.0 - 0.5).collect();
     println!("kernels {}, {threads} threads, {rows}x{cols}, {n_tokens} tokens, best of {reps}", k.name);
