@@ -340,61 +340,57 @@ pub mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores_f32(k: &[f32], stride: usize, len: usize, q: &[f32], nh: usize, hd: usize, s: &mut Scores) {
-        scores::<f32>(k, stride, len, q, nh, hd, s)
+    unsafe fn scores_avx2<T: Load8>(
+        k: &[T],
+        stride: usize,
+        len: usize,
+        q: &[f32],
+        nh: usize,
+        hd: usize,
+        s: &mut Scores,
+    ) {
+        scores::<T>(k, stride, len, q, nh, hd, s)
     }
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn scores_f16(k: &[f16], stride: usize, len: usize, q: &[f32], nh: usize, hd: usize, s: &mut Scores) {
-        scores::<f16>(k, stride, len, q, nh, hd, s)
-    }
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn wsum_f32(e: &Scores, len: usize, v: &[f32], stride: usize, nh: usize, hd: usize, out: &mut [f32]) {
-        weighted_sum::<f32>(e, len, v, stride, nh, hd, out)
-    }
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn wsum_f16(e: &Scores, len: usize, v: &[f16], stride: usize, nh: usize, hd: usize, out: &mut [f32]) {
-        weighted_sum::<f16>(e, len, v, stride, nh, hd, out)
+    unsafe fn wsum_avx2<T: Load8>(
+        e: &Scores,
+        len: usize,
+        v: &[T],
+        stride: usize,
+        nh: usize,
+        hd: usize,
+        out: &mut [f32],
+    ) {
+        weighted_sum::<T>(e, len, v, stride, nh, hd, out)
     }
 
-    /// AVX2 attention kernels for an f32 cache; the scalar ones when the head
-    /// size is not a multiple of 16.
+    /// AVX2 attention kernels for a float cache (f32 or f16); the scalar ones
+    /// when the head size is not a multiple of 16.
+    fn float_attention<T: Load8 + crate::attention::KvElem + crate::attention::ToF32>() -> AttentionKernels<T> {
+        AttentionKernels {
+            scores: |k, st, len, q, nh, hd, s| {
+                if hd % 16 == 0 {
+                    unsafe { scores_avx2::<T>(k, st, len, q, nh, hd, s) }
+                } else {
+                    (AttentionKernels::<T>::scalar().scores)(k, st, len, q, nh, hd, s)
+                }
+            },
+            weighted_sum: |e, len, v, st, nh, hd, o| {
+                if hd % 16 == 0 {
+                    unsafe { wsum_avx2::<T>(e, len, v, st, nh, hd, o) }
+                } else {
+                    (AttentionKernels::<T>::scalar().weighted_sum)(e, len, v, st, nh, hd, o)
+                }
+            },
+        }
+    }
+
     pub fn attention_f32() -> AttentionKernels<f32> {
-        AttentionKernels {
-            scores: |k, st, len, q, nh, hd, s| {
-                if hd % 16 == 0 {
-                    unsafe { scores_f32(k, st, len, q, nh, hd, s) }
-                } else {
-                    (AttentionKernels::<f32>::scalar().scores)(k, st, len, q, nh, hd, s)
-                }
-            },
-            weighted_sum: |e, len, v, st, nh, hd, o| {
-                if hd % 16 == 0 {
-                    unsafe { wsum_f32(e, len, v, st, nh, hd, o) }
-                } else {
-                    (AttentionKernels::<f32>::scalar().weighted_sum)(e, len, v, st, nh, hd, o)
-                }
-            },
-        }
+        float_attention::<f32>()
     }
 
-    /// AVX2 attention kernels for an f16 cache.
     pub fn attention_f16() -> AttentionKernels<f16> {
-        AttentionKernels {
-            scores: |k, st, len, q, nh, hd, s| {
-                if hd % 16 == 0 {
-                    unsafe { scores_f16(k, st, len, q, nh, hd, s) }
-                } else {
-                    (AttentionKernels::<f16>::scalar().scores)(k, st, len, q, nh, hd, s)
-                }
-            },
-            weighted_sum: |e, len, v, st, nh, hd, o| {
-                if hd % 16 == 0 {
-                    unsafe { wsum_f16(e, len, v, st, nh, hd, o) }
-                } else {
-                    (AttentionKernels::<f16>::scalar().weighted_sum)(e, len, v, st, nh, hd, o)
-                }
-            },
-        }
+        float_attention::<f16>()
     }
 
     /// 8 signed bytes at `p` as f32.
