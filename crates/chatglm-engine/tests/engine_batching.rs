@@ -152,21 +152,59 @@ fn context_and_stop_conditions() {
     engine.shutdown();
 }
 
+/// Forwards events, but holds the engine thread at the second text delta
+/// until the test opens the gate, so the request cannot finish on its own
+/// between the test's observations (the tiny model generates 400 tokens in
+/// well under a second). The second, not the first: the engine publishes its
+/// statistics at the end of a step, so the first step's are visible by then.
+struct GatedSink {
+    tx: mpsc::Sender<RequestEvent>,
+    texts: usize,
+    gate: Option<mpsc::Receiver<()>>,
+}
+
+impl chatglm_engine::EventSink for GatedSink {
+    fn send(&mut self, event: RequestEvent) -> bool {
+        let is_text = matches!(event, RequestEvent::Text(_));
+        let delivered = self.tx.send(event).is_ok();
+        if is_text {
+            self.texts += 1;
+            if self.texts == 2 {
+                if let Some(gate) = self.gate.take() {
+                    let _ = gate.recv();
+                }
+            }
+        }
+        delivered
+    }
+}
+
 #[test]
 fn a_dropped_receiver_cancels_and_frees_blocks() {
     let (engine, p) = spawn(EngineConfig::default());
     let h = engine.handle.clone();
     let ids = p.tokenizer.encode_chat("你好", &[]);
-    let rx = submit(&h, ids.clone(), greedy(400));
-    // Wait for the first delta, then hang up.
-    loop {
+    let (tx, rx) = mpsc::channel();
+    let (open_gate, gate) = mpsc::channel();
+    h.submit(Request {
+        id: h.next_id(),
+        prompt_ids: ids.clone(),
+        params: greedy(400),
+        sink: Box::new(GatedSink { tx, texts: 0, gate: Some(gate) }),
+        arrived: Instant::now(),
+    })
+    .unwrap();
+    // Wait for the second delta (the engine now waits at the gate), then hang up.
+    let mut texts = 0;
+    while texts < 2 {
         if let RequestEvent::Text(_) = rx.recv_timeout(Duration::from_secs(30)).unwrap() {
-            break;
+            texts += 1;
         }
     }
     // The reservation covers prompt + max_new_tokens, in 16-token blocks.
     assert_eq!(h.stats().kv_blocks_reserved.load(Relaxed) as usize, (ids.len() + 400).div_ceil(16));
     drop(rx);
+    drop(open_gate);
     let t0 = Instant::now();
     while h.stats().requests_cancelled.load(Relaxed) == 0 {
         assert!(t0.elapsed() < Duration::from_secs(10), "not cancelled");
