@@ -177,16 +177,17 @@ pub mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f32_t<const T: usize>(w: &[f32], x: &[f32], n: usize, out: &mut [f32]) {
-        float_tile::<f32, T>(w, x, n, out)
+    unsafe fn float_t<W: Load8, const T: usize>(w: &[W], x: &[f32], n: usize, out: &mut [f32]) {
+        float_tile::<W, T>(w, x, n, out)
     }
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_t<const T: usize>(w: &[f16], x: &[f32], n: usize, out: &mut [f32]) {
-        float_tile::<f16, T>(w, x, n, out)
-    }
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn bf16_t<const T: usize>(w: &[bf16], x: &[f32], n: usize, out: &mut [f32]) {
-        float_tile::<bf16, T>(w, x, n, out)
+
+    /// The T = 1 and T = 2 tiles of one float weight format.
+    fn float_tiles<W: Load8>() -> TileKernels<W, f32> {
+        TileKernels {
+            t1: |w, x, n, o| unsafe { float_t::<W, 1>(w, x, n, o) },
+            t2: |w, x, n, o| unsafe { float_t::<W, 2>(w, x, n, o) },
+            t4: None,
+        }
     }
 
     /// q8_0 × q8_0. `maddubs` needs an unsigned operand, so the weight's sign
@@ -489,25 +490,13 @@ pub mod avx2 {
     }
 
     pub fn f32_tiles() -> TileKernels<f32, f32> {
-        TileKernels {
-            t1: |w, x, n, o| unsafe { f32_t::<1>(w, x, n, o) },
-            t2: |w, x, n, o| unsafe { f32_t::<2>(w, x, n, o) },
-            t4: None,
-        }
+        float_tiles::<f32>()
     }
     pub fn f16_tiles() -> TileKernels<f16, f32> {
-        TileKernels {
-            t1: |w, x, n, o| unsafe { f16_t::<1>(w, x, n, o) },
-            t2: |w, x, n, o| unsafe { f16_t::<2>(w, x, n, o) },
-            t4: None,
-        }
+        float_tiles::<f16>()
     }
     pub fn bf16_tiles() -> TileKernels<bf16, f32> {
-        TileKernels {
-            t1: |w, x, n, o| unsafe { bf16_t::<1>(w, x, n, o) },
-            t2: |w, x, n, o| unsafe { bf16_t::<2>(w, x, n, o) },
-            t4: None,
-        }
+        float_tiles::<bf16>()
     }
     pub fn q8_0_tiles() -> TileKernels<BlockQ8_0, BlockQ8_0> {
         TileKernels {
