@@ -64,6 +64,11 @@ fn main() {
         let data = match format {
             "f16" => MatrixData::F16(Storage::Owned(w.iter().map(|&v| f16::from_f32(v)).collect())),
             "q8_0" => MatrixData::Q8_0(Storage::Owned(quantize_row(&w))),
+            "q8_0p" => MatrixData::Q8_0Packed(chatglm_cpu::packed_q8::PackedQ8_0::from_blocks(
+                &quantize_row::<chatglm_cpu::dot::BlockQ8_0>(&w),
+                rows,
+                cols,
+            )),
             "q4_0p" => MatrixData::Q4_0Packed(chatglm_cpu::packed::PackedQ4_0::from_blocks(
                 &quantize_row::<chatglm_cpu::dot::BlockQ4_0>(&w),
                 rows,

@@ -19,6 +19,7 @@ pub mod matmul;
 pub mod matrix;
 pub mod ops;
 pub mod packed;
+pub mod packed_q8;
 mod quant_blocks;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]

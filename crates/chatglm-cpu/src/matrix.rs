@@ -45,6 +45,8 @@ pub enum MatrixData {
     Q4_0(Storage<BlockQ4_0>),
     /// q4_0 split into scales and nibbles (what the CPU backend loads q4_0 into).
     Q4_0Packed(crate::packed::PackedQ4_0),
+    /// q8_0 in 128-byte quads (what the CPU backend loads q8_0 into).
+    Q8_0Packed(crate::packed_q8::PackedQ8_0),
     Q4_1(Storage<BlockQ4_1>),
     Q5_0(Storage<BlockQ5_0>),
     Q5_1(Storage<BlockQ5_1>),
@@ -68,6 +70,7 @@ impl Matrix {
             MatrixData::Q8_0(s) => std::mem::size_of_val(s.as_slice()),
             MatrixData::Q4_0(s) => std::mem::size_of_val(s.as_slice()),
             MatrixData::Q4_0Packed(p) => p.size_bytes(),
+            MatrixData::Q8_0Packed(p) => p.size_bytes(),
             MatrixData::Q4_1(s) => std::mem::size_of_val(s.as_slice()),
             MatrixData::Q5_0(s) => std::mem::size_of_val(s.as_slice()),
             MatrixData::Q5_1(s) => std::mem::size_of_val(s.as_slice()),
@@ -79,7 +82,7 @@ impl Matrix {
             MatrixData::F32(_) => "f32",
             MatrixData::F16(_) => "f16",
             MatrixData::BF16(_) => "bf16",
-            MatrixData::Q8_0(_) => "q8_0",
+            MatrixData::Q8_0(_) | MatrixData::Q8_0Packed(_) => "q8_0",
             MatrixData::Q4_0(_) | MatrixData::Q4_0Packed(_) => "q4_0",
             MatrixData::Q4_1(_) => "q4_1",
             MatrixData::Q5_0(_) => "q5_0",
@@ -110,6 +113,7 @@ impl Matrix {
             MatrixData::Q8_0(s) => dequant(s.as_slice(), r, c, out),
             MatrixData::Q4_0(s) => dequant(s.as_slice(), r, c, out),
             MatrixData::Q4_0Packed(p) => p.dequantize_row(r, out),
+            MatrixData::Q8_0Packed(p) => p.dequantize_row(r, out),
             MatrixData::Q4_1(s) => dequant(s.as_slice(), r, c, out),
             MatrixData::Q5_0(s) => dequant(s.as_slice(), r, c, out),
             MatrixData::Q5_1(s) => dequant(s.as_slice(), r, c, out),

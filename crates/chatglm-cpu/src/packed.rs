@@ -87,14 +87,15 @@ pub struct Q8Quad {
     pub hi: [i8; 64],
     /// Scale of each block.
     pub d: [f32; 4],
-    /// `8 · d · Σ values` of each block: the q4_0 offset (−8) times the
-    /// activations, subtracted once per block instead of per weight.
-    pub corr: [f32; 4],
+    /// `d · Σ values` of each block: weights stored with an offset (q4_0's
+    /// 8, packed q8_0's 128) contribute `offset · d · Σ values` too much,
+    /// which kernels subtract once per block instead of per weight.
+    pub dsum: [f32; 4],
 }
 
 impl Default for Q8Quad {
     fn default() -> Self {
-        Self { lo: [0; 64], hi: [0; 64], d: [0.0; 4], corr: [0.0; 4] }
+        Self { lo: [0; 64], hi: [0; 64], d: [0.0; 4], dsum: [0.0; 4] }
     }
 }
 
@@ -110,7 +111,7 @@ pub fn quad_q8_blocks(x: &[BlockQ8_0], out: &mut [Q8Quad]) {
             let d = b.d.to_f32();
             let sum: i32 = b.qs.iter().map(|&v| v as i32).sum();
             quad.d[m] = d;
-            quad.corr[m] = 8.0 * d * sum as f32;
+            quad.dsum[m] = d * sum as f32;
         }
     }
 }
@@ -133,17 +134,40 @@ pub fn dot_packed_scalar(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
     sum
 }
 
-/// A packed-q4_0 tile kernel: `(scales, qs, x, quads_per_row, out)` over 4
-/// rows and 2 tokens (`x`: 2 rows of `quads_per_row` quads), `out[r*2 + t]`.
-pub type PackedTileFn = fn(&[f16], &[[u8; 16]], &[Q8Quad], usize, &mut [f32]);
+/// A packed tile kernel: `(scales, qs, x, quads_per_row, out)` over 4 rows
+/// and 2 tokens (`x`: 2 rows of `quads_per_row` quads), `out[r*2 + t]`.
+pub type PackedTileFn<Q> = fn(&[f16], &[Q], &[Q8Quad], usize, &mut [f32]);
 /// Dot of one packed row with one quad activation row.
-pub type PackedDotFn = fn(&[f16], &[[u8; 16]], &[Q8Quad]) -> f32;
+pub type PackedDotFn<Q> = fn(&[f16], &[Q], &[Q8Quad]) -> f32;
 
-/// The packed-q4_0 kernels of one instruction set.
-#[derive(Clone, Copy)]
-pub struct PackedQ4_0Kernels {
-    pub dot: PackedDotFn,
-    pub t2: PackedTileFn,
+/// The kernels of one packed format (`Q`: its unit of quantized bytes) for
+/// one instruction set.
+pub struct PackedKernels<Q: 'static> {
+    pub dot: PackedDotFn<Q>,
+    pub t2: PackedTileFn<Q>,
+}
+
+impl<Q> Clone for PackedKernels<Q> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Q> Copy for PackedKernels<Q> {}
+
+pub type PackedQ4_0Kernels = PackedKernels<[u8; 16]>;
+
+/// A packed matrix: per-row scales plus quantized units `Q`.
+pub trait PackedRows {
+    type Q: 'static;
+    /// Scales and quantized units of rows `r0..r0 + n`.
+    fn rows_data(&self, r0: usize, n: usize) -> (&[f16], &[Self::Q]);
+}
+
+impl PackedRows for PackedQ4_0 {
+    type Q = [u8; 16];
+    fn rows_data(&self, r0: usize, n: usize) -> (&[f16], &[[u8; 16]]) {
+        PackedQ4_0::rows_data(self, r0, n)
+    }
 }
 
 fn scalar_t2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
@@ -180,7 +204,7 @@ pub mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum4(v: __m128) -> f32 {
+    pub(crate) unsafe fn hsum4(v: __m128) -> f32 {
         let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
@@ -188,14 +212,14 @@ pub mod avx2 {
     /// The 4 weight scales of a quad (reads 4 f16 at `s`).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn quad_scales(s: *const f16) -> __m128 {
+    pub(crate) unsafe fn quad_scales(s: *const f16) -> __m128 {
         _mm_cvtph_ps(_mm_loadl_epi64(s as *const __m128i))
     }
 
     /// Lanes 0..4 = `v[2k]`, lanes 4..8 = `v[2k+1]`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn spread(v: __m128, k: usize) -> __m256 {
+    pub(crate) unsafe fn spread(v: __m128, k: usize) -> __m256 {
         let idx =
             if k == 0 { _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1) } else { _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3) };
         _mm256_permutevar8x32_ps(_mm256_castps128_ps256(v), idx)
@@ -205,7 +229,14 @@ pub mod avx2 {
     /// `Σ q·x`, times the activation scales.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half_products(lo: __m256i, hi: __m256i, x: &Q8Quad, dx: __m128, k: usize, ones: __m256i) -> __m256 {
+    pub(crate) unsafe fn half_products(
+        lo: __m256i,
+        hi: __m256i,
+        x: &Q8Quad,
+        dx: __m128,
+        k: usize,
+        ones: __m256i,
+    ) -> __m256 {
         let s16 = _mm256_add_epi16(
             _mm256_maddubs_epi16(lo, _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i)),
             _mm256_maddubs_epi16(hi, _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i)),
@@ -236,9 +267,9 @@ pub mod avx2 {
                 let (lo, hi) = nibbles(qs.as_ptr().add(4 * q + 2 * k), mask);
                 *acc_k = _mm256_fmadd_ps(half_products(lo, hi, xq, dx, k, ones), spread(dw, k), *acc_k);
             }
-            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.corr.as_ptr()), corr);
+            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
         }
-        hsum(_mm256_add_ps(acc[0], acc[1])) - hsum4(corr)
+        hsum(_mm256_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -252,7 +283,7 @@ pub mod avx2 {
         for q in 0..nq {
             let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
             let (dx0, dx1) = (_mm_loadu_ps(x0.d.as_ptr()), _mm_loadu_ps(x1.d.as_ptr()));
-            let (c0, c1) = (_mm_loadu_ps(x0.corr.as_ptr()), _mm_loadu_ps(x1.corr.as_ptr()));
+            let (c0, c1) = (_mm_loadu_ps(x0.dsum.as_ptr()), _mm_loadu_ps(x1.dsum.as_ptr()));
             for r in 0..4 {
                 let dw = quad_scales(scales.as_ptr().add(r * nb + 4 * q));
                 for k in 0..2 {
@@ -266,8 +297,8 @@ pub mod avx2 {
             }
         }
         for r in 0..4 {
-            out[r * 2] = hsum(acc[r][0]) - hsum4(corr[r][0]);
-            out[r * 2 + 1] = hsum(acc[r][1]) - hsum4(corr[r][1]);
+            out[r * 2] = hsum(acc[r][0]) - 8.0 * hsum4(corr[r][0]);
+            out[r * 2 + 1] = hsum(acc[r][1]) - 8.0 * hsum4(corr[r][1]);
         }
     }
 }
@@ -291,7 +322,7 @@ pub mod avx512 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn hsum4(v: __m128) -> f32 {
+    pub(crate) unsafe fn hsum4(v: __m128) -> f32 {
         let s = _mm_add_ps(v, _mm_movehl_ps(v, v));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
@@ -299,7 +330,7 @@ pub mod avx512 {
     /// `[v0 ×4, v1 ×4, v2 ×4, v3 ×4]`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn spread(v: __m128) -> __m512 {
+    pub(crate) unsafe fn spread(v: __m128) -> __m512 {
         let idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
     }
@@ -307,7 +338,7 @@ pub mod avx512 {
     /// 16 f32 lanes (4 per block) of `Σ q·x` of a quad, times the activation scales.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn products(lo: __m512i, hi: __m512i, x: &Q8Quad) -> __m512 {
+    pub(crate) unsafe fn products(lo: __m512i, hi: __m512i, x: &Q8Quad) -> __m512 {
         let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x.lo.as_ptr() as *const _));
         let s = _mm512_dpbusd_epi32(s, hi, _mm512_loadu_si512(x.hi.as_ptr() as *const _));
         _mm512_mul_ps(_mm512_cvtepi32_ps(s), spread(_mm_loadu_ps(x.d.as_ptr())))
@@ -323,7 +354,7 @@ pub mod avx512 {
     /// The 4 weight scales of a quad (reads 4 f16 at `s`).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn quad_scales(s: *const f16) -> __m128 {
+    pub(crate) unsafe fn quad_scales(s: *const f16) -> __m128 {
         _mm_cvtph_ps(_mm_loadl_epi64(s as *const __m128i))
     }
 
@@ -339,9 +370,9 @@ pub mod avx512 {
             let (lo, hi) = nibbles(qs.as_ptr().add(4 * q), mask);
             let dw = quad_scales(scales.as_ptr().add(4 * q));
             acc[q & 1] = _mm512_fmadd_ps(products(lo, hi, xq), spread(dw), acc[q & 1]);
-            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.corr.as_ptr()), corr);
+            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
         }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - hsum4(corr)
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
@@ -353,7 +384,7 @@ pub mod avx512 {
         let mut corr = [[_mm_setzero_ps(); 2]; 4];
         for q in 0..nq {
             let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
-            let (c0, c1) = (_mm_loadu_ps(x0.corr.as_ptr()), _mm_loadu_ps(x1.corr.as_ptr()));
+            let (c0, c1) = (_mm_loadu_ps(x0.dsum.as_ptr()), _mm_loadu_ps(x1.dsum.as_ptr()));
             for r in 0..4 {
                 let b = r * nb + 4 * q;
                 let (lo, hi) = nibbles(qs.as_ptr().add(b), mask);
@@ -366,8 +397,8 @@ pub mod avx512 {
             }
         }
         for r in 0..4 {
-            out[r * 2] = _mm512_reduce_add_ps(acc[r][0]) - hsum4(corr[r][0]);
-            out[r * 2 + 1] = _mm512_reduce_add_ps(acc[r][1]) - hsum4(corr[r][1]);
+            out[r * 2] = _mm512_reduce_add_ps(acc[r][0]) - 8.0 * hsum4(corr[r][0]);
+            out[r * 2 + 1] = _mm512_reduce_add_ps(acc[r][1]) - 8.0 * hsum4(corr[r][1]);
         }
     }
 }

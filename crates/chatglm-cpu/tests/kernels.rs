@@ -4,6 +4,7 @@ use chatglm_cpu::attention::{attend_group, attend_group_reference, AttentionShap
 use chatglm_cpu::dot::{scalar, BlockQ4_0, BlockQ8_0};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::packed::{padded_blocks, quad_q8_blocks, PackedQ4_0, Q8Quad};
+use chatglm_cpu::packed_q8::PackedQ8_0;
 use chatglm_cpu::{CpuFeatures, Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_1, BlockQ5_0, BlockQ5_1, QuantBlock};
 use half::{bf16, f16};
@@ -149,6 +150,7 @@ fn matrix(format: &str, rows: usize, cols: usize, w: &[f32]) -> Matrix {
         "q8_0" => MatrixData::Q8_0(Storage::Owned(quantize_row(w))),
         "q4_0" => MatrixData::Q4_0(Storage::Owned(quantize_row(w))),
         "q4_0p" => MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&quantize_row::<BlockQ4_0>(w), rows, cols)),
+        "q8_0p" => MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(&quantize_row::<BlockQ8_0>(w), rows, cols)),
         "q4_1" => MatrixData::Q4_1(Storage::Owned(quantize_row(w))),
         "q5_0" => MatrixData::Q5_0(Storage::Owned(quantize_row(w))),
         "q5_1" => MatrixData::Q5_1(Storage::Owned(quantize_row(w))),
@@ -168,7 +170,7 @@ fn matmul_tiles_match_scalar_reference() {
         {
             let w = rng.vec(rows * cols);
             let x = rng.vec(n_tokens * cols);
-            for format in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_0p", "q4_1", "q5_0", "q5_1"] {
+            for format in ["f32", "f16", "bf16", "q8_0", "q8_0p", "q4_0", "q4_0p", "q4_1", "q5_0", "q5_1"] {
                 let m = matrix(format, rows, cols, &w);
                 let mut want = vec![0.0; rows * n_tokens];
                 let mut got = vec![0.0; rows * n_tokens];
@@ -294,6 +296,57 @@ fn packed_q4_0_matches_block_layout() {
                     let xp = &pairs[t * np..(t + 1) * np];
                     close((k.packed_q4_0.dot)(s, q, xp), want, 1e-4, &format!("{} packed dot cols={cols}", k.name));
                     close(tile[r * 2 + t], want, 1e-4, &format!("{} packed tile cols={cols}", k.name));
+                }
+            }
+            let mut row = vec![0.0; cols];
+            let mut want = vec![0.0; cols];
+            packed.dequantize_row(3, &mut row);
+            chatglm_weights::quant::dequantize_row(&blocks[3 * nb..4 * nb], &mut want);
+            assert_eq!(row, want);
+        }
+    }
+}
+
+/// The packed q8_0 quads compute the same dot products as ggml blocks,
+/// including rows with a block count that is not a multiple of 4 (padded),
+/// and extreme values (−128 activations are impossible; ±127 weights are not).
+#[test]
+fn packed_q8_0_matches_block_layout() {
+    let mut rng = Rng(9);
+    for k in tables() {
+        for cols in [32, 96, 160, 4096, 13696] {
+            let rows = 4;
+            let mut w = rng.vec(rows * cols);
+            w[0] = 1.0; // a block whose largest weight quantizes to exactly 127
+            w[1] = -1.0;
+            let blocks: Vec<BlockQ8_0> = quantize_row(&w);
+            let packed = PackedQ8_0::from_blocks(&blocks, rows, cols);
+            let nb = cols / 32;
+            let x = rng.vec(2 * cols);
+            let mut xq = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; 2 * nb];
+            for t in 0..2 {
+                scalar::quantize_row_q8_0(&x[t * cols..(t + 1) * cols], &mut xq[t * nb..(t + 1) * nb]);
+            }
+            let np = padded_blocks(cols) / 4;
+            let mut quads = vec![Q8Quad::default(); 2 * np];
+            for t in 0..2 {
+                quad_q8_blocks(&xq[t * nb..(t + 1) * nb], &mut quads[t * np..(t + 1) * np]);
+            }
+            let mut tile = [0.0f32; 8];
+            let (s4, q4) = packed.rows_data(0, 4);
+            (k.packed_q8_0.t2)(s4, q4, &quads, np, &mut tile);
+            for r in 0..rows {
+                let (s, q) = packed.rows_data(r, 1);
+                for t in 0..2 {
+                    let want = scalar::dot_q8_0(&blocks[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]) as f64;
+                    let xp = &quads[t * np..(t + 1) * np];
+                    close(
+                        (k.packed_q8_0.dot)(s, q, xp),
+                        want,
+                        1e-4,
+                        &format!("{} q8_0 packed dot cols={cols}", k.name),
+                    );
+                    close(tile[r * 2 + t], want, 1e-4, &format!("{} q8_0 packed tile cols={cols}", k.name));
                 }
             }
             let mut row = vec![0.0; cols];

@@ -8,6 +8,7 @@ use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::ops::{self, RopeTable};
 use chatglm_cpu::packed::PackedQ4_0;
+use chatglm_cpu::packed_q8::PackedQ8_0;
 use chatglm_cpu::{Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock};
 use chatglm_weights::{DType, Tensor};
@@ -148,7 +149,10 @@ impl Backend for CpuBackend {
             (WeightFormat::F32, DType::F32) => MatrixData::F32(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::F16, DType::F16) => MatrixData::F16(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::BF16, DType::BF16) => MatrixData::BF16(Storage::from_tensor_data(t.data.clone())),
-            (WeightFormat::Q8_0, DType::Q8_0) => MatrixData::Q8_0(Storage::from_tensor_data(t.data.clone())),
+            (WeightFormat::Q8_0, DType::Q8_0) => {
+                let blocks: Vec<BlockQ8_0> = bytemuck::pod_collect_to_vec(&t.data);
+                MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(&blocks, rows, cols))
+            }
             (WeightFormat::Q4_0, DType::Q4_0) => {
                 let blocks: Vec<BlockQ4_0> = bytemuck::pod_collect_to_vec(&t.data);
                 MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&blocks, rows, cols))
@@ -161,7 +165,9 @@ impl Backend for CpuBackend {
             }
             (WeightFormat::F16, _) => MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?)),
             (WeightFormat::BF16, _) => MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?)),
-            (WeightFormat::Q8_0, _) => MatrixData::Q8_0(Storage::Owned(quantized::<BlockQ8_0>(t, rows, cols)?)),
+            (WeightFormat::Q8_0, _) => {
+                MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(&quantized::<BlockQ8_0>(t, rows, cols)?, rows, cols))
+            }
             (WeightFormat::Q4_0, _) => {
                 MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&quantized::<BlockQ4_0>(t, rows, cols)?, rows, cols))
             }
@@ -199,15 +205,19 @@ impl Backend for CpuBackend {
                 MatrixData::F16(Storage::Owned(random_vec(rows * cols, seed, f16::from_f32)))
             }
             WeightFormat::BF16 => MatrixData::BF16(Storage::Owned(random_vec(rows * cols, seed, bf16::from_f32))),
-            WeightFormat::Q8_0 => MatrixData::Q8_0(Storage::Owned(random_vec(rows * cols / 32, seed, |r| {
-                let mut b: BlockQ8_0 = bytemuck::Zeroable::zeroed();
-                b.d = f16::from_f32(0.02 / 127.0);
-                let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                for (i, q) in b.qs.iter_mut().enumerate() {
-                    *q = (bits.rotate_left(i as u32 * 2) as i8) >> 1;
-                }
-                b
-            }))),
+            WeightFormat::Q8_0 => MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(
+                &random_vec(rows * cols / 32, seed, |r| {
+                    let mut b: BlockQ8_0 = bytemuck::Zeroable::zeroed();
+                    b.d = f16::from_f32(0.02 / 127.0);
+                    let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    for (i, q) in b.qs.iter_mut().enumerate() {
+                        *q = (bits.rotate_left(i as u32 * 2) as i8) >> 1;
+                    }
+                    b
+                }),
+                rows,
+                cols,
+            )),
             WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
                 // Same byte budget class; values do not matter for speed, so build
                 // from random f16 rows through the reference quantizer.

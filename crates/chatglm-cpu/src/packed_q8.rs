@@ -1,0 +1,285 @@
+//! q8_0 weights repacked to share the [`Q8Quad`] activation layout of
+//! packed q4_0: per row, the f16 scales in one array and the values in
+//! 128-byte quads (4 blocks), bytes `16m + j` = value `j` of block `m` and
+//! `64 + 16m + j` = value `16 + j`.
+//!
+//! Values are stored with their sign bit flipped (`w + 128`, unsigned), the
+//! operand `vpdpbusd` needs unsigned, so one VNNI instruction multiplies 64
+//! weights without the abs/sign trick (AVX-512 has no `vpsignb`); the
+//! `128 · Σx` this adds is subtracted once per block from the quad's `dsum`.
+//! Bits per weight are unchanged (8.5).
+
+use crate::dot::BlockQ8_0;
+use crate::packed::{padded_blocks, PackedKernels, PackedRows, Q8Quad};
+use half::f16;
+
+/// One quad of weights: 4 blocks of 32 sign-flipped values.
+pub type Q8WeightQuad = [u8; 128];
+
+/// A q8_0 matrix in the quad layout. Rows are padded to a multiple of 4
+/// blocks with zero-scale, zero-weight blocks.
+#[derive(Clone, Debug)]
+pub struct PackedQ8_0 {
+    pub rows: usize,
+    /// Blocks per row, padded to a multiple of 4.
+    pub blocks_per_row: usize,
+    /// `(rows, blocks_per_row)` scales, plus 4 zero entries of slack.
+    pub scales: Vec<f16>,
+    /// `(rows, blocks_per_row / 4)` quads.
+    pub qs: Vec<Q8WeightQuad>,
+}
+
+/// Byte of a weight quad that holds value `i` (0..32) of block `m` (0..4).
+fn quad_offset(m: usize, i: usize) -> usize {
+    if i < 16 {
+        16 * m + i
+    } else {
+        64 + 16 * m + (i - 16)
+    }
+}
+
+impl PackedQ8_0 {
+    /// Repacks ggml blocks, `cols / 32` per row.
+    pub fn from_blocks(blocks: &[BlockQ8_0], rows: usize, cols: usize) -> Self {
+        let nb = cols / 32;
+        let nbp = padded_blocks(cols);
+        let mut scales = Vec::with_capacity(rows * nbp + 4);
+        let mut qs = Vec::with_capacity(rows * nbp / 4);
+        for row in blocks.chunks_exact(nb).take(rows) {
+            for b0 in (0..nbp).step_by(4) {
+                let mut quad = [0x80u8; 128]; // 0x80 = weight 0
+                for m in 0..4 {
+                    match row.get(b0 + m) {
+                        Some(block) => {
+                            scales.push(block.d);
+                            for (i, &v) in block.qs.iter().enumerate() {
+                                quad[quad_offset(m, i)] = (v as u8) ^ 0x80;
+                            }
+                        }
+                        None => scales.push(f16::ZERO),
+                    }
+                }
+                qs.push(quad);
+            }
+        }
+        scales.extend([f16::ZERO; 4]);
+        Self { rows, blocks_per_row: nbp, scales, qs }
+    }
+
+    /// Bytes of weights (what a mat-vec streams).
+    pub fn size_bytes(&self) -> usize {
+        self.scales.len() * 2 + self.qs.len() * 128
+    }
+
+    /// Block `b` of row `r` back in ggml form.
+    fn block(&self, r: usize, b: usize) -> BlockQ8_0 {
+        let nbp = self.blocks_per_row;
+        let quad = &self.qs[(r * nbp + b) / 4];
+        let mut qs = [0i8; 32];
+        for (i, q) in qs.iter_mut().enumerate() {
+            *q = (quad[quad_offset(b % 4, i)] ^ 0x80) as i8;
+        }
+        BlockQ8_0 { d: self.scales[r * nbp + b], qs }
+    }
+
+    /// Row `r` as f32 (`out.len()` = cols).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        for (b, o) in out.chunks_exact_mut(32).enumerate() {
+            chatglm_weights::quant::QuantBlock::dequantize(&self.block(r, b), o);
+        }
+    }
+
+    /// Scales and quads of rows `r0..r0 + n`.
+    pub fn rows_data(&self, r0: usize, n: usize) -> (&[f16], &[Q8WeightQuad]) {
+        let nbp = self.blocks_per_row;
+        (&self.scales[r0 * nbp..(r0 + n) * nbp + 4], &self.qs[r0 * nbp / 4..(r0 + n) * nbp / 4])
+    }
+}
+
+impl PackedRows for PackedQ8_0 {
+    type Q = Q8WeightQuad;
+    fn rows_data(&self, r0: usize, n: usize) -> (&[f16], &[Q8WeightQuad]) {
+        PackedQ8_0::rows_data(self, r0, n)
+    }
+}
+
+pub type PackedQ8_0Kernels = PackedKernels<Q8WeightQuad>;
+
+/// Reference dot of one packed row (`scales`, `qs`: one row's quads) with quad activations.
+pub fn dot_scalar(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
+    let mut sum = 0.0f32;
+    for (q, (quad, xq)) in qs.iter().zip(x).enumerate() {
+        for m in 0..4 {
+            let mut isum = 0i32;
+            for j in 0..16 {
+                let lo = (quad[16 * m + j] ^ 0x80) as i8 as i32;
+                let hi = (quad[64 + 16 * m + j] ^ 0x80) as i8 as i32;
+                isum += lo * xq.lo[16 * m + j] as i32 + hi * xq.hi[16 * m + j] as i32;
+            }
+            sum += isum as f32 * scales[4 * q + m].to_f32() * xq.d[m];
+        }
+    }
+    sum
+}
+
+fn scalar_t2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+    for r in 0..4 {
+        for t in 0..2 {
+            let row = &qs[r * nq..(r + 1) * nq];
+            out[r * 2 + t] = dot_scalar(&scales[4 * r * nq..], row, &x[t * nq..(t + 1) * nq]);
+        }
+    }
+}
+
+impl PackedQ8_0Kernels {
+    pub fn scalar() -> Self {
+        Self { dot: dot_scalar, t2: scalar_t2 }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    //! AVX2: `maddubs` would saturate on unsigned `w + 128`, so the sign bit
+    //! is flipped back and the usual `|w| · sign(x, w)` products are used.
+
+    use super::{PackedQ8_0Kernels, Q8WeightQuad};
+    use crate::dot::avx2::hsum;
+    use crate::packed::avx2::{quad_scales, spread};
+    use crate::packed::Q8Quad;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    pub fn kernels() -> PackedQ8_0Kernels {
+        PackedQ8_0Kernels {
+            dot: |s, q, x| unsafe { dot(s, q, x) },
+            t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
+        }
+    }
+
+    /// 8 i32 lanes (4 per block) of `Σ w·x` for 32 signed weights and values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn products32(w: __m256i, x: __m256i, ones: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones)
+    }
+
+    /// Half `k` of a quad (blocks 2k, 2k+1) as 8 f32 lanes, times the activation scales.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half(quad: &Q8WeightQuad, x: &Q8Quad, dx: __m128, k: usize, ones: __m256i) -> __m256 {
+        let flip = _mm256_set1_epi8(-128);
+        let p = quad.as_ptr();
+        let wlo = _mm256_xor_si256(_mm256_loadu_si256(p.add(32 * k) as *const __m256i), flip);
+        let whi = _mm256_xor_si256(_mm256_loadu_si256(p.add(64 + 32 * k) as *const __m256i), flip);
+        let xlo = _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i);
+        let xhi = _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i);
+        let s = _mm256_add_epi32(products32(wlo, xlo, ones), products32(whi, xhi, ones));
+        _mm256_mul_ps(_mm256_cvtepi32_ps(s), spread(dx, k))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
+        let nq = x.len().min(qs.len());
+        debug_assert!(scales.len() >= 4 * nq);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for q in 0..nq {
+            let (xq, wq) = (x.get_unchecked(q), qs.get_unchecked(q));
+            let dw = quad_scales(scales.as_ptr().add(4 * q));
+            let dx = _mm_loadu_ps(xq.d.as_ptr());
+            for (k, acc_k) in acc.iter_mut().enumerate() {
+                *acc_k = _mm256_fmadd_ps(half(wq, xq, dx, k, ones), spread(dw, k), *acc_k);
+            }
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1]))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_4x2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+        debug_assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for q in 0..nq {
+            let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
+            let (dx0, dx1) = (_mm_loadu_ps(x0.d.as_ptr()), _mm_loadu_ps(x1.d.as_ptr()));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let wq = qs.get_unchecked(r * nq + q);
+                let dw = quad_scales(scales.as_ptr().add(4 * (r * nq + q)));
+                for k in 0..2 {
+                    let dwk = spread(dw, k);
+                    acc_r[0] = _mm256_fmadd_ps(half(wq, x0, dx0, k, ones), dwk, acc_r[0]);
+                    acc_r[1] = _mm256_fmadd_ps(half(wq, x1, dx1, k, ones), dwk, acc_r[1]);
+                }
+            }
+        }
+        for r in 0..4 {
+            out[r * 2] = hsum(acc[r][0]);
+            out[r * 2 + 1] = hsum(acc[r][1]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    //! AVX-512 VNNI: a quad is two 512-bit loads and two `vpdpbusd`.
+
+    use super::{PackedQ8_0Kernels, Q8WeightQuad};
+    use crate::packed::avx512::{hsum4, products, quad_scales, spread};
+    use crate::packed::Q8Quad;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    pub fn kernels() -> PackedQ8_0Kernels {
+        PackedQ8_0Kernels {
+            dot: |s, q, x| unsafe { dot(s, q, x) },
+            t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn halves(quad: &Q8WeightQuad) -> (__m512i, __m512i) {
+        let p = quad.as_ptr();
+        (_mm512_loadu_si512(p as *const _), _mm512_loadu_si512(p.add(64) as *const _))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn dot(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
+        let nq = x.len().min(qs.len());
+        debug_assert!(scales.len() >= 4 * nq);
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut corr = _mm_setzero_ps();
+        for q in 0..nq {
+            let xq = x.get_unchecked(q);
+            let (lo, hi) = halves(qs.get_unchecked(q));
+            let dw = quad_scales(scales.as_ptr().add(4 * q));
+            acc[q & 1] = _mm512_fmadd_ps(products(lo, hi, xq), spread(dw), acc[q & 1]);
+            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 128.0 * hsum4(corr)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    unsafe fn tile_4x2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+        debug_assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        let mut corr = [[_mm_setzero_ps(); 2]; 4];
+        for q in 0..nq {
+            let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
+            let (c0, c1) = (_mm_loadu_ps(x0.dsum.as_ptr()), _mm_loadu_ps(x1.dsum.as_ptr()));
+            for r in 0..4 {
+                let (lo, hi) = halves(qs.get_unchecked(r * nq + q));
+                let dw = quad_scales(scales.as_ptr().add(4 * (r * nq + q)));
+                let dw16 = spread(dw);
+                acc[r][0] = _mm512_fmadd_ps(products(lo, hi, x0), dw16, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(products(lo, hi, x1), dw16, acc[r][1]);
+                corr[r][0] = _mm_fmadd_ps(dw, c0, corr[r][0]);
+                corr[r][1] = _mm_fmadd_ps(dw, c1, corr[r][1]);
+            }
+        }
+        for r in 0..4 {
+            out[r * 2] = _mm512_reduce_add_ps(acc[r][0]) - 128.0 * hsum4(corr[r][0]);
+            out[r * 2 + 1] = _mm512_reduce_add_ps(acc[r][1]) - 128.0 * hsum4(corr[r][1]);
+        }
+    }
+}
