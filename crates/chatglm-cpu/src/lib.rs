@@ -20,6 +20,7 @@ pub mod matrix;
 pub mod ops;
 pub mod packed;
 pub mod packed_q8;
+mod prefetch;
 mod quant_blocks;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]

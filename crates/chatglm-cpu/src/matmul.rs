@@ -23,9 +23,6 @@ pub struct MatmulScratch {
 /// threads, large enough to amortise task overhead.
 const ROWS_PER_TASK: usize = 16;
 
-/// Largest activation row (bytes) the row-at-a-time mat-vec keeps in L1.
-const MATVEC_X_IN_L1: usize = 32 * 1024;
-
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint (token, row) cells of the output.
@@ -116,13 +113,10 @@ fn tiled<W, X>(
     rows: std::ops::Range<usize>,
     write: &dyn Fn(usize, usize, f32),
 ) {
-    if n_tokens == 1 && std::mem::size_of_val(x) <= MATVEC_X_IN_L1 {
-        // Mat-vec: one row at a time streams memory in order, which measured
-        // faster than interleaving the 4 rows of a tile — while the
-        // activation row stays in L1. A wider one (f32 ffn down, 13696
-        // columns = 55 KB) is re-read from L2 for every row, so there the
-        // 4-row tile, which reads it once per 4 rows, wins (17.7 → 22.4 GB/s
-        // on 1 thread, 33 → 45 GB/s on 2).
+    if n_tokens == 1 {
+        // Mat-vec: one row at a time streams memory in order (with software
+        // prefetch), which measured faster than interleaving the 4 rows of a
+        // tile, also for rows whose activations spill from L1 to L2.
         for r in rows {
             write(0, r, dot(&w[r * n..(r + 1) * n], &x[..n]));
         }

@@ -261,6 +261,7 @@ pub mod avx2 {
         let mut corr = _mm_setzero_ps();
         for q in 0..nq {
             let xq = x.get_unchecked(q);
+            crate::prefetch::ahead(qs.as_ptr().add(4 * q));
             let dw = quad_scales(scales.as_ptr().add(4 * q));
             let dx = _mm_loadu_ps(xq.d.as_ptr());
             for (k, acc_k) in acc.iter_mut().enumerate() {
@@ -367,6 +368,7 @@ pub mod avx512 {
         let mut corr = _mm_setzero_ps();
         for q in 0..nq {
             let xq = x.get_unchecked(q);
+            crate::prefetch::ahead(qs.as_ptr().add(4 * q));
             let (lo, hi) = nibbles(qs.as_ptr().add(4 * q), mask);
             let dw = quad_scales(scales.as_ptr().add(4 * q));
             acc[q & 1] = _mm512_fmadd_ps(products(lo, hi, xq), spread(dw), acc[q & 1]);

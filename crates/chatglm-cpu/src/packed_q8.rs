@@ -146,6 +146,7 @@ pub mod avx2 {
     use crate::dot::avx2::hsum;
     use crate::packed::avx2::{quad_scales, spread};
     use crate::packed::Q8Quad;
+    use crate::prefetch;
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -185,6 +186,8 @@ pub mod avx2 {
         let mut acc = [_mm256_setzero_ps(); 2];
         for q in 0..nq {
             let (xq, wq) = (x.get_unchecked(q), qs.get_unchecked(q));
+            prefetch::ahead(wq.as_ptr());
+            prefetch::ahead(wq.as_ptr().wrapping_add(64));
             let dw = quad_scales(scales.as_ptr().add(4 * q));
             let dx = _mm_loadu_ps(xq.d.as_ptr());
             for (k, acc_k) in acc.iter_mut().enumerate() {
@@ -226,6 +229,7 @@ pub mod avx512 {
     use super::{PackedQ8_0Kernels, Q8WeightQuad};
     use crate::packed::avx512::{hsum4, products, quad_scales, spread};
     use crate::packed::Q8Quad;
+    use crate::prefetch;
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -251,6 +255,9 @@ pub mod avx512 {
         let mut corr = _mm_setzero_ps();
         for q in 0..nq {
             let xq = x.get_unchecked(q);
+            let p = qs.as_ptr().add(q).cast::<u8>();
+            prefetch::ahead(p);
+            prefetch::ahead(p.wrapping_add(64));
             let (lo, hi) = halves(qs.get_unchecked(q));
             let dw = quad_scales(scales.as_ptr().add(4 * q));
             acc[q & 1] = _mm512_fmadd_ps(products(lo, hi, xq), spread(dw), acc[q & 1]);

@@ -166,6 +166,8 @@ unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut i = 0;
     while i + 64 <= n {
+        crate::prefetch::ahead(pw.add(i));
+        crate::prefetch::ahead(pw.add(i + 32));
         for (k, a) in acc.iter_mut().enumerate() {
             let o = i + 16 * k;
             *a = _mm512_fmadd_ps(f16::load16(pw.add(o)), _mm512_loadu_ps(px.add(o)), *a);

@@ -56,6 +56,8 @@ unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
+        crate::prefetch::ahead(pw.add(i));
+        crate::prefetch::ahead(pw.add(i + 16));
         for (k, a) in acc.iter_mut().enumerate() {
             let o = i + 8 * k;
             *a = _mm256_fmadd_ps(_mm256_loadu_ps(pw.add(o)), _mm256_loadu_ps(px.add(o)), *a);
@@ -82,6 +84,7 @@ unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
+        crate::prefetch::ahead(pw.add(i / 8));
         for (k, a) in acc.iter_mut().enumerate() {
             let o = i + 8 * k;
             let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(o / 8)));
@@ -117,6 +120,7 @@ unsafe fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut i = 0;
     while i + 16 <= n {
+        crate::prefetch::ahead(pw.add(i));
         acc[0] = _mm256_fmadd_ps(load_bf16x8(pw.add(i)), _mm256_loadu_ps(px.add(i)), acc[0]);
         acc[1] = _mm256_fmadd_ps(load_bf16x8(pw.add(i + 8)), _mm256_loadu_ps(px.add(i + 8)), acc[1]);
         i += 16;
