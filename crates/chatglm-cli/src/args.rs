@@ -28,13 +28,19 @@ pub struct ModelArgs {
     /// Worker threads (default: the number of physical cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Use weights in place from the memory-mapped file where their layout
+    /// allows (f16/f32/bf16 as stored): starts instantly and shares the OS
+    /// page cache, but decodes slower (4 KiB pages; measured 280 vs 230
+    /// ms/token for 6B f16 on 2 cores). Default: copy into memory.
+    #[arg(long)]
+    pub mmap: bool,
 }
 
 impl ModelArgs {
     pub fn load_options(&self) -> Result<PipelineOptions> {
         let format: WeightFormat = self.dtype.parse()?;
         let kv_dtype = self.kv_dtype.as_deref().map(str::parse::<KvDType>).transpose()?;
-        Ok(PipelineOptions { load: LoadOptions::new(format), kv_dtype })
+        Ok(PipelineOptions { load: LoadOptions { mmap: self.mmap, ..LoadOptions::new(format) }, kv_dtype })
     }
 
     /// Sizes the thread pool, then loads with a progress bar on stderr.

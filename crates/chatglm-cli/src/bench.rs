@@ -24,6 +24,9 @@ pub struct BenchArgs {
     /// KV-cache element type: f32, f16 or q8_0.
     #[arg(long, default_value = "f16")]
     pub kv_dtype: String,
+    /// Use weights in place from the mapped file where possible (see `chatglm chat --help`).
+    #[arg(long)]
+    pub mmap: bool,
     /// Worker threads (default: physical cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -142,7 +145,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (Model::synthetic(backend, cfg, LoadOptions::new(format), 1), format!("synthetic {name}"))
     } else {
         let spec = args.model.clone().context("-m or --synthetic is required")?;
-        let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: Some(kv_dtype) };
+        let load = LoadOptions { mmap: args.mmap, ..LoadOptions::new(format) };
+        let options = PipelineOptions { load, kv_dtype: Some(kv_dtype) };
         let p = Pipeline::load(&spec, options, &mut |_, _| {})?;
         (p.model, spec)
     };

@@ -148,6 +148,8 @@ impl QuantizeArgs {
             format,
             output_format: opt(&self.output_dtype)?,
             embedding_format: opt(&self.embedding_dtype)?,
+            // The report runs a few forward passes: no reason to copy the reference weights.
+            mmap: true,
         })
     }
 }

@@ -52,6 +52,29 @@ pub enum MatrixData {
     Q5_1(Storage<BlockQ5_1>),
 }
 
+impl MatrixData {
+    /// The same data with any memory-mapped storage copied into owned memory.
+    pub fn into_owned(self) -> Self {
+        fn own<T: bytemuck::Pod>(s: Storage<T>) -> Storage<T> {
+            match s {
+                Storage::Mapped(d) => Storage::Owned(bytemuck::pod_collect_to_vec(&d)),
+                owned => owned,
+            }
+        }
+        match self {
+            MatrixData::F32(s) => MatrixData::F32(own(s)),
+            MatrixData::F16(s) => MatrixData::F16(own(s)),
+            MatrixData::BF16(s) => MatrixData::BF16(own(s)),
+            MatrixData::Q8_0(s) => MatrixData::Q8_0(own(s)),
+            MatrixData::Q4_0(s) => MatrixData::Q4_0(own(s)),
+            MatrixData::Q4_1(s) => MatrixData::Q4_1(own(s)),
+            MatrixData::Q5_0(s) => MatrixData::Q5_0(own(s)),
+            MatrixData::Q5_1(s) => MatrixData::Q5_1(own(s)),
+            packed @ (MatrixData::Q4_0Packed(_) | MatrixData::Q8_0Packed(_)) => packed,
+        }
+    }
+}
+
 /// A row-major `(rows, cols)` weight matrix: `y = W x` reads one row per output.
 #[derive(Clone)]
 pub struct Matrix {

@@ -31,25 +31,57 @@ pub fn padded_blocks(cols: usize) -> usize {
     (cols / 32).div_ceil(4) * 4
 }
 
+/// A packed layout built one row of ggml blocks at a time, so a loader never
+/// holds the whole matrix twice (the 65024-row output layer is 283 MB at q8_0).
+pub trait PackRows: Sized {
+    type Block: bytemuck::Pod;
+    /// An empty matrix with room for `rows` rows of `cols` columns.
+    fn with_capacity(rows: usize, cols: usize) -> Self;
+    /// Appends one row (`cols / 32` blocks).
+    fn push_row(&mut self, row: &[Self::Block]);
+    /// Adds the slack entries the kernels may read past the last row.
+    fn finish(self) -> Self;
+
+    /// Repacks `rows` rows of `cols / 32` ggml blocks.
+    fn from_blocks(blocks: &[Self::Block], rows: usize, cols: usize) -> Self {
+        let mut m = Self::with_capacity(rows, cols);
+        for row in blocks.chunks_exact(cols / 32).take(rows) {
+            m.push_row(row);
+        }
+        m.finish()
+    }
+}
+
+impl PackRows for PackedQ4_0 {
+    type Block = BlockQ4_0;
+
+    fn with_capacity(rows: usize, cols: usize) -> Self {
+        let nbp = padded_blocks(cols);
+        Self { rows: 0, blocks_per_row: nbp, scales: Vec::with_capacity(rows * nbp + 4), qs: Vec::with_capacity(rows * nbp) }
+    }
+
+    fn push_row(&mut self, row: &[BlockQ4_0]) {
+        for b in row {
+            self.scales.push(b.d);
+            self.qs.push(b.qs);
+        }
+        for _ in row.len()..self.blocks_per_row {
+            self.scales.push(f16::ZERO);
+            self.qs.push([0x88; 16]); // q = 8 → weight 0
+        }
+        self.rows += 1;
+    }
+
+    fn finish(mut self) -> Self {
+        self.scales.extend([f16::ZERO; 4]);
+        self
+    }
+}
+
 impl PackedQ4_0 {
     /// Repacks ggml blocks, `cols / 32` per row.
     pub fn from_blocks(blocks: &[BlockQ4_0], rows: usize, cols: usize) -> Self {
-        let nb = cols / 32;
-        let nbp = padded_blocks(cols);
-        let mut scales = Vec::with_capacity(rows * nbp + 4);
-        let mut qs = Vec::with_capacity(rows * nbp);
-        for row in blocks.chunks_exact(nb).take(rows) {
-            for b in row {
-                scales.push(b.d);
-                qs.push(b.qs);
-            }
-            for _ in nb..nbp {
-                scales.push(f16::ZERO);
-                qs.push([0x88; 16]); // q = 8 → weight 0
-            }
-        }
-        scales.extend([f16::ZERO; 4]);
-        Self { rows, blocks_per_row: nbp, scales, qs }
+        <Self as PackRows>::from_blocks(blocks, rows, cols)
     }
 
     /// Bytes of weights (what a mat-vec streams).

@@ -10,7 +10,7 @@
 //! Bits per weight are unchanged (8.5).
 
 use crate::dot::BlockQ8_0;
-use crate::packed::{padded_blocks, PackedKernels, PackedRows, Q8Quad};
+use crate::packed::{padded_blocks, PackRows, PackedKernels, PackedRows, Q8Quad};
 use half::f16;
 
 /// One quad of weights: 4 blocks of 32 sign-flipped values.
@@ -38,32 +38,48 @@ fn quad_offset(m: usize, i: usize) -> usize {
     }
 }
 
+impl PackRows for PackedQ8_0 {
+    type Block = BlockQ8_0;
+
+    fn with_capacity(rows: usize, cols: usize) -> Self {
+        let nbp = padded_blocks(cols);
+        Self {
+            rows: 0,
+            blocks_per_row: nbp,
+            scales: Vec::with_capacity(rows * nbp + 4),
+            qs: Vec::with_capacity(rows * nbp / 4),
+        }
+    }
+
+    fn push_row(&mut self, row: &[BlockQ8_0]) {
+        for b0 in (0..self.blocks_per_row).step_by(4) {
+            let mut quad = [0x80u8; 128]; // 0x80 = weight 0
+            for m in 0..4 {
+                match row.get(b0 + m) {
+                    Some(block) => {
+                        self.scales.push(block.d);
+                        for (i, &v) in block.qs.iter().enumerate() {
+                            quad[quad_offset(m, i)] = (v as u8) ^ 0x80;
+                        }
+                    }
+                    None => self.scales.push(f16::ZERO),
+                }
+            }
+            self.qs.push(quad);
+        }
+        self.rows += 1;
+    }
+
+    fn finish(mut self) -> Self {
+        self.scales.extend([f16::ZERO; 4]);
+        self
+    }
+}
+
 impl PackedQ8_0 {
     /// Repacks ggml blocks, `cols / 32` per row.
     pub fn from_blocks(blocks: &[BlockQ8_0], rows: usize, cols: usize) -> Self {
-        let nb = cols / 32;
-        let nbp = padded_blocks(cols);
-        let mut scales = Vec::with_capacity(rows * nbp + 4);
-        let mut qs = Vec::with_capacity(rows * nbp / 4);
-        for row in blocks.chunks_exact(nb).take(rows) {
-            for b0 in (0..nbp).step_by(4) {
-                let mut quad = [0x80u8; 128]; // 0x80 = weight 0
-                for m in 0..4 {
-                    match row.get(b0 + m) {
-                        Some(block) => {
-                            scales.push(block.d);
-                            for (i, &v) in block.qs.iter().enumerate() {
-                                quad[quad_offset(m, i)] = (v as u8) ^ 0x80;
-                            }
-                        }
-                        None => scales.push(f16::ZERO),
-                    }
-                }
-                qs.push(quad);
-            }
-        }
-        scales.extend([f16::ZERO; 4]);
-        Self { rows, blocks_per_row: nbp, scales, qs }
+        <Self as PackRows>::from_blocks(blocks, rows, cols)
     }
 
     /// Bytes of weights (what a mat-vec streams).

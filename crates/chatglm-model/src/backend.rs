@@ -20,8 +20,10 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
-    /// Builds a matrix from checkpoint bytes, converting or quantizing to `format`.
-    fn load_matrix(&self, tensor: &Tensor, format: WeightFormat) -> Result<Self::Matrix, ModelError>;
+    /// Builds a matrix from checkpoint bytes, converting or quantizing to
+    /// `format`. With `mmap`, bytes already in the kernels' layout may be
+    /// used in place from the mapped file instead of copied.
+    fn load_matrix(&self, tensor: &Tensor, format: WeightFormat, mmap: bool) -> Result<Self::Matrix, ModelError>;
     fn load_vector(&self, values: Vec<f32>) -> Self::Vector;
     /// A matrix of random values in `format` (benchmarks: speed does not
     /// depend on the values). `format` must not be `Auto`.

@@ -7,7 +7,7 @@ use crate::{Backend, ModelError, SequenceInput};
 use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::ops::{self, RopeTable};
-use chatglm_cpu::packed::PackedQ4_0;
+use chatglm_cpu::packed::{PackRows, PackedQ4_0};
 use chatglm_cpu::packed_q8::PackedQ8_0;
 use chatglm_cpu::{Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock};
@@ -69,6 +69,44 @@ fn quantized<B: QuantBlock>(tensor: &Tensor, rows: usize, cols: usize) -> Result
         release_converted_rows(tensor, r, cols);
     }
     Ok(out)
+}
+
+/// Quantizes (float source) or copies (same-format source) a tensor row by
+/// row straight into a packed layout, releasing source pages as it goes.
+fn packed<P>(tensor: &Tensor, rows: usize, cols: usize, format: DType) -> Result<P, ModelError>
+where
+    P: PackRows,
+    P::Block: QuantBlock,
+{
+    if !cols.is_multiple_of(32) {
+        return Err(bad(
+            tensor,
+            format!("{cols} columns is not a multiple of the 32-weight block; choose a float format"),
+        ));
+    }
+    let mut m = P::with_capacity(rows, cols);
+    if tensor.dtype == format {
+        let row_bytes = cols / 32 * std::mem::size_of::<P::Block>();
+        for r in 0..rows {
+            let bytes = tensor
+                .data
+                .get(r * row_bytes..(r + 1) * row_bytes)
+                .ok_or_else(|| bad(tensor, format!("row {r} is out of bounds")))?;
+            match bytemuck::try_cast_slice::<u8, P::Block>(bytes) {
+                Ok(blocks) => m.push_row(blocks),
+                Err(_) => m.push_row(&bytemuck::pod_collect_to_vec::<u8, P::Block>(bytes)),
+            }
+            release_converted_rows(tensor, r, cols);
+        }
+    } else {
+        let mut row = vec![0.0f32; cols];
+        for r in 0..rows {
+            decode_row(tensor, r, cols, &mut row)?;
+            m.push_row(&quantize_row::<P::Block>(&row));
+            release_converted_rows(tensor, r, cols);
+        }
+    }
+    Ok(m.finish())
 }
 
 /// Rows converted per release of their source pages.
@@ -141,7 +179,7 @@ impl Backend for CpuBackend {
         format!("cpu ({} kernels, {} threads)", self.kernels.name, rayon::current_num_threads())
     }
 
-    fn load_matrix(&self, t: &Tensor, format: WeightFormat) -> Result<Matrix, ModelError> {
+    fn load_matrix(&self, t: &Tensor, format: WeightFormat, mmap: bool) -> Result<Matrix, ModelError> {
         let [rows, cols] = t.shape[..] else {
             return Err(bad(t, format!("expected a 2-D matrix, found shape {:?}", t.shape)));
         };
@@ -149,14 +187,6 @@ impl Backend for CpuBackend {
             (WeightFormat::F32, DType::F32) => MatrixData::F32(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::F16, DType::F16) => MatrixData::F16(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::BF16, DType::BF16) => MatrixData::BF16(Storage::from_tensor_data(t.data.clone())),
-            (WeightFormat::Q8_0, DType::Q8_0) => {
-                let blocks: Vec<BlockQ8_0> = bytemuck::pod_collect_to_vec(&t.data);
-                MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(&blocks, rows, cols))
-            }
-            (WeightFormat::Q4_0, DType::Q4_0) => {
-                let blocks: Vec<BlockQ4_0> = bytemuck::pod_collect_to_vec(&t.data);
-                MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&blocks, rows, cols))
-            }
             (WeightFormat::Q4_1, DType::Q4_1) => MatrixData::Q4_1(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::Q5_0, DType::Q5_0) => MatrixData::Q5_0(Storage::from_tensor_data(t.data.clone())),
             (WeightFormat::Q5_1, DType::Q5_1) => MatrixData::Q5_1(Storage::from_tensor_data(t.data.clone())),
@@ -165,16 +195,13 @@ impl Backend for CpuBackend {
             }
             (WeightFormat::F16, _) => MatrixData::F16(Storage::Owned(convert(t, rows, cols, f16::from_f32)?)),
             (WeightFormat::BF16, _) => MatrixData::BF16(Storage::Owned(convert(t, rows, cols, bf16::from_f32)?)),
-            (WeightFormat::Q8_0, _) => {
-                MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(&quantized::<BlockQ8_0>(t, rows, cols)?, rows, cols))
-            }
-            (WeightFormat::Q4_0, _) => {
-                MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&quantized::<BlockQ4_0>(t, rows, cols)?, rows, cols))
-            }
+            (WeightFormat::Q8_0, _) => MatrixData::Q8_0Packed(packed(t, rows, cols, DType::Q8_0)?),
+            (WeightFormat::Q4_0, _) => MatrixData::Q4_0Packed(packed(t, rows, cols, DType::Q4_0)?),
             (WeightFormat::Q4_1, _) => MatrixData::Q4_1(Storage::Owned(quantized::<BlockQ4_1>(t, rows, cols)?)),
             (WeightFormat::Q5_0, _) => MatrixData::Q5_0(Storage::Owned(quantized::<BlockQ5_0>(t, rows, cols)?)),
             (WeightFormat::Q5_1, _) => MatrixData::Q5_1(Storage::Owned(quantized::<BlockQ5_1>(t, rows, cols)?)),
         };
+        let data = if mmap { data } else { data.into_owned() };
         if !matches!(
             &data,
             MatrixData::F32(Storage::Mapped(_))
@@ -228,7 +255,7 @@ impl Backend for CpuBackend {
                     shape: vec![rows, cols],
                     data: chatglm_weights::TensorData::from_vec(bytemuck::cast_slice(&src).to_vec()),
                 };
-                return self.load_matrix(&t, format).expect("invariant: synthetic shapes are multiples of 32");
+                return self.load_matrix(&t, format, false).expect("invariant: synthetic shapes are multiples of 32");
             }
             WeightFormat::Q4_0 => MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(
                 &random_vec(rows * cols / 32, seed, |r| {

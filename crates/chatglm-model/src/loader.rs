@@ -87,11 +87,18 @@ pub struct LoadOptions {
     /// Format of the embedding table; `None`: as `format` (only one row per
     /// token is read, so its format costs memory, not speed).
     pub embedding_format: Option<WeightFormat>,
+    /// Use weights in place from the memory-mapped checkpoint where its
+    /// layout already fits (instant start, pages shared with the OS cache).
+    /// Off by default: copies live in anonymous memory, which the kernel backs
+    /// with huge pages, and f16 decode measured 18% faster that way (280 →
+    /// 230 ms/token for 6B on 2 cores): a 4 KiB-paged stream stalls the
+    /// hardware prefetchers at every page boundary.
+    pub mmap: bool,
 }
 
 impl LoadOptions {
     pub fn new(format: WeightFormat) -> Self {
-        Self { format, output_format: None, embedding_format: None }
+        Self { format, output_format: None, embedding_format: None, mmap: false }
     }
 
     fn output(&self) -> WeightFormat {
@@ -141,7 +148,7 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
         |name: &str| -> Result<B::Vector, ModelError> { Ok(backend.load_vector(source.tensor(name)?.to_f32()?)) };
     let matrix = |name: &str, format: WeightFormat| -> Result<B::Matrix, ModelError> {
         let t = source.tensor(name)?;
-        backend.load_matrix(t, format.resolve(t.dtype))
+        backend.load_matrix(t, format.resolve(t.dtype), options.mmap)
     };
 
     let embedding = matrix(names::WORD_EMBEDDINGS, options.embedding())?;
