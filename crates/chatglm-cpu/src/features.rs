@@ -15,6 +15,8 @@ pub struct CpuFeatures {
     pub avx512vl: bool,
     pub avx512vnni: bool,
     pub neon: bool,
+    /// Armv8.2 `sdot`/`udot`.
+    pub dotprod: bool,
 }
 
 impl CpuFeatures {
@@ -31,11 +33,16 @@ impl CpuFeatures {
                 avx512vl: is_x86_feature_detected!("avx512vl"),
                 avx512vnni: is_x86_feature_detected!("avx512vnni"),
                 neon: false,
+                dotprod: false,
             }
         }
         #[cfg(target_arch = "aarch64")]
         {
-            Self { neon: std::arch::is_aarch64_feature_detected!("neon"), ..Self::default() }
+            Self {
+                neon: std::arch::is_aarch64_feature_detected!("neon"),
+                dotprod: std::arch::is_aarch64_feature_detected!("dotprod"),
+                ..Self::default()
+            }
         }
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
@@ -146,6 +153,10 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         if features.has_avx2_set() {
             return dot::avx2::kernels();
+        }
+        #[cfg(target_arch = "aarch64")]
+        if features.neon {
+            return crate::neon::kernels(features.dotprod);
         }
         let _ = features;
         Self::scalar()

@@ -17,6 +17,8 @@ pub mod dot;
 pub mod features;
 pub mod matmul;
 pub mod matrix;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod ops;
 pub mod packed;
 pub mod packed_q8;

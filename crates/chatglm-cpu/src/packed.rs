@@ -57,7 +57,12 @@ impl PackRows for PackedQ4_0 {
 
     fn with_capacity(rows: usize, cols: usize) -> Self {
         let nbp = padded_blocks(cols);
-        Self { rows: 0, blocks_per_row: nbp, scales: Vec::with_capacity(rows * nbp + 4), qs: Vec::with_capacity(rows * nbp) }
+        Self {
+            rows: 0,
+            blocks_per_row: nbp,
+            scales: Vec::with_capacity(rows * nbp + 4),
+            qs: Vec::with_capacity(rows * nbp),
+        }
     }
 
     fn push_row(&mut self, row: &[BlockQ4_0]) {

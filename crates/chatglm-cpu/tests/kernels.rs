@@ -31,12 +31,22 @@ fn tables() -> Vec<Kernels> {
     }
     if f.has_avx512_vnni_set() {
         v.push(Kernels::for_features(f));
-    } else {
+    } else if cfg!(target_arch = "x86_64") {
         eprintln!("note: no AVX-512 VNNI on this CPU; those kernels are not tested here");
     }
-    if !f.has_avx2_set() {
+    #[cfg(target_arch = "aarch64")]
+    if f.neon {
+        v.push(Kernels::for_features(CpuFeatures { dotprod: false, ..f }));
+        if f.dotprod {
+            v.push(Kernels::for_features(f));
+        } else {
+            eprintln!("note: no dotprod on this CPU; the sdot kernels are not tested here");
+        }
+    }
+    if !f.has_avx2_set() && !f.neon {
         eprintln!("note: no AVX2 on this CPU; only the scalar kernels are tested");
     }
+    eprintln!("kernel tables under test: {}", v.iter().map(|k| k.name).collect::<Vec<_>>().join(", "));
     v
 }
 
