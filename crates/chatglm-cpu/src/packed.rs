@@ -373,13 +373,20 @@ pub mod avx512 {
         _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
     }
 
-    /// 16 f32 lanes (4 per block) of `Σ q·x` of a quad, times the activation scales.
+    /// 16 f32 lanes (4 per block) of `Σ q·x` of a quad.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) unsafe fn int_products(lo: __m512i, hi: __m512i, x: &Q8Quad) -> __m512 {
+        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x.lo.as_ptr() as *const _));
+        let s = _mm512_dpbusd_epi32(s, hi, _mm512_loadu_si512(x.hi.as_ptr() as *const _));
+        _mm512_cvtepi32_ps(s)
+    }
+
+    /// [`int_products`] times the activation scales.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) unsafe fn products(lo: __m512i, hi: __m512i, x: &Q8Quad) -> __m512 {
-        let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x.lo.as_ptr() as *const _));
-        let s = _mm512_dpbusd_epi32(s, hi, _mm512_loadu_si512(x.hi.as_ptr() as *const _));
-        _mm512_mul_ps(_mm512_cvtepi32_ps(s), spread(_mm_loadu_ps(x.d.as_ptr())))
+        _mm512_mul_ps(int_products(lo, hi, x), spread(_mm_loadu_ps(x.d.as_ptr())))
     }
 
     #[inline]
@@ -408,7 +415,9 @@ pub mod avx512 {
             crate::prefetch::ahead(qs.as_ptr().add(4 * q));
             let (lo, hi) = nibbles(qs.as_ptr().add(4 * q), mask);
             let dw = quad_scales(scales.as_ptr().add(4 * q));
-            acc[q & 1] = _mm512_fmadd_ps(products(lo, hi, xq), spread(dw), acc[q & 1]);
+            // One spread of the combined scales instead of one per factor.
+            let d = spread(_mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr())));
+            acc[q & 1] = _mm512_fmadd_ps(int_products(lo, hi, xq), d, acc[q & 1]);
             corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)

@@ -243,7 +243,7 @@ pub mod avx512 {
     //! AVX-512 VNNI: a quad is two 512-bit loads and two `vpdpbusd`.
 
     use super::{PackedQ8_0Kernels, Q8WeightQuad};
-    use crate::packed::avx512::{hsum4, products, quad_scales, spread};
+    use crate::packed::avx512::{hsum4, int_products, products, quad_scales, spread};
     use crate::packed::Q8Quad;
     use crate::prefetch;
     use half::f16;
@@ -276,7 +276,8 @@ pub mod avx512 {
             prefetch::ahead(p.wrapping_add(64));
             let (lo, hi) = halves(qs.get_unchecked(q));
             let dw = quad_scales(scales.as_ptr().add(4 * q));
-            acc[q & 1] = _mm512_fmadd_ps(products(lo, hi, xq), spread(dw), acc[q & 1]);
+            let d = spread(_mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr())));
+            acc[q & 1] = _mm512_fmadd_ps(int_products(lo, hi, xq), d, acc[q & 1]);
             corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 128.0 * hsum4(corr)
