@@ -389,6 +389,65 @@ pub mod avx512 {
         _mm512_mul_ps(int_products(lo, hi, x), spread(_mm_loadu_ps(x.d.as_ptr())))
     }
 
+    /// `[v(q), v(q+1), v(q+2), v(q+3)]`: 4 floats from each of 4 quads.
+    #[inline(always)]
+    unsafe fn gather4(x: &[Q8Quad], q: usize, field: impl Fn(&Q8Quad) -> &[f32; 4]) -> __m512 {
+        let v = _mm512_castps128_ps512(_mm_loadu_ps(field(x.get_unchecked(q)).as_ptr()));
+        let v = _mm512_insertf32x4(v, _mm_loadu_ps(field(x.get_unchecked(q + 1)).as_ptr()), 1);
+        let v = _mm512_insertf32x4(v, _mm_loadu_ps(field(x.get_unchecked(q + 2)).as_ptr()), 2);
+        _mm512_insertf32x4(v, _mm_loadu_ps(field(x.get_unchecked(q + 3)).as_ptr()), 3)
+    }
+
+    /// A packed row's dot product given `products(q)`, the 16 lanes (4 per
+    /// block) of integer sums `Σ w·x` of quad `q` as f32, for weights stored
+    /// with `offset` added.
+    ///
+    /// Scales are handled 4 quads (16 blocks) at a time: one conversion of
+    /// 16 f16 weight scales, one multiply by the activation scales, one
+    /// offset-correction FMA, then one permute per quad to spread its 4
+    /// scales over its lanes. Per quad that is half the scale work of the
+    /// one-quad loop, which made one thread's q4_0 mat-vec 36 → 47 GB/s
+    /// (compute-bound before; `kernel_bench`, bench/RESULTS.md).
+    #[inline(always)]
+    pub(crate) unsafe fn dot_quads(
+        scales: &[f16],
+        x: &[Q8Quad],
+        nq: usize,
+        offset: f32,
+        products: impl Fn(usize) -> __m512,
+    ) -> f32 {
+        debug_assert!(scales.len() >= 4 * nq && x.len() >= nq);
+        let idx = [
+            _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+            _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
+            _mm512_setr_epi32(8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
+            _mm512_setr_epi32(12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15),
+        ];
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut corr = _mm512_setzero_ps();
+        let mut q = 0;
+        while q + 4 <= nq {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(4 * q) as *const __m256i));
+            let d = _mm512_mul_ps(dw, gather4(x, q, |xq| &xq.d));
+            corr = _mm512_fmadd_ps(dw, gather4(x, q, |xq| &xq.dsum), corr);
+            for (k, idx_k) in idx.iter().enumerate() {
+                acc[k & 1] = _mm512_fmadd_ps(products(q + k), _mm512_permutexvar_ps(*idx_k, d), acc[k & 1]);
+            }
+            q += 4;
+        }
+        let mut tail_corr = _mm_setzero_ps();
+        while q < nq {
+            let xq = x.get_unchecked(q);
+            let dw = quad_scales(scales.as_ptr().add(4 * q));
+            let d = spread(_mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr())));
+            acc[q & 1] = _mm512_fmadd_ps(products(q), d, acc[q & 1]);
+            tail_corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), tail_corr);
+            q += 1;
+        }
+        let corr = _mm512_reduce_add_ps(corr) + hsum4(tail_corr);
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - offset * corr
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn nibbles(q: *const [u8; 16], mask: __m512i) -> (__m512i, __m512i) {
@@ -408,19 +467,11 @@ pub mod avx512 {
         let nq = x.len().min(qs.len() / 4);
         debug_assert!(scales.len() >= 4 * nq);
         let mask = _mm512_set1_epi8(0x0f);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut corr = _mm_setzero_ps();
-        for q in 0..nq {
-            let xq = x.get_unchecked(q);
+        dot_quads(scales, x, nq, 8.0, |q| {
             crate::prefetch::ahead(qs.as_ptr().add(4 * q));
             let (lo, hi) = nibbles(qs.as_ptr().add(4 * q), mask);
-            let dw = quad_scales(scales.as_ptr().add(4 * q));
-            // One spread of the combined scales instead of one per factor.
-            let d = spread(_mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr())));
-            acc[q & 1] = _mm512_fmadd_ps(int_products(lo, hi, xq), d, acc[q & 1]);
-            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)
+            int_products(lo, hi, x.get_unchecked(q))
+        })
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]

@@ -243,7 +243,7 @@ pub mod avx512 {
     //! AVX-512 VNNI: a quad is two 512-bit loads and two `vpdpbusd`.
 
     use super::{PackedQ8_0Kernels, Q8WeightQuad};
-    use crate::packed::avx512::{hsum4, int_products, products, quad_scales, spread};
+    use crate::packed::avx512::{dot_quads, hsum4, int_products, products, quad_scales, spread};
     use crate::packed::Q8Quad;
     use crate::prefetch;
     use half::f16;
@@ -267,20 +267,13 @@ pub mod avx512 {
     unsafe fn dot(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
         let nq = x.len().min(qs.len());
         debug_assert!(scales.len() >= 4 * nq);
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut corr = _mm_setzero_ps();
-        for q in 0..nq {
-            let xq = x.get_unchecked(q);
+        dot_quads(scales, x, nq, 128.0, |q| {
             let p = qs.as_ptr().add(q).cast::<u8>();
             prefetch::ahead(p);
             prefetch::ahead(p.wrapping_add(64));
             let (lo, hi) = halves(qs.get_unchecked(q));
-            let dw = quad_scales(scales.as_ptr().add(4 * q));
-            let d = spread(_mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr())));
-            acc[q & 1] = _mm512_fmadd_ps(int_products(lo, hi, xq), d, acc[q & 1]);
-            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) - 128.0 * hsum4(corr)
+            int_products(lo, hi, x.get_unchecked(q))
+        })
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
