@@ -17,6 +17,7 @@ pub mod dot;
 pub mod features;
 pub mod matmul;
 pub mod matrix;
+pub mod memory;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod ops;

@@ -57,7 +57,10 @@ impl MatrixData {
     pub fn into_owned(self) -> Self {
         fn own<T: bytemuck::Pod>(s: Storage<T>) -> Storage<T> {
             match s {
-                Storage::Mapped(d) => Storage::Owned(bytemuck::pod_collect_to_vec(&d)),
+                Storage::Mapped(d) => Storage::Owned(match bytemuck::try_cast_slice::<u8, T>(&d) {
+                    Ok(values) => crate::memory::huge_copy(values),
+                    Err(_) => bytemuck::pod_collect_to_vec(&d),
+                }),
                 owned => owned,
             }
         }

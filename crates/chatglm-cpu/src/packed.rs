@@ -60,8 +60,8 @@ impl PackRows for PackedQ4_0 {
         Self {
             rows: 0,
             blocks_per_row: nbp,
-            scales: Vec::with_capacity(rows * nbp + 4),
-            qs: Vec::with_capacity(rows * nbp),
+            scales: crate::memory::huge_vec(rows * nbp + 4),
+            qs: crate::memory::huge_vec(rows * nbp),
         }
     }
 

@@ -46,8 +46,8 @@ impl PackRows for PackedQ8_0 {
         Self {
             rows: 0,
             blocks_per_row: nbp,
-            scales: Vec::with_capacity(rows * nbp + 4),
-            qs: Vec::with_capacity(rows * nbp / 4),
+            scales: crate::memory::huge_vec(rows * nbp + 4),
+            qs: crate::memory::huge_vec(rows * nbp / 4),
         }
     }
 

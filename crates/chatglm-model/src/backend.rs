@@ -20,6 +20,12 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// Runs one forward step (`step`) where the backend wants it run; by
+    /// default on the calling thread.
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        step()
+    }
+
     /// Builds a matrix from checkpoint bytes, converting or quantizing to
     /// `format`. With `mmap`, bytes already in the kernels' layout may be
     /// used in place from the mapped file instead of copied.

@@ -153,6 +153,14 @@ impl<B: Backend> Model<B> {
         state: &'s mut ForwardState<B>,
         batch: &mut [SequenceInput<'_>],
     ) -> Result<&'s [f32], ModelError> {
+        self.backend.run_step(|| self.forward_on_backend(state, batch))
+    }
+
+    fn forward_on_backend<'s>(
+        &self,
+        state: &'s mut ForwardState<B>,
+        batch: &mut [SequenceInput<'_>],
+    ) -> Result<&'s [f32], ModelError> {
         let cfg = &self.config;
         let (b, w) = (&self.backend, &self.weights);
         let shape = self.attention_shape();
