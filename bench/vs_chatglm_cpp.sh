@@ -150,7 +150,7 @@ record() { # record PHASE FMT THREADS ENGINE JSON
 
 membw() { # memory read bandwidth, 1 and 2 threads; run at the start and the end (the table keeps the best)
     local line t g
-    log "memory read bandwidth (1 GiB buffer, best of 5)"
+    log "memory read bandwidth (1 GiB buffer on huge pages, best of 10)"
     "$BUILD/membw" 1 2 | while read -r line; do
         t="${line#threads=}"; t="${t%% *}"
         g="${line#*best_gb_s=}"; g="${g%% *}"

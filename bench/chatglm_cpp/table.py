@@ -91,7 +91,7 @@ def main():
     if bad:
         notes.append("WARNING: thread count not applied for " + ", ".join(f"{k[3]} {k[1]} {k[0]} t={k[2]}" for k in bad))
     if bw:
-        notes.append("Memory read bandwidth (1 GiB sum, best of 5, best of the probes at the start and end): "
+        notes.append("Memory read bandwidth (1 GiB sum on huge pages, plain and prefetching passes, best of 10, best of the probes at the start and end): "
                      + ", ".join(f"{v:.1f} GB/s with {k} thread{'s' if k > 1 else ''}" for k, v in sorted(bw.items())))
     if wbytes:
         files = meta.get("files", {})
