@@ -18,11 +18,10 @@ pub fn huge_vec<T>(n: usize) -> Vec<T> {
     v
 }
 
-/// `huge_vec` filled with `n` copies of `value`.
-pub fn huge_vec_filled<T: Clone>(n: usize, value: T) -> Vec<T> {
-    let mut v = huge_vec(n);
-    v.resize(n, value);
-    v
+/// Asks for huge pages for the rest of `v`'s allocation (pages already
+/// touched keep their size).
+pub fn advise_huge<T>(v: &Vec<T>) {
+    advise_huge_pages(v.as_ptr().cast::<u8>(), v.capacity().saturating_mul(std::mem::size_of::<T>()));
 }
 
 /// Copies a slice into a [`huge_vec`].

@@ -74,11 +74,10 @@ impl KvStore {
         fn grow<T: bytemuck::Zeroable + Copy>(v: &mut Vec<T>, n: usize) {
             if n > v.capacity() {
                 let step = (v.capacity() / 4).max(4096);
-                // A fresh allocation on huge pages (attention streams the cache
-                // every token), then the old contents moved over.
-                let mut grown = chatglm_cpu::memory::huge_vec(v.len() + (n - v.len()).max(step));
-                grown.extend_from_slice(v);
-                *v = grown;
+                // Growing in place (large blocks are remapped, not copied),
+                // then asking for huge pages: attention streams the cache.
+                v.reserve_exact((n - v.len()).max(step));
+                chatglm_cpu::memory::advise_huge(v);
             }
             v.resize(n, T::zeroed());
         }
