@@ -211,8 +211,7 @@ pub fn attend_group<T: KvElem>(
             (block.scores)(&keys[off..], kv_stride, len, q, nh, hd, &mut scores);
             for h in 0..nh {
                 let s = &mut scores[h][..len];
-                s.iter_mut().for_each(|v| *v *= scale);
-                let tile_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let tile_max = (kernels.vmath.scale_max)(s, scale);
                 let new_max = max[h].max(tile_max);
                 let correction = (max[h] - new_max).exp();
                 max[h] = new_max;
@@ -220,10 +219,7 @@ pub fn attend_group<T: KvElem>(
                 if correction != 1.0 {
                     out[h * hd..(h + 1) * hd].iter_mut().for_each(|v| *v *= correction);
                 }
-                for e in s.iter_mut() {
-                    *e = (*e - new_max).exp();
-                    denom[h] += *e;
-                }
+                denom[h] += (kernels.vmath.exp_sub_sum)(s, new_max);
             }
             (block.weighted_sum)(&scores, len, &values[off..], kv_stride, nh, hd, out);
         }

@@ -101,6 +101,7 @@ pub struct Kernels {
     pub attention_f32: crate::attention::AttentionKernels<f32>,
     pub attention_f16: crate::attention::AttentionKernels<half::f16>,
     pub attention_q8_0: crate::attention::AttentionKernels<dot::BlockQ8_0>,
+    pub vmath: crate::vmath::VMath,
 }
 
 impl Kernels {
@@ -129,6 +130,7 @@ impl Kernels {
             attention_f32: crate::attention::AttentionKernels::scalar(),
             attention_f16: crate::attention::AttentionKernels::scalar(),
             attention_q8_0: crate::attention::AttentionKernels::scalar_q8_0(),
+            vmath: crate::vmath::VMath::scalar(),
         }
     }
 

@@ -28,6 +28,7 @@ mod quant_blocks;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]
 pub mod tile512;
+pub mod vmath;
 
 pub use features::{CpuFeatures, Kernels};
 pub use matrix::{Matrix, MatrixData, Storage};

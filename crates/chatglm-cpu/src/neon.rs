@@ -46,6 +46,7 @@ pub fn kernels(dotprod: bool) -> Kernels {
         dot_f16: |w, x| unsafe { dot_f16(w, x) },
         packed_q4_0,
         packed_q8_0,
+        vmath: crate::vmath::neon::vmath(),
         ..scalar
     }
 }

@@ -1,7 +1,9 @@
 //! Element-wise and row-wise operations of the ChatGLM layer.
 //!
 //! These touch O(hidden) values per token, next to O(hidden²) for the matrix
-//! products, so they are written for clarity and left to auto-vectorisation.
+//! products, so they are written for clarity and left to auto-vectorisation,
+//! except for the exponentials (SwiGLU here, softmax in attention), which go
+//! through the vectorised [`crate::vmath`] table.
 
 /// RMSNorm over each `weight.len()`-wide row: `y = x / sqrt(mean(x²) + eps) * weight`.
 /// The mean of squares is accumulated in f64 so it matches PyTorch's f32
@@ -32,12 +34,10 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
 }
 
 /// SwiGLU over rows of width `2 * ffn`: `out = silu(a) * b` where `[a | b]` is the row.
-pub fn swiglu(x: &[f32], ffn: usize, out: &mut [f32]) {
+pub fn swiglu(kernels: &crate::Kernels, x: &[f32], ffn: usize, out: &mut [f32]) {
     for (xr, or) in x.chunks_exact(2 * ffn).zip(out.chunks_exact_mut(ffn)) {
         let (a, b) = xr.split_at(ffn);
-        for ((o, &a), &b) in or.iter_mut().zip(a).zip(b) {
-            *o = a / (1.0 + (-a).exp()) * b;
-        }
+        (kernels.vmath.swiglu)(a, b, or);
     }
 }
 

@@ -254,13 +254,16 @@ fn ops_match_definitions() {
             close(yr[i], w[i] as f64 * xr[i] as f64 / (ms + 1e-5).sqrt(), 1e-5, "rms_norm");
         }
     }
-    let g = rng.vec(2 * 10);
-    let mut s = vec![0.0; 10];
-    ops::swiglu(&g, 5, &mut s);
-    for r in 0..2 {
-        for i in 0..5 {
-            let a = g[r * 10 + i] as f64;
-            close(s[r * 5 + i], a / (1.0 + (-a).exp()) * g[r * 10 + 5 + i] as f64, 1e-6, "swiglu");
+    for k in tables() {
+        let g: Vec<f32> = rng.vec(2 * 26).iter().map(|v| v * 12.0).collect();
+        let mut s = vec![0.0; 26];
+        ops::swiglu(&k, &g, 13, &mut s);
+        for r in 0..2 {
+            for i in 0..13 {
+                let a = g[r * 26 + i] as f64;
+                let want = a / (1.0 + (-a).exp()) * g[r * 26 + 13 + i] as f64;
+                close(s[r * 13 + i], want, 1e-6, &format!("{} swiglu", k.name));
+            }
         }
     }
     // RoPE: rotating by position p then by -p... check the first pair against the formula.
@@ -365,5 +368,44 @@ fn packed_q8_0_matches_block_layout() {
             chatglm_weights::quant::dequantize_row(&blocks[3 * nb..4 * nb], &mut want);
             assert_eq!(row, want);
         }
+    }
+}
+
+/// The vectorised exponential rows against f64, over the whole input range
+/// (including arguments that underflow and overflow) and awkward lengths.
+#[test]
+fn vmath_rows_match_f64() {
+    let mut rng = Rng(10);
+    for k in tables() {
+        for n in [0, 1, 7, 8, 9, 31, 64, 100] {
+            for spread in [1.0f32, 30.0, 120.0] {
+                let x: Vec<f32> = rng.vec(n).iter().map(|v| v * spread).collect();
+                let sub = spread; // as in softmax: every argument ≤ 0
+                let mut e = x.clone();
+                let sum = (k.vmath.exp_sub_sum)(&mut e, sub);
+                let mut want_sum = 0.0f64;
+                for (i, (&got, &xi)) in e.iter().zip(&x).enumerate() {
+                    let arg = (xi - sub) as f64; // the kernels subtract in f32
+                    let want = arg.exp();
+                    let what = format!("{} exp({arg}) n={n} i={i}", k.name);
+                    if arg < -87.3 {
+                        assert!((0.0..2e-38).contains(&got), "{what}: {got}");
+                    } else {
+                        assert!((got as f64 - want).abs() <= 3e-7 * want, "{what}: {got} vs {want}");
+                    }
+                    want_sum += got as f64;
+                }
+                close(sum, want_sum, 1e-6, &format!("{} exp sum n={n}", k.name));
+
+                let mut scaled = x.clone();
+                let max = (k.vmath.scale_max)(&mut scaled, 0.125);
+                let want: Vec<f32> = x.iter().map(|v| v * 0.125).collect();
+                assert_eq!(scaled, want, "{} scale_max values", k.name);
+                assert_eq!(max, want.iter().copied().fold(f32::NEG_INFINITY, f32::max), "{} scale_max", k.name);
+            }
+        }
+        let mut big = [100.0f32; 9];
+        (k.vmath.exp_sub_sum)(&mut big, 0.0);
+        assert!(big.iter().all(|&v| v > 1e38 && v.is_finite()), "{} exp overflow: {big:?}", k.name);
     }
 }

@@ -324,7 +324,7 @@ impl Backend for CpuBackend {
     }
 
     fn swiglu(&self, x: &CpuActivations, out: &mut CpuActivations) {
-        ops::swiglu(&x.data[..x.rows * x.cols], out.cols, &mut out.data[..out.rows * out.cols]);
+        ops::swiglu(self.kernels, &x.data[..x.rows * x.cols], out.cols, &mut out.data[..out.rows * out.cols]);
     }
 
     fn attention(

@@ -34,6 +34,7 @@ pub fn kernels() -> Kernels {
         attention_f32: crate::tile::avx2::attention_f32(),
         attention_f16: crate::tile::avx2::attention_f16(),
         attention_q8_0: crate::tile::avx2::attention_q8_0(),
+        vmath: crate::vmath::avx2::vmath(),
     }
 }
 
