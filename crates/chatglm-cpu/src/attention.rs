@@ -32,11 +32,19 @@ pub type WeightedSumFn<T> = fn(e: &Scores, len: usize, v: &[T], stride: usize, n
 /// Scores of up to [`MAX_HEADS_PER_PASS`] heads over one tile of positions.
 pub type Scores = [[f32; TILE]; MAX_HEADS_PER_PASS];
 
+/// A whole group's attention in one kernel (what [`attend_group`] computes),
+/// for instruction sets with a better shape than the tile kernels. Returns
+/// false, having done nothing, for shapes it does not handle.
+pub type GroupFn<T> =
+    fn(shape: AttentionShape, group: usize, q: &[f32], keys: &[T], values: &[T], n_ctx: usize, out: &mut [f32]) -> bool;
+
 /// Block kernels over a tile of positions for one KV element type.
 #[derive(Clone, Copy)]
 pub struct AttentionKernels<T: 'static> {
     pub scores: ScoresFn<T>,
     pub weighted_sum: WeightedSumFn<T>,
+    /// Used instead of the tile kernels when present and the shape fits.
+    pub group: Option<GroupFn<T>>,
 }
 
 impl KvElem for BlockQ8_0 {
@@ -54,7 +62,7 @@ impl KvElem for BlockQ8_0 {
 impl AttentionKernels<BlockQ8_0> {
     /// The reference q8_0 KV kernels (keys and values dequantized on the fly).
     pub const fn scalar_q8_0() -> Self {
-        Self { scores: scalar_scores_q8, weighted_sum: scalar_weighted_sum_q8 }
+        Self { scores: scalar_scores_q8, weighted_sum: scalar_weighted_sum_q8, group: None }
     }
 }
 
@@ -99,7 +107,7 @@ fn scalar_weighted_sum_q8(
 
 impl<T: KvElem + ToF32> AttentionKernels<T> {
     pub const fn scalar() -> Self {
-        Self { scores: scalar_scores::<T>, weighted_sum: scalar_weighted_sum::<T> }
+        Self { scores: scalar_scores::<T>, weighted_sum: scalar_weighted_sum::<T>, group: None }
     }
 }
 
@@ -192,6 +200,12 @@ pub fn attend_group<T: KvElem>(
     n_ctx: usize,
     out: &mut [f32],
 ) {
+    let block = T::block_kernels(kernels);
+    if let Some(group_kernel) = block.group {
+        if group_kernel(shape, group, q, keys, values, n_ctx, out) {
+            return;
+        }
+    }
     let hd = shape.head_dim;
     let kv_stride = shape.n_groups * hd;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -203,7 +217,6 @@ pub fn attend_group<T: KvElem>(
         let mut scores = [[0.0f32; TILE]; MAX_HEADS_PER_PASS];
         let out = &mut out[h0 * hd..(h0 + nh) * hd];
         out.fill(0.0);
-        let block = T::block_kernels(kernels);
         let q = &q[h0 * hd..(h0 + nh) * hd];
         for start in (0..n_ctx).step_by(TILE) {
             let len = (n_ctx - start).min(TILE);

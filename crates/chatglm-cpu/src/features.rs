@@ -1,5 +1,6 @@
 //! Run-time instruction-set detection and the kernel table it selects.
 
+use crate::attention::AttentionKernels;
 use crate::dot;
 use crate::tile::TileKernels;
 use std::sync::OnceLock;
@@ -149,6 +150,8 @@ impl Kernels {
                 tiles_f16: TileKernels { t4: Some(crate::tile512::f16_t4_fn()), ..base.tiles_f16 },
                 tiles_bf16: TileKernels { t4: Some(crate::tile512::bf16_t4_fn()), ..base.tiles_bf16 },
                 tiles_q8_0: TileKernels { t4: Some(crate::tile512::q8_0_t4_fn()), ..base.tiles_q8_0 },
+                attention_f32: AttentionKernels { group: Some(crate::attention512::f32_group()), ..base.attention_f32 },
+                attention_f16: AttentionKernels { group: Some(crate::attention512::f16_group()), ..base.attention_f16 },
                 ..base
             };
         }

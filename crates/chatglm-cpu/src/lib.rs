@@ -13,6 +13,8 @@
 //! pool (persistent threads; the binary sizes the pool once).
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention512;
 pub mod dot;
 pub mod features;
 pub mod matmul;

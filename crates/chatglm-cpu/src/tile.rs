@@ -369,6 +369,7 @@ pub mod avx2 {
     /// when the head size is not a multiple of 16.
     fn float_attention<T: Load8 + crate::attention::KvElem + crate::attention::ToF32>() -> AttentionKernels<T> {
         AttentionKernels {
+            group: None,
             scores: |k, st, len, q, nh, hd, s| {
                 if hd % 16 == 0 {
                     unsafe { scores_avx2::<T>(k, st, len, q, nh, hd, s) }
@@ -484,6 +485,7 @@ pub mod avx2 {
     /// AVX2 attention kernels for a q8_0 cache.
     pub fn attention_q8_0() -> AttentionKernels<BlockQ8_0> {
         AttentionKernels {
+            group: None,
             scores: |k, st, len, q, nh, hd, s| unsafe { scores_q8(k, st, len, q, nh, hd, s) },
             weighted_sum: |e, len, v, st, nh, hd, o| unsafe { wsum_q8(e, len, v, st, nh, hd, o) },
         }

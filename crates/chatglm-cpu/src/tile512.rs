@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 const T: usize = 4;
 
 /// How a float weight format loads 16 values as f32.
-trait Load16: Copy {
+pub(crate) trait Load16: Copy {
     unsafe fn load16(p: *const Self) -> __m512;
     fn to_f32(self) -> f32;
 }

@@ -168,6 +168,34 @@ pub mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx512 {
+    //! 16 lanes; used inside other AVX-512 kernels (attention).
+
+    use super::{EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, P};
+    use std::arch::x86_64::*;
+
+    /// `exp` of 16 lanes (same scheme and accuracy as the scalar reference).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp16(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+            x,
+            _mm512_set1_ps(LOG2E),
+        ));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut y = _mm512_set1_ps(P[0]);
+        for &p in &P[1..] {
+            y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(p));
+        }
+        let y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let pow2 = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        _mm512_mul_ps(y, _mm512_castsi512_ps(pow2))
+    }
+}
+
 #[cfg(target_arch = "aarch64")]
 pub mod neon {
     //! 4 lanes with NEON (always present on aarch64).
