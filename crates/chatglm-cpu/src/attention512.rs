@@ -8,7 +8,8 @@
 //! and no horizontal sums are needed; the online softmax runs on 16 heads at
 //! once too. Only reached through tables built after a run-time feature check.
 
-use crate::attention::AttentionShape;
+use crate::attention::{AttentionShape, KvElem};
+use crate::dot::BlockQ8_0;
 use crate::tile512::Load16;
 use crate::vmath::avx512::exp16;
 use half::f16;
@@ -23,16 +24,49 @@ const LANES: usize = 16;
 /// How many positions ahead the key and value rows are prefetched.
 const PREFETCH_POSITIONS: usize = 2 * PT;
 
-/// The group kernel for an f32 or f16 cache; declines (returns false) when
-/// the group has more than 16 heads or the head size is not a multiple of 16.
-pub fn group_fn<T: Load16 + bytemuck::Pod>() -> crate::attention::GroupFn<T> {
+/// A cache element type whose rows the kernel converts to f32.
+trait KvRow: KvElem {
+    /// Writes values `first..first + n` of `src` (counted in values, `n` a
+    /// multiple of 16 and of the unit) as f32 to `dst`.
+    unsafe fn row_to_f32(src: *const Self, first: usize, n: usize, dst: *mut f32);
+}
+
+impl<T: Load16 + KvElem> KvRow for T {
+    #[inline(always)]
+    unsafe fn row_to_f32(src: *const T, first: usize, n: usize, dst: *mut f32) {
+        for d in (0..n).step_by(LANES) {
+            _mm512_store_ps(dst.add(d), T::load16(src.add(first + d)));
+        }
+    }
+}
+
+impl KvRow for BlockQ8_0 {
+    #[inline(always)]
+    unsafe fn row_to_f32(src: *const BlockQ8_0, first: usize, n: usize, dst: *mut f32) {
+        for b in 0..n / 32 {
+            let block = &*src.add(first / 32 + b);
+            let d = _mm512_set1_ps(block.d.to_f32());
+            let q = _mm256_loadu_si256(block.qs.as_ptr() as *const __m256i);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q)));
+            _mm512_store_ps(dst.add(32 * b), _mm512_mul_ps(lo, d));
+            _mm512_store_ps(dst.add(32 * b + 16), _mm512_mul_ps(hi, d));
+        }
+    }
+}
+
+/// The group kernel for a cache of `T`; declines (returns false) when the
+/// group has more than 16 heads or the head size does not fit the lanes and
+/// the element's unit.
+fn group_fn<T: KvRow>() -> crate::attention::GroupFn<T> {
     |shape, group, q, keys, values, n_ctx, out| {
         let hd = shape.head_dim;
         let heads = q.len() / hd.max(1);
-        if n_ctx == 0 || hd == 0 || !hd.is_multiple_of(LANES) || hd > MAX_HD || heads > LANES || heads == 0 {
+        let unit = LANES.max(T::VALUES_PER_UNIT);
+        if n_ctx == 0 || hd == 0 || !hd.is_multiple_of(unit) || hd > MAX_HD || heads > LANES || heads == 0 {
             return false;
         }
-        let last = (n_ctx - 1) * shape.n_groups * hd + group * hd + hd;
+        let last = ((n_ctx - 1) * shape.n_groups * hd + group * hd + hd) / T::VALUES_PER_UNIT;
         assert!(
             keys.len() >= last && values.len() >= last && out.len() >= heads * hd,
             "invariant: attention buffers hold n_ctx positions and every head"
@@ -48,7 +82,7 @@ pub fn group_fn<T: Load16 + bytemuck::Pod>() -> crate::attention::GroupFn<T> {
 struct Rows([[f32; MAX_HD]; PT]);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-unsafe fn group_attention<T: Load16>(
+unsafe fn group_attention<T: KvRow>(
     shape: AttentionShape,
     group: usize,
     q: &[f32],
@@ -83,15 +117,14 @@ unsafe fn group_attention<T: Load16>(
             // The cache is streamed once per token with a stride (the other
             // groups' slices sit in between), which the hardware prefetchers
             // follow poorly: ask for the rows a tile ahead.
-            let ahead = row + PREFETCH_POSITIONS * stride;
-            for line in (0..hd).step_by(64 / std::mem::size_of::<T>()) {
-                _mm_prefetch(pk.wrapping_add(ahead + line).cast::<i8>(), _MM_HINT_T0);
-                _mm_prefetch(pv.wrapping_add(ahead + line).cast::<i8>(), _MM_HINT_T0);
+            let ahead = (row + PREFETCH_POSITIONS * stride) / T::VALUES_PER_UNIT;
+            let row_bytes = hd / T::VALUES_PER_UNIT * std::mem::size_of::<T>();
+            for line in (0..row_bytes).step_by(64) {
+                _mm_prefetch(pk.wrapping_add(ahead).cast::<i8>().wrapping_add(line), _MM_HINT_T0);
+                _mm_prefetch(pv.wrapping_add(ahead).cast::<i8>().wrapping_add(line), _MM_HINT_T0);
             }
-            for d in (0..hd).step_by(LANES) {
-                _mm512_store_ps(kb.0[p].as_mut_ptr().add(d), T::load16(pk.add(row + d)));
-                _mm512_store_ps(vb.0[p].as_mut_ptr().add(d), T::load16(pv.add(row + d)));
-            }
+            T::row_to_f32(pk, row, hd, kb.0[p].as_mut_ptr());
+            T::row_to_f32(pv, row, hd, vb.0[p].as_mut_ptr());
         }
         // Scores, 4 positions per pass so each Qᵀ row is loaded once for 4.
         for p0 in (0..len).step_by(4) {
@@ -143,10 +176,13 @@ unsafe fn group_attention<T: Load16>(
     }
 }
 
-/// The AVX-512 group kernels for the float caches.
+/// The AVX-512 group kernels for each cache type.
 pub fn f16_group() -> crate::attention::GroupFn<f16> {
     group_fn::<f16>()
 }
 pub fn f32_group() -> crate::attention::GroupFn<f32> {
     group_fn::<f32>()
+}
+pub fn q8_0_group() -> crate::attention::GroupFn<BlockQ8_0> {
+    group_fn::<BlockQ8_0>()
 }

@@ -152,6 +152,10 @@ impl Kernels {
                 tiles_q8_0: TileKernels { t4: Some(crate::tile512::q8_0_t4_fn()), ..base.tiles_q8_0 },
                 attention_f32: AttentionKernels { group: Some(crate::attention512::f32_group()), ..base.attention_f32 },
                 attention_f16: AttentionKernels { group: Some(crate::attention512::f16_group()), ..base.attention_f16 },
+                attention_q8_0: AttentionKernels {
+                    group: Some(crate::attention512::q8_0_group()),
+                    ..base.attention_q8_0
+                },
                 ..base
             };
         }

@@ -201,7 +201,9 @@ fn attention_matches_f64_reference() {
     for k in tables() {
         if k.name == "avx512-vnni" {
             // The heads-in-lanes kernel is the one under test for float caches here.
-            assert!(k.attention_f16.group.is_some() && k.attention_f32.group.is_some());
+            assert!(
+                k.attention_f16.group.is_some() && k.attention_f32.group.is_some() && k.attention_q8_0.group.is_some()
+            );
         }
         for &(n_heads, n_groups, hd, n_ctx) in &[
             (4, 2, 16, 1),
