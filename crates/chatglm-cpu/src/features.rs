@@ -51,6 +51,18 @@ impl CpuFeatures {
         }
     }
 
+    /// These features without the sets above `cap` (`scalar`, `avx2`,
+    /// `neon`; anything else leaves them all).
+    pub fn capped(self, cap: &str) -> Self {
+        let no512 = Self { avx512f: false, avx512bw: false, avx512vl: false, avx512vnni: false, ..self };
+        match cap {
+            "scalar" => Self::default(),
+            "avx2" => no512,
+            "neon" => Self { dotprod: false, ..self },
+            _ => self,
+        }
+    }
+
     /// True when the AVX-512 VNNI kernels can run (on top of the AVX2 set).
     pub fn has_avx512_vnni_set(&self) -> bool {
         self.has_avx2_set() && self.avx512f && self.avx512bw && self.avx512vl && self.avx512vnni
@@ -172,9 +184,16 @@ impl Kernels {
     }
 
     /// The best kernels for this CPU, detected once per process.
+    ///
+    /// `CHATGLM_CPU_KERNELS=scalar|avx2|neon` caps the choice at that set
+    /// (for benchmarking a smaller machine's code path, or ruling a kernel
+    /// out when debugging); a set the CPU lacks is not enabled by it.
     pub fn detect() -> &'static Kernels {
         static KERNELS: OnceLock<Kernels> = OnceLock::new();
-        KERNELS.get_or_init(|| Self::for_features(CpuFeatures::detect()))
+        KERNELS.get_or_init(|| {
+            let cap = std::env::var("CHATGLM_CPU_KERNELS").unwrap_or_default();
+            Self::for_features(CpuFeatures::detect().capped(&cap))
+        })
     }
 }
 

@@ -173,24 +173,33 @@ pub mod avx2 {
         }
     }
 
-    /// 8 i32 lanes (4 per block) of `Σ w·x` for 32 signed weights and values.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn products32(w: __m256i, x: __m256i, ones: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones)
+    /// Half `k` of a weight quad (blocks 2k, 2k+1): the signed weights of
+    /// values 0..16 and 16..32, and their magnitudes (shared by every token).
+    struct Half {
+        w: [__m256i; 2],
+        abs: [__m256i; 2],
     }
 
-    /// Half `k` of a quad (blocks 2k, 2k+1) as 8 f32 lanes, times the activation scales.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn half(quad: &Q8WeightQuad, x: &Q8Quad, dx: __m128, k: usize, ones: __m256i) -> __m256 {
+    unsafe fn weights(quad: &Q8WeightQuad, k: usize) -> Half {
         let flip = _mm256_set1_epi8(-128);
         let p = quad.as_ptr();
         let wlo = _mm256_xor_si256(_mm256_loadu_si256(p.add(32 * k) as *const __m256i), flip);
         let whi = _mm256_xor_si256(_mm256_loadu_si256(p.add(64 + 32 * k) as *const __m256i), flip);
+        Half { w: [wlo, whi], abs: [_mm256_sign_epi8(wlo, wlo), _mm256_sign_epi8(whi, whi)] }
+    }
+
+    /// `half` against one token's quad as 8 f32 lanes (4 per block), times the activation scales.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn products(h: &Half, x: &Q8Quad, dx: __m128, k: usize, ones: __m256i) -> __m256 {
         let xlo = _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i);
         let xhi = _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i);
-        let s = _mm256_add_epi32(products32(wlo, xlo, ones), products32(whi, xhi, ones));
+        let plo = _mm256_maddubs_epi16(h.abs[0], _mm256_sign_epi8(xlo, h.w[0]));
+        let phi = _mm256_maddubs_epi16(h.abs[1], _mm256_sign_epi8(xhi, h.w[1]));
+        // Each i16 is at most 2·127·127, so the two are widened before adding.
+        let s = _mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones));
         _mm256_mul_ps(_mm256_cvtepi32_ps(s), spread(dx, k))
     }
 
@@ -207,7 +216,7 @@ pub mod avx2 {
             let dw = quad_scales(scales.as_ptr().add(4 * q));
             let dx = _mm_loadu_ps(xq.d.as_ptr());
             for (k, acc_k) in acc.iter_mut().enumerate() {
-                *acc_k = _mm256_fmadd_ps(half(wq, xq, dx, k, ones), spread(dw, k), *acc_k);
+                *acc_k = _mm256_fmadd_ps(products(&weights(wq, k), xq, dx, k, ones), spread(dw, k), *acc_k);
             }
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
@@ -226,8 +235,9 @@ pub mod avx2 {
                 let dw = quad_scales(scales.as_ptr().add(4 * (r * nq + q)));
                 for k in 0..2 {
                     let dwk = spread(dw, k);
-                    acc_r[0] = _mm256_fmadd_ps(half(wq, x0, dx0, k, ones), dwk, acc_r[0]);
-                    acc_r[1] = _mm256_fmadd_ps(half(wq, x1, dx1, k, ones), dwk, acc_r[1]);
+                    let h = weights(wq, k);
+                    acc_r[0] = _mm256_fmadd_ps(products(&h, x0, dx0, k, ones), dwk, acc_r[0]);
+                    acc_r[1] = _mm256_fmadd_ps(products(&h, x1, dx1, k, ones), dwk, acc_r[1]);
                 }
             }
         }
