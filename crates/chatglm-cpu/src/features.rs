@@ -1,6 +1,5 @@
 //! Run-time instruction-set detection and the kernel table it selects.
 
-use crate::attention::AttentionKernels;
 use crate::dot;
 use crate::tile::TileKernels;
 use std::sync::OnceLock;
@@ -162,9 +161,15 @@ impl Kernels {
                 tiles_f16: TileKernels { t4: Some(crate::tile512::f16_t4_fn()), ..base.tiles_f16 },
                 tiles_bf16: TileKernels { t4: Some(crate::tile512::bf16_t4_fn()), ..base.tiles_bf16 },
                 tiles_q8_0: TileKernels { t4: Some(crate::tile512::q8_0_t4_fn()), ..base.tiles_q8_0 },
-                attention_f32: AttentionKernels { group: Some(crate::attention512::f32_group()), ..base.attention_f32 },
-                attention_f16: AttentionKernels { group: Some(crate::attention512::f16_group()), ..base.attention_f16 },
-                attention_q8_0: AttentionKernels {
+                attention_f32: crate::attention::AttentionKernels {
+                    group: Some(crate::attention512::f32_group()),
+                    ..base.attention_f32
+                },
+                attention_f16: crate::attention::AttentionKernels {
+                    group: Some(crate::attention512::f16_group()),
+                    ..base.attention_f16
+                },
+                attention_q8_0: crate::attention::AttentionKernels {
                     group: Some(crate::attention512::q8_0_group()),
                     ..base.attention_q8_0
                 },

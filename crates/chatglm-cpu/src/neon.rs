@@ -201,34 +201,32 @@ unsafe fn q8_t2<const DOT: bool>(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Qua
     }
 }
 
-#[target_feature(enable = "neon")]
-unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
-    let n = w.len().min(x.len());
-    let (pw, px) = (w.as_ptr(), x.as_ptr());
-    // 8 chains of 4 lanes: enough independent sums to hide the FMA latency
-    // and to keep the f32 rounding of each partial sum small.
-    let mut acc = [vdupq_n_f32(0.0); 8];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = vfmaq_f32(*a, vld1q_f32(pw.add(i + 4 * k)), vld1q_f32(px.add(i + 4 * k)));
-        }
-        i += 32;
+/// A float weight type the NEON dot loads 4 at a time as f32.
+trait Load4: Copy {
+    unsafe fn load4(p: *const Self) -> float32x4_t;
+    fn f32(self) -> f32;
+}
+impl Load4 for f32 {
+    #[inline(always)]
+    unsafe fn load4(p: *const f32) -> float32x4_t {
+        vld1q_f32(p)
     }
-    let mut v = acc[0];
-    for a in &acc[1..] {
-        v = vaddq_f32(v, *a);
+    fn f32(self) -> f32 {
+        self
     }
-    let mut s = vaddvq_f32(v);
-    while i < n {
-        s += w[i] * x[i];
-        i += 1;
+}
+impl Load4 for f16 {
+    #[inline(always)]
+    unsafe fn load4(p: *const f16) -> float32x4_t {
+        f16x4(p)
     }
-    s
+    fn f32(self) -> f32 {
+        self.to_f32()
+    }
 }
 
-#[target_feature(enable = "neon")]
-unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+#[inline(always)]
+unsafe fn dot_float<W: Load4>(w: &[W], x: &[f32]) -> f32 {
     let n = w.len().min(x.len());
     let (pw, px) = (w.as_ptr(), x.as_ptr());
     // 8 chains of 4 lanes: enough independent sums to hide the FMA latency
@@ -238,7 +236,7 @@ unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     while i + 32 <= n {
         crate::prefetch::ahead(pw.add(i));
         for (k, a) in acc.iter_mut().enumerate() {
-            *a = vfmaq_f32(*a, f16x4(pw.add(i + 4 * k)), vld1q_f32(px.add(i + 4 * k)));
+            *a = vfmaq_f32(*a, W::load4(pw.add(i + 4 * k)), vld1q_f32(px.add(i + 4 * k)));
         }
         i += 32;
     }
@@ -248,8 +246,18 @@ unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     }
     let mut s = vaddvq_f32(v);
     while i < n {
-        s += w[i].to_f32() * x[i];
+        s += w[i].f32() * x[i];
         i += 1;
     }
     s
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    dot_float(w, x)
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
+    dot_float(w, x)
 }

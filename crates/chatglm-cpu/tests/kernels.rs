@@ -3,7 +3,7 @@
 use chatglm_cpu::attention::{attend_group, attend_group_reference, AttentionShape};
 use chatglm_cpu::dot::{scalar, BlockQ4_0, BlockQ8_0};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
-use chatglm_cpu::packed::{padded_blocks, quad_q8_blocks, PackedQ4_0, Q8Quad};
+use chatglm_cpu::packed::{padded_blocks, quad_q8_blocks, PackRows, PackedKernels, PackedQ4_0, PackedRows, Q8Quad};
 use chatglm_cpu::packed_q8::PackedQ8_0;
 use chatglm_cpu::{CpuFeatures, Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_1, BlockQ5_0, BlockQ5_1, QuantBlock};
@@ -289,63 +289,25 @@ fn ops_match_definitions() {
     assert_eq!(&h[8..], &orig[8..], "the second half of each head is not rotated");
 }
 
-/// The packed q4_0 layout computes the same dot products as ggml blocks,
-/// including rows with an odd number of blocks (padded).
-#[test]
-fn packed_q4_0_matches_block_layout() {
-    let mut rng = Rng(8);
+/// A packed layout against the ggml-block reference: the mat-vec dot and
+/// the 4×2 tile of every kernel table, and dequantization.
+fn check_packed<B: QuantBlock + bytemuck::Pod, P: PackRows<Block = B> + PackedRows>(
+    name: &str,
+    kernels: fn(&Kernels) -> PackedKernels<P::Q>,
+    reference_dot: fn(&[B], &[BlockQ8_0]) -> f32,
+    dequantize_row: fn(&P, usize, &mut [f32]),
+    seed: u64,
+) {
+    let mut rng = Rng(seed);
     for k in tables() {
-        for cols in [32, 96, 160, 4096, 13696] {
-            let rows = 4;
-            let w = rng.vec(rows * cols);
-            let blocks: Vec<BlockQ4_0> = quantize_row(&w);
-            let packed = PackedQ4_0::from_blocks(&blocks, rows, cols);
-            let nb = cols / 32;
-            let x = rng.vec(2 * cols);
-            let mut xq = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; 2 * nb];
-            for t in 0..2 {
-                scalar::quantize_row_q8_0(&x[t * cols..(t + 1) * cols], &mut xq[t * nb..(t + 1) * nb]);
-            }
-            let np = padded_blocks(cols) / 4;
-            let mut pairs = vec![Q8Quad::default(); 2 * np];
-            for t in 0..2 {
-                quad_q8_blocks(&xq[t * nb..(t + 1) * nb], &mut pairs[t * np..(t + 1) * np]);
-            }
-            let mut tile = [0.0f32; 8];
-            let (s4, q4) = packed.rows_data(0, 4);
-            (k.packed_q4_0.t2)(s4, q4, &pairs, np, &mut tile);
-            for r in 0..rows {
-                let (s, q) = packed.rows_data(r, 1);
-                for t in 0..2 {
-                    let want = scalar::dot_q4_0(&blocks[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]) as f64;
-                    let xp = &pairs[t * np..(t + 1) * np];
-                    close((k.packed_q4_0.dot)(s, q, xp), want, 1e-4, &format!("{} packed dot cols={cols}", k.name));
-                    close(tile[r * 2 + t], want, 1e-4, &format!("{} packed tile cols={cols}", k.name));
-                }
-            }
-            let mut row = vec![0.0; cols];
-            let mut want = vec![0.0; cols];
-            packed.dequantize_row(3, &mut row);
-            chatglm_weights::quant::dequantize_row(&blocks[3 * nb..4 * nb], &mut want);
-            assert_eq!(row, want);
-        }
-    }
-}
-
-/// The packed q8_0 quads compute the same dot products as ggml blocks,
-/// including rows with a block count that is not a multiple of 4 (padded),
-/// and extreme values (−128 activations are impossible; ±127 weights are not).
-#[test]
-fn packed_q8_0_matches_block_layout() {
-    let mut rng = Rng(9);
-    for k in tables() {
+        let kp = kernels(&k);
         for cols in [32, 96, 160, 4096, 13696] {
             let rows = 4;
             let mut w = rng.vec(rows * cols);
-            w[0] = 1.0; // a block whose largest weight quantizes to exactly 127
+            w[0] = 1.0; // a block whose largest weight hits the format's extreme
             w[1] = -1.0;
-            let blocks: Vec<BlockQ8_0> = quantize_row(&w);
-            let packed = PackedQ8_0::from_blocks(&blocks, rows, cols);
+            let blocks: Vec<B> = quantize_row(&w);
+            let packed = P::from_blocks(&blocks, rows, cols);
             let nb = cols / 32;
             let x = rng.vec(2 * cols);
             let mut xq = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; 2 * nb];
@@ -359,28 +321,32 @@ fn packed_q8_0_matches_block_layout() {
             }
             let mut tile = [0.0f32; 8];
             let (s4, q4) = packed.rows_data(0, 4);
-            (k.packed_q8_0.t2)(s4, q4, &quads, np, &mut tile);
+            (kp.t2)(s4, q4, &quads, np, &mut tile);
             for r in 0..rows {
                 let (s, q) = packed.rows_data(r, 1);
                 for t in 0..2 {
-                    let want = scalar::dot_q8_0(&blocks[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]) as f64;
+                    let want = reference_dot(&blocks[r * nb..(r + 1) * nb], &xq[t * nb..(t + 1) * nb]) as f64;
                     let xp = &quads[t * np..(t + 1) * np];
-                    close(
-                        (k.packed_q8_0.dot)(s, q, xp),
-                        want,
-                        1e-4,
-                        &format!("{} q8_0 packed dot cols={cols}", k.name),
-                    );
-                    close(tile[r * 2 + t], want, 1e-4, &format!("{} q8_0 packed tile cols={cols}", k.name));
+                    let what = format!("{} {name} cols={cols}", k.name);
+                    close((kp.dot)(s, q, xp), want, 1e-4, &format!("{what} dot"));
+                    close(tile[r * 2 + t], want, 1e-4, &format!("{what} tile"));
                 }
             }
             let mut row = vec![0.0; cols];
             let mut want = vec![0.0; cols];
-            packed.dequantize_row(3, &mut row);
+            dequantize_row(&packed, 3, &mut row);
             chatglm_weights::quant::dequantize_row(&blocks[3 * nb..4 * nb], &mut want);
-            assert_eq!(row, want);
+            assert_eq!(row, want, "{name} dequantize");
         }
     }
+}
+
+/// The packed layouts compute the same dot products as ggml blocks,
+/// including rows whose block count is not a multiple of 4 (padded).
+#[test]
+fn packed_layouts_match_block_layout() {
+    check_packed::<BlockQ4_0, PackedQ4_0>("q4_0", |k| k.packed_q4_0, scalar::dot_q4_0, PackedQ4_0::dequantize_row, 8);
+    check_packed::<BlockQ8_0, PackedQ8_0>("q8_0", |k| k.packed_q8_0, scalar::dot_q8_0, PackedQ8_0::dequantize_row, 9);
 }
 
 /// The vectorised exponential rows against f64, over the whole input range
