@@ -176,3 +176,27 @@ fn bench_runs_on_a_synthetic_model() {
     assert!(v["decode_tokens_per_s_best"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
 }
+
+/// `--mmap` (weights used in place from the mapped file) and a capped kernel
+/// set (`CHATGLM_CPU_KERNELS`) change how the weights are held and which
+/// kernels run, not the answer.
+#[test]
+fn mmap_and_kernel_cap_give_the_official_answer() {
+    let case = &golden("generate.json")["chat"][0];
+    assert_eq!(case["history"].as_array().map(Vec::len), Some(0), "the first golden case has no history");
+    let max_length = case["max_length"].to_string();
+    let model = dev_model();
+    for (flag, cap) in [("--mmap", ""), ("--mmap", "scalar"), ("--temperature", "avx2")] {
+        let mut args = vec!["generate", "-m", &model, "-p", case["query"].as_str().unwrap()];
+        args.extend(["--temperature", "0", "--max-length", &max_length, "--json"]);
+        if flag == "--mmap" {
+            args.push(flag);
+        }
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_chatglm")).args(&args).env("CHATGLM_CPU_KERNELS", cap).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{flag} {cap}: {stderr}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["generated_ids"], case["generated_ids"], "{flag} CHATGLM_CPU_KERNELS={cap}");
+    }
+}
