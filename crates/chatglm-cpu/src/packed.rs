@@ -477,17 +477,31 @@ pub mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
         let nb = 4 * nq;
-        debug_assert!(qs.len() >= 4 * nb && scales.len() >= 4 * nb && x.len() >= 2 * nq && out.len() >= 8);
+        debug_assert!(qs.len() >= 4 * nb);
         let mask = _mm512_set1_epi8(0x0f);
+        tile_quads(scales, x, nq, 8.0, out, |r, q| nibbles(qs.as_ptr().add(r * nb + 4 * q), mask))
+    }
+
+    /// A packed 4-row × 2-token tile given `weights(r, q)`, the two 64-byte
+    /// halves of row `r`'s quad `q`, for weights stored with `offset` added.
+    #[inline(always)]
+    pub(crate) unsafe fn tile_quads(
+        scales: &[f16],
+        x: &[Q8Quad],
+        nq: usize,
+        offset: f32,
+        out: &mut [f32],
+        weights: impl Fn(usize, usize) -> (__m512i, __m512i),
+    ) {
+        debug_assert!(scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         let mut corr = [[_mm_setzero_ps(); 2]; 4];
         for q in 0..nq {
             let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
             let (c0, c1) = (_mm_loadu_ps(x0.dsum.as_ptr()), _mm_loadu_ps(x1.dsum.as_ptr()));
             for r in 0..4 {
-                let b = r * nb + 4 * q;
-                let (lo, hi) = nibbles(qs.as_ptr().add(b), mask);
-                let dw = quad_scales(scales.as_ptr().add(b));
+                let (lo, hi) = weights(r, q);
+                let dw = quad_scales(scales.as_ptr().add(4 * (r * nq + q)));
                 let dw16 = spread(dw);
                 acc[r][0] = _mm512_fmadd_ps(products(lo, hi, x0), dw16, acc[r][0]);
                 acc[r][1] = _mm512_fmadd_ps(products(lo, hi, x1), dw16, acc[r][1]);
@@ -496,8 +510,8 @@ pub mod avx512 {
             }
         }
         for r in 0..4 {
-            out[r * 2] = _mm512_reduce_add_ps(acc[r][0]) - 8.0 * hsum4(corr[r][0]);
-            out[r * 2 + 1] = _mm512_reduce_add_ps(acc[r][1]) - 8.0 * hsum4(corr[r][1]);
+            out[r * 2] = _mm512_reduce_add_ps(acc[r][0]) - offset * hsum4(corr[r][0]);
+            out[r * 2 + 1] = _mm512_reduce_add_ps(acc[r][1]) - offset * hsum4(corr[r][1]);
         }
     }
 }

@@ -253,7 +253,7 @@ pub mod avx512 {
     //! AVX-512 VNNI: a quad is two 512-bit loads and two `vpdpbusd`.
 
     use super::{PackedQ8_0Kernels, Q8WeightQuad};
-    use crate::packed::avx512::{dot_quads, hsum4, int_products, products, quad_scales, spread};
+    use crate::packed::avx512::{dot_quads, int_products, tile_quads};
     use crate::packed::Q8Quad;
     use crate::prefetch;
     use half::f16;
@@ -288,25 +288,7 @@ pub mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
-        debug_assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
-        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-        let mut corr = [[_mm_setzero_ps(); 2]; 4];
-        for q in 0..nq {
-            let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
-            let (c0, c1) = (_mm_loadu_ps(x0.dsum.as_ptr()), _mm_loadu_ps(x1.dsum.as_ptr()));
-            for r in 0..4 {
-                let (lo, hi) = halves(qs.get_unchecked(r * nq + q));
-                let dw = quad_scales(scales.as_ptr().add(4 * (r * nq + q)));
-                let dw16 = spread(dw);
-                acc[r][0] = _mm512_fmadd_ps(products(lo, hi, x0), dw16, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(products(lo, hi, x1), dw16, acc[r][1]);
-                corr[r][0] = _mm_fmadd_ps(dw, c0, corr[r][0]);
-                corr[r][1] = _mm_fmadd_ps(dw, c1, corr[r][1]);
-            }
-        }
-        for r in 0..4 {
-            out[r * 2] = _mm512_reduce_add_ps(acc[r][0]) - 128.0 * hsum4(corr[r][0]);
-            out[r * 2 + 1] = _mm512_reduce_add_ps(acc[r][1]) - 128.0 * hsum4(corr[r][1]);
-        }
+        debug_assert!(qs.len() >= 4 * nq);
+        tile_quads(scales, x, nq, 128.0, out, |r, q| halves(qs.get_unchecked(r * nq + q)))
     }
 }
