@@ -1,0 +1,163 @@
+//! Run-time compilation of the embedded `.cu` sources with NVRTC, cached on
+//! disk by (source, architecture, driver, NVRTC) so a second start loads PTX
+//! instead of compiling (the driver caches its own PTX → SASS step).
+
+use crate::CudaError;
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use std::path::PathBuf;
+
+const COMMON: &str = include_str!("kernels/common.cuh");
+
+/// One kernel file.
+pub(crate) struct Source {
+    pub name: &'static str,
+    pub text: &'static str,
+    /// Lowest compute capability (major × 10 + minor) it compiles for.
+    pub min_arch: u32,
+    /// The `extern "C"` kernels it defines (macro instantiations included).
+    pub kernels: fn() -> Vec<String>,
+}
+
+fn elementwise_kernels() -> Vec<String> {
+    let mut k: Vec<String> =
+        ["rms_norm", "add_inplace", "add_bias", "swiglu", "gather_rows", "to_f16", "to_bf16"].map(String::from).into();
+    for t in 0..3 {
+        k.push(format!("embed_{t}"));
+        k.push(format!("fill_random_{t}"));
+    }
+    k
+}
+
+fn gemv_kernels() -> Vec<String> {
+    let mut k = Vec::new();
+    for t in 0..3 {
+        for mode in 0..3 {
+            for nt in 1..=crate::ops::GEMV_MAX_TOKENS {
+                k.push(format!("gemv_{t}_{nt}_{mode}"));
+            }
+            k.push(format!("gemv_scalar_{t}_{mode}"));
+        }
+    }
+    k
+}
+
+fn attention_kernels() -> Vec<String> {
+    ["rope_kv_0", "rope_kv_1", "attn_split_0", "attn_split_1", "attn_combine"].map(String::from).into()
+}
+
+fn flash_kernels() -> Vec<String> {
+    vec!["attn_flash_f16".into()]
+}
+
+pub(crate) const SOURCES: &[Source] = &[
+    Source { name: "elementwise", text: include_str!("kernels/elementwise.cu"), min_arch: 0, kernels: elementwise_kernels },
+    Source { name: "gemv", text: include_str!("kernels/gemv.cu"), min_arch: 0, kernels: gemv_kernels },
+    Source { name: "attention", text: include_str!("kernels/attention.cu"), min_arch: 0, kernels: attention_kernels },
+    // mma.sync m16n8k16 with f16 inputs needs Ampere or newer.
+    Source { name: "flash", text: include_str!("kernels/flash.cu"), min_arch: 80, kernels: flash_kernels },
+];
+
+/// Where compiled PTX is kept: `CHATGLM_KERNEL_CACHE`, else the user cache
+/// folder; `None` when neither can be found (compile every time).
+fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CHATGLM_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("chatglm-rs").join("kernels"))
+}
+
+/// FNV-1a: a stable cache key (std's hasher may change between releases).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for &b in *part {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// PTX for `source`, from the disk cache or freshly compiled for `arch`
+/// (major × 10 + minor). `versions` identifies the driver and NVRTC.
+pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx, CudaError> {
+    let text = format!("{COMMON}\n{}", source.text);
+    let arch_flag = format!("--gpu-architecture=compute_{arch}");
+    let key = fnv1a(&[text.as_bytes(), arch_flag.as_bytes(), versions.as_bytes()]);
+    let cached = cache_dir().map(|d| d.join(format!("{}-{key:016x}.ptx", source.name)));
+    if let Some(path) = &cached {
+        if let Ok(ptx) = std::fs::read_to_string(path) {
+            tracing::debug!(file = %path.display(), "kernel cache hit");
+            return Ok(Ptx::from_src(ptx));
+        }
+    }
+    let started = std::time::Instant::now();
+    let options = CompileOptions {
+        // Exact arithmetic (golden tests compare to 1e-4): no fast math, IEEE
+        // division and square roots.
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        ftz: Some(false),
+        options: vec![arch_flag, "--std=c++17".into()],
+        name: Some(format!("{}.cu", source.name)),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&text, options).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => CudaError::Compile {
+            file: source.name.into(),
+            arch: format!("compute_{arch}"),
+            log: log.to_string_lossy().into_owned(),
+        },
+        other => CudaError::call(format!("nvrtcCompileProgram({}.cu)", source.name), other),
+    })?;
+    tracing::info!(file = source.name, ms = started.elapsed().as_millis() as u64, "compiled kernels with NVRTC");
+    if let Some(path) = &cached {
+        // A cache that cannot be written only costs the next start a compile.
+        let src = ptx.to_src();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&tmp, src.as_bytes()))
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "kernel cache not written");
+        }
+    }
+    Ok(ptx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_keys_change_with_every_part() {
+        let a = fnv1a(&[b"src", b"compute_90", b"v1"]);
+        assert_ne!(a, fnv1a(&[b"src", b"compute_80", b"v1"]));
+        assert_ne!(a, fnv1a(&[b"src", b"compute_90", b"v2"]));
+        assert_ne!(a, fnv1a(&[b"sr", b"ccompute_90", b"v1"]));
+        assert_eq!(a, fnv1a(&[b"src", b"compute_90", b"v1"]));
+    }
+
+    #[test]
+    fn every_listed_kernel_is_defined_in_its_source() {
+        for s in SOURCES {
+            for name in (s.kernels)() {
+                // Macro instantiations: the name's stem must be defined by a macro or directly.
+                let stem = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_');
+                assert!(
+                    s.text.contains(&format!(" {name}(")) || s.text.contains(&format!("{stem}_##")),
+                    "{name} is not defined in {}.cu",
+                    s.name
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Opening a GPU: library checks, context, stream, kernels, cuBLAS.
+
+use crate::blas::Blas;
+use crate::compile::{ptx_for, SOURCES};
+use crate::CudaError;
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig,
+    ValidAsZeroBits,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What a device is.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    pub total_bytes: usize,
+    pub multiprocessors: usize,
+    /// Driver version as the driver reports it (e.g. 13000).
+    pub driver_version: i32,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB)",
+            self.ordinal,
+            self.name,
+            self.compute_capability.0,
+            self.compute_capability.1,
+            self.multiprocessors,
+            self.total_bytes as f64 / (1u64 << 30) as f64
+        )
+    }
+}
+
+/// Checks that a library can be loaded before cudarc touches it (cudarc
+/// panics on a missing library).
+fn require_library(present: bool, what: &str) -> Result<(), CudaError> {
+    if present {
+        Ok(())
+    } else {
+        Err(CudaError::Unavailable(format!(
+            "the CUDA {what} library was not found (install the NVIDIA driver and CUDA 13 libraries, or add their folder to LD_LIBRARY_PATH)"
+        )))
+    }
+}
+
+/// Checks for the driver library and returns the number of CUDA devices.
+pub fn device_count() -> Result<usize, CudaError> {
+    // SAFETY: only tries to dlopen the driver library.
+    require_library(unsafe { sys::is_culib_present() }, "driver (libcuda)")?;
+    let n = CudaContext::device_count().map_err(|e| match e.0 {
+        sys::CUresult::CUDA_ERROR_NO_DEVICE => CudaError::Unavailable("no CUDA device was found".into()),
+        _ => CudaError::call("cuDeviceGetCount", e),
+    })?;
+    Ok(n.max(0) as usize)
+}
+
+/// One GPU with its stream, compiled kernels and cuBLAS handle. All work is
+/// queued on one non-default stream (graph capture needs one).
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    pub(crate) blas: Blas,
+    kernels: HashMap<String, CudaFunction>,
+    info: DeviceInfo,
+}
+
+impl Gpu {
+    /// Opens device `ordinal`: checks the driver, NVRTC and cuBLAS libraries,
+    /// creates the context and stream, and compiles (or loads cached) kernels.
+    pub fn open(ordinal: usize) -> Result<Arc<Self>, CudaError> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(CudaError::Unavailable(format!(
+                "there is no CUDA device {ordinal} ({count} device{} found)",
+                if count == 1 { "" } else { "s" }
+            )));
+        }
+        // SAFETY: only try to dlopen the libraries.
+        require_library(unsafe { cudarc::nvrtc::sys::is_culib_present() }, "run-time compiler (libnvrtc)")?;
+        require_library(unsafe { cudarc::cublas::sys::is_culib_present() }, "BLAS (libcublas)")?;
+        require_library(unsafe { cudarc::cublaslt::sys::is_culib_present() }, "BLAS (libcublasLt)")?;
+
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::call(format!("cuCtxCreate(device {ordinal})"), e))?;
+        // SAFETY: called before any allocation. cudarc's per-buffer events
+        // would make every launch wait on events and break graph capture; this
+        // crate orders all work on one stream instead.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| CudaError::call("cuStreamCreate", e))?;
+        keep_pool_memory(&ctx)?;
+
+        let cc = ctx.compute_capability().map_err(|e| CudaError::call("cuDeviceGetAttribute(compute capability)", e))?;
+        let mut driver_version = 0i32;
+        // SAFETY: writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(|e| CudaError::call("cuDriverGetVersion", e))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(|e| CudaError::call("cuDeviceGetName", e))?,
+            compute_capability: cc,
+            total_bytes: ctx.total_mem().map_err(|e| CudaError::call("cuDeviceTotalMem", e))?,
+            multiprocessors: ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(|e| CudaError::call("cuDeviceGetAttribute(multiprocessors)", e))?
+                as usize,
+            driver_version,
+        };
+        if cc.0 < 7 {
+            return Err(CudaError::Unavailable(format!(
+                "{} has compute capability {}.{}; ChatGLM.rs needs 7.0 (Volta) or newer",
+                info.name, cc.0, cc.1
+            )));
+        }
+        let arch = (cc.0 * 10 + cc.1) as u32;
+        let nvrtc = nvrtc_version();
+        let versions = format!("driver {driver_version} nvrtc {nvrtc}");
+        let mut kernels = HashMap::new();
+        for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
+            let ptx = ptx_for(source, arch, &versions)?;
+            let names = (source.kernels)();
+            let module =
+                ctx.load_module(ptx).map_err(|e| CudaError::call(format!("cuModuleLoadData({}.cu)", source.name), e))?;
+            for name in names {
+                let f = module
+                    .load_function(&name)
+                    .map_err(|e| CudaError::call(format!("cuModuleGetFunction({name})"), e))?;
+                kernels.insert(name, f);
+            }
+        }
+        let blas = Blas::new(&stream)?;
+        Ok(Arc::new(Self { ctx, stream, blas, kernels, info }))
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Binds the context to the calling thread (needed before library calls
+    /// from a thread that has not used this GPU yet).
+    pub fn bind(&self) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(|e| CudaError::call("cuCtxSetCurrent", e))
+    }
+
+    /// `(free, total)` device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx.mem_get_info().map_err(|e| CudaError::call("cuMemGetInfo", e))
+    }
+
+    /// Whether kernel `name` was compiled for this device.
+    pub fn has_kernel(&self, name: &str) -> bool {
+        self.kernels.contains_key(name)
+    }
+
+    pub(crate) fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {
+        self.kernels
+            .get(name)
+            .ok_or_else(|| CudaError::invalid(name, "this kernel is not available on this device"))
+    }
+
+    /// `n` elements of device memory, contents unspecified.
+    pub fn alloc<T: DeviceRepr>(&self, n: usize, what: &str) -> Result<CudaSlice<T>, CudaError> {
+        let bytes = n.max(1) * std::mem::size_of::<T>();
+        // SAFETY: the memory is only read after being written by a kernel or a copy.
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| self.oom_or(e, what, bytes))
+    }
+
+    /// `n` zeroed elements.
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>, CudaError> {
+        let bytes = n.max(1) * std::mem::size_of::<T>();
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| self.oom_or(e, what, bytes))
+    }
+
+    fn oom_or(&self, e: cudarc::driver::DriverError, what: &str, bytes: usize) -> CudaError {
+        if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            let (free, total) = self.memory().unwrap_or((0, 0));
+            CudaError::OutOfMemory { what: what.into(), bytes, free, total }
+        } else {
+            CudaError::call(format!("cuMemAlloc({what}, {bytes} bytes)"), e)
+        }
+    }
+
+    /// Copies `src` to the start of `dst` (which must be at least as long).
+    pub fn upload<T: DeviceRepr>(&self, src: &[T], dst: &mut CudaSlice<T>, what: &str) -> Result<(), CudaError> {
+        if src.len() > dst.len() {
+            return Err(CudaError::invalid(
+                format!("upload {what}"),
+                format!("{} elements into a buffer of {}", src.len(), dst.len()),
+            ));
+        }
+        let mut view = dst.slice_mut(..src.len());
+        self.stream.memcpy_htod(src, &mut view).map_err(|e| CudaError::call(format!("cuMemcpyHtoDAsync({what})"), e))
+    }
+
+    /// A new device buffer holding `src`.
+    pub fn upload_new<T: DeviceRepr>(&self, src: &[T], what: &str) -> Result<CudaSlice<T>, CudaError> {
+        let mut dst = self.alloc::<T>(src.len(), what)?;
+        self.upload(src, &mut dst, what)?;
+        Ok(dst)
+    }
+
+    /// Copies the first `out.len()` elements of `src` to the host (waits for
+    /// the stream).
+    pub fn download<T: DeviceRepr>(&self, src: &CudaSlice<T>, out: &mut [T], what: &str) -> Result<(), CudaError> {
+        if out.len() > src.len() {
+            return Err(CudaError::invalid(
+                format!("download {what}"),
+                format!("{} elements from a buffer of {}", out.len(), src.len()),
+            ));
+        }
+        let view = src.slice(..out.len());
+        self.stream.memcpy_dtoh(&view, out).map_err(|e| CudaError::call(format!("cuMemcpyDtoHAsync({what})"), e))?;
+        self.synchronize()
+    }
+
+    /// Waits for all queued work; reports asynchronous kernel faults.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(|e| CudaError::call("cuStreamSynchronize", e))
+    }
+
+    pub(crate) fn launch(&self, mut args: LaunchArgs<'_>, kernel: &str, cfg: LaunchConfig) -> Result<(), CudaError> {
+        // SAFETY: callers check every pointer and size argument against the
+        // buffers they describe before building `args`.
+        unsafe { args.launch(cfg) }.map(|_| ()).map_err(|e| CudaError::Launch {
+            kernel: kernel.into(),
+            grid: cfg.grid_dim,
+            block: cfg.block_dim.0,
+            shared_bytes: cfg.shared_mem_bytes,
+            message: format!("{e:?}"),
+        })
+    }
+}
+
+/// The raw device address of a buffer (kernels take plain pointers).
+pub fn device_ptr<T>(buf: &CudaSlice<T>) -> u64 {
+    buf.device_ptr(buf.stream()).0
+}
+
+/// Keeps freed stream-ordered memory in the pool: by default the driver
+/// returns it to the OS at every synchronisation, so a step that frees and
+/// allocates would pay for fresh mappings each time.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<(), CudaError> {
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: writes the pool handle; then sets one attribute from a u64.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| CudaError::call("cuDeviceGetDefaultMemPool", e))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()
+        .map_err(|e| CudaError::call("cuMemPoolSetAttribute(release threshold)", e))?;
+    }
+    Ok(())
+}
+
+fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: writes two ints; the library was checked before.
+    let ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if ok == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        format!("{major}.{minor}")
+    } else {
+        "unknown".into()
+    }
+}

@@ -1,0 +1,97 @@
+// Row-wise and element-wise operations on f32 activations. Each is one pass
+// over its data; they are a small share of a step next to the products.
+
+template <int T>
+__device__ __forceinline__ void embed_body(const void* table_, const int* ids, float* out, int cols, int table_rows) {
+    typedef typename Elem<T>::storage S;
+    const S* table = (const S*)table_;
+    const int row = blockIdx.x;
+    int id = ids[row];
+    // Ids are validated by the forward pass; clamping keeps a broken invariant
+    // from becoming an out-of-bounds read.
+    if (id < 0 || id >= table_rows) id = 0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        out[(long)row * cols + c] = Elem<T>::load(table, (long)id * cols + c);
+}
+
+// grid = rows (tokens), block = 256.
+extern "C" __global__ void embed_0(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<0>(t, ids, out, cols, rows); }
+extern "C" __global__ void embed_1(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<1>(t, ids, out, cols, rows); }
+extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<2>(t, ids, out, cols, rows); }
+
+// grid = rows, block = 256. Mean square in f32 over a tree (the CPU reference
+// sums in f64; the two agree to ~1e-7 relative).
+extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, float* out, int cols, float eps) {
+    __shared__ float partial[8];
+    const int row = blockIdx.x;
+    const float* xr = x + (long)row * cols;
+    float s = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s = fmaf(xr[c], xr[c], s);
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) partial[0] = v;
+    }
+    __syncthreads();
+    const float inv = 1.0f / sqrtf(partial[0] / (float)cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)row * cols + c] = w[c] * (xr[c] * inv);
+}
+
+// x += y over n values. grid-stride.
+extern "C" __global__ void add_inplace(float* x, const float* y, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += y[i];
+}
+
+// x[r, c] += b[c].
+extern "C" __global__ void add_bias(float* x, const float* b, long rows, int cols) {
+    const long n = rows * cols;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += b[i % cols];
+}
+
+// out[r, c] = silu(x[r, c]) * x[r, ffn + c].
+extern "C" __global__ void swiglu(const float* x, float* out, long rows, int ffn) {
+    const long n = rows * ffn;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / ffn;
+        const int c = (int)(i % ffn);
+        const float a = x[r * 2 * ffn + c];
+        out[i] = a / (1.0f + expf(-a)) * x[r * 2 * ffn + ffn + c];
+    }
+}
+
+// out[i, :] = x[rows[i], :]. grid = picked rows, block = 256.
+extern "C" __global__ void gather_rows(const float* x, const int* rows, float* out, int cols) {
+    const long src = rows[blockIdx.x];
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)blockIdx.x * cols + c] = x[src * cols + c];
+}
+
+// f32 → f16 / bf16 (inputs of the half-precision matrix products).
+extern "C" __global__ void to_f16(const float* x, u16* out, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = f32_to_f16(x[i]);
+}
+extern "C" __global__ void to_bf16(const float* x, u16* out, long n) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = f32_to_bf16(x[i]);
+}
+
+// Pseudo-random values uniform in ±amp from a hash of (seed, index): synthetic
+// weights and caches for benchmarks, built on the device.
+__device__ __forceinline__ float hash_uniform(u64 seed, long i) {
+    u64 z = seed + (u64)i * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f) - 0.5f;
+}
+
+template <int T>
+__device__ __forceinline__ void fill_random_body(void* p, long n, u64 seed, float amp) {
+    typedef typename Elem<T>::storage S;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
+        Elem<T>::store((S*)p, i, 2.0f * amp * hash_uniform(seed, i));
+}
+extern "C" __global__ void fill_random_0(void* p, long n, u64 seed, float amp) { fill_random_body<0>(p, n, seed, amp); }
+extern "C" __global__ void fill_random_1(void* p, long n, u64 seed, float amp) { fill_random_body<1>(p, n, seed, amp); }
+extern "C" __global__ void fill_random_2(void* p, long n, u64 seed, float amp) { fill_random_body<2>(p, n, seed, amp); }

@@ -1,0 +1,187 @@
+// Prefill attention on tensor cores (flash-attention 2 scheme): the score
+// matrix is never stored; each warp keeps 16 query rows' scores, softmax
+// state and output in registers while 64-key tiles of the f16 cache stream
+// through shared memory.
+//
+// One block = one 64-row query tile of one sequence × one query head; 4 warps
+// × 16 rows. Head size 128, f16 cache, 64-token cache blocks (= the key tile),
+// host-checked. Scores use mma.sync m16n8k16 (f16 in, f32 accumulate) with Q
+// pre-scaled by log2(e)/sqrt(D), so softmax runs on exp2. V is stored
+// transposed in shared memory so both products read 32-bit fragment pairs.
+// Row strides are padded (136 and 72 halves) so the fragment loads of a warp
+// hit 32 distinct banks.
+//
+// tiles: n_tiles × 4 ints (seq, first activation row, rows in tile ≤ 64,
+// position of the first row). Keys 0..first_pos+rows are already cached.
+
+#define FD 128
+#define FTK 64
+#define KS_STRIDE 136
+#define VT_STRIDE 72
+
+__device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ u32 pack_f16(float lo, float hi) {
+    return (u32)f32_to_f16(lo) | ((u32)f32_to_f16(hi) << 16);
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_flash_f16(const float* qkv, int width, float* out, int out_width, const int* tiles,
+                   const u64* block_table, int max_blocks, int n_heads, int n_groups, int layer, float q_scale) {
+    __shared__ __align__(16) u16 Ks[FTK * KS_STRIDE];
+    __shared__ __align__(16) u16 Vt[FD * VT_STRIDE];
+    const int tile = blockIdx.x, h = blockIdx.y;
+    const int seq = tiles[tile * 4], first_row = tiles[tile * 4 + 1];
+    const int n_rows = tiles[tile * 4 + 2], first_pos = tiles[tile * 4 + 3];
+    const int g = h / (n_heads / n_groups);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+    const int r0 = warp * 16 + gr, r1 = r0 + 8;
+
+    u32 qf[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = (i & 1) ? r1 : r0;
+            const int col = kk * 16 + 2 * tq + ((i & 2) ? 8 : 0);
+            if (r < n_rows) {
+                const float* q = qkv + (long)(first_row + r) * width + (long)h * FD + col;
+                qf[kk][i] = pack_f16(q[0] * q_scale, q[1] * q_scale);
+            } else {
+                qf[kk][i] = 0u;
+            }
+        }
+
+    float o[16][4];
+#pragma unroll
+    for (int nd = 0; nd < 16; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const int pos0 = first_pos + r0, pos1 = first_pos + r1;
+    const int ctx_end = first_pos + n_rows;
+    const int n_ktiles = (ctx_end + FTK - 1) / FTK;
+    const long per_group = (long)FTK * FD;
+
+    for (int kt = 0; kt < n_ktiles; kt++) {
+        const u16* blk = (const u16*)block_table[(long)seq * max_blocks + kt];
+        const u16* kb = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group;
+        const u16* vb = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group;
+        const int nk = min(FTK, ctx_end - kt * FTK);
+        __syncthreads();
+        for (int i = threadIdx.x; i < FTK * FD / 8; i += 128) {
+            const int j = i / (FD / 8), c = (i % (FD / 8)) * 8;
+            uint4 k4 = make_uint4(0u, 0u, 0u, 0u), v4 = make_uint4(0u, 0u, 0u, 0u);
+            // Positions past the cached ones hold stale data (possibly NaN):
+            // zeros keep 0·NaN out of P·V.
+            if (j < nk) {
+                k4 = *(const uint4*)(kb + (long)j * FD + c);
+                v4 = *(const uint4*)(vb + (long)j * FD + c);
+            }
+            *(uint4*)(Ks + j * KS_STRIDE + c) = k4;
+            const u32 vw[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                Vt[(c + 2 * e) * VT_STRIDE + j] = (u16)(vw[e] & 0xffffu);
+                Vt[(c + 2 * e + 1) * VT_STRIDE + j] = (u16)(vw[e] >> 16);
+            }
+        }
+        __syncthreads();
+
+        float s[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++) {
+                const u16* kp = Ks + (nt * 8 + gr) * KS_STRIDE + kk * 16 + 2 * tq;
+                const u32 b[2] = {*(const u32*)kp, *(const u32*)(kp + 8)};
+                mma16816(s[nt], qf[kk], b);
+            }
+        }
+        // Causal mask (and the end of the cached context).
+        const int key_base = kt * FTK;
+        if (key_base + FTK > first_pos) {
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = key_base + nt * 8 + 2 * tq + (e & 1);
+                    const int pos = (e < 2) ? pos0 : pos1;
+                    if (key > pos || key >= ctx_end) s[nt][e] = -INFINITY;
+                }
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        // A row with nothing visible yet keeps max -inf; subtract 0 instead
+        // so exp2 gives 0, not NaN.
+        const float ms0 = mn0 == -INFINITY ? 0.f : mn0, ms1 = mn1 == -INFINITY ? 0.f : mn1;
+        const float a0 = exp2f(m0 - ms0), a1 = exp2f(m1 - ms1);
+        m0 = mn0;
+        m1 = mn1;
+        float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - ms0);
+            s[nt][1] = exp2f(s[nt][1] - ms0);
+            s[nt][2] = exp2f(s[nt][2] - ms1);
+            s[nt][3] = exp2f(s[nt][3] - ms1);
+            rs0 += s[nt][0] + s[nt][1];
+            rs1 += s[nt][2] + s[nt][3];
+        }
+        l0 = l0 * a0 + rs0;
+        l1 = l1 * a1 + rs1;
+#pragma unroll
+        for (int nd = 0; nd < 16; nd++) {
+            o[nd][0] *= a0;
+            o[nd][1] *= a0;
+            o[nd][2] *= a1;
+            o[nd][3] *= a1;
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            const u32 pa[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
+                               pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                               pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < 16; nd++) {
+                const u16* vp = Vt + (nd * 8 + gr) * VT_STRIDE + kk * 16 + 2 * tq;
+                const u32 b[2] = {*(const u32*)vp, *(const u32*)(vp + 8)};
+                mma16816(o[nd], pa, b);
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.f / l0, inv1 = 1.f / l1;
+#pragma unroll
+    for (int nd = 0; nd < 16; nd++) {
+        const int col = h * FD + nd * 8 + 2 * tq;
+        if (r0 < n_rows) {
+            float* dst = out + (long)(first_row + r0) * out_width + col;
+            dst[0] = o[nd][0] * inv0;
+            dst[1] = o[nd][1] * inv0;
+        }
+        if (r1 < n_rows) {
+            float* dst = out + (long)(first_row + r1) * out_width + col;
+            dst[0] = o[nd][2] * inv1;
+            dst[1] = o[nd][3] * inv1;
+        }
+    }
+}

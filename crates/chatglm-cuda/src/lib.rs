@@ -1,0 +1,27 @@
+//! CUDA kernels for ChatGLM.rs.
+//!
+//! Principal types: [`Gpu`] (one device: context, stream, NVRTC-compiled
+//! kernels, cuBLAS) and the launch functions in [`ops`] (mat-vec, cuBLAS
+//! products, RMSNorm, RoPE + paged-KV append, split-context and tensor-core
+//! attention). What comes in: raw device addresses and shapes, checked on the
+//! host before each launch. What goes out: results in device memory.
+//!
+//! The libraries are loaded at run time (`cudarc` with dynamic loading), so
+//! every build runs on machines without CUDA; [`Gpu::open`] says in one
+//! sentence what is missing. Kernels are CUDA C sources embedded in the
+//! binary (`src/kernels/*.cu`), compiled by NVRTC for the device present and
+//! cached on disk.
+
+// Kernel launches take their shapes as separate arguments, as the kernels do.
+#![allow(clippy::too_many_arguments)]
+
+mod blas;
+mod compile;
+mod device;
+mod error;
+pub mod ops;
+
+pub use cudarc::driver::CudaSlice;
+pub use device::{device_count, device_ptr, DeviceInfo, Gpu};
+pub use error::CudaError;
+pub use ops::{AttentionDims, DType, GemvMode, SplitPlan};

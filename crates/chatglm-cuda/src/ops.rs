@@ -1,0 +1,542 @@
+//! Launches of the kernels, one function per operation. Pointers are raw
+//! device addresses (`u64`); every function is `unsafe` because the caller
+//! vouches for the sizes of the buffers behind them. What can be checked here
+//! (shapes, launch limits) is checked before the launch.
+
+use crate::{CudaError, Gpu};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+/// Weight and conversion element types (codes shared with the kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32 = 0,
+    F16 = 1,
+    BF16 = 2,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        }
+    }
+
+    fn code(self) -> usize {
+        self as usize
+    }
+}
+
+/// What a mat-vec does with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvMode {
+    /// `out = x·wᵀ + bias`.
+    Store = 0,
+    /// `out += x·wᵀ` (a residual add).
+    Accumulate = 1,
+    /// `out = silu(x·w[..half]ᵀ) · (x·w[half..]ᵀ)`.
+    SwiGlu = 2,
+}
+
+/// The most tokens the mat-vec kernels take in one launch; larger steps go
+/// through cuBLAS.
+pub const GEMV_MAX_TOKENS: usize = 8;
+
+/// Cached tokens per KV block: the flash kernel's key tile.
+pub const FLASH_HEAD_DIM: usize = 128;
+pub const FLASH_TILE_TOKENS: usize = 64;
+
+fn grid_for(n: usize, per_block: usize) -> u32 {
+    // Grid-stride kernels: enough blocks to fill the device, capped.
+    n.div_ceil(per_block).clamp(1, 65_535) as u32
+}
+
+fn check_i32(op: &str, what: &str, v: usize) -> Result<i32, CudaError> {
+    i32::try_from(v).map_err(|_| CudaError::invalid(op, format!("{what} = {v} exceeds the kernel's int range")))
+}
+
+fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem }
+}
+
+impl Gpu {
+    /// `out[t] = table[ids[t]]` as f32.
+    ///
+    /// # Safety
+    /// `table`: table_rows·cols elements of `dtype`; `ids`: n i32; `out`: n·cols f32.
+    pub unsafe fn embed(
+        &self,
+        table: u64,
+        dtype: DType,
+        table_rows: usize,
+        cols: usize,
+        ids: u64,
+        n: usize,
+        out: u64,
+    ) -> Result<(), CudaError> {
+        let name = format!("embed_{}", dtype.code());
+        let (cols, rows) = (check_i32(&name, "cols", cols)?, check_i32(&name, "table rows", table_rows)?);
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernel(&name)?;
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows);
+        self.launch(a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, 0))
+    }
+
+    /// Row-wise RMSNorm of `rows × cols` f32.
+    ///
+    /// # Safety
+    /// `x`, `out`: rows·cols f32; `w`: cols f32.
+    pub unsafe fn rms_norm(&self, x: u64, w: u64, out: u64, rows: usize, cols: usize, eps: f32) -> Result<(), CudaError> {
+        let cols = check_i32("rms_norm", "cols", cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.kernel("rms_norm")?;
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&x).arg(&w).arg(&out).arg(&cols).arg(&eps);
+        self.launch(a, "rms_norm", cfg((check_i32("rms_norm", "rows", rows)? as u32, 1, 1), 256, 0))
+    }
+
+    /// `x += y` over `n` f32.
+    ///
+    /// # Safety
+    /// `x`, `y`: n f32.
+    pub unsafe fn add(&self, x: u64, y: u64, n: usize) -> Result<(), CudaError> {
+        let f = self.kernel("add_inplace")?;
+        let n64 = n as i64;
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&x).arg(&y).arg(&n64);
+        self.launch(a, "add_inplace", cfg((grid_for(n, 1024), 1, 1), 256, 0))
+    }
+
+    /// `x[r, c] += b[c]`.
+    ///
+    /// # Safety
+    /// `x`: rows·cols f32; `b`: cols f32.
+    pub unsafe fn add_bias(&self, x: u64, b: u64, rows: usize, cols: usize) -> Result<(), CudaError> {
+        let f = self.kernel("add_bias")?;
+        let (rows64, cols32) = (rows as i64, check_i32("add_bias", "cols", cols)?);
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&x).arg(&b).arg(&rows64).arg(&cols32);
+        self.launch(a, "add_bias", cfg((grid_for(rows * cols, 1024), 1, 1), 256, 0))
+    }
+
+    /// `out[r, c] = silu(x[r, c]) · x[r, ffn + c]`.
+    ///
+    /// # Safety
+    /// `x`: rows·2·ffn f32; `out`: rows·ffn f32.
+    pub unsafe fn swiglu(&self, x: u64, out: u64, rows: usize, ffn: usize) -> Result<(), CudaError> {
+        let f = self.kernel("swiglu")?;
+        let (rows64, ffn32) = (rows as i64, check_i32("swiglu", "ffn", ffn)?);
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&x).arg(&out).arg(&rows64).arg(&ffn32);
+        self.launch(a, "swiglu", cfg((grid_for(rows * ffn, 1024), 1, 1), 256, 0))
+    }
+
+    /// `out[i] = x[rows[i]]`.
+    ///
+    /// # Safety
+    /// `rows`: n i32, each < the rows of `x`; `x`: (max row + 1)·cols f32; `out`: n·cols f32.
+    pub unsafe fn gather_rows(&self, x: u64, rows: u64, n: usize, cols: usize, out: u64) -> Result<(), CudaError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernel("gather_rows")?;
+        let cols32 = check_i32("gather_rows", "cols", cols)?;
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&x).arg(&rows).arg(&out).arg(&cols32);
+        self.launch(a, "gather_rows", cfg((check_i32("gather_rows", "rows", n)? as u32, 1, 1), 256, 0))
+    }
+
+    /// Converts `n` f32 to f16 or bf16.
+    ///
+    /// # Safety
+    /// `x`: n f32; `out`: n 16-bit values.
+    pub unsafe fn convert(&self, x: u64, out: u64, n: usize, to: DType) -> Result<(), CudaError> {
+        let name = match to {
+            DType::F16 => "to_f16",
+            DType::BF16 => "to_bf16",
+            DType::F32 => return Err(CudaError::invalid("convert", "f32 → f32 is a copy, not a conversion")),
+        };
+        let f = self.kernel(name)?;
+        let n64 = n as i64;
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&x).arg(&out).arg(&n64);
+        self.launch(a, name, cfg((grid_for(n, 1024), 1, 1), 256, 0))
+    }
+
+    /// Fills `n` elements with values uniform in ±`amp` from `seed`.
+    ///
+    /// # Safety
+    /// `p`: n elements of `dtype`.
+    pub unsafe fn fill_random(&self, p: u64, n: usize, dtype: DType, seed: u64, amp: f32) -> Result<(), CudaError> {
+        let name = format!("fill_random_{}", dtype.code());
+        let f = self.kernel(&name)?;
+        let n64 = n as i64;
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&p).arg(&n64).arg(&seed).arg(&amp);
+        self.launch(a, &name, cfg((grid_for(n, 4096), 1, 1), 256, 0))
+    }
+
+    /// Mat-vec for 1..=8 tokens: `x` (n × cols f32) against `w` (rows × cols).
+    /// `bias` (rows f32) or 0. `out`: n × rows (Store, Accumulate) or
+    /// n × rows/2 (SwiGlu).
+    ///
+    /// # Safety
+    /// Pointers must hold the sizes above.
+    pub unsafe fn gemv(
+        &self,
+        w: u64,
+        dtype: DType,
+        x: u64,
+        bias: u64,
+        out: u64,
+        n: usize,
+        rows: usize,
+        cols: usize,
+        mode: GemvMode,
+    ) -> Result<(), CudaError> {
+        if n == 0 || n > GEMV_MAX_TOKENS {
+            return Err(CudaError::invalid("gemv", format!("{n} tokens (1..={GEMV_MAX_TOKENS} supported)")));
+        }
+        if mode == GemvMode::SwiGlu && !rows.is_multiple_of(2) {
+            return Err(CudaError::invalid("gemv", format!("SwiGLU needs an even number of rows, got {rows}")));
+        }
+        let half = rows / 2;
+        let (rows32, cols32, half32) =
+            (check_i32("gemv", "rows", rows)?, check_i32("gemv", "cols", cols)?, check_i32("gemv", "rows", half)?);
+        let per_vec = 16 / dtype.size();
+        let vector = cols.is_multiple_of(per_vec) && w.is_multiple_of(16) && x.is_multiple_of(16);
+        let warps = match mode {
+            GemvMode::SwiGlu => half,
+            _ if vector => rows.div_ceil(2),
+            _ => rows,
+        };
+        let blocks = check_i32("gemv", "blocks", warps.div_ceil(8))? as u32;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let launch_cfg = cfg((blocks, 1, 1), 256, 0);
+        if vector {
+            let name = format!("gemv_{}_{}_{}", dtype.code(), n, mode as usize);
+            let f = self.kernel(&name)?;
+            let mut a = self.stream().launch_builder(f);
+            a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32);
+            self.launch(a, &name, launch_cfg)
+        } else {
+            let name = format!("gemv_scalar_{}_{}", dtype.code(), mode as usize);
+            let f = self.kernel(&name)?;
+            let n32 = n as i32;
+            let mut a = self.stream().launch_builder(f);
+            a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&n32).arg(&rows32).arg(&cols32).arg(&half32);
+            self.launch(a, &name, launch_cfg)
+        }
+    }
+
+    /// `out (n × rows f32) = x · wᵀ (+ out)` through cuBLAS; `x` is in the
+    /// weights' element type.
+    ///
+    /// # Safety
+    /// `w`: rows·cols of `dtype`; `x`: n·cols of `dtype`; `out`: n·rows f32.
+    pub unsafe fn gemm(
+        &self,
+        w: u64,
+        dtype: DType,
+        x: u64,
+        out: u64,
+        n: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) -> Result<(), CudaError> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.blas.gemm(w, dtype, x, out, n, rows, cols, accumulate)
+    }
+
+    /// RoPE on the queries and keys of every token of `qkv` (in place), and
+    /// the keys and values appended to the paged cache of `layer`.
+    ///
+    /// # Safety
+    /// `qkv`: n × width f32 with width ≥ (heads + 2·groups)·head_dim;
+    /// `positions`, `seq_of_token`: n i32; `block_table`: rows of max_blocks
+    /// addresses covering every position; `inv_freq`: n_pairs f32; each block
+    /// holds `layers`·2·groups·block_tokens·head_dim cache elements.
+    pub unsafe fn rope_kv(
+        &self,
+        kv_dtype: DType,
+        qkv: u64,
+        width: usize,
+        n: usize,
+        positions: u64,
+        seq_of_token: u64,
+        block_table: u64,
+        max_blocks: usize,
+        inv_freq: u64,
+        n_pairs: usize,
+        shape: AttentionDims,
+        layer: usize,
+    ) -> Result<(), CudaError> {
+        let name = match kv_dtype {
+            DType::F32 => "rope_kv_0",
+            DType::F16 => "rope_kv_1",
+            DType::BF16 => return Err(CudaError::invalid("rope_kv", "bf16 KV cache")),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernel(name)?;
+        let args = [width, max_blocks, n_pairs, shape.n_heads, shape.n_groups, shape.head_dim, layer, shape.block_tokens]
+            .map(|v| v as i32);
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&qkv).arg(&args[0]).arg(&positions).arg(&seq_of_token).arg(&block_table).arg(&args[1]);
+        a.arg(&inv_freq).arg(&args[2]).arg(&args[3]).arg(&args[4]).arg(&args[5]).arg(&args[6]).arg(&args[7]);
+        self.launch(a, name, cfg((check_i32(name, "tokens", n)? as u32, 1, 1), 128, 0))
+    }
+
+    /// Split-context attention for the `work` tokens listed at `work_tokens`.
+    /// With `n_splits > 1` it writes partials to `part_o`/`part_ml` and merges
+    /// them into `out` with a second launch.
+    ///
+    /// # Safety
+    /// As [`Gpu::rope_kv`], plus: `out`: rows × heads·head_dim f32; `work_tokens`:
+    /// work i32; `part_o`: work·groups·n_splits·heads_per_group·head_dim f32 and
+    /// `part_ml`: work·groups·n_splits·2·heads_per_group f32 when n_splits > 1.
+    pub unsafe fn attention_split(
+        &self,
+        kv_dtype: DType,
+        qkv: u64,
+        width: usize,
+        out: u64,
+        work_tokens: u64,
+        work: usize,
+        positions: u64,
+        seq_of_token: u64,
+        block_table: u64,
+        max_blocks: usize,
+        shape: AttentionDims,
+        layer: usize,
+        split: SplitPlan,
+        part_o: u64,
+        part_ml: u64,
+    ) -> Result<(), CudaError> {
+        let name = match kv_dtype {
+            DType::F32 => "attn_split_0",
+            DType::F16 => "attn_split_1",
+            DType::BF16 => return Err(CudaError::invalid("attention", "bf16 KV cache")),
+        };
+        if work == 0 {
+            return Ok(());
+        }
+        shape.check_split()?;
+        let tk = shape.split_tile();
+        if !split.chunk.is_multiple_of(tk) || split.n_splits == 0 || split.n_splits > 65_535 {
+            return Err(CudaError::invalid(name, format!("bad split plan {split:?} for key tile {tk}")));
+        }
+        let f = self.kernel(name)?;
+        let hg = shape.n_heads / shape.n_groups;
+        let smem = (hg * shape.head_dim + hg * tk + tk * (shape.head_dim + 4) + 3 * hg) * 4;
+        let out_width = shape.n_heads * shape.head_dim;
+        let ints = [
+            width,
+            out_width,
+            max_blocks,
+            shape.n_heads,
+            shape.n_groups,
+            shape.head_dim,
+            layer,
+            shape.block_tokens,
+            tk,
+            split.chunk,
+        ]
+        .map(|v| v as i32);
+        let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
+        a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&ints[6]).arg(&ints[7]);
+        a.arg(&ints[8]).arg(&ints[9]).arg(&scale).arg(&part_o).arg(&part_ml);
+        let grid = (shape.n_groups as u32, check_i32(name, "tokens", work)? as u32, split.n_splits as u32);
+        self.launch(a, name, cfg(grid, 128, smem as u32))?;
+        if split.n_splits > 1 {
+            let f = self.kernel("attn_combine")?;
+            let ints = [out_width, shape.n_heads, shape.n_groups, shape.head_dim, split.n_splits].map(|v| v as i32);
+            let mut a = self.stream().launch_builder(f);
+            a.arg(&out).arg(&ints[0]).arg(&work_tokens).arg(&part_o).arg(&part_ml);
+            a.arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]);
+            let grid = (work as u32, shape.n_heads as u32, 1);
+            self.launch(a, "attn_combine", cfg(grid, shape.head_dim as u32, 0))?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`Gpu::attention_flash`] can run `shape` here.
+    pub fn flash_supported(&self, shape: &AttentionDims) -> bool {
+        self.has_kernel("attn_flash_f16")
+            && shape.head_dim == FLASH_HEAD_DIM
+            && shape.block_tokens == FLASH_TILE_TOKENS
+            && shape.n_groups > 0
+            && shape.n_heads.is_multiple_of(shape.n_groups)
+    }
+
+    /// Tensor-core prefill attention over an f16 cache for `n_tiles` query
+    /// tiles (4 ints each: seq, first row, rows ≤ 64, first position).
+    ///
+    /// # Safety
+    /// As [`Gpu::attention_split`]; `tiles`: 4·n_tiles i32 whose rows and
+    /// positions lie inside `qkv`/`out` and the block table.
+    pub unsafe fn attention_flash(
+        &self,
+        qkv: u64,
+        width: usize,
+        out: u64,
+        tiles: u64,
+        n_tiles: usize,
+        block_table: u64,
+        max_blocks: usize,
+        shape: AttentionDims,
+        layer: usize,
+    ) -> Result<(), CudaError> {
+        if n_tiles == 0 {
+            return Ok(());
+        }
+        if !self.flash_supported(&shape) {
+            return Err(CudaError::invalid("attn_flash_f16", format!("unsupported shape {shape:?}")));
+        }
+        let f = self.kernel("attn_flash_f16")?;
+        let out_width = shape.n_heads * shape.head_dim;
+        let ints = [width, out_width, max_blocks, shape.n_heads, shape.n_groups, layer].map(|v| v as i32);
+        let q_scale = std::f32::consts::LOG2_E / (shape.head_dim as f32).sqrt();
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&tiles).arg(&block_table).arg(&ints[2]);
+        a.arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&q_scale);
+        let grid = (check_i32("attn_flash_f16", "tiles", n_tiles)? as u32, shape.n_heads as u32, 1);
+        self.launch(a, "attn_flash_f16", cfg(grid, 128, 0))
+    }
+}
+
+/// Attention and cache geometry of one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub n_heads: usize,
+    pub n_groups: usize,
+    pub head_dim: usize,
+    /// Tokens per cache block.
+    pub block_tokens: usize,
+}
+
+impl AttentionDims {
+    /// Key tile of the split kernel (its shared memory stays under 48 KiB).
+    pub fn split_tile(&self) -> usize {
+        if self.head_dim <= 128 {
+            64
+        } else {
+            32
+        }
+    }
+
+    fn check_split(&self) -> Result<(), CudaError> {
+        let hg = self.n_heads.checked_div(self.n_groups).unwrap_or(0);
+        let tk = self.split_tile();
+        let smem = (hg * self.head_dim + hg * tk + tk * (self.head_dim + 4) + 3 * hg) * 4;
+        let ok = self.n_groups > 0
+            && self.n_heads.is_multiple_of(self.n_groups)
+            && self.head_dim.is_multiple_of(4)
+            && self.head_dim <= 256
+            && hg <= 32
+            && self.block_tokens.is_multiple_of(tk)
+            && smem <= 48 * 1024;
+        if ok {
+            Ok(())
+        } else {
+            Err(CudaError::invalid(
+                "attention",
+                format!("unsupported attention shape {self:?} on the GPU (needs head_dim % 4 == 0, head_dim ≤ 256, ≤ 32 query heads per KV group)"),
+            ))
+        }
+    }
+
+    /// Checks the shape once at start-up.
+    pub fn validate(&self) -> Result<(), CudaError> {
+        self.check_split()
+    }
+}
+
+/// How the split kernel divides each token's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPlan {
+    pub n_splits: usize,
+    /// Keys per split (a multiple of the key tile).
+    pub chunk: usize,
+}
+
+impl SplitPlan {
+    /// Enough blocks to fill `multiprocessors` twice over for `work` tokens
+    /// whose longest context is `max_ctx`, never splits shorter than 4 tiles.
+    pub fn for_step(shape: &AttentionDims, work: usize, max_ctx: usize, multiprocessors: usize) -> Self {
+        let tk = shape.split_tile();
+        let tiles = max_ctx.div_ceil(tk).max(1);
+        let base_blocks = (work * shape.n_groups).max(1);
+        let wanted = (2 * multiprocessors).div_ceil(base_blocks).max(1);
+        let n_splits = wanted.min(tiles.div_ceil(4)).max(1);
+        let chunk = tiles.div_ceil(n_splits) * tk;
+        Self { n_splits: max_ctx.div_ceil(chunk).max(1), chunk }
+    }
+
+    /// Partial-result floats needed: (outputs, max/sum pairs).
+    pub fn partials(&self, shape: &AttentionDims, work: usize) -> (usize, usize) {
+        if self.n_splits <= 1 {
+            return (0, 0);
+        }
+        let hg = shape.n_heads / shape.n_groups.max(1);
+        let parts = work * shape.n_groups * self.n_splits;
+        (parts * hg * shape.head_dim, parts * 2 * hg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> AttentionDims {
+        AttentionDims { n_heads: 32, n_groups: 2, head_dim: 128, block_tokens: 64 }
+    }
+
+    #[test]
+    fn split_plans_cover_the_context_in_whole_tiles() {
+        for max_ctx in [1, 63, 64, 65, 200, 1000, 4096, 8191, 32768] {
+            for work in [1, 3, 64] {
+                let p = SplitPlan::for_step(&dims(), work, max_ctx, 132);
+                assert_eq!(p.chunk % 64, 0, "{p:?}");
+                assert!(p.n_splits * p.chunk >= max_ctx, "{p:?} for {max_ctx}");
+                assert!((p.n_splits - 1) * p.chunk < max_ctx, "{p:?} has an empty split for {max_ctx}");
+            }
+        }
+        // Long decode contexts are spread over the device.
+        let p = SplitPlan::for_step(&dims(), 1, 32768, 132);
+        assert!(p.n_splits >= 100, "{p:?}");
+        // Short contexts are not split.
+        assert_eq!(SplitPlan::for_step(&dims(), 1, 100, 132).n_splits, 1);
+    }
+
+    #[test]
+    fn shapes_outside_the_kernels_are_refused() {
+        assert!(dims().validate().is_ok());
+        assert!(AttentionDims { head_dim: 16, n_heads: 4, n_groups: 2, block_tokens: 64 }.validate().is_ok());
+        assert!(AttentionDims { head_dim: 130, ..dims() }.validate().is_err());
+        assert!(AttentionDims { n_groups: 0, ..dims() }.validate().is_err());
+        assert!(AttentionDims { n_heads: 33, ..dims() }.validate().is_err());
+        assert!(AttentionDims { n_heads: 128, n_groups: 2, ..dims() }.validate().is_err());
+    }
+}
