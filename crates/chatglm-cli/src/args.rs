@@ -1,13 +1,118 @@
 //! Flags shared by the subcommands that load a model.
 
 use anyhow::{Context, Result};
-use chatglm_engine::{GenerationConfig, Pipeline, PipelineOptions, SamplingParams};
-use chatglm_model::{CpuBackend, KvDType, LoadOptions, WeightFormat};
+use chatglm_engine::{EngineError, GenerationConfig, Pipeline, PipelineOptions, SamplingParams};
+use chatglm_model::{Backend, Config, CpuBackend, KvDType, LoadOptions, WeightFormat};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The model every command uses when `-m` is not given.
 pub const DEFAULT_MODEL: &str = "THUDM/chatglm2-6b";
+
+/// Where to run (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// A CUDA GPU when one is usable, else the CPU.
+    Auto,
+    Cpu,
+    /// The CUDA GPU of this ordinal (`cuda` = `cuda:0`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => match lower.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(format!("unknown device `{s}` (expected auto, cpu, cuda or cuda:N with N a GPU number)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Code to run once the device is chosen, generic over its backend (a
+/// generic closure, which Rust does not have). `make_backend` builds the
+/// backend for a model config; [`Device::dispatch`] calls `run` with the
+/// backend the device names.
+pub trait BackendUser<R> {
+    fn run<B: Backend + 'static>(self, make_backend: impl FnOnce(&Config) -> Result<B, EngineError>) -> Result<R>;
+}
+
+/// Code to run on a loaded pipeline, whichever backend holds it (see
+/// [`ModelArgs::with_pipeline`]).
+pub trait PipelineUser<R> {
+    fn run<B: Backend + 'static>(self, pipeline: Pipeline<B>) -> Result<R>;
+}
+
+impl Device {
+    /// The one place a device becomes a backend: every command that runs a
+    /// model comes through here.
+    pub fn dispatch<R>(self, user: impl BackendUser<R>) -> Result<R> {
+        match self {
+            Self::Cpu => user.run(|cfg| Ok(CpuBackend::for_config(cfg))),
+            Self::Auto if cuda_usable() => run_on_cuda(0, user),
+            Self::Auto => user.run(|cfg| Ok(CpuBackend::for_config(cfg))),
+            Self::Cuda(ordinal) => run_on_cuda(ordinal, user),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// CUDA plug-in point. With `#[cfg(feature = "cuda")]`, `run_on_cuda` calls
+// `user.run(|cfg| chatglm_model::CudaBackend::new(ordinal, cfg)...)` (mapping
+// its error to `EngineError::Device`), and `cuda_usable` probes for a GPU, so
+// that every command gets a `Pipeline<chatglm_model::CudaBackend>`.
+// ---------------------------------------------------------------------------
+
+/// Whether `--device auto` should pick CUDA GPU 0 (libraries present and a
+/// device found); says why not in the log.
+#[cfg(feature = "cuda")]
+fn cuda_usable() -> bool {
+    match chatglm_model::cuda::usable_device_count() {
+        Ok(n) if n > 0 => true,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::info!("no usable CUDA GPU ({e}); running on the CPU");
+            false
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_usable() -> bool {
+    false
+}
+
+/// Runs `user` on CUDA GPU `ordinal`.
+#[cfg(feature = "cuda")]
+fn run_on_cuda<R>(ordinal: usize, user: impl BackendUser<R>) -> Result<R> {
+    user.run(move |cfg| {
+        let backend = chatglm_model::CudaBackend::new(ordinal, cfg).map_err(|e| EngineError::Device(e.to_string()))?;
+        eprintln!("device: {}", backend.device());
+        Ok(backend)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_on_cuda<R>(ordinal: usize, user: impl BackendUser<R>) -> Result<R> {
+    let _ = (ordinal, user);
+    anyhow::bail!("this build has no CUDA support (rebuild with `--features cuda`)")
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -34,6 +139,9 @@ pub struct ModelArgs {
     /// ms/token for 6B f16 on 2 cores). Default: copy into memory.
     #[arg(long)]
     pub mmap: bool,
+    /// Where to run: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", env = "CHATGLM_DEVICE")]
+    pub device: Device,
 }
 
 impl ModelArgs {
@@ -43,23 +151,38 @@ impl ModelArgs {
         Ok(PipelineOptions { load: LoadOptions { mmap: self.mmap, ..LoadOptions::new(format) }, kv_dtype })
     }
 
-    /// Sizes the thread pool, then loads with a progress bar on stderr.
-    pub fn load(&self) -> Result<Pipeline<CpuBackend>> {
+    /// Sizes the thread pool, loads on `--device` with a progress bar on
+    /// stderr, then runs `user` on the pipeline.
+    pub fn with_pipeline<R>(&self, user: impl PipelineUser<R>) -> Result<R> {
         init_threads(self.threads)?;
         let options = self.load_options()?;
+        self.device.dispatch(LoadThen { args: self, options, user })
+    }
+}
+
+/// Loads `args`'s model onto the dispatched backend, then hands it to `user`.
+struct LoadThen<'a, U> {
+    args: &'a ModelArgs,
+    options: PipelineOptions,
+    user: U,
+}
+
+impl<R, U: PipelineUser<R>> BackendUser<R> for LoadThen<'_, U> {
+    fn run<B: Backend + 'static>(self, make_backend: impl FnOnce(&Config) -> Result<B, EngineError>) -> Result<R> {
+        let spec = &self.args.model;
         let bar = ProgressBar::new(1).with_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors ({elapsed})")
                 .expect("invariant: static template")
                 .progress_chars("=> "),
         );
-        bar.set_message(format!("loading {}", self.model));
-        let pipeline = Pipeline::load(&self.model, options, &mut |done, total| {
+        bar.set_message(format!("loading {spec}"));
+        let pipeline = Pipeline::load_with(spec, self.options, make_backend, &mut |done, total| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
         })
-        .with_context(|| format!("cannot load model `{}`", self.model))?;
+        .with_context(|| format!("cannot load model `{spec}`"))?;
         bar.finish_and_clear();
-        Ok(pipeline)
+        self.user.run(pipeline)
     }
 }
 
@@ -153,5 +276,38 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             eos_ids: vec![eos],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("auto".parse::<Device>(), Ok(Device::Auto));
+        assert_eq!("CPU".parse::<Device>(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
+        for bad in ["", "cuda:", "cuda:x", "cuda:-1", "tpu", "cpu:0"] {
+            let e = bad.parse::<Device>().unwrap_err();
+            assert!(e.contains("expected auto, cpu, cuda or cuda:N"), "{bad}: {e}");
+        }
+        for d in [Device::Auto, Device::Cpu, Device::Cuda(2)] {
+            assert_eq!(d.to_string().parse::<Device>(), Ok(d));
+        }
+    }
+
+    #[test]
+    #[cfg(not(feature = "cuda"))]
+    fn cuda_is_refused_without_cuda_support() {
+        struct Never;
+        impl BackendUser<()> for Never {
+            fn run<B: Backend + 'static>(self, _: impl FnOnce(&Config) -> Result<B, EngineError>) -> Result<()> {
+                panic!("no backend expected")
+            }
+        }
+        let e = Device::Cuda(1).dispatch(Never).unwrap_err();
+        assert!(e.to_string().contains("this build has no CUDA support"), "{e}");
     }
 }

@@ -1,11 +1,10 @@
 //! `chatglm bench`: load time, prefill and decode speed, achieved bandwidth, peak memory.
 
-use crate::args::{init_threads, physical_cores};
+use crate::args::{init_threads, physical_cores, BackendUser, Device};
 use anyhow::{bail, Context, Result};
-use chatglm_engine::{Pipeline, PipelineOptions};
+use chatglm_engine::{EngineError, Pipeline, PipelineOptions};
 use chatglm_model::{
-    Backend, Config, CpuBackend, ForwardState, KvCache, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput,
-    WeightFormat,
+    Backend, Config, ForwardState, KvCacheOps, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, WeightFormat,
 };
 use clap::Args;
 use std::time::{Duration, Instant};
@@ -30,6 +29,9 @@ pub struct BenchArgs {
     /// Worker threads (default: physical cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Where to run: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", env = "CHATGLM_DEVICE")]
+    pub device: Device,
     /// Prompt tokens for the prefill measurement (0 skips it).
     #[arg(long, default_value_t = 512)]
     pub prompt_len: usize,
@@ -97,7 +99,7 @@ fn argmax(l: &[f32]) -> u32 {
 fn one_run<B: Backend>(
     model: &Model<B>,
     state: &mut ForwardState<B>,
-    cache: &mut KvCache,
+    cache: &mut B::Cache,
     prompt: &[u32],
     gen_len: usize,
 ) -> Result<Run> {
@@ -107,7 +109,7 @@ fn one_run<B: Backend>(
         None
     } else {
         let t = Instant::now();
-        let chunks: Vec<&[u32]> = prompt.chunks(chatglm_engine::generate::PREFILL_CHUNK_TOKENS).collect();
+        let chunks: Vec<&[u32]> = prompt.chunks(model.backend.prefill_chunk_tokens()).collect();
         for (i, c) in chunks.iter().enumerate() {
             let want = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
             let l = model.forward(state, &mut [SequenceInput { tokens: c, cache, logits: want }])?;
@@ -138,19 +140,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
-    let t_load = Instant::now();
-    let (model, source) = if let Some(name) = &args.synthetic {
-        let cfg = synthetic_config(name)?;
-        let backend = CpuBackend::for_config(&cfg);
-        (Model::synthetic(backend, cfg, LoadOptions::new(format), 1), format!("synthetic {name}"))
-    } else {
-        let spec = args.model.clone().context("-m or --synthetic is required")?;
-        let load = LoadOptions { mmap: args.mmap, ..LoadOptions::new(format) };
-        let options = PipelineOptions { load, kv_dtype: Some(kv_dtype) };
-        let p = Pipeline::load(&spec, options, &mut |_, _| {})?;
-        (p.model, spec)
-    };
-    let load = t_load.elapsed();
+    args.device.dispatch(Bench { args, threads, format, kv_dtype })
+}
+
+/// The benchmark, once the device is chosen.
+struct Bench {
+    args: BenchArgs,
+    threads: usize,
+    format: WeightFormat,
+    kv_dtype: KvDType,
+}
+
+impl BackendUser<()> for Bench {
+    fn run<B: Backend + 'static>(self, make_backend: impl FnOnce(&Config) -> Result<B, EngineError>) -> Result<()> {
+        let Self { args, threads, format, kv_dtype } = self;
+        let t_load = Instant::now();
+        let (model, source) = if let Some(name) = &args.synthetic {
+            let cfg = synthetic_config(name)?;
+            let backend = make_backend(&cfg)?;
+            (Model::synthetic(backend, cfg, LoadOptions::new(format), 1), format!("synthetic {name}"))
+        } else {
+            let spec = args.model.clone().context("-m or --synthetic is required")?;
+            let load = LoadOptions { mmap: args.mmap, ..LoadOptions::new(format) };
+            let options = PipelineOptions { load, kv_dtype: Some(kv_dtype) };
+            let p = Pipeline::load_with(&spec, options, make_backend, &mut |_, _| {})?;
+            (p.model, spec)
+        };
+        let load = t_load.elapsed();
+        measure(&args, threads, format, kv_dtype, &model, &source, load)
+    }
+}
+
+fn measure<B: Backend>(
+    args: &BenchArgs,
+    threads: usize,
+    format: WeightFormat,
+    kv_dtype: KvDType,
+    model: &Model<B>,
+    source: &str,
+    load: Duration,
+) -> Result<()> {
     model.check_kv_dtype(kv_dtype)?;
     let cfg = model.config.clone();
     let vocab_for_prompt = cfg.padded_vocab_size.min(60000) as u64;
@@ -166,10 +195,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut state = ForwardState::new(&model.backend);
     let mut cache = model.new_cache(kv_dtype);
     // Warm-up: first-touch of weights and buffers.
-    one_run(&model, &mut state, &mut cache, &prompt[..prompt.len().min(8)], 2)?;
+    one_run(model, &mut state, &mut cache, &prompt[..prompt.len().min(8)], 2)?;
     let mut runs = Vec::new();
     for _ in 0..args.repeat {
-        runs.push(one_run(&model, &mut state, &mut cache, &prompt, args.gen_len)?);
+        runs.push(one_run(model, &mut state, &mut cache, &prompt, args.gen_len)?);
     }
     let weight_bytes = model.weight_bytes() as f64;
     let decode_ms: Vec<f64> = runs.iter().map(|r| r.decode_per_token.as_secs_f64() * 1e3).collect();

@@ -1,8 +1,8 @@
 //! `chatglm chat`: the interactive demo (and a line-per-query script mode).
 
-use crate::args::{ModelArgs, SamplingArgs};
+use crate::args::{ModelArgs, PipelineUser, SamplingArgs};
 use anyhow::Result;
-use chatglm_engine::{ChatSession, EngineError, FinishReason, GenerationConfig};
+use chatglm_engine::{ChatSession, EngineError, FinishReason, GenerationConfig, Pipeline};
 use chatglm_model::Backend;
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
@@ -23,8 +23,17 @@ pub struct ChatArgs {
 const WELCOME: &str = "欢迎使用 ChatGLM2-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序 (Ctrl-C interrupts an answer, Ctrl-D exits)";
 
 pub fn run(args: ChatArgs) -> Result<()> {
+    args.model.clone().with_pipeline(args)
+}
+
+impl PipelineUser<()> for ChatArgs {
+    fn run<B: Backend + 'static>(self, pipeline: Pipeline<B>) -> Result<()> {
+        run_on(pipeline, self)
+    }
+}
+
+fn run_on<B: Backend>(pipeline: Pipeline<B>, args: ChatArgs) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
-    let pipeline = args.model.load()?;
     let config = args.sampling.generation_config(pipeline.tokenizer.eos_id())?;
     let mut session = ChatSession::new(&pipeline);
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -1,9 +1,9 @@
 //! `chatglm generate`: one chat round, or a raw continuation with `--raw`.
 
-use crate::args::{ModelArgs, SamplingArgs};
+use crate::args::{ModelArgs, PipelineUser, SamplingArgs};
 use anyhow::{Context, Result};
-use chatglm_engine::{generate, ChatSession, History};
-use chatglm_model::ForwardState;
+use chatglm_engine::{generate, ChatSession, History, Pipeline};
+use chatglm_model::{Backend, ForwardState};
 use clap::Args;
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,7 +40,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         anyhow::bail!("--history only applies to chat mode; drop --raw or --history");
     }
     let history = args.history.as_ref().map(read_history).transpose()?.unwrap_or_default();
-    let pipeline = args.model.load()?;
+    args.model.clone().with_pipeline(Generate { args, history })
+}
+
+/// One generation, once the model is loaded.
+struct Generate {
+    args: GenerateArgs,
+    history: History,
+}
+
+impl PipelineUser<()> for Generate {
+    fn run<B: Backend + 'static>(self, pipeline: Pipeline<B>) -> Result<()> {
+        run_on(pipeline, self.args, self.history)
+    }
+}
+
+fn run_on<B: Backend>(pipeline: Pipeline<B>, args: GenerateArgs, history: History) -> Result<()> {
     let config = args.sampling.generation_config(pipeline.tokenizer.eos_id())?;
     let stream = !args.json;
     let mut stdout = std::io::stdout();

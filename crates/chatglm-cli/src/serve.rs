@@ -1,8 +1,9 @@
 //! `chatglm serve`: the OpenAI-compatible HTTP server with continuous batching.
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, PipelineUser};
 use anyhow::{Context, Result};
 use chatglm_engine::{Engine, EngineConfig, Pipeline};
+use chatglm_model::Backend;
 use chatglm_server::{AppState, ServerConfig};
 use clap::Args;
 use std::sync::Arc;
@@ -53,7 +54,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_length == 0 {
         anyhow::bail!("--max-length must be at least 1");
     }
-    let pipeline = args.model.load()?;
+    args.model.clone().with_pipeline(args)
+}
+
+impl PipelineUser<()> for ServeArgs {
+    fn run<B: Backend + 'static>(self, pipeline: Pipeline<B>) -> Result<()> {
+        run_on(pipeline, self)
+    }
+}
+
+fn run_on<B: Backend + 'static>(pipeline: Pipeline<B>, args: ServeArgs) -> Result<()> {
     let Pipeline { model, tokenizer, kv_dtype, source } = pipeline;
     let tokenizer = Arc::new(tokenizer);
     let engine_config = EngineConfig {

@@ -56,6 +56,11 @@ impl RopeTable {
         Self { inv_freq }
     }
 
+    /// `θ_i` of each rotated pair (a GPU builds its angles from the same values).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv_freq
+    }
+
     /// Number of rotated pairs per head.
     pub fn n_pairs(&self) -> usize {
         self.inv_freq.len()

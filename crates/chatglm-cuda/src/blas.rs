@@ -46,7 +46,10 @@ impl Blas {
     ) -> Result<(), CudaError> {
         let too_big = |v: usize| v > i32::MAX as usize;
         if too_big(n) || too_big(rows) || too_big(cols) {
-            return Err(CudaError::invalid("gemm", format!("{n}×{cols} · ({rows}×{cols})ᵀ exceeds cuBLAS's int sizes")));
+            return Err(CudaError::invalid(
+                "gemm",
+                format!("{n}×{cols} · ({rows}×{cols})ᵀ exceeds cuBLAS's int sizes"),
+            ));
         }
         let ty = match w_dtype {
             DType::F32 => cudaDataType::CUDA_R_32F,

@@ -50,7 +50,12 @@ fn flash_kernels() -> Vec<String> {
 }
 
 pub(crate) const SOURCES: &[Source] = &[
-    Source { name: "elementwise", text: include_str!("kernels/elementwise.cu"), min_arch: 0, kernels: elementwise_kernels },
+    Source {
+        name: "elementwise",
+        text: include_str!("kernels/elementwise.cu"),
+        min_arch: 0,
+        kernels: elementwise_kernels,
+    },
     Source { name: "gemv", text: include_str!("kernels/gemv.cu"), min_arch: 0, kernels: gemv_kernels },
     Source { name: "attention", text: include_str!("kernels/attention.cu"), min_arch: 0, kernels: attention_kernels },
     // mma.sync m16n8k16 with f16 inputs needs Ampere or newer.

@@ -61,6 +61,17 @@ pub fn device_count() -> Result<usize, CudaError> {
     Ok(n.max(0) as usize)
 }
 
+/// Devices that can run kernels: [`device_count`] after checking that the
+/// run-time compiler and BLAS libraries load too.
+pub fn usable_device_count() -> Result<usize, CudaError> {
+    let n = device_count()?;
+    // SAFETY: only try to dlopen the libraries.
+    require_library(unsafe { cudarc::nvrtc::sys::is_culib_present() }, "run-time compiler (libnvrtc)")?;
+    require_library(unsafe { cudarc::cublas::sys::is_culib_present() }, "BLAS (libcublas)")?;
+    require_library(unsafe { cudarc::cublaslt::sys::is_culib_present() }, "BLAS (libcublasLt)")?;
+    Ok(n)
+}
+
 /// One GPU with its stream, compiled kernels and cuBLAS handle. All work is
 /// queued on one non-default stream (graph capture needs one).
 pub struct Gpu {
@@ -75,19 +86,15 @@ impl Gpu {
     /// Opens device `ordinal`: checks the driver, NVRTC and cuBLAS libraries,
     /// creates the context and stream, and compiles (or loads cached) kernels.
     pub fn open(ordinal: usize) -> Result<Arc<Self>, CudaError> {
-        let count = device_count()?;
+        let count = usable_device_count()?;
         if ordinal >= count {
             return Err(CudaError::Unavailable(format!(
                 "there is no CUDA device {ordinal} ({count} device{} found)",
                 if count == 1 { "" } else { "s" }
             )));
         }
-        // SAFETY: only try to dlopen the libraries.
-        require_library(unsafe { cudarc::nvrtc::sys::is_culib_present() }, "run-time compiler (libnvrtc)")?;
-        require_library(unsafe { cudarc::cublas::sys::is_culib_present() }, "BLAS (libcublas)")?;
-        require_library(unsafe { cudarc::cublaslt::sys::is_culib_present() }, "BLAS (libcublasLt)")?;
-
-        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::call(format!("cuCtxCreate(device {ordinal})"), e))?;
+        let ctx =
+            CudaContext::new(ordinal).map_err(|e| CudaError::call(format!("cuCtxCreate(device {ordinal})"), e))?;
         // SAFETY: called before any allocation. cudarc's per-buffer events
         // would make every launch wait on events and break graph capture; this
         // crate orders all work on one stream instead.
@@ -95,7 +102,8 @@ impl Gpu {
         let stream = ctx.new_stream().map_err(|e| CudaError::call("cuStreamCreate", e))?;
         keep_pool_memory(&ctx)?;
 
-        let cc = ctx.compute_capability().map_err(|e| CudaError::call("cuDeviceGetAttribute(compute capability)", e))?;
+        let cc =
+            ctx.compute_capability().map_err(|e| CudaError::call("cuDeviceGetAttribute(compute capability)", e))?;
         let mut driver_version = 0i32;
         // SAFETY: writes one int.
         unsafe { sys::cuDriverGetVersion(&mut driver_version) }
@@ -125,8 +133,9 @@ impl Gpu {
         for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
             let ptx = ptx_for(source, arch, &versions)?;
             let names = (source.kernels)();
-            let module =
-                ctx.load_module(ptx).map_err(|e| CudaError::call(format!("cuModuleLoadData({}.cu)", source.name), e))?;
+            let module = ctx
+                .load_module(ptx)
+                .map_err(|e| CudaError::call(format!("cuModuleLoadData({}.cu)", source.name), e))?;
             for name in names {
                 let f = module
                     .load_function(&name)
@@ -163,9 +172,7 @@ impl Gpu {
     }
 
     pub(crate) fn kernel(&self, name: &str) -> Result<&CudaFunction, CudaError> {
-        self.kernels
-            .get(name)
-            .ok_or_else(|| CudaError::invalid(name, "this kernel is not available on this device"))
+        self.kernels.get(name).ok_or_else(|| CudaError::invalid(name, "this kernel is not available on this device"))
     }
 
     /// `n` elements of device memory, contents unspecified.
@@ -176,7 +183,11 @@ impl Gpu {
     }
 
     /// `n` zeroed elements.
-    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>, CudaError> {
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>, CudaError> {
         let bytes = n.max(1) * std::mem::size_of::<T>();
         self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| self.oom_or(e, what, bytes))
     }

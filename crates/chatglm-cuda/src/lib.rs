@@ -21,7 +21,7 @@ mod device;
 mod error;
 pub mod ops;
 
-pub use cudarc::driver::CudaSlice;
-pub use device::{device_count, device_ptr, DeviceInfo, Gpu};
+pub use cudarc::driver::{CudaSlice, DeviceRepr};
+pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, Gpu};
 pub use error::CudaError;
 pub use ops::{AttentionDims, DType, GemvMode, SplitPlan};

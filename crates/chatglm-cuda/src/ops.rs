@@ -97,7 +97,15 @@ impl Gpu {
     ///
     /// # Safety
     /// `x`, `out`: rows·cols f32; `w`: cols f32.
-    pub unsafe fn rms_norm(&self, x: u64, w: u64, out: u64, rows: usize, cols: usize, eps: f32) -> Result<(), CudaError> {
+    pub unsafe fn rms_norm(
+        &self,
+        x: u64,
+        w: u64,
+        out: u64,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<(), CudaError> {
         let cols = check_i32("rms_norm", "cols", cols)?;
         if rows == 0 {
             return Ok(());
@@ -298,8 +306,9 @@ impl Gpu {
             return Ok(());
         }
         let f = self.kernel(name)?;
-        let args = [width, max_blocks, n_pairs, shape.n_heads, shape.n_groups, shape.head_dim, layer, shape.block_tokens]
-            .map(|v| v as i32);
+        let args =
+            [width, max_blocks, n_pairs, shape.n_heads, shape.n_groups, shape.head_dim, layer, shape.block_tokens]
+                .map(|v| v as i32);
         let mut a = self.stream().launch_builder(f);
         a.arg(&qkv).arg(&args[0]).arg(&positions).arg(&seq_of_token).arg(&block_table).arg(&args[1]);
         a.arg(&inv_freq).arg(&args[2]).arg(&args[3]).arg(&args[4]).arg(&args[5]).arg(&args[6]).arg(&args[7]);

@@ -38,7 +38,7 @@ struct Loop<'t, B: Backend> {
     tokenizer: &'t ChatGlmTokenizer,
     kv_dtype: KvDType,
     scheduler: Scheduler,
-    seqs: HashMap<SeqId, Sequence<'t>>,
+    seqs: HashMap<SeqId, Sequence<'t, B::Cache>>,
     stats: &'t EngineStats,
 }
 
@@ -159,7 +159,7 @@ impl<'t, B: Backend> Loop<'t, B> {
         }
 
         // Borrow each planned sequence's tokens and cache, in plan order.
-        let mut by_id: HashMap<SeqId, &mut Sequence<'t>> = self
+        let mut by_id: HashMap<SeqId, &mut Sequence<'t, B::Cache>> = self
             .seqs
             .iter_mut()
             .filter(|(id, _)| plan.chunks.iter().any(|c| c.id == **id))

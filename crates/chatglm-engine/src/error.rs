@@ -16,4 +16,7 @@ pub enum EngineError {
     InvalidParameter(String),
     #[error("no tokenizer.model found next to the weights in {0}")]
     MissingTokenizer(String),
+    /// The compute device (a GPU) is unusable or could not be started.
+    #[error("device: {0}")]
+    Device(String),
 }

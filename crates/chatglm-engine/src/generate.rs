@@ -3,7 +3,7 @@
 use crate::sampling::{Sampler, SamplingParams};
 use crate::text::StopMatcher;
 use crate::EngineError;
-use chatglm_model::{Backend, ForwardState, KvCache, LogitsWanted, Model, SequenceInput};
+use chatglm_model::{Backend, ForwardState, KvCacheOps, LogitsWanted, Model, SequenceInput};
 use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer};
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
@@ -100,7 +100,7 @@ pub fn generate<B: Backend>(
     model: &Model<B>,
     tokenizer: &ChatGlmTokenizer,
     state: &mut ForwardState<B>,
-    cache: &mut KvCache,
+    cache: &mut B::Cache,
     new_ids: &[u32],
     config: &GenerationConfig,
     on_text: &mut dyn FnMut(&str) -> bool,
@@ -137,7 +137,7 @@ pub fn generate<B: Backend>(
     // Prefill.
     let t0 = Instant::now();
     let mut logits = Vec::with_capacity(vocab);
-    let chunks: Vec<&[u32]> = new_ids.chunks(PREFILL_CHUNK_TOKENS).collect();
+    let chunks: Vec<&[u32]> = new_ids.chunks(model.backend.prefill_chunk_tokens()).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         let wanted = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
         let out = model.forward(state, &mut [SequenceInput { tokens: chunk, cache, logits: wanted }]);

@@ -33,32 +33,48 @@ pub struct Pipeline<B: Backend> {
 }
 
 impl Pipeline<CpuBackend> {
-    /// Loads from a `.gguf` file, a local directory or a Hugging Face hub id
-    /// (`THUDM/chatglm2-6b[@revision]`, downloaded on first use). With
-    /// [`WeightFormat::Auto`] a GGUF file's tensors are used as stored
-    /// (mapped, no copy); another format converts them while loading.
+    /// Loads onto the CPU from a `.gguf` file, a local directory or a
+    /// Hugging Face hub id (`THUDM/chatglm2-6b[@revision]`, downloaded on
+    /// first use). With [`WeightFormat::Auto`] a GGUF file's tensors are used
+    /// as stored (mapped, no copy); another format converts them while
+    /// loading.
     pub fn load(
         spec: &str,
         options: PipelineOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, EngineError> {
+        Self::load_with(spec, options, |config| Ok(CpuBackend::for_config(config)), progress)
+    }
+}
+
+impl<B: Backend> Pipeline<B> {
+    /// Loads as [`Pipeline::load`] does, onto the backend `make_backend`
+    /// builds for the model's config (called once the config is read, before
+    /// any weight is loaded).
+    pub fn load_with(
+        spec: &str,
+        options: PipelineOptions,
+        make_backend: impl FnOnce(&chatglm_model::Config) -> Result<B, EngineError>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, EngineError> {
         let path = Path::new(spec);
         if path.is_file() {
-            return Self::load_gguf(path, spec, options, progress);
+            return Self::load_gguf(path, spec, options, make_backend, progress);
         }
         let dir = chatglm_weights::hub::resolve(spec)?;
-        Self::load_dir(&dir, spec, options, progress)
+        Self::load_dir(&dir, spec, options, make_backend, progress)
     }
 
     fn load_gguf(
         path: &Path,
         spec: &str,
         options: PipelineOptions,
+        make_backend: impl FnOnce(&chatglm_model::Config) -> Result<B, EngineError>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, EngineError> {
         let file = GgufModel::open(path)?;
         let tokenizer = gguf_vocab::tokenizer_from_gguf(&file.file)?;
-        let backend = CpuBackend::for_config(&file.config);
+        let backend = make_backend(&file.config)?;
         let model = Model::load(backend, &file, options.load, progress)?;
         Self::assemble(model, tokenizer, options, spec)
     }
@@ -67,6 +83,7 @@ impl Pipeline<CpuBackend> {
         dir: &Path,
         spec: &str,
         options: PipelineOptions,
+        make_backend: impl FnOnce(&chatglm_model::Config) -> Result<B, EngineError>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, EngineError> {
         let ckpt = Checkpoint::open(dir)?;
@@ -74,13 +91,15 @@ impl Pipeline<CpuBackend> {
         let tok_path =
             ckpt.tokenizer_path.clone().ok_or_else(|| EngineError::MissingTokenizer(dir.display().to_string()))?;
         let tokenizer = ChatGlmTokenizer::from_file(&tok_path)?;
-        let backend = CpuBackend::for_config(&ckpt.config);
+        let backend = make_backend(&ckpt.config)?;
         let model = Model::load(backend, &ckpt, options.load, progress)?;
         Self::assemble(model, tokenizer, options, spec)
     }
 
-    fn assemble(
-        model: Model<CpuBackend>,
+    /// A pipeline from a loaded model: picks the KV-cache type (`options`, or
+    /// f32 for all-f32 weights, else f16) and checks the model supports it.
+    pub fn assemble(
+        model: Model<B>,
         tokenizer: ChatGlmTokenizer,
         options: PipelineOptions,
         spec: &str,

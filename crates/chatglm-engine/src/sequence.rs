@@ -7,7 +7,7 @@ use crate::generate::FinishReason;
 use crate::request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
 use crate::sampling::Sampler;
 use crate::text::StopMatcher;
-use chatglm_model::KvCache;
+use chatglm_model::{KvCache, KvCacheOps};
 use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -23,11 +23,12 @@ pub(crate) enum Progress {
     Cancelled,
 }
 
-pub(crate) struct Sequence<'t> {
+/// `C`: the backend's KV cache.
+pub(crate) struct Sequence<'t, C: KvCacheOps = KvCache> {
     /// Prompt, then every sampled token that is to be fed.
     pub tokens: Vec<u32>,
     pub prompt_len: usize,
-    pub cache: KvCache,
+    pub cache: C,
     /// Generation ends with `Length` when prompt + generated reaches this.
     pub limit_total: usize,
     params: RequestParams,
@@ -45,8 +46,8 @@ pub(crate) struct Sequence<'t> {
     first_token: Option<Instant>,
 }
 
-impl<'t> Sequence<'t> {
-    pub fn new(request: Request, tokenizer: &'t ChatGlmTokenizer, cache: KvCache, limit_total: usize) -> Self {
+impl<'t, C: KvCacheOps> Sequence<'t, C> {
+    pub fn new(request: Request, tokenizer: &'t ChatGlmTokenizer, cache: C, limit_total: usize) -> Self {
         let rng = match request.params.sampling.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),

@@ -3,7 +3,7 @@
 use crate::generate::{generate, FinishReason, GenerationConfig, GenerationOutput};
 use crate::text::process_response;
 use crate::{EngineError, Pipeline};
-use chatglm_model::{Backend, ForwardState, KvCache};
+use chatglm_model::{Backend, ForwardState, KvCacheOps};
 
 /// `(query, response)` pairs, oldest first, as the official `history`.
 pub type History = Vec<(String, String)>;
@@ -26,7 +26,7 @@ pub struct ChatReply {
 pub struct ChatSession<'p, B: Backend> {
     pipeline: &'p Pipeline<B>,
     state: ForwardState<B>,
-    cache: KvCache,
+    cache: B::Cache,
     history: History,
     /// Whether `cache` holds the dialogue in `history` (so only the next
     /// round needs feeding).

@@ -3,7 +3,7 @@
 //! forward pass only sequences the calls.
 
 use crate::forward::TokenLayout;
-use crate::{ModelError, SequenceInput};
+use crate::{KvCacheOps, KvDType, ModelError, SequenceInput};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_weights::Tensor;
 
@@ -17,8 +17,39 @@ pub trait Backend: Send + Sync {
     type Vector: Send + Sync;
     /// Activations: `(rows, cols)` f32, rows = tokens of the step.
     type Activations: Send;
+    /// One sequence's KV cache, in this backend's memory.
+    type Cache: KvCacheOps;
 
     fn name(&self) -> String;
+
+    /// Tokens of a long prompt run per step: large enough to keep the device
+    /// busy, small enough to bound activation memory.
+    fn prefill_chunk_tokens(&self) -> usize {
+        512
+    }
+
+    /// A fresh, empty KV cache for one sequence.
+    fn new_cache(&self, n_layers: usize, n_groups: usize, head_dim: usize, dtype: KvDType) -> Self::Cache;
+
+    /// Called once per forward step, after the token layout is built and
+    /// before the embedding: a backend reserves KV memory for the step's new
+    /// tokens and uploads step metadata here.
+    fn prepare_step(
+        &self,
+        layout: &TokenLayout,
+        ids: &[u32],
+        batch: &mut [SequenceInput<'_, Self::Cache>],
+    ) -> Result<(), ModelError> {
+        let _ = (layout, ids, batch);
+        Ok(())
+    }
+
+    /// Called once per forward step, after the logits are read back (or,
+    /// with no logit rows, before returning). A backend that defers errors
+    /// (a GPU) reports them here; the forward pass returns the error.
+    fn finish_step(&self) -> Result<(), ModelError> {
+        Ok(())
+    }
 
     /// Runs one forward step (`step`) where the backend wants it run; by
     /// default on the calling thread.
@@ -47,6 +78,30 @@ pub trait Backend: Send + Sync {
     fn rms_norm(&self, x: &Self::Activations, weight: &Self::Vector, eps: f32, out: &mut Self::Activations);
     /// `out = x · wᵀ` (+ `bias`).
     fn linear(&self, w: &Self::Matrix, bias: Option<&Self::Vector>, x: &Self::Activations, out: &mut Self::Activations);
+    /// `acc += x · wᵀ`, with `tmp` as scratch (the caller has sized it to
+    /// `(x.rows, w.rows)`).
+    fn linear_add(
+        &self,
+        w: &Self::Matrix,
+        x: &Self::Activations,
+        acc: &mut Self::Activations,
+        tmp: &mut Self::Activations,
+    ) {
+        self.linear(w, None, x, tmp);
+        self.add(acc, tmp);
+    }
+    /// `out = swiglu(x · wᵀ)`, with `tmp` as scratch (the caller has sized
+    /// `tmp` to `(x.rows, 2·ffn)` and `out` to `(x.rows, ffn)`).
+    fn linear_swiglu(
+        &self,
+        w: &Self::Matrix,
+        x: &Self::Activations,
+        tmp: &mut Self::Activations,
+        out: &mut Self::Activations,
+    ) {
+        self.linear(w, None, x, tmp);
+        self.swiglu(tmp, out);
+    }
     /// `x += y`.
     fn add(&self, x: &mut Self::Activations, y: &Self::Activations);
     /// `out = silu(x[:, :ffn]) * x[:, ffn:]`.
@@ -61,7 +116,7 @@ pub trait Backend: Send + Sync {
         layer: usize,
         qkv: &mut Self::Activations,
         layout: &TokenLayout,
-        batch: &mut [SequenceInput<'_>],
+        batch: &mut [SequenceInput<'_, Self::Cache>],
         out: &mut Self::Activations,
     );
     /// Copies the listed rows into `out` (for computing only the logits needed).

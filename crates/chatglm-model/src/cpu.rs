@@ -4,6 +4,7 @@ use crate::forward::TokenLayout;
 use crate::kv_cache::KvStore;
 use crate::loader::WeightFormat;
 use crate::{Backend, ModelError, SequenceInput};
+use crate::{KvCache, KvDType};
 use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::ops::{self, RopeTable};
@@ -174,6 +175,11 @@ impl Backend for CpuBackend {
     type Matrix = Matrix;
     type Vector = Vec<f32>;
     type Activations = CpuActivations;
+    type Cache = KvCache;
+
+    fn new_cache(&self, n_layers: usize, n_groups: usize, head_dim: usize, dtype: KvDType) -> KvCache {
+        KvCache::new(n_layers, n_groups, head_dim, dtype)
+    }
 
     fn name(&self) -> String {
         format!("cpu ({} kernels, {} threads)", self.kernels.name, rayon::current_num_threads())
@@ -333,7 +339,7 @@ impl Backend for CpuBackend {
         layer: usize,
         qkv: &mut CpuActivations,
         layout: &TokenLayout,
-        batch: &mut [SequenceInput<'_>],
+        batch: &mut [SequenceInput<'_, KvCache>],
         out: &mut CpuActivations,
     ) {
         let hd = shape.head_dim;
@@ -364,7 +370,7 @@ impl Backend for CpuBackend {
         let heads_per_group = shape.n_heads / shape.n_groups;
         let group_width = heads_per_group * hd;
         let kernels = self.kernels;
-        let batch: &[SequenceInput<'_>] = batch;
+        let batch: &[SequenceInput<'_, KvCache>] = batch;
         let qkv_data = &qkv.data;
         out.data[..qkv.rows * q_dim].par_chunks_mut(group_width).enumerate().for_each(|(task, out_g)| {
             let (t, g) = (task / shape.n_groups, task % shape.n_groups);

@@ -22,4 +22,11 @@ pub enum ModelError {
     ContextOverflow { needed: usize, limit: usize },
     #[error("empty input: a sequence in the batch has no tokens")]
     EmptyInput,
+    #[error("{op}: {message}")]
+    Backend { op: String, message: String },
+    #[error(
+        "out of KV-cache memory: the step needs room for {needed_tokens} more tokens but only {free_tokens} are free \
+         (use a shorter context, fewer concurrent sequences, or a smaller --kv-dtype)"
+    )]
+    KvPoolExhausted { needed_tokens: usize, free_tokens: usize },
 }

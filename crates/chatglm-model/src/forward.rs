@@ -1,7 +1,7 @@
 //! The forward pass: the one hot loop, generic over the backend.
 
 use crate::loader::{load_weights, LoadOptions, TensorSource};
-use crate::{Backend, Config, KvCache, KvDType, ModelError, Weights};
+use crate::{Backend, Config, KvCache, KvCacheOps, KvDType, ModelError, Weights};
 use chatglm_cpu::attention::AttentionShape;
 
 /// Which logits a sequence needs from a step.
@@ -16,9 +16,9 @@ pub enum LogitsWanted {
 }
 
 /// A chunk of one sequence's tokens to run, continuing its cache.
-pub struct SequenceInput<'a> {
+pub struct SequenceInput<'a, C = KvCache> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut KvCache,
+    pub cache: &'a mut C,
     pub logits: LogitsWanted,
 }
 
@@ -118,8 +118,13 @@ impl<B: Backend> Model<B> {
     }
 
     /// A fresh, empty cache for one sequence.
-    pub fn new_cache(&self, dtype: KvDType) -> KvCache {
-        KvCache::new(self.config.num_layers, self.config.multi_query_group_num, self.config.kv_channels, dtype)
+    pub fn new_cache(&self, dtype: KvDType) -> B::Cache {
+        self.backend.new_cache(
+            self.config.num_layers,
+            self.config.multi_query_group_num,
+            self.config.kv_channels,
+            dtype,
+        )
     }
 
     /// Bytes of KV cache per token at `dtype`.
@@ -151,7 +156,7 @@ impl<B: Backend> Model<B> {
     pub fn forward<'s>(
         &self,
         state: &'s mut ForwardState<B>,
-        batch: &mut [SequenceInput<'_>],
+        batch: &mut [SequenceInput<'_, B::Cache>],
     ) -> Result<&'s [f32], ModelError> {
         self.backend.run_step(|| self.forward_on_backend(state, batch))
     }
@@ -159,7 +164,7 @@ impl<B: Backend> Model<B> {
     fn forward_on_backend<'s>(
         &self,
         state: &'s mut ForwardState<B>,
-        batch: &mut [SequenceInput<'_>],
+        batch: &mut [SequenceInput<'_, B::Cache>],
     ) -> Result<&'s [f32], ModelError> {
         let cfg = &self.config;
         let (b, w) = (&self.backend, &self.weights);
@@ -203,6 +208,7 @@ impl<B: Backend> Model<B> {
             }
         }
         let n = st.ids.len();
+        b.prepare_step(&st.layout, &st.ids, batch)?;
 
         // Embedding.
         b.resize(&mut st.hidden, n, hidden);
@@ -217,26 +223,24 @@ impl<B: Backend> Model<B> {
             b.resize(&mut st.attn, n, cfg.q_dim());
             b.attention(shape, i, &mut st.qkv, &st.layout, batch, &mut st.attn);
             b.resize(&mut st.proj, n, hidden);
-            b.linear(&layer.dense, None, &st.attn, &mut st.proj);
-            b.add(&mut st.hidden, &st.proj);
+            b.linear_add(&layer.dense, &st.attn, &mut st.hidden, &mut st.proj);
 
             // MLP block: RMSNorm → [gate | up] → silu(gate)·up → down → residual.
             b.rms_norm(&st.hidden, &layer.post_norm, eps, &mut st.normed);
             b.resize(&mut st.ffn_up, n, 2 * ffn);
-            b.linear(&layer.h_to_4h, None, &st.normed, &mut st.ffn_up);
             b.resize(&mut st.ffn, n, ffn);
-            b.swiglu(&st.ffn_up, &mut st.ffn);
-            b.linear(&layer.four_h_to_h, None, &st.ffn, &mut st.proj);
-            b.add(&mut st.hidden, &st.proj);
+            b.linear_swiglu(&layer.h_to_4h, &st.normed, &mut st.ffn_up, &mut st.ffn);
+            b.linear_add(&layer.four_h_to_h, &st.ffn, &mut st.hidden, &mut st.proj);
         }
         for (seq, &n_new) in batch.iter_mut().zip(&st.layout.seq_tokens) {
-            seq.cache.advance(n_new);
+            KvCacheOps::advance(&mut *seq.cache, n_new);
         }
 
         // Final norm and logits, only for the rows asked for.
         let rows = st.logit_rows.len();
         st.out.clear();
         if rows == 0 {
+            b.finish_step()?;
             return Ok(&st.out);
         }
         b.resize(&mut st.picked, rows, hidden);
@@ -246,6 +250,7 @@ impl<B: Backend> Model<B> {
         b.resize(&mut st.logits, rows, vocab);
         b.linear(&w.output, None, &st.normed, &mut st.logits);
         b.read(&st.logits, &mut st.out);
+        b.finish_step()?;
         Ok(&st.out)
     }
 }

@@ -97,7 +97,55 @@ impl KvStore {
     }
 }
 
-/// A sequence's KV cache: positions `0..len()` of every layer.
+/// What the engine needs of a sequence's KV cache, whichever backend holds it.
+pub trait KvCacheOps: Send {
+    /// Tokens held.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn dtype(&self) -> KvDType;
+    /// Forgets everything after the first `n` tokens.
+    fn truncate(&mut self, n: usize);
+    fn clear(&mut self);
+    /// Bytes allocated for keys and values.
+    fn allocated_bytes(&self) -> usize;
+    /// Fills the cache up to `len` tokens with small pseudo-random values, as
+    /// if a dialogue of that length had been processed (benchmarks only).
+    fn fill_synthetic(&mut self, len: usize);
+    /// Marks `n_new` tokens, written to every layer, as held (called by the
+    /// forward pass after the last layer).
+    fn advance(&mut self, n_new: usize);
+}
+
+impl KvCacheOps for KvCache {
+    fn len(&self) -> usize {
+        KvCache::len(self)
+    }
+    fn is_empty(&self) -> bool {
+        KvCache::is_empty(self)
+    }
+    fn dtype(&self) -> KvDType {
+        KvCache::dtype(self)
+    }
+    fn truncate(&mut self, n: usize) {
+        KvCache::truncate(self, n)
+    }
+    fn clear(&mut self) {
+        KvCache::clear(self)
+    }
+    fn allocated_bytes(&self) -> usize {
+        KvCache::allocated_bytes(self)
+    }
+    fn fill_synthetic(&mut self, len: usize) {
+        KvCache::fill_synthetic(self, len)
+    }
+    fn advance(&mut self, n_new: usize) {
+        KvCache::advance(self, n_new)
+    }
+}
+
+/// A sequence's KV cache on the CPU: positions `0..len()` of every layer.
 pub struct KvCache {
     dtype: KvDType,
     /// Elements per position: `n_groups · head_dim`.
@@ -180,7 +228,7 @@ impl KvCache {
     }
 
     /// Marks `n_new` tokens, written to every layer, as held.
-    pub(crate) fn advance(&mut self, n_new: usize) {
+    pub fn advance(&mut self, n_new: usize) {
         self.len += n_new;
     }
 }

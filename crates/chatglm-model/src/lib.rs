@@ -11,6 +11,8 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod forward;
 mod gguf_source;
@@ -21,8 +23,10 @@ mod weights;
 pub use backend::Backend;
 pub use chatglm_weights::ModelConfig as Config;
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaKvCache};
 pub use error::ModelError;
-pub use forward::{ForwardState, LogitsWanted, Model, SequenceInput};
-pub use kv_cache::{KvCache, KvDType};
+pub use forward::{ForwardState, LogitsWanted, Model, SequenceInput, TokenLayout};
+pub use kv_cache::{KvCache, KvCacheOps, KvDType};
 pub use loader::{LoadOptions, TensorSource, WeightFormat};
 pub use weights::{LayerWeights, Weights};

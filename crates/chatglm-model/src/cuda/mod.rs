@@ -1,0 +1,696 @@
+//! The CUDA backend: f32 activations in device memory, f32/f16/bf16 weights,
+//! a paged KV cache, kernels from `chatglm-cuda`.
+//!
+//! Launches are queued on one stream and checked as they are queued; faults
+//! that the device reports later surface at the end of the step. The first
+//! error of a step is kept (later operations of that step are skipped) and
+//! returned by [`Backend::finish_step`], so the forward pass stays one loop of
+//! infallible calls for both backends.
+
+mod kv;
+mod step;
+
+pub use kv::CudaKvCache;
+
+use crate::forward::TokenLayout;
+use crate::kv_cache::{KvCacheOps, KvDType};
+use crate::loader::WeightFormat;
+use crate::{Backend, Config, ModelError, SequenceInput};
+use chatglm_cpu::attention::AttentionShape;
+use chatglm_cpu::ops::RopeTable;
+use chatglm_cuda::ops::GEMV_MAX_TOKENS;
+use chatglm_cuda::{device_ptr, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu};
+use chatglm_weights::{DType as FileDType, Tensor};
+use half::{bf16, f16};
+use kv::KvPool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use step::StepPlan;
+
+pub use chatglm_cuda::{device_count, DeviceInfo};
+
+/// Tokens per KV-cache block (the tensor-core attention's key tile).
+pub const KV_BLOCK_TOKENS: usize = chatglm_cuda::ops::FLASH_TILE_TOKENS;
+
+/// A weight matrix in device memory, row-major.
+pub struct CudaMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    dtype: DType,
+    data: Option<CudaSlice<u8>>,
+}
+
+/// A small f32 vector in device memory.
+pub struct CudaVector {
+    len: usize,
+    data: Option<CudaSlice<f32>>,
+}
+
+/// f32 activations `(rows, cols)` in device memory; capacity only grows.
+pub struct CudaActivations {
+    pub rows: usize,
+    pub cols: usize,
+    buf: Option<CudaSlice<f32>>,
+}
+
+impl CudaActivations {
+    fn capacity(&self) -> usize {
+        self.buf.as_ref().map_or(0, |b| b.len())
+    }
+}
+
+/// Device buffers of the current step.
+#[derive(Default)]
+struct StepBuffers {
+    plan: StepPlan,
+    meta: Option<CudaSlice<i32>>,
+    table: Option<CudaSlice<u64>>,
+    part_o: Option<CudaSlice<f32>>,
+    part_ml: Option<CudaSlice<f32>>,
+    /// Activations converted to the weights' 16-bit type for cuBLAS.
+    half_x: Option<CudaSlice<u16>>,
+    gather: Option<CudaSlice<i32>>,
+    kv_dtype: Option<DType>,
+}
+
+/// Runs the model on one NVIDIA GPU.
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    dims: AttentionDims,
+    n_layers: usize,
+    inv_freq: CudaSlice<f32>,
+    n_pairs: usize,
+    pools: Mutex<Vec<Arc<KvPool>>>,
+    step: Mutex<StepBuffers>,
+    error: Mutex<Option<ModelError>>,
+}
+
+fn backend_err(op: &str, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Backend { op: op.to_string(), message: e.to_string() }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Grows `buf` to hold at least `n` elements (never shrinks).
+fn ensure<T: chatglm_cuda::DeviceRepr>(
+    gpu: &Gpu,
+    buf: &mut Option<CudaSlice<T>>,
+    n: usize,
+    what: &str,
+) -> Result<u64, CudaError> {
+    if buf.as_ref().is_none_or(|b| b.len() < n) {
+        // Grow by 1.5× so a slowly growing step does not reallocate each time.
+        let cap = buf.as_ref().map_or(0, |b| b.len());
+        *buf = None;
+        *buf = Some(gpu.alloc::<T>(n.max(cap + cap / 2), what)?);
+    }
+    Ok(device_ptr(buf.as_ref().expect("invariant: allocated above")))
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` for a model of `cfg`'s shape.
+    pub fn new(ordinal: usize, cfg: &Config) -> Result<Self, ModelError> {
+        let gpu = Gpu::open(ordinal).map_err(|e| backend_err("opening the GPU", e))?;
+        let dims = AttentionDims {
+            n_heads: cfg.num_attention_heads,
+            n_groups: cfg.multi_query_group_num,
+            head_dim: cfg.kv_channels,
+            block_tokens: KV_BLOCK_TOKENS,
+        };
+        dims.validate().map_err(|e| backend_err("model shape", e))?;
+        let rope = RopeTable::new(cfg.kv_channels, 10000.0 * cfg.rope_ratio);
+        let inv_freq = gpu.upload_new(rope.inv_freq(), "rotary table").map_err(|e| backend_err("start-up", e))?;
+        Ok(Self {
+            gpu,
+            dims,
+            n_layers: cfg.num_layers,
+            inv_freq,
+            n_pairs: rope.n_pairs(),
+            pools: Mutex::new(Vec::new()),
+            step: Mutex::new(StepBuffers::default()),
+            error: Mutex::new(None),
+        })
+    }
+
+    pub fn device(&self) -> &DeviceInfo {
+        self.gpu.info()
+    }
+
+    /// `(free, total)` device memory in bytes.
+    pub fn memory(&self) -> Result<(usize, usize), ModelError> {
+        self.gpu.memory().map_err(|e| backend_err("cuMemGetInfo", e))
+    }
+
+    /// Bytes held by KV-cache blocks (allocated, and of those free).
+    pub fn kv_pool_bytes(&self) -> (usize, usize) {
+        lock(&self.pools).iter().fold((0, 0), |(a, f), p| {
+            let (total, free) = p.usage();
+            (a + total * p.block_bytes, f + free * p.block_bytes)
+        })
+    }
+
+    fn pool(&self, dtype: DType) -> Arc<KvPool> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.iter().find(|p| p.dtype == dtype) {
+            return p.clone();
+        }
+        let p = Arc::new(KvPool::new(
+            self.gpu.clone(),
+            dtype,
+            self.n_layers,
+            self.dims.n_groups,
+            self.dims.head_dim,
+            self.dims.block_tokens,
+        ));
+        pools.push(p.clone());
+        p
+    }
+
+    /// Keeps the first error of a step.
+    fn fail(&self, e: ModelError) {
+        let mut slot = lock(&self.error);
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        lock(&self.error).is_some()
+    }
+
+    /// Runs `f` unless the step has already failed; records its error.
+    fn run(&self, op: &str, f: impl FnOnce() -> Result<(), CudaError>) {
+        if self.failed() {
+            return;
+        }
+        if let Err(e) = f() {
+            self.fail(backend_err(op, e));
+        }
+    }
+
+    fn check_capacity(a: &CudaActivations, rows: usize, cols: usize, op: &str) -> Result<u64, CudaError> {
+        if a.capacity() < rows * cols || a.buf.is_none() {
+            return Err(CudaError::Invalid {
+                op: op.into(),
+                message: format!("buffer holds {} values, {rows}×{cols} needed", a.capacity()),
+            });
+        }
+        Ok(device_ptr(a.buf.as_ref().expect("invariant: checked above")))
+    }
+
+    fn matrix_ptr(m: &CudaMatrix, op: &str) -> Result<u64, CudaError> {
+        m.data.as_ref().map(device_ptr).ok_or_else(|| CudaError::Invalid {
+            op: op.into(),
+            message: "weights failed to load (see the first error)".into(),
+        })
+    }
+
+    fn vector_ptr(v: &CudaVector, len: usize, op: &str) -> Result<u64, CudaError> {
+        match &v.data {
+            Some(d) if v.len >= len => Ok(device_ptr(d)),
+            _ => {
+                Err(CudaError::Invalid { op: op.into(), message: format!("vector of {} values, {len} needed", v.len) })
+            }
+        }
+    }
+
+    /// `out = x · wᵀ` by mat-vec (≤ 8 tokens) or cuBLAS, in `mode`.
+    fn product(
+        &self,
+        op: &str,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        x: &CudaActivations,
+        out: &mut CudaActivations,
+        mode: GemvMode,
+    ) -> Result<(), CudaError> {
+        let n = x.rows;
+        if x.cols != w.cols {
+            return Err(CudaError::Invalid {
+                op: op.into(),
+                message: format!("x has {} columns, w {}", x.cols, w.cols),
+            });
+        }
+        let out_cols = if mode == GemvMode::SwiGlu { w.rows / 2 } else { w.rows };
+        let xp = Self::check_capacity(x, n, w.cols, op)?;
+        let op_ = Self::check_capacity(out, n, out_cols, op)?;
+        let wp = Self::matrix_ptr(w, op)?;
+        let bp = match bias {
+            Some(b) => Self::vector_ptr(b, w.rows, op)?,
+            None => 0,
+        };
+        if n <= GEMV_MAX_TOKENS {
+            // SAFETY: sizes checked above: w rows×cols, x n×cols, out n×out_cols, bias rows.
+            return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode) };
+        }
+        if mode == GemvMode::SwiGlu {
+            return Err(CudaError::Invalid {
+                op: op.into(),
+                message: "SwiGLU products of > 8 tokens go through linear".into(),
+            });
+        }
+        let xin = if w.dtype == DType::F32 {
+            xp
+        } else {
+            let mut st = lock(&self.step);
+            let p = ensure(&self.gpu, &mut st.half_x, n * w.cols, "16-bit activations")?;
+            // SAFETY: x holds n×cols f32 (checked); half_x was just sized to n×cols.
+            unsafe { self.gpu.convert(xp, p, n * w.cols, w.dtype)? };
+            p
+        };
+        // SAFETY: w rows×cols, xin n×cols in w's type, out n×rows (checked above).
+        unsafe { self.gpu.gemm(wp, w.dtype, xin, op_, n, w.rows, w.cols, mode == GemvMode::Accumulate)? };
+        if bp != 0 {
+            // SAFETY: out n×rows, bias rows.
+            unsafe { self.gpu.add_bias(op_, bp, n, w.rows)? };
+        }
+        Ok(())
+    }
+
+    fn upload_matrix(&self, t: &Tensor, rows: usize, cols: usize, to: DType) -> Result<CudaSlice<u8>, ModelError> {
+        let what = format!("weights {}", t.name);
+        let mut dst =
+            self.gpu.alloc::<u8>(rows * cols * to.size(), &what).map_err(|e| backend_err("loading weights", e))?;
+        let same = matches!(
+            (t.dtype, to),
+            (FileDType::F32, DType::F32) | (FileDType::F16, DType::F16) | (FileDType::BF16, DType::BF16)
+        );
+        let bytes: &[u8] = &t.data;
+        if same {
+            if bytes.len() < rows * cols * to.size() {
+                return Err(ModelError::BadTensor {
+                    tensor: t.name.clone(),
+                    message: "data is shorter than its shape".into(),
+                });
+            }
+            self.gpu
+                .upload(&bytes[..rows * cols * to.size()], &mut dst, &what)
+                .map_err(|e| backend_err("loading weights", e))?;
+        } else {
+            // Convert on the host in row chunks (bounded memory), upload each.
+            let from_size = match t.dtype {
+                FileDType::F32 => 4,
+                FileDType::F16 | FileDType::BF16 => 2,
+                other => return Err(ModelError::BadTensor {
+                    tensor: t.name.clone(),
+                    message: format!(
+                        "{other:?} weights cannot be converted to {} on the GPU yet; use a float checkpoint or the CPU",
+                        to.name()
+                    ),
+                }),
+            };
+            if bytes.len() < rows * cols * from_size {
+                return Err(ModelError::BadTensor {
+                    tensor: t.name.clone(),
+                    message: "data is shorter than its shape".into(),
+                });
+            }
+            let chunk_rows = (8 << 20) / cols.max(1) + 1;
+            let mut staged = Vec::new();
+            for r0 in (0..rows).step_by(chunk_rows) {
+                let r1 = (r0 + chunk_rows).min(rows);
+                let src = &bytes[r0 * cols * from_size..r1 * cols * from_size];
+                staged.clear();
+                for c in src.chunks_exact(from_size) {
+                    let v = match t.dtype {
+                        FileDType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                        FileDType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
+                        _ => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
+                    };
+                    match to {
+                        DType::F32 => staged.extend_from_slice(&v.to_le_bytes()),
+                        DType::F16 => staged.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+                        DType::BF16 => staged.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
+                    }
+                }
+                let mut view = dst.slice_mut(r0 * cols * to.size()..r1 * cols * to.size());
+                self.gpu.stream().memcpy_htod(&staged, &mut view).map_err(|e| {
+                    backend_err("loading weights", CudaError::Invalid { op: what.clone(), message: format!("{e:?}") })
+                })?;
+                // The staging buffer is reused: wait for the copy.
+                self.gpu.synchronize().map_err(|e| backend_err("loading weights", e))?;
+            }
+        }
+        self.gpu.synchronize().map_err(|e| backend_err("loading weights", e))?;
+        t.data.release_pages(0..t.data.len());
+        Ok(dst)
+    }
+}
+
+fn gpu_dtype(format: WeightFormat, stored: FileDType) -> Result<DType, String> {
+    match format.resolve(stored) {
+        WeightFormat::F32 => Ok(DType::F32),
+        WeightFormat::F16 => Ok(DType::F16),
+        WeightFormat::BF16 => Ok(DType::BF16),
+        other => Err(format!(
+            "{} weights are not supported on the GPU yet (only f32, f16 and bf16); use --dtype f16 or bf16, or --device cpu",
+            other.name()
+        )),
+    }
+}
+
+impl Backend for CudaBackend {
+    type Matrix = CudaMatrix;
+    type Vector = CudaVector;
+    type Activations = CudaActivations;
+    type Cache = CudaKvCache;
+
+    fn name(&self) -> String {
+        format!("cuda ({})", self.gpu.info())
+    }
+
+    /// Products of 4096 tokens run near the matrix units' peak; activations
+    /// stay under 1 GB for ChatGLM2-6B.
+    fn prefill_chunk_tokens(&self) -> usize {
+        4096
+    }
+
+    fn new_cache(&self, _n_layers: usize, _n_groups: usize, _head_dim: usize, dtype: KvDType) -> CudaKvCache {
+        // Q8_0 is refused when a step runs (prepare_step); its pool is f16.
+        let pool_dtype = if dtype == KvDType::F32 { DType::F32 } else { DType::F16 };
+        CudaKvCache::new(self.pool(pool_dtype), dtype)
+    }
+
+    fn prepare_step(
+        &self,
+        layout: &TokenLayout,
+        ids: &[u32],
+        batch: &mut [SequenceInput<'_, CudaKvCache>],
+    ) -> Result<(), ModelError> {
+        *lock(&self.error) = None;
+        self.gpu.bind().map_err(|e| backend_err("prepare step", e))?;
+        let mut kv_dtype = None;
+        for (s, seq) in batch.iter_mut().enumerate() {
+            if seq.cache.dtype() == KvDType::Q8_0 {
+                return Err(ModelError::UnsupportedKvDType {
+                    dtype: "q8_0",
+                    reason: "the GPU keeps f16 or f32 caches for now; use --kv-dtype f16".into(),
+                });
+            }
+            let d = seq.cache.pool_dtype();
+            if kv_dtype.is_some_and(|k| k != d) {
+                return Err(backend_err("prepare step", "sequences of one step must share the KV-cache type"));
+            }
+            kv_dtype = Some(d);
+            seq.cache.reserve(layout.seq_start[s] + layout.seq_tokens[s])?;
+        }
+        let kv_dtype = kv_dtype.unwrap_or(DType::F16);
+        let flash = kv_dtype == DType::F16 && self.gpu.flash_supported(&self.dims);
+        let blocks: Vec<&[u64]> = batch.iter().map(|s| s.cache.blocks()).collect();
+        let plan = StepPlan::build(layout, ids, &blocks, flash, &self.dims, self.gpu.info().multiprocessors);
+        let mut st = lock(&self.step);
+        let st = &mut *st;
+        let mut upload = || -> Result<(), CudaError> {
+            ensure(&self.gpu, &mut st.meta, plan.meta.len(), "step metadata")?;
+            self.gpu.upload(&plan.meta, st.meta.as_mut().expect("invariant: ensured"), "step metadata")?;
+            ensure(&self.gpu, &mut st.table, plan.table.len(), "block table")?;
+            self.gpu.upload(&plan.table, st.table.as_mut().expect("invariant: ensured"), "block table")?;
+            if let Some(split) = plan.split {
+                let (o, ml) = split.partials(&self.dims, plan.n_work);
+                ensure(&self.gpu, &mut st.part_o, o, "attention partials")?;
+                ensure(&self.gpu, &mut st.part_ml, ml, "attention partials")?;
+            }
+            Ok(())
+        };
+        upload().map_err(|e| backend_err("prepare step", e))?;
+        st.plan = plan;
+        st.kv_dtype = Some(kv_dtype);
+        Ok(())
+    }
+
+    fn finish_step(&self) -> Result<(), ModelError> {
+        let synced = self.gpu.synchronize();
+        if let Some(e) = lock(&self.error).take() {
+            return Err(e);
+        }
+        synced.map_err(|e| backend_err("step", e))
+    }
+
+    fn load_matrix(&self, t: &Tensor, format: WeightFormat, _mmap: bool) -> Result<CudaMatrix, ModelError> {
+        let [rows, cols] = t.shape[..] else {
+            return Err(ModelError::BadTensor {
+                tensor: t.name.clone(),
+                message: format!("expected a 2-D matrix, found shape {:?}", t.shape),
+            });
+        };
+        let dtype =
+            gpu_dtype(format, t.dtype).map_err(|message| ModelError::BadTensor { tensor: t.name.clone(), message })?;
+        let data = self.upload_matrix(t, rows, cols, dtype)?;
+        Ok(CudaMatrix { rows, cols, dtype, data: Some(data) })
+    }
+
+    fn load_vector(&self, values: Vec<f32>) -> CudaVector {
+        match self.gpu.upload_new(&values, "vector") {
+            Ok(d) => CudaVector { len: values.len(), data: Some(d) },
+            Err(e) => {
+                self.fail(backend_err("loading a vector", e));
+                CudaVector { len: values.len(), data: None }
+            }
+        }
+    }
+
+    fn random_matrix(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> CudaMatrix {
+        let dtype = match gpu_dtype(format, FileDType::F16) {
+            Ok(d) => d,
+            Err(message) => {
+                self.fail(backend_err("synthetic weights", message));
+                return CudaMatrix { rows, cols, dtype: DType::F16, data: None };
+            }
+        };
+        let made = self.gpu.alloc::<u8>(rows * cols * dtype.size(), "synthetic weights").and_then(|d| {
+            // SAFETY: d holds rows×cols elements of dtype.
+            unsafe { self.gpu.fill_random(device_ptr(&d), rows * cols, dtype, seed, 0.035)? };
+            Ok(d)
+        });
+        match made {
+            Ok(d) => CudaMatrix { rows, cols, dtype, data: Some(d) },
+            Err(e) => {
+                self.fail(backend_err("synthetic weights", e));
+                CudaMatrix { rows, cols, dtype, data: None }
+            }
+        }
+    }
+
+    fn matrix_bytes(&self, m: &CudaMatrix) -> usize {
+        m.rows * m.cols * m.dtype.size()
+    }
+
+    fn matrix_format(&self, m: &CudaMatrix) -> &'static str {
+        m.dtype.name()
+    }
+
+    fn new_activations(&self) -> CudaActivations {
+        CudaActivations { rows: 0, cols: 0, buf: None }
+    }
+
+    fn resize(&self, a: &mut CudaActivations, rows: usize, cols: usize) {
+        a.rows = rows;
+        a.cols = cols;
+        if a.capacity() < rows * cols {
+            a.buf = None;
+            match self.gpu.alloc::<f32>(rows * cols, "activations") {
+                Ok(b) => a.buf = Some(b),
+                Err(e) => self.fail(backend_err("activations", e)),
+            }
+        }
+    }
+
+    fn embed(&self, table: &CudaMatrix, ids: &[u32], out: &mut CudaActivations) {
+        self.run("embed", || {
+            let st = lock(&self.step);
+            if st.plan.n_tokens != ids.len() || st.meta.is_none() {
+                return Err(CudaError::Invalid {
+                    op: "embed".into(),
+                    message: "ids differ from the prepared step".into(),
+                });
+            }
+            let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
+            let op = Self::check_capacity(out, ids.len(), table.cols, "embed")?;
+            let tp = Self::matrix_ptr(table, "embed")?;
+            // SAFETY: ids are the first n ints of meta (validated < vocab by the
+            // forward pass, clamped in the kernel); out holds n×cols.
+            unsafe { self.gpu.embed(tp, table.dtype, table.rows, table.cols, ids_ptr, ids.len(), op) }
+        });
+    }
+
+    fn rms_norm(&self, x: &CudaActivations, weight: &CudaVector, eps: f32, out: &mut CudaActivations) {
+        self.run("rms_norm", || {
+            let xp = Self::check_capacity(x, x.rows, x.cols, "rms_norm")?;
+            let op = Self::check_capacity(out, x.rows, x.cols, "rms_norm")?;
+            let wp = Self::vector_ptr(weight, x.cols, "rms_norm")?;
+            // SAFETY: sizes checked above.
+            unsafe { self.gpu.rms_norm(xp, wp, op, x.rows, x.cols, eps) }
+        });
+    }
+
+    fn linear(&self, w: &CudaMatrix, bias: Option<&CudaVector>, x: &CudaActivations, out: &mut CudaActivations) {
+        self.run("linear", || self.product("linear", w, bias, x, out, GemvMode::Store));
+    }
+
+    fn linear_add(&self, w: &CudaMatrix, x: &CudaActivations, acc: &mut CudaActivations, _tmp: &mut CudaActivations) {
+        self.run("linear_add", || self.product("linear_add", w, None, x, acc, GemvMode::Accumulate));
+    }
+
+    fn linear_swiglu(&self, w: &CudaMatrix, x: &CudaActivations, tmp: &mut CudaActivations, out: &mut CudaActivations) {
+        if x.rows <= GEMV_MAX_TOKENS {
+            self.run("linear_swiglu", || self.product("linear_swiglu", w, None, x, out, GemvMode::SwiGlu));
+        } else {
+            self.linear(w, None, x, tmp);
+            self.swiglu(tmp, out);
+        }
+    }
+
+    fn add(&self, x: &mut CudaActivations, y: &CudaActivations) {
+        self.run("add", || {
+            let n = x.rows * x.cols;
+            let xp = Self::check_capacity(x, x.rows, x.cols, "add")?;
+            let yp = Self::check_capacity(y, x.rows, x.cols, "add")?;
+            // SAFETY: both hold n values.
+            unsafe { self.gpu.add(xp, yp, n) }
+        });
+    }
+
+    fn swiglu(&self, x: &CudaActivations, out: &mut CudaActivations) {
+        self.run("swiglu", || {
+            let ffn = out.cols;
+            let xp = Self::check_capacity(x, out.rows, 2 * ffn, "swiglu")?;
+            let op = Self::check_capacity(out, out.rows, ffn, "swiglu")?;
+            // SAFETY: sizes checked above.
+            unsafe { self.gpu.swiglu(xp, op, out.rows, ffn) }
+        });
+    }
+
+    fn attention(
+        &self,
+        shape: AttentionShape,
+        layer: usize,
+        qkv: &mut CudaActivations,
+        _layout: &TokenLayout,
+        _batch: &mut [SequenceInput<'_, CudaKvCache>],
+        out: &mut CudaActivations,
+    ) {
+        self.run("attention", || {
+            let dims = self.dims;
+            if shape.n_heads != dims.n_heads || shape.n_groups != dims.n_groups || shape.head_dim != dims.head_dim {
+                return Err(CudaError::Invalid {
+                    op: "attention".into(),
+                    message: format!("shape {shape:?} differs from the backend's {dims:?}"),
+                });
+            }
+            if layer >= self.n_layers {
+                return Err(CudaError::Invalid {
+                    op: "attention".into(),
+                    message: format!("layer {layer} of {}", self.n_layers),
+                });
+            }
+            let st = lock(&self.step);
+            let plan = &st.plan;
+            let n = plan.n_tokens;
+            let width = (dims.n_heads + 2 * dims.n_groups) * dims.head_dim;
+            if qkv.rows != n || qkv.cols != width {
+                return Err(CudaError::Invalid {
+                    op: "attention".into(),
+                    message: format!("qkv is {}×{}, the step needs {n}×{width}", qkv.rows, qkv.cols),
+                });
+            }
+            let qp = Self::check_capacity(qkv, n, width, "attention")?;
+            let op = Self::check_capacity(out, n, dims.n_heads * dims.head_dim, "attention")?;
+            let (Some(meta), Some(table), Some(kv)) = (&st.meta, &st.table, st.kv_dtype) else {
+                return Err(CudaError::Invalid { op: "attention".into(), message: "no prepared step".into() });
+            };
+            let (meta, table) = (device_ptr(meta), device_ptr(table));
+            let at = |off: usize| meta + (off * 4) as u64;
+            // SAFETY: the plan was built from this step's layout and block
+            // tables (every position of every token has a block); buffers were
+            // sized from it in prepare_step and checked above.
+            unsafe {
+                self.gpu.rope_kv(
+                    kv,
+                    qp,
+                    width,
+                    n,
+                    at(plan.off_positions()),
+                    at(plan.off_seq()),
+                    table,
+                    plan.max_blocks,
+                    device_ptr(&self.inv_freq),
+                    self.n_pairs,
+                    dims,
+                    layer,
+                )?;
+                self.gpu.attention_flash(
+                    qp,
+                    width,
+                    op,
+                    at(plan.off_tiles()),
+                    plan.n_tiles,
+                    table,
+                    plan.max_blocks,
+                    dims,
+                    layer,
+                )?;
+                if let Some(split) = plan.split {
+                    let part_o = st.part_o.as_ref().map_or(0, device_ptr);
+                    let part_ml = st.part_ml.as_ref().map_or(0, device_ptr);
+                    self.gpu.attention_split(
+                        kv,
+                        qp,
+                        width,
+                        op,
+                        at(plan.off_work()),
+                        plan.n_work,
+                        at(plan.off_positions()),
+                        at(plan.off_seq()),
+                        table,
+                        plan.max_blocks,
+                        dims,
+                        layer,
+                        split,
+                        part_o,
+                        part_ml,
+                    )?;
+                }
+            }
+            Ok(())
+        });
+    }
+
+    fn gather_rows(&self, x: &CudaActivations, rows: &[usize], out: &mut CudaActivations) {
+        self.run("gather_rows", || {
+            if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
+                return Err(CudaError::Invalid { op: "gather_rows".into(), message: format!("row {r} of {}", x.rows) });
+            }
+            let xp = Self::check_capacity(x, x.rows, x.cols, "gather_rows")?;
+            let op = Self::check_capacity(out, rows.len(), x.cols, "gather_rows")?;
+            let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+            let mut st = lock(&self.step);
+            let gp = ensure(&self.gpu, &mut st.gather, idx.len(), "row indices")?;
+            self.gpu.upload(&idx, st.gather.as_mut().expect("invariant: ensured"), "row indices")?;
+            // SAFETY: every index < x.rows (checked); out holds rows.len()×cols.
+            unsafe { self.gpu.gather_rows(xp, gp, idx.len(), x.cols, op) }
+        });
+    }
+
+    fn read(&self, x: &CudaActivations, out: &mut Vec<f32>) {
+        out.clear();
+        if self.failed() {
+            return;
+        }
+        out.resize(x.rows * x.cols, 0.0);
+        let r = match &x.buf {
+            Some(b) if b.len() >= out.len() => self.gpu.download(b, out, "logits"),
+            _ => Err(CudaError::Invalid { op: "read".into(), message: "buffer smaller than its shape".into() }),
+        };
+        if let Err(e) = r {
+            self.fail(backend_err("read", e));
+        }
+    }
+}
+
+/// CUDA devices that can run the model: the driver, NVRTC and cuBLAS
+/// libraries load and at least one device answers. The error says, in one
+/// sentence, what is missing.
+pub fn usable_device_count() -> Result<usize, ModelError> {
+    chatglm_cuda::usable_device_count().map_err(|e| backend_err("CUDA", e))
+}

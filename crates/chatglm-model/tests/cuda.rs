@@ -1,0 +1,392 @@
+//! The CUDA backend against the official logits and against the CPU backend
+//! (the reference for every kernel) on random models of awkward shapes.
+//!
+//! Without a usable GPU each test prints that it was skipped; with
+//! `CHATGLM_REQUIRE_GPU=1` a missing GPU fails instead (the GPU machine's
+//! script sets it).
+#![cfg(feature = "cuda")]
+
+use chatglm_model::{
+    Backend, Config, CpuBackend, CudaBackend, ForwardState, KvCacheOps, KvDType, LoadOptions, LogitsWanted, Model,
+    ModelError, SequenceInput, TensorSource, WeightFormat,
+};
+use chatglm_weights::{names, Checkpoint, DType, Tensor, TensorData};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn testdata() -> PathBuf {
+    std::env::var_os("CHATGLM_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+}
+
+/// The GPU backend for `cfg`, or `None` (with a message) where there is none.
+fn cuda(cfg: &Config) -> Option<CudaBackend> {
+    match CudaBackend::new(0, cfg) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            if std::env::var_os("CHATGLM_REQUIRE_GPU").is_some() {
+                panic!("CHATGLM_REQUIRE_GPU is set but the GPU cannot be used: {e}");
+            }
+            eprintln!("skipped: no usable CUDA GPU ({e})");
+            None
+        }
+    }
+}
+
+fn golden(name: &str) -> Value {
+    let p = testdata().join("dev/golden").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+fn load_gpu(layout: &str, format: WeightFormat) -> Option<Model<CudaBackend>> {
+    let ckpt = Checkpoint::open(&testdata().join("dev/model").join(layout)).unwrap();
+    let backend = cuda(&ckpt.config)?;
+    Some(Model::load(backend, &ckpt, LoadOptions::new(format), &mut |_, _| {}).unwrap())
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() })
+        .fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn check_forward(layout: &str, format: WeightFormat, kv: KvDType, tol: f32, exact_argmax: bool) {
+    let Some(model) = load_gpu(layout, format) else { return };
+    let vocab = model.config.padded_vocab_size;
+    let fw = golden("forward.json");
+    let mut state = ForwardState::new(&model.backend);
+    for case in fw["cases"].as_array().unwrap() {
+        let input = ids(&case["input_ids"]);
+        let mut cache = model.new_cache(kv);
+        let logits = model
+            .forward(&mut state, &mut [SequenceInput { tokens: &input, cache: &mut cache, logits: LogitsWanted::All }])
+            .unwrap();
+        let n = input.len();
+        let d1 = max_abs_diff(&logits[..vocab], &floats(&case["logits_first"]));
+        let d2 = max_abs_diff(&logits[(n - 1) * vocab..], &floats(&case["logits_last"]));
+        eprintln!("{layout} {kv:?} len {n}: max |Δ| first {d1:.2e}, last {d2:.2e}");
+        assert!(d1 <= tol && d2 <= tol, "{layout} len {n}: first {d1}, last {d2} > {tol}");
+        if exact_argmax {
+            let got: Vec<u32> = logits.chunks_exact(vocab).map(argmax).collect();
+            assert_eq!(got, ids(&case["argmax_per_position"]), "{layout} len {n}: argmax per position");
+        }
+    }
+}
+
+#[test]
+fn gpu_safetensors_f32_matches_official_logits() {
+    check_forward("safetensors-f32", WeightFormat::Auto, KvDType::F32, 1e-4, true);
+}
+
+#[test]
+fn gpu_pytorch_f32_matches_official_logits() {
+    check_forward("pytorch-f32", WeightFormat::Auto, KvDType::F32, 1e-4, true);
+}
+
+#[test]
+fn gpu_sharded_f16_matches_within_fp16_tolerance() {
+    check_forward("safetensors-sharded-f16", WeightFormat::Auto, KvDType::F16, 2e-2, false);
+}
+
+#[test]
+fn gpu_sharded_bf16_matches_within_bf16_tolerance() {
+    check_forward("pytorch-sharded-bf16", WeightFormat::Auto, KvDType::F16, 0.15, false);
+}
+
+#[test]
+fn gpu_incremental_decoding_matches_recorded_steps() {
+    let Some(model) = load_gpu("safetensors-f32", WeightFormat::Auto) else { return };
+    let g = golden("incremental.json");
+    let tokens = ids(&g["token_ids"]);
+    let prefill = g["prefill_len"].as_u64().unwrap() as usize;
+    let steps = g["incremental"].as_array().unwrap();
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    let logits = model
+        .forward(
+            &mut state,
+            &mut [SequenceInput { tokens: &tokens[..prefill], cache: &mut cache, logits: LogitsWanted::Last }],
+        )
+        .unwrap()
+        .to_vec();
+    assert!(max_abs_diff(&logits, &floats(&steps[0])) <= 1e-4);
+    for (i, want) in steps.iter().enumerate().skip(1) {
+        let tok = &tokens[prefill - 1 + i..prefill + i];
+        let logits = model
+            .forward(&mut state, &mut [SequenceInput { tokens: tok, cache: &mut cache, logits: LogitsWanted::Last }])
+            .unwrap();
+        let d = max_abs_diff(logits, &floats(want));
+        assert!(d <= 1e-4, "step {i}: {d}");
+    }
+    assert_eq!(cache.len(), prefill + steps.len() - 1);
+}
+
+#[test]
+fn gpu_chunk_after_prefill_matches_full_recompute() {
+    let Some(model) = load_gpu("safetensors-f32", WeightFormat::Auto) else { return };
+    let g = golden("incremental.json");
+    let tokens = ids(&g["token_ids"]);
+    let full = g["full_recompute"].as_array().unwrap();
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    model
+        .forward(
+            &mut state,
+            &mut [SequenceInput { tokens: &tokens[..7], cache: &mut cache, logits: LogitsWanted::None }],
+        )
+        .unwrap();
+    let vocab = model.config.padded_vocab_size;
+    let logits = model
+        .forward(
+            &mut state,
+            &mut [SequenceInput { tokens: &tokens[7..12], cache: &mut cache, logits: LogitsWanted::All }],
+        )
+        .unwrap();
+    for (row, want) in logits.chunks_exact(vocab).zip(&full[1..6]) {
+        let d = max_abs_diff(row, &floats(want));
+        assert!(d <= 1e-4, "chunk: {d}");
+    }
+}
+
+#[test]
+fn gpu_batched_sequences_are_independent() {
+    let Some(model) = load_gpu("safetensors-f32", WeightFormat::Auto) else { return };
+    let fw = golden("forward.json");
+    let cases = fw["cases"].as_array().unwrap();
+    let a = ids(&cases[1]["input_ids"]);
+    let b = ids(&cases[3]["input_ids"]);
+    let mut state = ForwardState::new(&model.backend);
+    let (mut ca, mut cb) = (model.new_cache(KvDType::F32), model.new_cache(KvDType::F32));
+    let logits = model
+        .forward(
+            &mut state,
+            &mut [
+                SequenceInput { tokens: &a, cache: &mut ca, logits: LogitsWanted::Last },
+                SequenceInput { tokens: &b, cache: &mut cb, logits: LogitsWanted::Last },
+            ],
+        )
+        .unwrap();
+    let vocab = model.config.padded_vocab_size;
+    assert!(max_abs_diff(&logits[..vocab], &floats(&cases[1]["logits_last"])) <= 1e-4);
+    assert!(max_abs_diff(&logits[vocab..], &floats(&cases[3]["logits_last"])) <= 1e-4);
+}
+
+#[test]
+fn gpu_errors_instead_of_panics() {
+    let Some(model) = load_gpu("safetensors-f32", WeightFormat::Auto) else { return };
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    let too_long = vec![5u32; model.config.seq_length + 1];
+    let e = model
+        .forward(&mut state, &mut [SequenceInput { tokens: &too_long, cache: &mut cache, logits: LogitsWanted::Last }]);
+    assert!(matches!(e, Err(ModelError::ContextOverflow { .. })), "{:?}", e.err());
+    let mut q8 = model.new_cache(KvDType::Q8_0);
+    let e =
+        model.forward(&mut state, &mut [SequenceInput { tokens: &[5, 6], cache: &mut q8, logits: LogitsWanted::Last }]);
+    assert!(e.is_err());
+    // Still usable afterwards.
+    let ok = model
+        .forward(&mut state, &mut [SequenceInput { tokens: &[5, 6], cache: &mut cache, logits: LogitsWanted::Last }]);
+    assert!(ok.is_ok());
+}
+
+// ---- CPU vs GPU on random models of awkward shapes -------------------------
+
+/// Random tensors with the official names (f32 on the host; each backend
+/// converts as it loads).
+struct RandomModel {
+    config: Config,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl TensorSource for RandomModel {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn tensor(&self, name: &str) -> Result<&Tensor, ModelError> {
+        Ok(self.tensors.get(name).expect("every expected tensor is generated"))
+    }
+}
+
+fn random_model(json: &str, seed: u64) -> RandomModel {
+    let config = Config::from_json_str(json).unwrap();
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut tensors = HashMap::new();
+    for (name, shape) in names::expected_tensors(&config) {
+        let n: usize = shape.iter().product();
+        let fan_in = *shape.last().unwrap() as f32;
+        let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") {
+            (0..n).map(|_| 1.0 + 0.2 * next()).collect()
+        } else if shape.len() == 1 {
+            (0..n).map(|_| 0.2 * next()).collect()
+        } else {
+            (0..n).map(|_| 3.4 * next() / fan_in.sqrt()).collect()
+        };
+        let data = TensorData::from_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        tensors.insert(name.clone(), Tensor { name, dtype: DType::F32, shape, data });
+    }
+    RandomModel { config, tensors }
+}
+
+/// A head size of 128 with 64-token blocks takes the tensor-core prefill
+/// path; ffn 350 is not a multiple of 8 (the scalar mat-vec); 3 groups of 4
+/// heads.
+const FLASH_SHAPE: &str = r#"{"num_layers":2,"hidden_size":384,"num_attention_heads":12,"kv_channels":128,
+"multi_query_attention":true,"multi_query_group_num":3,"ffn_hidden_size":350,"padded_vocab_size":1000,
+"seq_length":4096,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
+"original_rope":true,"model_type":"chatglm"}"#;
+
+/// The 6B model's head layout (32 heads of 128 in 2 groups) at a small width.
+const GLM_HEADS: &str = r#"{"num_layers":1,"hidden_size":4096,"num_attention_heads":32,"kv_channels":128,
+"multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":1024,"padded_vocab_size":512,
+"seq_length":40000,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
+"original_rope":true,"model_type":"chatglm"}"#;
+
+/// Odd sizes everywhere: head 20, 5 heads in 1 group, hidden 100.
+const ODD_SHAPE: &str = r#"{"num_layers":2,"hidden_size":100,"num_attention_heads":5,"kv_channels":20,
+"multi_query_attention":true,"multi_query_group_num":1,"ffn_hidden_size":77,"padded_vocab_size":333,
+"seq_length":1024,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
+"original_rope":true,"model_type":"chatglm"}"#;
+
+/// Runs the same schedule of steps on both backends and compares every
+/// step's logits: `steps[i]` lists, per sequence, how many new tokens it
+/// gets in step i (0 = not in the step).
+fn compare_schedule(json: &str, format: WeightFormat, kv: KvDType, steps: &[Vec<usize>], tol: f32) {
+    let src = random_model(json, 42);
+    let Some(gpu_backend) = cuda(&src.config) else { return };
+    let cpu = Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+    let gpu = Model::load(gpu_backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+    let n_seqs = steps.iter().map(|s| s.len()).max().unwrap();
+    let vocab = src.config.padded_vocab_size;
+    let mut tok_state = 7u32;
+    let mut next_tok = move || {
+        tok_state = tok_state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        (tok_state >> 8) % vocab as u32
+    };
+    let mut cpu_caches: Vec<_> = (0..n_seqs).map(|_| cpu.new_cache(kv)).collect();
+    let mut gpu_caches: Vec<_> = (0..n_seqs).map(|_| gpu.new_cache(kv)).collect();
+    let (mut cs, mut gs) = (ForwardState::new(&cpu.backend), ForwardState::new(&gpu.backend));
+    for (i, step) in steps.iter().enumerate() {
+        let tokens: Vec<Vec<u32>> = step.iter().map(|&n| (0..n).map(|_| next_tok()).collect()).collect();
+        let mut cb: Vec<_> = cpu_caches
+            .iter_mut()
+            .zip(&tokens)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(c, t)| SequenceInput { tokens: t, cache: c, logits: LogitsWanted::All })
+            .collect();
+        let want = cpu.forward(&mut cs, &mut cb).unwrap().to_vec();
+        let mut gb: Vec<_> = gpu_caches
+            .iter_mut()
+            .zip(&tokens)
+            .filter(|(_, t)| !t.is_empty())
+            .map(|(c, t)| SequenceInput { tokens: t, cache: c, logits: LogitsWanted::All })
+            .collect();
+        let got = gpu.forward(&mut gs, &mut gb).unwrap();
+        let d = max_abs_diff(got, &want);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("{format:?} {kv:?} step {i} {step:?}: max |Δ| {d:.3e} (logits up to {scale:.2})");
+        assert!(d <= tol * scale.max(1.0), "step {i} {step:?}: max |Δ| {d} > {tol} × {scale}");
+    }
+    for (c, g) in cpu_caches.iter().zip(&gpu_caches) {
+        assert_eq!(c.len(), g.len());
+    }
+}
+
+#[test]
+fn gpu_matches_cpu_f32_prefill_decode_across_blocks() {
+    // Sequence 0: prefill 70 (crosses a block), then decode; sequence 1 joins
+    // later with a 1-token prompt, then a 130-token chunk.
+    let steps = vec![vec![70], vec![1], vec![1, 1], vec![3, 130], vec![1, 1], vec![9, 1]];
+    compare_schedule(FLASH_SHAPE, WeightFormat::F32, KvDType::F32, &steps, 1e-4);
+    compare_schedule(ODD_SHAPE, WeightFormat::F32, KvDType::F32, &steps, 1e-4);
+}
+
+#[test]
+fn gpu_matches_cpu_f16_tensor_core_prefill() {
+    // 16+ new tokens of an f16 cache take the tensor-core kernel: prompts of
+    // odd lengths, a chunk continuing a cache at an unaligned position, and
+    // decode beside them.
+    let steps = vec![vec![200, 1], vec![1, 16], vec![65, 1], vec![1, 1, 17], vec![1, 100, 1]];
+    compare_schedule(FLASH_SHAPE, WeightFormat::F16, KvDType::F16, &steps, 2e-2);
+}
+
+#[test]
+fn gpu_matches_cpu_bf16_and_odd_shapes() {
+    let steps = vec![vec![33, 5], vec![1, 1], vec![12, 1]];
+    compare_schedule(ODD_SHAPE, WeightFormat::BF16, KvDType::F16, &steps, 2e-2);
+    compare_schedule(ODD_SHAPE, WeightFormat::F16, KvDType::F32, &steps, 2e-2);
+}
+
+#[test]
+fn gpu_long_context_decode_uses_split_attention() {
+    // The 6B head layout; decode at a 5000-token context is split over many
+    // blocks of the device and merged.
+    let src = random_model(GLM_HEADS, 9);
+    let Some(gpu_backend) = cuda(&src.config) else { return };
+    let cpu =
+        Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(WeightFormat::F16), &mut |_, _| {})
+            .unwrap();
+    let gpu = Model::load(gpu_backend, &src, LoadOptions::new(WeightFormat::F16), &mut |_, _| {}).unwrap();
+    let prompt: Vec<u32> = (0..5000u32).map(|i| (i * 7919) % 512).collect();
+    let (mut cc, mut gc) = (cpu.new_cache(KvDType::F16), gpu.new_cache(KvDType::F16));
+    let (mut cs, mut gs) = (ForwardState::new(&cpu.backend), ForwardState::new(&gpu.backend));
+    for chunk in prompt.chunks(1000) {
+        cpu.forward(&mut cs, &mut [SequenceInput { tokens: chunk, cache: &mut cc, logits: LogitsWanted::None }])
+            .unwrap();
+        gpu.forward(&mut gs, &mut [SequenceInput { tokens: chunk, cache: &mut gc, logits: LogitsWanted::None }])
+            .unwrap();
+    }
+    for t in [3u32, 77, 400] {
+        let want = cpu
+            .forward(&mut cs, &mut [SequenceInput { tokens: &[t], cache: &mut cc, logits: LogitsWanted::Last }])
+            .unwrap()
+            .to_vec();
+        let got = gpu
+            .forward(&mut gs, &mut [SequenceInput { tokens: &[t], cache: &mut gc, logits: LogitsWanted::Last }])
+            .unwrap();
+        let d = max_abs_diff(got, &want);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("decode at {}: max |Δ| {d:.3e} (logits up to {scale:.2})", gc.len());
+        assert!(d <= 2e-2 * scale.max(1.0));
+    }
+    // Truncating hands blocks back; the cache keeps working.
+    gc.truncate(100);
+    cc.truncate(100);
+    let want = cpu
+        .forward(&mut cs, &mut [SequenceInput { tokens: &[5], cache: &mut cc, logits: LogitsWanted::Last }])
+        .unwrap()
+        .to_vec();
+    let got = gpu
+        .forward(&mut gs, &mut [SequenceInput { tokens: &[5], cache: &mut gc, logits: LogitsWanted::Last }])
+        .unwrap();
+    assert!(max_abs_diff(got, &want) <= 2e-2 * want.iter().fold(1f32, |m, v| m.max(v.abs())));
+    let _ = gpu.backend.name();
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one call.
+#
+#   tests/gpu/run.sh build    Here (no GPU needed): builds the stripped release binary and the
+#                             CUDA test executables into device-bin/ (git-ignored), with a copy
+#                             of the golden test data, so the folder can travel to a GPU machine.
+#   tests/gpu/run.sh device   On the GPU machine, from the repository root: runs the CUDA test
+#                             suite (golden data and CPU-reference comparisons), then the
+#                             benchmarks; writes logs and a summary to $OUT (else device-bin/report).
+#
+# Environment for `device`: BENCH=0 skips the benchmarks, TESTS=0 the tests; CUDA libraries are
+# looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=device-bin
+
+build() {
+  local data=${CHATGLM_TESTDATA:-../shared/testdata}
+  [ -d "$data/dev" ] || { echo "error: golden test data not found at $data (set CHATGLM_TESTDATA)" >&2; exit 1; }
+  rm -rf "$BIN"
+  mkdir -p "$BIN/tests" "$BIN/testdata"
+  cargo build --release -p chatglm-cli
+  cp target/release/chatglm "$BIN/chatglm"
+  strip "$BIN/chatglm"
+  cargo test --release -p chatglm-cuda -p chatglm-model -p chatglm-engine \
+    --features chatglm-model/cuda,chatglm-engine/cuda --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+wanted = {("chatglm_cuda", "lib"), ("chatglm_model", "lib"), ("cuda", "test"), ("cuda_generate", "test")}
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:
+        continue
+    name, kind = m["target"]["name"], m["target"]["kind"][0]
+    if (name, kind) in wanted:
+        print(m["executable"], name + ("-lib" if kind == "lib" else ""))
+' | while read -r exe name; do
+      cp "$exe" "$BIN/tests/$name"
+      strip "$BIN/tests/$name"
+    done
+  cp "$data/README.md" "$BIN/testdata/"
+  cp -r "$data/dev" "$BIN/testdata/dev"
+  ls -la "$BIN" "$BIN/tests"
+  du -sh "$BIN"
+}
+
+device() {
+  export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  export CHATGLM_TESTDATA=$PWD/$BIN/testdata CHATGLM_REQUIRE_GPU=1
+  export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
+  local out=${OUT:-$BIN/report}
+  mkdir -p "$out"
+  local summary=$out/summary.txt
+  : >"$summary"
+  {
+    echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader || true
+  } | tee -a "$summary"
+
+  if [ "${TESTS:-1}" != 0 ]; then
+    local failed=0
+    for t in "$BIN"/tests/*; do
+      echo "== $(basename "$t")" | tee -a "$summary"
+      if "$t" --test-threads=1 --nocapture >"$out/test-$(basename "$t").log" 2>&1; then
+        grep -E "^test result" "$out/test-$(basename "$t").log" | tee -a "$summary"
+      else
+        failed=1
+        grep -E "^test .*FAILED|panicked|^test result" "$out/test-$(basename "$t").log" | head -20 | tee -a "$summary"
+      fi
+    done
+    grep -hE "max \|Δ\|" "$out"/test-*.log | sort | uniq | head -60 >"$out/accuracy.txt" || true
+    [ "$failed" = 0 ] && echo "tests: all passed" | tee -a "$summary" || echo "tests: FAILURES (see test-*.log)" | tee -a "$summary"
+  fi
+
+  if [ "${BENCH:-1}" != 0 ]; then
+    echo "== baseline: device copy bandwidth (PyTorch, same run)" | tee -a "$summary"
+    python3 - <<'PY' 2>&1 | tee -a "$summary" || true
+import torch
+x = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+torch.cuda.synchronize(); s.record()
+for _ in range(20): y.copy_(x)
+e.record(); torch.cuda.synchronize()
+ms = s.elapsed_time(e) / 20
+print(f"copy {2*x.numel()/ms/1e9:.3f} TB/s (read+write); f16 6B floor {11.95e9/(2*x.numel()/ms*1e3)*1e3:.3f} ms/token")
+PY
+    local b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b"
+    run_bench() {
+      local name=$1; shift
+      echo "== bench $name: $*" | tee -a "$summary"
+      if "$@" >"$out/bench-$name.txt" 2>&1; then tail -n 12 "$out/bench-$name.txt" | tee -a "$summary"; else
+        echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
+    }
+    run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
+    run_bench bf16 $b --dtype bf16 --prompt-len 2048 --gen-len 64 --repeat 2
+    run_bench prefill8k $b --dtype f16 --prompt-len 8192 --gen-len 4
+    run_bench prefill32k $b --dtype f16 --prompt-len 32760 --gen-len 4
+  fi
+  echo "report in $out"
+}
+
+case "${1:-}" in
+  build) build ;;
+  device) device ;;
+  *) echo "usage: tests/gpu/run.sh build|device" >&2; exit 2 ;;
+esac
