@@ -101,6 +101,27 @@ pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx,
             return Ok(Ptx::from_src(ptx));
         }
     }
+    let ptx = ptx_for_uncached(source, arch)?;
+    if let Some(path) = &cached {
+        // A cache that cannot be written only costs the next start a compile.
+        let src = ptx.to_src();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&tmp, src.as_bytes()))
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "kernel cache not written");
+        }
+    }
+    Ok(ptx)
+}
+
+fn ptx_for_uncached(source: &Source, arch: u32) -> Result<Ptx, CudaError> {
+    let text = format!("{COMMON}\n{}", source.text);
+    let arch_flag = format!("--gpu-architecture=compute_{arch}");
     let started = std::time::Instant::now();
     let options = CompileOptions {
         // Exact arithmetic (golden tests compare to 1e-4): no fast math, IEEE
@@ -121,21 +142,18 @@ pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx,
         other => CudaError::call(format!("nvrtcCompileProgram({}.cu)", source.name), other),
     })?;
     tracing::info!(file = source.name, ms = started.elapsed().as_millis() as u64, "compiled kernels with NVRTC");
-    if let Some(path) = &cached {
-        // A cache that cannot be written only costs the next start a compile.
-        let src = ptx.to_src();
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .and_then(|_| std::fs::write(&tmp, src.as_bytes()))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "kernel cache not written");
-        }
-    }
     Ok(ptx)
+}
+
+/// Compiles every kernel file for `compute_{arch}` with NVRTC alone (no
+/// driver or device needed): `(file name, PTX)` pairs. Lets a machine without
+/// a GPU check the sources (and feed the PTX to `ptxas` for a resource report).
+pub fn compile_all(arch: u32) -> Result<Vec<(&'static str, String)>, CudaError> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::Unavailable("the CUDA run-time compiler library (libnvrtc) was not found".into()));
+    }
+    SOURCES.iter().filter(|s| arch >= s.min_arch).map(|s| Ok((s.name, ptx_for_uncached(s, arch)?.to_src()))).collect()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod device;
 mod error;
 pub mod ops;
 
+pub use compile::compile_all;
 pub use cudarc::driver::{CudaSlice, DeviceRepr};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, Gpu};
 pub use error::CudaError;

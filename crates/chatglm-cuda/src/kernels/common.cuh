@@ -8,6 +8,11 @@ typedef unsigned long long u64;
 
 #define WARP 32
 
+// math.h is not available without the toolkit headers.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

@@ -292,13 +292,15 @@ impl CudaBackend {
             let from_size = match t.dtype {
                 FileDType::F32 => 4,
                 FileDType::F16 | FileDType::BF16 => 2,
-                other => return Err(ModelError::BadTensor {
-                    tensor: t.name.clone(),
-                    message: format!(
+                other => {
+                    return Err(ModelError::BadTensor {
+                        tensor: t.name.clone(),
+                        message: format!(
                         "{other:?} weights cannot be converted to {} on the GPU yet; use a float checkpoint or the CPU",
                         to.name()
                     ),
-                }),
+                    })
+                }
             };
             if bytes.len() < rows * cols * from_size {
                 return Err(ModelError::BadTensor {
