@@ -97,6 +97,40 @@ PY
     run_bench prefill8k $b --dtype f16 --prompt-len 8192 --gen-len 4
     run_bench prefill32k $b --dtype f16 --prompt-len 32760 --gen-len 4
   fi
+  if [ "${PROFILE:-0}" != 0 ]; then
+    # Per-kernel device time of one prefill and a few decode steps (ncu reads
+    # each kernel's duration; clocks left as they are).
+    echo "== profile (ncu): time per kernel class" | tee -a "$summary"
+    local ncu; ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+    if [ -n "$ncu" ]; then
+      "$ncu" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv \
+        --launch-skip "${PROFILE_SKIP:-1000}" --launch-count "${PROFILE_COUNT:-1200}" \
+        "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 --prompt-len ${PROFILE_PROMPT:-2048} --gen-len 8 \
+        >"$out/ncu.csv" 2>"$out/ncu.err" || tail -5 "$out/ncu.err" | tee -a "$summary"
+      python3 - "$out/ncu.csv" <<'PY' 2>&1 | tee -a "$summary"
+import csv, sys, collections, re
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; rows = rows[1:]
+ki, mi, vi, ui = head.index("Kernel Name"), head.index("Metric Name"), head.index("Metric Value"), head.index("Metric Unit")
+scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}
+t = collections.defaultdict(float); b = collections.defaultdict(float); n = collections.Counter()
+for r in rows:
+    name = re.sub(r"\(.*", "", r[ki]); name = re.sub(r"_\d+$", "", name) if name.startswith(("gemv", "embed")) else name
+    v = float(r[vi].replace(",", "")) * scale.get(r[ui], 1.0)
+    if r[mi] == "gpu__time_duration.sum":
+        t[name] += v; n[name] += 1   # ms
+    else:
+        b[name] += v
+total = sum(t.values())
+print(f"{'kernel':48s} {'calls':>6s} {'ms':>9s} {'%':>6s} {'GB/s':>8s}")
+for k, v in sorted(t.items(), key=lambda kv: -kv[1])[:25]:
+    print(f"{k[:48]:48s} {n[k]:6d} {v:9.3f} {100*v/total:6.1f} {b[k]/(v/1e3)/1e9 if v else 0:8.1f}")
+print(f"total kernel time {total:.3f} ms over {sum(n.values())} launches")
+PY
+    else
+      echo "ncu not found" | tee -a "$summary"
+    fi
+  fi
   echo "report in $out"
 }
 

@@ -42,7 +42,10 @@ fn gemv_kernels() -> Vec<String> {
 }
 
 fn attention_kernels() -> Vec<String> {
-    ["rope_kv_0", "rope_kv_1", "attn_split_0", "attn_split_1", "attn_combine"].map(String::from).into()
+    let mut k: Vec<String> =
+        ["rope_kv_0", "rope_kv_1", "attn_split_0", "attn_split_1", "attn_combine"].map(String::from).into();
+    k.extend([1, 2, 4, 8, 16].map(|hg| format!("attn_decode_{hg}")));
+    k
 }
 
 fn flash_kernels() -> Vec<String> {

@@ -50,6 +50,10 @@ pub enum GemvMode {
 /// through cuBLAS.
 pub const GEMV_MAX_TOKENS: usize = 8;
 
+/// Head size of the decode attention kernel, and the keys a warp takes at once.
+pub const DECODE_HEAD_DIM: usize = 128;
+pub const DECODE_SLICE_TOKENS: usize = 128;
+
 /// Cached tokens per KV block: the flash kernel's key tile.
 pub const FLASH_HEAD_DIM: usize = 128;
 pub const FLASH_TILE_TOKENS: usize = 64;
@@ -199,7 +203,8 @@ impl Gpu {
 
     /// Mat-vec for 1..=8 tokens: `x` (n × cols f32) against `w` (rows × cols).
     /// `bias` (rows f32) or 0. `out`: n × rows (Store, Accumulate) or
-    /// n × rows/2 (SwiGlu).
+    /// n × rows/2 (SwiGlu). With `norm` = (weights, eps), x is RMS-normalised
+    /// first (the norm fused into the product; weights: cols f32).
     ///
     /// # Safety
     /// Pointers must hold the sizes above.
@@ -214,7 +219,9 @@ impl Gpu {
         rows: usize,
         cols: usize,
         mode: GemvMode,
+        norm: Option<(u64, f32)>,
     ) -> Result<(), CudaError> {
+        let (nw, eps) = norm.unwrap_or((0, 0.0));
         if n == 0 || n > GEMV_MAX_TOKENS {
             return Err(CudaError::invalid("gemv", format!("{n} tokens (1..={GEMV_MAX_TOKENS} supported)")));
         }
@@ -225,22 +232,23 @@ impl Gpu {
         let (rows32, cols32, half32) =
             (check_i32("gemv", "rows", rows)?, check_i32("gemv", "cols", cols)?, check_i32("gemv", "rows", half)?);
         let per_vec = 16 / dtype.size();
-        let vector = cols.is_multiple_of(per_vec) && w.is_multiple_of(16) && x.is_multiple_of(16);
+        let vector =
+            cols.is_multiple_of(per_vec) && w.is_multiple_of(16) && x.is_multiple_of(16) && nw.is_multiple_of(16);
         let warps = match mode {
             GemvMode::SwiGlu => half,
             _ if vector => rows.div_ceil(2),
             _ => rows,
         };
-        let blocks = check_i32("gemv", "blocks", warps.div_ceil(8))? as u32;
+        let blocks = check_i32("gemv", "blocks", warps.div_ceil(4))? as u32;
         if blocks == 0 {
             return Ok(());
         }
-        let launch_cfg = cfg((blocks, 1, 1), 256, 0);
+        let launch_cfg = cfg((blocks, 1, 1), 128, 0);
         if vector {
             let name = format!("gemv_{}_{}_{}", dtype.code(), n, mode as usize);
             let f = self.kernel(&name)?;
             let mut a = self.stream().launch_builder(f);
-            a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32);
+            a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32).arg(&nw).arg(&eps);
             self.launch(a, &name, launch_cfg)
         } else {
             let name = format!("gemv_scalar_{}_{}", dtype.code(), mode as usize);
@@ -248,6 +256,7 @@ impl Gpu {
             let n32 = n as i32;
             let mut a = self.stream().launch_builder(f);
             a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&n32).arg(&rows32).arg(&cols32).arg(&half32);
+            a.arg(&nw).arg(&eps);
             self.launch(a, &name, launch_cfg)
         }
     }
@@ -379,15 +388,91 @@ impl Gpu {
         let grid = (shape.n_groups as u32, check_i32(name, "tokens", work)? as u32, split.n_splits as u32);
         self.launch(a, name, cfg(grid, 128, smem as u32))?;
         if split.n_splits > 1 {
-            let f = self.kernel("attn_combine")?;
-            let ints = [out_width, shape.n_heads, shape.n_groups, shape.head_dim, split.n_splits].map(|v| v as i32);
-            let mut a = self.stream().launch_builder(f);
-            a.arg(&out).arg(&ints[0]).arg(&work_tokens).arg(&part_o).arg(&part_ml);
-            a.arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]);
-            let grid = (work as u32, shape.n_heads as u32, 1);
-            self.launch(a, "attn_combine", cfg(grid, shape.head_dim as u32, 0))?;
+            self.combine(out, out_width, work_tokens, work, part_o, part_ml, shape, split)?;
         }
         Ok(())
+    }
+
+    /// Whether [`Gpu::attention_decode`] can run `shape` over an f16 cache.
+    pub fn decode_supported(&self, shape: &AttentionDims) -> bool {
+        let hg = shape.n_heads.checked_div(shape.n_groups).unwrap_or(0);
+        shape.head_dim == DECODE_HEAD_DIM
+            && shape.n_heads.is_multiple_of(shape.n_groups.max(1))
+            && matches!(hg, 1 | 2 | 4 | 8 | 16)
+            && shape.block_tokens.is_multiple_of(32)
+            && self.has_kernel(&format!("attn_decode_{hg}"))
+    }
+
+    /// Decode attention (head size 128, f16 cache) for the `work` tokens at
+    /// `work_tokens`: one warp per 32 keys, the group's heads sharing each
+    /// key. Splits as [`Gpu::attention_split`], with `split.chunk` a multiple
+    /// of 128.
+    ///
+    /// # Safety
+    /// As [`Gpu::attention_split`].
+    pub unsafe fn attention_decode(
+        &self,
+        qkv: u64,
+        width: usize,
+        out: u64,
+        work_tokens: u64,
+        work: usize,
+        positions: u64,
+        seq_of_token: u64,
+        block_table: u64,
+        max_blocks: usize,
+        shape: AttentionDims,
+        layer: usize,
+        split: SplitPlan,
+        part_o: u64,
+        part_ml: u64,
+    ) -> Result<(), CudaError> {
+        if work == 0 {
+            return Ok(());
+        }
+        if !self.decode_supported(&shape) {
+            return Err(CudaError::invalid("attn_decode", format!("unsupported shape {shape:?}")));
+        }
+        if !split.chunk.is_multiple_of(DECODE_SLICE_TOKENS) || split.n_splits == 0 || split.n_splits > 65_535 {
+            return Err(CudaError::invalid("attn_decode", format!("bad split plan {split:?}")));
+        }
+        let hg = shape.n_heads / shape.n_groups;
+        let name = format!("attn_decode_{hg}");
+        let f = self.kernel(&name)?;
+        let out_width = shape.n_heads * shape.head_dim;
+        let ints =
+            [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens, split.chunk].map(|v| v as i32);
+        let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
+        a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&ints[6]);
+        a.arg(&scale).arg(&part_o).arg(&part_ml);
+        let grid = (shape.n_groups as u32, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
+        self.launch(a, &name, cfg(grid, 128, 0))?;
+        if split.n_splits > 1 {
+            self.combine(out, out_width, work_tokens, work, part_o, part_ml, shape, split)?;
+        }
+        Ok(())
+    }
+
+    unsafe fn combine(
+        &self,
+        out: u64,
+        out_width: usize,
+        work_tokens: u64,
+        work: usize,
+        part_o: u64,
+        part_ml: u64,
+        shape: AttentionDims,
+        split: SplitPlan,
+    ) -> Result<(), CudaError> {
+        let f = self.kernel("attn_combine")?;
+        let ints = [out_width, shape.n_heads, shape.n_groups, shape.head_dim, split.n_splits].map(|v| v as i32);
+        let mut a = self.stream().launch_builder(f);
+        a.arg(&out).arg(&ints[0]).arg(&work_tokens).arg(&part_o).arg(&part_ml);
+        a.arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]);
+        let grid = (work as u32, shape.n_heads as u32, 1);
+        self.launch(a, "attn_combine", cfg(grid, shape.head_dim as u32, 0))
     }
 
     /// Whether [`Gpu::attention_flash`] can run `shape` here.
@@ -503,6 +588,18 @@ impl SplitPlan {
         Self { n_splits: max_ctx.div_ceil(chunk).max(1), chunk }
     }
 
+    /// As [`SplitPlan::for_step`] for the decode kernel, whose unit is a
+    /// 128-key slice (4 warps × 32 keys): one slice per block is enough work.
+    pub fn for_decode(shape: &AttentionDims, work: usize, max_ctx: usize, multiprocessors: usize) -> Self {
+        let unit = DECODE_SLICE_TOKENS;
+        let slices = max_ctx.div_ceil(unit).max(1);
+        let base_blocks = (work * shape.n_groups).max(1);
+        let wanted = (2 * multiprocessors).div_ceil(base_blocks).max(1);
+        let n_splits = wanted.min(slices).max(1);
+        let chunk = slices.div_ceil(n_splits) * unit;
+        Self { n_splits: max_ctx.div_ceil(chunk).max(1), chunk }
+    }
+
     /// Partial-result floats needed: (outputs, max/sum pairs).
     pub fn partials(&self, shape: &AttentionDims, work: usize) -> (usize, usize) {
         if self.n_splits <= 1 {
@@ -532,6 +629,14 @@ mod tests {
                 assert!((p.n_splits - 1) * p.chunk < max_ctx, "{p:?} has an empty split for {max_ctx}");
             }
         }
+        for max_ctx in [1, 127, 128, 129, 2100, 32768] {
+            for work in [1, 5, 64] {
+                let p = SplitPlan::for_decode(&dims(), work, max_ctx, 132);
+                assert_eq!(p.chunk % 128, 0, "{p:?}");
+                assert!(p.n_splits * p.chunk >= max_ctx && (p.n_splits - 1) * p.chunk < max_ctx, "{p:?}");
+            }
+        }
+        assert!(SplitPlan::for_decode(&dims(), 1, 2100, 132).n_splits >= 16);
         // Long decode contexts are spread over the device.
         let p = SplitPlan::for_step(&dims(), 1, 32768, 132);
         assert!(p.n_splits >= 100, "{p:?}");

@@ -102,6 +102,38 @@ pub trait Backend: Send + Sync {
         self.linear(w, None, x, tmp);
         self.swiglu(tmp, out);
     }
+    /// `out = rms_norm(x) · wᵀ (+ bias)`, with `normed` as scratch (sized like
+    /// `x` by the caller): lets a backend fuse the norm into the product.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_linear(
+        &self,
+        x: &Self::Activations,
+        norm: &Self::Vector,
+        eps: f32,
+        normed: &mut Self::Activations,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+        out: &mut Self::Activations,
+    ) {
+        self.rms_norm(x, norm, eps, normed);
+        self.linear(w, bias, normed, out);
+    }
+    /// `out = swiglu(rms_norm(x) · wᵀ)`, with `normed` and `tmp` as scratch
+    /// (sized by the caller as for [`Backend::linear_swiglu`]).
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_linear_swiglu(
+        &self,
+        x: &Self::Activations,
+        norm: &Self::Vector,
+        eps: f32,
+        normed: &mut Self::Activations,
+        w: &Self::Matrix,
+        tmp: &mut Self::Activations,
+        out: &mut Self::Activations,
+    ) {
+        self.rms_norm(x, norm, eps, normed);
+        self.linear_swiglu(w, normed, tmp, out);
+    }
     /// `x += y`.
     fn add(&self, x: &mut Self::Activations, y: &Self::Activations);
     /// `out = silu(x[:, :ffn]) * x[:, ffn:]`.

@@ -217,19 +217,19 @@ impl<B: Backend> Model<B> {
         for (i, layer) in w.layers.iter().enumerate() {
             // Attention block: RMSNorm → QKV (+bias) → RoPE, cache, attend → dense → residual.
             b.resize(&mut st.normed, n, hidden);
-            b.rms_norm(&st.hidden, &layer.input_norm, eps, &mut st.normed);
             b.resize(&mut st.qkv, n, cfg.qkv_out_dim());
-            b.linear(&layer.qkv, Some(&layer.qkv_bias), &st.normed, &mut st.qkv);
+            let (norm, bias) = (&layer.input_norm, Some(&layer.qkv_bias));
+            b.rms_norm_linear(&st.hidden, norm, eps, &mut st.normed, &layer.qkv, bias, &mut st.qkv);
             b.resize(&mut st.attn, n, cfg.q_dim());
             b.attention(shape, i, &mut st.qkv, &st.layout, batch, &mut st.attn);
             b.resize(&mut st.proj, n, hidden);
             b.linear_add(&layer.dense, &st.attn, &mut st.hidden, &mut st.proj);
 
             // MLP block: RMSNorm → [gate | up] → silu(gate)·up → down → residual.
-            b.rms_norm(&st.hidden, &layer.post_norm, eps, &mut st.normed);
             b.resize(&mut st.ffn_up, n, 2 * ffn);
             b.resize(&mut st.ffn, n, ffn);
-            b.linear_swiglu(&layer.h_to_4h, &st.normed, &mut st.ffn_up, &mut st.ffn);
+            let (norm, up) = (&layer.post_norm, &layer.h_to_4h);
+            b.rms_norm_linear_swiglu(&st.hidden, norm, eps, &mut st.normed, up, &mut st.ffn_up, &mut st.ffn);
             b.linear_add(&layer.four_h_to_h, &st.ffn, &mut st.hidden, &mut st.proj);
         }
         for (seq, &n_new) in batch.iter_mut().zip(&st.layout.seq_tokens) {

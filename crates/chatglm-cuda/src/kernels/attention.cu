@@ -224,3 +224,143 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
     }
     out[(long)work_tokens[wt] * out_width + (long)h * D + d] = o / l;
 }
+
+// Decode attention for head size 128 over an f16 cache: each warp takes 32
+// keys at a time, one per lane, so a key row is read by one lane (16 loads of
+// 16 bytes, all in flight) and dotted with the HG query heads of its group
+// held in shared memory; softmax runs across the lanes; for P·V each lane
+// owns 4 of the 128 dimensions and the probabilities come by shuffle. No
+// shared-memory barriers inside the loop. The 4 warps of a block take
+// interleaved 32-key slices of the block's split and merge at the end.
+//
+// Launch: grid = (n_groups, work tokens, n_splits), block = 128; `chunk` is a
+// multiple of 128 and block_tokens a multiple of 32 (a 32-key slice never
+// crosses a cache block). Partials as attn_split (merged by attn_combine).
+#define DEC_D 128
+
+template <int HG>
+__device__ __forceinline__ void attn_decode_body(const float* qkv, int width, float* out, int out_width,
+                                                 const int* work_tokens, const int* positions,
+                                                 const int* seq_of_token, const u64* block_table, int max_blocks,
+                                                 int n_groups, int layer, int block_tokens, int chunk, float scale,
+                                                 float* part_o, float* part_ml) {
+    __shared__ __align__(16) float qs[HG * DEC_D];
+    __shared__ float red_m[4][HG], red_l[4][HG];
+    __shared__ __align__(16) float red_o[4][HG * DEC_D];
+    const int g = blockIdx.x, wt = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    const int t = work_tokens[wt];
+    const int ctx = positions[t] + 1;
+    const int seq = seq_of_token[t];
+    for (int i = tid; i < HG * DEC_D; i += 128) qs[i] = qkv[(long)t * width + (long)g * HG * DEC_D + i] * scale;
+    __syncthreads();
+
+    float m[HG], l[HG], acc[HG][4];
+#pragma unroll
+    for (int h = 0; h < HG; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.f;
+        acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0.f;
+    }
+    const long per_group = (long)block_tokens * DEC_D;
+    const int k_begin = split * chunk;
+    const int k_end = min(ctx, k_begin + chunk);
+    for (int kb = k_begin + w * 32; kb < k_end; kb += 128) {
+        const u16* blk = (const u16*)block_table[(long)seq * max_blocks + kb / block_tokens];
+        const int tok0 = kb % block_tokens;
+        const u16* kbase = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + (long)tok0 * DEC_D;
+        const u16* vbase = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + (long)tok0 * DEC_D;
+        const int n_valid = min(32, k_end - kb);
+        const bool valid = lane < n_valid;
+        float s[HG];
+#pragma unroll
+        for (int h = 0; h < HG; h++) s[h] = 0.f;
+        if (valid) {
+            const uint4* kr = (const uint4*)(kbase + (long)lane * DEC_D);
+            uint4 kv[16];
+#pragma unroll
+            for (int c = 0; c < 16; c++) kv[c] = kr[c];
+#pragma unroll
+            for (int c = 0; c < 16; c++) {
+                float kf[8];
+                Vec16<1>::unpack(kv[c], kf);
+#pragma unroll
+                for (int h = 0; h < HG; h++) {
+                    const float4 q0 = *(const float4*)&qs[h * DEC_D + c * 8];
+                    const float4 q1 = *(const float4*)&qs[h * DEC_D + c * 8 + 4];
+                    s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
+                    s[h] = fmaf(kf[2], q0.z, s[h]); s[h] = fmaf(kf[3], q0.w, s[h]);
+                    s[h] = fmaf(kf[4], q1.x, s[h]); s[h] = fmaf(kf[5], q1.y, s[h]);
+                    s[h] = fmaf(kf[6], q1.z, s[h]); s[h] = fmaf(kf[7], q1.w, s[h]);
+                }
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < HG; h++) {
+            const float sv = valid ? s[h] : -INFINITY;
+            const float m_new = fmaxf(m[h], warp_max(sv));
+            const float p = valid ? expf(sv - m_new) : 0.f;
+            const float alpha = expf(m[h] - m_new);
+            l[h] = l[h] * alpha + warp_sum(p);
+            m[h] = m_new;
+            s[h] = p;
+            acc[h][0] *= alpha; acc[h][1] *= alpha; acc[h][2] *= alpha; acc[h][3] *= alpha;
+        }
+        for (int j = 0; j < n_valid; j++) {
+            const uint2 vv = *(const uint2*)(vbase + (long)j * DEC_D + lane * 4);
+            const float v0 = f16_to_f32((u16)(vv.x & 0xffffu)), v1 = f16_to_f32((u16)(vv.x >> 16));
+            const float v2 = f16_to_f32((u16)(vv.y & 0xffffu)), v3 = f16_to_f32((u16)(vv.y >> 16));
+#pragma unroll
+            for (int h = 0; h < HG; h++) {
+                const float p = __shfl_sync(0xffffffffu, s[h], j);
+                acc[h][0] = fmaf(p, v0, acc[h][0]); acc[h][1] = fmaf(p, v1, acc[h][1]);
+                acc[h][2] = fmaf(p, v2, acc[h][2]); acc[h][3] = fmaf(p, v3, acc[h][3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < HG; h++) {
+        if (lane == 0) { red_m[w][h] = m[h]; red_l[w][h] = l[h]; }
+        *(float4*)&red_o[w][h * DEC_D + lane * 4] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+    }
+    __syncthreads();
+    const long part = ((long)wt * n_groups + g) * n_splits + split;
+    for (int i = tid; i < HG * DEC_D; i += 128) {
+        const int h = i / DEC_D, d = i % DEC_D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < 4; k++) M = fmaxf(M, red_m[k][h]);
+        float L = 0.f, O = 0.f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            if (red_m[k][h] == -INFINITY) continue;  // a warp with no keys
+            const float f = expf(red_m[k][h] - M);
+            L += red_l[k][h] * f;
+            O += red_o[k][i] * f;
+        }
+        if (n_splits == 1) {
+            out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O / L;
+        } else {
+            part_o[(part * HG + h) * DEC_D + d] = O;
+            if (d == 0) {
+                part_ml[part * 2 * HG + h] = M;
+                part_ml[part * 2 * HG + HG + h] = L;
+            }
+        }
+    }
+}
+
+#define ATTN_DECODE(HG)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        attn_decode_##HG(const float* qkv, int width, float* out, int out_width, const int* work_tokens,        \
+                         const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks, \
+                         int n_groups, int layer, int block_tokens, int chunk, float scale, float* part_o,      \
+                         float* part_ml) {                                                                      \
+        attn_decode_body<HG>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table,     \
+                             max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml);         \
+    }
+ATTN_DECODE(1)
+ATTN_DECODE(2)
+ATTN_DECODE(4)
+ATTN_DECODE(8)
+ATTN_DECODE(16)

@@ -6,8 +6,13 @@
 // UNROLL deep, before the first use. x (f32, at most 8 rows of `cols`) is
 // small and stays in L1/L2; the weights bypass L1.
 //
-// Launch: blockDim = 256 (8 warps); gridDim = ceil(warps / 8) where warps =
+// Launch: blockDim = 128 (4 warps: small blocks even out the load over the
+// SMs); gridDim = ceil(warps / 4) where warps =
 // ceil(out_rows / 2) (MODE 0, 1) or half_rows (MODE 2).
+// With `nw` (non-null), x is first RMS-normalised per token with weights nw
+// (the RMSNorm before the product, fused): each block computes the token's
+// 1/rms itself (x is small and in L2), the norm weights are folded into the
+// weights as they stream, and 1/rms scales the finished dot product.
 // MODE 0: out[t, r] = x[t]·w[r] + bias[r] (bias may be null).
 // MODE 1: out[t, r] += x[t]·w[r] (the residual add, fused).
 // MODE 2: SwiGLU fused: out[t, r] = silu(x[t]·w[r]) · (x[t]·w[r + half_rows]),
@@ -19,10 +24,31 @@
 
 __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
 
+// 1/rms of each of the NT rows of x, computed by the whole block (every
+// thread must call it: it synchronises).
+template <int NT>
+__device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, int cols, float eps, float* inv_s) {
+    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+    for (int t = threadIdx.x >> 5; t < NT; t += nwarps) {
+        const float4* xr = (const float4*)(x + (long)t * cols);
+        float ss = 0.f;
+        for (int c = lane; c < cols / 4; c += WARP) {
+            const float4 v = xr[c];
+            ss = fmaf(v.x, v.x, ss); ss = fmaf(v.y, v.y, ss); ss = fmaf(v.z, v.z, ss); ss = fmaf(v.w, v.w, ss);
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) inv_s[t] = 1.0f / sqrtf(ss / (float)cols + eps);
+    }
+    __syncthreads();
+}
+
 template <int T, int NT, int MODE>
 __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const float* __restrict__ x,
                                           const float* __restrict__ bias, float* __restrict__ out,
-                                          int out_rows, int cols, int half_rows) {
+                                          int out_rows, int cols, int half_rows,
+                                          const float* __restrict__ nw, float eps) {
+    __shared__ float inv_s[NT];
+    if (nw) block_inv_rms<NT>(x, cols, eps, inv_s);
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     const int V = Vec16<T>::N;
@@ -63,6 +89,15 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
                 float fa[V], fb[V];
                 Vec16<T>::unpack(wa[u], fa);
                 Vec16<T>::unpack(wb[u], fb);
+                if (nw) {
+                    const float4* np = (const float4*)(nw + (long)v * V);
+#pragma unroll
+                    for (int q = 0; q < V / 4; q++) {
+                        const float4 g = np[q];
+                        fa[4 * q] *= g.x; fa[4 * q + 1] *= g.y; fa[4 * q + 2] *= g.z; fa[4 * q + 3] *= g.w;
+                        fb[4 * q] *= g.x; fb[4 * q + 1] *= g.y; fb[4 * q + 2] *= g.z; fb[4 * q + 3] *= g.w;
+                    }
+                }
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
                     const float4* xp = (const float4*)(x + (long)t * cols + (long)v * V);
@@ -84,8 +119,9 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        const float a = warp_sum(acc_a[t]);
-        const float b = warp_sum(acc_b[t]);
+        float a = warp_sum(acc_a[t]);
+        float b = warp_sum(acc_b[t]);
+        if (nw) { a *= inv_s[t]; b *= inv_s[t]; }
         if (lane == 0) {
             if (MODE == 0) {
                 out[(long)t * out_rows + ra] = a + (bias ? bias[ra] : 0.f);
@@ -104,7 +140,8 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
 template <int T, int MODE>
 __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, const float* __restrict__ x,
                                                  const float* __restrict__ bias, float* __restrict__ out,
-                                                 int n_tokens, int out_rows, int cols, int half_rows) {
+                                                 int n_tokens, int out_rows, int cols, int half_rows,
+                                                 const float* __restrict__ nw, float eps) {
     typedef typename Elem<T>::storage S;
     const S* w = (const S*)w_;
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -112,9 +149,15 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
     const int n_out = MODE == 2 ? half_rows : out_rows;
     if (warp >= n_out) return;
     for (int t = 0; t < n_tokens; t++) {
+        float inv = 1.f;
+        if (nw) {
+            float ss = 0.f;
+            for (int c = lane; c < cols; c += WARP) ss = fmaf(x[(long)t * cols + c], x[(long)t * cols + c], ss);
+            inv = 1.0f / sqrtf(warp_sum(ss) / (float)cols + eps);
+        }
         float a = 0.f, b = 0.f;
         for (int c = lane; c < cols; c += WARP) {
-            const float xv = x[(long)t * cols + c];
+            const float xv = nw ? x[(long)t * cols + c] * inv * nw[c] : x[(long)t * cols + c];
             a = fmaf(Elem<T>::load(w, (long)warp * cols + c), xv, a);
             if (MODE == 2) b = fmaf(Elem<T>::load(w, (long)(warp + half_rows) * cols + c), xv, b);
         }
@@ -129,10 +172,10 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
 }
 
 #define GEMV_KERNEL(T, NT, MODE)                                                                   \
-    extern "C" __global__ void __launch_bounds__(256)                                               \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,     \
-                                 int out_rows, int cols, int half_rows) {                           \
-        gemv_body<T, NT, MODE>(w, x, bias, out, out_rows, cols, half_rows);                         \
+                                 int out_rows, int cols, int half_rows, const float* nw, float eps) {\
+        gemv_body<T, NT, MODE>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);                \
     }
 
 #define GEMV_MODES(T, NT) GEMV_KERNEL(T, NT, 0) GEMV_KERNEL(T, NT, 1) GEMV_KERNEL(T, NT, 2)
@@ -145,10 +188,11 @@ GEMV_TOKENS(1)
 GEMV_TOKENS(2)
 
 #define GEMV_SCALAR(T, MODE)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256)                                               \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv_scalar_##T##_##MODE(const void* w, const float* x, const float* bias, float* out,     \
-                                 int n_tokens, int out_rows, int cols, int half_rows) {             \
-        gemv_scalar_body<T, MODE>(w, x, bias, out, n_tokens, out_rows, cols, half_rows);            \
+                                 int n_tokens, int out_rows, int cols, int half_rows,               \
+                                 const float* nw, float eps) {                                      \
+        gemv_scalar_body<T, MODE>(w, x, bias, out, n_tokens, out_rows, cols, half_rows, nw, eps);   \
     }
 
 GEMV_SCALAR(0, 0) GEMV_SCALAR(0, 1) GEMV_SCALAR(0, 2)

@@ -215,7 +215,9 @@ impl CudaBackend {
         }
     }
 
-    /// `out = x · wᵀ` by mat-vec (≤ 8 tokens) or cuBLAS, in `mode`.
+    /// `out = x · wᵀ` by mat-vec (≤ 8 tokens) or cuBLAS, in `mode`; with
+    /// `norm` (≤ 8 tokens only) x is RMS-normalised inside the mat-vec.
+    #[allow(clippy::too_many_arguments)]
     fn product(
         &self,
         op: &str,
@@ -224,6 +226,7 @@ impl CudaBackend {
         x: &CudaActivations,
         out: &mut CudaActivations,
         mode: GemvMode,
+        norm: Option<(&CudaVector, f32)>,
     ) -> Result<(), CudaError> {
         let n = x.rows;
         if x.cols != w.cols {
@@ -240,9 +243,17 @@ impl CudaBackend {
             Some(b) => Self::vector_ptr(b, w.rows, op)?,
             None => 0,
         };
+        let norm = match norm {
+            Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
+            None => None,
+        };
         if n <= GEMV_MAX_TOKENS {
-            // SAFETY: sizes checked above: w rows×cols, x n×cols, out n×out_cols, bias rows.
-            return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode) };
+            // SAFETY: sizes checked above: w rows×cols, x n×cols, out n×out_cols,
+            // bias rows, norm weights cols.
+            return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode, norm) };
+        }
+        if norm.is_some() {
+            return Err(CudaError::Invalid { op: op.into(), message: "a fused norm needs ≤ 8 tokens".into() });
         }
         if mode == GemvMode::SwiGlu {
             return Err(CudaError::Invalid {
@@ -399,8 +410,10 @@ impl Backend for CudaBackend {
         }
         let kv_dtype = kv_dtype.unwrap_or(DType::F16);
         let flash = kv_dtype == DType::F16 && self.gpu.flash_supported(&self.dims);
+        let decode = kv_dtype == DType::F16 && self.gpu.decode_supported(&self.dims);
         let blocks: Vec<&[u64]> = batch.iter().map(|s| s.cache.blocks()).collect();
-        let plan = StepPlan::build(layout, ids, &blocks, flash, &self.dims, self.gpu.info().multiprocessors);
+        let sms = self.gpu.info().multiprocessors;
+        let plan = StepPlan::build(layout, ids, &blocks, flash, decode, &self.dims, sms);
         let mut st = lock(&self.step);
         let st = &mut *st;
         let mut upload = || -> Result<(), CudaError> {
@@ -527,19 +540,59 @@ impl Backend for CudaBackend {
     }
 
     fn linear(&self, w: &CudaMatrix, bias: Option<&CudaVector>, x: &CudaActivations, out: &mut CudaActivations) {
-        self.run("linear", || self.product("linear", w, bias, x, out, GemvMode::Store));
+        self.run("linear", || self.product("linear", w, bias, x, out, GemvMode::Store, None));
     }
 
     fn linear_add(&self, w: &CudaMatrix, x: &CudaActivations, acc: &mut CudaActivations, _tmp: &mut CudaActivations) {
-        self.run("linear_add", || self.product("linear_add", w, None, x, acc, GemvMode::Accumulate));
+        self.run("linear_add", || self.product("linear_add", w, None, x, acc, GemvMode::Accumulate, None));
     }
 
     fn linear_swiglu(&self, w: &CudaMatrix, x: &CudaActivations, tmp: &mut CudaActivations, out: &mut CudaActivations) {
         if x.rows <= GEMV_MAX_TOKENS {
-            self.run("linear_swiglu", || self.product("linear_swiglu", w, None, x, out, GemvMode::SwiGlu));
+            self.run("linear_swiglu", || self.product("linear_swiglu", w, None, x, out, GemvMode::SwiGlu, None));
         } else {
             self.linear(w, None, x, tmp);
             self.swiglu(tmp, out);
+        }
+    }
+
+    fn rms_norm_linear(
+        &self,
+        x: &CudaActivations,
+        norm: &CudaVector,
+        eps: f32,
+        normed: &mut CudaActivations,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        out: &mut CudaActivations,
+    ) {
+        if x.rows <= GEMV_MAX_TOKENS {
+            self.run("rms_norm_linear", || {
+                self.product("rms_norm_linear", w, bias, x, out, GemvMode::Store, Some((norm, eps)))
+            });
+        } else {
+            self.rms_norm(x, norm, eps, normed);
+            self.linear(w, bias, normed, out);
+        }
+    }
+
+    fn rms_norm_linear_swiglu(
+        &self,
+        x: &CudaActivations,
+        norm: &CudaVector,
+        eps: f32,
+        normed: &mut CudaActivations,
+        w: &CudaMatrix,
+        tmp: &mut CudaActivations,
+        out: &mut CudaActivations,
+    ) {
+        if x.rows <= GEMV_MAX_TOKENS {
+            self.run("rms_norm_linear_swiglu", || {
+                self.product("rms_norm_linear_swiglu", w, None, x, out, GemvMode::SwiGlu, Some((norm, eps)))
+            });
+        } else {
+            self.rms_norm(x, norm, eps, normed);
+            self.linear_swiglu(w, normed, tmp, out);
         }
     }
 
@@ -635,23 +688,44 @@ impl Backend for CudaBackend {
                 if let Some(split) = plan.split {
                     let part_o = st.part_o.as_ref().map_or(0, device_ptr);
                     let part_ml = st.part_ml.as_ref().map_or(0, device_ptr);
-                    self.gpu.attention_split(
-                        kv,
-                        qp,
-                        width,
-                        op,
-                        at(plan.off_work()),
-                        plan.n_work,
-                        at(plan.off_positions()),
-                        at(plan.off_seq()),
-                        table,
-                        plan.max_blocks,
-                        dims,
-                        layer,
-                        split,
-                        part_o,
-                        part_ml,
-                    )?;
+                    let (work, pos, seqs) = (at(plan.off_work()), at(plan.off_positions()), at(plan.off_seq()));
+                    let max_blocks = plan.max_blocks;
+                    if plan.decode_kernel {
+                        self.gpu.attention_decode(
+                            qp,
+                            width,
+                            op,
+                            work,
+                            plan.n_work,
+                            pos,
+                            seqs,
+                            table,
+                            max_blocks,
+                            dims,
+                            layer,
+                            split,
+                            part_o,
+                            part_ml,
+                        )?;
+                    } else {
+                        self.gpu.attention_split(
+                            kv,
+                            qp,
+                            width,
+                            op,
+                            work,
+                            plan.n_work,
+                            pos,
+                            seqs,
+                            table,
+                            max_blocks,
+                            dims,
+                            layer,
+                            split,
+                            part_o,
+                            part_ml,
+                        )?;
+                    }
                 }
             }
             Ok(())

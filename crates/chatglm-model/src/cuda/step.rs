@@ -24,6 +24,8 @@ pub(crate) struct StepPlan {
     pub table: Vec<u64>,
     pub max_blocks: usize,
     pub split: Option<SplitPlan>,
+    /// Whether the split work runs on the decode kernel (head size 128, f16).
+    pub decode_kernel: bool,
 }
 
 impl StepPlan {
@@ -47,6 +49,7 @@ impl StepPlan {
         ids: &[u32],
         blocks: &[&[u64]],
         flash: bool,
+        decode_kernel: bool,
         dims: &AttentionDims,
         multiprocessors: usize,
     ) -> Self {
@@ -82,8 +85,14 @@ impl StepPlan {
         for (s, b) in blocks.iter().enumerate() {
             table[s * max_blocks..s * max_blocks + b.len()].copy_from_slice(b);
         }
-        let split = (n_work > 0).then(|| SplitPlan::for_step(dims, n_work, max_ctx, multiprocessors));
-        Self { meta, n_tokens: n, n_work, n_tiles, table, max_blocks, split }
+        let split = (n_work > 0).then(|| {
+            if decode_kernel {
+                SplitPlan::for_decode(dims, n_work, max_ctx, multiprocessors)
+            } else {
+                SplitPlan::for_step(dims, n_work, max_ctx, multiprocessors)
+            }
+        });
+        Self { meta, n_tokens: n, n_work, n_tiles, table, max_blocks, split, decode_kernel }
     }
 }
 
@@ -116,7 +125,7 @@ mod tests {
         let (l, ids) = layout(&[(500, 1), (7, 150)]);
         let b0: Vec<u64> = (0..8).map(|i| 0x1000 + i).collect();
         let b1: Vec<u64> = (0..3).map(|i| 0x2000 + i).collect();
-        let p = StepPlan::build(&l, &ids, &[&b0, &b1], true, &dims(), 132);
+        let p = StepPlan::build(&l, &ids, &[&b0, &b1], true, true, &dims(), 132);
         assert_eq!(p.n_tokens, 151);
         assert_eq!(p.n_work, 1);
         assert_eq!(&p.meta[p.off_work()..p.off_work() + 1], &[0]);
@@ -135,7 +144,7 @@ mod tests {
     fn without_flash_every_token_is_split_work() {
         let (l, ids) = layout(&[(0, 40), (3, 2)]);
         let b: Vec<u64> = vec![1];
-        let p = StepPlan::build(&l, &ids, &[&b, &b], false, &dims(), 132);
+        let p = StepPlan::build(&l, &ids, &[&b, &b], false, false, &dims(), 132);
         assert_eq!((p.n_work, p.n_tiles), (42, 0));
         assert_eq!(p.meta.len(), 3 * 42 + 42);
     }
