@@ -8,7 +8,8 @@
 #                             suite (golden data and CPU-reference comparisons), then the
 #                             benchmarks; writes logs and a summary to $OUT (else device-bin/report).
 #
-# Environment for `device`: BENCH=0 skips the benchmarks, TESTS=0 the tests; CUDA libraries are
+# Environment for `device`: BENCH=0 skips the benchmarks (BENCH_QUICK=1 runs only the f16 one),
+# TESTS=0 the tests, PROFILE=1 adds per-kernel times from ncu; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -93,6 +94,7 @@ PY
         echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
     }
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
+    [ "${BENCH_QUICK:-0}" != 0 ] && { echo "report in $out"; return; }
     run_bench bf16 $b --dtype bf16 --prompt-len 2048 --gen-len 64 --repeat 2
     run_bench prefill8k $b --dtype f16 --prompt-len 8192 --gen-len 4
     run_bench prefill32k $b --dtype f16 --prompt-len 32760 --gen-len 4

@@ -236,7 +236,6 @@ impl Gpu {
             cols.is_multiple_of(per_vec) && w.is_multiple_of(16) && x.is_multiple_of(16) && nw.is_multiple_of(16);
         let warps = match mode {
             GemvMode::SwiGlu => half,
-            _ if vector => rows.div_ceil(2),
             _ => rows,
         };
         let blocks = check_i32("gemv", "blocks", warps.div_ceil(4))? as u32;

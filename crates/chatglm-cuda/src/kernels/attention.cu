@@ -306,15 +306,24 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
             s[h] = p;
             acc[h][0] *= alpha; acc[h][1] *= alpha; acc[h][2] *= alpha; acc[h][3] *= alpha;
         }
-        for (int j = 0; j < n_valid; j++) {
-            const uint2 vv = *(const uint2*)(vbase + (long)j * DEC_D + lane * 4);
-            const float v0 = f16_to_f32((u16)(vv.x & 0xffffu)), v1 = f16_to_f32((u16)(vv.x >> 16));
-            const float v2 = f16_to_f32((u16)(vv.y & 0xffffu)), v3 = f16_to_f32((u16)(vv.y >> 16));
+        // Values 16 keys at a time, all requested before the first is used.
+        for (int j0 = 0; j0 < n_valid; j0 += 16) {
+            uint2 vv[16];
 #pragma unroll
-            for (int h = 0; h < HG; h++) {
-                const float p = __shfl_sync(0xffffffffu, s[h], j);
-                acc[h][0] = fmaf(p, v0, acc[h][0]); acc[h][1] = fmaf(p, v1, acc[h][1]);
-                acc[h][2] = fmaf(p, v2, acc[h][2]); acc[h][3] = fmaf(p, v3, acc[h][3]);
+            for (int i = 0; i < 16; i++)
+                if (j0 + i < n_valid) vv[i] = *(const uint2*)(vbase + (long)(j0 + i) * DEC_D + lane * 4);
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                if (j0 + i < n_valid) {
+                    const float v0 = f16_to_f32((u16)(vv[i].x & 0xffffu)), v1 = f16_to_f32((u16)(vv[i].x >> 16));
+                    const float v2 = f16_to_f32((u16)(vv[i].y & 0xffffu)), v3 = f16_to_f32((u16)(vv[i].y >> 16));
+#pragma unroll
+                    for (int h = 0; h < HG; h++) {
+                        const float p = __shfl_sync(0xffffffffu, s[h], j0 + i);
+                        acc[h][0] = fmaf(p, v0, acc[h][0]); acc[h][1] = fmaf(p, v1, acc[h][1]);
+                        acc[h][2] = fmaf(p, v2, acc[h][2]); acc[h][3] = fmaf(p, v3, acc[h][3]);
+                    }
+                }
             }
         }
     }

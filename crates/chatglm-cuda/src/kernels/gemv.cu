@@ -1,14 +1,14 @@
 // Matrix-vector products for decode (1 to 8 tokens): out = x · wᵀ.
 //
 // Batch-1 decode is a pure weight stream (11.95 GB per token for ChatGLM2-6B
-// in f16), so the kernel exists to keep enough bytes in flight: one warp owns
-// two weight rows, each lane issues 16-byte streaming loads of both rows,
-// UNROLL deep, before the first use. x (f32, at most 8 rows of `cols`) is
-// small and stays in L1/L2; the weights bypass L1.
+// in f16), so the kernel exists to keep enough bytes in flight: each lane
+// issues four 16-byte streaming loads and requests the next four before
+// using the current ones. x (f32, at most 8 rows of `cols`) is small and
+// stays in L1/L2; the weights bypass L1.
 //
 // Launch: blockDim = 128 (4 warps: small blocks even out the load over the
-// SMs); gridDim = ceil(warps / 4) where warps =
-// ceil(out_rows / 2) (MODE 0, 1) or half_rows (MODE 2).
+// SMs); gridDim = ceil(warps / 4), warps = out_rows (MODE 0, 1) or
+// half_rows (MODE 2).
 // With `nw` (non-null), x is first RMS-normalised per token with weights nw
 // (the RMSNorm before the product, fused): each block computes the token's
 // 1/rms itself (x is small and in L2), the norm weights are folded into the
@@ -20,7 +20,6 @@
 // Needs cols % (16 / sizeof(weight)) == 0 and 16-byte aligned rows (checked
 // on the host); gemv_scalar handles any shape.
 
-#define GEMV_UNROLL 4
 
 __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
 
@@ -42,95 +41,109 @@ __device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, int c
     __syncthreads();
 }
 
+template <int T, int NT, int R, int U>
+__device__ __forceinline__ void gemv_load(const char* const* p, int base, int lane, int nvec, uint4 (*wv)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int v = base + u * WARP + lane;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (v < nvec) wv[r][u] = ld_stream(p[r] + (long)v * 16);
+    }
+}
+
 template <int T, int NT, int MODE>
 __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const float* __restrict__ x,
                                           const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int cols, int half_rows,
                                           const float* __restrict__ nw, float eps) {
+    // One weight row per warp (two for SwiGLU: gate and up), 4 loads of 16
+    // bytes per lane per batch, double-buffered: the next batch is requested
+    // before the current one is used. 64 registers (launch bounds) let 8
+    // blocks share an SM, so a 4096-row matrix runs in one wave.
+    constexpr int R = MODE == 2 ? 2 : 1;
+    constexpr int U = 4 / R;
+    constexpr int V = Vec16<T>::N;
     __shared__ float inv_s[NT];
-    if (nw) block_inv_rms<NT>(x, cols, eps, inv_s);
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
-    const int V = Vec16<T>::N;
-    const int row_bytes = cols * (T == 0 ? 4 : 2);
-    int ra, rb;
-    bool has_b = true;
-    if (MODE == 2) {
-        if (warp >= half_rows) return;
-        ra = warp;
-        rb = warp + half_rows;
-    } else {
-        ra = 2 * warp;
-        if (ra >= out_rows) return;
-        rb = ra + 1;
-        if (rb >= out_rows) { rb = ra; has_b = false; }
-    }
-    const char* pa = (const char*)w + (long)ra * row_bytes;
-    const char* pb = (const char*)w + (long)rb * row_bytes;
+    const long row_bytes = (long)cols * (T == 0 ? 4 : 2);
+    const bool active = MODE == 2 ? warp < half_rows : warp < out_rows;
+    const int r0 = active ? warp : 0;
+    const char* p[R];
+    p[0] = (const char*)w + r0 * row_bytes;
+    if (R == 2) p[R - 1] = (const char*)w + (long)(r0 + half_rows) * row_bytes;
     const int nvec = cols / V;
-    float acc_a[NT], acc_b[NT];
-#pragma unroll
-    for (int t = 0; t < NT; t++) { acc_a[t] = 0.f; acc_b[t] = 0.f; }
+    const int step = WARP * U;
 
-    for (int base = 0; base < nvec; base += WARP * GEMV_UNROLL) {
-        uint4 wa[GEMV_UNROLL], wb[GEMV_UNROLL];
+    uint4 cur[R][U], nxt[R][U];
+    if (active) gemv_load<T, NT, R, U>(p, 0, lane, nvec, cur);
+    // The norm's reduction overlaps the first loads (every thread takes part:
+    // it synchronises the block).
+    if (nw) block_inv_rms<NT>(x, cols, eps, inv_s);
+    if (!active) return;
+
+    float acc[R][NT];
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[r][t] = 0.f;
+
+    for (int base = 0; base < nvec; base += step) {
+        if (base + step < nvec) gemv_load<T, NT, R, U>(p, base + step, lane, nvec, nxt);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
             const int v = base + u * WARP + lane;
             if (v < nvec) {
-                wa[u] = ld_stream(pa + (long)v * 16);
-                wb[u] = ld_stream(pb + (long)v * 16);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int v = base + u * WARP + lane;
-            if (v < nvec) {
-                float fa[V], fb[V];
-                Vec16<T>::unpack(wa[u], fa);
-                Vec16<T>::unpack(wb[u], fb);
+                float nwv[V];
                 if (nw) {
                     const float4* np = (const float4*)(nw + (long)v * V);
 #pragma unroll
                     for (int q = 0; q < V / 4; q++) {
                         const float4 g = np[q];
-                        fa[4 * q] *= g.x; fa[4 * q + 1] *= g.y; fa[4 * q + 2] *= g.z; fa[4 * q + 3] *= g.w;
-                        fb[4 * q] *= g.x; fb[4 * q + 1] *= g.y; fb[4 * q + 2] *= g.z; fb[4 * q + 3] *= g.w;
+                        nwv[4 * q] = g.x; nwv[4 * q + 1] = g.y; nwv[4 * q + 2] = g.z; nwv[4 * q + 3] = g.w;
                     }
                 }
 #pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    const float4* xp = (const float4*)(x + (long)t * cols + (long)v * V);
+                for (int r = 0; r < R; r++) {
+                    float f[V];
+                    Vec16<T>::unpack(cur[r][u], f);
+                    if (nw) {
 #pragma unroll
-                    for (int q = 0; q < V / 4; q++) {
-                        const float4 xv = xp[q];
-                        acc_a[t] = fmaf(fa[4 * q + 0], xv.x, acc_a[t]);
-                        acc_a[t] = fmaf(fa[4 * q + 1], xv.y, acc_a[t]);
-                        acc_a[t] = fmaf(fa[4 * q + 2], xv.z, acc_a[t]);
-                        acc_a[t] = fmaf(fa[4 * q + 3], xv.w, acc_a[t]);
-                        acc_b[t] = fmaf(fb[4 * q + 0], xv.x, acc_b[t]);
-                        acc_b[t] = fmaf(fb[4 * q + 1], xv.y, acc_b[t]);
-                        acc_b[t] = fmaf(fb[4 * q + 2], xv.z, acc_b[t]);
-                        acc_b[t] = fmaf(fb[4 * q + 3], xv.w, acc_b[t]);
+                        for (int i = 0; i < V; i++) f[i] *= nwv[i];
+                    }
+#pragma unroll
+                    for (int t = 0; t < NT; t++) {
+                        const float4* xp = (const float4*)(x + (long)t * cols + (long)v * V);
+#pragma unroll
+                        for (int q = 0; q < V / 4; q++) {
+                            const float4 xv = xp[q];
+                            acc[r][t] = fmaf(f[4 * q + 0], xv.x, acc[r][t]);
+                            acc[r][t] = fmaf(f[4 * q + 1], xv.y, acc[r][t]);
+                            acc[r][t] = fmaf(f[4 * q + 2], xv.z, acc[r][t]);
+                            acc[r][t] = fmaf(f[4 * q + 3], xv.w, acc[r][t]);
+                        }
                     }
                 }
             }
         }
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int u = 0; u < U; u++) cur[r][u] = nxt[r][u];
     }
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        float a = warp_sum(acc_a[t]);
-        float b = warp_sum(acc_b[t]);
+        float a = warp_sum(acc[0][t]);
+        float b = warp_sum(acc[R - 1][t]);
         if (nw) { a *= inv_s[t]; b *= inv_s[t]; }
         if (lane == 0) {
             if (MODE == 0) {
-                out[(long)t * out_rows + ra] = a + (bias ? bias[ra] : 0.f);
-                if (has_b) out[(long)t * out_rows + rb] = b + (bias ? bias[rb] : 0.f);
+                out[(long)t * out_rows + r0] = a + (bias ? bias[r0] : 0.f);
             } else if (MODE == 1) {
-                out[(long)t * out_rows + ra] += a;
-                if (has_b) out[(long)t * out_rows + rb] += b;
+                out[(long)t * out_rows + r0] += a;
             } else {
-                out[(long)t * half_rows + ra] = silu(a) * b;
+                out[(long)t * half_rows + r0] = silu(a) * b;
             }
         }
     }
@@ -172,7 +185,7 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
 }
 
 #define GEMV_KERNEL(T, NT, MODE)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128)                                               \
+    extern "C" __global__ void __launch_bounds__(128, ((NT) <= 2 ? 8 : 4))                          \
         gemv_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,     \
                                  int out_rows, int cols, int half_rows, const float* nw, float eps) {\
         gemv_body<T, NT, MODE>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);                \
