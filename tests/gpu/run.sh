@@ -94,10 +94,11 @@ PY
         echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
     }
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
-    [ "${BENCH_QUICK:-0}" != 0 ] && { echo "report in $out"; return; }
-    run_bench bf16 $b --dtype bf16 --prompt-len 2048 --gen-len 64 --repeat 2
-    run_bench prefill8k $b --dtype f16 --prompt-len 8192 --gen-len 4
-    run_bench prefill32k $b --dtype f16 --prompt-len 32760 --gen-len 4
+    if [ "${BENCH_QUICK:-0}" = 0 ]; then
+      run_bench bf16 $b --dtype bf16 --prompt-len 2048 --gen-len 64 --repeat 2
+      run_bench prefill8k $b --dtype f16 --prompt-len 8192 --gen-len 4
+      run_bench prefill32k $b --dtype f16 --prompt-len 32760 --gen-len 4
+    fi
   fi
   if [ "${PROFILE:-0}" != 0 ]; then
     # Per-kernel device time of one prefill and a few decode steps (ncu reads
