@@ -130,6 +130,14 @@ for k, v in sorted(t.items(), key=lambda kv: -kv[1])[:25]:
     print(f"{k[:48]:48s} {n[k]:6d} {v:9.3f} {100*v/total:6.1f} {b[k]/(v/1e3)/1e9 if v else 0:8.1f}")
 print(f"total kernel time {total:.3f} ms over {sum(n.values())} launches")
 PY
+      if [ -n "${PROFILE_DETAIL:-}" ]; then
+        # Hardware counters of a few kernels matching PROFILE_DETAIL (a regex).
+        "$ncu" --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
+          --section WarpStateStats -k "regex:${PROFILE_DETAIL}" --launch-skip 40 --launch-count 4 \
+          "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 --prompt-len 16 --gen-len 8 \
+          >"$out/ncu-detail.txt" 2>&1 || true
+        grep -E "^  [a-z_0-9]+|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Warp Cycles Per Issued" "$out/ncu-detail.txt" | head -80 | tee -a "$summary"
+      fi
     else
       echo "ncu not found" | tee -a "$summary"
     fi

@@ -405,10 +405,11 @@ impl Gpu {
     /// Decode attention (head size 128, f16 cache) for the `work` tokens at
     /// `work_tokens`: one warp per 32 keys, the group's heads sharing each
     /// key. Splits as [`Gpu::attention_split`], with `split.chunk` a multiple
-    /// of 128.
+    /// of 128; the last split of each (token, group) merges them.
     ///
     /// # Safety
-    /// As [`Gpu::attention_split`].
+    /// As [`Gpu::attention_split`], plus `counters`: work·groups zeroed i32
+    /// (left zeroed) when n_splits > 1.
     pub unsafe fn attention_decode(
         &self,
         qkv: u64,
@@ -425,6 +426,7 @@ impl Gpu {
         split: SplitPlan,
         part_o: u64,
         part_ml: u64,
+        counters: u64,
     ) -> Result<(), CudaError> {
         if work == 0 {
             return Ok(());
@@ -445,13 +447,9 @@ impl Gpu {
         let mut a = self.stream().launch_builder(f);
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
         a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&ints[6]);
-        a.arg(&scale).arg(&part_o).arg(&part_ml);
+        a.arg(&scale).arg(&part_o).arg(&part_ml).arg(&counters);
         let grid = (shape.n_groups as u32, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
-        self.launch(a, &name, cfg(grid, 128, 0))?;
-        if split.n_splits > 1 {
-            self.combine(out, out_width, work_tokens, work, part_o, part_ml, shape, split)?;
-        }
-        Ok(())
+        self.launch(a, &name, cfg(grid, 128, 0))
     }
 
     unsafe fn combine(

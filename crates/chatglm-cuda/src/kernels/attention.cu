@@ -235,7 +235,9 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 //
 // Launch: grid = (n_groups, work tokens, n_splits), block = 128; `chunk` is a
 // multiple of 128 and block_tokens a multiple of 32 (a 32-key slice never
-// crosses a cache block). Partials as attn_split (merged by attn_combine).
+// crosses a cache block). With several splits, partials as attn_split; the
+// last block of a (token, group) to finish merges them (`counters`: one int
+// per (token, group), zero before the launch and left zero after it).
 #define DEC_D 128
 
 template <int HG>
@@ -243,8 +245,9 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
                                                  const int* work_tokens, const int* positions,
                                                  const int* seq_of_token, const u64* block_table, int max_blocks,
                                                  int n_groups, int layer, int block_tokens, int chunk, float scale,
-                                                 float* part_o, float* part_ml) {
+                                                 float* part_o, float* part_ml, int* counters) {
     __shared__ __align__(16) float qs[HG * DEC_D];
+    __shared__ int is_last;
     __shared__ float red_m[4][HG], red_l[4][HG];
     __shared__ __align__(16) float red_o[4][HG * DEC_D];
     const int g = blockIdx.x, wt = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
@@ -357,6 +360,35 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
             }
         }
     }
+    if (n_splits == 1) return;
+    // The last split to finish merges all of them (in split order, so the
+    // result does not depend on which block was last), then re-arms the
+    // counter for the next launch.
+    __threadfence();
+    __syncthreads();
+    int* counter = counters + (long)wt * n_groups + g;
+    if (tid == 0) is_last = atomicAdd(counter, 1) == n_splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const volatile float* po = part_o;
+    const volatile float* pml = part_ml;
+    const long base = ((long)wt * n_groups + g) * n_splits;
+    for (int i = tid; i < HG * DEC_D; i += 128) {
+        const int h = i / DEC_D, d = i % DEC_D;
+        float M = -INFINITY;
+        for (int k = 0; k < n_splits; k++) M = fmaxf(M, pml[(base + k) * 2 * HG + h]);
+        float L = 0.f, O = 0.f;
+        for (int k = 0; k < n_splits; k++) {
+            const float mk = pml[(base + k) * 2 * HG + h];
+            if (mk == -INFINITY) continue;  // an empty split
+            const float f = expf(mk - M);
+            L += pml[(base + k) * 2 * HG + HG + h] * f;
+            O += po[((base + k) * HG + h) * DEC_D + d] * f;
+        }
+        out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O / L;
+    }
+    if (tid == 0) *counter = 0;
 }
 
 #define ATTN_DECODE(HG)                                                                                         \
@@ -364,9 +396,10 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         attn_decode_##HG(const float* qkv, int width, float* out, int out_width, const int* work_tokens,        \
                          const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks, \
                          int n_groups, int layer, int block_tokens, int chunk, float scale, float* part_o,      \
-                         float* part_ml) {                                                                      \
+                         float* part_ml, int* counters) {                                                       \
         attn_decode_body<HG>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table,     \
-                             max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml);         \
+                             max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml,          \
+                             counters);                                                                         \
     }
 ATTN_DECODE(1)
 ATTN_DECODE(2)

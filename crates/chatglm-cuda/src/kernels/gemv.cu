@@ -10,8 +10,8 @@
 // SMs); gridDim = ceil(warps / 4), warps = out_rows (MODE 0, 1) or
 // half_rows (MODE 2).
 // With `nw` (non-null), x is first RMS-normalised per token with weights nw
-// (the RMSNorm before the product, fused): each block computes the token's
-// 1/rms itself (x is small and in L2), the norm weights are folded into the
+// (the RMSNorm before the product, fused): each warp sums the squares of x
+// from the loads it makes anyway, the norm weights are folded into the
 // weights as they stream, and 1/rms scales the finished dot product.
 // MODE 0: out[t, r] = x[t]·w[r] + bias[r] (bias may be null).
 // MODE 1: out[t, r] += x[t]·w[r] (the residual add, fused).
@@ -22,24 +22,6 @@
 
 
 __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
-
-// 1/rms of each of the NT rows of x, computed by the whole block (every
-// thread must call it: it synchronises).
-template <int NT>
-__device__ __forceinline__ void block_inv_rms(const float* __restrict__ x, int cols, float eps, float* inv_s) {
-    const int lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
-    for (int t = threadIdx.x >> 5; t < NT; t += nwarps) {
-        const float4* xr = (const float4*)(x + (long)t * cols);
-        float ss = 0.f;
-        for (int c = lane; c < cols / 4; c += WARP) {
-            const float4 v = xr[c];
-            ss = fmaf(v.x, v.x, ss); ss = fmaf(v.y, v.y, ss); ss = fmaf(v.z, v.z, ss); ss = fmaf(v.w, v.w, ss);
-        }
-        ss = warp_sum(ss);
-        if (lane == 0) inv_s[t] = 1.0f / sqrtf(ss / (float)cols + eps);
-    }
-    __syncthreads();
-}
 
 template <int T, int NT, int R, int U>
 __device__ __forceinline__ void gemv_load(const char* const* p, int base, int lane, int nvec, uint4 (*wv)[U]) {
@@ -64,7 +46,6 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     constexpr int R = MODE == 2 ? 2 : 1;
     constexpr int U = 4 / R;
     constexpr int V = Vec16<T>::N;
-    __shared__ float inv_s[NT];
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     const long row_bytes = (long)cols * (T == 0 ? 4 : 2);
@@ -77,17 +58,19 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     const int step = WARP * U;
 
     uint4 cur[R][U], nxt[R][U];
-    if (active) gemv_load<T, NT, R, U>(p, 0, lane, nvec, cur);
-    // The norm's reduction overlaps the first loads (every thread takes part:
-    // it synchronises the block).
-    if (nw) block_inv_rms<NT>(x, cols, eps, inv_s);
     if (!active) return;
+    gemv_load<T, NT, R, U>(p, 0, lane, nvec, cur);
 
-    float acc[R][NT];
+    // With a norm, the sum of squares of x accumulates from the same x loads
+    // (no extra pass, no block barrier); 1/rms scales the dot products at the
+    // end, the norm weights are folded into the weights as they stream.
+    float acc[R][NT], ssq[NT];
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int t = 0; t < NT; t++) {
+        ssq[t] = 0.f;
 #pragma unroll
-        for (int t = 0; t < NT; t++) acc[r][t] = 0.f;
+        for (int r = 0; r < R; r++) acc[r][t] = 0.f;
+    }
 
     for (int base = 0; base < nvec; base += step) {
         if (base + step < nvec) gemv_load<T, NT, R, U>(p, base + step, lane, nvec, nxt);
@@ -95,33 +78,36 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
         for (int u = 0; u < U; u++) {
             const int v = base + u * WARP + lane;
             if (v < nvec) {
-                float nwv[V];
+                float f[R][V];
+#pragma unroll
+                for (int r = 0; r < R; r++) Vec16<T>::unpack(cur[r][u], f[r]);
                 if (nw) {
                     const float4* np = (const float4*)(nw + (long)v * V);
 #pragma unroll
                     for (int q = 0; q < V / 4; q++) {
                         const float4 g = np[q];
-                        nwv[4 * q] = g.x; nwv[4 * q + 1] = g.y; nwv[4 * q + 2] = g.z; nwv[4 * q + 3] = g.w;
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                            f[r][4 * q] *= g.x; f[r][4 * q + 1] *= g.y; f[r][4 * q + 2] *= g.z; f[r][4 * q + 3] *= g.w;
+                        }
                     }
                 }
 #pragma unroll
-                for (int r = 0; r < R; r++) {
-                    float f[V];
-                    Vec16<T>::unpack(cur[r][u], f);
-                    if (nw) {
+                for (int t = 0; t < NT; t++) {
+                    const float4* xp = (const float4*)(x + (long)t * cols + (long)v * V);
 #pragma unroll
-                        for (int i = 0; i < V; i++) f[i] *= nwv[i];
-                    }
+                    for (int q = 0; q < V / 4; q++) {
+                        const float4 xv = xp[q];
+                        if (nw) {
+                            ssq[t] = fmaf(xv.x, xv.x, ssq[t]); ssq[t] = fmaf(xv.y, xv.y, ssq[t]);
+                            ssq[t] = fmaf(xv.z, xv.z, ssq[t]); ssq[t] = fmaf(xv.w, xv.w, ssq[t]);
+                        }
 #pragma unroll
-                    for (int t = 0; t < NT; t++) {
-                        const float4* xp = (const float4*)(x + (long)t * cols + (long)v * V);
-#pragma unroll
-                        for (int q = 0; q < V / 4; q++) {
-                            const float4 xv = xp[q];
-                            acc[r][t] = fmaf(f[4 * q + 0], xv.x, acc[r][t]);
-                            acc[r][t] = fmaf(f[4 * q + 1], xv.y, acc[r][t]);
-                            acc[r][t] = fmaf(f[4 * q + 2], xv.z, acc[r][t]);
-                            acc[r][t] = fmaf(f[4 * q + 3], xv.w, acc[r][t]);
+                        for (int r = 0; r < R; r++) {
+                            acc[r][t] = fmaf(f[r][4 * q + 0], xv.x, acc[r][t]);
+                            acc[r][t] = fmaf(f[r][4 * q + 1], xv.y, acc[r][t]);
+                            acc[r][t] = fmaf(f[r][4 * q + 2], xv.z, acc[r][t]);
+                            acc[r][t] = fmaf(f[r][4 * q + 3], xv.w, acc[r][t]);
                         }
                     }
                 }
@@ -136,7 +122,11 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     for (int t = 0; t < NT; t++) {
         float a = warp_sum(acc[0][t]);
         float b = warp_sum(acc[R - 1][t]);
-        if (nw) { a *= inv_s[t]; b *= inv_s[t]; }
+        if (nw) {
+            const float inv = 1.0f / sqrtf(warp_sum(ssq[t]) / (float)cols + eps);
+            a *= inv;
+            b *= inv;
+        }
         if (lane == 0) {
             if (MODE == 0) {
                 out[(long)t * out_rows + r0] = a + (bias ? bias[r0] : 0.f);
