@@ -4,8 +4,7 @@ use crate::blas::Blas;
 use crate::compile::{ptx_for, SOURCES};
 use crate::CudaError;
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig,
-    ValidAsZeroBits,
+    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,6 +79,8 @@ pub struct Gpu {
     pub(crate) blas: Blas,
     kernels: HashMap<String, CudaFunction>,
     info: DeviceInfo,
+    /// Programmatic dependent launch (sm_90 and newer; `CHATGLM_CUDA_PDL=0` turns it off).
+    pdl: bool,
 }
 
 impl Gpu {
@@ -144,7 +145,8 @@ impl Gpu {
             }
         }
         let blas = Blas::new(&stream)?;
-        Ok(Arc::new(Self { ctx, stream, blas, kernels, info }))
+        let pdl = cc.0 >= 9 && std::env::var("CHATGLM_CUDA_PDL").map_or(true, |v| v != "0");
+        Ok(Arc::new(Self { ctx, stream, blas, kernels, info, pdl }))
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -239,16 +241,48 @@ impl Gpu {
         self.stream.synchronize().map_err(|e| CudaError::call("cuStreamSynchronize", e))
     }
 
-    pub(crate) fn launch(&self, mut args: LaunchArgs<'_>, kernel: &str, cfg: LaunchConfig) -> Result<(), CudaError> {
-        // SAFETY: callers check every pointer and size argument against the
-        // buffers they describe before building `args`.
-        unsafe { args.launch(cfg) }.map(|_| ()).map_err(|e| CudaError::Launch {
+    /// Launches `f` on the stream, with programmatic dependent launch where
+    /// the device has it (every kernel of this crate waits for its
+    /// predecessor's results with `griddepcontrol.wait`).
+    pub(crate) fn launch(
+        &self,
+        f: &CudaFunction,
+        mut args: Args,
+        kernel: &str,
+        cfg: LaunchConfig,
+    ) -> Result<(), CudaError> {
+        let fail = |message: String| CudaError::Launch {
             kernel: kernel.into(),
             grid: cfg.grid_dim,
             block: cfg.block_dim.0,
             shared_bytes: cfg.shared_mem_bytes,
-            message: format!("{e:?}"),
-        })
+            message,
+        };
+        self.bind().map_err(|e| fail(e.to_string()))?;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
+        };
+        let mut params = args.pointers();
+        // SAFETY: callers check every pointer and size argument against the
+        // buffers they describe before building `args`; `params` points into
+        // `args`, which outlives the call; the attribute outlives the call.
+        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
+            .map_err(|e| fail(format!("{e:?}")))
     }
 }
 
@@ -292,3 +326,54 @@ fn nvrtc_version() -> String {
         "unknown".into()
     }
 }
+
+/// Kernel arguments, each held in an 8-byte slot (pointers, i64, and 4-byte
+/// i32/f32 in the low bytes: the driver copies each parameter's size from
+/// its slot, and this is little-endian x86-64/aarch64).
+#[derive(Default)]
+pub(crate) struct Args {
+    slots: Vec<u64>,
+}
+
+/// A value that can be a kernel argument.
+pub(crate) trait ArgValue {
+    fn slot(&self) -> u64;
+}
+
+impl ArgValue for u64 {
+    fn slot(&self) -> u64 {
+        *self
+    }
+}
+
+impl ArgValue for i64 {
+    fn slot(&self) -> u64 {
+        *self as u64
+    }
+}
+
+impl ArgValue for i32 {
+    fn slot(&self) -> u64 {
+        *self as u32 as u64
+    }
+}
+
+impl ArgValue for f32 {
+    fn slot(&self) -> u64 {
+        self.to_bits() as u64
+    }
+}
+
+impl Args {
+    pub(crate) fn arg(&mut self, v: &impl ArgValue) -> &mut Self {
+        self.slots.push(v.slot());
+        self
+    }
+
+    fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
+        self.slots.iter_mut().map(|s| (s as *mut u64).cast()).collect()
+    }
+}
+
+#[cfg(target_endian = "big")]
+compile_error!("kernel argument slots assume a little-endian host");

@@ -3,8 +3,9 @@
 //! vouches for the sizes of the buffers behind them. What can be checked here
 //! (shapes, launch limits) is checked before the launch.
 
+use crate::device::Args;
 use crate::{CudaError, Gpu};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::LaunchConfig;
 
 /// Weight and conversion element types (codes shared with the kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub const GEMV_MAX_TOKENS: usize = 8;
 /// Head size of the decode attention kernel, and the keys a warp takes at once.
 pub const DECODE_HEAD_DIM: usize = 128;
 pub const DECODE_SLICE_TOKENS: usize = 128;
+/// Query heads of one KV group a decode-attention block takes.
+pub const DECODE_HEADS_PER_BLOCK: usize = 4;
 
 /// Cached tokens per KV block: the flash kernel's key tile.
 pub const FLASH_HEAD_DIM: usize = 128;
@@ -92,9 +95,9 @@ impl Gpu {
             return Ok(());
         }
         let f = self.kernel(&name)?;
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows);
-        self.launch(a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, 0))
+        self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, 0))
     }
 
     /// Row-wise RMSNorm of `rows × cols` f32.
@@ -115,9 +118,9 @@ impl Gpu {
             return Ok(());
         }
         let f = self.kernel("rms_norm")?;
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&x).arg(&w).arg(&out).arg(&cols).arg(&eps);
-        self.launch(a, "rms_norm", cfg((check_i32("rms_norm", "rows", rows)? as u32, 1, 1), 256, 0))
+        self.launch(f, a, "rms_norm", cfg((check_i32("rms_norm", "rows", rows)? as u32, 1, 1), 256, 0))
     }
 
     /// `x += y` over `n` f32.
@@ -127,9 +130,9 @@ impl Gpu {
     pub unsafe fn add(&self, x: u64, y: u64, n: usize) -> Result<(), CudaError> {
         let f = self.kernel("add_inplace")?;
         let n64 = n as i64;
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&x).arg(&y).arg(&n64);
-        self.launch(a, "add_inplace", cfg((grid_for(n, 1024), 1, 1), 256, 0))
+        self.launch(f, a, "add_inplace", cfg((grid_for(n, 1024), 1, 1), 256, 0))
     }
 
     /// `x[r, c] += b[c]`.
@@ -139,9 +142,9 @@ impl Gpu {
     pub unsafe fn add_bias(&self, x: u64, b: u64, rows: usize, cols: usize) -> Result<(), CudaError> {
         let f = self.kernel("add_bias")?;
         let (rows64, cols32) = (rows as i64, check_i32("add_bias", "cols", cols)?);
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&x).arg(&b).arg(&rows64).arg(&cols32);
-        self.launch(a, "add_bias", cfg((grid_for(rows * cols, 1024), 1, 1), 256, 0))
+        self.launch(f, a, "add_bias", cfg((grid_for(rows * cols, 1024), 1, 1), 256, 0))
     }
 
     /// `out[r, c] = silu(x[r, c]) · x[r, ffn + c]`.
@@ -151,9 +154,9 @@ impl Gpu {
     pub unsafe fn swiglu(&self, x: u64, out: u64, rows: usize, ffn: usize) -> Result<(), CudaError> {
         let f = self.kernel("swiglu")?;
         let (rows64, ffn32) = (rows as i64, check_i32("swiglu", "ffn", ffn)?);
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&x).arg(&out).arg(&rows64).arg(&ffn32);
-        self.launch(a, "swiglu", cfg((grid_for(rows * ffn, 1024), 1, 1), 256, 0))
+        self.launch(f, a, "swiglu", cfg((grid_for(rows * ffn, 1024), 1, 1), 256, 0))
     }
 
     /// `out[i] = x[rows[i]]`.
@@ -166,9 +169,9 @@ impl Gpu {
         }
         let f = self.kernel("gather_rows")?;
         let cols32 = check_i32("gather_rows", "cols", cols)?;
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&x).arg(&rows).arg(&out).arg(&cols32);
-        self.launch(a, "gather_rows", cfg((check_i32("gather_rows", "rows", n)? as u32, 1, 1), 256, 0))
+        self.launch(f, a, "gather_rows", cfg((check_i32("gather_rows", "rows", n)? as u32, 1, 1), 256, 0))
     }
 
     /// Converts `n` f32 to f16 or bf16.
@@ -183,9 +186,9 @@ impl Gpu {
         };
         let f = self.kernel(name)?;
         let n64 = n as i64;
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&x).arg(&out).arg(&n64);
-        self.launch(a, name, cfg((grid_for(n, 1024), 1, 1), 256, 0))
+        self.launch(f, a, name, cfg((grid_for(n, 1024), 1, 1), 256, 0))
     }
 
     /// Fills `n` elements with values uniform in ±`amp` from `seed`.
@@ -196,9 +199,9 @@ impl Gpu {
         let name = format!("fill_random_{}", dtype.code());
         let f = self.kernel(&name)?;
         let n64 = n as i64;
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&p).arg(&n64).arg(&seed).arg(&amp);
-        self.launch(a, &name, cfg((grid_for(n, 4096), 1, 1), 256, 0))
+        self.launch(f, a, &name, cfg((grid_for(n, 4096), 1, 1), 256, 0))
     }
 
     /// Mat-vec for 1..=8 tokens: `x` (n × cols f32) against `w` (rows × cols).
@@ -246,17 +249,17 @@ impl Gpu {
         if vector {
             let name = format!("gemv_{}_{}_{}", dtype.code(), n, mode as usize);
             let f = self.kernel(&name)?;
-            let mut a = self.stream().launch_builder(f);
+            let mut a = Args::default();
             a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32).arg(&nw).arg(&eps);
-            self.launch(a, &name, launch_cfg)
+            self.launch(f, a, &name, launch_cfg)
         } else {
             let name = format!("gemv_scalar_{}_{}", dtype.code(), mode as usize);
             let f = self.kernel(&name)?;
             let n32 = n as i32;
-            let mut a = self.stream().launch_builder(f);
+            let mut a = Args::default();
             a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&n32).arg(&rows32).arg(&cols32).arg(&half32);
             a.arg(&nw).arg(&eps);
-            self.launch(a, &name, launch_cfg)
+            self.launch(f, a, &name, launch_cfg)
         }
     }
 
@@ -317,10 +320,10 @@ impl Gpu {
         let args =
             [width, max_blocks, n_pairs, shape.n_heads, shape.n_groups, shape.head_dim, layer, shape.block_tokens]
                 .map(|v| v as i32);
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&qkv).arg(&args[0]).arg(&positions).arg(&seq_of_token).arg(&block_table).arg(&args[1]);
         a.arg(&inv_freq).arg(&args[2]).arg(&args[3]).arg(&args[4]).arg(&args[5]).arg(&args[6]).arg(&args[7]);
-        self.launch(a, name, cfg((check_i32(name, "tokens", n)? as u32, 1, 1), 128, 0))
+        self.launch(f, a, name, cfg((check_i32(name, "tokens", n)? as u32, 1, 1), 128, 0))
     }
 
     /// Split-context attention for the `work` tokens listed at `work_tokens`.
@@ -380,12 +383,12 @@ impl Gpu {
         ]
         .map(|v| v as i32);
         let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
         a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&ints[6]).arg(&ints[7]);
         a.arg(&ints[8]).arg(&ints[9]).arg(&scale).arg(&part_o).arg(&part_ml);
         let grid = (shape.n_groups as u32, check_i32(name, "tokens", work)? as u32, split.n_splits as u32);
-        self.launch(a, name, cfg(grid, 128, smem as u32))?;
+        self.launch(f, a, name, cfg(grid, 128, smem as u32))?;
         if split.n_splits > 1 {
             self.combine(out, out_width, work_tokens, work, part_o, part_ml, shape, split)?;
         }
@@ -405,11 +408,10 @@ impl Gpu {
     /// Decode attention (head size 128, f16 cache) for the `work` tokens at
     /// `work_tokens`: one warp per 32 keys, the group's heads sharing each
     /// key. Splits as [`Gpu::attention_split`], with `split.chunk` a multiple
-    /// of 128; the last split of each (token, group) merges them.
+    /// of 128.
     ///
     /// # Safety
-    /// As [`Gpu::attention_split`], plus `counters`: work·groups zeroed i32
-    /// (left zeroed) when n_splits > 1.
+    /// As [`Gpu::attention_split`].
     pub unsafe fn attention_decode(
         &self,
         qkv: u64,
@@ -426,7 +428,6 @@ impl Gpu {
         split: SplitPlan,
         part_o: u64,
         part_ml: u64,
-        counters: u64,
     ) -> Result<(), CudaError> {
         if work == 0 {
             return Ok(());
@@ -444,12 +445,18 @@ impl Gpu {
         let ints =
             [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens, split.chunk].map(|v| v as i32);
         let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
         a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&ints[6]);
-        a.arg(&scale).arg(&part_o).arg(&part_ml).arg(&counters);
-        let grid = (shape.n_groups as u32, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
-        self.launch(a, &name, cfg(grid, 128, 0))
+        a.arg(&scale).arg(&part_o).arg(&part_ml);
+        let blocks_per_group = (hg / hg.min(DECODE_HEADS_PER_BLOCK)) as u32;
+        let grid =
+            (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
+        self.launch(f, a, &name, cfg(grid, 128, 0))?;
+        if split.n_splits > 1 {
+            self.combine(out, out_width, work_tokens, work, part_o, part_ml, shape, split)?;
+        }
+        Ok(())
     }
 
     unsafe fn combine(
@@ -465,11 +472,11 @@ impl Gpu {
     ) -> Result<(), CudaError> {
         let f = self.kernel("attn_combine")?;
         let ints = [out_width, shape.n_heads, shape.n_groups, shape.head_dim, split.n_splits].map(|v| v as i32);
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&out).arg(&ints[0]).arg(&work_tokens).arg(&part_o).arg(&part_ml);
         a.arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]);
         let grid = (work as u32, shape.n_heads as u32, 1);
-        self.launch(a, "attn_combine", cfg(grid, shape.head_dim as u32, 0))
+        self.launch(f, a, "attn_combine", cfg(grid, shape.head_dim as u32, 0))
     }
 
     /// Whether [`Gpu::attention_flash`] can run `shape` here.
@@ -509,11 +516,11 @@ impl Gpu {
         let out_width = shape.n_heads * shape.head_dim;
         let ints = [width, out_width, max_blocks, shape.n_heads, shape.n_groups, layer].map(|v| v as i32);
         let q_scale = std::f32::consts::LOG2_E / (shape.head_dim as f32).sqrt();
-        let mut a = self.stream().launch_builder(f);
+        let mut a = Args::default();
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&tiles).arg(&block_table).arg(&ints[2]);
         a.arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&q_scale);
         let grid = (check_i32("attn_flash_f16", "tiles", n_tiles)? as u32, shape.n_heads as u32, 1);
-        self.launch(a, "attn_flash_f16", cfg(grid, 128, 0))
+        self.launch(f, a, "attn_flash_f16", cfg(grid, 128, 0))
     }
 }
 
@@ -590,7 +597,8 @@ impl SplitPlan {
     pub fn for_decode(shape: &AttentionDims, work: usize, max_ctx: usize, multiprocessors: usize) -> Self {
         let unit = DECODE_SLICE_TOKENS;
         let slices = max_ctx.div_ceil(unit).max(1);
-        let base_blocks = (work * shape.n_groups).max(1);
+        let hg = shape.n_heads / shape.n_groups.max(1);
+        let base_blocks = (work * shape.n_groups * hg.div_ceil(DECODE_HEADS_PER_BLOCK)).max(1);
         let wanted = (2 * multiprocessors).div_ceil(base_blocks).max(1);
         let n_splits = wanted.min(slices).max(1);
         let chunk = slices.div_ceil(n_splits) * unit;

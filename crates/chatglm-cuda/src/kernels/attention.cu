@@ -15,6 +15,8 @@ __device__ __forceinline__ void rope_kv_body(float* qkv, int width, const int* p
                                              const u64* block_table, int max_blocks, const float* inv_freq,
                                              int n_pairs, int n_heads, int n_groups, int head_dim, int layer,
                                              int block_tokens) {
+    pdl_launch_dependents();
+    pdl_wait();
     typedef typename Elem<KV>::storage S;
     const int t = blockIdx.x;
     float* row = qkv + (long)t * width;
@@ -77,6 +79,8 @@ __device__ __forceinline__ void attn_split_body(const float* qkv, int width, flo
                                                 const int* seq_of_token, const u64* block_table, int max_blocks,
                                                 int n_heads, int n_groups, int D, int layer, int block_tokens,
                                                 int TK, int chunk, float scale, float* part_o, float* part_ml) {
+    pdl_launch_dependents();
+    pdl_wait();
     typedef typename Elem<KV>::storage S;
     extern __shared__ float4 smem4[];
     float* smem = (float*)smem4;
@@ -209,6 +213,8 @@ ATTN_SPLIT(1)
 // Merges the splits of attn_split: grid = (work tokens, n_heads), block = D.
 extern "C" __global__ void attn_combine(float* out, int out_width, const int* work_tokens, const float* part_o,
                                         const float* part_ml, int n_heads, int n_groups, int D, int n_splits) {
+    pdl_launch_dependents();
+    pdl_wait();
     const int wt = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const int HG = n_heads / n_groups, g = h / HG, hh = h % HG;
     const long base = ((long)wt * n_groups + g) * n_splits;
@@ -227,40 +233,45 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 
 // Decode attention for head size 128 over an f16 cache: each warp takes 32
 // keys at a time, one per lane, so a key row is read by one lane (16 loads of
-// 16 bytes, all in flight) and dotted with the HG query heads of its group
-// held in shared memory; softmax runs across the lanes; for P·V each lane
-// owns 4 of the 128 dimensions and the probabilities come by shuffle. No
-// shared-memory barriers inside the loop. The 4 warps of a block take
-// interleaved 32-key slices of the block's split and merge at the end.
+// 16 bytes, all in flight) and dotted with the block's query heads held in
+// shared memory; softmax runs across the lanes; for P·V each lane owns 4 of
+// the 128 dimensions and the probabilities come by shuffle. No barriers
+// inside the loop. A block takes HB (≤ 4) of the group's HG heads, so the
+// group's heads share each key through L1/L2 while a block's serial work
+// stays short; the 4 warps take interleaved 32-key slices of the block's
+// split and merge at the end.
 //
-// Launch: grid = (n_groups, work tokens, n_splits), block = 128; `chunk` is a
-// multiple of 128 and block_tokens a multiple of 32 (a 32-key slice never
-// crosses a cache block). With several splits, partials as attn_split; the
-// last block of a (token, group) to finish merges them (`counters`: one int
-// per (token, group), zero before the launch and left zero after it).
+// Launch: grid = (n_groups · HG/HB, work tokens, n_splits), block = 128;
+// `chunk` is a multiple of 128 and block_tokens a multiple of 32 (a 32-key
+// slice never crosses a cache block). Several splits leave partials as
+// attn_split does, merged by attn_combine.
 #define DEC_D 128
 
-template <int HG>
+template <int HG, int HB>
 __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, float* out, int out_width,
                                                  const int* work_tokens, const int* positions,
                                                  const int* seq_of_token, const u64* block_table, int max_blocks,
                                                  int n_groups, int layer, int block_tokens, int chunk, float scale,
-                                                 float* part_o, float* part_ml, int* counters) {
-    __shared__ __align__(16) float qs[HG * DEC_D];
-    __shared__ int is_last;
-    __shared__ float red_m[4][HG], red_l[4][HG];
-    __shared__ __align__(16) float red_o[4][HG * DEC_D];
-    const int g = blockIdx.x, wt = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
+                                                 float* part_o, float* part_ml) {
+    __shared__ __align__(16) float qs[HB * DEC_D];
+    __shared__ float red_m[4][HB], red_l[4][HB];
+    __shared__ __align__(16) float red_o[4][HB * DEC_D];
+    pdl_launch_dependents();
+    pdl_wait();
+    constexpr int NSUB = HG / HB;
+    const int g = blockIdx.x / NSUB, h0 = (blockIdx.x % NSUB) * HB;
+    const int wt = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
     const int t = work_tokens[wt];
     const int ctx = positions[t] + 1;
     const int seq = seq_of_token[t];
-    for (int i = tid; i < HG * DEC_D; i += 128) qs[i] = qkv[(long)t * width + (long)g * HG * DEC_D + i] * scale;
+    for (int i = tid; i < HB * DEC_D; i += 128)
+        qs[i] = qkv[(long)t * width + (long)(g * HG + h0) * DEC_D + i] * scale;
     __syncthreads();
 
-    float m[HG], l[HG], acc[HG][4];
+    float m[HB], l[HB], acc[HB][4];
 #pragma unroll
-    for (int h = 0; h < HG; h++) {
+    for (int h = 0; h < HB; h++) {
         m[h] = -INFINITY;
         l[h] = 0.f;
         acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0.f;
@@ -275,9 +286,9 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         const u16* vbase = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + (long)tok0 * DEC_D;
         const int n_valid = min(32, k_end - kb);
         const bool valid = lane < n_valid;
-        float s[HG];
+        float s[HB];
 #pragma unroll
-        for (int h = 0; h < HG; h++) s[h] = 0.f;
+        for (int h = 0; h < HB; h++) s[h] = 0.f;
         if (valid) {
             const uint4* kr = (const uint4*)(kbase + (long)lane * DEC_D);
             uint4 kv[16];
@@ -288,7 +299,7 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
                 float kf[8];
                 Vec16<1>::unpack(kv[c], kf);
 #pragma unroll
-                for (int h = 0; h < HG; h++) {
+                for (int h = 0; h < HB; h++) {
                     const float4 q0 = *(const float4*)&qs[h * DEC_D + c * 8];
                     const float4 q1 = *(const float4*)&qs[h * DEC_D + c * 8 + 4];
                     s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
@@ -299,7 +310,7 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
             }
         }
 #pragma unroll
-        for (int h = 0; h < HG; h++) {
+        for (int h = 0; h < HB; h++) {
             const float sv = valid ? s[h] : -INFINITY;
             const float m_new = fmaxf(m[h], warp_max(sv));
             const float p = valid ? expf(sv - m_new) : 0.f;
@@ -321,7 +332,7 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
                     const float v0 = f16_to_f32((u16)(vv[i].x & 0xffffu)), v1 = f16_to_f32((u16)(vv[i].x >> 16));
                     const float v2 = f16_to_f32((u16)(vv[i].y & 0xffffu)), v3 = f16_to_f32((u16)(vv[i].y >> 16));
 #pragma unroll
-                    for (int h = 0; h < HG; h++) {
+                    for (int h = 0; h < HB; h++) {
                         const float p = __shfl_sync(0xffffffffu, s[h], j0 + i);
                         acc[h][0] = fmaf(p, v0, acc[h][0]); acc[h][1] = fmaf(p, v1, acc[h][1]);
                         acc[h][2] = fmaf(p, v2, acc[h][2]); acc[h][3] = fmaf(p, v3, acc[h][3]);
@@ -331,23 +342,23 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         }
     }
 #pragma unroll
-    for (int h = 0; h < HG; h++) {
+    for (int h = 0; h < HB; h++) {
         if (lane == 0) { red_m[w][h] = m[h]; red_l[w][h] = l[h]; }
         *(float4*)&red_o[w][h * DEC_D + lane * 4] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
     }
     __syncthreads();
     const long part = ((long)wt * n_groups + g) * n_splits + split;
-    for (int i = tid; i < HG * DEC_D; i += 128) {
-        const int h = i / DEC_D, d = i % DEC_D;
+    for (int i = tid; i < HB * DEC_D; i += 128) {
+        const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
         float M = -INFINITY;
 #pragma unroll
-        for (int k = 0; k < 4; k++) M = fmaxf(M, red_m[k][h]);
+        for (int k = 0; k < 4; k++) M = fmaxf(M, red_m[k][hh]);
         float L = 0.f, O = 0.f;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            if (red_m[k][h] == -INFINITY) continue;  // a warp with no keys
-            const float f = expf(red_m[k][h] - M);
-            L += red_l[k][h] * f;
+            if (red_m[k][hh] == -INFINITY) continue;  // a warp with no keys
+            const float f = expf(red_m[k][hh] - M);
+            L += red_l[k][hh] * f;
             O += red_o[k][i] * f;
         }
         if (n_splits == 1) {
@@ -360,49 +371,19 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
             }
         }
     }
-    if (n_splits == 1) return;
-    // The last split to finish merges all of them (in split order, so the
-    // result does not depend on which block was last), then re-arms the
-    // counter for the next launch.
-    __threadfence();
-    __syncthreads();
-    int* counter = counters + (long)wt * n_groups + g;
-    if (tid == 0) is_last = atomicAdd(counter, 1) == n_splits - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    const volatile float* po = part_o;
-    const volatile float* pml = part_ml;
-    const long base = ((long)wt * n_groups + g) * n_splits;
-    for (int i = tid; i < HG * DEC_D; i += 128) {
-        const int h = i / DEC_D, d = i % DEC_D;
-        float M = -INFINITY;
-        for (int k = 0; k < n_splits; k++) M = fmaxf(M, pml[(base + k) * 2 * HG + h]);
-        float L = 0.f, O = 0.f;
-        for (int k = 0; k < n_splits; k++) {
-            const float mk = pml[(base + k) * 2 * HG + h];
-            if (mk == -INFINITY) continue;  // an empty split
-            const float f = expf(mk - M);
-            L += pml[(base + k) * 2 * HG + HG + h] * f;
-            O += po[((base + k) * HG + h) * DEC_D + d] * f;
-        }
-        out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O / L;
-    }
-    if (tid == 0) *counter = 0;
 }
 
-#define ATTN_DECODE(HG)                                                                                         \
+#define ATTN_DECODE(HG, HB)                                                                                     \
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         attn_decode_##HG(const float* qkv, int width, float* out, int out_width, const int* work_tokens,        \
                          const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks, \
                          int n_groups, int layer, int block_tokens, int chunk, float scale, float* part_o,      \
-                         float* part_ml, int* counters) {                                                       \
-        attn_decode_body<HG>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table,     \
-                             max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml,          \
-                             counters);                                                                         \
+                         float* part_ml) {                                                                      \
+        attn_decode_body<HG, HB>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table, \
+                                 max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml);     \
     }
-ATTN_DECODE(1)
-ATTN_DECODE(2)
-ATTN_DECODE(4)
-ATTN_DECODE(8)
-ATTN_DECODE(16)
+ATTN_DECODE(1, 1)
+ATTN_DECODE(2, 2)
+ATTN_DECODE(4, 4)
+ATTN_DECODE(8, 4)
+ATTN_DECODE(16, 4)

@@ -106,3 +106,20 @@ template <> struct Vec16<2> {
         }
     }
 };
+
+// Programmatic dependent launch (sm_90): a kernel lets the next one in the
+// stream start as soon as all of its blocks are running, and waits for the
+// previous one's results only where it first reads them. A mat-vec can then
+// stream its weights while the kernel before it drains. Without the launch
+// attribute (or before sm_90) both are no-ops.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}

@@ -3,6 +3,8 @@
 
 template <int T>
 __device__ __forceinline__ void embed_body(const void* table_, const int* ids, float* out, int cols, int table_rows) {
+    pdl_launch_dependents();
+    pdl_wait();
     typedef typename Elem<T>::storage S;
     const S* table = (const S*)table_;
     const int row = blockIdx.x;
@@ -22,6 +24,8 @@ extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, in
 // grid = rows, block = 256. Mean square in f32 over a tree (the CPU reference
 // sums in f64; the two agree to ~1e-7 relative).
 extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, float* out, int cols, float eps) {
+    pdl_launch_dependents();
+    pdl_wait();
     __shared__ float partial[8];
     const int row = blockIdx.x;
     const float* xr = x + (long)row * cols;
@@ -42,17 +46,23 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const
 
 // x += y over n values. grid-stride.
 extern "C" __global__ void add_inplace(float* x, const float* y, long n) {
+    pdl_launch_dependents();
+    pdl_wait();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += y[i];
 }
 
 // x[r, c] += b[c].
 extern "C" __global__ void add_bias(float* x, const float* b, long rows, int cols) {
+    pdl_launch_dependents();
+    pdl_wait();
     const long n = rows * cols;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += b[i % cols];
 }
 
 // out[r, c] = silu(x[r, c]) * x[r, ffn + c].
 extern "C" __global__ void swiglu(const float* x, float* out, long rows, int ffn) {
+    pdl_launch_dependents();
+    pdl_wait();
     const long n = rows * ffn;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         const long r = i / ffn;
@@ -64,15 +74,21 @@ extern "C" __global__ void swiglu(const float* x, float* out, long rows, int ffn
 
 // out[i, :] = x[rows[i], :]. grid = picked rows, block = 256.
 extern "C" __global__ void gather_rows(const float* x, const int* rows, float* out, int cols) {
+    pdl_launch_dependents();
+    pdl_wait();
     const long src = rows[blockIdx.x];
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)blockIdx.x * cols + c] = x[src * cols + c];
 }
 
 // f32 → f16 / bf16 (inputs of the half-precision matrix products).
 extern "C" __global__ void to_f16(const float* x, u16* out, long n) {
+    pdl_launch_dependents();
+    pdl_wait();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = f32_to_f16(x[i]);
 }
 extern "C" __global__ void to_bf16(const float* x, u16* out, long n) {
+    pdl_launch_dependents();
+    pdl_wait();
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = f32_to_bf16(x[i]);
 }
 
@@ -88,6 +104,8 @@ __device__ __forceinline__ float hash_uniform(u64 seed, long i) {
 
 template <int T>
 __device__ __forceinline__ void fill_random_body(void* p, long n, u64 seed, float amp) {
+    pdl_launch_dependents();
+    pdl_wait();
     typedef typename Elem<T>::storage S;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         Elem<T>::store((S*)p, i, 2.0f * amp * hash_uniform(seed, i));

@@ -34,6 +34,8 @@ __device__ __forceinline__ u32 pack_f16(float lo, float hi) {
 extern "C" __global__ void __launch_bounds__(128)
     attn_flash_f16(const float* qkv, int width, float* out, int out_width, const int* tiles,
                    const u64* block_table, int max_blocks, int n_heads, int n_groups, int layer, float q_scale) {
+    pdl_launch_dependents();
+    pdl_wait();
     __shared__ __align__(16) u16 Ks[FTK * KS_STRIDE];
     __shared__ __align__(16) u16 Vt[FD * VT_STRIDE];
     const int tile = blockIdx.x, h = blockIdx.y;

@@ -58,8 +58,12 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     const int step = WARP * U;
 
     uint4 cur[R][U], nxt[R][U];
+    pdl_launch_dependents();
     if (!active) return;
+    // Weights do not depend on the kernel before: stream the first batch
+    // before waiting for it to finish writing x.
     gemv_load<T, NT, R, U>(p, 0, lane, nvec, cur);
+    pdl_wait();
 
     // With a norm, the sum of squares of x accumulates from the same x loads
     // (no extra pass, no block barrier); 1/rms scales the dot products at the
@@ -145,6 +149,8 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
                                                  const float* __restrict__ bias, float* __restrict__ out,
                                                  int n_tokens, int out_rows, int cols, int half_rows,
                                                  const float* __restrict__ nw, float eps) {
+    pdl_launch_dependents();
+    pdl_wait();
     typedef typename Elem<T>::storage S;
     const S* w = (const S*)w_;
     const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;

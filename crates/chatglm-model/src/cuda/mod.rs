@@ -69,8 +69,6 @@ struct StepBuffers {
     /// Activations converted to the weights' 16-bit type for cuBLAS.
     half_x: Option<CudaSlice<u16>>,
     gather: Option<CudaSlice<i32>>,
-    /// Split counters of the decode attention (zero between launches).
-    counters: Option<CudaSlice<i32>>,
     kv_dtype: Option<DType>,
 }
 
@@ -427,11 +425,6 @@ impl Backend for CudaBackend {
                 let (o, ml) = split.partials(&self.dims, plan.n_work);
                 ensure(&self.gpu, &mut st.part_o, o, "attention partials")?;
                 ensure(&self.gpu, &mut st.part_ml, ml, "attention partials")?;
-                let n = plan.n_work * self.dims.n_groups;
-                if st.counters.as_ref().is_none_or(|c| c.len() < n) {
-                    st.counters = None;
-                    st.counters = Some(self.gpu.alloc_zeros::<i32>(n.max(64), "attention split counters")?);
-                }
             }
             Ok(())
         };
@@ -698,7 +691,6 @@ impl Backend for CudaBackend {
                     let (work, pos, seqs) = (at(plan.off_work()), at(plan.off_positions()), at(plan.off_seq()));
                     let max_blocks = plan.max_blocks;
                     if plan.decode_kernel {
-                        let counters = st.counters.as_ref().map_or(0, device_ptr);
                         self.gpu.attention_decode(
                             qp,
                             width,
@@ -714,7 +706,6 @@ impl Backend for CudaBackend {
                             split,
                             part_o,
                             part_ml,
-                            counters,
                         )?;
                     } else {
                         self.gpu.attention_split(
