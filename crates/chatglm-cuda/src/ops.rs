@@ -237,11 +237,20 @@ impl Gpu {
         let per_vec = 16 / dtype.size();
         let vector =
             cols.is_multiple_of(per_vec) && w.is_multiple_of(16) && x.is_multiple_of(16) && nw.is_multiple_of(16);
-        let warps = match mode {
-            GemvMode::SwiGlu => half,
-            _ => rows,
+        let blocks = if vector {
+            match mode {
+                GemvMode::SwiGlu => half.div_ceil(2),
+                _ => rows.div_ceil(4),
+            }
+        } else {
+            // The scalar kernel: one warp per output row, 4 warps per block.
+            match mode {
+                GemvMode::SwiGlu => half,
+                _ => rows,
+            }
+            .div_ceil(4)
         };
-        let blocks = check_i32("gemv", "blocks", warps.div_ceil(4))? as u32;
+        let blocks = check_i32("gemv", "blocks", blocks)? as u32;
         if blocks == 0 {
             return Ok(());
         }

@@ -1,18 +1,20 @@
 // Matrix-vector products for decode (1 to 8 tokens): out = x · wᵀ.
 //
 // Batch-1 decode is a pure weight stream (11.95 GB per token for ChatGLM2-6B
-// in f16), so the kernel exists to keep enough bytes in flight: each lane
-// issues four 16-byte streaming loads and requests the next four before
-// using the current ones. x (f32, at most 8 rows of `cols`) is small and
-// stays in L1/L2; the weights bypass L1.
+// in f16), so the kernel exists to have every block's bytes requested at
+// once and to keep blocks short (a kernel's last wave and first bytes are
+// what a small matrix loses). A block of 4 warps owns 4 weight rows and
+// splits their columns between its warps (each warp a 512-byte-interleaved
+// quarter); a lane requests 2 vectors of all 4 rows per batch, and the next
+// batch before using the current one, so a 4096-wide f16 row is one round
+// trip. Partial sums meet in shared memory.
 //
-// Launch: blockDim = 128 (4 warps: small blocks even out the load over the
-// SMs); gridDim = ceil(warps / 4), warps = out_rows (MODE 0, 1) or
-// half_rows (MODE 2).
+// Launch: blockDim = 128; gridDim = ceil(out_rows / 4) (MODE 0, 1) or
+// ceil(half_rows / 2) (MODE 2: rows r, r+1 and their half_rows partners).
 // With `nw` (non-null), x is first RMS-normalised per token with weights nw
-// (the RMSNorm before the product, fused): each warp sums the squares of x
-// from the loads it makes anyway, the norm weights are folded into the
-// weights as they stream, and 1/rms scales the finished dot product.
+// (the RMSNorm before the product, fused): the sums of squares come from the
+// x loads the product makes anyway, the norm weights are folded into the
+// weights as they stream, and 1/rms scales the finished dot products.
 // MODE 0: out[t, r] = x[t]·w[r] + bias[r] (bias may be null).
 // MODE 1: out[t, r] += x[t]·w[r] (the residual add, fused).
 // MODE 2: SwiGLU fused: out[t, r] = silu(x[t]·w[r]) · (x[t]·w[r + half_rows]),
@@ -20,17 +22,19 @@
 // Needs cols % (16 / sizeof(weight)) == 0 and 16-byte aligned rows (checked
 // on the host); gemv_scalar handles any shape.
 
+#define GEMV_ROWS 4
+#define GEMV_U 2
 
 __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
 
-template <int T, int NT, int R, int U>
-__device__ __forceinline__ void gemv_load(const char* const* p, int base, int lane, int nvec, uint4 (*wv)[U]) {
+__device__ __forceinline__ void gemv_load(const char* const* p, const bool* ok, int base, int nvec,
+                                          uint4 (*wv)[GEMV_U]) {
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int v = base + u * WARP + lane;
+    for (int u = 0; u < GEMV_U; u++) {
+        const int v = base + u * 128;
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            if (v < nvec) wv[r][u] = ld_stream(p[r] + (long)v * 16);
+        for (int r = 0; r < GEMV_ROWS; r++)
+            if (v < nvec && ok[r]) wv[r][u] = ld_stream(p[r] + (long)v * 16);
     }
 }
 
@@ -39,107 +43,118 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
                                           const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int cols, int half_rows,
                                           const float* __restrict__ nw, float eps) {
-    // One weight row per warp (two for SwiGLU: gate and up), 4 loads of 16
-    // bytes per lane per batch, double-buffered: the next batch is requested
-    // before the current one is used. 64 registers (launch bounds) let 8
-    // blocks share an SM, so a 4096-row matrix runs in one wave.
-    constexpr int R = MODE == 2 ? 2 : 1;
-    constexpr int U = 4 / R;
     constexpr int V = Vec16<T>::N;
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int lane = threadIdx.x & 31;
+    __shared__ float red[4][GEMV_ROWS + 1][NT];
+    const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long row_bytes = (long)cols * (T == 0 ? 4 : 2);
-    const bool active = MODE == 2 ? warp < half_rows : warp < out_rows;
-    const int r0 = active ? warp : 0;
-    const char* p[R];
-    p[0] = (const char*)w + r0 * row_bytes;
-    if (R == 2) p[R - 1] = (const char*)w + (long)(r0 + half_rows) * row_bytes;
+    // The block's weight rows and which of them exist.
+    int row[GEMV_ROWS];
+    bool ok[GEMV_ROWS];
+    if (MODE == 2) {
+        const int q0 = blockIdx.x * 2;
+        row[0] = q0; row[1] = q0 + 1; row[2] = q0 + half_rows; row[3] = q0 + 1 + half_rows;
+        ok[0] = ok[2] = q0 < half_rows;
+        ok[1] = ok[3] = q0 + 1 < half_rows;
+    } else {
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            row[r] = blockIdx.x * GEMV_ROWS + r;
+            ok[r] = row[r] < out_rows;
+        }
+    }
+    const char* p[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) p[r] = (const char*)w + (ok[r] ? row[r] : 0) * row_bytes;
     const int nvec = cols / V;
-    const int step = WARP * U;
+    const int first = wid * 32 + lane;  // this lane's first vector; then every 128
 
-    uint4 cur[R][U], nxt[R][U];
+    uint4 cur[GEMV_ROWS][GEMV_U], nxt[GEMV_ROWS][GEMV_U];
     pdl_launch_dependents();
-    if (!active) return;
-    // Weights do not depend on the kernel before: stream the first batch
-    // before waiting for it to finish writing x.
-    gemv_load<T, NT, R, U>(p, 0, lane, nvec, cur);
+    // Weights do not depend on the kernel before: request them before
+    // waiting for it to finish writing x.
+    gemv_load(p, ok, first, nvec, cur);
     pdl_wait();
 
-    // With a norm, the sum of squares of x accumulates from the same x loads
-    // (no extra pass, no block barrier); 1/rms scales the dot products at the
-    // end, the norm weights are folded into the weights as they stream.
-    float acc[R][NT], ssq[NT];
+    float acc[GEMV_ROWS][NT], ssq[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         ssq[t] = 0.f;
 #pragma unroll
-        for (int r = 0; r < R; r++) acc[r][t] = 0.f;
+        for (int r = 0; r < GEMV_ROWS; r++) acc[r][t] = 0.f;
     }
-
-    for (int base = 0; base < nvec; base += step) {
-        if (base + step < nvec) gemv_load<T, NT, R, U>(p, base + step, lane, nvec, nxt);
+    for (int base = first; base < nvec; base += 128 * GEMV_U) {
+        if (base + 128 * GEMV_U < nvec) gemv_load(p, ok, base + 128 * GEMV_U, nvec, nxt);
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int v = base + u * WARP + lane;
+        for (int u = 0; u < GEMV_U; u++) {
+            const int v = base + u * 128;
             if (v < nvec) {
-                float f[R][V];
-#pragma unroll
-                for (int r = 0; r < R; r++) Vec16<T>::unpack(cur[r][u], f[r]);
+                float g[V];
                 if (nw) {
                     const float4* np = (const float4*)(nw + (long)v * V);
 #pragma unroll
                     for (int q = 0; q < V / 4; q++) {
-                        const float4 g = np[q];
-#pragma unroll
-                        for (int r = 0; r < R; r++) {
-                            f[r][4 * q] *= g.x; f[r][4 * q + 1] *= g.y; f[r][4 * q + 2] *= g.z; f[r][4 * q + 3] *= g.w;
-                        }
+                        const float4 n4 = np[q];
+                        g[4 * q] = n4.x; g[4 * q + 1] = n4.y; g[4 * q + 2] = n4.z; g[4 * q + 3] = n4.w;
                     }
                 }
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
+                    float xs[V];
                     const float4* xp = (const float4*)(x + (long)t * cols + (long)v * V);
 #pragma unroll
                     for (int q = 0; q < V / 4; q++) {
                         const float4 xv = xp[q];
-                        if (nw) {
-                            ssq[t] = fmaf(xv.x, xv.x, ssq[t]); ssq[t] = fmaf(xv.y, xv.y, ssq[t]);
-                            ssq[t] = fmaf(xv.z, xv.z, ssq[t]); ssq[t] = fmaf(xv.w, xv.w, ssq[t]);
-                        }
+                        xs[4 * q] = xv.x; xs[4 * q + 1] = xv.y; xs[4 * q + 2] = xv.z; xs[4 * q + 3] = xv.w;
+                    }
+                    if (nw) {
 #pragma unroll
-                        for (int r = 0; r < R; r++) {
-                            acc[r][t] = fmaf(f[r][4 * q + 0], xv.x, acc[r][t]);
-                            acc[r][t] = fmaf(f[r][4 * q + 1], xv.y, acc[r][t]);
-                            acc[r][t] = fmaf(f[r][4 * q + 2], xv.z, acc[r][t]);
-                            acc[r][t] = fmaf(f[r][4 * q + 3], xv.w, acc[r][t]);
+                        for (int i = 0; i < V; i++) {
+                            ssq[t] = fmaf(xs[i], xs[i], ssq[t]);
+                            xs[i] *= g[i];
                         }
+                    }
+#pragma unroll
+                    for (int r = 0; r < GEMV_ROWS; r++) {
+                        float f[V];
+                        Vec16<T>::unpack(cur[r][u], f);
+#pragma unroll
+                        for (int i = 0; i < V; i++) acc[r][t] = fmaf(f[i], xs[i], acc[r][t]);
                     }
                 }
             }
         }
 #pragma unroll
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < GEMV_ROWS; r++)
 #pragma unroll
-            for (int u = 0; u < U; u++) cur[r][u] = nxt[r][u];
+            for (int u = 0; u < GEMV_U; u++) cur[r][u] = nxt[r][u];
     }
+    // Warp sums, then the 4 warps' quarters meet in shared memory.
 #pragma unroll
     for (int t = 0; t < NT; t++) {
-        float a = warp_sum(acc[0][t]);
-        float b = warp_sum(acc[R - 1][t]);
-        if (nw) {
-            const float inv = 1.0f / sqrtf(warp_sum(ssq[t]) / (float)cols + eps);
-            a *= inv;
-            b *= inv;
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            const float a = warp_sum(acc[r][t]);
+            if (lane == 0) red[wid][r][t] = a;
         }
-        if (lane == 0) {
-            if (MODE == 0) {
-                out[(long)t * out_rows + r0] = a + (bias ? bias[r0] : 0.f);
-            } else if (MODE == 1) {
-                out[(long)t * out_rows + r0] += a;
-            } else {
-                out[(long)t * half_rows + r0] = silu(a) * b;
-            }
-        }
+        const float q = warp_sum(ssq[t]);
+        if (lane == 0) red[wid][GEMV_ROWS][t] = q;
+    }
+    __syncthreads();
+    if (threadIdx.x >= NT * (MODE == 2 ? 2 : GEMV_ROWS)) return;
+    const int t = threadIdx.x % NT;
+    const int r = threadIdx.x / NT;
+    float inv = 1.f;
+    if (nw) inv = 1.0f / sqrtf((red[0][GEMV_ROWS][t] + red[1][GEMV_ROWS][t] + red[2][GEMV_ROWS][t] +
+                                red[3][GEMV_ROWS][t]) / (float)cols + eps);
+    const float a = (red[0][r][t] + red[1][r][t] + red[2][r][t] + red[3][r][t]) * inv;
+    if (MODE == 2) {
+        if (!ok[r]) return;
+        const float b = (red[0][r + 2][t] + red[1][r + 2][t] + red[2][r + 2][t] + red[3][r + 2][t]) * inv;
+        out[(long)t * half_rows + row[r]] = silu(a) * b;
+    } else {
+        if (!ok[r]) return;
+        if (MODE == 0) out[(long)t * out_rows + row[r]] = a + (bias ? bias[row[r]] : 0.f);
+        else out[(long)t * out_rows + row[r]] += a;
     }
 }
 
@@ -181,7 +196,7 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
 }
 
 #define GEMV_KERNEL(T, NT, MODE)                                                                   \
-    extern "C" __global__ void __launch_bounds__(128, ((NT) <= 2 ? 8 : 4))                          \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,     \
                                  int out_rows, int cols, int half_rows, const float* nw, float eps) {\
         gemv_body<T, NT, MODE>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);                \
