@@ -123,6 +123,52 @@ impl Gpu {
         self.launch(f, a, "rms_norm", cfg((check_i32("rms_norm", "rows", rows)? as u32, 1, 1), 256, 0))
     }
 
+    /// RMSNorm of `rows × cols` f32 written as f16 or bf16 (`to`).
+    ///
+    /// # Safety
+    /// `x`: rows·cols f32; `w`: cols f32; `out`: rows·cols 16-bit values.
+    pub unsafe fn rms_norm_half(
+        &self,
+        x: u64,
+        w: u64,
+        out: u64,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+        to: DType,
+    ) -> Result<(), CudaError> {
+        let name = match to {
+            DType::F16 => "rms_norm_h1",
+            DType::BF16 => "rms_norm_h2",
+            DType::F32 => return self.rms_norm(x, w, out, rows, cols, eps),
+        };
+        let cols = check_i32(name, "cols", cols)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.kernel(name)?;
+        let mut a = Args::default();
+        a.arg(&x).arg(&w).arg(&out).arg(&cols).arg(&eps);
+        self.launch(f, a, name, cfg((check_i32(name, "rows", rows)? as u32, 1, 1), 256, 0))
+    }
+
+    /// SwiGLU written as f16 or bf16 (`to`): `out[r, c] = silu(x[r, c]) · x[r, ffn + c]`.
+    ///
+    /// # Safety
+    /// `x`: rows·2·ffn f32; `out`: rows·ffn 16-bit values.
+    pub unsafe fn swiglu_half(&self, x: u64, out: u64, rows: usize, ffn: usize, to: DType) -> Result<(), CudaError> {
+        let name = match to {
+            DType::F16 => "swiglu_h1",
+            DType::BF16 => "swiglu_h2",
+            DType::F32 => return self.swiglu(x, out, rows, ffn),
+        };
+        let f = self.kernel(name)?;
+        let (rows64, ffn32) = (rows as i64, check_i32(name, "ffn", ffn)?);
+        let mut a = Args::default();
+        a.arg(&x).arg(&out).arg(&rows64).arg(&ffn32);
+        self.launch(f, a, name, cfg((grid_for(rows * ffn, 1024), 1, 1), 256, 0))
+    }
+
     /// `x += y` over `n` f32.
     ///
     /// # Safety

@@ -113,3 +113,44 @@ __device__ __forceinline__ void fill_random_body(void* p, long n, u64 seed, floa
 extern "C" __global__ void fill_random_0(void* p, long n, u64 seed, float amp) { fill_random_body<0>(p, n, seed, amp); }
 extern "C" __global__ void fill_random_1(void* p, long n, u64 seed, float amp) { fill_random_body<1>(p, n, seed, amp); }
 extern "C" __global__ void fill_random_2(void* p, long n, u64 seed, float amp) { fill_random_body<2>(p, n, seed, amp); }
+
+// RMSNorm and SwiGLU writing 16-bit results (OT = 1 f16, 2 bf16): the inputs
+// of the next half-precision matrix product, without an f32 round trip.
+template <int OT>
+__device__ __forceinline__ void rms_norm_half_body(const float* x, const float* w, u16* out, int cols, float eps) {
+    pdl_launch_dependents();
+    pdl_wait();
+    __shared__ float partial[8];
+    const int row = blockIdx.x;
+    const float* xr = x + (long)row * cols;
+    float s = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) s = fmaf(xr[c], xr[c], s);
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) partial[0] = v;
+    }
+    __syncthreads();
+    const float inv = 1.0f / sqrtf(partial[0] / (float)cols + eps);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) Elem<OT>::store(out, (long)row * cols + c, w[c] * (xr[c] * inv));
+}
+extern "C" __global__ void __launch_bounds__(256) rms_norm_h1(const float* x, const float* w, u16* out, int cols, float eps) { rms_norm_half_body<1>(x, w, out, cols, eps); }
+extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, const float* w, u16* out, int cols, float eps) { rms_norm_half_body<2>(x, w, out, cols, eps); }
+
+template <int OT>
+__device__ __forceinline__ void swiglu_half_body(const float* x, u16* out, long rows, int ffn) {
+    pdl_launch_dependents();
+    pdl_wait();
+    const long n = rows * ffn;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        const long r = i / ffn;
+        const int c = (int)(i % ffn);
+        const float a = x[r * 2 * ffn + c];
+        Elem<OT>::store(out, i, a / (1.0f + expf(-a)) * x[r * 2 * ffn + ffn + c]);
+    }
+}
+extern "C" __global__ void swiglu_h1(const float* x, u16* out, long rows, int ffn) { swiglu_half_body<1>(x, out, rows, ffn); }
+extern "C" __global__ void swiglu_h2(const float* x, u16* out, long rows, int ffn) { swiglu_half_body<2>(x, out, rows, ffn); }

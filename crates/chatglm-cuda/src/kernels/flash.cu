@@ -6,10 +6,11 @@
 // One block = one 64-row query tile of one sequence × one query head; 4 warps
 // × 16 rows. Head size 128, f16 cache, 64-token cache blocks (= the key tile),
 // host-checked. Scores use mma.sync m16n8k16 (f16 in, f32 accumulate) with Q
-// pre-scaled by log2(e)/sqrt(D), so softmax runs on exp2. V is stored
-// transposed in shared memory so both products read 32-bit fragment pairs.
-// Row strides are padded (136 and 72 halves) so the fragment loads of a warp
-// hit 32 distinct banks.
+// pre-scaled by log2(e)/sqrt(D), so softmax runs on exp2. K and V tiles are
+// copied row-major into shared memory with 16-byte stores; V's fragments for
+// P·V come transposed by ldmatrix.trans. Rows are padded to 136 halves so
+// the fragment loads and ldmatrix rows of a warp hit distinct banks. Blocks
+// run the query tiles with the most keys first (causal work is uneven).
 //
 // tiles: n_tiles × 4 ints (seq, first activation row, rows in tile ≤ 64,
 // position of the first row). Keys 0..first_pos+rows are already cached.
@@ -17,7 +18,6 @@
 #define FD 128
 #define FTK 64
 #define KS_STRIDE 136
-#define VT_STRIDE 72
 
 __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
     asm volatile(
@@ -25,6 +25,14 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
         "{%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Four 8×8 b16 matrices, transposed: lanes 8i..8i+7 address the rows of matrix i.
+__device__ __forceinline__ void ldmatrix_x4_trans(u32* r, const u16* row) {
+    const u32 a = (u32)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
 }
 
 __device__ __forceinline__ u32 pack_f16(float lo, float hi) {
@@ -37,8 +45,8 @@ extern "C" __global__ void __launch_bounds__(128)
     pdl_launch_dependents();
     pdl_wait();
     __shared__ __align__(16) u16 Ks[FTK * KS_STRIDE];
-    __shared__ __align__(16) u16 Vt[FD * VT_STRIDE];
-    const int tile = blockIdx.x, h = blockIdx.y;
+    __shared__ __align__(16) u16 Vs[FTK * KS_STRIDE];
+    const int tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;
     const int seq = tiles[tile * 4], first_row = tiles[tile * 4 + 1];
     const int n_rows = tiles[tile * 4 + 2], first_pos = tiles[tile * 4 + 3];
     const int g = h / (n_heads / n_groups);
@@ -85,12 +93,7 @@ extern "C" __global__ void __launch_bounds__(128)
                 v4 = *(const uint4*)(vb + (long)j * FD + c);
             }
             *(uint4*)(Ks + j * KS_STRIDE + c) = k4;
-            const u32 vw[4] = {v4.x, v4.y, v4.z, v4.w};
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                Vt[(c + 2 * e) * VT_STRIDE + j] = (u16)(vw[e] & 0xffffu);
-                Vt[(c + 2 * e + 1) * VT_STRIDE + j] = (u16)(vw[e] >> 16);
-            }
+            *(uint4*)(Vs + j * KS_STRIDE + c) = v4;
         }
         __syncthreads();
 
@@ -158,11 +161,14 @@ extern "C" __global__ void __launch_bounds__(128)
             const u32 pa[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
                                pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
                                pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            // Matrices: keys +0..7 / +8..15 of dims 16·nd2 + 0..7, then of + 8..15.
+            const u16* vrow = Vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * KS_STRIDE + (lane >> 4) * 8;
 #pragma unroll
-            for (int nd = 0; nd < 16; nd++) {
-                const u16* vp = Vt + (nd * 8 + gr) * VT_STRIDE + kk * 16 + 2 * tq;
-                const u32 b[2] = {*(const u32*)vp, *(const u32*)(vp + 8)};
-                mma16816(o[nd], pa, b);
+            for (int nd2 = 0; nd2 < 8; nd2++) {
+                u32 b[4];
+                ldmatrix_x4_trans(b, vrow + nd2 * 16);
+                mma16816(o[2 * nd2], pa, b);
+                mma16816(o[2 * nd2 + 1], pa, b + 2);
             }
         }
     }

@@ -46,10 +46,18 @@ pub struct CudaVector {
 }
 
 /// f32 activations `(rows, cols)` in device memory; capacity only grows.
+/// Before a large half-precision product an operation may leave its result
+/// only as a 16-bit copy (`half`), which the product reads directly; any
+/// other reader of such activations gets an error, never stale values.
 pub struct CudaActivations {
     pub rows: usize,
     pub cols: usize,
     buf: Option<CudaSlice<f32>>,
+    half: Option<CudaSlice<u16>>,
+    /// The type of `half` while it holds the current values.
+    half_of: Option<DType>,
+    /// Whether `buf` holds the current values.
+    f32_ok: bool,
 }
 
 impl CudaActivations {
@@ -189,6 +197,33 @@ impl CudaBackend {
         }
     }
 
+    /// The f32 values of `a` as an input of `op`.
+    fn input(a: &CudaActivations, rows: usize, cols: usize, op: &str) -> Result<u64, CudaError> {
+        if !a.f32_ok {
+            return Err(CudaError::Invalid {
+                op: op.into(),
+                message: "its input is held only in 16-bit form (an internal sequencing error)".into(),
+            });
+        }
+        Self::check_capacity(a, rows, cols, op)
+    }
+
+    /// `a` as the f32 output of `op`.
+    fn output(a: &mut CudaActivations, rows: usize, cols: usize, op: &str) -> Result<u64, CudaError> {
+        let p = Self::check_capacity(a, rows, cols, op)?;
+        a.f32_ok = true;
+        a.half_of = None;
+        Ok(p)
+    }
+
+    /// `a`'s 16-bit copy as the output of `op` (the f32 values become stale).
+    fn half_output(&self, a: &mut CudaActivations, dtype: DType) -> Result<u64, CudaError> {
+        let p = ensure(&self.gpu, &mut a.half, a.rows * a.cols, "16-bit activations")?;
+        a.half_of = Some(dtype);
+        a.f32_ok = false;
+        Ok(p)
+    }
+
     fn check_capacity(a: &CudaActivations, rows: usize, cols: usize, op: &str) -> Result<u64, CudaError> {
         if a.capacity() < rows * cols || a.buf.is_none() {
             return Err(CudaError::Invalid {
@@ -236,8 +271,18 @@ impl CudaBackend {
             });
         }
         let out_cols = if mode == GemvMode::SwiGlu { w.rows / 2 } else { w.rows };
-        let xp = Self::check_capacity(x, n, w.cols, op)?;
-        let op_ = Self::check_capacity(out, n, out_cols, op)?;
+        // A large half-precision product takes x's 16-bit copy when it has one.
+        let half_x = (n > GEMV_MAX_TOKENS && w.dtype != DType::F32 && x.half_of == Some(w.dtype))
+            .then(|| x.half.as_ref().map(device_ptr))
+            .flatten();
+        let xp = match half_x {
+            Some(p) => p,
+            None => Self::input(x, n, w.cols, op)?,
+        };
+        if mode == GemvMode::Accumulate {
+            Self::input(out, n, out_cols, op)?;
+        }
+        let op_ = Self::output(out, n, out_cols, op)?;
         let wp = Self::matrix_ptr(w, op)?;
         let bp = match bias {
             Some(b) => Self::vector_ptr(b, w.rows, op)?,
@@ -261,7 +306,7 @@ impl CudaBackend {
                 message: "SwiGLU products of > 8 tokens go through linear".into(),
             });
         }
-        let xin = if w.dtype == DType::F32 {
+        let xin = if w.dtype == DType::F32 || half_x.is_some() {
             xp
         } else {
             let mut st = lock(&self.step);
@@ -496,12 +541,16 @@ impl Backend for CudaBackend {
     }
 
     fn new_activations(&self) -> CudaActivations {
-        CudaActivations { rows: 0, cols: 0, buf: None }
+        CudaActivations { rows: 0, cols: 0, buf: None, half: None, half_of: None, f32_ok: true }
     }
 
     fn resize(&self, a: &mut CudaActivations, rows: usize, cols: usize) {
         a.rows = rows;
         a.cols = cols;
+        // Contents are unspecified after a resize; the f32 buffer is the one
+        // an operation writes unless it says otherwise.
+        a.f32_ok = true;
+        a.half_of = None;
         if a.capacity() < rows * cols {
             a.buf = None;
             match self.gpu.alloc::<f32>(rows * cols, "activations") {
@@ -521,7 +570,7 @@ impl Backend for CudaBackend {
                 });
             }
             let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
-            let op = Self::check_capacity(out, ids.len(), table.cols, "embed")?;
+            let op = Self::output(out, ids.len(), table.cols, "embed")?;
             let tp = Self::matrix_ptr(table, "embed")?;
             // SAFETY: ids are the first n ints of meta (validated < vocab by the
             // forward pass, clamped in the kernel); out holds n×cols.
@@ -531,8 +580,8 @@ impl Backend for CudaBackend {
 
     fn rms_norm(&self, x: &CudaActivations, weight: &CudaVector, eps: f32, out: &mut CudaActivations) {
         self.run("rms_norm", || {
-            let xp = Self::check_capacity(x, x.rows, x.cols, "rms_norm")?;
-            let op = Self::check_capacity(out, x.rows, x.cols, "rms_norm")?;
+            let xp = Self::input(x, x.rows, x.cols, "rms_norm")?;
+            let op = Self::output(out, x.rows, x.cols, "rms_norm")?;
             let wp = Self::vector_ptr(weight, x.cols, "rms_norm")?;
             // SAFETY: sizes checked above.
             unsafe { self.gpu.rms_norm(xp, wp, op, x.rows, x.cols, eps) }
@@ -552,7 +601,19 @@ impl Backend for CudaBackend {
             self.run("linear_swiglu", || self.product("linear_swiglu", w, None, x, out, GemvMode::SwiGlu, None));
         } else {
             self.linear(w, None, x, tmp);
-            self.swiglu(tmp, out);
+            if w.dtype == DType::F32 {
+                self.swiglu(tmp, out);
+            } else {
+                // The activations feed the next half-precision product only.
+                self.run("swiglu", || {
+                    let ffn = out.cols;
+                    let xp = Self::input(tmp, out.rows, 2 * ffn, "swiglu")?;
+                    Self::check_capacity(out, out.rows, ffn, "swiglu")?;
+                    let hp = self.half_output(out, w.dtype)?;
+                    // SAFETY: tmp rows×2ffn f32, half rows×ffn (ensured).
+                    unsafe { self.gpu.swiglu_half(xp, hp, out.rows, ffn, w.dtype) }
+                });
+            }
         }
     }
 
@@ -570,6 +631,17 @@ impl Backend for CudaBackend {
             self.run("rms_norm_linear", || {
                 self.product("rms_norm_linear", w, bias, x, out, GemvMode::Store, Some((norm, eps)))
             });
+        } else if w.dtype != DType::F32 {
+            // The normalised rows go straight to the product's 16-bit input.
+            self.run("rms_norm_linear", || {
+                let xp = Self::input(x, x.rows, x.cols, "rms_norm")?;
+                let wp = Self::vector_ptr(norm, x.cols, "rms_norm")?;
+                Self::check_capacity(normed, x.rows, x.cols, "rms_norm")?;
+                let hp = self.half_output(normed, w.dtype)?;
+                // SAFETY: x rows×cols f32, norm cols, half rows×cols (ensured).
+                unsafe { self.gpu.rms_norm_half(xp, wp, hp, x.rows, x.cols, eps, w.dtype) }
+            });
+            self.linear(w, bias, normed, out);
         } else {
             self.rms_norm(x, norm, eps, normed);
             self.linear(w, bias, normed, out);
@@ -599,8 +671,8 @@ impl Backend for CudaBackend {
     fn add(&self, x: &mut CudaActivations, y: &CudaActivations) {
         self.run("add", || {
             let n = x.rows * x.cols;
-            let xp = Self::check_capacity(x, x.rows, x.cols, "add")?;
-            let yp = Self::check_capacity(y, x.rows, x.cols, "add")?;
+            let xp = Self::input(x, x.rows, x.cols, "add")?;
+            let yp = Self::input(y, x.rows, x.cols, "add")?;
             // SAFETY: both hold n values.
             unsafe { self.gpu.add(xp, yp, n) }
         });
@@ -609,8 +681,8 @@ impl Backend for CudaBackend {
     fn swiglu(&self, x: &CudaActivations, out: &mut CudaActivations) {
         self.run("swiglu", || {
             let ffn = out.cols;
-            let xp = Self::check_capacity(x, out.rows, 2 * ffn, "swiglu")?;
-            let op = Self::check_capacity(out, out.rows, ffn, "swiglu")?;
+            let xp = Self::input(x, out.rows, 2 * ffn, "swiglu")?;
+            let op = Self::output(out, out.rows, ffn, "swiglu")?;
             // SAFETY: sizes checked above.
             unsafe { self.gpu.swiglu(xp, op, out.rows, ffn) }
         });
@@ -649,8 +721,8 @@ impl Backend for CudaBackend {
                     message: format!("qkv is {}×{}, the step needs {n}×{width}", qkv.rows, qkv.cols),
                 });
             }
-            let qp = Self::check_capacity(qkv, n, width, "attention")?;
-            let op = Self::check_capacity(out, n, dims.n_heads * dims.head_dim, "attention")?;
+            let qp = Self::input(qkv, n, width, "attention")?;
+            let op = Self::output(out, n, dims.n_heads * dims.head_dim, "attention")?;
             let (Some(meta), Some(table), Some(kv)) = (&st.meta, &st.table, st.kv_dtype) else {
                 return Err(CudaError::Invalid { op: "attention".into(), message: "no prepared step".into() });
             };
@@ -737,8 +809,8 @@ impl Backend for CudaBackend {
             if let Some(&r) = rows.iter().find(|&&r| r >= x.rows) {
                 return Err(CudaError::Invalid { op: "gather_rows".into(), message: format!("row {r} of {}", x.rows) });
             }
-            let xp = Self::check_capacity(x, x.rows, x.cols, "gather_rows")?;
-            let op = Self::check_capacity(out, rows.len(), x.cols, "gather_rows")?;
+            let xp = Self::input(x, x.rows, x.cols, "gather_rows")?;
+            let op = Self::output(out, rows.len(), x.cols, "gather_rows")?;
             let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
             let mut st = lock(&self.step);
             let gp = ensure(&self.gpu, &mut st.gather, idx.len(), "row indices")?;
@@ -755,7 +827,7 @@ impl Backend for CudaBackend {
         }
         out.resize(x.rows * x.cols, 0.0);
         let r = match &x.buf {
-            Some(b) if b.len() >= out.len() => self.gpu.download(b, out, "logits"),
+            Some(b) if b.len() >= out.len() && x.f32_ok => self.gpu.download(b, out, "logits"),
             _ => Err(CudaError::Invalid { op: "read".into(), message: "buffer smaller than its shape".into() }),
         };
         if let Err(e) = r {
