@@ -24,7 +24,7 @@ impl Blas {
         Ok(Self { handle })
     }
 
-    /// `out (n × rows, row-major f32) = x (n × cols) · wᵀ (+ out when
+    /// `out (n × rows, row-major, f32 or `out_dtype`) = x (n × cols) · wᵀ (+ out when
     /// `accumulate`)`, for `w` (rows × cols, row-major) in `w_dtype` and `x`
     /// in the same element type (f32, f16 or bf16). f32 accumulation; f32
     /// inputs are computed in full f32 (no TF32).
@@ -39,6 +39,7 @@ impl Blas {
         w_dtype: DType,
         x: u64,
         out: u64,
+        out_dtype: DType,
         n: usize,
         rows: usize,
         cols: usize,
@@ -51,11 +52,12 @@ impl Blas {
                 format!("{n}×{cols} · ({rows}×{cols})ᵀ exceeds cuBLAS's int sizes"),
             ));
         }
-        let ty = match w_dtype {
+        let cuda_type = |d: DType| match d {
             DType::F32 => cudaDataType::CUDA_R_32F,
             DType::F16 => cudaDataType::CUDA_R_16F,
             DType::BF16 => cudaDataType::CUDA_R_16BF,
         };
+        let (ty, out_ty) = (cuda_type(w_dtype), cuda_type(out_dtype));
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         // Column-major view: out' (rows × n) = w' ᵀ (rows × cols) · x' (cols × n),
         // where w' (cols × rows) and x' (cols × n) are the row-major buffers.
@@ -75,7 +77,7 @@ impl Blas {
             cols as i32,
             (&beta as *const f32).cast(),
             out as *mut _,
-            cudaDataType::CUDA_R_32F,
+            out_ty,
             rows as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,

@@ -21,7 +21,7 @@ pub(crate) struct Source {
 fn elementwise_kernels() -> Vec<String> {
     let mut k: Vec<String> =
         ["rms_norm", "add_inplace", "add_bias", "swiglu", "gather_rows", "to_f16", "to_bf16"].map(String::from).into();
-    k.extend(["rms_norm_h1", "rms_norm_h2", "swiglu_h1", "swiglu_h2"].map(String::from));
+    k.extend(["rms_norm_h1", "rms_norm_h2", "swiglu_h1", "swiglu_h2", "swiglu_hh1", "swiglu_hh2"].map(String::from));
     for t in 0..3 {
         k.push(format!("embed_{t}"));
         k.push(format!("fill_random_{t}"));

@@ -66,6 +66,12 @@ fn grid_for(n: usize, per_block: usize) -> u32 {
     n.div_ceil(per_block).clamp(1, 65_535) as u32
 }
 
+/// (column blocks, row blocks) for a rows × cols element-wise kernel of 256
+/// threads: rows go to grid.y (strided past 65,535).
+fn grid_2d(rows: usize, cols: usize) -> (u32, u32, u32) {
+    (cols.div_ceil(256 * 4).clamp(1, 65_535) as u32, rows.clamp(1, 65_535) as u32, 1)
+}
+
 fn check_i32(op: &str, what: &str, v: usize) -> Result<i32, CudaError> {
     i32::try_from(v).map_err(|_| CudaError::invalid(op, format!("{what} = {v} exceeds the kernel's int range")))
 }
@@ -152,23 +158,6 @@ impl Gpu {
         self.launch(f, a, name, cfg((check_i32(name, "rows", rows)? as u32, 1, 1), 256, 0))
     }
 
-    /// SwiGLU written as f16 or bf16 (`to`): `out[r, c] = silu(x[r, c]) · x[r, ffn + c]`.
-    ///
-    /// # Safety
-    /// `x`: rows·2·ffn f32; `out`: rows·ffn 16-bit values.
-    pub unsafe fn swiglu_half(&self, x: u64, out: u64, rows: usize, ffn: usize, to: DType) -> Result<(), CudaError> {
-        let name = match to {
-            DType::F16 => "swiglu_h1",
-            DType::BF16 => "swiglu_h2",
-            DType::F32 => return self.swiglu(x, out, rows, ffn),
-        };
-        let f = self.kernel(name)?;
-        let (rows64, ffn32) = (rows as i64, check_i32(name, "ffn", ffn)?);
-        let mut a = Args::default();
-        a.arg(&x).arg(&out).arg(&rows64).arg(&ffn32);
-        self.launch(f, a, name, cfg((grid_for(rows * ffn, 1024), 1, 1), 256, 0))
-    }
-
     /// `x += y` over `n` f32.
     ///
     /// # Safety
@@ -190,7 +179,7 @@ impl Gpu {
         let (rows64, cols32) = (rows as i64, check_i32("add_bias", "cols", cols)?);
         let mut a = Args::default();
         a.arg(&x).arg(&b).arg(&rows64).arg(&cols32);
-        self.launch(f, a, "add_bias", cfg((grid_for(rows * cols, 1024), 1, 1), 256, 0))
+        self.launch(f, a, "add_bias", cfg(grid_2d(rows, cols), 256, 0))
     }
 
     /// `out[r, c] = silu(x[r, c]) · x[r, ffn + c]`.
@@ -198,11 +187,36 @@ impl Gpu {
     /// # Safety
     /// `x`: rows·2·ffn f32; `out`: rows·ffn f32.
     pub unsafe fn swiglu(&self, x: u64, out: u64, rows: usize, ffn: usize) -> Result<(), CudaError> {
-        let f = self.kernel("swiglu")?;
-        let (rows64, ffn32) = (rows as i64, check_i32("swiglu", "ffn", ffn)?);
+        self.swiglu_typed(x, DType::F32, out, DType::F32, rows, ffn)
+    }
+
+    /// SwiGLU between element types: f32 → f32, f32 → f16/bf16, or f16 → f16
+    /// and bf16 → bf16.
+    ///
+    /// # Safety
+    /// `x`: rows·2·ffn elements of `from`; `out`: rows·ffn elements of `to`.
+    pub unsafe fn swiglu_typed(
+        &self,
+        x: u64,
+        from: DType,
+        out: u64,
+        to: DType,
+        rows: usize,
+        ffn: usize,
+    ) -> Result<(), CudaError> {
+        let name = match (from, to) {
+            (DType::F32, DType::F32) => "swiglu",
+            (DType::F32, DType::F16) => "swiglu_h1",
+            (DType::F32, DType::BF16) => "swiglu_h2",
+            (DType::F16, DType::F16) => "swiglu_hh1",
+            (DType::BF16, DType::BF16) => "swiglu_hh2",
+            _ => return Err(CudaError::invalid("swiglu", format!("{} → {} is not supported", from.name(), to.name()))),
+        };
+        let f = self.kernel(name)?;
+        let (rows64, ffn32) = (rows as i64, check_i32(name, "ffn", ffn)?);
         let mut a = Args::default();
         a.arg(&x).arg(&out).arg(&rows64).arg(&ffn32);
-        self.launch(f, a, "swiglu", cfg((grid_for(rows * ffn, 1024), 1, 1), 256, 0))
+        self.launch(f, a, name, cfg(grid_2d(rows, ffn), 256, 0))
     }
 
     /// `out[i] = x[rows[i]]`.
@@ -318,17 +332,19 @@ impl Gpu {
         }
     }
 
-    /// `out (n × rows f32) = x · wᵀ (+ out)` through cuBLAS; `x` is in the
-    /// weights' element type.
+    /// `out (n × rows) = x · wᵀ (+ out)` through cuBLAS; `x` is in the
+    /// weights' element type, `out` in f32 or (without accumulating) the
+    /// weights' type.
     ///
     /// # Safety
-    /// `w`: rows·cols of `dtype`; `x`: n·cols of `dtype`; `out`: n·rows f32.
+    /// `w`: rows·cols of `dtype`; `x`: n·cols of `dtype`; `out`: n·rows of `out_dtype`.
     pub unsafe fn gemm(
         &self,
         w: u64,
         dtype: DType,
         x: u64,
         out: u64,
+        out_dtype: DType,
         n: usize,
         rows: usize,
         cols: usize,
@@ -337,7 +353,13 @@ impl Gpu {
         if n == 0 {
             return Ok(());
         }
-        self.blas.gemm(w, dtype, x, out, n, rows, cols, accumulate)
+        if out_dtype != DType::F32 && (out_dtype != dtype || accumulate) {
+            return Err(CudaError::invalid(
+                "gemm",
+                "16-bit outputs are only for non-accumulating products of the same type",
+            ));
+        }
+        self.blas.gemm(w, dtype, x, out, out_dtype, n, rows, cols, accumulate)
     }
 
     /// RoPE on the queries and keys of every token of `qkv` (in place), and

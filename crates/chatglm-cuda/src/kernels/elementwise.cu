@@ -51,26 +51,33 @@ extern "C" __global__ void add_inplace(float* x, const float* y, long n) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += y[i];
 }
 
-// x[r, c] += b[c].
+// x[r, c] += b[c]. grid = (column blocks, row blocks): no 64-bit division per element.
 extern "C" __global__ void add_bias(float* x, const float* b, long rows, int cols) {
     pdl_launch_dependents();
     pdl_wait();
-    const long n = rows * cols;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) x[i] += b[i % cols];
+    for (long r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) x[r * cols + c] += b[c];
 }
 
-// out[r, c] = silu(x[r, c]) * x[r, ffn + c].
-extern "C" __global__ void swiglu(const float* x, float* out, long rows, int ffn) {
+// out[r, c] = silu(x[r, c]) * x[r, ffn + c], x and out in element types IT
+// and OT (0 f32, 1 f16, 2 bf16). grid = (column blocks, row blocks).
+template <int IT, int OT>
+__device__ __forceinline__ void swiglu_body(const void* x_, void* out_, long rows, int ffn) {
     pdl_launch_dependents();
     pdl_wait();
-    const long n = rows * ffn;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const long r = i / ffn;
-        const int c = (int)(i % ffn);
-        const float a = x[r * 2 * ffn + c];
-        out[i] = a / (1.0f + expf(-a)) * x[r * 2 * ffn + ffn + c];
-    }
+    const typename Elem<IT>::storage* x = (const typename Elem<IT>::storage*)x_;
+    typename Elem<OT>::storage* out = (typename Elem<OT>::storage*)out_;
+    for (long r = blockIdx.y; r < rows; r += gridDim.y)
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < ffn; c += gridDim.x * blockDim.x) {
+            const float a = Elem<IT>::load(x, r * 2 * ffn + c);
+            Elem<OT>::store(out, r * ffn + c, a / (1.0f + expf(-a)) * Elem<IT>::load(x, r * 2 * ffn + ffn + c));
+        }
 }
+extern "C" __global__ void swiglu(const void* x, void* out, long rows, int ffn) { swiglu_body<0, 0>(x, out, rows, ffn); }
+extern "C" __global__ void swiglu_h1(const void* x, void* out, long rows, int ffn) { swiglu_body<0, 1>(x, out, rows, ffn); }
+extern "C" __global__ void swiglu_h2(const void* x, void* out, long rows, int ffn) { swiglu_body<0, 2>(x, out, rows, ffn); }
+extern "C" __global__ void swiglu_hh1(const void* x, void* out, long rows, int ffn) { swiglu_body<1, 1>(x, out, rows, ffn); }
+extern "C" __global__ void swiglu_hh2(const void* x, void* out, long rows, int ffn) { swiglu_body<2, 2>(x, out, rows, ffn); }
 
 // out[i, :] = x[rows[i], :]. grid = picked rows, block = 256.
 extern "C" __global__ void gather_rows(const float* x, const int* rows, float* out, int cols) {
@@ -139,18 +146,3 @@ __device__ __forceinline__ void rms_norm_half_body(const float* x, const float* 
 }
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h1(const float* x, const float* w, u16* out, int cols, float eps) { rms_norm_half_body<1>(x, w, out, cols, eps); }
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, const float* w, u16* out, int cols, float eps) { rms_norm_half_body<2>(x, w, out, cols, eps); }
-
-template <int OT>
-__device__ __forceinline__ void swiglu_half_body(const float* x, u16* out, long rows, int ffn) {
-    pdl_launch_dependents();
-    pdl_wait();
-    const long n = rows * ffn;
-    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
-        const long r = i / ffn;
-        const int c = (int)(i % ffn);
-        const float a = x[r * 2 * ffn + c];
-        Elem<OT>::store(out, i, a / (1.0f + expf(-a)) * x[r * 2 * ffn + ffn + c]);
-    }
-}
-extern "C" __global__ void swiglu_h1(const float* x, u16* out, long rows, int ffn) { swiglu_half_body<1>(x, out, rows, ffn); }
-extern "C" __global__ void swiglu_h2(const float* x, u16* out, long rows, int ffn) { swiglu_half_body<2>(x, out, rows, ffn); }

@@ -316,7 +316,7 @@ impl CudaBackend {
             p
         };
         // SAFETY: w rows×cols, xin n×cols in w's type, out n×rows (checked above).
-        unsafe { self.gpu.gemm(wp, w.dtype, xin, op_, n, w.rows, w.cols, mode == GemvMode::Accumulate)? };
+        unsafe { self.gpu.gemm(wp, w.dtype, xin, op_, DType::F32, n, w.rows, w.cols, mode == GemvMode::Accumulate)? };
         if bp != 0 {
             // SAFETY: out n×rows, bias rows.
             unsafe { self.gpu.add_bias(op_, bp, n, w.rows)? };
@@ -599,21 +599,44 @@ impl Backend for CudaBackend {
     fn linear_swiglu(&self, w: &CudaMatrix, x: &CudaActivations, tmp: &mut CudaActivations, out: &mut CudaActivations) {
         if x.rows <= GEMV_MAX_TOKENS {
             self.run("linear_swiglu", || self.product("linear_swiglu", w, None, x, out, GemvMode::SwiGlu, None));
-        } else {
+        } else if w.dtype == DType::F32 {
             self.linear(w, None, x, tmp);
-            if w.dtype == DType::F32 {
-                self.swiglu(tmp, out);
-            } else {
-                // The activations feed the next half-precision product only.
-                self.run("swiglu", || {
-                    let ffn = out.cols;
-                    let xp = Self::input(tmp, out.rows, 2 * ffn, "swiglu")?;
-                    Self::check_capacity(out, out.rows, ffn, "swiglu")?;
-                    let hp = self.half_output(out, w.dtype)?;
-                    // SAFETY: tmp rows×2ffn f32, half rows×ffn (ensured).
-                    unsafe { self.gpu.swiglu_half(xp, hp, out.rows, ffn, w.dtype) }
-                });
-            }
+            self.swiglu(tmp, out);
+        } else {
+            // Large steps: the product writes 16-bit [gate | up] and SwiGLU
+            // writes the 16-bit input of the next product (f32 never stored).
+            self.run("linear_swiglu", || {
+                let n = x.rows;
+                let ffn = out.cols;
+                if w.rows != 2 * ffn || x.cols != w.cols {
+                    return Err(CudaError::Invalid {
+                        op: "linear_swiglu".into(),
+                        message: format!("{}×{} weights for ffn {ffn}", w.rows, w.cols),
+                    });
+                }
+                let xin = match (x.half_of == Some(w.dtype), x.half.as_ref()) {
+                    (true, Some(h)) => device_ptr(h),
+                    _ => {
+                        let xp = Self::input(x, n, w.cols, "linear_swiglu")?;
+                        let mut st = lock(&self.step);
+                        let p = ensure(&self.gpu, &mut st.half_x, n * w.cols, "16-bit activations")?;
+                        // SAFETY: x n×cols f32; half_x sized n×cols.
+                        unsafe { self.gpu.convert(xp, p, n * w.cols, w.dtype)? };
+                        p
+                    }
+                };
+                Self::check_capacity(tmp, n, 2 * ffn, "linear_swiglu")?;
+                let tp = self.half_output(tmp, w.dtype)?;
+                Self::check_capacity(out, n, ffn, "linear_swiglu")?;
+                let op = self.half_output(out, w.dtype)?;
+                let wp = Self::matrix_ptr(w, "linear_swiglu")?;
+                // SAFETY: w 2ffn×cols, xin n×cols (w's type), tmp half n×2ffn,
+                // out half n×ffn (all sized above).
+                unsafe {
+                    self.gpu.gemm(wp, w.dtype, xin, tp, w.dtype, n, w.rows, w.cols, false)?;
+                    self.gpu.swiglu_typed(tp, w.dtype, op, w.dtype, n, ffn)
+                }
+            });
         }
     }
 
@@ -662,6 +685,16 @@ impl Backend for CudaBackend {
             self.run("rms_norm_linear_swiglu", || {
                 self.product("rms_norm_linear_swiglu", w, None, x, out, GemvMode::SwiGlu, Some((norm, eps)))
             });
+        } else if w.dtype != DType::F32 {
+            self.run("rms_norm_linear_swiglu", || {
+                let xp = Self::input(x, x.rows, x.cols, "rms_norm")?;
+                let wp = Self::vector_ptr(norm, x.cols, "rms_norm")?;
+                Self::check_capacity(normed, x.rows, x.cols, "rms_norm")?;
+                let hp = self.half_output(normed, w.dtype)?;
+                // SAFETY: x rows×cols f32, norm cols, half rows×cols (ensured).
+                unsafe { self.gpu.rms_norm_half(xp, wp, hp, x.rows, x.cols, eps, w.dtype) }
+            });
+            self.linear_swiglu(w, normed, tmp, out);
         } else {
             self.rms_norm(x, norm, eps, normed);
             self.linear_swiglu(w, normed, tmp, out);
