@@ -135,7 +135,7 @@ mod tests {
         assert_eq!(p.max_blocks, 8);
         assert_eq!(p.table[8..11], [0x2000, 0x2001, 0x2002]);
         assert_eq!(p.table[11..16], [0; 5]);
-        assert_eq!(p.split.unwrap().n_splits * p.split.unwrap().chunk >= 501, true);
+        assert!(p.split.unwrap().n_splits * p.split.unwrap().chunk >= 501);
         assert_eq!(&p.meta[p.off_positions()..p.off_positions() + 2], &[500, 7]);
         assert_eq!(&p.meta[p.off_seq()..p.off_seq() + 3], &[0, 1, 1]);
     }
