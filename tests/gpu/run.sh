@@ -23,6 +23,9 @@ build() {
   cargo build --release -p chatglm-cli
   cp target/release/chatglm "$BIN/chatglm"
   strip "$BIN/chatglm"
+  cargo build --release -p chatglm-cuda --example gemv_bench
+  cp target/release/examples/gemv_bench "$BIN/gemv_bench"
+  strip "$BIN/gemv_bench"
   cargo test --release -p chatglm-cuda -p chatglm-model -p chatglm-engine \
     --features chatglm-model/cuda,chatglm-engine/cuda --no-run --message-format=json 2>/dev/null |
     python3 -c '
@@ -74,6 +77,8 @@ device() {
   fi
 
   if [ "${BENCH:-1}" != 0 ]; then
+    echo "== decode mat-vec kernels (6B shapes, f16, batch 1)" | tee -a "$summary"
+    "$BIN/gemv_bench" 2>&1 | tee -a "$summary" || echo "gemv_bench FAILED" | tee -a "$summary"
     echo "== baseline: device copy bandwidth (PyTorch, same run)" | tee -a "$summary"
     python3 - <<'PY' 2>&1 | tee -a "$summary" || true
 import torch

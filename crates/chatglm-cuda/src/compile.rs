@@ -35,6 +35,7 @@ fn gemv_kernels() -> Vec<String> {
         for mode in 0..3 {
             for nt in 1..=crate::ops::GEMV_MAX_TOKENS {
                 k.push(format!("gemv_{t}_{nt}_{mode}"));
+                k.push(format!("gemv8_{t}_{nt}_{mode}"));
             }
             k.push(format!("gemv_scalar_{t}_{mode}"));
         }

@@ -81,6 +81,11 @@ pub struct Gpu {
     info: DeviceInfo,
     /// Programmatic dependent launch (sm_90 and newer; `CHATGLM_CUDA_PDL=0` turns it off).
     pdl: bool,
+    /// Resident blocks per SM of the 4-row and 8-row mat-vec kernels.
+    pub(crate) gemv_blocks_per_sm: [usize; 2],
+    /// 0: choose the mat-vec variant by shape; 4 or 8: always that one
+    /// (`CHATGLM_GEMV_ROWS`, for measurements).
+    pub(crate) gemv_force_rows: std::sync::atomic::AtomicUsize,
 }
 
 impl Gpu {
@@ -146,7 +151,24 @@ impl Gpu {
         }
         let blas = Blas::new(&stream)?;
         let pdl = cc.0 >= 9 && std::env::var("CHATGLM_CUDA_PDL").map_or(true, |v| v != "0");
-        Ok(Arc::new(Self { ctx, stream, blas, kernels, info, pdl }))
+        let occupancy = |name: &str| {
+            kernels
+                .get(name)
+                .and_then(|f| f.occupancy_max_active_blocks_per_multiprocessor(128, 0, None).ok())
+                .map_or(1, |b| (b as usize).max(1))
+        };
+        let gemv_blocks_per_sm = [occupancy("gemv_1_1_0"), occupancy("gemv8_1_1_0")];
+        let force = std::env::var("CHATGLM_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        Ok(Arc::new(Self {
+            ctx,
+            stream,
+            blas,
+            kernels,
+            info,
+            pdl,
+            gemv_blocks_per_sm,
+            gemv_force_rows: std::sync::atomic::AtomicUsize::new(force),
+        }))
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -166,6 +188,11 @@ impl Gpu {
     /// `(free, total)` device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize), CudaError> {
         self.ctx.mem_get_info().map_err(|e| CudaError::call("cuMemGetInfo", e))
+    }
+
+    /// Forces the 4- or 8-row mat-vec (0: by shape), for measurements.
+    pub fn force_gemv_rows(&self, rows: usize) {
+        self.gemv_force_rows.store(rows, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether kernel `name` was compiled for this device.

@@ -297,18 +297,25 @@ impl Gpu {
         let per_vec = 16 / dtype.size();
         let vector =
             cols.is_multiple_of(per_vec) && w.is_multiple_of(16) && x.is_multiple_of(16) && nw.is_multiple_of(16);
+        // Rows per block: whichever of the two mat-vecs needs fewer waves of
+        // resident blocks (ties: 4 rows, whose blocks are shorter).
+        let sms = self.info().multiprocessors;
+        let out_rows = if mode == GemvMode::SwiGlu { half } else { rows };
+        let per_block = |block_rows: usize| if mode == GemvMode::SwiGlu { block_rows / 2 } else { block_rows };
+        let waves = |i: usize, block_rows: usize| {
+            out_rows.div_ceil(per_block(block_rows)).div_ceil(self.gemv_blocks_per_sm[i] * sms)
+        };
+        let block_rows = match self.gemv_force_rows.load(std::sync::atomic::Ordering::Relaxed) {
+            4 => 4,
+            8 => 8,
+            _ if waves(1, 8) < waves(0, 4) => 8,
+            _ => 4,
+        };
         let blocks = if vector {
-            match mode {
-                GemvMode::SwiGlu => half.div_ceil(2),
-                _ => rows.div_ceil(4),
-            }
+            out_rows.div_ceil(per_block(block_rows))
         } else {
             // The scalar kernel: one warp per output row, 4 warps per block.
-            match mode {
-                GemvMode::SwiGlu => half,
-                _ => rows,
-            }
-            .div_ceil(4)
+            out_rows.div_ceil(4)
         };
         let blocks = check_i32("gemv", "blocks", blocks)? as u32;
         if blocks == 0 {
@@ -316,7 +323,8 @@ impl Gpu {
         }
         let launch_cfg = cfg((blocks, 1, 1), 128, 0);
         if vector {
-            let name = format!("gemv_{}_{}_{}", dtype.code(), n, mode as usize);
+            let prefix = if block_rows == 8 { "gemv8" } else { "gemv" };
+            let name = format!("{prefix}_{}_{}_{}", dtype.code(), n, mode as usize);
             let f = self.kernel(&name)?;
             let mut a = Args::default();
             a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32).arg(&nw).arg(&eps);

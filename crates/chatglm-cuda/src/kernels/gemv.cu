@@ -9,8 +9,11 @@
 // batch before using the current one, so a 4096-wide f16 row is one round
 // trip. Partial sums meet in shared memory.
 //
-// Launch: blockDim = 128; gridDim = ceil(out_rows / 4) (MODE 0, 1) or
-// ceil(half_rows / 2) (MODE 2: rows r, r+1 and their half_rows partners).
+// Launch: blockDim = 128; gridDim = ceil(out_rows / ROWS) (MODE 0, 1) or
+// ceil(half_rows / (ROWS/2)) (MODE 2: gate rows and their half_rows partners).
+// gemv_* take ROWS = 4 with 2 vectors per batch, gemv8_* ROWS = 8 with 1:
+// fewer, longer blocks, for matrices whose 4-row blocks would not fit in one
+// wave.
 // With `nw` (non-null), x is first RMS-normalised per token with weights nw
 // (the RMSNorm before the product, fused): the sums of squares come from the
 // x loads the product makes anyway, the norm weights are folded into the
@@ -22,11 +25,10 @@
 // Needs cols % (16 / sizeof(weight)) == 0 and 16-byte aligned rows (checked
 // on the host); gemv_scalar handles any shape.
 
-#define GEMV_ROWS 4
-#define GEMV_U 2
 
 __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
 
+template <int GEMV_ROWS, int GEMV_U>
 __device__ __forceinline__ void gemv_load(const char* const* p, const bool* ok, int base, int nvec,
                                           uint4 (*wv)[GEMV_U]) {
 #pragma unroll
@@ -38,7 +40,8 @@ __device__ __forceinline__ void gemv_load(const char* const* p, const bool* ok, 
     }
 }
 
-template <int T, int NT, int MODE>
+// GEMV_ROWS weight rows per block, GEMV_U vectors of each per lane per batch.
+template <int T, int NT, int MODE, int GEMV_ROWS, int GEMV_U>
 __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const float* __restrict__ x,
                                           const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int cols, int half_rows,
@@ -51,10 +54,15 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     int row[GEMV_ROWS];
     bool ok[GEMV_ROWS];
     if (MODE == 2) {
-        const int q0 = blockIdx.x * 2;
-        row[0] = q0; row[1] = q0 + 1; row[2] = q0 + half_rows; row[3] = q0 + 1 + half_rows;
-        ok[0] = ok[2] = q0 < half_rows;
-        ok[1] = ok[3] = q0 + 1 < half_rows;
+        // Gate rows q0.. and their up partners half_rows later.
+        constexpr int H = GEMV_ROWS / 2;
+        const int q0 = blockIdx.x * H;
+#pragma unroll
+        for (int i = 0; i < H; i++) {
+            row[i] = q0 + i;
+            row[i + H] = q0 + i + half_rows;
+            ok[i] = ok[i + H] = q0 + i < half_rows;
+        }
     } else {
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) {
@@ -72,7 +80,7 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     pdl_launch_dependents();
     // Weights do not depend on the kernel before: request them before
     // waiting for it to finish writing x.
-    gemv_load(p, ok, first, nvec, cur);
+    gemv_load<GEMV_ROWS, GEMV_U>(p, ok, first, nvec, cur);
     pdl_wait();
 
     float acc[GEMV_ROWS][NT], ssq[NT];
@@ -83,7 +91,7 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
         for (int r = 0; r < GEMV_ROWS; r++) acc[r][t] = 0.f;
     }
     for (int base = first; base < nvec; base += 128 * GEMV_U) {
-        if (base + 128 * GEMV_U < nvec) gemv_load(p, ok, base + 128 * GEMV_U, nvec, nxt);
+        if (base + 128 * GEMV_U < nvec) gemv_load<GEMV_ROWS, GEMV_U>(p, ok, base + 128 * GEMV_U, nvec, nxt);
 #pragma unroll
         for (int u = 0; u < GEMV_U; u++) {
             const int v = base + u * 128;
@@ -140,7 +148,7 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
         if (lane == 0) red[wid][GEMV_ROWS][t] = q;
     }
     __syncthreads();
-    if (threadIdx.x >= NT * (MODE == 2 ? 2 : GEMV_ROWS)) return;
+    if (threadIdx.x >= NT * (MODE == 2 ? GEMV_ROWS / 2 : GEMV_ROWS)) return;
     const int t = threadIdx.x % NT;
     const int r = threadIdx.x / NT;
     float inv = 1.f;
@@ -149,7 +157,8 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     const float a = (red[0][r][t] + red[1][r][t] + red[2][r][t] + red[3][r][t]) * inv;
     if (MODE == 2) {
         if (!ok[r]) return;
-        const float b = (red[0][r + 2][t] + red[1][r + 2][t] + red[2][r + 2][t] + red[3][r + 2][t]) * inv;
+        const int u = r + GEMV_ROWS / 2;
+        const float b = (red[0][u][t] + red[1][u][t] + red[2][u][t] + red[3][u][t]) * inv;
         out[(long)t * half_rows + row[r]] = silu(a) * b;
     } else {
         if (!ok[r]) return;
@@ -199,7 +208,12 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
     extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,     \
                                  int out_rows, int cols, int half_rows, const float* nw, float eps) {\
-        gemv_body<T, NT, MODE>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);                \
+        gemv_body<T, NT, MODE, 4, 2>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);          \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
+        gemv8_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,    \
+                                  int out_rows, int cols, int half_rows, const float* nw, float eps) {\
+        gemv_body<T, NT, MODE, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);          \
     }
 
 #define GEMV_MODES(T, NT) GEMV_KERNEL(T, NT, 0) GEMV_KERNEL(T, NT, 1) GEMV_KERNEL(T, NT, 2)
