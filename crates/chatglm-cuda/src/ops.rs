@@ -56,6 +56,9 @@ pub const DECODE_HEAD_DIM: usize = 128;
 pub const DECODE_SLICE_TOKENS: usize = 128;
 /// Query heads of one KV group a decode-attention block takes.
 pub const DECODE_HEADS_PER_BLOCK: usize = 4;
+/// Most splits of one decode context: the merging block keeps a weight per
+/// split and head in its 4·HB·128-float shared buffer (HB ≥ 1 heads).
+pub const DECODE_MAX_SPLITS: usize = 512;
 
 /// Cached tokens per KV block: the flash kernel's key tile.
 pub const FLASH_HEAD_DIM: usize = 128;
@@ -297,7 +300,7 @@ impl Gpu {
         let per_vec = 16 / dtype.size();
         let vector =
             cols.is_multiple_of(per_vec) && w.is_multiple_of(16) && x.is_multiple_of(16) && nw.is_multiple_of(16);
-        // Rows per block: matrices that 4-row blocks cover in at most two waves
+        // Rows per block: matrices that 4-row blocks cover in at most three waves
         // of resident blocks take 8-row blocks (fewer, so the last wave is not
         // a mostly idle device); larger ones keep the shorter 4-row blocks.
         // Measured on the 6B shapes (gemv_bench, H200): 8 rows for QKV, dense
@@ -309,7 +312,7 @@ impl Gpu {
         let block_rows = match self.gemv_force_rows.load(std::sync::atomic::Ordering::Relaxed) {
             4 => 4,
             8 => 8,
-            _ if out_rows.div_ceil(per_block(4)) <= 2 * self.gemv_blocks_per_sm[0] * sms => 8,
+            _ if out_rows.div_ceil(per_block(4)) <= 3 * self.gemv_blocks_per_sm[0] * sms => 8,
             _ => 4,
         };
         let blocks = if vector {
@@ -494,10 +497,12 @@ impl Gpu {
     /// Decode attention (head size 128, f16 cache) for the `work` tokens at
     /// `work_tokens`: one warp per 32 keys, the group's heads sharing each
     /// key. Splits as [`Gpu::attention_split`], with `split.chunk` a multiple
-    /// of 128.
+    /// of 128 and at most [`DECODE_MAX_SPLITS`] splits; the last split of
+    /// each (token, group, head slice) merges them.
     ///
     /// # Safety
-    /// As [`Gpu::attention_split`].
+    /// As [`Gpu::attention_split`], plus `counters`: [`SplitPlan::decode_counters`]
+    /// zeroed i32 (left zeroed).
     pub unsafe fn attention_decode(
         &self,
         qkv: u64,
@@ -514,6 +519,7 @@ impl Gpu {
         split: SplitPlan,
         part_o: u64,
         part_ml: u64,
+        counters: u64,
     ) -> Result<(), CudaError> {
         if work == 0 {
             return Ok(());
@@ -521,7 +527,8 @@ impl Gpu {
         if !self.decode_supported(&shape) {
             return Err(CudaError::invalid("attn_decode", format!("unsupported shape {shape:?}")));
         }
-        if !split.chunk.is_multiple_of(DECODE_SLICE_TOKENS) || split.n_splits == 0 || split.n_splits > 65_535 {
+        if !split.chunk.is_multiple_of(DECODE_SLICE_TOKENS) || split.n_splits == 0 || split.n_splits > DECODE_MAX_SPLITS
+        {
             return Err(CudaError::invalid("attn_decode", format!("bad split plan {split:?}")));
         }
         let hg = shape.n_heads / shape.n_groups;
@@ -534,15 +541,11 @@ impl Gpu {
         let mut a = Args::default();
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
         a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&ints[6]);
-        a.arg(&scale).arg(&part_o).arg(&part_ml);
+        a.arg(&scale).arg(&part_o).arg(&part_ml).arg(&counters);
         let blocks_per_group = (hg / hg.min(DECODE_HEADS_PER_BLOCK)) as u32;
         let grid =
             (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
-        self.launch(f, a, &name, cfg(grid, 128, 0))?;
-        if split.n_splits > 1 {
-            self.combine(out, out_width, work_tokens, work, part_o, part_ml, shape, split)?;
-        }
-        Ok(())
+        self.launch(f, a, &name, cfg(grid, 128, 0))
     }
 
     unsafe fn combine(
@@ -687,8 +690,15 @@ impl SplitPlan {
         let base_blocks = (work * shape.n_groups * hg.div_ceil(DECODE_HEADS_PER_BLOCK)).max(1);
         let wanted = (2 * multiprocessors).div_ceil(base_blocks).max(1);
         let n_splits = wanted.min(slices).max(1);
+        let n_splits = n_splits.min(DECODE_MAX_SPLITS);
         let chunk = slices.div_ceil(n_splits) * unit;
         Self { n_splits: max_ctx.div_ceil(chunk).max(1), chunk }
+    }
+
+    /// Merge counters the decode kernel needs for `work` tokens.
+    pub fn decode_counters(shape: &AttentionDims, work: usize) -> usize {
+        let hg = shape.n_heads / shape.n_groups.max(1);
+        work * shape.n_groups * hg.div_ceil(DECODE_HEADS_PER_BLOCK)
     }
 
     /// Partial-result floats needed: (outputs, max/sum pairs).

@@ -243,8 +243,9 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 //
 // Launch: grid = (n_groups · HG/HB, work tokens, n_splits), block = 128;
 // `chunk` is a multiple of 128 and block_tokens a multiple of 32 (a 32-key
-// slice never crosses a cache block). Several splits leave partials as
-// attn_split does, merged by attn_combine.
+// slice never crosses a cache block). With several splits the last block of
+// each (token, group, head slice) merges the partials (`counters`: one int
+// per (token, group, head slice), zero before and after each launch).
 #define DEC_D 128
 
 template <int HG, int HB>
@@ -252,8 +253,9 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
                                                  const int* work_tokens, const int* positions,
                                                  const int* seq_of_token, const u64* block_table, int max_blocks,
                                                  int n_groups, int layer, int block_tokens, int chunk, float scale,
-                                                 float* part_o, float* part_ml) {
+                                                 float* part_o, float* part_ml, int* counters) {
     __shared__ __align__(16) float qs[HB * DEC_D];
+    __shared__ int is_last;
     __shared__ float red_m[4][HB], red_l[4][HB];
     __shared__ __align__(16) float red_o[4][HB * DEC_D];
     pdl_launch_dependents();
@@ -371,6 +373,45 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
             }
         }
     }
+    if (n_splits == 1) return;
+    // The last of the splits of this (token, group, head slice) to finish
+    // merges them: each split's weight exp(m_s − M)/L is computed once into
+    // shared memory (reusing red_o), then every output sums its n_splits
+    // partials with independent L2 loads. The merge order is fixed (split
+    // order), so the result does not depend on which block came last; the
+    // counter is re-armed for the next launch.
+    __threadfence();
+    __syncthreads();
+    int* counter = counters + ((long)wt * n_groups + g) * NSUB + blockIdx.x % NSUB;
+    if (tid == 0) is_last = atomicAdd(counter, 1) == n_splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const long base = ((long)wt * n_groups + g) * n_splits;
+    float* wts = &red_o[0][0];  // [n_splits][HB], n_splits·HB ≤ 4·HB·DEC_D
+    for (int hh = w; hh < HB; hh += 4) {
+        const int h = h0 + hh;
+        float M = -INFINITY;
+        for (int k = lane; k < n_splits; k += 32) M = fmaxf(M, __ldcg(&part_ml[(base + k) * 2 * HG + h]));
+        M = warp_max(M);
+        float L = 0.f;
+        for (int k = lane; k < n_splits; k += 32) {
+            const float mk = __ldcg(&part_ml[(base + k) * 2 * HG + h]);
+            const float f = mk == -INFINITY ? 0.f : expf(mk - M);
+            wts[k * HB + hh] = f;
+            L += __ldcg(&part_ml[(base + k) * 2 * HG + HG + h]) * f;
+        }
+        L = warp_sum(L);
+        for (int k = lane; k < n_splits; k += 32) wts[k * HB + hh] /= L;
+    }
+    __syncthreads();
+    for (int i = tid; i < HB * DEC_D; i += 128) {
+        const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
+        float O = 0.f;
+        for (int k = 0; k < n_splits; k++) O += __ldcg(&part_o[((base + k) * HG + h) * DEC_D + d]) * wts[k * HB + hh];
+        out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O;
+    }
+    if (tid == 0) *counter = 0;
 }
 
 #define ATTN_DECODE(HG, HB)                                                                                     \
@@ -378,9 +419,10 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         attn_decode_##HG(const float* qkv, int width, float* out, int out_width, const int* work_tokens,        \
                          const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks, \
                          int n_groups, int layer, int block_tokens, int chunk, float scale, float* part_o,      \
-                         float* part_ml) {                                                                      \
+                         float* part_ml, int* counters) {                                                       \
         attn_decode_body<HG, HB>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table, \
-                                 max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml);     \
+                                 max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml,      \
+                                 counters);                                                                     \
     }
 ATTN_DECODE(1, 1)
 ATTN_DECODE(2, 2)

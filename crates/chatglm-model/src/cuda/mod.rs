@@ -19,7 +19,7 @@ use crate::{Backend, Config, ModelError, SequenceInput};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_cpu::ops::RopeTable;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
-use chatglm_cuda::{device_ptr, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu};
+use chatglm_cuda::{device_ptr, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan};
 use chatglm_weights::{DType as FileDType, Tensor};
 use half::{bf16, f16};
 use kv::KvPool;
@@ -77,6 +77,8 @@ struct StepBuffers {
     /// Activations converted to the weights' 16-bit type for cuBLAS.
     half_x: Option<CudaSlice<u16>>,
     gather: Option<CudaSlice<i32>>,
+    /// Merge counters of the decode attention (zero between launches).
+    counters: Option<CudaSlice<i32>>,
     kv_dtype: Option<DType>,
 }
 
@@ -470,6 +472,11 @@ impl Backend for CudaBackend {
                 let (o, ml) = split.partials(&self.dims, plan.n_work);
                 ensure(&self.gpu, &mut st.part_o, o, "attention partials")?;
                 ensure(&self.gpu, &mut st.part_ml, ml, "attention partials")?;
+                let n = SplitPlan::decode_counters(&self.dims, plan.n_work);
+                if st.counters.as_ref().is_none_or(|c| c.len() < n) {
+                    st.counters = None;
+                    st.counters = Some(self.gpu.alloc_zeros::<i32>(n.max(256), "attention merge counters")?);
+                }
             }
             Ok(())
         };
@@ -796,6 +803,7 @@ impl Backend for CudaBackend {
                     let (work, pos, seqs) = (at(plan.off_work()), at(plan.off_positions()), at(plan.off_seq()));
                     let max_blocks = plan.max_blocks;
                     if plan.decode_kernel {
+                        let counters = st.counters.as_ref().map_or(0, device_ptr);
                         self.gpu.attention_decode(
                             qp,
                             width,
@@ -811,6 +819,7 @@ impl Backend for CudaBackend {
                             split,
                             part_o,
                             part_ml,
+                            counters,
                         )?;
                     } else {
                         self.gpu.attention_split(
