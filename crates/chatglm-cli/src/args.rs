@@ -182,6 +182,9 @@ impl<R, U: PipelineUser<R>> BackendUser<R> for LoadThen<'_, U> {
         })
         .with_context(|| format!("cannot load model `{spec}`"))?;
         bar.finish_and_clear();
+        if let Some(plan) = pipeline.model.memory_plan(pipeline.kv_dtype) {
+            eprintln!("{plan}");
+        }
         self.user.run(pipeline)
     }
 }

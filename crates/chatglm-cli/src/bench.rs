@@ -167,6 +167,9 @@ impl BackendUser<()> for Bench {
             (p.model, spec)
         };
         let load = t_load.elapsed();
+        if let Some(plan) = model.memory_plan(kv_dtype) {
+            eprintln!("{plan}");
+        }
         measure(&args, threads, format, kv_dtype, &model, &source, load)
     }
 }

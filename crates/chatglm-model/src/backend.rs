@@ -22,6 +22,14 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// A line on device memory once the weights are loaded (a GPU: what the
+    /// weights take, what is free, and how many tokens of KV cache at
+    /// `kv_bytes_per_token` that leaves); `None` where there is nothing to say.
+    fn memory_plan(&self, weight_bytes: usize, kv_bytes_per_token: usize) -> Option<String> {
+        let _ = (weight_bytes, kv_bytes_per_token);
+        None
+    }
+
     /// Tokens of a long prompt run per step: large enough to keep the device
     /// busy, small enough to bound activation memory.
     fn prefill_chunk_tokens(&self) -> usize {

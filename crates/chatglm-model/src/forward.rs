@@ -133,6 +133,13 @@ impl<B: Backend> Model<B> {
         (values as f64 * dtype.bytes_per_value()).ceil() as usize
     }
 
+    /// The backend's memory line for this model and KV element type (see
+    /// [`Backend::memory_plan`]).
+    pub fn memory_plan(&self, kv_dtype: KvDType) -> Option<String> {
+        let embedding = self.backend.matrix_bytes(&self.weights.embedding);
+        self.backend.memory_plan(self.weight_bytes() + embedding, self.kv_bytes_per_token(kv_dtype))
+    }
+
     /// Bytes of weight matrices (what a decode step streams).
     pub fn weight_bytes(&self) -> usize {
         let w = &self.weights;

@@ -280,8 +280,23 @@ const ODD_SHAPE: &str = r#"{"num_layers":2,"hidden_size":100,"num_attention_head
 /// step's logits: `steps[i]` lists, per sequence, how many new tokens it
 /// gets in step i (0 = not in the step).
 fn compare_schedule(json: &str, format: WeightFormat, kv: KvDType, steps: &[Vec<usize>], tol: f32) {
+    // Both mat-vec block shapes (the device picks one per matrix size).
+    for rows in [4, 8] {
+        compare_schedule_with(json, format, kv, steps, tol, rows);
+    }
+}
+
+fn compare_schedule_with(
+    json: &str,
+    format: WeightFormat,
+    kv: KvDType,
+    steps: &[Vec<usize>],
+    tol: f32,
+    gemv_rows: usize,
+) {
     let src = random_model(json, 42);
     let Some(gpu_backend) = cuda(&src.config) else { return };
+    gpu_backend.force_gemv_rows(gemv_rows);
     let cpu = Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     let gpu = Model::load(gpu_backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     let n_seqs = steps.iter().map(|s| s.len()).max().unwrap();
@@ -312,7 +327,9 @@ fn compare_schedule(json: &str, format: WeightFormat, kv: KvDType, steps: &[Vec<
         let got = gpu.forward(&mut gs, &mut gb).unwrap();
         let d = max_abs_diff(got, &want);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!("{format:?} {kv:?} step {i} {step:?}: max |Δ| {d:.3e} (logits up to {scale:.2})");
+        eprintln!(
+            "{format:?} {kv:?} {gemv_rows}-row mat-vec, step {i} {step:?}: max |Δ| {d:.3e} (logits up to {scale:.2})"
+        );
         assert!(d <= tol * scale.max(1.0), "step {i} {step:?}: max |Δ| {d} > {tol} × {scale}");
     }
     for (c, g) in cpu_caches.iter().zip(&gpu_caches) {

@@ -147,6 +147,12 @@ impl CudaBackend {
         self.gpu.info()
     }
 
+    /// Forces the 4- or 8-row mat-vec kernel (0: chosen by shape), so tests
+    /// and measurements can cover both.
+    pub fn force_gemv_rows(&self, rows: usize) {
+        self.gpu.force_gemv_rows(rows);
+    }
+
     /// `(free, total)` device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize), ModelError> {
         self.gpu.memory().map_err(|e| backend_err("cuMemGetInfo", e))
@@ -418,6 +424,21 @@ impl Backend for CudaBackend {
 
     fn name(&self) -> String {
         format!("cuda ({})", self.gpu.info())
+    }
+
+    fn memory_plan(&self, weight_bytes: usize, kv_bytes_per_token: usize) -> Option<String> {
+        let (free, total) = self.gpu.memory().ok()?;
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        // Keep 1 GiB back for activations, cuBLAS workspace and the prefill chunk.
+        let kv_tokens = free.saturating_sub(1 << 30) / kv_bytes_per_token.max(1);
+        Some(format!(
+            "GPU memory: weights {:.2} GiB; {:.1} of {:.1} GiB free, room for about {kv_tokens} tokens of KV cache \
+             ({} KiB per token) in 64-token blocks allocated as sequences grow",
+            gib(weight_bytes),
+            gib(free),
+            gib(total),
+            kv_bytes_per_token / 1024
+        ))
     }
 
     /// Products of 4096 tokens run near the matrix units' peak; activations
