@@ -99,6 +99,9 @@ PY
         echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
     }
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
+    for k in ${DECODE_SWEEP:-}; do
+      run_bench "decode-blocks-$k" env CHATGLM_DECODE_BLOCKS_PER_SM=$k $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
+    done
     if [ "${BENCH_QUICK:-0}" = 0 ]; then
       run_bench bf16 $b --dtype bf16 --prompt-len 2048 --gen-len 64 --repeat 2
       run_bench prefill8k $b --dtype f16 --prompt-len 8192 --gen-len 4

@@ -613,6 +613,16 @@ impl Gpu {
     }
 }
 
+/// Decode-attention blocks wanted per SM (`CHATGLM_DECODE_BLOCKS_PER_SM`, for
+/// measurements; default 4: a long context is cut into enough splits that each
+/// warp's serial chain of key slices stays short).
+fn decode_blocks_per_sm() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("CHATGLM_DECODE_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(4)
+    })
+}
+
 /// Attention and cache geometry of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionDims {
@@ -688,7 +698,7 @@ impl SplitPlan {
         let slices = max_ctx.div_ceil(unit).max(1);
         let hg = shape.n_heads / shape.n_groups.max(1);
         let base_blocks = (work * shape.n_groups * hg.div_ceil(DECODE_HEADS_PER_BLOCK)).max(1);
-        let wanted = (2 * multiprocessors).div_ceil(base_blocks).max(1);
+        let wanted = (decode_blocks_per_sm() * multiprocessors).div_ceil(base_blocks).max(1);
         let n_splits = wanted.min(slices).max(1);
         let n_splits = n_splits.min(DECODE_MAX_SPLITS);
         let chunk = slices.div_ceil(n_splits) * unit;
