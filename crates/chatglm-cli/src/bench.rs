@@ -53,24 +53,11 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// The published ChatGLM2-6B config.json.
-const CHATGLM2_6B: &str = r#"{"num_layers":28,"hidden_size":4096,"num_attention_heads":32,"kv_channels":128,
-"multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":13696,"padded_vocab_size":65024,
-"seq_length":32768,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
-"original_rope":true,"torch_dtype":"float16","model_type":"chatglm"}"#;
-/// The tiny "dev" test model's shape.
-const DEV: &str = r#"{"num_layers":2,"hidden_size":64,"num_attention_heads":4,"kv_channels":16,
-"multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":160,"padded_vocab_size":4032,
-"seq_length":512,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
-"original_rope":true,"model_type":"chatglm"}"#;
-
 fn synthetic_config(name: &str) -> Result<Config> {
-    let json = match name {
-        "chatglm2-6b" | "chatglm3-6b" => CHATGLM2_6B,
-        "dev" | "tiny" => DEV,
-        other => bail!("unknown --synthetic model `{other}` (known: chatglm2-6b, dev)"),
-    };
-    Ok(Config::from_json_str(json)?)
+    match Config::known(name) {
+        Some(cfg) => Ok(cfg?),
+        None => bail!("unknown --synthetic model `{name}` (known: chatglm2-6b, dev)"),
+    }
 }
 
 /// Peak resident set size of this process (VmHWM), in bytes.

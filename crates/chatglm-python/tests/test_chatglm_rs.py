@@ -1,0 +1,183 @@
+"""chatglm_rs against the official golden outputs of the dev tiny model.
+
+Run by tests/python/run.sh (which builds the extension into a fresh venv).
+CHATGLM_TESTDATA points at the golden data (default: ../shared/testdata next to the checkout).
+"""
+
+import json
+import os
+import pathlib
+import threading
+import time
+
+import pytest
+
+import chatglm_rs
+from chatglm_rs import AutoModel, AutoTokenizer, Pipeline
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+TESTDATA = pathlib.Path(os.environ.get("CHATGLM_TESTDATA", ROOT.parent / "shared" / "testdata"))
+MODEL = TESTDATA / "dev" / "model" / "safetensors-f32"
+GOLDEN = json.loads((TESTDATA / "dev" / "golden" / "generate.json").read_text())
+
+
+def history(v):
+    return [(q, r) for q, r in v]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(MODEL), trust_remote_code=True)
+
+
+@pytest.fixture(scope="module")
+def model():
+    # The model card's lines; f32 on the CPU so the golden ids are exact.
+    return AutoModel.from_pretrained(str(MODEL), trust_remote_code=True).float().cpu().eval()
+
+
+def test_data_is_present():
+    assert MODEL.is_dir(), f"golden test data not found at {TESTDATA} (set CHATGLM_TESTDATA)"
+
+
+def test_chat_cases_match_the_official_outputs(model, tokenizer):
+    for case in GOLDEN["chat"]:
+        response, new_history = model.chat(
+            tokenizer, case["query"], history=history(case["history"]), max_length=case["max_length"], do_sample=False
+        )
+        assert response == case["response"], case["query"]
+        assert new_history == history(case["new_history"])
+
+
+def test_prompts_and_ids_match(model, tokenizer):
+    for case in GOLDEN["chat"]:
+        ids = model.pipeline.tokenizer.encode_chat(case["query"], history(case["history"]))
+        assert ids == case["prompt_ids"]
+    for case in GOLDEN["generate"]:
+        assert tokenizer.encode(case["text"]) == case["input_ids"]
+        assert tokenizer.decode(case["input_ids"]) == case["text"]
+
+
+def test_generate_cases_match_the_official_ids(model):
+    for case in GOLDEN["generate"]:
+        out = model.generate(case["input_ids"], max_new_tokens=32)
+        assert out == case["new_ids"]
+        # The lower-level pipeline gives the same.
+        assert model.pipeline.generate(case["input_ids"], max_new_tokens=32) == case["new_ids"]
+
+
+def test_streaming_equals_non_streaming(model, tokenizer):
+    case = GOLDEN["chat"][1]
+    last = None
+    for last in model.stream_chat(
+        tokenizer, case["query"], history=history(case["history"]), max_length=case["max_length"], do_sample=False
+    ):
+        assert isinstance(last[0], str) and last[1][-1][0] == case["query"]
+    assert last is not None
+    assert last[0] == case["response"]
+    assert last[1] == history(case["new_history"])
+    # Token-level streaming through the pipeline's callback.
+    deltas = []
+    response, _ = model.pipeline.chat(
+        case["query"], history(case["history"]), max_length=case["max_length"], do_sample=False, on_text=deltas.append
+    )
+    assert "".join(deltas) == case["raw_decode"]
+    assert response == case["response"]
+
+
+def test_history_round_trips(model, tokenizer):
+    response, h = model.chat(tokenizer, "你好", history=[], max_new_tokens=8, do_sample=False)
+    assert h == [("你好", response)]
+    response2, h2 = model.chat(tokenizer, "再见", history=h, max_new_tokens=8, do_sample=False)
+    assert h2 == h + [("再见", response2)]
+    assert tokenizer.build_prompt("再见", h) == "[Round 1]\n\n问：你好\n\n答：" + response + "\n\n[Round 2]\n\n问：再见\n\n答："
+
+
+def test_sampling_is_seeded(model, tokenizer):
+    a = model.chat(tokenizer, "你好", max_new_tokens=12, seed=7)
+    b = model.chat(tokenizer, "你好", max_new_tokens=12, seed=7)
+    assert a == b
+
+
+def test_logits_for_scoring(model):
+    forward = json.loads((TESTDATA / "dev" / "golden" / "forward.json").read_text())
+    case = forward["cases"][1]
+    rows = model.pipeline.logits(case["input_ids"], all=True)
+    assert len(rows) == len(case["input_ids"])
+    assert max(abs(a - b) for a, b in zip(rows[-1], case["logits_last"])) < 1e-4
+    last = model.pipeline.logits(case["input_ids"])
+    # One row goes through the mat-vec, all rows through the tiled product: same values to rounding.
+    assert len(last) == 1 and max(abs(a - b) for a, b in zip(last[0], rows[-1])) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m, t: m.chat(t, "hi", num_beams=2), "num_beams"),
+        (lambda m, t: m.chat(t, "hi", logits_processor=[]), "logits_processor"),
+        (lambda m, t: m.chat(t, "hi", frobnicate=1), "frobnicate"),
+        (lambda m, t: m.chat(t, "hi", temperature=-1.0), "temperature"),
+        (lambda m, t: m.chat(t, "hi", top_p=1.5), "top_p"),
+        (lambda m, t: m.chat(t, "hi", history=[("only one",)]), "history"),
+        (lambda m, t: m.chat(t, "hi", history=[{"role": "user", "content": "x"}]), "ChatGLM3"),
+        (lambda m, t: list(m.stream_chat(t, "hi", past_key_values=object())), "past_key_values"),
+        (lambda m, t: m.quantize(3), "quantize"),
+        (lambda m, t: m.to("tpu"), "device"),
+        (lambda m, t: AutoModel.from_pretrained(str(MODEL), torch_dtype="int3"), "torch_dtype"),
+        (lambda m, t: AutoModel.from_pretrained(str(MODEL), load_in_8bit=True), "load_in_8bit"),
+        (lambda m, t: t.encode("x", truncation=True), "truncation"),
+    ],
+)
+def test_bad_arguments_raise(model, tokenizer, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(model, tokenizer)
+
+
+def test_load_errors_are_python_exceptions():
+    with pytest.raises(RuntimeError):
+        Pipeline(str(TESTDATA / "no-such-model"), device="cpu")
+    with pytest.raises(ValueError, match="device"):
+        Pipeline(str(MODEL), device="tpu")
+    with pytest.raises(ValueError):
+        Pipeline(str(MODEL), device="cpu", dtype="f12")
+
+
+def test_a_python_thread_runs_while_the_model_computes(model, tokenizer):
+    ticks = []
+    stop = threading.Event()
+
+    def ticker():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0.001)
+
+    model.pipeline  # loaded before timing
+    t = threading.Thread(target=ticker)
+    start = time.perf_counter()
+    t.start()
+    model.chat(tokenizer, "你好", max_new_tokens=300, max_length=500, do_sample=False)
+    end = time.perf_counter()
+    stop.set()
+    t.join()
+    during = [x for x in ticks if start < x < end]
+    # With the GIL held for the whole call the ticker could not run at all.
+    assert end - start > 0.01
+    assert len(during) >= 3, f"{len(during)} ticks in {end - start:.3f} s"
+
+
+def test_device_and_reload(model):
+    assert model.device == "cpu"
+    assert chatglm_rs.cuda_device_count() >= 0
+    m = AutoModel.from_pretrained(str(MODEL)).half().cpu()
+    assert m.pipeline.device == "cpu"
+    m.float()  # changes the format: reloaded on next use
+    assert m._pipeline is None
+    assert m.generate(GOLDEN["generate"][0]["input_ids"], max_new_tokens=32) == GOLDEN["generate"][0]["new_ids"]
+
+
+@pytest.mark.skipif(chatglm_rs.cuda_device_count() == 0, reason="no usable CUDA GPU")
+def test_cuda_gives_the_golden_reply():
+    m = AutoModel.from_pretrained(str(MODEL)).float().cuda()
+    case = GOLDEN["chat"][0]
+    response, _ = m.chat(None, case["query"], history=history(case["history"]), max_length=case["max_length"], do_sample=False)
+    assert response == case["response"]
