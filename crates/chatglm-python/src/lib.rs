@@ -35,9 +35,9 @@ fn engine_error(e: EngineError) -> PyErr {
 
 /// A pipeline on whichever device it was loaded on.
 enum AnyPipeline {
-    Cpu(EnginePipeline<CpuBackend>),
+    Cpu(Box<EnginePipeline<CpuBackend>>),
     #[cfg(feature = "cuda")]
-    Cuda(EnginePipeline<chatglm_model::CudaBackend>),
+    Cuda(Box<EnginePipeline<chatglm_model::CudaBackend>>),
 }
 
 /// Runs `$body` with `$p` bound to the pipeline, whatever its backend.
@@ -123,7 +123,7 @@ fn load(path: &str, device: &str, dtype: &str, kv_dtype: Option<&str>) -> Result
             let p = EnginePipeline::load(path, options, progress).map_err(engine_error)?;
             Ok(Shared {
                 last_call: Mutex::new(0.0),
-                pipeline: AnyPipeline::Cpu(p),
+                pipeline: AnyPipeline::Cpu(Box::new(p)),
                 busy: Mutex::new(()),
                 device: "cpu".into(),
             })
@@ -147,7 +147,7 @@ fn synthetic(tokenizer: &str, model: &str, device: &str, dtype: &str, seed: u64)
             let p = EnginePipeline::assemble(m, tok, options, &spec).map_err(engine_error)?;
             Ok(Shared {
                 last_call: Mutex::new(0.0),
-                pipeline: AnyPipeline::Cpu(p),
+                pipeline: AnyPipeline::Cpu(Box::new(p)),
                 busy: Mutex::new(()),
                 device: "cpu".into(),
             })
@@ -159,7 +159,7 @@ fn synthetic(tokenizer: &str, model: &str, device: &str, dtype: &str, seed: u64)
             let p = EnginePipeline::assemble(m, tok, options, &spec).map_err(engine_error)?;
             Ok(Shared {
                 last_call: Mutex::new(0.0),
-                pipeline: AnyPipeline::Cuda(p),
+                pipeline: AnyPipeline::Cuda(Box::new(p)),
                 busy: Mutex::new(()),
                 device: "cuda:0".into(),
             })
@@ -189,7 +189,7 @@ fn load_cuda(path: &str, ordinal: usize, options: PipelineOptions) -> Result<Sha
     .map_err(engine_error)?;
     Ok(Shared {
         last_call: Mutex::new(0.0),
-        pipeline: AnyPipeline::Cuda(p),
+        pipeline: AnyPipeline::Cuda(Box::new(p)),
         busy: Mutex::new(()),
         device: format!("cuda:{ordinal}"),
     })

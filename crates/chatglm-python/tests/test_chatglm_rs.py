@@ -181,3 +181,64 @@ def test_cuda_gives_the_golden_reply():
     case = GOLDEN["chat"][0]
     response, _ = m.chat(None, case["query"], history=history(case["history"]), max_length=case["max_length"], do_sample=False)
     assert response == case["response"]
+
+
+CARD = """
+from chatglm_rs import AutoTokenizer, AutoModel
+tokenizer = AutoTokenizer.from_pretrained({path!r}, trust_remote_code=True)
+model = AutoModel.from_pretrained({path!r}, trust_remote_code=True){device}
+model = model.eval()
+response, history = model.chat(tokenizer, {query!r}, history={history!r}, max_length={max_length}, do_sample=False)
+print(response)
+"""
+
+
+def run_card(path, device=""):
+    import subprocess
+    import sys
+
+    case = GOLDEN["chat"][0]
+    script = CARD.format(
+        path=str(path), device=device, query=case["query"], history=history(case["history"]), max_length=case["max_length"]
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == case["response"] + "\n"
+
+
+def test_the_model_cards_lines_print_the_golden_reply():
+    run_card(MODEL, ".float()")
+
+
+def test_the_model_cards_lines_work_with_a_gguf_file(tmp_path):
+    import subprocess
+
+    exe = ROOT / "target" / "release" / "chatglm"
+    if not exe.exists():
+        pytest.skip(f"{exe} not built (cargo build --release -p chatglm-cli)")
+    gguf = tmp_path / "dev-f32.gguf"
+    subprocess.run([str(exe), "quantize", "-m", str(MODEL), "--dtype", "f32", "-o", str(gguf)], check=True, capture_output=True)
+    run_card(gguf, ".float().cpu()")
+
+
+def test_ctrl_c_interrupts_a_generation(model, tokenizer):
+    import signal
+
+    def long_chat():
+        return model.chat(tokenizer, "你好", max_new_tokens=450, max_length=500, do_sample=False)
+
+    long_chat()  # warm
+    full = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        long_chat()
+        full = min(full, time.perf_counter() - t0)
+    # SIGINT a tenth of the way in: the call must stop at the next token, not run to the end.
+    timer = threading.Timer(full * 0.1, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        long_chat()
+    elapsed = time.perf_counter() - started
+    timer.join()
+    assert elapsed < full * 0.9, f"interrupted after {elapsed:.3f} s of a {full:.3f} s call"
