@@ -42,6 +42,12 @@ for line in sys.stdin:
       cp "$exe" "$BIN/tests/$name"
       strip "$BIN/tests/$name"
     done
+  # The Python package as a wheel, for its CUDA test on the GPU machine.
+  if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install -q maturin >/dev/null 2>&1 || true
+    python3 -m maturin build --release -q -m crates/chatglm-python/Cargo.toml -o "$BIN/wheels" >/dev/null 2>&1 ||
+      echo "note: no chatglm_rs wheel built (maturin unavailable)"
+  fi
   cp "$data/README.md" "$BIN/testdata/"
   cp -r "$data/dev" "$BIN/testdata/dev"
   ls -la "$BIN" "$BIN/tests"
@@ -72,6 +78,12 @@ device() {
         grep -E "^test .*FAILED|panicked|^test result" "$out/test-$(basename "$t").log" | head -20 | tee -a "$summary"
       fi
     done
+    if ls "$BIN"/wheels/*.whl >/dev/null 2>&1; then
+      echo "== chatglm_rs (Python) on the GPU" | tee -a "$summary"
+      python3 -m pip install -q --no-index --no-deps --target /tmp/chatglm-py "$BIN"/wheels/*.whl &&
+        (cd crates/chatglm-python/tests && PYTHONPATH=/tmp/chatglm-py python3 -m pytest -q -k "cuda or card" 2>&1 | tail -3 | tee -a "$summary") ||
+        echo "chatglm_rs wheel did not install" | tee -a "$summary"
+    fi
     grep -hE "max \|Δ\|" "$out"/test-*.log | sort | uniq | head -60 >"$out/accuracy.txt" || true
     [ "$failed" = 0 ] && echo "tests: all passed" | tee -a "$summary" || echo "tests: FAILURES (see test-*.log)" | tee -a "$summary"
   fi
