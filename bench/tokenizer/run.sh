@@ -11,7 +11,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
-TESTDATA=${CHATGLM_TESTDATA:-$ROOT/../shared/testdata}
+TESTDATA=${CHATGLM_TESTDATA:-$ROOT/testdata}
 MODEL=$TESTDATA/chatglm2-tokenizer/tokenizer.model
 RUNS=${RUNS:-10}
 VENV=${VENV:-$ROOT/.venv-tokenizer-bench}

@@ -6,12 +6,12 @@
 # dev model and drives the page in headless Chromium. Exits non-zero on failure.
 #
 # Env: CHATGLM_BIN (use this binary, skip the build), CHATGLM_TESTDATA
-#      (default ../shared/testdata), CHROMIUM (default /usr/bin/chromium),
+#      (default testdata/ of the repository), CHROMIUM (default /usr/bin/chromium),
 #      SCREENSHOTS (default docs/screenshots), E2E_ARTIFACTS (default target/e2e).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-testdata=${CHATGLM_TESTDATA:-$root/../shared/testdata}
+testdata=${CHATGLM_TESTDATA:-$root/testdata}
 export CHATGLM_MODEL=${CHATGLM_MODEL:-$testdata/dev/model/safetensors-f32}
 export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 

@@ -5,7 +5,7 @@
 # package cannot be installed, e.g. offline.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-testdata=${CHATGLM_TESTDATA:-$root/../shared/testdata}
+testdata=${CHATGLM_TESTDATA:-$root/testdata}
 venv=${GGUF_VENV:-$root/target/gguf-venv}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

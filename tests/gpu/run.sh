@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 BIN=device-bin
 
 build() {
-  local data=${CHATGLM_TESTDATA:-../shared/testdata}
+  local data=${CHATGLM_TESTDATA:-testdata}
   [ -d "$data/dev" ] || { echo "error: golden test data not found at $data (set CHATGLM_TESTDATA)" >&2; exit 1; }
   rm -rf "$BIN"
   mkdir -p "$BIN/tests" "$BIN/testdata"

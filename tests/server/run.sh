@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-testdata=${CHATGLM_TESTDATA:-$root/../shared/testdata}
+testdata=${CHATGLM_TESTDATA:-$root/testdata}
 model=$testdata/dev/model/safetensors-f32
 
 if [[ -z "${CHATGLM_BIN:-}" ]]; then

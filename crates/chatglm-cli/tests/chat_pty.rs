@@ -4,15 +4,8 @@
 //! rexpect matches bytes as Latin-1 characters, so the checks use the ASCII
 //! parts of the output (the welcome line's key help, the `--verbose` stats).
 
-use std::path::PathBuf;
-
 fn dev_model() -> String {
-    std::env::var_os("CHATGLM_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
-        .join("dev/model/safetensors-f32")
-        .to_string_lossy()
-        .into_owned()
+    chatglm_testdata::dir().join("dev/model/safetensors-f32").to_string_lossy().into_owned()
 }
 
 #[test]

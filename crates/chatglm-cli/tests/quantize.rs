@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn testdata() -> PathBuf {
-    std::env::var_os("CHATGLM_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+    chatglm_testdata::dir()
 }
 
 fn dev() -> PathBuf {

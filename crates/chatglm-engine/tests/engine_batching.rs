@@ -13,9 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 fn testdata() -> PathBuf {
-    std::env::var_os("CHATGLM_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+    chatglm_testdata::dir()
 }
 
 fn pipeline() -> Pipeline<CpuBackend> {

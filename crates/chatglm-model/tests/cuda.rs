@@ -16,9 +16,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn testdata() -> PathBuf {
-    std::env::var_os("CHATGLM_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+    chatglm_testdata::dir()
 }
 
 /// The GPU backend for `cfg`, or `None` (with a message) where there is none.

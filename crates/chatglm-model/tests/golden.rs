@@ -6,9 +6,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn testdata() -> PathBuf {
-    std::env::var_os("CHATGLM_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"))
+    chatglm_testdata::dir()
 }
 
 fn golden(name: &str) -> Value {

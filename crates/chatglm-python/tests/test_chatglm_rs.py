@@ -1,7 +1,7 @@
 """chatglm_rs against the official golden outputs of the dev tiny model.
 
 Run by tests/python/run.sh (which builds the extension into a fresh venv).
-CHATGLM_TESTDATA points at the golden data (default: ../shared/testdata next to the checkout).
+CHATGLM_TESTDATA points at the golden data (default: the repository's testdata/).
 """
 
 import json
@@ -16,7 +16,7 @@ import chatglm_rs
 from chatglm_rs import AutoModel, AutoTokenizer, Pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-TESTDATA = pathlib.Path(os.environ.get("CHATGLM_TESTDATA", ROOT.parent / "shared" / "testdata"))
+TESTDATA = pathlib.Path(os.environ.get("CHATGLM_TESTDATA", ROOT / "testdata"))
 MODEL = TESTDATA / "dev" / "model" / "safetensors-f32"
 GOLDEN = json.loads((TESTDATA / "dev" / "golden" / "generate.json").read_text())
 

@@ -22,10 +22,7 @@ fn options(cache: &Path, offline: bool) -> HubOptions {
 /// Lays out `models--THUDM--chatglm2-6b` as huggingface_hub does: blobs,
 /// snapshot symlinks to them, and refs/main.
 fn fake_cache(cache: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/dev/model/safetensors-sharded-f16");
-    let src = std::env::var_os("CHATGLM_TESTDATA")
-        .map(|p| Path::new(&p).join("dev/model/safetensors-sharded-f16"))
-        .unwrap_or(src);
+    let src = chatglm_testdata::path("dev/model/safetensors-sharded-f16");
     let repo = cache.join("models--THUDM--chatglm2-6b");
     let snapshot = repo.join("snapshots").join(COMMIT);
     fs::create_dir_all(repo.join("blobs")).unwrap();

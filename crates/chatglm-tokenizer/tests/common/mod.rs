@@ -7,12 +7,9 @@ use std::path::{Path, PathBuf};
 use chatglm_tokenizer::ChatGlmTokenizer;
 use serde_json::Value;
 
-/// `$CHATGLM_TESTDATA`, else `../../../shared/testdata` from this crate.
+/// `$CHATGLM_TESTDATA`, else the repository's `testdata/`.
 pub fn testdata_dir() -> PathBuf {
-    match std::env::var_os("CHATGLM_TESTDATA") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"),
-    }
+    chatglm_testdata::dir()
 }
 
 /// A tokenizer with its golden files.

@@ -3,12 +3,9 @@
 
 use std::path::PathBuf;
 
-/// `../shared/testdata` next to the repo, or `$CHATGLM_TESTDATA`.
+/// The repository's `testdata/`, or `$CHATGLM_TESTDATA`.
 pub fn testdata() -> PathBuf {
-    match std::env::var_os("CHATGLM_TESTDATA") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata"),
-    }
+    chatglm_testdata::dir()
 }
 
 /// The dev model's layouts.
