@@ -21,29 +21,6 @@ extern "C" __global__ void embed_0(const void* t, const int* ids, float* out, in
 extern "C" __global__ void embed_1(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<1>(t, ids, out, cols, rows); }
 extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<2>(t, ids, out, cols, rows); }
 
-// grid = rows, block = 256. Mean square in f32 over a tree (the CPU reference
-// sums in f64; the two agree to ~1e-7 relative).
-extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, float* out, int cols, float eps) {
-    pdl_launch_dependents();
-    pdl_wait();
-    __shared__ float partial[8];
-    const int row = blockIdx.x;
-    const float* xr = x + (long)row * cols;
-    float s = 0.f;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) s = fmaf(xr[c], xr[c], s);
-    s = warp_sum(s);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) partial[0] = v;
-    }
-    __syncthreads();
-    const float inv = 1.0f / sqrtf(partial[0] / (float)cols + eps);
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)row * cols + c] = w[c] * (xr[c] * inv);
-}
-
 // x += y over n values. grid-stride.
 extern "C" __global__ void add_inplace(float* x, const float* y, long n) {
     pdl_launch_dependents();
@@ -121,10 +98,13 @@ extern "C" __global__ void fill_random_0(void* p, long n, u64 seed, float amp) {
 extern "C" __global__ void fill_random_1(void* p, long n, u64 seed, float amp) { fill_random_body<1>(p, n, seed, amp); }
 extern "C" __global__ void fill_random_2(void* p, long n, u64 seed, float amp) { fill_random_body<2>(p, n, seed, amp); }
 
-// RMSNorm and SwiGLU writing 16-bit results (OT = 1 f16, 2 bf16): the inputs
-// of the next half-precision matrix product, without an f32 round trip.
+// RMSNorm writing OT (0 f32, 1 f16, 2 bf16): the 16-bit forms are the inputs
+// of the next half-precision matrix product, without an f32 round trip. Mean
+// square in f32 over a tree (the CPU reference sums in f64; the two agree to
+// ~1e-7 relative). grid = rows, block = 256.
 template <int OT>
-__device__ __forceinline__ void rms_norm_half_body(const float* x, const float* w, u16* out, int cols, float eps) {
+__device__ __forceinline__ void rms_norm_body(const float* x, const float* w, void* out_, int cols, float eps) {
+    typename Elem<OT>::storage* out = (typename Elem<OT>::storage*)out_;
     pdl_launch_dependents();
     pdl_wait();
     __shared__ float partial[8];
@@ -144,5 +124,6 @@ __device__ __forceinline__ void rms_norm_half_body(const float* x, const float* 
     const float inv = 1.0f / sqrtf(partial[0] / (float)cols + eps);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) Elem<OT>::store(out, (long)row * cols + c, w[c] * (xr[c] * inv));
 }
-extern "C" __global__ void __launch_bounds__(256) rms_norm_h1(const float* x, const float* w, u16* out, int cols, float eps) { rms_norm_half_body<1>(x, w, out, cols, eps); }
-extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, const float* w, u16* out, int cols, float eps) { rms_norm_half_body<2>(x, w, out, cols, eps); }
+extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<0>(x, w, out, cols, eps); }
+extern "C" __global__ void __launch_bounds__(256) rms_norm_h1(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<1>(x, w, out, cols, eps); }
+extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<2>(x, w, out, cols, eps); }

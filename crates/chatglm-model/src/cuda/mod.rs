@@ -332,6 +332,26 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// RMSNorm of `x` written only as `normed`'s 16-bit copy in `dtype` (the
+    /// input of a large half-precision product).
+    fn rms_norm_to_half(
+        &self,
+        x: &CudaActivations,
+        norm: &CudaVector,
+        eps: f32,
+        normed: &mut CudaActivations,
+        dtype: DType,
+    ) {
+        self.run("rms_norm", || {
+            let xp = Self::input(x, x.rows, x.cols, "rms_norm")?;
+            let wp = Self::vector_ptr(norm, x.cols, "rms_norm")?;
+            Self::check_capacity(normed, x.rows, x.cols, "rms_norm")?;
+            let hp = self.half_output(normed, dtype)?;
+            // SAFETY: x rows×cols f32, norm cols, half rows×cols (ensured).
+            unsafe { self.gpu.rms_norm_half(xp, wp, hp, x.rows, x.cols, eps, dtype) }
+        });
+    }
+
     fn upload_matrix(&self, t: &Tensor, rows: usize, cols: usize, to: DType) -> Result<CudaSlice<u8>, ModelError> {
         let what = format!("weights {}", t.name);
         let mut dst =
@@ -684,14 +704,7 @@ impl Backend for CudaBackend {
             });
         } else if w.dtype != DType::F32 {
             // The normalised rows go straight to the product's 16-bit input.
-            self.run("rms_norm_linear", || {
-                let xp = Self::input(x, x.rows, x.cols, "rms_norm")?;
-                let wp = Self::vector_ptr(norm, x.cols, "rms_norm")?;
-                Self::check_capacity(normed, x.rows, x.cols, "rms_norm")?;
-                let hp = self.half_output(normed, w.dtype)?;
-                // SAFETY: x rows×cols f32, norm cols, half rows×cols (ensured).
-                unsafe { self.gpu.rms_norm_half(xp, wp, hp, x.rows, x.cols, eps, w.dtype) }
-            });
+            self.rms_norm_to_half(x, norm, eps, normed, w.dtype);
             self.linear(w, bias, normed, out);
         } else {
             self.rms_norm(x, norm, eps, normed);
@@ -714,14 +727,7 @@ impl Backend for CudaBackend {
                 self.product("rms_norm_linear_swiglu", w, None, x, out, GemvMode::SwiGlu, Some((norm, eps)))
             });
         } else if w.dtype != DType::F32 {
-            self.run("rms_norm_linear_swiglu", || {
-                let xp = Self::input(x, x.rows, x.cols, "rms_norm")?;
-                let wp = Self::vector_ptr(norm, x.cols, "rms_norm")?;
-                Self::check_capacity(normed, x.rows, x.cols, "rms_norm")?;
-                let hp = self.half_output(normed, w.dtype)?;
-                // SAFETY: x rows×cols f32, norm cols, half rows×cols (ensured).
-                unsafe { self.gpu.rms_norm_half(xp, wp, hp, x.rows, x.cols, eps, w.dtype) }
-            });
+            self.rms_norm_to_half(x, norm, eps, normed, w.dtype);
             self.linear_swiglu(w, normed, tmp, out);
         } else {
             self.rms_norm(x, norm, eps, normed);
