@@ -115,6 +115,19 @@ const DEV: &str = r#"{"num_layers":2,"hidden_size":64,"num_attention_heads":4,"k
 "seq_length":512,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
 "original_rope":true,"model_type":"chatglm"}"#;
 
+/// The largest value accepted for each size field of `config.json`.
+pub fn size_limit(field: &str) -> usize {
+    match field {
+        "num_layers" => 1024,
+        "hidden_size" => 65_536,
+        "num_attention_heads" | "multi_query_group_num" | "kv_channels" => 1024,
+        "ffn_hidden_size" => 262_144,
+        "padded_vocab_size" => 1 << 20,
+        "seq_length" => 1 << 21,
+        _ => usize::MAX,
+    }
+}
+
 impl ModelConfig {
     /// A known model shape by name (`chatglm2-6b`, `chatglm3-6b` — same shape —
     /// or `dev`, the tiny test model), for synthetic weights; `None` if unknown.
@@ -167,6 +180,13 @@ impl ModelConfig {
         for (field, value) in sizes {
             if value == 0 {
                 return Err(bad(format!("{field} must be positive, found 0")));
+            }
+            // Untrusted files must not make the loader build absurd tables:
+            // generous caps (10× the largest GLM models) stop a crafted config
+            // before anything is allocated from it.
+            let limit = size_limit(field);
+            if value > limit {
+                return Err(bad(format!("{field} = {value} exceeds the supported maximum {limit}")));
             }
         }
         let flags: [(&'static str, bool, bool, &str); 6] = [
@@ -310,6 +330,25 @@ mod tests {
         "rmsnorm": true, "seq_length": 32768, "use_cache": true, "torch_dtype": "float16",
         "transformers_version": "4.27.1", "tie_word_embeddings": false, "eos_token_id": 2, "pad_token_id": 0
     }"#;
+
+    #[test]
+    fn absurd_sizes_are_refused_naming_the_field() {
+        let base: serde_json::Value = serde_json::from_str(CHATGLM2_6B).unwrap();
+        for (field, value) in [
+            ("num_layers", 1_000_000_000u64),
+            ("hidden_size", 1 << 40),
+            ("padded_vocab_size", 1 << 32),
+            ("seq_length", u32::MAX as u64),
+            ("ffn_hidden_size", 10_000_000),
+        ] {
+            let mut cfg = base.clone();
+            cfg[field] = serde_json::json!(value);
+            let e = ModelConfig::from_json_str(&cfg.to_string()).unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains("exceeds"), "{field}: {e}");
+        }
+        // The real model is well inside the limits.
+        assert!(ModelConfig::from_json_str(CHATGLM2_6B).is_ok());
+    }
 
     #[test]
     fn chatglm2_6b() {

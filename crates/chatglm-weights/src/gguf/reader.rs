@@ -277,9 +277,15 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Elements reserved ahead of reading them: a count read from the file is
+/// only a claim, so tables grow with what is actually parsed instead of
+/// reserving the claimed size (an array of `n` empty strings needs 8 bytes
+/// of file each but 24 bytes of `String`).
+const MAX_RESERVE: usize = 1024;
+
 /// Calls `read` `n` times (`n` already checked against the bytes left).
 fn repeat<T>(n: usize, mut read: impl FnMut() -> Result<T, WeightsError>) -> Result<Vec<T>, WeightsError> {
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(MAX_RESERVE));
     for _ in 0..n {
         out.push(read()?);
     }
@@ -307,8 +313,8 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<GgufHeader, Weig
     // The smallest metadata pair: empty key (8), type (4), a one-byte value (1).
     let n_kv = c.count(13, &|| "the metadata count".into())?;
 
-    let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(n_kv);
-    let mut keys = HashSet::with_capacity(n_kv);
+    let mut metadata: Vec<(String, GgufValue)> = Vec::with_capacity(n_kv.min(MAX_RESERVE));
+    let mut keys = HashSet::with_capacity(n_kv.min(MAX_RESERVE));
     for i in 0..n_kv {
         let key = c.string(&|| format!("key of metadata pair {i}"))?;
         let at = c.pos;
@@ -337,8 +343,8 @@ pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<GgufHeader, Weig
         n_bytes: usize,
         offset: u64,
     }
-    let mut raw = Vec::with_capacity(n_tensors);
-    let mut names = HashSet::with_capacity(n_tensors);
+    let mut raw = Vec::with_capacity(n_tensors.min(MAX_RESERVE));
+    let mut names = HashSet::with_capacity(n_tensors.min(MAX_RESERVE));
     for i in 0..n_tensors {
         let name = c.string(&|| format!("name of tensor {i}"))?;
         let n_dims = c.u32(&|| format!("n_dims of tensor {name}"))?;
