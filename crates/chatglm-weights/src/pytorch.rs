@@ -94,7 +94,8 @@ fn tensor_from_record(
             .zip(&r.stride)
             .try_fold(r.offset_elements, |acc, (&d, &s)| acc.checked_add((d - 1).checked_mul(s)?))
     };
-    if last.is_none_or(|l| n_elements > 0 && l >= r.storage_elements) {
+    // An empty view may start at the storage's end, no further.
+    if last.is_none_or(|l| if n_elements > 0 { l >= r.storage_elements } else { l > r.storage_elements }) {
         return Err(bad(format!(
             "view (offset {}, shape {:?}, stride {:?}) reaches past the {}-element storage {}",
             r.offset_elements, r.shape, r.stride, r.storage_elements, r.storage_key
@@ -111,8 +112,14 @@ fn tensor_from_record(
     }
     let base = storage.data.start;
     let data = if is_contiguous(&r.shape, &r.stride) {
-        let start = base + r.offset_elements * elem;
-        TensorData::from_mmap(map, start..start + n_elements * elem)
+        // Checked: every number here came from the file.
+        let range = r
+            .offset_elements
+            .checked_mul(elem)
+            .and_then(|o| base.checked_add(o))
+            .and_then(|start| Some(start..start.checked_add(n_elements.checked_mul(elem)?)?));
+        range
+            .and_then(|range| TensorData::from_mmap(map, range))
             .ok_or_else(|| bad("view outside the archive".into()))?
     } else {
         let storage_bytes = map.get(storage.data.clone()).unwrap_or_default();
@@ -162,6 +169,45 @@ mod tests {
         assert!(is_contiguous(&[2, 3], &[3, 1]));
         assert!(is_contiguous(&[1, 3], &[99, 1]));
         assert!(!is_contiguous(&[2, 3], &[1, 2]));
+    }
+
+    fn record(shape: Vec<usize>, offset_elements: usize) -> TensorRecord {
+        let stride = vec![1; shape.len()];
+        TensorRecord {
+            name: "t".into(),
+            storage_key: "0".into(),
+            dtype: crate::DType::F32,
+            storage_elements: 4,
+            offset_elements,
+            shape,
+            stride,
+        }
+    }
+
+    #[test]
+    fn views_with_offsets_from_the_file_are_checked() {
+        let file = std::env::temp_dir().join(format!("chatglm-pytorch-view-{}", std::process::id()));
+        std::fs::write(&file, [0u8; 64]).unwrap();
+        let map = Arc::new(unsafe_map(&file));
+        let storage = ZipEntry { name: "archive/data/0".into(), data: 16..32 };
+        let path = Path::new("x.bin");
+        // An empty tensor whose offset is far past its 4-element storage (the
+        // offset times 4 bytes overflows): an error, not a wrapped window.
+        for offset in [5, usize::MAX / 2, usize::MAX] {
+            let e = tensor_from_record(&map, &storage, record(vec![0], offset), path);
+            assert!(e.is_err(), "offset {offset} accepted");
+        }
+        // In bounds, empty and not: fine.
+        assert!(tensor_from_record(&map, &storage, record(vec![0], 4), path).is_ok());
+        assert_eq!(tensor_from_record(&map, &storage, record(vec![2], 2), path).unwrap().data.len(), 8);
+        assert!(tensor_from_record(&map, &storage, record(vec![3], 2), path).is_err());
+        let _ = std::fs::remove_file(&file);
+    }
+
+    fn unsafe_map(file: &Path) -> memmap2::Mmap {
+        let f = std::fs::File::open(file).unwrap();
+        // SAFETY: a private temporary file nobody else writes while mapped.
+        unsafe { memmap2::Mmap::map(&f).unwrap() }
     }
 
     #[test]
