@@ -105,7 +105,7 @@ pub fn generate<B: Backend>(
     config: &GenerationConfig,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<GenerationOutput, EngineError> {
-    config.sampling.validate().map_err(EngineError::InvalidParameter)?;
+    config.sampling.validate().map_err(|e| EngineError::InvalidParameter(e.to_string()))?;
     if new_ids.is_empty() {
         return Err(EngineError::InvalidParameter("the prompt is empty".into()));
     }

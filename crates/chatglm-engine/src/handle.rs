@@ -59,8 +59,11 @@ pub struct EngineLimits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
-    #[error("invalid parameter: {0}")]
-    InvalidParameter(String),
+    /// `param` names the request field (none where no field is to blame).
+    #[error("invalid parameter: {message}")]
+    InvalidParameter { param: Option<&'static str>, message: String },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
     #[error("the prompt is {prompt_tokens} tokens but the limit is {limit} ({which})")]
     PromptTooLong { prompt_tokens: usize, limit: usize, which: &'static str },
     #[error("the queue is full ({0} requests waiting); retry later")]
@@ -176,13 +179,18 @@ impl EngineHandle {
     fn check(&self, request: &Request) -> Result<(), SubmitError> {
         let limits = &self.shared.limits;
         let p = &request.params;
-        p.sampling.validate().map_err(SubmitError::InvalidParameter)?;
+        p.sampling
+            .validate()
+            .map_err(|e| SubmitError::InvalidParameter { param: Some(e.param), message: e.message })?;
         let n = request.prompt_ids.len();
         if n == 0 {
-            return Err(SubmitError::InvalidParameter("the prompt is empty".into()));
+            return Err(SubmitError::EmptyPrompt);
         }
         if p.max_new_tokens == Some(0) {
-            return Err(SubmitError::InvalidParameter("max_tokens must be at least 1".into()));
+            return Err(SubmitError::InvalidParameter {
+                param: Some("max_tokens"),
+                message: "max_tokens must be at least 1".into(),
+            });
         }
         // As `generate`: the prompt plus one sampled token must fit each limit.
         let too_long = |limit: usize, which| {

@@ -33,5 +33,5 @@ pub use generate::{generate, FinishReason, GenerationConfig, GenerationOutput, T
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineLimits, SubmitError};
 pub use pipeline::{Pipeline, PipelineOptions};
 pub use request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
-pub use sampling::SamplingParams;
+pub use sampling::{ParamError, SamplingParams};
 pub use session::{ChatReply, ChatSession, History};

@@ -39,19 +39,39 @@ impl SamplingParams {
     }
 
     /// Checks ranges; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ParamError> {
+        let err = |param, message| Err(ParamError { param, message });
         if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+            return err("temperature", format!("temperature must be a finite number >= 0, got {}", self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+            return err("top_p", format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
-            return Err(format!("repetition_penalty must be > 0, got {}", self.repetition_penalty));
+            return err(
+                "repetition_penalty",
+                format!("repetition_penalty must be > 0, got {}", self.repetition_penalty),
+            );
         }
         Ok(())
     }
 }
+
+/// A parameter out of range: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// The field, as the APIs name it (`temperature`, `top_p`, …).
+    pub param: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ParamError {}
 
 /// The official `InvalidScoreLogitsProcessor`: if any logit is NaN or ±inf,
 /// all are zeroed and index 5 is set to 5e4.

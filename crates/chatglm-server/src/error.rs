@@ -81,11 +81,11 @@ impl ApiError {
     /// Maps a refused submission; `prompt_param` names the prompt field.
     pub fn from_submit(e: SubmitError, prompt_param: &str) -> Self {
         match e {
-            SubmitError::InvalidParameter(m) => {
-                let param = m.split_whitespace().next().unwrap_or("").to_string();
-                let param =
-                    if param.chars().all(|c| c.is_ascii_lowercase() || c == '_') { param } else { String::new() };
-                Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", m).with_param(param)
+            SubmitError::InvalidParameter { param, message } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message).with_param(param.unwrap_or(""))
+            }
+            e @ SubmitError::EmptyPrompt => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string()).with_param(prompt_param)
             }
             e @ SubmitError::PromptTooLong { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", format!("{e}; shorten the input"))
@@ -154,5 +154,31 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Api
                 Err(ApiError::malformed_json(inner))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_is_the_field_at_fault_not_a_word_of_the_message() {
+        // Before: the first word of the message ("the") became `param`.
+        let e = ApiError::from_submit(SubmitError::EmptyPrompt, "messages");
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let e = ApiError::from_submit(
+            SubmitError::InvalidParameter {
+                param: Some("top_p"),
+                message: "the nucleus mass must be in (0, 1]".into(),
+            },
+            "prompt",
+        );
+        assert_eq!(e.param.as_deref(), Some("top_p"));
+        let e = ApiError::from_submit(
+            SubmitError::InvalidParameter { param: None, message: "the request is odd".into() },
+            "prompt",
+        );
+        assert!(e.param.as_deref().is_none_or(str::is_empty), "{:?}", e.param);
     }
 }
