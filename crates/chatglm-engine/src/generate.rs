@@ -175,8 +175,9 @@ pub fn generate<B: Backend>(
         if config.eos_ids.contains(&token) {
             break FinishReason::Stop;
         }
+        let before = text.len();
         detok.push_into(token, &mut text);
-        if let Some(at) = stops.find(&text) {
+        if let Some(at) = stops.find_new(&text, before) {
             text.truncate(at);
             break FinishReason::Stop;
         }

@@ -97,8 +97,9 @@ impl<'t, C: KvCacheOps> Sequence<'t, C> {
         if self.params.eos_ids.contains(&token) {
             return Progress::Finished(FinishReason::Stop);
         }
+        let before = self.text.len();
         self.detok.push_into(token, &mut self.text);
-        if let Some(at) = self.stops.find(&self.text) {
+        if let Some(at) = self.stops.find_new(&self.text, before) {
             self.text.truncate(at);
             return Progress::Finished(FinishReason::Stop);
         }

@@ -15,11 +15,15 @@ pub fn process_response(text: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct StopMatcher {
     stops: Vec<String>,
+    /// Bytes of the longest stop string.
+    max_len: usize,
 }
 
 impl StopMatcher {
     pub fn new(stops: &[String]) -> Self {
-        Self { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect() }
+        let stops: Vec<String> = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let max_len = stops.iter().map(String::len).max().unwrap_or(0);
+        Self { stops, max_len }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -29,6 +33,21 @@ impl StopMatcher {
     /// Byte index where the earliest stop string starts in `text`, if any.
     pub fn find(&self, text: &str) -> Option<usize> {
         self.stops.iter().filter_map(|s| text.find(s.as_str())).min()
+    }
+
+    /// As [`Self::find`] for text that was searched before up to byte
+    /// `new_from`: only a match ending in the new bytes can be new, so only
+    /// the tail that could hold one is scanned (per token, a cost bounded by
+    /// the stop strings, not by the length of the reply).
+    pub fn find_new(&self, text: &str, new_from: usize) -> Option<usize> {
+        if self.stops.is_empty() {
+            return None;
+        }
+        let mut start = new_from.saturating_sub(self.max_len.saturating_sub(1)).min(text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        self.find(&text[start..]).map(|at| start + at)
     }
 
     /// Length of the longest suffix of `text` that is a proper prefix of a
@@ -49,6 +68,34 @@ impl StopMatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_search_finds_what_a_full_search_finds() {
+        let stops: Vec<String> = ["ab", "你好", "xyz!", "b"].iter().map(|s| s.to_string()).collect();
+        let m = StopMatcher::new(&stops);
+        // Grow texts piece by piece (pieces of 1–3 chars, some CJK) and compare
+        // the incremental search with a full one at every step.
+        let pieces = ["a", "x", "你", "好", "y", "z", "!", "b", "ab", "q", "你好", "zz"];
+        for seed in 0..200u32 {
+            let mut s = seed.wrapping_mul(2_654_435_761) | 1;
+            let mut text = String::new();
+            let mut found_incremental = None;
+            for _ in 0..24 {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                let before = text.len();
+                text.push_str(pieces[(s as usize) % pieces.len()]);
+                if found_incremental.is_none() {
+                    found_incremental = m.find_new(&text, before);
+                }
+                if found_incremental.is_some() {
+                    break;
+                }
+            }
+            assert_eq!(found_incremental, m.find(&text), "{text:?}");
+        }
+    }
 
     #[test]
     fn process_response_strips_and_replaces() {

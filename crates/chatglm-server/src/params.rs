@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 /// Most stop strings a request may give.
 const MAX_STOP_STRINGS: usize = 16;
+/// Bytes of one stop string: a stop string is a marker, not a document (each
+/// token checks the reply's tail against every stop string).
+const MAX_STOP_BYTES: usize = 256;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +84,12 @@ impl SamplingFields {
         }
         if stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid_param("stop", "stop strings must not be empty"));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!("a stop string may be at most {MAX_STOP_BYTES} bytes, got {}", long.len()),
+            ));
         }
         // Any integer is a seed: negative ones keep their two's-complement bits.
         let seed = match &self.seed {

@@ -202,12 +202,17 @@ async fn bad_requests_get_openai_errors() {
         (r#""max_tokens": "ten""#, "max_tokens"),
         (r#""n": 2"#, "n"),
         (r#""stop": [""]"#, "stop"),
+        (r#""stop": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q"]"#, "stop"),
         (r#""seed": 1.5"#, "seed"),
         (r#""temperature": "hot""#, "temperature"),
     ] {
         let (status, v) = s.post_json(chat, &format!("{{{msgs}, {extra}}}")).await;
         assert_error(status, &v, StatusCode::BAD_REQUEST, Some(param));
     }
+    // A stop string longer than 256 bytes (it would be rescanned at every token).
+    let long_stop = format!(r#""stop": ["{}"]"#, "x".repeat(257));
+    let (status, v) = s.post_json(chat, &format!("{{{msgs}, {long_stop}}}")).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("stop"));
     let (status, v) = s.post_json(chat, r#"{"messages": []}"#).await;
     assert_error(status, &v, StatusCode::BAD_REQUEST, Some("messages"));
     let (status, v) = s.post_json(chat, r#"{"temperature": 0}"#).await;
