@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 /// Messages to the loop.
 pub(crate) enum Command {
     Submit(Request),
+    /// Ends the loop with a panic: tests of what front ends do when the
+    /// engine thread dies ([`crate::EngineHandle::crash_for_tests`]).
+    Crash,
 }
 
 pub(crate) struct LoopSetup<'s, B: Backend> {
@@ -87,6 +90,7 @@ impl<'t, B: Backend> Loop<'t, B> {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(request) => self.submit(request),
+            Command::Crash => panic!("engine crash requested (EngineHandle::crash_for_tests)"),
         }
     }
 

@@ -124,9 +124,13 @@ impl Engine {
         shared.stats.kv_blocks_total.store(total_blocks as u64, Relaxed);
         let (tx, rx) = mpsc::channel();
         let loop_shared = Arc::clone(&shared);
+        shared.stats.engine_alive.store(true, Relaxed);
         let thread = std::thread::Builder::new()
             .name("chatglm-engine".into())
-            .spawn(move || run_loop(LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats: &loop_shared.stats }))
+            .spawn(move || {
+                let _alive = AliveGuard(&loop_shared.stats);
+                run_loop(LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats: &loop_shared.stats })
+            })
             .map_err(|e| EngineError::InvalidParameter(format!("cannot start the engine thread: {e}")))?;
         Ok(Self { handle: EngineHandle { tx, shared }, thread })
     }
@@ -141,7 +145,33 @@ impl Engine {
     }
 }
 
+/// Marks the engine dead when its thread ends, and counts a panic if that is
+/// how it ended (drops run while a panic unwinds).
+struct AliveGuard<'a>(&'a EngineStats);
+
+impl Drop for AliveGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.engine_panics.fetch_add(1, Relaxed);
+            tracing::error!("the engine thread panicked; requests now fail with 'the engine has stopped'");
+        }
+        self.0.engine_alive.store(false, Relaxed);
+    }
+}
+
 impl EngineHandle {
+    /// Whether the engine thread is still running.
+    pub fn is_alive(&self) -> bool {
+        self.shared.stats.engine_alive.load(Relaxed)
+    }
+
+    /// Makes the engine thread panic, for tests of how front ends report a
+    /// dead engine. Never called by the front ends themselves.
+    #[doc(hidden)]
+    pub fn crash_for_tests(&self) {
+        let _ = self.tx.send(Command::Crash);
+    }
+
     /// A fresh request id.
     pub fn next_id(&self) -> u64 {
         self.shared.next_id.fetch_add(1, Relaxed)

@@ -53,6 +53,11 @@ impl Histogram {
 /// Everything the engine counts. Totals only grow; gauges are current values.
 #[derive(Debug, Default)]
 pub struct EngineStats {
+    /// Whether the engine thread is running (false once it has ended, by a
+    /// panic or after its last handle went away).
+    pub engine_alive: std::sync::atomic::AtomicBool,
+    /// Panics of the engine thread (0 or 1: it does not restart).
+    pub engine_panics: AtomicU64,
     /// Requests accepted into the queue.
     pub requests_submitted: AtomicU64,
     /// Requests refused at submission (queue full, too long, never fits).

@@ -25,7 +25,7 @@ mod stream;
 pub use error::ApiError;
 pub use state::{AppState, ServerConfig};
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -94,8 +94,18 @@ async fn index() -> Response {
     ([(header::CACHE_CONTROL, "no-cache")], Html(INDEX_HTML)).into_response()
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness and readiness: 200 while the engine thread runs (the model is
+/// loaded before the server starts), 503 once it has stopped (a panic).
+async fn health(State(state): State<AppState>) -> Response {
+    if state.engine().is_alive() {
+        Json(serde_json::json!({ "status": "ok", "engine": "running" })).into_response()
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "unavailable", "engine": "stopped" })),
+        )
+            .into_response()
+    }
 }
 
 async fn not_found() -> ApiError {

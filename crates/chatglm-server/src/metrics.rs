@@ -71,6 +71,14 @@ pub fn render(state: &AppState) -> String {
     scalar(&mut out, "chatglm_engine_steps_total", "counter", "Batched forward steps run.", g(&s.steps));
     scalar(
         &mut out,
+        "chatglm_engine_alive",
+        "gauge",
+        "1 while the engine thread runs, 0 once it has stopped.",
+        u64::from(s.engine_alive.load(Relaxed)),
+    );
+    scalar(&mut out, "chatglm_engine_panics_total", "counter", "Panics of the engine thread.", g(&s.engine_panics));
+    scalar(
+        &mut out,
         "chatglm_engine_step_tokens_total",
         "counter",
         "Tokens computed by forward steps (prefill and decode).",

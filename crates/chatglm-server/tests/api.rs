@@ -311,3 +311,30 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert!(s.metric("chatglm_requests_rejected_total").await >= 1.0);
     drop(keep);
 }
+
+#[tokio::test]
+async fn health_reports_a_dead_engine() {
+    let s = TestServer::default();
+    let (status, body) = s.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("running"));
+    assert_eq!(s.metric("chatglm_engine_alive").await, 1.0);
+
+    // Before: /health said ok whatever the engine thread's state.
+    s.state.engine().crash_for_tests();
+    let mut status = StatusCode::OK;
+    for _ in 0..200 {
+        status = s.get("/health").await.0;
+        if status != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(s.metric("chatglm_engine_alive").await, 0.0);
+    assert_eq!(s.metric("chatglm_engine_panics_total").await, 1.0);
+    // Requests then fail cleanly, naming the cause.
+    let (status, v) = s.post_json("/v1/chat/completions", r#"{"messages": [{"role": "user", "content": "hi"}]}"#).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("stopped"), "{v}");
+}
