@@ -38,20 +38,35 @@ const INDEX_HTML: &str = include_str!("../ui/dist/index.html");
 
 /// The whole HTTP API over `state`.
 pub fn app(state: AppState) -> Router {
-    let limit = state.config().max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/", get(index).post(api_py::create_item))
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
+        .route("/v1/completions", post(openai::completions));
+    with_layers(routes, state)
+}
+
+/// The fallbacks and layers every route runs under: body limit, API key,
+/// status counters, and a 500 (counted) for a handler that panics.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    let limit = state.config().max_body_bytes;
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::require_key))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::count_status))
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal("internal error").into_response()))
+        .layer(CatchPanicLayer::custom({
+            let state = state.clone();
+            move |_| {
+                // The panic skipped the status counter; count it here.
+                state.0.http.panics.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                state.0.http.record(500);
+                ApiError::internal("internal error").into_response()
+            }
+        }))
         .with_state(state)
 }
 
@@ -117,4 +132,39 @@ async fn method_not_allowed() -> ApiError {
     e.status = axum::http::StatusCode::METHOD_NOT_ALLOWED;
     e.code = Some("method_not_allowed");
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatglm_engine::{Engine, EngineConfig, Pipeline, PipelineOptions};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_counted_500() {
+        let dir = chatglm_testdata::path("dev/model/safetensors-f32");
+        let p = Pipeline::load(dir.to_str().unwrap_or_default(), PipelineOptions::default(), &mut |_, _| {}).unwrap();
+        let tokenizer = Arc::new(p.tokenizer);
+        let engine = Engine::spawn(p.model, Arc::clone(&tokenizer), p.kv_dtype, EngineConfig::default()).unwrap();
+        let state = AppState::new(engine.handle.clone(), tokenizer, ServerConfig::default());
+        async fn boom() -> &'static str {
+            panic!("handler bug")
+        }
+        let router = with_layers(
+            Router::new().route("/boom", get(boom)).route("/metrics", get(metrics::metrics)),
+            state.clone(),
+        );
+        let req = axum::http::Request::get("/boom").body(axum::body::Body::empty()).unwrap();
+        let resp = router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        // Before: the panic was answered but never counted.
+        assert_eq!(state.0.http.panics.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let req = axum::http::Request::get("/metrics").body(axum::body::Body::empty()).unwrap();
+        let body = router.oneshot(req).await.unwrap().into_body();
+        let text =
+            String::from_utf8(http_body_util::BodyExt::collect(body).await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(text.contains("chatglm_http_panics_total 1"), "{text}");
+        assert!(text.contains("chatglm_http_responses_total{status=\"500\"} 1"), "{text}");
+    }
 }

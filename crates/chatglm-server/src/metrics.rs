@@ -79,6 +79,13 @@ pub fn render(state: &AppState) -> String {
     scalar(&mut out, "chatglm_engine_panics_total", "counter", "Panics of the engine thread.", g(&s.engine_panics));
     scalar(
         &mut out,
+        "chatglm_http_panics_total",
+        "counter",
+        "HTTP handlers that panicked (answered 500).",
+        g(&state.0.http.panics),
+    );
+    scalar(
+        &mut out,
         "chatglm_engine_step_tokens_total",
         "counter",
         "Tokens computed by forward steps (prefill and decode).",

@@ -34,6 +34,8 @@ pub(crate) const COUNTED_STATUSES: [u16; 9] = [200, 400, 401, 404, 405, 413, 429
 #[derive(Debug, Default)]
 pub(crate) struct HttpCounters {
     pub by_status: [AtomicU64; COUNTED_STATUSES.len() + 1],
+    /// Handlers that panicked (answered 500 by the catch-panic layer).
+    pub panics: AtomicU64,
 }
 
 impl HttpCounters {
