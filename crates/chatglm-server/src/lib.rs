@@ -30,7 +30,7 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// The web chat page (a single self-contained file).
@@ -70,14 +70,52 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long shutdown waits for open requests (streams included) to finish
+/// before closing them: a client that stalls mid-request must not keep the
+/// server from exiting.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves `app(state)` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for open requests (streams included) to finish.
+/// accepting and waits up to [`SHUTDOWN_GRACE`] for open requests (streams
+/// included) to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    serve_with_grace(listener, state, shutdown, SHUTDOWN_GRACE).await
+}
+
+/// [`serve`] with another drain deadline; connections still open after it
+/// are dropped (with the runtime that runs them).
+pub async fn serve_with_grace(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    let (requested_tx, requested_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = requested_tx.send(());
+    };
+    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal).into_future();
+    tokio::pin!(server);
+    let deadline = async move {
+        // Only once shutdown was asked for (an error means the server ended first).
+        if requested_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = &mut server => served,
+        () = deadline => {
+            tracing::warn!("requests still open {grace:?} after shutdown was requested; closing them");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -179,3 +179,41 @@ async fn shutdown_drains_running_requests() {
     assert!(TcpStream::connect(addr).await.is_err());
     s.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_forever_for_a_stalled_client() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let state = s.state.clone();
+    let grace = Duration::from_millis(300);
+    let task = tokio::spawn(async move {
+        chatglm_server::serve_with_grace(
+            listener,
+            state,
+            async {
+                let _ = stop_rx.await;
+            },
+            grace,
+        )
+        .await
+        .unwrap();
+    });
+    // A client that sends headers promising a body, a few bytes of it, then stalls.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"mess")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let _ = stop_tx.send(());
+    // Before: graceful shutdown waited for this request's body forever.
+    tokio::time::timeout(Duration::from_secs(10), task).await.expect("serve did not return").unwrap();
+    let waited = t0.elapsed();
+    assert!(waited >= grace && waited < grace + Duration::from_secs(3), "returned after {waited:?}");
+    drop(stalled);
+    s.shutdown();
+}
