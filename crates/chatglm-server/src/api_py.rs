@@ -87,7 +87,8 @@ pub(crate) async fn create_item(
         stop: Vec::new(),
         eos_ids: vec![state.0.tokenizer.eos_id()],
     };
-    let prompt_ids = state.0.tokenizer.encode_chat(prompt, &history);
+    let (query, past) = (prompt.to_string(), history.clone());
+    let prompt_ids = crate::bridge::encode_off_runtime(&state, move |t| t.encode_chat(&query, &past)).await?;
     let c = collect(submit(&state, prompt_ids, params, "prompt")?).await?;
     let response = process_response(&c.text);
     history.push((prompt.to_string(), response.clone()));

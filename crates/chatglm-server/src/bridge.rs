@@ -26,6 +26,19 @@ pub(crate) struct Submitted {
 }
 
 /// Queues `prompt_ids`; `prompt_param` names the field to blame if too long.
+/// Runs `encode` on the blocking pool: tokenizing a 2 MiB body takes tens of
+/// milliseconds, which on one of the async runtime's few threads would stall
+/// every other connection it serves.
+pub(crate) async fn encode_off_runtime(
+    state: &AppState,
+    encode: impl FnOnce(&chatglm_tokenizer::ChatGlmTokenizer) -> Vec<u32> + Send + 'static,
+) -> Result<Vec<u32>, ApiError> {
+    let tokenizer = std::sync::Arc::clone(&state.0.tokenizer);
+    tokio::task::spawn_blocking(move || encode(&tokenizer))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))
+}
+
 pub(crate) fn submit(
     state: &AppState,
     prompt_ids: Vec<u32>,

@@ -1,7 +1,7 @@
 //! The OpenAI endpoints: `POST /v1/chat/completions`, `POST /v1/completions`
 //! and `GET /v1/models`.
 
-use crate::bridge::{collect, submit};
+use crate::bridge::{collect, encode_off_runtime, submit};
 use crate::error::{parse_json, ApiError};
 use crate::params::{Defaults, SamplingFields, StopField};
 use crate::state::{unix_now, AppState};
@@ -163,7 +163,7 @@ pub(crate) async fn chat_completions(
     };
     let params =
         fields.to_params(&state, Defaults { temperature: CHAT_TEMPERATURE, top_p: CHAT_TOP_P, max_tokens: None })?;
-    let prompt_ids = state.0.tokenizer.encode_chat(&query, &history);
+    let prompt_ids = encode_off_runtime(&state, move |t| t.encode_chat(&query, &history)).await?;
     let submitted = submit(&state, prompt_ids, params, "messages")?;
     let id = format!("chatcmpl-{}", submitted.id);
     let model = state.config().model_id.clone();
@@ -215,7 +215,7 @@ pub(crate) async fn completions(
     };
     let params =
         fields.to_params(&state, Defaults { temperature: 1.0, top_p: 1.0, max_tokens: Some(COMPLETION_MAX_TOKENS) })?;
-    let prompt_ids = state.0.tokenizer.encode(&prompt);
+    let prompt_ids = encode_off_runtime(&state, move |t| t.encode(&prompt)).await?;
     let submitted = submit(&state, prompt_ids, params, "prompt")?;
     let id = format!("cmpl-{}", submitted.id);
     let model = state.config().model_id.clone();

@@ -338,3 +338,45 @@ async fn health_reports_a_dead_engine() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert!(v["error"]["message"].as_str().unwrap_or("").contains("stopped"), "{v}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn tokenizing_a_large_body_does_not_stall_other_requests() {
+    // One runtime thread: whatever runs on it inline blocks every other request.
+    let s = TestServer::default();
+    let text = "ChatGLM.rs 你好，世界。 ".repeat(60_000); // ~1.6 MB
+    let direct = {
+        let tok = chatglm_tokenizer::ChatGlmTokenizer::from_file(&common::model_dir().join("tokenizer.model")).unwrap();
+        let t = Instant::now();
+        let ids = tok.encode(&text);
+        assert!(ids.len() > 100_000);
+        t.elapsed()
+    };
+    let body = json!({"prompt": text, "max_tokens": 1}).to_string();
+    let app = chatglm_server::app(s.state.clone());
+    let big = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let req = axum::http::Request::post("/v1/completions")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            tower::ServiceExt::oneshot(app, req).await.unwrap().status()
+        }
+    });
+    // Let the big request start tokenizing (it runs when this task yields),
+    // then ask for a health check; time both from here.
+    let t = Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let req = axum::http::Request::get("/health").body(axum::body::Body::empty()).unwrap();
+    let health = tower::ServiceExt::oneshot(app, req).await.unwrap().status();
+    let waited = t.elapsed();
+    assert_eq!(health, StatusCode::OK);
+    // The prompt is far over the dev model's context: refused after tokenizing.
+    assert_eq!(big.await.unwrap(), StatusCode::BAD_REQUEST);
+    // Before: the health check waited for the whole tokenization.
+    eprintln!("health answered after {waited:?}; tokenizing the body takes {direct:?}");
+    assert!(
+        waited < std::time::Duration::from_millis(5) + direct / 3,
+        "health took {waited:?} while tokenizing took {direct:?}"
+    );
+}
