@@ -49,11 +49,18 @@ pub fn load_pytorch_bin(path: &Path) -> Result<Vec<Tensor>, WeightsError> {
     }
     let pickle_bytes = map.get(pkl.data.clone()).unwrap_or_default();
     let records = read_state_dict_at(pickle_bytes, path)?;
+    // One index of the archive, not a scan of it per tensor (a crafted file
+    // with many records and entries made that quadratic).
+    let mut by_name: std::collections::HashMap<&str, &ZipEntry> = std::collections::HashMap::new();
+    for e in &entries {
+        // The first of duplicate names wins, as a scan in archive order would.
+        by_name.entry(e.name.as_str()).or_insert(e);
+    }
     records
         .into_iter()
         .map(|r| {
             let entry_name = format!("{prefix}data/{}", r.storage_key);
-            let storage = entries.iter().find(|e| e.name == entry_name).ok_or_else(|| WeightsError::BadTensor {
+            let storage = by_name.get(entry_name.as_str()).copied().ok_or_else(|| WeightsError::BadTensor {
                 path: path.to_path_buf(),
                 tensor: r.name.clone(),
                 message: format!("its storage entry {entry_name} is missing from the archive"),
