@@ -200,13 +200,30 @@ pub fn attend_group<T: KvElem>(
     n_ctx: usize,
     out: &mut [f32],
 ) {
+    // The SIMD kernels below read keys and values through raw pointers: the
+    // lengths they rely on are checked here, in release builds too.
+    let hd = shape.head_dim;
+    assert!(hd > 0 && group < shape.n_groups, "attend_group: group {group} of {} (head_dim {hd})", shape.n_groups);
+    assert!(
+        q.len().is_multiple_of(hd) && out.len() >= q.len(),
+        "attend_group: q {} / out {} values",
+        q.len(),
+        out.len()
+    );
+    let needed_values = if n_ctx == 0 { 0 } else { (n_ctx - 1) * shape.n_groups * hd + (group + 1) * hd };
+    let needed = needed_values.div_ceil(T::VALUES_PER_UNIT);
+    assert!(
+        keys.len() >= needed && values.len() >= needed,
+        "attend_group: {n_ctx} positions need {needed} cached units, got {} keys / {} values",
+        keys.len(),
+        values.len()
+    );
     let block = T::block_kernels(kernels);
     if let Some(group_kernel) = block.group {
         if group_kernel(shape, group, q, keys, values, n_ctx, out) {
             return;
         }
     }
-    let hd = shape.head_dim;
     let kv_stride = shape.n_groups * hd;
     let scale = 1.0 / (hd as f32).sqrt();
     let heads = q.len() / hd;

@@ -177,12 +177,12 @@ unsafe fn group_attention<T: KvRow>(
 }
 
 /// The AVX-512 group kernels for each cache type.
-pub fn f16_group() -> crate::attention::GroupFn<f16> {
+pub(crate) fn f16_group() -> crate::attention::GroupFn<f16> {
     group_fn::<f16>()
 }
-pub fn f32_group() -> crate::attention::GroupFn<f32> {
+pub(crate) fn f32_group() -> crate::attention::GroupFn<f32> {
     group_fn::<f32>()
 }
-pub fn q8_0_group() -> crate::attention::GroupFn<BlockQ8_0> {
+pub(crate) fn q8_0_group() -> crate::attention::GroupFn<BlockQ8_0> {
     group_fn::<BlockQ8_0>()
 }

@@ -20,6 +20,21 @@ pub struct CpuFeatures {
 }
 
 impl CpuFeatures {
+    /// The features present in both `self` and `other`.
+    pub fn and(self, other: Self) -> Self {
+        Self {
+            avx2: self.avx2 && other.avx2,
+            fma: self.fma && other.fma,
+            f16c: self.f16c && other.f16c,
+            avx512f: self.avx512f && other.avx512f,
+            avx512bw: self.avx512bw && other.avx512bw,
+            avx512vl: self.avx512vl && other.avx512vl,
+            avx512vnni: self.avx512vnni && other.avx512vnni,
+            neon: self.neon && other.neon,
+            dotprod: self.dotprod && other.dotprod,
+        }
+    }
+
     /// Detects the running CPU's features.
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -146,8 +161,11 @@ impl Kernels {
         }
     }
 
-    /// The best kernels for `features`.
+    /// The best kernels for `features`, limited to what this CPU has: asking
+    /// for a set the CPU lacks gives a smaller set, never instructions it
+    /// cannot run (the tables' kernels are safe to call only on such a CPU).
     pub fn for_features(features: CpuFeatures) -> Self {
+        let features = features.and(CpuFeatures::detect());
         #[cfg(target_arch = "x86_64")]
         if features.has_avx512_vnni_set() {
             // AVX2 everywhere, plus VNNI where int8 dot products dominate.

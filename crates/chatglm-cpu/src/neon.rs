@@ -15,7 +15,7 @@ use half::f16;
 use std::arch::aarch64::*;
 
 /// The NEON table; `dotprod`: the CPU has `sdot`.
-pub fn kernels(dotprod: bool) -> Kernels {
+pub(crate) fn kernels(dotprod: bool) -> Kernels {
     let scalar = Kernels::scalar();
     let (packed_q4_0, packed_q8_0): (PackedKernels<[u8; 16]>, PackedQ8_0Kernels) = if dotprod {
         (
@@ -128,7 +128,7 @@ unsafe fn quad_products<const DOT: bool>(w: &QuadWeights, x: &Q8Quad) -> float32
 #[target_feature(enable = "neon")]
 unsafe fn q4_dot<const DOT: bool>(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
     let nq = x.len().min(qs.len() / 4);
-    debug_assert!(scales.len() >= 4 * nq);
+    assert!(scales.len() >= 4 * nq);
     let (mut acc, mut corr) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
     for q in 0..nq {
         let xq = x.get_unchecked(q);
@@ -143,7 +143,7 @@ unsafe fn q4_dot<const DOT: bool>(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad])
 #[target_feature(enable = "neon")]
 unsafe fn q4_t2<const DOT: bool>(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
     let nb = 4 * nq;
-    debug_assert!(qs.len() >= 4 * nb && scales.len() >= 4 * nb && x.len() >= 2 * nq && out.len() >= 8);
+    assert!(qs.len() >= 4 * nb && scales.len() >= 4 * nb && x.len() >= 2 * nq && out.len() >= 8);
     let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
     let mut corr = [[vdupq_n_f32(0.0); 2]; 4];
     for q in 0..nq {
@@ -168,7 +168,7 @@ unsafe fn q4_t2<const DOT: bool>(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], 
 #[target_feature(enable = "neon")]
 unsafe fn q8_dot<const DOT: bool>(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
     let nq = x.len().min(qs.len());
-    debug_assert!(scales.len() >= 4 * nq);
+    assert!(scales.len() >= 4 * nq);
     let mut acc = vdupq_n_f32(0.0);
     for q in 0..nq {
         let p = qs.as_ptr().add(q);
@@ -182,7 +182,7 @@ unsafe fn q8_dot<const DOT: bool>(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Qu
 
 #[target_feature(enable = "neon")]
 unsafe fn q8_t2<const DOT: bool>(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
-    debug_assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
+    assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
     let mut acc = [[vdupq_n_f32(0.0); 2]; 4];
     for q in 0..nq {
         let xs = [x.get_unchecked(q), x.get_unchecked(nq + q)];

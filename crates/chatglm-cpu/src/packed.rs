@@ -232,7 +232,7 @@ pub mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    pub fn kernels() -> PackedQ4_0Kernels {
+    pub(crate) fn kernels() -> PackedQ4_0Kernels {
         PackedQ4_0Kernels {
             dot: |s, q, x| unsafe { dot(s, q, x) },
             t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
@@ -291,7 +291,7 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
         let nq = x.len().min(qs.len() / 4);
-        debug_assert!(scales.len() >= 4 * nq);
+        assert!(scales.len() >= 4 * nq);
         let ones = _mm256_set1_epi16(1);
         let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); 2];
@@ -313,7 +313,7 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
         let nb = 4 * nq;
-        debug_assert!(qs.len() >= 4 * nb && scales.len() >= 3 * nb + 4 * nq && x.len() >= 2 * nq && out.len() >= 8);
+        assert!(qs.len() >= 4 * nb && scales.len() >= 3 * nb + 4 * nq && x.len() >= 2 * nq && out.len() >= 8);
         let ones = _mm256_set1_epi16(1);
         let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
@@ -351,7 +351,7 @@ pub mod avx512 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    pub fn kernels() -> PackedQ4_0Kernels {
+    pub(crate) fn kernels() -> PackedQ4_0Kernels {
         PackedQ4_0Kernels {
             dot: |s, q, x| unsafe { dot(s, q, x) },
             t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
@@ -416,7 +416,7 @@ pub mod avx512 {
         offset: f32,
         products: impl Fn(usize) -> __m512,
     ) -> f32 {
-        debug_assert!(scales.len() >= 4 * nq && x.len() >= nq);
+        assert!(scales.len() >= 4 * nq && x.len() >= nq);
         let idx = [
             _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
             _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
@@ -465,7 +465,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
         let nq = x.len().min(qs.len() / 4);
-        debug_assert!(scales.len() >= 4 * nq);
+        assert!(scales.len() >= 4 * nq);
         let mask = _mm512_set1_epi8(0x0f);
         dot_quads(scales, x, nq, 8.0, |q| {
             crate::prefetch::ahead(qs.as_ptr().add(4 * q));
@@ -477,7 +477,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
         let nb = 4 * nq;
-        debug_assert!(qs.len() >= 4 * nb);
+        assert!(qs.len() >= 4 * nb);
         let mask = _mm512_set1_epi8(0x0f);
         tile_quads(scales, x, nq, 8.0, out, |r, q| nibbles(qs.as_ptr().add(r * nb + 4 * q), mask))
     }
@@ -493,7 +493,7 @@ pub mod avx512 {
         out: &mut [f32],
         weights: impl Fn(usize, usize) -> (__m512i, __m512i),
     ) {
-        debug_assert!(scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
+        assert!(scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
         let mut acc = [[_mm512_setzero_ps(); 2]; 4];
         let mut corr = [[_mm_setzero_ps(); 2]; 4];
         for q in 0..nq {

@@ -166,7 +166,7 @@ pub mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    pub fn kernels() -> PackedQ8_0Kernels {
+    pub(crate) fn kernels() -> PackedQ8_0Kernels {
         PackedQ8_0Kernels {
             dot: |s, q, x| unsafe { dot(s, q, x) },
             t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
@@ -206,7 +206,7 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
         let nq = x.len().min(qs.len());
-        debug_assert!(scales.len() >= 4 * nq);
+        assert!(scales.len() >= 4 * nq);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 2];
         for q in 0..nq {
@@ -224,7 +224,7 @@ pub mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
-        debug_assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
+        assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         for q in 0..nq {
@@ -259,7 +259,7 @@ pub mod avx512 {
     use half::f16;
     use std::arch::x86_64::*;
 
-    pub fn kernels() -> PackedQ8_0Kernels {
+    pub(crate) fn kernels() -> PackedQ8_0Kernels {
         PackedQ8_0Kernels {
             dot: |s, q, x| unsafe { dot(s, q, x) },
             t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
@@ -276,7 +276,7 @@ pub mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn dot(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
         let nq = x.len().min(qs.len());
-        debug_assert!(scales.len() >= 4 * nq);
+        assert!(scales.len() >= 4 * nq);
         dot_quads(scales, x, nq, 128.0, |q| {
             let p = qs.as_ptr().add(q).cast::<u8>();
             prefetch::ahead(p);
@@ -288,7 +288,7 @@ pub mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
-        debug_assert!(qs.len() >= 4 * nq);
+        assert!(qs.len() >= 4 * nq);
         tile_quads(scales, x, nq, 128.0, out, |r, q| halves(qs.get_unchecked(r * nq + q)))
     }
 }

@@ -148,7 +148,7 @@ pub mod avx2 {
 
     #[inline(always)]
     unsafe fn float_tile<W: Load8, const T: usize>(w: &[W], x: &[f32], n: usize, out: &mut [f32]) {
-        debug_assert!(w.len() >= TILE_ROWS * n && x.len() >= T * n && out.len() >= TILE_ROWS * T);
+        assert!(w.len() >= TILE_ROWS * n && x.len() >= T * n && out.len() >= TILE_ROWS * T);
         let (pw, px) = (w.as_ptr(), x.as_ptr());
         let mut acc = [[_mm256_setzero_ps(); T]; TILE_ROWS];
         let mut k = 0;
@@ -194,7 +194,7 @@ pub mod avx2 {
     /// is moved onto the activation: |w| · sign(x, w).
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q8_0_t<const T: usize>(w: &[BlockQ8_0], x: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
-        debug_assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
+        assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); T]; TILE_ROWS];
         for b in 0..nb {
@@ -225,7 +225,7 @@ pub mod avx2 {
     /// once per activation block and shared by the 4 rows.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn q4_0_t<const T: usize>(w: &[BlockQ4_0], x: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
-        debug_assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
+        assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
         let ones = _mm256_set1_epi16(1);
         let eights = _mm256_set1_epi8(8);
         let low = _mm256_set1_epi8(0x0f);
@@ -269,8 +269,8 @@ pub mod avx2 {
         hd: usize,
         scores: &mut Scores,
     ) {
-        debug_assert!(hd.is_multiple_of(8) && len <= TILE && nh <= MAX_HEADS_PER_PASS);
-        debug_assert!(len == 0 || k.len() >= (len - 1) * stride + hd);
+        assert!(hd.is_multiple_of(8) && len <= TILE && nh <= MAX_HEADS_PER_PASS);
+        assert!(len == 0 || k.len() >= (len - 1) * stride + hd);
         let (pk, pq) = (k.as_ptr(), q.as_ptr());
         let mut p = 0;
         while p < len {
@@ -312,8 +312,8 @@ pub mod avx2 {
         hd: usize,
         out: &mut [f32],
     ) {
-        debug_assert!(hd.is_multiple_of(16) && out.len() >= nh * hd);
-        debug_assert!(len == 0 || v.len() >= (len - 1) * stride + hd);
+        assert!(hd.is_multiple_of(16) && out.len() >= nh * hd);
+        assert!(len == 0 || v.len() >= (len - 1) * stride + hd);
         let (pv, po) = (v.as_ptr(), out.as_mut_ptr());
         let mut h = 0;
         while h < nh {
@@ -415,7 +415,7 @@ pub mod avx2 {
         scores: &mut Scores,
     ) {
         let (stride_b, nb) = (stride / 32, hd / 32);
-        debug_assert!(len == 0 || k.len() >= (len - 1) * stride_b + nb);
+        assert!(len == 0 || k.len() >= (len - 1) * stride_b + nb);
         let pq = q.as_ptr();
         for p in 0..len {
             let kp = &k[p * stride_b..p * stride_b + nb];
@@ -451,8 +451,8 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn wsum_q8(e: &Scores, len: usize, v: &[BlockQ8_0], stride: usize, nh: usize, hd: usize, out: &mut [f32]) {
         let (stride_b, nb) = (stride / 32, hd / 32);
-        debug_assert!(len == 0 || v.len() >= (len - 1) * stride_b + nb);
-        debug_assert!(out.len() >= nh * hd);
+        assert!(len == 0 || v.len() >= (len - 1) * stride_b + nb);
+        assert!(out.len() >= nh * hd);
         let po = out.as_mut_ptr();
         let mut h = 0;
         while h < nh {

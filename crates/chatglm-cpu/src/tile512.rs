@@ -47,7 +47,7 @@ impl Load16 for bf16 {
 
 #[inline(always)]
 unsafe fn float_tile<W: Load16>(w: &[W], x: &[f32], n: usize, out: &mut [f32]) {
-    debug_assert!(w.len() >= TILE_ROWS * n && x.len() >= T * n && out.len() >= TILE_ROWS * T);
+    assert!(w.len() >= TILE_ROWS * n && x.len() >= T * n && out.len() >= TILE_ROWS * T);
     let (pw, px) = (w.as_ptr(), x.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); T]; TILE_ROWS];
     let mut k = 0;
@@ -108,7 +108,7 @@ unsafe fn block_scale8(block: &BlockQ8_0) -> __m256 {
 /// `128·Σx` term is computed once per activation block and shared by the 4 rows.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
 unsafe fn q8_0_t4(w: &[BlockQ8_0], x: &[BlockQ8_0], nb: usize, out: &mut [f32]) {
-    debug_assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
+    assert!(w.len() >= TILE_ROWS * nb && x.len() >= T * nb && out.len() >= TILE_ROWS * T);
     let flip = _mm256_set1_epi8(-128);
     let bias = _mm256_set1_epi8(-128); // as u8: 128
     let mut acc = [[_mm256_setzero_ps(); T]; TILE_ROWS];
@@ -143,16 +143,16 @@ unsafe fn q8_0_t4(w: &[BlockQ8_0], x: &[BlockQ8_0], nb: usize, out: &mut [f32]) 
     }
 }
 
-pub fn f32_t4_fn() -> crate::tile::TileFn<f32, f32> {
+pub(crate) fn f32_t4_fn() -> crate::tile::TileFn<f32, f32> {
     |w, x, n, o| unsafe { f32_t4(w, x, n, o) }
 }
-pub fn f16_t4_fn() -> crate::tile::TileFn<f16, f32> {
+pub(crate) fn f16_t4_fn() -> crate::tile::TileFn<f16, f32> {
     |w, x, n, o| unsafe { f16_t4(w, x, n, o) }
 }
-pub fn bf16_t4_fn() -> crate::tile::TileFn<bf16, f32> {
+pub(crate) fn bf16_t4_fn() -> crate::tile::TileFn<bf16, f32> {
     |w, x, n, o| unsafe { bf16_t4(w, x, n, o) }
 }
-pub fn q8_0_t4_fn() -> crate::tile::TileFn<BlockQ8_0, BlockQ8_0> {
+pub(crate) fn q8_0_t4_fn() -> crate::tile::TileFn<BlockQ8_0, BlockQ8_0> {
     |w, x, n, o| unsafe { q8_0_t4(w, x, n, o) }
 }
 
@@ -186,6 +186,6 @@ unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     s
 }
 
-pub fn dot_f16_fn() -> crate::features::DotF16 {
+pub(crate) fn dot_f16_fn() -> crate::features::DotF16 {
     |w, x| unsafe { dot_f16(w, x) }
 }

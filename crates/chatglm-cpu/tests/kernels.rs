@@ -387,3 +387,35 @@ fn vmath_rows_match_f64() {
         assert!(big.iter().all(|&v| v > 1e38 && v.is_finite()), "{} exp overflow: {big:?}", k.name);
     }
 }
+
+#[test]
+fn asking_for_features_the_cpu_lacks_never_enables_them() {
+    let all = CpuFeatures {
+        avx2: true,
+        fma: true,
+        f16c: true,
+        avx512f: true,
+        avx512bw: true,
+        avx512vl: true,
+        avx512vnni: true,
+        neon: true,
+        dotprod: true,
+    };
+    // Before: every table was handed out, e.g. AVX-512 kernels on an AVX2 CPU.
+    assert_eq!(Kernels::for_features(all).name, Kernels::for_features(CpuFeatures::detect()).name);
+}
+
+#[test]
+#[should_panic(expected = "cached units")]
+fn attention_with_short_keys_panics_instead_of_reading_past_them() {
+    use chatglm_cpu::attention::{attend_group, AttentionShape};
+    let shape = AttentionShape { n_heads: 32, n_groups: 2, head_dim: 128 };
+    let q = vec![0.5f32; 16 * 128];
+    // 100 positions need 100 · 256 values; give half.
+    let keys = vec![0.25f32; 50 * 256];
+    let values = vec![0.25f32; 100 * 256];
+    let mut out = vec![0.0f32; 16 * 128];
+    for k in tables() {
+        attend_group(&k, shape, 1, &q, &keys, &values, 100, &mut out);
+    }
+}

@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use std::arch::x86_64::*;
 
 /// The AVX2 kernel table. Callers must have checked avx2, fma and f16c.
-pub fn kernels() -> Kernels {
+pub(crate) fn kernels() -> Kernels {
     Kernels {
         name: "avx2",
         dot_f32: |w, x| unsafe { dot_f32(w, x) },
