@@ -13,6 +13,7 @@ pub(crate) struct Blas {
 // SAFETY: the handle is only used from the thread running a step, one call at
 // a time (the backend serialises steps); cuBLAS handles may move threads.
 unsafe impl Send for Blas {}
+// SAFETY: as for Send: calls are serialised by the backend's step lock.
 unsafe impl Sync for Blas {}
 
 impl Blas {

@@ -64,10 +64,15 @@ pub fn device_count() -> Result<usize, CudaError> {
 /// run-time compiler and BLAS libraries load too.
 pub fn usable_device_count() -> Result<usize, CudaError> {
     let n = device_count()?;
-    // SAFETY: only try to dlopen the libraries.
-    require_library(unsafe { cudarc::nvrtc::sys::is_culib_present() }, "run-time compiler (libnvrtc)")?;
-    require_library(unsafe { cudarc::cublas::sys::is_culib_present() }, "BLAS (libcublas)")?;
-    require_library(unsafe { cudarc::cublaslt::sys::is_culib_present() }, "BLAS (libcublasLt)")?;
+    // SAFETY: only tries to dlopen a library, calls nothing in it.
+    let nvrtc = unsafe { cudarc::nvrtc::sys::is_culib_present() };
+    // SAFETY: as above.
+    let cublas = unsafe { cudarc::cublas::sys::is_culib_present() };
+    // SAFETY: as above.
+    let cublaslt = unsafe { cudarc::cublaslt::sys::is_culib_present() };
+    require_library(nvrtc, "run-time compiler (libnvrtc)")?;
+    require_library(cublas, "BLAS (libcublas)")?;
+    require_library(cublaslt, "BLAS (libcublasLt)")?;
     Ok(n)
 }
 
