@@ -4,12 +4,8 @@
 
 use chatglm_engine::{generate, ChatSession, EngineError, GenerationConfig, Pipeline, PipelineOptions, SamplingParams};
 use chatglm_model::{CudaBackend, ForwardState};
+use chatglm_testdata::{dir as testdata, history, ids};
 use serde_json::Value;
-use std::path::PathBuf;
-
-fn testdata() -> PathBuf {
-    chatglm_testdata::dir()
-}
 
 fn pipeline() -> Option<Pipeline<CudaBackend>> {
     let dir = testdata().join("dev/model/safetensors-f32");
@@ -32,20 +28,7 @@ fn pipeline() -> Option<Pipeline<CudaBackend>> {
 }
 
 fn golden() -> Value {
-    let p = testdata().join("dev/golden/generate.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn history(v: &Value) -> Vec<(String, String)> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p[0].as_str().unwrap().to_string(), p[1].as_str().unwrap().to_string()))
-        .collect()
+    chatglm_testdata::golden("generate.json")
 }
 
 fn greedy(max_length: usize) -> GenerationConfig {

@@ -10,14 +10,9 @@ use chatglm_model::{
     Backend, Config, CpuBackend, CudaBackend, ForwardState, KvCacheOps, KvDType, LoadOptions, LogitsWanted, Model,
     ModelError, SequenceInput, TensorSource, WeightFormat,
 };
+use chatglm_testdata::{argmax, dir as testdata, floats, golden, ids, max_abs_diff};
 use chatglm_weights::{names, Checkpoint, DType, Tensor, TensorData};
-use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
-
-fn testdata() -> PathBuf {
-    chatglm_testdata::dir()
-}
 
 /// The GPU backend for `cfg`, or `None` (with a message) where there is none.
 fn cuda(cfg: &Config) -> Option<CudaBackend> {
@@ -33,41 +28,10 @@ fn cuda(cfg: &Config) -> Option<CudaBackend> {
     }
 }
 
-fn golden(name: &str) -> Value {
-    let p = testdata().join("dev/golden").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
 fn load_gpu(layout: &str, format: WeightFormat) -> Option<Model<CudaBackend>> {
     let ckpt = Checkpoint::open(&testdata().join("dev/model").join(layout)).unwrap();
     let backend = cuda(&ckpt.config)?;
     Some(Model::load(backend, &ckpt, LoadOptions::new(format), &mut |_, _| {}).unwrap())
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| if x.is_nan() || y.is_nan() { f32::INFINITY } else { (x - y).abs() })
-        .fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn check_forward(layout: &str, format: WeightFormat, kv: KvDType, tol: f32, exact_argmax: bool) {

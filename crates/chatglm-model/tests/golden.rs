@@ -1,46 +1,13 @@
 //! The forward pass against logits recorded from the official PyTorch code.
 
 use chatglm_model::{CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, WeightFormat};
+use chatglm_testdata::{argmax, dir as testdata, floats, golden, ids, max_abs_diff};
 use chatglm_weights::Checkpoint;
-use serde_json::Value;
-use std::path::PathBuf;
-
-fn testdata() -> PathBuf {
-    chatglm_testdata::dir()
-}
-
-fn golden(name: &str) -> Value {
-    let p = testdata().join("dev/golden").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
 
 fn load(layout: &str, format: WeightFormat) -> Model<CpuBackend> {
     let ckpt = Checkpoint::open(&testdata().join("dev/model").join(layout)).unwrap();
     let backend = CpuBackend::for_config(&ckpt.config);
     Model::load(backend, &ckpt, LoadOptions::new(format), &mut |_, _| {}).unwrap()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 fn check_forward(layout: &str, format: WeightFormat, tol: f32, exact_argmax: bool) {
