@@ -9,7 +9,8 @@
 #                             benchmarks; writes logs and a summary to $OUT (else device-bin/report).
 #
 # Environment for `device`: BENCH=0 skips the benchmarks (BENCH_QUICK=1 runs only the f16 one),
-# TESTS=0 the tests, PROFILE=1 adds per-kernel times from ncu; CUDA libraries are
+# TESTS=0 the tests, GRAPH_COMPARE=1 adds a decode run without CUDA graphs, PROFILE=1 adds
+# per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -111,6 +112,10 @@ PY
         echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
     }
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
+    run_bench f16-short $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
+    if [ "${GRAPH_COMPARE:-0}" != 0 ]; then
+      run_bench f16-short-no-graphs env CHATGLM_CUDA_GRAPHS=0 $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
+    fi
     for k in ${DECODE_SWEEP:-}; do
       run_bench "decode-blocks-$k" env CHATGLM_DECODE_BLOCKS_PER_SM=$k $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
     done
@@ -126,7 +131,7 @@ PY
     echo "== profile (ncu): time per kernel class" | tee -a "$summary"
     local ncu; ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
     if [ -n "$ncu" ]; then
-      "$ncu" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv \
+      "$ncu" --clock-control none --cache-control "${NCU_CACHE:-all}" --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv \
         --launch-skip "${PROFILE_SKIP:-1000}" --launch-count "${PROFILE_COUNT:-1200}" \
         "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 --prompt-len ${PROFILE_PROMPT:-2048} --gen-len 8 \
         >"$out/ncu.csv" 2>"$out/ncu.err" || tail -5 "$out/ncu.err" | tee -a "$summary"
@@ -149,6 +154,12 @@ print(f"{'kernel':48s} {'calls':>6s} {'ms':>9s} {'%':>6s} {'GB/s':>8s}")
 for k, v in sorted(t.items(), key=lambda kv: -kv[1])[:25]:
     print(f"{k[:48]:48s} {n[k]:6d} {v:9.3f} {100*v/total:6.1f} {b[k]/(v/1e3)/1e9 if v else 0:8.1f}")
 print(f"total kernel time {total:.3f} ms over {sum(n.values())} launches")
+# The launches in order (the last step's worth), for gaps between kernels.
+seq = [(re.sub(r"\(.*", "", r[ki]), float(r[vi].replace(",", "")) * scale.get(r[ui], 1.0) * 1e3)
+       for r in rows if r[mi] == "gpu__time_duration.sum"]
+with open(sys.argv[1].replace(".csv", "-seq.txt"), "w") as f:
+    for k, us in seq[-400:]:
+        f.write(f"{us:9.2f} us  {k}\n")
 PY
       if [ -n "${PROFILE_DETAIL:-}" ]; then
         # Hardware counters of a few kernels matching PROFILE_DETAIL (a regex).

@@ -79,10 +79,6 @@ struct Run {
     decode_per_token: Duration,
 }
 
-fn argmax(l: &[f32]) -> u32 {
-    chatglm_engine::sampling::argmax(l)
-}
-
 fn one_run<B: Backend>(
     model: &Model<B>,
     state: &mut ForwardState<B>,
@@ -99,17 +95,20 @@ fn one_run<B: Backend>(
         let chunks: Vec<&[u32]> = prompt.chunks(model.backend.prefill_chunk_tokens()).collect();
         for (i, c) in chunks.iter().enumerate() {
             let want = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
-            let l = model.forward(state, &mut [SequenceInput { tokens: c, cache, logits: want }])?;
-            if !l.is_empty() {
-                next = argmax(l);
+            let l = model.forward_greedy(state, &mut [SequenceInput { tokens: c, cache, logits: want }])?;
+            if let Some(&id) = l.first() {
+                next = id;
             }
         }
         Some(t.elapsed())
     };
     let t = Instant::now();
+    // Greedy decoding, as `generate` does without sampling (on a GPU only
+    // the chosen id is read back).
     for _ in 0..gen_len {
-        let l = model.forward(state, &mut [SequenceInput { tokens: &[next], cache, logits: LogitsWanted::Last }])?;
-        next = argmax(l);
+        let l =
+            model.forward_greedy(state, &mut [SequenceInput { tokens: &[next], cache, logits: LogitsWanted::Last }])?;
+        next = l[0];
     }
     Ok(Run { prefill, decode_per_token: t.elapsed() / gen_len.max(1) as u32 })
 }
@@ -206,11 +205,11 @@ fn measure<B: Backend>(
         let t = Instant::now();
         let mut next = 5u32;
         for _ in 0..args.context_steps {
-            let l = model.forward(
+            let l = model.forward_greedy(
                 &mut state,
                 &mut [SequenceInput { tokens: &[next], cache: &mut cache, logits: LogitsWanted::Last }],
             )?;
-            next = argmax(l);
+            next = l[0];
         }
         let ms = t.elapsed().as_secs_f64() * 1e3 / args.context_steps.max(1) as f64;
         ctx_results.push((pos, ms));

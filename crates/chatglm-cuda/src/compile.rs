@@ -20,7 +20,9 @@ pub(crate) struct Source {
 
 fn elementwise_kernels() -> Vec<String> {
     let mut k: Vec<String> =
-        ["rms_norm", "add_inplace", "add_bias", "swiglu", "gather_rows", "to_f16", "to_bf16"].map(String::from).into();
+        ["rms_norm", "add_inplace", "add_bias", "swiglu", "gather_rows", "to_f16", "to_bf16", "argmax_rows"]
+            .map(String::from)
+            .into();
     k.extend(["rms_norm_h1", "rms_norm_h2", "swiglu_h1", "swiglu_h2", "swiglu_hh1", "swiglu_hh2"].map(String::from));
     for t in 0..3 {
         k.push(format!("embed_{t}"));
@@ -38,6 +40,10 @@ fn gemv_kernels() -> Vec<String> {
                 k.push(format!("gemv8_{t}_{nt}_{mode}"));
             }
             k.push(format!("gemv_scalar_{t}_{mode}"));
+        }
+        for nt in 1..=crate::ops::GEMV_MAX_TOKENS {
+            k.push(format!("gemv_qkv_{t}_{nt}"));
+            k.push(format!("gemv8_qkv_{t}_{nt}"));
         }
     }
     k

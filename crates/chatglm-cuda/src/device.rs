@@ -2,6 +2,7 @@
 
 use crate::blas::Blas;
 use crate::compile::{ptx_for, SOURCES};
+use crate::graph::{Launch, Recorder};
 use crate::CudaError;
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits,
@@ -91,6 +92,10 @@ pub struct Gpu {
     /// 0: choose the mat-vec variant by shape; 4 or 8: always that one
     /// (`CHATGLM_GEMV_ROWS`, for measurements).
     pub(crate) gemv_force_rows: std::sync::atomic::AtomicUsize,
+    /// Queued launches and captured graphs (graph.rs).
+    pub(crate) recorder: std::sync::Mutex<Recorder>,
+    /// `CHATGLM_CUDA_GRAPHS=0` turns graph replay off (launches one by one).
+    pub(crate) graphs_enabled: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -173,6 +178,8 @@ impl Gpu {
             pdl,
             gemv_blocks_per_sm,
             gemv_force_rows: std::sync::atomic::AtomicUsize::new(force),
+            recorder: Default::default(),
+            graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
         }))
     }
 
@@ -211,6 +218,7 @@ impl Gpu {
 
     /// `n` elements of device memory, contents unspecified.
     pub fn alloc<T: DeviceRepr>(&self, n: usize, what: &str) -> Result<CudaSlice<T>, CudaError> {
+        self.flush_recorded(false)?;
         let bytes = n.max(1) * std::mem::size_of::<T>();
         // SAFETY: the memory is only read after being written by a kernel or a copy.
         unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| self.oom_or(e, what, bytes))
@@ -222,6 +230,7 @@ impl Gpu {
         n: usize,
         what: &str,
     ) -> Result<CudaSlice<T>, CudaError> {
+        self.flush_recorded(false)?;
         let bytes = n.max(1) * std::mem::size_of::<T>();
         self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| self.oom_or(e, what, bytes))
     }
@@ -243,6 +252,7 @@ impl Gpu {
                 format!("{} elements into a buffer of {}", src.len(), dst.len()),
             ));
         }
+        self.flush_recorded(false)?;
         let mut view = dst.slice_mut(..src.len());
         self.stream.memcpy_htod(src, &mut view).map_err(|e| CudaError::call(format!("cuMemcpyHtoDAsync({what})"), e))
     }
@@ -263,6 +273,7 @@ impl Gpu {
                 format!("{} elements from a buffer of {}", out.len(), src.len()),
             ));
         }
+        self.flush_recorded(false)?;
         let view = src.slice(..out.len());
         self.stream.memcpy_dtoh(&view, out).map_err(|e| CudaError::call(format!("cuMemcpyDtoHAsync({what})"), e))?;
         self.synchronize()
@@ -270,21 +281,36 @@ impl Gpu {
 
     /// Waits for all queued work; reports asynchronous kernel faults.
     pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.flush_recorded(false)?;
         self.stream.synchronize().map_err(|e| CudaError::call("cuStreamSynchronize", e))
     }
 
-    /// Launches `f` on the stream, with programmatic dependent launch where
-    /// the device has it (every kernel of this crate waits for its
-    /// predecessor's results with `griddepcontrol.wait`).
+    /// Launches `f` on the stream (or queues it while recording: graph.rs),
+    /// with programmatic dependent launch where the device has it (every
+    /// kernel of this crate waits for its predecessor's results with
+    /// `griddepcontrol.wait`).
     pub(crate) fn launch(
         &self,
         f: &CudaFunction,
-        mut args: Args,
+        args: Args,
         kernel: &str,
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
+        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string() };
+        match self.record(launch) {
+            Some(l) => self.launch_now(l),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn launch_now(&self, l: Launch) -> Result<(), CudaError> {
+        self.launch_raw(&l)
+    }
+
+    pub(crate) fn launch_raw(&self, l: &Launch) -> Result<(), CudaError> {
+        let cfg = l.cfg;
         let fail = |message: String| CudaError::Launch {
-            kernel: kernel.into(),
+            kernel: l.kernel.clone(),
             grid: cfg.grid_dim,
             block: cfg.block_dim.0,
             shared_bytes: cfg.shared_mem_bytes,
@@ -308,11 +334,12 @@ impl Gpu {
             attrs: &mut attr,
             numAttrs: u32::from(self.pdl),
         };
-        let mut params = args.pointers();
+        let mut params = l.args.pointers();
         // SAFETY: callers check every pointer and size argument against the
         // buffers they describe before building `args`; `params` points into
-        // `args`, which outlives the call; the attribute outlives the call.
-        unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) }
+        // `l.args`, which outlives the call (the driver only reads through
+        // them); the attribute outlives the call.
+        unsafe { sys::cuLaunchKernelEx(&config, l.func, params.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(|e| fail(format!("{e:?}")))
     }
@@ -359,12 +386,15 @@ fn nvrtc_version() -> String {
     }
 }
 
-/// Kernel arguments, each held in an 8-byte slot (pointers, i64, and 4-byte
+/// Kernel arguments, each held in 8-byte slots (pointers, i64, and 4-byte
 /// i32/f32 in the low bytes: the driver copies each parameter's size from
-/// its slot, and this is little-endian x86-64/aarch64).
+/// its slot, and this is little-endian x86-64/aarch64); a struct parameter
+/// takes consecutive slots laid out as its C definition.
 #[derive(Default)]
 pub(crate) struct Args {
     slots: Vec<u64>,
+    /// First slot of each parameter.
+    starts: Vec<usize>,
 }
 
 /// A value that can be a kernel argument.
@@ -398,12 +428,27 @@ impl ArgValue for f32 {
 
 impl Args {
     pub(crate) fn arg(&mut self, v: &impl ArgValue) -> &mut Self {
+        self.starts.push(self.slots.len());
         self.slots.push(v.slot());
         self
     }
 
-    fn pointers(&mut self) -> Vec<*mut std::ffi::c_void> {
-        self.slots.iter_mut().map(|s| (s as *mut u64).cast()).collect()
+    /// A struct parameter of 8-byte-aligned fields, already packed into slots.
+    pub(crate) fn arg_struct(&mut self, slots: &[u64]) -> &mut Self {
+        self.starts.push(self.slots.len());
+        self.slots.extend_from_slice(slots);
+        self
+    }
+
+    /// The argument values, for comparing launches.
+    pub(crate) fn values(&self) -> &[u64] {
+        &self.slots
+    }
+
+    /// Pointers to each parameter's first slot, as cuLaunchKernelEx takes
+    /// them (it only reads through them).
+    fn pointers(&self) -> Vec<*mut std::ffi::c_void> {
+        self.starts.iter().map(|&i| (&self.slots[i] as *const u64).cast_mut().cast()).collect()
     }
 }
 

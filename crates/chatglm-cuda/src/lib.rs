@@ -19,10 +19,12 @@ mod blas;
 mod compile;
 mod device;
 mod error;
+mod graph;
 pub mod ops;
 
 pub use compile::compile_all;
 pub use cudarc::driver::{CudaSlice, DeviceRepr};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, Gpu};
 pub use error::CudaError;
-pub use ops::{AttentionDims, DType, GemvMode, SplitPlan};
+pub use graph::GraphStats;
+pub use ops::{AttentionDims, DType, GemvMode, RopeArgs, SplitPlan};

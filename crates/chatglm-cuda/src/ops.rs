@@ -56,6 +56,21 @@ pub const DECODE_HEAD_DIM: usize = 128;
 pub const DECODE_SLICE_TOKENS: usize = 128;
 /// Query heads of one KV group a decode-attention block takes.
 pub const DECODE_HEADS_PER_BLOCK: usize = 4;
+/// Where the fused QKV product finds each token's position and cache
+/// ([`Gpu::gemv_qkv`]): device addresses of the step's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct RopeArgs {
+    /// n i32 positions, n i32 sequence indices.
+    pub positions: u64,
+    pub seq_of_token: u64,
+    /// Block addresses, `max_blocks` per sequence.
+    pub block_table: u64,
+    pub max_blocks: usize,
+    /// The rotary frequencies: `n_pairs` f32.
+    pub inv_freq: u64,
+    pub n_pairs: usize,
+}
+
 /// Most splits of one decode context: the merging block keeps a weight per
 /// split and head in its 4·HB·128-float shared buffer (HB ≥ 1 heads).
 pub const DECODE_MAX_SPLITS: usize = 512;
@@ -306,15 +321,9 @@ impl Gpu {
         // Measured on the 6B shapes (gemv_bench, H200): 8 rows for QKV, dense
         // and 4h→h (13.1 / 10.3 / 29.0 µs against 14.0 / 12.1 / 30.3), 4 rows
         // for h→4h and the logits (55.1 / 123.5 against 56.9 / 130.6).
-        let sms = self.info().multiprocessors;
         let out_rows = if mode == GemvMode::SwiGlu { half } else { rows };
         let per_block = |block_rows: usize| if mode == GemvMode::SwiGlu { block_rows / 2 } else { block_rows };
-        let block_rows = match self.gemv_force_rows.load(std::sync::atomic::Ordering::Relaxed) {
-            4 => 4,
-            8 => 8,
-            _ if out_rows.div_ceil(per_block(4)) <= 3 * self.gemv_blocks_per_sm[0] * sms => 8,
-            _ => 4,
-        };
+        let block_rows = self.gemv_block_rows(out_rows.div_ceil(per_block(4)));
         let blocks = if vector {
             out_rows.div_ceil(per_block(block_rows))
         } else {
@@ -344,6 +353,104 @@ impl Gpu {
         }
     }
 
+    /// Rows per mat-vec block: matrices that 4-row blocks (`blocks4` of
+    /// them) cover in at most three waves of resident blocks take 8-row
+    /// blocks (fewer, so the last wave is not a mostly idle device); larger
+    /// ones keep the shorter 4-row blocks.
+    fn gemv_block_rows(&self, blocks4: usize) -> usize {
+        match self.gemv_force_rows.load(std::sync::atomic::Ordering::Relaxed) {
+            4 => 4,
+            8 => 8,
+            _ if blocks4 <= 3 * self.gemv_blocks_per_sm[0] * self.info().multiprocessors => 8,
+            _ => 4,
+        }
+    }
+
+    /// Whether [`Gpu::gemv_qkv`] can run a product of these shapes.
+    pub fn gemv_qkv_supported(&self, dtype: DType, cols: usize, shape: &AttentionDims) -> bool {
+        cols.is_multiple_of(16 / dtype.size()) && shape.head_dim.is_multiple_of(2) && self.has_kernel("gemv_qkv_1_1")
+    }
+
+    /// The attention's QKV projection for 1..=8 tokens, fused: `out = x·wᵀ +
+    /// bias` (x RMS-normalised first with `norm`), RoPE on the query and key
+    /// rows, and the key and value rows of every token appended to the
+    /// paged cache of `layer` (as [`Gpu::rope_kv`] does after a product).
+    ///
+    /// # Safety
+    /// `w`: rows·cols of `dtype` with rows = (heads + 2·groups)·head_dim,
+    /// 16-byte aligned; `x`: n·cols f32; `bias`: rows f32 or 0; `out`: n·rows
+    /// f32; `norm` weights: cols f32; the rest as [`Gpu::rope_kv`].
+    pub unsafe fn gemv_qkv(
+        &self,
+        w: u64,
+        dtype: DType,
+        x: u64,
+        bias: u64,
+        out: u64,
+        n: usize,
+        cols: usize,
+        norm: Option<(u64, f32)>,
+        kv_dtype: DType,
+        rope: RopeArgs,
+        shape: AttentionDims,
+        layer: usize,
+    ) -> Result<(), CudaError> {
+        let (nw, eps) = norm.unwrap_or((0, 0.0));
+        if n == 0 || n > GEMV_MAX_TOKENS {
+            return Err(CudaError::invalid("gemv_qkv", format!("{n} tokens (1..={GEMV_MAX_TOKENS} supported)")));
+        }
+        let rows = (shape.n_heads + 2 * shape.n_groups) * shape.head_dim;
+        let aligned = w.is_multiple_of(16) && x.is_multiple_of(16) && nw.is_multiple_of(16);
+        if !self.gemv_qkv_supported(dtype, cols, &shape) || !aligned {
+            return Err(CudaError::invalid("gemv_qkv", format!("unsupported shape {shape:?} with {cols} columns")));
+        }
+        let kv_f16 = match kv_dtype {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::BF16 => return Err(CudaError::invalid("gemv_qkv", "bf16 KV cache")),
+        };
+        let ints = [rope.max_blocks, rope.n_pairs, shape.head_dim, shape.n_heads, shape.n_groups, layer];
+        let ints: Vec<i32> = ints.iter().map(|&v| check_i32("gemv_qkv", "shape", v)).collect::<Result<_, _>>()?;
+        let pack = |a: i32, b: i32| (a as u32 as u64) | ((b as u32 as u64) << 32);
+        let block_tokens = check_i32("gemv_qkv", "block tokens", shape.block_tokens)?;
+        // struct RopeCtx: 4 pointers, then 8 ints in pairs.
+        let ctx = [
+            rope.positions,
+            rope.seq_of_token,
+            rope.block_table,
+            rope.inv_freq,
+            pack(ints[0], ints[1]),
+            pack(ints[2], ints[3]),
+            pack(ints[4], ints[5]),
+            pack(block_tokens, kv_f16),
+        ];
+        let block_rows = self.gemv_block_rows(rows.div_ceil(4));
+        let prefix = if block_rows == 8 { "gemv8_qkv" } else { "gemv_qkv" };
+        let name = format!("{prefix}_{}_{n}", dtype.code());
+        let f = self.kernel(&name)?;
+        let (rows32, cols32) = (check_i32(&name, "rows", rows)?, check_i32(&name, "cols", cols)?);
+        let mut a = Args::default();
+        a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&nw).arg(&eps).arg_struct(&ctx);
+        self.launch(f, a, &name, cfg((rows.div_ceil(block_rows) as u32, 1, 1), 128, 0))
+    }
+
+    /// `out[r]` = the index of the largest value of row `r` of `x` (rows ×
+    /// cols f32), by the host's rules (`chatglm_engine::sampling::argmax`):
+    /// the first of equal values, NaN never chosen.
+    ///
+    /// # Safety
+    /// `x`: rows·cols f32; `out`: rows i32.
+    pub unsafe fn argmax_rows(&self, x: u64, rows: usize, cols: usize, out: u64) -> Result<(), CudaError> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.kernel("argmax_rows")?;
+        let cols32 = check_i32("argmax_rows", "cols", cols)?;
+        let mut a = Args::default();
+        a.arg(&x).arg(&out).arg(&cols32);
+        self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))
+    }
+
     /// `out (n × rows) = x · wᵀ (+ out)` through cuBLAS; `x` is in the
     /// weights' element type, `out` in f32 or (without accumulating) the
     /// weights' type.
@@ -371,6 +478,8 @@ impl Gpu {
                 "16-bit outputs are only for non-accumulating products of the same type",
             ));
         }
+        // cuBLAS launches outside this crate's queue: issue what is queued first.
+        self.flush_recorded(false)?;
         self.blas.gemm(w, dtype, x, out, out_dtype, n, rows, cols, accumulate)
     }
 
@@ -496,9 +605,10 @@ impl Gpu {
 
     /// Decode attention (head size 128, f16 cache) for the `work` tokens at
     /// `work_tokens`: one warp per 32 keys, the group's heads sharing each
-    /// key. Splits as [`Gpu::attention_split`], with `split.chunk` a multiple
-    /// of 128 and at most [`DECODE_MAX_SPLITS`] splits; the last split of
-    /// each (token, group, head slice) merges them.
+    /// key. `split.n_splits` (at most [`DECODE_MAX_SPLITS`]) is the most
+    /// splits of one context; each token uses as many as its own context
+    /// needs (so the launch does not depend on the context lengths), and the
+    /// last split of each (token, group, head slice) merges them.
     ///
     /// # Safety
     /// As [`Gpu::attention_split`], plus `counters`: [`SplitPlan::decode_counters`]
@@ -527,20 +637,18 @@ impl Gpu {
         if !self.decode_supported(&shape) {
             return Err(CudaError::invalid("attn_decode", format!("unsupported shape {shape:?}")));
         }
-        if !split.chunk.is_multiple_of(DECODE_SLICE_TOKENS) || split.n_splits == 0 || split.n_splits > DECODE_MAX_SPLITS
-        {
+        if split.n_splits == 0 || split.n_splits > DECODE_MAX_SPLITS {
             return Err(CudaError::invalid("attn_decode", format!("bad split plan {split:?}")));
         }
         let hg = shape.n_heads / shape.n_groups;
         let name = format!("attn_decode_{hg}");
         let f = self.kernel(&name)?;
         let out_width = shape.n_heads * shape.head_dim;
-        let ints =
-            [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens, split.chunk].map(|v| v as i32);
+        let ints = [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens].map(|v| v as i32);
         let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
         let mut a = Args::default();
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
-        a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&ints[6]);
+        a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]);
         a.arg(&scale).arg(&part_o).arg(&part_ml).arg(&counters);
         let blocks_per_group = (hg / hg.min(DECODE_HEADS_PER_BLOCK)) as u32;
         let grid =

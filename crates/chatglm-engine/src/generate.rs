@@ -136,20 +136,27 @@ pub fn generate<B: Backend>(
 
     // Prefill.
     let t0 = Instant::now();
+    // Greedy decoding without a repetition penalty needs only each step's
+    // greedy token (on a GPU only that id crosses to the host); anything else
+    // samples from the full logits on the host.
+    let on_device = config.sampling.is_greedy() && config.sampling.repetition_penalty == 1.0;
     let mut logits = Vec::with_capacity(vocab);
+    let mut chosen = None;
     let chunks: Vec<&[u32]> = new_ids.chunks(model.backend.prefill_chunk_tokens()).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         let wanted = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
-        let out = model.forward(state, &mut [SequenceInput { tokens: chunk, cache, logits: wanted }]);
-        match out {
-            Ok(l) => {
+        let mut batch = [SequenceInput { tokens: chunk, cache: &mut *cache, logits: wanted }];
+        let out = if on_device {
+            model.forward_greedy(state, &mut batch).map(|ids| chosen = ids.first().copied())
+        } else {
+            model.forward(state, &mut batch).map(|l| {
                 logits.clear();
                 logits.extend_from_slice(l);
-            }
-            Err(e) => {
-                cache.truncate(start_len);
-                return Err(e.into());
-            }
+            })
+        };
+        if let Err(e) = out {
+            cache.truncate(start_len);
+            return Err(e.into());
         }
     }
     let prefill = t0.elapsed();
@@ -166,7 +173,10 @@ pub fn generate<B: Backend>(
     let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
     let mut sampler = Sampler::new();
     let finish = loop {
-        let token = sampler.sample(&mut logits, &config.sampling, &previous, &mut rng);
+        let token = match chosen {
+            Some(id) => id,
+            None => sampler.sample(&mut logits, &config.sampling, &previous, &mut rng),
+        };
         generated.push(token);
         if config.sampling.repetition_penalty != 1.0 {
             previous.push(token);
@@ -192,9 +202,14 @@ pub fn generate<B: Backend>(
         if total >= config.max_length || generated.len() >= max_new || total >= context_limit {
             break FinishReason::Length;
         }
-        let l = model.forward(state, &mut [SequenceInput { tokens: &[token], cache, logits: LogitsWanted::Last }])?;
-        logits.clear();
-        logits.extend_from_slice(l);
+        let mut batch = [SequenceInput { tokens: &[token], cache: &mut *cache, logits: LogitsWanted::Last }];
+        if on_device {
+            chosen = model.forward_greedy(state, &mut batch)?.first().copied();
+        } else {
+            let l = model.forward(state, &mut batch)?;
+            logits.clear();
+            logits.extend_from_slice(l);
+        }
     };
     if finish != FinishReason::Cancelled {
         text.push_str(&detok.finish());

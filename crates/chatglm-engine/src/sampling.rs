@@ -258,6 +258,25 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
+    fn the_greedy_sampler_agrees_with_the_models_greedy_token() {
+        // forward_greedy (the GPU's argmax kernel) must pick what sample() picks.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut rows: Vec<Vec<f32>> =
+            (0..50).map(|n| (0..(n % 9 + 1) * 37).map(|_| rng.gen_range(-3.0f32..3.0)).collect()).collect();
+        rows.push(vec![1.0, 2.0, 2.0, 1.0]);
+        rows.push(vec![f32::NAN, 1.0, 3.0, 0.0, 0.0, 0.0, 9.0]);
+        rows.push(vec![0.0, f32::INFINITY, 3.0]);
+        rows.push(vec![f32::NEG_INFINITY; 8]);
+        rows.push(vec![-1.0; 6]);
+        let mut sampler = Sampler::new();
+        for row in rows {
+            let expected = chatglm_model::greedy_token(&row);
+            let mut l = row.clone();
+            assert_eq!(sampler.sample(&mut l, &SamplingParams::greedy(), &[], &mut rng), expected, "{row:?}");
+        }
+    }
+
+    #[test]
     fn guard_replaces_invalid_scores() {
         let mut l = vec![1.0, f32::NAN, 2.0, 0.0, 0.0, 0.0, 3.0];
         guard_invalid_scores(&mut l);

@@ -126,6 +126,26 @@ pub trait Backend: Send + Sync {
         self.rms_norm(x, norm, eps, normed);
         self.linear(w, bias, normed, out);
     }
+    /// The attention block's QKV projection for `layer`: `qkv = rms_norm(x)
+    /// · wᵀ + bias`, with `normed` as scratch; [`Backend::attention`] for the
+    /// same layer follows. A backend may also rotate the queries and keys and
+    /// append the keys and values to the cache here (its attention then skips
+    /// that); by default this is [`Backend::rms_norm_linear`].
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_qkv(
+        &self,
+        layer: usize,
+        x: &Self::Activations,
+        norm: &Self::Vector,
+        eps: f32,
+        normed: &mut Self::Activations,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+        qkv: &mut Self::Activations,
+    ) {
+        let _ = layer;
+        self.rms_norm_linear(x, norm, eps, normed, w, bias, qkv);
+    }
     /// `out = swiglu(rms_norm(x) · wᵀ)`, with `normed` and `tmp` as scratch
     /// (sized by the caller as for [`Backend::linear_swiglu`]).
     #[allow(clippy::too_many_arguments)]
@@ -163,4 +183,31 @@ pub trait Backend: Send + Sync {
     fn gather_rows(&self, x: &Self::Activations, rows: &[usize], out: &mut Self::Activations);
     /// Reads activations back as host f32, row-major.
     fn read(&self, x: &Self::Activations, out: &mut Vec<f32>);
+    /// Each row's [`greedy_token`]: greedy decoding without reading the
+    /// logits back. By default the rows are read and searched on the host.
+    fn read_greedy(&self, x: &Self::Activations, cols: usize, out: &mut Vec<u32>) {
+        let mut rows = Vec::new();
+        self.read(x, &mut rows);
+        out.clear();
+        if cols > 0 {
+            out.extend(rows.chunks_exact(cols).map(greedy_token));
+        }
+    }
+}
+
+/// The greedy choice from one row of logits, as the official generation
+/// makes it: a row holding NaN or ±inf counts as zeros with 5e4 at index 5
+/// (`InvalidScoreLogitsProcessor`); then the index of the largest value, the
+/// first of equal ones. The engine's greedy sampler gives the same ids.
+pub fn greedy_token(logits: &[f32]) -> u32 {
+    if logits.iter().any(|v| !v.is_finite()) {
+        return if logits.len() > 5 { 5 } else { 0 };
+    }
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }

@@ -33,6 +33,8 @@ pub struct TokenLayout {
     pub seq_start: Vec<usize>,
     /// New tokens of each sequence in this step.
     pub seq_tokens: Vec<usize>,
+    /// Rows (tokens) whose logits the step returns, in order.
+    pub logit_rows: Vec<usize>,
 }
 
 /// Reusable activation buffers, sized to the largest step seen so far.
@@ -48,8 +50,8 @@ pub struct ForwardState<B: Backend> {
     logits: B::Activations, // (logit rows, vocab)
     ids: Vec<u32>,
     layout: TokenLayout,
-    logit_rows: Vec<usize>,
     out: Vec<f32>,
+    chosen: Vec<u32>,
 }
 
 impl<B: Backend> ForwardState<B> {
@@ -66,8 +68,8 @@ impl<B: Backend> ForwardState<B> {
             logits: backend.new_activations(),
             ids: Vec::new(),
             layout: TokenLayout::default(),
-            logit_rows: Vec::new(),
             out: Vec::new(),
+            chosen: Vec::new(),
         }
     }
 }
@@ -165,14 +167,28 @@ impl<B: Backend> Model<B> {
         state: &'s mut ForwardState<B>,
         batch: &mut [SequenceInput<'_, B::Cache>],
     ) -> Result<&'s [f32], ModelError> {
-        self.backend.run_step(|| self.forward_on_backend(state, batch))
+        self.backend.run_step(|| self.forward_on_backend(state, batch, false))?;
+        Ok(&state.out)
     }
 
-    fn forward_on_backend<'s>(
+    /// As [`Model::forward`], returning for each requested logits row only
+    /// its greedy token ([`crate::greedy_token`]; on a GPU only the ids cross
+    /// to the host).
+    pub fn forward_greedy<'s>(
         &self,
         state: &'s mut ForwardState<B>,
         batch: &mut [SequenceInput<'_, B::Cache>],
-    ) -> Result<&'s [f32], ModelError> {
+    ) -> Result<&'s [u32], ModelError> {
+        self.backend.run_step(|| self.forward_on_backend(state, batch, true))?;
+        Ok(&state.chosen)
+    }
+
+    fn forward_on_backend(
+        &self,
+        state: &mut ForwardState<B>,
+        batch: &mut [SequenceInput<'_, B::Cache>],
+        greedy: bool,
+    ) -> Result<(), ModelError> {
         let cfg = &self.config;
         let (b, w) = (&self.backend, &self.weights);
         let shape = self.attention_shape();
@@ -186,7 +202,7 @@ impl<B: Backend> Model<B> {
         st.layout.position.clear();
         st.layout.seq_start.clear();
         st.layout.seq_tokens.clear();
-        st.logit_rows.clear();
+        st.layout.logit_rows.clear();
         for (s, seq) in batch.iter().enumerate() {
             if seq.tokens.is_empty() {
                 return Err(ModelError::EmptyInput);
@@ -209,8 +225,8 @@ impl<B: Backend> Model<B> {
             }
             let last_row = st.ids.len() - 1;
             match seq.logits {
-                LogitsWanted::Last => st.logit_rows.push(last_row),
-                LogitsWanted::All => st.logit_rows.extend(first_row..=last_row),
+                LogitsWanted::Last => st.layout.logit_rows.push(last_row),
+                LogitsWanted::All => st.layout.logit_rows.extend(first_row..=last_row),
                 LogitsWanted::None => {}
             }
         }
@@ -226,7 +242,7 @@ impl<B: Backend> Model<B> {
             b.resize(&mut st.normed, n, hidden);
             b.resize(&mut st.qkv, n, cfg.qkv_out_dim());
             let (norm, bias) = (&layer.input_norm, Some(&layer.qkv_bias));
-            b.rms_norm_linear(&st.hidden, norm, eps, &mut st.normed, &layer.qkv, bias, &mut st.qkv);
+            b.rms_norm_qkv(i, &st.hidden, norm, eps, &mut st.normed, &layer.qkv, bias, &mut st.qkv);
             b.resize(&mut st.attn, n, cfg.q_dim());
             b.attention(shape, i, &mut st.qkv, &st.layout, batch, &mut st.attn);
             b.resize(&mut st.proj, n, hidden);
@@ -244,20 +260,23 @@ impl<B: Backend> Model<B> {
         }
 
         // Final norm and logits, only for the rows asked for.
-        let rows = st.logit_rows.len();
+        let rows = st.layout.logit_rows.len();
         st.out.clear();
+        st.chosen.clear();
         if rows == 0 {
-            b.finish_step()?;
-            return Ok(&st.out);
+            return b.finish_step();
         }
         b.resize(&mut st.picked, rows, hidden);
-        b.gather_rows(&st.hidden, &st.logit_rows, &mut st.picked);
+        b.gather_rows(&st.hidden, &st.layout.logit_rows, &mut st.picked);
         b.resize(&mut st.normed, rows, hidden);
         b.rms_norm(&st.picked, &w.final_norm, eps, &mut st.normed);
         b.resize(&mut st.logits, rows, vocab);
         b.linear(&w.output, None, &st.normed, &mut st.logits);
-        b.read(&st.logits, &mut st.out);
-        b.finish_step()?;
-        Ok(&st.out)
+        if greedy {
+            b.read_greedy(&st.logits, vocab, &mut st.chosen);
+        } else {
+            b.read(&st.logits, &mut st.out);
+        }
+        b.finish_step()
     }
 }

@@ -20,7 +20,7 @@ mod kv_cache;
 mod loader;
 mod weights;
 
-pub use backend::Backend;
+pub use backend::{greedy_token, Backend};
 pub use chatglm_weights::ModelConfig as Config;
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]

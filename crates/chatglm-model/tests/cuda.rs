@@ -369,3 +369,94 @@ fn gpu_long_context_decode_uses_split_attention() {
     assert!(max_abs_diff(got, &want) <= 2e-2 * want.iter().fold(1f32, |m, v| m.max(v.abs())));
     let _ = gpu.backend.name();
 }
+
+#[test]
+fn gpu_graph_replay_and_greedy_tokens_match_eager_launches() {
+    // Decode steps are replayed from CUDA graphs: the logits must be the same
+    // bits as launching the kernels one by one, across contexts that cross
+    // cache blocks and change the split count; forward_greedy must return
+    // the greedy token of those logits.
+    let src = random_model(FLASH_SHAPE, 21);
+    let Some(backend) = cuda(&src.config) else { return };
+    let gpu = Model::load(backend, &src, LoadOptions::new(WeightFormat::F16), &mut |_, _| {}).unwrap();
+    let prompt: Vec<u32> = (0..300u32).map(|i| (i * 31 + 7) % 1000).collect();
+    let mut caches: Vec<_> = (0..3).map(|_| gpu.new_cache(KvDType::F16)).collect();
+    let mut state = ForwardState::new(&gpu.backend);
+    for c in caches.iter_mut() {
+        gpu.forward(&mut state, &mut [SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None }])
+            .unwrap();
+    }
+    let before = gpu.backend.graph_stats();
+    let mut token = 11u32;
+    for step in 0..70 {
+        let [eager, replayed, greedy] = &mut caches[..] else { unreachable!() };
+        gpu.backend.set_graphs(false);
+        let want = gpu
+            .forward(&mut state, &mut [SequenceInput { tokens: &[token], cache: eager, logits: LogitsWanted::Last }])
+            .unwrap()
+            .to_vec();
+        gpu.backend.set_graphs(true);
+        let got = gpu
+            .forward(&mut state, &mut [SequenceInput { tokens: &[token], cache: replayed, logits: LogitsWanted::Last }])
+            .unwrap()
+            .to_vec();
+        assert_eq!(got, want, "graph replay differs from eager launches at step {step}");
+        let ids = gpu
+            .forward_greedy(
+                &mut state,
+                &mut [SequenceInput { tokens: &[token], cache: greedy, logits: LogitsWanted::Last }],
+            )
+            .unwrap();
+        assert_eq!(ids, &[chatglm_model::greedy_token(&want)], "step {step}");
+        token = ids[0];
+    }
+    let after = gpu.backend.graph_stats();
+    eprintln!("graphs: {before:?} -> {after:?}");
+    assert!(after.replays >= before.replays + 100, "decode steps were not replayed: {after:?}");
+    // A batch of sequences at different lengths replays as one graph too.
+    let [a, b, c] = &mut caches[..] else { unreachable!() };
+    c.truncate(5);
+    let mut batch = [
+        SequenceInput { tokens: &[1], cache: a, logits: LogitsWanted::Last },
+        SequenceInput { tokens: &[2], cache: b, logits: LogitsWanted::Last },
+        SequenceInput { tokens: &[3], cache: c, logits: LogitsWanted::Last },
+    ];
+    let ids = gpu.forward_greedy(&mut state, &mut batch).unwrap().to_vec();
+    assert_eq!(ids.len(), 3);
+}
+
+#[test]
+fn gpu_greedy_token_follows_the_invalid_score_rule() {
+    // The argmax kernel alone, on rows with ties, NaN and infinities.
+    let cfg = Config::from_json_str(FLASH_SHAPE).unwrap();
+    let Some(gpu) = cuda(&cfg) else { return };
+    let rows: Vec<Vec<f32>> = vec![
+        vec![1.0, 3.0, 3.0, 2.0, 0.0, 0.0, 0.0],
+        vec![0.5, f32::NAN, 9.0, 0.0, 0.0, 0.0, 0.0],
+        vec![f32::NEG_INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        vec![-2.0, -1.0, -1.0, -3.0, -1.0, -5.0, -1.5],
+    ];
+    let cols = rows[0].len();
+    let flat: Vec<f32> = rows.concat();
+    let mut x = gpu.new_activations();
+    gpu.resize(&mut x, rows.len(), cols);
+    gpu.upload_activations(&flat, &mut x).unwrap();
+    let mut got = Vec::new();
+    gpu.read_greedy(&x, cols, &mut got);
+    let want: Vec<u32> = rows.iter().map(|r| chatglm_model::greedy_token(r)).collect();
+    assert_eq!(got, want);
+    assert_eq!(want, [1, 5, 5, 1]);
+    // Many rows of a real vocabulary width.
+    let mut rng = 12345u64;
+    let flat: Vec<f32> = (0..6 * 65024)
+        .map(|_| {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((rng >> 40) % 1000) as f32 / 10.0
+        })
+        .collect();
+    gpu.resize(&mut x, 6, 65024);
+    gpu.upload_activations(&flat, &mut x).unwrap();
+    gpu.read_greedy(&x, 65024, &mut got);
+    let want: Vec<u32> = flat.chunks(65024).map(chatglm_model::greedy_token).collect();
+    assert_eq!(got, want);
+}

@@ -241,32 +241,60 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 // stays short; the 4 warps take interleaved 32-key slices of the block's
 // split and merge at the end.
 //
-// Launch: grid = (n_groups · HG/HB, work tokens, n_splits), block = 128;
-// `chunk` is a multiple of 128 and block_tokens a multiple of 32 (a 32-key
-// slice never crosses a cache block). With several splits the last block of
-// each (token, group, head slice) merges the partials (`counters`: one int
-// per (token, group, head slice), zero before and after each launch).
+// Launch: grid = (n_groups · HG/HB, work tokens, most splits), block = 128;
+// block_tokens a multiple of 32 (a 32-key slice never crosses a cache
+// block). Each token's split count follows from its own context, so one
+// launch serves every context length (a graph replays it unchanged). With
+// several splits the last block of each (token, group, head slice) merges
+// the partials (`counters`: one int per (token, group, head slice), zero
+// before and after each launch).
 #define DEC_D 128
+#define DEC_SLICE 128
 
 template <int HG, int HB>
 __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, float* out, int out_width,
                                                  const int* work_tokens, const int* positions,
                                                  const int* seq_of_token, const u64* block_table, int max_blocks,
-                                                 int n_groups, int layer, int block_tokens, int chunk, float scale,
+                                                 int n_groups, int layer, int block_tokens, float scale,
                                                  float* part_o, float* part_ml, int* counters) {
     __shared__ __align__(16) float qs[HB * DEC_D];
     __shared__ int is_last;
     __shared__ float red_m[4][HB], red_l[4][HB];
     __shared__ __align__(16) float red_o[4][HB * DEC_D];
-    pdl_launch_dependents();
-    pdl_wait();
     constexpr int NSUB = HG / HB;
     const int g = blockIdx.x / NSUB, h0 = (blockIdx.x % NSUB) * HB;
-    const int wt = blockIdx.y, split = blockIdx.z, n_splits = gridDim.z;
+    const int wt = blockIdx.y, split = blockIdx.z, n_grid = gridDim.z;
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    // The step's metadata and the cache of earlier steps were written before
+    // the kernel ahead of this one ran: read them, and start this block's
+    // first keys and values towards L2, before waiting for it.
     const int t = work_tokens[wt];
     const int ctx = positions[t] + 1;
     const int seq = seq_of_token[t];
+    // This token's splits: its 128-key slices shared evenly over at most
+    // gridDim.z splits (the grid is sized for the step's longest context, or
+    // for the longest possible one when the launch is replayed from a graph).
+    const int slices = (ctx + DEC_SLICE - 1) / DEC_SLICE;
+    const int n_even = min(n_grid, slices);
+    const int chunk = (slices + n_even - 1) / n_even * DEC_SLICE;
+    const int n_splits = (ctx + chunk - 1) / chunk;
+    pdl_launch_dependents();
+    if (split >= n_splits) return;
+    const long per_group = (long)block_tokens * DEC_D;
+    const int k_begin = split * chunk;
+    const int k_end = min(ctx, k_begin + chunk);
+    if (k_begin + w * 32 + lane < k_end) {
+        const int k = k_begin + w * 32 + lane;
+        const u16* blk = (const u16*)block_table[(long)seq * max_blocks + k / block_tokens];
+        const long row = (long)(k % block_tokens) * DEC_D;
+        const u16* kr = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + row;
+        const u16* vr = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + row;
+        prefetch_l2(kr);
+        prefetch_l2(kr + 64);
+        prefetch_l2(vr);
+        prefetch_l2(vr + 64);
+    }
+    pdl_wait();
     for (int i = tid; i < HB * DEC_D; i += 128)
         qs[i] = qkv[(long)t * width + (long)(g * HG + h0) * DEC_D + i] * scale;
     __syncthreads();
@@ -278,9 +306,6 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         l[h] = 0.f;
         acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0.f;
     }
-    const long per_group = (long)block_tokens * DEC_D;
-    const int k_begin = split * chunk;
-    const int k_end = min(ctx, k_begin + chunk);
     for (int kb = k_begin + w * 32; kb < k_end; kb += 128) {
         const u16* blk = (const u16*)block_table[(long)seq * max_blocks + kb / block_tokens];
         const int tok0 = kb % block_tokens;
@@ -349,7 +374,7 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         *(float4*)&red_o[w][h * DEC_D + lane * 4] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
     }
     __syncthreads();
-    const long part = ((long)wt * n_groups + g) * n_splits + split;
+    const long part = ((long)wt * n_groups + g) * n_grid + split;
     for (int i = tid; i < HB * DEC_D; i += 128) {
         const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
         float M = -INFINITY;
@@ -387,7 +412,7 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     __syncthreads();
     if (!is_last) return;
     __threadfence();
-    const long base = ((long)wt * n_groups + g) * n_splits;
+    const long base = ((long)wt * n_groups + g) * n_grid;
     float* wts = &red_o[0][0];  // [n_splits][HB], n_splits·HB ≤ 4·HB·DEC_D
     for (int hh = w; hh < HB; hh += 4) {
         const int h = h0 + hh;
@@ -418,11 +443,10 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     extern "C" __global__ void __launch_bounds__(128)                                                            \
         attn_decode_##HG(const float* qkv, int width, float* out, int out_width, const int* work_tokens,        \
                          const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks, \
-                         int n_groups, int layer, int block_tokens, int chunk, float scale, float* part_o,      \
+                         int n_groups, int layer, int block_tokens, float scale, float* part_o,                 \
                          float* part_ml, int* counters) {                                                       \
         attn_decode_body<HG, HB>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table, \
-                                 max_blocks, n_groups, layer, block_tokens, chunk, scale, part_o, part_ml,      \
-                                 counters);                                                                     \
+                                 max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters);   \
     }
 ATTN_DECODE(1, 1)
 ATTN_DECODE(2, 2)

@@ -127,3 +127,44 @@ __device__ __forceinline__ void rms_norm_body(const float* x, const float* w, vo
 extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<0>(x, w, out, cols, eps); }
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h1(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<1>(x, w, out, cols, eps); }
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<2>(x, w, out, cols, eps); }
+
+// out[r] = the greedy choice for row r, as the host's greedy sampler makes
+// it: a row holding NaN or ±inf is first replaced by zeros with 5e4 at index
+// 5 (the official InvalidScoreLogitsProcessor), then the index of the largest
+// value, the first of equal ones. grid = rows, block = 1024.
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int* out, int cols) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    pdl_launch_dependents();
+    pdl_wait();
+    const float* row = x + (long)blockIdx.x * cols;
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    int bad = 0;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = row[c];
+        bad |= !(fabsf(v) <= 3.402823466e38f);
+        if (v > bv) { bv = v; bi = c; }
+    }
+    bad = __syncthreads_or(bad);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { sv[w] = bv; si[w] = bi; }
+    __syncthreads();
+    if (w != 0) return;
+    const int nw = (blockDim.x + 31) >> 5;
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) out[blockIdx.x] = bad ? (cols > 5 ? 5 : 0) : bi;
+}

@@ -22,11 +22,47 @@
 // MODE 1: out[t, r] += x[t]·w[r] (the residual add, fused).
 // MODE 2: SwiGLU fused: out[t, r] = silu(x[t]·w[r]) · (x[t]·w[r + half_rows]),
 //         for r < half_rows; out has half_rows columns.
+// MODE 3: the attention's QKV projection: MODE 0, then RoPE on the query and
+//         key rows (the partner row of a rotated pair is in the same block:
+//         blocks start at multiples of 4 rows) and the key and value rows
+//         appended to the paged cache (RopeCtx). Saves a launch and a pass
+//         over the rows per layer of a decode step.
 // Needs cols % (16 / sizeof(weight)) == 0 and 16-byte aligned rows (checked
 // on the host); gemv_scalar handles any shape.
 
 
 __device__ __forceinline__ float silu(float a) { return a / (1.0f + expf(-a)); }
+
+// What MODE 3 needs besides the product: where each token sits and the cache.
+struct RopeCtx {
+    const int* positions;
+    const int* seq_of_token;
+    const u64* block_table;
+    const float* inv_freq;
+    int max_blocks, n_pairs, head_dim, n_heads, n_groups, layer, block_tokens, kv_f16;
+};
+
+// Row `row` of token t's QKV output (value a; its RoPE partner's value b).
+__device__ __forceinline__ void qkv_epilogue(const RopeCtx& rc, float* out, int out_rows, int t, int row, float a,
+                                             float b) {
+    const int h = row / rc.head_dim, d = row % rc.head_dim;
+    const int pos = rc.positions[t];
+    float v = a;
+    if (h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs) {
+        float s, c;
+        sincosf((float)pos * rc.inv_freq[d >> 1], &s, &c);
+        v = (d & 1) ? a * c + b * s : a * c - b * s;
+    }
+    out[(long)t * out_rows + row] = v;
+    if (h >= rc.n_heads) {
+        const int kvh = h - rc.n_heads, which = kvh >= rc.n_groups, g = which ? kvh - rc.n_groups : kvh;
+        const u64 blk = rc.block_table[(long)rc.seq_of_token[t] * rc.max_blocks + pos / rc.block_tokens];
+        const long off = ((long)(rc.layer * 2 + which) * rc.n_groups + g) * rc.block_tokens * rc.head_dim +
+                         (long)(pos % rc.block_tokens) * rc.head_dim + d;
+        if (rc.kv_f16) ((u16*)blk)[off] = f32_to_f16(v);
+        else ((float*)blk)[off] = v;
+    }
+}
 
 template <int GEMV_ROWS, int GEMV_U>
 __device__ __forceinline__ void gemv_load(const char* const* p, const bool* ok, int base, int nvec,
@@ -45,7 +81,7 @@ template <int T, int NT, int MODE, int GEMV_ROWS, int GEMV_U>
 __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const float* __restrict__ x,
                                           const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int cols, int half_rows,
-                                          const float* __restrict__ nw, float eps) {
+                                          const float* __restrict__ nw, float eps, const RopeCtx& rc) {
     constexpr int V = Vec16<T>::N;
     __shared__ float red[4][GEMV_ROWS + 1][NT];
     const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -160,6 +196,11 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
         const int u = r + GEMV_ROWS / 2;
         const float b = (red[0][u][t] + red[1][u][t] + red[2][u][t] + red[3][u][t]) * inv;
         out[(long)t * half_rows + row[r]] = silu(a) * b;
+    } else if (MODE == 3) {
+        if (!ok[r]) return;
+        const int pr = r ^ 1;
+        const float b = (red[0][pr][t] + red[1][pr][t] + red[2][pr][t] + red[3][pr][t]) * inv;
+        qkv_epilogue(rc, out, out_rows, t, row[r], a + (bias ? bias[row[r]] : 0.f), b + (bias ? bias[row[pr]] : 0.f));
     } else {
         if (!ok[r]) return;
         if (MODE == 0) out[(long)t * out_rows + row[r]] = a + (bias ? bias[row[r]] : 0.f);
@@ -208,15 +249,28 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
     extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,     \
                                  int out_rows, int cols, int half_rows, const float* nw, float eps) {\
-        gemv_body<T, NT, MODE, 4, 2>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);          \
+        gemv_body<T, NT, MODE, 4, 2>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, RopeCtx()); \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv8_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,    \
                                   int out_rows, int cols, int half_rows, const float* nw, float eps) {\
-        gemv_body<T, NT, MODE, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps);          \
+        gemv_body<T, NT, MODE, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, RopeCtx()); \
     }
 
-#define GEMV_MODES(T, NT) GEMV_KERNEL(T, NT, 0) GEMV_KERNEL(T, NT, 1) GEMV_KERNEL(T, NT, 2)
+// The QKV projection with RoPE and the cache append (MODE 3).
+#define GEMV_QKV(T, NT)                                                                             \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
+        gemv_qkv_##T##_##NT(const void* w, const float* x, const float* bias, float* out,          \
+                            int out_rows, int cols, const float* nw, float eps, RopeCtx rc) {       \
+        gemv_body<T, NT, 3, 4, 2>(w, x, bias, out, out_rows, cols, 0, nw, eps, rc);                 \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128)                                               \
+        gemv8_qkv_##T##_##NT(const void* w, const float* x, const float* bias, float* out,         \
+                             int out_rows, int cols, const float* nw, float eps, RopeCtx rc) {      \
+        gemv_body<T, NT, 3, 8, 1>(w, x, bias, out, out_rows, cols, 0, nw, eps, rc);                 \
+    }
+
+#define GEMV_MODES(T, NT) GEMV_KERNEL(T, NT, 0) GEMV_KERNEL(T, NT, 1) GEMV_KERNEL(T, NT, 2) GEMV_QKV(T, NT)
 #define GEMV_TOKENS(T)                                                                              \
     GEMV_MODES(T, 1) GEMV_MODES(T, 2) GEMV_MODES(T, 3) GEMV_MODES(T, 4) GEMV_MODES(T, 5)            \
     GEMV_MODES(T, 6) GEMV_MODES(T, 7) GEMV_MODES(T, 8)

@@ -79,7 +79,13 @@ struct StepBuffers {
     gather: Option<CudaSlice<i32>>,
     /// Merge counters of the decode attention (zero between launches).
     counters: Option<CudaSlice<i32>>,
+    /// Greedy token ids of the logits rows.
+    chosen: Option<CudaSlice<i32>>,
     kv_dtype: Option<DType>,
+    /// The layer whose RoPE and cache append the QKV product already did.
+    rotated: Option<usize>,
+    /// Whether this step's launches are queued for a graph.
+    graph: bool,
 }
 
 /// Runs the model on one NVIDIA GPU.
@@ -87,6 +93,8 @@ pub struct CudaBackend {
     gpu: Arc<Gpu>,
     dims: AttentionDims,
     n_layers: usize,
+    /// The model's context length (replayable steps are planned for it).
+    max_context: usize,
     inv_freq: CudaSlice<f32>,
     n_pairs: usize,
     pools: Mutex<Vec<Arc<KvPool>>>,
@@ -112,6 +120,8 @@ fn ensure<T: chatglm_cuda::DeviceRepr>(
     if buf.as_ref().is_none_or(|b| b.len() < n) {
         // Grow by 1.5× so a slowly growing step does not reallocate each time.
         let cap = buf.as_ref().map_or(0, |b| b.len());
+        // Queued launches may use the old buffer: issue them before freeing it.
+        gpu.flush_recorded(false)?;
         *buf = None;
         *buf = Some(gpu.alloc::<T>(n.max(cap + cap / 2), what)?);
     }
@@ -135,6 +145,7 @@ impl CudaBackend {
             gpu,
             dims,
             n_layers: cfg.num_layers,
+            max_context: cfg.seq_length,
             inv_freq,
             n_pairs: rope.n_pairs(),
             pools: Mutex::new(Vec::new()),
@@ -501,7 +512,12 @@ impl Backend for CudaBackend {
         let decode = kv_dtype == DType::F16 && self.gpu.decode_supported(&self.dims);
         let blocks: Vec<&[u64]> = batch.iter().map(|s| s.cache.blocks()).collect();
         let sms = self.gpu.info().multiprocessors;
-        let plan = StepPlan::build(layout, ids, &blocks, flash, decode, &self.dims, sms);
+        // Decode steps of a few tokens are replayed from CUDA graphs: their
+        // launches must not depend on the context lengths.
+        let replay = decode && ids.len() <= GEMV_MAX_TOKENS && layout.logit_rows.len() <= GEMV_MAX_TOKENS;
+        let plan =
+            StepPlan::build(layout, ids, &blocks, flash, decode, &self.dims, sms, replay.then_some(self.max_context));
+        let replay = replay && plan.n_tiles == 0;
         let mut st = lock(&self.step);
         let st = &mut *st;
         let mut upload = || -> Result<(), CudaError> {
@@ -519,15 +535,22 @@ impl Backend for CudaBackend {
                     st.counters = Some(self.gpu.alloc_zeros::<i32>(n.max(256), "attention merge counters")?);
                 }
             }
+            ensure(&self.gpu, &mut st.chosen, plan.logit_rows.len().max(1), "greedy tokens")?;
             Ok(())
         };
         upload().map_err(|e| backend_err("prepare step", e))?;
         st.plan = plan;
         st.kv_dtype = Some(kv_dtype);
+        st.rotated = None;
+        st.graph = replay;
+        if replay {
+            self.gpu.begin_recording().map_err(|e| backend_err("prepare step", e))?;
+        }
         Ok(())
     }
 
     fn finish_step(&self) -> Result<(), ModelError> {
+        self.flush_step_launches();
         let synced = self.gpu.synchronize();
         if let Some(e) = lock(&self.error).take() {
             return Err(e);
@@ -600,6 +623,10 @@ impl Backend for CudaBackend {
         a.f32_ok = true;
         a.half_of = None;
         if a.capacity() < rows * cols {
+            // Queued launches may use the old buffer: issue them before freeing it.
+            if let Err(e) = self.gpu.flush_recorded(false) {
+                self.fail(backend_err("activations", e));
+            }
             a.buf = None;
             match self.gpu.alloc::<f32>(rows * cols, "activations") {
                 Ok(b) => a.buf = Some(b),
@@ -712,6 +739,74 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn rms_norm_qkv(
+        &self,
+        layer: usize,
+        x: &CudaActivations,
+        norm: &CudaVector,
+        eps: f32,
+        normed: &mut CudaActivations,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        qkv: &mut CudaActivations,
+    ) {
+        let dims = self.dims;
+        let width = (dims.n_heads + 2 * dims.n_groups) * dims.head_dim;
+        let fused = x.rows <= GEMV_MAX_TOKENS
+            && w.rows == width
+            && layer < self.n_layers
+            && self.gpu.gemv_qkv_supported(w.dtype, w.cols, &dims);
+        if !fused {
+            lock(&self.step).rotated = None;
+            self.rms_norm_linear(x, norm, eps, normed, w, bias, qkv);
+            return;
+        }
+        self.run("qkv", || {
+            let n = x.rows;
+            if x.cols != w.cols {
+                return Err(CudaError::Invalid {
+                    op: "qkv".into(),
+                    message: format!("x has {} columns, w {}", x.cols, w.cols),
+                });
+            }
+            let mut st = lock(&self.step);
+            let plan = &st.plan;
+            let (Some(meta), Some(table), Some(kv)) = (&st.meta, &st.table, st.kv_dtype) else {
+                return Err(CudaError::Invalid { op: "qkv".into(), message: "no prepared step".into() });
+            };
+            if plan.n_tokens != n {
+                return Err(CudaError::Invalid {
+                    op: "qkv".into(),
+                    message: format!("{n} rows, the step has {}", plan.n_tokens),
+                });
+            }
+            let meta = device_ptr(meta);
+            let at = |off: usize| meta + (off * 4) as u64;
+            let rope = chatglm_cuda::RopeArgs {
+                positions: at(plan.off_positions()),
+                seq_of_token: at(plan.off_seq()),
+                block_table: device_ptr(table),
+                max_blocks: plan.max_blocks,
+                inv_freq: device_ptr(&self.inv_freq),
+                n_pairs: self.n_pairs,
+            };
+            let xp = Self::input(x, n, w.cols, "qkv")?;
+            let op = Self::output(qkv, n, width, "qkv")?;
+            let wp = Self::matrix_ptr(w, "qkv")?;
+            let bp = match bias {
+                Some(b) => Self::vector_ptr(b, width, "qkv")?,
+                None => 0,
+            };
+            let np = Self::vector_ptr(norm, w.cols, "qkv")?;
+            // SAFETY: w width×cols, x n×cols, qkv n×width, bias width, norm
+            // cols (checked above); the plan's metadata and block table cover
+            // every token's position (prepare_step).
+            unsafe { self.gpu.gemv_qkv(wp, w.dtype, xp, bp, op, n, w.cols, Some((np, eps)), kv, rope, dims, layer)? };
+            st.rotated = Some(layer);
+            Ok(())
+        });
+    }
+
     fn rms_norm_linear_swiglu(
         &self,
         x: &CudaActivations,
@@ -778,7 +873,8 @@ impl Backend for CudaBackend {
                     message: format!("layer {layer} of {}", self.n_layers),
                 });
             }
-            let st = lock(&self.step);
+            let mut st = lock(&self.step);
+            let rotated = st.rotated.take() == Some(layer);
             let plan = &st.plan;
             let n = plan.n_tokens;
             let width = (dims.n_heads + 2 * dims.n_groups) * dims.head_dim;
@@ -799,20 +895,22 @@ impl Backend for CudaBackend {
             // tables (every position of every token has a block); buffers were
             // sized from it in prepare_step and checked above.
             unsafe {
-                self.gpu.rope_kv(
-                    kv,
-                    qp,
-                    width,
-                    n,
-                    at(plan.off_positions()),
-                    at(plan.off_seq()),
-                    table,
-                    plan.max_blocks,
-                    device_ptr(&self.inv_freq),
-                    self.n_pairs,
-                    dims,
-                    layer,
-                )?;
+                if !rotated {
+                    self.gpu.rope_kv(
+                        kv,
+                        qp,
+                        width,
+                        n,
+                        at(plan.off_positions()),
+                        at(plan.off_seq()),
+                        table,
+                        plan.max_blocks,
+                        device_ptr(&self.inv_freq),
+                        self.n_pairs,
+                        dims,
+                        layer,
+                    )?;
+                }
                 self.gpu.attention_flash(
                     qp,
                     width,
@@ -880,8 +978,14 @@ impl Backend for CudaBackend {
             }
             let xp = Self::input(x, x.rows, x.cols, "gather_rows")?;
             let op = Self::output(out, rows.len(), x.cols, "gather_rows")?;
-            let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
             let mut st = lock(&self.step);
+            if let (true, Some(meta)) = (st.plan.logit_rows == rows, &st.meta) {
+                // The step's own logit rows: already uploaded with its metadata.
+                let gp = device_ptr(meta) + (st.plan.off_logit_rows() * 4) as u64;
+                // SAFETY: the rows were checked < x.rows; out holds rows.len()×cols.
+                return unsafe { self.gpu.gather_rows(xp, gp, rows.len(), x.cols, op) };
+            }
+            let idx: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
             let gp = ensure(&self.gpu, &mut st.gather, idx.len(), "row indices")?;
             self.gpu.upload(&idx, st.gather.as_mut().expect("invariant: ensured"), "row indices")?;
             // SAFETY: every index < x.rows (checked); out holds rows.len()×cols.
@@ -895,6 +999,7 @@ impl Backend for CudaBackend {
             return;
         }
         out.resize(x.rows * x.cols, 0.0);
+        self.flush_step_launches();
         let r = match &x.buf {
             Some(b) if b.len() >= out.len() && x.f32_ok => self.gpu.download(b, out, "logits"),
             _ => Err(CudaError::Invalid { op: "read".into(), message: "buffer smaller than its shape".into() }),
@@ -902,6 +1007,70 @@ impl Backend for CudaBackend {
         if let Err(e) = r {
             self.fail(backend_err("read", e));
         }
+    }
+
+    fn read_greedy(&self, x: &CudaActivations, cols: usize, out: &mut Vec<u32>) {
+        out.clear();
+        if self.failed() {
+            return;
+        }
+        let rows = x.rows;
+        let mut ids = vec![0i32; rows];
+        let r = (|| {
+            if x.cols != cols {
+                return Err(CudaError::Invalid {
+                    op: "argmax".into(),
+                    message: format!("{} columns, {cols} expected", x.cols),
+                });
+            }
+            let xp = Self::input(x, rows, cols, "argmax")?;
+            let mut st = lock(&self.step);
+            let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
+            // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32.
+            unsafe { self.gpu.argmax_rows(xp, rows, cols, p)? };
+            drop(st);
+            self.flush_step_launches();
+            let st = lock(&self.step);
+            self.gpu.download(st.chosen.as_ref().expect("invariant: ensured above"), &mut ids, "greedy tokens")
+        })();
+        match r {
+            Ok(()) => out.extend(ids.iter().map(|&i| i as u32)),
+            Err(e) => self.fail(backend_err("argmax", e)),
+        }
+    }
+}
+
+impl CudaBackend {
+    /// Issues the step's queued launches (from a graph when the step is
+    /// replayable): the step's results are about to be read.
+    fn flush_step_launches(&self) {
+        let graph = std::mem::take(&mut lock(&self.step).graph);
+        if let Err(e) = self.gpu.flush_recorded(graph && !self.failed()) {
+            self.fail(backend_err("step", e));
+        }
+    }
+
+    /// CUDA graph use so far (captures, replays).
+    pub fn graph_stats(&self) -> chatglm_cuda::GraphStats {
+        self.gpu.graph_stats()
+    }
+
+    /// Writes host values into activations already sized to hold them (tests).
+    pub fn upload_activations(&self, values: &[f32], a: &mut CudaActivations) -> Result<(), ModelError> {
+        if values.len() != a.rows * a.cols {
+            return Err(backend_err("upload", format!("{} values for {}×{}", values.len(), a.rows, a.cols)));
+        }
+        let buf = a.buf.as_mut().ok_or_else(|| backend_err("upload", "activations were never sized"))?;
+        self.gpu.upload(values, buf, "activations").map_err(|e| backend_err("upload", e))?;
+        a.f32_ok = true;
+        a.half_of = None;
+        Ok(())
+    }
+
+    /// Turns CUDA graph replay of decode steps on or off (on by default;
+    /// `CHATGLM_CUDA_GRAPHS=0` starts with it off).
+    pub fn set_graphs(&self, on: bool) {
+        self.gpu.set_graphs(on);
     }
 }
 

@@ -15,11 +15,13 @@ pub(crate) const FLASH_MIN_TOKENS: usize = 16;
 /// The host side of one step's metadata.
 #[derive(Debug, Default)]
 pub(crate) struct StepPlan {
-    /// `[ids | positions | seq_of_token | work tokens | tiles (4 ints each)]`.
+    /// `[ids | positions | seq_of_token | work tokens | tiles (4 ints each) | logit rows]`.
     pub meta: Vec<i32>,
     pub n_tokens: usize,
     pub n_work: usize,
     pub n_tiles: usize,
+    /// The rows whose logits the step computes (the gather's indices).
+    pub logit_rows: Vec<usize>,
     /// Block addresses: row `s` (`max_blocks` wide) for sequence `s`.
     pub table: Vec<u64>,
     pub max_blocks: usize,
@@ -41,9 +43,17 @@ impl StepPlan {
     pub fn off_tiles(&self) -> usize {
         3 * self.n_tokens + self.n_work
     }
+    pub fn off_logit_rows(&self) -> usize {
+        self.off_tiles() + 4 * self.n_tiles
+    }
 
     /// Lays out a step. `blocks[s]` are sequence `s`'s block addresses (enough
     /// for its new tokens); `flash`: whether the tensor-core kernel may run.
+    /// With `replay_ctx` (the model's context length) the launches are made
+    /// independent of the contexts, so a graph can replay them: the block
+    /// table is as wide as the longest context, and the split grid sized for
+    /// it (each token uses the splits its own context needs).
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         layout: &TokenLayout,
         ids: &[u32],
@@ -52,6 +62,7 @@ impl StepPlan {
         decode_kernel: bool,
         dims: &AttentionDims,
         multiprocessors: usize,
+        replay_ctx: Option<usize>,
     ) -> Self {
         let n = ids.len();
         let mut meta = Vec::with_capacity(3 * n + n + 8);
@@ -80,7 +91,12 @@ impl StepPlan {
         let n_tiles = tiles.len() / 4;
         meta.extend(work);
         meta.extend(tiles);
-        let max_blocks = blocks.iter().map(|b| b.len()).max().unwrap_or(0).max(1);
+        meta.extend(layout.logit_rows.iter().map(|&r| r as i32));
+        if let Some(c) = replay_ctx {
+            max_ctx = max_ctx.max(c);
+        }
+        let widest = replay_ctx.map_or(1, |c| c.div_ceil(dims.block_tokens));
+        let max_blocks = blocks.iter().map(|b| b.len()).max().unwrap_or(0).max(widest);
         let mut table = vec![0u64; blocks.len() * max_blocks];
         for (s, b) in blocks.iter().enumerate() {
             table[s * max_blocks..s * max_blocks + b.len()].copy_from_slice(b);
@@ -92,7 +108,17 @@ impl StepPlan {
                 SplitPlan::for_step(dims, n_work, max_ctx, multiprocessors)
             }
         });
-        Self { meta, n_tokens: n, n_work, n_tiles, table, max_blocks, split, decode_kernel }
+        Self {
+            meta,
+            n_tokens: n,
+            n_work,
+            n_tiles,
+            logit_rows: layout.logit_rows.clone(),
+            table,
+            max_blocks,
+            split,
+            decode_kernel,
+        }
     }
 }
 
@@ -125,7 +151,7 @@ mod tests {
         let (l, ids) = layout(&[(500, 1), (7, 150)]);
         let b0: Vec<u64> = (0..8).map(|i| 0x1000 + i).collect();
         let b1: Vec<u64> = (0..3).map(|i| 0x2000 + i).collect();
-        let p = StepPlan::build(&l, &ids, &[&b0, &b1], true, true, &dims(), 132);
+        let p = StepPlan::build(&l, &ids, &[&b0, &b1], true, true, &dims(), 132, None);
         assert_eq!(p.n_tokens, 151);
         assert_eq!(p.n_work, 1);
         assert_eq!(&p.meta[p.off_work()..p.off_work() + 1], &[0]);
@@ -144,8 +170,26 @@ mod tests {
     fn without_flash_every_token_is_split_work() {
         let (l, ids) = layout(&[(0, 40), (3, 2)]);
         let b: Vec<u64> = vec![1];
-        let p = StepPlan::build(&l, &ids, &[&b, &b], false, false, &dims(), 132);
+        let p = StepPlan::build(&l, &ids, &[&b, &b], false, false, &dims(), 132, None);
         assert_eq!((p.n_work, p.n_tiles), (42, 0));
         assert_eq!(p.meta.len(), 3 * 42 + 42);
+    }
+
+    #[test]
+    fn replayable_steps_do_not_depend_on_the_context() {
+        let (mut l, ids) = layout(&[(100, 1), (3000, 1)]);
+        l.logit_rows = vec![0, 1];
+        let short: Vec<u64> = vec![7; 2];
+        let long: Vec<u64> = vec![9; 47];
+        let a = StepPlan::build(&l, &ids, &[&short, &long], true, true, &dims(), 132, Some(32768));
+        let (mut l2, ids2) = layout(&[(5, 1), (20000, 1)]);
+        l2.logit_rows = vec![0, 1];
+        let long2: Vec<u64> = vec![9; 313];
+        let b = StepPlan::build(&l2, &ids2, &[&short, &long2], true, true, &dims(), 132, Some(32768));
+        assert_eq!(a.max_blocks, 512);
+        assert_eq!((a.max_blocks, a.split), (b.max_blocks, b.split));
+        assert_eq!(&a.meta[a.off_logit_rows()..], &[0, 1]);
+        assert_eq!(a.table.len(), 2 * 512);
+        assert_eq!(a.table[512..512 + 47], long[..]);
     }
 }
