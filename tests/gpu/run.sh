@@ -9,7 +9,7 @@
 #                             benchmarks; writes logs and a summary to $OUT (else device-bin/report).
 #
 # Environment for `device`: BENCH=0 skips the benchmarks (BENCH_QUICK=1 runs only the f16 one),
-# TESTS=0 the tests, GRAPH_COMPARE=1 adds a decode run without CUDA graphs, PROFILE=1 adds
+# TESTS=0 the tests, PREFETCH_SWEEP="0 8192" times mat-vec L2 prefetch sizes, GRAPH_COMPARE=1 adds a decode run without CUDA graphs, PROFILE=1 adds
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 set -euo pipefail
@@ -116,6 +116,10 @@ PY
     if [ "${GRAPH_COMPARE:-0}" != 0 ]; then
       run_bench f16-short-no-graphs env CHATGLM_CUDA_GRAPHS=0 $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
     fi
+    # Mat-vec L2 prefetch sizes (CHATGLM_GEMV_PREFETCH bytes per row).
+    for pb in ${PREFETCH_SWEEP:-}; do
+      run_bench "prefetch-$pb" env CHATGLM_GEMV_PREFETCH=$pb $b --dtype f16 --prompt-len 16 --gen-len 128 --repeat 2
+    done
     for k in ${DECODE_SWEEP:-}; do
       run_bench "decode-blocks-$k" env CHATGLM_DECODE_BLOCKS_PER_SM=$k $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
     done

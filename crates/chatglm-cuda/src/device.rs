@@ -38,6 +38,12 @@ impl std::fmt::Display for DeviceInfo {
     }
 }
 
+/// Off: measured on the H200 (bench/RESULTS.md, runs 17–18), prefetching
+/// 8 KiB of every row slows a decode step by 8% (the lines compete with the
+/// kernel ahead, itself streaming), and prefetching only behind the
+/// attention changes nothing measurable.
+const DEFAULT_GEMV_PREFETCH: usize = 0;
+
 /// Checks that a library can be loaded before cudarc touches it (cudarc
 /// panics on a missing library).
 fn require_library(present: bool, what: &str) -> Result<(), CudaError> {
@@ -92,6 +98,9 @@ pub struct Gpu {
     /// 0: choose the mat-vec variant by shape; 4 or 8: always that one
     /// (`CHATGLM_GEMV_ROWS`, for measurements).
     pub(crate) gemv_force_rows: std::sync::atomic::AtomicUsize,
+    /// Bytes of each weight row a mat-vec block starts towards L2 before
+    /// waiting for the kernel ahead (`CHATGLM_GEMV_PREFETCH`, for measurements).
+    pub(crate) gemv_prefetch: std::sync::atomic::AtomicUsize,
     /// Queued launches and captured graphs (graph.rs).
     pub(crate) recorder: std::sync::Mutex<Recorder>,
     /// `CHATGLM_CUDA_GRAPHS=0` turns graph replay off (launches one by one).
@@ -178,6 +187,12 @@ impl Gpu {
             pdl,
             gemv_blocks_per_sm,
             gemv_force_rows: std::sync::atomic::AtomicUsize::new(force),
+            gemv_prefetch: std::env::var("CHATGLM_GEMV_PREFETCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_GEMV_PREFETCH)
+                .into(),
+
             recorder: Default::default(),
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
         }))
@@ -200,6 +215,13 @@ impl Gpu {
     /// `(free, total)` device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize), CudaError> {
         self.ctx.mem_get_info().map_err(|e| CudaError::call("cuMemGetInfo", e))
+    }
+
+    /// Sets how many bytes of each weight row a mat-vec block prefetches
+    /// towards L2 before the kernel ahead of it finishes (0: none), for
+    /// measurements.
+    pub fn set_gemv_prefetch(&self, bytes: usize) {
+        self.gemv_prefetch.store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Forces the 4- or 8-row mat-vec (0: by shape), for measurements.

@@ -340,7 +340,8 @@ impl Gpu {
             let name = format!("{prefix}_{}_{}_{}", dtype.code(), n, mode as usize);
             let f = self.kernel(&name)?;
             let mut a = Args::default();
-            a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32).arg(&nw).arg(&eps);
+            let pf = self.prefetch_bytes();
+            a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32).arg(&nw).arg(&eps).arg(&pf);
             self.launch(f, a, &name, launch_cfg)
         } else {
             let name = format!("gemv_scalar_{}_{}", dtype.code(), mode as usize);
@@ -364,6 +365,11 @@ impl Gpu {
             _ if blocks4 <= 3 * self.gemv_blocks_per_sm[0] * self.info().multiprocessors => 8,
             _ => 4,
         }
+    }
+
+    /// Bytes of each row a mat-vec prefetches before waiting for the kernel ahead.
+    fn prefetch_bytes(&self) -> i32 {
+        self.gemv_prefetch.load(std::sync::atomic::Ordering::Relaxed).min(1 << 30) as i32
     }
 
     /// Whether [`Gpu::gemv_qkv`] can run a product of these shapes.
@@ -430,7 +436,8 @@ impl Gpu {
         let f = self.kernel(&name)?;
         let (rows32, cols32) = (check_i32(&name, "rows", rows)?, check_i32(&name, "cols", cols)?);
         let mut a = Args::default();
-        a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&nw).arg(&eps).arg_struct(&ctx);
+        let pf = self.prefetch_bytes();
+        a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&nw).arg(&eps).arg(&pf).arg_struct(&ctx);
         self.launch(f, a, &name, cfg((rows.div_ceil(block_rows) as u32, 1, 1), 128, 0))
     }
 

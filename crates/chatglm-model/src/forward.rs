@@ -266,12 +266,18 @@ impl<B: Backend> Model<B> {
         if rows == 0 {
             return b.finish_step();
         }
-        b.resize(&mut st.picked, rows, hidden);
-        b.gather_rows(&st.hidden, &st.layout.logit_rows, &mut st.picked);
+        // Decode steps want every row: no gather then.
+        let every_row = rows == n && st.layout.logit_rows.iter().enumerate().all(|(i, &r)| i == r);
+        let last = if every_row {
+            &st.hidden
+        } else {
+            b.resize(&mut st.picked, rows, hidden);
+            b.gather_rows(&st.hidden, &st.layout.logit_rows, &mut st.picked);
+            &st.picked
+        };
         b.resize(&mut st.normed, rows, hidden);
-        b.rms_norm(&st.picked, &w.final_norm, eps, &mut st.normed);
         b.resize(&mut st.logits, rows, vocab);
-        b.linear(&w.output, None, &st.normed, &mut st.logits);
+        b.rms_norm_linear(last, &w.final_norm, eps, &mut st.normed, &w.output, None, &mut st.logits);
         if greedy {
             b.read_greedy(&st.logits, vocab, &mut st.chosen);
         } else {

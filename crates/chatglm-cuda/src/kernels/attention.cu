@@ -307,6 +307,19 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         acc[h][0] = acc[h][1] = acc[h][2] = acc[h][3] = 0.f;
     }
     for (int kb = k_begin + w * 32; kb < k_end; kb += 128) {
+        // The warp's next 32 keys and values start towards L2 now, so the
+        // next pass does not begin with a full memory round trip.
+        if (kb + 128 + lane < k_end) {
+            const int k = kb + 128 + lane;
+            const u16* nb = (const u16*)block_table[(long)seq * max_blocks + k / block_tokens];
+            const long row = (long)(k % block_tokens) * DEC_D;
+            const u16* kr = nb + ((long)(layer * 2 + 0) * n_groups + g) * per_group + row;
+            const u16* vr = nb + ((long)(layer * 2 + 1) * n_groups + g) * per_group + row;
+            prefetch_l2(kr);
+            prefetch_l2(kr + 64);
+            prefetch_l2(vr);
+            prefetch_l2(vr + 64);
+        }
         const u16* blk = (const u16*)block_table[(long)seq * max_blocks + kb / block_tokens];
         const int tok0 = kb % block_tokens;
         const u16* kbase = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + (long)tok0 * DEC_D;
@@ -432,8 +445,20 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     __syncthreads();
     for (int i = tid; i < HB * DEC_D; i += 128) {
         const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
+        const float* po = part_o + (base * HG + h) * DEC_D + d;
+        const long stride = (long)HG * DEC_D;
+        // Sixteen partials in flight at a time (a loop of dependent L2 round
+        // trips would serialise the merge); the summation order is fixed.
         float O = 0.f;
-        for (int k = 0; k < n_splits; k++) O += __ldcg(&part_o[((base + k) * HG + h) * DEC_D + d]) * wts[k * HB + hh];
+        int k = 0;
+        for (; k + 16 <= n_splits; k += 16) {
+            float v[16];
+#pragma unroll
+            for (int j = 0; j < 16; j++) v[j] = __ldcg(po + (k + j) * stride);
+#pragma unroll
+            for (int j = 0; j < 16; j++) O += v[j] * wts[(k + j) * HB + hh];
+        }
+        for (; k < n_splits; k++) O += __ldcg(po + k * stride) * wts[k * HB + hh];
         out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O;
     }
     if (tid == 0) *counter = 0;

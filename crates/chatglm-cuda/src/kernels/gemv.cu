@@ -81,7 +81,8 @@ template <int T, int NT, int MODE, int GEMV_ROWS, int GEMV_U>
 __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const float* __restrict__ x,
                                           const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int cols, int half_rows,
-                                          const float* __restrict__ nw, float eps, const RopeCtx& rc) {
+                                          const float* __restrict__ nw, float eps, int prefetch,
+                                          const RopeCtx& rc) {
     constexpr int V = Vec16<T>::N;
     __shared__ float red[4][GEMV_ROWS + 1][NT];
     const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -115,8 +116,17 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     uint4 cur[GEMV_ROWS][GEMV_U], nxt[GEMV_ROWS][GEMV_U];
     pdl_launch_dependents();
     // Weights do not depend on the kernel before: request them before
-    // waiting for it to finish writing x.
+    // waiting for it to finish writing x — the first batch into registers,
+    // and up to `prefetch` bytes of each row after it towards L2, so a block
+    // made resident early streams its weights while the kernel before runs.
     gemv_load<GEMV_ROWS, GEMV_U>(p, ok, first, nvec, cur);
+    if (prefetch > 0) {
+        const long lim = min(row_bytes, (long)prefetch);
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++)
+            if (ok[r])
+                for (long b = 128 * 16 * GEMV_U + threadIdx.x * 128L; b < lim; b += 128 * 128) prefetch_l2(p[r] + b);
+    }
     pdl_wait();
 
     float acc[GEMV_ROWS][NT], ssq[NT];
@@ -248,26 +258,26 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
 #define GEMV_KERNEL(T, NT, MODE)                                                                   \
     extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,     \
-                                 int out_rows, int cols, int half_rows, const float* nw, float eps) {\
-        gemv_body<T, NT, MODE, 4, 2>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, RopeCtx()); \
+                                 int out_rows, int cols, int half_rows, const float* nw, float eps, int pf) {\
+        gemv_body<T, NT, MODE, 4, 2>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv8_##T##_##NT##_##MODE(const void* w, const float* x, const float* bias, float* out,    \
-                                  int out_rows, int cols, int half_rows, const float* nw, float eps) {\
-        gemv_body<T, NT, MODE, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, RopeCtx()); \
+                                  int out_rows, int cols, int half_rows, const float* nw, float eps, int pf) {\
+        gemv_body<T, NT, MODE, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
     }
 
 // The QKV projection with RoPE and the cache append (MODE 3).
 #define GEMV_QKV(T, NT)                                                                             \
     extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv_qkv_##T##_##NT(const void* w, const float* x, const float* bias, float* out,          \
-                            int out_rows, int cols, const float* nw, float eps, RopeCtx rc) {       \
-        gemv_body<T, NT, 3, 4, 2>(w, x, bias, out, out_rows, cols, 0, nw, eps, rc);                 \
+                            int out_rows, int cols, const float* nw, float eps, int pf, RopeCtx rc) {\
+        gemv_body<T, NT, 3, 4, 2>(w, x, bias, out, out_rows, cols, 0, nw, eps, pf, rc);             \
     }                                                                                               \
     extern "C" __global__ void __launch_bounds__(128)                                               \
         gemv8_qkv_##T##_##NT(const void* w, const float* x, const float* bias, float* out,         \
-                             int out_rows, int cols, const float* nw, float eps, RopeCtx rc) {      \
-        gemv_body<T, NT, 3, 8, 1>(w, x, bias, out, out_rows, cols, 0, nw, eps, rc);                 \
+                             int out_rows, int cols, const float* nw, float eps, int pf, RopeCtx rc) {\
+        gemv_body<T, NT, 3, 8, 1>(w, x, bias, out, out_rows, cols, 0, nw, eps, pf, rc);             \
     }
 
 #define GEMV_MODES(T, NT) GEMV_KERNEL(T, NT, 0) GEMV_KERNEL(T, NT, 1) GEMV_KERNEL(T, NT, 2) GEMV_QKV(T, NT)
