@@ -2,6 +2,7 @@
 //! tokenize and inspect. Each subcommand lives in its own module and only
 //! parses arguments, calls the library crates and prints.
 
+#![forbid(unsafe_code)]
 mod args;
 mod bench;
 mod chat;

@@ -234,7 +234,9 @@ pub mod avx2 {
 
     pub(crate) fn kernels() -> PackedQ4_0Kernels {
         PackedQ4_0Kernels {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             dot: |s, q, x| unsafe { dot(s, q, x) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
         }
     }
@@ -353,7 +355,9 @@ pub mod avx512 {
 
     pub(crate) fn kernels() -> PackedQ4_0Kernels {
         PackedQ4_0Kernels {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             dot: |s, q, x| unsafe { dot(s, q, x) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
         }
     }

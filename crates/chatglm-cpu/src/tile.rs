@@ -184,7 +184,9 @@ pub mod avx2 {
     /// The T = 1 and T = 2 tiles of one float weight format.
     fn float_tiles<W: Load8>() -> TileKernels<W, f32> {
         TileKernels {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t1: |w, x, n, o| unsafe { float_t::<W, 1>(w, x, n, o) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t2: |w, x, n, o| unsafe { float_t::<W, 2>(w, x, n, o) },
             t4: None,
         }
@@ -372,6 +374,7 @@ pub mod avx2 {
             group: None,
             scores: |k, st, len, q, nh, hd, s| {
                 if hd % 16 == 0 {
+                    // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
                     unsafe { scores_avx2::<T>(k, st, len, q, nh, hd, s) }
                 } else {
                     (AttentionKernels::<T>::scalar().scores)(k, st, len, q, nh, hd, s)
@@ -379,6 +382,7 @@ pub mod avx2 {
             },
             weighted_sum: |e, len, v, st, nh, hd, o| {
                 if hd % 16 == 0 {
+                    // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
                     unsafe { wsum_avx2::<T>(e, len, v, st, nh, hd, o) }
                 } else {
                     (AttentionKernels::<T>::scalar().weighted_sum)(e, len, v, st, nh, hd, o)
@@ -486,7 +490,9 @@ pub mod avx2 {
     pub fn attention_q8_0() -> AttentionKernels<BlockQ8_0> {
         AttentionKernels {
             group: None,
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             scores: |k, st, len, q, nh, hd, s| unsafe { scores_q8(k, st, len, q, nh, hd, s) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             weighted_sum: |e, len, v, st, nh, hd, o| unsafe { wsum_q8(e, len, v, st, nh, hd, o) },
         }
     }
@@ -502,14 +508,18 @@ pub mod avx2 {
     }
     pub fn q8_0_tiles() -> TileKernels<BlockQ8_0, BlockQ8_0> {
         TileKernels {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t1: |w, x, n, o| unsafe { q8_0_t::<1>(w, x, n, o) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t2: |w, x, n, o| unsafe { q8_0_t::<2>(w, x, n, o) },
             t4: None,
         }
     }
     pub fn q4_0_tiles() -> TileKernels<BlockQ4_0, BlockQ8_0> {
         TileKernels {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t1: |w, x, n, o| unsafe { q4_0_t::<1>(w, x, n, o) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t2: |w, x, n, o| unsafe { q4_0_t::<2>(w, x, n, o) },
             t4: None,
         }

@@ -144,15 +144,19 @@ unsafe fn q8_0_t4(w: &[BlockQ8_0], x: &[BlockQ8_0], nb: usize, out: &mut [f32]) 
 }
 
 pub(crate) fn f32_t4_fn() -> crate::tile::TileFn<f32, f32> {
+    // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
     |w, x, n, o| unsafe { f32_t4(w, x, n, o) }
 }
 pub(crate) fn f16_t4_fn() -> crate::tile::TileFn<f16, f32> {
+    // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
     |w, x, n, o| unsafe { f16_t4(w, x, n, o) }
 }
 pub(crate) fn bf16_t4_fn() -> crate::tile::TileFn<bf16, f32> {
+    // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
     |w, x, n, o| unsafe { bf16_t4(w, x, n, o) }
 }
 pub(crate) fn q8_0_t4_fn() -> crate::tile::TileFn<BlockQ8_0, BlockQ8_0> {
+    // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
     |w, x, n, o| unsafe { q8_0_t4(w, x, n, o) }
 }
 
@@ -187,5 +191,6 @@ unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
 }
 
 pub(crate) fn dot_f16_fn() -> crate::features::DotF16 {
+    // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
     |w, x| unsafe { dot_f16(w, x) }
 }

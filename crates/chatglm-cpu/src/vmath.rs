@@ -88,8 +88,11 @@ pub mod avx2 {
 
     pub fn vmath() -> VMath {
         VMath {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             exp_sub_sum: |x, s| unsafe { exp_sub_sum(x, s) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             scale_max: |x, s| unsafe { scale_max(x, s) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             swiglu: |a, b, o| unsafe { swiglu(a, b, o) },
         }
     }

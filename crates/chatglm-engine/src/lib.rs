@@ -13,6 +13,7 @@
 //! What comes in: text or token ids and parameters. What goes out: token
 //! ids, text deltas and finish reasons.
 
+#![forbid(unsafe_code)]
 mod engine_loop;
 mod error;
 pub mod generate;

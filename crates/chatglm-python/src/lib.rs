@@ -7,6 +7,7 @@
 //! (`python/chatglm_rs/__init__.py`). Model work runs with the GIL released;
 //! Ctrl-C is checked at every generated token.
 
+#![forbid(unsafe_code)]
 use chatglm_engine::{
     generate, ChatSession, EngineError, GenerationConfig, History, Pipeline as EnginePipeline, PipelineOptions,
     SamplingParams,

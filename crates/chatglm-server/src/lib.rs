@@ -12,6 +12,7 @@
 //! server-sent events. Prompts are tokenized here; the engine thread only
 //! sees token ids, and tokio stops at this crate.
 
+#![forbid(unsafe_code)]
 mod api_py;
 mod bridge;
 mod error;

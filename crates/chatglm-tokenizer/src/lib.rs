@@ -21,6 +21,7 @@
 //! models with other settings are refused with [`TokenizerError::Unsupported`]
 //! rather than tokenized differently.
 
+#![forbid(unsafe_code)]
 mod bpe;
 mod chatglm;
 mod detokenizer;

@@ -11,18 +11,26 @@ use std::arch::x86_64::*;
 pub(crate) fn kernels() -> Kernels {
     Kernels {
         name: "avx2",
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         dot_f32: |w, x| unsafe { dot_f32(w, x) },
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         dot_f16: |w, x| unsafe { dot_f16(w, x) },
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         dot_bf16: |w, x| unsafe { dot_bf16(w, x) },
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         dot_q8_0: |w, x| unsafe { dot_q8_0(w, x) },
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         dot_q4_0: |w, x| unsafe { dot_q4_0(w, x) },
         // 4.5-6-bit variants: the scalar loops auto-vectorise well enough for
         // formats chosen for quality rather than speed.
         dot_q4_1: super::scalar::dot_q4_1,
         dot_q5_0: super::scalar::dot_q5_0,
         dot_q5_1: super::scalar::dot_q5_1,
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         quantize_row_q8_0: |x, out| unsafe { quantize_row_q8_0(x, out) },
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         axpy_f32: |a, v, acc| unsafe { axpy_f32(a, v, acc) },
+        // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         axpy_f16: |a, v, acc| unsafe { axpy_f16(a, v, acc) },
         tiles_f32: crate::tile::avx2::f32_tiles(),
         tiles_f16: crate::tile::avx2::f16_tiles(),
