@@ -2,24 +2,22 @@
 //! `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {..}}`,
 //! then the tensor bytes, offsets relative to the end of the header.
 //!
-//! The file is memory-mapped; tensors are windows of the mapping. Everything
-//! in the header is checked before a window is made: header length against
-//! the file size, offsets in bounds, `end - begin` equal to dtype × shape,
-//! no two tensors overlapping, known dtypes only.
+//! The header is parsed and validated by the `safetensors` crate (Hugging
+//! Face's reference implementation): header length against the file size
+//! and its 100 MB limit, offsets contiguous and in bounds, `end - begin`
+//! equal to dtype × shape with checked arithmetic, the data section fully
+//! covered. This module maps its dtypes to ours and names the file and the
+//! tensor in errors. The file is memory-mapped; tensors are windows of the
+//! mapping.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use safetensors::{SafeTensorError, SafeTensors};
 
 use crate::mapped::map_file;
 use crate::{DType, Tensor, TensorData, WeightsError};
-
-/// Headers larger than this are refused (the format's own limit is 100 MB;
-/// ChatGLM2-6B's largest shard header is ~10 KB).
-const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
 
 /// One entry of a safetensors header, checked against the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,89 +32,86 @@ pub struct SafetensorsEntry {
     pub file_range: Range<usize>,
 }
 
-#[derive(Deserialize)]
-struct RawEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [usize; 2],
-}
-
 /// Parses and checks the header of a complete safetensors file held in
 /// `bytes`. The entry point for fuzzing; never panics.
 pub fn parse_safetensors_bytes(bytes: &[u8]) -> Result<Vec<SafetensorsEntry>, WeightsError> {
     parse_header(bytes, Path::new("<memory>"))
 }
 
+/// What went wrong, in the words a user needs (the crate's own text, with
+/// the likely cause where there is one).
+fn describe(e: &SafeTensorError, file_len: usize) -> String {
+    match e {
+        SafeTensorError::HeaderTooSmall => {
+            format!("file is {file_len} bytes, shorter than the 8-byte header length")
+        }
+        SafeTensorError::HeaderTooLarge => {
+            format!("the header length exceeds the format's 100 MB limit (file is {file_len} bytes)")
+        }
+        SafeTensorError::InvalidHeaderLength => {
+            format!("the header length runs past the end of the file ({file_len} bytes): truncated?")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => format!(
+            "the tensors' data_offsets do not cover the data section exactly (file is {file_len} bytes): \
+             truncated, or bytes outside every tensor"
+        ),
+        SafeTensorError::InvalidOffset(name) => {
+            format!(
+                "tensor {name}: data_offsets are not contiguous with the tensor before it, or outside the data section"
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Names the first tensor whose byte count disagrees with its dtype and
+/// shape (the crate reports that without the name). Error path only.
+fn name_wrong_size(bytes: &[u8]) -> Option<String> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
+    header.iter().filter(|(k, _)| *k != "__metadata__").find_map(|(name, v)| {
+        let dtype = DType::from_safetensors(v.get("dtype")?.as_str()?)?;
+        let shape: Vec<usize> = serde_json::from_value(v.get("shape")?.clone()).ok()?;
+        let [b, e]: [usize; 2] = serde_json::from_value(v.get("data_offsets")?.clone()).ok()?;
+        let needs = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| dtype.size_in_bytes(n));
+        (needs != e.checked_sub(b)).then(|| match needs {
+            Some(n) => format!(
+                "tensor {name}: {dtype} {shape:?} needs {n} bytes, data_offsets [{b}, {e}] give {}",
+                e.wrapping_sub(b)
+            ),
+            None => format!("tensor {name}: shape {shape:?} is too large"),
+        })
+    })
+}
+
 /// Parses the header of `bytes` (the whole file), naming `path` in errors.
 pub(crate) fn parse_header(bytes: &[u8], path: &Path) -> Result<Vec<SafetensorsEntry>, WeightsError> {
     let bad = |message: String| WeightsError::Safetensors { path: path.to_path_buf(), message };
-    let file_len = bytes.len();
-    let len_bytes: [u8; 8] = bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| bad(format!("file is {file_len} bytes, shorter than the 8-byte header length")))?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > MAX_HEADER_BYTES {
-        return Err(bad(format!(
-            "header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit (file is {file_len} bytes)"
-        )));
-    }
-    // Fits in usize: bounded by MAX_HEADER_BYTES.
-    let data_start = 8 + header_len as usize;
-    let header = bytes.get(8..data_start).ok_or_else(|| {
-        bad(format!("header length {header_len} runs past the end of the file ({file_len} bytes): truncated?"))
+    let (header_len, meta) = SafeTensors::read_metadata(bytes).map_err(|e| match e {
+        SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow => {
+            bad(name_wrong_size(bytes).unwrap_or_else(|| describe(&e, bytes.len())))
+        }
+        e => bad(describe(&e, bytes.len())),
     })?;
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
-    let data_len = file_len - data_start;
-
-    let mut entries = Vec::with_capacity(raw.len());
-    for (name, value) in raw {
-        if name == "__metadata__" {
-            // A free-form string map; we only check its type.
-            serde_json::from_value::<BTreeMap<String, String>>(value)
-                .map_err(|e| bad(format!("__metadata__ is not a map of strings: {e}")))?;
-            continue;
-        }
-        let entry: RawEntry = serde_json::from_value(value)
-            .map_err(|e| bad(format!("tensor {name}: header entry is not {{dtype, shape, data_offsets}}: {e}")))?;
-        let Some(dtype) = DType::from_safetensors(&entry.dtype) else {
-            return Err(WeightsError::UnsupportedDtype { path: path.to_path_buf(), tensor: name, dtype: entry.dtype });
+    let data_start = 8 + header_len;
+    let infos = meta.tensors();
+    let mut entries = Vec::with_capacity(infos.len());
+    for name in meta.offset_keys() {
+        let Some(info) = infos.get(&name) else { continue };
+        // The crate's dtype names are the format's ("F16", "BF16", …).
+        let stored = format!("{:?}", info.dtype);
+        let Some(dtype) = DType::from_safetensors(&stored) else {
+            return Err(WeightsError::UnsupportedDtype { path: path.to_path_buf(), tensor: name, dtype: stored });
         };
-        let [begin, end] = entry.data_offsets;
-        let n_elements = entry.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        let n_bytes = n_elements.and_then(|n| dtype.size_in_bytes(n));
-        let Some(n_bytes) = n_bytes else {
-            return Err(bad(format!("tensor {name}: shape {:?} is too large", entry.shape)));
-        };
-        if begin > end || end > data_len {
-            return Err(bad(format!(
-                "tensor {name}: data_offsets [{begin}, {end}] outside the {data_len}-byte data section"
-            )));
-        }
-        if end - begin != n_bytes {
-            return Err(bad(format!(
-                "tensor {name}: {dtype} {:?} needs {n_bytes} bytes, data_offsets [{begin}, {end}] give {}",
-                entry.shape,
-                end - begin
-            )));
-        }
+        let (begin, end) = info.data_offsets;
         entries.push(SafetensorsEntry {
             name,
             dtype,
-            shape: entry.shape,
+            shape: info.shape.clone(),
+            // In bounds: the crate checked that the offsets tile the data section.
             file_range: data_start + begin..data_start + end,
         });
-    }
-
-    let mut by_start: Vec<&SafetensorsEntry> = entries.iter().filter(|e| !e.file_range.is_empty()).collect();
-    by_start.sort_by_key(|e| e.file_range.start);
-    for pair in by_start.windows(2) {
-        if let [a, b] = pair {
-            if b.file_range.start < a.file_range.end {
-                return Err(bad(format!("tensors {} and {} overlap", a.name, b.name)));
-            }
-        }
     }
     Ok(entries)
 }

@@ -49,7 +49,7 @@ fn header_length_beyond_file() {
     assert!(err.contains("runs past the end of the file"), "{err}");
     bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     let err = parse_safetensors_bytes(&bytes).unwrap_err().to_string();
-    assert!(err.contains("exceeds"), "{err}");
+    assert!(err.contains("exceeds") || err.contains("100 MB"), "{err}");
 }
 
 fn with_header(header: &str, data_len: usize) -> Vec<u8> {
@@ -63,7 +63,7 @@ fn with_header(header: &str, data_len: usize) -> Vec<u8> {
 fn offsets_out_of_bounds_or_inconsistent() {
     let out_of_bounds = with_header(r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, 8);
     let err = parse_safetensors_bytes(&out_of_bounds).unwrap_err().to_string();
-    assert!(err.contains("tensor w") && err.contains("outside"), "{err}");
+    assert!(err.contains("do not cover the data section"), "{err}");
 
     let wrong_len = with_header(r#"{"w":{"dtype":"F16","shape":[4],"data_offsets":[0,16]}}"#, 16);
     let err = parse_safetensors_bytes(&wrong_len).unwrap_err().to_string();
@@ -77,7 +77,7 @@ fn offsets_out_of_bounds_or_inconsistent() {
         12,
     );
     let err = parse_safetensors_bytes(&overlap).unwrap_err().to_string();
-    assert!(err.contains("overlap"), "{err}");
+    assert!(err.contains("tensor b") && err.contains("not contiguous"), "{err}");
 
     let huge = with_header(r#"{"w":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,8]}}"#, 8);
     assert!(parse_safetensors_bytes(&huge).is_err());
