@@ -7,6 +7,16 @@
 //! (default `$HF_HOME/hub`), `HF_ENDPOINT` (mirrors; default
 //! `https://huggingface.co`), `HF_TOKEN` (else `$HF_HOME/token`),
 //! `HF_HUB_OFFLINE=1` (cache only, no network).
+//!
+//! Why not the `hf-hub` crate: evaluated (0.5.0, 2026-11-29) against what
+//! these tests pin down, it shares the cache layout (blobs, refs, snapshots)
+//! and reads `HF_HOME`, `HF_ENDPOINT` and the token file, and it resumes
+//! (`.sync.part` files) with a progress trait; but it ignores `HF_TOKEN`,
+//! `HF_HUB_CACHE` and `HF_HUB_OFFLINE`, has no offline resolution of a
+//! cached snapshot by ref or commit, and leaves partial files under another
+//! name than `huggingface_hub`'s `.incomplete`, so a download interrupted in
+//! one tool is not resumed by the other. Switching would lose four tested
+//! behaviours; this module stays until the crate has them.
 
 #[cfg(feature = "download")]
 mod download;
