@@ -57,6 +57,7 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::refuse_declared_oversize))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::require_key))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::count_status))
         .layer(CatchPanicLayer::custom({

@@ -1,4 +1,4 @@
-//! Request middleware: API-key check and HTTP status counting.
+//! Request middleware: API-key check, declared body size, HTTP status counting.
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -34,6 +34,23 @@ pub(crate) async fn require_key(State(state): State<AppState>, req: Request, nex
     } else {
         ApiError::unauthorized().into_response()
     }
+}
+
+/// A body whose declared `Content-Length` is over the limit is refused
+/// before any of it is read (the extractor's limit still bounds bodies
+/// without a length): a client cannot make the server buffer megabytes only
+/// to refuse them.
+pub(crate) async fn refuse_declared_oversize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config().max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::too_large(limit).into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts every response by status code for `/metrics`.

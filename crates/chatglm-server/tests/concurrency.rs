@@ -4,61 +4,12 @@
 
 mod common;
 
-use axum::body::Bytes;
-use common::{chat_stream_text, metric_value, sse_data, TestServer};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use common::{chat_stream_text, metric_value, read_all, send, sse_data, start, TestServer};
+use http_body_util::BodyExt;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-
-/// A served test server on a free loopback port.
-async fn start(s: &TestServer) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = s.state.clone();
-    let task = tokio::spawn(async move {
-        chatglm_server::serve(listener, state, async {
-            let _ = stop_rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    (addr, stop_tx, task)
-}
-
-/// Sends one request on a fresh connection; returns the response with the
-/// connection task (abort it to hang up).
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: String,
-) -> (hyper::Response<hyper::body::Incoming>, tokio::task::JoinHandle<()>) {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
-    let conn_task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    (sender.send_request(req).await.unwrap(), conn_task)
-}
-
-async fn read_all(addr: SocketAddr, method: &str, path: &str, body: String) -> (u16, String) {
-    let (resp, _conn) = send(addr, method, path, body).await;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).unwrap())
-}
 
 async fn metrics(addr: SocketAddr) -> String {
     read_all(addr, "GET", "/metrics", String::new()).await.1

@@ -3,14 +3,18 @@
 #![allow(dead_code)]
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::http::{Request, StatusCode};
 use chatglm_engine::{Engine, EngineConfig, Pipeline, PipelineOptions};
 use chatglm_model::CpuBackend;
 use chatglm_server::{app, AppState, ServerConfig};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::net::TcpStream;
 use tower::ServiceExt;
 
 pub fn testdata() -> PathBuf {
@@ -112,4 +116,50 @@ pub fn chat_stream_text(data: &[String]) -> (String, Option<String>) {
         }
     }
     (text, finish)
+}
+
+/// A served test server on a free loopback port.
+pub async fn start(s: &TestServer) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let state = s.state.clone();
+    let task = tokio::spawn(async move {
+        chatglm_server::serve(listener, state, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    (addr, stop_tx, task)
+}
+
+/// Sends one request on a fresh connection; returns the response with the
+/// connection task (abort it to hang up).
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: String,
+) -> (hyper::Response<hyper::body::Incoming>, tokio::task::JoinHandle<()>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let conn_task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    (sender.send_request(req).await.unwrap(), conn_task)
+}
+
+pub async fn read_all(addr: SocketAddr, method: &str, path: &str, body: String) -> (u16, String) {
+    let (resp, _conn) = send(addr, method, path, body).await;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
 }
