@@ -1,6 +1,7 @@
 //! Opening a GPU: library checks, context, stream, kernels, cuBLAS.
 
 use crate::blas::Blas;
+use crate::blas_lt::BlasLt;
 use crate::compile::{ptx_for, SOURCES};
 use crate::graph::{Launch, Recorder};
 use crate::CudaError;
@@ -89,6 +90,8 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     pub(crate) blas: Blas,
+    /// cuBLASLt with per-shape plans (`CHATGLM_CUBLASLT=0`: cuBLAS only).
+    pub(crate) blas_lt: Option<BlasLt>,
     kernels: HashMap<String, CudaFunction>,
     info: DeviceInfo,
     /// Programmatic dependent launch (sm_90 and newer; `CHATGLM_CUDA_PDL=0` turns it off).
@@ -169,6 +172,17 @@ impl Gpu {
             }
         }
         let blas = Blas::new(&stream)?;
+        let blas_lt = if std::env::var("CHATGLM_CUBLASLT").is_ok_and(|v| v == "0") {
+            None
+        } else {
+            match BlasLt::new(&stream) {
+                Ok(lt) => Some(lt),
+                Err(e) => {
+                    tracing::warn!("cuBLASLt unavailable, using cuBLAS: {e}");
+                    None
+                }
+            }
+        };
         let pdl = cc.0 >= 9 && std::env::var("CHATGLM_CUDA_PDL").map_or(true, |v| v != "0");
         let occupancy = |name: &str| {
             kernels
@@ -182,6 +196,7 @@ impl Gpu {
             ctx,
             stream,
             blas,
+            blas_lt,
             kernels,
             info,
             pdl,

@@ -16,6 +16,7 @@
 #![allow(clippy::too_many_arguments)]
 
 mod blas;
+mod blas_lt;
 mod compile;
 mod device;
 mod error;

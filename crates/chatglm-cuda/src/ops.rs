@@ -8,7 +8,7 @@ use crate::{CudaError, Gpu};
 use cudarc::driver::LaunchConfig;
 
 /// Weight and conversion element types (codes shared with the kernels).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     F32 = 0,
     F16 = 1,
@@ -458,12 +458,16 @@ impl Gpu {
         self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))
     }
 
-    /// `out (n × rows) = x · wᵀ (+ out)` through cuBLAS; `x` is in the
-    /// weights' element type, `out` in f32 or (without accumulating) the
-    /// weights' type.
+    /// `out (n × rows) = x · wᵀ (+ out) (+ bias)` through cuBLASLt (a plan
+    /// per shape, the bias in the epilogue), or cuBLAS `GemmEx` and a bias
+    /// pass where cuBLASLt has no algorithm for it (or `CHATGLM_CUBLASLT=0`);
+    /// `x` is in the weights' element type, `out` in f32 or (without
+    /// accumulating) the weights' type; `bias` (rows f32, with an f32 `out`)
+    /// or 0.
     ///
     /// # Safety
-    /// `w`: rows·cols of `dtype`; `x`: n·cols of `dtype`; `out`: n·rows of `out_dtype`.
+    /// `w`: rows·cols of `dtype`; `x`: n·cols of `dtype`; `out`: n·rows of
+    /// `out_dtype`; `bias`: rows f32.
     pub unsafe fn gemm(
         &self,
         w: u64,
@@ -475,19 +479,32 @@ impl Gpu {
         rows: usize,
         cols: usize,
         accumulate: bool,
+        bias: u64,
     ) -> Result<(), CudaError> {
         if n == 0 {
             return Ok(());
         }
-        if out_dtype != DType::F32 && (out_dtype != dtype || accumulate) {
+        if out_dtype != DType::F32 && (out_dtype != dtype || accumulate || bias != 0) {
             return Err(CudaError::invalid(
                 "gemm",
-                "16-bit outputs are only for non-accumulating products of the same type",
+                "16-bit outputs are only for non-accumulating products of the same type without bias",
             ));
         }
         // cuBLAS launches outside this crate's queue: issue what is queued first.
         self.flush_recorded(false)?;
-        self.blas.gemm(w, dtype, x, out, out_dtype, n, rows, cols, accumulate)
+        if let Some(lt) = &self.blas_lt {
+            match lt.gemm(w, dtype, x, out, out_dtype, n, rows, cols, accumulate, bias) {
+                Ok(()) => return Ok(()),
+                // No algorithm for this shape: the classic API below.
+                Err(CudaError::Call { ref message, .. }) if message.contains("NOT_SUPPORTED") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.blas.gemm(w, dtype, x, out, out_dtype, n, rows, cols, accumulate)?;
+        if bias != 0 {
+            self.add_bias(out, bias, n, rows)?;
+        }
+        Ok(())
     }
 
     /// RoPE on the queries and keys of every token of `qkv` (in place), and

@@ -334,13 +334,9 @@ impl CudaBackend {
             unsafe { self.gpu.convert(xp, p, n * w.cols, w.dtype)? };
             p
         };
-        // SAFETY: w rows×cols, xin n×cols in w's type, out n×rows (checked above).
-        unsafe { self.gpu.gemm(wp, w.dtype, xin, op_, DType::F32, n, w.rows, w.cols, mode == GemvMode::Accumulate)? };
-        if bp != 0 {
-            // SAFETY: out n×rows, bias rows.
-            unsafe { self.gpu.add_bias(op_, bp, n, w.rows)? };
-        }
-        Ok(())
+        // SAFETY: w rows×cols, xin n×cols in w's type, out n×rows, bias rows
+        // (checked above).
+        unsafe { self.gpu.gemm(wp, w.dtype, xin, op_, DType::F32, n, w.rows, w.cols, mode == GemvMode::Accumulate, bp) }
     }
 
     /// RMSNorm of `x` written only as `normed`'s 16-bit copy in `dtype` (the
@@ -708,7 +704,7 @@ impl Backend for CudaBackend {
                 // SAFETY: w 2ffn×cols, xin n×cols (w's type), tmp half n×2ffn,
                 // out half n×ffn (all sized above).
                 unsafe {
-                    self.gpu.gemm(wp, w.dtype, xin, tp, w.dtype, n, w.rows, w.cols, false)?;
+                    self.gpu.gemm(wp, w.dtype, xin, tp, w.dtype, n, w.rows, w.cols, false, 0)?;
                     self.gpu.swiglu_typed(tp, w.dtype, op, w.dtype, n, ffn)
                 }
             });
