@@ -10,7 +10,7 @@
 #
 # Environment for `device`: BENCH=0 skips the benchmarks (BENCH_QUICK=1 runs only the f16 one),
 # TESTS=0 the tests, PREFETCH_SWEEP="0 8192" times mat-vec L2 prefetch sizes, GRAPH_COMPARE=1 adds a decode run without CUDA graphs,
-# LT_COMPARE=1 prefill with and without cuBLASLt, PROFILE=1 adds
+# LT_COMPARE=1 prefill with and without cuBLASLt, CONCURRENCY=16,64,128 batched decode (aggregate tok/s), PROFILE=1 adds
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 set -euo pipefail
@@ -114,6 +114,9 @@ PY
     }
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
     run_bench f16-short $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
+    if [ -n "${CONCURRENCY:-}" ]; then
+      run_bench batched $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
+    fi
     if [ "${LT_COMPARE:-0}" != 0 ]; then
       run_bench prefill-lt $b --dtype f16 --prompt-len 2048 --gen-len 4 --repeat 5
       run_bench prefill-no-lt env CHATGLM_CUBLASLT=0 $b --dtype f16 --prompt-len 2048 --gen-len 4 --repeat 5

@@ -48,6 +48,12 @@ pub struct BenchArgs {
     /// Decode steps timed at each --context position.
     #[arg(long, default_value_t = 8)]
     pub context_steps: usize,
+    /// Also time batched decoding: for each N (comma-separated, e.g.
+    /// 16,64,128), N sequences with distinct --prompt-len prompts (128 when 0)
+    /// decode --gen-len tokens together, one step for all; reports aggregate
+    /// tokens/s.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -113,6 +119,49 @@ fn one_run<B: Backend>(
     Ok(Run { prefill, decode_per_token: t.elapsed() / gen_len.max(1) as u32 })
 }
 
+/// Batched decoding of `n` sequences: prefill all (in steps of at most the
+/// backend's chunk size), then `gen_len` greedy steps of all `n` at once.
+/// Returns (aggregate tokens/s, ms per step).
+fn batched_run<B: Backend>(
+    model: &Model<B>,
+    state: &mut ForwardState<B>,
+    kv_dtype: KvDType,
+    n: usize,
+    prompt_len: usize,
+    gen_len: usize,
+) -> Result<(f64, f64)> {
+    let vocab = model.config.padded_vocab_size.min(60000) as u64;
+    let prompts: Vec<Vec<u32>> = (0..n as u64)
+        .map(|s| (0..prompt_len as u64).map(|i| (3 + (i * 7919 + s * 104729 + 13) % (vocab - 3)) as u32).collect())
+        .collect();
+    let mut caches: Vec<B::Cache> = (0..n).map(|_| model.new_cache(kv_dtype)).collect();
+    let mut next = vec![5u32; n];
+    let per_step = (model.backend.prefill_chunk_tokens() / prompt_len.max(1)).max(1);
+    for group in (0..n).step_by(per_step) {
+        let end = (group + per_step).min(n);
+        let mut batch: Vec<SequenceInput<'_, B::Cache>> = caches[group..end]
+            .iter_mut()
+            .zip(&prompts[group..end])
+            .map(|(cache, p)| SequenceInput { tokens: p, cache, logits: LogitsWanted::Last })
+            .collect();
+        let ids = model.forward_greedy(state, &mut batch)?;
+        next[group..end].copy_from_slice(ids);
+    }
+    let t = Instant::now();
+    for _ in 0..gen_len {
+        let tokens: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let mut batch: Vec<SequenceInput<'_, B::Cache>> = caches
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(cache, t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
+            .collect();
+        let ids = model.forward_greedy(state, &mut batch)?;
+        next.copy_from_slice(ids);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(((n * gen_len) as f64 / secs, secs * 1e3 / gen_len.max(1) as f64))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -125,6 +174,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let kv_dtype: KvDType = args.kv_dtype.parse()?;
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
+    }
+    if args.concurrency.contains(&0) {
+        bail!("--concurrency values must be at least 1");
     }
     args.device.dispatch(Bench { args, threads, format, kv_dtype })
 }
@@ -214,6 +266,15 @@ fn measure<B: Backend>(
         let ms = t.elapsed().as_secs_f64() * 1e3 / args.context_steps.max(1) as f64;
         ctx_results.push((pos, ms));
     }
+    let mut batched = Vec::new();
+    for &n in &args.concurrency {
+        let prompt_len = if args.prompt_len == 0 { 128 } else { args.prompt_len };
+        if prompt_len + args.gen_len > cfg.seq_length {
+            bail!("--prompt-len + --gen-len exceeds the model context {}", cfg.seq_length);
+        }
+        let (tps, ms) = batched_run(model, &mut state, kv_dtype, n, prompt_len, args.gen_len)?;
+        batched.push((n, prompt_len, tps, ms));
+    }
     let rss = peak_rss_bytes();
     let gbps = |ms: f64| weight_bytes / (ms / 1e3) / 1e9;
     if args.json {
@@ -234,6 +295,7 @@ fn measure<B: Backend>(
             "decode_tokens_per_s_best": 1e3 / best_ms,
             "decode_gb_per_s_best": gbps(best_ms),
             "decode_at_context": ctx_results.iter().map(|(p, ms)| serde_json::json!({"position": p, "ms_per_token": ms, "tokens_per_s": 1e3 / ms})).collect::<Vec<_>>(),
+            "batched_decode": batched.iter().map(|(n, p, tps, ms)| serde_json::json!({"sequences": n, "prompt_len": p, "tokens_per_s": tps, "ms_per_step": ms})).collect::<Vec<_>>(),
             "peak_rss_bytes": rss,
         });
         println!("{}", serde_json::to_string(&v)?);
@@ -260,6 +322,12 @@ fn measure<B: Backend>(
     );
     for (pos, ms) in &ctx_results {
         println!("decode @ {pos:>6}  {ms:.1} ms/tok ({:.2} tok/s)", 1e3 / ms);
+    }
+    for (n, p, tps, ms) in &batched {
+        println!(
+            "batch {n:>4}   prompts of {p}, {} new tokens each: {tps:.0} tok/s aggregate ({ms:.2} ms/step)",
+            args.gen_len
+        );
     }
     println!("peak RSS     {:.2} GiB", rss as f64 / (1u64 << 30) as f64);
     Ok(())

@@ -175,6 +175,20 @@ fn bench_runs_on_a_synthetic_model() {
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
 }
 
+#[test]
+fn bench_times_batched_decoding() {
+    let args = ["bench", "--synthetic", "dev", "--prompt-len", "8", "--gen-len", "3", "--concurrency", "1,5", "--json"];
+    let (out, err, ok) = chatglm(&args, "");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let batched = v["batched_decode"].as_array().unwrap();
+    assert_eq!(batched.len(), 2);
+    assert_eq!(batched[1]["sequences"], 5);
+    assert!(batched[1]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    let (_, err, ok) = chatglm(&["bench", "--synthetic", "dev", "--concurrency", "0"], "");
+    assert!(!ok && err.contains("--concurrency"), "{err}");
+}
+
 /// `--mmap` (weights used in place from the mapped file) and a capped kernel
 /// set (`CHATGLM_CPU_KERNELS`) change how the weights are held and which
 /// kernels run, not the answer.

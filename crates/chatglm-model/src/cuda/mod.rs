@@ -28,6 +28,9 @@ use step::StepPlan;
 
 pub use chatglm_cuda::{device_count, DeviceInfo};
 
+/// Mat-vec kernels up to 2 tokens a step, cuBLAS from 3 (see `gemv_max_tokens`).
+const DEFAULT_GEMV_MAX_TOKENS: usize = 2;
+
 /// Tokens per KV-cache block (the tensor-core attention's key tile).
 pub const KV_BLOCK_TOKENS: usize = chatglm_cuda::ops::FLASH_TILE_TOKENS;
 
@@ -95,6 +98,11 @@ pub struct CudaBackend {
     n_layers: usize,
     /// The model's context length (replayable steps are planned for it).
     max_context: usize,
+    /// Steps of at most this many tokens run the mat-vec kernels (and replay
+    /// from graphs); larger ones cuBLAS (`CHATGLM_GEMV_MAX_TOKENS`, 1–8).
+    /// Measured on the H200 (6B, f16, ms per step at 1/2/3/4/8 tokens):
+    /// mat-vec 3.71/4.40/5.34/5.52/8.36, cuBLAS –/5.08/5.02/5.06/5.12.
+    gemv_max_tokens: usize,
     inv_freq: CudaSlice<f32>,
     n_pairs: usize,
     pools: Mutex<Vec<Arc<KvPool>>>,
@@ -146,6 +154,11 @@ impl CudaBackend {
             dims,
             n_layers: cfg.num_layers,
             max_context: cfg.seq_length,
+            gemv_max_tokens: std::env::var("CHATGLM_GEMV_MAX_TOKENS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_GEMV_MAX_TOKENS)
+                .clamp(1, GEMV_MAX_TOKENS),
             inv_freq,
             n_pairs: rope.n_pairs(),
             pools: Mutex::new(Vec::new()),
@@ -291,7 +304,7 @@ impl CudaBackend {
         }
         let out_cols = if mode == GemvMode::SwiGlu { w.rows / 2 } else { w.rows };
         // A large half-precision product takes x's 16-bit copy when it has one.
-        let half_x = (n > GEMV_MAX_TOKENS && w.dtype != DType::F32 && x.half_of == Some(w.dtype))
+        let half_x = (n > self.gemv_max_tokens && w.dtype != DType::F32 && x.half_of == Some(w.dtype))
             .then(|| x.half.as_ref().map(device_ptr))
             .flatten();
         let xp = match half_x {
@@ -311,7 +324,7 @@ impl CudaBackend {
             Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
             None => None,
         };
-        if n <= GEMV_MAX_TOKENS {
+        if n <= self.gemv_max_tokens {
             // SAFETY: sizes checked above: w rows×cols, x n×cols, out n×out_cols,
             // bias rows, norm weights cols.
             return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode, norm) };
@@ -510,7 +523,7 @@ impl Backend for CudaBackend {
         let sms = self.gpu.info().multiprocessors;
         // Decode steps of a few tokens are replayed from CUDA graphs: their
         // launches must not depend on the context lengths.
-        let replay = decode && ids.len() <= GEMV_MAX_TOKENS && layout.logit_rows.len() <= GEMV_MAX_TOKENS;
+        let replay = decode && ids.len() <= self.gemv_max_tokens && layout.logit_rows.len() <= self.gemv_max_tokens;
         let plan =
             StepPlan::build(layout, ids, &blocks, flash, decode, &self.dims, sms, replay.then_some(self.max_context));
         let replay = replay && plan.n_tiles == 0;
@@ -668,7 +681,7 @@ impl Backend for CudaBackend {
     }
 
     fn linear_swiglu(&self, w: &CudaMatrix, x: &CudaActivations, tmp: &mut CudaActivations, out: &mut CudaActivations) {
-        if x.rows <= GEMV_MAX_TOKENS {
+        if x.rows <= self.gemv_max_tokens {
             self.run("linear_swiglu", || self.product("linear_swiglu", w, None, x, out, GemvMode::SwiGlu, None));
         } else if w.dtype == DType::F32 {
             self.linear(w, None, x, tmp);
@@ -721,7 +734,7 @@ impl Backend for CudaBackend {
         bias: Option<&CudaVector>,
         out: &mut CudaActivations,
     ) {
-        if x.rows <= GEMV_MAX_TOKENS {
+        if x.rows <= self.gemv_max_tokens {
             self.run("rms_norm_linear", || {
                 self.product("rms_norm_linear", w, bias, x, out, GemvMode::Store, Some((norm, eps)))
             });
@@ -748,7 +761,7 @@ impl Backend for CudaBackend {
     ) {
         let dims = self.dims;
         let width = (dims.n_heads + 2 * dims.n_groups) * dims.head_dim;
-        let fused = x.rows <= GEMV_MAX_TOKENS
+        let fused = x.rows <= self.gemv_max_tokens
             && w.rows == width
             && layer < self.n_layers
             && self.gpu.gemv_qkv_supported(w.dtype, w.cols, &dims);
@@ -813,7 +826,7 @@ impl Backend for CudaBackend {
         tmp: &mut CudaActivations,
         out: &mut CudaActivations,
     ) {
-        if x.rows <= GEMV_MAX_TOKENS {
+        if x.rows <= self.gemv_max_tokens {
             self.run("rms_norm_linear_swiglu", || {
                 self.product("rms_norm_linear_swiglu", w, None, x, out, GemvMode::SwiGlu, Some((norm, eps)))
             });
