@@ -51,7 +51,7 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
     let mut state = ForwardState::new(&model.backend);
     let mut this = Loop { model: &model, tokenizer: &tokenizer, kv_dtype, scheduler, seqs: HashMap::new(), stats };
     let mut open = true;
-    let mut row = Vec::new();
+    let (mut row, mut chosen) = (Vec::new(), Vec::new());
     loop {
         // Intake: block only when there is nothing to do.
         if this.scheduler.is_idle() {
@@ -80,7 +80,7 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
             }
             continue;
         }
-        this.step(&mut state, &plan, &mut row);
+        this.step(&mut state, &plan, &mut row, &mut chosen);
         this.publish_gauges();
     }
     tracing::debug!("engine loop finished");
@@ -151,7 +151,7 @@ impl<'t, B: Backend> Loop<'t, B> {
         }
     }
 
-    fn step(&mut self, state: &mut ForwardState<B>, plan: &StepPlan, row: &mut Vec<f32>) {
+    fn step(&mut self, state: &mut ForwardState<B>, plan: &StepPlan, row: &mut Vec<f32>, chosen: &mut Vec<u32>) {
         let now = Instant::now();
         for id in &plan.admitted {
             if let Some(seq) = self.seqs.get_mut(id) {
@@ -172,6 +172,9 @@ impl<'t, B: Backend> Loop<'t, B> {
         let mut inputs = Vec::with_capacity(plan.chunks.len());
         let mut sampled: Vec<SeqId> = Vec::new();
         let mut in_batch: Vec<SeqId> = Vec::new();
+        // A step whose sampled sequences are all greedy asks the model for the
+        // tokens only (on a GPU, ids instead of a logits row per sequence).
+        let mut greedy = true;
         for c in &plan.chunks {
             let Some(seq) = by_id.remove(&c.id) else {
                 continue;
@@ -182,6 +185,7 @@ impl<'t, B: Backend> Loop<'t, B> {
             in_batch.push(c.id);
             if c.sample {
                 sampled.push(c.id);
+                greedy &= seq.greedy_without_penalty();
             }
             inputs.push(SequenceInput {
                 tokens,
@@ -190,7 +194,15 @@ impl<'t, B: Backend> Loop<'t, B> {
             });
         }
         drop(by_id);
-        let result = self.model.forward(state, &mut inputs);
+        let result = if greedy {
+            self.model.forward_greedy(state, &mut inputs).map(|ids| {
+                chosen.clear();
+                chosen.extend_from_slice(ids);
+                &[][..]
+            })
+        } else {
+            self.model.forward(state, &mut inputs)
+        };
         drop(inputs);
         self.stats.steps.fetch_add(1, Relaxed);
         self.stats.step_tokens.fetch_add(plan.total_tokens() as u64, Relaxed);
@@ -212,13 +224,18 @@ impl<'t, B: Backend> Loop<'t, B> {
             let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            let Some(r) = logits.get(i * vocab..(i + 1) * vocab) else {
-                continue;
-            };
-            row.clear();
-            row.extend_from_slice(r);
             let first = seq.completion_tokens() == 0;
-            let progress = seq.on_logits(row, now);
+            let progress = if greedy {
+                let Some(&token) = chosen.get(i) else { continue };
+                seq.on_token(token, now)
+            } else {
+                let Some(r) = logits.get(i * vocab..(i + 1) * vocab) else {
+                    continue;
+                };
+                row.clear();
+                row.extend_from_slice(r);
+                seq.on_logits(row, now)
+            };
             self.stats.completion_tokens.fetch_add(1, Relaxed);
             if first {
                 self.stats.time_to_first_token.observe(seq.timings(now).time_to_first_token());

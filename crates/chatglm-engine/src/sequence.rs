@@ -91,6 +91,18 @@ impl<'t, C: KvCacheOps> Sequence<'t, C> {
         // Repetition penalty looks at the whole visible sequence (prompt + generated).
         let previous: &[u32] = if self.params.sampling.repetition_penalty != 1.0 { &self.tokens } else { &[] };
         let token = self.sampler.sample(logits, &self.params.sampling, previous, &mut self.rng);
+        self.on_token(token, now)
+    }
+
+    /// Whether this sequence's next token is the greedy one with nothing to
+    /// apply first, so the model may choose it (`Model::forward_greedy`; on a
+    /// GPU only the id crosses to the host) instead of returning logits.
+    pub fn greedy_without_penalty(&self) -> bool {
+        self.params.sampling.is_greedy() && self.params.sampling.repetition_penalty == 1.0
+    }
+
+    /// Takes the next token, chosen by the sampler or by the model.
+    pub fn on_token(&mut self, token: u32, now: Instant) -> Progress {
         self.first_token.get_or_insert(now);
         self.generated.push(token);
         let total = self.prompt_len + self.generated.len();
