@@ -251,6 +251,20 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 #define DEC_D 128
 #define DEC_SLICE 128
 
+// Starts key `k`'s row and its value row (group g of `layer`, f16, head size
+// 128: two 128-byte lines each) towards L2; `table` is the sequence's block table.
+__device__ __forceinline__ void prefetch_kv_row(const u64* table, int k, int block_tokens, int layer, int n_groups,
+                                                int g) {
+    const u16* blk = (const u16*)table[k / block_tokens];
+    const long per_group = (long)block_tokens * DEC_D, row = (long)(k % block_tokens) * DEC_D;
+    const u16* kr = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + row;
+    const u16* vr = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + row;
+    prefetch_l2(kr);
+    prefetch_l2(kr + 64);
+    prefetch_l2(vr);
+    prefetch_l2(vr + 64);
+}
+
 template <int HG, int HB>
 __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, float* out, int out_width,
                                                  const int* work_tokens, const int* positions,
@@ -283,17 +297,8 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     const long per_group = (long)block_tokens * DEC_D;
     const int k_begin = split * chunk;
     const int k_end = min(ctx, k_begin + chunk);
-    if (k_begin + w * 32 + lane < k_end) {
-        const int k = k_begin + w * 32 + lane;
-        const u16* blk = (const u16*)block_table[(long)seq * max_blocks + k / block_tokens];
-        const long row = (long)(k % block_tokens) * DEC_D;
-        const u16* kr = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + row;
-        const u16* vr = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + row;
-        prefetch_l2(kr);
-        prefetch_l2(kr + 64);
-        prefetch_l2(vr);
-        prefetch_l2(vr + 64);
-    }
+    if (k_begin + w * 32 + lane < k_end)
+        prefetch_kv_row(block_table + (long)seq * max_blocks, k_begin + w * 32 + lane, block_tokens, layer, n_groups, g);
     pdl_wait();
     for (int i = tid; i < HB * DEC_D; i += 128)
         qs[i] = qkv[(long)t * width + (long)(g * HG + h0) * DEC_D + i] * scale;
@@ -309,17 +314,8 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     for (int kb = k_begin + w * 32; kb < k_end; kb += 128) {
         // The warp's next 32 keys and values start towards L2 now, so the
         // next pass does not begin with a full memory round trip.
-        if (kb + 128 + lane < k_end) {
-            const int k = kb + 128 + lane;
-            const u16* nb = (const u16*)block_table[(long)seq * max_blocks + k / block_tokens];
-            const long row = (long)(k % block_tokens) * DEC_D;
-            const u16* kr = nb + ((long)(layer * 2 + 0) * n_groups + g) * per_group + row;
-            const u16* vr = nb + ((long)(layer * 2 + 1) * n_groups + g) * per_group + row;
-            prefetch_l2(kr);
-            prefetch_l2(kr + 64);
-            prefetch_l2(vr);
-            prefetch_l2(vr + 64);
-        }
+        if (kb + 128 + lane < k_end)
+            prefetch_kv_row(block_table + (long)seq * max_blocks, kb + 128 + lane, block_tokens, layer, n_groups, g);
         const u16* blk = (const u16*)block_table[(long)seq * max_blocks + kb / block_tokens];
         const int tok0 = kb % block_tokens;
         const u16* kbase = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + (long)tok0 * DEC_D;
