@@ -89,6 +89,11 @@ impl BlasLt {
         Ok(Self { handle, stream: stream.clone(), workspace, plans: Mutex::new(HashMap::new()) })
     }
 
+    /// Bytes of device memory the workspace holds.
+    pub(crate) fn workspace_bytes(&self) -> usize {
+        WORKSPACE_BYTES
+    }
+
     /// The plan for `s`: descriptors in the column-major view cuBLASLt
     /// takes (out' rows × n = w' ᵀ · x', w' cols × rows and x' cols × n being
     /// the row-major buffers), and the heuristic's fastest algorithm.

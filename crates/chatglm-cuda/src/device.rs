@@ -227,6 +227,11 @@ impl Gpu {
         self.ctx.bind_to_thread().map_err(|e| CudaError::call("cuCtxSetCurrent", e))
     }
 
+    /// Device memory held for library scratch space (cuBLASLt's workspace).
+    pub fn workspace_bytes(&self) -> usize {
+        self.blas_lt.as_ref().map_or(0, |lt| lt.workspace_bytes())
+    }
+
     /// `(free, total)` device memory in bytes.
     pub fn memory(&self) -> Result<(usize, usize), CudaError> {
         self.ctx.mem_get_info().map_err(|e| CudaError::call("cuMemGetInfo", e))

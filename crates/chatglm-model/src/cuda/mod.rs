@@ -472,9 +472,11 @@ impl Backend for CudaBackend {
         // Keep 1 GiB back for activations, cuBLAS workspace and the prefill chunk.
         let kv_tokens = free.saturating_sub(1 << 30) / kv_bytes_per_token.max(1);
         Some(format!(
-            "GPU memory: weights {:.2} GiB; {:.1} of {:.1} GiB free, room for about {kv_tokens} tokens of KV cache \
-             ({} KiB per token) in 64-token blocks allocated as sequences grow",
+            "GPU memory: weights {:.2} GiB, workspace {} MiB; {:.1} of {:.1} GiB free, 1 GiB of it kept for \
+             activations, room for about {kv_tokens} tokens of KV cache ({} KiB per token) in 64-token blocks \
+             allocated as sequences grow",
             gib(weight_bytes),
+            self.gpu.workspace_bytes() >> 20,
             gib(free),
             gib(total),
             kv_bytes_per_token / 1024
