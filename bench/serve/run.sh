@@ -8,7 +8,9 @@
 #
 # Env: MODEL, DTYPE (auto), CONCURRENCY (1,8,32), REQUESTS (64 per level),
 #      MAX_TOKENS (64), SECONDS_PER_LEVEL (60: stop issuing requests after this long), CHATGLM_BIN (skip the build),
-#      SERVE_ARGS (extra flags for `chatglm serve`), JSON (write results there).
+#      SERVE_ARGS (extra flags for `chatglm serve`, e.g. --device cuda), JSON (write results there),
+#      MIX=1 (varied prompt and output lengths; MAX_PROMPT_WORDS caps them, e.g. 100 for the dev model's
+#      512-token context), RATE (open-loop Poisson arrivals, requests/s).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -38,5 +40,5 @@ echo "load test: model $model, dtype ${DTYPE:-auto}, max_tokens ${MAX_TOKENS:-64
 python3 "$here/load_test.py" --url "http://127.0.0.1:$port" \
     --concurrency "${CONCURRENCY:-1,8,32}" --requests "${REQUESTS:-64}" \
     --max-tokens "${MAX_TOKENS:-64}" --seconds "${SECONDS_PER_LEVEL:-60}" \
-    ${JSON:+--json "$JSON"}
+    ${MIX:+--mix} ${RATE:+--rate "$RATE"} ${MAX_PROMPT_WORDS:+--max-prompt-words "$MAX_PROMPT_WORDS"} ${JSON:+--json "$JSON"}
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatglm_(requests_total|completion_tokens_total|engine_steps_total|engine_step_tokens_total) '
