@@ -489,7 +489,7 @@ impl Args {
 
     /// Pointers to each parameter's first slot, as cuLaunchKernelEx takes
     /// them (it only reads through them).
-    fn pointers(&self) -> Vec<*mut std::ffi::c_void> {
+    pub(crate) fn pointers(&self) -> Vec<*mut std::ffi::c_void> {
         self.starts.iter().map(|&i| (&self.slots[i] as *const u64).cast_mut().cast()).collect()
     }
 }

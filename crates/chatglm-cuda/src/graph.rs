@@ -178,3 +178,53 @@ impl Gpu {
         GraphStats { captures: rec.captures, replays: rec.replays, cached: rec.graphs.len() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(func: usize, grid: u32, args: &[u64]) -> Launch {
+        let mut a = Args::default();
+        for v in args {
+            a.arg(v);
+        }
+        Launch {
+            func: func as sys::CUfunction,
+            args: a,
+            cfg: LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 },
+            kernel: "k".into(),
+        }
+    }
+
+    #[test]
+    fn a_graph_replays_only_exactly_the_same_launches() {
+        let base = [launch(1, 4, &[10, 20]), launch(2, 8, &[30])];
+        let same = [launch(1, 4, &[10, 20]), launch(2, 8, &[30])];
+        assert_eq!(signature(&base), signature(&same));
+        assert_eq!(hash(&signature(&base)), hash(&signature(&same)));
+        // Any kernel, shape or argument that differs is another graph.
+        for other in [
+            vec![launch(1, 4, &[10, 21]), launch(2, 8, &[30])],
+            vec![launch(1, 5, &[10, 20]), launch(2, 8, &[30])],
+            vec![launch(3, 4, &[10, 20]), launch(2, 8, &[30])],
+            vec![launch(1, 4, &[10, 20])],
+            vec![launch(1, 4, &[10]), launch(2, 8, &[20, 30])],
+        ] {
+            assert_ne!(signature(&base), signature(&other));
+        }
+    }
+
+    #[test]
+    fn struct_arguments_are_contiguous_slots() {
+        let mut a = Args::default();
+        a.arg(&7u64).arg_struct(&[1, 2, 3]).arg(&-1i32).arg(&1.5f32);
+        assert_eq!(a.values(), &[7, 1, 2, 3, u32::MAX as u64, 1.5f32.to_bits() as u64]);
+        let p = a.pointers();
+        assert_eq!(p.len(), 4);
+        // The struct's pointer is its first slot; the next parameter follows its last.
+        let at = |i: usize| p[i] as usize;
+        assert_eq!(at(1) - at(0), 8);
+        assert_eq!(at(2) - at(1), 24);
+        assert_eq!(at(3) - at(2), 8);
+    }
+}
