@@ -153,12 +153,21 @@ impl<'t, B: Backend> Loop<'t, B> {
 
     fn step(&mut self, state: &mut ForwardState<B>, plan: &StepPlan, row: &mut Vec<f32>, chosen: &mut Vec<u32>) {
         let now = Instant::now();
+        // Preempted sequences recompute from scratch when readmitted.
+        for id in &plan.preempted {
+            if let Some(seq) = self.seqs.get_mut(id) {
+                chatglm_model::KvCacheOps::clear(&mut seq.cache);
+                self.stats.preemptions.fetch_add(1, Relaxed);
+                self.stats.queue_depth.fetch_add(1, Relaxed);
+            }
+        }
         for id in &plan.admitted {
             if let Some(seq) = self.seqs.get_mut(id) {
-                seq.mark_admitted(now);
                 self.stats.queue_depth.fetch_sub(1, Relaxed);
-                self.stats.prompt_tokens.fetch_add(seq.prompt_len as u64, Relaxed);
-                self.stats.queue_time.observe(seq.timings(now).queued);
+                if seq.mark_admitted(now) {
+                    self.stats.prompt_tokens.fetch_add(seq.prompt_len as u64, Relaxed);
+                    self.stats.queue_time.observe(seq.timings(now).queued);
+                }
             }
         }
 

@@ -12,13 +12,19 @@
 //!    inter-token latency for streaming clients);
 //! 2. running sequences still prefilling get chunks, oldest first;
 //! 3. waiting sequences are admitted strictly first-in first-out while the
-//!    batch has room (`max_batch_size`) and the head's KV reservation fits;
-//!    a head that does not fit yet blocks those behind it (no overtaking,
-//!    so no starvation).
+//!    batch has room (`max_batch_size`) and the head's first chunk fits in
+//!    the free KV blocks; a head that does not fit yet blocks those behind
+//!    it (no overtaking, so no starvation).
 //!
-//! KV memory is reserved at admission for the most tokens the sequence may
-//! ever hold, so a running sequence can always grow: nothing is ever
-//! preempted, and a step can never deadlock on memory.
+//! KV blocks are taken as sequences grow, not reserved for their maximum
+//! length at admission, so a budget holds as many chats as their actual
+//! lengths allow. When a running sequence needs a block and none is free,
+//! the youngest running sequence is preempted: its blocks are freed, it goes
+//! back to the front of the queue, and when readmitted it recomputes its
+//! prompt and what it generated so far (listed in [`StepPlan::preempted`], so
+//! the engine clears its cache). The oldest running sequence can always
+//! grow (one sequence never needs more than the budget), so a step never
+//! deadlocks on memory and no request fails for lack of it.
 
 use crate::kv_blocks::BlockAllocator;
 use std::collections::{HashMap, VecDeque};
@@ -93,6 +99,9 @@ pub struct StepPlan {
     pub chunks: Vec<ScheduledChunk>,
     /// Sequences that left the queue and joined the batch this step.
     pub admitted: Vec<SeqId>,
+    /// Sequences preempted this step: their caches must be cleared (they
+    /// recompute everything when readmitted).
+    pub preempted: Vec<SeqId>,
 }
 
 impl StepPlan {
@@ -114,6 +123,7 @@ struct SeqEntry {
     prompt_tokens: usize,
     /// The most tokens the sequence may hold (what `add` returned).
     max_tokens: usize,
+    /// Blocks held for its computed tokens (this step's included).
     reserved_blocks: usize,
     running: bool,
 }
@@ -151,7 +161,7 @@ impl Scheduler {
     }
 
     /// Queues a sequence with `prompt_tokens` tokens that may grow to
-    /// `max_total_tokens`. Returns the tokens it is guaranteed room for
+    /// `max_total_tokens`. Returns the most tokens it may reach
     /// (`max_total_tokens`, or less when the whole budget is smaller): the
     /// caller must end the sequence there.
     pub fn add(&mut self, id: SeqId, prompt_tokens: usize, max_total_tokens: usize) -> Result<usize, AdmitError> {
@@ -174,7 +184,7 @@ impl Scheduler {
                 computed_tokens: 0,
                 prompt_tokens,
                 max_tokens: total,
-                reserved_blocks: self.blocks.blocks_for(total),
+                reserved_blocks: 0,
                 running: false,
             },
         );
@@ -189,26 +199,34 @@ impl Scheduler {
 
         // 1. Decodes, then 2. prefill chunks, each in admission order.
         for decoding in [true, false] {
-            for &id in &self.running {
-                if budget == 0 {
-                    break;
-                }
-                let Some(s) = self.seqs.get_mut(&id) else {
+            let mut i = 0;
+            while i < self.running.len() && budget > 0 {
+                let id = self.running[i];
+                let Some(s) = self.seqs.get(&id) else {
+                    i += 1;
                     continue;
                 };
                 let pending = s.known_tokens - s.computed_tokens;
                 let is_decode = s.computed_tokens >= s.prompt_tokens;
                 if pending == 0 || is_decode != decoding {
+                    i += 1;
                     continue;
                 }
                 let n = pending.min(budget);
+                // Room for the chunk, preempting the youngest others if needed.
+                if !self.grow(id, s.computed_tokens + n, &mut plan, &mut budget) {
+                    // `id` was the youngest: it was preempted itself.
+                    continue;
+                }
+                let Some(s) = self.seqs.get_mut(&id) else { continue };
                 plan.chunks.push(chunk(id, s, n));
                 s.computed_tokens += n;
                 budget -= n;
+                i = self.running.iter().position(|&r| r == id).map_or(i, |p| p + 1);
             }
         }
 
-        // 3. Admission, strictly FIFO.
+        // 3. Admission, strictly FIFO, while the head's first chunk fits.
         while budget > 0 && self.running.len() < self.config.max_batch_size {
             let Some(&id) = self.waiting.front() else {
                 break;
@@ -217,12 +235,14 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             };
-            if !self.blocks.try_reserve(s.reserved_blocks) {
+            let n = s.known_tokens.min(budget);
+            let need = self.blocks.blocks_for(n);
+            if !self.blocks.try_reserve(need) {
                 break;
             }
             self.waiting.pop_front();
             s.running = true;
-            let n = s.known_tokens.min(budget);
+            s.reserved_blocks = need;
             plan.chunks.push(chunk(id, s, n));
             s.computed_tokens += n;
             budget -= n;
@@ -230,6 +250,45 @@ impl Scheduler {
             plan.admitted.push(id);
         }
         plan
+    }
+
+    /// Gives running sequence `id` blocks for `tokens` computed tokens,
+    /// preempting the youngest other running sequences while blocks are
+    /// short. Returns `false` when `id` itself was the youngest and was
+    /// preempted instead.
+    fn grow(&mut self, id: SeqId, tokens: usize, plan: &mut StepPlan, budget: &mut usize) -> bool {
+        loop {
+            let Some(s) = self.seqs.get(&id) else { return false };
+            let need = self.blocks.blocks_for(tokens).saturating_sub(s.reserved_blocks);
+            if self.blocks.try_reserve(need) {
+                if let Some(s) = self.seqs.get_mut(&id) {
+                    s.reserved_blocks += need;
+                }
+                return true;
+            }
+            let Some(&victim) = self.running.last() else { return false };
+            self.preempt(victim, plan, budget);
+            if victim == id {
+                return false;
+            }
+        }
+    }
+
+    /// Frees a running sequence's blocks and requeues it at the front, to
+    /// recompute its tokens when readmitted; a chunk it had in `plan` goes.
+    fn preempt(&mut self, id: SeqId, plan: &mut StepPlan, budget: &mut usize) {
+        let Some(s) = self.seqs.get_mut(&id) else { return };
+        self.blocks.release(s.reserved_blocks);
+        s.reserved_blocks = 0;
+        s.computed_tokens = 0;
+        s.running = false;
+        if let Some(at) = plan.chunks.iter().position(|c| c.id == id) {
+            *budget += plan.chunks.remove(at).n_tokens;
+        }
+        plan.admitted.retain(|&a| a != id);
+        self.running.retain(|&r| r != id);
+        self.waiting.push_front(id);
+        plan.preempted.push(id);
     }
 
     /// Records the token sampled for `id`; it is computed next step.

@@ -101,17 +101,18 @@ fn kv_budget_makes_requests_wait_and_rejects_what_never_fits() {
     let mut s = sched(100, 8, 10);
     assert_eq!(s.add(1, 40, 50), Err(AdmitError::NeverFits { needed_tokens: 41, capacity_tokens: 40 }));
     assert_eq!(s.add(1, 0, 50), Err(AdmitError::EmptyPrompt));
-    // Reservation is clamped to the budget: the caller must stop there.
+    // The most tokens a sequence may reach is clamped to the budget: the caller must stop there.
     assert_eq!(s.add(1, 10, 100), Ok(40));
     s.remove(1);
-    assert_eq!(s.add(2, 10, 24), Ok(24)); // 6 blocks
-    assert_eq!(s.add(3, 10, 20), Ok(20)); // 5 blocks: waits
+    // Blocks are taken for the tokens computed, not for the maximum length.
+    assert_eq!(s.add(2, 24, 40), Ok(40)); // 6 blocks now
+    assert_eq!(s.add(3, 20, 30), Ok(30)); // 5 blocks: waits
     assert_eq!(s.add(4, 1, 4), Ok(4)); // 1 block: fits, but must not overtake 3
     assert_eq!(s.add(2, 1, 4), Err(AdmitError::DuplicateId(2)));
     let p = s.schedule();
     assert_eq!(p.admitted, vec![2]);
     assert_eq!((s.reserved_blocks(), s.free_blocks()), (6, 4));
-    assert_eq!(s.used_blocks(), 3);
+    assert_eq!(s.used_blocks(), 6);
     sample_all(&mut s, &p);
     let p = s.schedule();
     assert!(p.admitted.is_empty());
@@ -124,37 +125,71 @@ fn kv_budget_makes_requests_wait_and_rejects_what_never_fits() {
 }
 
 #[test]
-fn running_sequences_are_never_preempted() {
-    // Budget for exactly two sequences at their maximum length.
+fn many_short_chats_share_a_budget_their_maximum_lengths_would_exceed() {
+    // 10 blocks; each chat may reach 40 tokens (the whole budget) but is short.
     let mut s = sched(100, 8, 10);
-    s.add(1, 4, 20).unwrap();
-    s.add(2, 4, 20).unwrap();
-    s.add(3, 4, 20).unwrap();
+    for id in 1..=5 {
+        s.add(id, 4, 40).unwrap();
+    }
+    let p = s.schedule();
+    assert_eq!(p.admitted, vec![1, 2, 3, 4, 5]);
+    assert_eq!(s.reserved_blocks(), 5);
+}
+
+#[test]
+fn the_youngest_running_sequence_is_preempted_when_blocks_run_out() {
+    // 4 blocks of 4 tokens; two sequences of 6-token prompts (2 blocks each).
+    let mut s = sched(100, 8, 4);
+    s.add(1, 6, 16).unwrap();
+    s.add(2, 6, 16).unwrap();
     let mut p = s.schedule();
     assert_eq!(p.admitted, vec![1, 2]);
-    // Both grow to their full length while 3 waits; neither is ever dropped.
-    for _ in 4..20 {
+    assert_eq!(s.free_blocks(), 0);
+    // Both decode to 8 tokens within their 2 blocks.
+    for _ in 0..2 {
         sample_all(&mut s, &p);
         p = s.schedule();
-        assert_eq!(p.chunks.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1, 2]);
-        assert!(p.admitted.is_empty());
+        assert!(p.preempted.is_empty());
     }
-    assert_eq!(s.used_blocks(), 10);
-    // At the length `add` granted, no more tokens are accepted.
+    // Token 9 of sequence 1 needs a third block: 2 (the youngest) goes back to the queue.
     sample_all(&mut s, &p);
-    assert!(!s.append_token(1));
+    p = s.schedule();
+    assert_eq!(p.preempted, vec![2]);
+    assert_eq!(chunks(&p), vec![(1, 8, 1, true)]);
+    assert_eq!((s.running_len(), s.waiting_len()), (1, 1));
+    // 1 runs to its end, then 2 is readmitted and recomputes its 9 known tokens.
+    while s.append_token(1) {
+        p = s.schedule();
+        assert!(p.chunks.iter().all(|c| c.id == 1), "{p:?}");
+    }
     s.remove(1);
-    assert_eq!(s.schedule().admitted, vec![3]);
+    let p = s.schedule();
+    assert_eq!(p.admitted, vec![2]);
+    assert_eq!(chunks(&p), vec![(2, 0, 9, true)]);
+}
+
+#[test]
+fn the_youngest_yields_rather_than_an_older_sequence() {
+    let mut s = sched(100, 8, 3);
+    s.add(1, 4, 12).unwrap();
+    s.add(2, 4, 12).unwrap();
+    let mut p = s.schedule();
+    assert_eq!(p.admitted, vec![1, 2]);
+    sample_all(&mut s, &p);
+    // Both need a second block; one is free: 1 takes it, 2 (the youngest) yields.
+    p = s.schedule();
+    assert_eq!(chunks(&p), vec![(1, 4, 1, true)]);
+    assert_eq!(p.preempted, vec![2]);
 }
 
 #[test]
 fn cancelling_frees_blocks_and_dequeues() {
-    let mut s = sched(100, 8, 10);
+    let mut s = sched(100, 1, 10);
     s.add(1, 10, 40).unwrap();
     s.add(2, 4, 8).unwrap();
     let p = s.schedule();
     assert_eq!(p.admitted, vec![1]);
-    assert_eq!(s.free_blocks(), 0);
+    assert_eq!(s.free_blocks(), 7);
     // Cancel the waiting one, then the running one.
     assert!(s.remove(2));
     assert_eq!(s.waiting_len(), 0);

@@ -73,8 +73,12 @@ impl<'t, C: KvCacheOps> Sequence<'t, C> {
         }
     }
 
-    pub fn mark_admitted(&mut self, now: Instant) {
-        self.admitted = Some(now);
+    /// Records the first admission; returns whether this was it (a
+    /// sequence readmitted after preemption keeps its first time).
+    pub fn mark_admitted(&mut self, now: Instant) -> bool {
+        let first = self.admitted.is_none();
+        self.admitted.get_or_insert(now);
+        first
     }
 
     pub fn is_closed(&self) -> bool {

@@ -74,6 +74,8 @@ pub struct EngineStats {
     pub completion_tokens: AtomicU64,
     /// Forward steps run, and the tokens they computed.
     pub steps: AtomicU64,
+    /// Running sequences sent back to the queue for KV blocks (they recompute).
+    pub preemptions: AtomicU64,
     pub step_tokens: AtomicU64,
     /// Gauge: submitted, not yet running.
     pub queue_depth: AtomicU64,

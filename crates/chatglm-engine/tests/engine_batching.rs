@@ -199,8 +199,10 @@ fn a_dropped_receiver_cancels_and_frees_blocks() {
             texts += 1;
         }
     }
-    // The reservation covers prompt + max_new_tokens, in 16-token blocks.
-    assert_eq!(h.stats().kv_blocks_reserved.load(Relaxed) as usize, (ids.len() + 400).div_ceil(16));
+    // Blocks cover the tokens computed so far (the prompt and a few sampled
+    // ones, in 16-token blocks), not the 400 it may reach.
+    let held = h.stats().kv_blocks_reserved.load(Relaxed) as usize;
+    assert!(held >= ids.len().div_ceil(16) && held < (ids.len() + 400).div_ceil(16), "{held} blocks");
     drop(rx);
     drop(open_gate);
     let t0 = Instant::now();
@@ -242,5 +244,46 @@ fn the_queue_has_a_limit() {
     // 200-token generation, so some must be refused.
     assert!(refused >= 1 && rxs.len() <= 3, "refused {refused}");
     drop(rxs);
+    engine.shutdown();
+}
+
+#[test]
+fn preemption_under_a_tiny_kv_budget_keeps_greedy_outputs() {
+    // Room for 8 blocks of 16 tokens: each request fits alone, all six together do not,
+    // so running sequences are preempted (and recompute) as others grow.
+    let p0 = pipeline();
+    let per_token = p0.model.kv_bytes_per_token(p0.kv_dtype);
+    let (engine, p) = spawn(EngineConfig {
+        block_size_tokens: 16,
+        kv_budget_bytes: per_token * 16 * 8,
+        max_batch_size: 6,
+        ..EngineConfig::default()
+    });
+    let h = engine.handle.clone();
+    let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|q| p.tokenizer.encode_chat(q, &[])).collect();
+    let max_new = [40, 30, 33, 60, 20, 45];
+    let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy(n))).collect();
+    let results: Vec<Completion> = rxs.iter().map(collect).collect();
+    let mut state = ForwardState::new(&p.model.backend);
+    for ((ids, n), got) in prompts.iter().zip(max_new).zip(&results) {
+        let mut cache = p.model.new_cache(p.kv_dtype);
+        let config = GenerationConfig {
+            sampling: SamplingParams::greedy(),
+            max_new_tokens: Some(n),
+            max_length: 100_000,
+            ..GenerationConfig::default()
+        };
+        let alone = generate(&p.model, &p.tokenizer, &mut state, &mut cache, ids, &config, &mut |_| true).unwrap();
+        assert_eq!(got.generated_ids, alone.generated_ids);
+        assert_eq!(got.finish_reason, alone.finish_reason);
+    }
+    let stats = h.stats();
+    let preempted = stats.preemptions.load(Relaxed);
+    eprintln!("preemptions: {preempted}");
+    assert!(preempted > 0, "the budget did not force a preemption");
+    assert_eq!(stats.queue_depth.load(Relaxed), 0);
+    assert_eq!(stats.kv_blocks_reserved.load(Relaxed), 0);
+    assert_eq!(stats.requests_failed.load(Relaxed), 0);
+    drop(h);
     engine.shutdown();
 }

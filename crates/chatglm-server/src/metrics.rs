@@ -71,6 +71,13 @@ pub fn render(state: &AppState) -> String {
     scalar(&mut out, "chatglm_engine_steps_total", "counter", "Batched forward steps run.", g(&s.steps));
     scalar(
         &mut out,
+        "chatglm_preemptions_total",
+        "counter",
+        "Running sequences sent back to the queue when KV blocks ran out (they recompute their tokens).",
+        g(&s.preemptions),
+    );
+    scalar(
+        &mut out,
         "chatglm_engine_alive",
         "gauge",
         "1 while the engine thread runs, 0 once it has stopped.",
