@@ -30,8 +30,9 @@ pub struct ServeArgs {
     /// Requests waiting for a batch slot before new ones get 429.
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
-    /// KV-cache budget in MiB, shared by all running requests; each reserves
-    /// room for its maximum length when it joins the batch.
+    /// KV-cache budget in MiB, shared by all running requests; each takes
+    /// blocks as it grows, and when they run out the youngest running
+    /// request is paused and recomputed later (never failed).
     #[arg(long, default_value_t = 4096)]
     pub kv_cache_mb: usize,
     /// Cap on prompt + generated tokens of any request (the model's context caps it too).
