@@ -234,6 +234,9 @@ impl<'t, B: Backend> Loop<'t, B> {
                 continue;
             };
             let first = seq.completion_tokens() == 0;
+            if let Some(prev) = seq.last_token_at() {
+                self.stats.inter_token.observe(now.saturating_duration_since(prev));
+            }
             let progress = if greedy {
                 let Some(&token) = chosen.get(i) else { continue };
                 seq.on_token(token, now)

@@ -44,6 +44,8 @@ pub(crate) struct Sequence<'t, C: KvCacheOps = KvCache> {
     arrived: Instant,
     admitted: Option<Instant>,
     first_token: Option<Instant>,
+    /// When the last token was taken (for inter-token latency).
+    last_token: Option<Instant>,
 }
 
 impl<'t, C: KvCacheOps> Sequence<'t, C> {
@@ -70,6 +72,7 @@ impl<'t, C: KvCacheOps> Sequence<'t, C> {
             arrived: request.arrived,
             admitted: None,
             first_token: None,
+            last_token: None,
         }
     }
 
@@ -105,9 +108,15 @@ impl<'t, C: KvCacheOps> Sequence<'t, C> {
         self.params.sampling.is_greedy() && self.params.sampling.repetition_penalty == 1.0
     }
 
+    /// When the previous token was taken (None before the first).
+    pub fn last_token_at(&self) -> Option<Instant> {
+        self.last_token
+    }
+
     /// Takes the next token, chosen by the sampler or by the model.
     pub fn on_token(&mut self, token: u32, now: Instant) -> Progress {
         self.first_token.get_or_insert(now);
+        self.last_token = Some(now);
         self.generated.push(token);
         let total = self.prompt_len + self.generated.len();
         if self.params.eos_ids.contains(&token) {

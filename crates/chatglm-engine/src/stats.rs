@@ -91,6 +91,8 @@ pub struct EngineStats {
     pub time_to_first_token: Histogram,
     /// Arrival to admission.
     pub queue_time: Histogram,
+    /// Between consecutive tokens of a request.
+    pub inter_token: Histogram,
 }
 
 impl EngineStats {

@@ -131,6 +131,12 @@ pub fn render(state: &AppState) -> String {
         &s.time_to_first_token.snapshot(),
     );
     histogram(&mut out, "chatglm_queue_time_seconds", "Arrival to joining the batch.", &s.queue_time.snapshot());
+    histogram(
+        &mut out,
+        "chatglm_inter_token_seconds",
+        "Between consecutive generated tokens of a request.",
+        &s.inter_token.snapshot(),
+    );
     let _ = writeln!(
         out,
         "# HELP chatglm_http_responses_total HTTP responses by status code.\n# TYPE chatglm_http_responses_total counter"

@@ -153,6 +153,9 @@ async fn completions_models_health_metrics_and_the_page() {
     assert_eq!(s.metric("chatglm_kv_blocks_reserved").await, 0.0);
     assert!(s.metric("chatglm_kv_blocks_free").await > 0.0);
     assert_eq!(s.metric("chatglm_request_duration_seconds_count").await, 2.0);
+    // 19 tokens in 2 requests: 17 gaps between consecutive tokens.
+    assert_eq!(s.metric("chatglm_inter_token_seconds_count").await, 17.0);
+    assert_eq!(s.metric("chatglm_preemptions_total").await, 0.0);
     assert!(s.metric("chatglm_http_responses_total{status=\"200\"}").await >= 6.0);
     s.shutdown();
 }
