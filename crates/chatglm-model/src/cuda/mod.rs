@@ -7,8 +7,11 @@
 //! returned by [`Backend::finish_step`], so the forward pass stays one loop of
 //! infallible calls for both backends.
 
+mod buffers;
 mod kv;
+mod products;
 mod step;
+mod upload;
 
 pub use kv::CudaKvCache;
 
@@ -21,10 +24,10 @@ use chatglm_cpu::ops::RopeTable;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
 use chatglm_cuda::{device_ptr, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan};
 use chatglm_weights::{DType as FileDType, Tensor};
-use half::{bf16, f16};
 use kv::KvPool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use step::StepPlan;
+use upload::gpu_dtype;
 
 pub use chatglm_cuda::{device_count, DeviceInfo};
 
@@ -227,232 +230,6 @@ impl CudaBackend {
         if let Err(e) = f() {
             self.fail(backend_err(op, e));
         }
-    }
-
-    /// The f32 values of `a` as an input of `op`.
-    fn input(a: &CudaActivations, rows: usize, cols: usize, op: &str) -> Result<u64, CudaError> {
-        if !a.f32_ok {
-            return Err(CudaError::Invalid {
-                op: op.into(),
-                message: "its input is held only in 16-bit form (an internal sequencing error)".into(),
-            });
-        }
-        Self::check_capacity(a, rows, cols, op)
-    }
-
-    /// `a` as the f32 output of `op`.
-    fn output(a: &mut CudaActivations, rows: usize, cols: usize, op: &str) -> Result<u64, CudaError> {
-        let p = Self::check_capacity(a, rows, cols, op)?;
-        a.f32_ok = true;
-        a.half_of = None;
-        Ok(p)
-    }
-
-    /// `a`'s 16-bit copy as the output of `op` (the f32 values become stale).
-    fn half_output(&self, a: &mut CudaActivations, dtype: DType) -> Result<u64, CudaError> {
-        let p = ensure(&self.gpu, &mut a.half, a.rows * a.cols, "16-bit activations")?;
-        a.half_of = Some(dtype);
-        a.f32_ok = false;
-        Ok(p)
-    }
-
-    fn check_capacity(a: &CudaActivations, rows: usize, cols: usize, op: &str) -> Result<u64, CudaError> {
-        if a.capacity() < rows * cols || a.buf.is_none() {
-            return Err(CudaError::Invalid {
-                op: op.into(),
-                message: format!("buffer holds {} values, {rows}×{cols} needed", a.capacity()),
-            });
-        }
-        Ok(device_ptr(a.buf.as_ref().expect("invariant: checked above")))
-    }
-
-    fn matrix_ptr(m: &CudaMatrix, op: &str) -> Result<u64, CudaError> {
-        m.data.as_ref().map(device_ptr).ok_or_else(|| CudaError::Invalid {
-            op: op.into(),
-            message: "weights failed to load (see the first error)".into(),
-        })
-    }
-
-    fn vector_ptr(v: &CudaVector, len: usize, op: &str) -> Result<u64, CudaError> {
-        match &v.data {
-            Some(d) if v.len >= len => Ok(device_ptr(d)),
-            _ => {
-                Err(CudaError::Invalid { op: op.into(), message: format!("vector of {} values, {len} needed", v.len) })
-            }
-        }
-    }
-
-    /// `out = x · wᵀ` by mat-vec (≤ 8 tokens) or cuBLAS, in `mode`; with
-    /// `norm` (≤ 8 tokens only) x is RMS-normalised inside the mat-vec.
-    #[allow(clippy::too_many_arguments)]
-    fn product(
-        &self,
-        op: &str,
-        w: &CudaMatrix,
-        bias: Option<&CudaVector>,
-        x: &CudaActivations,
-        out: &mut CudaActivations,
-        mode: GemvMode,
-        norm: Option<(&CudaVector, f32)>,
-    ) -> Result<(), CudaError> {
-        let n = x.rows;
-        if x.cols != w.cols {
-            return Err(CudaError::Invalid {
-                op: op.into(),
-                message: format!("x has {} columns, w {}", x.cols, w.cols),
-            });
-        }
-        let out_cols = if mode == GemvMode::SwiGlu { w.rows / 2 } else { w.rows };
-        // A large half-precision product takes x's 16-bit copy when it has one.
-        let half_x = (n > self.gemv_max_tokens && w.dtype != DType::F32 && x.half_of == Some(w.dtype))
-            .then(|| x.half.as_ref().map(device_ptr))
-            .flatten();
-        let xp = match half_x {
-            Some(p) => p,
-            None => Self::input(x, n, w.cols, op)?,
-        };
-        if mode == GemvMode::Accumulate {
-            Self::input(out, n, out_cols, op)?;
-        }
-        let op_ = Self::output(out, n, out_cols, op)?;
-        let wp = Self::matrix_ptr(w, op)?;
-        let bp = match bias {
-            Some(b) => Self::vector_ptr(b, w.rows, op)?,
-            None => 0,
-        };
-        let norm = match norm {
-            Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
-            None => None,
-        };
-        if n <= self.gemv_max_tokens {
-            // SAFETY: sizes checked above: w rows×cols, x n×cols, out n×out_cols,
-            // bias rows, norm weights cols.
-            return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode, norm) };
-        }
-        if norm.is_some() {
-            return Err(CudaError::Invalid { op: op.into(), message: "a fused norm needs ≤ 8 tokens".into() });
-        }
-        if mode == GemvMode::SwiGlu {
-            return Err(CudaError::Invalid {
-                op: op.into(),
-                message: "SwiGLU products of > 8 tokens go through linear".into(),
-            });
-        }
-        let xin = if w.dtype == DType::F32 || half_x.is_some() {
-            xp
-        } else {
-            let mut st = lock(&self.step);
-            let p = ensure(&self.gpu, &mut st.half_x, n * w.cols, "16-bit activations")?;
-            // SAFETY: x holds n×cols f32 (checked); half_x was just sized to n×cols.
-            unsafe { self.gpu.convert(xp, p, n * w.cols, w.dtype)? };
-            p
-        };
-        // SAFETY: w rows×cols, xin n×cols in w's type, out n×rows, bias rows
-        // (checked above).
-        unsafe { self.gpu.gemm(wp, w.dtype, xin, op_, DType::F32, n, w.rows, w.cols, mode == GemvMode::Accumulate, bp) }
-    }
-
-    /// RMSNorm of `x` written only as `normed`'s 16-bit copy in `dtype` (the
-    /// input of a large half-precision product).
-    fn rms_norm_to_half(
-        &self,
-        x: &CudaActivations,
-        norm: &CudaVector,
-        eps: f32,
-        normed: &mut CudaActivations,
-        dtype: DType,
-    ) {
-        self.run("rms_norm", || {
-            let xp = Self::input(x, x.rows, x.cols, "rms_norm")?;
-            let wp = Self::vector_ptr(norm, x.cols, "rms_norm")?;
-            Self::check_capacity(normed, x.rows, x.cols, "rms_norm")?;
-            let hp = self.half_output(normed, dtype)?;
-            // SAFETY: x rows×cols f32, norm cols, half rows×cols (ensured).
-            unsafe { self.gpu.rms_norm_half(xp, wp, hp, x.rows, x.cols, eps, dtype) }
-        });
-    }
-
-    fn upload_matrix(&self, t: &Tensor, rows: usize, cols: usize, to: DType) -> Result<CudaSlice<u8>, ModelError> {
-        let what = format!("weights {}", t.name);
-        let mut dst =
-            self.gpu.alloc::<u8>(rows * cols * to.size(), &what).map_err(|e| backend_err("loading weights", e))?;
-        let same = matches!(
-            (t.dtype, to),
-            (FileDType::F32, DType::F32) | (FileDType::F16, DType::F16) | (FileDType::BF16, DType::BF16)
-        );
-        let bytes: &[u8] = &t.data;
-        if same {
-            if bytes.len() < rows * cols * to.size() {
-                return Err(ModelError::BadTensor {
-                    tensor: t.name.clone(),
-                    message: "data is shorter than its shape".into(),
-                });
-            }
-            self.gpu
-                .upload(&bytes[..rows * cols * to.size()], &mut dst, &what)
-                .map_err(|e| backend_err("loading weights", e))?;
-        } else {
-            // Convert on the host in row chunks (bounded memory), upload each.
-            let from_size = match t.dtype {
-                FileDType::F32 => 4,
-                FileDType::F16 | FileDType::BF16 => 2,
-                other => {
-                    return Err(ModelError::BadTensor {
-                        tensor: t.name.clone(),
-                        message: format!(
-                        "{other:?} weights cannot be converted to {} on the GPU yet; use a float checkpoint or the CPU",
-                        to.name()
-                    ),
-                    })
-                }
-            };
-            if bytes.len() < rows * cols * from_size {
-                return Err(ModelError::BadTensor {
-                    tensor: t.name.clone(),
-                    message: "data is shorter than its shape".into(),
-                });
-            }
-            let chunk_rows = (8 << 20) / cols.max(1) + 1;
-            let mut staged = Vec::new();
-            for r0 in (0..rows).step_by(chunk_rows) {
-                let r1 = (r0 + chunk_rows).min(rows);
-                let src = &bytes[r0 * cols * from_size..r1 * cols * from_size];
-                staged.clear();
-                for c in src.chunks_exact(from_size) {
-                    let v = match t.dtype {
-                        FileDType::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                        FileDType::F16 => f16::from_le_bytes([c[0], c[1]]).to_f32(),
-                        _ => bf16::from_le_bytes([c[0], c[1]]).to_f32(),
-                    };
-                    match to {
-                        DType::F32 => staged.extend_from_slice(&v.to_le_bytes()),
-                        DType::F16 => staged.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
-                        DType::BF16 => staged.extend_from_slice(&bf16::from_f32(v).to_le_bytes()),
-                    }
-                }
-                let mut view = dst.slice_mut(r0 * cols * to.size()..r1 * cols * to.size());
-                self.gpu.stream().memcpy_htod(&staged, &mut view).map_err(|e| {
-                    backend_err("loading weights", CudaError::Invalid { op: what.clone(), message: format!("{e:?}") })
-                })?;
-                // The staging buffer is reused: wait for the copy.
-                self.gpu.synchronize().map_err(|e| backend_err("loading weights", e))?;
-            }
-        }
-        self.gpu.synchronize().map_err(|e| backend_err("loading weights", e))?;
-        t.data.release_pages(0..t.data.len());
-        Ok(dst)
-    }
-}
-
-fn gpu_dtype(format: WeightFormat, stored: FileDType) -> Result<DType, String> {
-    match format.resolve(stored) {
-        WeightFormat::F32 => Ok(DType::F32),
-        WeightFormat::F16 => Ok(DType::F16),
-        WeightFormat::BF16 => Ok(DType::BF16),
-        other => Err(format!(
-            "{} weights are not supported on the GPU yet (only f32, f16 and bf16); use --dtype f16 or bf16, or --device cpu",
-            other.name()
-        )),
     }
 }
 
