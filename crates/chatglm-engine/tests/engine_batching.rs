@@ -54,6 +54,26 @@ fn collect(rx: &mpsc::Receiver<RequestEvent>) -> Completion {
     }
 }
 
+/// Each engine result equals greedy `generate()` of the same prompt alone.
+fn assert_same_as_alone(p: &Pipeline<CpuBackend>, prompts: &[Vec<u32>], max_new: &[usize], results: &[Completion]) {
+    let mut state = ForwardState::new(&p.model.backend);
+    for ((ids, &n), got) in prompts.iter().zip(max_new).zip(results) {
+        let mut cache = p.model.new_cache(p.kv_dtype);
+        let config = GenerationConfig {
+            sampling: SamplingParams::greedy(),
+            max_new_tokens: Some(n),
+            max_length: 100_000,
+            ..GenerationConfig::default()
+        };
+        let alone = generate(&p.model, &p.tokenizer, &mut state, &mut cache, ids, &config, &mut |_| true).unwrap();
+        assert_eq!(got.generated_ids, alone.generated_ids);
+        assert_eq!(got.text, alone.text);
+        assert_eq!(got.finish_reason, alone.finish_reason);
+        assert_eq!(got.prompt_tokens, ids.len());
+        assert_eq!(got.completion_tokens, alone.generated_ids.len());
+    }
+}
+
 const QUERIES: [&str; 6] = [
     "你好",
     "hello world",
@@ -75,23 +95,7 @@ fn batched_greedy_equals_generate_alone() {
     let max_new = [40, 7, 33, 60, 1, 25];
     let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy(n))).collect();
     let results: Vec<Completion> = rxs.iter().map(collect).collect();
-
-    let mut state = ForwardState::new(&p.model.backend);
-    for ((ids, n), got) in prompts.iter().zip(max_new).zip(&results) {
-        let mut cache = p.model.new_cache(p.kv_dtype);
-        let config = GenerationConfig {
-            sampling: SamplingParams::greedy(),
-            max_new_tokens: Some(n),
-            max_length: 100_000,
-            ..GenerationConfig::default()
-        };
-        let alone = generate(&p.model, &p.tokenizer, &mut state, &mut cache, ids, &config, &mut |_| true).unwrap();
-        assert_eq!(got.generated_ids, alone.generated_ids);
-        assert_eq!(got.text, alone.text);
-        assert_eq!(got.finish_reason, alone.finish_reason);
-        assert_eq!(got.prompt_tokens, ids.len());
-        assert_eq!(got.completion_tokens, alone.generated_ids.len());
-    }
+    assert_same_as_alone(&p, &prompts, &max_new, &results);
     let stats = h.stats();
     assert_eq!(stats.requests_submitted.load(Relaxed), 6);
     assert_eq!(stats.queue_depth.load(Relaxed), 0);
@@ -264,19 +268,7 @@ fn preemption_under_a_tiny_kv_budget_keeps_greedy_outputs() {
     let max_new = [40, 30, 33, 60, 20, 45];
     let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy(n))).collect();
     let results: Vec<Completion> = rxs.iter().map(collect).collect();
-    let mut state = ForwardState::new(&p.model.backend);
-    for ((ids, n), got) in prompts.iter().zip(max_new).zip(&results) {
-        let mut cache = p.model.new_cache(p.kv_dtype);
-        let config = GenerationConfig {
-            sampling: SamplingParams::greedy(),
-            max_new_tokens: Some(n),
-            max_length: 100_000,
-            ..GenerationConfig::default()
-        };
-        let alone = generate(&p.model, &p.tokenizer, &mut state, &mut cache, ids, &config, &mut |_| true).unwrap();
-        assert_eq!(got.generated_ids, alone.generated_ids);
-        assert_eq!(got.finish_reason, alone.finish_reason);
-    }
+    assert_same_as_alone(&p, &prompts, &max_new, &results);
     let stats = h.stats();
     let preempted = stats.preemptions.load(Relaxed);
     eprintln!("preemptions: {preempted}");
