@@ -60,6 +60,10 @@ fn flash_kernels() -> Vec<String> {
     vec!["attn_flash_f16".into()]
 }
 
+fn decode_mma_kernels() -> Vec<String> {
+    vec!["attn_decode_mma16".into()]
+}
+
 pub(crate) const SOURCES: &[Source] = &[
     Source {
         name: "elementwise",
@@ -68,9 +72,29 @@ pub(crate) const SOURCES: &[Source] = &[
         kernels: elementwise_kernels,
     },
     Source { name: "gemv", text: include_str!("kernels/gemv.cu"), min_arch: 0, kernels: gemv_kernels },
-    Source { name: "attention", text: include_str!("kernels/attention.cu"), min_arch: 0, kernels: attention_kernels },
+    Source {
+        name: "attention",
+        text: concat!(include_str!("kernels/decode.cuh"), include_str!("kernels/attention.cu")),
+        min_arch: 0,
+        kernels: attention_kernels,
+    },
     // mma.sync m16n8k16 with f16 inputs needs Ampere or newer.
-    Source { name: "flash", text: include_str!("kernels/flash.cu"), min_arch: 80, kernels: flash_kernels },
+    Source {
+        name: "flash",
+        text: concat!(include_str!("kernels/mma.cuh"), include_str!("kernels/flash.cu")),
+        min_arch: 80,
+        kernels: flash_kernels,
+    },
+    Source {
+        name: "decode_mma",
+        text: concat!(
+            include_str!("kernels/mma.cuh"),
+            include_str!("kernels/decode.cuh"),
+            include_str!("kernels/decode_mma.cu")
+        ),
+        min_arch: 80,
+        kernels: decode_mma_kernels,
+    },
 ];
 
 /// Where compiled PTX is kept: `CHATGLM_KERNEL_CACHE`, else the user cache

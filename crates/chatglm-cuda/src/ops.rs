@@ -54,8 +54,11 @@ pub const GEMV_MAX_TOKENS: usize = 8;
 /// Head size of the decode attention kernel, and the keys a warp takes at once.
 pub const DECODE_HEAD_DIM: usize = 128;
 pub const DECODE_SLICE_TOKENS: usize = 128;
-/// Query heads of one KV group a decode-attention block takes.
+/// Query heads of one KV group a CUDA-core decode-attention block takes (the
+/// tensor-core kernel takes all 16 of a group).
 pub const DECODE_HEADS_PER_BLOCK: usize = 4;
+/// Heads per KV group of the tensor-core decode kernel.
+pub const DECODE_MMA_HEADS: usize = 16;
 /// Where the fused QKV product finds each token's position and cache
 /// ([`Gpu::gemv_qkv`]): device addresses of the step's metadata.
 #[derive(Debug, Clone, Copy)]
@@ -627,6 +630,24 @@ impl Gpu {
             && self.has_kernel(&format!("attn_decode_{hg}"))
     }
 
+    /// Query heads one decode-attention block takes for `shape`: all 16 of a
+    /// group with the tensor-core kernel (sm_80+, `CHATGLM_DECODE_MMA=0`
+    /// turns it off), else up to [`DECODE_HEADS_PER_BLOCK`].
+    pub fn decode_heads_per_block(&self, shape: &AttentionDims) -> usize {
+        let hg = shape.n_heads.checked_div(shape.n_groups).unwrap_or(0);
+        if self.decode_mma(hg) {
+            DECODE_MMA_HEADS
+        } else {
+            hg.clamp(1, DECODE_HEADS_PER_BLOCK)
+        }
+    }
+
+    fn decode_mma(&self, hg: usize) -> bool {
+        static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let enabled = *ENABLED.get_or_init(|| std::env::var("CHATGLM_DECODE_MMA").map_or(true, |v| v != "0"));
+        enabled && hg == DECODE_MMA_HEADS && self.has_kernel("attn_decode_mma16")
+    }
+
     /// Decode attention (head size 128, f16 cache) for the `work` tokens at
     /// `work_tokens`: one warp per 32 keys, the group's heads sharing each
     /// key. `split.n_splits` (at most [`DECODE_MAX_SPLITS`]) is the most
@@ -665,7 +686,7 @@ impl Gpu {
             return Err(CudaError::invalid("attn_decode", format!("bad split plan {split:?}")));
         }
         let hg = shape.n_heads / shape.n_groups;
-        let name = format!("attn_decode_{hg}");
+        let name = if self.decode_mma(hg) { "attn_decode_mma16".to_string() } else { format!("attn_decode_{hg}") };
         let f = self.kernel(&name)?;
         let out_width = shape.n_heads * shape.head_dim;
         let ints = [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens].map(|v| v as i32);
@@ -674,7 +695,7 @@ impl Gpu {
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
         a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]);
         a.arg(&scale).arg(&part_o).arg(&part_ml).arg(&counters);
-        let blocks_per_group = (hg / hg.min(DECODE_HEADS_PER_BLOCK)) as u32;
+        let blocks_per_group = (hg / self.decode_heads_per_block(&shape)) as u32;
         let grid =
             (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
         self.launch(f, a, &name, cfg(grid, 128, 0))
@@ -823,13 +844,20 @@ impl SplitPlan {
         Self { n_splits: max_ctx.div_ceil(chunk).max(1), chunk }
     }
 
-    /// As [`SplitPlan::for_step`] for the decode kernel, whose unit is a
-    /// 128-key slice (4 warps × 32 keys): one slice per block is enough work.
-    pub fn for_decode(shape: &AttentionDims, work: usize, max_ctx: usize, multiprocessors: usize) -> Self {
+    /// As [`SplitPlan::for_step`] for the decode kernels, whose unit is a
+    /// 128-key slice: one slice per block is enough work. `heads_per_block`
+    /// from [`Gpu::decode_heads_per_block`].
+    pub fn for_decode(
+        shape: &AttentionDims,
+        heads_per_block: usize,
+        work: usize,
+        max_ctx: usize,
+        multiprocessors: usize,
+    ) -> Self {
         let unit = DECODE_SLICE_TOKENS;
         let slices = max_ctx.div_ceil(unit).max(1);
         let hg = shape.n_heads / shape.n_groups.max(1);
-        let base_blocks = (work * shape.n_groups * hg.div_ceil(DECODE_HEADS_PER_BLOCK)).max(1);
+        let base_blocks = (work * shape.n_groups * hg.div_ceil(heads_per_block.max(1))).max(1);
         let wanted = (decode_blocks_per_sm() * multiprocessors).div_ceil(base_blocks).max(1);
         let n_splits = wanted.min(slices).max(1);
         let n_splits = n_splits.min(DECODE_MAX_SPLITS);
@@ -838,9 +866,9 @@ impl SplitPlan {
     }
 
     /// Merge counters the decode kernel needs for `work` tokens.
-    pub fn decode_counters(shape: &AttentionDims, work: usize) -> usize {
+    pub fn decode_counters(shape: &AttentionDims, heads_per_block: usize, work: usize) -> usize {
         let hg = shape.n_heads / shape.n_groups.max(1);
-        work * shape.n_groups * hg.div_ceil(DECODE_HEADS_PER_BLOCK)
+        work * shape.n_groups * hg.div_ceil(heads_per_block.max(1))
     }
 
     /// Partial-result floats needed: (outputs, max/sum pairs).
@@ -874,12 +902,12 @@ mod tests {
         }
         for max_ctx in [1, 127, 128, 129, 2100, 32768] {
             for work in [1, 5, 64] {
-                let p = SplitPlan::for_decode(&dims(), work, max_ctx, 132);
+                let p = SplitPlan::for_decode(&dims(), 4, work, max_ctx, 132);
                 assert_eq!(p.chunk % 128, 0, "{p:?}");
                 assert!(p.n_splits * p.chunk >= max_ctx && (p.n_splits - 1) * p.chunk < max_ctx, "{p:?}");
             }
         }
-        assert!(SplitPlan::for_decode(&dims(), 1, 2100, 132).n_splits >= 16);
+        assert!(SplitPlan::for_decode(&dims(), 4, 1, 2100, 132).n_splits >= 16);
         // Long decode contexts are spread over the device.
         let p = SplitPlan::for_step(&dims(), 1, 32768, 132);
         assert!(p.n_splits >= 100, "{p:?}");

@@ -325,6 +325,22 @@ fn gpu_matches_cpu_bf16_and_odd_shapes() {
 }
 
 #[test]
+fn gpu_batched_decode_with_16_heads_per_group_matches_cpu() {
+    // The 6B head layout takes the tensor-core decode kernel: prompts under
+    // 16 tokens (one decode-kernel row per token, partial key tiles), contexts
+    // either side of 16, 64 and 128 keys, and sequences leaving and joining.
+    let steps = vec![
+        vec![15, 1, 129, 64],
+        vec![1, 1, 1, 1],
+        vec![1, 0, 1, 1],
+        vec![2, 1, 0, 1],
+        vec![1, 1, 1, 1, 16],
+        vec![1, 1, 1, 1, 1],
+    ];
+    compare_schedule(GLM_HEADS, WeightFormat::F16, KvDType::F16, &steps, 2e-2);
+}
+
+#[test]
 fn gpu_long_context_decode_uses_split_attention() {
     // The 6B head layout; decode at a 5000-token context is split over many
     // blocks of the device and merged.

@@ -239,7 +239,8 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 // inside the loop. A block takes HB (≤ 4) of the group's HG heads, so the
 // group's heads share each key through L1/L2 while a block's serial work
 // stays short; the 4 warps take interleaved 32-key slices of the block's
-// split and merge at the end.
+// split and merge at the end. (decode_mma.cu has the tensor-core kernel for
+// 16 heads per group, which reads each key once.)
 //
 // Launch: grid = (n_groups · HG/HB, work tokens, most splits), block = 128;
 // block_tokens a multiple of 32 (a 32-key slice never crosses a cache
@@ -248,23 +249,6 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 // several splits the last block of each (token, group, head slice) merges
 // the partials (`counters`: one int per (token, group, head slice), zero
 // before and after each launch).
-#define DEC_D 128
-#define DEC_SLICE 128
-
-// Starts key `k`'s row and its value row (group g of `layer`, f16, head size
-// 128: two 128-byte lines each) towards L2; `table` is the sequence's block table.
-__device__ __forceinline__ void prefetch_kv_row(const u64* table, int k, int block_tokens, int layer, int n_groups,
-                                                int g) {
-    const u16* blk = (const u16*)table[k / block_tokens];
-    const long per_group = (long)block_tokens * DEC_D, row = (long)(k % block_tokens) * DEC_D;
-    const u16* kr = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + row;
-    const u16* vr = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + row;
-    prefetch_l2(kr);
-    prefetch_l2(kr + 64);
-    prefetch_l2(vr);
-    prefetch_l2(vr + 64);
-}
-
 template <int HG, int HB>
 __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, float* out, int out_width,
                                                  const int* work_tokens, const int* positions,
@@ -272,9 +256,7 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
                                                  int n_groups, int layer, int block_tokens, float scale,
                                                  float* part_o, float* part_ml, int* counters) {
     __shared__ __align__(16) float qs[HB * DEC_D];
-    __shared__ int is_last;
-    __shared__ float red_m[4][HB], red_l[4][HB];
-    __shared__ __align__(16) float red_o[4][HB * DEC_D];
+    __shared__ DecodeReduce<HB> red;
     constexpr int NSUB = HG / HB;
     const int g = blockIdx.x / NSUB, h0 = (blockIdx.x % NSUB) * HB;
     const int wt = blockIdx.y, split = blockIdx.z, n_grid = gridDim.z;
@@ -285,18 +267,11 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     const int t = work_tokens[wt];
     const int ctx = positions[t] + 1;
     const int seq = seq_of_token[t];
-    // This token's splits: its 128-key slices shared evenly over at most
-    // gridDim.z splits (the grid is sized for the step's longest context, or
-    // for the longest possible one when the launch is replayed from a graph).
-    const int slices = (ctx + DEC_SLICE - 1) / DEC_SLICE;
-    const int n_even = min(n_grid, slices);
-    const int chunk = (slices + n_even - 1) / n_even * DEC_SLICE;
-    const int n_splits = (ctx + chunk - 1) / chunk;
+    int k_begin, k_end;
+    const int n_splits = decode_split(ctx, n_grid, split, &k_begin, &k_end);
     pdl_launch_dependents();
     if (split >= n_splits) return;
     const long per_group = (long)block_tokens * DEC_D;
-    const int k_begin = split * chunk;
-    const int k_end = min(ctx, k_begin + chunk);
     if (k_begin + w * 32 + lane < k_end)
         prefetch_kv_row(block_table + (long)seq * max_blocks, k_begin + w * 32 + lane, block_tokens, layer, n_groups, g);
     pdl_wait();
@@ -379,85 +354,11 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     }
 #pragma unroll
     for (int h = 0; h < HB; h++) {
-        if (lane == 0) { red_m[w][h] = m[h]; red_l[w][h] = l[h]; }
-        *(float4*)&red_o[w][h * DEC_D + lane * 4] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+        if (lane == 0) { red.m[w][h] = m[h]; red.l[w][h] = l[h]; }
+        *(float4*)&red.o[w][h * DEC_D + lane * 4] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
     }
-    __syncthreads();
-    const long part = ((long)wt * n_groups + g) * n_grid + split;
-    for (int i = tid; i < HB * DEC_D; i += 128) {
-        const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
-        float M = -INFINITY;
-#pragma unroll
-        for (int k = 0; k < 4; k++) M = fmaxf(M, red_m[k][hh]);
-        float L = 0.f, O = 0.f;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            if (red_m[k][hh] == -INFINITY) continue;  // a warp with no keys
-            const float f = expf(red_m[k][hh] - M);
-            L += red_l[k][hh] * f;
-            O += red_o[k][i] * f;
-        }
-        if (n_splits == 1) {
-            out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O / L;
-        } else {
-            part_o[(part * HG + h) * DEC_D + d] = O;
-            if (d == 0) {
-                part_ml[part * 2 * HG + h] = M;
-                part_ml[part * 2 * HG + HG + h] = L;
-            }
-        }
-    }
-    if (n_splits == 1) return;
-    // The last of the splits of this (token, group, head slice) to finish
-    // merges them: each split's weight exp(m_s − M)/L is computed once into
-    // shared memory (reusing red_o), then every output sums its n_splits
-    // partials with independent L2 loads. The merge order is fixed (split
-    // order), so the result does not depend on which block came last; the
-    // counter is re-armed for the next launch.
-    __threadfence();
-    __syncthreads();
-    int* counter = counters + ((long)wt * n_groups + g) * NSUB + blockIdx.x % NSUB;
-    if (tid == 0) is_last = atomicAdd(counter, 1) == n_splits - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    const long base = ((long)wt * n_groups + g) * n_grid;
-    float* wts = &red_o[0][0];  // [n_splits][HB], n_splits·HB ≤ 4·HB·DEC_D
-    for (int hh = w; hh < HB; hh += 4) {
-        const int h = h0 + hh;
-        float M = -INFINITY;
-        for (int k = lane; k < n_splits; k += 32) M = fmaxf(M, __ldcg(&part_ml[(base + k) * 2 * HG + h]));
-        M = warp_max(M);
-        float L = 0.f;
-        for (int k = lane; k < n_splits; k += 32) {
-            const float mk = __ldcg(&part_ml[(base + k) * 2 * HG + h]);
-            const float f = mk == -INFINITY ? 0.f : expf(mk - M);
-            wts[k * HB + hh] = f;
-            L += __ldcg(&part_ml[(base + k) * 2 * HG + HG + h]) * f;
-        }
-        L = warp_sum(L);
-        for (int k = lane; k < n_splits; k += 32) wts[k * HB + hh] /= L;
-    }
-    __syncthreads();
-    for (int i = tid; i < HB * DEC_D; i += 128) {
-        const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
-        const float* po = part_o + (base * HG + h) * DEC_D + d;
-        const long stride = (long)HG * DEC_D;
-        // Sixteen partials in flight at a time (a loop of dependent L2 round
-        // trips would serialise the merge); the summation order is fixed.
-        float O = 0.f;
-        int k = 0;
-        for (; k + 16 <= n_splits; k += 16) {
-            float v[16];
-#pragma unroll
-            for (int j = 0; j < 16; j++) v[j] = __ldcg(po + (k + j) * stride);
-#pragma unroll
-            for (int j = 0; j < 16; j++) O += v[j] * wts[(k + j) * HB + hh];
-        }
-        for (; k < n_splits; k++) O += __ldcg(po + k * stride) * wts[k * HB + hh];
-        out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O;
-    }
-    if (tid == 0) *counter = 0;
+    decode_finish<HG, HB>(red, out, out_width, t, wt, g, h0, blockIdx.x % NSUB, split, n_grid, n_splits, n_groups,
+                          part_o, part_ml, counters);
 }
 
 #define ATTN_DECODE(HG, HB)                                                                                     \

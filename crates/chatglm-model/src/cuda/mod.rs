@@ -298,13 +298,22 @@ impl Backend for CudaBackend {
         let kv_dtype = kv_dtype.unwrap_or(DType::F16);
         let flash = kv_dtype == DType::F16 && self.gpu.flash_supported(&self.dims);
         let decode = kv_dtype == DType::F16 && self.gpu.decode_supported(&self.dims);
+        let decode_heads = decode.then(|| self.gpu.decode_heads_per_block(&self.dims));
         let blocks: Vec<&[u64]> = batch.iter().map(|s| s.cache.blocks()).collect();
         let sms = self.gpu.info().multiprocessors;
         // Decode steps of a few tokens are replayed from CUDA graphs: their
         // launches must not depend on the context lengths.
         let replay = decode && ids.len() <= self.gemv_max_tokens && layout.logit_rows.len() <= self.gemv_max_tokens;
-        let plan =
-            StepPlan::build(layout, ids, &blocks, flash, decode, &self.dims, sms, replay.then_some(self.max_context));
+        let plan = StepPlan::build(
+            layout,
+            ids,
+            &blocks,
+            flash,
+            decode_heads,
+            &self.dims,
+            sms,
+            replay.then_some(self.max_context),
+        );
         let replay = replay && plan.n_tiles == 0;
         let mut st = lock(&self.step);
         let st = &mut *st;
@@ -317,7 +326,7 @@ impl Backend for CudaBackend {
                 let (o, ml) = split.partials(&self.dims, plan.n_work);
                 ensure(&self.gpu, &mut st.part_o, o, "attention partials")?;
                 ensure(&self.gpu, &mut st.part_ml, ml, "attention partials")?;
-                let n = SplitPlan::decode_counters(&self.dims, plan.n_work);
+                let n = SplitPlan::decode_counters(&self.dims, plan.decode_heads, plan.n_work);
                 if st.counters.as_ref().is_none_or(|c| c.len() < n) {
                     st.counters = None;
                     st.counters = Some(self.gpu.alloc_zeros::<i32>(n.max(256), "attention merge counters")?);

@@ -28,6 +28,8 @@ pub(crate) struct StepPlan {
     pub split: Option<SplitPlan>,
     /// Whether the split work runs on the decode kernel (head size 128, f16).
     pub decode_kernel: bool,
+    /// Query heads per decode-attention block (with the decode kernel).
+    pub decode_heads: usize,
 }
 
 impl StepPlan {
@@ -59,7 +61,7 @@ impl StepPlan {
         ids: &[u32],
         blocks: &[&[u64]],
         flash: bool,
-        decode_kernel: bool,
+        decode_heads: Option<usize>,
         dims: &AttentionDims,
         multiprocessors: usize,
         replay_ctx: Option<usize>,
@@ -102,8 +104,8 @@ impl StepPlan {
             table[s * max_blocks..s * max_blocks + b.len()].copy_from_slice(b);
         }
         let split = (n_work > 0).then(|| {
-            if decode_kernel {
-                SplitPlan::for_decode(dims, n_work, max_ctx, multiprocessors)
+            if let Some(heads) = decode_heads {
+                SplitPlan::for_decode(dims, heads, n_work, max_ctx, multiprocessors)
             } else {
                 SplitPlan::for_step(dims, n_work, max_ctx, multiprocessors)
             }
@@ -117,7 +119,8 @@ impl StepPlan {
             table,
             max_blocks,
             split,
-            decode_kernel,
+            decode_kernel: decode_heads.is_some(),
+            decode_heads: decode_heads.unwrap_or(1),
         }
     }
 }
@@ -151,7 +154,7 @@ mod tests {
         let (l, ids) = layout(&[(500, 1), (7, 150)]);
         let b0: Vec<u64> = (0..8).map(|i| 0x1000 + i).collect();
         let b1: Vec<u64> = (0..3).map(|i| 0x2000 + i).collect();
-        let p = StepPlan::build(&l, &ids, &[&b0, &b1], true, true, &dims(), 132, None);
+        let p = StepPlan::build(&l, &ids, &[&b0, &b1], true, Some(4), &dims(), 132, None);
         assert_eq!(p.n_tokens, 151);
         assert_eq!(p.n_work, 1);
         assert_eq!(&p.meta[p.off_work()..p.off_work() + 1], &[0]);
@@ -170,7 +173,7 @@ mod tests {
     fn without_flash_every_token_is_split_work() {
         let (l, ids) = layout(&[(0, 40), (3, 2)]);
         let b: Vec<u64> = vec![1];
-        let p = StepPlan::build(&l, &ids, &[&b, &b], false, false, &dims(), 132, None);
+        let p = StepPlan::build(&l, &ids, &[&b, &b], false, None, &dims(), 132, None);
         assert_eq!((p.n_work, p.n_tiles), (42, 0));
         assert_eq!(p.meta.len(), 3 * 42 + 42);
     }
@@ -181,11 +184,11 @@ mod tests {
         l.logit_rows = vec![0, 1];
         let short: Vec<u64> = vec![7; 2];
         let long: Vec<u64> = vec![9; 47];
-        let a = StepPlan::build(&l, &ids, &[&short, &long], true, true, &dims(), 132, Some(32768));
+        let a = StepPlan::build(&l, &ids, &[&short, &long], true, Some(16), &dims(), 132, Some(32768));
         let (mut l2, ids2) = layout(&[(5, 1), (20000, 1)]);
         l2.logit_rows = vec![0, 1];
         let long2: Vec<u64> = vec![9; 313];
-        let b = StepPlan::build(&l2, &ids2, &[&short, &long2], true, true, &dims(), 132, Some(32768));
+        let b = StepPlan::build(&l2, &ids2, &[&short, &long2], true, Some(16), &dims(), 132, Some(32768));
         assert_eq!(a.max_blocks, 512);
         assert_eq!((a.max_blocks, a.split), (b.max_blocks, b.split));
         assert_eq!(&a.meta[a.off_logit_rows()..], &[0, 1]);

@@ -1,0 +1,177 @@
+// Decode attention on tensor cores for 16 query heads per KV group (ChatGLM2:
+// 32 heads over 2 groups), head size 128, f16 cache. The group's 16 heads are
+// the 16 rows of mma.sync m16n8k16, so every key and value is read from
+// memory once for all of them (attention.cu's CUDA-core kernel reads a key
+// once per 4 heads) and the arithmetic, 16× the bytes, stays off the critical
+// path at long contexts.
+//
+// Each warp takes 16 keys at a time, straight from the cache into registers
+// with no shared memory: the order of the 128 dimensions inside a k16 step
+// is free (both operands use the same one), so lane (g, q) loads 16-byte
+// chunks 4i+q of key row g and of key row g+8, and each warp instruction
+// reads 64 whole bytes of 8 rows. For P·V the key order is fixed by the
+// score fragments, but the output dimensions are free: lane (g, q) reads
+// dims 8g..8g+7 and 64+8g..64+8g+7 of value rows 2q, 2q+1, 2q+8, 2q+9 (whole
+// 128-byte lines per instruction) and pairs rows into B fragments with
+// byte permutes; n-tile j then holds dims 8n+j (j < 8) or 64+8n+j−8 of its
+// column n. Softmax runs on exp2 with Q pre-scaled by log2(e)/sqrt(D); the
+// state goes back to natural logs for decode_finish.
+//
+// Launch: grid = (n_groups, work tokens, most splits), block = 128 (4 warps
+// on interleaved 16-key tiles of the block's split); block_tokens a multiple
+// of 16. Splits and merging as attn_decode (decode.cuh), heads per block 16.
+#define MMA_KEYS 16
+
+__device__ __forceinline__ u32 word_of(const uint4& v, int i) {
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Output dimension of column n of n-tile j (see above).
+__device__ __forceinline__ int pv_dim(int j, int n) { return (j >> 3) * 64 + n * 8 + (j & 7); }
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_decode_mma16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
+                      const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
+                      int n_groups, int layer, int block_tokens, float scale, float* part_o, float* part_ml,
+                      int* counters) {
+#if __CUDA_ARCH__ >= 800
+    constexpr int HG = 16;
+    __shared__ DecodeReduce<HG> red;
+    const int g = blockIdx.x, wt = blockIdx.y, split = blockIdx.z, n_grid = gridDim.z;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
+    const int t = work_tokens[wt];
+    const int ctx = positions[t] + 1;
+    const int seq = seq_of_token[t];
+    int k_begin, k_end;
+    const int n_splits = decode_split(ctx, n_grid, split, &k_begin, &k_end);
+    pdl_launch_dependents();
+    if (split >= n_splits) return;
+    const u64* table = block_table + (long)seq * max_blocks;
+    if (lane < MMA_KEYS && k_begin + w * MMA_KEYS + lane < k_end)
+        prefetch_kv_row(table, k_begin + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+    pdl_wait();
+
+    // Q fragments: k-step kc covers dims 8(4(kc/2)+q) + 4(kc%2) + {0,1} (a0,
+    // a1) and + {2,3} (a2, a3), rows = heads gr and gr + 8.
+    const float qscale = scale * 1.4426950408889634f;
+    const float* q = qkv + (long)t * width + (long)g * HG * DEC_D;
+    u32 qf[8][4];
+#pragma unroll
+    for (int kc = 0; kc < 8; kc++) {
+        const int d0 = ((kc >> 1) * 4 + tq) * 8 + (kc & 1) * 4;
+        const float4 a = *(const float4*)(q + gr * DEC_D + d0);
+        const float4 b = *(const float4*)(q + (gr + 8) * DEC_D + d0);
+        qf[kc][0] = pack_f16(a.x * qscale, a.y * qscale);
+        qf[kc][1] = pack_f16(b.x * qscale, b.y * qscale);
+        qf[kc][2] = pack_f16(a.z * qscale, a.w * qscale);
+        qf[kc][3] = pack_f16(b.z * qscale, b.w * qscale);
+    }
+
+    float o[16][4];
+#pragma unroll
+    for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const long per_group = (long)block_tokens * DEC_D;
+    const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group;
+    const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+
+    for (int kb = k_begin + w * MMA_KEYS; kb < k_end; kb += 4 * MMA_KEYS) {
+        if (lane < MMA_KEYS && kb + 4 * MMA_KEYS + lane < k_end)
+            prefetch_kv_row(table, kb + 4 * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+        const u16* blk = (const u16*)table[kb / block_tokens];
+        const int tok0 = kb % block_tokens;
+        const u16* kbase = blk + koff + (long)tok0 * DEC_D;
+        const u16* vbase = blk + voff + (long)tok0 * DEC_D;
+        const int nvalid = min(MMA_KEYS, k_end - kb);
+        // Past the context the cache holds stale data (possibly NaN): zeros
+        // keep 0·NaN out of P·V.
+        uint4 kr[2][4], vr[4][2];
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            const int key = nt * 8 + gr;
+            const uint4* row = (const uint4*)(kbase + (long)key * DEC_D);
+#pragma unroll
+            for (int i = 0; i < 4; i++) kr[nt][i] = key < nvalid ? row[i * 4 + tq] : zero;
+        }
+#pragma unroll
+        for (int r = 0; r < 4; r++) {
+            const int key = 2 * tq + (r & 1) + (r >> 1) * 8;
+            const u16* row = vbase + (long)key * DEC_D + gr * 8;
+            vr[r][0] = key < nvalid ? *(const uint4*)row : zero;
+            vr[r][1] = key < nvalid ? *(const uint4*)(row + 64) : zero;
+        }
+
+        float s[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < 8; kc++) {
+                const uint4 v = kr[nt][kc >> 1];
+                const u32 b[2] = {(kc & 1) ? v.z : v.x, (kc & 1) ? v.w : v.y};
+                mma16816(s[nt], qf[kc], b);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (nt * 8 + 2 * tq + (e & 1) >= nvalid) s[nt][e] = -INFINITY;
+        }
+        // Key 0 of the tile is always valid, so the maxima are finite.
+        float mx0 = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+        float mx1 = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
+        m0 = mn0;
+        m1 = mn1;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            s[nt][0] = exp2f(s[nt][0] - mn0);
+            s[nt][1] = exp2f(s[nt][1] - mn0);
+            s[nt][2] = exp2f(s[nt][2] - mn1);
+            s[nt][3] = exp2f(s[nt][3] - mn1);
+        }
+        l0 = l0 * a0 + (s[0][0] + s[0][1] + s[1][0] + s[1][1]);
+        l1 = l1 * a1 + (s[0][2] + s[0][3] + s[1][2] + s[1][3]);
+        const u32 pa[4] = {pack_f16(s[0][0], s[0][1]), pack_f16(s[0][2], s[0][3]), pack_f16(s[1][0], s[1][1]),
+                           pack_f16(s[1][2], s[1][3])};
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            o[j][0] *= a0;
+            o[j][1] *= a0;
+            o[j][2] *= a1;
+            o[j][3] *= a1;
+            const int hf = j >> 3, wi = (j & 7) >> 1;
+            const u32 sel = (j & 1) ? 0x7632u : 0x5410u;
+            const u32 b[2] = {__byte_perm(word_of(vr[0][hf], wi), word_of(vr[1][hf], wi), sel),
+                              __byte_perm(word_of(vr[2][hf], wi), word_of(vr[3][hf], wi), sel)};
+            mma16816(o[j], pa, b);
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (tq == 0) {
+        const float ln2 = 0.6931471805599453f;
+        red.m[w][gr] = m0 * ln2;
+        red.m[w][gr + 8] = m1 * ln2;
+        red.l[w][gr] = l0;
+        red.l[w][gr + 8] = l1;
+    }
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const int d0 = pv_dim(j, 2 * tq), d1 = pv_dim(j, 2 * tq + 1);
+        red.o[w][gr * DEC_D + d0] = o[j][0];
+        red.o[w][gr * DEC_D + d1] = o[j][1];
+        red.o[w][(gr + 8) * DEC_D + d0] = o[j][2];
+        red.o[w][(gr + 8) * DEC_D + d1] = o[j][3];
+    }
+    decode_finish<HG, HG>(red, out, out_width, t, wt, g, 0, 0, split, n_grid, n_splits, n_groups, part_o, part_ml,
+                          counters);
+#endif
+}
