@@ -60,6 +60,10 @@ fn flash_kernels() -> Vec<String> {
     vec!["attn_flash_f16".into()]
 }
 
+fn sample_kernels() -> Vec<String> {
+    vec!["sample_rows".into()]
+}
+
 fn decode_mma_kernels() -> Vec<String> {
     vec!["attn_decode_mma16".into()]
 }
@@ -78,6 +82,7 @@ pub(crate) const SOURCES: &[Source] = &[
         min_arch: 0,
         kernels: attention_kernels,
     },
+    Source { name: "sample", text: include_str!("kernels/sample.cu"), min_arch: 0, kernels: sample_kernels },
     // mma.sync m16n8k16 with f16 inputs needs Ampere or newer.
     Source {
         name: "flash",

@@ -28,4 +28,4 @@ pub use cudarc::driver::{CudaSlice, DeviceRepr};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, Gpu};
 pub use error::CudaError;
 pub use graph::GraphStats;
-pub use ops::{AttentionDims, DType, GemvMode, RopeArgs, SplitPlan};
+pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};

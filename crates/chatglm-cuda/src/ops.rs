@@ -74,6 +74,18 @@ pub struct RopeArgs {
     pub n_pairs: usize,
 }
 
+/// u32 words of one row's parameters for [`Gpu::sample_rows`].
+pub const SAMPLE_ROW_WORDS: usize = 6;
+
+/// One row's sampling parameters as the kernel reads them (`struct
+/// SampleRow`: temperature f32 (≤ 0: greedy), top-p f32, top-k i32 (0: off),
+/// padding, the uniform draw f64).
+pub fn sample_row_words(temperature: f32, top_p: f32, top_k: usize, uniform: f64) -> [u32; SAMPLE_ROW_WORDS] {
+    let u = uniform.to_bits();
+    let k = top_k.min(i32::MAX as usize) as u32;
+    [temperature.to_bits(), top_p.to_bits(), k, 0, u as u32, (u >> 32) as u32]
+}
+
 /// Most splits of one decode context: the merging block keeps a weight per
 /// split and head in its 4·HB·128-float shared buffer (HB ≥ 1 heads).
 pub const DECODE_MAX_SPLITS: usize = 512;
@@ -459,6 +471,25 @@ impl Gpu {
         let mut a = Args::default();
         a.arg(&x).arg(&out).arg(&cols32);
         self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))
+    }
+
+    /// out[r] (i32) = the token chosen for row r of `x` (rows × cols f32 logits)
+    /// with the parameters at `params` (rows × [`SAMPLE_ROW_WORDS`] u32, as
+    /// [`sample_row_words`] lays them out), by the host sampler's rules; -1
+    /// where the row must be sampled on the host (its nucleus reaches past
+    /// the candidates the device sorts).
+    ///
+    /// # Safety
+    /// `x`: rows·cols f32; `params`: rows·SAMPLE_ROW_WORDS u32; `out`: rows i32.
+    pub unsafe fn sample_rows(&self, x: u64, rows: usize, cols: usize, params: u64, out: u64) -> Result<(), CudaError> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.kernel("sample_rows")?;
+        let cols32 = check_i32("sample_rows", "cols", cols)?;
+        let mut a = Args::default();
+        a.arg(&x).arg(&cols32).arg(&params).arg(&out);
+        self.launch(f, a, "sample_rows", cfg((check_i32("sample_rows", "rows", rows)? as u32, 1, 1), 1024, 0))
     }
 
     /// `out (n × rows) = x · wᵀ (+ out) (+ bias)` through cuBLASLt (a plan

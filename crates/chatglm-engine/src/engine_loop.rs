@@ -45,6 +45,18 @@ struct Loop<'t, B: Backend> {
     stats: &'t EngineStats,
 }
 
+/// How a step's sampled tokens are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepReadout {
+    /// All greedy: the model returns the ids.
+    Greedy,
+    /// No repetition penalty: the model draws each token (or leaves a row's
+    /// logits to the host's sampler, with the draw already made).
+    Device,
+    /// A repetition penalty somewhere: logits for the host's sampler.
+    Host,
+}
+
 /// Runs until every sender is dropped and no request is left.
 pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
     let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats } = setup;
@@ -151,7 +163,13 @@ impl<'t, B: Backend> Loop<'t, B> {
         }
     }
 
-    fn step(&mut self, state: &mut ForwardState<B>, plan: &StepPlan, row: &mut Vec<f32>, chosen: &mut Vec<u32>) {
+    fn step(
+        &mut self,
+        state: &mut ForwardState<B>,
+        plan: &StepPlan,
+        row: &mut Vec<f32>,
+        chosen: &mut Vec<Option<u32>>,
+    ) {
         let now = Instant::now();
         // Preempted sequences recompute from scratch when readmitted.
         for id in &plan.preempted {
@@ -171,6 +189,25 @@ impl<'t, B: Backend> Loop<'t, B> {
             }
         }
 
+        // How this step's tokens are chosen: greedy ids from the model, ids
+        // the model draws (each sequence's uniform number drawn here, as its
+        // host sampler would), or logits for the host (a repetition penalty).
+        let readout = {
+            let sampled_seqs = plan.chunks.iter().filter(|c| c.sample).filter_map(|c| self.seqs.get(&c.id));
+            let mut greedy = true;
+            let mut device = true;
+            for seq in sampled_seqs {
+                greedy &= seq.greedy_without_penalty();
+                device &= seq.penalty_free();
+            }
+            if greedy {
+                StepReadout::Greedy
+            } else if device {
+                StepReadout::Device
+            } else {
+                StepReadout::Host
+            }
+        };
         // Borrow each planned sequence's tokens and cache, in plan order.
         let mut by_id: HashMap<SeqId, &mut Sequence<'t, B::Cache>> = self
             .seqs
@@ -181,21 +218,22 @@ impl<'t, B: Backend> Loop<'t, B> {
         let mut inputs = Vec::with_capacity(plan.chunks.len());
         let mut sampled: Vec<SeqId> = Vec::new();
         let mut in_batch: Vec<SeqId> = Vec::new();
-        // A step whose sampled sequences are all greedy asks the model for the
-        // tokens only (on a GPU, ids instead of a logits row per sequence).
-        let mut greedy = true;
+        let mut choices = Vec::new();
         for c in &plan.chunks {
             let Some(seq) = by_id.remove(&c.id) else {
                 continue;
             };
-            let Some(tokens) = seq.tokens.get(c.start..c.start + c.n_tokens) else {
+            if c.start + c.n_tokens > seq.tokens.len() {
                 continue;
-            };
+            }
             in_batch.push(c.id);
             if c.sample {
                 sampled.push(c.id);
-                greedy &= seq.greedy_without_penalty();
+                if readout == StepReadout::Device {
+                    choices.extend(seq.token_choice());
+                }
             }
+            let tokens = &seq.tokens[c.start..c.start + c.n_tokens];
             inputs.push(SequenceInput {
                 tokens,
                 cache: &mut seq.cache,
@@ -203,14 +241,18 @@ impl<'t, B: Backend> Loop<'t, B> {
             });
         }
         drop(by_id);
-        let result = if greedy {
-            self.model.forward_greedy(state, &mut inputs).map(|ids| {
+        let result = match readout {
+            StepReadout::Greedy => self.model.forward_greedy(state, &mut inputs).map(|ids| {
                 chosen.clear();
-                chosen.extend_from_slice(ids);
+                chosen.extend(ids.iter().map(|&t| Some(t)));
                 &[][..]
-            })
-        } else {
-            self.model.forward(state, &mut inputs)
+            }),
+            StepReadout::Device => self.model.forward_sampled(state, &mut inputs, &choices).map(|step| {
+                chosen.clear();
+                chosen.extend_from_slice(step.ids);
+                step.logits
+            }),
+            StepReadout::Host => self.model.forward(state, &mut inputs),
         };
         drop(inputs);
         self.stats.steps.fetch_add(1, Relaxed);
@@ -237,16 +279,23 @@ impl<'t, B: Backend> Loop<'t, B> {
             if let Some(prev) = seq.last_token_at() {
                 self.stats.inter_token.observe(now.saturating_duration_since(prev));
             }
-            let progress = if greedy {
-                let Some(&token) = chosen.get(i) else { continue };
-                seq.on_token(token, now)
-            } else {
-                let Some(r) = logits.get(i * vocab..(i + 1) * vocab) else {
-                    continue;
-                };
-                row.clear();
-                row.extend_from_slice(r);
-                seq.on_logits(row, now)
+            let on_device = match readout {
+                StepReadout::Host => None,
+                _ => chosen.get(i).copied(),
+            };
+            let progress = match on_device {
+                Some(Some(token)) => seq.on_token(token, now),
+                _ => {
+                    let Some(r) = logits.get(i * vocab..(i + 1) * vocab) else {
+                        continue;
+                    };
+                    row.clear();
+                    row.extend_from_slice(r);
+                    match (readout, choices.get(i)) {
+                        (StepReadout::Device, Some(c)) => seq.on_logits_drawn(row, c.uniform, now),
+                        _ => seq.on_logits(row, now),
+                    }
+                }
             };
             self.stats.completion_tokens.fetch_add(1, Relaxed);
             if first {

@@ -1,9 +1,9 @@
 //! Single-sequence generation: prefill in chunks, then decode token by token.
 
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{uniform_for, Sampler, SamplingParams};
 use crate::text::StopMatcher;
 use crate::EngineError;
-use chatglm_model::{Backend, ForwardState, KvCacheOps, LogitsWanted, Model, SequenceInput};
+use chatglm_model::{Backend, ForwardState, KvCacheOps, LogitsWanted, Model, SequenceInput, TokenChoice};
 use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer};
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
@@ -136,25 +136,23 @@ pub fn generate<B: Backend>(
 
     // Prefill.
     let t0 = Instant::now();
-    // Greedy decoding without a repetition penalty needs only each step's
-    // greedy token (on a GPU only that id crosses to the host); anything else
-    // samples from the full logits on the host.
-    let on_device = config.sampling.is_greedy() && config.sampling.repetition_penalty == 1.0;
-    let mut logits = Vec::with_capacity(vocab);
-    let mut chosen = None;
+    // Without a repetition penalty the model chooses each token (on a GPU
+    // only its id crosses to the host): the greedy one, or a draw with the
+    // uniform number this generator makes for it. A penalty needs the host's
+    // sampler and the full logits; so does a row the device leaves to it.
+    let mut step = TokenStep {
+        sampling: &config.sampling,
+        greedy: config.sampling.is_greedy() && config.sampling.repetition_penalty == 1.0,
+        on_device: config.sampling.repetition_penalty == 1.0,
+        logits: Vec::with_capacity(vocab),
+        chosen: None,
+        drawn: None,
+    };
     let chunks: Vec<&[u32]> = new_ids.chunks(model.backend.prefill_chunk_tokens()).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         let wanted = if i + 1 == chunks.len() { LogitsWanted::Last } else { LogitsWanted::None };
         let mut batch = [SequenceInput { tokens: chunk, cache: &mut *cache, logits: wanted }];
-        let out = if on_device {
-            model.forward_greedy(state, &mut batch).map(|ids| chosen = ids.first().copied())
-        } else {
-            model.forward(state, &mut batch).map(|l| {
-                logits.clear();
-                logits.extend_from_slice(l);
-            })
-        };
-        if let Err(e) = out {
+        if let Err(e) = step.run(model, state, &mut batch, &mut rng) {
             cache.truncate(start_len);
             return Err(e.into());
         }
@@ -173,9 +171,10 @@ pub fn generate<B: Backend>(
     let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
     let mut sampler = Sampler::new();
     let finish = loop {
-        let token = match chosen {
-            Some(id) => id,
-            None => sampler.sample(&mut logits, &config.sampling, &previous, &mut rng),
+        let token = match (step.chosen, step.drawn) {
+            (Some(id), _) => id,
+            (None, Some(u)) => sampler.sample_with_uniform(&mut step.logits, &config.sampling, &previous, u),
+            (None, None) => sampler.sample(&mut step.logits, &config.sampling, &previous, &mut rng),
         };
         generated.push(token);
         if config.sampling.repetition_penalty != 1.0 {
@@ -203,13 +202,7 @@ pub fn generate<B: Backend>(
             break FinishReason::Length;
         }
         let mut batch = [SequenceInput { tokens: &[token], cache: &mut *cache, logits: LogitsWanted::Last }];
-        if on_device {
-            chosen = model.forward_greedy(state, &mut batch)?.first().copied();
-        } else {
-            let l = model.forward(state, &mut batch)?;
-            logits.clear();
-            logits.extend_from_slice(l);
-        }
+        step.run(model, state, &mut batch, &mut rng)?;
     };
     if finish != FinishReason::Cancelled {
         text.push_str(&detok.finish());
@@ -223,4 +216,51 @@ pub fn generate<B: Backend>(
     let timings =
         Timings { prompt_tokens: new_ids.len(), prefill, generated_tokens: generated.len(), decode: t1.elapsed() };
     Ok(GenerationOutput { generated_ids: generated, text, finish_reason: finish, timings })
+}
+
+/// One forward step of [`generate`] and what it leaves for choosing the next
+/// token: the model's choice, or logits for the host's sampler (with the
+/// uniform draw already made when the device was asked to draw).
+struct TokenStep<'p> {
+    sampling: &'p SamplingParams,
+    greedy: bool,
+    on_device: bool,
+    logits: Vec<f32>,
+    chosen: Option<u32>,
+    drawn: Option<f64>,
+}
+
+impl TokenStep<'_> {
+    fn run<B: Backend>(
+        &mut self,
+        model: &Model<B>,
+        state: &mut ForwardState<B>,
+        batch: &mut [SequenceInput<'_, B::Cache>],
+        rng: &mut rand::rngs::StdRng,
+    ) -> Result<(), chatglm_model::ModelError> {
+        let wants_logits = batch.iter().any(|s| s.logits != LogitsWanted::None);
+        self.chosen = None;
+        self.drawn = None;
+        if self.greedy {
+            self.chosen = model.forward_greedy(state, batch)?.first().copied();
+        } else if self.on_device {
+            let choices: Vec<TokenChoice> = if wants_logits {
+                let uniform = uniform_for(self.sampling, rng);
+                self.drawn = Some(uniform);
+                let p = self.sampling;
+                vec![TokenChoice { temperature: p.temperature, top_p: p.top_p, top_k: p.top_k, uniform }]
+            } else {
+                Vec::new()
+            };
+            let step = model.forward_sampled(state, batch, &choices)?;
+            self.chosen = step.ids.first().copied().flatten();
+            self.logits.clear();
+            self.logits.extend_from_slice(step.logits);
+        } else {
+            let l = model.forward(state, batch)?;
+            self.logits.clear();
+            self.logits.extend_from_slice(l);
+        }
+        Ok(())
+    }
 }

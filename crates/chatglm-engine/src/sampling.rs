@@ -224,13 +224,27 @@ impl Sampler {
         previous: &[u32],
         rng: &mut R,
     ) -> u32 {
+        // The one draw per sampled token comes first, so a caller that draws
+        // it ahead (`uniform_for`, for device sampling) gets the same stream.
+        let r = uniform_for(params, rng);
+        self.sample_with_uniform(logits, params, previous, r)
+    }
+
+    /// [`Sampler::sample`] with the uniform draw in `[0, 1)` already made
+    /// ([`uniform_for`]); `r` is ignored for greedy parameters.
+    pub fn sample_with_uniform(
+        &mut self,
+        logits: &mut [f32],
+        params: &SamplingParams,
+        previous: &[u32],
+        r: f64,
+    ) -> u32 {
         guard_invalid_scores(logits);
         apply_repetition_penalty(logits, previous, params.repetition_penalty);
         if params.is_greedy() {
             return argmax(logits);
         }
         let dist = self.distribution(logits, params);
-        let r: f64 = rng.gen::<f64>();
         let mut acc = 0.0f64;
         for &(id, p) in dist {
             acc += p as f64;
@@ -239,6 +253,16 @@ impl Sampler {
             }
         }
         dist.last().map(|c| c.0).unwrap_or(0)
+    }
+}
+
+/// The uniform draw a sampled token takes from `rng` (none for greedy
+/// parameters, which draw nothing).
+pub fn uniform_for<R: Rng + ?Sized>(params: &SamplingParams, rng: &mut R) -> f64 {
+    if params.is_greedy() {
+        0.0
+    } else {
+        rng.gen::<f64>()
     }
 }
 

@@ -5,9 +5,9 @@
 
 use crate::generate::FinishReason;
 use crate::request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
-use crate::sampling::Sampler;
+use crate::sampling::{uniform_for, Sampler};
 use crate::text::StopMatcher;
-use chatglm_model::{KvCache, KvCacheOps};
+use chatglm_model::{KvCache, KvCacheOps, TokenChoice};
 use chatglm_tokenizer::{ChatGlmTokenizer, Detokenizer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -99,6 +99,36 @@ impl<'t, C: KvCacheOps> Sequence<'t, C> {
         let previous: &[u32] = if self.params.sampling.repetition_penalty != 1.0 { &self.tokens } else { &[] };
         let token = self.sampler.sample(logits, &self.params.sampling, previous, &mut self.rng);
         self.on_token(token, now)
+    }
+
+    /// How the device may choose this sequence's next token (drawing its
+    /// uniform number now, as the host sampler would), or `None` with a
+    /// repetition penalty, which the host applies.
+    pub fn token_choice(&mut self) -> Option<TokenChoice> {
+        if !self.penalty_free() {
+            return None;
+        }
+        let p = &self.params.sampling;
+        let uniform = uniform_for(p, &mut self.rng);
+        Some(TokenChoice {
+            temperature: if p.is_greedy() { 0.0 } else { p.temperature },
+            top_p: p.top_p,
+            top_k: p.top_k,
+            uniform,
+        })
+    }
+
+    /// Samples from this sequence's logits row with the draw `token_choice`
+    /// already made (the device left this row to the host).
+    pub fn on_logits_drawn(&mut self, logits: &mut [f32], uniform: f64, now: Instant) -> Progress {
+        let token = self.sampler.sample_with_uniform(logits, &self.params.sampling, &[], uniform);
+        self.on_token(token, now)
+    }
+
+    /// Whether the model may choose this sequence's tokens (no repetition
+    /// penalty, which needs the host).
+    pub fn penalty_free(&self) -> bool {
+        self.params.sampling.repetition_penalty == 1.0
     }
 
     /// Whether this sequence's next token is the greedy one with nothing to

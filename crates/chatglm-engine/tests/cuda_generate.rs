@@ -61,3 +61,103 @@ fn gpu_raw_generate_cases_match_official() {
         assert_eq!(out.generated_ids, ids(&case["new_ids"]));
     }
 }
+
+/// Logits rows of several shapes: peaked, flat, tied values, non-finite.
+fn sampling_rows(vocab: usize, seed: u64) -> Vec<(String, Vec<f32>)> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut normal = move || {
+        // Sum of uniforms: close enough to a normal for shaping logits.
+        let mut s = 0.0f32;
+        for _ in 0..4 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            s += (state >> 40) as f32 / (1u64 << 24) as f32;
+        }
+        (s - 2.0) * 1.7
+    };
+    // A handful of likely tokens over a long tail.
+    let peaked: Vec<f32> =
+        (0..vocab).map(|i| normal() + if i % (vocab / 5).max(1) == 3 { 25.0 } else { 0.0 }).collect();
+    let flat: Vec<f32> = (0..vocab).map(|_| 0.3 * normal()).collect();
+    let tied: Vec<f32> = (0..vocab).map(|_| (2.0 * normal()).round() * 2.0).collect();
+    let mut bad = peaked.clone();
+    bad[vocab / 2] = f32::NAN;
+    vec![("peaked".into(), peaked), ("flat".into(), flat), ("tied".into(), tied), ("non-finite".into(), bad)]
+}
+
+#[test]
+fn gpu_sampling_draws_what_the_host_sampler_draws() {
+    use chatglm_engine::sampling::Sampler;
+    use chatglm_model::TokenChoice;
+    let Some(p) = pipeline() else { return };
+    let gpu = &p.model.backend;
+    let params =
+        [(0.0, 1.0, 0), (0.8, 0.8, 0), (1.0, 1.0, 0), (0.7, 0.9, 50), (1.0, 1.0, 5), (0.5, 0.8, 1), (1.3, 0.95, 0)];
+    let uniforms = [0.0, 0.000_1, 0.123_4, 0.5, 0.777, 0.999_999];
+    let (mut same, mut host, mut total) = (0, 0, 0);
+    for vocab in [6usize, 333, 65024] {
+        for (name, row) in sampling_rows(vocab, vocab as u64) {
+            let mut choices = Vec::new();
+            for &(t, top_p, top_k) in &params {
+                for &u in &uniforms {
+                    choices.push(TokenChoice { temperature: t, top_p, top_k, uniform: u });
+                }
+            }
+            let logits: Vec<f32> = choices.iter().flat_map(|_| row.iter().copied()).collect();
+            let got = gpu.sample_logits(&logits, vocab, &choices).unwrap();
+            let mut sampler = Sampler::new();
+            for (c, g) in choices.iter().zip(&got) {
+                let sp = SamplingParams {
+                    temperature: c.temperature,
+                    top_p: c.top_p,
+                    top_k: c.top_k,
+                    do_sample: c.temperature > 0.0,
+                    ..SamplingParams::default()
+                };
+                let want = sampler.sample_with_uniform(&mut row.clone(), &sp, &[], c.uniform);
+                total += 1;
+                match g {
+                    Some(id) => {
+                        assert_eq!(*id, want, "vocab {vocab}, {name} row, {c:?}");
+                        same += 1;
+                    }
+                    None => {
+                        // Only a draw reaching into a long flat tail may be
+                        // left to the host.
+                        let tail = name != "peaked" || (c.top_p >= 1.0 && c.top_k == 0);
+                        assert!(c.temperature > 0.0 && tail, "vocab {vocab}, {name} row, {c:?} left to the host");
+                        host += 1;
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "device sampling: {same} of {total} draws on the device (all equal to the host's), {host} left to the host"
+    );
+    assert!(same * 2 > total, "too few draws on the device: {same} of {total}");
+}
+
+#[test]
+fn gpu_seeded_sampled_chat_equals_the_cpu_one() {
+    // The device draws with the request generator's numbers: a seeded
+    // sampled chat gives the CPU's reply.
+    let Some(gpu) = pipeline() else { return };
+    let cpu = Pipeline::load(
+        testdata().join("dev/model/safetensors-f32").to_str().unwrap(),
+        PipelineOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    for seed in [1u64, 7, 42] {
+        let config = GenerationConfig {
+            sampling: SamplingParams { seed: Some(seed), ..SamplingParams::default() },
+            max_length: 96,
+            ..GenerationConfig::default()
+        };
+        let a = ChatSession::new(&gpu).chat("你好", &config).unwrap();
+        let b = ChatSession::new(&cpu).chat("你好", &config).unwrap();
+        assert_eq!(a.output.generated_ids, b.output.generated_ids, "seed {seed}");
+    }
+}

@@ -3,7 +3,7 @@
 //! forward pass only sequences the calls.
 
 use crate::forward::TokenLayout;
-use crate::{KvCacheOps, KvDType, ModelError, SequenceInput};
+use crate::{KvCacheOps, KvDType, ModelError, SequenceInput, TokenChoice};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_weights::Tensor;
 
@@ -183,6 +183,20 @@ pub trait Backend: Send + Sync {
     fn gather_rows(&self, x: &Self::Activations, rows: &[usize], out: &mut Self::Activations);
     /// Reads activations back as host f32, row-major.
     fn read(&self, x: &Self::Activations, out: &mut Vec<f32>);
+    /// The token choices of the next step's logits rows, for
+    /// [`Backend::read_sampled`]; called before [`Backend::prepare_step`]
+    /// of a step run by [`crate::Model::forward_sampled`].
+    fn set_sampling(&self, choices: &[TokenChoice]) {
+        let _ = choices;
+    }
+    /// Each of the `rows` rows' token, chosen on the device as the choices
+    /// given to [`Backend::set_sampling`] say, or `None` where the host must
+    /// sample from the logits. By default every row is left to the host.
+    fn read_sampled(&self, x: &Self::Activations, rows: usize, cols: usize, out: &mut Vec<Option<u32>>) {
+        let _ = (x, cols);
+        out.clear();
+        out.resize(rows, None);
+    }
     /// Each row's [`greedy_token`]: greedy decoding without reading the
     /// logits back. By default the rows are read and searched on the host.
     fn read_greedy(&self, x: &Self::Activations, cols: usize, out: &mut Vec<u32>) {

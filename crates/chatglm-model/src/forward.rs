@@ -22,6 +22,37 @@ pub struct SequenceInput<'a, C = KvCache> {
     pub logits: LogitsWanted,
 }
 
+/// How the device picks one logits row's token: the request's sampling
+/// parameters (no repetition penalty) and the uniform draw in `[0, 1)` the
+/// host's generator made for this token, so the device draws exactly what
+/// the host's sampler would have drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenChoice {
+    /// `<= 0`: greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0: off.
+    pub top_k: usize,
+    pub uniform: f64,
+}
+
+/// What [`Model::forward_sampled`] returns: each logits row's token where the
+/// backend chose it, and the logits of every row when some row was left to
+/// the host (empty otherwise).
+#[derive(Debug)]
+pub struct SampledStep<'s> {
+    pub ids: &'s [Option<u32>],
+    pub logits: &'s [f32],
+}
+
+/// What a step hands back for its logits rows.
+#[derive(Clone, Copy)]
+enum Readout<'c> {
+    Logits,
+    Greedy,
+    Sample(&'c [TokenChoice]),
+}
+
 /// Where every token of a step sits: its sequence and position.
 #[derive(Debug, Default, Clone)]
 pub struct TokenLayout {
@@ -52,6 +83,7 @@ pub struct ForwardState<B: Backend> {
     layout: TokenLayout,
     out: Vec<f32>,
     chosen: Vec<u32>,
+    sampled: Vec<Option<u32>>,
 }
 
 impl<B: Backend> ForwardState<B> {
@@ -70,6 +102,7 @@ impl<B: Backend> ForwardState<B> {
             layout: TokenLayout::default(),
             out: Vec::new(),
             chosen: Vec::new(),
+            sampled: Vec::new(),
         }
     }
 }
@@ -167,7 +200,7 @@ impl<B: Backend> Model<B> {
         state: &'s mut ForwardState<B>,
         batch: &mut [SequenceInput<'_, B::Cache>],
     ) -> Result<&'s [f32], ModelError> {
-        self.backend.run_step(|| self.forward_on_backend(state, batch, false))?;
+        self.backend.run_step(|| self.forward_on_backend(state, batch, Readout::Logits))?;
         Ok(&state.out)
     }
 
@@ -179,15 +212,30 @@ impl<B: Backend> Model<B> {
         state: &'s mut ForwardState<B>,
         batch: &mut [SequenceInput<'_, B::Cache>],
     ) -> Result<&'s [u32], ModelError> {
-        self.backend.run_step(|| self.forward_on_backend(state, batch, true))?;
+        self.backend.run_step(|| self.forward_on_backend(state, batch, Readout::Greedy))?;
         Ok(&state.chosen)
+    }
+
+    /// As [`Model::forward`], choosing each requested logits row's token as
+    /// `choices` (one per row, in row order) say. A backend that samples on
+    /// the device returns the ids only; rows it leaves to the host (and every
+    /// row on a backend without device sampling) are `None`, and then the
+    /// logits of all rows come back for the host's sampler.
+    pub fn forward_sampled<'s>(
+        &self,
+        state: &'s mut ForwardState<B>,
+        batch: &mut [SequenceInput<'_, B::Cache>],
+        choices: &[TokenChoice],
+    ) -> Result<SampledStep<'s>, ModelError> {
+        self.backend.run_step(|| self.forward_on_backend(state, batch, Readout::Sample(choices)))?;
+        Ok(SampledStep { ids: &state.sampled, logits: &state.out })
     }
 
     fn forward_on_backend(
         &self,
         state: &mut ForwardState<B>,
         batch: &mut [SequenceInput<'_, B::Cache>],
-        greedy: bool,
+        readout: Readout<'_>,
     ) -> Result<(), ModelError> {
         let cfg = &self.config;
         let (b, w) = (&self.backend, &self.weights);
@@ -231,6 +279,15 @@ impl<B: Backend> Model<B> {
             }
         }
         let n = st.ids.len();
+        if let Readout::Sample(choices) = readout {
+            if choices.len() != st.layout.logit_rows.len() {
+                return Err(ModelError::Backend {
+                    op: "sampling".into(),
+                    message: format!("{} token choices for {} logits rows", choices.len(), st.layout.logit_rows.len()),
+                });
+            }
+            b.set_sampling(choices);
+        }
         b.prepare_step(&st.layout, &st.ids, batch)?;
 
         // Embedding.
@@ -263,6 +320,7 @@ impl<B: Backend> Model<B> {
         let rows = st.layout.logit_rows.len();
         st.out.clear();
         st.chosen.clear();
+        st.sampled.clear();
         if rows == 0 {
             return b.finish_step();
         }
@@ -278,10 +336,16 @@ impl<B: Backend> Model<B> {
         b.resize(&mut st.normed, rows, hidden);
         b.resize(&mut st.logits, rows, vocab);
         b.rms_norm_linear(last, &w.final_norm, eps, &mut st.normed, &w.output, None, &mut st.logits);
-        if greedy {
-            b.read_greedy(&st.logits, vocab, &mut st.chosen);
-        } else {
-            b.read(&st.logits, &mut st.out);
+        match readout {
+            Readout::Greedy => b.read_greedy(&st.logits, vocab, &mut st.chosen),
+            Readout::Logits => b.read(&st.logits, &mut st.out),
+            Readout::Sample(_) => {
+                b.read_sampled(&st.logits, rows, vocab, &mut st.sampled);
+                if st.sampled.len() != rows || st.sampled.iter().any(Option::is_none) {
+                    st.sampled.resize(rows, None);
+                    b.read(&st.logits, &mut st.out);
+                }
+            }
         }
         b.finish_step()
     }

@@ -26,7 +26,7 @@ pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaKvCache};
 pub use error::ModelError;
-pub use forward::{ForwardState, LogitsWanted, Model, SequenceInput, TokenLayout};
+pub use forward::{ForwardState, LogitsWanted, Model, SampledStep, SequenceInput, TokenChoice, TokenLayout};
 pub use kv_cache::{KvCache, KvCacheOps, KvDType};
 pub use loader::{LoadOptions, TensorSource, WeightFormat};
 pub use weights::{LayerWeights, Weights};

@@ -18,11 +18,14 @@ pub use kv::CudaKvCache;
 use crate::forward::TokenLayout;
 use crate::kv_cache::{KvCacheOps, KvDType};
 use crate::loader::WeightFormat;
-use crate::{Backend, Config, ModelError, SequenceInput};
+use crate::{Backend, Config, ModelError, SequenceInput, TokenChoice};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_cpu::ops::RopeTable;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
-use chatglm_cuda::{device_ptr, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan};
+use chatglm_cuda::{
+    device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan,
+    SAMPLE_ROW_WORDS,
+};
 use chatglm_weights::{DType as FileDType, Tensor};
 use kv::KvPool;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -85,8 +88,11 @@ struct StepBuffers {
     gather: Option<CudaSlice<i32>>,
     /// Merge counters of the decode attention (zero between launches).
     counters: Option<CudaSlice<i32>>,
-    /// Greedy token ids of the logits rows.
+    /// Greedy or sampled token ids of the logits rows.
     chosen: Option<CudaSlice<i32>>,
+    /// The next step's sampling parameters (set_sampling), and on the device.
+    sampling: Vec<u32>,
+    sample_params: Option<CudaSlice<u32>>,
     kv_dtype: Option<DType>,
     /// The layer whose RoPE and cache append the QKV product already did.
     rotated: Option<usize>,
@@ -178,6 +184,42 @@ impl CudaBackend {
     /// and measurements can cover both.
     pub fn force_gemv_rows(&self, rows: usize) {
         self.gpu.force_gemv_rows(rows);
+    }
+
+    /// Chooses a token for each row of `logits` (rows × `cols`, host f32)
+    /// with the device sampler, as a decode step's sampling does: `None`
+    /// where the row is left to the host. For testing the device sampler
+    /// against the host's on the same logits.
+    pub fn sample_logits(
+        &self,
+        logits: &[f32],
+        cols: usize,
+        choices: &[TokenChoice],
+    ) -> Result<Vec<Option<u32>>, ModelError> {
+        let rows = choices.len();
+        if cols == 0 || logits.len() != rows * cols {
+            return Err(ModelError::Backend {
+                op: "sampling".into(),
+                message: format!("{} logits for {rows} rows of {cols}", logits.len()),
+            });
+        }
+        self.gpu.bind().map_err(|e| backend_err("sampling", e))?;
+        let words: Vec<u32> =
+            choices.iter().flat_map(|c| sample_row_words(c.temperature, c.top_p, c.top_k, c.uniform)).collect();
+        let run = || -> Result<Vec<i32>, CudaError> {
+            let mut x = self.gpu.alloc::<f32>(logits.len(), "logits")?;
+            self.gpu.upload(logits, &mut x, "logits")?;
+            let mut params = self.gpu.alloc::<u32>(words.len(), "sampling parameters")?;
+            self.gpu.upload(&words, &mut params, "sampling parameters")?;
+            let out = self.gpu.alloc::<i32>(rows.max(1), "sampled tokens")?;
+            // SAFETY: x holds rows×cols f32, params rows parameter rows, out ≥ rows i32.
+            unsafe { self.gpu.sample_rows(device_ptr(&x), rows, cols, device_ptr(&params), device_ptr(&out))? };
+            let mut ids = vec![-1i32; rows];
+            self.gpu.download(&out, &mut ids, "sampled tokens")?;
+            Ok(ids)
+        };
+        let ids = run().map_err(|e| backend_err("sampling", e))?;
+        Ok(ids.into_iter().map(|i| u32::try_from(i).ok()).collect())
     }
 
     /// `(free, total)` device memory in bytes.
@@ -333,6 +375,11 @@ impl Backend for CudaBackend {
                 }
             }
             ensure(&self.gpu, &mut st.chosen, plan.logit_rows.len().max(1), "greedy tokens")?;
+            if !st.sampling.is_empty() {
+                ensure(&self.gpu, &mut st.sample_params, st.sampling.len(), "sampling parameters")?;
+                let dst = st.sample_params.as_mut().expect("invariant: ensured");
+                self.gpu.upload(&st.sampling, dst, "sampling parameters")?;
+            }
             Ok(())
         };
         upload().map_err(|e| backend_err("prepare step", e))?;
@@ -347,6 +394,7 @@ impl Backend for CudaBackend {
     }
 
     fn finish_step(&self) -> Result<(), ModelError> {
+        lock(&self.step).sampling.clear();
         self.flush_step_launches();
         let synced = self.gpu.synchronize();
         if let Some(e) = lock(&self.error).take() {
@@ -833,6 +881,51 @@ impl Backend for CudaBackend {
         match r {
             Ok(()) => out.extend(ids.iter().map(|&i| i as u32)),
             Err(e) => self.fail(backend_err("argmax", e)),
+        }
+    }
+
+    fn set_sampling(&self, choices: &[TokenChoice]) {
+        let mut st = lock(&self.step);
+        st.sampling.clear();
+        for c in choices {
+            st.sampling.extend(sample_row_words(c.temperature, c.top_p, c.top_k, c.uniform));
+        }
+    }
+
+    fn read_sampled(&self, x: &CudaActivations, rows: usize, cols: usize, out: &mut Vec<Option<u32>>) {
+        out.clear();
+        if self.failed() {
+            return;
+        }
+        let mut ids = vec![-1i32; rows];
+        let r = (|| {
+            let mut st = lock(&self.step);
+            if x.rows != rows || x.cols != cols || st.sampling.len() != rows * SAMPLE_ROW_WORDS {
+                return Err(CudaError::Invalid {
+                    op: "sampling".into(),
+                    message: format!(
+                        "logits {}×{}, {rows}×{cols} expected, {} parameter words",
+                        x.rows,
+                        x.cols,
+                        st.sampling.len()
+                    ),
+                });
+            }
+            let xp = Self::input(x, rows, cols, "sampling")?;
+            let params = st.sample_params.as_ref().map_or(0, device_ptr);
+            let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "sampled tokens")?;
+            // SAFETY: x holds rows×cols f32 (checked); the parameters were
+            // uploaded in prepare_step for these rows; chosen holds ≥ rows i32.
+            unsafe { self.gpu.sample_rows(xp, rows, cols, params, p)? };
+            st.sampling.clear();
+            drop(st);
+            self.flush_step_launches();
+            let st = lock(&self.step);
+            self.gpu.download(st.chosen.as_ref().expect("invariant: ensured above"), &mut ids, "sampled tokens")
+        })();
+        match r {
+            Ok(()) => out.extend(ids.iter().map(|&i| u32::try_from(i).ok())),
+            Err(e) => self.fail(backend_err("sampling", e)),
         }
     }
 }
