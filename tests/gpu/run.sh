@@ -10,7 +10,8 @@
 #
 # Environment for `device`: BENCH=0 skips the benchmarks (BENCH_QUICK=1 runs only the f16 one),
 # TESTS=0 the tests, PREFETCH_SWEEP="0 8192" times mat-vec L2 prefetch sizes, GRAPH_COMPARE=1 adds a decode run without CUDA graphs,
-# LT_COMPARE=1 prefill with and without cuBLASLt, CONCURRENCY=16,64,128 batched decode (aggregate tok/s), PROFILE=1 adds
+# LT_COMPARE=1 prefill with and without cuBLASLt, MMA_COMPARE=1 decode attention on tensor cores and not,
+# MMA_BLOCKS_SWEEP="32 64 128" tensor-core decode blocks in all, CONCURRENCY=16,64,128 batched decode (aggregate tok/s), PROFILE=1 adds
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 set -euo pipefail
@@ -77,7 +78,7 @@ device() {
         grep -E "^test result" "$out/test-$(basename "$t").log" | tee -a "$summary"
       else
         failed=1
-        grep -E "^test .*FAILED|panicked|^test result" "$out/test-$(basename "$t").log" | head -20 | tee -a "$summary"
+        grep -E -A3 "^test .*FAILED|panicked|^test result" "$out/test-$(basename "$t").log" | head -40 | tee -a "$summary"
       fi
     done
     if ls "$BIN"/wheels/*.whl >/dev/null 2>&1; then
@@ -127,6 +128,14 @@ PY
     # Mat-vec L2 prefetch sizes (CHATGLM_GEMV_PREFETCH bytes per row).
     for pb in ${PREFETCH_SWEEP:-}; do
       run_bench "prefetch-$pb" env CHATGLM_GEMV_PREFETCH=$pb $b --dtype f16 --prompt-len 16 --gen-len 128 --repeat 2
+    done
+    if [ "${MMA_COMPARE:-0}" != 0 ]; then
+      for m in 1 0; do
+        run_bench "decode-mma-$m" env CHATGLM_DECODE_MMA=$m $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
+      done
+    fi
+    for k in ${MMA_BLOCKS_SWEEP:-}; do
+      run_bench "decode-mma-blocks-$k" env CHATGLM_DECODE_MMA_BLOCKS=$k $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
     done
     for k in ${DECODE_SWEEP:-}; do
       run_bench "decode-blocks-$k" env CHATGLM_DECODE_BLOCKS_PER_SM=$k $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16

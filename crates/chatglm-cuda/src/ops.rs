@@ -57,8 +57,9 @@ pub const DECODE_SLICE_TOKENS: usize = 128;
 /// Query heads of one KV group a CUDA-core decode-attention block takes (the
 /// tensor-core kernel takes all 16 of a group).
 pub const DECODE_HEADS_PER_BLOCK: usize = 4;
-/// Heads per KV group of the tensor-core decode kernel.
+/// Heads per KV group of the tensor-core decode kernel, and its block size.
 pub const DECODE_MMA_HEADS: usize = 16;
+const DECODE_MMA_THREADS: u32 = 256;
 /// Where the fused QKV product finds each token's position and cache
 /// ([`Gpu::gemv_qkv`]): device addresses of the step's metadata.
 #[derive(Debug, Clone, Copy)]
@@ -377,7 +378,10 @@ impl Gpu {
         match self.gemv_force_rows.load(std::sync::atomic::Ordering::Relaxed) {
             4 => 4,
             8 => 8,
-            _ if blocks4 <= 3 * self.gemv_blocks_per_sm[0] * self.info().multiprocessors => 8,
+            // 8-row blocks where 4-row ones would take about two waves or
+            // less (measured on the 6B shapes: dense and 4h→h 1,024 blocks,
+            // faster with 8 rows; QKV 1,152, faster with 4).
+            _ if blocks4 <= 2 * self.gemv_blocks_per_sm[0] * self.info().multiprocessors => 8,
             _ => 4,
         }
     }
@@ -729,7 +733,8 @@ impl Gpu {
         let blocks_per_group = (hg / self.decode_heads_per_block(&shape)) as u32;
         let grid =
             (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
-        self.launch(f, a, &name, cfg(grid, 128, 0))
+        let threads = if self.decode_mma(hg) { DECODE_MMA_THREADS } else { 128 };
+        self.launch(f, a, &name, cfg(grid, threads, 0))
     }
 
     unsafe fn combine(
@@ -804,6 +809,16 @@ fn decode_blocks_per_sm() -> usize {
     static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *V.get_or_init(|| {
         std::env::var("CHATGLM_DECODE_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(4)
+    })
+}
+
+/// Tensor-core decode-attention blocks wanted in all (`CHATGLM_DECODE_MMA_BLOCKS`,
+/// for measurements; default 128: of 32, 64 and 128 the fastest at 2K, 8K
+/// and 32K contexts on the H200).
+fn decode_mma_blocks() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("CHATGLM_DECODE_MMA_BLOCKS").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(128)
     })
 }
 
@@ -889,7 +904,14 @@ impl SplitPlan {
         let slices = max_ctx.div_ceil(unit).max(1);
         let hg = shape.n_heads / shape.n_groups.max(1);
         let base_blocks = (work * shape.n_groups * hg.div_ceil(heads_per_block.max(1))).max(1);
-        let wanted = (decode_blocks_per_sm() * multiprocessors).div_ceil(base_blocks).max(1);
+        // The tensor-core kernel's 8-warp blocks each keep 128 KB in flight:
+        // a few dozen fill the memory system, and fewer splits merge faster.
+        let target = if heads_per_block >= DECODE_MMA_HEADS {
+            decode_mma_blocks()
+        } else {
+            decode_blocks_per_sm() * multiprocessors
+        };
+        let wanted = target.div_ceil(base_blocks).max(1);
         let n_splits = wanted.min(slices).max(1);
         let n_splits = n_splits.min(DECODE_MAX_SPLITS);
         let chunk = slices.div_ceil(n_splits) * unit;

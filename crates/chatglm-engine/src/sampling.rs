@@ -173,12 +173,10 @@ impl Sampler {
             sort_prefix(cands, keep);
         }
         if params.top_k > 0 && params.top_k < cands.len() {
-            // transformers keeps every token tied with the k-th logit.
+            // transformers keeps every token tied with the k-th logit; past
+            // the sorted prefix the ties may sit anywhere, so count them all.
             let kth = cands[params.top_k - 1].1;
-            let mut n = params.top_k;
-            while n < cands.len() && cands[n].1 >= kth {
-                n += 1;
-            }
+            let n = params.top_k + cands[params.top_k..].iter().filter(|c| c.1 >= kth).count();
             if n > sorted {
                 sort_prefix(cands, n);
             }
@@ -318,6 +316,23 @@ mod tests {
         let mut l = vec![2.0, -2.0, 1.0];
         apply_repetition_penalty(&mut l, &[0, 1, 1, 0], 2.0);
         assert_eq!(l, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn top_k_keeps_every_tie_of_the_kth_wherever_it_sits() {
+        // Ties with the k-th logit scattered through the vocabulary (the GPU
+        // sampler found the host keeping only the ties a partial sort left
+        // next to it).
+        for k in [1usize, 2, 3] {
+            let mut logits: Vec<f32> = (0..1000).map(|i| -((i % 17) as f32)).collect();
+            for &i in &[10usize, 500, 990] {
+                logits[i] = 3.0;
+            }
+            let p = SamplingParams { temperature: 1.0, top_p: 1.0, top_k: k, ..SamplingParams::default() };
+            let mut ids: Vec<u32> = candidate_distribution(&logits, &p).iter().map(|c| c.0).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![10, 500, 990], "top_k {k}");
+        }
     }
 
     #[test]

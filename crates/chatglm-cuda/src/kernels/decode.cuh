@@ -33,8 +33,9 @@ __device__ __forceinline__ int decode_split(int ctx, int n_grid, int split, int*
     return (ctx + chunk - 1) / chunk;
 }
 
-// Shared memory of a decode block's end: each warp's running max and sum
-// (natural-log domain) and unnormalised output per head of the block.
+// Shared memory of a decode block's end: 4 warps' running max and sum
+// (natural-log domain) and unnormalised output per head of the block (a
+// block of more warps merges them down to 4 first).
 template <int HB>
 struct DecodeReduce {
     float m[4][HB], l[4][HB];
@@ -42,8 +43,8 @@ struct DecodeReduce {
     int is_last;
 };
 
-// The end of a decode block (every warp has written its part of `red` and
-// the block has not synchronised since): merges the 4 warps; with one split
+// The end of a decode block (warps 0-3 have written their parts of `red` and
+// the block has not synchronised since; any block size that is a multiple of 32): merges the 4 warps; with one split
 // writes the normalised output of heads h0..h0+HB of group g, otherwise this
 // split's partials, and the last split of the (token, group, head slice) to
 // finish merges them all. The merge order is fixed (split order), so the
@@ -54,10 +55,10 @@ __device__ __forceinline__ void decode_finish(DecodeReduce<HB>& red, float* out,
                                               int h0, int sub, int split, int n_grid, int n_splits, int n_groups,
                                               float* part_o, float* part_ml, int* counters) {
     constexpr int NSUB = HG / HB;
-    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, nt = blockDim.x;
     __syncthreads();
     const long part = ((long)wt * n_groups + g) * n_grid + split;
-    for (int i = tid; i < HB * DEC_D; i += 128) {
+    for (int i = tid; i < HB * DEC_D; i += nt) {
         const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
         float M = -INFINITY;
 #pragma unroll
@@ -93,7 +94,7 @@ __device__ __forceinline__ void decode_finish(DecodeReduce<HB>& red, float* out,
     __threadfence();
     const long base = ((long)wt * n_groups + g) * n_grid;
     float* wts = &red.o[0][0];  // [n_splits][HB], n_splits·HB ≤ 4·HB·DEC_D
-    for (int hh = w; hh < HB; hh += 4) {
+    for (int hh = w; hh < HB; hh += nt / 32) {
         const int h = h0 + hh;
         float M = -INFINITY;
         for (int k = lane; k < n_splits; k += 32) M = fmaxf(M, __ldcg(&part_ml[(base + k) * 2 * HG + h]));
@@ -109,23 +110,31 @@ __device__ __forceinline__ void decode_finish(DecodeReduce<HB>& red, float* out,
         for (int k = lane; k < n_splits; k += 32) wts[k * HB + hh] /= L;
     }
     __syncthreads();
-    for (int i = tid; i < HB * DEC_D; i += 128) {
-        const int hh = i / DEC_D, d = i % DEC_D, h = h0 + hh;
-        const float* po = part_o + (base * HG + h) * DEC_D + d;
-        const long stride = (long)HG * DEC_D;
-        // Sixteen partials in flight at a time (a loop of dependent L2 round
-        // trips would serialise the merge); the summation order is fixed.
-        float O = 0.f;
+    for (int i = tid; i < HB * DEC_D / 4; i += nt) {
+        const int hh = i * 4 / DEC_D, d = i * 4 % DEC_D, h = h0 + hh;
+        const float4* po = (const float4*)(part_o + (base * HG + h) * DEC_D + d);
+        const long stride = (long)HG * DEC_D / 4;
+        // 32 partials in flight at a time (a loop of dependent L2 round trips
+        // would serialise the merge, which ends the step's attention); the
+        // summation order is fixed.
+        float4 O = make_float4(0.f, 0.f, 0.f, 0.f);
         int k = 0;
-        for (; k + 16 <= n_splits; k += 16) {
-            float v[16];
+        for (; k + 32 <= n_splits; k += 32) {
+            float4 v[32];
 #pragma unroll
-            for (int j = 0; j < 16; j++) v[j] = __ldcg(po + (k + j) * stride);
+            for (int j = 0; j < 32; j++) v[j] = __ldcg(po + (k + j) * stride);
 #pragma unroll
-            for (int j = 0; j < 16; j++) O += v[j] * wts[(k + j) * HB + hh];
+            for (int j = 0; j < 32; j++) {
+                const float f = wts[(k + j) * HB + hh];
+                O.x += v[j].x * f; O.y += v[j].y * f; O.z += v[j].z * f; O.w += v[j].w * f;
+            }
         }
-        for (; k < n_splits; k++) O += __ldcg(po + k * stride) * wts[k * HB + hh];
-        out[(long)t * out_width + (long)(g * HG + h) * DEC_D + d] = O;
+        for (; k < n_splits; k++) {
+            const float4 v = __ldcg(po + k * stride);
+            const float f = wts[k * HB + hh];
+            O.x += v.x * f; O.y += v.y * f; O.z += v.z * f; O.w += v.w * f;
+        }
+        *(float4*)(out + (long)t * out_width + (long)(g * HG + h) * DEC_D + d) = O;
     }
     if (tid == 0) *counter = 0;
 }

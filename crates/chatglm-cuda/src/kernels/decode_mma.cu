@@ -17,10 +17,15 @@
 // column n. Softmax runs on exp2 with Q pre-scaled by log2(e)/sqrt(D); the
 // state goes back to natural logs for decode_finish.
 //
-// Launch: grid = (n_groups, work tokens, most splits), block = 128 (4 warps
+// Each warp requests its next tile before computing the current one (two
+// tiles, 16 KB, in flight per warp), and a block has 8 warps, so a few dozen
+// blocks keep the memory busy: few splits, so merging them stays cheap.
+//
+// Launch: grid = (n_groups, work tokens, most splits), block = 256 (8 warps
 // on interleaved 16-key tiles of the block's split); block_tokens a multiple
 // of 16. Splits and merging as attn_decode (decode.cuh), heads per block 16.
 #define MMA_KEYS 16
+#define MMA_WARPS 8
 
 __device__ __forceinline__ u32 word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
@@ -29,14 +34,51 @@ __device__ __forceinline__ u32 word_of(const uint4& v, int i) {
 // Output dimension of column n of n-tile j (see above).
 __device__ __forceinline__ int pv_dim(int j, int n) { return (j >> 3) * 64 + n * 8 + (j & 7); }
 
-extern "C" __global__ void __launch_bounds__(128)
+// The key chunks and value rows lane (gr, tq) needs of one 16-key tile.
+struct KvTile {
+    uint4 k[2][4], v[4][2];
+};
+
+// Tile at key `kb` of a context ending at k_end; zeros past the context
+// (stale cache data, possibly NaN, must not reach P·V).
+__device__ __forceinline__ void load_tile(KvTile& tile, const u64* table, int kb, int k_end, int block_tokens,
+                                          long koff, long voff, int gr, int tq) {
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    const u16* blk = (const u16*)table[kb / block_tokens];
+    const int tok0 = kb % block_tokens;
+    const u16* kbase = blk + koff + (long)tok0 * DEC_D;
+    const u16* vbase = blk + voff + (long)tok0 * DEC_D;
+    const int nvalid = min(MMA_KEYS, k_end - kb);
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        const int key = nt * 8 + gr;
+        const uint4* row = (const uint4*)(kbase + (long)key * DEC_D);
+#pragma unroll
+        for (int i = 0; i < 4; i++) tile.k[nt][i] = key < nvalid ? row[i * 4 + tq] : zero;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const int key = 2 * tq + (r & 1) + (r >> 1) * 8;
+        const u16* row = vbase + (long)key * DEC_D + gr * 8;
+        tile.v[r][0] = key < nvalid ? *(const uint4*)row : zero;
+        tile.v[r][1] = key < nvalid ? *(const uint4*)(row + 64) : zero;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attn_decode_mma16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
                       const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
                       int n_groups, int layer, int block_tokens, float scale, float* part_o, float* part_ml,
                       int* counters) {
 #if __CUDA_ARCH__ >= 800
     constexpr int HG = 16;
-    __shared__ DecodeReduce<HG> red;
+    // First the 8 → 4 warp merge's fragments, then decode_finish's DecodeReduce.
+    constexpr int RAW_FLOATS = 4 * 68 * 32;
+    constexpr int SMEM_BYTES =
+        sizeof(DecodeReduce<HG>) > RAW_FLOATS * 4 ? sizeof(DecodeReduce<HG>) : RAW_FLOATS * 4;
+    __shared__ __align__(16) unsigned char smem[SMEM_BYTES];
+    DecodeReduce<HG>& red = *reinterpret_cast<DecodeReduce<HG>*>(smem);
+    float* raw = reinterpret_cast<float*>(smem);
     const int g = blockIdx.x, wt = blockIdx.y, split = blockIdx.z, n_grid = gridDim.z;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
     const int t = work_tokens[wt];
@@ -47,9 +89,17 @@ extern "C" __global__ void __launch_bounds__(128)
     pdl_launch_dependents();
     if (split >= n_splits) return;
     const u64* table = block_table + (long)seq * max_blocks;
-    if (lane < MMA_KEYS && k_begin + w * MMA_KEYS + lane < k_end)
-        prefetch_kv_row(table, k_begin + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+    constexpr int STEP = MMA_WARPS * MMA_KEYS;
+    if (lane < MMA_KEYS && k_begin + STEP + w * MMA_KEYS + lane < k_end)
+        prefetch_kv_row(table, k_begin + STEP + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+    const long per_group = (long)block_tokens * DEC_D;
+    const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group;
+    const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
     pdl_wait();
+    // The cache rows of this step's tokens were written by the kernel before.
+    KvTile cur;
+    if (k_begin + w * MMA_KEYS < k_end)
+        load_tile(cur, table, k_begin + w * MMA_KEYS, k_end, block_tokens, koff, voff, gr, tq);
 
     // Q fragments: k-step kc covers dims 8(4(kc/2)+q) + 4(kc%2) + {0,1} (a0,
     // a1) and + {2,3} (a2, a3), rows = heads gr and gr + 8.
@@ -71,36 +121,14 @@ extern "C" __global__ void __launch_bounds__(128)
 #pragma unroll
     for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    const long per_group = (long)block_tokens * DEC_D;
-    const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group;
-    const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
 
-    for (int kb = k_begin + w * MMA_KEYS; kb < k_end; kb += 4 * MMA_KEYS) {
-        if (lane < MMA_KEYS && kb + 4 * MMA_KEYS + lane < k_end)
-            prefetch_kv_row(table, kb + 4 * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
-        const u16* blk = (const u16*)table[kb / block_tokens];
-        const int tok0 = kb % block_tokens;
-        const u16* kbase = blk + koff + (long)tok0 * DEC_D;
-        const u16* vbase = blk + voff + (long)tok0 * DEC_D;
+    for (int kb = k_begin + w * MMA_KEYS; kb < k_end; kb += STEP) {
+        KvTile nxt;
+        const bool more = kb + STEP < k_end;
+        if (more) load_tile(nxt, table, kb + STEP, k_end, block_tokens, koff, voff, gr, tq);
+        if (lane < MMA_KEYS && kb + 2 * STEP + lane < k_end)
+            prefetch_kv_row(table, kb + 2 * STEP + lane, block_tokens, layer, n_groups, g);
         const int nvalid = min(MMA_KEYS, k_end - kb);
-        // Past the context the cache holds stale data (possibly NaN): zeros
-        // keep 0·NaN out of P·V.
-        uint4 kr[2][4], vr[4][2];
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            const int key = nt * 8 + gr;
-            const uint4* row = (const uint4*)(kbase + (long)key * DEC_D);
-#pragma unroll
-            for (int i = 0; i < 4; i++) kr[nt][i] = key < nvalid ? row[i * 4 + tq] : zero;
-        }
-#pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int key = 2 * tq + (r & 1) + (r >> 1) * 8;
-            const u16* row = vbase + (long)key * DEC_D + gr * 8;
-            vr[r][0] = key < nvalid ? *(const uint4*)row : zero;
-            vr[r][1] = key < nvalid ? *(const uint4*)(row + 64) : zero;
-        }
 
         float s[2][4];
 #pragma unroll
@@ -108,7 +136,7 @@ extern "C" __global__ void __launch_bounds__(128)
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
             for (int kc = 0; kc < 8; kc++) {
-                const uint4 v = kr[nt][kc >> 1];
+                const uint4 v = cur.k[nt][kc >> 1];
                 const u32 b[2] = {(kc & 1) ? v.z : v.x, (kc & 1) ? v.w : v.y};
                 mma16816(s[nt], qf[kc], b);
             }
@@ -146,30 +174,66 @@ extern "C" __global__ void __launch_bounds__(128)
             o[j][3] *= a1;
             const int hf = j >> 3, wi = (j & 7) >> 1;
             const u32 sel = (j & 1) ? 0x7632u : 0x5410u;
-            const u32 b[2] = {__byte_perm(word_of(vr[0][hf], wi), word_of(vr[1][hf], wi), sel),
-                              __byte_perm(word_of(vr[2][hf], wi), word_of(vr[3][hf], wi), sel)};
+            const u32 b[2] = {__byte_perm(word_of(cur.v[0][hf], wi), word_of(cur.v[1][hf], wi), sel),
+                              __byte_perm(word_of(cur.v[2][hf], wi), word_of(cur.v[3][hf], wi), sel)};
             mma16816(o[j], pa, b);
         }
+        if (more) cur = nxt;
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    if (tq == 0) {
-        const float ln2 = 0.6931471805599453f;
-        red.m[w][gr] = m0 * ln2;
-        red.m[w][gr + 8] = m1 * ln2;
-        red.l[w][gr] = l0;
-        red.l[w][gr + 8] = l1;
-    }
+    // Warps 4-7 hand their state to warps 0-3 (the same fragment layout, so
+    // lane for lane), which merge it into theirs.
+    if (w >= 4) {
+        float* mine = raw + (w - 4) * 68 * 32 + lane;
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const int d0 = pv_dim(j, 2 * tq), d1 = pv_dim(j, 2 * tq + 1);
-        red.o[w][gr * DEC_D + d0] = o[j][0];
-        red.o[w][gr * DEC_D + d1] = o[j][1];
-        red.o[w][(gr + 8) * DEC_D + d0] = o[j][2];
-        red.o[w][(gr + 8) * DEC_D + d1] = o[j][3];
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) mine[(j * 4 + e) * 32] = o[j][e];
+        mine[64 * 32] = m0;
+        mine[65 * 32] = m1;
+        mine[66 * 32] = l0;
+        mine[67 * 32] = l1;
+    }
+    __syncthreads();
+    if (w < 4) {
+        const float* other = raw + w * 68 * 32 + lane;
+        const float pm0 = other[64 * 32], pm1 = other[65 * 32];
+        const float M0 = fmaxf(m0, pm0), M1 = fmaxf(m1, pm1);
+        const float fa0 = m0 == -INFINITY ? 0.f : exp2f(m0 - M0), fb0 = pm0 == -INFINITY ? 0.f : exp2f(pm0 - M0);
+        const float fa1 = m1 == -INFINITY ? 0.f : exp2f(m1 - M1), fb1 = pm1 == -INFINITY ? 0.f : exp2f(pm1 - M1);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            o[j][0] = o[j][0] * fa0 + other[(j * 4 + 0) * 32] * fb0;
+            o[j][1] = o[j][1] * fa0 + other[(j * 4 + 1) * 32] * fb0;
+            o[j][2] = o[j][2] * fa1 + other[(j * 4 + 2) * 32] * fb1;
+            o[j][3] = o[j][3] * fa1 + other[(j * 4 + 3) * 32] * fb1;
+        }
+        l0 = l0 * fa0 + other[66 * 32] * fb0;
+        l1 = l1 * fa1 + other[67 * 32] * fb1;
+        m0 = M0;
+        m1 = M1;
+    }
+    __syncthreads();
+    if (w < 4) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        if (tq == 0) {
+            const float ln2 = 0.6931471805599453f;
+            red.m[w][gr] = m0 * ln2;
+            red.m[w][gr + 8] = m1 * ln2;
+            red.l[w][gr] = l0;
+            red.l[w][gr + 8] = l1;
+        }
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int d0 = pv_dim(j, 2 * tq), d1 = pv_dim(j, 2 * tq + 1);
+            red.o[w][gr * DEC_D + d0] = o[j][0];
+            red.o[w][gr * DEC_D + d1] = o[j][1];
+            red.o[w][(gr + 8) * DEC_D + d0] = o[j][2];
+            red.o[w][(gr + 8) * DEC_D + d1] = o[j][3];
+        }
     }
     decode_finish<HG, HG>(red, out, out_width, t, wt, g, 0, 0, split, n_grid, n_splits, n_groups, part_o, part_ml,
                           counters);

@@ -13,6 +13,10 @@
 // reaches past the sorted candidates (a flat distribution), or whose top-k
 // exceeds them, are left to the host: out = -1.
 //
+// Exponentials are f32 results of an f64 exp, so they round as the host's
+// correctly rounded expf does (CUDA's expf may differ in the last bit, and a
+// tied distribution puts draws exactly on the boundaries).
+//
 // grid = rows, block = 1024.
 #define SAMPLE_THREADS 1024
 #define SAMPLE_CANDIDATES 1024
@@ -35,6 +39,8 @@ __device__ __forceinline__ u32 float_order(float f) {
 __device__ __forceinline__ float order_float(u32 k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
+
+__device__ __forceinline__ float exp_f32(float x) { return (float)exp((double)x); }
 
 __device__ __forceinline__ double block_sum_f64(double v, double* red) {
 #pragma unroll
@@ -159,13 +165,13 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     // each term an f32 exponential summed in f64 as the host does.
     double part = 0.0;
     if (top_k_on) {
-        for (int i = tid; i < n; i += SAMPLE_THREADS) part += (double)expf(order_float((u32)(keys[i] >> 32)) - mx);
+        for (int i = tid; i < n; i += SAMPLE_THREADS) part += (double)exp_f32(order_float((u32)(keys[i] >> 32)) - mx);
     } else {
-        for (int i = tid; i < vocab; i += SAMPLE_THREADS) part += (double)expf(x[i] / t - mx);
+        for (int i = tid; i < vocab; i += SAMPLE_THREADS) part += (double)exp_f32(x[i] / t - mx);
     }
     const double total = block_sum_f64(part, red_d);
     for (int i = tid; i < n; i += SAMPLE_THREADS)
-        probs[i] = (float)((double)expf(order_float((u32)(keys[i] >> 32)) - mx) / total);
+        probs[i] = (float)((double)exp_f32(order_float((u32)(keys[i] >> 32)) - mx) / total);
     __syncthreads();
     if (tid != 0) return;
     // `complete`: the sorted candidates are everything kept.
