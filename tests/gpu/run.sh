@@ -11,7 +11,8 @@
 # Environment for `device`: BENCH=0 skips the benchmarks (BENCH_QUICK=1 runs only the f16 one),
 # TESTS=0 the tests, PREFETCH_SWEEP="0 8192" times mat-vec L2 prefetch sizes, GRAPH_COMPARE=1 adds a decode run without CUDA graphs,
 # LT_COMPARE=1 prefill with and without cuBLASLt, MMA_COMPARE=1 decode attention on tensor cores and not,
-# MMA_BLOCKS_SWEEP="32 64 128" tensor-core decode blocks in all, CONCURRENCY=16,64,128 batched decode (aggregate tok/s), PROFILE=1 adds
+# MMA_BLOCKS_SWEEP="32 64 128" tensor-core decode blocks in all, ATT_PREFETCH_SWEEP="0 8192" bytes per row the
+# product after attention starts towards L2 during it, CONCURRENCY=16,64,128 batched decode (aggregate tok/s), PROFILE=1 adds
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 set -euo pipefail
@@ -134,6 +135,9 @@ PY
         run_bench "decode-mma-$m" env CHATGLM_DECODE_MMA=$m $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
       done
     fi
+    for pb in ${ATT_PREFETCH_SWEEP:-}; do
+      run_bench "after-attention-prefetch-$pb" env CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION=$pb $b --dtype f16 --prompt-len 0 --gen-len 64 --context 2048,8192 --context-steps 32
+    done
     for k in ${MMA_BLOCKS_SWEEP:-}; do
       run_bench "decode-mma-blocks-$k" env CHATGLM_DECODE_MMA_BLOCKS=$k $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
     done
@@ -161,7 +165,8 @@ import csv, sys, collections, re
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 head = rows[0]; rows = rows[1:]
 ki, mi, vi, ui = head.index("Kernel Name"), head.index("Metric Name"), head.index("Metric Value"), head.index("Metric Unit")
-scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}
+scale = {"byte": 1, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3,
+         "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 t = collections.defaultdict(float); b = collections.defaultdict(float); n = collections.Counter()
 for r in rows:
     name = re.sub(r"\(.*", "", r[ki]); name = re.sub(r"_\d+$", "", name) if name.startswith(("gemv", "embed")) else name

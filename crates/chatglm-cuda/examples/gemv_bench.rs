@@ -58,6 +58,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                         cols,
                         mode,
                         norm_arg,
+                        None,
                     )
                 }
             };

@@ -301,7 +301,9 @@ impl Gpu {
     /// Mat-vec for 1..=8 tokens: `x` (n × cols f32) against `w` (rows × cols).
     /// `bias` (rows f32) or 0. `out`: n × rows (Store, Accumulate) or
     /// n × rows/2 (SwiGlu). With `norm` = (weights, eps), x is RMS-normalised
-    /// first (the norm fused into the product; weights: cols f32).
+    /// first (the norm fused into the product; weights: cols f32). `prefetch`:
+    /// bytes of each weight row its blocks start towards L2 before waiting for
+    /// the kernel ahead (None: the device's `CHATGLM_GEMV_PREFETCH`).
     ///
     /// # Safety
     /// Pointers must hold the sizes above.
@@ -317,6 +319,7 @@ impl Gpu {
         cols: usize,
         mode: GemvMode,
         norm: Option<(u64, f32)>,
+        prefetch: Option<usize>,
     ) -> Result<(), CudaError> {
         let (nw, eps) = norm.unwrap_or((0, 0.0));
         if n == 0 || n > GEMV_MAX_TOKENS {
@@ -356,7 +359,7 @@ impl Gpu {
             let name = format!("{prefix}_{}_{}_{}", dtype.code(), n, mode as usize);
             let f = self.kernel(&name)?;
             let mut a = Args::default();
-            let pf = self.prefetch_bytes();
+            let pf = prefetch.map_or_else(|| self.prefetch_bytes(), |b| b.min(1 << 30) as i32);
             a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&half32).arg(&nw).arg(&eps).arg(&pf);
             self.launch(f, a, &name, launch_cfg)
         } else {
@@ -378,10 +381,7 @@ impl Gpu {
         match self.gemv_force_rows.load(std::sync::atomic::Ordering::Relaxed) {
             4 => 4,
             8 => 8,
-            // 8-row blocks where 4-row ones would take about two waves or
-            // less (measured on the 6B shapes: dense and 4h→h 1,024 blocks,
-            // faster with 8 rows; QKV 1,152, faster with 4).
-            _ if blocks4 <= 2 * self.gemv_blocks_per_sm[0] * self.info().multiprocessors => 8,
+            _ if blocks4 <= 3 * self.gemv_blocks_per_sm[0] * self.info().multiprocessors => 8,
             _ => 4,
         }
     }

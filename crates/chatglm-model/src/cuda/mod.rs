@@ -96,6 +96,8 @@ struct StepBuffers {
     kv_dtype: Option<DType>,
     /// The layer whose RoPE and cache append the QKV product already did.
     rotated: Option<usize>,
+    /// The last operation was attention (the next product is the dense one).
+    after_attention: bool,
     /// Whether this step's launches are queued for a graph.
     graph: bool,
 }
@@ -112,6 +114,9 @@ pub struct CudaBackend {
     /// Measured on the H200 (6B, f16, ms per step at 1/2/3/4/8 tokens):
     /// mat-vec 3.71/4.40/5.34/5.52/8.36, cuBLAS –/5.08/5.02/5.06/5.12.
     gemv_max_tokens: usize,
+    /// Bytes of each weight row the product after attention starts towards
+    /// L2 before the attention ends (`CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION`).
+    prefetch_after_attention: Option<usize>,
     inv_freq: CudaSlice<f32>,
     n_pairs: usize,
     pools: Mutex<Vec<Arc<KvPool>>>,
@@ -168,6 +173,9 @@ impl CudaBackend {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_GEMV_MAX_TOKENS)
                 .clamp(1, GEMV_MAX_TOKENS),
+            prefetch_after_attention: std::env::var("CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             inv_freq,
             n_pairs: rope.n_pairs(),
             pools: Mutex::new(Vec::new()),
@@ -812,6 +820,7 @@ impl Backend for CudaBackend {
                     }
                 }
             }
+            st.after_attention = true;
             Ok(())
         });
     }

@@ -48,10 +48,15 @@ impl CudaBackend {
             Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
             None => None,
         };
+        // The product after attention may start its weights towards L2 while
+        // the attention runs (the memory is idle then at short contexts);
+        // others use the device default.
+        let after_attention = std::mem::take(&mut lock(&self.step).after_attention);
         if n <= self.gemv_max_tokens {
+            let prefetch = after_attention.then_some(self.prefetch_after_attention).flatten();
             // SAFETY: sizes checked above: w rows×cols, x n×cols, out n×out_cols,
             // bias rows, norm weights cols.
-            return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode, norm) };
+            return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode, norm, prefetch) };
         }
         if norm.is_some() {
             return Err(CudaError::Invalid { op: op.into(), message: "a fused norm needs ≤ 8 tokens".into() });
