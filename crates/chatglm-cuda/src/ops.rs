@@ -94,6 +94,9 @@ pub const DECODE_MAX_SPLITS: usize = 512;
 /// Cached tokens per KV block: the flash kernel's key tile.
 pub const FLASH_HEAD_DIM: usize = 128;
 pub const FLASH_TILE_TOKENS: usize = 64;
+/// Dynamic shared memory of the flash kernel: two stages of a K and a V tile
+/// (64 rows padded to 136 halves).
+pub(crate) const FLASH_SMEM_BYTES: usize = 2 * 2 * FLASH_TILE_TOKENS * 136 * 2;
 
 fn grid_for(n: usize, per_block: usize) -> u32 {
     // Grid-stride kernels: enough blocks to fill the device, capped.
@@ -798,7 +801,7 @@ impl Gpu {
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&tiles).arg(&block_table).arg(&ints[2]);
         a.arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&q_scale);
         let grid = (check_i32("attn_flash_f16", "tiles", n_tiles)? as u32, shape.n_heads as u32, 1);
-        self.launch(f, a, "attn_flash_f16", cfg(grid, 128, 0))
+        self.launch(f, a, "attn_flash_f16", cfg(grid, 128, FLASH_SMEM_BYTES as u32))
     }
 }
 

@@ -1,11 +1,12 @@
 // Prefill attention on tensor cores (flash-attention 2 scheme): the score
 // matrix is never stored; each warp keeps 16 query rows' scores, softmax
 // state and output in registers while 64-key tiles of the f16 cache stream
-// through shared memory.
+// through shared memory, two stages deep: the next tile is copied in
+// (cp.async) while the current one is computed.
 //
 // One block = one 64-row query tile of one sequence × one query head; 4 warps
 // × 16 rows. Head size 128, f16 cache, 64-token cache blocks (= the key tile),
-// host-checked. Scores use mma.sync m16n8k16 (f16 in, f32 accumulate) with Q
+// host-checked; dynamic shared memory FLASH_SMEM_BYTES. Scores use mma.sync m16n8k16 (f16 in, f32 accumulate) with Q
 // pre-scaled by log2(e)/sqrt(D), so softmax runs on exp2. K and V tiles are
 // copied row-major into shared memory with 16-byte stores; V's fragments for
 // P·V come transposed by ldmatrix.trans. Rows are padded to 136 halves so
@@ -18,14 +19,34 @@
 #define FD 128
 #define FTK 64
 #define KS_STRIDE 136
+#define FLASH_STAGE (2 * FTK * KS_STRIDE)  // halves: K then V
+
+// Starts copying key tile kt of the sequence (group g of `layer`) into
+// shared-memory stage `st`: K then V, rows past the context zero-filled
+// (stale cache data, possibly NaN, must not reach P·V).
+__device__ __forceinline__ void flash_load_tile(u16* stage, const u64* table, int kt, int ctx_end, int layer,
+                                                int n_groups, int g) {
+    const long per_group = (long)FTK * FD;
+    const u16* blk = (const u16*)table[kt];
+    const u16* kb = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group;
+    const u16* vb = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group;
+    const int nk = min(FTK, ctx_end - kt * FTK);
+    u16* Ks = stage;
+    u16* Vs = stage + FTK * KS_STRIDE;
+    for (int i = threadIdx.x; i < FTK * FD / 8; i += 128) {
+        const int j = i / (FD / 8), c = (i % (FD / 8)) * 8;
+        cp_async16(Ks + j * KS_STRIDE + c, kb + (long)j * FD + c, j < nk);
+        cp_async16(Vs + j * KS_STRIDE + c, vb + (long)j * FD + c, j < nk);
+    }
+    cp_async_commit();
+}
 
 extern "C" __global__ void __launch_bounds__(128)
     attn_flash_f16(const float* qkv, int width, float* out, int out_width, const int* tiles,
                    const u64* block_table, int max_blocks, int n_heads, int n_groups, int layer, float q_scale) {
     pdl_launch_dependents();
     pdl_wait();
-    __shared__ __align__(16) u16 Ks[FTK * KS_STRIDE];
-    __shared__ __align__(16) u16 Vs[FTK * KS_STRIDE];
+    extern __shared__ __align__(16) u16 fsm[];  // 2 stages
     const int tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;
     const int seq = tiles[tile * 4], first_row = tiles[tile * 4 + 1];
     const int n_rows = tiles[tile * 4 + 2], first_pos = tiles[tile * 4 + 3];
@@ -55,27 +76,19 @@ extern "C" __global__ void __launch_bounds__(128)
     const int pos0 = first_pos + r0, pos1 = first_pos + r1;
     const int ctx_end = first_pos + n_rows;
     const int n_ktiles = (ctx_end + FTK - 1) / FTK;
-    const long per_group = (long)FTK * FD;
+    const u64* table = block_table + (long)seq * max_blocks;
 
+    flash_load_tile(fsm, table, 0, ctx_end, layer, n_groups, g);
     for (int kt = 0; kt < n_ktiles; kt++) {
-        const u16* blk = (const u16*)block_table[(long)seq * max_blocks + kt];
-        const u16* kb = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group;
-        const u16* vb = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group;
-        const int nk = min(FTK, ctx_end - kt * FTK);
-        __syncthreads();
-        for (int i = threadIdx.x; i < FTK * FD / 8; i += 128) {
-            const int j = i / (FD / 8), c = (i % (FD / 8)) * 8;
-            uint4 k4 = make_uint4(0u, 0u, 0u, 0u), v4 = make_uint4(0u, 0u, 0u, 0u);
-            // Positions past the cached ones hold stale data (possibly NaN):
-            // zeros keep 0·NaN out of P·V.
-            if (j < nk) {
-                k4 = *(const uint4*)(kb + (long)j * FD + c);
-                v4 = *(const uint4*)(vb + (long)j * FD + c);
-            }
-            *(uint4*)(Ks + j * KS_STRIDE + c) = k4;
-            *(uint4*)(Vs + j * KS_STRIDE + c) = v4;
+        if (kt + 1 < n_ktiles) {
+            flash_load_tile(fsm + ((kt + 1) & 1) * FLASH_STAGE, table, kt + 1, ctx_end, layer, n_groups, g);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
+        const u16* Ks = fsm + (kt & 1) * FLASH_STAGE;
+        const u16* Vs = Ks + FTK * KS_STRIDE;
 
         float s[8][4];
 #pragma unroll
@@ -151,6 +164,8 @@ extern "C" __global__ void __launch_bounds__(128)
                 mma16816(o[2 * nd2 + 1], pa, b + 2);
             }
         }
+        // Every warp is done with this stage before it is refilled.
+        __syncthreads();
     }
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
