@@ -5,10 +5,12 @@
 #   bench/serve/run.sh                          # tiny dev model (seconds)
 #   MODEL=/work/synth6b DTYPE=q4_0 CONCURRENCY=1,8 REQUESTS=4 MAX_TOKENS=16 SECONDS_PER_LEVEL=150 \
 #       bench/serve/run.sh                      # synthetic 6B, quantized on load (minutes)
+#   MODEL=synthetic:chatglm2-6b:testdata/chatglm2-tokenizer/tokenizer.model SERVE_ARGS="--device cuda" \
+#       MAX_BATCH=64 CONCURRENCY=64 REQUESTS=256 MAX_TOKENS=256 bench/serve/run.sh   # on a GPU, random 6B weights
 #
 # Env: MODEL, DTYPE (auto), CONCURRENCY (1,8,32), REQUESTS (64 per level),
 #      MAX_TOKENS (64), SECONDS_PER_LEVEL (60: stop issuing requests after this long), CHATGLM_BIN (skip the build),
-#      SERVE_ARGS (extra flags for `chatglm serve`, e.g. --device cuda), JSON (write results there),
+#      SERVE_ARGS (extra flags for `chatglm serve`, e.g. --device cuda), MAX_BATCH (32), JSON (write results there),
 #      MIX=1 (varied prompt and output lengths; MAX_PROMPT_WORDS caps them, e.g. 100 for the dev model's
 #      512-token context), RATE (open-loop Poisson arrivals, requests/s).
 set -euo pipefail
@@ -25,13 +27,14 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 log=$(mktemp /tmp/chatglm-serve-XXXX.log)
 # shellcheck disable=SC2086
 "$CHATGLM_BIN" serve -m "$model" --dtype "${DTYPE:-auto}" --host 127.0.0.1 --port "$port" \
-    --max-batch 32 ${SERVE_ARGS:-} 2>"$log" &
+    --max-batch "${MAX_BATCH:-32}" ${SERVE_ARGS:-} 2>"$log" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 
 # Loading a 6B checkpoint (and quantizing it) takes a while.
 for _ in $(seq 1 1200); do
-    if curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1; then break; fi
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" \
+        >/dev/null 2>&1; then break; fi
     if ! kill -0 $server 2>/dev/null; then cat "$log"; exit 1; fi
     sleep 0.5
 done
@@ -41,4 +44,4 @@ python3 "$here/load_test.py" --url "http://127.0.0.1:$port" \
     --concurrency "${CONCURRENCY:-1,8,32}" --requests "${REQUESTS:-64}" \
     --max-tokens "${MAX_TOKENS:-64}" --seconds "${SECONDS_PER_LEVEL:-60}" \
     ${MIX:+--mix} ${RATE:+--rate "$RATE"} ${MAX_PROMPT_WORDS:+--max-prompt-words "$MAX_PROMPT_WORDS"} ${JSON:+--json "$JSON"}
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^chatglm_(requests_total|completion_tokens_total|engine_steps_total|engine_step_tokens_total) '
+python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" | grep -E '^chatglm_(requests_total|completion_tokens_total|engine_steps_total|engine_step_tokens_total) '

@@ -13,7 +13,8 @@
 # LT_COMPARE=1 prefill with and without cuBLASLt, MMA_COMPARE=1 decode attention on tensor cores and not,
 # MMA_BLOCKS_SWEEP="32 64 128" tensor-core decode blocks in all, ATT_PREFETCH_SWEEP="0 8192" bytes per row the
 # product after attention starts towards L2 during it, CONCURRENCY=16,64,128 batched decode (aggregate tok/s), PROFILE=1 adds
-# per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); CUDA libraries are
+# per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); SERVE_CONCURRENCY=64 the HTTP server
+# under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -54,6 +55,8 @@ for line in sys.stdin:
   fi
   cp "$data/README.md" "$BIN/testdata/"
   cp -r "$data/dev" "$BIN/testdata/dev"
+  mkdir -p "$BIN/testdata/chatglm2-tokenizer"
+  cp "$data/chatglm2-tokenizer/tokenizer.model" "$BIN/testdata/chatglm2-tokenizer/"
   ls -la "$BIN" "$BIN/tests"
   du -sh "$BIN"
 }
@@ -92,6 +95,12 @@ device() {
     [ "$failed" = 0 ] && echo "tests: all passed" | tee -a "$summary" || echo "tests: FAILURES (see test-*.log)" | tee -a "$summary"
   fi
 
+  run_bench() {
+    local name=$1; shift
+    echo "== bench $name: $*" | tee -a "$summary"
+    if "$@" >"$out/bench-$name.txt" 2>&1; then tail -n 12 "$out/bench-$name.txt" | tee -a "$summary"; else
+      echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
+  }
   if [ "${BENCH:-1}" != 0 ]; then
     echo "== decode mat-vec kernels (6B shapes, f16, batch 1)" | tee -a "$summary"
     "$BIN/gemv_bench" 2>&1 | tee -a "$summary" || echo "gemv_bench FAILED" | tee -a "$summary"
@@ -108,12 +117,6 @@ ms = s.elapsed_time(e) / 20
 print(f"copy {2*x.numel()/ms/1e9:.3f} TB/s (read+write); f16 6B floor {11.95e9/(2*x.numel()/ms*1e3)*1e3:.3f} ms/token")
 PY
     local b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b"
-    run_bench() {
-      local name=$1; shift
-      echo "== bench $name: $*" | tee -a "$summary"
-      if "$@" >"$out/bench-$name.txt" 2>&1; then tail -n 12 "$out/bench-$name.txt" | tee -a "$summary"; else
-        echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
-    }
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
     run_bench f16-short $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
     if [ -n "${CONCURRENCY:-}" ]; then
@@ -149,6 +152,18 @@ PY
       run_bench prefill8k $b --dtype f16 --prompt-len 8192 --gen-len 4
       run_bench prefill32k $b --dtype f16 --prompt-len 32760 --gen-len 4
     fi
+  fi
+  if [ -n "${SERVE_CONCURRENCY:-}" ]; then
+    # The HTTP server on the GPU (random 6B weights, the real tokenizer) under
+    # streaming clients, and the engine-level figure for the same shape.
+    local tok=$PWD/$BIN/testdata/chatglm2-tokenizer/tokenizer.model
+    echo "== serve: HTTP load test, synthetic 6B, $SERVE_CONCURRENCY streaming clients, 256 tokens each" | tee -a "$summary"
+    CHATGLM_BIN=$BIN/chatglm MODEL="synthetic:chatglm2-6b:$tok" MAX_BATCH=${SERVE_MAX_BATCH:-128} \
+      CONCURRENCY=$SERVE_CONCURRENCY REQUESTS=${SERVE_REQUESTS:-256} MAX_TOKENS=256 SECONDS_PER_LEVEL=150 \
+      SERVE_ARGS="--device cuda --kv-cache-mb 30000" bench/serve/run.sh >"$out/serve.txt" 2>&1 || echo "serve FAILED" | tee -a "$summary"
+    tail -n 25 "$out/serve.txt" | tee -a "$summary"
+    run_bench engine-same-shape "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 \
+      --prompt-len 32 --gen-len 256 --concurrency "$SERVE_CONCURRENCY"
   fi
   if [ "${PROFILE:-0}" != 0 ]; then
     # Per-kernel device time of one prefill and a few decode steps (ncu reads

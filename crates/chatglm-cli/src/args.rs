@@ -119,7 +119,9 @@ pub struct ModelArgs {
     /// Model: a local folder (config.json, tokenizer.model, safetensors or
     /// PyTorch .bin), a .gguf file, or a Hugging Face id such as
     /// THUDM/chatglm2-6b[@revision] (downloaded to the HF cache on first use;
-    /// honours HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE).
+    /// honours HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE). For load tests:
+    /// synthetic:chatglm2-6b:PATH/tokenizer.model (random weights of the real
+    /// shapes, built on the device, with that tokenizer).
     #[arg(short = 'm', long = "model", default_value = DEFAULT_MODEL, env = "CHATGLM_MODEL")]
     pub model: String,
     /// Weight format: auto (as stored), f32, f16, bf16, q8_0, q4_0. Float

@@ -47,6 +47,9 @@ pub struct ServeArgs {
 }
 
 fn default_model_id(spec: &str) -> String {
+    if let Some(rest) = spec.strip_prefix(chatglm_engine::SYNTHETIC_PREFIX) {
+        return format!("synthetic-{}", rest.split(':').next().unwrap_or("model"));
+    }
     let base = spec.split('@').next().unwrap_or(spec);
     base.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("chatglm2-6b").to_string()
 }
@@ -117,6 +120,11 @@ fn run_on<B: Backend + 'static>(pipeline: Pipeline<B>, args: ServeArgs) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn synthetic_models_are_named_by_their_shape() {
+        assert_eq!(default_model_id("synthetic:chatglm2-6b:/x/tokenizer.model"), "synthetic-chatglm2-6b");
+    }
 
     #[test]
     fn model_ids_come_from_the_source() {

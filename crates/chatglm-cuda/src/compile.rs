@@ -65,7 +65,7 @@ fn sample_kernels() -> Vec<String> {
 }
 
 fn decode_mma_kernels() -> Vec<String> {
-    vec!["attn_decode_mma16".into()]
+    vec!["attn_decode_mma16".into(), "attn_decode_mma16_w4".into()]
 }
 
 pub(crate) const SOURCES: &[Source] = &[

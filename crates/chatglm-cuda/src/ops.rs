@@ -724,7 +724,14 @@ impl Gpu {
             return Err(CudaError::invalid("attn_decode", format!("bad split plan {split:?}")));
         }
         let hg = shape.n_heads / shape.n_groups;
-        let name = if self.decode_mma(hg) { "attn_decode_mma16".to_string() } else { format!("attn_decode_{hg}") };
+        // Tensor cores: 8-warp blocks, or 4-warp ones (two per SM) when the
+        // step's sequences alone give a block per SM (batched decode).
+        let many = work * shape.n_groups >= self.info().multiprocessors;
+        let (name, threads) = match (self.decode_mma(hg), many) {
+            (true, false) => ("attn_decode_mma16".to_string(), DECODE_MMA_THREADS),
+            (true, true) => ("attn_decode_mma16_w4".to_string(), 128),
+            (false, _) => (format!("attn_decode_{hg}"), 128),
+        };
         let f = self.kernel(&name)?;
         let out_width = shape.n_heads * shape.head_dim;
         let ints = [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens].map(|v| v as i32);
@@ -736,7 +743,6 @@ impl Gpu {
         let blocks_per_group = (hg / self.decode_heads_per_block(&shape)) as u32;
         let grid =
             (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
-        let threads = if self.decode_mma(hg) { DECODE_MMA_THREADS } else { 128 };
         self.launch(f, a, &name, cfg(grid, threads, 0))
     }
 

@@ -32,7 +32,7 @@ pub mod text;
 pub use error::EngineError;
 pub use generate::{generate, FinishReason, GenerationConfig, GenerationOutput, Timings};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineLimits, SubmitError};
-pub use pipeline::{Pipeline, PipelineOptions};
+pub use pipeline::{Pipeline, PipelineOptions, SYNTHETIC_PREFIX};
 pub use request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
 pub use sampling::{ParamError, SamplingParams};
 pub use session::{ChatReply, ChatSession, History};

@@ -1,6 +1,9 @@
 //! A model and its tokenizer, loaded together from one model source: a
-//! checkpoint folder, a Hugging Face hub id, or a single `.gguf` file
-//! (config, tokenizer and tensors all read from the file).
+//! checkpoint folder, a Hugging Face hub id, a single `.gguf` file (config,
+//! tokenizer and tensors all read from the file), or
+//! `synthetic:NAME:TOKENIZER` (random weights of a known model's shapes built
+//! on the device, with a real tokenizer: load tests and benchmarks with no
+//! download).
 
 use crate::{gguf_vocab, EngineError};
 use chatglm_model::{Backend, CpuBackend, KvDType, LoadOptions, Model, WeightFormat};
@@ -8,6 +11,9 @@ use chatglm_tokenizer::ChatGlmTokenizer;
 use chatglm_weights::gguf::GgufModel;
 use chatglm_weights::Checkpoint;
 use std::path::Path;
+
+/// Model specs starting with this name a synthetic model (see the module notes).
+pub const SYNTHETIC_PREFIX: &str = "synthetic:";
 
 /// How to load a [`Pipeline`].
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +63,9 @@ impl<B: Backend> Pipeline<B> {
         make_backend: impl FnOnce(&chatglm_model::Config) -> Result<B, EngineError>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, EngineError> {
+        if let Some(rest) = spec.strip_prefix(SYNTHETIC_PREFIX) {
+            return Self::load_synthetic(rest, spec, options, make_backend);
+        }
         let path = Path::new(spec);
         if path.is_file() {
             return Self::load_gguf(path, spec, options, make_backend, progress);
@@ -76,6 +85,39 @@ impl<B: Backend> Pipeline<B> {
         let tokenizer = gguf_vocab::tokenizer_from_gguf(&file.file)?;
         let backend = make_backend(&file.config)?;
         let model = Model::load(backend, &file, options.load, progress)?;
+        Self::assemble(model, tokenizer, options, spec)
+    }
+
+    fn load_synthetic(
+        rest: &str,
+        spec: &str,
+        options: PipelineOptions,
+        make_backend: impl FnOnce(&chatglm_model::Config) -> Result<B, EngineError>,
+    ) -> Result<Self, EngineError> {
+        let (name, tok_path) = rest.split_once(':').ok_or_else(|| {
+            EngineError::InvalidParameter(format!(
+                "`{spec}`: a synthetic model is `{SYNTHETIC_PREFIX}NAME:PATH/tokenizer.model` (NAME: chatglm2-6b or dev)"
+            ))
+        })?;
+        let config = chatglm_model::Config::known(name)
+            .ok_or_else(|| {
+                EngineError::InvalidParameter(format!("unknown synthetic model `{name}` (known: chatglm2-6b, dev)"))
+            })?
+            .map_err(EngineError::Weights)?;
+        let tokenizer = ChatGlmTokenizer::from_file(Path::new(tok_path))?;
+        if tokenizer.vocab_size() > config.padded_vocab_size {
+            return Err(EngineError::InvalidParameter(format!(
+                "the tokenizer has {} tokens but the synthetic {name} model only {}",
+                tokenizer.vocab_size(),
+                config.padded_vocab_size
+            )));
+        }
+        let mut load = options.load;
+        if load.format == WeightFormat::Auto {
+            load.format = WeightFormat::F16;
+        }
+        let backend = make_backend(&config)?;
+        let model = Model::synthetic(backend, config, load, 1);
         Self::assemble(model, tokenizer, options, spec)
     }
 

@@ -22,8 +22,9 @@
 // blocks keep the memory busy: few splits, so merging them stays cheap.
 //
 // Launch: grid = (n_groups, work tokens, most splits), block = 256 (8 warps
-// on interleaved 16-key tiles of the block's split); block_tokens a multiple
-// of 16. Splits and merging as attn_decode (decode.cuh), heads per block 16.
+// on interleaved 16-key tiles of the block's split; attn_decode_mma16_w4: 4
+// warps, 128); block_tokens a multiple of 16. Splits and merging as
+// attn_decode (decode.cuh), heads per block 16.
 #define MMA_KEYS 16
 #define MMA_WARPS 8
 
@@ -65,11 +66,12 @@ __device__ __forceinline__ void load_tile(KvTile& tile, const u64* table, int kb
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
-    attn_decode_mma16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
-                      const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
-                      int n_groups, int layer, int block_tokens, float scale, float* part_o, float* part_ml,
-                      int* counters) {
+template <int WARPS>
+__device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width, float* out, int out_width,
+                                                     const int* work_tokens, const int* positions,
+                                                     const int* seq_of_token, const u64* block_table,
+                                                     int max_blocks, int n_groups, int layer, int block_tokens,
+                                                     float scale, float* part_o, float* part_ml, int* counters) {
 #if __CUDA_ARCH__ >= 800
     constexpr int HG = 16;
     // First the 8 → 4 warp merge's fragments, then decode_finish's DecodeReduce.
@@ -89,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     pdl_launch_dependents();
     if (split >= n_splits) return;
     const u64* table = block_table + (long)seq * max_blocks;
-    constexpr int STEP = MMA_WARPS * MMA_KEYS;
+    constexpr int STEP = WARPS * MMA_KEYS;
     if (lane < MMA_KEYS && k_begin + STEP + w * MMA_KEYS + lane < k_end)
         prefetch_kv_row(table, k_begin + STEP + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
     const long per_group = (long)block_tokens * DEC_D;
@@ -183,7 +185,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
 
     // Warps 4-7 hand their state to warps 0-3 (the same fragment layout, so
     // lane for lane), which merge it into theirs.
-    if (w >= 4) {
+    if (WARPS == 8 && w >= 4) {
         float* mine = raw + (w - 4) * 68 * 32 + lane;
 #pragma unroll
         for (int j = 0; j < 16; j++)
@@ -194,8 +196,8 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
         mine[66 * 32] = l0;
         mine[67 * 32] = l1;
     }
-    __syncthreads();
-    if (w < 4) {
+    if (WARPS == 8) __syncthreads();
+    if (WARPS == 8 && w < 4) {
         const float* other = raw + w * 68 * 32 + lane;
         const float pm0 = other[64 * 32], pm1 = other[65 * 32];
         const float M0 = fmaxf(m0, pm0), M1 = fmaxf(m1, pm1);
@@ -213,7 +215,7 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
         m0 = M0;
         m1 = M1;
     }
-    __syncthreads();
+    if (WARPS == 8) __syncthreads();
     if (w < 4) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
         l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -238,4 +240,24 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     decode_finish<HG, HG>(red, out, out_width, t, wt, g, 0, 0, split, n_grid, n_splits, n_groups, part_o, part_ml,
                           counters);
 #endif
+}
+
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
+    attn_decode_mma16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
+                      const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
+                      int n_groups, int layer, int block_tokens, float scale, float* part_o, float* part_ml,
+                      int* counters) {
+    attn_decode_mma_body<MMA_WARPS>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table,
+                                    max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters);
+}
+
+// 4 warps: two blocks fit an SM, for steps of many sequences whose blocks
+// already fill the device without splitting their (short) contexts.
+extern "C" __global__ void __launch_bounds__(128)
+    attn_decode_mma16_w4(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
+                         const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
+                         int n_groups, int layer, int block_tokens, float scale, float* part_o, float* part_ml,
+                         int* counters) {
+    attn_decode_mma_body<4>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table,
+                            max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters);
 }
