@@ -2,10 +2,18 @@
 //! Skips with a message without a usable GPU (`CHATGLM_REQUIRE_GPU=1` fails instead).
 #![cfg(feature = "cuda")]
 
-use chatglm_engine::{generate, ChatSession, EngineError, GenerationConfig, Pipeline, PipelineOptions, SamplingParams};
+mod common;
+
+use chatglm_engine::{
+    generate, ChatSession, Completion, Engine, EngineConfig, EngineError, GenerationConfig, Pipeline, PipelineOptions,
+    SamplingParams,
+};
 use chatglm_model::{CudaBackend, ForwardState};
 use chatglm_testdata::{dir as testdata, history, ids};
+use common::{assert_same_as_alone, collect, greedy as greedy_request, submit, QUERIES};
 use serde_json::Value;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 fn pipeline() -> Option<Pipeline<CudaBackend>> {
     let dir = testdata().join("dev/model/safetensors-f32");
@@ -160,4 +168,34 @@ fn gpu_seeded_sampled_chat_equals_the_cpu_one() {
         let b = ChatSession::new(&cpu).chat("你好", &config).unwrap();
         assert_eq!(a.output.generated_ids, b.output.generated_ids, "seed {seed}");
     }
+}
+
+#[test]
+fn gpu_engine_under_concurrency_preemption_and_chunked_prefill_equals_generate_alone() {
+    // Room for 8 blocks of 16 tokens and 24 tokens per step: chunked prefill
+    // mixed with decodes, and running sequences preempted (recomputed later).
+    let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
+    let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
+    let config = EngineConfig {
+        block_size_tokens: 16,
+        kv_budget_bytes: per_token * 16 * 8,
+        max_batch_size: 6,
+        max_batch_tokens: 24,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
+    let h = engine.handle.clone();
+    let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|s| p.tokenizer.encode_chat(s, &[])).collect();
+    let max_new = [40, 30, 33, 60, 20, 45];
+    let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy_request(n))).collect();
+    let results: Vec<Completion> = rxs.iter().map(collect).collect();
+    assert_same_as_alone(&p, &prompts, &max_new, &results);
+    let stats = h.stats();
+    let preempted = stats.preemptions.load(Relaxed);
+    eprintln!("GPU engine: {preempted} preemptions");
+    assert!(preempted > 0, "the budget did not force a preemption");
+    assert_eq!(stats.requests_failed.load(Relaxed), 0);
+    assert_eq!(stats.kv_blocks_reserved.load(Relaxed), 0);
+    drop(h);
+    engine.shutdown();
 }

@@ -2,11 +2,15 @@
 //! output equals `generate()` alone, chunked prefill, cancellation frees KV
 //! blocks, queue limits.
 
+mod common;
+
+use common::{assert_same_as_alone, collect, greedy, submit, QUERIES};
+
 use chatglm_engine::{
-    generate, Completion, Engine, EngineConfig, EngineHandle, FinishReason, GenerationConfig, Pipeline,
-    PipelineOptions, Request, RequestEvent, RequestParams, SamplingParams, SubmitError,
+    Completion, Engine, EngineConfig, FinishReason, Pipeline, PipelineOptions, Request, RequestEvent, RequestParams,
+    SamplingParams, SubmitError,
 };
-use chatglm_model::{CpuBackend, ForwardState};
+use chatglm_model::CpuBackend;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{mpsc, Arc};
@@ -27,61 +31,6 @@ fn spawn(config: EngineConfig) -> (Engine, Pipeline<CpuBackend>) {
     let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
     (engine, p)
 }
-
-fn greedy(max_new: usize) -> RequestParams {
-    RequestParams { sampling: SamplingParams::greedy(), max_new_tokens: Some(max_new), ..RequestParams::default() }
-}
-
-fn submit(h: &EngineHandle, ids: Vec<u32>, params: RequestParams) -> mpsc::Receiver<RequestEvent> {
-    let (tx, rx) = mpsc::channel();
-    h.submit(Request { id: h.next_id(), prompt_ids: ids, params, sink: Box::new(tx), arrived: Instant::now() })
-        .unwrap();
-    rx
-}
-
-/// Collects deltas until the final event; checks the deltas add up.
-fn collect(rx: &mpsc::Receiver<RequestEvent>) -> Completion {
-    let mut streamed = String::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
-            RequestEvent::Text(t) => streamed.push_str(&t),
-            RequestEvent::Finished(c) => {
-                assert_eq!(streamed, c.text);
-                return c;
-            }
-            RequestEvent::Failed(m) => panic!("request failed: {m}"),
-        }
-    }
-}
-
-/// Each engine result equals greedy `generate()` of the same prompt alone.
-fn assert_same_as_alone(p: &Pipeline<CpuBackend>, prompts: &[Vec<u32>], max_new: &[usize], results: &[Completion]) {
-    let mut state = ForwardState::new(&p.model.backend);
-    for ((ids, &n), got) in prompts.iter().zip(max_new).zip(results) {
-        let mut cache = p.model.new_cache(p.kv_dtype);
-        let config = GenerationConfig {
-            sampling: SamplingParams::greedy(),
-            max_new_tokens: Some(n),
-            max_length: 100_000,
-            ..GenerationConfig::default()
-        };
-        let alone = generate(&p.model, &p.tokenizer, &mut state, &mut cache, ids, &config, &mut |_| true).unwrap();
-        assert_eq!(got.generated_ids, alone.generated_ids);
-        assert_eq!(got.text, alone.text);
-        assert_eq!(got.finish_reason, alone.finish_reason);
-        assert_eq!(got.prompt_tokens, ids.len());
-        assert_eq!(got.completion_tokens, alone.generated_ids.len());
-    }
-}
-
-const QUERIES: [&str; 6] = [
-    "你好",
-    "hello world",
-    "写一首诗",
-    "What is the capital of France? Answer briefly.",
-    "1 + 1 = ?",
-    "请用三句话介绍一下你自己，并说明你能做什么。",
-];
 
 #[test]
 fn batched_greedy_equals_generate_alone() {
