@@ -12,7 +12,7 @@ use crate::request::Request;
 use crate::scheduler::{Scheduler, SeqId, StepPlan};
 use crate::sequence::{Progress, Sequence};
 use crate::stats::EngineStats;
-use chatglm_model::{Backend, ForwardState, KvDType, LogitsWanted, Model, SequenceInput};
+use chatglm_model::{Backend, ForwardState, KvCacheOps, KvDType, LogitsWanted, Model, SequenceInput};
 use chatglm_tokenizer::ChatGlmTokenizer;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -219,11 +219,17 @@ impl<'t, B: Backend> Loop<'t, B> {
         let mut sampled: Vec<SeqId> = Vec::new();
         let mut in_batch: Vec<SeqId> = Vec::new();
         let mut choices = Vec::new();
+        let mut failed = Vec::new();
         for c in &plan.chunks {
             let Some(seq) = by_id.remove(&c.id) else {
                 continue;
             };
             if c.start + c.n_tokens > seq.tokens.len() {
+                continue;
+            }
+            // The cache reads and writes the blocks the scheduler gave it.
+            if let Err(e) = KvCacheOps::use_blocks(&mut seq.cache, self.scheduler.blocks_of(c.id)) {
+                failed.push((c.id, format!("KV cache: {e}")));
                 continue;
             }
             in_batch.push(c.id);
@@ -255,6 +261,10 @@ impl<'t, B: Backend> Loop<'t, B> {
             StepReadout::Host => self.model.forward(state, &mut inputs),
         };
         drop(inputs);
+        for (id, message) in failed {
+            tracing::error!(request = id, "{message}");
+            self.fail(id, message);
+        }
         self.stats.steps.fetch_add(1, Relaxed);
         self.stats.step_tokens.fetch_add(plan.total_tokens() as u64, Relaxed);
         let logits = match result {

@@ -101,9 +101,11 @@ impl Engine {
         kv_dtype: KvDType,
         config: EngineConfig,
     ) -> Result<Self, EngineError> {
-        let block = config.block_size_tokens.max(1);
+        // A paged backend fixes the block size; the engine's blocks are its.
+        let block = model.backend.kv_block_tokens().unwrap_or(config.block_size_tokens).max(1);
         let total_blocks =
             BlockAllocator::blocks_in_budget(config.kv_budget_bytes, model.kv_bytes_per_token(kv_dtype), block);
+        model.backend.provide_kv_blocks(kv_dtype, total_blocks)?;
         let sched_config = SchedulerConfig {
             max_batch_tokens: config.max_batch_tokens,
             max_batch_size: config.max_batch_size,

@@ -1,21 +1,34 @@
-//! KV-cache memory accounting in fixed-size blocks of tokens.
+//! The KV-cache blocks of the engine's budget: fixed-size blocks of tokens,
+//! handed out by id as sequences grow and taken back when they finish or are
+//! preempted.
 //!
-//! The caches themselves grow lazily per sequence (see
-//! [`chatglm_model::KvCache`]); the allocator only counts, so that the sum of
-//! what running sequences may ever hold stays within the configured budget.
+//! The ids are real: a backend with a paged cache (the GPU) allocates the
+//! budget's blocks once (`Backend::provide_kv_blocks`) and each sequence's
+//! cache reads and writes exactly the blocks the engine gave it
+//! (`KvCacheOps::use_blocks`). The CPU keeps its faster contiguous caches and
+//! uses the ids only for the accounting.
 
-/// Counts free and reserved blocks of `block_size_tokens` tokens each.
+use chatglm_model::KvBlockId;
+
+/// Free and held blocks of `block_size_tokens` tokens each.
 #[derive(Debug, Clone)]
 pub struct BlockAllocator {
     block_size_tokens: usize,
     total_blocks: usize,
-    free_blocks: usize,
+    /// Highest id first, so `pop` hands out the lowest free id (a lazily
+    /// backed pool then touches as little memory as it can).
+    free: Vec<KvBlockId>,
 }
 
 impl BlockAllocator {
-    /// `total_blocks` blocks of `block_size_tokens` tokens (both at least 1).
+    /// `total_blocks` blocks of `block_size_tokens` tokens (at least 1 token).
     pub fn new(block_size_tokens: usize, total_blocks: usize) -> Self {
-        Self { block_size_tokens: block_size_tokens.max(1), total_blocks, free_blocks: total_blocks }
+        let total_blocks = total_blocks.min(KvBlockId::MAX as usize);
+        Self {
+            block_size_tokens: block_size_tokens.max(1),
+            total_blocks,
+            free: (0..total_blocks as KvBlockId).rev().collect(),
+        }
     }
 
     /// Blocks that fit in `budget_bytes` at `bytes_per_token`.
@@ -38,26 +51,30 @@ impl BlockAllocator {
     }
 
     pub fn free_blocks(&self) -> usize {
-        self.free_blocks
+        self.free.len()
     }
 
     pub fn reserved_blocks(&self) -> usize {
-        self.total_blocks - self.free_blocks
+        self.total_blocks - self.free.len()
     }
 
-    /// Takes `n` blocks if that many are free.
-    pub fn try_reserve(&mut self, n: usize) -> bool {
-        if n <= self.free_blocks {
-            self.free_blocks -= n;
-            true
-        } else {
-            false
+    /// Appends `n` free blocks to `blocks` if that many are free (else
+    /// changes nothing and returns `false`).
+    pub fn allocate(&mut self, n: usize, blocks: &mut Vec<KvBlockId>) -> bool {
+        if n > self.free.len() {
+            return false;
         }
+        let at = self.free.len() - n;
+        blocks.extend(self.free.drain(at..).rev());
+        true
     }
 
-    /// Returns `n` blocks (never more than were reserved).
-    pub fn release(&mut self, n: usize) {
-        self.free_blocks = (self.free_blocks + n).min(self.total_blocks);
+    /// Takes back every block of `blocks` (emptied).
+    pub fn free(&mut self, blocks: &mut Vec<KvBlockId>) {
+        debug_assert!(self.free.len() + blocks.len() <= self.total_blocks, "a block freed twice");
+        self.free.append(blocks);
+        // Keep handing out the lowest ids first.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
     }
 }
 
@@ -66,18 +83,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reserves_and_releases() {
+    fn hands_out_distinct_ids_and_takes_them_back() {
         let mut a = BlockAllocator::new(16, 4);
         assert_eq!(a.blocks_for(0), 0);
         assert_eq!(a.blocks_for(1), 1);
         assert_eq!(a.blocks_for(16), 1);
         assert_eq!(a.blocks_for(17), 2);
-        assert!(a.try_reserve(3));
-        assert!(!a.try_reserve(2));
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        assert!(a.allocate(3, &mut x));
+        assert_eq!(x, [0, 1, 2]);
+        assert!(!a.allocate(2, &mut y));
+        assert!(y.is_empty());
         assert_eq!((a.free_blocks(), a.reserved_blocks()), (1, 3));
-        a.release(3);
-        assert_eq!(a.free_blocks(), 4);
-        a.release(10);
+        assert!(a.allocate(1, &mut y));
+        assert_eq!(y, [3]);
+        a.free(&mut x);
+        assert!(x.is_empty());
+        assert_eq!(a.free_blocks(), 3);
+        // The lowest free ids come first again.
+        assert!(a.allocate(2, &mut y));
+        assert_eq!(y, [3, 0, 1]);
+        a.free(&mut y);
         assert_eq!(a.free_blocks(), 4);
     }
 

@@ -27,6 +27,7 @@
 //! deadlocks on memory and no request fails for lack of it.
 
 use crate::kv_blocks::BlockAllocator;
+use chatglm_model::KvBlockId;
 use std::collections::{HashMap, VecDeque};
 
 /// Identifies a sequence (one request).
@@ -123,8 +124,9 @@ struct SeqEntry {
     prompt_tokens: usize,
     /// The most tokens the sequence may hold (what `add` returned).
     max_tokens: usize,
-    /// Blocks held for its computed tokens (this step's included).
-    reserved_blocks: usize,
+    /// Blocks held for its computed tokens (this step's included), in
+    /// position order.
+    blocks: Vec<KvBlockId>,
     running: bool,
 }
 
@@ -184,7 +186,7 @@ impl Scheduler {
                 computed_tokens: 0,
                 prompt_tokens,
                 max_tokens: total,
-                reserved_blocks: 0,
+                blocks: Vec::new(),
                 running: false,
             },
         );
@@ -237,12 +239,11 @@ impl Scheduler {
             };
             let n = s.known_tokens.min(budget);
             let need = self.blocks.blocks_for(n);
-            if !self.blocks.try_reserve(need) {
+            if !self.blocks.allocate(need, &mut s.blocks) {
                 break;
             }
             self.waiting.pop_front();
             s.running = true;
-            s.reserved_blocks = need;
             plan.chunks.push(chunk(id, s, n));
             s.computed_tokens += n;
             budget -= n;
@@ -258,12 +259,9 @@ impl Scheduler {
     /// preempted instead.
     fn grow(&mut self, id: SeqId, tokens: usize, plan: &mut StepPlan, budget: &mut usize) -> bool {
         loop {
-            let Some(s) = self.seqs.get(&id) else { return false };
-            let need = self.blocks.blocks_for(tokens).saturating_sub(s.reserved_blocks);
-            if self.blocks.try_reserve(need) {
-                if let Some(s) = self.seqs.get_mut(&id) {
-                    s.reserved_blocks += need;
-                }
+            let Some(s) = self.seqs.get_mut(&id) else { return false };
+            let need = self.blocks.blocks_for(tokens).saturating_sub(s.blocks.len());
+            if self.blocks.allocate(need, &mut s.blocks) {
                 return true;
             }
             let Some(&victim) = self.running.last() else { return false };
@@ -278,8 +276,7 @@ impl Scheduler {
     /// recompute its tokens when readmitted; a chunk it had in `plan` goes.
     fn preempt(&mut self, id: SeqId, plan: &mut StepPlan, budget: &mut usize) {
         let Some(s) = self.seqs.get_mut(&id) else { return };
-        self.blocks.release(s.reserved_blocks);
-        s.reserved_blocks = 0;
+        self.blocks.free(&mut s.blocks);
         s.computed_tokens = 0;
         s.running = false;
         if let Some(at) = plan.chunks.iter().position(|c| c.id == id) {
@@ -307,11 +304,11 @@ impl Scheduler {
     /// Removes a sequence (finished or cancelled, waiting or running) and
     /// frees its blocks at once. Returns `false` for an unknown sequence.
     pub fn remove(&mut self, id: SeqId) -> bool {
-        let Some(s) = self.seqs.remove(&id) else {
+        let Some(mut s) = self.seqs.remove(&id) else {
             return false;
         };
         if s.running {
-            self.blocks.release(s.reserved_blocks);
+            self.blocks.free(&mut s.blocks);
             self.running.retain(|&r| r != id);
         } else {
             self.waiting.retain(|&w| w != id);
@@ -337,6 +334,12 @@ impl Scheduler {
 
     pub fn total_blocks(&self) -> usize {
         self.blocks.total_blocks()
+    }
+
+    /// The blocks sequence `id` holds, in position order (empty when it is
+    /// not running).
+    pub fn blocks_of(&self, id: SeqId) -> &[KvBlockId] {
+        self.seqs.get(&id).map_or(&[], |s| &s.blocks)
     }
 
     pub fn free_blocks(&self) -> usize {

@@ -263,6 +263,14 @@ mod props {
                 prop_assert!(s.running_len() <= cfg.max_batch_size);
                 prop_assert_eq!(s.free_blocks() + s.reserved_blocks(), cfg.total_blocks);
                 prop_assert!(s.used_blocks() <= s.reserved_blocks());
+                // Real block ids: no block is held by two sequences, and the
+                // running ones hold every reserved block.
+                let mut held: Vec<u32> = live.iter().flat_map(|&id| s.blocks_of(id).to_vec()).collect();
+                prop_assert_eq!(held.len(), s.reserved_blocks());
+                held.sort_unstable();
+                held.dedup();
+                prop_assert_eq!(held.len(), s.reserved_blocks());
+                prop_assert!(held.iter().all(|&b| (b as usize) < cfg.total_blocks));
                 // No deadlock: with work waiting and nothing running, a step admits.
                 if s.running_len() == 0 && s.waiting_len() > 0 {
                     prop_assert!(!s.clone().schedule().is_empty());

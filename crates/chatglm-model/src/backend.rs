@@ -36,6 +36,23 @@ pub trait Backend: Send + Sync {
         512
     }
 
+    /// Tokens per KV block when this backend's cache is paged in blocks of a
+    /// fixed size (an engine handing it blocks must use that size); `None`
+    /// when any size will do.
+    fn kv_block_tokens(&self) -> Option<usize> {
+        None
+    }
+
+    /// Sets aside `blocks` KV blocks of `dtype` (ids `0..blocks`) for an
+    /// allocator outside the backend (the engine's), allocated now so that
+    /// running out shows at start-up; caches then use the ids given with
+    /// [`KvCacheOps::use_blocks`]. By default nothing is set aside (caches
+    /// keep their own layout).
+    fn provide_kv_blocks(&self, dtype: KvDType, blocks: usize) -> Result<(), ModelError> {
+        let _ = (dtype, blocks);
+        Ok(())
+    }
+
     /// A fresh, empty KV cache for one sequence.
     fn new_cache(&self, n_layers: usize, n_groups: usize, head_dim: usize, dtype: KvDType) -> Self::Cache;
 

@@ -97,6 +97,10 @@ impl KvStore {
     }
 }
 
+/// A KV block handed out by the engine's allocator (ids 0.. of the blocks a
+/// backend provided with [`crate::Backend::provide_kv_blocks`]).
+pub type KvBlockId = u32;
+
 /// What the engine needs of a sequence's KV cache, whichever backend holds it.
 pub trait KvCacheOps: Send {
     /// Tokens held.
@@ -116,6 +120,15 @@ pub trait KvCacheOps: Send {
     /// Marks `n_new` tokens, written to every layer, as held (called by the
     /// forward pass after the last layer).
     fn advance(&mut self, n_new: usize);
+    /// The engine's blocks for this sequence, in position order, covering
+    /// every token it holds and the next step's: a paged cache reads and
+    /// writes exactly these (the blocks of tokens it holds must be the ones
+    /// it was given before). A cache with its own layout (the CPU's
+    /// contiguous one) keeps it and ignores the ids.
+    fn use_blocks(&mut self, ids: &[KvBlockId]) -> Result<(), ModelError> {
+        let _ = ids;
+        Ok(())
+    }
 }
 
 impl KvCacheOps for KvCache {

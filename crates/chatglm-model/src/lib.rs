@@ -27,6 +27,6 @@ pub use cpu::CpuBackend;
 pub use cuda::{CudaBackend, CudaKvCache};
 pub use error::ModelError;
 pub use forward::{ForwardState, LogitsWanted, Model, SampledStep, SequenceInput, TokenChoice, TokenLayout};
-pub use kv_cache::{KvCache, KvCacheOps, KvDType};
+pub use kv_cache::{KvBlockId, KvCache, KvCacheOps, KvDType};
 pub use loader::{LoadOptions, TensorSource, WeightFormat};
 pub use weights::{LayerWeights, Weights};

@@ -344,6 +344,63 @@ fn gpu_batched_decode_with_16_heads_per_group_matches_cpu() {
 }
 
 #[test]
+fn gpu_cache_on_engine_block_ids_matches_cpu() {
+    // The engine's allocator hands out block ids; a cache given ids out of
+    // order reads and writes exactly those blocks (others stay untouched).
+    let src = random_model(FLASH_SHAPE, 5);
+    let Some(gpu_backend) = cuda(&src.config) else { return };
+    let cpu =
+        Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(WeightFormat::F16), &mut |_, _| {})
+            .unwrap();
+    let gpu = Model::load(gpu_backend, &src, LoadOptions::new(WeightFormat::F16), &mut |_, _| {}).unwrap();
+    let block = gpu.backend.kv_block_tokens().unwrap();
+    gpu.backend.provide_kv_blocks(KvDType::F16, 16).unwrap();
+    let (mut cc, mut gc, mut other) =
+        (cpu.new_cache(KvDType::F16), gpu.new_cache(KvDType::F16), gpu.new_cache(KvDType::F16));
+    let (mut cs, mut gs) = (ForwardState::new(&cpu.backend), ForwardState::new(&gpu.backend));
+    let prompt: Vec<u32> = (0..150u32).map(|i| (i * 37) % 1000).collect();
+    let ids = [9u32, 3, 12, 0];
+    gc.use_blocks(&ids[..prompt.len().div_ceil(block)]).unwrap();
+    // A second sequence on other blocks, run in between, must not disturb it.
+    other.use_blocks(&[1, 2]).unwrap();
+    let mut step = |tokens: &[u32], cc: &mut chatglm_model::KvCache, gc: &mut chatglm_model::CudaKvCache| {
+        let want = cpu
+            .forward(&mut cs, &mut [SequenceInput { tokens, cache: cc, logits: LogitsWanted::Last }])
+            .unwrap()
+            .to_vec();
+        let got = gpu
+            .forward(&mut gs, &mut [SequenceInput { tokens, cache: gc, logits: LogitsWanted::Last }])
+            .unwrap()
+            .to_vec();
+        let d = max_abs_diff(&got, &want);
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        eprintln!("engine blocks {:?}, {} tokens: max |Δ| {d:.3e}", &ids, cc.len());
+        assert!(d <= 2e-2 * scale);
+    };
+    step(&prompt, &mut cc, &mut gc);
+    let mut ignored = ForwardState::new(&gpu.backend);
+    gpu.forward(
+        &mut ignored,
+        &mut [SequenceInput { tokens: &[7; 100], cache: &mut other, logits: LogitsWanted::None }],
+    )
+    .unwrap();
+    for t in [5u32, 6, 7] {
+        step(&[t], &mut cc, &mut gc);
+    }
+    // Growing past the given blocks needs more ids first.
+    gc.use_blocks(&ids).unwrap();
+    step(&(0..60u32).collect::<Vec<_>>(), &mut cc, &mut gc);
+    // Ids outside the provided blocks, and too few blocks for the step, are errors.
+    assert!(gpu.new_cache(KvDType::F16).use_blocks(&[16]).is_err());
+    let mut short = gpu.new_cache(KvDType::F16);
+    short.use_blocks(&[4]).unwrap();
+    let tokens: Vec<u32> = (0..block as u32 + 1).collect();
+    let err =
+        gpu.forward(&mut gs, &mut [SequenceInput { tokens: &tokens, cache: &mut short, logits: LogitsWanted::None }]);
+    assert!(err.is_err(), "a step past the engine's blocks ran");
+}
+
+#[test]
 fn gpu_long_context_decode_uses_split_attention() {
     // The 6B head layout; decode at a 5000-token context is split over many
     // blocks of the device and merged.

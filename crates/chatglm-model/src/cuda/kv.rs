@@ -1,13 +1,16 @@
 //! The paged KV cache on the GPU: one pool of fixed-size blocks per element
 //! type, grown in slabs as sequences need them; a sequence's cache is a list
 //! of block addresses (its block table) that goes back to the pool when the
-//! cache is dropped.
+//! cache is dropped. Under the engine, the pool also holds the engine's
+//! blocks, allocated at once (`provide`): the engine's allocator hands their
+//! ids to sequences, and a cache given ids (`use_blocks`) reads and writes
+//! exactly those blocks and never returns them itself.
 //!
 //! A block holds `block_tokens` positions of one sequence for every layer:
 //! `[layer][k|v][group][token][dim]`, so attention reads one group's keys of
 //! a block as one contiguous run.
 
-use crate::kv_cache::{KvCacheOps, KvDType};
+use crate::kv_cache::{KvBlockId, KvCacheOps, KvDType};
 use crate::ModelError;
 use chatglm_cuda::{device_ptr, CudaSlice, DType, Gpu};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,8 @@ struct PoolState {
     free: Vec<u64>,
     slabs: Vec<CudaSlice<u8>>,
     total_blocks: usize,
+    /// The engine's blocks: one allocation, block id i at `base + i · block_bytes`.
+    engine: Option<(CudaSlice<u8>, usize)>,
 }
 
 /// Blocks of one element type.
@@ -49,7 +54,7 @@ impl KvPool {
             block_tokens,
             block_bytes: block_elems * dtype.size(),
             block_elems,
-            state: Mutex::new(PoolState { free: Vec::new(), slabs: Vec::new(), total_blocks: 0 }),
+            state: Mutex::new(PoolState { free: Vec::new(), slabs: Vec::new(), total_blocks: 0, engine: None }),
         }
     }
 
@@ -90,10 +95,53 @@ impl KvPool {
         self.lock().free.append(blocks);
     }
 
-    /// (blocks allocated on the device, blocks free).
+    /// (blocks allocated on the device, blocks free); the engine's blocks
+    /// count as allocated and, being the engine's to hand out, not free.
     pub fn usage(&self) -> (usize, usize) {
         let st = self.lock();
-        (st.total_blocks, st.free.len())
+        (st.total_blocks + st.engine.as_ref().map_or(0, |e| e.1), st.free.len())
+    }
+
+    /// Allocates `blocks` blocks for the engine (replacing any it had).
+    pub fn provide(&self, blocks: usize) -> Result<(), ModelError> {
+        let mut st = self.lock();
+        st.engine = None;
+        if blocks == 0 {
+            return Ok(());
+        }
+        let bytes = blocks.saturating_mul(self.block_bytes);
+        let slab = self.gpu.alloc::<u8>(bytes, "the engine's KV cache blocks").map_err(|e| ModelError::Backend {
+            op: "KV cache".into(),
+            message: format!(
+                "cannot allocate {blocks} blocks ({:.2} GiB) for the KV budget: {e}; use a smaller budget",
+                bytes as f64 / (1u64 << 30) as f64
+            ),
+        })?;
+        st.engine = Some((slab, blocks));
+        Ok(())
+    }
+
+    /// Device addresses of the engine's blocks `ids`.
+    fn engine_addresses(&self, ids: &[KvBlockId], out: &mut Vec<u64>) -> Result<(), ModelError> {
+        let st = self.lock();
+        let Some((slab, count)) = &st.engine else {
+            return Err(ModelError::Backend {
+                op: "KV cache".into(),
+                message: "block ids given but no blocks were provided for the engine".into(),
+            });
+        };
+        let base = device_ptr(slab);
+        out.clear();
+        for &id in ids {
+            if id as usize >= *count {
+                return Err(ModelError::Backend {
+                    op: "KV cache".into(),
+                    message: format!("block id {id} outside the engine's {count} blocks"),
+                });
+            }
+            out.push(base + id as u64 * self.block_bytes as u64);
+        }
+        Ok(())
     }
 }
 
@@ -103,11 +151,14 @@ pub struct CudaKvCache {
     blocks: Vec<u64>,
     len: usize,
     dtype: KvDType,
+    /// The blocks are the engine's (given with `use_blocks`), not the pool's
+    /// to take back.
+    engine_blocks: bool,
 }
 
 impl CudaKvCache {
     pub(crate) fn new(pool: Arc<KvPool>, dtype: KvDType) -> Self {
-        Self { pool, blocks: Vec::new(), len: 0, dtype }
+        Self { pool, blocks: Vec::new(), len: 0, dtype, engine_blocks: false }
     }
 
     /// Block addresses, in position order.
@@ -122,6 +173,15 @@ impl CudaKvCache {
     /// Makes room for `tokens` positions.
     pub(crate) fn reserve(&mut self, tokens: usize) -> Result<(), ModelError> {
         let needed = tokens.div_ceil(self.pool.block_tokens);
+        if needed > self.blocks.len() && self.engine_blocks {
+            return Err(ModelError::Backend {
+                op: "KV cache".into(),
+                message: format!(
+                    "the engine gave {} blocks for a step that needs {needed} ({tokens} tokens)",
+                    self.blocks.len()
+                ),
+            });
+        }
         if needed > self.blocks.len() {
             let more = self.pool.take(needed - self.blocks.len())?;
             self.blocks.extend(more);
@@ -132,7 +192,9 @@ impl CudaKvCache {
 
 impl Drop for CudaKvCache {
     fn drop(&mut self) {
-        self.pool.give_back(&mut self.blocks);
+        if !self.engine_blocks {
+            self.pool.give_back(&mut self.blocks);
+        }
     }
 }
 
@@ -147,11 +209,14 @@ impl KvCacheOps for CudaKvCache {
 
     fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
-        // Whole blocks past the end go back to the pool for other sequences.
+        // Whole blocks past the end go back to the pool for other sequences
+        // (the engine's go back through the engine).
         let keep = self.len.div_ceil(self.pool.block_tokens);
         if self.blocks.len() > keep {
             let mut tail = self.blocks.split_off(keep);
-            self.pool.give_back(&mut tail);
+            if !self.engine_blocks {
+                self.pool.give_back(&mut tail);
+            }
         }
     }
 
@@ -182,5 +247,28 @@ impl KvCacheOps for CudaKvCache {
 
     fn advance(&mut self, n_new: usize) {
         self.len += n_new;
+    }
+
+    fn use_blocks(&mut self, ids: &[KvBlockId]) -> Result<(), ModelError> {
+        if ids.len() < self.len.div_ceil(self.pool.block_tokens) {
+            return Err(ModelError::Backend {
+                op: "KV cache".into(),
+                message: format!("{} blocks given for a cache of {} tokens", ids.len(), self.len),
+            });
+        }
+        if !self.engine_blocks && self.len > 0 {
+            return Err(ModelError::Backend {
+                op: "KV cache".into(),
+                message: format!("the cache holds {} tokens in blocks of its own; clear it first", self.len),
+            });
+        }
+        let mut addresses = Vec::with_capacity(ids.len());
+        self.pool.engine_addresses(ids, &mut addresses)?;
+        if !self.engine_blocks {
+            self.pool.give_back(&mut self.blocks);
+            self.engine_blocks = true;
+        }
+        self.blocks = addresses;
+        Ok(())
     }
 }

@@ -75,6 +75,15 @@ impl CudaActivations {
     }
 }
 
+/// The element type of the pool a cache of `dtype` lives in.
+fn pool_dtype(dtype: KvDType) -> DType {
+    if dtype == KvDType::F32 {
+        DType::F32
+    } else {
+        DType::F16
+    }
+}
+
 /// Device buffers of the current step.
 #[derive(Default)]
 struct StepBuffers {
@@ -318,8 +327,15 @@ impl Backend for CudaBackend {
 
     fn new_cache(&self, _n_layers: usize, _n_groups: usize, _head_dim: usize, dtype: KvDType) -> CudaKvCache {
         // Q8_0 is refused when a step runs (prepare_step); its pool is f16.
-        let pool_dtype = if dtype == KvDType::F32 { DType::F32 } else { DType::F16 };
-        CudaKvCache::new(self.pool(pool_dtype), dtype)
+        CudaKvCache::new(self.pool(pool_dtype(dtype)), dtype)
+    }
+
+    fn kv_block_tokens(&self) -> Option<usize> {
+        Some(self.dims.block_tokens)
+    }
+
+    fn provide_kv_blocks(&self, dtype: KvDType, blocks: usize) -> Result<(), ModelError> {
+        self.pool(pool_dtype(dtype)).provide(blocks)
     }
 
     fn prepare_step(
