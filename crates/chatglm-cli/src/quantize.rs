@@ -17,7 +17,7 @@ use chatglm_model::{
 };
 use chatglm_tokenizer::ChatGlmTokenizer;
 use chatglm_weights::gguf::{
-    convert_rows, gguf_file_size, row_count, GgufModel, GgufTensorSpec, GgufValue, GgufWriter, QuantizePlan,
+    convert_rows, gguf_file_size, row_count, GgufModel, GgufTensorSpec, GgufValue, GgufWriter, QuantizePlan, TensorPlan,
 };
 use chatglm_weights::{Checkpoint, DType};
 use clap::Args;
@@ -218,6 +218,7 @@ fn file_metadata(source: &Source, plan: &QuantizePlan) -> Vec<(String, GgufValue
 fn write_gguf(source: &Source, plan: &QuantizePlan, output: &Path) -> Result<u64> {
     let cfg = source.config();
     let tensors = plan.tensors(cfg)?;
+    warn_fallbacks(&tensors);
     let metadata = file_metadata(source, plan);
     let specs: Vec<GgufTensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
 
@@ -276,6 +277,24 @@ fn write_gguf(source: &Source, plan: &QuantizePlan, output: &Path) -> Result<u64
         .with_context(|| format!("cannot rename {} to {}", temp.path.display(), output.display()))?;
     temp.keep = true;
     Ok(size)
+}
+
+/// Names the matrices written as f16 because the format's blocks do not
+/// tile their rows.
+fn warn_fallbacks(tensors: &[TensorPlan]) {
+    let fell_back: Vec<&TensorPlan> = tensors.iter().filter(|t| t.fallback_from.is_some()).collect();
+    if fell_back.is_empty() {
+        return;
+    }
+    eprintln!(
+        "warning: {} of {} tensors are written as f16: their rows are not whole 32-weight blocks of the format asked for",
+        fell_back.len(),
+        tensors.len()
+    );
+    for t in fell_back {
+        let asked = t.fallback_from.map(|d| d.to_string()).unwrap_or_default();
+        eprintln!("  {} ({:?}, {asked} → f16)", t.source, t.spec.shape);
+    }
 }
 
 /// Quality of one format against the reference.

@@ -130,6 +130,25 @@ impl TensorSource for Checkpoint {
     }
 }
 
+/// Weights per block of every quantized format.
+const QUANT_BLOCK: usize = 32;
+
+/// `format`, or f16 when it is quantized and its blocks do not tile rows of
+/// `cols` weights (as llama.cpp falls back), with a warning naming `tensor`.
+fn fallback_if_untiled(format: WeightFormat, cols: usize, tensor: &str) -> WeightFormat {
+    if format.is_quantized() && !cols.is_multiple_of(QUANT_BLOCK) {
+        tracing::warn!(
+            tensor,
+            cols,
+            "rows of {cols} weights are not whole {QUANT_BLOCK}-weight {} blocks: kept as f16",
+            format.name()
+        );
+        WeightFormat::F16
+    } else {
+        format
+    }
+}
+
 /// Loads every weight, calling `progress(done, total)` after each tensor.
 pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
     backend: &B,
@@ -148,7 +167,9 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
         |name: &str| -> Result<B::Vector, ModelError> { Ok(backend.load_vector(source.tensor(name)?.to_f32()?)) };
     let matrix = |name: &str, format: WeightFormat| -> Result<B::Matrix, ModelError> {
         let t = source.tensor(name)?;
-        backend.load_matrix(t, format.resolve(t.dtype), options.mmap)
+        let cols = t.shape.last().copied().unwrap_or(0);
+        let format = fallback_if_untiled(format.resolve(t.dtype), cols, name);
+        backend.load_matrix(t, format, options.mmap)
     };
 
     let embedding = matrix(names::WORD_EMBEDDINGS, options.embedding())?;
@@ -187,7 +208,7 @@ pub fn synthetic_weights<B: Backend>(backend: &B, cfg: &ModelConfig, options: Lo
     let mut seed = seed;
     let mut matrix = |rows: usize, cols: usize, f: WeightFormat| {
         seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        backend.random_matrix(rows, cols, pick(f), seed)
+        backend.random_matrix(rows, cols, fallback_if_untiled(pick(f), cols, "synthetic matrix"), seed)
     };
     let norm = |n: usize| backend.load_vector(vec![1.0; n]);
     let embedding = matrix(vocab, h, options.embedding());

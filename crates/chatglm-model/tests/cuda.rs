@@ -6,13 +6,15 @@
 //! script sets it).
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use chatglm_model::{
     Backend, Config, CpuBackend, CudaBackend, ForwardState, KvCacheOps, KvDType, LoadOptions, LogitsWanted, Model,
-    ModelError, SequenceInput, TensorSource, WeightFormat,
+    ModelError, SequenceInput, WeightFormat,
 };
 use chatglm_testdata::{argmax, dir as testdata, floats, golden, ids, max_abs_diff};
-use chatglm_weights::{names, Checkpoint, DType, Tensor, TensorData};
-use std::collections::HashMap;
+use chatglm_weights::Checkpoint;
+use common::random_model;
 
 /// The GPU backend for `cfg`, or `None` (with a message) where there is none.
 fn cuda(cfg: &Config) -> Option<CudaBackend> {
@@ -175,48 +177,6 @@ fn gpu_errors_instead_of_panics() {
 }
 
 // ---- CPU vs GPU on random models of awkward shapes -------------------------
-
-/// Random tensors with the official names (f32 on the host; each backend
-/// converts as it loads).
-struct RandomModel {
-    config: Config,
-    tensors: HashMap<String, Tensor>,
-}
-
-impl TensorSource for RandomModel {
-    fn config(&self) -> &Config {
-        &self.config
-    }
-    fn tensor(&self, name: &str) -> Result<&Tensor, ModelError> {
-        Ok(self.tensors.get(name).expect("every expected tensor is generated"))
-    }
-}
-
-fn random_model(json: &str, seed: u64) -> RandomModel {
-    let config = Config::from_json_str(json).unwrap();
-    let mut s = seed | 1;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
-    let mut tensors = HashMap::new();
-    for (name, shape) in names::expected_tensors(&config) {
-        let n: usize = shape.iter().product();
-        let fan_in = *shape.last().unwrap() as f32;
-        let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") {
-            (0..n).map(|_| 1.0 + 0.2 * next()).collect()
-        } else if shape.len() == 1 {
-            (0..n).map(|_| 0.2 * next()).collect()
-        } else {
-            (0..n).map(|_| 3.4 * next() / fan_in.sqrt()).collect()
-        };
-        let data = TensorData::from_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect());
-        tensors.insert(name.clone(), Tensor { name, dtype: DType::F32, shape, data });
-    }
-    RandomModel { config, tensors }
-}
 
 /// A head size of 128 with 64-token blocks takes the tensor-core prefill
 /// path; ffn 350 is not a multiple of 8 (the scalar mat-vec); 3 groups of 4

@@ -295,6 +295,9 @@ pub struct TensorPlan {
     pub source: String,
     /// GGUF name, dtype and shape in the output.
     pub spec: GgufTensorSpec,
+    /// The format asked for when its blocks do not tile the rows, so the
+    /// tensor is written as f16 instead (llama.cpp's fallback).
+    pub fallback_from: Option<DType>,
 }
 
 impl QuantizePlan {
@@ -316,9 +319,9 @@ impl QuantizePlan {
         self.embedding.unwrap_or(self.format)
     }
 
-    /// The tensors to write, in the official order, each with its dtype.
-    /// Fails, naming the tensor, when a quantized format's 32-weight blocks
-    /// do not tile its rows.
+    /// The tensors to write, in the official order, each with its dtype. A
+    /// matrix whose rows a quantized format's 32-weight blocks do not tile is
+    /// written as f16 instead (`fallback_from` says so), as llama.cpp does.
     pub fn tensors(&self, cfg: &ModelConfig) -> Result<Vec<TensorPlan>, WeightsError> {
         let mut out = Vec::new();
         for (name, shape) in names::expected_tensors(cfg) {
@@ -336,19 +339,20 @@ impl QuantizePlan {
                 tensor: name.clone(),
                 message: "no GGUF name for this tensor".into(),
             })?;
-            let spec = GgufTensorSpec { name: gguf, dtype, shape };
+            let mut spec = GgufTensorSpec { name: gguf, dtype, shape };
+            let mut fallback_from = None;
+            if spec.n_bytes().is_none() {
+                fallback_from = Some(dtype);
+                spec.dtype = DType::F16;
+            }
             if spec.n_bytes().is_none() {
                 return Err(WeightsError::BadTensor {
                     path: "<plan>".into(),
                     tensor: name,
-                    message: format!(
-                        "rows of {} weights are not whole {dtype} blocks of {}; choose a float format for it",
-                        spec.shape.last().copied().unwrap_or(0),
-                        dtype.block_elements()
-                    ),
+                    message: format!("shape {:?} is too large", spec.shape),
                 });
             }
-            out.push(TensorPlan { source: name, spec });
+            out.push(TensorPlan { source: name, spec, fallback_from });
         }
         Ok(out)
     }
@@ -443,5 +447,34 @@ mod tests {
         assert_eq!(official_name("blk.01.ffn_up.weight"), None);
         assert_eq!(official_name("blk.1.ffn_gate.weight"), None);
         assert_eq!(official_name("rope_freqs.weight"), None);
+    }
+
+    #[test]
+    fn matrices_whose_rows_are_not_whole_blocks_fall_back_to_f16() {
+        // hidden 100 (QKV, h→4h, output, embedding rows), ffn 80 (4h→h rows)
+        // and q 4·20 = 80 (dense rows): none is a multiple of 32.
+        let cfg = ModelConfig::from_json_str(
+            r#"{"num_layers":1,"hidden_size":100,"num_attention_heads":4,"kv_channels":20,
+            "multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":80,
+            "padded_vocab_size":333,"seq_length":512,"add_qkv_bias":true}"#,
+        )
+        .unwrap();
+        let plan = QuantizePlan::new(DType::Q4_0).tensors(&cfg).unwrap();
+        let fell_back: Vec<&TensorPlan> = plan.iter().filter(|t| t.fallback_from.is_some()).collect();
+        assert_eq!(fell_back.len(), plan.iter().filter(|t| t.spec.shape.len() == 2).count());
+        for t in &fell_back {
+            assert_eq!(t.spec.dtype, DType::F16, "{}", t.source);
+            assert!(matches!(t.fallback_from, Some(DType::Q4_0 | DType::Q8_0)), "{}", t.source);
+        }
+        // Rows of 64 tile: nothing falls back.
+        let cfg = ModelConfig::from_json_str(
+            r#"{"num_layers":1,"hidden_size":64,"num_attention_heads":4,"kv_channels":16,
+            "multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":160,
+            "padded_vocab_size":333,"seq_length":512,"add_qkv_bias":true}"#,
+        )
+        .unwrap();
+        let plan = QuantizePlan::new(DType::Q4_0).tensors(&cfg).unwrap();
+        assert!(plan.iter().all(|t| t.fallback_from.is_none()));
+        assert!(plan.iter().any(|t| t.spec.dtype == DType::Q4_0));
     }
 }

@@ -1,0 +1,48 @@
+//! A random model with the official tensor names, shared by the model tests.
+#![allow(dead_code)]
+
+use chatglm_model::{Config, ModelError, TensorSource};
+use chatglm_weights::{names, DType, Tensor, TensorData};
+use std::collections::HashMap;
+
+/// Random tensors with the official names (f32 on the host; each backend
+/// converts as it loads).
+pub struct RandomModel {
+    pub config: Config,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl TensorSource for RandomModel {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+    fn tensor(&self, name: &str) -> Result<&Tensor, ModelError> {
+        Ok(self.tensors.get(name).expect("every expected tensor is generated"))
+    }
+}
+
+pub fn random_model(json: &str, seed: u64) -> RandomModel {
+    let config = Config::from_json_str(json).unwrap();
+    let mut s = seed | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut tensors = HashMap::new();
+    for (name, shape) in names::expected_tensors(&config) {
+        let n: usize = shape.iter().product();
+        let fan_in = *shape.last().unwrap() as f32;
+        let values: Vec<f32> = if shape.len() == 1 && name.contains("norm") {
+            (0..n).map(|_| 1.0 + 0.2 * next()).collect()
+        } else if shape.len() == 1 {
+            (0..n).map(|_| 0.2 * next()).collect()
+        } else {
+            (0..n).map(|_| 3.4 * next() / fan_in.sqrt()).collect()
+        };
+        let data = TensorData::from_vec(values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        tensors.insert(name.clone(), Tensor { name, dtype: DType::F32, shape, data });
+    }
+    RandomModel { config, tensors }
+}
