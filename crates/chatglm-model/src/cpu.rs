@@ -8,8 +8,7 @@ use crate::{KvCache, KvDType};
 use chatglm_cpu::attention::{attend_group, AttentionShape, KvElem};
 use chatglm_cpu::matmul::{matmul, MatmulScratch};
 use chatglm_cpu::ops::{self, RopeTable};
-use chatglm_cpu::packed::{PackRows, PackedQ4_0};
-use chatglm_cpu::packed_q8::PackedQ8_0;
+use chatglm_cpu::packed::PackRows;
 use chatglm_cpu::{Kernels, Matrix, MatrixData, Storage};
 use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock};
 use chatglm_weights::{DType, Tensor};
@@ -246,19 +245,15 @@ impl Backend for CpuBackend {
                 MatrixData::F16(Storage::Owned(random_vec(rows * cols, seed, f16::from_f32)))
             }
             WeightFormat::BF16 => MatrixData::BF16(Storage::Owned(random_vec(rows * cols, seed, bf16::from_f32))),
-            WeightFormat::Q8_0 => MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(
-                &random_vec(rows * cols / 32, seed, |r| {
-                    let mut b: BlockQ8_0 = bytemuck::Zeroable::zeroed();
-                    b.d = f16::from_f32(0.02 / 127.0);
-                    let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    for (i, q) in b.qs.iter_mut().enumerate() {
-                        *q = (bits.rotate_left(i as u32 * 2) as i8) >> 1;
-                    }
-                    b
-                }),
-                rows,
-                cols,
-            )),
+            WeightFormat::Q8_0 => MatrixData::Q8_0Packed(random_packed(rows, cols, seed, |r| {
+                let mut b: BlockQ8_0 = bytemuck::Zeroable::zeroed();
+                b.d = f16::from_f32(0.02 / 127.0);
+                let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for (i, q) in b.qs.iter_mut().enumerate() {
+                    *q = (bits.rotate_left(i as u32 * 2) as i8) >> 1;
+                }
+                b
+            })),
             WeightFormat::Q4_1 | WeightFormat::Q5_0 | WeightFormat::Q5_1 => {
                 // Same byte budget class; values do not matter for speed, so build
                 // from random f16 rows through the reference quantizer.
@@ -271,19 +266,15 @@ impl Backend for CpuBackend {
                 };
                 return self.load_matrix(&t, format, false).expect("invariant: synthetic shapes are multiples of 32");
             }
-            WeightFormat::Q4_0 => MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(
-                &random_vec(rows * cols / 32, seed, |r| {
-                    let mut b: BlockQ4_0 = bytemuck::Zeroable::zeroed();
-                    b.d = f16::from_f32(0.02 / 8.0);
-                    let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                    for (i, q) in b.qs.iter_mut().enumerate() {
-                        *q = bits.rotate_left(i as u32 * 4) as u8;
-                    }
-                    b
-                }),
-                rows,
-                cols,
-            )),
+            WeightFormat::Q4_0 => MatrixData::Q4_0Packed(random_packed(rows, cols, seed, |r| {
+                let mut b: BlockQ4_0 = bytemuck::Zeroable::zeroed();
+                b.d = f16::from_f32(0.02 / 8.0);
+                let bits = (r.to_bits() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                for (i, q) in b.qs.iter_mut().enumerate() {
+                    *q = bits.rotate_left(i as u32 * 4) as u8;
+                }
+                b
+            })),
         };
         Matrix { rows, cols, data }
     }
@@ -400,6 +391,27 @@ impl Backend for CpuBackend {
 
 /// `n` values `f(r)` with `r` uniform in about ±0.035 (std 0.02), filled in
 /// parallel from per-chunk xorshift streams.
+/// A packed quantized matrix of random blocks, built a slab of rows at a
+/// time so the full-size block array never exists beside the packed one
+/// (it would raise peak memory by the largest matrix: 283 MB for the 6B
+/// output layer at q8_0).
+fn random_packed<P: PackRows>(rows: usize, cols: usize, seed: u64, block: impl Fn(f32) -> P::Block + Sync) -> P
+where
+    P::Block: Send,
+{
+    const SLAB_ROWS: usize = 256;
+    let per_row = cols / 32;
+    let mut m = P::with_capacity(rows, cols);
+    for (i, r0) in (0..rows).step_by(SLAB_ROWS).enumerate() {
+        let n = SLAB_ROWS.min(rows - r0);
+        let slab = random_vec(n * per_row, seed.wrapping_add((i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)), &block);
+        for row in slab.chunks_exact(per_row.max(1)).take(n) {
+            m.push_row(row);
+        }
+    }
+    m.finish()
+}
+
 fn random_vec<T: Send>(n: usize, seed: u64, f: impl Fn(f32) -> T + Sync) -> Vec<T> {
     const CHUNK: usize = 1 << 16;
     let mut out = chatglm_cpu::memory::huge_vec(n);
