@@ -96,7 +96,9 @@ def tiny_config_dict(official_config_path, padded_vocab, seq_length, extra=None)
     d["padded_vocab_size"] = padded_vocab
     d["seq_length"] = seq_length
     d["torch_dtype"] = "float32"
-    d["_name_or_path"] = "tiny"
+    # The official repo's name with "-tiny": config.json is where a checkpoint
+    # without its modeling code says which release (and so which rope) it is.
+    d["_name_or_path"] = d.get("_name_or_path", "chatglm") + "-tiny"
     if extra:
         d.update(extra)
     return d

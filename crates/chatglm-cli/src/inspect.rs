@@ -86,6 +86,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
                 "multi_query_group_num": cfg.multi_query_group_num, "ffn_hidden_size": cfg.ffn_hidden_size,
                 "padded_vocab_size": cfg.padded_vocab_size, "seq_length": cfg.seq_length,
                 "layernorm_epsilon": cfg.layernorm_epsilon, "rope_ratio": cfg.rope_ratio,
+                "rope_scaling": cfg.rope_scaling.name(),
             },
             "tensors": summary.tensors.len(),
             "dtypes": dtypes,
@@ -102,9 +103,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("model      {}", dir.display());
     println!("format     {}", summary.format);
     println!(
-        "config     {} layers, hidden {}, {} heads x {}, {} KV groups, ffn {}, vocab {}, context {}, eps {}, rope_ratio {}",
+        "config     {} layers, hidden {}, {} heads x {}, {} KV groups, ffn {}, vocab {}, context {}, eps {}, rope_ratio {} ({})",
         cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.kv_channels, cfg.multi_query_group_num,
-        cfg.ffn_hidden_size, cfg.padded_vocab_size, cfg.seq_length, cfg.layernorm_epsilon, cfg.rope_ratio
+        cfg.ffn_hidden_size, cfg.padded_vocab_size, cfg.seq_length, cfg.layernorm_epsilon, cfg.rope_ratio,
+        if cfg.rope_ratio == 1.0 { "unscaled" } else { cfg.rope_scaling.name() }
     );
     println!(
         "tensors    {} ({})",

@@ -51,8 +51,16 @@ pub struct RopeTable {
 
 impl RopeTable {
     pub fn new(head_dim: usize, base: f32) -> Self {
+        Self::with_position_scale(head_dim, base, 1.0)
+    }
+
+    /// As [`RopeTable::new`] with positions multiplied by `position_scale`
+    /// (position interpolation, e.g. 1/16 for ChatGLM2-6B-32K), folded into
+    /// the frequencies: exact for the power-of-two ratios the releases use.
+    pub fn with_position_scale(head_dim: usize, base: f32, position_scale: f32) -> Self {
         let rot_dim = head_dim / 2;
-        let inv_freq = (0..rot_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32)).collect();
+        let inv_freq =
+            (0..rot_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / rot_dim as f32) * position_scale).collect();
         Self { inv_freq }
     }
 

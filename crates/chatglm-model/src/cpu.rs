@@ -40,14 +40,21 @@ impl CpuBackend {
         Self { kernels, rope: RopeTable::new(head_dim, rope_base), scratch: Mutex::new(MatmulScratch::default()) }
     }
 
-    /// For a model config.
+    /// For a model config (its rope_ratio applied as its family does).
     pub fn for_config(cfg: &crate::Config) -> Self {
-        Self::new(cfg.kv_channels, 10000.0 * cfg.rope_ratio)
+        Self { kernels: Kernels::detect(), rope: rope_table(cfg), scratch: Mutex::new(MatmulScratch::default()) }
     }
 
     pub fn kernels(&self) -> &'static Kernels {
         self.kernels
     }
+}
+
+/// The rotary table of a model config: `rope_ratio` scales the base or the
+/// positions, as the config's family does (`Config::rope_scaling`).
+pub(crate) fn rope_table(cfg: &crate::Config) -> RopeTable {
+    let (base, position_scale) = cfg.rope_base_and_position_scale();
+    RopeTable::with_position_scale(cfg.kv_channels, base, position_scale)
 }
 
 fn bad(tensor: &Tensor, message: String) -> ModelError {

@@ -75,7 +75,15 @@ impl Checkpoint {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint folder not found"),
             ));
         }
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let mut config = ModelConfig::from_file(&dir.join("config.json"))?;
+        // The official modeling code beside the weights says how rope_ratio
+        // applies (ChatGLM2-32K and ChatGLM3-32K differ); config.json alone
+        // only tells the family.
+        if let Ok(code) = std::fs::read_to_string(dir.join("modeling_chatglm.py")) {
+            if let Some(scaling) = crate::RopeScaling::from_modeling_code(&code) {
+                config.rope_scaling = scaling;
+            }
+        }
         let (file, format, sharded) = LAYOUTS
             .iter()
             .find(|(file, ..)| dir.join(file).is_file())

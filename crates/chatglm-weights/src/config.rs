@@ -8,6 +8,39 @@ use serde::Deserialize;
 
 use crate::WeightsError;
 
+/// How a config's `rope_ratio` enters the rotary angles, as each official
+/// modeling file defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RopeScaling {
+    /// ChatGLM2-6B-32K: positions are divided by `rope_ratio` (position
+    /// interpolation; the official file: `seq_idx = arange(seq_len) / self.rope_ratio`).
+    #[default]
+    DividePositions,
+    /// ChatGLM3-6B-32K/128K: the base is multiplied (`base = base * self.rope_ratio`).
+    ScaleBase,
+}
+
+impl RopeScaling {
+    /// From the official modeling code's text, where it says.
+    pub fn from_modeling_code(code: &str) -> Option<Self> {
+        if code.contains("/ self.rope_ratio") {
+            Some(Self::DividePositions)
+        } else if code.contains("base * self.rope_ratio") {
+            Some(Self::ScaleBase)
+        } else {
+            None
+        }
+    }
+
+    /// The GGUF/`inspect` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::DividePositions => "positions",
+            Self::ScaleBase => "base",
+        }
+    }
+}
+
 /// The model hyper-parameters from `config.json` (field names as in the
 /// official file; unknown fields are ignored). Sizes are required; flags
 /// default as in the official `configuration_chatglm.py`.
@@ -40,10 +73,18 @@ pub struct ModelConfig {
     #[serde(default = "default_eps")]
     pub layernorm_epsilon: f32,
     /// RoPE scaling for long-context variants (absent = 1.0). Its meaning
-    /// differs between releases (position interpolation in chatglm2-6b-32k,
-    /// base scaling in chatglm3-6b-32k/128k): the model crate decides.
+    /// differs between releases: [`ModelConfig::rope_scaling`] says which.
     #[serde(default = "one_f32")]
     pub rope_ratio: f32,
+    /// How `rope_ratio` applies. Not a config.json field: it follows the
+    /// checkpoint's family (see [`RopeScaling`]), decided when the config is
+    /// read and refined from the modeling code beside it.
+    #[serde(skip)]
+    pub rope_scaling: RopeScaling,
+    /// The official `_name_or_path` (`THUDM/chatglm2-6b-32k`, …): which
+    /// release a checkpoint says it is when its modeling code is not beside it.
+    #[serde(default, rename = "_name_or_path")]
+    pub name_or_path: Option<String>,
     /// End-of-sequence token id (2).
     #[serde(default = "default_eos")]
     pub eos_token_id: u32,
@@ -152,10 +193,35 @@ impl ModelConfig {
     }
 
     fn parse(s: &str, path: &Path) -> Result<Self, WeightsError> {
-        let cfg: Self = serde_json::from_str(s)
+        let mut cfg: Self = serde_json::from_str(s)
             .map_err(|e| WeightsError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+        cfg.rope_scaling = cfg.family_rope_scaling();
         cfg.validate_at(path)?;
         Ok(cfg)
+    }
+
+    /// The rope scaling of this config's family, as far as config.json
+    /// tells: a ChatGLM3 release names itself in `_name_or_path`; anything
+    /// else is taken as ChatGLM2. The modeling code, where present, is the
+    /// better witness ([`RopeScaling::from_modeling_code`]; `auto_map` is
+    /// not one: ChatGLM2-6B's newest config lists the same classes as
+    /// ChatGLM3's).
+    pub fn family_rope_scaling(&self) -> RopeScaling {
+        let glm3 = self.name_or_path.as_deref().is_some_and(|n| n.to_ascii_lowercase().contains("chatglm3"));
+        if glm3 {
+            RopeScaling::ScaleBase
+        } else {
+            RopeScaling::DividePositions
+        }
+    }
+
+    /// The RoPE base and the factor positions are multiplied by before the
+    /// angles are taken (`rope_ratio` applied as [`ModelConfig::rope_scaling`] says).
+    pub fn rope_base_and_position_scale(&self) -> (f32, f32) {
+        match self.rope_scaling {
+            RopeScaling::DividePositions => (10000.0, 1.0 / self.rope_ratio),
+            RopeScaling::ScaleBase => (10000.0 * self.rope_ratio, 1.0),
+        }
     }
 
     /// Checks that the sizes are consistent and that the architecture flags

@@ -10,7 +10,7 @@ use chatglm_weights::gguf::{
     convert_rows, model::config_metadata, parse_gguf_bytes, row_count, GgufArray, GgufFile, GgufModel, GgufTensorSpec,
     GgufValue, GgufWriter, QuantizePlan,
 };
-use chatglm_weights::{Checkpoint, DType};
+use chatglm_weights::{Checkpoint, DType, RopeScaling};
 use common::layout_dir;
 
 /// A small valid file: metadata of every kind, three tensors.
@@ -206,7 +206,12 @@ fn errors_name_the_file() {
 
 /// Writes the dev checkpoint as GGUF under `plan` with the library alone.
 fn write_dev(plan: &QuantizePlan, path: &Path) -> Checkpoint {
-    let ckpt = Checkpoint::open(&layout_dir("safetensors-f32")).unwrap();
+    write_checkpoint(&layout_dir("safetensors-f32"), plan, path)
+}
+
+/// Writes the checkpoint in `dir` as GGUF under `plan` with the library alone.
+fn write_checkpoint(dir: &Path, plan: &QuantizePlan, path: &Path) -> Checkpoint {
+    let ckpt = Checkpoint::open(dir).unwrap();
     let tensors = plan.tensors(&ckpt.config).unwrap();
     let specs = tensors.iter().map(|t| t.spec.clone()).collect();
     let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
@@ -274,6 +279,36 @@ fn config_is_rebuilt_without_our_key() {
     );
     assert_eq!((a.multi_query_group_num, a.add_qkv_bias, a.rope_ratio), (b.multi_query_group_num, true, 1.0));
     assert_eq!(a.layernorm_epsilon, b.layernorm_epsilon);
+}
+
+#[test]
+fn rope_scaling_survives_gguf_with_and_without_our_config_key() {
+    // ChatGLM2-32K (positions ÷ 16) and ChatGLM3-32K (base × 50) from the
+    // family golden data; llama.cpp's keys alone must give the same config.
+    let dir = tempfile::tempdir().unwrap();
+    let family = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../golden/family");
+    for (name, scaling, ratio) in [
+        ("chatglm2-32k", RopeScaling::DividePositions, 16.0),
+        ("chatglm3-32k-RECONSTRUCTED", RopeScaling::ScaleBase, 50.0),
+    ] {
+        let path = dir.path().join(format!("{name}.gguf"));
+        write_checkpoint(&family.join(name).join("model"), &QuantizePlan::new(DType::F32), &path);
+        let model = GgufModel::open(&path).unwrap();
+        assert_eq!((model.config.rope_scaling, model.config.rope_ratio), (scaling, ratio), "{name}");
+        // Without our config key: rebuilt from the rope.* keys.
+        let bytes = std::fs::read(&path).unwrap();
+        let mut h = parse_gguf_bytes(&bytes).unwrap();
+        h.metadata.retain(|(k, _)| k != "chatglm_rs.config_json");
+        let specs =
+            h.tensors.iter().map(|t| GgufTensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() });
+        let mut w = GgufWriter::new(Vec::new(), &path, &h.metadata, specs.collect()).unwrap();
+        for t in &h.tensors {
+            w.write_data(&bytes[t.file_range.clone()]).unwrap();
+        }
+        std::fs::write(&path, w.finish().unwrap()).unwrap();
+        let model = GgufModel::open(&path).unwrap();
+        assert_eq!((model.config.rope_scaling, model.config.rope_ratio), (scaling, ratio), "{name} (llama.cpp keys)");
+    }
 }
 
 #[test]

@@ -20,7 +20,6 @@ use crate::kv_cache::{KvCacheOps, KvDType};
 use crate::loader::WeightFormat;
 use crate::{Backend, Config, ModelError, SequenceInput, TokenChoice};
 use chatglm_cpu::attention::AttentionShape;
-use chatglm_cpu::ops::RopeTable;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
 use chatglm_cuda::{
     device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan,
@@ -170,7 +169,7 @@ impl CudaBackend {
             block_tokens: KV_BLOCK_TOKENS,
         };
         dims.validate().map_err(|e| backend_err("model shape", e))?;
-        let rope = RopeTable::new(cfg.kv_channels, 10000.0 * cfg.rope_ratio);
+        let rope = crate::cpu::rope_table(cfg);
         let inv_freq = gpu.upload_new(rope.inv_freq(), "rotary table").map_err(|e| backend_err("start-up", e))?;
         Ok(Self {
             gpu,

@@ -23,7 +23,7 @@ use super::reader::GgufFile;
 use super::value::GgufValue;
 use super::writer::GgufTensorSpec;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock, QK};
-use crate::{names, DType, ModelConfig, Tensor, WeightsError};
+use crate::{names, DType, ModelConfig, RopeScaling, Tensor, WeightsError};
 
 /// `general.architecture`.
 pub const ARCHITECTURE: &str = "chatglm";
@@ -116,16 +116,37 @@ pub fn config_metadata(cfg: &ModelConfig, dtype: DType) -> Vec<(String, GgufValu
         (key("attention.layer_norm_rms_epsilon"), GgufValue::F32(cfg.layernorm_epsilon)),
         // ChatGLM2 rotates the first half of each head.
         (key("rope.dimension_count"), u32v(cfg.kv_channels / 2)),
-        (key("rope.freq_base"), GgufValue::F32(10000.0 * cfg.rope_ratio)),
         (CONFIG_JSON_KEY.to_string(), GgufValue::String(config_json(cfg))),
     ]);
+    // rope_ratio as llama.cpp spells the two ways the releases use it:
+    // position interpolation ("linear" scaling) or a larger base.
+    let (base, position_scale) = cfg.rope_base_and_position_scale();
+    m.push((key("rope.freq_base"), GgufValue::F32(base)));
+    match cfg.rope_scaling {
+        RopeScaling::DividePositions => {
+            m.push((key("rope.scaling.type"), GgufValue::String("linear".into())));
+            m.push((key("rope.scaling.factor"), GgufValue::F32(1.0 / position_scale)));
+        }
+        RopeScaling::ScaleBase => m.push((key("rope.scaling.type"), GgufValue::String("none".into()))),
+    }
     m
+}
+
+/// How a file's rope_ratio applies: its `rope.scaling.type` ("linear":
+/// positions divided), else (files written before the key, and "none") a
+/// scaled base.
+fn rope_scaling_of(file: &GgufFile) -> RopeScaling {
+    match file.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
+        Some("linear") => RopeScaling::DividePositions,
+        _ => RopeScaling::ScaleBase,
+    }
 }
 
 /// Every [`ModelConfig`] field as config.json spells it.
 fn config_json(cfg: &ModelConfig) -> String {
     serde_json::json!({
         "model_type": cfg.model_type,
+        "_name_or_path": cfg.name_or_path,
         "num_layers": cfg.num_layers,
         "hidden_size": cfg.hidden_size,
         "num_attention_heads": cfg.num_attention_heads,
@@ -169,7 +190,9 @@ pub fn config_from_file(file: &GgufFile) -> Result<ModelConfig, WeightsError> {
     let in_file = |e: WeightsError| bad(format!("model config: {e}"));
     if let Some(v) = file.get(CONFIG_JSON_KEY) {
         let json = v.as_str().ok_or_else(|| bad(format!("{CONFIG_JSON_KEY} must be a string, found {v}")))?;
-        return ModelConfig::from_json_str(json).map_err(in_file);
+        let mut cfg = ModelConfig::from_json_str(json).map_err(in_file)?;
+        cfg.rope_scaling = rope_scaling_of(file);
+        return Ok(cfg);
     }
     let get = |k: &str| -> Result<u64, WeightsError> {
         let full = key(k);
@@ -199,12 +222,17 @@ pub fn config_from_file(file: &GgufFile) -> Result<ModelConfig, WeightsError> {
         "padded_vocab_size": vocab,
         "seq_length": get("context_length")?,
         "layernorm_epsilon": opt_f("attention.layer_norm_rms_epsilon", 1e-5),
-        "rope_ratio": opt_f("rope.freq_base", 10000.0) / 10000.0,
+        "rope_ratio": match rope_scaling_of(file) {
+            RopeScaling::DividePositions => opt_f("rope.scaling.factor", 1.0),
+            RopeScaling::ScaleBase => opt_f("rope.freq_base", 10000.0) / 10000.0,
+        },
         "add_qkv_bias": file.header().tensor_info("blk.0.attn_qkv.bias").is_some(),
         "eos_token_id": token_id("tokenizer.ggml.eos_token_id", 2),
         "pad_token_id": token_id("tokenizer.ggml.padding_token_id", 0),
     });
-    ModelConfig::from_json_str(&json.to_string()).map_err(in_file)
+    let mut cfg = ModelConfig::from_json_str(&json.to_string()).map_err(in_file)?;
+    cfg.rope_scaling = rope_scaling_of(file);
+    Ok(cfg)
 }
 
 /// A ChatGLM GGUF file opened as a model: its config and its tensors under
