@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 mod bpe;
+mod chat3;
 mod chatglm;
 mod detokenizer;
 mod error;
@@ -34,6 +35,7 @@ mod sentencepiece;
 mod utf8;
 mod vocab;
 
+pub use chat3::{ChatMessage, Role};
 pub use chatglm::{ChatGlmTokenizer, SpecialToken};
 pub use detokenizer::Detokenizer;
 pub use error::TokenizerError;
