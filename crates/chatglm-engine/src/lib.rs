@@ -14,6 +14,7 @@
 //! ids, text deltas and finish reasons.
 
 #![forbid(unsafe_code)]
+pub mod chat3;
 mod engine_loop;
 mod error;
 pub mod generate;
@@ -21,6 +22,7 @@ pub mod gguf_vocab;
 mod handle;
 pub mod kv_blocks;
 mod pipeline;
+mod pyliteral;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
@@ -29,6 +31,7 @@ mod session;
 pub mod stats;
 pub mod text;
 
+pub use chat3::{process_response3, Chat3Message, Chat3Reply, ToolCallError};
 pub use error::EngineError;
 pub use generate::{generate, FinishReason, GenerationConfig, GenerationOutput, Timings};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineLimits, SubmitError};
