@@ -28,6 +28,7 @@ pub mod sampling;
 pub mod scheduler;
 mod sequence;
 mod session;
+mod session3;
 pub mod stats;
 pub mod text;
 
@@ -39,3 +40,4 @@ pub use pipeline::{Pipeline, PipelineOptions, SYNTHETIC_PREFIX};
 pub use request::{Completion, EventSink, Request, RequestEvent, RequestParams, RequestTimings};
 pub use sampling::{ParamError, SamplingParams};
 pub use session::{ChatReply, ChatSession, History};
+pub use session3::{Chat3Session, Chat3Turn};

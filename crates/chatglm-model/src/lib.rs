@@ -22,6 +22,7 @@ mod weights;
 
 pub use backend::{greedy_token, Backend};
 pub use chatglm_weights::ModelConfig as Config;
+pub use chatglm_weights::{ModelFamily, RopeScaling};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaKvCache};

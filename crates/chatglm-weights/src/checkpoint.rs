@@ -79,6 +79,15 @@ impl Checkpoint {
         // The official modeling code beside the weights says how rope_ratio
         // applies (ChatGLM2-32K and ChatGLM3-32K differ); config.json alone
         // only tells the family.
+        // The remote code also tells the release (and so the chat format).
+        for file in ["tokenization_chatglm.py", "modeling_chatglm.py"] {
+            if let Ok(code) = std::fs::read_to_string(dir.join(file)) {
+                if let Some(family) = crate::ModelFamily::from_remote_code(&code) {
+                    config.family = family;
+                    config.rope_scaling = config.family_rope_scaling();
+                }
+            }
+        }
         if let Ok(code) = std::fs::read_to_string(dir.join("modeling_chatglm.py")) {
             if let Some(scaling) = crate::RopeScaling::from_modeling_code(&code) {
                 config.rope_scaling = scaling;

@@ -8,6 +8,39 @@ use serde::Deserialize;
 
 use crate::WeightsError;
 
+/// Which release a checkpoint is: its chat format follows (ChatGLM3 adds role
+/// tokens, tool calls and a different prompt layout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelFamily {
+    #[default]
+    ChatGlm2,
+    ChatGlm3,
+}
+
+impl ModelFamily {
+    /// From the official remote code's text, where it says (ChatGLM3's
+    /// tokenizer and modeling files build prompts with `build_chat_input`
+    /// and its role tokens).
+    pub fn from_remote_code(code: &str) -> Option<Self> {
+        (code.contains("build_chat_input") || code.contains("<|observation|>")).then_some(Self::ChatGlm3)
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ChatGlm2 => "chatglm2",
+            Self::ChatGlm3 => "chatglm3",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "chatglm2" => Some(Self::ChatGlm2),
+            "chatglm3" => Some(Self::ChatGlm3),
+            _ => None,
+        }
+    }
+}
+
 /// How a config's `rope_ratio` enters the rotary angles, as each official
 /// modeling file defines it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +114,10 @@ pub struct ModelConfig {
     /// read and refined from the modeling code beside it.
     #[serde(skip)]
     pub rope_scaling: RopeScaling,
+    /// The release (chat format). Not a config.json field: from the remote
+    /// code beside the weights, else `_name_or_path`.
+    #[serde(skip)]
+    pub family: ModelFamily,
     /// The official `_name_or_path` (`THUDM/chatglm2-6b-32k`, …): which
     /// release a checkpoint says it is when its modeling code is not beside it.
     #[serde(default, rename = "_name_or_path")]
@@ -178,7 +215,13 @@ impl ModelConfig {
             "dev" | "tiny" => DEV,
             _ => return None,
         };
-        Some(Self::from_json_str(json))
+        Some(Self::from_json_str(json).map(|mut c| {
+            if name.starts_with("chatglm3") {
+                c.family = ModelFamily::ChatGlm3;
+                c.rope_scaling = c.family_rope_scaling();
+            }
+            c
+        }))
     }
 
     /// Parses and [validates](Self::validate) a `config.json` document.
@@ -195,23 +238,24 @@ impl ModelConfig {
     fn parse(s: &str, path: &Path) -> Result<Self, WeightsError> {
         let mut cfg: Self = serde_json::from_str(s)
             .map_err(|e| WeightsError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+        cfg.family = if cfg.name_or_path.as_deref().is_some_and(|n| n.to_ascii_lowercase().contains("chatglm3")) {
+            ModelFamily::ChatGlm3
+        } else {
+            ModelFamily::ChatGlm2
+        };
         cfg.rope_scaling = cfg.family_rope_scaling();
         cfg.validate_at(path)?;
         Ok(cfg)
     }
 
-    /// The rope scaling of this config's family, as far as config.json
-    /// tells: a ChatGLM3 release names itself in `_name_or_path`; anything
-    /// else is taken as ChatGLM2. The modeling code, where present, is the
-    /// better witness ([`RopeScaling::from_modeling_code`]; `auto_map` is
-    /// not one: ChatGLM2-6B's newest config lists the same classes as
-    /// ChatGLM3's).
+    /// The rope scaling of this config's family ([`ModelConfig::family`]:
+    /// ChatGLM3 scales the base, ChatGLM2 divides positions). The modeling
+    /// code, where present, is the better witness
+    /// ([`RopeScaling::from_modeling_code`]).
     pub fn family_rope_scaling(&self) -> RopeScaling {
-        let glm3 = self.name_or_path.as_deref().is_some_and(|n| n.to_ascii_lowercase().contains("chatglm3"));
-        if glm3 {
-            RopeScaling::ScaleBase
-        } else {
-            RopeScaling::DividePositions
+        match self.family {
+            ModelFamily::ChatGlm3 => RopeScaling::ScaleBase,
+            ModelFamily::ChatGlm2 => RopeScaling::DividePositions,
         }
     }
 

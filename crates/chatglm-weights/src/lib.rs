@@ -43,7 +43,7 @@ mod tensor;
 pub mod zip;
 
 pub use checkpoint::{Checkpoint, CheckpointFormat};
-pub use config::{ModelConfig, RopeScaling};
+pub use config::{ModelConfig, ModelFamily, RopeScaling};
 pub use dtype::DType;
 pub use error::WeightsError;
 pub use pytorch::load_pytorch_bin;

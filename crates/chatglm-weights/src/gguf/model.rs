@@ -23,7 +23,7 @@ use super::reader::GgufFile;
 use super::value::GgufValue;
 use super::writer::GgufTensorSpec;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock, QK};
-use crate::{names, DType, ModelConfig, RopeScaling, Tensor, WeightsError};
+use crate::{names, DType, ModelConfig, ModelFamily, RopeScaling, Tensor, WeightsError};
 
 /// `general.architecture`.
 pub const ARCHITECTURE: &str = "chatglm";
@@ -118,6 +118,7 @@ pub fn config_metadata(cfg: &ModelConfig, dtype: DType) -> Vec<(String, GgufValu
         (key("rope.dimension_count"), u32v(cfg.kv_channels / 2)),
         (CONFIG_JSON_KEY.to_string(), GgufValue::String(config_json(cfg))),
     ]);
+    m.push((FAMILY_KEY.to_string(), GgufValue::String(cfg.family.name().into())));
     // rope_ratio as llama.cpp spells the two ways the releases use it:
     // position interpolation ("linear" scaling) or a larger base.
     let (base, position_scale) = cfg.rope_base_and_position_scale();
@@ -130,6 +131,15 @@ pub fn config_metadata(cfg: &ModelConfig, dtype: DType) -> Vec<(String, GgufValu
         RopeScaling::ScaleBase => m.push((key("rope.scaling.type"), GgufValue::String("none".into()))),
     }
     m
+}
+
+/// The release (chat format) of the model in a file we wrote.
+const FAMILY_KEY: &str = "chatglm_rs.family";
+
+/// A file's release where it records one ([`FAMILY_KEY`]; llama.cpp's files
+/// do not, and then the config's `_name_or_path` decides).
+fn family_of(file: &GgufFile) -> Option<ModelFamily> {
+    file.get(FAMILY_KEY).and_then(GgufValue::as_str).and_then(ModelFamily::parse)
 }
 
 /// How a file's rope_ratio applies: its `rope.scaling.type` ("linear":
@@ -191,6 +201,7 @@ pub fn config_from_file(file: &GgufFile) -> Result<ModelConfig, WeightsError> {
     if let Some(v) = file.get(CONFIG_JSON_KEY) {
         let json = v.as_str().ok_or_else(|| bad(format!("{CONFIG_JSON_KEY} must be a string, found {v}")))?;
         let mut cfg = ModelConfig::from_json_str(json).map_err(in_file)?;
+        cfg.family = family_of(file).unwrap_or(cfg.family);
         cfg.rope_scaling = rope_scaling_of(file);
         return Ok(cfg);
     }
@@ -231,6 +242,7 @@ pub fn config_from_file(file: &GgufFile) -> Result<ModelConfig, WeightsError> {
         "pad_token_id": token_id("tokenizer.ggml.padding_token_id", 0),
     });
     let mut cfg = ModelConfig::from_json_str(&json.to_string()).map_err(in_file)?;
+    cfg.family = family_of(file).unwrap_or(cfg.family);
     cfg.rope_scaling = rope_scaling_of(file);
     Ok(cfg)
 }

@@ -1,0 +1,112 @@
+//! A ChatGLM3 conversation, as the official `model.chat(tokenizer, query,
+//! history, role)` runs it: the prompt from `build_chat_input` (every turn
+//! re-encoded), generation stopping at `</s>`, `<|user|>` or
+//! `<|observation|>`, the last generated id dropped (as the official code
+//! does, even when generation ended at `max_length`), and the reply read by
+//! `process_response` (text or a tool call).
+
+use crate::chat3::{process_response3, render_tools, Chat3Message, Chat3Reply, ToolCallError};
+use crate::generate::{generate, FinishReason, GenerationConfig, GenerationOutput};
+use crate::{EngineError, Pipeline};
+use chatglm_model::{Backend, ForwardState, KvCacheOps};
+use chatglm_tokenizer::{ChatMessage, Role};
+
+/// One ChatGLM3 turn.
+#[derive(Debug, Clone)]
+pub struct Chat3Turn {
+    /// The reply, or why its tool call could not be read.
+    pub reply: Result<Chat3Reply, ToolCallError>,
+    /// The decoded reply before `process_response`.
+    pub raw: String,
+    pub prompt_ids: Vec<u32>,
+    pub output: GenerationOutput,
+}
+
+/// A ChatGLM3 conversation on one pipeline.
+pub struct Chat3Session<'p, B: Backend> {
+    pipeline: &'p Pipeline<B>,
+    state: ForwardState<B>,
+    cache: B::Cache,
+    history: Vec<Chat3Message>,
+}
+
+impl<'p, B: Backend> Chat3Session<'p, B> {
+    pub fn new(pipeline: &'p Pipeline<B>) -> Self {
+        Self::with_history(pipeline, Vec::new())
+    }
+
+    /// Continues `history` (the official list of messages; a system message
+    /// with `tools` first for tool calling).
+    pub fn with_history(pipeline: &'p Pipeline<B>, history: Vec<Chat3Message>) -> Self {
+        Self {
+            state: ForwardState::new(&pipeline.model.backend),
+            cache: pipeline.model.new_cache(pipeline.kv_dtype),
+            pipeline,
+            history,
+        }
+    }
+
+    pub fn history(&self) -> &[Chat3Message] {
+        &self.history
+    }
+
+    pub fn clear(&mut self) {
+        self.history.clear();
+        self.cache.clear();
+    }
+
+    /// The prompt of the next turn: `build_chat_input(query, history, role)`.
+    pub fn prompt_ids(&self, query: &str, role: Role) -> Vec<u32> {
+        let contents: Vec<String> = self
+            .history
+            .iter()
+            .map(|m| match (&m.tools, m.role) {
+                (Some(tools), Role::System) => format!("{}\n{}", m.content, render_tools(tools)),
+                _ => m.content.clone(),
+            })
+            .collect();
+        let messages: Vec<ChatMessage<'_>> = self
+            .history
+            .iter()
+            .zip(&contents)
+            .map(|(m, c)| ChatMessage { role: m.role, metadata: &m.metadata, content: c })
+            .collect();
+        self.pipeline.tokenizer.encode_chat3(&messages, query, role)
+    }
+
+    pub fn chat(&mut self, query: &str, role: Role, config: &GenerationConfig) -> Result<Chat3Turn, EngineError> {
+        self.chat_stream(query, role, config, &mut |_| true)
+    }
+
+    /// As [`Chat3Session::chat`], streaming text as it is generated
+    /// (`on_text` returns `false` to stop; a cancelled turn is not added to
+    /// the history).
+    pub fn chat_stream(
+        &mut self,
+        query: &str,
+        role: Role,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Chat3Turn, EngineError> {
+        let tok = &self.pipeline.tokenizer;
+        let mut config = config.clone();
+        for stop in [tok.eos_id(), tok.role_id(Role::User), tok.role_id(Role::Observation)] {
+            if !config.eos_ids.contains(&stop) {
+                config.eos_ids.push(stop);
+            }
+        }
+        let prompt_ids = self.prompt_ids(query, role);
+        self.cache.clear();
+        let p = self.pipeline;
+        let output = generate(&p.model, tok, &mut self.state, &mut self.cache, &prompt_ids, &config, on_text)?;
+        if output.finish_reason == FinishReason::Cancelled {
+            let raw = output.text.clone();
+            return Ok(Chat3Turn { reply: Ok(Chat3Reply::Text(raw.clone())), raw, prompt_ids, output });
+        }
+        let kept = &output.generated_ids[..output.generated_ids.len().saturating_sub(1)];
+        let raw = tok.decode(kept);
+        self.history.push(Chat3Message::new(role, query));
+        let reply = process_response3(&raw, &mut self.history);
+        Ok(Chat3Turn { reply, raw, prompt_ids, output })
+    }
+}
