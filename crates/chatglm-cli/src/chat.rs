@@ -2,8 +2,12 @@
 
 use crate::args::{ModelArgs, PipelineUser, SamplingArgs};
 use anyhow::Result;
-use chatglm_engine::{ChatSession, EngineError, FinishReason, GenerationConfig, Pipeline};
-use chatglm_model::Backend;
+use chatglm_engine::{
+    Chat3Message, Chat3Reply, Chat3Session, ChatSession, EngineError, FinishReason, GenerationConfig, GenerationOutput,
+    Pipeline,
+};
+use chatglm_model::{Backend, ModelFamily};
+use chatglm_tokenizer::Role;
 use clap::Args;
 use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,9 +22,83 @@ pub struct ChatArgs {
     /// Print prompt/answer token counts and tokens per second after each answer.
     #[arg(short, long)]
     pub verbose: bool,
+    /// System prompt of a ChatGLM3 model ("" for none; ChatGLM2 has no system role).
+    #[arg(long, default_value = CHATGLM3_SYSTEM)]
+    pub system: String,
 }
 
-const WELCOME: &str = "欢迎使用 ChatGLM2-6B 模型，输入内容即可进行对话，clear 清空对话历史，stop 终止程序 (Ctrl-C interrupts an answer, Ctrl-D exits)";
+/// The official ChatGLM3 demos' system prompt.
+pub const CHATGLM3_SYSTEM: &str = "You are ChatGLM3, a large language model trained by Zhipu.AI. Follow the user's instructions carefully. Respond using markdown.";
+
+const HELP: &str =
+    "输入内容即可进行对话，clear 清空对话历史，stop 终止程序 (Ctrl-C interrupts an answer, Ctrl-D exits)";
+
+fn welcome(family: ModelFamily) -> String {
+    let name = match family {
+        ModelFamily::ChatGlm2 => "ChatGLM2-6B",
+        ModelFamily::ChatGlm3 => "ChatGLM3-6B",
+    };
+    format!("欢迎使用 {name} 模型，{HELP}")
+}
+
+/// A conversation in the model's own chat format.
+enum Conversation<'p, B: Backend> {
+    Glm2(ChatSession<'p, B>),
+    Glm3(Chat3Session<'p, B>),
+}
+
+impl<B: Backend> Conversation<'_, B> {
+    fn clear(&mut self) {
+        match self {
+            Self::Glm2(s) => s.clear(),
+            Self::Glm3(s) => s.clear(),
+        }
+    }
+
+    fn has_rounds(&self) -> bool {
+        match self {
+            Self::Glm2(s) => !s.history().is_empty(),
+            Self::Glm3(s) => s.has_rounds(),
+        }
+    }
+
+    fn drop_oldest_round(&mut self) {
+        match self {
+            Self::Glm2(s) => s.drop_oldest_rounds(1),
+            Self::Glm3(s) => s.drop_oldest_round(),
+        }
+    }
+
+    fn context_tokens(&self) -> usize {
+        match self {
+            Self::Glm2(s) => s.context_tokens(),
+            Self::Glm3(s) => s.context_tokens(),
+        }
+    }
+
+    /// Streams a reply; returns the generation and, for ChatGLM3, a line
+    /// about a tool call the reply made (the CLI runs no tools).
+    fn chat_stream(
+        &mut self,
+        query: &str,
+        config: &GenerationConfig,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(GenerationOutput, Option<String>), EngineError> {
+        match self {
+            Self::Glm2(s) => s.chat_stream(query, config, on_text).map(|r| (r.output, None)),
+            Self::Glm3(s) => s.chat_stream(query, Role::User, config, on_text).map(|t| {
+                let note = match t.reply {
+                    Ok(Chat3Reply::ToolCall { name, parameters }) => {
+                        Some(format!("[tool call: {name}({parameters}); chat runs no tools]"))
+                    }
+                    Err(e) => Some(format!("[{e}]")),
+                    _ => None,
+                };
+                (t.output, note)
+            }),
+        }
+    }
+}
 
 pub fn run(args: ChatArgs) -> Result<()> {
     args.model.clone().with_pipeline(args)
@@ -35,7 +113,18 @@ impl PipelineUser<()> for ChatArgs {
 fn run_on<B: Backend>(pipeline: Pipeline<B>, args: ChatArgs) -> Result<()> {
     let interactive = std::io::stdin().is_terminal();
     let config = args.sampling.generation_config(pipeline.tokenizer.eos_id())?;
-    let mut session = ChatSession::new(&pipeline);
+    let family = pipeline.model.config.family;
+    let mut session = match family {
+        ModelFamily::ChatGlm2 => Conversation::Glm2(ChatSession::new(&pipeline)),
+        ModelFamily::ChatGlm3 => {
+            let history = if args.system.is_empty() {
+                Vec::new()
+            } else {
+                vec![Chat3Message::new(Role::System, args.system.clone())]
+            };
+            Conversation::Glm3(Chat3Session::with_history(&pipeline, history))
+        }
+    };
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
@@ -47,7 +136,7 @@ fn run_on<B: Backend>(pipeline: Pipeline<B>, args: ChatArgs) -> Result<()> {
         if args.verbose {
             eprintln!("model: {} on {}", pipeline.source, pipeline.model.backend.name());
         }
-        println!("{WELCOME}");
+        println!("{}", welcome(family));
         let mut editor = rustyline::DefaultEditor::new()?;
         loop {
             interrupted.store(false, Ordering::SeqCst);
@@ -67,7 +156,7 @@ fn run_on<B: Backend>(pipeline: Pipeline<B>, args: ChatArgs) -> Result<()> {
                 "clear" => {
                     session.clear();
                     print!("\x1b[2J\x1b[H");
-                    println!("{WELCOME}");
+                    println!("{}", welcome(family));
                     continue;
                 }
                 _ => {}
@@ -96,7 +185,7 @@ fn run_on<B: Backend>(pipeline: Pipeline<B>, args: ChatArgs) -> Result<()> {
 /// Streams one answer; drops the oldest rounds (with a notice) when the
 /// dialogue no longer fits the context.
 fn answer<B: Backend>(
-    session: &mut ChatSession<'_, B>,
+    session: &mut Conversation<'_, B>,
     query: &str,
     config: &GenerationConfig,
     interrupted: &AtomicBool,
@@ -114,13 +203,16 @@ fn answer<B: Backend>(
             !interrupted.load(Ordering::SeqCst)
         });
         match result {
-            Ok(reply) => {
+            Ok((output, note)) => {
                 println!();
-                if reply.output.finish_reason == FinishReason::Cancelled {
+                if let Some(note) = note {
+                    eprintln!("{note}");
+                }
+                if output.finish_reason == FinishReason::Cancelled {
                     eprintln!("[interrupted; this round is not kept in the history]");
                 }
                 if verbose {
-                    let t = &reply.output.timings;
+                    let t = &output.timings;
                     eprintln!(
                         "[{} prompt tokens in {:.0} ms ({:.1} tok/s); {} new tokens, {:.2} tok/s; context {} tokens; {}]",
                         t.prompt_tokens,
@@ -129,16 +221,16 @@ fn answer<B: Backend>(
                         t.generated_tokens,
                         t.decode_tokens_per_s(),
                         session.context_tokens(),
-                        reply.output.finish_reason.as_str()
+                        output.finish_reason.as_str()
                     );
                 }
                 return Ok(());
             }
-            Err(EngineError::ContextFull { prompt_tokens, limit, which, .. }) if !session.history().is_empty() => {
+            Err(EngineError::ContextFull { prompt_tokens, limit, which, .. }) if session.has_rounds() => {
                 eprintln!(
                     "[the dialogue is {prompt_tokens} tokens, over {which} ({limit}); dropping the oldest round]"
                 );
-                session.drop_oldest_rounds(1);
+                session.drop_oldest_round();
             }
             Err(e) => {
                 eprintln!("error: {e}");

@@ -212,3 +212,35 @@ fn mmap_and_kernel_cap_give_the_official_answer() {
         assert_eq!(v["generated_ids"], case["generated_ids"], "{flag} CHATGLM_CPU_KERNELS={cap}");
     }
 }
+
+#[test]
+fn chat_speaks_chatglm3_to_a_chatglm3_checkpoint() {
+    // The tiny ChatGLM3 model of the family golden data: its release is
+    // detected from the checkpoint and the reply is the official chat()'s.
+    let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/family/chatglm3/tiny");
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(family.join("golden/generate.json")).unwrap()).unwrap();
+    let case = &golden["chat"][0];
+    assert!(case["history"].as_array().unwrap().is_empty() && case["forced"].is_null());
+    let model = family.join("model");
+    let max_length = case["max_length"].to_string();
+    let args = [
+        "chat",
+        "-m",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--temperature",
+        "0",
+        "--max-length",
+        &max_length,
+        "--system",
+        "",
+    ];
+    let (stdout, stderr, ok) = chatglm(&args, &format!("{}\n", case["query"].as_str().unwrap()));
+    assert!(ok, "{stderr}");
+    // Generation ends at max_length here, where the official chat() drops the
+    // last generated token from its reply; the stream shows it.
+    let response = case["response"].as_str().unwrap();
+    assert!(stdout.trim_start().starts_with(response), "{stdout:?} does not start with {response:?}");
+}

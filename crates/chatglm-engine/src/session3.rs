@@ -50,9 +50,35 @@ impl<'p, B: Backend> Chat3Session<'p, B> {
         &self.history
     }
 
+    /// Forgets the conversation, keeping a leading system message.
     pub fn clear(&mut self) {
-        self.history.clear();
+        let keep = usize::from(self.history.first().is_some_and(|m| m.role == Role::System));
+        self.history.truncate(keep);
         self.cache.clear();
+    }
+
+    /// Tokens of the last turn held in the KV cache.
+    pub fn context_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Whether there is a round to drop (a user message after any system one).
+    pub fn has_rounds(&self) -> bool {
+        self.history.iter().any(|m| m.role != Role::System)
+    }
+
+    /// Drops the oldest round (its user message and everything up to the
+    /// next user message), keeping a leading system message.
+    pub fn drop_oldest_round(&mut self) {
+        let start = usize::from(self.history.first().is_some_and(|m| m.role == Role::System));
+        let Some(first) = self.history[start..].iter().position(|m| m.role == Role::User).map(|i| start + i) else {
+            return;
+        };
+        let end = self.history[first + 1..]
+            .iter()
+            .position(|m| m.role == Role::User)
+            .map_or(self.history.len(), |i| first + 1 + i);
+        self.history.drain(first..end);
     }
 
     /// The prompt of the next turn: `build_chat_input(query, history, role)`.
