@@ -23,6 +23,16 @@ QUERY = "你好"
 MAX_TOKENS = 32
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,8 +170,66 @@ def main():
         check("seeded sampling repeats", seeded_sampling_repeats)
         check("completions", completions)
         check("errors are typed", errors_are_typed)
+
+        def chatglm2_refuses_tools():
+            try:
+                client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "x"}], tools=[WEATHER_TOOL])
+            except openai.BadRequestError as e:
+                assert e.body["param"] == "tools", e.body
+            else:
+                raise AssertionError("a ChatGLM2 model accepted tools")
+
+        check("ChatGLM2 refuses tools", chatglm2_refuses_tools)
     finally:
         server.stop()
+
+    # A ChatGLM3 tool-call round trip (the tiny random ChatGLM3 model of the
+    # family golden data: the shape of the exchange is tested, not the model).
+    chatglm3 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../golden/family/chatglm3/tiny/model")
+    glm3 = Server(args.bin, chatglm3, "--model-id", "chatglm3-tiny")
+    try:
+        client3 = openai.OpenAI(base_url=glm3.base + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "user", "content": "北京天气怎么样？"}]
+
+        def tool_round_trip():
+            r = client3.chat.completions.create(
+                model="chatglm3-tiny", messages=messages, tools=[WEATHER_TOOL], tool_choice="auto",
+                temperature=0, max_tokens=8)
+            m = r.choices[0].message
+            assert m.role == "assistant"
+            assert (m.content is not None) or m.tool_calls, m
+            # The client reports the call's result back, as an application would.
+            call = {"id": "call_1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"city": "北京"}, ensure_ascii=False)}}
+            follow = messages + [
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"temp": 20})},
+            ]
+            r2 = client3.chat.completions.create(
+                model="chatglm3-tiny", messages=follow, tools=[WEATHER_TOOL], temperature=0, max_tokens=8)
+            assert r2.choices[0].message.role == "assistant"
+            assert r2.usage.prompt_tokens > r.usage.prompt_tokens, (r.usage, r2.usage)
+            # Streamed, the client assembles the reply from the chunks.
+            stream = client3.chat.completions.create(
+                model="chatglm3-tiny", messages=follow, tools=[WEATHER_TOOL], temperature=0, max_tokens=8,
+                stream=True)
+            chunks = list(stream)
+            assert chunks[0].choices[0].delta.role == "assistant"
+            assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+
+        def chatglm3_plain_chat():
+            r = client3.chat.completions.create(
+                model="chatglm3-tiny",
+                messages=[{"role": "system", "content": "You are ChatGLM3."}, {"role": "user", "content": "你好"}],
+                temperature=0, max_tokens=8)
+            assert isinstance(r.choices[0].message.content, str)
+            assert r.choices[0].message.tool_calls is None
+
+        check("ChatGLM3 tool-call round trip", tool_round_trip)
+        check("ChatGLM3 plain chat", chatglm3_plain_chat)
+    finally:
+        glm3.stop()
 
     keyed = Server(args.bin, args.model, "--api-key", "sekrit")
     try:

@@ -69,6 +69,7 @@ impl PipelineUser<()> for ServeArgs {
 
 fn run_on<B: Backend + 'static>(pipeline: Pipeline<B>, args: ServeArgs) -> Result<()> {
     let Pipeline { model, tokenizer, kv_dtype, source } = pipeline;
+    let model_is_chatglm3 = model.config.family == chatglm_model::ModelFamily::ChatGlm3;
     let tokenizer = Arc::new(tokenizer);
     let engine_config = EngineConfig {
         max_batch_tokens: args.max_batch_tokens,
@@ -85,6 +86,7 @@ fn run_on<B: Backend + 'static>(pipeline: Pipeline<B>, args: ServeArgs) -> Resul
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_body_bytes: args.max_body_bytes,
         max_length: args.max_length,
+        chatglm3: model_is_chatglm3,
     };
     let state = AppState::new(engine.handle.clone(), tokenizer, config);
 

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 mod api_py;
 mod bridge;
+mod chat3;
 mod error;
 pub mod metrics;
 mod middleware;

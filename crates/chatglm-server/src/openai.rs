@@ -2,16 +2,18 @@
 //! and `GET /v1/models`.
 
 use crate::bridge::{collect, encode_off_runtime, submit};
+use crate::chat3::{chat3_prompt, offered_tools, reply_message, InMessage};
 use crate::error::{parse_json, ApiError};
 use crate::params::{Defaults, SamplingFields, StopField};
 use crate::state::{unix_now, AppState};
-use crate::stream::{sse_response, Flavor, StreamSpec};
+use crate::stream::{sse_response, whole_reply_stream, Flavor, StreamSpec};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chatglm_engine::text::process_response;
+use chatglm_tokenizer::Role;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -43,6 +45,20 @@ struct ContentPart {
 struct Message {
     role: String,
     content: Option<Content>,
+    /// An assistant's calls of the request's tools (ChatGLM3).
+    tool_calls: Option<Vec<ToolCallIn>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ToolCallIn {
+    function: FunctionCallIn,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionCallIn {
+    name: String,
+    #[serde(default)]
+    arguments: String,
 }
 
 impl Message {
@@ -69,6 +85,9 @@ struct ChatRequest {
     n: Option<u64>,
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
+    /// OpenAI function tools (ChatGLM3 models).
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,7 +169,6 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|r| ApiError::from_body_rejection(r, state.config().max_body_bytes))?;
     let req: ChatRequest = parse_json(&body)?;
-    let (query, history) = fold_messages(&req.messages)?;
     let fields = SamplingFields {
         temperature: req.temperature,
         top_p: req.top_p,
@@ -161,19 +179,71 @@ pub(crate) async fn chat_completions(
         seed: req.seed,
         n: req.n,
     };
-    let params =
+    let mut params =
         fields.to_params(&state, Defaults { temperature: CHAT_TEMPERATURE, top_p: CHAT_TOP_P, max_tokens: None })?;
-    let prompt_ids = encode_off_runtime(&state, move |t| t.encode_chat(&query, &history)).await?;
+    let tools = req.tools.as_deref().unwrap_or_default();
+    let chat3 = if state.config().chatglm3 {
+        let messages: Vec<InMessage> = req
+            .messages
+            .iter()
+            .map(|m| InMessage {
+                role: m.role.clone(),
+                text: m.text(),
+                tool_calls: m
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
+                    .collect(),
+            })
+            .collect();
+        Some(chat3_prompt(&messages, offered_tools(tools, req.tool_choice.as_ref())?)?)
+    } else {
+        if !tools.is_empty() {
+            return Err(ApiError::invalid_param(
+                "tools",
+                "this model is ChatGLM2, which has no tool calling; tools need a ChatGLM3 model",
+            ));
+        }
+        None
+    };
+    let prompt_ids = match chat3.clone() {
+        Some(prompt) => {
+            // ChatGLM3 also stops where the next turn would begin.
+            let tok = &state.0.tokenizer;
+            params.eos_ids.extend([tok.role_id(Role::User), tok.role_id(Role::Observation)]);
+            encode_off_runtime(&state, move |t| prompt.ids(t)).await?
+        }
+        None => {
+            let (query, history) = fold_messages(&req.messages)?;
+            encode_off_runtime(&state, move |t| t.encode_chat(&query, &history)).await?
+        }
+    };
     let submitted = submit(&state, prompt_ids, params, "messages")?;
     let id = format!("chatcmpl-{}", submitted.id);
+    let call_id = format!("call_{}", submitted.id);
     let model = state.config().model_id.clone();
     let created = unix_now();
-    if req.stream.unwrap_or(false) {
-        let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = req.stream_options.and_then(|o| o.include_usage).unwrap_or(false);
+    let with_tools = chat3.as_ref().is_some_and(|p| p.has_tools());
+    if stream && !with_tools {
         let spec = StreamSpec { flavor: Flavor::Chat, id, model, created, include_usage };
         return Ok(sse_response(spec, submitted));
     }
     let c = collect(submitted).await?;
+    let (message, tool_finish) = match &chat3 {
+        Some(prompt) => reply_message(prompt, &c.text, &call_id),
+        None => (json!({ "role": "assistant", "content": process_response(&c.text) }), None),
+    };
+    let finish_reason = tool_finish.unwrap_or(c.finish_reason.as_str());
+    let usage = usage_json(c.prompt_tokens, c.completion_tokens);
+    if stream {
+        // With tools the reply is read whole (a tool call or text), then sent
+        // as one delta: OpenAI clients assemble tool calls from deltas.
+        let spec = StreamSpec { flavor: Flavor::Chat, id, model, created, include_usage };
+        return Ok(whole_reply_stream(spec, message, finish_reason, usage));
+    }
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",
@@ -181,11 +251,11 @@ pub(crate) async fn chat_completions(
         "model": model,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": process_response(&c.text) },
+            "message": message,
             "logprobs": null,
-            "finish_reason": c.finish_reason.as_str(),
+            "finish_reason": finish_reason,
         }],
-        "usage": usage_json(c.prompt_tokens, c.completion_tokens),
+        "usage": usage,
     }))
     .into_response())
 }
@@ -259,7 +329,7 @@ mod tests {
     use super::*;
 
     fn msg(role: &str, content: &str) -> Message {
-        Message { role: role.into(), content: Some(Content::Text(content.into())) }
+        Message { role: role.into(), content: Some(Content::Text(content.into())), tool_calls: None }
     }
 
     #[test]

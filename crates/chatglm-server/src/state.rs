@@ -19,11 +19,20 @@ pub struct ServerConfig {
     /// Cap on prompt + generated tokens of any request (the official
     /// `max_length` default, 8192); the model's context caps it too.
     pub max_length: usize,
+    /// The model is a ChatGLM3 release: chat prompts use its role tokens,
+    /// and `tools` are offered to it (ChatGLM2 refuses them).
+    pub chatglm3: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { model_id: "chatglm2-6b".into(), api_key: None, max_body_bytes: 2 << 20, max_length: 8192 }
+        Self {
+            model_id: "chatglm2-6b".into(),
+            api_key: None,
+            max_body_bytes: 2 << 20,
+            max_length: 8192,
+            chatglm3: false,
+        }
     }
 }
 

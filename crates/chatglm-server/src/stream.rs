@@ -153,3 +153,36 @@ pub(crate) fn sse_response(spec: StreamSpec, submitted: Submitted) -> Response {
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
+
+/// A reply known whole (a ChatGLM3 reply to a request with tools) as server-
+/// sent events: the assistant message as one delta (its `tool_calls` with an
+/// `index`, as streamed calls are), the finish reason, usage, `[DONE]`.
+pub(crate) fn whole_reply_stream(spec: StreamSpec, message: Value, finish_reason: &str, usage: Value) -> Response {
+    let mut delta = message;
+    if let Some(calls) = delta.get_mut("tool_calls").and_then(Value::as_array_mut) {
+        for (i, c) in calls.iter_mut().enumerate() {
+            c["index"] = json!(i);
+        }
+    }
+    let chunk = |choice: Value, usage: Option<Value>| {
+        let choices = if choice.is_null() { json!([]) } else { json!([choice]) };
+        let mut v = json!({
+            "id": spec.id, "object": "chat.completion.chunk", "created": spec.created, "model": spec.model,
+            "choices": choices,
+        });
+        if spec.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        Event::default().data(v.to_string())
+    };
+    let mut events = vec![
+        chunk(json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": null }), None),
+        chunk(json!({ "index": 0, "delta": {}, "logprobs": null, "finish_reason": finish_reason }), None),
+    ];
+    if spec.include_usage {
+        events.push(chunk(Value::Null, Some(usage)));
+    }
+    events.push(Event::default().data("[DONE]"));
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Event, Infallible>));
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}

@@ -383,3 +383,72 @@ async fn tokenizing_a_large_body_does_not_stall_other_requests() {
         "health took {waited:?} while tokenizing took {direct:?}"
     );
 }
+
+const WEATHER_TOOL: &str = r#"{"type": "function", "function": {"name": "get_weather",
+    "description": "Weather of a city", "parameters": {"type": "object",
+    "properties": {"city": {"type": "string"}}, "required": ["city"]}}}"#;
+
+#[tokio::test]
+async fn chatglm2_refuses_tools_with_the_reason() {
+    let s = TestServer::default();
+    let body = format!(r#"{{"messages": [{{"role": "user", "content": "hi"}}], "tools": [{WEATHER_TOOL}]}}"#);
+    let (status, v) = s.post_json("/v1/chat/completions", &body).await;
+    assert_error(status, &v, StatusCode::BAD_REQUEST, Some("tools"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("ChatGLM3"), "{v}");
+}
+
+#[tokio::test]
+async fn chatglm3_tool_round_trip_prompts_as_the_official_demo() {
+    use chatglm_engine::chat3::render_tools;
+    use chatglm_tokenizer::{ChatMessage, Role};
+    let s = TestServer::chatglm3();
+    // The model is told about the tool, calls it (the client's history says
+    // so), and gets the result as an observation.
+    let body = format!(
+        r#"{{"messages": [{{"role": "user", "content": "北京天气？"}},
+            {{"role": "assistant", "content": null, "tool_calls": [{{"id": "call_1", "type": "function",
+              "function": {{"name": "get_weather", "arguments": "{{\"city\": \"北京\"}}"}}}}]}},
+            {{"role": "tool", "tool_call_id": "call_1", "content": "{{\"temp\": 20}}"}}],
+            "tools": [{WEATHER_TOOL}], "temperature": 0, "max_tokens": 6}}"#
+    );
+    let (status, v) = s.post_json("/v1/chat/completions", &body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    // The prompt is the official layout: tools in the system message, the
+    // call as its tool_call block, the result as an observation.
+    let tok = chatglm_tokenizer::ChatGlmTokenizer::from_file(&common::chatglm3_dir().join("tokenizer.model")).unwrap();
+    let tools: Value = serde_json::from_str(&format!("[{WEATHER_TOOL}]")).unwrap();
+    let system = format!(
+        "Answer the following questions as best as you can. You have access to the following tools:\n{}",
+        render_tools(&json!([tools[0]["function"]]))
+    );
+    let history = [
+        ChatMessage { role: Role::System, metadata: "", content: &system },
+        ChatMessage { role: Role::User, metadata: "", content: "北京天气？" },
+        ChatMessage {
+            role: Role::Assistant,
+            metadata: "get_weather",
+            content: " ```python\ntool_call(city=\"北京\")\n```",
+        },
+    ];
+    let want = tok.encode_chat3(&history, "{\"temp\": 20}", Role::Observation);
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(want.len() as u64), "{v}");
+    let message = &v["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    // A random tiny model answers with text (or, by chance, a call): either shape is valid.
+    assert!(message["content"].is_string() || message["tool_calls"].is_array(), "{v}");
+
+    // Streamed with tools: one delta with the whole reply, then the finish reason.
+    let streamed = body.replace("\"max_tokens\": 6", "\"max_tokens\": 6, \"stream\": true");
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(streamed))
+        .unwrap();
+    let (status, _, bytes) = s.call(req).await;
+    assert_eq!(status, StatusCode::OK);
+    let data = sse_data(&String::from_utf8(bytes).unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    s.shutdown();
+}

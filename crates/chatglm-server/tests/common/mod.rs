@@ -35,9 +35,23 @@ pub struct TestServer {
     pub engine: Engine,
 }
 
+/// The tiny ChatGLM3 model of the family golden data.
+pub fn chatglm3_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/family/chatglm3/tiny/model")
+}
+
 impl TestServer {
     pub fn new(engine: EngineConfig, server: ServerConfig) -> Self {
-        let p = pipeline();
+        Self::on(pipeline(), engine, server)
+    }
+
+    /// A server over the tiny ChatGLM3 model.
+    pub fn chatglm3() -> Self {
+        let p = Pipeline::load(chatglm3_dir().to_str().unwrap(), PipelineOptions::default(), &mut |_, _| {}).unwrap();
+        Self::on(p, EngineConfig::default(), ServerConfig { chatglm3: true, ..ServerConfig::default() })
+    }
+
+    fn on(p: Pipeline<CpuBackend>, engine: EngineConfig, server: ServerConfig) -> Self {
         let tokenizer = Arc::new(p.tokenizer);
         let e = Engine::spawn(p.model, Arc::clone(&tokenizer), p.kv_dtype, engine).unwrap();
         let state = AppState::new(e.handle.clone(), tokenizer, server);
