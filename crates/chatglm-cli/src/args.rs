@@ -144,13 +144,33 @@ pub struct ModelArgs {
     /// Where to run: auto (a CUDA GPU when one is usable, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", env = "CHATGLM_DEVICE")]
     pub device: Device,
+    /// A LoRA adapter folder as PEFT saves it (adapter_config.json +
+    /// adapter_model.safetensors or .bin), merged into the weights at load,
+    /// before any quantization: DIR or DIR:SCALE (scale 1 = as trained).
+    /// Repeatable; adapters merge in order.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    pub lora: Vec<String>,
+}
+
+/// `DIR` or `DIR:SCALE` of `--lora` (a trailing `:number` is the scale).
+fn parse_lora(spec: &str) -> Result<(std::path::PathBuf, f32)> {
+    if let Some((dir, scale)) = spec.rsplit_once(':') {
+        if let Ok(s) = scale.parse::<f32>() {
+            if !s.is_finite() {
+                anyhow::bail!("--lora {spec}: the scale must be a finite number");
+            }
+            return Ok((dir.into(), s));
+        }
+    }
+    Ok((spec.into(), 1.0))
 }
 
 impl ModelArgs {
     pub fn load_options(&self) -> Result<PipelineOptions> {
         let format: WeightFormat = self.dtype.parse()?;
         let kv_dtype = self.kv_dtype.as_deref().map(str::parse::<KvDType>).transpose()?;
-        Ok(PipelineOptions { load: LoadOptions { mmap: self.mmap, ..LoadOptions::new(format) }, kv_dtype })
+        let lora = self.lora.iter().map(|spec| parse_lora(spec)).collect::<Result<Vec<_>>>()?;
+        Ok(PipelineOptions { load: LoadOptions { mmap: self.mmap, ..LoadOptions::new(format) }, kv_dtype, lora })
     }
 
     /// Sizes the thread pool, loads on `--device` with a progress bar on

@@ -244,3 +244,39 @@ fn chat_speaks_chatglm3_to_a_chatglm3_checkpoint() {
     let response = case["response"].as_str().unwrap();
     assert!(stdout.trim_start().starts_with(response), "{stdout:?} does not start with {response:?}");
 }
+
+#[test]
+fn lora_adapters_merge_at_load_and_bad_ones_are_refused() {
+    let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/family/chatglm3");
+    let model = family.join("tiny/model");
+    let lora = family.join("lora");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "你好",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        chatglm(&args, "")
+    };
+    let (base, stderr, ok) = run(&[]);
+    assert!(ok, "{stderr}");
+    let (tuned, stderr, ok) = run(&["--lora", lora.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let ids = |s: &str| serde_json::from_str::<Value>(s.trim()).unwrap()["generated_ids"].clone();
+    assert_ne!(ids(&base), ids(&tuned), "the adapter changed nothing");
+    // Scale 0 merges nothing.
+    let zero = format!("{}:0", lora.display());
+    let (none, stderr, ok) = run(&["--lora", &zero]);
+    assert!(ok, "{stderr}");
+    assert_eq!(ids(&base), ids(&none));
+    let (_, stderr, ok) = run(&["--lora", "/nonexistent/adapter"]);
+    assert!(!ok && stderr.contains("adapter_config.json"), "{stderr}");
+}

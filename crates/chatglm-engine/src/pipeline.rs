@@ -9,23 +9,33 @@ use crate::{gguf_vocab, EngineError};
 use chatglm_model::{Backend, CpuBackend, KvDType, LoadOptions, Model, WeightFormat};
 use chatglm_tokenizer::ChatGlmTokenizer;
 use chatglm_weights::gguf::GgufModel;
+use chatglm_weights::lora::LoraAdapter;
 use chatglm_weights::Checkpoint;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Model specs starting with this name a synthetic model (see the module notes).
 pub const SYNTHETIC_PREFIX: &str = "synthetic:";
 
 /// How to load a [`Pipeline`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PipelineOptions {
     pub load: LoadOptions,
     /// `None`: f32 when the weights are f32 (exact), else f16.
     pub kv_dtype: Option<KvDType>,
+    /// LoRA adapter folders (PEFT layout) and their scales, merged into the
+    /// weights at load in this order.
+    pub lora: Vec<(PathBuf, f32)>,
 }
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        Self { load: LoadOptions::new(WeightFormat::Auto), kv_dtype: None }
+        Self { load: LoadOptions::new(WeightFormat::Auto), kv_dtype: None, lora: Vec::new() }
+    }
+}
+
+impl PipelineOptions {
+    fn adapters(&self) -> Result<Vec<LoraAdapter>, EngineError> {
+        self.lora.iter().map(|(dir, scale)| Ok(LoraAdapter::open(dir, *scale)?)).collect()
     }
 }
 
@@ -83,8 +93,9 @@ impl<B: Backend> Pipeline<B> {
     ) -> Result<Self, EngineError> {
         let file = GgufModel::open(path)?;
         let tokenizer = gguf_vocab::tokenizer_from_gguf(&file.file)?;
+        let adapters = options.adapters()?;
         let backend = make_backend(&file.config)?;
-        let model = Model::load(backend, &file, options.load, progress)?;
+        let model = Model::load_with_adapters(backend, &file, options.load, &adapters, progress)?;
         Self::assemble(model, tokenizer, options, spec)
     }
 
@@ -112,6 +123,11 @@ impl<B: Backend> Pipeline<B> {
                 config.padded_vocab_size
             )));
         }
+        if !options.lora.is_empty() {
+            return Err(EngineError::InvalidParameter(
+                "LoRA adapters apply to checkpoints, not to synthetic models".into(),
+            ));
+        }
         let mut load = options.load;
         if load.format == WeightFormat::Auto {
             load.format = WeightFormat::F16;
@@ -133,8 +149,9 @@ impl<B: Backend> Pipeline<B> {
         let tok_path =
             ckpt.tokenizer_path.clone().ok_or_else(|| EngineError::MissingTokenizer(dir.display().to_string()))?;
         let tokenizer = ChatGlmTokenizer::from_file(&tok_path)?;
+        let adapters = options.adapters()?;
         let backend = make_backend(&ckpt.config)?;
-        let model = Model::load(backend, &ckpt, options.load, progress)?;
+        let model = Model::load_with_adapters(backend, &ckpt, options.load, &adapters, progress)?;
         Self::assemble(model, tokenizer, options, spec)
     }
 

@@ -3,6 +3,7 @@
 use crate::loader::{load_weights, LoadOptions, TensorSource};
 use crate::{Backend, Config, KvCache, KvCacheOps, KvDType, ModelError, Weights};
 use chatglm_cpu::attention::AttentionShape;
+use chatglm_weights::lora::LoraAdapter;
 
 /// Which logits a sequence needs from a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +123,24 @@ impl<B: Backend> Model<B> {
         options: LoadOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, ModelError> {
+        Self::load_with_adapters(backend, source, options, &[], progress)
+    }
+
+    /// As [`Model::load`], with LoRA `adapters` merged into the weights they
+    /// target before any conversion (checked against the model first).
+    pub fn load_with_adapters<S: TensorSource + ?Sized>(
+        backend: B,
+        source: &S,
+        options: LoadOptions,
+        adapters: &[LoraAdapter],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, ModelError> {
         let config = source.config().clone();
-        let weights = load_weights(&backend, source, options, progress)?;
+        let shapes = chatglm_weights::lora::expected_shapes(&config);
+        for a in adapters {
+            a.check(|name| shapes.get(name).cloned())?;
+        }
+        let weights = load_weights(&backend, source, options, adapters, progress)?;
         Ok(Self { config, backend, weights })
     }
 

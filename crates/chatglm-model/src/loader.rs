@@ -154,6 +154,7 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
     backend: &B,
     source: &S,
     options: LoadOptions,
+    adapters: &[chatglm_weights::lora::LoraAdapter],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Weights<B>, ModelError> {
     let cfg = source.config();
@@ -169,6 +170,11 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
         let t = source.tensor(name)?;
         let cols = t.shape.last().copied().unwrap_or(0);
         let format = fallback_if_untiled(format.resolve(t.dtype), cols, name);
+        // LoRA deltas merge in f32, one matrix at a time, before conversion;
+        // the merged matrix keeps the format its source would have had.
+        if let Some(merged) = chatglm_weights::lora::merge_adapters(adapters, name, t)? {
+            return backend.load_matrix(&merged, format, false);
+        }
         backend.load_matrix(t, format, options.mmap)
     };
 

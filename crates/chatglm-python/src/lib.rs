@@ -107,7 +107,7 @@ impl Shared {
 fn load(path: &str, device: &str, dtype: &str, kv_dtype: Option<&str>) -> Result<Shared, PyErr> {
     let format: WeightFormat = dtype.parse().map_err(value_error)?;
     let kv_dtype = kv_dtype.map(str::parse::<KvDType>).transpose().map_err(value_error)?;
-    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype };
+    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype, lora: Vec::new() };
     let device = device.trim().to_ascii_lowercase();
     let cuda_ordinal = match device.as_str() {
         "cpu" => None,
@@ -140,7 +140,7 @@ fn synthetic(tokenizer: &str, model: &str, device: &str, dtype: &str, seed: u64)
     let format: WeightFormat = dtype.parse().map_err(value_error)?;
     let format = if format == WeightFormat::Auto { WeightFormat::F16 } else { format };
     let tok = ChatGlmTokenizer::from_file(Path::new(tokenizer)).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: None };
+    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: None, lora: Vec::new() };
     let spec = format!("synthetic {model}");
     match device {
         "cpu" => {

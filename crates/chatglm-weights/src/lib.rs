@@ -33,6 +33,7 @@ mod error;
 pub mod gguf;
 pub mod hub;
 pub mod index;
+pub mod lora;
 mod mapped;
 pub mod names;
 pub mod pickle;
