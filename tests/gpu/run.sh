@@ -2,7 +2,7 @@
 # Every GPU check and benchmark in one call.
 #
 #   tests/gpu/run.sh build    Here (no GPU needed): builds the stripped release binary and the
-#                             CUDA test executables into device-bin/ (git-ignored), with a copy
+#                             CUDA test executables (WHEEL=1: also the Python wheel) into device-bin/ (git-ignored), with a copy
 #                             of the golden test data, so the folder can travel to a GPU machine.
 #   tests/gpu/run.sh device   On the GPU machine, from the repository root: runs the CUDA test
 #                             suite (golden data and CPU-reference comparisons), then the
@@ -47,8 +47,10 @@ for line in sys.stdin:
       cp "$exe" "$BIN/tests/$name"
       strip "$BIN/tests/$name"
     done
-  # The Python package as a wheel, for its CUDA test on the GPU machine.
-  if command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
+  # The Python package as a wheel, for its CUDA test on the GPU machine
+  # (WHEEL=1: 12 MB more to carry, and the working tree with device-bin/ must
+  # stay under the 64 MiB a device call takes).
+  if [ "${WHEEL:-0}" != 0 ] && command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; then
     python3 -m pip install -q maturin >/dev/null 2>&1 || true
     python3 -m maturin build --release -q -m crates/chatglm-python/Cargo.toml -o "$BIN/wheels" >/dev/null 2>&1 ||
       echo "note: no chatglm_rs wheel built (maturin unavailable)"
