@@ -2,9 +2,11 @@
 
 use crate::args::{ModelArgs, PipelineUser, SamplingArgs};
 use anyhow::{Context, Result};
-use chatglm_engine::{generate, ChatSession, History, Pipeline};
-use chatglm_model::{Backend, ForwardState};
+use chatglm_engine::{generate, Chat3Message, Chat3Reply, Chat3Session, ChatSession, History, Pipeline};
+use chatglm_model::{Backend, ForwardState, ModelFamily};
+use chatglm_tokenizer::Role;
 use clap::Args;
+use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -20,7 +22,9 @@ pub struct GenerateArgs {
     /// Continue plain text (encoded with the [gMASK] sop prefix) instead of a chat round.
     #[arg(long)]
     pub raw: bool,
-    /// Earlier rounds: a JSON file holding a list of [query, response] pairs.
+    /// Earlier rounds: a JSON file holding a list of [query, response] pairs,
+    /// or for a ChatGLM3 model the official list of messages
+    /// ({"role", "content", "metadata", "tools"}).
     #[arg(long)]
     pub history: Option<PathBuf>,
     /// Print one JSON object (prompt_ids, generated_ids, text, finish_reason, timings).
@@ -28,25 +32,56 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
-pub fn read_history(path: &PathBuf) -> Result<History> {
+fn read_json(path: &PathBuf) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read history file {}", path.display()))?;
-    let pairs: Vec<(String, String)> = serde_json::from_str(&text)
-        .with_context(|| format!("{}: expected a JSON list of [query, response] pairs", path.display()))?;
-    Ok(pairs)
+    serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// A history file as ChatGLM2 pairs.
+fn pairs(path: &PathBuf, v: Value) -> Result<History> {
+    serde_json::from_value(v)
+        .with_context(|| format!("{}: expected a JSON list of [query, response] pairs", path.display()))
+}
+
+/// A history file as ChatGLM3 messages: the official list of messages, or
+/// [query, response] pairs (user and assistant messages).
+fn messages(path: &PathBuf, v: Value) -> Result<Vec<Chat3Message>> {
+    let bad = || format!("{}: expected a list of messages or of [query, response] pairs", path.display());
+    let items = v.as_array().with_context(bad)?;
+    let mut out = Vec::new();
+    for item in items {
+        if let Some([q, r]) = item.as_array().map(Vec::as_slice) {
+            let (q, r) = (q.as_str().with_context(bad)?, r.as_str().with_context(bad)?);
+            out.push(Chat3Message::new(Role::User, q));
+            out.push(Chat3Message::new(Role::Assistant, r));
+            continue;
+        }
+        let role = item["role"].as_str().and_then(Role::parse).with_context(|| {
+            format!("{}: a message needs a role: system, user, assistant or observation", path.display())
+        })?;
+        out.push(Chat3Message {
+            role,
+            metadata: item["metadata"].as_str().unwrap_or_default().to_string(),
+            content: item["content"].as_str().with_context(bad)?.to_string(),
+            tools: item.get("tools").cloned(),
+        });
+    }
+    Ok(out)
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     if args.raw && args.history.is_some() {
         anyhow::bail!("--history only applies to chat mode; drop --raw or --history");
     }
-    let history = args.history.as_ref().map(read_history).transpose()?.unwrap_or_default();
+    let history = args.history.as_ref().map(read_json).transpose()?;
     args.model.clone().with_pipeline(Generate { args, history })
 }
 
 /// One generation, once the model is loaded.
 struct Generate {
     args: GenerateArgs,
-    history: History,
+    /// The history file, read as its model's family needs once loaded.
+    history: Option<Value>,
 }
 
 impl PipelineUser<()> for Generate {
@@ -55,7 +90,8 @@ impl PipelineUser<()> for Generate {
     }
 }
 
-fn run_on<B: Backend>(pipeline: Pipeline<B>, args: GenerateArgs, history: History) -> Result<()> {
+fn run_on<B: Backend>(pipeline: Pipeline<B>, args: GenerateArgs, history: Option<Value>) -> Result<()> {
+    let path = args.history.clone().unwrap_or_default();
     let config = args.sampling.generation_config(pipeline.tokenizer.eos_id())?;
     let stream = !args.json;
     let mut stdout = std::io::stdout();
@@ -73,7 +109,23 @@ fn run_on<B: Backend>(pipeline: Pipeline<B>, args: GenerateArgs, history: Histor
         let out = generate(&pipeline.model, &pipeline.tokenizer, &mut state, &mut cache, &ids, &config, &mut on_text)?;
         let text = out.text.clone();
         (ids, out, text)
+    } else if pipeline.model.config.family == ModelFamily::ChatGlm3 {
+        let history = history.map(|v| messages(&path, v)).transpose()?.unwrap_or_default();
+        let mut session = Chat3Session::with_history(&pipeline, history);
+        let turn = session.chat_stream(&args.prompt, Role::User, &config, &mut on_text)?;
+        let text = match turn.reply {
+            Ok(Chat3Reply::Text(t)) => t,
+            Ok(Chat3Reply::ToolCall { name, parameters }) => {
+                serde_json::json!({ "name": name, "parameters": parameters }).to_string()
+            }
+            Ok(Chat3Reply::Named { name, content }) => {
+                serde_json::json!({ "name": name, "content": content }).to_string()
+            }
+            Err(_) => turn.raw.trim().to_string(),
+        };
+        (turn.prompt_ids, turn.output, text)
     } else {
+        let history = history.map(|v| pairs(&path, v)).transpose()?.unwrap_or_default();
         let mut session = ChatSession::with_history(&pipeline, history);
         let reply = session.chat_stream(&args.prompt, &config, &mut on_text)?;
         (reply.prompt_ids, reply.output, reply.response)

@@ -280,3 +280,45 @@ fn lora_adapters_merge_at_load_and_bad_ones_are_refused() {
     let (_, stderr, ok) = run(&["--lora", "/nonexistent/adapter"]);
     assert!(!ok && stderr.contains("adapter_config.json"), "{stderr}");
 }
+
+#[test]
+fn generate_speaks_chatglm3_with_an_official_history() {
+    // The official chat cases of the tiny ChatGLM3 model, their history given
+    // as the official list of messages (system prompts, tools, observations).
+    let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/family/chatglm3/tiny");
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(family.join("golden/generate.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model = family.join("model");
+    let mut checked = 0;
+    for (i, case) in golden["chat"].as_array().unwrap().iter().enumerate() {
+        if !case["forced"].is_null() || case["role"] != "user" {
+            continue;
+        }
+        let history = dir.path().join(format!("h{i}.json"));
+        std::fs::write(&history, case["history"].to_string()).unwrap();
+        let max_length = case["max_length"].to_string();
+        let args = [
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            case["query"].as_str().unwrap(),
+            "--temperature",
+            "0",
+            "--max-length",
+            &max_length,
+            "--history",
+            history.to_str().unwrap(),
+            "--json",
+        ];
+        let (stdout, stderr, ok) = chatglm(&args, "");
+        assert!(ok, "{stderr}");
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["prompt_ids"], case["prompt_ids"], "case {i}");
+        assert_eq!(v["generated_ids"], case["generated_ids"], "case {i}");
+        assert_eq!(v["text"], case["response"], "case {i}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked}");
+}
