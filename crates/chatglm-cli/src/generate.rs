@@ -8,7 +8,7 @@ use chatglm_tokenizer::Role;
 use clap::Args;
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -32,20 +32,20 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
-fn read_json(path: &PathBuf) -> Result<Value> {
+fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read history file {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))
 }
 
 /// A history file as ChatGLM2 pairs.
-fn pairs(path: &PathBuf, v: Value) -> Result<History> {
+fn pairs(path: &Path, v: Value) -> Result<History> {
     serde_json::from_value(v)
         .with_context(|| format!("{}: expected a JSON list of [query, response] pairs", path.display()))
 }
 
 /// A history file as ChatGLM3 messages: the official list of messages, or
 /// [query, response] pairs (user and assistant messages).
-fn messages(path: &PathBuf, v: Value) -> Result<Vec<Chat3Message>> {
+fn messages(path: &Path, v: Value) -> Result<Vec<Chat3Message>> {
     let bad = || format!("{}: expected a list of messages or of [query, response] pairs", path.display());
     let items = v.as_array().with_context(bad)?;
     let mut out = Vec::new();
