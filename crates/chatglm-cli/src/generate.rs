@@ -73,7 +73,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.raw && args.history.is_some() {
         anyhow::bail!("--history only applies to chat mode; drop --raw or --history");
     }
-    let history = args.history.as_ref().map(read_json).transpose()?;
+    let history = args.history.as_deref().map(read_json).transpose()?;
     args.model.clone().with_pipeline(Generate { args, history })
 }
 
