@@ -8,7 +8,7 @@
 //! history as an assistant message; the last one is the reply.
 
 use crate::pyliteral::parse_tool_call;
-use chatglm_tokenizer::Role;
+use chatglm_tokenizer::{ChatGlmTokenizer, ChatMessage, Role};
 use serde_json::Value;
 
 /// One message of a ChatGLM3 conversation (the official history item).
@@ -97,4 +97,22 @@ pub fn render_tools(tools: &Value) -> String {
         return tools.to_string();
     }
     String::from_utf8(out).unwrap_or_else(|_| tools.to_string())
+}
+
+/// `build_chat_input(query, history, role)` for a history of messages (a
+/// system message's tools rendered after its content, as the official code does).
+pub fn encode_history(tok: &ChatGlmTokenizer, history: &[Chat3Message], query: &str, role: Role) -> Vec<u32> {
+    let contents: Vec<String> = history
+        .iter()
+        .map(|m| match (&m.tools, m.role) {
+            (Some(tools), Role::System) => format!("{}\n{}", m.content, render_tools(tools)),
+            _ => m.content.clone(),
+        })
+        .collect();
+    let messages: Vec<ChatMessage<'_>> = history
+        .iter()
+        .zip(&contents)
+        .map(|(m, c)| ChatMessage { role: m.role, metadata: &m.metadata, content: c })
+        .collect();
+    tok.encode_chat3(&messages, query, role)
 }

@@ -5,11 +5,11 @@
 //! does, even when generation ended at `max_length`), and the reply read by
 //! `process_response` (text or a tool call).
 
-use crate::chat3::{process_response3, render_tools, Chat3Message, Chat3Reply, ToolCallError};
+use crate::chat3::{encode_history, process_response3, Chat3Message, Chat3Reply, ToolCallError};
 use crate::generate::{generate, FinishReason, GenerationConfig, GenerationOutput};
 use crate::{EngineError, Pipeline};
 use chatglm_model::{Backend, ForwardState, KvCacheOps};
-use chatglm_tokenizer::{ChatMessage, Role};
+use chatglm_tokenizer::Role;
 
 /// One ChatGLM3 turn.
 #[derive(Debug, Clone)]
@@ -83,21 +83,7 @@ impl<'p, B: Backend> Chat3Session<'p, B> {
 
     /// The prompt of the next turn: `build_chat_input(query, history, role)`.
     pub fn prompt_ids(&self, query: &str, role: Role) -> Vec<u32> {
-        let contents: Vec<String> = self
-            .history
-            .iter()
-            .map(|m| match (&m.tools, m.role) {
-                (Some(tools), Role::System) => format!("{}\n{}", m.content, render_tools(tools)),
-                _ => m.content.clone(),
-            })
-            .collect();
-        let messages: Vec<ChatMessage<'_>> = self
-            .history
-            .iter()
-            .zip(&contents)
-            .map(|(m, c)| ChatMessage { role: m.role, metadata: &m.metadata, content: c })
-            .collect();
-        self.pipeline.tokenizer.encode_chat3(&messages, query, role)
+        encode_history(&self.pipeline.tokenizer, &self.history, query, role)
     }
 
     pub fn chat(&mut self, query: &str, role: Role, config: &GenerationConfig) -> Result<Chat3Turn, EngineError> {

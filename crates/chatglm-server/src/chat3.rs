@@ -8,9 +8,9 @@
 //! OpenAI `tool_calls`.
 
 use crate::error::ApiError;
-use chatglm_engine::chat3::render_tools;
+use chatglm_engine::chat3::encode_history;
 use chatglm_engine::{process_response3, Chat3Message, Chat3Reply};
-use chatglm_tokenizer::{ChatGlmTokenizer, ChatMessage, Role};
+use chatglm_tokenizer::{ChatGlmTokenizer, Role};
 use serde_json::{json, Value};
 
 /// The official demo's system prompt for a request with tools.
@@ -36,21 +36,7 @@ pub(crate) struct Chat3Prompt {
 
 impl Chat3Prompt {
     pub fn ids(&self, tok: &ChatGlmTokenizer) -> Vec<u32> {
-        let contents: Vec<String> = self
-            .history
-            .iter()
-            .map(|m| match (&m.tools, m.role) {
-                (Some(tools), Role::System) => format!("{}\n{}", m.content, render_tools(tools)),
-                _ => m.content.clone(),
-            })
-            .collect();
-        let messages: Vec<ChatMessage<'_>> = self
-            .history
-            .iter()
-            .zip(&contents)
-            .map(|(m, c)| ChatMessage { role: m.role, metadata: &m.metadata, content: c })
-            .collect();
-        tok.encode_chat3(&messages, &self.query, self.role)
+        encode_history(tok, &self.history, &self.query, self.role)
     }
 
     pub fn has_tools(&self) -> bool {
