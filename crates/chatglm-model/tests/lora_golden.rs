@@ -2,9 +2,12 @@
 //! dense_4h_to_h) merged at load into the tiny ChatGLM3 model, against the
 //! logits PEFT's merged model gave (`golden/family/chatglm3/lora_golden.json`).
 
-use chatglm_model::{CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, WeightFormat};
+mod common;
+
+use chatglm_model::{CpuBackend, LoadOptions, Model, WeightFormat};
 use chatglm_weights::lora::LoraAdapter;
 use chatglm_weights::Checkpoint;
+use common::all_logits;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -14,15 +17,6 @@ fn family(path: &str) -> PathBuf {
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn logits(model: &Model<CpuBackend>, ids: &[u32]) -> Vec<f32> {
-    let mut state = ForwardState::new(&model.backend);
-    let mut cache = model.new_cache(KvDType::F32);
-    model
-        .forward(&mut state, &mut [SequenceInput { tokens: ids, cache: &mut cache, logits: LogitsWanted::All }])
-        .unwrap()
-        .to_vec()
 }
 
 #[test]
@@ -45,7 +39,7 @@ fn a_peft_lora_adapter_merges_as_peft_does() {
     let merged = load(std::slice::from_ref(&adapter));
     let ids: Vec<u32> = golden["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
     let vocab = ckpt.config.padded_vocab_size;
-    let got = logits(&merged, &ids);
+    let got = all_logits(&merged, &ids);
     let n = ids.len();
     for (row, key) in [(0, "logits_first"), (n - 1, "logits_last")] {
         let want = floats(&golden[key]);
@@ -60,7 +54,7 @@ fn a_peft_lora_adapter_merges_as_peft_does() {
         assert_eq!(best as u64, want, "argmax at {p}");
     }
     // The adapter changes the model (its effect is not lost in the merge).
-    let base = logits(&load(&[]), &ids);
+    let base = all_logits(&load(&[]), &ids);
     let moved = base.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(moved > 1e-3, "the adapter changed nothing ({moved})");
 }

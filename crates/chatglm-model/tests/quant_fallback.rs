@@ -3,10 +3,8 @@
 
 mod common;
 
-use chatglm_model::{
-    Backend, CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, WeightFormat,
-};
-use common::random_model;
+use chatglm_model::{Backend, CpuBackend, LoadOptions, Model, WeightFormat};
+use common::{all_logits, random_model};
 
 /// hidden 64 (rows of QKV, h→4h, output, embedding: whole blocks), ffn 80
 /// (rows of 4h→h: not), 4 heads of 20 (rows of dense: 80, not).
@@ -14,15 +12,6 @@ const MIXED: &str = r#"{"num_layers":2,"hidden_size":64,"num_attention_heads":4,
 "multi_query_attention":true,"multi_query_group_num":2,"ffn_hidden_size":80,"padded_vocab_size":300,
 "seq_length":256,"layernorm_epsilon":1e-5,"add_qkv_bias":true,"rmsnorm":true,"post_layer_norm":true,
 "original_rope":true,"model_type":"chatglm"}"#;
-
-fn logits(model: &Model<CpuBackend>, ids: &[u32]) -> Vec<f32> {
-    let mut state = ForwardState::new(&model.backend);
-    let mut cache = model.new_cache(KvDType::F32);
-    model
-        .forward(&mut state, &mut [SequenceInput { tokens: ids, cache: &mut cache, logits: LogitsWanted::All }])
-        .unwrap()
-        .to_vec()
-}
 
 #[test]
 fn untiled_matrices_stay_f16_and_the_model_runs() {
@@ -38,7 +27,7 @@ fn untiled_matrices_stay_f16_and_the_model_runs() {
         assert_eq!(b.matrix_format(&layer.four_h_to_h), "f16");
     }
     let ids: Vec<u32> = (0..20).map(|i| (i * 31) % 300).collect();
-    let (a, r) = (logits(&q4, &ids), logits(&f16, &ids));
+    let (a, r) = (all_logits(&q4, &ids), all_logits(&f16, &ids));
     let scale = r.iter().fold(1f32, |m, v| m.max(v.abs()));
     let d = a.iter().zip(&r).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(a.iter().all(|v| v.is_finite()));

@@ -255,22 +255,28 @@ fn dev_model_round_trips() {
     }
 }
 
+/// Rewrites the GGUF file at `path` without our config key, as llama.cpp
+/// would have written it (standard keys only).
+fn drop_our_config_key(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut h = parse_gguf_bytes(&bytes).unwrap();
+    h.metadata.retain(|(k, _)| k != "chatglm_rs.config_json");
+    let specs =
+        h.tensors.iter().map(|t| GgufTensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() });
+    let mut w = GgufWriter::new(Vec::new(), path, &h.metadata, specs.collect()).unwrap();
+    for t in &h.tensors {
+        w.write_data(&bytes[t.file_range.clone()]).unwrap();
+    }
+    std::fs::write(path, w.finish().unwrap()).unwrap();
+}
+
 #[test]
 fn config_is_rebuilt_without_our_key() {
     // A file as llama.cpp would write it: standard keys only.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("llamacpp.gguf");
     let ckpt = write_dev(&QuantizePlan::new(DType::F32), &path);
-    let bytes = std::fs::read(&path).unwrap();
-    let mut h = parse_gguf_bytes(&bytes).unwrap();
-    h.metadata.retain(|(k, _)| k != "chatglm_rs.config_json");
-    let specs =
-        h.tensors.iter().map(|t| GgufTensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() });
-    let mut w = GgufWriter::new(Vec::new(), &path, &h.metadata, specs.collect()).unwrap();
-    for t in &h.tensors {
-        w.write_data(&bytes[t.file_range.clone()]).unwrap();
-    }
-    std::fs::write(&path, w.finish().unwrap()).unwrap();
+    drop_our_config_key(&path);
     let model = GgufModel::open(&path).unwrap();
     let (a, b) = (&model.config, &ckpt.config);
     assert_eq!(
@@ -296,16 +302,7 @@ fn rope_scaling_survives_gguf_with_and_without_our_config_key() {
         let model = GgufModel::open(&path).unwrap();
         assert_eq!((model.config.rope_scaling, model.config.rope_ratio), (scaling, ratio), "{name}");
         // Without our config key: rebuilt from the rope.* keys.
-        let bytes = std::fs::read(&path).unwrap();
-        let mut h = parse_gguf_bytes(&bytes).unwrap();
-        h.metadata.retain(|(k, _)| k != "chatglm_rs.config_json");
-        let specs =
-            h.tensors.iter().map(|t| GgufTensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() });
-        let mut w = GgufWriter::new(Vec::new(), &path, &h.metadata, specs.collect()).unwrap();
-        for t in &h.tensors {
-            w.write_data(&bytes[t.file_range.clone()]).unwrap();
-        }
-        std::fs::write(&path, w.finish().unwrap()).unwrap();
+        drop_our_config_key(&path);
         let model = GgufModel::open(&path).unwrap();
         assert_eq!((model.config.rope_scaling, model.config.rope_ratio), (scaling, ratio), "{name} (llama.cpp keys)");
     }

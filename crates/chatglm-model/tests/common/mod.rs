@@ -1,7 +1,9 @@
 //! A random model with the official tensor names, shared by the model tests.
 #![allow(dead_code)]
 
-use chatglm_model::{Config, ModelError, TensorSource};
+use chatglm_model::{
+    Backend, Config, ForwardState, KvDType, LogitsWanted, Model, ModelError, SequenceInput, TensorSource,
+};
 use chatglm_weights::{names, DType, Tensor, TensorData};
 use std::collections::HashMap;
 
@@ -45,4 +47,14 @@ pub fn random_model(json: &str, seed: u64) -> RandomModel {
         tensors.insert(name.clone(), Tensor { name, dtype: DType::F32, shape, data });
     }
     RandomModel { config, tensors }
+}
+
+/// Logits of every position of `ids`, from an empty f32 cache.
+pub fn all_logits<B: Backend>(model: &Model<B>, ids: &[u32]) -> Vec<f32> {
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    model
+        .forward(&mut state, &mut [SequenceInput { tokens: ids, cache: &mut cache, logits: LogitsWanted::All }])
+        .unwrap()
+        .to_vec()
 }
