@@ -134,6 +134,14 @@ impl LoraAdapter {
         let Some((a, b)) = self.pairs.get(name) else { return Ok(false) };
         let (a, b) = (a.to_f32()?, b.to_f32()?);
         let r = a.len() / cols.max(1);
+        let rows = w.len() / cols.max(1);
+        if cols == 0 || a.len() != r * cols || b.len() != rows * r {
+            return Err(WeightsError::BadTensor {
+                path: self.path.clone(),
+                tensor: name.into(),
+                message: format!("A ({} values) and B ({}) do not fit a {rows}×{cols} weight", a.len(), b.len()),
+            });
+        }
         for (o, row) in w.chunks_exact_mut(cols).enumerate() {
             let bo = &b[o * r..(o + 1) * r];
             for (k, &bk) in bo.iter().enumerate() {
