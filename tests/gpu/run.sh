@@ -16,6 +16,8 @@
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); SERVE_CONCURRENCY=64 the HTTP server
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
+# QUANT=1 adds the int4/int8 benchmarks (kernel GB/s, decode, prefill, 32 sequences) and the GPU
+# memory of an 8K-token int4 dialogue as nvidia-smi reports it (QUANT_ONLY=1: only those).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -31,6 +33,9 @@ build() {
   cargo build --release -p chatglm-cuda --example gemv_bench
   cp target/release/examples/gemv_bench "$BIN/gemv_bench"
   strip "$BIN/gemv_bench"
+  cargo build --release -p chatglm-cuda --example qmma_bench
+  cp target/release/examples/qmma_bench "$BIN/qmma_bench"
+  strip "$BIN/qmma_bench"
   cargo test --release -p chatglm-cuda -p chatglm-model -p chatglm-engine \
     --features chatglm-model/cuda,chatglm-engine/cuda --no-run --message-format=json 2>/dev/null |
     python3 -c '
@@ -103,6 +108,22 @@ device() {
     if "$@" >"$out/bench-$name.txt" 2>&1; then tail -n 12 "$out/bench-$name.txt" | tee -a "$summary"; else
       echo "FAILED" | tee -a "$summary"; tail -n 20 "$out/bench-$name.txt" | tee -a "$summary"; fi
   }
+  # Runs a command, sampling its GPU memory (nvidia-smi, CUDA context included) every 0.1 s.
+  mem_probe() {
+    local name=$1; shift
+    echo "== memory $name: $*" | tee -a "$summary"
+    "$@" >"$out/mem-$name.txt" 2>&1 &
+    local pid=$! peak=0 m
+    while kill -0 "$pid" 2>/dev/null; do
+      m=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
+        awk -F', ' -v p="$pid" '$1 == p { print $2 }')
+      [ -n "$m" ] && [ "$m" -gt "$peak" ] && peak=$m
+      sleep 0.1
+    done
+    wait "$pid" && echo "ok" | tee -a "$summary" || echo "FAILED" | tee -a "$summary"
+    grep -iE "memory|GiB|tok/s" "$out/mem-$name.txt" | tail -n 8 | tee -a "$summary"
+    echo "peak GPU memory of the process (nvidia-smi): $peak MiB" | tee -a "$summary"
+  }
   if [ "${BENCH:-1}" != 0 ]; then
     echo "== decode mat-vec kernels (6B shapes, f16, batch 1)" | tee -a "$summary"
     "$BIN/gemv_bench" 2>&1 | tee -a "$summary" || echo "gemv_bench FAILED" | tee -a "$summary"
@@ -119,6 +140,19 @@ ms = s.elapsed_time(e) / 20
 print(f"copy {2*x.numel()/ms/1e9:.3f} TB/s (read+write); f16 6B floor {11.95e9/(2*x.numel()/ms*1e3)*1e3:.3f} ms/token")
 PY
     local b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b"
+    if [ "${QUANT:-0}" != 0 ]; then
+      echo "== quantized products (6B shapes; int4 and int8 tiled weights)" | tee -a "$summary"
+      "$BIN/qmma_bench" 2>&1 | tee -a "$summary" || echo "qmma_bench FAILED" | tee -a "$summary"
+      run_bench q4_0-short $b --dtype q4_0 --prompt-len 16 --gen-len 256 --repeat 3
+      run_bench q8_0-short $b --dtype q8_0 --prompt-len 16 --gen-len 256 --repeat 3
+      run_bench q4_0-long $b --dtype q4_0 --prompt-len 2048 --gen-len 64 --repeat 2 --context 8192 --context-steps 16
+      run_bench q4_0-batched32 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
+      mem_probe q4_0-8k-dialogue $b --dtype q4_0 --prompt-len 8192 --gen-len 64
+    fi
+    if [ "${QUANT_ONLY:-0}" != 0 ]; then
+      echo "report in $out"
+      return
+    fi
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
     run_bench f16-short $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
     if [ -n "${CONCURRENCY:-}" ]; then

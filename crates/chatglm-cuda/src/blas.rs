@@ -44,10 +44,11 @@ impl Blas {
         n: usize,
         rows: usize,
         cols: usize,
+        ld_out: usize,
         accumulate: bool,
     ) -> Result<(), CudaError> {
         let too_big = |v: usize| v > i32::MAX as usize;
-        if too_big(n) || too_big(rows) || too_big(cols) {
+        if too_big(n) || too_big(rows) || too_big(cols) || too_big(ld_out) {
             return Err(CudaError::invalid(
                 "gemm",
                 format!("{n}×{cols} · ({rows}×{cols})ᵀ exceeds cuBLAS's int sizes"),
@@ -79,7 +80,7 @@ impl Blas {
             (&beta as *const f32).cast(),
             out as *mut _,
             out_ty,
-            rows as i32,
+            ld_out as i32,
             cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )

@@ -20,6 +20,8 @@ struct Shape {
     n: usize,
     rows: usize,
     cols: usize,
+    /// Elements between output rows (≥ rows: a column slice of a wider output).
+    ld_out: usize,
     accumulate: bool,
     bias: bool,
 }
@@ -134,8 +136,8 @@ impl BlasLt {
         plan.a =
             lt::create_matrix_layout(ty, cols, rows, s.cols as i64).map_err(call("cublasLtMatrixLayoutCreate", s))?;
         plan.b = lt::create_matrix_layout(ty, cols, n, s.cols as i64).map_err(call("cublasLtMatrixLayoutCreate", s))?;
-        plan.c =
-            lt::create_matrix_layout(out_ty, rows, n, s.rows as i64).map_err(call("cublasLtMatrixLayoutCreate", s))?;
+        plan.c = lt::create_matrix_layout(out_ty, rows, n, s.ld_out as i64)
+            .map_err(call("cublasLtMatrixLayoutCreate", s))?;
         let pref = lt::create_matmul_pref().map_err(call("cublasLtMatmulPreferenceCreate", s))?;
         let ws = WORKSPACE_BYTES as u64;
         // SAFETY: live descriptors; the preference is destroyed right after use.
@@ -174,10 +176,11 @@ impl BlasLt {
         n: usize,
         rows: usize,
         cols: usize,
+        ld_out: usize,
         accumulate: bool,
         bias: u64,
     ) -> Result<(), CudaError> {
-        let s = Shape { w: w_dtype, out: out_dtype, n, rows, cols, accumulate, bias: bias != 0 };
+        let s = Shape { w: w_dtype, out: out_dtype, n, rows, cols, ld_out, accumulate, bias: bias != 0 };
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let p = match plans.entry(s) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

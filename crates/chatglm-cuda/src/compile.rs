@@ -19,10 +19,19 @@ pub(crate) struct Source {
 }
 
 fn elementwise_kernels() -> Vec<String> {
-    let mut k: Vec<String> =
-        ["rms_norm", "add_inplace", "add_bias", "swiglu", "gather_rows", "to_f16", "to_bf16", "argmax_rows"]
-            .map(String::from)
-            .into();
+    let mut k: Vec<String> = [
+        "rms_norm",
+        "copy_f32",
+        "add_inplace",
+        "add_bias",
+        "swiglu",
+        "gather_rows",
+        "to_f16",
+        "to_bf16",
+        "argmax_rows",
+    ]
+    .map(String::from)
+    .into();
     k.extend(["rms_norm_h1", "rms_norm_h2", "swiglu_h1", "swiglu_h2", "swiglu_hh1", "swiglu_hh2"].map(String::from));
     for t in 0..3 {
         k.push(format!("embed_{t}"));
@@ -44,6 +53,20 @@ fn gemv_kernels() -> Vec<String> {
         for nt in 1..=crate::ops::GEMV_MAX_TOKENS {
             k.push(format!("gemv_qkv_{t}_{nt}"));
             k.push(format!("gemv8_qkv_{t}_{nt}"));
+        }
+    }
+    k
+}
+
+fn qmma_kernels() -> Vec<String> {
+    let mut k: Vec<String> = ["quantize_x", "fill_bytes", "fill_u16"].map(String::from).into();
+    for f in 0..4 {
+        k.push(format!("qdequant_{f}"));
+        for mode in 0..4 {
+            k.push(format!("qmma_{f}_1_{mode}_1"));
+            for nt8 in [1, 2, 4, 8] {
+                k.push(format!("qmma_{f}_{nt8}_{mode}_0"));
+            }
         }
     }
     k
@@ -75,7 +98,19 @@ pub(crate) const SOURCES: &[Source] = &[
         min_arch: 0,
         kernels: elementwise_kernels,
     },
-    Source { name: "gemv", text: include_str!("kernels/gemv.cu"), min_arch: 0, kernels: gemv_kernels },
+    Source {
+        name: "gemv",
+        text: concat!(include_str!("kernels/gemv_epilogue.cuh"), include_str!("kernels/gemv.cu")),
+        min_arch: 0,
+        kernels: gemv_kernels,
+    },
+    // mma.sync m16n8k32 on 8-bit integers needs Ampere or newer.
+    Source {
+        name: "qmma",
+        text: concat!(include_str!("kernels/gemv_epilogue.cuh"), include_str!("kernels/qmma.cu")),
+        min_arch: 80,
+        kernels: qmma_kernels,
+    },
     Source {
         name: "attention",
         text: concat!(include_str!("kernels/decode.cuh"), include_str!("kernels/attention.cu")),

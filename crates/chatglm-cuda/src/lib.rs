@@ -22,6 +22,7 @@ mod device;
 mod error;
 mod graph;
 pub mod ops;
+pub mod quant;
 
 pub use compile::compile_all;
 pub use cudarc::driver::{CudaSlice, DeviceRepr};

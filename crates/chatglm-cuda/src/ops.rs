@@ -109,8 +109,38 @@ fn grid_2d(rows: usize, cols: usize) -> (u32, u32, u32) {
     (cols.div_ceil(256 * 4).clamp(1, 65_535) as u32, rows.clamp(1, 65_535) as u32, 1)
 }
 
-fn check_i32(op: &str, what: &str, v: usize) -> Result<i32, CudaError> {
+pub(crate) fn check_i32(op: &str, what: &str, v: usize) -> Result<i32, CudaError> {
     i32::try_from(v).map_err(|_| CudaError::invalid(op, format!("{what} = {v} exceeds the kernel's int range")))
+}
+
+/// The kernels' `struct RopeCtx` (4 pointers, then 8 ints in pairs) for the
+/// QKV products that rotate and append to the cache of `layer`.
+pub(crate) fn rope_ctx(
+    op: &str,
+    kv_dtype: DType,
+    rope: RopeArgs,
+    shape: AttentionDims,
+    layer: usize,
+) -> Result<[u64; 8], CudaError> {
+    let kv_f16 = match kv_dtype {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::BF16 => return Err(CudaError::invalid(op, "bf16 KV cache")),
+    };
+    let ints = [rope.max_blocks, rope.n_pairs, shape.head_dim, shape.n_heads, shape.n_groups, layer];
+    let ints: Vec<i32> = ints.iter().map(|&v| check_i32(op, "shape", v)).collect::<Result<_, _>>()?;
+    let pack = |a: i32, b: i32| (a as u32 as u64) | ((b as u32 as u64) << 32);
+    let block_tokens = check_i32(op, "block tokens", shape.block_tokens)?;
+    Ok([
+        rope.positions,
+        rope.seq_of_token,
+        rope.block_table,
+        rope.inv_freq,
+        pack(ints[0], ints[1]),
+        pack(ints[2], ints[3]),
+        pack(ints[4], ints[5]),
+        pack(block_tokens, kv_f16),
+    ])
 }
 
 fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
@@ -141,6 +171,21 @@ impl Gpu {
         let mut a = Args::default();
         a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows);
         self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, 0))
+    }
+
+    /// `out = x` over n f32.
+    ///
+    /// # Safety
+    /// `x`, `out`: n f32.
+    pub unsafe fn copy_f32(&self, x: u64, out: u64, n: usize) -> Result<(), CudaError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernel("copy_f32")?;
+        let n64 = n as i64;
+        let mut a = Args::default();
+        a.arg(&x).arg(&out).arg(&n64);
+        self.launch(f, a, "copy_f32", cfg((grid_for(n, 1024), 1, 1), 256, 0))
     }
 
     /// Row-wise RMSNorm of `rows × cols` f32.
@@ -432,26 +477,7 @@ impl Gpu {
         if !self.gemv_qkv_supported(dtype, cols, &shape) || !aligned {
             return Err(CudaError::invalid("gemv_qkv", format!("unsupported shape {shape:?} with {cols} columns")));
         }
-        let kv_f16 = match kv_dtype {
-            DType::F32 => 0,
-            DType::F16 => 1,
-            DType::BF16 => return Err(CudaError::invalid("gemv_qkv", "bf16 KV cache")),
-        };
-        let ints = [rope.max_blocks, rope.n_pairs, shape.head_dim, shape.n_heads, shape.n_groups, layer];
-        let ints: Vec<i32> = ints.iter().map(|&v| check_i32("gemv_qkv", "shape", v)).collect::<Result<_, _>>()?;
-        let pack = |a: i32, b: i32| (a as u32 as u64) | ((b as u32 as u64) << 32);
-        let block_tokens = check_i32("gemv_qkv", "block tokens", shape.block_tokens)?;
-        // struct RopeCtx: 4 pointers, then 8 ints in pairs.
-        let ctx = [
-            rope.positions,
-            rope.seq_of_token,
-            rope.block_table,
-            rope.inv_freq,
-            pack(ints[0], ints[1]),
-            pack(ints[2], ints[3]),
-            pack(ints[4], ints[5]),
-            pack(block_tokens, kv_f16),
-        ];
+        let ctx = rope_ctx("gemv_qkv", kv_dtype, rope, shape, layer)?;
         let block_rows = self.gemv_block_rows(rows.div_ceil(4));
         let prefix = if block_rows == 8 { "gemv8_qkv" } else { "gemv_qkv" };
         let name = format!("{prefix}_{}_{n}", dtype.code());
@@ -522,6 +548,31 @@ impl Gpu {
         accumulate: bool,
         bias: u64,
     ) -> Result<(), CudaError> {
+        self.gemm_strided(w, dtype, x, out, out_dtype, n, rows, cols, rows, accumulate, bias)
+    }
+
+    /// [`Gpu::gemm`] writing columns `0..rows` of an output whose rows are
+    /// `ld_out` elements apart (a slice of a wider product's output).
+    ///
+    /// # Safety
+    /// As [`Gpu::gemm`], with `out` holding n rows of `ld_out` ≥ rows.
+    pub unsafe fn gemm_strided(
+        &self,
+        w: u64,
+        dtype: DType,
+        x: u64,
+        out: u64,
+        out_dtype: DType,
+        n: usize,
+        rows: usize,
+        cols: usize,
+        ld_out: usize,
+        accumulate: bool,
+        bias: u64,
+    ) -> Result<(), CudaError> {
+        if ld_out < rows {
+            return Err(CudaError::invalid("gemm", format!("output rows of {ld_out} for {rows} columns")));
+        }
         if n == 0 {
             return Ok(());
         }
@@ -534,15 +585,18 @@ impl Gpu {
         // cuBLAS launches outside this crate's queue: issue what is queued first.
         self.flush_recorded(false)?;
         if let Some(lt) = &self.blas_lt {
-            match lt.gemm(w, dtype, x, out, out_dtype, n, rows, cols, accumulate, bias) {
+            match lt.gemm(w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate, bias) {
                 Ok(()) => return Ok(()),
                 // No algorithm for this shape: the classic API below.
                 Err(CudaError::Call { ref message, .. }) if message.contains("NOT_SUPPORTED") => {}
                 Err(e) => return Err(e),
             }
         }
-        self.blas.gemm(w, dtype, x, out, out_dtype, n, rows, cols, accumulate)?;
+        self.blas.gemm(w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate)?;
         if bias != 0 {
+            if ld_out != rows {
+                return Err(CudaError::invalid("gemm", "a bias on a strided output needs cuBLASLt"));
+            }
             self.add_bias(out, bias, n, rows)?;
         }
         Ok(())

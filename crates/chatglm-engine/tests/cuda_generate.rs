@@ -16,10 +16,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 fn pipeline() -> Option<Pipeline<CudaBackend>> {
+    pipeline_in(PipelineOptions::default())
+}
+
+fn pipeline_in(options: PipelineOptions) -> Option<Pipeline<CudaBackend>> {
     let dir = testdata().join("dev/model/safetensors-f32");
     let made = Pipeline::load_with(
         dir.to_str().unwrap(),
-        PipelineOptions::default(),
+        options,
         |cfg| CudaBackend::new(0, cfg).map_err(|e| EngineError::Device(e.to_string())),
         &mut |_, _| {},
     );
@@ -67,6 +71,37 @@ fn gpu_raw_generate_cases_match_official() {
         let config = GenerationConfig { max_new_tokens: Some(32), ..greedy(8192) };
         let out = generate(&p.model, &p.tokenizer, &mut state, &mut cache, &input, &config, &mut |_| true).unwrap();
         assert_eq!(out.generated_ids, ids(&case["new_ids"]));
+    }
+}
+
+#[test]
+fn gpu_greedy_outputs_equal_the_cpu_for_every_quantized_format() {
+    use chatglm_model::{CpuBackend, KvDType, LoadOptions, WeightFormat};
+    let dir = testdata().join("dev/model/safetensors-f32");
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
+        let options =
+            || PipelineOptions { load: LoadOptions::new(format), kv_dtype: Some(KvDType::F16), ..Default::default() };
+        let Some(gpu) = pipeline_in(options()) else { return };
+        let cpu = Pipeline::<CpuBackend>::load(dir.to_str().unwrap(), options(), &mut |_, _| {}).unwrap();
+        let (mut gs, mut cs) = (ForwardState::new(&gpu.model.backend), ForwardState::new(&cpu.model.backend));
+        for case in golden()["generate"].as_array().unwrap() {
+            let input = ids(&case["input_ids"]);
+            let config = GenerationConfig { max_new_tokens: Some(32), ..greedy(8192) };
+            let on_gpu = {
+                let mut cache = gpu.model.new_cache(KvDType::F16);
+                generate(&gpu.model, &gpu.tokenizer, &mut gs, &mut cache, &input, &config, &mut |_| true)
+                    .unwrap()
+                    .generated_ids
+            };
+            let on_cpu = {
+                let mut cache = cpu.model.new_cache(KvDType::F16);
+                generate(&cpu.model, &cpu.tokenizer, &mut cs, &mut cache, &input, &config, &mut |_| true)
+                    .unwrap()
+                    .generated_ids
+            };
+            assert_eq!(on_gpu, on_cpu, "{} greedy ids of a {}-token prompt", format.name(), input.len());
+        }
+        eprintln!("{}: greedy ids equal on GPU and CPU", format.name());
     }
 }
 

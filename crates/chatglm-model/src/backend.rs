@@ -86,6 +86,15 @@ pub trait Backend: Send + Sync {
     /// `format`. With `mmap`, bytes already in the kernels' layout may be
     /// used in place from the mapped file instead of copied.
     fn load_matrix(&self, tensor: &Tensor, format: WeightFormat, mmap: bool) -> Result<Self::Matrix, ModelError>;
+    /// The embedding table (only gathered from, one row per token): by
+    /// default a matrix like any other.
+    fn load_embedding(&self, tensor: &Tensor, format: WeightFormat, mmap: bool) -> Result<Self::Matrix, ModelError> {
+        self.load_matrix(tensor, format, mmap)
+    }
+    /// A random embedding table (see `random_matrix`).
+    fn random_embedding(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> Self::Matrix {
+        self.random_matrix(rows, cols, format, seed)
+    }
     fn load_vector(&self, values: Vec<f32>) -> Self::Vector;
     /// A matrix of random values in `format` (benchmarks: speed does not
     /// depend on the values). `format` must not be `Auto`.

@@ -58,6 +58,22 @@ impl WeightFormat {
     }
 }
 
+/// Whether a tensor stored as `dtype` already is in `format` (no conversion).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn stored_as(format: WeightFormat, dtype: DType) -> bool {
+    matches!(
+        (format, dtype),
+        (WeightFormat::F32, DType::F32)
+            | (WeightFormat::F16, DType::F16)
+            | (WeightFormat::BF16, DType::BF16)
+            | (WeightFormat::Q8_0, DType::Q8_0)
+            | (WeightFormat::Q4_0, DType::Q4_0)
+            | (WeightFormat::Q4_1, DType::Q4_1)
+            | (WeightFormat::Q5_0, DType::Q5_0)
+            | (WeightFormat::Q5_1, DType::Q5_1)
+    )
+}
+
 impl std::str::FromStr for WeightFormat {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, ModelError> {
@@ -178,7 +194,12 @@ pub fn load_weights<B: Backend, S: TensorSource + ?Sized>(
         backend.load_matrix(t, format, options.mmap)
     };
 
-    let embedding = matrix(names::WORD_EMBEDDINGS, options.embedding())?;
+    let embedding = {
+        let t = source.tensor(names::WORD_EMBEDDINGS)?;
+        let cols = t.shape.last().copied().unwrap_or(0);
+        let format = fallback_if_untiled(options.embedding().resolve(t.dtype), cols, names::WORD_EMBEDDINGS);
+        backend.load_embedding(t, format, options.mmap)?
+    };
     step(&mut done);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
@@ -212,12 +233,16 @@ pub fn synthetic_weights<B: Backend>(backend: &B, cfg: &ModelConfig, options: Lo
     let pick = |f: WeightFormat| if f == WeightFormat::Auto { WeightFormat::F16 } else { f };
     let (h, ffn, vocab) = (cfg.hidden_size, cfg.ffn_hidden_size, cfg.padded_vocab_size);
     let mut seed = seed;
+    let embedding = {
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let format = fallback_if_untiled(pick(options.embedding()), h, "synthetic embedding");
+        backend.random_embedding(vocab, h, format, seed)
+    };
     let mut matrix = |rows: usize, cols: usize, f: WeightFormat| {
         seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         backend.random_matrix(rows, cols, fallback_if_untiled(pick(f), cols, "synthetic matrix"), seed)
     };
     let norm = |n: usize| backend.load_vector(vec![1.0; n]);
-    let embedding = matrix(vocab, h, options.embedding());
     let layers = (0..cfg.num_layers)
         .map(|_| LayerWeights {
             input_norm: norm(h),

@@ -285,6 +285,20 @@ fn gpu_matches_cpu_bf16_and_odd_shapes() {
 }
 
 #[test]
+fn gpu_quantized_products_match_cpu_for_every_format() {
+    // Steps of 1..8 tokens quantize x inside the product, 9..64 in a launch
+    // of their own (1, 2, 4 and 8 token tiles), more dequantize for cuBLAS;
+    // FLASH_SHAPE's 350-wide FFN keeps dense_4h_to_h in f16 (not whole
+    // blocks) and its SwiGLU halves are not whole tiles (the unfused path),
+    // GLM_HEADS has whole tiles everywhere (the fused SwiGLU and QKV).
+    let steps = vec![vec![1], vec![3, 9], vec![1, 1], vec![17, 1], vec![64, 1], vec![100, 1], vec![2, 2]];
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
+        compare_schedule_with(FLASH_SHAPE, format, KvDType::F16, &steps, 2e-2, 0);
+        compare_schedule_with(GLM_HEADS, format, KvDType::F16, &steps, 2e-2, 0);
+    }
+}
+
+#[test]
 fn gpu_batched_decode_with_16_heads_per_group_matches_cpu() {
     // The 6B head layout takes the tensor-core decode kernel: prompts under
     // 16 tokens (one decode-kernel row per token, partial key tiles), contexts

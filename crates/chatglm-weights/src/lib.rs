@@ -49,4 +49,4 @@ pub use dtype::DType;
 pub use error::WeightsError;
 pub use pytorch::load_pytorch_bin;
 pub use safetensors::{load_safetensors, parse_safetensors_bytes, serialize_safetensors, SafetensorsEntry};
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{decode_f32, Tensor, TensorData};

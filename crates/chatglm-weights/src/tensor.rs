@@ -159,7 +159,7 @@ impl Tensor {
 }
 
 /// Decodes `bytes` (exactly `out.len()` elements of `dtype`) into `out`.
-pub(crate) fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
     match dtype {
         DType::F32 => {
             for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {

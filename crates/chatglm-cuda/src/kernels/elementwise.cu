@@ -21,6 +21,13 @@ extern "C" __global__ void embed_0(const void* t, const int* ids, float* out, in
 extern "C" __global__ void embed_1(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<1>(t, ids, out, cols, rows); }
 extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<2>(t, ids, out, cols, rows); }
 
+// out = x over n values (embedding rows gathered on the host). grid-stride.
+extern "C" __global__ void copy_f32(const float* x, float* out, long n) {
+    pdl_launch_dependents();
+    pdl_wait();
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = x[i];
+}
+
 // x += y over n values. grid-stride.
 extern "C" __global__ void add_inplace(float* x, const float* y, long n) {
     pdl_launch_dependents();

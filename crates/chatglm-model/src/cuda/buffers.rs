@@ -43,6 +43,12 @@ impl CudaBackend {
     }
 
     pub(super) fn matrix_ptr(m: &CudaMatrix, op: &str) -> Result<u64, CudaError> {
+        if m.quant.is_some() || m.host.is_some() {
+            return Err(CudaError::Invalid {
+                op: op.into(),
+                message: "quantized or host weights reached a float kernel".into(),
+            });
+        }
         m.data.as_ref().map(device_ptr).ok_or_else(|| CudaError::Invalid {
             op: op.into(),
             message: "weights failed to load (see the first error)".into(),

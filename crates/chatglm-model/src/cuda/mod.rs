@@ -10,6 +10,7 @@
 mod buffers;
 mod kv;
 mod products;
+mod quant;
 mod step;
 mod upload;
 
@@ -21,12 +22,14 @@ use crate::loader::WeightFormat;
 use crate::{Backend, Config, ModelError, SequenceInput, TokenChoice};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
+use chatglm_cuda::quant::{TileShape, TiledPtr};
 use chatglm_cuda::{
     device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan,
     SAMPLE_ROW_WORDS,
 };
 use chatglm_weights::{DType as FileDType, Tensor};
 use kv::KvPool;
+use quant::HostTable;
 use std::sync::{Arc, Mutex, MutexGuard};
 use step::StepPlan;
 use upload::gpu_dtype;
@@ -39,12 +42,27 @@ const DEFAULT_GEMV_MAX_TOKENS: usize = 2;
 /// Tokens per KV-cache block (the tensor-core attention's key tile).
 pub const KV_BLOCK_TOKENS: usize = chatglm_cuda::ops::FLASH_TILE_TOKENS;
 
-/// A weight matrix in device memory, row-major.
+/// A weight matrix: row-major floats in device memory, quantized blocks in
+/// the tiled layout (`quant`), or an embedding table kept on the host.
 pub struct CudaMatrix {
     pub rows: usize,
     pub cols: usize,
+    /// The element type of its floats (quantized: what large products
+    /// dequantize to).
     dtype: DType,
     data: Option<CudaSlice<u8>>,
+    quant: Option<TileShape>,
+    host: Option<Arc<HostTable>>,
+}
+
+impl CudaMatrix {
+    fn dense(rows: usize, cols: usize, dtype: DType, data: Option<CudaSlice<u8>>) -> Self {
+        Self { rows, cols, dtype, data, quant: None, host: None }
+    }
+
+    fn tiled(&self) -> Option<TiledPtr> {
+        Some(TiledPtr { base: device_ptr(self.data.as_ref()?), shape: self.quant? })
+    }
 }
 
 /// A small f32 vector in device memory.
@@ -93,6 +111,13 @@ struct StepBuffers {
     part_ml: Option<CudaSlice<f32>>,
     /// Activations converted to the weights' 16-bit type for cuBLAS.
     half_x: Option<CudaSlice<u16>>,
+    /// The step's embedding rows, gathered on the host (quantized models).
+    embedded: Option<CudaSlice<f32>>,
+    /// Activations quantized for the quantized products: codes, scales.
+    xq: Option<CudaSlice<u8>>,
+    xs: Option<CudaSlice<u8>>,
+    /// Quantized weights dequantized for a large step's cuBLAS product.
+    dequant: Option<CudaSlice<u16>>,
     gather: Option<CudaSlice<i32>>,
     /// Merge counters of the decode attention (zero between launches).
     counters: Option<CudaSlice<i32>>,
@@ -128,6 +153,10 @@ pub struct CudaBackend {
     inv_freq: CudaSlice<f32>,
     n_pairs: usize,
     pools: Mutex<Vec<Arc<KvPool>>>,
+    /// The embedding table when it is kept on the host.
+    host_embedding: Mutex<Option<Arc<HostTable>>>,
+    /// Whether any weights are quantized (memory-lean: smaller prefill chunks).
+    quantized: std::sync::atomic::AtomicBool,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -187,6 +216,8 @@ impl CudaBackend {
             inv_freq,
             n_pairs: rope.n_pairs(),
             pools: Mutex::new(Vec::new()),
+            host_embedding: Mutex::new(None),
+            quantized: std::sync::atomic::AtomicBool::new(false),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -268,6 +299,12 @@ impl CudaBackend {
         p
     }
 
+    /// Whether `w`'s SwiGLU halves suit the fused product (quantized
+    /// weights: each half whole 16-row tiles).
+    fn swiglu_fusable(&self, w: &CudaMatrix) -> bool {
+        w.quant.is_none() || (w.rows / 2).is_multiple_of(chatglm_cuda::quant::TILE_ROWS)
+    }
+
     /// Keeps the first error of a step.
     fn fail(&self, e: ModelError) {
         let mut slot = lock(&self.error);
@@ -306,8 +343,11 @@ impl Backend for CudaBackend {
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         // Keep 1 GiB back for activations, cuBLAS workspace and the prefill chunk.
         let kv_tokens = free.saturating_sub(1 << 30) / kv_bytes_per_token.max(1);
+        let host = lock(&self.host_embedding).as_ref().map_or(String::new(), |t| {
+            format!(" (the {:.2} GiB embedding table stays in host memory)", gib(t.bytes()))
+        });
         Some(format!(
-            "GPU memory: weights {:.2} GiB, workspace {} MiB; {:.1} of {:.1} GiB free, 1 GiB of it kept for \
+            "GPU memory: weights {:.2} GiB{host}, workspace {} MiB; {:.1} of {:.1} GiB free, 1 GiB of it kept for \
              activations, room for about {kv_tokens} tokens of KV cache ({} KiB per token) in 64-token blocks \
              allocated as sequences grow",
             gib(weight_bytes),
@@ -319,9 +359,15 @@ impl Backend for CudaBackend {
     }
 
     /// Products of 4096 tokens run near the matrix units' peak; activations
-    /// stay under 1 GB for ChatGLM2-6B.
+    /// stay under 1 GB for ChatGLM2-6B. Quantized models are run for their
+    /// small memory: 1024-token chunks keep activations near 150 MB (each
+    /// chunk dequantizes the weights once, ~6 ms of 25).
     fn prefill_chunk_tokens(&self) -> usize {
-        4096
+        if self.quantized.load(std::sync::atomic::Ordering::Relaxed) {
+            1024
+        } else {
+            4096
+        }
     }
 
     fn new_cache(&self, _n_layers: usize, _n_groups: usize, _head_dim: usize, dtype: KvDType) -> CudaKvCache {
@@ -380,9 +426,17 @@ impl Backend for CudaBackend {
             replay.then_some(self.max_context),
         );
         let replay = replay && plan.n_tiles == 0;
+        let mut embedded = Vec::new();
+        if let Some(table) = lock(&self.host_embedding).as_ref() {
+            table.gather(ids, &mut embedded)?;
+        }
         let mut st = lock(&self.step);
         let st = &mut *st;
         let mut upload = || -> Result<(), CudaError> {
+            if !embedded.is_empty() {
+                ensure(&self.gpu, &mut st.embedded, embedded.len(), "embedding rows")?;
+                self.gpu.upload(&embedded, st.embedded.as_mut().expect("invariant: ensured"), "embedding rows")?;
+            }
             ensure(&self.gpu, &mut st.meta, plan.meta.len(), "step metadata")?;
             self.gpu.upload(&plan.meta, st.meta.as_mut().expect("invariant: ensured"), "step metadata")?;
             ensure(&self.gpu, &mut st.table, plan.table.len(), "block table")?;
@@ -433,10 +487,45 @@ impl Backend for CudaBackend {
                 message: format!("expected a 2-D matrix, found shape {:?}", t.shape),
             });
         };
+        if let Some(device) = quant::device_format(format.resolve(t.dtype)) {
+            let tiled = quant::tiled_matrix(t, rows, cols, format.resolve(t.dtype))?;
+            let what = format!("weights {}", t.name);
+            let data = self.gpu.upload_new(&tiled.bytes, &what).map_err(|e| backend_err("loading weights", e))?;
+            self.quantized.store(true, std::sync::atomic::Ordering::Relaxed);
+            t.data.release_pages(0..t.data.len());
+            debug_assert_eq!(tiled.shape.format, device);
+            return Ok(CudaMatrix {
+                quant: Some(tiled.shape),
+                ..CudaMatrix::dense(rows, cols, DType::F16, Some(data))
+            });
+        }
         let dtype =
             gpu_dtype(format, t.dtype).map_err(|message| ModelError::BadTensor { tensor: t.name.clone(), message })?;
         let data = self.upload_matrix(t, rows, cols, dtype)?;
-        Ok(CudaMatrix { rows, cols, dtype, data: Some(data) })
+        Ok(CudaMatrix::dense(rows, cols, dtype, Some(data)))
+    }
+
+    /// Quantized models keep the embedding table on the host, in the format
+    /// the CPU would hold it; float models keep it on the device.
+    fn load_embedding(&self, t: &Tensor, format: WeightFormat, mmap: bool) -> Result<CudaMatrix, ModelError> {
+        let [rows, cols] = t.shape[..] else {
+            return self.load_matrix(t, format, mmap);
+        };
+        if !format.resolve(t.dtype).is_quantized() {
+            return self.load_matrix(t, format, mmap);
+        }
+        let table = Arc::new(HostTable::quantized(t, rows, cols, format)?);
+        *lock(&self.host_embedding) = Some(table.clone());
+        Ok(CudaMatrix { host: Some(table), ..CudaMatrix::dense(rows, cols, DType::F32, None) })
+    }
+
+    fn random_embedding(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> CudaMatrix {
+        if !format.is_quantized() {
+            return self.random_matrix(rows, cols, format, seed);
+        }
+        let table = Arc::new(HostTable::random(rows, cols, seed));
+        *lock(&self.host_embedding) = Some(table.clone());
+        CudaMatrix { host: Some(table), ..CudaMatrix::dense(rows, cols, DType::F32, None) }
     }
 
     fn load_vector(&self, values: Vec<f32>) -> CudaVector {
@@ -450,11 +539,20 @@ impl Backend for CudaBackend {
     }
 
     fn random_matrix(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> CudaMatrix {
+        if let Some(device) = quant::device_format(format) {
+            return match self.random_tiled(rows, cols, device, seed) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.fail(backend_err("synthetic weights", e));
+                    CudaMatrix::dense(rows, cols, DType::F16, None)
+                }
+            };
+        }
         let dtype = match gpu_dtype(format, FileDType::F16) {
             Ok(d) => d,
             Err(message) => {
                 self.fail(backend_err("synthetic weights", message));
-                return CudaMatrix { rows, cols, dtype: DType::F16, data: None };
+                return CudaMatrix::dense(rows, cols, DType::F16, None);
             }
         };
         let made = self.gpu.alloc::<u8>(rows * cols * dtype.size(), "synthetic weights").and_then(|d| {
@@ -463,20 +561,29 @@ impl Backend for CudaBackend {
             Ok(d)
         });
         match made {
-            Ok(d) => CudaMatrix { rows, cols, dtype, data: Some(d) },
+            Ok(d) => CudaMatrix::dense(rows, cols, dtype, Some(d)),
             Err(e) => {
                 self.fail(backend_err("synthetic weights", e));
-                CudaMatrix { rows, cols, dtype, data: None }
+                CudaMatrix::dense(rows, cols, dtype, None)
             }
         }
     }
 
     fn matrix_bytes(&self, m: &CudaMatrix) -> usize {
-        m.rows * m.cols * m.dtype.size()
+        match (m.quant, &m.host) {
+            (Some(s), _) => s.offsets().2,
+            // Host memory, not the device's.
+            (None, Some(_)) => 0,
+            (None, None) => m.rows * m.cols * m.dtype.size(),
+        }
     }
 
     fn matrix_format(&self, m: &CudaMatrix) -> &'static str {
-        m.dtype.name()
+        match (m.quant, &m.host) {
+            (Some(s), _) => s.format.name(),
+            (None, Some(_)) => "host",
+            (None, None) => m.dtype.name(),
+        }
     }
 
     fn new_activations(&self) -> CudaActivations {
@@ -512,8 +619,15 @@ impl Backend for CudaBackend {
                     message: "ids differ from the prepared step".into(),
                 });
             }
-            let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
             let op = Self::output(out, ids.len(), table.cols, "embed")?;
+            if table.host.is_some() {
+                let rows = st.embedded.as_ref().filter(|b| b.len() >= ids.len() * table.cols).ok_or_else(|| {
+                    CudaError::Invalid { op: "embed".into(), message: "the step's rows were not gathered".into() }
+                })?;
+                // SAFETY: rows holds the step's n×cols gathered values; out n×cols.
+                return unsafe { self.gpu.copy_f32(device_ptr(rows), op, ids.len() * table.cols) };
+            }
+            let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
             let tp = Self::matrix_ptr(table, "embed")?;
             // SAFETY: ids are the first n ints of meta (validated < vocab by the
             // forward pass, clamped in the kernel); out holds n×cols.
@@ -540,7 +654,10 @@ impl Backend for CudaBackend {
     }
 
     fn linear_swiglu(&self, w: &CudaMatrix, x: &CudaActivations, tmp: &mut CudaActivations, out: &mut CudaActivations) {
-        if x.rows <= self.gemv_max_tokens {
+        if self.small_step(w, x.rows) && !self.swiglu_fusable(w) {
+            self.linear(w, None, x, tmp);
+            self.swiglu(tmp, out);
+        } else if self.small_step(w, x.rows) {
             self.run("linear_swiglu", || self.product("linear_swiglu", w, None, x, out, GemvMode::SwiGlu, None));
         } else if w.dtype == DType::F32 {
             self.linear(w, None, x, tmp);
@@ -572,13 +689,15 @@ impl Backend for CudaBackend {
                 let tp = self.half_output(tmp, w.dtype)?;
                 Self::check_capacity(out, n, ffn, "linear_swiglu")?;
                 let op = self.half_output(out, w.dtype)?;
-                let wp = Self::matrix_ptr(w, "linear_swiglu")?;
-                // SAFETY: w 2ffn×cols, xin n×cols (w's type), tmp half n×2ffn,
-                // out half n×ffn (all sized above).
-                unsafe {
-                    self.gpu.gemm(wp, w.dtype, xin, tp, w.dtype, n, w.rows, w.cols, false, 0)?;
-                    self.gpu.swiglu_typed(tp, w.dtype, op, w.dtype, n, ffn)
+                if let Some(tiled) = w.tiled() {
+                    self.dequantized_product(tiled, xin, tp, w.dtype, n, false, 0)?;
+                } else {
+                    let wp = Self::matrix_ptr(w, "linear_swiglu")?;
+                    // SAFETY: w 2ffn×cols, xin n×cols (w's type), tmp half n×2ffn.
+                    unsafe { self.gpu.gemm(wp, w.dtype, xin, tp, w.dtype, n, w.rows, w.cols, false, 0)? };
                 }
+                // SAFETY: tmp half n×2ffn, out half n×ffn (sized above).
+                unsafe { self.gpu.swiglu_typed(tp, w.dtype, op, w.dtype, n, ffn) }
             });
         }
     }
@@ -593,7 +712,7 @@ impl Backend for CudaBackend {
         bias: Option<&CudaVector>,
         out: &mut CudaActivations,
     ) {
-        if x.rows <= self.gemv_max_tokens {
+        if self.small_step(w, x.rows) {
             self.run("rms_norm_linear", || {
                 self.product("rms_norm_linear", w, bias, x, out, GemvMode::Store, Some((norm, eps)))
             });
@@ -620,10 +739,11 @@ impl Backend for CudaBackend {
     ) {
         let dims = self.dims;
         let width = (dims.n_heads + 2 * dims.n_groups) * dims.head_dim;
-        let fused = x.rows <= self.gemv_max_tokens
+        let fused = self.small_step(w, x.rows)
             && w.rows == width
             && layer < self.n_layers
-            && self.gpu.gemv_qkv_supported(w.dtype, w.cols, &dims);
+            && (w.quant.is_some() && dims.head_dim.is_multiple_of(2)
+                || self.gpu.gemv_qkv_supported(w.dtype, w.cols, &dims));
         if !fused {
             lock(&self.step).rotated = None;
             self.rms_norm_linear(x, norm, eps, normed, w, bias, qkv);
@@ -658,17 +778,32 @@ impl Backend for CudaBackend {
                 inv_freq: device_ptr(&self.inv_freq),
                 n_pairs: self.n_pairs,
             };
-            let xp = Self::input(x, n, w.cols, "qkv")?;
             let op = Self::output(qkv, n, width, "qkv")?;
-            let wp = Self::matrix_ptr(w, "qkv")?;
             let bp = match bias {
                 Some(b) => Self::vector_ptr(b, width, "qkv")?,
                 None => 0,
             };
             let np = Self::vector_ptr(norm, w.cols, "qkv")?;
+            if let Some(tiled) = w.tiled() {
+                drop(st);
+                self.quantized_product(
+                    "qkv",
+                    tiled,
+                    bp,
+                    x,
+                    op,
+                    GemvMode::Store,
+                    Some((np, eps)),
+                    Some((kv, rope, dims, layer)),
+                )?;
+                lock(&self.step).rotated = Some(layer);
+                return Ok(());
+            }
             // SAFETY: w width×cols, x n×cols, qkv n×width, bias width, norm
             // cols (checked above); the plan's metadata and block table cover
             // every token's position (prepare_step).
+            let xp = Self::input(x, n, w.cols, "qkv")?;
+            let wp = Self::matrix_ptr(w, "qkv")?;
             unsafe { self.gpu.gemv_qkv(wp, w.dtype, xp, bp, op, n, w.cols, Some((np, eps)), kv, rope, dims, layer)? };
             st.rotated = Some(layer);
             Ok(())
@@ -685,11 +820,11 @@ impl Backend for CudaBackend {
         tmp: &mut CudaActivations,
         out: &mut CudaActivations,
     ) {
-        if x.rows <= self.gemv_max_tokens {
+        if self.small_step(w, x.rows) && self.swiglu_fusable(w) {
             self.run("rms_norm_linear_swiglu", || {
                 self.product("rms_norm_linear_swiglu", w, None, x, out, GemvMode::SwiGlu, Some((norm, eps)))
             });
-        } else if w.dtype != DType::F32 {
+        } else if w.dtype != DType::F32 && !self.small_step(w, x.rows) {
             self.rms_norm_to_half(x, norm, eps, normed, w.dtype);
             self.linear_swiglu(w, normed, tmp, out);
         } else {

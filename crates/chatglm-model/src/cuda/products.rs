@@ -2,9 +2,92 @@
 //! for larger ones, and the 16-bit inputs the latter take.
 
 use super::{ensure, lock, CudaActivations, CudaBackend, CudaMatrix, CudaVector};
-use chatglm_cuda::{device_ptr, CudaError, DType, GemvMode};
+use chatglm_cuda::quant::{TiledPtr, QMMA_MAX_TOKENS};
+use chatglm_cuda::{device_ptr, CudaError, DType, GemvMode, Gpu, RopeArgs};
+
+/// Weights dequantized at once for a large step's cuBLAS product (f16
+/// elements): 32 MB, a few row slices of the largest matrices.
+const DEQUANT_ELEMENTS: usize = 16 << 20;
 
 impl CudaBackend {
+    /// Whether a step of `n` tokens takes `w` through the mat-vec kernels
+    /// (float or quantized) rather than cuBLAS.
+    pub(super) fn small_step(&self, w: &CudaMatrix, n: usize) -> bool {
+        if w.quant.is_some() {
+            n <= QMMA_MAX_TOKENS
+        } else {
+            n <= self.gemv_max_tokens
+        }
+    }
+
+    /// A product with quantized weights of at most [`QMMA_MAX_TOKENS`]
+    /// tokens: the activations are quantized inside the product where they
+    /// fit its shared memory, else by a launch of their own (with the norm).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn quantized_product(
+        &self,
+        op: &str,
+        w: TiledPtr,
+        bias: u64,
+        x: &CudaActivations,
+        out: u64,
+        mode: GemvMode,
+        norm: Option<(u64, f32)>,
+        qkv: Option<(DType, RopeArgs, chatglm_cuda::AttentionDims, usize)>,
+    ) -> Result<(), CudaError> {
+        let n = x.rows;
+        let cols = w.shape.cols;
+        let xp = Self::input(x, n, cols, op)?;
+        if self.gpu.qmma_quantizes_in_block(n, cols) {
+            // SAFETY: x n×cols f32, out and bias sized by the caller, norm cols.
+            return unsafe { self.gpu.qmma(w, xp, norm, None, n, bias, out, mode, qkv) };
+        }
+        let (q_bytes, s_bytes) = Gpu::quantized_x_bytes(n, cols);
+        let mut st = lock(&self.step);
+        let xq = ensure(&self.gpu, &mut st.xq, q_bytes, "quantized activations")?;
+        let xs = ensure(&self.gpu, &mut st.xs, s_bytes, "activation scales")?;
+        drop(st);
+        // SAFETY: xq/xs sized for n tokens of cols; the rest as above.
+        unsafe {
+            self.gpu.quantize_x(xp, n, cols, norm, xq, xs)?;
+            self.gpu.qmma(w, xp, None, Some((xq, xs)), n, bias, out, mode, qkv)
+        }
+    }
+
+    /// `out (n × rows, out_dtype) = x · wᵀ (+ out) (+ bias)` for a large step
+    /// with quantized weights: row slices dequantized to f16 and multiplied
+    /// by cuBLAS (`xin`: n × cols f16).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dequantized_product(
+        &self,
+        w: TiledPtr,
+        xin: u64,
+        out: u64,
+        out_dtype: DType,
+        n: usize,
+        accumulate: bool,
+        bias: u64,
+    ) -> Result<(), CudaError> {
+        let s = w.shape;
+        let chunk = (DEQUANT_ELEMENTS / s.cols / 64 * 64).clamp(64, s.rows.next_multiple_of(64)).min(s.rows);
+        let ws = ensure(&self.gpu, &mut lock(&self.step).dequant, chunk * s.cols, "dequantized weights")?;
+        for r0 in (0..s.rows).step_by(chunk) {
+            let nr = chunk.min(s.rows - r0);
+            let o = out + (r0 * out_dtype.size()) as u64;
+            // SAFETY: ws holds chunk×cols f16; out n rows of s.rows (the
+            // slice r0..r0+nr of each); xin n×cols f16.
+            unsafe {
+                self.gpu.dequantize_rows(w, r0, nr, ws)?;
+                self.gpu.gemm_strided(ws, DType::F16, xin, o, out_dtype, n, nr, s.cols, s.rows, accumulate, 0)?;
+            }
+        }
+        if bias != 0 {
+            // SAFETY: out n×rows f32 (a bias comes only with f32 outputs), bias rows.
+            unsafe { self.gpu.add_bias(out, bias, n, s.rows)? };
+        }
+        Ok(())
+    }
+
     /// `out = x · wᵀ` by mat-vec (steps of at most `gemv_max_tokens`) or
     /// cuBLASLt, in `mode`; with `norm` (mat-vec steps only) x is
     /// RMS-normalised inside the mat-vec.
@@ -27,6 +110,22 @@ impl CudaBackend {
             });
         }
         let out_cols = if mode == GemvMode::SwiGlu { w.rows / 2 } else { w.rows };
+        if let (Some(tp), true) = (w.tiled(), n <= QMMA_MAX_TOKENS) {
+            if mode == GemvMode::Accumulate {
+                Self::input(out, n, out_cols, op)?;
+            }
+            let op_ = Self::output(out, n, out_cols, op)?;
+            let bp = match bias {
+                Some(b) => Self::vector_ptr(b, w.rows, op)?,
+                None => 0,
+            };
+            let norm = match norm {
+                Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
+                None => None,
+            };
+            lock(&self.step).after_attention = false;
+            return self.quantized_product(op, tp, bp, x, op_, mode, norm, None);
+        }
         // A large half-precision product takes x's 16-bit copy when it has one.
         let half_x = (n > self.gemv_max_tokens && w.dtype != DType::F32 && x.half_of == Some(w.dtype))
             .then(|| x.half.as_ref().map(device_ptr))
@@ -39,7 +138,7 @@ impl CudaBackend {
             Self::input(out, n, out_cols, op)?;
         }
         let op_ = Self::output(out, n, out_cols, op)?;
-        let wp = Self::matrix_ptr(w, op)?;
+        let wp = if w.quant.is_some() { 0 } else { Self::matrix_ptr(w, op)? };
         let bp = match bias {
             Some(b) => Self::vector_ptr(b, w.rows, op)?,
             None => 0,
@@ -76,6 +175,9 @@ impl CudaBackend {
             unsafe { self.gpu.convert(xp, p, n * w.cols, w.dtype)? };
             p
         };
+        if let Some(tp) = w.tiled() {
+            return self.dequantized_product(tp, xin, op_, DType::F32, n, mode == GemvMode::Accumulate, bp);
+        }
         // SAFETY: w rows×cols, xin n×cols in w's type, out n×rows, bias rows
         // (checked above).
         unsafe { self.gpu.gemm(wp, w.dtype, xin, op_, DType::F32, n, w.rows, w.cols, mode == GemvMode::Accumulate, bp) }

@@ -1,0 +1,410 @@
+// Weight-only quantized products on tensor cores: 4- or 8-bit weight codes
+// against 8-bit activation codes (q8_0 blocks of 32, as the CPU quantizes
+// its activations). One mma.sync m16n8k32 is exactly one 32-weight block of
+// 16 rows against 8 tokens, so every block's integer dot product is exact
+// and is scaled in f32 the way the CPU reference does (Σ isum·(dw·dx)).
+// Decode (1 token) wastes 7 of the 8 token columns of each mma; the tensor
+// cores are so far from busy that this costs nothing, and the same kernel
+// then serves steps of up to 64 tokens.
+//
+// Weight layout (built on the host by chatglm_cuda::quant): tiles of 16 rows;
+// a tile is a run of 512-byte units, one 16-byte vector per lane, holding
+// exactly the A-fragment words that lane needs (lane = 4·g + t):
+//   4-bit (2 blocks per unit): {row g word t, row g+8 word t} of block 2p,
+//     then the same of block 2p+1. Word t = bytes 4t..4t+3 in ggml's nibble
+//     order: low nibbles are weights 4t.., high nibbles weights 16+4t.. —
+//     precisely the fragment's k order, so unpacking is two masks.
+//   8-bit (1 block per unit): {row g word t, row g+8 word t, row g word
+//     t+4, row g+8 word t+4}.
+// A warp's load is 512 contiguous bytes. Scales (and offsets) are f16,
+// [tile][block][16 rows]. Formats (F): 0 = codes 0..15, x = d·(q−8) (q4_0
+// and the official int4); 1 = codes 0..15, x = d·q + m (q4_1); 2 = int8,
+// x = d·q (q8_0, and q5_0 as q−16); 3 = int8 codes 0..31, x = d·q + m (q5_1).
+//
+// Activations: int8 codes [token][cols] and (dx, Σq) per block and token,
+// float2 [block][8·token tiles]. Batch-1 decode quantizes x inside every
+// block (shared memory, with the RMSNorm before the product fused): x is a
+// few KB read from L2 and a separate kernel would cost a launch boundary;
+// larger steps use quantize_x's global copy.
+
+template <int F> struct QFmt;
+template <> struct QFmt<0> { enum { BLOCKS = 2, MIN = 0, OFF = 8, U4 = 1 }; };
+template <> struct QFmt<1> { enum { BLOCKS = 2, MIN = 1, OFF = 0, U4 = 1 }; };
+template <> struct QFmt<2> { enum { BLOCKS = 1, MIN = 0, OFF = 0, U4 = 0 }; };
+template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
+
+#define QMMA_WARPS 4
+#define QMMA_THREADS (QMMA_WARPS * 32)
+
+// C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
+template <int U4>
+__device__ __forceinline__ void mma_block(int* c, const u32* a, u32 b0, u32 b1) {
+    if (U4)
+        asm volatile(
+            "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%10,%10,%10};"
+            : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+    else
+        asm volatile(
+            "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%10,%10,%10};"
+            : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+}
+
+// The A fragment of block i (0 or 1) of a unit.
+template <int F>
+__device__ __forceinline__ void a_fragment(uint4 v, int i, u32* a) {
+    if (QFmt<F>::U4) {
+        const u32 lo = i ? v.z : v.x, hi = i ? v.w : v.y;
+        a[0] = lo & 0x0f0f0f0fu;
+        a[1] = hi & 0x0f0f0f0fu;
+        a[2] = (lo >> 4) & 0x0f0f0f0fu;
+        a[3] = (hi >> 4) & 0x0f0f0f0fu;
+    } else {
+        a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
+    }
+}
+
+// Quantizes 32 activations x[k0..k0+32) (times inv·nw when nw is set) to
+// q8_0 as the CPU does: d = max|v| / 127, q = round(v / d), d kept as f16.
+__device__ __forceinline__ void quantize_block32(const float* x, const float* nw, float inv, int k0, u32* q,
+                                                 float2* s) {
+    float v[32];
+    const float4* xp = (const float4*)(x + k0);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float4 f = xp[i];
+        v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+    }
+    if (nw) {
+        const float4* np = (const float4*)(nw + k0);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float4 g = np[i];
+            v[4 * i] = g.x * (v[4 * i] * inv); v[4 * i + 1] = g.y * (v[4 * i + 1] * inv);
+            v[4 * i + 2] = g.z * (v[4 * i + 2] * inv); v[4 * i + 3] = g.w * (v[4 * i + 3] * inv);
+        }
+    }
+    float amax = 0.f;
+#pragma unroll
+    for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(v[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.f ? 1.0f / d : 0.f;
+    int sum = 0;
+#pragma unroll
+    for (int w = 0; w < 8; w++) {
+        u32 word = 0;
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            const int qi = (int)roundf(v[4 * w + b] * id);
+            sum += qi;
+            word |= ((u32)(qi & 0xff)) << (8 * b);
+        }
+        q[w] = word;
+    }
+    *s = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+}
+
+// 1/rms of each of the n rows of x (cols wide), into inv[0..n) of shared
+// memory; 1 without norm weights. Needs blockDim.x == QMMA_THREADS.
+__device__ __forceinline__ void row_inv_rms(const float* x, const float* nw, int n, int cols, float eps, float* inv,
+                                            float* scratch) {
+    const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int t = 0; t < n; t++) {
+        float ss = 0.f;
+        if (nw) {
+            const float4* xp = (const float4*)(x + (long)t * cols);
+            for (int i = threadIdx.x; i < cols / 4; i += QMMA_THREADS) {
+                const float4 f = xp[i];
+                ss = fmaf(f.x, f.x, fmaf(f.y, f.y, fmaf(f.z, f.z, fmaf(f.w, f.w, ss))));
+            }
+            ss = warp_sum(ss);
+        }
+        if (lane == 0) scratch[wid * 8 + t] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < n) {
+        float ss = 0.f;
+        for (int w = 0; w < QMMA_WARPS; w++) ss += scratch[w * 8 + threadIdx.x];
+        inv[threadIdx.x] = nw ? 1.0f / sqrtf(ss / (float)cols + eps) : 1.f;
+    }
+    __syncthreads();
+}
+
+// Quantizes tokens [t0, t0 + 8) of x (n rows, cols wide) into xq ([8][cols]
+// codes, relative to t0) and xs ([nb][8] scales); tokens ≥ n get zero scales.
+__device__ __forceinline__ void quantize_tile(const float* x, const float* nw, const float* inv, int t0, int n,
+                                              int cols, signed char* xq, float2* xs, int xs_stride) {
+    const int nb = cols / 32;
+    for (int idx = threadIdx.x; idx < nb * 8; idx += blockDim.x) {
+        const int b = idx >> 3, tt = idx & 7, t = t0 + tt;
+        if (t < n) {
+            u32 q[8];
+            float2 s;
+            quantize_block32(x + (long)t * cols, nw, inv[tt], b * 32, q, &s);
+            uint4* dst = (uint4*)(xq + (long)tt * cols + b * 32);
+            dst[0] = make_uint4(q[0], q[1], q[2], q[3]);
+            dst[1] = make_uint4(q[4], q[5], q[6], q[7]);
+            xs[(long)b * xs_stride + t] = s;
+        } else {
+            xs[(long)b * xs_stride + t] = make_float2(0.f, 0.f);
+        }
+    }
+}
+
+// Activations for steps too large for in-block quantization: grid = token
+// tiles of 8, block = QMMA_THREADS. xq: [8·tiles][cols] codes; xs:
+// [cols/32][8·tiles] (dx, Σq).
+extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
+    quantize_x(const float* x, const float* nw, float eps, int n, int cols, signed char* xq, float2* xs) {
+    __shared__ float inv[8], scratch[QMMA_WARPS * 8];
+    pdl_launch_dependents();
+    pdl_wait();
+    const int t0 = blockIdx.x * 8;
+    const int m = min(8, n - t0);
+    row_inv_rms(x + (long)t0 * cols, nw, max(m, 0), cols, eps, inv, scratch);
+    quantize_tile(x, nw, inv, t0, n, cols, xq + (long)t0 * cols, xs, gridDim.x * 8);
+}
+
+// The product: one block per tile of 16 output rows (SwiGLU: a gate tile and
+// its up tile), its 4 warps splitting the units; NT8 token tiles of 8.
+// MODE as gemv.cu: 0 store (+bias), 1 accumulate, 2 SwiGLU, 3 QKV + RoPE +
+// KV append. SX: quantize x (n ≤ 8 tokens) in shared memory; else xq/xs are
+// quantize_x's. Dynamic shared memory: SX ? 8·cols + nb·64 : 0 bytes.
+template <int F, int NT8, int MODE, int SX>
+__device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
+                                          const u16* __restrict__ mins, int units, int nbp, int tiles,
+                                          const float* __restrict__ x, const float* __restrict__ nw, float eps,
+                                          const signed char* xq, const float2* xs, int n, int cols,
+                                          const float* __restrict__ bias, float* __restrict__ out, int out_rows,
+                                          int half_rows, const RopeCtx& rc) {
+    constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per block
+    constexpr int UB = 4 / RT;             // units per lane per batch
+    constexpr int NTOK = NT8 * 8;
+    extern __shared__ __align__(16) unsigned char qmma_smem[];
+    __shared__ float red[QMMA_WARPS][RT * 16][NTOK + 1];
+    __shared__ float inv[8], scratch[QMMA_WARPS * 8];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nb = cols / 32;
+
+    int tile[RT];
+    bool ok[RT];
+    if (MODE == 2) {
+        tile[0] = blockIdx.x;
+        tile[RT - 1] = blockIdx.x + half_rows / 16;
+        ok[0] = ok[RT - 1] = true;
+    } else {
+        tile[0] = blockIdx.x;
+        ok[0] = blockIdx.x < tiles;
+    }
+    const uint4* wt[RT];
+#pragma unroll
+    for (int r = 0; r < RT; r++) wt[r] = w + (long)(ok[r] ? tile[r] : 0) * units * 32 + lane;
+
+    uint4 cur[RT][UB], nxt[RT][UB];
+    auto load = [&](int base, uint4 (*buf)[UB]) {
+#pragma unroll
+        for (int u = 0; u < UB; u++) {
+            const int p = base + u * QMMA_WARPS + warp;
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+                if (p < units && ok[r]) buf[r][u] = ld_stream(wt[r] + (long)p * 32);
+        }
+    };
+    pdl_launch_dependents();
+    // The weights do not depend on the kernel before: request the first batch
+    // before waiting for it.
+    load(0, cur);
+    pdl_wait();
+
+    if (SX) {
+        xs = (const float2*)qmma_smem;
+        xq = (const signed char*)(qmma_smem + (long)nb * 8 * sizeof(float2));
+        row_inv_rms(x, nw, n, cols, eps, inv, scratch);
+        quantize_tile(x, nw, inv, 0, n, cols, (signed char*)xq, (float2*)xs, 8);
+        __syncthreads();
+    }
+    const int xs_stride = SX ? 8 : NTOK;
+
+    float acc[RT][NT8][4];
+#pragma unroll
+    for (int r = 0; r < RT; r++)
+#pragma unroll
+        for (int j = 0; j < NT8; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
+
+    for (int base = 0; base < units; base += UB * QMMA_WARPS) {
+        if (base + UB * QMMA_WARPS < units) load(base + UB * QMMA_WARPS, nxt);
+#pragma unroll
+        for (int u = 0; u < UB; u++) {
+            const int p = base + u * QMMA_WARPS + warp;
+            if (p >= units) break;
+#pragma unroll
+            for (int i = 0; i < QFmt<F>::BLOCKS; i++) {
+                const int b = p * QFmt<F>::BLOCKS + i;
+                if (b >= nb) break;
+                // Each token tile's B fragment serves every row tile.
+#pragma unroll
+                for (int j = 0; j < NT8; j++) {
+                    const int tok = j * 8 + g;
+                    u32 b0 = 0, b1 = 0;
+                    if (tok < n) {
+                        const signed char* xp = xq + (long)tok * cols + b * 32 + 4 * t;
+                        b0 = *(const u32*)xp;
+                        b1 = *(const u32*)(xp + 16);
+                    }
+                    const float4 s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
+                    const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
+#pragma unroll
+                    for (int r = 0; r < RT; r++) {
+                        u32 a[4];
+                        a_fragment<F>(cur[r][u], i, a);
+                        int c[4];
+                        mma_block<QFmt<F>::U4>(c, a, b0, b1);
+                        const long si = ((long)tile[r] * nbp + b) * 16 + g;
+                        const float d0 = f16_to_f32(scales[si]), d1 = f16_to_f32(scales[si + 8]);
+                        if (QFmt<F>::OFF) {
+                            c[0] -= QFmt<F>::OFF * sx0; c[1] -= QFmt<F>::OFF * sx1;
+                            c[2] -= QFmt<F>::OFF * sx0; c[3] -= QFmt<F>::OFF * sx1;
+                        }
+                        if (QFmt<F>::MIN) {
+                            const float m0 = f16_to_f32(mins[si]), m1 = f16_to_f32(mins[si + 8]);
+                            acc[r][j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
+                            acc[r][j][1] += (float)c[1] * d0 * s.z + m0 * s.z * (float)sx1;
+                            acc[r][j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
+                            acc[r][j][3] += (float)c[3] * d1 * s.z + m1 * s.z * (float)sx1;
+                        } else {
+                            acc[r][j][0] += (float)c[0] * (d0 * s.x);
+                            acc[r][j][1] += (float)c[1] * (d0 * s.z);
+                            acc[r][j][2] += (float)c[2] * (d1 * s.x);
+                            acc[r][j][3] += (float)c[3] * (d1 * s.z);
+                        }
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RT; r++)
+#pragma unroll
+            for (int u = 0; u < UB; u++) cur[r][u] = nxt[r][u];
+    }
+
+    // The 4 warps' partial sums meet in shared memory.
+#pragma unroll
+    for (int r = 0; r < RT; r++)
+#pragma unroll
+        for (int j = 0; j < NT8; j++) {
+            red[warp][r * 16 + g][j * 8 + 2 * t] = acc[r][j][0];
+            red[warp][r * 16 + g][j * 8 + 2 * t + 1] = acc[r][j][1];
+            red[warp][r * 16 + g + 8][j * 8 + 2 * t] = acc[r][j][2];
+            red[warp][r * 16 + g + 8][j * 8 + 2 * t + 1] = acc[r][j][3];
+        }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < 16 * n; idx += QMMA_THREADS) {
+        const int rr = idx % 16, tok = idx / 16;
+        const int row = tile[0] * 16 + rr;
+        float a = 0.f;
+#pragma unroll
+        for (int v = 0; v < QMMA_WARPS; v++) a += red[v][rr][tok];
+        if (MODE == 2) {
+            if (row >= half_rows) continue;
+            float b = 0.f;
+#pragma unroll
+            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][RT * 16 - 16 + rr][tok];
+            out[(long)tok * half_rows + row] = silu(a) * b;
+        } else if (MODE == 3) {
+            if (!ok[0] || row >= out_rows) continue;
+            float b = 0.f;
+#pragma unroll
+            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tok];
+            qkv_epilogue(rc, out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
+                         b + (bias ? bias[row ^ 1] : 0.f));
+        } else {
+            if (!ok[0] || row >= out_rows) continue;
+            if (MODE == 0) out[(long)tok * out_rows + row] = a + (bias ? bias[row] : 0.f);
+            else out[(long)tok * out_rows + row] += a;
+        }
+    }
+}
+
+#define QMMA_KERNEL(F, NT8, MODE, SX)                                                                   \
+    extern "C" __global__ void __launch_bounds__(QMMA_THREADS) qmma_##F##_##NT8##_##MODE##_##SX(         \
+        const uint4* w, const u16* scales, const u16* mins, int units, int nbp, int tiles, const float* x, \
+        const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
+        const float* bias, float* out, int out_rows, int half_rows, RopeCtx rc) {                         \
+        qmma_body<F, NT8, MODE, SX>(w, scales, mins, units, nbp, tiles, x, nw, eps, xq, xs, n, cols, bias, \
+                                    out, out_rows, half_rows, rc);                                       \
+    }
+
+#define QMMA_MODES(F, NT8, SX) \
+    QMMA_KERNEL(F, NT8, 0, SX) QMMA_KERNEL(F, NT8, 1, SX) QMMA_KERNEL(F, NT8, 2, SX) QMMA_KERNEL(F, NT8, 3, SX)
+#define QMMA_FORMAT(F) \
+    QMMA_MODES(F, 1, 1) QMMA_MODES(F, 1, 0) QMMA_MODES(F, 2, 0) QMMA_MODES(F, 4, 0) QMMA_MODES(F, 8, 0)
+
+QMMA_FORMAT(0)
+QMMA_FORMAT(1)
+QMMA_FORMAT(2)
+QMMA_FORMAT(3)
+
+// Rows [r0, r0 + nrows) of a tiled matrix as row-major f16 (the input of a
+// cuBLAS product for large steps). grid-stride over (row, block).
+template <int F>
+__device__ __forceinline__ void dequant_body(const u32* w, const u16* scales, const u16* mins, int units, int nbp,
+                                             int r0, int nrows, int cols, u16* out) {
+    pdl_launch_dependents();
+    pdl_wait();
+    const int nb = cols / 32;
+    for (long idx = blockIdx.x * (long)blockDim.x + threadIdx.x; idx < (long)nrows * nb;
+         idx += (long)gridDim.x * blockDim.x) {
+        const int r = r0 + (int)(idx / nb), b = (int)(idx % nb);
+        const int tile = r / 16, rr = r % 16, g = rr & 7, hi = rr >> 3;
+        const long si = ((long)tile * nbp + b) * 16 + rr;
+        const float d = f16_to_f32(scales[si]);
+        const float m = QFmt<F>::MIN ? f16_to_f32(mins[si]) : 0.f;
+        u16* o = out + (long)(r - r0) * cols + b * 32;
+#pragma unroll
+        for (int t = 0; t < 4; t++) {
+            const int p = b / QFmt<F>::BLOCKS, i = b % QFmt<F>::BLOCKS;
+            const u32* v = w + (((long)tile * units + p) * 32 + g * 4 + t) * 4;
+            const u32 lo = v[hi + 2 * i];  // 4-bit: i = block in unit; 8-bit: i = 0
+            const u32 up = QFmt<F>::U4 ? (lo >> 4) : v[hi + 2];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                int q0, q1;
+                if (QFmt<F>::U4) {
+                    q0 = (int)((lo >> (8 * k)) & 0xf);
+                    q1 = (int)((up >> (8 * k)) & 0xf);
+                } else {
+                    q0 = (int)(signed char)((lo >> (8 * k)) & 0xff);
+                    q1 = (int)(signed char)((up >> (8 * k)) & 0xff);
+                }
+                o[4 * t + k] = f32_to_f16(d * (float)(q0 - QFmt<F>::OFF) + m);
+                o[16 + 4 * t + k] = f32_to_f16(d * (float)(q1 - QFmt<F>::OFF) + m);
+            }
+        }
+    }
+}
+
+#define DEQUANT_KERNEL(F)                                                                              \
+    extern "C" __global__ void qdequant_##F(const u32* w, const u16* scales, const u16* mins, int units, \
+                                            int nbp, int r0, int nrows, int cols, u16* out) {          \
+        dequant_body<F>(w, scales, mins, units, nbp, r0, nrows, cols, out);                            \
+    }
+DEQUANT_KERNEL(0)
+DEQUANT_KERNEL(1)
+DEQUANT_KERNEL(2)
+DEQUANT_KERNEL(3)
+
+// Synthetic weights for benchmarks: random code bytes, constant scales.
+extern "C" __global__ void fill_bytes(u32* p, long n_words, u64 seed) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n_words; i += (long)gridDim.x * blockDim.x) {
+        u64 z = seed + (u64)i * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        p[i] = (u32)(z ^ (z >> 31));
+    }
+}
+extern "C" __global__ void fill_u16(u16* p, long n, int value) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) p[i] = (u16)value;
+}

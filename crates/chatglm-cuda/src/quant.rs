@@ -1,0 +1,464 @@
+//! Quantized weights on the device: the tiled layout the tensor-core mat-vec
+//! (`kernels/qmma.cu`) reads, built on the host from 32-weight blocks, and
+//! the launches that use it.
+//!
+//! Files keep their formats; at load every block is written into tiles of 16
+//! rows whose 512-byte units hold, lane by lane, the words of an
+//! `mma.sync m16n8k32` A fragment (see `qmma.cu`), with the f16 scales (and
+//! offsets) in separate arrays. Bits per weight are unchanged.
+
+use crate::device::Args;
+use crate::ops::{check_i32, RopeArgs};
+use crate::{AttentionDims, CudaError, DType, GemvMode, Gpu};
+use cudarc::driver::LaunchConfig;
+
+/// Rows per tile.
+pub const TILE_ROWS: usize = 16;
+/// Weights per block (every format).
+pub const BLOCK: usize = 32;
+/// Bytes per unit: 32 lanes × 16 bytes.
+const UNIT_BYTES: usize = 512;
+/// Most tokens one quantized product takes (token tiles of 8: 1, 2, 4, 8).
+pub const QMMA_MAX_TOKENS: usize = 64;
+/// Block size of the quantized kernels.
+const QMMA_THREADS: u32 = 128;
+/// Static shared memory the kernel may use besides the dynamic part (its
+/// reduction buffer at 1 token tile), so the dynamic part stays under 48 KiB.
+const QMMA_STATIC_SMEM_1: usize = 4 * 2 * 16 * 9 * 4 + 8 * 4 + 4 * 8 * 4;
+
+/// The code formats of the device layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    /// 4-bit codes, `x = d·(q − 8)`: q4_0 and the official int4 checkpoints.
+    Q4 = 0,
+    /// 4-bit codes, `x = d·q + m`: q4_1.
+    Q4Min = 1,
+    /// Signed 8-bit codes, `x = d·q`: q8_0, and q5_0 as `q − 16`.
+    Q8 = 2,
+    /// 8-bit codes 0..31, `x = d·q + m`: q5_1.
+    Q8Min = 3,
+}
+
+impl QuantFormat {
+    pub fn is_4bit(self) -> bool {
+        matches!(self, Self::Q4 | Self::Q4Min)
+    }
+
+    pub fn has_min(self) -> bool {
+        matches!(self, Self::Q4Min | Self::Q8Min)
+    }
+
+    /// Bytes of codes per 32-weight block.
+    pub fn code_bytes(self) -> usize {
+        if self.is_4bit() {
+            16
+        } else {
+            32
+        }
+    }
+
+    fn blocks_per_unit(self) -> usize {
+        if self.is_4bit() {
+            2
+        } else {
+            1
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4 => "int4",
+            Self::Q4Min => "int4+min",
+            Self::Q8 => "int8",
+            Self::Q8Min => "int8+min",
+        }
+    }
+}
+
+/// Where the parts of a `rows × cols` matrix in the tiled layout lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileShape {
+    pub format: QuantFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub tiles: usize,
+    /// Units per tile.
+    pub units: usize,
+    /// Blocks per tile row, padded to whole units.
+    pub padded_blocks: usize,
+}
+
+fn align256(n: usize) -> usize {
+    n.div_ceil(256) * 256
+}
+
+impl TileShape {
+    /// The layout of a matrix; `cols` must be whole blocks.
+    pub fn new(format: QuantFormat, rows: usize, cols: usize) -> Result<Self, CudaError> {
+        if cols == 0 || !cols.is_multiple_of(BLOCK) || rows == 0 {
+            return Err(CudaError::invalid(
+                "quantized weights",
+                format!("{rows}×{cols}: rows must be whole {BLOCK}-weight blocks"),
+            ));
+        }
+        let units = (cols / BLOCK).div_ceil(format.blocks_per_unit());
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            tiles: rows.div_ceil(TILE_ROWS),
+            units,
+            padded_blocks: units * format.blocks_per_unit(),
+        })
+    }
+
+    pub fn code_bytes(&self) -> usize {
+        self.tiles * self.units * UNIT_BYTES
+    }
+
+    /// f16 scales (and as many offsets) per matrix.
+    pub fn scale_count(&self) -> usize {
+        self.tiles * self.padded_blocks * TILE_ROWS
+    }
+
+    /// Byte offsets of the scales and offsets in one allocation, and its size.
+    pub fn offsets(&self) -> (usize, usize, usize) {
+        let scales = align256(self.code_bytes());
+        let mins = scales + align256(self.scale_count() * 2);
+        let total = if self.format.has_min() { mins + align256(self.scale_count() * 2) } else { mins };
+        (scales, mins, total)
+    }
+
+    /// Byte offset of word `word` (0..4) of lane `lane`'s vector in unit `unit` of `tile`.
+    fn word_at(&self, tile: usize, unit: usize, lane: usize, word: usize) -> usize {
+        ((tile * self.units + unit) * 32 + lane) * 16 + word * 4
+    }
+
+    /// Index of the scale of row `r`, block `b`.
+    pub fn scale_index(&self, r: usize, b: usize) -> usize {
+        ((r / TILE_ROWS) * self.padded_blocks + b) * TILE_ROWS + r % TILE_ROWS
+    }
+
+    /// Byte offsets of the 4-byte words of row `r`, block `b` in code order:
+    /// code bytes 4w..4w+4 of the block (ggml order) live at `offsets[w]`.
+    pub fn block_words(&self, r: usize, b: usize) -> Vec<usize> {
+        let (tile, rr) = (r / TILE_ROWS, r % TILE_ROWS);
+        let (g, hi) = (rr % 8, rr / 8);
+        if self.format.is_4bit() {
+            let (unit, i) = (b / 2, b % 2);
+            (0..4).map(|t| self.word_at(tile, unit, g * 4 + t, hi + 2 * i)).collect()
+        } else {
+            // Words 0..4 (weights 0..16) then 4..8 (weights 16..32).
+            (0..8).map(|w| self.word_at(tile, b, g * 4 + w % 4, hi + 2 * (w / 4))).collect()
+        }
+    }
+}
+
+/// A matrix in the tiled layout, on the host: one buffer (codes, scales,
+/// offsets at [`TileShape::offsets`]) ready to upload.
+pub struct TiledMatrix {
+    pub shape: TileShape,
+    pub bytes: Vec<u8>,
+}
+
+impl TiledMatrix {
+    pub fn new(shape: TileShape) -> Self {
+        Self { shape, bytes: vec![0; shape.offsets().2] }
+    }
+
+    /// Sets block `b` of row `r`: scale and offset as f16 bits, `codes` in
+    /// the format's byte form (16 bytes of ggml-ordered nibbles, or 32 int8).
+    pub fn set_block(&mut self, r: usize, b: usize, d: u16, m: u16, codes: &[u8]) {
+        let s = &self.shape;
+        debug_assert_eq!(codes.len(), s.format.code_bytes());
+        for (w, off) in s.block_words(r, b).into_iter().enumerate() {
+            self.bytes[off..off + 4].copy_from_slice(&codes[4 * w..4 * w + 4]);
+        }
+        let (scales, mins, _) = s.offsets();
+        let i = s.scale_index(r, b);
+        self.bytes[scales + 2 * i..scales + 2 * i + 2].copy_from_slice(&d.to_le_bytes());
+        if s.format.has_min() {
+            self.bytes[mins + 2 * i..mins + 2 * i + 2].copy_from_slice(&m.to_le_bytes());
+        }
+    }
+
+    /// Block `b` of row `r` as set: (scale, offset, codes). The inverse of
+    /// [`TiledMatrix::set_block`], used by tests and as the reference the
+    /// dequantizing kernel follows.
+    pub fn block(&self, r: usize, b: usize) -> (u16, u16, Vec<u8>) {
+        let s = &self.shape;
+        let codes = s.block_words(r, b).into_iter().flat_map(|off| self.bytes[off..off + 4].to_vec()).collect();
+        let (scales, mins, _) = s.offsets();
+        let i = s.scale_index(r, b);
+        let get = |base: usize| u16::from_le_bytes([self.bytes[base + 2 * i], self.bytes[base + 2 * i + 1]]);
+        (get(scales), if s.format.has_min() { get(mins) } else { 0 }, codes)
+    }
+}
+
+/// Device addresses of a tiled matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct TiledPtr {
+    pub base: u64,
+    pub shape: TileShape,
+}
+
+impl TiledPtr {
+    fn parts(&self) -> (u64, u64, u64) {
+        let (s, m, _) = self.shape.offsets();
+        (self.base, self.base + s as u64, if self.shape.format.has_min() { self.base + m as u64 } else { 0 })
+    }
+}
+
+/// Token tiles of 8 the kernel for `n` tokens is instantiated with.
+fn token_tiles(n: usize) -> usize {
+    n.div_ceil(8).next_power_of_two()
+}
+
+/// Dynamic shared memory of the in-block quantization of `n` tokens of `cols`.
+fn in_block_smem(n: usize, cols: usize) -> usize {
+    cols / BLOCK * 8 * 8 + n * cols
+}
+
+impl Gpu {
+    /// Whether a step of `n` tokens over rows of `cols` quantizes its
+    /// activations inside the product (no separate launch).
+    pub fn qmma_quantizes_in_block(&self, n: usize, cols: usize) -> bool {
+        n <= 8 && in_block_smem(n, cols) + QMMA_STATIC_SMEM_1 <= 48 << 10
+    }
+
+    /// Bytes of the activation codes and scales [`Gpu::quantize_x`] writes for `n` tokens.
+    pub fn quantized_x_bytes(n: usize, cols: usize) -> (usize, usize) {
+        let padded = token_tiles(n) * 8;
+        (padded * cols, cols / BLOCK * padded * 8)
+    }
+
+    /// `x` (n × cols f32, RMS-normalised with `norm` first) as q8_0 codes
+    /// and scales for [`Gpu::qmma`].
+    ///
+    /// # Safety
+    /// `x`: n·cols f32; `xq`, `xs`: the sizes of [`Gpu::quantized_x_bytes`];
+    /// norm weights: cols f32.
+    pub unsafe fn quantize_x(
+        &self,
+        x: u64,
+        n: usize,
+        cols: usize,
+        norm: Option<(u64, f32)>,
+        xq: u64,
+        xs: u64,
+    ) -> Result<(), CudaError> {
+        if !cols.is_multiple_of(BLOCK) || n == 0 || n > QMMA_MAX_TOKENS {
+            return Err(CudaError::invalid("quantize_x", format!("{n} tokens of {cols}")));
+        }
+        let (nw, eps) = norm.unwrap_or((0, 0.0));
+        let f = self.kernel("quantize_x")?;
+        let (n32, cols32) = (n as i32, check_i32("quantize_x", "cols", cols)?);
+        let mut a = Args::default();
+        a.arg(&x).arg(&nw).arg(&eps).arg(&n32).arg(&cols32).arg(&xq).arg(&xs);
+        let grid = token_tiles(n) as u32;
+        self.launch(
+            f,
+            a,
+            "quantize_x",
+            LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: 0 },
+        )
+    }
+
+    /// `out = x · wᵀ` for 1..=64 tokens with tiled quantized weights, in
+    /// `mode` (as [`Gpu::gemv`]); `qkv` makes it the attention's QKV
+    /// projection with RoPE and the KV append (as [`Gpu::gemv_qkv`]). The
+    /// activations are `x` quantized in the product (`quantized` = None;
+    /// only where [`Gpu::qmma_quantizes_in_block`], with `norm` fused) or
+    /// [`Gpu::quantize_x`]'s codes and scales.
+    ///
+    /// # Safety
+    /// `x`: n·cols f32; `out`: n·rows (n·rows/2 for SwiGLU) f32; `bias`: rows
+    /// f32 or 0; the quantized activations as [`Gpu::quantize_x`] writes them;
+    /// for `qkv`, as [`Gpu::gemv_qkv`].
+    pub unsafe fn qmma(
+        &self,
+        w: TiledPtr,
+        x: u64,
+        norm: Option<(u64, f32)>,
+        quantized: Option<(u64, u64)>,
+        n: usize,
+        bias: u64,
+        out: u64,
+        mode: GemvMode,
+        qkv: Option<(DType, RopeArgs, AttentionDims, usize)>,
+    ) -> Result<(), CudaError> {
+        let s = w.shape;
+        if n == 0 || n > QMMA_MAX_TOKENS {
+            return Err(CudaError::invalid("qmma", format!("{n} tokens (1..={QMMA_MAX_TOKENS} supported)")));
+        }
+        let in_block = quantized.is_none();
+        if in_block && !self.qmma_quantizes_in_block(n, s.cols) {
+            return Err(CudaError::invalid("qmma", format!("{n} tokens of {} need quantize_x first", s.cols)));
+        }
+        if !in_block && norm.is_some() {
+            return Err(CudaError::invalid("qmma", "the norm is fused into quantize_x for large steps"));
+        }
+        let half = s.rows / 2;
+        if mode == GemvMode::SwiGlu && (!s.rows.is_multiple_of(2) || !half.is_multiple_of(TILE_ROWS)) {
+            return Err(CudaError::invalid("qmma", format!("SwiGLU needs halves of whole tiles, got {} rows", s.rows)));
+        }
+        let (nw, eps) = norm.unwrap_or((0, 0.0));
+        let (xq, xs) = quantized.unwrap_or((0, 0));
+        let nt8 = if in_block { 1 } else { token_tiles(n) };
+        let kernel_mode = if qkv.is_some() { 3 } else { mode as usize };
+        let name = format!("qmma_{}_{nt8}_{kernel_mode}_{}", s.format as usize, in_block as usize);
+        let f = self.kernel(&name)?;
+        let ctx = match qkv {
+            Some((kv_dtype, rope, dims, layer)) => {
+                if mode != GemvMode::Store || s.rows != (dims.n_heads + 2 * dims.n_groups) * dims.head_dim {
+                    return Err(CudaError::invalid(&name, format!("a QKV product of {} rows for {dims:?}", s.rows)));
+                }
+                crate::ops::rope_ctx(&name, kv_dtype, rope, dims, layer)?
+            }
+            None => [0u64; 8],
+        };
+        let (wq, ws, wm) = w.parts();
+        let ints = [s.units, s.padded_blocks, s.tiles, n, s.cols, s.rows, half];
+        let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;
+        let mut a = Args::default();
+        a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&x).arg(&nw).arg(&eps);
+        a.arg(&xq).arg(&xs).arg(&ints[3]).arg(&ints[4]).arg(&bias).arg(&out).arg(&ints[5]).arg(&ints[6]);
+        a.arg_struct(&ctx);
+        let blocks = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
+        let smem = if in_block { in_block_smem(n, s.cols) as u32 } else { 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
+            block_dim: (QMMA_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        self.launch(f, a, &name, cfg)
+    }
+
+    /// Rows `r0..r0 + nrows` of `w` as row-major f16 at `out`.
+    ///
+    /// # Safety
+    /// `out`: nrows·cols f16; rows within the matrix.
+    pub unsafe fn dequantize_rows(&self, w: TiledPtr, r0: usize, nrows: usize, out: u64) -> Result<(), CudaError> {
+        let s = w.shape;
+        if r0 + nrows > s.rows {
+            return Err(CudaError::invalid("dequantize", format!("rows {r0}+{nrows} of {}", s.rows)));
+        }
+        if nrows == 0 {
+            return Ok(());
+        }
+        let name = format!("qdequant_{}", s.format as usize);
+        let f = self.kernel(&name)?;
+        let (wq, ws, wm) = w.parts();
+        let ints = [s.units, s.padded_blocks, r0, nrows, s.cols];
+        let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;
+        let mut a = Args::default();
+        a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&out);
+        let work = nrows * (s.cols / BLOCK);
+        let grid = work.div_ceil(256).clamp(1, 65_535) as u32;
+        self.launch(f, a, &name, LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })
+    }
+
+    /// Random code bytes and constant scales `scale` (offsets `min`) in a
+    /// tiled matrix: synthetic weights for benchmarks.
+    ///
+    /// # Safety
+    /// `w` must be an allocation of the shape's size.
+    pub unsafe fn fill_tiled_random(&self, w: TiledPtr, seed: u64, scale: u16, min: u16) -> Result<(), CudaError> {
+        let (wq, ws, wm) = w.parts();
+        let words = (w.shape.code_bytes() / 4) as i64;
+        let f = self.kernel("fill_bytes")?;
+        let mut a = Args::default();
+        a.arg(&wq).arg(&words).arg(&seed);
+        let grid = |n: usize| n.div_ceil(256).clamp(1, 65_535) as u32;
+        let cfg = |n: usize| LaunchConfig { grid_dim: (grid(n), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        self.launch(f, a, "fill_bytes", cfg(words as usize))?;
+        let count = w.shape.scale_count() as i64;
+        for (p, v) in [(ws, scale), (wm, min)] {
+            if p == 0 {
+                continue;
+            }
+            let f = self.kernel("fill_u16")?;
+            let mut a = Args::default();
+            a.arg(&p).arg(&count).arg(&(v as i32));
+            self.launch(f, a, "fill_u16", cfg(count as usize))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(format: QuantFormat, seed: usize) -> Vec<u8> {
+        (0..format.code_bytes()).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn every_block_round_trips_through_the_tiles() {
+        for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            // Awkward sizes: a partial last tile, an odd number of blocks.
+            for (rows, cols) in [(1, 32), (17, 160), (40, 96), (16, 64)] {
+                let shape = TileShape::new(format, rows, cols).unwrap();
+                let mut m = TiledMatrix::new(shape);
+                let nb = cols / BLOCK;
+                for r in 0..rows {
+                    for b in 0..nb {
+                        let k = r * nb + b;
+                        m.set_block(r, b, k as u16, (k * 3) as u16, &codes(format, k));
+                    }
+                }
+                for r in 0..rows {
+                    for b in 0..nb {
+                        let k = r * nb + b;
+                        let (d, mn, c) = m.block(r, b);
+                        assert_eq!(d, k as u16, "{format:?} {rows}×{cols} scale of {r},{b}");
+                        assert_eq!(mn, if format.has_min() { (k * 3) as u16 } else { 0 });
+                        assert_eq!(c, codes(format, k), "{format:?} {rows}×{cols} codes of {r},{b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn no_two_blocks_share_a_byte() {
+        for format in [QuantFormat::Q4, QuantFormat::Q8] {
+            let shape = TileShape::new(format, 33, 160).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            for r in 0..33 {
+                for b in 0..5 {
+                    for off in shape.block_words(r, b) {
+                        assert!(off + 4 <= shape.code_bytes());
+                        assert!(seen.insert(off), "{format:?}: word at {off} used twice");
+                    }
+                    assert!(seen.len() <= shape.code_bytes() / 4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lane_reads_its_fragment_words_from_one_vector() {
+        // Lane (g, t) of a 4-bit unit: words t of rows g and g+8, blocks 2p and 2p+1.
+        let shape = TileShape::new(QuantFormat::Q4, 16, 128).unwrap();
+        let (g, t) = (3, 2);
+        let lane_base = (g * 4 + t) * 16;
+        assert_eq!(shape.block_words(g, 0)[t], lane_base);
+        assert_eq!(shape.block_words(g + 8, 0)[t], lane_base + 4);
+        assert_eq!(shape.block_words(g, 1)[t], lane_base + 8);
+        assert_eq!(shape.block_words(g + 8, 1)[t], lane_base + 12);
+        // 8-bit: words t and t+4 of rows g and g+8 in one vector per block.
+        let shape = TileShape::new(QuantFormat::Q8, 16, 64).unwrap();
+        let w = shape.block_words(g, 1);
+        let w8 = shape.block_words(g + 8, 1);
+        let base = (32 + g * 4 + t) * 16;
+        assert_eq!([w[t], w8[t], w[t + 4], w8[t + 4]], [base, base + 4, base + 8, base + 12]);
+    }
+
+    #[test]
+    fn shapes_that_are_not_whole_blocks_are_refused() {
+        assert!(TileShape::new(QuantFormat::Q4, 16, 48).is_err());
+        assert!(TileShape::new(QuantFormat::Q8, 0, 64).is_err());
+    }
+}
