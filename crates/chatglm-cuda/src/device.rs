@@ -98,6 +98,8 @@ pub struct Gpu {
     pdl: bool,
     /// Resident blocks per SM of the 4-row and 8-row mat-vec kernels.
     pub(crate) gemv_blocks_per_sm: [usize; 2],
+    /// Resident blocks per SM by (kernel, dynamic shared memory), as asked.
+    occupancy: std::sync::Mutex<HashMap<(String, u32), usize>>,
     /// 0: choose the mat-vec variant by shape; 4 or 8: always that one
     /// (`CHATGLM_GEMV_ROWS`, for measurements).
     pub(crate) gemv_force_rows: std::sync::atomic::AtomicUsize,
@@ -212,6 +214,7 @@ impl Gpu {
             info,
             pdl,
             gemv_blocks_per_sm,
+            occupancy: std::sync::Mutex::new(HashMap::new()),
             gemv_force_rows: std::sync::atomic::AtomicUsize::new(force),
             gemv_prefetch: std::env::var("CHATGLM_GEMV_PREFETCH")
                 .ok()
@@ -258,6 +261,18 @@ impl Gpu {
     /// Forces the 4- or 8-row mat-vec (0: by shape), for measurements.
     pub fn force_gemv_rows(&self, rows: usize) {
         self.gemv_force_rows.store(rows, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Blocks of `threads` threads and `smem` bytes of dynamic shared memory
+    /// of kernel `name` that fit on one multiprocessor at once (≥ 1).
+    pub(crate) fn blocks_per_sm(&self, name: &str, threads: u32, smem: u32) -> usize {
+        let mut cache = self.occupancy.lock().unwrap_or_else(|e| e.into_inner());
+        *cache.entry((name.to_string(), smem)).or_insert_with(|| {
+            self.kernels
+                .get(name)
+                .and_then(|f| f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None).ok())
+                .map_or(1, |b| (b as usize).max(1))
+        })
     }
 
     /// Whether kernel `name` was compiled for this device.

@@ -20,11 +20,11 @@ pub const BLOCK: usize = 32;
 const UNIT_BYTES: usize = 512;
 /// Most tokens one quantized product takes (token tiles of 8: 1, 2, 4, 8).
 pub const QMMA_MAX_TOKENS: usize = 64;
-/// Block size of the quantized kernels.
-const QMMA_THREADS: u32 = 128;
-/// Static shared memory the kernel may use besides the dynamic part (its
-/// reduction buffer at 1 token tile), so the dynamic part stays under 48 KiB.
-const QMMA_STATIC_SMEM_1: usize = 4 * 2 * 16 * 9 * 4 + 8 * 4 + 4 * 8 * 4;
+/// Block size of the quantized kernels (8 warps).
+const QMMA_THREADS: u32 = 256;
+/// Static shared memory of the product (reduction buffer, norms), which
+/// with the dynamic part must stay under 48 KiB.
+const QMMA_STATIC_SMEM: usize = 8 * 2 * 16 * 9 * 4 + 8 * 4 + 8 * 8 * 4;
 
 /// The code formats of the device layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,9 +134,13 @@ impl TileShape {
         ((tile * self.units + unit) * 32 + lane) * 16 + word * 4
     }
 
-    /// Index of the scale of row `r`, block `b`.
+    /// Index of the scale of row `r`, block `b`: per unit, the scales a lane
+    /// (g = row % 8) needs sit together, [block in unit][row g, g + 8].
     pub fn scale_index(&self, r: usize, b: usize) -> usize {
-        ((r / TILE_ROWS) * self.padded_blocks + b) * TILE_ROWS + r % TILE_ROWS
+        let per_unit = self.format.blocks_per_unit();
+        let (tile, rr) = (r / TILE_ROWS, r % TILE_ROWS);
+        let (unit, i) = (b / per_unit, b % per_unit);
+        ((tile * self.units + unit) * 8 + rr % 8) * (2 * per_unit) + i * 2 + rr / 8
     }
 
     /// Byte offsets of the 4-byte words of row `r`, block `b` in code order:
@@ -214,16 +218,18 @@ fn token_tiles(n: usize) -> usize {
     n.div_ceil(8).next_power_of_two()
 }
 
-/// Dynamic shared memory of the in-block quantization of `n` tokens of `cols`.
+/// Dynamic shared memory of the in-block quantization of `n` tokens of `cols`
+/// (the kernel keeps scales for 2 tokens a block when n ≤ 2, else 8).
 fn in_block_smem(n: usize, cols: usize) -> usize {
-    cols / BLOCK * 8 * 8 + n * cols
+    let stride = if n <= 2 { 2 } else { 8 };
+    cols / BLOCK * stride * 8 + n * cols
 }
 
 impl Gpu {
     /// Whether a step of `n` tokens over rows of `cols` quantizes its
     /// activations inside the product (no separate launch).
     pub fn qmma_quantizes_in_block(&self, n: usize, cols: usize) -> bool {
-        n <= 8 && in_block_smem(n, cols) + QMMA_STATIC_SMEM_1 <= 48 << 10
+        n <= 8 && in_block_smem(n, cols) + QMMA_STATIC_SMEM <= 48 << 10
     }
 
     /// Bytes of the activation codes and scales [`Gpu::quantize_x`] writes for `n` tokens.
@@ -255,12 +261,14 @@ impl Gpu {
         let (n32, cols32) = (n as i32, check_i32("quantize_x", "cols", cols)?);
         let mut a = Args::default();
         a.arg(&x).arg(&nw).arg(&eps).arg(&n32).arg(&cols32).arg(&xq).arg(&xs);
-        let grid = token_tiles(n) as u32;
+        // Each block quantizes QMMA_THREADS / 8 blocks of 32 for 8 tokens.
+        let chunks = (cols / BLOCK).div_ceil(QMMA_THREADS as usize / 8) as u32;
+        let grid = (chunks, token_tiles(n) as u32, 1);
         self.launch(
             f,
             a,
             "quantize_x",
-            LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: 0 },
+            LaunchConfig { grid_dim: grid, block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: 0 },
         )
     }
 
@@ -318,14 +326,18 @@ impl Gpu {
             None => [0u64; 8],
         };
         let (wq, ws, wm) = w.parts();
-        let ints = [s.units, s.padded_blocks, s.tiles, n, s.cols, s.rows, half];
+        let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;
         let mut a = Args::default();
-        a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&x).arg(&nw).arg(&eps);
-        a.arg(&xq).arg(&xs).arg(&ints[3]).arg(&ints[4]).arg(&bias).arg(&out).arg(&ints[5]).arg(&ints[6]);
+        a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&x).arg(&nw).arg(&eps);
+        a.arg(&xq).arg(&xs).arg(&ints[2]).arg(&ints[3]).arg(&bias).arg(&out).arg(&ints[4]).arg(&ints[5]);
         a.arg_struct(&ctx);
-        let blocks = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
+        let items = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
         let smem = if in_block { in_block_smem(n, s.cols) as u32 } else { 0 };
+        // Persistent blocks: as many as fit at once, each item to one of them
+        // (the same number of items each, so no block is left with a tail).
+        let resident = self.blocks_per_sm(&name, QMMA_THREADS, smem) * self.info().multiprocessors;
+        let blocks = items.div_ceil(items.div_ceil(resident.max(1)));
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (QMMA_THREADS, 1, 1),
@@ -349,10 +361,10 @@ impl Gpu {
         let name = format!("qdequant_{}", s.format as usize);
         let f = self.kernel(&name)?;
         let (wq, ws, wm) = w.parts();
-        let ints = [s.units, s.padded_blocks, r0, nrows, s.cols];
+        let ints = [s.units, r0, nrows, s.cols];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;
         let mut a = Args::default();
-        a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&out);
+        a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&out);
         let work = nrows * (s.cols / BLOCK);
         let grid = work.div_ceil(256).clamp(1, 65_535) as u32;
         self.launch(f, a, &name, LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 })

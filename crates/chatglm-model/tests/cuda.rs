@@ -252,7 +252,7 @@ fn compare_schedule_with(
         eprintln!(
             "{format:?} {kv:?} {gemv_rows}-row mat-vec, step {i} {step:?}: max |Δ| {d:.3e} (logits up to {scale:.2})"
         );
-        assert!(d <= tol * scale.max(1.0), "step {i} {step:?}: max |Δ| {d} > {tol} × {scale}");
+        assert!(d <= tol * scale.max(1.0), "{format:?} step {i} {step:?}: max |Δ| {d} > {tol} × {scale}");
     }
     for (c, g) in cpu_caches.iter().zip(&gpu_caches) {
         assert_eq!(c.len(), g.len());

@@ -16,8 +16,9 @@
 //     precisely the fragment's k order, so unpacking is two masks.
 //   8-bit (1 block per unit): {row g word t, row g+8 word t, row g word
 //     t+4, row g+8 word t+4}.
-// A warp's load is 512 contiguous bytes. Scales (and offsets) are f16,
-// [tile][block][16 rows]. Formats (F): 0 = codes 0..15, x = d·(q−8) (q4_0
+// A warp's load is 512 contiguous bytes. Scales (and offsets) are f16 laid
+// out per unit as each lane needs them: [tile][unit][g][block i][row g, g+8]
+// (8 bytes a lane for 4-bit units, 4 for 8-bit), loaded with the codes. Formats (F): 0 = codes 0..15, x = d·(q−8) (q4_0
 // and the official int4); 1 = codes 0..15, x = d·q + m (q4_1); 2 = int8,
 // x = d·q (q8_0, and q5_0 as q−16); 3 = int8 codes 0..31, x = d·q + m (q5_1).
 //
@@ -27,13 +28,16 @@
 // few KB read from L2 and a separate kernel would cost a launch boundary;
 // larger steps use quantize_x's global copy.
 
+template <bool C, class A, class B> struct Cond { typedef A type; };
+template <class A, class B> struct Cond<false, A, B> { typedef B type; };
+
 template <int F> struct QFmt;
 template <> struct QFmt<0> { enum { BLOCKS = 2, MIN = 0, OFF = 8, U4 = 1 }; };
 template <> struct QFmt<1> { enum { BLOCKS = 2, MIN = 1, OFF = 0, U4 = 1 }; };
 template <> struct QFmt<2> { enum { BLOCKS = 1, MIN = 0, OFF = 0, U4 = 0 }; };
 template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 
-#define QMMA_WARPS 4
+#define QMMA_WARPS 8
 #define QMMA_THREADS (QMMA_WARPS * 32)
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
@@ -133,13 +137,13 @@ __device__ __forceinline__ void row_inv_rms(const float* x, const float* nw, int
     __syncthreads();
 }
 
-// Quantizes tokens [t0, t0 + 8) of x (n rows, cols wide) into xq ([8][cols]
-// codes, relative to t0) and xs ([nb][8] scales); tokens ≥ n get zero scales.
+// Quantizes the n (≤ 8) tokens of x (cols wide) into xq ([n][cols] codes)
+// and xs ([nb][xs_stride] scales); tokens n..xs_stride get zero scales.
 __device__ __forceinline__ void quantize_tile(const float* x, const float* nw, const float* inv, int t0, int n,
                                               int cols, signed char* xq, float2* xs, int xs_stride) {
     const int nb = cols / 32;
-    for (int idx = threadIdx.x; idx < nb * 8; idx += blockDim.x) {
-        const int b = idx >> 3, tt = idx & 7, t = t0 + tt;
+    for (int idx = threadIdx.x; idx < nb * xs_stride; idx += blockDim.x) {
+        const int b = idx / xs_stride, tt = idx % xs_stride, t = t0 + tt;
         if (t < n) {
             u32 q[8];
             float2 s;
@@ -154,79 +158,104 @@ __device__ __forceinline__ void quantize_tile(const float* x, const float* nw, c
     }
 }
 
-// Activations for steps too large for in-block quantization: grid = token
-// tiles of 8, block = QMMA_THREADS. xq: [8·tiles][cols] codes; xs:
-// [cols/32][8·tiles] (dx, Σq).
+// Activations for steps too large for in-block quantization: grid = (chunks
+// of QMMA_THREADS / 8 blocks, token tiles of 8), block = QMMA_THREADS; each
+// block works out its tokens' norms over the whole row. xq: [8·tiles][cols]
+// codes; xs: [cols/32][8·tiles] (dx, Σq).
 extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
     quantize_x(const float* x, const float* nw, float eps, int n, int cols, signed char* xq, float2* xs) {
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
     pdl_launch_dependents();
     pdl_wait();
-    const int t0 = blockIdx.x * 8;
+    const int t0 = blockIdx.y * 8;
     const int m = min(8, n - t0);
     row_inv_rms(x + (long)t0 * cols, nw, max(m, 0), cols, eps, inv, scratch);
-    quantize_tile(x, nw, inv, t0, n, cols, xq + (long)t0 * cols, xs, gridDim.x * 8);
+    const int per = QMMA_THREADS / 8;
+    const int b = blockIdx.x * per + (threadIdx.x >> 3), tt = threadIdx.x & 7, t = t0 + tt;
+    if (b >= cols / 32) return;
+    const long stride = gridDim.y * 8;
+    if (t < n) {
+        u32 q[8];
+        float2 sc;
+        quantize_block32(x + (long)t * cols, nw, inv[tt], b * 32, q, &sc);
+        uint4* dst = (uint4*)(xq + (long)t * cols + b * 32);
+        dst[0] = make_uint4(q[0], q[1], q[2], q[3]);
+        dst[1] = make_uint4(q[4], q[5], q[6], q[7]);
+        xs[b * stride + t] = sc;
+    } else {
+        xs[b * stride + t] = make_float2(0.f, 0.f);
+    }
 }
 
-// The product: one block per tile of 16 output rows (SwiGLU: a gate tile and
-// its up tile), its 4 warps splitting the units; NT8 token tiles of 8.
-// MODE as gemv.cu: 0 store (+bias), 1 accumulate, 2 SwiGLU, 3 QKV + RoPE +
-// KV append. SX: quantize x (n ≤ 8 tokens) in shared memory; else xq/xs are
-// quantize_x's. Dynamic shared memory: SX ? 8·cols + nb·64 : 0 bytes.
+// The product. Blocks are persistent: block i takes tiles i, i + gridDim.x,
+// … of 16 output rows (SwiGLU: a gate tile with its up tile), its 8 warps
+// splitting each tile's units, so the activations are quantized once per
+// block and the next tile's weights are on their way while a tile ends.
+// NT8 token tiles of 8. MODE as gemv.cu: 0 store (+bias), 1 accumulate,
+// 2 SwiGLU, 3 QKV + RoPE + KV append. SX: quantize x (n ≤ 8 tokens) in
+// shared memory; else xq/xs are quantize_x's. Dynamic shared memory: SX ?
+// nb·xs_stride·8 + n·cols : 0 bytes, xs_stride = n ≤ 2 ? 2 : 8.
+//
+// Decode is a weight stream: each lane asks for a batch of units (codes and
+// scales) and for the next batch before working on the current one.
 template <int F, int NT8, int MODE, int SX>
 __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
-                                          const u16* __restrict__ mins, int units, int nbp, int tiles,
+                                          const u16* __restrict__ mins, int units, int tiles,
                                           const float* __restrict__ x, const float* __restrict__ nw, float eps,
                                           const signed char* xq, const float2* xs, int n, int cols,
                                           const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                           int half_rows, const RopeCtx& rc) {
-    constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per block
-    constexpr int UB = 4 / RT;             // units per lane per batch
-    constexpr int NTOK = NT8 * 8;
+    constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
+    constexpr int UB = 8 / RT;             // units per lane per batch
+    constexpr int SB = QFmt<F>::BLOCKS;    // scale pairs per unit
+    constexpr int STEP = UB * QMMA_WARPS;  // units per batch of the block
+    typedef typename Cond<SB == 2, uint2, u32>::type ScaleVec;
     extern __shared__ __align__(16) unsigned char qmma_smem[];
-    __shared__ float red[QMMA_WARPS][RT * 16][NTOK + 1];
+    __shared__ float red[QMMA_WARPS][RT * 16][9];
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nb = cols / 32;
-
-    int tile[RT];
-    bool ok[RT];
-    if (MODE == 2) {
-        tile[0] = blockIdx.x;
-        tile[RT - 1] = blockIdx.x + half_rows / 16;
-        ok[0] = ok[RT - 1] = true;
-    } else {
-        tile[0] = blockIdx.x;
-        ok[0] = blockIdx.x < tiles;
-    }
-    const uint4* wt[RT];
-#pragma unroll
-    for (int r = 0; r < RT; r++) wt[r] = w + (long)(ok[r] ? tile[r] : 0) * units * 32 + lane;
+    const int items = MODE == 2 ? half_rows / 16 : tiles;
+    const int per_item = (units + STEP - 1) / STEP;
+    const int mine = blockIdx.x < items ? (items - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    const int total = mine * per_item;
 
     uint4 cur[RT][UB], nxt[RT][UB];
-    auto load = [&](int base, uint4 (*buf)[UB]) {
+    ScaleVec cs[RT][UB], ns[RT][UB], cm[RT][UB], nm[RT][UB];
+    // Batch `it` of this block: item it / per_item, units from (it % per_item)·STEP.
+    auto load = [&](int it, uint4 (*buf)[UB], ScaleVec (*sb)[UB], ScaleVec (*mb)[UB]) {
+        const int item = blockIdx.x + (it / per_item) * gridDim.x;
+        const int base = (it % per_item) * STEP;
 #pragma unroll
-        for (int u = 0; u < UB; u++) {
-            const int p = base + u * QMMA_WARPS + warp;
+        for (int r = 0; r < RT; r++) {
+            const long tu = (long)(r ? item + half_rows / 16 : item) * units;
 #pragma unroll
-            for (int r = 0; r < RT; r++)
-                if (p < units && ok[r]) buf[r][u] = ld_stream(wt[r] + (long)p * 32);
+            for (int u = 0; u < UB; u++) {
+                const int p = base + u * QMMA_WARPS + warp;
+                if (p < units) {
+                    buf[r][u] = ld_stream(w + (tu + p) * 32 + lane);
+                    sb[r][u] = ((const ScaleVec*)scales)[(tu + p) * 8 + g];
+                    if (QFmt<F>::MIN) mb[r][u] = ((const ScaleVec*)mins)[(tu + p) * 8 + g];
+                }
+            }
         }
     };
     pdl_launch_dependents();
     // The weights do not depend on the kernel before: request the first batch
     // before waiting for it.
-    load(0, cur);
+    if (total > 0) load(0, cur, cs, cm);
     pdl_wait();
+    if (total == 0) return;
 
+    int xs_stride = NT8 * 8;
     if (SX) {
+        xs_stride = n <= 2 ? 2 : 8;
         xs = (const float2*)qmma_smem;
-        xq = (const signed char*)(qmma_smem + (long)nb * 8 * sizeof(float2));
+        xq = (const signed char*)(qmma_smem + (long)nb * xs_stride * sizeof(float2));
         row_inv_rms(x, nw, n, cols, eps, inv, scratch);
-        quantize_tile(x, nw, inv, 0, n, cols, (signed char*)xq, (float2*)xs, 8);
+        quantize_tile(x, nw, inv, 0, n, cols, (signed char*)xq, (float2*)xs, xs_stride);
         __syncthreads();
     }
-    const int xs_stride = SX ? 8 : NTOK;
 
     float acc[RT][NT8][4];
 #pragma unroll
@@ -234,15 +263,16 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
 #pragma unroll
         for (int j = 0; j < NT8; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
 
-    for (int base = 0; base < units; base += UB * QMMA_WARPS) {
-        if (base + UB * QMMA_WARPS < units) load(base + UB * QMMA_WARPS, nxt);
+    for (int it = 0; it < total; it++) {
+        if (it + 1 < total) load(it + 1, nxt, ns, nm);
+        const int base = (it % per_item) * STEP;
 #pragma unroll
         for (int u = 0; u < UB; u++) {
             const int p = base + u * QMMA_WARPS + warp;
             if (p >= units) break;
 #pragma unroll
-            for (int i = 0; i < QFmt<F>::BLOCKS; i++) {
-                const int b = p * QFmt<F>::BLOCKS + i;
+            for (int i = 0; i < SB; i++) {
+                const int b = p * SB + i;
                 if (b >= nb) break;
                 // Each token tile's B fragment serves every row tile.
 #pragma unroll
@@ -254,7 +284,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                         b0 = *(const u32*)xp;
                         b1 = *(const u32*)(xp + 16);
                     }
-                    const float4 s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
+                    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+                    if (2 * t < xs_stride) s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
                     const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
 #pragma unroll
                     for (int r = 0; r < RT; r++) {
@@ -262,14 +293,23 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                         a_fragment<F>(cur[r][u], i, a);
                         int c[4];
                         mma_block<QFmt<F>::U4>(c, a, b0, b1);
-                        const long si = ((long)tile[r] * nbp + b) * 16 + g;
-                        const float d0 = f16_to_f32(scales[si]), d1 = f16_to_f32(scales[si + 8]);
+                        float d0, d1;
+                        if (SB == 2) {
+                            const u32 dw = i ? ((const uint2*)&cs[r][u])->y : ((const uint2*)&cs[r][u])->x;
+                            d0 = f16_to_f32((u16)(dw & 0xffff)); d1 = f16_to_f32((u16)(dw >> 16));
+                        } else {
+                            const u32 dw = *(const u32*)&cs[r][u];
+                            d0 = f16_to_f32((u16)(dw & 0xffff)); d1 = f16_to_f32((u16)(dw >> 16));
+                        }
                         if (QFmt<F>::OFF) {
                             c[0] -= QFmt<F>::OFF * sx0; c[1] -= QFmt<F>::OFF * sx1;
                             c[2] -= QFmt<F>::OFF * sx0; c[3] -= QFmt<F>::OFF * sx1;
                         }
                         if (QFmt<F>::MIN) {
-                            const float m0 = f16_to_f32(mins[si]), m1 = f16_to_f32(mins[si + 8]);
+                            u32 mw;
+                            if (SB == 2) mw = i ? ((const uint2*)&cm[r][u])->y : ((const uint2*)&cm[r][u])->x;
+                            else mw = *(const u32*)&cm[r][u];
+                            const float m0 = f16_to_f32((u16)(mw & 0xffff)), m1 = f16_to_f32((u16)(mw >> 16));
                             acc[r][j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
                             acc[r][j][1] += (float)c[1] * d0 * s.z + m0 * s.z * (float)sx1;
                             acc[r][j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
@@ -287,54 +327,70 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
 #pragma unroll
         for (int r = 0; r < RT; r++)
 #pragma unroll
-            for (int u = 0; u < UB; u++) cur[r][u] = nxt[r][u];
-    }
+            for (int u = 0; u < UB; u++) {
+                cur[r][u] = nxt[r][u];
+                cs[r][u] = ns[r][u];
+                if (QFmt<F>::MIN) cm[r][u] = nm[r][u];
+            }
+        if (it % per_item != per_item - 1) continue;
 
-    // The 4 warps' partial sums meet in shared memory.
-#pragma unroll
-    for (int r = 0; r < RT; r++)
+        // The item is done: the warps' partial sums meet in shared memory,
+        // one token tile at a time, and its rows are written.
+        const int row0 = (blockIdx.x + (it / per_item) * gridDim.x) * 16;
 #pragma unroll
         for (int j = 0; j < NT8; j++) {
-            red[warp][r * 16 + g][j * 8 + 2 * t] = acc[r][j][0];
-            red[warp][r * 16 + g][j * 8 + 2 * t + 1] = acc[r][j][1];
-            red[warp][r * 16 + g + 8][j * 8 + 2 * t] = acc[r][j][2];
-            red[warp][r * 16 + g + 8][j * 8 + 2 * t + 1] = acc[r][j][3];
-        }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < 16 * n; idx += QMMA_THREADS) {
-        const int rr = idx % 16, tok = idx / 16;
-        const int row = tile[0] * 16 + rr;
-        float a = 0.f;
+            if (j * 8 >= n) break;
 #pragma unroll
-        for (int v = 0; v < QMMA_WARPS; v++) a += red[v][rr][tok];
-        if (MODE == 2) {
-            if (row >= half_rows) continue;
-            float b = 0.f;
+            for (int r = 0; r < RT; r++) {
+                red[warp][r * 16 + g][2 * t] = acc[r][j][0];
+                red[warp][r * 16 + g][2 * t + 1] = acc[r][j][1];
+                red[warp][r * 16 + g + 8][2 * t] = acc[r][j][2];
+                red[warp][r * 16 + g + 8][2 * t + 1] = acc[r][j][3];
+                acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
+            }
+            __syncthreads();
+            if (threadIdx.x < 128) {
+                const int rr = threadIdx.x % 16, tt = threadIdx.x / 16, tok = j * 8 + tt;
+                const int row = row0 + rr;
+                float a = 0.f;
 #pragma unroll
-            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][RT * 16 - 16 + rr][tok];
-            out[(long)tok * half_rows + row] = silu(a) * b;
-        } else if (MODE == 3) {
-            if (!ok[0] || row >= out_rows) continue;
-            float b = 0.f;
+                for (int v = 0; v < QMMA_WARPS; v++) a += red[v][rr][tt];
+                if (tok < n) {
+                    if (MODE == 2) {
+                        if (row < half_rows) {
+                            float b = 0.f;
 #pragma unroll
-            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tok];
-            qkv_epilogue(rc, out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
-                         b + (bias ? bias[row ^ 1] : 0.f));
-        } else {
-            if (!ok[0] || row >= out_rows) continue;
-            if (MODE == 0) out[(long)tok * out_rows + row] = a + (bias ? bias[row] : 0.f);
-            else out[(long)tok * out_rows + row] += a;
+                            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][RT * 16 - 16 + rr][tt];
+                            out[(long)tok * half_rows + row] = silu(a) * b;
+                        }
+                    } else if (MODE == 3) {
+                        if (row < out_rows) {
+                            float b = 0.f;
+#pragma unroll
+                            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tt];
+                            qkv_epilogue(rc, out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
+                                         b + (bias ? bias[row ^ 1] : 0.f));
+                        }
+                    } else if (row < out_rows) {
+                        if (MODE == 0) out[(long)tok * out_rows + row] = a + (bias ? bias[row] : 0.f);
+                        else out[(long)tok * out_rows + row] += a;
+                    }
+                }
+            }
+            __syncthreads();
         }
     }
 }
 
+// Two resident blocks per SM (≤ 128 registers) for steps of up to 16 tokens.
 #define QMMA_KERNEL(F, NT8, MODE, SX)                                                                   \
-    extern "C" __global__ void __launch_bounds__(QMMA_THREADS) qmma_##F##_##NT8##_##MODE##_##SX(         \
-        const uint4* w, const u16* scales, const u16* mins, int units, int nbp, int tiles, const float* x, \
+    extern "C" __global__ void __launch_bounds__(QMMA_THREADS, NT8 <= 2 ? 2 : 1)                         \
+        qmma_##F##_##NT8##_##MODE##_##SX(                                                               \
+        const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const float* x,         \
         const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
         const float* bias, float* out, int out_rows, int half_rows, RopeCtx rc) {                         \
-        qmma_body<F, NT8, MODE, SX>(w, scales, mins, units, nbp, tiles, x, nw, eps, xq, xs, n, cols, bias, \
-                                    out, out_rows, half_rows, rc);                                       \
+        qmma_body<F, NT8, MODE, SX>(w, scales, mins, units, tiles, x, nw, eps, xq, xs, n, cols, bias, out, \
+                                    out_rows, half_rows, rc);                                            \
     }
 
 #define QMMA_MODES(F, NT8, SX) \
@@ -350,7 +406,7 @@ QMMA_FORMAT(3)
 // Rows [r0, r0 + nrows) of a tiled matrix as row-major f16 (the input of a
 // cuBLAS product for large steps). grid-stride over (row, block).
 template <int F>
-__device__ __forceinline__ void dequant_body(const u32* w, const u16* scales, const u16* mins, int units, int nbp,
+__device__ __forceinline__ void dequant_body(const u32* w, const u16* scales, const u16* mins, int units,
                                              int r0, int nrows, int cols, u16* out) {
     pdl_launch_dependents();
     pdl_wait();
@@ -359,13 +415,13 @@ __device__ __forceinline__ void dequant_body(const u32* w, const u16* scales, co
          idx += (long)gridDim.x * blockDim.x) {
         const int r = r0 + (int)(idx / nb), b = (int)(idx % nb);
         const int tile = r / 16, rr = r % 16, g = rr & 7, hi = rr >> 3;
-        const long si = ((long)tile * nbp + b) * 16 + rr;
+        const int p = b / QFmt<F>::BLOCKS, i = b % QFmt<F>::BLOCKS;
+        const long si = (((long)tile * units + p) * 8 + g) * (2 * QFmt<F>::BLOCKS) + i * 2 + hi;
         const float d = f16_to_f32(scales[si]);
         const float m = QFmt<F>::MIN ? f16_to_f32(mins[si]) : 0.f;
         u16* o = out + (long)(r - r0) * cols + b * 32;
 #pragma unroll
         for (int t = 0; t < 4; t++) {
-            const int p = b / QFmt<F>::BLOCKS, i = b % QFmt<F>::BLOCKS;
             const u32* v = w + (((long)tile * units + p) * 32 + g * 4 + t) * 4;
             const u32 lo = v[hi + 2 * i];  // 4-bit: i = block in unit; 8-bit: i = 0
             const u32 up = QFmt<F>::U4 ? (lo >> 4) : v[hi + 2];
@@ -388,8 +444,8 @@ __device__ __forceinline__ void dequant_body(const u32* w, const u16* scales, co
 
 #define DEQUANT_KERNEL(F)                                                                              \
     extern "C" __global__ void qdequant_##F(const u32* w, const u16* scales, const u16* mins, int units, \
-                                            int nbp, int r0, int nrows, int cols, u16* out) {          \
-        dequant_body<F>(w, scales, mins, units, nbp, r0, nrows, cols, out);                            \
+                                            int r0, int nrows, int cols, u16* out) {                   \
+        dequant_body<F>(w, scales, mins, units, r0, nrows, cols, out);                                 \
     }
 DEQUANT_KERNEL(0)
 DEQUANT_KERNEL(1)

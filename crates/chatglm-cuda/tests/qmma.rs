@@ -1,0 +1,236 @@
+//! The quantized products against a host reference on random tiled matrices
+//! of awkward shapes: every format, 1..64 tokens (in-block and separate
+//! activation quantization), every output mode, and the dequantizing
+//! kernel. Skips without a GPU (`CHATGLM_REQUIRE_GPU=1` fails instead).
+
+use chatglm_cuda::quant::{QuantFormat, TileShape, TiledMatrix, TiledPtr, BLOCK};
+use chatglm_cuda::{device_ptr, GemvMode, Gpu};
+use half::f16;
+use std::sync::Arc;
+
+fn gpu() -> Option<Arc<Gpu>> {
+    match Gpu::open(0) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            if std::env::var_os("CHATGLM_REQUIRE_GPU").is_some() {
+                panic!("CHATGLM_REQUIRE_GPU is set but the GPU cannot be used: {e}");
+            }
+            eprintln!("skipped: no usable CUDA GPU ({e})");
+            None
+        }
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
+/// A random matrix and, per row, its blocks as (d, m, codes).
+fn random_matrix(format: QuantFormat, rows: usize, cols: usize, rng: &mut Rng) -> TiledMatrix {
+    let mut m = TiledMatrix::new(TileShape::new(format, rows, cols).unwrap());
+    for r in 0..rows {
+        for b in 0..cols / BLOCK {
+            let d = f16::from_f32(0.01 + 0.01 * rng.uniform()).to_bits();
+            let mn = f16::from_f32(0.05 * rng.uniform()).to_bits();
+            let codes: Vec<u8> = (0..format.code_bytes())
+                .map(|_| match format {
+                    QuantFormat::Q8 => (rng.next() % 255) as u8 ^ 0x80,
+                    QuantFormat::Q8Min => (rng.next() % 32) as u8,
+                    _ => rng.next() as u8,
+                })
+                .collect();
+            m.set_block(r, b, d, mn, &codes);
+        }
+    }
+    m
+}
+
+fn weight(m: &TiledMatrix, r: usize, k: usize) -> (f32, f32, i32) {
+    let (d, mn, codes) = m.block(r, k / BLOCK);
+    let j = k % BLOCK;
+    let q = match m.shape.format {
+        QuantFormat::Q4 | QuantFormat::Q4Min => {
+            let byte = codes[j % 16];
+            (if j < 16 { byte & 0x0f } else { byte >> 4 }) as i32
+        }
+        QuantFormat::Q8 => codes[j] as i8 as i32,
+        QuantFormat::Q8Min => codes[j] as i32,
+    };
+    (f16::from_bits(d).to_f32(), f16::from_bits(mn).to_f32(), q)
+}
+
+/// q8_0 of 32 activations as the kernel computes it: (codes, f16-rounded d).
+fn quantize32(x: &[f32]) -> (Vec<i32>, f32) {
+    let amax = x.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (x.iter().map(|v| (v * id).round() as i32).collect(), f16::from_f32(d).to_f32())
+}
+
+/// out[t][r] for every row, in f64 from the integer block sums.
+fn reference(m: &TiledMatrix, x: &[f32], n: usize) -> Vec<f64> {
+    let (rows, cols) = (m.shape.rows, m.shape.cols);
+    let mut out = vec![0f64; n * rows];
+    for t in 0..n {
+        for b in 0..cols / BLOCK {
+            let (q, dx) = quantize32(&x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK]);
+            let sx: i32 = q.iter().sum();
+            for r in 0..rows {
+                let (mut dw, mut mw, mut isum) = (0f32, 0f32, 0i32);
+                for (j, qx) in q.iter().enumerate() {
+                    let (d, mn, qw) = weight(m, r, b * BLOCK + j);
+                    (dw, mw) = (d, mn);
+                    isum += qw * qx;
+                }
+                let v = match m.shape.format {
+                    QuantFormat::Q4 => (isum - 8 * sx) as f64 * dw as f64 * dx as f64,
+                    QuantFormat::Q8 => isum as f64 * dw as f64 * dx as f64,
+                    _ => isum as f64 * dw as f64 * dx as f64 + mw as f64 * dx as f64 * sx as f64,
+                };
+                out[t * rows + r] += v;
+            }
+        }
+    }
+    out
+}
+
+/// quantize_x's codes and scales against the host's, token by token.
+#[test]
+fn activation_codes_match_the_host() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(99);
+    let mut bad = Vec::new();
+    for (n, cols) in [(1usize, 96usize), (8, 96), (9, 96), (17, 160), (64, 1024)] {
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() * 4.0).collect();
+        let xd = gpu.upload_new(&x, "x").unwrap();
+        let (qb, sb) = Gpu::quantized_x_bytes(n, cols);
+        let xq = gpu.alloc::<u8>(qb, "xq").unwrap();
+        let xs = gpu.alloc::<u8>(sb, "xs").unwrap();
+        // SAFETY: sized above.
+        unsafe { gpu.quantize_x(device_ptr(&xd), n, cols, None, device_ptr(&xq), device_ptr(&xs)).unwrap() };
+        let mut q = vec![0u8; qb];
+        let mut s = vec![0u8; sb];
+        gpu.download(&xq, &mut q, "xq").unwrap();
+        gpu.download(&xs, &mut s, "xs").unwrap();
+        let padded = sb / 8 / (cols / BLOCK);
+        for t in 0..n {
+            for b in 0..cols / BLOCK {
+                let (codes, d) = quantize32(&x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK]);
+                let got: Vec<i32> =
+                    q[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK].iter().map(|&v| v as i8 as i32).collect();
+                let at = (b * padded + t) * 8;
+                let gd = f32::from_le_bytes(s[at..at + 4].try_into().unwrap());
+                let gs = i32::from_le_bytes(s[at + 4..at + 8].try_into().unwrap());
+                if got != codes || gd != d || gs != codes.iter().sum::<i32>() {
+                    bad.push(format!("n={n} cols={cols} token {t} block {b}: d {gd} vs {d}, Σ {gs}"));
+                    break;
+                }
+            }
+        }
+    }
+    for b in &bad {
+        eprintln!("{b}");
+    }
+    assert!(bad.is_empty(), "{} mismatches", bad.len());
+}
+
+#[test]
+fn quantized_products_match_the_host_reference() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut failures = Vec::new();
+    for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+        for (rows, cols) in [(48, 96), (40, 160), (64, 1024)] {
+            let m = random_matrix(format, rows, cols, &mut rng);
+            let w = gpu.upload_new(&m.bytes, "w").unwrap();
+            let wp = TiledPtr { base: device_ptr(&w), shape: m.shape };
+            for n in [1usize, 2, 3, 8, 9, 17, 40, 64] {
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() * 4.0).collect();
+                let want = reference(&m, &x, n);
+                let xd = gpu.upload_new(&x, "x").unwrap();
+                let (qb, sb) = Gpu::quantized_x_bytes(n, cols);
+                let xq = gpu.alloc::<u8>(qb, "xq").unwrap();
+                let xs = gpu.alloc::<u8>(sb, "xs").unwrap();
+                for in_block in [true, false] {
+                    if in_block && !gpu.qmma_quantizes_in_block(n, cols) {
+                        continue;
+                    }
+                    for mode in [GemvMode::Store, GemvMode::Accumulate, GemvMode::SwiGlu] {
+                        let out_cols = if mode == GemvMode::SwiGlu { rows / 2 } else { rows };
+                        if mode == GemvMode::SwiGlu && !(rows / 2).is_multiple_of(16) {
+                            continue;
+                        }
+                        let base: Vec<f32> = (0..n * out_cols).map(|i| (i % 7) as f32).collect();
+                        let mut out = gpu.upload_new(&base, "out").unwrap();
+                        // SAFETY: buffers sized above.
+                        unsafe {
+                            if in_block {
+                                gpu.qmma(wp, device_ptr(&xd), None, None, n, 0, device_ptr(&out), mode, None).unwrap();
+                            } else {
+                                gpu.quantize_x(device_ptr(&xd), n, cols, None, device_ptr(&xq), device_ptr(&xs))
+                                    .unwrap();
+                                let q = Some((device_ptr(&xq), device_ptr(&xs)));
+                                gpu.qmma(wp, device_ptr(&xd), None, q, n, 0, device_ptr(&out), mode, None).unwrap();
+                            }
+                        }
+                        let mut got = vec![0f32; n * out_cols];
+                        gpu.download(&out, &mut got, "out").unwrap();
+                        let _ = &mut out;
+                        let mut worst = 0f64;
+                        for t in 0..n {
+                            for r in 0..out_cols {
+                                let w = match mode {
+                                    GemvMode::Store => want[t * rows + r],
+                                    GemvMode::Accumulate => want[t * rows + r] + base[t * out_cols + r] as f64,
+                                    GemvMode::SwiGlu => {
+                                        let a = want[t * rows + r];
+                                        a / (1.0 + (-a).exp()) * want[t * rows + r + rows / 2]
+                                    }
+                                };
+                                worst = worst.max((got[t * out_cols + r] as f64 - w).abs() / (1.0 + w.abs()));
+                            }
+                        }
+                        let label = format!("{format:?} {rows}×{cols} n={n} in_block={in_block} {mode:?}");
+                        if worst > 1e-4 {
+                            failures.push(format!("{label}: relative error {worst:.3e}"));
+                        }
+                    }
+                }
+            }
+            // The dequantizing kernel: every weight as d·q (+ m), in f16.
+            let mut deq = gpu.alloc::<u16>(rows * cols, "deq").unwrap();
+            // SAFETY: deq holds rows×cols f16.
+            unsafe { gpu.dequantize_rows(wp, 0, rows, device_ptr(&deq)).unwrap() };
+            let mut got = vec![0u16; rows * cols];
+            gpu.download(&deq, &mut got, "deq").unwrap();
+            let _ = &mut deq;
+            for r in 0..rows {
+                for k in 0..cols {
+                    let (d, mn, q) = weight(&m, r, k);
+                    let v = match format {
+                        QuantFormat::Q4 => d * (q - 8) as f32,
+                        QuantFormat::Q8 => d * q as f32,
+                        _ => d * q as f32 + mn,
+                    };
+                    if f16::from_f32(v).to_bits() != got[r * cols + k] {
+                        failures.push(format!("dequantize {format:?} {rows}×{cols} at {r},{k}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    assert!(failures.is_empty(), "{} failures", failures.len());
+}
