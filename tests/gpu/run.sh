@@ -26,7 +26,7 @@ build() {
   local data=${CHATGLM_TESTDATA:-testdata}
   [ -d "$data/dev" ] || { echo "error: golden test data not found at $data (set CHATGLM_TESTDATA)" >&2; exit 1; }
   rm -rf "$BIN"
-  mkdir -p "$BIN/tests" "$BIN/testdata"
+  mkdir -p "$BIN/tests"
   cargo build --release -p chatglm-cli
   cp target/release/chatglm "$BIN/chatglm"
   strip "$BIN/chatglm"
@@ -60,17 +60,23 @@ for line in sys.stdin:
     python3 -m maturin build --release -q -m crates/chatglm-python/Cargo.toml -o "$BIN/wheels" >/dev/null 2>&1 ||
       echo "note: no chatglm_rs wheel built (maturin unavailable)"
   fi
-  cp "$data/README.md" "$BIN/testdata/"
-  cp -r "$data/dev" "$BIN/testdata/dev"
-  mkdir -p "$BIN/testdata/chatglm2-tokenizer"
-  cp "$data/chatglm2-tokenizer/tokenizer.model" "$BIN/testdata/chatglm2-tokenizer/"
+  # The golden data travels with the repository (testdata/ and golden/ are
+  # tracked); a copy is made only when it lives elsewhere.
+  if [ "$(cd "$data" && pwd)" != "$PWD/testdata" ]; then
+    mkdir -p "$BIN/testdata/chatglm2-tokenizer"
+    cp "$data/README.md" "$BIN/testdata/"
+    cp -r "$data/dev" "$BIN/testdata/dev"
+    cp "$data/chatglm2-tokenizer/tokenizer.model" "$BIN/testdata/chatglm2-tokenizer/"
+  fi
   ls -la "$BIN" "$BIN/tests"
   du -sh "$BIN"
 }
 
 device() {
   export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-  export CHATGLM_TESTDATA=$PWD/$BIN/testdata CHATGLM_REQUIRE_GPU=1
+  local data=$PWD/testdata
+  [ -f "$BIN/testdata/README.md" ] && data=$PWD/$BIN/testdata
+  export CHATGLM_TESTDATA=$data CHATGLM_REQUIRE_GPU=1
   export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
   local out=${OUT:-$BIN/report}
   mkdir -p "$out"
@@ -192,7 +198,7 @@ PY
   if [ -n "${SERVE_CONCURRENCY:-}" ]; then
     # The HTTP server on the GPU (random 6B weights, the real tokenizer) under
     # streaming clients, and the engine-level figure for the same shape.
-    local tok=$PWD/$BIN/testdata/chatglm2-tokenizer/tokenizer.model
+    local tok=$CHATGLM_TESTDATA/chatglm2-tokenizer/tokenizer.model
     echo "== serve: HTTP load test, synthetic 6B, $SERVE_CONCURRENCY streaming clients, 256 tokens each" | tee -a "$summary"
     CHATGLM_BIN=$BIN/chatglm MODEL="synthetic:chatglm2-6b:$tok" MAX_BATCH=${SERVE_MAX_BATCH:-128} \
       CONCURRENCY=$SERVE_CONCURRENCY REQUESTS=${SERVE_REQUESTS:-256} MAX_TOKENS=256 SECONDS_PER_LEVEL=150 \

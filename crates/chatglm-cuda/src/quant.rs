@@ -336,7 +336,14 @@ impl Gpu {
         let smem = if in_block { in_block_smem(n, s.cols) as u32 } else { 0 };
         // Persistent blocks: as many as fit at once, each item to one of them
         // (the same number of items each, so no block is left with a tail).
-        let resident = self.blocks_per_sm(&name, QMMA_THREADS, smem) * self.info().multiprocessors;
+        // `CHATGLM_QMMA_BLOCKS_PER_SM` caps the blocks per SM (measurements:
+        // fewer leave room for the next kernel's blocks to start early).
+        let per_sm = self.blocks_per_sm(&name, QMMA_THREADS, smem);
+        let per_sm = std::env::var("CHATGLM_QMMA_BLOCKS_PER_SM")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(per_sm, |cap| cap.clamp(1, per_sm));
+        let resident = per_sm * self.info().multiprocessors;
         let blocks = items.div_ceil(items.div_ceil(resident.max(1)));
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),

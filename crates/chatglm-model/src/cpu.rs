@@ -139,25 +139,8 @@ fn decode_row(tensor: &Tensor, r: usize, cols: usize, out: &mut [f32]) -> Result
         .data
         .get(r * row_bytes..(r + 1) * row_bytes)
         .ok_or_else(|| bad(tensor, format!("row {r} is out of bounds")))?;
-    match tensor.dtype {
-        DType::F32 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-        }
-        DType::F16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        DType::BF16 => {
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        #[allow(unreachable_patterns)]
-        other => return Err(bad(tensor, format!("cannot convert {other:?} to float rows"))),
-    }
+    // Every element type decodes exactly (quantized blocks as their values).
+    chatglm_weights::decode_f32(tensor.dtype, bytes, out);
     Ok(())
 }
 

@@ -154,6 +154,9 @@ impl Checkpoint {
             weight_files.push(path);
         }
 
+        if config.quantization_bit != 0 {
+            crate::official_quant::convert(&mut tensors, config.quantization_bit, dir)?;
+        }
         let tokenizer = dir.join("tokenizer.model");
         Ok(Self {
             root: dir.to_path_buf(),

@@ -320,11 +320,11 @@ impl ModelConfig {
         if self.tie_word_embeddings {
             return Err(unsupported(&path, "tie_word_embeddings", "false (a separate output_layer)".into(), true));
         }
-        if self.quantization_bit != 0 {
+        if ![0, 4, 8].contains(&self.quantization_bit) {
             return Err(unsupported(
                 &path,
                 "quantization_bit",
-                "0 (load the f16/bf16 checkpoint and quantize with `chatglm quantize`)".into(),
+                "0, 4 or 8 (the official INT4/INT8 checkpoints)".into(),
                 self.quantization_bit,
             ));
         }
@@ -480,7 +480,7 @@ mod tests {
             ("post_layer_norm", r#""post_layer_norm": false"#),
             ("original_rope", r#""original_rope": false"#),
             ("apply_residual_connection_post_layernorm", r#""apply_residual_connection_post_layernorm": true"#),
-            ("quantization_bit", r#""quantization_bit": 4"#),
+            ("quantization_bit", r#""quantization_bit": 3"#),
             ("pre_seq_len", r#""pre_seq_len": 128"#),
             ("num_attention_heads", r#""num_attention_heads": 31"#),
             ("hidden_size", r#""hidden_size": 0"#),

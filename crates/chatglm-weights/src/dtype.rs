@@ -28,6 +28,9 @@ pub enum DType {
     Q5_0,
     /// ggml q5_1 blocks: 32 weights in 24 bytes.
     Q5_1,
+    /// Signed 8-bit integers: the packed weights of the official INT4/INT8
+    /// checkpoints (`quantization_bit`), converted to q4_0/q8_0 at open.
+    I8,
 }
 
 impl DType {
@@ -42,13 +45,14 @@ impl DType {
             DType::Q4_1 => "Q4_1",
             DType::Q5_0 => "Q5_0",
             DType::Q5_1 => "Q5_1",
+            DType::I8 => "I8",
         }
     }
 
     /// Elements per storage block (1 for float formats).
     pub fn block_elements(&self) -> usize {
         match self {
-            DType::F32 | DType::F16 | DType::BF16 => 1,
+            DType::F32 | DType::F16 | DType::BF16 | DType::I8 => 1,
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
         }
     }
@@ -63,6 +67,7 @@ impl DType {
             DType::Q4_1 => 20,
             DType::Q5_0 => 22,
             DType::Q5_1 => 24,
+            DType::I8 => 1,
         }
     }
 
@@ -92,6 +97,7 @@ impl DType {
             "F32" => Some(DType::F32),
             "F16" => Some(DType::F16),
             "BF16" => Some(DType::BF16),
+            "I8" => Some(DType::I8),
             _ => None,
         }
     }
@@ -102,6 +108,7 @@ impl DType {
             "FloatStorage" => Some(DType::F32),
             "HalfStorage" => Some(DType::F16),
             "BFloat16Storage" => Some(DType::BF16),
+            "CharStorage" => Some(DType::I8),
             _ => None,
         }
     }

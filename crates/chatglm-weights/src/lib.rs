@@ -36,6 +36,7 @@ pub mod index;
 pub mod lora;
 mod mapped;
 pub mod names;
+pub mod official_quant;
 pub mod pickle;
 mod pytorch;
 pub mod quant;

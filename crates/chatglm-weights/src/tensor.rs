@@ -181,6 +181,11 @@ pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
         DType::Q4_1 => crate::quant::dequantize_bytes::<crate::quant::BlockQ4_1>(bytes, out),
         DType::Q5_0 => crate::quant::dequantize_bytes::<crate::quant::BlockQ5_0>(bytes, out),
         DType::Q5_1 => crate::quant::dequantize_bytes::<crate::quant::BlockQ5_1>(bytes, out),
+        DType::I8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = b as i8 as f32;
+            }
+        }
     }
 }
 

@@ -219,6 +219,35 @@ impl HostTable {
     }
 }
 
+impl super::CudaBackend {
+    /// A tiled matrix of random codes with scales giving weights of the
+    /// float synthetic models' size (benchmarks).
+    pub(super) fn random_tiled(
+        &self,
+        rows: usize,
+        cols: usize,
+        format: QuantFormat,
+        seed: u64,
+    ) -> Result<super::CudaMatrix, chatglm_cuda::CudaError> {
+        let shape = TileShape::new(format, rows, cols)?;
+        let data = self.gpu.alloc::<u8>(shape.offsets().2, "synthetic weights")?;
+        self.quantized.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (scale, min) = match format {
+            QuantFormat::Q4 => (0.035 / 8.0, 0.0),
+            QuantFormat::Q4Min => (0.07 / 15.0, -0.035),
+            QuantFormat::Q8 => (0.035 / 127.0, 0.0),
+            QuantFormat::Q8Min => (0.07 / 255.0, -0.035),
+        };
+        let ptr = chatglm_cuda::quant::TiledPtr { base: chatglm_cuda::device_ptr(&data), shape };
+        // SAFETY: data holds the shape's bytes.
+        unsafe { self.gpu.fill_tiled_random(ptr, seed, f16::from_f32(scale).to_bits(), f16::from_f32(min).to_bits())? };
+        Ok(super::CudaMatrix {
+            quant: Some(shape),
+            ..super::CudaMatrix::dense(rows, cols, chatglm_cuda::DType::F16, Some(data))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,34 +318,5 @@ mod tests {
         assert_eq!(&out[..64], &all[3 * 64..4 * 64]);
         assert_eq!(&out[128..], &all[9 * 64..]);
         assert!(table.gather(&[10], &mut out).is_err());
-    }
-}
-
-impl super::CudaBackend {
-    /// A tiled matrix of random codes with scales giving weights of the
-    /// float synthetic models' size (benchmarks).
-    pub(super) fn random_tiled(
-        &self,
-        rows: usize,
-        cols: usize,
-        format: QuantFormat,
-        seed: u64,
-    ) -> Result<super::CudaMatrix, chatglm_cuda::CudaError> {
-        let shape = TileShape::new(format, rows, cols)?;
-        let data = self.gpu.alloc::<u8>(shape.offsets().2, "synthetic weights")?;
-        self.quantized.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (scale, min) = match format {
-            QuantFormat::Q4 => (0.035 / 8.0, 0.0),
-            QuantFormat::Q4Min => (0.07 / 15.0, -0.035),
-            QuantFormat::Q8 => (0.035 / 127.0, 0.0),
-            QuantFormat::Q8Min => (0.07 / 255.0, -0.035),
-        };
-        let ptr = chatglm_cuda::quant::TiledPtr { base: chatglm_cuda::device_ptr(&data), shape };
-        // SAFETY: data holds the shape's bytes.
-        unsafe { self.gpu.fill_tiled_random(ptr, seed, f16::from_f32(scale).to_bits(), f16::from_f32(min).to_bits())? };
-        Ok(super::CudaMatrix {
-            quant: Some(shape),
-            ..super::CudaMatrix::dense(rows, cols, chatglm_cuda::DType::F16, Some(data))
-        })
     }
 }

@@ -58,3 +58,18 @@ pub fn all_logits<B: Backend>(model: &Model<B>, ids: &[u32]) -> Vec<f32> {
         .unwrap()
         .to_vec()
 }
+
+/// The tiny official-INT4/INT8-layout checkpoints (`golden/official-quant`,
+/// next to the golden test data folder).
+#[allow(dead_code)]
+pub fn official_quant(name: &str) -> std::path::PathBuf {
+    chatglm_testdata::dir().join("../golden/official-quant").join(name)
+}
+
+/// The largest |a − b| and the largest |b|.
+#[allow(dead_code)]
+pub fn diff_and_scale(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    (d, b.iter().fold(0f32, |m, v| m.max(v.abs())))
+}

@@ -54,6 +54,7 @@ pub fn ggml_type_of(dtype: DType) -> u32 {
         DType::Q5_1 => 7,
         DType::Q8_0 => 8,
         DType::BF16 => 30,
+        DType::I8 => 24,
     }
 }
 

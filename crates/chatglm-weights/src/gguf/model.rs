@@ -84,6 +84,9 @@ pub fn file_type(dtype: DType) -> u32 {
         DType::Q5_0 => 8,
         DType::Q5_1 => 9,
         DType::BF16 => 32,
+        // Raw int8 is never a file's main format (official INT8/INT4 weights
+        // are q8_0/q4_0 by the time a GGUF file is written).
+        DType::I8 => 0,
     }
 }
 
@@ -463,6 +466,7 @@ pub fn encode_f32(dst: DType, values: &[f32], out: &mut Vec<u8>) {
         DType::Q4_1 => blocks::<BlockQ4_1>(values, out),
         DType::Q5_0 => blocks::<BlockQ5_0>(values, out),
         DType::Q5_1 => blocks::<BlockQ5_1>(values, out),
+        DType::I8 => values.iter().for_each(|&v| out.push(v.round().clamp(-128.0, 127.0) as i8 as u8)),
     }
 }
 
