@@ -17,7 +17,8 @@
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 # QUANT=1 adds the int4/int8 benchmarks (kernel GB/s, decode, prefill, 32 sequences) and the GPU
-# memory of an 8K-token int4 dialogue as nvidia-smi reports it (QUANT_ONLY=1: only those).
+# memory of an 8K-token int4 dialogue as nvidia-smi reports it (QUANT_ONLY=1: only those;
+# QMMA_BLOCKS_SWEEP="1" adds decode with at most that many quantized-product blocks per SM).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -149,8 +150,13 @@ PY
     if [ "${QUANT:-0}" != 0 ]; then
       echo "== quantized products (6B shapes; int4 and int8 tiled weights)" | tee -a "$summary"
       "$BIN/qmma_bench" 2>&1 | tee -a "$summary" || echo "qmma_bench FAILED" | tee -a "$summary"
+      run_bench f16-short-baseline $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
       run_bench q4_0-short $b --dtype q4_0 --prompt-len 16 --gen-len 256 --repeat 3
       run_bench q8_0-short $b --dtype q8_0 --prompt-len 16 --gen-len 256 --repeat 3
+      for k in ${QMMA_BLOCKS_SWEEP:-}; do
+        run_bench "q4_0-short-blocks-$k" env CHATGLM_QMMA_BLOCKS_PER_SM=$k $b --dtype q4_0 --prompt-len 16 --gen-len 256 --repeat 3
+        run_bench "q8_0-short-blocks-$k" env CHATGLM_QMMA_BLOCKS_PER_SM=$k $b --dtype q8_0 --prompt-len 16 --gen-len 256 --repeat 3
+      done
       run_bench q4_0-long $b --dtype q4_0 --prompt-len 2048 --gen-len 64 --repeat 2 --context 8192 --context-steps 16
       run_bench q4_0-batched32 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
       mem_probe q4_0-8k-dialogue $b --dtype q4_0 --prompt-len 8192 --gen-len 64

@@ -76,21 +76,31 @@ fn quantize32(x: &[f32]) -> (Vec<i32>, f32) {
     (x.iter().map(|v| (v * id).round() as i32).collect(), f16::from_f32(d).to_f32())
 }
 
+/// Every weight of a tiled matrix as (scale, offset, code), row-major.
+fn unpack(m: &TiledMatrix) -> Vec<(f32, f32, i32)> {
+    let (rows, cols) = (m.shape.rows, m.shape.cols);
+    let mut w = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for k in 0..cols {
+            w.push(weight(m, r, k));
+        }
+    }
+    w
+}
+
 /// out[t][r] for every row, in f64 from the integer block sums.
 fn reference(m: &TiledMatrix, x: &[f32], n: usize) -> Vec<f64> {
     let (rows, cols) = (m.shape.rows, m.shape.cols);
+    let w = unpack(m);
     let mut out = vec![0f64; n * rows];
     for t in 0..n {
         for b in 0..cols / BLOCK {
             let (q, dx) = quantize32(&x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK]);
             let sx: i32 = q.iter().sum();
             for r in 0..rows {
-                let (mut dw, mut mw, mut isum) = (0f32, 0f32, 0i32);
-                for (j, qx) in q.iter().enumerate() {
-                    let (d, mn, qw) = weight(m, r, b * BLOCK + j);
-                    (dw, mw) = (d, mn);
-                    isum += qw * qx;
-                }
+                let row = &w[r * cols + b * BLOCK..r * cols + (b + 1) * BLOCK];
+                let (dw, mw) = (row[0].0, row[0].1);
+                let isum: i32 = row.iter().zip(&q).map(|(wq, qx)| wq.2 * qx).sum();
                 let v = match m.shape.format {
                     QuantFormat::Q4 => (isum - 8 * sx) as f64 * dw as f64 * dx as f64,
                     QuantFormat::Q8 => isum as f64 * dw as f64 * dx as f64,
@@ -213,9 +223,10 @@ fn quantized_products_match_the_host_reference() {
             let mut got = vec![0u16; rows * cols];
             gpu.download(&deq, &mut got, "deq").unwrap();
             let _ = &mut deq;
+            let all = unpack(&m);
             for r in 0..rows {
                 for k in 0..cols {
-                    let (d, mn, q) = weight(&m, r, k);
+                    let (d, mn, q) = all[r * cols + k];
                     let v = match format {
                         QuantFormat::Q4 => d * (q - 8) as f32,
                         QuantFormat::Q8 => d * q as f32,
