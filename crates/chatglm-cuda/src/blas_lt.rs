@@ -51,7 +51,9 @@ impl Drop for Plan {
 pub(crate) struct BlasLt {
     handle: sys::cublasLtHandle_t,
     stream: Arc<CudaStream>,
-    workspace: CudaSlice<u8>,
+    /// Allocated by the first product (models that never call cuBLASLt,
+    /// such as quantized ones, keep the memory).
+    workspace: Mutex<Option<CudaSlice<u8>>>,
     plans: Mutex<HashMap<Shape, Plan>>,
 }
 
@@ -85,15 +87,12 @@ fn call(what: &str, shape: &Shape) -> impl FnOnce(cudarc::cublaslt::result::Cubl
 impl BlasLt {
     pub(crate) fn new(stream: &Arc<CudaStream>) -> Result<Self, CudaError> {
         let handle = lt::create_handle().map_err(|e| CudaError::call("cublasLtCreate", e))?;
-        // SAFETY: the workspace is only written by cuBLASLt's kernels.
-        let workspace = unsafe { stream.alloc::<u8>(WORKSPACE_BYTES) }
-            .map_err(|e| CudaError::call(format!("cuMemAlloc(cuBLASLt workspace, {WORKSPACE_BYTES} bytes)"), e))?;
-        Ok(Self { handle, stream: stream.clone(), workspace, plans: Mutex::new(HashMap::new()) })
+        Ok(Self { handle, stream: stream.clone(), workspace: Mutex::new(None), plans: Mutex::new(HashMap::new()) })
     }
 
-    /// Bytes of device memory the workspace holds.
+    /// Bytes of device memory the workspace holds (0 before the first product).
     pub(crate) fn workspace_bytes(&self) -> usize {
-        WORKSPACE_BYTES
+        self.workspace.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |_| WORKSPACE_BYTES)
     }
 
     /// The plan for `s`: descriptors in the column-major view cuBLASLt
@@ -196,7 +195,14 @@ impl BlasLt {
             .map_err(call("cublasLtMatmulDescSetAttribute(BIAS_POINTER)", &s))?;
         }
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-        let ws = self.workspace.device_ptr(&self.stream).0;
+        let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if workspace.is_none() {
+            // SAFETY: the workspace is only written by cuBLASLt's kernels.
+            let ws = unsafe { self.stream.alloc::<u8>(WORKSPACE_BYTES) }
+                .map_err(|e| CudaError::call(format!("cuMemAlloc(cuBLASLt workspace, {WORKSPACE_BYTES} bytes)"), e))?;
+            *workspace = Some(ws);
+        }
+        let ws = workspace.as_ref().expect("invariant: allocated above").device_ptr(&self.stream).0;
         lt::matmul(
             self.handle,
             p.desc,
