@@ -55,6 +55,16 @@ pub trait Backend: Send + Sync {
 
     /// A fresh, empty KV cache for one sequence.
     fn new_cache(&self, n_layers: usize, n_groups: usize, head_dim: usize, dtype: KvDType) -> Self::Cache;
+    /// Whether caches can hold P-Tuning v2 prefix keys and values.
+    fn supports_kv_prefix(&self) -> bool {
+        false
+    }
+    /// Puts `prefix` in front of an empty cache's tokens: every token attends
+    /// to it, positions (RoPE) still count from 0 and `len()` does not count it.
+    /// Only called where [`Backend::supports_kv_prefix`].
+    fn set_kv_prefix(&self, cache: &mut Self::Cache, prefix: &chatglm_weights::ptuning::PrefixKv) {
+        let _ = (cache, prefix);
+    }
 
     /// Called once per forward step, after the token layout is built and
     /// before the embedding: a backend reserves KV memory for the step's new

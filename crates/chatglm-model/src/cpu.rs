@@ -170,6 +170,22 @@ impl Backend for CpuBackend {
         KvCache::new(n_layers, n_groups, head_dim, dtype)
     }
 
+    fn supports_kv_prefix(&self) -> bool {
+        true
+    }
+
+    fn set_kv_prefix(&self, cache: &mut KvCache, prefix: &chatglm_weights::ptuning::PrefixKv) {
+        let width = prefix.layers.first().map_or(0, |(k, _)| k.len() / prefix.len.max(1));
+        for ((k, v), (pk, pv)) in cache.layers.iter_mut().zip(&prefix.layers) {
+            k.resize(pk.len());
+            v.resize(pv.len());
+            store(k, 0..pk.len(), pk);
+            store(v, 0..pv.len(), pv);
+        }
+        debug_assert!(cache.is_empty() && width > 0);
+        cache.prefix = prefix.len;
+    }
+
     fn name(&self) -> String {
         format!("cpu ({} kernels, {} threads)", self.kernels.name, rayon::current_num_threads())
     }
@@ -336,7 +352,8 @@ impl Backend for CpuBackend {
         for (s, seq) in batch.iter_mut().enumerate() {
             let cache = &mut *seq.cache;
             let n_new = layout.seq_tokens[s];
-            let start = layout.seq_start[s];
+            // Rows after the cache's P-Tuning prefix, if any.
+            let start = cache.prefix + layout.seq_start[s];
             cache.reserve_layer(layer, n_new);
             let (k, v) = &mut cache.layers[layer];
             for i in 0..n_new {
@@ -356,8 +373,9 @@ impl Backend for CpuBackend {
         out.data[..qkv.rows * q_dim].par_chunks_mut(group_width).enumerate().for_each(|(task, out_g)| {
             let (t, g) = (task / shape.n_groups, task % shape.n_groups);
             let q = &qkv_data[t * width + g * group_width..][..group_width];
-            let n_ctx = layout.position[t] + 1;
-            let (k, v) = &batch[layout.seq_of_token[t]].cache.layers[layer];
+            let cache = &batch[layout.seq_of_token[t]].cache;
+            let n_ctx = cache.prefix + layout.position[t] + 1;
+            let (k, v) = &cache.layers[layer];
             match (k, v) {
                 (KvStore::F32(k), KvStore::F32(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),
                 (KvStore::F16(k), KvStore::F16(v)) => attend_group(kernels, shape, g, q, k, v, n_ctx, out_g),

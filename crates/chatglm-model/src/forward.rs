@@ -4,6 +4,8 @@ use crate::loader::{load_weights, LoadOptions, TensorSource};
 use crate::{Backend, Config, KvCache, KvCacheOps, KvDType, ModelError, Weights};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_weights::lora::LoraAdapter;
+use chatglm_weights::ptuning::PrefixKv;
+use std::path::Path;
 
 /// Which logits a sequence needs from a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +115,8 @@ pub struct Model<B: Backend> {
     pub config: Config,
     pub backend: B,
     pub weights: Weights<B>,
+    /// P-Tuning v2 prefix keys and values every new cache starts with.
+    pub prefix: Option<PrefixKv>,
 }
 
 impl<B: Backend> Model<B> {
@@ -141,13 +145,65 @@ impl<B: Backend> Model<B> {
             a.check(|name| shapes.get(name).cloned())?;
         }
         let weights = load_weights(&backend, source, options, adapters, progress)?;
-        Ok(Self { config, backend, weights })
+        let prefix = match config.pre_seq_len {
+            Some(n) => Some(
+                chatglm_weights::ptuning::prefix_kv(
+                    &config,
+                    n,
+                    |name| source.tensor(name).ok(),
+                    Path::new("checkpoint"),
+                )?
+                .ok_or_else(|| ModelError::BadTensor {
+                    tensor: chatglm_weights::ptuning::EMBEDDING.into(),
+                    message: format!(
+                        "config.json sets pre_seq_len {n} but there is no prefix encoder: load the base model \
+                             and give the P-Tuning checkpoint with --ptuning DIR"
+                    ),
+                })?,
+            ),
+            None => None,
+        };
+        let mut model = Self { config, backend, weights, prefix: None };
+        model.set_prefix(prefix)?;
+        Ok(model)
+    }
+
+    /// Puts P-Tuning v2 prefix keys and values in front of every new cache
+    /// (`None`: none). Refused where the backend cannot hold them or their
+    /// shape does not fit the model.
+    pub fn set_prefix(&mut self, prefix: Option<PrefixKv>) -> Result<(), ModelError> {
+        if let Some(p) = &prefix {
+            let width = self.config.multi_query_group_num * self.config.kv_channels;
+            let fits = p.layers.len() == self.config.num_layers
+                && p.layers.iter().all(|(k, v)| k.len() == p.len * width && v.len() == p.len * width);
+            if !fits {
+                return Err(ModelError::BadTensor {
+                    tensor: chatglm_weights::ptuning::EMBEDDING.into(),
+                    message: format!(
+                        "a prefix of {} layers does not fit this model's {}",
+                        p.layers.len(),
+                        self.config.num_layers
+                    ),
+                });
+            }
+            if !self.backend.supports_kv_prefix() {
+                return Err(ModelError::Backend {
+                    op: "P-Tuning v2".into(),
+                    message: format!(
+                        "{} cannot hold prefix keys and values yet; use --device cpu",
+                        self.backend.name()
+                    ),
+                });
+            }
+        }
+        self.prefix = prefix;
+        Ok(())
     }
 
     /// Random weights of `config`'s shapes, without a file (benchmarks).
     pub fn synthetic(backend: B, config: Config, options: LoadOptions, seed: u64) -> Self {
         let weights = crate::loader::synthetic_weights(&backend, &config, options, seed);
-        Self { config, backend, weights }
+        Self { config, backend, weights, prefix: None }
     }
 
     fn attention_shape(&self) -> AttentionShape {
@@ -169,14 +225,19 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// A fresh, empty cache for one sequence.
+    /// A fresh, empty cache for one sequence (holding the P-Tuning prefix,
+    /// if the model has one, in front of its tokens).
     pub fn new_cache(&self, dtype: KvDType) -> B::Cache {
-        self.backend.new_cache(
+        let mut cache = self.backend.new_cache(
             self.config.num_layers,
             self.config.multi_query_group_num,
             self.config.kv_channels,
             dtype,
-        )
+        );
+        if let Some(p) = &self.prefix {
+            self.backend.set_kv_prefix(&mut cache, p);
+        }
+        cache
     }
 
     /// Bytes of KV cache per token at `dtype`.

@@ -68,7 +68,7 @@ impl KvStore {
     }
 
     /// Resizes to hold `n` values.
-    fn resize(&mut self, n: usize) {
+    pub(crate) fn resize(&mut self, n: usize) {
         // Grow in steps so a long dialogue does not reallocate every token,
         // without the 2× over-allocation of Vec's doubling on large caches.
         fn grow<T: bytemuck::Zeroable + Copy>(v: &mut Vec<T>, n: usize) {
@@ -164,6 +164,9 @@ pub struct KvCache {
     /// Elements per position: `n_groups · head_dim`.
     kv_width: usize,
     len: usize,
+    /// Rows in front of the tokens (P-Tuning v2 prefix keys and values):
+    /// token i is row `prefix + i`; `len` does not count them.
+    pub(crate) prefix: usize,
     pub(crate) layers: Vec<(KvStore, KvStore)>,
 }
 
@@ -173,6 +176,7 @@ impl KvCache {
             dtype,
             kv_width: n_groups * head_dim,
             len: 0,
+            prefix: 0,
             layers: (0..n_layers).map(|_| (KvStore::new(dtype), KvStore::new(dtype))).collect(),
         }
     }
@@ -208,7 +212,8 @@ impl KvCache {
     /// if a dialogue of that length had been processed. Only for benchmarks
     /// that measure decoding at a given context position.
     pub fn fill_synthetic(&mut self, len: usize) {
-        let n = len * self.kv_width;
+        // Benchmarks only: any prefix rows are overwritten too.
+        let n = (self.prefix + len) * self.kv_width;
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         let mut next = move || {
             state ^= state << 13;
@@ -234,7 +239,7 @@ impl KvCache {
 
     /// Makes room for `n_new` more tokens in `layer` (called by the backend).
     pub(crate) fn reserve_layer(&mut self, layer: usize, n_new: usize) {
-        let n = (self.len + n_new) * self.kv_width;
+        let n = (self.prefix + self.len + n_new) * self.kv_width;
         let (k, v) = &mut self.layers[layer];
         k.resize(n);
         v.resize(n);

@@ -158,7 +158,8 @@ pub struct ModelConfig {
     /// Bits of the official in-place quantization (`chatglm2-6b-int4`: 4); must be 0.
     #[serde(default)]
     pub quantization_bit: u32,
-    /// P-tuning v2 prefix length; must be absent.
+    /// P-Tuning v2 prefix length: the checkpoint then carries the prefix
+    /// encoder (`transformer.prefix_encoder.*`, see [`crate::ptuning`]).
     #[serde(default)]
     pub pre_seq_len: Option<usize>,
 }
@@ -328,9 +329,6 @@ impl ModelConfig {
                 self.quantization_bit,
             ));
         }
-        if let Some(n) = self.pre_seq_len {
-            return Err(unsupported(&path, "pre_seq_len", "null (P-tuning prefixes are not supported)".into(), n));
-        }
         if let Some(t) = &self.model_type {
             if t != "chatglm" {
                 return Err(unsupported(&path, "model_type", "\"chatglm\"".into(), format!("{t:?}")));
@@ -481,7 +479,6 @@ mod tests {
             ("original_rope", r#""original_rope": false"#),
             ("apply_residual_connection_post_layernorm", r#""apply_residual_connection_post_layernorm": true"#),
             ("quantization_bit", r#""quantization_bit": 3"#),
-            ("pre_seq_len", r#""pre_seq_len": 128"#),
             ("num_attention_heads", r#""num_attention_heads": 31"#),
             ("hidden_size", r#""hidden_size": 0"#),
             ("rope_ratio", r#""rope_ratio": -1"#),

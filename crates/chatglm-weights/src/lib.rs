@@ -38,6 +38,7 @@ mod mapped;
 pub mod names;
 pub mod official_quant;
 pub mod pickle;
+pub mod ptuning;
 mod pytorch;
 pub mod quant;
 mod safetensors;
