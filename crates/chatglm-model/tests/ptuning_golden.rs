@@ -7,8 +7,7 @@
 mod common;
 
 use chatglm_model::{
-    CpuBackend, ForwardState, KvCacheOps, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, TensorSource,
-    WeightFormat,
+    CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, TensorSource, WeightFormat,
 };
 use chatglm_weights::{ptuning, serialize_safetensors, Checkpoint, ModelConfig};
 use common::all_logits;
