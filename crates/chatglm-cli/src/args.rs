@@ -150,6 +150,12 @@ pub struct ModelArgs {
     /// Repeatable; adapters merge in order.
     #[arg(long = "lora", value_name = "DIR[:SCALE]")]
     pub lora: Vec<String>,
+    /// A P-Tuning v2 checkpoint folder as the official fine-tuning scripts
+    /// save it (config.json with pre_seq_len + the prefix encoder in
+    /// pytorch_model.bin or model.safetensors), over the base model given
+    /// with -m: every conversation starts with its prefix. CPU only for now.
+    #[arg(long = "ptuning", value_name = "DIR")]
+    pub ptuning: Option<std::path::PathBuf>,
 }
 
 /// `DIR` or `DIR:SCALE` of `--lora` (a trailing `:number` is the scale).
@@ -170,7 +176,12 @@ impl ModelArgs {
         let format: WeightFormat = self.dtype.parse()?;
         let kv_dtype = self.kv_dtype.as_deref().map(str::parse::<KvDType>).transpose()?;
         let lora = self.lora.iter().map(|spec| parse_lora(spec)).collect::<Result<Vec<_>>>()?;
-        Ok(PipelineOptions { load: LoadOptions { mmap: self.mmap, ..LoadOptions::new(format) }, kv_dtype, lora })
+        Ok(PipelineOptions {
+            load: LoadOptions { mmap: self.mmap, ..LoadOptions::new(format) },
+            kv_dtype,
+            lora,
+            ptuning: self.ptuning.clone(),
+        })
     }
 
     /// Sizes the thread pool, loads on `--device` with a progress bar on

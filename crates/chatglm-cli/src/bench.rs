@@ -200,7 +200,7 @@ impl BackendUser<()> for Bench {
         } else {
             let spec = args.model.clone().context("-m or --synthetic is required")?;
             let load = LoadOptions { mmap: args.mmap, ..LoadOptions::new(format) };
-            let options = PipelineOptions { load, kv_dtype: Some(kv_dtype), lora: Vec::new() };
+            let options = PipelineOptions { load, kv_dtype: Some(kv_dtype), ..Default::default() };
             let p = Pipeline::load_with(&spec, options, make_backend, &mut |_, _| {})?;
             (p.model, spec)
         };

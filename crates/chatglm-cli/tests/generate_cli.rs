@@ -282,6 +282,46 @@ fn lora_adapters_merge_at_load_and_bad_ones_are_refused() {
 }
 
 #[test]
+fn a_p_tuning_prefix_applies_and_bad_ones_are_refused() {
+    let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/family/chatglm3");
+    let model = family.join("tiny/model");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "你好",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "8",
+            "--json",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        chatglm(&args, "")
+    };
+    let ids = |s: &str| serde_json::from_str::<Value>(s.trim()).unwrap()["generated_ids"].clone();
+    let (base, stderr, ok) = run(&[]);
+    assert!(ok, "{stderr}");
+    for name in ["ptuning-v2", "ptuning-v2-projection"] {
+        let dir = family.join(name);
+        let (tuned, stderr, ok) = run(&["--ptuning", dir.to_str().unwrap()]);
+        assert!(ok, "{stderr}");
+        // (The projection's prefix moves the tiny model's logits, tested in
+        // chatglm-model, but not these 8 greedy ids.)
+        if name == "ptuning-v2" {
+            assert_ne!(ids(&base), ids(&tuned), "{name}: the prefix changed nothing");
+        }
+    }
+    // A folder without pre_seq_len is not a P-Tuning checkpoint.
+    let (_, stderr, ok) = run(&["--ptuning", model.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("pre_seq_len"), "{stderr}");
+}
+
+#[test]
 fn generate_speaks_chatglm3_with_an_official_history() {
     // The official chat cases of the tiny ChatGLM3 model, their history given
     // as the official list of messages (system prompts, tools, observations).

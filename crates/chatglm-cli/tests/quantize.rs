@@ -152,7 +152,8 @@ fn greedy_ids(p: &Pipeline<chatglm_model::CpuBackend>, prompt: &str, n: usize) -
 }
 
 fn load(spec: &Path, format: WeightFormat) -> Pipeline<chatglm_model::CpuBackend> {
-    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: Some(KvDType::F32), lora: Vec::new() };
+    let options =
+        PipelineOptions { load: LoadOptions::new(format), kv_dtype: Some(KvDType::F32), ..Default::default() };
     Pipeline::load(spec.to_str().unwrap(), options, &mut |_, _| {}).unwrap()
 }
 

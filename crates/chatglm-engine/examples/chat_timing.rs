@@ -23,7 +23,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let new_tokens: usize = args.get(3).map_or(Ok(16), |s| s.parse())?;
     let shape = args.get(4).map_or("chatglm2-6b", String::as_str);
     let cfg = Config::known(shape).ok_or("unknown model shape")??;
-    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: None, lora: Vec::new() };
+    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: None, ..Default::default() };
     let model = Model::synthetic(CpuBackend::for_config(&cfg), cfg, options.load, 1);
     let pipeline =
         Pipeline::assemble(model, ChatGlmTokenizer::from_file(std::path::Path::new(tokenizer))?, options, "synthetic")?;

@@ -25,17 +25,29 @@ pub struct PipelineOptions {
     /// LoRA adapter folders (PEFT layout) and their scales, merged into the
     /// weights at load in this order.
     pub lora: Vec<(PathBuf, f32)>,
+    /// A P-Tuning v2 checkpoint folder (the prefix encoder as the official
+    /// scripts save it) whose prefix every conversation starts with.
+    pub ptuning: Option<PathBuf>,
 }
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        Self { load: LoadOptions::new(WeightFormat::Auto), kv_dtype: None, lora: Vec::new() }
+        Self { load: LoadOptions::new(WeightFormat::Auto), kv_dtype: None, lora: Vec::new(), ptuning: None }
     }
 }
 
 impl PipelineOptions {
     fn adapters(&self) -> Result<Vec<LoraAdapter>, EngineError> {
         self.lora.iter().map(|(dir, scale)| Ok(LoraAdapter::open(dir, *scale)?)).collect()
+    }
+
+    /// Puts the `--ptuning` checkpoint's prefix on `model` (none given: as loaded).
+    fn attach_prefix<B: Backend>(&self, model: &mut Model<B>) -> Result<(), EngineError> {
+        if let Some(dir) = &self.ptuning {
+            let prefix = chatglm_weights::ptuning::open(dir, &model.config)?;
+            model.set_prefix(Some(prefix))?;
+        }
+        Ok(())
     }
 }
 
@@ -95,7 +107,8 @@ impl<B: Backend> Pipeline<B> {
         let tokenizer = gguf_vocab::tokenizer_from_gguf(&file.file)?;
         let adapters = options.adapters()?;
         let backend = make_backend(&file.config)?;
-        let model = Model::load_with_adapters(backend, &file, options.load, &adapters, progress)?;
+        let mut model = Model::load_with_adapters(backend, &file, options.load, &adapters, progress)?;
+        options.attach_prefix(&mut model)?;
         Self::assemble(model, tokenizer, options, spec)
     }
 
@@ -123,9 +136,9 @@ impl<B: Backend> Pipeline<B> {
                 config.padded_vocab_size
             )));
         }
-        if !options.lora.is_empty() {
+        if !options.lora.is_empty() || options.ptuning.is_some() {
             return Err(EngineError::InvalidParameter(
-                "LoRA adapters apply to checkpoints, not to synthetic models".into(),
+                "LoRA adapters and P-Tuning prefixes apply to checkpoints, not to synthetic models".into(),
             ));
         }
         let mut load = options.load;
@@ -151,7 +164,8 @@ impl<B: Backend> Pipeline<B> {
         let tokenizer = ChatGlmTokenizer::from_file(&tok_path)?;
         let adapters = options.adapters()?;
         let backend = make_backend(&ckpt.config)?;
-        let model = Model::load_with_adapters(backend, &ckpt, options.load, &adapters, progress)?;
+        let mut model = Model::load_with_adapters(backend, &ckpt, options.load, &adapters, progress)?;
+        options.attach_prefix(&mut model)?;
         Self::assemble(model, tokenizer, options, spec)
     }
 

@@ -104,10 +104,17 @@ impl Shared {
     }
 }
 
-fn load(path: &str, device: &str, dtype: &str, kv_dtype: Option<&str>) -> Result<Shared, PyErr> {
+/// What a model is loaded with besides its path.
+struct Extras {
+    lora: Vec<(std::path::PathBuf, f32)>,
+    ptuning: Option<std::path::PathBuf>,
+}
+
+fn load(path: &str, device: &str, dtype: &str, kv_dtype: Option<&str>, extras: Extras) -> Result<Shared, PyErr> {
     let format: WeightFormat = dtype.parse().map_err(value_error)?;
     let kv_dtype = kv_dtype.map(str::parse::<KvDType>).transpose().map_err(value_error)?;
-    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype, lora: Vec::new() };
+    let options =
+        PipelineOptions { load: LoadOptions::new(format), kv_dtype, lora: extras.lora, ptuning: extras.ptuning };
     let device = device.trim().to_ascii_lowercase();
     let cuda_ordinal = match device.as_str() {
         "cpu" => None,
@@ -140,7 +147,7 @@ fn synthetic(tokenizer: &str, model: &str, device: &str, dtype: &str, seed: u64)
     let format: WeightFormat = dtype.parse().map_err(value_error)?;
     let format = if format == WeightFormat::Auto { WeightFormat::F16 } else { format };
     let tok = ChatGlmTokenizer::from_file(Path::new(tokenizer)).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: None, lora: Vec::new() };
+    let options = PipelineOptions { load: LoadOptions::new(format), kv_dtype: None, ..Default::default() };
     let spec = format!("synthetic {model}");
     match device {
         "cpu" => {
@@ -306,13 +313,27 @@ struct Pipeline {
 impl Pipeline {
     /// Loads `path` (a model folder, a `.gguf` file or a hub id) on `device`
     /// (`auto`, `cpu`, `cuda`, `cuda:N`) with weights in `dtype` (`auto` = as
-    /// stored, `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, …).
+    /// stored, `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, …); `lora`: PEFT adapter
+    /// folders and their scales, merged at load; `ptuning`: a P-Tuning v2
+    /// checkpoint folder whose prefix every conversation starts with.
     #[new]
-    #[pyo3(signature = (path, device = "auto", dtype = "auto", kv_dtype = None))]
-    fn new(py: Python<'_>, path: &str, device: &str, dtype: &str, kv_dtype: Option<&str>) -> PyResult<Self> {
+    #[pyo3(signature = (path, device = "auto", dtype = "auto", kv_dtype = None, lora = None, ptuning = None))]
+    fn new(
+        py: Python<'_>,
+        path: &str,
+        device: &str,
+        dtype: &str,
+        kv_dtype: Option<&str>,
+        lora: Option<Vec<(String, f32)>>,
+        ptuning: Option<String>,
+    ) -> PyResult<Self> {
         let (path, device, dtype, kv) =
             (path.to_string(), device.to_string(), dtype.to_string(), kv_dtype.map(String::from));
-        let shared = py.allow_threads(move || load(&path, &device, &dtype, kv.as_deref()))?;
+        let extras = Extras {
+            lora: lora.unwrap_or_default().into_iter().map(|(d, s)| (d.into(), s)).collect(),
+            ptuning: ptuning.map(Into::into),
+        };
+        let shared = py.allow_threads(move || load(&path, &device, &dtype, kv.as_deref(), extras))?;
         Ok(Self { shared: Arc::new(shared) })
     }
 

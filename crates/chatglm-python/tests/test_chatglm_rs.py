@@ -242,3 +242,26 @@ def test_ctrl_c_interrupts_a_generation(model, tokenizer):
     elapsed = time.perf_counter() - started
     timer.join()
     assert elapsed < full * 0.9, f"interrupted after {elapsed:.3f} s of a {full:.3f} s call"
+
+
+FAMILY = ROOT / "golden" / "family" / "chatglm3"
+
+
+def test_lora_and_p_tuning_load_with_the_model():
+    # The tiny ChatGLM3 model with a PEFT LoRA adapter and with a P-Tuning v2
+    # prefix: both change its logits; the P-Tuning prefix gives the official ones.
+    base = FAMILY / "tiny" / "model"
+    golden = json.loads((FAMILY / "ptuning_golden.json").read_text())["cases"]["ptuning-v2"]
+    ids = golden["input_ids"]
+    plain = AutoModel.from_pretrained(str(base), device="cpu", dtype="f32").pipeline.logits(ids)[0]
+    tuned = AutoModel.from_pretrained(
+        str(base), device="cpu", dtype="f32", ptuning_checkpoint=str(FAMILY / "ptuning-v2")
+    ).pipeline.logits(ids)[0]
+    assert max(abs(a - b) for a, b in zip(tuned, golden["logits_last"])) < 1e-4
+    assert max(abs(a - b) for a, b in zip(tuned, plain)) > 1e-2
+    merged = AutoModel.from_pretrained(str(base), device="cpu", dtype="f32", lora=str(FAMILY / "lora")).pipeline.logits(ids)[0]
+    assert max(abs(a - b) for a, b in zip(merged, plain)) > 1e-3
+    zero = AutoModel.from_pretrained(str(base), device="cpu", dtype="f32", lora=[(str(FAMILY / "lora"), 0.0)])
+    assert max(abs(a - b) for a, b in zip(zero.pipeline.logits(ids)[0], plain)) < 1e-5
+    with pytest.raises(Exception, match="pre_seq_len"):
+        AutoModel.from_pretrained(str(base), device="cpu", ptuning_checkpoint=str(base)).pipeline

@@ -25,6 +25,7 @@ and logits for scoring.
 """
 
 from __future__ import annotations
+import os
 
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -121,13 +122,23 @@ _DTYPES = {"auto", "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"}
 class ChatGLMModel:
     """The official ``ChatGLMForConditionalGeneration`` chat API on ChatGLM.rs."""
 
-    def __init__(self, name_or_path: str, device: str = "auto", dtype: str = "auto", kv_dtype: Optional[str] = None):
+    def __init__(
+        self,
+        name_or_path: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        kv_dtype: Optional[str] = None,
+        lora: Optional[Any] = None,
+        ptuning_checkpoint: Optional[str] = None,
+    ):
         if dtype not in _DTYPES:
             raise ValueError(f"unknown dtype {dtype!r} (expected one of {sorted(_DTYPES)})")
         self._path = str(name_or_path)
         self._device = device
         self._dtype = dtype
         self._kv_dtype = kv_dtype
+        self._lora = _lora_list(lora)
+        self._ptuning = None if ptuning_checkpoint is None else str(ptuning_checkpoint)
         self._pipeline: Optional[Pipeline] = None
 
     # Format and device: chosen before the first use, reloaded after it.
@@ -179,7 +190,7 @@ class ChatGLMModel:
     def pipeline(self) -> Pipeline:
         """The loaded :class:`Pipeline` (loads it on first access)."""
         if self._pipeline is None:
-            self._pipeline = Pipeline(self._path, self._device, self._dtype, self._kv_dtype)
+            self._pipeline = Pipeline(self._path, self._device, self._dtype, self._kv_dtype, self._lora, self._ptuning)
         return self._pipeline
 
     @property
@@ -290,6 +301,8 @@ class AutoModel:
         dtype: str = "auto",
         kv_dtype: Optional[str] = None,
         torch_dtype: Any = None,
+        lora: Optional[Any] = None,
+        ptuning_checkpoint: Optional[str] = None,
         **kwargs: Any,
     ) -> ChatGLMModel:
         _ = trust_remote_code
@@ -301,7 +314,24 @@ class AutoModel:
             dtype = {"float16": "f16", "half": "f16", "bfloat16": "bf16", "float32": "f32", "float": "f32", "auto": "auto"}.get(
                 name
             ) or _bad_dtype(name)
-        return ChatGLMModel(name_or_path, device=device, dtype=dtype, kv_dtype=kv_dtype)
+        return ChatGLMModel(
+            name_or_path, device=device, dtype=dtype, kv_dtype=kv_dtype, lora=lora, ptuning_checkpoint=ptuning_checkpoint
+        )
+
+
+def _lora_list(lora: Any) -> List[Tuple[str, float]]:
+    # A folder, a (folder, scale) pair, or a list of either (merged in order).
+    if lora is None:
+        return []
+    if isinstance(lora, (str, os.PathLike)) or (isinstance(lora, tuple) and len(lora) == 2 and not isinstance(lora[1], (str, os.PathLike))):
+        lora = [lora]
+    out = []
+    for item in lora:
+        if isinstance(item, tuple):
+            out.append((str(item[0]), float(item[1])))
+        else:
+            out.append((str(item), 1.0))
+    return out
 
 
 def _with_revision(name_or_path: str, revision: Optional[str]) -> str:

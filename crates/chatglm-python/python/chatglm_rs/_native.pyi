@@ -25,7 +25,15 @@ class ChatStream(Iterator[str]):
     def result(self) -> Optional[Tuple[str, History]]: ...
 
 class Pipeline:
-    def __init__(self, path: str, device: str = "auto", dtype: str = "auto", kv_dtype: Optional[str] = None) -> None: ...
+    def __init__(
+        self,
+        path: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        kv_dtype: Optional[str] = None,
+        lora: Optional[List[Tuple[str, float]]] = None,
+        ptuning: Optional[str] = None,
+    ) -> None: ...
     @staticmethod
     def synthetic(tokenizer: str, model: str = "chatglm2-6b", device: str = "cpu", dtype: str = "q4_0", seed: int = 1) -> "Pipeline": ...
     @property
