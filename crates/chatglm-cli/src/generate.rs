@@ -2,7 +2,9 @@
 
 use crate::args::{ModelArgs, PipelineUser, SamplingArgs};
 use anyhow::{Context, Result};
-use chatglm_engine::{generate, Chat3Message, Chat3Reply, Chat3Session, ChatSession, History, Pipeline};
+use chatglm_engine::{
+    generate, history_from_json, Chat3Message, Chat3Reply, Chat3Session, ChatSession, History, Pipeline,
+};
 use chatglm_model::{Backend, ForwardState, ModelFamily};
 use chatglm_tokenizer::Role;
 use clap::Args;
@@ -46,27 +48,7 @@ fn pairs(path: &Path, v: Value) -> Result<History> {
 /// A history file as ChatGLM3 messages: the official list of messages, or
 /// [query, response] pairs (user and assistant messages).
 fn messages(path: &Path, v: Value) -> Result<Vec<Chat3Message>> {
-    let bad = || format!("{}: expected a list of messages or of [query, response] pairs", path.display());
-    let items = v.as_array().with_context(bad)?;
-    let mut out = Vec::new();
-    for item in items {
-        if let Some([q, r]) = item.as_array().map(Vec::as_slice) {
-            let (q, r) = (q.as_str().with_context(bad)?, r.as_str().with_context(bad)?);
-            out.push(Chat3Message::new(Role::User, q));
-            out.push(Chat3Message::new(Role::Assistant, r));
-            continue;
-        }
-        let role = item["role"].as_str().and_then(Role::parse).with_context(|| {
-            format!("{}: a message needs a role: system, user, assistant or observation", path.display())
-        })?;
-        out.push(Chat3Message {
-            role,
-            metadata: item["metadata"].as_str().unwrap_or_default().to_string(),
-            content: item["content"].as_str().with_context(bad)?.to_string(),
-            tools: item.get("tools").cloned(),
-        });
-    }
-    Ok(out)
+    history_from_json(&v).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -115,12 +97,7 @@ fn run_on<B: Backend>(pipeline: Pipeline<B>, args: GenerateArgs, history: Option
         let turn = session.chat_stream(&args.prompt, Role::User, &config, &mut on_text)?;
         let text = match turn.reply {
             Ok(Chat3Reply::Text(t)) => t,
-            Ok(Chat3Reply::ToolCall { name, parameters }) => {
-                serde_json::json!({ "name": name, "parameters": parameters }).to_string()
-            }
-            Ok(Chat3Reply::Named { name, content }) => {
-                serde_json::json!({ "name": name, "content": content }).to_string()
-            }
+            Ok(reply) => reply.to_json().to_string(),
             Err(_) => turn.raw.trim().to_string(),
         };
         (turn.prompt_ids, turn.output, text)

@@ -26,6 +26,50 @@ impl Chat3Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self { role, metadata: String::new(), content: content.into(), tools: None }
     }
+
+    /// The message as the official history holds it: `role` and `content`,
+    /// `metadata` for assistant messages (and any other that has one), a
+    /// system message's `tools`.
+    pub fn to_json(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("role".into(), self.role.name().into());
+        if self.role == Role::Assistant || !self.metadata.is_empty() {
+            m.insert("metadata".into(), self.metadata.clone().into());
+        }
+        m.insert("content".into(), self.content.clone().into());
+        if let Some(t) = &self.tools {
+            m.insert("tools".into(), t.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+/// The official list of messages (`{"role", "content", "metadata"?,
+/// "tools"?}`), or `[query, response]` pairs (user and assistant messages);
+/// the error says what is wrong.
+pub fn history_from_json(v: &Value) -> Result<Vec<Chat3Message>, String> {
+    let bad = "expected a list of messages ({\"role\", \"content\"}) or of [query, response] pairs";
+    let items = v.as_array().ok_or(bad)?;
+    let mut out = Vec::new();
+    for item in items {
+        if let Some([q, r]) = item.as_array().map(Vec::as_slice) {
+            let (q, r) = (q.as_str().ok_or(bad)?, r.as_str().ok_or(bad)?);
+            out.push(Chat3Message::new(Role::User, q));
+            out.push(Chat3Message::new(Role::Assistant, r));
+            continue;
+        }
+        let role = item["role"]
+            .as_str()
+            .and_then(Role::parse)
+            .ok_or("a message needs a role: system, user, assistant or observation")?;
+        out.push(Chat3Message {
+            role,
+            metadata: item["metadata"].as_str().unwrap_or_default().to_string(),
+            content: item["content"].as_str().ok_or(bad)?.to_string(),
+            tools: item.get("tools").cloned(),
+        });
+    }
+    Ok(out)
 }
 
 /// What a ChatGLM3 reply means.
@@ -42,6 +86,18 @@ pub enum Chat3Reply {
         name: String,
         content: String,
     },
+}
+
+impl Chat3Reply {
+    /// As the official `chat()` returns it: the text, or `{"name",
+    /// "parameters"}` for a tool call, `{"name", "content"}` for a named block.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Text(t) => t.clone().into(),
+            Self::ToolCall { name, parameters } => serde_json::json!({ "name": name, "parameters": parameters }),
+            Self::Named { name, content } => serde_json::json!({ "name": name, "content": content }),
+        }
+    }
 }
 
 /// The reply's tool call could not be read (the official code raises there).

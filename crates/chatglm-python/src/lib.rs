@@ -74,6 +74,26 @@ fn chat_on<B: Backend>(
     Ok((reply.response, session.history().clone()))
 }
 
+/// A ChatGLM3 turn: the official `chat(tokenizer, query, history, role)`,
+/// history and reply as JSON (the reply a string, or an object for a tool call).
+fn chat3_on<B: Backend>(
+    p: &EnginePipeline<B>,
+    query: &str,
+    history: Vec<chatglm_engine::Chat3Message>,
+    role: chatglm_tokenizer::Role,
+    config: &GenerationConfig,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<(String, String), EngineError> {
+    let mut session = chatglm_engine::Chat3Session::with_history(p, history);
+    let turn = session.chat_stream(query, role, config, on_text)?;
+    let reply = match turn.reply {
+        Ok(r) => r.to_json(),
+        Err(e) => return Err(EngineError::InvalidParameter(e.to_string())),
+    };
+    let history: Vec<serde_json::Value> = session.history().iter().map(|m| m.to_json()).collect();
+    Ok((reply.to_string(), serde_json::Value::Array(history).to_string()))
+}
+
 fn generate_on<B: Backend>(
     p: &EnginePipeline<B>,
     ids: &[u32],
@@ -403,6 +423,72 @@ impl Pipeline {
             let r = on_pipeline!(&shared.pipeline, p => chat_on(p, &query, history, &cfg, &mut each));
             *shared.last_call.lock().unwrap_or_else(|e| e.into_inner()) = started.elapsed().as_secs_f64();
             r
+        });
+        if let Some(e) = stopped {
+            return Err(e);
+        }
+        result.map_err(engine_error)
+    }
+
+    /// The model family the checkpoint declares: `chatglm2` or `chatglm3`.
+    #[getter]
+    fn family(&self) -> &'static str {
+        let family = on_pipeline!(&self.shared.pipeline, p => p.model.config.family);
+        if family == chatglm_model::ModelFamily::ChatGlm3 {
+            "chatglm3"
+        } else {
+            "chatglm2"
+        }
+    }
+
+    /// One ChatGLM3 round, as the official `chat(tokenizer, query, history,
+    /// role)`: `history_json` is the official list of messages as JSON; returns
+    /// `(reply_json, new_history_json)` (the reply a JSON string, or an object
+    /// `{"name", "parameters"}` for a tool call). `on_text(delta)` (optional)
+    /// receives the raw text as it is generated.
+    #[pyo3(signature = (query, history_json = "[]", role = "user", max_length = 8192, max_new_tokens = None,
+        do_sample = true, temperature = 0.8, top_p = 0.8, top_k = 0, repetition_penalty = 1.0, seed = None,
+        on_text = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn chat3(
+        &self,
+        py: Python<'_>,
+        query: &str,
+        history_json: &str,
+        role: &str,
+        max_length: usize,
+        max_new_tokens: Option<usize>,
+        do_sample: bool,
+        temperature: f32,
+        top_p: f32,
+        top_k: usize,
+        repetition_penalty: f32,
+        seed: Option<u64>,
+        on_text: Option<PyObject>,
+    ) -> PyResult<(String, String)> {
+        let cfg = config(
+            max_length,
+            max_new_tokens,
+            do_sample,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty,
+            seed,
+            Vec::new(),
+        )?;
+        let value: serde_json::Value =
+            serde_json::from_str(history_json).map_err(|e| value_error(format!("history: not JSON ({e})")))?;
+        let history = chatglm_engine::history_from_json(&value).map_err(|e| value_error(format!("history: {e}")))?;
+        let role = chatglm_tokenizer::Role::parse(role)
+            .ok_or_else(|| value_error(format!("role `{role}` (expected system, user, assistant or observation)")))?;
+        let shared = self.shared.clone();
+        let query = query.to_string();
+        let mut stopped: Option<PyErr> = None;
+        let result = py.allow_threads(|| {
+            let _one_at_a_time = shared.lock();
+            let mut each = |delta: &str| python_callback(on_text.as_ref(), delta, &mut stopped);
+            on_pipeline!(&shared.pipeline, p => chat3_on(p, &query, history, role, &cfg, &mut each))
         });
         if let Some(e) = stopped {
             return Err(e);

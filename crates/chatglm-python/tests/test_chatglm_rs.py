@@ -265,3 +265,31 @@ def test_lora_and_p_tuning_load_with_the_model():
     assert max(abs(a - b) for a, b in zip(zero.pipeline.logits(ids)[0], plain)) < 1e-5
     with pytest.raises(Exception, match="pre_seq_len"):
         AutoModel.from_pretrained(str(base), device="cpu", ptuning_checkpoint=str(base)).pipeline
+
+
+def test_chatglm3_chat_matches_the_official_chats():
+    # The tiny ChatGLM3 model's official chat() cases (greedy): histories as the
+    # official list of messages, system prompts with tools, an observation turn.
+    golden = json.loads((FAMILY / "tiny" / "golden" / "generate.json").read_text())
+    model = AutoModel.from_pretrained(str(FAMILY / "tiny" / "model"), device="cpu", dtype="f32")
+    assert model.pipeline.family == "chatglm3"
+    checked = 0
+    for case in golden["chat"]:
+        if case["forced"] is not None:
+            continue
+        response, new_history = model.chat(
+            None, case["query"], history=case["history"], role=case["role"], max_length=case["max_length"], do_sample=False
+        )
+        assert response == case["response"], case["query"]
+        assert new_history == case["new_history"], case["query"]
+        checked += 1
+        # Streaming ends with the same result.
+        last = list(
+            model.stream_chat(
+                None, case["query"], history=case["history"], role=case["role"], max_length=case["max_length"], do_sample=False
+            )
+        )[-1]
+        assert last == (case["response"], case["new_history"])
+    assert checked >= 3
+    with pytest.raises(ValueError, match="message dict"):
+        model.chat(None, "hi", history=[("q", "a")])

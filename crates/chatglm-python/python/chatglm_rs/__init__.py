@@ -25,7 +25,11 @@ and logits for scoring.
 """
 
 from __future__ import annotations
+
+import json
 import os
+import queue
+import threading
 
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -228,7 +232,12 @@ class ChatGLMModel:
         Extra keyword arguments: ``top_k``, ``repetition_penalty``, ``seed``, ``max_new_tokens``, ``stop``.
         """
         _ = tokenizer
+        role = kwargs.pop("role", "user")
         extra = self._check(num_beams, logits_processor, kwargs)
+        if self.pipeline.family == "chatglm3":
+            return self._chat3(query, history, role, max_length, do_sample, top_p, temperature, extra, None)
+        if role != "user":
+            raise ValueError("role is a ChatGLM3 argument; this is a ChatGLM2 model")
         return self.pipeline.chat(
             query,
             _history(history),
@@ -238,6 +247,30 @@ class ChatGLMModel:
             temperature=temperature,
             **extra,
         )
+
+    def _chat3(self, query, history, role, max_length, do_sample, top_p, temperature, extra, on_text):
+        # The official ChatGLM3 chat(): history is the list of messages; the reply a
+        # string, or {"name", "parameters"} for a tool call.
+        if "stop" in extra:
+            raise ValueError("stop is not supported for ChatGLM3 (it stops at its role tokens)")
+        history = list(history or [])
+        for i, m in enumerate(history):
+            if not isinstance(m, dict):
+                raise ValueError(f"history[{i}] must be a message dict ({{'role', 'content'}}) for ChatGLM3, got {m!r}")
+        reply, new = self.pipeline.chat3(
+            query,
+            json.dumps(history, ensure_ascii=False),
+            role,
+            max_length=max_length,
+            do_sample=do_sample,
+            top_p=top_p,
+            temperature=temperature,
+            on_text=on_text,
+            **extra,
+        )
+        # As the official code: the given messages as they were, the query, then the reply's messages.
+        tail = json.loads(new)[len(history) + 1 :]
+        return json.loads(reply), history + [{"role": role, "content": query}] + tail
 
     def stream_chat(
         self,
@@ -260,7 +293,13 @@ class ChatGLMModel:
         _ = tokenizer
         if past_key_values is not None or return_past_key_values:
             raise ValueError("past_key_values / return_past_key_values are not supported; pass the history instead")
+        role = kwargs.pop("role", "user")
         extra = self._check(1, logits_processor, kwargs)
+        if self.pipeline.family == "chatglm3":
+            yield from self._stream_chat3(query, history, role, max_length, do_sample, top_p, temperature, extra)
+            return
+        if role != "user":
+            raise ValueError("role is a ChatGLM3 argument; this is a ChatGLM2 model")
         history = _history(history)
         stream = self.pipeline.stream_chat(
             query, history, max_length=max_length, do_sample=do_sample, top_p=top_p, temperature=temperature, **extra
@@ -274,6 +313,35 @@ class ChatGLMModel:
         done = stream.result()
         if done is not None:
             yield done[0], done[1]
+
+    def _stream_chat3(self, query, history, role, max_length, do_sample, top_p, temperature, extra):
+        # The round runs on a Python thread (the GIL is released while the model
+        # computes); its text arrives through a queue.
+        deltas: "queue.Queue" = queue.Queue()
+        done: dict = {}
+
+        def run() -> None:
+            try:
+                done["result"] = self._chat3(
+                    query, history, role, max_length, do_sample, top_p, temperature, extra, deltas.put
+                )
+            except BaseException as e:  # re-raised in the caller's thread
+                done["error"] = e
+            deltas.put(None)
+
+        threading.Thread(target=run, name="chatglm-stream-chat3", daemon=True).start()
+        base = list(history or []) + [{"role": role, "content": query}]
+        text = ""
+        while True:
+            delta = deltas.get()
+            if delta is None:
+                break
+            text += delta
+            if text and not text.endswith("\ufffd"):
+                yield text.strip(), base + [{"role": "assistant", "metadata": "", "content": text.strip()}]
+        if "error" in done:
+            raise done["error"]
+        yield done["result"]
 
     def generate(self, input_ids: Sequence[int], max_new_tokens: Optional[int] = None, **kwargs: Any) -> List[int]:
         """Generated ids after ``input_ids`` (greedy unless ``do_sample=True``)."""

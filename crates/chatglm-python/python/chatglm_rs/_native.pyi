@@ -39,6 +39,23 @@ class Pipeline:
     @property
     def device(self) -> str: ...
     @property
+    def family(self) -> str: ...
+    def chat3(
+        self,
+        query: str,
+        history_json: str = "[]",
+        role: str = "user",
+        max_length: int = 8192,
+        max_new_tokens: Optional[int] = None,
+        do_sample: bool = True,
+        temperature: float = 0.8,
+        top_p: float = 0.8,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        on_text: Optional[Callable[[str], None]] = None,
+    ) -> Tuple[str, str]: ...
+    @property
     def tokenizer(self) -> Tokenizer: ...
     @property
     def last_call_seconds(self) -> float: ...
