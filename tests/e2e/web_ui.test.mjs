@@ -18,6 +18,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
 const BIN = process.env.CHATGLM_BIN || path.join(root, 'target/release/chatglm');
 const MODEL = process.env.CHATGLM_MODEL || path.resolve(root, '../shared/testdata/dev/model/safetensors-f32');
+const CHATGLM3_MODEL = process.env.CHATGLM3_MODEL || path.join(root, 'golden/family/chatglm3/tiny/model');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SHOTS = process.env.SCREENSHOTS || path.join(root, 'docs/screenshots');
 const ARTIFACTS = process.env.E2E_ARTIFACTS || path.join(root, 'target/e2e');
@@ -78,9 +79,9 @@ function freePort() {
 
 const servers = [];
 
-async function startServer(label, extraArgs = []) {
+async function startServer(label, extraArgs = [], model = MODEL) {
   const port = await freePort();
-  const args = ['serve', '-m', MODEL, '--port', String(port), ...extraArgs];
+  const args = ['serve', '-m', model, '--port', String(port), ...extraArgs];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1' } });
   let log = '';
   proc.stdout.on('data', (d) => (log += d));
@@ -534,6 +535,28 @@ try {
     await waitIdle(p);
     assertEq(await statusOf(lastAssistant(p)), 'done', 'resent with the new key');
     assertEq(kp.errors.length, 0, `page errors: ${kp.errors.join(' | ')}`);
+  });
+
+  // ------------------------------------------------ a ChatGLM3 model
+  const chatglm3 = await startServer('chatglm3', [], CHATGLM3_MODEL);
+  const c3 = await newPage(context, 'chatglm3', { width: 1280, height: 800 });
+
+  await check('ChatGLM3: the page starts with the demos\' system prompt and sends it as the system message', async () => {
+    const p = c3.page;
+    await p.goto(chatglm3.url);
+    await p.waitForFunction(() => document.body.dataset.family === 'chatglm3');
+    const models = await (await fetch(`${chatglm3.url}/v1/models`)).json();
+    const prompt = models.data[0].system_prompt;
+    assert(/ChatGLM3/.test(prompt), `system prompt from /v1/models: ${prompt}`);
+    assertEq(await p.inputValue('#system'), prompt, 'system prompt field');
+    await setSetting(p, 'temperature', 0);
+    await setSetting(p, 'max-tokens', 8);
+    await ask(p, '你好');
+    await waitIdle(p);
+    const sent = c3.chatBodies.at(-1).body.messages;
+    assertEq(JSON.stringify(sent[0]), JSON.stringify({ role: 'system', content: prompt }), 'system message first');
+    assertEq(await statusOf(lastAssistant(p)), 'done', 'answered');
+    assertEq(c3.errors.length, 0, `page errors: ${c3.errors.join(' | ')}`);
   });
 } catch (e) {
   failed += 1;

@@ -27,8 +27,7 @@ pub struct ChatArgs {
     pub system: String,
 }
 
-/// The official ChatGLM3 demos' system prompt.
-pub const CHATGLM3_SYSTEM: &str = "You are ChatGLM3, a large language model trained by Zhipu.AI. Follow the user's instructions carefully. Respond using markdown.";
+pub use chatglm_engine::CHATGLM3_SYSTEM;
 
 const HELP: &str =
     "输入内容即可进行对话，clear 清空对话历史，stop 终止程序 (Ctrl-C interrupts an answer, Ctrl-D exits)";

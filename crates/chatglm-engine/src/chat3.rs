@@ -11,6 +11,9 @@ use crate::pyliteral::parse_tool_call;
 use chatglm_tokenizer::{ChatGlmTokenizer, ChatMessage, Role};
 use serde_json::Value;
 
+/// The official ChatGLM3 demos' system prompt (the CLI's and the web page's default).
+pub const CHATGLM3_SYSTEM: &str = "You are ChatGLM3, a large language model trained by Zhipu.AI. Follow the user's instructions carefully. Respond using markdown.";
+
 /// One message of a ChatGLM3 conversation (the official history item).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chat3Message {

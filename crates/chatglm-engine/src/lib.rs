@@ -32,7 +32,7 @@ mod session3;
 pub mod stats;
 pub mod text;
 
-pub use chat3::{history_from_json, process_response3, Chat3Message, Chat3Reply, ToolCallError};
+pub use chat3::{history_from_json, process_response3, Chat3Message, Chat3Reply, ToolCallError, CHATGLM3_SYSTEM};
 pub use error::EngineError;
 pub use generate::{generate, FinishReason, GenerationConfig, GenerationOutput, Timings};
 pub use handle::{Engine, EngineConfig, EngineHandle, EngineLimits, SubmitError};

@@ -312,16 +312,22 @@ pub(crate) async fn completions(
     .into_response())
 }
 
+/// The served model; besides OpenAI's fields, its `family` (`chatglm2` or
+/// `chatglm3`) and, for ChatGLM3, the demos' `system_prompt` (the web page
+/// starts conversations with it).
 pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.config().model_id,
-            "object": "model",
-            "created": state.0.started_unix,
-            "owned_by": "chatglm.rs",
-        }],
-    }))
+    let chatglm3 = state.config().chatglm3;
+    let mut model = json!({
+        "id": state.config().model_id,
+        "object": "model",
+        "created": state.0.started_unix,
+        "owned_by": "chatglm.rs",
+        "family": if chatglm3 { "chatglm3" } else { "chatglm2" },
+    });
+    if chatglm3 {
+        model["system_prompt"] = chatglm_engine::CHATGLM3_SYSTEM.into();
+    }
+    Json(json!({ "object": "list", "data": [model] }))
 }
 
 #[cfg(test)]

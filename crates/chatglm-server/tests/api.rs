@@ -138,6 +138,8 @@ async fn completions_models_health_metrics_and_the_page() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], "chatglm2-6b");
+    assert_eq!(v["data"][0]["family"], "chatglm2");
+    assert!(v["data"][0].get("system_prompt").is_none());
 
     let (status, body) = s.get("/health").await;
     assert_eq!(status, StatusCode::OK);
@@ -395,6 +397,16 @@ async fn chatglm2_refuses_tools_with_the_reason() {
     let (status, v) = s.post_json("/v1/chat/completions", &body).await;
     assert_error(status, &v, StatusCode::BAD_REQUEST, Some("tools"));
     assert!(v["error"]["message"].as_str().unwrap().contains("ChatGLM3"), "{v}");
+}
+
+#[tokio::test]
+async fn a_chatglm3_model_says_so_with_its_system_prompt() {
+    let s = TestServer::chatglm3();
+    let (status, body) = s.get("/v1/models").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["data"][0]["family"], "chatglm3");
+    assert_eq!(v["data"][0]["system_prompt"], chatglm_engine::CHATGLM3_SYSTEM);
 }
 
 #[tokio::test]

@@ -174,9 +174,16 @@ async function loadModel() {
       return;
     }
     const j = await r.json();
-    const id = j && j.data && j.data[0] && j.data[0].id;
+    const model = (j && j.data && j.data[0]) || {};
+    const id = model.id;
     els.modelId.textContent = id || 'unknown model';
     if (id) els.modelId.dataset.id = id;
+    // A ChatGLM3 model starts conversations with its demos' system prompt
+    // (editable; ChatGLM2 has no system role, so its field stays empty).
+    if (model.family) document.body.dataset.family = model.family;
+    if (model.family === 'chatglm3' && typeof model.system_prompt === 'string' && !els.system.value.trim()) {
+      els.system.value = model.system_prompt;
+    }
   } catch {
     els.modelId.textContent = 'server unreachable';
   }
