@@ -163,7 +163,8 @@ fn pack5(q: &[u8; 32]) -> ([u8; 4], [u8; 16]) {
     (qh.to_le_bytes(), qs)
 }
 
-fn unpack5(qh: [u8; 4], qs: &[u8; 16]) -> [u8; 32] {
+/// The 32 five-bit codes (0..=31) of a q5_0 / q5_1 block, in weight order.
+pub fn unpack5(qh: [u8; 4], qs: &[u8; 16]) -> [u8; 32] {
     let qh = u32::from_le_bytes(qh);
     let mut q = [0u8; 32];
     for j in 0..16 {

@@ -110,19 +110,19 @@ impl CudaBackend {
             });
         }
         let out_cols = if mode == GemvMode::SwiGlu { w.rows / 2 } else { w.rows };
+        if mode == GemvMode::Accumulate {
+            Self::input(out, n, out_cols, op)?;
+        }
+        let op_ = Self::output(out, n, out_cols, op)?;
+        let bp = match bias {
+            Some(b) => Self::vector_ptr(b, w.rows, op)?,
+            None => 0,
+        };
+        let norm = match norm {
+            Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
+            None => None,
+        };
         if let (Some(tp), true) = (w.tiled(), n <= QMMA_MAX_TOKENS) {
-            if mode == GemvMode::Accumulate {
-                Self::input(out, n, out_cols, op)?;
-            }
-            let op_ = Self::output(out, n, out_cols, op)?;
-            let bp = match bias {
-                Some(b) => Self::vector_ptr(b, w.rows, op)?,
-                None => 0,
-            };
-            let norm = match norm {
-                Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
-                None => None,
-            };
             lock(&self.step).after_attention = false;
             return self.quantized_product(op, tp, bp, x, op_, mode, norm, None);
         }
@@ -134,19 +134,7 @@ impl CudaBackend {
             Some(p) => p,
             None => Self::input(x, n, w.cols, op)?,
         };
-        if mode == GemvMode::Accumulate {
-            Self::input(out, n, out_cols, op)?;
-        }
-        let op_ = Self::output(out, n, out_cols, op)?;
         let wp = if w.quant.is_some() { 0 } else { Self::matrix_ptr(w, op)? };
-        let bp = match bias {
-            Some(b) => Self::vector_ptr(b, w.rows, op)?,
-            None => 0,
-        };
-        let norm = match norm {
-            Some((v, eps)) => Some((Self::vector_ptr(v, w.cols, op)?, eps)),
-            None => None,
-        };
         // The product after attention may start its weights towards L2 while
         // the attention runs (the memory is idle then at short contexts);
         // others use the device default.

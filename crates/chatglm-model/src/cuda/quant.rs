@@ -7,7 +7,9 @@
 use crate::loader::WeightFormat;
 use crate::ModelError;
 use chatglm_cuda::quant::{QuantFormat, TileShape, TiledMatrix, BLOCK};
-use chatglm_weights::quant::{quantize_row, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock};
+use chatglm_weights::quant::{
+    quantize_row, unpack5, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock,
+};
 use chatglm_weights::{DType as FileDType, Tensor, TensorData};
 use half::f16;
 use rayon::prelude::*;
@@ -26,16 +28,6 @@ pub(super) fn device_format(format: WeightFormat) -> Option<QuantFormat> {
 /// One block as the device format stores it: (scale, offset, codes).
 trait DeviceBlock: QuantBlock {
     fn device(&self) -> (u16, u16, Vec<u8>);
-}
-
-fn unpack5(qh: [u8; 4], qs: &[u8; 16]) -> [u8; 32] {
-    let qh = u32::from_le_bytes(qh);
-    let mut q = [0u8; 32];
-    for j in 0..16 {
-        q[j] = (qs[j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
-        q[j + 16] = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-    }
-    q
 }
 
 impl DeviceBlock for BlockQ8_0 {
