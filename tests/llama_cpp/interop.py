@@ -13,8 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
 from llama_cpp import Llama
+
+
+def last_logits(llm: Llama) -> np.ndarray:
+    # The context's logits of the last evaluated token (llm.scores is not
+    # filled without logits_all in every release).
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),)).copy()
 
 
 def greedy(llm: Llama, prompt: list[int], n: int) -> list[int]:
@@ -22,8 +29,7 @@ def greedy(llm: Llama, prompt: list[int], n: int) -> list[int]:
     llm.eval(prompt)
     out = []
     for _ in range(n):
-        logits = np.asarray(llm.scores[llm.n_tokens - 1])
-        tok = int(np.argmax(logits))
+        tok = int(np.argmax(last_logits(llm)))
         out.append(tok)
         llm.eval([tok])
     return out
@@ -47,6 +53,20 @@ def main() -> int:
     source = testdata / "dev" / "model" / "safetensors-f32"
     cases = json.loads((testdata / "dev" / "golden" / "generate.json").read_text())["generate"]
     failures = 0
+    # The official logits of the golden forward cases, from llama.cpp on our f32 file.
+    forward = json.loads((testdata / "dev" / "golden" / "forward.json").read_text())["cases"]
+    f32 = work / "dev-f32.gguf"
+    subprocess.run([binary, "quantize", "-m", str(source), "--dtype", "f32", "--output-dtype", "f32",
+                    "--embedding-dtype", "f32", "-o", str(f32), "--force"], check=True, capture_output=True)
+    llm = Llama(model_path=str(f32), n_ctx=512, n_threads=2, n_batch=512, verbose=False)
+    for i, case in enumerate(forward):
+        llm.reset()
+        llm.eval(case["input_ids"])
+        d = float(np.abs(last_logits(llm) - np.array(case["logits_last"])).max())
+        print(f"f32   forward case {i} ({len(case['input_ids'])} ids): llama.cpp vs official logits max |Δ| {d:.2e}")
+        if d > 5e-3:
+            failures += 1
+    del llm
     for fmt in ["f32", "f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]:
         gguf = work / f"dev-{fmt}.gguf"
         subprocess.run([binary, "quantize", "-m", str(source), "--dtype", fmt, "--output-dtype", fmt,
@@ -61,10 +81,11 @@ def main() -> int:
             label = "official" if fmt == "f32" else "ChatGLM.rs on the same file"
             agree = next((k for k, (a, b) in enumerate(zip(got, reference)) if a != b), len(got))
             print(f"{fmt:5s} case {i}: llama.cpp {'=' if same else '≠'} {label} ({agree}/{len(got)} ids agree)")
-            # f32 must be exact; quantized runs may part after a near-tie (llama.cpp's own dot products).
-            if fmt == "f32" and not same:
+            # f32 and f16 must agree id for id; quantized runs may part after a near-tie of
+            # this random model (llama.cpp's dot products sum in another order), but not at once.
+            if fmt in ("f32", "f16") and not same:
                 failures += 1
-            if fmt != "f32" and agree < min(8, len(got)):
+            if fmt not in ("f32", "f16") and agree < min(4, len(got)):
                 failures += 1
         del llm
     print("llama.cpp interop:", "ok" if failures == 0 else f"{failures} failures")
