@@ -43,7 +43,7 @@ if [ -z "$SOURCE" ]; then
   SOURCE="$WORK/synth6b"
   if [ ! -f "$SOURCE/config.json" ] && [ ! -f "$WORK/chatglm2-6b-f16.gguf" ]; then
     log "writing a synthetic ChatGLM2-6B checkpoint to $SOURCE"
-    python3 "$REPO/../shared/bench/make_random_6b.py" "$SOURCE" --tokenizer "$REPO/testdata/chatglm2-tokenizer/tokenizer.model"
+    "$VENV/bin/python" "$REPO/../shared/bench/make_random_6b.py" "$SOURCE" --tokenizer "$REPO/testdata/chatglm2-tokenizer/tokenizer.model"
   fi
 fi
 F16="$WORK/chatglm2-6b-f16.gguf"
