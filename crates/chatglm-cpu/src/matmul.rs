@@ -17,6 +17,8 @@ use rayon::prelude::*;
 pub struct MatmulScratch {
     q8: Vec<BlockQ8_0>,
     quads: Vec<Q8Quad>,
+    /// The activations in f16, for the one-token f16 product (`dot_f16_h`).
+    xh: Vec<half::f16>,
 }
 
 /// Output rows handed to one task. Small enough to balance load across
@@ -59,6 +61,15 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
             quad_q8_blocks(qr, pr);
         }
     }
+    let dot_h = match (&w.data, kernels.dot_f16_h) {
+        (MatrixData::F16(_), Some(d)) if n_tokens == 1 => {
+            scratch.xh.resize(x.len(), half::f16::ZERO);
+            half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut scratch.xh[..], x);
+            Some(d)
+        }
+        _ => None,
+    };
+    let xh = &scratch.xh;
     let q8 = &scratch.q8;
     let quads = &scratch.quads;
     let out = OutPtr(y.as_mut_ptr());
@@ -75,9 +86,15 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
             MatrixData::F32(s) => {
                 tiled(s.as_slice(), x, cols, &kernels.tiles_f32, kernels.dot_f32, n_tokens, rows, &write)
             }
-            MatrixData::F16(s) => {
-                tiled(s.as_slice(), x, cols, &kernels.tiles_f16, kernels.dot_f16, n_tokens, rows, &write)
-            }
+            MatrixData::F16(s) => match dot_h {
+                Some(dot) => {
+                    let w = s.as_slice();
+                    for r in rows {
+                        write(0, r, dot(&w[r * cols..(r + 1) * cols], &xh[..cols]));
+                    }
+                }
+                None => tiled(s.as_slice(), x, cols, &kernels.tiles_f16, kernels.dot_f16, n_tokens, rows, &write),
+            },
             MatrixData::BF16(s) => {
                 tiled(s.as_slice(), x, cols, &kernels.tiles_bf16, kernels.dot_bf16, n_tokens, rows, &write)
             }

@@ -66,6 +66,13 @@ fn float_dots_match_f64() {
             let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
             let exact_h: f64 = wh.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
             close((k.dot_f16)(&wh, &x), exact_h, 1e-5, &format!("{} f16 n={n}", k.name));
+            if let Some(dot_h) = k.dot_f16_h {
+                let xh: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+                let exact_hh: f64 = wh.iter().zip(&xh).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
+                close(dot_h(&wh, &xh), exact_hh, 1e-5, &format!("{} f16×f16 n={n}", k.name));
+                let reference = chatglm_cpu::dot::scalar::dot_f16_h(&wh, &xh) as f64;
+                close(dot_h(&wh, &xh), reference, 1e-5, &format!("{} f16×f16 vs scalar n={n}", k.name));
+            }
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let exact_b: f64 = wb.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
             close((k.dot_bf16)(&wb, &x), exact_b, 1e-5, &format!("{} bf16 n={n}", k.name));

@@ -15,6 +15,12 @@ pub fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
 }
 
+/// The reference of [`crate::features::DotF16H`]: both sides widened to f32.
+pub fn dot_f16_h(w: &[f16], x: &[f16]) -> f32 {
+    debug_assert_eq!(w.len(), x.len());
+    w.iter().zip(x).map(|(a, b)| a.to_f32() * b.to_f32()).sum()
+}
+
 pub fn dot_bf16(w: &[bf16], x: &[f32]) -> f32 {
     debug_assert_eq!(w.len(), x.len());
     w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
