@@ -71,7 +71,7 @@ fn float_dots_match_f64() {
                 let exact_hh: f64 = wh.iter().zip(&xh).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
                 close(dot_h(&wh, &xh), exact_hh, 1e-5, &format!("{} f16×f16 n={n}", k.name));
                 let reference = chatglm_cpu::dot::scalar::dot_f16_h(&wh, &xh) as f64;
-                close(dot_h(&wh, &xh), reference, 1e-5, &format!("{} f16×f16 vs scalar n={n}", k.name));
+                close(dot_h(&wh, &xh), reference, 1e-4, &format!("{} f16×f16 vs scalar n={n}", k.name));
             }
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let exact_b: f64 = wb.iter().zip(&x).map(|(a, b)| a.to_f64() * *b as f64).sum();
@@ -191,7 +191,14 @@ fn matmul_tiles_match_scalar_reference() {
                 let m = matrix(format, rows, cols, &w);
                 let mut want = vec![0.0; rows * n_tokens];
                 let mut got = vec![0.0; rows * n_tokens];
-                matmul(&scalar, &m, &x, n_tokens, &mut want, &mut MatmulScratch::default());
+                // A table that runs one-token f16 products on f16 activations is
+                // compared with the reference on the same rounded activations.
+                let x_ref: Vec<f32> = if format == "f16" && n_tokens == 1 && k.dot_f16_h.is_some() {
+                    x.iter().map(|&v| f16::from_f32(v).to_f32()).collect()
+                } else {
+                    x.clone()
+                };
+                matmul(&scalar, &m, &x_ref, n_tokens, &mut want, &mut MatmulScratch::default());
                 matmul(&k, &m, &x, n_tokens, &mut got, &mut MatmulScratch::default());
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     let tol = 2e-3 * (1.0 + b.abs()) + if format.starts_with('q') { 0.02 } else { 0.0 };
