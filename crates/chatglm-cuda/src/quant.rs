@@ -145,16 +145,38 @@ impl TileShape {
 
     /// Byte offsets of the 4-byte words of row `r`, block `b` in code order:
     /// code bytes 4w..4w+4 of the block (ggml order) live at `offsets[w]`.
-    pub fn block_words(&self, r: usize, b: usize) -> Vec<usize> {
+    pub fn block_words(&self, r: usize, b: usize) -> BlockWords {
         let (tile, rr) = (r / TILE_ROWS, r % TILE_ROWS);
         let (g, hi) = (rr % 8, rr / 8);
+        let mut offs = [0usize; 8];
         if self.format.is_4bit() {
             let (unit, i) = (b / 2, b % 2);
-            (0..4).map(|t| self.word_at(tile, unit, g * 4 + t, hi + 2 * i)).collect()
+            for (t, o) in offs.iter_mut().take(4).enumerate() {
+                *o = self.word_at(tile, unit, g * 4 + t, hi + 2 * i);
+            }
+            BlockWords { offs, len: 4 }
         } else {
             // Words 0..4 (weights 0..16) then 4..8 (weights 16..32).
-            (0..8).map(|w| self.word_at(tile, b, g * 4 + w % 4, hi + 2 * (w / 4))).collect()
+            for (w, o) in offs.iter_mut().enumerate() {
+                *o = self.word_at(tile, b, g * 4 + w % 4, hi + 2 * (w / 4));
+            }
+            BlockWords { offs, len: 8 }
         }
+    }
+}
+
+/// The word offsets of one block ([`TileShape::block_words`]), without an
+/// allocation per block (a 6B model has ~190 million blocks).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockWords {
+    offs: [usize; 8],
+    len: usize,
+}
+
+impl std::ops::Deref for BlockWords {
+    type Target = [usize];
+    fn deref(&self) -> &[usize] {
+        &self.offs[..self.len]
     }
 }
 
@@ -175,7 +197,7 @@ impl TiledMatrix {
     pub fn set_block(&mut self, r: usize, b: usize, d: u16, m: u16, codes: &[u8]) {
         let s = &self.shape;
         debug_assert_eq!(codes.len(), s.format.code_bytes());
-        for (w, off) in s.block_words(r, b).into_iter().enumerate() {
+        for (w, &off) in s.block_words(r, b).iter().enumerate() {
             self.bytes[off..off + 4].copy_from_slice(&codes[4 * w..4 * w + 4]);
         }
         let (scales, mins, _) = s.offsets();
@@ -191,7 +213,7 @@ impl TiledMatrix {
     /// dequantizing kernel follows.
     pub fn block(&self, r: usize, b: usize) -> (u16, u16, Vec<u8>) {
         let s = &self.shape;
-        let codes = s.block_words(r, b).into_iter().flat_map(|off| self.bytes[off..off + 4].to_vec()).collect();
+        let codes = s.block_words(r, b).iter().flat_map(|&off| self.bytes[off..off + 4].to_vec()).collect();
         let (scales, mins, _) = s.offsets();
         let i = s.scale_index(r, b);
         let get = |base: usize| u16::from_le_bytes([self.bytes[base + 2 * i], self.bytes[base + 2 * i + 1]]);
@@ -447,7 +469,7 @@ mod tests {
             let mut seen = std::collections::HashSet::new();
             for r in 0..33 {
                 for b in 0..5 {
-                    for off in shape.block_words(r, b) {
+                    for &off in shape.block_words(r, b).iter() {
                         assert!(off + 4 <= shape.code_bytes());
                         assert!(seen.insert(off), "{format:?}: word at {off} used twice");
                     }

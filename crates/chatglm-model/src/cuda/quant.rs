@@ -25,36 +25,42 @@ pub(super) fn device_format(format: WeightFormat) -> Option<QuantFormat> {
     }
 }
 
-/// One block as the device format stores it: (scale, offset, codes).
+/// One block as the device format stores it: (scale, offset, codes); the
+/// codes are the first `QuantFormat::code_bytes` bytes (16 or 32).
 trait DeviceBlock: QuantBlock {
-    fn device(&self) -> (u16, u16, Vec<u8>);
+    fn device(&self) -> (u16, u16, [u8; 32]);
+}
+
+fn code16(qs: &[u8; 16]) -> [u8; 32] {
+    let mut c = [0u8; 32];
+    c[..16].copy_from_slice(qs);
+    c
 }
 
 impl DeviceBlock for BlockQ8_0 {
-    fn device(&self) -> (u16, u16, Vec<u8>) {
-        (self.d.to_bits(), 0, self.qs.iter().map(|&q| q as u8).collect())
+    fn device(&self) -> (u16, u16, [u8; 32]) {
+        (self.d.to_bits(), 0, self.qs.map(|q| q as u8))
     }
 }
 impl DeviceBlock for BlockQ4_0 {
-    fn device(&self) -> (u16, u16, Vec<u8>) {
-        (self.d.to_bits(), 0, self.qs.to_vec())
+    fn device(&self) -> (u16, u16, [u8; 32]) {
+        (self.d.to_bits(), 0, code16(&self.qs))
     }
 }
 impl DeviceBlock for BlockQ4_1 {
-    fn device(&self) -> (u16, u16, Vec<u8>) {
-        (self.d.to_bits(), self.m.to_bits(), self.qs.to_vec())
+    fn device(&self) -> (u16, u16, [u8; 32]) {
+        (self.d.to_bits(), self.m.to_bits(), code16(&self.qs))
     }
 }
 impl DeviceBlock for BlockQ5_0 {
-    fn device(&self) -> (u16, u16, Vec<u8>) {
+    fn device(&self) -> (u16, u16, [u8; 32]) {
         // d·(q − 16) with q − 16 as a signed 8-bit code: the same integers.
-        let q = unpack5(self.qh, &self.qs);
-        (self.d.to_bits(), 0, q.iter().map(|&v| (v as i8 - 16) as u8).collect())
+        (self.d.to_bits(), 0, unpack5(self.qh, &self.qs).map(|v| (v as i8 - 16) as u8))
     }
 }
 impl DeviceBlock for BlockQ5_1 {
-    fn device(&self) -> (u16, u16, Vec<u8>) {
-        (self.d.to_bits(), self.m.to_bits(), unpack5(self.qh, &self.qs).to_vec())
+    fn device(&self) -> (u16, u16, [u8; 32]) {
+        (self.d.to_bits(), self.m.to_bits(), unpack5(self.qh, &self.qs))
     }
 }
 
@@ -106,7 +112,7 @@ fn tile<B: DeviceBlock>(t: &Tensor, stored: FileDType, shape: TileShape) -> Resu
     let mut m = TiledMatrix::new(shape);
     for (i, b) in blocks.iter().enumerate() {
         let (d, min, codes) = b.device();
-        m.set_block(i / per_row, i % per_row, d, min, &codes);
+        m.set_block(i / per_row, i % per_row, d, min, &codes[..shape.format.code_bytes()]);
     }
     Ok(m)
 }
