@@ -13,7 +13,7 @@
 # LT_COMPARE=1 prefill with and without cuBLASLt, MMA_COMPARE=1 decode attention on tensor cores and not,
 # MMA_BLOCKS_SWEEP="32 64 128" tensor-core decode blocks in all, ATT_PREFETCH_SWEEP="0 8192" bytes per row the
 # product after attention starts towards L2 during it, CONCURRENCY=16,64,128 batched decode (aggregate tok/s), PROFILE=1 adds
-# per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels); SERVE_CONCURRENCY=64 the HTTP server
+# per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels; PROFILE_DTYPE=q4_0 profiles that format); SERVE_CONCURRENCY=64 the HTTP server
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 # QUANT=1 adds the int4/int8 benchmarks (kernel GB/s, decode, prefill, 32 sequences) and the GPU
@@ -221,7 +221,7 @@ PY
     if [ -n "$ncu" ]; then
       "$ncu" --clock-control none --cache-control "${NCU_CACHE:-all}" --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv \
         --launch-skip "${PROFILE_SKIP:-1000}" --launch-count "${PROFILE_COUNT:-1200}" \
-        "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 --prompt-len ${PROFILE_PROMPT:-2048} --gen-len 8 \
+        "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype ${PROFILE_DTYPE:-f16} --prompt-len ${PROFILE_PROMPT:-2048} --gen-len 8 \
         >"$out/ncu.csv" 2>"$out/ncu.err" || tail -5 "$out/ncu.err" | tee -a "$summary"
       python3 - "$out/ncu.csv" <<'PY' 2>&1 | tee -a "$summary"
 import csv, sys, collections, re
@@ -254,7 +254,7 @@ PY
         # Hardware counters of a few kernels matching PROFILE_DETAIL (a regex).
         "$ncu" --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats \
           --section WarpStateStats -k "regex:${PROFILE_DETAIL}" --launch-skip 40 --launch-count 4 \
-          "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 --prompt-len 16 --gen-len 8 \
+          "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype ${PROFILE_DTYPE:-f16} --prompt-len 16 --gen-len 8 \
           >"$out/ncu-detail.txt" 2>&1 || true
         grep -E "^  [a-z_0-9]+|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Stall|Warp Cycles Per Issued" "$out/ncu-detail.txt" | head -80 | tee -a "$summary"
       fi

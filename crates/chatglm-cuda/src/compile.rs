@@ -64,6 +64,7 @@ fn qmma_kernels() -> Vec<String> {
         k.push(format!("qdequant_{f}"));
         for mode in 0..4 {
             k.push(format!("qmma_{f}_1_{mode}_1"));
+            k.push(format!("qmma_{f}_1_{mode}_2"));
             for nt8 in [1, 2, 4, 8] {
                 k.push(format!("qmma_{f}_{nt8}_{mode}_0"));
             }

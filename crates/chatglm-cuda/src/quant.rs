@@ -336,7 +336,9 @@ impl Gpu {
         let (xq, xs) = quantized.unwrap_or((0, 0));
         let nt8 = if in_block { 1 } else { token_tiles(n) };
         let kernel_mode = if qkv.is_some() { 3 } else { mode as usize };
-        let name = format!("qmma_{}_{nt8}_{kernel_mode}_{}", s.format as usize, in_block as usize);
+        // In-block quantization: 1 for up to 8 tokens, 2 for exactly one.
+        let sx = if in_block { 1 + usize::from(n == 1) } else { 0 };
+        let name = format!("qmma_{}_{nt8}_{kernel_mode}_{sx}", s.format as usize);
         let f = self.kernel(&name)?;
         let ctx = match qkv {
             Some((kv_dtype, rope, dims, layer)) => {

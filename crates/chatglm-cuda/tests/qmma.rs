@@ -159,11 +159,14 @@ fn quantized_products_match_the_host_reference() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut failures = Vec::new();
     for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
-        for (rows, cols) in [(48, 96), (40, 160), (64, 1024)] {
+        // Small shapes give every block a unit or two (tiles cut between
+        // many blocks); 1056×2048 cuts tiles mid-range between ~8-unit shares.
+        let all: &[usize] = &[1, 2, 3, 8, 9, 17, 40, 64];
+        for (rows, cols, tokens) in [(48, 96, all), (40, 160, all), (64, 1024, all), (1056, 2048, &[1, 2, 9, 64][..])] {
             let m = random_matrix(format, rows, cols, &mut rng);
             let w = gpu.upload_new(&m.bytes, "w").unwrap();
             let wp = TiledPtr { base: device_ptr(&w), shape: m.shape };
-            for n in [1usize, 2, 3, 8, 9, 17, 40, 64] {
+            for &n in tokens {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() * 4.0).collect();
                 let want = reference(&m, &x, n);
                 let xd = gpu.upload_new(&x, "x").unwrap();
@@ -210,7 +213,8 @@ fn quantized_products_match_the_host_reference() {
                             }
                         }
                         let label = format!("{format:?} {rows}×{cols} n={n} in_block={in_block} {mode:?}");
-                        if worst > 1e-4 {
+                        // f32 sums of longer rows round more (1e-4 per 1,024 columns).
+                        if worst > 1e-4 * (cols as f64 / 1024.0).max(1.0) {
                             failures.push(format!("{label}: relative error {worst:.3e}"));
                         }
                     }

@@ -193,7 +193,8 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
 // block and the next tile's weights are on their way while a tile ends.
 // NT8 token tiles of 8. MODE as gemv.cu: 0 store (+bias), 1 accumulate,
 // 2 SwiGLU, 3 QKV + RoPE + KV append. SX: quantize x (n ≤ 8 tokens) in
-// shared memory; else xq/xs are quantize_x's. Dynamic shared memory: SX ?
+// shared memory (2: exactly one token, whose mma column alone is scaled and
+// summed — half the f32 work of a decode step); else xq/xs are quantize_x's. Dynamic shared memory: SX ?
 // nb·xs_stride·8 + n·cols : 0 bytes, xs_stride = n ≤ 2 ? 2 : 8.
 //
 // Decode is a weight stream: each lane asks for a batch of units (codes and
@@ -206,6 +207,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                           int half_rows, const RopeCtx& rc) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
+    constexpr bool ONE = SX == 2;          // one token: only its column of each mma counts
     constexpr int UB = 8 / RT;             // units per lane per batch
     constexpr int SB = QFmt<F>::BLOCKS;    // scale pairs per unit
     constexpr int STEP = UB * QMMA_WARPS;  // units per batch of the block
@@ -285,7 +287,13 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                         b1 = *(const u32*)(xp + 16);
                     }
                     float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-                    if (2 * t < xs_stride) s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
+                    if (ONE) {
+                        // The one token's scale, the same for the whole warp.
+                        const float2 s2 = xs[(long)b * xs_stride];
+                        s.x = s2.x; s.y = s2.y;
+                    } else if (2 * t < xs_stride) {
+                        s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
+                    }
                     const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
 #pragma unroll
                     for (int r = 0; r < RT; r++) {
@@ -300,6 +308,22 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                         } else {
                             const u32 dw = *(const u32*)&cs[r][u];
                             d0 = f16_to_f32((u16)(dw & 0xffff)); d1 = f16_to_f32((u16)(dw >> 16));
+                        }
+                        if (ONE) {
+                            // Only column 0 (the token) counts: c[0] and c[2].
+                            if (QFmt<F>::OFF) { c[0] -= QFmt<F>::OFF * sx0; c[2] -= QFmt<F>::OFF * sx0; }
+                            if (QFmt<F>::MIN) {
+                                u32 mw;
+                                if (SB == 2) mw = i ? ((const uint2*)&cm[r][u])->y : ((const uint2*)&cm[r][u])->x;
+                                else mw = *(const u32*)&cm[r][u];
+                                const float m0 = f16_to_f32((u16)(mw & 0xffff)), m1 = f16_to_f32((u16)(mw >> 16));
+                                acc[r][j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
+                                acc[r][j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
+                            } else {
+                                acc[r][j][0] += (float)c[0] * (d0 * s.x);
+                                acc[r][j][2] += (float)c[2] * (d1 * s.x);
+                            }
+                            continue;
                         }
                         if (QFmt<F>::OFF) {
                             c[0] -= QFmt<F>::OFF * sx0; c[1] -= QFmt<F>::OFF * sx1;
@@ -349,7 +373,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
             }
             __syncthreads();
-            if (threadIdx.x < 128) {
+            if (threadIdx.x < (ONE ? 16 : 128)) {
                 const int rr = threadIdx.x % 16, tt = threadIdx.x / 16, tok = j * 8 + tt;
                 const int row = row0 + rr;
                 float a = 0.f;
@@ -396,7 +420,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
 #define QMMA_MODES(F, NT8, SX) \
     QMMA_KERNEL(F, NT8, 0, SX) QMMA_KERNEL(F, NT8, 1, SX) QMMA_KERNEL(F, NT8, 2, SX) QMMA_KERNEL(F, NT8, 3, SX)
 #define QMMA_FORMAT(F) \
-    QMMA_MODES(F, 1, 1) QMMA_MODES(F, 1, 0) QMMA_MODES(F, 2, 0) QMMA_MODES(F, 4, 0) QMMA_MODES(F, 8, 0)
+    QMMA_MODES(F, 1, 2) QMMA_MODES(F, 1, 1) QMMA_MODES(F, 1, 0) QMMA_MODES(F, 2, 0) QMMA_MODES(F, 4, 0) \
+    QMMA_MODES(F, 8, 0)
 
 QMMA_FORMAT(0)
 QMMA_FORMAT(1)
