@@ -22,6 +22,7 @@ fn elementwise_kernels() -> Vec<String> {
     let mut k: Vec<String> = [
         "rms_norm",
         "copy_f32",
+        "kv_prefix_rows",
         "add_inplace",
         "add_bias",
         "swiglu",

@@ -188,6 +188,40 @@ impl Gpu {
         self.launch(f, a, "copy_f32", cfg((grid_for(n, 1024), 1, 1), 256, 0))
     }
 
+    /// Writes `rows` cache rows of every (layer, key|value, group) run from
+    /// `src` (`[run][row][row_bytes]`) into a sequence's blocks, whose
+    /// addresses are the `rows.div_ceil(block_tokens)` u64 at `blocks`.
+    ///
+    /// # Safety
+    /// `src`: runs·rows·row_bytes bytes; `blocks`: device u64 addresses of
+    /// blocks laid out `[run][block_tokens][row_bytes]`.
+    pub unsafe fn write_kv_rows(
+        &self,
+        src: u64,
+        blocks: u64,
+        rows: usize,
+        block_tokens: usize,
+        runs: usize,
+        row_bytes: usize,
+    ) -> Result<(), CudaError> {
+        if rows == 0 || runs == 0 {
+            return Ok(());
+        }
+        if !row_bytes.is_multiple_of(16) || block_tokens == 0 {
+            return Err(CudaError::invalid(
+                "kv_prefix_rows",
+                format!("rows of {row_bytes} bytes, blocks of {block_tokens}"),
+            ));
+        }
+        let f = self.kernel("kv_prefix_rows")?;
+        let ints = [rows, block_tokens, runs, row_bytes];
+        let ints: Vec<i32> = ints.iter().map(|&v| check_i32("kv_prefix_rows", "shape", v)).collect::<Result<_, _>>()?;
+        let mut a = Args::default();
+        a.arg(&src).arg(&blocks).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&ints[3]);
+        let vecs = runs * rows * row_bytes / 16;
+        self.launch(f, a, "kv_prefix_rows", cfg((grid_for(vecs, 256), 1, 1), 256, 0))
+    }
+
     /// Row-wise RMSNorm of `rows × cols` f32.
     ///
     /// # Safety

@@ -111,6 +111,7 @@ impl Engine {
             max_batch_size: config.max_batch_size,
             block_size_tokens: block,
             total_blocks,
+            lead_rows: model.prefix.as_ref().map_or(0, |p| p.len),
         };
         let scheduler = Scheduler::new(sched_config).map_err(EngineError::InvalidParameter)?;
         let limits = EngineLimits {

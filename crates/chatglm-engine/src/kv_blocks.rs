@@ -14,6 +14,8 @@ use chatglm_model::KvBlockId;
 #[derive(Debug, Clone)]
 pub struct BlockAllocator {
     block_size_tokens: usize,
+    /// Cache rows in front of every sequence's tokens (a P-Tuning prefix).
+    lead_rows: usize,
     total_blocks: usize,
     /// Highest id first, so `pop` hands out the lowest free id (a lazily
     /// backed pool then touches as little memory as it can).
@@ -26,6 +28,7 @@ impl BlockAllocator {
         let total_blocks = total_blocks.min(KvBlockId::MAX as usize);
         Self {
             block_size_tokens: block_size_tokens.max(1),
+            lead_rows: 0,
             total_blocks,
             free: (0..total_blocks as KvBlockId).rev().collect(),
         }
@@ -37,9 +40,19 @@ impl BlockAllocator {
         budget_bytes / block_bytes
     }
 
-    /// Blocks needed to hold `tokens` tokens.
+    /// The same blocks with `rows` cache rows in front of every sequence's
+    /// tokens (a P-Tuning v2 prefix: its keys and values are in each cache).
+    pub fn with_lead_rows(mut self, rows: usize) -> Self {
+        self.lead_rows = rows;
+        self
+    }
+
+    /// Blocks needed to hold `tokens` tokens (and the rows in front of them).
     pub fn blocks_for(&self, tokens: usize) -> usize {
-        tokens.div_ceil(self.block_size_tokens)
+        if tokens == 0 {
+            return 0;
+        }
+        (self.lead_rows + tokens).div_ceil(self.block_size_tokens)
     }
 
     pub fn block_size_tokens(&self) -> usize {
@@ -89,6 +102,12 @@ mod tests {
         assert_eq!(a.blocks_for(1), 1);
         assert_eq!(a.blocks_for(16), 1);
         assert_eq!(a.blocks_for(17), 2);
+        // A 20-row prefix in front of every sequence's tokens.
+        let p = BlockAllocator::new(16, 4).with_lead_rows(20);
+        assert_eq!(p.blocks_for(0), 0);
+        assert_eq!(p.blocks_for(1), 2);
+        assert_eq!(p.blocks_for(12), 2);
+        assert_eq!(p.blocks_for(13), 3);
         let (mut x, mut y) = (Vec::new(), Vec::new());
         assert!(a.allocate(3, &mut x));
         assert_eq!(x, [0, 1, 2]);

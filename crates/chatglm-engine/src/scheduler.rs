@@ -44,6 +44,8 @@ pub struct SchedulerConfig {
     pub block_size_tokens: usize,
     /// KV blocks in the memory budget.
     pub total_blocks: usize,
+    /// Cache rows in front of every sequence's tokens (a P-Tuning v2 prefix).
+    pub lead_rows: usize,
 }
 
 impl SchedulerConfig {
@@ -145,7 +147,7 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self, String> {
         config.validate()?;
         Ok(Self {
-            blocks: BlockAllocator::new(config.block_size_tokens, config.total_blocks),
+            blocks: BlockAllocator::new(config.block_size_tokens, config.total_blocks).with_lead_rows(config.lead_rows),
             config,
             waiting: VecDeque::new(),
             running: Vec::new(),

@@ -1,7 +1,7 @@
 use super::*;
 
 fn config(max_batch_tokens: usize, max_batch_size: usize, total_blocks: usize) -> SchedulerConfig {
-    SchedulerConfig { max_batch_tokens, max_batch_size, block_size_tokens: 4, total_blocks }
+    SchedulerConfig { max_batch_tokens, max_batch_size, block_size_tokens: 4, total_blocks, lead_rows: 0 }
 }
 
 fn sched(max_batch_tokens: usize, max_batch_size: usize, total_blocks: usize) -> Scheduler {

@@ -234,3 +234,62 @@ fn gpu_engine_under_concurrency_preemption_and_chunked_prefill_equals_generate_a
     drop(h);
     engine.shutdown();
 }
+
+#[test]
+fn gpu_engine_with_a_p_tuning_prefix_equals_generate_alone_and_the_cpu() {
+    // The tiny ChatGLM3 model with a 4-row prefix: the engine's blocks hold
+    // the prefix rows in front of each sequence's tokens, through chunked
+    // prefill and preemptions (a preempted sequence's prefix is written again
+    // into whatever blocks it gets next).
+    let family = testdata().join("../golden/family/chatglm3");
+    let options = || PipelineOptions { ptuning: Some(family.join("ptuning-v2")), ..PipelineOptions::default() };
+    let dir = family.join("tiny/model");
+    let load = || {
+        Pipeline::load_with(
+            dir.to_str().unwrap(),
+            options(),
+            |cfg| CudaBackend::new(0, cfg).map_err(|e| EngineError::Device(e.to_string())),
+            &mut |_, _| {},
+        )
+    };
+    let (p, q) = match (load(), load()) {
+        (Ok(p), Ok(q)) => (p, q),
+        (Err(e), _) | (_, Err(e)) => {
+            assert!(std::env::var_os("CHATGLM_REQUIRE_GPU").is_none(), "the GPU cannot be used: {e}");
+            eprintln!("skipped: no usable CUDA GPU ({e})");
+            return;
+        }
+    };
+    let cpu = Pipeline::<chatglm_model::CpuBackend>::load(dir.to_str().unwrap(), options(), &mut |_, _| {}).unwrap();
+    let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
+    let config = EngineConfig {
+        block_size_tokens: 16,
+        kv_budget_bytes: per_token * 16 * 8,
+        max_batch_size: 6,
+        max_batch_tokens: 24,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
+    let h = engine.handle.clone();
+    let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|s| p.tokenizer.encode_chat(s, &[])).collect();
+    let max_new = [40, 30, 33, 60, 20, 45];
+    let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy_request(n))).collect();
+    let results: Vec<Completion> = rxs.iter().map(collect).collect();
+    assert_same_as_alone(&p, &prompts, &max_new, &results);
+    // The GPU's greedy ids with the prefix are the CPU's.
+    let (mut gs, mut cs) = (ForwardState::new(&p.model.backend), ForwardState::new(&cpu.model.backend));
+    for (input, &n) in prompts.iter().zip(&max_new).take(3) {
+        let config = GenerationConfig { max_new_tokens: Some(n), ..greedy(8192) };
+        let mut gc = p.model.new_cache(p.kv_dtype);
+        let a = generate(&p.model, &p.tokenizer, &mut gs, &mut gc, input, &config, &mut |_| true).unwrap();
+        let mut cc = cpu.model.new_cache(p.kv_dtype);
+        let b = generate(&cpu.model, &cpu.tokenizer, &mut cs, &mut cc, input, &config, &mut |_| true).unwrap();
+        assert_eq!(a.generated_ids, b.generated_ids, "GPU and CPU differ with the prefix");
+    }
+    let stats = h.stats();
+    eprintln!("GPU engine with a prefix: {} preemptions", stats.preemptions.load(Relaxed));
+    assert!(stats.preemptions.load(Relaxed) > 0, "the budget did not force a preemption");
+    assert_eq!(stats.requests_failed.load(Relaxed), 0);
+    drop(h);
+    engine.shutdown();
+}

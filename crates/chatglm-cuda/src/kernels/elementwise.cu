@@ -175,3 +175,23 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
     }
     if (lane == 0) out[blockIdx.x] = bad ? (cols > 5 ? 5 : 0) : bi;
 }
+
+// Rows 0..rows of a sequence's cache written from `src` (P-Tuning v2 prefix
+// keys and values): src is [run][row][row_bytes] for runs = layers·2·groups;
+// block b of the sequence (address blocks[b]) holds rows b·bt.. as
+// [run][bt][row_bytes]. row_bytes is a multiple of 16.
+extern "C" __global__ void kv_prefix_rows(const unsigned char* src, const u64* blocks, int rows, int bt, int runs,
+                                          int row_bytes) {
+    pdl_launch_dependents();
+    pdl_wait();
+    const int vecs = row_bytes / 16;
+    const long total = (long)runs * rows * vecs;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
+        const int v = (int)(i % vecs);
+        const long rest = i / vecs;
+        const int row = (int)(rest % rows), run = (int)(rest / rows);
+        const uint4* from = (const uint4*)(src + ((long)run * rows + row) * row_bytes) + v;
+        uint4* to = (uint4*)(blocks[row / bt] + ((long)run * bt + row % bt) * row_bytes) + v;
+        *to = *from;
+    }
+}

@@ -145,20 +145,101 @@ impl KvPool {
     }
 }
 
+/// P-Tuning v2 prefix keys and values on the device, as the cache rows in
+/// front of every token: `[layer][k|v][group][row][dim]` in the pool's
+/// element type, keys already rotated by the prefix length (see
+/// `CudaBackend::set_kv_prefix`).
+pub(crate) struct DevicePrefix {
+    pub rows: usize,
+    pub data: CudaSlice<u8>,
+    /// layers · 2 · groups.
+    pub runs: usize,
+    pub row_bytes: usize,
+}
+
 /// One sequence's keys and values on the GPU.
 pub struct CudaKvCache {
     pool: Arc<KvPool>,
     blocks: Vec<u64>,
+    /// Tokens held (after any prefix rows).
     len: usize,
     dtype: KvDType,
     /// The blocks are the engine's (given with `use_blocks`), not the pool's
     /// to take back.
     engine_blocks: bool,
+    prefix: Option<Arc<DevicePrefix>>,
+    /// The blocks the prefix rows were last written to (rewritten when the
+    /// blocks in front change, e.g. the engine's after a preemption).
+    prefix_at: Vec<u64>,
+    prefix_table: Option<CudaSlice<u64>>,
+    /// Why the prefix could not be put on the device (reported by the next step).
+    prefix_error: Option<String>,
 }
 
 impl CudaKvCache {
     pub(crate) fn new(pool: Arc<KvPool>, dtype: KvDType) -> Self {
-        Self { pool, blocks: Vec::new(), len: 0, dtype, engine_blocks: false }
+        Self {
+            pool,
+            blocks: Vec::new(),
+            len: 0,
+            dtype,
+            engine_blocks: false,
+            prefix: None,
+            prefix_at: Vec::new(),
+            prefix_table: None,
+            prefix_error: None,
+        }
+    }
+
+    /// Records that the prefix could not be set; the next step fails with it.
+    pub(crate) fn fail_prefix(&mut self, message: String) {
+        self.prefix_error = Some(message);
+    }
+
+    /// Puts `prefix` in front of this (empty) cache's tokens.
+    pub(crate) fn set_prefix(&mut self, prefix: Arc<DevicePrefix>) {
+        self.prefix = Some(prefix);
+        self.prefix_at.clear();
+    }
+
+    /// Cache rows in front of the tokens (the P-Tuning prefix): token i is
+    /// row `prefix_rows + i`.
+    pub(crate) fn prefix_rows(&self) -> usize {
+        self.prefix.as_ref().map_or(0, |p| p.rows)
+    }
+
+    /// Writes the prefix rows into the blocks in front, unless they are
+    /// already there. Needs the blocks reserved.
+    pub(crate) fn write_prefix(&mut self) -> Result<(), ModelError> {
+        if let Some(message) = &self.prefix_error {
+            return Err(ModelError::Backend { op: "P-Tuning prefix".into(), message: message.clone() });
+        }
+        let Some(p) = self.prefix.clone() else { return Ok(()) };
+        let n = p.rows.div_ceil(self.pool.block_tokens);
+        if self.blocks.len() < n || self.prefix_at[..] == self.blocks[..n] {
+            return Ok(());
+        }
+        let gpu = &self.pool.gpu;
+        let err =
+            |e: chatglm_cuda::CudaError| ModelError::Backend { op: "P-Tuning prefix".into(), message: e.to_string() };
+        let table = gpu.upload_new(&self.blocks[..n], "prefix block addresses").map_err(err)?;
+        // SAFETY: `data` holds runs·rows·row_bytes bytes; the table lists the
+        // sequence's first n blocks, laid out as the kernel expects (module docs).
+        unsafe {
+            gpu.write_kv_rows(
+                device_ptr(&p.data),
+                device_ptr(&table),
+                p.rows,
+                self.pool.block_tokens,
+                p.runs,
+                p.row_bytes,
+            )
+        }
+        .map_err(err)?;
+        // Kept until the next write: the launch reads it asynchronously.
+        self.prefix_table = Some(table);
+        self.prefix_at = self.blocks[..n].to_vec();
+        Ok(())
     }
 
     /// Block addresses, in position order.
@@ -210,8 +291,8 @@ impl KvCacheOps for CudaKvCache {
     fn truncate(&mut self, n: usize) {
         self.len = self.len.min(n);
         // Whole blocks past the end go back to the pool for other sequences
-        // (the engine's go back through the engine).
-        let keep = self.len.div_ceil(self.pool.block_tokens);
+        // (the engine's go back through the engine); the prefix rows stay.
+        let keep = (self.prefix_rows() + self.len).div_ceil(self.pool.block_tokens);
         if self.blocks.len() > keep {
             let mut tail = self.blocks.split_off(keep);
             if !self.engine_blocks {
@@ -250,7 +331,8 @@ impl KvCacheOps for CudaKvCache {
     }
 
     fn use_blocks(&mut self, ids: &[KvBlockId]) -> Result<(), ModelError> {
-        if ids.len() < self.len.div_ceil(self.pool.block_tokens) {
+        let held = if self.len == 0 { 0 } else { self.prefix_rows() + self.len };
+        if ids.len() < held.div_ceil(self.pool.block_tokens) {
             return Err(ModelError::Backend {
                 op: "KV cache".into(),
                 message: format!("{} blocks given for a cache of {} tokens", ids.len(), self.len),
@@ -264,6 +346,11 @@ impl KvCacheOps for CudaKvCache {
         }
         let mut addresses = Vec::with_capacity(ids.len());
         self.pool.engine_addresses(ids, &mut addresses)?;
+        if self.len == 0 {
+            // A (re)started sequence: blocks it held before may have served
+            // others since, so its prefix rows are written again.
+            self.prefix_at.clear();
+        }
         if !self.engine_blocks {
             self.pool.give_back(&mut self.blocks);
             self.engine_blocks = true;

@@ -27,8 +27,9 @@ use chatglm_cuda::{
     device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan,
     SAMPLE_ROW_WORDS,
 };
+use chatglm_weights::ptuning::PrefixKv;
 use chatglm_weights::{DType as FileDType, Tensor};
-use kv::KvPool;
+use kv::{DevicePrefix, KvPool};
 use quant::HostTable;
 use std::sync::{Arc, Mutex, MutexGuard};
 use step::StepPlan;
@@ -151,14 +152,40 @@ pub struct CudaBackend {
     /// L2 before the attention ends (`CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION`).
     prefetch_after_attention: Option<usize>,
     inv_freq: CudaSlice<f32>,
+    /// The same frequencies on the host (P-Tuning prefix keys are rotated here).
+    host_inv_freq: Vec<f32>,
     n_pairs: usize,
     pools: Mutex<Vec<Arc<KvPool>>>,
+    /// The P-Tuning prefix last put on the device: (fingerprint, pool type, rows).
+    prefix: Mutex<Option<(PrefixKey, DType, Arc<DevicePrefix>)>>,
     /// The embedding table when it is kept on the host.
     host_embedding: Mutex<Option<Arc<HostTable>>>,
     /// Whether any weights are quantized (memory-lean: smaller prefill chunks).
     quantized: std::sync::atomic::AtomicBool,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
+}
+
+/// Which prefix a device copy was made from: its length, where its first
+/// keys live and a few of their bits (a prefix is not changed in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PrefixKey {
+    rows: usize,
+    address: usize,
+    first: u32,
+    last: u32,
+}
+
+impl PrefixKey {
+    fn of(p: &PrefixKv) -> Self {
+        let keys = p.layers.first().map_or(&[][..], |(k, _)| &k[..]);
+        Self {
+            rows: p.len,
+            address: keys.as_ptr() as usize,
+            first: keys.first().map_or(0, |v| v.to_bits()),
+            last: p.layers.last().and_then(|(_, v)| v.last()).map_or(0, |v| v.to_bits()),
+        }
+    }
 }
 
 fn backend_err(op: &str, e: impl std::fmt::Display) -> ModelError {
@@ -214,8 +241,10 @@ impl CudaBackend {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             inv_freq,
+            host_inv_freq: rope.inv_freq().to_vec(),
             n_pairs: rope.n_pairs(),
             pools: Mutex::new(Vec::new()),
+            prefix: Mutex::new(None),
             host_embedding: Mutex::new(None),
             quantized: std::sync::atomic::AtomicBool::new(false),
             step: Mutex::new(StepBuffers::default()),
@@ -225,6 +254,66 @@ impl CudaBackend {
 
     pub fn device(&self) -> &DeviceInfo {
         self.gpu.info()
+    }
+
+    /// `prefix` as device cache rows of `dtype` (made once per prefix): keys
+    /// rotated by the prefix length, since the tokens after it take rotary
+    /// positions from that length on.
+    fn device_prefix(&self, prefix: &PrefixKv, dtype: DType) -> Result<Arc<DevicePrefix>, ModelError> {
+        let key = PrefixKey::of(prefix);
+        let mut slot = lock(&self.prefix);
+        if let Some((k, d, p)) = slot.as_ref() {
+            if *k == key && *d == dtype {
+                return Ok(p.clone());
+            }
+        }
+        let (rows, groups, dim) = (prefix.len, self.dims.n_groups, self.dims.head_dim);
+        let width = groups * dim;
+        if prefix.layers.len() != self.n_layers
+            || prefix.layers.iter().any(|(k, v)| k.len() != rows * width || v.len() != rows * width)
+        {
+            return Err(backend_err(
+                "P-Tuning prefix",
+                format!("the prefix does not fit {} layers of {width}", self.n_layers),
+            ));
+        }
+        let mut staged = Vec::with_capacity(self.n_layers * 2 * rows * width);
+        let angles: Vec<(f32, f32)> = self
+            .host_inv_freq
+            .iter()
+            .map(|&f| {
+                let (s, c) = (rows as f32 * f).sin_cos();
+                (c, s)
+            })
+            .collect();
+        for (k, v) in &prefix.layers {
+            for (which, src) in [k, v].into_iter().enumerate() {
+                for g in 0..groups {
+                    for r in 0..rows {
+                        let row = &src[r * width + g * dim..r * width + (g + 1) * dim];
+                        let start = staged.len();
+                        staged.extend_from_slice(row);
+                        if which == 0 {
+                            let head = &mut staged[start..];
+                            for (i, &(c, s)) in angles.iter().take(self.n_pairs).enumerate() {
+                                let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                                head[2 * i] = x0 * c - x1 * s;
+                                head[2 * i + 1] = x1 * c + x0 * s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => staged.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => staged.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect(),
+        };
+        let data =
+            self.gpu.upload_new(&bytes, "P-Tuning prefix rows").map_err(|e| backend_err("P-Tuning prefix", e))?;
+        let p = Arc::new(DevicePrefix { rows, data, runs: self.n_layers * 2 * groups, row_bytes: dim * dtype.size() });
+        *slot = Some((key, dtype, p.clone()));
+        Ok(p)
     }
 
     /// Forces the 4- or 8-row mat-vec kernel (0: chosen by shape), so tests
@@ -377,6 +466,17 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn supports_kv_prefix(&self) -> bool {
+        true
+    }
+
+    fn set_kv_prefix(&self, cache: &mut CudaKvCache, prefix: &chatglm_weights::ptuning::PrefixKv) {
+        match self.device_prefix(prefix, cache.pool_dtype()) {
+            Ok(p) => cache.set_prefix(p),
+            Err(e) => cache.fail_prefix(e.to_string()),
+        }
+    }
+
     fn new_cache(&self, _n_layers: usize, _n_groups: usize, _head_dim: usize, dtype: KvDType) -> CudaKvCache {
         // Q8_0 is refused when a step runs (prepare_step); its pool is f16.
         CudaKvCache::new(self.pool(pool_dtype(dtype)), dtype)
@@ -411,8 +511,27 @@ impl Backend for CudaBackend {
                 return Err(backend_err("prepare step", "sequences of one step must share the KV-cache type"));
             }
             kv_dtype = Some(d);
-            seq.cache.reserve(layout.seq_start[s] + layout.seq_tokens[s])?;
+            seq.cache.reserve(seq.cache.prefix_rows() + layout.seq_start[s] + layout.seq_tokens[s])?;
+            seq.cache.write_prefix()?;
         }
+        // P-Tuning prefix rows sit in front of a sequence's tokens: its
+        // tokens take cache rows (and rotary positions) from the prefix
+        // length on. The prefix keys were rotated by that length, so every
+        // query-key angle is the official one (rotations compose).
+        let shifted;
+        let layout = if batch.iter().any(|s| s.cache.prefix_rows() > 0) {
+            let mut l = layout.clone();
+            for (t, p) in l.position.iter_mut().enumerate() {
+                *p += batch[l.seq_of_token[t]].cache.prefix_rows();
+            }
+            for (s, start) in l.seq_start.iter_mut().enumerate() {
+                *start += batch[s].cache.prefix_rows();
+            }
+            shifted = l;
+            &shifted
+        } else {
+            layout
+        };
         let kv_dtype = kv_dtype.unwrap_or(DType::F16);
         let flash = kv_dtype == DType::F16 && self.gpu.flash_supported(&self.dims);
         let decode = kv_dtype == DType::F16 && self.gpu.decode_supported(&self.dims);
