@@ -187,6 +187,160 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
     }
 }
 
+template <int F> struct QScale { typedef typename Cond<QFmt<F>::BLOCKS == 2, uint2, u32>::type type; };
+
+// One unit of RT row tiles (this lane's fragment words cv, scales cs and
+// offsets cm) against the activations of its blocks, into acc. ONE: a single
+// token, whose mma column (c[0], c[2] of lanes t = 0) alone is scaled.
+template <int F, int NT8, int RT, bool ONE>
+__device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uint4 (&cv)[RT],
+                                             const typename QScale<F>::type (&cs)[RT],
+                                             const typename QScale<F>::type (&cm)[RT], int p, int nb, int n, int cols,
+                                             const signed char* xq, const float2* xs, int xs_stride, int g, int t) {
+    constexpr int SB = QFmt<F>::BLOCKS;
+#pragma unroll
+    for (int i = 0; i < SB; i++) {
+        const int b = p * SB + i;
+        if (b >= nb) break;
+        // Each token tile's B fragment serves every row tile.
+#pragma unroll
+        for (int j = 0; j < NT8; j++) {
+            const int tok = j * 8 + g;
+            u32 b0 = 0, b1 = 0;
+            if (tok < n) {
+                const signed char* xp = xq + (long)tok * cols + b * 32 + 4 * t;
+                b0 = *(const u32*)xp;
+                b1 = *(const u32*)(xp + 16);
+            }
+            float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (ONE) {
+                // The one token's scale, the same for the whole warp.
+                const float2 s2 = xs[(long)b * xs_stride];
+                s.x = s2.x; s.y = s2.y;
+            } else if (2 * t < xs_stride) {
+                s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
+            }
+            const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                u32 a[4];
+                a_fragment<F>(cv[r], i, a);
+                int c[4];
+                mma_block<QFmt<F>::U4>(c, a, b0, b1);
+                float d0, d1;
+                if (SB == 2) {
+                    const u32 dw = i ? ((const uint2*)&cs[r])->y : ((const uint2*)&cs[r])->x;
+                    d0 = f16_to_f32((u16)(dw & 0xffff)); d1 = f16_to_f32((u16)(dw >> 16));
+                } else {
+                    const u32 dw = *(const u32*)&cs[r];
+                    d0 = f16_to_f32((u16)(dw & 0xffff)); d1 = f16_to_f32((u16)(dw >> 16));
+                }
+                float m0 = 0.f, m1 = 0.f;
+                if (QFmt<F>::MIN) {
+                    u32 mw;
+                    if (SB == 2) mw = i ? ((const uint2*)&cm[r])->y : ((const uint2*)&cm[r])->x;
+                    else mw = *(const u32*)&cm[r];
+                    m0 = f16_to_f32((u16)(mw & 0xffff)); m1 = f16_to_f32((u16)(mw >> 16));
+                }
+                if (ONE) {
+                    if (QFmt<F>::OFF) { c[0] -= QFmt<F>::OFF * sx0; c[2] -= QFmt<F>::OFF * sx0; }
+                    if (QFmt<F>::MIN) {
+                        acc[r][j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
+                        acc[r][j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
+                    } else {
+                        acc[r][j][0] += (float)c[0] * (d0 * s.x);
+                        acc[r][j][2] += (float)c[2] * (d1 * s.x);
+                    }
+                    continue;
+                }
+                if (QFmt<F>::OFF) {
+                    c[0] -= QFmt<F>::OFF * sx0; c[1] -= QFmt<F>::OFF * sx1;
+                    c[2] -= QFmt<F>::OFF * sx0; c[3] -= QFmt<F>::OFF * sx1;
+                }
+                if (QFmt<F>::MIN) {
+                    acc[r][j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
+                    acc[r][j][1] += (float)c[1] * d0 * s.z + m0 * s.z * (float)sx1;
+                    acc[r][j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
+                    acc[r][j][3] += (float)c[3] * d1 * s.z + m1 * s.z * (float)sx1;
+                } else {
+                    acc[r][j][0] += (float)c[0] * (d0 * s.x);
+                    acc[r][j][1] += (float)c[1] * (d0 * s.z);
+                    acc[r][j][2] += (float)c[2] * (d1 * s.x);
+                    acc[r][j][3] += (float)c[3] * (d1 * s.z);
+                }
+            }
+        }
+    }
+}
+
+// An item is done: the warps' partial sums meet in shared memory, one token
+// tile at a time, and its rows (from row0) are written. Resets acc.
+template <int NT8, int MODE, int RT, bool ONE>
+__device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
+                                              const float* __restrict__ bias, float* __restrict__ out, int out_rows,
+                                              int half_rows, const RopeCtx& rc) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int j = 0; j < NT8; j++) {
+        if (j * 8 >= n) break;
+#pragma unroll
+        for (int r = 0; r < RT; r++) {
+            red[warp][r * 16 + g][2 * t] = acc[r][j][0];
+            red[warp][r * 16 + g][2 * t + 1] = acc[r][j][1];
+            red[warp][r * 16 + g + 8][2 * t] = acc[r][j][2];
+            red[warp][r * 16 + g + 8][2 * t + 1] = acc[r][j][3];
+            acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
+        }
+        __syncthreads();
+        if (threadIdx.x < (ONE ? 16 : 128)) {
+            const int rr = threadIdx.x % 16, tt = threadIdx.x / 16, tok = j * 8 + tt;
+            const int row = row0 + rr;
+            float a = 0.f;
+#pragma unroll
+            for (int v = 0; v < QMMA_WARPS; v++) a += red[v][rr][tt];
+            if (tok < n) {
+                if (MODE == 2) {
+                    if (row < half_rows) {
+                        float b = 0.f;
+#pragma unroll
+                        for (int v = 0; v < QMMA_WARPS; v++) b += red[v][RT * 16 - 16 + rr][tt];
+                        out[(long)tok * half_rows + row] = silu(a) * b;
+                    }
+                } else if (MODE == 3) {
+                    if (row < out_rows) {
+                        float b = 0.f;
+#pragma unroll
+                        for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tt];
+                        qkv_epilogue(rc, out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
+                                     b + (bias ? bias[row ^ 1] : 0.f));
+                    }
+                } else if (row < out_rows) {
+                    if (MODE == 0) out[(long)tok * out_rows + row] = a + (bias ? bias[row] : 0.f);
+                    else out[(long)tok * out_rows + row] += a;
+                }
+            }
+        }
+        __syncthreads();
+    }
+}
+
+// The activations of an in-block (SX) product, after `before` bytes of
+// dynamic shared memory: quantized (RMS-normalised first with nw) there.
+template <int NT8, int SX>
+__device__ __forceinline__ int in_block_x(const float* x, const float* nw, float eps, int n, int cols,
+                                          unsigned char* smem, const signed char*& xq, const float2*& xs,
+                                          float* inv, float* scratch) {
+    if (!SX) return NT8 * 8;
+    const int nb = cols / 32;
+    const int xs_stride = n <= 2 ? 2 : 8;
+    xs = (const float2*)smem;
+    xq = (const signed char*)(smem + (long)nb * xs_stride * sizeof(float2));
+    row_inv_rms(x, nw, n, cols, eps, inv, scratch);
+    quantize_tile(x, nw, inv, 0, n, cols, (signed char*)xq, (float2*)xs, xs_stride);
+    __syncthreads();
+    return xs_stride;
+}
+
 // The product. Blocks are persistent: block i takes tiles i, i + gridDim.x,
 // … of 16 output rows (SwiGLU: a gate tile with its up tile), its 8 warps
 // splitting each tile's units, so the activations are quantized once per
@@ -194,8 +348,9 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
 // NT8 token tiles of 8. MODE as gemv.cu: 0 store (+bias), 1 accumulate,
 // 2 SwiGLU, 3 QKV + RoPE + KV append. SX: quantize x (n ≤ 8 tokens) in
 // shared memory (2: exactly one token, whose mma column alone is scaled and
-// summed — half the f32 work of a decode step); else xq/xs are quantize_x's. Dynamic shared memory: SX ?
-// nb·xs_stride·8 + n·cols : 0 bytes, xs_stride = n ≤ 2 ? 2 : 8.
+// summed — half the f32 work of a decode step); else xq/xs are quantize_x's.
+// Dynamic shared memory: SX ? nb·xs_stride·8 + n·cols : 0 bytes, xs_stride =
+// n ≤ 2 ? 2 : 8.
 //
 // Decode is a weight stream: each lane asks for a batch of units (codes and
 // scales) and for the next batch before working on the current one.
@@ -207,11 +362,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                           int half_rows, const RopeCtx& rc) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
-    constexpr bool ONE = SX == 2;          // one token: only its column of each mma counts
+    constexpr bool ONE = SX == 2;
     constexpr int UB = 8 / RT;             // units per lane per batch
-    constexpr int SB = QFmt<F>::BLOCKS;    // scale pairs per unit
     constexpr int STEP = UB * QMMA_WARPS;  // units per batch of the block
-    typedef typename Cond<SB == 2, uint2, u32>::type ScaleVec;
+    typedef typename QScale<F>::type ScaleVec;
     extern __shared__ __align__(16) unsigned char qmma_smem[];
     __shared__ float red[QMMA_WARPS][RT * 16][9];
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
@@ -248,16 +402,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     if (total > 0) load(0, cur, cs, cm);
     pdl_wait();
     if (total == 0) return;
-
-    int xs_stride = NT8 * 8;
-    if (SX) {
-        xs_stride = n <= 2 ? 2 : 8;
-        xs = (const float2*)qmma_smem;
-        xq = (const signed char*)(qmma_smem + (long)nb * xs_stride * sizeof(float2));
-        row_inv_rms(x, nw, n, cols, eps, inv, scratch);
-        quantize_tile(x, nw, inv, 0, n, cols, (signed char*)xq, (float2*)xs, xs_stride);
-        __syncthreads();
-    }
+    const int xs_stride = in_block_x<NT8, SX>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
 
     float acc[RT][NT8][4];
 #pragma unroll
@@ -272,81 +417,15 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         for (int u = 0; u < UB; u++) {
             const int p = base + u * QMMA_WARPS + warp;
             if (p >= units) break;
+            uint4 cv[RT];
+            ScaleVec sv[RT], mv[RT];
 #pragma unroll
-            for (int i = 0; i < SB; i++) {
-                const int b = p * SB + i;
-                if (b >= nb) break;
-                // Each token tile's B fragment serves every row tile.
-#pragma unroll
-                for (int j = 0; j < NT8; j++) {
-                    const int tok = j * 8 + g;
-                    u32 b0 = 0, b1 = 0;
-                    if (tok < n) {
-                        const signed char* xp = xq + (long)tok * cols + b * 32 + 4 * t;
-                        b0 = *(const u32*)xp;
-                        b1 = *(const u32*)(xp + 16);
-                    }
-                    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-                    if (ONE) {
-                        // The one token's scale, the same for the whole warp.
-                        const float2 s2 = xs[(long)b * xs_stride];
-                        s.x = s2.x; s.y = s2.y;
-                    } else if (2 * t < xs_stride) {
-                        s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
-                    }
-                    const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
-#pragma unroll
-                    for (int r = 0; r < RT; r++) {
-                        u32 a[4];
-                        a_fragment<F>(cur[r][u], i, a);
-                        int c[4];
-                        mma_block<QFmt<F>::U4>(c, a, b0, b1);
-                        float d0, d1;
-                        if (SB == 2) {
-                            const u32 dw = i ? ((const uint2*)&cs[r][u])->y : ((const uint2*)&cs[r][u])->x;
-                            d0 = f16_to_f32((u16)(dw & 0xffff)); d1 = f16_to_f32((u16)(dw >> 16));
-                        } else {
-                            const u32 dw = *(const u32*)&cs[r][u];
-                            d0 = f16_to_f32((u16)(dw & 0xffff)); d1 = f16_to_f32((u16)(dw >> 16));
-                        }
-                        if (ONE) {
-                            // Only column 0 (the token) counts: c[0] and c[2].
-                            if (QFmt<F>::OFF) { c[0] -= QFmt<F>::OFF * sx0; c[2] -= QFmt<F>::OFF * sx0; }
-                            if (QFmt<F>::MIN) {
-                                u32 mw;
-                                if (SB == 2) mw = i ? ((const uint2*)&cm[r][u])->y : ((const uint2*)&cm[r][u])->x;
-                                else mw = *(const u32*)&cm[r][u];
-                                const float m0 = f16_to_f32((u16)(mw & 0xffff)), m1 = f16_to_f32((u16)(mw >> 16));
-                                acc[r][j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
-                                acc[r][j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
-                            } else {
-                                acc[r][j][0] += (float)c[0] * (d0 * s.x);
-                                acc[r][j][2] += (float)c[2] * (d1 * s.x);
-                            }
-                            continue;
-                        }
-                        if (QFmt<F>::OFF) {
-                            c[0] -= QFmt<F>::OFF * sx0; c[1] -= QFmt<F>::OFF * sx1;
-                            c[2] -= QFmt<F>::OFF * sx0; c[3] -= QFmt<F>::OFF * sx1;
-                        }
-                        if (QFmt<F>::MIN) {
-                            u32 mw;
-                            if (SB == 2) mw = i ? ((const uint2*)&cm[r][u])->y : ((const uint2*)&cm[r][u])->x;
-                            else mw = *(const u32*)&cm[r][u];
-                            const float m0 = f16_to_f32((u16)(mw & 0xffff)), m1 = f16_to_f32((u16)(mw >> 16));
-                            acc[r][j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
-                            acc[r][j][1] += (float)c[1] * d0 * s.z + m0 * s.z * (float)sx1;
-                            acc[r][j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
-                            acc[r][j][3] += (float)c[3] * d1 * s.z + m1 * s.z * (float)sx1;
-                        } else {
-                            acc[r][j][0] += (float)c[0] * (d0 * s.x);
-                            acc[r][j][1] += (float)c[1] * (d0 * s.z);
-                            acc[r][j][2] += (float)c[2] * (d1 * s.x);
-                            acc[r][j][3] += (float)c[3] * (d1 * s.z);
-                        }
-                    }
-                }
+            for (int r = 0; r < RT; r++) {
+                cv[r] = cur[r][u];
+                sv[r] = cs[r][u];
+                mv[r] = cm[r][u];
             }
+            unit_product<F, NT8, RT, ONE>(acc, cv, sv, mv, p, nb, n, cols, xq, xs, xs_stride, g, t);
         }
 #pragma unroll
         for (int r = 0; r < RT; r++)
@@ -357,52 +436,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 if (QFmt<F>::MIN) cm[r][u] = nm[r][u];
             }
         if (it % per_item != per_item - 1) continue;
-
-        // The item is done: the warps' partial sums meet in shared memory,
-        // one token tile at a time, and its rows are written.
         const int row0 = (blockIdx.x + (it / per_item) * gridDim.x) * 16;
-#pragma unroll
-        for (int j = 0; j < NT8; j++) {
-            if (j * 8 >= n) break;
-#pragma unroll
-            for (int r = 0; r < RT; r++) {
-                red[warp][r * 16 + g][2 * t] = acc[r][j][0];
-                red[warp][r * 16 + g][2 * t + 1] = acc[r][j][1];
-                red[warp][r * 16 + g + 8][2 * t] = acc[r][j][2];
-                red[warp][r * 16 + g + 8][2 * t + 1] = acc[r][j][3];
-                acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
-            }
-            __syncthreads();
-            if (threadIdx.x < (ONE ? 16 : 128)) {
-                const int rr = threadIdx.x % 16, tt = threadIdx.x / 16, tok = j * 8 + tt;
-                const int row = row0 + rr;
-                float a = 0.f;
-#pragma unroll
-                for (int v = 0; v < QMMA_WARPS; v++) a += red[v][rr][tt];
-                if (tok < n) {
-                    if (MODE == 2) {
-                        if (row < half_rows) {
-                            float b = 0.f;
-#pragma unroll
-                            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][RT * 16 - 16 + rr][tt];
-                            out[(long)tok * half_rows + row] = silu(a) * b;
-                        }
-                    } else if (MODE == 3) {
-                        if (row < out_rows) {
-                            float b = 0.f;
-#pragma unroll
-                            for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tt];
-                            qkv_epilogue(rc, out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
-                                         b + (bias ? bias[row ^ 1] : 0.f));
-                        }
-                    } else if (row < out_rows) {
-                        if (MODE == 0) out[(long)tok * out_rows + row] = a + (bias ? bias[row] : 0.f);
-                        else out[(long)tok * out_rows + row] += a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
+        item_epilogue<NT8, MODE, RT, ONE>(acc, red, row0, n, bias, out, out_rows, half_rows, rc);
     }
 }
 
