@@ -52,6 +52,7 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
                                           const RopeCtx& rc) {
     constexpr int V = Vec16<T>::N;
     __shared__ float red[4][GEMV_ROWS + 1][NT];
+    __shared__ TokenSlot slots[MODE == 3 ? NT : 1];
     const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const long row_bytes = (long)cols * (T == 0 ? 4 : 2);
     // The block's weight rows and which of them exist.
@@ -87,6 +88,7 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     // and up to `prefetch` bytes of each row after it towards L2, so a block
     // made resident early streams its weights while the kernel before runs.
     gemv_load<GEMV_ROWS, GEMV_U>(p, ok, first, nvec, cur);
+    if (MODE == 3) preload_token_slots(rc, NT, NT, slots);
     if (prefetch > 0) {
         const long lim = min(row_bytes, (long)prefetch);
 #pragma unroll
@@ -177,7 +179,8 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
         if (!ok[r]) return;
         const int pr = r ^ 1;
         const float b = (red[0][pr][t] + red[1][pr][t] + red[2][pr][t] + red[3][pr][t]) * inv;
-        qkv_epilogue(rc, out, out_rows, t, row[r], a + (bias ? bias[row[r]] : 0.f), b + (bias ? bias[row[pr]] : 0.f));
+        qkv_epilogue_at(rc, slots[t], out, out_rows, t, row[r], a + (bias ? bias[row[r]] : 0.f),
+                        b + (bias ? bias[row[pr]] : 0.f));
     } else {
         if (!ok[r]) return;
         if (MODE == 0) out[(long)t * out_rows + row[r]] = a + (bias ? bias[row[r]] : 0.f);

@@ -278,7 +278,7 @@ __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uin
 template <int NT8, int MODE, int RT, bool ONE>
 __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
                                               const float* __restrict__ bias, float* __restrict__ out, int out_rows,
-                                              int half_rows, const RopeCtx& rc) {
+                                              int half_rows, const RopeCtx& rc, const TokenSlot* slots) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT8; j++) {
@@ -311,7 +311,7 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
                         float b = 0.f;
 #pragma unroll
                         for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tt];
-                        qkv_epilogue(rc, out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
+                        qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
                                      b + (bias ? bias[row ^ 1] : 0.f));
                     }
                 } else if (row < out_rows) {
@@ -369,6 +369,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     extern __shared__ __align__(16) unsigned char qmma_smem[];
     __shared__ float red[QMMA_WARPS][RT * 16][9];
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
+    __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nb = cols / 32;
     const int items = MODE == 2 ? half_rows / 16 : tiles;
@@ -400,6 +401,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     // The weights do not depend on the kernel before: request the first batch
     // before waiting for it.
     if (total > 0) load(0, cur, cs, cm);
+    if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     pdl_wait();
     if (total == 0) return;
     const int xs_stride = in_block_x<NT8, SX>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
@@ -437,7 +439,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             }
         if (it % per_item != per_item - 1) continue;
         const int row0 = (blockIdx.x + (it / per_item) * gridDim.x) * 16;
-        item_epilogue<NT8, MODE, RT, ONE>(acc, red, row0, n, bias, out, out_rows, half_rows, rc);
+        item_epilogue<NT8, MODE, RT, ONE>(acc, red, row0, n, bias, out, out_rows, half_rows, rc, slots);
     }
 }
 
