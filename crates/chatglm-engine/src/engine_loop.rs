@@ -64,7 +64,12 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
     let mut this = Loop { model: &model, tokenizer: &tokenizer, kv_dtype, scheduler, seqs: HashMap::new(), stats };
     let mut open = true;
     let (mut row, mut chosen) = (Vec::new(), Vec::new());
+    let mut memory_sampled = Instant::now();
     loop {
+        if memory_sampled.elapsed() >= Duration::from_secs(1) {
+            crate::stats::sample_device_memory(&model.backend, stats);
+            memory_sampled = Instant::now();
+        }
         // Intake: block only when there is nothing to do.
         if this.scheduler.is_idle() {
             if !open {

@@ -125,6 +125,11 @@ impl Engine {
         };
         let shared = Arc::new(Shared { stats: EngineStats::default(), limits, next_id: AtomicU64::new(1) });
         shared.stats.kv_blocks_total.store(total_blocks as u64, Relaxed);
+        let embedding = model.backend.matrix_bytes(&model.weights.embedding);
+        shared.stats.weight_bytes.store((model.weight_bytes() + embedding) as u64, Relaxed);
+        let block_bytes = model.kv_bytes_per_token(kv_dtype) * block;
+        shared.stats.kv_budget_bytes.store((total_blocks * block_bytes) as u64, Relaxed);
+        crate::stats::sample_device_memory(&model.backend, &shared.stats);
         let (tx, rx) = mpsc::channel();
         let loop_shared = Arc::clone(&shared);
         shared.stats.engine_alive.store(true, Relaxed);

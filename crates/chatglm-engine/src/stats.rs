@@ -85,6 +85,15 @@ pub struct EngineStats {
     pub kv_blocks_total: AtomicU64,
     pub kv_blocks_reserved: AtomicU64,
     pub kv_blocks_used: AtomicU64,
+    /// Gauges: bytes of the model's weights (as loaded on its device) and of
+    /// the KV budget's blocks.
+    pub weight_bytes: AtomicU64,
+    pub kv_budget_bytes: AtomicU64,
+    /// Gauges of a GPU's memory (sampled about once a second while the
+    /// engine runs; 0 with host memory).
+    pub device_memory_used_bytes: AtomicU64,
+    pub device_memory_total_bytes: AtomicU64,
+    pub device_workspace_bytes: AtomicU64,
     /// Arrival to end, finished requests.
     pub request_latency: Histogram,
     /// Arrival to first token.
@@ -98,6 +107,15 @@ pub struct EngineStats {
 impl EngineStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
+    }
+}
+
+/// Stores `backend`'s device memory gauges (nothing for host memory).
+pub(crate) fn sample_device_memory<B: chatglm_model::Backend>(backend: &B, stats: &EngineStats) {
+    if let Some(m) = backend.device_memory() {
+        stats.device_memory_used_bytes.store(m.used_bytes as u64, Relaxed);
+        stats.device_memory_total_bytes.store(m.total_bytes as u64, Relaxed);
+        stats.device_workspace_bytes.store(m.workspace_bytes as u64, Relaxed);
     }
 }
 

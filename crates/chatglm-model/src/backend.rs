@@ -9,6 +9,16 @@ use chatglm_weights::Tensor;
 
 use crate::loader::WeightFormat;
 
+/// A device's memory at one moment ([`Backend::device_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes in use on the device (every process, CUDA contexts included).
+    pub used_bytes: usize,
+    pub total_bytes: usize,
+    /// Library scratch space this backend holds (cuBLASLt's workspace).
+    pub workspace_bytes: usize,
+}
+
 /// A compute device for [`crate::Model`].
 pub trait Backend: Send + Sync {
     /// A weight matrix `(rows, cols)` = `(out_features, in_features)`.
@@ -27,6 +37,12 @@ pub trait Backend: Send + Sync {
     /// `kv_bytes_per_token` that leaves); `None` where there is nothing to say.
     fn memory_plan(&self, weight_bytes: usize, kv_bytes_per_token: usize) -> Option<String> {
         let _ = (weight_bytes, kv_bytes_per_token);
+        None
+    }
+
+    /// The device's memory now (a GPU: in use by everyone and in total, and
+    /// the library workspace this backend holds); `None` for host memory.
+    fn device_memory(&self) -> Option<DeviceMemory> {
         None
     }
 

@@ -20,7 +20,7 @@ mod kv_cache;
 mod loader;
 mod weights;
 
-pub use backend::{greedy_token, Backend};
+pub use backend::{greedy_token, Backend, DeviceMemory};
 pub use chatglm_weights::ModelConfig as Config;
 pub use chatglm_weights::{ModelFamily, RopeScaling};
 pub use cpu::CpuBackend;

@@ -111,6 +111,32 @@ pub fn render(state: &AppState) -> String {
     );
     scalar(&mut out, "chatglm_kv_blocks_used", "gauge", "KV blocks holding computed tokens.", g(&s.kv_blocks_used));
     scalar(&mut out, "chatglm_kv_blocks_free", "gauge", "KV blocks not reserved.", total.saturating_sub(reserved));
+    scalar(&mut out, "chatglm_weights_bytes", "gauge", "Bytes of the model's weights as loaded.", g(&s.weight_bytes));
+    scalar(&mut out, "chatglm_kv_budget_bytes", "gauge", "Bytes of the KV budget's blocks.", g(&s.kv_budget_bytes));
+    scalar(
+        &mut out,
+        "chatglm_kv_capacity_tokens",
+        "gauge",
+        "Tokens the KV budget holds.",
+        state.engine().limits().kv_capacity_tokens as u64,
+    );
+    if g(&s.device_memory_total_bytes) > 0 {
+        scalar(
+            &mut out,
+            "chatglm_device_memory_used_bytes",
+            "gauge",
+            "GPU memory in use (every process, CUDA contexts included), sampled about once a second.",
+            g(&s.device_memory_used_bytes),
+        );
+        scalar(&mut out, "chatglm_device_memory_total_bytes", "gauge", "GPU memory.", g(&s.device_memory_total_bytes));
+        scalar(
+            &mut out,
+            "chatglm_device_workspace_bytes",
+            "gauge",
+            "Library workspace held on the GPU (cuBLASLt).",
+            g(&s.device_workspace_bytes),
+        );
+    }
     scalar(
         &mut out,
         "chatglm_kv_block_size_tokens",

@@ -154,6 +154,11 @@ async fn completions_models_health_metrics_and_the_page() {
     assert_eq!(s.metric("chatglm_running_sequences").await, 0.0);
     assert_eq!(s.metric("chatglm_kv_blocks_reserved").await, 0.0);
     assert!(s.metric("chatglm_kv_blocks_free").await > 0.0);
+    // Memory accounting: the weights and the KV budget (the GPU gauges only
+    // appear with a GPU).
+    assert!(s.metric("chatglm_weights_bytes").await > 0.0);
+    assert!(s.metric("chatglm_kv_budget_bytes").await > 0.0);
+    assert!(s.metric("chatglm_kv_capacity_tokens").await > 0.0);
     assert_eq!(s.metric("chatglm_request_duration_seconds_count").await, 2.0);
     // 19 tokens in 2 requests: 17 gaps between consecutive tokens.
     assert_eq!(s.metric("chatglm_inter_token_seconds_count").await, 17.0);

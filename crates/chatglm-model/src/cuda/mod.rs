@@ -447,6 +447,15 @@ impl Backend for CudaBackend {
         ))
     }
 
+    fn device_memory(&self) -> Option<crate::DeviceMemory> {
+        let (free, total) = self.gpu.memory().ok()?;
+        Some(crate::DeviceMemory {
+            used_bytes: total.saturating_sub(free),
+            total_bytes: total,
+            workspace_bytes: self.gpu.workspace_bytes(),
+        })
+    }
+
     /// Products of 4096 tokens run near the matrix units' peak; activations
     /// stay under 1 GB for ChatGLM2-6B. Quantized models are run for their
     /// small memory: prompts go through the quantized products 64 tokens at
