@@ -205,11 +205,15 @@ fn gpu_seeded_sampled_chat_equals_the_cpu_one() {
     }
 }
 
-#[test]
-fn gpu_engine_under_concurrency_preemption_and_chunked_prefill_equals_generate_alone() {
-    // Room for 8 blocks of 16 tokens and 24 tokens per step: chunked prefill
-    // mixed with decodes, and running sequences preempted (recomputed later).
-    let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
+/// Six chat prompts through an engine on `q` with room for 8 blocks of 16
+/// tokens and 24 tokens a step (chunked prefill mixed with decodes, running
+/// sequences preempted and recomputed later): each result must equal
+/// generate() alone on `p`. Returns the prompts and their lengths.
+fn engine_under_preemption_equals_alone(
+    p: &Pipeline<CudaBackend>,
+    q: Pipeline<CudaBackend>,
+    label: &str,
+) -> Vec<Vec<u32>> {
     let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
     let config = EngineConfig {
         block_size_tokens: 16,
@@ -221,18 +225,26 @@ fn gpu_engine_under_concurrency_preemption_and_chunked_prefill_equals_generate_a
     let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
     let h = engine.handle.clone();
     let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|s| p.tokenizer.encode_chat(s, &[])).collect();
-    let max_new = [40, 30, 33, 60, 20, 45];
-    let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy_request(n))).collect();
+    let rxs: Vec<_> = prompts.iter().zip(MAX_NEW).map(|(ids, n)| submit(&h, ids.clone(), greedy_request(n))).collect();
     let results: Vec<Completion> = rxs.iter().map(collect).collect();
-    assert_same_as_alone(&p, &prompts, &max_new, &results);
+    assert_same_as_alone(p, &prompts, &MAX_NEW, &results);
     let stats = h.stats();
     let preempted = stats.preemptions.load(Relaxed);
-    eprintln!("GPU engine: {preempted} preemptions");
-    assert!(preempted > 0, "the budget did not force a preemption");
+    eprintln!("{label}: {preempted} preemptions");
+    assert!(preempted > 0, "{label}: the budget did not force a preemption");
     assert_eq!(stats.requests_failed.load(Relaxed), 0);
     assert_eq!(stats.kv_blocks_reserved.load(Relaxed), 0);
     drop(h);
     engine.shutdown();
+    prompts
+}
+
+const MAX_NEW: [usize; 6] = [40, 30, 33, 60, 20, 45];
+
+#[test]
+fn gpu_engine_under_concurrency_preemption_and_chunked_prefill_equals_generate_alone() {
+    let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
+    engine_under_preemption_equals_alone(&p, q, "GPU engine");
 }
 
 #[test]
@@ -260,25 +272,11 @@ fn gpu_engine_with_a_p_tuning_prefix_equals_generate_alone_and_the_cpu() {
             return;
         }
     };
-    let cpu = Pipeline::<chatglm_model::CpuBackend>::load(dir.to_str().unwrap(), options(), &mut |_, _| {}).unwrap();
-    let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
-    let config = EngineConfig {
-        block_size_tokens: 16,
-        kv_budget_bytes: per_token * 16 * 8,
-        max_batch_size: 6,
-        max_batch_tokens: 24,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
-    let h = engine.handle.clone();
-    let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|s| p.tokenizer.encode_chat(s, &[])).collect();
-    let max_new = [40, 30, 33, 60, 20, 45];
-    let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy_request(n))).collect();
-    let results: Vec<Completion> = rxs.iter().map(collect).collect();
-    assert_same_as_alone(&p, &prompts, &max_new, &results);
+    let prompts = engine_under_preemption_equals_alone(&p, q, "GPU engine with a prefix");
     // The GPU's greedy ids with the prefix are the CPU's.
+    let cpu = Pipeline::<chatglm_model::CpuBackend>::load(dir.to_str().unwrap(), options(), &mut |_, _| {}).unwrap();
     let (mut gs, mut cs) = (ForwardState::new(&p.model.backend), ForwardState::new(&cpu.model.backend));
-    for (input, &n) in prompts.iter().zip(&max_new).take(3) {
+    for (input, &n) in prompts.iter().zip(&MAX_NEW).take(3) {
         let config = GenerationConfig { max_new_tokens: Some(n), ..greedy(8192) };
         let mut gc = p.model.new_cache(p.kv_dtype);
         let a = generate(&p.model, &p.tokenizer, &mut gs, &mut gc, input, &config, &mut |_| true).unwrap();
@@ -286,10 +284,4 @@ fn gpu_engine_with_a_p_tuning_prefix_equals_generate_alone_and_the_cpu() {
         let b = generate(&cpu.model, &cpu.tokenizer, &mut cs, &mut cc, input, &config, &mut |_| true).unwrap();
         assert_eq!(a.generated_ids, b.generated_ids, "GPU and CPU differ with the prefix");
     }
-    let stats = h.stats();
-    eprintln!("GPU engine with a prefix: {} preemptions", stats.preemptions.load(Relaxed));
-    assert!(stats.preemptions.load(Relaxed) > 0, "the budget did not force a preemption");
-    assert_eq!(stats.requests_failed.load(Relaxed), 0);
-    drop(h);
-    engine.shutdown();
 }

@@ -6,20 +6,14 @@
 
 mod common;
 
-use chatglm_model::{
-    CpuBackend, ForwardState, KvDType, LoadOptions, LogitsWanted, Model, SequenceInput, TensorSource, WeightFormat,
-};
+use chatglm_model::{CpuBackend, LoadOptions, Model, TensorSource, WeightFormat};
 use chatglm_weights::{ptuning, serialize_safetensors, Checkpoint, ModelConfig};
-use common::all_logits;
+use common::{all_logits, check_ptuning_case};
 use serde_json::Value;
 use std::path::PathBuf;
 
 fn family(path: &str) -> PathBuf {
     chatglm_testdata::dir().join("../golden/family").join(path)
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -35,39 +29,6 @@ fn base(ckpt: &Checkpoint) -> Model<CpuBackend> {
         .unwrap()
 }
 
-/// Every golden check of one case against `model`.
-fn check(model: &Model<CpuBackend>, case: &Value, label: &str) {
-    let vocab = model.config.padded_vocab_size;
-    let input = ids(&case["input_ids"]);
-    let got = all_logits(model, &input);
-    let d = max_diff(&got[(input.len() - 1) * vocab..], &floats(&case["logits_last"]));
-    assert!(d <= 1e-4, "{label}: last logits max |Δ| {d}");
-    let (argmax, maxes) = (ids(&case["argmax_per_position"]), floats(&case["max_per_position"]));
-    for (p, row) in got.chunks_exact(vocab).enumerate() {
-        let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-        assert_eq!(best as u32, argmax[p], "{label}: argmax at {p}");
-        assert!((row[best] - maxes[p]).abs() <= 1e-4, "{label}: max at {p}");
-    }
-    // Incremental: a prompt, then one token a step, as generation runs.
-    let tokens = ids(&case["incremental_token_ids"]);
-    let prefill = case["incremental_prefill"].as_u64().unwrap() as usize;
-    let mut state = ForwardState::new(&model.backend);
-    let mut cache = model.new_cache(KvDType::F32);
-    let mut last = Vec::new();
-    for chunk in std::iter::once(&tokens[..prefill]).chain(tokens[prefill..].chunks(1)) {
-        let seq = SequenceInput { tokens: chunk, cache: &mut cache, logits: LogitsWanted::Last };
-        last = model.forward(&mut state, &mut [seq]).unwrap().to_vec();
-    }
-    assert_eq!(cache.len(), tokens.len(), "{label}: the prefix is not counted as tokens");
-    let d = max_diff(&last, &floats(&case["incremental_last"]));
-    assert!(d <= 1e-4, "{label}: incremental last step max |Δ| {d}");
-    // A cleared cache keeps the prefix: the same prompt gives the same logits.
-    cache.clear();
-    let seq = SequenceInput { tokens: &tokens, cache: &mut cache, logits: LogitsWanted::Last };
-    let again = model.forward(&mut state, &mut [seq]).unwrap().to_vec();
-    assert!(max_diff(&again, &last) <= 1e-4, "{label}: after clear()");
-}
-
 #[test]
 fn prefix_encoders_over_the_base_model_match_the_official_logits() {
     let golden: Value =
@@ -80,7 +41,7 @@ fn prefix_encoders_over_the_base_model_match_the_official_logits() {
         assert_eq!(prefix.len as u64, case["config"]["pre_seq_len"].as_u64().unwrap());
         let mut model = base(&ckpt);
         model.set_prefix(Some(prefix)).unwrap();
-        check(&model, case, name);
+        check_ptuning_case(&model, case, name, 1e-4);
         let moved = max_diff(&all_logits(&model, &ids(&case["input_ids"])), &plain);
         assert!(moved > 1e-2, "{name}: the prefix changed nothing ({moved})");
     }
@@ -115,7 +76,7 @@ fn a_whole_p_tuning_checkpoint_loads_with_its_prefix() {
     std::fs::copy(encoder.join("config.json"), dir.join("config.json")).unwrap();
     let ckpt = Checkpoint::open(&dir).unwrap();
     assert_eq!(ckpt.config.pre_seq_len, Some(4));
-    check(&base(&ckpt), &golden["cases"]["ptuning-v2-projection"], "whole checkpoint");
+    check_ptuning_case(&base(&ckpt), &golden["cases"]["ptuning-v2-projection"], "whole checkpoint", 1e-4);
 
     // pre_seq_len without an encoder, or an encoder for another model, is refused with the reason.
     let bare = Checkpoint::open(&base_dir).unwrap();

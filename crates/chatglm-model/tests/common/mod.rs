@@ -2,8 +2,9 @@
 #![allow(dead_code)]
 
 use chatglm_model::{
-    Backend, Config, ForwardState, KvDType, LogitsWanted, Model, ModelError, SequenceInput, TensorSource,
+    Backend, Config, ForwardState, KvCacheOps, KvDType, LogitsWanted, Model, ModelError, SequenceInput, TensorSource,
 };
+use chatglm_testdata::{floats, ids, max_abs_diff as max_diff};
 use chatglm_weights::{names, DType, Tensor, TensorData};
 use std::collections::HashMap;
 
@@ -72,4 +73,39 @@ pub fn diff_and_scale(a: &[f32], b: &[f32]) -> (f32, f32) {
     assert_eq!(a.len(), b.len());
     let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     (d, b.iter().fold(0f32, |m, v| m.max(v.abs())))
+}
+
+/// Every golden check of one P-Tuning case (`golden/family/chatglm3/ptuning_golden.json`) against
+/// `model` (a prefix set), to `tol`: the logits of a prompt, then token by token, and a cleared cache
+/// that keeps its prefix.
+pub fn check_ptuning_case<B: Backend>(model: &Model<B>, case: &serde_json::Value, label: &str, tol: f32) {
+    let vocab = model.config.padded_vocab_size;
+    let input = ids(&case["input_ids"]);
+    let got = all_logits(model, &input);
+    let d = max_diff(&got[(input.len() - 1) * vocab..], &floats(&case["logits_last"]));
+    assert!(d <= tol, "{label}: last logits max |Δ| {d}");
+    let (argmax, maxes) = (ids(&case["argmax_per_position"]), floats(&case["max_per_position"]));
+    for (p, row) in got.chunks_exact(vocab).enumerate() {
+        let best = row.iter().enumerate().fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+        assert_eq!(best as u32, argmax[p], "{label}: argmax at {p}");
+        assert!((row[best] - maxes[p]).abs() <= tol, "{label}: max at {p}");
+    }
+    // Incremental: a prompt, then one token a step, as generation runs.
+    let tokens = ids(&case["incremental_token_ids"]);
+    let prefill = case["incremental_prefill"].as_u64().unwrap() as usize;
+    let mut state = ForwardState::new(&model.backend);
+    let mut cache = model.new_cache(KvDType::F32);
+    let mut last = Vec::new();
+    for chunk in std::iter::once(&tokens[..prefill]).chain(tokens[prefill..].chunks(1)) {
+        let seq = SequenceInput { tokens: chunk, cache: &mut cache, logits: LogitsWanted::Last };
+        last = model.forward(&mut state, &mut [seq]).unwrap().to_vec();
+    }
+    assert_eq!(cache.len(), tokens.len(), "{label}: the prefix is not counted as tokens");
+    let d = max_diff(&last, &floats(&case["incremental_last"]));
+    assert!(d <= tol, "{label}: incremental last step max |Δ| {d}");
+    // A cleared cache keeps the prefix: the same prompt gives the same logits.
+    cache.clear();
+    let seq = SequenceInput { tokens: &tokens, cache: &mut cache, logits: LogitsWanted::Last };
+    let again = model.forward(&mut state, &mut [seq]).unwrap().to_vec();
+    assert!(max_diff(&again, &last) <= tol, "{label}: after clear()");
 }
