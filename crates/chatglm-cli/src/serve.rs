@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// request is paused and recomputed later (never failed).
     #[arg(long, default_value_t = 4096)]
     pub kv_cache_mb: usize,
+    /// Finished requests whose KV cache is kept for a request that continues
+    /// them (the next round of a chat, sent with its history): that request
+    /// computes only its new tokens. Kept caches live in the KV budget and
+    /// are given back first when it runs short; 0 turns this off.
+    #[arg(long, default_value_t = 8)]
+    pub prefix_cache: usize,
     /// Cap on prompt + generated tokens of any request (the model's context caps it too).
     #[arg(long, default_value_t = 8192)]
     pub max_length: usize,
@@ -76,6 +82,7 @@ fn run_on<B: Backend + 'static>(pipeline: Pipeline<B>, args: ServeArgs) -> Resul
         max_batch_size: args.max_batch,
         max_queue: args.max_queue,
         kv_budget_bytes: args.kv_cache_mb.saturating_mul(1 << 20),
+        prefix_cache_entries: args.prefix_cache,
         ..EngineConfig::default()
     };
     let engine =

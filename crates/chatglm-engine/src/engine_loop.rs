@@ -34,6 +34,19 @@ pub(crate) struct LoopSetup<'s, B: Backend> {
     pub scheduler: Scheduler,
     pub rx: mpsc::Receiver<Command>,
     pub stats: &'s EngineStats,
+    /// Finished requests' caches kept for reuse (0: none).
+    pub retain_max: usize,
+}
+
+/// Fewest prompt tokens worth continuing from a finished request's cache.
+const MIN_REUSE_TOKENS: usize = 16;
+
+/// A finished request's cache, kept for a prompt that starts with its tokens.
+struct Retained<C> {
+    id: SeqId,
+    /// The tokens in the cache, in order.
+    tokens: Vec<u32>,
+    cache: C,
 }
 
 struct Loop<'t, B: Backend> {
@@ -43,6 +56,9 @@ struct Loop<'t, B: Backend> {
     scheduler: Scheduler,
     seqs: HashMap<SeqId, Sequence<'t, B::Cache>>,
     stats: &'t EngineStats,
+    /// Oldest first; the scheduler holds their blocks.
+    retained: std::collections::VecDeque<Retained<B::Cache>>,
+    retain_max: usize,
 }
 
 /// How a step's sampled tokens are chosen.
@@ -59,9 +75,18 @@ enum StepReadout {
 
 /// Runs until every sender is dropped and no request is left.
 pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
-    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats } = setup;
+    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats, retain_max } = setup;
     let mut state = ForwardState::new(&model.backend);
-    let mut this = Loop { model: &model, tokenizer: &tokenizer, kv_dtype, scheduler, seqs: HashMap::new(), stats };
+    let mut this = Loop {
+        model: &model,
+        tokenizer: &tokenizer,
+        kv_dtype,
+        scheduler,
+        seqs: HashMap::new(),
+        stats,
+        retained: Default::default(),
+        retain_max,
+    };
     let mut open = true;
     let (mut row, mut chosen) = (Vec::new(), Vec::new());
     let mut memory_sampled = Instant::now();
@@ -122,11 +147,26 @@ impl<'t, B: Backend> Loop<'t, B> {
             .unwrap_or(context)
             .min(context)
             .min(request.params.max_new_tokens.map_or(usize::MAX, |n| prompt_len.saturating_add(n)));
-        let cache = self.model.new_cache(self.kv_dtype);
+        // Continue a finished request's cache when this prompt starts with
+        // its tokens (the next round of a chat), else start empty.
+        let reused = self.take_longest_prefix(&request.prompt_ids);
+        let (cache, added) = match reused {
+            Some((cache, blocks, n)) => (cache, self.scheduler.add_reusing(id, prompt_len, wanted, blocks, n)),
+            None => (self.model.new_cache(self.kv_dtype), self.scheduler.add(id, prompt_len, wanted)),
+        };
         let mut seq = Sequence::new(request, self.tokenizer, cache, wanted);
-        match self.scheduler.add(id, prompt_len, wanted) {
+        match added {
             Ok(granted) => {
                 seq.limit_total = granted;
+                // What the scheduler counts as computed is what the cache keeps.
+                let computed = self.scheduler.computed_tokens(id);
+                if KvCacheOps::len(&seq.cache) > computed {
+                    KvCacheOps::truncate(&mut seq.cache, computed);
+                }
+                if computed > 0 {
+                    self.stats.prefix_cache_hits.fetch_add(1, Relaxed);
+                    self.stats.prefix_cache_tokens.fetch_add(computed as u64, Relaxed);
+                }
                 self.seqs.insert(id, seq);
             }
             Err(e) => {
@@ -136,6 +176,49 @@ impl<'t, B: Backend> Loop<'t, B> {
             }
         }
         self.publish_gauges();
+    }
+
+    /// The retained cache sharing the longest prefix with `prompt` (at least
+    /// MIN_REUSE_TOKENS, and short of the whole prompt: its last token is
+    /// computed for the logits), cut to that prefix, with its blocks.
+    fn take_longest_prefix(&mut self, prompt: &[u32]) -> Option<(B::Cache, Vec<chatglm_model::KvBlockId>, usize)> {
+        let limit = prompt.len().saturating_sub(1);
+        let (at, n) = self
+            .retained
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, r.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(limit)))
+            .max_by_key(|&(_, n)| n)?;
+        if n < MIN_REUSE_TOKENS {
+            return None;
+        }
+        let mut r = self.retained.remove(at)?;
+        let blocks = self.scheduler.take_retained(r.id, n)?;
+        KvCacheOps::truncate(&mut r.cache, n);
+        Some((r.cache, blocks, n))
+    }
+
+    /// Ends running sequence `id` in the scheduler, keeping its cache (and
+    /// blocks) for a later prompt that continues it, where that is on.
+    fn release(&mut self, id: SeqId) {
+        let keep = self.retain_max > 0
+            && self.scheduler.is_running(id)
+            && self.seqs.get(&id).is_some_and(|s| KvCacheOps::len(&s.cache) >= MIN_REUSE_TOKENS);
+        let Some(seq) = self.seqs.get_mut(&id).filter(|_| keep) else {
+            self.scheduler.remove(id);
+            return;
+        };
+        let cached = KvCacheOps::len(&seq.cache).min(seq.tokens.len());
+        let tokens = seq.tokens[..cached].to_vec();
+        let cache = std::mem::replace(&mut seq.cache, self.model.new_cache(self.kv_dtype));
+        if self.scheduler.retain(id, cached) {
+            self.retained.push_back(Retained { id, tokens, cache });
+            while self.retained.len() > self.retain_max {
+                if let Some(old) = self.retained.pop_front() {
+                    self.scheduler.drop_retained(old.id);
+                }
+            }
+        }
     }
 
     /// Cancels every request whose client is gone, waiting or running.
@@ -176,6 +259,10 @@ impl<'t, B: Backend> Loop<'t, B> {
         chosen: &mut Vec<Option<u32>>,
     ) {
         let now = Instant::now();
+        // Retained caches whose blocks the scheduler took back.
+        for id in &plan.evicted {
+            self.retained.retain(|r| r.id != *id);
+        }
         // Preempted sequences recompute from scratch when readmitted.
         for id in &plan.preempted {
             if let Some(seq) = self.seqs.get_mut(id) {
@@ -329,7 +416,7 @@ impl<'t, B: Backend> Loop<'t, B> {
     }
 
     fn finish(&mut self, id: SeqId, reason: FinishReason, now: Instant) {
-        self.scheduler.remove(id);
+        self.release(id);
         let Some(mut seq) = self.seqs.remove(&id) else {
             return;
         };
@@ -368,7 +455,11 @@ impl<'t, B: Backend> Loop<'t, B> {
         let s = self.stats;
         let sch = &self.scheduler;
         s.running.store(sch.running_len() as u64, Relaxed);
-        s.kv_blocks_reserved.store(sch.reserved_blocks() as u64, Relaxed);
+        // Blocks kept for finished requests' caches are given back on demand:
+        // counted apart, not as reserved.
+        let cached = sch.retained_blocks();
+        s.kv_blocks_reserved.store(sch.reserved_blocks().saturating_sub(cached) as u64, Relaxed);
+        s.kv_blocks_cached.store(cached as u64, Relaxed);
         s.kv_blocks_used.store(sch.used_blocks() as u64, Relaxed);
     }
 }

@@ -26,6 +26,11 @@ pub struct EngineConfig {
     pub block_size_tokens: usize,
     /// Bytes of KV cache all running sequences may hold together.
     pub kv_budget_bytes: usize,
+    /// Finished requests whose KV cache is kept (inside the budget, given
+    /// back first when blocks run short) for a request whose prompt starts
+    /// with their tokens — the next round of a chat — to continue from;
+    /// 0 turns the reuse off.
+    pub prefix_cache_entries: usize,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +41,7 @@ impl Default for EngineConfig {
             max_queue: 256,
             block_size_tokens: 16,
             kv_budget_bytes: 4 << 30,
+            prefix_cache_entries: 8,
         }
     }
 }
@@ -137,7 +143,15 @@ impl Engine {
             .name("chatglm-engine".into())
             .spawn(move || {
                 let _alive = AliveGuard(&loop_shared.stats);
-                run_loop(LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats: &loop_shared.stats })
+                run_loop(LoopSetup {
+                    model,
+                    tokenizer,
+                    kv_dtype,
+                    scheduler,
+                    rx,
+                    stats: &loop_shared.stats,
+                    retain_max: config.prefix_cache_entries,
+                })
             })
             .map_err(|e| EngineError::InvalidParameter(format!("cannot start the engine thread: {e}")))?;
         Ok(Self { handle: EngineHandle { tx, shared }, thread })

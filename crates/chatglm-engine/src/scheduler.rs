@@ -25,6 +25,13 @@
 //! the engine clears its cache). The oldest running sequence can always
 //! grow (one sequence never needs more than the budget), so a step never
 //! deadlocks on memory and no request fails for lack of it.
+//!
+//! Finished sequences may leave their blocks *retained* (oldest first out):
+//! a new sequence whose prompt starts with a retained one's tokens (the next
+//! round of a chat) takes those blocks over and starts computing after them.
+//! Retained blocks are the first to go when blocks run short — before any
+//! running sequence is preempted (listed in [`StepPlan::evicted`], so the
+//! engine drops their caches).
 
 use crate::kv_blocks::BlockAllocator;
 use chatglm_model::KvBlockId;
@@ -105,6 +112,8 @@ pub struct StepPlan {
     /// Sequences preempted this step: their caches must be cleared (they
     /// recompute everything when readmitted).
     pub preempted: Vec<SeqId>,
+    /// Retained (finished) sequences whose blocks were taken back this step.
+    pub evicted: Vec<SeqId>,
 }
 
 impl StepPlan {
@@ -141,6 +150,8 @@ pub struct Scheduler {
     /// In admission order.
     running: Vec<SeqId>,
     seqs: HashMap<SeqId, SeqEntry>,
+    /// Finished sequences' blocks kept for reuse, oldest first.
+    retained: VecDeque<(SeqId, Vec<KvBlockId>)>,
 }
 
 impl Scheduler {
@@ -152,6 +163,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             seqs: HashMap::new(),
+            retained: VecDeque::new(),
         })
     }
 
@@ -169,31 +181,117 @@ impl Scheduler {
     /// (`max_total_tokens`, or less when the whole budget is smaller): the
     /// caller must end the sequence there.
     pub fn add(&mut self, id: SeqId, prompt_tokens: usize, max_total_tokens: usize) -> Result<usize, AdmitError> {
-        if prompt_tokens == 0 {
-            return Err(AdmitError::EmptyPrompt);
+        self.add_reusing(id, prompt_tokens, max_total_tokens, Vec::new(), 0)
+    }
+
+    /// As [`Scheduler::add`], for a sequence whose first `computed` prompt
+    /// tokens are already in `blocks` (taken with
+    /// [`Scheduler::take_retained`]); it computes from there. On an error
+    /// the blocks are freed.
+    pub fn add_reusing(
+        &mut self,
+        id: SeqId,
+        prompt_tokens: usize,
+        max_total_tokens: usize,
+        mut blocks: Vec<KvBlockId>,
+        computed: usize,
+    ) -> Result<usize, AdmitError> {
+        let checked = if prompt_tokens == 0 {
+            Err(AdmitError::EmptyPrompt)
+        } else if self.seqs.contains_key(&id) {
+            Err(AdmitError::DuplicateId(id))
+        } else if prompt_tokens + 1 > self.capacity_tokens() {
+            // Room for the prompt and at least one sampled token.
+            Err(AdmitError::NeverFits { needed_tokens: prompt_tokens + 1, capacity_tokens: self.capacity_tokens() })
+        } else {
+            Ok(())
+        };
+        if let Err(e) = checked {
+            self.blocks.free(&mut blocks);
+            return Err(e);
         }
-        if self.seqs.contains_key(&id) {
-            return Err(AdmitError::DuplicateId(id));
+        let computed = computed.min(prompt_tokens - 1);
+        let keep = self.blocks.blocks_for(computed).min(blocks.len());
+        let mut extra = blocks.split_off(keep);
+        self.blocks.free(&mut extra);
+        let computed = if blocks.len() < self.blocks.blocks_for(computed) { 0 } else { computed };
+        if computed == 0 {
+            self.blocks.free(&mut blocks);
         }
-        // Room for the prompt and at least one sampled token.
-        let capacity = self.capacity_tokens();
-        if prompt_tokens + 1 > capacity {
-            return Err(AdmitError::NeverFits { needed_tokens: prompt_tokens + 1, capacity_tokens: capacity });
-        }
-        let total = max_total_tokens.max(prompt_tokens + 1).min(capacity);
+        let total = max_total_tokens.max(prompt_tokens + 1).min(self.capacity_tokens());
         self.seqs.insert(
             id,
             SeqEntry {
                 known_tokens: prompt_tokens,
-                computed_tokens: 0,
+                computed_tokens: computed,
                 prompt_tokens,
                 max_tokens: total,
-                blocks: Vec::new(),
+                blocks,
                 running: false,
             },
         );
         self.waiting.push_back(id);
         Ok(total)
+    }
+
+    /// Ends sequence `id` keeping the blocks of its first `tokens` computed
+    /// tokens for a later sequence to take over (the rest are freed).
+    /// Returns `false` for an unknown sequence (nothing retained).
+    pub fn retain(&mut self, id: SeqId, tokens: usize) -> bool {
+        let Some(mut s) = self.seqs.remove(&id) else {
+            return false;
+        };
+        self.running.retain(|&r| r != id);
+        self.waiting.retain(|&w| w != id);
+        let keep = self.blocks.blocks_for(tokens.min(s.computed_tokens)).min(s.blocks.len());
+        let mut extra = s.blocks.split_off(keep);
+        self.blocks.free(&mut extra);
+        if s.blocks.is_empty() {
+            return false;
+        }
+        self.retained.push_back((id, s.blocks));
+        true
+    }
+
+    /// Takes over retained sequence `id`'s blocks for its first `tokens`
+    /// tokens (the rest are freed); `None` if it is not retained (any more).
+    pub fn take_retained(&mut self, id: SeqId, tokens: usize) -> Option<Vec<KvBlockId>> {
+        let at = self.retained.iter().position(|(r, _)| *r == id)?;
+        let (_, mut blocks) = self.retained.remove(at)?;
+        let mut extra = blocks.split_off(self.blocks.blocks_for(tokens).min(blocks.len()));
+        self.blocks.free(&mut extra);
+        Some(blocks)
+    }
+
+    /// Frees retained sequence `id`'s blocks. Returns `false` if it was not retained.
+    pub fn drop_retained(&mut self, id: SeqId) -> bool {
+        let Some(at) = self.retained.iter().position(|(r, _)| *r == id) else {
+            return false;
+        };
+        if let Some((_, mut blocks)) = self.retained.remove(at) {
+            self.blocks.free(&mut blocks);
+        }
+        true
+    }
+
+    /// Blocks held by retained sequences.
+    pub fn retained_blocks(&self) -> usize {
+        self.retained.iter().map(|(_, b)| b.len()).sum()
+    }
+
+    /// Allocates `n` blocks into `blocks`, taking retained sequences' blocks
+    /// back (oldest first) while too few are free.
+    fn allocate_evicting(&mut self, n: usize, blocks: &mut Vec<KvBlockId>, plan: &mut StepPlan) -> bool {
+        loop {
+            if self.blocks.allocate(n, blocks) {
+                return true;
+            }
+            let Some((id, mut held)) = self.retained.pop_front() else {
+                return false;
+            };
+            self.blocks.free(&mut held);
+            plan.evicted.push(id);
+        }
     }
 
     /// Plans the next step and marks its tokens as computed.
@@ -239,11 +337,14 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             };
-            let n = s.known_tokens.min(budget);
-            let need = self.blocks.blocks_for(n);
-            if !self.blocks.allocate(need, &mut s.blocks) {
+            let n = (s.known_tokens - s.computed_tokens).min(budget);
+            let need = self.blocks.blocks_for(s.computed_tokens + n).saturating_sub(s.blocks.len());
+            let mut got = Vec::new();
+            if !self.allocate_evicting(need, &mut got, &mut plan) {
                 break;
             }
+            let Some(s) = self.seqs.get_mut(&id) else { continue };
+            s.blocks.extend(got);
             self.waiting.pop_front();
             s.running = true;
             plan.chunks.push(chunk(id, s, n));
@@ -263,7 +364,11 @@ impl Scheduler {
         loop {
             let Some(s) = self.seqs.get_mut(&id) else { return false };
             let need = self.blocks.blocks_for(tokens).saturating_sub(s.blocks.len());
-            if self.blocks.allocate(need, &mut s.blocks) {
+            let mut got = Vec::new();
+            if self.allocate_evicting(need, &mut got, plan) {
+                if let Some(s) = self.seqs.get_mut(&id) {
+                    s.blocks.extend(got);
+                }
                 return true;
             }
             let Some(&victim) = self.running.last() else { return false };
@@ -309,8 +414,9 @@ impl Scheduler {
         let Some(mut s) = self.seqs.remove(&id) else {
             return false;
         };
+        // A waiting sequence may hold blocks it took over from a retained one.
+        self.blocks.free(&mut s.blocks);
         if s.running {
-            self.blocks.free(&mut s.blocks);
             self.running.retain(|&r| r != id);
         } else {
             self.waiting.retain(|&w| w != id);
@@ -328,6 +434,11 @@ impl Scheduler {
 
     pub fn running_len(&self) -> usize {
         self.running.len()
+    }
+
+    /// Tokens of sequence `id` counted as computed (0 for an unknown one).
+    pub fn computed_tokens(&self, id: SeqId) -> usize {
+        self.seqs.get(&id).map_or(0, |s| s.computed_tokens)
     }
 
     pub fn is_running(&self, id: SeqId) -> bool {

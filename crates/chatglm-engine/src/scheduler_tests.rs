@@ -283,3 +283,76 @@ mod props {
         }
     }
 }
+
+#[test]
+fn a_finished_sequence_s_blocks_are_taken_over_by_the_next_round() {
+    let mut s = sched(100, 8, 20);
+    s.add(1, 10, 12).unwrap();
+    let p = s.schedule();
+    assert_eq!(chunks(&p), vec![(1, 0, 10, true)]);
+    sample_all(&mut s, &p);
+    let p = s.schedule();
+    assert_eq!(chunks(&p), vec![(1, 10, 1, true)]);
+    // 11 tokens computed (3 blocks of 4); the engine keeps them.
+    assert!(s.retain(1, 11));
+    assert_eq!(s.retained_blocks(), 3);
+    assert_eq!(s.reserved_blocks(), 3);
+    // The next round's prompt starts with 9 of them: 3 blocks hold them.
+    let blocks = s.take_retained(1, 9).unwrap();
+    assert_eq!(blocks.len(), 3);
+    assert!(s.take_retained(1, 9).is_none(), "taken once");
+    s.add_reusing(2, 14, 20, blocks.clone(), 9).unwrap();
+    let p = s.schedule();
+    assert_eq!(p.admitted, vec![2]);
+    assert_eq!(chunks(&p), vec![(2, 9, 5, true)], "computing starts after the reused tokens");
+    assert_eq!(&s.blocks_of(2)[..3], &blocks[..], "the reused blocks come first");
+    assert_eq!(s.blocks_of(2).len(), 4);
+    assert!(s.remove(2));
+    assert_eq!(s.reserved_blocks(), 0);
+}
+
+#[test]
+fn retained_blocks_go_before_any_running_sequence_is_preempted() {
+    let mut s = sched(100, 8, 6);
+    s.add(1, 8, 9).unwrap();
+    let p = s.schedule();
+    sample_all(&mut s, &p);
+    assert!(s.retain(1, 8));
+    assert_eq!(s.retained_blocks(), 2);
+    // A 16-token prompt needs 4 of the 4 free blocks, then one more: the
+    // retained sequence's blocks are taken back, nobody is preempted.
+    s.add(2, 16, 24).unwrap();
+    let p = s.schedule();
+    assert_eq!(chunks(&p), vec![(2, 0, 16, true)]);
+    assert!(p.evicted.is_empty());
+    sample_all(&mut s, &p);
+    let p = s.schedule();
+    assert_eq!(chunks(&p), vec![(2, 16, 1, true)]);
+    assert_eq!(p.evicted, vec![1]);
+    assert!(p.preempted.is_empty());
+    assert_eq!(s.retained_blocks(), 0);
+    assert!(s.take_retained(1, 8).is_none());
+}
+
+#[test]
+fn a_waiting_sequence_that_took_blocks_over_frees_them_when_removed() {
+    let mut s = sched(100, 8, 10);
+    s.add(1, 8, 9).unwrap();
+    let p = s.schedule();
+    sample_all(&mut s, &p);
+    assert!(s.retain(1, 8));
+    let blocks = s.take_retained(1, 8).unwrap();
+    s.add_reusing(2, 12, 20, blocks, 8).unwrap();
+    assert_eq!(s.reserved_blocks(), 2);
+    assert!(s.remove(2));
+    assert_eq!(s.reserved_blocks(), 0);
+    // Reuse never covers the whole prompt: at least one token is computed.
+    s.add(3, 8, 9).unwrap();
+    let p = s.schedule();
+    sample_all(&mut s, &p);
+    assert!(s.retain(3, 8));
+    let blocks = s.take_retained(3, 8).unwrap();
+    s.add_reusing(4, 8, 12, blocks, 8).unwrap();
+    let p = s.schedule();
+    assert_eq!(chunks(&p), vec![(4, 7, 1, true)]);
+}

@@ -85,6 +85,12 @@ pub struct EngineStats {
     pub kv_blocks_total: AtomicU64,
     pub kv_blocks_reserved: AtomicU64,
     pub kv_blocks_used: AtomicU64,
+    /// Gauge: blocks holding finished requests' caches kept for reuse.
+    pub kv_blocks_cached: AtomicU64,
+    /// Requests that continued a finished request's KV cache, and the prompt
+    /// tokens they did not recompute.
+    pub prefix_cache_hits: AtomicU64,
+    pub prefix_cache_tokens: AtomicU64,
     /// Gauges: bytes of the model's weights (as loaded on its device) and of
     /// the KV budget's blocks.
     pub weight_bytes: AtomicU64,

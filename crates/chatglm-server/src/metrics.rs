@@ -111,6 +111,27 @@ pub fn render(state: &AppState) -> String {
     );
     scalar(&mut out, "chatglm_kv_blocks_used", "gauge", "KV blocks holding computed tokens.", g(&s.kv_blocks_used));
     scalar(&mut out, "chatglm_kv_blocks_free", "gauge", "KV blocks not reserved.", total.saturating_sub(reserved));
+    scalar(
+        &mut out,
+        "chatglm_kv_blocks_cached",
+        "gauge",
+        "KV blocks holding finished requests' caches for prompts that continue them (given back first).",
+        g(&s.kv_blocks_cached),
+    );
+    scalar(
+        &mut out,
+        "chatglm_prefix_cache_hits_total",
+        "counter",
+        "Requests that continued a finished request's KV cache.",
+        g(&s.prefix_cache_hits),
+    );
+    scalar(
+        &mut out,
+        "chatglm_prefix_cache_tokens_total",
+        "counter",
+        "Prompt tokens taken from finished requests' caches instead of computed.",
+        g(&s.prefix_cache_tokens),
+    );
     scalar(&mut out, "chatglm_weights_bytes", "gauge", "Bytes of the model's weights as loaded.", g(&s.weight_bytes));
     scalar(&mut out, "chatglm_kv_budget_bytes", "gauge", "Bytes of the KV budget's blocks.", g(&s.kv_budget_bytes));
     scalar(
