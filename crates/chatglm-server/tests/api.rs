@@ -469,3 +469,38 @@ async fn chatglm3_tool_round_trip_prompts_as_the_official_demo() {
     assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
     s.shutdown();
 }
+
+#[tokio::test]
+async fn the_second_round_of_a_chat_continues_the_first_round_s_cache() {
+    let s = TestServer::default();
+    let q1 = "Please describe, in a few sentences, how a paged KV cache lets a server batch many chats.";
+    let body = |messages: Value| json!({"messages": messages, "temperature": 0, "max_tokens": 24}).to_string();
+    let (status, a) = s.post_json("/v1/chat/completions", &body(json!([{"role": "user", "content": q1}]))).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let a1 = a["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    assert_eq!(s.metric("chatglm_prefix_cache_hits_total").await, 0.0);
+    // Round 2 sends the history again, as OpenAI clients do.
+    let messages = json!([
+        {"role": "user", "content": q1},
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": "And in one word?"}
+    ]);
+    let (status, b) = s.post_json("/v1/chat/completions", &body(messages)).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    assert_eq!(s.metric("chatglm_prefix_cache_hits_total").await, 1.0);
+    assert!(s.metric("chatglm_prefix_cache_tokens_total").await >= 16.0);
+    // The same reply as computing the whole round-2 prompt alone.
+    let p = pipeline();
+    let ids = p.tokenizer.encode_chat("And in one word?", &[(q1.to_string(), a1.clone())]);
+    assert_eq!(b["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
+    let mut state = chatglm_model::ForwardState::new(&p.model.backend);
+    let mut cache = p.model.new_cache(p.kv_dtype);
+    let config = GenerationConfig {
+        sampling: SamplingParams::greedy(),
+        max_new_tokens: Some(24),
+        ..GenerationConfig::default()
+    };
+    let alone =
+        chatglm_engine::generate(&p.model, &p.tokenizer, &mut state, &mut cache, &ids, &config, &mut |_| true).unwrap();
+    assert_eq!(b["choices"][0]["message"]["content"].as_str().unwrap(), alone.text.trim());
+}
