@@ -16,6 +16,8 @@
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels; PROFILE_DTYPE=q4_0 profiles that format); SERVE_CONCURRENCY=64 the HTTP server
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
+# HISTORY=1 times a 4-round chat through the HTTP server with and without KV reuse of the previous round
+# (HISTORY_DTYPE, HISTORY_REPEAT: the first question's length in ~48-token repeats).
 # QUANT=1 adds the int4/int8 benchmarks (kernel GB/s, decode, prefill, 32 sequences) and the GPU
 # memory of an 8K-token int4 dialogue as nvidia-smi reports it (QUANT_ONLY=1: only those;
 # QMMA_BLOCKS_SWEEP="1" adds decode with at most that many quantized-product blocks per SM).
@@ -212,6 +214,14 @@ PY
     tail -n 25 "$out/serve.txt" | tee -a "$summary"
     run_bench engine-same-shape "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 \
       --prompt-len 32 --gen-len 256 --concurrency "$SERVE_CONCURRENCY"
+  fi
+  if [ "${HISTORY:-0}" != 0 ]; then
+    # Multi-round chat through the HTTP server with and without reusing the previous round's KV cache.
+    echo "== serve: multi-round chat latency, --prefix-cache 8 vs 0 (synthetic 6B, the real tokenizer)" | tee -a "$summary"
+    CHATGLM_BIN=$BIN/chatglm MODEL="synthetic:chatglm2-6b:$CHATGLM_TESTDATA/chatglm2-tokenizer/tokenizer.model" \
+      DTYPE=${HISTORY_DTYPE:-f16} SERVE_ARGS="--device cuda" ROUNDS=4 REPEAT=${HISTORY_REPEAT:-40} \
+      bench/serve/history.sh >"$out/history.txt" 2>&1 || echo "history FAILED" | tee -a "$summary"
+    grep -E "round|prefix cache" "$out/history.txt" | tee -a "$summary"
   fi
   if [ "${PROFILE:-0}" != 0 ]; then
     # Per-kernel device time of one prefill and a few decode steps (ncu reads
