@@ -149,7 +149,8 @@ impl<'t, B: Backend> Loop<'t, B> {
             .min(request.params.max_new_tokens.map_or(usize::MAX, |n| prompt_len.saturating_add(n)));
         // Continue a finished request's cache when this prompt starts with
         // its tokens (the next round of a chat), else start empty.
-        let reused = self.take_longest_prefix(&request.prompt_ids);
+        let reused =
+            self.take_longest_prefix(&request.prompt_ids).or_else(|| self.copy_longest_prefix(&request.prompt_ids));
         let (cache, added) = match reused {
             Some((cache, blocks, n)) => (cache, self.scheduler.add_reusing(id, prompt_len, wanted, blocks, n)),
             None => (self.model.new_cache(self.kv_dtype), self.scheduler.add(id, prompt_len, wanted)),
@@ -182,6 +183,9 @@ impl<'t, B: Backend> Loop<'t, B> {
     /// MIN_REUSE_TOKENS, and short of the whole prompt: its last token is
     /// computed for the logits), cut to that prefix, with its blocks.
     fn take_longest_prefix(&mut self, prompt: &[u32]) -> Option<(B::Cache, Vec<chatglm_model::KvBlockId>, usize)> {
+        if self.retain_max == 0 {
+            return None;
+        }
         let limit = prompt.len().saturating_sub(1);
         let (at, n) = self
             .retained
@@ -196,6 +200,36 @@ impl<'t, B: Backend> Loop<'t, B> {
         let blocks = self.scheduler.take_retained(r.id, n)?;
         KvCacheOps::truncate(&mut r.cache, n);
         Some((r.cache, blocks, n))
+    }
+
+    /// A copy of the longest prefix (as in `take_longest_prefix`) that a
+    /// running or waiting sequence's cache shares with `prompt` — a system
+    /// prompt or conversation other requests are using now — in fresh blocks,
+    /// where the backend can copy caches and blocks are free.
+    fn copy_longest_prefix(&mut self, prompt: &[u32]) -> Option<(B::Cache, Vec<chatglm_model::KvBlockId>, usize)> {
+        if self.retain_max == 0 {
+            return None;
+        }
+        let limit = prompt.len().saturating_sub(1);
+        let (src, n) = self
+            .seqs
+            .iter()
+            .map(|(&id, s)| {
+                let cached = KvCacheOps::len(&s.cache).min(s.tokens.len());
+                (id, s.tokens[..cached].iter().zip(prompt).take_while(|(a, b)| a == b).count().min(limit))
+            })
+            .max_by_key(|&(_, n)| n)?;
+        if n < MIN_REUSE_TOKENS {
+            return None;
+        }
+        let blocks = self.scheduler.allocate_blocks_for(n)?;
+        let mut cache = self.model.new_cache(self.kv_dtype);
+        let copied = self.seqs.get(&src).is_some_and(|s| KvCacheOps::copy_prefix_from(&mut cache, &s.cache, n));
+        if !copied {
+            self.scheduler.free_detached(blocks);
+            return None;
+        }
+        Some((cache, blocks, n))
     }
 
     /// Ends running sequence `id` in the scheduler, keeping its cache (and

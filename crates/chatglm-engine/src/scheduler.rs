@@ -274,6 +274,19 @@ impl Scheduler {
         true
     }
 
+    /// `blocks_for(tokens)` free blocks for a sequence about to be added with
+    /// [`Scheduler::add_reusing`] (its first tokens copied in); `None` if
+    /// that many are not free (nothing is evicted or preempted for it).
+    pub fn allocate_blocks_for(&mut self, tokens: usize) -> Option<Vec<KvBlockId>> {
+        let mut blocks = Vec::new();
+        self.blocks.allocate(self.blocks.blocks_for(tokens), &mut blocks).then_some(blocks)
+    }
+
+    /// Gives back blocks from [`Scheduler::allocate_blocks_for`] that were not used.
+    pub fn free_detached(&mut self, mut blocks: Vec<KvBlockId>) {
+        self.blocks.free(&mut blocks);
+    }
+
     /// Blocks held by retained sequences.
     pub fn retained_blocks(&self) -> usize {
         self.retained.iter().map(|(_, b)| b.len()).sum()

@@ -129,6 +129,16 @@ pub trait KvCacheOps: Send {
         let _ = ids;
         Ok(())
     }
+    /// Makes this (empty) cache hold `src`'s first `n` tokens, copied (the
+    /// prefix of another sequence's conversation). `false` where the caches
+    /// differ in kind or this backend cannot copy them yet.
+    fn copy_prefix_from(&mut self, src: &Self, n: usize) -> bool
+    where
+        Self: Sized,
+    {
+        let _ = (src, n);
+        false
+    }
 }
 
 impl KvCacheOps for KvCache {
@@ -155,6 +165,9 @@ impl KvCacheOps for KvCache {
     }
     fn advance(&mut self, n_new: usize) {
         KvCache::advance(self, n_new)
+    }
+    fn copy_prefix_from(&mut self, src: &Self, n: usize) -> bool {
+        KvCache::copy_prefix_from(self, src, n)
     }
 }
 
@@ -237,6 +250,37 @@ impl KvCache {
         self.len = len;
     }
 
+    /// Makes this cache hold `src`'s first `n` tokens (and its prefix rows),
+    /// copied. `false` (nothing changed) when the two differ in shape, type
+    /// or prefix, or `src` holds fewer tokens.
+    pub fn copy_prefix_from(&mut self, src: &KvCache, n: usize) -> bool {
+        let same = src.dtype == self.dtype
+            && src.kv_width == self.kv_width
+            && src.prefix == self.prefix
+            && src.layers.len() == self.layers.len();
+        if !same || n > src.len {
+            return false;
+        }
+        let elems = (self.prefix + n) * self.kv_width;
+        for ((dk, dv), (sk, sv)) in self.layers.iter_mut().zip(&src.layers) {
+            for (d, s) in [(dk, sk), (dv, sv)] {
+                d.resize(elems);
+                match (d, s) {
+                    (KvStore::F32(d), KvStore::F32(s)) => d[..elems].copy_from_slice(&s[..elems]),
+                    (KvStore::F16(d), KvStore::F16(s)) => d[..elems].copy_from_slice(&s[..elems]),
+                    (KvStore::Q8_0(d), KvStore::Q8_0(s)) => {
+                        // Rows are whole blocks of 32 (the head size is a multiple of 32).
+                        let nb = elems.div_ceil(32);
+                        d[..nb].copy_from_slice(&s[..nb]);
+                    }
+                    _ => return false,
+                }
+            }
+        }
+        self.len = n;
+        true
+    }
+
     /// Makes room for `n_new` more tokens in `layer` (called by the backend).
     pub(crate) fn reserve_layer(&mut self, layer: usize, n_new: usize) {
         let n = (self.prefix + self.len + n_new) * self.kv_width;
@@ -248,5 +292,50 @@ impl KvCache {
     /// Marks `n_new` tokens, written to every layer, as held.
     pub fn advance(&mut self, n_new: usize) {
         self.len += n_new;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every stored element of the first `rows` rows, as bits.
+    fn rows_bits(c: &KvCache, rows: usize) -> Vec<u64> {
+        let n = rows * c.kv_width;
+        let mut out = Vec::new();
+        for (k, v) in &c.layers {
+            for s in [k, v] {
+                match s {
+                    KvStore::F32(d) => out.extend(d[..n].iter().map(|x| x.to_bits() as u64)),
+                    KvStore::F16(d) => out.extend(d[..n].iter().map(|x| x.to_bits() as u64)),
+                    KvStore::Q8_0(d) => out.extend(d[..n / 32].iter().flat_map(|b| {
+                        std::iter::once(b.d.to_bits() as u64).chain(b.qs.iter().map(|&q| q as u8 as u64))
+                    })),
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_prefix_copies_bit_for_bit_and_only_between_like_caches() {
+        for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
+            let mut src = KvCache::new(3, 2, 32, dtype);
+            src.prefix = 2;
+            src.fill_synthetic(40);
+            let mut dst = KvCache::new(3, 2, 32, dtype);
+            dst.prefix = 2;
+            assert!(dst.copy_prefix_from(&src, 25), "{dtype:?}");
+            assert_eq!(dst.len(), 25);
+            assert_eq!(rows_bits(&dst, 27), rows_bits(&src, 27), "{dtype:?}: prefix rows and 25 tokens");
+            // More tokens than the source holds, another prefix or type: refused, unchanged.
+            let mut other = KvCache::new(3, 2, 32, dtype);
+            assert!(!other.copy_prefix_from(&src, 25), "{dtype:?}: prefix rows differ");
+            assert!(!dst.copy_prefix_from(&src, 41));
+            assert_eq!(dst.len(), 25);
+        }
+        let src = KvCache::new(3, 2, 32, KvDType::F32);
+        let mut dst = KvCache::new(3, 2, 32, KvDType::F16);
+        assert!(!dst.copy_prefix_from(&src, 0));
     }
 }
