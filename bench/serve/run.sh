@@ -19,25 +19,12 @@ root=$(cd "$here/../.." && pwd)
 testdata=${CHATGLM_TESTDATA:-$root/testdata}
 model=${MODEL:-$testdata/dev/model/safetensors-f32}
 
-if [[ -z "${CHATGLM_BIN:-}" ]]; then
-    (cd "$root" && cargo build --release -p chatglm-cli)
-    CHATGLM_BIN=$root/target/release/chatglm
-fi
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-log=$(mktemp /tmp/chatglm-serve-XXXX.log)
+# shellcheck source=bench/serve/lib.sh
+source "$here/lib.sh"
+find_chatglm
 # shellcheck disable=SC2086
-"$CHATGLM_BIN" serve -m "$model" --dtype "${DTYPE:-auto}" --host 127.0.0.1 --port "$port" \
-    --max-batch "${MAX_BATCH:-32}" ${SERVE_ARGS:-} 2>"$log" &
-server=$!
+start_server -m "$model" --dtype "${DTYPE:-auto}" --max-batch "${MAX_BATCH:-32}" ${SERVE_ARGS:-}
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
-
-# Loading a 6B checkpoint (and quantizing it) takes a while.
-for _ in $(seq 1 1200); do
-    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health', timeout=2)" \
-        >/dev/null 2>&1; then break; fi
-    if ! kill -0 $server 2>/dev/null; then cat "$log"; exit 1; fi
-    sleep 0.5
-done
 echo "server: $(head -1 "$log")"
 echo "load test: model $model, dtype ${DTYPE:-auto}, max_tokens ${MAX_TOKENS:-64}, $(nproc) cores"
 python3 "$here/load_test.py" --url "http://127.0.0.1:$port" \

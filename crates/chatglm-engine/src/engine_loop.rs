@@ -41,6 +41,17 @@ pub(crate) struct LoopSetup<'s, B: Backend> {
 /// Fewest prompt tokens worth continuing from a finished request's cache.
 const MIN_REUSE_TOKENS: usize = 16;
 
+/// The candidate sharing the longest prefix with `prompt`, and its length:
+/// at least MIN_REUSE_TOKENS and short of the whole prompt (its last token is
+/// computed for the logits).
+fn longest_reusable<'a, K>(candidates: impl Iterator<Item = (K, &'a [u32])>, prompt: &[u32]) -> Option<(K, usize)> {
+    let limit = prompt.len().saturating_sub(1);
+    candidates
+        .map(|(k, tokens)| (k, tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(limit)))
+        .max_by_key(|&(_, n)| n)
+        .filter(|&(_, n)| n >= MIN_REUSE_TOKENS)
+}
+
 /// A finished request's cache, kept for a prompt that starts with its tokens.
 struct Retained<C> {
     id: SeqId,
@@ -186,16 +197,7 @@ impl<'t, B: Backend> Loop<'t, B> {
         if self.retain_max == 0 {
             return None;
         }
-        let limit = prompt.len().saturating_sub(1);
-        let (at, n) = self
-            .retained
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i, r.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(limit)))
-            .max_by_key(|&(_, n)| n)?;
-        if n < MIN_REUSE_TOKENS {
-            return None;
-        }
+        let (at, n) = longest_reusable(self.retained.iter().enumerate().map(|(i, r)| (i, &r.tokens[..])), prompt)?;
         let mut r = self.retained.remove(at)?;
         let blocks = self.scheduler.take_retained(r.id, n)?;
         KvCacheOps::truncate(&mut r.cache, n);
@@ -210,18 +212,10 @@ impl<'t, B: Backend> Loop<'t, B> {
         if self.retain_max == 0 {
             return None;
         }
-        let limit = prompt.len().saturating_sub(1);
-        let (src, n) = self
-            .seqs
-            .iter()
-            .map(|(&id, s)| {
-                let cached = KvCacheOps::len(&s.cache).min(s.tokens.len());
-                (id, s.tokens[..cached].iter().zip(prompt).take_while(|(a, b)| a == b).count().min(limit))
-            })
-            .max_by_key(|&(_, n)| n)?;
-        if n < MIN_REUSE_TOKENS {
-            return None;
-        }
+        let (src, n) = longest_reusable(
+            self.seqs.iter().map(|(&id, s)| (id, &s.tokens[..KvCacheOps::len(&s.cache).min(s.tokens.len())])),
+            prompt,
+        )?;
         let blocks = self.scheduler.allocate_blocks_for(n)?;
         let mut cache = self.model.new_cache(self.kv_dtype);
         let copied = self.seqs.get(&src).is_some_and(|s| KvCacheOps::copy_prefix_from(&mut cache, &s.cache, n));

@@ -288,34 +288,8 @@ fn gpu_engine_with_a_p_tuning_prefix_equals_generate_alone_and_the_cpu() {
 
 #[test]
 fn gpu_engine_next_round_continues_the_previous_round_s_blocks() {
-    // As the CPU test of the same name: round 2 prompts extend round 1's
-    // prompt and reply, and take round 1's blocks over on the GPU.
+    // As the CPU test: second rounds take their first rounds' blocks over on
+    // the GPU (10 of its 64-token blocks).
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
-    let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
-    let config = EngineConfig {
-        block_size_tokens: 16,
-        kv_budget_bytes: per_token * 16 * 40,
-        max_batch_tokens: 32,
-        ..EngineConfig::default()
-    };
-    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
-    let h = engine.handle.clone();
-    let first: Vec<Vec<u32>> = QUERIES[..3].iter().map(|s| p.tokenizer.encode_chat(s, &[])).collect();
-    let rxs: Vec<_> = first.iter().map(|ids| submit(&h, ids.clone(), greedy_request(20))).collect();
-    let replies: Vec<Completion> = rxs.iter().map(collect).collect();
-    assert_same_as_alone(&p, &first, &[20; 3], &replies);
-    let extra = p.tokenizer.encode_chat(QUERIES[4], &[]);
-    let second: Vec<Vec<u32>> = first
-        .iter()
-        .zip(&replies)
-        .map(|(ids, r)| ids.iter().chain(&r.generated_ids).chain(&extra).copied().collect())
-        .collect();
-    let rxs: Vec<_> = second.iter().map(|ids| submit(&h, ids.clone(), greedy_request(15))).collect();
-    let results: Vec<Completion> = rxs.iter().map(collect).collect();
-    assert_same_as_alone(&p, &second, &[15; 3], &results);
-    let stats = h.stats();
-    assert!(stats.prefix_cache_hits.load(Relaxed) >= 1, "no round continued its previous round's blocks");
-    assert_eq!(stats.requests_failed.load(Relaxed), 0);
-    drop(h);
-    engine.shutdown();
+    common::next_rounds_continue_the_previous_ones(&p, q, 10);
 }

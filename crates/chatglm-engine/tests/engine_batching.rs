@@ -231,43 +231,8 @@ fn preemption_under_a_tiny_kv_budget_keeps_greedy_outputs() {
 
 #[test]
 fn the_next_round_continues_the_previous_round_s_cache() {
-    // Tiny blocks and a budget of 12 of them, so the second wave also makes
-    // the engine give retained caches back.
-    let per_token = pipeline().model.kv_bytes_per_token(chatglm_model::KvDType::F32);
-    let (engine, p) = spawn(EngineConfig {
-        block_size_tokens: 8,
-        kv_budget_bytes: per_token * 8 * 40,
-        max_batch_tokens: 32,
-        ..EngineConfig::default()
-    });
-    let h = engine.handle.clone();
-    // Round 1, then round 2 whose prompt is round 1's prompt, its reply and more.
-    let first: Vec<Vec<u32>> = QUERIES[..3].iter().map(|q| p.tokenizer.encode_chat(q, &[])).collect();
-    let rxs: Vec<_> = first.iter().map(|ids| submit(&h, ids.clone(), greedy(20))).collect();
-    let replies: Vec<Completion> = rxs.iter().map(collect).collect();
-    assert_same_as_alone(&p, &first, &[20; 3], &replies);
-    let extra = p.tokenizer.encode_chat(QUERIES[4], &[]);
-    let second: Vec<Vec<u32>> = first
-        .iter()
-        .zip(&replies)
-        .map(|(ids, r)| ids.iter().chain(&r.generated_ids).chain(&extra).copied().collect())
-        .collect();
-    let rxs: Vec<_> = second.iter().map(|ids| submit(&h, ids.clone(), greedy(15))).collect();
-    let results: Vec<Completion> = rxs.iter().map(collect).collect();
-    assert_same_as_alone(&p, &second, &[15; 3], &results);
-    let stats = h.stats();
-    let (hits, reused) = (stats.prefix_cache_hits.load(Relaxed), stats.prefix_cache_tokens.load(Relaxed));
-    assert!(hits >= 1, "no round continued its previous round's cache");
-    assert!(reused >= 16 * hits, "{reused} tokens reused by {hits} requests");
-    // A third wave of unrelated prompts takes the blocks back as it needs them.
-    let third: Vec<Vec<u32>> = QUERIES[3..].iter().map(|q| p.tokenizer.encode_chat(q, &[])).collect();
-    let rxs: Vec<_> = third.iter().map(|ids| submit(&h, ids.clone(), greedy(30))).collect();
-    let results: Vec<Completion> = rxs.iter().map(collect).collect();
-    assert_same_as_alone(&p, &third, &[30; 3], &results);
-    assert_eq!(stats.requests_failed.load(Relaxed), 0);
-    assert_eq!(stats.kv_blocks_reserved.load(Relaxed), 0);
-    drop(h);
-    engine.shutdown();
+    // 40 blocks of 8 tokens: the third wave also makes the engine give kept caches back.
+    common::next_rounds_continue_the_previous_ones(&pipeline(), pipeline(), 40);
 }
 
 #[test]

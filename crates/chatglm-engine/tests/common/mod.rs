@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 use chatglm_engine::{
-    generate, Completion, EngineHandle, GenerationConfig, Pipeline, Request, RequestEvent, RequestParams,
-    SamplingParams,
+    generate, Completion, Engine, EngineConfig, EngineHandle, GenerationConfig, Pipeline, Request, RequestEvent,
+    RequestParams, SamplingParams,
 };
 use chatglm_model::{Backend, ForwardState};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn greedy(max_new: usize) -> RequestParams {
@@ -69,3 +71,53 @@ pub const QUERIES: [&str; 6] = [
     "1 + 1 = ?",
     "请用三句话介绍一下你自己，并说明你能做什么。",
 ];
+
+/// Three chats, then their second rounds (each prompt = the first round's
+/// prompt and reply and more), then three unrelated prompts, through an
+/// engine on `q` with `blocks` KV blocks of 8 tokens (a paged backend uses its
+/// own block size): every result equals `generate()` alone on `p`, second
+/// rounds continue their first rounds' caches, and the third wave takes the
+/// kept blocks back as it needs them.
+pub fn next_rounds_continue_the_previous_ones<B: Backend + Send + 'static>(
+    p: &Pipeline<B>,
+    q: Pipeline<B>,
+    blocks: usize,
+) where
+    B::Cache: Send,
+{
+    let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
+    let block = q.model.backend.kv_block_tokens().unwrap_or(8);
+    let config = EngineConfig {
+        block_size_tokens: 8,
+        kv_budget_bytes: per_token * block * blocks,
+        max_batch_tokens: 32,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
+    let h = engine.handle.clone();
+    let first: Vec<Vec<u32>> = QUERIES[..3].iter().map(|s| p.tokenizer.encode_chat(s, &[])).collect();
+    let rxs: Vec<_> = first.iter().map(|ids| submit(&h, ids.clone(), greedy(20))).collect();
+    let replies: Vec<Completion> = rxs.iter().map(collect).collect();
+    assert_same_as_alone(p, &first, &[20; 3], &replies);
+    let extra = p.tokenizer.encode_chat(QUERIES[4], &[]);
+    let second: Vec<Vec<u32>> = first
+        .iter()
+        .zip(&replies)
+        .map(|(ids, r)| ids.iter().chain(&r.generated_ids).chain(&extra).copied().collect())
+        .collect();
+    let rxs: Vec<_> = second.iter().map(|ids| submit(&h, ids.clone(), greedy(15))).collect();
+    let results: Vec<Completion> = rxs.iter().map(collect).collect();
+    assert_same_as_alone(p, &second, &[15; 3], &results);
+    let stats = h.stats();
+    let (hits, reused) = (stats.prefix_cache_hits.load(Relaxed), stats.prefix_cache_tokens.load(Relaxed));
+    assert!(hits >= 1, "no round continued its previous round's cache");
+    assert!(reused >= 16 * hits, "{reused} tokens reused by {hits} requests");
+    let third: Vec<Vec<u32>> = QUERIES[3..].iter().map(|s| p.tokenizer.encode_chat(s, &[])).collect();
+    let rxs: Vec<_> = third.iter().map(|ids| submit(&h, ids.clone(), greedy(30))).collect();
+    let results: Vec<Completion> = rxs.iter().map(collect).collect();
+    assert_same_as_alone(p, &third, &[30; 3], &results);
+    assert_eq!(stats.requests_failed.load(Relaxed), 0);
+    assert_eq!(stats.kv_blocks_reserved.load(Relaxed), 0);
+    drop(h);
+    engine.shutdown();
+}
