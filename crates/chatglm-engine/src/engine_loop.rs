@@ -160,8 +160,13 @@ impl<'t, B: Backend> Loop<'t, B> {
             .min(request.params.max_new_tokens.map_or(usize::MAX, |n| prompt_len.saturating_add(n)));
         // Continue a finished request's cache when this prompt starts with
         // its tokens (the next round of a chat), else start empty.
-        let reused =
-            self.take_longest_prefix(&request.prompt_ids).or_else(|| self.copy_longest_prefix(&request.prompt_ids));
+        // Only for a prompt the scheduler can take: a refused one must not use a kept cache up.
+        let admissible = prompt_len > 0 && prompt_len < self.scheduler.capacity_tokens();
+        let reused = if admissible {
+            self.take_longest_prefix(&request.prompt_ids).or_else(|| self.copy_longest_prefix(&request.prompt_ids))
+        } else {
+            None
+        };
         let (cache, added) = match reused {
             Some((cache, blocks, n)) => (cache, self.scheduler.add_reusing(id, prompt_len, wanted, blocks, n)),
             None => (self.model.new_cache(self.kv_dtype), self.scheduler.add(id, prompt_len, wanted)),
