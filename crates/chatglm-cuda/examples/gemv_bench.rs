@@ -1,5 +1,5 @@
 //! Times the decode mat-vec on the ChatGLM2-6B shapes, batch 1, f16, for the
-//! 4-row and 8-row blocks and the automatic choice, with CUDA events (each
+//! 4-row, 8-row and lean 8-row blocks and the automatic choice, with CUDA events (each
 //! measurement rotates over 4 weight copies so L2 cannot hold them):
 //! `cargo run --release -p chatglm-cuda --example gemv_bench` on a GPU machine.
 
@@ -41,8 +41,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             gpu.fill_random(device_ptr(&x), cols, DType::F32, 7, 1.0)?;
             gpu.fill_random(device_ptr(&nw), cols, DType::F32, 8, 1.0)?;
         }
-        for force in [4usize, 8, 0] {
+        for (force, lean) in [(4usize, false), (8, false), (8, true), (0, true)] {
             gpu.force_gemv_rows(force);
+            gpu.set_gemv_lean(lean);
             let norm_arg = norm.then(|| (device_ptr(&nw), 1e-5f32));
             let call = |i: usize| {
                 // SAFETY: w rows×cols f16, x cols f32, out ≥ rows f32, nw cols.
@@ -73,10 +74,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let end = gpu.stream().record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
             gpu.synchronize()?;
             let us = start.elapsed_ms(&end)? as f64 * 1e3 / reps as f64;
-            let label = if force == 0 { "auto".to_string() } else { force.to_string() };
+            let label = match (force, lean) {
+                (0, _) => "auto".to_string(),
+                (8, true) => "8 lean".to_string(),
+                _ => force.to_string(),
+            };
             println!("{name:22} {label:>6} {us:10.2} {:9.3}", (rows * cols * 2) as f64 / (us * 1e-6) / 1e12);
         }
     }
     gpu.force_gemv_rows(0);
+    gpu.set_gemv_lean(true);
     Ok(())
 }

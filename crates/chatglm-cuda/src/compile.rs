@@ -56,6 +56,10 @@ fn gemv_kernels() -> Vec<String> {
             k.push(format!("gemv8_qkv_{t}_{nt}"));
         }
     }
+    for t in 1..3 {
+        k.extend((0..3).map(|mode| format!("gemv8l_{t}_1_{mode}")));
+        k.push(format!("gemv8l_qkv_{t}_1"));
+    }
     k
 }
 

@@ -103,6 +103,9 @@ pub struct Gpu {
     /// 0: choose the mat-vec variant by shape; 4 or 8: always that one
     /// (`CHATGLM_GEMV_ROWS`, for measurements).
     pub(crate) gemv_force_rows: std::sync::atomic::AtomicUsize,
+    /// One-token 8-row products take the kernels held to 5 blocks per SM
+    /// (`CHATGLM_GEMV_LEAN=0` turns it off, for measurements).
+    pub(crate) gemv_lean: std::sync::atomic::AtomicBool,
     /// Bytes of each weight row a mat-vec block starts towards L2 before
     /// waiting for the kernel ahead (`CHATGLM_GEMV_PREFETCH`, for measurements).
     pub(crate) gemv_prefetch: std::sync::atomic::AtomicUsize,
@@ -216,6 +219,7 @@ impl Gpu {
             gemv_blocks_per_sm,
             occupancy: std::sync::Mutex::new(HashMap::new()),
             gemv_force_rows: std::sync::atomic::AtomicUsize::new(force),
+            gemv_lean: std::env::var("CHATGLM_GEMV_LEAN").map_or(true, |v| v != "0").into(),
             gemv_prefetch: std::env::var("CHATGLM_GEMV_PREFETCH")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -261,6 +265,12 @@ impl Gpu {
     /// Forces the 4- or 8-row mat-vec (0: by shape), for measurements.
     pub fn force_gemv_rows(&self, rows: usize) {
         self.gemv_force_rows.store(rows, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether one-token 8-row products use the kernels held to 5 blocks
+    /// per SM (the default) or the 4-per-SM ones, for tests and measurements.
+    pub fn set_gemv_lean(&self, lean: bool) {
+        self.gemv_lean.store(lean, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Blocks of `threads` threads and `smem` bytes of dynamic shared memory

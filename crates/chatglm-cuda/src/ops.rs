@@ -437,7 +437,7 @@ impl Gpu {
         }
         let launch_cfg = cfg((blocks, 1, 1), 128, 0);
         if vector {
-            let prefix = if block_rows == 8 { "gemv8" } else { "gemv" };
+            let prefix = self.gemv_prefix(block_rows, n, dtype);
             let name = format!("{prefix}_{}_{}_{}", dtype.code(), n, mode as usize);
             let f = self.kernel(&name)?;
             let mut a = Args::default();
@@ -465,6 +465,18 @@ impl Gpu {
             8 => 8,
             _ if blocks4 <= 3 * self.gemv_blocks_per_sm[0] * self.info().multiprocessors => 8,
             _ => 4,
+        }
+    }
+
+    /// The mat-vec kernel family for `block_rows`-row blocks over `n` tokens:
+    /// one-token 8-row products of 16-bit weights take the lean kernels
+    /// (5 blocks per SM: the 6B QKV grid fits one wave).
+    fn gemv_prefix(&self, block_rows: usize, n: usize, dtype: DType) -> &'static str {
+        let lean = self.gemv_lean.load(std::sync::atomic::Ordering::Relaxed);
+        match block_rows {
+            8 if n == 1 && dtype != DType::F32 && lean && self.has_kernel("gemv8l_1_1_0") => "gemv8l",
+            8 => "gemv8",
+            _ => "gemv",
         }
     }
 
@@ -513,8 +525,7 @@ impl Gpu {
         }
         let ctx = rope_ctx("gemv_qkv", kv_dtype, rope, shape, layer)?;
         let block_rows = self.gemv_block_rows(rows.div_ceil(4));
-        let prefix = if block_rows == 8 { "gemv8_qkv" } else { "gemv_qkv" };
-        let name = format!("{prefix}_{}_{n}", dtype.code());
+        let name = format!("{}_qkv_{}_{n}", self.gemv_prefix(block_rows, n, dtype), dtype.code());
         let f = self.kernel(&name)?;
         let (rows32, cols32) = (check_i32(&name, "rows", rows)?, check_i32(&name, "cols", cols)?);
         let mut a = Args::default();

@@ -250,6 +250,35 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
         gemv_body<T, NT, 3, 8, 1>(w, x, bias, out, out_rows, cols, 0, nw, eps, pf, rc);             \
     }
 
+// One-token 8-row kernels held to 5 blocks per SM (91 registers, no spills;
+// the gemv8 kernels take 128, 4 per SM): the 6B QKV product's 576 blocks then
+// fit in one wave of 660 instead of 1.09 waves of 528, whose last 48 blocks
+// ran alone, latency-bound.
+#define GEMV_LEAN(T)                                                                                \
+    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
+        gemv8l_##T##_1_0(const void* w, const float* x, const float* bias, float* out, int out_rows, \
+                         int cols, int half_rows, const float* nw, float eps, int pf) {             \
+        gemv_body<T, 1, 0, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
+        gemv8l_##T##_1_1(const void* w, const float* x, const float* bias, float* out, int out_rows, \
+                         int cols, int half_rows, const float* nw, float eps, int pf) {             \
+        gemv_body<T, 1, 1, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
+        gemv8l_##T##_1_2(const void* w, const float* x, const float* bias, float* out, int out_rows, \
+                         int cols, int half_rows, const float* nw, float eps, int pf) {             \
+        gemv_body<T, 1, 2, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
+    }                                                                                               \
+    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
+        gemv8l_qkv_##T##_1(const void* w, const float* x, const float* bias, float* out, int out_rows, \
+                           int cols, const float* nw, float eps, int pf, RopeCtx rc) {              \
+        gemv_body<T, 1, 3, 8, 1>(w, x, bias, out, out_rows, cols, 0, nw, eps, pf, rc);              \
+    }
+
+GEMV_LEAN(1)
+GEMV_LEAN(2)
+
 #define GEMV_MODES(T, NT) GEMV_KERNEL(T, NT, 0) GEMV_KERNEL(T, NT, 1) GEMV_KERNEL(T, NT, 2) GEMV_QKV(T, NT)
 #define GEMV_TOKENS(T)                                                                              \
     GEMV_MODES(T, 1) GEMV_MODES(T, 2) GEMV_MODES(T, 3) GEMV_MODES(T, 4) GEMV_MODES(T, 5)            \

@@ -322,6 +322,12 @@ impl CudaBackend {
         self.gpu.force_gemv_rows(rows);
     }
 
+    /// Whether one-token 8-row products use the lean kernels (5 blocks per
+    /// SM, the default) or the 4-per-SM ones, so tests can cover both.
+    pub fn set_gemv_lean(&self, lean: bool) {
+        self.gpu.set_gemv_lean(lean);
+    }
+
     /// Chooses a token for each row of `logits` (rows × `cols`, host f32)
     /// with the device sampler, as a decode step's sampling does: `None`
     /// where the row is left to the host. For testing the device sampler
