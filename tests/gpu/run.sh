@@ -18,8 +18,8 @@
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 # HISTORY=1 times a 4-round chat through the HTTP server with and without KV reuse of the previous round
 # (HISTORY_DTYPE, HISTORY_REPEAT: the first question's length in ~48-token repeats).
-# TIMELINE=1 records real decode steps with nsys (TIMELINE_DTYPES="f16 q4_0") and prints each kernel
-# class's time and the gap or overlap to the next kernel (bench/gpu/timeline.py).
+# Each call leaves $OUT/kcache.tgz (the compiled kernels); copied to device-bin/kcache.tgz it spares the
+# next call the NVRTC and driver compiles of unchanged kernel files.
 # QUANT=1 adds the int4/int8 benchmarks (kernel GB/s, decode, prefill, 32 sequences) and the GPU
 # memory of an 8K-token int4 dialogue as nvidia-smi reports it (QUANT_ONLY=1: only those;
 # QMMA_BLOCKS_SWEEP="1" adds decode with at most that many quantized-product blocks per SM).
@@ -85,6 +85,9 @@ device() {
   export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
   local out=${OUT:-$BIN/report}
   mkdir -p "$out"
+  # Compiled kernels from an earlier call (device-bin/kcache.tgz: the NVRTC
+  # PTX cache and the driver's JIT cache) save the next one its compile.
+  if [ -f "$BIN/kcache.tgz" ]; then tar xzf "$BIN/kcache.tgz" -C / 2>/dev/null || true; fi
   local summary=$out/summary.txt
   : >"$summary"
   {
@@ -166,6 +169,7 @@ PY
       mem_probe q4_0-8k-dialogue $b --dtype q4_0 --prompt-len 8192 --gen-len 64
     fi
     if [ "${QUANT_ONLY:-0}" != 0 ]; then
+      save_kernel_cache
       echo "report in $out"
       return
     fi
@@ -225,20 +229,6 @@ PY
       bench/serve/history.sh >"$out/history.txt" 2>&1 || echo "history FAILED" | tee -a "$summary"
     grep -E "round|prefix cache" "$out/history.txt" | tee -a "$summary"
   fi
-  if [ "${TIMELINE:-0}" != 0 ]; then
-    # Real decode steps as the GPU ran them (graphs, PDL overlap kept): each
-    # kernel's duration and the gap to the next kernel's start, from nsys.
-    local nsys; nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys /usr/local/cuda/nsight-systems*/bin/nsys 2>/dev/null | head -1 || true)
-    for dt in ${TIMELINE_DTYPES:-f16}; do
-      echo "== timeline (nsys): decode steps, $dt, 16-token prompt" | tee -a "$summary"
-      if [ -z "$nsys" ]; then echo "nsys not found" | tee -a "$summary"; break; fi
-      "$nsys" profile -f true --trace=cuda --cuda-graph-trace=node -o "$out/tl-$dt" \
-        "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype "$dt" --prompt-len 16 --gen-len 48 >"$out/tl-$dt.log" 2>&1 || { tail -5 "$out/tl-$dt.log" | tee -a "$summary"; continue; }
-      "$nsys" stats -q --report cuda_gpu_trace --format csv -o "$out/tl-$dt" "$out/tl-$dt.nsys-rep" >/dev/null 2>&1 || true
-      python3 bench/gpu/timeline.py "$out"/tl-"$dt"*cuda_gpu_trace*.csv 2>&1 | tee -a "$summary"
-      rm -f "$out/tl-$dt.nsys-rep" "$out/tl-$dt.sqlite"
-    done
-  fi
   if [ "${PROFILE:-0}" != 0 ]; then
     # Per-kernel device time of one prefill and a few decode steps (ncu reads
     # each kernel's duration; clocks left as they are).
@@ -288,7 +278,12 @@ PY
       echo "ncu not found" | tee -a "$summary"
     fi
   fi
+  save_kernel_cache
   echo "report in $out"
+}
+
+save_kernel_cache() {
+  tar czf "${OUT:-$BIN/report}/kcache.tgz" -C / "${CHATGLM_KERNEL_CACHE#/}" "${HOME#/}/.nv/ComputeCache" 2>/dev/null || true
 }
 
 case "${1:-}" in

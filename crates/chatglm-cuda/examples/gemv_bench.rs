@@ -3,7 +3,7 @@
 //! measurement rotates over 4 weight copies so L2 cannot hold them):
 //! `cargo run --release -p chatglm-cuda --example gemv_bench` on a GPU machine.
 
-use chatglm_cuda::{device_ptr, DType, GemvMode, Gpu};
+use chatglm_cuda::{device_ptr, DType, GemvLean, GemvMode, Gpu};
 use cudarc::driver::sys::CUevent_flags;
 
 fn main() {
@@ -41,7 +41,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             gpu.fill_random(device_ptr(&x), cols, DType::F32, 7, 1.0)?;
             gpu.fill_random(device_ptr(&nw), cols, DType::F32, 8, 1.0)?;
         }
-        for (force, lean) in [(4usize, false), (8, false), (8, true), (0, true)] {
+        for (force, lean) in
+            [(4usize, GemvLean::Never), (8, GemvLean::Never), (8, GemvLean::Always), (0, GemvLean::ByShape)]
+        {
             gpu.force_gemv_rows(force);
             gpu.set_gemv_lean(lean);
             let norm_arg = norm.then(|| (device_ptr(&nw), 1e-5f32));
@@ -76,13 +78,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let us = start.elapsed_ms(&end)? as f64 * 1e3 / reps as f64;
             let label = match (force, lean) {
                 (0, _) => "auto".to_string(),
-                (8, true) => "8 lean".to_string(),
+                (8, GemvLean::Always) => "8 lean".to_string(),
                 _ => force.to_string(),
             };
             println!("{name:22} {label:>6} {us:10.2} {:9.3}", (rows * cols * 2) as f64 / (us * 1e-6) / 1e12);
         }
     }
     gpu.force_gemv_rows(0);
-    gpu.set_gemv_lean(true);
+    gpu.set_gemv_lean(GemvLean::ByShape);
     Ok(())
 }

@@ -84,6 +84,17 @@ pub fn usable_device_count() -> Result<usize, CudaError> {
     Ok(n)
 }
 
+/// When one-token 8-row mat-vec products take the kernels held to 5 blocks
+/// per SM (91 registers) instead of gemv8's 4 (128 registers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvLean {
+    Never = 0,
+    /// Where that makes the grid one wave and gemv8's is not (the 6B QKV product).
+    ByShape = 1,
+    /// Always (tests).
+    Always = 2,
+}
+
 /// One GPU with its stream, compiled kernels and cuBLAS handle. All work is
 /// queued on one non-default stream (graph capture needs one).
 pub struct Gpu {
@@ -96,16 +107,17 @@ pub struct Gpu {
     info: DeviceInfo,
     /// Programmatic dependent launch (sm_90 and newer; `CHATGLM_CUDA_PDL=0` turns it off).
     pdl: bool,
-    /// Resident blocks per SM of the 4-row and 8-row mat-vec kernels.
-    pub(crate) gemv_blocks_per_sm: [usize; 2],
+    /// Resident blocks per SM of the 4-row, 8-row and lean 8-row mat-vec kernels.
+    pub(crate) gemv_blocks_per_sm: [usize; 3],
     /// Resident blocks per SM by (kernel, dynamic shared memory), as asked.
     occupancy: std::sync::Mutex<HashMap<(String, u32), usize>>,
     /// 0: choose the mat-vec variant by shape; 4 or 8: always that one
     /// (`CHATGLM_GEMV_ROWS`, for measurements).
     pub(crate) gemv_force_rows: std::sync::atomic::AtomicUsize,
-    /// One-token 8-row products take the kernels held to 5 blocks per SM
+    /// One-token 8-row products whose grid one wave of the kernels held to
+    /// 5 blocks per SM holds, and one of gemv8 does not, take those
     /// (`CHATGLM_GEMV_LEAN=0` turns it off, for measurements).
-    pub(crate) gemv_lean: std::sync::atomic::AtomicBool,
+    pub(crate) gemv_lean: std::sync::atomic::AtomicU8,
     /// Bytes of each weight row a mat-vec block starts towards L2 before
     /// waiting for the kernel ahead (`CHATGLM_GEMV_PREFETCH`, for measurements).
     pub(crate) gemv_prefetch: std::sync::atomic::AtomicUsize,
@@ -206,7 +218,7 @@ impl Gpu {
                 .and_then(|f| f.occupancy_max_active_blocks_per_multiprocessor(128, 0, None).ok())
                 .map_or(1, |b| (b as usize).max(1))
         };
-        let gemv_blocks_per_sm = [occupancy("gemv_1_1_0"), occupancy("gemv8_1_1_0")];
+        let gemv_blocks_per_sm = [occupancy("gemv_1_1_0"), occupancy("gemv8_1_1_0"), occupancy("gemv8l_1_1_0")];
         let force = std::env::var("CHATGLM_GEMV_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(Arc::new(Self {
             ctx,
@@ -219,7 +231,12 @@ impl Gpu {
             gemv_blocks_per_sm,
             occupancy: std::sync::Mutex::new(HashMap::new()),
             gemv_force_rows: std::sync::atomic::AtomicUsize::new(force),
-            gemv_lean: std::env::var("CHATGLM_GEMV_LEAN").map_or(true, |v| v != "0").into(),
+            gemv_lean: (if std::env::var("CHATGLM_GEMV_LEAN").is_ok_and(|v| v == "0") {
+                GemvLean::Never
+            } else {
+                GemvLean::ByShape
+            } as u8)
+                .into(),
             gemv_prefetch: std::env::var("CHATGLM_GEMV_PREFETCH")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -267,10 +284,10 @@ impl Gpu {
         self.gemv_force_rows.store(rows, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether one-token 8-row products use the kernels held to 5 blocks
-    /// per SM (the default) or the 4-per-SM ones, for tests and measurements.
-    pub fn set_gemv_lean(&self, lean: bool) {
-        self.gemv_lean.store(lean, std::sync::atomic::Ordering::Relaxed);
+    /// When one-token 8-row products use the kernels held to 5 blocks per
+    /// SM (default: [`GemvLean::ByShape`]), for tests and measurements.
+    pub fn set_gemv_lean(&self, lean: GemvLean) {
+        self.gemv_lean.store(lean as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Blocks of `threads` threads and `smem` bytes of dynamic shared memory

@@ -26,7 +26,7 @@ pub mod quant;
 
 pub use compile::compile_all;
 pub use cudarc::driver::{CudaSlice, DeviceRepr};
-pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, Gpu};
+pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, GemvLean, Gpu};
 pub use error::CudaError;
 pub use graph::GraphStats;
 pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};

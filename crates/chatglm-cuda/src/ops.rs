@@ -437,7 +437,7 @@ impl Gpu {
         }
         let launch_cfg = cfg((blocks, 1, 1), 128, 0);
         if vector {
-            let prefix = self.gemv_prefix(block_rows, n, dtype);
+            let prefix = self.gemv_prefix(block_rows, n, dtype, blocks as usize);
             let name = format!("{prefix}_{}_{}_{}", dtype.code(), n, mode as usize);
             let f = self.kernel(&name)?;
             let mut a = Args::default();
@@ -468,11 +468,21 @@ impl Gpu {
         }
     }
 
-    /// The mat-vec kernel family for `block_rows`-row blocks over `n` tokens:
-    /// one-token 8-row products of 16-bit weights take the lean kernels
-    /// (5 blocks per SM: the 6B QKV grid fits one wave).
-    fn gemv_prefix(&self, block_rows: usize, n: usize, dtype: DType) -> &'static str {
-        let lean = self.gemv_lean.load(std::sync::atomic::Ordering::Relaxed);
+    /// The mat-vec kernel family for `blocks` blocks of `block_rows` rows
+    /// over `n` tokens: a one-token 8-row grid of 16-bit weights that is
+    /// more than one wave of the gemv8 kernels but one of the lean ones
+    /// (5 blocks per SM) takes the lean kernels — the 6B QKV product (576
+    /// blocks; 11.3 µs against 14.1, gemv_bench on an H200). Grids that
+    /// already fit one wave keep gemv8, faster there (dense 10.2 against
+    /// 10.8 µs, 4h→h 29.0 against 32.0).
+    fn gemv_prefix(&self, block_rows: usize, n: usize, dtype: DType, blocks: usize) -> &'static str {
+        let sms = self.info().multiprocessors;
+        let [_, per_sm8, per_sm_lean] = self.gemv_blocks_per_sm;
+        let lean = match self.gemv_lean.load(std::sync::atomic::Ordering::Relaxed) {
+            l if l == crate::GemvLean::Always as u8 => true,
+            l if l == crate::GemvLean::ByShape as u8 => blocks > per_sm8 * sms && blocks <= per_sm_lean * sms,
+            _ => false,
+        };
         match block_rows {
             8 if n == 1 && dtype != DType::F32 && lean && self.has_kernel("gemv8l_1_1_0") => "gemv8l",
             8 => "gemv8",
@@ -525,13 +535,14 @@ impl Gpu {
         }
         let ctx = rope_ctx("gemv_qkv", kv_dtype, rope, shape, layer)?;
         let block_rows = self.gemv_block_rows(rows.div_ceil(4));
-        let name = format!("{}_qkv_{}_{n}", self.gemv_prefix(block_rows, n, dtype), dtype.code());
+        let blocks = rows.div_ceil(block_rows);
+        let name = format!("{}_qkv_{}_{n}", self.gemv_prefix(block_rows, n, dtype, blocks), dtype.code());
         let f = self.kernel(&name)?;
         let (rows32, cols32) = (check_i32(&name, "rows", rows)?, check_i32(&name, "cols", cols)?);
         let mut a = Args::default();
         let pf = self.prefetch_bytes();
         a.arg(&w).arg(&x).arg(&bias).arg(&out).arg(&rows32).arg(&cols32).arg(&nw).arg(&eps).arg(&pf).arg_struct(&ctx);
-        self.launch(f, a, &name, cfg((rows.div_ceil(block_rows) as u32, 1, 1), 128, 0))
+        self.launch(f, a, &name, cfg((blocks as u32, 1, 1), 128, 0))
     }
 
     /// `out[r]` = the index of the largest value of row `r` of `x` (rows ×

@@ -25,7 +25,7 @@ pub use chatglm_weights::ModelConfig as Config;
 pub use chatglm_weights::{ModelFamily, RopeScaling};
 pub use cpu::CpuBackend;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaBackend, CudaKvCache};
+pub use cuda::{CudaBackend, CudaKvCache, GemvLean};
 pub use error::ModelError;
 pub use forward::{ForwardState, LogitsWanted, Model, SampledStep, SequenceInput, TokenChoice, TokenLayout};
 pub use kv_cache::{KvBlockId, KvCache, KvCacheOps, KvDType};

@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use step::StepPlan;
 use upload::gpu_dtype;
 
-pub use chatglm_cuda::{device_count, DeviceInfo};
+pub use chatglm_cuda::{device_count, DeviceInfo, GemvLean};
 
 /// Mat-vec kernels up to 2 tokens a step, cuBLAS from 3 (see `gemv_max_tokens`).
 const DEFAULT_GEMV_MAX_TOKENS: usize = 2;
@@ -322,9 +322,9 @@ impl CudaBackend {
         self.gpu.force_gemv_rows(rows);
     }
 
-    /// Whether one-token 8-row products use the lean kernels (5 blocks per
-    /// SM, the default) or the 4-per-SM ones, so tests can cover both.
-    pub fn set_gemv_lean(&self, lean: bool) {
+    /// When one-token 8-row products use the lean kernels (5 blocks per SM;
+    /// by default where that makes the grid one wave), so tests can cover both.
+    pub fn set_gemv_lean(&self, lean: GemvLean) {
         self.gpu.set_gemv_lean(lean);
     }
 
