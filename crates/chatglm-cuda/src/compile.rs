@@ -172,7 +172,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 /// PTX for `source`, from the disk cache or freshly compiled for `arch`
 /// (major × 10 + minor). `versions` identifies the driver and NVRTC.
 pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx, CudaError> {
-    let text = format!("{COMMON}\n{}", source.text);
+    let text = source_text(source);
     let arch_flag = format!("--gpu-architecture=compute_{arch}");
     let key = fnv1a(&[text.as_bytes(), arch_flag.as_bytes(), versions.as_bytes()]);
     let cached = cache_dir().map(|d| d.join(format!("{}-{key:016x}.ptx", source.name)));
@@ -200,8 +200,23 @@ pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx,
     Ok(ptx)
 }
 
+/// The text NVRTC compiles: the shared header, the file, and first those of
+/// `CHATGLM_NVRTC_DEFINES` ("NAME=VALUE …", for measurements of kernel
+/// variants) that the file names (so only those files compile again; the
+/// defines are part of the cache key since they are part of the text).
+fn source_text(source: &Source) -> String {
+    let defines: String = std::env::var("CHATGLM_NVRTC_DEFINES")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|d| !d.is_empty())
+        .filter(|d| source.text.contains(d.split('=').next().unwrap_or(d)))
+        .map(|d| format!("#define {}\n", d.replacen('=', " ", 1)))
+        .collect();
+    format!("{defines}{COMMON}\n{}", source.text)
+}
+
 fn ptx_for_uncached(source: &Source, arch: u32) -> Result<Ptx, CudaError> {
-    let text = format!("{COMMON}\n{}", source.text);
+    let text = source_text(source);
     let arch_flag = format!("--gpu-architecture=compute_{arch}");
     let started = std::time::Instant::now();
     let options = CompileOptions {

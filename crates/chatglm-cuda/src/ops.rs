@@ -836,7 +836,7 @@ impl Gpu {
         let hg = shape.n_heads / shape.n_groups;
         // Tensor cores: 8-warp blocks, or 4-warp ones (two per SM) when the
         // step's sequences alone give a block per SM (batched decode).
-        let many = work * shape.n_groups >= self.info().multiprocessors;
+        let many = work * shape.n_groups >= self.info().multiprocessors || decode_mma_w4_always();
         let (name, threads) = match (self.decode_mma(hg), many) {
             (true, false) => ("attn_decode_mma16".to_string(), DECODE_MMA_THREADS),
             (true, true) => ("attn_decode_mma16_w4".to_string(), 128),
@@ -934,6 +934,13 @@ fn decode_blocks_per_sm() -> usize {
 /// Tensor-core decode-attention blocks wanted in all (`CHATGLM_DECODE_MMA_BLOCKS`,
 /// for measurements; default 128: of 32, 64 and 128 the fastest at 2K, 8K
 /// and 32K contexts on the H200).
+/// `CHATGLM_DECODE_MMA_WARPS=4`: 4-warp tensor-core decode blocks for every
+/// step (two per SM, leaving room beside them), for measurements.
+fn decode_mma_w4_always() -> bool {
+    static W4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *W4.get_or_init(|| std::env::var("CHATGLM_DECODE_MMA_WARPS").is_ok_and(|v| v == "4"))
+}
+
 fn decode_mma_blocks() -> usize {
     static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *V.get_or_init(|| {

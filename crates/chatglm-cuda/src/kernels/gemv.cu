@@ -31,6 +31,13 @@
 // on the host); gemv_scalar handles any shape.
 
 
+// 1: ping-pong weight buffers (two batches in flight through each wait);
+// 0: the copy-at-the-end double buffer it replaced, for measurements
+// (CHATGLM_NVRTC_DEFINES="GEMV_PINGPONG=0").
+#ifndef GEMV_PINGPONG
+#define GEMV_PINGPONG 1
+#endif
+
 template <int GEMV_ROWS, int GEMV_U>
 __device__ __forceinline__ void gemv_load(const char* const* p, const bool* ok, int base, int nvec,
                                           uint4 (*wv)[GEMV_U]) {
@@ -81,13 +88,16 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
     const int nvec = cols / V;
     const int first = wid * 32 + lane;  // this lane's first vector; then every 128
 
-    uint4 cur[GEMV_ROWS][GEMV_U], nxt[GEMV_ROWS][GEMV_U];
+    constexpr int STRIDE = 128 * GEMV_U;  // vectors of a row per block batch
+    uint4 wa[GEMV_ROWS][GEMV_U], wb[GEMV_ROWS][GEMV_U];
     pdl_launch_dependents();
     // Weights do not depend on the kernel before: request them before
-    // waiting for it to finish writing x — the first batch into registers,
-    // and up to `prefetch` bytes of each row after it towards L2, so a block
-    // made resident early streams its weights while the kernel before runs.
-    gemv_load<GEMV_ROWS, GEMV_U>(p, ok, first, nvec, cur);
+    // waiting for it to finish writing x — the first two batches into
+    // registers, and up to `prefetch` bytes of each row after them towards
+    // L2, so a block made resident early streams its weights while the
+    // kernel before runs.
+    gemv_load<GEMV_ROWS, GEMV_U>(p, ok, first, nvec, wa);
+    if (GEMV_PINGPONG && first + STRIDE < nvec) gemv_load<GEMV_ROWS, GEMV_U>(p, ok, first + STRIDE, nvec, wb);
     if (MODE == 3) preload_token_slots(rc, NT, NT, slots);
     if (prefetch > 0) {
         const long lim = min(row_bytes, (long)prefetch);
@@ -105,8 +115,8 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) acc[r][t] = 0.f;
     }
-    for (int base = first; base < nvec; base += 128 * GEMV_U) {
-        if (base + 128 * GEMV_U < nvec) gemv_load<GEMV_ROWS, GEMV_U>(p, ok, base + 128 * GEMV_U, nvec, nxt);
+    // The batch at `base` (this lane's vectors base, base + 128, …) into acc.
+    auto consume = [&](const uint4 (&wv)[GEMV_ROWS][GEMV_U], int base) {
 #pragma unroll
         for (int u = 0; u < GEMV_U; u++) {
             const int v = base + u * 128;
@@ -139,17 +149,36 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
 #pragma unroll
                     for (int r = 0; r < GEMV_ROWS; r++) {
                         float f[V];
-                        Vec16<T>::unpack(cur[r][u], f);
+                        Vec16<T>::unpack(wv[r][u], f);
 #pragma unroll
                         for (int i = 0; i < V; i++) acc[r][t] = fmaf(f[i], xs[i], acc[r][t]);
                     }
                 }
             }
         }
+    };
+    if (GEMV_PINGPONG) {
+        // Two batches in flight through every wait: while the lane waits
+        // for wa, wb's loads are already out, and each buffer is reloaded
+        // as soon as it is used (a copy nxt → cur would wait for nxt's
+        // loads, leaving one batch in flight).
+        for (int base = first; base < nvec; base += 2 * STRIDE) {
+            consume(wa, base);
+            if (base + 2 * STRIDE < nvec) gemv_load<GEMV_ROWS, GEMV_U>(p, ok, base + 2 * STRIDE, nvec, wa);
+            if (base + STRIDE < nvec) {
+                consume(wb, base + STRIDE);
+                if (base + 3 * STRIDE < nvec) gemv_load<GEMV_ROWS, GEMV_U>(p, ok, base + 3 * STRIDE, nvec, wb);
+            }
+        }
+    } else {
+        for (int base = first; base < nvec; base += STRIDE) {
+            if (base + STRIDE < nvec) gemv_load<GEMV_ROWS, GEMV_U>(p, ok, base + STRIDE, nvec, wb);
+            consume(wa, base);
 #pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++)
+            for (int r = 0; r < GEMV_ROWS; r++)
 #pragma unroll
-            for (int u = 0; u < GEMV_U; u++) cur[r][u] = nxt[r][u];
+                for (int u = 0; u < GEMV_U; u++) wa[r][u] = wb[r][u];
+        }
     }
     // Warp sums, then the 4 warps' quarters meet in shared memory.
 #pragma unroll

@@ -38,6 +38,11 @@ template <> struct QFmt<2> { enum { BLOCKS = 1, MIN = 0, OFF = 0, U4 = 0 }; };
 template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 
 #define QMMA_WARPS 8
+// 1: ping-pong weight buffers (two batches in flight through each wait, as
+// gemv.cu); 0: the copy-at-the-end double buffer, for measurements.
+#ifndef QMMA_PINGPONG
+#define QMMA_PINGPONG 1
+#endif
 #define QMMA_THREADS (QMMA_WARPS * 32)
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
@@ -377,10 +382,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     const int mine = blockIdx.x < items ? (items - 1 - blockIdx.x) / gridDim.x + 1 : 0;
     const int total = mine * per_item;
 
-    uint4 cur[RT][UB], nxt[RT][UB];
-    ScaleVec cs[RT][UB], ns[RT][UB], cm[RT][UB], nm[RT][UB];
+    uint4 wa[RT][UB], wb[RT][UB];
+    ScaleVec sa[RT][UB], sb[RT][UB], ma[RT][UB], mb[RT][UB];
     // Batch `it` of this block: item it / per_item, units from (it % per_item)·STEP.
-    auto load = [&](int it, uint4 (*buf)[UB], ScaleVec (*sb)[UB], ScaleVec (*mb)[UB]) {
+    auto load = [&](int it, uint4 (*buf)[UB], ScaleVec (*sv)[UB], ScaleVec (*mv)[UB]) {
         const int item = blockIdx.x + (it / per_item) * gridDim.x;
         const int base = (it % per_item) * STEP;
 #pragma unroll
@@ -391,16 +396,17 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 const int p = base + u * QMMA_WARPS + warp;
                 if (p < units) {
                     buf[r][u] = ld_stream(w + (tu + p) * 32 + lane);
-                    sb[r][u] = ((const ScaleVec*)scales)[(tu + p) * 8 + g];
-                    if (QFmt<F>::MIN) mb[r][u] = ((const ScaleVec*)mins)[(tu + p) * 8 + g];
+                    sv[r][u] = ((const ScaleVec*)scales)[(tu + p) * 8 + g];
+                    if (QFmt<F>::MIN) mv[r][u] = ((const ScaleVec*)mins)[(tu + p) * 8 + g];
                 }
             }
         }
     };
     pdl_launch_dependents();
-    // The weights do not depend on the kernel before: request the first batch
-    // before waiting for it.
-    if (total > 0) load(0, cur, cs, cm);
+    // The weights do not depend on the kernel before: request the first two
+    // batches before waiting for it.
+    if (total > 0) load(0, wa, sa, ma);
+    if (QMMA_PINGPONG && total > 1) load(1, wb, sb, mb);
     if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     pdl_wait();
     if (total == 0) return;
@@ -412,34 +418,51 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
 #pragma unroll
         for (int j = 0; j < NT8; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
 
-    for (int it = 0; it < total; it++) {
-        if (it + 1 < total) load(it + 1, nxt, ns, nm);
+    // Batch `it` (weights in buf) into acc; at an item's last batch, its epilogue.
+    auto consume = [&](int it, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
+                       const ScaleVec (&mv)[RT][UB]) {
         const int base = (it % per_item) * STEP;
 #pragma unroll
         for (int u = 0; u < UB; u++) {
             const int p = base + u * QMMA_WARPS + warp;
             if (p >= units) break;
             uint4 cv[RT];
-            ScaleVec sv[RT], mv[RT];
+            ScaleVec cs[RT], cm[RT];
 #pragma unroll
             for (int r = 0; r < RT; r++) {
-                cv[r] = cur[r][u];
-                sv[r] = cs[r][u];
-                mv[r] = cm[r][u];
+                cv[r] = buf[r][u];
+                cs[r] = sv[r][u];
+                cm[r] = mv[r][u];
             }
-            unit_product<F, NT8, RT, ONE>(acc, cv, sv, mv, p, nb, n, cols, xq, xs, xs_stride, g, t);
+            unit_product<F, NT8, RT, ONE>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
         }
-#pragma unroll
-        for (int r = 0; r < RT; r++)
-#pragma unroll
-            for (int u = 0; u < UB; u++) {
-                cur[r][u] = nxt[r][u];
-                cs[r][u] = ns[r][u];
-                if (QFmt<F>::MIN) cm[r][u] = nm[r][u];
-            }
-        if (it % per_item != per_item - 1) continue;
+        if (it % per_item != per_item - 1) return;
         const int row0 = (blockIdx.x + (it / per_item) * gridDim.x) * 16;
         item_epilogue<NT8, MODE, RT, ONE>(acc, red, row0, n, bias, out, out_rows, half_rows, rc, slots);
+    };
+    if (QMMA_PINGPONG) {
+        // Two batches in flight through every wait (see gemv.cu).
+        for (int it = 0; it < total; it += 2) {
+            consume(it, wa, sa, ma);
+            if (it + 2 < total) load(it + 2, wa, sa, ma);
+            if (it + 1 < total) {
+                consume(it + 1, wb, sb, mb);
+                if (it + 3 < total) load(it + 3, wb, sb, mb);
+            }
+        }
+    } else {
+        for (int it = 0; it < total; it++) {
+            if (it + 1 < total) load(it + 1, wb, sb, mb);
+            consume(it, wa, sa, ma);
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int u = 0; u < UB; u++) {
+                    wa[r][u] = wb[r][u];
+                    sa[r][u] = sb[r][u];
+                    if (QFmt<F>::MIN) ma[r][u] = mb[r][u];
+                }
+        }
     }
 }
 
