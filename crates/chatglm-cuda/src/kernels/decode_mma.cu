@@ -27,6 +27,12 @@
 // attn_decode (decode.cuh), heads per block 16.
 #define MMA_KEYS 16
 #define MMA_WARPS 8
+// 1: each warp's two tiles in flight through every wait (ping-pong tiles);
+// 0: a copy of the next tile at the end of each (it waits for that tile's
+// loads), for measurements.
+#ifndef DECODE_PINGPONG
+#define DECODE_PINGPONG 1
+#endif
 
 __device__ __forceinline__ u32 word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
@@ -92,16 +98,22 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
     if (split >= n_splits) return;
     const u64* table = block_table + (long)seq * max_blocks;
     constexpr int STEP = WARPS * MMA_KEYS;
-    if (lane < MMA_KEYS && k_begin + STEP + w * MMA_KEYS + lane < k_end)
-        prefetch_kv_row(table, k_begin + STEP + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+    if (lane < MMA_KEYS && k_begin + 2 * STEP + w * MMA_KEYS + lane < k_end)
+        prefetch_kv_row(table, k_begin + 2 * STEP + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+    if (lane < MMA_KEYS && k_begin + 3 * STEP + w * MMA_KEYS + lane < k_end)
+        prefetch_kv_row(table, k_begin + 3 * STEP + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
     const long per_group = (long)block_tokens * DEC_D;
     const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group;
     const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
     pdl_wait();
     // The cache rows of this step's tokens were written by the kernel before.
-    KvTile cur;
-    if (k_begin + w * MMA_KEYS < k_end)
-        load_tile(cur, table, k_begin + w * MMA_KEYS, k_end, block_tokens, koff, voff, gr, tq);
+    // Two tiles a warp in flight from the start: ping-pong buffers, each
+    // reloaded as soon as it is used (a copy nxt → cur would wait for nxt's
+    // loads and leave one tile in flight).
+    const int kb0 = k_begin + w * MMA_KEYS;
+    KvTile ta, tb;
+    if (kb0 < k_end) load_tile(ta, table, kb0, k_end, block_tokens, koff, voff, gr, tq);
+    if (kb0 + STEP < k_end) load_tile(tb, table, kb0 + STEP, k_end, block_tokens, koff, voff, gr, tq);
 
     // Q fragments: k-step kc covers dims 8(4(kc/2)+q) + 4(kc%2) + {0,1} (a0,
     // a1) and + {2,3} (a2, a3), rows = heads gr and gr + 8.
@@ -124,12 +136,8 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
     for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    for (int kb = k_begin + w * MMA_KEYS; kb < k_end; kb += STEP) {
-        KvTile nxt;
-        const bool more = kb + STEP < k_end;
-        if (more) load_tile(nxt, table, kb + STEP, k_end, block_tokens, koff, voff, gr, tq);
-        if (lane < MMA_KEYS && kb + 2 * STEP + lane < k_end)
-            prefetch_kv_row(table, kb + 2 * STEP + lane, block_tokens, layer, n_groups, g);
+    // Tile `tile` (keys kb…) into the running softmax state and o.
+    auto consume = [&](const KvTile& tile, int kb) {
         const int nvalid = min(MMA_KEYS, k_end - kb);
 
         float s[2][4];
@@ -138,7 +146,7 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
             for (int kc = 0; kc < 8; kc++) {
-                const uint4 v = cur.k[nt][kc >> 1];
+                const uint4 v = tile.k[nt][kc >> 1];
                 const u32 b[2] = {(kc & 1) ? v.z : v.x, (kc & 1) ? v.w : v.y};
                 mma16816(s[nt], qf[kc], b);
             }
@@ -176,11 +184,33 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
             o[j][3] *= a1;
             const int hf = j >> 3, wi = (j & 7) >> 1;
             const u32 sel = (j & 1) ? 0x7632u : 0x5410u;
-            const u32 b[2] = {__byte_perm(word_of(cur.v[0][hf], wi), word_of(cur.v[1][hf], wi), sel),
-                              __byte_perm(word_of(cur.v[2][hf], wi), word_of(cur.v[3][hf], wi), sel)};
+            const u32 b[2] = {__byte_perm(word_of(tile.v[0][hf], wi), word_of(tile.v[1][hf], wi), sel),
+                              __byte_perm(word_of(tile.v[2][hf], wi), word_of(tile.v[3][hf], wi), sel)};
             mma16816(o[j], pa, b);
         }
-        if (more) cur = nxt;
+    };
+    if (DECODE_PINGPONG) {
+        for (int kb = kb0; kb < k_end; kb += 2 * STEP) {
+            // The two tiles after the ones loaded next start towards L2.
+            if (lane < MMA_KEYS && kb + 4 * STEP + lane < k_end)
+                prefetch_kv_row(table, kb + 4 * STEP + lane, block_tokens, layer, n_groups, g);
+            if (lane < MMA_KEYS && kb + 5 * STEP + lane < k_end)
+                prefetch_kv_row(table, kb + 5 * STEP + lane, block_tokens, layer, n_groups, g);
+            consume(ta, kb);
+            if (kb + 2 * STEP < k_end) load_tile(ta, table, kb + 2 * STEP, k_end, block_tokens, koff, voff, gr, tq);
+            if (kb + STEP < k_end) {
+                consume(tb, kb + STEP);
+                if (kb + 3 * STEP < k_end) load_tile(tb, table, kb + 3 * STEP, k_end, block_tokens, koff, voff, gr, tq);
+            }
+        }
+    } else {
+        for (int kb = kb0; kb < k_end; kb += STEP) {
+            if (lane < MMA_KEYS && kb + 2 * STEP + lane < k_end)
+                prefetch_kv_row(table, kb + 2 * STEP + lane, block_tokens, layer, n_groups, g);
+            consume(ta, kb);
+            if (kb + STEP < k_end) ta = tb;
+            if (kb + 2 * STEP < k_end) load_tile(tb, table, kb + 2 * STEP, k_end, block_tokens, koff, voff, gr, tq);
+        }
     }
 
     // Warps 4-7 hand their state to warps 0-3 (the same fragment layout, so

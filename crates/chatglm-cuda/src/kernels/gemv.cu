@@ -31,11 +31,15 @@
 // on the host); gemv_scalar handles any shape.
 
 
-// 1: ping-pong weight buffers (two batches in flight through each wait);
-// 0: the copy-at-the-end double buffer it replaced, for measurements
-// (CHATGLM_NVRTC_DEFINES="GEMV_PINGPONG=0").
+// 0: double buffer copied at the end of each batch (the copy waits for the
+// next batch's loads, so one batch is in flight through each wait, with 8
+// rows and 4 resident blocks a SM: 16 KB a block); 1: ping-pong buffers (two
+// batches in flight), for measurements (CHATGLM_NVRTC_DEFINES=GEMV_PINGPONG=1).
+// Measured on the H200 (6B f16, run 48): ping-pong takes more registers (the
+// 4-row kernel 96 → 128: 4 blocks a SM instead of 5, lean QKV 91 → 96) and
+// decodes 1% slower (297.2 / 285.7 against 299.4 / 289.1 tok/s alternating).
 #ifndef GEMV_PINGPONG
-#define GEMV_PINGPONG 1
+#define GEMV_PINGPONG 0
 #endif
 
 template <int GEMV_ROWS, int GEMV_U>
