@@ -209,6 +209,31 @@ fn matmul_tiles_match_scalar_reference() {
     }
 }
 
+/// Float prefill tiles at widths that are not multiples of the vector width
+/// (tails of 1–7 columns), odd token counts and rows that leave a partial tile.
+#[test]
+fn float_prefill_at_awkward_widths_matches_scalar_reference() {
+    let mut rng = Rng(11);
+    let scalar = Kernels::scalar();
+    for k in tables() {
+        for &(rows, cols, n_tokens) in &[(11, 1100, 5), (8, 1536, 2), (5, 513, 3), (4, 4100, 4)] {
+            let w = rng.vec(rows * cols);
+            let x = rng.vec(n_tokens * cols);
+            for format in ["f32", "f16", "bf16"] {
+                let m = matrix(format, rows, cols, &w);
+                let mut want = vec![0.0; rows * n_tokens];
+                let mut got = vec![0.0; rows * n_tokens];
+                matmul(&scalar, &m, &x, n_tokens, &mut want, &mut MatmulScratch::default());
+                matmul(&k, &m, &x, n_tokens, &mut got, &mut MatmulScratch::default());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    let tol = 2e-3 * (1.0 + b.abs());
+                    assert!((a - b).abs() <= tol, "{} {format} {rows}x{cols} t={n_tokens} [{i}]: {a} vs {b}", k.name);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_matches_f64_reference() {
     let mut rng = Rng(5);
