@@ -166,6 +166,7 @@ PY
       done
       run_bench q4_0-long $b --dtype q4_0 --prompt-len 2048 --gen-len 64 --repeat 2 --context 8192 --context-steps 16
       run_bench q4_0-batched32 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
+      run_bench q4_0-batched32-graphs env CHATGLM_CUDA_BATCH_GRAPHS=1 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
       mem_probe q4_0-8k-dialogue $b --dtype q4_0 --prompt-len 8192 --gen-len 64
     fi
     if [ "${QUANT_ONLY:-0}" != 0 ]; then

@@ -515,6 +515,53 @@ fn gpu_graph_replay_and_greedy_tokens_match_eager_launches() {
 }
 
 #[test]
+fn gpu_batched_quantized_decode_replays_graphs_bit_for_bit() {
+    // Batched decode steps of a quantized model run only our kernels (the
+    // quantized products take up to 256 tokens), so with the option on they
+    // replay from graphs: the logits must be the same bits as launching the
+    // kernels one by one, for sequences at different lengths crossing cache
+    // blocks.
+    let src = random_model(FLASH_SHAPE, 23);
+    let Some(backend) = cuda(&src.config) else { return };
+    let gpu = Model::load(backend, &src, LoadOptions::new(WeightFormat::Q4_0), &mut |_, _| {}).unwrap();
+    gpu.backend.set_batched_graphs(true);
+    let vocab = src.config.padded_vocab_size;
+    let n_seqs = 5u32;
+    let mut eager: Vec<_> = (0..n_seqs).map(|_| gpu.new_cache(KvDType::F16)).collect();
+    let mut replayed: Vec<_> = (0..n_seqs).map(|_| gpu.new_cache(KvDType::F16)).collect();
+    let mut state = ForwardState::new(&gpu.backend);
+    for (i, (e, r)) in eager.iter_mut().zip(replayed.iter_mut()).enumerate() {
+        let i = i as u32;
+        let prompt: Vec<u32> = (0..40 + 17 * i).map(|j| (j * 13 + i) % 1000).collect();
+        for c in [e, r] {
+            gpu.forward(&mut state, &mut [SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None }])
+                .unwrap();
+        }
+    }
+    let before = gpu.backend.graph_stats();
+    let mut tokens: Vec<u32> = (0..n_seqs).map(|i| 5 + i).collect();
+    for step in 0..40 {
+        let mut run = |caches: &mut Vec<_>, graphs: bool| {
+            gpu.backend.set_graphs(graphs);
+            let mut batch: Vec<_> = caches
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(cache, t)| SequenceInput { tokens: std::slice::from_ref(t), cache, logits: LogitsWanted::Last })
+                .collect();
+            gpu.forward(&mut state, &mut batch).unwrap().to_vec()
+        };
+        let want = run(&mut eager, false);
+        let got = run(&mut replayed, true);
+        assert_eq!(want.len(), n_seqs as usize * vocab);
+        assert!(got == want, "graph replay of a batched quantized step differs from eager launches at step {step}");
+        tokens = want.chunks(vocab).map(chatglm_model::greedy_token).collect();
+    }
+    let after = gpu.backend.graph_stats();
+    eprintln!("graphs: {before:?} -> {after:?}");
+    assert!(after.replays >= before.replays + 30, "batched steps were not replayed: {after:?}");
+}
+
+#[test]
 fn gpu_greedy_token_follows_the_invalid_score_rule() {
     // The argmax kernel alone, on rows with ties, NaN and infinities.
     let cfg = Config::from_json_str(FLASH_SHAPE).unwrap();

@@ -174,6 +174,13 @@ pub struct CudaBackend {
     host_embedding: Mutex<Option<Arc<HostTable>>>,
     /// Whether any weights are quantized (memory-lean: smaller prefill chunks).
     quantized: std::sync::atomic::AtomicBool,
+    /// Whether any product weights are floats (their steps of 3+ tokens go
+    /// through cuBLAS, which a graph of our launches cannot hold).
+    float_products: std::sync::atomic::AtomicBool,
+    /// Whether batched decode steps of a quantized model (up to 256 tokens,
+    /// all through our kernels) are replayed from CUDA graphs too
+    /// (`CHATGLM_CUDA_BATCH_GRAPHS=1`; off by default until measured on a GPU).
+    batched_graphs: std::sync::atomic::AtomicBool,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -265,6 +272,8 @@ impl CudaBackend {
             prefix: Mutex::new(None),
             host_embedding: Mutex::new(None),
             quantized: std::sync::atomic::AtomicBool::new(false),
+            float_products: std::sync::atomic::AtomicBool::new(false),
+            batched_graphs: std::env::var("CHATGLM_CUDA_BATCH_GRAPHS").is_ok_and(|v| v == "1").into(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -431,6 +440,24 @@ impl CudaBackend {
     }
 
     /// Runs `f` unless the step has already failed; records its error.
+    /// Whether a batched step of `n` tokens is replayed from a graph: the
+    /// option is on and every product of the model runs through the
+    /// quantized kernels at that size.
+    fn batched_graph_step(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.batched_graphs.load(Relaxed)
+            && self.quantized.load(Relaxed)
+            && !self.float_products.load(Relaxed)
+            && n <= products::QMMA_CHUNKED_TOKENS
+    }
+
+    /// Replays batched decode steps of quantized models from CUDA graphs
+    /// (on) or launches them one by one (off, the default; see
+    /// `CHATGLM_CUDA_BATCH_GRAPHS`).
+    pub fn set_batched_graphs(&self, on: bool) {
+        self.batched_graphs.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether `op` is left out by `CHATGLM_CUDA_SKIP` (measurements only).
     fn skipped(&self, op: &str) -> bool {
         !self.skip.is_empty() && self.skip.iter().any(|s| s == op)
@@ -577,8 +604,10 @@ impl Backend for CudaBackend {
         let blocks: Vec<&[u64]> = batch.iter().map(|s| s.cache.blocks()).collect();
         let sms = self.gpu.info().multiprocessors;
         // Decode steps of a few tokens are replayed from CUDA graphs: their
-        // launches must not depend on the context lengths.
-        let replay = decode && ids.len() <= self.gemv_max_tokens && layout.logit_rows.len() <= self.gemv_max_tokens;
+        // launches must not depend on the context lengths. Batched steps of a
+        // model whose products are all quantized run only our kernels too.
+        let few = ids.len() <= self.gemv_max_tokens && layout.logit_rows.len() <= self.gemv_max_tokens;
+        let replay = decode && (few || self.batched_graph_step(ids.len()));
         let plan = StepPlan::build(
             layout,
             ids,
@@ -666,6 +695,7 @@ impl Backend for CudaBackend {
         let dtype =
             gpu_dtype(format, t.dtype).map_err(|message| ModelError::BadTensor { tensor: t.name.clone(), message })?;
         let data = self.upload_matrix(t, rows, cols, dtype)?;
+        self.float_products.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(CudaMatrix::dense(rows, cols, dtype, Some(data)))
     }
 
@@ -724,6 +754,7 @@ impl Backend for CudaBackend {
             unsafe { self.gpu.fill_random(device_ptr(&d), rows * cols, dtype, seed, 0.035)? };
             Ok(d)
         });
+        self.float_products.store(true, std::sync::atomic::Ordering::Relaxed);
         match made {
             Ok(d) => CudaMatrix::dense(rows, cols, dtype, Some(d)),
             Err(e) => {

@@ -13,7 +13,7 @@ const DEQUANT_ELEMENTS: usize = 16 << 20;
 /// quantized products, 64 tokens a launch (a decode step of 128 sequences:
 /// two launches per product, measured 3× faster on the H200 than the
 /// dequantize + cuBLAS path, which serves larger prompt chunks).
-const QMMA_CHUNKED_TOKENS: usize = 4 * QMMA_MAX_TOKENS;
+pub(super) const QMMA_CHUNKED_TOKENS: usize = 4 * QMMA_MAX_TOKENS;
 
 impl CudaBackend {
     /// Whether a step of `n` tokens takes `w` through the mat-vec kernels
