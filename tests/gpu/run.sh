@@ -178,6 +178,7 @@ PY
     run_bench f16-short $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
     if [ -n "${CONCURRENCY:-}" ]; then
       run_bench batched $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
+      run_bench batched-graphs env CHATGLM_CUDA_BATCH_GRAPHS=1 $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
     fi
     if [ "${LT_COMPARE:-0}" != 0 ]; then
       run_bench prefill-lt $b --dtype f16 --prompt-len 2048 --gen-len 4 --repeat 5

@@ -157,6 +157,46 @@ impl BlasLt {
         Ok(plan)
     }
 
+    /// Makes the plan for `c`'s shape if there is none yet (host work only):
+    /// false where cuBLASLt has no algorithm for it.
+    pub(crate) fn plan_ready(&self, c: &crate::graph::GemmCall) -> Result<bool, CudaError> {
+        let s = Shape {
+            w: c.dtype,
+            out: c.out_dtype,
+            n: c.n,
+            rows: c.rows,
+            cols: c.cols,
+            ld_out: c.ld_out,
+            accumulate: c.accumulate,
+            bias: c.bias != 0,
+        };
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if plans.contains_key(&s) {
+            return Ok(true);
+        }
+        match self.plan(&s) {
+            Ok(p) => {
+                plans.insert(s, p);
+                Ok(true)
+            }
+            Err(CudaError::Call { ref message, .. }) if message.contains("NOT_SUPPORTED") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Allocates the workspace if the first product has not yet (a graph
+    /// capture must not allocate).
+    pub(crate) fn ensure_workspace(&self) -> Result<(), CudaError> {
+        let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if workspace.is_none() {
+            // SAFETY: the workspace is only written by cuBLASLt's kernels.
+            let ws = unsafe { self.stream.alloc::<u8>(WORKSPACE_BYTES) }
+                .map_err(|e| CudaError::call(format!("cuMemAlloc(cuBLASLt workspace, {WORKSPACE_BYTES} bytes)"), e))?;
+            *workspace = Some(ws);
+        }
+        Ok(())
+    }
+
     /// `out (n × rows) = x (n × cols) · wᵀ (+ out when `accumulate`) (+ bias
     /// per output column)`, row-major, `x` in `w_dtype`, `out` in f32 or
     /// `out_dtype`; `bias` (rows f32) or 0.
@@ -180,6 +220,7 @@ impl BlasLt {
         bias: u64,
     ) -> Result<(), CudaError> {
         let s = Shape { w: w_dtype, out: out_dtype, n, rows, cols, ld_out, accumulate, bias: bias != 0 };
+        self.ensure_workspace()?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let p = match plans.entry(s) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -195,13 +236,7 @@ impl BlasLt {
             .map_err(call("cublasLtMatmulDescSetAttribute(BIAS_POINTER)", &s))?;
         }
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-        let mut workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
-        if workspace.is_none() {
-            // SAFETY: the workspace is only written by cuBLASLt's kernels.
-            let ws = unsafe { self.stream.alloc::<u8>(WORKSPACE_BYTES) }
-                .map_err(|e| CudaError::call(format!("cuMemAlloc(cuBLASLt workspace, {WORKSPACE_BYTES} bytes)"), e))?;
-            *workspace = Some(ws);
-        }
+        let workspace = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
         let ws = workspace.as_ref().expect("invariant: allocated above").device_ptr(&self.stream).0;
         lt::matmul(
             self.handle,

@@ -392,14 +392,10 @@ impl Gpu {
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
         let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string() };
-        match self.record(launch) {
-            Some(l) => self.launch_now(l),
-            None => Ok(()),
+        match self.record(crate::graph::Op::Kernel(launch)) {
+            Some(crate::graph::Op::Kernel(l)) => self.launch_raw(&l),
+            _ => Ok(()),
         }
-    }
-
-    pub(crate) fn launch_now(&self, l: Launch) -> Result<(), CudaError> {
-        self.launch_raw(&l)
     }
 
     pub(crate) fn launch_raw(&self, l: &Launch) -> Result<(), CudaError> {

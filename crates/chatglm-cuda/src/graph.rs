@@ -11,9 +11,11 @@
 //! the only condition for replay, so a replay does exactly what the queued
 //! launches would have done.
 //!
-//! Anything else that touches the stream (copies, allocations, cuBLAS,
-//! synchronisation) first issues the queued launches, so the order of work
-//! never changes.
+//! Matrix products through cuBLASLt are queued the same way (their arguments
+//! are the product's shape and pointers; captured, cuBLASLt's kernels become
+//! graph nodes). Anything else that touches the stream (copies, allocations,
+//! classic cuBLAS, synchronisation) first issues the queued launches, so the
+//! order of work never changes.
 
 use crate::device::Args;
 use crate::{CudaError, Gpu};
@@ -33,6 +35,28 @@ pub(crate) struct Launch {
 // context; the queue lives inside the `Gpu` that owns the module.
 unsafe impl Send for Launch {}
 
+/// One queued matrix product (`Gpu::gemm_strided`'s arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GemmCall {
+    pub w: u64,
+    pub dtype: crate::DType,
+    pub x: u64,
+    pub out: u64,
+    pub out_dtype: crate::DType,
+    pub n: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub ld_out: usize,
+    pub accumulate: bool,
+    pub bias: u64,
+}
+
+/// A queued piece of work.
+pub(crate) enum Op {
+    Kernel(Launch),
+    Gemm(GemmCall),
+}
+
 /// Graphs kept: a few batch shapes and buffer sets; beyond that the cache
 /// starts over (capturing again costs one step's launches).
 const MAX_GRAPHS: usize = 32;
@@ -49,7 +73,7 @@ unsafe impl Send for Captured {}
 /// Queued launches and captured graphs.
 #[derive(Default)]
 pub(crate) struct Recorder {
-    queue: Option<Vec<Launch>>,
+    queue: Option<Vec<Op>>,
     graphs: HashMap<u64, Captured>,
     /// Why capture last failed (graphs are then not tried again).
     failed: Option<String>,
@@ -62,9 +86,19 @@ fn lock(m: &Mutex<Recorder>) -> MutexGuard<'_, Recorder> {
 }
 
 /// Every value that decides what a list of launches does.
-fn signature(launches: &[Launch]) -> Vec<u64> {
-    let mut sig = Vec::with_capacity(launches.len() * 16);
-    for l in launches {
+fn signature(ops: &[Op]) -> Vec<u64> {
+    let mut sig = Vec::with_capacity(ops.len() * 16);
+    for op in ops {
+        let l = match op {
+            Op::Kernel(l) => l,
+            Op::Gemm(g) => {
+                // A tag no kernel handle or grid takes, then every argument.
+                sig.extend([u64::MAX, g.w, g.dtype.code() as u64, g.x, g.out, g.out_dtype.code() as u64]);
+                sig.extend([g.n, g.rows, g.cols, g.ld_out].map(|v| v as u64));
+                sig.extend([u64::from(g.accumulate), g.bias]);
+                continue;
+            }
+        };
         let c = &l.cfg;
         sig.extend([l.func as u64, c.grid_dim.0 as u64, c.grid_dim.1 as u64, c.grid_dim.2 as u64]);
         sig.extend([c.block_dim.0 as u64, c.block_dim.1 as u64, c.block_dim.2 as u64, c.shared_mem_bytes as u64]);
@@ -101,14 +135,24 @@ impl Gpu {
         lock(&self.recorder).queue.is_some()
     }
 
-    /// Queues `launch` if recording; otherwise hands it back.
-    pub(crate) fn record(&self, launch: Launch) -> Option<Launch> {
+    /// Queues `op` if recording; otherwise hands it back.
+    pub(crate) fn record(&self, op: Op) -> Option<Op> {
         match lock(&self.recorder).queue.as_mut() {
             Some(q) => {
-                q.push(launch);
+                q.push(op);
                 None
             }
-            None => Some(launch),
+            None => Some(op),
+        }
+    }
+
+    /// Issues one piece of work now (on a capturing stream: into the graph).
+    fn issue(&self, op: &Op) -> Result<(), CudaError> {
+        match op {
+            Op::Kernel(l) => self.launch_raw(l),
+            // SAFETY: the call's pointers were checked when it was queued,
+            // and its buffers outlive the step that queued it.
+            Op::Gemm(g) => unsafe { self.gemm_now(g) },
         }
     }
 
@@ -123,7 +167,7 @@ impl Gpu {
         }
         if !graph || !self.graphs_enabled.load(std::sync::atomic::Ordering::Relaxed) || rec.failed.is_some() {
             drop(rec);
-            return queue.into_iter().try_for_each(|l| self.launch_now(l));
+            return queue.iter().try_for_each(|op| self.issue(op));
         }
         let sig = signature(&queue);
         let key = hash(&sig);
@@ -147,17 +191,17 @@ impl Gpu {
                 tracing::warn!("CUDA graph capture failed, launching kernels one by one from now on: {e}");
                 rec.failed = Some(e.to_string());
                 drop(rec);
-                queue.into_iter().try_for_each(|l| self.launch_now(l))
+                queue.iter().try_for_each(|op| self.issue(op))
             }
         }
     }
 
-    fn capture(&self, queue: &[Launch]) -> Result<CudaGraph, CudaError> {
+    fn capture(&self, queue: &[Op]) -> Result<CudaGraph, CudaError> {
         let stream = self.stream();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| CudaError::call("cuStreamBeginCapture", e))?;
-        let launched = queue.iter().try_for_each(|l| self.launch_raw(l));
+        let launched = queue.iter().try_for_each(|op| self.issue(op));
         // End the capture whatever happened, so the stream is usable again.
         let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         launched?;
@@ -183,16 +227,47 @@ impl Gpu {
 mod tests {
     use super::*;
 
-    fn launch(func: usize, grid: u32, args: &[u64]) -> Launch {
+    fn launch(func: usize, grid: u32, args: &[u64]) -> Op {
         let mut a = Args::default();
         for v in args {
             a.arg(v);
         }
-        Launch {
+        Op::Kernel(Launch {
             func: func as sys::CUfunction,
             args: a,
             cfg: LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 },
             kernel: "k".into(),
+        })
+    }
+
+    fn gemm(n: usize, out: u64) -> Op {
+        Op::Gemm(GemmCall {
+            w: 0x1000,
+            dtype: crate::DType::F16,
+            x: 0x2000,
+            out,
+            out_dtype: crate::DType::F32,
+            n,
+            rows: 64,
+            cols: 32,
+            ld_out: 64,
+            accumulate: false,
+            bias: 0,
+        })
+    }
+
+    #[test]
+    fn a_graph_with_products_replays_only_the_same_products() {
+        let base = [launch(1, 4, &[10]), gemm(8, 0x3000), launch(2, 8, &[30])];
+        let same = [launch(1, 4, &[10]), gemm(8, 0x3000), launch(2, 8, &[30])];
+        assert_eq!(signature(&base), signature(&same));
+        for other in [
+            vec![launch(1, 4, &[10]), gemm(9, 0x3000), launch(2, 8, &[30])],
+            vec![launch(1, 4, &[10]), gemm(8, 0x3100), launch(2, 8, &[30])],
+            vec![launch(1, 4, &[10]), launch(2, 8, &[30])],
+            vec![gemm(8, 0x3000), launch(1, 4, &[10]), launch(2, 8, &[30])],
+        ] {
+            assert_ne!(signature(&base), signature(&other));
         }
     }
 

@@ -4,6 +4,7 @@
 //! (shapes, launch limits) is checked before the launch.
 
 use crate::device::Args;
+use crate::graph::{GemmCall, Op};
 use crate::{CudaError, Gpu};
 use cudarc::driver::LaunchConfig;
 
@@ -31,7 +32,7 @@ impl DType {
         }
     }
 
-    fn code(self) -> usize {
+    pub(crate) fn code(self) -> usize {
         self as usize
     }
 }
@@ -638,8 +639,34 @@ impl Gpu {
                 "16-bit outputs are only for non-accumulating products of the same type without bias",
             ));
         }
-        // cuBLAS launches outside this crate's queue: issue what is queued first.
+        let call = GemmCall { w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate, bias };
+        if let Some(lt) = &self.blas_lt {
+            // cuBLASLt products join a recorded step (graph.rs); the
+            // workspace exists before any capture.
+            if self.recording() && lt.plan_ready(&call)? {
+                lt.ensure_workspace()?;
+                if self.record(Op::Gemm(call)).is_none() {
+                    return Ok(());
+                }
+            }
+        }
         self.flush_recorded(false)?;
+        self.gemm_now(&call)
+    }
+
+    /// Whether matrix products join recorded steps (graph.rs): with
+    /// cuBLASLt (classic cuBLAS calls issue the queue first).
+    pub fn records_products(&self) -> bool {
+        self.blas_lt.is_some()
+    }
+
+    /// A product now (on a capturing stream: into the graph): cuBLASLt, or
+    /// classic cuBLAS and a bias pass where cuBLASLt has no algorithm.
+    ///
+    /// # Safety
+    /// As [`Gpu::gemm_strided`].
+    pub(crate) unsafe fn gemm_now(&self, c: &GemmCall) -> Result<(), CudaError> {
+        let GemmCall { w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate, bias } = *c;
         if let Some(lt) = &self.blas_lt {
             match lt.gemm(w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate, bias) {
                 Ok(()) => return Ok(()),

@@ -515,15 +515,20 @@ fn gpu_graph_replay_and_greedy_tokens_match_eager_launches() {
 }
 
 #[test]
-fn gpu_batched_quantized_decode_replays_graphs_bit_for_bit() {
-    // Batched decode steps of a quantized model run only our kernels (the
-    // quantized products take up to 256 tokens), so with the option on they
-    // replay from graphs: the logits must be the same bits as launching the
-    // kernels one by one, for sequences at different lengths crossing cache
-    // blocks.
+fn gpu_batched_decode_replays_graphs_bit_for_bit() {
+    // Batched decode steps replayed from graphs (quantized products in our
+    // kernels, float ones through cuBLASLt recorded with them): the logits
+    // must be the same bits as launching one by one, for sequences at
+    // different lengths crossing cache blocks.
+    for format in [WeightFormat::Q4_0, WeightFormat::F16] {
+        batched_decode_replays_bit_for_bit(format);
+    }
+}
+
+fn batched_decode_replays_bit_for_bit(format: WeightFormat) {
     let src = random_model(FLASH_SHAPE, 23);
     let Some(backend) = cuda(&src.config) else { return };
-    let gpu = Model::load(backend, &src, LoadOptions::new(WeightFormat::Q4_0), &mut |_, _| {}).unwrap();
+    let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     gpu.backend.set_batched_graphs(true);
     let vocab = src.config.padded_vocab_size;
     let n_seqs = 5u32;
@@ -553,12 +558,12 @@ fn gpu_batched_quantized_decode_replays_graphs_bit_for_bit() {
         let want = run(&mut eager, false);
         let got = run(&mut replayed, true);
         assert_eq!(want.len(), n_seqs as usize * vocab);
-        assert!(got == want, "graph replay of a batched quantized step differs from eager launches at step {step}");
+        assert!(got == want, "{format:?}: graph replay of a batched step differs from eager launches at step {step}");
         tokens = want.chunks(vocab).map(chatglm_model::greedy_token).collect();
     }
     let after = gpu.backend.graph_stats();
-    eprintln!("graphs: {before:?} -> {after:?}");
-    assert!(after.replays >= before.replays + 30, "batched steps were not replayed: {after:?}");
+    eprintln!("{format:?} graphs: {before:?} -> {after:?}");
+    assert!(after.replays >= before.replays + 30, "{format:?}: batched steps were not replayed: {after:?}");
 }
 
 #[test]

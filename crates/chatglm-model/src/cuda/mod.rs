@@ -175,11 +175,11 @@ pub struct CudaBackend {
     /// Whether any weights are quantized (memory-lean: smaller prefill chunks).
     quantized: std::sync::atomic::AtomicBool,
     /// Whether any product weights are floats (their steps of 3+ tokens go
-    /// through cuBLAS, which a graph of our launches cannot hold).
+    /// through cuBLAS: recorded into graphs only with cuBLASLt).
     float_products: std::sync::atomic::AtomicBool,
-    /// Whether batched decode steps of a quantized model (up to 256 tokens,
-    /// all through our kernels) are replayed from CUDA graphs too
-    /// (`CHATGLM_CUDA_BATCH_GRAPHS=1`; off by default until measured on a GPU).
+    /// Whether batched decode steps (up to 256 tokens) are replayed from
+    /// CUDA graphs too (`CHATGLM_CUDA_BATCH_GRAPHS=1`; off by default until
+    /// measured on a GPU).
     batched_graphs: std::sync::atomic::AtomicBool,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
@@ -441,19 +441,18 @@ impl CudaBackend {
 
     /// Runs `f` unless the step has already failed; records its error.
     /// Whether a batched step of `n` tokens is replayed from a graph: the
-    /// option is on and every product of the model runs through the
-    /// quantized kernels at that size.
+    /// option is on, quantized products take the step in our kernels (up to
+    /// 256 tokens) and float ones through cuBLASLt, whose products join the
+    /// recording.
     fn batched_graph_step(&self, n: usize) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         self.batched_graphs.load(Relaxed)
-            && self.quantized.load(Relaxed)
-            && !self.float_products.load(Relaxed)
             && n <= products::QMMA_CHUNKED_TOKENS
+            && (!self.float_products.load(Relaxed) || self.gpu.records_products())
     }
 
-    /// Replays batched decode steps of quantized models from CUDA graphs
-    /// (on) or launches them one by one (off, the default; see
-    /// `CHATGLM_CUDA_BATCH_GRAPHS`).
+    /// Replays batched decode steps from CUDA graphs (on) or launches them
+    /// one by one (off, the default; see `CHATGLM_CUDA_BATCH_GRAPHS`).
     pub fn set_batched_graphs(&self, on: bool) {
         self.batched_graphs.store(on, std::sync::atomic::Ordering::Relaxed);
     }
