@@ -18,8 +18,9 @@
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 # HISTORY=1 times a 4-round chat through the HTTP server with and without KV reuse of the previous round
 # (HISTORY_DTYPE, HISTORY_REPEAT: the first question's length in ~48-token repeats).
-# Each call leaves $OUT/kcache.tgz (the compiled kernels); copied to device-bin/kcache.tgz it spares the
-# next call the NVRTC and driver compiles of unchanged kernel files.
+# `build` compiles the kernels here for the GPU machine's cache where it finds a local NVRTC
+# (device-bin/kcache.tgz); each device call leaves $OUT/kcache.tgz (its PTX cache), which copied to
+# device-bin/kcache.tgz spares the next call the NVRTC compile of unchanged kernel files.
 # QUANT=1 adds the int4/int8 benchmarks (kernel GB/s, decode, prefill, 32 sequences) and the GPU
 # memory of an 8K-token int4 dialogue as nvidia-smi reports it (QUANT_ONLY=1: only those;
 # QMMA_BLOCKS_SWEEP="1" adds decode with at most that many quantized-product blocks per SM).
@@ -65,6 +66,21 @@ for line in sys.stdin:
     python3 -m maturin build --release -q -m crates/chatglm-python/Cargo.toml -o "$BIN/wheels" >/dev/null 2>&1 ||
       echo "note: no chatglm_rs wheel built (maturin unavailable)"
   fi
+  # The kernels compiled here for the GPU machine's cache (sm_90 under the
+  # driver and NVRTC versions it reports; KERNEL_CACHE_VERSIONS), where a
+  # local NVRTC is found (NVRTC_LIB_DIR, or the nvidia-cuda-nvrtc wheel in
+  # a venv at /tmp/nv): each device call then skips its NVRTC compile.
+  local nvrtc_dir=${NVRTC_LIB_DIR:-$(ls -d /tmp/nv/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)}
+  if [ -n "$nvrtc_dir" ] && [ -e "$nvrtc_dir/libnvrtc.so.13" ]; then
+    cargo build --release -p chatglm-cuda --example compile_kernels
+    local kc; kc=$(mktemp -d)
+    LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels "${KERNEL_CACHE_ARCH:-90}" \
+      "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" >/dev/null &&
+      tar czf "$BIN/kcache.tgz" -C "$kc" tmp/chatglm-kernels && echo "kernel cache for the GPU machine: $BIN/kcache.tgz"
+    rm -rf "$kc"
+  else
+    echo "note: no local NVRTC (NVRTC_LIB_DIR): the GPU machine compiles its kernels"
+  fi
   # The golden data travels with the repository (testdata/ and golden/ are
   # tracked); a copy is made only when it lives elsewhere.
   if [ "$(cd "$data" && pwd)" != "$PWD/testdata" ]; then
@@ -88,6 +104,7 @@ device() {
   # Compiled kernels from an earlier call (device-bin/kcache.tgz: the NVRTC
   # PTX cache and the driver's JIT cache) save the next one its compile.
   if [ -f "$BIN/kcache.tgz" ]; then tar xzf "$BIN/kcache.tgz" -C / 2>/dev/null || true; fi
+  local cached_at_start; cached_at_start=$(ls "$CHATGLM_KERNEL_CACHE" 2>/dev/null | wc -l)
   local summary=$out/summary.txt
   : >"$summary"
   {
@@ -285,7 +302,10 @@ PY
 }
 
 save_kernel_cache() {
-  tar czf "${OUT:-$BIN/report}/kcache.tgz" -C / "${CHATGLM_KERNEL_CACHE#/}" "${HOME#/}/.nv/ComputeCache" 2>/dev/null || true
+  local n; n=$(ls "$CHATGLM_KERNEL_CACHE" 2>/dev/null | wc -l)
+  echo "kernel cache: ${cached_at_start:-0} files carried in, $n at the end (more: the carried ones missed)" |
+    tee -a "${OUT:-$BIN/report}/summary.txt"
+  tar czf "${OUT:-$BIN/report}/kcache.tgz" -C / "${CHATGLM_KERNEL_CACHE#/}" 2>/dev/null || true
 }
 
 case "${1:-}" in

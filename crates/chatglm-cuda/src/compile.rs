@@ -172,10 +172,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 /// PTX for `source`, from the disk cache or freshly compiled for `arch`
 /// (major × 10 + minor). `versions` identifies the driver and NVRTC.
 pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx, CudaError> {
-    let text = source_text(source);
-    let arch_flag = format!("--gpu-architecture=compute_{arch}");
-    let key = fnv1a(&[text.as_bytes(), arch_flag.as_bytes(), versions.as_bytes()]);
-    let cached = cache_dir().map(|d| d.join(format!("{}-{key:016x}.ptx", source.name)));
+    let cached = cache_dir().map(|d| d.join(cache_file_name(source, arch, versions)));
     if let Some(path) = &cached {
         if let Ok(ptx) = std::fs::read_to_string(path) {
             tracing::debug!(file = %path.display(), "kernel cache hit");
@@ -198,6 +195,37 @@ pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx,
         }
     }
     Ok(ptx)
+}
+
+/// The cache file of `source`'s PTX for `arch` under `versions`.
+fn cache_file_name(source: &Source, arch: u32, versions: &str) -> String {
+    let text = source_text(source);
+    let arch_flag = format!("--gpu-architecture=compute_{arch}");
+    let key = fnv1a(&[text.as_bytes(), arch_flag.as_bytes(), versions.as_bytes()]);
+    format!("{}-{key:016x}.ptx", source.name)
+}
+
+/// The driver and NVRTC a cache entry was compiled under (part of its key).
+pub(crate) fn cache_versions(driver_version: i32, nvrtc: &str) -> String {
+    format!("driver {driver_version} nvrtc {nvrtc}")
+}
+
+/// Compiles every kernel file for `compute_{arch}` here (no driver or device
+/// needed) into `dir` under the names a GPU machine whose driver and NVRTC
+/// give `versions` (as [`cache_versions`] writes them, e.g. "driver 13000
+/// nvrtc 13.0") looks for: pointing `CHATGLM_KERNEL_CACHE` there spares it
+/// the compile. Returns the files written.
+pub fn write_kernel_cache(dir: &std::path::Path, arch: u32, versions: &str) -> Result<Vec<PathBuf>, CudaError> {
+    std::fs::create_dir_all(dir).map_err(|e| CudaError::invalid("kernel cache", format!("{}: {e}", dir.display())))?;
+    let mut written = Vec::new();
+    for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
+        let ptx = ptx_for_uncached(source, arch)?;
+        let path = dir.join(cache_file_name(source, arch, versions));
+        std::fs::write(&path, ptx.to_src())
+            .map_err(|e| CudaError::invalid("kernel cache", format!("{}: {e}", path.display())))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// The text NVRTC compiles: the shared header, the file, and first those of
@@ -263,6 +291,20 @@ mod tests {
         assert_ne!(a, fnv1a(&[b"src", b"compute_90", b"v2"]));
         assert_ne!(a, fnv1a(&[b"sr", b"ccompute_90", b"v1"]));
         assert_eq!(a, fnv1a(&[b"src", b"compute_90", b"v1"]));
+    }
+
+    #[test]
+    fn cache_files_are_named_by_source_arch_and_versions() {
+        // A cache written on another machine is found exactly when the GPU
+        // machine's driver and NVRTC give the same versions string.
+        let s = &SOURCES[0];
+        let v = cache_versions(13000, "13.0");
+        assert_eq!(v, "driver 13000 nvrtc 13.0");
+        let name = cache_file_name(s, 90, &v);
+        assert!(name.starts_with(&format!("{}-", s.name)) && name.ends_with(".ptx"), "{name}");
+        assert_eq!(name, cache_file_name(s, 90, &cache_versions(13000, "13.0")));
+        assert_ne!(name, cache_file_name(s, 90, &cache_versions(13010, "13.0")));
+        assert_ne!(name, cache_file_name(s, 80, &v));
     }
 
     #[test]

@@ -173,7 +173,8 @@ impl Gpu {
         }
         let arch = (cc.0 * 10 + cc.1) as u32;
         let nvrtc = nvrtc_version();
-        let versions = format!("driver {driver_version} nvrtc {nvrtc}");
+        let versions = crate::compile::cache_versions(driver_version, &nvrtc);
+        tracing::info!(%versions, "kernel cache key");
         let mut kernels = HashMap::new();
         for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
             let ptx = ptx_for(source, arch, &versions)?;

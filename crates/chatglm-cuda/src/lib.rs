@@ -24,7 +24,7 @@ mod graph;
 pub mod ops;
 pub mod quant;
 
-pub use compile::compile_all;
+pub use compile::{compile_all, write_kernel_cache};
 pub use cudarc::driver::{CudaSlice, DeviceRepr};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, GemvLean, Gpu};
 pub use error::CudaError;
