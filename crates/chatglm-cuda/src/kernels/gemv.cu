@@ -287,22 +287,14 @@ __device__ __forceinline__ void gemv_scalar_body(const void* __restrict__ w_, co
 // the gemv8 kernels take 128, 4 per SM): the 6B QKV product's 576 blocks then
 // fit in one wave of 660 instead of 1.09 waves of 528, whose last 48 blocks
 // ran alone, latency-bound.
+#define GEMV_LEAN_MODE(T, MODE)                                                                     \
+    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
+        gemv8l_##T##_1_##MODE(const void* w, const float* x, const float* bias, float* out, int out_rows, \
+                              int cols, int half_rows, const float* nw, float eps, int pf) {        \
+        gemv_body<T, 1, MODE, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
+    }
 #define GEMV_LEAN(T)                                                                                \
-    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
-        gemv8l_##T##_1_0(const void* w, const float* x, const float* bias, float* out, int out_rows, \
-                         int cols, int half_rows, const float* nw, float eps, int pf) {             \
-        gemv_body<T, 1, 0, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
-        gemv8l_##T##_1_1(const void* w, const float* x, const float* bias, float* out, int out_rows, \
-                         int cols, int half_rows, const float* nw, float eps, int pf) {             \
-        gemv_body<T, 1, 1, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(128, 5)                                            \
-        gemv8l_##T##_1_2(const void* w, const float* x, const float* bias, float* out, int out_rows, \
-                         int cols, int half_rows, const float* nw, float eps, int pf) {             \
-        gemv_body<T, 1, 2, 8, 1>(w, x, bias, out, out_rows, cols, half_rows, nw, eps, pf, RopeCtx()); \
-    }                                                                                               \
+    GEMV_LEAN_MODE(T, 0) GEMV_LEAN_MODE(T, 1) GEMV_LEAN_MODE(T, 2)                                  \
     extern "C" __global__ void __launch_bounds__(128, 5)                                            \
         gemv8l_qkv_##T##_1(const void* w, const float* x, const float* bias, float* out, int out_rows, \
                            int cols, const float* nw, float eps, int pf, RopeCtx rc) {              \
