@@ -12,7 +12,7 @@ use crate::request::Request;
 use crate::scheduler::{Scheduler, SeqId, StepPlan};
 use crate::sequence::{Progress, Sequence};
 use crate::stats::EngineStats;
-use chatglm_model::{Backend, ForwardState, KvCacheOps, KvDType, LogitsWanted, Model, SequenceInput};
+use chatglm_model::{Backend, ForwardState, KvCacheOps, KvDType, LogitsWanted, Model, SequenceInput, TokenChoice};
 use chatglm_tokenizer::ChatGlmTokenizer;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,6 +36,7 @@ pub(crate) struct LoopSetup<'s, B: Backend> {
     pub stats: &'s EngineStats,
     /// Finished requests' caches kept for reuse (0: none).
     pub retain_max: usize,
+    pub pad_decode: bool,
 }
 
 /// Fewest prompt tokens worth continuing from a finished request's cache.
@@ -70,6 +71,17 @@ struct Loop<'t, B: Backend> {
     /// Oldest first; the scheduler holds their blocks.
     retained: std::collections::VecDeque<Retained<B::Cache>>,
     retain_max: usize,
+    pad_decode: bool,
+    /// Caches of the throwaway rows that pad decode steps (one position each).
+    pad_caches: Vec<B::Cache>,
+}
+
+/// Sizes padded decode steps take (steps of 3–256 sequences).
+const DECODE_STEP_SIZES: [usize; 13] = [4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256];
+
+/// The size a decode step of `n` sequences is padded to, if any.
+fn padded_step_size(n: usize) -> Option<usize> {
+    DECODE_STEP_SIZES.iter().copied().find(|&s| s >= n).filter(|&s| n >= 3 && s > n)
 }
 
 /// How a step's sampled tokens are chosen.
@@ -86,7 +98,7 @@ enum StepReadout {
 
 /// Runs until every sender is dropped and no request is left.
 pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
-    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats, retain_max } = setup;
+    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats, retain_max, pad_decode } = setup;
     let mut state = ForwardState::new(&model.backend);
     let mut this = Loop {
         model: &model,
@@ -97,6 +109,8 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
         stats,
         retained: Default::default(),
         retain_max,
+        pad_decode,
+        pad_caches: Vec::new(),
     };
     let mut open = true;
     let (mut row, mut chosen) = (Vec::new(), Vec::new());
@@ -371,6 +385,26 @@ impl<'t, B: Backend> Loop<'t, B> {
                 logits: if c.sample { LogitsWanted::Last } else { LogitsWanted::None },
             });
         }
+        // A decode step of a size the backend replays badly takes throwaway
+        // rows (token 0 at position 0 of a cache of their own, their logits
+        // unread) up to the next fixed size.
+        let pad = padded_step_size(inputs.len())
+            .filter(|_| self.pad_decode && readout != StepReadout::Host)
+            .filter(|_| plan.chunks.iter().all(|c| c.n_tokens == 1 && c.sample) && inputs.len() == sampled.len());
+        if let Some(size) = pad {
+            let extra = size - inputs.len();
+            self.stats.pad_rows.fetch_add(extra as u64, Relaxed);
+            while self.pad_caches.len() < extra {
+                self.pad_caches.push(self.model.new_cache(self.kv_dtype));
+            }
+            for cache in self.pad_caches.iter_mut().take(extra) {
+                KvCacheOps::clear(cache);
+                inputs.push(SequenceInput { tokens: &[0], cache, logits: LogitsWanted::Last });
+                if readout == StepReadout::Device {
+                    choices.push(TokenChoice { temperature: 0.0, top_p: 1.0, top_k: 0, uniform: 0.0 });
+                }
+            }
+        }
         drop(by_id);
         let result = match readout {
             StepReadout::Greedy => self.model.forward_greedy(state, &mut inputs).map(|ids| {
@@ -494,5 +528,22 @@ impl<'t, B: Backend> Loop<'t, B> {
         s.kv_blocks_reserved.store(sch.reserved_blocks().saturating_sub(cached) as u64, Relaxed);
         s.kv_blocks_cached.store(cached as u64, Relaxed);
         s.kv_blocks_used.store(sch.used_blocks() as u64, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::padded_step_size;
+
+    #[test]
+    fn decode_steps_of_3_to_256_sequences_pad_to_the_next_fixed_size() {
+        // 1–2 sequences run the mat-vec kernels (their graphs need no
+        // padding); sizes already fixed, and steps past 256, stay as they are.
+        for (n, want) in [(1, None), (2, None), (3, Some(4)), (4, None), (5, Some(8)), (17, Some(24))] {
+            assert_eq!(padded_step_size(n), want, "{n}");
+        }
+        for (n, want) in [(64, None), (65, Some(96)), (200, Some(224)), (256, None), (257, None), (1000, None)] {
+            assert_eq!(padded_step_size(n), want, "{n}");
+        }
     }
 }

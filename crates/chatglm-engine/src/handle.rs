@@ -31,6 +31,11 @@ pub struct EngineConfig {
     /// with their tokens — the next round of a chat — to continue from;
     /// 0 turns the reuse off.
     pub prefix_cache_entries: usize,
+    /// Pad decode steps of 3–256 sequences to the next of a few batch sizes
+    /// with throwaway rows, so the backend replays one CUDA graph per size
+    /// instead of capturing one for every count. `None`: as the backend asks
+    /// ([`chatglm_model::Backend::pads_decode_steps`]).
+    pub pad_decode_steps: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -42,6 +47,7 @@ impl Default for EngineConfig {
             block_size_tokens: 16,
             kv_budget_bytes: 4 << 30,
             prefix_cache_entries: 8,
+            pad_decode_steps: None,
         }
     }
 }
@@ -136,6 +142,7 @@ impl Engine {
         let block_bytes = model.kv_bytes_per_token(kv_dtype) * block;
         shared.stats.kv_budget_bytes.store((total_blocks * block_bytes) as u64, Relaxed);
         crate::stats::sample_device_memory(&model.backend, &shared.stats);
+        let pad_decode = config.pad_decode_steps.unwrap_or_else(|| model.backend.pads_decode_steps());
         let (tx, rx) = mpsc::channel();
         let loop_shared = Arc::clone(&shared);
         shared.stats.engine_alive.store(true, Relaxed);
@@ -151,6 +158,7 @@ impl Engine {
                     rx,
                     stats: &loop_shared.stats,
                     retain_max: config.prefix_cache_entries,
+                    pad_decode,
                 })
             })
             .map_err(|e| EngineError::InvalidParameter(format!("cannot start the engine thread: {e}")))?;

@@ -76,6 +76,8 @@ pub struct EngineStats {
     pub steps: AtomicU64,
     /// Running sequences sent back to the queue for KV blocks (they recompute).
     pub preemptions: AtomicU64,
+    /// Throwaway rows added to pad decode steps to fixed sizes.
+    pub pad_rows: AtomicU64,
     pub step_tokens: AtomicU64,
     /// Gauge: submitted, not yet running.
     pub queue_depth: AtomicU64,

@@ -8,7 +8,7 @@ use chatglm_engine::{
     generate, ChatSession, Completion, Engine, EngineConfig, EngineError, GenerationConfig, Pipeline, PipelineOptions,
     SamplingParams,
 };
-use chatglm_model::{CudaBackend, ForwardState};
+use chatglm_model::{Backend, CudaBackend, ForwardState};
 use chatglm_testdata::{dir as testdata, history, ids};
 use common::{assert_same_as_alone, collect, greedy as greedy_request, submit, QUERIES};
 use serde_json::Value;
@@ -215,6 +215,7 @@ fn engine_under_preemption_equals_alone(
     label: &str,
 ) -> Vec<Vec<u32>> {
     let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
+    let padded = q.model.backend.pads_decode_steps();
     let config = EngineConfig {
         block_size_tokens: 16,
         kv_budget_bytes: per_token * 16 * 8,
@@ -234,6 +235,8 @@ fn engine_under_preemption_equals_alone(
     assert!(preempted > 0, "{label}: the budget did not force a preemption");
     assert_eq!(stats.requests_failed.load(Relaxed), 0);
     assert_eq!(stats.kv_blocks_reserved.load(Relaxed), 0);
+    eprintln!("{label}: {} padding rows", stats.pad_rows.load(Relaxed));
+    assert_eq!(stats.pad_rows.load(Relaxed) > 0, padded, "{label}: padding");
     drop(h);
     engine.shutdown();
     prompts
@@ -245,6 +248,16 @@ const MAX_NEW: [usize; 6] = [40, 30, 33, 60, 20, 45];
 fn gpu_engine_under_concurrency_preemption_and_chunked_prefill_equals_generate_alone() {
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
     engine_under_preemption_equals_alone(&p, q, "GPU engine");
+}
+
+#[test]
+fn gpu_engine_with_batched_graphs_and_padded_steps_equals_generate_alone() {
+    // Batched decode steps replayed from CUDA graphs and padded to fixed
+    // sizes (what `CHATGLM_CUDA_BATCH_GRAPHS=1` turns on), under the same
+    // preemption and chunked prefill: every result equals generate() alone.
+    let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
+    q.model.backend.set_batched_graphs(true);
+    engine_under_preemption_equals_alone(&p, q, "GPU engine, batched graphs");
 }
 
 #[test]

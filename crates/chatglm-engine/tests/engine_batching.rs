@@ -53,6 +53,50 @@ fn batched_greedy_equals_generate_alone() {
 }
 
 #[test]
+fn decode_steps_padded_to_fixed_sizes_keep_every_output() {
+    // Steps of 3–6 sequences take throwaway rows up to 4 or 8 (what a GPU
+    // replaying one graph per size does): greedy outputs equal generate()
+    // alone, and seeded sampled outputs equal those of an engine without
+    // padding.
+    let (engine, p) =
+        spawn(EngineConfig { max_batch_size: 6, pad_decode_steps: Some(true), ..EngineConfig::default() });
+    let h = engine.handle.clone();
+    let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|q| p.tokenizer.encode_chat(q, &[])).collect();
+    let max_new = [40, 7, 33, 60, 12, 25];
+    let rxs: Vec<_> = prompts.iter().zip(max_new).map(|(ids, n)| submit(&h, ids.clone(), greedy(n))).collect();
+    let results: Vec<Completion> = rxs.iter().map(collect).collect();
+    assert_same_as_alone(&p, &prompts, &max_new, &results);
+    assert!(h.stats().pad_rows.load(Relaxed) > 0, "no step was padded");
+    let sampled = |engine: &Engine| -> Vec<Vec<u32>> {
+        let rxs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                let params = RequestParams {
+                    sampling: SamplingParams {
+                        temperature: 0.9,
+                        top_p: 0.8,
+                        seed: Some(100 + i as u64),
+                        ..SamplingParams::default()
+                    },
+                    max_new_tokens: Some(24),
+                    ..RequestParams::default()
+                };
+                submit(&engine.handle, ids.clone(), params)
+            })
+            .collect();
+        rxs.iter().map(|rx| collect(rx).generated_ids).collect()
+    };
+    let padded = sampled(&engine);
+    drop(h);
+    engine.shutdown();
+    let (plain, _) =
+        spawn(EngineConfig { max_batch_size: 6, pad_decode_steps: Some(false), ..EngineConfig::default() });
+    assert_eq!(padded, sampled(&plain));
+    plain.shutdown();
+}
+
+#[test]
 fn seeded_sampling_is_reproducible_in_a_batch() {
     let (engine, p) = spawn(EngineConfig::default());
     let h = &engine.handle;

@@ -52,6 +52,12 @@ pub trait Backend: Send + Sync {
         512
     }
 
+    /// Whether batched decode steps are worth padding to a few fixed sizes
+    /// (a backend that replays a graph per step size; the CPU does not).
+    fn pads_decode_steps(&self) -> bool {
+        false
+    }
+
     /// Tokens per KV block when this backend's cache is paged in blocks of a
     /// fixed size (an engine handing it blocks must use that size); `None`
     /// when any size will do.

@@ -78,6 +78,13 @@ pub fn render(state: &AppState) -> String {
     );
     scalar(
         &mut out,
+        "chatglm_pad_rows_total",
+        "counter",
+        "Throwaway rows added to decode steps to pad them to the batch sizes the GPU replays from CUDA graphs.",
+        g(&s.pad_rows),
+    );
+    scalar(
+        &mut out,
         "chatglm_engine_alive",
         "gauge",
         "1 while the engine thread runs, 0 once it has stopped.",

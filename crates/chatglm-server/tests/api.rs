@@ -163,6 +163,7 @@ async fn completions_models_health_metrics_and_the_page() {
     // 19 tokens in 2 requests: 17 gaps between consecutive tokens.
     assert_eq!(s.metric("chatglm_inter_token_seconds_count").await, 17.0);
     assert_eq!(s.metric("chatglm_preemptions_total").await, 0.0);
+    assert_eq!(s.metric("chatglm_pad_rows_total").await, 0.0);
     assert!(s.metric("chatglm_http_responses_total{status=\"200\"}").await >= 6.0);
     s.shutdown();
 }

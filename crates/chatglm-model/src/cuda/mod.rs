@@ -550,6 +550,10 @@ impl Backend for CudaBackend {
         Some(self.dims.block_tokens)
     }
 
+    fn pads_decode_steps(&self) -> bool {
+        self.batched_graphs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn provide_kv_blocks(&self, dtype: KvDType, blocks: usize) -> Result<(), ModelError> {
         self.pool(pool_dtype(dtype)).provide(blocks)
     }
