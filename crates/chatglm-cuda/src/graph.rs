@@ -57,13 +57,16 @@ pub(crate) enum Op {
     Gemm(GemmCall),
 }
 
-/// Graphs kept: a few batch shapes and buffer sets; beyond that the cache
-/// starts over (capturing again costs one step's launches).
-const MAX_GRAPHS: usize = 32;
+/// Graphs kept: a few batch shapes and buffer sets (13 padded batch sizes
+/// by 2–3 ways of choosing tokens, besides one-token steps); beyond that the
+/// one used longest ago goes (capturing again costs one step's launches).
+const MAX_GRAPHS: usize = 64;
 
 struct Captured {
     signature: Vec<u64>,
     graph: CudaGraph,
+    /// `Recorder::uses` at its last replay.
+    last_use: u64,
 }
 
 // SAFETY: graphs are only used under the `Recorder` mutex (cudarc's CudaGraph
@@ -77,6 +80,11 @@ pub(crate) struct Recorder {
     graphs: HashMap<u64, Captured>,
     /// Why capture last failed (graphs are then not tried again).
     failed: Option<String>,
+    /// A capture holding a matrix product failed: products are no longer
+    /// queued (steps with them run without graphs; the others keep theirs).
+    products_failed: bool,
+    /// Replays and captures so far, for keeping the graphs used last.
+    uses: u64,
     replays: u64,
     captures: u64,
 }
@@ -146,14 +154,23 @@ impl Gpu {
         }
     }
 
-    /// Issues one piece of work now (on a capturing stream: into the graph).
-    fn issue(&self, op: &Op) -> Result<(), CudaError> {
+    /// Issues one piece of work now (`capturing`: into the graph being
+    /// captured, where a product must not fall back to classic cuBLAS).
+    fn issue(&self, op: &Op, capturing: bool) -> Result<(), CudaError> {
         match op {
             Op::Kernel(l) => self.launch_raw(l),
             // SAFETY: the call's pointers were checked when it was queued,
             // and its buffers outlive the step that queued it.
+            Op::Gemm(g) if capturing => unsafe { self.gemm_captured(g) },
+            // SAFETY: as above.
             Op::Gemm(g) => unsafe { self.gemm_now(g) },
         }
+    }
+
+    /// Whether a capture holding a product has failed (products are then
+    /// issued at once instead of queued).
+    pub(crate) fn products_capture_failed(&self) -> bool {
+        lock(&self.recorder).products_failed
     }
 
     /// Stops recording and issues the queued launches: from a graph when
@@ -167,31 +184,49 @@ impl Gpu {
         }
         if !graph || !self.graphs_enabled.load(std::sync::atomic::Ordering::Relaxed) || rec.failed.is_some() {
             drop(rec);
-            return queue.iter().try_for_each(|op| self.issue(op));
+            return queue.iter().try_for_each(|op| self.issue(op, false));
         }
         let sig = signature(&queue);
         let key = hash(&sig);
-        if let Some(c) = rec.graphs.get(&key).filter(|c| c.signature == sig) {
+        rec.uses += 1;
+        let now = rec.uses;
+        if let Some(c) = rec.graphs.get_mut(&key).filter(|c| c.signature == sig) {
             c.graph.launch().map_err(|e| CudaError::call("cuGraphLaunch", e))?;
+            c.last_use = now;
             rec.replays += 1;
             return Ok(());
         }
-        match self.capture(&queue) {
+        // Capture without holding the recorder: the capture issues products
+        // through cuBLASLt, and nothing it calls may queue work.
+        drop(rec);
+        let captured = self.capture(&queue);
+        let mut rec = lock(&self.recorder);
+        match captured {
             Ok(graph) => {
                 graph.launch().map_err(|e| CudaError::call("cuGraphLaunch", e))?;
                 if rec.graphs.len() >= MAX_GRAPHS {
-                    rec.graphs.clear();
+                    let oldest = rec.graphs.iter().min_by_key(|(_, c)| c.last_use).map(|(k, _)| *k);
+                    if let Some(k) = oldest {
+                        rec.graphs.remove(&k);
+                    }
                 }
-                rec.graphs.insert(key, Captured { signature: sig, graph });
+                rec.graphs.insert(key, Captured { signature: sig, graph, last_use: now });
                 rec.captures += 1;
                 Ok(())
             }
             Err(e) => {
-                // Graphs are an optimisation: keep running without them.
-                tracing::warn!("CUDA graph capture failed, launching kernels one by one from now on: {e}");
-                rec.failed = Some(e.to_string());
+                // Graphs are an optimisation: keep running without them —
+                // without queued products where the failed capture held one,
+                // else without graphs at all.
+                if queue.iter().any(|op| matches!(op, Op::Gemm(_))) {
+                    tracing::warn!("CUDA graph capture of a step with matrix products failed; such steps now run without graphs: {e}");
+                    rec.products_failed = true;
+                } else {
+                    tracing::warn!("CUDA graph capture failed, launching kernels one by one from now on: {e}");
+                    rec.failed = Some(e.to_string());
+                }
                 drop(rec);
-                queue.iter().try_for_each(|op| self.issue(op))
+                queue.iter().try_for_each(|op| self.issue(op, false))
             }
         }
     }
@@ -201,7 +236,7 @@ impl Gpu {
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| CudaError::call("cuStreamBeginCapture", e))?;
-        let launched = queue.iter().try_for_each(|op| self.issue(op));
+        let launched = queue.iter().try_for_each(|op| self.issue(op, true));
         // End the capture whatever happened, so the stream is usable again.
         let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
         launched?;

@@ -643,7 +643,7 @@ impl Gpu {
         if let Some(lt) = &self.blas_lt {
             // cuBLASLt products join a recorded step (graph.rs); the
             // workspace exists before any capture.
-            if self.recording() && lt.plan_ready(&call)? {
+            if self.recording() && !self.products_capture_failed() && lt.plan_ready(&call)? {
                 lt.ensure_workspace()?;
                 if self.record(Op::Gemm(call)).is_none() {
                     return Ok(());
@@ -657,16 +657,34 @@ impl Gpu {
     /// Whether matrix products join recorded steps (graph.rs): with
     /// cuBLASLt (classic cuBLAS calls issue the queue first).
     pub fn records_products(&self) -> bool {
-        self.blas_lt.is_some()
+        self.blas_lt.is_some() && !self.products_capture_failed()
     }
 
-    /// A product now (on a capturing stream: into the graph): cuBLASLt, or
-    /// classic cuBLAS and a bias pass where cuBLASLt has no algorithm.
+    /// A product now: cuBLASLt, or classic cuBLAS and a bias pass where
+    /// cuBLASLt has no algorithm.
     ///
     /// # Safety
     /// As [`Gpu::gemm_strided`].
     pub(crate) unsafe fn gemm_now(&self, c: &GemmCall) -> Result<(), CudaError> {
+        self.gemm_issue(c, false)
+    }
+
+    /// A product into a graph being captured: cuBLASLt only (the classic
+    /// fallback and its bias launch would re-enter the recorder); an error
+    /// makes the capture fail and the step run without a graph.
+    ///
+    /// # Safety
+    /// As [`Gpu::gemm_strided`].
+    pub(crate) unsafe fn gemm_captured(&self, c: &GemmCall) -> Result<(), CudaError> {
+        self.gemm_issue(c, true)
+    }
+
+    unsafe fn gemm_issue(&self, c: &GemmCall, lt_only: bool) -> Result<(), CudaError> {
         let GemmCall { w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate, bias } = *c;
+        if lt_only {
+            let lt = self.blas_lt.as_ref().ok_or_else(|| CudaError::invalid("gemm", "no cuBLASLt to capture"))?;
+            return lt.gemm(w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate, bias);
+        }
         if let Some(lt) = &self.blas_lt {
             match lt.gemm(w, dtype, x, out, out_dtype, n, rows, cols, ld_out, accumulate, bias) {
                 Ok(()) => return Ok(()),
@@ -958,9 +976,6 @@ fn decode_blocks_per_sm() -> usize {
     })
 }
 
-/// Tensor-core decode-attention blocks wanted in all (`CHATGLM_DECODE_MMA_BLOCKS`,
-/// for measurements; default 128: of 32, 64 and 128 the fastest at 2K, 8K
-/// and 32K contexts on the H200).
 /// `CHATGLM_DECODE_MMA_WARPS=4`: 4-warp tensor-core decode blocks for every
 /// step (two per SM, leaving room beside them), for measurements.
 fn decode_mma_w4_always() -> bool {

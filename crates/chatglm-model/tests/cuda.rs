@@ -520,13 +520,19 @@ fn gpu_batched_decode_replays_graphs_bit_for_bit() {
     // kernels, float ones through cuBLASLt recorded with them): the logits
     // must be the same bits as launching one by one, for sequences at
     // different lengths crossing cache blocks.
-    for format in [WeightFormat::Q4_0, WeightFormat::F16] {
-        batched_decode_replays_bit_for_bit(format);
+    // The 6B head layout (the 16-heads-a-group tensor-core attention, widths
+    // cuBLASLt has algorithms for) in two layers: two QKV products of one
+    // shape with different biases in one graph; and FLASH_SHAPE's groups of 4.
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    for (shape, format) in
+        [(&glm2[..], WeightFormat::F16), (&glm2[..], WeightFormat::Q4_0), (FLASH_SHAPE, WeightFormat::Q4_0)]
+    {
+        batched_decode_replays_bit_for_bit(shape, format);
     }
 }
 
-fn batched_decode_replays_bit_for_bit(format: WeightFormat) {
-    let src = random_model(FLASH_SHAPE, 23);
+fn batched_decode_replays_bit_for_bit(shape: &str, format: WeightFormat) {
+    let src = random_model(shape, 23);
     let Some(backend) = cuda(&src.config) else { return };
     let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     gpu.backend.set_batched_graphs(true);

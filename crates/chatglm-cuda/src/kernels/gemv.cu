@@ -108,7 +108,8 @@ __device__ __forceinline__ void gemv_body(const void* __restrict__ w, const floa
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++)
             if (ok[r])
-                for (long b = 128 * 16 * GEMV_U + threadIdx.x * 128L; b < lim; b += 128 * 128) prefetch_l2(p[r] + b);
+                for (long b = (GEMV_PINGPONG ? 2 : 1) * 128 * 16 * GEMV_U + threadIdx.x * 128L; b < lim; b += 128 * 128)
+                    prefetch_l2(p[r] + b);
     }
     pdl_wait();
 

@@ -439,14 +439,15 @@ impl CudaBackend {
         lock(&self.error).is_some()
     }
 
-    /// Runs `f` unless the step has already failed; records its error.
-    /// Whether a batched step of `n` tokens is replayed from a graph: the
-    /// option is on, quantized products take the step in our kernels (up to
-    /// 256 tokens) and float ones through cuBLASLt, whose products join the
-    /// recording.
-    fn batched_graph_step(&self, n: usize) -> bool {
+    /// Whether a batched decode step (`n` sequences of one token each) is
+    /// replayed from a graph: the option is on, quantized products take the
+    /// step in our kernels (up to 256 tokens) and float ones through
+    /// cuBLASLt, whose products join the recording. Prompt chunks are not:
+    /// every new token count would capture a graph.
+    fn batched_graph_step(&self, n: usize, one_token_each: bool) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         self.batched_graphs.load(Relaxed)
+            && one_token_each
             && n <= products::QMMA_CHUNKED_TOKENS
             && (!self.float_products.load(Relaxed) || self.gpu.records_products())
     }
@@ -462,6 +463,7 @@ impl CudaBackend {
         !self.skip.is_empty() && self.skip.iter().any(|s| s == op)
     }
 
+    /// Runs `f` unless the step has already failed; records its error.
     fn run(&self, op: &str, f: impl FnOnce() -> Result<(), CudaError>) {
         if self.failed() || self.skipped(op) {
             return;
@@ -610,7 +612,8 @@ impl Backend for CudaBackend {
         // launches must not depend on the context lengths. Batched steps of a
         // model whose products are all quantized run only our kernels too.
         let few = ids.len() <= self.gemv_max_tokens && layout.logit_rows.len() <= self.gemv_max_tokens;
-        let replay = decode && (few || self.batched_graph_step(ids.len()));
+        let one_token_each = batch.iter().all(|s| s.tokens.len() == 1);
+        let replay = decode && (few || self.batched_graph_step(ids.len(), one_token_each));
         let plan = StepPlan::build(
             layout,
             ids,
