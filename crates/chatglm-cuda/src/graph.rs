@@ -6,8 +6,8 @@
 //! [`Gpu::launch`](crate::Gpu) queues launches instead of issuing them; the
 //! step then ends with [`Gpu::flush_recorded`]: a graph captured earlier from
 //! exactly the same launches (same kernels, shapes and argument values) is
-//! replayed with one call, otherwise the launches are captured into a new
-//! graph (and replayed), or issued one by one. Equality of every argument is
+//! replayed with one call, otherwise the launches are issued one by one (the
+//! first time a step is seen) or captured into a new graph (the second). Equality of every argument is
 //! the only condition for replay, so a replay does exactly what the queued
 //! launches would have done.
 //!
@@ -85,6 +85,10 @@ pub(crate) struct Recorder {
     products_failed: bool,
     /// Replays and captures so far, for keeping the graphs used last.
     uses: u64,
+    /// Signatures seen once and issued launch by launch: a step is captured
+    /// the second time it comes, so every kernel in it (cuBLASLt's too) has
+    /// already run once outside a capture (loaded, attributes set).
+    seen_once: std::collections::HashSet<u64>,
     replays: u64,
     captures: u64,
 }
@@ -195,6 +199,13 @@ impl Gpu {
             c.last_use = now;
             rec.replays += 1;
             return Ok(());
+        }
+        if rec.seen_once.len() > 4 * MAX_GRAPHS {
+            rec.seen_once.clear();
+        }
+        if rec.seen_once.insert(key) {
+            drop(rec);
+            return queue.iter().try_for_each(|op| self.issue(op, false));
         }
         // Capture without holding the recorder: the capture issues products
         // through cuBLASLt, and nothing it calls may queue work.
