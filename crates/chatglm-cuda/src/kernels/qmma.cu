@@ -199,7 +199,8 @@ template <int F> struct QScale { typedef typename Cond<QFmt<F>::BLOCKS == 2, uin
 // One unit of RT row tiles (this lane's fragment words cv, scales cs and
 // offsets cm) against the activations of its blocks, into acc. ONE: a single
 // token, whose mma column (c[0], c[2] of lanes t = 0) alone is scaled.
-template <int F, int NT8, int RT, bool ONE>
+// CHECKED: the unit may be the row's last, with fewer blocks than a unit holds.
+template <int F, int NT8, int RT, bool ONE, bool CHECKED>
 __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uint4 (&cv)[RT],
                                              const typename QScale<F>::type (&cs)[RT],
                                              const typename QScale<F>::type (&cm)[RT], int p, int nb, int n, int cols,
@@ -208,13 +209,16 @@ __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uin
 #pragma unroll
     for (int i = 0; i < SB; i++) {
         const int b = p * SB + i;
-        if (b >= nb) break;
+        if (CHECKED && b >= nb) break;
         // Each token tile's B fragment serves every row tile.
 #pragma unroll
         for (int j = 0; j < NT8; j++) {
-            const int tok = j * 8 + g;
+            // ONE: every column holds the token (the other columns' sums
+            // are never read), so the loads need no predicate; otherwise
+            // columns past the step's tokens are zero.
+            const int tok = ONE ? 0 : j * 8 + g;
             u32 b0 = 0, b1 = 0;
-            if (tok < n) {
+            if (ONE || tok < n) {
                 const signed char* xp = xq + (long)tok * cols + b * 32 + 4 * t;
                 b0 = *(const u32*)xp;
                 b1 = *(const u32*)(xp + 16);
@@ -222,7 +226,7 @@ __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uin
             float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
             if (ONE) {
                 // The one token's scale, the same for the whole warp.
-                const float2 s2 = xs[(long)b * xs_stride];
+                const float2 s2 = xs[(long)b * 2];  // one token: in_block_x strides 2
                 s.x = s2.x; s.y = s2.y;
             } else if (2 * t < xs_stride) {
                 s = *(const float4*)(xs + (long)b * xs_stride + j * 8 + 2 * t);
@@ -278,6 +282,25 @@ __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uin
             }
         }
     }
+}
+
+// Unit u of a batch held in registers (codes, scales, offsets), at unit p
+// of the tile.
+template <int F, int NT8, int RT, bool ONE, bool CHECKED, int UB>
+__device__ __forceinline__ void batch_unit(float (&acc)[RT][NT8][4], const uint4 (&buf)[RT][UB],
+                                           const typename QScale<F>::type (&sv)[RT][UB],
+                                           const typename QScale<F>::type (&mv)[RT][UB], int u, int p, int nb, int n,
+                                           int cols, const signed char* xq, const float2* xs, int xs_stride, int g,
+                                           int t) {
+    uint4 cv[RT];
+    typename QScale<F>::type cs[RT], cm[RT];
+#pragma unroll
+    for (int r = 0; r < RT; r++) {
+        cv[r] = buf[r][u];
+        cs[r] = sv[r][u];
+        cm[r] = mv[r][u];
+    }
+    unit_product<F, NT8, RT, ONE, CHECKED>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
 }
 
 // An item is done: the warps' partial sums meet in shared memory, one token
@@ -424,19 +447,20 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     auto consume = [&](int it, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
                        const ScaleVec (&mv)[RT][UB]) {
         const int base = (it % per_item) * STEP;
+        // A batch of whole units only (all but a row's last, mostly) runs
+        // without the bounds checks.
+        if ((base + STEP) * QFmt<F>::BLOCKS <= nb) {
 #pragma unroll
-        for (int u = 0; u < UB; u++) {
-            const int p = base + u * QMMA_WARPS + warp;
-            if (p >= units) break;
-            uint4 cv[RT];
-            ScaleVec cs[RT], cm[RT];
+            for (int u = 0; u < UB; u++)
+                batch_unit<F, NT8, RT, ONE, false>(acc, buf, sv, mv, u, base + u * QMMA_WARPS + warp, nb, n, cols,
+                                                   xq, xs, xs_stride, g, t);
+        } else {
 #pragma unroll
-            for (int r = 0; r < RT; r++) {
-                cv[r] = buf[r][u];
-                cs[r] = sv[r][u];
-                cm[r] = mv[r][u];
+            for (int u = 0; u < UB; u++) {
+                const int p = base + u * QMMA_WARPS + warp;
+                if (p >= units) break;
+                batch_unit<F, NT8, RT, ONE, true>(acc, buf, sv, mv, u, p, nb, n, cols, xq, xs, xs_stride, g, t);
             }
-            unit_product<F, NT8, RT, ONE>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
         }
         if (it % per_item != per_item - 1) return;
         const int row0 = (blockIdx.x + (it / per_item) * gridDim.x) * 16;
