@@ -159,10 +159,15 @@ fn quantized_products_match_the_host_reference() {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut failures = Vec::new();
     for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
-        // Awkward small shapes, and 1056×2048 (66 tiles of 64 or 128 units:
-        // several batches a tile in the streaming kernels).
+        // Awkward small shapes, 1056×2048 (66 tiles of 64 or 128 units:
+        // several batches a tile in the streaming kernels), and widths whose
+        // batches are all whole units (4096: the unchecked loop) or end in a
+        // half unit (4128: 129 blocks, the checked loop after unchecked ones).
         let all: &[usize] = &[1, 2, 3, 8, 9, 17, 40, 64];
-        for (rows, cols, tokens) in [(48, 96, all), (40, 160, all), (64, 1024, all), (1056, 2048, &[1, 2, 9][..])] {
+        let few: &[usize] = &[1, 2, 9];
+        for (rows, cols, tokens) in
+            [(48, 96, all), (40, 160, all), (64, 1024, all), (1056, 2048, few), (64, 4096, few), (64, 4128, few)]
+        {
             let m = random_matrix(format, rows, cols, &mut rng);
             let w = gpu.upload_new(&m.bytes, "w").unwrap();
             let wp = TiledPtr { base: device_ptr(&w), shape: m.shape };

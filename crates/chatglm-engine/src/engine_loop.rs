@@ -12,7 +12,9 @@ use crate::request::Request;
 use crate::scheduler::{Scheduler, SeqId, StepPlan};
 use crate::sequence::{Progress, Sequence};
 use crate::stats::EngineStats;
-use chatglm_model::{Backend, ForwardState, KvCacheOps, KvDType, LogitsWanted, Model, SequenceInput, TokenChoice};
+use chatglm_model::{
+    Backend, ForwardState, KvBlockId, KvCacheOps, KvDType, LogitsWanted, Model, SequenceInput, TokenChoice,
+};
 use chatglm_tokenizer::ChatGlmTokenizer;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,7 +38,9 @@ pub(crate) struct LoopSetup<'s, B: Backend> {
     pub stats: &'s EngineStats,
     /// Finished requests' caches kept for reuse (0: none).
     pub retain_max: usize,
-    pub pad_decode: bool,
+    /// Padding of decode steps: the first of the blocks set aside for the
+    /// throwaway rows and how many each row takes (`None`: no padding).
+    pub pad_blocks: Option<(usize, usize)>,
 }
 
 /// Fewest prompt tokens worth continuing from a finished request's cache.
@@ -71,13 +75,17 @@ struct Loop<'t, B: Backend> {
     /// Oldest first; the scheduler holds their blocks.
     retained: std::collections::VecDeque<Retained<B::Cache>>,
     retain_max: usize,
-    pad_decode: bool,
+    /// As [`LoopSetup::pad_blocks`].
+    pad_blocks: Option<(usize, usize)>,
     /// Caches of the throwaway rows that pad decode steps (one position each).
     pad_caches: Vec<B::Cache>,
 }
 
 /// Sizes padded decode steps take (steps of 3–256 sequences).
 const DECODE_STEP_SIZES: [usize; 13] = [4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256];
+
+/// The most throwaway rows a padded step takes (the widest gap between sizes).
+pub(crate) const MAX_PAD_ROWS: usize = 31;
 
 /// The size a decode step of `n` sequences is padded to, if any.
 fn padded_step_size(n: usize) -> Option<usize> {
@@ -98,7 +106,7 @@ enum StepReadout {
 
 /// Runs until every sender is dropped and no request is left.
 pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
-    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats, retain_max, pad_decode } = setup;
+    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats, retain_max, pad_blocks } = setup;
     let mut state = ForwardState::new(&model.backend);
     let mut this = Loop {
         model: &model,
@@ -109,7 +117,7 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
         stats,
         retained: Default::default(),
         retain_max,
-        pad_decode,
+        pad_blocks,
         pad_caches: Vec::new(),
     };
     let mut open = true;
@@ -389,16 +397,24 @@ impl<'t, B: Backend> Loop<'t, B> {
         // rows (token 0 at position 0 of a cache of their own, their logits
         // unread) up to the next fixed size.
         let pad = padded_step_size(inputs.len())
-            .filter(|_| self.pad_decode && readout != StepReadout::Host)
+            .zip(self.pad_blocks)
+            .filter(|_| readout != StepReadout::Host)
             .filter(|_| plan.chunks.iter().all(|c| c.n_tokens == 1 && c.sample) && inputs.len() == sampled.len());
-        if let Some(size) = pad {
+        if let Some((size, (first_block, per_row))) = pad {
             let extra = size - inputs.len();
             self.stats.pad_rows.fetch_add(extra as u64, Relaxed);
             while self.pad_caches.len() < extra {
                 self.pad_caches.push(self.model.new_cache(self.kv_dtype));
             }
-            for cache in self.pad_caches.iter_mut().take(extra) {
+            for (i, cache) in self.pad_caches.iter_mut().take(extra).enumerate() {
+                // Each row's own blocks, set aside from the budget at start-up.
+                let ids: Vec<KvBlockId> =
+                    (first_block + i * per_row..first_block + (i + 1) * per_row).map(|b| b as KvBlockId).collect();
                 KvCacheOps::clear(cache);
+                if let Err(e) = KvCacheOps::use_blocks(cache, &ids) {
+                    tracing::error!("padding rows: {e}");
+                    break;
+                }
                 inputs.push(SequenceInput { tokens: &[0], cache, logits: LogitsWanted::Last });
                 if readout == StepReadout::Device {
                     choices.push(TokenChoice { temperature: 0.0, top_p: 1.0, top_k: 0, uniform: 0.0 });

@@ -117,13 +117,21 @@ impl Engine {
         let block = model.backend.kv_block_tokens().unwrap_or(config.block_size_tokens).max(1);
         let total_blocks =
             BlockAllocator::blocks_in_budget(config.kv_budget_bytes, model.kv_bytes_per_token(kv_dtype), block);
-        model.backend.provide_kv_blocks(kv_dtype, total_blocks)?;
+        // Padded decode steps' throwaway rows get blocks of their own after
+        // the budget's (allocated with them, never handed to a sequence).
+        let lead_rows = model.prefix.as_ref().map_or(0, |p| p.len);
+        let pad_blocks = config
+            .pad_decode_steps
+            .unwrap_or_else(|| model.backend.pads_decode_steps())
+            .then_some((total_blocks, (lead_rows + 1).div_ceil(block)));
+        let pad_total = pad_blocks.map_or(0, |(_, per_row)| crate::engine_loop::MAX_PAD_ROWS * per_row);
+        model.backend.provide_kv_blocks(kv_dtype, total_blocks + pad_total)?;
         let sched_config = SchedulerConfig {
             max_batch_tokens: config.max_batch_tokens,
             max_batch_size: config.max_batch_size,
             block_size_tokens: block,
             total_blocks,
-            lead_rows: model.prefix.as_ref().map_or(0, |p| p.len),
+            lead_rows,
         };
         let scheduler = Scheduler::new(sched_config).map_err(EngineError::InvalidParameter)?;
         let limits = EngineLimits {
@@ -142,7 +150,6 @@ impl Engine {
         let block_bytes = model.kv_bytes_per_token(kv_dtype) * block;
         shared.stats.kv_budget_bytes.store((total_blocks * block_bytes) as u64, Relaxed);
         crate::stats::sample_device_memory(&model.backend, &shared.stats);
-        let pad_decode = config.pad_decode_steps.unwrap_or_else(|| model.backend.pads_decode_steps());
         let (tx, rx) = mpsc::channel();
         let loop_shared = Arc::clone(&shared);
         shared.stats.engine_alive.store(true, Relaxed);
@@ -158,7 +165,7 @@ impl Engine {
                     rx,
                     stats: &loop_shared.stats,
                     retain_max: config.prefix_cache_entries,
-                    pad_decode,
+                    pad_blocks,
                 })
             })
             .map_err(|e| EngineError::InvalidParameter(format!("cannot start the engine thread: {e}")))?;

@@ -205,20 +205,31 @@ fn gpu_seeded_sampled_chat_equals_the_cpu_one() {
     }
 }
 
-/// Six chat prompts through an engine on `q` with room for 8 blocks of 16
-/// tokens and 24 tokens a step (chunked prefill mixed with decodes, running
-/// sequences preempted and recomputed later): each result must equal
-/// generate() alone on `p`. Returns the prompts and their lengths.
+/// Six chat prompts through an engine on `q` with a KV budget of
+/// `budget_tokens` (128: running sequences preempted and recomputed later)
+/// and 24 tokens a step (chunked prefill mixed with decodes): each result
+/// must equal generate() alone on `p`. Returns the prompts and their lengths.
 fn engine_under_preemption_equals_alone(
     p: &Pipeline<CudaBackend>,
     q: Pipeline<CudaBackend>,
     label: &str,
 ) -> Vec<Vec<u32>> {
+    engine_equals_alone(p, q, label, 128).0
+}
+
+/// As [`engine_under_preemption_equals_alone`] with any budget; also returns
+/// the padding rows the engine added.
+fn engine_equals_alone(
+    p: &Pipeline<CudaBackend>,
+    q: Pipeline<CudaBackend>,
+    label: &str,
+    budget_tokens: usize,
+) -> (Vec<Vec<u32>>, u64) {
     let per_token = q.model.kv_bytes_per_token(q.kv_dtype);
     let padded = q.model.backend.pads_decode_steps();
     let config = EngineConfig {
         block_size_tokens: 16,
-        kv_budget_bytes: per_token * 16 * 8,
+        kv_budget_bytes: per_token * budget_tokens,
         max_batch_size: 6,
         max_batch_tokens: 24,
         ..EngineConfig::default()
@@ -232,14 +243,17 @@ fn engine_under_preemption_equals_alone(
     let stats = h.stats();
     let preempted = stats.preemptions.load(Relaxed);
     eprintln!("{label}: {preempted} preemptions");
-    assert!(preempted > 0, "{label}: the budget did not force a preemption");
+    if budget_tokens <= 128 {
+        assert!(preempted > 0, "{label}: the budget did not force a preemption");
+    }
     assert_eq!(stats.requests_failed.load(Relaxed), 0);
     assert_eq!(stats.kv_blocks_reserved.load(Relaxed), 0);
-    eprintln!("{label}: {} padding rows", stats.pad_rows.load(Relaxed));
-    assert_eq!(stats.pad_rows.load(Relaxed) > 0, padded, "{label}: padding");
+    let pad_rows = stats.pad_rows.load(Relaxed);
+    eprintln!("{label}: {pad_rows} padding rows");
+    assert!(padded || pad_rows == 0, "{label}: padded without the backend asking");
     drop(h);
     engine.shutdown();
-    prompts
+    (prompts, pad_rows)
 }
 
 const MAX_NEW: [usize; 6] = [40, 30, 33, 60, 20, 45];
@@ -257,7 +271,13 @@ fn gpu_engine_with_batched_graphs_and_padded_steps_equals_generate_alone() {
     // preemption and chunked prefill: every result equals generate() alone.
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
     q.model.backend.set_batched_graphs(true);
-    engine_under_preemption_equals_alone(&p, q, "GPU engine, batched graphs");
+    // Room for all six at once (their decodes run 3–6 a step: padded to 4 or
+    // 8), then the preemption budget again.
+    let (_, pad_rows) = engine_equals_alone(&p, q, "GPU engine, batched graphs", 6 * 4 * 64);
+    assert!(pad_rows > 0, "no decode step was padded");
+    let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
+    q.model.backend.set_batched_graphs(true);
+    engine_under_preemption_equals_alone(&p, q, "GPU engine, batched graphs, preempted");
 }
 
 #[test]

@@ -198,7 +198,8 @@ template <int F> struct QScale { typedef typename Cond<QFmt<F>::BLOCKS == 2, uin
 
 // One unit of RT row tiles (this lane's fragment words cv, scales cs and
 // offsets cm) against the activations of its blocks, into acc. ONE: a single
-// token, whose mma column (c[0], c[2] of lanes t = 0) alone is scaled.
+// token in every mma column; each lane scales its c[0], c[2] alone, and the
+// epilogue reads column 0 only (c[0], c[2] of lanes t = 0).
 // CHECKED: the unit may be the row's last, with fewer blocks than a unit holds.
 template <int F, int NT8, int RT, bool ONE, bool CHECKED>
 __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uint4 (&cv)[RT],

@@ -553,7 +553,8 @@ impl Backend for CudaBackend {
     }
 
     fn pads_decode_steps(&self) -> bool {
-        self.batched_graphs.load(std::sync::atomic::Ordering::Relaxed)
+        // Padding pays only where batched steps replay from graphs.
+        self.batched_graph_step(1, true)
     }
 
     fn provide_kv_blocks(&self, dtype: KvDType, blocks: usize) -> Result<(), ModelError> {
