@@ -245,7 +245,9 @@ impl<'t, B: Backend> Loop<'t, B> {
         )?;
         let blocks = self.scheduler.allocate_blocks_for(n)?;
         let mut cache = self.model.new_cache(self.kv_dtype);
-        let copied = self.seqs.get(&src).is_some_and(|s| KvCacheOps::copy_prefix_from(&mut cache, &s.cache, n));
+        // A paged cache copies into the blocks it will keep.
+        let copied = KvCacheOps::use_blocks(&mut cache, &blocks).is_ok()
+            && self.seqs.get(&src).is_some_and(|s| KvCacheOps::copy_prefix_from(&mut cache, &s.cache, n));
         if !copied {
             self.scheduler.free_detached(blocks);
             return None;

@@ -326,3 +326,11 @@ fn gpu_engine_next_round_continues_the_previous_round_s_blocks() {
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
     common::next_rounds_continue_the_previous_ones(&p, q, 10);
 }
+
+#[test]
+fn gpu_engine_request_copies_the_prefix_it_shares_with_one_running_now() {
+    // The GPU cache copies the running request's blocks of the shared
+    // opening into the blocks the engine gives the new one.
+    let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
+    common::a_request_copies_a_running_one_s_prefix(&p, q);
+}

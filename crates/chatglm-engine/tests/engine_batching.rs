@@ -295,33 +295,5 @@ fn prefix_reuse_can_be_turned_off() {
 
 #[test]
 fn a_request_copies_the_prefix_it_shares_with_one_running_now() {
-    // Two requests with the same long opening (a system prompt, say): the
-    // second arrives while the first is generating and copies the first's
-    // cache of the shared part instead of computing it.
-    let (engine, p) = spawn(EngineConfig::default());
-    let h = engine.handle.clone();
-    let opening = p.tokenizer.encode_chat(&format!("{} {}", QUERIES[0], QUERIES[1]), &[]);
-    let a: Vec<u32> = opening.iter().chain(&p.tokenizer.encode_chat(QUERIES[2], &[])).copied().collect();
-    let b: Vec<u32> = opening.iter().chain(&p.tokenizer.encode_chat(QUERIES[3], &[])).copied().collect();
-    let rx_a = submit(&h, a.clone(), greedy(60));
-    // Once A streams, its prompt is in its cache.
-    match rx_a.recv_timeout(Duration::from_secs(60)).unwrap() {
-        RequestEvent::Text(_) => {}
-        other => panic!("expected text first, got {other:?}"),
-    }
-    let got_b = collect(&submit(&h, b.clone(), greedy(20)));
-    // The rest of A's stream (its first text was taken above).
-    let got_a = loop {
-        match rx_a.recv_timeout(Duration::from_secs(60)).unwrap() {
-            RequestEvent::Finished(c) => break c,
-            RequestEvent::Failed(m) => panic!("{m}"),
-            RequestEvent::Text(_) => {}
-        }
-    };
-    assert_same_as_alone(&p, &[a, b], &[60, 20], &[got_a, got_b]);
-    let stats = h.stats();
-    assert_eq!(stats.prefix_cache_hits.load(Relaxed), 1);
-    assert!(stats.prefix_cache_tokens.load(Relaxed) >= opening.len() as u64 - 1);
-    drop(h);
-    engine.shutdown();
+    common::a_request_copies_a_running_one_s_prefix(&pipeline(), pipeline());
 }

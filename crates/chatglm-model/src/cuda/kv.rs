@@ -330,6 +330,37 @@ impl KvCacheOps for CudaKvCache {
         self.len += n_new;
     }
 
+    /// Copies `src`'s first blocks whole (the prefix rows and `n` tokens,
+    /// and whatever follows them in the last block, which this cache's
+    /// length leaves unread) into this empty cache's blocks — the engine's,
+    /// given with `use_blocks` first, or its own.
+    fn copy_prefix_from(&mut self, src: &Self, n: usize) -> bool {
+        let same_kind =
+            Arc::ptr_eq(&self.pool, &src.pool) && self.dtype == src.dtype && self.prefix_rows() == src.prefix_rows();
+        if !same_kind || self.len != 0 || n == 0 || n > src.len {
+            return false;
+        }
+        let rows = self.prefix_rows() + n;
+        if !self.engine_blocks && self.reserve(rows).is_err() {
+            return false;
+        }
+        let blocks = rows.div_ceil(self.pool.block_tokens);
+        if self.blocks.len() < blocks || src.blocks.len() < blocks || !self.pool.block_bytes.is_multiple_of(4) {
+            return false;
+        }
+        for (&from, &to) in src.blocks[..blocks].iter().zip(&self.blocks[..blocks]) {
+            // SAFETY: both are whole blocks of this pool (block_bytes each); a
+            // copy of 4-byte words moves the bits whatever the element type.
+            if unsafe { self.pool.gpu.copy_f32(from, to, self.pool.block_bytes / 4) }.is_err() {
+                return false;
+            }
+        }
+        // The prefix rows came with the blocks; write_prefix sees blocks it
+        // did not write and writes them again (the same rows).
+        self.len = n;
+        true
+    }
+
     fn use_blocks(&mut self, ids: &[KvBlockId]) -> Result<(), ModelError> {
         let held = if self.len == 0 { 0 } else { self.prefix_rows() + self.len };
         if ids.len() < held.div_ceil(self.pool.block_tokens) {
