@@ -145,6 +145,8 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
                 Err(mpsc::TryRecvError::Disconnected) => open = false,
             }
         }
+        let busy_from = Instant::now();
+        let forward_before = this.stats.forward_us.load(Relaxed);
         this.drop_cancelled();
         let plan = this.scheduler.schedule();
         if plan.is_empty() {
@@ -157,6 +159,9 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
         }
         this.step(&mut state, &plan, &mut row, &mut chosen);
         this.publish_gauges();
+        let busy = busy_from.elapsed().as_micros() as u64;
+        let forward = this.stats.forward_us.load(Relaxed).saturating_sub(forward_before);
+        this.stats.host_us.fetch_add(busy.saturating_sub(forward), Relaxed);
     }
     tracing::debug!("engine loop finished");
 }
@@ -424,6 +429,7 @@ impl<'t, B: Backend> Loop<'t, B> {
             }
         }
         drop(by_id);
+        let forward_from = Instant::now();
         let result = match readout {
             StepReadout::Greedy => self.model.forward_greedy(state, &mut inputs).map(|ids| {
                 chosen.clear();
@@ -438,6 +444,7 @@ impl<'t, B: Backend> Loop<'t, B> {
             StepReadout::Host => self.model.forward(state, &mut inputs),
         };
         drop(inputs);
+        self.stats.forward_us.fetch_add(forward_from.elapsed().as_micros() as u64, Relaxed);
         for (id, message) in failed {
             tracing::error!(request = id, "{message}");
             self.fail(id, message);

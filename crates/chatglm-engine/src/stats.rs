@@ -78,6 +78,11 @@ pub struct EngineStats {
     pub preemptions: AtomicU64,
     /// Throwaway rows added to pad decode steps to fixed sizes.
     pub pad_rows: AtomicU64,
+    /// Microseconds of the engine loop spent in forward passes, and in
+    /// everything else while it had work (scheduling, step inputs, sampling
+    /// on the host, token handling): the host's share of each step.
+    pub forward_us: AtomicU64,
+    pub host_us: AtomicU64,
     pub step_tokens: AtomicU64,
     /// Gauge: submitted, not yet running.
     pub queue_depth: AtomicU64,

@@ -47,6 +47,8 @@ fn batched_greedy_equals_generate_alone() {
     assert_same_as_alone(&p, &prompts, &max_new, &results);
     let stats = h.stats();
     assert_eq!(stats.requests_submitted.load(Relaxed), 6);
+    // Time in forward passes and around them is counted.
+    assert!(stats.forward_us.load(Relaxed) > 0 && stats.host_us.load(Relaxed) > 0);
     assert_eq!(stats.queue_depth.load(Relaxed), 0);
     drop(h);
     engine.shutdown();

@@ -13,6 +13,10 @@ fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
 }
 
+fn scalar_f64(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
 fn histogram(out: &mut String, name: &str, help: &str, h: &HistogramSnapshot) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (le, n) in &h.buckets {
@@ -75,6 +79,21 @@ pub fn render(state: &AppState) -> String {
         "counter",
         "Running sequences sent back to the queue when KV blocks ran out (they recompute their tokens).",
         g(&s.preemptions),
+    );
+    let seconds = |v: &AtomicU64| v.load(Relaxed) as f64 * 1e-6;
+    scalar_f64(
+        &mut out,
+        "chatglm_step_forward_seconds_total",
+        "counter",
+        "Engine time in forward passes.",
+        seconds(&s.forward_us),
+    );
+    scalar_f64(
+        &mut out,
+        "chatglm_step_host_seconds_total",
+        "counter",
+        "Engine time outside forward passes while it had work (scheduling, step inputs, host sampling, token handling).",
+        seconds(&s.host_us),
     );
     scalar(
         &mut out,
