@@ -233,8 +233,12 @@ pub fn write_kernel_cache(dir: &std::path::Path, arch: u32, versions: &str) -> R
 /// variants) that the file names (so only those files compile again; the
 /// defines are part of the cache key since they are part of the text).
 fn source_text(source: &Source) -> String {
-    let defines: String = std::env::var("CHATGLM_NVRTC_DEFINES")
-        .unwrap_or_default()
+    source_text_with(source, &std::env::var("CHATGLM_NVRTC_DEFINES").unwrap_or_default())
+}
+
+/// [`source_text`] with the defines given ("NAME=VALUE …").
+fn source_text_with(source: &Source, defines: &str) -> String {
+    let defines: String = defines
         .split([' ', ','])
         .filter(|d| !d.is_empty())
         .filter(|d| source.text.contains(d.split('=').next().unwrap_or(d)))
@@ -291,6 +295,18 @@ mod tests {
         assert_ne!(a, fnv1a(&[b"src", b"compute_90", b"v2"]));
         assert_ne!(a, fnv1a(&[b"sr", b"ccompute_90", b"v1"]));
         assert_eq!(a, fnv1a(&[b"src", b"compute_90", b"v1"]));
+    }
+
+    #[test]
+    fn variant_defines_reach_only_the_files_that_name_them() {
+        let gemv = SOURCES.iter().find(|s| s.name == "gemv").unwrap();
+        let flash = SOURCES.iter().find(|s| s.name == "flash").unwrap();
+        let defines = "GEMV_PINGPONG=1, QMMA_PINGPONG=1";
+        let text = source_text_with(gemv, defines);
+        assert!(text.starts_with("#define GEMV_PINGPONG 1\n"), "{}", &text[..60]);
+        assert!(!text.contains("#define QMMA_PINGPONG"));
+        // A file naming neither compiles as without defines (the same cache entry).
+        assert_eq!(source_text_with(flash, defines), source_text_with(flash, ""));
     }
 
     #[test]
