@@ -413,12 +413,11 @@ impl<'t, B: Backend> Loop<'t, B> {
             while self.pad_caches.len() < extra {
                 self.pad_caches.push(self.model.new_cache(self.kv_dtype));
             }
-            for (i, cache) in self.pad_caches.iter_mut().take(extra).enumerate() {
-                // Each row's own blocks, set aside from the budget at start-up.
-                let ids: Vec<KvBlockId> =
-                    (first_block + i * per_row..first_block + (i + 1) * per_row).map(|b| b as KvBlockId).collect();
+            // Each row's own blocks, set aside from the budget at start-up.
+            let ids: Vec<KvBlockId> = (first_block..first_block + extra * per_row).map(|b| b as KvBlockId).collect();
+            for (cache, ids) in self.pad_caches.iter_mut().zip(ids.chunks(per_row)) {
                 KvCacheOps::clear(cache);
-                if let Err(e) = KvCacheOps::use_blocks(cache, &ids) {
+                if let Err(e) = KvCacheOps::use_blocks(cache, ids) {
                     tracing::error!("padding rows: {e}");
                     break;
                 }
