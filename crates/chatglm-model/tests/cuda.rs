@@ -543,7 +543,7 @@ fn batched_decode_replays_bit_for_bit(shape: &str, format: WeightFormat) {
     let mut state = ForwardState::new(&gpu.backend);
     for (i, (e, r)) in eager.iter_mut().zip(replayed.iter_mut()).enumerate() {
         let i = i as u32;
-        let prompt: Vec<u32> = (0..40 + 17 * i).map(|j| (j * 13 + i) % 1000).collect();
+        let prompt: Vec<u32> = (0..40 + 17 * i).map(|j| (j * 13 + i) % src.config.padded_vocab_size as u32).collect();
         for c in [e, r] {
             gpu.forward(&mut state, &mut [SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None }])
                 .unwrap();
