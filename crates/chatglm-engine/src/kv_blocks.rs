@@ -9,6 +9,8 @@
 //! uses the ids only for the accounting.
 
 use chatglm_model::KvBlockId;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// Free and held blocks of `block_size_tokens` tokens each.
 #[derive(Debug, Clone)]
@@ -17,9 +19,11 @@ pub struct BlockAllocator {
     /// Cache rows in front of every sequence's tokens (a P-Tuning prefix).
     lead_rows: usize,
     total_blocks: usize,
-    /// Highest id first, so `pop` hands out the lowest free id (a lazily
-    /// backed pool then touches as little memory as it can).
-    free: Vec<KvBlockId>,
+    /// A min-heap: the lowest free id goes out first (a lazily backed pool
+    /// then touches as little memory as it can). Freeing costs log(free) a
+    /// block, not a sort of the whole free list (with a large budget that sort
+    /// was most of the engine's host time under load).
+    free: BinaryHeap<Reverse<KvBlockId>>,
 }
 
 impl BlockAllocator {
@@ -30,7 +34,7 @@ impl BlockAllocator {
             block_size_tokens: block_size_tokens.max(1),
             lead_rows: 0,
             total_blocks,
-            free: (0..total_blocks as KvBlockId).rev().collect(),
+            free: (0..total_blocks as KvBlockId).map(Reverse).collect(),
         }
     }
 
@@ -77,17 +81,17 @@ impl BlockAllocator {
         if n > self.free.len() {
             return false;
         }
-        let at = self.free.len() - n;
-        blocks.extend(self.free.drain(at..).rev());
+        blocks.reserve(n);
+        for _ in 0..n {
+            blocks.extend(self.free.pop().map(|Reverse(id)| id));
+        }
         true
     }
 
     /// Takes back every block of `blocks` (emptied).
     pub fn free(&mut self, blocks: &mut Vec<KvBlockId>) {
         debug_assert!(self.free.len() + blocks.len() <= self.total_blocks, "a block freed twice");
-        self.free.append(blocks);
-        // Keep handing out the lowest ids first.
-        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        self.free.extend(blocks.drain(..).map(Reverse));
     }
 }
 
