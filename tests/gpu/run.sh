@@ -16,6 +16,8 @@
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels; PROFILE_DTYPE=q4_0 profiles that format); SERVE_CONCURRENCY=64 the HTTP server
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
+# SERVE_GRAPHS="0 1" runs the server load test without and with batched-decode CUDA graphs; PACK=1 leaves
+# the report as one archive (report.tgz) beside the kernel cache.
 # HISTORY=1 times a 4-round chat through the HTTP server with and without KV reuse of the previous round
 # (HISTORY_DTYPE, HISTORY_REPEAT: the first question's length in ~48-token repeats).
 # `build` compiles the kernels here for the GPU machine's cache where it finds a local NVRTC
@@ -232,11 +234,14 @@ PY
     # The HTTP server on the GPU (random 6B weights, the real tokenizer) under
     # streaming clients, and the engine-level figure for the same shape.
     local tok=$CHATGLM_TESTDATA/chatglm2-tokenizer/tokenizer.model
-    echo "== serve: HTTP load test, synthetic 6B, $SERVE_CONCURRENCY streaming clients, 256 tokens each" | tee -a "$summary"
-    CHATGLM_BIN=$BIN/chatglm MODEL="synthetic:chatglm2-6b:$tok" MAX_BATCH=${SERVE_MAX_BATCH:-128} \
-      CONCURRENCY=$SERVE_CONCURRENCY REQUESTS=${SERVE_REQUESTS:-256} MAX_TOKENS=256 SECONDS_PER_LEVEL=150 \
-      SERVE_ARGS="--device cuda --kv-cache-mb 30000" bench/serve/run.sh >"$out/serve.txt" 2>&1 || echo "serve FAILED" | tee -a "$summary"
-    tail -n 25 "$out/serve.txt" | tee -a "$summary"
+    # SERVE_GRAPHS="0 1": the server without and with CUDA graphs for batched decode steps.
+    for graphs in ${SERVE_GRAPHS:-0}; do
+      echo "== serve: HTTP load test, synthetic 6B, $SERVE_CONCURRENCY streaming clients, 256 tokens each, batched graphs $graphs" | tee -a "$summary"
+      CHATGLM_CUDA_BATCH_GRAPHS=$graphs CHATGLM_BIN=$BIN/chatglm MODEL="synthetic:chatglm2-6b:$tok" MAX_BATCH=${SERVE_MAX_BATCH:-128} \
+        CONCURRENCY=$SERVE_CONCURRENCY REQUESTS=${SERVE_REQUESTS:-256} MAX_TOKENS=256 SECONDS_PER_LEVEL=150 \
+        SERVE_ARGS="--device cuda --kv-cache-mb 30000" bench/serve/run.sh >"$out/serve-graphs-$graphs.txt" 2>&1 || echo "serve FAILED" | tee -a "$summary"
+      tail -n 12 "$out/serve-graphs-$graphs.txt" | tee -a "$summary"
+    done
     run_bench engine-same-shape "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype f16 \
       --prompt-len 32 --gen-len 256 --concurrency "$SERVE_CONCURRENCY"
   fi
@@ -298,6 +303,11 @@ PY
     fi
   fi
   save_kernel_cache
+  # PACK=1: the report as one archive (a device call returns only a few files).
+  if [ "${PACK:-0}" != 0 ]; then
+    tar czf /tmp/report.tgz -C "$out" --exclude kcache.tgz . && find "$out" -mindepth 1 -not -name kcache.tgz -delete &&
+      mv /tmp/report.tgz "$out/report.tgz"
+  fi
   echo "report in $out"
 }
 
