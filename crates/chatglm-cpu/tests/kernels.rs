@@ -209,6 +209,35 @@ fn matmul_tiles_match_scalar_reference() {
     }
 }
 
+/// Long prompts of wide rows run in several sweeps over the weights (each
+/// sweep's activations sized to stay in cache): every token of every sweep,
+/// and the tokens at the sweep boundaries, must equal the same token run alone.
+#[test]
+fn matmul_over_several_activation_sweeps_matches_tokens_alone() {
+    let mut rng = Rng(12);
+    let scalar = Kernels::scalar();
+    let (rows, cols, n_tokens) = (6, 16384, 250);
+    let w = rng.vec(rows * cols);
+    let x = rng.vec(n_tokens * cols);
+    for k in tables() {
+        for format in ["f32", "bf16", "q8_0p", "q4_0"] {
+            let m = matrix(format, rows, cols, &w);
+            let mut got = vec![0.0; rows * n_tokens];
+            matmul(&k, &m, &x, n_tokens, &mut got, &mut MatmulScratch::default());
+            for t in [0, 1, 63, 64, 65, 127, 128, 200, 239, 240, 241, 249] {
+                let mut want = vec![0.0; rows];
+                let xt = &x[t * cols..(t + 1) * cols];
+                matmul(&scalar, &m, xt, 1, &mut want, &mut MatmulScratch::default());
+                for r in 0..rows {
+                    let (a, b) = (got[t * rows + r], want[r]);
+                    let tol = 2e-3 * (1.0 + b.abs()) + if format.starts_with('q') { 0.05 } else { 0.0 };
+                    assert!((a - b).abs() <= tol, "{} {format} token {t} row {r}: {a} vs {b}", k.name);
+                }
+            }
+        }
+    }
+}
+
 /// Float prefill tiles at widths that are not multiples of the vector width
 /// (tails of 1–7 columns), odd token counts and rows that leave a partial tile.
 #[test]
