@@ -31,4 +31,4 @@ python3 "$here/load_test.py" --url "http://127.0.0.1:$port" \
     --concurrency "${CONCURRENCY:-1,8,32}" --requests "${REQUESTS:-64}" \
     --max-tokens "${MAX_TOKENS:-64}" --seconds "${SECONDS_PER_LEVEL:-60}" \
     ${MIX:+--mix} ${RATE:+--rate "$RATE"} ${MAX_PROMPT_WORDS:+--max-prompt-words "$MAX_PROMPT_WORDS"} ${JSON:+--json "$JSON"}
-python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" | grep -E '^chatglm_(requests_total|completion_tokens_total|engine_steps_total|engine_step_tokens_total|step_forward_seconds_total|step_host_seconds_total|pad_rows_total) '
+python3 -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$port/metrics').read().decode())" | grep -E '^chatglm_(requests_total|completion_tokens_total|engine_steps_total|engine_step_tokens_total|step_forward_seconds_total|step_host_seconds_total|pad_rows_total|steps_queued_total|chained_rows_total) '

@@ -109,14 +109,43 @@ fn one_run<B: Backend>(
         Some(t.elapsed())
     };
     let t = Instant::now();
-    // Greedy decoding, as `generate` does without sampling (on a GPU only
-    // the chosen id is read back).
-    for _ in 0..gen_len {
-        let l =
-            model.forward_greedy(state, &mut [SequenceInput { tokens: &[next], cache, logits: LogitsWanted::Last }])?;
-        next = l[0];
-    }
+    decode_queued(model, state, std::slice::from_mut(cache), &[next], gen_len)?;
     Ok(Run { prefill, decode_per_token: t.elapsed() / gen_len.max(1) as u32 })
+}
+
+/// `steps` greedy decode steps of every sequence of `caches` (first tokens
+/// `first`), each step queued before the host reads the one ahead, its
+/// tokens taken on the device, as the engine runs them: where the backend
+/// queues steps (`CHATGLM_CUDA_QUEUE_STEPS=0`: not), the host's turn-around
+/// hides behind the device's work. On a GPU only the chosen ids are read
+/// back. Returns the last step's ids.
+fn decode_queued<B: Backend>(
+    model: &Model<B>,
+    state: &mut ForwardState<B>,
+    caches: &mut [B::Cache],
+    first: &[u32],
+    steps: usize,
+) -> Result<Vec<u32>> {
+    let n = caches.len();
+    let chained: Vec<Option<usize>> = (0..n).map(Some).collect();
+    let unchained = vec![None; n];
+    let tokens: Vec<[u32; 1]> = first.iter().map(|&t| [t]).collect();
+    let mut last = first.to_vec();
+    for i in 0..steps {
+        let mut batch: Vec<SequenceInput<'_, B::Cache>> = caches
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(cache, t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
+            .collect();
+        model.launch_greedy(state, &mut batch, if i == 0 { &unchained } else { &chained })?;
+        if i > 0 {
+            last.copy_from_slice(model.collect_greedy(state)?);
+        }
+    }
+    if steps > 0 {
+        last.copy_from_slice(model.collect_greedy(state)?);
+    }
+    Ok(last)
 }
 
 /// Batched decoding of `n` sequences: prefill all (in steps of at most the
@@ -148,16 +177,7 @@ fn batched_run<B: Backend>(
         next[group..end].copy_from_slice(ids);
     }
     let t = Instant::now();
-    for _ in 0..gen_len {
-        let tokens: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let mut batch: Vec<SequenceInput<'_, B::Cache>> = caches
-            .iter_mut()
-            .zip(&tokens)
-            .map(|(cache, t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
-            .collect();
-        let ids = model.forward_greedy(state, &mut batch)?;
-        next.copy_from_slice(ids);
-    }
+    decode_queued(model, state, &mut caches, &next, gen_len)?;
     let secs = t.elapsed().as_secs_f64();
     Ok(((n * gen_len) as f64 / secs, secs * 1e3 / gen_len.max(1) as f64))
 }
@@ -255,14 +275,7 @@ fn measure<B: Backend>(
         cache.clear();
         cache.fill_synthetic(pos);
         let t = Instant::now();
-        let mut next = 5u32;
-        for _ in 0..args.context_steps {
-            let l = model.forward_greedy(
-                &mut state,
-                &mut [SequenceInput { tokens: &[next], cache: &mut cache, logits: LogitsWanted::Last }],
-            )?;
-            next = l[0];
-        }
+        decode_queued(model, &mut state, std::slice::from_mut(&mut cache), &[5], args.context_steps)?;
         let ms = t.elapsed().as_secs_f64() * 1e3 / args.context_steps.max(1) as f64;
         ctx_results.push((pos, ms));
     }

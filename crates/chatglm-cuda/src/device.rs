@@ -257,6 +257,10 @@ impl Gpu {
         &self.stream
     }
 
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// Binds the context to the calling thread (needed before library calls
     /// from a thread that has not used this GPU yet).
     pub fn bind(&self) -> Result<(), CudaError> {

@@ -21,12 +21,14 @@ mod compile;
 mod device;
 mod error;
 mod graph;
+mod host;
 pub mod ops;
 pub mod quant;
 
 pub use compile::{compile_all, write_kernel_cache};
-pub use cudarc::driver::{CudaSlice, DeviceRepr};
+pub use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, GemvLean, Gpu};
 pub use error::CudaError;
 pub use graph::GraphStats;
+pub use host::HostBuffer;
 pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};

@@ -563,6 +563,23 @@ impl Gpu {
         self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))
     }
 
+    /// For each of the `n` (row, source) pairs at `pairs` (2n i32):
+    /// `ids[row] = chosen[source]` — a step's tokens taken from the ids the
+    /// step before chose, without the host reading them.
+    ///
+    /// # Safety
+    /// `ids`, `chosen`: i32 buffers holding every row and source named; `pairs`: 2n i32.
+    pub unsafe fn chain_ids(&self, ids: u64, pairs: u64, chosen: u64, n: usize) -> Result<(), CudaError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernel("chain_ids")?;
+        let n32 = check_i32("chain_ids", "n", n)?;
+        let mut a = Args::default();
+        a.arg(&ids).arg(&pairs).arg(&chosen).arg(&n32);
+        self.launch(f, a, "chain_ids", cfg((n.div_ceil(256) as u32, 1, 1), 256, 0))
+    }
+
     /// out[r] (i32) = the token chosen for row r of `x` (rows × cols f32 logits)
     /// with the parameters at `params` (rows × [`SAMPLE_ROW_WORDS`] u32, as
     /// [`sample_row_words`] lays them out), by the host sampler's rules; -1

@@ -41,6 +41,8 @@ pub(crate) struct LoopSetup<'s, B: Backend> {
     /// Padding of decode steps: the first of the blocks set aside for the
     /// throwaway rows and how many each row takes (`None`: no padding).
     pub pad_blocks: Option<(usize, usize)>,
+    /// Queue greedy steps behind the running one ([`crate::EngineConfig::overlap_steps`]).
+    pub overlap: bool,
 }
 
 /// Fewest prompt tokens worth continuing from a finished request's cache.
@@ -79,7 +81,26 @@ struct Loop<'t, B: Backend> {
     pad_blocks: Option<(usize, usize)>,
     /// Caches of the throwaway rows that pad decode steps (one position each).
     pad_caches: Vec<B::Cache>,
+    /// As [`LoopSetup::overlap`].
+    overlap: bool,
+    /// The step launched and not yet read (with `overlap`).
+    in_flight: Option<InFlight>,
 }
+
+/// A greedy step queued on the device whose tokens the host has not read.
+struct InFlight {
+    /// The sequences it samples, in logits-row order.
+    sampled: Vec<SeqId>,
+    /// Every sequence in it (failed together if the step fails).
+    in_batch: Vec<SeqId>,
+    /// Sampled sequences the scheduler could not give another token: they
+    /// end with this one (their token was counted when the step was queued).
+    capped: Vec<SeqId>,
+}
+
+/// The token of a row whose real token the step before is choosing on the
+/// device (never read: the backend takes the chosen id).
+const CHAINED_PLACEHOLDER: [u32; 1] = [0];
 
 /// Sizes padded decode steps take (steps of 3–256 sequences).
 const DECODE_STEP_SIZES: [usize; 13] = [4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256];
@@ -106,7 +127,7 @@ enum StepReadout {
 
 /// Runs until every sender is dropped and no request is left.
 pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
-    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats, retain_max, pad_blocks } = setup;
+    let LoopSetup { model, tokenizer, kv_dtype, scheduler, rx, stats, retain_max, pad_blocks, overlap } = setup;
     let mut state = ForwardState::new(&model.backend);
     let mut this = Loop {
         model: &model,
@@ -119,6 +140,8 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
         retain_max,
         pad_blocks,
         pad_caches: Vec::new(),
+        overlap,
+        in_flight: None,
     };
     let mut open = true;
     let (mut row, mut chosen) = (Vec::new(), Vec::new());
@@ -129,7 +152,7 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
             memory_sampled = Instant::now();
         }
         // Intake: block only when there is nothing to do.
-        if this.scheduler.is_idle() {
+        if this.scheduler.is_idle() && this.in_flight.is_none() {
             if !open {
                 break;
             }
@@ -150,7 +173,11 @@ pub(crate) fn run_loop<B: Backend>(setup: LoopSetup<'_, B>) {
         this.drop_cancelled();
         let plan = this.scheduler.schedule();
         if plan.is_empty() {
-            if !this.scheduler.is_idle() {
+            if this.in_flight.is_some() {
+                // Nothing more to queue: read the step on the device.
+                this.collect_in_flight(&mut state, &mut row, &mut chosen);
+                this.publish_gauges();
+            } else if !this.scheduler.is_idle() {
                 // Nothing runnable (cannot happen with FIFO admission and
                 // reservations, but never spin if it does).
                 std::thread::sleep(Duration::from_millis(5));
@@ -362,6 +389,24 @@ impl<'t, B: Backend> Loop<'t, B> {
                 StepReadout::Host
             }
         };
+        // A greedy step is queued behind the one on the device, a decode row
+        // whose token that step is choosing taking it there; anything else
+        // waits for that step's tokens first.
+        let queue = self.overlap && readout == StepReadout::Greedy;
+        let mut chain_rows: HashMap<SeqId, usize> = match &self.in_flight {
+            Some(f) if queue => f.sampled.iter().enumerate().map(|(i, &id)| (id, i)).collect(),
+            _ => HashMap::new(),
+        };
+        let chainable = |c: &crate::scheduler::ScheduledChunk, seq: &Sequence<'t, B::Cache>| {
+            c.start + c.n_tokens <= seq.tokens.len()
+                || (c.n_tokens == 1 && c.start == seq.tokens.len() && chain_rows.contains_key(&c.id))
+        };
+        let all_chainable =
+            plan.chunks.iter().all(|c| self.seqs.get(&c.id).is_none_or(|seq| chainable(c, seq)));
+        if self.in_flight.is_some() && (!queue || !all_chainable) {
+            self.collect_in_flight(state, row, chosen);
+            chain_rows.clear();
+        }
         // Borrow each planned sequence's tokens and cache, in plan order.
         let mut by_id: HashMap<SeqId, &mut Sequence<'t, B::Cache>> = self
             .seqs
@@ -370,6 +415,7 @@ impl<'t, B: Backend> Loop<'t, B> {
             .map(|(&id, s)| (id, s))
             .collect();
         let mut inputs = Vec::with_capacity(plan.chunks.len());
+        let mut from_previous = Vec::with_capacity(plan.chunks.len());
         let mut sampled: Vec<SeqId> = Vec::new();
         let mut in_batch: Vec<SeqId> = Vec::new();
         let mut choices = Vec::new();
@@ -378,7 +424,9 @@ impl<'t, B: Backend> Loop<'t, B> {
             let Some(seq) = by_id.remove(&c.id) else {
                 continue;
             };
-            if c.start + c.n_tokens > seq.tokens.len() {
+            // The token the step on the device is choosing for this row.
+            let chained = (c.start + c.n_tokens > seq.tokens.len()).then(|| chain_rows.remove(&c.id)).flatten();
+            if c.start + c.n_tokens > seq.tokens.len() && chained.is_none() {
                 continue;
             }
             // The cache reads and writes the blocks the scheduler gave it.
@@ -393,7 +441,11 @@ impl<'t, B: Backend> Loop<'t, B> {
                     choices.extend(seq.token_choice());
                 }
             }
-            let tokens = &seq.tokens[c.start..c.start + c.n_tokens];
+            let tokens = match chained {
+                Some(_) => &CHAINED_PLACEHOLDER[..],
+                None => &seq.tokens[c.start..c.start + c.n_tokens],
+            };
+            from_previous.push(chained);
             inputs.push(SequenceInput {
                 tokens,
                 cache: &mut seq.cache,
@@ -422,6 +474,7 @@ impl<'t, B: Backend> Loop<'t, B> {
                     break;
                 }
                 inputs.push(SequenceInput { tokens: &[0], cache, logits: LogitsWanted::Last });
+                from_previous.push(None);
                 if readout == StepReadout::Device {
                     choices.push(TokenChoice { temperature: 0.0, top_p: 1.0, top_k: 0, uniform: 0.0 });
                 }
@@ -429,18 +482,27 @@ impl<'t, B: Backend> Loop<'t, B> {
         }
         drop(by_id);
         let forward_from = Instant::now();
-        let result = match readout {
-            StepReadout::Greedy => self.model.forward_greedy(state, &mut inputs).map(|ids| {
+        let result = if queue {
+            self.stats.queued_steps.fetch_add(1, Relaxed);
+            self.stats.chained_rows.fetch_add(from_previous.iter().flatten().count() as u64, Relaxed);
+            self.model.launch_greedy(state, &mut inputs, &from_previous).map(|()| {
                 chosen.clear();
-                chosen.extend(ids.iter().map(|&t| Some(t)));
                 &[][..]
-            }),
-            StepReadout::Device => self.model.forward_sampled(state, &mut inputs, &choices).map(|step| {
-                chosen.clear();
-                chosen.extend_from_slice(step.ids);
-                step.logits
-            }),
-            StepReadout::Host => self.model.forward(state, &mut inputs),
+            })
+        } else {
+            match readout {
+                StepReadout::Greedy => self.model.forward_greedy(state, &mut inputs).map(|ids| {
+                    chosen.clear();
+                    chosen.extend(ids.iter().map(|&t| Some(t)));
+                    &[][..]
+                }),
+                StepReadout::Device => self.model.forward_sampled(state, &mut inputs, &choices).map(|step| {
+                    chosen.clear();
+                    chosen.extend_from_slice(step.ids);
+                    step.logits
+                }),
+                StepReadout::Host => self.model.forward(state, &mut inputs),
+            }
         };
         drop(inputs);
         self.stats.forward_us.fetch_add(forward_from.elapsed().as_micros() as u64, Relaxed);
@@ -458,13 +520,67 @@ impl<'t, B: Backend> Loop<'t, B> {
                 for id in in_batch {
                     self.fail(id, message.clone());
                 }
+                // The step chained onto is read (and its sequences failed
+                // with it if the device failed).
+                self.collect_in_flight(state, row, chosen);
                 return;
             }
         };
+        if queue {
+            // Each sampled sequence gets its next token now, for the next
+            // plan; the value arrives when this step is read.
+            let capped = sampled.iter().copied().filter(|&id| !self.scheduler.append_token(id)).collect();
+            let queued = InFlight { sampled, in_batch, capped };
+            // The device runs the new step while the host takes the tokens of
+            // the step before it.
+            self.collect_in_flight(state, row, chosen);
+            self.in_flight = Some(queued);
+            return;
+        }
+        self.take_tokens(&sampled, readout, chosen, logits, &choices, row, None);
+    }
 
+    /// Waits for the step in flight, if any, and takes its tokens.
+    fn collect_in_flight(&mut self, state: &mut ForwardState<B>, row: &mut Vec<f32>, chosen: &mut Vec<Option<u32>>) {
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let wait_from = Instant::now();
+        let ids = self.model.collect_greedy(state).map(|ids| ids.to_vec());
+        self.stats.forward_us.fetch_add(wait_from.elapsed().as_micros() as u64, Relaxed);
+        match ids {
+            Ok(ids) => {
+                chosen.clear();
+                chosen.extend(ids.into_iter().map(Some));
+                self.take_tokens(&f.sampled, StepReadout::Greedy, chosen, &[], &[], row, Some(&f.capped));
+            }
+            Err(e) => {
+                let message = format!("the forward pass failed: {e}");
+                tracing::error!(error = %e, "a queued step failed; failing its batch");
+                for id in f.in_batch {
+                    self.fail(id, message.clone());
+                }
+            }
+        }
+    }
+
+    /// Hands each sampled sequence its token (in `chosen`, or drawn from its
+    /// row of `logits`). `counted`: the step was queued, each sequence's token
+    /// already counted by the scheduler, these sequences at their limit.
+    #[allow(clippy::too_many_arguments)]
+    fn take_tokens(
+        &mut self,
+        sampled: &[SeqId],
+        readout: StepReadout,
+        chosen: &[Option<u32>],
+        logits: &[f32],
+        choices: &[TokenChoice],
+        row: &mut Vec<f32>,
+        counted: Option<&[SeqId]>,
+    ) {
         let vocab = self.model.config.padded_vocab_size;
         let now = Instant::now();
-        for (i, id) in sampled.into_iter().enumerate() {
+        for (i, &id) in sampled.iter().enumerate() {
             let Some(seq) = self.seqs.get_mut(&id) else {
                 continue;
             };
@@ -496,7 +612,11 @@ impl<'t, B: Backend> Loop<'t, B> {
             }
             match progress {
                 Progress::Continue => {
-                    if !self.scheduler.append_token(id) {
+                    let room = match counted {
+                        Some(capped) => !capped.contains(&id),
+                        None => self.scheduler.append_token(id),
+                    };
+                    if !room {
                         self.finish(id, FinishReason::Length, now);
                     }
                 }

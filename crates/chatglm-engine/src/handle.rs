@@ -36,6 +36,14 @@ pub struct EngineConfig {
     /// instead of capturing one for every count. `None`: as the backend asks
     /// ([`chatglm_model::Backend::pads_decode_steps`]).
     pub pad_decode_steps: Option<bool>,
+    /// Queue each greedy step behind the one the device is running, its
+    /// decode rows taking their tokens on the device, and handle the step
+    /// ahead's tokens (detokenizing, streaming, scheduling) meanwhile.
+    /// `None`: where the backend queues steps
+    /// ([`chatglm_model::Backend::queues_steps`]: a GPU); on a backend that
+    /// computes at launch it only delays each token's delivery by a step
+    /// (`Some(true)` there is for tests).
+    pub overlap_steps: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +56,7 @@ impl Default for EngineConfig {
             kv_budget_bytes: 4 << 30,
             prefix_cache_entries: 8,
             pad_decode_steps: None,
+            overlap_steps: None,
         }
     }
 }
@@ -150,6 +159,7 @@ impl Engine {
         let block_bytes = model.kv_bytes_per_token(kv_dtype) * block;
         shared.stats.kv_budget_bytes.store((total_blocks * block_bytes) as u64, Relaxed);
         crate::stats::sample_device_memory(&model.backend, &shared.stats);
+        let overlap = config.overlap_steps.unwrap_or_else(|| model.backend.queues_steps());
         let (tx, rx) = mpsc::channel();
         let loop_shared = Arc::clone(&shared);
         shared.stats.engine_alive.store(true, Relaxed);
@@ -166,6 +176,7 @@ impl Engine {
                     stats: &loop_shared.stats,
                     retain_max: config.prefix_cache_entries,
                     pad_blocks,
+                    overlap,
                 })
             })
             .map_err(|e| EngineError::InvalidParameter(format!("cannot start the engine thread: {e}")))?;

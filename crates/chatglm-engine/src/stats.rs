@@ -78,6 +78,10 @@ pub struct EngineStats {
     pub preemptions: AtomicU64,
     /// Throwaway rows added to pad decode steps to fixed sizes.
     pub pad_rows: AtomicU64,
+    /// Steps queued behind the one on the device, and their rows whose token
+    /// that step chose on the device (`EngineConfig::overlap_steps`).
+    pub queued_steps: AtomicU64,
+    pub chained_rows: AtomicU64,
     /// Microseconds of the engine loop spent in forward passes, and in
     /// everything else while it had work (scheduling, step inputs, sampling
     /// on the host, token handling): the host's share of each step.

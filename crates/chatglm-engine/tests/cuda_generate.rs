@@ -324,7 +324,7 @@ fn gpu_engine_next_round_continues_the_previous_round_s_blocks() {
     // As the CPU test: second rounds take their first rounds' blocks over on
     // the GPU (10 of its 64-token blocks).
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
-    common::next_rounds_continue_the_previous_ones(&p, q, 10);
+    common::next_rounds_continue_the_previous_ones(&p, q, 10, None);
 }
 
 #[test]
@@ -332,5 +332,5 @@ fn gpu_engine_request_copies_the_prefix_it_shares_with_one_running_now() {
     // The GPU cache copies the running request's blocks of the shared
     // opening into the blocks the engine gives the new one.
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
-    common::a_request_copies_a_running_one_s_prefix(&p, q);
+    common::a_request_copies_a_running_one_s_prefix(&p, q, None);
 }

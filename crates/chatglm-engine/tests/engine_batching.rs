@@ -1,6 +1,7 @@
 //! The continuous-batching engine on the tiny dev model: batched greedy
 //! output equals `generate()` alone, chunked prefill, cancellation frees KV
-//! blocks, queue limits.
+//! blocks, queue limits. The `_queued` tests run the same with each greedy
+//! step queued before the one ahead is read (as on a GPU).
 
 mod common;
 
@@ -34,9 +35,19 @@ fn spawn(config: EngineConfig) -> (Engine, Pipeline<CpuBackend>) {
 
 #[test]
 fn batched_greedy_equals_generate_alone() {
+    batched_greedy_equals_alone(None);
+}
+
+#[test]
+fn batched_greedy_equals_generate_alone_queued() {
+    batched_greedy_equals_alone(Some(true));
+}
+
+fn batched_greedy_equals_alone(overlap: Option<bool>) {
     let (engine, p) = spawn(EngineConfig {
         max_batch_tokens: 24, // forces chunked prefill mixed with decodes
         max_batch_size: 4,    // forces queueing
+        overlap_steps: overlap,
         ..EngineConfig::default()
     });
     let h = engine.handle.clone();
@@ -50,6 +61,12 @@ fn batched_greedy_equals_generate_alone() {
     // Time in forward passes and around them is counted.
     assert!(stats.forward_us.load(Relaxed) > 0 && stats.host_us.load(Relaxed) > 0);
     assert_eq!(stats.queue_depth.load(Relaxed), 0);
+    if overlap == Some(true) {
+        // Decode steps were queued with their tokens chained from the step before.
+        assert!(stats.queued_steps.load(Relaxed) > 0 && stats.chained_rows.load(Relaxed) > 0);
+    } else {
+        assert_eq!(stats.queued_steps.load(Relaxed), 0);
+    }
     drop(h);
     engine.shutdown();
 }
@@ -119,7 +136,16 @@ fn seeded_sampling_is_reproducible_in_a_batch() {
 
 #[test]
 fn context_and_stop_conditions() {
-    let (engine, p) = spawn(EngineConfig::default());
+    stop_conditions(None);
+}
+
+#[test]
+fn context_and_stop_conditions_queued() {
+    stop_conditions(Some(true));
+}
+
+fn stop_conditions(overlap: Option<bool>) {
+    let (engine, p) = spawn(EngineConfig { overlap_steps: overlap, ..EngineConfig::default() });
     let h = &engine.handle;
     let ids = p.tokenizer.encode_chat("你好", &[]);
     // max_length counts the prompt, as the official max_length.
@@ -178,7 +204,16 @@ impl chatglm_engine::EventSink for GatedSink {
 
 #[test]
 fn a_dropped_receiver_cancels_and_frees_blocks() {
-    let (engine, p) = spawn(EngineConfig::default());
+    dropped_receiver_frees_blocks(None);
+}
+
+#[test]
+fn a_dropped_receiver_cancels_and_frees_blocks_queued() {
+    dropped_receiver_frees_blocks(Some(true));
+}
+
+fn dropped_receiver_frees_blocks(overlap: Option<bool>) {
+    let (engine, p) = spawn(EngineConfig { overlap_steps: overlap, ..EngineConfig::default() });
     let h = engine.handle.clone();
     let ids = p.tokenizer.encode_chat("你好", &[]);
     let (tx, rx) = mpsc::channel();
@@ -248,6 +283,15 @@ fn the_queue_has_a_limit() {
 
 #[test]
 fn preemption_under_a_tiny_kv_budget_keeps_greedy_outputs() {
+    preemption_keeps_greedy_outputs(None);
+}
+
+#[test]
+fn preemption_under_a_tiny_kv_budget_keeps_greedy_outputs_queued() {
+    preemption_keeps_greedy_outputs(Some(true));
+}
+
+fn preemption_keeps_greedy_outputs(overlap: Option<bool>) {
     // Room for 8 blocks of 16 tokens: each request fits alone, all six together do not,
     // so running sequences are preempted (and recompute) as others grow.
     let p0 = pipeline();
@@ -256,6 +300,7 @@ fn preemption_under_a_tiny_kv_budget_keeps_greedy_outputs() {
         block_size_tokens: 16,
         kv_budget_bytes: per_token * 16 * 8,
         max_batch_size: 6,
+        overlap_steps: overlap,
         ..EngineConfig::default()
     });
     let h = engine.handle.clone();
@@ -278,7 +323,12 @@ fn preemption_under_a_tiny_kv_budget_keeps_greedy_outputs() {
 #[test]
 fn the_next_round_continues_the_previous_round_s_cache() {
     // 40 blocks of 8 tokens: the third wave also makes the engine give kept caches back.
-    common::next_rounds_continue_the_previous_ones(&pipeline(), pipeline(), 40);
+    common::next_rounds_continue_the_previous_ones(&pipeline(), pipeline(), 40, None);
+}
+
+#[test]
+fn the_next_round_continues_the_previous_round_s_cache_queued() {
+    common::next_rounds_continue_the_previous_ones(&pipeline(), pipeline(), 40, Some(true));
 }
 
 #[test]
@@ -297,5 +347,51 @@ fn prefix_reuse_can_be_turned_off() {
 
 #[test]
 fn a_request_copies_the_prefix_it_shares_with_one_running_now() {
-    common::a_request_copies_a_running_one_s_prefix(&pipeline(), pipeline());
+    common::a_request_copies_a_running_one_s_prefix(&pipeline(), pipeline(), None);
+}
+
+#[test]
+fn a_request_copies_the_prefix_it_shares_with_one_running_now_queued() {
+    common::a_request_copies_a_running_one_s_prefix(&pipeline(), pipeline(), Some(true));
+}
+
+#[test]
+fn greedy_and_sampled_requests_mixed_with_queued_steps() {
+    // Greedy steps are queued, steps with a sampled request wait for the one
+    // ahead: outputs equal an engine that never queues (seeded sampling) and
+    // generate() alone (greedy).
+    let p = pipeline();
+    let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|q| p.tokenizer.encode_chat(q, &[])).collect();
+    let run = |overlap: bool| -> Vec<Completion> {
+        let (engine, _) = spawn(EngineConfig { max_batch_size: 6, overlap_steps: Some(overlap), ..EngineConfig::default() });
+        let rxs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                let params = if i % 3 == 1 {
+                    RequestParams {
+                        sampling: SamplingParams {
+                            temperature: 0.9,
+                            top_p: 0.8,
+                            seed: Some(7 + i as u64),
+                            ..SamplingParams::default()
+                        },
+                        max_new_tokens: Some(18 + 3 * i),
+                        ..RequestParams::default()
+                    }
+                } else {
+                    greedy(18 + 3 * i)
+                };
+                submit(&engine.handle, ids.clone(), params)
+            })
+            .collect();
+        let out = rxs.iter().map(collect).collect();
+        engine.shutdown();
+        out
+    };
+    let (queued, plain) = (run(true), run(false));
+    for (i, (a, b)) in queued.iter().zip(&plain).enumerate() {
+        assert_eq!(a.generated_ids, b.generated_ids, "request {i}");
+        assert_eq!(a.text, b.text, "request {i}");
+    }
 }

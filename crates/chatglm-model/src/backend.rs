@@ -255,6 +255,31 @@ pub trait Backend: Send + Sync {
         out.clear();
         out.resize(rows, None);
     }
+    /// Whether a step can be queued behind one still running: launching
+    /// returns before the step is computed ([`Backend::queue_greedy`],
+    /// [`Backend::finish_queued_step`]) and a row's token can be the id the
+    /// step before chose, taken on the device (`TokenLayout::chained`, in
+    /// [`Backend::prepare_step`]). By default steps are computed at launch.
+    fn queues_steps(&self) -> bool {
+        false
+    }
+    /// Starts reading each logits row's [`greedy_token`] without waiting;
+    /// [`Backend::collect_greedy`] returns them. Only called where
+    /// [`Backend::queues_steps`].
+    fn queue_greedy(&self, x: &Self::Activations, cols: usize) {
+        let _ = (x, cols);
+    }
+    /// The ids of the oldest step [`Backend::queue_greedy`] started, waiting
+    /// for it; errors of that step's work surface here.
+    fn collect_greedy(&self, out: &mut Vec<u32>) -> Result<(), ModelError> {
+        out.clear();
+        Err(ModelError::Backend { op: "collect".into(), message: "this backend does not queue steps".into() })
+    }
+    /// As [`Backend::finish_step`] for a queued step: reports what went wrong
+    /// while queuing it, without waiting for the device.
+    fn finish_queued_step(&self) -> Result<(), ModelError> {
+        self.finish_step()
+    }
     /// Each row's [`greedy_token`]: greedy decoding without reading the
     /// logits back. By default the rows are read and searched on the host.
     fn read_greedy(&self, x: &Self::Activations, cols: usize, out: &mut Vec<u32>) {

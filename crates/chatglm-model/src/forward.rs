@@ -53,6 +53,8 @@ pub struct SampledStep<'s> {
 enum Readout<'c> {
     Logits,
     Greedy,
+    /// Greedy ids read later ([`Model::collect_greedy`]): the step is queued.
+    GreedyQueued,
     Sample(&'c [TokenChoice]),
 }
 
@@ -69,6 +71,10 @@ pub struct TokenLayout {
     pub seq_tokens: Vec<usize>,
     /// Rows (tokens) whose logits the step returns, in order.
     pub logit_rows: Vec<usize>,
+    /// (row, source): the row's token is the id the step launched before
+    /// chose for its logits row `source`, not yet read by the host
+    /// ([`Model::launch_greedy`] on a backend that queues steps).
+    pub chained: Vec<(usize, usize)>,
 }
 
 /// Reusable activation buffers, sized to the largest step seen so far.
@@ -87,6 +93,13 @@ pub struct ForwardState<B: Backend> {
     out: Vec<f32>,
     chosen: Vec<u32>,
     sampled: Vec<Option<u32>>,
+    /// Steps launched by [`Model::launch_greedy`] and not yet collected:
+    /// their logits rows, and (where the backend does not queue steps) the
+    /// ids computed at launch.
+    launched: std::collections::VecDeque<(usize, Vec<u32>)>,
+    /// The ids of the last launched step (chained tokens on a backend that
+    /// computes at launch).
+    last_launched: Vec<u32>,
 }
 
 impl<B: Backend> ForwardState<B> {
@@ -106,7 +119,14 @@ impl<B: Backend> ForwardState<B> {
             out: Vec::new(),
             chosen: Vec::new(),
             sampled: Vec::new(),
+            launched: Default::default(),
+            last_launched: Vec::new(),
         }
+    }
+
+    /// Launched steps not yet collected.
+    pub fn launched_steps(&self) -> usize {
+        self.launched.len()
     }
 }
 
@@ -309,10 +329,74 @@ impl<B: Backend> Model<B> {
         Ok(SampledStep { ids: &state.sampled, logits: &state.out })
     }
 
+    /// Queues a greedy step and returns without waiting for its ids where
+    /// the backend queues steps ([`Backend::queues_steps`]); elsewhere it
+    /// computes the step now. [`Model::collect_greedy`] returns each launched
+    /// step's ids, oldest first. `from_previous[i] = Some(j)`: sequence `i`
+    /// has one token, the id the step launched just before chose for its
+    /// logits row `j` (its `tokens` are not read) — so the host can queue a
+    /// decode step before it has read the step ahead.
+    pub fn launch_greedy(
+        &self,
+        state: &mut ForwardState<B>,
+        batch: &mut [SequenceInput<'_, B::Cache>],
+        from_previous: &[Option<usize>],
+    ) -> Result<(), ModelError> {
+        if from_previous.len() != batch.len() {
+            return Err(ModelError::Backend {
+                op: "launch".into(),
+                message: format!("{} chained-token entries for {} sequences", from_previous.len(), batch.len()),
+            });
+        }
+        let queued = self.backend.queues_steps();
+        let readout = if queued { Readout::GreedyQueued } else { Readout::Greedy };
+        self.backend.run_step(|| self.forward_chained(state, batch, from_previous, readout))?;
+        let rows = state.layout.logit_rows.len();
+        let ids = if queued { Vec::new() } else { state.chosen.clone() };
+        if !queued {
+            state.last_launched.clone_from(&ids);
+        }
+        state.launched.push_back((rows, ids));
+        Ok(())
+    }
+
+    /// The greedy ids of the oldest step [`Model::launch_greedy`] launched
+    /// and not yet collected (waiting for it where it is queued).
+    pub fn collect_greedy<'s>(&self, state: &'s mut ForwardState<B>) -> Result<&'s [u32], ModelError> {
+        let Some((rows, ids)) = state.launched.pop_front() else {
+            return Err(ModelError::Backend { op: "collect".into(), message: "no launched step to collect".into() });
+        };
+        if !self.backend.queues_steps() {
+            state.chosen = ids;
+            return Ok(&state.chosen);
+        }
+        state.chosen.clear();
+        if rows > 0 {
+            self.backend.run_step(|| self.backend.collect_greedy(&mut state.chosen))?;
+            if state.chosen.len() != rows {
+                return Err(ModelError::Backend {
+                    op: "collect".into(),
+                    message: format!("{} ids for {rows} logits rows", state.chosen.len()),
+                });
+            }
+        }
+        Ok(&state.chosen)
+    }
+
     fn forward_on_backend(
         &self,
         state: &mut ForwardState<B>,
         batch: &mut [SequenceInput<'_, B::Cache>],
+        readout: Readout<'_>,
+    ) -> Result<(), ModelError> {
+        self.forward_chained(state, batch, &[], readout)
+    }
+
+    fn forward_chained(
+        &self,
+        state: &mut ForwardState<B>,
+        batch: &mut [SequenceInput<'_, B::Cache>],
+        from_previous: &[Option<usize>],
         readout: Readout<'_>,
     ) -> Result<(), ModelError> {
         let cfg = &self.config;
@@ -329,7 +413,36 @@ impl<B: Backend> Model<B> {
         st.layout.seq_start.clear();
         st.layout.seq_tokens.clear();
         st.layout.logit_rows.clear();
+        st.layout.chained.clear();
+        let on_device = self.backend.queues_steps();
         for (s, seq) in batch.iter().enumerate() {
+            if let Some(&Some(source)) = from_previous.get(s) {
+                // One token, chosen by the step before: on the device (a
+                // placeholder id here) or already known to the host.
+                let start = seq.cache.len();
+                if start + 1 > cfg.seq_length {
+                    return Err(ModelError::ContextOverflow { needed: start + 1, limit: cfg.seq_length });
+                }
+                let id = if on_device {
+                    st.layout.chained.push((st.ids.len(), source));
+                    0
+                } else {
+                    *st.last_launched.get(source).ok_or_else(|| ModelError::Backend {
+                        op: "launch".into(),
+                        message: format!("chained token from row {source} of a step with {} rows", st.last_launched.len()),
+                    })?
+                };
+                st.layout.seq_start.push(start);
+                st.layout.seq_tokens.push(1);
+                st.ids.push(id);
+                st.layout.seq_of_token.push(s);
+                st.layout.position.push(start);
+                match seq.logits {
+                    LogitsWanted::None => {}
+                    _ => st.layout.logit_rows.push(st.ids.len() - 1),
+                }
+                continue;
+            }
             if seq.tokens.is_empty() {
                 return Err(ModelError::EmptyInput);
             }
@@ -400,7 +513,10 @@ impl<B: Backend> Model<B> {
         st.chosen.clear();
         st.sampled.clear();
         if rows == 0 {
-            return b.finish_step();
+            return match readout {
+                Readout::GreedyQueued => b.finish_queued_step(),
+                _ => b.finish_step(),
+            };
         }
         // Decode steps want every row: no gather then.
         let every_row = rows == n && st.layout.logit_rows.iter().enumerate().all(|(i, &r)| i == r);
@@ -415,6 +531,10 @@ impl<B: Backend> Model<B> {
         b.resize(&mut st.logits, rows, vocab);
         b.rms_norm_linear(last, &w.final_norm, eps, &mut st.normed, &w.output, None, &mut st.logits);
         match readout {
+            Readout::GreedyQueued => {
+                b.queue_greedy(&st.logits, vocab);
+                return b.finish_queued_step();
+            }
             Readout::Greedy => b.read_greedy(&st.logits, vocab, &mut st.chosen),
             Readout::Logits => b.read(&st.logits, &mut st.out),
             Readout::Sample(_) => {

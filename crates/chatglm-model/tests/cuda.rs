@@ -629,3 +629,22 @@ fn gpu_p_tuning_prefix_matches_the_official_logits() {
         common::check_ptuning_case(&model, case, name, 1e-3);
     }
 }
+
+#[test]
+fn gpu_queued_steps_with_chained_tokens_match_step_by_step_decoding() {
+    // Each step queued behind the one before, its tokens taken on the device
+    // from the ids the step before chose (the host reads them a step later):
+    // the same ids as step-by-step greedy decoding. Replayed graphs (the 6B
+    // head layout), eager launches (FLASH_SHAPE), and a quantized model (its
+    // embedding rows gathered on the host: steps computed at launch).
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    for (shape, format, queued) in
+        [(&glm2[..], WeightFormat::F16, true), (FLASH_SHAPE, WeightFormat::F16, true), (FLASH_SHAPE, WeightFormat::Q4_0, false)]
+    {
+        let src = random_model(shape, 29);
+        let Some(backend) = cuda(&src.config) else { return };
+        let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+        assert_eq!(gpu.backend.queues_steps(), queued, "{format:?}");
+        common::check_queued_steps_match_synchronous(&gpu, 70);
+    }
+}

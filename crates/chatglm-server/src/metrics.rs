@@ -104,6 +104,20 @@ pub fn render(state: &AppState) -> String {
     );
     scalar(
         &mut out,
+        "chatglm_steps_queued_total",
+        "counter",
+        "Greedy steps queued behind the step the device was running (the host handled that step's tokens meanwhile).",
+        g(&s.queued_steps),
+    );
+    scalar(
+        &mut out,
+        "chatglm_chained_rows_total",
+        "counter",
+        "Rows of queued steps whose token the step before chose on the device, before the host read it.",
+        g(&s.chained_rows),
+    );
+    scalar(
+        &mut out,
         "chatglm_engine_alive",
         "gauge",
         "1 while the engine thread runs, 0 once it has stopped.",

@@ -164,6 +164,9 @@ async fn completions_models_health_metrics_and_the_page() {
     assert_eq!(s.metric("chatglm_inter_token_seconds_count").await, 17.0);
     assert_eq!(s.metric("chatglm_preemptions_total").await, 0.0);
     assert_eq!(s.metric("chatglm_pad_rows_total").await, 0.0);
+    // The CPU computes each step at once: nothing is queued behind another.
+    assert_eq!(s.metric("chatglm_steps_queued_total").await, 0.0);
+    assert_eq!(s.metric("chatglm_chained_rows_total").await, 0.0);
     assert!(s.metric("chatglm_step_forward_seconds_total").await >= 0.0);
     assert!(s.metric("chatglm_step_host_seconds_total").await >= 0.0);
     assert!(s.metric("chatglm_http_responses_total{status=\"200\"}").await >= 6.0);

@@ -135,6 +135,16 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h1(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<1>(x, w, out, cols, eps); }
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<2>(x, w, out, cols, eps); }
 
+// Rows whose token the step before chose and the host has not read yet (it
+// queued this step behind that one): ids[pairs[2i]] = chosen[pairs[2i + 1]].
+// One thread a row.
+extern "C" __global__ void chain_ids(int* ids, const int* pairs, const int* chosen, int n) {
+    pdl_launch_dependents();
+    pdl_wait();
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) ids[pairs[2 * i]] = chosen[pairs[2 * i + 1]];
+}
+
 // out[r] = the greedy choice for row r, as the host's greedy sampler makes
 // it: a row holding NaN or ±inf is first replaced by zeros with 5e4 at index
 // 5 (the official InvalidScoreLogitsProcessor), then the index of the largest

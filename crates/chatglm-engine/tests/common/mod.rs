@@ -11,11 +11,16 @@ use chatglm_engine::{
 /// sent while the first is generating, through an engine on `q`: the second
 /// copies the first's cache of the shared part (one prefix hit) instead of
 /// computing it, and both equal `generate()` alone on `p`.
-pub fn a_request_copies_a_running_one_s_prefix<B: Backend + Send + 'static>(p: &Pipeline<B>, q: Pipeline<B>)
-where
+/// `overlap`: [`EngineConfig::overlap_steps`].
+pub fn a_request_copies_a_running_one_s_prefix<B: Backend + Send + 'static>(
+    p: &Pipeline<B>,
+    q: Pipeline<B>,
+    overlap: Option<bool>,
+) where
     B::Cache: Send,
 {
-    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, EngineConfig::default()).unwrap();
+    let config = EngineConfig { overlap_steps: overlap, ..EngineConfig::default() };
+    let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();
     let h = engine.handle.clone();
     let opening = p.tokenizer.encode_chat(&format!("{} {}", QUERIES[0], QUERIES[1]), &[]);
     let a: Vec<u32> = opening.iter().chain(&p.tokenizer.encode_chat(QUERIES[2], &[])).copied().collect();
@@ -113,11 +118,12 @@ pub const QUERIES: [&str; 6] = [
 /// engine on `q` with `blocks` KV blocks of 8 tokens (a paged backend uses its
 /// own block size): every result equals `generate()` alone on `p`, second
 /// rounds continue their first rounds' caches, and the third wave takes the
-/// kept blocks back as it needs them.
+/// kept blocks back as it needs them. `overlap`: [`EngineConfig::overlap_steps`].
 pub fn next_rounds_continue_the_previous_ones<B: Backend + Send + 'static>(
     p: &Pipeline<B>,
     q: Pipeline<B>,
     blocks: usize,
+    overlap: Option<bool>,
 ) where
     B::Cache: Send,
 {
@@ -127,6 +133,7 @@ pub fn next_rounds_continue_the_previous_ones<B: Backend + Send + 'static>(
         block_size_tokens: 8,
         kv_budget_bytes: per_token * block * blocks,
         max_batch_tokens: 32,
+        overlap_steps: overlap,
         ..EngineConfig::default()
     };
     let engine = Engine::spawn(q.model, Arc::new(q.tokenizer), q.kv_dtype, config).unwrap();

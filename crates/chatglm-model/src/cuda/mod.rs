@@ -24,9 +24,10 @@ use chatglm_cpu::attention::AttentionShape;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
 use chatglm_cuda::quant::{TileShape, TiledPtr};
 use chatglm_cuda::{
-    device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, SplitPlan,
+    device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, HostBuffer, SplitPlan,
     SAMPLE_ROW_WORDS,
 };
+use std::collections::VecDeque;
 use chatglm_weights::ptuning::PrefixKv;
 use chatglm_weights::{DType as FileDType, Tensor};
 use kv::{DevicePrefix, KvPool};
@@ -134,6 +135,30 @@ struct StepBuffers {
     after_attention: bool,
     /// Whether this step's launches are queued for a graph.
     graph: bool,
+    /// Page-locked copies of the metadata and block table, two of each:
+    /// a step uploads through one while the step before may still read the
+    /// other's copy.
+    meta_host: [Option<HostBuffer<i32>>; 2],
+    table_host: [Option<HostBuffer<u64>>; 2],
+    parity: usize,
+    /// Greedy ids of queued steps on their way to the host, oldest first.
+    reads: VecDeque<HostBuffer<i32>>,
+    spare_reads: Vec<HostBuffer<i32>>,
+}
+
+/// Grows a page-locked buffer to hold at least `n` elements.
+fn ensure_host<T: chatglm_cuda::DeviceRepr + chatglm_cuda::ValidAsZeroBits + Copy>(
+    gpu: &Gpu,
+    buf: &mut Option<HostBuffer<T>>,
+    n: usize,
+    what: &str,
+) -> Result<(), CudaError> {
+    if buf.as_ref().is_none_or(|b| b.len() < n) {
+        let cap = buf.as_ref().map_or(0, |b| b.len());
+        *buf = None;
+        *buf = Some(gpu.host_buffer::<T>(n.max(cap + cap / 2).max(256), what)?);
+    }
+    Ok(())
 }
 
 /// Bytes of each dense weight row (8 KB: all of a 6B row) its mat-vec blocks
@@ -181,6 +206,9 @@ pub struct CudaBackend {
     /// CUDA graphs too (`CHATGLM_CUDA_BATCH_GRAPHS=1`; off by default until
     /// measured on a GPU).
     batched_graphs: std::sync::atomic::AtomicBool,
+    /// Whether greedy steps may be queued behind running ones
+    /// (`CHATGLM_CUDA_QUEUE_STEPS=0` turns it off, for measurements).
+    queue_steps: bool,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -274,6 +302,7 @@ impl CudaBackend {
             quantized: std::sync::atomic::AtomicBool::new(false),
             float_products: std::sync::atomic::AtomicBool::new(false),
             batched_graphs: std::env::var("CHATGLM_CUDA_BATCH_GRAPHS").is_ok_and(|v| v == "1").into(),
+            queue_steps: std::env::var("CHATGLM_CUDA_QUEUE_STEPS").map_or(true, |v| v != "0"),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -637,10 +666,39 @@ impl Backend for CudaBackend {
                 ensure(&self.gpu, &mut st.embedded, embedded.len(), "embedding rows")?;
                 self.gpu.upload(&embedded, st.embedded.as_mut().expect("invariant: ensured"), "embedding rows")?;
             }
+            // Through page-locked copies: the step before may still be
+            // running (a queued step), and a copy from pageable memory may
+            // wait for it.
+            let slot = st.parity;
+            st.parity ^= 1;
             ensure(&self.gpu, &mut st.meta, plan.meta.len(), "step metadata")?;
-            self.gpu.upload(&plan.meta, st.meta.as_mut().expect("invariant: ensured"), "step metadata")?;
+            ensure_host(&self.gpu, &mut st.meta_host[slot], plan.meta.len(), "step metadata")?;
+            self.gpu.upload_queued(
+                &plan.meta,
+                st.meta.as_mut().expect("invariant: ensured"),
+                st.meta_host[slot].as_mut().expect("invariant: ensured"),
+                "step metadata",
+            )?;
             ensure(&self.gpu, &mut st.table, plan.table.len(), "block table")?;
-            self.gpu.upload(&plan.table, st.table.as_mut().expect("invariant: ensured"), "block table")?;
+            ensure_host(&self.gpu, &mut st.table_host[slot], plan.table.len(), "block table")?;
+            self.gpu.upload_queued(
+                &plan.table,
+                st.table.as_mut().expect("invariant: ensured"),
+                st.table_host[slot].as_mut().expect("invariant: ensured"),
+                "block table",
+            )?;
+            if plan.n_chained > 0 {
+                // Tokens the step before chose (its ids still in `chosen`,
+                // which this step's own choice overwrites later).
+                let chosen = st.chosen.as_ref().ok_or_else(|| {
+                    CudaError::Invalid { op: "chained tokens".into(), message: "no step before chose tokens".into() }
+                })?;
+                let meta = device_ptr(st.meta.as_ref().expect("invariant: ensured"));
+                let pairs = meta + 4 * plan.off_chained() as u64;
+                // SAFETY: meta holds the step's ids (rows < n_tokens) and the
+                // pairs; every source row < the step before's logits rows.
+                unsafe { self.gpu.chain_ids(meta, pairs, device_ptr(chosen), plan.n_chained)? };
+            }
             if let Some(split) = plan.split {
                 let (o, ml) = split.partials(&self.dims, plan.n_work);
                 ensure(&self.gpu, &mut st.part_o, o, "attention partials")?;
@@ -678,6 +736,66 @@ impl Backend for CudaBackend {
             return Err(e);
         }
         synced.map_err(|e| backend_err("step", e))
+    }
+
+    fn queues_steps(&self) -> bool {
+        // The host gathers a quantized model's embedding rows: it needs the ids.
+        self.queue_steps && lock(&self.host_embedding).is_none()
+    }
+
+    fn queue_greedy(&self, x: &CudaActivations, cols: usize) {
+        if self.failed() {
+            return;
+        }
+        let rows = x.rows;
+        let r = (|| {
+            if x.cols != cols {
+                return Err(CudaError::Invalid {
+                    op: "argmax".into(),
+                    message: format!("{} columns, {cols} expected", x.cols),
+                });
+            }
+            let xp = Self::input(x, rows, cols, "argmax")?;
+            let mut st = lock(&self.step);
+            let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
+            // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32.
+            unsafe { self.gpu.argmax_rows(xp, rows, cols, p)? };
+            drop(st);
+            self.flush_step_launches();
+            let mut st = lock(&self.step);
+            let mut buf = match st.spare_reads.pop() {
+                Some(b) if b.len() >= rows => b,
+                _ => self.gpu.host_buffer::<i32>(rows.max(256), "greedy tokens")?,
+            };
+            let chosen = st.chosen.as_ref().expect("invariant: ensured above");
+            self.gpu.download_queued(chosen, rows, &mut buf, "greedy tokens")?;
+            st.reads.push_back(buf);
+            Ok(())
+        })();
+        if let Err(e) = r {
+            self.fail(backend_err("argmax", e));
+        }
+    }
+
+    fn collect_greedy(&self, out: &mut Vec<u32>) -> Result<(), ModelError> {
+        out.clear();
+        self.gpu.bind().map_err(|e| backend_err("collect", e))?;
+        let mut buf = lock(&self.step)
+            .reads
+            .pop_front()
+            .ok_or_else(|| backend_err("collect", "no queued step to collect"))?;
+        let r = self.gpu.take_download(&mut buf).map(|ids| out.extend(ids.iter().map(|&i| i as u32)));
+        lock(&self.step).spare_reads.push(buf);
+        r.map_err(|e| backend_err("step", e))
+    }
+
+    fn finish_queued_step(&self) -> Result<(), ModelError> {
+        lock(&self.step).sampling.clear();
+        self.flush_step_launches();
+        match lock(&self.error).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn load_matrix(&self, t: &Tensor, format: WeightFormat, _mmap: bool) -> Result<CudaMatrix, ModelError> {

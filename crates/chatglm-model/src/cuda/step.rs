@@ -1,7 +1,8 @@
 //! What a GPU step needs besides the activations: one array of ints (token
 //! ids, positions, sequence of each token, the tokens for the split-context
-//! attention kernel, the query tiles for the tensor-core kernel) and the
-//! block table, both built on the host and uploaded once per step.
+//! attention kernel, the query tiles for the tensor-core kernel, the logits
+//! rows, the rows whose token the step before chose) and the block table,
+//! both built on the host and uploaded once per step.
 
 use crate::forward::TokenLayout;
 use chatglm_cuda::ops::FLASH_TILE_TOKENS;
@@ -22,6 +23,8 @@ pub(crate) struct StepPlan {
     pub n_tiles: usize,
     /// The rows whose logits the step computes (the gather's indices).
     pub logit_rows: Vec<usize>,
+    /// (row, source) pairs after the logit rows: tokens the step before chose.
+    pub n_chained: usize,
     /// Block addresses: row `s` (`max_blocks` wide) for sequence `s`.
     pub table: Vec<u64>,
     pub max_blocks: usize,
@@ -47,6 +50,9 @@ impl StepPlan {
     }
     pub fn off_logit_rows(&self) -> usize {
         self.off_tiles() + 4 * self.n_tiles
+    }
+    pub fn off_chained(&self) -> usize {
+        self.off_logit_rows() + self.logit_rows.len()
     }
 
     /// Lays out a step. `blocks[s]` are sequence `s`'s block addresses (enough
@@ -94,6 +100,7 @@ impl StepPlan {
         meta.extend(work);
         meta.extend(tiles);
         meta.extend(layout.logit_rows.iter().map(|&r| r as i32));
+        meta.extend(layout.chained.iter().flat_map(|&(row, source)| [row as i32, source as i32]));
         if let Some(c) = replay_ctx {
             max_ctx = max_ctx.max(c);
         }
@@ -116,6 +123,7 @@ impl StepPlan {
             n_work,
             n_tiles,
             logit_rows: layout.logit_rows.clone(),
+            n_chained: layout.chained.len(),
             table,
             max_blocks,
             split,

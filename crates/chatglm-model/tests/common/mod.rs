@@ -109,3 +109,95 @@ pub fn check_ptuning_case<B: Backend>(model: &Model<B>, case: &serde_json::Value
     let again = model.forward(&mut state, &mut [seq]).unwrap().to_vec();
     assert!(max_diff(&again, &last) <= tol, "{label}: after clear()");
 }
+
+/// Greedy decoding of a few sequences with each step queued before the one
+/// ahead is read (`launch_greedy` with tokens chained from the step before)
+/// must give exactly the ids of step-by-step `forward_greedy`. Along the way
+/// one sequence leaves and comes back with a token the host gives (not
+/// chained), and a step of one sequence runs alone.
+#[allow(dead_code)]
+pub fn check_queued_steps_match_synchronous<B: Backend>(model: &Model<B>, steps: usize) {
+    use chatglm_model::{ForwardState, KvDType, LogitsWanted, SequenceInput};
+    let vocab = model.config.padded_vocab_size as u32;
+    let prompts: Vec<Vec<u32>> =
+        (0..3u32).map(|s| (0..20 + 23 * s).map(|i| (i * 37 + s * 11 + 3) % vocab).collect()).collect();
+    // Which sequences run at each step: all, except sequence 1 skips steps
+    // 5–7 and step 12 is sequence 2 alone.
+    let runs = |step: usize| -> Vec<usize> {
+        match step {
+            5..=7 => vec![0, 2],
+            12 => vec![2],
+            _ => vec![0, 1, 2],
+        }
+    };
+    let mut state = ForwardState::new(&model.backend);
+    let prefill = |caches: &mut Vec<B::Cache>, state: &mut ForwardState<B>| -> Vec<u32> {
+        let mut batch: Vec<_> = caches
+            .iter_mut()
+            .zip(&prompts)
+            .map(|(cache, p)| SequenceInput { tokens: p, cache, logits: LogitsWanted::Last })
+            .collect();
+        model.forward_greedy(state, &mut batch).unwrap().to_vec()
+    };
+    // Step by step.
+    let mut caches: Vec<B::Cache> = (0..3).map(|_| model.new_cache(KvDType::F16)).collect();
+    let mut last = prefill(&mut caches, &mut state);
+    let mut want: Vec<Vec<(usize, u32)>> = Vec::new();
+    for step in 0..steps {
+        let seqs = runs(step);
+        let tokens: Vec<[u32; 1]> = seqs.iter().map(|&s| [last[s]]).collect();
+        let mut batch: Vec<_> = caches
+            .iter_mut()
+            .enumerate()
+            .filter(|(s, _)| seqs.contains(s))
+            .zip(&tokens)
+            .map(|((_, cache), t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
+            .collect();
+        let ids = model.forward_greedy(&mut state, &mut batch).unwrap().to_vec();
+        for (&s, &id) in seqs.iter().zip(&ids) {
+            last[s] = id;
+        }
+        want.push(seqs.iter().copied().zip(ids).collect());
+    }
+    // Queued: step k + 1 launched before step k is collected.
+    let mut caches: Vec<B::Cache> = (0..3).map(|_| model.new_cache(KvDType::F16)).collect();
+    let mut last = prefill(&mut caches, &mut state);
+    let mut got: Vec<Vec<(usize, u32)>> = Vec::new();
+    let mut prev_rows: Vec<usize> = Vec::new(); // sequences of the launched step, in row order
+    for step in 0..=steps {
+        if step < steps {
+            let seqs = runs(step);
+            // Chained where the sequence was in the step just launched; its
+            // token is still on the device. Otherwise the host knows it.
+            let from: Vec<Option<usize>> =
+                seqs.iter().map(|s| prev_rows.iter().position(|p| p == s)).collect();
+            let tokens: Vec<[u32; 1]> = seqs.iter().map(|&s| [last[s]]).collect();
+            let mut batch: Vec<_> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(s, _)| seqs.contains(s))
+                .zip(&tokens)
+                .map(|((_, cache), t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
+                .collect();
+            model.launch_greedy(&mut state, &mut batch, &from).unwrap();
+            if step > 0 {
+                let ids = model.collect_greedy(&mut state).unwrap().to_vec();
+                let done = runs(step - 1);
+                for (&s, &id) in done.iter().zip(&ids) {
+                    last[s] = id;
+                }
+                got.push(done.iter().copied().zip(ids).collect());
+            }
+            prev_rows = seqs;
+        } else {
+            let ids = model.collect_greedy(&mut state).unwrap().to_vec();
+            got.push(runs(step - 1).iter().copied().zip(ids).collect());
+        }
+        // A sequence coming back after a gap takes the host's token: make
+        // sure the host has it (collected above) before it is used.
+    }
+    assert_eq!(state.launched_steps(), 0);
+    for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "queued step {step} differs from step-by-step decoding");
+    }
+}

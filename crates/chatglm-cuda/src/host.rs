@@ -1,0 +1,131 @@
+//! Page-locked host buffers for copies that must not make the host wait:
+//! a step queued behind one still running uploads its metadata and reads
+//! its chosen tokens through these (copies from or to pageable memory may
+//! wait for the stream).
+
+use crate::{CudaError, Gpu};
+use cudarc::driver::{result, CudaEvent, CudaSlice, DevicePtr, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
+
+/// Page-locked host memory and the event of the last copy that used it.
+pub struct HostBuffer<T: DeviceRepr> {
+    pinned: PinnedHostSlice<T>,
+    last_copy: Option<CudaEvent>,
+    /// Elements the last queued download brings.
+    filled: usize,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits + Copy> HostBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.pinned.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pinned.is_empty()
+    }
+
+    /// Waits until the copy last queued through this buffer is done.
+    fn wait(&mut self) -> Result<(), CudaError> {
+        if let Some(e) = self.last_copy.take() {
+            e.synchronize().map_err(|e| CudaError::call("cuEventSynchronize(host buffer)", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Gpu {
+    /// A page-locked host buffer of `len` elements (contents unset).
+    pub fn host_buffer<T: DeviceRepr + ValidAsZeroBits + Copy>(
+        &self,
+        len: usize,
+        what: &str,
+    ) -> Result<HostBuffer<T>, CudaError> {
+        // SAFETY: the buffer is only read after a download filled it, or
+        // written before an upload reads it.
+        let pinned = unsafe { self.context().alloc_pinned_with_flags::<T>(len.max(1), 0) }
+            .map_err(|e| CudaError::call(format!("cuMemHostAlloc({what})"), e))?;
+        Ok(HostBuffer { pinned, last_copy: None, filled: 0 })
+    }
+
+    /// Queues a copy of `src` into `dst` through `buf` and returns without
+    /// waiting for the stream (only for `buf`'s previous copy, queued long
+    /// before).
+    pub fn upload_queued<T: DeviceRepr + ValidAsZeroBits + Copy>(
+        &self,
+        src: &[T],
+        dst: &mut CudaSlice<T>,
+        buf: &mut HostBuffer<T>,
+        what: &str,
+    ) -> Result<(), CudaError> {
+        if src.len() > dst.len() || src.len() > buf.len() {
+            return Err(CudaError::invalid(
+                format!("upload {what}"),
+                format!("{} elements into a buffer of {} (host {})", src.len(), dst.len(), buf.len()),
+            ));
+        }
+        self.flush_recorded(false)?;
+        buf.wait()?;
+        let host = buf.pinned.as_mut_slice().map_err(|e| CudaError::call(format!("pinned {what}"), e))?;
+        host[..src.len()].copy_from_slice(src);
+        let stream = self.stream();
+        let (dst_ptr, _record) = dst.device_ptr(stream);
+        // SAFETY: dst holds ≥ src.len() elements; the host slice stays alive
+        // and untouched until `last_copy` has completed (waited on above at
+        // the next use, or when the buffer is dropped: see Drop).
+        unsafe { result::memcpy_htod_async(dst_ptr, &host[..src.len()], stream.cu_stream()) }
+            .map_err(|e| CudaError::call(format!("cuMemcpyHtoDAsync({what})"), e))?;
+        buf.last_copy =
+            Some(stream.record_event(None).map_err(|e| CudaError::call(format!("cuEventRecord({what})"), e))?);
+        Ok(())
+    }
+
+    /// Queues a copy of the first `n` elements of `src` into `buf`; read them
+    /// with [`Gpu::take_download`].
+    pub fn download_queued<T: DeviceRepr + ValidAsZeroBits + Copy>(
+        &self,
+        src: &CudaSlice<T>,
+        n: usize,
+        buf: &mut HostBuffer<T>,
+        what: &str,
+    ) -> Result<(), CudaError> {
+        if n > src.len() || n > buf.len() {
+            return Err(CudaError::invalid(
+                format!("download {what}"),
+                format!("{n} elements from a buffer of {} (host {})", src.len(), buf.len()),
+            ));
+        }
+        self.flush_recorded(false)?;
+        buf.wait()?;
+        let host = buf.pinned.as_mut_slice().map_err(|e| CudaError::call(format!("pinned {what}"), e))?;
+        let stream = self.stream();
+        let (src_ptr, _record) = src.device_ptr(stream);
+        // SAFETY: src holds ≥ n elements; the host slice is not read before
+        // `last_copy` completes (take_download waits for it).
+        unsafe { result::memcpy_dtoh_async(&mut host[..n], src_ptr, stream.cu_stream()) }
+            .map_err(|e| CudaError::call(format!("cuMemcpyDtoHAsync({what})"), e))?;
+        buf.last_copy =
+            Some(stream.record_event(None).map_err(|e| CudaError::call(format!("cuEventRecord({what})"), e))?);
+        buf.filled = n;
+        Ok(())
+    }
+
+    /// Waits for `buf`'s queued download (and all work queued before it,
+    /// whose faults it reports) and returns what it brought.
+    pub fn take_download<'b, T: DeviceRepr + ValidAsZeroBits + Copy>(
+        &self,
+        buf: &'b mut HostBuffer<T>,
+    ) -> Result<&'b [T], CudaError> {
+        buf.wait()?;
+        let n = buf.filled;
+        let host = buf.pinned.as_slice().map_err(|e| CudaError::call("pinned download", e))?;
+        Ok(&host[..n])
+    }
+}
+
+impl<T: DeviceRepr> Drop for HostBuffer<T> {
+    fn drop(&mut self) {
+        // The pinned memory must outlive a copy still queued through it.
+        if let Some(e) = self.last_copy.take() {
+            let _ = e.synchronize();
+        }
+    }
+}
