@@ -70,6 +70,9 @@ def one_request(host, port, prompt, max_tokens, timeout_s):
             if data == "[DONE]":
                 break
             chunk = json.loads(data)
+            if chunk.get("error"):
+                # The server reports a request that failed mid-stream in the stream itself.
+                raise RuntimeError(f"stream error: {json.dumps(chunk['error'])[:200]}")
             if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
                 now = time.perf_counter()
                 if ttft is None:

@@ -16,6 +16,9 @@
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels; PROFILE_DTYPE=q4_0 profiles that format); SERVE_CONCURRENCY=64 the HTTP server
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
+# BATCH_GRAPHS_COMPARE=1 adds the batched decode with CUDA graphs for batched steps (CHATGLM_CUDA_BATCH_GRAPHS=1).
+# QUEUE_COMPARE=1 times decode with each step queued behind the running one (the default) and with
+# CHATGLM_CUDA_QUEUE_STEPS=0 alternately.
 # SERVE_GRAPHS="0 1" runs the server load test without and with batched-decode CUDA graphs; PACK=1 leaves
 # the report as one archive (report.tgz) beside the kernel cache.
 # HISTORY=1 times a 4-round chat through the HTTP server with and without KV reuse of the previous round
@@ -195,9 +198,20 @@ PY
     fi
     run_bench f16 $b --dtype f16 --prompt-len 2048 --gen-len 128 --repeat 3 --context 8192,32000 --context-steps 16
     run_bench f16-short $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
+    if [ "${QUEUE_COMPARE:-0}" != 0 ]; then
+      # Steps queued behind the running one (default) against each step read before the next is launched.
+      for q in 0 1 0 1; do
+        run_bench "f16-short-queue-$q" env CHATGLM_CUDA_QUEUE_STEPS=$q $b --dtype f16 --prompt-len 16 --gen-len 256 --repeat 3
+      done
+      if [ -n "${CONCURRENCY:-}" ]; then
+        run_bench batched-queue-0 env CHATGLM_CUDA_QUEUE_STEPS=0 $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
+      fi
+    fi
     if [ -n "${CONCURRENCY:-}" ]; then
       run_bench batched $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
-      run_bench batched-graphs env CHATGLM_CUDA_BATCH_GRAPHS=1 $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
+      if [ "${BATCH_GRAPHS_COMPARE:-0}" != 0 ]; then
+        run_bench batched-graphs env CHATGLM_CUDA_BATCH_GRAPHS=1 $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
+      fi
     fi
     if [ "${LT_COMPARE:-0}" != 0 ]; then
       run_bench prefill-lt $b --dtype f16 --prompt-len 2048 --gen-len 4 --repeat 5

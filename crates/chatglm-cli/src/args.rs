@@ -311,6 +311,7 @@ impl SamplingArgs {
             max_new_tokens: self.max_new_tokens,
             stop: self.stop.clone(),
             eos_ids: vec![eos],
+            queue_steps: None,
         })
     }
 }

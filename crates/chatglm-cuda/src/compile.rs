@@ -30,6 +30,7 @@ fn elementwise_kernels() -> Vec<String> {
         "to_f16",
         "to_bf16",
         "argmax_rows",
+        "chain_ids",
     ]
     .map(String::from)
     .into();
@@ -321,6 +322,35 @@ mod tests {
         assert_eq!(name, cache_file_name(s, 90, &cache_versions(13000, "13.0")));
         assert_ne!(name, cache_file_name(s, 90, &cache_versions(13010, "13.0")));
         assert_ne!(name, cache_file_name(s, 80, &v));
+    }
+
+    #[test]
+    fn every_kernel_a_source_defines_is_listed() {
+        // A kernel missing from its file's list compiles but cannot be
+        // launched ("not available on this device"), found only on a GPU.
+        for s in SOURCES {
+            let listed = (s.kernels)();
+            for def in s.text.split("extern \"C\" __global__").skip(1) {
+                // `void name(` or `void __launch_bounds__(…) name(`, with any
+                // line breaks between.
+                let mut rest = def.trim_start().trim_start_matches('\\').trim_start();
+                rest = rest.strip_prefix("void").unwrap_or(rest).trim_start();
+                if let Some(r) = rest.strip_prefix("__launch_bounds__") {
+                    rest = r.split_once(')').map_or(r, |(_, after)| after);
+                }
+                let name = rest
+                    .trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+                    .split('(')
+                    .next()
+                    .unwrap_or("")
+                    .trim();
+                // Macro bodies (names built with ##) are checked the other way round.
+                if name.contains("##") || name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                    continue;
+                }
+                assert!(listed.iter().any(|l| l == name), "{name} (in {}.cu) is not in its kernel list", s.name);
+            }
+        }
     }
 
     #[test]

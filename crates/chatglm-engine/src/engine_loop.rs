@@ -401,8 +401,7 @@ impl<'t, B: Backend> Loop<'t, B> {
             c.start + c.n_tokens <= seq.tokens.len()
                 || (c.n_tokens == 1 && c.start == seq.tokens.len() && chain_rows.contains_key(&c.id))
         };
-        let all_chainable =
-            plan.chunks.iter().all(|c| self.seqs.get(&c.id).is_none_or(|seq| chainable(c, seq)));
+        let all_chainable = plan.chunks.iter().all(|c| self.seqs.get(&c.id).is_none_or(|seq| chainable(c, seq)));
         if self.in_flight.is_some() && (!queue || !all_chainable) {
             self.collect_in_flight(state, row, chosen);
             chain_rows.clear();

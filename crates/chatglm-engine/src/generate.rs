@@ -25,6 +25,13 @@ pub struct GenerationConfig {
     pub stop: Vec<String>,
     /// Token ids that end generation (ChatGLM2: `</s>` = 2).
     pub eos_ids: Vec<u32>,
+    /// Greedy decoding with each step queued before the host reads the one
+    /// ahead (its token taken on the device), so the device does not wait
+    /// for the host between tokens; a token that ends the reply (end of
+    /// text, a stop string) then costs one step computed and dropped.
+    /// `None`: where the backend queues steps (a GPU); `Some(true)` on a
+    /// backend that computes at launch is for tests.
+    pub queue_steps: Option<bool>,
 }
 
 impl Default for GenerationConfig {
@@ -36,6 +43,7 @@ impl Default for GenerationConfig {
             max_new_tokens: None,
             stop: Vec::new(),
             eos_ids: vec![2],
+            queue_steps: None,
         }
     }
 }
@@ -170,6 +178,13 @@ pub fn generate<B: Backend>(
     let mut previous: Vec<u32> = if config.sampling.repetition_penalty != 1.0 { new_ids.to_vec() } else { Vec::new() };
     let max_new = config.max_new_tokens.unwrap_or(usize::MAX);
     let mut sampler = Sampler::new();
+    let queued = step.greedy && config.queue_steps.unwrap_or_else(|| model.backend.queues_steps());
+    // Whether the token making the reply `generated` long, at `total` tokens
+    // in all, is the last by length (known before its value).
+    let last_by_length =
+        |generated: usize, total: usize| total >= config.max_length || generated >= max_new || total >= context_limit;
+    // Queued decoding: a step feeding the current token is on the device.
+    let mut in_flight = false;
     let finish = loop {
         let token = match (step.chosen, step.drawn) {
             (Some(id), _) => id,
@@ -180,7 +195,16 @@ pub fn generate<B: Backend>(
         if config.sampling.repetition_penalty != 1.0 {
             previous.push(token);
         }
-        let total = cache.len() + 1;
+        let total = cache.len() - usize::from(in_flight) + 1;
+        if queued && !in_flight && !last_by_length(generated.len(), total) {
+            // Feed the token before looking at it (dropped if it ends the reply).
+            let mut batch = [SequenceInput { tokens: &[token], cache: &mut *cache, logits: LogitsWanted::Last }];
+            if let Err(e) = model.launch_greedy(state, &mut batch, &[None]) {
+                drain_launched(model, state);
+                return Err(e.into());
+            }
+            in_flight = true;
+        }
         if config.eos_ids.contains(&token) {
             break FinishReason::Stop;
         }
@@ -198,12 +222,39 @@ pub fn generate<B: Backend>(
             }
             emitted = ready;
         }
-        if total >= config.max_length || generated.len() >= max_new || total >= context_limit {
+        if last_by_length(generated.len(), total) {
             break FinishReason::Length;
+        }
+        if queued {
+            // The step feeding this token is on the device; queue the one
+            // feeding the next (unless that one is the last by length), then
+            // read this one's choice.
+            let feed_next = !last_by_length(generated.len() + 1, total + 1);
+            if feed_next {
+                let mut batch = [SequenceInput { tokens: &[0], cache: &mut *cache, logits: LogitsWanted::Last }];
+                if let Err(e) = model.launch_greedy(state, &mut batch, &[Some(0)]) {
+                    drain_launched(model, state);
+                    return Err(e.into());
+                }
+            }
+            match model.collect_greedy(state) {
+                Ok(ids) => step.chosen = ids.first().copied(),
+                Err(e) => {
+                    drain_launched(model, state);
+                    return Err(e.into());
+                }
+            }
+            in_flight = feed_next;
+            continue;
         }
         let mut batch = [SequenceInput { tokens: &[token], cache: &mut *cache, logits: LogitsWanted::Last }];
         step.run(model, state, &mut batch, &mut rng)?;
     };
+    if in_flight {
+        // The queued step fed a token that ended the reply: drop it.
+        drain_launched(model, state);
+        cache.truncate(cache.len() - 1);
+    }
     if finish != FinishReason::Cancelled {
         text.push_str(&detok.finish());
         if let Some(at) = stops.find(&text) {
@@ -216,6 +267,13 @@ pub fn generate<B: Backend>(
     let timings =
         Timings { prompt_tokens: new_ids.len(), prefill, generated_tokens: generated.len(), decode: t1.elapsed() };
     Ok(GenerationOutput { generated_ids: generated, text, finish_reason: finish, timings })
+}
+
+/// Reads (and drops) every step launched and not yet read.
+fn drain_launched<B: Backend>(model: &Model<B>, state: &mut ForwardState<B>) {
+    while state.launched_steps() > 0 {
+        let _ = model.collect_greedy(state);
+    }
 }
 
 /// One forward step of [`generate`] and what it leaves for choosing the next

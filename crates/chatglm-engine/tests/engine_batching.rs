@@ -363,7 +363,8 @@ fn greedy_and_sampled_requests_mixed_with_queued_steps() {
     let p = pipeline();
     let prompts: Vec<Vec<u32>> = QUERIES.iter().map(|q| p.tokenizer.encode_chat(q, &[])).collect();
     let run = |overlap: bool| -> Vec<Completion> {
-        let (engine, _) = spawn(EngineConfig { max_batch_size: 6, overlap_steps: Some(overlap), ..EngineConfig::default() });
+        let (engine, _) =
+            spawn(EngineConfig { max_batch_size: 6, overlap_steps: Some(overlap), ..EngineConfig::default() });
         let rxs: Vec<_> = prompts
             .iter()
             .enumerate()

@@ -429,7 +429,10 @@ impl<B: Backend> Model<B> {
                 } else {
                     *st.last_launched.get(source).ok_or_else(|| ModelError::Backend {
                         op: "launch".into(),
-                        message: format!("chained token from row {source} of a step with {} rows", st.last_launched.len()),
+                        message: format!(
+                            "chained token from row {source} of a step with {} rows",
+                            st.last_launched.len()
+                        ),
                     })?
                 };
                 st.layout.seq_start.push(start);

@@ -638,9 +638,11 @@ fn gpu_queued_steps_with_chained_tokens_match_step_by_step_decoding() {
     // head layout), eager launches (FLASH_SHAPE), and a quantized model (its
     // embedding rows gathered on the host: steps computed at launch).
     let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
-    for (shape, format, queued) in
-        [(&glm2[..], WeightFormat::F16, true), (FLASH_SHAPE, WeightFormat::F16, true), (FLASH_SHAPE, WeightFormat::Q4_0, false)]
-    {
+    for (shape, format, queued) in [
+        (&glm2[..], WeightFormat::F16, true),
+        (FLASH_SHAPE, WeightFormat::F16, true),
+        (FLASH_SHAPE, WeightFormat::Q4_0, false),
+    ] {
         let src = random_model(shape, 29);
         let Some(backend) = cuda(&src.config) else { return };
         let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();

@@ -27,11 +27,11 @@ use chatglm_cuda::{
     device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, HostBuffer, SplitPlan,
     SAMPLE_ROW_WORDS,
 };
-use std::collections::VecDeque;
 use chatglm_weights::ptuning::PrefixKv;
 use chatglm_weights::{DType as FileDType, Tensor};
 use kv::{DevicePrefix, KvPool};
 use quant::HostTable;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use step::StepPlan;
 use upload::gpu_dtype;
@@ -690,8 +690,9 @@ impl Backend for CudaBackend {
             if plan.n_chained > 0 {
                 // Tokens the step before chose (its ids still in `chosen`,
                 // which this step's own choice overwrites later).
-                let chosen = st.chosen.as_ref().ok_or_else(|| {
-                    CudaError::Invalid { op: "chained tokens".into(), message: "no step before chose tokens".into() }
+                let chosen = st.chosen.as_ref().ok_or_else(|| CudaError::Invalid {
+                    op: "chained tokens".into(),
+                    message: "no step before chose tokens".into(),
                 })?;
                 let meta = device_ptr(st.meta.as_ref().expect("invariant: ensured"));
                 let pairs = meta + 4 * plan.off_chained() as u64;
@@ -780,10 +781,8 @@ impl Backend for CudaBackend {
     fn collect_greedy(&self, out: &mut Vec<u32>) -> Result<(), ModelError> {
         out.clear();
         self.gpu.bind().map_err(|e| backend_err("collect", e))?;
-        let mut buf = lock(&self.step)
-            .reads
-            .pop_front()
-            .ok_or_else(|| backend_err("collect", "no queued step to collect"))?;
+        let mut buf =
+            lock(&self.step).reads.pop_front().ok_or_else(|| backend_err("collect", "no queued step to collect"))?;
         let r = self.gpu.take_download(&mut buf).map(|ids| out.extend(ids.iter().map(|&i| i as u32)));
         lock(&self.step).spare_reads.push(buf);
         r.map_err(|e| backend_err("step", e))

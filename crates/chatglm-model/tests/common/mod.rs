@@ -169,8 +169,7 @@ pub fn check_queued_steps_match_synchronous<B: Backend>(model: &Model<B>, steps:
             let seqs = runs(step);
             // Chained where the sequence was in the step just launched; its
             // token is still on the device. Otherwise the host knows it.
-            let from: Vec<Option<usize>> =
-                seqs.iter().map(|s| prev_rows.iter().position(|p| p == s)).collect();
+            let from: Vec<Option<usize>> = seqs.iter().map(|s| prev_rows.iter().position(|p| p == s)).collect();
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&s| [last[s]]).collect();
             let mut batch: Vec<_> = caches
                 .iter_mut()
