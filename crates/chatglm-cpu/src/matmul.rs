@@ -123,13 +123,16 @@ pub fn matmul(kernels: &Kernels, w: &Matrix, x: &[f32], n_tokens: usize, y: &mut
     }
 }
 
+/// A one-token f16 product on f16 activations.
+type DotF16H = fn(&[half::f16], &[half::f16]) -> f32;
+
 /// One sweep's activations in each form the formats read.
 struct Activations<'a> {
     x: &'a [f32],
     xh: &'a [half::f16],
     q8: &'a [BlockQ8_0],
     quads: &'a [Q8Quad],
-    one_token_f16: Option<fn(&[half::f16], &[half::f16]) -> f32>,
+    one_token_f16: Option<DotF16H>,
 }
 
 /// Every weight row against the `n_tokens` activation rows of `a`, split
