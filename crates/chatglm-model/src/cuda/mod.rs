@@ -750,19 +750,11 @@ impl Backend for CudaBackend {
         }
         let rows = x.rows;
         let r = (|| {
-            if x.cols != cols {
-                return Err(CudaError::Invalid {
-                    op: "argmax".into(),
-                    message: format!("{} columns, {cols} expected", x.cols),
-                });
+            self.argmax_into_chosen(x, cols)?;
+            if self.failed() {
+                // The launch fails (finish_queued_step): no read to queue for it.
+                return Ok(());
             }
-            let xp = Self::input(x, rows, cols, "argmax")?;
-            let mut st = lock(&self.step);
-            let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
-            // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32.
-            unsafe { self.gpu.argmax_rows(xp, rows, cols, p)? };
-            drop(st);
-            self.flush_step_launches();
             let mut st = lock(&self.step);
             let mut buf = match st.spare_reads.pop() {
                 Some(b) if b.len() >= rows => b,
@@ -771,7 +763,7 @@ impl Backend for CudaBackend {
             let chosen = st.chosen.as_ref().expect("invariant: ensured above");
             self.gpu.download_queued(chosen, rows, &mut buf, "greedy tokens")?;
             st.reads.push_back(buf);
-            Ok(())
+            Ok::<(), CudaError>(())
         })();
         if let Err(e) = r {
             self.fail(backend_err("argmax", e));
@@ -1350,19 +1342,7 @@ impl Backend for CudaBackend {
         let rows = x.rows;
         let mut ids = vec![0i32; rows];
         let r = (|| {
-            if x.cols != cols {
-                return Err(CudaError::Invalid {
-                    op: "argmax".into(),
-                    message: format!("{} columns, {cols} expected", x.cols),
-                });
-            }
-            let xp = Self::input(x, rows, cols, "argmax")?;
-            let mut st = lock(&self.step);
-            let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
-            // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32.
-            unsafe { self.gpu.argmax_rows(xp, rows, cols, p)? };
-            drop(st);
-            self.flush_step_launches();
+            self.argmax_into_chosen(x, cols)?;
             let st = lock(&self.step);
             self.gpu.download(st.chosen.as_ref().expect("invariant: ensured above"), &mut ids, "greedy tokens")
         })();
@@ -1419,6 +1399,26 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
+    /// Each row's greedy token of the logits `x` (cols wide) into the step's
+    /// `chosen` buffer, with the step's launches issued: ready to be read.
+    fn argmax_into_chosen(&self, x: &CudaActivations, cols: usize) -> Result<(), CudaError> {
+        let rows = x.rows;
+        if x.cols != cols {
+            return Err(CudaError::Invalid {
+                op: "argmax".into(),
+                message: format!("{} columns, {cols} expected", x.cols),
+            });
+        }
+        let xp = Self::input(x, rows, cols, "argmax")?;
+        let mut st = lock(&self.step);
+        let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
+        // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32.
+        unsafe { self.gpu.argmax_rows(xp, rows, cols, p)? };
+        drop(st);
+        self.flush_step_launches();
+        Ok(())
+    }
+
     /// Issues the step's queued launches (from a graph when the step is
     /// replayable): the step's results are about to be read.
     fn flush_step_launches(&self) {
