@@ -111,6 +111,10 @@ pub struct EngineStats {
     pub device_memory_used_bytes: AtomicU64,
     pub device_memory_total_bytes: AtomicU64,
     pub device_workspace_bytes: AtomicU64,
+    /// Gauge and counters: CUDA graphs kept, steps captured, steps replayed.
+    pub device_graphs_cached: AtomicU64,
+    pub device_graph_captures: AtomicU64,
+    pub device_graph_replays: AtomicU64,
     /// Arrival to end, finished requests.
     pub request_latency: Histogram,
     /// Arrival to first token.
@@ -133,6 +137,9 @@ pub(crate) fn sample_device_memory<B: chatglm_model::Backend>(backend: &B, stats
         stats.device_memory_used_bytes.store(m.used_bytes as u64, Relaxed);
         stats.device_memory_total_bytes.store(m.total_bytes as u64, Relaxed);
         stats.device_workspace_bytes.store(m.workspace_bytes as u64, Relaxed);
+        stats.device_graphs_cached.store(m.graphs_cached as u64, Relaxed);
+        stats.device_graph_captures.store(m.graph_captures, Relaxed);
+        stats.device_graph_replays.store(m.graph_replays, Relaxed);
     }
 }
 

@@ -17,6 +17,11 @@ pub struct DeviceMemory {
     pub total_bytes: usize,
     /// Library scratch space this backend holds (cuBLASLt's workspace).
     pub workspace_bytes: usize,
+    /// CUDA graphs kept for replay (their memory is in `used_bytes`), and
+    /// how many steps were captured and replayed so far.
+    pub graphs_cached: usize,
+    pub graph_captures: u64,
+    pub graph_replays: u64,
 }
 
 /// A compute device for [`crate::Model`].

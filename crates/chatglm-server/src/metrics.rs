@@ -197,6 +197,27 @@ pub fn render(state: &AppState) -> String {
             "Library workspace held on the GPU (cuBLASLt).",
             g(&s.device_workspace_bytes),
         );
+        scalar(
+            &mut out,
+            "chatglm_cuda_graphs",
+            "gauge",
+            "CUDA graphs of decode steps kept for replay (their memory counts in chatglm_device_memory_used_bytes).",
+            g(&s.device_graphs_cached),
+        );
+        scalar(
+            &mut out,
+            "chatglm_cuda_graph_captures_total",
+            "counter",
+            "Decode steps captured into CUDA graphs.",
+            g(&s.device_graph_captures),
+        );
+        scalar(
+            &mut out,
+            "chatglm_cuda_graph_replays_total",
+            "counter",
+            "Decode steps replayed from CUDA graphs.",
+            g(&s.device_graph_replays),
+        );
     }
     scalar(
         &mut out,

@@ -535,10 +535,14 @@ impl Backend for CudaBackend {
 
     fn device_memory(&self) -> Option<crate::DeviceMemory> {
         let (free, total) = self.gpu.memory().ok()?;
+        let graphs = self.gpu.graph_stats();
         Some(crate::DeviceMemory {
             used_bytes: total.saturating_sub(free),
             total_bytes: total,
             workspace_bytes: self.gpu.workspace_bytes(),
+            graphs_cached: graphs.cached,
+            graph_captures: graphs.captures,
+            graph_replays: graphs.replays,
         })
     }
 
