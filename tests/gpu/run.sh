@@ -16,6 +16,7 @@
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels; PROFILE_DTYPE=q4_0 profiles that format); SERVE_CONCURRENCY=64 the HTTP server
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
+# VARIANT="DECODE_LAZY_RESCALE=1" times a kernel variant against the default (and runs the attention tests under it).
 # BATCH_GRAPHS_COMPARE=1 adds the batched decode with CUDA graphs for batched steps (CHATGLM_CUDA_BATCH_GRAPHS=1).
 # QUEUE_COMPARE=1 times decode with each step queued behind the running one (the default) and with
 # CHATGLM_CUDA_QUEUE_STEPS=0 alternately.
@@ -232,6 +233,19 @@ PY
     for pb in ${ATT_PREFETCH_SWEEP:-}; do
       run_bench "after-attention-prefetch-$pb" env CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION=$pb $b --dtype f16 --prompt-len 0 --gen-len 64 --context 2048,8192 --context-steps 32
     done
+    # VARIANT="DEFINE=1": a kernel variant (CHATGLM_NVRTC_DEFINES) against the default, alternating, at short,
+    # 2K, 8K and 32K contexts; with TESTS on, the attention and graph tests run under the variant first.
+    if [ -n "${VARIANT:-}" ]; then
+      if [ "${TESTS:-1}" != 0 ] && [ -x "$BIN/tests/cuda" ]; then
+        echo "== tests under $VARIANT" | tee -a "$summary"
+        for t in gpu_long_context gpu_batched_decode_with_16 gpu_graph_replay gpu_queued_steps gpu_matches_cpu; do
+          CHATGLM_NVRTC_DEFINES="$VARIANT" "$BIN/tests/cuda" "$t" --test-threads=1 2>&1 | grep -E "^test result|panicked" | tee -a "$summary"
+        done
+      fi
+      for v in "" "$VARIANT" "" "$VARIANT"; do
+        run_bench "variant-${v:-default}" env CHATGLM_NVRTC_DEFINES="$v" $b --dtype f16 --prompt-len 16 --gen-len 128 --repeat 2 --context 2048,8192,32000 --context-steps 64
+      done
+    fi
     for k in ${MMA_BLOCKS_SWEEP:-}; do
       run_bench "decode-mma-blocks-$k" env CHATGLM_DECODE_MMA_BLOCKS=$k $b --dtype f16 --prompt-len 0 --gen-len 32 --context 2048,8192,32000 --context-steps 16
     done
