@@ -60,7 +60,7 @@ pub(crate) enum Op {
 /// Graphs kept: a few batch shapes and buffer sets (13 padded batch sizes
 /// by 2–3 ways of choosing tokens, besides one-token steps); beyond that the
 /// one used longest ago goes (capturing again costs one step's launches).
-const MAX_GRAPHS: usize = 64;
+pub const MAX_GRAPHS: usize = 64;
 
 struct Captured {
     signature: Vec<u64>,

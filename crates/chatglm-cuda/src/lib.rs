@@ -29,6 +29,6 @@ pub use compile::{compile_all, write_kernel_cache};
 pub use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, GemvLean, Gpu};
 pub use error::CudaError;
-pub use graph::GraphStats;
+pub use graph::{GraphStats, MAX_GRAPHS};
 pub use host::HostBuffer;
 pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};

@@ -167,6 +167,9 @@ fn ensure_host<T: chatglm_cuda::DeviceRepr + chatglm_cuda::ValidAsZeroBits + Cop
 /// decoded tokens alternating 0 / 8192: 281.0 / 294.8 / 285.1 / 296.8 tok/s.
 const DEFAULT_PREFETCH_AFTER_ATTENTION: usize = 8192;
 
+/// CUDA graphs of decode steps kept for replay (chatglm_cuda's limit).
+const MAX_GRAPHS: usize = chatglm_cuda::MAX_GRAPHS;
+
 /// Runs the model on one NVIDIA GPU.
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
@@ -523,8 +526,8 @@ impl Backend for CudaBackend {
         });
         Some(format!(
             "GPU memory: weights {:.2} GiB{host}, workspace {} MiB; {:.1} of {:.1} GiB free, 1 GiB of it kept for \
-             activations, room for about {kv_tokens} tokens of KV cache ({} KiB per token) in 64-token blocks \
-             allocated as sequences grow",
+             activations and the CUDA graphs of decode steps (at most {MAX_GRAPHS} kept), room for about \
+             {kv_tokens} tokens of KV cache ({} KiB per token) in 64-token blocks allocated as sequences grow",
             gib(weight_bytes),
             self.gpu.workspace_bytes() >> 20,
             gib(free),
