@@ -16,7 +16,8 @@
 # per-kernel times from ncu (NCU_CACHE=none: caches not flushed between kernels; PROFILE_DTYPE=q4_0 profiles that format); SERVE_CONCURRENCY=64 the HTTP server
 # under that many streaming clients (bench/serve) beside the engine-level figure; CUDA libraries are
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
-# VARIANT="DECODE_LAZY_RESCALE=1" times a kernel variant against the default (and runs the attention tests under it).
+# VARIANT="DECODE_LAZY_RESCALE=1 QMMA_NT4_TWO_BLOCKS=1" times kernel variants against the default (f16 decode at
+# 2K/8K/32K; with QUANT=1 also 16 and 32 int4 sequences) and runs the attention, quantized and qmma tests under them.
 # BATCH_GRAPHS_COMPARE=1 adds the batched decode with CUDA graphs for batched steps (CHATGLM_CUDA_BATCH_GRAPHS=1).
 # QUEUE_COMPARE=1 times decode with each step queued behind the running one (the default) and with
 # CHATGLM_CUDA_QUEUE_STEPS=0 alternately.
@@ -190,6 +191,12 @@ PY
       run_bench q4_0-long $b --dtype q4_0 --prompt-len 2048 --gen-len 64 --repeat 2 --context 8192 --context-steps 16
       run_bench q4_0-batched32 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
       run_bench q4_0-batched32-graphs env CHATGLM_CUDA_BATCH_GRAPHS=1 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
+      if [ -n "${VARIANT:-}" ]; then
+        # e.g. VARIANT=QMMA_NT4_TWO_BLOCKS=1 (the qmma suite under it when the tests ran: run `qmma` with it too).
+        for v in "$VARIANT" "" "$VARIANT"; do
+          run_bench "q4_0-batched32-variant-${v:-default}" env CHATGLM_NVRTC_DEFINES="$v" $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 16,32
+        done
+      fi
       mem_probe q4_0-8k-dialogue $b --dtype q4_0 --prompt-len 8192 --gen-len 64
     fi
     if [ "${QUANT_ONLY:-0}" != 0 ]; then
@@ -238,9 +245,12 @@ PY
     if [ -n "${VARIANT:-}" ]; then
       if [ "${TESTS:-1}" != 0 ] && [ -x "$BIN/tests/cuda" ]; then
         echo "== tests under $VARIANT" | tee -a "$summary"
-        for t in gpu_long_context gpu_batched_decode_with_16 gpu_graph_replay gpu_queued_steps gpu_matches_cpu; do
+        for t in gpu_long_context gpu_batched_decode_with_16 gpu_graph_replay gpu_queued_steps gpu_matches_cpu gpu_quantized; do
           CHATGLM_NVRTC_DEFINES="$VARIANT" "$BIN/tests/cuda" "$t" --test-threads=1 2>&1 | grep -E "^test result|panicked" | tee -a "$summary"
         done
+        if [ -x "$BIN/tests/qmma" ]; then
+          CHATGLM_NVRTC_DEFINES="$VARIANT" "$BIN/tests/qmma" --test-threads=1 2>&1 | grep -E "^test result|panicked" | tee -a "$summary"
+        fi
       fi
       for v in "" "$VARIANT" "" "$VARIANT"; do
         run_bench "variant-${v:-default}" env CHATGLM_NVRTC_DEFINES="$v" $b --dtype f16 --prompt-len 16 --gen-len 128 --repeat 2 --context 2048,8192,32000 --context-steps 64

@@ -46,6 +46,14 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #define QMMA_PINGPONG 0
 #endif
 #define QMMA_THREADS (QMMA_WARPS * 32)
+// 1: steps of 17–32 tokens (4 token tiles) hold half the weight units in
+// registers per batch, so two blocks fit a SM (16 warps instead of 8 to hide
+// the activation loads; 32 int4 sequences spend 4× the one-token time in each
+// product at one block a SM). 0 until timed on a GPU.
+#ifndef QMMA_NT4_TWO_BLOCKS
+#define QMMA_NT4_TWO_BLOCKS 0
+#endif
+#define QMMA_TWO_BLOCKS(NT8) ((NT8) <= 2 || (QMMA_NT4_TWO_BLOCKS && (NT8) == 4))
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
@@ -394,7 +402,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           int half_rows, const RopeCtx& rc) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
-    constexpr int UB = 8 / RT;             // units per lane per batch
+    constexpr int UB = (QMMA_NT4_TWO_BLOCKS && NT8 == 4 ? 4 : 8) / RT;  // units per lane per batch
     constexpr int STEP = UB * QMMA_WARPS;  // units per batch of the block
     typedef typename QScale<F>::type ScaleVec;
     extern __shared__ __align__(16) unsigned char qmma_smem[];
@@ -495,7 +503,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
 
 // Two resident blocks per SM (≤ 128 registers) for steps of up to 16 tokens.
 #define QMMA_KERNEL(F, NT8, MODE, SX)                                                                   \
-    extern "C" __global__ void __launch_bounds__(QMMA_THREADS, NT8 <= 2 ? 2 : 1)                         \
+    extern "C" __global__ void __launch_bounds__(QMMA_THREADS, QMMA_TWO_BLOCKS(NT8) ? 2 : 1)             \
         qmma_##F##_##NT8##_##MODE##_##SX(                                                               \
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const float* x,         \
         const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
