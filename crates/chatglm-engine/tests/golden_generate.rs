@@ -113,3 +113,47 @@ fn official_guard_and_process_response_vectors() {
         assert_eq!(chatglm_engine::text::process_response(k), want.as_str().unwrap());
     }
 }
+
+#[test]
+fn queued_generation_matches_step_by_step_and_leaves_the_same_cache() {
+    // generate() with each step queued before the one ahead is read (as on a
+    // GPU; forced here on the CPU): the official ids, the same text, and the
+    // cache ending where step-by-step decoding leaves it — after length
+    // limits, an end-of-text token, a stop string and a cancellation alike.
+    let p = pipeline();
+    let mut state = ForwardState::new(&p.model.backend);
+    let input = p.tokenizer.encode_chat("你好", &[]);
+    let full = {
+        let mut cache = p.model.new_cache(p.kv_dtype);
+        let config = GenerationConfig { max_new_tokens: Some(40), ..greedy(8192) };
+        generate(&p.model, &p.tokenizer, &mut state, &mut cache, &input, &config, &mut |_| true).unwrap()
+    };
+    let stop: String = full.text.chars().skip(3).take(2).collect();
+    let eos = full.generated_ids[5];
+    let configs = [
+        GenerationConfig { max_new_tokens: Some(40), ..greedy(8192) },
+        GenerationConfig { max_new_tokens: Some(1), ..greedy(8192) },
+        GenerationConfig { max_new_tokens: Some(2), ..greedy(8192) },
+        greedy(input.len() + 7),
+        GenerationConfig { max_new_tokens: Some(40), eos_ids: vec![eos], ..greedy(8192) },
+        GenerationConfig { max_new_tokens: Some(40), stop: vec![stop], ..greedy(8192) },
+    ];
+    for (i, config) in configs.into_iter().enumerate() {
+        for cancel_after in [None, Some(3)] {
+            let run = |queue: bool, state: &mut ForwardState<_>| {
+                let mut cache = p.model.new_cache(p.kv_dtype);
+                let config = GenerationConfig { queue_steps: Some(queue), ..config.clone() };
+                let mut deltas = 0;
+                let out = generate(&p.model, &p.tokenizer, state, &mut cache, &input, &config, &mut |_| {
+                    deltas += 1;
+                    cancel_after.is_none_or(|n| deltas < n)
+                })
+                .unwrap();
+                (out.generated_ids, out.text, out.finish_reason, chatglm_model::KvCacheOps::len(&cache))
+            };
+            let (want, got) = (run(false, &mut state), run(true, &mut state));
+            assert_eq!(got, want, "config {i}, cancel after {cancel_after:?}");
+            assert_eq!(state.launched_steps(), 0);
+        }
+    }
+}
