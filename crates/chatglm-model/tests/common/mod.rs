@@ -146,13 +146,7 @@ pub fn check_queued_steps_match_synchronous<B: Backend>(model: &Model<B>, steps:
     for step in 0..steps {
         let seqs = runs(step);
         let tokens: Vec<[u32; 1]> = seqs.iter().map(|&s| [last[s]]).collect();
-        let mut batch: Vec<_> = caches
-            .iter_mut()
-            .enumerate()
-            .filter(|(s, _)| seqs.contains(s))
-            .zip(&tokens)
-            .map(|((_, cache), t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
-            .collect();
+        let mut batch = decode_batch(&mut caches, &seqs, &tokens);
         let ids = model.forward_greedy(&mut state, &mut batch).unwrap().to_vec();
         for (&s, &id) in seqs.iter().zip(&ids) {
             last[s] = id;
@@ -171,13 +165,7 @@ pub fn check_queued_steps_match_synchronous<B: Backend>(model: &Model<B>, steps:
             // token is still on the device. Otherwise the host knows it.
             let from: Vec<Option<usize>> = seqs.iter().map(|s| prev_rows.iter().position(|p| p == s)).collect();
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|&s| [last[s]]).collect();
-            let mut batch: Vec<_> = caches
-                .iter_mut()
-                .enumerate()
-                .filter(|(s, _)| seqs.contains(s))
-                .zip(&tokens)
-                .map(|((_, cache), t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
-                .collect();
+            let mut batch = decode_batch(&mut caches, &seqs, &tokens);
             model.launch_greedy(&mut state, &mut batch, &from).unwrap();
             if step > 0 {
                 let ids = model.collect_greedy(&mut state).unwrap().to_vec();
@@ -192,11 +180,29 @@ pub fn check_queued_steps_match_synchronous<B: Backend>(model: &Model<B>, steps:
             let ids = model.collect_greedy(&mut state).unwrap().to_vec();
             got.push(runs(step - 1).iter().copied().zip(ids).collect());
         }
-        // A sequence coming back after a gap takes the host's token: make
-        // sure the host has it (collected above) before it is used.
     }
     assert_eq!(state.launched_steps(), 0);
     for (step, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "queued step {step} differs from step-by-step decoding");
     }
+}
+
+/// One decode step's inputs: the caches of sequences `seqs` (in order), each
+/// with its token from `tokens`.
+fn decode_batch<'a, C>(
+    caches: &'a mut [C],
+    seqs: &[usize],
+    tokens: &'a [[u32; 1]],
+) -> Vec<chatglm_model::SequenceInput<'a, C>> {
+    caches
+        .iter_mut()
+        .enumerate()
+        .filter(|(s, _)| seqs.contains(s))
+        .zip(tokens)
+        .map(|((_, cache), t)| chatglm_model::SequenceInput {
+            tokens: t,
+            cache,
+            logits: chatglm_model::LogitsWanted::Last,
+        })
+        .collect()
 }
