@@ -146,6 +146,25 @@ struct StepBuffers {
     spare_reads: Vec<HostBuffer<i32>>,
 }
 
+/// Copies `src` into the device buffer `dev` through the page-locked `host`
+/// (both grown to hold it) without waiting for the stream.
+fn upload_staged<T: chatglm_cuda::DeviceRepr + chatglm_cuda::ValidAsZeroBits + Copy>(
+    gpu: &Gpu,
+    src: &[T],
+    dev: &mut Option<CudaSlice<T>>,
+    host: &mut Option<HostBuffer<T>>,
+    what: &str,
+) -> Result<(), CudaError> {
+    ensure(gpu, dev, src.len(), what)?;
+    ensure_host(gpu, host, src.len(), what)?;
+    gpu.upload_queued(
+        src,
+        dev.as_mut().expect("invariant: ensured above"),
+        host.as_mut().expect("invariant: ensured above"),
+        what,
+    )
+}
+
 /// Grows a page-locked buffer to hold at least `n` elements.
 fn ensure_host<T: chatglm_cuda::DeviceRepr + chatglm_cuda::ValidAsZeroBits + Copy>(
     gpu: &Gpu,
@@ -678,22 +697,8 @@ impl Backend for CudaBackend {
             // wait for it.
             let slot = st.parity;
             st.parity ^= 1;
-            ensure(&self.gpu, &mut st.meta, plan.meta.len(), "step metadata")?;
-            ensure_host(&self.gpu, &mut st.meta_host[slot], plan.meta.len(), "step metadata")?;
-            self.gpu.upload_queued(
-                &plan.meta,
-                st.meta.as_mut().expect("invariant: ensured"),
-                st.meta_host[slot].as_mut().expect("invariant: ensured"),
-                "step metadata",
-            )?;
-            ensure(&self.gpu, &mut st.table, plan.table.len(), "block table")?;
-            ensure_host(&self.gpu, &mut st.table_host[slot], plan.table.len(), "block table")?;
-            self.gpu.upload_queued(
-                &plan.table,
-                st.table.as_mut().expect("invariant: ensured"),
-                st.table_host[slot].as_mut().expect("invariant: ensured"),
-                "block table",
-            )?;
+            upload_staged(&self.gpu, &plan.meta, &mut st.meta, &mut st.meta_host[slot], "step metadata")?;
+            upload_staged(&self.gpu, &plan.table, &mut st.table, &mut st.table_host[slot], "block table")?;
             if plan.n_chained > 0 {
                 // Tokens the step before chose (its ids still in `chosen`,
                 // which this step's own choice overwrites later).
