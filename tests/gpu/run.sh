@@ -238,7 +238,7 @@ PY
       done
     fi
     for pb in ${ATT_PREFETCH_SWEEP:-}; do
-      run_bench "after-attention-prefetch-$pb" env CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION=$pb $b --dtype f16 --prompt-len 0 --gen-len 64 --context 2048,8192 --context-steps 32
+      run_bench "after-attention-prefetch-$pb" env CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION=$pb $b --dtype f16 --prompt-len 0 --gen-len 64 --context 2048,8192,32000 --context-steps 32
     done
     # VARIANT="DEFINE=1": a kernel variant (CHATGLM_NVRTC_DEFINES) against the default, alternating, at short,
     # 2K, 8K and 32K contexts; with TESTS on, the attention and graph tests run under the variant first.

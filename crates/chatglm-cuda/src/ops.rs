@@ -1006,8 +1006,12 @@ fn decode_mma_w4_always() -> bool {
 /// f16, decode @2K / 8K / 32K, one call: 128 blocks 275.0 / 261.1 / 238.4 and
 /// 275.1 / 261.3 / 238.4 tok/s, 48 blocks 279.1 / 270.0 / 244.5, 32 blocks
 /// 279.1 / 265.1 / 236.5 and 268.7 / 259.0 / 229.0, 16 blocks 277.3 / 258.5 /
-/// 208.5.
-const DEFAULT_DECODE_MMA_BLOCKS: usize = 48;
+/// 208.5. Once the dense product stopped prefetching during long-context
+/// attention (session 10), more splits pay again: 2048-token prompt, tok/s
+/// at 8K / 16K / 32K, two alternations: 48 blocks 281.3 / 268.6 / 253.4,
+/// 96 blocks 282.5 / 273.8 / 260.5, 128 blocks 282.1 / 273.9 / 258.7; short
+/// contexts 301.6 / 302.3 / 303.2 (run 62).
+const DEFAULT_DECODE_MMA_BLOCKS: usize = 96;
 
 fn decode_mma_blocks() -> usize {
     static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

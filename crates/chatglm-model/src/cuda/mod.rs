@@ -133,6 +133,8 @@ struct StepBuffers {
     rotated: Option<usize>,
     /// The last operation was attention (the next product is the dense one).
     after_attention: bool,
+    /// Bytes of each row that dense product prefetches in this step.
+    prefetch_after_attention: Option<usize>,
     /// Whether this step's launches are queued for a graph.
     graph: bool,
     /// Page-locked copies of the metadata and block table, two of each:
@@ -180,11 +182,30 @@ fn ensure_host<T: chatglm_cuda::DeviceRepr + chatglm_cuda::ValidAsZeroBits + Cop
     Ok(())
 }
 
-/// Bytes of each dense weight row (8 KB: all of a 6B row) its mat-vec blocks
-/// start towards L2 while the attention before them runs: the attention of a
-/// short context leaves the memory idle for microseconds. H200, 6B f16, 128
-/// decoded tokens alternating 0 / 8192: 281.0 / 294.8 / 285.1 / 296.8 tok/s.
-const DEFAULT_PREFETCH_AFTER_ATTENTION: usize = 8192;
+/// Bytes of each dense weight row (4 KB: half of a 6B row) its mat-vec
+/// blocks start towards L2 while the attention before them runs, in steps
+/// whose longest context is under [`PREFETCH_CONTEXT_LIMIT`]: the attention
+/// of a short context leaves the memory idle for microseconds, but at long
+/// contexts the prefetch competes with its K/V reads. H200, 6B f16, tok/s at
+/// context 0 / 2K / 8K / 32K, two alternations: none → 305.4 / 292.0 / 282.5 /
+/// 254.8, 4 KB → 309.3 / 291.4 / 281.5 / 254.3, 8 KB → 308.7 / 290.2 / 278.4
+/// / 251.8 (session 10, run 59).
+const DEFAULT_PREFETCH_AFTER_ATTENTION: usize = 4096;
+
+/// Longest context (cache rows) of a step below which the dense product
+/// prefetches after attention by default (see above: it pays at context 0,
+/// costs 0.2% at 2K and 1% at 8K).
+const PREFETCH_CONTEXT_LIMIT: usize = 1024;
+
+/// Bytes of each row the product after attention starts towards L2 in a step
+/// whose longest context is `longest` rows: `configured` (the environment's
+/// setting, for measurements) wherever it is set, else the default rule.
+fn prefetch_after_attention(configured: Option<usize>, longest: usize) -> Option<usize> {
+    match configured {
+        Some(bytes) => Some(bytes),
+        None => (longest < PREFETCH_CONTEXT_LIMIT).then_some(DEFAULT_PREFETCH_AFTER_ATTENTION),
+    }
+}
 
 /// CUDA graphs of decode steps kept for replay (chatglm_cuda's limit).
 const MAX_GRAPHS: usize = chatglm_cuda::MAX_GRAPHS;
@@ -202,8 +223,9 @@ pub struct CudaBackend {
     /// mat-vec 3.71/4.40/5.34/5.52/8.36, cuBLAS –/5.08/5.02/5.06/5.12.
     gemv_max_tokens: usize,
     /// Bytes of each weight row the product after attention starts towards
-    /// L2 before the attention ends (`CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION`,
-    /// default [`DEFAULT_PREFETCH_AFTER_ATTENTION`]).
+    /// L2 before the attention ends, as set by
+    /// `CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION` (None: by the step's context,
+    /// [`prefetch_after_attention`]).
     prefetch_after_attention: Option<usize>,
     /// Layer operations left out of every step (`CHATGLM_CUDA_SKIP`, a comma
     /// list of qkv, attention, dense, mlp_up, mlp_down): a measurement of
@@ -306,12 +328,9 @@ impl CudaBackend {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(DEFAULT_GEMV_MAX_TOKENS)
                 .clamp(1, GEMV_MAX_TOKENS),
-            prefetch_after_attention: Some(
-                std::env::var("CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(DEFAULT_PREFETCH_AFTER_ATTENTION),
-            ),
+            prefetch_after_attention: std::env::var("CHATGLM_GEMV_PREFETCH_AFTER_ATTENTION")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             skip: std::env::var("CHATGLM_CUDA_SKIP")
                 .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
                 .unwrap_or_default(),
@@ -663,6 +682,7 @@ impl Backend for CudaBackend {
         let decode = kv_dtype == DType::F16 && self.gpu.decode_supported(&self.dims);
         let decode_heads = decode.then(|| self.gpu.decode_heads_per_block(&self.dims));
         let blocks: Vec<&[u64]> = batch.iter().map(|s| s.cache.blocks()).collect();
+        let longest = (0..batch.len()).map(|s| layout.seq_start[s] + layout.seq_tokens[s]).max().unwrap_or(0);
         let sms = self.gpu.info().multiprocessors;
         // Decode steps of a few tokens are replayed from CUDA graphs: their
         // launches must not depend on the context lengths. Batched steps of a
@@ -732,6 +752,7 @@ impl Backend for CudaBackend {
         };
         upload().map_err(|e| backend_err("prepare step", e))?;
         st.plan = plan;
+        st.prefetch_after_attention = prefetch_after_attention(self.prefetch_after_attention, longest);
         st.kv_dtype = Some(kv_dtype);
         st.rotated = None;
         st.graph = replay;
@@ -1469,4 +1490,20 @@ impl CudaBackend {
 /// sentence, what is missing.
 pub fn usable_device_count() -> Result<usize, ModelError> {
     chatglm_cuda::usable_device_count().map_err(|e| backend_err("CUDA", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_product_prefetches_after_attention_only_at_short_contexts_unless_set() {
+        assert_eq!(prefetch_after_attention(None, 0), Some(DEFAULT_PREFETCH_AFTER_ATTENTION));
+        assert_eq!(prefetch_after_attention(None, PREFETCH_CONTEXT_LIMIT - 1), Some(DEFAULT_PREFETCH_AFTER_ATTENTION));
+        assert_eq!(prefetch_after_attention(None, PREFETCH_CONTEXT_LIMIT), None);
+        assert_eq!(prefetch_after_attention(None, 8192), None);
+        // A setting holds at every context (measurements sweep it).
+        assert_eq!(prefetch_after_attention(Some(8192), 32000), Some(8192));
+        assert_eq!(prefetch_after_attention(Some(0), 0), Some(0));
+    }
 }

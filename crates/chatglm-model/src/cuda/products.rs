@@ -180,9 +180,12 @@ impl CudaBackend {
         // The product after attention may start its weights towards L2 while
         // the attention runs (the memory is idle then at short contexts);
         // others use the device default.
-        let after_attention = std::mem::take(&mut lock(&self.step).after_attention);
+        let (after_attention, step_prefetch) = {
+            let mut st = lock(&self.step);
+            (std::mem::take(&mut st.after_attention), st.prefetch_after_attention)
+        };
         if n <= self.gemv_max_tokens {
-            let prefetch = after_attention.then_some(self.prefetch_after_attention).flatten();
+            let prefetch = after_attention.then_some(step_prefetch).flatten();
             // SAFETY: sizes checked above: w rows×cols, x n×cols, out n×out_cols,
             // bias rows, norm weights cols.
             return unsafe { self.gpu.gemv(wp, w.dtype, xp, bp, op_, n, w.rows, w.cols, mode, norm, prefetch) };
