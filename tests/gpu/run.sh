@@ -29,7 +29,7 @@
 # (device-bin/kcache.tgz); each device call leaves $OUT/kcache.tgz (its PTX cache), which copied to
 # device-bin/kcache.tgz spares the next call the NVRTC compile of unchanged kernel files.
 # QUANT=1 adds the int4/int8 benchmarks (kernel GB/s, decode, prefill, 32 sequences) and the GPU
-# memory of an 8K-token int4 dialogue as nvidia-smi reports it (QUANT_ONLY=1: only those;
+# memory of an 8K-token int4 dialogue as nvidia-smi reports it, with the f16 and the q8_0 KV cache (QUANT_ONLY=1: only those;
 # QMMA_BLOCKS_SWEEP="1" adds decode with at most that many quantized-product blocks per SM).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -198,6 +198,10 @@ PY
         done
       fi
       mem_probe q4_0-8k-dialogue $b --dtype q4_0 --prompt-len 8192 --gen-len 64
+      # The same dialogue with the int8 (q8_0) KV cache, and its decode speed against f16's.
+      mem_probe q4_0-8k-dialogue-kv-q8_0 $b --dtype q4_0 --kv-dtype q8_0 --prompt-len 8192 --gen-len 64
+      run_bench q4_0-long-kv-q8_0 $b --dtype q4_0 --kv-dtype q8_0 --prompt-len 2048 --gen-len 64 --repeat 2 --context 8192 --context-steps 16
+      run_bench f16-long-kv-q8_0 $b --dtype f16 --kv-dtype q8_0 --prompt-len 2048 --gen-len 64 --repeat 2 --context 8192,32000 --context-steps 16
     fi
     if [ "${QUANT_ONLY:-0}" != 0 ]; then
       save_kernel_cache

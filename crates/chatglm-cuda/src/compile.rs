@@ -81,13 +81,16 @@ fn qmma_kernels() -> Vec<String> {
 
 fn attention_kernels() -> Vec<String> {
     let mut k: Vec<String> =
-        ["rope_kv_0", "rope_kv_1", "attn_split_0", "attn_split_1", "attn_combine"].map(String::from).into();
+        ["rope_kv_0", "rope_kv_1", "rope_kv_2", "attn_split_0", "attn_split_1", "attn_split_2", "attn_combine"]
+            .map(String::from)
+            .into();
     k.extend([1, 2, 4, 8, 16].map(|hg| format!("attn_decode_{hg}")));
+    k.extend([1, 2, 4, 8, 16].map(|hg| format!("attn_decode_q8_{hg}")));
     k
 }
 
 fn flash_kernels() -> Vec<String> {
-    vec!["attn_flash_f16".into()]
+    crate::ops::FLASH_KERNELS.map(String::from).into()
 }
 
 fn sample_kernels() -> Vec<String> {

@@ -189,15 +189,17 @@ impl Gpu {
                 kernels.insert(name, f);
             }
         }
-        // The flash kernel's two-stage tiles need more than the default 48 KiB
+        // The flash kernels' two-stage tiles need more than the default 48 KiB
         // of shared memory; a device that cannot give it runs attention
-        // without the flash kernel.
-        if let Some(f) = kernels.get("attn_flash_f16") {
-            let wanted = crate::ops::FLASH_SMEM_BYTES as i32;
-            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            if let Err(e) = f.set_attribute(attr, wanted) {
-                tracing::warn!("flash attention off: {wanted} bytes of shared memory unavailable ({e})");
-                kernels.remove("attn_flash_f16");
+        // without the flash kernels.
+        for name in crate::ops::FLASH_KERNELS {
+            if let Some(f) = kernels.get(name) {
+                let wanted = crate::ops::FLASH_SMEM_BYTES as i32;
+                let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                if let Err(e) = f.set_attribute(attr, wanted) {
+                    tracing::warn!("{name} off: {wanted} bytes of shared memory unavailable ({e})");
+                    kernels.remove(name);
+                }
             }
         }
         let blas = Blas::new(&stream)?;

@@ -31,4 +31,4 @@ pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, Gemv
 pub use error::CudaError;
 pub use graph::{GraphStats, MAX_GRAPHS};
 pub use host::HostBuffer;
-pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};
+pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, KvFormat, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};

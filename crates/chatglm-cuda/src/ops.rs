@@ -16,6 +16,58 @@ pub enum DType {
     BF16 = 2,
 }
 
+/// How the KV cache stores each row of `head_dim` keys or values (the
+/// kernels' `KvRow`): f32, f16, or q8_0 — `head_dim` int8 codes and then one
+/// f16 scale per 32 (34 bytes per 32 values, as ggml's q8_0), quantized as
+/// the CPU's `--kv-dtype q8_0` cache is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvFormat {
+    F32,
+    F16,
+    Q8_0,
+}
+
+impl KvFormat {
+    /// Bytes of one cache row of `head_dim` values.
+    pub fn row_bytes(self, head_dim: usize) -> usize {
+        match self {
+            Self::F32 => 4 * head_dim,
+            Self::F16 => 2 * head_dim,
+            Self::Q8_0 => head_dim + head_dim / 16,
+        }
+    }
+
+    /// The element type of a float cache (None for q8_0).
+    pub fn float_dtype(self) -> Option<DType> {
+        match self {
+            Self::F32 => Some(DType::F32),
+            Self::F16 => Some(DType::F16),
+            Self::Q8_0 => None,
+        }
+    }
+
+    /// Whether the kernels can keep rows of `head_dim` in this format.
+    pub fn supports(self, head_dim: usize) -> bool {
+        self != Self::Q8_0 || head_dim.is_multiple_of(32)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Q8_0 => "q8_0",
+        }
+    }
+
+    fn kernel_code(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q8_0 => 2,
+        }
+    }
+}
+
 impl DType {
     pub fn size(self) -> usize {
         match self {
@@ -730,7 +782,7 @@ impl Gpu {
     /// holds `layers`·2·groups·block_tokens·head_dim cache elements.
     pub unsafe fn rope_kv(
         &self,
-        kv_dtype: DType,
+        kv: KvFormat,
         qkv: u64,
         width: usize,
         n: usize,
@@ -743,11 +795,11 @@ impl Gpu {
         shape: AttentionDims,
         layer: usize,
     ) -> Result<(), CudaError> {
-        let name = match kv_dtype {
-            DType::F32 => "rope_kv_0",
-            DType::F16 => "rope_kv_1",
-            DType::BF16 => return Err(CudaError::invalid("rope_kv", "bf16 KV cache")),
-        };
+        let name = format!("rope_kv_{}", kv.kernel_code());
+        let name = name.as_str();
+        if !kv.supports(shape.head_dim) {
+            return Err(CudaError::invalid(name, format!("a {} cache needs head_dim % 32 == 0", kv.name())));
+        }
         if n == 0 {
             return Ok(());
         }
@@ -771,7 +823,7 @@ impl Gpu {
     /// `part_ml`: work·groups·n_splits·2·heads_per_group f32 when n_splits > 1.
     pub unsafe fn attention_split(
         &self,
-        kv_dtype: DType,
+        kv: KvFormat,
         qkv: u64,
         width: usize,
         out: u64,
@@ -787,11 +839,11 @@ impl Gpu {
         part_o: u64,
         part_ml: u64,
     ) -> Result<(), CudaError> {
-        let name = match kv_dtype {
-            DType::F32 => "attn_split_0",
-            DType::F16 => "attn_split_1",
-            DType::BF16 => return Err(CudaError::invalid("attention", "bf16 KV cache")),
-        };
+        let name = format!("attn_split_{}", kv.kernel_code());
+        let name = name.as_str();
+        if !kv.supports(shape.head_dim) {
+            return Err(CudaError::invalid(name, format!("a {} cache needs head_dim % 32 == 0", kv.name())));
+        }
         if work == 0 {
             return Ok(());
         }
@@ -830,22 +882,23 @@ impl Gpu {
         Ok(())
     }
 
-    /// Whether [`Gpu::attention_decode`] can run `shape` over an f16 cache.
-    pub fn decode_supported(&self, shape: &AttentionDims) -> bool {
+    /// Whether [`Gpu::attention_decode`] can run `shape` over a cache of
+    /// `kv` rows (f16 or q8_0).
+    pub fn decode_supported(&self, shape: &AttentionDims, kv: KvFormat) -> bool {
         let hg = shape.n_heads.checked_div(shape.n_groups).unwrap_or(0);
         shape.head_dim == DECODE_HEAD_DIM
             && shape.n_heads.is_multiple_of(shape.n_groups.max(1))
             && matches!(hg, 1 | 2 | 4 | 8 | 16)
             && shape.block_tokens.is_multiple_of(32)
-            && self.has_kernel(&format!("attn_decode_{hg}"))
+            && decode_kernel_prefix(kv).is_some_and(|p| self.has_kernel(&format!("{p}{hg}")))
     }
 
-    /// Query heads one decode-attention block takes for `shape`: all 16 of a
-    /// group with the tensor-core kernel (sm_80+, `CHATGLM_DECODE_MMA=0`
-    /// turns it off), else up to [`DECODE_HEADS_PER_BLOCK`].
-    pub fn decode_heads_per_block(&self, shape: &AttentionDims) -> usize {
+    /// Query heads one decode-attention block takes for `shape` over `kv`
+    /// rows: all 16 of a group with the tensor-core kernel (sm_80+, f16,
+    /// `CHATGLM_DECODE_MMA=0` turns it off), else up to [`DECODE_HEADS_PER_BLOCK`].
+    pub fn decode_heads_per_block(&self, shape: &AttentionDims, kv: KvFormat) -> usize {
         let hg = shape.n_heads.checked_div(shape.n_groups).unwrap_or(0);
-        if self.decode_mma(hg) {
+        if kv == KvFormat::F16 && self.decode_mma(hg) {
             DECODE_MMA_HEADS
         } else {
             hg.clamp(1, DECODE_HEADS_PER_BLOCK)
@@ -870,6 +923,7 @@ impl Gpu {
     /// zeroed i32 (left zeroed).
     pub unsafe fn attention_decode(
         &self,
+        kv: KvFormat,
         qkv: u64,
         width: usize,
         out: u64,
@@ -889,8 +943,11 @@ impl Gpu {
         if work == 0 {
             return Ok(());
         }
-        if !self.decode_supported(&shape) {
-            return Err(CudaError::invalid("attn_decode", format!("unsupported shape {shape:?}")));
+        if !self.decode_supported(&shape, kv) {
+            return Err(CudaError::invalid(
+                "attn_decode",
+                format!("unsupported shape {shape:?} for a {} cache", kv.name()),
+            ));
         }
         if split.n_splits == 0 || split.n_splits > DECODE_MAX_SPLITS {
             return Err(CudaError::invalid("attn_decode", format!("bad split plan {split:?}")));
@@ -899,10 +956,11 @@ impl Gpu {
         // Tensor cores: 8-warp blocks, or 4-warp ones (two per SM) when the
         // step's sequences alone give a block per SM (batched decode).
         let many = work * shape.n_groups >= self.info().multiprocessors || decode_mma_w4_always();
-        let (name, threads) = match (self.decode_mma(hg), many) {
+        let mma = kv == KvFormat::F16 && self.decode_mma(hg);
+        let (name, threads) = match (mma, many) {
             (true, false) => ("attn_decode_mma16".to_string(), DECODE_MMA_THREADS),
             (true, true) => ("attn_decode_mma16_w4".to_string(), 128),
-            (false, _) => (format!("attn_decode_{hg}"), 128),
+            (false, _) => (format!("{}{hg}", decode_kernel_prefix(kv).unwrap_or_default()), 128),
         };
         let f = self.kernel(&name)?;
         let out_width = shape.n_heads * shape.head_dim;
@@ -912,7 +970,7 @@ impl Gpu {
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
         a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]);
         a.arg(&scale).arg(&part_o).arg(&part_ml).arg(&counters);
-        let blocks_per_group = (hg / self.decode_heads_per_block(&shape)) as u32;
+        let blocks_per_group = (hg / self.decode_heads_per_block(&shape, kv)) as u32;
         let grid =
             (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
         self.launch(f, a, &name, cfg(grid, threads, 0))
@@ -938,23 +996,25 @@ impl Gpu {
         self.launch(f, a, "attn_combine", cfg(grid, shape.head_dim as u32, 0))
     }
 
-    /// Whether [`Gpu::attention_flash`] can run `shape` here.
-    pub fn flash_supported(&self, shape: &AttentionDims) -> bool {
-        self.has_kernel("attn_flash_f16")
+    /// Whether [`Gpu::attention_flash`] can run `shape` over a cache of
+    /// `kv` rows (f16, or q8_0 dequantized to f16 as tiles are loaded).
+    pub fn flash_supported(&self, shape: &AttentionDims, kv: KvFormat) -> bool {
+        flash_kernel(kv).is_some_and(|k| self.has_kernel(k))
             && shape.head_dim == FLASH_HEAD_DIM
             && shape.block_tokens == FLASH_TILE_TOKENS
             && shape.n_groups > 0
             && shape.n_heads.is_multiple_of(shape.n_groups)
     }
 
-    /// Tensor-core prefill attention over an f16 cache for `n_tiles` query
-    /// tiles (4 ints each: seq, first row, rows ≤ 64, first position).
+    /// Tensor-core prefill attention over an f16 or q8_0 cache for `n_tiles`
+    /// query tiles (4 ints each: seq, first row, rows ≤ 64, first position).
     ///
     /// # Safety
     /// As [`Gpu::attention_split`]; `tiles`: 4·n_tiles i32 whose rows and
     /// positions lie inside `qkv`/`out` and the block table.
     pub unsafe fn attention_flash(
         &self,
+        kv: KvFormat,
         qkv: u64,
         width: usize,
         out: u64,
@@ -968,18 +1028,31 @@ impl Gpu {
         if n_tiles == 0 {
             return Ok(());
         }
-        if !self.flash_supported(&shape) {
-            return Err(CudaError::invalid("attn_flash_f16", format!("unsupported shape {shape:?}")));
+        let name = flash_kernel(kv).unwrap_or("attn_flash");
+        if !self.flash_supported(&shape, kv) {
+            return Err(CudaError::invalid(name, format!("unsupported shape {shape:?} for a {} cache", kv.name())));
         }
-        let f = self.kernel("attn_flash_f16")?;
+        let f = self.kernel(name)?;
         let out_width = shape.n_heads * shape.head_dim;
         let ints = [width, out_width, max_blocks, shape.n_heads, shape.n_groups, layer].map(|v| v as i32);
         let q_scale = std::f32::consts::LOG2_E / (shape.head_dim as f32).sqrt();
         let mut a = Args::default();
         a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&tiles).arg(&block_table).arg(&ints[2]);
         a.arg(&ints[3]).arg(&ints[4]).arg(&ints[5]).arg(&q_scale);
-        let grid = (check_i32("attn_flash_f16", "tiles", n_tiles)? as u32, shape.n_heads as u32, 1);
-        self.launch(f, a, "attn_flash_f16", cfg(grid, 128, FLASH_SMEM_BYTES as u32))
+        let grid = (check_i32(name, "tiles", n_tiles)? as u32, shape.n_heads as u32, 1);
+        self.launch(f, a, name, cfg(grid, 128, FLASH_SMEM_BYTES as u32))
+    }
+}
+
+/// The tensor-core prefill kernels (each takes [`FLASH_SMEM_BYTES`]).
+pub(crate) const FLASH_KERNELS: [&str; 2] = ["attn_flash_f16", "attn_flash_q8"];
+
+/// The tensor-core prefill kernel for a cache of `kv` rows.
+fn flash_kernel(kv: KvFormat) -> Option<&'static str> {
+    match kv {
+        KvFormat::F16 => Some(FLASH_KERNELS[0]),
+        KvFormat::Q8_0 => Some(FLASH_KERNELS[1]),
+        KvFormat::F32 => None,
     }
 }
 
@@ -991,6 +1064,16 @@ fn decode_blocks_per_sm() -> usize {
     *V.get_or_init(|| {
         std::env::var("CHATGLM_DECODE_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).filter(|&v| v > 0).unwrap_or(4)
     })
+}
+
+/// Name of the CUDA-core decode kernels for a cache of `kv` rows (followed by
+/// the heads per group); f32 caches take the split-context kernel.
+fn decode_kernel_prefix(kv: KvFormat) -> Option<&'static str> {
+    match kv {
+        KvFormat::F16 => Some("attn_decode_"),
+        KvFormat::Q8_0 => Some("attn_decode_q8_"),
+        KvFormat::F32 => None,
+    }
 }
 
 /// `CHATGLM_DECODE_MMA_WARPS=4`: 4-warp tensor-core decode blocks for every

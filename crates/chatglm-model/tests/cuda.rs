@@ -288,6 +288,34 @@ fn gpu_matches_cpu_bf16_and_odd_shapes() {
 }
 
 #[test]
+fn gpu_q8_0_kv_cache_matches_the_cpu_s() {
+    // Rows quantized on the GPU as the CPU quantizes them (34 bytes per 32
+    // values, the same codes and f16 scales); keys and values dequantized in
+    // the attention. Prompts crossing blocks, a 700-token chunk whose decode
+    // splits the context, sequences decoding beside chunks; f32, f16 and
+    // int4 weights. A value that lands on a rounding edge of its block may
+    // take the neighbouring code (its f32 input differs in the last bits).
+    let steps = vec![vec![70, 1], vec![1, 1], vec![3, 130], vec![1, 700], vec![1, 1], vec![9, 1]];
+    compare_schedule(FLASH_SHAPE, WeightFormat::F32, KvDType::Q8_0, &steps, 1e-2);
+    compare_schedule(GLM_HEADS, WeightFormat::F16, KvDType::Q8_0, &steps, 2e-2);
+    compare_schedule_with(GLM_HEADS, WeightFormat::Q4_0, KvDType::Q8_0, &steps, 4e-2, 0, GemvLean::ByShape);
+}
+
+#[test]
+fn gpu_q8_0_kv_cache_needs_whole_blocks_per_head() {
+    // A head of 20 values cannot hold whole q8_0 blocks: a clear error.
+    let src = random_model(ODD_SHAPE, 3);
+    let Some(gpu_backend) = cuda(&src.config) else { return };
+    let gpu = Model::load(gpu_backend, &src, LoadOptions::new(WeightFormat::F32), &mut |_, _| {}).unwrap();
+    let mut state = ForwardState::new(&gpu.backend);
+    let mut cache = gpu.new_cache(KvDType::Q8_0);
+    let e = gpu
+        .forward(&mut state, &mut [SequenceInput { tokens: &[5, 6], cache: &mut cache, logits: LogitsWanted::Last }]);
+    let message = e.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("multiple of 32"), "{message}");
+}
+
+#[test]
 fn gpu_quantized_products_match_cpu_for_every_format() {
     // Steps of 1..8 tokens quantize x inside the product, 9..64 in a launch
     // of their own (2, 4 and 8 token tiles), more dequantize for cuBLAS;

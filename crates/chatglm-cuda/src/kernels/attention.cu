@@ -1,10 +1,57 @@
 // RoPE + KV append, and attention over a paged KV cache.
 //
 // Cache layout: a block holds `block_tokens` consecutive positions of one
-// sequence for every layer: [layer][k|v][group][token][dim], elements f32
-// (KV = 0) or f16 (KV = 1). A step's block table holds, per sequence, the
+// sequence for every layer: [layer][k|v][group][token] rows of `dim` values,
+// f32 (KV = 0), f16 (KV = 1) or q8_0 (KV = 2: see KvRow). A step's block table holds, per sequence, the
 // device address of each of its blocks (row `seq`, `max_blocks` wide).
 // Multi-query attention: query head h reads KV group h / (n_heads / n_groups).
+
+// One cache row of D values by the codes the host passes. q8_0 (KV = 2): D
+// int8 codes, then one f16 scale per 32 values (34 bytes per 32, as ggml's
+// q8_0 block), quantized as the CPU's `BlockQ8_0::quantize`:
+// d = max|x| / 127, q = round(x / d) — so the GPU cache holds the CPU's
+// numbers. Needs D % 32 == 0 (host-checked).
+template <int KV> struct KvRow;
+template <> struct KvRow<0> {
+    static __device__ __forceinline__ long bytes(int D) { return 4L * D; }
+    static __device__ __forceinline__ float load(const unsigned char* row, int d, int) {
+        return ((const float*)row)[d];
+    }
+    static __device__ __forceinline__ void store(unsigned char* row, int d, float v, int) { ((float*)row)[d] = v; }
+};
+template <> struct KvRow<1> {
+    static __device__ __forceinline__ long bytes(int D) { return 2L * D; }
+    static __device__ __forceinline__ float load(const unsigned char* row, int d, int) {
+        return f16_to_f32(((const u16*)row)[d]);
+    }
+    static __device__ __forceinline__ void store(unsigned char* row, int d, float v, int) {
+        ((u16*)row)[d] = f32_to_f16(v);
+    }
+};
+template <> struct KvRow<2> {
+    static __device__ __forceinline__ long bytes(int D) { return (long)D + D / 16; }
+    static __device__ __forceinline__ float load(const unsigned char* row, int d, int D) {
+        return (float)((const signed char*)row)[d] * f16_to_f32(((const u16*)(row + D))[d >> 5]);
+    }
+    // Warp-collective: the 32 lanes hold the 32 values of one q8_0 block
+    // (lane = d % 32).
+    static __device__ __forceinline__ void store(unsigned char* row, int d, float v, int D) {
+        float amax = fabsf(v);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float scale = __fdiv_rn(amax, 127.f);
+        const float inv = scale != 0.f ? __frcp_rn(scale) : 0.f;
+        ((signed char*)row)[d] = (signed char)(int)roundf(__fmul_rn(v, inv));
+        if ((d & 31) == 0) ((u16*)(row + D))[d >> 5] = f32_to_f16(scale);
+    }
+};
+
+// Address of the cache row of (layer, k|v, group, token) in a block.
+template <int KV>
+__device__ __forceinline__ long kv_row_offset(int layer, int which, int n_groups, int g, int block_tokens, int tok,
+                                              int D) {
+    return (((long)(layer * 2 + which) * n_groups + g) * block_tokens + tok) * KvRow<KV>::bytes(D);
+}
 
 // Rotates the query heads and key groups of each token in place (interleaved
 // pairs over the first half of each head, angle = position · inv_freq[i] in
@@ -17,7 +64,6 @@ __device__ __forceinline__ void rope_kv_body(float* qkv, int width, const int* p
                                              int block_tokens) {
     pdl_launch_dependents();
     pdl_wait();
-    typedef typename Elem<KV>::storage S;
     const int t = blockIdx.x;
     float* row = qkv + (long)t * width;
     const int pos = positions[t];
@@ -34,17 +80,18 @@ __device__ __forceinline__ void rope_kv_body(float* qkv, int width, const int* p
     }
     __syncthreads();
     const int seq = seq_of_token[t];
-    S* blk = (S*)block_table[(long)seq * max_blocks + pos / block_tokens];
+    unsigned char* blk = (unsigned char*)block_table[(long)seq * max_blocks + pos / block_tokens];
     const int tok = pos % block_tokens;
-    const long per_group = (long)block_tokens * head_dim;
     const float* k = row + n_heads * head_dim;
     const float* v = k + n_groups * head_dim;
+    // A warp's 32 consecutive i are one q8_0 block of one group (blockDim and
+    // head_dim multiples of 32), and every lane of a warp runs the same trips.
     for (int i = threadIdx.x; i < n_groups * head_dim; i += blockDim.x) {
         const int g = i / head_dim, d = i % head_dim;
-        const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group + (long)tok * head_dim + d;
-        const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group + (long)tok * head_dim + d;
-        Elem<KV>::store(blk, koff, k[i]);
-        Elem<KV>::store(blk, voff, v[i]);
+        KvRow<KV>::store(blk + kv_row_offset<KV>(layer, 0, n_groups, g, block_tokens, tok, head_dim), d, k[i],
+                         head_dim);
+        KvRow<KV>::store(blk + kv_row_offset<KV>(layer, 1, n_groups, g, block_tokens, tok, head_dim), d, v[i],
+                         head_dim);
     }
 }
 
@@ -58,6 +105,7 @@ __device__ __forceinline__ void rope_kv_body(float* qkv, int width, const int* p
     }
 ROPE_KV(0)
 ROPE_KV(1)
+ROPE_KV(2)
 
 // Split-context attention for any number of query tokens (decode, and the
 // exact path for f32 caches): one block per (KV group, query token, split of
@@ -81,7 +129,6 @@ __device__ __forceinline__ void attn_split_body(const float* qkv, int width, flo
                                                 int TK, int chunk, float scale, float* part_o, float* part_ml) {
     pdl_launch_dependents();
     pdl_wait();
-    typedef typename Elem<KV>::storage S;
     extern __shared__ float4 smem4[];
     float* smem = (float*)smem4;
     const int HG = n_heads / n_groups;
@@ -107,14 +154,15 @@ __device__ __forceinline__ void attn_split_body(const float* qkv, int width, flo
 
     const int k_begin = split * chunk;
     const int k_end = min(ctx, k_begin + chunk);
-    const long per_group = (long)block_tokens * D;
+    const long RB = KvRow<KV>::bytes(D);
     for (int k0 = k_begin; k0 < k_end; k0 += TK) {
         const int nk = min(TK, k_end - k0);
-        const S* blk = (const S*)block_table[(long)seq * max_blocks + k0 / block_tokens];
+        const unsigned char* blk = (const unsigned char*)block_table[(long)seq * max_blocks + k0 / block_tokens];
         const int tok0 = k0 % block_tokens;
-        const S* kb = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + (long)tok0 * D;
-        const S* vb = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + (long)tok0 * D;
-        for (int i = tid; i < nk * D; i += ATT_THREADS) kv[(i / D) * KS + i % D] = Elem<KV>::load(kb, i);
+        const unsigned char* kb = blk + kv_row_offset<KV>(layer, 0, n_groups, g, block_tokens, tok0, D);
+        const unsigned char* vb = blk + kv_row_offset<KV>(layer, 1, n_groups, g, block_tokens, tok0, D);
+        for (int i = tid; i < nk * D; i += ATT_THREADS)
+            kv[(i / D) * KS + i % D] = KvRow<KV>::load(kb + (i / D) * RB, i % D, D);
         __syncthreads();
         // Scores: thread owns key j for heads h0, h0 + hstep, ...
         for (int i = tid; i < HG * TK; i += ATT_THREADS) {
@@ -153,7 +201,8 @@ __device__ __forceinline__ void attn_split_body(const float* qkv, int width, flo
             }
         }
         __syncthreads();
-        for (int i = tid; i < nk * D; i += ATT_THREADS) kv[(i / D) * KS + i % D] = Elem<KV>::load(vb, i);
+        for (int i = tid; i < nk * D; i += ATT_THREADS)
+            kv[(i / D) * KS + i % D] = KvRow<KV>::load(vb + (i / D) * RB, i % D, D);
         __syncthreads();
 #pragma unroll
         for (int a = 0; a < 2; a++) {
@@ -209,6 +258,7 @@ __device__ __forceinline__ void attn_split_body(const float* qkv, int width, flo
     }
 ATTN_SPLIT(0)
 ATTN_SPLIT(1)
+ATTN_SPLIT(2)
 
 // Merges the splits of attn_split: grid = (work tokens, n_heads), block = D.
 extern "C" __global__ void attn_combine(float* out, int out_width, const int* work_tokens, const float* part_o,
@@ -249,7 +299,103 @@ extern "C" __global__ void attn_combine(float* out, int out_width, const int* wo
 // several splits the last block of each (token, group, head slice) merges
 // the partials (`counters`: one int per (token, group, head slice), zero
 // before and after each launch).
-template <int HG, int HB>
+// Starts key `k`'s row and its value row of a q8_0 cache (136 bytes each:
+// at most two 128-byte lines) towards L2.
+__device__ __forceinline__ void prefetch_kv_row_q8(const u64* table, int k, int block_tokens, int layer,
+                                                   int n_groups, int g) {
+    const unsigned char* blk = (const unsigned char*)table[k / block_tokens];
+    const int tok = k % block_tokens;
+    const unsigned char* kr = blk + kv_row_offset<2>(layer, 0, n_groups, g, block_tokens, tok, DEC_D);
+    const unsigned char* vr = blk + kv_row_offset<2>(layer, 1, n_groups, g, block_tokens, tok, DEC_D);
+    prefetch_l2(kr);
+    prefetch_l2(kr + 128);
+    prefetch_l2(vr);
+    prefetch_l2(vr + 128);
+}
+
+template <int KV>
+__device__ __forceinline__ void prefetch_row(const u64* table, int k, int block_tokens, int layer, int n_groups,
+                                             int g) {
+    if (KV == 2)
+        prefetch_kv_row_q8(table, k, block_tokens, layer, n_groups, g);
+    else
+        prefetch_kv_row(table, k, block_tokens, layer, n_groups, g);
+}
+
+// Key row `kr` (KV = 1: 128 f16; KV = 2: 128 int8 codes, then 4 f16 scales)
+// dotted with the block's HB pre-scaled query heads in shared memory.
+template <int KV, int HB>
+__device__ __forceinline__ void key_scores(const unsigned char* kr, const float* qs, float* s) {
+    if (KV == 1) {
+        uint4 kv[16];
+#pragma unroll
+        for (int c = 0; c < 16; c++) kv[c] = ((const uint4*)kr)[c];
+#pragma unroll
+        for (int c = 0; c < 16; c++) {
+            float kf[8];
+            Vec16<1>::unpack(kv[c], kf);
+#pragma unroll
+            for (int h = 0; h < HB; h++) {
+                const float4 q0 = *(const float4*)&qs[h * DEC_D + c * 8];
+                const float4 q1 = *(const float4*)&qs[h * DEC_D + c * 8 + 4];
+                s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
+                s[h] = fmaf(kf[2], q0.z, s[h]); s[h] = fmaf(kf[3], q0.w, s[h]);
+                s[h] = fmaf(kf[4], q1.x, s[h]); s[h] = fmaf(kf[5], q1.y, s[h]);
+                s[h] = fmaf(kf[6], q1.z, s[h]); s[h] = fmaf(kf[7], q1.w, s[h]);
+            }
+        }
+    } else {
+        // Rows are 8-byte aligned (136 bytes apart): 8-byte loads.
+        uint2 kv[16];
+#pragma unroll
+        for (int c = 0; c < 16; c++) kv[c] = ((const uint2*)kr)[c];
+        const uint2 sc = *(const uint2*)(kr + DEC_D);
+        const float scales[4] = {f16_to_f32((u16)(sc.x & 0xffffu)), f16_to_f32((u16)(sc.x >> 16)),
+                                 f16_to_f32((u16)(sc.y & 0xffffu)), f16_to_f32((u16)(sc.y >> 16))};
+#pragma unroll
+        for (int c = 0; c < 16; c++) {
+            float kf[8];
+#pragma unroll
+            for (int b = 0; b < 8; b++) {
+                const u32 word = b < 4 ? kv[c].x : kv[c].y;
+                kf[b] = (float)(signed char)((word >> (8 * (b & 3))) & 0xffu) * scales[c >> 2];
+            }
+#pragma unroll
+            for (int h = 0; h < HB; h++) {
+                const float4 q0 = *(const float4*)&qs[h * DEC_D + c * 8];
+                const float4 q1 = *(const float4*)&qs[h * DEC_D + c * 8 + 4];
+                s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
+                s[h] = fmaf(kf[2], q0.z, s[h]); s[h] = fmaf(kf[3], q0.w, s[h]);
+                s[h] = fmaf(kf[4], q1.x, s[h]); s[h] = fmaf(kf[5], q1.y, s[h]);
+                s[h] = fmaf(kf[6], q1.z, s[h]); s[h] = fmaf(kf[7], q1.w, s[h]);
+            }
+        }
+    }
+}
+
+// Dims 4·lane … 4·lane+3 of value row `vr`, as what a load returned (KV = 1:
+// 4 f16 in a uint2; KV = 2: 4 codes in .x, their f16 scale in .y).
+template <int KV>
+__device__ __forceinline__ uint2 value_load(const unsigned char* vr, int lane) {
+    if (KV == 1) return *(const uint2*)(vr + lane * 8);
+    return make_uint2(*(const u32*)(vr + lane * 4), ((const u16*)(vr + DEC_D))[lane >> 3]);
+}
+
+template <int KV>
+__device__ __forceinline__ void value_unpack(uint2 v, float* out) {
+    if (KV == 1) {
+        out[0] = f16_to_f32((u16)(v.x & 0xffffu));
+        out[1] = f16_to_f32((u16)(v.x >> 16));
+        out[2] = f16_to_f32((u16)(v.y & 0xffffu));
+        out[3] = f16_to_f32((u16)(v.y >> 16));
+    } else {
+        const float d = f16_to_f32((u16)v.y);
+#pragma unroll
+        for (int b = 0; b < 4; b++) out[b] = (float)(signed char)((v.x >> (8 * b)) & 0xffu) * d;
+    }
+}
+
+template <int HG, int HB, int KV>
 __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, float* out, int out_width,
                                                  const int* work_tokens, const int* positions,
                                                  const int* seq_of_token, const u64* block_table, int max_blocks,
@@ -271,9 +417,10 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
     const int n_splits = decode_split(ctx, n_grid, split, &k_begin, &k_end);
     pdl_launch_dependents();
     if (split >= n_splits) return;
-    const long per_group = (long)block_tokens * DEC_D;
+    constexpr long RB = KV == 2 ? DEC_D + DEC_D / 16 : 2 * DEC_D;
     if (k_begin + w * 32 + lane < k_end)
-        prefetch_kv_row(block_table + (long)seq * max_blocks, k_begin + w * 32 + lane, block_tokens, layer, n_groups, g);
+        prefetch_row<KV>(block_table + (long)seq * max_blocks, k_begin + w * 32 + lane, block_tokens, layer, n_groups,
+                         g);
     pdl_wait();
     for (int i = tid; i < HB * DEC_D; i += 128)
         qs[i] = qkv[(long)t * width + (long)(g * HG + h0) * DEC_D + i] * scale;
@@ -290,36 +437,17 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
         // The warp's next 32 keys and values start towards L2 now, so the
         // next pass does not begin with a full memory round trip.
         if (kb + 128 + lane < k_end)
-            prefetch_kv_row(block_table + (long)seq * max_blocks, kb + 128 + lane, block_tokens, layer, n_groups, g);
-        const u16* blk = (const u16*)block_table[(long)seq * max_blocks + kb / block_tokens];
+            prefetch_row<KV>(block_table + (long)seq * max_blocks, kb + 128 + lane, block_tokens, layer, n_groups, g);
+        const unsigned char* blk = (const unsigned char*)block_table[(long)seq * max_blocks + kb / block_tokens];
         const int tok0 = kb % block_tokens;
-        const u16* kbase = blk + ((long)(layer * 2 + 0) * n_groups + g) * per_group + (long)tok0 * DEC_D;
-        const u16* vbase = blk + ((long)(layer * 2 + 1) * n_groups + g) * per_group + (long)tok0 * DEC_D;
+        const unsigned char* kbase = blk + kv_row_offset<KV>(layer, 0, n_groups, g, block_tokens, tok0, DEC_D);
+        const unsigned char* vbase = blk + kv_row_offset<KV>(layer, 1, n_groups, g, block_tokens, tok0, DEC_D);
         const int n_valid = min(32, k_end - kb);
         const bool valid = lane < n_valid;
         float s[HB];
 #pragma unroll
         for (int h = 0; h < HB; h++) s[h] = 0.f;
-        if (valid) {
-            const uint4* kr = (const uint4*)(kbase + (long)lane * DEC_D);
-            uint4 kv[16];
-#pragma unroll
-            for (int c = 0; c < 16; c++) kv[c] = kr[c];
-#pragma unroll
-            for (int c = 0; c < 16; c++) {
-                float kf[8];
-                Vec16<1>::unpack(kv[c], kf);
-#pragma unroll
-                for (int h = 0; h < HB; h++) {
-                    const float4 q0 = *(const float4*)&qs[h * DEC_D + c * 8];
-                    const float4 q1 = *(const float4*)&qs[h * DEC_D + c * 8 + 4];
-                    s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
-                    s[h] = fmaf(kf[2], q0.z, s[h]); s[h] = fmaf(kf[3], q0.w, s[h]);
-                    s[h] = fmaf(kf[4], q1.x, s[h]); s[h] = fmaf(kf[5], q1.y, s[h]);
-                    s[h] = fmaf(kf[6], q1.z, s[h]); s[h] = fmaf(kf[7], q1.w, s[h]);
-                }
-            }
-        }
+        if (valid) key_scores<KV, HB>(kbase + (long)lane * RB, qs, s);
 #pragma unroll
         for (int h = 0; h < HB; h++) {
             const float sv = valid ? s[h] : -INFINITY;
@@ -336,17 +464,17 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
             uint2 vv[16];
 #pragma unroll
             for (int i = 0; i < 16; i++)
-                if (j0 + i < n_valid) vv[i] = *(const uint2*)(vbase + (long)(j0 + i) * DEC_D + lane * 4);
+                if (j0 + i < n_valid) vv[i] = value_load<KV>(vbase + (long)(j0 + i) * RB, lane);
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 if (j0 + i < n_valid) {
-                    const float v0 = f16_to_f32((u16)(vv[i].x & 0xffffu)), v1 = f16_to_f32((u16)(vv[i].x >> 16));
-                    const float v2 = f16_to_f32((u16)(vv[i].y & 0xffffu)), v3 = f16_to_f32((u16)(vv[i].y >> 16));
+                    float v[4];
+                    value_unpack<KV>(vv[i], v);
 #pragma unroll
                     for (int h = 0; h < HB; h++) {
                         const float p = __shfl_sync(0xffffffffu, s[h], j0 + i);
-                        acc[h][0] = fmaf(p, v0, acc[h][0]); acc[h][1] = fmaf(p, v1, acc[h][1]);
-                        acc[h][2] = fmaf(p, v2, acc[h][2]); acc[h][3] = fmaf(p, v3, acc[h][3]);
+                        acc[h][0] = fmaf(p, v[0], acc[h][0]); acc[h][1] = fmaf(p, v[1], acc[h][1]);
+                        acc[h][2] = fmaf(p, v[2], acc[h][2]); acc[h][3] = fmaf(p, v[3], acc[h][3]);
                     }
                 }
             }
@@ -367,8 +495,18 @@ __device__ __forceinline__ void attn_decode_body(const float* qkv, int width, fl
                          const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks, \
                          int n_groups, int layer, int block_tokens, float scale, float* part_o,                 \
                          float* part_ml, int* counters) {                                                       \
-        attn_decode_body<HG, HB>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table, \
-                                 max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters);   \
+        attn_decode_body<HG, HB, 1>(qkv, width, out, out_width, work_tokens, positions, seq_of_token,          \
+                                    block_table, max_blocks, n_groups, layer, block_tokens, scale, part_o,      \
+                                    part_ml, counters);                                                          \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128)                                                            \
+        attn_decode_q8_##HG(const float* qkv, int width, float* out, int out_width, const int* work_tokens,     \
+                            const int* positions, const int* seq_of_token, const u64* block_table,              \
+                            int max_blocks, int n_groups, int layer, int block_tokens, float scale,             \
+                            float* part_o, float* part_ml, int* counters) {                                     \
+        attn_decode_body<HG, HB, 2>(qkv, width, out, out_width, work_tokens, positions, seq_of_token,          \
+                                    block_table, max_blocks, n_groups, layer, block_tokens, scale, part_o,      \
+                                    part_ml, counters);                                                          \
     }
 ATTN_DECODE(1, 1)
 ATTN_DECODE(2, 2)

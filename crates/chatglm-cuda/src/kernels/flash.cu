@@ -1,4 +1,5 @@
-// Prefill attention on tensor cores (flash-attention 2 scheme): the score
+// Prefill attention on tensor cores (flash-attention 2 scheme; f16 or q8_0
+// cache, the latter dequantized to f16 as its tiles enter shared memory): the score
 // matrix is never stored; each warp keeps 16 query rows' scores, softmax
 // state and output in registers while 64-key tiles of the f16 cache stream
 // through shared memory, two stages deep: the next tile is copied in
@@ -41,9 +42,54 @@ __device__ __forceinline__ void flash_load_tile(u16* stage, const u64* table, in
     cp_async_commit();
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-    attn_flash_f16(const float* qkv, int width, float* out, int out_width, const int* tiles,
-                   const u64* block_table, int max_blocks, int n_heads, int n_groups, int layer, float q_scale) {
+// Eight values of a q8_0 cache row (128 int8 codes, then 4 f16 scales: 136
+// bytes) from dim c on, dequantized to f16.
+__device__ __forceinline__ uint4 flash_dequant8(const unsigned char* row, int c) {
+    const uint2 q = *(const uint2*)(row + c);
+    const float d = f16_to_f32(((const u16*)(row + FD))[c >> 5]);
+    u32 w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const u32 word = k < 2 ? q.x : q.y;
+        const float lo = (float)(signed char)((word >> (16 * (k & 1))) & 0xffu);
+        const float hi = (float)(signed char)((word >> (16 * (k & 1) + 8)) & 0xffu);
+        w[k] = pack_f16(lo * d, hi * d);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// flash_load_tile for a q8_0 cache: rows dequantized to f16 on their way into
+// shared memory with ordinary loads and stores (in place when it returns).
+__device__ __forceinline__ void flash_load_tile_q8(u16* stage, const u64* table, int kt, int ctx_end, int layer,
+                                                   int n_groups, int g) {
+    constexpr long RB = FD + FD / 16;
+    const unsigned char* blk = (const unsigned char*)table[kt];
+    const unsigned char* kb = blk + ((long)(layer * 2 + 0) * n_groups + g) * FTK * RB;
+    const unsigned char* vb = blk + ((long)(layer * 2 + 1) * n_groups + g) * FTK * RB;
+    const int nk = min(FTK, ctx_end - kt * FTK);
+    u16* Ks = stage;
+    u16* Vs = stage + FTK * KS_STRIDE;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    for (int i = threadIdx.x; i < FTK * FD / 8; i += 128) {
+        const int j = i / (FD / 8), c = (i % (FD / 8)) * 8;
+        *(uint4*)(Ks + j * KS_STRIDE + c) = j < nk ? flash_dequant8(kb + j * RB, c) : zero;
+        *(uint4*)(Vs + j * KS_STRIDE + c) = j < nk ? flash_dequant8(vb + j * RB, c) : zero;
+    }
+}
+
+template <int KV>
+__device__ __forceinline__ void flash_load(u16* stage, const u64* table, int kt, int ctx_end, int layer, int n_groups,
+                                           int g) {
+    if (KV == 2)
+        flash_load_tile_q8(stage, table, kt, ctx_end, layer, n_groups, g);
+    else
+        flash_load_tile(stage, table, kt, ctx_end, layer, n_groups, g);
+}
+
+template <int KV>
+__device__ __forceinline__ void attn_flash_body(const float* qkv, int width, float* out, int out_width,
+                                                const int* tiles, const u64* block_table, int max_blocks,
+                                                int n_heads, int n_groups, int layer, float q_scale) {
     pdl_launch_dependents();
     pdl_wait();
     extern __shared__ __align__(16) u16 fsm[];  // 2 stages
@@ -78,10 +124,10 @@ extern "C" __global__ void __launch_bounds__(128)
     const int n_ktiles = (ctx_end + FTK - 1) / FTK;
     const u64* table = block_table + (long)seq * max_blocks;
 
-    flash_load_tile(fsm, table, 0, ctx_end, layer, n_groups, g);
+    flash_load<KV>(fsm, table, 0, ctx_end, layer, n_groups, g);
     for (int kt = 0; kt < n_ktiles; kt++) {
         if (kt + 1 < n_ktiles) {
-            flash_load_tile(fsm + ((kt + 1) & 1) * FLASH_STAGE, table, kt + 1, ctx_end, layer, n_groups, g);
+            flash_load<KV>(fsm + ((kt + 1) & 1) * FLASH_STAGE, table, kt + 1, ctx_end, layer, n_groups, g);
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
@@ -187,4 +233,17 @@ extern "C" __global__ void __launch_bounds__(128)
             dst[1] = o[nd][3] * inv1;
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    attn_flash_f16(const float* qkv, int width, float* out, int out_width, const int* tiles,
+                   const u64* block_table, int max_blocks, int n_heads, int n_groups, int layer, float q_scale) {
+    attn_flash_body<1>(qkv, width, out, out_width, tiles, block_table, max_blocks, n_heads, n_groups, layer, q_scale);
+}
+
+// The same over a q8_0 cache (KvRow<2> in attention.cu).
+extern "C" __global__ void __launch_bounds__(128)
+    attn_flash_q8(const float* qkv, int width, float* out, int out_width, const int* tiles,
+                  const u64* block_table, int max_blocks, int n_heads, int n_groups, int layer, float q_scale) {
+    attn_flash_body<2>(qkv, width, out, out_width, tiles, block_table, max_blocks, n_heads, n_groups, layer, q_scale);
 }

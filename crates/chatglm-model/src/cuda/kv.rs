@@ -12,7 +12,7 @@
 
 use crate::kv_cache::{KvBlockId, KvCacheOps, KvDType};
 use crate::ModelError;
-use chatglm_cuda::{device_ptr, CudaSlice, DType, Gpu};
+use chatglm_cuda::{device_ptr, CudaSlice, DType, Gpu, KvFormat};
 use std::sync::{Arc, Mutex};
 
 /// Slabs are at least this large, so a growing dialogue does not allocate
@@ -30,30 +30,26 @@ struct PoolState {
 /// Blocks of one element type.
 pub(crate) struct KvPool {
     gpu: Arc<Gpu>,
-    pub dtype: DType,
+    pub dtype: KvFormat,
     pub block_tokens: usize,
     pub block_bytes: usize,
-    /// Elements per block.
-    pub block_elems: usize,
     state: Mutex<PoolState>,
 }
 
 impl KvPool {
     pub fn new(
         gpu: Arc<Gpu>,
-        dtype: DType,
+        dtype: KvFormat,
         n_layers: usize,
         n_groups: usize,
         head_dim: usize,
         block_tokens: usize,
     ) -> Self {
-        let block_elems = n_layers * 2 * n_groups * block_tokens * head_dim;
         Self {
             gpu,
             dtype,
             block_tokens,
-            block_bytes: block_elems * dtype.size(),
-            block_elems,
+            block_bytes: n_layers * 2 * n_groups * block_tokens * dtype.row_bytes(head_dim),
             state: Mutex::new(PoolState { free: Vec::new(), slabs: Vec::new(), total_blocks: 0, engine: None }),
         }
     }
@@ -247,7 +243,7 @@ impl CudaKvCache {
         &self.blocks
     }
 
-    pub(crate) fn pool_dtype(&self) -> DType {
+    pub(crate) fn pool_dtype(&self) -> KvFormat {
         self.pool.dtype
     }
 
@@ -311,12 +307,16 @@ impl KvCacheOps for CudaKvCache {
 
     fn fill_synthetic(&mut self, len: usize) {
         let filled = self.reserve(len).map_err(|e| e.to_string()).and_then(|()| {
+            // q8_0 rows are filled as small f16 values: codes of any value,
+            // and each f16 scale one of those values.
+            let (dtype, elem) = match self.pool.dtype {
+                KvFormat::F32 => (DType::F32, 4),
+                KvFormat::F16 | KvFormat::Q8_0 => (DType::F16, 2),
+            };
             for (i, &b) in self.blocks.iter().enumerate() {
-                // SAFETY: each block is `block_elems` elements of the pool's type.
-                unsafe {
-                    self.pool.gpu.fill_random(b, self.pool.block_elems, self.pool.dtype, 0x5EED + i as u64, 0.05)
-                }
-                .map_err(|e| e.to_string())?;
+                // SAFETY: each block is `block_bytes` bytes, a multiple of 4.
+                unsafe { self.pool.gpu.fill_random(b, self.pool.block_bytes / elem, dtype, 0x5EED + i as u64, 0.05) }
+                    .map_err(|e| e.to_string())?;
             }
             self.pool.gpu.synchronize().map_err(|e| e.to_string())
         });

@@ -17,15 +17,15 @@ mod upload;
 pub use kv::CudaKvCache;
 
 use crate::forward::TokenLayout;
-use crate::kv_cache::{KvCacheOps, KvDType};
+use crate::kv_cache::KvDType;
 use crate::loader::WeightFormat;
 use crate::{Backend, Config, ModelError, SequenceInput, TokenChoice};
 use chatglm_cpu::attention::AttentionShape;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
 use chatglm_cuda::quant::{TileShape, TiledPtr};
 use chatglm_cuda::{
-    device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, HostBuffer, SplitPlan,
-    SAMPLE_ROW_WORDS,
+    device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, HostBuffer, KvFormat,
+    SplitPlan, SAMPLE_ROW_WORDS,
 };
 use chatglm_weights::ptuning::PrefixKv;
 use chatglm_weights::{DType as FileDType, Tensor};
@@ -94,13 +94,26 @@ impl CudaActivations {
     }
 }
 
-/// The element type of the pool a cache of `dtype` lives in.
-fn pool_dtype(dtype: KvDType) -> DType {
-    if dtype == KvDType::F32 {
-        DType::F32
-    } else {
-        DType::F16
+/// The row format of the pool a cache of `dtype` lives in.
+fn pool_dtype(dtype: KvDType) -> KvFormat {
+    match dtype {
+        KvDType::F32 => KvFormat::F32,
+        KvDType::F16 => KvFormat::F16,
+        KvDType::Q8_0 => KvFormat::Q8_0,
     }
+}
+
+/// Rows of `dim` values as the kernels' q8_0 cache rows: `dim` int8 codes,
+/// then one f16 scale per 32 (the CPU's `BlockQ8_0` numbers).
+fn q8_0_rows(values: &[f32], dim: usize) -> Vec<u8> {
+    use chatglm_weights::quant::{BlockQ8_0, QuantBlock};
+    let mut out = Vec::with_capacity(values.len() / dim.max(1) * KvFormat::Q8_0.row_bytes(dim));
+    for row in values.chunks_exact(dim.max(1)) {
+        let blocks: Vec<BlockQ8_0> = row.chunks(32).map(BlockQ8_0::quantize).collect();
+        out.extend(blocks.iter().flat_map(|b| b.qs.iter().map(|&q| q as u8)));
+        out.extend(blocks.iter().flat_map(|b| b.d.to_bits().to_le_bytes()));
+    }
+    out
 }
 
 /// Device buffers of the current step.
@@ -128,7 +141,7 @@ struct StepBuffers {
     /// The next step's sampling parameters (set_sampling), and on the device.
     sampling: Vec<u32>,
     sample_params: Option<CudaSlice<u32>>,
-    kv_dtype: Option<DType>,
+    kv_dtype: Option<KvFormat>,
     /// The layer whose RoPE and cache append the QKV product already did.
     rotated: Option<usize>,
     /// The last operation was attention (the next product is the dense one).
@@ -238,7 +251,7 @@ pub struct CudaBackend {
     n_pairs: usize,
     pools: Mutex<Vec<Arc<KvPool>>>,
     /// The P-Tuning prefix last put on the device: (fingerprint, pool type, rows).
-    prefix: Mutex<Option<(PrefixKey, DType, Arc<DevicePrefix>)>>,
+    prefix: Mutex<Option<(PrefixKey, KvFormat, Arc<DevicePrefix>)>>,
     /// The embedding table when it is kept on the host.
     host_embedding: Mutex<Option<Arc<HostTable>>>,
     /// Whether any weights are quantized (memory-lean: smaller prefill chunks).
@@ -356,7 +369,7 @@ impl CudaBackend {
     /// `prefix` as device cache rows of `dtype` (made once per prefix): keys
     /// rotated by the prefix length, since the tokens after it take rotary
     /// positions from that length on.
-    fn device_prefix(&self, prefix: &PrefixKv, dtype: DType) -> Result<Arc<DevicePrefix>, ModelError> {
+    fn device_prefix(&self, prefix: &PrefixKv, dtype: KvFormat) -> Result<Arc<DevicePrefix>, ModelError> {
         let key = PrefixKey::of(prefix);
         let mut slot = lock(&self.prefix);
         if let Some((k, d, p)) = slot.as_ref() {
@@ -403,12 +416,14 @@ impl CudaBackend {
             }
         }
         let bytes: Vec<u8> = match dtype {
-            DType::F32 => staged.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            _ => staged.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect(),
+            KvFormat::F32 => staged.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            KvFormat::F16 => staged.iter().flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes()).collect(),
+            KvFormat::Q8_0 => q8_0_rows(&staged, dim),
         };
         let data =
             self.gpu.upload_new(&bytes, "P-Tuning prefix rows").map_err(|e| backend_err("P-Tuning prefix", e))?;
-        let p = Arc::new(DevicePrefix { rows, data, runs: self.n_layers * 2 * groups, row_bytes: dim * dtype.size() });
+        let p =
+            Arc::new(DevicePrefix { rows, data, runs: self.n_layers * 2 * groups, row_bytes: dtype.row_bytes(dim) });
         *slot = Some((key, dtype, p.clone()));
         Ok(p)
     }
@@ -474,7 +489,7 @@ impl CudaBackend {
         })
     }
 
-    fn pool(&self, dtype: DType) -> Arc<KvPool> {
+    fn pool(&self, dtype: KvFormat) -> Arc<KvPool> {
         let mut pools = lock(&self.pools);
         if let Some(p) = pools.iter().find(|p| p.dtype == dtype) {
             return p.clone();
@@ -645,13 +660,16 @@ impl Backend for CudaBackend {
         self.gpu.bind().map_err(|e| backend_err("prepare step", e))?;
         let mut kv_dtype = None;
         for (s, seq) in batch.iter_mut().enumerate() {
-            if seq.cache.dtype() == KvDType::Q8_0 {
+            let d = seq.cache.pool_dtype();
+            if !d.supports(self.dims.head_dim) {
                 return Err(ModelError::UnsupportedKvDType {
-                    dtype: "q8_0",
-                    reason: "the GPU keeps f16 or f32 caches for now; use --kv-dtype f16".into(),
+                    dtype: d.name(),
+                    reason: format!(
+                        "a head size of {} is not a multiple of 32; use --kv-dtype f16",
+                        self.dims.head_dim
+                    ),
                 });
             }
-            let d = seq.cache.pool_dtype();
             if kv_dtype.is_some_and(|k| k != d) {
                 return Err(backend_err("prepare step", "sequences of one step must share the KV-cache type"));
             }
@@ -677,10 +695,10 @@ impl Backend for CudaBackend {
         } else {
             layout
         };
-        let kv_dtype = kv_dtype.unwrap_or(DType::F16);
-        let flash = kv_dtype == DType::F16 && self.gpu.flash_supported(&self.dims);
-        let decode = kv_dtype == DType::F16 && self.gpu.decode_supported(&self.dims);
-        let decode_heads = decode.then(|| self.gpu.decode_heads_per_block(&self.dims));
+        let kv_dtype = kv_dtype.unwrap_or(KvFormat::F16);
+        let flash = self.gpu.flash_supported(&self.dims, kv_dtype);
+        let decode = self.gpu.decode_supported(&self.dims, kv_dtype);
+        let decode_heads = decode.then(|| self.gpu.decode_heads_per_block(&self.dims, kv_dtype));
         let blocks: Vec<&[u64]> = batch.iter().map(|s| s.cache.blocks()).collect();
         let longest = (0..batch.len()).map(|s| layout.seq_start[s] + layout.seq_tokens[s]).max().unwrap_or(0);
         let sms = self.gpu.info().multiprocessors;
@@ -1090,7 +1108,10 @@ impl Backend for CudaBackend {
         }
         let dims = self.dims;
         let width = (dims.n_heads + 2 * dims.n_groups) * dims.head_dim;
+        // The fused products append f32/f16 rows; a q8_0 cache takes rope_kv's.
+        let float_cache = lock(&self.step).kv_dtype.is_none_or(|k| k.float_dtype().is_some());
         let fused = self.small_step(w, x.rows)
+            && float_cache
             && w.rows == width
             && layer < self.n_layers
             && (w.quant.is_some() && dims.head_dim.is_multiple_of(2)
@@ -1110,7 +1131,9 @@ impl Backend for CudaBackend {
             }
             let mut st = lock(&self.step);
             let plan = &st.plan;
-            let (Some(meta), Some(table), Some(kv)) = (&st.meta, &st.table, st.kv_dtype) else {
+            let (Some(meta), Some(table), Some(kv)) =
+                (&st.meta, &st.table, st.kv_dtype.and_then(KvFormat::float_dtype))
+            else {
                 return Err(CudaError::Invalid { op: "qkv".into(), message: "no prepared step".into() });
             };
             if plan.n_tokens != n {
@@ -1269,6 +1292,7 @@ impl Backend for CudaBackend {
                     )?;
                 }
                 self.gpu.attention_flash(
+                    kv,
                     qp,
                     width,
                     op,
@@ -1287,6 +1311,7 @@ impl Backend for CudaBackend {
                     if plan.decode_kernel {
                         let counters = st.counters.as_ref().map_or(0, device_ptr);
                         self.gpu.attention_decode(
+                            kv,
                             qp,
                             width,
                             op,
@@ -1495,6 +1520,26 @@ pub fn usable_device_count() -> Result<usize, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_0_cache_rows_hold_the_cpu_codes_then_their_f16_scales() {
+        use chatglm_weights::quant::{BlockQ8_0, QuantBlock};
+        let dim = 64;
+        let values: Vec<f32> = (0..2 * dim).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let rows = q8_0_rows(&values, dim);
+        let row_bytes = KvFormat::Q8_0.row_bytes(dim);
+        assert_eq!(row_bytes, 68);
+        assert_eq!(rows.len(), 2 * row_bytes);
+        for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+            for b in 0..dim / 32 {
+                let want = BlockQ8_0::quantize(&values[r * dim + 32 * b..r * dim + 32 * (b + 1)]);
+                let codes: Vec<i8> = row[32 * b..32 * (b + 1)].iter().map(|&c| c as i8).collect();
+                assert_eq!(codes, want.qs);
+                let scale = u16::from_le_bytes([row[dim + 2 * b], row[dim + 2 * b + 1]]);
+                assert_eq!(scale, want.d.to_bits());
+            }
+        }
+    }
 
     #[test]
     fn dense_product_prefetches_after_attention_only_at_short_contexts_unless_set() {
