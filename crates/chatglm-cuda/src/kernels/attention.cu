@@ -322,6 +322,20 @@ __device__ __forceinline__ void prefetch_row(const u64* table, int k, int block_
         prefetch_kv_row(table, k, block_tokens, layer, n_groups, g);
 }
 
+// s[h] += the 8 key values kf · dims 0..7 of head h's query at q.
+template <int HB>
+__device__ __forceinline__ void dot8_heads(const float* kf, const float* q, float* s) {
+#pragma unroll
+    for (int h = 0; h < HB; h++) {
+        const float4 q0 = *(const float4*)&q[h * DEC_D];
+        const float4 q1 = *(const float4*)&q[h * DEC_D + 4];
+        s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
+        s[h] = fmaf(kf[2], q0.z, s[h]); s[h] = fmaf(kf[3], q0.w, s[h]);
+        s[h] = fmaf(kf[4], q1.x, s[h]); s[h] = fmaf(kf[5], q1.y, s[h]);
+        s[h] = fmaf(kf[6], q1.z, s[h]); s[h] = fmaf(kf[7], q1.w, s[h]);
+    }
+}
+
 // Key row `kr` (KV = 1: 128 f16; KV = 2: 128 int8 codes, then 4 f16 scales)
 // dotted with the block's HB pre-scaled query heads in shared memory.
 template <int KV, int HB>
@@ -334,15 +348,7 @@ __device__ __forceinline__ void key_scores(const unsigned char* kr, const float*
         for (int c = 0; c < 16; c++) {
             float kf[8];
             Vec16<1>::unpack(kv[c], kf);
-#pragma unroll
-            for (int h = 0; h < HB; h++) {
-                const float4 q0 = *(const float4*)&qs[h * DEC_D + c * 8];
-                const float4 q1 = *(const float4*)&qs[h * DEC_D + c * 8 + 4];
-                s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
-                s[h] = fmaf(kf[2], q0.z, s[h]); s[h] = fmaf(kf[3], q0.w, s[h]);
-                s[h] = fmaf(kf[4], q1.x, s[h]); s[h] = fmaf(kf[5], q1.y, s[h]);
-                s[h] = fmaf(kf[6], q1.z, s[h]); s[h] = fmaf(kf[7], q1.w, s[h]);
-            }
+            dot8_heads<HB>(kf, qs + c * 8, s);
         }
     } else {
         // Rows are 8-byte aligned (136 bytes apart): 8-byte loads.
@@ -360,15 +366,7 @@ __device__ __forceinline__ void key_scores(const unsigned char* kr, const float*
                 const u32 word = b < 4 ? kv[c].x : kv[c].y;
                 kf[b] = (float)(signed char)((word >> (8 * (b & 3))) & 0xffu) * scales[c >> 2];
             }
-#pragma unroll
-            for (int h = 0; h < HB; h++) {
-                const float4 q0 = *(const float4*)&qs[h * DEC_D + c * 8];
-                const float4 q1 = *(const float4*)&qs[h * DEC_D + c * 8 + 4];
-                s[h] = fmaf(kf[0], q0.x, s[h]); s[h] = fmaf(kf[1], q0.y, s[h]);
-                s[h] = fmaf(kf[2], q0.z, s[h]); s[h] = fmaf(kf[3], q0.w, s[h]);
-                s[h] = fmaf(kf[4], q1.x, s[h]); s[h] = fmaf(kf[5], q1.y, s[h]);
-                s[h] = fmaf(kf[6], q1.z, s[h]); s[h] = fmaf(kf[7], q1.w, s[h]);
-            }
+            dot8_heads<HB>(kf, qs + c * 8, s);
         }
     }
 }
