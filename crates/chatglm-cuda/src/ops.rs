@@ -1230,6 +1230,19 @@ mod tests {
     }
 
     #[test]
+    fn kv_rows_are_sized_as_the_kernels_lay_them_out() {
+        // q8_0: 128 codes and 4 f16 scales (34 bytes per 32 values, as the CPU's cache).
+        assert_eq!(KvFormat::Q8_0.row_bytes(128), 136);
+        assert_eq!(KvFormat::F16.row_bytes(128), 256);
+        assert_eq!(KvFormat::F32.row_bytes(20), 80);
+        assert!(KvFormat::Q8_0.supports(64) && !KvFormat::Q8_0.supports(20) && KvFormat::F16.supports(20));
+        assert_eq!(KvFormat::Q8_0.float_dtype(), None);
+        assert_eq!(KvFormat::F16.float_dtype(), Some(DType::F16));
+        assert_eq!(flash_kernel(KvFormat::F32), None);
+        assert_eq!(decode_kernel_prefix(KvFormat::Q8_0), Some("attn_decode_q8_"));
+    }
+
+    #[test]
     fn split_plans_cover_the_context_in_whole_tiles() {
         for max_ctx in [1, 63, 64, 65, 200, 1000, 4096, 8191, 32768] {
             for work in [1, 3, 64] {
