@@ -260,18 +260,21 @@ impl Gpu {
         if rows == 0 || runs == 0 {
             return Ok(());
         }
-        if !row_bytes.is_multiple_of(16) || block_tokens == 0 {
+        // The widest copy that divides a row (q8_0 rows of 128 values are
+        // 136 bytes: 8-byte copies).
+        let unit = [16, 8, 4, 2].into_iter().find(|u| row_bytes.is_multiple_of(*u));
+        let (Some(unit), true) = (unit, block_tokens > 0) else {
             return Err(CudaError::invalid(
                 "kv_prefix_rows",
                 format!("rows of {row_bytes} bytes, blocks of {block_tokens}"),
             ));
-        }
+        };
         let f = self.kernel("kv_prefix_rows")?;
-        let ints = [rows, block_tokens, runs, row_bytes];
+        let ints = [rows, block_tokens, runs, row_bytes, unit];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32("kv_prefix_rows", "shape", v)).collect::<Result<_, _>>()?;
         let mut a = Args::default();
-        a.arg(&src).arg(&blocks).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&ints[3]);
-        let vecs = runs * rows * row_bytes / 16;
+        a.arg(&src).arg(&blocks).arg(&ints[0]).arg(&ints[1]).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]);
+        let vecs = runs * rows * row_bytes / unit;
         self.launch(f, a, "kv_prefix_rows", cfg((grid_for(vecs, 256), 1, 1), 256, 0))
     }
 
@@ -779,7 +782,7 @@ impl Gpu {
     /// `qkv`: n × width f32 with width ≥ (heads + 2·groups)·head_dim;
     /// `positions`, `seq_of_token`: n i32; `block_table`: rows of max_blocks
     /// addresses covering every position; `inv_freq`: n_pairs f32; each block
-    /// holds `layers`·2·groups·block_tokens·head_dim cache elements.
+    /// holds `layers`·2·groups·block_tokens rows of `kv.row_bytes(head_dim)`.
     pub unsafe fn rope_kv(
         &self,
         kv: KvFormat,

@@ -302,6 +302,53 @@ fn gpu_q8_0_kv_cache_matches_the_cpu_s() {
 }
 
 #[test]
+fn gpu_q8_0_kv_cache_with_a_p_tuning_prefix_matches_the_cpu_s() {
+    // Prefix rows quantized on the host (136-byte rows of the 6B head size,
+    // copied into the blocks 8 bytes at a time) in front of the tokens; a
+    // prompt that crosses a block, then decoding.
+    let src = random_model(GLM_HEADS, 5);
+    let Some(gpu_backend) = cuda(&src.config) else { return };
+    let width = src.config.multi_query_group_num * src.config.kv_channels;
+    let rows = 21;
+    let mut state = 9u32;
+    let mut value = move || {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        ((state >> 9) % 2001) as f32 / 1000.0 - 1.0
+    };
+    let layers = (0..src.config.num_layers)
+        .map(|_| ((0..rows * width).map(|_| value()).collect(), (0..rows * width).map(|_| value()).collect()))
+        .collect();
+    let prefix = chatglm_weights::ptuning::PrefixKv { len: rows, layers };
+    let mut cpu =
+        Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(WeightFormat::F16), &mut |_, _| {})
+            .unwrap();
+    let mut gpu = Model::load(gpu_backend, &src, LoadOptions::new(WeightFormat::F16), &mut |_, _| {}).unwrap();
+    cpu.set_prefix(Some(prefix.clone())).unwrap();
+    gpu.set_prefix(Some(prefix)).unwrap();
+    let tokens: Vec<u32> = (0..80).map(|i| (i * 37 + 11) % src.config.padded_vocab_size as u32).collect();
+    let (mut cs, mut gs) = (ForwardState::new(&cpu.backend), ForwardState::new(&gpu.backend));
+    let (mut cc, mut gc) = (cpu.new_cache(KvDType::Q8_0), gpu.new_cache(KvDType::Q8_0));
+    for chunk in std::iter::once(&tokens[..70]).chain(tokens[70..].chunks(1)) {
+        let want = cpu
+            .forward(&mut cs, &mut [SequenceInput { tokens: chunk, cache: &mut cc, logits: LogitsWanted::Last }])
+            .unwrap()
+            .to_vec();
+        let got = gpu
+            .forward(&mut gs, &mut [SequenceInput { tokens: chunk, cache: &mut gc, logits: LogitsWanted::Last }])
+            .unwrap()
+            .to_vec();
+        let d = max_abs_diff(&got, &want);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "q8_0 KV with a {rows}-row prefix, {} tokens: max |Δ| {d:.3e} (logits up to {scale:.2})",
+            chunk.len()
+        );
+        assert!(d <= 2e-2 * scale.max(1.0), "max |Δ| {d} against logits up to {scale}");
+    }
+    assert_eq!(gc.len(), tokens.len());
+}
+
+#[test]
 fn gpu_q8_0_kv_cache_needs_whole_blocks_per_head() {
     // A head of 20 values cannot hold whole q8_0 blocks: a clear error.
     let src = random_model(ODD_SHAPE, 3);

@@ -41,7 +41,10 @@ template <> struct KvRow<2> {
         for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         const float scale = __fdiv_rn(amax, 127.f);
         const float inv = scale != 0.f ? __frcp_rn(scale) : 0.f;
-        ((signed char*)row)[d] = (signed char)(int)roundf(__fmul_rn(v, inv));
+        // Saturating as Rust's `as i8` (a subnormal scale's reciprocal is
+        // infinite; 0 · inf is NaN, which Rust turns into 0).
+        const float r = roundf(__fmul_rn(v, inv));
+        ((signed char*)row)[d] = (signed char)(r != r ? 0 : (int)fminf(fmaxf(r, -128.f), 127.f));
         if ((d & 31) == 0) ((u16*)(row + D))[d >> 5] = f32_to_f16(scale);
     }
 };

@@ -191,17 +191,25 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
 // block b of the sequence (address blocks[b]) holds rows b·bt.. as
 // [run][bt][row_bytes]. row_bytes is a multiple of 16.
 extern "C" __global__ void kv_prefix_rows(const unsigned char* src, const u64* blocks, int rows, int bt, int runs,
-                                          int row_bytes) {
+                                          int row_bytes, int unit) {
     pdl_launch_dependents();
     pdl_wait();
-    const int vecs = row_bytes / 16;
+    // `unit` (16, 8, 4 or 2) divides row_bytes, so every copy is aligned.
+    const int vecs = row_bytes / unit;
     const long total = (long)runs * rows * vecs;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < total; i += (long)gridDim.x * blockDim.x) {
         const int v = (int)(i % vecs);
         const long rest = i / vecs;
         const int row = (int)(rest % rows), run = (int)(rest / rows);
-        const uint4* from = (const uint4*)(src + ((long)run * rows + row) * row_bytes) + v;
-        uint4* to = (uint4*)(blocks[row / bt] + ((long)run * bt + row % bt) * row_bytes) + v;
-        *to = *from;
+        const unsigned char* from = src + ((long)run * rows + row) * row_bytes + (long)v * unit;
+        unsigned char* to = (unsigned char*)blocks[row / bt] + ((long)run * bt + row % bt) * row_bytes + (long)v * unit;
+        if (unit == 16)
+            *(uint4*)to = *(const uint4*)from;
+        else if (unit == 8)
+            *(uint2*)to = *(const uint2*)from;
+        else if (unit == 4)
+            *(u32*)to = *(const u32*)from;
+        else
+            *(u16*)to = *(const u16*)from;
     }
 }

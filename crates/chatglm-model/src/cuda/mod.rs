@@ -633,7 +633,7 @@ impl Backend for CudaBackend {
     }
 
     fn new_cache(&self, _n_layers: usize, _n_groups: usize, _head_dim: usize, dtype: KvDType) -> CudaKvCache {
-        // Q8_0 is refused when a step runs (prepare_step); its pool is f16.
+        // One pool per row format (f32, f16, q8_0).
         CudaKvCache::new(self.pool(pool_dtype(dtype)), dtype)
     }
 
@@ -703,7 +703,8 @@ impl Backend for CudaBackend {
         let longest = (0..batch.len()).map(|s| layout.seq_start[s] + layout.seq_tokens[s]).max().unwrap_or(0);
         let sms = self.gpu.info().multiprocessors;
         // Decode steps of a few tokens are replayed from CUDA graphs: their
-        // launches must not depend on the context lengths. Batched steps of a
+        // launches depend on the context lengths only through the prefetch
+        // rule's one threshold (a second graph). Batched steps of a
         // model whose products are all quantized run only our kernels too.
         let few = ids.len() <= self.gemv_max_tokens && layout.logit_rows.len() <= self.gemv_max_tokens;
         let one_token_each = batch.iter().all(|s| s.tokens.len() == 1);

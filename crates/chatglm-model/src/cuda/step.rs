@@ -29,7 +29,7 @@ pub(crate) struct StepPlan {
     pub table: Vec<u64>,
     pub max_blocks: usize,
     pub split: Option<SplitPlan>,
-    /// Whether the split work runs on the decode kernel (head size 128, f16).
+    /// Whether the split work runs on a decode kernel (head size 128, f16 or q8_0 cache).
     pub decode_kernel: bool,
     /// Query heads per decode-attention block (with the decode kernel).
     pub decode_heads: usize,
