@@ -181,6 +181,13 @@ fn sweep_rows(kernels: &Kernels, w: &Matrix, a: &Activations<'_>, n_tokens: usiz
     });
 }
 
+/// `CHATGLM_CPU_TILE3=0` keeps prompts off the 4×3 tiles (for measurements;
+/// the results are the same bits).
+fn tile3_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CHATGLM_CPU_TILE3").map_or(true, |v| v != "0"))
+}
+
 /// One task's rows through 4-row tiles (2 tokens at a time, then 1); rows
 /// that do not fill a tile use single dot products. `n` is the row length in
 /// units of `W` (elements or blocks).
@@ -208,18 +215,20 @@ fn tiled<W, X>(
     let full_tiles_end = rows.start + (rows.len() / TILE_ROWS) * TILE_ROWS;
     let mut t = 0;
     while t < n_tokens {
-        let nt = match (n_tokens - t, tiles.t4) {
-            (4.., Some(_)) => 4,
-            (2.., _) => 2,
+        let nt = match (n_tokens - t, tiles.t4, tiles.t3.filter(|_| tile3_enabled())) {
+            (4.., Some(_), _) => 4,
+            (3.., None, Some(_)) => 3,
+            (2.., _, _) => 2,
             _ => 1,
         };
         let xt = &x[t * n..(t + nt) * n];
         let mut r = rows.start;
         while r < full_tiles_end {
             let wr = &w[r * n..(r + TILE_ROWS) * n];
-            match (nt, tiles.t4) {
-                (4, Some(t4)) => t4(wr, xt, n, &mut out),
-                (2, _) => (tiles.t2)(wr, xt, n, &mut out),
+            match (nt, tiles.t4, tiles.t3) {
+                (4, Some(t4), _) => t4(wr, xt, n, &mut out),
+                (3, _, Some(t3)) => t3(wr, xt, n, &mut out),
+                (2, _, _) => (tiles.t2)(wr, xt, n, &mut out),
                 _ => (tiles.t1)(wr, xt, n, &mut out),
             }
             for i in 0..TILE_ROWS {

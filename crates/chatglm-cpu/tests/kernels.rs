@@ -238,6 +238,34 @@ fn matmul_over_several_activation_sweeps_matches_tokens_alone() {
     }
 }
 
+/// The 4×3 tile (AVX2 f16, in assembly) gives each token the bits of the
+/// one-token tile: tails of 1–7 columns, widths under one vector, long rows.
+#[test]
+fn three_token_tiles_equal_one_token_tiles_bit_for_bit() {
+    let mut rng = Rng(23);
+    for k in tables() {
+        let Some(t3) = k.tiles_f16.t3 else { continue };
+        for cols in [3, 8, 13, 517, 4096, 4103] {
+            let w: Vec<f16> = rng.vec(4 * cols).iter().map(|&v| f16::from_f32(v)).collect();
+            let x = rng.vec(3 * cols);
+            let mut got = [0.0f32; 12];
+            t3(&w, &x, cols, &mut got);
+            for t in 0..3 {
+                let mut want = [0.0f32; 4];
+                (k.tiles_f16.t1)(&w, &x[t * cols..], cols, &mut want);
+                for r in 0..4 {
+                    assert_eq!(
+                        got[r * 3 + t].to_bits(),
+                        want[r].to_bits(),
+                        "{} {cols} cols: row {r} token {t}",
+                        k.name
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Float prefill tiles at widths that are not multiples of the vector width
 /// (tails of 1–7 columns), odd token counts and rows that leave a partial tile.
 #[test]
@@ -245,7 +273,7 @@ fn float_prefill_at_awkward_widths_matches_scalar_reference() {
     let mut rng = Rng(11);
     let scalar = Kernels::scalar();
     for k in tables() {
-        for &(rows, cols, n_tokens) in &[(11, 1100, 5), (8, 1536, 2), (5, 513, 3), (4, 4100, 4)] {
+        for &(rows, cols, n_tokens) in &[(11, 1100, 5), (8, 1536, 2), (5, 513, 3), (4, 4100, 4), (9, 600, 7)] {
             let w = rng.vec(rows * cols);
             let x = rng.vec(n_tokens * cols);
             for format in ["f32", "f16", "bf16"] {
