@@ -73,6 +73,14 @@ for line in sys.stdin:
     python3 -m maturin build --release -q -m crates/chatglm-python/Cargo.toml -o "$BIN/wheels" >/dev/null 2>&1 ||
       echo "note: no chatglm_rs wheel built (maturin unavailable)"
   fi
+  # The CUPTI kernel tracer for tests/gpu/profile_quant.sh, where CUPTI's headers are found
+  # (CUPTI_DIR, or the nvidia-cuda-cupti wheel unpacked at /tmp/cupti; cuda.h from the NVRTC venv).
+  local cupti=${CUPTI_DIR:-/tmp/cupti/nvidia/cu13}
+  if [ -f "$cupti/include/cupti.h" ] && command -v gcc >/dev/null; then
+    gcc -O2 -Wall -shared -fPIC -I"$cupti/include" \
+      -I"$(ls -d /tmp/nv/lib/python3*/site-packages/nvidia/cu13/include 2>/dev/null | head -1)" tests/gpu/kernel_trace.c \
+      -L"$cupti/lib" -l:libcupti.so.13 -o "$BIN/kernel_trace.so" || echo "note: no kernel tracer built"
+  fi
   # The kernels compiled here for the GPU machine's cache (sm_90 under the
   # driver and NVRTC versions it reports; KERNEL_CACHE_VERSIONS), where a
   # local NVRTC is found (NVRTC_LIB_DIR, or the nvidia-cuda-nvrtc wheel in
@@ -81,8 +89,14 @@ for line in sys.stdin:
   if [ -n "$nvrtc_dir" ] && [ -e "$nvrtc_dir/libnvrtc.so.13" ]; then
     cargo build --release -p chatglm-cuda --example compile_kernels
     local kc; kc=$(mktemp -d)
-    LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels "${KERNEL_CACHE_ARCH:-90}" \
-      "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" >/dev/null &&
+    # KERNEL_CACHE_VARIANTS="A=1;B=1 C=0": also each of these CHATGLM_NVRTC_DEFINES (';'-separated).
+    local variants=";${KERNEL_CACHE_VARIANTS:-}" v ok=1
+    while IFS= read -r -d ';' v || [ -n "$v" ]; do
+      CHATGLM_NVRTC_DEFINES=$v LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels \
+        "${KERNEL_CACHE_ARCH:-90}" "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" \
+        >/dev/null || ok=0
+    done <<<"$variants"
+    [ "$ok" = 1 ] &&
       tar czf "$BIN/kcache.tgz" -C "$kc" tmp/chatglm-kernels && echo "kernel cache for the GPU machine: $BIN/kcache.tgz"
     rm -rf "$kc"
   else

@@ -48,10 +48,18 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #define QMMA_THREADS (QMMA_WARPS * 32)
 // 1: steps of 17–32 tokens (4 token tiles) hold half the weight units in
 // registers per batch, so two blocks fit a SM (16 warps instead of 8 to hide
-// the activation loads; 32 int4 sequences spend 4× the one-token time in each
-// product at one block a SM). 0 until timed on a GPU.
+// the activation loads). H200, 32 int4 sequences: 4,651 / 4,616 tok/s against
+// 4,282 / 4,299 with one block a SM (run 68).
 #ifndef QMMA_NT4_TWO_BLOCKS
-#define QMMA_NT4_TWO_BLOCKS 0
+#define QMMA_NT4_TWO_BLOCKS 1
+#endif
+// 1: one-token products quantize their activations warp by warp — each warp
+// only the blocks its own units read, a lane quad per block — with no
+// barrier across the block (the RMS norm's sum of squares is summed by every
+// warp over the whole row). 0: the block quantizes all of x between two
+// barriers. Same codes and scales either way (the CPU's q8_0).
+#ifndef QMMA_WARP_QUANT
+#define QMMA_WARP_QUANT 0
 #endif
 #define QMMA_TWO_BLOCKS(NT8) ((NT8) <= 2 || (QMMA_NT4_TWO_BLOCKS && (NT8) == 4))
 
@@ -363,9 +371,82 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
     }
 }
 
+// One token's activations for warp `warp`'s units (units ≡ warp mod
+// QMMA_WARPS, SB blocks each), quantized into xq / xs (stride 2) as
+// quantize_block32 does: lane t of quad g holds values 8t..8t+7 of the
+// quad's blocks; their max and code sum meet by shuffles within the quad.
+template <int SB>
+__device__ __forceinline__ void warp_quantize_one(const float* x, const float* nw, float eps, int cols,
+                                                  signed char* xq, float2* xs) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nb = cols / 32;
+    float inv = 1.f;
+    if (nw) {
+        float ss = 0.f;
+        const float4* xp = (const float4*)x;
+        for (int i = lane; i < cols / 4; i += 32) {
+            const float4 f = xp[i];
+            ss = fmaf(f.x, f.x, fmaf(f.y, f.y, fmaf(f.z, f.z, fmaf(f.w, f.w, ss))));
+        }
+        ss = warp_sum(ss);
+        inv = 1.0f / sqrtf(ss / (float)cols + eps);
+    }
+    // The warp's blocks: unit warp + 8k holds blocks SB·(warp + 8k) + i; all
+    // lanes run the same trips (the shuffles take the whole warp).
+    const int units = (nb + SB - 1) / SB;
+    const int mine = units > warp ? (units - warp + QMMA_WARPS - 1) / QMMA_WARPS * SB : 0;
+#pragma unroll 1
+    for (int j0 = 0; j0 < mine; j0 += 8) {
+        const int j = j0 + g;
+        const int b = SB * (warp + QMMA_WARPS * (j / SB)) + j % SB;
+        const bool on = j < mine && b < nb;
+        const int k0 = (on ? b : 0) * 32 + 8 * t;
+        float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (on) {
+            const float4 x0 = *(const float4*)(x + k0), x1 = *(const float4*)(x + k0 + 4);
+            v[0] = x0.x; v[1] = x0.y; v[2] = x0.z; v[3] = x0.w; v[4] = x1.x; v[5] = x1.y; v[6] = x1.z; v[7] = x1.w;
+            if (nw) {
+                const float4 n0 = *(const float4*)(nw + k0), n1 = *(const float4*)(nw + k0 + 4);
+                const float nv[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[i] = nv[i] * (v[i] * inv);
+            }
+        }
+        float amax = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(v[i]));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        const float d = amax / 127.0f;
+        const float id = d != 0.f ? 1.0f / d : 0.f;
+        int sum = 0;
+        u32 w[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            u32 word = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int qi = (int)roundf(v[4 * h + i] * id);
+                sum += qi;
+                word |= ((u32)(qi & 0xff)) << (8 * i);
+            }
+            w[h] = word;
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (!on) continue;
+        *(uint2*)(xq + k0) = make_uint2(w[0], w[1]);
+        if (t == 0) {
+            xs[b * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+            xs[b * 2 + 1] = make_float2(0.f, 0.f);
+        }
+    }
+    __syncwarp();
+}
+
 // The activations of an in-block (SX) product, after `before` bytes of
 // dynamic shared memory: quantized (RMS-normalised first with nw) there.
-template <int NT8, int SX>
+template <int NT8, int SX, int SB>
 __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float eps, int n, int cols,
                                           unsigned char* smem, const signed char*& xq, const float2*& xs,
                                           float* inv, float* scratch) {
@@ -374,6 +455,10 @@ __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float
     const int xs_stride = n <= 2 ? 2 : 8;
     xs = (const float2*)smem;
     xq = (const signed char*)(smem + (long)nb * xs_stride * sizeof(float2));
+    if (QMMA_WARP_QUANT && SX == 2) {
+        warp_quantize_one<SB>(x, nw, eps, cols, (signed char*)xq, (float2*)xs);
+        return xs_stride;
+    }
     row_inv_rms(x, nw, n, cols, eps, inv, scratch);
     quantize_tile(x, nw, inv, 0, n, cols, (signed char*)xq, (float2*)xs, xs_stride);
     __syncthreads();
@@ -444,7 +529,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     pdl_wait();
     if (total == 0) return;
-    const int xs_stride = in_block_x<NT8, SX>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+    const int xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
 
     float acc[RT][NT8][4];
 #pragma unroll
