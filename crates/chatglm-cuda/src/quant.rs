@@ -368,7 +368,9 @@ impl Gpu {
             .and_then(|v| v.parse::<usize>().ok())
             .map_or(per_sm, |cap| cap.clamp(1, per_sm));
         let resident = per_sm * self.info().multiprocessors;
-        let blocks = items.div_ceil(items.div_ceil(resident.max(1)));
+        // `CHATGLM_QMMA_PERSISTENT=0`: a block per item (for measurements).
+        let persistent = std::env::var("CHATGLM_QMMA_PERSISTENT").map_or(true, |v| v != "0");
+        let blocks = if persistent { items.div_ceil(items.div_ceil(resident.max(1))) } else { items };
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (QMMA_THREADS, 1, 1),

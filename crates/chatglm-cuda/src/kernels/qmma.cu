@@ -62,6 +62,15 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #define QMMA_WARP_QUANT 0
 #endif
 #define QMMA_TWO_BLOCKS(NT8) ((NT8) <= 2 || (QMMA_NT4_TWO_BLOCKS && (NT8) == 4))
+// One-token products (SX = 2): weight units per lane per batch (halved for
+// SwiGLU's two row tiles) and the resident blocks a SM the registers are
+// capped for (8 units and 2 blocks: 128 registers).
+#ifndef QMMA_ONE_UB
+#define QMMA_ONE_UB 8
+#endif
+#ifndef QMMA_ONE_MINB
+#define QMMA_ONE_MINB 2
+#endif
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
@@ -487,7 +496,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           int half_rows, const RopeCtx& rc) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
-    constexpr int UB = (QMMA_NT4_TWO_BLOCKS && NT8 == 4 ? 4 : 8) / RT;  // units per lane per batch
+    constexpr int UB = (ONE ? QMMA_ONE_UB : QMMA_NT4_TWO_BLOCKS && NT8 == 4 ? 4 : 8) / RT;  // units per lane per batch
     constexpr int STEP = UB * QMMA_WARPS;  // units per batch of the block
     typedef typename QScale<F>::type ScaleVec;
     extern __shared__ __align__(16) unsigned char qmma_smem[];
@@ -588,7 +597,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
 
 // Two resident blocks per SM (≤ 128 registers) for steps of up to 16 tokens.
 #define QMMA_KERNEL(F, NT8, MODE, SX)                                                                   \
-    extern "C" __global__ void __launch_bounds__(QMMA_THREADS, QMMA_TWO_BLOCKS(NT8) ? 2 : 1)             \
+    extern "C" __global__ void __launch_bounds__(QMMA_THREADS,                                         \
+                                                 (SX) == 2 ? QMMA_ONE_MINB : QMMA_TWO_BLOCKS(NT8) ? 2 : 1) \
         qmma_##F##_##NT8##_##MODE##_##SX(                                                               \
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const float* x,         \
         const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
