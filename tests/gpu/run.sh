@@ -90,12 +90,13 @@ for line in sys.stdin:
     cargo build --release -p chatglm-cuda --example compile_kernels
     local kc; kc=$(mktemp -d)
     # KERNEL_CACHE_VARIANTS="A=1;B=1 C=0": also each of these CHATGLM_NVRTC_DEFINES (';'-separated).
-    local variants=";${KERNEL_CACHE_VARIANTS:-}" v ok=1
-    while IFS= read -r -d ';' v || [ -n "$v" ]; do
+    local v ok=1 IFS=';'
+    for v in "" ${KERNEL_CACHE_VARIANTS:-}; do
       CHATGLM_NVRTC_DEFINES=$v LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels \
         "${KERNEL_CACHE_ARCH:-90}" "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" \
         >/dev/null || ok=0
-    done <<<"$variants"
+    done
+    unset IFS
     [ "$ok" = 1 ] &&
       tar czf "$BIN/kcache.tgz" -C "$kc" tmp/chatglm-kernels && echo "kernel cache for the GPU machine: $BIN/kcache.tgz"
     rm -rf "$kc"
