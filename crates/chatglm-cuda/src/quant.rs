@@ -304,7 +304,9 @@ impl Gpu {
     /// # Safety
     /// `x`: n·cols f32; `out`: n·rows (n·rows/2 for SwiGLU) f32; `bias`: rows
     /// f32 or 0; the quantized activations as [`Gpu::quantize_x`] writes them;
-    /// for `qkv`, as [`Gpu::gemv_qkv`].
+    /// for `qkv`, as [`Gpu::gemv_qkv`]. `next` (device address, bytes): the
+    /// weights of the product after this one, started towards L2 by each
+    /// block once its own last bytes are requested (a hint: any address).
     pub unsafe fn qmma(
         &self,
         w: TiledPtr,
@@ -316,6 +318,7 @@ impl Gpu {
         out: u64,
         mode: GemvMode,
         qkv: Option<(DType, RopeArgs, AttentionDims, usize)>,
+        next: Option<(u64, usize)>,
     ) -> Result<(), CudaError> {
         let s = w.shape;
         if n == 0 || n > QMMA_MAX_TOKENS {
@@ -356,6 +359,8 @@ impl Gpu {
         a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&x).arg(&nw).arg(&eps);
         a.arg(&xq).arg(&xs).arg(&ints[2]).arg(&ints[3]).arg(&bias).arg(&out).arg(&ints[4]).arg(&ints[5]);
         a.arg_struct(&ctx);
+        let (next_w, next_bytes) = next.map_or((0u64, 0i64), |(p, b)| (p, b as i64));
+        a.arg(&next_w).arg(&next_bytes);
         let items = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
         let smem = if in_block { in_block_smem(n, s.cols) as u32 } else { 0 };
         // Persistent blocks: as many as fit at once, each item to one of them

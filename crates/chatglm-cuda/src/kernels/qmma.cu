@@ -493,7 +493,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           const float* __restrict__ x, const float* __restrict__ nw, float eps,
                                           const signed char* xq, const float2* xs, int n, int cols,
                                           const float* __restrict__ bias, float* __restrict__ out, int out_rows,
-                                          int half_rows, const RopeCtx& rc) {
+                                          int half_rows, const RopeCtx& rc, const char* next_w, long next_bytes) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
     constexpr int UB = (ONE ? QMMA_ONE_UB : QMMA_NT4_TWO_BLOCKS && NT8 == 4 ? 4 : 8) / RT;  // units per lane per batch
@@ -536,8 +536,19 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     if (total > 0) load(0, wa, sa, ma);
     if (QMMA_PINGPONG && total > 1) load(1, wb, sb, mb);
     if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
+    // The next product's weights towards L2, once this block's last batch is
+    // requested: the DRAM time of the step's kernel boundaries (where a block
+    // waits for the next kernel's first bytes) goes to bytes it needs anyway.
+    auto prefetch_next = [&]() {
+        if (next_bytes <= 0) return;
+        const long chunk = ((next_bytes + gridDim.x - 1) / gridDim.x + 127) / 128 * 128;
+        const long end = min(next_bytes, (long)(blockIdx.x + 1) * chunk);
+        for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < end; b += QMMA_THREADS * 128L)
+            prefetch_l2(next_w + b);
+    };
     pdl_wait();
     if (total == 0) return;
+    if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
     const int xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
 
     float acc[RT][NT8][4];
@@ -578,10 +589,12 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 consume(it + 1, wb, sb, mb);
                 if (it + 3 < total) load(it + 3, wb, sb, mb);
             }
+            if (it + 2 == total - 1 || it + 3 == total - 1) prefetch_next();
         }
     } else {
         for (int it = 0; it < total; it++) {
             if (it + 1 < total) load(it + 1, wb, sb, mb);
+            if (it + 2 == total) prefetch_next();
             consume(it, wa, sa, ma);
 #pragma unroll
             for (int r = 0; r < RT; r++)
@@ -602,9 +615,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         qmma_##F##_##NT8##_##MODE##_##SX(                                                               \
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const float* x,         \
         const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
-        const float* bias, float* out, int out_rows, int half_rows, RopeCtx rc) {                         \
+        const float* bias, float* out, int out_rows, int half_rows, RopeCtx rc, const char* next_w,      \
+        long next_bytes) {                                                                              \
         qmma_body<F, NT8, MODE, SX>(w, scales, mins, units, tiles, x, nw, eps, xq, xs, n, cols, bias, out, \
-                                    out_rows, half_rows, rc);                                            \
+                                    out_rows, half_rows, rc, next_w, next_bytes);                        \
     }
 
 #define QMMA_MODES(F, NT8, SX) \

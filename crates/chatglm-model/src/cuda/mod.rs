@@ -13,6 +13,7 @@ mod products;
 mod quant;
 mod step;
 mod upload;
+mod weight_chain;
 
 pub use kv::CudaKvCache;
 
@@ -266,6 +267,10 @@ pub struct CudaBackend {
     /// Whether greedy steps may be queued behind running ones
     /// (`CHATGLM_CUDA_QUEUE_STEPS=0` turns it off, for measurements).
     queue_steps: bool,
+    /// Each quantized product's successor (the L2 prefetch of its weights)
+    /// and how many of their bytes (`CHATGLM_QMMA_PREFETCH_NEXT`).
+    weight_chain: Mutex<weight_chain::WeightChain>,
+    prefetch_next: usize,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -357,6 +362,8 @@ impl CudaBackend {
             float_products: std::sync::atomic::AtomicBool::new(false),
             batched_graphs: std::env::var("CHATGLM_CUDA_BATCH_GRAPHS").is_ok_and(|v| v == "1").into(),
             queue_steps: std::env::var("CHATGLM_CUDA_QUEUE_STEPS").map_or(true, |v| v != "0"),
+            weight_chain: Mutex::new(weight_chain::WeightChain::default()),
+            prefetch_next: weight_chain::prefetch_next_bytes(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -855,6 +862,7 @@ impl Backend for CudaBackend {
             self.quantized.store(true, std::sync::atomic::Ordering::Relaxed);
             t.data.release_pages(0..t.data.len());
             debug_assert_eq!(tiled.shape.format, device);
+            lock(&self.weight_chain).tiled(device_ptr(&data), tiled.shape.offsets().2);
             return Ok(CudaMatrix {
                 quant: Some(tiled.shape),
                 ..CudaMatrix::dense(rows, cols, DType::F16, Some(data))
@@ -864,6 +872,7 @@ impl Backend for CudaBackend {
             gpu_dtype(format, t.dtype).map_err(|message| ModelError::BadTensor { tensor: t.name.clone(), message })?;
         let data = self.upload_matrix(t, rows, cols, dtype)?;
         self.float_products.store(true, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.weight_chain).untiled();
         Ok(CudaMatrix::dense(rows, cols, dtype, Some(data)))
     }
 
@@ -903,7 +912,12 @@ impl Backend for CudaBackend {
     fn random_matrix(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> CudaMatrix {
         if let Some(device) = quant::device_format(format) {
             return match self.random_tiled(rows, cols, device, seed) {
-                Ok(m) => m,
+                Ok(m) => {
+                    if let Some(p) = m.tiled() {
+                        lock(&self.weight_chain).tiled(p.base, p.shape.offsets().2);
+                    }
+                    m
+                }
                 Err(e) => {
                     self.fail(backend_err("synthetic weights", e));
                     CudaMatrix::dense(rows, cols, DType::F16, None)
@@ -923,6 +937,7 @@ impl Backend for CudaBackend {
             Ok(d)
         });
         self.float_products.store(true, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.weight_chain).untiled();
         match made {
             Ok(d) => CudaMatrix::dense(rows, cols, dtype, Some(d)),
             Err(e) => {

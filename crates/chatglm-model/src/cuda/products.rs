@@ -81,8 +81,11 @@ impl CudaBackend {
     ) -> Result<(), CudaError> {
         let cols = w.shape.cols;
         if self.gpu.qmma_quantizes_in_block(n, cols) {
+            // Decode-sized steps start the next product's weights towards L2
+            // (not prompt chunks: the same product runs again after them).
+            let next = lock(&self.weight_chain).after(w.base, self.prefetch_next);
             // SAFETY: x n×cols f32, out and bias sized by the caller, norm cols.
-            return unsafe { self.gpu.qmma(w, xp, norm, None, n, bias, out, mode, qkv) };
+            return unsafe { self.gpu.qmma(w, xp, norm, None, n, bias, out, mode, qkv, next) };
         }
         let (q_bytes, s_bytes) = Gpu::quantized_x_bytes(n, cols);
         let mut st = lock(&self.step);
@@ -92,7 +95,7 @@ impl CudaBackend {
         // SAFETY: xq/xs sized for n tokens of cols; the rest as above.
         unsafe {
             self.gpu.quantize_x(xp, n, cols, norm, xq, xs)?;
-            self.gpu.qmma(w, xp, None, Some((xq, xs)), n, bias, out, mode, qkv)
+            self.gpu.qmma(w, xp, None, Some((xq, xs)), n, bias, out, mode, qkv, None)
         }
     }
 

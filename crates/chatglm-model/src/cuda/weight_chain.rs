@@ -1,0 +1,80 @@
+//! Which quantized product runs after which: the loaders load a layer's
+//! matrices in the order a step multiplies them (QKV, dense, h→4h, 4h→h,
+//! then the next layer, the output layer last), so each tiled matrix's
+//! successor in load order is the product after it. A decode step's
+//! quantized product starts its successor's weights towards L2 once its own
+//! last bytes are requested: the time a kernel boundary spends waiting for
+//! the next kernel's first bytes goes to bytes that kernel needs anyway.
+
+use std::collections::HashMap;
+
+/// Bytes of the next product's weights started towards L2 by default
+/// (`CHATGLM_QMMA_PREFETCH_NEXT` sets it; 0 turns it off): off until timed
+/// on a GPU.
+const DEFAULT_PREFETCH_NEXT_BYTES: usize = 0;
+
+/// The bytes to prefetch of the next product: `CHATGLM_QMMA_PREFETCH_NEXT`
+/// when it parses, else the default.
+pub(super) fn prefetch_next_bytes() -> usize {
+    std::env::var("CHATGLM_QMMA_PREFETCH_NEXT")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(DEFAULT_PREFETCH_NEXT_BYTES)
+}
+
+/// Successors of tiled matrices, by device address.
+#[derive(Debug, Default)]
+pub(super) struct WeightChain {
+    last: Option<u64>,
+    next: HashMap<u64, (u64, usize)>,
+}
+
+impl WeightChain {
+    /// A tiled matrix of `bytes` at `base` was loaded after the last one.
+    pub(super) fn tiled(&mut self, base: u64, bytes: usize) {
+        if let Some(prev) = self.last.replace(base) {
+            self.next.insert(prev, (base, bytes));
+        }
+    }
+
+    /// A matrix that is not tiled was loaded: what comes before it has no
+    /// quantized successor.
+    pub(super) fn untiled(&mut self) {
+        self.last = None;
+    }
+
+    /// The product after the one at `base`, at most `cap` bytes of it.
+    pub(super) fn after(&self, base: u64, cap: usize) -> Option<(u64, usize)> {
+        if cap == 0 {
+            return None;
+        }
+        self.next.get(&base).map(|&(p, b)| (p, b.min(cap)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_tiled_matrix_leads_to_the_next_one_loaded() {
+        let mut c = WeightChain::default();
+        c.tiled(100, 10);
+        c.tiled(200, 20);
+        c.tiled(300, 30);
+        assert_eq!(c.after(100, usize::MAX), Some((200, 20)));
+        assert_eq!(c.after(200, 25), Some((300, 25)));
+        assert_eq!(c.after(300, usize::MAX), None);
+        assert_eq!(c.after(100, 0), None);
+    }
+
+    #[test]
+    fn an_untiled_matrix_breaks_the_chain() {
+        let mut c = WeightChain::default();
+        c.tiled(100, 10);
+        c.untiled();
+        c.tiled(200, 20);
+        assert_eq!(c.after(100, usize::MAX), None);
+        assert_eq!(c.after(200, usize::MAX), None);
+    }
+}
