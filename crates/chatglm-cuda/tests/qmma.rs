@@ -192,12 +192,14 @@ fn quantized_products_match_the_host_reference() {
                         // SAFETY: buffers sized above.
                         unsafe {
                             if in_block {
-                                gpu.qmma(wp, device_ptr(&xd), None, None, n, 0, device_ptr(&out), mode, None, None).unwrap();
+                                gpu.qmma(wp, device_ptr(&xd), None, None, n, 0, device_ptr(&out), mode, None, None)
+                                    .unwrap();
                             } else {
                                 gpu.quantize_x(device_ptr(&xd), n, cols, None, device_ptr(&xq), device_ptr(&xs))
                                     .unwrap();
                                 let q = Some((device_ptr(&xq), device_ptr(&xs)));
-                                gpu.qmma(wp, device_ptr(&xd), None, q, n, 0, device_ptr(&out), mode, None, None).unwrap();
+                                gpu.qmma(wp, device_ptr(&xd), None, q, n, 0, device_ptr(&out), mode, None, None)
+                                    .unwrap();
                             }
                         }
                         let mut got = vec![0f32; n * out_cols];
