@@ -15,7 +15,12 @@ pub(crate) fn kernels() -> Kernels {
         dot_f32: |w, x| unsafe { dot_f32(w, x) },
         // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         dot_f16: |w, x| unsafe { dot_f16(w, x) },
-        dot_f16_h: Some(|w, x| unsafe { dot_f16_h(w, x) }),
+        // SAFETY: as above.
+        dot_f16_h: Some(if f16_prefetch() {
+            |w, x| unsafe { dot_f16_h::<true>(w, x) }
+        } else {
+            |w, x| unsafe { dot_f16_h::<false>(w, x) }
+        }),
         // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
         dot_bf16: |w, x| unsafe { dot_bf16(w, x) },
         // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
@@ -116,16 +121,25 @@ unsafe fn dot_f16(w: &[f16], x: &[f32]) -> f32 {
     sum
 }
 
+/// Whether the one-token f16 product prefetches its weight stream
+/// (`CHATGLM_CPU_F16_PREFETCH=0` turns it off, for measurements).
+fn f16_prefetch() -> bool {
+    std::env::var("CHATGLM_CPU_F16_PREFETCH").map_or(true, |v| v != "0")
+}
+
 /// f16 weights against f16 activations (half the activation bytes of
 /// `dot_f16`: the mat-vec's x stays in L1 beside the weight stream).
+/// PREFETCH: the weight stream's software prefetch (`crate::prefetch`).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_h(w: &[f16], x: &[f16]) -> f32 {
+unsafe fn dot_f16_h<const PREFETCH: bool>(w: &[f16], x: &[f16]) -> f32 {
     let n = w.len().min(x.len());
     let (pw, px) = (w.as_ptr() as *const __m128i, x.as_ptr() as *const __m128i);
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i + 32 <= n {
-        crate::prefetch::ahead(pw.add(i / 8));
+        if PREFETCH {
+            crate::prefetch::ahead(pw.add(i / 8));
+        }
         for (k, a) in acc.iter_mut().enumerate() {
             let o = (i + 8 * k) / 8;
             let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(o)));
