@@ -9,6 +9,7 @@
 #    its start), so kernel boundaries show up beside the kernels.
 # 2. With PROFILE_STALLS=1, ncu's warp-state and source-level stall counters of the
 #    one-token quantized products (which SASS lines the warps wait on).
+# 3. Where device-bin/qmma_phases exists, each block's phase stamps of those products (below).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -91,5 +92,13 @@ if [ "${PROFILE_STALLS:-0}" != 0 ]; then
   else
     echo "ncu not found" | tee -a "$summary"
   fi
+fi
+# 3. Phase stamps of every block of the one-token quantized products (tests/gpu/qmma_phases.cu, built by
+#    `tests/gpu/run.sh build` where nvcc is found): q4_0 and q8_0.
+if [ -x "$BIN/qmma_phases" ]; then
+  for f in 0 2; do
+    echo "== phases of the one-token products, format $f" | tee -a "$summary"
+    timeout 120 "$BIN/qmma_phases" "$f" 2>&1 | tee -a "$summary"
+  done
 fi
 echo "profile in $summary"

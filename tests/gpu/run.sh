@@ -81,6 +81,13 @@ for line in sys.stdin:
       -I"$(ls -d /tmp/nv/lib/python3*/site-packages/nvidia/cu13/include 2>/dev/null | head -1)" tests/gpu/kernel_trace.c \
       -L"$cupti/lib" -l:libcupti.so.13 -o "$BIN/kernel_trace.so" || echo "note: no kernel tracer built"
   fi
+  # The phase-stamp harness of the quantized products (tests/gpu/qmma_phases.cu), where nvcc is found
+  # (NVCC, or the nvidia-cuda-nvcc wheel in the NVRTC venv at /tmp/nv).
+  local nvcc=${NVCC:-$(ls /tmp/nv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -1)}
+  if [ -n "$nvcc" ] && [ -x "$nvcc" ]; then
+    "$nvcc" -O2 -std=c++17 -arch=sm_90 -DQMMA_STAMPS=1 -L"$(dirname "$nvcc")/../lib" tests/gpu/qmma_phases.cu \
+      -o "$BIN/qmma_phases" && strip "$BIN/qmma_phases" || echo "note: no qmma_phases built"
+  fi
   # The kernels compiled here for the GPU machine's cache (sm_90 under the
   # driver and NVRTC versions it reports; KERNEL_CACHE_VERSIONS), where a
   # local NVRTC is found (NVRTC_LIB_DIR, or the nvidia-cuda-nvrtc wheel in

@@ -28,6 +28,31 @@
 // few KB read from L2 and a separate kernel would cost a launch boundary;
 // larger steps use quantize_x's global copy.
 
+// 1: each block's thread 0 records %globaltimer at entry, after the wait
+// for the kernel ahead, with the activations quantized, after its first
+// batch and at the end, into qmma_stamps (tests/gpu/qmma_phases.cu reads
+// them; never in the library's kernels).
+#ifndef QMMA_STAMPS
+#define QMMA_STAMPS 0
+#endif
+#if QMMA_STAMPS
+__device__ u64 qmma_stamps[1 << 22];
+__device__ u32 qmma_stamp_count;
+__device__ __forceinline__ u64 global_ns() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+#define QMMA_STAMP(i)                             \
+    do {                                          \
+        if (threadIdx.x == 0) stamp[i] = global_ns(); \
+    } while (0)
+#else
+#define QMMA_STAMP(i) \
+    do {              \
+    } while (0)
+#endif
+
 template <bool C, class A, class B> struct Cond { typedef A type; };
 template <class A, class B> struct Cond<false, A, B> { typedef B type; };
 
@@ -509,6 +534,21 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     const int per_item = (units + STEP - 1) / STEP;
     const int mine = blockIdx.x < items ? (items - 1 - blockIdx.x) / gridDim.x + 1 : 0;
     const int total = mine * per_item;
+#if QMMA_STAMPS
+    u64 stamp[5] = {0, 0, 0, 0, 0};
+    struct Flush {
+        u64* s;
+        __device__ ~Flush() {
+            if (threadIdx.x != 0) return;
+            s[4] = global_ns();
+            const u32 i = atomicAdd(&qmma_stamp_count, 1u) % ((1u << 22) / 8);
+            u64* r = qmma_stamps + 8ull * i;
+            r[0] = ((u64)(F * 1000 + NT8 * 100 + MODE * 10 + SX) << 32) | blockIdx.x;
+            for (int k = 0; k < 5; k++) r[1 + k] = s[k];
+        }
+    } flush{stamp};
+#endif
+    QMMA_STAMP(0);
 
     uint4 wa[RT][UB], wb[RT][UB];
     ScaleVec sa[RT][UB], sb[RT][UB], ma[RT][UB], mb[RT][UB];
@@ -547,9 +587,11 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             prefetch_l2(next_w + b);
     };
     pdl_wait();
+    QMMA_STAMP(1);
     if (total == 0) return;
     if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
     const int xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+    QMMA_STAMP(2);
 
     float acc[RT][NT8][4];
 #pragma unroll
@@ -596,6 +638,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             if (it + 1 < total) load(it + 1, wb, sb, mb);
             if (it + 2 == total) prefetch_next();
             consume(it, wa, sa, ma);
+            if (it == 0) QMMA_STAMP(3);
 #pragma unroll
             for (int r = 0; r < RT; r++)
 #pragma unroll
