@@ -95,10 +95,12 @@ if [ "${PROFILE_STALLS:-0}" != 0 ]; then
 fi
 # 3. Phase stamps of every block of the one-token quantized products (tests/gpu/qmma_phases.cu, built by
 #    `tests/gpu/run.sh build` where nvcc is found): q4_0 and q8_0.
-if [ -x "$BIN/qmma_phases" ]; then
-  for f in 0 2; do
-    echo "== phases of the one-token products, format $f" | tee -a "$summary"
-    timeout 120 "$BIN/qmma_phases" "$f" 2>&1 | tee -a "$summary"
+#    device-bin/qmma_phases-variant (PHASES_VARIANT at build) runs after each, for an A/B in one call.
+for f in 0 2; do
+  for exe in "$BIN/qmma_phases" "$BIN/qmma_phases-variant"; do
+    [ -x "$exe" ] || continue
+    echo "== phases of the one-token products, format $f: $(basename "$exe")" | tee -a "$summary"
+    timeout 120 "$exe" "$f" 2>&1 | tee -a "$summary"
   done
-fi
+done
 echo "profile in $summary"

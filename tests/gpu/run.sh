@@ -85,8 +85,16 @@ for line in sys.stdin:
   # (NVCC, or the nvidia-cuda-nvcc wheel in the NVRTC venv at /tmp/nv).
   local nvcc=${NVCC:-$(ls /tmp/nv/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -1)}
   if [ -n "$nvcc" ] && [ -x "$nvcc" ]; then
+    # PHASES_VARIANT="QMMA_ASYNC_X=1": also qmma_phases-variant, the kernels under those defines.
+    local defs="" d
+    for d in ${PHASES_VARIANT:-}; do defs="$defs -D$d"; done
     "$nvcc" -O2 -std=c++17 -arch=sm_90 -DQMMA_STAMPS=1 -L"$(dirname "$nvcc")/../lib" tests/gpu/qmma_phases.cu \
       -o "$BIN/qmma_phases" && strip "$BIN/qmma_phases" || echo "note: no qmma_phases built"
+    if [ -n "$defs" ]; then
+      # shellcheck disable=SC2086
+      "$nvcc" -O2 -std=c++17 -arch=sm_90 -DQMMA_STAMPS=1 $defs -L"$(dirname "$nvcc")/../lib" tests/gpu/qmma_phases.cu \
+        -o "$BIN/qmma_phases-variant" && strip "$BIN/qmma_phases-variant" || echo "note: no qmma_phases-variant built"
+    fi
   fi
   # The kernels compiled here for the GPU machine's cache (sm_90 under the
   # driver and NVRTC versions it reports; KERNEL_CACHE_VERSIONS), where a
