@@ -411,6 +411,34 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
     }
 }
 
+// A q8_0 block (as quantize_block32) held by a lane quad, 8 values a lane:
+// the quad's max and code sum meet by shuffles (every lane of the warp must
+// call it). Writes this lane's two code words; returns (d as f16, Σq).
+__device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2]) {
+    float amax = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(v[i]));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    const float d = amax / 127.0f;
+    const float id = d != 0.f ? 1.0f / d : 0.f;
+    int sum = 0;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        u32 word = 0;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int qi = (int)roundf(v[4 * h + i] * id);
+            sum += qi;
+            word |= ((u32)(qi & 0xff)) << (8 * i);
+        }
+        w[h] = word;
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    return make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+}
+
 // One token's activations for warp `warp`'s units (units ≡ warp mod
 // QMMA_WARPS, SB blocks each), quantized into xq / xs (stride 2) as
 // quantize_block32 does: lane t of quad g holds values 8t..8t+7 of the
@@ -452,32 +480,12 @@ __device__ __forceinline__ void warp_quantize_one(const float* x, const float* n
                 for (int i = 0; i < 8; i++) v[i] = nv[i] * (v[i] * inv);
             }
         }
-        float amax = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(v[i]));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        const float d = amax / 127.0f;
-        const float id = d != 0.f ? 1.0f / d : 0.f;
-        int sum = 0;
         u32 w[2];
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            u32 word = 0;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int qi = (int)roundf(v[4 * h + i] * id);
-                sum += qi;
-                word |= ((u32)(qi & 0xff)) << (8 * i);
-            }
-            w[h] = word;
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const float2 ds = quad_quantize8(v, w);
         if (!on) continue;
         *(uint2*)(xq + k0) = make_uint2(w[0], w[1]);
         if (t == 0) {
-            xs[b * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+            xs[b * 2] = ds;
             xs[b * 2 + 1] = make_float2(0.f, 0.f);
         }
     }
@@ -541,32 +549,12 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
 #pragma unroll
         for (int k = 0; k < R; k++) {
             const int b = (r0 + k) * (QMMA_THREADS / 4) + q;
-            float amax = 0.f;
-#pragma unroll
-            for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(v[k][i]));
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-            const float d = amax / 127.0f;
-            const float id = d != 0.f ? 1.0f / d : 0.f;
-            int sum = 0;
             u32 w[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                u32 word = 0;
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int qi = (int)roundf(v[k][4 * h + i] * id);
-                    sum += qi;
-                    word |= ((u32)(qi & 0xff)) << (8 * i);
-                }
-                w[h] = word;
-            }
-            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const float2 ds = quad_quantize8(v[k], w);
             if (r0 + k < rounds && b < nb) {
                 *(uint2*)(xq + b * 32 + 8 * t) = make_uint2(w[0], w[1]);
                 if (t == 0) {
-                    xs[b * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+                    xs[b * 2] = ds;
                     xs[b * 2 + 1] = make_float2(0.f, 0.f);
                 }
             }
