@@ -226,6 +226,12 @@ PY
         for v in "$VARIANT" "" "$VARIANT"; do
           run_bench "q4_0-batched32-variant-${v:-default}" env CHATGLM_NVRTC_DEFINES="$v" $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 16,32
         done
+        # One-token decode of both formats under the variant, alternating with the default.
+        for v in "" "$VARIANT" "" "$VARIANT"; do
+          for d in q4_0 q8_0; do
+            run_bench "$d-short-variant-${v:-default}" env CHATGLM_NVRTC_DEFINES="$v" $b --dtype $d --prompt-len 16 --gen-len 128 --repeat 2
+          done
+        done
       fi
       mem_probe q4_0-8k-dialogue $b --dtype q4_0 --prompt-len 8192 --gen-len 64
       # The same dialogue with the int8 (q8_0) KV cache, and its decode speed against f16's.
