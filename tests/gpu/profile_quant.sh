@@ -3,7 +3,7 @@
 # `tests/gpu/run.sh build`, from the repository root):
 #   tests/gpu/profile_quant.sh [out-dir]
 # 1. A timeline (CUPTI kernel records, CUDA graph nodes one by one) of batch-1 decode
-#    for each of PROFILE_DTYPES (default "q4_0 q8_0 f16") and, with
+#    for each of PROFILE_DTYPES (default "q4_0 q8_0 f16"; empty: none) and, with
 #    PROFILE_CONCURRENCY (default 32), of that many int4 sequences: per kernel
 #    the mean time and the mean gap before it (the previous kernel's end to
 #    its start), so kernel boundaries show up beside the kernels.
@@ -69,7 +69,7 @@ for i in range(mid, min(mid + 14, len(rows))):
 PY
 }
 
-for d in ${PROFILE_DTYPES:-q4_0 q8_0 f16}; do
+for d in ${PROFILE_DTYPES-q4_0 q8_0 f16}; do
   timeline "$d-short" $b --dtype "$d" --prompt-len 16 --gen-len 64
 done
 if [ "${PROFILE_CONCURRENCY:-32}" != 0 ]; then
