@@ -247,6 +247,18 @@ fn in_block_smem(n: usize, cols: usize) -> usize {
     cols / BLOCK * stride * 8 + n * cols
 }
 
+/// Measurement settings of the quantized products' grids, read once:
+/// `CHATGLM_QMMA_BLOCKS_PER_SM` (a cap on resident blocks per SM) and
+/// `CHATGLM_QMMA_PERSISTENT=0` (a block per item instead of persistent blocks).
+fn qmma_grid_settings() -> (Option<usize>, bool) {
+    static SETTINGS: std::sync::OnceLock<(Option<usize>, bool)> = std::sync::OnceLock::new();
+    *SETTINGS.get_or_init(|| {
+        let cap = std::env::var("CHATGLM_QMMA_BLOCKS_PER_SM").ok().and_then(|v| v.parse::<usize>().ok());
+        let persistent = std::env::var("CHATGLM_QMMA_PERSISTENT").map_or(true, |v| v != "0");
+        (cap, persistent)
+    })
+}
+
 impl Gpu {
     /// Whether a step of `n` tokens over rows of `cols` quantizes its
     /// activations inside the product (no separate launch).
@@ -368,13 +380,9 @@ impl Gpu {
         // `CHATGLM_QMMA_BLOCKS_PER_SM` caps the blocks per SM (measurements:
         // fewer leave room for the next kernel's blocks to start early).
         let per_sm = self.blocks_per_sm(&name, QMMA_THREADS, smem);
-        let per_sm = std::env::var("CHATGLM_QMMA_BLOCKS_PER_SM")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(per_sm, |cap| cap.clamp(1, per_sm));
+        let (cap, persistent) = qmma_grid_settings();
+        let per_sm = cap.map_or(per_sm, |cap| cap.clamp(1, per_sm));
         let resident = per_sm * self.info().multiprocessors;
-        // `CHATGLM_QMMA_PERSISTENT=0`: a block per item (for measurements).
-        let persistent = std::env::var("CHATGLM_QMMA_PERSISTENT").map_or(true, |v| v != "0");
         let blocks = if persistent { items.div_ceil(items.div_ceil(resident.max(1))) } else { items };
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
