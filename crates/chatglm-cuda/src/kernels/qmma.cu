@@ -78,19 +78,26 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_NT4_TWO_BLOCKS
 #define QMMA_NT4_TWO_BLOCKS 1
 #endif
-// 1: one-token products quantize their activations warp by warp — each warp
-// only the blocks its own units read, a lane quad per block — with no
-// barrier across the block (the RMS norm's sum of squares is summed by every
-// warp over the whole row). 0: the block quantizes all of x between two
-// barriers. Same codes and scales either way (the CPU's q8_0).
-#ifndef QMMA_WARP_QUANT
-#define QMMA_WARP_QUANT 0
-#endif
 // 1: one-token products load their activations (and norm weights) for the
 // whole block in one round and quantize them from registers
-// (block_quantize_one); 0: row_inv_rms, then quantize_tile. Not yet timed.
+// (block_quantize_one); 0: row_inv_rms, then quantize_tile. H200, run 75:
+// q4_0 decode 488 / 475 → 544 / 520 tok/s, q8_0 386 / 397 → 431 / 415.
 #ifndef QMMA_ASYNC_X
-#define QMMA_ASYNC_X 0
+#define QMMA_ASYNC_X 1
+#endif
+// Batches of this block's weights after the first started towards L2 before
+// the wait for the kernel ahead: DRAM is otherwise idle from the first
+// batch's arrival until the activations are quantized and the second batch
+// is asked for (the next product's first bytes, the 3–6 µs run 74/75 stamp
+// at every kernel boundary). 0: none.
+#ifndef QMMA_PRO_PREFETCH
+#define QMMA_PRO_PREFETCH 0
+#endif
+// 0: the first batch, too, only towards L2 before the wait and into
+// registers once the activations are quantized (their loads then queue
+// behind no weights of the block's own); 1: into registers before the wait.
+#ifndef QMMA_PRO_LOAD
+#define QMMA_PRO_LOAD 1
 #endif
 #define QMMA_TWO_BLOCKS(NT8) ((NT8) <= 2 || (QMMA_NT4_TWO_BLOCKS && (NT8) == 4))
 // One-token products (SX = 2): weight units per lane per batch (halved for
@@ -439,59 +446,6 @@ __device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2
     return make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
 }
 
-// One token's activations for warp `warp`'s units (units ≡ warp mod
-// QMMA_WARPS, SB blocks each), quantized into xq / xs (stride 2) as
-// quantize_block32 does: lane t of quad g holds values 8t..8t+7 of the
-// quad's blocks; their max and code sum meet by shuffles within the quad.
-template <int SB>
-__device__ __forceinline__ void warp_quantize_one(const float* x, const float* nw, float eps, int cols,
-                                                  signed char* xq, float2* xs) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int nb = cols / 32;
-    float inv = 1.f;
-    if (nw) {
-        float ss = 0.f;
-        const float4* xp = (const float4*)x;
-        for (int i = lane; i < cols / 4; i += 32) {
-            const float4 f = xp[i];
-            ss = fmaf(f.x, f.x, fmaf(f.y, f.y, fmaf(f.z, f.z, fmaf(f.w, f.w, ss))));
-        }
-        ss = warp_sum(ss);
-        inv = 1.0f / sqrtf(ss / (float)cols + eps);
-    }
-    // The warp's blocks: unit warp + 8k holds blocks SB·(warp + 8k) + i; all
-    // lanes run the same trips (the shuffles take the whole warp).
-    const int units = (nb + SB - 1) / SB;
-    const int mine = units > warp ? (units - warp + QMMA_WARPS - 1) / QMMA_WARPS * SB : 0;
-#pragma unroll 1
-    for (int j0 = 0; j0 < mine; j0 += 8) {
-        const int j = j0 + g;
-        const int b = SB * (warp + QMMA_WARPS * (j / SB)) + j % SB;
-        const bool on = j < mine && b < nb;
-        const int k0 = (on ? b : 0) * 32 + 8 * t;
-        float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        if (on) {
-            const float4 x0 = *(const float4*)(x + k0), x1 = *(const float4*)(x + k0 + 4);
-            v[0] = x0.x; v[1] = x0.y; v[2] = x0.z; v[3] = x0.w; v[4] = x1.x; v[5] = x1.y; v[6] = x1.z; v[7] = x1.w;
-            if (nw) {
-                const float4 n0 = *(const float4*)(nw + k0), n1 = *(const float4*)(nw + k0 + 4);
-                const float nv[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
-#pragma unroll
-                for (int i = 0; i < 8; i++) v[i] = nv[i] * (v[i] * inv);
-            }
-        }
-        u32 w[2];
-        const float2 ds = quad_quantize8(v, w);
-        if (!on) continue;
-        *(uint2*)(xq + k0) = make_uint2(w[0], w[1]);
-        if (t == 0) {
-            xs[b * 2] = ds;
-            xs[b * 2 + 1] = make_float2(0.f, 0.f);
-        }
-    }
-    __syncwarp();
-}
-
 // One token's activations for the whole block in one round of loads: lane
 // quad q of the block takes block q of every 64, lane t its values 8t..8t+7
 // (x — and with NORM the norm weights — of up to 4 rounds requested at once,
@@ -574,10 +528,6 @@ __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float
     const int xs_stride = n <= 2 ? 2 : 8;
     xs = (const float2*)smem;
     xq = (const signed char*)(smem + (long)nb * xs_stride * sizeof(float2));
-    if (QMMA_WARP_QUANT && SX == 2) {
-        warp_quantize_one<SB>(x, nw, eps, cols, (signed char*)xq, (float2*)xs);
-        return xs_stride;
-    }
     if (QMMA_ASYNC_X && SX == 2 && (!nw || cols <= 2 * 32 * QMMA_THREADS / 4)) {
         if (nw) block_quantize_one<true>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
         else block_quantize_one<false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
@@ -660,11 +610,36 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             }
         }
     };
+    // Batch `it`'s weight, scale and min bytes towards L2 (a 128-byte line a
+    // thread: STEP units of 512 bytes a row tile are 256 lines at most).
+    auto prefetch_batch = [&](int it) {
+        const int item = blockIdx.x + (it / per_item) * gridDim.x;
+        const int base = (it % per_item) * STEP;
+        const int n_units = min(STEP, units - base);
+        constexpr int SVB = 8 * (int)sizeof(ScaleVec);  // scale bytes a unit
+#pragma unroll
+        for (int r = 0; r < RT; r++) {
+            const long u0 = (long)(r ? item + half_rows / 16 : item) * units + base;
+            const int lines = n_units * 512 / 128, slines = (n_units * SVB + 127) / 128;
+            const int i = threadIdx.x - r * (QMMA_THREADS / RT);
+            for (int l = i; l >= 0 && l < lines; l += QMMA_THREADS) prefetch_l2((const char*)(w + u0 * 32) + l * 128L);
+            if (i >= 0 && i < slines) {
+                prefetch_l2((const char*)scales + u0 * SVB + i * 128L);
+                if (QFmt<F>::MIN) prefetch_l2((const char*)mins + u0 * SVB + i * 128L);
+            }
+        }
+    };
     pdl_launch_dependents();
     // The weights do not depend on the kernel before: request the first two
     // batches before waiting for it.
-    if (total > 0) load(0, wa, sa, ma);
+    constexpr bool EARLY = QMMA_PRO_LOAD || QMMA_PINGPONG;
+    if (total > 0) {
+        if (EARLY) load(0, wa, sa, ma);
+        else prefetch_batch(0);
+    }
     if (QMMA_PINGPONG && total > 1) load(1, wb, sb, mb);
+#pragma unroll 1
+    for (int it = QMMA_PINGPONG ? 2 : 1; it <= QMMA_PRO_PREFETCH && it < total; it++) prefetch_batch(it);
     if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     // The next product's weights towards L2, once this block's last batch is
     // requested: the DRAM time of the step's kernel boundaries (where a block
@@ -681,6 +656,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     if (total == 0) return;
     if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
     const int xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+    if (!EARLY) load(0, wa, sa, ma);
     QMMA_STAMP(2);
 
     float acc[RT][NT8][4];

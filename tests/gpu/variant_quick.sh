@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One kernel variant of the quantized decode products, checked and timed in a
+# few minutes of a GPU machine (after `tests/gpu/run.sh build`, from the
+# repository root; device-bin/pack.tgz, if present, is unpacked first):
+#   VARIANT="QMMA_ASYNC_X=1" tests/gpu/variant_quick.sh [out-dir]
+# 1. the per-block phase stamps of the default and variant kernels (profile_quant.sh; its timelines only
+#    where PROFILE_DTYPES / PROFILE_CONCURRENCY are set);
+# 2. the qmma, cuda_generate and cuda tests under the variant (CHATGLM_NVRTC_DEFINES; TESTS=0 skips them);
+# 3. one-token decode of each of DTYPES (default "q4_0 q8_0"), the default and the variant alternating, REPEAT
+#    rounds; VARIANTS="A=1;A=2" (';'-separated) adds more variants to each round, timed but not tested.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=device-bin
+out=${1:-${OUT:-$BIN/report}}
+mkdir -p "$out"
+: "${VARIANT:?set VARIANT, e.g. VARIANT=QMMA_ASYNC_X=1}"
+# device-bin/pack.t{gz,xz}: the binaries packed to fit a device call's 64 MiB (xz: a third smaller).
+for f in "$BIN"/pack.tgz "$BIN"/pack.txz; do [ -f "$f" ] && tar xf "$f" -C "$BIN"; done
+for f in "$BIN"/kcache.tgz "$BIN"/kcache.txz; do [ -f "$f" ] && tar xf "$f" -C /; done
+export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
+export CHATGLM_TESTDATA=${CHATGLM_TESTDATA:-$PWD/testdata} CHATGLM_REQUIRE_GPU=1
+summary=$out/variant.txt
+: >"$summary"
+if [ "${PHASES:-1}" != 0 ]; then
+  PROFILE_DTYPES=${PROFILE_DTYPES-} PROFILE_CONCURRENCY=${PROFILE_CONCURRENCY:-0} \
+    tests/gpu/profile_quant.sh "$out" >/dev/null 2>&1
+  cat "$out/profile.txt" >>"$summary"
+fi
+if [ "${TESTS:-1}" != 0 ]; then
+  for t in qmma cuda_generate cuda; do
+    [ -x "$BIN/tests/$t" ] || continue
+    echo "== tests $t under $VARIANT" | tee -a "$summary"
+    CHATGLM_NVRTC_DEFINES="$VARIANT" "$BIN/tests/$t" --test-threads=1 >"$out/test-$t.log" 2>&1
+    grep -E "^test result|panicked|FAILED" "$out/test-$t.log" | tee -a "$summary"
+  done
+fi
+b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b"
+IFS=';' read -r -a more <<<"${VARIANTS:-}"
+for _ in $(seq "${REPEAT:-2}"); do
+  for v in "" "$VARIANT" "${more[@]}"; do
+    for d in ${DTYPES:-q4_0 q8_0}; do
+      echo "== $d ${v:-default}" | tee -a "$summary"
+      CHATGLM_NVRTC_DEFINES="$v" $b --dtype "$d" --prompt-len 16 --gen-len 128 --repeat 2 >"$out/bench.log" 2>&1 ||
+        echo FAILED | tee -a "$summary"
+      grep -E "decode|tok/s" "$out/bench.log" | tail -n 3 | tee -a "$summary"
+    done
+  done
+done
+cd /tmp && tar czf "$out/kcache.tgz" chatglm-kernels 2>/dev/null
+echo "summary in $summary"
