@@ -5,7 +5,7 @@
 #   VARIANT="QMMA_ASYNC_X=1" tests/gpu/variant_quick.sh [out-dir]
 # 1. the per-block phase stamps of the default and variant kernels (profile_quant.sh; its timelines only
 #    where PROFILE_DTYPES / PROFILE_CONCURRENCY are set);
-# 2. the qmma, cuda_generate and cuda tests under the variant (CHATGLM_NVRTC_DEFINES; TESTS=0 skips them);
+# 2. the qmma, cuda_generate and cuda tests (TEST_SUITES) under the variant (CHATGLM_NVRTC_DEFINES; TESTS=0: none);
 # 3. one-token decode of each of DTYPES (default "q4_0 q8_0"), the default and the variant alternating, REPEAT
 #    rounds; VARIANTS="A=1;A=2" (';'-separated) adds more variants to each round, timed but not tested.
 set -uo pipefail
@@ -28,7 +28,7 @@ if [ "${PHASES:-1}" != 0 ]; then
   cat "$out/profile.txt" >>"$summary"
 fi
 if [ "${TESTS:-1}" != 0 ]; then
-  for t in qmma cuda_generate cuda; do
+  for t in ${TEST_SUITES:-qmma cuda_generate cuda}; do
     [ -x "$BIN/tests/$t" ] || continue
     echo "== tests $t under $VARIANT" | tee -a "$summary"
     CHATGLM_NVRTC_DEFINES="$VARIANT" "$BIN/tests/$t" --test-threads=1 >"$out/test-$t.log" 2>&1
