@@ -8,7 +8,8 @@
 #    the mean time and the mean gap before it (the previous kernel's end to
 #    its start), so kernel boundaries show up beside the kernels.
 # 2. With PROFILE_STALLS=1, ncu's warp-state and source-level stall counters of the
-#    one-token quantized products (which SASS lines the warps wait on).
+#    one-token quantized products (which SASS lines the warps wait on); STALL_KERNELS and
+#    STALL_ARGS (bench arguments, e.g. "--prompt-len 128 --gen-len 8 --concurrency 32") pick others.
 # 3. Where device-bin/qmma_phases exists, each block's phase stamps of those products (below).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -81,10 +82,10 @@ if [ "${PROFILE_STALLS:-0}" != 0 ]; then
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
   if [ -n "$ncu" ]; then
     for k in ${STALL_KERNELS:-qmma_0_1_2_2 qmma_0_1_1_2 qmma_0_1_3_2}; do
-      echo "== stalls of $k (q4_0, one token)" | tee -a "$summary"
+      echo "== stalls of $k (q4_0, ${STALL_ARGS:-one token})" | tee -a "$summary"
       "$ncu" --clock-control none --section WarpStateStats --section SourceCounters --section SpeedOfLight \
         --section Occupancy -k "regex:^$k\$" --launch-skip 60 --launch-count 1 \
-        $b --dtype q4_0 --prompt-len 16 --gen-len 8 >"$out/ncu-$k.txt" 2>&1 || true
+        $b --dtype q4_0 ${STALL_ARGS:---prompt-len 16 --gen-len 8} >"$out/ncu-$k.txt" 2>&1 || true
       grep -E "Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued" "$out/ncu-$k.txt" |
         head -8 | tee -a "$summary"
       sed -n '/Source Counters/,$p' "$out/ncu-$k.txt" | grep -vE "^ *-+ *$" | head -40 | tee -a "$summary"

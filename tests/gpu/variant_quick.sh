@@ -7,7 +7,9 @@
 #    where PROFILE_DTYPES / PROFILE_CONCURRENCY are set);
 # 2. the qmma, cuda_generate and cuda tests (TEST_SUITES) under the variant (CHATGLM_NVRTC_DEFINES; TESTS=0: none);
 # 3. one-token decode of each of DTYPES (default "q4_0 q8_0"), the default and the variant alternating, REPEAT
-#    rounds; VARIANTS="A=1;A=2" (';'-separated) adds more variants to each round, timed but not tested.
+#    rounds; VARIANTS="A=1;A=2" (';'-separated) adds more variants to each round, timed but not tested;
+#    CONCURRENCY=32 adds that many int4 sequences (prompt 128, 256 new tokens) to each round;
+# 4. QMMA_BENCH=1: qmma_bench (each product alone, 1 / 8 / 32 tokens) under the default and each variant.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -45,7 +47,19 @@ for _ in $(seq "${REPEAT:-2}"); do
         echo FAILED | tee -a "$summary"
       grep -E "decode|tok/s" "$out/bench.log" | tail -n 3 | tee -a "$summary"
     done
+    if [ -n "${CONCURRENCY:-}" ]; then
+      echo "== q4_0 x$CONCURRENCY ${v:-default}" | tee -a "$summary"
+      CHATGLM_NVRTC_DEFINES="$v" $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY" \
+        >"$out/bench.log" 2>&1 || echo FAILED | tee -a "$summary"
+      grep -E "^batch" "$out/bench.log" | tee -a "$summary"
+    fi
   done
 done
+if [ "${QMMA_BENCH:-0}" != 0 ] && [ -x "$BIN/qmma_bench" ]; then
+  for v in "" "$VARIANT" "${more[@]}"; do
+    echo "== qmma_bench ${v:-default}" | tee -a "$summary"
+    CHATGLM_NVRTC_DEFINES="$v" "$BIN/qmma_bench" 2>&1 | grep -vE "^(format|NVIDIA|GPU)" | tee -a "$summary"
+  done
+fi
 cd /tmp && tar czf "$out/kcache.tgz" chatglm-kernels 2>/dev/null
 echo "summary in $summary"

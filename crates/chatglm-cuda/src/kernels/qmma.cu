@@ -99,6 +99,13 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_PRO_LOAD
 #define QMMA_PRO_LOAD 1
 #endif
+// 1: products of steps with quantize_x's activations (in global memory)
+// start the activation codes and scales of their next batch towards L1 as
+// they request its weights: the loads of a batch otherwise wait for L2 one
+// unit at a time (the SASS issues each unit's loads right before its mmas).
+#ifndef QMMA_X_PREFETCH
+#define QMMA_X_PREFETCH 0
+#endif
 #define QMMA_TWO_BLOCKS(NT8) ((NT8) <= 2 || (QMMA_NT4_TWO_BLOCKS && (NT8) == 4))
 // One-token products (SX = 2): weight units per lane per batch (halved for
 // SwiGLU's two row tiles) and the resident blocks a SM the registers are
@@ -629,6 +636,22 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             }
         }
     };
+    // This warp's activation codes (a line a token) and scales (a line per
+    // 16 tokens of a block) of batch `it` towards L1.
+    auto prefetch_x = [&](int it) {
+        if (SX || !QMMA_X_PREFETCH) return;
+        const int base = (it % per_item) * STEP;
+        constexpr int SB = QFmt<F>::BLOCKS;
+        constexpr int SLINES = NT8 * 8 * 8 / 128;  // scale lines a block (xs stride NT8·8)
+#pragma unroll
+        for (int u = 0; u < UB; u++) {
+            const int p = base + u * QMMA_WARPS + warp;
+            if (p >= units) break;
+            if (lane < n) prefetch_l1(xq + (long)lane * cols + p * SB * 32);
+            if (lane < SB * (SLINES > 0 ? SLINES : 1) && p * SB + lane / (SLINES > 0 ? SLINES : 1) < nb)
+                prefetch_l1((const char*)(xs + (long)(p * SB) * NT8 * 8) + lane * 128L);
+        }
+    };
     pdl_launch_dependents();
     // The weights do not depend on the kernel before: request the first two
     // batches before waiting for it.
@@ -657,6 +680,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
     const int xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
     if (!EARLY) load(0, wa, sa, ma);
+    prefetch_x(0);
     QMMA_STAMP(2);
 
     float acc[RT][NT8][4];
@@ -701,7 +725,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         }
     } else {
         for (int it = 0; it < total; it++) {
-            if (it + 1 < total) load(it + 1, wb, sb, mb);
+            if (it + 1 < total) {
+                load(it + 1, wb, sb, mb);
+                prefetch_x(it + 1);
+            }
             if (it + 2 == total) prefetch_next();
             consume(it, wa, sa, ma);
             if (it == 0) QMMA_STAMP(3);
