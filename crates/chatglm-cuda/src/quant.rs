@@ -266,10 +266,11 @@ impl Gpu {
         n <= 8 && in_block_smem(n, cols) + QMMA_STATIC_SMEM <= 48 << 10
     }
 
-    /// Bytes of the activation codes and scales [`Gpu::quantize_x`] writes for `n` tokens.
+    /// Bytes of the activation codes and scales [`Gpu::quantize_x`] writes for `n` tokens
+    /// (room for 2 bytes a value: the `QMMA_F16X` kernels take f16 activations).
     pub fn quantized_x_bytes(n: usize, cols: usize) -> (usize, usize) {
         let padded = token_tiles(n) * 8;
-        (padded * cols, cols / BLOCK * padded * 8)
+        (padded * cols * 2, cols / BLOCK * padded * 8)
     }
 
     /// `x` (n × cols f32, RMS-normalised with `norm` first) as q8_0 codes

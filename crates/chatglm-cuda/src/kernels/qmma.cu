@@ -106,6 +106,17 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_X_PREFETCH
 #define QMMA_X_PREFETCH 0
 #endif
+// 1: steps with quantize_x's activations (SX = 0: more than 8 tokens, or
+// rows too long for in-block quantization) run on f16 tensor cores:
+// quantize_x writes the (normed) activations as f16 and the products
+// dequantize each weight to f16 once for all the step's token tiles, so no
+// per-block scaling follows each mma (run 77, ncu: the int8 32-token SwiGLU
+// product issues ~54 instructions per mma at 21% occupancy — issue-bound).
+// Not the CPU's arithmetic (q8_0 activations): tests compare with an f16
+// reference.
+#ifndef QMMA_F16X
+#define QMMA_F16X 0
+#endif
 #define QMMA_TWO_BLOCKS(NT8) ((NT8) <= 2 || (QMMA_NT4_TWO_BLOCKS && (NT8) == 4))
 // One-token products (SX = 2): weight units per lane per batch (halved for
 // SwiGLU's two row tiles) and the resident blocks a SM the registers are
@@ -146,6 +157,79 @@ __device__ __forceinline__ void a_fragment(uint4 v, int i, u32* a) {
     } else {
         a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
     }
+}
+
+__device__ __forceinline__ u32 h2sub(u32 a, u32 b) {
+    u32 d;
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ u32 h2mul(u32 a, u32 b) {
+    u32 d;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ u32 h2fma(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// c += A·B on f16 tensor cores, f32 sums (the C layout of mma_block's).
+__device__ __forceinline__ void hmma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The A fragments of block i of a unit for two m16n8k16 steps, each weight
+// dequantized to f16 (d·(q − off), or d·q + m). The lane holds physical
+// columns 4t..4t+3 and 16+4t..16+4t+3 of rows g and g+8 (mma_block's
+// layout); step s's logical columns 16s + {2t, 2t+1, 2t+8, 2t+9} are taken
+// to be physical 16s + {4t, 4t+2, 4t+1, 4t+3} — pairs that two masks (or a
+// byte permute) pull out of a code word — and quantize_x stores each group
+// of 4 activations in that order (0, 2, 1, 3), so B is one 8-byte load.
+template <int F>
+__device__ __forceinline__ void a_fragments_f16(uint4 v, int i, u32 dw, u32 mw, u32 (&a)[2][4]) {
+    u32 e[2][2][2];  // [step][row g, g+8][columns (4t, 4t+2), (4t+1, 4t+3)] as f16 1024 + code
+    if (QFmt<F>::U4) {
+        const u32 w[2] = {i ? v.z : v.x, i ? v.w : v.y};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            e[0][h][0] = (w[h] & 0x000f000fu) | 0x64006400u;
+            e[0][h][1] = ((w[h] >> 8) & 0x000f000fu) | 0x64006400u;
+            e[1][h][0] = ((w[h] >> 4) & 0x000f000fu) | 0x64006400u;
+            e[1][h][1] = ((w[h] >> 12) & 0x000f000fu) | 0x64006400u;
+        }
+    } else {
+        // Signed bytes + 128 under the f16 exponent of 1024.
+        const u32 w[2][2] = {{v.x ^ 0x80808080u, v.y ^ 0x80808080u}, {v.z ^ 0x80808080u, v.w ^ 0x80808080u}};
+#pragma unroll
+        for (int st = 0; st < 2; st++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                e[st][h][0] = __byte_perm(w[st][h], 0x64646464u, 0x4240);
+                e[st][h][1] = __byte_perm(w[st][h], 0x64646464u, 0x4341);
+            }
+    }
+    // 1024 plus the code's offset: 8 (q4_0), 0 (q4_1), 128 (the signed bytes).
+    constexpr u32 Z = QFmt<F>::U4 ? (QFmt<F>::OFF ? 0x64086408u : 0x64006400u) : 0x64806480u;
+    const u32 d[2] = {__byte_perm(dw, 0, 0x1010), __byte_perm(dw, 0, 0x3232)};
+    u32 m[2] = {0u, 0u};
+    if (QFmt<F>::MIN) {
+        m[0] = __byte_perm(mw, 0, 0x1010);
+        m[1] = __byte_perm(mw, 0, 0x3232);
+    }
+#pragma unroll
+    for (int st = 0; st < 2; st++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int pr = 0; pr < 2; pr++) {
+                const u32 q = h2sub(e[st][h][pr], Z);
+                a[st][pr * 2 + h] = QFmt<F>::MIN ? h2fma(q, d[h], m[h]) : h2mul(q, d[h]);
+            }
 }
 
 // Quantizes 32 activations x[k0..k0+32) (times inv·nw when nw is set) to
@@ -251,6 +335,25 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
     const int b = blockIdx.x * per + (threadIdx.x >> 3), tt = threadIdx.x & 7, t = t0 + tt;
     if (b >= cols / 32) return;
     const long stride = gridDim.y * 8;
+    if (QMMA_F16X) {
+        // f16 activations, each group of 4 as (0, 2, 1, 3) (a_fragments_f16).
+        if (t >= n) return;
+        const float4* xp = (const float4*)(x + (long)t * cols + b * 32);
+        const float4* np = nw ? (const float4*)(nw + b * 32) : nullptr;
+        uint2* dst = (uint2*)((u16*)xq + (long)t * cols + b * 32);
+        const float in = inv[tt];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float4 f = xp[i];
+            if (np) {
+                const float4 g = np[i];
+                f = make_float4(g.x * (f.x * in), g.y * (f.y * in), g.z * (f.z * in), g.w * (f.w * in));
+            }
+            dst[i] = make_uint2((u32)f32_to_f16(f.x) | ((u32)f32_to_f16(f.z) << 16),
+                                (u32)f32_to_f16(f.y) | ((u32)f32_to_f16(f.w) << 16));
+        }
+        return;
+    }
     if (t < n) {
         u32 q[8];
         float2 sc;
@@ -355,9 +458,51 @@ __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uin
     }
 }
 
+// unit_product with f16 activations xh ([tokens][cols], groups of 4 in
+// a_fragments_f16's order) and weights dequantized to f16 (QMMA_F16X).
+template <int F, int NT8, int RT, bool CHECKED>
+__device__ __forceinline__ void unit_product_hx(float (&acc)[RT][NT8][4], const uint4 (&cv)[RT],
+                                                const typename QScale<F>::type (&cs)[RT],
+                                                const typename QScale<F>::type (&cm)[RT], int p, int nb, int n,
+                                                int cols, const u16* xh, int g, int t) {
+    constexpr int SB = QFmt<F>::BLOCKS;
+#pragma unroll
+    for (int i = 0; i < SB; i++) {
+        const int b = p * SB + i;
+        if (CHECKED && b >= nb) break;
+        uint2 bx[NT8][2];
+#pragma unroll
+        for (int j = 0; j < NT8; j++) {
+            const int tok = j * 8 + g;
+            bx[j][0] = bx[j][1] = make_uint2(0u, 0u);
+            if (tok < n) {
+                const u16* xp = xh + (long)tok * cols + b * 32 + 4 * t;
+                bx[j][0] = *(const uint2*)xp;
+                bx[j][1] = *(const uint2*)(xp + 16);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < RT; r++) {
+            u32 dw, mw = 0u;
+            if (SB == 2) dw = i ? ((const uint2*)&cs[r])->y : ((const uint2*)&cs[r])->x;
+            else dw = *(const u32*)&cs[r];
+            if (QFmt<F>::MIN) {
+                if (SB == 2) mw = i ? ((const uint2*)&cm[r])->y : ((const uint2*)&cm[r])->x;
+                else mw = *(const u32*)&cm[r];
+            }
+            u32 a[2][4];
+            a_fragments_f16<F>(cv[r], i, dw, mw, a);
+#pragma unroll
+            for (int st = 0; st < 2; st++)
+#pragma unroll
+                for (int j = 0; j < NT8; j++) hmma(acc[r][j], a[st], bx[j][st].x, bx[j][st].y);
+        }
+    }
+}
+
 // Unit u of a batch held in registers (codes, scales, offsets), at unit p
 // of the tile.
-template <int F, int NT8, int RT, bool ONE, bool CHECKED, int UB>
+template <int F, int NT8, int RT, bool ONE, bool CHECKED, int UB, bool HX>
 __device__ __forceinline__ void batch_unit(float (&acc)[RT][NT8][4], const uint4 (&buf)[RT][UB],
                                            const typename QScale<F>::type (&sv)[RT][UB],
                                            const typename QScale<F>::type (&mv)[RT][UB], int u, int p, int nb, int n,
@@ -371,7 +516,8 @@ __device__ __forceinline__ void batch_unit(float (&acc)[RT][NT8][4], const uint4
         cs[r] = sv[r][u];
         cm[r] = mv[r][u];
     }
-    unit_product<F, NT8, RT, ONE, CHECKED>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
+    if (HX) unit_product_hx<F, NT8, RT, CHECKED>(acc, cv, cs, cm, p, nb, n, cols, (const u16*)xq, g, t);
+    else unit_product<F, NT8, RT, ONE, CHECKED>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
 }
 
 // An item is done: the warps' partial sums meet in shared memory, one token
@@ -568,6 +714,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           int half_rows, const RopeCtx& rc, const char* next_w, long next_bytes) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
+    constexpr bool HX = QMMA_F16X && SX == 0;
     constexpr int UB = (ONE ? QMMA_ONE_UB : QMMA_NT4_TWO_BLOCKS && NT8 == 4 ? 4 : 8) / RT;  // units per lane per batch
     constexpr int STEP = UB * QMMA_WARPS;  // units per batch of the block
     typedef typename QScale<F>::type ScaleVec;
@@ -698,14 +845,14 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         if ((base + STEP) * QFmt<F>::BLOCKS <= nb) {
 #pragma unroll
             for (int u = 0; u < UB; u++)
-                batch_unit<F, NT8, RT, ONE, false>(acc, buf, sv, mv, u, base + u * QMMA_WARPS + warp, nb, n, cols,
+                batch_unit<F, NT8, RT, ONE, false, UB, HX>(acc, buf, sv, mv, u, base + u * QMMA_WARPS + warp, nb, n, cols,
                                                    xq, xs, xs_stride, g, t);
         } else {
 #pragma unroll
             for (int u = 0; u < UB; u++) {
                 const int p = base + u * QMMA_WARPS + warp;
                 if (p >= units) break;
-                batch_unit<F, NT8, RT, ONE, true>(acc, buf, sv, mv, u, p, nb, n, cols, xq, xs, xs_stride, g, t);
+                batch_unit<F, NT8, RT, ONE, true, UB, HX>(acc, buf, sv, mv, u, p, nb, n, cols, xq, xs, xs_stride, g, t);
             }
         }
         if (it % per_item != per_item - 1) return;
