@@ -117,7 +117,11 @@ pub(crate) const SOURCES: &[Source] = &[
     // mma.sync m16n8k32 on 8-bit integers needs Ampere or newer.
     Source {
         name: "qmma",
-        text: concat!(include_str!("kernels/gemv_epilogue.cuh"), include_str!("kernels/qmma.cu")),
+        text: concat!(
+            include_str!("kernels/mma.cuh"),
+            include_str!("kernels/gemv_epilogue.cuh"),
+            include_str!("kernels/qmma.cu")
+        ),
         min_arch: 80,
         kernels: qmma_kernels,
     },

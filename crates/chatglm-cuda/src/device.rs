@@ -202,6 +202,15 @@ impl Gpu {
                 }
             }
         }
+        // Quantized products that stage their activations (a measurement
+        // variant) take more than the default 48 KiB.
+        if crate::quant::qmma_stages_x() {
+            let wanted = crate::quant::QMMA_STAGE_SMEM_MAX as i32;
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            for (name, f) in kernels.iter().filter(|(n, _)| n.starts_with("qmma_") && n.ends_with("_0")) {
+                f.set_attribute(attr, wanted).map_err(|e| CudaError::call(format!("shared memory of {name}"), e))?;
+            }
+        }
         let blas = Blas::new(&stream)?;
         let blas_lt = if std::env::var("CHATGLM_CUBLASLT").is_ok_and(|v| v == "0") {
             None

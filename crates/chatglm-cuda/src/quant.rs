@@ -259,6 +259,29 @@ fn qmma_grid_settings() -> (Option<usize>, bool) {
     })
 }
 
+/// Whether the quantized products were compiled to stage their activations
+/// in shared memory (`CHATGLM_NVRTC_DEFINES=QMMA_X_STAGE=1`, a measurement
+/// variant of qmma.cu), read once.
+pub(crate) fn qmma_stages_x() -> bool {
+    static STAGES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STAGES.get_or_init(|| {
+        std::env::var("CHATGLM_NVRTC_DEFINES").is_ok_and(|d| d.split_whitespace().any(|v| v == "QMMA_X_STAGE=1"))
+    })
+}
+
+/// The most shared memory a staging product asks for (qmma.cu: two
+/// buffers of 8 warps × QMMA_STAGE_UB units of `stage_unit_bytes`).
+pub(crate) const QMMA_STAGE_SMEM_MAX: usize = 2 * 8 * 16 * 320;
+
+/// Dynamic shared memory of a product of `nt8` token tiles over quantize_x's
+/// activations when they are staged (mirrors qmma_body's UB and UXB).
+fn qmma_stage_smem(format: QuantFormat, nt8: usize, swiglu: bool) -> usize {
+    let sb = if format.is_4bit() { 2 } else { 1 };
+    let ub0 = if nt8 == 4 { 4 } else { 8 } / if swiglu { 2 } else { 1 };
+    let ub = ub0.min((16 / (nt8 * sb)).clamp(1, 8));
+    2 * 8 * ub * nt8 * sb * 320
+}
+
 impl Gpu {
     /// Whether a step of `n` tokens over rows of `cols` quantizes its
     /// activations inside the product (no separate launch).
@@ -375,7 +398,13 @@ impl Gpu {
         let (next_w, next_bytes) = next.map_or((0u64, 0i64), |(p, b)| (p, b as i64));
         a.arg(&next_w).arg(&next_bytes);
         let items = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
-        let smem = if in_block { in_block_smem(n, s.cols) as u32 } else { 0 };
+        let smem = if in_block {
+            in_block_smem(n, s.cols) as u32
+        } else if qmma_stages_x() {
+            qmma_stage_smem(s.format, nt8, mode == GemvMode::SwiGlu) as u32
+        } else {
+            0
+        };
         // Persistent blocks: as many as fit at once, each item to one of them
         // (the same number of items each, so no block is left with a tail).
         // `CHATGLM_QMMA_BLOCKS_PER_SM` caps the blocks per SM (measurements:
@@ -451,6 +480,22 @@ mod tests {
 
     fn codes(format: QuantFormat, seed: usize) -> Vec<u8> {
         (0..format.code_bytes()).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn staged_activations_fit_the_shared_memory_asked_for() {
+        for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            for nt8 in [1, 2, 4, 8] {
+                for swiglu in [false, true] {
+                    let smem = qmma_stage_smem(format, nt8, swiglu);
+                    // Two buffers of 8 warps, at least one unit a lane, 16-byte copies.
+                    assert!(smem > 0 && smem <= QMMA_STAGE_SMEM_MAX, "{format:?} {nt8} {swiglu}: {smem}");
+                    assert_eq!(smem % (2 * 8 * 16), 0);
+                }
+            }
+        }
+        // Two blocks a SM of the H100/H200's 227 KiB for the 17–32-token steps.
+        assert!(2 * qmma_stage_smem(QuantFormat::Q4, 4, false) <= 227 << 10);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-// Tensor-core helpers (sm_80 and newer) for flash.cu and decode_mma.cu.
+// Tensor-core helpers (sm_80 and newer) for flash.cu, decode_mma.cu and qmma.cu.
 
 __device__ __forceinline__ void mma16816(float* c, const u32* a, const u32* b) {
     asm volatile(

@@ -117,6 +117,17 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_F16X
 #define QMMA_F16X 0
 #endif
+// 1: steps with quantize_x's activations (SX = 0) copy each warp's next
+// batch of activation codes and scales into shared memory (cp.async) as they
+// request its weights, so a unit's mmas read shared memory instead of waiting
+// on L2 for every unit (run 77-79: the 32-token products wait on those loads
+// — neither 4× fewer instructions nor L1 prefetches moved them). Units per
+// lane per batch then at most QMMA_STAGE_UB, so that the two stage buffers of
+// a block stay within 80 KB (the host's qmma_stage_smem mirrors this).
+#ifndef QMMA_X_STAGE
+#define QMMA_X_STAGE 0
+#endif
+#define QMMA_STAGE_UB(NT8, SB) (16 / ((NT8) * (SB)) < 1 ? 1 : 16 / ((NT8) * (SB)) > 8 ? 8 : 16 / ((NT8) * (SB)))
 #define QMMA_TWO_BLOCKS(NT8) ((NT8) <= 2 || (QMMA_NT4_TWO_BLOCKS && (NT8) == 4))
 // One-token products (SX = 2): weight units per lane per batch (halved for
 // SwiGLU's two row tiles) and the resident blocks a SM the registers are
@@ -173,14 +184,6 @@ __device__ __forceinline__ u32 h2fma(u32 a, u32 b, u32 c) {
     u32 d;
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
-}
-
-// c += A·B on f16 tensor cores, f32 sums (the C layout of mma_block's).
-__device__ __forceinline__ void hmma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // The A fragments of block i of a unit for two m16n8k16 steps, each weight
@@ -495,7 +498,11 @@ __device__ __forceinline__ void unit_product_hx(float (&acc)[RT][NT8][4], const 
 #pragma unroll
             for (int st = 0; st < 2; st++)
 #pragma unroll
-                for (int j = 0; j < NT8; j++) hmma(acc[r][j], a[st], bx[j][st].x, bx[j][st].y);
+                for (int j = 0; j < NT8; j++) {
+                    // f16 tensor cores, f32 sums: the C layout of mma_block's.
+                    const u32 bf[2] = {bx[j][st].x, bx[j][st].y};
+                    mma16816(acc[r][j], a[st], bf);
+                }
         }
     }
 }
@@ -715,7 +722,13 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
     constexpr bool HX = QMMA_F16X && SX == 0;
-    constexpr int UB = (ONE ? QMMA_ONE_UB : QMMA_NT4_TWO_BLOCKS && NT8 == 4 ? 4 : 8) / RT;  // units per lane per batch
+    constexpr int SB = QFmt<F>::BLOCKS;
+    // Activations staged in shared memory (int8 codes only: not with F16X).
+    constexpr bool XS = QMMA_X_STAGE && SX == 0 && !QMMA_PINGPONG && !QMMA_F16X;
+    constexpr int UB0 = (ONE ? QMMA_ONE_UB : QMMA_NT4_TWO_BLOCKS && NT8 == 4 ? 4 : 8) / RT;
+    constexpr int UB = XS && QMMA_STAGE_UB(NT8, SB) < UB0 ? QMMA_STAGE_UB(NT8, SB) : UB0;  // units per lane per batch
+    // Staged bytes a unit: codes [NT8·8 tokens][SB·32], then scales [SB][NT8·8] (dx, Σq).
+    constexpr int UXB = NT8 * 8 * SB * 32 + SB * NT8 * 8 * 8;
     constexpr int STEP = UB * QMMA_WARPS;  // units per batch of the block
     typedef typename QScale<F>::type ScaleVec;
     extern __shared__ __align__(16) unsigned char qmma_smem[];
@@ -799,6 +812,27 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 prefetch_l1((const char*)(xs + (long)(p * SB) * NT8 * 8) + lane * 128L);
         }
     };
+    // This warp's activations of batch `it` into its stage buffer k (2 a warp).
+    auto stage_x = [&](int it, int k) {
+        if (!XS) return;
+        unsigned char* wbuf = qmma_smem + (long)((warp * 2 + k) * UB) * UXB;
+        const int base = (it % per_item) * STEP;
+#pragma unroll
+        for (int u = 0; u < UB; u++) {
+            const int p = base + u * QMMA_WARPS + warp;
+            if (p >= units) break;
+            unsigned char* dst = wbuf + u * UXB;
+            const int nblk = min(SB, nb - p * SB);  // a row's last unit may hold fewer blocks
+            const int cpt = nblk * 2;               // 16-byte chunks a token
+            for (int c = lane; c < n * cpt; c += 32) {
+                const int tok = c / cpt, q = c - tok * cpt;
+                cp_async16(dst + tok * (SB * 32) + q * 16, xq + (long)tok * cols + p * SB * 32 + q * 16, true);
+            }
+            const char* src = (const char*)(xs + (long)p * SB * NT8 * 8);
+            for (int c = lane; c < nblk * NT8 * 4; c += 32)
+                cp_async16(dst + NT8 * 8 * SB * 32 + c * 16, src + c * 16, true);
+        }
+    };
     pdl_launch_dependents();
     // The weights do not depend on the kernel before: request the first two
     // batches before waiting for it.
@@ -828,6 +862,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     const int xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
     if (!EARLY) load(0, wa, sa, ma);
     prefetch_x(0);
+    if (XS) {
+        stage_x(0, 0);
+        cp_async_commit();
+    }
     QMMA_STAMP(2);
 
     float acc[RT][NT8][4];
@@ -837,22 +875,38 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         for (int j = 0; j < NT8; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
 
     // Batch `it` (weights in buf) into acc; at an item's last batch, its epilogue.
+    // Unit slot u (unit p) of stage buffer k, addressed as the activations
+    // of the whole row are (rebased by the unit's first column and block).
+    auto staged = [&](int k, int u, int p, const signed char*& uq, const float2*& us) {
+        const unsigned char* ub = qmma_smem + (long)((warp * 2 + k) * UB + u) * UXB;
+        uq = (const signed char*)ub - p * SB * 32;
+        us = (const float2*)(ub + NT8 * 8 * SB * 32) - (long)p * SB * xs_stride;
+    };
     auto consume = [&](int it, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
                        const ScaleVec (&mv)[RT][UB]) {
         const int base = (it % per_item) * STEP;
+        const int xcols = XS ? SB * 32 : cols;  // row stride of the activation codes
         // A batch of whole units only (all but a row's last, mostly) runs
         // without the bounds checks.
         if ((base + STEP) * QFmt<F>::BLOCKS <= nb) {
 #pragma unroll
-            for (int u = 0; u < UB; u++)
-                batch_unit<F, NT8, RT, ONE, false, UB, HX>(acc, buf, sv, mv, u, base + u * QMMA_WARPS + warp, nb, n, cols,
-                                                   xq, xs, xs_stride, g, t);
+            for (int u = 0; u < UB; u++) {
+                const int p = base + u * QMMA_WARPS + warp;
+                const signed char* uq = xq;
+                const float2* us = xs;
+                if (XS) staged(it & 1, u, p, uq, us);
+                batch_unit<F, NT8, RT, ONE, false, UB, HX>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g,
+                                                           t);
+            }
         } else {
 #pragma unroll
             for (int u = 0; u < UB; u++) {
                 const int p = base + u * QMMA_WARPS + warp;
                 if (p >= units) break;
-                batch_unit<F, NT8, RT, ONE, true, UB, HX>(acc, buf, sv, mv, u, p, nb, n, cols, xq, xs, xs_stride, g, t);
+                const signed char* uq = xq;
+                const float2* us = xs;
+                if (XS) staged(it & 1, u, p, uq, us);
+                batch_unit<F, NT8, RT, ONE, true, UB, HX>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g, t);
             }
         }
         if (it % per_item != per_item - 1) return;
@@ -875,9 +929,17 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             if (it + 1 < total) {
                 load(it + 1, wb, sb, mb);
                 prefetch_x(it + 1);
+                stage_x(it + 1, (it + 1) & 1);
+            }
+            if (XS) {
+                // Batch it's copies have landed (it + 1's may still be in flight).
+                cp_async_commit();
+                cp_async_wait<1>();
+                __syncwarp();
             }
             if (it + 2 == total) prefetch_next();
             consume(it, wa, sa, ma);
+            if (XS) __syncwarp();  // buffer it & 1 is refilled next iteration
             if (it == 0) QMMA_STAMP(3);
 #pragma unroll
             for (int r = 0; r < RT; r++)
