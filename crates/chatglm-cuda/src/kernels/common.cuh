@@ -65,8 +65,6 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
 
 // Starts a 128-byte line towards L2 without waiting for it.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-// The same into L1 (data this block reads again soon, e.g. activations).
-__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
