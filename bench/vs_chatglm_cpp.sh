@@ -17,6 +17,10 @@
 #
 # Measurement only (after the first full run):  PHASES=measure bench/vs_chatglm_cpp.sh
 #
+# SYNTHETIC=1 needs neither PyTorch nor a checkpoint: chatglm.cpp's files are written with random weights of the
+# real shapes by bench/chatglm_cpp/write_random.py (numpy; 1-3 min a format) and ours runs
+# `chatglm bench --synthetic chatglm2-6b` (random weights too: speed does not depend on the values).
+#
 # Environment:
 #   WORK=/work/chatglm-cpp-work   build products, venv, converted models, results (keep it outside the repo)
 #   PHASES="build convert measure"
@@ -29,6 +33,8 @@
 #   PREFILL_THREADS="$THREADS"    thread counts for the prefill rows
 #   REPEAT=1                      repeats of each measurement in one process (best and median reported)
 #   CHATGLM=target/release/chatglm   our binary (built with `cargo build --release -p chatglm-cli` if missing)
+#   KERNELS=avx2                  CHATGLM_CPU_KERNELS for ours (the CPU issue's machines have AVX2 only, as
+#                                 chatglm.cpp's build here; "" = the best this CPU has)
 #   NICE_BUILD=19                 niceness of the chatglm.cpp build and the conversions
 #   WAIT_LOAD=                    e.g. 1.0: before each timed run wait (at most WAIT_MAX=300 s) until the 1-minute
 #                                 load average is below this (the machine is shared; "" = do not wait)
@@ -36,8 +42,13 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HERE="$REPO/bench/chatglm_cpp"
-CKPT="$(realpath "${1:-/work/synth6b}")"
 WORK="${WORK:-/work/chatglm-cpp-work}"
+SYNTHETIC="${SYNTHETIC:-0}"
+if [[ "$SYNTHETIC" != 0 ]]; then
+    CKPT="$WORK/synthetic-config"  # config.json only (for the table's GB/s), written with the first model file
+else
+    CKPT="$(realpath "${1:-/work/synth6b}")"
+fi
 PHASES="${PHASES:-build convert measure}"
 FORMATS="${FORMATS:-q4_0 q8_0 f16}"
 THREADS="${THREADS:-2 1}"
@@ -102,7 +113,23 @@ build_chatglm_cpp() {
 if has_phase build; then build_chatglm_cpp; fi
 
 # ---------------------------------------------------------------- 2. convert
+write_random_models() {
+    setup_venv
+    "$VENV/bin/python" -c 'import numpy' 2>/dev/null || "$VENV/bin/pip" install -q numpy
+    local fmt out t0
+    for fmt in $FORMATS $PREFILL_FORMATS; do
+        out="$MODELS/chatglm2-$fmt.bin"
+        [[ -f "$out" && -f "$CKPT/config.json" ]] && continue
+        log "writing random ChatGLM2-6B weights -> $out ($fmt, bench/chatglm_cpp/write_random.py)"
+        t0=$SECONDS
+        "$VENV/bin/python" "$HERE/write_random.py" "$out" "$fmt" "$REPO/testdata/chatglm2-tokenizer/tokenizer.model" \
+            "$CKPT" >"$WORK/write-$fmt.log" 2>&1 || { tail -20 "$WORK/write-$fmt.log" >&2; exit 1; }
+        log "wrote $fmt in $((SECONDS - t0)) s ($(du -h "$out" | cut -f1))"
+    done
+}
+
 convert_models() {
+    if [[ "$SYNTHETIC" != 0 ]]; then write_random_models; return; fi
     setup_venv
     "$VENV/bin/python" -c 'import torch, sentencepiece, tabulate, tqdm, numpy' 2>/dev/null || {
         log "installing the converter's Python packages (torch, sentencepiece, tabulate, tqdm, numpy)"
@@ -134,7 +161,9 @@ wait_quiet() {
 }
 ours() { # ours FMT THREADS PROMPT_LEN GEN_LEN
     wait_quiet
-    "$CHATGLM" bench -m "$CKPT" --dtype "$1" --threads "$2" --prompt-len "$3" --gen-len "$4" --repeat "$REPEAT" \
+    local source=(-m "$CKPT")
+    [[ "$SYNTHETIC" == 0 ]] || source=(--synthetic chatglm2-6b)
+    CHATGLM_CPU_KERNELS="${KERNELS-avx2}" "$CHATGLM" bench "${source[@]}" --dtype "$1" --threads "$2" --prompt-len "$3" --gen-len "$4" --repeat "$REPEAT" \
         --json 2>>"$OUT.stderr" | tail -1
 }
 theirs() { # theirs FMT THREADS PROMPT_LEN GEN_LEN
