@@ -274,7 +274,8 @@ pub(crate) fn qmma_stages_x() -> bool {
 pub(crate) const QMMA_STAGE_SMEM_MAX: usize = 2 * 8 * 16 * 320;
 
 /// Dynamic shared memory of a product of `nt8` token tiles over quantize_x's
-/// activations when they are staged (mirrors qmma_body's UB and UXB).
+/// activations when they are staged (mirrors qmma_body's UB and UXB at the
+/// default `QMMA_NT4_TWO_BLOCKS=1`: 4 units a lane for 17–32 tokens).
 fn qmma_stage_smem(format: QuantFormat, nt8: usize, swiglu: bool) -> usize {
     let sb = if format.is_4bit() { 2 } else { 1 };
     let ub0 = if nt8 == 4 { 4 } else { 8 } / if swiglu { 2 } else { 1 };
