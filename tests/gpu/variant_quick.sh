@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One kernel variant of the quantized decode products, checked and timed in a
 # few minutes of a GPU machine (after `tests/gpu/run.sh build`, from the
-# repository root; device-bin/pack.tgz, if present, is unpacked first):
+# repository root; device-bin/pack.t{gz,xz}, as tests/gpu/pack.sh makes it, is unpacked first):
 #   VARIANT="QMMA_ASYNC_X=1" tests/gpu/variant_quick.sh [out-dir]
 # 1. the per-block phase stamps of the default and variant kernels (profile_quant.sh; its timelines only
 #    where PROFILE_DTYPES / PROFILE_CONCURRENCY are set);
