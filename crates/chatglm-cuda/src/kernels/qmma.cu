@@ -215,6 +215,19 @@ __device__ __forceinline__ void a_fragments_f16(uint4 v, int i, u32 dw, u32 mw, 
             }
 }
 
+// Four activations as q8_0 codes (v·id rounded, as the CPU does), packed
+// into a word; their sum is added to `sum`.
+__device__ __forceinline__ u32 codes4(const float* v, float id, int& sum) {
+    u32 word = 0;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int qi = (int)roundf(v[i] * id);
+        sum += qi;
+        word |= ((u32)(qi & 0xff)) << (8 * i);
+    }
+    return word;
+}
+
 // Quantizes 32 activations x[k0..k0+32) (times inv·nw when nw is set) to
 // q8_0 as the CPU does: d = max|v| / 127, q = round(v / d), d kept as f16.
 __device__ __forceinline__ void quantize_block32(const float* x, const float* nw, float inv, int k0, u32* q,
@@ -242,16 +255,7 @@ __device__ __forceinline__ void quantize_block32(const float* x, const float* nw
     const float id = d != 0.f ? 1.0f / d : 0.f;
     int sum = 0;
 #pragma unroll
-    for (int w = 0; w < 8; w++) {
-        u32 word = 0;
-#pragma unroll
-        for (int b = 0; b < 4; b++) {
-            const int qi = (int)roundf(v[4 * w + b] * id);
-            sum += qi;
-            word |= ((u32)(qi & 0xff)) << (8 * b);
-        }
-        q[w] = word;
-    }
+    for (int w = 0; w < 8; w++) q[w] = codes4(v + 4 * w, id, sum);
     *s = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
 }
 
@@ -571,16 +575,7 @@ __device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2
     const float id = d != 0.f ? 1.0f / d : 0.f;
     int sum = 0;
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-        u32 word = 0;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int qi = (int)roundf(v[4 * h + i] * id);
-            sum += qi;
-            word |= ((u32)(qi & 0xff)) << (8 * i);
-        }
-        w[h] = word;
-    }
+    for (int h = 0; h < 2; h++) w[h] = codes4(v + 4 * h, id, sum);
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     return make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
