@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../../crates/chatglm-cuda/src/kernels/common.cuh"
+#include "../../crates/chatglm-cuda/src/kernels/mma.cuh"
 #include "../../crates/chatglm-cuda/src/kernels/gemv_epilogue.cuh"
 #include "../../crates/chatglm-cuda/src/kernels/qmma.cu"
 

@@ -10,6 +10,8 @@
 #    rounds; VARIANTS="A=1;A=2" (';'-separated) adds more variants to each round, timed but not tested;
 #    CONCURRENCY=32 adds that many int4 sequences (prompt 128, 256 new tokens) to each round;
 # 4. QMMA_BENCH=1: qmma_bench (each product alone, 1 / 8 / 32 tokens) under the default and each variant.
+# ENV_VARIANT=1: the variants are environment assignments (VARIANT="CHATGLM_QMMA_GROUPED=0") instead of
+# defines, and the tests run under the default.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -23,6 +25,17 @@ export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRAR
 export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
 export CHATGLM_TESTDATA=${CHATGLM_TESTDATA:-$PWD/testdata} CHATGLM_REQUIRE_GPU=1
 summary=$out/variant.txt
+# Runs "$@" under variant $1 (defines, or with ENV_VARIANT=1 environment assignments).
+under() {
+  local v=$1
+  shift
+  if [ "${ENV_VARIANT:-0}" = 1 ]; then
+    # shellcheck disable=SC2086
+    env $v "$@"
+  else
+    CHATGLM_NVRTC_DEFINES="$v" "$@"
+  fi
+}
 : >"$summary"
 if [ "${PHASES:-1}" != 0 ]; then
   PROFILE_DTYPES=${PROFILE_DTYPES-} PROFILE_CONCURRENCY=${PROFILE_CONCURRENCY:-0} \
@@ -32,8 +45,10 @@ fi
 if [ "${TESTS:-1}" != 0 ]; then
   for t in ${TEST_SUITES:-qmma cuda_generate cuda}; do
     [ -x "$BIN/tests/$t" ] || continue
-    echo "== tests $t under $VARIANT" | tee -a "$summary"
-    CHATGLM_NVRTC_DEFINES="$VARIANT" "$BIN/tests/$t" --test-threads=1 >"$out/test-$t.log" 2>&1
+    tv=$VARIANT
+    [ "${ENV_VARIANT:-0}" = 1 ] && tv=""
+    echo "== tests $t under ${tv:-the default}" | tee -a "$summary"
+    under "$tv" "$BIN/tests/$t" --test-threads=1 >"$out/test-$t.log" 2>&1
     grep -E "^test result|panicked|FAILED" "$out/test-$t.log" | tee -a "$summary"
   done
 fi
@@ -43,13 +58,13 @@ for _ in $(seq "${REPEAT:-2}"); do
   for v in "" "$VARIANT" "${more[@]}"; do
     for d in ${DTYPES:-q4_0 q8_0}; do
       echo "== $d ${v:-default}" | tee -a "$summary"
-      CHATGLM_NVRTC_DEFINES="$v" $b --dtype "$d" --prompt-len 16 --gen-len 128 --repeat 2 >"$out/bench.log" 2>&1 ||
+      under "$v" $b --dtype "$d" --prompt-len 16 --gen-len 128 --repeat 2 >"$out/bench.log" 2>&1 ||
         echo FAILED | tee -a "$summary"
       grep -E "decode|tok/s" "$out/bench.log" | tail -n 3 | tee -a "$summary"
     done
     if [ -n "${CONCURRENCY:-}" ]; then
       echo "== q4_0 x$CONCURRENCY ${v:-default}" | tee -a "$summary"
-      CHATGLM_NVRTC_DEFINES="$v" $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY" \
+      under "$v" $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY" \
         >"$out/bench.log" 2>&1 || echo FAILED | tee -a "$summary"
       grep -E "^batch" "$out/bench.log" | tee -a "$summary"
     fi
@@ -58,7 +73,7 @@ done
 if [ "${QMMA_BENCH:-0}" != 0 ] && [ -x "$BIN/qmma_bench" ]; then
   for v in "" "$VARIANT" "${more[@]}"; do
     echo "== qmma_bench ${v:-default}" | tee -a "$summary"
-    CHATGLM_NVRTC_DEFINES="$v" "$BIN/qmma_bench" 2>&1 | grep -vE "^(format|NVIDIA|GPU)" | tee -a "$summary"
+    under "$v" "$BIN/qmma_bench" 2>&1 | grep -vE "^(format|NVIDIA|GPU)" | tee -a "$summary"
   done
 fi
 cd /tmp && tar czf "$out/kcache.tgz" chatglm-kernels 2>/dev/null

@@ -74,6 +74,9 @@ fn qmma_kernels() -> Vec<String> {
             for nt8 in [1, 2, 4, 8] {
                 k.push(format!("qmma_{f}_{nt8}_{mode}_0"));
             }
+            for nt8 in [2, 4, 8] {
+                k.push(format!("qmmg_{f}_{nt8}_{mode}"));
+            }
         }
     }
     k
@@ -120,7 +123,8 @@ pub(crate) const SOURCES: &[Source] = &[
         text: concat!(
             include_str!("kernels/mma.cuh"),
             include_str!("kernels/gemv_epilogue.cuh"),
-            include_str!("kernels/qmma.cu")
+            include_str!("kernels/qmma.cu"),
+            include_str!("kernels/qmma_group.cu")
         ),
         min_arch: 80,
         kernels: qmma_kernels,

@@ -125,6 +125,11 @@ pub struct Gpu {
     pub(crate) recorder: std::sync::Mutex<Recorder>,
     /// `CHATGLM_CUDA_GRAPHS=0` turns graph replay off (launches one by one).
     pub(crate) graphs_enabled: std::sync::atomic::AtomicBool,
+    /// Steps of 9..=64 tokens on the grouped quantized products (`CHATGLM_QMMA_GROUPED=1`; off by
+    /// default: slower than qmma's own at 9–32 tokens, bench/RESULTS.md runs 81–84).
+    pub(crate) grouped_products: std::sync::atomic::AtomicBool,
+    /// The grouped products' partial sums and counters, allocated by the first step that needs them.
+    pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
 }
 
 impl Gpu {
@@ -202,6 +207,33 @@ impl Gpu {
                 }
             }
         }
+        // The grouped quantized products stage several chunks of weights and
+        // activations; without the shared memory they ask for, qmma's own run.
+        let mut unavailable = Vec::new();
+        // They and quantize_x (the kernel before each) ask for the whole
+        // carveout as shared memory: a block launched early (PDL) beside a
+        // running one then never needs its SM reconfigured, which waits for
+        // the SM to empty (`CHATGLM_QMMG_CARVEOUT=0`: the driver's choice).
+        let carveout = !std::env::var("CHATGLM_QMMG_CARVEOUT").is_ok_and(|v| v == "0");
+        for (name, f) in kernels.iter() {
+            let grouped = crate::quant_group::group_smem_of(name);
+            if let Some(wanted) = grouped {
+                let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                if let Err(e) = f.set_attribute(attr, wanted as i32) {
+                    tracing::warn!("{name} off: {wanted} bytes of shared memory unavailable ({e})");
+                    unavailable.push(name.clone());
+                }
+            }
+            if carveout && (grouped.is_some() || name == "quantize_x") {
+                let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
+                if let Err(e) = f.set_attribute(attr, 100) {
+                    tracing::warn!("{name}: no shared-memory carveout preference ({e})");
+                }
+            }
+        }
+        for name in unavailable.drain(..) {
+            kernels.remove(&name);
+        }
         // Quantized products that stage their activations (a measurement
         // variant) take more than the default 48 KiB.
         if crate::quant::qmma_stages_x() {
@@ -257,6 +289,8 @@ impl Gpu {
 
             recorder: Default::default(),
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
+            grouped_products: std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "1").into(),
+            group_scratch: Default::default(),
         }))
     }
 
@@ -280,7 +314,8 @@ impl Gpu {
 
     /// Device memory held for library scratch space (cuBLASLt's workspace).
     pub fn workspace_bytes(&self) -> usize {
-        self.blas_lt.as_ref().map_or(0, |lt| lt.workspace_bytes())
+        let grouped = self.group_scratch.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |s| s.bytes());
+        self.blas_lt.as_ref().map_or(0, |lt| lt.workspace_bytes()) + grouped
     }
 
     /// `(free, total)` device memory in bytes.

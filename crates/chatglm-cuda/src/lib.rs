@@ -24,6 +24,7 @@ mod graph;
 mod host;
 pub mod ops;
 pub mod quant;
+mod quant_group;
 
 pub use compile::{compile_all, write_kernel_cache};
 pub use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};

@@ -229,7 +229,7 @@ pub struct TiledPtr {
 }
 
 impl TiledPtr {
-    fn parts(&self) -> (u64, u64, u64) {
+    pub(crate) fn parts(&self) -> (u64, u64, u64) {
         let (s, m, _) = self.shape.offsets();
         (self.base, self.base + s as u64, if self.shape.format.has_min() { self.base + m as u64 } else { 0 })
     }
@@ -264,9 +264,19 @@ fn qmma_grid_settings() -> (Option<usize>, bool) {
 /// variant of qmma.cu), read once.
 pub(crate) fn qmma_stages_x() -> bool {
     static STAGES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STAGES.get_or_init(|| {
-        std::env::var("CHATGLM_NVRTC_DEFINES").is_ok_and(|d| d.split_whitespace().any(|v| v == "QMMA_X_STAGE=1"))
-    })
+    *STAGES.get_or_init(|| nvrtc_defines("QMMA_X_STAGE=1"))
+}
+
+/// Whether `CHATGLM_NVRTC_DEFINES` holds `define`.
+fn nvrtc_defines(define: &str) -> bool {
+    std::env::var("CHATGLM_NVRTC_DEFINES").is_ok_and(|d| d.split_whitespace().any(|v| v == define))
+}
+
+/// Whether quantize_x writes f16 activations (`QMMA_F16X=1`, a measurement
+/// variant only qmma.cu's products read), read once.
+fn quantize_x_writes_f16() -> bool {
+    static F16X: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *F16X.get_or_init(|| nvrtc_defines("QMMA_F16X=1"))
 }
 
 /// The most shared memory a staging product asks for (qmma.cu: two
@@ -284,6 +294,19 @@ fn qmma_stage_smem(format: QuantFormat, nt8: usize, swiglu: bool) -> usize {
 }
 
 impl Gpu {
+    /// Whether steps of 9..=64 tokens run on the grouped products
+    /// (`quant_group`; [`Gpu::set_grouped_products`]).
+    pub fn grouped_products(&self) -> bool {
+        self.grouped_products.load(std::sync::atomic::Ordering::Relaxed) && !quantize_x_writes_f16()
+    }
+
+    /// Sends steps of 9..=64 tokens to the grouped products (`CHATGLM_QMMA_GROUPED=1`
+    /// starts with it on) or to qmma's own (the default: faster at 9–32 tokens), for
+    /// tests and measurements.
+    pub fn set_grouped_products(&self, on: bool) {
+        self.grouped_products.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether a step of `n` tokens over rows of `cols` quantizes its
     /// activations inside the product (no separate launch).
     pub fn qmma_quantizes_in_block(&self, n: usize, cols: usize) -> bool {
@@ -379,7 +402,6 @@ impl Gpu {
         // In-block quantization: 1 for up to 8 tokens, 2 for exactly one.
         let sx = if in_block { 1 + usize::from(n == 1) } else { 0 };
         let name = format!("qmma_{}_{nt8}_{kernel_mode}_{sx}", s.format as usize);
-        let f = self.kernel(&name)?;
         let ctx = match qkv {
             Some((kv_dtype, rope, dims, layer)) => {
                 if mode != GemvMode::Store || s.rows != (dims.n_heads + 2 * dims.n_groups) * dims.head_dim {
@@ -389,6 +411,11 @@ impl Gpu {
             }
             None => [0u64; 8],
         };
+        let grouped = format!("qmmg_{}_{nt8}_{kernel_mode}", s.format as usize);
+        if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
+            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, kernel_mode, ctx, next);
+        }
+        let f = self.kernel(&name)?;
         let (wq, ws, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;

@@ -1,0 +1,345 @@
+// Grouped quantized products for steps of 9..64 tokens over quantize_x's
+// activations: the products of batched decode (many sequences, one token
+// each) and of short prompts.
+//
+// Why not qmma_body: its warps split one 16-row tile's units, so every tile
+// reads the step's activations from L2 again — at 32 tokens 2.5 bytes of
+// activations for each byte of int4 weights (runs 77–79: those products
+// wait on the activation loads, and issue ~54 instructions an mma). Here a
+// block takes a group of 8 row tiles (128 rows), one a warp, and stages each
+// chunk of activations in shared memory once for all 8; weights, scales and
+// activations move by cp.async through a ring of stages (Marlin's shape),
+// and a block's int32 sums become f32 by the exponent trick instead of I2F.
+//
+// Groups are cut into chunks of QG_CU units, and the chunks of all groups
+// dealt to the blocks in equal contiguous runs (stream-K), so that every SM
+// has the same work whatever the shape. A group whose chunks went to several
+// blocks is summed from their partial results (workspace, two slots a
+// block: the run's first and last group) in block order — deterministic —
+// by whichever block finishes its part last (a counter a group, reset by
+// that block for the next launch).
+
+// 1: the kernel after this one may launch as soon as every block has
+// started (as qmma_body does); 0: once every block has requested its last
+// chunk. Launched early, that kernel's blocks wait on SMs for this one to
+// end, where a grouped block of ~170 KB of shared memory may not fit beside
+// them: run 81 measured this kernel 2–3× slower than qmma_body's at 32
+// tokens (a second wave of blocks).
+#ifndef QMMG_EARLY_DEPENDENTS
+#define QMMG_EARLY_DEPENDENTS 0
+#endif
+
+#define QG_TILES 8   // row tiles of a group: one a warp
+// Weight units of a chunk (4: half the shared memory, two blocks an SM;
+// the host reads the same define, quant_group::group_cu).
+#ifndef QMMG_CU
+#define QMMG_CU 8
+#endif
+#define QG_CU QMMG_CU
+#define QG_MIN_BLOCKS (QG_CU <= 4 ? 2 : 1)
+
+// mma_block without `volatile`: the compiler may schedule the mmas of a
+// chunk among their scaling arithmetic (their results are pure functions of
+// the inputs).
+template <int U4>
+__device__ __forceinline__ void mma_block_pure(int* c, const u32* a, u32 b0, u32 b1) {
+    if (U4)
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%10,%10,%10};"
+            : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+    else
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%10,%10,%10,%10};"
+            : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+}
+#define QG_WS_SLOT (QG_TILES * 16 * 64)  // floats of a partial result: 128 rows × 64 tokens
+
+// Shared memory of one stage (bytes, all 16-aligned): the 8 warps' weight
+// units, their scales (and offsets), the chunk's activation codes
+// [token][KB·32 + 16] (16 bytes of padding put the 8 token rows of an mma
+// fragment load on different banks) and scales [block][8·NT8] (dx, Σq).
+template <int F, int NT8> struct QgLayout {
+    enum {
+        SB = QFmt<F>::BLOCKS,
+        KB = QG_CU * SB,  // activation blocks of a chunk
+        SCB = SB * 32,    // scale bytes of a unit: [g][block][row g, g+8] f16
+        W_OFF = 0,
+        SC_OFF = QG_TILES * QG_CU * 512,
+        MN_OFF = SC_OFF + QG_TILES * QG_CU * SCB,
+        XQ_OFF = MN_OFF + (QFmt<F>::MIN ? QG_TILES * QG_CU * SCB : 0),
+        XROW = KB * 32 + 16,
+        XS_OFF = XQ_OFF + NT8 * 8 * XROW,
+        STAGE = XS_OFF + KB * NT8 * 8 * 8,
+        STAGES = NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
+        RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
+        RED_BYTES = QG_TILES * 16 * RED_STRIDE * 4,
+        SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
+    };
+};
+
+// One chunk of this warp's row tile against the staged activations, into
+// acc[token tile][c fragment]. CHECKED: the row's last chunk, with nu units
+// and nblk blocks.
+template <int F, int NT8, bool CHECKED>
+__device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
+                                              int nu, int nblk, int n) {
+    typedef QgLayout<F, NT8> L;
+    typedef typename QScale<F>::type ScaleVec;
+    constexpr int SB = QFmt<F>::BLOCKS;
+    const int g = lane >> 2, t = lane & 3;
+    const unsigned char* wbase = st + L::W_OFF + warp * QG_CU * 512 + lane * 16;
+    const unsigned char* sbase = st + L::SC_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* mbase = st + L::MN_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 4 * t;
+    const float4* sxs = (const float4*)(st + L::XS_OFF) + t;
+#pragma unroll
+    for (int u = 0; u < QG_CU; u++) {
+        if (CHECKED && u >= nu) break;
+        const uint4 wv = *(const uint4*)(wbase + u * 512);
+        const ScaleVec sc = *(const ScaleVec*)(sbase + u * L::SCB);
+        ScaleVec mn;
+        if (QFmt<F>::MIN) mn = *(const ScaleVec*)(mbase + u * L::SCB);
+#pragma unroll
+        for (int i = 0; i < SB; i++) {
+            const int bl = u * SB + i;
+            if (CHECKED && bl >= nblk) break;
+            u32 a[4];
+            a_fragment<F>(wv, i, a);
+            const u32 dw = SB == 2 ? (i ? ((const uint2*)&sc)->y : ((const uint2*)&sc)->x) : *(const u32*)&sc;
+            const float d0 = f16_to_f32((u16)(dw & 0xffff)), d1 = f16_to_f32((u16)(dw >> 16));
+            float m0 = 0.f, m1 = 0.f;
+            if (QFmt<F>::MIN) {
+                const u32 mw = SB == 2 ? (i ? ((const uint2*)&mn)->y : ((const uint2*)&mn)->x) : *(const u32*)&mn;
+                m0 = f16_to_f32((u16)(mw & 0xffff));
+                m1 = f16_to_f32((u16)(mw >> 16));
+            }
+#pragma unroll
+            for (int j = 0; j < NT8; j++) {
+                if (j * 8 >= n) break;  // a tile of padding (40 tokens run as 64)
+                const unsigned char* xr = xbase + j * 8 * L::XROW + bl * 32;
+                const u32 b0 = *(const u32*)xr, b1 = *(const u32*)(xr + 16);
+                // Tokens 2t, 2t + 1 of tile j: (dx, Σq) each.
+                const float4 s = sxs[bl * NT8 * 4 + j * 4];
+                int c[4];
+                mma_block_pure<QFmt<F>::U4>(c, a, b0, b1);
+                const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
+                if (QFmt<F>::MIN) {
+                    acc[j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
+                    acc[j][1] += (float)c[1] * d0 * s.z + m0 * s.z * (float)sx1;
+                    acc[j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
+                    acc[j][3] += (float)c[3] * d1 * s.z + m1 * s.z * (float)sx1;
+                } else {
+                    // c − off·Σq as f32 exactly: 1.5·2²³ + v has v in its low
+                    // mantissa bits for |v| < 2²² (|v| ≤ 32·128·128 here).
+                    const int k0 = 0x4B400000 - QFmt<F>::OFF * sx0, k1 = 0x4B400000 - QFmt<F>::OFF * sx1;
+                    const float f0 = __int_as_float(c[0] + k0) - 12582912.0f;
+                    const float f1 = __int_as_float(c[1] + k1) - 12582912.0f;
+                    const float f2 = __int_as_float(c[2] + k0) - 12582912.0f;
+                    const float f3 = __int_as_float(c[3] + k1) - 12582912.0f;
+                    acc[j][0] = fmaf(f0, d0 * s.x, acc[j][0]);
+                    acc[j][1] = fmaf(f1, d0 * s.z, acc[j][1]);
+                    acc[j][2] = fmaf(f2, d1 * s.x, acc[j][2]);
+                    acc[j][3] = fmaf(f3, d1 * s.z, acc[j][3]);
+                }
+            }
+        }
+    }
+}
+
+// The product (MODE as qmma_body; NT8 = quantize_x's token tiles). ws:
+// 2·gridDim.x partial results of QG_WS_SLOT floats; counters: one a group,
+// zero between launches. Dynamic shared memory: QgLayout::SMEM.
+template <int F, int NT8, int MODE>
+__device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
+                                          const u16* __restrict__ mins, int units, int tiles,
+                                          const signed char* __restrict__ xq, const float2* __restrict__ xs, int n,
+                                          int cols, const float* __restrict__ bias, float* __restrict__ out,
+                                          int out_rows, int half_rows, const RopeCtx& rc, const char* next_w,
+                                          long next_bytes, float* ws, u32* counters) {
+    typedef QgLayout<F, NT8> L;
+    constexpr int S = L::STAGES;
+    extern __shared__ __align__(16) unsigned char qg_smem[];
+    __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
+    __shared__ int last_flag;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nb = cols / 32;
+    const int half_tiles = half_rows / 16;
+    const int groups = MODE == 2 ? (half_tiles + 3) / 4 : (tiles + QG_TILES - 1) / QG_TILES;
+    const int C = (units + QG_CU - 1) / QG_CU;  // chunks of a group
+    const long W = (long)groups * C, P = gridDim.x;
+    const long start = blockIdx.x * W / P, end = (blockIdx.x + 1) * W / P;
+    // The block whose run holds chunk x.
+    auto block_of = [&](long x) { return (int)(((x + 1) * P - 1) / W); };
+    // This warp's row tile of group G (SwiGLU: warps 0–3 the gates of 4
+    // pairs, 4–7 their ups), or -1 past the matrix.
+    auto tile_of = [&](int G) -> int {
+        if (MODE == 2) {
+            const int pair = G * 4 + (warp & 3);
+            return pair < half_tiles ? (warp < 4 ? pair : half_tiles + pair) : -1;
+        }
+        const int tl = G * QG_TILES + warp;
+        return tl < tiles ? tl : -1;
+    };
+    auto issue_w = [&](int tile, int c, int slot) {
+        if (tile < 0) return;
+        unsigned char* st = qg_smem + slot * L::STAGE;
+        const int p0 = c * QG_CU, nu = min(QG_CU, units - p0);
+        const long u0 = (long)tile * units + p0;
+        const char* src = (const char*)w + u0 * 512;
+        unsigned char* dst = st + L::W_OFF + warp * QG_CU * 512;
+        for (int q = lane; q < nu * 32; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
+        const int sc_chunks = nu * L::SCB / 16;  // ≤ 32
+        if (lane < sc_chunks) {
+            cp_async16(st + L::SC_OFF + warp * QG_CU * L::SCB + lane * 16,
+                       (const char*)scales + u0 * L::SCB + lane * 16, true);
+            if (QFmt<F>::MIN)
+                cp_async16(st + L::MN_OFF + warp * QG_CU * L::SCB + lane * 16,
+                           (const char*)mins + u0 * L::SCB + lane * 16, true);
+        }
+    };
+    auto issue_x = [&](int c, int slot) {
+        unsigned char* st = qg_smem + slot * L::STAGE;
+        const int b0 = c * L::KB, nblk = min((int)L::KB, nb - b0);
+        const int cpt = nblk * 2;  // 16-byte pieces of a token's codes
+        for (int q = threadIdx.x; q < n * cpt; q += QMMA_THREADS) {
+            const int tok = q / cpt, r = q - tok * cpt;
+            cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xq + (long)tok * cols + b0 * 32 + r * 16, true);
+        }
+        const char* src = (const char*)(xs + (long)b0 * NT8 * 8);
+        for (int q = threadIdx.x; q < nblk * NT8 * 4; q += QMMA_THREADS)
+            cp_async16(st + L::XS_OFF + q * 16, src + q * 16, true);
+    };
+    auto prefetch_next = [&]() {
+        if (next_bytes <= 0) return;
+        const long chunk = ((next_bytes + gridDim.x - 1) / gridDim.x + 127) / 128 * 128;
+        const long e = min(next_bytes, (long)(blockIdx.x + 1) * chunk);
+        for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < e; b += QMMA_THREADS * 128L) prefetch_l2(next_w + b);
+    };
+
+    if (QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
+    if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
+    float* red = (float*)qg_smem;
+    bool waited = false;
+    for (long x = start; x < end;) {
+        const int G = (int)(x / C), c0 = (int)(x % C);
+        const int c1 = (int)min((long)C, c0 + (end - x));
+        const bool first = x == start;
+        const int tile = tile_of(G);
+        // Weights do not depend on the kernel ahead: the first stages' are
+        // requested before waiting for it.
+#pragma unroll
+        for (int s = 0; s < S - 1; s++)
+            if (c0 + s < c1) issue_w(tile, c0 + s, s);
+        if (!waited) {
+            pdl_wait();
+            waited = true;
+        }
+#pragma unroll
+        for (int s = 0; s < S - 1; s++) {
+            if (c0 + s < c1) issue_x(c0 + s, s);
+            cp_async_commit();
+        }
+        float acc[NT8][4];
+#pragma unroll
+        for (int j = 0; j < NT8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        for (int c = c0; c < c1; c++) {
+            const int k = c - c0;
+            cp_async_wait<S - 2>();
+            __syncthreads();  // chunk c landed for every warp; slot (k − 1) % S is free
+            const int nc = c + S - 1;
+            if (nc < c1) {
+                issue_w(tile, nc, (k + S - 1) % S);
+                issue_x(nc, (k + S - 1) % S);
+            }
+            cp_async_commit();
+            const unsigned char* st = qg_smem + (k % S) * L::STAGE;
+            const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
+            if (nu == QG_CU && nblk == L::KB) chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk, n);
+            else chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk, n);
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // the stages are free: red takes their place
+        if (x + (c1 - c0) == end) {
+            if (!QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
+            prefetch_next();
+        }
+        constexpr int RS = L::RED_STRIDE;
+#pragma unroll
+        for (int j = 0; j < NT8; j++) {
+            float* r0 = red + (warp * 16 + g) * RS + j * 8 + 2 * t;
+            r0[0] = acc[j][0];
+            r0[1] = acc[j][1];
+            r0[8 * RS] = acc[j][2];
+            r0[8 * RS + 1] = acc[j][3];
+        }
+        __syncthreads();
+        if (c0 != 0 || c1 != C) {
+            // A part of group G: into this block's slot; the last part's block sums them.
+            float* mine = ws + (long)(blockIdx.x * 2 + (first ? 0 : 1)) * QG_WS_SLOT;
+            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QMMA_THREADS)
+                mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
+            __threadfence();
+            __syncthreads();
+            const int blo = block_of((long)G * C), bhi = block_of((long)G * C + C - 1);
+            if (threadIdx.x == 0) {
+                const u32 before = atomicAdd(&counters[G], 1u);
+                last_flag = before == (u32)(bhi - blo);
+                if (last_flag) atomicExch(&counters[G], 0u);
+            }
+            __syncthreads();
+            if (!last_flag) {
+                x += c1 - c0;
+                continue;
+            }
+            __threadfence();
+            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QMMA_THREADS) {
+                float sum = 0.f;
+                for (int bb = blo; bb <= bhi; bb++) {
+                    // Block bb's slot 0 holds the group its run starts in.
+                    const int slot = bb * 2 + ((bb * W / P) / C == G ? 0 : 1);
+                    sum += __ldcg(ws + (long)slot * QG_WS_SLOT + e);
+                }
+                red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] = sum;
+            }
+            __syncthreads();
+        }
+        if (MODE == 2) {
+            for (int e = threadIdx.x; e < n * 64; e += QMMA_THREADS) {
+                const int tok = e / 64, r = e % 64;
+                const int hrow = (G * 4 + r / 16) * 16 + r % 16;
+                if (hrow < half_rows) out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok]) * red[(64 + r) * RS + tok];
+            }
+        } else {
+            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QMMA_THREADS) {
+                const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
+                const int row = G * QG_TILES * 16 + r;
+                if (row >= out_rows) continue;
+                const float v = red[r * RS + tok];
+                if (MODE == 0) out[(long)tok * out_rows + row] = v + (bias ? bias[row] : 0.f);
+                else if (MODE == 1) out[(long)tok * out_rows + row] += v;
+                else
+                    qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, v + (bias ? bias[row] : 0.f),
+                                    red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
+            }
+        }
+        __syncthreads();  // red is the next run's stages
+        x += c1 - c0;
+    }
+}
+
+#define QMMG_KERNEL(F, NT8, MODE)                                                                             \
+    extern "C" __global__ void __launch_bounds__(QMMA_THREADS, QG_MIN_BLOCKS) qmmg_##F##_##NT8##_##MODE(                \
+        const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,        \
+        const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,         \
+        RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters) {                           \
+        qmmg_body<F, NT8, MODE>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows, half_rows, \
+                                rc, next_w, next_bytes, ws, counters);                                         \
+    }
+#define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 2) QMMG_KERNEL(F, NT8, 3)
+#define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
+QMMG_FORMAT(0)
+QMMG_FORMAT(1)
+QMMG_FORMAT(2)
+QMMG_FORMAT(3)

@@ -1,0 +1,171 @@
+//! The grouped quantized products (`kernels/qmma_group.cu`): steps of 9..=64
+//! tokens over [`Gpu::quantize_x`]'s activations, where a block stages each
+//! chunk of activations once for 8 row tiles and the chunks of all groups are
+//! dealt to the blocks in equal runs (stream-K, partial results summed in a
+//! workspace). [`Gpu::qmma`] sends such steps here when
+//! [`Gpu::set_grouped_products`] (or `CHATGLM_QMMA_GROUPED=1`) asks: a
+//! measurement variant for now. On the H200 it beats qmma's own only for the
+//! largest matrix (logits, 65,024 rows: 184 against 230 µs at 32 tokens) and
+//! loses on the layer's products (dense 56 against 22 µs): one block (8 warps)
+//! a SM issues an instruction every 3.5 cycles a scheduler, and the SMs are
+//! active for only a third to a half of the kernel's time (bench/RESULTS.md,
+//! runs 81–84).
+
+use crate::device::{device_ptr, Args};
+use crate::ops::check_i32;
+use crate::quant::{QuantFormat, TiledPtr, TILE_ROWS};
+use crate::{CudaError, CudaSlice, GemvMode, Gpu};
+use cudarc::driver::LaunchConfig;
+
+/// Row tiles of a group (one a warp).
+const QG_TILES: usize = 8;
+/// Weight units of a chunk: qmma_group.cu's `QMMG_CU` (8, or as
+/// `CHATGLM_NVRTC_DEFINES` sets it, for measurements), read once.
+fn group_cu() -> usize {
+    static CU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CU.get_or_init(|| {
+        std::env::var("CHATGLM_NVRTC_DEFINES")
+            .ok()
+            .and_then(|d| d.split_whitespace().find_map(|v| v.strip_prefix("QMMG_CU=")?.parse().ok()))
+            .unwrap_or(8)
+    })
+}
+/// Floats of one partial result: 128 rows × 64 tokens.
+const QG_WS_SLOT: usize = QG_TILES * TILE_ROWS * 64;
+const THREADS: u32 = 256;
+
+/// Partial results (two a block) and one counter a group, grown on demand.
+pub(crate) struct GroupScratch {
+    partials: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
+    blocks: usize,
+    groups: usize,
+}
+
+impl GroupScratch {
+    pub(crate) fn bytes(&self) -> usize {
+        self.blocks * 2 * QG_WS_SLOT * 4 + self.groups * 4
+    }
+}
+
+/// Dynamic shared memory of a grouped product of `nt8` token tiles (mirrors
+/// qmma_group.cu's QgLayout: stages of weights, scales, offsets and
+/// activations; the group's sums reuse them).
+pub(crate) fn group_smem(format: QuantFormat, nt8: usize) -> usize {
+    let cu = group_cu();
+    let sb = if format.is_4bit() { 2 } else { 1 };
+    let kb = cu * sb;
+    let scales = QG_TILES * cu * sb * 32;
+    let stage = QG_TILES * cu * 512
+        + scales * if format.has_min() { 2 } else { 1 }
+        + nt8 * 8 * (kb * 32 + 16)
+        + kb * nt8 * 8 * 8;
+    let stages = match nt8 {
+        0..=2 => 4,
+        4 => 3,
+        _ => 2,
+    };
+    (stages * stage).max(QG_TILES * TILE_ROWS * (nt8 * 8 + 1) * 4)
+}
+
+/// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`) needs.
+pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
+    let mut parts = name.strip_prefix("qmmg_")?.split('_');
+    let format = match parts.next()? {
+        "0" => QuantFormat::Q4,
+        "1" => QuantFormat::Q4Min,
+        "2" => QuantFormat::Q8,
+        "3" => QuantFormat::Q8Min,
+        _ => return None,
+    };
+    let nt8 = parts.next()?.parse().ok()?;
+    Some(group_smem(format, nt8))
+}
+
+impl Gpu {
+    /// The grouped product of `n` tokens (`nt8` token tiles) over quantized
+    /// activations `(xq, xs)`; `ctx`: the QKV epilogue's context (mode 3).
+    ///
+    /// # Safety
+    /// As [`Gpu::qmma`].
+    pub(crate) unsafe fn qmma_grouped(
+        &self,
+        w: TiledPtr,
+        (xq, xs): (u64, u64),
+        n: usize,
+        nt8: usize,
+        bias: u64,
+        out: u64,
+        mode: GemvMode,
+        kernel_mode: usize,
+        ctx: [u64; 8],
+        next: Option<(u64, usize)>,
+    ) -> Result<(), CudaError> {
+        let s = w.shape;
+        let name = format!("qmmg_{}_{nt8}_{kernel_mode}", s.format as usize);
+        let f = self.kernel(&name)?;
+        let half = s.rows / 2;
+        let groups = if mode == GemvMode::SwiGlu {
+            (half / TILE_ROWS).div_ceil(QG_TILES / 2)
+        } else {
+            s.tiles.div_ceil(QG_TILES)
+        };
+        let chunks = groups * s.units.div_ceil(group_cu());
+        let smem = group_smem(s.format, nt8) as u32;
+        let resident = self.blocks_per_sm(&name, THREADS, smem) * self.info().multiprocessors;
+        let blocks = chunks.min(resident).max(1);
+        let (ws, counters) = self.group_scratch(blocks, groups)?;
+        let (wq, wsc, wm) = w.parts();
+        let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
+        let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;
+        let mut a = Args::default();
+        a.arg(&wq).arg(&wsc).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&xq).arg(&xs).arg(&ints[2]).arg(&ints[3]);
+        a.arg(&bias).arg(&out).arg(&ints[4]).arg(&ints[5]);
+        a.arg_struct(&ctx);
+        let (next_w, next_bytes) = next.map_or((0u64, 0i64), |(p, b)| (p, b as i64));
+        a.arg(&next_w).arg(&next_bytes).arg(&ws).arg(&counters);
+        let cfg = LaunchConfig {
+            grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        self.launch(f, a, &name, cfg)
+    }
+
+    /// The workspace of a grouped product of `blocks` blocks over `groups`
+    /// groups: (partials, counters) device addresses, allocated (zeroed
+    /// counters) the first time a step needs more.
+    fn group_scratch(&self, blocks: usize, groups: usize) -> Result<(u64, u64), CudaError> {
+        let mut held = self.group_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if held.as_ref().is_none_or(|h| h.blocks < blocks || h.groups < groups) {
+            // Room for a full wave of the device, so one allocation serves every shape.
+            let blocks = blocks.max(self.info().multiprocessors);
+            let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
+            let partials = self.alloc::<f32>(blocks * 2 * QG_WS_SLOT, "grouped-product partial sums")?;
+            let counters = self.alloc_zeros::<u32>(groups, "grouped-product counters")?;
+            *held = Some(GroupScratch { partials, counters, blocks, groups });
+        }
+        let h = held.as_ref().expect("allocated above");
+        Ok((device_ptr(&h.partials), device_ptr(&h.counters)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_products_fit_a_multiprocessor() {
+        // 227 KiB of dynamic shared memory a block on sm_90 (sm_80: 163 KiB),
+        // less the kernel's static part (token slots, a flag).
+        for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            for nt8 in [2, 4, 8] {
+                let smem = group_smem(format, nt8);
+                assert!(smem + 64 * 16 + 16 <= 227 << 10, "{format:?} nt8={nt8}: {smem}");
+                let name = format!("qmmg_{}_{nt8}_0", format as usize);
+                assert_eq!(group_smem_of(&name), Some(smem));
+            }
+        }
+        assert_eq!(group_smem_of("qmma_0_2_0_0"), None);
+    }
+}
