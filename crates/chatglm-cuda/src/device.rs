@@ -125,8 +125,8 @@ pub struct Gpu {
     pub(crate) recorder: std::sync::Mutex<Recorder>,
     /// `CHATGLM_CUDA_GRAPHS=0` turns graph replay off (launches one by one).
     pub(crate) graphs_enabled: std::sync::atomic::AtomicBool,
-    /// Steps of 9..=64 tokens on the grouped quantized products (`CHATGLM_QMMA_GROUPED=1`; off by
-    /// default: slower than qmma's own at 9–32 tokens, bench/RESULTS.md runs 81–84).
+    /// Steps of 9..=64 tokens on the grouped quantized products (`CHATGLM_QMMA_GROUPED=0`: qmma's own;
+    /// 32 int4 sequences 5,069–5,182 against 4,403 tok/s, bench/RESULTS.md run 85).
     pub(crate) grouped_products: std::sync::atomic::AtomicBool,
     /// The grouped products' partial sums and counters, allocated by the first step that needs them.
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
@@ -211,9 +211,9 @@ impl Gpu {
         // activations; without the shared memory they ask for, qmma's own run.
         let mut unavailable = Vec::new();
         // They and quantize_x (the kernel before each) ask for the whole
-        // carveout as shared memory: a block launched early (PDL) beside a
-        // running one then never needs its SM reconfigured, which waits for
-        // the SM to empty (`CHATGLM_QMMG_CARVEOUT=0`: the driver's choice).
+        // carveout as shared memory, so a block launched early (PDL) beside a
+        // running one never needs its SM reconfigured (`CHATGLM_QMMG_CARVEOUT=0`:
+        // the driver's choice; run 82 measured no difference on the H200).
         let carveout = !std::env::var("CHATGLM_QMMG_CARVEOUT").is_ok_and(|v| v == "0");
         for (name, f) in kernels.iter() {
             let grouped = crate::quant_group::group_smem_of(name);
@@ -289,7 +289,7 @@ impl Gpu {
 
             recorder: Default::default(),
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
-            grouped_products: std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "1").into(),
+            grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
             group_scratch: Default::default(),
         }))
     }

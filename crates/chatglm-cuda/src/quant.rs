@@ -300,9 +300,9 @@ impl Gpu {
         self.grouped_products.load(std::sync::atomic::Ordering::Relaxed) && !quantize_x_writes_f16()
     }
 
-    /// Sends steps of 9..=64 tokens to the grouped products (`CHATGLM_QMMA_GROUPED=1`
-    /// starts with it on) or to qmma's own (the default: faster at 9–32 tokens), for
-    /// tests and measurements.
+    /// Sends steps of 9..=64 tokens to the grouped products (the default;
+    /// `CHATGLM_QMMA_GROUPED=0` starts with it off) or to qmma's own, for tests
+    /// and measurements.
     pub fn set_grouped_products(&self, on: bool) {
         self.grouped_products.store(on, std::sync::atomic::Ordering::Relaxed);
     }

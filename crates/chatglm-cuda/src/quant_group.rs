@@ -2,14 +2,10 @@
 //! tokens over [`Gpu::quantize_x`]'s activations, where a block stages each
 //! chunk of activations once for 8 row tiles and the chunks of all groups are
 //! dealt to the blocks in equal runs (stream-K, partial results summed in a
-//! workspace). [`Gpu::qmma`] sends such steps here when
-//! [`Gpu::set_grouped_products`] (or `CHATGLM_QMMA_GROUPED=1`) asks: a
-//! measurement variant for now. On the H200 it beats qmma's own only for the
-//! largest matrix (logits, 65,024 rows: 184 against 230 µs at 32 tokens) and
-//! loses on the layer's products (dense 56 against 22 µs): one block (8 warps)
-//! a SM issues an instruction every 3.5 cycles a scheduler, and the SMs are
-//! active for only a third to a half of the kernel's time (bench/RESULTS.md,
-//! runs 81–84).
+//! workspace). [`Gpu::qmma`] sends such steps here (`CHATGLM_QMMA_GROUPED=0`
+//! or [`Gpu::set_grouped_products`]: qmma's own). On the H200 at 32 int4
+//! tokens they take QKV 27.7 / dense 24.0 / h→4h 75.5 / 4h→h 44.4 / logits
+//! 148 µs against 37.8 / 21.7 / 85.0 / 57.7 / 231 (bench/RESULTS.md, run 85).
 
 use crate::device::{device_ptr, Args};
 use crate::ops::check_i32;
@@ -19,20 +15,28 @@ use cudarc::driver::LaunchConfig;
 
 /// Row tiles of a group (one a warp).
 const QG_TILES: usize = 8;
+/// A numeric define of `CHATGLM_NVRTC_DEFINES` (`NAME=value`), if set.
+fn define(name: &str) -> Option<usize> {
+    let prefix = format!("{name}=");
+    std::env::var("CHATGLM_NVRTC_DEFINES")
+        .ok()
+        .and_then(|d| d.split_whitespace().find_map(|v| v.strip_prefix(prefix.as_str())?.parse().ok()))
+}
+
 /// Weight units of a chunk: qmma_group.cu's `QMMG_CU` (8, or as
 /// `CHATGLM_NVRTC_DEFINES` sets it, for measurements), read once.
 fn group_cu() -> usize {
     static CU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CU.get_or_init(|| {
-        std::env::var("CHATGLM_NVRTC_DEFINES")
-            .ok()
-            .and_then(|d| d.split_whitespace().find_map(|v| v.strip_prefix("QMMG_CU=")?.parse().ok()))
-            .unwrap_or(8)
-    })
+    *CU.get_or_init(|| define("QMMG_CU").unwrap_or(8))
+}
+
+/// Threads of a grouped block: 8 row tiles × `QMMG_KW` warps a tile (2 by default).
+fn group_threads() -> u32 {
+    static KW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    (QG_TILES * 32 * *KW.get_or_init(|| define("QMMG_KW").unwrap_or(2))) as u32
 }
 /// Floats of one partial result: 128 rows × 64 tokens.
 const QG_WS_SLOT: usize = QG_TILES * TILE_ROWS * 64;
-const THREADS: u32 = 256;
 
 /// Partial results (two a block) and one counter a group, grown on demand.
 pub(crate) struct GroupScratch {
@@ -112,7 +116,8 @@ impl Gpu {
         };
         let chunks = groups * s.units.div_ceil(group_cu());
         let smem = group_smem(s.format, nt8) as u32;
-        let resident = self.blocks_per_sm(&name, THREADS, smem) * self.info().multiprocessors;
+        let threads = group_threads();
+        let resident = self.blocks_per_sm(&name, threads, smem) * self.info().multiprocessors;
         let blocks = chunks.min(resident).max(1);
         let (ws, counters) = self.group_scratch(blocks, groups)?;
         let (wq, wsc, wm) = w.parts();
@@ -126,7 +131,7 @@ impl Gpu {
         a.arg(&next_w).arg(&next_bytes).arg(&ws).arg(&counters);
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: smem,
         };
         self.launch(f, a, &name, cfg)

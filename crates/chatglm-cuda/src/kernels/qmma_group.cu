@@ -6,7 +6,7 @@
 // reads the step's activations from L2 again — at 32 tokens 2.5 bytes of
 // activations for each byte of int4 weights (runs 77–79: those products
 // wait on the activation loads, and issue ~54 instructions an mma). Here a
-// block takes a group of 8 row tiles (128 rows), one a warp, and stages each
+// block takes a group of 8 row tiles (128 rows), two warps a tile, and stages each
 // chunk of activations in shared memory once for all 8; weights, scales and
 // activations move by cp.async through a ring of stages (Marlin's shape),
 // and a block's int32 sums become f32 by the exponent trick instead of I2F.
@@ -21,22 +21,29 @@
 
 // 1: the kernel after this one may launch as soon as every block has
 // started (as qmma_body does); 0: once every block has requested its last
-// chunk. Launched early, that kernel's blocks wait on SMs for this one to
-// end, where a grouped block of ~170 KB of shared memory may not fit beside
-// them: run 81 measured this kernel 2–3× slower than qmma_body's at 32
-// tokens (a second wave of blocks).
+// chunk, so its blocks do not sit on SMs for this kernel's whole length.
+// Run 82: the same time either way.
 #ifndef QMMG_EARLY_DEPENDENTS
 #define QMMG_EARLY_DEPENDENTS 0
 #endif
 
-#define QG_TILES 8   // row tiles of a group: one a warp
+#define QG_TILES 8   // row tiles of a group
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
 #ifndef QMMG_CU
 #define QMMG_CU 8
 #endif
 #define QG_CU QMMG_CU
-#define QG_MIN_BLOCKS (QG_CU <= 4 ? 2 : 1)
+// Warps a row tile (1 or 2, each taking half of a chunk's units): 2 puts 16
+// warps on an SM, where 8 issued an instruction every 3.5 cycles a
+// scheduler (run 83; run 85: 32 int4 sequences 5,069 tok/s against 4,291);
+// the host reads the same define (quant_group::group_threads).
+#ifndef QMMG_KW
+#define QMMG_KW 2
+#endif
+#define QG_KW QMMG_KW
+#define QG_THREADS (QG_TILES * QG_KW * 32)
+#define QG_MIN_BLOCKS (QG_CU <= 4 && QG_KW == 1 ? 2 : 1)
 
 // mma_block without `volatile`: the compiler may schedule the mmas of a
 // chunk among their scaling arithmetic (their results are pure functions of
@@ -85,6 +92,9 @@ template <int F, int NT8> struct QgLayout {
 template <int F, int NT8, bool CHECKED>
 __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
                                               int nu, int nblk, int n) {
+    constexpr int HU = QG_CU / QG_KW;  // units of a warp's half of the chunk
+    const int u0 = (warp / QG_TILES) * HU;
+    warp %= QG_TILES;
     typedef QgLayout<F, NT8> L;
     typedef typename QScale<F>::type ScaleVec;
     constexpr int SB = QFmt<F>::BLOCKS;
@@ -95,7 +105,8 @@ __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsign
     const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 4 * t;
     const float4* sxs = (const float4*)(st + L::XS_OFF) + t;
 #pragma unroll
-    for (int u = 0; u < QG_CU; u++) {
+    for (int uu = 0; uu < HU; uu++) {
+        const int u = u0 + uu;
         if (CHECKED && u >= nu) break;
         const uint4 wv = *(const uint4*)(wbase + u * 512);
         const ScaleVec sc = *(const ScaleVec*)(sbase + u * L::SCB);
@@ -160,10 +171,12 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           long next_bytes, float* ws, u32* counters) {
     typedef QgLayout<F, NT8> L;
     constexpr int S = L::STAGES;
+    constexpr int EPT = NT8 * 8 * QG_TILES * 16 / QG_THREADS;  // a group's sums a thread holds
     extern __shared__ __align__(16) unsigned char qg_smem[];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
     __shared__ int last_flag;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int tw = warp % QG_TILES, half = warp / QG_TILES;  // the warp's row tile, its half of a chunk
     const int nb = cols / 32;
     const int half_tiles = half_rows / 16;
     const int groups = MODE == 2 ? (half_tiles + 3) / 4 : (tiles + QG_TILES - 1) / QG_TILES;
@@ -176,10 +189,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     // pairs, 4–7 their ups), or -1 past the matrix.
     auto tile_of = [&](int G) -> int {
         if (MODE == 2) {
-            const int pair = G * 4 + (warp & 3);
-            return pair < half_tiles ? (warp < 4 ? pair : half_tiles + pair) : -1;
+            const int pair = G * 4 + (tw & 3);
+            return pair < half_tiles ? (tw < 4 ? pair : half_tiles + pair) : -1;
         }
-        const int tl = G * QG_TILES + warp;
+        const int tl = G * QG_TILES + tw;
         return tl < tiles ? tl : -1;
     };
     auto issue_w = [&](int tile, int c, int slot) {
@@ -188,14 +201,16 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         const int p0 = c * QG_CU, nu = min(QG_CU, units - p0);
         const long u0 = (long)tile * units + p0;
         const char* src = (const char*)w + u0 * 512;
-        unsigned char* dst = st + L::W_OFF + warp * QG_CU * 512;
-        for (int q = lane; q < nu * 32; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
+        unsigned char* dst = st + L::W_OFF + tw * QG_CU * 512;
+        // The warp's half of the units (all of them with one warp a tile).
+        const int qend = min(nu, (half + 1) * (QG_CU / QG_KW)) * 32;
+        for (int q = half * (QG_CU / QG_KW) * 32 + lane; q < qend; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
         const int sc_chunks = nu * L::SCB / 16;  // ≤ 32
-        if (lane < sc_chunks) {
-            cp_async16(st + L::SC_OFF + warp * QG_CU * L::SCB + lane * 16,
+        if (half == 0 && lane < sc_chunks) {
+            cp_async16(st + L::SC_OFF + tw * QG_CU * L::SCB + lane * 16,
                        (const char*)scales + u0 * L::SCB + lane * 16, true);
             if (QFmt<F>::MIN)
-                cp_async16(st + L::MN_OFF + warp * QG_CU * L::SCB + lane * 16,
+                cp_async16(st + L::MN_OFF + tw * QG_CU * L::SCB + lane * 16,
                            (const char*)mins + u0 * L::SCB + lane * 16, true);
         }
     };
@@ -203,19 +218,19 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         unsigned char* st = qg_smem + slot * L::STAGE;
         const int b0 = c * L::KB, nblk = min((int)L::KB, nb - b0);
         const int cpt = nblk * 2;  // 16-byte pieces of a token's codes
-        for (int q = threadIdx.x; q < n * cpt; q += QMMA_THREADS) {
+        for (int q = threadIdx.x; q < n * cpt; q += QG_THREADS) {
             const int tok = q / cpt, r = q - tok * cpt;
             cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xq + (long)tok * cols + b0 * 32 + r * 16, true);
         }
         const char* src = (const char*)(xs + (long)b0 * NT8 * 8);
-        for (int q = threadIdx.x; q < nblk * NT8 * 4; q += QMMA_THREADS)
+        for (int q = threadIdx.x; q < nblk * NT8 * 4; q += QG_THREADS)
             cp_async16(st + L::XS_OFF + q * 16, src + q * 16, true);
     };
     auto prefetch_next = [&]() {
         if (next_bytes <= 0) return;
         const long chunk = ((next_bytes + gridDim.x - 1) / gridDim.x + 127) / 128 * 128;
         const long e = min(next_bytes, (long)(blockIdx.x + 1) * chunk);
-        for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < e; b += QMMA_THREADS * 128L) prefetch_l2(next_w + b);
+        for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < e; b += QG_THREADS * 128L) prefetch_l2(next_w + b);
     };
 
     if (QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
@@ -266,19 +281,25 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             prefetch_next();
         }
         constexpr int RS = L::RED_STRIDE;
+        // The tile's sums: its first warp's, then (two warps a tile) the second's added.
 #pragma unroll
-        for (int j = 0; j < NT8; j++) {
-            float* r0 = red + (warp * 16 + g) * RS + j * 8 + 2 * t;
-            r0[0] = acc[j][0];
-            r0[1] = acc[j][1];
-            r0[8 * RS] = acc[j][2];
-            r0[8 * RS + 1] = acc[j][3];
+        for (int h = 0; h < QG_KW; h++) {
+            if (half == h) {
+#pragma unroll
+                for (int j = 0; j < NT8; j++) {
+                    float* r0 = red + (tw * 16 + g) * RS + j * 8 + 2 * t;
+                    r0[0] = h ? r0[0] + acc[j][0] : acc[j][0];
+                    r0[1] = h ? r0[1] + acc[j][1] : acc[j][1];
+                    r0[8 * RS] = h ? r0[8 * RS] + acc[j][2] : acc[j][2];
+                    r0[8 * RS + 1] = h ? r0[8 * RS + 1] + acc[j][3] : acc[j][3];
+                }
+            }
+            __syncthreads();
         }
-        __syncthreads();
         if (c0 != 0 || c1 != C) {
             // A part of group G: into this block's slot; the last part's block sums them.
             float* mine = ws + (long)(blockIdx.x * 2 + (first ? 0 : 1)) * QG_WS_SLOT;
-            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QMMA_THREADS)
+            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
                 mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
             __threadfence();
             __syncthreads();
@@ -294,33 +315,63 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 continue;
             }
             __threadfence();
-            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QMMA_THREADS) {
-                float sum = 0.f;
-                for (int bb = blo; bb <= bhi; bb++) {
-                    // Block bb's slot 0 holds the group its run starts in.
-                    const int slot = bb * 2 + ((bb * W / P) / C == G ? 0 : 1);
-                    sum += __ldcg(ws + (long)slot * QG_WS_SLOT + e);
+            // A thread's elements of every part requested together, one part
+            // at a time: a loop that waited on each L2 load in turn kept the
+            // summing block busy for ~50K cycles while the other SMs idled
+            // (run 84: SM active a third of the kernel's time; run 85 with
+            // this: the 32-token products 1.2–1.6× faster).
+            float sum[EPT];
+#pragma unroll
+            for (int k = 0; k < EPT; k++) sum[k] = 0.f;
+            for (int bb = blo; bb <= bhi; bb++) {
+                // Block bb's slot 0 holds the group its run starts in.
+                const float* part = ws + (long)(bb * 2 + ((bb * W / P) / C == G ? 0 : 1)) * QG_WS_SLOT;
+                float v[EPT];
+#pragma unroll
+                for (int k = 0; k < EPT; k++) {
+                    const int e = threadIdx.x + k * QG_THREADS;
+                    v[k] = e < n * QG_TILES * 16 ? __ldcg(part + e) : 0.f;
                 }
-                red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] = sum;
+#pragma unroll
+                for (int k = 0; k < EPT; k++) sum[k] += v[k];
+            }
+#pragma unroll
+            for (int k = 0; k < EPT; k++) {
+                const int e = threadIdx.x + k * QG_THREADS;
+                if (e < n * QG_TILES * 16) red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] = sum[k];
             }
             __syncthreads();
         }
         if (MODE == 2) {
-            for (int e = threadIdx.x; e < n * 64; e += QMMA_THREADS) {
+            for (int e = threadIdx.x; e < n * 64; e += QG_THREADS) {
                 const int tok = e / 64, r = e % 64;
                 const int hrow = (G * 4 + r / 16) * 16 + r % 16;
                 if (hrow < half_rows) out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok]) * red[(64 + r) * RS + tok];
             }
         } else {
-            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QMMA_THREADS) {
+            // The rows' current values (accumulate) or biases first, all in
+            // flight at once, then the stores.
+            float base[EPT];
+#pragma unroll
+            for (int k = 0; k < EPT; k++) {
+                const int e = threadIdx.x + k * QG_THREADS;
+                const int tok = e / (QG_TILES * 16), row = G * QG_TILES * 16 + e % (QG_TILES * 16);
+                base[k] = 0.f;
+                if (e < n * QG_TILES * 16 && row < out_rows) {
+                    if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
+                    else if (bias) base[k] = bias[row];
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < EPT; k++) {
+                const int e = threadIdx.x + k * QG_THREADS;
                 const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
                 const int row = G * QG_TILES * 16 + r;
-                if (row >= out_rows) continue;
-                const float v = red[r * RS + tok];
-                if (MODE == 0) out[(long)tok * out_rows + row] = v + (bias ? bias[row] : 0.f);
-                else if (MODE == 1) out[(long)tok * out_rows + row] += v;
+                if (e >= n * QG_TILES * 16 || row >= out_rows) continue;
+                const float v = red[r * RS + tok] + base[k];
+                if (MODE != 3) out[(long)tok * out_rows + row] = v;
                 else
-                    qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, v + (bias ? bias[row] : 0.f),
+                    qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, v,
                                     red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
             }
         }
@@ -330,7 +381,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 }
 
 #define QMMG_KERNEL(F, NT8, MODE)                                                                             \
-    extern "C" __global__ void __launch_bounds__(QMMA_THREADS, QG_MIN_BLOCKS) qmmg_##F##_##NT8##_##MODE(                \
+    extern "C" __global__ void __launch_bounds__(QG_THREADS, QG_MIN_BLOCKS) qmmg_##F##_##NT8##_##MODE(                \
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,        \
         const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,         \
         RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters) {                           \
