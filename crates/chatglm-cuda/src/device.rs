@@ -126,7 +126,7 @@ pub struct Gpu {
     /// `CHATGLM_CUDA_GRAPHS=0` turns graph replay off (launches one by one).
     pub(crate) graphs_enabled: std::sync::atomic::AtomicBool,
     /// Steps of 9..=64 tokens on the grouped quantized products (`CHATGLM_QMMA_GROUPED=0`: qmma's own;
-    /// 32 int4 sequences 5,069–5,182 against 4,403 tok/s, bench/RESULTS.md run 85).
+    /// 32 int4 sequences 5,602–5,627 against 4,395 tok/s, bench/RESULTS.md run 87).
     pub(crate) grouped_products: std::sync::atomic::AtomicBool,
     /// The grouped products' partial sums and counters, allocated by the first step that needs them.
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,

@@ -4,8 +4,9 @@
 //! dealt to the blocks in equal runs (stream-K, partial results summed in a
 //! workspace). [`Gpu::qmma`] sends such steps here (`CHATGLM_QMMA_GROUPED=0`
 //! or [`Gpu::set_grouped_products`]: qmma's own). On the H200 at 32 int4
-//! tokens they take QKV 27.7 / dense 24.0 / h→4h 75.5 / 4h→h 44.4 / logits
-//! 148 µs against 37.8 / 21.7 / 85.0 / 57.7 / 231 (bench/RESULTS.md, run 85).
+//! tokens they take QKV 26.0 / dense 22.9 / h→4h 67.0 / 4h→h 40.1 / logits
+//! 127 µs against 37.8 / 21.7 / 85.0 / 57.7 / 231 (bench/RESULTS.md, runs
+//! 85 and 87).
 
 use crate::device::{device_ptr, Args};
 use crate::ops::check_i32;

@@ -91,7 +91,7 @@ template <int F, int NT8> struct QgLayout {
 // and nblk blocks.
 template <int F, int NT8, bool CHECKED>
 __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
-                                              int nu, int nblk, int n) {
+                                              int nu, int nblk) {
     constexpr int HU = QG_CU / QG_KW;  // units of a warp's half of the chunk
     const int u0 = (warp / QG_TILES) * HU;
     warp %= QG_TILES;
@@ -127,8 +127,10 @@ __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsign
                 m1 = f16_to_f32((u16)(mw >> 16));
             }
 #pragma unroll
+            // Every token tile, padding too (its scales are zero): a branch
+            // per tile kept the compiler from overlapping one tile's loads
+            // and mma with the last one's scaling (SASS: each tile in turn).
             for (int j = 0; j < NT8; j++) {
-                if (j * 8 >= n) break;  // a tile of padding (40 tokens run as 64)
                 const unsigned char* xr = xbase + j * 8 * L::XROW + bl * 32;
                 const u32 b0 = *(const u32*)xr, b1 = *(const u32*)(xr + 16);
                 // Tokens 2t, 2t + 1 of tile j: (dx, Σq) each.
@@ -271,8 +273,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             cp_async_commit();
             const unsigned char* st = qg_smem + (k % S) * L::STAGE;
             const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
-            if (nu == QG_CU && nblk == L::KB) chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk, n);
-            else chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk, n);
+            if (nu == QG_CU && nblk == L::KB) chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
+            else chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
         }
         cp_async_wait<0>();
         __syncthreads();  // the stages are free: red takes their place
