@@ -248,11 +248,15 @@ fn source_text(source: &Source) -> String {
     source_text_with(source, &std::env::var("CHATGLM_NVRTC_DEFINES").unwrap_or_default())
 }
 
+/// The items of a `CHATGLM_NVRTC_DEFINES` value ("NAME=VALUE", separated by
+/// spaces or commas), as the compiler and the host both read them.
+pub(crate) fn define_items(defines: &str) -> impl Iterator<Item = &str> {
+    defines.split([' ', ',']).filter(|d| !d.is_empty())
+}
+
 /// [`source_text`] with the defines given ("NAME=VALUE …").
 fn source_text_with(source: &Source, defines: &str) -> String {
-    let defines: String = defines
-        .split([' ', ','])
-        .filter(|d| !d.is_empty())
+    let defines: String = define_items(defines)
         .filter(|d| source.text.contains(d.split('=').next().unwrap_or(d)))
         .map(|d| format!("#define {}\n", d.replacen('=', " ", 1)))
         .collect();

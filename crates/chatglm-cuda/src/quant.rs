@@ -269,7 +269,7 @@ pub(crate) fn qmma_stages_x() -> bool {
 
 /// Whether `CHATGLM_NVRTC_DEFINES` holds `define`.
 fn nvrtc_defines(define: &str) -> bool {
-    std::env::var("CHATGLM_NVRTC_DEFINES").is_ok_and(|d| d.split_whitespace().any(|v| v == define))
+    std::env::var("CHATGLM_NVRTC_DEFINES").is_ok_and(|d| crate::compile::define_items(&d).any(|v| v == define))
 }
 
 /// Whether quantize_x writes f16 activations (`QMMA_F16X=1`, a measurement

@@ -19,9 +19,9 @@ const QG_TILES: usize = 8;
 /// A numeric define of `CHATGLM_NVRTC_DEFINES` (`NAME=value`), if set.
 fn define(name: &str) -> Option<usize> {
     let prefix = format!("{name}=");
-    std::env::var("CHATGLM_NVRTC_DEFINES")
-        .ok()
-        .and_then(|d| d.split_whitespace().find_map(|v| v.strip_prefix(prefix.as_str())?.parse().ok()))
+    let defines = std::env::var("CHATGLM_NVRTC_DEFINES").ok()?;
+    let value = crate::compile::define_items(&defines).find_map(|v| v.strip_prefix(prefix.as_str())?.parse().ok());
+    value
 }
 
 /// Weight units of a chunk: qmma_group.cu's `QMMG_CU` (8, or as
@@ -159,6 +159,16 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defines_are_read_as_the_compiler_reads_them() {
+        let read = |d: &str, name: &str| {
+            crate::compile::define_items(d).find_map(|v| v.strip_prefix(&format!("{name}="))?.parse::<usize>().ok())
+        };
+        assert_eq!(read("QMMG_CU=4,QMMG_KW=1", "QMMG_KW"), Some(1));
+        assert_eq!(read("A=1 QMMG_CU=4", "QMMG_CU"), Some(4));
+        assert_eq!(read("XQMMG_CU=4", "QMMG_CU"), None);
+    }
 
     #[test]
     fn grouped_products_fit_a_multiprocessor() {

@@ -43,6 +43,10 @@
 #endif
 #define QG_KW QMMG_KW
 #define QG_THREADS (QG_TILES * QG_KW * 32)
+// A chunk's units split evenly between a tile's warps, and its scales (64
+// bytes a 4-bit unit) staged by one warp's 32 lanes of 16 bytes.
+static_assert(QG_CU % QG_KW == 0, "QMMG_CU must be a multiple of QMMG_KW");
+static_assert(QG_CU * 64 / 16 <= 32, "QMMG_CU at most 8: one warp stages a chunk's scales");
 #define QG_MIN_BLOCKS (QG_CU <= 4 && QG_KW == 1 ? 2 : 1)
 
 // mma_block without `volatile`: the compiler may schedule the mmas of a
