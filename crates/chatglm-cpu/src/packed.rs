@@ -128,11 +128,17 @@ pub struct Q8Quad {
     /// 8, packed q8_0's 128) contribute `offset · d · Σ values` too much,
     /// which kernels subtract once per block instead of per weight.
     pub dsum: [f32; 4],
+    /// Half k's q4_0 offset in the integer domain: lane j of `x8[16k..16k+16]`
+    /// is 8 · (lo[32k+2j] + lo[32k+2j+1] + hi[32k+2j] + hi[32k+2j+1]), what
+    /// the AVX2 tile's `maddubs` pair sums over codes 0..15 take too much, so
+    /// it subtracts it before widening (|Σ (q − 8)·x| ≤ 4,064 fits i16) and
+    /// keeps no correction accumulators (they spilled its registers).
+    pub x8: [i16; 32],
 }
 
 impl Default for Q8Quad {
     fn default() -> Self {
-        Self { lo: [0; 64], hi: [0; 64], d: [0.0; 4], dsum: [0.0; 4] }
+        Self { lo: [0; 64], hi: [0; 64], d: [0.0; 4], dsum: [0.0; 4], x8: [0; 32] }
     }
 }
 
@@ -149,6 +155,11 @@ pub fn quad_q8_blocks(x: &[BlockQ8_0], out: &mut [Q8Quad]) {
             let sum: i32 = b.qs.iter().map(|&v| v as i32).sum();
             quad.d[m] = d;
             quad.dsum[m] = d * sum as f32;
+        }
+        for (j, v) in quad.x8.iter_mut().enumerate() {
+            let i = 2 * j;
+            let s = quad.lo[i] as i16 + quad.lo[i + 1] as i16 + quad.hi[i] as i16 + quad.hi[i + 1] as i16;
+            *v = 8 * s;
         }
     }
 }
@@ -312,6 +323,9 @@ pub mod avx2 {
         hsum(_mm256_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)
     }
 
+    /// 4 rows × 2 tokens with the q4_0 offset taken in the integer domain
+    /// (`Q8Quad::x8`): no correction accumulators, so the 8 accumulators,
+    /// the half-quad's activations and scales fit the 16 registers.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
         let nb = 4 * nq;
@@ -319,26 +333,38 @@ pub mod avx2 {
         let ones = _mm256_set1_epi16(1);
         let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        let mut corr = [[_mm_setzero_ps(); 2]; 4];
         for q in 0..nq {
-            let (x0, x1) = (x.get_unchecked(q), x.get_unchecked(nq + q));
-            let (dx0, dx1) = (_mm_loadu_ps(x0.d.as_ptr()), _mm_loadu_ps(x1.d.as_ptr()));
-            let (c0, c1) = (_mm_loadu_ps(x0.dsum.as_ptr()), _mm_loadu_ps(x1.dsum.as_ptr()));
-            for r in 0..4 {
-                let dw = quad_scales(scales.as_ptr().add(r * nb + 4 * q));
-                for k in 0..2 {
+            let xs = [x.get_unchecked(q), x.get_unchecked(nq + q)];
+            let dx = [_mm_loadu_ps(xs[0].d.as_ptr()), _mm_loadu_ps(xs[1].d.as_ptr())];
+            for k in 0..2 {
+                let dxk = [spread(dx[0], k), spread(dx[1], k)];
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let dwk = spread(quad_scales(scales.as_ptr().add(r * nb + 4 * q)), k);
                     let (lo, hi) = nibbles(qs.as_ptr().add(r * nb + 4 * q + 2 * k), mask);
-                    let dwk = spread(dw, k);
-                    acc[r][0] = _mm256_fmadd_ps(half_products(lo, hi, x0, dx0, k, ones), dwk, acc[r][0]);
-                    acc[r][1] = _mm256_fmadd_ps(half_products(lo, hi, x1, dx1, k, ones), dwk, acc[r][1]);
+                    for (t, acc_rt) in acc_r.iter_mut().enumerate() {
+                        let xt = xs[t];
+                        let s16 = _mm256_sub_epi16(
+                            _mm256_add_epi16(
+                                _mm256_maddubs_epi16(
+                                    lo,
+                                    _mm256_load_si256(xt.lo.as_ptr().add(32 * k) as *const __m256i),
+                                ),
+                                _mm256_maddubs_epi16(
+                                    hi,
+                                    _mm256_load_si256(xt.hi.as_ptr().add(32 * k) as *const __m256i),
+                                ),
+                            ),
+                            _mm256_load_si256(xt.x8.as_ptr().add(16 * k) as *const __m256i),
+                        );
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), dxk[t]);
+                        *acc_rt = _mm256_fmadd_ps(p, dwk, *acc_rt);
+                    }
                 }
-                corr[r][0] = _mm_fmadd_ps(dw, c0, corr[r][0]);
-                corr[r][1] = _mm_fmadd_ps(dw, c1, corr[r][1]);
             }
         }
         for r in 0..4 {
-            out[r * 2] = hsum(acc[r][0]) - 8.0 * hsum4(corr[r][0]);
-            out[r * 2 + 1] = hsum(acc[r][1]) - 8.0 * hsum4(corr[r][1]);
+            out[r * 2] = hsum(acc[r][0]);
+            out[r * 2 + 1] = hsum(acc[r][1]);
         }
     }
 }
