@@ -94,9 +94,7 @@ mod mixes {
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         for i in 0..iters {
             for k in 0..2 {
-                let xs: [[__m256i; 2]; 2] = std::array::from_fn(|t| {
-                    std::array::from_fn(|h| _mm256_loadu_si256(px.add(at(i, 4 * k + 2 * t + h)) as *const __m256i))
-                });
+                let xs = activations(px, i, k);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let v = _mm256_loadu_si256(pw.add(at(i, 2 * r + k)) as *const __m256i);
                     let (lo, hi) = (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
@@ -125,9 +123,7 @@ mod mixes {
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         for i in 0..iters {
             for k in 0..2 {
-                let xs: [[__m256i; 2]; 2] = std::array::from_fn(|t| {
-                    std::array::from_fn(|h| _mm256_loadu_si256(px.add(at(i, 4 * k + 2 * t + h)) as *const __m256i))
-                });
+                let xs = activations(px, i, k);
                 for (r, acc_r) in acc.iter_mut().enumerate() {
                     let wv: [__m256i; 2] = std::array::from_fn(|h| {
                         _mm256_xor_si256(_mm256_loadu_si256(pw.add(at(i, 4 * r + 2 * k + h)) as *const __m256i), flip)
@@ -163,6 +159,14 @@ mod mixes {
         }
         sink(&acc);
         (iters * 4 * 3 * 8 * 2) as f64
+    }
+
+    /// Half k's activation codes (lo and hi vectors) of the 2 tokens at step i.
+    #[inline(always)]
+    unsafe fn activations(px: *const i8, i: usize, k: usize) -> [[__m256i; 2]; 2] {
+        std::array::from_fn(|t| {
+            std::array::from_fn(|h| _mm256_loadu_si256(px.add(at(i, 4 * k + 2 * t + h)) as *const __m256i))
+        })
     }
 
     fn sink<const T: usize>(acc: &[[__m256; T]; 4]) {
