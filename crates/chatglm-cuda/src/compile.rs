@@ -77,6 +77,7 @@ fn qmma_kernels() -> Vec<String> {
             for nt8 in [2, 4, 8] {
                 k.push(format!("qmmg_{f}_{nt8}_{mode}"));
             }
+            k.push(format!("qmv_{f}_{mode}"));
         }
     }
     k
@@ -124,7 +125,8 @@ pub(crate) const SOURCES: &[Source] = &[
             include_str!("kernels/mma.cuh"),
             include_str!("kernels/gemv_epilogue.cuh"),
             include_str!("kernels/qmma.cu"),
-            include_str!("kernels/qmma_group.cu")
+            include_str!("kernels/qmma_group.cu"),
+            include_str!("kernels/qmv.cu")
         ),
         min_arch: 80,
         kernels: qmma_kernels,

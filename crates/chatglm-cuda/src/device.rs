@@ -130,6 +130,8 @@ pub struct Gpu {
     pub(crate) grouped_products: std::sync::atomic::AtomicBool,
     /// The grouped products' partial sums and counters, allocated by the first step that needs them.
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
+    /// One-token products stream through shared memory (`quant_stream`).
+    pub(crate) one_token_stream: std::sync::atomic::AtomicBool,
 }
 
 impl Gpu {
@@ -207,16 +209,19 @@ impl Gpu {
                 }
             }
         }
-        // The grouped quantized products stage several chunks of weights and
-        // activations; without the shared memory they ask for, qmma's own run.
+        // The grouped and the streamed quantized products stage weights (and
+        // activations) in shared memory; without the shared memory they ask
+        // for, qmma's own run.
         let mut unavailable = Vec::new();
-        // They and quantize_x (the kernel before each) ask for the whole
-        // carveout as shared memory, so a block launched early (PDL) beside a
-        // running one never needs its SM reconfigured (`CHATGLM_QMMG_CARVEOUT=0`:
-        // the driver's choice; run 82 measured no difference on the H200).
-        let carveout = !std::env::var("CHATGLM_QMMG_CARVEOUT").is_ok_and(|v| v == "0");
+        // They, quantize_x (the kernel before each grouped one) and the decode
+        // attention (before the dense product) ask for the whole carveout as
+        // shared memory, so a block launched early (PDL) beside a running one
+        // never needs its SM reconfigured (`CHATGLM_QMMG_CARVEOUT=0`: the
+        // driver's choice; `=all`: every kernel, for measurements).
+        let carveout_setting = std::env::var("CHATGLM_QMMG_CARVEOUT").unwrap_or_default();
+        let carveout = carveout_setting != "0";
         for (name, f) in kernels.iter() {
-            let grouped = crate::quant_group::group_smem_of(name);
+            let grouped = crate::quant_group::group_smem_of(name).or_else(|| crate::quant_stream::stream_smem_of(name));
             if let Some(wanted) = grouped {
                 let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                 if let Err(e) = f.set_attribute(attr, wanted as i32) {
@@ -224,7 +229,8 @@ impl Gpu {
                     unavailable.push(name.clone());
                 }
             }
-            if carveout && (grouped.is_some() || name == "quantize_x") {
+            let chained = grouped.is_some() || name == "quantize_x" || name.starts_with("attn_decode");
+            if carveout && (chained || carveout_setting == "all") {
                 let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
                 if let Err(e) = f.set_attribute(attr, 100) {
                     tracing::warn!("{name}: no shared-memory carveout preference ({e})");
@@ -291,6 +297,7 @@ impl Gpu {
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
             grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
             group_scratch: Default::default(),
+            one_token_stream: (!std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "0")).into(),
         }))
     }
 

@@ -25,6 +25,7 @@ mod host;
 pub mod ops;
 pub mod quant;
 mod quant_group;
+mod quant_stream;
 
 pub use compile::{compile_all, write_kernel_cache};
 pub use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};

@@ -40,6 +40,11 @@ pub enum QuantFormat {
 }
 
 impl QuantFormat {
+    /// The format of a kernel name's index (`as usize` back).
+    pub(crate) fn from_index(index: usize) -> Option<Self> {
+        [Self::Q4, Self::Q4Min, Self::Q8, Self::Q8Min].get(index).copied()
+    }
+
     pub fn is_4bit(self) -> bool {
         matches!(self, Self::Q4 | Self::Q4Min)
     }
@@ -242,7 +247,7 @@ fn token_tiles(n: usize) -> usize {
 
 /// Dynamic shared memory of the in-block quantization of `n` tokens of `cols`
 /// (the kernel keeps scales for 2 tokens a block when n ≤ 2, else 8).
-fn in_block_smem(n: usize, cols: usize) -> usize {
+pub(crate) fn in_block_smem(n: usize, cols: usize) -> usize {
     let stride = if n <= 2 { 2 } else { 8 };
     cols / BLOCK * stride * 8 + n * cols
 }
@@ -411,6 +416,11 @@ impl Gpu {
             }
             None => [0u64; 8],
         };
+        if sx == 2 {
+            if let Some(name) = self.stream_kernel(s.format, kernel_mode, s.cols) {
+                return self.qmv(&name, w, x, norm.unwrap_or((0, 0.0)), bias, out, mode, ctx);
+            }
+        }
         let grouped = format!("qmmg_{}_{nt8}_{kernel_mode}", s.format as usize);
         if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
             return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, kernel_mode, ctx, next);

@@ -17,7 +17,7 @@ use cudarc::driver::LaunchConfig;
 /// Row tiles of a group (one a warp).
 const QG_TILES: usize = 8;
 /// A numeric define of `CHATGLM_NVRTC_DEFINES` (`NAME=value`), if set.
-fn define(name: &str) -> Option<usize> {
+pub(crate) fn define(name: &str) -> Option<usize> {
     let prefix = format!("{name}=");
     let defines = std::env::var("CHATGLM_NVRTC_DEFINES").ok()?;
     let value = crate::compile::define_items(&defines).find_map(|v| v.strip_prefix(prefix.as_str())?.parse().ok());
@@ -76,13 +76,7 @@ pub(crate) fn group_smem(format: QuantFormat, nt8: usize) -> usize {
 /// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`) needs.
 pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
     let mut parts = name.strip_prefix("qmmg_")?.split('_');
-    let format = match parts.next()? {
-        "0" => QuantFormat::Q4,
-        "1" => QuantFormat::Q4Min,
-        "2" => QuantFormat::Q8,
-        "3" => QuantFormat::Q8Min,
-        _ => return None,
-    };
+    let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
     let nt8 = parts.next()?.parse().ok()?;
     Some(group_smem(format, nt8))
 }

@@ -207,7 +207,7 @@ fn quantized_products_match_the_host_reference() {
         // blocks.
         let all: &[usize] = &[1, 2, 3, 8, 9, 17, 40, 64];
         let few: &[usize] = &[1, 2, 9];
-        let grouped: &[usize] = &[9, 17, 33];
+        let grouped: &[usize] = &[1, 9, 17, 33];
         for (rows, cols, tokens) in [
             (48, 96, all),
             (40, 160, all),
@@ -218,6 +218,8 @@ fn quantized_products_match_the_host_reference() {
             (5120, 512, grouped),
             (38400, 64, grouped),
             (19200, 1024, grouped),
+            // One token over the 4h→h width: more units a warp than its ring holds.
+            (32, 13696, &[1]),
         ] {
             let m = random_matrix(format, rows, cols, &mut rng);
             let w = gpu.upload_new(&m.bytes, "w").unwrap();
@@ -230,14 +232,22 @@ fn quantized_products_match_the_host_reference() {
                 let (qb, sb) = Gpu::quantized_x_bytes(n, cols);
                 let xq = gpu.alloc::<u8>(qb, "xq").unwrap();
                 let xs = gpu.alloc::<u8>(sb, "xs").unwrap();
-                for (in_block, grouped) in [(true, false), (false, true), (false, false)] {
+                // One token's products, streamed (qmv.cu) and qmma's own, must agree bit for bit.
+                let mut one_token: Vec<(GemvMode, Vec<f32>)> = Vec::new();
+                for (in_block, grouped, stream) in
+                    [(true, false, true), (true, false, false), (false, true, false), (false, false, false)]
+                {
                     if in_block && !gpu.qmma_quantizes_in_block(n, cols) {
                         continue;
                     }
                     if grouped && n <= 8 {
                         continue; // the grouped products take 9..=64 tokens
                     }
+                    if stream && n != 1 {
+                        continue; // the streamed products take one token
+                    }
                     gpu.set_grouped_products(grouped);
+                    gpu.set_one_token_stream(stream);
                     for mode in [GemvMode::Store, GemvMode::Accumulate, GemvMode::SwiGlu] {
                         let out_cols = if mode == GemvMode::SwiGlu { rows / 2 } else { rows };
                         if mode == GemvMode::SwiGlu && !(rows / 2).is_multiple_of(16) {
@@ -276,8 +286,19 @@ fn quantized_products_match_the_host_reference() {
                                 worst = worst.max((got[t * out_cols + r] as f64 - w).abs() / (1.0 + w.abs()));
                             }
                         }
-                        let label =
-                            format!("{format:?} {rows}×{cols} n={n} in_block={in_block} grouped={grouped} {mode:?}");
+                        let label = format!(
+                            "{format:?} {rows}×{cols} n={n} in_block={in_block} grouped={grouped} stream={stream} \
+                             {mode:?}"
+                        );
+                        if in_block && n == 1 {
+                            match one_token.iter().find(|(m, _)| *m == mode) {
+                                Some((_, first)) if first != &got => {
+                                    failures.push(format!("{label}: streamed and qmma's own one-token sums differ"))
+                                }
+                                Some(_) => {}
+                                None => one_token.push((mode, got.clone())),
+                            }
+                        }
                         // f32 sums of longer rows round more (1e-4 per 1,024 columns);
                         // SwiGLU multiplies two sums, adding their errors.
                         let per_sum = 1e-4 * (cols as f64 / 1024.0).max(1.0);

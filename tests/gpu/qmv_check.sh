@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The streamed one-token products (kernels/qmv.cu) checked and timed in one device call (after
+# `tests/gpu/run.sh build` and `tests/gpu/pack.sh`, from the repository root; carry device-bin/pack.txz and
+# device-bin/kcache.tgz):
+#   tests/gpu/qmv_check.sh
+# 1. one-token decode of each of DTYPES (default "q4_0 q8_0"), under each of VARIANTS (';'-separated
+#    environment assignments; default: the default, CHATGLM_QMV=0 — qmma's own one-token kernels — and
+#    CHATGLM_QMMG_CARVEOUT=all), REPEAT rounds;
+# 2. the test suites TEST_SUITES (default "chatglm_cuda-lib qmma cuda_generate cuda"), each under a time limit;
+# 3. QMMA_BENCH=1: qmma_bench (each product alone) under each variant.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=device-bin
+out=${OUT:-$BIN/report}
+mkdir -p "$out"
+for f in "$BIN"/pack.txz; do [ -f "$f" ] && tar xf "$f" -C "$BIN"; done
+for f in "$BIN"/kcache.tgz; do [ -f "$f" ] && tar xzf "$f" -C /; done
+export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
+export CHATGLM_TESTDATA=${CHATGLM_TESTDATA:-$PWD/testdata} CHATGLM_REQUIRE_GPU=1
+nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
+IFS=';' read -r -a variants <<<"${VARIANTS:-CHATGLM_QMV=1;CHATGLM_QMV=0;CHATGLM_QMMG_CARVEOUT=all}"
+b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b"
+for _ in $(seq "${REPEAT:-1}"); do
+  for v in "${variants[@]}"; do
+    for d in ${DTYPES:-q4_0 q8_0}; do
+      # shellcheck disable=SC2086
+      r=$(env $v timeout "${BENCH_LIMIT:-90}" $b --dtype "$d" --prompt-len 16 --gen-len "${GEN_LEN:-128}" --repeat 2 2>&1)
+      echo "== $d $v: $(echo "$r" | grep -E 'decode|tok/s|error|panick' | tr '\n' ' ' | cut -c1-300)"
+    done
+  done
+done
+for t in ${TEST_SUITES:-chatglm_cuda-lib qmma cuda_generate cuda}; do
+  [ -x "$BIN/tests/$t" ] || continue
+  s=$(date +%s)
+  timeout "${TEST_LIMIT:-300}" "$BIN/tests/$t" --test-threads=1 >"$out/test-$t.log" 2>&1
+  echo "== tests $t (rc $?, $(($(date +%s) - s)) s): $(grep -E '^test result|FAILED|panicked' "$out/test-$t.log" | tr '\n' ' ' | cut -c1-600)"
+done
+if [ "${QMMA_BENCH:-0}" = 1 ] && [ -x "$BIN/qmma_bench" ]; then
+  for v in "${variants[@]}"; do
+    echo "== qmma_bench $v"
+    # shellcheck disable=SC2086
+    env $v timeout 120 "$BIN/qmma_bench" 2>&1 | tail -30
+  done
+fi
