@@ -24,9 +24,11 @@ b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b"
 for _ in $(seq "${REPEAT:-1}"); do
   for v in "${variants[@]}"; do
     for d in ${DTYPES:-q4_0 q8_0}; do
+      log="$out/bench-$d-${v//[^A-Za-z0-9]/_}.log"
       # shellcheck disable=SC2086
-      r=$(env $v timeout "${BENCH_LIMIT:-90}" $b --dtype "$d" --prompt-len 16 --gen-len "${GEN_LEN:-128}" --repeat 2 2>&1)
-      echo "== $d $v: $(echo "$r" | grep -E 'decode|tok/s|error|panick' | tr '\n' ' ' | cut -c1-300)"
+      env $v timeout "${BENCH_LIMIT:-90}" $b --dtype "$d" --prompt-len 16 --gen-len "${GEN_LEN:-128}" --repeat 2 \
+        >>"$log" 2>&1
+      echo "== $d $v (rc $?): $(grep -E '^(decode|prefill)|rror|panick' "$log" | tail -n 4 | tr '\n' ' ')"
     done
   done
 done

@@ -26,12 +26,20 @@ fn unit_bytes(format: QuantFormat) -> usize {
     512 + scales * if format.has_min() { 2 } else { 1 }
 }
 
+/// Tile-units a warp works on at once: qmv.cu's `QMV_GROUP` (4, or as
+/// `CHATGLM_NVRTC_DEFINES` sets it), read once.
+fn group_units() -> usize {
+    static G: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *G.get_or_init(|| crate::quant_group::define("QMV_GROUP").unwrap_or(4))
+}
+
 /// Bytes of a block's weight ring for `row_tiles` tiles a unit (2 for
-/// SwiGLU), as qmv.cu's `QmvRing` computes them.
-fn ring_bytes(format: QuantFormat, row_tiles: usize, kb: usize) -> usize {
-    let unit = row_tiles * unit_bytes(format);
-    let depth = kb * 1024 / (WARPS * unit);
-    WARPS * depth * unit
+/// SwiGLU), as qmv.cu's `QmvRing` computes them: whole groups of
+/// `group` tile-units (`group / row_tiles` units) a warp.
+fn ring_bytes(format: QuantFormat, row_tiles: usize, kb: usize, group: usize) -> usize {
+    let group_bytes = group / row_tiles * row_tiles * unit_bytes(format);
+    let groups = kb * 1024 / (WARPS * group_bytes);
+    WARPS * groups * group_bytes
 }
 
 /// Longest rows the streamed products take: the in-block activations of
@@ -45,7 +53,7 @@ pub(crate) fn stream_smem_of(name: &str) -> Option<usize> {
     let mut parts = name.strip_prefix("qmv_")?.split('_');
     let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
     let mode: usize = parts.next()?.parse().ok()?;
-    Some(ring_bytes(format, if mode == 2 { 2 } else { 1 }, ring_kb()) + in_block_smem(1, MAX_COLS))
+    Some(ring_bytes(format, if mode == 2 { 2 } else { 1 }, ring_kb(), group_units()) + in_block_smem(1, MAX_COLS))
 }
 
 impl Gpu {
@@ -90,7 +98,8 @@ impl Gpu {
         let half = s.rows / 2;
         let swiglu = mode == GemvMode::SwiGlu;
         let items = if swiglu { half / TILE_ROWS } else { s.tiles };
-        let smem = ring_bytes(s.format, if swiglu { 2 } else { 1 }, ring_kb()) + in_block_smem(1, s.cols);
+        let smem =
+            ring_bytes(s.format, if swiglu { 2 } else { 1 }, ring_kb(), group_units()) + in_block_smem(1, s.cols);
         let (wq, ws, wm) = w.parts();
         let ints = [s.units, s.tiles, s.cols, s.rows, half];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(name, "shape", v)).collect::<Result<_, _>>()?;
@@ -115,23 +124,24 @@ mod tests {
 
     #[test]
     fn rings_match_the_kernel_and_two_blocks_fit_a_multiprocessor() {
-        // qmv.cu at QMV_RING_KB = 72: q4_0 16 units a warp (576 bytes), 8 for SwiGLU.
-        assert_eq!(ring_bytes(QuantFormat::Q4, 1, 72), 8 * 16 * 576);
-        assert_eq!(ring_bytes(QuantFormat::Q4, 2, 72), 8 * 8 * 2 * 576);
-        assert_eq!(ring_bytes(QuantFormat::Q8, 1, 72), 8 * 16 * 544);
-        assert_eq!(ring_bytes(QuantFormat::Q4Min, 1, 72), 8 * 14 * 640);
+        // qmv.cu at QMV_RING_KB = 72, QMV_GROUP = 4: q4_0 4 groups of 4 units
+        // (576 bytes) a warp, SwiGLU 4 of 2 units × 2 tiles; q4_1 3 groups.
+        assert_eq!(ring_bytes(QuantFormat::Q4, 1, 72, 4), 8 * 4 * 4 * 576);
+        assert_eq!(ring_bytes(QuantFormat::Q4, 2, 72, 4), 8 * 4 * 4 * 576);
+        assert_eq!(ring_bytes(QuantFormat::Q8, 1, 72, 4), 8 * 4 * 4 * 544);
+        assert_eq!(ring_bytes(QuantFormat::Q4Min, 1, 72, 4), 8 * 3 * 4 * 640);
         // ChatGLM2-6B's rows (4,096 and 13,696 columns), static shared memory
         // (reduction buffer of up to 32 rows, norms, a token slot) and 1 KiB
         // the driver keeps a block: two blocks in a H100/H200 SM's 228 KiB.
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for (rt, cols) in [(1, 4096), (2, 4096), (1, 13696)] {
-                let block = ring_bytes(format, rt, 72) + in_block_smem(1, cols) + 8 * rt * 16 * 9 * 4 + 512 + 1024;
+                let block = ring_bytes(format, rt, 72, 4) + in_block_smem(1, cols) + 2 * 8 * rt * 16 * 4 + 512 + 1024;
                 assert!(2 * block <= 228 * 1024, "{format:?} rt={rt} cols={cols}: {block} bytes");
             }
         }
         assert_eq!(
             stream_smem_of("qmv_0_2"),
-            Some(ring_bytes(QuantFormat::Q4, 2, ring_kb()) + in_block_smem(1, MAX_COLS))
+            Some(ring_bytes(QuantFormat::Q4, 2, ring_kb(), group_units()) + in_block_smem(1, MAX_COLS))
         );
         assert_eq!(stream_smem_of("qmmg_0_2_1"), None);
     }

@@ -14,18 +14,57 @@
 // before they wait for it: for QKV and dense that is nearly all of a
 // block's share (80 / 71 KB on 132 SMs), for the MLP the first ~15–30%.
 //
-// Each warp streams its own units (a ring of DEPTH units, cp.async, one
-// commit group a unit), so no block barrier sits in the stream; the warps of
+// Each warp streams its own units (a ring of groups of QMV_GROUP
+// tile-units, cp.async, one commit group a group), so no block barrier sits
+// in the stream; the warps of
 // a block take interleaved units of the same item (a 16-row tile; SwiGLU: a
 // gate tile with its up tile), whose sums meet in item_epilogue. Items are
 // dealt to blocks in equal contiguous runs. The arithmetic is qmma's
 // one-token path (unit_product<ONE>), the activations are quantized in the
 // block as there (in_block_x), so results equal qmma's bit for bit.
 
-// Shared memory for a block's weight ring (the host mirrors it: quant.rs
-// qmv_ring_bytes).
+// Row `row` of an item (thread row % 16 of the block): the warps' sums
+// added in warp order (as item_epilogue does) and written as MODE says.
+template <int MODE, int RT>
+__device__ __forceinline__ void qmv_item_out(const float (*rb)[RT * 16], int row, const float* __restrict__ bias,
+                                             float* __restrict__ out, int out_rows, int half_rows, const RopeCtx& rc,
+                                             TokenSlot slot) {
+    const int rr = row % 16;
+    float a = 0.f;
+#pragma unroll
+    for (int v = 0; v < QMMA_WARPS; v++) a += rb[v][rr];
+    if (MODE == 2) {
+        if (row < half_rows) {
+            float b = 0.f;
+#pragma unroll
+            for (int v = 0; v < QMMA_WARPS; v++) b += rb[v][RT * 16 - 16 + rr];
+            out[row] = silu(a) * b;
+        }
+    } else if (MODE == 3) {
+        if (row < out_rows) {
+            float b = 0.f;
+#pragma unroll
+            for (int v = 0; v < QMMA_WARPS; v++) b += rb[v][rr ^ 1];
+            qkv_epilogue_at(rc, slot, out, out_rows, 0, row, a + (bias ? bias[row] : 0.f),
+                            b + (bias ? bias[row ^ 1] : 0.f));
+        }
+    } else if (row < out_rows) {
+        if (MODE == 0) out[row] = a + (bias ? bias[row] : 0.f);
+        else out[row] += a;
+    }
+}
+
+// Shared memory for a block's weight ring (the host mirrors it: quant_stream.rs
+// ring_bytes).
 #ifndef QMV_RING_KB
 #define QMV_RING_KB 72
+#endif
+// Tile-units a warp works on at once (SwiGLU: half as many units, each a
+// gate and an up tile): their loads and mmas are independent, so a warp's
+// latency (shared-memory load → mma → scaling) is paid once for all of them.
+// One unit at a time, two warps a scheduler ran at 1.2–1.8 TB/s (run 89).
+#ifndef QMV_GROUP
+#define QMV_GROUP 4
 #endif
 
 template <int F> struct QmvUnit {
@@ -34,9 +73,12 @@ template <int F> struct QmvUnit {
 };
 
 template <int F, int RT> struct QmvRing {
-    static constexpr int DEPTH = QMV_RING_KB * 1024 / (QMMA_WARPS * RT * QmvUnit<F>::BYTES);  // units a warp
-    static constexpr int BYTES = QMMA_WARPS * DEPTH * RT * QmvUnit<F>::BYTES;
-    static_assert(DEPTH >= 2, "QMV_RING_KB too small for two units a warp");
+    static constexpr int G = QMV_GROUP / RT;  // units a group
+    static constexpr int GROUP_BYTES = G * RT * QmvUnit<F>::BYTES;
+    static constexpr int GROUPS = QMV_RING_KB * 1024 / (QMMA_WARPS * GROUP_BYTES);  // groups a warp's ring
+    static constexpr int BYTES = QMMA_WARPS * GROUPS * GROUP_BYTES;
+    static_assert(QMV_GROUP % 2 == 0 && G >= 1, "QMV_GROUP must be even");
+    static_assert(GROUPS >= 2, "QMV_RING_KB too small for two groups a warp");
 };
 
 template <int F, int MODE>
@@ -48,10 +90,14 @@ __device__ __forceinline__ void qmv_body(const uint4* __restrict__ w, const u16*
     constexpr int RT = MODE == 2 ? 2 : 1;
     constexpr int SB = QFmt<F>::BLOCKS;
     constexpr int SCB = QmvUnit<F>::SCB, UNIT = QmvUnit<F>::BYTES;
-    constexpr int DEPTH = QmvRing<F, RT>::DEPTH;
+    constexpr int G = QmvRing<F, RT>::G, GROUPS = QmvRing<F, RT>::GROUPS, GB = QmvRing<F, RT>::GROUP_BYTES;
     typedef typename QScale<F>::type ScaleVec;
     extern __shared__ __align__(16) unsigned char qmma_smem[];
-    __shared__ float red[QMMA_WARPS][RT * 16][9];
+    // The warps' sums of an item, double-buffered so that one barrier an
+    // item suffices: item i + 2 writes buffer i & 1 only after every warp
+    // passed item i + 1's barrier, which the threads reducing item i reach
+    // after their reads.
+    __shared__ float red[2][QMMA_WARPS][RT * 16];
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
     __shared__ TokenSlot slots[1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -59,28 +105,39 @@ __device__ __forceinline__ void qmv_body(const uint4* __restrict__ w, const u16*
     const int items = MODE == 2 ? half_rows / 16 : tiles;
     const int i0 = (int)((long)blockIdx.x * items / gridDim.x);
     const int i1 = (int)((long)(blockIdx.x + 1) * items / gridDim.x);
-    // This warp's units of every item: warp, warp + 8, …
+    // This warp's units of every item: warp, warp + 8, …, in groups of G.
     const int per_item = warp < units ? (units - 1 - warp) / QMMA_WARPS + 1 : 0;
-    const int total = (i1 - i0) * per_item;
-    unsigned char* ring = qmma_smem + warp * (DEPTH * RT * UNIT);
+    const int groups_per_item = (per_item + G - 1) / G;
+    const int total = (i1 - i0) * groups_per_item;
+    unsigned char* ring = qmma_smem + warp * (GROUPS * GB);
 
-    // Unit k of this warp's stream into its ring slot; one commit group a
-    // unit (empty past the end) so that waiting for DEPTH − 1 groups means
-    // unit k has landed.
+    // Group k of this warp's stream into its ring slot, one commit group a
+    // group (empty past the end), so that waiting for GROUPS − 1 commit
+    // groups means group k has landed.
+    int req_item = i0, req_j = 0;  // the next group to request: item, first unit index
     auto request = [&](int k) {
         if (k < total) {
-            const int item = i0 + k / per_item, p = warp + QMMA_WARPS * (k % per_item);
-            unsigned char* slot = ring + (k % DEPTH) * (RT * UNIT);
+            unsigned char* slot = ring + (k % GROUPS) * GB;
 #pragma unroll
-            for (int r = 0; r < RT; r++) {
-                const long tu = (long)(r ? item + half_rows / 16 : item) * units + p;
-                unsigned char* d = slot + r * UNIT;
-                cp_async16(d + lane * 16, (const char*)w + tu * 512 + lane * 16, true);
-                if (lane < SCB / 16) {
-                    cp_async16(d + 512 + lane * 16, (const char*)scales + tu * SCB + lane * 16, true);
-                    if (QFmt<F>::MIN)
-                        cp_async16(d + 512 + SCB + lane * 16, (const char*)mins + tu * SCB + lane * 16, true);
+            for (int u = 0; u < G; u++) {
+                if (req_j + u >= per_item) break;
+                const int p = warp + QMMA_WARPS * (req_j + u);
+#pragma unroll
+                for (int r = 0; r < RT; r++) {
+                    const long tu = (long)(r ? req_item + half_rows / 16 : req_item) * units + p;
+                    unsigned char* d = slot + (u * RT + r) * UNIT;
+                    cp_async16(d + lane * 16, (const char*)w + tu * 512 + lane * 16, true);
+                    if (lane < SCB / 16) {
+                        cp_async16(d + 512 + lane * 16, (const char*)scales + tu * SCB + lane * 16, true);
+                        if (QFmt<F>::MIN)
+                            cp_async16(d + 512 + SCB + lane * 16, (const char*)mins + tu * SCB + lane * 16, true);
+                    }
                 }
+            }
+            req_j += G;
+            if (req_j >= per_item) {
+                req_j = 0;
+                req_item++;
             }
         }
         cp_async_commit();
@@ -89,7 +146,7 @@ __device__ __forceinline__ void qmv_body(const uint4* __restrict__ w, const u16*
     pdl_launch_dependents();
     // The weights do not depend on the kernel ahead: fill the ring first.
 #pragma unroll 1
-    for (int k = 0; k < DEPTH; k++) request(k);
+    for (int k = 0; k < GROUPS; k++) request(k);
     if (MODE == 3) preload_token_slots(rc, 1, 1, slots);
     pdl_wait();
     {
@@ -107,28 +164,52 @@ __device__ __forceinline__ void qmv_body(const uint4* __restrict__ w, const u16*
     for (int r = 0; r < RT; r++) acc[r][0][0] = acc[r][0][1] = acc[r][0][2] = acc[r][0][3] = 0.f;
     int k = 0;
     for (int item = i0; item < i1; item++) {
-        for (int j = 0; j < per_item; j++, k++) {
-            cp_async_wait<DEPTH - 1>();
+        for (int j0 = 0; j0 < per_item; j0 += G, k++) {
+            cp_async_wait<GROUPS - 1>();
             __syncwarp();
-            const unsigned char* slot = ring + (k % DEPTH) * (RT * UNIT);
-            uint4 cv[RT];
-            ScaleVec cs[RT], cm[RT];
+            const unsigned char* slot = ring + (k % GROUPS) * GB;
+            uint4 cv[G][RT];
+            ScaleVec cs[G][RT], cm[G][RT];
+#pragma unroll
+            for (int u = 0; u < G; u++)
+#pragma unroll
+                for (int r = 0; r < RT; r++) {
+                    const unsigned char* s = slot + (u * RT + r) * UNIT;
+                    cv[u][r] = ((const uint4*)s)[lane];
+                    cs[u][r] = ((const ScaleVec*)(s + 512))[g];
+                    cm[u][r] = QFmt<F>::MIN ? ((const ScaleVec*)(s + 512 + SCB))[g] : cs[u][r];
+                }
+            __syncwarp();  // every lane has its words before the slot is refilled
+            request(k + GROUPS);
+            if (j0 + G <= per_item && (warp + QMMA_WARPS * (j0 + G - 1) + 1) * SB <= nb) {
+#pragma unroll
+                for (int u = 0; u < G; u++)
+                    unit_product<F, 1, RT, true, false>(acc, cv[u], cs[u], cm[u], warp + QMMA_WARPS * (j0 + u), nb,
+                                                        1, cols, xq, xs, 2, g, t);
+            } else {
+#pragma unroll
+                for (int u = 0; u < G; u++) {
+                    if (j0 + u >= per_item) break;
+                    unit_product<F, 1, RT, true, true>(acc, cv[u], cs[u], cm[u], warp + QMMA_WARPS * (j0 + u), nb, 1,
+                                                       cols, xq, xs, 2, g, t);
+                }
+            }
+        }
+        // The item's sums: column 0 of each mma (lanes t = 0) into this
+        // warp's row of the buffer, then 16 threads add the warps' rows.
+        float(*rb)[RT * 16] = red[item & 1];
+        if (t == 0) {
 #pragma unroll
             for (int r = 0; r < RT; r++) {
-                const unsigned char* s = slot + r * UNIT;
-                cv[r] = ((const uint4*)s)[lane];
-                cs[r] = ((const ScaleVec*)(s + 512))[g];
-                cm[r] = QFmt<F>::MIN ? ((const ScaleVec*)(s + 512 + SCB))[g] : cs[r];
+                rb[warp][r * 16 + g] = acc[r][0][0];
+                rb[warp][r * 16 + g + 8] = acc[r][0][2];
             }
-            __syncwarp();  // every lane has its words before the slot is refilled
-            request(k + DEPTH);
-            const int p = warp + QMMA_WARPS * j;
-            if ((p + 1) * SB <= nb)
-                unit_product<F, 1, RT, true, false>(acc, cv, cs, cm, p, nb, 1, cols, xq, xs, 2, g, t);
-            else
-                unit_product<F, 1, RT, true, true>(acc, cv, cs, cm, p, nb, 1, cols, xq, xs, 2, g, t);
         }
-        item_epilogue<1, MODE, RT, true>(acc, red, item * 16, 1, bias, out, out_rows, half_rows, rc, slots);
+#pragma unroll
+        for (int r = 0; r < RT; r++) acc[r][0][0] = acc[r][0][1] = acc[r][0][2] = acc[r][0][3] = 0.f;
+        __syncthreads();
+        if (threadIdx.x < 16) qmv_item_out<MODE, RT>(rb, item * 16 + threadIdx.x, bias, out, out_rows, half_rows, rc,
+                                                     slots[0]);
     }
 }
 
