@@ -4,7 +4,7 @@
 # device-bin/kcache.tgz):
 #   tests/gpu/qmv_check.sh
 # 1. one-token decode of each of DTYPES (default "q4_0 q8_0"), under each of VARIANTS (';'-separated
-#    environment assignments, one each; default: the default, CHATGLM_QMV=0 — qmma's own one-token kernels — and
+#    environment assignments, one each; default: CHATGLM_QMV=1 (the streamed kernels), CHATGLM_QMV=0 (qmma's own, the default) and
 #    CHATGLM_QMMG_CARVEOUT=all), REPEAT rounds;
 # 2. the test suites TEST_SUITES (default "chatglm_cuda-lib qmma cuda_generate cuda"), each under a time limit;
 # 3. QMMA_BENCH=1: qmma_bench (each product alone) under each variant.

@@ -232,7 +232,7 @@ impl Gpu {
             // (The attention only where the streamed products follow it: beside
             // qmma's own, which leave the carveout to the driver, it made batch-1
             // int4 decode 15% slower, run 89.)
-            let stream = !std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "0");
+            let stream = std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "1");
             let chained = grouped.is_some() || name == "quantize_x" || (stream && name.starts_with("attn_decode"));
             if carveout && (chained || carveout_setting == "all") {
                 let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
@@ -301,7 +301,7 @@ impl Gpu {
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
             grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
             group_scratch: Default::default(),
-            one_token_stream: (!std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "0")).into(),
+            one_token_stream: std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "1").into(),
         }))
     }
 

@@ -2,8 +2,11 @@
 //! (`kernels/qmv.cu`): batch-1 decode's products, in blocks small enough (one
 //! a SM, at most half of it) that the next product's blocks start beside a
 //! running one and request their first weights before they wait for it.
-//! [`Gpu::qmma`] sends one-token products here (`CHATGLM_QMV=0` or
-//! [`Gpu::set_one_token_stream`]: qmma's own one-token kernels).
+//! A measurement variant (`CHATGLM_QMV=1` or [`Gpu::set_one_token_stream`]):
+//! on the H200 its results equal qmma's own bit for bit, but batch-1 decode
+//! was slower (q4_0 359–380 against 481–502 tok/s, q8_0 303–317 against
+//! 390–416; bench/RESULTS.md, runs 88–90), so one-token products run on
+//! qmma's own kernels by default.
 
 use crate::device::Args;
 use crate::ops::check_i32;
@@ -57,8 +60,8 @@ pub(crate) fn stream_smem_of(name: &str) -> Option<usize> {
 }
 
 impl Gpu {
-    /// Whether one-token products stream through shared memory (the
-    /// default; `CHATGLM_QMV=0` starts with it off).
+    /// Whether one-token products stream through shared memory (off by
+    /// default; `CHATGLM_QMV=1` starts with it on).
     pub fn one_token_stream(&self) -> bool {
         self.one_token_stream.load(std::sync::atomic::Ordering::Relaxed)
     }
