@@ -42,13 +42,17 @@ mod mixes {
 
     // SAFETY (each entry): main checks AVX2, FMA and F16C before any mix runs;
     // the mixes read within the 4 KB buffers `measure` passes.
-    pub const ALL: [(&str, Mix); 3] = [
+    pub const ALL: [(&str, Mix); 5] = [
         // SAFETY: as above.
         ("q4_0 4x2 (maddubs)", |w, x, n| unsafe { q4_0(w, x, n) }),
         // SAFETY: as above.
         ("q8_0 4x2 (sign + maddubs)", |w, x, n| unsafe { q8_0(w, x, n) }),
         // SAFETY: as above.
-        ("f16 4x3 (cvtph2ps + fma)", |w, x, n| unsafe { f16(w, x, n) }),
+        ("f16 4x3 (cvtph2ps + fma)", |w, x, n| unsafe { f16::<4, 3>(w, x, n) }),
+        // SAFETY: as above.
+        ("f16 3x4 (cvtph2ps + fma)", |w, x, n| unsafe { f16::<3, 4>(w, x, n) }),
+        // SAFETY: as above.
+        ("f16 2x6 (cvtph2ps + fma)", |w, x, n| unsafe { f16::<2, 6>(w, x, n) }),
     ];
 
     /// Runs `mix` on `threads` threads for about `seconds`; GFLOP/s of all threads.
@@ -143,22 +147,41 @@ mod mixes {
         (iters * 4 * 2 * 2 * 64 * 2) as f64
     }
 
-    /// The f16 tile's inner step: 8 columns of 4 rows (converted once) × 3 tokens.
+    /// The f16 tile's inner step: 8 columns of R rows (converted once) × T
+    /// tokens. R × T = 12 FMAs a step whatever the shape; fewer rows convert
+    /// fewer weights a step (the 4×3 tile's shape against 3×4 and 2×6: does
+    /// `vcvtph2ps` compete with the FMAs?).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16(w: &[u8], x: &[i8], iters: usize) -> f64 {
+    unsafe fn f16<const R: usize, const T: usize>(w: &[u8], x: &[i8], iters: usize) -> f64 {
         let (pw, px) = (w.as_ptr(), x.as_ptr() as *const f32);
-        let mut acc = [[_mm256_setzero_ps(); 3]; 4];
+        let mut acc = [[_mm256_setzero_ps(); R]; T];
         for i in 0..iters {
-            let xs: [__m256; 3] = std::array::from_fn(|t| _mm256_loadu_ps(px.add(at(i, t) / 4)));
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(at(i, 3 + r) & !15) as *const __m128i));
-                for (t, acc_rt) in acc_r.iter_mut().enumerate() {
-                    *acc_rt = _mm256_fmadd_ps(wv, xs[t], *acc_rt);
+            // Whichever operand has fewer vectors stays in registers, the other
+            // is loaded next to its FMAs: 4×3 holds the 3 activation vectors
+            // (16 registers with 12 sums and a weight), 3×4 and 2×6 the
+            // converted weights (16 and 15); the other way round spills.
+            if R > T {
+                let xs: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(px.add(at(i, t) / 4)));
+                for r in 0..R {
+                    let wv = _mm256_cvtph_ps(_mm_loadu_si128(pw.add(at(i, T + r) & !15) as *const __m128i));
+                    for t in 0..T {
+                        acc[t][r] = _mm256_fmadd_ps(wv, xs[t], acc[t][r]);
+                    }
+                }
+            } else {
+                let ws: [__m256; R] = std::array::from_fn(|r| {
+                    _mm256_cvtph_ps(_mm_loadu_si128(pw.add(at(i, T + r) & !15) as *const __m128i))
+                });
+                for (t, acc_t) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_loadu_ps(px.add(at(i, t) / 4));
+                    for (r, acc_tr) in acc_t.iter_mut().enumerate() {
+                        *acc_tr = _mm256_fmadd_ps(ws[r], xv, *acc_tr);
+                    }
                 }
             }
         }
-        sink(&acc);
-        (iters * 4 * 3 * 8 * 2) as f64
+        black_box(&acc);
+        (iters * R * T * 8 * 2) as f64
     }
 
     /// Half k's activation codes (lo and hi vectors) of the 2 tokens at step i.
