@@ -151,6 +151,8 @@ mod mixes {
     /// tokens. R × T = 12 FMAs a step whatever the shape; fewer rows convert
     /// fewer weights a step (the 4×3 tile's shape against 3×4 and 2×6: does
     /// `vcvtph2ps` compete with the FMAs?).
+    // The 4×3 branch walks the sums row-major over a token-major array: indices read plainer than iterators.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn f16<const R: usize, const T: usize>(w: &[u8], x: &[i8], iters: usize) -> f64 {
         let (pw, px) = (w.as_ptr(), x.as_ptr() as *const f32);
