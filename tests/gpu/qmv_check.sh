@@ -17,6 +17,8 @@ for f in "$BIN"/pack.txz; do [ -f "$f" ] && tar xf "$f" -C "$BIN"; done
 for f in "$BIN"/kcache.tgz; do [ -f "$f" ] && tar xzf "$f" -C /; done
 export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
+# The shipped cache holds SASS (cubins): a fresh machine skips the driver's ~110 s PTX compile.
+export CHATGLM_KERNEL_FORMAT=${CHATGLM_KERNEL_FORMAT:-cubin}
 export CHATGLM_TESTDATA=${CHATGLM_TESTDATA:-$PWD/testdata} CHATGLM_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
 IFS=';' read -r -a variants <<<"${VARIANTS:-CHATGLM_QMV=1;CHATGLM_QMV=0;CHATGLM_QMMG_CARVEOUT=all}"

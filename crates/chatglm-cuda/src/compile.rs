@@ -1,6 +1,8 @@
 //! Run-time compilation of the embedded `.cu` sources with NVRTC, cached on
 //! disk by (source, architecture, driver, NVRTC) so a second start loads PTX
-//! instead of compiling (the driver caches its own PTX → SASS step).
+//! instead of compiling (the driver caches its own PTX → SASS step), or with
+//! `CHATGLM_KERNEL_FORMAT=cubin` SASS for the device's architecture
+//! (`cubin.rs`).
 
 use crate::CudaError;
 use cudarc::nvrtc::{CompileOptions, Ptx};
@@ -159,7 +161,7 @@ pub(crate) const SOURCES: &[Source] = &[
 
 /// Where compiled PTX is kept: `CHATGLM_KERNEL_CACHE`, else the user cache
 /// folder; `None` when neither can be found (compile every time).
-fn cache_dir() -> Option<PathBuf> {
+pub(crate) fn cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("CHATGLM_KERNEL_CACHE") {
         return Some(PathBuf::from(dir));
     }
@@ -195,28 +197,37 @@ pub(crate) fn ptx_for(source: &Source, arch: u32, versions: &str) -> Result<Ptx,
     }
     let ptx = ptx_for_uncached(source, arch)?;
     if let Some(path) = &cached {
-        // A cache that cannot be written only costs the next start a compile.
-        let src = ptx.to_src();
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .and_then(|_| std::fs::write(&tmp, src.as_bytes()))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "kernel cache not written");
-        }
+        write_cache_file(path, ptx.to_src().as_bytes());
     }
     Ok(ptx)
 }
 
+/// Writes a cache entry whole or not at all (a temporary file renamed); a
+/// cache that cannot be written only costs the next start a compile.
+pub(crate) fn write_cache_file(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = path
+        .parent()
+        .map(std::fs::create_dir_all)
+        .transpose()
+        .and_then(|_| std::fs::write(&tmp, bytes))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "kernel cache not written");
+    }
+}
+
 /// The cache file of `source`'s PTX for `arch` under `versions`.
 fn cache_file_name(source: &Source, arch: u32, versions: &str) -> String {
+    cache_file_name_for(source, &format!("--gpu-architecture=compute_{arch}"), versions, "ptx")
+}
+
+/// The cache file of `source` compiled with `arch_flag` under `versions`,
+/// with `extension`.
+pub(crate) fn cache_file_name_for(source: &Source, arch_flag: &str, versions: &str, extension: &str) -> String {
     let text = source_text(source);
-    let arch_flag = format!("--gpu-architecture=compute_{arch}");
     let key = fnv1a(&[text.as_bytes(), arch_flag.as_bytes(), versions.as_bytes()]);
-    format!("{}-{key:016x}.ptx", source.name)
+    format!("{}-{key:016x}.{extension}", source.name)
 }
 
 /// The driver and NVRTC a cache entry was compiled under (part of its key).
@@ -224,20 +235,28 @@ pub(crate) fn cache_versions(driver_version: i32, nvrtc: &str) -> String {
     format!("driver {driver_version} nvrtc {nvrtc}")
 }
 
-/// Compiles every kernel file for `compute_{arch}` here (no driver or device
-/// needed) into `dir` under the names a GPU machine whose driver and NVRTC
+/// Compiles every kernel file for `sm_{arch}` (SASS) and `compute_{arch}`
+/// (PTX) here (no driver or device needed) into `dir` under the names a GPU
+/// machine whose driver and NVRTC
 /// give `versions` (as [`cache_versions`] writes them, e.g. "driver 13000
 /// nvrtc 13.0") looks for: pointing `CHATGLM_KERNEL_CACHE` there spares it
 /// the compile. Returns the files written.
 pub fn write_kernel_cache(dir: &std::path::Path, arch: u32, versions: &str) -> Result<Vec<PathBuf>, CudaError> {
     std::fs::create_dir_all(dir).map_err(|e| CudaError::invalid("kernel cache", format!("{}: {e}", dir.display())))?;
     let mut written = Vec::new();
-    for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
-        let ptx = ptx_for_uncached(source, arch)?;
-        let path = dir.join(cache_file_name(source, arch, versions));
-        std::fs::write(&path, ptx.to_src())
+    let write = |path: PathBuf, bytes: &[u8], written: &mut Vec<PathBuf>| {
+        std::fs::write(&path, bytes)
             .map_err(|e| CudaError::invalid("kernel cache", format!("{}: {e}", path.display())))?;
         written.push(path);
+        Ok::<(), CudaError>(())
+    };
+    for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
+        // The machine loads the SASS (no driver JIT) and keeps the PTX for
+        // the case its driver refuses that.
+        let cubin = crate::cubin::cubin_for_uncached(source, arch)?;
+        write(dir.join(crate::cubin::cubin_file_name(source, arch, versions)), &cubin, &mut written)?;
+        let ptx = ptx_for_uncached(source, arch)?;
+        write(dir.join(cache_file_name(source, arch, versions)), ptx.to_src().as_bytes(), &mut written)?;
     }
     Ok(written)
 }
@@ -246,7 +265,7 @@ pub fn write_kernel_cache(dir: &std::path::Path, arch: u32, versions: &str) -> R
 /// `CHATGLM_NVRTC_DEFINES` ("NAME=VALUE …", for measurements of kernel
 /// variants) that the file names (so only those files compile again; the
 /// defines are part of the cache key since they are part of the text).
-fn source_text(source: &Source) -> String {
+pub(crate) fn source_text(source: &Source) -> String {
     source_text_with(source, &std::env::var("CHATGLM_NVRTC_DEFINES").unwrap_or_default())
 }
 

@@ -134,6 +134,30 @@ pub struct Gpu {
     pub(crate) one_token_stream: std::sync::atomic::AtomicBool,
 }
 
+/// The module of `source`: from its cubin (SASS for `sm_{arch}`, no driver
+/// JIT), else from PTX, which also serves when NVRTC cannot build a cubin
+/// or the driver refuses one.
+fn load_source_module(
+    ctx: &Arc<CudaContext>,
+    source: &crate::compile::Source,
+    arch: u32,
+    versions: &str,
+) -> Result<Arc<cudarc::driver::CudaModule>, CudaError> {
+    if crate::cubin::cubins_enabled() {
+        match crate::cubin::cubin_for(source, arch, versions) {
+            Ok(cubin) => match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)) {
+                Ok(module) => return Ok(module),
+                Err(e) => {
+                    tracing::warn!("{}.cu: the driver refused its sm_{arch} cubin ({e}); loading PTX", source.name)
+                }
+            },
+            Err(e) => tracing::warn!("{}.cu: no sm_{arch} cubin ({e}); loading PTX", source.name),
+        }
+    }
+    let ptx = ptx_for(source, arch, versions)?;
+    ctx.load_module(ptx).map_err(|e| CudaError::call(format!("cuModuleLoadData({}.cu)", source.name), e))
+}
+
 impl Gpu {
     /// Opens device `ordinal`: checks the driver, NVRTC and cuBLAS libraries,
     /// creates the context and stream, and compiles (or loads cached) kernels.
@@ -184,11 +208,8 @@ impl Gpu {
         tracing::info!(%versions, "kernel cache key");
         let mut kernels = HashMap::new();
         for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
-            let ptx = ptx_for(source, arch, &versions)?;
             let names = (source.kernels)();
-            let module = ctx
-                .load_module(ptx)
-                .map_err(|e| CudaError::call(format!("cuModuleLoadData({}.cu)", source.name), e))?;
+            let module = load_source_module(&ctx, source, arch, &versions)?;
             for name in names {
                 let f = module
                     .load_function(&name)

@@ -18,6 +18,7 @@
 mod blas;
 mod blas_lt;
 mod compile;
+mod cubin;
 mod device;
 mod error;
 mod graph;
