@@ -76,38 +76,74 @@ fn quantize32(x: &[f32]) -> (Vec<i32>, f32) {
     (x.iter().map(|v| (v * id).round() as i32).collect(), f16::from_f32(d).to_f32())
 }
 
-/// Every weight of a tiled matrix as (scale, offset, code), row-major.
-fn unpack(m: &TiledMatrix) -> Vec<(f32, f32, i32)> {
-    let (rows, cols) = (m.shape.rows, m.shape.cols);
-    let mut w = Vec::with_capacity(rows * cols);
-    for r in 0..rows {
-        for k in 0..cols {
-            w.push(weight(m, r, k));
-        }
-    }
-    w
+/// `f(rows r0..r1)` over `0..rows` split across the machine's threads, the
+/// parts in row order. (The host reference is most of this test's time on
+/// the GPU machine: one thread took ~3 minutes of device time a run.)
+fn by_row_ranges<T: Send>(rows: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows.max(1));
+    let per = rows.div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = (0..rows).step_by(per).map(|r0| s.spawn(move || f(r0..(r0 + per).min(rows)))).collect();
+        handles.into_iter().map(|h| h.join().expect("reference thread")).collect()
+    })
 }
 
-/// out[t][r] for every row, in f64 from the integer block sums.
-fn reference(m: &TiledMatrix, x: &[f32], n: usize) -> Vec<f64> {
-    let (rows, cols) = (m.shape.rows, m.shape.cols);
-    let w = unpack(m);
-    let mut out = vec![0f64; n * rows];
-    for t in 0..n {
-        for b in 0..cols / BLOCK {
-            let (q, dx) = quantize32(&x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK]);
-            let sx: i32 = q.iter().sum();
-            for r in 0..rows {
-                let row = &w[r * cols + b * BLOCK..r * cols + (b + 1) * BLOCK];
-                let (dw, mw) = (row[0].0, row[0].1);
-                let isum: i32 = row.iter().zip(&q).map(|(wq, qx)| wq.2 * qx).sum();
-                let v = match m.shape.format {
-                    QuantFormat::Q4 => (isum - 8 * sx) as f64 * dw as f64 * dx as f64,
-                    QuantFormat::Q8 => isum as f64 * dw as f64 * dx as f64,
-                    _ => isum as f64 * dw as f64 * dx as f64 + mw as f64 * dx as f64 * sx as f64,
-                };
-                out[t * rows + r] += v;
+/// Every weight of a tiled matrix as (scale, offset, code), row-major.
+fn unpack(m: &TiledMatrix) -> Vec<(f32, f32, i32)> {
+    let cols = m.shape.cols;
+    by_row_ranges(m.shape.rows, |rows| {
+        let mut w = Vec::with_capacity(rows.len() * cols);
+        for r in rows {
+            for k in 0..cols {
+                w.push(weight(m, r, k));
             }
+        }
+        w
+    })
+    .concat()
+}
+
+/// out[t][r] for every row, in f64 from the integer block sums (`w`: the
+/// matrix unpacked). Each (token, row) adds its blocks in order, whatever
+/// the threads.
+fn reference(m: &TiledMatrix, w: &[(f32, f32, i32)], x: &[f32], n: usize) -> Vec<f64> {
+    let (rows, cols) = (m.shape.rows, m.shape.cols);
+    let nb = cols / BLOCK;
+    let xq: Vec<(Vec<i32>, f32, i32)> = (0..n * nb)
+        .map(|i| {
+            let (t, b) = (i / nb, i % nb);
+            let (q, dx) = quantize32(&x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK]);
+            let sx = q.iter().sum();
+            (q, dx, sx)
+        })
+        .collect();
+    let parts = by_row_ranges(rows, |range| {
+        let len = range.len();
+        let mut part = vec![0f64; n * len];
+        for t in 0..n {
+            for b in 0..nb {
+                let (q, dx, sx) = &xq[t * nb + b];
+                for r in range.clone() {
+                    let row = &w[r * cols + b * BLOCK..r * cols + (b + 1) * BLOCK];
+                    let (dw, mw) = (row[0].0, row[0].1);
+                    let isum: i32 = row.iter().zip(q).map(|(wq, qx)| wq.2 * qx).sum();
+                    let v = match m.shape.format {
+                        QuantFormat::Q4 => (isum - 8 * sx) as f64 * dw as f64 * *dx as f64,
+                        QuantFormat::Q8 => isum as f64 * dw as f64 * *dx as f64,
+                        _ => isum as f64 * dw as f64 * *dx as f64 + mw as f64 * *dx as f64 * *sx as f64,
+                    };
+                    part[t * len + r - range.start] += v;
+                }
+            }
+        }
+        (range, part)
+    });
+    let mut out = vec![0f64; n * rows];
+    for (range, part) in parts {
+        for t in 0..n {
+            out[t * rows + range.start..t * rows + range.end]
+                .copy_from_slice(&part[t * range.len()..(t + 1) * range.len()]);
         }
     }
     out
@@ -122,11 +158,11 @@ fn f16_activations() -> bool {
 /// out[t][r] as the f16 tensor-core kernels compute it: each weight
 /// dequantized to f16 (d·(q − off) or d·q + m, rounded once), each
 /// activation rounded to f16, the products summed in f64.
-fn reference_f16(m: &TiledMatrix, x: &[f32], n: usize) -> Vec<f64> {
+fn reference_f16(m: &TiledMatrix, w: &[(f32, f32, i32)], x: &[f32], n: usize) -> Vec<f64> {
     let (rows, cols) = (m.shape.rows, m.shape.cols);
-    let w: Vec<f64> = unpack(m)
-        .into_iter()
-        .map(|(d, mn, q)| {
+    let w: Vec<f64> = w
+        .iter()
+        .map(|&(d, mn, q)| {
             let v = match m.shape.format {
                 QuantFormat::Q4 => (q - 8) as f64 * d as f64,
                 QuantFormat::Q8 => q as f64 * d as f64,
@@ -224,10 +260,11 @@ fn quantized_products_match_the_host_reference() {
             let m = random_matrix(format, rows, cols, &mut rng);
             let w = gpu.upload_new(&m.bytes, "w").unwrap();
             let wp = TiledPtr { base: device_ptr(&w), shape: m.shape };
+            let unpacked = unpack(&m);
             for &n in tokens {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() * 4.0).collect();
-                let want = reference(&m, &x, n);
-                let want_f16 = if f16_activations() { reference_f16(&m, &x, n) } else { Vec::new() };
+                let want = reference(&m, &unpacked, &x, n);
+                let want_f16 = if f16_activations() { reference_f16(&m, &unpacked, &x, n) } else { Vec::new() };
                 let xd = gpu.upload_new(&x, "x").unwrap();
                 let (qb, sb) = Gpu::quantized_x_bytes(n, cols);
                 let xq = gpu.alloc::<u8>(qb, "xq").unwrap();
@@ -316,7 +353,7 @@ fn quantized_products_match_the_host_reference() {
             let mut got = vec![0u16; rows * cols];
             gpu.download(&deq, &mut got, "deq").unwrap();
             let _ = &mut deq;
-            let all = unpack(&m);
+            let all = &unpacked;
             for r in 0..rows {
                 for k in 0..cols {
                     let (d, mn, q) = all[r * cols + k];
