@@ -42,6 +42,17 @@
 #ifndef DECODE_LAZY_RESCALE
 #define DECODE_LAZY_RESCALE 1
 #endif
+// 1: each warp also starts its first two tiles towards L2 before waiting for
+// the kernel ahead (0: only tiles 2 and 3, as the first two are loaded right
+// after the wait). At short contexts those two are the whole context and
+// their loads are most of the attention's chain (8.1 µs of a 55.5 µs int4
+// layer, run 91); a prefetch is only a hint and L2 is where the kernel
+// ahead's writes of this step's rows land, so no row is read stale. A
+// measurement variant, not yet timed (written after session 14's device
+// time was spent).
+#ifndef DECODE_PREFETCH_FIRST
+#define DECODE_PREFETCH_FIRST 0
+#endif
 
 __device__ __forceinline__ u32 word_of(const uint4& v, int i) {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
@@ -107,6 +118,12 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
     if (split >= n_splits) return;
     const u64* table = block_table + (long)seq * max_blocks;
     constexpr int STEP = WARPS * MMA_KEYS;
+    if (DECODE_PREFETCH_FIRST) {
+        if (lane < MMA_KEYS && k_begin + w * MMA_KEYS + lane < k_end)
+            prefetch_kv_row(table, k_begin + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+        if (lane < MMA_KEYS && k_begin + STEP + w * MMA_KEYS + lane < k_end)
+            prefetch_kv_row(table, k_begin + STEP + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
+    }
     if (lane < MMA_KEYS && k_begin + 2 * STEP + w * MMA_KEYS + lane < k_end)
         prefetch_kv_row(table, k_begin + 2 * STEP + w * MMA_KEYS + lane, block_tokens, layer, n_groups, g);
     if (lane < MMA_KEYS && k_begin + 3 * STEP + w * MMA_KEYS + lane < k_end)
