@@ -21,6 +21,10 @@ export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
 export CHATGLM_KERNEL_FORMAT=${CHATGLM_KERNEL_FORMAT:-cubin}
 export CHATGLM_TESTDATA=${CHATGLM_TESTDATA:-$PWD/testdata} CHATGLM_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
+# The first load of every kernel module (the shipped cache's cubins; with PTX the driver compiles here, ~110 s).
+s=$(date +%s)
+"$BIN/chatglm" bench --device cuda --synthetic tiny --prompt-len 4 --gen-len 1 >"$out/first-load.log" 2>&1
+echo "first load (CHATGLM_KERNEL_FORMAT=$CHATGLM_KERNEL_FORMAT, rc $?): $(($(date +%s) - s)) s"
 IFS=';' read -r -a variants <<<"${VARIANTS:-CHATGLM_QMV=1;CHATGLM_QMV=0;CHATGLM_QMMG_CARVEOUT=all}"
 b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b"
 for _ in $(seq "${REPEAT:-1}"); do

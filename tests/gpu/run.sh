@@ -150,6 +150,11 @@ device() {
     echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader || true
   } | tee -a "$summary"
+  # The first load of every kernel module on this fresh machine: seconds with the shipped cache (with PTX the
+  # driver compiles it to SASS here, ~110 s on the H200; cubins load as they are).
+  local s; s=$(date +%s)
+  "$BIN/chatglm" bench --device cuda --synthetic tiny --prompt-len 4 --gen-len 1 >"$out/first-load.log" 2>&1
+  echo "first load (CHATGLM_KERNEL_FORMAT=$CHATGLM_KERNEL_FORMAT, rc $?): $(($(date +%s) - s)) s" | tee -a "$summary"
 
   if [ "${TESTS:-1}" != 0 ]; then
     local failed=0
