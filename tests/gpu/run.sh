@@ -106,10 +106,17 @@ for line in sys.stdin:
     local kc; kc=$(mktemp -d)
     # KERNEL_CACHE_VARIANTS="A=1;B=1 C=0": also each of these CHATGLM_NVRTC_DEFINES (';'-separated).
     local v ok=1 IFS=';'
+    # Cubins (SASS, what the GPU machine loads) and PTX (its fallback) in two processes, one a core.
+    local f pids
     for v in "" ${KERNEL_CACHE_VARIANTS:-}; do
-      CHATGLM_NVRTC_DEFINES=$v LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels \
-        "${KERNEL_CACHE_ARCH:-90}" "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" \
-        >/dev/null || ok=0
+      pids=()
+      for f in cubin ptx; do
+        CHATGLM_NVRTC_DEFINES=$v LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels \
+          "${KERNEL_CACHE_ARCH:-90}" "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" \
+          "$f" >/dev/null &
+        pids+=($!)
+      done
+      for f in "${pids[@]}"; do wait "$f" || ok=0; done
     done
     unset IFS
     [ "$ok" = 1 ] &&

@@ -3,14 +3,17 @@
 //! `cargo run -p chatglm-cuda --example compile_kernels -- 90 /tmp/ptx`.
 //! With a third argument, the versions a GPU machine's driver and NVRTC give
 //! (`"driver 13000 nvrtc 13.0"`; its log prints them as "kernel cache key"),
-//! the folder becomes a kernel cache for that machine (`CHATGLM_KERNEL_CACHE`).
+//! the folder becomes a kernel cache for that machine (`CHATGLM_KERNEL_CACHE`),
+//! in the forms a fourth argument names: `cubin`, `ptx` or `cubin,ptx` (the
+//! default).
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let arch: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(90);
     let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| "kernels-ptx".into()));
     if let Some(versions) = args.next() {
-        match chatglm_cuda::write_kernel_cache(&dir, arch, &versions) {
+        let formats = args.next().unwrap_or_else(|| "cubin,ptx".into());
+        match chatglm_cuda::write_kernel_cache(&dir, arch, &versions, &formats) {
             Ok(files) => files.iter().for_each(|f| println!("{}", f.display())),
             Err(e) => {
                 eprintln!("error: {e}");

@@ -241,7 +241,18 @@ pub(crate) fn cache_versions(driver_version: i32, nvrtc: &str) -> String {
 /// give `versions` (as [`cache_versions`] writes them, e.g. "driver 13000
 /// nvrtc 13.0") looks for: pointing `CHATGLM_KERNEL_CACHE` there spares it
 /// the compile. Returns the files written.
-pub fn write_kernel_cache(dir: &std::path::Path, arch: u32, versions: &str) -> Result<Vec<PathBuf>, CudaError> {
+/// `formats`: which forms to write, `"cubin"`, `"ptx"` or both (`"cubin,ptx"`;
+/// two processes with one each share a machine's cores).
+pub fn write_kernel_cache(
+    dir: &std::path::Path,
+    arch: u32,
+    versions: &str,
+    formats: &str,
+) -> Result<Vec<PathBuf>, CudaError> {
+    let wants = |f: &str| formats.split(',').any(|v| v.trim() == f);
+    if !wants("cubin") && !wants("ptx") {
+        return Err(CudaError::invalid("kernel cache", format!("formats {formats:?}: expected cubin, ptx or both")));
+    }
     std::fs::create_dir_all(dir).map_err(|e| CudaError::invalid("kernel cache", format!("{}: {e}", dir.display())))?;
     let mut written = Vec::new();
     let write = |path: PathBuf, bytes: &[u8], written: &mut Vec<PathBuf>| {
@@ -253,10 +264,14 @@ pub fn write_kernel_cache(dir: &std::path::Path, arch: u32, versions: &str) -> R
     for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
         // The machine loads the SASS (no driver JIT) and keeps the PTX for
         // the case its driver refuses that.
-        let cubin = crate::cubin::cubin_for_uncached(source, arch)?;
-        write(dir.join(crate::cubin::cubin_file_name(source, arch, versions)), &cubin, &mut written)?;
-        let ptx = ptx_for_uncached(source, arch)?;
-        write(dir.join(cache_file_name(source, arch, versions)), ptx.to_src().as_bytes(), &mut written)?;
+        if wants("cubin") {
+            let cubin = crate::cubin::cubin_for_uncached(source, arch)?;
+            write(dir.join(crate::cubin::cubin_file_name(source, arch, versions)), &cubin, &mut written)?;
+        }
+        if wants("ptx") {
+            let ptx = ptx_for_uncached(source, arch)?;
+            write(dir.join(cache_file_name(source, arch, versions)), ptx.to_src().as_bytes(), &mut written)?;
+        }
     }
     Ok(written)
 }
