@@ -241,9 +241,10 @@ impl Gpu {
         // driver's choice; `=all`: every kernel, for measurements).
         let carveout_setting = std::env::var("CHATGLM_QMMG_CARVEOUT").unwrap_or_default();
         let carveout = carveout_setting != "0";
+        let one_token_stream = std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "1");
         for (name, f) in kernels.iter() {
-            let grouped = crate::quant_group::group_smem_of(name).or_else(|| crate::quant_stream::stream_smem_of(name));
-            if let Some(wanted) = grouped {
+            let staged = crate::quant_group::group_smem_of(name).or_else(|| crate::quant_stream::stream_smem_of(name));
+            if let Some(wanted) = staged {
                 let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                 if let Err(e) = f.set_attribute(attr, wanted as i32) {
                     tracing::warn!("{name} off: {wanted} bytes of shared memory unavailable ({e})");
@@ -253,8 +254,8 @@ impl Gpu {
             // (The attention only where the streamed products follow it: beside
             // qmma's own, which leave the carveout to the driver, it made batch-1
             // int4 decode 15% slower, run 89.)
-            let stream = std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "1");
-            let chained = grouped.is_some() || name == "quantize_x" || (stream && name.starts_with("attn_decode"));
+            let chained =
+                staged.is_some() || name == "quantize_x" || (one_token_stream && name.starts_with("attn_decode"));
             if carveout && (chained || carveout_setting == "all") {
                 let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
                 if let Err(e) = f.set_attribute(attr, 100) {
@@ -322,7 +323,7 @@ impl Gpu {
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
             grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
             group_scratch: Default::default(),
-            one_token_stream: std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "1").into(),
+            one_token_stream: one_token_stream.into(),
         }))
     }
 
