@@ -33,7 +33,7 @@
 
 typedef void (*QmmaKernel)(const uint4*, const u16*, const u16*, int, int, const float*, const float*, float,
                            const signed char*, const float2*, int, int, const float*, float*, int, int, RopeCtx,
-                           const char*, long);
+                           const char*, long, ChainSync);
 
 struct Product {
     const char* name;
@@ -109,6 +109,8 @@ int main(int argc, char** argv) {
     }
     RopeCtx rc;
     memset(&rc, 0, sizeof rc);
+    ChainSync chain;  // no chain: griddepcontrol.wait
+    memset(&chain, 0, sizeof chain);
     auto launch = [&](int l, int p) {
         const Product& pr = products[p];
         const Weights& m = w[l * 4 + p];
@@ -128,7 +130,7 @@ int main(int argc, char** argv) {
                                  (const float*)x, pr.norm ? (const float*)nw : (const float*)nullptr, 1e-5f,
                                  (const signed char*)nullptr, (const float2*)nullptr, 1, pr.cols,
                                  (const float*)nullptr, out, pr.mode == 2 ? pr.rows / 2 : pr.rows,
-                                 pr.mode == 2 ? pr.rows / 2 : 0, rc, (const char*)nullptr, 0L));
+                                 pr.mode == 2 ? pr.rows / 2 : 0, rc, (const char*)nullptr, 0L, chain));
     };
     for (int s = 0; s < steps; s++)
         for (int l = 0; l < layers; l++)

@@ -4,7 +4,7 @@
 # device-bin/kcache.tgz):
 #   tests/gpu/qmv_check.sh
 # 1. one-token decode of each of DTYPES (default "q4_0 q8_0"), under each of VARIANTS (';'-separated
-#    environment assignments, one each; default: CHATGLM_QMV=1 (the streamed kernels), CHATGLM_QMV=0 (qmma's own, the default) and
+#    sets of space-separated environment assignments — several CHATGLM_NVRTC_DEFINES go comma-separated; default: CHATGLM_QMV=1 (the streamed kernels), CHATGLM_QMV=0 (qmma's own, the default) and
 #    CHATGLM_QMMG_CARVEOUT=all), REPEAT rounds;
 # 2. the test suites TEST_SUITES (default "chatglm_cuda-lib qmma cuda_generate cuda"), each under a time limit;
 # 3. QMMA_BENCH=1: qmma_bench (each product alone) under each variant.
@@ -32,7 +32,7 @@ for _ in $(seq "${REPEAT:-1}"); do
     for d in ${DTYPES:-q4_0 q8_0}; do
       log="$out/bench-$d-${v//[^A-Za-z0-9]/_}.log"
       # shellcheck disable=SC2086
-      env "$v" timeout "${BENCH_LIMIT:-90}" $b --dtype "$d" --prompt-len 16 --gen-len "${GEN_LEN:-128}" --repeat 2 \
+      env $v timeout "${BENCH_LIMIT:-90}" $b --dtype "$d" --prompt-len 16 --gen-len "${GEN_LEN:-128}" --repeat 2 \
         >>"$log" 2>&1
       echo "== $d $v (rc $?): $(grep -E '^(decode|prefill)|rror|panick' "$log" | tail -n 4 | tr '\n' ' ')"
     done
@@ -48,6 +48,6 @@ if [ "${QMMA_BENCH:-0}" = 1 ] && [ -x "$BIN/qmma_bench" ]; then
   for v in "${variants[@]}"; do
     echo "== qmma_bench $v"
     # shellcheck disable=SC2086
-    env "$v" timeout 120 "$BIN/qmma_bench" 2>&1 | tail -30
+    env $v timeout 120 "$BIN/qmma_bench" 2>&1 | tail -30
   done
 fi

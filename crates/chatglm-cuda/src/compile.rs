@@ -1,8 +1,8 @@
 //! Run-time compilation of the embedded `.cu` sources with NVRTC, cached on
-//! disk by (source, architecture, driver, NVRTC) so a second start loads PTX
-//! instead of compiling (the driver caches its own PTX → SASS step), or with
-//! `CHATGLM_KERNEL_FORMAT=cubin` SASS for the device's architecture
-//! (`cubin.rs`).
+//! disk by (source, architecture, driver, NVRTC) so a second start loads
+//! instead of compiling: SASS for the device's architecture (`cubin.rs`, the
+//! default), or PTX with `CHATGLM_KERNEL_FORMAT=ptx` (the driver then caches
+//! its own PTX → SASS step).
 
 use crate::CudaError;
 use cudarc::nvrtc::{CompileOptions, Ptx};
@@ -33,6 +33,7 @@ fn elementwise_kernels() -> Vec<String> {
         "to_bf16",
         "argmax_rows",
         "chain_ids",
+        "chain_reset",
     ]
     .map(String::from)
     .into();

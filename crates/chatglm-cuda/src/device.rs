@@ -132,6 +132,9 @@ pub struct Gpu {
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
     /// One-token products stream through shared memory (`quant_stream`).
     pub(crate) one_token_stream: std::sync::atomic::AtomicBool,
+    /// Recorded steps link their chained kernels through counters (chain.rs).
+    pub(crate) chain_sync: std::sync::atomic::AtomicBool,
+    pub(crate) chain: std::sync::Mutex<crate::chain::Chain>,
 }
 
 /// The module of `source`: from its cubin (SASS for `sm_{arch}`, no driver
@@ -324,6 +327,8 @@ impl Gpu {
             grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
             group_scratch: Default::default(),
             one_token_stream: one_token_stream.into(),
+            chain_sync: (crate::chain::chain_sync_requested() && pdl).into(),
+            chain: Default::default(),
         }))
     }
 
@@ -469,6 +474,23 @@ impl Gpu {
     /// kernel of this crate waits for its predecessor's results with
     /// `griddepcontrol.wait`).
     pub(crate) fn launch(
+        &self,
+        f: &CudaFunction,
+        args: Args,
+        kernel: &str,
+        cfg: LaunchConfig,
+    ) -> Result<(), CudaError> {
+        self.break_chain();
+        self.launch_unbroken(f, args, kernel, cfg)
+    }
+
+    /// Whether launches use programmatic dependent launch.
+    pub(crate) fn pdl_enabled(&self) -> bool {
+        self.pdl
+    }
+
+    /// [`Self::launch`] for a kernel that keeps the chain (chain.rs).
+    pub(crate) fn launch_unbroken(
         &self,
         f: &CudaFunction,
         args: Args,

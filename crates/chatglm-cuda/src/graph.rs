@@ -138,8 +138,9 @@ impl Gpu {
     /// queued are issued first.
     pub fn begin_recording(&self) -> Result<(), CudaError> {
         self.flush_recorded(false)?;
+        self.prepare_chain()?;
         lock(&self.recorder).queue = Some(Vec::with_capacity(256));
-        Ok(())
+        self.begin_chain()
     }
 
     /// Whether launches are being queued.
@@ -149,6 +150,9 @@ impl Gpu {
 
     /// Queues `op` if recording; otherwise hands it back.
     pub(crate) fn record(&self, op: Op) -> Option<Op> {
+        if matches!(op, Op::Gemm(_)) {
+            self.break_chain();
+        }
         match lock(&self.recorder).queue.as_mut() {
             Some(q) => {
                 q.push(op);
@@ -181,6 +185,8 @@ impl Gpu {
     /// `graph` (replaying a matching one, or capturing a new one), else one by
     /// one. Without a queue this does nothing.
     pub fn flush_recorded(&self, graph: bool) -> Result<(), CudaError> {
+        // Whatever follows on the stream is not linked to the queued kernels.
+        self.break_chain();
         let mut rec = lock(&self.recorder);
         let Some(queue) = rec.queue.take() else { return Ok(()) };
         if queue.is_empty() {

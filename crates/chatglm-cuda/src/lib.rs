@@ -17,6 +17,7 @@
 
 mod blas;
 mod blas_lt;
+mod chain;
 mod compile;
 mod cubin;
 mod device;

@@ -976,6 +976,10 @@ impl Gpu {
         let blocks_per_group = (hg / self.decode_heads_per_block(&shape, kv)) as u32;
         let grid =
             (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
+        if mma {
+            // The tensor-core kernels take a ChainSync (chain.rs).
+            return self.launch_chained(f, a, &name, cfg(grid, threads, 0));
+        }
         self.launch(f, a, &name, cfg(grid, threads, 0))
     }
 

@@ -252,15 +252,53 @@ pub(crate) fn in_block_smem(n: usize, cols: usize) -> usize {
     cols / BLOCK * stride * 8 + n * cols
 }
 
+/// How a quantized product's items (tiles of rows) are shared among its blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GridPolicy {
+    /// As few persistent blocks as give every block the same number of items.
+    Even,
+    /// Every resident slot a block (items dealt round-robin, some blocks one
+    /// more than others): the work of the busiest SM is what a product waits
+    /// for, and `Even` can leave a few SMs with two whole blocks while the
+    /// rest hold one (QKV of ChatGLM2: 288 tiles, 144 blocks on 132 SMs).
+    Fill,
+    /// A block per item (`CHATGLM_QMMA_PERSISTENT=0`).
+    PerItem,
+    /// `Fill` where that leaves most blocks a single item (fewer items than
+    /// two per resident slot: ChatGLM2's QKV), else `Even` — whose fewer
+    /// blocks leave slots for the next kernel's blocks to start early.
+    Auto,
+}
+
+/// Blocks of a product of `items` items with `resident` blocks resident at once.
+pub(crate) fn grid_blocks(items: usize, resident: usize, policy: GridPolicy) -> usize {
+    let resident = resident.max(1);
+    match policy {
+        GridPolicy::Even => items.div_ceil(items.div_ceil(resident)),
+        GridPolicy::Fill => items.min(resident),
+        GridPolicy::PerItem => items,
+        GridPolicy::Auto if items < 2 * resident => items.min(resident),
+        GridPolicy::Auto => items.div_ceil(items.div_ceil(resident)),
+    }
+}
+
 /// Measurement settings of the quantized products' grids, read once:
 /// `CHATGLM_QMMA_BLOCKS_PER_SM` (a cap on resident blocks per SM) and
-/// `CHATGLM_QMMA_PERSISTENT=0` (a block per item instead of persistent blocks).
-fn qmma_grid_settings() -> (Option<usize>, bool) {
-    static SETTINGS: std::sync::OnceLock<(Option<usize>, bool)> = std::sync::OnceLock::new();
+/// `CHATGLM_QMMA_GRID` = `even` | `fill` | `item` | `auto` (see [`GridPolicy`];
+/// `CHATGLM_QMMA_PERSISTENT=0` is `item`).
+fn qmma_grid_settings() -> (Option<usize>, GridPolicy) {
+    static SETTINGS: std::sync::OnceLock<(Option<usize>, GridPolicy)> = std::sync::OnceLock::new();
     *SETTINGS.get_or_init(|| {
         let cap = std::env::var("CHATGLM_QMMA_BLOCKS_PER_SM").ok().and_then(|v| v.parse::<usize>().ok());
-        let persistent = std::env::var("CHATGLM_QMMA_PERSISTENT").map_or(true, |v| v != "0");
-        (cap, persistent)
+        let per_item = std::env::var("CHATGLM_QMMA_PERSISTENT").is_ok_and(|v| v == "0");
+        let policy = match std::env::var("CHATGLM_QMMA_GRID").as_deref() {
+            _ if per_item => GridPolicy::PerItem,
+            Ok("fill") => GridPolicy::Fill,
+            Ok("item") => GridPolicy::PerItem,
+            Ok("auto") => GridPolicy::Auto,
+            _ => GridPolicy::Even,
+        };
+        (cap, policy)
     })
 }
 
@@ -443,21 +481,19 @@ impl Gpu {
         } else {
             0
         };
-        // Persistent blocks: as many as fit at once, each item to one of them
-        // (the same number of items each, so no block is left with a tail).
+        // Persistent blocks, each item to one of them (`GridPolicy`).
         // `CHATGLM_QMMA_BLOCKS_PER_SM` caps the blocks per SM (measurements:
         // fewer leave room for the next kernel's blocks to start early).
         let per_sm = self.blocks_per_sm(&name, QMMA_THREADS, smem);
-        let (cap, persistent) = qmma_grid_settings();
+        let (cap, policy) = qmma_grid_settings();
         let per_sm = cap.map_or(per_sm, |cap| cap.clamp(1, per_sm));
-        let resident = per_sm * self.info().multiprocessors;
-        let blocks = if persistent { items.div_ceil(items.div_ceil(resident.max(1))) } else { items };
+        let blocks = grid_blocks(items, per_sm * self.info().multiprocessors, policy);
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (QMMA_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
-        self.launch(f, a, &name, cfg)
+        self.launch_chained(f, a, &name, cfg)
     }
 
     /// Rows `r0..r0 + nrows` of `w` as row-major f16 at `out`.
@@ -514,6 +550,26 @@ impl Gpu {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grid_policies_share_the_items() {
+        // ChatGLM2's QKV (288 tiles), h→4h (856 gate tiles) and dense (256) on 132 SMs × 2.
+        assert_eq!(grid_blocks(288, 264, GridPolicy::Even), 144);
+        assert_eq!(grid_blocks(288, 264, GridPolicy::Fill), 264);
+        assert_eq!(grid_blocks(856, 264, GridPolicy::Even), 214);
+        assert_eq!(grid_blocks(856, 264, GridPolicy::Fill), 264);
+        assert_eq!(grid_blocks(256, 264, GridPolicy::Fill), 256);
+        assert_eq!(grid_blocks(856, 264, GridPolicy::PerItem), 856);
+        assert_eq!(grid_blocks(288, 264, GridPolicy::Auto), 264);
+        assert_eq!(grid_blocks(856, 264, GridPolicy::Auto), 214);
+        for items in 1..600 {
+            for policy in [GridPolicy::Even, GridPolicy::Fill, GridPolicy::PerItem, GridPolicy::Auto] {
+                let b = grid_blocks(items, 264, policy);
+                assert!((1..=items).contains(&b), "{items} items, {policy:?}: {b} blocks");
+            }
+        }
+        assert_eq!(grid_blocks(5, 0, GridPolicy::Fill), 1);
+    }
+
     use super::*;
 
     fn codes(format: QuantFormat, seed: usize) -> Vec<u8> {

@@ -648,6 +648,54 @@ fn batched_decode_replays_bit_for_bit(shape: &str, format: WeightFormat) {
 }
 
 #[test]
+fn gpu_chained_decode_steps_equal_unchained_ones_bit_for_bit() {
+    // Kernels of a recorded decode step linked through counters (chain.rs)
+    // compute exactly what they compute waiting for whole grids: the 6B head
+    // layout (tensor-core decode attention, linked between the quantized
+    // products) in two layers, one-token steps replayed from graphs, contexts
+    // crossing cache blocks.
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+        let src = random_model(&glm2, 29);
+        let Some(backend) = cuda(&src.config) else { return };
+        let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+        let prompt: Vec<u32> = (0..50u32).map(|i| (i * 17 + 3) % src.config.padded_vocab_size as u32).collect();
+        let mut caches: Vec<_> = (0..2).map(|_| gpu.new_cache(KvDType::F16)).collect();
+        let mut state = ForwardState::new(&gpu.backend);
+        for c in caches.iter_mut() {
+            gpu.forward(&mut state, &mut [SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None }])
+                .unwrap();
+        }
+        let before = gpu.backend.graph_stats();
+        let mut token = 7u32;
+        for step in 0..40 {
+            let [plain, chained] = &mut caches[..] else { unreachable!() };
+            gpu.backend.set_chain_sync(false);
+            let want = gpu
+                .forward(
+                    &mut state,
+                    &mut [SequenceInput { tokens: &[token], cache: plain, logits: LogitsWanted::Last }],
+                )
+                .unwrap()
+                .to_vec();
+            gpu.backend.set_chain_sync(true);
+            let got = gpu
+                .forward(
+                    &mut state,
+                    &mut [SequenceInput { tokens: &[token], cache: chained, logits: LogitsWanted::Last }],
+                )
+                .unwrap()
+                .to_vec();
+            assert!(got == want, "{format:?}: a chained decode step differs at step {step}");
+            token = chatglm_model::greedy_token(&want);
+        }
+        gpu.backend.set_chain_sync(false);
+        let after = gpu.backend.graph_stats();
+        assert!(after.replays >= before.replays + 60, "{format:?}: decode steps were not replayed: {after:?}");
+    }
+}
+
+#[test]
 fn gpu_greedy_token_follows_the_invalid_score_rule() {
     // The argmax kernel alone, on rows with ties, NaN and infinities.
     let cfg = Config::from_json_str(FLASH_SHAPE).unwrap();

@@ -126,3 +126,50 @@ __device__ __forceinline__ void pdl_wait() {
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+
+// A dependency on the kernel before through a counter instead of its grid's
+// completion (chain.rs): every block of that kernel adds 1 once its writes
+// are done (chain_signal), and this kernel's blocks go on when `wait_n` have
+// (chain_wait) — without waiting for the grid to drain and be flushed, which
+// is most of what a decode step's ~140 kernel boundaries cost. Both kernels
+// run at once (the one before let this one start with
+// pdl_launch_dependents, so all of its blocks are resident: spinning here
+// cannot keep them from running). No wait pointer: griddepcontrol.wait.
+struct ChainSync {
+    const int* wait;
+    int* signal;
+    int wait_n;
+    int pad;
+};
+
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// Every thread of the block must call it.
+__device__ __forceinline__ void chain_wait(const ChainSync& s) {
+    if (!s.wait) {
+        pdl_wait();
+        return;
+    }
+    if (threadIdx.x == 0) {
+        while (ld_acquire_gpu(s.wait) < s.wait_n) {
+        }
+        // The acquire at GPU scope drops this SM's L1 lines, so the data the
+        // kernel before wrote is read from L2; the barrier passes that on.
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// The block's writes are done: every thread must call it, after them.
+__device__ __forceinline__ void chain_signal(const ChainSync& s) {
+    if (!s.signal) return;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(s.signal, 1);
+    }
+}

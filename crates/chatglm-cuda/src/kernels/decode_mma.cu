@@ -97,7 +97,8 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
                                                      const int* work_tokens, const int* positions,
                                                      const int* seq_of_token, const u64* block_table,
                                                      int max_blocks, int n_groups, int layer, int block_tokens,
-                                                     float scale, float* part_o, float* part_ml, int* counters) {
+                                                     float scale, float* part_o, float* part_ml, int* counters,
+                                                     const ChainSync& chain) {
 #if __CUDA_ARCH__ >= 800
     constexpr int HG = 16;
     // First the 8 → 4 warp merge's fragments, then decode_finish's DecodeReduce.
@@ -131,7 +132,7 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
     const long per_group = (long)block_tokens * DEC_D;
     const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group;
     const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
-    pdl_wait();
+    chain_wait(chain);
     // The cache rows of this step's tokens were written by the kernel before.
     // Two tiles a warp in flight from the start: ping-pong buffers, each
     // reloaded as soon as it is used (a copy nxt → cur would wait for nxt's
@@ -323,9 +324,10 @@ extern "C" __global__ void __launch_bounds__(MMA_WARPS * 32)
     attn_decode_mma16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
                       const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
                       int n_groups, int layer, int block_tokens, float scale, float* part_o, float* part_ml,
-                      int* counters) {
+                      int* counters, ChainSync chain) {
     attn_decode_mma_body<MMA_WARPS>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table,
-                                    max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters);
+                                    max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters, chain);
+    chain_signal(chain);
 }
 
 // 4 warps: two blocks fit an SM, for steps of many sequences whose blocks
@@ -334,7 +336,8 @@ extern "C" __global__ void __launch_bounds__(128)
     attn_decode_mma16_w4(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
                          const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
                          int n_groups, int layer, int block_tokens, float scale, float* part_o, float* part_ml,
-                         int* counters) {
+                         int* counters, ChainSync chain) {
     attn_decode_mma_body<4>(qkv, width, out, out_width, work_tokens, positions, seq_of_token, block_table,
-                            max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters);
+                            max_blocks, n_groups, layer, block_tokens, scale, part_o, part_ml, counters, chain);
+    chain_signal(chain);
 }

@@ -213,3 +213,11 @@ extern "C" __global__ void kv_prefix_rows(const unsigned char* src, const u64* b
             *(u16*)to = *(const u16*)from;
     }
 }
+
+// Zeroes a step's kernel-chain counters (chain.rs) once the kernel before —
+// the step before's last — is done, so none of them is still in use.
+extern "C" __global__ void chain_reset(int* counters, int n) {
+    pdl_launch_dependents();
+    pdl_wait();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) counters[i] = 0;
+}

@@ -693,7 +693,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           const float* __restrict__ x, const float* __restrict__ nw, float eps,
                                           const signed char* xq, const float2* xs, int n, int cols,
                                           const float* __restrict__ bias, float* __restrict__ out, int out_rows,
-                                          int half_rows, const RopeCtx& rc, const char* next_w, long next_bytes) {
+                                          int half_rows, const RopeCtx& rc, const char* next_w, long next_bytes,
+                                          const ChainSync& chain) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
     constexpr bool HX = QMMA_F16X && SX == 0;
@@ -789,7 +790,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < end; b += QMMA_THREADS * 128L)
             prefetch_l2(next_w + b);
     };
-    pdl_wait();
+    chain_wait(chain);
     QMMA_STAMP(1);
     if (total == 0) return;
     if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
@@ -892,9 +893,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const float* x,         \
         const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
         const float* bias, float* out, int out_rows, int half_rows, RopeCtx rc, const char* next_w,      \
-        long next_bytes) {                                                                              \
+        long next_bytes, ChainSync chain) {                                                             \
         qmma_body<F, NT8, MODE, SX>(w, scales, mins, units, tiles, x, nw, eps, xq, xs, n, cols, bias, out, \
-                                    out_rows, half_rows, rc, next_w, next_bytes);                        \
+                                    out_rows, half_rows, rc, next_w, next_bytes, chain);                 \
+        chain_signal(chain);                                                                            \
     }
 
 #define QMMA_MODES(F, NT8, SX) \

@@ -1524,6 +1524,12 @@ impl CudaBackend {
     pub fn set_graphs(&self, on: bool) {
         self.gpu.set_graphs(on);
     }
+
+    /// Turns the counter-chained kernel dependencies of recorded decode
+    /// steps on or off (`CHATGLM_CHAIN_SYNC=1` starts with them on).
+    pub fn set_chain_sync(&self, on: bool) {
+        self.gpu.set_chain_sync(on);
+    }
 }
 
 /// CUDA devices that can run the model: the driver, NVRTC and cuBLAS
