@@ -118,6 +118,17 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_ONE_MINB
 #define QMMA_ONE_MINB 2
 #endif
+// 1: a one-token product runs its first batch once before waiting for the
+// kernel ahead — activations quantized from the weights' own bytes (memory
+// no kernel writes), sums thrown away, no epilogue — so that the code the
+// block runs after the wait (quantizing, the unit products) is already in
+// the SM's instruction caches: each layer's five kernels evict each other's
+// code, and a product whose weights are all in registers at the wait (the
+// dense one) still ends ~5 µs after the attention before it, run 97, with
+// the grid-completion wait taken out. A measurement variant.
+#ifndef QMMA_WARM
+#define QMMA_WARM 0
+#endif
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
@@ -790,11 +801,21 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < end; b += QMMA_THREADS * 128L)
             prefetch_l2(next_w + b);
     };
-    chain_wait(chain);
-    QMMA_STAMP(1);
-    if (total == 0) return;
-    if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
-    const int xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+    // The one-token path's first pass through its loop may run dry, before
+    // the wait (QMMA_WARM, above).
+    constexpr bool WARM = QMMA_WARM && SX == 2 && !XS && !QMMA_PINGPONG;
+    if (WARM && total == 0) {
+        chain_wait(chain);
+        return;
+    }
+    int xs_stride = NT8 * 8;
+    if (!WARM) {
+        chain_wait(chain);
+        QMMA_STAMP(1);
+        if (total == 0) return;
+        if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
+        xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+    }
     if (XS) {
         stage_x(0, 0);
         cp_async_commit();
@@ -816,7 +837,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         us = (const float2*)(ub + NT8 * 8 * SB * 32) - (long)p * SB * xs_stride;
     };
     auto consume = [&](int it, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
-                       const ScaleVec (&mv)[RT][UB]) {
+                       const ScaleVec (&mv)[RT][UB], bool dry) {
         const int base = (it % per_item) * STEP;
         const int xcols = XS ? SB * 32 : cols;  // row stride of the activation codes
         // A batch of whole units only (all but a row's last, mostly) runs
@@ -842,24 +863,35 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 batch_unit<F, NT8, RT, ONE, true, UB, HX>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g, t);
             }
         }
-        if (it % per_item != per_item - 1) return;
+        if (dry || it % per_item != per_item - 1) return;
         const int row0 = (blockIdx.x + (it / per_item) * gridDim.x) * 16;
         item_epilogue<NT8, MODE, RT, ONE>(acc, red, row0, n, bias, out, out_rows, half_rows, rc, slots);
     };
     if (QMMA_PINGPONG) {
         // Two batches in flight through every wait (see gemv.cu).
         for (int it = 0; it < total; it += 2) {
-            consume(it, wa, sa, ma);
+            consume(it, wa, sa, ma, false);
             if (it + 2 < total) load(it + 2, wa, sa, ma);
             if (it + 1 < total) {
-                consume(it + 1, wb, sb, mb);
+                consume(it + 1, wb, sb, mb, false);
                 if (it + 3 < total) load(it + 3, wb, sb, mb);
             }
             if (it + 2 == total - 1 || it + 3 == total - 1) prefetch_next();
         }
     } else {
-        for (int it = 0; it < total; it++) {
-            if (it + 1 < total) {
+        for (int it = WARM ? -1 : 0; it < total; it++) {
+            if (WARM && it <= 0) {
+                // it = -1: activations from the (never written) weights, a
+                // throwaway batch; it = 0: the real ones, after the wait.
+                if (it == 0) {
+                    __syncthreads();  // the dry batch is done with shared memory
+                    chain_wait(chain);
+                    if (total == 1) prefetch_next();
+                }
+                xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(it < 0 ? (const float*)w : x, nw, eps, n, cols,
+                                                                 qmma_smem, xq, xs, inv, scratch);
+            }
+            if (it >= 0 && it + 1 < total) {
                 load(it + 1, wb, sb, mb);
                 stage_x(it + 1, (it + 1) & 1);
             }
@@ -869,10 +901,17 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 cp_async_wait<1>();
                 __syncwarp();
             }
-            if (it + 2 == total) prefetch_next();
-            consume(it, wa, sa, ma);
+            if (it >= 0 && it + 2 == total) prefetch_next();
+            consume(it < 0 ? 0 : it, wa, sa, ma, it < 0);
             if (XS) __syncwarp();  // buffer it & 1 is refilled next iteration
             if (it == 0) QMMA_STAMP(3);
+            if (WARM && it < 0) {
+#pragma unroll
+                for (int r = 0; r < RT; r++)
+#pragma unroll
+                    for (int j = 0; j < NT8; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
+                continue;
+            }
 #pragma unroll
             for (int r = 0; r < RT; r++)
 #pragma unroll
