@@ -196,13 +196,20 @@ pub mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn products(h: &Half, x: &Q8Quad, dx: __m128, k: usize, ones: __m256i) -> __m256 {
+        _mm256_mul_ps(isums(h, x, k, ones), spread(dx, k))
+    }
+
+    /// `half` against one token's quad as 8 f32 lanes (4 per block) of `Σ w·x`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn isums(h: &Half, x: &Q8Quad, k: usize, ones: __m256i) -> __m256 {
         let xlo = _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i);
         let xhi = _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i);
         let plo = _mm256_maddubs_epi16(h.abs[0], _mm256_sign_epi8(xlo, h.w[0]));
         let phi = _mm256_maddubs_epi16(h.abs[1], _mm256_sign_epi8(xhi, h.w[1]));
         // Each i16 is at most 2·127·127, so the two are widened before adding.
         let s = _mm256_add_epi32(_mm256_madd_epi16(plo, ones), _mm256_madd_epi16(phi, ones));
-        _mm256_mul_ps(_mm256_cvtepi32_ps(s), spread(dx, k))
+        _mm256_cvtepi32_ps(s)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -215,10 +222,11 @@ pub mod avx2 {
             let (xq, wq) = (x.get_unchecked(q), qs.get_unchecked(q));
             prefetch::ahead(wq.as_ptr());
             prefetch::ahead(wq.as_ptr().wrapping_add(64));
-            let dw = quad_scales(scales.as_ptr().add(4 * q));
-            let dx = _mm_loadu_ps(xq.d.as_ptr());
+            // One product of the scales a quad (packed.rs's q4_0 dot: the
+            // mat-vecs are instruction-bound when memory keeps up).
+            let dwdx = _mm_mul_ps(quad_scales(scales.as_ptr().add(4 * q)), _mm_loadu_ps(xq.d.as_ptr()));
             for (k, acc_k) in acc.iter_mut().enumerate() {
-                *acc_k = _mm256_fmadd_ps(products(&weights(wq, k), xq, dx, k, ones), spread(dw, k), *acc_k);
+                *acc_k = _mm256_fmadd_ps(isums(&weights(wq, k), xq, k, ones), spread(dwdx, k), *acc_k);
             }
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
