@@ -34,6 +34,31 @@ pub(crate) struct Chain {
     next: usize,
     /// The last launch, when it was a chained kernel: its counter and blocks.
     last: Option<(u64, u64)>,
+    /// The step being recorded zeroed the counters first: links may be made
+    /// (never otherwise — counters left from an earlier step would let a
+    /// kernel through before the one it waits for is done).
+    active: bool,
+}
+
+impl Chain {
+    /// The `ChainSync` argument of the next kernel (`blocks` of them), with
+    /// the counters at `base`: a link to the kernel before when the step
+    /// zeroed the counters and is being recorded, else none.
+    fn link(&mut self, base: Option<u64>, recording: bool, blocks: u64) -> [u64; 3] {
+        match base {
+            Some(base) if self.active && self.next < CHAIN_COUNTERS && recording => {
+                let signal = base + 4 * self.next as u64;
+                self.next += 1;
+                let link = link_args(self.last, signal);
+                self.last = Some((signal, blocks));
+                link
+            }
+            _ => {
+                self.last = None;
+                [0; 3]
+            }
+        }
+    }
 }
 
 /// The `ChainSync` argument (wait counter, signal counter, blocks to wait
@@ -69,6 +94,7 @@ impl Gpu {
     /// Starts a recorded step's chain: queues the kernel that zeroes the
     /// counters ([`Self::prepare_chain`] allocated them).
     pub(crate) fn begin_chain(&self) -> Result<(), CudaError> {
+        lock(&self.chain).active = false;
         if !self.chain_sync() || !self.has_kernel("chain_reset") {
             return Ok(());
         }
@@ -79,8 +105,18 @@ impl Gpu {
         a.arg(&counters).arg(&n);
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         self.launch(f, a, "chain_reset", cfg)?;
-        lock(&self.chain).next = 0;
+        let mut c = lock(&self.chain);
+        c.next = 0;
+        c.active = true;
         Ok(())
+    }
+
+    /// The recorded step's launches are issued: no more links until the
+    /// next step zeroes the counters.
+    pub(crate) fn end_chain(&self) {
+        let mut c = lock(&self.chain);
+        c.last = None;
+        c.active = false;
     }
 
     /// The launch about to be issued is not a chained kernel.
@@ -102,19 +138,7 @@ impl Gpu {
         let link = {
             let mut c = lock(&self.chain);
             let base = c.counters.as_ref().map(crate::device_ptr);
-            match base {
-                Some(base) if c.next < CHAIN_COUNTERS && recording => {
-                    let signal = base + 4 * c.next as u64;
-                    c.next += 1;
-                    let link = link_args(c.last, signal);
-                    c.last = Some((signal, blocks));
-                    link
-                }
-                _ => {
-                    c.last = None;
-                    [0; 3]
-                }
-            }
+            c.link(base, recording, blocks)
         };
         args.arg_struct(&link);
         self.launch_unbroken(f, args, kernel, cfg)
@@ -142,5 +166,20 @@ mod tests {
     fn a_kernel_waits_for_the_chained_kernel_before_it() {
         assert_eq!(link_args(None, 0x1004), [0, 0x1004, 0], "first link: griddepcontrol.wait");
         assert_eq!(link_args(Some((0x1004, 264)), 0x1008), [0x1004, 0x1008, 264]);
+    }
+
+    #[test]
+    fn links_are_made_only_in_a_step_that_zeroed_the_counters() {
+        let base = Some(0x1000);
+        let mut c = Chain::default();
+        assert_eq!(c.link(base, true, 144), [0; 3], "counters not zeroed this step");
+        c.active = true;
+        assert_eq!(c.link(base, true, 144), [0, 0x1000, 0]);
+        assert_eq!(c.link(base, true, 86), [0x1000, 0x1004, 144]);
+        assert_eq!(c.link(base, false, 256), [0; 3], "not recording");
+        assert_eq!(c.link(base, true, 256), [0, 0x1008, 0], "the chain broke: griddepcontrol.wait");
+        assert_eq!(c.link(None, true, 256), [0; 3], "no counters");
+        c.next = CHAIN_COUNTERS;
+        assert_eq!(c.link(base, true, 256), [0; 3], "counters used up");
     }
 }

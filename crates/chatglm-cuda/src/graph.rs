@@ -186,7 +186,7 @@ impl Gpu {
     /// one. Without a queue this does nothing.
     pub fn flush_recorded(&self, graph: bool) -> Result<(), CudaError> {
         // Whatever follows on the stream is not linked to the queued kernels.
-        self.break_chain();
+        self.end_chain();
         let mut rec = lock(&self.recorder);
         let Some(queue) = rec.queue.take() else { return Ok(()) };
         if queue.is_empty() {
