@@ -277,8 +277,8 @@ pub(crate) fn grid_blocks(items: usize, resident: usize, policy: GridPolicy) -> 
         GridPolicy::Even => items.div_ceil(items.div_ceil(resident)),
         GridPolicy::Fill => items.min(resident),
         GridPolicy::PerItem => items,
-        GridPolicy::Auto if items < 2 * resident => items.min(resident),
-        GridPolicy::Auto => items.div_ceil(items.div_ceil(resident)),
+        GridPolicy::Auto if items < 2 * resident => grid_blocks(items, resident, GridPolicy::Fill),
+        GridPolicy::Auto => grid_blocks(items, resident, GridPolicy::Even),
     }
 }
 
