@@ -8,6 +8,7 @@
 #    CHATGLM_QMMG_CARVEOUT=all), REPEAT rounds, after loading each variant's kernels once (WARMUP_LIMIT s);
 # 2. the test suites TEST_SUITES (default "chatglm_cuda-lib qmma cuda_generate cuda"), each under a time limit;
 # 3. QMMA_BENCH=1: qmma_bench (each product alone) under each variant.
+# CONCURRENCY=32 adds that many int4 sequences (prompt 128, 256 new tokens each) to each variant's round.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -46,6 +47,13 @@ for _ in $(seq "${REPEAT:-1}"); do
         >>"$log" 2>&1
       echo "== $d $v (rc $?): $(grep -E '^(decode|prefill)|rror|panick' "$log" | tail -n 4 | tr '\n' ' ')"
     done
+    if [ -n "${CONCURRENCY:-}" ]; then
+      log="$out/bench-concurrency-${v//[^A-Za-z0-9]/_}.log"
+      # shellcheck disable=SC2086
+      env $v timeout "${BENCH_LIMIT:-90}" $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY" \
+        >>"$log" 2>&1
+      echo "== q4_0 x$CONCURRENCY $v (rc $?): $(grep -E '^batch|rror|panick' "$log" | tail -n 2 | tr '\n' ' ')"
+    fi
   done
 done
 for t in ${TEST_SUITES:-chatglm_cuda-lib qmma cuda_generate cuda}; do

@@ -3,7 +3,8 @@
 //! a SM, at most half of it) that the next product's blocks start beside a
 //! running one and request their first weights before they wait for it.
 //! A measurement variant (`CHATGLM_QMV=1` or [`Gpu::set_one_token_stream`]):
-//! on the H200 its results equal qmma's own bit for bit, but batch-1 decode
+//! on the H200 its results equal qmma's own bit for bit (under `QMMA_ONE_COLS=0`;
+//! to rounding otherwise), but batch-1 decode
 //! was slower (q4_0 359–380 against 481–502 tok/s, q8_0 303–317 against
 //! 390–416; bench/RESULTS.md, runs 88–90), so one-token products run on
 //! qmma's own kernels by default.

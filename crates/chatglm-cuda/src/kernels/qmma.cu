@@ -130,6 +130,18 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #define QMMA_WARM 0
 #endif
 
+// 1: one-token products put a different weight block in each of an mma's 8
+// columns (below, one_cols_group), so every lane's four sums are distinct
+// and all are used: the per-block scaling is done once per (row, block) and
+// not four times over by a quad's lanes, and the activation and scale loads
+// shrink alike. ncu, H200, session 16: the one-token products issued ~40
+// instructions an mma (half of them index arithmetic and the quad's
+// duplicated scaling) and sat at 26–50% of issue slots. 0: the one-token
+// column layout of unit_product<ONE> (for measurements).
+#ifndef QMMA_ONE_COLS
+#define QMMA_ONE_COLS 1
+#endif
+
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
 __device__ __forceinline__ void mma_block(int* c, const u32* a, u32 b0, u32 b1) {
@@ -145,6 +157,21 @@ __device__ __forceinline__ void mma_block(int* c, const u32* a, u32 b0, u32 b1) 
             "{%10,%10,%10,%10};"
             : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+}
+
+// C += A·B for one block (as mma_block).
+template <int U4>
+__device__ __forceinline__ void mma_block_acc(int (&c)[4], const u32* a, u32 b0, u32 b1) {
+    if (U4)
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // The A fragment of block i (0 or 1) of a unit.
@@ -456,6 +483,83 @@ __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uin
     }
 }
 
+// One token, QMMA_ONE_COLS: group q of a warp's batch — CPG blocks (UG =
+// CPG / SB units) — with block m in mma column m: lane (g, t) gives the B
+// fragment of column g only (zeros in the others), so after the group's
+// mmas its four sums are distinct — rows g and g + 8 of the blocks in
+// columns 2t and 2t + 1 — and it scales those alone (sc, mn: their scales
+// and offsets, .x column 2t, .y column 2t + 1, each (row g, row g + 8) f16).
+// xqb, xsb: the activation codes and (dx, Σq) of the batch's unit 0 (unit u
+// at u·QMMA_WARPS); ubase: the batch's unit 0 in the row. Each block's sum
+// is scaled as unit_product's (Σ isum·(dw·dx)); the quad's lanes hold
+// partial sums the caller adds before the epilogue.
+// CHECKED: blocks past the row (units ≥ units, blocks ≥ nb) are skipped.
+template <int F, int RT, int UB, int CPG, bool CHECKED>
+__device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uint4 (&buf)[RT][UB], int q,
+                                               const uint2 (&sc)[RT], const uint2 (&mn)[RT],
+                                               const signed char* xqb, const float2* xsb, int ubase, int units,
+                                               int nb, int g, int t) {
+    constexpr int SB = QFmt<F>::BLOCKS, UG = CPG / SB;
+    auto valid = [&](int u, int i) {
+        const int unit = ubase + u * QMMA_WARPS;
+        return !CHECKED || (unit < units && unit * SB + i < nb);
+    };
+    u32 bx0 = 0u, bx1 = 0u;
+    {
+        const int u = q * UG + g / SB, i = g % SB;
+        if (g < CPG && valid(u, i)) {
+            const signed char* xp = xqb + (u * QMMA_WARPS * SB + i) * 32 + 4 * t;
+            bx0 = *(const u32*)xp;
+            bx1 = *(const u32*)(xp + 16);
+        }
+    }
+    // Two chains of accumulating mmas (even and odd columns) to halve the
+    // dependent latency; each column gets one block's sum.
+    int c[RT][2][4];
+#pragma unroll
+    for (int r = 0; r < RT; r++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) c[r][h][0] = c[r][h][1] = c[r][h][2] = c[r][h][3] = 0;
+#pragma unroll
+    for (int m = 0; m < CPG; m++) {
+        const int u = q * UG + m / SB, i = m % SB;
+        if (CHECKED && !valid(u, i)) continue;
+        const u32 b0 = g == m ? bx0 : 0u, b1 = g == m ? bx1 : 0u;
+#pragma unroll
+        for (int r = 0; r < RT; r++) {
+            u32 a[4];
+            a_fragment<F>(buf[r][u], i, a);
+            mma_block_acc<QFmt<F>::U4>(c[r][m & 1], a, b0, b1);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        const int col = 2 * t + k, u = q * UG + col / SB, i = col % SB;
+        if (col >= CPG || !valid(u, i)) continue;
+        const float2 s2 = xsb[(u * QMMA_WARPS * SB + i) * 2];
+        const int sq = __float_as_int(s2.y);
+#pragma unroll
+        for (int r = 0; r < RT; r++) {
+            const u32 dw = k ? sc[r].y : sc[r].x;
+            const float d0 = f16_to_f32((u16)(dw & 0xffff)), d1 = f16_to_f32((u16)(dw >> 16));
+            int v0 = c[r][0][k] + c[r][1][k], v1 = c[r][0][2 + k] + c[r][1][2 + k];
+            if (QFmt<F>::OFF) {
+                v0 -= QFmt<F>::OFF * sq;
+                v1 -= QFmt<F>::OFF * sq;
+            }
+            if (QFmt<F>::MIN) {
+                const u32 mw = k ? mn[r].y : mn[r].x;
+                const float m0 = f16_to_f32((u16)(mw & 0xffff)), m1 = f16_to_f32((u16)(mw >> 16));
+                acc[r][0][0] += (float)v0 * d0 * s2.x + m0 * s2.x * (float)sq;
+                acc[r][0][2] += (float)v1 * d1 * s2.x + m1 * s2.x * (float)sq;
+            } else {
+                acc[r][0][0] += (float)v0 * (d0 * s2.x);
+                acc[r][0][2] += (float)v1 * (d1 * s2.x);
+            }
+        }
+    }
+}
+
 // unit_product with f16 activations xh ([tokens][cols], groups of 4 in
 // a_fragments_f16's order) and weights dequantized to f16 (QMMA_F16X).
 template <int F, int NT8, int RT, bool CHECKED>
@@ -746,22 +850,38 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
 
     uint4 wa[RT][UB], wb[RT][UB];
     ScaleVec sa[RT][UB], sb[RT][UB], ma[RT][UB], mb[RT][UB];
-    // Batch `it` of this block: item it / per_item, units from (it % per_item)·STEP.
-    auto load = [&](int it, uint4 (*buf)[UB], ScaleVec (*sv)[UB], ScaleVec (*mv)[UB]) {
-        const int item = blockIdx.x + (it / per_item) * gridDim.x;
-        const int base = (it % per_item) * STEP;
+    // Batch (item, base) of this block: units base.. of item (a row tile;
+    // SwiGLU: a gate tile with its up tile). Addresses from one base pointer
+    // a row tile, the units at constant offsets: index arithmetic for every
+    // unit was half of a one-token product's instructions (ncu, session 16).
+    auto load_at = [&](int item, int base, uint4 (*buf)[UB], ScaleVec (*sv)[UB], ScaleVec (*mv)[UB]) {
+        const bool full = base + STEP <= units;
 #pragma unroll
         for (int r = 0; r < RT; r++) {
-            const long tu = (long)(r ? item + half_rows / 16 : item) * units;
+            const long u0 = (long)(r ? item + half_rows / 16 : item) * units + base + warp;
+            const uint4* wp = w + u0 * 32 + lane;
+            const ScaleVec* sp = (const ScaleVec*)scales + u0 * 8 + g;
+            const ScaleVec* mp = (const ScaleVec*)mins + u0 * 8 + g;
 #pragma unroll
             for (int u = 0; u < UB; u++) {
-                const int p = base + u * QMMA_WARPS + warp;
-                if (p < units) {
-                    buf[r][u] = ld_stream(w + (tu + p) * 32 + lane);
-                    sv[r][u] = ((const ScaleVec*)scales)[(tu + p) * 8 + g];
-                    if (QFmt<F>::MIN) mv[r][u] = ((const ScaleVec*)mins)[(tu + p) * 8 + g];
+                if (full || base + u * QMMA_WARPS + warp < units) {
+                    buf[r][u] = ld_stream(wp + u * QMMA_WARPS * 32);
+                    sv[r][u] = sp[u * QMMA_WARPS * 8];
+                    if (QFmt<F>::MIN) mv[r][u] = mp[u * QMMA_WARPS * 8];
                 }
             }
+        }
+    };
+    // Batch `it` of this block: item it / per_item, units from (it % per_item)·STEP.
+    auto load = [&](int it, uint4 (*buf)[UB], ScaleVec (*sv)[UB], ScaleVec (*mv)[UB]) {
+        load_at(blockIdx.x + (it / per_item) * gridDim.x, (it % per_item) * STEP, buf, sv, mv);
+    };
+    // The batch after (item, base).
+    auto advance = [&](int& item, int& base) {
+        base += STEP;
+        if (base >= units) {
+            base = 0;
+            item += gridDim.x;
         }
     };
     // This warp's activations of batch `it` into its stage buffer k (2 a warp).
@@ -785,12 +905,6 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 cp_async16(dst + NT8 * 8 * SB * 32 + c * 16, src + c * 16, true);
         }
     };
-    pdl_launch_dependents();
-    // The weights do not depend on the kernel before: request the first two
-    // batches before waiting for it.
-    if (total > 0) load(0, wa, sa, ma);
-    if (QMMA_PINGPONG && total > 1) load(1, wb, sb, mb);
-    if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     // The next product's weights towards L2, once this block's last batch is
     // requested: the DRAM time of the step's kernel boundaries (where a block
     // waits for the next kernel's first bytes) goes to bytes it needs anyway.
@@ -801,9 +915,116 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < end; b += QMMA_THREADS * 128L)
             prefetch_l2(next_w + b);
     };
+    constexpr bool WARM = QMMA_WARM && SX == 2 && !XS && !QMMA_PINGPONG;
+    constexpr bool COLS = QMMA_ONE_COLS && ONE && !XS && !QMMA_PINGPONG && !WARM;
+    if constexpr (COLS) {
+        // One token, blocks in mma columns (one_cols_group): each lane loads
+        // its batch's codes as above and, per group of CPG blocks, only the
+        // scales of its own two columns.
+        constexpr int NCOL = UB * SB, CPG = NCOL < 8 ? NCOL : 8, GPB = NCOL / CPG, UG = CPG / SB;
+        uint2 sa1[RT][GPB], sb1[RT][GPB], ma1[RT][GPB], mb1[RT][GPB];
+        auto load_one = [&](int item, int base, uint4 (&buf)[RT][UB], uint2 (&sv)[RT][GPB], uint2 (&mv)[RT][GPB]) {
+            const bool full = base + STEP <= units;
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                const int u0 = (r ? item + half_rows / 16 : item) * units + base + warp;
+                const uint4* wp = w + (long)u0 * 32 + lane;
+#pragma unroll
+                for (int u = 0; u < UB; u++)
+                    if (full || base + u * QMMA_WARPS + warp < units) buf[r][u] = ld_stream(wp + u * QMMA_WARPS * 32);
+#pragma unroll
+                for (int q = 0; q < GPB; q++) {
+                    sv[r][q] = mv[r][q] = make_uint2(0u, 0u);
+                    if (SB == 2) {
+                        const int u = q * UG + t;  // the lane's unit: both its blocks
+                        if (full || base + u * QMMA_WARPS + warp < units) {
+                            sv[r][q] = ((const uint2*)scales)[((long)u0 + u * QMMA_WARPS) * 8 + g];
+                            if (QFmt<F>::MIN) mv[r][q] = ((const uint2*)mins)[((long)u0 + u * QMMA_WARPS) * 8 + g];
+                        }
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < 2; k++) {
+                            const int u = q * UG + 2 * t + k;  // the lane's two units
+                            if (2 * t + k < CPG && (full || base + u * QMMA_WARPS + warp < units)) {
+                                const u32 v = ((const u32*)scales)[((long)u0 + u * QMMA_WARPS) * 8 + g];
+                                if (k) sv[r][q].y = v; else sv[r][q].x = v;
+                                if (QFmt<F>::MIN) {
+                                    const u32 m = ((const u32*)mins)[((long)u0 + u * QMMA_WARPS) * 8 + g];
+                                    if (k) mv[r][q].y = m; else mv[r][q].x = m;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        pdl_launch_dependents();
+        if (total > 0) load_one(blockIdx.x, 0, wa, sa1, ma1);
+        if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
+        chain_wait(chain);
+        QMMA_STAMP(1);
+        if (total == 0) return;
+        if (total == 1) prefetch_next();
+        in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+        QMMA_STAMP(2);
+        float acc[RT][1][4];
+#pragma unroll
+        for (int r = 0; r < RT; r++) acc[r][0][0] = acc[r][0][1] = acc[r][0][2] = acc[r][0][3] = 0.f;
+        auto consume_one = [&](int item, int base, const uint4 (&buf)[RT][UB], const uint2 (&sv)[RT][GPB],
+                               const uint2 (&mv)[RT][GPB]) {
+            const int ubase = base + warp;
+            const signed char* xqb = xq + ubase * SB * 32;
+            const float2* xsb = xs + ubase * SB * 2;  // one token: in_block_x strides 2
+            const bool full = (base + STEP) * SB <= nb;
+#pragma unroll
+            for (int q = 0; q < GPB; q++) {
+                uint2 sq[RT], mq[RT];
+#pragma unroll
+                for (int r = 0; r < RT; r++) {
+                    sq[r] = sv[r][q];
+                    mq[r] = mv[r][q];
+                }
+                if (full) one_cols_group<F, RT, UB, CPG, false>(acc, buf, q, sq, mq, xqb, xsb, ubase, units, nb, g, t);
+                else one_cols_group<F, RT, UB, CPG, true>(acc, buf, q, sq, mq, xqb, xsb, ubase, units, nb, g, t);
+            }
+            if (base + STEP < units) return;
+            // The quad's partial sums of rows g, g + 8 into lane t = 0's.
+#pragma unroll
+            for (int r = 0; r < RT; r++)
+#pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    acc[r][0][e] += __shfl_xor_sync(0xffffffffu, acc[r][0][e], 1);
+                    acc[r][0][e] += __shfl_xor_sync(0xffffffffu, acc[r][0][e], 2);
+                }
+            item_epilogue<NT8, MODE, RT, ONE>(acc, red, item * 16, n, bias, out, out_rows, half_rows, rc, slots);
+        };
+        // Two buffers whose roles alternate (the loop unrolled by two), so no
+        // batch is copied from one to the other.
+        int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
+        advance(li, lb);
+        auto step = [&](int it, const uint4 (&cur)[RT][UB], const uint2 (&cs)[RT][GPB], const uint2 (&cm)[RT][GPB],
+                        uint4 (&nxt)[RT][UB], uint2 (&ns)[RT][GPB], uint2 (&nm)[RT][GPB]) {
+            if (it + 1 < total) load_one(li, lb, nxt, ns, nm);
+            if (it + 2 == total) prefetch_next();
+            consume_one(ci, cb, cur, cs, cm);
+            advance(ci, cb);
+            advance(li, lb);
+        };
+        for (int it = 0; it < total; it += 2) {
+            step(it, wa, sa1, ma1, wb, sb1, mb1);
+            if (it == 0) QMMA_STAMP(3);
+            if (it + 1 < total) step(it + 1, wb, sb1, mb1, wa, sa1, ma1);
+        }
+        return;
+    }
+    pdl_launch_dependents();
+    // The weights do not depend on the kernel before: request the first two
+    // batches before waiting for it.
+    if (total > 0) load(0, wa, sa, ma);
+    if (QMMA_PINGPONG && total > 1) load(1, wb, sb, mb);
+    if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     // The one-token path's first pass through its loop may run dry, before
     // the wait (QMMA_WARM, above).
-    constexpr bool WARM = QMMA_WARM && SX == 2 && !XS && !QMMA_PINGPONG;
     if (WARM && total == 0) {
         chain_wait(chain);
         return;
@@ -836,9 +1057,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         uq = (const signed char*)ub - p * SB * 32;
         us = (const float2*)(ub + NT8 * 8 * SB * 32) - (long)p * SB * xs_stride;
     };
-    auto consume = [&](int it, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
-                       const ScaleVec (&mv)[RT][UB], bool dry) {
-        const int base = (it % per_item) * STEP;
+    auto consume_at = [&](int it, int item, int base, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
+                          const ScaleVec (&mv)[RT][UB], bool dry) {
         const int xcols = XS ? SB * 32 : cols;  // row stride of the activation codes
         // A batch of whole units only (all but a row's last, mostly) runs
         // without the bounds checks.
@@ -863,9 +1083,12 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 batch_unit<F, NT8, RT, ONE, true, UB, HX>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g, t);
             }
         }
-        if (dry || it % per_item != per_item - 1) return;
-        const int row0 = (blockIdx.x + (it / per_item) * gridDim.x) * 16;
-        item_epilogue<NT8, MODE, RT, ONE>(acc, red, row0, n, bias, out, out_rows, half_rows, rc, slots);
+        if (dry || base + STEP < units) return;
+        item_epilogue<NT8, MODE, RT, ONE>(acc, red, item * 16, n, bias, out, out_rows, half_rows, rc, slots);
+    };
+    auto consume = [&](int it, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
+                       const ScaleVec (&mv)[RT][UB], bool dry) {
+        consume_at(it, blockIdx.x + (it / per_item) * gridDim.x, (it % per_item) * STEP, buf, sv, mv, dry);
     };
     if (QMMA_PINGPONG) {
         // Two batches in flight through every wait (see gemv.cu).
@@ -879,6 +1102,9 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             if (it + 2 == total - 1 || it + 3 == total - 1) prefetch_next();
         }
     } else {
+        // Cursors of the batch consumed (ci, cb) and of the one after it (li, lb).
+        int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
+        advance(li, lb);
         for (int it = WARM ? -1 : 0; it < total; it++) {
             if (WARM && it <= 0) {
                 // it = -1: activations from the (never written) weights, a
@@ -892,7 +1118,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                                                  qmma_smem, xq, xs, inv, scratch);
             }
             if (it >= 0 && it + 1 < total) {
-                load(it + 1, wb, sb, mb);
+                load_at(li, lb, wb, sb, mb);
                 stage_x(it + 1, (it + 1) & 1);
             }
             if (XS) {
@@ -902,8 +1128,12 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 __syncwarp();
             }
             if (it >= 0 && it + 2 == total) prefetch_next();
-            consume(it < 0 ? 0 : it, wa, sa, ma, it < 0);
+            consume_at(it < 0 ? 0 : it, ci, cb, wa, sa, ma, it < 0);
             if (XS) __syncwarp();  // buffer it & 1 is refilled next iteration
+            if (it >= 0) {
+                advance(ci, cb);
+                advance(li, lb);
+            }
             if (it == 0) QMMA_STAMP(3);
             if (WARM && it < 0) {
 #pragma unroll

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Why the quantized products issue as few instructions as they do: ncu's warp-state (stall reason) and
+# scheduler statistics of a few launches of each kernel matching STALL_KERNELS (regexes, ';'-separated), in one
+# device call (after `tests/gpu/run.sh build` and `tests/gpu/pack.sh`; carry device-bin/pack.txz and
+# device-bin/kcache.tgz):
+#   tests/gpu/stall_profile.sh [out-dir]
+# Defaults: the grouped 32-token int4 products (32 sequences, prompt 128) and the one-token int4 products
+# (batch-1 decode). Per kernel: duration, DRAM throughput, issue slots used, warps a scheduler, eligible
+# warps, and the stall reasons as warps stalled per issued instruction (largest first).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BIN=device-bin
+out=${1:-${OUT:-$BIN/report}}
+mkdir -p "$out"
+for f in "$BIN"/pack.txz; do [ -f "$f" ] && tar xf "$f" -C "$BIN"; done
+for f in "$BIN"/kcache.tgz; do [ -f "$f" ] && tar xzf "$f" -C /; done
+export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
+export CHATGLM_KERNEL_FORMAT=${CHATGLM_KERNEL_FORMAT:-cubin}
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
+[ -n "$ncu" ] || { echo "ncu not found"; exit 1; }
+b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b --dtype ${STALL_DTYPE:-q4_0}"
+metrics="gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed"
+metrics+=",smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__warps_active.avg.per_cycle_active"
+metrics+=",smsp__warps_eligible.avg.per_cycle_active,sm__cycles_active.avg,sm__cycles_elapsed.avg"
+metrics+=",smsp__inst_executed.sum,smsp__inst_executed_pipe_lsu.sum,smsp__inst_executed_op_shared_ld.sum"
+metrics+=",l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,launch__registers_per_thread,launch__grid_size"
+metrics+=",regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+IFS=';' read -r -a kernels <<<"${STALL_KERNELS:-qmmg_0_4_;qmma_0_1_[0-9]_2}"
+for k in "${kernels[@]}"; do
+  case $k in
+    qmmg*|*_4_*|*_8_*) args="--prompt-len 128 --gen-len 16 --concurrency ${STALL_CONCURRENCY:-32}" ;;
+    *) args="--prompt-len 16 --gen-len 16" ;;
+  esac
+  name=$(echo "$k" | tr -c 'a-zA-Z0-9_\n' '_')
+  echo "== $k ($args)"
+  # shellcheck disable=SC2086
+  timeout "${STALL_LIMIT:-240}" "$ncu" --clock-control none -k "regex:$k" --launch-skip "${STALL_SKIP:-120}" \
+    --launch-count "${STALL_COUNT:-8}" --metrics "$metrics" --csv --page raw $b $args >"$out/stall-$name.csv" \
+    2>"$out/stall-$name.err" || { echo "ncu rc $?"; tail -3 "$out/stall-$name.err"; }
+  python3 - "$out/stall-$name.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
+if len(rows) < 3:
+    print("no rows"); sys.exit()
+head, units, data = rows[0], rows[1], rows[2:]
+col = {h: i for i, h in enumerate(head)}
+by = collections.defaultdict(list)
+for r in data:
+    by[r[col["Kernel Name"]]].append(r)
+def val(r, m):
+    try: return float(r[col[m]].replace(",", ""))
+    except (KeyError, ValueError): return float("nan")
+for name, rs in by.items():
+    avg = lambda m: sum(val(r, m) for r in rs) / len(rs)
+    print(f"{name} x{len(rs)}: {avg('gpu__time_duration.sum')/1e3:.2f} us, grid {avg('launch__grid_size'):.0f}, "
+          f"{avg('launch__registers_per_thread'):.0f} regs, DRAM {avg('dram__throughput.avg.pct_of_peak_sustained_elapsed'):.1f}%, "
+          f"SM {avg('sm__throughput.avg.pct_of_peak_sustained_elapsed'):.1f}%, SM active {avg('sm__cycles_active.avg')/max(avg('sm__cycles_elapsed.avg'),1)*100:.0f}% of elapsed")
+    print(f"   issue active {avg('smsp__issue_active.avg.pct_of_peak_sustained_active'):.1f}%, warps/scheduler {avg('smsp__warps_active.avg.per_cycle_active'):.2f}, "
+          f"eligible {avg('smsp__warps_eligible.avg.per_cycle_active'):.2f}, inst {avg('smsp__inst_executed.sum')/1e3:.0f}K "
+          f"(lsu {avg('smsp__inst_executed_pipe_lsu.sum')/1e3:.0f}K, lds {avg('smsp__inst_executed_op_shared_ld.sum')/1e3:.0f}K, "
+          f"bank conflicts {avg('l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum')/1e3:.0f}K)")
+    st = [(m.replace("smsp__average_warps_issue_stalled_", "").replace("_per_issue_active.ratio", ""), avg(m))
+          for m in col if m.startswith("smsp__average_warps_issue_stalled_")]
+    st.sort(key=lambda kv: -kv[1] if kv[1] == kv[1] else 0)
+    print("   stalls/issue: " + ", ".join(f"{k} {v:.2f}" for k, v in st[:9] if v == v and v > 0.02))
+PY
+done
