@@ -108,16 +108,22 @@ for line in sys.stdin:
     local v ok=1 IFS=';'
     # Cubins (SASS, what the GPU machine loads) and PTX (its fallback) in two processes, one a core.
     local f pids
-    for v in "" ${KERNEL_CACHE_VARIANTS:-}; do
-      pids=()
-      for f in cubin ptx; do
-        CHATGLM_NVRTC_DEFINES=$v LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels \
-          "${KERNEL_CACHE_ARCH:-90}" "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" \
-          "$f" >/dev/null &
-        pids+=($!)
-      done
-      for f in "${pids[@]}"; do wait "$f" || ok=0; done
+    # The default's cubins and PTX side by side, then the variants' cubins (only: their PTX would not fit a
+    # device call) two at a time.
+    local jobs=(" cubin" " ptx") j
+    for v in ${KERNEL_CACHE_VARIANTS:-}; do jobs+=("$v cubin"); done
+    pids=()
+    for j in "${jobs[@]}"; do
+      CHATGLM_NVRTC_DEFINES=${j% *} LD_LIBRARY_PATH=$nvrtc_dir ./target/release/examples/compile_kernels \
+        "${KERNEL_CACHE_ARCH:-90}" "$kc/tmp/chatglm-kernels" "${KERNEL_CACHE_VERSIONS:-driver 13000 nvrtc 13.0}" \
+        "${j##* }" >/dev/null &
+      pids+=($!)
+      if [ ${#pids[@]} = 2 ]; then
+        for f in "${pids[@]}"; do wait "$f" || ok=0; done
+        pids=()
+      fi
     done
+    for f in "${pids[@]}"; do wait "$f" || ok=0; done
     unset IFS
     [ "$ok" = 1 ] &&
       tar czf "$BIN/kcache.tgz" -C "$kc" tmp/chatglm-kernels && echo "kernel cache for the GPU machine: $BIN/kcache.tgz"

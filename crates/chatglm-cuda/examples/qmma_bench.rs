@@ -59,7 +59,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                         if in_block {
                             gpu.qmma(w, device_ptr(&x), norm_arg, None, n, 0, device_ptr(&out), mode, None, None)
                         } else {
-                            gpu.quantize_x(device_ptr(&x), n, cols, norm_arg, device_ptr(&xq), device_ptr(&xs))?;
+                            gpu.quantize_x(
+                                device_ptr(&x),
+                                n,
+                                cols,
+                                norm_arg,
+                                format,
+                                device_ptr(&xq),
+                                device_ptr(&xs),
+                            )?;
                             let q = Some((device_ptr(&xq), device_ptr(&xs)));
                             gpu.qmma(w, device_ptr(&x), None, q, n, 0, device_ptr(&out), mode, None, None)
                         }

@@ -241,7 +241,7 @@ pub(crate) fn cache_versions(driver_version: i32, nvrtc: &str) -> String {
 /// machine whose driver and NVRTC
 /// give `versions` (as [`cache_versions`] writes them, e.g. "driver 13000
 /// nvrtc 13.0") looks for: pointing `CHATGLM_KERNEL_CACHE` there spares it
-/// the compile. Returns the files written.
+/// the compile. Returns the files written (not those already there).
 /// `formats`: which forms to write, `"cubin"`, `"ptx"` or both (`"cubin,ptx"`;
 /// two processes with one each share a machine's cores).
 pub fn write_kernel_cache(
@@ -264,14 +264,18 @@ pub fn write_kernel_cache(
     };
     for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
         // The machine loads the SASS (no driver JIT) and keeps the PTX for
-        // the case its driver refuses that.
-        if wants("cubin") {
+        // the case its driver refuses that. A file already there is this
+        // text's (the name is its key): a variant's pass compiles only the
+        // files its defines change.
+        let cubin_path = dir.join(crate::cubin::cubin_file_name(source, arch, versions));
+        if wants("cubin") && !cubin_path.exists() {
             let cubin = crate::cubin::cubin_for_uncached(source, arch)?;
-            write(dir.join(crate::cubin::cubin_file_name(source, arch, versions)), &cubin, &mut written)?;
+            write(cubin_path, &cubin, &mut written)?;
         }
-        if wants("ptx") {
+        let ptx_path = dir.join(cache_file_name(source, arch, versions));
+        if wants("ptx") && !ptx_path.exists() {
             let ptx = ptx_for_uncached(source, arch)?;
-            write(dir.join(cache_file_name(source, arch, versions)), ptx.to_src().as_bytes(), &mut written)?;
+            write(ptx_path, ptx.to_src().as_bytes(), &mut written)?;
         }
     }
     Ok(written)

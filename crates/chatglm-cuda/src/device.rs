@@ -269,6 +269,11 @@ impl Gpu {
         for name in unavailable.drain(..) {
             kernels.remove(&name);
         }
+        let qx_smem = crate::quant::quantize_x_smem();
+        if let (true, Some(f)) = (qx_smem > 48 << 10, kernels.get("quantize_x")) {
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(attr, qx_smem as i32).map_err(|e| CudaError::call("shared memory of quantize_x", e))?;
+        }
         // Quantized products that stage their activations (a measurement
         // variant) take more than the default 48 KiB.
         if crate::quant::qmma_stages_x() {

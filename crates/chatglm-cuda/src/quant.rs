@@ -53,6 +53,16 @@ impl QuantFormat {
         matches!(self, Self::Q4Min | Self::Q8Min)
     }
 
+    /// The offset subtracted from every code (`x = d·(q − offset)`): 8 for
+    /// q4_0's codes 0..15, 0 for the others (qmma.cu's `QFmt::OFF`).
+    pub fn code_offset(self) -> i32 {
+        if self == Self::Q4 {
+            8
+        } else {
+            0
+        }
+    }
+
     /// Bytes of codes per 32-weight block.
     pub fn code_bytes(self) -> usize {
         if self.is_4bit() {
@@ -315,6 +325,20 @@ fn nvrtc_defines(define: &str) -> bool {
     std::env::var("CHATGLM_NVRTC_DEFINES").is_ok_and(|d| crate::compile::define_items(&d).any(|v| v == define))
 }
 
+/// Dynamic shared memory quantize_x asks for (none used): `CHATGLM_QX_SMEM`
+/// KiB, read once, for measurements — enough of it allows one block a SM, so
+/// blocks launched early (PDL) beside the few SMs a running kernel leaves
+/// free spread out instead of piling onto those SMs (the 32-sequence
+/// timeline, run 104: quantize_x after the decode attention, on 128 of 132
+/// SMs, ended 10.2 µs after it; after the products, which fill every SM,
+/// 4.2 µs).
+pub(crate) fn quantize_x_smem() -> u32 {
+    static SMEM: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *SMEM.get_or_init(|| {
+        std::env::var("CHATGLM_QX_SMEM").ok().and_then(|v| v.parse::<u32>().ok()).map_or(0, |kb| kb.min(227) << 10)
+    })
+}
+
 /// Whether quantize_x writes f16 activations (`QMMA_F16X=1`, a measurement
 /// variant only qmma.cu's products read), read once.
 fn quantize_x_writes_f16() -> bool {
@@ -364,17 +388,20 @@ impl Gpu {
     }
 
     /// `x` (n × cols f32, RMS-normalised with `norm` first) as q8_0 codes
-    /// and scales for [`Gpu::qmma`].
+    /// and scales for [`Gpu::qmma`] products of `format` weights (for codes
+    /// with an offset, q4_0's, the scales carry it folded in: qmma.cu).
     ///
     /// # Safety
     /// `x`: n·cols f32; `xq`, `xs`: the sizes of [`Gpu::quantized_x_bytes`];
     /// norm weights: cols f32.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn quantize_x(
         &self,
         x: u64,
         n: usize,
         cols: usize,
         norm: Option<(u64, f32)>,
+        format: QuantFormat,
         xq: u64,
         xs: u64,
     ) -> Result<(), CudaError> {
@@ -385,7 +412,8 @@ impl Gpu {
         let f = self.kernel("quantize_x")?;
         let (n32, cols32) = (n as i32, check_i32("quantize_x", "cols", cols)?);
         let mut a = Args::default();
-        a.arg(&x).arg(&nw).arg(&eps).arg(&n32).arg(&cols32).arg(&xq).arg(&xs);
+        let off = format.code_offset();
+        a.arg(&x).arg(&nw).arg(&eps).arg(&n32).arg(&cols32).arg(&off).arg(&xq).arg(&xs);
         // Each block quantizes QMMA_THREADS / 8 blocks of 32 for 8 tokens.
         let chunks = (cols / BLOCK).div_ceil(QMMA_THREADS as usize / 8) as u32;
         let grid = (chunks, token_tiles(n) as u32, 1);
@@ -393,7 +421,7 @@ impl Gpu {
             f,
             a,
             "quantize_x",
-            LaunchConfig { grid_dim: grid, block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: 0 },
+            LaunchConfig { grid_dim: grid, block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: quantize_x_smem() },
         )
     }
 

@@ -203,14 +203,18 @@ fn activation_codes_match_the_host() {
     }
     let mut rng = Rng(99);
     let mut bad = Vec::new();
-    for (n, cols) in [(1usize, 96usize), (8, 96), (9, 96), (17, 160), (64, 1024)] {
+    // q8_0 products take Σq as it is; q4_0's the magic number less 8·Σq (qmma.cu's X_MAGIC).
+    for (format, (n, cols)) in [QuantFormat::Q8, QuantFormat::Q4]
+        .into_iter()
+        .flat_map(|f| [(1usize, 96usize), (8, 96), (9, 96), (17, 160), (64, 1024)].map(|s| (f, s)))
+    {
         let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() * 4.0).collect();
         let xd = gpu.upload_new(&x, "x").unwrap();
         let (qb, sb) = Gpu::quantized_x_bytes(n, cols);
         let xq = gpu.alloc::<u8>(qb, "xq").unwrap();
         let xs = gpu.alloc::<u8>(sb, "xs").unwrap();
         // SAFETY: sized above.
-        unsafe { gpu.quantize_x(device_ptr(&xd), n, cols, None, device_ptr(&xq), device_ptr(&xs)).unwrap() };
+        unsafe { gpu.quantize_x(device_ptr(&xd), n, cols, None, format, device_ptr(&xq), device_ptr(&xs)).unwrap() };
         let mut q = vec![0u8; qb];
         let mut s = vec![0u8; sb];
         gpu.download(&xq, &mut q, "xq").unwrap();
@@ -224,8 +228,10 @@ fn activation_codes_match_the_host() {
                 let at = (b * padded + t) * 8;
                 let gd = f32::from_le_bytes(s[at..at + 4].try_into().unwrap());
                 let gs = i32::from_le_bytes(s[at + 4..at + 8].try_into().unwrap());
-                if got != codes || gd != d || gs != codes.iter().sum::<i32>() {
-                    bad.push(format!("n={n} cols={cols} token {t} block {b}: d {gd} vs {d}, Σ {gs}"));
+                let sum = codes.iter().sum::<i32>();
+                let want_s = if format == QuantFormat::Q4 { 0x4B40_0000 - 8 * sum } else { sum };
+                if got != codes || gd != d || gs != want_s {
+                    bad.push(format!("{format:?} n={n} cols={cols} token {t} block {b}: d {gd} vs {d}, Σ {gs}"));
                     break;
                 }
             }
@@ -311,8 +317,16 @@ fn quantized_products_match_the_host_reference() {
                                 gpu.qmma(wp, device_ptr(&xd), None, None, n, 0, device_ptr(&out), mode, None, None)
                                     .unwrap();
                             } else {
-                                gpu.quantize_x(device_ptr(&xd), n, cols, None, device_ptr(&xq), device_ptr(&xs))
-                                    .unwrap();
+                                gpu.quantize_x(
+                                    device_ptr(&xd),
+                                    n,
+                                    cols,
+                                    None,
+                                    format,
+                                    device_ptr(&xq),
+                                    device_ptr(&xs),
+                                )
+                                .unwrap();
                                 let q = Some((device_ptr(&xq), device_ptr(&xs)));
                                 gpu.qmma(wp, device_ptr(&xd), None, q, n, 0, device_ptr(&out), mode, None, None)
                                     .unwrap();

@@ -23,7 +23,10 @@
 // x = d·q (q8_0, and q5_0 as q−16); 3 = int8 codes 0..31, x = d·q + m (q5_1).
 //
 // Activations: int8 codes [token][cols] and (dx, Σq) per block and token,
-// float2 [block][8·token tiles]. Batch-1 decode quantizes x inside every
+// float2 [block][8·token tiles]; quantize_x's for products of codes with an
+// offset (q4_0's 8) hold X_MAGIC − 8·Σq in place of Σq, the integer a block's
+// sum is added to so that its float bits are 1.5·2²³ + (sum − 8·Σq) (the
+// exponent trick without computing the offset once per mma). Batch-1 decode quantizes x inside every
 // block (shared memory, with the RMSNorm before the product fused): x is a
 // few KB read from L2 and a separate kernel would cost a launch boundary;
 // larger steps use quantize_x's global copy.
@@ -52,6 +55,10 @@ __device__ __forceinline__ u64 global_ns() {
     do {              \
     } while (0)
 #endif
+
+// 1.5·2²³ as f32 bits: an integer v (|v| < 2²²) added to it gives the bits
+// of 12582912 + v.
+#define X_MAGIC 0x4B400000
 
 template <bool C, class A, class B> struct Cond { typedef A type; };
 template <class A, class B> struct Cond<false, A, B> { typedef B type; };
@@ -140,6 +147,21 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 // column layout of unit_product<ONE> (for measurements).
 #ifndef QMMA_ONE_COLS
 #define QMMA_ONE_COLS 1
+#endif
+// 1: with QMMA_ONE_COLS, a one-token product requests its second batch too
+// before waiting for the kernel ahead (both register buffers filled), so a
+// product of two batches a block (QKV: two tiles) has all its weights on the
+// way while it waits and quantizes its activations. Measurement variant.
+#ifndef QMMA_ONE_PRELOAD2
+#define QMMA_ONE_PRELOAD2 0
+#endif
+// N > 0: with QMMA_ONE_COLS, as a one-token product requests batch i + 1
+// into registers it starts batch i + 1 + N (codes and scales) towards L2,
+// so the register loads that follow wait on L2, not DRAM: a product alone
+// streamed at ~60% of DRAM's rate with a third of its issue slots used and
+// its warps waiting on those loads (ncu, session 16, run 102).
+#ifndef QMMA_ONE_L2AHEAD
+#define QMMA_ONE_L2AHEAD 0
 #endif
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
@@ -323,6 +345,52 @@ __device__ __forceinline__ void row_inv_rms(const float* x, const float* nw, int
     __syncthreads();
 }
 
+// row_inv_rms with every row's loads in flight together: each thread takes
+// two float4 of each of the n (≤ 8) rows a round, so a row of 4,096 takes 2
+// rounds of L2 latency for all 8 rows where row_inv_rms took ~4 a row, one
+// row after the other. The 32-token step's timeline (session 16, run 104)
+// had quantize_x ending 8–9 µs after the product before it where it fused a
+// norm. Needs blockDim.x == QMMA_THREADS.
+__device__ __forceinline__ void rows_inv_rms(const float* x, const float* nw, int n, int cols, float eps, float* inv,
+                                             float* scratch) {
+    const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float ss[8];
+#pragma unroll
+    for (int t = 0; t < 8; t++) ss[t] = 0.f;
+    if (nw) {
+        const int c4 = cols / 4;
+        for (int i0 = threadIdx.x; i0 < c4; i0 += 2 * QMMA_THREADS) {
+            float4 f[8][2];
+#pragma unroll
+            for (int t = 0; t < 8; t++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int i = i0 + h * QMMA_THREADS;
+                    f[t][h] = t < n && i < c4 ? ((const float4*)(x + (long)t * cols))[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+#pragma unroll
+            for (int t = 0; t < 8; t++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    ss[t] = fmaf(f[t][h].x, f[t][h].x,
+                                 fmaf(f[t][h].y, f[t][h].y, fmaf(f[t][h].z, f[t][h].z, fmaf(f[t][h].w, f[t][h].w, ss[t]))));
+        }
+#pragma unroll
+        for (int t = 0; t < 8; t++) ss[t] = warp_sum(ss[t]);
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < 8; t++) scratch[wid * 8 + t] = ss[t];
+    }
+    __syncthreads();
+    if (threadIdx.x < n) {
+        float tot = 0.f;
+        for (int w = 0; w < QMMA_WARPS; w++) tot += scratch[w * 8 + threadIdx.x];
+        inv[threadIdx.x] = nw ? 1.0f / sqrtf(tot / (float)cols + eps) : 1.f;
+    }
+    __syncthreads();
+}
+
 // Quantizes the n (≤ 8) tokens of x (cols wide) into xq ([n][cols] codes)
 // and xs ([nb][xs_stride] scales); tokens n..xs_stride get zero scales.
 __device__ __forceinline__ void quantize_tile(const float* x, const float* nw, const float* inv, int t0, int n,
@@ -349,13 +417,13 @@ __device__ __forceinline__ void quantize_tile(const float* x, const float* nw, c
 // block works out its tokens' norms over the whole row. xq: [8·tiles][cols]
 // codes; xs: [cols/32][8·tiles] (dx, Σq).
 extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
-    quantize_x(const float* x, const float* nw, float eps, int n, int cols, signed char* xq, float2* xs) {
+    quantize_x(const float* x, const float* nw, float eps, int n, int cols, int off, signed char* xq, float2* xs) {
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
     pdl_launch_dependents();
     pdl_wait();
     const int t0 = blockIdx.y * 8;
     const int m = min(8, n - t0);
-    row_inv_rms(x + (long)t0 * cols, nw, max(m, 0), cols, eps, inv, scratch);
+    rows_inv_rms(x + (long)t0 * cols, nw, max(m, 0), cols, eps, inv, scratch);
     const int per = QMMA_THREADS / 8;
     const int b = blockIdx.x * per + (threadIdx.x >> 3), tt = threadIdx.x & 7, t = t0 + tt;
     if (b >= cols / 32) return;
@@ -386,9 +454,10 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
         uint4* dst = (uint4*)(xq + (long)t * cols + b * 32);
         dst[0] = make_uint4(q[0], q[1], q[2], q[3]);
         dst[1] = make_uint4(q[4], q[5], q[6], q[7]);
+        if (off) sc.y = __int_as_float(X_MAGIC - off * __float_as_int(sc.y));
         xs[b * stride + t] = sc;
     } else {
-        xs[b * stride + t] = make_float2(0.f, 0.f);
+        xs[b * stride + t] = make_float2(0.f, __int_as_float(off ? X_MAGIC : 0));
     }
 }
 
@@ -399,7 +468,8 @@ template <int F> struct QScale { typedef typename Cond<QFmt<F>::BLOCKS == 2, uin
 // token in every mma column; each lane scales its c[0], c[2] alone, and the
 // epilogue reads column 0 only (c[0], c[2] of lanes t = 0).
 // CHECKED: the unit may be the row's last, with fewer blocks than a unit holds.
-template <int F, int NT8, int RT, bool ONE, bool CHECKED>
+// KF: xs holds quantize_x's X_MAGIC − OFF·Σq (see above) in place of Σq.
+template <int F, int NT8, int RT, bool ONE, bool CHECKED, bool KF = false>
 __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uint4 (&cv)[RT],
                                              const typename QScale<F>::type (&cs)[RT],
                                              const typename QScale<F>::type (&cm)[RT], int p, int nb, int n, int cols,
@@ -463,7 +533,10 @@ __device__ __forceinline__ void unit_product(float (&acc)[RT][NT8][4], const uin
                     }
                     continue;
                 }
-                if (QFmt<F>::OFF) {
+                if (QFmt<F>::OFF && KF) {
+                    c[0] += sx0 - X_MAGIC; c[1] += sx1 - X_MAGIC;
+                    c[2] += sx0 - X_MAGIC; c[3] += sx1 - X_MAGIC;
+                } else if (QFmt<F>::OFF) {
                     c[0] -= QFmt<F>::OFF * sx0; c[1] -= QFmt<F>::OFF * sx1;
                     c[2] -= QFmt<F>::OFF * sx0; c[3] -= QFmt<F>::OFF * sx1;
                 }
@@ -608,7 +681,7 @@ __device__ __forceinline__ void unit_product_hx(float (&acc)[RT][NT8][4], const 
 
 // Unit u of a batch held in registers (codes, scales, offsets), at unit p
 // of the tile.
-template <int F, int NT8, int RT, bool ONE, bool CHECKED, int UB, bool HX>
+template <int F, int NT8, int RT, bool ONE, bool CHECKED, int UB, bool HX, bool KF>
 __device__ __forceinline__ void batch_unit(float (&acc)[RT][NT8][4], const uint4 (&buf)[RT][UB],
                                            const typename QScale<F>::type (&sv)[RT][UB],
                                            const typename QScale<F>::type (&mv)[RT][UB], int u, int p, int nb, int n,
@@ -623,7 +696,7 @@ __device__ __forceinline__ void batch_unit(float (&acc)[RT][NT8][4], const uint4
         cm[r] = mv[r][u];
     }
     if (HX) unit_product_hx<F, NT8, RT, CHECKED>(acc, cv, cs, cm, p, nb, n, cols, (const u16*)xq, g, t);
-    else unit_product<F, NT8, RT, ONE, CHECKED>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
+    else unit_product<F, NT8, RT, ONE, CHECKED, KF>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
 }
 
 // An item is done: the warps' partial sums meet in shared memory, one token
@@ -958,8 +1031,39 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 }
             }
         };
+        // Batch (item, base) towards L2 (QMMA_ONE_L2AHEAD).
+        auto prefetch_one = [&](int item, int base) {
+            const bool full = base + STEP <= units;
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                const int u0 = (r ? item + half_rows / 16 : item) * units + base + warp;
+                const uint4* wp = w + (long)u0 * 32 + lane;
+#pragma unroll
+                for (int u = 0; u < UB; u++)
+                    if (full || base + u * QMMA_WARPS + warp < units) prefetch_l2(wp + u * QMMA_WARPS * 32);
+                // A unit's scales are 32 (8-bit) or 64 bytes: lane t = 0 of
+                // each quad asks for its units' lines.
+                if (t == 0) {
+#pragma unroll
+                    for (int u = 0; u < UB; u++)
+                        if (full || base + u * QMMA_WARPS + warp < units) {
+                            prefetch_l2((const ScaleVec*)scales + ((long)u0 + u * QMMA_WARPS) * 8 + g);
+                            if (QFmt<F>::MIN) prefetch_l2((const ScaleVec*)mins + ((long)u0 + u * QMMA_WARPS) * 8 + g);
+                        }
+                }
+            }
+        };
         pdl_launch_dependents();
+        int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
+        advance(li, lb);
+        // The cursor QMMA_ONE_L2AHEAD batches past the one loaded next.
+        int pi = li, pb = lb;
+#pragma unroll
+        for (int k = 0; k < QMMA_ONE_L2AHEAD; k++) advance(pi, pb);
         if (total > 0) load_one(blockIdx.x, 0, wa, sa1, ma1);
+        // QMMA_ONE_PRELOAD2: the second batch too before the wait.
+        const bool pre2 = QMMA_ONE_PRELOAD2 && total > 1;
+        if (pre2) load_one(li, lb, wb, sb1, mb1);
         if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
         chain_wait(chain);
         QMMA_STAMP(1);
@@ -1000,11 +1104,13 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         };
         // Two buffers whose roles alternate (the loop unrolled by two), so no
         // batch is copied from one to the other.
-        int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
-        advance(li, lb);
         auto step = [&](int it, const uint4 (&cur)[RT][UB], const uint2 (&cs)[RT][GPB], const uint2 (&cm)[RT][GPB],
                         uint4 (&nxt)[RT][UB], uint2 (&ns)[RT][GPB], uint2 (&nm)[RT][GPB]) {
-            if (it + 1 < total) load_one(li, lb, nxt, ns, nm);
+            if (it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
+            if (QMMA_ONE_L2AHEAD && it + 1 + QMMA_ONE_L2AHEAD < total) {
+                prefetch_one(pi, pb);
+                advance(pi, pb);
+            }
             if (it + 2 == total) prefetch_next();
             consume_one(ci, cb, cur, cs, cm);
             advance(ci, cb);
@@ -1069,7 +1175,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 const signed char* uq = xq;
                 const float2* us = xs;
                 if (XS) staged(it & 1, u, p, uq, us);
-                batch_unit<F, NT8, RT, ONE, false, UB, HX>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g,
+                batch_unit<F, NT8, RT, ONE, false, UB, HX, SX == 0>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g,
                                                            t);
             }
         } else {
@@ -1080,7 +1186,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 const signed char* uq = xq;
                 const float2* us = xs;
                 if (XS) staged(it & 1, u, p, uq, us);
-                batch_unit<F, NT8, RT, ONE, true, UB, HX>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g, t);
+                batch_unit<F, NT8, RT, ONE, true, UB, HX, SX == 0>(acc, buf, sv, mv, u, p, nb, n, xcols, uq, us, xs_stride, g, t);
             }
         }
         if (dry || base + STEP < units) return;

@@ -150,7 +150,8 @@ __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsign
                 } else {
                     // c − off·Σq as f32 exactly: 1.5·2²³ + v has v in its low
                     // mantissa bits for |v| < 2²² (|v| ≤ 32·128·128 here).
-                    const int k0 = 0x4B400000 - QFmt<F>::OFF * sx0, k1 = 0x4B400000 - QFmt<F>::OFF * sx1;
+                    // quantize_x's X_MAGIC − OFF·Σq, taken as it is.
+                    const int k0 = QFmt<F>::OFF ? sx0 : X_MAGIC, k1 = QFmt<F>::OFF ? sx1 : X_MAGIC;
                     const float f0 = __int_as_float(c[0] + k0) - 12582912.0f;
                     const float f1 = __int_as_float(c[1] + k1) - 12582912.0f;
                     const float f2 = __int_as_float(c[2] + k0) - 12582912.0f;

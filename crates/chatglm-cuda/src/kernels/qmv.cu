@@ -21,7 +21,9 @@
 // gate tile with its up tile), whose sums meet in item_epilogue. Items are
 // dealt to blocks in equal contiguous runs. The arithmetic is qmma's
 // one-token path (unit_product<ONE>), the activations are quantized in the
-// block as there (in_block_x), so results equal qmma's bit for bit.
+// block as there (in_block_x), so results equal qmma's bit for bit under
+// QMMA_ONE_COLS=0 (qmma's default one-token path sums a row's blocks in
+// another order: equal to rounding).
 //
 // Measured (H200, runs 88–90): slower than qmma's own, so opt-in
 // (CHATGLM_QMV=1). Alone, each product streams at 1.3–3.2 TB/s against

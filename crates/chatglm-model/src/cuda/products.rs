@@ -94,7 +94,7 @@ impl CudaBackend {
         drop(st);
         // SAFETY: xq/xs sized for n tokens of cols; the rest as above.
         unsafe {
-            self.gpu.quantize_x(xp, n, cols, norm, xq, xs)?;
+            self.gpu.quantize_x(xp, n, cols, norm, w.shape.format, xq, xs)?;
             self.gpu.qmma(w, xp, None, Some((xq, xs)), n, bias, out, mode, qkv, None)
         }
     }
