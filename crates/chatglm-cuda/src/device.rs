@@ -135,6 +135,8 @@ pub struct Gpu {
     /// Recorded steps link their chained kernels through counters (chain.rs).
     pub(crate) chain_sync: std::sync::atomic::AtomicBool,
     pub(crate) chain: std::sync::Mutex<crate::chain::Chain>,
+    /// Dynamic shared memory quantize_x's launches ask for (bytes).
+    pub(crate) quantize_x_smem: u32,
 }
 
 /// The module of `source`: from its cubin (SASS for `sm_{arch}`, no driver
@@ -269,10 +271,15 @@ impl Gpu {
         for name in unavailable.drain(..) {
             kernels.remove(&name);
         }
-        let qx_smem = crate::quant::quantize_x_smem();
+        // quantize_x's shared memory (quant::quantize_x_smem), where the device
+        // gives it; without, its blocks may share SMs.
+        let mut qx_smem = crate::quant::quantize_x_smem();
         if let (true, Some(f)) = (qx_smem > 48 << 10, kernels.get("quantize_x")) {
             let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            f.set_attribute(attr, qx_smem as i32).map_err(|e| CudaError::call("shared memory of quantize_x", e))?;
+            if let Err(e) = f.set_attribute(attr, qx_smem as i32) {
+                tracing::debug!("quantize_x: {qx_smem} bytes of shared memory unavailable ({e}); none asked for");
+                qx_smem = 0;
+            }
         }
         // Quantized products that stage their activations (a measurement
         // variant) take more than the default 48 KiB.
@@ -334,6 +341,7 @@ impl Gpu {
             one_token_stream: one_token_stream.into(),
             chain_sync: (crate::chain::chain_sync_requested() && pdl).into(),
             chain: Default::default(),
+            quantize_x_smem: qx_smem,
         }))
     }
 

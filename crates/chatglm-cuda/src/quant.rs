@@ -423,7 +423,7 @@ impl Gpu {
             f,
             a,
             "quantize_x",
-            LaunchConfig { grid_dim: grid, block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: quantize_x_smem() },
+            LaunchConfig { grid_dim: grid, block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: self.quantize_x_smem },
         )
     }
 
@@ -604,6 +604,14 @@ mod tests {
 
     fn codes(format: QuantFormat, seed: usize) -> Vec<u8> {
         (0..format.code_bytes()).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()
+    }
+
+    #[test]
+    fn only_q4_0_codes_carry_an_offset() {
+        assert_eq!(QuantFormat::Q4.code_offset(), 8);
+        for f in [QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            assert_eq!(f.code_offset(), 0, "{f:?}");
+        }
     }
 
     #[test]
