@@ -14,12 +14,8 @@ cd "$(dirname "$0")/../.."
 BIN=device-bin
 out=${OUT:-$BIN/report}
 mkdir -p "$out"
-for f in "$BIN"/pack.txz; do [ -f "$f" ] && tar xf "$f" -C "$BIN"; done
-for f in "$BIN"/kcache.tgz; do [ -f "$f" ] && tar xzf "$f" -C /; done
-export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
-# The shipped cache holds SASS (cubins): a fresh machine skips the driver's ~110 s PTX compile.
-export CHATGLM_KERNEL_FORMAT=${CHATGLM_KERNEL_FORMAT:-cubin}
+# shellcheck source=tests/gpu/device_env.sh
+. tests/gpu/device_env.sh
 export CHATGLM_TESTDATA=${CHATGLM_TESTDATA:-$PWD/testdata} CHATGLM_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
 # The first load of every kernel module (the shipped cache's cubins; with PTX the driver compiles here, ~110 s).

@@ -12,11 +12,8 @@ cd "$(dirname "$0")/../.."
 BIN=device-bin
 out=${1:-${OUT:-$BIN/report}}
 mkdir -p "$out"
-for f in "$BIN"/pack.txz; do [ -f "$f" ] && tar xf "$f" -C "$BIN"; done
-for f in "$BIN"/kcache.tgz; do [ -f "$f" ] && tar xzf "$f" -C /; done
-export LD_LIBRARY_PATH=/usr/local/nvidia/lib64:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export CHATGLM_KERNEL_CACHE=${CHATGLM_KERNEL_CACHE:-/tmp/chatglm-kernels}
-export CHATGLM_KERNEL_FORMAT=${CHATGLM_KERNEL_FORMAT:-cubin}
+# shellcheck source=tests/gpu/device_env.sh
+. tests/gpu/device_env.sh
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1 || true)
 [ -n "$ncu" ] || { echo "ncu not found"; exit 1; }
 b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b --dtype ${STALL_DTYPE:-q4_0}"

@@ -155,14 +155,6 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
-// N > 0: with QMMA_ONE_COLS, as a one-token product requests batch i + 1
-// into registers it starts batch i + 1 + N (codes and scales) towards L2,
-// so the register loads that follow wait on L2, not DRAM: a product alone
-// streamed at ~60% of DRAM's rate with a third of its issue slots used and
-// its warps waiting on those loads (ncu, session 16, run 102).
-#ifndef QMMA_ONE_L2AHEAD
-#define QMMA_ONE_L2AHEAD 0
-#endif
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
@@ -319,6 +311,20 @@ __device__ __forceinline__ void quantize_block32(const float* x, const float* nw
     *s = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
 }
 
+// The warps' sums of squares of n rows (scratch[warp·8 + row], written by
+// the caller) into inv[0..n): 1/rms with norm weights, else 1. Every thread
+// of the block calls it.
+__device__ __forceinline__ void block_inv_rms(const float* scratch, bool norm, int n, int cols, float eps,
+                                              float* inv) {
+    __syncthreads();
+    if (threadIdx.x < n) {
+        float ss = 0.f;
+        for (int w = 0; w < QMMA_WARPS; w++) ss += scratch[w * 8 + threadIdx.x];
+        inv[threadIdx.x] = norm ? 1.0f / sqrtf(ss / (float)cols + eps) : 1.f;
+    }
+    __syncthreads();
+}
+
 // 1/rms of each of the n rows of x (cols wide), into inv[0..n) of shared
 // memory; 1 without norm weights. Needs blockDim.x == QMMA_THREADS.
 __device__ __forceinline__ void row_inv_rms(const float* x, const float* nw, int n, int cols, float eps, float* inv,
@@ -336,13 +342,7 @@ __device__ __forceinline__ void row_inv_rms(const float* x, const float* nw, int
         }
         if (lane == 0) scratch[wid * 8 + t] = ss;
     }
-    __syncthreads();
-    if (threadIdx.x < n) {
-        float ss = 0.f;
-        for (int w = 0; w < QMMA_WARPS; w++) ss += scratch[w * 8 + threadIdx.x];
-        inv[threadIdx.x] = nw ? 1.0f / sqrtf(ss / (float)cols + eps) : 1.f;
-    }
-    __syncthreads();
+    block_inv_rms(scratch, nw != nullptr, n, cols, eps, inv);
 }
 
 // row_inv_rms with every row's loads in flight together: each thread takes
@@ -382,13 +382,7 @@ __device__ __forceinline__ void rows_inv_rms(const float* x, const float* nw, in
 #pragma unroll
         for (int t = 0; t < 8; t++) scratch[wid * 8 + t] = ss[t];
     }
-    __syncthreads();
-    if (threadIdx.x < n) {
-        float tot = 0.f;
-        for (int w = 0; w < QMMA_WARPS; w++) tot += scratch[w * 8 + threadIdx.x];
-        inv[threadIdx.x] = nw ? 1.0f / sqrtf(tot / (float)cols + eps) : 1.f;
-    }
-    __syncthreads();
+    block_inv_rms(scratch, nw != nullptr, n, cols, eps, inv);
 }
 
 // Quantizes the n (≤ 8) tokens of x (cols wide) into xq ([n][cols] codes)
@@ -1031,35 +1025,9 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 }
             }
         };
-        // Batch (item, base) towards L2 (QMMA_ONE_L2AHEAD).
-        auto prefetch_one = [&](int item, int base) {
-            const bool full = base + STEP <= units;
-#pragma unroll
-            for (int r = 0; r < RT; r++) {
-                const int u0 = (r ? item + half_rows / 16 : item) * units + base + warp;
-                const uint4* wp = w + (long)u0 * 32 + lane;
-#pragma unroll
-                for (int u = 0; u < UB; u++)
-                    if (full || base + u * QMMA_WARPS + warp < units) prefetch_l2(wp + u * QMMA_WARPS * 32);
-                // A unit's scales are 32 (8-bit) or 64 bytes: lane t = 0 of
-                // each quad asks for its units' lines.
-                if (t == 0) {
-#pragma unroll
-                    for (int u = 0; u < UB; u++)
-                        if (full || base + u * QMMA_WARPS + warp < units) {
-                            prefetch_l2((const ScaleVec*)scales + ((long)u0 + u * QMMA_WARPS) * 8 + g);
-                            if (QFmt<F>::MIN) prefetch_l2((const ScaleVec*)mins + ((long)u0 + u * QMMA_WARPS) * 8 + g);
-                        }
-                }
-            }
-        };
         pdl_launch_dependents();
         int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
         advance(li, lb);
-        // The cursor QMMA_ONE_L2AHEAD batches past the one loaded next.
-        int pi = li, pb = lb;
-#pragma unroll
-        for (int k = 0; k < QMMA_ONE_L2AHEAD; k++) advance(pi, pb);
         if (total > 0) load_one(blockIdx.x, 0, wa, sa1, ma1);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
         const bool pre2 = QMMA_ONE_PRELOAD2 && total > 1;
@@ -1107,10 +1075,6 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         auto step = [&](int it, const uint4 (&cur)[RT][UB], const uint2 (&cs)[RT][GPB], const uint2 (&cm)[RT][GPB],
                         uint4 (&nxt)[RT][UB], uint2 (&ns)[RT][GPB], uint2 (&nm)[RT][GPB]) {
             if (it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
-            if (QMMA_ONE_L2AHEAD && it + 1 + QMMA_ONE_L2AHEAD < total) {
-                prefetch_one(pi, pb);
-                advance(pi, pb);
-            }
             if (it + 2 == total) prefetch_next();
             consume_one(ci, cb, cur, cs, cm);
             advance(ci, cb);
