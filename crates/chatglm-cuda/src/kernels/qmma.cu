@@ -26,10 +26,11 @@
 // float2 [block][8·token tiles]; quantize_x's for products of codes with an
 // offset (q4_0's 8) hold X_MAGIC − 8·Σq in place of Σq, the integer a block's
 // sum is added to so that its float bits are 1.5·2²³ + (sum − 8·Σq) (the
-// exponent trick without computing the offset once per mma). Batch-1 decode quantizes x inside every
-// block (shared memory, with the RMSNorm before the product fused): x is a
-// few KB read from L2 and a separate kernel would cost a launch boundary;
-// larger steps use quantize_x's global copy.
+// exponent trick without computing the offset once per mma). Batch-1
+// decode quantizes x inside every block (shared memory, with the RMSNorm
+// before the product fused): x is a few KB read from L2 and a separate
+// kernel would cost a launch boundary; larger steps use quantize_x's global
+// copy.
 
 // 1: each block's thread 0 records %globaltimer at entry, after the wait
 // for the kernel ahead, with the activations quantized, after its first
