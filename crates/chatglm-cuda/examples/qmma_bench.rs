@@ -2,8 +2,9 @@
 //! tiled weights, 1 / 8 / 32 tokens) with CUDA events, rotating over 4 weight
 //! copies so L2 cannot hold them, and prints the weight bytes streamed per
 //! second: `cargo run --release -p chatglm-cuda --example qmma_bench`.
+//! 32 tokens twice: over q8_0 activation codes and over f16 activations.
 
-use chatglm_cuda::quant::{QuantFormat, TileShape, TiledPtr};
+use chatglm_cuda::quant::{ActivationForm, QuantFormat, TileShape, TiledPtr};
 use chatglm_cuda::{device_ptr, DType, GemvMode, Gpu};
 use cudarc::driver::sys::CUevent_flags;
 
@@ -24,7 +25,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ("4h_to_h+residual", 4096, 13696, GemvMode::Accumulate, false),
         ("logits", 65024, 4096, GemvMode::Store, false),
     ];
-    println!("{:6} {:22} {:>6} {:>10} {:>9}", "format", "matrix", "tokens", "us/call", "TB/s");
+    println!("{:6} {:22} {:>6} {:>4} {:>10} {:>9}", "format", "matrix", "tokens", "x", "us/call", "TB/s");
     for format in [QuantFormat::Q4, QuantFormat::Q8] {
         for (name, rows, cols, mode, norm) in shapes {
             let shape = TileShape::new(format, rows, cols)?;
@@ -38,7 +39,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     Ok(w)
                 })
                 .collect::<Result<_, _>>()?;
-            for n in [1usize, 8, 32] {
+            let steps = [
+                (1usize, ActivationForm::Q8),
+                (8, ActivationForm::Q8),
+                (32, ActivationForm::Q8),
+                (32, ActivationForm::F16),
+            ];
+            for (n, form) in steps {
+                if form == ActivationForm::F16 && !gpu.f16_activations_supported(n, format) {
+                    continue;
+                }
                 let x = gpu.alloc::<f32>(n * cols, "x")?;
                 let nw = gpu.alloc::<f32>(cols, "norm")?;
                 let out = gpu.alloc_zeros::<f32>(n * rows, "out")?;
@@ -65,10 +75,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                                 cols,
                                 norm_arg,
                                 format,
+                                form,
                                 device_ptr(&xq),
                                 device_ptr(&xs),
                             )?;
-                            let q = Some((device_ptr(&xq), device_ptr(&xs)));
+                            let q = Some((device_ptr(&xq), device_ptr(&xs), form));
                             gpu.qmma(w, device_ptr(&x), None, q, n, 0, device_ptr(&out), mode, None, None)
                         }
                     }
@@ -84,7 +95,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let end = gpu.stream().record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
                 gpu.synchronize()?;
                 let us = start.elapsed_ms(&end)? as f64 * 1e3 / reps as f64;
-                println!("{:6} {name:22} {n:>6} {us:10.2} {:9.3}", format.name(), bytes as f64 / (us * 1e-6) / 1e12);
+                let x = if form == ActivationForm::F16 { "f16" } else { "q8" };
+                println!(
+                    "{:6} {name:22} {n:>6} {x:>4} {us:10.2} {:9.3}",
+                    format.name(),
+                    bytes as f64 / (us * 1e-6) / 1e12
+                );
             }
         }
     }

@@ -79,6 +79,7 @@ fn qmma_kernels() -> Vec<String> {
             }
             for nt8 in [2, 4, 8] {
                 k.push(format!("qmmg_{f}_{nt8}_{mode}"));
+                k.push(format!("qmmh_{f}_{nt8}_{mode}"));
             }
             k.push(format!("qmv_{f}_{mode}"));
         }

@@ -362,11 +362,32 @@ fn qmma_stage_smem(format: QuantFormat, nt8: usize, swiglu: bool) -> usize {
     2 * 8 * ub * nt8 * sb * 320
 }
 
+/// How [`Gpu::quantize_x`] hands a step's activations to the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationForm {
+    /// q8_0 codes and scales: the CPU's arithmetic, exactly.
+    Q8,
+    /// f16 values; the products dequantize each weight to f16 once for all
+    /// the step's tokens (Marlin's arithmetic: f32 sums of f16 products).
+    F16,
+}
+
 impl Gpu {
     /// Whether steps of 9..=64 tokens run on the grouped products
     /// (`quant_group`; [`Gpu::set_grouped_products`]).
     pub fn grouped_products(&self) -> bool {
         self.grouped_products.load(std::sync::atomic::Ordering::Relaxed) && !quantize_x_writes_f16()
+    }
+
+    /// Whether a step of `n` tokens over `format` weights can take f16
+    /// activations ([`ActivationForm::F16`]): the grouped products of 9..=64
+    /// tokens have f16 forms (`qmmh_*`).
+    pub fn f16_activations_supported(&self, n: usize, format: QuantFormat) -> bool {
+        let nt8 = token_tiles(n);
+        n > 8
+            && n <= QMMA_MAX_TOKENS
+            && self.grouped_products()
+            && self.has_kernel(&format!("qmmh_{}_{nt8}_0", format as usize))
     }
 
     /// Sends steps of 9..=64 tokens to the grouped products (the default;
@@ -391,7 +412,9 @@ impl Gpu {
 
     /// `x` (n × cols f32, RMS-normalised with `norm` first) as q8_0 codes
     /// and scales for [`Gpu::qmma`] products of `format` weights (for codes
-    /// with an offset, q4_0's, the scales carry it folded in: qmma.cu).
+    /// with an offset, q4_0's, the scales carry it folded in: qmma.cu), or
+    /// in `form` F16 as f16 values at `xq` (in the order the f16 products
+    /// read; `xs` untouched).
     ///
     /// # Safety
     /// `x`: n·cols f32; `xq`, `xs`: the sizes of [`Gpu::quantized_x_bytes`];
@@ -404,18 +427,23 @@ impl Gpu {
         cols: usize,
         norm: Option<(u64, f32)>,
         format: QuantFormat,
+        form: ActivationForm,
         xq: u64,
         xs: u64,
     ) -> Result<(), CudaError> {
         if !cols.is_multiple_of(BLOCK) || n == 0 || n > QMMA_MAX_TOKENS {
             return Err(CudaError::invalid("quantize_x", format!("{n} tokens of {cols}")));
         }
+        if form == ActivationForm::F16 && !self.f16_activations_supported(n, format) {
+            return Err(CudaError::invalid("quantize_x", format!("no f16 products for {n} tokens of {format:?}")));
+        }
+        let hx = i32::from(form == ActivationForm::F16);
         let (nw, eps) = norm.unwrap_or((0, 0.0));
         let f = self.kernel("quantize_x")?;
         let (n32, cols32) = (n as i32, check_i32("quantize_x", "cols", cols)?);
         let mut a = Args::default();
         let off = format.code_offset();
-        a.arg(&x).arg(&nw).arg(&eps).arg(&n32).arg(&cols32).arg(&off).arg(&xq).arg(&xs);
+        a.arg(&x).arg(&nw).arg(&eps).arg(&n32).arg(&cols32).arg(&off).arg(&hx).arg(&xq).arg(&xs);
         // Each block quantizes QMMA_THREADS / 8 blocks of 32 for 8 tokens.
         let chunks = (cols / BLOCK).div_ceil(QMMA_THREADS as usize / 8) as u32;
         let grid = (chunks, token_tiles(n) as u32, 1);
@@ -432,7 +460,7 @@ impl Gpu {
     /// projection with RoPE and the KV append (as [`Gpu::gemv_qkv`]). The
     /// activations are `x` quantized in the product (`quantized` = None;
     /// only where [`Gpu::qmma_quantizes_in_block`], with `norm` fused) or
-    /// [`Gpu::quantize_x`]'s codes and scales.
+    /// [`Gpu::quantize_x`]'s codes and scales (or f16 values), in `form`.
     ///
     /// # Safety
     /// `x`: n·cols f32; `out`: n·rows (n·rows/2 for SwiGLU) f32; `bias`: rows
@@ -445,7 +473,7 @@ impl Gpu {
         w: TiledPtr,
         x: u64,
         norm: Option<(u64, f32)>,
-        quantized: Option<(u64, u64)>,
+        quantized: Option<(u64, u64, ActivationForm)>,
         n: usize,
         bias: u64,
         out: u64,
@@ -469,7 +497,10 @@ impl Gpu {
             return Err(CudaError::invalid("qmma", format!("SwiGLU needs halves of whole tiles, got {} rows", s.rows)));
         }
         let (nw, eps) = norm.unwrap_or((0, 0.0));
-        let (xq, xs) = quantized.unwrap_or((0, 0));
+        let (xq, xs, form) = quantized.unwrap_or((0, 0, ActivationForm::Q8));
+        if form == ActivationForm::F16 && !self.f16_activations_supported(n, s.format) {
+            return Err(CudaError::invalid("qmma", format!("no f16 products for {n} tokens of {:?}", s.format)));
+        }
         let nt8 = if in_block { 1 } else { token_tiles(n) };
         let kernel_mode = if qkv.is_some() { 3 } else { mode as usize };
         // In-block quantization: 1 for up to 8 tokens, 2 for exactly one.
@@ -489,9 +520,10 @@ impl Gpu {
                 return self.qmv(&name, w, x, norm.unwrap_or((0, 0.0)), bias, out, mode, ctx);
             }
         }
-        let grouped = format!("qmmg_{}_{nt8}_{kernel_mode}", s.format as usize);
+        let hx = form == ActivationForm::F16;
+        let grouped = format!("qmm{}_{}_{nt8}_{kernel_mode}", if hx { 'h' } else { 'g' }, s.format as usize);
         if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
-            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, kernel_mode, ctx, next);
+            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &grouped, hx, ctx, next);
         }
         let f = self.kernel(&name)?;
         let (wq, ws, wm) = w.parts();

@@ -56,15 +56,14 @@ impl GroupScratch {
 /// Dynamic shared memory of a grouped product of `nt8` token tiles (mirrors
 /// qmma_group.cu's QgLayout: stages of weights, scales, offsets and
 /// activations; the group's sums reuse them).
-pub(crate) fn group_smem(format: QuantFormat, nt8: usize) -> usize {
+/// `hx`: over f16 activations (2 bytes a value, 32 of padding a row, no scales).
+pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool) -> usize {
     let cu = group_cu();
     let sb = if format.is_4bit() { 2 } else { 1 };
     let kb = cu * sb;
     let scales = QG_TILES * cu * sb * 32;
-    let stage = QG_TILES * cu * 512
-        + scales * if format.has_min() { 2 } else { 1 }
-        + nt8 * 8 * (kb * 32 + 16)
-        + kb * nt8 * 8 * 8;
+    let activations = if hx { nt8 * 8 * (kb * 64 + 32) } else { nt8 * 8 * (kb * 32 + 16) + kb * nt8 * 8 * 8 };
+    let stage = QG_TILES * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations;
     let stages = match nt8 {
         0..=2 => 4,
         4 => 3,
@@ -73,17 +72,20 @@ pub(crate) fn group_smem(format: QuantFormat, nt8: usize) -> usize {
     (stages * stage).max(QG_TILES * TILE_ROWS * (nt8 * 8 + 1) * 4)
 }
 
-/// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`) needs.
+/// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`, or
+/// `qmmh_…` over f16 activations) needs.
 pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
-    let mut parts = name.strip_prefix("qmmg_")?.split('_');
+    let hx = name.starts_with("qmmh_");
+    let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
     let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
     let nt8 = parts.next()?.parse().ok()?;
-    Some(group_smem(format, nt8))
+    Some(group_smem(format, nt8, hx))
 }
 
 impl Gpu {
-    /// The grouped product of `n` tokens (`nt8` token tiles) over quantized
-    /// activations `(xq, xs)`; `ctx`: the QKV epilogue's context (mode 3).
+    /// The grouped product `name` of `n` tokens (`nt8` token tiles) over
+    /// quantized activations `(xq, xs)` (`hx`: f16 values at `xq`); `ctx`:
+    /// the QKV epilogue's context (mode 3).
     ///
     /// # Safety
     /// As [`Gpu::qmma`].
@@ -96,13 +98,13 @@ impl Gpu {
         bias: u64,
         out: u64,
         mode: GemvMode,
-        kernel_mode: usize,
+        name: &str,
+        hx: bool,
         ctx: [u64; 8],
         next: Option<(u64, usize)>,
     ) -> Result<(), CudaError> {
         let s = w.shape;
-        let name = format!("qmmg_{}_{nt8}_{kernel_mode}", s.format as usize);
-        let f = self.kernel(&name)?;
+        let f = self.kernel(name)?;
         let half = s.rows / 2;
         let groups = if mode == GemvMode::SwiGlu {
             (half / TILE_ROWS).div_ceil(QG_TILES / 2)
@@ -110,14 +112,14 @@ impl Gpu {
             s.tiles.div_ceil(QG_TILES)
         };
         let chunks = groups * s.units.div_ceil(group_cu());
-        let smem = group_smem(s.format, nt8) as u32;
+        let smem = group_smem(s.format, nt8, hx) as u32;
         let threads = group_threads();
-        let resident = self.blocks_per_sm(&name, threads, smem) * self.info().multiprocessors;
+        let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
         let blocks = chunks.min(resident).max(1);
         let (ws, counters) = self.group_scratch(blocks, groups)?;
         let (wq, wsc, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
-        let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;
+        let ints: Vec<i32> = ints.iter().map(|&v| check_i32(name, "shape", v)).collect::<Result<_, _>>()?;
         let mut a = Args::default();
         a.arg(&wq).arg(&wsc).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&xq).arg(&xs).arg(&ints[2]).arg(&ints[3]);
         a.arg(&bias).arg(&out).arg(&ints[4]).arg(&ints[5]);
@@ -125,11 +127,11 @@ impl Gpu {
         let (next_w, next_bytes) = next.map_or((0u64, 0i64), |(p, b)| (p, b as i64));
         a.arg(&next_w).arg(&next_bytes).arg(&ws).arg(&counters);
         let cfg = LaunchConfig {
-            grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
+            grid_dim: (check_i32(name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: smem,
         };
-        self.launch(f, a, &name, cfg)
+        self.launch(f, a, name, cfg)
     }
 
     /// The workspace of a grouped product of `blocks` blocks over `groups`
@@ -170,10 +172,12 @@ mod tests {
         // less the kernel's static part (token slots, a flag).
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
-                let smem = group_smem(format, nt8);
-                assert!(smem + 64 * 16 + 16 <= 227 << 10, "{format:?} nt8={nt8}: {smem}");
-                let name = format!("qmmg_{}_{nt8}_0", format as usize);
-                assert_eq!(group_smem_of(&name), Some(smem));
+                for (hx, kind) in [(false, 'g'), (true, 'h')] {
+                    let smem = group_smem(format, nt8, hx);
+                    assert!(smem + 64 * 16 + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
+                    let name = format!("qmm{kind}_{}_{nt8}_0", format as usize);
+                    assert_eq!(group_smem_of(&name), Some(smem));
+                }
             }
         }
         assert_eq!(group_smem_of("qmma_0_2_0_0"), None);

@@ -3,7 +3,7 @@
 //! activation quantization), every output mode, and the dequantizing
 //! kernel. Skips without a GPU (`CHATGLM_REQUIRE_GPU=1` fails instead).
 
-use chatglm_cuda::quant::{QuantFormat, TileShape, TiledMatrix, TiledPtr, BLOCK};
+use chatglm_cuda::quant::{ActivationForm, QuantFormat, TileShape, TiledMatrix, TiledPtr, BLOCK};
 use chatglm_cuda::{device_ptr, GemvMode, Gpu};
 use half::f16;
 use std::sync::Arc;
@@ -214,7 +214,10 @@ fn activation_codes_match_the_host() {
         let xq = gpu.alloc::<u8>(qb, "xq").unwrap();
         let xs = gpu.alloc::<u8>(sb, "xs").unwrap();
         // SAFETY: sized above.
-        unsafe { gpu.quantize_x(device_ptr(&xd), n, cols, None, format, device_ptr(&xq), device_ptr(&xs)).unwrap() };
+        unsafe {
+            let (q, s) = (device_ptr(&xq), device_ptr(&xs));
+            gpu.quantize_x(device_ptr(&xd), n, cols, None, format, ActivationForm::Q8, q, s).unwrap()
+        };
         let mut q = vec![0u8; qb];
         let mut s = vec![0u8; sb];
         gpu.download(&xq, &mut q, "xq").unwrap();
@@ -282,7 +285,7 @@ fn quantized_products_match_the_host_reference() {
             for &n in tokens {
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.uniform() * 4.0).collect();
                 let want = reference(&m, &unpacked, &x, n);
-                let want_f16 = if f16_activations() { reference_f16(&m, &unpacked, &x, n) } else { Vec::new() };
+                let want_f16 = if n > 8 { reference_f16(&m, &unpacked, &x, n) } else { Vec::new() };
                 let xd = gpu.upload_new(&x, "x").unwrap();
                 let (qb, sb) = Gpu::quantized_x_bytes(n, cols);
                 let xq = gpu.alloc::<u8>(qb, "xq").unwrap();
@@ -290,9 +293,14 @@ fn quantized_products_match_the_host_reference() {
                 // One token's products, streamed (qmv.cu) and qmma's own, must agree bit for bit
                 // where they sum in the same order (QMMA_ONE_COLS=0).
                 let mut one_token: Vec<(GemvMode, Vec<f32>)> = Vec::new();
-                for (in_block, grouped, stream) in
-                    [(true, false, true), (true, false, false), (false, true, false), (false, false, false)]
-                {
+                // The grouped products also over f16 activations (ActivationForm::F16).
+                for (in_block, grouped, stream, hx) in [
+                    (true, false, true, false),
+                    (true, false, false, false),
+                    (false, true, false, false),
+                    (false, true, false, true),
+                    (false, false, false, false),
+                ] {
                     if in_block && !gpu.qmma_quantizes_in_block(n, cols) {
                         continue;
                     }
@@ -304,6 +312,11 @@ fn quantized_products_match_the_host_reference() {
                     }
                     gpu.set_grouped_products(grouped);
                     gpu.set_one_token_stream(stream);
+                    if hx && !gpu.f16_activations_supported(n, format) {
+                        failures.push(format!("{format:?} n={n}: no f16 grouped products"));
+                        continue;
+                    }
+                    let form = if hx { ActivationForm::F16 } else { ActivationForm::Q8 };
                     for mode in [GemvMode::Store, GemvMode::Accumulate, GemvMode::SwiGlu] {
                         let out_cols = if mode == GemvMode::SwiGlu { rows / 2 } else { rows };
                         if mode == GemvMode::SwiGlu && !(rows / 2).is_multiple_of(16) {
@@ -323,11 +336,12 @@ fn quantized_products_match_the_host_reference() {
                                     cols,
                                     None,
                                     format,
+                                    form,
                                     device_ptr(&xq),
                                     device_ptr(&xs),
                                 )
                                 .unwrap();
-                                let q = Some((device_ptr(&xq), device_ptr(&xs)));
+                                let q = Some((device_ptr(&xq), device_ptr(&xs), form));
                                 gpu.qmma(wp, device_ptr(&xd), None, q, n, 0, device_ptr(&out), mode, None, None)
                                     .unwrap();
                             }
@@ -335,7 +349,8 @@ fn quantized_products_match_the_host_reference() {
                         let mut got = vec![0f32; n * out_cols];
                         gpu.download(&out, &mut got, "out").unwrap();
                         let _ = &mut out;
-                        let want = if in_block || want_f16.is_empty() { &want } else { &want_f16 };
+                        let f16_sums = hx || (!in_block && f16_activations());
+                        let want = if f16_sums { &want_f16 } else { &want };
                         let mut worst = 0f64;
                         for t in 0..n {
                             for r in 0..out_cols {
@@ -352,7 +367,7 @@ fn quantized_products_match_the_host_reference() {
                         }
                         let label = format!(
                             "{format:?} {rows}×{cols} n={n} in_block={in_block} grouped={grouped} stream={stream} \
-                             {mode:?}"
+                             f16={hx} {mode:?}"
                         );
                         if in_block && n == 1 && one_token_sums_as_streamed() {
                             match one_token.iter().find(|(m, _)| *m == mode) {

@@ -379,10 +379,14 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
     let small = vec![vec![1], vec![3, 5], vec![1, 1], vec![2, 2]];
     // The CPU's multi-token kernels (≥ 16 tokens) take f32 activations.
     let large = vec![vec![3, 9], vec![17, 1], vec![40, 24], vec![100, 1], vec![1, 1], vec![2, 70]];
+    // Decode steps of 12 sequences: f16 activations by default
+    // (CHATGLM_GPU_ACTIVATIONS=auto), after a prompt step in q8_0 codes.
+    let batched = vec![vec![3; 12], vec![1; 12], vec![1; 12], vec![1; 12]];
     for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
         for shape in [FLASH_SHAPE, GLM_HEADS] {
             compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, 0, GemvLean::ByShape);
             compare_schedule_with(shape, format, KvDType::F16, &large, 4e-2, 0, GemvLean::ByShape);
+            compare_schedule_with(shape, format, KvDType::F16, &batched, 4e-2, 0, GemvLean::ByShape);
         }
     }
 }

@@ -410,9 +410,12 @@ __device__ __forceinline__ void quantize_tile(const float* x, const float* nw, c
 // Activations for steps too large for in-block quantization: grid = (chunks
 // of QMMA_THREADS / 8 blocks, token tiles of 8), block = QMMA_THREADS; each
 // block works out its tokens' norms over the whole row. xq: [8·tiles][cols]
-// codes; xs: [cols/32][8·tiles] (dx, Σq).
-extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
-    quantize_x(const float* x, const float* nw, float eps, int n, int cols, int off, signed char* xq, float2* xs) {
+// codes; xs: [cols/32][8·tiles] (dx, Σq). hx: f16 activations instead
+// (xq: [n][cols] f16 in a_fragments_f16's order; xs untouched), for the
+// grouped f16 products (qmmh_*).
+extern "C" __global__ void __launch_bounds__(QMMA_THREADS) quantize_x(const float* x, const float* nw, float eps,
+                                                                       int n, int cols, int off, int hx,
+                                                                       signed char* xq, float2* xs) {
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
     pdl_launch_dependents();
     pdl_wait();
@@ -423,7 +426,7 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS)
     const int b = blockIdx.x * per + (threadIdx.x >> 3), tt = threadIdx.x & 7, t = t0 + tt;
     if (b >= cols / 32) return;
     const long stride = gridDim.y * 8;
-    if (QMMA_F16X) {
+    if (QMMA_F16X || hx) {
         // f16 activations, each group of 4 as (0, 2, 1, 3) (a_fragments_f16).
         if (t >= n) return;
         const float4* xp = (const float4*)(x + (long)t * cols + b * 32);

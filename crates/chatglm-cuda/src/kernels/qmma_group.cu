@@ -71,7 +71,7 @@ __device__ __forceinline__ void mma_block_pure(int* c, const u32* a, u32 b0, u32
 // units, their scales (and offsets), the chunk's activation codes
 // [token][KB·32 + 16] (16 bytes of padding put the 8 token rows of an mma
 // fragment load on different banks) and scales [block][8·NT8] (dx, Σq).
-template <int F, int NT8> struct QgLayout {
+template <int F, int NT8, bool HX = false> struct QgLayout {
     enum {
         SB = QFmt<F>::BLOCKS,
         KB = QG_CU * SB,  // activation blocks of a chunk
@@ -80,9 +80,11 @@ template <int F, int NT8> struct QgLayout {
         SC_OFF = QG_TILES * QG_CU * 512,
         MN_OFF = SC_OFF + QG_TILES * QG_CU * SCB,
         XQ_OFF = MN_OFF + (QFmt<F>::MIN ? QG_TILES * QG_CU * SCB : 0),
-        XROW = KB * 32 + 16,
+        // HX (f16 activations, 2 bytes a value): 32 bytes of padding, so the
+        // 8-byte fragment loads of a half warp (4 token rows) meet 32 banks.
+        XROW = HX ? KB * 64 + 32 : KB * 32 + 16,
         XS_OFF = XQ_OFF + NT8 * 8 * XROW,
-        STAGE = XS_OFF + KB * NT8 * 8 * 8,
+        STAGE = XS_OFF + (HX ? 0 : KB * NT8 * 8 * 8),
         STAGES = NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
         RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
         RED_BYTES = QG_TILES * 16 * RED_STRIDE * 4,
@@ -166,17 +168,74 @@ __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsign
     }
 }
 
+// mma16816 without `volatile` (as mma_block_pure).
+__device__ __forceinline__ void mma16816_pure(float (&c)[4], const u32* a, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// chunk_product over f16 activations (quantize_x's f16 form: each group of
+// 4 values as (0, 2, 1, 3)): every weight is dequantized to f16 once for
+// all NT8 token tiles (a_fragments_f16) and the mmas sum in f32 with no
+// scaling after them — ~6 instructions an m16n8k16 at 32 tokens against
+// ~34 an m16n8k32 of the exact q8_0 arithmetic (run 101), whose grouped
+// products were issue-bound.
+template <int F, int NT8, bool CHECKED>
+__device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
+                                                 int nu, int nblk) {
+    constexpr int HU = QG_CU / QG_KW;
+    const int u0 = (warp / QG_TILES) * HU;
+    warp %= QG_TILES;
+    typedef QgLayout<F, NT8, true> L;
+    typedef typename QScale<F>::type ScaleVec;
+    constexpr int SB = QFmt<F>::BLOCKS;
+    const int g = lane >> 2, t = lane & 3;
+    const unsigned char* wbase = st + L::W_OFF + warp * QG_CU * 512 + lane * 16;
+    const unsigned char* sbase = st + L::SC_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* mbase = st + L::MN_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 8 * t;
+#pragma unroll
+    for (int uu = 0; uu < HU; uu++) {
+        const int u = u0 + uu;
+        if (CHECKED && u >= nu) break;
+        const uint4 wv = *(const uint4*)(wbase + u * 512);
+        const ScaleVec sc = *(const ScaleVec*)(sbase + u * L::SCB);
+        ScaleVec mn;
+        if (QFmt<F>::MIN) mn = *(const ScaleVec*)(mbase + u * L::SCB);
+#pragma unroll
+        for (int i = 0; i < SB; i++) {
+            const int bl = u * SB + i;
+            if (CHECKED && bl >= nblk) break;
+            const u32 dw = SB == 2 ? (i ? ((const uint2*)&sc)->y : ((const uint2*)&sc)->x) : *(const u32*)&sc;
+            u32 mw = 0u;
+            if (QFmt<F>::MIN) mw = SB == 2 ? (i ? ((const uint2*)&mn)->y : ((const uint2*)&mn)->x) : *(const u32*)&mn;
+            u32 a[2][4];
+            a_fragments_f16<F>(wv, i, dw, mw, a);
+#pragma unroll
+            for (int j = 0; j < NT8; j++) {
+                // Physical columns 4t..4t+3 (step 0) and 16+4t.. (step 1) of token g.
+                const unsigned char* xr = xbase + j * 8 * L::XROW + bl * 64;
+                const uint2 x0 = *(const uint2*)xr, x1 = *(const uint2*)(xr + 32);
+                mma16816_pure(acc[j], a[0], x0.x, x0.y);
+                mma16816_pure(acc[j], a[1], x1.x, x1.y);
+            }
+        }
+    }
+}
+
 // The product (MODE as qmma_body; NT8 = quantize_x's token tiles). ws:
 // 2·gridDim.x partial results of QG_WS_SLOT floats; counters: one a group,
 // zero between launches. Dynamic shared memory: QgLayout::SMEM.
-template <int F, int NT8, int MODE>
+template <int F, int NT8, int MODE, bool HX>
 __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
                                           const u16* __restrict__ mins, int units, int tiles,
                                           const signed char* __restrict__ xq, const float2* __restrict__ xs, int n,
                                           int cols, const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int half_rows, const RopeCtx& rc, const char* next_w,
                                           long next_bytes, float* ws, u32* counters) {
-    typedef QgLayout<F, NT8> L;
+    typedef QgLayout<F, NT8, HX> L;
     constexpr int S = L::STAGES;
     constexpr int EPT = NT8 * 8 * QG_TILES * 16 / QG_THREADS;  // a group's sums a thread holds
     extern __shared__ __align__(16) unsigned char qg_smem[];
@@ -224,6 +283,25 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     auto issue_x = [&](int c, int slot) {
         unsigned char* st = qg_smem + slot * L::STAGE;
         const int b0 = c * L::KB, nblk = min((int)L::KB, nb - b0);
+        if (HX) {
+            // f16 rows: 64 bytes a block, no scales.
+            const char* xb = (const char*)xq + (long)b0 * 64;
+            const long row = (long)cols * 2;
+            if (nblk == L::KB) {
+                constexpr int CPT = L::KB * 4;
+                for (int q = threadIdx.x; q < n * CPT; q += QG_THREADS) {
+                    const int tok = q / CPT, r = q % CPT;
+                    cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xb + tok * row + r * 16, true);
+                }
+            } else {
+                const int cpt = nblk * 4;
+                for (int q = threadIdx.x; q < n * cpt; q += QG_THREADS) {
+                    const int tok = q / cpt, r = q - tok * cpt;
+                    cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xb + tok * row + r * 16, true);
+                }
+            }
+            return;
+        }
         const char* src = (const char*)(xs + (long)b0 * NT8 * 8);
         if (nblk == L::KB) {
             // A whole chunk (all but a row's last): the pieces a token are a
@@ -293,8 +371,15 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             cp_async_commit();
             const unsigned char* st = qg_smem + (k % S) * L::STAGE;
             const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
-            if (nu == QG_CU && nblk == L::KB) chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
-            else chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
+            const bool whole = nu == QG_CU && nblk == L::KB;
+            if (HX) {
+                if (whole) chunk_product_hx<F, NT8, false>(acc, st, warp, lane, nu, nblk);
+                else chunk_product_hx<F, NT8, true>(acc, st, warp, lane, nu, nblk);
+            } else if (whole) {
+                chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
+            } else {
+                chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
+            }
         }
         cp_async_wait<0>();
         __syncthreads();  // the stages are free: red takes their place
@@ -402,14 +487,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     }
 }
 
-#define QMMG_KERNEL(F, NT8, MODE)                                                                             \
-    extern "C" __global__ void __launch_bounds__(QG_THREADS, QG_MIN_BLOCKS) qmmg_##F##_##NT8##_##MODE(                \
+// qmmg_*: over q8_0 activation codes; qmmh_*: over f16 activations (xq
+// the f16 rows, xs unused).
+#define QMMG_KERNEL_AS(NAME, HX, F, NT8, MODE)                                                                \
+    extern "C" __global__ void __launch_bounds__(QG_THREADS, QG_MIN_BLOCKS) NAME##_##F##_##NT8##_##MODE(      \
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,        \
         const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,         \
         RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters) {                           \
-        qmmg_body<F, NT8, MODE>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows, half_rows, \
-                                rc, next_w, next_bytes, ws, counters);                                         \
+        qmmg_body<F, NT8, MODE, HX>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,        \
+                                    half_rows, rc, next_w, next_bytes, ws, counters);                          \
     }
+#define QMMG_KERNEL(F, NT8, MODE) QMMG_KERNEL_AS(qmmg, false, F, NT8, MODE) QMMG_KERNEL_AS(qmmh, true, F, NT8, MODE)
 #define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 2) QMMG_KERNEL(F, NT8, 3)
 #define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
 QMMG_FORMAT(0)

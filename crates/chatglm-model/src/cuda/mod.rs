@@ -149,6 +149,9 @@ struct StepBuffers {
     after_attention: bool,
     /// Bytes of each row that dense product prefetches in this step.
     prefetch_after_attention: Option<usize>,
+    /// Whether this step's quantized products of 9..=64 tokens take f16
+    /// activations ([`products::ActivationPolicy`]).
+    f16_activations: bool,
     /// Whether this step's launches are queued for a graph.
     graph: bool,
     /// Page-locked copies of the metadata and block table, two of each:
@@ -267,6 +270,8 @@ pub struct CudaBackend {
     /// Whether greedy steps may be queued behind running ones
     /// (`CHATGLM_CUDA_QUEUE_STEPS=0` turns it off, for measurements).
     queue_steps: bool,
+    /// Which steps' quantized products take f16 activations.
+    activations: products::ActivationPolicy,
     /// Each quantized product's successor (the L2 prefetch of its weights)
     /// and how many of their bytes (`CHATGLM_QMMA_PREFETCH_NEXT`).
     weight_chain: Mutex<weight_chain::WeightChain>,
@@ -362,6 +367,7 @@ impl CudaBackend {
             float_products: std::sync::atomic::AtomicBool::new(false),
             batched_graphs: std::env::var("CHATGLM_CUDA_BATCH_GRAPHS").is_ok_and(|v| v == "1").into(),
             queue_steps: std::env::var("CHATGLM_CUDA_QUEUE_STEPS").map_or(true, |v| v != "0"),
+            activations: products::ActivationPolicy::from_env()?,
             weight_chain: Mutex::new(weight_chain::WeightChain::default()),
             prefetch_next: weight_chain::prefetch_next_bytes(),
             step: Mutex::new(StepBuffers::default()),
@@ -781,6 +787,7 @@ impl Backend for CudaBackend {
         st.prefetch_after_attention = prefetch_after_attention(self.prefetch_after_attention, longest);
         st.kv_dtype = Some(kv_dtype);
         st.rotated = None;
+        st.f16_activations = self.activations.f16_for(batch.len(), one_token_each);
         st.graph = replay;
         if replay {
             self.gpu.begin_recording().map_err(|e| backend_err("prepare step", e))?;

@@ -2,7 +2,7 @@
 //! for larger ones, and the 16-bit inputs the latter take.
 
 use super::{ensure, lock, CudaActivations, CudaBackend, CudaMatrix, CudaVector};
-use chatglm_cuda::quant::{TiledPtr, QMMA_MAX_TOKENS};
+use chatglm_cuda::quant::{ActivationForm, TiledPtr, QMMA_MAX_TOKENS};
 use chatglm_cuda::{device_ptr, CudaError, DType, GemvMode, Gpu, RopeArgs};
 
 /// Weights dequantized at once for a large step's cuBLAS product (f16
@@ -14,6 +14,49 @@ const DEQUANT_ELEMENTS: usize = 16 << 20;
 /// two launches per product, measured 3× faster on the H200 than the
 /// dequantize + cuBLAS path, which serves larger prompt chunks).
 pub(super) const QMMA_CHUNKED_TOKENS: usize = 4 * QMMA_MAX_TOKENS;
+
+/// Which steps' quantized products of 9..=64 tokens take their activations
+/// as f16 (Marlin's arithmetic: each weight dequantized to f16 once for all
+/// the step's tokens, f32 sums) rather than as q8_0 codes (the CPU's
+/// arithmetic, bit for bit): `CHATGLM_GPU_ACTIVATIONS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ActivationPolicy {
+    /// Decode steps of several sequences (one token each) in f16; one
+    /// sequence's steps (its prompt, its decode) keep the CPU's arithmetic,
+    /// so a conversation's greedy output is the CPU backend's.
+    Batched,
+    /// Every step in q8_0 codes.
+    Q8,
+    /// Every step of 9..=64 tokens a launch in f16.
+    F16,
+}
+
+impl ActivationPolicy {
+    pub(crate) fn parse(v: &str) -> Option<Self> {
+        match v.trim() {
+            "" | "auto" | "batched" => Some(Self::Batched),
+            "q8" | "q8_0" => Some(Self::Q8),
+            "f16" => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_env() -> Result<Self, crate::ModelError> {
+        let v = std::env::var("CHATGLM_GPU_ACTIVATIONS").unwrap_or_default();
+        Self::parse(&v)
+            .ok_or_else(|| super::backend_err("CHATGLM_GPU_ACTIVATIONS", format!("{v:?}: expected auto, q8 or f16")))
+    }
+
+    /// Whether a step of `sequences` sequences (`one_token_each`: a decode
+    /// step) takes f16 activations.
+    pub(crate) fn f16_for(self, sequences: usize, one_token_each: bool) -> bool {
+        match self {
+            Self::Batched => one_token_each && sequences > 1,
+            Self::Q8 => false,
+            Self::F16 => true,
+        }
+    }
+}
 
 impl CudaBackend {
     /// Whether a step of `n` tokens takes `w` through the mat-vec kernels
@@ -91,11 +134,13 @@ impl CudaBackend {
         let mut st = lock(&self.step);
         let xq = ensure(&self.gpu, &mut st.xq, q_bytes, "quantized activations")?;
         let xs = ensure(&self.gpu, &mut st.xs, s_bytes, "activation scales")?;
+        let f16 = st.f16_activations && self.gpu.f16_activations_supported(n, w.shape.format);
         drop(st);
+        let form = if f16 { ActivationForm::F16 } else { ActivationForm::Q8 };
         // SAFETY: xq/xs sized for n tokens of cols; the rest as above.
         unsafe {
-            self.gpu.quantize_x(xp, n, cols, norm, w.shape.format, xq, xs)?;
-            self.gpu.qmma(w, xp, None, Some((xq, xs)), n, bias, out, mode, qkv, None)
+            self.gpu.quantize_x(xp, n, cols, norm, w.shape.format, form, xq, xs)?;
+            self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, None)
         }
     }
 
@@ -237,5 +282,26 @@ impl CudaBackend {
             // SAFETY: x rows×cols f32, norm cols, half rows×cols (ensured).
             unsafe { self.gpu.rms_norm_half(xp, wp, hp, x.rows, x.cols, eps, dtype) }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActivationPolicy;
+
+    #[test]
+    fn activation_policies_parse_and_choose() {
+        assert_eq!(ActivationPolicy::parse(""), Some(ActivationPolicy::Batched));
+        assert_eq!(ActivationPolicy::parse("auto"), Some(ActivationPolicy::Batched));
+        assert_eq!(ActivationPolicy::parse("q8_0"), Some(ActivationPolicy::Q8));
+        assert_eq!(ActivationPolicy::parse(" f16 "), Some(ActivationPolicy::F16));
+        assert_eq!(ActivationPolicy::parse("int8"), None);
+        // One conversation keeps the CPU's arithmetic, prompt and decode.
+        assert!(!ActivationPolicy::Batched.f16_for(1, true));
+        assert!(!ActivationPolicy::Batched.f16_for(1, false));
+        assert!(!ActivationPolicy::Batched.f16_for(3, false), "prompts batched with decode tokens");
+        assert!(ActivationPolicy::Batched.f16_for(32, true));
+        assert!(!ActivationPolicy::Q8.f16_for(32, true));
+        assert!(ActivationPolicy::F16.f16_for(1, false));
     }
 }
