@@ -62,11 +62,12 @@ pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool) -> usize {
     let sb = if format.is_4bit() { 2 } else { 1 };
     let kb = cu * sb;
     let scales = QG_TILES * cu * sb * 32;
-    let activations = if hx { nt8 * 8 * (kb * 64 + 32) } else { nt8 * 8 * (kb * 32 + 16) + kb * nt8 * 8 * 8 };
+    let activations = if hx { nt8 * 8 * (kb * 64 + 64) } else { nt8 * 8 * (kb * 32 + 16) + kb * nt8 * 8 * 8 };
     let stage = QG_TILES * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations;
-    let stages = match nt8 {
-        0..=2 => 4,
-        4 => 3,
+    let stages = match (hx, nt8) {
+        (true, 0..=4) => 3,
+        (false, 0..=2) => 4,
+        (false, 4) => 3,
         _ => 2,
     };
     (stages * stage).max(QG_TILES * TILE_ROWS * (nt8 * 8 + 1) * 4)
@@ -168,13 +169,13 @@ mod tests {
 
     #[test]
     fn grouped_products_fit_a_multiprocessor() {
-        // 227 KiB of dynamic shared memory a block on sm_90 (sm_80: 163 KiB),
-        // less the kernel's static part (token slots, a flag).
+        // 227 KiB of shared memory a block on sm_90 (sm_80: 163 KiB), less
+        // the kernel's static part (16-byte token slots, a flag).
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
                 for (hx, kind) in [(false, 'g'), (true, 'h')] {
                     let smem = group_smem(format, nt8, hx);
-                    assert!(smem + 64 * 16 + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
+                    assert!(smem + nt8 * 8 * 16 + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
                     let name = format!("qmm{kind}_{}_{nt8}_0", format as usize);
                     assert_eq!(group_smem_of(&name), Some(smem));
                 }

@@ -380,7 +380,11 @@ fn quantized_products_match_the_host_reference() {
                         }
                         // f32 sums of longer rows round more (1e-4 per 1,024 columns);
                         // SwiGLU multiplies two sums, adding their errors.
-                        let per_sum = 1e-4 * (cols as f64 / 1024.0).max(1.0);
+                        // f16 tensor-core sums (f32 accumulators that round each
+                        // mma's sum towards zero) drift further from the f64
+                        // reference on the larger q8 sums: 1e-3.
+                        let per_1024 = if f16_sums { 1e-3 } else { 1e-4 };
+                        let per_sum = per_1024 * (cols as f64 / 1024.0).max(1.0);
                         let tolerance = if mode == GemvMode::SwiGlu { 2.0 * per_sum } else { per_sum };
                         if worst > tolerance {
                             failures.push(format!("{label}: relative error {worst:.3e}"));

@@ -213,6 +213,13 @@ __device__ __forceinline__ u32 h2mul(u32 a, u32 b) {
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
     return d;
 }
+// (a & b) | c in one LOP3 (written as & then |, the compiler spends two
+// when b and c are both immediates).
+__device__ __forceinline__ u32 and_or(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
 __device__ __forceinline__ u32 h2fma(u32 a, u32 b, u32 c) {
     u32 d;
     asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
@@ -224,19 +231,24 @@ __device__ __forceinline__ u32 h2fma(u32 a, u32 b, u32 c) {
 // columns 4t..4t+3 and 16+4t..16+4t+3 of rows g and g+8 (mma_block's
 // layout); step s's logical columns 16s + {2t, 2t+1, 2t+8, 2t+9} are taken
 // to be physical 16s + {4t, 4t+2, 4t+1, 4t+3} — pairs that two masks (or a
-// byte permute) pull out of a code word — and quantize_x stores each group
-// of 4 activations in that order (0, 2, 1, 3), so B is one 8-byte load.
+// byte permute) pull out of a code word — and quantize_x stores each block
+// of 32 activations as lane t's 8 values of both steps in that order
+// (4t, 4t+2, 4t+1, 4t+3, 16+4t, 16+4t+2, …), so B is one 16-byte load.
 template <int F>
 __device__ __forceinline__ void a_fragments_f16(uint4 v, int i, u32 dw, u32 mw, u32 (&a)[2][4]) {
-    u32 e[2][2][2];  // [step][row g, g+8][columns (4t, 4t+2), (4t+1, 4t+3)] as f16 1024 + code
+    // [step][row g, g+8][columns (4t, 4t+2), (4t+1, 4t+3)] as f16 1024 + code
+    // (4-bit codes of step 1: 1024 + 16·code, the high nibble left in place,
+    // so one shift a word instead of three: Marlin's dequantization).
+    u32 e[2][2][2];
     if (QFmt<F>::U4) {
         const u32 w[2] = {i ? v.z : v.x, i ? v.w : v.y};
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            e[0][h][0] = (w[h] & 0x000f000fu) | 0x64006400u;
-            e[0][h][1] = ((w[h] >> 8) & 0x000f000fu) | 0x64006400u;
-            e[1][h][0] = ((w[h] >> 4) & 0x000f000fu) | 0x64006400u;
-            e[1][h][1] = ((w[h] >> 12) & 0x000f000fu) | 0x64006400u;
+            const u32 w8 = w[h] >> 8;
+            e[0][h][0] = and_or(w[h], 0x000f000fu, 0x64006400u);
+            e[0][h][1] = and_or(w8, 0x000f000fu, 0x64006400u);
+            e[1][h][0] = and_or(w[h], 0x00f000f0u, 0x64006400u);
+            e[1][h][1] = and_or(w8, 0x00f000f0u, 0x64006400u);
         }
     } else {
         // Signed bytes + 128 under the f16 exponent of 1024.
@@ -257,13 +269,16 @@ __device__ __forceinline__ void a_fragments_f16(uint4 v, int i, u32 dw, u32 mw, 
         m[0] = __byte_perm(mw, 0, 0x1010);
         m[1] = __byte_perm(mw, 0, 0x3232);
     }
+    // Step 1's 4-bit codes: (1024 + 16·code) / 16 − (64 + offset), exact.
+    constexpr u32 SIXTEENTH = 0x2c002c00u;
+    constexpr u32 ZH = QFmt<F>::OFF ? 0xd480d480u : 0xd400d400u;
 #pragma unroll
     for (int st = 0; st < 2; st++)
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int pr = 0; pr < 2; pr++) {
-                const u32 q = h2sub(e[st][h][pr], Z);
+                const u32 q = QFmt<F>::U4 && st ? h2fma(e[st][h][pr], SIXTEENTH, ZH) : h2sub(e[st][h][pr], Z);
                 a[st][pr * 2 + h] = QFmt<F>::MIN ? h2fma(q, d[h], m[h]) : h2mul(q, d[h]);
             }
 }
@@ -427,7 +442,8 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS) quantize_x(const floa
     if (b >= cols / 32) return;
     const long stride = gridDim.y * 8;
     if (QMMA_F16X || hx) {
-        // f16 activations, each group of 4 as (0, 2, 1, 3) (a_fragments_f16).
+        // f16 activations in a_fragments_f16's order: physical group i of 4
+        // (as 0, 2, 1, 3) at 8·(i mod 4) + 4·(i ≥ 4).
         if (t >= n) return;
         const float4* xp = (const float4*)(x + (long)t * cols + b * 32);
         const float4* np = nw ? (const float4*)(nw + b * 32) : nullptr;
@@ -440,8 +456,8 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS) quantize_x(const floa
                 const float4 g = np[i];
                 f = make_float4(g.x * (f.x * in), g.y * (f.y * in), g.z * (f.z * in), g.w * (f.w * in));
             }
-            dst[i] = make_uint2((u32)f32_to_f16(f.x) | ((u32)f32_to_f16(f.z) << 16),
-                                (u32)f32_to_f16(f.y) | ((u32)f32_to_f16(f.w) << 16));
+            dst[(i & 3) * 2 + (i >> 2)] = make_uint2((u32)f32_to_f16(f.x) | ((u32)f32_to_f16(f.z) << 16),
+                                                     (u32)f32_to_f16(f.y) | ((u32)f32_to_f16(f.w) << 16));
         }
         return;
     }
@@ -649,9 +665,9 @@ __device__ __forceinline__ void unit_product_hx(float (&acc)[RT][NT8][4], const 
             const int tok = j * 8 + g;
             bx[j][0] = bx[j][1] = make_uint2(0u, 0u);
             if (tok < n) {
-                const u16* xp = xh + (long)tok * cols + b * 32 + 4 * t;
-                bx[j][0] = *(const uint2*)xp;
-                bx[j][1] = *(const uint2*)(xp + 16);
+                const uint4 v = *(const uint4*)(xh + (long)tok * cols + b * 32 + 8 * t);
+                bx[j][0] = make_uint2(v.x, v.y);
+                bx[j][1] = make_uint2(v.z, v.w);
             }
         }
 #pragma unroll

@@ -80,12 +80,12 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         SC_OFF = QG_TILES * QG_CU * 512,
         MN_OFF = SC_OFF + QG_TILES * QG_CU * SCB,
         XQ_OFF = MN_OFF + (QFmt<F>::MIN ? QG_TILES * QG_CU * SCB : 0),
-        // HX (f16 activations, 2 bytes a value): 32 bytes of padding, so the
-        // 8-byte fragment loads of a half warp (4 token rows) meet 32 banks.
-        XROW = HX ? KB * 64 + 32 : KB * 32 + 16,
+        // HX (f16 activations, 2 bytes a value): 64 bytes of padding, so the
+        // 16-byte fragment loads of a quarter warp (2 token rows) meet 32 banks.
+        XROW = HX ? KB * 64 + 64 : KB * 32 + 16,
         XS_OFF = XQ_OFF + NT8 * 8 * XROW,
         STAGE = XS_OFF + (HX ? 0 : KB * NT8 * 8 * 8),
-        STAGES = NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
+        STAGES = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
         RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
         RED_BYTES = QG_TILES * 16 * RED_STRIDE * 4,
         SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
@@ -182,9 +182,14 @@ __device__ __forceinline__ void mma16816_pure(float (&c)[4], const u32* a, u32 b
 // scaling after them — ~6 instructions an m16n8k16 at 32 tokens against
 // ~34 an m16n8k32 of the exact q8_0 arithmetic (run 101), whose grouped
 // products were issue-bound.
+// QMMH_SPLIT_ACC=1: alternate blocks sum into acc and acc2, so each token
+// tile has two independent mma chains instead of one.
+#ifndef QMMH_SPLIT_ACC
+#define QMMH_SPLIT_ACC 1
+#endif
 template <int F, int NT8, bool CHECKED>
-__device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
-                                                 int nu, int nblk) {
+__device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], float (&acc2)[NT8][4], const unsigned char* st,
+                                                 int warp, int lane, int nu, int nblk) {
     constexpr int HU = QG_CU / QG_KW;
     const int u0 = (warp / QG_TILES) * HU;
     warp %= QG_TILES;
@@ -195,7 +200,7 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
     const unsigned char* wbase = st + L::W_OFF + warp * QG_CU * 512 + lane * 16;
     const unsigned char* sbase = st + L::SC_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
     const unsigned char* mbase = st + L::MN_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 8 * t;
+    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 16 * t;
 #pragma unroll
     for (int uu = 0; uu < HU; uu++) {
         const int u = u0 + uu;
@@ -215,11 +220,11 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
             a_fragments_f16<F>(wv, i, dw, mw, a);
 #pragma unroll
             for (int j = 0; j < NT8; j++) {
-                // Physical columns 4t..4t+3 (step 0) and 16+4t.. (step 1) of token g.
-                const unsigned char* xr = xbase + j * 8 * L::XROW + bl * 64;
-                const uint2 x0 = *(const uint2*)xr, x1 = *(const uint2*)(xr + 32);
-                mma16816_pure(acc[j], a[0], x0.x, x0.y);
-                mma16816_pure(acc[j], a[1], x1.x, x1.y);
+                // Token g's physical columns 4t..4t+3 (step 0) and 16+4t.. (step 1).
+                const uint4 xv = *(const uint4*)(xbase + j * 8 * L::XROW + bl * 64);
+                float(&c)[4] = QMMH_SPLIT_ACC && ((uu * SB + i) & 1) ? acc2[j] : acc[j];
+                mma16816_pure(c, a[0], xv.x, xv.y);
+                mma16816_pure(c, a[1], xv.z, xv.w);
             }
         }
     }
@@ -288,11 +293,16 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const char* xb = (const char*)xq + (long)b0 * 64;
             const long row = (long)cols * 2;
             if (nblk == L::KB) {
-                constexpr int CPT = L::KB * 4;
-                for (int q = threadIdx.x; q < n * CPT; q += QG_THREADS) {
-                    const int tok = q / CPT, r = q % CPT;
-                    cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xb + tok * row + r * 16, true);
-                }
+                // A thread copies piece r of tokens tok0, tok0 + TPR, …: its
+                // addresses step by constants.
+                constexpr int CPT = L::KB * 4, TPR = QG_THREADS / CPT;
+                static_assert(QG_THREADS % CPT == 0, "a round of copies covers whole token rows");
+                const int tok0 = threadIdx.x / CPT, r = threadIdx.x % CPT;
+                unsigned char* d = st + L::XQ_OFF + tok0 * L::XROW + r * 16;
+                const char* s = xb + tok0 * row + r * 16;
+#pragma unroll
+                for (int i = 0; i < (NT8 * 8 + TPR - 1) / TPR; i++)
+                    if (tok0 + i * TPR < n) cp_async16(d + i * TPR * L::XROW, s + i * TPR * row, true);
             } else {
                 const int cpt = nblk * 4;
                 for (int q = threadIdx.x; q < n * cpt; q += QG_THREADS) {
@@ -356,9 +366,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             if (c0 + s < c1) issue_x(c0 + s, s);
             cp_async_commit();
         }
-        float acc[NT8][4];
+        float acc[NT8][4], acc2[NT8][4];
 #pragma unroll
-        for (int j = 0; j < NT8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+        for (int j = 0; j < NT8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[j][e] = acc2[j][e] = 0.f;
         for (int c = c0; c < c1; c++) {
             const int k = c - c0;
             cp_async_wait<S - 2>();
@@ -373,13 +385,19 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
             const bool whole = nu == QG_CU && nblk == L::KB;
             if (HX) {
-                if (whole) chunk_product_hx<F, NT8, false>(acc, st, warp, lane, nu, nblk);
-                else chunk_product_hx<F, NT8, true>(acc, st, warp, lane, nu, nblk);
+                if (whole) chunk_product_hx<F, NT8, false>(acc, acc2, st, warp, lane, nu, nblk);
+                else chunk_product_hx<F, NT8, true>(acc, acc2, st, warp, lane, nu, nblk);
             } else if (whole) {
                 chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
             } else {
                 chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
             }
+        }
+        if (HX && QMMH_SPLIT_ACC) {
+#pragma unroll
+            for (int j = 0; j < NT8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[j][e] += acc2[j][e];
         }
         cp_async_wait<0>();
         __syncthreads();  // the stages are free: red takes their place
@@ -489,15 +507,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 
 // qmmg_*: over q8_0 activation codes; qmmh_*: over f16 activations (xq
 // the f16 rows, xs unused).
-#define QMMG_KERNEL_AS(NAME, HX, F, NT8, MODE)                                                                \
-    extern "C" __global__ void __launch_bounds__(QG_THREADS, QG_MIN_BLOCKS) NAME##_##F##_##NT8##_##MODE(      \
-        const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,        \
-        const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,         \
-        RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters) {                           \
+#define QMMG_KERNEL_AS(KNAME, HX, F, NT8, MODE)                                                               \
+    extern "C" __global__ void __launch_bounds__(QG_THREADS, QG_MIN_BLOCKS)                                   \
+        KNAME(const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,   \
+              const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,    \
+              RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters) {                      \
         qmmg_body<F, NT8, MODE, HX>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,        \
                                     half_rows, rc, next_w, next_bytes, ws, counters);                          \
     }
-#define QMMG_KERNEL(F, NT8, MODE) QMMG_KERNEL_AS(qmmg, false, F, NT8, MODE) QMMG_KERNEL_AS(qmmh, true, F, NT8, MODE)
+#define QMMG_KERNEL(F, NT8, MODE)                                  \
+    QMMG_KERNEL_AS(qmmg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \
+    QMMG_KERNEL_AS(qmmh_##F##_##NT8##_##MODE, true, F, NT8, MODE)
 #define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 2) QMMG_KERNEL(F, NT8, 3)
 #define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
 QMMG_FORMAT(0)
