@@ -218,10 +218,27 @@ fn compare_schedule_with(
     gemv_rows: usize,
     gemv_lean: GemvLean,
 ) {
+    compare_schedule_as(json, format, kv, steps, tol, gemv_rows, gemv_lean, "q8");
+}
+
+/// As [`compare_schedule_with`], the GPU's quantized products over
+/// `activations` (`CudaBackend::set_gpu_activations`).
+#[allow(clippy::too_many_arguments)]
+fn compare_schedule_as(
+    json: &str,
+    format: WeightFormat,
+    kv: KvDType,
+    steps: &[Vec<usize>],
+    tol: f32,
+    gemv_rows: usize,
+    gemv_lean: GemvLean,
+    activations: &str,
+) {
     let src = random_model(json, 42);
     let Some(gpu_backend) = cuda(&src.config) else { return };
     gpu_backend.force_gemv_rows(gemv_rows);
     gpu_backend.set_gemv_lean(gemv_lean);
+    gpu_backend.set_gpu_activations(activations).unwrap();
     let cpu = Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     let gpu = Model::load(gpu_backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     let n_seqs = steps.iter().map(|s| s.len()).max().unwrap();
@@ -379,14 +396,16 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
     let small = vec![vec![1], vec![3, 5], vec![1, 1], vec![2, 2]];
     // The CPU's multi-token kernels (≥ 16 tokens) take f32 activations.
     let large = vec![vec![3, 9], vec![17, 1], vec![40, 24], vec![100, 1], vec![1, 1], vec![2, 70]];
-    // Decode steps of 12 sequences: f16 activations by default
-    // (CHATGLM_GPU_ACTIVATIONS=auto), after a prompt step in q8_0 codes.
+    // Steps of 12 sequences: a prompt step, then decode steps, in q8_0 codes
+    // and with f16 activations for the decode steps.
     let batched = vec![vec![3; 12], vec![1; 12], vec![1; 12], vec![1; 12]];
     for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
         for shape in [FLASH_SHAPE, GLM_HEADS] {
             compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, 0, GemvLean::ByShape);
             compare_schedule_with(shape, format, KvDType::F16, &large, 4e-2, 0, GemvLean::ByShape);
-            compare_schedule_with(shape, format, KvDType::F16, &batched, 4e-2, 0, GemvLean::ByShape);
+            for activations in ["q8", "batched"] {
+                compare_schedule_as(shape, format, KvDType::F16, &batched, 4e-2, 0, GemvLean::ByShape, activations);
+            }
         }
     }
 }

@@ -176,20 +176,19 @@ __device__ __forceinline__ void mma16816_pure(float (&c)[4], const u32* a, u32 b
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// chunk_product over f16 activations (quantize_x's f16 form: each group of
-// 4 values as (0, 2, 1, 3)): every weight is dequantized to f16 once for
-// all NT8 token tiles (a_fragments_f16) and the mmas sum in f32 with no
-// scaling after them — ~6 instructions an m16n8k16 at 32 tokens against
-// ~34 an m16n8k32 of the exact q8_0 arithmetic (run 101), whose grouped
-// products were issue-bound.
-// QMMH_SPLIT_ACC=1: alternate blocks sum into acc and acc2, so each token
-// tile has two independent mma chains instead of one.
-#ifndef QMMH_SPLIT_ACC
-#define QMMH_SPLIT_ACC 1
-#endif
+// chunk_product over f16 activations (quantize_x's f16 form, in
+// a_fragments_f16's order): every weight is dequantized to f16 once for all
+// NT8 token tiles and the mmas sum in f32 with no scaling after them — 5.4
+// instructions an m16n8k16 in the inner loop at 32 tokens (two a q8_0
+// block: 10.8 against ~25 for the exact q8_0 arithmetic). Measured (session
+// 17, runs 108–110): 18.3 M instructions for the 32-token h→4h product
+// against 29.7 M, but 62 against 66.5 µs — with 4 warps a scheduler the
+// warps wait on their own chains (issue slots 40% used), so fewer
+// instructions buy little; two accumulator chains a tile were no faster.
+// Not the CPU's arithmetic: ActivationForm::F16, opt-in.
 template <int F, int NT8, bool CHECKED>
-__device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], float (&acc2)[NT8][4], const unsigned char* st,
-                                                 int warp, int lane, int nu, int nblk) {
+__device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
+                                                 int nu, int nblk) {
     constexpr int HU = QG_CU / QG_KW;
     const int u0 = (warp / QG_TILES) * HU;
     warp %= QG_TILES;
@@ -222,9 +221,8 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], float (&a
             for (int j = 0; j < NT8; j++) {
                 // Token g's physical columns 4t..4t+3 (step 0) and 16+4t.. (step 1).
                 const uint4 xv = *(const uint4*)(xbase + j * 8 * L::XROW + bl * 64);
-                float(&c)[4] = QMMH_SPLIT_ACC && ((uu * SB + i) & 1) ? acc2[j] : acc[j];
-                mma16816_pure(c, a[0], xv.x, xv.y);
-                mma16816_pure(c, a[1], xv.z, xv.w);
+                mma16816_pure(acc[j], a[0], xv.x, xv.y);
+                mma16816_pure(acc[j], a[1], xv.z, xv.w);
             }
         }
     }
@@ -366,11 +364,9 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             if (c0 + s < c1) issue_x(c0 + s, s);
             cp_async_commit();
         }
-        float acc[NT8][4], acc2[NT8][4];
+        float acc[NT8][4];
 #pragma unroll
-        for (int j = 0; j < NT8; j++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[j][e] = acc2[j][e] = 0.f;
+        for (int j = 0; j < NT8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
         for (int c = c0; c < c1; c++) {
             const int k = c - c0;
             cp_async_wait<S - 2>();
@@ -385,19 +381,13 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
             const bool whole = nu == QG_CU && nblk == L::KB;
             if (HX) {
-                if (whole) chunk_product_hx<F, NT8, false>(acc, acc2, st, warp, lane, nu, nblk);
-                else chunk_product_hx<F, NT8, true>(acc, acc2, st, warp, lane, nu, nblk);
+                if (whole) chunk_product_hx<F, NT8, false>(acc, st, warp, lane, nu, nblk);
+                else chunk_product_hx<F, NT8, true>(acc, st, warp, lane, nu, nblk);
             } else if (whole) {
                 chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
             } else {
                 chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
             }
-        }
-        if (HX && QMMH_SPLIT_ACC) {
-#pragma unroll
-            for (int j = 0; j < NT8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[j][e] += acc2[j][e];
         }
         cp_async_wait<0>();
         __syncthreads();  // the stages are free: red takes their place

@@ -271,7 +271,7 @@ pub struct CudaBackend {
     /// (`CHATGLM_CUDA_QUEUE_STEPS=0` turns it off, for measurements).
     queue_steps: bool,
     /// Which steps' quantized products take f16 activations.
-    activations: products::ActivationPolicy,
+    activations: Mutex<products::ActivationPolicy>,
     /// Each quantized product's successor (the L2 prefetch of its weights)
     /// and how many of their bytes (`CHATGLM_QMMA_PREFETCH_NEXT`).
     weight_chain: Mutex<weight_chain::WeightChain>,
@@ -367,7 +367,7 @@ impl CudaBackend {
             float_products: std::sync::atomic::AtomicBool::new(false),
             batched_graphs: std::env::var("CHATGLM_CUDA_BATCH_GRAPHS").is_ok_and(|v| v == "1").into(),
             queue_steps: std::env::var("CHATGLM_CUDA_QUEUE_STEPS").map_or(true, |v| v != "0"),
-            activations: products::ActivationPolicy::from_env()?,
+            activations: Mutex::new(products::ActivationPolicy::from_env()?),
             weight_chain: Mutex::new(weight_chain::WeightChain::default()),
             prefetch_next: weight_chain::prefetch_next_bytes(),
             step: Mutex::new(StepBuffers::default()),
@@ -552,6 +552,16 @@ impl CudaBackend {
 
     /// Replays batched decode steps from CUDA graphs (on) or launches them
     /// one by one (off, the default; see `CHATGLM_CUDA_BATCH_GRAPHS`).
+    /// Which steps' quantized products of 9..=64 tokens take f16 activations
+    /// instead of q8_0 codes: `q8` (the default), `batched` (decode steps of
+    /// several sequences) or `f16`, as `CHATGLM_GPU_ACTIVATIONS` sets it.
+    pub fn set_gpu_activations(&self, setting: &str) -> Result<(), ModelError> {
+        let policy = products::ActivationPolicy::parse(setting)
+            .ok_or_else(|| backend_err("GPU activations", format!("{setting:?}: expected q8, batched or f16")))?;
+        *lock(&self.activations) = policy;
+        Ok(())
+    }
+
     pub fn set_batched_graphs(&self, on: bool) {
         self.batched_graphs.store(on, std::sync::atomic::Ordering::Relaxed);
     }
@@ -787,7 +797,7 @@ impl Backend for CudaBackend {
         st.prefetch_after_attention = prefetch_after_attention(self.prefetch_after_attention, longest);
         st.kv_dtype = Some(kv_dtype);
         st.rotated = None;
-        st.f16_activations = self.activations.f16_for(batch.len(), one_token_each);
+        st.f16_activations = lock(&self.activations).f16_for(batch.len(), one_token_each);
         st.graph = replay;
         if replay {
             self.gpu.begin_recording().map_err(|e| backend_err("prepare step", e))?;

@@ -18,15 +18,16 @@ pub(super) const QMMA_CHUNKED_TOKENS: usize = 4 * QMMA_MAX_TOKENS;
 /// Which steps' quantized products of 9..=64 tokens take their activations
 /// as f16 (Marlin's arithmetic: each weight dequantized to f16 once for all
 /// the step's tokens, f32 sums) rather than as q8_0 codes (the CPU's
-/// arithmetic, bit for bit): `CHATGLM_GPU_ACTIVATIONS`.
+/// arithmetic): `CHATGLM_GPU_ACTIVATIONS`. q8_0 is the default: f16 was
+/// measured only 3–5% faster at 32 int4 sequences (bench/RESULTS.md, session
+/// 17), not enough to make a request's tokens depend on its batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ActivationPolicy {
-    /// Decode steps of several sequences (one token each) in f16; one
-    /// sequence's steps (its prompt, its decode) keep the CPU's arithmetic,
-    /// so a conversation's greedy output is the CPU backend's.
-    Batched,
-    /// Every step in q8_0 codes.
+    /// Every step in q8_0 codes: the CPU backend's arithmetic.
     Q8,
+    /// Decode steps of several sequences (one token each) in f16; one
+    /// sequence's steps (its prompt, its decode) keep the CPU's arithmetic.
+    Batched,
     /// Every step of 9..=64 tokens a launch in f16.
     F16,
 }
@@ -34,8 +35,8 @@ pub(crate) enum ActivationPolicy {
 impl ActivationPolicy {
     pub(crate) fn parse(v: &str) -> Option<Self> {
         match v.trim() {
-            "" | "auto" | "batched" => Some(Self::Batched),
-            "q8" | "q8_0" => Some(Self::Q8),
+            "" | "q8" | "q8_0" => Some(Self::Q8),
+            "batched" => Some(Self::Batched),
             "f16" => Some(Self::F16),
             _ => None,
         }
@@ -44,7 +45,7 @@ impl ActivationPolicy {
     pub(crate) fn from_env() -> Result<Self, crate::ModelError> {
         let v = std::env::var("CHATGLM_GPU_ACTIVATIONS").unwrap_or_default();
         Self::parse(&v)
-            .ok_or_else(|| super::backend_err("CHATGLM_GPU_ACTIVATIONS", format!("{v:?}: expected auto, q8 or f16")))
+            .ok_or_else(|| super::backend_err("CHATGLM_GPU_ACTIVATIONS", format!("{v:?}: expected q8, batched or f16")))
     }
 
     /// Whether a step of `sequences` sequences (`one_token_each`: a decode
@@ -291,9 +292,10 @@ mod tests {
 
     #[test]
     fn activation_policies_parse_and_choose() {
-        assert_eq!(ActivationPolicy::parse(""), Some(ActivationPolicy::Batched));
-        assert_eq!(ActivationPolicy::parse("auto"), Some(ActivationPolicy::Batched));
+        assert_eq!(ActivationPolicy::parse(""), Some(ActivationPolicy::Q8));
+        assert_eq!(ActivationPolicy::parse("batched"), Some(ActivationPolicy::Batched));
         assert_eq!(ActivationPolicy::parse("q8_0"), Some(ActivationPolicy::Q8));
+        assert_eq!(ActivationPolicy::parse("auto"), None);
         assert_eq!(ActivationPolicy::parse(" f16 "), Some(ActivationPolicy::F16));
         assert_eq!(ActivationPolicy::parse("int8"), None);
         // One conversation keeps the CPU's arithmetic, prompt and decode.
