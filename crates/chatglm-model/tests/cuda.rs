@@ -205,26 +205,14 @@ fn compare_schedule(json: &str, format: WeightFormat, kv: KvDType, steps: &[Vec<
     // Every mat-vec block shape (the device picks one per matrix size):
     // 4 rows, 8 rows held to 5 blocks per SM (one token) and 8 rows.
     for (rows, lean) in [(4, GemvLean::Never), (8, GemvLean::Always), (8, GemvLean::Never)] {
-        compare_schedule_with(json, format, kv, steps, tol, rows, lean);
+        compare_schedule_with(json, format, kv, steps, tol, rows, lean, "q8");
     }
 }
 
-fn compare_schedule_with(
-    json: &str,
-    format: WeightFormat,
-    kv: KvDType,
-    steps: &[Vec<usize>],
-    tol: f32,
-    gemv_rows: usize,
-    gemv_lean: GemvLean,
-) {
-    compare_schedule_as(json, format, kv, steps, tol, gemv_rows, gemv_lean, "q8");
-}
-
-/// As [`compare_schedule_with`], the GPU's quantized products over
-/// `activations` (`CudaBackend::set_gpu_activations`).
+/// CPU and GPU logits of the same schedule, step by step; the GPU's
+/// quantized products over `activations` (`CudaBackend::set_gpu_activations`).
 #[allow(clippy::too_many_arguments)]
-fn compare_schedule_as(
+fn compare_schedule_with(
     json: &str,
     format: WeightFormat,
     kv: KvDType,
@@ -315,7 +303,7 @@ fn gpu_q8_0_kv_cache_matches_the_cpu_s() {
     let steps = vec![vec![70, 1], vec![1, 1], vec![3, 130], vec![1, 700], vec![1, 1], vec![9, 1]];
     compare_schedule(FLASH_SHAPE, WeightFormat::F32, KvDType::Q8_0, &steps, 1e-2);
     compare_schedule(GLM_HEADS, WeightFormat::F16, KvDType::Q8_0, &steps, 2e-2);
-    compare_schedule_with(GLM_HEADS, WeightFormat::Q4_0, KvDType::Q8_0, &steps, 4e-2, 0, GemvLean::ByShape);
+    compare_schedule_with(GLM_HEADS, WeightFormat::Q4_0, KvDType::Q8_0, &steps, 4e-2, 0, GemvLean::ByShape, "q8");
 }
 
 #[test]
@@ -401,10 +389,10 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
     let batched = vec![vec![3; 12], vec![1; 12], vec![1; 12], vec![1; 12]];
     for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
         for shape in [FLASH_SHAPE, GLM_HEADS] {
-            compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, 0, GemvLean::ByShape);
-            compare_schedule_with(shape, format, KvDType::F16, &large, 4e-2, 0, GemvLean::ByShape);
+            compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, 0, GemvLean::ByShape, "q8");
+            compare_schedule_with(shape, format, KvDType::F16, &large, 4e-2, 0, GemvLean::ByShape, "q8");
             for activations in ["q8", "batched"] {
-                compare_schedule_as(shape, format, KvDType::F16, &batched, 4e-2, 0, GemvLean::ByShape, activations);
+                compare_schedule_with(shape, format, KvDType::F16, &batched, 4e-2, 0, GemvLean::ByShape, activations);
             }
         }
     }

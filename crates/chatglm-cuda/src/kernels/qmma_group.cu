@@ -92,24 +92,22 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
     };
 };
 
-// One chunk of this warp's row tile against the staged activations, into
-// acc[token tile][c fragment]. CHECKED: the row's last chunk, with nu units
-// and nblk blocks.
-template <int F, int NT8, bool CHECKED>
-__device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
-                                              int nu, int nblk) {
+// Walks this warp's half of a staged chunk of its row tile: body(wv, i, bl,
+// dw, mw) for block i of each unit (bl: the block in the chunk; dw, mw: the
+// f16 scales and offsets of rows g and g+8). CHECKED: the row's last chunk,
+// with nu units and nblk blocks.
+template <int F, typename L, bool CHECKED, typename Body>
+__device__ __forceinline__ void for_chunk_blocks(const unsigned char* st, int warp, int lane, int nu, int nblk,
+                                                 Body body) {
     constexpr int HU = QG_CU / QG_KW;  // units of a warp's half of the chunk
     const int u0 = (warp / QG_TILES) * HU;
     warp %= QG_TILES;
-    typedef QgLayout<F, NT8> L;
     typedef typename QScale<F>::type ScaleVec;
     constexpr int SB = QFmt<F>::BLOCKS;
-    const int g = lane >> 2, t = lane & 3;
+    const int g = lane >> 2;
     const unsigned char* wbase = st + L::W_OFF + warp * QG_CU * 512 + lane * 16;
     const unsigned char* sbase = st + L::SC_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
     const unsigned char* mbase = st + L::MN_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 4 * t;
-    const float4* sxs = (const float4*)(st + L::XS_OFF) + t;
 #pragma unroll
     for (int uu = 0; uu < HU; uu++) {
         const int u = u0 + uu;
@@ -122,50 +120,62 @@ __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsign
         for (int i = 0; i < SB; i++) {
             const int bl = u * SB + i;
             if (CHECKED && bl >= nblk) break;
-            u32 a[4];
-            a_fragment<F>(wv, i, a);
             const u32 dw = SB == 2 ? (i ? ((const uint2*)&sc)->y : ((const uint2*)&sc)->x) : *(const u32*)&sc;
-            const float d0 = f16_to_f32((u16)(dw & 0xffff)), d1 = f16_to_f32((u16)(dw >> 16));
-            float m0 = 0.f, m1 = 0.f;
-            if (QFmt<F>::MIN) {
-                const u32 mw = SB == 2 ? (i ? ((const uint2*)&mn)->y : ((const uint2*)&mn)->x) : *(const u32*)&mn;
-                m0 = f16_to_f32((u16)(mw & 0xffff));
-                m1 = f16_to_f32((u16)(mw >> 16));
-            }
-#pragma unroll
-            // Every token tile, padding too (its scales are zero): a branch
-            // per tile kept the compiler from overlapping one tile's loads
-            // and mma with the last one's scaling (SASS: each tile in turn).
-            for (int j = 0; j < NT8; j++) {
-                const unsigned char* xr = xbase + j * 8 * L::XROW + bl * 32;
-                const u32 b0 = *(const u32*)xr, b1 = *(const u32*)(xr + 16);
-                // Tokens 2t, 2t + 1 of tile j: (dx, Σq) each.
-                const float4 s = sxs[bl * NT8 * 4 + j * 4];
-                int c[4];
-                mma_block_pure<QFmt<F>::U4>(c, a, b0, b1);
-                const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
-                if (QFmt<F>::MIN) {
-                    acc[j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
-                    acc[j][1] += (float)c[1] * d0 * s.z + m0 * s.z * (float)sx1;
-                    acc[j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
-                    acc[j][3] += (float)c[3] * d1 * s.z + m1 * s.z * (float)sx1;
-                } else {
-                    // c − off·Σq as f32 exactly: 1.5·2²³ + v has v in its low
-                    // mantissa bits for |v| < 2²² (|v| ≤ 32·128·128 here).
-                    // quantize_x's X_MAGIC − OFF·Σq, taken as it is.
-                    const int k0 = QFmt<F>::OFF ? sx0 : X_MAGIC, k1 = QFmt<F>::OFF ? sx1 : X_MAGIC;
-                    const float f0 = __int_as_float(c[0] + k0) - 12582912.0f;
-                    const float f1 = __int_as_float(c[1] + k1) - 12582912.0f;
-                    const float f2 = __int_as_float(c[2] + k0) - 12582912.0f;
-                    const float f3 = __int_as_float(c[3] + k1) - 12582912.0f;
-                    acc[j][0] = fmaf(f0, d0 * s.x, acc[j][0]);
-                    acc[j][1] = fmaf(f1, d0 * s.z, acc[j][1]);
-                    acc[j][2] = fmaf(f2, d1 * s.x, acc[j][2]);
-                    acc[j][3] = fmaf(f3, d1 * s.z, acc[j][3]);
-                }
-            }
+            u32 mw = 0u;
+            if (QFmt<F>::MIN) mw = SB == 2 ? (i ? ((const uint2*)&mn)->y : ((const uint2*)&mn)->x) : *(const u32*)&mn;
+            body(wv, i, bl, dw, mw);
         }
     }
+}
+
+// One chunk of this warp's row tile against the staged activations, into
+// acc[token tile][c fragment]. CHECKED: the row's last chunk, with nu units
+// and nblk blocks.
+template <int F, int NT8, bool CHECKED>
+__device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
+                                              int nu, int nblk) {
+    typedef QgLayout<F, NT8> L;
+    const int g = lane >> 2, t = lane & 3;
+    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 4 * t;
+    const float4* sxs = (const float4*)(st + L::XS_OFF) + t;
+    for_chunk_blocks<F, L, CHECKED>(st, warp, lane, nu, nblk, [&](const uint4& wv, int i, int bl, u32 dw, u32 mw) {
+        u32 a[4];
+        a_fragment<F>(wv, i, a);
+        const float d0 = f16_to_f32((u16)(dw & 0xffff)), d1 = f16_to_f32((u16)(dw >> 16));
+        const float m0 = f16_to_f32((u16)(mw & 0xffff)), m1 = f16_to_f32((u16)(mw >> 16));
+#pragma unroll
+        // Every token tile, padding too (its scales are zero): a branch
+        // per tile kept the compiler from overlapping one tile's loads
+        // and mma with the last one's scaling (SASS: each tile in turn).
+        for (int j = 0; j < NT8; j++) {
+            const unsigned char* xr = xbase + j * 8 * L::XROW + bl * 32;
+            const u32 b0 = *(const u32*)xr, b1 = *(const u32*)(xr + 16);
+            // Tokens 2t, 2t + 1 of tile j: (dx, Σq) each.
+            const float4 s = sxs[bl * NT8 * 4 + j * 4];
+            int c[4];
+            mma_block_pure<QFmt<F>::U4>(c, a, b0, b1);
+            const int sx0 = __float_as_int(s.y), sx1 = __float_as_int(s.w);
+            if (QFmt<F>::MIN) {
+                acc[j][0] += (float)c[0] * d0 * s.x + m0 * s.x * (float)sx0;
+                acc[j][1] += (float)c[1] * d0 * s.z + m0 * s.z * (float)sx1;
+                acc[j][2] += (float)c[2] * d1 * s.x + m1 * s.x * (float)sx0;
+                acc[j][3] += (float)c[3] * d1 * s.z + m1 * s.z * (float)sx1;
+            } else {
+                // c − off·Σq as f32 exactly: 1.5·2²³ + v has v in its low
+                // mantissa bits for |v| < 2²² (|v| ≤ 32·128·128 here).
+                // quantize_x's X_MAGIC − OFF·Σq, taken as it is.
+                const int k0 = QFmt<F>::OFF ? sx0 : X_MAGIC, k1 = QFmt<F>::OFF ? sx1 : X_MAGIC;
+                const float f0 = __int_as_float(c[0] + k0) - 12582912.0f;
+                const float f1 = __int_as_float(c[1] + k1) - 12582912.0f;
+                const float f2 = __int_as_float(c[2] + k0) - 12582912.0f;
+                const float f3 = __int_as_float(c[3] + k1) - 12582912.0f;
+                acc[j][0] = fmaf(f0, d0 * s.x, acc[j][0]);
+                acc[j][1] = fmaf(f1, d0 * s.z, acc[j][1]);
+                acc[j][2] = fmaf(f2, d1 * s.x, acc[j][2]);
+                acc[j][3] = fmaf(f3, d1 * s.z, acc[j][3]);
+            }
+        }
+    });
 }
 
 // mma16816 without `volatile` (as mma_block_pure).
@@ -189,43 +199,20 @@ __device__ __forceinline__ void mma16816_pure(float (&c)[4], const u32* a, u32 b
 template <int F, int NT8, bool CHECKED>
 __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
                                                  int nu, int nblk) {
-    constexpr int HU = QG_CU / QG_KW;
-    const int u0 = (warp / QG_TILES) * HU;
-    warp %= QG_TILES;
     typedef QgLayout<F, NT8, true> L;
-    typedef typename QScale<F>::type ScaleVec;
-    constexpr int SB = QFmt<F>::BLOCKS;
     const int g = lane >> 2, t = lane & 3;
-    const unsigned char* wbase = st + L::W_OFF + warp * QG_CU * 512 + lane * 16;
-    const unsigned char* sbase = st + L::SC_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* mbase = st + L::MN_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
     const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 16 * t;
+    for_chunk_blocks<F, L, CHECKED>(st, warp, lane, nu, nblk, [&](const uint4& wv, int i, int bl, u32 dw, u32 mw) {
+        u32 a[2][4];
+        a_fragments_f16<F>(wv, i, dw, mw, a);
 #pragma unroll
-    for (int uu = 0; uu < HU; uu++) {
-        const int u = u0 + uu;
-        if (CHECKED && u >= nu) break;
-        const uint4 wv = *(const uint4*)(wbase + u * 512);
-        const ScaleVec sc = *(const ScaleVec*)(sbase + u * L::SCB);
-        ScaleVec mn;
-        if (QFmt<F>::MIN) mn = *(const ScaleVec*)(mbase + u * L::SCB);
-#pragma unroll
-        for (int i = 0; i < SB; i++) {
-            const int bl = u * SB + i;
-            if (CHECKED && bl >= nblk) break;
-            const u32 dw = SB == 2 ? (i ? ((const uint2*)&sc)->y : ((const uint2*)&sc)->x) : *(const u32*)&sc;
-            u32 mw = 0u;
-            if (QFmt<F>::MIN) mw = SB == 2 ? (i ? ((const uint2*)&mn)->y : ((const uint2*)&mn)->x) : *(const u32*)&mn;
-            u32 a[2][4];
-            a_fragments_f16<F>(wv, i, dw, mw, a);
-#pragma unroll
-            for (int j = 0; j < NT8; j++) {
-                // Token g's physical columns 4t..4t+3 (step 0) and 16+4t.. (step 1).
-                const uint4 xv = *(const uint4*)(xbase + j * 8 * L::XROW + bl * 64);
-                mma16816_pure(acc[j], a[0], xv.x, xv.y);
-                mma16816_pure(acc[j], a[1], xv.z, xv.w);
-            }
+        for (int j = 0; j < NT8; j++) {
+            // Token g's physical columns 4t..4t+3 (step 0) and 16+4t.. (step 1).
+            const uint4 xv = *(const uint4*)(xbase + j * 8 * L::XROW + bl * 64);
+            mma16816_pure(acc[j], a[0], xv.x, xv.y);
+            mma16816_pure(acc[j], a[1], xv.z, xv.w);
         }
-    }
+    });
 }
 
 // The product (MODE as qmma_body; NT8 = quantize_x's token tiles). ws:
