@@ -525,6 +525,10 @@ impl Gpu {
         if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
             return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &grouped, hx, ctx, next);
         }
+        if hx {
+            // qmma's own products read q8_0 codes: never hand them f16 values.
+            return Err(CudaError::invalid(&grouped, "this kernel is not available on this device"));
+        }
         let f = self.kernel(&name)?;
         let (wq, ws, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
