@@ -83,6 +83,7 @@ fn qmma_kernels() -> Vec<String> {
             }
             k.push(format!("qmv_{f}_{mode}"));
         }
+        k.push(format!("mlps_{f}"));
     }
     k
 }
@@ -130,7 +131,8 @@ pub(crate) const SOURCES: &[Source] = &[
             include_str!("kernels/gemv_epilogue.cuh"),
             include_str!("kernels/qmma.cu"),
             include_str!("kernels/qmma_group.cu"),
-            include_str!("kernels/qmv.cu")
+            include_str!("kernels/qmv.cu"),
+            include_str!("kernels/mlp_stream.cu")
         ),
         min_arch: 80,
         kernels: qmma_kernels,

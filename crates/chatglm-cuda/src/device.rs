@@ -135,6 +135,9 @@ pub struct Gpu {
     /// Recorded steps link their chained kernels through counters (chain.rs).
     pub(crate) chain_sync: std::sync::atomic::AtomicBool,
     pub(crate) chain: std::sync::Mutex<crate::chain::Chain>,
+    /// Counters of the fused MLP blocks (mlp_stream.rs), allocated once.
+    pub(crate) mlp_counters: std::sync::Mutex<Option<CudaSlice<i32>>>,
+    pub(crate) mlp_launches: std::sync::atomic::AtomicU64,
     /// Dynamic shared memory quantize_x's launches ask for (bytes).
     pub(crate) quantize_x_smem: u32,
 }
@@ -248,7 +251,9 @@ impl Gpu {
         let carveout = carveout_setting != "0";
         let one_token_stream = std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "1");
         for (name, f) in kernels.iter() {
-            let staged = crate::quant_group::group_smem_of(name).or_else(|| crate::quant_stream::stream_smem_of(name));
+            let staged = crate::quant_group::group_smem_of(name)
+                .or_else(|| crate::quant_stream::stream_smem_of(name))
+                .or_else(|| crate::mlp_stream::mlp_stream_smem_of(name));
             if let Some(wanted) = staged {
                 let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
                 if let Err(e) = f.set_attribute(attr, wanted as i32) {
@@ -341,6 +346,8 @@ impl Gpu {
             one_token_stream: one_token_stream.into(),
             chain_sync: (crate::chain::chain_sync_requested() && pdl).into(),
             chain: Default::default(),
+            mlp_counters: Default::default(),
+            mlp_launches: Default::default(),
             quantize_x_smem: qx_smem,
         }))
     }

@@ -24,6 +24,7 @@ mod device;
 mod error;
 mod graph;
 mod host;
+mod mlp_stream;
 pub mod ops;
 pub mod quant;
 mod quant_group;
@@ -35,4 +36,5 @@ pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, Gemv
 pub use error::CudaError;
 pub use graph::{GraphStats, MAX_GRAPHS};
 pub use host::HostBuffer;
+pub use mlp_stream::MlpBlock;
 pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, KvFormat, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};

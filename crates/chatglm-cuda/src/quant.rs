@@ -72,7 +72,7 @@ impl QuantFormat {
         }
     }
 
-    fn blocks_per_unit(self) -> usize {
+    pub(crate) fn blocks_per_unit(self) -> usize {
         if self.is_4bit() {
             2
         } else {

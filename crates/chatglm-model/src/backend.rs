@@ -225,6 +225,32 @@ pub trait Backend: Send + Sync {
         self.rms_norm(x, norm, eps, normed);
         self.linear_swiglu(w, normed, tmp, out);
     }
+    /// The rest of a layer after attention: `hidden += attn · denseᵀ`, then
+    /// `ffn = swiglu(rms_norm(hidden) · upᵀ)` and `hidden += ffn · downᵀ`
+    /// (`proj`, `normed`, `ffn_up` as scratch, sized by the caller as for
+    /// the three calls). A backend may run it as one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn dense_and_mlp(
+        &self,
+        layer: usize,
+        dense: &Self::Matrix,
+        attn: &Self::Activations,
+        hidden: &mut Self::Activations,
+        proj: &mut Self::Activations,
+        norm: &Self::Vector,
+        eps: f32,
+        normed: &mut Self::Activations,
+        up: &Self::Matrix,
+        ffn_up: &mut Self::Activations,
+        ffn: &mut Self::Activations,
+        down: &Self::Matrix,
+    ) {
+        let _ = layer;
+        self.linear_add(dense, attn, hidden, proj);
+        self.rms_norm_linear_swiglu(hidden, norm, eps, normed, up, ffn_up, ffn);
+        self.linear_add(down, ffn, hidden, proj);
+    }
+
     /// `x += y`.
     fn add(&self, x: &mut Self::Activations, y: &Self::Activations);
     /// `out = silu(x[:, :ffn]) * x[:, ffn:]`.

@@ -497,14 +497,24 @@ impl<B: Backend> Model<B> {
             b.resize(&mut st.attn, n, cfg.q_dim());
             b.attention(shape, i, &mut st.qkv, &st.layout, batch, &mut st.attn);
             b.resize(&mut st.proj, n, hidden);
-            b.linear_add(&layer.dense, &st.attn, &mut st.hidden, &mut st.proj);
-
-            // MLP block: RMSNorm → [gate | up] → silu(gate)·up → down → residual.
+            // Then dense → residual, and the MLP block: RMSNorm → [gate | up] →
+            // silu(gate)·up → down → residual.
             b.resize(&mut st.ffn_up, n, 2 * ffn);
             b.resize(&mut st.ffn, n, ffn);
-            let (norm, up) = (&layer.post_norm, &layer.h_to_4h);
-            b.rms_norm_linear_swiglu(&st.hidden, norm, eps, &mut st.normed, up, &mut st.ffn_up, &mut st.ffn);
-            b.linear_add(&layer.four_h_to_h, &st.ffn, &mut st.hidden, &mut st.proj);
+            b.dense_and_mlp(
+                i,
+                &layer.dense,
+                &st.attn,
+                &mut st.hidden,
+                &mut st.proj,
+                &layer.post_norm,
+                eps,
+                &mut st.normed,
+                &layer.h_to_4h,
+                &mut st.ffn_up,
+                &mut st.ffn,
+                &layer.four_h_to_h,
+            );
         }
         for (seq, &n_new) in batch.iter_mut().zip(&st.layout.seq_tokens) {
             KvCacheOps::advance(&mut *seq.cache, n_new);

@@ -707,6 +707,59 @@ fn gpu_chained_decode_steps_equal_unchained_ones_bit_for_bit() {
 }
 
 #[test]
+fn gpu_fused_mlp_blocks_equal_the_three_products_bit_for_bit() {
+    // One-token steps' dense + MLP as one kernel (mlp_stream.cu: weights
+    // streamed through a shared-memory ring, counters between the products)
+    // against the three products it replaces: every kernel format, a row
+    // ending in half a 4-bit unit (ffn 1,056), two layers, steps replayed
+    // from graphs, contexts crossing cache blocks.
+    for ffn in [1024, 1056] {
+        let cfg = GLM_HEADS
+            .replace("\"num_layers\":1", "\"num_layers\":2")
+            .replace("\"ffn_hidden_size\":1024", &format!("\"ffn_hidden_size\":{ffn}"));
+        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
+            let src = random_model(&cfg, 31);
+            let Some(backend) = cuda(&src.config) else { return };
+            let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+            let fused_here = gpu.backend.device().compute_capability.0 >= 9;
+            let prompt: Vec<u32> = (0..40u32).map(|i| (i * 13 + 5) % src.config.padded_vocab_size as u32).collect();
+            let mut caches: Vec<_> = (0..2).map(|_| gpu.new_cache(KvDType::F16)).collect();
+            let mut state = ForwardState::new(&gpu.backend);
+            for c in caches.iter_mut() {
+                gpu.forward(&mut state, &mut [SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None }])
+                    .unwrap();
+            }
+            let launches = gpu.backend.mlp_block_launches();
+            let mut token = 3u32;
+            for step in 0..30 {
+                let [plain, fused] = &mut caches[..] else { unreachable!() };
+                gpu.backend.set_mlp_stream(false);
+                let want = gpu
+                    .forward(
+                        &mut state,
+                        &mut [SequenceInput { tokens: &[token], cache: plain, logits: LogitsWanted::Last }],
+                    )
+                    .unwrap()
+                    .to_vec();
+                gpu.backend.set_mlp_stream(true);
+                let got = gpu
+                    .forward(
+                        &mut state,
+                        &mut [SequenceInput { tokens: &[token], cache: fused, logits: LogitsWanted::Last }],
+                    )
+                    .unwrap()
+                    .to_vec();
+                assert!(got == want, "{format:?} ffn {ffn}: a fused step differs at step {step}");
+                token = chatglm_model::greedy_token(&want);
+            }
+            gpu.backend.set_mlp_stream(false);
+            let ran = gpu.backend.mlp_block_launches() > launches;
+            assert_eq!(ran, fused_here, "{format:?} ffn {ffn}: the fused kernel ran: {ran}");
+        }
+    }
+}
+
+#[test]
 fn gpu_greedy_token_follows_the_invalid_score_rule() {
     // The argmax kernel alone, on rows with ties, NaN and infinities.
     let cfg = Config::from_json_str(FLASH_SHAPE).unwrap();

@@ -713,9 +713,19 @@ __device__ __forceinline__ void batch_unit(float (&acc)[RT][NT8][4], const uint4
     else unit_product<F, NT8, RT, ONE, CHECKED, KF>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
 }
 
+// Barriers of the block-wide helpers below: the whole block, or only the
+// QMMA_WARPS warps that compute in a warp-specialized kernel (mlp_stream.cu,
+// whose extra warp feeds a weight ring and never joins them).
+struct SyncBlock {
+    static __device__ __forceinline__ void sync() { __syncthreads(); }
+};
+struct SyncComputeWarps {
+    static __device__ __forceinline__ void sync() { asm volatile("bar.sync 1, %0;" ::"n"(QMMA_THREADS) : "memory"); }
+};
+
 // An item is done: the warps' partial sums meet in shared memory, one token
 // tile at a time, and its rows (from row0) are written. Resets acc.
-template <int NT8, int MODE, int RT, bool ONE>
+template <int NT8, int MODE, int RT, bool ONE, class Sync = SyncBlock>
 __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
                                               const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                               int half_rows, const RopeCtx& rc, const TokenSlot* slots) {
@@ -731,7 +741,7 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
             red[warp][r * 16 + g + 8][2 * t + 1] = acc[r][j][3];
             acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
         }
-        __syncthreads();
+        Sync::sync();
         if (threadIdx.x < (ONE ? 16 : 128)) {
             const int rr = threadIdx.x % 16, tt = threadIdx.x / 16, tok = j * 8 + tt;
             const int row = row0 + rr;
@@ -760,7 +770,7 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
                 }
             }
         }
-        __syncthreads();
+        Sync::sync();
     }
 }
 
@@ -791,7 +801,9 @@ __device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2
 // 2.7–5.8 µs from the wait to quantized activations). Codes and scales as
 // quantize_block32, into xq / xs (stride 2). NORM needs the whole row in 2
 // rounds (cols ≤ 4,096); without a norm, 4 rounds at a time.
-template <bool NORM>
+// Sync: the barrier of the warps taking part; L2: x read from L2 (a kernel
+// whose blocks wrote and read x before may hold stale lines in L1).
+template <bool NORM, class Sync = SyncBlock, bool L2 = false>
 __device__ __forceinline__ void block_quantize_one(const float* x, const float* nw, float eps, int cols,
                                                    signed char* xq, float2* xs, float* scratch) {
     constexpr int R = NORM ? 2 : 4;  // rounds of 64 blocks in flight
@@ -806,7 +818,8 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
 #pragma unroll
             for (int i = 0; i < 8; i++) v[k][i] = g[NORM ? k : 0][i] = 0.f;
             if (r0 + k < rounds && b < nb) {
-                const float4 x0 = *(const float4*)(x + b * 32 + 8 * t), x1 = *(const float4*)(x + b * 32 + 8 * t + 4);
+                const float4* xp = (const float4*)(x + b * 32 + 8 * t);
+                const float4 x0 = L2 ? __ldcg(xp) : xp[0], x1 = L2 ? __ldcg(xp + 1) : xp[1];
                 v[k][0] = x0.x; v[k][1] = x0.y; v[k][2] = x0.z; v[k][3] = x0.w;
                 v[k][4] = x1.x; v[k][5] = x1.y; v[k][6] = x1.z; v[k][7] = x1.w;
                 if (NORM) {
@@ -827,7 +840,7 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
                 for (int i = 0; i < 8; i++) ss = fmaf(v[k][i], v[k][i], ss);
             ss = warp_sum(ss);
             if (lane == 0) scratch[wid] = ss;
-            __syncthreads();
+            Sync::sync();
             float tot = 0.f;
 #pragma unroll
             for (int w = 0; w < QMMA_WARPS; w++) tot += scratch[w];
@@ -851,7 +864,7 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
             }
         }
     }
-    __syncthreads();
+    Sync::sync();
 }
 
 // The activations of an in-block (SX) product, after `before` bytes of

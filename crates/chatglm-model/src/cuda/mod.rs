@@ -9,6 +9,7 @@
 
 mod buffers;
 mod kv;
+mod mlp_block;
 mod products;
 mod quant;
 mod step;
@@ -276,6 +277,9 @@ pub struct CudaBackend {
     /// and how many of their bytes (`CHATGLM_QMMA_PREFETCH_NEXT`).
     weight_chain: Mutex<weight_chain::WeightChain>,
     prefetch_next: usize,
+    /// Whether one-token steps run dense + MLP as one kernel where the
+    /// device and weights allow (`CHATGLM_MLP_STREAM=1`; mlp_block.rs).
+    mlp_stream: std::sync::atomic::AtomicBool,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -370,6 +374,7 @@ impl CudaBackend {
             activations: Mutex::new(products::ActivationPolicy::from_env()?),
             weight_chain: Mutex::new(weight_chain::WeightChain::default()),
             prefetch_next: weight_chain::prefetch_next_bytes(),
+            mlp_stream: mlp_block::mlp_stream_requested().into(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -1241,6 +1246,33 @@ impl Backend for CudaBackend {
             self.rms_norm(x, norm, eps, normed);
             self.linear_swiglu(w, normed, tmp, out);
         }
+    }
+
+    fn dense_and_mlp(
+        &self,
+        layer: usize,
+        dense: &CudaMatrix,
+        attn: &CudaActivations,
+        hidden: &mut CudaActivations,
+        proj: &mut CudaActivations,
+        norm: &CudaVector,
+        eps: f32,
+        normed: &mut CudaActivations,
+        up: &CudaMatrix,
+        ffn_up: &mut CudaActivations,
+        ffn: &mut CudaActivations,
+        down: &CudaMatrix,
+    ) {
+        if let Some(block) = self.fused_mlp_block(dense, attn, hidden, norm, eps, up, ffn, down) {
+            self.run("dense_and_mlp", || {
+                lock(&self.step).after_attention = false;
+                self.gpu.mlp_block_one_token(layer, &block?)
+            });
+            return;
+        }
+        self.linear_add(dense, attn, hidden, proj);
+        self.rms_norm_linear_swiglu(hidden, norm, eps, normed, up, ffn_up, ffn);
+        self.linear_add(down, ffn, hidden, proj);
     }
 
     fn add(&self, x: &mut CudaActivations, y: &CudaActivations) {
