@@ -10,8 +10,17 @@ use crate::quant::{in_block_smem, QuantFormat, TiledPtr, TILE_ROWS};
 use crate::{CudaError, Gpu};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-/// Threads of a block: qmma.cu's 8 compute warps and the producer warp.
-pub(crate) const MLPS_THREADS: u32 = 8 * 32 + 32;
+/// Groups of 8 compute warps a block: mlp_stream.cu's `MLPS_GROUPS` (2, or
+/// as `CHATGLM_NVRTC_DEFINES` sets it, for measurements), read once.
+fn groups() -> usize {
+    static G: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *G.get_or_init(|| crate::quant_group::define("MLPS_GROUPS").unwrap_or(2))
+}
+
+/// Threads of a block: the compute warps and the producer warp.
+fn threads() -> u32 {
+    (groups() * 8 * 32 + 32) as u32
+}
 /// Tile-units a ring slot holds (`MLPS_STEP`: QMMA_ONE_UB · QMMA_WARPS).
 const STEP_UNITS: usize = 64;
 /// Ring slots at most (`MLPS_MAX_SLOTS`).
@@ -19,9 +28,10 @@ const MAX_SLOTS: usize = 8;
 /// Fewest slots worth streaming through: one being filled while one is read.
 const MIN_SLOTS: usize = 2;
 /// Dynamic shared memory the kernels are allowed: sm_90's 227 KiB a block
-/// less the kernel's static part (~9.6 KiB: the epilogue's sums, barriers).
-pub(crate) const MLPS_SMEM: usize = 216 << 10;
-const _: () = assert!(MLPS_SMEM + (10 << 10) <= 227 << 10, "the static shared memory must fit beside it");
+/// less the kernel's static part (~19 KiB with two groups: their epilogue
+/// sums, barriers).
+pub(crate) const MLPS_SMEM: usize = 204 << 10;
+const _: () = assert!(MLPS_SMEM + (20 << 10) <= 227 << 10, "the static shared memory must fit beside it");
 /// Layers whose launches have their own counters (3 ints each).
 const COUNTER_LAYERS: usize = 1024;
 /// Widest normed input the in-block quantization holds in registers at once
@@ -147,7 +157,7 @@ impl Gpu {
         let smem = slots * slot + in_block_smem(1, cols);
         let cfg = LaunchConfig {
             grid_dim: (self.info().multiprocessors as u32, 1, 1),
-            block_dim: (MLPS_THREADS, 1, 1),
+            block_dim: (threads(), 1, 1),
             shared_mem_bytes: smem as u32,
         };
         self.launch(f, a, &name, cfg)?;

@@ -713,23 +713,23 @@ __device__ __forceinline__ void batch_unit(float (&acc)[RT][NT8][4], const uint4
     else unit_product<F, NT8, RT, ONE, CHECKED, KF>(acc, cv, cs, cm, p, nb, n, cols, xq, xs, xs_stride, g, t);
 }
 
-// Barriers of the block-wide helpers below: the whole block, or only the
-// QMMA_WARPS warps that compute in a warp-specialized kernel (mlp_stream.cu,
-// whose extra warp feeds a weight ring and never joins them).
+// Barriers of the block-wide helpers below: the whole block, or (a Sync of
+// the caller's) only the warps that take part — in mlp_stream.cu's
+// warp-specialized kernel a group of QMMA_WARPS compute warps.
 struct SyncBlock {
     static __device__ __forceinline__ void sync() { __syncthreads(); }
-};
-struct SyncComputeWarps {
-    static __device__ __forceinline__ void sync() { asm volatile("bar.sync 1, %0;" ::"n"(QMMA_THREADS) : "memory"); }
 };
 
 // An item is done: the warps' partial sums meet in shared memory, one token
 // tile at a time, and its rows (from row0) are written. Resets acc.
+// tid: the thread's index among the warps taking part.
 template <int NT8, int MODE, int RT, bool ONE, class Sync = SyncBlock>
 __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
                                               const float* __restrict__ bias, float* __restrict__ out, int out_rows,
-                                              int half_rows, const RopeCtx& rc, const TokenSlot* slots) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+                                              int half_rows, const RopeCtx& rc, const TokenSlot* slots,
+                                              int tid = -1) {
+    if (tid < 0) tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT8; j++) {
         if (j * 8 >= n) break;
@@ -742,8 +742,8 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
             acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
         }
         Sync::sync();
-        if (threadIdx.x < (ONE ? 16 : 128)) {
-            const int rr = threadIdx.x % 16, tt = threadIdx.x / 16, tok = j * 8 + tt;
+        if (tid < (ONE ? 16 : 128)) {
+            const int rr = tid % 16, tt = tid / 16, tok = j * 8 + tt;
             const int row = row0 + rr;
             float a = 0.f;
 #pragma unroll
