@@ -10,17 +10,8 @@ use crate::quant::{in_block_smem, QuantFormat, TiledPtr, TILE_ROWS};
 use crate::{CudaError, Gpu};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-/// Groups of 8 compute warps a block: mlp_stream.cu's `MLPS_GROUPS` (2, or
-/// as `CHATGLM_NVRTC_DEFINES` sets it, for measurements), read once.
-fn groups() -> usize {
-    static G: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *G.get_or_init(|| crate::quant_group::define("MLPS_GROUPS").unwrap_or(2))
-}
-
-/// Threads of a block: the compute warps and the producer warp.
-fn threads() -> u32 {
-    (groups() * 8 * 32 + 32) as u32
-}
+/// Threads of a block: qmma.cu's 8 compute warps and the producer warp.
+const MLPS_THREADS: u32 = 8 * 32 + 32;
 /// Tile-units a ring slot holds (`MLPS_STEP`: QMMA_ONE_UB · QMMA_WARPS).
 const STEP_UNITS: usize = 64;
 /// Ring slots at most (`MLPS_MAX_SLOTS`).
@@ -28,10 +19,9 @@ const MAX_SLOTS: usize = 8;
 /// Fewest slots worth streaming through: one being filled while one is read.
 const MIN_SLOTS: usize = 2;
 /// Dynamic shared memory the kernels are allowed: sm_90's 227 KiB a block
-/// less the kernel's static part (~19 KiB with two groups: their epilogue
-/// sums, barriers).
-pub(crate) const MLPS_SMEM: usize = 204 << 10;
-const _: () = assert!(MLPS_SMEM + (20 << 10) <= 227 << 10, "the static shared memory must fit beside it");
+/// less the kernel's static part (~9.6 KiB: the epilogue's sums, barriers).
+pub(crate) const MLPS_SMEM: usize = 216 << 10;
+const _: () = assert!(MLPS_SMEM + (10 << 10) <= 227 << 10, "the static shared memory must fit beside it");
 /// Layers whose launches have their own counters (3 ints each).
 const COUNTER_LAYERS: usize = 1024;
 /// Widest normed input the in-block quantization holds in registers at once
@@ -51,9 +41,33 @@ pub(crate) fn slot_bytes(format: QuantFormat) -> usize {
     STEP_UNITS * (512 + scales * if format.has_min() { 2 } else { 1 })
 }
 
-/// Ring slots beside the activations of `cols`-wide rows.
+/// Ring slots beside the activations of `cols`-wide rows, in one block a SM.
 pub(crate) fn ring_slots(format: QuantFormat, max_cols: usize) -> usize {
-    (MLPS_SMEM.saturating_sub(in_block_smem(1, max_cols)) / slot_bytes(format)).min(MAX_SLOTS)
+    ring_slots_in(format, max_cols, MLPS_SMEM)
+}
+
+/// Ring slots in `budget` bytes of dynamic shared memory.
+fn ring_slots_in(format: QuantFormat, max_cols: usize, budget: usize) -> usize {
+    (budget.saturating_sub(in_block_smem(1, max_cols)) / slot_bytes(format)).min(MAX_SLOTS)
+}
+
+/// Dynamic shared memory a block may take when `per_sm` share a SM (228 KiB
+/// on sm_90, less each block's static part and the 1 KiB the driver keeps).
+fn block_budget(per_sm: usize) -> usize {
+    if per_sm <= 1 {
+        MLPS_SMEM
+    } else {
+        (228 << 10) / per_sm - (10 << 10) - 1024
+    }
+}
+
+/// `CHATGLM_MLP_BLOCKS_PER_SM` (1 or 2): blocks a SM, each with its own ring
+/// and compute warps (measurements; 1 by default), read once.
+fn blocks_per_sm_wanted() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("CHATGLM_MLP_BLOCKS_PER_SM").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 2)
+    })
 }
 
 /// The dynamic shared memory kernel `name` (`mlps_{format}`) may ask for.
@@ -145,7 +159,18 @@ impl Gpu {
         let format = m.dense.shape.format;
         let (hidden, ffn) = (m.dense.shape.rows, m.up.shape.rows / 2);
         let cols = m.dense.shape.cols.max(hidden).max(ffn);
-        let slots = ring_slots(format, cols).min(slot_cap()).max(MIN_SLOTS);
+        // Two blocks a SM where both rings fit and the device places them
+        // (every block must be resident: they wait for each other).
+        let x_bytes = in_block_smem(1, cols);
+        let mut per_sm = blocks_per_sm_wanted();
+        if per_sm > 1 {
+            let slots = ring_slots_in(format, cols, block_budget(per_sm)).min(slot_cap());
+            let fits = self.blocks_per_sm(&name, MLPS_THREADS, (slots * slot_bytes(format) + x_bytes) as u32);
+            if slots < MIN_SLOTS || fits < per_sm {
+                per_sm = 1;
+            }
+        }
+        let slots = ring_slots_in(format, cols, block_budget(per_sm)).min(slot_cap()).max(MIN_SLOTS);
         let slot = slot_bytes(format);
         let mut args = Vec::with_capacity(33);
         args.extend(op_slots(&m.dense, m.attn, 0, m.hidden, hidden));
@@ -154,10 +179,10 @@ impl Gpu {
         args.extend([counters, slots as u64, slot as u64]);
         let mut a = crate::device::Args::default();
         a.arg_struct(&args).arg(&m.eps);
-        let smem = slots * slot + in_block_smem(1, cols);
+        let smem = slots * slot + x_bytes;
         let cfg = LaunchConfig {
-            grid_dim: (self.info().multiprocessors as u32, 1, 1),
-            block_dim: (threads(), 1, 1),
+            grid_dim: ((per_sm * self.info().multiprocessors) as u32, 1, 1),
+            block_dim: (MLPS_THREADS, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         self.launch(f, a, &name, cfg)?;
@@ -198,6 +223,9 @@ mod tests {
         assert_eq!(slot_bytes(QuantFormat::Q4), 64 * (512 + 64));
         assert_eq!(slot_bytes(QuantFormat::Q8Min), 64 * (512 + 64));
         assert_eq!(ring_slots(QuantFormat::Q4, 1 << 20), 0, "rows too wide: no ring");
+        // Two blocks a SM: two slots each beside the 6B's activations.
+        assert_eq!(ring_slots_in(QuantFormat::Q4, 13_696, block_budget(2)), 2);
+        assert!(2 * (block_budget(2) + (10 << 10) + 1024) <= 228 << 10);
         assert_eq!(mlp_stream_smem_of("mlps_4"), None);
         assert_eq!(mlp_stream_smem_of("qmma_0_1_1_2"), None);
     }

@@ -32,19 +32,12 @@
 // slot_bytes + the activations (mlp_stream.rs). sm_90 (TMA, mbarriers);
 // the body is empty below it and the host never launches it there.
 
-// Groups of QMMA_WARPS compute warps; a block's items of a product are
-// dealt to them in turn (each item's arithmetic stays one group's, so the
-// results do not depend on it). One group of 8 warps a SM could not keep
-// up with the ring (a one-token product's warps are latency-bound).
-#ifndef MLPS_GROUPS
-#define MLPS_GROUPS 2
-#endif
 // 1: the compute warps only pass the slots on, no arithmetic, no outputs
 // (measurements: the ring and the counters alone).
 #ifndef MLPS_DRY
 #define MLPS_DRY 0
 #endif
-#define MLPS_COMPUTE (QMMA_THREADS * MLPS_GROUPS)
+#define MLPS_COMPUTE QMMA_THREADS
 #define MLPS_THREADS (MLPS_COMPUTE + 32)
 #define MLPS_STEP (QMMA_ONE_UB * QMMA_WARPS)  // tile-units a slot
 #define MLPS_MAX_SLOTS 8
@@ -107,12 +100,10 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes,
                  : "memory");
 }
 
-// Named barriers: 1 + group for a group's warps, 3 for all compute warps.
-template <int ID, int COUNT>
-struct SyncNamed {
-    static __device__ __forceinline__ void sync() { asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(COUNT) : "memory"); }
+// The compute warps' barrier (named barrier 1: the producer never joins).
+struct SyncCompute {
+    static __device__ __forceinline__ void sync() { asm volatile("bar.sync 1, %0;" ::"n"(MLPS_COMPUTE) : "memory"); }
 };
-typedef SyncNamed<3, MLPS_COMPUTE> SyncCompute;
 
 // Thread 0: until every block has counted itself at *c.
 __device__ __forceinline__ void mlps_wait_count(const int* c, int blocks) {
@@ -166,14 +157,13 @@ __device__ __forceinline__ void mlps_produce(const MlpsOp& op, MlpsRing& ring) {
 
 // Consumers: this block's items of one product from the ring, each batch
 // as qmma_body's one-token path consumes it (load_one, consume_one).
-// group: this thread's group of warps, tid its index in the group.
-template <int F, int MODE, int RT, class Sync>
+template <int F, int MODE, int RT>
 __device__ __forceinline__ void mlps_consume(const MlpsOp& op, MlpsRing& ring, const signed char* xq,
-                                             const float2* xs, float* red_raw, int group, int tid) {
+                                             const float2* xs, float* red_raw) {
     constexpr int SB = QFmt<F>::BLOCKS, SCB = 32 * SB;
     constexpr int UB = QMMA_ONE_UB / RT, STEP = UB * QMMA_WARPS;
     constexpr int NCOL = UB * SB, CPG = NCOL < 8 ? NCOL : 8, GPB = NCOL / CPG, UG = CPG / SB;
-    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int units = (int)op.units, nb = (int)op.cols / 32, out_rows = (int)op.out_rows;
     const int items = MODE == 2 ? out_rows / 16 : (int)op.tiles;
     float(*red)[RT * 16][9] = (float(*)[RT * 16][9])red_raw;
@@ -181,13 +171,9 @@ __device__ __forceinline__ void mlps_consume(const MlpsOp& op, MlpsRing& ring, c
     float acc[RT][1][4];
 #pragma unroll
     for (int r = 0; r < RT; r++) acc[r][0][0] = acc[r][0][1] = acc[r][0][2] = acc[r][0][3] = 0.f;
-    const int batches = (units + STEP - 1) / STEP;
-    for (int item = blockIdx.x, k = 0; item < items; item += gridDim.x, k++) {
-        if (k % MLPS_GROUPS != group) {
-            // The other group's item: its slots go by.
-            for (int b = 0; b < batches; b++) ring.next();
-            continue;
-        }
+    // (One consumer of every slot, in order, so it is never a whole ring
+    // ahead of the producer: a barrier's phase parity cannot alias.)
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
         for (int base = 0; base < units; base += STEP) {
             mbar_wait(&ring.full[ring.slot], ring.phase);
             if (MLPS_DRY) {
@@ -263,38 +249,21 @@ __device__ __forceinline__ void mlps_consume(const MlpsOp& op, MlpsRing& ring, c
                 acc[r][0][e] += __shfl_xor_sync(0xffffffffu, acc[r][0][e], 2);
             }
         if (!MLPS_DRY)
-            item_epilogue<1, MODE, RT, true, Sync>(acc, red, item * 16, 1, nullptr, op.out, out_rows, out_rows, rc,
-                                                   nullptr, tid);
+            item_epilogue<1, MODE, RT, true, SyncCompute>(acc, red, item * 16, 1, nullptr, op.out, out_rows, out_rows,
+                                                          rc, nullptr);
     }
 }
 
-// The product's input quantized into shared memory (as in_block_x) by the
-// first group, for all.
+// The product's input quantized into shared memory (as in_block_x).
 __device__ __forceinline__ void mlps_activations(const MlpsOp& op, float eps, unsigned char* xreg,
                                                  const signed char*& xq, const float2*& xs, float* scratch) {
     const int cols = (int)op.cols;
     xs = (const float2*)xreg;
     xq = (const signed char*)(xreg + (long)(cols / 32) * 2 * sizeof(float2));
-    if (threadIdx.x < QMMA_THREADS) {
-        typedef SyncNamed<1, QMMA_THREADS> Sync0;
-        if (op.nw)
-            block_quantize_one<true, Sync0, true>(op.x, op.nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
-        else
-            block_quantize_one<false, Sync0, true>(op.x, op.nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
-    }
-    SyncCompute::sync();
-}
-
-// This block's items of one product, each group its own.
-template <int F, int MODE, int RT>
-__device__ __forceinline__ void mlps_items(const MlpsOp& op, MlpsRing& ring, const signed char* xq,
-                                           const float2* xs, float* red) {
-    const int group = threadIdx.x / QMMA_THREADS, tid = threadIdx.x % QMMA_THREADS;
-    float* r = red + group * (QMMA_WARPS * 32 * 9);
-    if (MLPS_GROUPS == 1 || group == 0)
-        mlps_consume<F, MODE, RT, SyncNamed<1, QMMA_THREADS>>(op, ring, xq, xs, r, group, tid);
+    if (op.nw)
+        block_quantize_one<true, SyncCompute, true>(op.x, op.nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
     else
-        mlps_consume<F, MODE, RT, SyncNamed<2, QMMA_THREADS>>(op, ring, xq, xs, r, group, tid);
+        block_quantize_one<false, SyncCompute, true>(op.x, op.nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
 }
 
 // Compute warps: all blocks' writes to the counter are in (thread 0 waited).
@@ -311,7 +280,7 @@ template <int F>
 __device__ __forceinline__ void mlps_body(const MlpsArgs& a, float eps) {
 #if __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char mlps_smem[];
-    __shared__ float red[MLPS_GROUPS * QMMA_WARPS * 32 * 9];
+    __shared__ float red[QMMA_WARPS * 32 * 9];
     __shared__ float scratch[QMMA_WARPS * 8];
     __shared__ __align__(8) u64 full[MLPS_MAX_SLOTS], empty[MLPS_MAX_SLOTS];
     const int slots = (int)a.slots;
@@ -341,13 +310,13 @@ __device__ __forceinline__ void mlps_body(const MlpsArgs& a, float eps) {
     // Dense: the attention's output, once the attention kernel is done.
     pdl_wait();
     mlps_activations(a.op[0], eps, xreg, xq, xs, scratch);
-    mlps_items<F, 1, 1>(a.op[0], ring, xq, xs, red);
+    mlps_consume<F, 1, 1>(a.op[0], ring, xq, xs, red);
     mlps_signal(c);
     // h→4h: the residual every block's dense rows went into.
     if (threadIdx.x == 0) mlps_wait_count(c, blocks);
     SyncCompute::sync();
     mlps_activations(a.op[1], eps, xreg, xq, xs, scratch);
-    mlps_items<F, 2, 2>(a.op[1], ring, xq, xs, red);
+    mlps_consume<F, 2, 2>(a.op[1], ring, xq, xs, red);
     mlps_signal(c + 1);
     // 4h→h: every block's SwiGLU rows.
     if (threadIdx.x == 0) mlps_wait_count(c + 1, blocks);
@@ -360,7 +329,7 @@ __device__ __forceinline__ void mlps_body(const MlpsArgs& a, float eps) {
         c[2] = 0;
         __threadfence();
     }
-    mlps_items<F, 1, 1>(a.op[2], ring, xq, xs, red);
+    mlps_consume<F, 1, 1>(a.op[2], ring, xq, xs, red);
 #endif
 }
 

@@ -722,14 +722,11 @@ struct SyncBlock {
 
 // An item is done: the warps' partial sums meet in shared memory, one token
 // tile at a time, and its rows (from row0) are written. Resets acc.
-// tid: the thread's index among the warps taking part.
 template <int NT8, int MODE, int RT, bool ONE, class Sync = SyncBlock>
 __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
                                               const float* __restrict__ bias, float* __restrict__ out, int out_rows,
-                                              int half_rows, const RopeCtx& rc, const TokenSlot* slots,
-                                              int tid = -1) {
-    if (tid < 0) tid = threadIdx.x;
-    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+                                              int half_rows, const RopeCtx& rc, const TokenSlot* slots) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT8; j++) {
         if (j * 8 >= n) break;
@@ -742,8 +739,8 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
             acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
         }
         Sync::sync();
-        if (tid < (ONE ? 16 : 128)) {
-            const int rr = tid % 16, tt = tid / 16, tok = j * 8 + tt;
+        if (threadIdx.x < (ONE ? 16 : 128)) {
+            const int rr = threadIdx.x % 16, tt = threadIdx.x / 16, tok = j * 8 + tt;
             const int row = row0 + rr;
             float a = 0.f;
 #pragma unroll
