@@ -83,6 +83,9 @@ pub fn peak_rss_bytes() -> u64 {
 struct Run {
     prefill: Option<Duration>,
     decode_per_token: Duration,
+    /// Host time a decode step takes to launch (where steps are queued, the
+    /// device idles between steps when this exceeds a step's device time).
+    launch_per_token: Duration,
 }
 
 fn one_run<B: Backend>(
@@ -109,8 +112,9 @@ fn one_run<B: Backend>(
         Some(t.elapsed())
     };
     let t = Instant::now();
-    decode_queued(model, state, std::slice::from_mut(cache), &[next], gen_len)?;
-    Ok(Run { prefill, decode_per_token: t.elapsed() / gen_len.max(1) as u32 })
+    let (_, launch) = decode_queued(model, state, std::slice::from_mut(cache), &[next], gen_len)?;
+    let steps = gen_len.max(1) as u32;
+    Ok(Run { prefill, decode_per_token: t.elapsed() / steps, launch_per_token: launch / steps })
 }
 
 /// `steps` greedy decode steps of every sequence of `caches` (first tokens
@@ -118,26 +122,29 @@ fn one_run<B: Backend>(
 /// tokens taken on the device, as the engine runs them: where the backend
 /// queues steps (`CHATGLM_CUDA_QUEUE_STEPS=0`: not), the host's turn-around
 /// hides behind the device's work. On a GPU only the chosen ids are read
-/// back. Returns the last step's ids.
+/// back. Returns the last step's ids and the host time spent launching.
 fn decode_queued<B: Backend>(
     model: &Model<B>,
     state: &mut ForwardState<B>,
     caches: &mut [B::Cache],
     first: &[u32],
     steps: usize,
-) -> Result<Vec<u32>> {
+) -> Result<(Vec<u32>, Duration)> {
     let n = caches.len();
     let chained: Vec<Option<usize>> = (0..n).map(Some).collect();
     let unchained = vec![None; n];
     let tokens: Vec<[u32; 1]> = first.iter().map(|&t| [t]).collect();
     let mut last = first.to_vec();
+    let mut launching = Duration::ZERO;
     for i in 0..steps {
         let mut batch: Vec<SequenceInput<'_, B::Cache>> = caches
             .iter_mut()
             .zip(&tokens)
             .map(|(cache, t)| SequenceInput { tokens: t, cache, logits: LogitsWanted::Last })
             .collect();
+        let t = Instant::now();
         model.launch_greedy(state, &mut batch, if i == 0 { &unchained } else { &chained })?;
+        launching += t.elapsed();
         if i > 0 {
             last.copy_from_slice(model.collect_greedy(state)?);
         }
@@ -145,7 +152,7 @@ fn decode_queued<B: Backend>(
     if steps > 0 {
         last.copy_from_slice(model.collect_greedy(state)?);
     }
-    Ok(last)
+    Ok((last, launching))
 }
 
 /// Batched decoding of `n` sequences: prefill all (in steps of at most the
@@ -267,6 +274,7 @@ fn measure<B: Backend>(
         runs.iter().filter_map(|r| r.prefill).map(|d| args.prompt_len as f64 / d.as_secs_f64()).collect();
     let best_ms = decode_ms.iter().copied().fold(f64::INFINITY, f64::min);
     let med_ms = median(decode_ms.clone());
+    let launch_ms = median(runs.iter().map(|r| r.launch_per_token.as_secs_f64() * 1e3).collect());
     let mut ctx_results = Vec::new();
     for &pos in &args.context {
         if pos + args.context_steps > cfg.seq_length {
@@ -307,6 +315,7 @@ fn measure<B: Backend>(
             "decode_ms_per_token_median": med_ms,
             "decode_tokens_per_s_best": 1e3 / best_ms,
             "decode_gb_per_s_best": gbps(best_ms),
+            "decode_host_launch_ms_per_token": launch_ms,
             "decode_at_context": ctx_results.iter().map(|(p, ms)| serde_json::json!({"position": p, "ms_per_token": ms, "tokens_per_s": 1e3 / ms})).collect::<Vec<_>>(),
             "batched_decode": batched.iter().map(|(n, p, tps, ms)| serde_json::json!({"sequences": n, "prompt_len": p, "tokens_per_s": tps, "ms_per_step": ms})).collect::<Vec<_>>(),
             "peak_rss_bytes": rss,
@@ -333,6 +342,9 @@ fn measure<B: Backend>(
         gbps(best_ms),
         med_ms
     );
+    if args.gen_len > 0 {
+        println!("decode host  {launch_ms:.2} ms/tok launching steps (median; queued steps keep the device busy while it is shorter than a step)");
+    }
     for (pos, ms) in &ctx_results {
         println!("decode @ {pos:>6}  {ms:.1} ms/tok ({:.2} tok/s)", 1e3 / ms);
     }

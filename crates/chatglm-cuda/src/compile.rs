@@ -42,6 +42,7 @@ fn elementwise_kernels() -> Vec<String> {
         k.push(format!("embed_{t}"));
         k.push(format!("fill_random_{t}"));
     }
+    k.extend((0..5).map(|b| format!("embed_ggml_{b}")));
     k
 }
 

@@ -129,3 +129,51 @@ impl<T: DeviceRepr> Drop for HostBuffer<T> {
         }
     }
 }
+
+/// Page-locked host memory the device reads in place (zero-copy, over the
+/// bus): a table too large to keep on the device that a step reads a few
+/// rows of — the quantized models' embedding table, gathered on the device
+/// from ids the step before chose there, so steps can be queued.
+pub struct MappedHost {
+    pinned: PinnedHostSlice<u8>,
+    device: u64,
+}
+
+impl MappedHost {
+    /// The device address of the first byte.
+    pub fn device_ptr(&self) -> u64 {
+        self.device
+    }
+
+    /// The bytes, on the host.
+    pub fn as_slice(&self) -> &[u8] {
+        self.pinned.as_slice().unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        self.pinned.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pinned.is_empty()
+    }
+}
+
+impl Gpu {
+    /// A mapped page-locked copy of `bytes` ([`MappedHost`]).
+    pub fn mapped_host_copy(&self, bytes: &[u8], what: &str) -> Result<MappedHost, CudaError> {
+        let flags = cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP;
+        // SAFETY: filled below before anything reads it.
+        let mut pinned = unsafe { self.context().alloc_pinned_with_flags::<u8>(bytes.len().max(1), flags) }
+            .map_err(|e| CudaError::call(format!("cuMemHostAlloc({what}, {} bytes, mapped)", bytes.len()), e))?;
+        let host = pinned.as_mut_slice().map_err(|e| CudaError::call(format!("pinned {what}"), e))?;
+        host[..bytes.len()].copy_from_slice(bytes);
+        let ptr = host.as_mut_ptr();
+        let mut device = 0;
+        // SAFETY: `ptr` is the start of a live allocation made with DEVICEMAP.
+        unsafe { cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut device, ptr.cast(), 0) }
+            .result()
+            .map_err(|e| CudaError::call(format!("cuMemHostGetDevicePointer({what})"), e))?;
+        Ok(MappedHost { pinned, device })
+    }
+}

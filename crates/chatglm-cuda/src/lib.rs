@@ -35,6 +35,8 @@ pub use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, GemvLean, Gpu};
 pub use error::CudaError;
 pub use graph::{GraphStats, MAX_GRAPHS};
-pub use host::HostBuffer;
+pub use host::{HostBuffer, MappedHost};
 pub use mlp_stream::MlpBlock;
-pub use ops::{sample_row_words, AttentionDims, DType, GemvMode, KvFormat, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS};
+pub use ops::{
+    sample_row_words, AttentionDims, DType, GemvMode, GgmlBlock, KvFormat, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS,
+};

@@ -89,6 +89,30 @@ impl DType {
     }
 }
 
+/// ggml's blocks of 32 weights, as the embedding gather reads them
+/// (`embed_ggml_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlBlock {
+    Q8_0 = 0,
+    Q4_0 = 1,
+    Q4_1 = 2,
+    Q5_0 = 3,
+    Q5_1 = 4,
+}
+
+impl GgmlBlock {
+    /// Bytes of one block.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => 34,
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+        }
+    }
+}
+
 /// What a mat-vec does with its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemvMode {
@@ -224,6 +248,42 @@ impl Gpu {
         let mut a = Args::default();
         a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows);
         self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, 0))
+    }
+
+    /// `out[t] = table[ids[t]]` for a table of ggml blocks of 32 (`block`:
+    /// [`GgmlBlock`]), `row_bytes` a row, dequantized as the CPU does.
+    ///
+    /// # Safety
+    /// `table`: table_rows × row_bytes bytes the device can read (device or
+    /// mapped host memory); `ids`: n ints; `out`: n×cols f32; `row_bytes` =
+    /// cols / 32 blocks of the format.
+    pub unsafe fn embed_ggml(
+        &self,
+        table: u64,
+        block: GgmlBlock,
+        table_rows: usize,
+        cols: usize,
+        ids: u64,
+        n: usize,
+        out: u64,
+    ) -> Result<(), CudaError> {
+        let name = format!("embed_ggml_{}", block as usize);
+        if !cols.is_multiple_of(32) {
+            return Err(CudaError::invalid(&name, format!("rows of {cols} values are not whole blocks of 32")));
+        }
+        let row_bytes = cols / 32 * block.bytes();
+        if row_bytes > 48 << 10 {
+            return Err(CudaError::invalid(&name, format!("rows of {row_bytes} bytes exceed its shared memory")));
+        }
+        let (cols, rows) = (check_i32(&name, "cols", cols)?, check_i32(&name, "table rows", table_rows)?);
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernel(&name)?;
+        let row_bytes = row_bytes as i64;
+        let mut a = Args::default();
+        a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows).arg(&row_bytes);
+        self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, row_bytes as u32))
     }
 
     /// `out = x` over n f32.

@@ -822,13 +822,19 @@ fn gpu_queued_steps_with_chained_tokens_match_step_by_step_decoding() {
     // Each step queued behind the one before, its tokens taken on the device
     // from the ids the step before chose (the host reads them a step later):
     // the same ids as step-by-step greedy decoding. Replayed graphs (the 6B
-    // head layout), eager launches (FLASH_SHAPE), and a quantized model (its
-    // embedding rows gathered on the host: steps computed at launch).
+    // head layout), eager launches (FLASH_SHAPE), and quantized models (their
+    // embedding tables in mapped host memory, in every ggml block format,
+    // gathered on the device by the ids it chose).
     let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
     for (shape, format, queued) in [
         (&glm2[..], WeightFormat::F16, true),
         (FLASH_SHAPE, WeightFormat::F16, true),
-        (FLASH_SHAPE, WeightFormat::Q4_0, false),
+        (FLASH_SHAPE, WeightFormat::Q4_0, true),
+        (&glm2[..], WeightFormat::Q4_0, true),
+        (FLASH_SHAPE, WeightFormat::Q8_0, true),
+        (FLASH_SHAPE, WeightFormat::Q4_1, true),
+        (FLASH_SHAPE, WeightFormat::Q5_0, true),
+        (FLASH_SHAPE, WeightFormat::Q5_1, true),
     ] {
         let src = random_model(shape, 29);
         let Some(backend) = cuda(&src.config) else { return };

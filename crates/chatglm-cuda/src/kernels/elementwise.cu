@@ -21,6 +21,58 @@ extern "C" __global__ void embed_0(const void* t, const int* ids, float* out, in
 extern "C" __global__ void embed_1(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<1>(t, ids, out, cols, rows); }
 extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<2>(t, ids, out, cols, rows); }
 
+// Rows of a table of ggml blocks of 32 (K: 0 q8_0, 1 q4_0, 2 q4_1, 3 q5_0,
+// 4 q5_1, laid out as chatglm-weights' Block* structs), read where the table
+// lies (mapped host memory: one pass of byte loads into shared memory, then
+// decoded from there) and dequantized as the CPU does it — each product and
+// sum rounded on its own, never fused, so a row is the CPU's bits.
+// grid = rows (tokens), block = 256, dynamic shared memory = row_bytes.
+template <int K>
+__device__ __forceinline__ float ggml_value(const unsigned char* b, int j) {
+    const float d = f16_to_f32((u16)(b[0] | (b[1] << 8)));
+    if (K == 0) return __fmul_rn((float)(signed char)b[2 + j], d);
+    const int off = K == 1 ? 2 : K == 2 ? 4 : K == 3 ? 6 : 8;  // the 16 nibble bytes
+    const int byte = b[off + (j & 15)];
+    int q = j < 16 ? byte & 15 : byte >> 4;
+    if (K >= 3) {
+        const int h = K == 3 ? 2 : 4;  // qh: bit j is bit 4 of code j
+        const u32 qh = (u32)b[h] | ((u32)b[h + 1] << 8) | ((u32)b[h + 2] << 16) | ((u32)b[h + 3] << 24);
+        q |= (int)((qh >> j) & 1u) << 4;
+    }
+    if (K == 1) return __fmul_rn((float)(q - 8), d);
+    if (K == 3) return __fmul_rn((float)(q - 16), d);
+    const float m = f16_to_f32((u16)(b[2] | (b[3] << 8)));
+    return __fadd_rn(__fmul_rn((float)q, d), m);
+}
+
+template <int K>
+__device__ __forceinline__ void embed_ggml_body(const unsigned char* table, const int* ids, float* out, int cols,
+                                                int table_rows, long row_bytes) {
+    constexpr int BB = K == 0 ? 34 : K == 1 ? 18 : K == 2 ? 20 : K == 3 ? 22 : 24;
+    extern __shared__ unsigned char ggml_row[];
+    pdl_launch_dependents();
+    pdl_wait();
+    const int row = blockIdx.x;
+    int id = ids[row];
+    if (id < 0 || id >= table_rows) id = 0;
+    const unsigned char* src = table + (long)id * row_bytes;
+    for (long i = threadIdx.x; i < row_bytes; i += blockDim.x) ggml_row[i] = src[i];
+    __syncthreads();
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        out[(long)row * cols + c] = ggml_value<K>(ggml_row + (c / 32) * BB, c % 32);
+}
+
+#define EMBED_GGML(K)                                                                                    \
+    extern "C" __global__ void embed_ggml_##K(const unsigned char* t, const int* ids, float* out, int cols, \
+                                              int rows, long row_bytes) {                                \
+        embed_ggml_body<K>(t, ids, out, cols, rows, row_bytes);                                          \
+    }
+EMBED_GGML(0)
+EMBED_GGML(1)
+EMBED_GGML(2)
+EMBED_GGML(3)
+EMBED_GGML(4)
+
 // out = x over n values (embedding rows gathered on the host). grid-stride.
 extern "C" __global__ void copy_f32(const float* x, float* out, long n) {
     pdl_launch_dependents();

@@ -32,7 +32,7 @@ use chatglm_cuda::{
 use chatglm_weights::ptuning::PrefixKv;
 use chatglm_weights::{DType as FileDType, Tensor};
 use kv::{DevicePrefix, KvPool};
-use quant::HostTable;
+use quant::{DeviceRows, HostTable};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use step::StepPlan;
@@ -749,7 +749,7 @@ impl Backend for CudaBackend {
         );
         let replay = replay && plan.n_tiles == 0;
         let mut embedded = Vec::new();
-        if let Some(table) = lock(&self.host_embedding).as_ref() {
+        if let Some(table) = lock(&self.host_embedding).as_ref().filter(|t| t.device_table().is_none()) {
             table.gather(ids, &mut embedded)?;
         }
         let mut st = lock(&self.step);
@@ -821,8 +821,9 @@ impl Backend for CudaBackend {
     }
 
     fn queues_steps(&self) -> bool {
-        // The host gathers a quantized model's embedding rows: it needs the ids.
-        self.queue_steps && lock(&self.host_embedding).is_none()
+        // Where the host gathers a quantized model's embedding rows it needs
+        // the ids; a mapped table the device reads by the ids it chose.
+        self.queue_steps && lock(&self.host_embedding).as_ref().is_none_or(|t| t.device_table().is_some())
     }
 
     fn queue_greedy(&self, x: &CudaActivations, cols: usize) {
@@ -907,7 +908,7 @@ impl Backend for CudaBackend {
         if !format.resolve(t.dtype).is_quantized() {
             return self.load_matrix(t, format, mmap);
         }
-        let table = Arc::new(HostTable::quantized(t, rows, cols, format)?);
+        let table = Arc::new(self.device_readable(HostTable::quantized(t, rows, cols, format)?)?);
         *lock(&self.host_embedding) = Some(table.clone());
         Ok(CudaMatrix { host: Some(table), ..CudaMatrix::dense(rows, cols, DType::F32, None) })
     }
@@ -916,7 +917,13 @@ impl Backend for CudaBackend {
         if !format.is_quantized() {
             return self.random_matrix(rows, cols, format, seed);
         }
-        let table = Arc::new(HostTable::random(rows, cols, seed));
+        let table = match self.device_readable(HostTable::random(rows, cols, seed)) {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                self.fail(e);
+                Arc::new(HostTable::random(0, cols, seed))
+            }
+        };
         *lock(&self.host_embedding) = Some(table.clone());
         CudaMatrix { host: Some(table), ..CudaMatrix::dense(rows, cols, DType::F32, None) }
     }
@@ -1020,6 +1027,21 @@ impl Backend for CudaBackend {
                 });
             }
             let op = Self::output(out, ids.len(), table.cols, "embed")?;
+            let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
+            if let Some((tp, rows)) = table.host.as_ref().and_then(|h| h.device_table()) {
+                // SAFETY: a mapped table of table.rows rows of table.cols values
+                // in that element type; ids as below; out n×cols.
+                return unsafe {
+                    match rows {
+                        DeviceRows::Float(dtype) => {
+                            self.gpu.embed(tp, dtype, table.rows, table.cols, ids_ptr, ids.len(), op)
+                        }
+                        DeviceRows::Ggml(block) => {
+                            self.gpu.embed_ggml(tp, block, table.rows, table.cols, ids_ptr, ids.len(), op)
+                        }
+                    }
+                };
+            }
             if table.host.is_some() {
                 let rows = st.embedded.as_ref().filter(|b| b.len() >= ids.len() * table.cols).ok_or_else(|| {
                     CudaError::Invalid { op: "embed".into(), message: "the step's rows were not gathered".into() }
@@ -1027,7 +1049,6 @@ impl Backend for CudaBackend {
                 // SAFETY: rows holds the step's n×cols gathered values; out n×cols.
                 return unsafe { self.gpu.copy_f32(device_ptr(rows), op, ids.len() * table.cols) };
             }
-            let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
             let tp = Self::matrix_ptr(table, "embed")?;
             // SAFETY: ids are the first n ints of meta (validated < vocab by the
             // forward pass, clamped in the kernel); out holds n×cols.

@@ -7,6 +7,7 @@
 use crate::loader::WeightFormat;
 use crate::ModelError;
 use chatglm_cuda::quant::{QuantFormat, TileShape, TiledMatrix, BLOCK};
+use chatglm_cuda::{DType, GgmlBlock, Gpu};
 use chatglm_weights::quant::{
     quantize_row, unpack5, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, QuantBlock,
 };
@@ -142,6 +143,16 @@ pub struct HostTable {
     pub cols: usize,
     dtype: FileDType,
     data: TensorData,
+    /// The same bytes in mapped page-locked memory (then `data` is empty):
+    /// the device gathers a step's rows itself ([`HostTable::map_for_device`]).
+    mapped: Option<chatglm_cuda::MappedHost>,
+}
+
+/// How the device reads a mapped table's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DeviceRows {
+    Float(DType),
+    Ggml(GgmlBlock),
 }
 
 impl HostTable {
@@ -166,7 +177,7 @@ impl HostTable {
             WeightFormat::Q5_1 => (FileDType::Q5_1, blocks::<BlockQ5_1>(t, FileDType::Q5_1, rows, cols)?),
             other => return Err(bad(t, format!("a host table in {} is not supported", other.name()))),
         };
-        Ok(Self { rows, cols, dtype, data: TensorData::from_vec(bytes) })
+        Ok(Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None })
     }
 
     pub(super) fn from_tensor(t: &Tensor, rows: usize, cols: usize) -> Result<Self, ModelError> {
@@ -174,7 +185,7 @@ impl HostTable {
         if t.data.len() < rows * row_bytes {
             return Err(bad(t, "data is shorter than its shape"));
         }
-        Ok(Self { rows, cols, dtype: t.dtype, data: t.data.clone() })
+        Ok(Self { rows, cols, dtype: t.dtype, data: t.data.clone(), mapped: None })
     }
 
     pub(super) fn random(rows: usize, cols: usize, seed: u64) -> Self {
@@ -190,12 +201,52 @@ impl HostTable {
                 v.copy_from_slice(&f16::from_f32(x).to_le_bytes());
             }
         });
-        Self { rows, cols, dtype: FileDType::F16, data: TensorData::from_vec(bytes) }
+        Self { rows, cols, dtype: FileDType::F16, data: TensorData::from_vec(bytes), mapped: None }
     }
 
     /// Bytes the table holds on the host.
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.raw().len()
+    }
+
+    fn raw(&self) -> &[u8] {
+        match &self.mapped {
+            Some(m) => m.as_slice(),
+            None => &self.data,
+        }
+    }
+
+    /// How the device reads rows of this element type, if it can.
+    fn device_rows(&self) -> Option<DeviceRows> {
+        Some(match self.dtype {
+            FileDType::F32 => DeviceRows::Float(DType::F32),
+            FileDType::F16 => DeviceRows::Float(DType::F16),
+            FileDType::BF16 => DeviceRows::Float(DType::BF16),
+            FileDType::Q8_0 => DeviceRows::Ggml(GgmlBlock::Q8_0),
+            FileDType::Q4_0 => DeviceRows::Ggml(GgmlBlock::Q4_0),
+            FileDType::Q4_1 => DeviceRows::Ggml(GgmlBlock::Q4_1),
+            FileDType::Q5_0 => DeviceRows::Ggml(GgmlBlock::Q5_0),
+            FileDType::Q5_1 => DeviceRows::Ggml(GgmlBlock::Q5_1),
+            _ => return None,
+        })
+    }
+
+    /// Moves the bytes into mapped page-locked memory, so the device gathers
+    /// rows by ids it holds (the host then need not know a step's tokens
+    /// before it launches the step). Tables of other element types stay as
+    /// they are.
+    pub(super) fn map_for_device(&mut self, gpu: &Gpu) -> Result<(), chatglm_cuda::CudaError> {
+        if self.mapped.is_some() || self.device_rows().is_none() {
+            return Ok(());
+        }
+        self.mapped = Some(gpu.mapped_host_copy(&self.data, "embedding table")?);
+        self.data = TensorData::from_vec(Vec::new());
+        Ok(())
+    }
+
+    /// The device address of a mapped table and how to read its rows.
+    pub(super) fn device_table(&self) -> Option<(u64, DeviceRows)> {
+        Some((self.mapped.as_ref()?.device_ptr(), self.device_rows()?))
     }
 
     /// Rows `ids` as f32, appended to `out`.
@@ -211,13 +262,25 @@ impl HostTable {
                     message: format!("token id {id} is outside the embedding table of {} rows", self.rows),
                 });
             }
-            chatglm_weights::decode_f32(self.dtype, &self.data[id * row_bytes..(id + 1) * row_bytes], o);
+            chatglm_weights::decode_f32(self.dtype, &self.raw()[id * row_bytes..(id + 1) * row_bytes], o);
         }
         Ok(())
     }
 }
 
 impl super::CudaBackend {
+    /// `table` in mapped page-locked memory where steps are queued (the
+    /// device gathers each step's rows from the ids it chose), unless
+    /// `CHATGLM_CUDA_MAPPED_EMBEDDING=0` (the host gathers them: each step
+    /// then waits for the one before).
+    pub(super) fn device_readable(&self, mut table: HostTable) -> Result<HostTable, ModelError> {
+        let wanted = std::env::var("CHATGLM_CUDA_MAPPED_EMBEDDING").map_or(true, |v| v != "0");
+        if self.queue_steps && wanted {
+            table.map_for_device(&self.gpu).map_err(|e| super::backend_err("embedding table", e))?;
+        }
+        Ok(table)
+    }
+
     /// A tiled matrix of random codes with scales giving weights of the
     /// float synthetic models' size (benchmarks).
     pub(super) fn random_tiled(
@@ -248,6 +311,24 @@ impl super::CudaBackend {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_device_gather_reads_blocks_of_the_cpu_sizes() {
+        use chatglm_weights::quant::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0};
+        let sizes = [
+            (GgmlBlock::Q8_0, std::mem::size_of::<BlockQ8_0>()),
+            (GgmlBlock::Q4_0, std::mem::size_of::<BlockQ4_0>()),
+            (GgmlBlock::Q4_1, std::mem::size_of::<BlockQ4_1>()),
+            (GgmlBlock::Q5_0, std::mem::size_of::<BlockQ5_0>()),
+            (GgmlBlock::Q5_1, std::mem::size_of::<BlockQ5_1>()),
+        ];
+        for (block, size) in sizes {
+            assert_eq!(block.bytes(), size, "{block:?}");
+        }
+        let table = HostTable::random(4, 64, 1);
+        assert_eq!(table.device_rows(), Some(DeviceRows::Float(DType::F16)));
+        assert_eq!(table.device_table(), None, "not mapped");
+    }
+
     use super::*;
     use chatglm_weights::quant::dequantize_row;
 
