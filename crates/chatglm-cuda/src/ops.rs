@@ -245,9 +245,14 @@ impl Gpu {
             return Ok(());
         }
         let f = self.kernel(&name)?;
+        // A row through shared memory (all its loads in flight) where it fits
+        // the default 48 KiB.
+        let row_bytes = cols as usize * dtype.size();
+        let staged = i32::from(row_bytes <= 48 << 10);
+        let smem = if staged == 1 { row_bytes as u32 } else { 0 };
         let mut a = Args::default();
-        a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows);
-        self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, 0))
+        a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows).arg(&staged);
+        self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, smem))
     }
 
     /// `out[t] = table[ids[t]]` for a table of ggml blocks of 32 (`block`:

@@ -1,8 +1,52 @@
 // Row-wise and element-wise operations on f32 activations. Each is one pass
 // over its data; they are a small share of a step next to the products.
 
+// One row's bytes into shared memory with every load in flight at once (16
+// bytes a load where aligned): a table in mapped host memory answers each
+// load after a bus round trip (~1 µs), and a loop that used each value before
+// loading the next paid one a step per iteration (~20 µs a row, session 18).
+__device__ __forceinline__ void stage_row(unsigned char* dst, const unsigned char* src, long bytes) {
+    if (((unsigned long)src & 15) == 0 && (bytes & 15) == 0) {
+        const uint4* s = (const uint4*)src;
+        uint4* d = (uint4*)dst;
+        const long n = bytes / 16;
+        for (long i0 = threadIdx.x; i0 < n; i0 += 4L * blockDim.x) {
+            uint4 v[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const long i = i0 + (long)k * blockDim.x;
+                if (i < n) v[k] = s[i];
+            }
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const long i = i0 + (long)k * blockDim.x;
+                if (i < n) d[i] = v[k];
+            }
+        }
+    } else {
+        for (long i0 = threadIdx.x; i0 < bytes; i0 += 8L * blockDim.x) {
+            unsigned char v[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const long i = i0 + (long)k * blockDim.x;
+                if (i < bytes) v[k] = src[i];
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const long i = i0 + (long)k * blockDim.x;
+                if (i < bytes) dst[i] = v[k];
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// staged: the row goes through shared memory (stage_row; dynamic shared
+// memory = cols elements), else straight from the table.
 template <int T>
-__device__ __forceinline__ void embed_body(const void* table_, const int* ids, float* out, int cols, int table_rows) {
+__device__ __forceinline__ void embed_body(const void* table_, const int* ids, float* out, int cols, int table_rows,
+                                           int staged) {
+    extern __shared__ __align__(16) unsigned char embed_row[];
     pdl_launch_dependents();
     pdl_wait();
     typedef typename Elem<T>::storage S;
@@ -12,14 +56,18 @@ __device__ __forceinline__ void embed_body(const void* table_, const int* ids, f
     // Ids are validated by the forward pass; clamping keeps a broken invariant
     // from becoming an out-of-bounds read.
     if (id < 0 || id >= table_rows) id = 0;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x)
-        out[(long)row * cols + c] = Elem<T>::load(table, (long)id * cols + c);
+    const S* src = table + (long)id * cols;
+    if (staged) {
+        stage_row(embed_row, (const unsigned char*)src, (long)cols * sizeof(S));
+        src = (const S*)embed_row;
+    }
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)row * cols + c] = Elem<T>::load(src, c);
 }
 
 // grid = rows (tokens), block = 256.
-extern "C" __global__ void embed_0(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<0>(t, ids, out, cols, rows); }
-extern "C" __global__ void embed_1(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<1>(t, ids, out, cols, rows); }
-extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, int cols, int rows) { embed_body<2>(t, ids, out, cols, rows); }
+extern "C" __global__ void embed_0(const void* t, const int* ids, float* out, int cols, int rows, int staged) { embed_body<0>(t, ids, out, cols, rows, staged); }
+extern "C" __global__ void embed_1(const void* t, const int* ids, float* out, int cols, int rows, int staged) { embed_body<1>(t, ids, out, cols, rows, staged); }
+extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, int cols, int rows, int staged) { embed_body<2>(t, ids, out, cols, rows, staged); }
 
 // Rows of a table of ggml blocks of 32 (K: 0 q8_0, 1 q4_0, 2 q4_1, 3 q5_0,
 // 4 q5_1, laid out as chatglm-weights' Block* structs), read where the table
@@ -49,15 +97,13 @@ template <int K>
 __device__ __forceinline__ void embed_ggml_body(const unsigned char* table, const int* ids, float* out, int cols,
                                                 int table_rows, long row_bytes) {
     constexpr int BB = K == 0 ? 34 : K == 1 ? 18 : K == 2 ? 20 : K == 3 ? 22 : 24;
-    extern __shared__ unsigned char ggml_row[];
+    extern __shared__ __align__(16) unsigned char ggml_row[];
     pdl_launch_dependents();
     pdl_wait();
     const int row = blockIdx.x;
     int id = ids[row];
     if (id < 0 || id >= table_rows) id = 0;
-    const unsigned char* src = table + (long)id * row_bytes;
-    for (long i = threadIdx.x; i < row_bytes; i += blockDim.x) ggml_row[i] = src[i];
-    __syncthreads();
+    stage_row(ggml_row, table + (long)id * row_bytes, row_bytes);
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         out[(long)row * cols + c] = ggml_value<K>(ggml_row + (c / 32) * BB, c % 32);
 }
@@ -210,10 +256,37 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     int bad = 0;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-        const float v = row[c];
-        bad |= !(fabsf(v) <= 3.402823466e38f);
-        if (v > bv) { bv = v; bi = c; }
+    if ((cols & 3) == 0 && ((unsigned long)row & 15) == 0) {
+        // Four float4 loads in flight a thread (the row was just written: L2
+        // round trips, one a value before); each thread still meets its
+        // columns in increasing order, so the first of equal maxima wins.
+        const float4* r4 = (const float4*)row;
+        const int n4 = cols / 4;
+        for (int c0 = threadIdx.x; c0 < n4; c0 += 4 * blockDim.x) {
+            float4 q[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int c = c0 + k * blockDim.x;
+                if (c < n4) q[k] = r4[c];
+            }
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int c = c0 + k * blockDim.x;
+                if (c >= n4) break;
+                const float v[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    bad |= !(fabsf(v[e]) <= 3.402823466e38f);
+                    if (v[e] > bv) { bv = v[e]; bi = 4 * c + e; }
+                }
+            }
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+            const float v = row[c];
+            bad |= !(fabsf(v) <= 3.402823466e38f);
+            if (v > bv) { bv = v; bi = c; }
+        }
     }
     bad = __syncthreads_or(bad);
 #pragma unroll
