@@ -658,6 +658,36 @@ fn batched_decode_replays_bit_for_bit(shape: &str, format: WeightFormat) {
     assert!(after.replays >= before.replays + 30, "{format:?}: batched steps were not replayed: {after:?}");
 }
 
+/// Two caches of `gpu` fed the same prompt, then `steps` one-token decode
+/// steps of each, the first with `set(false)`, the second with `set(true)`:
+/// their logits must be the same bits at every step (`what` names the
+/// setting in the failure).
+fn assert_setting_keeps_decode_bits(
+    gpu: &Model<CudaBackend>,
+    prompt: &[u32],
+    steps: usize,
+    what: &str,
+    set: impl Fn(&CudaBackend, bool),
+) {
+    let mut caches: Vec<_> = (0..2).map(|_| gpu.new_cache(KvDType::F16)).collect();
+    let mut state = ForwardState::new(&gpu.backend);
+    for c in caches.iter_mut() {
+        gpu.forward(&mut state, &mut [SequenceInput { tokens: prompt, cache: c, logits: LogitsWanted::None }]).unwrap();
+    }
+    let mut token = 7u32;
+    for step in 0..steps {
+        let mut logits = Vec::new();
+        for (on, cache) in caches.iter_mut().enumerate() {
+            set(&gpu.backend, on == 1);
+            let input = SequenceInput { tokens: &[token], cache, logits: LogitsWanted::Last };
+            logits.push(gpu.forward(&mut state, &mut [input]).unwrap().to_vec());
+        }
+        assert!(logits[0] == logits[1], "{what}: a decode step differs at step {step}");
+        token = chatglm_model::greedy_token(&logits[0]);
+    }
+    set(&gpu.backend, false);
+}
+
 #[test]
 fn gpu_chained_decode_steps_equal_unchained_ones_bit_for_bit() {
     // Kernels of a recorded decode step linked through counters (chain.rs)
@@ -671,36 +701,9 @@ fn gpu_chained_decode_steps_equal_unchained_ones_bit_for_bit() {
         let Some(backend) = cuda(&src.config) else { return };
         let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
         let prompt: Vec<u32> = (0..50u32).map(|i| (i * 17 + 3) % src.config.padded_vocab_size as u32).collect();
-        let mut caches: Vec<_> = (0..2).map(|_| gpu.new_cache(KvDType::F16)).collect();
-        let mut state = ForwardState::new(&gpu.backend);
-        for c in caches.iter_mut() {
-            gpu.forward(&mut state, &mut [SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None }])
-                .unwrap();
-        }
         let before = gpu.backend.graph_stats();
-        let mut token = 7u32;
-        for step in 0..40 {
-            let [plain, chained] = &mut caches[..] else { unreachable!() };
-            gpu.backend.set_chain_sync(false);
-            let want = gpu
-                .forward(
-                    &mut state,
-                    &mut [SequenceInput { tokens: &[token], cache: plain, logits: LogitsWanted::Last }],
-                )
-                .unwrap()
-                .to_vec();
-            gpu.backend.set_chain_sync(true);
-            let got = gpu
-                .forward(
-                    &mut state,
-                    &mut [SequenceInput { tokens: &[token], cache: chained, logits: LogitsWanted::Last }],
-                )
-                .unwrap()
-                .to_vec();
-            assert!(got == want, "{format:?}: a chained decode step differs at step {step}");
-            token = chatglm_model::greedy_token(&want);
-        }
-        gpu.backend.set_chain_sync(false);
+        let what = format!("{format:?} chained");
+        assert_setting_keeps_decode_bits(&gpu, &prompt, 40, &what, |b, on| b.set_chain_sync(on));
         let after = gpu.backend.graph_stats();
         assert!(after.replays >= before.replays + 60, "{format:?}: decode steps were not replayed: {after:?}");
     }
@@ -723,36 +726,9 @@ fn gpu_fused_mlp_blocks_equal_the_three_products_bit_for_bit() {
             let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
             let fused_here = gpu.backend.device().compute_capability.0 >= 9;
             let prompt: Vec<u32> = (0..40u32).map(|i| (i * 13 + 5) % src.config.padded_vocab_size as u32).collect();
-            let mut caches: Vec<_> = (0..2).map(|_| gpu.new_cache(KvDType::F16)).collect();
-            let mut state = ForwardState::new(&gpu.backend);
-            for c in caches.iter_mut() {
-                gpu.forward(&mut state, &mut [SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None }])
-                    .unwrap();
-            }
             let launches = gpu.backend.mlp_block_launches();
-            let mut token = 3u32;
-            for step in 0..30 {
-                let [plain, fused] = &mut caches[..] else { unreachable!() };
-                gpu.backend.set_mlp_stream(false);
-                let want = gpu
-                    .forward(
-                        &mut state,
-                        &mut [SequenceInput { tokens: &[token], cache: plain, logits: LogitsWanted::Last }],
-                    )
-                    .unwrap()
-                    .to_vec();
-                gpu.backend.set_mlp_stream(true);
-                let got = gpu
-                    .forward(
-                        &mut state,
-                        &mut [SequenceInput { tokens: &[token], cache: fused, logits: LogitsWanted::Last }],
-                    )
-                    .unwrap()
-                    .to_vec();
-                assert!(got == want, "{format:?} ffn {ffn}: a fused step differs at step {step}");
-                token = chatglm_model::greedy_token(&want);
-            }
-            gpu.backend.set_mlp_stream(false);
+            let what = format!("{format:?} ffn {ffn} fused");
+            assert_setting_keeps_decode_bits(&gpu, &prompt, 30, &what, |b, on| b.set_mlp_stream(on));
             let ran = gpu.backend.mlp_block_launches() > launches;
             assert_eq!(ran, fused_here, "{format:?} ffn {ffn}: the fused kernel ran: {ran}");
         }
