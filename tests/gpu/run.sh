@@ -200,17 +200,7 @@ device() {
   mem_probe() {
     local name=$1; shift
     echo "== memory $name: $*" | tee -a "$summary"
-    "$@" >"$out/mem-$name.txt" 2>&1 &
-    local pid=$! peak=0 m
-    while kill -0 "$pid" 2>/dev/null; do
-      m=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
-        awk -F', ' -v p="$pid" '$1 == p { print $2 }')
-      [ -n "$m" ] && [ "$m" -gt "$peak" ] && peak=$m
-      sleep 0.1
-    done
-    wait "$pid" && echo "ok" | tee -a "$summary" || echo "FAILED" | tee -a "$summary"
-    grep -iE "memory|GiB|tok/s" "$out/mem-$name.txt" | tail -n 8 | tee -a "$summary"
-    echo "peak GPU memory of the process (nvidia-smi): $peak MiB" | tee -a "$summary"
+    OUT=$out tests/gpu/mem_probe.sh "$name" "$@" | tee -a "$summary"
   }
   if [ "${BENCH:-1}" != 0 ]; then
     echo "== decode mat-vec kernels (6B shapes, f16, batch 1)" | tee -a "$summary"
