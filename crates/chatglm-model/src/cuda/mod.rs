@@ -908,7 +908,7 @@ impl Backend for CudaBackend {
         if !format.resolve(t.dtype).is_quantized() {
             return self.load_matrix(t, format, mmap);
         }
-        let table = Arc::new(self.device_readable(HostTable::quantized(t, rows, cols, format)?)?);
+        let table = Arc::new(self.device_readable(HostTable::quantized(t, rows, cols, format)?));
         *lock(&self.host_embedding) = Some(table.clone());
         Ok(CudaMatrix { host: Some(table), ..CudaMatrix::dense(rows, cols, DType::F32, None) })
     }
@@ -917,13 +917,7 @@ impl Backend for CudaBackend {
         if !format.is_quantized() {
             return self.random_matrix(rows, cols, format, seed);
         }
-        let table = match self.device_readable(HostTable::random(rows, cols, seed)) {
-            Ok(t) => Arc::new(t),
-            Err(e) => {
-                self.fail(e);
-                Arc::new(HostTable::random(0, cols, seed))
-            }
-        };
+        let table = Arc::new(self.device_readable(HostTable::random(rows, cols, seed)));
         *lock(&self.host_embedding) = Some(table.clone());
         CudaMatrix { host: Some(table), ..CudaMatrix::dense(rows, cols, DType::F32, None) }
     }
