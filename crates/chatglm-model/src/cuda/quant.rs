@@ -262,7 +262,11 @@ impl HostTable {
                     message: format!("token id {id} is outside the embedding table of {} rows", self.rows),
                 });
             }
-            chatglm_weights::decode_f32(self.dtype, &self.raw()[id * row_bytes..(id + 1) * row_bytes], o);
+            let row = self.raw().get(id * row_bytes..(id + 1) * row_bytes).ok_or_else(|| ModelError::Backend {
+                op: "embed".into(),
+                message: format!("row {id} lies past the {} bytes the embedding table holds", self.bytes()),
+            })?;
+            chatglm_weights::decode_f32(self.dtype, row, o);
         }
         Ok(())
     }
