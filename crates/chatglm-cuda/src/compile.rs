@@ -108,7 +108,7 @@ fn sample_kernels() -> Vec<String> {
 }
 
 fn decode_mma_kernels() -> Vec<String> {
-    vec!["attn_decode_mma16".into(), "attn_decode_mma16_w4".into()]
+    vec!["attn_decode_mma16".into(), "attn_decode_mma16_w4".into(), crate::ops::DECODE_SHORT_KERNEL.into()]
 }
 
 pub(crate) const SOURCES: &[Source] = &[
@@ -157,7 +157,8 @@ pub(crate) const SOURCES: &[Source] = &[
         text: concat!(
             include_str!("kernels/mma.cuh"),
             include_str!("kernels/decode.cuh"),
-            include_str!("kernels/decode_mma.cu")
+            include_str!("kernels/decode_mma.cu"),
+            include_str!("kernels/decode_short.cu")
         ),
         min_arch: 80,
         kernels: decode_mma_kernels,

@@ -238,6 +238,19 @@ impl Gpu {
                 }
             }
         }
+        // The short-context decode attention merges its 8 warps through 65 KiB
+        // of shared memory; without it, the tensor-core kernel runs every step.
+        if let Some(f) = kernels.get(crate::ops::DECODE_SHORT_KERNEL) {
+            let wanted = crate::ops::DECODE_SHORT_SMEM as i32;
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            if let Err(e) = f.set_attribute(attr, wanted) {
+                tracing::warn!(
+                    "{} off: {wanted} bytes of shared memory unavailable ({e})",
+                    crate::ops::DECODE_SHORT_KERNEL
+                );
+                kernels.remove(crate::ops::DECODE_SHORT_KERNEL);
+            }
+        }
         // The grouped and the streamed quantized products stage weights (and
         // activations) in shared memory; without the shared memory they ask
         // for, qmma's own run.

@@ -137,6 +137,13 @@ pub const DECODE_HEADS_PER_BLOCK: usize = 4;
 /// Heads per KV group of the tensor-core decode kernel, and its block size.
 pub const DECODE_MMA_HEADS: usize = 16;
 const DECODE_MMA_THREADS: u32 = 256;
+/// The short-context decode attention (`kernels/decode_short.cu`): one
+/// 8-warp block per (token, group) of 16 heads, no splits.
+pub(crate) const DECODE_SHORT_KERNEL: &str = "attn_decode_short16";
+/// Its shared memory (`struct ShortReduce`): each warp's running maxima,
+/// sums and merge weights (16 heads each) and unnormalised output (16 × 128
+/// f32).
+pub(crate) const DECODE_SHORT_SMEM: usize = 8 * (3 * 16 + 16 * DECODE_HEAD_DIM) * 4;
 /// Where the fused QKV product finds each token's position and cache
 /// ([`Gpu::gemv_qkv`]): device addresses of the step's metadata.
 #[derive(Debug, Clone, Copy)]
@@ -1046,6 +1053,56 @@ impl Gpu {
             return self.launch_chained(f, a, &name, cfg(grid, threads, 0));
         }
         self.launch(f, a, &name, cfg(grid, threads, 0))
+    }
+
+    /// Whether [`Gpu::attention_decode_short`] can run `shape` over a cache
+    /// of `kv` rows (f16, 16 heads a group, head size 128).
+    pub fn decode_short_supported(&self, shape: &AttentionDims, kv: KvFormat) -> bool {
+        kv == KvFormat::F16
+            && shape.head_dim == DECODE_HEAD_DIM
+            && shape.n_groups > 0
+            && shape.n_heads == shape.n_groups * DECODE_MMA_HEADS
+            && shape.block_tokens.is_multiple_of(16)
+            && self.has_kernel(DECODE_SHORT_KERNEL)
+    }
+
+    /// Decode attention for the `work` tokens at `work_tokens` in one block
+    /// per (token, group) and no splits: for steps whose contexts are a few
+    /// tiles (`kernels/decode_short.cu` says why). Correct at any length; its
+    /// 8 warps take 16 keys at a time each, two tiles in flight.
+    ///
+    /// # Safety
+    /// As [`Gpu::attention_decode`] without the split buffers.
+    pub unsafe fn attention_decode_short(
+        &self,
+        qkv: u64,
+        width: usize,
+        out: u64,
+        work_tokens: u64,
+        work: usize,
+        positions: u64,
+        seq_of_token: u64,
+        block_table: u64,
+        max_blocks: usize,
+        shape: AttentionDims,
+        layer: usize,
+    ) -> Result<(), CudaError> {
+        if work == 0 {
+            return Ok(());
+        }
+        if !self.decode_short_supported(&shape, KvFormat::F16) {
+            return Err(CudaError::invalid(DECODE_SHORT_KERNEL, format!("unsupported shape {shape:?}")));
+        }
+        let f = self.kernel(DECODE_SHORT_KERNEL)?;
+        let out_width = shape.n_heads * shape.head_dim;
+        let ints = [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens].map(|v| v as i32);
+        let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
+        let mut a = Args::default();
+        a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
+        a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]);
+        a.arg(&scale);
+        let grid = (shape.n_groups as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", work)? as u32, 1);
+        self.launch(f, a, DECODE_SHORT_KERNEL, cfg(grid, 256, DECODE_SHORT_SMEM as u32))
     }
 
     unsafe fn combine(

@@ -205,28 +205,47 @@ fn compare_schedule(json: &str, format: WeightFormat, kv: KvDType, steps: &[Vec<
     // Every mat-vec block shape (the device picks one per matrix size):
     // 4 rows, 8 rows held to 5 blocks per SM (one token) and 8 rows.
     for (rows, lean) in [(4, GemvLean::Never), (8, GemvLean::Always), (8, GemvLean::Never)] {
-        compare_schedule_with(json, format, kv, steps, tol, rows, lean, "q8");
+        let setup = GpuSetup { gemv_rows: rows, gemv_lean: lean, ..GpuSetup::default() };
+        compare_schedule_with(json, format, kv, steps, tol, setup);
     }
 }
 
-/// CPU and GPU logits of the same schedule, step by step; the GPU's
-/// quantized products over `activations` (`CudaBackend::set_gpu_activations`).
-#[allow(clippy::too_many_arguments)]
+/// How the GPU backend of a compared schedule is set up.
+struct GpuSetup<'a> {
+    /// Mat-vec rows per block (`CudaBackend::force_gemv_rows`; 0: the device's choice).
+    gemv_rows: usize,
+    gemv_lean: GemvLean,
+    /// The quantized products' activations (`CudaBackend::set_gpu_activations`).
+    activations: &'a str,
+    /// `CudaBackend::set_short_attention` (None: the default).
+    short_attention: Option<usize>,
+}
+
+impl Default for GpuSetup<'_> {
+    fn default() -> Self {
+        Self { gemv_rows: 0, gemv_lean: GemvLean::ByShape, activations: "q8", short_attention: None }
+    }
+}
+
+/// CPU and GPU logits of the same schedule, step by step, the GPU backend
+/// set up as `setup` says.
 fn compare_schedule_with(
     json: &str,
     format: WeightFormat,
     kv: KvDType,
     steps: &[Vec<usize>],
     tol: f32,
-    gemv_rows: usize,
-    gemv_lean: GemvLean,
-    activations: &str,
+    setup: GpuSetup,
 ) {
+    let GpuSetup { gemv_rows, gemv_lean, activations, short_attention } = setup;
     let src = random_model(json, 42);
     let Some(gpu_backend) = cuda(&src.config) else { return };
     gpu_backend.force_gemv_rows(gemv_rows);
     gpu_backend.set_gemv_lean(gemv_lean);
     gpu_backend.set_gpu_activations(activations).unwrap();
+    if let Some(limit) = short_attention {
+        gpu_backend.set_short_attention(limit);
+    }
     let cpu = Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     let gpu = Model::load(gpu_backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     let n_seqs = steps.iter().map(|s| s.len()).max().unwrap();
@@ -264,6 +283,10 @@ fn compare_schedule_with(
     }
     for (c, g) in cpu_caches.iter().zip(&gpu_caches) {
         assert_eq!(c.len(), g.len());
+    }
+    if let Some(limit) = short_attention {
+        let launches = gpu.backend.short_attention_launches();
+        assert_eq!(launches > 0, limit > 0, "short-context attention limit {limit}: {launches} launches");
     }
 }
 
@@ -303,7 +326,7 @@ fn gpu_q8_0_kv_cache_matches_the_cpu_s() {
     let steps = vec![vec![70, 1], vec![1, 1], vec![3, 130], vec![1, 700], vec![1, 1], vec![9, 1]];
     compare_schedule(FLASH_SHAPE, WeightFormat::F32, KvDType::Q8_0, &steps, 1e-2);
     compare_schedule(GLM_HEADS, WeightFormat::F16, KvDType::Q8_0, &steps, 2e-2);
-    compare_schedule_with(GLM_HEADS, WeightFormat::Q4_0, KvDType::Q8_0, &steps, 4e-2, 0, GemvLean::ByShape, "q8");
+    compare_schedule_with(GLM_HEADS, WeightFormat::Q4_0, KvDType::Q8_0, &steps, 4e-2, GpuSetup::default());
 }
 
 #[test]
@@ -389,10 +412,11 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
     let batched = vec![vec![3; 12], vec![1; 12], vec![1; 12], vec![1; 12]];
     for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
         for shape in [FLASH_SHAPE, GLM_HEADS] {
-            compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, 0, GemvLean::ByShape, "q8");
-            compare_schedule_with(shape, format, KvDType::F16, &large, 4e-2, 0, GemvLean::ByShape, "q8");
+            compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, GpuSetup::default());
+            compare_schedule_with(shape, format, KvDType::F16, &large, 4e-2, GpuSetup::default());
             for activations in ["q8", "batched"] {
-                compare_schedule_with(shape, format, KvDType::F16, &batched, 4e-2, 0, GemvLean::ByShape, activations);
+                let setup = GpuSetup { activations, ..GpuSetup::default() };
+                compare_schedule_with(shape, format, KvDType::F16, &batched, 4e-2, setup);
             }
         }
     }
@@ -440,6 +464,13 @@ fn gpu_batched_decode_with_16_heads_per_group_matches_cpu() {
         vec![1, 1, 1, 1, 1],
     ];
     compare_schedule(GLM_HEADS, WeightFormat::F16, KvDType::F16, &steps, 2e-2);
+    // The same steps through each decode-attention kernel: the tensor-core
+    // one alone, and the short-context one at every length (the 129-key
+    // contexts take two tiles a warp).
+    for short_attention in [0, usize::MAX] {
+        let setup = GpuSetup { short_attention: Some(short_attention), ..GpuSetup::default() };
+        compare_schedule_with(GLM_HEADS, WeightFormat::F16, KvDType::F16, &steps, 2e-2, setup);
+    }
 }
 
 #[test]
@@ -518,7 +549,12 @@ fn gpu_long_context_decode_uses_split_attention() {
         gpu.forward(&mut gs, &mut [SequenceInput { tokens: chunk, cache: &mut gc, logits: LogitsWanted::None }])
             .unwrap();
     }
-    for t in [3u32, 77, 400] {
+    for t in [3u32, 77, 400, 9] {
+        // The last token through the short-context kernel: 5,000 keys, ~20
+        // pairs of tiles a warp.
+        let short = t == 9;
+        gpu.backend.set_short_attention(if short { usize::MAX } else { 0 });
+        let launches = gpu.backend.short_attention_launches();
         let want = cpu
             .forward(&mut cs, &mut [SequenceInput { tokens: &[t], cache: &mut cc, logits: LogitsWanted::Last }])
             .unwrap()
@@ -528,8 +564,9 @@ fn gpu_long_context_decode_uses_split_attention() {
             .unwrap();
         let d = max_abs_diff(got, &want);
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!("decode at {}: max |Δ| {d:.3e} (logits up to {scale:.2})", gc.len());
+        eprintln!("decode at {} (short kernel: {short}): max |Δ| {d:.3e} (logits up to {scale:.2})", gc.len());
         assert!(d <= 2e-2 * scale.max(1.0));
+        assert_eq!(gpu.backend.short_attention_launches() > launches, short);
     }
     // Truncating hands blocks back; the cache keeps working.
     gc.truncate(100);

@@ -92,6 +92,84 @@ __device__ __forceinline__ void load_tile(KvTile& tile, const u64* table, int kb
     }
 }
 
+// Tile `tile` (keys kb… of a context ending at k_end) into a warp's running
+// softmax state (m, l: rows gr and gr + 8, log2 domain) and output fragments o.
+__device__ __forceinline__ void mma_consume(const KvTile& tile, int kb, int k_end, const u32 (&qf)[8][4],
+                                            float (&o)[16][4], float& m0, float& m1, float& l0, float& l1,
+                                            int tq) {
+    const int nvalid = min(MMA_KEYS, k_end - kb);
+
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < 8; kc++) {
+            const uint4 v = tile.k[nt][kc >> 1];
+            const u32 b[2] = {(kc & 1) ? v.z : v.x, (kc & 1) ? v.w : v.y};
+            mma16816(s[nt], qf[kc], b);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            if (nt * 8 + 2 * tq + (e & 1) >= nvalid) s[nt][e] = -INFINITY;
+    }
+    // Key 0 of the tile is always valid, so the maxima are finite.
+    float mx0 = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
+    float mx1 = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+#if DECODE_LAZY_RESCALE
+    const bool rescale = __any_sync(0xffffffffu, mn0 != m0 || mn1 != m1);
+#endif
+    const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        s[nt][0] = exp2f(s[nt][0] - mn0);
+        s[nt][1] = exp2f(s[nt][1] - mn0);
+        s[nt][2] = exp2f(s[nt][2] - mn1);
+        s[nt][3] = exp2f(s[nt][3] - mn1);
+    }
+#if DECODE_LAZY_RESCALE
+    if (rescale) {
+        l0 *= a0;
+        l1 *= a1;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            o[j][0] *= a0;
+            o[j][1] *= a0;
+            o[j][2] *= a1;
+            o[j][3] *= a1;
+        }
+    }
+    l0 += s[0][0] + s[0][1] + s[1][0] + s[1][1];
+    l1 += s[0][2] + s[0][3] + s[1][2] + s[1][3];
+#else
+    l0 = l0 * a0 + (s[0][0] + s[0][1] + s[1][0] + s[1][1]);
+    l1 = l1 * a1 + (s[0][2] + s[0][3] + s[1][2] + s[1][3]);
+#endif
+    const u32 pa[4] = {pack_f16(s[0][0], s[0][1]), pack_f16(s[0][2], s[0][3]), pack_f16(s[1][0], s[1][1]),
+                       pack_f16(s[1][2], s[1][3])};
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+#if !DECODE_LAZY_RESCALE
+        o[j][0] *= a0;
+        o[j][1] *= a0;
+        o[j][2] *= a1;
+        o[j][3] *= a1;
+#endif
+        const int hf = j >> 3, wi = (j & 7) >> 1;
+        const u32 sel = (j & 1) ? 0x7632u : 0x5410u;
+        const u32 b[2] = {__byte_perm(word_of(tile.v[0][hf], wi), word_of(tile.v[1][hf], wi), sel),
+                          __byte_perm(word_of(tile.v[2][hf], wi), word_of(tile.v[3][hf], wi), sel)};
+        mma16816(o[j], pa, b);
+    }
+}
+
 template <int WARPS>
 __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width, float* out, int out_width,
                                                      const int* work_tokens, const int* positions,
@@ -163,80 +241,7 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
     for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
-    // Tile `tile` (keys kb…) into the running softmax state and o.
-    auto consume = [&](const KvTile& tile, int kb) {
-        const int nvalid = min(MMA_KEYS, k_end - kb);
-
-        float s[2][4];
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-            for (int kc = 0; kc < 8; kc++) {
-                const uint4 v = tile.k[nt][kc >> 1];
-                const u32 b[2] = {(kc & 1) ? v.z : v.x, (kc & 1) ? v.w : v.y};
-                mma16816(s[nt], qf[kc], b);
-            }
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                if (nt * 8 + 2 * tq + (e & 1) >= nvalid) s[nt][e] = -INFINITY;
-        }
-        // Key 0 of the tile is always valid, so the maxima are finite.
-        float mx0 = fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1]));
-        float mx1 = fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3]));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-#if DECODE_LAZY_RESCALE
-        const bool rescale = __any_sync(0xffffffffu, mn0 != m0 || mn1 != m1);
-#endif
-        const float a0 = exp2f(m0 - mn0), a1 = exp2f(m1 - mn1);
-        m0 = mn0;
-        m1 = mn1;
-#pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - mn0);
-            s[nt][1] = exp2f(s[nt][1] - mn0);
-            s[nt][2] = exp2f(s[nt][2] - mn1);
-            s[nt][3] = exp2f(s[nt][3] - mn1);
-        }
-#if DECODE_LAZY_RESCALE
-        if (rescale) {
-            l0 *= a0;
-            l1 *= a1;
-#pragma unroll
-            for (int j = 0; j < 16; j++) {
-                o[j][0] *= a0;
-                o[j][1] *= a0;
-                o[j][2] *= a1;
-                o[j][3] *= a1;
-            }
-        }
-        l0 += s[0][0] + s[0][1] + s[1][0] + s[1][1];
-        l1 += s[0][2] + s[0][3] + s[1][2] + s[1][3];
-#else
-        l0 = l0 * a0 + (s[0][0] + s[0][1] + s[1][0] + s[1][1]);
-        l1 = l1 * a1 + (s[0][2] + s[0][3] + s[1][2] + s[1][3]);
-#endif
-        const u32 pa[4] = {pack_f16(s[0][0], s[0][1]), pack_f16(s[0][2], s[0][3]), pack_f16(s[1][0], s[1][1]),
-                           pack_f16(s[1][2], s[1][3])};
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-#if !DECODE_LAZY_RESCALE
-            o[j][0] *= a0;
-            o[j][1] *= a0;
-            o[j][2] *= a1;
-            o[j][3] *= a1;
-#endif
-            const int hf = j >> 3, wi = (j & 7) >> 1;
-            const u32 sel = (j & 1) ? 0x7632u : 0x5410u;
-            const u32 b[2] = {__byte_perm(word_of(tile.v[0][hf], wi), word_of(tile.v[1][hf], wi), sel),
-                              __byte_perm(word_of(tile.v[2][hf], wi), word_of(tile.v[3][hf], wi), sel)};
-            mma16816(o[j], pa, b);
-        }
-    };
+    auto consume = [&](const KvTile& tile, int kb) { mma_consume(tile, kb, k_end, qf, o, m0, m1, l0, l1, tq); };
     if (DECODE_PINGPONG) {
         for (int kb = kb0; kb < k_end; kb += 2 * STEP) {
             // The two tiles after the ones loaded next start towards L2.

@@ -12,6 +12,7 @@ mod kv;
 mod mlp_block;
 mod products;
 mod quant;
+mod short_attention;
 mod step;
 mod upload;
 mod weight_chain;
@@ -150,6 +151,8 @@ struct StepBuffers {
     after_attention: bool,
     /// Bytes of each row that dense product prefetches in this step.
     prefetch_after_attention: Option<usize>,
+    /// This step's decode attention takes the short-context kernel.
+    short_attention: bool,
     /// Whether this step's quantized products of 9..=64 tokens take f16
     /// activations ([`products::ActivationPolicy`]).
     f16_activations: bool,
@@ -280,6 +283,8 @@ pub struct CudaBackend {
     /// Whether one-token steps run dense + MLP as one kernel where the
     /// device and weights allow (`CHATGLM_MLP_STREAM=1`; mlp_block.rs).
     mlp_stream: std::sync::atomic::AtomicBool,
+    /// Which steps take the short-context decode attention.
+    short_attention: short_attention::ShortAttention,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -375,6 +380,7 @@ impl CudaBackend {
             weight_chain: Mutex::new(weight_chain::WeightChain::default()),
             prefetch_next: weight_chain::prefetch_next_bytes(),
             mlp_stream: mlp_block::mlp_stream_requested().into(),
+            short_attention: short_attention::ShortAttention::from_env(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -800,6 +806,9 @@ impl Backend for CudaBackend {
         upload().map_err(|e| backend_err("prepare step", e))?;
         st.plan = plan;
         st.prefetch_after_attention = prefetch_after_attention(self.prefetch_after_attention, longest);
+        st.short_attention = st.plan.decode_kernel
+            && self.short_attention.takes(longest)
+            && self.gpu.decode_short_supported(&self.dims, kv_dtype);
         st.kv_dtype = Some(kv_dtype);
         st.rotated = None;
         st.f16_activations = lock(&self.activations).f16_for(batch.len(), one_token_each);
@@ -1383,7 +1392,23 @@ impl Backend for CudaBackend {
                     dims,
                     layer,
                 )?;
-                if let Some(split) = plan.split {
+                if plan.decode_kernel && st.short_attention {
+                    let (work, pos, seqs) = (at(plan.off_work()), at(plan.off_positions()), at(plan.off_seq()));
+                    self.gpu.attention_decode_short(
+                        qp,
+                        width,
+                        op,
+                        work,
+                        plan.n_work,
+                        pos,
+                        seqs,
+                        table,
+                        plan.max_blocks,
+                        dims,
+                        layer,
+                    )?;
+                    self.short_attention.launched();
+                } else if let Some(split) = plan.split {
                     let part_o = st.part_o.as_ref().map_or(0, device_ptr);
                     let part_ml = st.part_ml.as_ref().map_or(0, device_ptr);
                     let (work, pos, seqs) = (at(plan.off_work()), at(plan.off_positions()), at(plan.off_seq()));

@@ -1,0 +1,138 @@
+// Decode attention for short contexts (the step's longest at most
+// CHATGLM_DECODE_SHORT keys), 16 query heads per KV group, head size 128,
+// f16 cache: one block of 8 warps per (token, group), no splits.
+//
+// Why a second kernel: in a batch-1 decode step of a quantized model the
+// attention of a short context cost ~10.7 µs of a ~78 µs layer (q8_0, run
+// 125: leaving it out of every step, 453 → 525 tok/s) for a few kilobytes of
+// keys. Timed alone (run 128, no PDL) the tensor-core kernel takes 7.9 µs:
+// its working warps run ~1,000 instructions each at ~10 cycles an issue
+// (one warp's chain of dependent loads, mma and shuffles), most of them in
+// the end — the unrolled 8 → 4 warp merge and decode_finish, which
+// recomputes each head's maximum, sum and 4–8 exponentials for every one of
+// its 2,048 outputs. Here: no splits (nothing to merge across blocks), every
+// row of the context started towards L2 and the block table read before the
+// wait, two tiles a warp in flight with the query, each warp's fragments
+// stored as 16-byte rows, each (head, warp) weight exp(m_w − M)/L computed
+// once by its own thread, and the outputs summed as float4s.
+//
+// Launch: grid = (n_groups, work tokens), block = 256,
+// DECODE_SHORT_SMEM bytes of dynamic shared memory (ShortReduce).
+#define SHORT_WARPS 8
+
+struct ShortReduce {
+    float m[SHORT_WARPS][16], l[SHORT_WARPS][16];
+    // Each warp's share of a head's output: exp(m_w − M) / L.
+    float wt[SHORT_WARPS][16];
+    __align__(16) float o[SHORT_WARPS][16 * DEC_D];
+};
+// The launch asks for DECODE_SHORT_SMEM (ops.rs) bytes: this size.
+static_assert(sizeof(ShortReduce) == SHORT_WARPS * (3 * 16 + 16 * DEC_D) * 4, "DECODE_SHORT_SMEM");
+
+extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
+    attn_decode_short16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
+                        const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
+                        int n_groups, int layer, int block_tokens, float scale) {
+#if __CUDA_ARCH__ >= 800
+    constexpr int HG = 16;
+    constexpr int STEP = SHORT_WARPS * MMA_KEYS;
+    extern __shared__ __align__(16) unsigned char short_smem[];
+    ShortReduce& red = *reinterpret_cast<ShortReduce*>(short_smem);
+    const int g = blockIdx.x, wt = blockIdx.y;
+    const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, gr = lane >> 2, tq = lane & 3;
+    const int t = work_tokens[wt];
+    const int ctx = positions[t] + 1;
+    const u64* table = block_table + (long)seq_of_token[t] * max_blocks;
+    pdl_launch_dependents();
+    // The rows of earlier steps are settled; this step's (the last) lands
+    // in L2 when the kernel ahead writes it, so a prefetch cannot go stale.
+    for (int kb = w * MMA_KEYS; kb < ctx; kb += STEP)
+        if (lane < MMA_KEYS && kb + lane < ctx) prefetch_kv_row(table, kb + lane, block_tokens, layer, n_groups, g);
+    const long per_group = (long)block_tokens * DEC_D;
+    const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group;
+    const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
+    const float qscale = scale * 1.4426950408889634f;
+    const float* q = qkv + (long)t * width + (long)g * HG * DEC_D;
+    pdl_wait();
+    // Both of a warp's first two tiles in flight with the query.
+    KvTile ta, tb;
+    const int kb0 = w * MMA_KEYS;
+    if (kb0 < ctx) load_tile(ta, table, kb0, ctx, block_tokens, koff, voff, gr, tq);
+    if (kb0 + STEP < ctx) load_tile(tb, table, kb0 + STEP, ctx, block_tokens, koff, voff, gr, tq);
+    u32 qf[8][4];
+#pragma unroll
+    for (int kc = 0; kc < 8; kc++) {
+        const int d0 = ((kc >> 1) * 4 + tq) * 8 + (kc & 1) * 4;
+        const float4 a = *(const float4*)(q + gr * DEC_D + d0);
+        const float4 b = *(const float4*)(q + (gr + 8) * DEC_D + d0);
+        qf[kc][0] = pack_f16(a.x * qscale, a.y * qscale);
+        qf[kc][1] = pack_f16(b.x * qscale, b.y * qscale);
+        qf[kc][2] = pack_f16(a.z * qscale, a.w * qscale);
+        qf[kc][3] = pack_f16(b.z * qscale, b.w * qscale);
+    }
+    float o[16][4];
+#pragma unroll
+    for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+#pragma unroll 1
+    for (int kb = kb0; kb < ctx; kb += 2 * STEP) {
+        if (kb != kb0) load_tile(ta, table, kb, ctx, block_tokens, koff, voff, gr, tq);
+        if (kb != kb0 && kb + STEP < ctx) load_tile(tb, table, kb + STEP, ctx, block_tokens, koff, voff, gr, tq);
+        mma_consume(ta, kb, ctx, qf, o, m0, m1, l0, l1, tq);
+        if (kb + STEP < ctx) mma_consume(tb, kb + STEP, ctx, qf, o, m0, m1, l0, l1, tq);
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (tq == 0) {
+        const float ln2 = 0.6931471805599453f;
+        red.m[w][gr] = m0 * ln2;
+        red.m[w][gr + 8] = m1 * ln2;
+        red.l[w][gr] = l0;
+        red.l[w][gr + 8] = l1;
+    }
+    // Fragment j of column n holds output dim pv_dim(j, n): j, j+1, j+2, j+3
+    // (j % 4 == 0) are four consecutive dims, one 16-byte store.
+#pragma unroll
+    for (int j = 0; j < 16; j += 4) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int row = gr + (e >> 1) * 8, d = pv_dim(j, 2 * tq + (e & 1));
+            *(float4*)&red.o[w][row * DEC_D + d] = make_float4(o[j][e], o[j + 1][e], o[j + 2][e], o[j + 3][e]);
+        }
+    }
+    __syncthreads();
+    // Thread (head hh, warp k) of the first 128: warp k's share of head hh
+    // (warps without keys have m = −∞ and add nothing; warp 0 has key 0).
+    if (tid < SHORT_WARPS * HG) {
+        const int hh = tid / SHORT_WARPS, k = tid % SHORT_WARPS;
+        float M = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < SHORT_WARPS; i++) M = fmaxf(M, red.m[i][hh]);
+        const float mk = red.m[k][hh];
+        const float f = mk == -INFINITY ? 0.f : expf(mk - M);
+        float L = red.l[k][hh] * f;
+#pragma unroll
+        for (int s = 1; s < SHORT_WARPS; s <<= 1) L += __shfl_xor_sync(0xffffffffu, L, s);
+        red.wt[k][hh] = f / L;
+    }
+    __syncthreads();
+    // Two 4-dim groups a thread, summed over the warps in order.
+#pragma unroll
+    for (int i = tid; i < HG * DEC_D / 4; i += SHORT_WARPS * 32) {
+        const int hh = i * 4 / DEC_D;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int k = 0; k < SHORT_WARPS; k++) {
+            const float f = red.wt[k][hh];
+            const float4 v = *(const float4*)&red.o[k][i * 4];
+            acc.x += v.x * f;
+            acc.y += v.y * f;
+            acc.z += v.z * f;
+            acc.w += v.w * f;
+        }
+        *(float4*)(out + (long)t * out_width + (long)g * HG * DEC_D + i * 4) = acc;
+    }
+#endif
+}
