@@ -19,6 +19,20 @@
 // Launch: grid = (n_groups, work tokens), block = 256,
 // DECODE_SHORT_SMEM bytes of dynamic shared memory (ShortReduce).
 #define SHORT_WARPS 8
+// 1 (measurements): thread 0 of block (0, 0) prints %globaltimer at entry,
+// after the wait, after its tile steps, after each merge barrier and at the
+// end, in layer 3 of steps whose context is a multiple of 16 (run 131).
+#ifndef SHORT_STAMPS
+#define SHORT_STAMPS 0
+#endif
+
+__device__ __forceinline__ unsigned long long short_now() {
+    unsigned long long t = 0;
+#if SHORT_STAMPS
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+#endif
+    return t;
+}
 
 struct ShortReduce {
     float m[SHORT_WARPS][16], l[SHORT_WARPS][16];
@@ -40,6 +54,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     ShortReduce& red = *reinterpret_cast<ShortReduce*>(short_smem);
     const int g = blockIdx.x, wt = blockIdx.y;
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, gr = lane >> 2, tq = lane & 3;
+    const unsigned long long t0 = short_now();
     const int t = work_tokens[wt];
     const int ctx = positions[t] + 1;
     const u64* table = block_table + (long)seq_of_token[t] * max_blocks;
@@ -54,6 +69,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     const float qscale = scale * 1.4426950408889634f;
     const float* q = qkv + (long)t * width + (long)g * HG * DEC_D;
     pdl_wait();
+    const unsigned long long t1 = short_now();
     // Both of a warp's first two tiles in flight with the query.
     KvTile ta, tb;
     const int kb0 = w * MMA_KEYS;
@@ -81,6 +97,8 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
         mma_consume(ta, kb, ctx, qf, o, m0, m1, l0, l1, tq);
         if (kb + STEP < ctx) mma_consume(tb, kb + STEP, ctx, qf, o, m0, m1, l0, l1, tq);
     }
+    // (Reading o makes the stamp wait for the tile steps.)
+    const unsigned long long t2 = short_now() + (unsigned long long)(o[0][0] == 12345.f);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
@@ -103,6 +121,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
         }
     }
     __syncthreads();
+    const unsigned long long t3 = short_now();
     // Thread (head hh, warp k) of the first 128: warp k's share of head hh
     // (warps without keys have m = −∞ and add nothing; warp 0 has key 0).
     if (tid < SHORT_WARPS * HG) {
@@ -118,6 +137,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
         red.wt[k][hh] = f / L;
     }
     __syncthreads();
+    const unsigned long long t4 = short_now();
     // Two 4-dim groups a thread, summed over the warps in order.
 #pragma unroll
     for (int i = tid; i < HG * DEC_D / 4; i += SHORT_WARPS * 32) {
@@ -133,6 +153,12 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
             acc.w += v.w * f;
         }
         *(float4*)(out + (long)t * out_width + (long)g * HG * DEC_D + i * 4) = acc;
+    }
+    if (SHORT_STAMPS && tid == 0 && g == 0 && wt == 0 && layer == 3 && ctx % 16 == 0) {
+        __threadfence();
+        const unsigned long long t5 = short_now();
+        printf("short stamps ctx %d: start %llu wait +%llu tiles +%llu merge1 +%llu merge2 +%llu out +%llu ns\n", ctx,
+               t0, t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4);
     }
 #endif
 }
