@@ -38,5 +38,6 @@ pub use graph::{GraphStats, MAX_GRAPHS};
 pub use host::{HostBuffer, MappedHost};
 pub use mlp_stream::MlpBlock;
 pub use ops::{
-    sample_row_words, AttentionDims, DType, GemvMode, GgmlBlock, KvFormat, RopeArgs, SplitPlan, SAMPLE_ROW_WORDS,
+    sample_row_words, AttentionDims, AttentionWork, DType, GemvMode, GgmlBlock, KvFormat, RopeArgs, SplitPlan,
+    SAMPLE_ROW_WORDS,
 };

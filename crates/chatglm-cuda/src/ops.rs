@@ -137,6 +137,43 @@ pub const DECODE_HEADS_PER_BLOCK: usize = 4;
 /// Heads per KV group of the tensor-core decode kernel, and its block size.
 pub const DECODE_MMA_HEADS: usize = 16;
 const DECODE_MMA_THREADS: u32 = 256;
+/// What a split or decode attention launch reads and writes: the step's
+/// query rows (`qkv`, `width` floats a row), its output rows (`out`), the
+/// `work` tokens that attend (i32 rows at `work_tokens`), their positions and
+/// sequences (i32 at `positions` / `seq_of_token`), and the block table
+/// (`max_blocks` u64 a sequence) of the cache of `layer`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionWork {
+    pub qkv: u64,
+    pub width: usize,
+    pub out: u64,
+    pub work_tokens: u64,
+    pub work: usize,
+    pub positions: u64,
+    pub seq_of_token: u64,
+    pub block_table: u64,
+    pub max_blocks: usize,
+    pub shape: AttentionDims,
+    pub layer: usize,
+}
+
+impl AttentionWork {
+    /// The arguments every decode kernel starts with (`decode.cuh`'s order):
+    /// rows, output, tokens, cache, and the softmax scale.
+    fn decode_args(&self) -> Args {
+        let shape = self.shape;
+        let ints =
+            [self.width, shape.n_heads * shape.head_dim, self.max_blocks, shape.n_groups, self.layer].map(|v| v as i32);
+        let block_tokens = shape.block_tokens as i32;
+        let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
+        let mut a = Args::default();
+        a.arg(&self.qkv).arg(&ints[0]).arg(&self.out).arg(&ints[1]).arg(&self.work_tokens).arg(&self.positions);
+        a.arg(&self.seq_of_token).arg(&self.block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]);
+        a.arg(&block_tokens).arg(&scale);
+        a
+    }
+}
+
 /// The short-context decode attention (`kernels/decode_short.cu`): one
 /// 8-warp block per (token, group) of 16 heads, no splits.
 pub(crate) const DECODE_SHORT_KERNEL: &str = "attn_decode_short16";
@@ -899,21 +936,24 @@ impl Gpu {
     pub unsafe fn attention_split(
         &self,
         kv: KvFormat,
-        qkv: u64,
-        width: usize,
-        out: u64,
-        work_tokens: u64,
-        work: usize,
-        positions: u64,
-        seq_of_token: u64,
-        block_table: u64,
-        max_blocks: usize,
-        shape: AttentionDims,
-        layer: usize,
+        work: AttentionWork,
         split: SplitPlan,
         part_o: u64,
         part_ml: u64,
     ) -> Result<(), CudaError> {
+        let AttentionWork {
+            qkv,
+            width,
+            out,
+            work_tokens,
+            work,
+            positions,
+            seq_of_token,
+            block_table,
+            max_blocks,
+            shape,
+            layer,
+        } = work;
         let name = format!("attn_split_{}", kv.kernel_code());
         let name = name.as_str();
         if !kv.supports(shape.head_dim) {
@@ -999,22 +1039,13 @@ impl Gpu {
     pub unsafe fn attention_decode(
         &self,
         kv: KvFormat,
-        qkv: u64,
-        width: usize,
-        out: u64,
-        work_tokens: u64,
-        work: usize,
-        positions: u64,
-        seq_of_token: u64,
-        block_table: u64,
-        max_blocks: usize,
-        shape: AttentionDims,
-        layer: usize,
+        at: AttentionWork,
         split: SplitPlan,
         part_o: u64,
         part_ml: u64,
         counters: u64,
     ) -> Result<(), CudaError> {
+        let (work, shape) = (at.work, at.shape);
         if work == 0 {
             return Ok(());
         }
@@ -1038,13 +1069,8 @@ impl Gpu {
             (false, _) => (format!("{}{hg}", decode_kernel_prefix(kv).unwrap_or_default()), 128),
         };
         let f = self.kernel(&name)?;
-        let out_width = shape.n_heads * shape.head_dim;
-        let ints = [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens].map(|v| v as i32);
-        let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
-        let mut a = Args::default();
-        a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
-        a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]);
-        a.arg(&scale).arg(&part_o).arg(&part_ml).arg(&counters);
+        let mut a = at.decode_args();
+        a.arg(&part_o).arg(&part_ml).arg(&counters);
         let blocks_per_group = (hg / self.decode_heads_per_block(&shape, kv)) as u32;
         let grid =
             (shape.n_groups as u32 * blocks_per_group, check_i32(&name, "tokens", work)? as u32, split.n_splits as u32);
@@ -1073,36 +1099,17 @@ impl Gpu {
     ///
     /// # Safety
     /// As [`Gpu::attention_decode`] without the split buffers.
-    pub unsafe fn attention_decode_short(
-        &self,
-        qkv: u64,
-        width: usize,
-        out: u64,
-        work_tokens: u64,
-        work: usize,
-        positions: u64,
-        seq_of_token: u64,
-        block_table: u64,
-        max_blocks: usize,
-        shape: AttentionDims,
-        layer: usize,
-    ) -> Result<(), CudaError> {
-        if work == 0 {
+    pub unsafe fn attention_decode_short(&self, at: AttentionWork) -> Result<(), CudaError> {
+        if at.work == 0 {
             return Ok(());
         }
+        let shape = at.shape;
         if !self.decode_short_supported(&shape, KvFormat::F16) {
             return Err(CudaError::invalid(DECODE_SHORT_KERNEL, format!("unsupported shape {shape:?}")));
         }
         let f = self.kernel(DECODE_SHORT_KERNEL)?;
-        let out_width = shape.n_heads * shape.head_dim;
-        let ints = [width, out_width, max_blocks, shape.n_groups, layer, shape.block_tokens].map(|v| v as i32);
-        let scale = 1.0f32 / (shape.head_dim as f32).sqrt();
-        let mut a = Args::default();
-        a.arg(&qkv).arg(&ints[0]).arg(&out).arg(&ints[1]).arg(&work_tokens).arg(&positions).arg(&seq_of_token);
-        a.arg(&block_table).arg(&ints[2]).arg(&ints[3]).arg(&ints[4]).arg(&ints[5]);
-        a.arg(&scale);
-        let grid = (shape.n_groups as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", work)? as u32, 1);
-        self.launch(f, a, DECODE_SHORT_KERNEL, cfg(grid, 256, DECODE_SHORT_SMEM as u32))
+        let grid = (shape.n_groups as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", at.work)? as u32, 1);
+        self.launch(f, at.decode_args(), DECODE_SHORT_KERNEL, cfg(grid, 256, DECODE_SHORT_SMEM as u32))
     }
 
     unsafe fn combine(

@@ -92,6 +92,22 @@ __device__ __forceinline__ void load_tile(KvTile& tile, const u64* table, int kb
     }
 }
 
+// The A fragments of a group's 16 query rows at q (f32, head size 128),
+// times qscale, in f16: k-step kc covers dims 8(4(kc/2)+q) + 4(kc%2) +
+// {0,1} (a0, a1) and + {2,3} (a2, a3), rows = heads gr and gr + 8.
+__device__ __forceinline__ void load_q_fragments(const float* q, float qscale, int gr, int tq, u32 (&qf)[8][4]) {
+#pragma unroll
+    for (int kc = 0; kc < 8; kc++) {
+        const int d0 = ((kc >> 1) * 4 + tq) * 8 + (kc & 1) * 4;
+        const float4 a = *(const float4*)(q + gr * DEC_D + d0);
+        const float4 b = *(const float4*)(q + (gr + 8) * DEC_D + d0);
+        qf[kc][0] = pack_f16(a.x * qscale, a.y * qscale);
+        qf[kc][1] = pack_f16(b.x * qscale, b.y * qscale);
+        qf[kc][2] = pack_f16(a.z * qscale, a.w * qscale);
+        qf[kc][3] = pack_f16(b.z * qscale, b.w * qscale);
+    }
+}
+
 // Tile `tile` (keys kb… of a context ending at k_end) into a warp's running
 // softmax state (m, l: rows gr and gr + 8, log2 domain) and output fragments o.
 __device__ __forceinline__ void mma_consume(const KvTile& tile, int kb, int k_end, const u32 (&qf)[8][4],
@@ -220,21 +236,10 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
     if (kb0 < k_end) load_tile(ta, table, kb0, k_end, block_tokens, koff, voff, gr, tq);
     if (kb0 + STEP < k_end) load_tile(tb, table, kb0 + STEP, k_end, block_tokens, koff, voff, gr, tq);
 
-    // Q fragments: k-step kc covers dims 8(4(kc/2)+q) + 4(kc%2) + {0,1} (a0,
-    // a1) and + {2,3} (a2, a3), rows = heads gr and gr + 8.
     const float qscale = scale * 1.4426950408889634f;
     const float* q = qkv + (long)t * width + (long)g * HG * DEC_D;
     u32 qf[8][4];
-#pragma unroll
-    for (int kc = 0; kc < 8; kc++) {
-        const int d0 = ((kc >> 1) * 4 + tq) * 8 + (kc & 1) * 4;
-        const float4 a = *(const float4*)(q + gr * DEC_D + d0);
-        const float4 b = *(const float4*)(q + (gr + 8) * DEC_D + d0);
-        qf[kc][0] = pack_f16(a.x * qscale, a.y * qscale);
-        qf[kc][1] = pack_f16(b.x * qscale, b.y * qscale);
-        qf[kc][2] = pack_f16(a.z * qscale, a.w * qscale);
-        qf[kc][3] = pack_f16(b.z * qscale, b.w * qscale);
-    }
+    load_q_fragments(q, qscale, gr, tq, qf);
 
     float o[16][4];
 #pragma unroll

@@ -76,16 +76,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     if (kb0 < ctx) load_tile(ta, table, kb0, ctx, block_tokens, koff, voff, gr, tq);
     if (kb0 + STEP < ctx) load_tile(tb, table, kb0 + STEP, ctx, block_tokens, koff, voff, gr, tq);
     u32 qf[8][4];
-#pragma unroll
-    for (int kc = 0; kc < 8; kc++) {
-        const int d0 = ((kc >> 1) * 4 + tq) * 8 + (kc & 1) * 4;
-        const float4 a = *(const float4*)(q + gr * DEC_D + d0);
-        const float4 b = *(const float4*)(q + (gr + 8) * DEC_D + d0);
-        qf[kc][0] = pack_f16(a.x * qscale, a.y * qscale);
-        qf[kc][1] = pack_f16(b.x * qscale, b.y * qscale);
-        qf[kc][2] = pack_f16(a.z * qscale, a.w * qscale);
-        qf[kc][3] = pack_f16(b.z * qscale, b.w * qscale);
-    }
+    load_q_fragments(q, qscale, gr, tq, qf);
     float o[16][4];
 #pragma unroll
     for (int j = 0; j < 16; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;

@@ -1392,65 +1392,30 @@ impl Backend for CudaBackend {
                     dims,
                     layer,
                 )?;
+                let work = chatglm_cuda::AttentionWork {
+                    qkv: qp,
+                    width,
+                    out: op,
+                    work_tokens: at(plan.off_work()),
+                    work: plan.n_work,
+                    positions: at(plan.off_positions()),
+                    seq_of_token: at(plan.off_seq()),
+                    block_table: table,
+                    max_blocks: plan.max_blocks,
+                    shape: dims,
+                    layer,
+                };
                 if plan.decode_kernel && st.short_attention {
-                    let (work, pos, seqs) = (at(plan.off_work()), at(plan.off_positions()), at(plan.off_seq()));
-                    self.gpu.attention_decode_short(
-                        qp,
-                        width,
-                        op,
-                        work,
-                        plan.n_work,
-                        pos,
-                        seqs,
-                        table,
-                        plan.max_blocks,
-                        dims,
-                        layer,
-                    )?;
+                    self.gpu.attention_decode_short(work)?;
                     self.short_attention.launched();
                 } else if let Some(split) = plan.split {
                     let part_o = st.part_o.as_ref().map_or(0, device_ptr);
                     let part_ml = st.part_ml.as_ref().map_or(0, device_ptr);
-                    let (work, pos, seqs) = (at(plan.off_work()), at(plan.off_positions()), at(plan.off_seq()));
-                    let max_blocks = plan.max_blocks;
                     if plan.decode_kernel {
                         let counters = st.counters.as_ref().map_or(0, device_ptr);
-                        self.gpu.attention_decode(
-                            kv,
-                            qp,
-                            width,
-                            op,
-                            work,
-                            plan.n_work,
-                            pos,
-                            seqs,
-                            table,
-                            max_blocks,
-                            dims,
-                            layer,
-                            split,
-                            part_o,
-                            part_ml,
-                            counters,
-                        )?;
+                        self.gpu.attention_decode(kv, work, split, part_o, part_ml, counters)?;
                     } else {
-                        self.gpu.attention_split(
-                            kv,
-                            qp,
-                            width,
-                            op,
-                            work,
-                            plan.n_work,
-                            pos,
-                            seqs,
-                            table,
-                            max_blocks,
-                            dims,
-                            layer,
-                            split,
-                            part_o,
-                            part_ml,
-                        )?;
+                        self.gpu.attention_split(kv, work, split, part_o, part_ml)?;
                     }
                 }
             }
