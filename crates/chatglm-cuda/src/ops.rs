@@ -1366,6 +1366,51 @@ mod tests {
     }
 
     #[test]
+    fn decode_launches_pass_the_kernels_parameters_in_order() {
+        let work = AttentionWork {
+            qkv: 0x1000,
+            width: 4608,
+            out: 0x2000,
+            work_tokens: 0x3000,
+            work: 3,
+            positions: 0x4000,
+            seq_of_token: 0x5000,
+            block_table: 0x6000,
+            max_blocks: 7,
+            shape: dims(),
+            layer: 5,
+        };
+        let scale = (1.0f32 / 128f32.sqrt()).to_bits() as u64;
+        let want = [0x1000, 4608, 0x2000, 4096, 0x3000, 0x4000, 0x5000, 0x6000, 7, 2, 5, 64, scale];
+        assert_eq!(work.decode_args().values(), want);
+        // attn_decode_short16 takes exactly these, in this order.
+        let src = include_str!("kernels/decode_short.cu");
+        let sig = &src[src.find("attn_decode_short16(").expect("kernel defined")..];
+        let params: Vec<&str> = sig[sig.find('(').unwrap() + 1..sig.find(')').unwrap()]
+            .split(',')
+            .map(|p| p.split_whitespace().last().unwrap_or_default())
+            .collect();
+        let names = [
+            "qkv",
+            "width",
+            "out",
+            "out_width",
+            "work_tokens",
+            "positions",
+            "seq_of_token",
+            "block_table",
+            "max_blocks",
+            "n_groups",
+            "layer",
+            "block_tokens",
+            "scale",
+        ];
+        assert_eq!(params, names);
+        // The launch's shared memory is the kernel's ShortReduce (its static_assert).
+        assert_eq!(DECODE_SHORT_SMEM, 67_072);
+    }
+
+    #[test]
     fn kv_rows_are_sized_as_the_kernels_lay_them_out() {
         // q8_0: 128 codes and 4 f16 scales (34 bytes per 32 values, as the CPU's cache).
         assert_eq!(KvFormat::Q8_0.row_bytes(128), 136);
