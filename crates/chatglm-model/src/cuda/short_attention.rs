@@ -20,8 +20,7 @@ pub(super) struct ShortAttention {
 impl ShortAttention {
     /// From `CHATGLM_DECODE_SHORT` (the limit; 0: never), else the default.
     pub(super) fn from_env() -> Self {
-        let limit = std::env::var("CHATGLM_DECODE_SHORT").ok().and_then(|v| v.trim().parse().ok());
-        Self::new(limit.unwrap_or(DEFAULT_SHORT_LIMIT))
+        Self::new(parse_limit(std::env::var("CHATGLM_DECODE_SHORT").ok().as_deref()))
     }
 
     fn new(limit: usize) -> Self {
@@ -35,6 +34,18 @@ impl ShortAttention {
 
     pub(super) fn launched(&self) {
         self.launches.fetch_add(1, Relaxed);
+    }
+}
+
+/// The limit a `CHATGLM_DECODE_SHORT` value sets: a count of keys, else
+/// (with a warning naming the value) the default.
+fn parse_limit(value: Option<&str>) -> usize {
+    match value.map(str::trim) {
+        None | Some("") => DEFAULT_SHORT_LIMIT,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            tracing::warn!("CHATGLM_DECODE_SHORT={v:?} is not a count of keys; using {DEFAULT_SHORT_LIMIT}");
+            DEFAULT_SHORT_LIMIT
+        }),
     }
 }
 
@@ -55,6 +66,16 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_setting_is_a_count_of_keys_or_the_default() {
+        assert_eq!(parse_limit(None), DEFAULT_SHORT_LIMIT);
+        assert_eq!(parse_limit(Some(" ")), DEFAULT_SHORT_LIMIT);
+        assert_eq!(parse_limit(Some("0")), 0);
+        assert_eq!(parse_limit(Some(" 1024 ")), 1024);
+        assert_eq!(parse_limit(Some("-1")), DEFAULT_SHORT_LIMIT);
+        assert_eq!(parse_limit(Some("many")), DEFAULT_SHORT_LIMIT);
+    }
 
     #[test]
     fn the_limit_includes_its_own_length() {
