@@ -14,6 +14,9 @@ pub struct CpuFeatures {
     pub avx512bw: bool,
     pub avx512vl: bool,
     pub avx512vnni: bool,
+    /// AVX-VNNI: the 256-bit, VEX-encoded `vpdpbusd` of CPUs that may lack
+    /// AVX-512 (Intel cores since Alder Lake).
+    pub avxvnni: bool,
     pub neon: bool,
     /// Armv8.2 `sdot`/`udot`.
     pub dotprod: bool,
@@ -30,6 +33,7 @@ impl CpuFeatures {
             avx512bw: self.avx512bw && other.avx512bw,
             avx512vl: self.avx512vl && other.avx512vl,
             avx512vnni: self.avx512vnni && other.avx512vnni,
+            avxvnni: self.avxvnni && other.avxvnni,
             neon: self.neon && other.neon,
             dotprod: self.dotprod && other.dotprod,
         }
@@ -47,6 +51,7 @@ impl CpuFeatures {
                 avx512bw: is_x86_feature_detected!("avx512bw"),
                 avx512vl: is_x86_feature_detected!("avx512vl"),
                 avx512vnni: is_x86_feature_detected!("avx512vnni"),
+                avxvnni: is_x86_feature_detected!("avxvnni"),
                 neon: false,
                 dotprod: false,
             }
@@ -66,12 +71,13 @@ impl CpuFeatures {
     }
 
     /// These features without the sets above `cap` (`scalar`, `avx2`,
-    /// `neon`; anything else leaves them all).
+    /// `avx2-vnni`, `neon`; anything else leaves them all).
     pub fn capped(self, cap: &str) -> Self {
         let no512 = Self { avx512f: false, avx512bw: false, avx512vl: false, avx512vnni: false, ..self };
         match cap {
             "scalar" => Self::default(),
-            "avx2" => no512,
+            "avx2" => Self { avxvnni: false, ..no512 },
+            "avx2-vnni" => no512,
             "neon" => Self { dotprod: false, ..self },
             _ => self,
         }
@@ -80,6 +86,11 @@ impl CpuFeatures {
     /// True when the AVX-512 VNNI kernels can run (on top of the AVX2 set).
     pub fn has_avx512_vnni_set(&self) -> bool {
         self.has_avx2_set() && self.avx512f && self.avx512bw && self.avx512vl && self.avx512vnni
+    }
+
+    /// True when the AVX-VNNI kernels can run (on top of the AVX2 set).
+    pub fn has_avx_vnni_set(&self) -> bool {
+        self.has_avx2_set() && self.avxvnni
     }
 
     /// True when the AVX2 kernels (which also need FMA and F16C) can run.
@@ -208,6 +219,16 @@ impl Kernels {
             };
         }
         #[cfg(target_arch = "x86_64")]
+        if features.has_avx_vnni_set() {
+            // AVX2, with `vpdpbusd` in the packed q4_0 products (CPUs with
+            // AVX-VNNI but no AVX-512).
+            return Kernels {
+                name: "avx2-vnni",
+                packed_q4_0: crate::packed::avxvnni::kernels(),
+                ..dot::avx2::kernels()
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
         if features.has_avx2_set() {
             return dot::avx2::kernels();
         }
@@ -221,7 +242,7 @@ impl Kernels {
 
     /// The best kernels for this CPU, detected once per process.
     ///
-    /// `CHATGLM_CPU_KERNELS=scalar|avx2|neon` caps the choice at that set
+    /// `CHATGLM_CPU_KERNELS=scalar|avx2|avx2-vnni|neon` caps the choice at that set
     /// (for benchmarking a smaller machine's code path, or ruling a kernel
     /// out when debugging); a set the CPU lacks is not enabled by it.
     pub fn detect() -> &'static Kernels {

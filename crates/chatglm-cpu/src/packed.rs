@@ -286,9 +286,10 @@ pub mod avx2 {
         _mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones))
     }
 
+    /// Codes 0..16 of a half quad (two blocks): low nibbles, high nibbles.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn nibbles(q: *const [u8; 16], mask: __m256i) -> (__m256i, __m256i) {
+    pub(crate) unsafe fn nibbles(q: *const [u8; 16], mask: __m256i) -> (__m256i, __m256i) {
         let v = _mm256_loadu_si256(q as *const __m256i);
         (_mm256_and_si256(v, mask), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask))
     }
@@ -353,6 +354,97 @@ pub mod avx2 {
                             _mm256_load_si256(xt.x8.as_ptr().add(16 * k) as *const __m256i),
                         );
                         let p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s16, ones)), dxk[t]);
+                        *acc_rt = _mm256_fmadd_ps(p, dwk, *acc_rt);
+                    }
+                }
+            }
+        }
+        for r in 0..4 {
+            out[r * 2] = hsum(acc[r][0]);
+            out[r * 2 + 1] = hsum(acc[r][1]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avxvnni {
+    //! AVX-VNNI packed-q4_0 kernels (CPUs with the 256-bit `vpdpbusd` but no
+    //! AVX-512): the AVX2 layout, a quad as two 256-bit halves, with one
+    //! `vpdpbusd` summing four code × activation products into each i32 lane
+    //! where AVX2 takes `maddubs`, `madd` and an add. Reached only through
+    //! tables built after a run-time feature check.
+
+    use super::avx2::{hsum4, nibbles, quad_scales, spread};
+    use super::{PackedQ4_0Kernels, Q8Quad};
+    use crate::dot::avx2::hsum;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    pub(crate) fn kernels() -> PackedQ4_0Kernels {
+        PackedQ4_0Kernels {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
+            dot: |s, q, x| unsafe { dot(s, q, x) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
+            t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
+        }
+    }
+
+    /// `init` + Σ q·x of half `k` of a quad (blocks 2k, 2k+1) in 8 i32 lanes,
+    /// 4 per block, exact (|Σ| ≤ 32 · 15 · 128 a lane).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn half_isums(init: __m256i, lo: __m256i, hi: __m256i, x: &Q8Quad, k: usize) -> __m256i {
+        let s = _mm256_dpbusd_avx_epi32(init, lo, _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i));
+        _mm256_dpbusd_avx_epi32(s, hi, _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
+        let nq = x.len().min(qs.len() / 4);
+        assert!(scales.len() >= 4 * nq);
+        let mask = _mm256_set1_epi8(0x0f);
+        let zero = _mm256_setzero_si256();
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut corr = _mm_setzero_ps();
+        for q in 0..nq {
+            let xq = x.get_unchecked(q);
+            crate::prefetch::ahead(qs.as_ptr().add(4 * q));
+            let dw = quad_scales(scales.as_ptr().add(4 * q));
+            let dwdx = _mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr()));
+            for (k, acc_k) in acc.iter_mut().enumerate() {
+                let (lo, hi) = nibbles(qs.as_ptr().add(4 * q + 2 * k), mask);
+                let isums = _mm256_cvtepi32_ps(half_isums(zero, lo, hi, xq, k));
+                *acc_k = _mm256_fmadd_ps(isums, spread(dwdx, k), *acc_k);
+            }
+            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
+        }
+        hsum(_mm256_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)
+    }
+
+    /// 4 rows × 2 tokens. Each lane's sum starts at −8 × its activations'
+    /// sum (`Q8Quad::x8` pairs added once per token and half), so the two
+    /// `vpdpbusd` leave Σ (q − 8)·x exactly: no correction accumulators.
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+        let nb = 4 * nq;
+        assert!(qs.len() >= 4 * nb && scales.len() >= 3 * nb + 4 * nq && x.len() >= 2 * nq && out.len() >= 8);
+        let minus_ones = _mm256_set1_epi16(-1);
+        let mask = _mm256_set1_epi8(0x0f);
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for q in 0..nq {
+            let xs = [x.get_unchecked(q), x.get_unchecked(nq + q)];
+            let dx = [_mm_loadu_ps(xs[0].d.as_ptr()), _mm_loadu_ps(xs[1].d.as_ptr())];
+            for k in 0..2 {
+                let dxk = [spread(dx[0], k), spread(dx[1], k)];
+                let init = xs.map(|xt| {
+                    _mm256_madd_epi16(_mm256_load_si256(xt.x8.as_ptr().add(16 * k) as *const __m256i), minus_ones)
+                });
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let dwk = spread(quad_scales(scales.as_ptr().add(r * nb + 4 * q)), k);
+                    let (lo, hi) = nibbles(qs.as_ptr().add(r * nb + 4 * q + 2 * k), mask);
+                    for (t, acc_rt) in acc_r.iter_mut().enumerate() {
+                        let s = half_isums(init[t], lo, hi, xs[t], k);
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(s), dxk[t]);
                         *acc_rt = _mm256_fmadd_ps(p, dwk, *acc_rt);
                     }
                 }

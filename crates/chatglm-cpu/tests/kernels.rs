@@ -27,7 +27,12 @@ fn tables() -> Vec<Kernels> {
     let mut v = vec![Kernels::scalar()];
     let f = CpuFeatures::detect();
     if f.has_avx2_set() {
-        v.push(Kernels::for_features(CpuFeatures { avx512f: false, avx512vnni: false, ..f }));
+        v.push(Kernels::for_features(f.capped("avx2")));
+    }
+    if f.has_avx_vnni_set() {
+        v.push(Kernels::for_features(f.capped("avx2-vnni")));
+    } else if cfg!(target_arch = "x86_64") {
+        eprintln!("note: no AVX-VNNI on this CPU; those kernels are not tested here");
     }
     if f.has_avx512_vnni_set() {
         v.push(Kernels::for_features(f));
@@ -494,6 +499,7 @@ fn asking_for_features_the_cpu_lacks_never_enables_them() {
         avx512bw: true,
         avx512vl: true,
         avx512vnni: true,
+        avxvnni: true,
         neon: true,
         dotprod: true,
     };
