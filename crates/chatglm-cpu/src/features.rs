@@ -220,11 +220,12 @@ impl Kernels {
         }
         #[cfg(target_arch = "x86_64")]
         if features.has_avx_vnni_set() {
-            // AVX2, with `vpdpbusd` in the packed q4_0 products (CPUs with
-            // AVX-VNNI but no AVX-512).
+            // AVX2, with `vpdpbusd` in the packed q4_0 and q8_0 products
+            // (CPUs with AVX-VNNI but no AVX-512).
             return Kernels {
                 name: "avx2-vnni",
                 packed_q4_0: crate::packed::avxvnni::kernels(),
+                packed_q8_0: crate::packed_q8::avxvnni::kernels(),
                 ..dot::avx2::kernels()
             };
         }
