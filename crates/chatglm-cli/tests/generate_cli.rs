@@ -198,7 +198,8 @@ fn mmap_and_kernel_cap_give_the_official_answer() {
     assert_eq!(case["history"].as_array().map(Vec::len), Some(0), "the first golden case has no history");
     let max_length = case["max_length"].to_string();
     let model = dev_model();
-    for (flag, cap) in [("--mmap", ""), ("--mmap", "scalar"), ("--temperature", "avx2")] {
+    for (flag, cap) in [("--mmap", ""), ("--mmap", "scalar"), ("--temperature", "avx2"), ("--temperature", "avx2-vnni")]
+    {
         let mut args = vec!["generate", "-m", &model, "-p", case["query"].as_str().unwrap()];
         args.extend(["--temperature", "0", "--max-length", &max_length, "--json"]);
         if flag == "--mmap" {

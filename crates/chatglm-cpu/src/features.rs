@@ -260,3 +260,29 @@ impl std::fmt::Debug for Kernels {
         f.debug_struct("Kernels").field("name", &self.name).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_keep_the_sets_below_them() {
+        let all = CpuFeatures {
+            avx2: true,
+            fma: true,
+            f16c: true,
+            avx512f: true,
+            avx512bw: true,
+            avx512vl: true,
+            avx512vnni: true,
+            avxvnni: true,
+            neon: false,
+            dotprod: false,
+        };
+        let avx2 = all.capped("avx2");
+        assert!(avx2.has_avx2_set() && !avx2.has_avx_vnni_set() && !avx2.has_avx512_vnni_set());
+        let vnni = all.capped("avx2-vnni");
+        assert!(vnni.has_avx_vnni_set() && !vnni.has_avx512_vnni_set());
+        assert!(all.capped("").has_avx512_vnni_set() && !all.capped("scalar").has_avx2_set());
+    }
+}
