@@ -389,11 +389,12 @@ pub mod avxvnni {
         }
     }
 
-    /// `init` + Σ q·x of half `k` of a quad (blocks 2k, 2k+1) in 8 i32 lanes,
-    /// 4 per block, exact (|Σ| ≤ 32 · 15 · 128 a lane).
+    /// `init` + Σ w·x of half `k` of a quad (blocks 2k, 2k+1) in 8 i32 lanes,
+    /// 4 per block: `lo`, `hi` are the half's unsigned weights of values
+    /// 0..16 and 16..32 (exact: |Σ| ≤ 8 · 255 · 128 a lane).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn half_isums(init: __m256i, lo: __m256i, hi: __m256i, x: &Q8Quad, k: usize) -> __m256i {
+    pub(crate) unsafe fn half_isums(init: __m256i, lo: __m256i, hi: __m256i, x: &Q8Quad, k: usize) -> __m256i {
         let s = _mm256_dpbusd_avx_epi32(init, lo, _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i));
         _mm256_dpbusd_avx_epi32(s, hi, _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i))
     }
@@ -421,15 +422,31 @@ pub mod avxvnni {
         hsum(_mm256_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)
     }
 
-    /// 4 rows × 2 tokens. Each lane's sum starts at −8 × its activations'
-    /// sum (`Q8Quad::x8` pairs added once per token and half), so the two
-    /// `vpdpbusd` leave Σ (q − 8)·x exactly: no correction accumulators.
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
         let nb = 4 * nq;
-        assert!(qs.len() >= 4 * nb && scales.len() >= 3 * nb + 4 * nq && x.len() >= 2 * nq && out.len() >= 8);
-        let minus_ones = _mm256_set1_epi16(-1);
+        assert!(qs.len() >= 4 * nb);
         let mask = _mm256_set1_epi8(0x0f);
+        tile_halves(scales, x, nq, 8, out, |r, q, k| nibbles(qs.as_ptr().add(r * nb + 4 * q + 2 * k), mask))
+    }
+
+    /// A packed 4-row × 2-token tile given `weights(r, q, k)`, half `k` of row
+    /// `r`'s quad `q` as unsigned values 0..16 and 16..32, stored with
+    /// `offset` added: each lane's sum starts at −offset × its activations'
+    /// sum (`Q8Quad::x8` is 8 × the pair sums, added once per token and
+    /// half), so the two `vpdpbusd` leave Σ w·x exactly and no correction
+    /// accumulators are kept.
+    #[inline(always)]
+    pub(crate) unsafe fn tile_halves(
+        scales: &[f16],
+        x: &[Q8Quad],
+        nq: usize,
+        offset: i16,
+        out: &mut [f32],
+        weights: impl Fn(usize, usize, usize) -> (__m256i, __m256i),
+    ) {
+        assert!(scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
+        let minus_offset_8ths = _mm256_set1_epi16(-offset / 8);
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         for q in 0..nq {
             let xs = [x.get_unchecked(q), x.get_unchecked(nq + q)];
@@ -437,14 +454,14 @@ pub mod avxvnni {
             for k in 0..2 {
                 let dxk = [spread(dx[0], k), spread(dx[1], k)];
                 let init = xs.map(|xt| {
-                    _mm256_madd_epi16(_mm256_load_si256(xt.x8.as_ptr().add(16 * k) as *const __m256i), minus_ones)
+                    let x8 = _mm256_load_si256(xt.x8.as_ptr().add(16 * k) as *const __m256i);
+                    _mm256_madd_epi16(x8, minus_offset_8ths)
                 });
                 for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let dwk = spread(quad_scales(scales.as_ptr().add(r * nb + 4 * q)), k);
-                    let (lo, hi) = nibbles(qs.as_ptr().add(r * nb + 4 * q + 2 * k), mask);
+                    let dwk = spread(quad_scales(scales.as_ptr().add(4 * (r * nq + q))), k);
+                    let (lo, hi) = weights(r, q, k);
                     for (t, acc_rt) in acc_r.iter_mut().enumerate() {
-                        let s = half_isums(init[t], lo, hi, xs[t], k);
-                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(s), dxk[t]);
+                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(half_isums(init[t], lo, hi, xs[t], k)), dxk[t]);
                         *acc_rt = _mm256_fmadd_ps(p, dwk, *acc_rt);
                     }
                 }

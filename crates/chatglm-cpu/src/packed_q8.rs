@@ -268,8 +268,7 @@ pub mod avxvnni {
     //! `kernel_bench`), so the table keeps AVX2's.
 
     use super::{PackedQ8_0Kernels, Q8WeightQuad};
-    use crate::dot::avx2::hsum;
-    use crate::packed::avx2::{quad_scales, spread};
+    use crate::packed::avxvnni::tile_halves;
     use crate::packed::Q8Quad;
     use half::f16;
     use std::arch::x86_64::*;
@@ -282,48 +281,16 @@ pub mod avxvnni {
         }
     }
 
-    /// `init` + Σ (w + 128)·x of half `k` (blocks 2k, 2k+1) of a quad in 8
-    /// i32 lanes, 4 per block (|Σ| ≤ 8 · 255 · 128 a lane: exact).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn half_isums(init: __m256i, quad: &Q8WeightQuad, x: &Q8Quad, k: usize) -> __m256i {
-        let p = quad.as_ptr();
-        let wlo = _mm256_loadu_si256(p.add(32 * k) as *const __m256i);
-        let whi = _mm256_loadu_si256(p.add(64 + 32 * k) as *const __m256i);
-        let s = _mm256_dpbusd_avx_epi32(init, wlo, _mm256_load_si256(x.lo.as_ptr().add(32 * k) as *const __m256i));
-        _mm256_dpbusd_avx_epi32(s, whi, _mm256_load_si256(x.hi.as_ptr().add(32 * k) as *const __m256i))
-    }
-
-    /// 4 rows × 2 tokens. Each lane's sum starts at −128 × its activations'
-    /// sum (−16 × `Q8Quad::x8`'s pairs, added once per token and half), so
-    /// the two `vpdpbusd` leave Σ w·x exactly.
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     unsafe fn tile_4x2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
-        assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
-        let minus_16 = _mm256_set1_epi16(-16);
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for q in 0..nq {
-            let xs = [x.get_unchecked(q), x.get_unchecked(nq + q)];
-            let dx = [_mm_loadu_ps(xs[0].d.as_ptr()), _mm_loadu_ps(xs[1].d.as_ptr())];
-            for k in 0..2 {
-                let dxk = [spread(dx[0], k), spread(dx[1], k)];
-                let init = xs.map(|xt| {
-                    _mm256_madd_epi16(_mm256_load_si256(xt.x8.as_ptr().add(16 * k) as *const __m256i), minus_16)
-                });
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let wq = qs.get_unchecked(r * nq + q);
-                    let dwk = spread(quad_scales(scales.as_ptr().add(4 * (r * nq + q))), k);
-                    for (t, acc_rt) in acc_r.iter_mut().enumerate() {
-                        let p = _mm256_mul_ps(_mm256_cvtepi32_ps(half_isums(init[t], wq, xs[t], k)), dxk[t]);
-                        *acc_rt = _mm256_fmadd_ps(p, dwk, *acc_rt);
-                    }
-                }
-            }
-        }
-        for r in 0..4 {
-            out[r * 2] = hsum(acc[r][0]);
-            out[r * 2 + 1] = hsum(acc[r][1]);
-        }
+        assert!(qs.len() >= 4 * nq);
+        tile_halves(scales, x, nq, 128, out, |r, q, k| {
+            let p = qs.get_unchecked(r * nq + q).as_ptr();
+            (
+                _mm256_loadu_si256(p.add(32 * k) as *const __m256i),
+                _mm256_loadu_si256(p.add(64 + 32 * k) as *const __m256i),
+            )
+        })
     }
 }
 
