@@ -296,9 +296,21 @@ pub mod avx2 {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        dot_halves(scales, qs, x, |lo, hi, xq, k| half_isums(lo, hi, xq, k, ones))
+    }
+
+    /// One packed q4_0 row against one token's quads, given `isums(lo, hi,
+    /// x, k)`: half `k`'s Σ q·x as 8 f32 lanes (4 per block) from its codes.
+    #[inline(always)]
+    pub(crate) unsafe fn dot_halves(
+        scales: &[f16],
+        qs: &[[u8; 16]],
+        x: &[Q8Quad],
+        isums: impl Fn(__m256i, __m256i, &Q8Quad, usize) -> __m256,
+    ) -> f32 {
         let nq = x.len().min(qs.len() / 4);
         assert!(scales.len() >= 4 * nq);
-        let ones = _mm256_set1_epi16(1);
         let mask = _mm256_set1_epi8(0x0f);
         let mut acc = [_mm256_setzero_ps(); 2];
         let mut corr = _mm_setzero_ps();
@@ -313,7 +325,7 @@ pub mod avx2 {
             let dwdx = _mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr()));
             for (k, acc_k) in acc.iter_mut().enumerate() {
                 let (lo, hi) = nibbles(qs.as_ptr().add(4 * q + 2 * k), mask);
-                *acc_k = _mm256_fmadd_ps(half_isums(lo, hi, xq, k, ones), spread(dwdx, k), *acc_k);
+                *acc_k = _mm256_fmadd_ps(isums(lo, hi, xq, k), spread(dwdx, k), *acc_k);
             }
             corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
         }
@@ -374,7 +386,7 @@ pub mod avxvnni {
     //! where AVX2 takes `maddubs`, `madd` and an add. Reached only through
     //! tables built after a run-time feature check.
 
-    use super::avx2::{hsum4, nibbles, quad_scales, spread};
+    use super::avx2::{dot_halves, nibbles, quad_scales, spread};
     use super::{PackedQ4_0Kernels, Q8Quad};
     use crate::dot::avx2::hsum;
     use half::f16;
@@ -401,25 +413,8 @@ pub mod avxvnni {
 
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     unsafe fn dot(scales: &[f16], qs: &[[u8; 16]], x: &[Q8Quad]) -> f32 {
-        let nq = x.len().min(qs.len() / 4);
-        assert!(scales.len() >= 4 * nq);
-        let mask = _mm256_set1_epi8(0x0f);
         let zero = _mm256_setzero_si256();
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut corr = _mm_setzero_ps();
-        for q in 0..nq {
-            let xq = x.get_unchecked(q);
-            crate::prefetch::ahead(qs.as_ptr().add(4 * q));
-            let dw = quad_scales(scales.as_ptr().add(4 * q));
-            let dwdx = _mm_mul_ps(dw, _mm_loadu_ps(xq.d.as_ptr()));
-            for (k, acc_k) in acc.iter_mut().enumerate() {
-                let (lo, hi) = nibbles(qs.as_ptr().add(4 * q + 2 * k), mask);
-                let isums = _mm256_cvtepi32_ps(half_isums(zero, lo, hi, xq, k));
-                *acc_k = _mm256_fmadd_ps(isums, spread(dwdx, k), *acc_k);
-            }
-            corr = _mm_fmadd_ps(dw, _mm_loadu_ps(xq.dsum.as_ptr()), corr);
-        }
-        hsum(_mm256_add_ps(acc[0], acc[1])) - 8.0 * hsum4(corr)
+        dot_halves(scales, qs, x, |lo, hi, xq, k| _mm256_cvtepi32_ps(half_isums(zero, lo, hi, xq, k)))
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
