@@ -92,6 +92,24 @@ __device__ __forceinline__ void load_tile(KvTile& tile, const u64* table, int kb
     }
 }
 
+// A warp's running maxima (log2 domain, rows gr and gr + 8) and sums (each
+// lane's share: summed over the quad here) into a block's merge buffers, the
+// maxima in natural logs.
+__device__ __forceinline__ void store_softmax_state(float m0, float m1, float l0, float l1, float* m, float* l, int gr,
+                                                    int tq) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (tq == 0) {
+        const float ln2 = 0.6931471805599453f;
+        m[gr] = m0 * ln2;
+        m[gr + 8] = m1 * ln2;
+        l[gr] = l0;
+        l[gr + 8] = l1;
+    }
+}
+
 // The A fragments of a group's 16 query rows at q (f32, head size 128),
 // times qscale, in f16: k-step kc covers dims 8(4(kc/2)+q) + 4(kc%2) +
 // {0,1} (a0, a1) and + {2,3} (a2, a3), rows = heads gr and gr + 8.
@@ -305,17 +323,7 @@ __device__ __forceinline__ void attn_decode_mma_body(const float* qkv, int width
     }
     if (WARPS == 8) __syncthreads();
     if (w < 4) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        if (tq == 0) {
-            const float ln2 = 0.6931471805599453f;
-            red.m[w][gr] = m0 * ln2;
-            red.m[w][gr + 8] = m1 * ln2;
-            red.l[w][gr] = l0;
-            red.l[w][gr + 8] = l1;
-        }
+        store_softmax_state(m0, m1, l0, l1, red.m[w], red.l[w], gr, tq);
 #pragma unroll
         for (int j = 0; j < 16; j++) {
             const int d0 = pv_dim(j, 2 * tq), d1 = pv_dim(j, 2 * tq + 1);

@@ -90,17 +90,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     }
     // (Reading o makes the stamp wait for the tile steps.)
     const unsigned long long t2 = short_now() + (unsigned long long)(o[0][0] == 12345.f);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    if (tq == 0) {
-        const float ln2 = 0.6931471805599453f;
-        red.m[w][gr] = m0 * ln2;
-        red.m[w][gr + 8] = m1 * ln2;
-        red.l[w][gr] = l0;
-        red.l[w][gr + 8] = l1;
-    }
+    store_softmax_state(m0, m1, l0, l1, red.m[w], red.l[w], gr, tq);
     // Fragment j of column n holds output dim pv_dim(j, n): j, j+1, j+2, j+3
     // (j % 4 == 0) are four consecutive dims, one 16-byte store.
 #pragma unroll
