@@ -32,7 +32,7 @@ fn elementwise_kernels() -> Vec<String> {
         "to_f16",
         "to_bf16",
         "argmax_rows",
-        "chain_ids",
+        "stage_step",
         "chain_reset",
     ]
     .map(String::from)

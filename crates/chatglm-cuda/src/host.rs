@@ -1,7 +1,7 @@
-//! Page-locked host buffers for copies that must not make the host wait:
-//! a step queued behind one still running uploads its metadata and reads
-//! its chosen tokens through these (copies from or to pageable memory may
-//! wait for the stream).
+//! Page-locked host buffers for transfers that must not make the host wait:
+//! a step queued behind one still running stages its metadata (read in place
+//! by the device) and reads its chosen tokens through these (copies from or
+//! to pageable memory may wait for the stream).
 
 use crate::{CudaError, Gpu};
 use cudarc::driver::{result, CudaEvent, CudaSlice, DevicePtr, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
@@ -44,38 +44,6 @@ impl Gpu {
         let pinned = unsafe { self.context().alloc_pinned_with_flags::<T>(len.max(1), 0) }
             .map_err(|e| CudaError::call(format!("cuMemHostAlloc({what})"), e))?;
         Ok(HostBuffer { pinned, last_copy: None, filled: 0 })
-    }
-
-    /// Queues a copy of `src` into `dst` through `buf` and returns without
-    /// waiting for the stream (only for `buf`'s previous copy, queued long
-    /// before).
-    pub fn upload_queued<T: DeviceRepr + ValidAsZeroBits + Copy>(
-        &self,
-        src: &[T],
-        dst: &mut CudaSlice<T>,
-        buf: &mut HostBuffer<T>,
-        what: &str,
-    ) -> Result<(), CudaError> {
-        if src.len() > dst.len() || src.len() > buf.len() {
-            return Err(CudaError::invalid(
-                format!("upload {what}"),
-                format!("{} elements into a buffer of {} (host {})", src.len(), dst.len(), buf.len()),
-            ));
-        }
-        self.flush_recorded(false)?;
-        buf.wait()?;
-        let host = buf.pinned.as_mut_slice().map_err(|e| CudaError::call(format!("pinned {what}"), e))?;
-        host[..src.len()].copy_from_slice(src);
-        let stream = self.stream();
-        let (dst_ptr, _record) = dst.device_ptr(stream);
-        // SAFETY: dst holds ≥ src.len() elements; the host slice stays alive
-        // and untouched until `last_copy` has completed (waited on above at
-        // the next use, or when the buffer is dropped: see Drop).
-        unsafe { result::memcpy_htod_async(dst_ptr, &host[..src.len()], stream.cu_stream()) }
-            .map_err(|e| CudaError::call(format!("cuMemcpyHtoDAsync({what})"), e))?;
-        buf.last_copy =
-            Some(stream.record_event(None).map_err(|e| CudaError::call(format!("cuEventRecord({what})"), e))?);
-        Ok(())
     }
 
     /// Queues a copy of the first `n` elements of `src` into `buf`; read them
@@ -175,5 +143,70 @@ impl Gpu {
             .result()
             .map_err(|e| CudaError::call(format!("cuMemHostGetDevicePointer({what})"), e))?;
         Ok(MappedHost { pinned, device })
+    }
+}
+
+/// Page-locked host memory the device reads in place that the host rewrites
+/// between queued steps: before rewriting it, the host waits for the last
+/// launch that read it (whose event [`StagingBuffer::mark_read`] keeps).
+pub struct StagingBuffer {
+    mapped: MappedHost,
+    last_read: Option<CudaEvent>,
+}
+
+impl StagingBuffer {
+    pub fn len(&self) -> usize {
+        self.mapped.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mapped.is_empty()
+    }
+
+    /// The device address of the first byte.
+    pub fn device_ptr(&self) -> u64 {
+        self.mapped.device_ptr()
+    }
+
+    /// Waits for the last launch that read the buffer, then copies `parts`
+    /// into it one after the other, each starting at a multiple of 16 bytes.
+    pub fn fill(&mut self, parts: &[&[u8]]) -> Result<(), CudaError> {
+        let needed: usize = parts.iter().map(|p| p.len().next_multiple_of(16)).sum();
+        if needed > self.len() {
+            return Err(CudaError::invalid("staging", format!("{needed} bytes into a buffer of {}", self.len())));
+        }
+        if let Some(e) = self.last_read.take() {
+            e.synchronize().map_err(|e| CudaError::call("cuEventSynchronize(staging buffer)", e))?;
+        }
+        let host = self.mapped.pinned.as_mut_slice().map_err(|e| CudaError::call("pinned staging buffer", e))?;
+        let mut at = 0;
+        for p in parts {
+            host[at..at + p.len()].copy_from_slice(p);
+            at += p.len().next_multiple_of(16);
+        }
+        Ok(())
+    }
+
+    /// Records that the launches queued so far read the buffer.
+    pub fn mark_read(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
+        let event = gpu.stream().record_event(None).map_err(|e| CudaError::call("cuEventRecord(staging)", e))?;
+        self.last_read = Some(event);
+        Ok(())
+    }
+}
+
+impl Drop for StagingBuffer {
+    fn drop(&mut self) {
+        // The pinned memory must outlive a launch still queued that reads it.
+        if let Some(e) = self.last_read.take() {
+            let _ = e.synchronize();
+        }
+    }
+}
+
+impl Gpu {
+    /// A [`StagingBuffer`] of at least `bytes` bytes.
+    pub fn staging_buffer(&self, bytes: usize, what: &str) -> Result<StagingBuffer, CudaError> {
+        Ok(StagingBuffer { mapped: self.mapped_host_copy(&vec![0; bytes.max(16)], what)?, last_read: None })
     }
 }

@@ -35,7 +35,7 @@ pub use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, GemvLean, Gpu};
 pub use error::CudaError;
 pub use graph::{GraphStats, MAX_GRAPHS};
-pub use host::{HostBuffer, MappedHost};
+pub use host::{HostBuffer, MappedHost, StagingBuffer};
 pub use mlp_stream::MlpBlock;
 pub use ops::{
     sample_row_words, AttentionDims, AttentionWork, DType, GemvMode, GgmlBlock, KvFormat, RopeArgs, SplitPlan,

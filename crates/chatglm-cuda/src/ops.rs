@@ -3,10 +3,11 @@
 //! vouches for the sizes of the buffers behind them. What can be checked here
 //! (shapes, launch limits) is checked before the launch.
 
+use crate::device::device_ptr;
 use crate::device::Args;
 use crate::graph::{GemmCall, Op};
-use crate::{CudaError, Gpu};
-use cudarc::driver::LaunchConfig;
+use crate::{CudaError, Gpu, StagingBuffer};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Weight and conversion element types (codes shared with the kernels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -727,21 +728,57 @@ impl Gpu {
         self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))
     }
 
-    /// For each of the `n` (row, source) pairs at `pairs` (2n i32):
-    /// `ids[row] = chosen[source]` — a step's tokens taken from the ids the
+    /// Stages a step's metadata `meta` and block `table` into `meta_dev` and
+    /// `table_dev` in one launch, through `buf` (page-locked, read in place
+    /// by the device; [`StagingBuffer`]), without waiting for the stream
+    /// (only for `buf`'s last reader, queued two steps before). With
+    /// `chain = Some((chosen, off_pairs, n))`, the `n` (row, source) pairs at
+    /// `meta[off_pairs..]` then set `ids[row] = chosen[source]` on the device
+    /// (ids: the first ints of `meta`): a step's tokens taken from the ids the
     /// step before chose, without the host reading them.
     ///
     /// # Safety
-    /// `ids`, `chosen`: i32 buffers holding every row and source named; `pairs`: 2n i32.
-    pub unsafe fn chain_ids(&self, ids: u64, pairs: u64, chosen: u64, n: usize) -> Result<(), CudaError> {
-        if n == 0 {
-            return Ok(());
+    /// `chosen`: an i32 buffer holding every source named; every row named
+    /// lies in `meta`.
+    pub unsafe fn stage_step(
+        &self,
+        meta: &[i32],
+        table: &[u64],
+        meta_dev: &mut CudaSlice<i32>,
+        table_dev: &mut CudaSlice<u64>,
+        buf: &mut StagingBuffer,
+        chain: Option<(u64, usize, usize)>,
+    ) -> Result<(), CudaError> {
+        const OP: &str = "stage_step";
+        let (meta16, table16) = staged_chunks(meta.len(), table.len());
+        if 4 * meta16 > meta_dev.len() || 2 * table16 > table_dev.len() {
+            return Err(CudaError::invalid(
+                OP,
+                format!(
+                    "{} ints and {} addresses into buffers of {} and {}",
+                    meta.len(),
+                    table.len(),
+                    meta_dev.len(),
+                    table_dev.len()
+                ),
+            ));
         }
-        let f = self.kernel("chain_ids")?;
-        let n32 = check_i32("chain_ids", "n", n)?;
+        let (chosen, off_pairs, n_chained) = chain.unwrap_or((0, 0, 0));
+        if off_pairs + 2 * n_chained > meta.len() {
+            return Err(CudaError::invalid(OP, format!("{n_chained} pairs at {off_pairs} past {} ints", meta.len())));
+        }
+        let f = self.kernel(OP)?;
+        self.flush_recorded(false)?;
+        buf.fill(&[bytemuck::cast_slice(meta), bytemuck::cast_slice(table)])?;
+        let ints = [meta16, table16, off_pairs, n_chained];
+        let ints: Vec<i32> = ints.iter().map(|&v| check_i32(OP, "size", v)).collect::<Result<_, _>>()?;
+        let (src, md, td) = (buf.device_ptr(), device_ptr(meta_dev), device_ptr(table_dev));
         let mut a = Args::default();
-        a.arg(&ids).arg(&pairs).arg(&chosen).arg(&n32);
-        self.launch(f, a, "chain_ids", cfg((n.div_ceil(256) as u32, 1, 1), 256, 0))
+        a.arg(&src).arg(&md).arg(&ints[0]).arg(&td).arg(&ints[1]).arg(&chosen).arg(&ints[2]).arg(&ints[3]);
+        let table_blocks = table16.div_ceil(STAGE_CHUNKS_A_BLOCK);
+        let grid = check_i32(OP, "blocks", 1 + table_blocks)? as u32;
+        self.launch(f, a, OP, cfg((grid, 1, 1), 256, 0))?;
+        buf.mark_read(self)
     }
 
     /// out[r] (i32) = the token chosen for row r of `x` (rows × cols f32 logits)
@@ -1357,9 +1394,39 @@ impl SplitPlan {
     }
 }
 
+/// 16-byte chunks a block of `stage_step` copies at once (256 threads, four
+/// loads each).
+const STAGE_CHUNKS_A_BLOCK: usize = 4 * 256;
+
+/// 16-byte chunks of a step's metadata (i32s) and block table (u64s) as
+/// `stage_step` lays them out in its staging buffer: each padded to 16 bytes.
+pub fn staged_chunks(meta_ints: usize, table_entries: usize) -> (usize, usize) {
+    (meta_ints.div_ceil(4), table_entries.div_ceil(2))
+}
+
+/// Bytes of staging buffer a step of `meta_ints` ints of metadata and
+/// `table_entries` block addresses needs.
+pub fn staged_bytes(meta_ints: usize, table_entries: usize) -> usize {
+    let (m, t) = staged_chunks(meta_ints, table_entries);
+    16 * (m + t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staged_metadata_and_table_start_at_16_byte_chunks() {
+        assert_eq!(staged_chunks(0, 0), (0, 0));
+        assert_eq!(staged_chunks(1, 1), (1, 1));
+        assert_eq!(staged_chunks(4, 2), (1, 1));
+        assert_eq!(staged_chunks(5, 3), (2, 2));
+        // stage_step's source: each part padded as StagingBuffer::fill lays it.
+        for (m, t) in [(0usize, 0usize), (3, 1), (4, 4), (7, 5), (1000, 129)] {
+            let padded = (4 * m).next_multiple_of(16) + (8 * t).next_multiple_of(16);
+            assert_eq!(staged_bytes(m, t), padded);
+        }
+    }
 
     fn dims() -> AttentionDims {
         AttentionDims { n_heads: 32, n_groups: 2, head_dim: 128, block_tokens: 64 }

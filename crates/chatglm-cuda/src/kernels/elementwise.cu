@@ -233,14 +233,46 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm(const float* x, const
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h1(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<1>(x, w, out, cols, eps); }
 extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, const float* w, void* out, int cols, float eps) { rms_norm_body<2>(x, w, out, cols, eps); }
 
-// Rows whose token the step before chose and the host has not read yet (it
-// queued this step behind that one): ids[pairs[2i]] = chosen[pairs[2i + 1]].
-// One thread a row.
-extern "C" __global__ void chain_ids(int* ids, const int* pairs, const int* chosen, int n) {
+// A step's metadata and block table, read in place from page-locked host
+// memory the host filled (`src`: meta16 16-byte chunks of metadata, then
+// table16 of the table), into their device buffers — one launch where two
+// copies and a kernel took ~25 µs between queued decode steps (bench/
+// RESULTS.md run 134). Block 0 copies the metadata and then, where the step
+// before chose tokens the host has not read (it queued this step behind
+// that one), sets ids[pairs[2i]] = chosen[pairs[2i + 1]] for its n_chained
+// (row, source) pairs at int offset off_pairs; the other blocks copy the
+// table. Each thread keeps four 16-byte loads in flight (a bus round trip
+// each).
+#define STAGE_LOADS 4
+extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
+                                                             int4* table, int table16, const int* chosen,
+                                                             int off_pairs, int n_chained) {
     pdl_launch_dependents();
     pdl_wait();
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) ids[pairs[2 * i]] = chosen[pairs[2 * i + 1]];
+    const bool is_meta = blockIdx.x == 0;
+    int4* dst = is_meta ? meta : table;
+    const int4* from = is_meta ? src : src + meta16;
+    const int n = is_meta ? meta16 : table16;
+    const int stride = is_meta ? STAGE_LOADS * blockDim.x : STAGE_LOADS * blockDim.x * (gridDim.x - 1);
+    const int first = is_meta ? threadIdx.x : (blockIdx.x - 1) * STAGE_LOADS * blockDim.x + threadIdx.x;
+    for (int i0 = first; i0 < n; i0 += stride) {
+        int4 v[STAGE_LOADS];
+#pragma unroll
+        for (int k = 0; k < STAGE_LOADS; k++) {
+            const int i = i0 + k * blockDim.x;
+            if (i < n) v[k] = __ldcv(from + i);  // the host rewrote it since the last step: never a cached copy
+        }
+#pragma unroll
+        for (int k = 0; k < STAGE_LOADS; k++) {
+            const int i = i0 + k * blockDim.x;
+            if (i < n) dst[i] = v[k];
+        }
+    }
+    if (!is_meta || n_chained == 0) return;
+    __syncthreads();  // the pairs (and ids) this block just wrote
+    int* ids = (int*)meta;
+    const int* pairs = ids + off_pairs;
+    for (int i = threadIdx.x; i < n_chained; i += blockDim.x) ids[pairs[2 * i]] = chosen[pairs[2 * i + 1]];
 }
 
 // out[r] = the greedy choice for row r, as the host's greedy sampler makes

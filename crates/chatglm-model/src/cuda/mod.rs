@@ -28,7 +28,7 @@ use chatglm_cuda::ops::GEMV_MAX_TOKENS;
 use chatglm_cuda::quant::{TileShape, TiledPtr};
 use chatglm_cuda::{
     device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, HostBuffer, KvFormat,
-    SplitPlan, SAMPLE_ROW_WORDS,
+    SplitPlan, StagingBuffer, SAMPLE_ROW_WORDS,
 };
 use chatglm_weights::ptuning::PrefixKv;
 use chatglm_weights::{DType as FileDType, Tensor};
@@ -158,49 +158,14 @@ struct StepBuffers {
     f16_activations: bool,
     /// Whether this step's launches are queued for a graph.
     graph: bool,
-    /// Page-locked copies of the metadata and block table, two of each:
-    /// a step uploads through one while the step before may still read the
-    /// other's copy.
-    meta_host: [Option<HostBuffer<i32>>; 2],
-    table_host: [Option<HostBuffer<u64>>; 2],
+    /// Page-locked copies of the metadata and block table the device reads
+    /// in place, two: a step stages through one while the step before may
+    /// still read the other.
+    staging: [Option<StagingBuffer>; 2],
     parity: usize,
     /// Greedy ids of queued steps on their way to the host, oldest first.
     reads: VecDeque<HostBuffer<i32>>,
     spare_reads: Vec<HostBuffer<i32>>,
-}
-
-/// Copies `src` into the device buffer `dev` through the page-locked `host`
-/// (both grown to hold it) without waiting for the stream.
-fn upload_staged<T: chatglm_cuda::DeviceRepr + chatglm_cuda::ValidAsZeroBits + Copy>(
-    gpu: &Gpu,
-    src: &[T],
-    dev: &mut Option<CudaSlice<T>>,
-    host: &mut Option<HostBuffer<T>>,
-    what: &str,
-) -> Result<(), CudaError> {
-    ensure(gpu, dev, src.len(), what)?;
-    ensure_host(gpu, host, src.len(), what)?;
-    gpu.upload_queued(
-        src,
-        dev.as_mut().expect("invariant: ensured above"),
-        host.as_mut().expect("invariant: ensured above"),
-        what,
-    )
-}
-
-/// Grows a page-locked buffer to hold at least `n` elements.
-fn ensure_host<T: chatglm_cuda::DeviceRepr + chatglm_cuda::ValidAsZeroBits + Copy>(
-    gpu: &Gpu,
-    buf: &mut Option<HostBuffer<T>>,
-    n: usize,
-    what: &str,
-) -> Result<(), CudaError> {
-    if buf.as_ref().is_none_or(|b| b.len() < n) {
-        let cap = buf.as_ref().map_or(0, |b| b.len());
-        *buf = None;
-        *buf = Some(gpu.host_buffer::<T>(n.max(cap + cap / 2).max(256), what)?);
-    }
-    Ok(())
 }
 
 /// Bytes of each dense weight row (4 KB: half of a 6B row) its mat-vec
@@ -770,21 +735,40 @@ impl Backend for CudaBackend {
             // wait for it.
             let slot = st.parity;
             st.parity ^= 1;
-            upload_staged(&self.gpu, &plan.meta, &mut st.meta, &mut st.meta_host[slot], "step metadata")?;
-            upload_staged(&self.gpu, &plan.table, &mut st.table, &mut st.table_host[slot], "block table")?;
-            if plan.n_chained > 0 {
-                // Tokens the step before chose (its ids still in `chosen`,
-                // which this step's own choice overwrites later).
+            // Read in place by one launch, which also sets the tokens the
+            // step before chose (still in `chosen`, which this step's own
+            // choice overwrites later).
+            let (meta16, table16) = chatglm_cuda::ops::staged_chunks(plan.meta.len(), plan.table.len());
+            ensure(&self.gpu, &mut st.meta, 4 * meta16, "step metadata")?;
+            ensure(&self.gpu, &mut st.table, 2 * table16, "block table")?;
+            let bytes = chatglm_cuda::ops::staged_bytes(plan.meta.len(), plan.table.len());
+            let staging = &mut st.staging[slot];
+            if staging.as_ref().is_none_or(|b| b.len() < bytes) {
+                *staging = None;
+                *staging = Some(self.gpu.staging_buffer(bytes.next_power_of_two().max(4096), "step metadata")?);
+            }
+            let chain = if plan.n_chained > 0 {
                 let chosen = st.chosen.as_ref().ok_or_else(|| CudaError::Invalid {
                     op: "chained tokens".into(),
                     message: "no step before chose tokens".into(),
                 })?;
-                let meta = device_ptr(st.meta.as_ref().expect("invariant: ensured"));
-                let pairs = meta + 4 * plan.off_chained() as u64;
-                // SAFETY: meta holds the step's ids (rows < n_tokens) and the
-                // pairs; every source row < the step before's logits rows.
-                unsafe { self.gpu.chain_ids(meta, pairs, device_ptr(chosen), plan.n_chained)? };
-            }
+                Some((device_ptr(chosen), plan.off_chained(), plan.n_chained))
+            } else {
+                None
+            };
+            // SAFETY: every pair's row < n_tokens (the ids at the start of the
+            // metadata) and its source < the step before's logits rows, which
+            // `chosen` holds.
+            unsafe {
+                self.gpu.stage_step(
+                    &plan.meta,
+                    &plan.table,
+                    st.meta.as_mut().expect("invariant: ensured"),
+                    st.table.as_mut().expect("invariant: ensured"),
+                    st.staging[slot].as_mut().expect("invariant: ensured"),
+                    chain,
+                )?
+            };
             if let Some(split) = plan.split {
                 let (o, ml) = split.partials(&self.dims, plan.n_work);
                 ensure(&self.gpu, &mut st.part_o, o, "attention partials")?;
