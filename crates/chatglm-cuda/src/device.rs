@@ -131,7 +131,7 @@ pub struct Gpu {
     /// The grouped products' partial sums and counters, allocated by the first step that needs them.
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
     /// One-token products stream through shared memory (`quant_stream`).
-    pub(crate) one_token_stream: std::sync::atomic::AtomicUsize,
+    pub(crate) one_token_stream: std::sync::atomic::AtomicBool,
     /// Recorded steps link their chained kernels through counters (chain.rs).
     pub(crate) chain_sync: std::sync::atomic::AtomicBool,
     pub(crate) chain: std::sync::Mutex<crate::chain::Chain>,
@@ -262,7 +262,7 @@ impl Gpu {
         // driver's choice; `=all`: every kernel, for measurements).
         let carveout_setting = std::env::var("CHATGLM_QMMG_CARVEOUT").unwrap_or_default();
         let carveout = carveout_setting != "0";
-        let one_token_stream = crate::quant_stream::stream_limit_setting();
+        let one_token_stream = std::env::var("CHATGLM_QMV").is_ok_and(|v| v == "1");
         for (name, f) in kernels.iter() {
             let staged = crate::quant_group::group_smem_of(name)
                 .or_else(|| crate::quant_stream::stream_smem_of(name))
@@ -278,7 +278,7 @@ impl Gpu {
             // qmma's own, which leave the carveout to the driver, it made batch-1
             // int4 decode 15% slower, run 89.)
             let chained =
-                staged.is_some() || name == "quantize_x" || (one_token_stream > 0 && name.starts_with("attn_decode"));
+                staged.is_some() || name == "quantize_x" || (one_token_stream && name.starts_with("attn_decode"));
             if carveout && (chained || carveout_setting == "all") {
                 let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
                 if let Err(e) = f.set_attribute(attr, 100) {

@@ -516,7 +516,7 @@ impl Gpu {
             None => [0u64; 8],
         };
         if sx == 2 {
-            if let Some(name) = self.stream_kernel(&w, kernel_mode) {
+            if let Some(name) = self.stream_kernel(s.format, kernel_mode, s.cols) {
                 return self.qmv(&name, w, x, norm.unwrap_or((0, 0.0)), bias, out, mode, ctx);
             }
         }

@@ -60,61 +60,24 @@ pub(crate) fn stream_smem_of(name: &str) -> Option<usize> {
     Some(ring_bytes(format, if mode == 2 { 2 } else { 1 }, ring_kb(), group_units()) + in_block_smem(1, MAX_COLS))
 }
 
-/// `CHATGLM_QMV=1` streams one-token products, those of at most
-/// `CHATGLM_QMV_MAX_KB` kilobytes of weights a multiprocessor when that is
-/// set (a measurement: the products whose weights a ring holds nearly whole);
-/// the largest product that streams, in bytes a multiprocessor (0: none).
-pub(crate) fn stream_limit_setting() -> usize {
-    stream_limit(std::env::var("CHATGLM_QMV").ok().as_deref(), std::env::var("CHATGLM_QMV_MAX_KB").ok().as_deref())
-}
-
-fn stream_limit(on: Option<&str>, max_kb: Option<&str>) -> usize {
-    if on != Some("1") {
-        return 0;
-    }
-    match max_kb.map(|v| v.trim().parse::<usize>()) {
-        None => usize::MAX,
-        Some(Ok(kb)) => kb.saturating_mul(1024),
-        Some(Err(_)) => {
-            tracing::warn!("CHATGLM_QMV_MAX_KB={:?} is not a number of kilobytes: every product streams", max_kb);
-            usize::MAX
-        }
-    }
-}
-
 impl Gpu {
     /// Whether one-token products stream through shared memory (off by
     /// default; `CHATGLM_QMV=1` starts with it on).
     pub fn one_token_stream(&self) -> bool {
-        self.one_token_stream_limit() > 0
-    }
-
-    /// The largest product (weight bytes a multiprocessor) that streams; 0:
-    /// none.
-    fn one_token_stream_limit(&self) -> usize {
         self.one_token_stream.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends one-token products to the streamed kernels or to qmma's own,
     /// for tests and measurements.
     pub fn set_one_token_stream(&self, on: bool) {
-        self.set_one_token_stream_limit(if on { usize::MAX } else { 0 });
+        self.one_token_stream.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Streams only the one-token products whose weights come to at most
-    /// `bytes` a multiprocessor (those a block's ring holds nearly whole, so
-    /// that they are requested before the kernel ahead ends); 0: none.
-    pub fn set_one_token_stream_limit(&self, bytes: usize) {
-        self.one_token_stream.store(bytes, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The streamed kernel for a one-token product of `w`, if it is enabled
-    /// for products of its size and compiled for this device.
-    pub(crate) fn stream_kernel(&self, w: &TiledPtr, kernel_mode: usize) -> Option<String> {
-        let s = w.shape;
-        let name = format!("qmv_{}_{kernel_mode}", s.format as usize);
-        let per_sm = s.tiles * s.units * unit_bytes(s.format) / self.info().multiprocessors.max(1);
-        (per_sm <= self.one_token_stream_limit() && s.cols <= MAX_COLS && self.has_kernel(&name)).then_some(name)
+    /// The streamed kernel for a one-token product over rows of `cols`, if
+    /// it is enabled and compiled for this device.
+    pub(crate) fn stream_kernel(&self, format: QuantFormat, kernel_mode: usize, cols: usize) -> Option<String> {
+        let name = format!("qmv_{}_{kernel_mode}", format as usize);
+        (self.one_token_stream() && cols <= MAX_COLS && self.has_kernel(&name)).then_some(name)
     }
 
     /// One token's product through kernel `name` (from
@@ -162,15 +125,6 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_stream_setting_limits_products_by_their_bytes_a_multiprocessor() {
-        assert_eq!(stream_limit(None, None), 0);
-        assert_eq!(stream_limit(Some("0"), Some("100")), 0);
-        assert_eq!(stream_limit(Some("1"), None), usize::MAX);
-        assert_eq!(stream_limit(Some("1"), Some("100")), 100 * 1024);
-        assert_eq!(stream_limit(Some("1"), Some("lots")), usize::MAX);
-    }
 
     #[test]
     fn rings_match_the_kernel_and_two_blocks_fit_a_multiprocessor() {
