@@ -4,11 +4,13 @@
 //! to pageable memory may wait for the stream).
 
 use crate::{CudaError, Gpu};
-use cudarc::driver::{result, CudaEvent, CudaSlice, DevicePtr, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
+use cudarc::driver::{CudaEvent, DeviceRepr, PinnedHostSlice, ValidAsZeroBits};
 
-/// Page-locked host memory and the event of the last copy that used it.
+/// Page-locked host memory (mapped: kernels may write it in place) and the
+/// event of the last copy or launch that used it.
 pub struct HostBuffer<T: DeviceRepr> {
     pinned: PinnedHostSlice<T>,
+    device: u64,
     last_copy: Option<CudaEvent>,
     /// Elements the last queued download brings.
     filled: usize,
@@ -23,11 +25,25 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy> HostBuffer<T> {
         self.pinned.is_empty()
     }
 
-    /// Waits until the copy last queued through this buffer is done.
-    fn wait(&mut self) -> Result<(), CudaError> {
+    /// The device address kernels write the buffer through.
+    pub fn device_ptr(&self) -> u64 {
+        self.device
+    }
+
+    /// Waits until the copy or launch last queued through this buffer is done.
+    pub fn wait_for_device(&mut self) -> Result<(), CudaError> {
         if let Some(e) = self.last_copy.take() {
             e.synchronize().map_err(|e| CudaError::call("cuEventSynchronize(host buffer)", e))?;
         }
+        Ok(())
+    }
+
+    /// Records that the launches queued so far write the first `n` elements
+    /// (read them with [`Gpu::take_download`]).
+    pub fn written_by_device(&mut self, gpu: &Gpu, n: usize) -> Result<(), CudaError> {
+        let event = gpu.stream().record_event(None).map_err(|e| CudaError::call("cuEventRecord(host buffer)", e))?;
+        self.last_copy = Some(event);
+        self.filled = n;
         Ok(())
     }
 }
@@ -41,48 +57,22 @@ impl Gpu {
     ) -> Result<HostBuffer<T>, CudaError> {
         // SAFETY: the buffer is only read after a download filled it, or
         // written before an upload reads it.
-        let pinned = unsafe { self.context().alloc_pinned_with_flags::<T>(len.max(1), 0) }
-            .map_err(|e| CudaError::call(format!("cuMemHostAlloc({what})"), e))?;
-        Ok(HostBuffer { pinned, last_copy: None, filled: 0 })
-    }
-
-    /// Queues a copy of the first `n` elements of `src` into `buf`; read them
-    /// with [`Gpu::take_download`].
-    pub fn download_queued<T: DeviceRepr + ValidAsZeroBits + Copy>(
-        &self,
-        src: &CudaSlice<T>,
-        n: usize,
-        buf: &mut HostBuffer<T>,
-        what: &str,
-    ) -> Result<(), CudaError> {
-        if n > src.len() || n > buf.len() {
-            return Err(CudaError::invalid(
-                format!("download {what}"),
-                format!("{n} elements from a buffer of {} (host {})", src.len(), buf.len()),
-            ));
+        let mut pinned = unsafe {
+            self.context().alloc_pinned_with_flags::<T>(len.max(1), cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP)
         }
-        self.flush_recorded(false)?;
-        buf.wait()?;
-        let host = buf.pinned.as_mut_slice().map_err(|e| CudaError::call(format!("pinned {what}"), e))?;
-        let stream = self.stream();
-        let (src_ptr, _record) = src.device_ptr(stream);
-        // SAFETY: src holds ≥ n elements; the host slice is not read before
-        // `last_copy` completes (take_download waits for it).
-        unsafe { result::memcpy_dtoh_async(&mut host[..n], src_ptr, stream.cu_stream()) }
-            .map_err(|e| CudaError::call(format!("cuMemcpyDtoHAsync({what})"), e))?;
-        buf.last_copy =
-            Some(stream.record_event(None).map_err(|e| CudaError::call(format!("cuEventRecord({what})"), e))?);
-        buf.filled = n;
-        Ok(())
+        .map_err(|e| CudaError::call(format!("cuMemHostAlloc({what})"), e))?;
+        let host = pinned.as_mut_slice().map_err(|e| CudaError::call(format!("pinned {what}"), e))?;
+        let device = mapped_device_ptr(host.as_mut_ptr().cast(), what)?;
+        Ok(HostBuffer { pinned, device, last_copy: None, filled: 0 })
     }
 
-    /// Waits for `buf`'s queued download (and all work queued before it,
+    /// Waits for what was queued to write `buf` (and all work queued before it,
     /// whose faults it reports) and returns what it brought.
     pub fn take_download<'b, T: DeviceRepr + ValidAsZeroBits + Copy>(
         &self,
         buf: &'b mut HostBuffer<T>,
     ) -> Result<&'b [T], CudaError> {
-        buf.wait()?;
+        buf.wait_for_device()?;
         let n = buf.filled;
         let host = buf.pinned.as_slice().map_err(|e| CudaError::call("pinned download", e))?;
         Ok(&host[..n])
@@ -136,12 +126,7 @@ impl Gpu {
             .map_err(|e| CudaError::call(format!("cuMemHostAlloc({what}, {} bytes, mapped)", bytes.len()), e))?;
         let host = pinned.as_mut_slice().map_err(|e| CudaError::call(format!("pinned {what}"), e))?;
         host[..bytes.len()].copy_from_slice(bytes);
-        let ptr = host.as_mut_ptr();
-        let mut device = 0;
-        // SAFETY: `ptr` is the start of a live allocation made with DEVICEMAP.
-        unsafe { cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut device, ptr.cast(), 0) }
-            .result()
-            .map_err(|e| CudaError::call(format!("cuMemHostGetDevicePointer({what})"), e))?;
+        let device = mapped_device_ptr(host.as_mut_ptr().cast(), what)?;
         Ok(MappedHost { pinned, device })
     }
 }
@@ -209,4 +194,14 @@ impl Gpu {
     pub fn staging_buffer(&self, bytes: usize, what: &str) -> Result<StagingBuffer, CudaError> {
         Ok(StagingBuffer { mapped: self.mapped_host_copy(&vec![0; bytes.max(16)], what)?, last_read: None })
     }
+}
+
+/// The device address of page-locked memory allocated with DEVICEMAP.
+fn mapped_device_ptr(ptr: *mut std::ffi::c_void, what: &str) -> Result<u64, CudaError> {
+    let mut device = 0;
+    // SAFETY: callers pass the start of a live allocation made with DEVICEMAP.
+    unsafe { cudarc::driver::sys::cuMemHostGetDevicePointer_v2(&mut device, ptr, 0) }
+        .result()
+        .map_err(|e| CudaError::call(format!("cuMemHostGetDevicePointer({what})"), e))?;
+    Ok(device)
 }

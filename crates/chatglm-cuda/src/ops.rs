@@ -6,7 +6,7 @@
 use crate::device::device_ptr;
 use crate::device::Args;
 use crate::graph::{GemmCall, Op};
-use crate::{CudaError, Gpu, StagingBuffer};
+use crate::{CudaError, Gpu, HostBuffer, StagingBuffer};
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 /// Weight and conversion element types (codes shared with the kernels).
@@ -713,19 +713,49 @@ impl Gpu {
 
     /// `out[r]` = the index of the largest value of row `r` of `x` (rows ×
     /// cols f32), by the host's rules (`chatglm_engine::sampling::argmax`):
-    /// the first of equal values, NaN never chosen.
+    /// the first of equal values, NaN never chosen. With `host`, the choices
+    /// also land in that page-locked buffer (no copy queued behind the
+    /// kernel); read them with [`Gpu::take_download`].
     ///
     /// # Safety
     /// `x`: rows·cols f32; `out`: rows i32.
-    pub unsafe fn argmax_rows(&self, x: u64, rows: usize, cols: usize, out: u64) -> Result<(), CudaError> {
+    pub unsafe fn argmax_rows(
+        &self,
+        x: u64,
+        rows: usize,
+        cols: usize,
+        out: u64,
+        mut host: Option<&mut HostBuffer<i32>>,
+    ) -> Result<(), CudaError> {
         if rows == 0 {
+            if let Some(h) = host {
+                h.wait_for_device()?;
+                h.written_by_device(self, 0)?;
+            }
             return Ok(());
         }
         let f = self.kernel("argmax_rows")?;
         let cols32 = check_i32("argmax_rows", "cols", cols)?;
+        let host_ptr = match &host {
+            Some(h) if h.len() < rows => {
+                return Err(CudaError::invalid("argmax_rows", format!("{rows} rows into a host buffer of {}", h.len())))
+            }
+            Some(h) => h.device_ptr(),
+            None => 0,
+        };
+        if let Some(h) = host.as_deref_mut() {
+            // The launch must not be recorded into a graph (its host buffer
+            // changes from step to step), and the buffer's last reader done.
+            self.flush_recorded(false)?;
+            h.wait_for_device()?;
+        }
         let mut a = Args::default();
-        a.arg(&x).arg(&out).arg(&cols32);
-        self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))
+        a.arg(&x).arg(&out).arg(&cols32).arg(&host_ptr);
+        self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))?;
+        if let Some(h) = host {
+            h.written_by_device(self, rows)?;
+        }
+        Ok(())
     }
 
     /// Stages a step's metadata `meta` and block `table` into `meta_dev` and

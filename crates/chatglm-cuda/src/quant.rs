@@ -262,19 +262,6 @@ pub(crate) fn in_block_smem(n: usize, cols: usize) -> usize {
     cols / BLOCK * stride * 8 + n * cols
 }
 
-/// Shared memory a one-token product (`sx` 2) with a norm adds for its norm
-/// weights under `QMMA_NW_SMEM=1` (qmma.cu's `stage_norm_weights`: rows of
-/// up to 4,096 columns).
-fn staged_norm_bytes(sx: usize, norm: bool, cols: usize) -> usize {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| crate::quant_group::define("QMMA_NW_SMEM").is_some_and(|v| v != 0));
-    if on && sx == 2 && norm && cols <= 2 * 32 * QMMA_THREADS as usize / 4 {
-        4 * cols
-    } else {
-        0
-    }
-}
-
 /// How a quantized product's items (tiles of rows) are shared among its blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GridPolicy {
@@ -554,7 +541,7 @@ impl Gpu {
         a.arg(&next_w).arg(&next_bytes);
         let items = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
         let smem = if in_block {
-            (in_block_smem(n, s.cols) + staged_norm_bytes(sx, norm.is_some(), s.cols)) as u32
+            in_block_smem(n, s.cols) as u32
         } else if qmma_stages_x() {
             qmma_stage_smem(s.format, nt8, mode == GemvMode::SwiGlu) as u32
         } else {

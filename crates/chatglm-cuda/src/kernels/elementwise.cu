@@ -278,8 +278,10 @@ extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restr
 // out[r] = the greedy choice for row r, as the host's greedy sampler makes
 // it: a row holding NaN or ±inf is first replaced by zeros with 5e4 at index
 // 5 (the official InvalidScoreLogitsProcessor), then the index of the largest
-// value, the first of equal ones. grid = rows, block = 1024.
-extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int* out, int cols) {
+// value, the first of equal ones. grid = rows, block = 1024. host_out (or
+// null): mapped page-locked memory the choices are also written to, so a
+// queued step's tokens reach the host without a copy behind the kernel.
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int* out, int cols, int* host_out) {
     __shared__ float sv[32];
     __shared__ int si[32];
     pdl_launch_dependents();
@@ -340,7 +342,11 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
         const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
         if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
     }
-    if (lane == 0) out[blockIdx.x] = bad ? (cols > 5 ? 5 : 0) : bi;
+    if (lane == 0) {
+        const int chosen = bad ? (cols > 5 ? 5 : 0) : bi;
+        out[blockIdx.x] = chosen;
+        if (host_out) host_out[blockIdx.x] = chosen;
+    }
 }
 
 // Rows 0..rows of a sequence's cache written from `src` (P-Tuning v2 prefix

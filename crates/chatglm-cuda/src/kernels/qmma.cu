@@ -93,15 +93,6 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_ASYNC_X
 #define QMMA_ASYNC_X 1
 #endif
-// 1: a one-token product with a norm copies the norm weights (which do not
-// depend on the kernel ahead) into shared memory before it waits, so after
-// the wait only x comes from L2 (every block of a product reads the whole
-// row: 16 KB of x and 16 KB of norm weights a block, 264 blocks, for ChatGLM2's
-// QKV and h→4h). The host adds 4·cols bytes of dynamic shared memory
-// (quant.rs, nw_staged).
-#ifndef QMMA_NW_SMEM
-#define QMMA_NW_SMEM 0
-#endif
 // 1: steps with quantize_x's activations (SX = 0: more than 8 tokens, or
 // rows too long for in-block quantization) run on f16 tensor cores:
 // quantize_x writes the (normed) activations as f16 and the products
@@ -875,25 +866,6 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
     Sync::sync();
 }
 
-// Bytes of one token's in-block activations (in_block_x: scales at stride
-// 2, then codes); the host's in_block_smem(1, cols).
-__device__ __forceinline__ int one_x_bytes(int cols) { return cols / 32 * 2 * 8 + cols; }
-
-// QMMA_NW_SMEM: the norm weights block_quantize_one<true> reads, each thread
-// its own 16-byte chunks, copied into `dst` (shared) — the copy to wait for
-// (cp_async_wait<0>) before they are read; returns where to read them.
-__device__ __forceinline__ const float* stage_norm_weights(const float* nw, int cols, unsigned char* dst) {
-    if (!QMMA_NW_SMEM || !nw || cols > 2 * 32 * QMMA_THREADS / 4) return nw;
-    const int q = threadIdx.x >> 2, t = threadIdx.x & 3, nb = cols / 32;
-    float* d = (float*)dst;
-    for (int b = q; b < nb; b += QMMA_THREADS / 4) {
-        cp_async16(d + b * 32 + 8 * t, nw + b * 32 + 8 * t, true);
-        cp_async16(d + b * 32 + 8 * t + 4, nw + b * 32 + 8 * t + 4, true);
-    }
-    cp_async_commit();
-    return d;
-}
-
 // The activations of an in-block (SX) product, after `before` bytes of
 // dynamic shared memory: quantized (RMS-normalised first with nw) there.
 template <int NT8, int SX, int SB>
@@ -1093,13 +1065,11 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
         if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
-        const float* nwx = stage_norm_weights(nw, cols, qmma_smem + one_x_bytes(cols));
         chain_wait(chain);
         QMMA_STAMP(1);
         if (total == 0) return;
         if (total == 1) prefetch_next();
-        if (nwx != nw) cp_async_wait<0>();
-        in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nwx, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+        in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
         QMMA_STAMP(2);
         float acc[RT][1][4];
 #pragma unroll

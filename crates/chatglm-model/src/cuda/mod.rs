@@ -825,20 +825,26 @@ impl Backend for CudaBackend {
         }
         let rows = x.rows;
         let r = (|| {
-            self.argmax_into_chosen(x, cols)?;
+            // The step's launches first (its graph): the argmax writes a host
+            // buffer that changes from step to step, so it runs after them.
+            self.flush_step_launches();
             if self.failed() {
                 // The launch fails (finish_queued_step): no read to queue for it.
                 return Ok(());
             }
-            let mut st = lock(&self.step);
-            let mut buf = match st.spare_reads.pop() {
+            let spare = lock(&self.step).spare_reads.pop();
+            let mut buf = match spare {
                 Some(b) if b.len() >= rows => b,
                 _ => self.gpu.host_buffer::<i32>(rows.max(256), "greedy tokens")?,
             };
-            let chosen = st.chosen.as_ref().expect("invariant: ensured above");
-            self.gpu.download_queued(chosen, rows, &mut buf, "greedy tokens")?;
-            st.reads.push_back(buf);
-            Ok::<(), CudaError>(())
+            let queued = self.argmax_into_chosen(x, cols, Some(&mut buf));
+            let mut st = lock(&self.step);
+            if queued.is_ok() {
+                st.reads.push_back(buf);
+            } else {
+                st.spare_reads.push(buf);
+            }
+            queued
         })();
         if let Err(e) = r {
             self.fail(backend_err("argmax", e));
@@ -1454,7 +1460,7 @@ impl Backend for CudaBackend {
         let rows = x.rows;
         let mut ids = vec![0i32; rows];
         let r = (|| {
-            self.argmax_into_chosen(x, cols)?;
+            self.argmax_into_chosen(x, cols, None)?;
             let st = lock(&self.step);
             self.gpu.download(st.chosen.as_ref().expect("invariant: ensured above"), &mut ids, "greedy tokens")
         })();
@@ -1513,7 +1519,14 @@ impl Backend for CudaBackend {
 impl CudaBackend {
     /// Each row's greedy token of the logits `x` (cols wide) into the step's
     /// `chosen` buffer, with the step's launches issued: ready to be read.
-    fn argmax_into_chosen(&self, x: &CudaActivations, cols: usize) -> Result<(), CudaError> {
+    /// The step's greedy choices into `chosen` (and `host`, see
+    /// [`Gpu::argmax_rows`]), with the step's queued launches issued.
+    fn argmax_into_chosen(
+        &self,
+        x: &CudaActivations,
+        cols: usize,
+        host: Option<&mut HostBuffer<i32>>,
+    ) -> Result<(), CudaError> {
         let rows = x.rows;
         if x.cols != cols {
             return Err(CudaError::Invalid {
@@ -1525,7 +1538,7 @@ impl CudaBackend {
         let mut st = lock(&self.step);
         let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
         // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32.
-        unsafe { self.gpu.argmax_rows(xp, rows, cols, p)? };
+        unsafe { self.gpu.argmax_rows(xp, rows, cols, p, host)? };
         drop(st);
         self.flush_step_launches();
         Ok(())
