@@ -247,7 +247,11 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, co
 extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
                                                              int4* table, int table16, const int* chosen,
                                                              int off_pairs, int n_chained) {
-    pdl_launch_dependents();
+    // No early launch of the kernel after this one: kernels read a step's
+    // positions and block table before their own wait (preload_token_slots),
+    // which covers only the kernel just ahead of them — a successor launched
+    // early here would let the one after it read what this kernel is still
+    // writing (the `cuda` suite's queued-steps test caught it, run 139).
     pdl_wait();
     const bool is_meta = blockIdx.x == 0;
     int4* dst = is_meta ? meta : table;

@@ -1517,8 +1517,6 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
-    /// Each row's greedy token of the logits `x` (cols wide) into the step's
-    /// `chosen` buffer, with the step's launches issued: ready to be read.
     /// The step's greedy choices into `chosen` (and `host`, see
     /// [`Gpu::argmax_rows`]), with the step's queued launches issued.
     fn argmax_into_chosen(
