@@ -106,6 +106,12 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_ONE_PRELOAD
 #define QMMA_ONE_PRELOAD 1
 #endif
+// 1: right after the wait, the second weight batch's codes are started
+// towards L2 (a 128-byte line a lane group), so the DRAM serves them during
+// the activation phase instead of after it (a measurement).
+#ifndef QMMA_ONE_L2_AFTER_WAIT
+#define QMMA_ONE_L2_AFTER_WAIT 0
+#endif
 // 1: steps with quantize_x's activations (SX = 0: more than 8 tokens, or
 // rows too long for in-block quantization) run on f16 tensor cores:
 // quantize_x writes the (normed) activations as f16 and the products
@@ -1091,6 +1097,17 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         QMMA_STAMP(1);
         if (total == 0) return;
         if (!QMMA_ONE_PRELOAD) load_one(blockIdx.x, 0, wa, sa1, ma1);
+        if (QMMA_ONE_L2_AFTER_WAIT && total > 1 && (lane & 7) == 0) {
+            const bool full = lb + STEP <= units;
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                const int u0 = (r ? li + half_rows / 16 : li) * units + lb + warp;
+#pragma unroll
+                for (int u = 0; u < UB; u++)
+                    if (full || lb + u * QMMA_WARPS + warp < units)
+                        prefetch_l2(w + (long)(u0 + u * QMMA_WARPS) * 32 + lane);
+            }
+        }
         if (total == 1) prefetch_next();
         const float* x_in = x;
 #if QMMA_X_TMA && __CUDA_ARCH__ >= 900
