@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
     int grid[4], smem[4];
     for (int p = 0; p < 4; p++) {
         const Product& pr = products[p];
-        smem[p] = pr.cols / 32 * 2 * 8 + pr.cols + (QMMA_X_TMA ? 4 * pr.cols : 0);
+        smem[p] = pr.cols / 32 * 2 * 8 + pr.cols;
         QmmaKernel k = kernels[fi][pr.mode];
         CHECK(cudaFuncSetAttribute((const void*)k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem[p]));
         int per_sm = 0;

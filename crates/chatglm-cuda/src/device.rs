@@ -274,12 +274,6 @@ impl Gpu {
                     unavailable.push(name.clone());
                 }
             }
-            if let Some(wanted) = crate::quant::one_token_smem_of(name) {
-                let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-                if let Err(e) = f.set_attribute(attr, wanted as i32) {
-                    tracing::warn!("{name}: {wanted} bytes of shared memory unavailable ({e})");
-                }
-            }
             // (The attention only where the streamed products follow it: beside
             // qmma's own, which leave the carveout to the driver, it made batch-1
             // int4 decode 15% slower, run 89.)

@@ -262,31 +262,6 @@ pub(crate) fn in_block_smem(n: usize, cols: usize) -> usize {
     cols / BLOCK * stride * 8 + n * cols
 }
 
-/// Whether the one-token products stage their activation row by a bulk
-/// copy (`QMMA_X_TMA=1`, a measurement), read once.
-fn one_token_x_tma() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::quant_group::define("QMMA_X_TMA").is_some_and(|v| v != 0))
-}
-
-/// Dynamic shared memory a one-token product adds for its staged activation
-/// row under `QMMA_X_TMA=1` (4 bytes a column).
-fn one_token_x_bytes(cols: usize) -> usize {
-    if one_token_x_tma() {
-        4 * cols
-    } else {
-        0
-    }
-}
-
-/// The dynamic shared memory a one-token product kernel (`qmma_F_1_M_2`)
-/// may ask for, where it needs more than the default 48 KB allows.
-pub(crate) fn one_token_smem_of(name: &str) -> Option<usize> {
-    let parts: Vec<&str> = name.strip_prefix("qmma_")?.split('_').collect();
-    (one_token_x_tma() && parts.len() == 4 && parts[1] == "1" && parts[3] == "2")
-        .then(|| in_block_smem(1, 32 * 1024) + one_token_x_bytes(32 * 1024))
-}
-
 /// How a quantized product's items (tiles of rows) are shared among its blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GridPolicy {
@@ -566,7 +541,7 @@ impl Gpu {
         a.arg(&next_w).arg(&next_bytes);
         let items = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
         let smem = if in_block {
-            (in_block_smem(n, s.cols) + if sx == 2 { one_token_x_bytes(s.cols) } else { 0 }) as u32
+            in_block_smem(n, s.cols) as u32
         } else if qmma_stages_x() {
             qmma_stage_smem(s.format, nt8, mode == GemvMode::SwiGlu) as u32
         } else {
@@ -662,15 +637,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn only_one_token_products_ask_for_a_staged_row_and_only_under_the_define() {
-        // The default build stages no row: no kernel asks for more.
-        assert_eq!(one_token_smem_of("qmma_0_1_3_2"), None);
-        assert_eq!(one_token_smem_of("qmma_0_4_3_0"), None);
-        assert_eq!(one_token_smem_of("qmmg_0_4_1"), None);
-        assert_eq!(one_token_x_bytes(4096), 0);
-    }
 
     fn codes(format: QuantFormat, seed: usize) -> Vec<u8> {
         (0..format.code_bytes()).map(|i| (seed.wrapping_mul(31).wrapping_add(i * 7) % 251) as u8).collect()

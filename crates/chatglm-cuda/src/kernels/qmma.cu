@@ -93,25 +93,6 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_ASYNC_X
 #define QMMA_ASYNC_X 1
 #endif
-// Measurements of a one-token product's time from the wait to its quantized
-// activations (run 137's stamps: 2.2–4 µs, where a 16–55 KB row from L2
-// should take well under one): QMMA_X_TMA=1 brings the row into shared memory
-// with one bulk copy (TMA) issued by one thread, past the load queues the
-// batch of weights requested before the wait fills (the host adds 4·cols bytes
-// of dynamic shared memory: quant.rs, one_token_x_bytes); QMMA_ONE_PRELOAD=0
-// requests that first batch only after the wait.
-#ifndef QMMA_X_TMA
-#define QMMA_X_TMA 0
-#endif
-#ifndef QMMA_ONE_PRELOAD
-#define QMMA_ONE_PRELOAD 1
-#endif
-// 1: right after the wait, the second weight batch's codes are started
-// towards L2 (a 128-byte line a lane group), so the DRAM serves them during
-// the activation phase instead of after it (a measurement).
-#ifndef QMMA_ONE_L2_AFTER_WAIT
-#define QMMA_ONE_L2_AFTER_WAIT 0
-#endif
 // 1: steps with quantize_x's activations (SX = 0: more than 8 tokens, or
 // rows too long for in-block quantization) run on f16 tensor cores:
 // quantize_x writes the (normed) activations as f16 and the products
@@ -1079,49 +1060,16 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         pdl_launch_dependents();
         int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
         advance(li, lb);
-        if (total > 0 && QMMA_ONE_PRELOAD) load_one(blockIdx.x, 0, wa, sa1, ma1);
+        if (total > 0) load_one(blockIdx.x, 0, wa, sa1, ma1);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
-        const bool pre2 =
-            QMMA_ONE_PRELOAD && (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
+        const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
         if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
-#if QMMA_X_TMA && __CUDA_ARCH__ >= 900
-        __shared__ u64 x_bar;
-        if (threadIdx.x == 0) {
-            mbar_init(&x_bar, 1);
-            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        }
-        __syncthreads();
-#endif
         chain_wait(chain);
         QMMA_STAMP(1);
         if (total == 0) return;
-        if (!QMMA_ONE_PRELOAD) load_one(blockIdx.x, 0, wa, sa1, ma1);
-        if (QMMA_ONE_L2_AFTER_WAIT && total > 1 && (lane & 7) == 0) {
-            const bool full = lb + STEP <= units;
-#pragma unroll
-            for (int r = 0; r < RT; r++) {
-                const int u0 = (r ? li + half_rows / 16 : li) * units + lb + warp;
-#pragma unroll
-                for (int u = 0; u < UB; u++)
-                    if (full || lb + u * QMMA_WARPS + warp < units)
-                        prefetch_l2(w + (long)(u0 + u * QMMA_WARPS) * 32 + lane);
-            }
-        }
         if (total == 1) prefetch_next();
-        const float* x_in = x;
-#if QMMA_X_TMA && __CUDA_ARCH__ >= 900
-        {
-            float* staged = (float*)(qmma_smem + (cols / 32 * 2 * 8 + cols));  // after in_block_x's codes
-            if (threadIdx.x == 0) {
-                mbar_expect_tx(&x_bar, (u32)cols * 4);
-                bulk_copy(staged, x, (u32)cols * 4, &x_bar);
-            }
-            mbar_wait(&x_bar, 0);
-            x_in = staged;
-        }
-#endif
-        in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x_in, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+        in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
         QMMA_STAMP(2);
         float acc[RT][1][4];
 #pragma unroll
