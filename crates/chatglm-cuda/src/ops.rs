@@ -1446,6 +1446,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn stage_step_lets_no_kernel_start_before_it_is_done() {
+        // Kernels read a step's positions and block table before their own
+        // wait, which covers only the kernel just ahead: a successor launched
+        // early by stage_step would let the kernel after it read the table
+        // while stage_step still writes it (run 139). Its source must wait and
+        // never trigger its dependents.
+        let src = include_str!("kernels/elementwise.cu");
+        let start = src.find("void __launch_bounds__(256) stage_step(").expect("stage_step defined");
+        let body = &src[start..];
+        let body = &body[..body.find("\n}\n").expect("end of stage_step")];
+        assert!(body.contains("pdl_wait();"));
+        assert!(!body.contains("pdl_launch_dependents"), "stage_step must not start its successor early");
+    }
+
+    #[test]
     fn staged_metadata_and_table_start_at_16_byte_chunks() {
         assert_eq!(staged_chunks(0, 0), (0, 0));
         assert_eq!(staged_chunks(1, 1), (1, 1));
