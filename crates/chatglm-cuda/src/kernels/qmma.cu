@@ -155,6 +155,11 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 // way while it waits and quantizes its activations; 2: only for 4-bit
 // weights (8-bit ones spill the second buffer's scales in the prologue:
 // H200, runs 103 and 105, q4_0 +5%, q8_0 −5%). Measurement variant.
+// 1 (tests/gpu/qmma_phases.cu only): one-token products take x as codes and
+// scales already quantized (a measurement of that form's activation phase).
+#ifndef QMMA_X_PRE
+#define QMMA_X_PRE 0
+#endif
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
@@ -1069,7 +1074,29 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         QMMA_STAMP(1);
         if (total == 0) return;
         if (total == 1) prefetch_next();
+#if QMMA_X_PRE
+        {
+            // Measurement only (tests/gpu/qmma_phases.cu): x taken as codes and
+            // scales already laid out as in_block_x leaves them, copied in one
+            // round — what a product would pay if the one before quantized its
+            // output. The results are meaningless.
+            const int n16 = (cols / 32 * 2 * 8 + cols) / 16;
+            const uint4* src = (const uint4*)x;
+            uint4* dst = (uint4*)qmma_smem;
+            uint4 v[6];
+#pragma unroll
+            for (int k = 0; k < 6; k++)
+                if (threadIdx.x + k * QMMA_THREADS < n16) v[k] = src[threadIdx.x + k * QMMA_THREADS];
+#pragma unroll
+            for (int k = 0; k < 6; k++)
+                if (threadIdx.x + k * QMMA_THREADS < n16) dst[threadIdx.x + k * QMMA_THREADS] = v[k];
+            __syncthreads();
+            xs = (const float2*)qmma_smem;
+            xq = (const signed char*)(qmma_smem + cols / 32 * 2 * 8);
+        }
+#else
         in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+#endif
         QMMA_STAMP(2);
         float acc[RT][1][4];
 #pragma unroll
