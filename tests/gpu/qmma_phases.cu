@@ -33,7 +33,7 @@
 
 typedef void (*QmmaKernel)(const uint4*, const u16*, const u16*, int, int, const float*, const float*, float,
                            const signed char*, const float2*, int, int, const float*, float*, int, int, RopeCtx,
-                           const char*, long, ChainSync);
+                           const char*, long, unsigned char*, ChainSync);
 
 struct Product {
     const char* name;
@@ -111,6 +111,14 @@ int main(int argc, char** argv) {
     memset(&rc, 0, sizeof rc);
     ChainSync chain;  // no chain: griddepcontrol.wait
     memset(&chain, 0, sizeof chain);
+    // HANDOFF=1: the q8_0 hand-off as a decode step runs it — h→4h writes its
+    // output's codes, 4h→h reads them, and dense reads codes in place of the
+    // attention's (whatever the buffer holds: timing only).
+    const bool handoff = getenv("HANDOFF") && atoi(getenv("HANDOFF")) == 1;
+    unsigned char* hcodes = nullptr;
+    CHECK(cudaMalloc(&hcodes, ffn / 32 * 16 + ffn));
+    CHECK(cudaMemset(hcodes, 0, ffn / 32 * 16 + ffn));
+    printf("q8_0 hand-off: %s\n", handoff ? "on" : "off");
     auto launch = [&](int l, int p) {
         const Product& pr = products[p];
         const Weights& m = w[l * 4 + p];
@@ -128,9 +136,10 @@ int main(int argc, char** argv) {
         const u16* scales = (const u16*)(m.base + m.code_bytes);
         CHECK(cudaLaunchKernelEx(&cfg, kernels[fi][pr.mode], codes, scales, (const u16*)nullptr, m.units, m.tiles,
                                  (const float*)x, pr.norm ? (const float*)nw : (const float*)nullptr, 1e-5f,
-                                 (const signed char*)nullptr, (const float2*)nullptr, 1, pr.cols,
-                                 (const float*)nullptr, out, pr.mode == 2 ? pr.rows / 2 : pr.rows,
-                                 pr.mode == 2 ? pr.rows / 2 : 0, rc, (const char*)nullptr, 0L, chain));
+                                 (const signed char*)(handoff && (p == 1 || p == 3) ? hcodes : nullptr),
+                                 (const float2*)nullptr, 1, pr.cols, (const float*)nullptr, out,
+                                 pr.mode == 2 ? pr.rows / 2 : pr.rows, pr.mode == 2 ? pr.rows / 2 : 0, rc,
+                                 (const char*)nullptr, 0L, handoff && p == 2 ? hcodes : nullptr, chain));
     };
     for (int s = 0; s < steps; s++)
         for (int l = 0; l < layers; l++)

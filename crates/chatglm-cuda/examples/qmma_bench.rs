@@ -67,7 +67,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     // SAFETY: buffers sized above for n tokens.
                     unsafe {
                         if in_block {
-                            gpu.qmma(w, device_ptr(&x), norm_arg, None, n, 0, device_ptr(&out), mode, None, None)
+                            gpu.qmma(
+                                w,
+                                device_ptr(&x),
+                                norm_arg,
+                                None,
+                                n,
+                                0,
+                                device_ptr(&out),
+                                mode,
+                                None,
+                                None,
+                                Default::default(),
+                            )
                         } else {
                             gpu.quantize_x(
                                 device_ptr(&x),
@@ -80,7 +92,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                                 device_ptr(&xs),
                             )?;
                             let q = Some((device_ptr(&xq), device_ptr(&xs), form));
-                            gpu.qmma(w, device_ptr(&x), None, q, n, 0, device_ptr(&out), mode, None, None)
+                            gpu.qmma(
+                                w,
+                                device_ptr(&x),
+                                None,
+                                q,
+                                n,
+                                0,
+                                device_ptr(&out),
+                                mode,
+                                None,
+                                None,
+                                Default::default(),
+                            )
                         }
                     }
                 };

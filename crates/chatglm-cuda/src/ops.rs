@@ -1162,11 +1162,14 @@ impl Gpu {
     /// Decode attention for the `work` tokens at `work_tokens` in one block
     /// per (token, group) and no splits: for steps whose contexts are a few
     /// tiles (`kernels/decode_short.cu` says why). Correct at any length; its
-    /// 8 warps take 16 keys at a time each, two tiles in flight.
+    /// 8 warps take 16 keys at a time each, two tiles in flight. With
+    /// `out_codes` (one token only; 0: none) the output is also written as
+    /// q8_0 codes there, for a one-token product's `OneTokenCodes::input`.
     ///
     /// # Safety
-    /// As [`Gpu::attention_decode`] without the split buffers.
-    pub unsafe fn attention_decode_short(&self, at: AttentionWork) -> Result<(), CudaError> {
+    /// As [`Gpu::attention_decode`] without the split buffers; `out_codes`:
+    /// [`crate::quant::one_token_codes_bytes`] of the output's width.
+    pub unsafe fn attention_decode_short(&self, at: AttentionWork, out_codes: u64) -> Result<(), CudaError> {
         if at.work == 0 {
             return Ok(());
         }
@@ -1174,9 +1177,17 @@ impl Gpu {
         if !self.decode_short_supported(&shape, KvFormat::F16) {
             return Err(CudaError::invalid(DECODE_SHORT_KERNEL, format!("unsupported shape {shape:?}")));
         }
+        if out_codes != 0 && at.work != 1 {
+            return Err(CudaError::invalid(
+                DECODE_SHORT_KERNEL,
+                format!("q8_0 codes of {} tokens (one only)", at.work),
+            ));
+        }
         let f = self.kernel(DECODE_SHORT_KERNEL)?;
         let grid = (shape.n_groups as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", at.work)? as u32, 1);
-        self.launch(f, at.decode_args(), DECODE_SHORT_KERNEL, cfg(grid, 256, DECODE_SHORT_SMEM as u32))
+        let mut a = at.decode_args();
+        a.arg(&out_codes);
+        self.launch(f, a, DECODE_SHORT_KERNEL, cfg(grid, 256, DECODE_SHORT_SMEM as u32))
     }
 
     unsafe fn combine(
@@ -1516,6 +1527,7 @@ mod tests {
             "layer",
             "block_tokens",
             "scale",
+            "qout",
         ];
         assert_eq!(params, names);
         // The launch's shared memory is the kernel's ShortReduce (its static_assert).

@@ -24,7 +24,37 @@ pub const QMMA_MAX_TOKENS: usize = 64;
 const QMMA_THREADS: u32 = 256;
 /// Static shared memory of the product (reduction buffer, norms), which
 /// with the dynamic part must stay under 48 KiB.
-const QMMA_STATIC_SMEM: usize = 8 * 2 * 16 * 9 * 4 + 8 * 4 + 8 * 8 * 4;
+const QMMA_STATIC_SMEM: usize = 8 * 2 * 16 * 9 * 4 + 8 * 4 + 8 * 8 * 4 + 16 * 4;
+
+/// Bytes of one token's activations of `cols` handed from one product to
+/// the next already quantized (q8_0, the CPU's activation arithmetic):
+/// `(dx, Σq)` of block b at float2 2b (16 bytes a block), then the codes.
+pub fn one_token_codes_bytes(cols: usize) -> usize {
+    cols / BLOCK * 16 + cols
+}
+
+/// The q8_0 hand-off of batch-1 decode between one-token products: the
+/// kernel before writes its output's codes as well as its floats, so the
+/// product after copies a third of the bytes (or less) into shared memory
+/// instead of reading and quantizing floats — the activation phase that
+/// waits behind the weights a block has just requested (qmma.cu,
+/// `one_token_x`). The codes equal the in-product quantization's bit for
+/// bit, so results do not change. Device addresses of
+/// [`one_token_codes_bytes`] each; 0: none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OneTokenCodes {
+    /// x already quantized: read here instead of quantizing x (no norm).
+    pub input: u64,
+    /// A SwiGLU product's output quantized here too (half its rows a
+    /// multiple of 32).
+    pub output: u64,
+}
+
+impl OneTokenCodes {
+    fn any(&self) -> bool {
+        self.input != 0 || self.output != 0
+    }
+}
 
 /// The code formats of the device layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -468,6 +498,7 @@ impl Gpu {
     /// for `qkv`, as [`Gpu::gemv_qkv`]. `next` (device address, bytes): the
     /// weights of the product after this one, started towards L2 by each
     /// block once its own last bytes are requested (a hint: any address).
+    /// `codes`: a one-token product's q8_0 hand-off ([`OneTokenCodes`]).
     pub unsafe fn qmma(
         &self,
         w: TiledPtr,
@@ -480,6 +511,7 @@ impl Gpu {
         mode: GemvMode,
         qkv: Option<(DType, RopeArgs, AttentionDims, usize)>,
         next: Option<(u64, usize)>,
+        codes: OneTokenCodes,
     ) -> Result<(), CudaError> {
         let s = w.shape;
         if n == 0 || n > QMMA_MAX_TOKENS {
@@ -501,6 +533,9 @@ impl Gpu {
         if form == ActivationForm::F16 && !self.f16_activations_supported(n, s.format) {
             return Err(CudaError::invalid("qmma", format!("no f16 products for {n} tokens of {:?}", s.format)));
         }
+        if codes.any() {
+            self.check_one_token_codes(s, n, in_block, norm.is_some(), mode, qkv.is_some(), codes)?;
+        }
         let nt8 = if in_block { 1 } else { token_tiles(n) };
         let kernel_mode = if qkv.is_some() { 3 } else { mode as usize };
         // In-block quantization: 1 for up to 8 tokens, 2 for exactly one.
@@ -515,7 +550,7 @@ impl Gpu {
             }
             None => [0u64; 8],
         };
-        if sx == 2 {
+        if sx == 2 && !codes.any() {
             if let Some(name) = self.stream_kernel(s.format, kernel_mode, s.cols) {
                 return self.qmv(&name, w, x, norm.unwrap_or((0, 0.0)), bias, out, mode, ctx);
             }
@@ -535,10 +570,13 @@ impl Gpu {
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(&name, "shape", v)).collect::<Result<_, _>>()?;
         let mut a = Args::default();
         a.arg(&wq).arg(&ws).arg(&wm).arg(&ints[0]).arg(&ints[1]).arg(&x).arg(&nw).arg(&eps);
+        // A one-token product's xq (unused: it quantizes in shared memory)
+        // carries its input's codes when it is handed them.
+        let xq = if codes.input != 0 { codes.input } else { xq };
         a.arg(&xq).arg(&xs).arg(&ints[2]).arg(&ints[3]).arg(&bias).arg(&out).arg(&ints[4]).arg(&ints[5]);
         a.arg_struct(&ctx);
         let (next_w, next_bytes) = next.map_or((0u64, 0i64), |(p, b)| (p, b as i64));
-        a.arg(&next_w).arg(&next_bytes);
+        a.arg(&next_w).arg(&next_bytes).arg(&codes.output);
         let items = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
         let smem = if in_block {
             in_block_smem(n, s.cols) as u32
@@ -560,6 +598,39 @@ impl Gpu {
             shared_mem_bytes: smem,
         };
         self.launch_chained(f, a, &name, cfg)
+    }
+
+    /// Whether a product can take `codes` ([`OneTokenCodes`]): one token,
+    /// quantized in the product; input codes replace x and its norm; output
+    /// codes from a SwiGLU product whose half is whole blocks.
+    #[allow(clippy::too_many_arguments)]
+    fn check_one_token_codes(
+        &self,
+        s: TileShape,
+        n: usize,
+        in_block: bool,
+        norm: bool,
+        mode: GemvMode,
+        qkv: bool,
+        codes: OneTokenCodes,
+    ) -> Result<(), CudaError> {
+        let op = "qmma (q8_0 hand-off)";
+        if n != 1 || !in_block {
+            return Err(CudaError::invalid(op, format!("one token quantized in the product only, got {n}")));
+        }
+        if nvrtc_defines("QMMA_WARM=1") {
+            return Err(CudaError::invalid(op, "not with the QMMA_WARM=1 measurement kernels"));
+        }
+        if codes.input != 0 && norm {
+            return Err(CudaError::invalid(op, "input codes are final: no norm to fuse"));
+        }
+        if codes.output != 0 && (mode != GemvMode::SwiGlu || qkv || !(s.rows / 2).is_multiple_of(BLOCK)) {
+            return Err(CudaError::invalid(
+                op,
+                format!("output codes from SwiGLU products of whole blocks only ({} rows, {mode:?})", s.rows),
+            ));
+        }
+        Ok(())
     }
 
     /// Rows `r0..r0 + nrows` of `w` as row-major f16 at `out`.

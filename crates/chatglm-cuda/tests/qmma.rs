@@ -327,8 +327,20 @@ fn quantized_products_match_the_host_reference() {
                         // SAFETY: buffers sized above.
                         unsafe {
                             if in_block {
-                                gpu.qmma(wp, device_ptr(&xd), None, None, n, 0, device_ptr(&out), mode, None, None)
-                                    .unwrap();
+                                gpu.qmma(
+                                    wp,
+                                    device_ptr(&xd),
+                                    None,
+                                    None,
+                                    n,
+                                    0,
+                                    device_ptr(&out),
+                                    mode,
+                                    None,
+                                    None,
+                                    Default::default(),
+                                )
+                                .unwrap();
                             } else {
                                 gpu.quantize_x(
                                     device_ptr(&xd),
@@ -342,8 +354,20 @@ fn quantized_products_match_the_host_reference() {
                                 )
                                 .unwrap();
                                 let q = Some((device_ptr(&xq), device_ptr(&xs), form));
-                                gpu.qmma(wp, device_ptr(&xd), None, q, n, 0, device_ptr(&out), mode, None, None)
-                                    .unwrap();
+                                gpu.qmma(
+                                    wp,
+                                    device_ptr(&xd),
+                                    None,
+                                    q,
+                                    n,
+                                    0,
+                                    device_ptr(&out),
+                                    mode,
+                                    None,
+                                    None,
+                                    Default::default(),
+                                )
+                                .unwrap();
                             }
                         }
                         let mut got = vec![0f32; n * out_cols];
@@ -420,4 +444,102 @@ fn quantized_products_match_the_host_reference() {
         eprintln!("{f}");
     }
     assert!(failures.is_empty(), "{} failures", failures.len());
+}
+
+/// The one-token q8_0 hand-off (`OneTokenCodes`): a SwiGLU product that
+/// also writes its output's codes writes the same floats, codes exactly as
+/// the host quantizes those floats, and the product that reads the codes
+/// sums exactly as it does quantizing the floats itself — bit for bit, every
+/// format, over outputs of a few pairs of items and of ChatGLM2's 13,696
+/// (several pairs a block).
+#[test]
+fn one_token_codes_hand_off_changes_nothing() {
+    use chatglm_cuda::quant::{one_token_codes_bytes, OneTokenCodes};
+    let Some(gpu) = gpu() else { return };
+    gpu.set_one_token_stream(false);
+    let mut rng = Rng(0x51ed_2701);
+    let mut failures = Vec::new();
+    for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+        for (hidden, ffn, out_rows) in [(96, 160, 48), (256, 64, 32), (4096, 13696, 64)] {
+            let up = random_matrix(format, 2 * ffn, hidden, &mut rng);
+            let down = random_matrix(format, out_rows, ffn, &mut rng);
+            let (upd, downd) = (gpu.upload_new(&up.bytes, "up").unwrap(), gpu.upload_new(&down.bytes, "down").unwrap());
+            let upp = TiledPtr { base: device_ptr(&upd), shape: up.shape };
+            let downp = TiledPtr { base: device_ptr(&downd), shape: down.shape };
+            let x: Vec<f32> = (0..hidden).map(|_| rng.uniform() * 4.0).collect();
+            let xd = gpu.upload_new(&x, "x").unwrap();
+            let codes = gpu.alloc::<u8>(one_token_codes_bytes(ffn), "codes").unwrap();
+            let base: Vec<f32> = (0..out_rows).map(|i| (i % 5) as f32).collect();
+            let run = |hand_off: bool| {
+                let ffn_out = gpu.alloc::<f32>(ffn, "ffn").unwrap();
+                let out = gpu.upload_new(&base, "out").unwrap();
+                let c = device_ptr(&codes);
+                let (produce, consume) = if hand_off {
+                    (OneTokenCodes { input: 0, output: c }, OneTokenCodes { input: c, output: 0 })
+                } else {
+                    (OneTokenCodes::default(), OneTokenCodes::default())
+                };
+                let (fp, op) = (device_ptr(&ffn_out), device_ptr(&out));
+                // SAFETY: every buffer sized for one token above.
+                unsafe {
+                    gpu.qmma(upp, device_ptr(&xd), None, None, 1, 0, fp, GemvMode::SwiGlu, None, None, produce)
+                        .unwrap();
+                    gpu.qmma(downp, fp, None, None, 1, 0, op, GemvMode::Accumulate, None, None, consume).unwrap();
+                }
+                let mut f = vec![0f32; ffn];
+                let mut o = vec![0f32; out_rows];
+                gpu.download(&ffn_out, &mut f, "ffn").unwrap();
+                gpu.download(&out, &mut o, "out").unwrap();
+                (f, o)
+            };
+            let label = format!("{format:?} {hidden}→{ffn}→{out_rows}");
+            let (f0, o0) = run(false);
+            let (f1, o1) = run(true);
+            if f0 != f1 {
+                failures.push(format!("{label}: SwiGLU outputs differ with codes written"));
+            }
+            if o0 != o1 {
+                failures.push(format!("{label}: the product over handed-over codes differs"));
+            }
+            let mut got = vec![0u8; one_token_codes_bytes(ffn)];
+            gpu.download(&codes, &mut got, "codes").unwrap();
+            let nb = ffn / BLOCK;
+            for b in 0..nb {
+                let (want, d) = quantize32(&f1[b * BLOCK..(b + 1) * BLOCK]);
+                let q: Vec<i32> =
+                    got[nb * 16 + b * BLOCK..nb * 16 + (b + 1) * BLOCK].iter().map(|&v| v as i8 as i32).collect();
+                let gd = f32::from_le_bytes(got[b * 16..b * 16 + 4].try_into().unwrap());
+                let gs = i32::from_le_bytes(got[b * 16 + 4..b * 16 + 8].try_into().unwrap());
+                if q != want || gd != d || gs != want.iter().sum::<i32>() {
+                    failures.push(format!("{label}: codes of block {b} (d {gd} vs {d})"));
+                    break;
+                }
+            }
+        }
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    assert!(failures.is_empty(), "{} failures", failures.len());
+}
+
+#[test]
+fn one_token_codes_are_refused_where_they_cannot_be_used() {
+    use chatglm_cuda::quant::OneTokenCodes;
+    let Some(gpu) = gpu() else { return };
+    let m = random_matrix(QuantFormat::Q4, 2 * 48, 64, &mut Rng(7));
+    let w = gpu.upload_new(&m.bytes, "w").unwrap();
+    let wp = TiledPtr { base: device_ptr(&w), shape: m.shape };
+    let buf = gpu.alloc::<f32>(4096, "buf").unwrap();
+    let p = device_ptr(&buf);
+    let out = OneTokenCodes { input: 0, output: p };
+    // SAFETY: each call is refused before any launch.
+    unsafe {
+        // 48 SwiGLU rows are one and a half blocks; stores have no pairs; two tokens.
+        assert!(gpu.qmma(wp, p, None, None, 1, 0, p, GemvMode::SwiGlu, None, None, out).is_err());
+        assert!(gpu.qmma(wp, p, None, None, 1, 0, p, GemvMode::Store, None, None, out).is_err());
+        let input = OneTokenCodes { input: p, output: 0 };
+        assert!(gpu.qmma(wp, p, None, None, 2, 0, p, GemvMode::Store, None, None, input).is_err());
+        assert!(gpu.qmma(wp, p, Some((p, 1e-5)), None, 1, 0, p, GemvMode::Store, None, None, input).is_err());
+    }
 }

@@ -747,6 +747,28 @@ fn gpu_chained_decode_steps_equal_unchained_ones_bit_for_bit() {
 }
 
 #[test]
+fn gpu_q8_handoff_keeps_decode_bits() {
+    // One-token steps handing activations over as q8_0 codes (handoff.rs:
+    // the short attention's output to the dense product, SwiGLU's to 4h→h)
+    // compute exactly what the products quantizing floats compute: the 6B
+    // head layout, two layers, every kernel format, steps replayed from
+    // graphs, contexts crossing cache blocks; and the codes were taken.
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
+        let src = random_model(&glm2, 37);
+        let Some(backend) = cuda(&src.config) else { return };
+        let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+        let prompt: Vec<u32> = (0..45u32).map(|i| (i * 11 + 7) % src.config.padded_vocab_size as u32).collect();
+        let uses = gpu.backend.q8_handoff_uses();
+        let what = format!("{format:?} q8_0 hand-off");
+        assert_setting_keeps_decode_bits(&gpu, &prompt, 30, &what, |b, on| b.set_q8_handoff(on));
+        // Two products a layer a step (dense, 4h→h), minus the first steps' graph recording.
+        let used = gpu.backend.q8_handoff_uses() - uses;
+        assert!(used >= 2 * 2 * 20, "{format:?}: codes handed over {used} times");
+    }
+}
+
+#[test]
 fn gpu_fused_mlp_blocks_equal_the_three_products_bit_for_bit() {
     // One-token steps' dense + MLP as one kernel (mlp_stream.cu: weights
     // streamed through a shared-memory ring, counters between the products)

@@ -17,7 +17,9 @@
 // once by its own thread, and the outputs summed as float4s.
 //
 // Launch: grid = (n_groups, work tokens), block = 256,
-// DECODE_SHORT_SMEM bytes of dynamic shared memory (ShortReduce).
+// DECODE_SHORT_SMEM bytes of dynamic shared memory (ShortReduce). qout (one
+// work token only; else null): the output also as q8_0 codes for the dense
+// product after it (quantize_out4).
 #define SHORT_WARPS 8
 // 1 (measurements): thread 0 of block (0, 0) prints %globaltimer at entry,
 // after the wait, after its tile steps, after each merge barrier and at the
@@ -43,10 +45,33 @@ struct ShortReduce {
 // The launch asks for DECODE_SHORT_SMEM (ops.rs) bytes: this size.
 static_assert(sizeof(ShortReduce) == SHORT_WARPS * (3 * 16 + 16 * DEC_D) * 4, "DECODE_SHORT_SMEM");
 
+// Four outputs (columns c..c+3 of the one token's row of `cols`) into the
+// q8_0 block they belong to, as qmma.cu's one_token_x reads a one-token
+// product's input handed over already quantized: (dx, Σq) of block b at
+// float2 2b, the codes from byte 16·(cols / 32) + c. The 8 lanes of a block
+// are consecutive (every lane of the warp calls it); the values are
+// quantized exactly as quantize_block32 does (d = max|v| / 127).
+__device__ __forceinline__ void quantize_out4(float4 v, unsigned char* qout, int cols, int c) {
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const float id = d != 0.f ? 1.0f / d : 0.f;
+    const int q[4] = {(int)roundf(v.x * id), (int)roundf(v.y * id), (int)roundf(v.z * id), (int)roundf(v.w * id)};
+    int sum = q[0] + q[1] + q[2] + q[3];
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    u32 word = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) word |= ((u32)(q[k] & 0xff)) << (8 * k);
+    *(u32*)(qout + (cols / 32) * 16 + c) = word;
+    if (c % 32 == 0) ((float2*)qout)[c / 32 * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+}
+
 extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     attn_decode_short16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
                         const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
-                        int n_groups, int layer, int block_tokens, float scale) {
+                        int n_groups, int layer, int block_tokens, float scale, unsigned char* qout) {
 #if __CUDA_ARCH__ >= 800
     constexpr int HG = 16;
     constexpr int STEP = SHORT_WARPS * MMA_KEYS;
@@ -134,6 +159,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
             acc.w += v.w * f;
         }
         *(float4*)(out + (long)t * out_width + (long)g * HG * DEC_D + i * 4) = acc;
+        if (qout) quantize_out4(acc, qout, out_width, g * HG * DEC_D + i * 4);
     }
     if (SHORT_STAMPS && tid == 0 && g == 0 && wt == 0 && layer == 3 && ctx % 16 == 0) {
         __threadfence();

@@ -155,11 +155,6 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 // way while it waits and quantizes its activations; 2: only for 4-bit
 // weights (8-bit ones spill the second buffer's scales in the prologue:
 // H200, runs 103 and 105, q4_0 +5%, q8_0 −5%). Measurement variant.
-// 1 (tests/gpu/qmma_phases.cu only): one-token products take x as codes and
-// scales already quantized (a measurement of that form's activation phase).
-#ifndef QMMA_X_PRE
-#define QMMA_X_PRE 0
-#endif
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
@@ -893,6 +888,94 @@ __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float
     return xs_stride;
 }
 
+// One-token activations handed over already quantized (xq set): the
+// producer's epilogue wrote them as in_block_x leaves them — (dx, Σq) of
+// block b at float2 2b (16 bytes a block), then the codes — so they are
+// copied into shared memory in one round of 16-byte loads (6–20 KB a block
+// where in_block_x reads and quantizes 16–55 KB of floats, queued behind the
+// weights this block has just requested: run 143 measured the one-token
+// products of a step 18% shorter, q4_0). Else as in_block_x. Returns the
+// scales' stride.
+template <int NT8, int SX, int SB>
+__device__ __forceinline__ int one_token_x(const float* x, const float* nw, float eps, int n, int cols,
+                                           unsigned char* smem, const signed char*& xq, const float2*& xs,
+                                           float* inv, float* scratch) {
+    if (SX != 2 || !xq) return in_block_x<NT8, SX, SB>(x, nw, eps, n, cols, smem, xq, xs, inv, scratch);
+    const int nb = cols / 32, n16 = nb + cols / 16;
+    const uint4* src = (const uint4*)xq;
+    uint4* dst = (uint4*)smem;
+    constexpr int K = 6;  // loads a thread has in flight
+    for (int k0 = 0; k0 < n16; k0 += K * QMMA_THREADS) {
+        uint4 v[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int i = k0 + k * QMMA_THREADS + threadIdx.x;
+            if (i < n16) v[k] = __ldcg(src + i);  // L2: written by the kernel before
+        }
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            const int i = k0 + k * QMMA_THREADS + threadIdx.x;
+            if (i < n16) dst[i] = v[k];
+        }
+    }
+    __syncthreads();
+    xs = (const float2*)smem;
+    xq = (const signed char*)(smem + nb * 16);
+    return 2;
+}
+
+// 32 values, one a lane of a warp, as a q8_0 block exactly as
+// quantize_block32 makes it, written where one_token_x reads block b:
+// (dx, Σq) at float2 2b of `codes`, the codes from byte 16·nb + 32b.
+__device__ __forceinline__ void warp_quantize_block(float v, unsigned char* codes, int nb, int b) {
+    const int lane = threadIdx.x & 31;
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float id = d != 0.f ? 1.0f / d : 0.f;
+    const int q = (int)roundf(v * id);
+    const int sum = __reduce_add_sync(0xffffffffu, q);
+    const u32 byte = (u32)(q & 0xff);
+    const u32 word = byte | (__shfl_down_sync(0xffffffffu, byte, 1) << 8) |
+                     (__shfl_down_sync(0xffffffffu, byte, 2) << 16) | (__shfl_down_sync(0xffffffffu, byte, 3) << 24);
+    if ((lane & 3) == 0) *(u32*)(codes + nb * 16 + b * 32 + lane) = word;
+    if (lane == 0) ((float2*)codes)[b * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+}
+
+// item_epilogue of a one-token SwiGLU product that also quantizes its
+// output for the next product (one_token_x's form at `codes`): items come
+// to a block in pairs (2p, 2p + 1), whose 32 outputs are q8_0 block p —
+// the first's 16 wait in `pair` (shared memory) for the second's. Warp 0
+// sums the rows in item_epilogue's order, so the floats written are the
+// same. Resets acc.
+template <int RT, class Sync = SyncBlock>
+__device__ __forceinline__ void swiglu_epilogue_q8(float (&acc)[RT][1][4], float (*red)[RT * 16][9], int item,
+                                                   float* __restrict__ out, int half_rows, unsigned char* codes,
+                                                   float* pair) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int r = 0; r < RT; r++) {
+        if (t == 0) {
+            red[warp][r * 16 + g][0] = acc[r][0][0];
+            red[warp][r * 16 + g + 8][0] = acc[r][0][2];
+        }
+        acc[r][0][0] = acc[r][0][1] = acc[r][0][2] = acc[r][0][3] = 0.f;
+    }
+    Sync::sync();
+    if (warp == 0) {
+        const int rr = lane & 15;
+        float a = 0.f, b = 0.f;
+#pragma unroll
+        for (int v = 0; v < QMMA_WARPS; v++) a += red[v][rr][0];
+#pragma unroll
+        for (int v = 0; v < QMMA_WARPS; v++) b += red[v][RT * 16 - 16 + rr][0];
+        const float y = silu(a) * b;
+        if (lane < 16) out[item * 16 + rr] = y;
+        if (item & 1) warp_quantize_block(lane < 16 ? pair[lane] : y, codes, half_rows / 32, item >> 1);
+        else if (lane < 16) pair[lane] = y;
+    }
+    Sync::sync();
+}
+
 // The product. Blocks are persistent: block i takes tiles i, i + gridDim.x,
 // … of 16 output rows (SwiGLU: a gate tile with its up tile), its 8 warps
 // splitting each tile's units, so the activations are quantized once per
@@ -913,7 +996,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           const signed char* xq, const float2* xs, int n, int cols,
                                           const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                           int half_rows, const RopeCtx& rc, const char* next_w, long next_bytes,
-                                          const ChainSync& chain) {
+                                          unsigned char* qout, const ChainSync& chain) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
     constexpr bool HX = QMMA_F16X && SX == 0;
@@ -930,11 +1013,19 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     __shared__ float red[QMMA_WARPS][RT * 16][9];
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
+    __shared__ float pair[MODE == 2 && ONE ? 16 : 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nb = cols / 32;
     const int items = MODE == 2 ? half_rows / 16 : tiles;
     const int per_item = (units + STEP - 1) / STEP;
-    const int mine = blockIdx.x < items ? (items - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    // A one-token SwiGLU product quantizing its output (qout) deals its items
+    // in pairs (2p, 2p + 1: block i takes pairs i, i + gridDim.x, …), each
+    // pair one q8_0 block of the next product's input (swiglu_epilogue_q8).
+    const bool pairs = MODE == 2 && ONE && qout != nullptr;
+    const int npairs = items / 2;
+    const int mine = pairs ? (blockIdx.x < npairs ? 2 * ((npairs - 1 - blockIdx.x) / gridDim.x + 1) : 0)
+                           : blockIdx.x < items ? (items - 1 - blockIdx.x) / gridDim.x + 1 : 0;
+    const int first_item = pairs ? 2 * blockIdx.x : blockIdx.x;
     const int total = mine * per_item;
 #if QMMA_STAMPS
     u64 stamp[5] = {0, 0, 0, 0, 0};
@@ -977,16 +1068,29 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         }
     };
     // Batch `it` of this block: item it / per_item, units from (it % per_item)·STEP.
+    auto item_of = [&](int k) {  // this block's k-th item
+        return pairs ? 2 * (blockIdx.x + (k >> 1) * gridDim.x) + (k & 1) : blockIdx.x + k * gridDim.x;
+    };
     auto load = [&](int it, uint4 (*buf)[UB], ScaleVec (*sv)[UB], ScaleVec (*mv)[UB]) {
-        load_at(blockIdx.x + (it / per_item) * gridDim.x, (it % per_item) * STEP, buf, sv, mv);
+        load_at(item_of(it / per_item), (it % per_item) * STEP, buf, sv, mv);
     };
     // The batch after (item, base).
     auto advance = [&](int& item, int& base) {
         base += STEP;
         if (base >= units) {
             base = 0;
-            item += gridDim.x;
+            item = !pairs ? item + gridDim.x : item & 1 ? item - 1 + 2 * gridDim.x : item + 1;
         }
+    };
+    // An item is done: its epilogue (and, quantizing, the pair's q8_0 block).
+    auto finish_item = [&](float (&acc)[RT][NT8][4], int item) {
+        if constexpr (MODE == 2 && ONE && NT8 == 1) {
+            if (pairs) {
+                swiglu_epilogue_q8<RT>(acc, red, item, out, half_rows, qout, pair);
+                return;
+            }
+        }
+        item_epilogue<NT8, MODE, RT, ONE>(acc, red, item * 16, n, bias, out, out_rows, half_rows, rc, slots);
     };
     // This warp's activations of batch `it` into its stage buffer k (2 a warp).
     auto stage_x = [&](int it, int k) {
@@ -1063,9 +1167,9 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             }
         };
         pdl_launch_dependents();
-        int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
+        int ci = first_item, cb = 0, li = first_item, lb = 0;
         advance(li, lb);
-        if (total > 0) load_one(blockIdx.x, 0, wa, sa1, ma1);
+        if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
         const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
@@ -1074,29 +1178,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         QMMA_STAMP(1);
         if (total == 0) return;
         if (total == 1) prefetch_next();
-#if QMMA_X_PRE
-        {
-            // Measurement only (tests/gpu/qmma_phases.cu): x taken as codes and
-            // scales already laid out as in_block_x leaves them, copied in one
-            // round — what a product would pay if the one before quantized its
-            // output. The results are meaningless.
-            const int n16 = (cols / 32 * 2 * 8 + cols) / 16;
-            const uint4* src = (const uint4*)x;
-            uint4* dst = (uint4*)qmma_smem;
-            uint4 v[6];
-#pragma unroll
-            for (int k = 0; k < 6; k++)
-                if (threadIdx.x + k * QMMA_THREADS < n16) v[k] = src[threadIdx.x + k * QMMA_THREADS];
-#pragma unroll
-            for (int k = 0; k < 6; k++)
-                if (threadIdx.x + k * QMMA_THREADS < n16) dst[threadIdx.x + k * QMMA_THREADS] = v[k];
-            __syncthreads();
-            xs = (const float2*)qmma_smem;
-            xq = (const signed char*)(qmma_smem + cols / 32 * 2 * 8);
-        }
-#else
-        in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
-#endif
+        one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
         QMMA_STAMP(2);
         float acc[RT][1][4];
 #pragma unroll
@@ -1127,7 +1209,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                     acc[r][0][e] += __shfl_xor_sync(0xffffffffu, acc[r][0][e], 1);
                     acc[r][0][e] += __shfl_xor_sync(0xffffffffu, acc[r][0][e], 2);
                 }
-            item_epilogue<NT8, MODE, RT, ONE>(acc, red, item * 16, n, bias, out, out_rows, half_rows, rc, slots);
+            finish_item(acc, item);
         };
         // Two buffers whose roles alternate (the loop unrolled by two), so no
         // batch is copied from one to the other.
@@ -1164,7 +1246,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         QMMA_STAMP(1);
         if (total == 0) return;
         if (total == 1 || (QMMA_PINGPONG && total == 2)) prefetch_next();
-        xs_stride = in_block_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+        xs_stride = one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
     }
     if (XS) {
         stage_x(0, 0);
@@ -1213,11 +1295,11 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             }
         }
         if (dry || base + STEP < units) return;
-        item_epilogue<NT8, MODE, RT, ONE>(acc, red, item * 16, n, bias, out, out_rows, half_rows, rc, slots);
+        finish_item(acc, item);
     };
     auto consume = [&](int it, const uint4 (&buf)[RT][UB], const ScaleVec (&sv)[RT][UB],
                        const ScaleVec (&mv)[RT][UB], bool dry) {
-        consume_at(it, blockIdx.x + (it / per_item) * gridDim.x, (it % per_item) * STEP, buf, sv, mv, dry);
+        consume_at(it, item_of(it / per_item), (it % per_item) * STEP, buf, sv, mv, dry);
     };
     if (QMMA_PINGPONG) {
         // Two batches in flight through every wait (see gemv.cu).
@@ -1232,7 +1314,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         }
     } else {
         // Cursors of the batch consumed (ci, cb) and of the one after it (li, lb).
-        int ci = blockIdx.x, cb = 0, li = blockIdx.x, lb = 0;
+        int ci = first_item, cb = 0, li = first_item, lb = 0;
         advance(li, lb);
         for (int it = WARM ? -1 : 0; it < total; it++) {
             if (WARM && it <= 0) {
@@ -1291,9 +1373,9 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const float* x,         \
         const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
         const float* bias, float* out, int out_rows, int half_rows, RopeCtx rc, const char* next_w,      \
-        long next_bytes, ChainSync chain) {                                                             \
+        long next_bytes, unsigned char* qout, ChainSync chain) {                                        \
         qmma_body<F, NT8, MODE, SX>(w, scales, mins, units, tiles, x, nw, eps, xq, xs, n, cols, bias, out, \
-                                    out_rows, half_rows, rc, next_w, next_bytes, chain);                 \
+                                    out_rows, half_rows, rc, next_w, next_bytes, qout, chain);           \
         chain_signal(chain);                                                                            \
     }
 

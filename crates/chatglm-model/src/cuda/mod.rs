@@ -8,6 +8,7 @@
 //! infallible calls for both backends.
 
 mod buffers;
+mod handoff;
 mod kv;
 mod mlp_block;
 mod products;
@@ -134,6 +135,10 @@ struct StepBuffers {
     /// Activations quantized for the quantized products: codes, scales.
     xq: Option<CudaSlice<u8>>,
     xs: Option<CudaSlice<u8>>,
+    /// One token's activations as q8_0 codes handed from the kernel that
+    /// wrote them to the next product (handoff.rs), and what they are of.
+    codes: Option<CudaSlice<u8>>,
+    handoff: handoff::HandoffState,
     /// Quantized weights dequantized for a large step's cuBLAS product.
     dequant: Option<CudaSlice<u16>>,
     gather: Option<CudaSlice<i32>>,
@@ -250,6 +255,11 @@ pub struct CudaBackend {
     mlp_stream: std::sync::atomic::AtomicBool,
     /// Which steps take the short-context decode attention.
     short_attention: short_attention::ShortAttention,
+    /// Whether one-token steps hand activations from kernel to product as
+    /// q8_0 codes (`CHATGLM_Q8_HANDOFF`; handoff.rs).
+    handoff: std::sync::atomic::AtomicBool,
+    /// Products that took handed-over codes so far (for tests).
+    handoff_uses: std::sync::atomic::AtomicU64,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -346,6 +356,8 @@ impl CudaBackend {
             prefetch_next: weight_chain::prefetch_next_bytes(),
             mlp_stream: mlp_block::mlp_stream_requested().into(),
             short_attention: short_attention::ShortAttention::from_env(),
+            handoff: handoff::handoff_requested().into(),
+            handoff_uses: 0.into(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -555,6 +567,7 @@ impl CudaBackend {
         if let Err(e) = f() {
             self.fail(backend_err(op, e));
         }
+        lock(&self.step).handoff.operation_ended();
     }
 }
 
@@ -1396,7 +1409,19 @@ impl Backend for CudaBackend {
                     layer,
                 };
                 if plan.decode_kernel && st.short_attention {
-                    self.gpu.attention_decode_short(work)?;
+                    // One token: its output as q8_0 codes too, for the dense product.
+                    let out_cols = dims.n_heads * dims.head_dim;
+                    let codes = if self.handoff.load(std::sync::atomic::Ordering::Relaxed)
+                        && n == 1
+                        && self.quantized.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        let c = handoff::codes_buffer(&self.gpu, &mut st, out_cols)?;
+                        st.handoff.hand(handoff::Handed { floats: op, cols: out_cols, codes: c });
+                        c
+                    } else {
+                        0
+                    };
+                    self.gpu.attention_decode_short(work, codes)?;
                     self.short_attention.launched();
                 } else if let Some(split) = plan.split {
                     let part_o = st.part_o.as_ref().map_or(0, device_ptr);

@@ -2,7 +2,7 @@
 //! for larger ones, and the 16-bit inputs the latter take.
 
 use super::{ensure, lock, CudaActivations, CudaBackend, CudaMatrix, CudaVector};
-use chatglm_cuda::quant::{ActivationForm, TiledPtr, QMMA_MAX_TOKENS};
+use chatglm_cuda::quant::{ActivationForm, OneTokenCodes, TiledPtr, QMMA_MAX_TOKENS};
 use chatglm_cuda::{device_ptr, CudaError, DType, GemvMode, Gpu, RopeArgs};
 
 /// Weights dequantized at once for a large step's cuBLAS product (f16
@@ -89,6 +89,12 @@ impl CudaBackend {
         let n = x.rows;
         let cols = w.shape.cols;
         let xp = Self::input(x, n, cols, op)?;
+        let swiglu = mode == GemvMode::SwiGlu && qkv.is_none();
+        let out_cols = if swiglu { w.shape.rows / 2 } else { w.shape.rows };
+        let codes = self.one_token_codes(n, xp, cols, norm.is_some(), swiglu, out, out_cols)?;
+        if codes.input != 0 {
+            self.handoff_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if n > QMMA_MAX_TOKENS {
             // Token chunks: each reads the weights again; x, out and the QKV
             // tokens' positions advance by the chunk.
@@ -102,15 +108,16 @@ impl CudaBackend {
                 });
                 let xc = xp + (start * cols * 4) as u64;
                 let oc = out + (start * out_cols * 4) as u64;
-                self.quantized_chunk(w, bias, xc, m, oc, mode, norm, chunk_qkv)?;
+                self.quantized_chunk(w, bias, xc, m, oc, mode, norm, chunk_qkv, OneTokenCodes::default())?;
             }
             return Ok(());
         }
-        self.quantized_chunk(w, bias, xp, n, out, mode, norm, qkv)
+        self.quantized_chunk(w, bias, xp, n, out, mode, norm, qkv, codes)
     }
 
     /// One launch's worth of [`Self::quantized_product`]: `n` ≤
-    /// [`QMMA_MAX_TOKENS`] tokens of f32 x at `xp`.
+    /// [`QMMA_MAX_TOKENS`] tokens of f32 x at `xp` (`codes`: a one-token
+    /// product's q8_0 hand-off, handoff.rs).
     #[allow(clippy::too_many_arguments)]
     fn quantized_chunk(
         &self,
@@ -122,6 +129,7 @@ impl CudaBackend {
         mode: GemvMode,
         norm: Option<(u64, f32)>,
         qkv: Option<(DType, RopeArgs, chatglm_cuda::AttentionDims, usize)>,
+        codes: OneTokenCodes,
     ) -> Result<(), CudaError> {
         let cols = w.shape.cols;
         if self.gpu.qmma_quantizes_in_block(n, cols) {
@@ -129,7 +137,7 @@ impl CudaBackend {
             // (not prompt chunks: the same product runs again after them).
             let next = lock(&self.weight_chain).after(w.base, self.prefetch_next);
             // SAFETY: x n×cols f32, out and bias sized by the caller, norm cols.
-            return unsafe { self.gpu.qmma(w, xp, norm, None, n, bias, out, mode, qkv, next) };
+            return unsafe { self.gpu.qmma(w, xp, norm, None, n, bias, out, mode, qkv, next, codes) };
         }
         let (q_bytes, s_bytes) = Gpu::quantized_x_bytes(n, cols);
         let mut st = lock(&self.step);
@@ -141,7 +149,7 @@ impl CudaBackend {
         // SAFETY: xq/xs sized for n tokens of cols; the rest as above.
         unsafe {
             self.gpu.quantize_x(xp, n, cols, norm, w.shape.format, form, xq, xs)?;
-            self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, None)
+            self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, None, OneTokenCodes::default())
         }
     }
 

@@ -1,0 +1,138 @@
+//! The q8_0 hand-off of batch-1 decode (chatglm_cuda's `OneTokenCodes`):
+//! the short decode attention and the SwiGLU product also write their
+//! output as q8_0 codes, and the product right after them (dense, 4h→h)
+//! copies those instead of reading and quantizing the floats — the phase of
+//! a one-token product that waits behind the weights it has just requested
+//! (bench/RESULTS.md, run 143). The codes are the in-product quantization's
+//! bit for bit: results do not change. `CHATGLM_Q8_HANDOFF=0` turns it off
+//! (for measurements).
+
+use super::{ensure, lock, CudaBackend, StepBuffers};
+use chatglm_cuda::quant::{one_token_codes_bytes, OneTokenCodes};
+use chatglm_cuda::CudaError;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Codes written by the last operation: of the floats at `floats`, `cols`
+/// wide, kept at the step's codes buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Handed {
+    pub floats: u64,
+    pub cols: usize,
+    pub codes: u64,
+}
+
+/// The hand-off's state in a step: what the last operation wrote, and
+/// whether the operation running now wrote it (else it is dropped when the
+/// operation ends: codes live exactly to the next operation).
+#[derive(Default)]
+pub(super) struct HandoffState {
+    handed: Option<Handed>,
+    fresh: bool,
+}
+
+impl HandoffState {
+    /// The codes of the floats at `floats` (`cols` wide), if the last
+    /// operation wrote them; taken either way.
+    pub(super) fn take_for(&mut self, floats: u64, cols: usize) -> Option<u64> {
+        self.handed.take().filter(|h| h.floats == floats && h.cols == cols).map(|h| h.codes)
+    }
+
+    /// The operation running now wrote codes of the floats at `floats`.
+    pub(super) fn hand(&mut self, handed: Handed) {
+        self.handed = Some(handed);
+        self.fresh = true;
+    }
+
+    /// An operation ended: codes it did not write are stale from now on.
+    pub(super) fn operation_ended(&mut self) {
+        if !std::mem::take(&mut self.fresh) {
+            self.handed = None;
+        }
+    }
+}
+
+/// Whether the hand-off is on (`CHATGLM_Q8_HANDOFF=0` turns it off), read once.
+pub(super) fn handoff_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CHATGLM_Q8_HANDOFF").map_or(true, |v| v != "0"))
+}
+
+/// The step's codes buffer, for `cols` values of one token.
+pub(super) fn codes_buffer(gpu: &chatglm_cuda::Gpu, st: &mut StepBuffers, cols: usize) -> Result<u64, CudaError> {
+    ensure(gpu, &mut st.codes, one_token_codes_bytes(cols), "handed-over activation codes")
+}
+
+impl CudaBackend {
+    /// Hands one-token steps' activations over as q8_0 codes (on) or lets
+    /// each product quantize its floats (off), from the next operation.
+    pub fn set_q8_handoff(&self, on: bool) {
+        self.handoff.store(on, Relaxed);
+    }
+
+    /// Products that took handed-over codes so far.
+    pub fn q8_handoff_uses(&self) -> u64 {
+        self.handoff_uses.load(Relaxed)
+    }
+
+    /// The hand-off of a one-token quantized product of `x` (at `xp`,
+    /// `cols` wide) into `out` (`out_cols` wide): input codes when the last
+    /// operation wrote those of x and the product fuses no norm; output
+    /// codes from SwiGLU products whose outputs are whole q8_0 blocks (and
+    /// whose input is not handed over: one buffer serves both).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn one_token_codes(
+        &self,
+        n: usize,
+        xp: u64,
+        cols: usize,
+        norm: bool,
+        swiglu: bool,
+        out: u64,
+        out_cols: usize,
+    ) -> Result<OneTokenCodes, CudaError> {
+        let mut codes = OneTokenCodes::default();
+        if !self.handoff.load(Relaxed) || n != 1 || !self.gpu.qmma_quantizes_in_block(1, cols) {
+            return Ok(codes);
+        }
+        let mut st = lock(&self.step);
+        if !norm {
+            codes.input = st.handoff.take_for(xp, cols).unwrap_or(0);
+        }
+        if swiglu
+            && codes.input == 0
+            && out_cols.is_multiple_of(chatglm_cuda::quant::BLOCK)
+            && self.gpu.qmma_quantizes_in_block(1, out_cols)
+        {
+            codes.output = codes_buffer(&self.gpu, &mut st, out_cols)?;
+            st.handoff.hand(Handed { floats: out, cols: out_cols, codes: codes.output });
+        }
+        Ok(codes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_live_exactly_to_the_next_operation() {
+        let h = Handed { floats: 0x1000, cols: 4096, codes: 0x9000 };
+        let mut s = HandoffState::default();
+        s.hand(h);
+        s.operation_ended();
+        // The next operation reads them for the same floats only.
+        assert_eq!(s.take_for(0x2000, 4096), None, "other floats");
+        s.hand(h);
+        s.operation_ended();
+        assert_eq!(s.take_for(0x1000, 2048), None, "other width");
+        s.hand(h);
+        s.operation_ended();
+        assert_eq!(s.take_for(0x1000, 4096), Some(0x9000));
+        assert_eq!(s.take_for(0x1000, 4096), None, "taken once");
+        // An operation in between that writes none drops them.
+        s.hand(h);
+        s.operation_ended();
+        s.operation_ended();
+        assert_eq!(s.take_for(0x1000, 4096), None);
+    }
+}
