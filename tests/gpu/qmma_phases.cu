@@ -33,7 +33,7 @@
 
 typedef void (*QmmaKernel)(const uint4*, const u16*, const u16*, int, int, const float*, const float*, float,
                            const signed char*, const float2*, int, int, const float*, float*, int, int, RopeCtx,
-                           const char*, long, unsigned char*, const float*, ChainSync);
+                           const char*, long, unsigned char*, ChainSync);
 
 struct Product {
     const char* name;
@@ -113,19 +113,12 @@ int main(int argc, char** argv) {
     memset(&chain, 0, sizeof chain);
     // HANDOFF=1: the q8_0 hand-off as a decode step runs it — h→4h writes its
     // output's codes, 4h→h reads them, and dense reads codes in place of the
-    // attention's (whatever the buffer holds: timing only). HANDOFF=2: also
-    // dense and 4h→h write codes for the normed products after them (clusters
-    // of two blocks), which read them.
-    const int handoff = getenv("HANDOFF") ? atoi(getenv("HANDOFF")) : 0;
-    unsigned char* hcodes[2] = {nullptr, nullptr};  // [SwiGLU's, the residual's]
-    for (auto& c : hcodes) {
-        CHECK(cudaMalloc(&c, ffn / 32 * 16 + ffn));
-        CHECK(cudaMemset(c, 0, ffn / 32 * 16 + ffn));
-    }
-    printf("q8_0 hand-off: %d\n", handoff);
-    if (handoff == 2)
-        for (int p = 0; p < 4; p++)
-            if (products[p].mode == 1 && grid[p] % 2) grid[p]++;
+    // attention's (whatever the buffer holds: timing only).
+    const bool handoff = getenv("HANDOFF") && atoi(getenv("HANDOFF")) == 1;
+    unsigned char* hcodes = nullptr;
+    CHECK(cudaMalloc(&hcodes, ffn / 32 * 16 + ffn));
+    CHECK(cudaMemset(hcodes, 0, ffn / 32 * 16 + ffn));
+    printf("q8_0 hand-off: %s\n", handoff ? "on" : "off");
     auto launch = [&](int l, int p) {
         const Product& pr = products[p];
         const Weights& m = w[l * 4 + p];
@@ -134,31 +127,19 @@ int main(int argc, char** argv) {
         cfg.blockDim = dim3(QMMA_THREADS);
         cfg.dynamicSmemBytes = smem[p];
         cfg.stream = stream;
-        cudaLaunchAttribute attr[2];
+        cudaLaunchAttribute attr[1];
         attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attr[0].val.programmaticStreamSerializationAllowed = 1;
-        attr[1].id = cudaLaunchAttributeClusterDimension;
-        attr[1].val.clusterDim.x = 2;
-        attr[1].val.clusterDim.y = 1;
-        attr[1].val.clusterDim.z = 1;
         cfg.attrs = attr;
-        const bool residual_out = handoff == 2 && (p == 1 || p == 3);
-        cfg.numAttrs = residual_out ? 2 : 1;
-        // What each product reads (xq) and writes (qout) as codes.
-        const unsigned char* in = nullptr;
-        unsigned char* qout = nullptr;
-        if (handoff >= 1 && (p == 1 || p == 3)) in = hcodes[0];
-        if (handoff >= 1 && p == 2) qout = hcodes[0];
-        if (handoff == 2 && (p == 0 || p == 2)) in = hcodes[1];
-        if (residual_out) qout = hcodes[1];
+        cfg.numAttrs = 1;
         const uint4* codes = (const uint4*)m.base;
         const u16* scales = (const u16*)(m.base + m.code_bytes);
         CHECK(cudaLaunchKernelEx(&cfg, kernels[fi][pr.mode], codes, scales, (const u16*)nullptr, m.units, m.tiles,
                                  (const float*)x, pr.norm ? (const float*)nw : (const float*)nullptr, 1e-5f,
-                                 (const signed char*)in,
+                                 (const signed char*)(handoff && (p == 1 || p == 3) ? hcodes : nullptr),
                                  (const float2*)nullptr, 1, pr.cols, (const float*)nullptr, out,
                                  pr.mode == 2 ? pr.rows / 2 : pr.rows, pr.mode == 2 ? pr.rows / 2 : 0, rc,
-                                 (const char*)nullptr, 0L, qout, residual_out ? (const float*)nw : nullptr, chain));
+                                 (const char*)nullptr, 0L, handoff && p == 2 ? hcodes : nullptr, chain));
     };
     for (int s = 0; s < steps; s++)
         for (int l = 0; l < layers; l++)

@@ -129,21 +129,9 @@ impl Gpu {
     pub(crate) fn launch_chained(
         &self,
         f: &CudaFunction,
-        args: Args,
-        kernel: &str,
-        cfg: LaunchConfig,
-    ) -> Result<(), CudaError> {
-        self.launch_chained_cluster(f, args, kernel, cfg, 1)
-    }
-
-    /// [`Self::launch_chained`] in thread-block clusters of `cluster` blocks.
-    pub(crate) fn launch_chained_cluster(
-        &self,
-        f: &CudaFunction,
         mut args: Args,
         kernel: &str,
         cfg: LaunchConfig,
-        cluster: u32,
     ) -> Result<(), CudaError> {
         let blocks = u64::from(cfg.grid_dim.0) * u64::from(cfg.grid_dim.1) * u64::from(cfg.grid_dim.2);
         let recording = self.recording();
@@ -153,7 +141,7 @@ impl Gpu {
             c.link(base, recording, blocks)
         };
         args.arg_struct(&link);
-        self.launch_unbroken(f, args, kernel, cfg, cluster)
+        self.launch_unbroken(f, args, kernel, cfg)
     }
 }
 

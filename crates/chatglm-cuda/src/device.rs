@@ -514,7 +514,7 @@ impl Gpu {
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
         self.break_chain();
-        self.launch_unbroken(f, args, kernel, cfg, 1)
+        self.launch_unbroken(f, args, kernel, cfg)
     }
 
     /// Whether launches use programmatic dependent launch.
@@ -529,9 +529,8 @@ impl Gpu {
         args: Args,
         kernel: &str,
         cfg: LaunchConfig,
-        cluster: u32,
     ) -> Result<(), CudaError> {
-        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string(), cluster };
+        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string() };
         match self.record(crate::graph::Op::Kernel(launch)) {
             Some(crate::graph::Op::Kernel(l)) => self.launch_raw(&l),
             _ => Ok(()),
@@ -548,25 +547,11 @@ impl Gpu {
             message,
         };
         self.bind().map_err(|e| fail(e.to_string()))?;
-        let pdl = sys::CUlaunchAttribute {
+        let mut attr = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
             pad: [0; 4],
             value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
         };
-        let cluster = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-            pad: [0; 4],
-            value: sys::CUlaunchAttributeValue {
-                clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: l.cluster, y: 1, z: 1 },
-            },
-        };
-        let mut attrs: Vec<sys::CUlaunchAttribute> = Vec::with_capacity(2);
-        if self.pdl {
-            attrs.push(pdl);
-        }
-        if l.cluster > 1 {
-            attrs.push(cluster);
-        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -576,14 +561,14 @@ impl Gpu {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
         };
         let mut params = l.args.pointers();
         // SAFETY: callers check every pointer and size argument against the
         // buffers they describe before building `args`; `params` points into
         // `l.args`, which outlives the call (the driver only reads through
-        // them); the attributes outlive the call.
+        // them); the attribute outlives the call.
         unsafe { sys::cuLaunchKernelEx(&config, l.func, params.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(|e| fail(format!("{e:?}")))

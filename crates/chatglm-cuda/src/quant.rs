@@ -41,26 +41,13 @@ pub fn one_token_codes_bytes(cols: usize) -> usize {
 /// `one_token_x`). The codes equal the in-product quantization's bit for
 /// bit, so results do not change. Device addresses of
 /// [`one_token_codes_bytes`] each; 0: none.
-///
-/// A product that fuses an RMSNorm cannot be handed finished codes (1/rms
-/// needs the whole row): an accumulating product (the residual stream)
-/// writes codes of `g·y` for the norm weights `g` of the product after it
-/// (`output_norm`) with each block's sum of squares, and that product,
-/// given the same norm, finishes 1/rms and the scales. Its codes are then
-/// the CPU's `round(g·x·inv / d)` computed as `round(g·x / d')`: equal but
-/// for rounding (the in-product quantization rounds `g·(x·inv)` first).
-/// Accumulating outputs need thread-block clusters (compute capability 9).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OneTokenCodes {
-    /// x already quantized: read here instead of quantizing x (with a norm:
-    /// codes an accumulating product wrote for that norm's weights).
+    /// x already quantized: read here instead of quantizing x (no norm).
     pub input: u64,
-    /// The output quantized here too: a SwiGLU product's (half its rows a
-    /// multiple of 32) or an accumulating one's (rows a multiple of 32).
+    /// A SwiGLU product's output quantized here too (half its rows a
+    /// multiple of 32).
     pub output: u64,
-    /// An accumulating product's output codes are of `g·y` for these norm
-    /// weights (the next product's); 0: of y.
-    pub output_norm: u64,
 }
 
 impl OneTokenCodes {
@@ -547,7 +534,7 @@ impl Gpu {
             return Err(CudaError::invalid("qmma", format!("no f16 products for {n} tokens of {:?}", s.format)));
         }
         if codes.any() {
-            self.check_one_token_codes(s, n, in_block, mode, qkv.is_some(), codes)?;
+            self.check_one_token_codes(s, n, in_block, norm.is_some(), mode, qkv.is_some(), codes)?;
         }
         let nt8 = if in_block { 1 } else { token_tiles(n) };
         let kernel_mode = if qkv.is_some() { 3 } else { mode as usize };
@@ -589,7 +576,7 @@ impl Gpu {
         a.arg(&xq).arg(&xs).arg(&ints[2]).arg(&ints[3]).arg(&bias).arg(&out).arg(&ints[4]).arg(&ints[5]);
         a.arg_struct(&ctx);
         let (next_w, next_bytes) = next.map_or((0u64, 0i64), |(p, b)| (p, b as i64));
-        a.arg(&next_w).arg(&next_bytes).arg(&codes.output).arg(&codes.output_norm);
+        a.arg(&next_w).arg(&next_bytes).arg(&codes.output);
         let items = if mode == GemvMode::SwiGlu { half / TILE_ROWS } else { s.tiles };
         let smem = if in_block {
             in_block_smem(n, s.cols) as u32
@@ -604,29 +591,25 @@ impl Gpu {
         let per_sm = self.blocks_per_sm(&name, QMMA_THREADS, smem);
         let (cap, policy) = qmma_grid_settings();
         let per_sm = cap.map_or(per_sm, |cap| cap.clamp(1, per_sm));
-        let mut blocks = grid_blocks(items, per_sm * self.info().multiprocessors, policy);
-        // An accumulating product writing codes pairs its items in clusters
-        // of two blocks (qmma.cu, residual_epilogue_q8): an even grid.
-        let cluster = if codes.output != 0 && mode == GemvMode::Accumulate { 2 } else { 1 };
-        if cluster == 2 && blocks % 2 == 1 {
-            blocks += 1;
-        }
+        let blocks = grid_blocks(items, per_sm * self.info().multiprocessors, policy);
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (QMMA_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
-        self.launch_chained_cluster(f, a, &name, cfg, cluster)
+        self.launch_chained(f, a, &name, cfg)
     }
 
     /// Whether a product can take `codes` ([`OneTokenCodes`]): one token,
-    /// quantized in the product; output codes from SwiGLU or accumulating
-    /// products of whole blocks.
+    /// quantized in the product; input codes replace x and its norm; output
+    /// codes from a SwiGLU product whose half is whole blocks.
+    #[allow(clippy::too_many_arguments)]
     fn check_one_token_codes(
         &self,
         s: TileShape,
         n: usize,
         in_block: bool,
+        norm: bool,
         mode: GemvMode,
         qkv: bool,
         codes: OneTokenCodes,
@@ -638,23 +621,14 @@ impl Gpu {
         if nvrtc_defines("QMMA_WARM=1") {
             return Err(CudaError::invalid(op, "not with the QMMA_WARM=1 measurement kernels"));
         }
-        let whole = match mode {
-            GemvMode::SwiGlu => (s.rows / 2).is_multiple_of(BLOCK),
-            GemvMode::Accumulate => s.rows.is_multiple_of(BLOCK) && self.info().compute_capability.0 >= 9,
-            GemvMode::Store => false,
-        };
-        if codes.output != 0 && (qkv || !whole) {
+        if codes.input != 0 && norm {
+            return Err(CudaError::invalid(op, "input codes are final: no norm to fuse"));
+        }
+        if codes.output != 0 && (mode != GemvMode::SwiGlu || qkv || !(s.rows / 2).is_multiple_of(BLOCK)) {
             return Err(CudaError::invalid(
                 op,
-                format!(
-                    "output codes from SwiGLU or (compute capability 9+) accumulating products of whole blocks \
-                     only ({} rows, {mode:?})",
-                    s.rows
-                ),
+                format!("output codes from SwiGLU products of whole blocks only ({} rows, {mode:?})", s.rows),
             ));
-        }
-        if codes.output_norm != 0 && (codes.output == 0 || mode != GemvMode::Accumulate) {
-            return Err(CudaError::invalid(op, "an output norm goes with an accumulating product's output codes"));
         }
         Ok(())
     }

@@ -747,15 +747,12 @@ fn gpu_chained_decode_steps_equal_unchained_ones_bit_for_bit() {
 }
 
 #[test]
-fn gpu_q8_handoffs_keep_decode_steps() {
-    // One-token steps handing activations over as q8_0 codes (handoff.rs):
-    // the short attention's output to the dense product and SwiGLU's to 4h→h
-    // compute exactly what the products quantizing floats compute; the
-    // residual handed to the normed products (h→4h, QKV, the output layer)
-    // agrees up to the rounding of codes. The 6B head layout, two layers,
-    // every kernel format, steps replayed from graphs, contexts crossing
-    // cache blocks; and the codes were taken.
-    use chatglm_model::cuda::HandoffLevel;
+fn gpu_q8_handoff_keeps_decode_bits() {
+    // One-token steps handing activations over as q8_0 codes (handoff.rs:
+    // the short attention's output to the dense product, SwiGLU's to 4h→h)
+    // compute exactly what the products quantizing floats compute: the 6B
+    // head layout, two layers, every kernel format, steps replayed from
+    // graphs, contexts crossing cache blocks; and the codes were taken.
     let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
     for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
         let src = random_model(&glm2, 37);
@@ -763,54 +760,12 @@ fn gpu_q8_handoffs_keep_decode_steps() {
         let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
         let prompt: Vec<u32> = (0..45u32).map(|i| (i * 11 + 7) % src.config.padded_vocab_size as u32).collect();
         let uses = gpu.backend.q8_handoff_uses();
-        let what = format!("{format:?} exact q8_0 hand-offs");
-        let level = |on| if on { HandoffLevel::Exact } else { HandoffLevel::Off };
-        assert_setting_keeps_decode_bits(&gpu, &prompt, 30, &what, |b, on| b.set_q8_handoff(level(on)));
-        // Two products a layer a step (dense, 4h→h).
+        let what = format!("{format:?} q8_0 hand-off");
+        assert_setting_keeps_decode_bits(&gpu, &prompt, 30, &what, |b, on| b.set_q8_handoff(on));
+        // Two products a layer a step (dense, 4h→h), minus the first steps' graph recording.
         let used = gpu.backend.q8_handoff_uses() - uses;
-        assert!(used >= 2 * 2 * 30, "{format:?}: codes handed over {used} times");
-        let uses = gpu.backend.q8_handoff_uses();
-        let level = |on| if on { HandoffLevel::All } else { HandoffLevel::Off };
-        let what = format!("{format:?} all q8_0 hand-offs");
-        assert_setting_keeps_decode_close(&gpu, &prompt, 30, &what, |b, on| b.set_q8_handoff(level(on)));
-        // Where clusters run, eight a step: dense, h→4h and 4h→h of both
-        // layers, the second layer's QKV and the output layer (from the
-        // second step: the first is where the final norm is seen).
-        let used = gpu.backend.q8_handoff_uses() - uses;
-        let want = if gpu.backend.device().compute_capability.0 >= 9 { 8 * 30 - 1 } else { 2 * 2 * 30 };
-        assert!(used >= want, "{format:?}: codes handed over {used} times, want {want}");
-        gpu.backend.set_q8_handoff(HandoffLevel::All);
+        assert!(used >= 2 * 2 * 20, "{format:?}: codes handed over {used} times");
     }
-}
-
-/// As assert_setting_keeps_decode_bits, the logits within 1e-2 of their
-/// range (the same token fed to both).
-fn assert_setting_keeps_decode_close(
-    gpu: &Model<CudaBackend>,
-    prompt: &[u32],
-    steps: usize,
-    what: &str,
-    set: impl Fn(&CudaBackend, bool),
-) {
-    let mut caches: Vec<_> = (0..2).map(|_| gpu.new_cache(KvDType::F16)).collect();
-    let mut state = ForwardState::new(&gpu.backend);
-    for c in caches.iter_mut() {
-        gpu.forward(&mut state, &mut [SequenceInput { tokens: prompt, cache: c, logits: LogitsWanted::None }]).unwrap();
-    }
-    let mut token = 7u32;
-    for step in 0..steps {
-        let mut logits = Vec::new();
-        for (on, cache) in caches.iter_mut().enumerate() {
-            set(&gpu.backend, on == 1);
-            let input = SequenceInput { tokens: &[token], cache, logits: LogitsWanted::Last };
-            logits.push(gpu.forward(&mut state, &mut [input]).unwrap().to_vec());
-        }
-        let range = logits[0].iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = max_abs_diff(&logits[0], &logits[1]);
-        assert!(diff <= 1e-2 * range.max(1.0), "{what}: step {step} differs by {diff} (logits up to {range})");
-        token = chatglm_model::greedy_token(&logits[0]);
-    }
-    set(&gpu.backend, false);
 }
 
 #[test]

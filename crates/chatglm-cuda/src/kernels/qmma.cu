@@ -894,9 +894,8 @@ __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float
 // copied into shared memory in one round of 16-byte loads (6–20 KB a block
 // where in_block_x reads and quantizes 16–55 KB of floats, queued behind the
 // weights this block has just requested: run 143 measured the one-token
-// products of a step 18% shorter, q4_0). With norm weights nw the codes are
-// residual_epilogue_q8's (of g·x, unscaled, with sums of squares). Else as
-// in_block_x. Returns the scales' stride.
+// products of a step 18% shorter, q4_0). Else as in_block_x. Returns the
+// scales' stride.
 template <int NT8, int SX, int SB>
 __device__ __forceinline__ int one_token_x(const float* x, const float* nw, float eps, int n, int cols,
                                            unsigned char* smem, const signed char*& xq, const float2*& xs,
@@ -920,25 +919,6 @@ __device__ __forceinline__ int one_token_x(const float* x, const float* nw, floa
         }
     }
     __syncthreads();
-    if (nw) {
-        // Codes of g·x (norm weights g folded in by the producer, which
-        // cannot know 1/rms): 1/rms from the pairs' sums of squares at
-        // float2 2b + 1, summed in a fixed order (every block the same
-        // value), then each scale d'·(1/rms) rounded to f16 as the CPU
-        // rounds its scale.
-        float2* sx = (float2*)smem;
-        float ss = 0.f;
-        for (int b = threadIdx.x; b < nb; b += QMMA_THREADS) ss += sx[b * 2 + 1].x;
-        ss = warp_sum(ss);
-        if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = ss;
-        __syncthreads();
-        float tot = 0.f;
-#pragma unroll
-        for (int w = 0; w < QMMA_WARPS; w++) tot += scratch[w];
-        const float inv = 1.0f / sqrtf(tot / (float)cols + eps);
-        for (int b = threadIdx.x; b < nb; b += QMMA_THREADS) sx[b * 2].x = f16_to_f32(f32_to_f16(sx[b * 2].x * inv));
-        __syncthreads();
-    }
     xs = (const float2*)smem;
     xq = (const signed char*)(smem + nb * 16);
     return 2;
@@ -946,9 +926,7 @@ __device__ __forceinline__ int one_token_x(const float* x, const float* nw, floa
 
 // 32 values, one a lane of a warp, as a q8_0 block exactly as
 // quantize_block32 makes it, written where one_token_x reads block b:
-// (dx, Σq) at float2 2b of `codes`, the codes from byte 16·nb + 32b. RAW:
-// dx left in f32 (one_token_x scales and rounds it).
-template <bool RAW = false>
+// (dx, Σq) at float2 2b of `codes`, the codes from byte 16·nb + 32b.
 __device__ __forceinline__ void warp_quantize_block(float v, unsigned char* codes, int nb, int b) {
     const int lane = threadIdx.x & 31;
     const float amax = warp_max(fabsf(v));
@@ -960,27 +938,7 @@ __device__ __forceinline__ void warp_quantize_block(float v, unsigned char* code
     const u32 word = byte | (__shfl_down_sync(0xffffffffu, byte, 1) << 8) |
                      (__shfl_down_sync(0xffffffffu, byte, 2) << 16) | (__shfl_down_sync(0xffffffffu, byte, 3) << 24);
     if ((lane & 3) == 0) *(u32*)(codes + nb * 16 + b * 32 + lane) = word;
-    if (lane == 0) ((float2*)codes)[b * 2] = make_float2(RAW ? d : f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
-}
-
-// Thread-block clusters of two (a residual product quantizing its output):
-// the pair's barrier, this block's rank, and a float of the other block's
-// shared memory.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ float ld_cluster(const float* local, u32 rank) {
-    const u32 a = (u32)__cvta_generic_to_shared(local);
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
-    float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
+    if (lane == 0) ((float2*)codes)[b * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
 }
 
 // item_epilogue of a one-token SwiGLU product that also quantizes its
@@ -1018,57 +976,6 @@ __device__ __forceinline__ void swiglu_epilogue_q8(float (&acc)[RT][1][4], float
     Sync::sync();
 }
 
-// item_epilogue of a one-token accumulating product (the residual stream)
-// that also quantizes its output for the next product, whose RMSNorm it
-// cannot finish (1/rms needs every row): q8_0 codes of g·y (g: that norm's
-// weights, qnw), the scale d' unrounded and each block's Σy² at float2
-// 2b + 1, for one_token_x to finish (no qnw: y's codes, as any other's). Items are dealt to clusters of
-// two blocks, one item of each pair a block (2p: rank 0, 2p + 1: rank 1,
-// gridDim.x even), and rank 1 reads rank 0's 16 values from its shared
-// memory. Every thread of both blocks calls it (cluster barriers). Resets acc.
-template <int RT>
-__device__ __forceinline__ void residual_epilogue_q8(float (&acc)[RT][1][4], float (*red)[RT * 16][9], int item,
-                                                     float* __restrict__ out, int out_rows,
-                                                     const float* __restrict__ qnw, unsigned char* codes,
-                                                     float* pair) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    if (t == 0) {
-        red[warp][g][0] = acc[0][0][0];
-        red[warp][g + 8][0] = acc[0][0][2];
-    }
-    acc[0][0][0] = acc[0][0][1] = acc[0][0][2] = acc[0][0][3] = 0.f;
-    __syncthreads();
-    const u32 rank = cluster_rank();
-    float y = 0.f, v = 0.f;
-    if (warp == 0) {
-        const int rr = lane & 15, row = item * 16 + rr;
-        float a = 0.f;
-#pragma unroll
-        for (int w = 0; w < QMMA_WARPS; w++) a += red[w][rr][0];
-        y = out[row] + a;
-        __syncwarp();
-        if (lane < 16) out[row] = y;
-        v = qnw ? qnw[row] * y : y;
-        if (rank == 0 && lane < 16) {
-            pair[lane] = v;
-            pair[16 + lane] = y;
-        }
-    }
-    cluster_sync();
-    if (rank == 1 && warp == 0) {
-        if (lane < 16) {
-            v = ld_cluster(pair + lane, 0);
-            y = ld_cluster(pair + 16 + lane, 0);
-        }
-        const int nb = out_rows / 32, b = item >> 1;
-        if (qnw) warp_quantize_block<true>(v, codes, nb, b);
-        else warp_quantize_block<false>(v, codes, nb, b);
-        const float ss = warp_sum(y * y);
-        if (lane == 0) ((float2*)codes)[b * 2 + 1] = make_float2(ss, 0.f);
-    }
-    cluster_sync();  // rank 0's values are read: it may go on (or exit)
-}
-
 // The product. Blocks are persistent: block i takes tiles i, i + gridDim.x,
 // … of 16 output rows (SwiGLU: a gate tile with its up tile), its 8 warps
 // splitting each tile's units, so the activations are quantized once per
@@ -1089,8 +996,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                                           const signed char* xq, const float2* xs, int n, int cols,
                                           const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                           int half_rows, const RopeCtx& rc, const char* next_w, long next_bytes,
-                                          unsigned char* qout, const float* __restrict__ qnw,
-                                          const ChainSync& chain) {
+                                          unsigned char* qout, const ChainSync& chain) {
     constexpr int RT = MODE == 2 ? 2 : 1;  // row tiles per work item
     constexpr bool ONE = SX == 2;
     constexpr bool HX = QMMA_F16X && SX == 0;
@@ -1107,15 +1013,14 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     __shared__ float red[QMMA_WARPS][RT * 16][9];
     __shared__ float inv[8], scratch[QMMA_WARPS * 8];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
-    __shared__ float pair[(MODE == 1 || MODE == 2) && ONE ? 32 : 1];
+    __shared__ float pair[MODE == 2 && ONE ? 16 : 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nb = cols / 32;
     const int items = MODE == 2 ? half_rows / 16 : tiles;
     const int per_item = (units + STEP - 1) / STEP;
     // A one-token SwiGLU product quantizing its output (qout) deals its items
     // in pairs (2p, 2p + 1: block i takes pairs i, i + gridDim.x, …), each
-    // pair one q8_0 block of the next product's input (swiglu_epilogue_q8);
-    // an accumulating one pairs its clusters' blocks (residual_epilogue_q8).
+    // pair one q8_0 block of the next product's input (swiglu_epilogue_q8).
     const bool pairs = MODE == 2 && ONE && qout != nullptr;
     const int npairs = items / 2;
     const int mine = pairs ? (blockIdx.x < npairs ? 2 * ((npairs - 1 - blockIdx.x) / gridDim.x + 1) : 0)
@@ -1182,12 +1087,6 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         if constexpr (MODE == 2 && ONE && NT8 == 1) {
             if (pairs) {
                 swiglu_epilogue_q8<RT>(acc, red, item, out, half_rows, qout, pair);
-                return;
-            }
-        }
-        if constexpr (MODE == 1 && ONE && NT8 == 1) {
-            if (qout) {
-                residual_epilogue_q8<RT>(acc, red, item, out, out_rows, qnw, qout, pair);
                 return;
             }
         }
@@ -1474,9 +1373,9 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const float* x,         \
         const float* nw, float eps, const signed char* xq, const float2* xs, int n, int cols,             \
         const float* bias, float* out, int out_rows, int half_rows, RopeCtx rc, const char* next_w,      \
-        long next_bytes, unsigned char* qout, const float* qnw, ChainSync chain) {                     \
+        long next_bytes, unsigned char* qout, ChainSync chain) {                                        \
         qmma_body<F, NT8, MODE, SX>(w, scales, mins, units, tiles, x, nw, eps, xq, xs, n, cols, bias, out, \
-                                    out_rows, half_rows, rc, next_w, next_bytes, qout, qnw, chain);      \
+                                    out_rows, half_rows, rc, next_w, next_bytes, qout, chain);           \
         chain_signal(chain);                                                                            \
     }
 

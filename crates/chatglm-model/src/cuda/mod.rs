@@ -9,7 +9,6 @@
 
 mod buffers;
 mod handoff;
-pub use handoff::HandoffLevel;
 mod kv;
 mod mlp_block;
 mod products;
@@ -138,8 +137,7 @@ struct StepBuffers {
     xs: Option<CudaSlice<u8>>,
     /// One token's activations as q8_0 codes handed from the kernel that
     /// wrote them to the next product (handoff.rs), and what they are of.
-    /// Two: a product reads one and writes the other.
-    codes: [Option<CudaSlice<u8>>; 2],
+    codes: Option<CudaSlice<u8>>,
     handoff: handoff::HandoffState,
     /// Quantized weights dequantized for a large step's cuBLAS product.
     dequant: Option<CudaSlice<u16>>,
@@ -259,8 +257,7 @@ pub struct CudaBackend {
     short_attention: short_attention::ShortAttention,
     /// Whether one-token steps hand activations from kernel to product as
     /// q8_0 codes (`CHATGLM_Q8_HANDOFF`; handoff.rs).
-    /// (a `handoff::HandoffLevel`)
-    handoff: std::sync::atomic::AtomicU8,
+    handoff: std::sync::atomic::AtomicBool,
     /// Products that took handed-over codes so far (for tests).
     handoff_uses: std::sync::atomic::AtomicU64,
     step: Mutex<StepBuffers>,
@@ -359,7 +356,7 @@ impl CudaBackend {
             prefetch_next: weight_chain::prefetch_next_bytes(),
             mlp_stream: mlp_block::mlp_stream_requested().into(),
             short_attention: short_attention::ShortAttention::from_env(),
-            handoff: (handoff::handoff_requested() as u8).into(),
+            handoff: handoff::handoff_requested().into(),
             handoff_uses: 0.into(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
@@ -1148,8 +1145,6 @@ impl Backend for CudaBackend {
     ) {
         if self.small_step(w, x.rows) {
             self.run("rms_norm_linear", || {
-                // The final norm: the last layer's 4h→h hands the residual to it.
-                self.record_norm(self.n_layers, Self::vector_ptr(norm, w.cols, "rms_norm_linear")?);
                 self.product("rms_norm_linear", w, bias, x, out, GemvMode::Store, Some((norm, eps)))
             });
         } else if w.dtype != DType::F32 {
@@ -1230,7 +1225,6 @@ impl Backend for CudaBackend {
             let np = Self::vector_ptr(norm, w.cols, "qkv")?;
             if let Some(tiled) = w.tiled() {
                 drop(st);
-                self.record_norm(layer, np);
                 self.quantized_product(
                     "qkv",
                     tiled,
@@ -1303,14 +1297,8 @@ impl Backend for CudaBackend {
             });
             return;
         }
-        // The residual goes on as codes for the norm of the product after
-        // each accumulating one (handoff.rs).
-        if let Ok(np) = Self::vector_ptr(norm, hidden.cols, "dense_and_mlp") {
-            self.hand_residual_to_norm(np);
-        }
         self.linear_add(dense, attn, hidden, proj);
         self.rms_norm_linear_swiglu(hidden, norm, eps, normed, up, ffn_up, ffn);
-        self.hand_residual_to_layer(layer + 1);
         self.linear_add(down, ffn, hidden, proj);
     }
 
@@ -1423,13 +1411,12 @@ impl Backend for CudaBackend {
                 if plan.decode_kernel && st.short_attention {
                     // One token: its output as q8_0 codes too, for the dense product.
                     let out_cols = dims.n_heads * dims.head_dim;
-                    let codes = if self.handoff_level() != handoff::HandoffLevel::Off
+                    let codes = if self.handoff.load(std::sync::atomic::Ordering::Relaxed)
                         && n == 1
                         && self.quantized.load(std::sync::atomic::Ordering::Relaxed)
                     {
-                        let c = handoff::codes_buffer(&self.gpu, &mut st, 0, out_cols)?;
-                        let handed = handoff::Handed { floats: op, cols: out_cols, norm: 0, buffer: 0, codes: c };
-                        st.handoff.hand(handed);
+                        let c = handoff::codes_buffer(&self.gpu, &mut st, out_cols)?;
+                        st.handoff.hand(handoff::Handed { floats: op, cols: out_cols, codes: c });
                         c
                     } else {
                         0

@@ -1,7 +1,6 @@
 //! Matrix products: the mat-vec kernels for steps of a few tokens, cuBLASLt
 //! for larger ones, and the 16-bit inputs the latter take.
 
-use super::handoff::ProductKind;
 use super::{ensure, lock, CudaActivations, CudaBackend, CudaMatrix, CudaVector};
 use chatglm_cuda::quant::{ActivationForm, OneTokenCodes, TiledPtr, QMMA_MAX_TOKENS};
 use chatglm_cuda::{device_ptr, CudaError, DType, GemvMode, Gpu, RopeArgs};
@@ -90,13 +89,9 @@ impl CudaBackend {
         let n = x.rows;
         let cols = w.shape.cols;
         let xp = Self::input(x, n, cols, op)?;
-        let kind = match (mode, qkv.is_some()) {
-            (GemvMode::SwiGlu, false) => ProductKind::SwiGlu,
-            (GemvMode::Accumulate, false) => ProductKind::Accumulate,
-            _ => ProductKind::Other,
-        };
-        let out_cols = if kind == ProductKind::SwiGlu { w.shape.rows / 2 } else { w.shape.rows };
-        let codes = self.one_token_codes(n, xp, cols, norm.map(|(p, _)| p), kind, out, out_cols)?;
+        let swiglu = mode == GemvMode::SwiGlu && qkv.is_none();
+        let out_cols = if swiglu { w.shape.rows / 2 } else { w.shape.rows };
+        let codes = self.one_token_codes(n, xp, cols, norm.is_some(), swiglu, out, out_cols)?;
         if codes.input != 0 {
             self.handoff_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
