@@ -158,6 +158,12 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
+// 1: one-token products read what their epilogue adds (bias, the output
+// they accumulate into) into registers ahead (EpiloguePreload, below);
+// 0: in the epilogue, as the other paths do (a measurement variant).
+#ifndef QMMA_EPI_PRELOAD
+#define QMMA_EPI_PRELOAD 1
+#endif
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
@@ -723,11 +729,15 @@ struct SyncBlock {
 };
 
 // An item is done: the warps' partial sums meet in shared memory, one token
-// tile at a time, and its rows (from row0) are written. Resets acc.
-template <int NT8, int MODE, int RT, bool ONE, class Sync = SyncBlock>
+// tile at a time, and its rows (from row0) are written. Resets acc. PRE (one
+// token): thread r < 16 already holds what its row adds, p0 — the bias
+// (MODE 0, 3; 0 without), the output before (MODE 1) — and p1, MODE 3's
+// bias of row r ^ 1 (EpiloguePreload).
+template <int NT8, int MODE, int RT, bool ONE, class Sync = SyncBlock, bool PRE = false>
 __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
                                               const float* __restrict__ bias, float* __restrict__ out, int out_rows,
-                                              int half_rows, const RopeCtx& rc, const TokenSlot* slots) {
+                                              int half_rows, const RopeCtx& rc, const TokenSlot* slots,
+                                              float p0 = 0.f, float p1 = 0.f) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT8; j++) {
@@ -760,11 +770,13 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
                         float b = 0.f;
 #pragma unroll
                         for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tt];
-                        qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, a + (bias ? bias[row] : 0.f),
-                                     b + (bias ? bias[row ^ 1] : 0.f));
+                        const float ba = PRE ? p0 : bias ? bias[row] : 0.f;
+                        const float bb = PRE ? p1 : bias ? bias[row ^ 1] : 0.f;
+                        qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, a + ba, b + bb);
                     }
                 } else if (row < out_rows) {
-                    if (MODE == 0) out[(long)tok * out_rows + row] = a + (bias ? bias[row] : 0.f);
+                    if (MODE == 0) out[(long)tok * out_rows + row] = a + (PRE ? p0 : bias ? bias[row] : 0.f);
+                    else if (PRE) out[(long)tok * out_rows + row] = p0 + a;
                     else out[(long)tok * out_rows + row] += a;
                 }
             }
@@ -1166,10 +1178,30 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 }
             }
         };
+        // EpiloguePreload: what each row of an item's epilogue adds — the
+        // bias (MODE 0, 3), the output it accumulates into (MODE 1) — read
+        // into registers of threads 0..15 a batch or more ahead, so that the
+        // block's last act is not a dependent L2 (or DRAM) round trip: the
+        // bias is constant (read before the wait), the output is written by
+        // kernels before (read after it).
+        float pre0 = 0.f, pre1 = 0.f;
+        constexpr bool PRELOAD = QMMA_EPI_PRELOAD && MODE != 2;
+        auto preload = [&](int item) {
+            if (!PRELOAD || threadIdx.x >= 16) return;
+            const int row = item * 16 + threadIdx.x;
+            if (row >= out_rows) return;
+            if (MODE == 1) {
+                pre0 = __ldcg(out + row);
+            } else if (bias) {
+                pre0 = bias[row];
+                if (MODE == 3) pre1 = bias[row ^ 1];
+            }
+        };
         pdl_launch_dependents();
         int ci = first_item, cb = 0, li = first_item, lb = 0;
         advance(li, lb);
         if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
+        if (MODE != 1 && total > 0) preload(first_item);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
         const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
@@ -1177,6 +1209,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         chain_wait(chain);
         QMMA_STAMP(1);
         if (total == 0) return;
+        if (MODE == 1) preload(first_item);
         if (total == 1) prefetch_next();
         one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
         QMMA_STAMP(2);
@@ -1209,7 +1242,18 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                     acc[r][0][e] += __shfl_xor_sync(0xffffffffu, acc[r][0][e], 1);
                     acc[r][0][e] += __shfl_xor_sync(0xffffffffu, acc[r][0][e], 2);
                 }
-            finish_item(acc, item);
+            if constexpr (PRELOAD && NT8 == 1) {
+                item_epilogue<NT8, MODE, RT, ONE, SyncBlock, true>(acc, red, item * 16, n, bias, out, out_rows,
+                                                                   half_rows, rc, slots, pre0, pre1);
+            } else {
+                finish_item(acc, item);
+            }
+            // The block's next item, if any (its first batch is on its way).
+            if (PRELOAD) {
+                int ni = item, nb0 = base;
+                advance(ni, nb0);
+                if (ni < (MODE == 2 ? half_rows / 16 : tiles)) preload(ni);
+            }
         };
         // Two buffers whose roles alternate (the loop unrolled by two), so no
         // batch is copied from one to the other.
