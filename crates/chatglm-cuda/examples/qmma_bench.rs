@@ -66,20 +66,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     let w = TiledPtr { base: device_ptr(&copies[i % 4]), shape };
                     // SAFETY: buffers sized above for n tokens.
                     unsafe {
+                        let (xp, op) = (device_ptr(&x), device_ptr(&out));
                         if in_block {
-                            gpu.qmma(
-                                w,
-                                device_ptr(&x),
-                                norm_arg,
-                                None,
-                                n,
-                                0,
-                                device_ptr(&out),
-                                mode,
-                                None,
-                                None,
-                                Default::default(),
-                            )
+                            gpu.qmma(w, xp, norm_arg, None, n, 0, op, mode, None, None, Default::default())
                         } else {
                             gpu.quantize_x(
                                 device_ptr(&x),
@@ -92,19 +81,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                                 device_ptr(&xs),
                             )?;
                             let q = Some((device_ptr(&xq), device_ptr(&xs), form));
-                            gpu.qmma(
-                                w,
-                                device_ptr(&x),
-                                None,
-                                q,
-                                n,
-                                0,
-                                device_ptr(&out),
-                                mode,
-                                None,
-                                None,
-                                Default::default(),
-                            )
+                            gpu.qmma(w, xp, None, q, n, 0, op, mode, None, None, Default::default())
                         }
                     }
                 };

@@ -3,7 +3,7 @@
 //! activation quantization), every output mode, and the dequantizing
 //! kernel. Skips without a GPU (`CHATGLM_REQUIRE_GPU=1` fails instead).
 
-use chatglm_cuda::quant::{ActivationForm, QuantFormat, TileShape, TiledMatrix, TiledPtr, BLOCK};
+use chatglm_cuda::quant::{ActivationForm, OneTokenCodes, QuantFormat, TileShape, TiledMatrix, TiledPtr, BLOCK};
 use chatglm_cuda::{device_ptr, GemvMode, Gpu};
 use half::f16;
 use std::sync::Arc;
@@ -74,6 +74,17 @@ fn quantize32(x: &[f32]) -> (Vec<i32>, f32) {
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     (x.iter().map(|v| (v * id).round() as i32).collect(), f16::from_f32(d).to_f32())
+}
+
+/// Whether the device's q8_0 block of `x` (codes `got`, scale `d`, sum
+/// `sum`) is the host's; `offset8`: the sum as q4_0's products take it
+/// (qmma.cu's X_MAGIC − 8·Σq).
+fn block_codes_match(x: &[f32], got: &[u8], d: f32, sum: i32, offset8: bool) -> bool {
+    let (codes, want_d) = quantize32(x);
+    let q: Vec<i32> = got.iter().map(|&v| v as i8 as i32).collect();
+    let s = codes.iter().sum::<i32>();
+    let want_s = if offset8 { 0x4B40_0000 - 8 * s } else { s };
+    q == codes && d == want_d && sum == want_s
 }
 
 /// `f(rows r0..r1)` over `0..rows` split across the machine's threads, the
@@ -225,16 +236,12 @@ fn activation_codes_match_the_host() {
         let padded = sb / 8 / (cols / BLOCK);
         for t in 0..n {
             for b in 0..cols / BLOCK {
-                let (codes, d) = quantize32(&x[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK]);
-                let got: Vec<i32> =
-                    q[t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK].iter().map(|&v| v as i8 as i32).collect();
+                let range = t * cols + b * BLOCK..t * cols + (b + 1) * BLOCK;
                 let at = (b * padded + t) * 8;
                 let gd = f32::from_le_bytes(s[at..at + 4].try_into().unwrap());
                 let gs = i32::from_le_bytes(s[at + 4..at + 8].try_into().unwrap());
-                let sum = codes.iter().sum::<i32>();
-                let want_s = if format == QuantFormat::Q4 { 0x4B40_0000 - 8 * sum } else { sum };
-                if got != codes || gd != d || gs != want_s {
-                    bad.push(format!("{format:?} n={n} cols={cols} token {t} block {b}: d {gd} vs {d}, Σ {gs}"));
+                if !block_codes_match(&x[range.clone()], &q[range], gd, gs, format == QuantFormat::Q4) {
+                    bad.push(format!("{format:?} n={n} cols={cols} token {t} block {b}: d {gd}, Σ {gs}"));
                     break;
                 }
             }
@@ -326,48 +333,13 @@ fn quantized_products_match_the_host_reference() {
                         let mut out = gpu.upload_new(&base, "out").unwrap();
                         // SAFETY: buffers sized above.
                         unsafe {
+                            let (xp, op, none) = (device_ptr(&xd), device_ptr(&out), OneTokenCodes::default());
                             if in_block {
-                                gpu.qmma(
-                                    wp,
-                                    device_ptr(&xd),
-                                    None,
-                                    None,
-                                    n,
-                                    0,
-                                    device_ptr(&out),
-                                    mode,
-                                    None,
-                                    None,
-                                    Default::default(),
-                                )
-                                .unwrap();
+                                gpu.qmma(wp, xp, None, None, n, 0, op, mode, None, None, none).unwrap();
                             } else {
-                                gpu.quantize_x(
-                                    device_ptr(&xd),
-                                    n,
-                                    cols,
-                                    None,
-                                    format,
-                                    form,
-                                    device_ptr(&xq),
-                                    device_ptr(&xs),
-                                )
-                                .unwrap();
-                                let q = Some((device_ptr(&xq), device_ptr(&xs), form));
-                                gpu.qmma(
-                                    wp,
-                                    device_ptr(&xd),
-                                    None,
-                                    q,
-                                    n,
-                                    0,
-                                    device_ptr(&out),
-                                    mode,
-                                    None,
-                                    None,
-                                    Default::default(),
-                                )
-                                .unwrap();
+                                let (q, s) = (device_ptr(&xq), device_ptr(&xs));
+                                gpu.quantize_x(xp, n, cols, None, format, form, q, s).unwrap();
+                                gpu.qmma(wp, xp, None, Some((q, s, form)), n, 0, op, mode, None, None, none).unwrap();
                             }
                         }
                         let mut got = vec![0f32; n * out_cols];
@@ -454,7 +426,7 @@ fn quantized_products_match_the_host_reference() {
 /// (several pairs a block).
 #[test]
 fn one_token_codes_hand_off_changes_nothing() {
-    use chatglm_cuda::quant::{one_token_codes_bytes, OneTokenCodes};
+    use chatglm_cuda::quant::one_token_codes_bytes;
     let Some(gpu) = gpu() else { return };
     gpu.set_one_token_stream(false);
     let mut rng = Rng(0x51ed_2701);
@@ -505,13 +477,11 @@ fn one_token_codes_hand_off_changes_nothing() {
             gpu.download(&codes, &mut got, "codes").unwrap();
             let nb = ffn / BLOCK;
             for b in 0..nb {
-                let (want, d) = quantize32(&f1[b * BLOCK..(b + 1) * BLOCK]);
-                let q: Vec<i32> =
-                    got[nb * 16 + b * BLOCK..nb * 16 + (b + 1) * BLOCK].iter().map(|&v| v as i8 as i32).collect();
                 let gd = f32::from_le_bytes(got[b * 16..b * 16 + 4].try_into().unwrap());
                 let gs = i32::from_le_bytes(got[b * 16 + 4..b * 16 + 8].try_into().unwrap());
-                if q != want || gd != d || gs != want.iter().sum::<i32>() {
-                    failures.push(format!("{label}: codes of block {b} (d {gd} vs {d})"));
+                let codes = &got[nb * 16 + b * BLOCK..nb * 16 + (b + 1) * BLOCK];
+                if !block_codes_match(&f1[b * BLOCK..(b + 1) * BLOCK], codes, gd, gs, false) {
+                    failures.push(format!("{label}: codes of block {b} (d {gd}, Σ {gs})"));
                     break;
                 }
             }
@@ -525,7 +495,6 @@ fn one_token_codes_hand_off_changes_nothing() {
 
 #[test]
 fn one_token_codes_are_refused_where_they_cannot_be_used() {
-    use chatglm_cuda::quant::OneTokenCodes;
     let Some(gpu) = gpu() else { return };
     let m = random_matrix(QuantFormat::Q4, 2 * 48, 64, &mut Rng(7));
     let w = gpu.upload_new(&m.bytes, "w").unwrap();
