@@ -154,9 +154,7 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 // product of two batches a block (QKV: two tiles) has all its weights on the
 // way while it waits and quantizes its activations; 2: only for 4-bit
 // weights (8-bit ones spill the second buffer's scales in the prologue:
-// H200, runs 103 and 105, q4_0 +5%, q8_0 −5%); 3: only for 4-bit weights
-// and a fused norm (the products whose activation phase the q8_0 hand-off
-// leaves long: h→4h). Measurement variant.
+// H200, runs 103 and 105, q4_0 +5%, q8_0 −5%). Measurement variant.
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
@@ -1205,9 +1203,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
         if (MODE != 1 && total > 0) preload(first_item);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
-        const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4) ||
-                           (QMMA_ONE_PRELOAD2 == 3 && QFmt<F>::U4 && nw != nullptr)) &&
-                          total > 1;
+        const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
         if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
         chain_wait(chain);
