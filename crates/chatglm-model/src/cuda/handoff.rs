@@ -51,15 +51,23 @@ impl HandoffState {
     }
 }
 
-/// Whether the hand-off is on (`CHATGLM_Q8_HANDOFF=0` turns it off), read once.
+/// Whether the hand-off is on (`CHATGLM_Q8_HANDOFF=0` turns it off).
 pub(super) fn handoff_requested() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CHATGLM_Q8_HANDOFF").map_or(true, |v| v != "0"))
+    std::env::var("CHATGLM_Q8_HANDOFF").map_or(true, |v| v != "0")
 }
 
-/// The step's codes buffer, for `cols` values of one token.
-pub(super) fn codes_buffer(gpu: &chatglm_cuda::Gpu, st: &mut StepBuffers, cols: usize) -> Result<u64, CudaError> {
-    ensure(gpu, &mut st.codes, one_token_codes_bytes(cols), "handed-over activation codes")
+/// The operation running now writes codes of the one token's floats at
+/// `floats` (`cols` wide): the step's codes buffer for them, recorded for
+/// the next operation.
+pub(super) fn hand_codes(
+    gpu: &chatglm_cuda::Gpu,
+    st: &mut StepBuffers,
+    floats: u64,
+    cols: usize,
+) -> Result<u64, CudaError> {
+    let codes = ensure(gpu, &mut st.codes, one_token_codes_bytes(cols), "handed-over activation codes")?;
+    st.handoff.hand(Handed { floats, cols, codes });
+    Ok(codes)
 }
 
 impl CudaBackend {
@@ -97,14 +105,16 @@ impl CudaBackend {
         let mut st = lock(&self.step);
         if !norm {
             codes.input = st.handoff.take_for(xp, cols).unwrap_or(0);
+            if codes.input != 0 {
+                self.handoff_uses.fetch_add(1, Relaxed);
+            }
         }
         if swiglu
             && codes.input == 0
             && out_cols.is_multiple_of(chatglm_cuda::quant::BLOCK)
             && self.gpu.qmma_quantizes_in_block(1, out_cols)
         {
-            codes.output = codes_buffer(&self.gpu, &mut st, out_cols)?;
-            st.handoff.hand(Handed { floats: out, cols: out_cols, codes: codes.output });
+            codes.output = hand_codes(&self.gpu, &mut st, out, out_cols)?;
         }
         Ok(codes)
     }

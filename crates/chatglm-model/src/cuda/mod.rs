@@ -1415,9 +1415,7 @@ impl Backend for CudaBackend {
                         && n == 1
                         && self.quantized.load(std::sync::atomic::Ordering::Relaxed)
                     {
-                        let c = handoff::codes_buffer(&self.gpu, &mut st, out_cols)?;
-                        st.handoff.hand(handoff::Handed { floats: op, cols: out_cols, codes: c });
-                        c
+                        handoff::hand_codes(&self.gpu, &mut st, op, out_cols)?
                     } else {
                         0
                     };

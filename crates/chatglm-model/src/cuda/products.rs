@@ -92,9 +92,6 @@ impl CudaBackend {
         let swiglu = mode == GemvMode::SwiGlu && qkv.is_none();
         let out_cols = if swiglu { w.shape.rows / 2 } else { w.shape.rows };
         let codes = self.one_token_codes(n, xp, cols, norm.is_some(), swiglu, out, out_cols)?;
-        if codes.input != 0 {
-            self.handoff_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
         if n > QMMA_MAX_TOKENS {
             // Token chunks: each reads the weights again; x, out and the QKV
             // tokens' positions advance by the chunk.
