@@ -177,6 +177,18 @@ pub(crate) fn cache_dir() -> Option<PathBuf> {
     Some(base.join("chatglm-rs").join("kernels"))
 }
 
+/// The name NVRTC knows architecture `arch` (major × 10 + minor) by: the
+/// architecture-specific `90a` for sm_90, whose warpgroup mma
+/// (qmma_group.cu) exists only there — such code loads on sm_90 devices
+/// alone, which is all a cache entry for arch 90 serves.
+pub(crate) fn arch_name(arch: u32) -> String {
+    if arch == 90 {
+        "90a".into()
+    } else {
+        arch.to_string()
+    }
+}
+
 /// FNV-1a: a stable cache key (std's hasher may change between releases).
 fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -225,7 +237,7 @@ pub(crate) fn write_cache_file(path: &std::path::Path, bytes: &[u8]) {
 
 /// The cache file of `source`'s PTX for `arch` under `versions`.
 fn cache_file_name(source: &Source, arch: u32, versions: &str) -> String {
-    cache_file_name_for(source, &format!("--gpu-architecture=compute_{arch}"), versions, "ptx")
+    cache_file_name_for(source, &format!("--gpu-architecture=compute_{}", arch_name(arch)), versions, "ptx")
 }
 
 /// The cache file of `source` compiled with `arch_flag` under `versions`,
@@ -311,7 +323,7 @@ fn source_text_with(source: &Source, defines: &str) -> String {
 
 fn ptx_for_uncached(source: &Source, arch: u32) -> Result<Ptx, CudaError> {
     let text = source_text(source);
-    let arch_flag = format!("--gpu-architecture=compute_{arch}");
+    let arch_flag = format!("--gpu-architecture=compute_{}", arch_name(arch));
     let started = std::time::Instant::now();
     let options = CompileOptions {
         // Exact arithmetic (golden tests compare to 1e-4): no fast math, IEEE
@@ -326,7 +338,7 @@ fn ptx_for_uncached(source: &Source, arch: u32) -> Result<Ptx, CudaError> {
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(&text, options).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { log, .. } => CudaError::Compile {
             file: source.name.into(),
-            arch: format!("compute_{arch}"),
+            arch: format!("compute_{}", arch_name(arch)),
             log: log.to_string_lossy().into_owned(),
         },
         other => CudaError::call(format!("nvrtcCompileProgram({}.cu)", source.name), other),

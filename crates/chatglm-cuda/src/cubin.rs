@@ -26,7 +26,7 @@ pub(crate) fn cubin_file_name(source: &Source, arch: u32, versions: &str) -> Str
 }
 
 fn arch_flag(arch: u32) -> String {
-    format!("--gpu-architecture=sm_{arch}")
+    format!("--gpu-architecture=sm_{}", crate::compile::arch_name(arch))
 }
 
 /// `source`'s cubin for `sm_{arch}`, from the disk cache or compiled (and
@@ -83,7 +83,7 @@ pub(crate) fn cubin_for_uncached(source: &Source, arch: u32) -> Result<Vec<u8>, 
         }
         return Err(CudaError::Compile {
             file: source.name.into(),
-            arch: format!("sm_{arch}"),
+            arch: format!("sm_{}", crate::compile::arch_name(arch)),
             log: String::from_utf8_lossy(&log).into_owned(),
         });
     }

@@ -105,6 +105,23 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_F16X
 #define QMMA_F16X 0
 #endif
+// 1: on sm_90a the grouped products over f16 activations (qmmh_*) run on
+// warpgroup mma (wgmma m64nNk16, weights dequantized into the A registers,
+// the step's activations read by the tensor cores from shared memory): one
+// instruction a warp for all the step's token tiles of a 16-wide k step,
+// where mma.sync takes one a token tile, and the tensor cores' full rate
+// (mma.sync runs at about two thirds of it on Hopper). quantize_x then lays
+// each 16-column step of f16 activations out as wgmma's two 8-column core
+// matrices (see there). Elsewhere (sm_80, sm_100, PTX) the mma.sync form.
+#ifndef QMMH_WGMMA
+#define QMMH_WGMMA 0
+#endif
+#if QMMH_WGMMA && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define QG_WG 1
+#else
+#define QG_WG 0
+#endif
+static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in the mma.sync order");
 // 1: steps with quantize_x's activations (SX = 0) copy each warp's next
 // batch of activation codes and scales into shared memory (cp.async) as they
 // request its weights, so a unit's mmas read shared memory instead of waiting
@@ -464,8 +481,19 @@ extern "C" __global__ void __launch_bounds__(QMMA_THREADS) quantize_x(const floa
                 const float4 g = np[i];
                 f = make_float4(g.x * (f.x * in), g.y * (f.y * in), g.z * (f.z * in), g.w * (f.w * in));
             }
-            dst[(i & 3) * 2 + (i >> 2)] = make_uint2((u32)f32_to_f16(f.x) | ((u32)f32_to_f16(f.z) << 16),
-                                                     (u32)f32_to_f16(f.y) | ((u32)f32_to_f16(f.w) << 16));
+            const u32 lo = (u32)f32_to_f16(f.x) | ((u32)f32_to_f16(f.z) << 16);
+            const u32 hi = (u32)f32_to_f16(f.y) | ((u32)f32_to_f16(f.w) << 16);
+            if (QG_WG) {
+                // wgmma's order: step s = i / 4 of 16 columns as two core-matrix
+                // rows of 8 values, the first holding the pairs a_fragments_f16
+                // puts in a0/a1 (columns 4i, 4i + 2), the second those of
+                // a2/a3 (4i + 1, 4i + 3), lane t = i mod 4's pair at 2t.
+                u32* d32 = (u32*)dst;
+                d32[(i >> 2) * 8 + (i & 3)] = lo;
+                d32[(i >> 2) * 8 + 4 + (i & 3)] = hi;
+            } else {
+                dst[(i & 3) * 2 + (i >> 2)] = make_uint2(lo, hi);
+            }
         }
         return;
     }
