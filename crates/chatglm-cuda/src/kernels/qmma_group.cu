@@ -57,7 +57,15 @@
 // bytes a 4-bit unit) staged by one warp's 32 lanes of 16 bytes.
 static_assert(QG_CU % QG_KW == 0, "QMMG_CU must be a multiple of QMMG_KW");
 static_assert(QG_CU * 64 / 16 <= 32, "QMMG_CU at most 8: one warp stages a chunk's scales");
+// Blocks a SM the registers are capped for: 2 where a block's shared
+// memory leaves room for two (QMMG_CU=4 halves the stages); QMMG_MINB sets
+// it (2 with two warps a tile: 32 warps a SM at 64 registers each), for
+// measurements.
+#ifdef QMMG_MINB
+#define QG_MIN_BLOCKS QMMG_MINB
+#else
 #define QG_MIN_BLOCKS (QG_CU <= 4 && QG_KW == 1 ? 2 : 1)
+#endif
 
 // mma_block without `volatile`: the compiler may schedule the mmas of a
 // chunk among their scaling arithmetic (their results are pure functions of
