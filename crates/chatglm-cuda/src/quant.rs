@@ -33,6 +33,15 @@ pub fn one_token_codes_bytes(cols: usize) -> usize {
     cols / BLOCK * 16 + cols
 }
 
+/// Bytes of `n` tokens' activations of `cols` handed from a grouped SwiGLU
+/// step (9..=64 tokens, [`OneTokenCodes::output`]) to the product after it:
+/// [`Gpu::quantize_x`]'s codes (or f16 values) then its scales, as that
+/// launch would write them — which the product after then skips.
+pub fn step_codes_bytes(n: usize, cols: usize) -> usize {
+    let (q, s) = Gpu::quantized_x_bytes(n, cols);
+    q + s
+}
+
 /// The q8_0 hand-off of batch-1 decode between one-token products: the
 /// kernel before writes its output's codes as well as its floats, so the
 /// product after copies a third of the bytes (or less) into shared memory
@@ -46,7 +55,10 @@ pub struct OneTokenCodes {
     /// x already quantized: read here instead of quantizing x (no norm).
     pub input: u64,
     /// A SwiGLU product's output quantized here too (half its rows a
-    /// multiple of 32).
+    /// multiple of 32). In a grouped step (9..=64 tokens over quantize_x's
+    /// activations): the output in quantize_x's form for the step's
+    /// activation form and the weights' format ([`step_codes_bytes`]), for
+    /// the next product's `quantized` argument.
     pub output: u64,
 }
 
@@ -423,6 +435,17 @@ impl Gpu {
             && self.has_kernel(&format!("qmmh_{}_{nt8}_0", format as usize))
     }
 
+    /// Whether a SwiGLU step of `n` tokens over `format` weights in `form`
+    /// runs on the grouped products, which can hand its output on
+    /// ([`step_codes_bytes`]).
+    pub fn step_codes_supported(&self, n: usize, format: QuantFormat, form: ActivationForm) -> bool {
+        let kind = if form == ActivationForm::F16 { 'h' } else { 'g' };
+        n > 8
+            && n <= QMMA_MAX_TOKENS
+            && self.grouped_products()
+            && self.has_kernel(&format!("qmm{kind}_{}_{}_2", format as usize, token_tiles(n)))
+    }
+
     /// Sends steps of 9..=64 tokens to the grouped products (the default;
     /// `CHATGLM_QMMA_GROUPED=0` starts with it off) or to qmma's own, for tests
     /// and measurements.
@@ -536,7 +559,11 @@ impl Gpu {
         if form == ActivationForm::F16 && !self.f16_activations_supported(n, s.format) {
             return Err(CudaError::invalid("qmma", format!("no f16 products for {n} tokens of {:?}", s.format)));
         }
-        if codes.any() {
+        // A grouped SwiGLU step hands its output on in quantize_x's form.
+        let step_codes = codes.output != 0 && !in_block;
+        if step_codes {
+            self.check_step_codes(s, n, mode, qkv.is_some(), codes)?;
+        } else if codes.any() {
             self.check_one_token_codes(s, n, in_block, norm.is_some(), mode, qkv.is_some(), codes)?;
         }
         let nt8 = if in_block { 1 } else { token_tiles(n) };
@@ -561,7 +588,11 @@ impl Gpu {
         let hx = form == ActivationForm::F16;
         let grouped = format!("qmm{}_{}_{nt8}_{kernel_mode}", if hx { 'h' } else { 'g' }, s.format as usize);
         if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
-            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &grouped, hx, ctx, next);
+            let handed = if step_codes { codes.output } else { 0 };
+            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &grouped, hx, ctx, next, handed);
+        }
+        if step_codes {
+            return Err(CudaError::invalid(&grouped, "handed-over activations need the grouped products"));
         }
         if hx {
             // qmma's own products read q8_0 codes: never hand them f16 values.
@@ -607,6 +638,28 @@ impl Gpu {
     /// quantized in the product; input codes replace x and its norm; output
     /// codes from a SwiGLU product whose half is whole blocks.
     #[allow(clippy::too_many_arguments)]
+    /// A grouped SwiGLU step's output handed on ([`step_codes_bytes`]).
+    fn check_step_codes(
+        &self,
+        s: TileShape,
+        n: usize,
+        mode: GemvMode,
+        qkv: bool,
+        codes: OneTokenCodes,
+    ) -> Result<(), CudaError> {
+        let op = "qmma (handed-over step activations)";
+        if codes.input != 0 {
+            return Err(CudaError::invalid(op, "a step's handed activations come as quantize_x's"));
+        }
+        if n <= 8 || mode != GemvMode::SwiGlu || qkv || !(s.rows / 2).is_multiple_of(BLOCK) {
+            return Err(CudaError::invalid(
+                op,
+                format!("from grouped SwiGLU steps of whole blocks only ({n} tokens, {} rows, {mode:?})", s.rows),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_one_token_codes(
         &self,
         s: TileShape,

@@ -86,7 +86,9 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
 impl Gpu {
     /// The grouped product `name` of `n` tokens (`nt8` token tiles) over
     /// quantized activations `(xq, xs)` (`hx`: f16 values at `xq`); `ctx`:
-    /// the QKV epilogue's context (mode 3).
+    /// the QKV epilogue's context (mode 3). `handed`: a SwiGLU product's
+    /// output also as the next product's activations (quantize_x's form, at
+    /// an address of [`crate::quant::step_codes_bytes`]; 0: none).
     ///
     /// # Safety
     /// As [`Gpu::qmma`].
@@ -103,6 +105,7 @@ impl Gpu {
         hx: bool,
         ctx: [u64; 8],
         next: Option<(u64, usize)>,
+        handed: u64,
     ) -> Result<(), CudaError> {
         let s = w.shape;
         let f = self.kernel(name)?;
@@ -127,6 +130,12 @@ impl Gpu {
         a.arg_struct(&ctx);
         let (next_w, next_bytes) = next.map_or((0u64, 0i64), |(p, b)| (p, b as i64));
         a.arg(&next_w).arg(&next_bytes).arg(&ws).arg(&counters);
+        // The handed activations: codes (or f16 values) then scales, as
+        // quantize_x lays them out for n tokens of the output's half rows;
+        // q4_0's offset folded into the scales as quantize_x folds it.
+        let (hq, hs) = if handed != 0 { (handed, handed + Gpu::quantized_x_bytes(n, half).0 as u64) } else { (0, 0) };
+        let hoff = if hx { 0 } else { s.format.code_offset() };
+        a.arg(&hq).arg(&hs).arg(&hoff);
         let cfg = LaunchConfig {
             grid_dim: (check_i32(name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (threads, 1, 1),

@@ -494,6 +494,109 @@ fn one_token_codes_hand_off_changes_nothing() {
 }
 
 #[test]
+fn step_codes_hand_off_changes_nothing() {
+    use chatglm_cuda::quant::step_codes_bytes;
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(0x5eed_2202);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+        // 160: the last group of 64 outputs holds one block; 13,696: ChatGLM2's.
+        for (hidden, ffn, out_rows) in [(96, 160, 48), (4096, 13696, 64)] {
+            let up = random_matrix(format, 2 * ffn, hidden, &mut rng);
+            let down = random_matrix(format, out_rows, ffn, &mut rng);
+            let (upd, downd) = (gpu.upload_new(&up.bytes, "up").unwrap(), gpu.upload_new(&down.bytes, "down").unwrap());
+            let upp = TiledPtr { base: device_ptr(&upd), shape: up.shape };
+            let downp = TiledPtr { base: device_ptr(&downd), shape: down.shape };
+            for n in [9, 32, 61] {
+                for form in [ActivationForm::Q8, ActivationForm::F16] {
+                    if form == ActivationForm::F16 && !gpu.f16_activations_supported(n, format) {
+                        continue;
+                    }
+                    let x: Vec<f32> = (0..n * hidden).map(|_| rng.uniform() * 4.0 - 2.0).collect();
+                    let xd = gpu.upload_new(&x, "x").unwrap();
+                    let (qb, sb) = Gpu::quantized_x_bytes(n, hidden);
+                    let (xq, xs) = (gpu.alloc::<u8>(qb, "xq").unwrap(), gpu.alloc::<u8>(sb, "xs").unwrap());
+                    let (fq, fs) = Gpu::quantized_x_bytes(n, ffn);
+                    let handed = gpu.alloc_zeros::<u8>(step_codes_bytes(n, ffn), "handed").unwrap();
+                    let launched = gpu.alloc_zeros::<u8>(step_codes_bytes(n, ffn), "quantize_x").unwrap();
+                    let base: Vec<f32> = (0..n * out_rows).map(|i| (i % 5) as f32).collect();
+                    let run = |hand_off: bool| {
+                        let ffn_out = gpu.alloc::<f32>(n * ffn, "ffn").unwrap();
+                        let out = gpu.upload_new(&base, "out").unwrap();
+                        let (fp, op) = (device_ptr(&ffn_out), device_ptr(&out));
+                        let (h, l) = (device_ptr(&handed), device_ptr(&launched));
+                        let produce = OneTokenCodes { input: 0, output: if hand_off { h } else { 0 } };
+                        let (xqp, xsp) = (device_ptr(&xq), device_ptr(&xs));
+                        let q = Some((xqp, xsp, form));
+                        // SAFETY: every buffer sized for n tokens above.
+                        unsafe {
+                            gpu.quantize_x(device_ptr(&xd), n, hidden, None, format, form, xqp, xsp).unwrap();
+                            gpu.qmma(upp, device_ptr(&xd), None, q, n, 0, fp, GemvMode::SwiGlu, None, None, produce)
+                                .unwrap();
+                            let src = if hand_off {
+                                h
+                            } else {
+                                gpu.quantize_x(fp, n, ffn, None, format, form, l, l + fq as u64).unwrap();
+                                l
+                            };
+                            let q2 = Some((src, src + fq as u64, form));
+                            gpu.qmma(
+                                downp,
+                                fp,
+                                None,
+                                q2,
+                                n,
+                                0,
+                                op,
+                                GemvMode::Accumulate,
+                                None,
+                                None,
+                                Default::default(),
+                            )
+                            .unwrap();
+                        }
+                        let mut f = vec![0f32; n * ffn];
+                        let mut o = vec![0f32; n * out_rows];
+                        gpu.download(&ffn_out, &mut f, "ffn").unwrap();
+                        gpu.download(&out, &mut o, "out").unwrap();
+                        (f, o)
+                    };
+                    let label = format!("{format:?} {hidden}→{ffn}→{out_rows} n={n} {form:?}");
+                    let (f0, o0) = run(false);
+                    let (f1, o1) = run(true);
+                    checked += 1;
+                    if f0 != f1 {
+                        failures.push(format!("{label}: SwiGLU outputs differ with the hand-off"));
+                    }
+                    if o0 != o1 {
+                        failures.push(format!("{label}: the product over handed activations differs"));
+                    }
+                    // The handed bytes are quantize_x's: its codes (or f16 values)
+                    // of the step's tokens, and (q8) every scale, padding too.
+                    let mut want = vec![0u8; fq + fs];
+                    let mut got = vec![0u8; fq + fs];
+                    gpu.download(&launched, &mut want, "quantize_x").unwrap();
+                    gpu.download(&handed, &mut got, "handed").unwrap();
+                    let value_bytes = n * ffn * if form == ActivationForm::F16 { 2 } else { 1 };
+                    if got[..value_bytes] != want[..value_bytes] {
+                        failures.push(format!("{label}: handed values differ from quantize_x's"));
+                    }
+                    if form == ActivationForm::Q8 && got[fq..] != want[fq..] {
+                        failures.push(format!("{label}: handed scales differ from quantize_x's"));
+                    }
+                }
+            }
+        }
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    assert!(failures.is_empty(), "{} failures", failures.len());
+    assert!(checked >= 24, "{checked} cases");
+}
+
+#[test]
 fn one_token_codes_are_refused_where_they_cannot_be_used() {
     let Some(gpu) = gpu() else { return };
     let m = random_matrix(QuantFormat::Q4, 2 * 48, 64, &mut Rng(7));
@@ -510,5 +613,10 @@ fn one_token_codes_are_refused_where_they_cannot_be_used() {
         let input = OneTokenCodes { input: p, output: 0 };
         assert!(gpu.qmma(wp, p, None, None, 2, 0, p, GemvMode::Store, None, None, input).is_err());
         assert!(gpu.qmma(wp, p, Some((p, 1e-5)), None, 1, 0, p, GemvMode::Store, None, None, input).is_err());
+        // A grouped step hands on SwiGLU outputs only, and takes its input as quantize_x's.
+        let q = Some((p, p, ActivationForm::Q8));
+        assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::Store, None, None, out).is_err());
+        let both = OneTokenCodes { input: p, output: p };
+        assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::SwiGlu, None, None, both).is_err());
     }
 }

@@ -769,6 +769,63 @@ fn gpu_q8_handoff_keeps_decode_bits() {
 }
 
 #[test]
+fn gpu_step_handoff_keeps_batched_decode_bits() {
+    // Batched decode steps of 12 sequences (the grouped products) handing
+    // the SwiGLU output to 4h→h in quantize_x's form (handoff.rs) compute
+    // exactly what the separate quantize_x launch computes: the 6B head
+    // layout, two layers, every kernel format, both activation forms,
+    // sequences at different lengths crossing cache blocks; and the
+    // activations were taken (one product a layer a step).
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
+        for activations in ["q8", "batched"] {
+            let src = random_model(&glm2, 41);
+            let Some(backend) = cuda(&src.config) else { return };
+            let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+            gpu.backend.set_gpu_activations(activations).unwrap();
+            let vocab = src.config.padded_vocab_size;
+            let n_seqs = 12u32;
+            let mut caches: [Vec<_>; 2] =
+                std::array::from_fn(|_| (0..n_seqs).map(|_| gpu.new_cache(KvDType::F16)).collect());
+            let mut state = ForwardState::new(&gpu.backend);
+            for side in caches.iter_mut() {
+                for (i, c) in side.iter_mut().enumerate() {
+                    let i = i as u32;
+                    let prompt: Vec<u32> = (0..20 + 9 * i).map(|j| (j * 13 + i) % vocab as u32).collect();
+                    let input = SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None };
+                    gpu.forward(&mut state, &mut [input]).unwrap();
+                }
+            }
+            let uses = gpu.backend.q8_handoff_uses();
+            let mut tokens: Vec<u32> = (0..n_seqs).map(|i| 5 + i).collect();
+            let steps = 12;
+            for step in 0..steps {
+                let mut logits = Vec::new();
+                for (on, side) in caches.iter_mut().enumerate() {
+                    gpu.backend.set_q8_handoff(on == 1);
+                    let mut batch: Vec<_> = side
+                        .iter_mut()
+                        .zip(&tokens)
+                        .map(|(cache, t)| SequenceInput {
+                            tokens: std::slice::from_ref(t),
+                            cache,
+                            logits: LogitsWanted::Last,
+                        })
+                        .collect();
+                    logits.push(gpu.forward(&mut state, &mut batch).unwrap().to_vec());
+                }
+                let what = format!("{format:?} {activations}");
+                assert!(logits[0] == logits[1], "{what}: a batched step with the hand-off differs at step {step}");
+                tokens = logits[0].chunks(vocab).map(chatglm_model::greedy_token).collect();
+            }
+            gpu.backend.set_q8_handoff(true);
+            let used = gpu.backend.q8_handoff_uses() - uses;
+            assert!(used >= 2 * steps, "{format:?} {activations}: activations handed over {used} times");
+        }
+    }
+}
+
+#[test]
 fn gpu_fused_mlp_blocks_equal_the_three_products_bit_for_bit() {
     // One-token steps' dense + MLP as one kernel (mlp_stream.cu: weights
     // streamed through a shared-memory ring, counters between the products)

@@ -964,6 +964,28 @@ __device__ __forceinline__ int one_token_x(const float* x, const float* nw, floa
     return 2;
 }
 
+// Where quantize_x's f16 form puts column c (0..31) of a block: the
+// position, in f16 values from the block's start, the f16 products read it at.
+__device__ __forceinline__ int f16_activation_slot(int c) {
+    const int i = c >> 2, pr = c & 1 ? 1 : 0, r = (c >> 1) & 1;  // float4 i; x, z: pair 0; y, w: pair 1
+    // c mod 4 = 0, 1, 2, 3 (x, y, z, w): the word (x, z) or (y, w), x and y its low halves.
+    if (QG_WG) return (i >> 2) * 16 + pr * 8 + (i & 3) * 2 + r;
+    return ((i & 3) * 2 + (i >> 2)) * 4 + pr * 2 + r;
+}
+
+// 32 values, one a lane of a warp, as a q8_0 block exactly as
+// quantize_block32 makes it: the codes at `codes` (32 bytes), (dx, Σq)
+// returned to every lane.
+__device__ __forceinline__ float2 warp_quantize_code(float v, signed char* codes) {
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float id = d != 0.f ? 1.0f / d : 0.f;
+    const int q = (int)roundf(v * id);
+    const int sum = __reduce_add_sync(0xffffffffu, q);
+    codes[threadIdx.x & 31] = (signed char)q;
+    return make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+}
+
 // 32 values, one a lane of a warp, as a q8_0 block exactly as
 // quantize_block32 makes it, written where one_token_x reads block b:
 // (dx, Σq) at float2 2b of `codes`, the codes from byte 16·nb + 32b.

@@ -27,16 +27,6 @@
 #define QMMG_EARLY_DEPENDENTS 0
 #endif
 
-// 1: a block requests its next run's first stages (weights and
-// activations) as soon as its current run's last chunk is summed, before
-// that run's epilogue (the group's sums through shared memory, the
-// workspace and its counter, the outputs), whose L2 round trips otherwise
-// leave the SM with no loads in flight; the sums then take the one stage
-// those requests leave free.
-#ifndef QMMG_EARLY_NEXT
-#define QMMG_EARLY_NEXT 0
-#endif
-
 #define QG_TILES 8   // row tiles of a group
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
@@ -166,9 +156,6 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
         RED_BYTES = QG_TILES * 16 * RED_STRIDE * 4,
         SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
-        // QMMG_EARLY_NEXT: the sums in the last stage, the one the next
-        // run's early requests leave free.
-        RED_OFF = QMMG_EARLY_NEXT ? (STAGES - 1) * STAGE : 0,
     };
 };
 
@@ -329,7 +316,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           const signed char* __restrict__ xq, const float2* __restrict__ xs, int n,
                                           int cols, const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int half_rows, const RopeCtx& rc, const char* next_w,
-                                          long next_bytes, float* ws, u32* counters) {
+                                          long next_bytes, float* ws, u32* counters, unsigned char* hq,
+                                          float2* hs, int hoff) {
     typedef QgLayout<F, NT8, HX> L;
     constexpr int S = L::STAGES;
     constexpr int EPT = NT8 * 8 * QG_TILES * 16 / QG_THREADS;  // a group's sums a thread holds
@@ -459,34 +447,29 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < e; b += QG_THREADS * 128L) prefetch_l2(next_w + b);
     };
 
-    static_assert(!QMMG_EARLY_NEXT || L::RED_BYTES <= L::STAGE, "the sums fit a stage");
     if (QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
     if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
-    float* red = (float*)(qg_smem + L::RED_OFF);
+    float* red = (float*)qg_smem;
     bool waited = false;
-    bool requested = false;  // this run's first stages were requested during the run before's epilogue
     for (long x = start; x < end;) {
         const int G = (int)(x / C), c0 = (int)(x % C);
         const int c1 = (int)min((long)C, c0 + (end - x));
         const bool first = x == start;
         const int tile = tile_of(G);
-        if (!requested) {
-            // Weights do not depend on the kernel ahead: the first stages' are
-            // requested before waiting for it.
+        // Weights do not depend on the kernel ahead: the first stages' are
+        // requested before waiting for it.
 #pragma unroll
-            for (int s = 0; s < S - 1; s++)
-                if (c0 + s < c1) issue_w(tile, c0 + s, s);
-            if (!waited) {
-                pdl_wait();
-                waited = true;
-            }
-#pragma unroll
-            for (int s = 0; s < S - 1; s++) {
-                if (c0 + s < c1) issue_x(c0 + s, s);
-                cp_async_commit();
-            }
+        for (int s = 0; s < S - 1; s++)
+            if (c0 + s < c1) issue_w(tile, c0 + s, s);
+        if (!waited) {
+            pdl_wait();
+            waited = true;
         }
-        requested = false;
+#pragma unroll
+        for (int s = 0; s < S - 1; s++) {
+            if (c0 + s < c1) issue_x(c0 + s, s);
+            cp_async_commit();
+        }
         float acc[NT8][4];
 #pragma unroll
         for (int j = 0; j < NT8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
@@ -523,22 +506,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         cp_async_wait<0>();
         __syncthreads();  // the stages are free: red takes their place
         const long xn = x + (c1 - c0);
-        if (QMMG_EARLY_NEXT && xn < end) {
-            // The next run's first stages, so its weights stream in during this
-            // run's epilogue (red is in the stage they leave free).
-            const int Gn = (int)(xn / C), cn0 = (int)(xn % C);
-            const int cn1 = (int)min((long)C, cn0 + (end - xn));
-            const int tn = tile_of(Gn);
-#pragma unroll
-            for (int s = 0; s < S - 1; s++) {
-                if (cn0 + s < cn1) {
-                    issue_w(tn, cn0 + s, s);
-                    issue_x(cn0 + s, s);
-                }
-                cp_async_commit();
-            }
-            requested = true;
-        }
         if (xn == end) {
             if (!QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
             prefetch_next();
@@ -605,7 +572,33 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             __syncthreads();
         }
-        if (MODE == 2) {
+        if (MODE == 2 && hq) {
+            // The group's 64 outputs of each token are two q8_0 blocks (or,
+            // HX, two f16 blocks) of the next product's activations: written as
+            // quantize_x would write them (step_codes: codes or f16 at hq,
+            // scales at hs), one warp a (token, block), so the next product
+            // needs no quantize_x launch.
+            const int stride = NT8 * 8;
+            for (int pr = warp; pr < stride * 2; pr += QG_THREADS / 32) {
+                const int tok = pr >> 1, b = G * 2 + (pr & 1);
+                if (b * 32 >= half_rows) continue;
+                if (tok >= n) {
+                    if (!HX && lane == 0) hs[b * stride + tok] = make_float2(0.f, __int_as_float(hoff ? X_MAGIC : 0));
+                    continue;
+                }
+                const int r = (pr & 1) * 32 + lane;
+                const float v = silu(red[r * RS + tok]) * red[(64 + r) * RS + tok];
+                out[(long)tok * half_rows + b * 32 + lane] = v;
+                if (HX) {
+                    ((u16*)hq)[(long)tok * half_rows + b * 32 + f16_activation_slot(lane)] = f32_to_f16(v);
+                } else {
+                    const float2 sc = warp_quantize_code(v, (signed char*)hq + (long)tok * half_rows + b * 32);
+                    if (lane == 0)
+                        hs[b * stride + tok] =
+                            make_float2(sc.x, hoff ? __int_as_float(X_MAGIC - hoff * __float_as_int(sc.y)) : sc.y);
+                }
+            }
+        } else if (MODE == 2) {
             for (int e = threadIdx.x; e < n * 64; e += QG_THREADS) {
                 const int tok = e / 64, r = e % 64;
                 const int hrow = (G * 4 + r / 16) * 16 + r % 16;
@@ -649,9 +642,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     extern "C" __global__ void __launch_bounds__(QG_THREADS, QG_MIN_BLOCKS)                                   \
         KNAME(const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,   \
               const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,    \
-              RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters) {                      \
+              RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters, unsigned char* hq,     \
+              float2* hs, int hoff) {                                                                          \
         qmmg_body<F, NT8, MODE, HX>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,        \
-                                    half_rows, rc, next_w, next_bytes, ws, counters);                          \
+                                    half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff);            \
     }
 #define QMMG_KERNEL(F, NT8, MODE)                                  \
     QMMG_KERNEL_AS(qmmg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \

@@ -3,22 +3,35 @@
 //! output as q8_0 codes, and the product right after them (dense, 4h→h)
 //! copies those instead of reading and quantizing the floats — the phase of
 //! a one-token product that waits behind the weights it has just requested
-//! (bench/RESULTS.md, run 143). The codes are the in-product quantization's
-//! bit for bit: results do not change. `CHATGLM_Q8_HANDOFF=0` turns it off
-//! (for measurements).
+//! (bench/RESULTS.md, run 143). Steps of 9..=64 tokens on the grouped
+//! products hand the SwiGLU output on the same way, in `quantize_x`'s form
+//! (codes and scales, or f16 values), so 4h→h needs no `quantize_x`
+//! launch. The codes are the separate quantization's bit for bit: results
+//! do not change. `CHATGLM_Q8_HANDOFF=0` turns it off (for measurements).
 
 use super::{ensure, lock, CudaBackend, StepBuffers};
-use chatglm_cuda::quant::{one_token_codes_bytes, OneTokenCodes};
+use chatglm_cuda::quant::{one_token_codes_bytes, step_codes_bytes, OneTokenCodes, QuantFormat};
 use chatglm_cuda::CudaError;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Codes written by the last operation: of the floats at `floats`, `cols`
-/// wide, kept at the step's codes buffer.
+/// wide, kept at the step's codes buffer, in the form `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Handed {
     pub floats: u64,
     pub cols: usize,
     pub codes: u64,
+    pub kind: CodesKind,
+}
+
+/// The form of handed-over activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CodesKind {
+    /// One token, as one-token products copy them (`one_token_codes_bytes`).
+    OneToken,
+    /// `n` tokens in `quantize_x`'s form for products of `format` weights
+    /// (q4_0's offset is folded into the scales), f16 values or q8_0 codes.
+    Step { n: usize, f16: bool, format: QuantFormat },
 }
 
 /// The hand-off's state in a step: what the last operation wrote, and
@@ -33,8 +46,8 @@ pub(super) struct HandoffState {
 impl HandoffState {
     /// The codes of the floats at `floats` (`cols` wide), if the last
     /// operation wrote them; taken either way.
-    pub(super) fn take_for(&mut self, floats: u64, cols: usize) -> Option<u64> {
-        self.handed.take().filter(|h| h.floats == floats && h.cols == cols).map(|h| h.codes)
+    pub(super) fn take_for(&mut self, floats: u64, cols: usize, kind: CodesKind) -> Option<u64> {
+        self.handed.take().filter(|h| h.floats == floats && h.cols == cols && h.kind == kind).map(|h| h.codes)
     }
 
     /// The operation running now wrote codes of the floats at `floats`.
@@ -66,7 +79,24 @@ pub(super) fn hand_codes(
     cols: usize,
 ) -> Result<u64, CudaError> {
     let codes = ensure(gpu, &mut st.codes, one_token_codes_bytes(cols), "handed-over activation codes")?;
-    st.handoff.hand(Handed { floats, cols, codes });
+    st.handoff.hand(Handed { floats, cols, codes, kind: CodesKind::OneToken });
+    Ok(codes)
+}
+
+/// A grouped step's SwiGLU product writes its output (`n` tokens of `cols`
+/// floats at `floats`) in `quantize_x`'s form too (f16 values or q8_0
+/// codes for `format` weights): the step's buffer for them, recorded for
+/// the next operation.
+pub(super) fn hand_step_codes(
+    gpu: &chatglm_cuda::Gpu,
+    st: &mut StepBuffers,
+    floats: u64,
+    cols: usize,
+    (n, f16, format): (usize, bool, QuantFormat),
+) -> Result<u64, CudaError> {
+    let kind = CodesKind::Step { n, f16, format };
+    let codes = ensure(gpu, &mut st.step_codes, step_codes_bytes(n, cols), "handed-over step activations")?;
+    st.handoff.hand(Handed { floats, cols, codes, kind });
     Ok(codes)
 }
 
@@ -104,7 +134,7 @@ impl CudaBackend {
         }
         let mut st = lock(&self.step);
         if !norm {
-            codes.input = st.handoff.take_for(xp, cols).unwrap_or(0);
+            codes.input = st.handoff.take_for(xp, cols, CodesKind::OneToken).unwrap_or(0);
             if codes.input != 0 {
                 self.handoff_uses.fetch_add(1, Relaxed);
             }
@@ -126,23 +156,39 @@ mod tests {
 
     #[test]
     fn codes_live_exactly_to_the_next_operation() {
-        let h = Handed { floats: 0x1000, cols: 4096, codes: 0x9000 };
+        let one = CodesKind::OneToken;
+        let h = Handed { floats: 0x1000, cols: 4096, codes: 0x9000, kind: one };
         let mut s = HandoffState::default();
         s.hand(h);
         s.operation_ended();
         // The next operation reads them for the same floats only.
-        assert_eq!(s.take_for(0x2000, 4096), None, "other floats");
+        assert_eq!(s.take_for(0x2000, 4096, one), None, "other floats");
         s.hand(h);
         s.operation_ended();
-        assert_eq!(s.take_for(0x1000, 2048), None, "other width");
+        assert_eq!(s.take_for(0x1000, 2048, one), None, "other width");
         s.hand(h);
         s.operation_ended();
-        assert_eq!(s.take_for(0x1000, 4096), Some(0x9000));
-        assert_eq!(s.take_for(0x1000, 4096), None, "taken once");
+        assert_eq!(s.take_for(0x1000, 4096, one), Some(0x9000));
+        assert_eq!(s.take_for(0x1000, 4096, one), None, "taken once");
         // An operation in between that writes none drops them.
         s.hand(h);
         s.operation_ended();
         s.operation_ended();
-        assert_eq!(s.take_for(0x1000, 4096), None);
+        assert_eq!(s.take_for(0x1000, 4096, one), None);
+        // A step's codes only for the same tokens, form and weight format.
+        let step = CodesKind::Step { n: 32, f16: false, format: QuantFormat::Q4 };
+        for other in [
+            one,
+            CodesKind::Step { n: 31, f16: false, format: QuantFormat::Q4 },
+            CodesKind::Step { n: 32, f16: true, format: QuantFormat::Q4 },
+            CodesKind::Step { n: 32, f16: false, format: QuantFormat::Q8 },
+        ] {
+            s.hand(Handed { kind: step, ..h });
+            s.operation_ended();
+            assert_eq!(s.take_for(0x1000, 4096, other), None, "{other:?}");
+        }
+        s.hand(Handed { kind: step, ..h });
+        s.operation_ended();
+        assert_eq!(s.take_for(0x1000, 4096, step), Some(0x9000));
     }
 }

@@ -138,6 +138,8 @@ struct StepBuffers {
     /// One token's activations as q8_0 codes handed from the kernel that
     /// wrote them to the next product (handoff.rs), and what they are of.
     codes: Option<CudaSlice<u8>>,
+    /// A grouped step's SwiGLU output in quantize_x's form, for 4h→h.
+    step_codes: Option<CudaSlice<u8>>,
     handoff: handoff::HandoffState,
     /// Quantized weights dequantized for a large step's cuBLAS product.
     dequant: Option<CudaSlice<u16>>,

@@ -1,6 +1,7 @@
 //! Matrix products: the mat-vec kernels for steps of a few tokens, cuBLASLt
 //! for larger ones, and the 16-bit inputs the latter take.
 
+use super::handoff::{self, CodesKind};
 use super::{ensure, lock, CudaActivations, CudaBackend, CudaMatrix, CudaVector};
 use chatglm_cuda::quant::{ActivationForm, OneTokenCodes, TiledPtr, QMMA_MAX_TOKENS};
 use chatglm_cuda::{device_ptr, CudaError, DType, GemvMode, Gpu, RopeArgs};
@@ -105,16 +106,18 @@ impl CudaBackend {
                 });
                 let xc = xp + (start * cols * 4) as u64;
                 let oc = out + (start * out_cols * 4) as u64;
-                self.quantized_chunk(w, bias, xc, m, oc, mode, norm, chunk_qkv, OneTokenCodes::default())?;
+                self.quantized_chunk(w, bias, xc, m, oc, mode, norm, chunk_qkv, OneTokenCodes::default(), false)?;
             }
             return Ok(());
         }
-        self.quantized_chunk(w, bias, xp, n, out, mode, norm, qkv, codes)
+        self.quantized_chunk(w, bias, xp, n, out, mode, norm, qkv, codes, true)
     }
 
     /// One launch's worth of [`Self::quantized_product`]: `n` ≤
     /// [`QMMA_MAX_TOKENS`] tokens of f32 x at `xp` (`codes`: a one-token
-    /// product's q8_0 hand-off, handoff.rs).
+    /// product's q8_0 hand-off, handoff.rs; `whole`: the step's whole
+    /// product, not one of its token chunks, so a grouped step may hand its
+    /// output on).
     #[allow(clippy::too_many_arguments)]
     fn quantized_chunk(
         &self,
@@ -127,6 +130,7 @@ impl CudaBackend {
         norm: Option<(u64, f32)>,
         qkv: Option<(DType, RopeArgs, chatglm_cuda::AttentionDims, usize)>,
         codes: OneTokenCodes,
+        whole: bool,
     ) -> Result<(), CudaError> {
         let cols = w.shape.cols;
         if self.gpu.qmma_quantizes_in_block(n, cols) {
@@ -137,16 +141,46 @@ impl CudaBackend {
             return unsafe { self.gpu.qmma(w, xp, norm, None, n, bias, out, mode, qkv, next, codes) };
         }
         let (q_bytes, s_bytes) = Gpu::quantized_x_bytes(n, cols);
+        let format = w.shape.format;
         let mut st = lock(&self.step);
-        let xq = ensure(&self.gpu, &mut st.xq, q_bytes, "quantized activations")?;
-        let xs = ensure(&self.gpu, &mut st.xs, s_bytes, "activation scales")?;
-        let f16 = st.f16_activations && self.gpu.f16_activations_supported(n, w.shape.format);
-        drop(st);
+        let f16 = st.f16_activations && self.gpu.f16_activations_supported(n, format);
         let form = if f16 { ActivationForm::F16 } else { ActivationForm::Q8 };
-        // SAFETY: xq/xs sized for n tokens of cols; the rest as above.
+        // A grouped SwiGLU step before this one may have written x in the
+        // form quantize_x would (handoff.rs); a grouped SwiGLU step writes
+        // its output so for the product after it.
+        let handoff = whole && self.handoff.load(std::sync::atomic::Ordering::Relaxed);
+        let kind = CodesKind::Step { n, f16, format };
+        let handed = if handoff && norm.is_none() { st.handoff.take_for(xp, cols, kind) } else { None };
+        let out_cols = w.shape.rows / 2;
+        let codes = if handoff
+            && mode == GemvMode::SwiGlu
+            && qkv.is_none()
+            && out_cols.is_multiple_of(chatglm_cuda::quant::BLOCK)
+            && self.gpu.step_codes_supported(n, format, form)
+        {
+            let output = handoff::hand_step_codes(&self.gpu, &mut st, out, out_cols, (n, f16, format))?;
+            OneTokenCodes { input: 0, output }
+        } else {
+            OneTokenCodes::default()
+        };
+        let (xq, xs) = match handed {
+            Some(c) => {
+                self.handoff_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (c, c + q_bytes as u64)
+            }
+            None => (
+                ensure(&self.gpu, &mut st.xq, q_bytes, "quantized activations")?,
+                ensure(&self.gpu, &mut st.xs, s_bytes, "activation scales")?,
+            ),
+        };
+        drop(st);
+        // SAFETY: xq/xs sized for n tokens of cols (or written so by the
+        // product before); the rest as above.
         unsafe {
-            self.gpu.quantize_x(xp, n, cols, norm, w.shape.format, form, xq, xs)?;
-            self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, None, OneTokenCodes::default())
+            if handed.is_none() {
+                self.gpu.quantize_x(xp, n, cols, norm, format, form, xq, xs)?;
+            }
+            self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, None, codes)
         }
     }
 
