@@ -1164,14 +1164,29 @@ impl Gpu {
     /// tiles (`kernels/decode_short.cu` says why). Correct at any length; its
     /// 8 warps take 16 keys at a time each, two tiles in flight. With
     /// `out_codes` (one token only; 0: none) the output is also written as
-    /// q8_0 codes there, for a one-token product's `OneTokenCodes::input`.
+    /// q8_0 codes there, for a one-token product's `OneTokenCodes::input`;
+    /// with `step` (9..=64 tokens, every token of the step a work token
+    /// 0..work) in quantize_x's form ([`Gpu::step_codes`]), for a grouped
+    /// product's `quantized` argument.
     ///
     /// # Safety
     /// As [`Gpu::attention_decode`] without the split buffers; `out_codes`:
-    /// [`crate::quant::one_token_codes_bytes`] of the output's width.
-    pub unsafe fn attention_decode_short(&self, at: AttentionWork, out_codes: u64) -> Result<(), CudaError> {
+    /// [`crate::quant::one_token_codes_bytes`] of the output's width;
+    /// `step`: [`crate::quant::step_codes_bytes`] of the step's tokens.
+    pub unsafe fn attention_decode_short(
+        &self,
+        at: AttentionWork,
+        out_codes: u64,
+        step: Option<crate::quant::StepCodes>,
+    ) -> Result<(), CudaError> {
         if at.work == 0 {
             return Ok(());
+        }
+        if step.is_some() && (out_codes != 0 || at.work <= 8 || at.work > crate::quant::QMMA_MAX_TOKENS) {
+            return Err(CudaError::invalid(
+                DECODE_SHORT_KERNEL,
+                format!("a step's activations handed on for {} tokens (9..=64, one form)", at.work),
+            ));
         }
         let shape = at.shape;
         if !self.decode_short_supported(&shape, KvFormat::F16) {
@@ -1186,7 +1201,8 @@ impl Gpu {
         let f = self.kernel(DECODE_SHORT_KERNEL)?;
         let grid = (shape.n_groups as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", at.work)? as u32, 1);
         let mut a = at.decode_args();
-        a.arg(&out_codes);
+        let s = step.unwrap_or(crate::quant::StepCodes { codes: out_codes, scales: 0, form: 0, stride: 0, off: 0 });
+        a.arg(&s.codes).arg(&s.scales).arg(&s.form).arg(&s.stride).arg(&s.off);
         self.launch(f, a, DECODE_SHORT_KERNEL, cfg(grid, 256, DECODE_SHORT_SMEM as u32))
     }
 

@@ -33,6 +33,20 @@ pub fn one_token_codes_bytes(cols: usize) -> usize {
     cols / BLOCK * 16 + cols
 }
 
+/// Where a kernel writes a step's activations in [`Gpu::quantize_x`]'s form
+/// for the product after it (the decode attention's hand-off in a batched
+/// step; [`Gpu::step_codes`]): codes or f16 values, q8_0 scales, the form
+/// (1: q8_0 codes, 2: f16 in mma.sync's order, 3: f16 in wgmma's), the
+/// scales' token stride, q4_0's offset folded into them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepCodes {
+    pub codes: u64,
+    pub scales: u64,
+    pub form: i32,
+    pub stride: i32,
+    pub off: i32,
+}
+
 /// Bytes of `n` tokens' activations of `cols` handed from a grouped SwiGLU
 /// step (9..=64 tokens, [`OneTokenCodes::output`]) to the product after it:
 /// [`Gpu::quantize_x`]'s codes (or f16 values) then its scales, as that
@@ -433,6 +447,28 @@ impl Gpu {
             && n <= QMMA_MAX_TOKENS
             && self.grouped_products()
             && self.has_kernel(&format!("qmmh_{}_{nt8}_0", format as usize))
+    }
+
+    /// The layout of `n` tokens' activations of `cols` at `base` (of
+    /// [`step_codes_bytes`]) in `form` for a product of `format` weights,
+    /// as [`Gpu::quantize_x`] would write them.
+    pub fn step_codes(&self, base: u64, n: usize, cols: usize, format: QuantFormat, form: ActivationForm) -> StepCodes {
+        let f16 = form == ActivationForm::F16;
+        // qmma.cu's QMMH_WGMMA lays f16 activations out for wgmma on sm_90.
+        let wgmma = f16 && self.info().compute_capability == (9, 0) && nvrtc_defines("QMMH_WGMMA=1");
+        StepCodes {
+            codes: base,
+            scales: base + Gpu::quantized_x_bytes(n, cols).0 as u64,
+            form: if !f16 {
+                1
+            } else if wgmma {
+                3
+            } else {
+                2
+            },
+            stride: (token_tiles(n) * 8) as i32,
+            off: if f16 { 0 } else { format.code_offset() },
+        }
     }
 
     /// Whether a SwiGLU step of `n` tokens over `format` weights in `form`

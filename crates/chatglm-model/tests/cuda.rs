@@ -771,11 +771,12 @@ fn gpu_q8_handoff_keeps_decode_bits() {
 #[test]
 fn gpu_step_handoff_keeps_batched_decode_bits() {
     // Batched decode steps of 12 sequences (the grouped products) handing
-    // the SwiGLU output to 4h→h in quantize_x's form (handoff.rs) compute
-    // exactly what the separate quantize_x launch computes: the 6B head
-    // layout, two layers, every kernel format, both activation forms,
-    // sequences at different lengths crossing cache blocks; and the
-    // activations were taken (one product a layer a step).
+    // the SwiGLU output to 4h→h and the short attention's to the dense
+    // product in quantize_x's form (handoff.rs) compute exactly what the
+    // separate quantize_x launches compute: the 6B head layout, two layers,
+    // every kernel format, both activation forms, sequences at different
+    // lengths crossing cache blocks; and the activations were taken (two
+    // products a layer a step).
     let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
     for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
         for activations in ["q8", "batched"] {
@@ -820,7 +821,7 @@ fn gpu_step_handoff_keeps_batched_decode_bits() {
             }
             gpu.backend.set_q8_handoff(true);
             let used = gpu.backend.q8_handoff_uses() - uses;
-            assert!(used >= 2 * steps, "{format:?} {activations}: activations handed over {used} times");
+            assert!(used >= 4 * steps - 4, "{format:?} {activations}: activations handed over {used} times");
         }
     }
 }

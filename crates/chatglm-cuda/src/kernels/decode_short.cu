@@ -45,6 +45,9 @@ struct ShortReduce {
 // The launch asks for DECODE_SHORT_SMEM (ops.rs) bytes: this size.
 static_assert(sizeof(ShortReduce) == SHORT_WARPS * (3 * 16 + 16 * DEC_D) * 4, "DECODE_SHORT_SMEM");
 
+// qmma.cu's X_MAGIC (1.5·2²³ as f32 bits), which this file is compiled without.
+#define SHORT_X_MAGIC 0x4B400000
+
 // Four outputs (columns c..c+3 of the one token's row of `cols`) into the
 // q8_0 block they belong to, as qmma.cu's one_token_x reads a one-token
 // product's input handed over already quantized: (dx, Σq) of block b at
@@ -68,10 +71,50 @@ __device__ __forceinline__ void quantize_out4(float4 v, unsigned char* qout, int
     if (c % 32 == 0) ((float2*)qout)[c / 32 * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
 }
 
+// The same four outputs of token t in quantize_x's form for a grouped
+// product of the step (qmma.cu; the attention's hand-off of a batched
+// step): form 1, q8_0 codes at qout[t][cols] and (dx, Σq) of block b at
+// qs[b·stride + t], q4_0's offset folded (X_MAGIC − off·Σq) as quantize_x
+// folds it; 2 and 3, f16 values in the order the f16 products read them
+// (mma.sync's, wgmma's: quantize_x's hx layouts).
+__device__ __forceinline__ void quantize_out4_step(float4 v, unsigned char* qout, float2* qs, int form, int stride,
+                                                   int off, int cols, int t, int c) {
+    const int i = (c & 31) >> 2;  // the float4 of the block
+    if (form >= 2) {
+        u16* row = (u16*)qout + (long)t * cols + (c & ~31);
+        const u32 lo = (u32)f32_to_f16(v.x) | ((u32)f32_to_f16(v.z) << 16);
+        const u32 hi = (u32)f32_to_f16(v.y) | ((u32)f32_to_f16(v.w) << 16);
+        if (form == 3) {
+            ((u32*)row)[(i >> 2) * 8 + (i & 3)] = lo;
+            ((u32*)row)[(i >> 2) * 8 + 4 + (i & 3)] = hi;
+        } else {
+            ((uint2*)row)[(i & 3) * 2 + (i >> 2)] = make_uint2(lo, hi);
+        }
+        return;
+    }
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const float id = d != 0.f ? 1.0f / d : 0.f;
+    const int q[4] = {(int)roundf(v.x * id), (int)roundf(v.y * id), (int)roundf(v.z * id), (int)roundf(v.w * id)};
+    int sum = q[0] + q[1] + q[2] + q[3];
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    u32 word = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) word |= ((u32)(q[k] & 0xff)) << (8 * k);
+    *(u32*)(qout + (long)t * cols + c) = word;
+    if ((c & 31) == 0)
+        qs[(c >> 5) * stride + t] = make_float2(f16_to_f32(f32_to_f16(d)),
+                                                __int_as_float(off ? SHORT_X_MAGIC - off * sum : sum));
+}
+
 extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     attn_decode_short16(const float* qkv, int width, float* out, int out_width, const int* work_tokens,
                         const int* positions, const int* seq_of_token, const u64* block_table, int max_blocks,
-                        int n_groups, int layer, int block_tokens, float scale, unsigned char* qout) {
+                        int n_groups, int layer, int block_tokens, float scale, unsigned char* qout, float2* qs,
+                        int qform, int qstride, int qoff) {
 #if __CUDA_ARCH__ >= 800
     constexpr int HG = 16;
     constexpr int STEP = SHORT_WARPS * MMA_KEYS;
@@ -159,8 +202,16 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
             acc.w += v.w * f;
         }
         *(float4*)(out + (long)t * out_width + (long)g * HG * DEC_D + i * 4) = acc;
-        if (qout) quantize_out4(acc, qout, out_width, g * HG * DEC_D + i * 4);
+        if (qout && qform == 0) quantize_out4(acc, qout, out_width, g * HG * DEC_D + i * 4);
+        else if (qout) quantize_out4_step(acc, qout, qs, qform, qstride, qoff, out_width, t, g * HG * DEC_D + i * 4);
     }
+    // The q8_0 form's scales of the padding tokens (the step's tokens are
+    // 0..gridDim.y − 1): zero, with the folded offset, as quantize_x writes them.
+    if (qout && qform == 1 && wt == 0)
+        for (int e = tid; e < HG * DEC_D / 32 * (qstride - (int)gridDim.y); e += SHORT_WARPS * 32) {
+            const int b = g * HG * DEC_D / 32 + e % (HG * DEC_D / 32), tt = gridDim.y + e / (HG * DEC_D / 32);
+            qs[b * qstride + tt] = make_float2(0.f, __int_as_float(qoff ? SHORT_X_MAGIC : 0));
+        }
     if (SHORT_STAMPS && tid == 0 && g == 0 && wt == 0 && layer == 3 && ctx % 16 == 0) {
         __threadfence();
         const unsigned long long t5 = short_now();

@@ -6,11 +6,13 @@
 //! (bench/RESULTS.md, run 143). Steps of 9..=64 tokens on the grouped
 //! products hand the SwiGLU output on the same way, in `quantize_x`'s form
 //! (codes and scales, or f16 values), so 4h→h needs no `quantize_x`
-//! launch. The codes are the separate quantization's bit for bit: results
+//! launch, and so does the short decode attention for the dense product. The codes are the separate quantization's bit for bit: results
 //! do not change. `CHATGLM_Q8_HANDOFF=0` turns it off (for measurements).
 
 use super::{ensure, lock, CudaBackend, StepBuffers};
-use chatglm_cuda::quant::{one_token_codes_bytes, step_codes_bytes, OneTokenCodes, QuantFormat};
+use chatglm_cuda::quant::{
+    one_token_codes_bytes, step_codes_bytes, ActivationForm, OneTokenCodes, QuantFormat, StepCodes,
+};
 use chatglm_cuda::CudaError;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -41,6 +43,11 @@ pub(super) enum CodesKind {
 pub(super) struct HandoffState {
     handed: Option<Handed>,
     fresh: bool,
+    /// The weights' format of the last product without a norm that read
+    /// activations of each width in a step of the grouped products: the
+    /// format a kernel before such a product (the decode attention, whose
+    /// operation does not know the dense weights) writes them for.
+    consumers: Vec<(usize, QuantFormat)>,
 }
 
 impl HandoffState {
@@ -54,6 +61,20 @@ impl HandoffState {
     pub(super) fn hand(&mut self, handed: Handed) {
         self.handed = Some(handed);
         self.fresh = true;
+    }
+
+    /// A product of `format` weights without a norm read activations `cols`
+    /// wide in a grouped step.
+    pub(super) fn note_consumer(&mut self, cols: usize, format: QuantFormat) {
+        match self.consumers.iter_mut().find(|c| c.0 == cols) {
+            Some(c) => c.1 = format,
+            None => self.consumers.push((cols, format)),
+        }
+    }
+
+    /// The format the last such product of `cols` had.
+    pub(super) fn consumer_format(&self, cols: usize) -> Option<QuantFormat> {
+        self.consumers.iter().find(|c| c.0 == cols).map(|c| c.1)
     }
 
     /// An operation ended: codes it did not write are stale from now on.
@@ -98,6 +119,28 @@ pub(super) fn hand_step_codes(
     let codes = ensure(gpu, &mut st.step_codes, step_codes_bytes(n, cols), "handed-over step activations")?;
     st.handoff.hand(Handed { floats, cols, codes, kind });
     Ok(codes)
+}
+
+/// The decode attention of a batched step (`n` tokens of `cols` outputs at
+/// `floats`) writes them in `quantize_x`'s form too, for the product of the
+/// format that last read such activations (a guess: the dense product takes
+/// them only if its weights have that format): where, and how; None when no
+/// grouped product is known to take them.
+pub(super) fn attention_step_codes(
+    gpu: &chatglm_cuda::Gpu,
+    st: &mut StepBuffers,
+    floats: u64,
+    n: usize,
+    cols: usize,
+) -> Result<Option<StepCodes>, CudaError> {
+    let Some(format) = st.handoff.consumer_format(cols) else { return Ok(None) };
+    let f16 = st.f16_activations && gpu.f16_activations_supported(n, format);
+    let form = if f16 { ActivationForm::F16 } else { ActivationForm::Q8 };
+    if !cols.is_multiple_of(chatglm_cuda::quant::BLOCK) || !gpu.step_codes_supported(n, format, form) {
+        return Ok(None);
+    }
+    let base = hand_step_codes(gpu, st, floats, cols, (n, f16, format))?;
+    Ok(Some(gpu.step_codes(base, n, cols, format, form)))
 }
 
 impl CudaBackend {
@@ -190,5 +233,12 @@ mod tests {
         s.hand(Handed { kind: step, ..h });
         s.operation_ended();
         assert_eq!(s.take_for(0x1000, 4096, step), Some(0x9000));
+        // The format producers write for: the last consumer's of that width.
+        assert_eq!(s.consumer_format(4096), None);
+        s.note_consumer(4096, QuantFormat::Q4);
+        s.note_consumer(13696, QuantFormat::Q8);
+        s.note_consumer(4096, QuantFormat::Q4Min);
+        assert_eq!(s.consumer_format(4096), Some(QuantFormat::Q4Min));
+        assert_eq!(s.consumer_format(13696), Some(QuantFormat::Q8));
     }
 }

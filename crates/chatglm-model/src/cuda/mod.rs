@@ -1411,17 +1411,20 @@ impl Backend for CudaBackend {
                     layer,
                 };
                 if plan.decode_kernel && st.short_attention {
-                    // One token: its output as q8_0 codes too, for the dense product.
+                    // One token: its output as q8_0 codes too, for the dense
+                    // product; a batched step's in quantize_x's form.
                     let out_cols = dims.n_heads * dims.head_dim;
-                    let codes = if self.handoff.load(std::sync::atomic::Ordering::Relaxed)
-                        && n == 1
-                        && self.quantized.load(std::sync::atomic::Ordering::Relaxed)
-                    {
-                        handoff::hand_codes(&self.gpu, &mut st, op, out_cols)?
+                    let every_token = plan.n_work == n;
+                    let handoff = self.handoff.load(std::sync::atomic::Ordering::Relaxed)
+                        && self.quantized.load(std::sync::atomic::Ordering::Relaxed);
+                    let codes =
+                        if handoff && n == 1 { handoff::hand_codes(&self.gpu, &mut st, op, out_cols)? } else { 0 };
+                    let step = if handoff && n > 8 && every_token {
+                        handoff::attention_step_codes(&self.gpu, &mut st, op, n, out_cols)?
                     } else {
-                        0
+                        None
                     };
-                    self.gpu.attention_decode_short(work, codes)?;
+                    self.gpu.attention_decode_short(work, codes, step)?;
                     self.short_attention.launched();
                 } else if let Some(split) = plan.split {
                     let part_o = st.part_o.as_ref().map_or(0, device_ptr);

@@ -150,7 +150,14 @@ impl CudaBackend {
         // its output so for the product after it.
         let handoff = whole && self.handoff.load(std::sync::atomic::Ordering::Relaxed);
         let kind = CodesKind::Step { n, f16, format };
-        let handed = if handoff && norm.is_none() { st.handoff.take_for(xp, cols, kind) } else { None };
+        let handed = if handoff && norm.is_none() {
+            if self.gpu.step_codes_supported(n, format, form) {
+                st.handoff.note_consumer(cols, format);
+            }
+            st.handoff.take_for(xp, cols, kind)
+        } else {
+            None
+        };
         let out_cols = w.shape.rows / 2;
         let codes = if handoff
             && mode == GemvMode::SwiGlu
