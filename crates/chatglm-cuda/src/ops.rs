@@ -1544,6 +1544,10 @@ mod tests {
             "block_tokens",
             "scale",
             "qout",
+            "qs",
+            "qform",
+            "qstride",
+            "qoff",
         ];
         assert_eq!(params, names);
         // The launch's shared memory is the kernel's ShortReduce (its static_assert).
