@@ -48,6 +48,26 @@ static_assert(sizeof(ShortReduce) == SHORT_WARPS * (3 * 16 + 16 * DEC_D) * 4, "D
 // qmma.cu's X_MAGIC (1.5·2²³ as f32 bits), which this file is compiled without.
 #define SHORT_X_MAGIC 0x4B400000
 
+// Four values of the 8 consecutive lanes holding a q8_0 block of 32,
+// quantized exactly as quantize_block32 does (d = max|v| / 127): their codes
+// as a word; the block's d (rounded to f16) and Σq to every lane.
+__device__ __forceinline__ u32 quantize4_of_block(float4 v, float& d16, int& sum) {
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const float id = d != 0.f ? 1.0f / d : 0.f;
+    const int q[4] = {(int)roundf(v.x * id), (int)roundf(v.y * id), (int)roundf(v.z * id), (int)roundf(v.w * id)};
+    sum = q[0] + q[1] + q[2] + q[3];
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    d16 = f16_to_f32(f32_to_f16(d));
+    u32 word = 0;
+#pragma unroll
+    for (int k = 0; k < 4; k++) word |= ((u32)(q[k] & 0xff)) << (8 * k);
+    return word;
+}
+
 // Four outputs (columns c..c+3 of the one token's row of `cols`) into the
 // q8_0 block they belong to, as qmma.cu's one_token_x reads a one-token
 // product's input handed over already quantized: (dx, Σq) of block b at
@@ -55,20 +75,10 @@ static_assert(sizeof(ShortReduce) == SHORT_WARPS * (3 * 16 + 16 * DEC_D) * 4, "D
 // are consecutive (every lane of the warp calls it); the values are
 // quantized exactly as quantize_block32 does (d = max|v| / 127).
 __device__ __forceinline__ void quantize_out4(float4 v, unsigned char* qout, int cols, int c) {
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float d = amax / 127.0f;
-    const float id = d != 0.f ? 1.0f / d : 0.f;
-    const int q[4] = {(int)roundf(v.x * id), (int)roundf(v.y * id), (int)roundf(v.z * id), (int)roundf(v.w * id)};
-    int sum = q[0] + q[1] + q[2] + q[3];
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    u32 word = 0;
-#pragma unroll
-    for (int k = 0; k < 4; k++) word |= ((u32)(q[k] & 0xff)) << (8 * k);
-    *(u32*)(qout + (cols / 32) * 16 + c) = word;
-    if (c % 32 == 0) ((float2*)qout)[c / 32 * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+    float d;
+    int sum;
+    *(u32*)(qout + (cols / 32) * 16 + c) = quantize4_of_block(v, d, sum);
+    if (c % 32 == 0) ((float2*)qout)[c / 32 * 2] = make_float2(d, __int_as_float(sum));
 }
 
 // The same four outputs of token t in quantize_x's form for a grouped
@@ -92,22 +102,10 @@ __device__ __forceinline__ void quantize_out4_step(float4 v, unsigned char* qout
         }
         return;
     }
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float d = amax / 127.0f;
-    const float id = d != 0.f ? 1.0f / d : 0.f;
-    const int q[4] = {(int)roundf(v.x * id), (int)roundf(v.y * id), (int)roundf(v.z * id), (int)roundf(v.w * id)};
-    int sum = q[0] + q[1] + q[2] + q[3];
-#pragma unroll
-    for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    u32 word = 0;
-#pragma unroll
-    for (int k = 0; k < 4; k++) word |= ((u32)(q[k] & 0xff)) << (8 * k);
-    *(u32*)(qout + (long)t * cols + c) = word;
-    if ((c & 31) == 0)
-        qs[(c >> 5) * stride + t] = make_float2(f16_to_f32(f32_to_f16(d)),
-                                                __int_as_float(off ? SHORT_X_MAGIC - off * sum : sum));
+    float d;
+    int sum;
+    *(u32*)(qout + (long)t * cols + c) = quantize4_of_block(v, d, sum);
+    if ((c & 31) == 0) qs[(c >> 5) * stride + t] = make_float2(d, __int_as_float(off ? SHORT_X_MAGIC - off * sum : sum));
 }
 
 extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
