@@ -974,33 +974,36 @@ __device__ __forceinline__ int f16_activation_slot(int c) {
 }
 
 // 32 values, one a lane of a warp, as a q8_0 block exactly as
-// quantize_block32 makes it: the codes at `codes` (32 bytes), (dx, Σq)
-// returned to every lane.
-__device__ __forceinline__ float2 warp_quantize_code(float v, signed char* codes) {
+// quantize_block32 makes it: this lane's code; (dx rounded to f16, Σq) to
+// every lane.
+__device__ __forceinline__ float2 warp_q8_block(float v, int& q) {
     const float amax = warp_max(fabsf(v));
     const float d = amax / 127.0f;
     const float id = d != 0.f ? 1.0f / d : 0.f;
-    const int q = (int)roundf(v * id);
+    q = (int)roundf(v * id);
     const int sum = __reduce_add_sync(0xffffffffu, q);
-    codes[threadIdx.x & 31] = (signed char)q;
     return make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
 }
 
-// 32 values, one a lane of a warp, as a q8_0 block exactly as
-// quantize_block32 makes it, written where one_token_x reads block b:
-// (dx, Σq) at float2 2b of `codes`, the codes from byte 16·nb + 32b.
+// warp_q8_block's codes at `codes` (32 bytes), its (dx, Σq) returned.
+__device__ __forceinline__ float2 warp_quantize_code(float v, signed char* codes) {
+    int q;
+    const float2 sc = warp_q8_block(v, q);
+    codes[threadIdx.x & 31] = (signed char)q;
+    return sc;
+}
+
+// warp_q8_block written where one_token_x reads block b: (dx, Σq) at float2
+// 2b of `codes`, the codes from byte 16·nb + 32b.
 __device__ __forceinline__ void warp_quantize_block(float v, unsigned char* codes, int nb, int b) {
     const int lane = threadIdx.x & 31;
-    const float amax = warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const float id = d != 0.f ? 1.0f / d : 0.f;
-    const int q = (int)roundf(v * id);
-    const int sum = __reduce_add_sync(0xffffffffu, q);
+    int q;
+    const float2 sc = warp_q8_block(v, q);
     const u32 byte = (u32)(q & 0xff);
     const u32 word = byte | (__shfl_down_sync(0xffffffffu, byte, 1) << 8) |
                      (__shfl_down_sync(0xffffffffu, byte, 2) << 16) | (__shfl_down_sync(0xffffffffu, byte, 3) << 24);
     if ((lane & 3) == 0) *(u32*)(codes + nb * 16 + b * 32 + lane) = word;
-    if (lane == 0) ((float2*)codes)[b * 2] = make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
+    if (lane == 0) ((float2*)codes)[b * 2] = sc;
 }
 
 // item_epilogue of a one-token SwiGLU product that also quantizes its

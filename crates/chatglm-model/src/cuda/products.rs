@@ -150,8 +150,9 @@ impl CudaBackend {
         // its output so for the product after it.
         let handoff = whole && self.handoff.load(std::sync::atomic::Ordering::Relaxed);
         let kind = CodesKind::Step { n, f16, format };
+        let grouped = handoff && self.gpu.step_codes_supported(n, format, form);
         let handed = if handoff && norm.is_none() {
-            if self.gpu.step_codes_supported(n, format, form) {
+            if grouped {
                 st.handoff.note_consumer(cols, format);
             }
             st.handoff.take_for(xp, cols, kind)
@@ -159,11 +160,10 @@ impl CudaBackend {
             None
         };
         let out_cols = w.shape.rows / 2;
-        let codes = if handoff
+        let codes = if grouped
             && mode == GemvMode::SwiGlu
             && qkv.is_none()
             && out_cols.is_multiple_of(chatglm_cuda::quant::BLOCK)
-            && self.gpu.step_codes_supported(n, format, form)
         {
             let output = handoff::hand_step_codes(&self.gpu, &mut st, out, out_cols, (n, f16, format))?;
             OneTokenCodes { input: 0, output }
