@@ -22,6 +22,8 @@ const UNIT_BYTES: usize = 512;
 pub const QMMA_MAX_TOKENS: usize = 64;
 /// Block size of the quantized kernels (8 warps).
 const QMMA_THREADS: u32 = 256;
+/// quantize_x's threads a block (qmma.cu's QX_THREADS).
+const QX_THREADS: u32 = 512;
 /// Static shared memory of the product (reduction buffer, norms), which
 /// with the dynamic part must stay under 48 KiB.
 const QMMA_STATIC_SMEM: usize = 8 * 2 * 16 * 9 * 4 + 8 * 4 + 8 * 8 * 4 + 16 * 4;
@@ -536,14 +538,14 @@ impl Gpu {
         let mut a = Args::default();
         let off = format.code_offset();
         a.arg(&x).arg(&nw).arg(&eps).arg(&n32).arg(&cols32).arg(&off).arg(&hx).arg(&xq).arg(&xs);
-        // Each block quantizes QMMA_THREADS / 8 blocks of 32 for 8 tokens.
-        let chunks = (cols / BLOCK).div_ceil(QMMA_THREADS as usize / 8) as u32;
-        let grid = (chunks, token_tiles(n) as u32, 1);
+        // A block a token of the step's token tiles (the padding tokens'
+        // blocks zero their scales).
+        let grid = (8 * token_tiles(n) as u32, 1, 1);
         self.launch(
             f,
             a,
             "quantize_x",
-            LaunchConfig { grid_dim: grid, block_dim: (QMMA_THREADS, 1, 1), shared_mem_bytes: self.quantize_x_smem },
+            LaunchConfig { grid_dim: grid, block_dim: (QX_THREADS, 1, 1), shared_mem_bytes: self.quantize_x_smem },
         )
     }
 

@@ -386,46 +386,6 @@ __device__ __forceinline__ void row_inv_rms(const float* x, const float* nw, int
     block_inv_rms(scratch, nw != nullptr, n, cols, eps, inv);
 }
 
-// row_inv_rms with every row's loads in flight together: each thread takes
-// two float4 of each of the n (≤ 8) rows a round, so a row of 4,096 takes 2
-// rounds of L2 latency for all 8 rows where row_inv_rms took ~4 a row, one
-// row after the other. The 32-token step's timeline (session 16, run 104)
-// had quantize_x ending 8–9 µs after the product before it where it fused a
-// norm. Needs blockDim.x == QMMA_THREADS.
-__device__ __forceinline__ void rows_inv_rms(const float* x, const float* nw, int n, int cols, float eps, float* inv,
-                                             float* scratch) {
-    const int wid = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float ss[8];
-#pragma unroll
-    for (int t = 0; t < 8; t++) ss[t] = 0.f;
-    if (nw) {
-        const int c4 = cols / 4;
-        for (int i0 = threadIdx.x; i0 < c4; i0 += 2 * QMMA_THREADS) {
-            float4 f[8][2];
-#pragma unroll
-            for (int t = 0; t < 8; t++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int i = i0 + h * QMMA_THREADS;
-                    f[t][h] = t < n && i < c4 ? ((const float4*)(x + (long)t * cols))[i] : make_float4(0.f, 0.f, 0.f, 0.f);
-                }
-#pragma unroll
-            for (int t = 0; t < 8; t++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-                    ss[t] = fmaf(f[t][h].x, f[t][h].x,
-                                 fmaf(f[t][h].y, f[t][h].y, fmaf(f[t][h].z, f[t][h].z, fmaf(f[t][h].w, f[t][h].w, ss[t]))));
-        }
-#pragma unroll
-        for (int t = 0; t < 8; t++) ss[t] = warp_sum(ss[t]);
-    }
-    if (lane == 0) {
-#pragma unroll
-        for (int t = 0; t < 8; t++) scratch[wid * 8 + t] = ss[t];
-    }
-    block_inv_rms(scratch, nw != nullptr, n, cols, eps, inv);
-}
-
 // Quantizes the n (≤ 8) tokens of x (cols wide) into xq ([n][cols] codes)
 // and xs ([nb][xs_stride] scales); tokens n..xs_stride get zero scales.
 __device__ __forceinline__ void quantize_tile(const float* x, const float* nw, const float* inv, int t0, int n,
@@ -444,70 +404,6 @@ __device__ __forceinline__ void quantize_tile(const float* x, const float* nw, c
         } else {
             xs[(long)b * xs_stride + t] = make_float2(0.f, 0.f);
         }
-    }
-}
-
-// Activations for steps too large for in-block quantization: grid = (chunks
-// of QMMA_THREADS / 8 blocks, token tiles of 8), block = QMMA_THREADS; each
-// block works out its tokens' norms over the whole row. xq: [8·tiles][cols]
-// codes; xs: [cols/32][8·tiles] (dx, Σq). hx: f16 activations instead
-// (xq: [n][cols] f16 in a_fragments_f16's order; xs untouched), for the
-// grouped f16 products (qmmh_*).
-extern "C" __global__ void __launch_bounds__(QMMA_THREADS) quantize_x(const float* x, const float* nw, float eps,
-                                                                       int n, int cols, int off, int hx,
-                                                                       signed char* xq, float2* xs) {
-    __shared__ float inv[8], scratch[QMMA_WARPS * 8];
-    pdl_launch_dependents();
-    pdl_wait();
-    const int t0 = blockIdx.y * 8;
-    const int m = min(8, n - t0);
-    rows_inv_rms(x + (long)t0 * cols, nw, max(m, 0), cols, eps, inv, scratch);
-    const int per = QMMA_THREADS / 8;
-    const int b = blockIdx.x * per + (threadIdx.x >> 3), tt = threadIdx.x & 7, t = t0 + tt;
-    if (b >= cols / 32) return;
-    const long stride = gridDim.y * 8;
-    if (QMMA_F16X || hx) {
-        // f16 activations in a_fragments_f16's order: physical group i of 4
-        // (as 0, 2, 1, 3) at 8·(i mod 4) + 4·(i ≥ 4).
-        if (t >= n) return;
-        const float4* xp = (const float4*)(x + (long)t * cols + b * 32);
-        const float4* np = nw ? (const float4*)(nw + b * 32) : nullptr;
-        uint2* dst = (uint2*)((u16*)xq + (long)t * cols + b * 32);
-        const float in = inv[tt];
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            float4 f = xp[i];
-            if (np) {
-                const float4 g = np[i];
-                f = make_float4(g.x * (f.x * in), g.y * (f.y * in), g.z * (f.z * in), g.w * (f.w * in));
-            }
-            const u32 lo = (u32)f32_to_f16(f.x) | ((u32)f32_to_f16(f.z) << 16);
-            const u32 hi = (u32)f32_to_f16(f.y) | ((u32)f32_to_f16(f.w) << 16);
-            if (QG_WG) {
-                // wgmma's order: step s = i / 4 of 16 columns as two core-matrix
-                // rows of 8 values, the first holding the pairs a_fragments_f16
-                // puts in a0/a1 (columns 4i, 4i + 2), the second those of
-                // a2/a3 (4i + 1, 4i + 3), lane t = i mod 4's pair at 2t.
-                u32* d32 = (u32*)dst;
-                d32[(i >> 2) * 8 + (i & 3)] = lo;
-                d32[(i >> 2) * 8 + 4 + (i & 3)] = hi;
-            } else {
-                dst[(i & 3) * 2 + (i >> 2)] = make_uint2(lo, hi);
-            }
-        }
-        return;
-    }
-    if (t < n) {
-        u32 q[8];
-        float2 sc;
-        quantize_block32(x + (long)t * cols, nw, inv[tt], b * 32, q, &sc);
-        uint4* dst = (uint4*)(xq + (long)t * cols + b * 32);
-        dst[0] = make_uint4(q[0], q[1], q[2], q[3]);
-        dst[1] = make_uint4(q[4], q[5], q[6], q[7]);
-        if (off) sc.y = __int_as_float(X_MAGIC - off * __float_as_int(sc.y));
-        xs[b * stride + t] = sc;
-    } else {
-        xs[b * stride + t] = make_float2(0.f, __int_as_float(off ? X_MAGIC : 0));
     }
 }
 
@@ -1004,6 +900,68 @@ __device__ __forceinline__ void warp_quantize_block(float v, unsigned char* code
                      (__shfl_down_sync(0xffffffffu, byte, 2) << 16) | (__shfl_down_sync(0xffffffffu, byte, 3) << 24);
     if ((lane & 3) == 0) *(u32*)(codes + nb * 16 + b * 32 + lane) = word;
     if (lane == 0) ((float2*)codes)[b * 2] = sc;
+}
+
+// Activations for steps too large for in-block quantization, one block
+// of QX_THREADS a token (grid: 8·token tiles; the padding tokens' blocks
+// only zero their scales): the row's sum of squares, then each warp's q8_0
+// blocks quantized as quantize_block32 does (warp_q8_block, a value a
+// lane). xq: [8·tiles][cols] codes; xs: [cols/32][8·tiles] (dx, Σq, with
+// q4_0's offset folded where off). hx: f16 activations instead (xq: [n][cols]
+// f16 in a_fragments_f16's order; xs untouched), for the grouped f16
+// products (qmmh_*). Where blocks of 8 tokens each read their tokens' whole
+// rows for the norms and then quantized a quarter of them (16 blocks for 32
+// tokens of 4,096), the step's timeline had each normed quantize_x ending
+// ~9 µs after the product before it (run 158).
+#define QX_THREADS 512
+extern "C" __global__ void __launch_bounds__(QX_THREADS) quantize_x(const float* x, const float* nw, float eps, int n,
+                                                                     int cols, int off, int hx, signed char* xq,
+                                                                     float2* xs) {
+    __shared__ float part[QX_THREADS / 32];
+    __shared__ float inv_s;
+    pdl_launch_dependents();
+    pdl_wait();
+    const int t = blockIdx.x, stride = gridDim.x;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int nb = cols / 32;
+    if (t >= n) {
+        if (!(QMMA_F16X || hx))
+            for (int b = threadIdx.x; b < nb; b += QX_THREADS)
+                xs[b * stride + t] = make_float2(0.f, __int_as_float(off ? X_MAGIC : 0));
+        return;
+    }
+    const float* xr = x + (long)t * cols;
+    float inv = 1.f;
+    if (nw) {
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < cols / 4; i += QX_THREADS) {
+            const float4 f = ((const float4*)xr)[i];
+            ss = fmaf(f.x, f.x, fmaf(f.y, f.y, fmaf(f.z, f.z, fmaf(f.w, f.w, ss))));
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) part[warp] = ss;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float s = 0.f;
+#pragma unroll
+            for (int w = 0; w < QX_THREADS / 32; w++) s += part[w];
+            inv_s = 1.0f / sqrtf(s / (float)cols + eps);
+        }
+        __syncthreads();
+        inv = inv_s;
+    }
+#pragma unroll 4
+    for (int b = warp; b < nb; b += QX_THREADS / 32) {
+        float v = xr[b * 32 + lane];
+        if (nw) v = nw[b * 32 + lane] * (v * inv);
+        if (QMMA_F16X || hx) {
+            ((u16*)xq)[(long)t * cols + b * 32 + f16_activation_slot(lane)] = f32_to_f16(v);
+        } else {
+            const float2 sc = warp_quantize_code(v, xq + (long)t * cols + b * 32);
+            if (lane == 0)
+                xs[b * stride + t] = make_float2(sc.x, off ? __int_as_float(X_MAGIC - off * __float_as_int(sc.y)) : sc.y);
+        }
+    }
 }
 
 // item_epilogue of a one-token SwiGLU product that also quantizes its

@@ -27,6 +27,23 @@
 #define QMMG_EARLY_DEPENDENTS 0
 #endif
 
+// Measurement only (results meaningless): bit 1 skips the chunks'
+// arithmetic, 2 every load after the first stages, 4 the activation loads
+// after them, 8 the split groups' sums and the epilogue.
+#ifndef QMMG_DRY
+#define QMMG_DRY 0
+#endif
+
+// Measurement only: per-block phase stamps (globaltimer ns at the block's
+// start, then clock64 cycles after it) printed by every block of the 20th
+// launch of each (format, MODE, form).
+#ifndef QMMG_STAMPS
+#define QMMG_STAMPS 0
+#endif
+#if QMMG_STAMPS
+__device__ unsigned qmmg_seen[4 * 4 * 2][256];
+#endif
+
 #define QG_TILES 8   // row tiles of a group
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
@@ -447,6 +464,20 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < e; b += QG_THREADS * 128L) prefetch_l2(next_w + b);
     };
 
+#if QMMG_STAMPS
+    long long st_t0 = 0, st_c0 = 0, st_v[16];
+    int st_n = 0, st_g[4], st_last[4], st_nr = 0;
+    bool st_on = false;
+    if (threadIdx.x == 0 && blockIdx.x < 256) {
+        unsigned* seen = &qmmg_seen[(F * 4 + MODE) * 2 + (HX ? 1 : 0)][blockIdx.x];
+        st_on = ++*seen == 20;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(st_t0));
+        st_c0 = clock64();
+    }
+#define QG_STAMP() if (st_on && st_n < 16) st_v[st_n++] = clock64() - st_c0
+#else
+#define QG_STAMP()
+#endif
     if (QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
     if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     float* red = (float*)qg_smem;
@@ -464,6 +495,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         if (!waited) {
             pdl_wait();
             waited = true;
+            QG_STAMP();
         }
 #pragma unroll
         for (int s = 0; s < S - 1; s++) {
@@ -481,15 +513,16 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #endif
             __syncthreads();  // chunk c landed for every warp; slot (k − 1) % S is free
             const int nc = c + S - 1;
-            if (nc < c1) {
+            if (nc < c1 && !(QMMG_DRY & 2)) {
                 issue_w(tile, nc, (k + S - 1) % S);
-                issue_x(nc, (k + S - 1) % S);
+                if (!(QMMG_DRY & 4)) issue_x(nc, (k + S - 1) % S);
             }
             cp_async_commit();
             const unsigned char* st = qg_smem + (k % S) * L::STAGE;
             const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
             const bool whole = nu == QG_CU && nblk == L::KB;
-            if (HX) {
+            if (QMMG_DRY & 1) {
+            } else if (HX) {
 #if QG_WG
                 if (whole) chunk_product_wg<F, NT8, false>(acc, st, warp, lane, nu, nblk);
                 else chunk_product_wg<F, NT8, true>(acc, st, warp, lane, nu, nblk);
@@ -505,10 +538,22 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         }
         cp_async_wait<0>();
         __syncthreads();  // the stages are free: red takes their place
+        QG_STAMP();
+#if QMMG_STAMPS
+        if (st_on && st_nr < 4) { st_g[st_nr] = G; st_last[st_nr++] = (c0 != 0 || c1 != C) ? 0 : 2; }
+#endif
         const long xn = x + (c1 - c0);
         if (xn == end) {
             if (!QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
             prefetch_next();
+        }
+        if (QMMG_DRY & 8) {
+            float keep = 0.f;  // the arithmetic stays live
+#pragma unroll
+            for (int j = 0; j < NT8; j++) keep += acc[j][0] + acc[j][1] + acc[j][2] + acc[j][3];
+            if (keep == 12345.f) out[threadIdx.x] = keep;
+            x = xn;
+            continue;
         }
         constexpr int RS = L::RED_STRIDE;
         // The tile's sums: its first warp's, then (two warps a tile) the second's added.
@@ -540,10 +585,14 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 if (last_flag) atomicExch(&counters[G], 0u);
             }
             __syncthreads();
+            QG_STAMP();
             if (!last_flag) {
                 x = xn;
                 continue;
             }
+#if QMMG_STAMPS
+            if (st_on && st_nr > 0) st_last[st_nr - 1] = 1;
+#endif
             __threadfence();
             // A thread's elements of every part requested together, one part
             // at a time: a loop that waited on each L2 load in turn kept the
@@ -571,6 +620,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 if (e < n * QG_TILES * 16) red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] = sum[k];
             }
             __syncthreads();
+            QG_STAMP();
         }
         if (MODE == 2 && hq) {
             // The group's 64 outputs of each token are two q8_0 blocks (or,
@@ -632,8 +682,19 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
         }
         __syncthreads();  // red is the next run's stages
+        QG_STAMP();
         x = xn;
     }
+#if QMMG_STAMPS
+    if (st_on) {
+        // Lines: block, start ns, runs (group, 0 part / 1 summed / 2 whole), stamps (cycles).
+        printf("QGS F%d M%d H%d b%d t0 %lld runs %d [%d:%d %d:%d %d:%d] st %d: %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n",
+               F, MODE, HX ? 1 : 0, blockIdx.x, st_t0, st_nr, st_nr > 0 ? st_g[0] : -1, st_nr > 0 ? st_last[0] : -1,
+               st_nr > 1 ? st_g[1] : -1, st_nr > 1 ? st_last[1] : -1, st_nr > 2 ? st_g[2] : -1,
+               st_nr > 2 ? st_last[2] : -1, st_n, st_v[0], st_v[1], st_v[2], st_v[3], st_v[4], st_v[5], st_v[6],
+               st_v[7], st_v[8], st_v[9], st_v[10], st_v[11]);
+    }
+#endif
 }
 
 // qmmg_*: over q8_0 activation codes; qmmh_*: over f16 activations (xq
