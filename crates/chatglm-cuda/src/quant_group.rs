@@ -31,6 +31,14 @@ fn group_cu() -> usize {
     *CU.get_or_init(|| define("QMMG_CU").unwrap_or(8))
 }
 
+/// qmma_group.cu's `QMMG_STAGES` where `CHATGLM_NVRTC_DEFINES` sets it, read once.
+fn group_stages() -> Option<usize> {
+    static STAGES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *STAGES.get_or_init(|| define("QMMG_STAGES"))
+}
+/// Shared memory the stages may take under `QMMG_STAGES` (qmma_group.cu's QG_STAGES_SMEM).
+const STAGES_SMEM: usize = 220 << 10;
+
 /// Threads of a grouped block: 8 row tiles × `QMMG_KW` warps a tile (2 by default).
 fn group_threads() -> u32 {
     static KW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -70,6 +78,8 @@ pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool) -> usize {
         (false, 4) => 3,
         _ => 2,
     };
+    // `QMMG_STAGES` (a measurement define): as many stages as fit, up to it.
+    let stages = group_stages().map_or(stages, |s| s.min(STAGES_SMEM / stage).max(2));
     (stages * stage).max(QG_TILES * TILE_ROWS * (nt8 * 8 + 1) * 4)
 }
 

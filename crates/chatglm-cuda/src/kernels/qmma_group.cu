@@ -169,7 +169,15 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         XROW = HX ? KB * 64 + 64 : KB * 32 + 16,
         XS_OFF = XQ_OFF + NT8 * 8 * XROW,
         STAGE = XS_OFF + (HX ? 0 : KB * NT8 * 8 * 8),
-        STAGES = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
+        STAGES0 = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
+#ifdef QMMG_STAGES
+        // A measurement define: as many stages as fit in 220 KiB, up to it
+        // (the host's quant_group::group_smem mirrors this).
+        STAGES_FIT = (220 << 10) / STAGE,
+        STAGES = QMMG_STAGES < STAGES_FIT ? (QMMG_STAGES < 2 ? 2 : QMMG_STAGES) : (STAGES_FIT < 2 ? 2 : STAGES_FIT),
+#else
+        STAGES = STAGES0,
+#endif
         RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
         RED_BYTES = QG_TILES * 16 * RED_STRIDE * 4,
         SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
