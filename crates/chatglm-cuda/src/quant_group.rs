@@ -36,7 +36,7 @@ fn group_stages() -> Option<usize> {
     static STAGES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *STAGES.get_or_init(|| define("QMMG_STAGES"))
 }
-/// Shared memory the stages may take under `QMMG_STAGES` (qmma_group.cu's QG_STAGES_SMEM).
+/// Shared memory the stages may take under `QMMG_STAGES` (qmma_group.cu's STAGES_FIT: 220 KiB).
 const STAGES_SMEM: usize = 220 << 10;
 
 /// Threads of a grouped block: 8 row tiles × `QMMG_KW` warps a tile (2 by default).
