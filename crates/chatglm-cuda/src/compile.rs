@@ -89,6 +89,19 @@ fn qmma_kernels() -> Vec<String> {
     k
 }
 
+fn qmma_pair_kernels() -> Vec<String> {
+    let mut k = Vec::new();
+    for f in 0..4 {
+        for mode in [0, 1, 3] {
+            for nt8 in [2, 4, 8] {
+                k.push(format!("qmtg_{f}_{nt8}_{mode}"));
+                k.push(format!("qmth_{f}_{nt8}_{mode}"));
+            }
+        }
+    }
+    k
+}
+
 fn attention_kernels() -> Vec<String> {
     let mut k: Vec<String> =
         ["rope_kv_0", "rope_kv_1", "rope_kv_2", "attn_split_0", "attn_split_1", "attn_split_2", "attn_combine"]
@@ -137,6 +150,20 @@ pub(crate) const SOURCES: &[Source] = &[
         ),
         min_arch: 80,
         kernels: qmma_kernels,
+    },
+    // The grouped products' pair form (quant_group::GroupKind::Pairs): the
+    // same sources, only qmma_group.cu's kernels, two row tiles a group.
+    Source {
+        name: "qmma_pairs",
+        text: concat!(
+            "#define QMMG_PAIRS 1\n",
+            include_str!("kernels/mma.cuh"),
+            include_str!("kernels/gemv_epilogue.cuh"),
+            include_str!("kernels/qmma.cu"),
+            include_str!("kernels/qmma_group.cu")
+        ),
+        min_arch: 80,
+        kernels: qmma_pair_kernels,
     },
     Source {
         name: "attention",

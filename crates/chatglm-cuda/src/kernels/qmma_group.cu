@@ -44,7 +44,26 @@
 __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #endif
 
+// The pair products (module qmma_pairs, which defines QMMG_PAIRS): groups
+// of 2 row tiles, 4 warps a tile, one block a group over its whole rows (the
+// host launches a block a group, so no group is split and no workspace is
+// used), at most 110 KiB of stages so two blocks share a SM. For products of
+// few, short rows (dense and QKV at 32 tokens: 128 and 144 groups), where the
+// wide groups' split parts cost 10-14 us a product (runs 161, 166) and their
+// balance gains little. Each block reads the step's activations whole: 4x
+// the wide groups' activation traffic, from L2.
+#ifdef QMMG_PAIRS
+#undef QMMG_KW
+#define QMMG_KW 4
+#undef QMMG_MINB
+#define QMMG_MINB 2
+#undef QMMG_CU
+#define QMMG_CU 8
+#define QG_TILES 2
+#define QG_PAIR_SMEM (110 << 10)
+#else
 #define QG_TILES 8   // row tiles of a group
+#endif
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
 #ifndef QMMG_CU
@@ -170,7 +189,12 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         XS_OFF = XQ_OFF + NT8 * 8 * XROW,
         STAGE = XS_OFF + (HX ? 0 : KB * NT8 * 8 * 8),
         STAGES0 = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
-#ifdef QMMG_STAGES
+#if defined(QMMG_PAIRS)
+        // Two blocks a SM: as many stages as fit in QG_PAIR_SMEM, at least 2
+        // (the host's quant_group::group_smem mirrors this).
+        STAGES_FIT = QG_PAIR_SMEM / STAGE,
+        STAGES = STAGES0 < STAGES_FIT ? STAGES0 : (STAGES_FIT < 2 ? 2 : STAGES_FIT),
+#elif defined(QMMG_STAGES)
         // A measurement define: as many stages as fit in 220 KiB, up to it
         // (the host's quant_group::group_smem mirrors this).
         STAGES_FIT = (220 << 10) / STAGE,
@@ -353,6 +377,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     const int tw = warp % QG_TILES, half = warp / QG_TILES;  // the warp's row tile, its half of a chunk
     const int nb = cols / 32;
     const int half_tiles = half_rows / 16;
+    static_assert(MODE != 2 || QG_TILES == 8, "the SwiGLU epilogue writes 64 outputs a group");
     const int groups = MODE == 2 ? (half_tiles + 3) / 4 : (tiles + QG_TILES - 1) / QG_TILES;
     const int C = (units + QG_CU - 1) / QG_CU;  // chunks of a group
     const long W = (long)groups * C, P = gridDim.x;
@@ -716,10 +741,19 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         qmmg_body<F, NT8, MODE, HX>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,        \
                                     half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff);            \
     }
+#ifdef QMMG_PAIRS
+// qmtg_* / qmth_*: the pair products; no SwiGLU (its epilogue hands on whole
+// q8_0 blocks of a wide group's 64 outputs).
+#define QMMG_KERNEL(F, NT8, MODE)                                  \
+    QMMG_KERNEL_AS(qmtg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \
+    QMMG_KERNEL_AS(qmth_##F##_##NT8##_##MODE, true, F, NT8, MODE)
+#define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 3)
+#else
 #define QMMG_KERNEL(F, NT8, MODE)                                  \
     QMMG_KERNEL_AS(qmmg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \
     QMMG_KERNEL_AS(qmmh_##F##_##NT8##_##MODE, true, F, NT8, MODE)
 #define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 2) QMMG_KERNEL(F, NT8, 3)
+#endif
 #define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
 QMMG_FORMAT(0)
 QMMG_FORMAT(1)
