@@ -16,9 +16,13 @@ use cudarc::driver::LaunchConfig;
 
 /// Row tiles of a wide group.
 const QG_TILES: usize = 8;
-/// Shared memory a pair block's stages may take (qmma_group.cu's
-/// QG_PAIR_SMEM), so two blocks share a SM.
-const PAIR_SMEM: usize = 110 << 10;
+/// Shared memory a pair block's stages may take: the pair module's
+/// `QMMG_PAIR_SMEM` (110 KiB, so two blocks share a SM, or as
+/// `CHATGLM_NVRTC_DEFINES` sets it, for measurements), read once.
+fn pair_smem() -> usize {
+    static SMEM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SMEM.get_or_init(|| define("QMMG_PAIR_SMEM").unwrap_or(110 << 10))
+}
 
 /// The two forms of the grouped products (qmma_group.cu).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +128,7 @@ pub(crate) fn group_smem(kind: GroupKind, format: QuantFormat, nt8: usize, hx: b
         _ => 2,
     };
     let stages = match kind {
-        GroupKind::Pairs => stages.min(PAIR_SMEM / stage).max(2),
+        GroupKind::Pairs => (pair_smem() / stage).clamp(2, 8),
         // `QMMG_STAGES` (a measurement define): as many stages as fit, up to it.
         GroupKind::Wide => group_stages().map_or(stages, |s| s.min(STAGES_SMEM / stage).max(2)),
     };

@@ -47,7 +47,8 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 // The pair products (module qmma_pairs, which defines QMMG_PAIRS): groups
 // of 2 row tiles, 4 warps a tile, one block a group over its whole rows (the
 // host launches a block a group, so no group is split and no workspace is
-// used), at most 110 KiB of stages so two blocks share a SM. For products of
+// used), as many stages as fit QG_PAIR_SMEM (the module's prefix: 110 KiB,
+// so two blocks share a SM), 2 to 8. For products of
 // few, short rows (dense and QKV at 32 tokens: 128 and 144 groups), where the
 // wide groups' split parts cost 10-14 us a product (runs 161, 166) and their
 // balance gains little. Each block reads the step's activations whole: 4x
@@ -60,10 +61,24 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #undef QMMG_CU
 #define QMMG_CU 8
 #define QG_TILES 2
-#define QG_PAIR_SMEM (110 << 10)
 #else
 #define QG_TILES 8   // row tiles of a group
 #endif
+
+// How a split group's part is published: 0, every thread's fence
+// (fence.sc) before the barrier and thread 0's counter, and every thread's
+// fence again in the block that sums; 1, after the barrier thread 0's
+// counter alone as an acq_rel atomic (cooperative groups' grid barrier:
+// the barrier orders the block's part before thread 0's release, its
+// acquire before the block's loads of the other parts, which are __ldcg).
+#ifndef QMMG_FENCE
+#define QMMG_FENCE 0
+#endif
+__device__ __forceinline__ u32 atom_add_acq_rel(u32* p, u32 v) {
+    u32 old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+    return old;
+}
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
 #ifndef QMMG_CU
@@ -190,10 +205,10 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         STAGE = XS_OFF + (HX ? 0 : KB * NT8 * 8 * 8),
         STAGES0 = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
 #if defined(QMMG_PAIRS)
-        // Two blocks a SM: as many stages as fit in QG_PAIR_SMEM, at least 2
-        // (the host's quant_group::group_smem mirrors this).
+        // As many stages as fit in QG_PAIR_SMEM, 2 to 8 (the host's
+        // quant_group::group_smem mirrors this).
         STAGES_FIT = QG_PAIR_SMEM / STAGE,
-        STAGES = STAGES0 < STAGES_FIT ? STAGES0 : (STAGES_FIT < 2 ? 2 : STAGES_FIT),
+        STAGES = STAGES_FIT < 2 ? 2 : STAGES_FIT > 8 ? 8 : STAGES_FIT,
 #elif defined(QMMG_STAGES)
         // A measurement define: as many stages as fit in 220 KiB, up to it
         // (the host's quant_group::group_smem mirrors this).
@@ -609,11 +624,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             float* mine = ws + (long)(blockIdx.x * 2 + (first ? 0 : 1)) * QG_WS_SLOT;
             for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
                 mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
-            __threadfence();
+            if (!QMMG_FENCE) __threadfence();
             __syncthreads();
             const int blo = block_of((long)G * C), bhi = block_of((long)G * C + C - 1);
             if (threadIdx.x == 0) {
-                const u32 before = atomicAdd(&counters[G], 1u);
+                const u32 before = QMMG_FENCE ? atom_add_acq_rel(&counters[G], 1u) : atomicAdd(&counters[G], 1u);
                 last_flag = before == (u32)(bhi - blo);
                 if (last_flag) atomicExch(&counters[G], 0u);
             }
@@ -626,7 +641,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #if QMMG_STAMPS
             if (st_on && st_nr > 0) st_last[st_nr - 1] = 1;
 #endif
-            __threadfence();
+            if (!QMMG_FENCE) __threadfence();
             // A thread's elements of every part requested together, one part
             // at a time: a loop that waited on each L2 load in turn kept the
             // summing block busy for ~50K cycles while the other SMs idled
