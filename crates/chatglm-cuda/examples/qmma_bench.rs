@@ -2,9 +2,7 @@
 //! tiled weights, 1 / 8 / 32 tokens) with CUDA events, rotating over 4 weight
 //! copies so L2 cannot hold them, and prints the weight bytes streamed per
 //! second: `cargo run --release -p chatglm-cuda --example qmma_bench`.
-//! 32 tokens over q8_0 activation codes and over f16 activations, each on
-//! the wide grouped products and (rows of ≤ 4,096 columns, or as
-//! `CHATGLM_QMM_PAIRS` sets) on the pair products ("q8p", "f16p").
+//! 32 tokens twice: over q8_0 activation codes and over f16 activations.
 
 use chatglm_cuda::quant::{ActivationForm, QuantFormat, TileShape, TiledPtr};
 use chatglm_cuda::{device_ptr, DType, GemvMode, Gpu};
@@ -41,22 +39,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     Ok(w)
                 })
                 .collect::<Result<_, _>>()?;
-            // 32 tokens also on the pair products where the shape takes them
-            // ("p": rows of at most CHATGLM_QMM_PAIRS columns, else 4,096).
-            let pair_cols = gpu.pair_products_max_cols().max(4096);
             let steps = [
-                (1usize, ActivationForm::Q8, 0),
-                (8, ActivationForm::Q8, 0),
-                (32, ActivationForm::Q8, 0),
-                (32, ActivationForm::Q8, pair_cols),
-                (32, ActivationForm::F16, 0),
-                (32, ActivationForm::F16, pair_cols),
+                (1usize, ActivationForm::Q8),
+                (8, ActivationForm::Q8),
+                (32, ActivationForm::Q8),
+                (32, ActivationForm::F16),
             ];
-            for (n, form, pairs) in steps {
-                if pairs != 0 && cols > pairs {
-                    continue;
-                }
-                gpu.set_pair_products_max_cols(pairs);
+            for (n, form) in steps {
                 if form == ActivationForm::F16 && !gpu.f16_activations_supported(n, format) {
                     continue;
                 }
@@ -107,12 +96,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 let end = gpu.stream().record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
                 gpu.synchronize()?;
                 let us = start.elapsed_ms(&end)? as f64 * 1e3 / reps as f64;
-                let x = match (form == ActivationForm::F16, pairs != 0) {
-                    (true, false) => "f16",
-                    (true, true) => "f16p",
-                    (false, false) => "q8",
-                    (false, true) => "q8p",
-                };
+                let x = if form == ActivationForm::F16 { "f16" } else { "q8" };
                 println!(
                     "{:6} {name:22} {n:>6} {x:>4} {us:10.2} {:9.3}",
                     format.name(),

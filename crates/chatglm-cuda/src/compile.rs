@@ -89,19 +89,6 @@ fn qmma_kernels() -> Vec<String> {
     k
 }
 
-fn qmma_pair_kernels() -> Vec<String> {
-    let mut k = Vec::new();
-    for f in 0..4 {
-        for mode in [0, 1, 3] {
-            for nt8 in [2, 4, 8] {
-                k.push(format!("qmtg_{f}_{nt8}_{mode}"));
-                k.push(format!("qmth_{f}_{nt8}_{mode}"));
-            }
-        }
-    }
-    k
-}
-
 fn attention_kernels() -> Vec<String> {
     let mut k: Vec<String> =
         ["rope_kv_0", "rope_kv_1", "rope_kv_2", "attn_split_0", "attn_split_1", "attn_split_2", "attn_combine"]
@@ -150,24 +137,6 @@ pub(crate) const SOURCES: &[Source] = &[
         ),
         min_arch: 80,
         kernels: qmma_kernels,
-    },
-    // The grouped products' pair form (quant_group::GroupKind::Pairs): the
-    // same sources, only qmma_group.cu's kernels, two row tiles a group.
-    Source {
-        name: "qmma_pairs",
-        text: concat!(
-            // QMMG_PAIR_SMEM (bytes of stages a block; two blocks a SM at
-            // the default) is named here alone, so a measurement variant of
-            // it recompiles this module only.
-            "#define QMMG_PAIRS 1\n#ifdef QMMG_PAIR_SMEM\n#define QG_PAIR_SMEM QMMG_PAIR_SMEM\n#else\n",
-            "#define QG_PAIR_SMEM (110 << 10)\n#endif\n",
-            include_str!("kernels/mma.cuh"),
-            include_str!("kernels/gemv_epilogue.cuh"),
-            include_str!("kernels/qmma.cu"),
-            include_str!("kernels/qmma_group.cu")
-        ),
-        min_arch: 80,
-        kernels: qmma_pair_kernels,
     },
     Source {
         name: "attention",
@@ -428,32 +397,13 @@ mod tests {
         assert_ne!(name, cache_file_name(s, 80, &v));
     }
 
-    /// `source`'s text less what its own defines leave out: the pair
-    /// module's `#ifndef QMMG_PAIRS` … `#endif` regions (none nests an `#if`).
-    fn compiled_text(source: &Source) -> String {
-        const SKIPPED: &str = "#ifndef QMMG_PAIRS";
-        if !source.text.starts_with("#define QMMG_PAIRS") {
-            return source.text.to_string();
-        }
-        let mut text = String::new();
-        let mut rest = source.text;
-        while let Some((before, region)) = rest.split_once(SKIPPED) {
-            text.push_str(before);
-            let (inside, after) = region.split_once("#endif").expect("an #endif closes every skipped region");
-            assert!(!inside.contains("#if"), "a skipped region nests an #if");
-            rest = after;
-        }
-        text.push_str(rest);
-        text
-    }
-
     #[test]
     fn every_kernel_a_source_defines_is_listed() {
         // A kernel missing from its file's list compiles but cannot be
         // launched ("not available on this device"), found only on a GPU.
         for s in SOURCES {
             let listed = (s.kernels)();
-            for def in compiled_text(s).split("extern \"C\" __global__").skip(1) {
+            for def in s.text.split("extern \"C\" __global__").skip(1) {
                 // `void name(` or `void __launch_bounds__(…) name(`, with any
                 // line breaks between.
                 let mut rest = def.trim_start().trim_start_matches('\\').trim_start();

@@ -128,9 +128,6 @@ pub struct Gpu {
     /// Steps of 9..=64 tokens on the grouped quantized products (`CHATGLM_QMMA_GROUPED=0`: qmma's own;
     /// 32 int4 sequences 5,602–5,627 against 4,395 tok/s, bench/RESULTS.md run 87).
     pub(crate) grouped_products: std::sync::atomic::AtomicBool,
-    /// The longest rows (columns) a grouped step runs on the pair products
-    /// (`quant_group::GroupKind::Pairs`; `CHATGLM_QMM_PAIRS`, 0: never).
-    pub(crate) pair_max_cols: std::sync::atomic::AtomicUsize,
     /// The grouped products' partial sums and counters, allocated by the first step that needs them.
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
     /// One-token products stream through shared memory (`quant_stream`).
@@ -358,7 +355,6 @@ impl Gpu {
             recorder: Default::default(),
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
             grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
-            pair_max_cols: crate::quant_group::pair_max_cols_setting().into(),
             group_scratch: Default::default(),
             one_token_stream: one_token_stream.into(),
             chain_sync: (crate::chain::chain_sync_requested() && pdl).into(),

@@ -625,14 +625,9 @@ impl Gpu {
         }
         let hx = form == ActivationForm::F16;
         let grouped = format!("qmm{}_{}_{nt8}_{kernel_mode}", if hx { 'h' } else { 'g' }, s.format as usize);
-        let kind = if !in_block && nt8 >= 2 && self.grouped_products() {
-            self.group_kind(s, nt8, hx, kernel_mode)
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
+        if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
             let handed = if step_codes { codes.output } else { 0 };
-            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, kind, kernel_mode, hx, ctx, next, handed);
+            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &grouped, hx, ctx, next, handed);
         }
         if step_codes {
             return Err(CudaError::invalid(&grouped, "handed-over activations need the grouped products"));

@@ -10,60 +10,12 @@
 
 use crate::device::{device_ptr, Args};
 use crate::ops::check_i32;
-use crate::quant::{QuantFormat, TileShape, TiledPtr, TILE_ROWS};
+use crate::quant::{QuantFormat, TiledPtr, TILE_ROWS};
 use crate::{CudaError, CudaSlice, GemvMode, Gpu};
 use cudarc::driver::LaunchConfig;
 
-/// Row tiles of a wide group.
+/// Row tiles of a group (one a warp).
 const QG_TILES: usize = 8;
-/// Shared memory a pair block's stages may take: the pair module's
-/// `QMMG_PAIR_SMEM` (110 KiB, so two blocks share a SM, or as
-/// `CHATGLM_NVRTC_DEFINES` sets it, for measurements), read once.
-fn pair_smem() -> usize {
-    static SMEM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *SMEM.get_or_init(|| define("QMMG_PAIR_SMEM").unwrap_or(110 << 10))
-}
-
-/// The two forms of the grouped products (qmma_group.cu).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GroupKind {
-    /// Groups of 8 row tiles, their chunks dealt to a wave of blocks in
-    /// equal runs (stream-K: split groups summed through a workspace):
-    /// `qmmg_*` / `qmmh_*`.
-    Wide,
-    /// Groups of 2 row tiles, a block a group over its whole rows, two
-    /// blocks a SM: `qmtg_*` / `qmth_*` (no SwiGLU).
-    Pairs,
-}
-
-impl GroupKind {
-    pub(crate) fn tiles(self) -> usize {
-        match self {
-            GroupKind::Wide => QG_TILES,
-            GroupKind::Pairs => 2,
-        }
-    }
-
-    /// Threads a block: the wide groups' 8 tiles × `QMMG_KW` warps, a pair's
-    /// 2 tiles × 4 warps.
-    pub(crate) fn threads(self) -> u32 {
-        match self {
-            GroupKind::Wide => group_threads(),
-            GroupKind::Pairs => 256,
-        }
-    }
-
-    /// The kernel of `format`, `nt8` token tiles and kernel mode `mode`.
-    pub(crate) fn kernel_name(self, hx: bool, format: QuantFormat, nt8: usize, mode: usize) -> String {
-        let prefix = match (self, hx) {
-            (GroupKind::Wide, false) => "qmmg",
-            (GroupKind::Wide, true) => "qmmh",
-            (GroupKind::Pairs, false) => "qmtg",
-            (GroupKind::Pairs, true) => "qmth",
-        };
-        format!("{prefix}_{}_{nt8}_{mode}", format as usize)
-    }
-}
 /// A numeric define of `CHATGLM_NVRTC_DEFINES` (`NAME=value`), if set.
 pub(crate) fn define(name: &str) -> Option<usize> {
     let prefix = format!("{name}=");
@@ -113,93 +65,36 @@ impl GroupScratch {
 /// qmma_group.cu's QgLayout: stages of weights, scales, offsets and
 /// activations; the group's sums reuse them).
 /// `hx`: over f16 activations (2 bytes a value, 32 of padding a row, no scales).
-pub(crate) fn group_smem(kind: GroupKind, format: QuantFormat, nt8: usize, hx: bool) -> usize {
-    let tiles = kind.tiles();
-    let cu = if kind == GroupKind::Pairs { 8 } else { group_cu() };
+pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool) -> usize {
+    let cu = group_cu();
     let sb = if format.is_4bit() { 2 } else { 1 };
     let kb = cu * sb;
-    let scales = tiles * cu * sb * 32;
+    let scales = QG_TILES * cu * sb * 32;
     let activations = if hx { nt8 * 8 * (kb * 64 + 64) } else { nt8 * 8 * (kb * 32 + 16) + kb * nt8 * 8 * 8 };
-    let stage = tiles * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations;
+    let stage = QG_TILES * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations;
     let stages = match (hx, nt8) {
         (true, 0..=4) => 3,
         (false, 0..=2) => 4,
         (false, 4) => 3,
         _ => 2,
     };
-    let stages = match kind {
-        GroupKind::Pairs => (pair_smem() / stage).clamp(2, 8),
-        // `QMMG_STAGES` (a measurement define): as many stages as fit, up to it.
-        GroupKind::Wide => group_stages().map_or(stages, |s| s.min(STAGES_SMEM / stage).max(2)),
-    };
-    (stages * stage).max(tiles * TILE_ROWS * (nt8 * 8 + 1) * 4)
+    // `QMMG_STAGES` (a measurement define): as many stages as fit, up to it.
+    let stages = group_stages().map_or(stages, |s| s.min(STAGES_SMEM / stage).max(2));
+    (stages * stage).max(QG_TILES * TILE_ROWS * (nt8 * 8 + 1) * 4)
 }
 
 /// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`, or
 /// `qmmh_…` over f16 activations) needs.
 pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
-    let (kind, hx, rest) = [
-        ("qmmg_", GroupKind::Wide, false),
-        ("qmmh_", GroupKind::Wide, true),
-        ("qmtg_", GroupKind::Pairs, false),
-        ("qmth_", GroupKind::Pairs, true),
-    ]
-    .into_iter()
-    .find_map(|(prefix, kind, hx)| Some((kind, hx, name.strip_prefix(prefix)?)))?;
-    let mut parts = rest.split('_');
+    let hx = name.starts_with("qmmh_");
+    let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
     let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
     let nt8 = parts.next()?.parse().ok()?;
-    Some(group_smem(kind, format, nt8, hx))
-}
-
-/// Rows of at most this many columns run on the pair products by default:
-/// dense and QKV (4,096); not 4h→h (13,696), whose activations every pair
-/// block would read whole.
-const PAIR_MAX_COLS: usize = 4096;
-
-/// `CHATGLM_QMM_PAIRS` (the longest rows for the pair products; 0: never),
-/// else [`PAIR_MAX_COLS`].
-pub(crate) fn pair_max_cols_setting() -> usize {
-    std::env::var("CHATGLM_QMM_PAIRS").ok().and_then(|v| v.parse().ok()).unwrap_or(PAIR_MAX_COLS)
+    Some(group_smem(format, nt8, hx))
 }
 
 impl Gpu {
-    /// Steps over rows of at most `cols` columns run on the pair products
-    /// where a block a group fits the device at once (0: never), for tests
-    /// and measurements.
-    pub fn set_pair_products_max_cols(&self, cols: usize) {
-        self.pair_max_cols.store(cols, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The longest rows the pair products take ([`Gpu::set_pair_products_max_cols`]).
-    pub fn pair_products_max_cols(&self) -> usize {
-        self.pair_max_cols.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The grouped form of a product of `s` over `nt8` token tiles in kernel
-    /// mode `kernel_mode` (3: QKV), or None where it has none: the pair
-    /// products for rows of at most [`Gpu::set_pair_products_max_cols`]
-    /// columns whose groups all fit the device at once, else the wide ones.
-    pub(crate) fn group_kind(&self, s: TileShape, nt8: usize, hx: bool, kernel_mode: usize) -> Option<GroupKind> {
-        if !self.has_kernel(&GroupKind::Wide.kernel_name(hx, s.format, nt8, kernel_mode)) {
-            return None;
-        }
-        let pairs = GroupKind::Pairs;
-        let name = pairs.kernel_name(hx, s.format, nt8, kernel_mode);
-        if kernel_mode != 2
-            && s.cols <= self.pair_products_max_cols()
-            && self.has_kernel(&name)
-        {
-            let smem = group_smem(pairs, s.format, nt8, hx) as u32;
-            let resident = self.blocks_per_sm(&name, pairs.threads(), smem) * self.info().multiprocessors;
-            if s.tiles.div_ceil(pairs.tiles()) <= resident {
-                return Some(pairs);
-            }
-        }
-        Some(GroupKind::Wide)
-    }
-
-    /// The grouped product of `kind` and `kernel_mode` of `n` tokens (`nt8` token tiles) over
+    /// The grouped product `name` of `n` tokens (`nt8` token tiles) over
     /// quantized activations `(xq, xs)` (`hx`: f16 values at `xq`); `ctx`:
     /// the QKV epilogue's context (mode 3). `handed`: a SwiGLU product's
     /// output also as the next product's activations (quantize_x's form, at
@@ -216,37 +111,26 @@ impl Gpu {
         bias: u64,
         out: u64,
         mode: GemvMode,
-        kind: GroupKind,
-        kernel_mode: usize,
+        name: &str,
         hx: bool,
         ctx: [u64; 8],
         next: Option<(u64, usize)>,
         handed: u64,
     ) -> Result<(), CudaError> {
         let s = w.shape;
-        let name = &kind.kernel_name(hx, s.format, nt8, kernel_mode);
         let f = self.kernel(name)?;
         let half = s.rows / 2;
-        if kind == GroupKind::Pairs && mode == GemvMode::SwiGlu {
-            return Err(CudaError::invalid(name, "the pair products have no SwiGLU form"));
-        }
         let groups = if mode == GemvMode::SwiGlu {
             (half / TILE_ROWS).div_ceil(QG_TILES / 2)
         } else {
-            s.tiles.div_ceil(kind.tiles())
+            s.tiles.div_ceil(QG_TILES)
         };
-        let smem = group_smem(kind, s.format, nt8, hx) as u32;
-        let threads = kind.threads();
-        let (blocks, (ws, counters)) = match kind {
-            // A block a group: no group is split, so no workspace.
-            GroupKind::Pairs => (groups, (0, 0)),
-            GroupKind::Wide => {
-                let chunks = groups * s.units.div_ceil(group_cu());
-                let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
-                let blocks = chunks.min(resident).max(1);
-                (blocks, self.group_scratch(blocks, groups)?)
-            }
-        };
+        let chunks = groups * s.units.div_ceil(group_cu());
+        let smem = group_smem(s.format, nt8, hx) as u32;
+        let threads = group_threads();
+        let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
+        let blocks = chunks.min(resident).max(1);
+        let (ws, counters) = self.group_scratch(blocks, groups)?;
         let (wq, wsc, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(name, "shape", v)).collect::<Result<_, _>>()?;
@@ -308,25 +192,14 @@ mod tests {
         // the kernel's static part (16-byte token slots, a flag).
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
-                for hx in [false, true] {
-                    for kind in [GroupKind::Wide, GroupKind::Pairs] {
-                        let smem = group_smem(kind, format, nt8, hx);
-                        let label = format!("{kind:?} {format:?} nt8={nt8} hx={hx}: {smem}");
-                        assert!(smem + nt8 * 8 * 16 + 16 <= 227 << 10, "{label}");
-                        // Two pair blocks a SM up to 32 tokens (1 KiB of each
-                        // block's 114 KiB is the system's).
-                        if kind == GroupKind::Pairs && nt8 <= 4 {
-                            assert!(smem + nt8 * 8 * 16 + 16 <= 113 << 10, "{label}");
-                        }
-                        for mode in [0, 1, 3] {
-                            assert_eq!(group_smem_of(&kind.kernel_name(hx, format, nt8, mode)), Some(smem));
-                        }
-                    }
+                for (hx, kind) in [(false, 'g'), (true, 'h')] {
+                    let smem = group_smem(format, nt8, hx);
+                    assert!(smem + nt8 * 8 * 16 + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
+                    let name = format!("qmm{kind}_{}_{nt8}_0", format as usize);
+                    assert_eq!(group_smem_of(&name), Some(smem));
                 }
             }
         }
-        assert_eq!(GroupKind::Pairs.kernel_name(true, QuantFormat::Q8, 4, 3), "qmth_2_4_3");
-        assert_eq!(GroupKind::Wide.kernel_name(false, QuantFormat::Q4, 2, 2), "qmmg_0_2_2");
         assert_eq!(group_smem_of("qmma_0_2_0_0"), None);
     }
 }

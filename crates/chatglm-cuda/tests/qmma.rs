@@ -258,7 +258,6 @@ fn quantized_products_match_the_host_reference() {
     let Some(gpu) = gpu() else { return };
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut failures = Vec::new();
-    let pair_max_cols = gpu.pair_products_max_cols();
     for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
         // Awkward small shapes, 1056×2048 (66 tiles of 64 or 128 units:
         // several batches a tile in the streaming kernels), and widths whose
@@ -269,8 +268,7 @@ fn quantized_products_match_the_host_reference() {
         // each block whole groups, 38400×64 runs of 2–3 whole groups, and
         // 19200×1024 runs that start and end inside groups (partial sums
         // meeting in the workspace), as do the shapes of fewer chunks than
-        // blocks. The pair products take groups of 2 tiles, a block each,
-        // where they all fit the device at once (all but 38400 and 19200).
+        // blocks.
         let all: &[usize] = &[1, 2, 3, 8, 9, 17, 40, 64];
         let few: &[usize] = &[1, 2, 9];
         let grouped: &[usize] = &[1, 9, 17, 33];
@@ -284,9 +282,6 @@ fn quantized_products_match_the_host_reference() {
             (5120, 512, grouped),
             (38400, 64, grouped),
             (19200, 1024, grouped),
-            // The pair products (a block a group of 2 tiles): an odd tile
-            // count, rows ending in a partial chunk.
-            (1040, 2080, grouped),
             // One token over the 4h→h width: more units a warp than its ring holds.
             (32, 13696, &[1]),
         ] {
@@ -305,16 +300,13 @@ fn quantized_products_match_the_host_reference() {
                 // One token's products, streamed (qmv.cu) and qmma's own, must agree bit for bit
                 // where they sum in the same order (QMMA_ONE_COLS=0).
                 let mut one_token: Vec<(GemvMode, Vec<f32>)> = Vec::new();
-                // The grouped products also over f16 activations (ActivationForm::F16),
-                // wide and (where a block a group fits the device) in pairs.
-                for (in_block, grouped, pairs, stream, hx) in [
-                    (true, false, false, true, false),
-                    (true, false, false, false, false),
-                    (false, true, false, false, false),
-                    (false, true, false, false, true),
-                    (false, true, true, false, false),
-                    (false, true, true, false, true),
-                    (false, false, false, false, false),
+                // The grouped products also over f16 activations (ActivationForm::F16).
+                for (in_block, grouped, stream, hx) in [
+                    (true, false, true, false),
+                    (true, false, false, false),
+                    (false, true, false, false),
+                    (false, true, false, true),
+                    (false, false, false, false),
                 ] {
                     if in_block && !gpu.qmma_quantizes_in_block(n, cols) {
                         continue;
@@ -326,7 +318,6 @@ fn quantized_products_match_the_host_reference() {
                         continue; // the streamed products take one token
                     }
                     gpu.set_grouped_products(grouped);
-                    gpu.set_pair_products_max_cols(if pairs { usize::MAX } else { 0 });
                     gpu.set_one_token_stream(stream);
                     if hx && !gpu.f16_activations_supported(n, format) {
                         failures.push(format!("{format:?} n={n}: no f16 grouped products"));
@@ -371,8 +362,8 @@ fn quantized_products_match_the_host_reference() {
                             }
                         }
                         let label = format!(
-                            "{format:?} {rows}×{cols} n={n} in_block={in_block} grouped={grouped} pairs={pairs} \
-                             stream={stream} f16={hx} {mode:?}"
+                            "{format:?} {rows}×{cols} n={n} in_block={in_block} grouped={grouped} stream={stream} \
+                             f16={hx} {mode:?}"
                         );
                         if in_block && n == 1 && one_token_sums_as_streamed() {
                             match one_token.iter().find(|(m, _)| *m == mode) {
@@ -421,7 +412,6 @@ fn quantized_products_match_the_host_reference() {
             }
         }
     }
-    gpu.set_pair_products_max_cols(pair_max_cols);
     for f in &failures {
         eprintln!("{f}");
     }

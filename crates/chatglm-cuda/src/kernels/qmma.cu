@@ -914,7 +914,6 @@ __device__ __forceinline__ void warp_quantize_block(float v, unsigned char* code
 // tokens of 4,096), the step's timeline had each normed quantize_x ending
 // ~9 µs after the product before it (run 158).
 #define QX_THREADS 512
-#ifndef QMMG_PAIRS  // the pair module (qmma_group.cu) defines only its own kernels
 extern "C" __global__ void __launch_bounds__(QX_THREADS) quantize_x(const float* x, const float* nw, float eps, int n,
                                                                      int cols, int off, int hx, signed char* xq,
                                                                      float2* xs) {
@@ -964,7 +963,6 @@ extern "C" __global__ void __launch_bounds__(QX_THREADS) quantize_x(const float*
         }
     }
 }
-#endif
 
 // item_epilogue of a one-token SwiGLU product that also quantizes its
 // output for the next product (one_token_x's form at `codes`): items come
@@ -1442,12 +1440,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     QMMA_MODES(F, 1, 2) QMMA_MODES(F, 1, 1) QMMA_MODES(F, 1, 0) QMMA_MODES(F, 2, 0) QMMA_MODES(F, 4, 0) \
     QMMA_MODES(F, 8, 0)
 
-#ifndef QMMG_PAIRS
 QMMA_FORMAT(0)
 QMMA_FORMAT(1)
 QMMA_FORMAT(2)
 QMMA_FORMAT(3)
-#endif
 
 // Rows [r0, r0 + nrows) of a tiled matrix as row-major f16 (the input of a
 // cuBLAS product for large steps). grid-stride over (row, block).
@@ -1488,7 +1484,6 @@ __device__ __forceinline__ void dequant_body(const u32* w, const u16* scales, co
     }
 }
 
-#ifndef QMMG_PAIRS
 #define DEQUANT_KERNEL(F)                                                                              \
     extern "C" __global__ void qdequant_##F(const u32* w, const u16* scales, const u16* mins, int units, \
                                             int r0, int nrows, int cols, u16* out) {                   \
@@ -1511,4 +1506,3 @@ extern "C" __global__ void fill_bytes(u32* p, long n_words, u64 seed) {
 extern "C" __global__ void fill_u16(u16* p, long n, int value) {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) p[i] = (u16)value;
 }
-#endif

@@ -14,10 +14,15 @@
 // Groups are cut into chunks of QG_CU units, and the chunks of all groups
 // dealt to the blocks in equal contiguous runs (stream-K), so that every SM
 // has the same work whatever the shape. A group whose chunks went to several
-// blocks is summed from their partial results (workspace, two slots a
-// block: the run's first and last group) in block order — deterministic —
-// by whichever block finishes its part last (a counter a group, reset by
-// that block for the next launch).
+// blocks is summed in block order — deterministic — by the block holding
+// its first chunk, whose run ends in it: the others' runs start in it, so
+// they publish their parts (workspace, two slots a block: the run's first
+// and last group) without waiting and go on, and a counter a group (reset
+// by the summing block for the next launch) tells the summing block when
+// all are in — by then, as its own part is the last to finish, in practice
+// no wait. The summing block keeps its own part in shared memory. (Run 170:
+// the block whose part finished last summed, after every part's fence and
+// counter round trip — 1–2% slower at 32 sequences.)
 
 // 1: the kernel after this one may launch as soon as every block has
 // started (as qmma_body does); 0: once every block has requested its last
@@ -44,41 +49,7 @@
 __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #endif
 
-// The pair products (module qmma_pairs, which defines QMMG_PAIRS): groups
-// of 2 row tiles, 4 warps a tile, one block a group over its whole rows (the
-// host launches a block a group, so no group is split and no workspace is
-// used), as many stages as fit QG_PAIR_SMEM (the module's prefix: 110 KiB,
-// so two blocks share a SM), 2 to 8. For products of
-// few, short rows (dense and QKV at 32 tokens: 128 and 144 groups), where the
-// wide groups' split parts cost 10-14 us a product (runs 161, 166) and their
-// balance gains little. Each block reads the step's activations whole: 4x
-// the wide groups' activation traffic, from L2.
-#ifdef QMMG_PAIRS
-#undef QMMG_KW
-#define QMMG_KW 4
-#undef QMMG_MINB
-#define QMMG_MINB 2
-#undef QMMG_CU
-#define QMMG_CU 8
-#define QG_TILES 2
-#else
 #define QG_TILES 8   // row tiles of a group
-#endif
-
-// How a split group's part is published: 0, every thread's fence
-// (fence.sc) before the barrier and thread 0's counter, and every thread's
-// fence again in the block that sums; 1, after the barrier thread 0's
-// counter alone as an acq_rel atomic (cooperative groups' grid barrier:
-// the barrier orders the block's part before thread 0's release, its
-// acquire before the block's loads of the other parts, which are __ldcg).
-#ifndef QMMG_FENCE
-#define QMMG_FENCE 0
-#endif
-__device__ __forceinline__ u32 atom_add_acq_rel(u32* p, u32 v) {
-    u32 old;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
-    return old;
-}
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
 #ifndef QMMG_CU
@@ -125,6 +96,13 @@ __device__ __forceinline__ void mma_block_pure(int* c, const u32* a, u32 b0, u32
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 #define QG_WS_SLOT (QG_TILES * 16 * 64)  // floats of a partial result: 128 rows × 64 tokens
+#define QG_SPIN_LIMIT (1L << 28)           // a split group's summing block's polls (seconds)
+
+// A split group's part counted, after the block's barrier (release at GPU
+// scope: cumulative over the writes the barrier ordered before it).
+__device__ __forceinline__ void red_add_release(u32* p, u32 v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
 
 #if QG_WG
 // Warpgroup mma (sm_90a): the A operand (a warp's 16 rows × 16 k of
@@ -204,12 +182,7 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         XS_OFF = XQ_OFF + NT8 * 8 * XROW,
         STAGE = XS_OFF + (HX ? 0 : KB * NT8 * 8 * 8),
         STAGES0 = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
-#if defined(QMMG_PAIRS)
-        // As many stages as fit in QG_PAIR_SMEM, 2 to 8 (the host's
-        // quant_group::group_smem mirrors this).
-        STAGES_FIT = QG_PAIR_SMEM / STAGE,
-        STAGES = STAGES_FIT < 2 ? 2 : STAGES_FIT > 8 ? 8 : STAGES_FIT,
-#elif defined(QMMG_STAGES)
+#ifdef QMMG_STAGES
         // A measurement define: as many stages as fit in 220 KiB, up to it
         // (the host's quant_group::group_smem mirrors this).
         STAGES_FIT = (220 << 10) / STAGE,
@@ -387,12 +360,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     constexpr int EPT = NT8 * 8 * QG_TILES * 16 / QG_THREADS;  // a group's sums a thread holds
     extern __shared__ __align__(16) unsigned char qg_smem[];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
-    __shared__ int last_flag;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int tw = warp % QG_TILES, half = warp / QG_TILES;  // the warp's row tile, its half of a chunk
     const int nb = cols / 32;
     const int half_tiles = half_rows / 16;
-    static_assert(MODE != 2 || QG_TILES == 8, "the SwiGLU epilogue writes 64 outputs a group");
     const int groups = MODE == 2 ? (half_tiles + 3) / 4 : (tiles + QG_TILES - 1) / QG_TILES;
     const int C = (units + QG_CU - 1) / QG_CU;  // chunks of a group
     const long W = (long)groups * C, P = gridDim.x;
@@ -603,6 +574,23 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             x = xn;
             continue;
         }
+        const bool split = c0 != 0 || c1 != C;
+        const int blo = block_of((long)G * C), bhi = block_of((long)G * C + C - 1);
+        // This block writes group G's outputs: the rows' current values
+        // (accumulate) or biases are requested now, in flight during the
+        // sums.
+        const bool writes = !split || (int)blockIdx.x == blo;
+        float base[EPT];
+#pragma unroll
+        for (int k = 0; k < EPT; k++) {
+            const int e = threadIdx.x + k * QG_THREADS;
+            const int tok = e / (QG_TILES * 16), row = G * QG_TILES * 16 + e % (QG_TILES * 16);
+            base[k] = 0.f;
+            if (MODE != 2 && writes && e < n * QG_TILES * 16 && row < out_rows) {
+                if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
+                else if (bias) base[k] = bias[row];
+            }
+        }
         constexpr int RS = L::RED_STRIDE;
         // The tile's sums: its first warp's, then (two warps a tile) the second's added.
 #pragma unroll
@@ -619,29 +607,34 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             __syncthreads();
         }
-        if (c0 != 0 || c1 != C) {
-            // A part of group G: into this block's slot; the last part's block sums them.
+        if (split && (int)blockIdx.x != blo) {
+            // A part of group G for block blo: into this block's slot, then
+            // counted by thread 0 alone, released (the barrier orders every
+            // thread's writes before it; cooperative groups' grid barrier).
             float* mine = ws + (long)(blockIdx.x * 2 + (first ? 0 : 1)) * QG_WS_SLOT;
             for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
                 mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
-            if (!QMMG_FENCE) __threadfence();
-            __syncthreads();
-            const int blo = block_of((long)G * C), bhi = block_of((long)G * C + C - 1);
-            if (threadIdx.x == 0) {
-                const u32 before = QMMG_FENCE ? atom_add_acq_rel(&counters[G], 1u) : atomicAdd(&counters[G], 1u);
-                last_flag = before == (u32)(bhi - blo);
-                if (last_flag) atomicExch(&counters[G], 0u);
-            }
-            __syncthreads();
+            __syncthreads();  // also: red is the next run's stages
+            if (threadIdx.x == 0) red_add_release(&counters[G], 1u);
             QG_STAMP();
-            if (!last_flag) {
-                x = xn;
-                continue;
-            }
+            x = xn;
+            continue;
+        }
+        if (split) {
 #if QMMG_STAMPS
             if (st_on && st_nr > 0) st_last[st_nr - 1] = 1;
 #endif
-            if (!QMMG_FENCE) __threadfence();
+            // The other bhi − blo parts: counted (acquired by thread 0, the
+            // barrier passing it on; the parts are read from L2).
+            if (threadIdx.x == 0) {
+                // Every block of the grid is resident (the host sizes it to a
+                // wave), so the parts come; a grid that is not would hang here:
+                // trapped, a launch error, instead.
+                for (long spins = 0; ld_acquire_gpu((const int*)&counters[G]) != bhi - blo; spins++)
+                    if (spins > QG_SPIN_LIMIT) __trap();
+                counters[G] = 0u;
+            }
+            __syncthreads();
             // A thread's elements of every part requested together, one part
             // at a time: a loop that waited on each L2 load in turn kept the
             // summing block busy for ~50K cycles while the other SMs idled
@@ -649,8 +642,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // this: the 32-token products 1.2–1.6× faster).
             float sum[EPT];
 #pragma unroll
-            for (int k = 0; k < EPT; k++) sum[k] = 0.f;
-            for (int bb = blo; bb <= bhi; bb++) {
+            for (int k = 0; k < EPT; k++) {
+                const int e = threadIdx.x + k * QG_THREADS;
+                sum[k] = e < n * QG_TILES * 16 ? red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] : 0.f;
+            }
+            for (int bb = blo + 1; bb <= bhi; bb++) {
                 // Block bb's slot 0 holds the group its run starts in.
                 const float* part = ws + (long)(bb * 2 + ((bb * W / P) / C == G ? 0 : 1)) * QG_WS_SLOT;
                 float v[EPT];
@@ -703,19 +699,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 if (hrow < half_rows) out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok]) * red[(64 + r) * RS + tok];
             }
         } else {
-            // The rows' current values (accumulate) or biases first, all in
-            // flight at once, then the stores.
-            float base[EPT];
-#pragma unroll
-            for (int k = 0; k < EPT; k++) {
-                const int e = threadIdx.x + k * QG_THREADS;
-                const int tok = e / (QG_TILES * 16), row = G * QG_TILES * 16 + e % (QG_TILES * 16);
-                base[k] = 0.f;
-                if (e < n * QG_TILES * 16 && row < out_rows) {
-                    if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
-                    else if (bias) base[k] = bias[row];
-                }
-            }
 #pragma unroll
             for (int k = 0; k < EPT; k++) {
                 const int e = threadIdx.x + k * QG_THREADS;
@@ -756,19 +739,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         qmmg_body<F, NT8, MODE, HX>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,        \
                                     half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff);            \
     }
-#ifdef QMMG_PAIRS
-// qmtg_* / qmth_*: the pair products; no SwiGLU (its epilogue hands on whole
-// q8_0 blocks of a wide group's 64 outputs).
-#define QMMG_KERNEL(F, NT8, MODE)                                  \
-    QMMG_KERNEL_AS(qmtg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \
-    QMMG_KERNEL_AS(qmth_##F##_##NT8##_##MODE, true, F, NT8, MODE)
-#define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 3)
-#else
 #define QMMG_KERNEL(F, NT8, MODE)                                  \
     QMMG_KERNEL_AS(qmmg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \
     QMMG_KERNEL_AS(qmmh_##F##_##NT8##_##MODE, true, F, NT8, MODE)
 #define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 2) QMMG_KERNEL(F, NT8, 3)
-#endif
 #define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
 QMMG_FORMAT(0)
 QMMG_FORMAT(1)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Grouped-product comparisons in one device call (after tests/gpu/run.sh build and tests/gpu/pack.sh; from the
+# Quantized-product comparisons in one device call (after tests/gpu/run.sh build and tests/gpu/pack.sh; from the
 # repository root): the GPU suites (TESTS, default "qmma cuda cuda_generate chatglm_cuda-lib"; TEST_CASES: the
 # qmma suite again under each of these cases), then under the default and each of CASES (';'-separated cases, each
-# environment assignments such as "CHATGLM_QMM_PAIRS=0" or "CHATGLM_NVRTC_DEFINES=QMMG_FENCE=1" for a kernel
+# environment assignments such as "CHATGLM_NVRTC_DEFINES=QMMG_FENCE=1" for a kernel
 # variant shipped in the kernel cache): each product alone at 32 tokens (qmma_bench, QB=0: not) and 32 int4
 # sequences (prompt 128, 256 new tokens) in both activation forms, ROUNDS rounds (default 2). Logs to $OUT.
 set -uo pipefail
