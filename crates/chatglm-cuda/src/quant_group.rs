@@ -47,7 +47,8 @@ fn group_threads() -> u32 {
 /// Floats of one partial result: 128 rows × 64 tokens.
 const QG_WS_SLOT: usize = QG_TILES * TILE_ROWS * 64;
 
-/// Partial results (two a block) and one counter a group, grown on demand.
+/// Partial results (one a block: only a block's first run can be a part
+/// that another block sums) and one counter a group, grown on demand.
 pub(crate) struct GroupScratch {
     partials: CudaSlice<f32>,
     counters: CudaSlice<u32>,
@@ -57,7 +58,7 @@ pub(crate) struct GroupScratch {
 
 impl GroupScratch {
     pub(crate) fn bytes(&self) -> usize {
-        self.blocks * 2 * QG_WS_SLOT * 4 + self.groups * 4
+        self.blocks * QG_WS_SLOT * 4 + self.groups * 4
     }
 }
 
@@ -163,7 +164,7 @@ impl Gpu {
             // Room for a full wave of the device, so one allocation serves every shape.
             let blocks = blocks.max(self.info().multiprocessors);
             let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
-            let partials = self.alloc::<f32>(blocks * 2 * QG_WS_SLOT, "grouped-product partial sums")?;
+            let partials = self.alloc::<f32>(blocks * QG_WS_SLOT, "grouped-product partial sums")?;
             let counters = self.alloc_zeros::<u32>(groups, "grouped-product counters")?;
             *held = Some(GroupScratch { partials, counters, blocks, groups });
         }

@@ -16,8 +16,8 @@
 // has the same work whatever the shape. A group whose chunks went to several
 // blocks is summed in block order — deterministic — by the block holding
 // its first chunk, whose run ends in it: the others' runs start in it, so
-// they publish their parts (workspace, two slots a block: the run's first
-// and last group) without waiting and go on, and a counter a group (reset
+// they publish their parts (workspace, one slot a block: only a block's
+// first run can be another block's part) without waiting and go on, and a counter a group (reset
 // by the summing block for the next launch) tells the summing block when
 // all are in — by then, as its own part is the last to finish, in practice
 // no wait. The summing block keeps its own part in shared memory. (Before
@@ -346,7 +346,7 @@ __device__ __forceinline__ void chunk_product_wg(float (&acc)[NT8][4], const uns
 #endif
 
 // The product (MODE as qmma_body; NT8 = quantize_x's token tiles). ws:
-// 2·gridDim.x partial results of QG_WS_SLOT floats; counters: one a group,
+// gridDim.x partial results of QG_WS_SLOT floats; counters: one a group,
 // zero between launches. Dynamic shared memory: QgLayout::SMEM.
 template <int F, int NT8, int MODE, bool HX>
 __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
@@ -505,7 +505,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     for (long x = start; x < end;) {
         const int G = (int)(x / C), c0 = (int)(x % C);
         const int c1 = (int)min((long)C, c0 + (end - x));
-        const bool first = x == start;
         const int tile = tile_of(G);
         // Weights do not depend on the kernel ahead: the first stages' are
         // requested before waiting for it.
@@ -609,10 +608,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();
         }
         if (split && (int)blockIdx.x != blo) {
-            // A part of group G for block blo: into this block's slot, then
+            // A part of group G for block blo (this block's first run: a later
+            // run starts at its group's first chunk): into this block's slot, then
             // counted by thread 0 alone, released (the barrier orders every
             // thread's writes before it; cooperative groups' grid barrier).
-            float* mine = ws + (long)(blockIdx.x * 2 + (first ? 0 : 1)) * QG_WS_SLOT;
+            float* mine = ws + (long)blockIdx.x * QG_WS_SLOT;
             for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
                 mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
             __syncthreads();  // also: red is the next run's stages
@@ -648,8 +648,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 sum[k] = e < n * QG_TILES * 16 ? red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] : 0.f;
             }
             for (int bb = blo + 1; bb <= bhi; bb++) {
-                // Block bb's slot 0 holds the group its run starts in.
-                const float* part = ws + (long)(bb * 2 + ((bb * W / P) / C == G ? 0 : 1)) * QG_WS_SLOT;
+                const float* part = ws + (long)bb * QG_WS_SLOT;
                 float v[EPT];
 #pragma unroll
                 for (int k = 0; k < EPT; k++) {
