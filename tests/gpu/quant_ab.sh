@@ -16,6 +16,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 suite() { # case, suite
   local s log=$out/t-$2${1:+-$(echo "$1" | tr -c 'A-Za-z0-9_\n' '_')}.log
   s=$(date +%s)
+  # shellcheck disable=SC2086
   env $1 timeout 300 "$BIN/tests/$2" --test-threads=1 >"$log" 2>&1
   echo "$2 ${1:-default} rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$log" | tail -1)"
   grep -E "FAILED|panicked|relative error" "$log" | head -8
@@ -28,6 +29,7 @@ cases=("" "${cases[@]}")
 if [ "${QB:-1}" != 0 ]; then
   for c in "${cases[@]}"; do
     echo "== qmma_bench ${c:-default}"
+    # shellcheck disable=SC2086
     env $c timeout 120 "$BIN/qmma_bench" 2>&1 | grep -E " 32 "
   done
 fi
