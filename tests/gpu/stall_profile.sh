@@ -23,6 +23,9 @@ metrics+=",smsp__warps_eligible.avg.per_cycle_active,sm__cycles_active.avg,sm__c
 metrics+=",smsp__inst_executed.sum,smsp__inst_executed_pipe_lsu.sum,smsp__inst_executed_op_shared_ld.sum"
 metrics+=",l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,launch__registers_per_thread,launch__grid_size"
 metrics+=",regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+# Tensor-pipe load (is the mma.sync rate the bound?) and the L2 side of the loads.
+metrics+=",sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_hmma.sum"
+metrics+=",lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum"
 IFS=';' read -r -a kernels <<<"${STALL_KERNELS:-qmmg_0_4_;qmma_0_1_[0-9]_2}"
 for k in "${kernels[@]}"; do
   case $k in
@@ -57,6 +60,9 @@ for name, rs in by.items():
           f"eligible {avg('smsp__warps_eligible.avg.per_cycle_active'):.2f}, inst {avg('smsp__inst_executed.sum')/1e3:.0f}K "
           f"(lsu {avg('smsp__inst_executed_pipe_lsu.sum')/1e3:.0f}K, lds {avg('smsp__inst_executed_op_shared_ld.sum')/1e3:.0f}K, "
           f"bank conflicts {avg('l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum')/1e3:.0f}K)")
+    print(f"   tensor pipe {avg('sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active'):.1f}% active, "
+          f"hmma {avg('sm__inst_executed_pipe_tensor_op_hmma.sum')/1e3:.0f}K, L2 reads {avg('lts__t_sectors_srcunit_tex_op_read.sum')*32/1e6:.1f} MB, "
+          f"DRAM reads {avg('dram__bytes_read.sum')/1e6:.1f} MB")
     st = [(m.replace("smsp__average_warps_issue_stalled_", "").replace("_per_issue_active.ratio", ""), avg(m))
           for m in col if m.startswith("smsp__average_warps_issue_stalled_")]
     st.sort(key=lambda kv: -kv[1] if kv[1] == kv[1] else 0)

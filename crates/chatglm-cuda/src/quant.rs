@@ -58,6 +58,24 @@ pub fn step_codes_bytes(n: usize, cols: usize) -> usize {
     q + s
 }
 
+/// Token stride of the norm fold's sums of squares (qmma_group.cu's
+/// QG_SS_STRIDE): one row of [`QMMA_MAX_TOKENS`] a group of 128 output rows.
+const FOLD_SUMS_STRIDE: usize = QMMA_MAX_TOKENS;
+/// Output rows a group of the grouped products covers (8 tiles of 16).
+const FOLD_GROUP_ROWS: usize = 128;
+
+/// Bytes of the norm fold of `n` tokens of `cols` ([`OneTokenCodes::fold_norm`]):
+/// the f16 activations in [`Gpu::quantize_x`]'s f16 form, then the sums of
+/// squares ([`fold_sums`]).
+pub fn fold_codes_bytes(n: usize, cols: usize) -> usize {
+    Gpu::quantized_x_bytes(n, cols).0 + cols.div_ceil(FOLD_GROUP_ROWS) * FOLD_SUMS_STRIDE * 4
+}
+
+/// Where a fold at `base` of `n` tokens of `cols` keeps its sums of squares.
+pub fn fold_sums(base: u64, n: usize, cols: usize) -> u64 {
+    base + Gpu::quantized_x_bytes(n, cols).0 as u64
+}
+
 /// The q8_0 hand-off of batch-1 decode between one-token products: the
 /// kernel before writes its output's codes as well as its floats, so the
 /// product after copies a third of the bytes (or less) into shared memory
@@ -66,7 +84,15 @@ pub fn step_codes_bytes(n: usize, cols: usize) -> usize {
 /// `one_token_x`). The codes equal the in-product quantization's bit for
 /// bit, so results do not change. Device addresses of
 /// [`one_token_codes_bytes`] each; 0: none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The norm fold of grouped f16 steps (qmma_group.cu): a residual product
+/// (accumulate) with `output` and `fold_norm` writes its output as the next
+/// normed product's activations unnormalised — f16(v·g), g the norm's
+/// weights at `fold_norm`, with each token's sums of squares
+/// ([`fold_codes_bytes`]); that product, given them as `quantized` and
+/// `normed_by`, applies the RMSNorm to its sums. No `quantize_x` launch
+/// between the two.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct OneTokenCodes {
     /// x already quantized: read here instead of quantizing x (no norm).
     pub input: u64,
@@ -76,11 +102,16 @@ pub struct OneTokenCodes {
     /// activation form and the weights' format ([`step_codes_bytes`]), for
     /// the next product's `quantized` argument.
     pub output: u64,
+    /// The norm fold's weights (with `output`: the fold's buffer); 0: none.
+    pub fold_norm: u64,
+    /// The activations are a fold's: its sums of squares ([`fold_sums`])
+    /// and the norm's eps.
+    pub normed_by: Option<(u64, f32)>,
 }
 
 impl OneTokenCodes {
     fn any(&self) -> bool {
-        self.input != 0 || self.output != 0
+        self.input != 0 || self.output != 0 || self.fold_norm != 0 || self.normed_by.is_some()
     }
 }
 
@@ -597,11 +628,19 @@ impl Gpu {
         if form == ActivationForm::F16 && !self.f16_activations_supported(n, s.format) {
             return Err(CudaError::invalid("qmma", format!("no f16 products for {n} tokens of {:?}", s.format)));
         }
-        // A grouped SwiGLU step hands its output on in quantize_x's form.
+        // A grouped SwiGLU step hands its output on in quantize_x's form,
+        // a residual one as a norm fold.
         let step_codes = codes.output != 0 && !in_block;
         if step_codes {
             self.check_step_codes(s, n, mode, qkv.is_some(), codes)?;
-        } else if codes.any() {
+        }
+        if codes.fold_norm != 0 && !step_codes {
+            return Err(CudaError::invalid("qmma (norm fold)", "a fold needs its buffer (output) and a grouped step"));
+        }
+        if codes.normed_by.is_some() && (in_block || form != ActivationForm::F16) {
+            return Err(CudaError::invalid("qmma (norm fold)", "folded activations are f16 step activations"));
+        }
+        if !step_codes && codes.normed_by.is_none() && codes.any() {
             self.check_one_token_codes(s, n, in_block, norm.is_some(), mode, qkv.is_some(), codes)?;
         }
         let nt8 = if in_block { 1 } else { token_tiles(n) };
@@ -627,9 +666,10 @@ impl Gpu {
         let grouped = format!("qmm{}_{}_{nt8}_{kernel_mode}", if hx { 'h' } else { 'g' }, s.format as usize);
         if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
             let handed = if step_codes { codes.output } else { 0 };
-            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &grouped, hx, ctx, next, handed);
+            let codes = OneTokenCodes { output: handed, ..codes };
+            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &grouped, hx, ctx, next, codes);
         }
-        if step_codes {
+        if step_codes || codes.normed_by.is_some() {
             return Err(CudaError::invalid(&grouped, "handed-over activations need the grouped products"));
         }
         if hx {
@@ -688,6 +728,15 @@ impl Gpu {
         let op = "qmma (handed-over step activations)";
         if codes.input != 0 {
             return Err(CudaError::invalid(op, "a step's handed activations come as quantize_x's"));
+        }
+        if codes.fold_norm != 0 {
+            if n <= 8 || mode != GemvMode::Accumulate || qkv || !s.rows.is_multiple_of(BLOCK) {
+                return Err(CudaError::invalid(
+                    op,
+                    format!("a norm fold from grouped residual steps only ({n} tokens, {} rows, {mode:?})", s.rows),
+                ));
+            }
+            return Ok(());
         }
         if n <= 8 || mode != GemvMode::SwiGlu || qkv || !(s.rows / 2).is_multiple_of(BLOCK) {
             return Err(CudaError::invalid(

@@ -10,7 +10,7 @@
 
 use crate::device::{device_ptr, Args};
 use crate::ops::check_i32;
-use crate::quant::{QuantFormat, TiledPtr, TILE_ROWS};
+use crate::quant::{fold_sums, OneTokenCodes, QuantFormat, TiledPtr, TILE_ROWS};
 use crate::{CudaError, CudaSlice, GemvMode, Gpu};
 use cudarc::driver::LaunchConfig;
 
@@ -99,7 +99,9 @@ impl Gpu {
     /// quantized activations `(xq, xs)` (`hx`: f16 values at `xq`); `ctx`:
     /// the QKV epilogue's context (mode 3). `handed`: a SwiGLU product's
     /// output also as the next product's activations (quantize_x's form, at
-    /// an address of [`crate::quant::step_codes_bytes`]; 0: none).
+    /// an address of [`crate::quant::step_codes_bytes`]; 0: none), or with
+    /// `fold_norm` a residual product's as a norm fold; `normed_by`: the
+    /// activations are a fold's ([`OneTokenCodes`]).
     ///
     /// # Safety
     /// As [`Gpu::qmma`].
@@ -116,8 +118,13 @@ impl Gpu {
         hx: bool,
         ctx: [u64; 8],
         next: Option<(u64, usize)>,
-        handed: u64,
+        codes: OneTokenCodes,
     ) -> Result<(), CudaError> {
+        let handed = codes.output;
+        let fold = codes.fold_norm != 0 && handed != 0;
+        if (fold || codes.normed_by.is_some()) && !hx {
+            return Err(CudaError::invalid(name, "the norm fold takes f16 activations"));
+        }
         let s = w.shape;
         let f = self.kernel(name)?;
         let half = s.rows / 2;
@@ -144,9 +151,17 @@ impl Gpu {
         // The handed activations: codes (or f16 values) then scales, as
         // quantize_x lays them out for n tokens of the output's half rows;
         // q4_0's offset folded into the scales as quantize_x folds it.
-        let (hq, hs) = if handed != 0 { (handed, handed + Gpu::quantized_x_bytes(n, half).0 as u64) } else { (0, 0) };
+        // A fold: the f16 values of the output's rows, then the sums of squares.
+        let (hq, hs) = match (handed, fold) {
+            (0, _) => (0, 0),
+            (h, false) => (h, h + Gpu::quantized_x_bytes(n, half).0 as u64),
+            (h, true) => (h, 0),
+        };
         let hoff = if hx { 0 } else { s.format.code_offset() };
         a.arg(&hq).arg(&hs).arg(&hoff);
+        let (fold_g, fold_ss) = if fold { (codes.fold_norm, fold_sums(handed, n, s.rows)) } else { (0, 0) };
+        let (rms_ss, rms_eps) = codes.normed_by.unwrap_or((0, 0.0));
+        a.arg(&fold_g).arg(&fold_ss).arg(&rms_ss).arg(&rms_eps);
         let cfg = LaunchConfig {
             grid_dim: (check_i32(name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (threads, 1, 1),
@@ -190,12 +205,13 @@ mod tests {
     #[test]
     fn grouped_products_fit_a_multiprocessor() {
         // 227 KiB of shared memory a block on sm_90 (sm_80: 163 KiB), less
-        // the kernel's static part (16-byte token slots, a flag).
+        // the kernel's static part (16-byte token slots, the norm fold's
+        // 1/rms a token, a flag).
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
                 for (hx, kind) in [(false, 'g'), (true, 'h')] {
                     let smem = group_smem(format, nt8, hx);
-                    assert!(smem + nt8 * 8 * 16 + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
+                    assert!(smem + nt8 * 8 * (16 + 4) + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
                     let name = format!("qmm{kind}_{}_{nt8}_0", format as usize);
                     assert_eq!(group_smem_of(&name), Some(smem));
                 }

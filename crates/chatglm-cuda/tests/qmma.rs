@@ -447,7 +447,10 @@ fn one_token_codes_hand_off_changes_nothing() {
                 let out = gpu.upload_new(&base, "out").unwrap();
                 let c = device_ptr(&codes);
                 let (produce, consume) = if hand_off {
-                    (OneTokenCodes { input: 0, output: c }, OneTokenCodes { input: c, output: 0 })
+                    (
+                        OneTokenCodes { output: c, ..OneTokenCodes::default() },
+                        OneTokenCodes { input: c, ..OneTokenCodes::default() },
+                    )
                 } else {
                     (OneTokenCodes::default(), OneTokenCodes::default())
                 };
@@ -526,7 +529,8 @@ fn step_codes_hand_off_changes_nothing() {
                         let out = gpu.upload_new(&base, "out").unwrap();
                         let (fp, op) = (device_ptr(&ffn_out), device_ptr(&out));
                         let (h, l) = (device_ptr(&handed), device_ptr(&launched));
-                        let produce = OneTokenCodes { input: 0, output: if hand_off { h } else { 0 } };
+                        let produce =
+                            OneTokenCodes { output: if hand_off { h } else { 0 }, ..OneTokenCodes::default() };
                         let (xqp, xsp) = (device_ptr(&xq), device_ptr(&xs));
                         let q = Some((xqp, xsp, form));
                         // SAFETY: every buffer sized for n tokens above.
@@ -600,6 +604,117 @@ fn step_codes_hand_off_changes_nothing() {
 }
 
 #[test]
+fn norm_fold_matches_the_normed_launch() {
+    // A residual product (accumulate) folding the next RMSNorm — its output
+    // also as f16(v·g) with each token's sums of squares — and the normed
+    // product after it applying the norm to its sums, against quantize_x's
+    // normed f16 activations between the two: the residual outputs bit for
+    // bit, the sums of squares and the consumer's outputs (plain and SwiGLU)
+    // to f16 rounding; hidden sizes of whole and partial 128-row groups.
+    use chatglm_cuda::quant::{fold_codes_bytes, fold_sums};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(0x5eed_f01d);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    let eps = 1e-5f32;
+    for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+        for (k, hidden, rows) in [(256, 1120, 320), (4096, 4096, 512)] {
+            let down = random_matrix(format, hidden, k, &mut rng);
+            let next = random_matrix(format, rows, hidden, &mut rng);
+            let (dd, nd) = (gpu.upload_new(&down.bytes, "down").unwrap(), gpu.upload_new(&next.bytes, "next").unwrap());
+            let downp = TiledPtr { base: device_ptr(&dd), shape: down.shape };
+            let nextp = TiledPtr { base: device_ptr(&nd), shape: next.shape };
+            let g: Vec<f32> = (0..hidden).map(|_| 1.0 + rng.uniform()).collect();
+            let gd = gpu.upload_new(&g, "norm").unwrap();
+            for n in [9, 32, 61] {
+                if !gpu.f16_activations_supported(n, format) {
+                    continue;
+                }
+                let form = ActivationForm::F16;
+                let x: Vec<f32> = (0..n * k).map(|_| rng.uniform()).collect();
+                let base: Vec<f32> = (0..n * hidden).map(|_| 4.0 * rng.uniform()).collect();
+                let xd = gpu.upload_new(&x, "x").unwrap();
+                let (qb, sb) = Gpu::quantized_x_bytes(n, k.max(hidden));
+                let (xq, xs) = (gpu.alloc::<u8>(qb, "xq").unwrap(), gpu.alloc::<u8>(sb, "xs").unwrap());
+                let fold = gpu.alloc_zeros::<u8>(fold_codes_bytes(n, hidden), "fold").unwrap();
+                for mode in [GemvMode::Store, GemvMode::SwiGlu] {
+                    let out_cols = if mode == GemvMode::SwiGlu { rows / 2 } else { rows };
+                    let run = |folded: bool| {
+                        let resid = gpu.upload_new(&base, "residual").unwrap();
+                        let y = gpu.alloc_zeros::<f32>(n * out_cols, "y").unwrap();
+                        let (rp, yp, fp) = (device_ptr(&resid), device_ptr(&y), device_ptr(&fold));
+                        let (xqp, xsp) = (device_ptr(&xq), device_ptr(&xs));
+                        let q = Some((xqp, xsp, form));
+                        let produce = if folded {
+                            OneTokenCodes { output: fp, fold_norm: device_ptr(&gd), ..OneTokenCodes::default() }
+                        } else {
+                            OneTokenCodes::default()
+                        };
+                        // SAFETY: every buffer sized for n tokens above.
+                        unsafe {
+                            gpu.quantize_x(device_ptr(&xd), n, k, None, format, form, xqp, xsp).unwrap();
+                            let acc = GemvMode::Accumulate;
+                            gpu.qmma(downp, device_ptr(&xd), None, q, n, 0, rp, acc, None, None, produce).unwrap();
+                            let (q2, consume) = if folded {
+                                let normed = OneTokenCodes {
+                                    normed_by: Some((fold_sums(fp, n, hidden), eps)),
+                                    ..OneTokenCodes::default()
+                                };
+                                (Some((fp, 0, form)), normed)
+                            } else {
+                                let norm = Some((device_ptr(&gd), eps));
+                                gpu.quantize_x(rp, n, hidden, norm, format, form, xqp, xsp).unwrap();
+                                (q, OneTokenCodes::default())
+                            };
+                            gpu.qmma(nextp, rp, None, q2, n, 0, yp, mode, None, None, consume).unwrap();
+                        }
+                        let mut r = vec![0f32; n * hidden];
+                        let mut o = vec![0f32; n * out_cols];
+                        gpu.download(&resid, &mut r, "residual").unwrap();
+                        gpu.download(&y, &mut o, "y").unwrap();
+                        (r, o)
+                    };
+                    let label = format!("{format:?} {k}→{hidden}→{rows} n={n} {mode:?}");
+                    let (r0, y0) = run(false);
+                    let (r1, y1) = run(true);
+                    checked += 1;
+                    if r0 != r1 {
+                        failures.push(format!("{label}: the residual product's outputs change with the fold"));
+                    }
+                    let scale = y0.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+                    let d = y0.iter().zip(&y1).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                    if d.is_nan() || d > 4e-3 * scale {
+                        failures.push(format!(
+                            "{label}: the folded consumer differs by {d:.3e} (outputs up to {scale:.3e})"
+                        ));
+                    }
+                    // The sums of squares: every token, every group.
+                    let mut got = vec![0u8; fold_codes_bytes(n, hidden)];
+                    gpu.download(&fold, &mut got, "fold").unwrap();
+                    let at = (fold_sums(0, n, hidden)) as usize;
+                    for t in 0..n {
+                        for grp in 0..hidden.div_ceil(128) {
+                            let o = at + (grp * 64 + t) * 4;
+                            let v = f32::from_le_bytes(got[o..o + 4].try_into().unwrap()) as f64;
+                            let rows_g = grp * 128..hidden.min(grp * 128 + 128);
+                            let want: f64 = rows_g.map(|i| (r1[t * hidden + i] as f64).powi(2)).sum();
+                            if (v - want).abs() > 1e-5 * want.max(1.0) {
+                                failures.push(format!("{label}: token {t} group {grp}: Σv² {v} against {want}"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    assert!(failures.is_empty(), "{} failures", failures.len());
+    assert!(checked >= 12, "{checked} cases");
+}
+
+#[test]
 fn one_token_codes_are_refused_where_they_cannot_be_used() {
     let Some(gpu) = gpu() else { return };
     let m = random_matrix(QuantFormat::Q4, 2 * 48, 64, &mut Rng(7));
@@ -607,19 +722,19 @@ fn one_token_codes_are_refused_where_they_cannot_be_used() {
     let wp = TiledPtr { base: device_ptr(&w), shape: m.shape };
     let buf = gpu.alloc::<f32>(4096, "buf").unwrap();
     let p = device_ptr(&buf);
-    let out = OneTokenCodes { input: 0, output: p };
+    let out = OneTokenCodes { output: p, ..OneTokenCodes::default() };
     // SAFETY: each call is refused before any launch.
     unsafe {
         // 48 SwiGLU rows are one and a half blocks; stores have no pairs; two tokens.
         assert!(gpu.qmma(wp, p, None, None, 1, 0, p, GemvMode::SwiGlu, None, None, out).is_err());
         assert!(gpu.qmma(wp, p, None, None, 1, 0, p, GemvMode::Store, None, None, out).is_err());
-        let input = OneTokenCodes { input: p, output: 0 };
+        let input = OneTokenCodes { input: p, ..OneTokenCodes::default() };
         assert!(gpu.qmma(wp, p, None, None, 2, 0, p, GemvMode::Store, None, None, input).is_err());
         assert!(gpu.qmma(wp, p, Some((p, 1e-5)), None, 1, 0, p, GemvMode::Store, None, None, input).is_err());
         // A grouped step hands on SwiGLU outputs only, and takes its input as quantize_x's.
         let q = Some((p, p, ActivationForm::Q8));
         assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::Store, None, None, out).is_err());
-        let both = OneTokenCodes { input: p, output: p };
+        let both = OneTokenCodes { input: p, output: p, ..OneTokenCodes::default() };
         assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::SwiGlu, None, None, both).is_err());
     }
 }

@@ -768,6 +768,46 @@ fn gpu_q8_handoff_keeps_decode_bits() {
     }
 }
 
+/// Batched decode steps of 12 sequences (prompts of different lengths
+/// crossing cache blocks) run twice on one model, `setting(backend, side)`
+/// before each side's step: each step's logits of both sides, the tokens
+/// following the first side's greedy choices.
+fn batched_steps_both_ways(
+    gpu: &Model<CudaBackend>,
+    steps: usize,
+    setting: impl Fn(&CudaBackend, bool),
+) -> Vec<[Vec<f32>; 2]> {
+    let vocab = gpu.config.padded_vocab_size;
+    let n_seqs = 12u32;
+    let mut caches: [Vec<_>; 2] = std::array::from_fn(|_| (0..n_seqs).map(|_| gpu.new_cache(KvDType::F16)).collect());
+    let mut state = ForwardState::new(&gpu.backend);
+    for side in caches.iter_mut() {
+        for (i, c) in side.iter_mut().enumerate() {
+            let i = i as u32;
+            let prompt: Vec<u32> = (0..20 + 9 * i).map(|j| (j * 13 + i) % vocab as u32).collect();
+            let input = SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None };
+            gpu.forward(&mut state, &mut [input]).unwrap();
+        }
+    }
+    let mut tokens: Vec<u32> = (0..n_seqs).map(|i| 5 + i).collect();
+    let mut all = Vec::new();
+    for _ in 0..steps {
+        let mut logits: [Vec<f32>; 2] = Default::default();
+        for (on, side) in caches.iter_mut().enumerate() {
+            setting(&gpu.backend, on == 1);
+            let mut batch: Vec<_> = side
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(cache, t)| SequenceInput { tokens: std::slice::from_ref(t), cache, logits: LogitsWanted::Last })
+                .collect();
+            logits[on] = gpu.forward(&mut state, &mut batch).unwrap().to_vec();
+        }
+        tokens = logits[0].chunks(vocab).map(chatglm_model::greedy_token).collect();
+        all.push(logits);
+    }
+    all
+}
+
 #[test]
 fn gpu_step_handoff_keeps_batched_decode_bits() {
     // Batched decode steps of 12 sequences (the grouped products) handing
@@ -776,7 +816,7 @@ fn gpu_step_handoff_keeps_batched_decode_bits() {
     // separate quantize_x launches compute: the 6B head layout, two layers,
     // every kernel format, both activation forms, sequences at different
     // lengths crossing cache blocks; and the activations were taken (two
-    // products a layer a step).
+    // products a layer a step). (The norm fold, not bit for bit, is off.)
     let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
     for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
         for activations in ["q8", "batched"] {
@@ -784,44 +824,52 @@ fn gpu_step_handoff_keeps_batched_decode_bits() {
             let Some(backend) = cuda(&src.config) else { return };
             let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
             gpu.backend.set_gpu_activations(activations).unwrap();
-            let vocab = src.config.padded_vocab_size;
-            let n_seqs = 12u32;
-            let mut caches: [Vec<_>; 2] =
-                std::array::from_fn(|_| (0..n_seqs).map(|_| gpu.new_cache(KvDType::F16)).collect());
-            let mut state = ForwardState::new(&gpu.backend);
-            for side in caches.iter_mut() {
-                for (i, c) in side.iter_mut().enumerate() {
-                    let i = i as u32;
-                    let prompt: Vec<u32> = (0..20 + 9 * i).map(|j| (j * 13 + i) % vocab as u32).collect();
-                    let input = SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None };
-                    gpu.forward(&mut state, &mut [input]).unwrap();
-                }
-            }
+            gpu.backend.set_norm_fold(false);
             let uses = gpu.backend.q8_handoff_uses();
-            let mut tokens: Vec<u32> = (0..n_seqs).map(|i| 5 + i).collect();
             let steps = 12;
-            for step in 0..steps {
-                let mut logits = Vec::new();
-                for (on, side) in caches.iter_mut().enumerate() {
-                    gpu.backend.set_q8_handoff(on == 1);
-                    let mut batch: Vec<_> = side
-                        .iter_mut()
-                        .zip(&tokens)
-                        .map(|(cache, t)| SequenceInput {
-                            tokens: std::slice::from_ref(t),
-                            cache,
-                            logits: LogitsWanted::Last,
-                        })
-                        .collect();
-                    logits.push(gpu.forward(&mut state, &mut batch).unwrap().to_vec());
-                }
-                let what = format!("{format:?} {activations}");
-                assert!(logits[0] == logits[1], "{what}: a batched step with the hand-off differs at step {step}");
-                tokens = logits[0].chunks(vocab).map(chatglm_model::greedy_token).collect();
+            let logits = batched_steps_both_ways(&gpu, steps, |b, on| b.set_q8_handoff(on));
+            for (step, [off, on]) in logits.iter().enumerate() {
+                assert!(off == on, "{format:?} {activations}: a batched step with the hand-off differs at step {step}");
             }
             gpu.backend.set_q8_handoff(true);
             let used = gpu.backend.q8_handoff_uses() - uses;
-            assert!(used >= 4 * steps - 4, "{format:?} {activations}: activations handed over {used} times");
+            assert!(used >= 4 * steps as u64 - 4, "{format:?} {activations}: activations handed over {used} times");
+        }
+    }
+}
+
+#[test]
+fn gpu_norm_fold_matches_the_separate_norm_launch() {
+    // f16 batched steps with the residual products folding the next RMSNorm
+    // (dense → h→4h, 4h→h → the next layer's QKV: f16 of x·g and sums of
+    // squares, the norm applied to the consumer's sums) against the separate
+    // quantize_x launches: every kernel format, two layers, the 6B head
+    // layout and a hidden size ending in a partial 128-row group; the same logits
+    // to f16 rounding, and the folds were taken (after the first step, which
+    // teaches each residual product its norm).
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    let narrow = glm2.replace("\"hidden_size\":4096", "\"hidden_size\":1120");
+    for shape in [glm2, narrow] {
+        for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
+            let src = random_model(&shape, 43);
+            let Some(backend) = cuda(&src.config) else { return };
+            let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+            gpu.backend.set_gpu_activations("batched").unwrap();
+            let uses = gpu.backend.norm_fold_uses();
+            let steps = 8;
+            let logits = batched_steps_both_ways(&gpu, steps, |b, on| b.set_norm_fold(on));
+            for (step, [off, on]) in logits.iter().enumerate() {
+                let d = max_abs_diff(on, off);
+                let scale = off.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+                eprintln!(
+                    "{format:?} hidden {}: step {step} max |Δ| {d:.3e} (logits up to {scale:.2})",
+                    src.config.hidden_size
+                );
+                assert!(d <= 1e-2 * scale, "{format:?} step {step}: the fold moves logits by {d} (up to {scale})");
+            }
+            gpu.backend.set_norm_fold(true);
+            let used = gpu.backend.norm_fold_uses() - uses;
+            assert!(used >= 3 * (steps as u64 - 1), "{format:?}: folded activations taken {used} times");
         }
     }
 }

@@ -97,6 +97,9 @@ __device__ __forceinline__ void mma_block_pure(int* c, const u32* a, u32 b0, u32
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
 #define QG_WS_SLOT (QG_TILES * 16 * 64)  // floats of a partial result: 128 rows × 64 tokens
+// The norm fold's sums of squares: [group of 128 rows][64 tokens] floats
+// (the host's quant::FOLD_SUMS_STRIDE).
+#define QG_SS_STRIDE 64
 #define QG_SPIN_LIMIT (1L << 28)           // a split group's summing block's polls (seconds)
 
 // A split group's part counted, after the block's barrier (release at GPU
@@ -193,6 +196,10 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
 #endif
         RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
         RED_BYTES = QG_TILES * 16 * RED_STRIDE * 4,
+        // The norm fold's per-warp sums of squares, after red (stage memory
+        // then free): [warp][a thread's elements].
+        FOLD_OFF = (RED_BYTES + 15) / 16 * 16,
+        FOLD_BYTES = (QG_THREADS / 32) * (NT8 * 8 * QG_TILES * 16 / QG_THREADS) * 4,
         SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
     };
 };
@@ -345,9 +352,40 @@ __device__ __forceinline__ void chunk_product_wg(float (&acc)[NT8][4], const uns
 }
 #endif
 
+// The norm fold, in a residual product's epilogue: each token's sum of
+// squares over group G's rows (sq: a thread's elements, as the epilogue
+// deals them — row threadIdx mod 128, tokens threadIdx / 128 + 4k) into
+// ss[G][token], summed in a fixed order (warp, then the row quarters).
+template <int EPT>
+__device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, int n, float* ss, float* part) {
+    constexpr int RPG = QG_TILES * 16, TPP = QG_THREADS / RPG, WPT = RPG / 32;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int k = 0; k < EPT; k++) {
+        const float s = warp_sum(sq[k]);
+        if (lane == 0) part[warp * EPT + k] = s;
+    }
+    __syncthreads();
+    for (int tok = threadIdx.x; tok < n; tok += QG_THREADS) {
+        const int ts = tok % TPP, k = tok / TPP;
+        float s = 0.f;
+#pragma unroll
+        for (int q = 0; q < WPT; q++) s += part[(ts * WPT + q) * EPT + k];
+        ss[G * QG_SS_STRIDE + tok] = s;
+    }
+}
+
 // The product (MODE as qmma_body; NT8 = quantize_x's token tiles). ws:
 // gridDim.x partial results of QG_WS_SLOT floats; counters: one a group,
 // zero between launches. Dynamic shared memory: QgLayout::SMEM.
+//
+// The norm fold (f16 activations only; run 174): a residual product (MODE
+// 1) with fold_g also writes each output v as the next product's
+// activations unnormalised, f16(v·g) in quantize_x's f16 form at hq, and
+// each token's sum of squares over each group's rows at fold_ss; the next
+// product (rms_ss: those sums) multiplies its sums by the tokens'
+// 1/√(Σ/cols + eps) — the RMSNorm is linear in the activations — so the
+// normed quantize_x launch between the two goes.
 template <int F, int NT8, int MODE, bool HX>
 __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
                                           const u16* __restrict__ mins, int units, int tiles,
@@ -355,8 +393,14 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           int cols, const float* __restrict__ bias, float* __restrict__ out,
                                           int out_rows, int half_rows, const RopeCtx& rc, const char* next_w,
                                           long next_bytes, float* ws, u32* counters, unsigned char* hq,
-                                          float2* hs, int hoff) {
+                                          float2* hs, int hoff, const float* __restrict__ fold_g,
+                                          float* __restrict__ fold_ss, const float* __restrict__ rms_ss,
+                                          float rms_eps) {
     typedef QgLayout<F, NT8, HX> L;
+    static_assert(L::STAGES * L::STAGE >= L::FOLD_OFF + L::FOLD_BYTES, "the fold's sums fit beside red");
+    const bool fold = MODE == 1 && HX && fold_g != nullptr;
+    const bool normed = HX && rms_ss != nullptr;
+    __shared__ float inv_rms[HX ? NT8 * 8 : 1];
     constexpr int S = L::STAGES;
     constexpr int EPT = NT8 * 8 * QG_TILES * 16 / QG_THREADS;  // a group's sums a thread holds
     extern __shared__ __align__(16) unsigned char qg_smem[];
@@ -515,6 +559,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             pdl_wait();
             waited = true;
             QG_STAMP();
+            if (normed) {
+                // The fold's sums of squares of the product before, its groups
+                // in order (as quantize_x: 1 / √(mean + eps)).
+                const int pg = (cols + QG_TILES * 16 - 1) / (QG_TILES * 16);
+                for (int tok = threadIdx.x; tok < n; tok += QG_THREADS) {
+                    float s = 0.f;
+#pragma unroll 4
+                    for (int p = 0; p < pg; p++) s += rms_ss[p * QG_SS_STRIDE + tok];
+                    inv_rms[tok] = 1.0f / sqrtf(s / (float)cols + rms_eps);
+                }
+            }
         }
 #pragma unroll
         for (int s = 0; s < S - 1; s++) {
@@ -580,15 +635,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         // (accumulate) or biases are requested now, in flight during the
         // sums.
         const bool writes = !split || (int)blockIdx.x == blo;
-        float base[EPT];
+        float base[EPT], gk[EPT];
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
             const int e = threadIdx.x + k * QG_THREADS;
             const int tok = e / (QG_TILES * 16), row = G * QG_TILES * 16 + e % (QG_TILES * 16);
             base[k] = 0.f;
+            gk[k] = 0.f;
             if (MODE != 2 && writes && e < n * QG_TILES * 16 && row < out_rows) {
                 if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
                 else if (bias) base[k] = bias[row];
+                if (fold) gk[k] = fold_g[row];
             }
         }
         constexpr int RS = L::RED_STRIDE;
@@ -666,6 +723,15 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();
             QG_STAMP();
         }
+        if (normed) {
+            // Activations folded unnormalised by the product before: its
+            // RMSNorm applied to the sums (before bias, RoPE, SwiGLU).
+            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS) {
+                const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
+                red[r * RS + tok] *= inv_rms[tok];
+            }
+            __syncthreads();
+        }
         if (MODE == 2 && hq) {
             // The group's 64 outputs of each token are two q8_0 blocks (or,
             // HX, two f16 blocks) of the next product's activations: written as
@@ -699,18 +765,27 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 if (hrow < half_rows) out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok]) * red[(64 + r) * RS + tok];
             }
         } else {
+            float sq[EPT];
 #pragma unroll
             for (int k = 0; k < EPT; k++) {
                 const int e = threadIdx.x + k * QG_THREADS;
                 const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
                 const int row = G * QG_TILES * 16 + r;
+                sq[k] = 0.f;
                 if (e >= n * QG_TILES * 16 || row >= out_rows) continue;
                 const float v = red[r * RS + tok] + base[k];
                 if (MODE != 3) out[(long)tok * out_rows + row] = v;
                 else
                     qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, v,
                                     red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
+                if (fold) {
+                    // Saturated, not infinite, past f16's range.
+                    const float a = fminf(fmaxf(v * gk[k], -65504.f), 65504.f);
+                    ((u16*)hq)[(long)tok * out_rows + (row & ~31) + f16_activation_slot(row & 31)] = f32_to_f16(a);
+                    sq[k] = v * v;
+                }
             }
+            if (fold) fold_sum_squares<EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
         }
         __syncthreads();  // red is the next run's stages
         QG_STAMP();
@@ -735,9 +810,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         KNAME(const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,   \
               const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,    \
               RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters, unsigned char* hq,     \
-              float2* hs, int hoff) {                                                                          \
+              float2* hs, int hoff, const float* fold_g, float* fold_ss, const float* rms_ss, float rms_eps) {  \
         qmmg_body<F, NT8, MODE, HX>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,        \
-                                    half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff);            \
+                                    half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff, fold_g,     \
+                                    fold_ss, rms_ss, rms_eps);                                                 \
     }
 #define QMMG_KERNEL(F, NT8, MODE)                                  \
     QMMG_KERNEL_AS(qmmg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \

@@ -8,10 +8,20 @@
 //! (codes and scales, or f16 values), so 4h→h needs no `quantize_x`
 //! launch, and so does the short decode attention for the dense product. The codes are the separate quantization's bit for bit: results
 //! do not change. `CHATGLM_Q8_HANDOFF=0` turns it off (for measurements).
+//!
+//! In steps of f16 activations the residual products (dense, 4h→h) also
+//! fold the next RMSNorm (chatglm_cuda's `OneTokenCodes::fold_norm`): they
+//! write their output as the normed product's activations unnormalised,
+//! with its sums of squares, and that product (h→4h, the next layer's QKV)
+//! applies the norm to its sums — no `quantize_x` launch left in a layer.
+//! A residual product learns which norm reads its output next from the step
+//! before (a guess, like the attention's: a wrong one costs only the fold).
+//! Not bit for bit the separate launch's (f16 of v·g, the norm after the
+//! sums); `CHATGLM_NORM_FOLD=0` turns it off.
 
 use super::{ensure, lock, CudaBackend, StepBuffers};
 use chatglm_cuda::quant::{
-    one_token_codes_bytes, step_codes_bytes, ActivationForm, OneTokenCodes, QuantFormat, StepCodes,
+    fold_codes_bytes, one_token_codes_bytes, step_codes_bytes, ActivationForm, OneTokenCodes, QuantFormat, StepCodes,
 };
 use chatglm_cuda::CudaError;
 use std::sync::atomic::Ordering::Relaxed;
@@ -34,6 +44,9 @@ pub(super) enum CodesKind {
     /// `n` tokens in `quantize_x`'s form for products of `format` weights
     /// (q4_0's offset is folded into the scales), f16 values or q8_0 codes.
     Step { n: usize, f16: bool, format: QuantFormat },
+    /// `n` tokens folded for the norm whose weights are at `norm`: f16
+    /// values of x·g and sums of squares (`fold_codes_bytes`).
+    Fold { n: usize, norm: u64 },
 }
 
 /// The hand-off's state in a step: what the last operation wrote, and
@@ -48,6 +61,12 @@ pub(super) struct HandoffState {
     /// format a kernel before such a product (the decode attention, whose
     /// operation does not know the dense weights) writes them for.
     consumers: Vec<(usize, QuantFormat)>,
+    /// The residual product that ran last (its weights, the floats it
+    /// wrote), and whether the operation running now is it.
+    residual: Option<(u64, u64)>,
+    residual_fresh: bool,
+    /// Residual products' weights and the norm that read their output next.
+    folds: Vec<(u64, u64)>,
 }
 
 impl HandoffState {
@@ -82,6 +101,35 @@ impl HandoffState {
         if !std::mem::take(&mut self.fresh) {
             self.handed = None;
         }
+        if !std::mem::take(&mut self.residual_fresh) {
+            self.residual = None;
+        }
+    }
+
+    /// The operation running now is a residual product of a step that can
+    /// fold: its weights at `weights`, its output the floats at `floats`.
+    pub(super) fn note_residual(&mut self, weights: u64, floats: u64) {
+        self.residual = Some((weights, floats));
+        self.residual_fresh = true;
+    }
+
+    /// A normed product (norm weights at `norm`) reads the floats at
+    /// `floats`: if the residual product just before wrote them, it folds
+    /// this norm from the next step on.
+    pub(super) fn learn_fold(&mut self, floats: u64, norm: u64) {
+        let Some((weights, wrote)) = self.residual.take() else { return };
+        if wrote != floats {
+            return;
+        }
+        match self.folds.iter_mut().find(|f| f.0 == weights) {
+            Some(f) => f.1 = norm,
+            None => self.folds.push((weights, norm)),
+        }
+    }
+
+    /// The norm the residual product of `weights` folds, if learned.
+    pub(super) fn fold_after(&self, weights: u64) -> Option<u64> {
+        self.folds.iter().find(|f| f.0 == weights).map(|f| f.1)
     }
 }
 
@@ -121,6 +169,28 @@ pub(super) fn hand_step_codes(
     Ok(codes)
 }
 
+/// The operation running now, a residual product of `n` tokens into the
+/// floats at `floats` (`cols` wide), folds the norm at `norm`: the step's
+/// fold buffer, recorded for the next operation (a buffer apart from the
+/// step codes, which the product may be reading).
+pub(super) fn hand_fold(
+    gpu: &chatglm_cuda::Gpu,
+    st: &mut StepBuffers,
+    floats: u64,
+    cols: usize,
+    (n, norm): (usize, u64),
+) -> Result<u64, CudaError> {
+    let codes = ensure(gpu, &mut st.fold_codes, fold_codes_bytes(n, cols), "norm-folded step activations")?;
+    st.handoff.hand(Handed { floats, cols, codes, kind: CodesKind::Fold { n, norm } });
+    Ok(codes)
+}
+
+/// Whether residual products fold the next norm (`CHATGLM_NORM_FOLD=0`
+/// turns it off).
+pub(super) fn norm_fold_requested() -> bool {
+    std::env::var("CHATGLM_NORM_FOLD").map_or(true, |v| v != "0")
+}
+
 /// The decode attention of a batched step (`n` tokens of `cols` outputs at
 /// `floats`) writes them in `quantize_x`'s form too, for the product of the
 /// format that last read such activations (a guess: the dense product takes
@@ -153,6 +223,17 @@ impl CudaBackend {
     /// Products that took handed-over codes so far.
     pub fn q8_handoff_uses(&self) -> u64 {
         self.handoff_uses.load(Relaxed)
+    }
+
+    /// Lets residual products of f16 steps fold the next norm (on) or not,
+    /// from the next operation.
+    pub fn set_norm_fold(&self, on: bool) {
+        self.norm_fold.store(on, Relaxed);
+    }
+
+    /// Normed products that took folded activations so far.
+    pub fn norm_fold_uses(&self) -> u64 {
+        self.norm_fold_uses.load(Relaxed)
     }
 
     /// The hand-off of a one-token quantized product of `x` (at `xp`,
@@ -240,5 +321,41 @@ mod tests {
         s.note_consumer(4096, QuantFormat::Q4Min);
         assert_eq!(s.consumer_format(4096), Some(QuantFormat::Q4Min));
         assert_eq!(s.consumer_format(13696), Some(QuantFormat::Q8));
+    }
+
+    #[test]
+    fn a_residual_product_learns_the_norm_read_right_after_it() {
+        let mut s = HandoffState::default();
+        // dense (weights 0xd0) writes the residual at 0x100; h→4h's norm 0xa1 reads it.
+        s.note_residual(0xd0, 0x100);
+        s.operation_ended();
+        s.learn_fold(0x100, 0xa1);
+        assert_eq!(s.fold_after(0xd0), Some(0xa1));
+        // Other floats, or an operation in between: nothing learned.
+        s.note_residual(0xe0, 0x100);
+        s.operation_ended();
+        s.learn_fold(0x200, 0xa2);
+        assert_eq!(s.fold_after(0xe0), None, "other floats");
+        s.note_residual(0xe0, 0x100);
+        s.operation_ended();
+        s.operation_ended();
+        s.learn_fold(0x100, 0xa2);
+        assert_eq!(s.fold_after(0xe0), None, "an operation in between");
+        // Learned again: the last norm wins.
+        s.note_residual(0xd0, 0x100);
+        s.operation_ended();
+        s.learn_fold(0x100, 0xa3);
+        assert_eq!(s.fold_after(0xd0), Some(0xa3));
+        // A fold is taken only for its norm and token count.
+        let fold = CodesKind::Fold { n: 32, norm: 0xa3 };
+        let h = Handed { floats: 0x100, cols: 4096, codes: 0x9000, kind: fold };
+        for other in [CodesKind::Fold { n: 32, norm: 0xa1 }, CodesKind::Fold { n: 31, norm: 0xa3 }] {
+            s.hand(h);
+            s.operation_ended();
+            assert_eq!(s.take_for(0x100, 4096, other), None, "{other:?}");
+        }
+        s.hand(h);
+        s.operation_ended();
+        assert_eq!(s.take_for(0x100, 4096, fold), Some(0x9000));
     }
 }

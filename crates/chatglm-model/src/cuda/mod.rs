@@ -140,6 +140,8 @@ struct StepBuffers {
     codes: Option<CudaSlice<u8>>,
     /// A grouped step's SwiGLU output in quantize_x's form, for 4h→h.
     step_codes: Option<CudaSlice<u8>>,
+    /// A residual product's output folded for the next norm (handoff.rs).
+    fold_codes: Option<CudaSlice<u8>>,
     handoff: handoff::HandoffState,
     /// Quantized weights dequantized for a large step's cuBLAS product.
     dequant: Option<CudaSlice<u16>>,
@@ -262,6 +264,11 @@ pub struct CudaBackend {
     handoff: std::sync::atomic::AtomicBool,
     /// Products that took handed-over codes so far (for tests).
     handoff_uses: std::sync::atomic::AtomicU64,
+    /// Whether residual products of f16 steps fold the next norm
+    /// (`CHATGLM_NORM_FOLD`; handoff.rs).
+    norm_fold: std::sync::atomic::AtomicBool,
+    /// Normed products that took folded activations so far (for tests).
+    norm_fold_uses: std::sync::atomic::AtomicU64,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -360,6 +367,8 @@ impl CudaBackend {
             short_attention: short_attention::ShortAttention::from_env(),
             handoff: handoff::handoff_requested().into(),
             handoff_uses: 0.into(),
+            norm_fold: handoff::norm_fold_requested().into(),
+            norm_fold_uses: 0.into(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -540,10 +549,8 @@ impl CudaBackend {
             && (!self.float_products.load(Relaxed) || self.gpu.records_products())
     }
 
-    /// Replays batched decode steps from CUDA graphs (on) or launches them
-    /// one by one (off, the default; see `CHATGLM_CUDA_BATCH_GRAPHS`).
     /// Which steps' quantized products of 9..=64 tokens take f16 activations
-    /// instead of q8_0 codes: `q8` (the default), `batched` (decode steps of
+    /// instead of q8_0 codes: `q8`, `batched` (the default: decode steps of
     /// several sequences) or `f16`, as `CHATGLM_GPU_ACTIVATIONS` sets it.
     pub fn set_gpu_activations(&self, setting: &str) -> Result<(), ModelError> {
         let policy = products::ActivationPolicy::parse(setting)
@@ -552,6 +559,8 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Replays batched decode steps from CUDA graphs (on) or launches them
+    /// one by one (off, the default; see `CHATGLM_CUDA_BATCH_GRAPHS`).
     pub fn set_batched_graphs(&self, on: bool) {
         self.batched_graphs.store(on, std::sync::atomic::Ordering::Relaxed);
     }

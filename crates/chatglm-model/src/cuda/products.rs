@@ -19,9 +19,14 @@ pub(super) const QMMA_CHUNKED_TOKENS: usize = 4 * QMMA_MAX_TOKENS;
 /// Which steps' quantized products of 9..=64 tokens take their activations
 /// as f16 (Marlin's arithmetic: each weight dequantized to f16 once for all
 /// the step's tokens, f32 sums) rather than as q8_0 codes (the CPU's
-/// arithmetic): `CHATGLM_GPU_ACTIVATIONS`. q8_0 is the default: f16 was
-/// measured only 3–5% faster at 32 int4 sequences (bench/RESULTS.md, session
-/// 17), not enough to make a request's tokens depend on its batch.
+/// arithmetic): `CHATGLM_GPU_ACTIVATIONS`. `batched` is the default since
+/// session 25: at 32 int4 sequences the f16 form is ~20% faster (9,251 against
+/// 7,666 tok/s, bench/RESULTS.md run 173; 3–5% in session 17, when q8_0 was
+/// the default) and more accurate (f16 against 8-bit activations), while a
+/// single conversation — its prompt and its decode — keeps the CPU's
+/// arithmetic bit for bit. The price: a sequence decoded beside 8 or more
+/// others takes f16 activations, so its tokens may differ from decoding it
+/// alone (as in other batching engines); `q8` restores batch invariance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ActivationPolicy {
     /// Every step in q8_0 codes: the CPU backend's arithmetic.
@@ -36,8 +41,8 @@ pub(crate) enum ActivationPolicy {
 impl ActivationPolicy {
     pub(crate) fn parse(v: &str) -> Option<Self> {
         match v.trim() {
-            "" | "q8" | "q8_0" => Some(Self::Q8),
-            "batched" => Some(Self::Batched),
+            "q8" | "q8_0" => Some(Self::Q8),
+            "" | "batched" => Some(Self::Batched),
             "f16" => Some(Self::F16),
             _ => None,
         }
@@ -151,6 +156,9 @@ impl CudaBackend {
         let handoff = whole && self.handoff.load(std::sync::atomic::Ordering::Relaxed);
         let kind = CodesKind::Step { n, f16, format };
         let grouped = handoff && self.gpu.step_codes_supported(n, format, form);
+        // The norm fold (handoff.rs): between the residual products and the
+        // normed ones of grouped f16 steps.
+        let fold = grouped && f16 && self.norm_fold.load(std::sync::atomic::Ordering::Relaxed);
         let handed = if handoff && norm.is_none() {
             if grouped {
                 st.handoff.note_consumer(cols, format);
@@ -159,23 +167,43 @@ impl CudaBackend {
         } else {
             None
         };
-        let out_cols = w.shape.rows / 2;
-        let codes = if grouped
+        let folded = match norm {
+            Some((g, eps)) if fold => {
+                st.handoff.learn_fold(xp, g);
+                st.handoff.take_for(xp, cols, CodesKind::Fold { n, norm: g }).map(|c| (c, eps))
+            }
+            _ => None,
+        };
+        let rows = w.shape.rows;
+        let out_cols = rows / 2;
+        let mut codes = if grouped
             && mode == GemvMode::SwiGlu
             && qkv.is_none()
             && out_cols.is_multiple_of(chatglm_cuda::quant::BLOCK)
         {
             let output = handoff::hand_step_codes(&self.gpu, &mut st, out, out_cols, (n, f16, format))?;
-            OneTokenCodes { input: 0, output }
+            OneTokenCodes { output, ..OneTokenCodes::default() }
         } else {
             OneTokenCodes::default()
         };
-        let (xq, xs) = match handed {
-            Some(c) => {
+        if fold && mode == GemvMode::Accumulate && qkv.is_none() && rows.is_multiple_of(chatglm_cuda::quant::BLOCK) {
+            st.handoff.note_residual(w.base, out);
+            if let Some(g) = st.handoff.fold_after(w.base) {
+                codes.output = handoff::hand_fold(&self.gpu, &mut st, out, rows, (n, g))?;
+                codes.fold_norm = g;
+            }
+        }
+        if let Some((c, eps)) = folded {
+            self.norm_fold_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            codes.normed_by = Some((chatglm_cuda::quant::fold_sums(c, n, cols), eps));
+        }
+        let (xq, xs) = match (handed, folded) {
+            (Some(c), _) => {
                 self.handoff_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 (c, c + q_bytes as u64)
             }
-            None => (
+            (None, Some((c, _))) => (c, 0),
+            (None, None) => (
                 ensure(&self.gpu, &mut st.xq, q_bytes, "quantized activations")?,
                 ensure(&self.gpu, &mut st.xs, s_bytes, "activation scales")?,
             ),
@@ -184,7 +212,7 @@ impl CudaBackend {
         // SAFETY: xq/xs sized for n tokens of cols (or written so by the
         // product before); the rest as above.
         unsafe {
-            if handed.is_none() {
+            if handed.is_none() && folded.is_none() {
                 self.gpu.quantize_x(xp, n, cols, norm, format, form, xq, xs)?;
             }
             self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, None, codes)
@@ -338,7 +366,8 @@ mod tests {
 
     #[test]
     fn activation_policies_parse_and_choose() {
-        assert_eq!(ActivationPolicy::parse(""), Some(ActivationPolicy::Q8));
+        assert_eq!(ActivationPolicy::parse(""), Some(ActivationPolicy::Batched), "the default");
+        assert_eq!(ActivationPolicy::parse("q8"), Some(ActivationPolicy::Q8));
         assert_eq!(ActivationPolicy::parse("batched"), Some(ActivationPolicy::Batched));
         assert_eq!(ActivationPolicy::parse("q8_0"), Some(ActivationPolicy::Q8));
         assert_eq!(ActivationPolicy::parse("auto"), None);
