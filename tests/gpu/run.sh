@@ -18,7 +18,7 @@
 # looked for in /usr/local/nvidia/lib64 and /usr/local/cuda/lib64 besides LD_LIBRARY_PATH.
 # VARIANT="DECODE_LAZY_RESCALE=1 QMMA_NT4_TWO_BLOCKS=1" times kernel variants against the default (f16 decode at
 # 2K/8K/32K; with QUANT=1 also 16 and 32 int4 sequences) and runs the attention, quantized and qmma tests under them.
-# BATCH_GRAPHS_COMPARE=1 adds the batched decode with CUDA graphs for batched steps (CHATGLM_CUDA_BATCH_GRAPHS=1).
+# BATCH_GRAPHS_COMPARE=1 adds the batched decode without CUDA graphs for batched steps (CHATGLM_CUDA_BATCH_GRAPHS=0).
 # QUEUE_COMPARE=1 times decode with each step queued behind the running one (the default) and with
 # CHATGLM_CUDA_QUEUE_STEPS=0 alternately.
 # SERVE_GRAPHS="0 1" runs the server load test without and with batched-decode CUDA graphs; PACK=1 leaves
@@ -230,7 +230,7 @@ PY
       done
       run_bench q4_0-long $b --dtype q4_0 --prompt-len 2048 --gen-len 64 --repeat 2 --context 8192 --context-steps 16
       run_bench q4_0-batched32 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
-      run_bench q4_0-batched32-graphs env CHATGLM_CUDA_BATCH_GRAPHS=1 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
+      run_bench q4_0-batched32-no-graphs env CHATGLM_CUDA_BATCH_GRAPHS=0 $b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32
       if [ -n "${VARIANT:-}" ]; then
         # e.g. VARIANT=QMMA_NT4_TWO_BLOCKS=1 (the qmma suite under it when the tests ran: run `qmma` with it too).
         for v in "$VARIANT" "" "$VARIANT"; do
@@ -268,7 +268,7 @@ PY
     if [ -n "${CONCURRENCY:-}" ]; then
       run_bench batched $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
       if [ "${BATCH_GRAPHS_COMPARE:-0}" != 0 ]; then
-        run_bench batched-graphs env CHATGLM_CUDA_BATCH_GRAPHS=1 $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
+        run_bench batched-no-graphs env CHATGLM_CUDA_BATCH_GRAPHS=0 $b --dtype f16 --prompt-len 128 --gen-len 256 --concurrency "$CONCURRENCY"
       fi
     fi
     if [ "${LT_COMPARE:-0}" != 0 ]; then

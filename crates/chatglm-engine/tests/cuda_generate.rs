@@ -267,14 +267,17 @@ const MAX_NEW: [usize; 6] = [40, 30, 33, 60, 20, 45];
 
 #[test]
 fn gpu_engine_under_concurrency_preemption_and_chunked_prefill_equals_generate_alone() {
+    // Batched steps launched one by one (graphs and padding are the default:
+    // the next test).
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
+    q.model.backend.set_batched_graphs(false);
     engine_under_preemption_equals_alone(&p, q, "GPU engine");
 }
 
 #[test]
 fn gpu_engine_with_batched_graphs_and_padded_steps_equals_generate_alone() {
     // Batched decode steps replayed from CUDA graphs and padded to fixed
-    // sizes (what `CHATGLM_CUDA_BATCH_GRAPHS=1` turns on), under the same
+    // sizes (the default; `CHATGLM_CUDA_BATCH_GRAPHS=0` turns it off), under the same
     // preemption and chunked prefill: every result equals generate() alone.
     let (Some(p), Some(q)) = (pipeline(), pipeline()) else { return };
     q.model.backend.set_batched_graphs(true);

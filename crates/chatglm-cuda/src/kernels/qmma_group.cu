@@ -555,26 +555,36 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #pragma unroll
         for (int s = 0; s < S - 1; s++)
             if (c0 + s < c1) issue_w(tile, c0 + s, s);
+        const bool first = !waited;
         if (!waited) {
             pdl_wait();
             waited = true;
             QG_STAMP();
-            if (normed) {
-                // The fold's sums of squares of the product before, its groups
-                // in order (as quantize_x: 1 / √(mean + eps)).
-                const int pg = (cols + QG_TILES * 16 - 1) / (QG_TILES * 16);
-                for (int tok = threadIdx.x; tok < n; tok += QG_THREADS) {
-                    float s = 0.f;
-#pragma unroll 4
-                    for (int p = 0; p < pg; p++) s += rms_ss[p * QG_SS_STRIDE + tok];
-                    inv_rms[tok] = 1.0f / sqrtf(s / (float)cols + rms_eps);
-                }
-            }
         }
 #pragma unroll
         for (int s = 0; s < S - 1; s++) {
             if (c0 + s < c1) issue_x(c0 + s, s);
             cp_async_commit();
+        }
+        if (normed && first) {
+            // The fold's sums of squares of the product before (as quantize_x:
+            // 1 / √(mean + eps)), read while the first stages land: 8 threads a
+            // token, each every 8th group in order, then a fixed butterfly —
+            // one L2 round trip, not one a group (run 174: the consumers
+            // started ~2 µs late reading them one thread a token).
+            const int pg = (cols + QG_TILES * 16 - 1) / (QG_TILES * 16), j = threadIdx.x & 7;
+            for (int t0 = 0; t0 < NT8 * 8; t0 += QG_THREADS / 8) {
+                const int tok = t0 + (threadIdx.x >> 3);
+                float s = 0.f;
+                if (tok < n) {
+#pragma unroll 4
+                    for (int p = j; p < pg; p += 8) s += rms_ss[p * QG_SS_STRIDE + tok];
+                }
+                s += __shfl_xor_sync(0xffffffffu, s, 4);
+                s += __shfl_xor_sync(0xffffffffu, s, 2);
+                s += __shfl_xor_sync(0xffffffffu, s, 1);
+                if (j == 0 && tok < n) inv_rms[tok] = 1.0f / sqrtf(s / (float)cols + rms_eps);
+            }
         }
         float acc[NT8][4];
 #pragma unroll
