@@ -254,6 +254,9 @@ pub struct CudaBackend {
     /// and how many of their bytes (`CHATGLM_QMMA_PREFETCH_NEXT`).
     weight_chain: Mutex<weight_chain::WeightChain>,
     prefetch_next: usize,
+    /// The largest next matrix a grouped step's product starts towards L2
+    /// whole (`CHATGLM_QMMG_PREFETCH_NEXT`).
+    grouped_prefetch: usize,
     /// Whether one-token steps run dense + MLP as one kernel where the
     /// device and weights allow (`CHATGLM_MLP_STREAM=1`; mlp_block.rs).
     mlp_stream: std::sync::atomic::AtomicBool,
@@ -363,6 +366,7 @@ impl CudaBackend {
             activations: Mutex::new(products::ActivationPolicy::from_env()?),
             weight_chain: Mutex::new(weight_chain::WeightChain::default()),
             prefetch_next: weight_chain::prefetch_next_bytes(),
+            grouped_prefetch: weight_chain::grouped_prefetch_bytes(),
             mlp_stream: mlp_block::mlp_stream_requested().into(),
             short_attention: short_attention::ShortAttention::from_env(),
             handoff: handoff::handoff_requested().into(),

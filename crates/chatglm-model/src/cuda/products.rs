@@ -209,13 +209,16 @@ impl CudaBackend {
             ),
         };
         drop(st);
+        // A step's whole product starts a small next one towards L2 (not a
+        // prompt chunk's: the same product runs again after it).
+        let next = if whole { lock(&self.weight_chain).whole_after(w.base, self.grouped_prefetch) } else { None };
         // SAFETY: xq/xs sized for n tokens of cols (or written so by the
         // product before); the rest as above.
         unsafe {
             if handed.is_none() && folded.is_none() {
                 self.gpu.quantize_x(xp, n, cols, norm, format, form, xq, xs)?;
             }
-            self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, None, codes)
+            self.gpu.qmma(w, xp, None, Some((xq, xs, form)), n, bias, out, mode, qkv, next, codes)
         }
     }
 

@@ -23,6 +23,22 @@ pub(super) fn prefetch_next_bytes() -> usize {
         .unwrap_or(DEFAULT_PREFETCH_NEXT_BYTES)
 }
 
+/// Largest next matrix a grouped step's product (9..=64 tokens) starts
+/// towards L2 whole (`CHATGLM_QMMG_PREFETCH_NEXT` sets it; 0 turns it off):
+/// the small products (dense after QKV, the next QKV after 4h→h: ~10 MB at
+/// the 6B's shapes) then read their weights from L2. Those products are
+/// bound by their chains, not by DRAM, so the prefetch has the bus mostly to
+/// itself, unlike batch-1 decode's (run 73).
+const DEFAULT_GROUPED_PREFETCH_BYTES: usize = 24 << 20;
+
+/// `CHATGLM_QMMG_PREFETCH_NEXT` when it parses, else the default.
+pub(super) fn grouped_prefetch_bytes() -> usize {
+    std::env::var("CHATGLM_QMMG_PREFETCH_NEXT")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(DEFAULT_GROUPED_PREFETCH_BYTES)
+}
+
 /// Successors of tiled matrices, by device address.
 #[derive(Debug, Default)]
 pub(super) struct WeightChain {
@@ -51,6 +67,12 @@ impl WeightChain {
         }
         self.next.get(&base).map(|&(p, b)| (p, b.min(cap)))
     }
+
+    /// The product after the one at `base`, whole, if it has at most `max`
+    /// bytes.
+    pub(super) fn whole_after(&self, base: u64, max: usize) -> Option<(u64, usize)> {
+        self.next.get(&base).copied().filter(|&(_, b)| b <= max)
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +89,10 @@ mod tests {
         assert_eq!(c.after(200, 25), Some((300, 25)));
         assert_eq!(c.after(300, usize::MAX), None);
         assert_eq!(c.after(100, 0), None);
+        // Whole, or not at all.
+        assert_eq!(c.whole_after(100, 20), Some((200, 20)));
+        assert_eq!(c.whole_after(200, 25), None);
+        assert_eq!(c.whole_after(100, 0), None);
     }
 
     #[test]
