@@ -22,7 +22,7 @@ pub(super) const QMMA_CHUNKED_TOKENS: usize = 4 * QMMA_MAX_TOKENS;
 /// arithmetic): `CHATGLM_GPU_ACTIVATIONS`. `batched` is the default since
 /// session 25: at 32 int4 sequences the f16 form is ~20% faster (9,251 against
 /// 7,666 tok/s, bench/RESULTS.md run 173; 3–5% in session 17, when q8_0 was
-/// the default) and more accurate (f16 against 8-bit activations), while a
+/// the default) with finer activations (11 significant bits against 8), while a
 /// single conversation — its prompt and its decode — keeps the CPU's
 /// arithmetic bit for bit. The price: a sequence decoded beside 8 or more
 /// others takes f16 activations, so its tokens may differ from decoding it
