@@ -87,7 +87,7 @@ pub fn fold_sums(base: u64, n: usize, cols: usize) -> u64 {
 ///
 /// The norm fold of grouped f16 steps (qmma_group.cu): a residual product
 /// (accumulate) with `output` and `fold_norm` writes its output as the next
-/// normed product's activations unnormalised — f16(v·g), g the norm's
+/// normed product's activations unnormalised — f16(v·g/8), g the norm's
 /// weights at `fold_norm`, with each token's sums of squares
 /// ([`fold_codes_bytes`]); that product, given them as `quantized` and
 /// `normed_by`, applies the RMSNorm to its sums. No `quantize_x` launch
@@ -639,6 +639,11 @@ impl Gpu {
         }
         if codes.normed_by.is_some() && (in_block || form != ActivationForm::F16) {
             return Err(CudaError::invalid("qmma (norm fold)", "folded activations are f16 step activations"));
+        }
+        if codes.normed_by.is_some() && (codes.input != 0 || codes.fold_norm != 0) {
+            // A product both reading a fold and writing one could read and
+            // write one buffer across blocks; input codes replace x.
+            return Err(CudaError::invalid("qmma (norm fold)", "folded activations come alone"));
         }
         if !step_codes && codes.normed_by.is_none() && codes.any() {
             self.check_one_token_codes(s, n, in_block, norm.is_some(), mode, qkv.is_some(), codes)?;

@@ -624,7 +624,9 @@ fn norm_fold_matches_the_normed_launch() {
             let (dd, nd) = (gpu.upload_new(&down.bytes, "down").unwrap(), gpu.upload_new(&next.bytes, "next").unwrap());
             let downp = TiledPtr { base: device_ptr(&dd), shape: down.shape };
             let nextp = TiledPtr { base: device_ptr(&nd), shape: next.shape };
-            let g: Vec<f32> = (0..hidden).map(|_| 1.0 + rng.uniform()).collect();
+            // Norm weights up to 3, so that the 30,000-sized residuals below
+            // take v·g past f16's range (the fold's 2⁻³ keeps it in).
+            let g: Vec<f32> = (0..hidden).map(|_| 2.0 + 2.0 * rng.uniform()).collect();
             let gd = gpu.upload_new(&g, "norm").unwrap();
             for n in [9, 32, 61] {
                 if !gpu.f16_activations_supported(n, format) {
@@ -632,7 +634,19 @@ fn norm_fold_matches_the_normed_launch() {
                 }
                 let form = ActivationForm::F16;
                 let x: Vec<f32> = (0..n * k).map(|_| rng.uniform()).collect();
-                let base: Vec<f32> = (0..n * hidden).map(|_| 4.0 * rng.uniform()).collect();
+                // Residuals of ordinary size, but the first token's at f16's
+                // limit in a few outlier channels (ChatGLM2's f16 residual stream
+                // stays below 65,504).
+                let base: Vec<f32> =
+                    (0..n * hidden)
+                        .map(|i| {
+                            if i < hidden && i % 97 == 5 {
+                                30000.0 + 1000.0 * rng.uniform()
+                            } else {
+                                4.0 * rng.uniform()
+                            }
+                        })
+                        .collect();
                 let xd = gpu.upload_new(&x, "x").unwrap();
                 let (qb, sb) = Gpu::quantized_x_bytes(n, k.max(hidden));
                 let (xq, xs) = (gpu.alloc::<u8>(qb, "xq").unwrap(), gpu.alloc::<u8>(sb, "xs").unwrap());
@@ -736,5 +750,20 @@ fn one_token_codes_are_refused_where_they_cannot_be_used() {
         assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::Store, None, None, out).is_err());
         let both = OneTokenCodes { input: p, output: p, ..OneTokenCodes::default() };
         assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::SwiGlu, None, None, both).is_err());
+        // The norm fold: from a grouped residual step with its buffer; folded
+        // activations f16, in a grouped step, alone.
+        let fold = OneTokenCodes { output: p, fold_norm: p, ..OneTokenCodes::default() };
+        assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::Store, None, None, fold).is_err(), "not residual");
+        assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::Accumulate, None, None, fold).is_err(), "q8_0 codes");
+        let unbuffered = OneTokenCodes { fold_norm: p, ..OneTokenCodes::default() };
+        assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::Accumulate, None, None, unbuffered).is_err());
+        let normed = OneTokenCodes { normed_by: Some((p, 1e-5)), ..OneTokenCodes::default() };
+        assert!(gpu.qmma(wp, p, None, q, 16, 0, p, GemvMode::Store, None, None, normed).is_err(), "q8_0 codes");
+        assert!(gpu.qmma(wp, p, None, None, 1, 0, p, GemvMode::Store, None, None, normed).is_err(), "in-block");
+        if gpu.f16_activations_supported(16, QuantFormat::Q4) {
+            let h = Some((p, 0, ActivationForm::F16));
+            let twice = OneTokenCodes { fold_norm: p, output: p, ..normed };
+            assert!(gpu.qmma(wp, p, None, h, 16, 0, p, GemvMode::Accumulate, None, None, twice).is_err());
+        }
     }
 }

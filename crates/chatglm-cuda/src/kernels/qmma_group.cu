@@ -100,6 +100,11 @@ __device__ __forceinline__ void mma_block_pure(int* c, const u32* a, u32 b0, u32
 // The norm fold's sums of squares: [group of 128 rows][64 tokens] floats
 // (the host's quant::FOLD_SUMS_STRIDE).
 #define QG_SS_STRIDE 64
+// The fold's f16 values are v·g·2⁻³ (the consumer's 1/rms carries the 8
+// back, exactly): headroom for a residual at f16's limit — ChatGLM2's own
+// f16 inference keeps the residual stream under 65,504 — times norm
+// weights up to 8, while values down to ~5e-4 stay normal f16.
+#define QG_FOLD_SCALE 0.125f
 #define QG_SPIN_LIMIT (1L << 28)           // a split group's summing block's polls (seconds)
 
 // A split group's part counted, after the block's barrier (release at GPU
@@ -381,7 +386,7 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
 //
 // The norm fold (f16 activations only; run 174): a residual product (MODE
 // 1) with fold_g also writes each output v as the next product's
-// activations unnormalised, f16(v·g) in quantize_x's f16 form at hq, and
+// activations unnormalised, f16(v·g/8) in quantize_x's f16 form at hq, and
 // each token's sum of squares over each group's rows at fold_ss; the next
 // product (rms_ss: those sums) multiplies its sums by the tokens'
 // 1/√(Σ/cols + eps) — the RMSNorm is linear in the activations — so the
@@ -583,7 +588,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 s += __shfl_xor_sync(0xffffffffu, s, 4);
                 s += __shfl_xor_sync(0xffffffffu, s, 2);
                 s += __shfl_xor_sync(0xffffffffu, s, 1);
-                if (j == 0 && tok < n) inv_rms[tok] = 1.0f / sqrtf(s / (float)cols + rms_eps);
+                if (j == 0 && tok < n) inv_rms[tok] = (1.0f / QG_FOLD_SCALE) / sqrtf(s / (float)cols + rms_eps);
             }
         }
         float acc[NT8][4];
@@ -655,7 +660,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             if (MODE != 2 && writes && e < n * QG_TILES * 16 && row < out_rows) {
                 if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
                 else if (bias) base[k] = bias[row];
-                if (fold) gk[k] = fold_g[row];
+                if (fold) gk[k] = fold_g[row] * QG_FOLD_SCALE;
             }
         }
         constexpr int RS = L::RED_STRIDE;

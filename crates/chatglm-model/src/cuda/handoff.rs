@@ -11,7 +11,8 @@
 //!
 //! In steps of f16 activations the residual products (dense, 4h→h) also
 //! fold the next RMSNorm (chatglm_cuda's `OneTokenCodes::fold_norm`): they
-//! write their output as the normed product's activations unnormalised,
+//! write their output as the normed product's activations unnormalised
+//! (f16 of v·g/8: headroom for outlier channels),
 //! with its sums of squares, and that product (h→4h, the next layer's QKV)
 //! applies the norm to its sums — no `quantize_x` launch left in a layer.
 //! A residual product learns which norm reads its output next from the step

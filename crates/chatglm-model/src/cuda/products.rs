@@ -211,7 +211,8 @@ impl CudaBackend {
         drop(st);
         // A step's whole product starts a small next one towards L2 (not a
         // prompt chunk's: the same product runs again after it).
-        let next = if whole { lock(&self.weight_chain).whole_after(w.base, self.grouped_prefetch) } else { None };
+        let next =
+            if whole && grouped { lock(&self.weight_chain).whole_after(w.base, self.grouped_prefetch) } else { None };
         // SAFETY: xq/xs sized for n tokens of cols (or written so by the
         // product before); the rest as above.
         unsafe {
