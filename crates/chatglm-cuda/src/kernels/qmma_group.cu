@@ -33,16 +33,6 @@
 #define QMMG_EARLY_DEPENDENTS 0
 #endif
 
-// 1 (sm_90, without QG_WG): a stage's weights, scales and activations come
-// by TMA bulk copies — a tile's units are contiguous, as is each token's
-// row of a chunk — issued by the lanes of one warp and counted on the
-// stage's mbarrier, where every thread issued ~8 16-byte cp.async a chunk
-// and their address arithmetic (~150 instructions a warp a chunk, on every
-// warp's path from the chunk's barrier to its first mma: ncu, run 180).
-#ifndef QMMG_TMA
-#define QMMG_TMA 1
-#endif
-
 // Measurement only (results meaningless): bit 1 skips the chunks'
 // arithmetic, 2 every load after the first stages, 4 the activation loads
 // after them, 8 the split groups' sums and the epilogue.
@@ -58,12 +48,6 @@
 #endif
 #if QMMG_STAMPS
 __device__ unsigned qmmg_seen[4 * 4 * 2][256];
-#endif
-
-#if QMMG_TMA && !QMMG_DRY && !QG_WG && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define QG_TMA 1
-#else
-#define QG_TMA 0
 #endif
 
 #define QG_TILES 8   // row tiles of a group
@@ -446,65 +430,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         const int tl = G * QG_TILES + tw;
         return tl < tiles ? tl : -1;
     };
-#if QG_TMA
-    // Each stage's mbarrier: one arrival a warp (its lane 0, with the bytes
-    // of the activation rows it copies) and the bytes of every copy into the
-    // stage; `phases` bit s: the parity of stage s's next completion. Lane 0
-    // of each warp issues its few copies (a bulk copy's operands are uniform:
-    // the compiler loops over the lanes that issue one, so one a warp).
-    __shared__ __align__(8) u64 qg_bar[S];
-    u32 phases = 0u;
-    if (threadIdx.x == 0) {
-        for (int i = 0; i < S; i++) mbar_init(&qg_bar[i], QG_THREADS / 32);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
-    // This warp's tile's weights of chunk c (units, scales and offsets,
-    // each contiguous) into stage `slot` (the first warp of the tile).
-    auto issue_w_tma = [&](int tile, int c, int slot) {
-        if (half != 0 || lane != 0 || tile < 0) return;
-        unsigned char* st = qg_smem + slot * L::STAGE;
-        u64* bar = &qg_bar[slot];
-        const int p0 = c * QG_CU, nu = min(QG_CU, units - p0);
-        mbar_add_tx(bar, nu * (512 + L::SCB * (QFmt<F>::MIN ? 2 : 1)));  // before the warp's arrival
-        const long u0 = (long)tile * units + p0;
-        bulk_copy(st + L::W_OFF + tw * QG_CU * 512, (const char*)w + u0 * 512, nu * 512, bar);
-        bulk_copy(st + L::SC_OFF + tw * QG_CU * L::SCB, (const char*)scales + u0 * L::SCB, nu * L::SCB, bar);
-        if (QFmt<F>::MIN)
-            bulk_copy(st + L::MN_OFF + tw * QG_CU * L::SCB, (const char*)mins + u0 * L::SCB, nu * L::SCB, bar);
-    };
-    // Chunk c's activations into stage `slot`: token rows warp, warp + 16,
-    // … (and warp 0 the q8_0 scales), with the warp's arrival.
-    auto issue_x_tma = [&](int c, int slot) {
-        if (lane != 0) return;
-        unsigned char* st = qg_smem + slot * L::STAGE;
-        u64* bar = &qg_bar[slot];
-        constexpr int WARPS = QG_THREADS / 32;
-        const int b0 = c * L::KB, nblk = min((int)L::KB, nb - b0);
-        const u32 row_bytes = nblk * (HX ? 64 : 32), scale_bytes = HX || warp != 0 ? 0 : nblk * NT8 * 64;
-        const int rows = warp < n ? (n - 1 - warp) / WARPS + 1 : 0;
-        mbar_expect_tx(bar, rows * row_bytes + scale_bytes);
-        const char* src = (const char*)xq + (long)b0 * (HX ? 64 : 32);
-        const long row = HX ? (long)cols * 2 : (long)cols;
-        for (int tok = warp; tok < n; tok += WARPS)
-            bulk_copy(st + L::XQ_OFF + tok * L::XROW, src + tok * row, row_bytes, bar);
-        if (scale_bytes) bulk_copy(st + L::XS_OFF, (const char*)(xs + (long)b0 * NT8 * 8), scale_bytes, bar);
-    };
-    // Every thread's view of stage k: landed.
-    auto wait_stage = [&](int slot) {
-        mbar_wait(&qg_bar[slot], (phases >> slot) & 1u);
-        phases ^= 1u << slot;
-    };
-#endif
-    // Stage memory written by this thread's generic stores (red, the fold's
-    // sums) is next written by bulk copies: ordered by a proxy fence, then
-    // the barrier.
-    auto release_stages = [&]() {
-#if QG_TMA
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-        __syncthreads();
-    };
     auto issue_w = [&](int tile, int c, int slot) {
         if (tile < 0) return;
         unsigned char* st = qg_smem + slot * L::STAGE;
@@ -633,13 +558,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         // Weights do not depend on the kernel ahead: the first stages' are
         // requested before waiting for it.
 #pragma unroll
-        for (int s = 0; s < S - 1; s++) {
-#if QG_TMA
-            if (c0 + s < c1) issue_w_tma(tile, c0 + s, s);
-#else
+        for (int s = 0; s < S - 1; s++)
             if (c0 + s < c1) issue_w(tile, c0 + s, s);
-#endif
-        }
         const bool first = !waited;
         if (!waited) {
             pdl_wait();
@@ -648,12 +568,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         }
 #pragma unroll
         for (int s = 0; s < S - 1; s++) {
-#if QG_TMA
-            if (c0 + s < c1) issue_x_tma(c0 + s, s);
-#else
             if (c0 + s < c1) issue_x(c0 + s, s);
             cp_async_commit();
-#endif
         }
         if (normed && first) {
             // The fold's sums of squares of the product before (as quantize_x:
@@ -680,28 +596,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         for (int j = 0; j < NT8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
         for (int c = c0; c < c1; c++) {
             const int k = c - c0;
-#if QG_TMA
-            wait_stage(k % S);
-#else
             cp_async_wait<S - 2>();
-#endif
 #if QG_WG
             if (HX) fence_async_smem();  // for the wgmmas' reads
 #endif
             __syncthreads();  // chunk c landed for every warp; slot (k − 1) % S is free
             const int nc = c + S - 1;
-#if QG_TMA
-            if (nc < c1) {
-                issue_w_tma(tile, nc, (k + S - 1) % S);
-                issue_x_tma(nc, (k + S - 1) % S);
-            }
-#else
             if (nc < c1 && !(QMMG_DRY & 2)) {
                 issue_w(tile, nc, (k + S - 1) % S);
                 if (!(QMMG_DRY & 4)) issue_x(nc, (k + S - 1) % S);
             }
             cp_async_commit();
-#endif
             const unsigned char* st = qg_smem + (k % S) * L::STAGE;
             const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
             const bool whole = nu == QG_CU && nblk == L::KB;
@@ -720,9 +625,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
             }
         }
-#if !QG_TMA
-        cp_async_wait<0>();  // (bulk copies: every stage filled was waited for)
-#endif
+        cp_async_wait<0>();
         __syncthreads();  // the stages are free: red takes their place
         QG_STAMP();
 #if QMMG_STAMPS
@@ -784,7 +687,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             float* mine = ws + (long)blockIdx.x * QG_WS_SLOT;
             for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
                 mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
-            release_stages();  // also: red is the next run's stages
+            __syncthreads();  // also: red is the next run's stages
             if (threadIdx.x == 0) red_add_release(&counters[G], 1u);
             QG_STAMP();
             x = xn;
@@ -899,7 +802,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             if (fold) fold_sum_squares<EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
         }
-        release_stages();  // red is the next run's stages
+        __syncthreads();  // red is the next run's stages
         QG_STAMP();
         x = xn;
     }
