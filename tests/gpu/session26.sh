@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Session 26's device call (from the repository root, after tests/gpu/run.sh build and tests/gpu/pack.sh): the GPU
 # suites, each product alone and 32 int4 sequences under the defaults and CASES (tests/gpu/quant_ab.sh; the
-# qmma suite again under each of TEST_CASES), then batch-1 decode (q4_0, q8_0) with a one-token QKV product
-# starting each of FAR bytes of h→4h towards L2 (CHATGLM_QMMA_PREFETCH_FAR), ROUNDS rounds alternating.
+# qmma suite again under each of TEST_CASES), then batch-1 decode (q4_0, q8_0) under each of VARIANTS
+# (';'-separated environment assignments; run 183 measured CHATGLM_QMMA_PREFETCH_FAR, since removed), ROUNDS rounds.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-device-bin/report}
@@ -10,11 +10,14 @@ export OUT=$out
 QB=${QB:-1} ROUNDS=${ROUNDS:-2} timeout "${AB_LIMIT:-420}" tests/gpu/quant_ab.sh
 BIN=device-bin
 . tests/gpu/device_env.sh
+IFS=';' read -r -a variants <<<"${VARIANTS:-}"
+variants=("" "${variants[@]}")
 for _ in $(seq "${ROUNDS:-2}"); do
-  for far in ${FAR:-0 8388608 16777216 25165824 33554432}; do
+  for v in "${variants[@]}"; do
     for d in ${DTYPES:-q4_0 q8_0}; do
-      echo "far $far decode $d: $(CHATGLM_QMMA_PREFETCH_FAR=$far timeout 60 $BIN/chatglm bench --device cuda \
-        --synthetic chatglm2-6b --dtype $d --prompt-len 16 --gen-len 128 --repeat 2 2>&1 | grep -E "^decode " | head -1)"
+      # shellcheck disable=SC2086
+      echo "${v:-default} decode $d: $(env $v timeout 60 $BIN/chatglm bench --device cuda --synthetic chatglm2-6b \
+        --dtype $d --prompt-len 16 --gen-len 128 --repeat 2 2>&1 | grep -E "^decode " | head -1)"
     done
   done
 done

@@ -33,16 +33,6 @@
 #define QMMG_EARLY_DEPENDENTS 0
 #endif
 
-// 1: in the f16-activation products each warp takes two row tiles (2p,
-// 2p + 1, p = warp mod 4) over a quarter of a chunk's units (warp / 4),
-// where it takes one tile over half of them: each activation fragment
-// read from shared memory feeds both tiles' mmas (half the shared loads an
-// mma), and two independent dequantize → mma chains give a warp more to
-// issue while one waits. Four parts a tile summed in warp order.
-#ifndef QMMG_PAIRW
-#define QMMG_PAIRW 0
-#endif
-
 // Measurement only (results meaningless): bit 1 skips the chunks'
 // arithmetic, 2 every load after the first stages, 4 the activation loads
 // after them, 8 the split groups' sums and the epilogue.
@@ -342,61 +332,6 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
     });
 }
 
-// chunk_product_hx under QMMG_PAIRW: this warp's two row tiles (2p, 2p + 1)
-// over its quarter of the chunk's units, into acc[tile of the pair][token
-// tile][c fragment].
-template <int F, int NT8, bool CHECKED>
-__device__ __forceinline__ void chunk_product_hx2(float (&acc)[2][NT8][4], const unsigned char* st, int warp,
-                                                  int lane, int nu, int nblk) {
-    typedef QgLayout<F, NT8, true> L;
-    typedef typename QScale<F>::type ScaleVec;
-    constexpr int SB = QFmt<F>::BLOCKS, QU = QG_CU / 4;
-    static_assert(QG_CU % 4 == 0 && QG_TILES == 8 && QG_KW == 2, "QMMG_PAIRW: 4 tile pairs × 4 unit quarters");
-    const int g = lane >> 2, t = lane & 3;
-    const int p = warp & 3, u0 = (warp >> 2) * QU;
-    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 16 * t;
-    const unsigned char* wbase = st + L::W_OFF + 2 * p * QG_CU * 512 + lane * 16;
-    const unsigned char* sbase = st + L::SC_OFF + 2 * p * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* mbase = st + L::MN_OFF + 2 * p * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
-#pragma unroll
-    for (int uu = 0; uu < QU; uu++) {
-        const int u = u0 + uu;
-        if (CHECKED && u >= nu) break;
-        uint4 wv[2];
-        ScaleVec sc[2], mn[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            wv[r] = *(const uint4*)(wbase + (r * QG_CU + u) * 512);
-            sc[r] = *(const ScaleVec*)(sbase + (r * QG_CU + u) * L::SCB);
-            if (QFmt<F>::MIN) mn[r] = *(const ScaleVec*)(mbase + (r * QG_CU + u) * L::SCB);
-        }
-#pragma unroll
-        for (int i = 0; i < SB; i++) {
-            const int bl = u * SB + i;
-            if (CHECKED && bl >= nblk) break;
-            u32 a[2][2][4];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const u32 dw = SB == 2 ? (i ? ((const uint2*)&sc[r])->y : ((const uint2*)&sc[r])->x)
-                                       : *(const u32*)&sc[r];
-                u32 mw = 0u;
-                if (QFmt<F>::MIN)
-                    mw = SB == 2 ? (i ? ((const uint2*)&mn[r])->y : ((const uint2*)&mn[r])->x) : *(const u32*)&mn[r];
-                a_fragments_f16<F>(wv[r], i, dw, mw, a[r]);
-            }
-#pragma unroll
-            for (int j = 0; j < NT8; j++) {
-                const uint4 xv = *(const uint4*)(xbase + j * 8 * L::XROW + bl * 64);
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    mma16816_pure(acc[r][j], a[r][0], xv.x, xv.y);
-                    mma16816_pure(acc[r][j], a[r][1], xv.z, xv.w);
-                }
-            }
-        }
-    }
-}
-
 #if QG_WG
 // chunk_product_hx on warpgroup mma: a block's two k steps are one wgmma
 // each over all the step's token tiles, the activations read from the
@@ -468,7 +403,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           float rms_eps) {
     typedef QgLayout<F, NT8, HX> L;
     static_assert(L::STAGES * L::STAGE >= L::FOLD_OFF + L::FOLD_BYTES, "the fold's sums fit beside red");
-    constexpr bool PW = HX && QMMG_PAIRW && !QG_WG;
     const bool fold = MODE == 1 && HX && fold_g != nullptr;
     const bool normed = HX && rms_ss != nullptr;
     __shared__ float inv_rms[HX ? NT8 * 8 : 1];
@@ -657,13 +591,9 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 if (j == 0 && tok < n) inv_rms[tok] = (1.0f / QG_FOLD_SCALE) / sqrtf(s / (float)cols + rms_eps);
             }
         }
-        // [tile of the warp's pair][token tile][c fragment]; one tile but under QMMG_PAIRW.
-        constexpr int WT = PW ? 2 : 1;
-        float acc[WT][NT8][4];
+        float acc[NT8][4];
 #pragma unroll
-        for (int r = 0; r < WT; r++)
-#pragma unroll
-            for (int j = 0; j < NT8; j++) acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.f;
+        for (int j = 0; j < NT8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
         for (int c = c0; c < c1; c++) {
             const int k = c - c0;
             cp_async_wait<S - 2>();
@@ -683,21 +613,16 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             if (QMMG_DRY & 1) {
             } else if (HX) {
 #if QG_WG
-                if (whole) chunk_product_wg<F, NT8, false>(acc[0], st, warp, lane, nu, nblk);
-                else chunk_product_wg<F, NT8, true>(acc[0], st, warp, lane, nu, nblk);
+                if (whole) chunk_product_wg<F, NT8, false>(acc, st, warp, lane, nu, nblk);
+                else chunk_product_wg<F, NT8, true>(acc, st, warp, lane, nu, nblk);
 #else
-                if constexpr (PW) {
-                    if (whole) chunk_product_hx2<F, NT8, false>(acc, st, warp, lane, nu, nblk);
-                    else chunk_product_hx2<F, NT8, true>(acc, st, warp, lane, nu, nblk);
-                } else {
-                    if (whole) chunk_product_hx<F, NT8, false>(acc[0], st, warp, lane, nu, nblk);
-                    else chunk_product_hx<F, NT8, true>(acc[0], st, warp, lane, nu, nblk);
-                }
+                if (whole) chunk_product_hx<F, NT8, false>(acc, st, warp, lane, nu, nblk);
+                else chunk_product_hx<F, NT8, true>(acc, st, warp, lane, nu, nblk);
 #endif
             } else if (whole) {
-                chunk_product<F, NT8, false>(acc[0], st, warp, lane, nu, nblk);
+                chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
             } else {
-                chunk_product<F, NT8, true>(acc[0], st, warp, lane, nu, nblk);
+                chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
             }
         }
         cp_async_wait<0>();
@@ -714,7 +639,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         if (QMMG_DRY & 8) {
             float keep = 0.f;  // the arithmetic stays live
 #pragma unroll
-            for (int j = 0; j < NT8; j++) keep += acc[0][j][0] + acc[0][j][1] + acc[0][j][2] + acc[0][j][3];
+            for (int j = 0; j < NT8; j++) keep += acc[j][0] + acc[j][1] + acc[j][2] + acc[j][3];
             if (keep == 12345.f) out[threadIdx.x] = keep;
             x = xn;
             continue;
@@ -739,24 +664,18 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
         }
         constexpr int RS = L::RED_STRIDE;
-        // The tile's sums: its first warp's, then (two warps a tile) the
-        // second's added; under QMMG_PAIRW the four unit quarters' in order.
-        constexpr int PARTS = PW ? 4 : QG_KW;
-        const int part = PW ? warp >> 2 : half;
+        // The tile's sums: its first warp's, then (two warps a tile) the second's added.
 #pragma unroll
-        for (int h = 0; h < PARTS; h++) {
-            if (part == h) {
+        for (int h = 0; h < QG_KW; h++) {
+            if (half == h) {
 #pragma unroll
-                for (int r = 0; r < WT; r++)
-#pragma unroll
-                    for (int j = 0; j < NT8; j++) {
-                        const int tl = PW ? 2 * (warp & 3) + r : tw;
-                        float* r0 = red + (tl * 16 + g) * RS + j * 8 + 2 * t;
-                        r0[0] = h ? r0[0] + acc[r][j][0] : acc[r][j][0];
-                        r0[1] = h ? r0[1] + acc[r][j][1] : acc[r][j][1];
-                        r0[8 * RS] = h ? r0[8 * RS] + acc[r][j][2] : acc[r][j][2];
-                        r0[8 * RS + 1] = h ? r0[8 * RS + 1] + acc[r][j][3] : acc[r][j][3];
-                    }
+                for (int j = 0; j < NT8; j++) {
+                    float* r0 = red + (tw * 16 + g) * RS + j * 8 + 2 * t;
+                    r0[0] = h ? r0[0] + acc[j][0] : acc[j][0];
+                    r0[1] = h ? r0[1] + acc[j][1] : acc[j][1];
+                    r0[8 * RS] = h ? r0[8 * RS] + acc[j][2] : acc[j][2];
+                    r0[8 * RS + 1] = h ? r0[8 * RS + 1] + acc[j][3] : acc[j][3];
+                }
             }
             __syncthreads();
         }

@@ -254,9 +254,6 @@ pub struct CudaBackend {
     /// and how many of their bytes (`CHATGLM_QMMA_PREFETCH_NEXT`).
     weight_chain: Mutex<weight_chain::WeightChain>,
     prefetch_next: usize,
-    /// Bytes of h→4h a one-token QKV product starts towards L2
-    /// (`CHATGLM_QMMA_PREFETCH_FAR`).
-    prefetch_far: usize,
     /// The largest next matrix a grouped step's product starts towards L2
     /// whole (`CHATGLM_QMMG_PREFETCH_NEXT`).
     grouped_prefetch: usize,
@@ -369,7 +366,6 @@ impl CudaBackend {
             activations: Mutex::new(products::ActivationPolicy::from_env()?),
             weight_chain: Mutex::new(weight_chain::WeightChain::default()),
             prefetch_next: weight_chain::prefetch_next_bytes(),
-            prefetch_far: weight_chain::prefetch_far_bytes(),
             grouped_prefetch: weight_chain::grouped_prefetch_bytes(),
             mlp_stream: mlp_block::mlp_stream_requested().into(),
             short_attention: short_attention::ShortAttention::from_env(),

@@ -141,13 +141,7 @@ impl CudaBackend {
         if self.gpu.qmma_quantizes_in_block(n, cols) {
             // Decode-sized steps start the next product's weights towards L2
             // (not prompt chunks: the same product runs again after them).
-            // A QKV product may start h→4h's instead (weight_chain.rs).
-            let chain = lock(&self.weight_chain);
-            let next = match chain.two_after(w.base, self.prefetch_far) {
-                Some(far) if qkv.is_some() => Some(far),
-                _ => chain.after(w.base, self.prefetch_next),
-            };
-            drop(chain);
+            let next = lock(&self.weight_chain).after(w.base, self.prefetch_next);
             // SAFETY: x n×cols f32, out and bias sized by the caller, norm cols.
             return unsafe { self.gpu.qmma(w, xp, norm, None, n, bias, out, mode, qkv, next, codes) };
         }

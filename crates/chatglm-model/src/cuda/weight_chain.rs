@@ -23,21 +23,6 @@ pub(super) fn prefetch_next_bytes() -> usize {
         .unwrap_or(DEFAULT_PREFETCH_NEXT_BYTES)
 }
 
-/// Bytes of the product two ahead that a one-token QKV product starts
-/// towards L2 (`CHATGLM_QMMA_PREFETCH_FAR` sets it; 0 turns it off): h→4h's
-/// first weights, requested as QKV's blocks finish, arrive while the
-/// short attention (two SMs) and the small dense product leave DRAM mostly
-/// idle, so h→4h streams fewer bytes from DRAM.
-const DEFAULT_PREFETCH_FAR_BYTES: usize = 0;
-
-/// `CHATGLM_QMMA_PREFETCH_FAR` when it parses, else the default.
-pub(super) fn prefetch_far_bytes() -> usize {
-    std::env::var("CHATGLM_QMMA_PREFETCH_FAR")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(DEFAULT_PREFETCH_FAR_BYTES)
-}
-
 /// Largest next matrix a grouped step's product (9..=64 tokens) starts
 /// towards L2 whole (`CHATGLM_QMMG_PREFETCH_NEXT` sets it; 0 turns it off):
 /// the small products (dense after QKV, the next QKV after 4h→h: ~10 MB at
@@ -83,12 +68,6 @@ impl WeightChain {
         self.next.get(&base).map(|&(p, b)| (p, b.min(cap)))
     }
 
-    /// The product two after the one at `base`, at most `cap` bytes of it.
-    pub(super) fn two_after(&self, base: u64, cap: usize) -> Option<(u64, usize)> {
-        let &(next, _) = self.next.get(&base)?;
-        self.after(next, cap)
-    }
-
     /// The product after the one at `base`, whole, if it has at most `max`
     /// bytes.
     pub(super) fn whole_after(&self, base: u64, max: usize) -> Option<(u64, usize)> {
@@ -110,9 +89,6 @@ mod tests {
         assert_eq!(c.after(200, 25), Some((300, 25)));
         assert_eq!(c.after(300, usize::MAX), None);
         assert_eq!(c.after(100, 0), None);
-        assert_eq!(c.two_after(100, 25), Some((300, 25)));
-        assert_eq!(c.two_after(200, 25), None);
-        assert_eq!(c.two_after(100, 0), None);
         // Whole, or not at all.
         assert_eq!(c.whole_after(100, 20), Some((200, 20)));
         assert_eq!(c.whole_after(200, 25), None);
