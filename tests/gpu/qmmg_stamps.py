@@ -47,5 +47,7 @@ for key, blocks in sorted(kernels.items()):
         kinds["/".join(str(k) for _, k in runs)] += 1
     print(f"F{key[0]} MODE {key[1]} {'f16' if key[2] else 'q8'}: {len(blocks)} blocks, run kinds (0 part, 1 summed, 2 whole) {dict(kinds)}")
     for name, xs in phases.items():
+        if not xs:
+            continue
         print(f"  {name:16} median {statistics.median(xs):7.2f}  max {max(xs):7.2f}  (n {len(xs)})")
     print(f"  {'last stamp':16} median {statistics.median(ends):7.2f}  max {max(ends):7.2f}")

@@ -34,14 +34,24 @@ __device__ __forceinline__ void preload_token_slots(const RopeCtx& rc, int n, in
 }
 
 // Row `row` of token t's QKV output (value a; its RoPE partner's value b).
-__device__ __forceinline__ void qkv_epilogue_at(const RopeCtx& rc, TokenSlot ts, float* out, int out_rows, int t,
-                                                int row, float a, float b) {
+// The rotary frequency of QKV output row `row`, negative where the row is not
+// rotated (values, each head's second half): read before the epilogue, so
+// that a thread's epilogues do not each wait on a load queued behind the
+// cache writes of the one before (the compiler cannot move it past them).
+__device__ __forceinline__ float rope_freq(const RopeCtx& rc, int row) {
+    const int h = row / rc.head_dim, d = row % rc.head_dim;
+    return h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs ? rc.inv_freq[d >> 1] : -1.f;
+}
+
+// qkv_epilogue_at with the row's rope_freq already read.
+__device__ __forceinline__ void qkv_epilogue_f(const RopeCtx& rc, TokenSlot ts, float* out, int out_rows, int t,
+                                               int row, float a, float b, float freq) {
     const int h = row / rc.head_dim, d = row % rc.head_dim;
     const int pos = ts.pos;
     float v = a;
-    if (h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs) {
+    if (freq >= 0.f) {
         float s, c;
-        sincosf((float)pos * rc.inv_freq[d >> 1], &s, &c);
+        sincosf((float)pos * freq, &s, &c);
         v = (d & 1) ? a * c + b * s : a * c - b * s;
     }
     out[(long)t * out_rows + row] = v;
@@ -55,6 +65,10 @@ __device__ __forceinline__ void qkv_epilogue_at(const RopeCtx& rc, TokenSlot ts,
     }
 }
 
+__device__ __forceinline__ void qkv_epilogue_at(const RopeCtx& rc, TokenSlot ts, float* out, int out_rows, int t,
+                                                int row, float a, float b) {
+    qkv_epilogue_f(rc, ts, out, out_rows, t, row, a, b, rope_freq(rc, row));
+}
 
 __device__ __forceinline__ void qkv_epilogue(const RopeCtx& rc, float* out, int out_rows, int t, int row, float a,
                                              float b) {
