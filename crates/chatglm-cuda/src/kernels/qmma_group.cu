@@ -35,7 +35,7 @@
 
 // 1: a block starts the next product's weights towards L2 (next_bytes) at
 // the end of its last run — after its part is published, or after its
-// epilogue; 0: right after its last chunk, where (run 185's stamps) the
+// epilogue; 0: right after its last chunk, where (run 184's stamps) the
 // part's release and the summing block's reads of the parts queued behind
 // those prefetches: parts published 2.2–2.3 µs after their chunks.
 #ifndef QMMG_LATE_PREFETCH
@@ -659,9 +659,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         // (accumulate) or biases are requested now, in flight during the
         // sums.
         const bool writes = !split || (int)blockIdx.x == blo;
-        // QKV: the partner row's bias and the row's rotary frequency too (run
-        // 185: read in the epilogue, after each element's cache write, they
-        // made QKV's epilogue 5.6 µs — one L2 round trip an element).
+        // QKV: the partner row's bias and the row's rotary frequency too, so
+        // the epilogue makes no load after a cache write.
         float base[EPT], gk[EPT], pb[EPT], fq[EPT];
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
