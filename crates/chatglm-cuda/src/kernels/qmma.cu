@@ -661,7 +661,7 @@ template <int NT8, int MODE, int RT, bool ONE, class Sync = SyncBlock, bool PRE 
 __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
                                               const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                               int half_rows, const RopeCtx& rc, const TokenSlot* slots,
-                                              float p0 = 0.f, float p1 = 0.f, float p2 = -1.f) {
+                                              float p0 = 0.f, float p1 = 0.f) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT8; j++) {
@@ -696,8 +696,7 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
                         for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tt];
                         const float ba = PRE ? p0 : bias ? bias[row] : 0.f;
                         const float bb = PRE ? p1 : bias ? bias[row ^ 1] : 0.f;
-                        if (PRE) qkv_epilogue_f(rc, slots[tok], out, out_rows, tok, row, a + ba, b + bb, p2);
-                        else qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, a + ba, b + bb);
+                        qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, a + ba, b + bb);
                     }
                 } else if (row < out_rows) {
                     if (MODE == 0) out[(long)tok * out_rows + row] = a + (PRE ? p0 : bias ? bias[row] : 0.f);
@@ -1196,7 +1195,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // block's last act is not a dependent L2 (or DRAM) round trip: the
         // bias is constant (read before the wait), the output is written by
         // kernels before (read after it).
-        float pre0 = 0.f, pre1 = 0.f, pre_freq = -1.f;
+        float pre0 = 0.f, pre1 = 0.f;
         constexpr bool PRELOAD = QMMA_EPI_PRELOAD && MODE != 2;
         auto preload = [&](int item) {
             if (!PRELOAD || threadIdx.x >= 16) return;
@@ -1208,7 +1207,6 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 pre0 = bias[row];
                 if (MODE == 3) pre1 = bias[row ^ 1];
             }
-            if (MODE == 3) pre_freq = rope_freq(rc, row);
         };
         pdl_launch_dependents();
         int ci = first_item, cb = 0, li = first_item, lb = 0;
@@ -1257,7 +1255,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 }
             if constexpr (PRELOAD && NT8 == 1) {
                 item_epilogue<NT8, MODE, RT, ONE, SyncBlock, true>(acc, red, item * 16, n, bias, out, out_rows,
-                                                                   half_rows, rc, slots, pre0, pre1, pre_freq);
+                                                                   half_rows, rc, slots, pre0, pre1);
             } else {
                 finish_item(acc, item);
             }

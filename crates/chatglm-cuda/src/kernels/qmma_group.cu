@@ -33,15 +33,6 @@
 #define QMMG_EARLY_DEPENDENTS 0
 #endif
 
-// 1: a block starts the next product's weights towards L2 (next_bytes) at
-// the end of its last run — after its part is published, or after its
-// epilogue; 0: right after its last chunk, where (run 184's stamps) the
-// part's release and the summing block's reads of the parts queued behind
-// those prefetches: parts published 2.2–2.3 µs after their chunks.
-#ifndef QMMG_LATE_PREFETCH
-#define QMMG_LATE_PREFETCH 1
-#endif
-
 // Measurement only (results meaningless): bit 1 skips the chunks'
 // arithmetic, 2 every load after the first stages, 4 the activation loads
 // after them, 8 the split groups' sums and the epilogue.
@@ -643,7 +634,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         const long xn = x + (c1 - c0);
         if (xn == end) {
             if (!QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
-            if (!QMMG_LATE_PREFETCH) prefetch_next();
+            prefetch_next();
         }
         if (QMMG_DRY & 8) {
             float keep = 0.f;  // the arithmetic stays live
@@ -659,25 +650,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         // (accumulate) or biases are requested now, in flight during the
         // sums.
         const bool writes = !split || (int)blockIdx.x == blo;
-        // QKV: the partner row's bias and the row's rotary frequency too, so
-        // the epilogue makes no load after a cache write.
-        float base[EPT], gk[EPT], pb[EPT], fq[EPT];
+        float base[EPT], gk[EPT];
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
             const int e = threadIdx.x + k * QG_THREADS;
             const int tok = e / (QG_TILES * 16), row = G * QG_TILES * 16 + e % (QG_TILES * 16);
             base[k] = 0.f;
             gk[k] = 0.f;
-            pb[k] = 0.f;
-            fq[k] = -1.f;
             if (MODE != 2 && writes && e < n * QG_TILES * 16 && row < out_rows) {
                 if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
                 else if (bias) base[k] = bias[row];
                 if (fold) gk[k] = fold_g[row] * QG_FOLD_SCALE;
-                if (MODE == 3) {
-                    if (bias) pb[k] = bias[row ^ 1];
-                    fq[k] = rope_freq(rc, row);
-                }
             }
         }
         constexpr int RS = L::RED_STRIDE;
@@ -707,7 +690,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();  // also: red is the next run's stages
             if (threadIdx.x == 0) red_add_release(&counters[G], 1u);
             QG_STAMP();
-            if (QMMG_LATE_PREFETCH && xn == end) prefetch_next();
             x = xn;
             continue;
         }
@@ -807,9 +789,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 sq[k] = 0.f;
                 if (e >= n * QG_TILES * 16 || row >= out_rows) continue;
                 const float v = red[r * RS + tok] + base[k];
-                if constexpr (MODE == 3)
-                    qkv_epilogue_f(rc, slots[tok], out, out_rows, tok, row, v, red[(r ^ 1) * RS + tok] + pb[k], fq[k]);
-                else out[(long)tok * out_rows + row] = v;
+                if (MODE != 3) out[(long)tok * out_rows + row] = v;
+                else
+                    qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, v,
+                                    red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
                 if (fold) {
                     // Saturated, not infinite, past f16's range.
                     const float a = fminf(fmaxf(v * gk[k], -65504.f), 65504.f);
@@ -821,7 +804,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         }
         __syncthreads();  // red is the next run's stages
         QG_STAMP();
-        if (QMMG_LATE_PREFETCH && xn == end) prefetch_next();
         x = xn;
     }
 #if QMMG_STAMPS
