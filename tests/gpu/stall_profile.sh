@@ -26,8 +26,8 @@ metrics+=",regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
 # Tensor-pipe load (is the mma.sync rate the bound?) and the L2 side of the loads.
 metrics+=",sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_hmma.sum"
 metrics+=",lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum"
-# Is the L2 (weights and the activations each block re-reads) the bound of the loads?
-metrics+=",lts__t_throughput.avg.pct_of_peak_sustained_elapsed,l1tex__throughput.avg.pct_of_peak_sustained_active"
+# How busy the SM's load path is (weights and the activations each block re-reads).
+metrics+=",l1tex__throughput.avg.pct_of_peak_sustained_active"
 IFS=';' read -r -a kernels <<<"${STALL_KERNELS:-qmmg_0_4_;qmma_0_1_[0-9]_2}"
 for k in "${kernels[@]}"; do
   case $k in
@@ -64,7 +64,7 @@ for name, rs in by.items():
           f"bank conflicts {avg('l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum')/1e3:.0f}K)")
     print(f"   tensor pipe {avg('sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active'):.1f}% active, "
           f"hmma {avg('sm__inst_executed_pipe_tensor_op_hmma.sum')/1e3:.0f}K, L2 reads {avg('lts__t_sectors_srcunit_tex_op_read.sum')*32/1e6:.1f} MB, "
-          f"DRAM reads {avg('dram__bytes_read.sum')/1e6:.1f} MB, L2 throughput {avg('lts__t_throughput.avg.pct_of_peak_sustained_elapsed'):.1f}%, "
+          f"DRAM reads {avg('dram__bytes_read.sum')/1e6:.1f} MB, "
           f"L1 throughput {avg('l1tex__throughput.avg.pct_of_peak_sustained_active'):.1f}%")
     st = [(m.replace("smsp__average_warps_issue_stalled_", "").replace("_per_issue_active.ratio", ""), avg(m))
           for m in col if m.startswith("smsp__average_warps_issue_stalled_")]
