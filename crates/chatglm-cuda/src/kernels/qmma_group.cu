@@ -51,6 +51,15 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #endif
 
 #define QG_TILES 8   // row tiles of a group
+// Floats a token's staged outputs take (a group's 128 rows, padded so that
+// a warp's 32 rows of one token and a thread's 16-byte reads meet no
+// conflicts).
+#define QG_KV_ROW (QG_TILES * 16 + 4)
+// The QKV epilogue's cache rows as 16-byte vectors (0: one 2-byte store a
+// value, for A/B measurements).
+#ifndef QMMG_KV_VEC
+#define QMMG_KV_VEC 1
+#endif
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
 #ifndef QMMG_CU
@@ -403,6 +412,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           float rms_eps) {
     typedef QgLayout<F, NT8, HX> L;
     static_assert(L::STAGES * L::STAGE >= L::FOLD_OFF + L::FOLD_BYTES, "the fold's sums fit beside red");
+    static_assert(MODE != 3 || L::STAGES * L::STAGE >= L::FOLD_OFF + NT8 * 8 * QG_KV_ROW * 4,
+                  "the staged cache rows fit beside red");
     const bool fold = MODE == 1 && HX && fold_g != nullptr;
     const bool normed = HX && rms_ss != nullptr;
     __shared__ float inv_rms[HX ? NT8 * 8 : 1];
@@ -747,6 +758,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             __syncthreads();
         }
+        if (MODE == 3) QG_STAMP();
         if (MODE == 2 && hq) {
             // The group's 64 outputs of each token are two q8_0 blocks (or,
             // HX, two f16 blocks) of the next product's activations: written as
@@ -781,6 +793,12 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
         } else {
             float sq[EPT];
+            // A group with key/value rows stages its outputs [token][row] in
+            // the fold's memory (free in MODE 3) and writes the cache rows from
+            // there as 16-byte vectors (kv_store8).
+            const bool kv_vec = MODE == 3 && QMMG_KV_VEC && (rc.head_dim & 7) == 0 &&
+                                (G + 1) * QG_TILES * 16 > rc.n_heads * rc.head_dim;
+            float* kv_rows = (float*)(qg_smem + L::FOLD_OFF);
 #pragma unroll
             for (int k = 0; k < EPT; k++) {
                 const int e = threadIdx.x + k * QG_THREADS;
@@ -789,10 +807,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 sq[k] = 0.f;
                 if (e >= n * QG_TILES * 16 || row >= out_rows) continue;
                 const float v = red[r * RS + tok] + base[k];
-                if (MODE != 3) out[(long)tok * out_rows + row] = v;
-                else
+                if (MODE != 3) {
+                    out[(long)tok * out_rows + row] = v;
+                } else if (kv_vec) {
+                    const float rv = qkv_rope(rc, slots[tok].pos, row, v,
+                                              red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
+                    out[(long)tok * out_rows + row] = rv;
+                    kv_rows[tok * QG_KV_ROW + r] = rv;
+                } else {
                     qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, v,
                                     red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
+                }
                 if (fold) {
                     // Saturated, not infinite, past f16's range.
                     const float a = fminf(fmaxf(v * gk[k], -65504.f), 65504.f);
@@ -801,6 +826,23 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 }
             }
             if (fold) fold_sum_squares<EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
+            if (MODE == 3) QG_STAMP();
+            if (kv_vec) {
+                // A token's 8-row pieces on consecutive threads: 16 of them
+                // write its 128 rows' 256 (f16) contiguous bytes.
+                __syncthreads();
+                for (int p = threadIdx.x; p < n * QG_TILES * 2; p += QG_THREADS) {
+                    const int tok = p / (QG_TILES * 2), r = p % (QG_TILES * 2) * 8;
+                    const int row = G * QG_TILES * 16 + r;
+                    const int h = row / rc.head_dim;
+                    if (row >= out_rows || h < rc.n_heads) continue;
+                    const float4* src = (const float4*)(kv_rows + tok * QG_KV_ROW + r);
+                    const float4 a = src[0], b = src[1];
+                    const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                    kv_store8(rc, slots[tok], h - rc.n_heads, row % rc.head_dim, x);
+                }
+                QG_STAMP();
+            }
         }
         __syncthreads();  // red is the next run's stages
         QG_STAMP();
@@ -809,11 +851,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #if QMMG_STAMPS
     if (st_on) {
         // Lines: block, start ns, runs (group, 0 part / 1 summed / 2 whole), stamps (cycles).
-        printf("QGS F%d M%d H%d b%d t0 %lld runs %d [%d:%d %d:%d %d:%d] st %d: %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n",
+        printf("QGS F%d M%d H%d b%d t0 %lld runs %d [%d:%d %d:%d %d:%d] st %d: %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld %lld\n",
                F, MODE, HX ? 1 : 0, blockIdx.x, st_t0, st_nr, st_nr > 0 ? st_g[0] : -1, st_nr > 0 ? st_last[0] : -1,
                st_nr > 1 ? st_g[1] : -1, st_nr > 1 ? st_last[1] : -1, st_nr > 2 ? st_g[2] : -1,
                st_nr > 2 ? st_last[2] : -1, st_n, st_v[0], st_v[1], st_v[2], st_v[3], st_v[4], st_v[5], st_v[6],
-               st_v[7], st_v[8], st_v[9], st_v[10], st_v[11]);
+               st_v[7], st_v[8], st_v[9], st_v[10], st_v[11], st_v[12], st_v[13], st_v[14], st_v[15]);
     }
 #endif
 }
