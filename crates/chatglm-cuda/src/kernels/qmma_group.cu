@@ -60,6 +60,11 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_KV_VEC
 #define QMMG_KV_VEC 1
 #endif
+// The QKV epilogue's rotations from a (token, pair) table its block fills
+// while a split group's parts are on their way (0: a sincosf a value).
+#ifndef QMMG_ROPE_TABLE
+#define QMMG_ROPE_TABLE 1
+#endif
 // Weight units of a chunk (4: half the shared memory, two blocks an SM;
 // the host reads the same define, quant_group::group_cu).
 #ifndef QMMG_CU
@@ -214,7 +219,12 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         // then free): [warp][a thread's elements].
         FOLD_OFF = (RED_BYTES + 15) / 16 * 16,
         FOLD_BYTES = (QG_THREADS / 32) * (NT8 * 8 * QG_TILES * 16 / QG_THREADS) * 4,
+        // MODE 3 (no fold): the staged cache rows there, the group's biases,
+        // then the RoPE table of (cos, sin) float2s, ROPE_CAP of them at most.
+        QKV_BIAS_OFF = FOLD_OFF + NT8 * 8 * QG_KV_ROW * 4,
+        ROPE_OFF = QKV_BIAS_OFF + QG_TILES * 16 * 4,
         SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
+        ROPE_CAP = (STAGES * STAGE - ROPE_OFF) / 8,
     };
 };
 
@@ -690,6 +700,33 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             __syncthreads();
         }
+        // A writing block's QKV epilogue reads its biases and rotations from
+        // shared memory, filled here, before a split group's wait for its
+        // parts (the stages past red are free; the wait's barrier, or this
+        // one, publishes them): its loop then runs rolled, from a few
+        // instructions. Unrolled, with a sincosf a value inline, it took ~5
+        // µs at 32 tokens — every block, whatever its loads (run 188's stamps;
+        // run 185 moved the loads): the code of a loop that runs once a
+        // launch, fetched cold.
+        const bool qkv_fast = MODE == 3 && QMMG_ROPE_TABLE && writes && n * rc.n_pairs <= L::ROPE_CAP;
+        float2* rope = (float2*)(qg_smem + L::ROPE_OFF);
+        float* gbias = (float*)(qg_smem + L::QKV_BIAS_OFF);
+        if (qkv_fast) {
+            if (threadIdx.x < QG_TILES * 16) {
+                const int row = G * QG_TILES * 16 + threadIdx.x;
+                gbias[threadIdx.x] = bias && row < out_rows ? bias[row] : 0.f;
+            }
+            if (G * QG_TILES * 16 < (rc.n_heads + rc.n_groups) * rc.head_dim) {
+#pragma unroll 1
+                for (int i = threadIdx.x; i < n * rc.n_pairs; i += QG_THREADS) {
+                    const int tok = i / rc.n_pairs;
+                    float sn, cs;
+                    sincosf((float)slots[tok].pos * rc.inv_freq[i - tok * rc.n_pairs], &sn, &cs);
+                    rope[i] = make_float2(cs, sn);
+                }
+            }
+            if (!split) __syncthreads();
+        }
         if (split && (int)blockIdx.x != blo) {
             // A part of group G for block blo (this block's first run: a later
             // run starts at its group's first chunk): into this block's slot, then
@@ -799,30 +836,44 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const bool kv_vec = MODE == 3 && QMMG_KV_VEC && (rc.head_dim & 7) == 0 &&
                                 (G + 1) * QG_TILES * 16 > rc.n_heads * rc.head_dim;
             float* kv_rows = (float*)(qg_smem + L::FOLD_OFF);
-#pragma unroll
-            for (int k = 0; k < EPT; k++) {
-                const int e = threadIdx.x + k * QG_THREADS;
-                const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
-                const int row = G * QG_TILES * 16 + r;
-                sq[k] = 0.f;
-                if (e >= n * QG_TILES * 16 || row >= out_rows) continue;
-                const float v = red[r * RS + tok] + base[k];
-                if (MODE != 3) {
-                    out[(long)tok * out_rows + row] = v;
-                } else if (kv_vec) {
-                    const float rv = qkv_rope(rc, slots[tok].pos, row, v,
-                                              red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
+            if (qkv_fast) {
+#pragma unroll 1
+                for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS) {
+                    const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
+                    const int row = G * QG_TILES * 16 + r;
+                    if (row >= out_rows) continue;
+                    const float v = red[r * RS + tok] + gbias[r];
+                    const float b = red[(r ^ 1) * RS + tok] + gbias[r ^ 1];
+                    const float rv = qkv_rope_table(rc, row, v, b, rope + tok * rc.n_pairs);
                     out[(long)tok * out_rows + row] = rv;
-                    kv_rows[tok * QG_KV_ROW + r] = rv;
-                } else {
-                    qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, v,
-                                    red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f));
+                    if (kv_vec) kv_rows[tok * QG_KV_ROW + r] = rv;
+                    else kv_store1(rc, slots[tok], row, rv);
                 }
-                if (fold) {
-                    // Saturated, not infinite, past f16's range.
-                    const float a = fminf(fmaxf(v * gk[k], -65504.f), 65504.f);
-                    ((u16*)hq)[(long)tok * out_rows + (row & ~31) + f16_activation_slot(row & 31)] = f32_to_f16(a);
-                    sq[k] = v * v;
+            } else {
+#pragma unroll
+                for (int k = 0; k < EPT; k++) {
+                    const int e = threadIdx.x + k * QG_THREADS;
+                    const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
+                    const int row = G * QG_TILES * 16 + r;
+                    sq[k] = 0.f;
+                    if (e >= n * QG_TILES * 16 || row >= out_rows) continue;
+                    const float v = red[r * RS + tok] + base[k];
+                    if (MODE != 3) {
+                        out[(long)tok * out_rows + row] = v;
+                    } else {
+                        const float b = red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f);
+                        const float rv = qkv_rope(rc, slots[tok].pos, row, v, b);
+                        out[(long)tok * out_rows + row] = rv;
+                        if (kv_vec) kv_rows[tok * QG_KV_ROW + r] = rv;
+                        else kv_store1(rc, slots[tok], row, rv);
+                    }
+                    if (fold) {
+                        // Saturated, not infinite, past f16's range.
+                        const float a = fminf(fmaxf(v * gk[k], -65504.f), 65504.f);
+                        ((u16*)hq)[(long)tok * out_rows + (row & ~31) + f16_activation_slot(row & 31)] =
+                            f32_to_f16(a);
+                        sq[k] = v * v;
+                    }
                 }
             }
             if (fold) fold_sum_squares<EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));

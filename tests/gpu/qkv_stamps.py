@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""The grouped QKV product's phases in real steps, from QMMG_STAMPS=1 output (`chatglm bench ... --concurrency 32`):
+   python3 tests/gpu/qkv_stamps.py stamps.txt [GHz] [kv_group_from]
+A MODE 3 block's stamps: the wait, then per run its chunk loop, (part) published | (summed) the parts summed, then
+the epilogue's start (after the norm scaling), its first pass (RoPE, outputs), (key/value groups, from group
+kv_group_from = n_heads·head_dim/128, default 32) the cache rows written, and the run's end. Prints the median and
+max over blocks, in µs after the earliest block's start."""
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+ghz = float(sys.argv[2]) if len(sys.argv) > 2 else 1.98
+kv_from = int(sys.argv[3]) if len(sys.argv) > 3 else 32
+line_re = re.compile(r"QGS F(\d) M(\d) H(\d) b(\d+) t0 (\d+) runs (\d) \[(-?\d+):(-?\d+) (-?\d+):(-?\d+) (-?\d+):(-?\d+)\] st (\d+): (.*)")
+kernels = defaultdict(list)
+for line in open(sys.argv[1], errors="replace"):
+    m = line_re.search(line)
+    if not m or m.group(2) != "3":
+        continue
+    f, mode, hx, b, t0, nr = (int(m.group(i)) for i in range(1, 7))
+    runs = [(int(m.group(7 + 2 * i)), int(m.group(8 + 2 * i))) for i in range(nr)]
+    n = int(m.group(13))
+    v = [int(x) for x in m.group(14).split()][:n]
+    kernels[(f, hx)].append((b, t0, runs, v))
+for key, blocks in sorted(kernels.items()):
+    base = min(t0 for _, t0, _, _ in blocks)
+    phases = defaultdict(list)
+    for b, t0, runs, v in blocks:
+        off = (t0 - base) / 1e3
+        it = iter(v)
+        us = lambda: off + next(it) / ghz / 1e3
+        try:
+            phases["waited"].append(us())
+            for g, kind in runs:
+                what = "kv" if g >= kv_from else "q"
+                phases[f"{what} loop"].append(us())
+                if kind == 0:
+                    phases[f"{what} published"].append(us())
+                    continue
+                if kind == 1:
+                    phases[f"{what} summed"].append(us())
+                phases[f"{what} epilogue start"].append(us())
+                phases[f"{what} pass 1"].append(us())
+                if what == "kv":
+                    phases[f"{what} cache rows"].append(us())
+                phases[f"{what} end"].append(us())
+        except StopIteration:
+            pass
+    print(f"F{key[0]} {'f16' if key[1] else 'q8'} QKV: {len(blocks)} blocks")
+    for name, xs in phases.items():
+        print(f"  {name:22s} median {statistics.median(xs):6.2f} max {max(xs):6.2f} µs ({len(xs)})")
