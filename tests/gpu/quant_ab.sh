@@ -4,7 +4,7 @@
 # qmma suite again under each of these cases), then under the default and each of CASES (';'-separated cases, each
 # environment assignments such as "CHATGLM_NVRTC_DEFINES=QMMG_FENCE=1" for a kernel
 # variant shipped in the kernel cache): each product alone at 32 tokens (qmma_bench, QB=0: not) and 32 int4
-# sequences (prompt 128, 256 new tokens) in both activation forms, ROUNDS rounds (default 2). Logs to $OUT.
+# sequences (prompt 128, 256 new tokens) in both activation forms (ACTS, default "q8 batched"), ROUNDS rounds (default 2). Logs to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -36,7 +36,7 @@ fi
 b="$BIN/chatglm bench --device cuda --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32"
 for _ in $(seq "${ROUNDS:-2}"); do
   for c in "${cases[@]}"; do
-    for a in q8 batched; do
+    for a in ${ACTS:-q8 batched}; do
       # shellcheck disable=SC2086
       echo "${c:-default} $a: $(env $c CHATGLM_GPU_ACTIVATIONS=$a timeout 90 $b 2>&1 | grep '^batch')"
     done

@@ -126,7 +126,8 @@ for line in sys.stdin:
     for f in "${pids[@]}"; do wait "$f" || ok=0; done
     unset IFS
     [ "$ok" = 1 ] &&
-      tar czf "$BIN/kcache.tgz" -C "$kc" tmp/chatglm-kernels && echo "kernel cache for the GPU machine: $BIN/kcache.tgz"
+      XZ_OPT="-9 -T2" tar cJf "$BIN/kcache.tgz" -C "$kc" tmp/chatglm-kernels &&
+      echo "kernel cache for the GPU machine: $BIN/kcache.tgz (xz: the cubins of several variants compress ~18×)"
     rm -rf "$kc"
   else
     echo "note: no local NVRTC (NVRTC_LIB_DIR): the GPU machine compiles its kernels"
