@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The grouped QKV product's phases in real steps, from QMMG_STAMPS=1 output (`chatglm bench ... --concurrency 32`):
+"""The grouped products' phases in real steps, from QMMG_STAMPS=1 output (`chatglm bench ... --concurrency 32`):
    python3 tests/gpu/qkv_stamps.py stamps.txt [GHz] [kv_group_from]
-A MODE 3 block's stamps: the wait, then per run its chunk loop, (part) published | (summed) the parts summed, then
-the epilogue's start (after the norm scaling), its first pass (RoPE, outputs), (key/value groups, from group
+A block's stamps: the wait, then per run its chunk loop, (part) published | (summed) the parts summed, then (QKV,
+MODE 3) the epilogue's start (after the norm scaling), its first pass (RoPE, outputs), (key/value groups, from group
 kv_group_from = n_heads·head_dim/128, default 32) the cache rows written, and the run's end. Prints the median and
-max over blocks, in µs after the earliest block's start."""
+max over blocks, in µs after the kernel's earliest block start, per (format, MODE, activation form)."""
 import re
 import statistics
 import sys
@@ -16,13 +16,13 @@ line_re = re.compile(r"QGS F(\d) M(\d) H(\d) b(\d+) t0 (\d+) runs (\d) \[(-?\d+)
 kernels = defaultdict(list)
 for line in open(sys.argv[1], errors="replace"):
     m = line_re.search(line)
-    if not m or m.group(2) != "3":
+    if not m:
         continue
     f, mode, hx, b, t0, nr = (int(m.group(i)) for i in range(1, 7))
     runs = [(int(m.group(7 + 2 * i)), int(m.group(8 + 2 * i))) for i in range(nr)]
     n = int(m.group(13))
     v = [int(x) for x in m.group(14).split()][:n]
-    kernels[(f, hx)].append((b, t0, runs, v))
+    kernels[(f, mode, hx)].append((b, t0, runs, v))
 for key, blocks in sorted(kernels.items()):
     base = min(t0 for _, t0, _, _ in blocks)
     phases = defaultdict(list)
@@ -33,20 +33,22 @@ for key, blocks in sorted(kernels.items()):
         try:
             phases["waited"].append(us())
             for g, kind in runs:
-                what = "kv" if g >= kv_from else "q"
+                what = ("kv" if g >= kv_from else "q") if key[1] == 3 else "run"
                 phases[f"{what} loop"].append(us())
                 if kind == 0:
                     phases[f"{what} published"].append(us())
                     continue
                 if kind == 1:
                     phases[f"{what} summed"].append(us())
-                phases[f"{what} epilogue start"].append(us())
-                phases[f"{what} pass 1"].append(us())
+                if key[1] == 3:
+                    phases[f"{what} epilogue start"].append(us())
+                    phases[f"{what} pass 1"].append(us())
                 if what == "kv":
                     phases[f"{what} cache rows"].append(us())
                 phases[f"{what} end"].append(us())
         except StopIteration:
             pass
-    print(f"F{key[0]} {'f16' if key[1] else 'q8'} QKV: {len(blocks)} blocks")
+    name = {0: "plain", 1: "accumulate (dense, 4h→h)", 2: "SwiGLU (h→4h)", 3: "QKV"}[key[1]]
+    print(f"F{key[0]} MODE {key[1]} {name}, {'f16' if key[2] else 'q8'} activations: {len(blocks)} blocks")
     for name, xs in phases.items():
         print(f"  {name:22s} median {statistics.median(xs):6.2f} max {max(xs):6.2f} µs ({len(xs)})")

@@ -72,15 +72,6 @@ __device__ __forceinline__ void kv_store8(const RopeCtx& rc, TokenSlot ts, int k
     }
 }
 
-// qkv_rope with the token's (cos, sin) of each pair from a table (cs[pair]),
-// computed by the same sincosf of the same argument.
-__device__ __forceinline__ float qkv_rope_table(const RopeCtx& rc, int row, float a, float b, const float2* cs) {
-    const int h = row / rc.head_dim, d = row % rc.head_dim;
-    if (h >= rc.n_heads + rc.n_groups || d >= 2 * rc.n_pairs) return a;
-    const float2 t = cs[d >> 1];
-    return (d & 1) ? a * t.x + b * t.y : a * t.x - b * t.y;
-}
-
 // Row `row` of a token into the cache, if it is a key or value row.
 __device__ __forceinline__ void kv_store1(const RopeCtx& rc, TokenSlot ts, int row, float v) {
     const int h = row / rc.head_dim;

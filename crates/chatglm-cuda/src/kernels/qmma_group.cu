@@ -886,17 +886,29 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                 (G + 1) * QG_TILES * 16 > rc.n_heads * rc.head_dim;
             float* kv_rows = (float*)(qg_smem + L::FOLD_OFF);
             if (qkv_fast) {
+                // A thread's row is the same for each of its tokens (the block's
+                // threads a multiple of the group's rows): what depends on the
+                // row is worked out once, the loop a few instructions a token.
+                static_assert(QG_THREADS % (QG_TILES * 16) == 0, "a thread keeps its row");
+                const int r = threadIdx.x % (QG_TILES * 16), row = G * QG_TILES * 16 + r;
+                const int h = row / rc.head_dim, d = row % rc.head_dim;
+                const bool rot = h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs, odd = d & 1;
+                const float bv = gbias[r], bb = gbias[r ^ 1];
+                const float2* cs = rope + (d >> 1);
+                if (row < out_rows) {
 #pragma unroll 1
-                for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS) {
-                    const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
-                    const int row = G * QG_TILES * 16 + r;
-                    if (row >= out_rows) continue;
-                    const float v = red[r * RS + tok] + gbias[r];
-                    const float b = red[(r ^ 1) * RS + tok] + gbias[r ^ 1];
-                    const float rv = qkv_rope_table(rc, row, v, b, rope + tok * rc.n_pairs);
-                    out[(long)tok * out_rows + row] = rv;
-                    if (kv_vec) kv_rows[tok * QG_KV_ROW + r] = rv;
-                    else kv_store1(rc, slots[tok], row, rv);
+                    for (int tok = threadIdx.x / (QG_TILES * 16); tok < n; tok += QG_THREADS / (QG_TILES * 16)) {
+                        const float v = red[r * RS + tok] + bv;
+                        float rv = v;
+                        if (rot) {
+                            const float b = red[(r ^ 1) * RS + tok] + bb;
+                            const float2 t = cs[tok * rc.n_pairs];
+                            rv = odd ? v * t.x + b * t.y : v * t.x - b * t.y;
+                        }
+                        out[(long)tok * out_rows + row] = rv;
+                        if (kv_vec) kv_rows[tok * QG_KV_ROW + r] = rv;
+                        else if (h >= rc.n_heads) kv_store1(rc, slots[tok], row, rv);
+                    }
                 }
             } else {
 #pragma unroll
