@@ -133,7 +133,10 @@ __device__ __forceinline__ void red_add_release(u32* p, u32 v) {
 // and clears each word it took (the workspace starts zeroed; the kernel
 // boundary orders the clearing before the next product's parts).
 #ifndef QMMG_LL
-#define QMMG_LL 1
+#define QMMG_LL 0
+#endif
+#ifndef QMMG_LL_PAUSE
+#define QMMG_LL_PAUSE 200  // ns between a thread's polls
 #endif
 #define QG_LL_READY (1ull << 32)
 typedef unsigned long long u64w;
@@ -806,13 +809,24 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                         const int e = threadIdx.x + k * QG_THREADS;
                         wv[k] = e < n * QG_TILES * 16 ? ld_relaxed_u64(part + e) : QG_LL_READY;
                     }
+                    // The words not ready yet asked for again together, after a
+                    // pause (run 190: a thread waiting on one word after another
+                    // made a round trip each, and polling without pause
+                    // crowded L2 for the other blocks' chunks).
+                    for (long spins = 0;; spins++) {
+                        bool ready = true;
+#pragma unroll
+                        for (int k = 0; k < EPT; k++) ready = ready && (wv[k] & QG_LL_READY);
+                        if (ready) break;
+                        if (spins > QG_SPIN_LIMIT) __trap();
+                        __nanosleep(QMMG_LL_PAUSE);
+#pragma unroll
+                        for (int k = 0; k < EPT; k++)
+                            if (!(wv[k] & QG_LL_READY)) wv[k] = ld_relaxed_u64(part + threadIdx.x + k * QG_THREADS);
+                    }
 #pragma unroll
                     for (int k = 0; k < EPT; k++) {
                         const int e = threadIdx.x + k * QG_THREADS;
-                        for (long spins = 0; !(wv[k] & QG_LL_READY); spins++) {
-                            if (spins > QG_SPIN_LIMIT) __trap();
-                            wv[k] = ld_relaxed_u64(part + e);
-                        }
                         v[k] = __uint_as_float((u32)wv[k]);
                         if (e < n * QG_TILES * 16) st_relaxed_u64(part + e, 0ull);
                     }
