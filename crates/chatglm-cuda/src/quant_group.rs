@@ -44,14 +44,13 @@ fn group_threads() -> u32 {
     static KW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     (QG_TILES * 32 * *KW.get_or_init(|| define("QMMG_KW").unwrap_or(2))) as u32
 }
-/// Values of one partial result: 128 rows × 64 tokens, each an 8-byte word
-/// (the value and its ready flag: qmma_group.cu's QMMG_LL).
+/// Floats of one partial result: 128 rows × 64 tokens.
 const QG_WS_SLOT: usize = QG_TILES * TILE_ROWS * 64;
 
 /// Partial results (one a block: only a block's first run can be a part
 /// that another block sums) and one counter a group, grown on demand.
 pub(crate) struct GroupScratch {
-    partials: CudaSlice<u64>,
+    partials: CudaSlice<f32>,
     counters: CudaSlice<u32>,
     blocks: usize,
     groups: usize,
@@ -59,7 +58,7 @@ pub(crate) struct GroupScratch {
 
 impl GroupScratch {
     pub(crate) fn bytes(&self) -> usize {
-        self.blocks * QG_WS_SLOT * 8 + self.groups * 4
+        self.blocks * QG_WS_SLOT * 4 + self.groups * 4
     }
 }
 
@@ -180,8 +179,7 @@ impl Gpu {
             // Room for a full wave of the device, so one allocation serves every shape.
             let blocks = blocks.max(self.info().multiprocessors);
             let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
-            // Zeroed: no part is ready until a block writes it.
-            let partials = self.alloc_zeros::<u64>(blocks * QG_WS_SLOT, "grouped-product partial sums")?;
+            let partials = self.alloc::<f32>(blocks * QG_WS_SLOT, "grouped-product partial sums")?;
             let counters = self.alloc_zeros::<u32>(groups, "grouped-product counters")?;
             *held = Some(GroupScratch { partials, counters, blocks, groups });
         }

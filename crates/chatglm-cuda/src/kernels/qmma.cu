@@ -181,6 +181,13 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_EPI_PRELOAD
 #define QMMA_EPI_PRELOAD 1
 #endif
+// The one-token QKV product's rotations ((cos, sin) of each thread's row)
+// worked out with the biases, before the wait, so that the epilogue after the
+// block's last batch has no sincosf left (the grouped products' epilogue took
+// ~5 µs with one a value inline, run 188); 0: in the epilogue.
+#ifndef QMMA_ROPE_PRELOAD
+#define QMMA_ROPE_PRELOAD 1
+#endif
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
@@ -656,12 +663,13 @@ struct SyncBlock {
 // tile at a time, and its rows (from row0) are written. Resets acc. PRE (one
 // token): thread r < 16 already holds what its row adds, p0 — the bias
 // (MODE 0, 3; 0 without), the output before (MODE 1) — and p1, MODE 3's
-// bias of row r ^ 1 (EpiloguePreload).
+// bias of row r ^ 1, and (QMMA_ROPE_PRELOAD) the row's rotation (pc, ps)
+// (EpiloguePreload).
 template <int NT8, int MODE, int RT, bool ONE, class Sync = SyncBlock, bool PRE = false>
 __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*red)[RT * 16][9], int row0, int n,
                                               const float* __restrict__ bias, float* __restrict__ out, int out_rows,
                                               int half_rows, const RopeCtx& rc, const TokenSlot* slots,
-                                              float p0 = 0.f, float p1 = 0.f) {
+                                              float p0 = 0.f, float p1 = 0.f, float pc = 1.f, float ps = 0.f) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
     for (int j = 0; j < NT8; j++) {
@@ -696,7 +704,15 @@ __device__ __forceinline__ void item_epilogue(float (&acc)[RT][NT8][4], float (*
                         for (int v = 0; v < QMMA_WARPS; v++) b += red[v][rr ^ 1][tt];
                         const float ba = PRE ? p0 : bias ? bias[row] : 0.f;
                         const float bb = PRE ? p1 : bias ? bias[row ^ 1] : 0.f;
-                        qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, a + ba, b + bb);
+                        if (PRE && QMMA_ROPE_PRELOAD) {
+                            // (pc, ps) = (1, 0) on rows that do not turn; ps
+                            // carries the sign of the row's half of the pair.
+                            const float v = (a + ba) * pc + (b + bb) * ps;
+                            out[(long)tok * out_rows + row] = v;
+                            kv_store1(rc, slots[tok], row, v);
+                        } else {
+                            qkv_epilogue_at(rc, slots[tok], out, out_rows, tok, row, a + ba, b + bb);
+                        }
                     }
                 } else if (row < out_rows) {
                     if (MODE == 0) out[(long)tok * out_rows + row] = a + (PRE ? p0 : bias ? bias[row] : 0.f);
@@ -1195,7 +1211,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // block's last act is not a dependent L2 (or DRAM) round trip: the
         // bias is constant (read before the wait), the output is written by
         // kernels before (read after it).
-        float pre0 = 0.f, pre1 = 0.f;
+        float pre0 = 0.f, pre1 = 0.f, pre_c = 1.f, pre_s = 0.f;
         constexpr bool PRELOAD = QMMA_EPI_PRELOAD && MODE != 2;
         auto preload = [&](int item) {
             if (!PRELOAD || threadIdx.x >= 16) return;
@@ -1206,6 +1222,15 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             } else if (bias) {
                 pre0 = bias[row];
                 if (MODE == 3) pre1 = bias[row ^ 1];
+            }
+            if (MODE == 3 && QMMA_ROPE_PRELOAD) {
+                const int h = row / rc.head_dim, d = row % rc.head_dim;
+                pre_c = 1.f;
+                pre_s = 0.f;
+                if (h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs) {
+                    sincosf((float)rc.positions[0] * rc.inv_freq[d >> 1], &pre_s, &pre_c);
+                    if (!(d & 1)) pre_s = -pre_s;
+                }
             }
         };
         pdl_launch_dependents();
@@ -1255,7 +1280,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 }
             if constexpr (PRELOAD && NT8 == 1) {
                 item_epilogue<NT8, MODE, RT, ONE, SyncBlock, true>(acc, red, item * 16, n, bias, out, out_rows,
-                                                                   half_rows, rc, slots, pre0, pre1);
+                                                                   half_rows, rc, slots, pre0, pre1, pre_c, pre_s);
             } else {
                 finish_item(acc, item);
             }

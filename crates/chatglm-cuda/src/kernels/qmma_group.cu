@@ -127,28 +127,6 @@ __device__ __forceinline__ void red_add_release(u32* p, u32 v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-// A split group's parts as flagged words (QMMG_LL, NCCL's LL protocol): each
-// value travels with a ready flag in one 8-byte store, so the summing block
-// polls the values themselves — no release fence, no counter round trip —
-// and clears each word it took (the workspace starts zeroed; the kernel
-// boundary orders the clearing before the next product's parts).
-#ifndef QMMG_LL
-#define QMMG_LL 0
-#endif
-#ifndef QMMG_LL_PAUSE
-#define QMMG_LL_PAUSE 200  // ns between a thread's polls
-#endif
-#define QG_LL_READY (1ull << 32)
-typedef unsigned long long u64w;
-__device__ __forceinline__ void st_relaxed_u64(u64w* p, u64w v) {
-    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ u64w ld_relaxed_u64(const u64w* p) {
-    u64w v;
-    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-    return v;
-}
-
 #if QG_WG
 // Warpgroup mma (sm_90a): the A operand (a warp's 16 rows × 16 k of
 // weights, mma.sync's A fragment) from registers, B (16 k × 8·NT8 tokens)
@@ -754,19 +732,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // run starts at its group's first chunk): into this block's slot, then
             // counted by thread 0 alone, released (the barrier orders every
             // thread's writes before it; cooperative groups' grid barrier).
-            if (QMMG_LL) {
-                u64w* mine = (u64w*)ws + (long)blockIdx.x * QG_WS_SLOT;
-                for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
-                    st_relaxed_u64(mine + e,
-                                   QG_LL_READY | __float_as_uint(red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)]));
-                __syncthreads();  // red is the next run's stages
-            } else {
-                float* mine = ws + (long)blockIdx.x * QG_WS_SLOT;
-                for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
-                    mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
-                __syncthreads();  // also: red is the next run's stages
-                if (threadIdx.x == 0) red_add_release(&counters[G], 1u);
-            }
+            float* mine = ws + (long)blockIdx.x * QG_WS_SLOT;
+            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
+                mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
+            __syncthreads();  // also: red is the next run's stages
+            if (threadIdx.x == 0) red_add_release(&counters[G], 1u);
             QG_STAMP();
             x = xn;
             continue;
@@ -777,17 +747,15 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #endif
             // The other bhi − blo parts: counted (acquired by thread 0, the
             // barrier passing it on; the parts are read from L2).
-            // Every block of the grid is resident (the host sizes it to a
-            // wave), so the parts come; a grid that is not would hang here:
-            // trapped, a launch error, instead.
-            if (!QMMG_LL) {
-                if (threadIdx.x == 0) {
-                    for (long spins = 0; ld_acquire_gpu((const int*)&counters[G]) != bhi - blo; spins++)
-                        if (spins > QG_SPIN_LIMIT) __trap();
-                    counters[G] = 0u;
-                }
-                __syncthreads();
+            if (threadIdx.x == 0) {
+                // Every block of the grid is resident (the host sizes it to a
+                // wave), so the parts come; a grid that is not would hang here:
+                // trapped, a launch error, instead.
+                for (long spins = 0; ld_acquire_gpu((const int*)&counters[G]) != bhi - blo; spins++)
+                    if (spins > QG_SPIN_LIMIT) __trap();
+                counters[G] = 0u;
             }
+            __syncthreads();
             // A thread's elements of every part requested together, one part
             // at a time: a loop that waited on each L2 load in turn kept the
             // summing block busy for ~50K cycles while the other SMs idled
@@ -800,43 +768,12 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 sum[k] = e < n * QG_TILES * 16 ? red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] : 0.f;
             }
             for (int bb = blo + 1; bb <= bhi; bb++) {
+                const float* part = ws + (long)bb * QG_WS_SLOT;
                 float v[EPT];
-                if (QMMG_LL) {
-                    u64w* part = (u64w*)ws + (long)bb * QG_WS_SLOT;
-                    u64w wv[EPT];
 #pragma unroll
-                    for (int k = 0; k < EPT; k++) {
-                        const int e = threadIdx.x + k * QG_THREADS;
-                        wv[k] = e < n * QG_TILES * 16 ? ld_relaxed_u64(part + e) : QG_LL_READY;
-                    }
-                    // The words not ready yet asked for again together, after a
-                    // pause (run 190: a thread waiting on one word after another
-                    // made a round trip each, and polling without pause
-                    // crowded L2 for the other blocks' chunks).
-                    for (long spins = 0;; spins++) {
-                        bool ready = true;
-#pragma unroll
-                        for (int k = 0; k < EPT; k++) ready = ready && (wv[k] & QG_LL_READY);
-                        if (ready) break;
-                        if (spins > QG_SPIN_LIMIT) __trap();
-                        __nanosleep(QMMG_LL_PAUSE);
-#pragma unroll
-                        for (int k = 0; k < EPT; k++)
-                            if (!(wv[k] & QG_LL_READY)) wv[k] = ld_relaxed_u64(part + threadIdx.x + k * QG_THREADS);
-                    }
-#pragma unroll
-                    for (int k = 0; k < EPT; k++) {
-                        const int e = threadIdx.x + k * QG_THREADS;
-                        v[k] = __uint_as_float((u32)wv[k]);
-                        if (e < n * QG_TILES * 16) st_relaxed_u64(part + e, 0ull);
-                    }
-                } else {
-                    const float* part = ws + (long)bb * QG_WS_SLOT;
-#pragma unroll
-                    for (int k = 0; k < EPT; k++) {
-                        const int e = threadIdx.x + k * QG_THREADS;
-                        v[k] = e < n * QG_TILES * 16 ? __ldcg(part + e) : 0.f;
-                    }
+                for (int k = 0; k < EPT; k++) {
+                    const int e = threadIdx.x + k * QG_THREADS;
+                    v[k] = e < n * QG_TILES * 16 ? __ldcg(part + e) : 0.f;
                 }
 #pragma unroll
                 for (int k = 0; k < EPT; k++) sum[k] += v[k];
