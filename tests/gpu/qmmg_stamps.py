@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Summarises the grouped products' phase stamps (qmma_bench under CHATGLM_NVRTC_DEFINES=QMMG_STAMPS=1):
-   python3 tests/gpu/qmmg_stamps.py bench-output.txt [GHz]
-Per kernel (format, MODE, form): µs after the earliest block's start (median / max over blocks) at which each
-phase ends — the wait for the kernel ahead, each run's chunk loop, its part published (counter taken), the parts
-summed, the run's epilogue — and where the last block ends."""
+"""The grouped products' phases, from QMMG_STAMPS=1 output (`qmma_bench`, or real steps: `chatglm bench ...
+--concurrency 32`):
+   python3 tests/gpu/qmmg_stamps.py stamps.txt [GHz] [kv_group_from]
+A block's stamps: the wait, then per run its chunk loop, (part) published | (summed) the parts summed, then (QKV,
+MODE 3) the epilogue's start (after the norm scaling), its first pass (RoPE, outputs), (key/value groups, from group
+kv_group_from = n_heads·head_dim/128, default 32) the cache rows written, and the run's end. Prints the median and
+max over blocks, in µs after the kernel's earliest block start, per (format, MODE, activation form)."""
 import re
 import statistics
 import sys
 from collections import defaultdict
 
 ghz = float(sys.argv[2]) if len(sys.argv) > 2 else 1.98
+kv_from = int(sys.argv[3]) if len(sys.argv) > 3 else 32
 line_re = re.compile(r"QGS F(\d) M(\d) H(\d) b(\d+) t0 (\d+) runs (\d) \[(-?\d+):(-?\d+) (-?\d+):(-?\d+) (-?\d+):(-?\d+)\] st (\d+): (.*)")
 kernels = defaultdict(list)
 for line in open(sys.argv[1], errors="replace"):
@@ -27,27 +30,33 @@ for key, blocks in sorted(kernels.items()):
     ends = []
     for b, t0, runs, v in blocks:
         off = (t0 - base) / 1e3
-        phases["start"].append(off)
         it = iter(v)
+        us = lambda: off + next(it) / ghz / 1e3
         try:
-            phases["waited"].append(off + next(it) / ghz / 1e3)
-            for r, (_, kind) in enumerate(runs):
-                phases[f"run{r} loop"].append(off + next(it) / ghz / 1e3)
-                if kind != 2:
-                    phases[f"run{r} published"].append(off + next(it) / ghz / 1e3)
+            phases["waited"].append(us())
+            for g, kind in runs:
+                what = ("kv" if g >= kv_from else "q") if key[1] == 3 else "run"
+                phases[f"{what} loop"].append(us())
+                if kind == 0:
+                    phases[f"{what} published"].append(us())
+                    continue
                 if kind == 1:
-                    phases[f"run{r} summed"].append(off + next(it) / ghz / 1e3)
-                if kind != 0:
-                    phases[f"run{r} end"].append(off + next(it) / ghz / 1e3)
+                    phases[f"{what} summed"].append(us())
+                if key[1] == 3:
+                    phases[f"{what} epilogue start"].append(us())
+                    phases[f"{what} pass 1"].append(us())
+                if what == "kv":
+                    phases[f"{what} cache rows"].append(us())
+                phases[f"{what} end"].append(us())
         except StopIteration:
             pass
         ends.append(off + v[-1] / ghz / 1e3 if v else off)
     kinds = defaultdict(int)
     for _, _, runs, _ in blocks:
         kinds["/".join(str(k) for _, k in runs)] += 1
-    print(f"F{key[0]} MODE {key[1]} {'f16' if key[2] else 'q8'}: {len(blocks)} blocks, run kinds (0 part, 1 summed, 2 whole) {dict(kinds)}")
+    name = {0: "plain", 1: "accumulate (dense, 4h→h)", 2: "SwiGLU (h→4h)", 3: "QKV"}[key[1]]
+    print(f"F{key[0]} MODE {key[1]} {name}, {'f16' if key[2] else 'q8'} activations: {len(blocks)} blocks, "
+          f"run kinds (0 part, 1 summed, 2 whole) {dict(kinds)}")
     for name, xs in phases.items():
-        if not xs:
-            continue
-        print(f"  {name:16} median {statistics.median(xs):7.2f}  max {max(xs):7.2f}  (n {len(xs)})")
-    print(f"  {'last stamp':16} median {statistics.median(ends):7.2f}  max {max(ends):7.2f}")
+        print(f"  {name:22s} median {statistics.median(xs):6.2f} max {max(xs):6.2f} µs ({len(xs)})")
+    print(f"  {'last stamp':22s} median {statistics.median(ends):6.2f} max {max(ends):6.2f} µs")
