@@ -41,13 +41,18 @@
 #endif
 
 // Measurement only: per-block phase stamps (globaltimer ns at the block's
-// start, then clock64 cycles after it) printed by every block of the 20th
-// launch of each (format, MODE, form).
+// start, then clock64 cycles after it) printed by every block of one launch
+// (QMMG_STAMP_LAUNCH, below) of each (format, MODE, form).
 #ifndef QMMG_STAMPS
 #define QMMG_STAMPS 0
 #endif
 #if QMMG_STAMPS
 __device__ unsigned qmmg_seen[4 * 4 * 2][256];
+#endif
+// Which launch of each kernel the stamps are of (in a decode step the
+// residual form alternates dense, 4h→h: an odd launch is a dense product).
+#ifndef QMMG_STAMP_LAUNCH
+#define QMMG_STAMP_LAUNCH 20
 #endif
 
 #define QG_TILES 8   // row tiles of a group
@@ -560,7 +565,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     bool st_on = false;
     if (threadIdx.x == 0 && blockIdx.x < 256) {
         unsigned* seen = &qmmg_seen[(F * 4 + MODE) * 2 + (HX ? 1 : 0)][blockIdx.x];
-        st_on = ++*seen == 20;
+        st_on = ++*seen == QMMG_STAMP_LAUNCH;
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(st_t0));
         st_c0 = clock64();
     }
