@@ -27,27 +27,39 @@ for line in open(sys.argv[1], errors="replace"):
 for key, blocks in sorted(kernels.items()):
     base = min(t0 for _, t0, _, _ in blocks)
     phases = defaultdict(list)
+    spans = defaultdict(list)  # (run kind, phase): its duration
     ends = []
     for b, t0, runs, v in blocks:
         off = (t0 - base) / 1e3
         it = iter(v)
         us = lambda: off + next(it) / ghz / 1e3
+        kind_name = {0: "part", 1: "summed", 2: "whole"}
+        prev = [None]
+
+        def stamp(label, kind, phase):
+            t = us()
+            phases[label].append(t)
+            if prev[0] is not None:
+                spans[(kind_name[kind], phase)].append(t - prev[0])
+            prev[0] = t
+
         try:
-            phases["waited"].append(us())
+            prev[0] = us()
+            phases["waited"].append(prev[0])
             for g, kind in runs:
                 what = ("kv" if g >= kv_from else "q") if key[1] == 3 else "run"
-                phases[f"{what} loop"].append(us())
+                stamp(f"{what} loop", kind, "chunks")
                 if kind == 0:
-                    phases[f"{what} published"].append(us())
+                    stamp(f"{what} published", kind, "publish")
                     continue
                 if kind == 1:
-                    phases[f"{what} summed"].append(us())
+                    stamp(f"{what} summed", kind, "parts' wait + sum")
                 if key[1] == 3:
-                    phases[f"{what} epilogue start"].append(us())
-                    phases[f"{what} pass 1"].append(us())
+                    stamp(f"{what} epilogue start", kind, "norm scaling")
+                    stamp(f"{what} pass 1", kind, "epilogue pass 1")
                 if what == "kv":
-                    phases[f"{what} cache rows"].append(us())
-                phases[f"{what} end"].append(us())
+                    stamp(f"{what} cache rows", kind, "cache rows")
+                stamp(f"{what} end", kind, "epilogue")
         except StopIteration:
             pass
         ends.append(off + v[-1] / ghz / 1e3 if v else off)
@@ -60,3 +72,6 @@ for key, blocks in sorted(kernels.items()):
     for name, xs in phases.items():
         print(f"  {name:22s} median {statistics.median(xs):6.2f} max {max(xs):6.2f} µs ({len(xs)})")
     print(f"  {'last stamp':22s} median {statistics.median(ends):6.2f} max {max(ends):6.2f} µs")
+    print("  durations by run kind:")
+    for (kind, phase), xs in sorted(spans.items()):
+        print(f"    {kind:6s} {phase:18s} median {statistics.median(xs):6.2f} max {max(xs):6.2f} µs ({len(xs)})")
