@@ -172,8 +172,17 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 // way while it waits and quantizes its activations; 2: only for 4-bit
 // weights (8-bit ones spill the second buffer's scales in the prologue:
 // H200, runs 103 and 105, q4_0 +5%, q8_0 −5%). Measurement variant.
+// 4: only the 4-bit QKV product (ChatGLM2's 288 tiles on 264 blocks: the
+// 24 blocks with two leave their second batch to after the wait).
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
+#endif
+// N: a one-token product requests its next N weight batches (codes and
+// scales) towards L2 between issuing its activation loads after the wait and
+// using them, so the DRAM is busy through the activation phase. Run 140 did
+// it before the activation loads: they then queued behind the prefetches.
+#ifndef QMMA_ONE_L2_NEXT
+#define QMMA_ONE_L2_NEXT 0
 #endif
 // 1: one-token products read what their epilogue adds (bias, the output
 // they accumulate into) into registers ahead (EpiloguePreload, below);
@@ -754,9 +763,16 @@ __device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2
 // rounds (cols ≤ 4,096); without a norm, 4 rounds at a time.
 // Sync: the barrier of the warps taking part; L2: x read from L2 (a kernel
 // whose blocks wrote and read x before may hold stale lines in L1).
-template <bool NORM, class Sync = SyncBlock, bool L2 = false>
+// Called between a one-token product's activation loads and their first use
+// (QMMA_ONE_L2_NEXT): nothing by default.
+struct NoHook {
+    __device__ __forceinline__ void operator()() const {}
+};
+
+template <bool NORM, class Sync = SyncBlock, bool L2 = false, class Hook = NoHook>
 __device__ __forceinline__ void block_quantize_one(const float* x, const float* nw, float eps, int cols,
-                                                   signed char* xq, float2* xs, float* scratch) {
+                                                   signed char* xq, float2* xs, float* scratch,
+                                                   const Hook& hook = Hook()) {
     constexpr int R = NORM ? 2 : 4;  // rounds of 64 blocks in flight
     const int q = threadIdx.x >> 2, t = threadIdx.x & 3, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const int nb = cols / 32;
@@ -782,6 +798,7 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
                 }
             }
         }
+        if (r0 == 0) hook();
         if (NORM) {
             // The whole row is in registers (the caller checked rounds ≤ R): its 1/rms first.
             float ss = 0.f;
@@ -820,18 +837,18 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
 
 // The activations of an in-block (SX) product, after `before` bytes of
 // dynamic shared memory: quantized (RMS-normalised first with nw) there.
-template <int NT8, int SX, int SB>
+template <int NT8, int SX, int SB, class Hook = NoHook>
 __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float eps, int n, int cols,
                                           unsigned char* smem, const signed char*& xq, const float2*& xs,
-                                          float* inv, float* scratch) {
+                                          float* inv, float* scratch, const Hook& hook = Hook()) {
     if (!SX) return NT8 * 8;
     const int nb = cols / 32;
     const int xs_stride = n <= 2 ? 2 : 8;
     xs = (const float2*)smem;
     xq = (const signed char*)(smem + (long)nb * xs_stride * sizeof(float2));
     if (QMMA_ASYNC_X && SX == 2 && (!nw || cols <= 2 * 32 * QMMA_THREADS / 4)) {
-        if (nw) block_quantize_one<true>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
-        else block_quantize_one<false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
+        if (nw) block_quantize_one<true, SyncBlock, false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch, hook);
+        else block_quantize_one<false, SyncBlock, false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch, hook);
         return xs_stride;
     }
     row_inv_rms(x, nw, n, cols, eps, inv, scratch);
@@ -848,11 +865,11 @@ __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float
 // weights this block has just requested: run 143 measured the one-token
 // products of a step 18% shorter, q4_0). Else as in_block_x. Returns the
 // scales' stride.
-template <int NT8, int SX, int SB>
+template <int NT8, int SX, int SB, class Hook = NoHook>
 __device__ __forceinline__ int one_token_x(const float* x, const float* nw, float eps, int n, int cols,
                                            unsigned char* smem, const signed char*& xq, const float2*& xs,
-                                           float* inv, float* scratch) {
-    if (SX != 2 || !xq) return in_block_x<NT8, SX, SB>(x, nw, eps, n, cols, smem, xq, xs, inv, scratch);
+                                           float* inv, float* scratch, const Hook& hook = Hook()) {
+    if (SX != 2 || !xq) return in_block_x<NT8, SX, SB>(x, nw, eps, n, cols, smem, xq, xs, inv, scratch, hook);
     const int nb = cols / 32, n16 = nb + cols / 16;
     const uint4* src = (const uint4*)xq;
     uint4* dst = (uint4*)smem;
@@ -864,6 +881,7 @@ __device__ __forceinline__ int one_token_x(const float* x, const float* nw, floa
             const int i = k0 + k * QMMA_THREADS + threadIdx.x;
             if (i < n16) v[k] = __ldcg(src + i);  // L2: written by the kernel before
         }
+        if (k0 == 0) hook();
 #pragma unroll
         for (int k = 0; k < K; k++) {
             const int i = k0 + k * QMMA_THREADS + threadIdx.x;
@@ -1239,7 +1257,9 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
         if (MODE != 1 && total > 0) preload(first_item);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
-        const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
+        const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4) ||
+                           (QMMA_ONE_PRELOAD2 == 4 && QFmt<F>::U4 && MODE == 3)) &&
+                          total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
         if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
         chain_wait(chain);
@@ -1247,7 +1267,33 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         if (total == 0) return;
         if (MODE == 1) preload(first_item);
         if (total == 1) prefetch_next();
-        one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+        // The block's batch (item, base) towards L2: each row tile's units
+        // (512 bytes each) and their scales (and offsets).
+        auto l2_batch = [&](int item, int base) {
+            constexpr int SPU = SB == 2 ? 64 : 32;  // scale bytes a unit
+            const int nu = min(STEP, units - base);
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                const long u0 = (long)(r ? item + half_rows / 16 : item) * units + base;
+                const char* cp = (const char*)(w + u0 * 32);
+                for (int i = threadIdx.x; i < nu * 4; i += QMMA_THREADS) prefetch_l2(cp + i * 128L);
+                const char* sp = (const char*)scales + u0 * SPU;
+                for (int i = threadIdx.x; i * 128 < nu * SPU + 127; i += QMMA_THREADS) prefetch_l2(sp + i * 128L);
+                if (QFmt<F>::MIN) {
+                    const char* mp = (const char*)mins + u0 * SPU;
+                    for (int i = threadIdx.x; i * 128 < nu * SPU + 127; i += QMMA_THREADS) prefetch_l2(mp + i * 128L);
+                }
+            }
+        };
+        auto l2_hook = [&]() {
+            int pi = li, pb = lb;
+            for (int k = 0; k < QMMA_ONE_L2_NEXT && k + 1 < total; k++) {
+                if (!(pre2 && k == 0)) l2_batch(pi, pb);
+                advance(pi, pb);
+            }
+        };
+        if (QMMA_ONE_L2_NEXT) one_token_x<NT8, SX, SB>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch, l2_hook);
+        else one_token_x<NT8, SX, SB>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
         QMMA_STAMP(2);
         float acc[RT][1][4];
 #pragma unroll
