@@ -11,6 +11,9 @@
 // it finds nvcc):
 //   nvcc -O2 -std=c++17 -arch=sm_90 -DQMMA_STAMPS=1 tests/gpu/qmma_phases.cu -o qmma_phases
 // Run: ./qmma_phases [format: 0 = q4_0 (default), 2 = q8_0] [steps, default 20]
+// ONLY=p: each layer runs product p alone (0 QKV, 1 dense, 2 h→4h, 3 4h→h),
+// so a launch follows a launch of the same kernel (its code still in the
+// SMs' instruction caches).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -115,6 +118,9 @@ int main(int argc, char** argv) {
     // output's codes, 4h→h reads them, and dense reads codes in place of the
     // attention's (whatever the buffer holds: timing only).
     const bool handoff = getenv("HANDOFF") && atoi(getenv("HANDOFF")) == 1;
+    std::vector<int> ps;
+    for (int p = 0; p < 4; p++)
+        if (!getenv("ONLY") || atoi(getenv("ONLY")) == p) ps.push_back(p);
     unsigned char* hcodes = nullptr;
     CHECK(cudaMalloc(&hcodes, ffn / 32 * 16 + ffn));
     CHECK(cudaMemset(hcodes, 0, ffn / 32 * 16 + ffn));
@@ -143,13 +149,13 @@ int main(int argc, char** argv) {
     };
     for (int s = 0; s < steps; s++)
         for (int l = 0; l < layers; l++)
-            for (int p = 0; p < 4; p++) launch(l, p);
+            for (int p : ps) launch(l, p);
     cudaEvent_t e0, e1;
     CHECK(cudaEventCreate(&e0));
     CHECK(cudaEventCreate(&e1));
     CHECK(cudaEventRecord(e0, stream));
     for (int l = 0; l < layers; l++)
-        for (int p = 0; p < 4; p++) launch(l, p);
+        for (int p : ps) launch(l, p);
     CHECK(cudaEventRecord(e1, stream));
     CHECK(cudaStreamSynchronize(stream));
     float ms = 0;
@@ -159,7 +165,7 @@ int main(int argc, char** argv) {
     const u32 zero = 0;
     CHECK(cudaMemcpyToSymbol(qmma_stamp_count, &zero, sizeof zero));
     for (int l = 0; l < layers; l++)
-        for (int p = 0; p < 4; p++) launch(l, p);
+        for (int p : ps) launch(l, p);
     CHECK(cudaStreamSynchronize(stream));
 
     // The last stamped step: records by launch order (kernel tag, block).
@@ -169,35 +175,36 @@ int main(int argc, char** argv) {
     CHECK(cudaMemcpyFromSymbol(rec.data(), qmma_stamps, rec.size() * 8));
     struct Rec {
         int tag, block;
-        u64 t[5];
+        u64 t[7];
     };
     std::vector<Rec> rs(count);
     for (u32 i = 0; i < count; i++) {
         rs[i].tag = (int)(rec[8 * i] >> 32);
         rs[i].block = (int)(rec[8 * i] & 0xffffffff);
-        for (int k = 0; k < 5; k++) rs[i].t[k] = rec[8 * i + 1 + k];
+        for (int k = 0; k < 7; k++) rs[i].t[k] = rec[8 * i + 1 + k];
     }
     // Launches in order: every block of a launch passes its wait after the
     // launch ahead has ended, so sorted by wait they come launch by launch.
     std::sort(rs.begin(), rs.end(), [](const Rec& a, const Rec& b) { return a.t[1] < b.t[1]; });
-    double sum[4][5] = {}, last[4][5] = {};
+    double sum[4][7] = {}, last[4][7] = {};
     int n_layers = 0;
     size_t at = 0;
     u64 prev_end = 0;
     for (int l = 0; l < layers && at < rs.size(); l++) {
-        for (int p = 0; p < 4 && at + grid[p] <= rs.size(); p++) {
+        for (int p : ps) {
+            if (at + grid[p] > rs.size()) break;
             std::vector<Rec> launch_recs(rs.begin() + at, rs.begin() + at + grid[p]);
             at += grid[p];
             u64 first_entry = ~0ull, end = 0;
-            std::vector<double> ph[5];
+            std::vector<double> ph[7];
             for (const Rec& r : launch_recs) {
                 first_entry = std::min(first_entry, r.t[0]);
                 end = std::max(end, r.t[4]);
             }
             const u64 ref = prev_end ? prev_end : first_entry;
             for (const Rec& r : launch_recs)
-                for (int k = 0; k < 5; k++) ph[k].push_back(r.t[k] ? (double)((long long)(r.t[k] - ref)) : 0.0);
-            for (int k = 0; k < 5; k++) {
+                for (int k = 0; k < 7; k++) ph[k].push_back(r.t[k] ? (double)((long long)(r.t[k] - ref)) : 0.0);
+            for (int k = 0; k < 7; k++) {
                 std::sort(ph[k].begin(), ph[k].end());
                 if (l > 0) {
                     sum[p][k] += ph[k][ph[k].size() / 2];
@@ -209,10 +216,11 @@ int main(int argc, char** argv) {
         if (l > 0) n_layers++;
     }
     printf("\nµs after the kernel ahead ended (median block / last block), mean over %d layers:\n", n_layers);
-    printf("%-6s %15s %15s %15s %15s %15s\n", "", "entry", "waited", "activations", "first batch", "end");
-    for (int p = 0; p < 4; p++) {
+    printf("%-6s %15s %15s %15s %15s %15s %15s %15s\n", "", "entry", "waited", "activations", "first batch", "end",
+           "2nd requested", "2nd batch");
+    for (int p : ps) {
         printf("%-6s", products[p].name);
-        for (int k = 0; k < 5; k++)
+        for (int k = 0; k < 7; k++)
             printf(" %7.2f/%7.2f", sum[p][k] / n_layers / 1e3, last[p][k] / n_layers / 1e3);
         printf("\n");
     }

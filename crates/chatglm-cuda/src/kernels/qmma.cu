@@ -1093,7 +1093,9 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     const int first_item = pairs ? 2 * blockIdx.x : blockIdx.x;
     const int total = mine * per_item;
 #if QMMA_STAMPS
-    u64 stamp[5] = {0, 0, 0, 0, 0};
+    // entry, waited, activations, first batch, end, the second batch
+    // requested (one-token), the second batch done (one-token).
+    u64 stamp[7] = {0, 0, 0, 0, 0, 0, 0};
     struct Flush {
         u64* s;
         __device__ ~Flush() {
@@ -1102,7 +1104,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             const u32 i = atomicAdd(&qmma_stamp_count, 1u) % ((1u << 22) / 8);
             u64* r = qmma_stamps + 8ull * i;
             r[0] = ((u64)(F * 1000 + NT8 * 100 + MODE * 10 + SX) << 32) | blockIdx.x;
-            for (int k = 0; k < 5; k++) r[1 + k] = s[k];
+            for (int k = 0; k < 7; k++) r[1 + k] = s[k];
         }
     } flush{stamp};
 #endif
@@ -1351,6 +1353,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         auto step = [&](int it, const uint4 (&cur)[RT][UB], const uint2 (&cs)[RT][GPB], const uint2 (&cm)[RT][GPB],
                         uint4 (&nxt)[RT][UB], uint2 (&ns)[RT][GPB], uint2 (&nm)[RT][GPB]) {
             if (it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
+            if (it == 0) QMMA_STAMP(5);
             if (it + 2 == total) prefetch_next();
             consume_one(ci, cb, cur, cs, cm);
             advance(ci, cb);
@@ -1360,6 +1363,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             step(it, wa, sa1, ma1, wb, sb1, mb1);
             if (it == 0) QMMA_STAMP(3);
             if (it + 1 < total) step(it + 1, wb, sb1, mb1, wa, sa1, ma1);
+            if (it == 0) QMMA_STAMP(6);
         }
         return;
     }
