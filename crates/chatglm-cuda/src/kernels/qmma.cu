@@ -39,7 +39,11 @@
 #ifndef QMMA_STAMPS
 #define QMMA_STAMPS 0
 #endif
-// With QMMA_STAMPS: each block's first batch consumed twice, stamp 6 between.
+// With QMMA_STAMPS, what a one-token product's first batch waits on: 1: the
+// batch consumed twice (stamp 6 between: the second time its weights are in
+// registers and its code has just run); 2: thread 0 first waits for its own
+// weight words alone (stamp 6), then consumes them. Run 198: the first
+// consume takes 1–2 µs longer than the second, its words already there.
 #ifndef QMMA_CONSUME_TWICE
 #define QMMA_CONSUME_TWICE 0
 #endif
@@ -176,31 +180,8 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 // way while it waits and quantizes its activations; 2: only for 4-bit
 // weights (8-bit ones spill the second buffer's scales in the prologue:
 // H200, runs 103 and 105, q4_0 +5%, q8_0 −5%). Measurement variant.
-// 4: only the 4-bit QKV product (ChatGLM2's 288 tiles on 264 blocks: the
-// 24 blocks with two leave their second batch to after the wait).
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
-#endif
-// N: a one-token product requests its next N weight batches (codes and
-// scales) towards L2 between issuing its activation loads after the wait and
-// using them, so the DRAM is busy through the activation phase. Run 140 did
-// it before the activation loads: they then queued behind the prefetches.
-#ifndef QMMA_ONE_L2_NEXT
-#define QMMA_ONE_L2_NEXT 0
-#endif
-// N > 0: the one-token dense product (accumulating, over handed codes, at
-// most 4,096 columns) sleeps N ns before requesting its weights, so that the
-// decode attention ahead of it (2 SMs) reads its keys and values without
-// them queued behind the dense weights (run 131: its tile phase 2.3–3.2 µs
-// in real steps against 1.7–2.2 alone). A measurement variant.
-// 1: a one-token product runs its first batch's code once before the
-// wait, on zeros (no loads, no epilogue), so that the code is in the SM's
-// instruction caches when its real batches come after the wait.
-#ifndef QMMA_ONE_WARM
-#define QMMA_ONE_WARM 0
-#endif
-#ifndef QMMA_DENSE_DELAY_NS
-#define QMMA_DENSE_DELAY_NS 0
 #endif
 // 1: one-token products read what their epilogue adds (bias, the output
 // they accumulate into) into registers ahead (EpiloguePreload, below);
@@ -781,16 +762,9 @@ __device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2
 // rounds (cols ≤ 4,096); without a norm, 4 rounds at a time.
 // Sync: the barrier of the warps taking part; L2: x read from L2 (a kernel
 // whose blocks wrote and read x before may hold stale lines in L1).
-// Called between a one-token product's activation loads and their first use
-// (QMMA_ONE_L2_NEXT): nothing by default.
-struct NoHook {
-    __device__ __forceinline__ void operator()() const {}
-};
-
-template <bool NORM, class Sync = SyncBlock, bool L2 = false, class Hook = NoHook>
+template <bool NORM, class Sync = SyncBlock, bool L2 = false>
 __device__ __forceinline__ void block_quantize_one(const float* x, const float* nw, float eps, int cols,
-                                                   signed char* xq, float2* xs, float* scratch,
-                                                   const Hook& hook = Hook()) {
+                                                   signed char* xq, float2* xs, float* scratch) {
     constexpr int R = NORM ? 2 : 4;  // rounds of 64 blocks in flight
     const int q = threadIdx.x >> 2, t = threadIdx.x & 3, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const int nb = cols / 32;
@@ -816,7 +790,6 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
                 }
             }
         }
-        if (r0 == 0) hook();
         if (NORM) {
             // The whole row is in registers (the caller checked rounds ≤ R): its 1/rms first.
             float ss = 0.f;
@@ -855,18 +828,18 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
 
 // The activations of an in-block (SX) product, after `before` bytes of
 // dynamic shared memory: quantized (RMS-normalised first with nw) there.
-template <int NT8, int SX, int SB, class Hook = NoHook>
+template <int NT8, int SX, int SB>
 __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float eps, int n, int cols,
                                           unsigned char* smem, const signed char*& xq, const float2*& xs,
-                                          float* inv, float* scratch, const Hook& hook = Hook()) {
+                                          float* inv, float* scratch) {
     if (!SX) return NT8 * 8;
     const int nb = cols / 32;
     const int xs_stride = n <= 2 ? 2 : 8;
     xs = (const float2*)smem;
     xq = (const signed char*)(smem + (long)nb * xs_stride * sizeof(float2));
     if (QMMA_ASYNC_X && SX == 2 && (!nw || cols <= 2 * 32 * QMMA_THREADS / 4)) {
-        if (nw) block_quantize_one<true, SyncBlock, false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch, hook);
-        else block_quantize_one<false, SyncBlock, false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch, hook);
+        if (nw) block_quantize_one<true>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
+        else block_quantize_one<false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
         return xs_stride;
     }
     row_inv_rms(x, nw, n, cols, eps, inv, scratch);
@@ -883,11 +856,11 @@ __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float
 // weights this block has just requested: run 143 measured the one-token
 // products of a step 18% shorter, q4_0). Else as in_block_x. Returns the
 // scales' stride.
-template <int NT8, int SX, int SB, class Hook = NoHook>
+template <int NT8, int SX, int SB>
 __device__ __forceinline__ int one_token_x(const float* x, const float* nw, float eps, int n, int cols,
                                            unsigned char* smem, const signed char*& xq, const float2*& xs,
-                                           float* inv, float* scratch, const Hook& hook = Hook()) {
-    if (SX != 2 || !xq) return in_block_x<NT8, SX, SB>(x, nw, eps, n, cols, smem, xq, xs, inv, scratch, hook);
+                                           float* inv, float* scratch) {
+    if (SX != 2 || !xq) return in_block_x<NT8, SX, SB>(x, nw, eps, n, cols, smem, xq, xs, inv, scratch);
     const int nb = cols / 32, n16 = nb + cols / 16;
     const uint4* src = (const uint4*)xq;
     uint4* dst = (uint4*)smem;
@@ -899,7 +872,6 @@ __device__ __forceinline__ int one_token_x(const float* x, const float* nw, floa
             const int i = k0 + k * QMMA_THREADS + threadIdx.x;
             if (i < n16) v[k] = __ldcg(src + i);  // L2: written by the kernel before
         }
-        if (k0 == 0) hook();
 #pragma unroll
         for (int k = 0; k < K; k++) {
             const int i = k0 + k * QMMA_THREADS + threadIdx.x;
@@ -1103,8 +1075,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     const int first_item = pairs ? 2 * blockIdx.x : blockIdx.x;
     const int total = mine * per_item;
 #if QMMA_STAMPS
-    // entry, waited, activations, first batch, end, the second batch
-    // requested (one-token), the second batch done (one-token).
+    // entry, waited, activations, first batch, end, then (one-token
+    // products) the second batch requested, the second batch done.
     u64 stamp[7] = {0, 0, 0, 0, 0, 0, 0};
     struct Flush {
         u64* s;
@@ -1274,43 +1246,22 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         pdl_launch_dependents();
         int ci = first_item, cb = 0, li = first_item, lb = 0;
         advance(li, lb);
+        if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
+        if (MODE != 1 && total > 0) preload(first_item);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
-        const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4) ||
-                           (QMMA_ONE_PRELOAD2 == 4 && QFmt<F>::U4 && MODE == 3)) &&
-                          total > 1;
+        const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
+        if (pre2) load_one(li, lb, wb, sb1, mb1);
+        if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
+        chain_wait(chain);
+        QMMA_STAMP(1);
+        if (total == 0) return;
+        if (MODE == 1) preload(first_item);
+        if (total == 1) prefetch_next();
+        one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+        QMMA_STAMP(2);
         float acc[RT][1][4];
-        auto zero_acc = [&]() {
 #pragma unroll
-            for (int r = 0; r < RT; r++) acc[r][0][0] = acc[r][0][1] = acc[r][0][2] = acc[r][0][3] = 0.f;
-        };
-        zero_acc();
-        // QMMA_ONE_WARM's pass before the wait: no loads, no epilogue.
-        bool dry = false;
-        // The block's batch (item, base) towards L2: each row tile's units
-        // (512 bytes each) and their scales (and offsets).
-        auto l2_batch = [&](int item, int base) {
-            constexpr int SPU = SB == 2 ? 64 : 32;  // scale bytes a unit
-            const int nu = min(STEP, units - base);
-#pragma unroll
-            for (int r = 0; r < RT; r++) {
-                const long u0 = (long)(r ? item + half_rows / 16 : item) * units + base;
-                const char* cp = (const char*)(w + u0 * 32);
-                for (int i = threadIdx.x; i < nu * 4; i += QMMA_THREADS) prefetch_l2(cp + i * 128L);
-                const char* sp = (const char*)scales + u0 * SPU;
-                for (int i = threadIdx.x; i * 128 < nu * SPU + 127; i += QMMA_THREADS) prefetch_l2(sp + i * 128L);
-                if (QFmt<F>::MIN) {
-                    const char* mp = (const char*)mins + u0 * SPU;
-                    for (int i = threadIdx.x; i * 128 < nu * SPU + 127; i += QMMA_THREADS) prefetch_l2(mp + i * 128L);
-                }
-            }
-        };
-        auto l2_hook = [&]() {
-            int pi = li, pb = lb;
-            for (int k = 0; k < QMMA_ONE_L2_NEXT && k + 1 < total; k++) {
-                if (!(pre2 && k == 0)) l2_batch(pi, pb);
-                advance(pi, pb);
-            }
-        };
+        for (int r = 0; r < RT; r++) acc[r][0][0] = acc[r][0][1] = acc[r][0][2] = acc[r][0][3] = 0.f;
         auto consume_one = [&](int item, int base, const uint4 (&buf)[RT][UB], const uint2 (&sv)[RT][GPB],
                                const uint2 (&mv)[RT][GPB]) {
             const int ubase = base + warp;
@@ -1328,7 +1279,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 if (full) one_cols_group<F, RT, UB, CPG, false>(acc, buf, q, sq, mq, xqb, xsb, ubase, units, nb, g, t);
                 else one_cols_group<F, RT, UB, CPG, true>(acc, buf, q, sq, mq, xqb, xsb, ubase, units, nb, g, t);
             }
-            if (base + STEP < units || dry) return;
+            if (base + STEP < units) return;
             // The quad's partial sums of rows g, g + 8 into lane t = 0's.
 #pragma unroll
             for (int r = 0; r < RT; r++)
@@ -1354,19 +1305,15 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // batch is copied from one to the other.
         auto step = [&](int it, const uint4 (&cur)[RT][UB], const uint2 (&cs)[RT][GPB], const uint2 (&cm)[RT][GPB],
                         uint4 (&nxt)[RT][UB], uint2 (&ns)[RT][GPB], uint2 (&nm)[RT][GPB]) {
-            if (!dry && it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
+            if (it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
             if (it == 0) QMMA_STAMP(5);
-            if (!dry && it + 2 == total) prefetch_next();
+            if (it + 2 == total) prefetch_next();
 #if QMMA_STAMPS && QMMA_CONSUME_TWICE == 1
-            // Timing only (tests/gpu/qmma_phases.cu): the first batch twice,
-            // the second time with its weights surely in registers.
             if (it == 0) {
                 consume_one(ci, cb, cur, cs, cm);
                 QMMA_STAMP(6);
             }
 #elif QMMA_STAMPS && QMMA_CONSUME_TWICE == 2
-            // Timing only: thread 0 waits for its lane's first-batch words
-            // (stamp 6) before consuming them, no consume code run.
             if (it == 0 && threadIdx.x == 0) {
                 u32 h = 0;
 #pragma unroll
@@ -1382,62 +1329,13 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             }
 #endif
             consume_one(ci, cb, cur, cs, cm);
-            if (dry) return;
             advance(ci, cb);
             advance(li, lb);
         };
-        // The weights before the wait, the wait, the activations.
-        auto begin = [&]() {
-            if (QMMA_DENSE_DELAY_NS > 0 && MODE == 1 && xq && cols <= 4096) __nanosleep(QMMA_DENSE_DELAY_NS);
-            if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
-            if (MODE != 1 && total > 0) preload(first_item);
-            if (pre2) load_one(li, lb, wb, sb1, mb1);
-            if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
-            chain_wait(chain);
-            QMMA_STAMP(1);
-        };
-        auto activations = [&]() {
-            if (MODE == 1) preload(first_item);
-            if (total == 1) prefetch_next();
-            if (QMMA_ONE_L2_NEXT) one_token_x<NT8, SX, SB>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch, l2_hook);
-            else one_token_x<NT8, SX, SB>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
-            QMMA_STAMP(2);
-        };
-        constexpr bool WARMC = QMMA_ONE_WARM;
-        const signed char* xq_in = xq;
-        const float2* xs_in = xs;
-        if (!WARMC || total == 0) {
-            begin();
-            if (total == 0) return;
-            activations();
-        } else {
-            // The first batch's code run once on zeros and whatever
-            // shared memory holds, so that it is in the instruction caches
-            // when the real batches come (stamps: a block's first batch took
-            // 1–2 µs longer than the same batch run again).
-#pragma unroll
-            for (int r = 0; r < RT; r++) {
-#pragma unroll
-                for (int u = 0; u < UB; u++) wa[r][u] = make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-                for (int q = 0; q < GPB; q++) sa1[r][q] = ma1[r][q] = make_uint2(0u, 0u);
-            }
-            xq = (const signed char*)(qmma_smem + nb * 16);
-            xs = (const float2*)qmma_smem;
-            dry = true;
-        }
-        for (int it = WARMC ? -2 : 0; it < total; it += 2) {
-            if (WARMC && it == 0) {
-                dry = false;
-                xq = xq_in;
-                xs = xs_in;
-                zero_acc();
-                begin();
-                activations();
-            }
+        for (int it = 0; it < total; it += 2) {
             step(it, wa, sa1, ma1, wb, sb1, mb1);
             if (it == 0) QMMA_STAMP(3);
-            if (it + 1 < total && !dry) step(it + 1, wb, sb1, mb1, wa, sa1, ma1);
+            if (it + 1 < total) step(it + 1, wb, sb1, mb1, wa, sa1, ma1);
             if (it == 0 && !QMMA_CONSUME_TWICE) QMMA_STAMP(6);
         }
         return;
