@@ -183,14 +183,6 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
-// N > 0: the one-token dense product (accumulating over handed codes, at
-// most 4,096 columns) sleeps N ns before requesting its weights, so that the
-// decode attention ahead of it (2 SMs) reads its keys and values first (run
-// 131: its tile phase took 2.3–3.2 µs in real steps against 1.7–2.2 alone,
-// its loads queued behind the dense weights). A measurement variant.
-#ifndef QMMA_DENSE_DELAY_NS
-#define QMMA_DENSE_DELAY_NS 0
-#endif
 // 1: one-token products read what their epilogue adds (bias, the output
 // they accumulate into) into registers ahead (EpiloguePreload, below);
 // 0: in the epilogue, as the other paths do (a measurement variant).
@@ -1254,7 +1246,6 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         pdl_launch_dependents();
         int ci = first_item, cb = 0, li = first_item, lb = 0;
         advance(li, lb);
-        if (QMMA_DENSE_DELAY_NS > 0 && MODE == 1 && xq && cols <= 4096) __nanosleep(QMMA_DENSE_DELAY_NS);
         if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
         if (MODE != 1 && total > 0) preload(first_item);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
