@@ -33,11 +33,17 @@ __device__ __forceinline__ void preload_token_slots(const RopeCtx& rc, int n, in
     if ((int)threadIdx.x < min(n, cap)) slots[threadIdx.x] = token_slot(rc, threadIdx.x);
 }
 
+// Whether dim d of QKV output head h is turned by RoPE: the rotated part
+// (the first 2·n_pairs dims) of a query or key head, not a value head.
+__device__ __forceinline__ bool rope_turns(const RopeCtx& rc, int h, int d) {
+    return h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs;
+}
+
 // Row `row` of a token at `pos` after RoPE (value a; its partner's value b):
 // the rotated part of the query and key heads turned, the rest as it is.
 __device__ __forceinline__ float qkv_rope(const RopeCtx& rc, int pos, int row, float a, float b) {
     const int h = row / rc.head_dim, d = row % rc.head_dim;
-    if (h >= rc.n_heads + rc.n_groups || d >= 2 * rc.n_pairs) return a;
+    if (!rope_turns(rc, h, d)) return a;
     float s, c;
     sincosf((float)pos * rc.inv_freq[d >> 1], &s, &c);
     return (d & 1) ? a * c + b * s : a * c - b * s;

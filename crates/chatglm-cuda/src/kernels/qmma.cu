@@ -1237,7 +1237,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 const int h = row / rc.head_dim, d = row % rc.head_dim;
                 pre_c = 1.f;
                 pre_s = 0.f;
-                if (h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs) {
+                if (rope_turns(rc, h, d)) {
                     sincosf((float)rc.positions[0] * rc.inv_freq[d >> 1], &pre_s, &pre_c);
                     if (!(d & 1)) pre_s = -pre_s;
                 }

@@ -848,7 +848,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 static_assert(QG_THREADS % (QG_TILES * 16) == 0, "a thread keeps its row");
                 const int r = threadIdx.x % (QG_TILES * 16), row = G * QG_TILES * 16 + r;
                 const int h = row / rc.head_dim, d = row % rc.head_dim;
-                const bool rot = h < rc.n_heads + rc.n_groups && d < 2 * rc.n_pairs, odd = d & 1;
+                const bool rot = rope_turns(rc, h, d), odd = d & 1;
                 const float bv = gbias[r], bb = gbias[r ^ 1];
                 const float2* cs = rope + (d >> 1);
                 if (row < out_rows) {
