@@ -183,6 +183,18 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
+// 1: a one-token product waits for batch k's weights before it requests
+// batch k + 1's. ptxas puts every weight load of a lane on one scoreboard,
+// and the first use of batch k's registers waited for all of it to drain —
+// batch k + 1's loads too, issued just before — so batch k was consumed only
+// once k + 1 had landed: the stream had one batch a warp in flight, and the
+// consume after it (the first batch, long in registers, waited ~2 µs for
+// the second; harness, session 29). A use of batch k ahead of the requests
+// takes that wait where k has mostly arrived, and the consume overlaps
+// k + 1's flight. 0: as before (a measurement variant).
+#ifndef QMMA_TOUCH
+#define QMMA_TOUCH 1
+#endif
 // 1: one-token products read what their epilogue adds (bias, the output
 // they accumulate into) into registers ahead (EpiloguePreload, below);
 // 0: in the epilogue, as the other paths do (a measurement variant).
@@ -196,6 +208,12 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_ROPE_PRELOAD
 #define QMMA_ROPE_PRELOAD 1
 #endif
+
+// A use of v that the compiler must keep ahead of what follows (a branch on
+// it to a trap; `never` is a kernel parameter that is never negative).
+__device__ __forceinline__ void touch_word(u32 v, int never) {
+    if ((v ^ (u32)never) == 0x9e3779b9u && never < 0) asm volatile("trap;");
+}
 
 // C = A·B for one block: unsigned 4-bit codes (as u8) or signed int8 codes.
 template <int U4>
@@ -1305,7 +1323,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // batch is copied from one to the other.
         auto step = [&](int it, const uint4 (&cur)[RT][UB], const uint2 (&cs)[RT][GPB], const uint2 (&cm)[RT][GPB],
                         uint4 (&nxt)[RT][UB], uint2 (&ns)[RT][GPB], uint2 (&nm)[RT][GPB]) {
-            if (it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
+            if (it + 1 < total && !(pre2 && it == 0)) {
+                if (QMMA_TOUCH) touch_word(cur[0][0].x, units);
+                load_one(li, lb, nxt, ns, nm);
+            }
             if (it == 0) QMMA_STAMP(5);
             if (it + 2 == total) prefetch_next();
 #if QMMA_STAMPS && QMMA_CONSUME_TWICE == 1
