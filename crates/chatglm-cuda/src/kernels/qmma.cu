@@ -1323,10 +1323,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // batch is copied from one to the other.
         auto step = [&](int it, const uint4 (&cur)[RT][UB], const uint2 (&cs)[RT][GPB], const uint2 (&cm)[RT][GPB],
                         uint4 (&nxt)[RT][UB], uint2 (&ns)[RT][GPB], uint2 (&nm)[RT][GPB]) {
-            if (it + 1 < total && !(pre2 && it == 0)) {
-                if (QMMA_TOUCH) touch_word(cur[0][0].x, units);
-                load_one(li, lb, nxt, ns, nm);
-            }
+            // Unconditionally: a touch on one path only leaves ptxas waiting
+            // again after the paths join (the SASS of a conditional form).
+            if (QMMA_TOUCH) touch_word(cur[0][0].x, units);
+            if (it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
             if (it == 0) QMMA_STAMP(5);
             if (it + 2 == total) prefetch_next();
 #if QMMA_STAMPS && QMMA_CONSUME_TWICE == 1
