@@ -43,7 +43,8 @@
 // batch consumed twice (stamp 6 between: the second time its weights are in
 // registers and its code has just run); 2: thread 0 first waits for its own
 // weight words alone (stamp 6), then consumes them. Run 198: the first
-// consume takes 1–2 µs longer than the second, its words already there.
+// consume takes 1–2 µs longer than the second, its words already there —
+// it waited on the next batch's loads too (session 29: QMMA_TOUCH).
 #ifndef QMMA_CONSUME_TWICE
 #define QMMA_CONSUME_TWICE 0
 #endif
