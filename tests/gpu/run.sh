@@ -35,6 +35,27 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
 
+# The default kernels' SASS against the wait session 29 took out of the one-token quantized products
+# (tests/gpu/sass_scoreboard.py), where cuobjdump is found (CUOBJDUMP, PATH, or the nvidia-cuda-cuobjdump
+# wheel unpacked at /tmp/dis): a bundle whose batch-1 products wait on their next batch is not shipped.
+check_scoreboard() {
+  local cubin dis
+  dis=${CUOBJDUMP:-$(command -v cuobjdump || ls /tmp/dis/nvidia/cu13/bin/cuobjdump 2>/dev/null | head -1)}
+  if [ -z "$dis" ] || [ ! -x "$dis" ]; then
+    echo "note: no cuobjdump (CUOBJDUMP): the one-token products' scoreboard waits are not checked"
+    return 0
+  fi
+  for cubin in "$1"/tmp/chatglm-kernels/qmma-*.cubin; do
+    [ -f "$cubin" ] || continue
+    PATH="$(dirname "$dis"):$PATH" "$dis" -sass "$cubin" >"$cubin.sass" && python3 tests/gpu/sass_scoreboard.py "$cubin.sass" || {
+      echo "error: the one-token products of $cubin wait on their next batch (tests/gpu/sass_scoreboard.py)" >&2
+      rm -f "$cubin.sass"
+      return 1
+    }
+    rm -f "$cubin.sass"
+  done
+}
+
 build() {
   local data=${CHATGLM_TESTDATA:-testdata}
   [ -d "$data/dev" ] || { echo "error: golden test data not found at $data (set CHATGLM_TESTDATA)" >&2; exit 1; }
@@ -107,7 +128,7 @@ for line in sys.stdin:
     # KERNEL_CACHE_VARIANTS="A=1;B=1 C=0": also each of these CHATGLM_NVRTC_DEFINES (';'-separated).
     local v ok=1 IFS=';'
     # Cubins (SASS, what the GPU machine loads) and PTX (its fallback) in two processes, one a core.
-    local f pids
+    local f pids checked=""
     # The default's cubins and PTX side by side, then the variants' cubins (only: their PTX would not fit a
     # device call) two at a time.
     local jobs=(" cubin" " ptx") j
@@ -121,6 +142,8 @@ for line in sys.stdin:
       if [ ${#pids[@]} = 2 ]; then
         for f in "${pids[@]}"; do wait "$f" || ok=0; done
         pids=()
+        # The first pair is the default's: its one-token products must not wait on the next batch's loads.
+        [ "$ok" = 1 ] && [ -z "${checked:-}" ] && { check_scoreboard "$kc" || ok=0; checked=1; }
       fi
     done
     for f in "${pids[@]}"; do wait "$f" || ok=0; done
