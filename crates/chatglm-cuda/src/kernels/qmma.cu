@@ -192,7 +192,8 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 // consume after it (the first batch, long in registers, waited ~2 µs for
 // the second; harness, session 29). A use of batch k ahead of the requests
 // takes that wait where k has mostly arrived, and the consume overlaps
-// k + 1's flight. 0: as before (a measurement variant).
+// k + 1's flight (tests/gpu/sass_scoreboard.py checks the SASS for it).
+// 0: as before (a measurement variant).
 #ifndef QMMA_TOUCH
 #define QMMA_TOUCH 1
 #endif
