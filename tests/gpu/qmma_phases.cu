@@ -12,8 +12,7 @@
 //   nvcc -O2 -std=c++17 -arch=sm_90 -DQMMA_STAMPS=1 tests/gpu/qmma_phases.cu -o qmma_phases
 // Run: ./qmma_phases [format: 0 = q4_0 (default), 2 = q8_0] [steps, default 20]
 // ONLY=p: each layer runs product p alone (0 QKV, 1 dense, 2 h→4h, 3 4h→h),
-// so a launch follows a launch of the same kernel (its code still in the
-// SMs' instruction caches).
+// so a launch follows a launch of the same kernel.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>

@@ -89,7 +89,7 @@ def check(ins):
 
 def main():
     if len(sys.argv) != 2:
-        print(__doc__.strip().splitlines()[-6], file=sys.stderr)
+        print("usage: sass_scoreboard.py FILE.sass (the output of cuobjdump -sass)", file=sys.stderr)
         return 2
     with open(sys.argv[1]) as f:
         kernels = parse(f.read().split("\n"))
