@@ -138,6 +138,11 @@ pub struct Gpu {
     /// Counters of the fused MLP blocks (mlp_stream.rs), allocated once.
     pub(crate) mlp_counters: std::sync::Mutex<Option<CudaSlice<i32>>>,
     pub(crate) mlp_launches: std::sync::atomic::AtomicU64,
+    /// Blocks the short decode attention takes a (token, group) (ops.rs,
+    /// `decode_short_subs`).
+    pub(crate) decode_short_subs: std::sync::atomic::AtomicUsize,
+    /// Its warps a block (`decode_short_warps`).
+    pub(crate) decode_short_warps: std::sync::atomic::AtomicUsize,
     /// Dynamic shared memory quantize_x's launches ask for (bytes).
     pub(crate) quantize_x_smem: u32,
 }
@@ -361,6 +366,8 @@ impl Gpu {
             chain: Default::default(),
             mlp_counters: Default::default(),
             mlp_launches: Default::default(),
+            decode_short_subs: crate::ops::decode_short_subs().into(),
+            decode_short_warps: crate::ops::decode_short_warps().into(),
             quantize_x_smem: qx_smem,
         }))
     }

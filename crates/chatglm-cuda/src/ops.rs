@@ -175,13 +175,63 @@ impl AttentionWork {
     }
 }
 
-/// The short-context decode attention (`kernels/decode_short.cu`): one
-/// 8-warp block per (token, group) of 16 heads, no splits.
+/// The short-context decode attention (`kernels/decode_short.cu`): 8-warp
+/// blocks, [`decode_short_subs`] a (token, group) of 16 heads, no splits.
 pub(crate) const DECODE_SHORT_KERNEL: &str = "attn_decode_short16";
-/// Its shared memory (`struct ShortReduce`): each warp's running maxima,
-/// sums and merge weights (16 heads each) and unnormalised output (16 × 128
-/// f32).
-pub(crate) const DECODE_SHORT_SMEM: usize = 8 * (3 * 16 + 16 * DECODE_HEAD_DIM) * 4;
+/// Its largest shared memory (`struct ShortReduce`): each warp's running
+/// maxima, sums and merge weights (16 heads each) and unnormalised output
+/// (16 × 128 f32); [`short_smem_bytes`] of the heads a block writes.
+pub(crate) const DECODE_SHORT_SMEM: usize = short_smem_bytes(16);
+
+/// The short attention's shared memory with `heads` (of the group's 16)
+/// written by a block: ShortReduce with only those heads' outputs.
+pub(crate) const fn short_smem_bytes(heads: usize) -> usize {
+    8 * (3 * 16 + heads * DECODE_HEAD_DIM) * 4
+}
+
+/// Blocks the short attention takes a (token, group) in a one-token step
+/// by default: each reads the group's whole context for 16 / subs of its
+/// heads, so its end (merging the warps' outputs, writing them) shrinks.
+/// `CHATGLM_DECODE_SHORT_SUBS` (1, 2, 4, 8 or 16) sets it.
+pub(crate) fn decode_short_subs() -> usize {
+    env_choice("CHATGLM_DECODE_SHORT_SUBS", short_subs_valid).unwrap_or(DEFAULT_DECODE_SHORT_SUBS)
+}
+
+/// Warps a block of the short attention (`CHATGLM_DECODE_SHORT_WARPS`: 4
+/// or 8).
+pub(crate) fn decode_short_warps() -> usize {
+    env_choice("CHATGLM_DECODE_SHORT_WARPS", short_warps_valid).unwrap_or(DEFAULT_DECODE_SHORT_WARPS)
+}
+
+fn env_choice(name: &str, valid: fn(usize) -> bool) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&s| valid(s))
+}
+
+fn short_subs_valid(subs: usize) -> bool {
+    subs > 0 && DECODE_MMA_HEADS.is_multiple_of(subs)
+}
+
+fn short_warps_valid(warps: usize) -> bool {
+    warps == 4 || warps == 8
+}
+
+/// [`decode_short_subs`]'s default.
+const DEFAULT_DECODE_SHORT_SUBS: usize = 4;
+/// [`decode_short_warps`]'s default.
+const DEFAULT_DECODE_SHORT_WARPS: usize = 8;
+
+/// The blocks a (token, group) of a step of `work` tokens, with `subs` for
+/// one token: halved as the tokens double, so a step launches at most
+/// `subs` blocks a group until it has more tokens than that (32 sequences
+/// with 4 blocks each ran 5.6% slower than with one, bench/RESULTS.md run
+/// 213).
+pub(crate) fn short_subs_for(subs: usize, work: usize) -> usize {
+    let mut s = subs.max(1);
+    while s > 1 && s * work > subs {
+        s /= 2;
+    }
+    s
+}
 /// Where the fused QKV product finds each token's position and cache
 /// ([`Gpu::gemv_qkv`]): device addresses of the step's metadata.
 #[derive(Debug, Clone, Copy)]
@@ -1148,6 +1198,22 @@ impl Gpu {
         self.launch(f, a, &name, cfg(grid, threads, 0))
     }
 
+    /// How [`Gpu::attention_decode_short`] lays out its blocks: `subs` (1, 2,
+    /// 4, 8 or 16) a (token, group) in a one-token step, each the group's
+    /// whole context for 16 / `subs` of its heads (fewer with more tokens),
+    /// of `warps` (4 or 8) warps.
+    pub fn set_decode_short_blocks(&self, subs: usize, warps: usize) -> Result<(), CudaError> {
+        if !short_subs_valid(subs) || !short_warps_valid(warps) {
+            return Err(CudaError::invalid(
+                DECODE_SHORT_KERNEL,
+                format!("{subs} blocks a group (1, 2, 4, 8 or 16) of {warps} warps (4 or 8)"),
+            ));
+        }
+        self.decode_short_subs.store(subs, std::sync::atomic::Ordering::Relaxed);
+        self.decode_short_warps.store(warps, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Whether [`Gpu::attention_decode_short`] can run `shape` over a cache
     /// of `kv` rows (f16, 16 heads a group, head size 128).
     pub fn decode_short_supported(&self, shape: &AttentionDims, kv: KvFormat) -> bool {
@@ -1199,11 +1265,14 @@ impl Gpu {
             ));
         }
         let f = self.kernel(DECODE_SHORT_KERNEL)?;
-        let grid = (shape.n_groups as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", at.work)? as u32, 1);
+        let subs = short_subs_for(self.decode_short_subs.load(std::sync::atomic::Ordering::Relaxed), at.work);
+        let warps = self.decode_short_warps.load(std::sync::atomic::Ordering::Relaxed);
+        let grid = ((shape.n_groups * subs) as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", at.work)? as u32, 1);
         let mut a = at.decode_args();
         let s = step.unwrap_or(crate::quant::StepCodes { codes: out_codes, scales: 0, form: 0, stride: 0, off: 0 });
         a.arg(&s.codes).arg(&s.scales).arg(&s.form).arg(&s.stride).arg(&s.off);
-        self.launch(f, a, DECODE_SHORT_KERNEL, cfg(grid, 256, DECODE_SHORT_SMEM as u32))
+        let smem = short_smem_bytes(DECODE_MMA_HEADS / subs) as u32;
+        self.launch(f, a, DECODE_SHORT_KERNEL, cfg(grid, 32 * warps as u32, smem))
     }
 
     unsafe fn combine(
@@ -1552,6 +1621,27 @@ mod tests {
         assert_eq!(params, names);
         // The launch's shared memory is the kernel's ShortReduce (its static_assert).
         assert_eq!(DECODE_SHORT_SMEM, 67_072);
+        // With subs blocks a group: the block's heads' outputs only.
+        assert_eq!(short_smem_bytes(4), 8 * (48 + 512) * 4);
+    }
+
+    #[test]
+    fn short_attention_blocks_shrink_as_the_step_grows() {
+        assert_eq!(short_subs_for(8, 1), 8);
+        assert_eq!(short_subs_for(8, 2), 4);
+        assert_eq!(short_subs_for(8, 3), 2);
+        assert_eq!(short_subs_for(8, 8), 1);
+        assert_eq!(short_subs_for(8, 32), 1);
+        assert_eq!(short_subs_for(1, 1), 1);
+        assert_eq!(short_subs_for(16, 5), 2);
+        for subs in [1, 2, 4, 8, 16] {
+            for work in 1..70 {
+                let s = short_subs_for(subs, work);
+                assert!(short_subs_valid(s) && s <= subs && (s == 1 || s * work <= subs), "{subs} {work}: {s}");
+            }
+        }
+        assert!(!short_subs_valid(3) && !short_subs_valid(0) && !short_subs_valid(32));
+        assert!(short_warps_valid(4) && short_warps_valid(8) && !short_warps_valid(16));
     }
 
     #[test]

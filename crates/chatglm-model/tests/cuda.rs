@@ -219,11 +219,19 @@ struct GpuSetup<'a> {
     activations: &'a str,
     /// `CudaBackend::set_short_attention` (None: the default).
     short_attention: Option<usize>,
+    /// `CudaBackend::set_short_attention_blocks` (None: the default).
+    short_blocks: Option<(usize, usize)>,
 }
 
 impl Default for GpuSetup<'_> {
     fn default() -> Self {
-        Self { gemv_rows: 0, gemv_lean: GemvLean::ByShape, activations: "q8", short_attention: None }
+        Self {
+            gemv_rows: 0,
+            gemv_lean: GemvLean::ByShape,
+            activations: "q8",
+            short_attention: None,
+            short_blocks: None,
+        }
     }
 }
 
@@ -237,7 +245,7 @@ fn compare_schedule_with(
     tol: f32,
     setup: GpuSetup,
 ) {
-    let GpuSetup { gemv_rows, gemv_lean, activations, short_attention } = setup;
+    let GpuSetup { gemv_rows, gemv_lean, activations, short_attention, short_blocks } = setup;
     let src = random_model(json, 42);
     let Some(gpu_backend) = cuda(&src.config) else { return };
     gpu_backend.force_gemv_rows(gemv_rows);
@@ -245,6 +253,9 @@ fn compare_schedule_with(
     gpu_backend.set_gpu_activations(activations).unwrap();
     if let Some(limit) = short_attention {
         gpu_backend.set_short_attention(limit);
+    }
+    if let Some((subs, warps)) = short_blocks {
+        gpu_backend.set_short_attention_blocks(subs, warps).unwrap();
     }
     let cpu = Model::load(CpuBackend::for_config(&src.config), &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
     let gpu = Model::load(gpu_backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
@@ -469,6 +480,12 @@ fn gpu_batched_decode_with_16_heads_per_group_matches_cpu() {
     // contexts take two tiles a warp).
     for short_attention in [0, usize::MAX] {
         let setup = GpuSetup { short_attention: Some(short_attention), ..GpuSetup::default() };
+        compare_schedule_with(GLM_HEADS, WeightFormat::F16, KvDType::F16, &steps, 2e-2, setup);
+    }
+    // The short kernel with its heads split over 2 and 16 blocks a group
+    // (fewer as the steps' tokens grow), of 8 and 4 warps.
+    for blocks in [(2, 8), (16, 4), (4, 4)] {
+        let setup = GpuSetup { short_attention: Some(usize::MAX), short_blocks: Some(blocks), ..GpuSetup::default() };
         compare_schedule_with(GLM_HEADS, WeightFormat::F16, KvDType::F16, &steps, 2e-2, setup);
     }
 }

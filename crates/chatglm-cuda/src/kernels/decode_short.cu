@@ -16,10 +16,16 @@
 // stored as 16-byte rows, each (head, warp) weight exp(m_w − M)/L computed
 // once by its own thread, and the outputs summed as float4s.
 //
-// Launch: grid = (n_groups, work tokens), block = 256,
-// DECODE_SHORT_SMEM bytes of dynamic shared memory (ShortReduce). qout (one
-// work token only; else null): the output also as q8_0 codes for the dense
+// Launch: grid = (n_groups · subs, work tokens), block = 256, subs (1, 2,
+// 4, 8 or 16) blocks a group, each the group's whole context for 16 / subs
+// of its heads; short_smem_bytes(16 / subs) bytes of dynamic shared memory
+// (ShortReduce with that many heads' outputs). More blocks a group shorten
+// the end of each (the warps' outputs merged and written for fewer heads)
+// at the price of every block reading the group's keys. qout (one work
+// token only; else null): the output also as q8_0 codes for the dense
 // product after it (quantize_out4).
+// The most warps a block (its shared memory is sized for them); a launch
+// may take fewer (blockDim.x = 32 · warps, 4 or 8).
 #define SHORT_WARPS 8
 // 1 (measurements): thread 0 of block (0, 0) prints %globaltimer at entry,
 // after the wait, after its tile steps, after each merge barrier and at the
@@ -40,6 +46,8 @@ struct ShortReduce {
     float m[SHORT_WARPS][16], l[SHORT_WARPS][16];
     // Each warp's share of a head's output: exp(m_w − M) / L.
     float wt[SHORT_WARPS][16];
+    // [warp][head of the block][DEC_D]: only the block's heads (16 / subs)
+    // are stored, packed, so the launch asks for less with more subs.
     __align__(16) float o[SHORT_WARPS][16 * DEC_D];
 };
 // The launch asks for DECODE_SHORT_SMEM (ops.rs) bytes: this size.
@@ -115,11 +123,13 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
                         int qform, int qstride, int qoff) {
 #if __CUDA_ARCH__ >= 800
     constexpr int HG = 16;
-    constexpr int STEP = SHORT_WARPS * MMA_KEYS;
+    const int nw = blockDim.x >> 5, STEP = nw * MMA_KEYS;
     extern __shared__ __align__(16) unsigned char short_smem[];
     ShortReduce& red = *reinterpret_cast<ShortReduce*>(short_smem);
-    const int g = blockIdx.x, wt = blockIdx.y;
+    const int subs = gridDim.x / n_groups, hb = HG / subs;
+    const int g = blockIdx.x / subs, h0 = blockIdx.x % subs * hb, wt = blockIdx.y;
     const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, gr = lane >> 2, tq = lane & 3;
+    float* const red_o = &red.o[0][0];  // [nw][hb][DEC_D]
     const unsigned long long t0 = short_now();
     const int t = work_tokens[wt];
     const int ctx = positions[t] + 1;
@@ -142,6 +152,8 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     if (kb0 < ctx) load_tile(ta, table, kb0, ctx, block_tokens, koff, voff, gr, tq);
     if (kb0 + STEP < ctx) load_tile(tb, table, kb0 + STEP, ctx, block_tokens, koff, voff, gr, tq);
     u32 qf[8][4];
+    // All 16 rows, the block's heads or not (a row's scores and outputs
+    // depend on its own query only; the others are not stored).
     load_q_fragments(q, qscale, gr, tq, qf);
     float o[16][4];
 #pragma unroll
@@ -158,56 +170,67 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     const unsigned long long t2 = short_now() + (unsigned long long)(o[0][0] == 12345.f);
     store_softmax_state(m0, m1, l0, l1, red.m[w], red.l[w], gr, tq);
     // Fragment j of column n holds output dim pv_dim(j, n): j, j+1, j+2, j+3
-    // (j % 4 == 0) are four consecutive dims, one 16-byte store.
+    // (j % 4 == 0) are four consecutive dims, one 16-byte store; only the
+    // block's heads h0..h0 + hb.
 #pragma unroll
     for (int j = 0; j < 16; j += 4) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            const int row = gr + (e >> 1) * 8, d = pv_dim(j, 2 * tq + (e & 1));
-            *(float4*)&red.o[w][row * DEC_D + d] = make_float4(o[j][e], o[j + 1][e], o[j + 2][e], o[j + 3][e]);
+            const int row = gr + (e >> 1) * 8 - h0, d = pv_dim(j, 2 * tq + (e & 1));
+            if ((unsigned)row < (unsigned)hb)
+                *(float4*)&red_o[(w * hb + row) * DEC_D + d] =
+                    make_float4(o[j][e], o[j + 1][e], o[j + 2][e], o[j + 3][e]);
         }
     }
     __syncthreads();
     const unsigned long long t3 = short_now();
     // Thread (head hh, warp k) of the first 128: warp k's share of head hh
     // (warps without keys have m = −∞ and add nothing; warp 0 has key 0).
-    if (tid < SHORT_WARPS * HG) {
-        const int hh = tid / SHORT_WARPS, k = tid % SHORT_WARPS;
+    // (Whole warps enter for the shuffles; with one or two heads a block
+    // the last lanes work on a copy of its first head and write nothing.)
+    if (tid < ((nw * hb + 31) & ~31)) {
+        const int hh = h0 + (tid < nw * hb ? tid / nw : 0), k = tid % nw;
         float M = -INFINITY;
 #pragma unroll
-        for (int i = 0; i < SHORT_WARPS; i++) M = fmaxf(M, red.m[i][hh]);
+        for (int i = 0; i < SHORT_WARPS; i++)
+            if (i < nw) M = fmaxf(M, red.m[i][hh]);
         const float mk = red.m[k][hh];
         const float f = mk == -INFINITY ? 0.f : expf(mk - M);
         float L = red.l[k][hh] * f;
 #pragma unroll
-        for (int s = 1; s < SHORT_WARPS; s <<= 1) L += __shfl_xor_sync(0xffffffffu, L, s);
-        red.wt[k][hh] = f / L;
+        for (int s = 1; s < SHORT_WARPS; s <<= 1)
+            if (s < nw) L += __shfl_xor_sync(0xffffffffu, L, s);
+        if (tid < nw * hb) red.wt[k][hh] = f / L;
     }
     __syncthreads();
     const unsigned long long t4 = short_now();
-    // Two 4-dim groups a thread, summed over the warps in order.
-#pragma unroll
-    for (int i = tid; i < HG * DEC_D / 4; i += SHORT_WARPS * 32) {
-        const int hh = i * 4 / DEC_D;
+    // 4-dim groups (two a thread with 16 heads), summed over the warps in
+    // order. Whole warps enter (hb·32 threads or more), as the quantizers'
+    // shuffles need.
+    const int first = g * HG * DEC_D + h0 * DEC_D;  // the block's first output
+#pragma unroll 1
+    for (int i = tid; i < hb * DEC_D / 4; i += blockDim.x) {
+        const int hh = h0 + i * 4 / DEC_D;
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
         for (int k = 0; k < SHORT_WARPS; k++) {
+            if (k == nw) break;
             const float f = red.wt[k][hh];
-            const float4 v = *(const float4*)&red.o[k][i * 4];
+            const float4 v = *(const float4*)&red_o[k * hb * DEC_D + i * 4];
             acc.x += v.x * f;
             acc.y += v.y * f;
             acc.z += v.z * f;
             acc.w += v.w * f;
         }
-        *(float4*)(out + (long)t * out_width + (long)g * HG * DEC_D + i * 4) = acc;
-        if (qout && qform == 0) quantize_out4(acc, qout, out_width, g * HG * DEC_D + i * 4);
-        else if (qout) quantize_out4_step(acc, qout, qs, qform, qstride, qoff, out_width, t, g * HG * DEC_D + i * 4);
+        *(float4*)(out + (long)t * out_width + first + i * 4) = acc;
+        if (qout && qform == 0) quantize_out4(acc, qout, out_width, first + i * 4);
+        else if (qout) quantize_out4_step(acc, qout, qs, qform, qstride, qoff, out_width, t, first + i * 4);
     }
     // The q8_0 form's scales of the padding tokens (the step's tokens are
     // 0..gridDim.y − 1): zero, with the folded offset, as quantize_x writes them.
     if (qout && qform == 1 && wt == 0)
-        for (int e = tid; e < HG * DEC_D / 32 * (qstride - (int)gridDim.y); e += SHORT_WARPS * 32) {
-            const int b = g * HG * DEC_D / 32 + e % (HG * DEC_D / 32), tt = gridDim.y + e / (HG * DEC_D / 32);
+        for (int e = tid; e < hb * DEC_D / 32 * (qstride - (int)gridDim.y); e += blockDim.x) {
+            const int b = first / 32 + e % (hb * DEC_D / 32), tt = gridDim.y + e / (hb * DEC_D / 32);
             qs[b * qstride + tt] = make_float2(0.f, __int_as_float(qoff ? SHORT_X_MAGIC : 0));
         }
     if (SHORT_STAMPS && tid == 0 && g == 0 && wt == 0 && layer == 3 && ctx % 16 == 0) {

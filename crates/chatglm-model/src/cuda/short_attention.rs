@@ -57,6 +57,13 @@ impl CudaBackend {
         self.short_attention.limit.store(limit, Relaxed);
     }
 
+    /// The short-context kernel's blocks a (token, group) of a one-token
+    /// step (1, 2, 4, 8 or 16) and warps a block (4 or 8)
+    /// (`chatglm_cuda::Gpu::set_decode_short_blocks`; the same outputs).
+    pub fn set_short_attention_blocks(&self, subs: usize, warps: usize) -> Result<(), chatglm_cuda::CudaError> {
+        self.gpu.set_decode_short_blocks(subs, warps)
+    }
+
     /// Short-context attention launches (or graph recordings) so far.
     pub fn short_attention_launches(&self) -> u64 {
         self.short_attention.launches.load(Relaxed)
