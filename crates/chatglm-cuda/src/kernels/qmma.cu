@@ -203,6 +203,17 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_EPI_PRELOAD
 #define QMMA_EPI_PRELOAD 1
 #endif
+// 1: a one-token product with a fused RMSNorm (QKV, h→4h, the output layer;
+// rows of at most 4,096) reads each thread's 16 norm weights into registers
+// before the wait (NormPreload), so that after it only x is read: the
+// weights are constant, but each layer's come from DRAM (the step's stream
+// evicts them from L2) and were half the bytes of the activation phase,
+// which takes ~2.2 µs of these products against ~0.9 for the ones handed
+// their codes (run 137). Run 137's QMMA_NW_SMEM put them in shared memory
+// (16 KB more a block: slower); registers cost no shared memory.
+#ifndef QMMA_NW_PRELOAD
+#define QMMA_NW_PRELOAD 1
+#endif
 // The one-token QKV product's rotations ((cos, sin) of each thread's row)
 // worked out with the biases, before the wait, so that the epilogue after the
 // block's last batch has no sincosf left (the grouped products' epilogue took
@@ -782,9 +793,31 @@ __device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2
 // rounds (cols ≤ 4,096); without a norm, 4 rounds at a time.
 // Sync: the barrier of the warps taking part; L2: x read from L2 (a kernel
 // whose blocks wrote and read x before may hold stale lines in L1).
+// Thread's norm weights read ahead (QMMA_NW_PRELOAD): those of blocks
+// r·64 + q, values 8t..8t+7, r = 0, 1 — block_quantize_one's whole row in
+// its two rounds (cols ≤ 4,096); zeros past the row.
+struct NormPreload {
+    float4 g[2][2];
+    bool on;
+    __device__ __forceinline__ void load(const float* nw, int cols) {
+        const int q = threadIdx.x >> 2, t = threadIdx.x & 3, nb = cols / 32;
+        on = QMMA_NW_PRELOAD && nw && cols <= 2 * 32 * QMMA_THREADS / 4;
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const int b = k * (QMMA_THREADS / 4) + q;
+            g[k][0] = g[k][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (on && b < nb) {
+                g[k][0] = *(const float4*)(nw + b * 32 + 8 * t);
+                g[k][1] = *(const float4*)(nw + b * 32 + 8 * t + 4);
+            }
+        }
+    }
+};
+
 template <bool NORM, class Sync = SyncBlock, bool L2 = false>
 __device__ __forceinline__ void block_quantize_one(const float* x, const float* nw, float eps, int cols,
-                                                   signed char* xq, float2* xs, float* scratch) {
+                                                   signed char* xq, float2* xs, float* scratch,
+                                                   const NormPreload* pre = nullptr) {
     constexpr int R = NORM ? 2 : 4;  // rounds of 64 blocks in flight
     const int q = threadIdx.x >> 2, t = threadIdx.x & 3, lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const int nb = cols / 32;
@@ -802,8 +835,9 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
                 v[k][0] = x0.x; v[k][1] = x0.y; v[k][2] = x0.z; v[k][3] = x0.w;
                 v[k][4] = x1.x; v[k][5] = x1.y; v[k][6] = x1.z; v[k][7] = x1.w;
                 if (NORM) {
-                    const float4 n0 = *(const float4*)(nw + b * 32 + 8 * t),
-                                 n1 = *(const float4*)(nw + b * 32 + 8 * t + 4);
+                    const bool ahead = pre && pre->on && r0 == 0;
+                    const float4 n0 = ahead ? pre->g[k][0] : *(const float4*)(nw + b * 32 + 8 * t),
+                                 n1 = ahead ? pre->g[k][1] : *(const float4*)(nw + b * 32 + 8 * t + 4);
                     g[NORM ? k : 0][0] = n0.x; g[NORM ? k : 0][1] = n0.y; g[NORM ? k : 0][2] = n0.z;
                     g[NORM ? k : 0][3] = n0.w; g[NORM ? k : 0][4] = n1.x; g[NORM ? k : 0][5] = n1.y;
                     g[NORM ? k : 0][6] = n1.z; g[NORM ? k : 0][7] = n1.w;
@@ -851,14 +885,14 @@ __device__ __forceinline__ void block_quantize_one(const float* x, const float* 
 template <int NT8, int SX, int SB>
 __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float eps, int n, int cols,
                                           unsigned char* smem, const signed char*& xq, const float2*& xs,
-                                          float* inv, float* scratch) {
+                                          float* inv, float* scratch, const NormPreload* pre = nullptr) {
     if (!SX) return NT8 * 8;
     const int nb = cols / 32;
     const int xs_stride = n <= 2 ? 2 : 8;
     xs = (const float2*)smem;
     xq = (const signed char*)(smem + (long)nb * xs_stride * sizeof(float2));
     if (QMMA_ASYNC_X && SX == 2 && (!nw || cols <= 2 * 32 * QMMA_THREADS / 4)) {
-        if (nw) block_quantize_one<true>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
+        if (nw) block_quantize_one<true>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch, pre);
         else block_quantize_one<false>(x, nw, eps, cols, (signed char*)xq, (float2*)xs, scratch);
         return xs_stride;
     }
@@ -879,8 +913,8 @@ __device__ __forceinline__ int in_block_x(const float* x, const float* nw, float
 template <int NT8, int SX, int SB>
 __device__ __forceinline__ int one_token_x(const float* x, const float* nw, float eps, int n, int cols,
                                            unsigned char* smem, const signed char*& xq, const float2*& xs,
-                                           float* inv, float* scratch) {
-    if (SX != 2 || !xq) return in_block_x<NT8, SX, SB>(x, nw, eps, n, cols, smem, xq, xs, inv, scratch);
+                                           float* inv, float* scratch, const NormPreload* pre = nullptr) {
+    if (SX != 2 || !xq) return in_block_x<NT8, SX, SB>(x, nw, eps, n, cols, smem, xq, xs, inv, scratch, pre);
     const int nb = cols / 32, n16 = nb + cols / 16;
     const uint4* src = (const uint4*)xq;
     uint4* dst = (uint4*)smem;
@@ -1268,6 +1302,14 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         advance(li, lb);
         if (total > 0) load_one(first_item, 0, wa, sa1, ma1);
         if (MODE != 1 && total > 0) preload(first_item);
+        // (The residual products, MODE 1, have no norm. q4_1's SwiGLU
+        // product holds its mins too: with 16 more registers across the wait,
+        // ptxas put its consume back behind the next batch's loads, the wait
+        // QMMA_TOUCH removes — tests/gpu/sass_scoreboard.py.)
+        constexpr bool NPRE = MODE != 1 && !(MODE == 2 && QFmt<F>::MIN && QFmt<F>::U4);
+        NormPreload npre;
+        npre.on = false;
+        if (NPRE) npre.load(SX == 2 && QMMA_ASYNC_X && !xq && total > 0 ? nw : nullptr, cols);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
         const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
@@ -1277,7 +1319,8 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         if (total == 0) return;
         if (MODE == 1) preload(first_item);
         if (total == 1) prefetch_next();
-        one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch);
+        one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch,
+                                              NPRE ? &npre : nullptr);
         QMMA_STAMP(2);
         float acc[RT][1][4];
 #pragma unroll
