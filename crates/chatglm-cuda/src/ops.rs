@@ -175,8 +175,9 @@ impl AttentionWork {
     }
 }
 
-/// The short-context decode attention (`kernels/decode_short.cu`): 8-warp
-/// blocks, [`decode_short_subs`] a (token, group) of 16 heads, no splits.
+/// The short-context decode attention (`kernels/decode_short.cu`): blocks
+/// of [`decode_short_warps`] warps, [`decode_short_subs`] a (token, group) of
+/// 16 heads, no splits.
 pub(crate) const DECODE_SHORT_KERNEL: &str = "attn_decode_short16";
 /// Its largest shared memory (`struct ShortReduce`): each warp's running
 /// maxima, sums and merge weights (16 heads each) and unnormalised output
@@ -203,8 +204,15 @@ pub(crate) fn decode_short_warps() -> usize {
     env_choice("CHATGLM_DECODE_SHORT_WARPS", short_warps_valid).unwrap_or(DEFAULT_DECODE_SHORT_WARPS)
 }
 
+/// `name`'s value when it is a count `valid` accepts; else none (with a
+/// warning naming the value when one is set).
 fn env_choice(name: &str, valid: fn(usize) -> bool) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&s| valid(s))
+    let v = std::env::var(name).ok()?;
+    let choice = v.trim().parse::<usize>().ok().filter(|&s| valid(s));
+    if choice.is_none() {
+        tracing::warn!("{name}={v:?} is not one of the allowed counts; using the default");
+    }
+    choice
 }
 
 fn short_subs_valid(subs: usize) -> bool {

@@ -184,7 +184,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     }
     __syncthreads();
     const unsigned long long t3 = short_now();
-    // Thread (head hh, warp k) of the first 128: warp k's share of head hh
+    // Thread (head hh, warp k) of the first nw·hb: warp k's share of head hh
     // (warps without keys have m = −∞ and add nothing; warp 0 has key 0).
     // (Whole warps enter for the shuffles; with one or two heads a block
     // the last lanes work on a copy of its first head and write nothing.)

@@ -783,22 +783,12 @@ __device__ __forceinline__ float2 quad_quantize8(const float (&v)[8], u32 (&w)[2
     return make_float2(f16_to_f32(f32_to_f16(d)), __int_as_float(sum));
 }
 
-// One token's activations for the whole block in one round of loads: lane
-// quad q of the block takes block q of every 64, lane t its values 8t..8t+7
-// (x — and with NORM the norm weights — of up to 4 rounds requested at once,
-// so the reads queued behind the weights the block has just asked for cost
-// one latency, not the 2–4 of row_inv_rms + quantize_tile: run 74 measured
-// 2.7–5.8 µs from the wait to quantized activations). Codes and scales as
-// quantize_block32, into xq / xs (stride 2). NORM needs the whole row in 2
-// rounds (cols ≤ 4,096); without a norm, 4 rounds at a time.
-// Sync: the barrier of the warps taking part; L2: x read from L2 (a kernel
-// whose blocks wrote and read x before may hold stale lines in L1).
 // Thread's norm weights read ahead (QMMA_NW_PRELOAD): those of blocks
 // r·64 + q, values 8t..8t+7, r = 0, 1 — block_quantize_one's whole row in
 // its two rounds (cols ≤ 4,096); zeros past the row.
 struct NormPreload {
     float4 g[2][2];
-    bool on;
+    bool on = false;
     __device__ __forceinline__ void load(const float* nw, int cols) {
         const int q = threadIdx.x >> 2, t = threadIdx.x & 3, nb = cols / 32;
         on = QMMA_NW_PRELOAD && nw && cols <= 2 * 32 * QMMA_THREADS / 4;
@@ -814,6 +804,16 @@ struct NormPreload {
     }
 };
 
+// One token's activations for the whole block in one round of loads: lane
+// quad q of the block takes block q of every 64, lane t its values 8t..8t+7
+// (x — and with NORM the norm weights — of up to 4 rounds requested at once,
+// so the reads queued behind the weights the block has just asked for cost
+// one latency, not the 2–4 of row_inv_rms + quantize_tile: run 74 measured
+// 2.7–5.8 µs from the wait to quantized activations). Codes and scales as
+// quantize_block32, into xq / xs (stride 2). NORM needs the whole row in 2
+// rounds (cols ≤ 4,096); without a norm, 4 rounds at a time.
+// Sync: the barrier of the warps taking part; L2: x read from L2 (a kernel
+// whose blocks wrote and read x before may hold stale lines in L1).
 template <bool NORM, class Sync = SyncBlock, bool L2 = false>
 __device__ __forceinline__ void block_quantize_one(const float* x, const float* nw, float eps, int cols,
                                                    signed char* xq, float2* xs, float* scratch,
@@ -1308,7 +1308,6 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // QMMA_TOUCH removes — tests/gpu/sass_scoreboard.py.)
         constexpr bool NPRE = MODE != 1 && !(MODE == 2 && QFmt<F>::MIN && QFmt<F>::U4);
         NormPreload npre;
-        npre.on = false;
         if (NPRE) npre.load(SX == 2 && QMMA_ASYNC_X && !xq && total > 0 ? nw : nullptr, cols);
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
         const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
