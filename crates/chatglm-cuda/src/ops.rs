@@ -267,6 +267,34 @@ pub fn sample_row_words(temperature: f32, top_p: f32, top_k: usize, uniform: f64
     [temperature.to_bits(), top_p.to_bits(), k, 0, u as u32, (u >> 32) as u32]
 }
 
+/// Where [`Gpu::argmax_rows`] also writes its choices (the device's `out`
+/// always holds them).
+pub enum ArgmaxHost<'a> {
+    None,
+    /// This page-locked buffer; the launch is issued at once (never recorded
+    /// into a graph: the buffer differs from step to step).
+    Buffer(&'a mut HostBuffer<i32>),
+    /// The page-locked buffer whose device address the u64 at this device
+    /// address holds when the kernel runs ([`Gpu::stage_step`] sets it each
+    /// step), so the launch can be recorded and replayed.
+    Slot(u64),
+}
+
+/// Blocks [`Gpu::argmax_rows`] splits a row of `cols` values over: ~2,048
+/// columns a block of 256 threads (a 65K-column vocabulary: 32), or
+/// `CHATGLM_ARGMAX_SLICES` (1: one block of 1,024 threads a row), read once.
+pub fn argmax_slices(cols: usize) -> usize {
+    static SET: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let set = *SET.get_or_init(|| env_choice("CHATGLM_ARGMAX_SLICES", |v| (1..=1024).contains(&v)));
+    set.unwrap_or_else(|| cols.div_ceil(2048).clamp(1, 64)).min(cols.div_ceil(4).max(1))
+}
+
+/// i32 scratch of [`Gpu::argmax_rows`] for `rows` rows of `cols`: a counter
+/// a row, then (value, index, non-finite seen) for each row's blocks.
+pub fn argmax_scratch_ints(rows: usize, cols: usize) -> usize {
+    rows + 3 * rows * argmax_slices(cols)
+}
+
 /// Most splits of one decode context: the merging block keeps a weight per
 /// split and head in its 4·HB·128-float shared buffer (HB ≥ 1 heads).
 pub const DECODE_MAX_SPLITS: usize = 512;
@@ -771,46 +799,60 @@ impl Gpu {
 
     /// `out[r]` = the index of the largest value of row `r` of `x` (rows ×
     /// cols f32), by the host's rules (`chatglm_engine::sampling::argmax`):
-    /// the first of equal values, NaN never chosen. With `host`, the choices
-    /// also land in that page-locked buffer (no copy queued behind the
-    /// kernel); read them with [`Gpu::take_download`].
+    /// the first of equal values, NaN never chosen. Each row is split over
+    /// [`argmax_slices`] blocks whose last merges them, through `scratch`
+    /// ([`argmax_scratch_ints`] i32, zero the first time: the kernel leaves
+    /// its counters at zero). The choices also land in page-locked memory as
+    /// `host` says (read them with [`Gpu::take_download`]).
     ///
     /// # Safety
-    /// `x`: rows·cols f32; `out`: rows i32.
+    /// `x`: rows·cols f32; `out`: rows i32; `scratch`: as above; with
+    /// [`ArgmaxHost::Slot`], the slot holds the device address of ≥ rows i32
+    /// of page-locked memory when the launch runs.
     pub unsafe fn argmax_rows(
         &self,
         x: u64,
         rows: usize,
         cols: usize,
         out: u64,
-        mut host: Option<&mut HostBuffer<i32>>,
+        mut host: ArgmaxHost<'_>,
+        scratch: &CudaSlice<i32>,
     ) -> Result<(), CudaError> {
+        const OP: &str = "argmax_rows";
         if rows == 0 {
-            if let Some(h) = host {
+            if let ArgmaxHost::Buffer(h) = host {
                 h.wait_for_device()?;
                 h.written_by_device(self, 0)?;
             }
             return Ok(());
         }
-        let f = self.kernel("argmax_rows")?;
-        let cols32 = check_i32("argmax_rows", "cols", cols)?;
-        let host_ptr = match &host {
-            Some(h) if h.len() < rows => {
-                return Err(CudaError::invalid("argmax_rows", format!("{rows} rows into a host buffer of {}", h.len())))
+        let f = self.kernel(OP)?;
+        let cols32 = check_i32(OP, "cols", cols)?;
+        let rows32 = check_i32(OP, "rows", rows)?;
+        let slices = argmax_slices(cols);
+        if scratch.len() < argmax_scratch_ints(rows, cols) {
+            return Err(CudaError::invalid(OP, format!("{} scratch ints for {rows} rows of {cols}", scratch.len())));
+        }
+        let (host_ptr, slot) = match &host {
+            ArgmaxHost::Buffer(h) if h.len() < rows => {
+                return Err(CudaError::invalid(OP, format!("{rows} rows into a host buffer of {}", h.len())))
             }
-            Some(h) => h.device_ptr(),
-            None => 0,
+            ArgmaxHost::Buffer(h) => (h.device_ptr(), 0u64),
+            ArgmaxHost::Slot(s) => (0, *s),
+            ArgmaxHost::None => (0, 0),
         };
-        if let Some(h) = host.as_deref_mut() {
+        if let ArgmaxHost::Buffer(h) = &mut host {
             // The launch must not be recorded into a graph (its host buffer
             // changes from step to step), and the buffer's last reader done.
             self.flush_recorded(false)?;
             h.wait_for_device()?;
         }
+        let scratch_ptr = device_ptr(scratch);
         let mut a = Args::default();
-        a.arg(&x).arg(&out).arg(&cols32).arg(&host_ptr);
-        self.launch(f, a, "argmax_rows", cfg((check_i32("argmax_rows", "rows", rows)? as u32, 1, 1), 1024, 0))?;
-        if let Some(h) = host {
+        a.arg(&x).arg(&out).arg(&cols32).arg(&host_ptr).arg(&slot).arg(&scratch_ptr);
+        let threads = if slices > 1 { 256 } else { 1024 };
+        self.launch(f, a, OP, cfg((slices as u32, rows32 as u32, 1), threads, 0))?;
+        if let ArgmaxHost::Buffer(h) = host {
             h.written_by_device(self, rows)?;
         }
         Ok(())
@@ -823,7 +865,10 @@ impl Gpu {
     /// `chain = Some((chosen, off_pairs, n))`, the `n` (row, source) pairs at
     /// `meta[off_pairs..]` then set `ids[row] = chosen[source]` on the device
     /// (ids: the first ints of `meta`): a step's tokens taken from the ids the
-    /// step before chose, without the host reading them.
+    /// step before chose, without the host reading them. With `host_ids =
+    /// Some((slot, ids))`, the u64 at device address `slot` is set to `ids`
+    /// (the page-locked buffer a recorded [`Gpu::argmax_rows`] with
+    /// [`ArgmaxHost::Slot`] writes this step's choices to).
     ///
     /// # Safety
     /// `chosen`: an i32 buffer holding every source named; every row named
@@ -836,6 +881,7 @@ impl Gpu {
         table_dev: &mut CudaSlice<u64>,
         buf: &mut StagingBuffer,
         chain: Option<(u64, usize, usize)>,
+        host_ids: Option<(u64, u64)>,
     ) -> Result<(), CudaError> {
         const OP: &str = "stage_step";
         let (meta16, table16) = staged_chunks(meta.len(), table.len());
@@ -862,7 +908,9 @@ impl Gpu {
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(OP, "size", v)).collect::<Result<_, _>>()?;
         let (src, md, td) = (buf.device_ptr(), device_ptr(meta_dev), device_ptr(table_dev));
         let mut a = Args::default();
+        let (slot, ids) = host_ids.unwrap_or((0, 0));
         a.arg(&src).arg(&md).arg(&ints[0]).arg(&td).arg(&ints[1]).arg(&chosen).arg(&ints[2]).arg(&ints[3]);
+        a.arg(&slot).arg(&ids);
         let table_blocks = table16.div_ceil(STAGE_CHUNKS_A_BLOCK);
         let grid = check_i32(OP, "blocks", 1 + table_blocks)? as u32;
         self.launch(f, a, OP, cfg((grid, 1, 1), 256, 0))?;
@@ -1548,6 +1596,21 @@ pub fn staged_bytes(meta_ints: usize, table_entries: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_rows_split_into_blocks_of_about_2048_columns() {
+        if std::env::var("CHATGLM_ARGMAX_SLICES").is_ok() {
+            return;
+        }
+        assert_eq!(argmax_slices(65024), 32);
+        assert_eq!(argmax_slices(2048), 1);
+        assert_eq!(argmax_slices(2049), 2);
+        assert_eq!(argmax_slices(1 << 20), 64);
+        // Never more blocks than 4-column runs: each has at least one.
+        assert_eq!(argmax_slices(5), 1);
+        assert_eq!(argmax_slices(0), 1);
+        assert_eq!(argmax_scratch_ints(3, 65024), 3 + 3 * 3 * 32);
+    }
 
     #[test]
     fn stage_step_lets_no_kernel_start_before_it_is_done() {

@@ -951,6 +951,29 @@ fn gpu_greedy_token_follows_the_invalid_score_rule() {
     gpu.read_greedy(&x, 65024, &mut got);
     let want: Vec<u32> = flat.chunks(65024).map(chatglm_model::greedy_token).collect();
     assert_eq!(got, want);
+    // Rows split over several blocks (chatglm_cuda::argmax_slices): equal
+    // maxima in different blocks (the first wins), a NaN in the last block,
+    // the maximum at the very end, widths that are not a multiple of 4 (the
+    // scalar loads), each width twice (the row counters are reset).
+    for cols in [65024usize, 65023, 8195, 4097, 13] {
+        let mut rows = vec![vec![0.0f32; cols]; 4];
+        for (c, v) in rows[0].iter_mut().enumerate() {
+            *v = ((c * 7919) % 1000) as f32;
+        }
+        rows[1][cols / 3] = 7.0;
+        rows[1][cols - 2] = 7.0;
+        rows[2][cols - 1] = f32::NAN;
+        rows[2][1] = 3.0;
+        rows[3][cols - 1] = 1.0;
+        let flat: Vec<f32> = rows.concat();
+        gpu.resize(&mut x, rows.len(), cols);
+        gpu.upload_activations(&flat, &mut x).unwrap();
+        let want: Vec<u32> = rows.iter().map(|r| chatglm_model::greedy_token(r)).collect();
+        for _ in 0..2 {
+            gpu.read_greedy(&x, cols, &mut got);
+            assert_eq!(got, want, "{cols} columns, {} blocks a row", chatglm_cuda::argmax_slices(cols));
+        }
+    }
 }
 
 /// P-Tuning v2 on the GPU: the prefix rows in front of every cache (keys

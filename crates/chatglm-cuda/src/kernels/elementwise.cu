@@ -242,11 +242,14 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, co
 // that one), sets ids[pairs[2i]] = chosen[pairs[2i + 1]] for its n_chained
 // (row, source) pairs at int offset off_pairs; the other blocks copy the
 // table. Each thread keeps four 16-byte loads in flight (a bus round trip
-// each).
+// each). host_slot (or null): where the step's argmax_rows, recorded with
+// it, finds the address of the page-locked buffer its choices go to (host_ids).
 #define STAGE_LOADS 4
 extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
                                                              int4* table, int table16, const int* chosen,
-                                                             int off_pairs, int n_chained) {
+                                                             int off_pairs, int n_chained,
+                                                             unsigned long long* host_slot,
+                                                             unsigned long long host_ids) {
     // No early launch of the kernel after this one: kernels read a step's
     // positions and block table before their own wait (preload_token_slots),
     // which covers only the kernel just ahead of them — a successor launched
@@ -254,6 +257,7 @@ extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restr
     // writing (the `cuda` suite's queued-steps test caught it, run 139).
     pdl_wait();
     const bool is_meta = blockIdx.x == 0;
+    if (is_meta && threadIdx.x == 0 && host_slot) *host_slot = host_ids;
     int4* dst = is_meta ? meta : table;
     const int4* from = is_meta ? src : src + meta16;
     const int n = is_meta ? meta16 : table16;
@@ -279,38 +283,74 @@ extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restr
     for (int i = threadIdx.x; i < n_chained; i += blockDim.x) ids[pairs[2 * i]] = chosen[pairs[2 * i + 1]];
 }
 
+// (value, index) pairs: the larger value, the first of equal ones.
+__device__ __forceinline__ void argmax_merge(float& bv, int& bi, float ov, int oi) {
+    if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+}
+
+// The block's best (value, index) over its threads' and whether any thread
+// met a non-finite value, valid in thread 0.
+__device__ __forceinline__ void argmax_block(float& bv, int& bi, int& bad) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    bad = __syncthreads_or(bad);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_merge(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { sv[w] = bv; si[w] = bi; }
+    __syncthreads();
+    if (w != 0) return;
+    const int nw = (blockDim.x + 31) >> 5;
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_merge(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
 // out[r] = the greedy choice for row r, as the host's greedy sampler makes
 // it: a row holding NaN or ±inf is first replaced by zeros with 5e4 at index
 // 5 (the official InvalidScoreLogitsProcessor), then the index of the largest
-// value, the first of equal ones. grid = rows, block = 1024. host_out (or
-// null): mapped page-locked memory the choices are also written to, so a
-// queued step's tokens reach the host without a copy behind the kernel.
-extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int* out, int cols, int* host_out) {
-    __shared__ float sv[32];
-    __shared__ int si[32];
+// value, the first of equal ones. grid = (slices, rows): block (s, r) takes
+// the s-th of gridDim.x equal runs of row r's columns (a 65K-column row
+// over one block took 5.3 µs of a step, run 218), writes its best to
+// scratch, and the row's last block to finish (a counter a row, which it
+// sets back to zero) merges them — the result does not depend on which.
+// scratch: rows counters (zero), then rows·slices·3 ints (value bits, index,
+// non-finite seen). The choices also go to mapped page-locked memory, so a
+// queued step's tokens reach the host without a copy behind the kernel:
+// host_out, or (host_out null) the address host_slot holds (written by the
+// step's stage_step: a recorded step replays this launch with the same
+// arguments while each step's choices go to their own buffer); neither: none.
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int* out, int cols, int* host_out,
+                                                               const unsigned long long* host_slot, int* scratch) {
+    __shared__ bool last;
     pdl_launch_dependents();
     pdl_wait();
-    const float* row = x + (long)blockIdx.x * cols;
+    const int r = blockIdx.y, slices = gridDim.x;
+    const float* row = x + (long)r * cols;
+    const int per = ((cols + slices - 1) / slices + 3) & ~3;  // a multiple of 4: float4 runs stay aligned
+    const int c_begin = min(cols, (int)blockIdx.x * per), c_end = min(cols, c_begin + per);
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     int bad = 0;
     if ((cols & 3) == 0 && ((unsigned long)row & 15) == 0) {
         // Four float4 loads in flight a thread (the row was just written: L2
-        // round trips, one a value before); each thread still meets its
-        // columns in increasing order, so the first of equal maxima wins.
+        // round trips); each thread meets its columns in increasing order.
         const float4* r4 = (const float4*)row;
-        const int n4 = cols / 4;
-        for (int c0 = threadIdx.x; c0 < n4; c0 += 4 * blockDim.x) {
+        const int b4 = c_begin / 4, e4 = c_end / 4;
+        for (int c0 = b4 + threadIdx.x; c0 < e4; c0 += 4 * blockDim.x) {
             float4 q[4];
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int c = c0 + k * blockDim.x;
-                if (c < n4) q[k] = r4[c];
+                if (c < e4) q[k] = r4[c];
             }
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int c = c0 + k * blockDim.x;
-                if (c >= n4) break;
+                if (c >= e4) break;
                 const float v[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
@@ -320,36 +360,42 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
             }
         }
     } else {
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        for (int c = c_begin + threadIdx.x; c < c_end; c += blockDim.x) {
             const float v = row[c];
             bad |= !(fabsf(v) <= 3.402823466e38f);
             if (v > bv) { bv = v; bi = c; }
         }
     }
-    bad = __syncthreads_or(bad);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+    argmax_block(bv, bi, bad);
+    if (slices > 1) {
+        int* counter = scratch + r;
+        int* part = scratch + gridDim.y + 3 * ((long)r * slices + blockIdx.x);
+        if (threadIdx.x == 0) {
+            part[0] = __float_as_int(bv);
+            part[1] = bi;
+            part[2] = bad;
+            __threadfence();
+            last = atomicAdd(counter, 1) == slices - 1;
+        }
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        bv = -INFINITY;
+        bi = 0x7fffffff;
+        bad = 0;
+        const int* parts = scratch + gridDim.y + 3L * r * slices;
+        for (int s = threadIdx.x; s < slices; s += blockDim.x) {
+            argmax_merge(bv, bi, __int_as_float(__ldcg(parts + 3 * s)), __ldcg(parts + 3 * s + 1));
+            bad |= __ldcg(parts + 3 * s + 2);
+        }
+        argmax_block(bv, bi, bad);
+        if (threadIdx.x == 0) *counter = 0;
     }
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    if (lane == 0) { sv[w] = bv; si[w] = bi; }
-    __syncthreads();
-    if (w != 0) return;
-    const int nw = (blockDim.x + 31) >> 5;
-    bv = lane < nw ? sv[lane] : -INFINITY;
-    bi = lane < nw ? si[lane] : 0x7fffffff;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
-    }
-    if (lane == 0) {
+    if (threadIdx.x == 0) {
         const int chosen = bad ? (cols > 5 ? 5 : 0) : bi;
-        out[blockIdx.x] = chosen;
-        if (host_out) host_out[blockIdx.x] = chosen;
+        out[r] = chosen;
+        int* host = host_out ? host_out : host_slot ? (int*)*host_slot : nullptr;
+        if (host) host[r] = chosen;
     }
 }
 

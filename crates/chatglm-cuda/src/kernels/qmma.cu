@@ -184,6 +184,14 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
+// 1: a one-token block holding two items of one batch each (ChatGLM2's QKV:
+// 288 tiles over 264 blocks, so 24 blocks take a second) starts the second
+// item's weights towards L2 before the wait, so that item — what the whole
+// product waits for — streams from L2 after the first, not from DRAM (in
+// registers, QMMA_ONE_PRELOAD2, the QKV kernel spilled: run 213).
+#ifndef QMMA_L2_SECOND
+#define QMMA_L2_SECOND 0
+#endif
 // 1: a one-token product waits for batch k's weights before it requests
 // batch k + 1's. ptxas puts every weight load of a lane on one scoreboard,
 // and the first use of batch k's registers waited for all of it to drain —
@@ -1312,6 +1320,24 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
         const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
+        if (QMMA_L2_SECOND && !pre2 && total == 2 && per_item == 1 && warp == 0) {
+            // A request a lane: 4 KB pieces of the codes, then the scales (and mins).
+            const int item = item_of(1);
+#pragma unroll
+            for (int r = 0; r < RT; r++) {
+                const long u0 = (long)(r ? item + half_rows / 16 : item) * units;
+                const long code_bytes = (long)units * 512, scale_bytes = (long)units * 8 * sizeof(ScaleVec);
+                const int pieces = (int)((code_bytes + 4095) / 4096);
+                for (int p = lane; p < pieces + (QFmt<F>::MIN ? 2 : 1); p += 32) {
+                    if (p < pieces) {
+                        const long off = p * 4096L;
+                        prefetch_l2_bulk((const char*)(w + u0 * 32) + off, (unsigned)min(4096L, code_bytes - off));
+                    } else {
+                        prefetch_l2_bulk((const ScaleVec*)(p == pieces ? scales : mins) + u0 * 8, (unsigned)scale_bytes);
+                    }
+                }
+            }
+        }
         if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
         chain_wait(chain);
         QMMA_STAMP(1);
