@@ -280,19 +280,24 @@ pub enum ArgmaxHost<'a> {
     Slot(u64),
 }
 
+/// Most blocks [`Gpu::argmax_rows`] splits a row over (the kernel's
+/// `ARGMAX_MAX_SLICES`).
+const ARGMAX_MAX_SLICES: usize = 64;
+
 /// Blocks [`Gpu::argmax_rows`] splits a row of `cols` values over: ~2,048
 /// columns a block of 256 threads (a 65K-column vocabulary: 32), or
 /// `CHATGLM_ARGMAX_SLICES` (1: one block of 1,024 threads a row), read once.
 pub fn argmax_slices(cols: usize) -> usize {
     static SET: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let set = *SET.get_or_init(|| env_choice("CHATGLM_ARGMAX_SLICES", |v| (1..=1024).contains(&v)));
-    set.unwrap_or_else(|| cols.div_ceil(2048).clamp(1, 64)).min(cols.div_ceil(4).max(1))
+    let set = *SET.get_or_init(|| env_choice("CHATGLM_ARGMAX_SLICES", |v| (1..=ARGMAX_MAX_SLICES).contains(&v)));
+    set.unwrap_or_else(|| cols.div_ceil(2048).clamp(1, ARGMAX_MAX_SLICES)).min(cols.div_ceil(4).max(1))
 }
 
-/// i32 scratch of [`Gpu::argmax_rows`] for `rows` rows of `cols`: a counter
-/// a row, then (value, index, non-finite seen) for each row's blocks.
-pub fn argmax_scratch_ints(rows: usize, cols: usize) -> usize {
-    rows + 3 * rows * argmax_slices(cols)
+/// i32 scratch of [`Gpu::argmax_rows`] for `rows` rows: for each row, at a
+/// place no other shape moves, a counter and (value, index, non-finite
+/// seen) for each of its blocks.
+pub fn argmax_scratch_ints(rows: usize) -> usize {
+    rows * (1 + 3 * ARGMAX_MAX_SLICES)
 }
 
 /// Most splits of one decode context: the merging block keeps a weight per
@@ -802,7 +807,7 @@ impl Gpu {
     /// the first of equal values, NaN never chosen. Each row is split over
     /// [`argmax_slices`] blocks whose last merges them, through `scratch`
     /// ([`argmax_scratch_ints`] i32, zero the first time: the kernel leaves
-    /// its counters at zero). The choices also land in page-locked memory as
+    /// its counters at zero, at places that do not move with the shape). The choices also land in page-locked memory as
     /// `host` says (read them with [`Gpu::take_download`]).
     ///
     /// # Safety
@@ -830,7 +835,7 @@ impl Gpu {
         let cols32 = check_i32(OP, "cols", cols)?;
         let rows32 = check_i32(OP, "rows", rows)?;
         let slices = argmax_slices(cols);
-        if scratch.len() < argmax_scratch_ints(rows, cols) {
+        if scratch.len() < argmax_scratch_ints(rows) {
             return Err(CudaError::invalid(OP, format!("{} scratch ints for {rows} rows of {cols}", scratch.len())));
         }
         let (host_ptr, slot) = match &host {
@@ -1609,7 +1614,10 @@ mod tests {
         // Never more blocks than 4-column runs: each has at least one.
         assert_eq!(argmax_slices(5), 1);
         assert_eq!(argmax_slices(0), 1);
-        assert_eq!(argmax_scratch_ints(3, 65024), 3 + 3 * 3 * 32);
+        assert_eq!(argmax_scratch_ints(3), 3 * 193);
+        // The kernel lays its scratch out by the same bound.
+        let src = include_str!("kernels/elementwise.cu");
+        assert!(src.contains(&format!("#define ARGMAX_MAX_SLICES {ARGMAX_MAX_SLICES}\n")));
     }
 
     #[test]

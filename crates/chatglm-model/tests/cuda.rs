@@ -974,6 +974,16 @@ fn gpu_greedy_token_follows_the_invalid_score_rule() {
             assert_eq!(got, want, "{cols} columns, {} blocks a row", chatglm_cuda::argmax_slices(cols));
         }
     }
+    // Steps of changing sizes share the scratch (an engine's batches): a
+    // launch of fewer rows must not leave the counters of more rows dirty.
+    for n in [3usize, 1, 2, 3, 1, 3] {
+        let flat: Vec<f32> = (0..n * 65024).map(|i| ((i * 7919 + n * 31) % 65521) as f32).collect();
+        gpu.resize(&mut x, n, 65024);
+        gpu.upload_activations(&flat, &mut x).unwrap();
+        gpu.read_greedy(&x, 65024, &mut got);
+        let want: Vec<u32> = flat.chunks(65024).map(chatglm_model::greedy_token).collect();
+        assert_eq!(got, want, "{n} rows after other sizes");
+    }
 }
 
 /// P-Tuning v2 on the GPU: the prefix rows in front of every cache (keys

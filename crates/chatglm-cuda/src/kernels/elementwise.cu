@@ -317,12 +317,16 @@ __device__ __forceinline__ void argmax_block(float& bv, int& bi, int& bad) {
 // over one block took 5.3 µs of a step, run 218), writes its best to
 // scratch, and the row's last block to finish (a counter a row, which it
 // sets back to zero) merges them — the result does not depend on which.
-// scratch: rows counters (zero), then rows·slices·3 ints (value bits, index,
-// non-finite seen). The choices also go to mapped page-locked memory, so a
+// scratch: ARGMAX_ROW_INTS a row — its counter (zero), then slices·3 ints
+// (value bits, index, non-finite seen) — at fixed places whatever the
+// launch's rows and slices, so no launch's partials land on a counter
+// another launch relies on being zero. The choices also go to mapped page-locked memory, so a
 // queued step's tokens reach the host without a copy behind the kernel:
 // host_out, or (host_out null) the address host_slot holds (written by the
 // step's stage_step: a recorded step replays this launch with the same
 // arguments while each step's choices go to their own buffer); neither: none.
+#define ARGMAX_MAX_SLICES 64
+#define ARGMAX_ROW_INTS (1 + 3 * ARGMAX_MAX_SLICES)
 extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int* out, int cols, int* host_out,
                                                                const unsigned long long* host_slot, int* scratch) {
     __shared__ bool last;
@@ -368,8 +372,8 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
     }
     argmax_block(bv, bi, bad);
     if (slices > 1) {
-        int* counter = scratch + r;
-        int* part = scratch + gridDim.y + 3 * ((long)r * slices + blockIdx.x);
+        int* counter = scratch + (long)r * ARGMAX_ROW_INTS;
+        int* part = counter + 1 + 3 * blockIdx.x;
         if (threadIdx.x == 0) {
             part[0] = __float_as_int(bv);
             part[1] = bi;
@@ -383,7 +387,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
         bv = -INFINITY;
         bi = 0x7fffffff;
         bad = 0;
-        const int* parts = scratch + gridDim.y + 3L * r * slices;
+        const int* parts = counter + 1;
         for (int s = threadIdx.x; s < slices; s += blockDim.x) {
             argmax_merge(bv, bi, __int_as_float(__ldcg(parts + 3 * s)), __ldcg(parts + 3 * s + 1));
             bad |= __ldcg(parts + 3 * s + 2);

@@ -1622,7 +1622,7 @@ impl CudaBackend {
         let xp = Self::input(x, rows, cols, "argmax")?;
         let mut st = lock(&self.step);
         let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
-        let need = chatglm_cuda::argmax_scratch_ints(rows, cols);
+        let need = chatglm_cuda::argmax_scratch_ints(rows);
         if st.argmax_scratch.as_ref().is_none_or(|b| b.len() < need) {
             // Queued launches may use the old scratch: issue them first. Zeroed:
             // the kernel expects its counters at zero and leaves them so.
