@@ -358,7 +358,8 @@ const QMMA_ONE_STEP_UNITS: usize = 64;
 /// Dynamic shared memory a one-token product (`n` tokens quantized in the
 /// block) adds for a block's second item of `s` (qmma.cu, QMMA_SMEM_SECOND):
 /// past the activations, aligned to 16 bytes, the item's codes, scales and
-/// (q4_1, q5_1) offsets as they lie in memory.
+/// offsets (q5_1) as they lie in memory. Not for q4_1 (the kernel leaves
+/// it out).
 pub(crate) fn second_item_smem(s: TileShape, n: usize) -> usize {
     let base = in_block_smem(n, s.cols);
     let scale_bytes = s.units * 8 * 4 * s.format.blocks_per_unit();
@@ -733,7 +734,10 @@ impl Gpu {
         let blocks = grid_blocks(items, per_sm * self.info().multiprocessors, policy);
         // Blocks with a second one-batch item (ChatGLM2's QKV: 24 of 264)
         // copy it into shared memory before the wait where there is room.
-        let second = sx == 2 && mode != GemvMode::SwiGlu && s.units <= QMMA_ONE_STEP_UNITS;
+        let second = sx == 2
+            && mode != GemvMode::SwiGlu
+            && s.units <= QMMA_ONE_STEP_UNITS
+            && s.format != QuantFormat::Q4Min;
         let smem = if second && items > blocks && items <= 2 * blocks && second_item_in_smem() {
             let more = smem + second_item_smem(s, n) as u32;
             if self.blocks_per_sm(&name, QMMA_THREADS, more) >= per_sm {

@@ -1389,7 +1389,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         }
         // QMMA_SMEM_SECOND: the second item's codes, scales (and mins) as
         // they lie in memory, past the activations' shared memory.
-        constexpr bool SMEM2 = QMMA_SMEM_SECOND != 0 && RT == 1 && QMMA_ONE_PRELOAD2 == 0;
+        // (Not q4_1's: with its offsets too, ptxas put those kernels' consume
+        // back behind the next batch's loads — the bundle's scoreboard check.)
+        constexpr bool SMEM2 =
+            QMMA_SMEM_SECOND != 0 && RT == 1 && QMMA_ONE_PRELOAD2 == 0 && !(QFmt<F>::MIN && QFmt<F>::U4);
         bool second_in_smem = false;
         if (SMEM2 && total == 2 && per_item == 1) {
             u32 dyn;
