@@ -267,19 +267,6 @@ pub fn sample_row_words(temperature: f32, top_p: f32, top_k: usize, uniform: f64
     [temperature.to_bits(), top_p.to_bits(), k, 0, u as u32, (u >> 32) as u32]
 }
 
-/// Where [`Gpu::argmax_rows`] also writes its choices (the device's `out`
-/// always holds them).
-pub enum ArgmaxHost<'a> {
-    None,
-    /// This page-locked buffer; the launch is issued at once (never recorded
-    /// into a graph: the buffer differs from step to step).
-    Buffer(&'a mut HostBuffer<i32>),
-    /// The page-locked buffer whose device address the u64 at this device
-    /// address holds when the kernel runs ([`Gpu::stage_step`] sets it each
-    /// step), so the launch can be recorded and replayed.
-    Slot(u64),
-}
-
 /// Most blocks [`Gpu::argmax_rows`] splits a row over (the kernel's
 /// `ARGMAX_MAX_SLICES`).
 const ARGMAX_MAX_SLICES: usize = 64;
@@ -807,25 +794,24 @@ impl Gpu {
     /// the first of equal values, NaN never chosen. Each row is split over
     /// [`argmax_slices`] blocks whose last merges them, through `scratch`
     /// ([`argmax_scratch_ints`] i32, zero the first time: the kernel leaves
-    /// its counters at zero, at places that do not move with the shape). The choices also land in page-locked memory as
-    /// `host` says (read them with [`Gpu::take_download`]).
+    /// its counters at zero, at places that do not move with the shape).
+    /// With `host`, the choices also land in that page-locked buffer (no
+    /// copy queued behind the kernel); read them with [`Gpu::take_download`].
     ///
     /// # Safety
-    /// `x`: rows·cols f32; `out`: rows i32; `scratch`: as above; with
-    /// [`ArgmaxHost::Slot`], the slot holds the device address of ≥ rows i32
-    /// of page-locked memory when the launch runs.
+    /// `x`: rows·cols f32; `out`: rows i32; `scratch`: as above.
     pub unsafe fn argmax_rows(
         &self,
         x: u64,
         rows: usize,
         cols: usize,
         out: u64,
-        mut host: ArgmaxHost<'_>,
+        mut host: Option<&mut HostBuffer<i32>>,
         scratch: &CudaSlice<i32>,
     ) -> Result<(), CudaError> {
         const OP: &str = "argmax_rows";
         if rows == 0 {
-            if let ArgmaxHost::Buffer(h) = host {
+            if let Some(h) = host {
                 h.wait_for_device()?;
                 h.written_by_device(self, 0)?;
             }
@@ -836,17 +822,16 @@ impl Gpu {
         let rows32 = check_i32(OP, "rows", rows)?;
         let slices = argmax_slices(cols);
         if scratch.len() < argmax_scratch_ints(rows) {
-            return Err(CudaError::invalid(OP, format!("{} scratch ints for {rows} rows of {cols}", scratch.len())));
+            return Err(CudaError::invalid(OP, format!("{} scratch ints for {rows} rows", scratch.len())));
         }
-        let (host_ptr, slot) = match &host {
-            ArgmaxHost::Buffer(h) if h.len() < rows => {
+        let host_ptr = match &host {
+            Some(h) if h.len() < rows => {
                 return Err(CudaError::invalid(OP, format!("{rows} rows into a host buffer of {}", h.len())))
             }
-            ArgmaxHost::Buffer(h) => (h.device_ptr(), 0u64),
-            ArgmaxHost::Slot(s) => (0, *s),
-            ArgmaxHost::None => (0, 0),
+            Some(h) => h.device_ptr(),
+            None => 0,
         };
-        if let ArgmaxHost::Buffer(h) = &mut host {
+        if let Some(h) = host.as_deref_mut() {
             // The launch must not be recorded into a graph (its host buffer
             // changes from step to step), and the buffer's last reader done.
             self.flush_recorded(false)?;
@@ -854,10 +839,10 @@ impl Gpu {
         }
         let scratch_ptr = device_ptr(scratch);
         let mut a = Args::default();
-        a.arg(&x).arg(&out).arg(&cols32).arg(&host_ptr).arg(&slot).arg(&scratch_ptr);
+        a.arg(&x).arg(&out).arg(&cols32).arg(&host_ptr).arg(&scratch_ptr);
         let threads = if slices > 1 { 256 } else { 1024 };
         self.launch(f, a, OP, cfg((slices as u32, rows32 as u32, 1), threads, 0))?;
-        if let ArgmaxHost::Buffer(h) = host {
+        if let Some(h) = host {
             h.written_by_device(self, rows)?;
         }
         Ok(())
@@ -870,10 +855,7 @@ impl Gpu {
     /// `chain = Some((chosen, off_pairs, n))`, the `n` (row, source) pairs at
     /// `meta[off_pairs..]` then set `ids[row] = chosen[source]` on the device
     /// (ids: the first ints of `meta`): a step's tokens taken from the ids the
-    /// step before chose, without the host reading them. With `host_ids =
-    /// Some((slot, ids))`, the u64 at device address `slot` is set to `ids`
-    /// (the page-locked buffer a recorded [`Gpu::argmax_rows`] with
-    /// [`ArgmaxHost::Slot`] writes this step's choices to).
+    /// step before chose, without the host reading them.
     ///
     /// # Safety
     /// `chosen`: an i32 buffer holding every source named; every row named
@@ -886,7 +868,6 @@ impl Gpu {
         table_dev: &mut CudaSlice<u64>,
         buf: &mut StagingBuffer,
         chain: Option<(u64, usize, usize)>,
-        host_ids: Option<(u64, u64)>,
     ) -> Result<(), CudaError> {
         const OP: &str = "stage_step";
         let (meta16, table16) = staged_chunks(meta.len(), table.len());
@@ -913,9 +894,7 @@ impl Gpu {
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(OP, "size", v)).collect::<Result<_, _>>()?;
         let (src, md, td) = (buf.device_ptr(), device_ptr(meta_dev), device_ptr(table_dev));
         let mut a = Args::default();
-        let (slot, ids) = host_ids.unwrap_or((0, 0));
         a.arg(&src).arg(&md).arg(&ints[0]).arg(&td).arg(&ints[1]).arg(&chosen).arg(&ints[2]).arg(&ints[3]);
-        a.arg(&slot).arg(&ids);
         let table_blocks = table16.div_ceil(STAGE_CHUNKS_A_BLOCK);
         let grid = check_i32(OP, "blocks", 1 + table_blocks)? as u32;
         self.launch(f, a, OP, cfg((grid, 1, 1), 256, 0))?;

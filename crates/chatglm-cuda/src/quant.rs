@@ -351,29 +351,6 @@ pub(crate) fn in_block_smem(n: usize, cols: usize) -> usize {
     cols / BLOCK * stride * 8 + n * cols
 }
 
-/// Weight units a one-token product's block requests at once (qmma.cu:
-/// QMMA_ONE_UB units a lane, 8 warps): a tile of at most this many is one batch.
-const QMMA_ONE_STEP_UNITS: usize = 64;
-
-/// Dynamic shared memory a one-token product (`n` tokens quantized in the
-/// block) adds for a block's second item of `s` (qmma.cu, QMMA_SMEM_SECOND):
-/// past the activations, aligned to 16 bytes, the item's codes, scales and
-/// offsets (q5_1) as they lie in memory. Not for q4_1 (the kernel leaves
-/// it out).
-pub(crate) fn second_item_smem(s: TileShape, n: usize) -> usize {
-    let base = in_block_smem(n, s.cols);
-    let scale_bytes = s.units * 8 * 4 * s.format.blocks_per_unit();
-    base.next_multiple_of(16) - base + s.units * 512 + scale_bytes * if s.format.has_min() { 2 } else { 1 }
-}
-
-/// Whether one-token products get room for a second item in shared memory
-/// (`CHATGLM_QMMA_SECOND_SMEM=0`: none, the item is requested after the
-/// activations as before), read once.
-fn second_item_in_smem() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CHATGLM_QMMA_SECOND_SMEM").map_or(true, |v| v != "0"))
-}
-
 /// How a quantized product's items (tiles of rows) are shared among its blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum GridPolicy {
@@ -732,22 +709,6 @@ impl Gpu {
         let (cap, policy) = qmma_grid_settings();
         let per_sm = cap.map_or(per_sm, |cap| cap.clamp(1, per_sm));
         let blocks = grid_blocks(items, per_sm * self.info().multiprocessors, policy);
-        // Blocks with a second one-batch item (ChatGLM2's QKV: 24 of 264)
-        // copy it into shared memory before the wait where there is room.
-        let second = sx == 2
-            && mode != GemvMode::SwiGlu
-            && s.units <= QMMA_ONE_STEP_UNITS
-            && s.format != QuantFormat::Q4Min;
-        let smem = if second && items > blocks && items <= 2 * blocks && second_item_in_smem() {
-            let more = smem + second_item_smem(s, n) as u32;
-            if self.blocks_per_sm(&name, QMMA_THREADS, more) >= per_sm {
-                more
-            } else {
-                smem
-            }
-        } else {
-            smem
-        };
         let cfg = LaunchConfig {
             grid_dim: (check_i32(&name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (QMMA_THREADS, 1, 1),
@@ -875,25 +836,9 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_second_item_fits_past_the_activations_as_it_lies_in_memory() {
-        // ChatGLM2's QKV in q4_0: 64 units of 512 code bytes and 64 of
-        // scales a tile, after 6,144 bytes of one token's activations.
-        let s = TileShape::new(QuantFormat::Q4, 4608, 4096).unwrap();
-        assert_eq!(s.units, QMMA_ONE_STEP_UNITS);
-        assert_eq!(second_item_smem(s, 1), 64 * 512 + 64 * 64);
-        let s = TileShape::new(QuantFormat::Q4Min, 4608, 4096).unwrap();
-        assert_eq!(second_item_smem(s, 1), 64 * 512 + 2 * 64 * 64);
-        // The kernel's batch: QMMA_ONE_UB units a lane of 8 warps.
-        let src = include_str!("kernels/qmma.cu");
-        assert!(src.contains("#define QMMA_ONE_UB 8\n") && src.contains("#define QMMA_WARPS 8\n"));
-    }
-
-    #[test]
     fn grid_policies_share_the_items() {
         // ChatGLM2's QKV (288 tiles), h→4h (856 gate tiles) and dense (256) on 132 SMs × 2.
         assert_eq!(grid_blocks(288, 264, GridPolicy::Even), 144);
-        // Auto: ChatGLM2's QKV on an H200, 24 blocks with a second tile.
-        assert_eq!(grid_blocks(288, 264, GridPolicy::Auto), 264);
         assert_eq!(grid_blocks(288, 264, GridPolicy::Fill), 264);
         assert_eq!(grid_blocks(856, 264, GridPolicy::Even), 214);
         assert_eq!(grid_blocks(856, 264, GridPolicy::Fill), 264);

@@ -66,16 +66,6 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
 // Starts a 128-byte line towards L2 without waiting for it.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-// Starts `bytes` (a multiple of 16, from a 16-byte aligned address) towards
-// L2 in one request where the GPU has bulk copies (sm_90), else a line at a time.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, unsigned bytes) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#else
-    for (unsigned b = 0; b < bytes; b += 128) prefetch_l2((const char*)p + b);
-#endif
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

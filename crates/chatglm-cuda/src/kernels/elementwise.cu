@@ -242,14 +242,11 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, co
 // that one), sets ids[pairs[2i]] = chosen[pairs[2i + 1]] for its n_chained
 // (row, source) pairs at int offset off_pairs; the other blocks copy the
 // table. Each thread keeps four 16-byte loads in flight (a bus round trip
-// each). host_slot (or null): where the step's argmax_rows, recorded with
-// it, finds the address of the page-locked buffer its choices go to (host_ids).
+// each).
 #define STAGE_LOADS 4
 extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
                                                              int4* table, int table16, const int* chosen,
-                                                             int off_pairs, int n_chained,
-                                                             unsigned long long* host_slot,
-                                                             unsigned long long host_ids) {
+                                                             int off_pairs, int n_chained) {
     // No early launch of the kernel after this one: kernels read a step's
     // positions and block table before their own wait (preload_token_slots),
     // which covers only the kernel just ahead of them — a successor launched
@@ -257,7 +254,6 @@ extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restr
     // writing (the `cuda` suite's queued-steps test caught it, run 139).
     pdl_wait();
     const bool is_meta = blockIdx.x == 0;
-    if (is_meta && threadIdx.x == 0 && host_slot) *host_slot = host_ids;
     int4* dst = is_meta ? meta : table;
     const int4* from = is_meta ? src : src + meta16;
     const int n = is_meta ? meta16 : table16;
@@ -320,15 +316,13 @@ __device__ __forceinline__ void argmax_block(float& bv, int& bi, int& bad) {
 // scratch: ARGMAX_ROW_INTS a row — its counter (zero), then slices·3 ints
 // (value bits, index, non-finite seen) — at fixed places whatever the
 // launch's rows and slices, so no launch's partials land on a counter
-// another launch relies on being zero. The choices also go to mapped page-locked memory, so a
-// queued step's tokens reach the host without a copy behind the kernel:
-// host_out, or (host_out null) the address host_slot holds (written by the
-// step's stage_step: a recorded step replays this launch with the same
-// arguments while each step's choices go to their own buffer); neither: none.
+// another launch relies on being zero. host_out (or null): mapped
+// page-locked memory the choices also go to, so a queued step's tokens reach
+// the host without a copy behind the kernel.
 #define ARGMAX_MAX_SLICES 64
 #define ARGMAX_ROW_INTS (1 + 3 * ARGMAX_MAX_SLICES)
 extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, int* out, int cols, int* host_out,
-                                                               const unsigned long long* host_slot, int* scratch) {
+                                                               int* scratch) {
     __shared__ bool last;
     pdl_launch_dependents();
     pdl_wait();
@@ -398,8 +392,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* x, i
     if (threadIdx.x == 0) {
         const int chosen = bad ? (cols > 5 ? 5 : 0) : bi;
         out[r] = chosen;
-        int* host = host_out ? host_out : host_slot ? (int*)*host_slot : nullptr;
-        if (host) host[r] = chosen;
+        if (host_out) host_out[r] = chosen;
     }
 }
 

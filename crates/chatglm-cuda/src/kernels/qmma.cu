@@ -184,22 +184,6 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
-// 1: a one-token block holding two items of one batch each (ChatGLM2's QKV:
-// 288 tiles over 264 blocks, so 24 blocks take a second) starts the second
-// item's weights towards L2 before the wait, so that item — what the whole
-// product waits for — streams from L2 after the first, not from DRAM (in
-// registers, QMMA_ONE_PRELOAD2, the QKV kernel spilled: run 213).
-#ifndef QMMA_L2_SECOND
-#define QMMA_L2_SECOND 0
-#endif
-// 1: such a block copies its second item's weights into shared memory
-// (cp.async: no registers held across the wait) before the wait, where the
-// host gave the launch room for them (dynamic shared memory past the
-// activations'), and consumes that item from there; 2: the copy is started
-// right after the wait; 0: never (the item is requested after the activations).
-#ifndef QMMA_SMEM_SECOND
-#define QMMA_SMEM_SECOND 1
-#endif
 // 1: a one-token product waits for batch k's weights before it requests
 // batch k + 1's. ptxas puts every weight load of a lane on one scoreboard,
 // and the first use of batch k's registers waited for all of it to drain —
@@ -1285,47 +1269,6 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
                 }
             }
         };
-        // QMMA_SMEM_SECOND's copy of a second item: past the activations
-        // (in_block_x's shared memory), its codes, scales (and mins).
-        const int smem2_at = ((cols / 32) * 16 + n * cols + 15) & ~15;
-        const int smem2_codes = units * 512, smem2_scales = units * 8 * (int)sizeof(ScaleVec);
-        // The second item's one batch from its copy in shared memory
-        // (QMMA_SMEM_SECOND): load_one's reads, with the item at offset 0.
-        auto load_one_smem = [&](uint4 (&buf)[RT][UB], uint2 (&sv)[RT][GPB], uint2 (&mv)[RT][GPB]) {
-            const unsigned char* base = qmma_smem + smem2_at;
-            const uint4* wp = (const uint4*)base + warp * 32 + lane;
-            const uint2* sp2 = (const uint2*)(base + smem2_codes);
-            const u32* sp1 = (const u32*)(base + smem2_codes);
-            const uint2* mp2 = (const uint2*)(base + smem2_codes + smem2_scales);
-            const u32* mp1 = (const u32*)(base + smem2_codes + smem2_scales);
-#pragma unroll
-            for (int u = 0; u < UB; u++)
-                if (u * QMMA_WARPS + warp < units) buf[0][u] = wp[u * QMMA_WARPS * 32];
-#pragma unroll
-            for (int q = 0; q < GPB; q++) {
-                sv[0][q] = mv[0][q] = make_uint2(0u, 0u);
-                if (SB == 2) {
-                    const int u = q * UG + t;
-                    if (u * QMMA_WARPS + warp < units) {
-                        sv[0][q] = sp2[(warp + u * QMMA_WARPS) * 8 + g];
-                        if (QFmt<F>::MIN) mv[0][q] = mp2[(warp + u * QMMA_WARPS) * 8 + g];
-                    }
-                } else {
-#pragma unroll
-                    for (int k = 0; k < 2; k++) {
-                        const int u = q * UG + 2 * t + k;
-                        if (2 * t + k < CPG && u * QMMA_WARPS + warp < units) {
-                            const u32 v = sp1[(warp + u * QMMA_WARPS) * 8 + g];
-                            if (k) sv[0][q].y = v; else sv[0][q].x = v;
-                            if (QFmt<F>::MIN) {
-                                const u32 m = mp1[(warp + u * QMMA_WARPS) * 8 + g];
-                                if (k) mv[0][q].y = m; else mv[0][q].x = m;
-                            }
-                        }
-                    }
-                }
-            }
-        };
         // EpiloguePreload: what each row of an item's epilogue adds — the
         // bias (MODE 0, 3), the output it accumulates into (MODE 1) — read
         // into registers of threads 0..15 a batch or more ahead, so that the
@@ -1369,58 +1312,10 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
         // QMMA_ONE_PRELOAD2: the second batch too before the wait.
         const bool pre2 = (QMMA_ONE_PRELOAD2 == 1 || (QMMA_ONE_PRELOAD2 == 2 && QFmt<F>::U4)) && total > 1;
         if (pre2) load_one(li, lb, wb, sb1, mb1);
-        if (QMMA_L2_SECOND && !pre2 && total == 2 && per_item == 1 && warp == 0) {
-            // A request a lane: 4 KB pieces of the codes, then the scales (and mins).
-            const int item = item_of(1);
-#pragma unroll
-            for (int r = 0; r < RT; r++) {
-                const long u0 = (long)(r ? item + half_rows / 16 : item) * units;
-                const long code_bytes = (long)units * 512, scale_bytes = (long)units * 8 * sizeof(ScaleVec);
-                const int pieces = (int)((code_bytes + 4095) / 4096);
-                for (int p = lane; p < pieces + (QFmt<F>::MIN ? 2 : 1); p += 32) {
-                    if (p < pieces) {
-                        const long off = p * 4096L;
-                        prefetch_l2_bulk((const char*)(w + u0 * 32) + off, (unsigned)min(4096L, code_bytes - off));
-                    } else {
-                        prefetch_l2_bulk((const ScaleVec*)(p == pieces ? scales : mins) + u0 * 8, (unsigned)scale_bytes);
-                    }
-                }
-            }
-        }
-        // QMMA_SMEM_SECOND: the second item's codes, scales (and mins) as
-        // they lie in memory, past the activations' shared memory.
-        // (Not q4_1's: with its offsets too, ptxas put those kernels' consume
-        // back behind the next batch's loads — the bundle's scoreboard check.)
-        constexpr bool SMEM2 =
-            QMMA_SMEM_SECOND != 0 && RT == 1 && QMMA_ONE_PRELOAD2 == 0 && !(QFmt<F>::MIN && QFmt<F>::U4);
-        bool second_in_smem = false;
-        if (SMEM2 && total == 2 && per_item == 1) {
-            u32 dyn;
-            asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
-            second_in_smem = dyn >= (u32)(smem2_at + smem2_codes + (QFmt<F>::MIN ? 2 : 1) * smem2_scales);
-        }
-        auto copy_second = [&]() {
-            const long u0 = (long)item_of(1) * units;
-            unsigned char* dst = qmma_smem + smem2_at;
-            const unsigned char* codes = (const unsigned char*)(w + u0 * 32);
-            for (int i = threadIdx.x; i < smem2_codes / 16; i += QMMA_THREADS)
-                cp_async16(dst + i * 16, codes + i * 16, true);
-            const unsigned char* sc = (const unsigned char*)((const ScaleVec*)scales + u0 * 8);
-            for (int i = threadIdx.x; i < smem2_scales / 16; i += QMMA_THREADS)
-                cp_async16(dst + smem2_codes + i * 16, sc + i * 16, true);
-            if (QFmt<F>::MIN) {
-                const unsigned char* mn = (const unsigned char*)((const ScaleVec*)mins + u0 * 8);
-                for (int i = threadIdx.x; i < smem2_scales / 16; i += QMMA_THREADS)
-                    cp_async16(dst + smem2_codes + smem2_scales + i * 16, mn + i * 16, true);
-            }
-            cp_async_commit();
-        };
-        if (QMMA_SMEM_SECOND == 1 && second_in_smem) copy_second();
         if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
         chain_wait(chain);
         QMMA_STAMP(1);
         if (total == 0) return;
-        if (QMMA_SMEM_SECOND == 2 && second_in_smem) copy_second();
         if (MODE == 1) preload(first_item);
         if (total == 1) prefetch_next();
         one_token_x<NT8, SX, QFmt<F>::BLOCKS>(x, nw, eps, n, cols, qmma_smem, xq, xs, inv, scratch,
@@ -1475,13 +1370,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
             // Unconditionally: a touch on one path only leaves ptxas waiting
             // again after the paths join (the SASS of a conditional form).
             if (QMMA_TOUCH) touch_word(cur[0][0].x, units);
-            if (SMEM2 && second_in_smem && it == 0) {
-                cp_async_wait<0>();
-                __syncthreads();
-                load_one_smem(nxt, ns, nm);
-            } else if (it + 1 < total && !(pre2 && it == 0)) {
-                load_one(li, lb, nxt, ns, nm);
-            }
+            if (it + 1 < total && !(pre2 && it == 0)) load_one(li, lb, nxt, ns, nm);
             if (it == 0) QMMA_STAMP(5);
             if (it + 2 == total) prefetch_next();
 #if QMMA_STAMPS && QMMA_CONSUME_TWICE == 1

@@ -28,8 +28,8 @@ use chatglm_cpu::attention::AttentionShape;
 use chatglm_cuda::ops::GEMV_MAX_TOKENS;
 use chatglm_cuda::quant::{TileShape, TiledPtr};
 use chatglm_cuda::{
-    device_ptr, sample_row_words, ArgmaxHost, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, HostBuffer,
-    KvFormat, SplitPlan, StagingBuffer, SAMPLE_ROW_WORDS,
+    device_ptr, sample_row_words, AttentionDims, CudaError, CudaSlice, DType, GemvMode, Gpu, HostBuffer, KvFormat,
+    SplitPlan, StagingBuffer, SAMPLE_ROW_WORDS,
 };
 use chatglm_weights::ptuning::PrefixKv;
 use chatglm_weights::{DType as FileDType, Tensor};
@@ -175,12 +175,6 @@ struct StepBuffers {
     /// Greedy ids of queued steps on their way to the host, oldest first.
     reads: VecDeque<HostBuffer<i32>>,
     spare_reads: Vec<HostBuffer<i32>>,
-    /// The buffer a recorded step's argmax writes its greedy ids to, named
-    /// to the device by the step's `stage_step` (through `host_slot`): the
-    /// argmax is then part of the step's graph, launched early behind the
-    /// output layer, where it used to follow the graph as its own launch.
-    graph_read: Option<HostBuffer<i32>>,
-    host_slot: Option<CudaSlice<u64>>,
     /// argmax_rows' per-row counters (left at zero) and block partials.
     argmax_scratch: Option<CudaSlice<i32>>,
 }
@@ -256,9 +250,6 @@ pub struct CudaBackend {
     /// Whether greedy steps may be queued behind running ones
     /// (`CHATGLM_CUDA_QUEUE_STEPS=0` turns it off, for measurements).
     queue_steps: bool,
-    /// Whether a recorded decode step's greedy argmax is part of its graph
-    /// (`CHATGLM_GRAPH_ARGMAX=0`: after it, as its own launch).
-    graph_argmax: bool,
     /// Which steps' quantized products take f16 activations.
     activations: Mutex<products::ActivationPolicy>,
     /// Each quantized product's successor (the L2 prefetch of its weights)
@@ -374,7 +365,6 @@ impl CudaBackend {
             float_products: std::sync::atomic::AtomicBool::new(false),
             batched_graphs: std::env::var("CHATGLM_CUDA_BATCH_GRAPHS").map_or(true, |v| v != "0").into(),
             queue_steps: std::env::var("CHATGLM_CUDA_QUEUE_STEPS").map_or(true, |v| v != "0"),
-            graph_argmax: std::env::var("CHATGLM_GRAPH_ARGMAX").map_or(true, |v| v != "0"),
             activations: Mutex::new(products::ActivationPolicy::from_env()?),
             weight_chain: Mutex::new(weight_chain::WeightChain::default()),
             prefetch_next: weight_chain::prefetch_next_bytes(),
@@ -796,25 +786,6 @@ impl Backend for CudaBackend {
             } else {
                 None
             };
-            // A recorded step may end in a greedy read queued for the host:
-            // its buffer is named now, so the argmax can join the graph.
-            let host_ids = if replay && self.graph_argmax && self.queues_steps() {
-                let rows = plan.logit_rows.len().max(1);
-                if st.graph_read.as_ref().is_none_or(|b| b.len() < rows) {
-                    st.graph_read = None;
-                    st.graph_read = Some(match st.spare_reads.pop() {
-                        Some(b) if b.len() >= rows => b,
-                        _ => self.gpu.host_buffer::<i32>(rows.max(256), "greedy tokens")?,
-                    });
-                }
-                if st.host_slot.is_none() {
-                    st.host_slot = Some(self.gpu.alloc_zeros::<u64>(1, "greedy tokens' buffer address")?);
-                }
-                let slot = device_ptr(st.host_slot.as_ref().expect("invariant: allocated above"));
-                Some((slot, st.graph_read.as_ref().expect("invariant: set above").device_ptr()))
-            } else {
-                None
-            };
             // SAFETY: every pair's row < n_tokens (the ids at the start of the
             // metadata) and its source < the step before's logits rows, which
             // `chosen` holds.
@@ -826,7 +797,6 @@ impl Backend for CudaBackend {
                     st.table.as_mut().expect("invariant: ensured"),
                     st.staging[slot].as_mut().expect("invariant: ensured"),
                     chain,
-                    host_ids,
                 )?
             };
             if let Some(split) = plan.split {
@@ -885,27 +855,8 @@ impl Backend for CudaBackend {
         }
         let rows = x.rows;
         let r = (|| {
-            // A recorded step whose buffer stage_step named: the argmax joins
-            // the step's graph and writes there.
-            let named = {
-                let mut st = lock(&self.step);
-                let usable = st.graph && st.graph_read.as_ref().is_some_and(|b| b.len() >= rows);
-                usable.then(|| st.graph_read.take()).flatten().zip(st.host_slot.as_ref().map(device_ptr))
-            };
-            if let Some((mut buf, slot)) = named {
-                let queued = self
-                    .argmax_into_chosen(x, cols, ArgmaxHost::Slot(slot))
-                    .and_then(|()| buf.written_by_device(&self.gpu, rows));
-                let mut st = lock(&self.step);
-                if queued.is_ok() {
-                    st.reads.push_back(buf);
-                } else {
-                    st.spare_reads.push(buf);
-                }
-                return queued;
-            }
-            // Else the step's launches first (its graph): the argmax writes a
-            // host buffer that changes from step to step, so it runs after them.
+            // The step's launches first (its graph): the argmax writes a host
+            // buffer that changes from step to step, so it runs after them.
             self.flush_step_launches();
             if self.failed() {
                 // The launch fails (finish_queued_step): no read to queue for it.
@@ -916,7 +867,7 @@ impl Backend for CudaBackend {
                 Some(b) if b.len() >= rows => b,
                 _ => self.gpu.host_buffer::<i32>(rows.max(256), "greedy tokens")?,
             };
-            let queued = self.argmax_into_chosen(x, cols, ArgmaxHost::Buffer(&mut buf));
+            let queued = self.argmax_into_chosen(x, cols, Some(&mut buf));
             let mut st = lock(&self.step);
             if queued.is_ok() {
                 st.reads.push_back(buf);
@@ -1552,7 +1503,7 @@ impl Backend for CudaBackend {
         let rows = x.rows;
         let mut ids = vec![0i32; rows];
         let r = (|| {
-            self.argmax_into_chosen(x, cols, ArgmaxHost::None)?;
+            self.argmax_into_chosen(x, cols, None)?;
             let st = lock(&self.step);
             self.gpu.download(st.chosen.as_ref().expect("invariant: ensured above"), &mut ids, "greedy tokens")
         })();
@@ -1611,7 +1562,12 @@ impl Backend for CudaBackend {
 impl CudaBackend {
     /// The step's greedy choices into `chosen` (and `host`, see
     /// [`Gpu::argmax_rows`]), with the step's queued launches issued.
-    fn argmax_into_chosen(&self, x: &CudaActivations, cols: usize, host: ArgmaxHost<'_>) -> Result<(), CudaError> {
+    fn argmax_into_chosen(
+        &self,
+        x: &CudaActivations,
+        cols: usize,
+        host: Option<&mut HostBuffer<i32>>,
+    ) -> Result<(), CudaError> {
         let rows = x.rows;
         if x.cols != cols {
             return Err(CudaError::Invalid {
@@ -1632,8 +1588,7 @@ impl CudaBackend {
         }
         let scratch = st.argmax_scratch.as_ref().expect("invariant: allocated above");
         // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32;
-        // the scratch is sized above; a slot holds the address of the buffer
-        // prepare_step named (≥ rows, checked by queue_greedy).
+        // the scratch is sized above.
         unsafe { self.gpu.argmax_rows(xp, rows, cols, p, host, scratch)? };
         drop(st);
         self.flush_step_launches();
