@@ -184,6 +184,13 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #ifndef QMMA_ONE_PRELOAD2
 #define QMMA_ONE_PRELOAD2 0
 #endif
+// Chains of accumulating mmas a one-token unit group of one row tile keeps
+// (1, 2, 4 or 8; SwiGLU's pairs of tiles keep 2):
+// its 8 mmas write disjoint columns, so more chains only shorten the
+// dependent latency, at 4 registers a chain (a measurement variant).
+#ifndef QMMA_ONE_CHAINS
+#define QMMA_ONE_CHAINS 2
+#endif
 // 1: a one-token product waits for batch k's weights before it requests
 // batch k + 1's. ptxas puts every weight load of a lane on one scoreboard,
 // and the first use of batch k's registers waited for all of it to drain —
@@ -578,13 +585,14 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
             bx1 = *(const u32*)(xp + 16);
         }
     }
-    // Two chains of accumulating mmas (even and odd columns) to halve the
-    // dependent latency; each column gets one block's sum.
-    int c[RT][2][4];
+    // QMMA_ONE_CHAINS chains of accumulating mmas (columns m mod CH) to cut
+    // the dependent latency; each column gets one block's sum.
+    constexpr int CH = RT == 1 ? QMMA_ONE_CHAINS : 2;  // SwiGLU's two tiles: 2 (more spill)
+    int c[RT][CH][4];
 #pragma unroll
     for (int r = 0; r < RT; r++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) c[r][h][0] = c[r][h][1] = c[r][h][2] = c[r][h][3] = 0;
+        for (int h = 0; h < CH; h++) c[r][h][0] = c[r][h][1] = c[r][h][2] = c[r][h][3] = 0;
 #pragma unroll
     for (int m = 0; m < CPG; m++) {
         const int u = q * UG + m / SB, i = m % SB;
@@ -594,7 +602,7 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
         for (int r = 0; r < RT; r++) {
             u32 a[4];
             a_fragment<F>(buf[r][u], i, a);
-            mma_block_acc<QFmt<F>::U4>(c[r][m & 1], a, b0, b1);
+            mma_block_acc<QFmt<F>::U4>(c[r][m % CH], a, b0, b1);
         }
     }
 #pragma unroll
@@ -607,7 +615,13 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
         for (int r = 0; r < RT; r++) {
             const u32 dw = k ? sc[r].y : sc[r].x;
             const float d0 = f16_to_f32((u16)(dw & 0xffff)), d1 = f16_to_f32((u16)(dw >> 16));
-            int v0 = c[r][0][k] + c[r][1][k], v1 = c[r][0][2 + k] + c[r][1][2 + k];
+            int v0 = c[r][0][k] + c[r][CH > 1][k], v1 = c[r][0][2 + k] + c[r][CH > 1][2 + k];
+            if (CH == 1) v0 = c[r][0][k], v1 = c[r][0][2 + k];
+#pragma unroll
+            for (int h = 2; h < CH; h++) {
+                v0 += c[r][h][k];
+                v1 += c[r][h][2 + k];
+            }
             if (QFmt<F>::OFF) {
                 v0 -= QFmt<F>::OFF * sq;
                 v1 -= QFmt<F>::OFF * sq;
