@@ -615,6 +615,9 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
         for (int r = 0; r < RT; r++) {
             const u32 dw = k ? sc[r].y : sc[r].x;
             const float d0 = f16_to_f32((u16)(dw & 0xffff)), d1 = f16_to_f32((u16)(dw >> 16));
+            // Written so that CH = 2 compiles to the SASS it had before the
+            // define (a loop from 0 or 1 moved its registers: these kernels'
+            // speed follows their SASS, run 221).
             int v0 = c[r][0][k] + c[r][CH > 1][k], v1 = c[r][0][2 + k] + c[r][CH > 1][2 + k];
             if (CH == 1) v0 = c[r][0][k], v1 = c[r][0][2 + k];
 #pragma unroll
