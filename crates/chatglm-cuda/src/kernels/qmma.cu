@@ -185,22 +185,21 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #define QMMA_ONE_PRELOAD2 0
 #endif
 // Chains of accumulating mmas a one-token unit group of one row tile keeps
-// (1, 2, 4 or 8; SwiGLU's pairs of tiles keep 2):
-// its 8 mmas write disjoint columns, so more chains only shorten the
-// dependent latency, at 4 registers a chain (a measurement variant).
+// (1, 2, 4 or 8): its 8 mmas write disjoint columns, so more chains only
+// shorten the dependent latency, at 4 registers a chain. The consume of a
+// batch is latency-bound (run 222's phases): 4 chains decoded q4_0 at
+// 751.4 / 752.6 tok/s against 743.9 / 742.8 with 2, q8_0 +0.7% (run 224;
+// two k16 mmas a block in 2 or 4 chains, no shifts: −0.3% / +0.5%).
 #ifndef QMMA_ONE_CHAINS
-#define QMMA_ONE_CHAINS 2
+#define QMMA_ONE_CHAINS 4
 #endif
-// 1 or 2: a one-token unit group of 4-bit weights (q4_0, q4_1) of one row
-// tile takes each block as two k16 mmas — the low nibbles (k 0..15) as they
-// are, the high ones (k 16..31) masked in place, 16 times their codes, into
-// chains of their own whose sums are shifted back (exact) — so no code word
-// is shifted: 4 LOP3 a block where the k32 mma's unpacking took 4 LOP3 and 2
-// SHF (of ~15 instructions a block, run 222's consume being issue-bound).
-// 1: one chain of each; 2: two of each. 0: the k32 mmas (a measurement
-// variant until measured).
-#ifndef QMMA_ONE_K16
-#define QMMA_ONE_K16 0
+// The same for 8-bit codes (q8_0, q8_1), and for SwiGLU's pairs of row
+// tiles (measurement variants; 8 chains spill in the 4-bit QKV products).
+#ifndef QMMA_ONE_CHAINS_Q8
+#define QMMA_ONE_CHAINS_Q8 QMMA_ONE_CHAINS
+#endif
+#ifndef QMMA_ONE_CHAINS_PAIR
+#define QMMA_ONE_CHAINS_PAIR 2
 #endif
 // 1: a one-token product waits for batch k's weights before it requests
 // batch k + 1's. ptxas puts every weight load of a lane on one scoreboard,
@@ -276,14 +275,6 @@ __device__ __forceinline__ void mma_block_acc(int (&c)[4], const u32* a, u32 b0,
             "{%0,%1,%2,%3};"
             : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// C += A·B for one m16n8k16 step of unsigned 4-bit codes (as u8): a0, a1
-// rows g and g + 8 at k 4t..4t+3, b0 column g at those k.
-__device__ __forceinline__ void mma_k16_acc(int (&c)[4], u32 a0, u32 a1, u32 b0) {
-    asm("mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
-        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-        : "r"(a0), "r"(a1), "r"(b0));
 }
 
 // The A fragment of block i (0 or 1) of a unit.
@@ -606,10 +597,7 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
     }
     // QMMA_ONE_CHAINS chains of accumulating mmas (columns m mod CH) to cut
     // the dependent latency; each column gets one block's sum.
-    // QMMA_ONE_K16 (4-bit codes): chains [0, K16) the low nibbles', [K16,
-    // 2·K16) the high nibbles' (16 times their codes).
-    constexpr int K16 = QFmt<F>::U4 && RT == 1 ? QMMA_ONE_K16 : 0;
-    constexpr int CH = K16 ? 2 * K16 : RT == 1 ? QMMA_ONE_CHAINS : 2;  // SwiGLU's two tiles: 2 (more spill)
+    constexpr int CH = RT == 2 ? QMMA_ONE_CHAINS_PAIR : QFmt<F>::U4 ? QMMA_ONE_CHAINS : QMMA_ONE_CHAINS_Q8;
     int c[RT][CH][4];
 #pragma unroll
     for (int r = 0; r < RT; r++)
@@ -622,27 +610,10 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
         const u32 b0 = g == m ? bx0 : 0u, b1 = g == m ? bx1 : 0u;
 #pragma unroll
         for (int r = 0; r < RT; r++) {
-            if constexpr (K16 > 0) {
-                const uint4 v = buf[r][u];
-                const u32 lo = i ? v.z : v.x, hi = i ? v.w : v.y;
-                mma_k16_acc(c[r][m % K16], lo & 0x0f0f0f0fu, hi & 0x0f0f0f0fu, b0);
-                mma_k16_acc(c[r][K16 + m % K16], lo & 0xf0f0f0f0u, hi & 0xf0f0f0f0u, b1);
-            } else {
-                u32 a[4];
-                a_fragment<F>(buf[r][u], i, a);
-                mma_block_acc<QFmt<F>::U4>(c[r][m % CH], a, b0, b1);
-            }
+            u32 a[4];
+            a_fragment<F>(buf[r][u], i, a);
+            mma_block_acc<QFmt<F>::U4>(c[r][m % CH], a, b0, b1);
         }
-    }
-    if constexpr (K16 > 0) {
-        // Each column's sum: its low chain plus its high chain over 16 (a
-        // multiple of 16: the shift is exact), into chains 0 (and 1).
-#pragma unroll
-        for (int r = 0; r < RT; r++)
-#pragma unroll
-            for (int h = 0; h < K16; h++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) c[r][h][e] += c[r][K16 + h][e] >> 4;
     }
 #pragma unroll
     for (int k = 0; k < 2; k++) {
@@ -656,11 +627,11 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
             const float d0 = f16_to_f32((u16)(dw & 0xffff)), d1 = f16_to_f32((u16)(dw >> 16));
             // Written so that CH = 2 compiles to the SASS it had before the
             // define (a loop from 0 or 1 moved its registers: these kernels'
-            // speed follows their SASS, run 221).
+            // speed follows their SASS, run 221), for measurements of it.
             int v0 = c[r][0][k] + c[r][CH > 1][k], v1 = c[r][0][2 + k] + c[r][CH > 1][2 + k];
-            if (CH == 1 || K16 == 1) v0 = c[r][0][k], v1 = c[r][0][2 + k];
+            if (CH == 1) v0 = c[r][0][k], v1 = c[r][0][2 + k];
 #pragma unroll
-            for (int h = 2; h < (K16 ? K16 : CH); h++) {
+            for (int h = 2; h < CH; h++) {
                 v0 += c[r][h][k];
                 v1 += c[r][h][2 + k];
             }
