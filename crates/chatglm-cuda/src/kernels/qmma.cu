@@ -185,21 +185,15 @@ static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in t
 #define QMMA_ONE_PRELOAD2 0
 #endif
 // Chains of accumulating mmas a one-token unit group of one row tile keeps
-// (1, 2, 4 or 8): its 8 mmas write disjoint columns, so more chains only
-// shorten the dependent latency, at 4 registers a chain. The consume of a
-// batch is latency-bound (run 222's phases): 4 chains decoded q4_0 at
-// 751.4 / 752.6 tok/s against 743.9 / 742.8 with 2, q8_0 +0.7% (run 224;
-// two k16 mmas a block in 2 or 4 chains, no shifts: −0.3% / +0.5%).
+// (1, 2, 4 or 8; SwiGLU's pairs of tiles keep 2): its 8 mmas write disjoint
+// columns, so more chains only shorten the dependent latency, at 4 registers
+// a chain. The consume of a batch is bound by those chains (run 222's
+// phases): 4 decoded q4_0 at 750.6–752.6 tok/s against 741.5–743.9 with 2,
+// q8_0 +0.7%; 8 spill in the 4-bit QKV products (q4_0 −3.8%) and are no
+// faster for 8-bit codes; SwiGLU's pairs in 4 spill (q4_0 −2%); two k16
+// mmas a 4-bit block, no shifts, −0.3% (2 chains) / +0.5% (4) — runs 224–225.
 #ifndef QMMA_ONE_CHAINS
 #define QMMA_ONE_CHAINS 4
-#endif
-// The same for 8-bit codes (q8_0, q8_1), and for SwiGLU's pairs of row
-// tiles (measurement variants; 8 chains spill in the 4-bit QKV products).
-#ifndef QMMA_ONE_CHAINS_Q8
-#define QMMA_ONE_CHAINS_Q8 QMMA_ONE_CHAINS
-#endif
-#ifndef QMMA_ONE_CHAINS_PAIR
-#define QMMA_ONE_CHAINS_PAIR 2
 #endif
 // 1: a one-token product waits for batch k's weights before it requests
 // batch k + 1's. ptxas puts every weight load of a lane on one scoreboard,
@@ -597,7 +591,7 @@ __device__ __forceinline__ void one_cols_group(float (&acc)[RT][1][4], const uin
     }
     // QMMA_ONE_CHAINS chains of accumulating mmas (columns m mod CH) to cut
     // the dependent latency; each column gets one block's sum.
-    constexpr int CH = RT == 2 ? QMMA_ONE_CHAINS_PAIR : QFmt<F>::U4 ? QMMA_ONE_CHAINS : QMMA_ONE_CHAINS_Q8;
+    constexpr int CH = RT == 1 ? QMMA_ONE_CHAINS : 2;  // SwiGLU's two tiles: 2 (4 spill)
     int c[RT][CH][4];
 #pragma unroll
     for (int r = 0; r < RT; r++)
