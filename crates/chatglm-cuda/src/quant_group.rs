@@ -47,7 +47,7 @@ const STAGES_SMEM: usize = 220 << 10;
 /// group is summed from the same number of parts; else every chunk dealt
 /// over the wave, runs crossing groups (QKV's 36 groups: 108 aligned blocks
 /// were slower than 132). 32 int4 sequences 10,350–10,354 tok/s against
-/// 10,030–10,036 (run 229). `CHATGLM_QMMG_SPLIT` (measurements): `wave`,
+/// 10,030–10,036 (runs 229–231). `CHATGLM_QMMG_SPLIT` (measurements): `wave`,
 /// `auto` (aligned whatever the share of the wave), or `k` (1..=8) blocks a
 /// group where they fit.
 #[derive(Clone, Copy, Debug, PartialEq)]
