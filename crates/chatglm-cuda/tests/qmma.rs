@@ -282,6 +282,10 @@ fn quantized_products_match_the_host_reference() {
             (5120, 512, grouped),
             (38400, 64, grouped),
             (19200, 1024, grouped),
+            // 32 groups of 5 chunks: the aligned grid (quant_group's
+            // grouped_blocks: 4 blocks a group on an H200's 132), runs of
+            // 1¼ chunks that start and end inside their group.
+            (4096, 2560, grouped),
             // One token over the 4h→h width: more units a warp than its ring holds.
             (32, 13696, &[1]),
         ] {
