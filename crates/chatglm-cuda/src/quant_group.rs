@@ -39,14 +39,13 @@ fn group_stages() -> Option<usize> {
 /// Shared memory the stages may take under `QMMG_STAGES` (qmma_group.cu's STAGES_FIT: 220 KiB).
 const STAGES_SMEM: usize = 220 << 10;
 
-/// Threads of a grouped block: 8 row tiles × `QMMG_KW` warps a tile (2 by default).
 /// How many blocks a group of a grouped product runs on. By default
 /// (`Aligned`) as many as fit in a wave (resident blocks / groups) where
 /// that keeps at least 15/16 of the wave (dense and 4h→h: 32 groups on 128
 /// of 132 blocks), so every block's run of chunks lies in one group and each
 /// group is summed from the same number of parts; else every chunk dealt
 /// over the wave, runs crossing groups (QKV's 36 groups: 108 aligned blocks
-/// were slower than 132). 32 int4 sequences 10,350–10,354 tok/s against
+/// were slower than 132). 32 int4 sequences 10,339–10,354 tok/s against
 /// 10,030–10,036 (runs 229–231). `CHATGLM_QMMG_SPLIT` (measurements): `wave`,
 /// `auto` (aligned whatever the share of the wave), or `k` (1..=8) blocks a
 /// group where they fit.
@@ -91,6 +90,7 @@ fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSpl
     blocks.max(1)
 }
 
+/// Threads of a grouped block: 8 row tiles × `QMMG_KW` warps a tile (2 by default).
 fn group_threads() -> u32 {
     static KW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     (QG_TILES * 32 * *KW.get_or_init(|| define("QMMG_KW").unwrap_or(2))) as u32
