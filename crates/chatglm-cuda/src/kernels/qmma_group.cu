@@ -55,6 +55,12 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QMMG_STAMP_LAUNCH 20
 #endif
 
+// A whole chunk's weight copies unrolled at constant offsets (0: the
+// general loop, for A/B measurements).
+#ifndef QMMG_FAST_COPY
+#define QMMG_FAST_COPY 1
+#endif
+
 #define QG_TILES 8   // row tiles of a group
 // Floats a token's staged outputs take (a group's 128 rows, padded so that
 // a warp's 32 rows of one token and a thread's 16-byte reads meet no
@@ -427,8 +433,9 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           float rms_eps) {
     typedef QgLayout<F, NT8, HX> L;
     static_assert(L::STAGES * L::STAGE >= L::FOLD_OFF + L::FOLD_BYTES, "the fold's sums fit beside red");
-    static_assert(MODE != 3 || L::STAGES * L::STAGE >= L::FOLD_OFF + NT8 * 8 * QG_KV_ROW * 4,
-                  "the staged cache rows fit beside red");
+    // Whether the QKV epilogue's cache rows can be staged beside red (not
+    // with the small stages of QMMG_CU=4 at 64 q8 tokens: one store a value there).
+    constexpr bool KV_ROWS_FIT = L::STAGES * L::STAGE >= L::FOLD_OFF + NT8 * 8 * QG_KV_ROW * 4;
     const bool fold = MODE == 1 && HX && fold_g != nullptr;
     const bool normed = HX && rms_ss != nullptr;
     __shared__ float inv_rms[HX ? NT8 * 8 : 1];
@@ -464,8 +471,18 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         const char* src = (const char*)w + u0 * 512;
         unsigned char* dst = st + L::W_OFF + tw * QG_CU * 512;
         // The warp's half of the units (all of them with one warp a tile).
-        const int qend = min(nu, (half + 1) * (QG_CU / QG_KW)) * 32;
-        for (int q = half * (QG_CU / QG_KW) * 32 + lane; q < qend; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
+        constexpr int HU = QG_CU / QG_KW;
+        if (QMMG_FAST_COPY && nu == QG_CU) {
+            // A whole chunk: a fixed count at constant offsets (the general
+            // loop below compiles to a loop unrolled by 4 with its remainder,
+            // ~60 instructions of branches and address arithmetic a chunk).
+            const int q0 = half * HU * 32 + lane;
+#pragma unroll
+            for (int i = 0; i < HU; i++) cp_async16(dst + (q0 + i * 32) * 16, src + (q0 + i * 32) * 16, true);
+        } else {
+            const int qend = min(nu, (half + 1) * HU) * 32;
+            for (int q = half * HU * 32 + lane; q < qend; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
+        }
         const int sc_chunks = nu * L::SCB / 16;  // ≤ 32
         if (half == 0 && lane < sc_chunks) {
             cp_async16(st + L::SC_OFF + tw * QG_CU * L::SCB + lane * 16,
@@ -838,7 +855,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // A group with key/value rows stages its outputs [token][row] in
             // the fold's memory (free in MODE 3) and writes the cache rows from
             // there as 16-byte vectors (kv_store8).
-            const bool kv_vec = MODE == 3 && QMMG_KV_VEC && (rc.head_dim & 7) == 0 &&
+            const bool kv_vec = MODE == 3 && QMMG_KV_VEC && KV_ROWS_FIT && (rc.head_dim & 7) == 0 &&
                                 (G + 1) * QG_TILES * 16 > rc.n_heads * rc.head_dim;
             float* kv_rows = (float*)(qg_smem + L::FOLD_OFF);
             if (qkv_fast) {
