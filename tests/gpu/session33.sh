@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 33's device call (from the repository root, after tests/gpu/run.sh build with
 # KERNEL_CACHE_VARIANTS naming the VARIANTS' defines, and tests/gpu/pack.sh): the grouped products at 32 tokens
-# under each of VARIANTS (';'-separated CHATGLM_NVRTC_DEFINES values, e.g. "QMMG_TW=2;QMMG_TW=4,QMMG_KW=4") against
+# under each of VARIANTS (';'-separated CHATGLM_NVRTC_DEFINES values, e.g. "QMMG_FAST_COPY=0;QMMG_CU=4,QMMG_KW=1") against
 # the default — `qmma_bench` and 32 int4 sequences, ROUNDS rounds — first, then the `qmma` suite under the default
 # and each of QMMA_VARIANTS (default: VARIANTS), then `cuda_generate` and `cuda` on the default. Logs to $OUT.
 set -uo pipefail
