@@ -38,7 +38,7 @@ pub fn one_token_codes_bytes(cols: usize) -> usize {
 /// Where a kernel writes a step's activations in [`Gpu::quantize_x`]'s form
 /// for the product after it (the decode attention's hand-off in a batched
 /// step; [`Gpu::step_codes`]): codes or f16 values, q8_0 scales, the form
-/// (1: q8_0 codes, 2: f16 in mma.sync's order, 3: f16 in wgmma's), the
+/// (1: q8_0 codes, 2: f16 in the order the f16 products read), the
 /// scales' token stride, q4_0's offset folded into them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepCodes {
@@ -487,18 +487,10 @@ impl Gpu {
     /// as [`Gpu::quantize_x`] would write them.
     pub fn step_codes(&self, base: u64, n: usize, cols: usize, format: QuantFormat, form: ActivationForm) -> StepCodes {
         let f16 = form == ActivationForm::F16;
-        // qmma.cu's QMMH_WGMMA lays f16 activations out for wgmma on sm_90.
-        let wgmma = f16 && self.info().compute_capability == (9, 0) && nvrtc_defines("QMMH_WGMMA=1");
         StepCodes {
             codes: base,
             scales: base + Gpu::quantized_x_bytes(n, cols).0 as u64,
-            form: if !f16 {
-                1
-            } else if wgmma {
-                3
-            } else {
-                2
-            },
+            form: if f16 { 2 } else { 1 },
             stride: (token_tiles(n) * 8) as i32,
             off: if f16 { 0 } else { format.code_offset() },
         }

@@ -93,8 +93,8 @@ __device__ __forceinline__ void quantize_out4(float4 v, unsigned char* qout, int
 // product of the step (qmma.cu; the attention's hand-off of a batched
 // step): form 1, q8_0 codes at qout[t][cols] and (dx, Σq) of block b at
 // qs[b·stride + t], q4_0's offset folded (X_MAGIC − off·Σq) as quantize_x
-// folds it; 2 and 3, f16 values in the order the f16 products read them
-// (mma.sync's, wgmma's: quantize_x's hx layouts).
+// folds it; 2, f16 values in the order the f16 products read them
+// (quantize_x's hx layout).
 __device__ __forceinline__ void quantize_out4_step(float4 v, unsigned char* qout, float2* qs, int form, int stride,
                                                    int off, int cols, int t, int c) {
     const int i = (c & 31) >> 2;  // the float4 of the block
@@ -102,12 +102,7 @@ __device__ __forceinline__ void quantize_out4_step(float4 v, unsigned char* qout
         u16* row = (u16*)qout + (long)t * cols + (c & ~31);
         const u32 lo = (u32)f32_to_f16(v.x) | ((u32)f32_to_f16(v.z) << 16);
         const u32 hi = (u32)f32_to_f16(v.y) | ((u32)f32_to_f16(v.w) << 16);
-        if (form == 3) {
-            ((u32*)row)[(i >> 2) * 8 + (i & 3)] = lo;
-            ((u32*)row)[(i >> 2) * 8 + 4 + (i & 3)] = hi;
-        } else {
-            ((uint2*)row)[(i & 3) * 2 + (i >> 2)] = make_uint2(lo, hi);
-        }
+        ((uint2*)row)[(i & 3) * 2 + (i >> 2)] = make_uint2(lo, hi);
         return;
     }
     float d;

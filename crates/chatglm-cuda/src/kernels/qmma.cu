@@ -114,23 +114,6 @@ template <> struct QFmt<3> { enum { BLOCKS = 1, MIN = 1, OFF = 0, U4 = 0 }; };
 #ifndef QMMA_F16X
 #define QMMA_F16X 0
 #endif
-// 1: on sm_90a the grouped products over f16 activations (qmmh_*) run on
-// warpgroup mma (wgmma m64nNk16, weights dequantized into the A registers,
-// the step's activations read by the tensor cores from shared memory): one
-// instruction a warp for all the step's token tiles of a 16-wide k step,
-// where mma.sync takes one a token tile, and the tensor cores' full rate
-// (mma.sync runs at about two thirds of it on Hopper). quantize_x then lays
-// each 16-column step of f16 activations out as wgmma's two 8-column core
-// matrices (see there). Elsewhere (sm_80, sm_100, PTX) the mma.sync form.
-#ifndef QMMH_WGMMA
-#define QMMH_WGMMA 0
-#endif
-#if QMMH_WGMMA && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define QG_WG 1
-#else
-#define QG_WG 0
-#endif
-static_assert(!(QMMA_F16X && QG_WG), "QMMA_F16X reads quantize_x's f16 rows in the mma.sync order");
 // 1: steps with quantize_x's activations (SX = 0) copy each warp's next
 // batch of activation codes and scales into shared memory (cp.async) as they
 // request its weights, so a unit's mmas read shared memory instead of waiting
@@ -964,7 +947,6 @@ __device__ __forceinline__ int one_token_x(const float* x, const float* nw, floa
 __device__ __forceinline__ int f16_activation_slot(int c) {
     const int i = c >> 2, pr = c & 1 ? 1 : 0, r = (c >> 1) & 1;  // float4 i; x, z: pair 0; y, w: pair 1
     // c mod 4 = 0, 1, 2, 3 (x, y, z, w): the word (x, z) or (y, w), x and y its low halves.
-    if (QG_WG) return (i >> 2) * 16 + pr * 8 + (i & 3) * 2 + r;
     return ((i & 3) * 2 + (i >> 2)) * 4 + pr * 2 + r;
 }
 

@@ -138,64 +138,6 @@ __device__ __forceinline__ void red_add_release(u32* p, u32 v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-#if QG_WG
-// Warpgroup mma (sm_90a): the A operand (a warp's 16 rows × 16 k of
-// weights, mma.sync's A fragment) from registers, B (16 k × 8·NT8 tokens)
-// from shared memory through a descriptor, f32 sums in mma.sync's C
-// layout, one n8 tile after another.
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
-}
-// Shared memory written by this thread (cp.async: the generic proxy) made
-// visible to wgmma's reads (the async proxy).
-__device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-// Without swizzling, a K-major operand is 8×16-byte core matrices (8
-// tokens × 8 values, 128 contiguous bytes): LBO from one to the next in k,
-// SBO to the next 8 tokens. QMMH_WG_SWAP exchanges the two (a check of
-// the reading of the PTX manual, for the first GPU run).
-#ifndef QMMH_WG_SWAP
-#define QMMH_WG_SWAP 0
-#endif
-__device__ __forceinline__ u64 wg_desc(u32 smem_addr, u32 lbo, u32 sbo) {
-    if (QMMH_WG_SWAP) {
-        const u32 t = lbo;
-        lbo = sbo;
-        sbo = t;
-    }
-    return (u64)((smem_addr & 0x3ffff) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
-}
-template <int NT8> struct Wgmma;
-template <> struct Wgmma<2> {
-    static __device__ __forceinline__ void run(float (&c)[2][4], const u32 (&a)[4], u64 desc) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}\n"
-            : "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]), "+f"(c[1][1]), "+f"(c[1][2]), "+f"(c[1][3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-    }
-};
-template <> struct Wgmma<4> {
-    static __device__ __forceinline__ void run(float (&c)[4][4], const u32 (&a)[4], u64 desc) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"
-            : "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]), "+f"(c[1][1]), "+f"(c[1][2]), "+f"(c[1][3]), "+f"(c[2][0]), "+f"(c[2][1]), "+f"(c[2][2]), "+f"(c[2][3]), "+f"(c[3][0]), "+f"(c[3][1]), "+f"(c[3][2]), "+f"(c[3][3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-    }
-};
-template <> struct Wgmma<8> {
-    static __device__ __forceinline__ void run(float (&c)[8][4], const u32 (&a)[4], u64 desc) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-            : "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]), "+f"(c[1][1]), "+f"(c[1][2]), "+f"(c[1][3]), "+f"(c[2][0]), "+f"(c[2][1]), "+f"(c[2][2]), "+f"(c[2][3]), "+f"(c[3][0]), "+f"(c[3][1]), "+f"(c[3][2]), "+f"(c[3][3]), "+f"(c[4][0]), "+f"(c[4][1]), "+f"(c[4][2]), "+f"(c[4][3]), "+f"(c[5][0]), "+f"(c[5][1]), "+f"(c[5][2]), "+f"(c[5][3]), "+f"(c[6][0]), "+f"(c[6][1]), "+f"(c[6][2]), "+f"(c[6][3]), "+f"(c[7][0]), "+f"(c[7][1]), "+f"(c[7][2]), "+f"(c[7][3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
-    }
-};
-#endif
 
 // Shared memory of one stage (bytes, all 16-aligned): the 8 warps' weight
 // units, their scales (and offsets), the chunk's activation codes
@@ -362,30 +304,6 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
     });
 }
 
-#if QG_WG
-// chunk_product_hx on warpgroup mma: a block's two k steps are one wgmma
-// each over all the step's token tiles, the activations read from the
-// stage as core matrices ([k step][token tile][half][8 tokens][16 bytes]:
-// LBO 128, SBO 256). A block's fragments are dequantized while the block
-// before's wgmmas run (wait_group 1 keeps one group in flight); all are done
-// at the chunk's end, before its stage may be refilled.
-template <int F, int NT8, bool CHECKED>
-__device__ __forceinline__ void chunk_product_wg(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
-                                                 int nu, int nblk) {
-    typedef QgLayout<F, NT8, true> L;
-    const u32 x0 = (u32)__cvta_generic_to_shared(st + L::XQ_OFF);
-    for_chunk_blocks<F, L, CHECKED>(st, warp, lane, nu, nblk, [&](const uint4& wv, int i, int bl, u32 dw, u32 mw) {
-        u32 a[2][4];
-        a_fragments_f16<F>(wv, i, dw, mw, a);
-        wg_fence();
-        Wgmma<NT8>::run(acc, a[0], wg_desc(x0 + bl * 2 * NT8 * 256, 128, 256));
-        Wgmma<NT8>::run(acc, a[1], wg_desc(x0 + (bl * 2 + 1) * NT8 * 256, 128, 256));
-        wg_commit();
-        wg_wait<1>();
-    });
-    wg_wait<0>();
-}
-#endif
 
 // The norm fold, in a residual product's epilogue: each token's sum of
 // squares over group G's rows (sq: a thread's elements, as the epilogue
@@ -499,31 +417,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // f16 rows: 64 bytes a block, no scales.
             const char* xb = (const char*)xq + (long)b0 * 64;
             const long row = (long)cols * 2;
-#if QG_WG
-            // Piece pc (16 bytes) of a token's row goes to row tok mod 8 of the
-            // core matrix of k step pc / 2 (2·block + step), token tile tok / 8,
-            // half pc mod 2 (quantize_x wrote each step's halves in order).
-            auto dst_of = [&](int tok, int pc) {
-                return st + L::XQ_OFF + (((pc >> 1) * NT8 + (tok >> 3)) * 2 + (pc & 1)) * 128 + (tok & 7) * 16;
-            };
-            constexpr int PPT = L::KB * 4, TPR = QG_THREADS / PPT;
-            if (nblk == L::KB && QG_THREADS % PPT == 0 && TPR % 8 == 0) {
-                // A thread copies piece pc of tokens tok0, tok0 + TPR, …: its
-                // addresses step by constants (TPR a multiple of 8 tokens).
-                const int tok0 = threadIdx.x / PPT, pc = threadIdx.x % PPT;
-                unsigned char* d = dst_of(tok0, pc);
-                const char* s = xb + tok0 * row + pc * 16;
-#pragma unroll
-                for (int i = 0; i < (NT8 * 8 + TPR - 1) / TPR; i++)
-                    if (tok0 + i * TPR < n) cp_async16(d + i * TPR * 32, s + i * TPR * row, true);
-            } else {
-                const int ppt = nblk * 4;
-                for (int q = threadIdx.x; q < n * ppt; q += QG_THREADS) {
-                    const int tok = q / ppt, pc = q - tok * ppt;
-                    cp_async16(dst_of(tok, pc), xb + tok * row + pc * 16, true);
-                }
-            }
-#else
             if (nblk == L::KB) {
                 // A thread copies piece r of tokens tok0, tok0 + TPR, …: its
                 // addresses step by constants.
@@ -542,7 +435,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xb + tok * row + r * 16, true);
                 }
             }
-#endif
             return;
         }
         const char* src = (const char*)(xs + (long)b0 * NT8 * 8);
@@ -640,9 +532,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         for (int c = c0; c < c1; c++) {
             const int k = c - c0;
             cp_async_wait<S - 2>();
-#if QG_WG
-            if (HX) fence_async_smem();  // for the wgmmas' reads
-#endif
             __syncthreads();  // chunk c landed for every warp; slot (k − 1) % S is free
             const int nc = c + S - 1;
             if (nc < c1 && !(QMMG_DRY & 2)) {
@@ -655,13 +544,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const bool whole = nu == QG_CU && nblk == L::KB;
             if (QMMG_DRY & 1) {
             } else if (HX) {
-#if QG_WG
-                if (whole) chunk_product_wg<F, NT8, false>(acc, st, warp, lane, nu, nblk);
-                else chunk_product_wg<F, NT8, true>(acc, st, warp, lane, nu, nblk);
-#else
                 if (whole) chunk_product_hx<F, NT8, false>(acc, st, warp, lane, nu, nblk);
                 else chunk_product_hx<F, NT8, true>(acc, st, warp, lane, nu, nblk);
-#endif
             } else if (whole) {
                 chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
             } else {
