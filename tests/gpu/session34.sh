@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 34's device call (from the repository root, after tests/gpu/run.sh build with KERNEL_CACHE_VARIANTS naming
 # the VARIANTS' defines, and tests/gpu/pack.sh): the grouped products at 32 tokens under each of VARIANTS
-# (';'-separated CHATGLM_NVRTC_DEFINES values, e.g. "QMMH_WGMMA=1,QMMG_UNIT_LOOP=1;QMMG_UNIT_LOOP=1") against the
+# (';'-separated CHATGLM_NVRTC_DEFINES values, e.g. "QMMG_FAST_COPY=0;QMMG_CU=4,QMMG_KW=1") against the
 # default — `qmma_bench` and 32 int4 sequences with f16 activations, ROUNDS rounds (default 2) — then the `qmma` suite
 # under each of QMMA_VARIANTS (default: VARIANTS; the default kernels only with QMMA_DEFAULT=1), then the suites named
 # in SUITES (default none). Logs to $OUT.
