@@ -20,7 +20,7 @@ for line in open(sys.argv[1], errors="replace"):
     if not m:
         continue
     f, mode, hx, b, t0, nr = (int(m.group(i)) for i in range(1, 7))
-    runs = [(int(m.group(7 + 2 * i)), int(m.group(8 + 2 * i))) for i in range(nr)]
+    runs = [(int(m.group(7 + 2 * i)), int(m.group(8 + 2 * i))) for i in range(min(nr, 3))]
     n = int(m.group(13))
     v = [int(x) for x in m.group(14).split()][:n]
     kernels[(f, mode, hx)].append((b, t0, runs, v))

@@ -55,6 +55,15 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QMMG_STAMP_LAUNCH 20
 #endif
 
+// 1: a block starts its share of the next product's weights towards L2
+// (prefetch_next) after its last run's part is published or its epilogue
+// written, not as its last run's chunks end (0): stamps (session 34) had a
+// part published 2.4–3.2 µs after its chunks — its stores, and the release
+// that orders them, queued behind ~70 KB of prefetches a block.
+#ifndef QMMG_PREFETCH_AT_END
+#define QMMG_PREFETCH_AT_END 0
+#endif
+
 // A whole chunk's weight copies unrolled at constant offsets (0: the
 // general loop, for A/B measurements).
 #ifndef QMMG_FAST_COPY
@@ -561,7 +570,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         const long xn = x + (c1 - c0);
         if (xn == end) {
             if (!QMMG_EARLY_DEPENDENTS) pdl_launch_dependents();
-            prefetch_next();
+            if (!QMMG_PREFETCH_AT_END) prefetch_next();
         }
         if (QMMG_DRY & 8) {
             float keep = 0.f;  // the arithmetic stays live
@@ -817,6 +826,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         QG_STAMP();
         x = xn;
     }
+    if (QMMG_PREFETCH_AT_END) prefetch_next();
 #if QMMG_STAMPS
     if (st_on) {
         // Lines: block, start ns, runs (group, 0 part / 1 summed / 2 whole), stamps (cycles).
