@@ -57,11 +57,13 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 
 // 1: a block starts its share of the next product's weights towards L2
 // (prefetch_next) after its last run's part is published or its epilogue
-// written, not as its last run's chunks end (0): stamps (session 34) had a
-// part published 2.4–3.2 µs after its chunks — its stores, and the release
-// that orders them, queued behind ~70 KB of prefetches a block.
+// written, not as its last run's chunks end (0). A part was published
+// 2.4 µs (QKV) and 3.2 µs (4h→h) after its chunks — its stores, and the
+// release that orders them, queued behind ~70 KB of prefetches a block —
+// and 1.9–2.1 µs this way; 32 int4 sequences +0.9% (session 34's stamps and
+// run 236).
 #ifndef QMMG_PREFETCH_AT_END
-#define QMMG_PREFETCH_AT_END 0
+#define QMMG_PREFETCH_AT_END 1
 #endif
 
 // A whole chunk's weight copies unrolled at constant offsets (0: the
