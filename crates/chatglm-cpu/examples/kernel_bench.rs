@@ -69,6 +69,14 @@ fn main() {
                 rows,
                 cols,
             )),
+            // q8_0p in the other layout than this kernel table packs in
+            // (signed against `w + 128`), for A/B runs of the two.
+            "q8_0px" => MatrixData::Q8_0Packed(chatglm_cpu::packed_q8::PackedQ8_0::from_blocks_in_layout(
+                &quantize_row::<chatglm_cpu::dot::BlockQ8_0>(&w),
+                rows,
+                cols,
+                !k.q8_0_signed,
+            )),
             "q4_0p" => MatrixData::Q4_0Packed(chatglm_cpu::packed::PackedQ4_0::from_blocks(
                 &quantize_row::<chatglm_cpu::dot::BlockQ4_0>(&w),
                 rows,

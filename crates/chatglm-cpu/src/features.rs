@@ -145,6 +145,11 @@ pub struct Kernels {
     pub tiles_q4_0: TileKernels<dot::BlockQ4_0, dot::BlockQ8_0>,
     pub packed_q4_0: crate::packed::PackedQ4_0Kernels,
     pub packed_q8_0: crate::packed_q8::PackedQ8_0Kernels,
+    /// `packed_q8_0` for weights packed as signed bytes (see [`crate::packed_q8`]).
+    pub packed_q8_0_signed: crate::packed_q8::PackedQ8_0Kernels,
+    /// Whether q8_0 weights are packed signed for this table: the layout its
+    /// kernels run faster on (AVX2 without VNNI: no sign-bit flip a vector).
+    pub q8_0_signed: bool,
     pub attention_f32: crate::attention::AttentionKernels<f32>,
     pub attention_f16: crate::attention::AttentionKernels<half::f16>,
     pub attention_q8_0: crate::attention::AttentionKernels<dot::BlockQ8_0>,
@@ -175,6 +180,8 @@ impl Kernels {
             tiles_q4_0: TileKernels::scalar(),
             packed_q4_0: crate::packed::PackedQ4_0Kernels::scalar(),
             packed_q8_0: crate::packed_q8::PackedQ8_0Kernels::scalar(),
+            packed_q8_0_signed: crate::packed_q8::PackedQ8_0Kernels::scalar_signed(),
+            q8_0_signed: false,
             attention_f32: crate::attention::AttentionKernels::scalar(),
             attention_f16: crate::attention::AttentionKernels::scalar(),
             attention_q8_0: crate::attention::AttentionKernels::scalar_q8_0(),
@@ -199,6 +206,7 @@ impl Kernels {
                 dot_f16_h: base.dot_f16_h,
                 packed_q4_0: crate::packed::avx512::kernels(),
                 packed_q8_0: crate::packed_q8::avx512::kernels(),
+                q8_0_signed: false,
                 tiles_f32: TileKernels { t4: Some(crate::tile512::f32_t4_fn()), ..base.tiles_f32 },
                 tiles_f16: TileKernels { t4: Some(crate::tile512::f16_t4_fn()), ..base.tiles_f16 },
                 tiles_bf16: TileKernels { t4: Some(crate::tile512::bf16_t4_fn()), ..base.tiles_bf16 },
@@ -226,6 +234,7 @@ impl Kernels {
                 name: "avx2-vnni",
                 packed_q4_0: crate::packed::avxvnni::kernels(),
                 packed_q8_0: crate::packed_q8::avxvnni::kernels(),
+                q8_0_signed: false,
                 ..dot::avx2::kernels()
             };
         }

@@ -179,7 +179,8 @@ fn sweep_rows(kernels: &Kernels, w: &Matrix, a: &Activations<'_>, n_tokens: usiz
                 packed_rows(p, &kernels.packed_q4_0, quads, quads_per_row, n_tokens, rows, &write)
             }
             MatrixData::Q8_0Packed(p) => {
-                packed_rows(p, &kernels.packed_q8_0, quads, quads_per_row, n_tokens, rows, &write)
+                let kp = if p.signed { &kernels.packed_q8_0_signed } else { &kernels.packed_q8_0 };
+                packed_rows(p, kp, quads, quads_per_row, n_tokens, rows, &write)
             }
             MatrixData::Q4_1(s) => quantized_rows(s.as_slice(), kernels.dot_q4_1, q8, cols, n_tokens, rows, &write),
             MatrixData::Q5_0(s) => quantized_rows(s.as_slice(), kernels.dot_q5_0, q8, cols, n_tokens, rows, &write),

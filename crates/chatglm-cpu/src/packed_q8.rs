@@ -7,7 +7,11 @@
 //! operand `vpdpbusd` needs unsigned, so one VNNI instruction multiplies 64
 //! weights without the abs/sign trick (AVX-512 has no `vpsignb`); the
 //! `128 · Σx` this adds is subtracted once per block from the quad's `dsum`.
-//! Bits per weight are unchanged (8.5).
+//! Where the kernels take the weights signed (AVX2 without VNNI, whose
+//! `maddubs` products need `|w|` and `sign(w)` anyway) they are stored as
+//! they are (`PackedQ8_0::signed`), so no kernel flips the bit back: the
+//! layout each process packs in is its kernel table's
+//! ([`crate::Kernels::q8_0_signed`]). Bits per weight are unchanged (8.5).
 
 use crate::dot::BlockQ8_0;
 use crate::packed::{padded_blocks, PackRows, PackedKernels, PackedRows, Q8Quad};
@@ -27,6 +31,8 @@ pub struct PackedQ8_0 {
     pub scales: Vec<f16>,
     /// `(rows, blocks_per_row / 4)` quads.
     pub qs: Vec<Q8WeightQuad>,
+    /// Values stored as signed bytes (else `w + 128`).
+    pub signed: bool,
 }
 
 /// Byte of a weight quad that holds value `i` (0..32) of block `m` (0..4).
@@ -42,24 +48,19 @@ impl PackRows for PackedQ8_0 {
     type Block = BlockQ8_0;
 
     fn with_capacity(rows: usize, cols: usize) -> Self {
-        let nbp = padded_blocks(cols);
-        Self {
-            rows: 0,
-            blocks_per_row: nbp,
-            scales: crate::memory::huge_vec(rows * nbp + 4),
-            qs: crate::memory::huge_vec(rows * nbp / 4),
-        }
+        Self::with_layout(rows, cols, crate::Kernels::detect().q8_0_signed)
     }
 
     fn push_row(&mut self, row: &[BlockQ8_0]) {
+        let flip = self.flip();
         for b0 in (0..self.blocks_per_row).step_by(4) {
-            let mut quad = [0x80u8; 128]; // 0x80 = weight 0
+            let mut quad = [flip; 128]; // weight 0
             for m in 0..4 {
                 match row.get(b0 + m) {
                     Some(block) => {
                         self.scales.push(block.d);
                         for (i, &v) in block.qs.iter().enumerate() {
-                            quad[quad_offset(m, i)] = (v as u8) ^ 0x80;
+                            quad[quad_offset(m, i)] = (v as u8) ^ flip;
                         }
                     }
                     None => self.scales.push(f16::ZERO),
@@ -77,6 +78,38 @@ impl PackRows for PackedQ8_0 {
 }
 
 impl PackedQ8_0 {
+    /// An empty matrix for `rows` rows of `cols` values in the given layout.
+    fn with_layout(rows: usize, cols: usize, signed: bool) -> Self {
+        let nbp = padded_blocks(cols);
+        Self {
+            rows: 0,
+            blocks_per_row: nbp,
+            scales: crate::memory::huge_vec(rows * nbp + 4),
+            qs: crate::memory::huge_vec(rows * nbp / 4),
+            signed,
+        }
+    }
+
+    /// The byte a stored value is xor-ed with: 0x80 for `w + 128`.
+    fn flip(&self) -> u8 {
+        if self.signed {
+            0
+        } else {
+            0x80
+        }
+    }
+
+    /// Repacks ggml blocks in the given layout (see [`PackedQ8_0::signed`]),
+    /// whatever this process's kernels pack in.
+    pub fn from_blocks_in_layout(blocks: &[BlockQ8_0], rows: usize, cols: usize, signed: bool) -> Self {
+        let nb = cols / 32;
+        let mut packed = Self::with_layout(rows, cols, signed);
+        for row in blocks.chunks_exact(nb).take(rows) {
+            packed.push_row(row);
+        }
+        packed.finish()
+    }
+
     /// Repacks ggml blocks, `cols / 32` per row.
     pub fn from_blocks(blocks: &[BlockQ8_0], rows: usize, cols: usize) -> Self {
         <Self as PackRows>::from_blocks(blocks, rows, cols)
@@ -91,9 +124,10 @@ impl PackedQ8_0 {
     fn block(&self, r: usize, b: usize) -> BlockQ8_0 {
         let nbp = self.blocks_per_row;
         let quad = &self.qs[(r * nbp + b) / 4];
+        let flip = self.flip();
         let mut qs = [0i8; 32];
         for (i, q) in qs.iter_mut().enumerate() {
-            *q = (quad[quad_offset(b % 4, i)] ^ 0x80) as i8;
+            *q = (quad[quad_offset(b % 4, i)] ^ flip) as i8;
         }
         BlockQ8_0 { d: self.scales[r * nbp + b], qs }
     }
@@ -123,13 +157,22 @@ pub type PackedQ8_0Kernels = PackedKernels<Q8WeightQuad>;
 
 /// Reference dot of one packed row (`scales`, `qs`: one row's quads) with quad activations.
 pub fn dot_scalar(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
+    dot_reference::<0x80>(scales, qs, x)
+}
+
+/// [`dot_scalar`] of the signed layout.
+pub fn dot_scalar_signed(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
+    dot_reference::<0>(scales, qs, x)
+}
+
+fn dot_reference<const FLIP: u8>(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
     let mut sum = 0.0f32;
     for (q, (quad, xq)) in qs.iter().zip(x).enumerate() {
         for m in 0..4 {
             let mut isum = 0i32;
             for j in 0..16 {
-                let lo = (quad[16 * m + j] ^ 0x80) as i8 as i32;
-                let hi = (quad[64 + 16 * m + j] ^ 0x80) as i8 as i32;
+                let lo = (quad[16 * m + j] ^ FLIP) as i8 as i32;
+                let hi = (quad[64 + 16 * m + j] ^ FLIP) as i8 as i32;
                 isum += lo * xq.lo[16 * m + j] as i32 + hi * xq.hi[16 * m + j] as i32;
             }
             sum += isum as f32 * scales[4 * q + m].to_f32() * xq.d[m];
@@ -138,25 +181,31 @@ pub fn dot_scalar(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
     sum
 }
 
-fn scalar_t2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+fn scalar_t2<const FLIP: u8>(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
     for r in 0..4 {
         for t in 0..2 {
             let row = &qs[r * nq..(r + 1) * nq];
-            out[r * 2 + t] = dot_scalar(&scales[4 * r * nq..], row, &x[t * nq..(t + 1) * nq]);
+            out[r * 2 + t] = dot_reference::<FLIP>(&scales[4 * r * nq..], row, &x[t * nq..(t + 1) * nq]);
         }
     }
 }
 
 impl PackedQ8_0Kernels {
     pub fn scalar() -> Self {
-        Self { dot: dot_scalar, t2: scalar_t2 }
+        Self { dot: dot_scalar, t2: scalar_t2::<0x80> }
+    }
+
+    /// The reference kernels of the signed layout.
+    pub fn scalar_signed() -> Self {
+        Self { dot: dot_scalar_signed, t2: scalar_t2::<0> }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    //! AVX2: `maddubs` would saturate on unsigned `w + 128`, so the sign bit
-    //! is flipped back and the usual `|w| · sign(x, w)` products are used.
+    //! AVX2: `maddubs` would saturate on unsigned `w + 128`, so the usual
+    //! `|w| · sign(x, w)` products are used, on the signed layout as stored
+    //! (`SIGNED`) or with the sign bit flipped back (two xors a half quad).
 
     use super::{PackedQ8_0Kernels, Q8WeightQuad};
     use crate::dot::avx2::hsum;
@@ -166,12 +215,23 @@ pub mod avx2 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    /// The kernels of the `w + 128` layout.
     pub(crate) fn kernels() -> PackedQ8_0Kernels {
         PackedQ8_0Kernels {
             // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
-            dot: |s, q, x| unsafe { dot(s, q, x) },
+            dot: |s, q, x| unsafe { dot::<false>(s, q, x) },
             // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
-            t2: |s, q, x, nq, o| unsafe { tile_4x2(s, q, x, nq, o) },
+            t2: |s, q, x, nq, o| unsafe { tile_4x2::<false>(s, q, x, nq, o) },
+        }
+    }
+
+    /// The kernels of the signed layout.
+    pub(crate) fn signed_kernels() -> PackedQ8_0Kernels {
+        PackedQ8_0Kernels {
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
+            dot: |s, q, x| unsafe { dot::<true>(s, q, x) },
+            // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
+            t2: |s, q, x, nq, o| unsafe { tile_4x2::<true>(s, q, x, nq, o) },
         }
     }
 
@@ -184,11 +244,17 @@ pub mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weights(quad: &Q8WeightQuad, k: usize) -> Half {
-        let flip = _mm256_set1_epi8(-128);
+    unsafe fn weights<const SIGNED: bool>(quad: &Q8WeightQuad, k: usize) -> Half {
         let p = quad.as_ptr();
-        let wlo = _mm256_xor_si256(_mm256_loadu_si256(p.add(32 * k) as *const __m256i), flip);
-        let whi = _mm256_xor_si256(_mm256_loadu_si256(p.add(64 + 32 * k) as *const __m256i), flip);
+        let (mut wlo, mut whi) = (
+            _mm256_loadu_si256(p.add(32 * k) as *const __m256i),
+            _mm256_loadu_si256(p.add(64 + 32 * k) as *const __m256i),
+        );
+        if !SIGNED {
+            let flip = _mm256_set1_epi8(-128);
+            wlo = _mm256_xor_si256(wlo, flip);
+            whi = _mm256_xor_si256(whi, flip);
+        }
         Half { w: [wlo, whi], abs: [_mm256_sign_epi8(wlo, wlo), _mm256_sign_epi8(whi, whi)] }
     }
 
@@ -206,7 +272,7 @@ pub mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
+    unsafe fn dot<const SIGNED: bool>(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad]) -> f32 {
         let nq = x.len().min(qs.len());
         assert!(scales.len() >= 4 * nq);
         let ones = _mm256_set1_epi16(1);
@@ -219,14 +285,20 @@ pub mod avx2 {
             // mat-vecs are instruction-bound when memory keeps up).
             let dwdx = _mm_mul_ps(quad_scales(scales.as_ptr().add(4 * q)), _mm_loadu_ps(xq.d.as_ptr()));
             for (k, acc_k) in acc.iter_mut().enumerate() {
-                *acc_k = _mm256_fmadd_ps(isums(&weights(wq, k), xq, k, ones), spread(dwdx, k), *acc_k);
+                *acc_k = _mm256_fmadd_ps(isums(&weights::<SIGNED>(wq, k), xq, k, ones), spread(dwdx, k), *acc_k);
             }
         }
         hsum(_mm256_add_ps(acc[0], acc[1]))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_4x2(scales: &[f16], qs: &[Q8WeightQuad], x: &[Q8Quad], nq: usize, out: &mut [f32]) {
+    unsafe fn tile_4x2<const SIGNED: bool>(
+        scales: &[f16],
+        qs: &[Q8WeightQuad],
+        x: &[Q8Quad],
+        nq: usize,
+        out: &mut [f32],
+    ) {
         assert!(qs.len() >= 4 * nq && scales.len() >= 16 * nq && x.len() >= 2 * nq && out.len() >= 8);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
@@ -241,7 +313,7 @@ pub mod avx2 {
                 // sums by each in turn.
                 let (s0, s1) = (_mm_mul_ps(dw, dx0), _mm_mul_ps(dw, dx1));
                 for k in 0..2 {
-                    let h = weights(wq, k);
+                    let h = weights::<SIGNED>(wq, k);
                     acc_r[0] = _mm256_fmadd_ps(isums(&h, x0, k, ones), spread(s0, k), acc_r[0]);
                     acc_r[1] = _mm256_fmadd_ps(isums(&h, x1, k, ones), spread(s1, k), acc_r[1]);
                 }

@@ -172,7 +172,12 @@ fn matrix(format: &str, rows: usize, cols: usize, w: &[f32]) -> Matrix {
         "q8_0" => MatrixData::Q8_0(Storage::Owned(quantize_row(w))),
         "q4_0" => MatrixData::Q4_0(Storage::Owned(quantize_row(w))),
         "q4_0p" => MatrixData::Q4_0Packed(PackedQ4_0::from_blocks(&quantize_row::<BlockQ4_0>(w), rows, cols)),
-        "q8_0p" => MatrixData::Q8_0Packed(PackedQ8_0::from_blocks(&quantize_row::<BlockQ8_0>(w), rows, cols)),
+        "q8_0p" => {
+            MatrixData::Q8_0Packed(PackedQ8_0::from_blocks_in_layout(&quantize_row::<BlockQ8_0>(w), rows, cols, false))
+        }
+        "q8_0ps" => {
+            MatrixData::Q8_0Packed(PackedQ8_0::from_blocks_in_layout(&quantize_row::<BlockQ8_0>(w), rows, cols, true))
+        }
         "q4_1" => MatrixData::Q4_1(Storage::Owned(quantize_row(w))),
         "q5_0" => MatrixData::Q5_0(Storage::Owned(quantize_row(w))),
         "q5_1" => MatrixData::Q5_1(Storage::Owned(quantize_row(w))),
@@ -192,7 +197,7 @@ fn matmul_tiles_match_scalar_reference() {
         {
             let w = rng.vec(rows * cols);
             let x = rng.vec(n_tokens * cols);
-            for format in ["f32", "f16", "bf16", "q8_0", "q8_0p", "q4_0", "q4_0p", "q4_1", "q5_0", "q5_1"] {
+            for format in ["f32", "f16", "bf16", "q8_0", "q8_0p", "q8_0ps", "q4_0", "q4_0p", "q4_1", "q5_0", "q5_1"] {
                 let m = matrix(format, rows, cols, &w);
                 let mut want = vec![0.0; rows * n_tokens];
                 let mut got = vec![0.0; rows * n_tokens];
@@ -394,6 +399,7 @@ fn ops_match_definitions() {
 /// the 4×2 tile of every kernel table, and dequantization.
 fn check_packed<B: QuantBlock + bytemuck::Pod, P: PackRows<Block = B> + PackedRows>(
     name: &str,
+    pack: fn(&[B], usize, usize) -> P,
     kernels: fn(&Kernels) -> PackedKernels<P::Q>,
     reference_dot: fn(&[B], &[BlockQ8_0]) -> f32,
     dequantize_row: fn(&P, usize, &mut [f32]),
@@ -408,7 +414,7 @@ fn check_packed<B: QuantBlock + bytemuck::Pod, P: PackRows<Block = B> + PackedRo
             w[0] = 1.0; // a block whose largest weight hits the format's extreme
             w[1] = -1.0;
             let blocks: Vec<B> = quantize_row(&w);
-            let packed = P::from_blocks(&blocks, rows, cols);
+            let packed = pack(&blocks, rows, cols);
             let nb = cols / 32;
             let x = rng.vec(2 * cols);
             let mut xq = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }; 2 * nb];
@@ -446,8 +452,30 @@ fn check_packed<B: QuantBlock + bytemuck::Pod, P: PackRows<Block = B> + PackedRo
 /// including rows whose block count is not a multiple of 4 (padded).
 #[test]
 fn packed_layouts_match_block_layout() {
-    check_packed::<BlockQ4_0, PackedQ4_0>("q4_0", |k| k.packed_q4_0, scalar::dot_q4_0, PackedQ4_0::dequantize_row, 8);
-    check_packed::<BlockQ8_0, PackedQ8_0>("q8_0", |k| k.packed_q8_0, scalar::dot_q8_0, PackedQ8_0::dequantize_row, 9);
+    check_packed::<BlockQ4_0, PackedQ4_0>(
+        "q4_0",
+        PackedQ4_0::from_blocks,
+        |k| k.packed_q4_0,
+        scalar::dot_q4_0,
+        PackedQ4_0::dequantize_row,
+        8,
+    );
+    check_packed::<BlockQ8_0, PackedQ8_0>(
+        "q8_0",
+        |b, r, c| PackedQ8_0::from_blocks_in_layout(b, r, c, false),
+        |k| k.packed_q8_0,
+        scalar::dot_q8_0,
+        PackedQ8_0::dequantize_row,
+        9,
+    );
+    check_packed::<BlockQ8_0, PackedQ8_0>(
+        "q8_0 signed",
+        |b, r, c| PackedQ8_0::from_blocks_in_layout(b, r, c, true),
+        |k| k.packed_q8_0_signed,
+        scalar::dot_q8_0,
+        PackedQ8_0::dequantize_row,
+        11,
+    );
 }
 
 /// The vectorised exponential rows against f64, over the whole input range

@@ -45,6 +45,8 @@ pub(crate) fn kernels() -> Kernels {
         tiles_q4_0: crate::tile::avx2::q4_0_tiles(),
         packed_q4_0: crate::packed::avx2::kernels(),
         packed_q8_0: crate::packed_q8::avx2::kernels(),
+        packed_q8_0_signed: crate::packed_q8::avx2::signed_kernels(),
+        q8_0_signed: true,
         attention_f32: crate::tile::avx2::attention_f32(),
         attention_f16: crate::tile::avx2::attention_f16(),
         attention_q8_0: crate::tile::avx2::attention_q8_0(),
