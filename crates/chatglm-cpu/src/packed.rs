@@ -44,11 +44,15 @@ pub trait PackRows: Sized {
 
     /// Repacks `rows` rows of `cols / 32` ggml blocks.
     fn from_blocks(blocks: &[Self::Block], rows: usize, cols: usize) -> Self {
-        let mut m = Self::with_capacity(rows, cols);
+        Self::with_capacity(rows, cols).push_rows(blocks, rows, cols)
+    }
+
+    /// Appends `rows` rows of `cols / 32` blocks and finishes.
+    fn push_rows(mut self, blocks: &[Self::Block], rows: usize, cols: usize) -> Self {
         for row in blocks.chunks_exact(cols / 32).take(rows) {
-            m.push_row(row);
+            self.push_row(row);
         }
-        m.finish()
+        self.finish()
     }
 }
 

@@ -102,12 +102,7 @@ impl PackedQ8_0 {
     /// Repacks ggml blocks in the given layout (see [`PackedQ8_0::signed`]),
     /// whatever this process's kernels pack in.
     pub fn from_blocks_in_layout(blocks: &[BlockQ8_0], rows: usize, cols: usize, signed: bool) -> Self {
-        let nb = cols / 32;
-        let mut packed = Self::with_layout(rows, cols, signed);
-        for row in blocks.chunks_exact(nb).take(rows) {
-            packed.push_row(row);
-        }
-        packed.finish()
+        Self::with_layout(rows, cols, signed).push_rows(blocks, rows, cols)
     }
 
     /// Repacks ggml blocks, `cols / 32` per row.
