@@ -221,7 +221,7 @@ impl Gpu {
         tracing::info!(%versions, "kernel cache key");
         let mut kernels = HashMap::new();
         for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
-            let names = (source.kernels)();
+            let names = crate::compile::load_order((source.kernels)());
             let module = load_source_module(&ctx, source, arch, &versions)?;
             for name in names {
                 let f = module
