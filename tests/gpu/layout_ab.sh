@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Batch-1 q4_0 decode under different code placements of the same kernels (from the repository root, after
 # tests/gpu/run.sh build and tests/gpu/pack.sh; session 32's build beside it as in session35.sh): the kernels'
-# lookup order (CHATGLM_CUDA_LOAD_ORDER: list, hot, hot-last, reverse) and the driver's eager module loading,
+# lookup order (CHATGLM_CUDA_LOAD_ORDER, LAYOUTS: default "list hot hot-last reverse") and the driver's eager
+# module loading (EAGER=0: not),
 # ROUNDS rounds (default 2), alternating; then q8_0 batch-1 and 32 int4 sequences under LAYOUTS_MORE (default
 # "list hot"), and the int4 + 8,192-token memory probe. Logs to $OUT.
 set -uo pipefail
@@ -28,11 +29,11 @@ for _ in $(seq "${ROUNDS:-2}"); do
   for o in ${LAYOUTS:-list hot hot-last reverse}; do
     b "$o" CHATGLM_CUDA_LOAD_ORDER="$o" -- "${one[@]}"
   done
-  b eager CUDA_MODULE_LOADING=EAGER -- "${one[@]}"
+  [ "${EAGER:-1}" = 1 ] && b eager CUDA_MODULE_LOADING=EAGER -- "${one[@]}"
   if [ -n "$s32" ] && [ -x "$BIN/s32/chatglm" ]; then
     echo "s32 :: $(CHATGLM_KERNEL_CACHE=$s32 timeout 150 "$BIN/s32/chatglm" bench --device cuda --synthetic chatglm2-6b \
       "${one[@]}" 2>&1 | grep -E '^decode  ' | tr '\n' ' ')"
-    echo "s32-eager :: $(CUDA_MODULE_LOADING=EAGER CHATGLM_KERNEL_CACHE=$s32 timeout 150 "$BIN/s32/chatglm" bench \
+    [ "${EAGER:-1}" = 1 ] && echo "s32-eager :: $(CUDA_MODULE_LOADING=EAGER CHATGLM_KERNEL_CACHE=$s32 timeout 150 "$BIN/s32/chatglm" bench \
       --device cuda --synthetic chatglm2-6b "${one[@]}" 2>&1 | grep -E '^decode  ' | tr '\n' ' ')"
   fi
 done | tee "$OUT/layouts.txt"

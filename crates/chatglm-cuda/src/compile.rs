@@ -172,19 +172,27 @@ fn decode_hot(name: &str) -> bool {
     matches!(p.as_slice(), ["qmma", _, "1", _, "1" | "2"]) || name.starts_with("qmv_") || name.starts_with("mlps_")
 }
 
-/// The order a module's kernels are looked up in, which with the driver's
-/// lazy loading is the order their code is placed in device memory:
-/// `CHATGLM_CUDA_LOAD_ORDER` = `list` (as listed), `hot` (the decode step's
-/// kernels first), `hot-last` or `reverse` — a measurement knob (the code's
-/// placement moved batch-1 decode by 2.7% with identical SASS: RESULTS run 243).
-pub(crate) fn load_order(mut names: Vec<String>) -> Vec<String> {
+/// The order kernels are looked up in, with the module each comes from.
+/// With the driver's lazy loading a kernel's code is placed in device memory
+/// when it is looked up, one after another, so this order is the code's
+/// layout — and the layout alone moved batch-1 q4_0 decode by 3% with the
+/// same SASS (RESULTS runs 243–244). `CHATGLM_CUDA_LOAD_ORDER` (measurements):
+/// `list` (module by module as listed), `hot` / `hot-last` (within each
+/// module, the decode step's kernels first / last), `reverse`, `global` (the
+/// decode step's kernels of every module first, as listed) and `global-2`
+/// (the same with the `_2` one-token products first). Names come with the
+/// index of their module.
+pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)> {
+    // Stable sorts: the listed order holds within each class.
     match std::env::var("CHATGLM_CUDA_LOAD_ORDER").as_deref() {
-        Ok("hot") => names.sort_by_key(|n| !decode_hot(n)),
-        Ok("hot-last") => names.sort_by_key(|n| decode_hot(n)),
-        Ok("reverse") => names.reverse(),
-        _ => {}
+        Ok("list") => {}
+        Ok("hot") => named.sort_by_key(|(n, m)| (*m, !decode_hot(n))),
+        Ok("hot-last") => named.sort_by_key(|(n, m)| (*m, decode_hot(n))),
+        Ok("reverse") => named.reverse(),
+        Ok("global-2") => named.sort_by_key(|(n, _)| (!decode_hot(n), !n.ends_with("_2"))),
+        _ => named.sort_by_key(|(n, _)| !decode_hot(n)),
     }
-    names
+    named
 }
 
 /// Where compiled PTX is kept: `CHATGLM_KERNEL_CACHE`, else the user cache
@@ -392,8 +400,10 @@ mod tests {
         for cold in ["qmma_0_2_1_0", "qmma_0_1_1_0", "qmmg_0_2_1", "quantize_x", "qdequant_0"] {
             assert!(!decode_hot(cold), "{cold}");
         }
-        let names = qmma_kernels();
-        assert_eq!(load_order(names.clone()).len(), names.len());
+        let named: Vec<(String, usize)> = qmma_kernels().into_iter().map(|n| (n, 0)).collect();
+        let ordered = load_order(named.clone());
+        assert_eq!(ordered.len(), named.len());
+        assert!(ordered.iter().take_while(|(n, _)| decode_hot(n)).count() > 0);
     }
 
     #[test]

@@ -219,16 +219,19 @@ impl Gpu {
         let nvrtc = nvrtc_version();
         let versions = crate::compile::cache_versions(driver_version, &nvrtc);
         tracing::info!(%versions, "kernel cache key");
-        let mut kernels = HashMap::new();
+        let (mut modules, mut named) = (Vec::new(), Vec::new());
         for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
-            let names = crate::compile::load_order((source.kernels)());
-            let module = load_source_module(&ctx, source, arch, &versions)?;
-            for name in names {
-                let f = module
-                    .load_function(&name)
-                    .map_err(|e| CudaError::call(format!("cuModuleGetFunction({name})"), e))?;
-                kernels.insert(name, f);
-            }
+            named.extend((source.kernels)().into_iter().map(|name| (name, modules.len())));
+            modules.push(load_source_module(&ctx, source, arch, &versions)?);
+        }
+        // The driver places each kernel's code as it is looked up (lazy
+        // loading), so this order is the code's layout in device memory.
+        let mut kernels = HashMap::new();
+        for (name, module) in crate::compile::load_order(named) {
+            let f = modules[module]
+                .load_function(&name)
+                .map_err(|e| CudaError::call(format!("cuModuleGetFunction({name})"), e))?;
+            kernels.insert(name, f);
         }
         // The flash kernels' two-stage tiles need more than the default 48 KiB
         // of shared memory; a device that cannot give it runs attention
