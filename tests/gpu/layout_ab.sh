@@ -2,7 +2,7 @@
 # Batch-1 q4_0 decode under different code placements of the same kernels (from the repository root, after
 # tests/gpu/run.sh build and tests/gpu/pack.sh; session 32's build beside it as in session35.sh): the kernels'
 # lookup order (CHATGLM_CUDA_LOAD_ORDER, LAYOUTS: default "list hot hot-last reverse") and the driver's eager
-# module loading (EAGER=0: not),
+# module loading (EAGER=0: not), and the placements LAYOUT_ENVS describes (below),
 # ROUNDS rounds (default 2), alternating; then q8_0 batch-1 and 32 int4 sequences under LAYOUTS_MORE (default
 # "list hot"), and the int4 + 8,192-token memory probe. Logs to $OUT.
 set -uo pipefail
@@ -26,9 +26,15 @@ b() { # label, env assignments..., -- bench arguments
 }
 one=(--dtype q4_0 --prompt-len 8 --gen-len 128 --repeat 2)
 for _ in $(seq "${ROUNDS:-2}"); do
-  for o in ${LAYOUTS:-list hot hot-last reverse}; do
+  for o in ${LAYOUTS-list hot hot-last reverse}; do
     b "$o" CHATGLM_CUDA_LOAD_ORDER="$o" -- "${one[@]}"
   done
+  # LAYOUT_ENVS: lines of "label VAR=value ...", e.g. "e4 CHATGLM_CUDA_LOAD_FIRST=qmma_0_1_1_2,qmma_0_1_2_2".
+  while read -r label envs; do
+    [ -n "$label" ] || continue
+    # shellcheck disable=SC2086 # the line's assignments, split
+    b "$label" $envs -- "${one[@]}"
+  done <<<"${LAYOUT_ENVS:-}"
   [ "${EAGER:-1}" = 1 ] && b eager CUDA_MODULE_LOADING=EAGER -- "${one[@]}"
   if [ -n "$s32" ] && [ -x "$BIN/s32/chatglm" ]; then
     echo "s32 :: $(CHATGLM_KERNEL_CACHE=$s32 timeout 150 "$BIN/s32/chatglm" bench --device cuda --synthetic chatglm2-6b \

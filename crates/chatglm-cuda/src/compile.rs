@@ -192,6 +192,12 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
         Ok("global-2") => named.sort_by_key(|(n, _)| (!decode_hot(n), !n.ends_with("_2"))),
         _ => named.sort_by_key(|(n, _)| !decode_hot(n)),
     }
+    // `CHATGLM_CUDA_LOAD_FIRST=a,b,…`: these kernels before all others, in
+    // this order (placement experiments).
+    if let Ok(first) = std::env::var("CHATGLM_CUDA_LOAD_FIRST") {
+        let first: Vec<&str> = first.split(',').map(str::trim).collect();
+        named.sort_by_key(|(n, _)| first.iter().position(|f| f == n).unwrap_or(first.len()));
+    }
     named
 }
 
