@@ -230,16 +230,6 @@ fn tiled<W, X>(
             _ => 1,
         };
         let xt = &x[t * n..(t + nt) * n];
-        if let Some(bt) = tiles.t3_blocked.as_ref().filter(|_| nt == 3 && n > k_block()) {
-            blocked_tiles3(w, xt, n, bt, t, rows.start..full_tiles_end, write);
-            for r in full_tiles_end..rows.end {
-                for j in 0..nt {
-                    write.set(t + j, r, dot(&w[r * n..(r + 1) * n], &xt[j * n..(j + 1) * n]));
-                }
-            }
-            t += nt;
-            continue;
-        }
         let mut r = rows.start;
         while r < full_tiles_end {
             let wr = &w[r * n..(r + TILE_ROWS) * n];
@@ -262,66 +252,6 @@ fn tiled<W, X>(
             }
         }
         t += nt;
-    }
-}
-
-/// Columns a blocked 4×3 tile takes at a time: 3 f32 activation rows of
-/// 1,024 (12 KiB) stay in L1 while the task's tiles read them, where whole
-/// rows (48 KiB at 4,096) came from L2 for every tile.
-/// `CHATGLM_CPU_F16_KBLOCK` overrides it (0: whole rows; measurements).
-fn k_block() -> usize {
-    static K: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *K.get_or_init(|| match std::env::var("CHATGLM_CPU_F16_KBLOCK").ok().and_then(|v| v.parse::<usize>().ok()) {
-        Some(0) => usize::MAX,
-        Some(k) => k.div_ceil(8) * 8,
-        None => 1024,
-    })
-}
-
-/// Most tiles one task has (its rows / 4).
-const TASK_TILES: usize = ROWS_PER_TASK / TILE_ROWS;
-
-/// Tokens `t..t + 3` against the full tiles of `rows`, column block by column
-/// block (each block's activations reused by every tile of the task); the same
-/// bits as the unblocked tile.
-fn blocked_tiles3<W, X>(
-    w: &[W],
-    xt: &[X],
-    n: usize,
-    bt: &crate::tile::BlockedTile3<W, X>,
-    t: usize,
-    rows: std::ops::Range<usize>,
-    write: &Cells,
-) {
-    let n8 = n / 8 * 8;
-    let kb = k_block().min(n8.max(8));
-    let mut done = rows.start;
-    while done < rows.end {
-        let tiles = ((rows.end - done) / TILE_ROWS).min(TASK_TILES);
-        if tiles == 0 {
-            break;
-        }
-        let mut acc = [[[0.0f32; 8]; 12]; TASK_TILES];
-        let mut k0 = 0;
-        while k0 < n8 {
-            let k1 = (k0 + kb).min(n8);
-            for (i, a) in acc.iter_mut().enumerate().take(tiles) {
-                let r = done + i * TILE_ROWS;
-                (bt.block)(&w[r * n..(r + TILE_ROWS) * n], xt, n, k0, k1, a);
-            }
-            k0 = k1;
-        }
-        let mut out = [0.0f32; TILE_ROWS * 3];
-        for (i, a) in acc.iter().enumerate().take(tiles) {
-            let r = done + i * TILE_ROWS;
-            (bt.finish)(&w[r * n..(r + TILE_ROWS) * n], xt, n, a, &mut out);
-            for ri in 0..TILE_ROWS {
-                for j in 0..3 {
-                    write.set(t + j, r + ri, out[ri * 3 + j]);
-                }
-            }
-        }
-        done += tiles * TILE_ROWS;
     }
 }
 

@@ -18,18 +18,6 @@ pub const TILE_ROWS: usize = 4;
 /// A tile kernel: `(w, x, n, out)`.
 pub type TileFn<W, X> = fn(&[W], &[X], usize, &mut [f32]);
 
-/// A 4×3 tile in column blocks, for prompts whose 3 activation rows do not
-/// fit in L1 together: `block(w, x, n, k0, k1, acc)` adds columns `k0..k1`
-/// (multiples of 8) of the 4 weight rows × 3 activation rows (`n` apart) to
-/// the 12 accumulator vectors; `finish(w, x, n, acc, out)` sums each vector
-/// and adds the columns past the last multiple of 8. Blocks run in order give
-/// the unblocked tile's bits (each lane adds the same products in the same order).
-#[derive(Clone, Copy)]
-pub struct BlockedTile3<W: 'static, X: 'static> {
-    pub block: fn(&[W], &[X], usize, usize, usize, &mut [[f32; 8]; 12]),
-    pub finish: fn(&[W], &[X], usize, &[[f32; 8]; 12], &mut [f32]),
-}
-
 /// The T = 1 and T = 2 tile kernels of one weight format.
 #[derive(Clone, Copy)]
 pub struct TileKernels<W: 'static, X: 'static> {
@@ -39,8 +27,6 @@ pub struct TileKernels<W: 'static, X: 'static> {
     pub t3: Option<TileFn<W, X>>,
     /// 4 rows × 4 tokens, where the register file allows it (AVX-512).
     pub t4: Option<TileFn<W, X>>,
-    /// `t3` in column blocks (AVX2 f16).
-    pub t3_blocked: Option<BlockedTile3<W, X>>,
 }
 
 /// A reference dot product for a (weight, activation) element pair.
@@ -85,7 +71,7 @@ pub fn scalar_tile<W: ScalarDot<X>, X, const T: usize>(w: &[W], x: &[X], n: usiz
 
 impl<W: ScalarDot<X> + 'static, X: 'static> TileKernels<W, X> {
     pub fn scalar() -> Self {
-        Self { t1: scalar_tile::<W, X, 1>, t2: scalar_tile::<W, X, 2>, t3: None, t4: None, t3_blocked: None }
+        Self { t1: scalar_tile::<W, X, 1>, t2: scalar_tile::<W, X, 2>, t3: None, t4: None }
     }
 }
 
@@ -94,7 +80,7 @@ pub mod avx2 {
     //! AVX2 + FMA + F16C tiles. Only reached through [`super::TileKernels`]
     //! tables built after a run-time feature check.
 
-    use super::{BlockedTile3, TileKernels, TILE_ROWS};
+    use super::{TileKernels, TILE_ROWS};
     use crate::attention::{AttentionKernels, Scores, MAX_HEADS_PER_PASS, TILE};
     use crate::dot::avx2::hsum;
     use crate::dot::{BlockQ4_0, BlockQ8_0};
@@ -206,7 +192,6 @@ pub mod avx2 {
             t2: |w, x, n, o| unsafe { float_t::<W, 2>(w, x, n, o) },
             t3: None,
             t4: None,
-            t3_blocked: None,
         }
     }
 
@@ -218,95 +203,80 @@ pub mod avx2 {
     /// results are its bits.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn f16_t3(w: &[f16], x: &[f32], n: usize, out: &mut [f32]) {
-        let mut acc = [[0.0f32; 8]; 12];
-        f16_t3_block(w, x, n, 0, n / 8 * 8, &mut acc);
-        f16_t3_finish(w, x, n, &acc, out);
-    }
-
-    /// Columns `k0..k1` of [`f16_t3`], added to `acc` ([`BlockedTile3`]).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_t3_block(w: &[f16], x: &[f32], n: usize, k0: usize, k1: usize, acc: &mut [[f32; 8]; 12]) {
-        assert!(k0 <= k1 && k1 <= n && (k1 - k0) % 8 == 0);
-        assert!(w.len() >= TILE_ROWS * n && x.len() >= 3 * n);
-        if k1 == k0 {
-            return;
-        }
-        let (pw, px) = (w.as_ptr().add(k0), x.as_ptr().add(k0));
-        std::arch::asm!(
-            "vmovups ymm4, ymmword ptr [{acc}]",
-            "vmovups ymm5, ymmword ptr [{acc} + 32]",
-            "vmovups ymm6, ymmword ptr [{acc} + 64]",
-            "vmovups ymm7, ymmword ptr [{acc} + 96]",
-            "vmovups ymm8, ymmword ptr [{acc} + 128]",
-            "vmovups ymm9, ymmword ptr [{acc} + 160]",
-            "vmovups ymm10, ymmword ptr [{acc} + 192]",
-            "vmovups ymm11, ymmword ptr [{acc} + 224]",
-            "vmovups ymm12, ymmword ptr [{acc} + 256]",
-            "vmovups ymm13, ymmword ptr [{acc} + 288]",
-            "vmovups ymm14, ymmword ptr [{acc} + 320]",
-            "vmovups ymm15, ymmword ptr [{acc} + 352]",
-            "2:",
-            "vmovups ymm0, ymmword ptr [{x0} + 4*{k}]",
-            "vmovups ymm1, ymmword ptr [{x1} + 4*{k}]",
-            "vmovups ymm2, ymmword ptr [{x2} + 4*{k}]",
-            "vcvtph2ps ymm3, xmmword ptr [{w0} + 2*{k}]",
-            "vfmadd231ps ymm4, ymm3, ymm0",
-            "vfmadd231ps ymm5, ymm3, ymm1",
-            "vfmadd231ps ymm6, ymm3, ymm2",
-            "vcvtph2ps ymm3, xmmword ptr [{w1} + 2*{k}]",
-            "vfmadd231ps ymm7, ymm3, ymm0",
-            "vfmadd231ps ymm8, ymm3, ymm1",
-            "vfmadd231ps ymm9, ymm3, ymm2",
-            "vcvtph2ps ymm3, xmmword ptr [{w2} + 2*{k}]",
-            "vfmadd231ps ymm10, ymm3, ymm0",
-            "vfmadd231ps ymm11, ymm3, ymm1",
-            "vfmadd231ps ymm12, ymm3, ymm2",
-            "vcvtph2ps ymm3, xmmword ptr [{w3} + 2*{k}]",
-            "vfmadd231ps ymm13, ymm3, ymm0",
-            "vfmadd231ps ymm14, ymm3, ymm1",
-            "vfmadd231ps ymm15, ymm3, ymm2",
-            "add {k}, 8",
-            "cmp {k}, {len}",
-            "jb 2b",
-            "vmovups ymmword ptr [{acc}], ymm4",
-            "vmovups ymmword ptr [{acc} + 32], ymm5",
-            "vmovups ymmword ptr [{acc} + 64], ymm6",
-            "vmovups ymmword ptr [{acc} + 96], ymm7",
-            "vmovups ymmword ptr [{acc} + 128], ymm8",
-            "vmovups ymmword ptr [{acc} + 160], ymm9",
-            "vmovups ymmword ptr [{acc} + 192], ymm10",
-            "vmovups ymmword ptr [{acc} + 224], ymm11",
-            "vmovups ymmword ptr [{acc} + 256], ymm12",
-            "vmovups ymmword ptr [{acc} + 288], ymm13",
-            "vmovups ymmword ptr [{acc} + 320], ymm14",
-            "vmovups ymmword ptr [{acc} + 352], ymm15",
-            k = inout(reg) 0usize => _,
-            len = in(reg) k1 - k0,
-            x0 = in(reg) px,
-            x1 = in(reg) px.add(n),
-            x2 = in(reg) px.add(2 * n),
-            w0 = in(reg) pw,
-            w1 = in(reg) pw.add(n),
-            w2 = in(reg) pw.add(2 * n),
-            w3 = in(reg) pw.add(3 * n),
-            acc = in(reg) acc.as_mut_ptr(),
-            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
-            out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
-            out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-            options(nostack)
-        );
-    }
-
-    /// The sums of [`f16_t3_block`]'s accumulators, plus the columns past
-    /// the last multiple of 8.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn f16_t3_finish(w: &[f16], x: &[f32], n: usize, acc: &[[f32; 8]; 12], out: &mut [f32]) {
         assert!(w.len() >= TILE_ROWS * n && x.len() >= 3 * n && out.len() >= TILE_ROWS * 3);
+        let n8 = n / 8 * 8;
+        let mut acc = [[0.0f32; 8]; 12];
+        if n8 > 0 {
+            let (pw, px) = (w.as_ptr(), x.as_ptr());
+            std::arch::asm!(
+                "vxorps ymm4, ymm4, ymm4",
+                "vxorps ymm5, ymm5, ymm5",
+                "vxorps ymm6, ymm6, ymm6",
+                "vxorps ymm7, ymm7, ymm7",
+                "vxorps ymm8, ymm8, ymm8",
+                "vxorps ymm9, ymm9, ymm9",
+                "vxorps ymm10, ymm10, ymm10",
+                "vxorps ymm11, ymm11, ymm11",
+                "vxorps ymm12, ymm12, ymm12",
+                "vxorps ymm13, ymm13, ymm13",
+                "vxorps ymm14, ymm14, ymm14",
+                "vxorps ymm15, ymm15, ymm15",
+                "2:",
+                "vmovups ymm0, ymmword ptr [{x0} + 4*{k}]",
+                "vmovups ymm1, ymmword ptr [{x1} + 4*{k}]",
+                "vmovups ymm2, ymmword ptr [{x2} + 4*{k}]",
+                "vcvtph2ps ymm3, xmmword ptr [{w0} + 2*{k}]",
+                "vfmadd231ps ymm4, ymm3, ymm0",
+                "vfmadd231ps ymm5, ymm3, ymm1",
+                "vfmadd231ps ymm6, ymm3, ymm2",
+                "vcvtph2ps ymm3, xmmword ptr [{w1} + 2*{k}]",
+                "vfmadd231ps ymm7, ymm3, ymm0",
+                "vfmadd231ps ymm8, ymm3, ymm1",
+                "vfmadd231ps ymm9, ymm3, ymm2",
+                "vcvtph2ps ymm3, xmmword ptr [{w2} + 2*{k}]",
+                "vfmadd231ps ymm10, ymm3, ymm0",
+                "vfmadd231ps ymm11, ymm3, ymm1",
+                "vfmadd231ps ymm12, ymm3, ymm2",
+                "vcvtph2ps ymm3, xmmword ptr [{w3} + 2*{k}]",
+                "vfmadd231ps ymm13, ymm3, ymm0",
+                "vfmadd231ps ymm14, ymm3, ymm1",
+                "vfmadd231ps ymm15, ymm3, ymm2",
+                "add {k}, 8",
+                "cmp {k}, {n8}",
+                "jb 2b",
+                "vmovups ymmword ptr [{acc}], ymm4",
+                "vmovups ymmword ptr [{acc} + 32], ymm5",
+                "vmovups ymmword ptr [{acc} + 64], ymm6",
+                "vmovups ymmword ptr [{acc} + 96], ymm7",
+                "vmovups ymmword ptr [{acc} + 128], ymm8",
+                "vmovups ymmword ptr [{acc} + 160], ymm9",
+                "vmovups ymmword ptr [{acc} + 192], ymm10",
+                "vmovups ymmword ptr [{acc} + 224], ymm11",
+                "vmovups ymmword ptr [{acc} + 256], ymm12",
+                "vmovups ymmword ptr [{acc} + 288], ymm13",
+                "vmovups ymmword ptr [{acc} + 320], ymm14",
+                "vmovups ymmword ptr [{acc} + 352], ymm15",
+                k = inout(reg) 0usize => _,
+                n8 = in(reg) n8,
+                x0 = in(reg) px,
+                x1 = in(reg) px.add(n),
+                x2 = in(reg) px.add(2 * n),
+                w0 = in(reg) pw,
+                w1 = in(reg) pw.add(n),
+                w2 = in(reg) pw.add(2 * n),
+                w3 = in(reg) pw.add(3 * n),
+                acc = in(reg) acc.as_mut_ptr(),
+                out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+                out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                options(nostack)
+            );
+        }
         for r in 0..TILE_ROWS {
             for t in 0..3 {
                 let mut s = hsum(_mm256_loadu_ps(acc[r * 3 + t].as_ptr()));
-                for j in n / 8 * 8..n {
+                for j in n8..n {
                     s += w[r * n + j].to_f32() * x[t * n + j];
                 }
                 out[r * 3 + t] = s;
@@ -626,12 +596,6 @@ pub mod avx2 {
         TileKernels {
             // SAFETY: this table is only handed out for a CPU with the instructions the kernel uses (Kernels::for_features), and the kernel asserts the lengths it reads.
             t3: Some(|w, x, n, o| unsafe { f16_t3(w, x, n, o) }),
-            t3_blocked: Some(BlockedTile3 {
-                // SAFETY: as for t3 (the kernel asserts the columns and lengths it reads).
-                block: |w, x, n, k0, k1, acc| unsafe { f16_t3_block(w, x, n, k0, k1, acc) },
-                // SAFETY: as for t3.
-                finish: |w, x, n, acc, o| unsafe { f16_t3_finish(w, x, n, acc, o) },
-            }),
             ..float_tiles::<f16>()
         }
     }
@@ -646,7 +610,6 @@ pub mod avx2 {
             t2: |w, x, n, o| unsafe { q8_0_t::<2>(w, x, n, o) },
             t3: None,
             t4: None,
-            t3_blocked: None,
         }
     }
     pub fn q4_0_tiles() -> TileKernels<BlockQ4_0, BlockQ8_0> {
@@ -657,7 +620,6 @@ pub mod avx2 {
             t2: |w, x, n, o| unsafe { q4_0_t::<2>(w, x, n, o) },
             t3: None,
             t4: None,
-            t3_blocked: None,
         }
     }
 }

@@ -276,68 +276,6 @@ fn three_token_tiles_equal_one_token_tiles_bit_for_bit() {
     }
 }
 
-/// The 4×3 f16 tile in column blocks (`t3_blocked`, what prompts run on rows
-/// longer than a block) gives the whole tile's bits for every block size, and
-/// so does a prompt's matmul through it.
-#[test]
-fn blocked_three_token_tiles_equal_the_whole_tile_bit_for_bit() {
-    let mut rng = Rng(29);
-    for k in tables() {
-        let (Some(t3), Some(bt)) = (k.tiles_f16.t3, k.tiles_f16.t3_blocked) else { continue };
-        for cols in [3, 13, 517, 4096, 4103] {
-            let w: Vec<f16> = rng.vec(4 * cols).iter().map(|&v| f16::from_f32(v)).collect();
-            let x = rng.vec(3 * cols);
-            let mut want = [0.0f32; 12];
-            t3(&w, &x, cols, &mut want);
-            for kb in [8, 24, 1024, 1 << 20] {
-                let mut acc = [[0.0f32; 8]; 12];
-                let n8 = cols / 8 * 8;
-                let mut k0 = 0;
-                while k0 < n8 {
-                    let k1 = (k0 + kb).min(n8);
-                    (bt.block)(&w, &x, cols, k0, k1, &mut acc);
-                    k0 = k1;
-                }
-                let mut got = [0.0f32; 12];
-                (bt.finish)(&w, &x, cols, &acc, &mut got);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{} {cols} cols, blocks of {kb}", k.name);
-            }
-        }
-        if k.tiles_f16.t4.is_some() {
-            continue;
-        }
-        // A prompt of 7 tokens on 4,103-column rows (past one block): tokens
-        // 0–5 of every full tile are the 4×3 tile's bits.
-        let (rows, cols, n_tokens) = (22, 4103, 7);
-        let wf = rng.vec(rows * cols);
-        let m = matrix("f16", rows, cols, &wf);
-        let x = rng.vec(n_tokens * cols);
-        let mut got = vec![0.0; rows * n_tokens];
-        matmul(&k, &m, &x, n_tokens, &mut got, &mut MatmulScratch::default());
-        let MatrixData::F16(ws) = &m.data else { unreachable!() };
-        for r0 in (0..rows / 4 * 4).step_by(4) {
-            for t0 in [0, 3] {
-                let mut want = [0.0f32; 12];
-                t3(&ws.as_slice()[r0 * cols..(r0 + 4) * cols], &x[t0 * cols..(t0 + 3) * cols], cols, &mut want);
-                for r in 0..4 {
-                    for t in 0..3 {
-                        let g = got[(t0 + t) * rows + r0 + r];
-                        assert_eq!(
-                            g.to_bits(),
-                            want[r * 3 + t].to_bits(),
-                            "{} row {} token {}",
-                            k.name,
-                            r0 + r,
-                            t0 + t
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Float prefill tiles at widths that are not multiples of the vector width
 /// (tails of 1–7 columns), odd token counts and rows that leave a partial tile.
 #[test]
