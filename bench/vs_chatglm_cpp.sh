@@ -36,6 +36,8 @@
 #   KERNELS=avx2                  CHATGLM_CPU_KERNELS for ours (the CPU issue's machines have AVX2 only, as
 #                                 chatglm.cpp's build here; "" = the best this CPU has)
 #   NICE_BUILD=19                 niceness of the chatglm.cpp build and the conversions
+#   ADJACENT_PROBES=1             a bandwidth probe just before and after each of our decode runs (0: only the
+#                                 probes at the start and end); the table then gives decode % of those too
 #   WAIT_LOAD=                    e.g. 1.0: before each timed run wait (at most WAIT_MAX=300 s) until the 1-minute
 #                                 load average is below this (the machine is shared; "" = do not wait)
 set -euo pipefail
@@ -188,10 +190,20 @@ membw() { # memory read bandwidth, 1 and 2 threads; run at the start and the end
     done
 }
 
+# A probe of THREADS threads just before and just after our decode run of FMT: this VM's bandwidth moves by a
+# fifth within minutes, so the decode target (% of the read bandwidth) is judged against these (table.py).
+membw_adjacent() { # membw_adjacent FMT THREADS
+    local line g
+    line=$("$BUILD/membw" "$2" | tail -1)
+    g="${line#*best_gb_s=}"; g="${g%% *}"
+    printf '{"phase":"membw_adjacent","format":"%s","threads":%s,"gb_s":%s}\n' "$1" "$2" "$g" >>"$OUT"
+    log "  adjacent probe: $line"
+}
+
 measure() {
     [[ -x "$CHATGLM" ]] || (cd "$REPO" && cargo build --release -p chatglm-cli)
     [[ -x "$BUILD/bin/cgbench" ]] || { echo "chatglm.cpp not built: run with PHASES=build first" >&2; exit 1; }
-    local stamp fmt t j
+    local stamp fmt t
     stamp="$(date +%Y%m%d-%H%M%S)"
     OUT="$RESULTS/run-$stamp.jsonl"
     : >"$OUT"
@@ -216,7 +228,9 @@ measure() {
             log "decode $fmt, $t thread(s): chatglm.cpp"
             record decode "$fmt" "$t" chatglm.cpp "$(theirs "$fmt" "$t" "$DECODE_PROMPT_LEN" "$GEN_LEN")"
             log "decode $fmt, $t thread(s): ChatGLM.rs"
+            [[ "${ADJACENT_PROBES:-1}" == 0 ]] || membw_adjacent "$fmt" "$t"
             record decode "$fmt" "$t" ChatGLM.rs "$(ours "$fmt" "$t" "$DECODE_PROMPT_LEN" "$GEN_LEN")"
+            [[ "${ADJACENT_PROBES:-1}" == 0 ]] || membw_adjacent "$fmt" "$t"
         done
     done
     for t in $PREFILL_THREADS; do

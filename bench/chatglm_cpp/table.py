@@ -37,6 +37,12 @@ def main():
     for r in rows:
         if r["phase"] == "membw":
             bw[r["threads"]] = max(bw.get(r["threads"], 0), r["gb_s"])
+    # Probes taken just before and after our decode run of a format (ADJACENT_PROBES): the better of the two.
+    adj = {}
+    for r in rows:
+        if r["phase"] == "membw_adjacent":
+            k = (r["format"], r["threads"])
+            adj[k] = max(adj.get(k, 0), r["gb_s"])
     res = {}
     wbytes = {}
     for r in rows:
@@ -74,6 +80,8 @@ def main():
                 ms = r["decode_ms_per_token_best"]
                 gbs = wbytes.get(f, 0) / (ms / 1e3) / 1e9 if f in wbytes else None
                 ach = "—" if gbs is None else f"{gbs:.1f} GB/s" + (f" ({100 * gbs / bw[t]:.0f}%)" if t in bw else "")
+                if gbs is not None and name == "ours" and (f, t) in adj:
+                    ach += f", {100 * gbs / adj[(f, t)]:.0f}% of the adjacent probe"
             else:
                 tps = r["prefill_tokens_per_s_best"]
                 ms = 1e3 / tps
@@ -93,6 +101,9 @@ def main():
     if bw:
         notes.append("Memory read bandwidth (1 GiB sum on huge pages, plain and prefetching passes, best of 10, best of the probes at the start and end): "
                      + ", ".join(f"{v:.1f} GB/s with {k} thread{'s' if k > 1 else ''}" for k, v in sorted(bw.items())))
+    if adj:
+        notes.append("Adjacent probes (the better of those just before and after our decode run): "
+                     + ", ".join(f"{f} {v:.1f} GB/s ({t} thread{'s' if t > 1 else ''})" for (f, t), v in sorted(adj.items())))
     if wbytes:
         files = meta.get("files", {})
         notes.append("Weight bytes per decoded token (ChatGLM.rs figure, used for both): "
