@@ -176,7 +176,9 @@ fn decode_hot(name: &str) -> bool {
 /// With the driver's lazy loading a kernel's code is placed in device memory
 /// as it is looked up, one after another, so this order is the code's layout —
 /// and the layout alone moves batch-1 q4_0 decode by up to 3.5% with the same
-/// SASS (bench/RESULTS.md, runs 243–247). The default puts the decode step's
+/// SASS (bench/RESULTS.md, runs 243–249), only while consecutive kernels
+/// overlap under programmatic dependent launch (with `CHATGLM_CUDA_PDL=0`
+/// every layout decodes the same, run 249). The default puts the decode step's
 /// one-token products first (the `_2` forms, then the rest of [`decode_hot`]),
 /// so their placement no longer follows the sizes of kernels listed before
 /// them (session 33's edit of the grouped products had cost batch-1 2.7%);
@@ -196,7 +198,7 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
         // form, and the third variant of the others) ahead of the rest of its
         // class. Which placements are fast is not understood: keeping the cold
         // kernels in list order behind the decode step's decoded 738 tok/s
-        // where this order's 743–746 (runs 245–247), so it is kept exactly.
+        // where this order's 743–746 (runs 245–248), so it is kept exactly.
         _ => named.sort_by_key(|(n, _)| (!decode_hot(n), !n.ends_with("_2"))),
     }
     // `CHATGLM_CUDA_LOAD_FIRST=a,b,…`: these kernels before all others, in
