@@ -38,6 +38,9 @@
 #   NICE_BUILD=19                 niceness of the chatglm.cpp build and the conversions
 #   ADJACENT_PROBES=1             a bandwidth probe just before and after each of our decode runs (0: only the
 #                                 probes at the start and end); the table then gives decode % of those too
+#   READ_PROBE=8                  rounds of `chatglm bench --read-probe` in our decode runs (4 decode steps, then a
+#                                 read-only pass over the same weights, a round; 0: none): decode's share of a read of
+#                                 the same bytes in the same seconds, which the table reports
 #   WAIT_LOAD=                    e.g. 1.0: before each timed run wait (at most WAIT_MAX=300 s) until the 1-minute
 #                                 load average is below this (the machine is shared; "" = do not wait)
 set -euo pipefail
@@ -161,12 +164,12 @@ wait_quiet() {
     done
     ((waited == 0)) || log "  waited ${waited} s for load < $WAIT_LOAD (now $(cut -d' ' -f1 /proc/loadavg))"
 }
-ours() { # ours FMT THREADS PROMPT_LEN GEN_LEN
+ours() { # ours FMT THREADS PROMPT_LEN GEN_LEN [EXTRA...]
     wait_quiet
     local source=(-m "$CKPT")
     [[ "$SYNTHETIC" == 0 ]] || source=(--synthetic chatglm2-6b)
     CHATGLM_CPU_KERNELS="${KERNELS-avx2}" "$CHATGLM" bench "${source[@]}" --dtype "$1" --threads "$2" --prompt-len "$3" --gen-len "$4" --repeat "$REPEAT" \
-        --json 2>>"$OUT.stderr" | tail -1
+        "${@:5}" --json 2>>"$OUT.stderr" | tail -1
 }
 theirs() { # theirs FMT THREADS PROMPT_LEN GEN_LEN
     wait_quiet
@@ -203,7 +206,7 @@ membw_adjacent() { # membw_adjacent FMT THREADS
 measure() {
     [[ -x "$CHATGLM" ]] || (cd "$REPO" && cargo build --release -p chatglm-cli)
     [[ -x "$BUILD/bin/cgbench" ]] || { echo "chatglm.cpp not built: run with PHASES=build first" >&2; exit 1; }
-    local stamp fmt t
+    local stamp fmt t probe
     stamp="$(date +%Y%m%d-%H%M%S)"
     OUT="$RESULTS/run-$stamp.jsonl"
     : >"$OUT"
@@ -229,7 +232,9 @@ measure() {
             record decode "$fmt" "$t" chatglm.cpp "$(theirs "$fmt" "$t" "$DECODE_PROMPT_LEN" "$GEN_LEN")"
             log "decode $fmt, $t thread(s): ChatGLM.rs"
             [[ "${ADJACENT_PROBES:-1}" == 0 ]] || membw_adjacent "$fmt" "$t"
-            record decode "$fmt" "$t" ChatGLM.rs "$(ours "$fmt" "$t" "$DECODE_PROMPT_LEN" "$GEN_LEN")"
+            probe=()
+            [[ "${READ_PROBE:-8}" == 0 ]] || probe=(--read-probe "${READ_PROBE:-8}")
+            record decode "$fmt" "$t" ChatGLM.rs "$(ours "$fmt" "$t" "$DECODE_PROMPT_LEN" "$GEN_LEN" "${probe[@]}")"
             [[ "${ADJACENT_PROBES:-1}" == 0 ]] || membw_adjacent "$fmt" "$t"
         done
     done

@@ -7,7 +7,8 @@ With several results files, each cell keeps the best run of that engine/format/t
 on a shared machine); the memory bandwidth is the best probe of all files.
 
 Decode GB/s = weight bytes streamed per decoded token (the figure ChatGLM.rs reports for that format, used for both
-engines) / time per token, and its % of this machine's memory read bandwidth at the same thread count. Prefill rows
+engines) / time per token, and its % of this machine's memory read bandwidth at the same thread count; where our
+run had `--read-probe`, also its share of a read of the same weights in the same seconds. Prefill rows
 give GFLOP/s instead (2 x matrix parameters per token, from config.json). Ratio = ours / theirs in speed (>1: we
 are faster)."""
 import json
@@ -82,6 +83,10 @@ def main():
                 ach = "—" if gbs is None else f"{gbs:.1f} GB/s" + (f" ({100 * gbs / bw[t]:.0f}%)" if t in bw else "")
                 if gbs is not None and name == "ours" and (f, t) in adj:
                     ach += f", {100 * gbs / adj[(f, t)]:.0f}% of the adjacent probe"
+                probe = r.get("read_probe") if name == "ours" else None
+                if probe:
+                    ach += (f"; paired read probe: {100 * probe['decode_share_of_read_median']:.0f}% of a read of the "
+                            f"same weights ({probe['decode_gb_per_s_median']:.1f} of {probe['read_gb_per_s_median']:.1f} GB/s)")
             else:
                 tps = r["prefill_tokens_per_s_best"]
                 ms = 1e3 / tps
@@ -104,6 +109,10 @@ def main():
     if adj:
         notes.append("Adjacent probes (the better of those just before and after our decode run): "
                      + ", ".join(f"{f} {v:.1f} GB/s ({t} thread{'s' if t > 1 else ''})" for (f, t), v in sorted(adj.items())))
+    if any(r and r.get("read_probe") for r in res.values()):
+        notes.append("Paired read probe (`chatglm bench --read-probe`): rounds of 4 decode steps, each followed by "
+                     "read-only passes over the same weights on the same threads (with and without software prefetch, "
+                     "the faster counted); medians over the rounds, the share being the median of the rounds' ratios")
     if wbytes:
         files = meta.get("files", {})
         notes.append("Weight bytes per decoded token (ChatGLM.rs figure, used for both): "

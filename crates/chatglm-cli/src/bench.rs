@@ -54,6 +54,15 @@ pub struct BenchArgs {
     /// tokens/s.
     #[arg(long, value_delimiter = ',')]
     pub concurrency: Vec<usize>,
+    /// CPU: after the measurements, ROUNDS rounds (default 8) of 4 decode
+    /// steps each followed by read-only passes over the same weights (every
+    /// byte a step streams, on the same threads, summed instead of
+    /// multiplied; with and without software prefetch, the faster counted),
+    /// reporting decode's bandwidth as a share of that read's, round by
+    /// round: on a shared machine whose bandwidth drifts, the two are
+    /// comparable only when measured in the same seconds.
+    #[arg(long, value_name = "ROUNDS", num_args = 0..=1, default_missing_value = "8")]
+    pub read_probe: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -155,6 +164,50 @@ fn decode_queued<B: Backend>(
     Ok((last, launching))
 }
 
+/// Decode steps per `--read-probe` round.
+const PROBE_STEPS: usize = 4;
+
+/// `--read-probe`'s medians over its rounds.
+struct ReadProbe {
+    rounds: usize,
+    decode_gb_s: f64,
+    read_gb_s: f64,
+    /// Median of the rounds' decode / read bandwidth ratios.
+    share: f64,
+}
+
+/// Rounds of [`PROBE_STEPS`] greedy decode steps, each followed by one
+/// read-only pass over the weights ([`Model::read_weights`]).
+fn read_probe<B: Backend>(
+    model: &Model<B>,
+    state: &mut ForwardState<B>,
+    cache: &mut B::Cache,
+    rounds: usize,
+) -> Result<ReadProbe> {
+    let weight_bytes = model.weight_bytes() as f64;
+    cache.clear();
+    let mut next = 5u32;
+    let (mut decode, mut read, mut share) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let (last, _) = decode_queued(model, state, std::slice::from_mut(cache), &[next], PROBE_STEPS)?;
+        let d = weight_bytes * PROBE_STEPS as f64 / t.elapsed().as_secs_f64() / 1e9;
+        next = last[0];
+        // As the 1 GiB probe of bench/chatglm_cpp does: a pass with the
+        // kernels' software prefetch and one without, the faster counted.
+        let mut r = 0f64;
+        for prefetch in [true, false] {
+            let t = Instant::now();
+            let bytes = model.read_weights(prefetch).context("--read-probe: this backend has no read-only pass")?;
+            r = r.max(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+        decode.push(d);
+        read.push(r);
+        share.push(d / r);
+    }
+    Ok(ReadProbe { rounds, decode_gb_s: median(decode), read_gb_s: median(read), share: median(share) })
+}
+
 /// Batched decoding of `n` sequences: prefill all (in steps of at most the
 /// backend's chunk size), then `gen_len` greedy steps of all `n` at once.
 /// Returns (aggregate tokens/s, ms per step).
@@ -204,6 +257,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.concurrency.contains(&0) {
         bail!("--concurrency values must be at least 1");
+    }
+    if args.read_probe == Some(0) {
+        bail!("--read-probe needs at least 1 round");
     }
     args.device.dispatch(Bench { args, threads, format, kv_dtype })
 }
@@ -260,6 +316,22 @@ fn measure<B: Backend>(
             cfg.seq_length
         );
     }
+    if let Some(rounds) = args.read_probe {
+        if rounds * PROBE_STEPS > cfg.seq_length {
+            bail!(
+                "--read-probe {rounds}: {} decode steps exceed the model context {}",
+                rounds * PROBE_STEPS,
+                cfg.seq_length
+            );
+        }
+        // Also the first touch of every weight before anything is timed.
+        if model.read_weights(true).is_none() {
+            bail!(
+                "--read-probe needs the CPU backend (`--device cpu`): {} has no read-only pass",
+                model.backend.name()
+            );
+        }
+    }
     let mut state = ForwardState::new(&model.backend);
     let mut cache = model.new_cache(kv_dtype);
     // Warm-up: first-touch of weights and buffers.
@@ -296,6 +368,10 @@ fn measure<B: Backend>(
         let (tps, ms) = batched_run(model, &mut state, kv_dtype, n, prompt_len, args.gen_len)?;
         batched.push((n, prompt_len, tps, ms));
     }
+    let probe = match args.read_probe {
+        Some(rounds) => Some(read_probe(model, &mut state, &mut cache, rounds)?),
+        None => None,
+    };
     let rss = peak_rss_bytes();
     let gbps = |ms: f64| weight_bytes / (ms / 1e3) / 1e9;
     if args.json {
@@ -318,6 +394,7 @@ fn measure<B: Backend>(
             "decode_host_launch_ms_per_token": launch_ms,
             "decode_at_context": ctx_results.iter().map(|(p, ms)| serde_json::json!({"position": p, "ms_per_token": ms, "tokens_per_s": 1e3 / ms})).collect::<Vec<_>>(),
             "batched_decode": batched.iter().map(|(n, p, tps, ms)| serde_json::json!({"sequences": n, "prompt_len": p, "tokens_per_s": tps, "ms_per_step": ms})).collect::<Vec<_>>(),
+            "read_probe": probe.as_ref().map(|p| serde_json::json!({"rounds": p.rounds, "steps_per_round": PROBE_STEPS, "decode_gb_per_s_median": p.decode_gb_s, "read_gb_per_s_median": p.read_gb_s, "decode_share_of_read_median": p.share})),
             "peak_rss_bytes": rss,
         });
         println!("{}", serde_json::to_string(&v)?);
@@ -352,6 +429,15 @@ fn measure<B: Backend>(
         println!(
             "batch {n:>4}   prompts of {p}, {} new tokens each: {tps:.0} tok/s aggregate ({ms:.2} ms/step)",
             args.gen_len
+        );
+    }
+    if let Some(p) = &probe {
+        println!(
+            "read probe   {} rounds of {PROBE_STEPS} decode steps, each then read-only passes over the same weights: decode {:.1} GB/s, read {:.1} GB/s (medians); decode at {:.0}% of the read (median of the rounds' ratios)",
+            p.rounds,
+            p.decode_gb_s,
+            p.read_gb_s,
+            100.0 * p.share
         );
     }
     println!("peak RSS     {:.2} GiB", rss as f64 / (1u64 << 30) as f64);

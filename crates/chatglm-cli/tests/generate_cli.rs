@@ -189,6 +189,23 @@ fn bench_times_batched_decoding() {
     assert!(!ok && err.contains("--concurrency"), "{err}");
 }
 
+#[test]
+fn bench_pairs_decode_with_reads_of_the_same_weights() {
+    let args = ["bench", "--synthetic", "dev", "--device", "cpu", "--prompt-len", "0", "--gen-len", "2"];
+    let (out, err, ok) = chatglm(&[&args[..], &["--read-probe", "3", "--json"]].concat(), "");
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let probe = &v["read_probe"];
+    assert_eq!(probe["rounds"], 3);
+    assert!(probe["read_gb_per_s_median"].as_f64().unwrap() > 0.0);
+    assert!(probe["decode_share_of_read_median"].as_f64().unwrap() > 0.0);
+    // Without a count: 8 rounds, reported in the text output.
+    let (out, err, ok) = chatglm(&[&args[..], &["--read-probe"]].concat(), "");
+    assert!(ok && out.contains("read probe   8 rounds"), "{out}{err}");
+    let (_, err, ok) = chatglm(&[&args[..], &["--read-probe", "0"]].concat(), "");
+    assert!(!ok && err.contains("--read-probe"), "{err}");
+}
+
 /// `--mmap` (weights used in place from the mapped file) and a capped kernel
 /// set (`CHATGLM_CPU_KERNELS`) change how the weights are held and which
 /// kernels run, not the answer.

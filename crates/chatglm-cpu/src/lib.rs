@@ -27,6 +27,7 @@ pub mod packed;
 pub mod packed_q8;
 mod prefetch;
 mod quant_blocks;
+pub mod read_probe;
 pub mod tile;
 #[cfg(target_arch = "x86_64")]
 pub mod tile512;

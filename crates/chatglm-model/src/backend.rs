@@ -137,6 +137,15 @@ pub trait Backend: Send + Sync {
     /// depend on the values). `format` must not be `Auto`.
     fn random_matrix(&self, rows: usize, cols: usize, format: WeightFormat, seed: u64) -> Self::Matrix;
     fn matrix_bytes(&self, m: &Self::Matrix) -> usize;
+    /// Reads every byte a one-token product of `m` streams, as that product
+    /// would (same threads, same split; with its software prefetch or
+    /// without) but without its arithmetic: the read-bandwidth probe of
+    /// `chatglm bench --read-probe`. Returns the bytes read and a checksum;
+    /// `None` where the backend has no such pass.
+    fn read_matrix(&self, m: &Self::Matrix, prefetch: bool) -> Option<(usize, u64)> {
+        let _ = (m, prefetch);
+        None
+    }
     fn matrix_format(&self, m: &Self::Matrix) -> &'static str;
 
     fn new_activations(&self) -> Self::Activations;

@@ -289,6 +289,10 @@ impl Backend for CpuBackend {
         m.size_bytes()
     }
 
+    fn read_matrix(&self, m: &Matrix, prefetch: bool) -> Option<(usize, u64)> {
+        Some(chatglm_cpu::read_probe::read_pass(m, prefetch))
+    }
+
     fn matrix_format(&self, m: &Matrix) -> &'static str {
         m.format_name()
     }

@@ -289,6 +289,21 @@ impl<B: Backend> Model<B> {
                 .sum::<usize>()
     }
 
+    /// One read-only pass over the weights a decode step streams, in its
+    /// order (each layer's products, then the output layer), where the
+    /// backend has one ([`Backend::read_matrix`]): the bytes read.
+    pub fn read_weights(&self, prefetch: bool) -> Option<usize> {
+        let w = &self.weights;
+        let b = &self.backend;
+        let mut bytes = 0;
+        for l in &w.layers {
+            for m in [&l.qkv, &l.dense, &l.h_to_4h, &l.four_h_to_h] {
+                bytes += b.read_matrix(m, prefetch)?.0;
+            }
+        }
+        Some(bytes + b.read_matrix(&w.output, prefetch)?.0)
+    }
+
     /// Runs one step over a batch of independent sequences. Each sequence's
     /// tokens continue its cache (positions `cache.len()..`), and are appended
     /// to it. Returns the requested logits rows, concatenated in batch order
