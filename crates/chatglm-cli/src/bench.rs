@@ -170,6 +170,8 @@ const PROBE_STEPS: usize = 4;
 /// `--read-probe`'s medians over its rounds.
 struct ReadProbe {
     rounds: usize,
+    /// Bytes one read pass reads (the weights a decode step streams).
+    bytes: usize,
     decode_gb_s: f64,
     read_gb_s: f64,
     /// Median of the rounds' decode / read bandwidth ratios.
@@ -188,6 +190,7 @@ fn read_probe<B: Backend>(
     cache.clear();
     let mut next = 5u32;
     let (mut decode, mut read, mut share) = (Vec::new(), Vec::new(), Vec::new());
+    let mut read_bytes = 0;
     for _ in 0..rounds {
         let t = Instant::now();
         let (last, _) = decode_queued(model, state, std::slice::from_mut(cache), &[next], PROBE_STEPS)?;
@@ -200,12 +203,19 @@ fn read_probe<B: Backend>(
             let t = Instant::now();
             let bytes = model.read_weights(prefetch).context("--read-probe: this backend has no read-only pass")?;
             r = r.max(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+            read_bytes = bytes;
         }
         decode.push(d);
         read.push(r);
         share.push(d / r);
     }
-    Ok(ReadProbe { rounds, decode_gb_s: median(decode), read_gb_s: median(read), share: median(share) })
+    Ok(ReadProbe {
+        rounds,
+        bytes: read_bytes,
+        decode_gb_s: median(decode),
+        read_gb_s: median(read),
+        share: median(share),
+    })
 }
 
 /// Batched decoding of `n` sequences: prefill all (in steps of at most the
@@ -394,7 +404,7 @@ fn measure<B: Backend>(
             "decode_host_launch_ms_per_token": launch_ms,
             "decode_at_context": ctx_results.iter().map(|(p, ms)| serde_json::json!({"position": p, "ms_per_token": ms, "tokens_per_s": 1e3 / ms})).collect::<Vec<_>>(),
             "batched_decode": batched.iter().map(|(n, p, tps, ms)| serde_json::json!({"sequences": n, "prompt_len": p, "tokens_per_s": tps, "ms_per_step": ms})).collect::<Vec<_>>(),
-            "read_probe": probe.as_ref().map(|p| serde_json::json!({"rounds": p.rounds, "steps_per_round": PROBE_STEPS, "decode_gb_per_s_median": p.decode_gb_s, "read_gb_per_s_median": p.read_gb_s, "decode_share_of_read_median": p.share})),
+            "read_probe": probe.as_ref().map(|p| serde_json::json!({"rounds": p.rounds, "read_bytes": p.bytes, "steps_per_round": PROBE_STEPS, "decode_gb_per_s_median": p.decode_gb_s, "read_gb_per_s_median": p.read_gb_s, "decode_share_of_read_median": p.share})),
             "peak_rss_bytes": rss,
         });
         println!("{}", serde_json::to_string(&v)?);

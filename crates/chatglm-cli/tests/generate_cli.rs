@@ -197,6 +197,8 @@ fn bench_pairs_decode_with_reads_of_the_same_weights() {
     let v: Value = serde_json::from_str(&out).unwrap();
     let probe = &v["read_probe"];
     assert_eq!(probe["rounds"], 3);
+    // Every byte a decode step streams, no more.
+    assert_eq!(probe["read_bytes"].as_f64(), v["weight_bytes_per_token"].as_f64());
     assert!(probe["read_gb_per_s_median"].as_f64().unwrap() > 0.0);
     assert!(probe["decode_share_of_read_median"].as_f64().unwrap() > 0.0);
     // Without a count: 8 rounds, reported in the text output.

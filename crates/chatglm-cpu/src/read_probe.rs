@@ -149,7 +149,11 @@ mod tests {
         for (rows, cols) in [(1, 32), (17, 64), (33, 4128), (40, 96)] {
             let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 997) as f32 - 498.0) / 100.0).collect();
             let q8: Vec<BlockQ8_0> = chatglm_weights::quant::quantize_row(&values);
+            let q4: Vec<crate::dot::BlockQ4_0> = chatglm_weights::quant::quantize_row(&values);
             let matrices = [
+                MatrixData::BF16(Storage::Owned(values.iter().map(|&v| half::bf16::from_f32(v)).collect())),
+                MatrixData::Q4_0(Storage::Owned(q4.clone())),
+                MatrixData::Q4_0Packed(crate::packed::PackedQ4_0::from_blocks(&q4, rows, cols)),
                 MatrixData::F16(Storage::Owned(values.iter().map(|&v| f16::from_f32(v)).collect())),
                 MatrixData::F32(Storage::Owned(values.clone())),
                 MatrixData::Q8_0(Storage::Owned(q8.clone())),
