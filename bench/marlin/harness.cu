@@ -9,10 +9,13 @@
 // groups of 32 carry 8% more scale bytes), 4 copies rotated so L2 (50 MB)
 // cannot hold a layer between calls; CUDA events around 200 calls a case,
 // median of 5 rounds. Prints one line a (shape, tokens): µs a call and the
-// weight bytes (codes + scales) streamed per second.
+// weight bytes (codes + scales) streamed per second. MARLIN_SHAPES (names,
+// comma-separated) limits the shapes, for a profiler.
 #include MARLIN_KERNEL
 
 #include <algorithm>
+#include <cstring>
+#include <string>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -75,7 +78,10 @@ int main(int argc, char** argv) {
     cudaEvent_t t0, t1;
     CHECK(cudaEventCreate(&t0));
     CHECK(cudaEventCreate(&t1));
+    const char* only = getenv("MARLIN_SHAPES");
     for (const Shape& s : shapes) {
+        if (only && *only && std::string(",").append(only).append(",").find(std::string(",") + s.name + ",") == std::string::npos)
+            continue;
         const size_t wbytes = (size_t)s.n * s.k / 2, sbytes = (size_t)s.k / groupsize * s.n * 2;
         std::vector<void*> w(copies), sc(copies);
         for (int c = 0; c < copies; c++) {

@@ -7,6 +7,8 @@
 # Defaults: the grouped 32-token int4 products (32 sequences, prompt 128) and the one-token int4 products
 # (batch-1 decode). Per kernel: duration, DRAM throughput, issue slots used, warps a scheduler, eligible
 # warps, and the stall reasons as warps stalled per issued instruction (largest first).
+# STALL_CMD: a command to profile instead of `chatglm bench` (e.g. "device-bin/qmma_bench", or the Marlin peer
+# "env MARLIN_SHAPES=h_to_4h device-bin/marlin_peer 32" with STALL_KERNELS=Marlin).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BIN=device-bin
@@ -27,10 +29,11 @@ metrics+=",regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
 metrics+=",sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_tensor_op_hmma.sum"
 metrics+=",lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum"
 # How busy the SM's load path is (weights and the activations each block re-reads).
-metrics+=",l1tex__throughput.avg.pct_of_peak_sustained_active"
+metrics+=",l1tex__throughput.avg.pct_of_peak_sustained_active,lts__throughput.avg.pct_of_peak_sustained_elapsed"
 IFS=';' read -r -a kernels <<<"${STALL_KERNELS:-qmmg_0_4_;qmma_0_1_[0-9]_2}"
 for k in "${kernels[@]}"; do
-  case $k in
+  case ${STALL_CMD:+cmd}$k in
+    cmd*) args="" ;;
     qmmg*|*_4_*|*_8_*) args="--prompt-len 128 --gen-len 16 --concurrency ${STALL_CONCURRENCY:-32}" ;;
     *) args="--prompt-len 16 --gen-len 16" ;;
   esac
@@ -38,7 +41,7 @@ for k in "${kernels[@]}"; do
   echo "== $k ($args)"
   # shellcheck disable=SC2086
   timeout "${STALL_LIMIT:-240}" "$ncu" --clock-control none -k "regex:$k" --launch-skip "${STALL_SKIP:-120}" \
-    --launch-count "${STALL_COUNT:-8}" --metrics "$metrics" --csv --page raw $b $args >"$out/stall-$name.csv" \
+    --launch-count "${STALL_COUNT:-8}" --metrics "$metrics" --csv --page raw ${STALL_CMD:-$b $args} >"$out/stall-$name.csv" \
     2>"$out/stall-$name.err" || { echo "ncu rc $?"; tail -3 "$out/stall-$name.err"; }
   python3 - "$out/stall-$name.csv" <<'PY'
 import csv, sys, collections
@@ -65,7 +68,8 @@ for name, rs in by.items():
     print(f"   tensor pipe {avg('sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active'):.1f}% active, "
           f"hmma {avg('sm__inst_executed_pipe_tensor_op_hmma.sum')/1e3:.0f}K, L2 reads {avg('lts__t_sectors_srcunit_tex_op_read.sum')*32/1e6:.1f} MB, "
           f"DRAM reads {avg('dram__bytes_read.sum')/1e6:.1f} MB, "
-          f"L1 throughput {avg('l1tex__throughput.avg.pct_of_peak_sustained_active'):.1f}%")
+          f"L1 throughput {avg('l1tex__throughput.avg.pct_of_peak_sustained_active'):.1f}%, "
+          f"L2 throughput {avg('lts__throughput.avg.pct_of_peak_sustained_elapsed'):.1f}%")
     st = [(m.replace("smsp__average_warps_issue_stalled_", "").replace("_per_issue_active.ratio", ""), avg(m))
           for m in col if m.startswith("smsp__average_warps_issue_stalled_")]
     st.sort(key=lambda kv: -kv[1] if kv[1] == kv[1] else 0)
