@@ -66,18 +66,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QMMG_PREFETCH_AT_END 1
 #endif
 
-// 1: a block's next run has its first chunk requested (into the ring's last
-// slot, which the sums in `red` leave free) as soon as this run's sums are in
-// `red` — before the part is published or the epilogue written — instead of
-// after them, so its weights land while they run (QKV's only where its RoPE
-// table stops short of that slot). Warp 0 requests its share after them: the
-// part's release (thread 0) would wait for copies its warp has in flight
-// (run 164). A run switch cost a 32-token h→4h block the publish (~2 µs)
-// plus the first chunk's arrival (session 34's stamps).
-#ifndef QMMG_RUN_PREFETCH
-#define QMMG_RUN_PREFETCH 0
-#endif
-
 // A whole chunk's weight copies unrolled at constant offsets (0: the
 // general loop, for A/B measurements).
 #ifndef QMMG_FAST_COPY
@@ -509,16 +497,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     if (MODE == 3) preload_token_slots(rc, n, NT8 * 8, slots);
     float* red = (float*)qg_smem;
     bool waited = false;
-    // QMMG_RUN_PREFETCH: this run's first chunk was requested by warps 1.. at
-    // the end of the run before, into slot S − 1 (its chunks then take slots
-    // (k + S − 1) mod S).
-    constexpr bool RUN_PRE = QMMG_RUN_PREFETCH && L::STAGES >= 2;
-    static_assert(!RUN_PRE || (L::STAGES - 1) * L::STAGE >= L::FOLD_OFF + L::FOLD_BYTES,
-                  "the sums and the fold's scratch leave the last slot free");
-    // QKV's epilogue scratch (cache rows, biases, its tokens' RoPE table) ends
-    // before the last slot.
-    const bool run_pre_fits = MODE != 3 || (long)L::ROPE_OFF + (long)n * rc.n_pairs * 8 <= (long)(L::STAGES - 1) * L::STAGE;
-    bool pre = false;
     for (long x = start; x < end;) {
         const int G = (int)(x / C), c0 = (int)(x % C);
         const int c1 = (int)min((long)C, c0 + (end - x));
@@ -527,8 +505,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         // requested before waiting for it.
 #pragma unroll
         for (int s = 0; s < S - 1; s++)
-            if (c0 + s < c1 && !(RUN_PRE && pre && s == 0 && warp != 0))
-                issue_w(tile, c0 + s, RUN_PRE && pre ? (s + S - 1) % S : s);
+            if (c0 + s < c1) issue_w(tile, c0 + s, s);
         const bool first = !waited;
         if (!waited) {
             pdl_wait();
@@ -537,8 +514,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         }
 #pragma unroll
         for (int s = 0; s < S - 1; s++) {
-            if (c0 + s < c1 && !(RUN_PRE && pre && s == 0 && warp != 0))
-                issue_x(c0 + s, RUN_PRE && pre ? (s + S - 1) % S : s);
+            if (c0 + s < c1) issue_x(c0 + s, s);
             cp_async_commit();
         }
         if (normed && first) {
@@ -570,12 +546,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();  // chunk c landed for every warp; slot (k − 1) % S is free
             const int nc = c + S - 1;
             if (nc < c1 && !(QMMG_DRY & 2)) {
-                const int ns = RUN_PRE && pre ? (k + 2 * S - 2) % S : (k + S - 1) % S;
-                issue_w(tile, nc, ns);
-                if (!(QMMG_DRY & 4)) issue_x(nc, ns);
+                issue_w(tile, nc, (k + S - 1) % S);
+                if (!(QMMG_DRY & 4)) issue_x(nc, (k + S - 1) % S);
             }
             cp_async_commit();
-            const unsigned char* st = qg_smem + (RUN_PRE && pre ? (k + S - 1) % S : k % S) * L::STAGE;
+            const unsigned char* st = qg_smem + (k % S) * L::STAGE;
             const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
             const bool whole = nu == QG_CU && nblk == L::KB;
             if (QMMG_DRY & 1) {
@@ -650,17 +625,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         // µs at 32 tokens — every block, whatever its loads (run 188's stamps;
         // run 185 moved the loads): the code of a loop that runs once a
         // launch, fetched cold.
-        if (RUN_PRE) {
-            // The next run's first chunk (warps 1..; warp 0 with the rest of its
-            // first stages), every thread committing a group.
-            pre = xn < end && run_pre_fits;
-            if (pre && warp != 0) {
-                const int G2 = (int)(xn / C), c2 = (int)(xn % C);
-                issue_w(tile_of(G2), c2, S - 1);
-                issue_x(c2, S - 1);
-            }
-            if (pre) cp_async_commit();
-        }
         const bool qkv_fast = MODE == 3 && QMMG_ROPE_TABLE && writes && n * rc.n_pairs <= L::ROPE_CAP;
         float2* rope = (float2*)(qg_smem + L::ROPE_OFF);
         float* gbias = (float*)(qg_smem + L::QKV_BIAS_OFF);
