@@ -66,6 +66,17 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QMMG_PREFETCH_AT_END 1
 #endif
 
+// 1: the stream-K deal's boundaries rounded up (block b's run starts at
+// ⌈b·W/P⌉), so where a group's chunks do not divide evenly the block that
+// sums it — the one holding its first chunks — gets the larger share and the
+// last part block the smaller, instead of the other way round. With every
+// run inside one group (4h→h: 27 chunks over 4 blocks, 6/7/7/7), the summing
+// block otherwise finishes a chunk early and waits for the parts' (~2 µs a
+// chunk, plus their publishing; session 34's stamps: 6.75 µs waiting and adding).
+#ifndef QMMG_SPLIT_CEIL
+#define QMMG_SPLIT_CEIL 0
+#endif
+
 // A whole chunk's weight copies unrolled at constant offsets (0: the
 // general loop, for A/B measurements).
 #ifndef QMMG_FAST_COPY
@@ -379,9 +390,15 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     const int groups = MODE == 2 ? (half_tiles + 3) / 4 : (tiles + QG_TILES - 1) / QG_TILES;
     const int C = (units + QG_CU - 1) / QG_CU;  // chunks of a group
     const long W = (long)groups * C, P = gridDim.x;
+#if QMMG_SPLIT_CEIL
+    const long start = (blockIdx.x * W + P - 1) / P, end = ((blockIdx.x + 1) * W + P - 1) / P;
+    // The block whose run holds chunk x: ⌈b·W/P⌉ ≤ x < ⌈(b+1)·W/P⌉ ⇔ b = ⌊x·P/W⌋.
+    auto block_of = [&](long x) { return (int)(x * P / W); };
+#else
     const long start = blockIdx.x * W / P, end = (blockIdx.x + 1) * W / P;
     // The block whose run holds chunk x.
     auto block_of = [&](long x) { return (int)(((x + 1) * P - 1) / W); };
+#endif
     // This warp's row tile of group G (SwiGLU: warps 0–3 the gates of 4
     // pairs, 4–7 their ups), or -1 past the matrix.
     auto tile_of = [&](int G) -> int {
