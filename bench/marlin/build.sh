@@ -50,7 +50,7 @@ import re, sys
 bad = 0
 for fn in sys.stdin.read().split("Function : ")[1:]:
     used = set(re.findall(r"LDGSTS[^;]*desc\[(UR\d+)\]", fn))
-    defined = set(re.findall(r"\b(?:ULDC|UMOV|ULOP3|UIADD3|R2UR|S2UR|ULEA|UMOV)[.\w]* (UR\d+)", fn))
+    defined = set(re.findall(r"\b(?:ULDC|UMOV|ULOP3|UIADD3|R2UR|S2UR|ULEA)[.\w]* (UR\d+)", fn))
     missing = used - defined
     if missing:
         bad += 1

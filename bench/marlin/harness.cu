@@ -14,10 +14,9 @@
 #include MARLIN_KERNEL
 
 #include <algorithm>
-#include <cstring>
-#include <string>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #define CHECK(x)                                                                                     \
@@ -63,7 +62,15 @@ int main(int argc, char** argv) {
     std::vector<int> tokens = {1, 8, 16, 32};
     if (argc > 1) {
         tokens.clear();
-        for (int i = 1; i < argc; i++) tokens.push_back(atoi(argv[i]));
+        for (int i = 1; i < argc; i++) {
+            char* end = nullptr;
+            const long m = strtol(argv[i], &end, 10);
+            if (*argv[i] == '\0' || *end != '\0' || m < 1 || m > 64) {
+                fprintf(stderr, "error: token count %s: expected 1..64\n", argv[i]);
+                return 2;
+            }
+            tokens.push_back((int)m);
+        }
     }
     const int groupsize = 128, copies = 4, calls = 200, rounds = 5;
     int sms = 0;
@@ -78,10 +85,11 @@ int main(int argc, char** argv) {
     cudaEvent_t t0, t1;
     CHECK(cudaEventCreate(&t0));
     CHECK(cudaEventCreate(&t1));
-    const char* only = getenv("MARLIN_SHAPES");
+    // ",a,b," so that a name matches whole, never as part of another.
+    const char* names = getenv("MARLIN_SHAPES");
+    const std::string only = names && *names ? std::string(",") + names + "," : "";
     for (const Shape& s : shapes) {
-        if (only && *only && std::string(",").append(only).append(",").find(std::string(",") + s.name + ",") == std::string::npos)
-            continue;
+        if (!only.empty() && only.find(std::string(",") + s.name + ",") == std::string::npos) continue;
         const size_t wbytes = (size_t)s.n * s.k / 2, sbytes = (size_t)s.k / groupsize * s.n * 2;
         std::vector<void*> w(copies), sc(copies);
         for (int c = 0; c < copies; c++) {
