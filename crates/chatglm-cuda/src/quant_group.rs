@@ -14,8 +14,6 @@ use crate::quant::{fold_sums, OneTokenCodes, QuantFormat, TiledPtr, TILE_ROWS};
 use crate::{CudaError, CudaSlice, GemvMode, Gpu};
 use cudarc::driver::LaunchConfig;
 
-/// Row tiles of a group (one a warp).
-const QG_TILES: usize = 8;
 /// A numeric define of `CHATGLM_NVRTC_DEFINES` (`NAME=value`), if set.
 pub(crate) fn define(name: &str) -> Option<usize> {
     let prefix = format!("{name}=");
@@ -24,11 +22,56 @@ pub(crate) fn define(name: &str) -> Option<usize> {
     value
 }
 
-/// Weight units of a chunk: qmma_group.cu's `QMMG_CU` (8, or as
-/// `CHATGLM_NVRTC_DEFINES` sets it, for measurements), read once.
-fn group_cu() -> usize {
-    static CU: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CU.get_or_init(|| define("QMMG_CU").unwrap_or(8))
+/// The shape of a grouped product's groups (qmma_group.cu's `QgShape`):
+/// row tiles a group, weight units a chunk, warps a tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GroupShape {
+    tiles: usize,
+    cu: usize,
+    kw: usize,
+}
+
+impl GroupShape {
+    /// The shape of a SwiGLU product's groups (`swiglu`) or of the others':
+    /// qmma_group.cu's defaults, or as `CHATGLM_NVRTC_DEFINES` sets
+    /// `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU` and `QMMG_WIDE_CU`; read once.
+    fn of(swiglu: bool) -> GroupShape {
+        static SHAPES: std::sync::OnceLock<(GroupShape, GroupShape)> = std::sync::OnceLock::new();
+        let (narrow, wide) = *SHAPES.get_or_init(|| {
+            let read = |name: &str, default: usize| define(name).unwrap_or(default);
+            GroupShape::from_defines(
+                read("QMMG_CU", 8),
+                read("QMMG_KW", 2),
+                read("QMMG_WIDE_SWIGLU", 0),
+                read("QMMG_WIDE_CU", 4),
+            )
+        });
+        if swiglu {
+            wide
+        } else {
+            narrow
+        }
+    }
+
+    /// (the others' shape, the SwiGLU products' shape) under these defines.
+    fn from_defines(cu: usize, kw: usize, wide_swiglu: usize, wide_cu: usize) -> (GroupShape, GroupShape) {
+        let narrow = GroupShape { tiles: 8, cu, kw };
+        let wide = if wide_swiglu != 0 { GroupShape { tiles: 16, cu: wide_cu, kw: 1 } } else { narrow };
+        (narrow, wide)
+    }
+
+    fn threads(self) -> u32 {
+        (self.tiles * self.kw * 32) as u32
+    }
+
+    /// Floats of one partial result: the group's rows × 64 tokens.
+    fn ws_slot(self) -> usize {
+        self.tiles * TILE_ROWS * 64
+    }
+
+    fn wide(self) -> bool {
+        self.tiles == 16
+    }
 }
 
 /// qmma_group.cu's `QMMG_STAGES` where `CHATGLM_NVRTC_DEFINES` sets it, read once.
@@ -90,26 +133,18 @@ fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSpl
     blocks.max(1)
 }
 
-/// Threads of a grouped block: 8 row tiles × `QMMG_KW` warps a tile (2 by default).
-fn group_threads() -> u32 {
-    static KW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    (QG_TILES * 32 * *KW.get_or_init(|| define("QMMG_KW").unwrap_or(2))) as u32
-}
-/// Floats of one partial result: 128 rows × 64 tokens.
-const QG_WS_SLOT: usize = QG_TILES * TILE_ROWS * 64;
-
 /// Partial results (one a block: only a block's first run can be a part
 /// that another block sums) and one counter a group, grown on demand.
 pub(crate) struct GroupScratch {
     partials: CudaSlice<f32>,
     counters: CudaSlice<u32>,
-    blocks: usize,
+    floats: usize,
     groups: usize,
 }
 
 impl GroupScratch {
     pub(crate) fn bytes(&self) -> usize {
-        self.blocks * QG_WS_SLOT * 4 + self.groups * 4
+        self.floats * 4 + self.groups * 4
     }
 }
 
@@ -117,14 +152,20 @@ impl GroupScratch {
 /// qmma_group.cu's QgLayout: stages of weights, scales, offsets and
 /// activations; the group's sums reuse them).
 /// `hx`: over f16 activations (2 bytes a value, 32 of padding a row, no scales).
-pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool) -> usize {
-    let cu = group_cu();
+/// `swiglu`: a SwiGLU product's (its groups may be wide: [`GroupShape::of`]).
+pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool, swiglu: bool) -> usize {
+    shaped_smem(format, nt8, hx, GroupShape::of(swiglu))
+}
+
+fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> usize {
+    let GroupShape { tiles, cu, .. } = shape;
     let sb = if format.is_4bit() { 2 } else { 1 };
     let kb = cu * sb;
-    let scales = QG_TILES * cu * sb * 32;
+    let scales = tiles * cu * sb * 32;
     let activations = if hx { nt8 * 8 * (kb * 64 + 64) } else { nt8 * 8 * (kb * 32 + 16) + kb * nt8 * 8 * 8 };
-    let stage = QG_TILES * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations;
+    let stage = tiles * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations;
     let stages = match (hx, nt8) {
+        _ if shape.wide() => (STAGES_SMEM / stage).clamp(2, 4),
         (true, 0..=4) => 3,
         (false, 0..=2) => 4,
         (false, 4) => 3,
@@ -132,7 +173,7 @@ pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool) -> usize {
     };
     // `QMMG_STAGES` (a measurement define): as many stages as fit, up to it.
     let stages = group_stages().map_or(stages, |s| s.min(STAGES_SMEM / stage).max(2));
-    (stages * stage).max(QG_TILES * TILE_ROWS * (nt8 * 8 + 1) * 4)
+    (stages * stage).max(tiles * TILE_ROWS * (nt8 * 8 + 1) * 4)
 }
 
 /// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`, or
@@ -142,7 +183,8 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
     let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
     let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
     let nt8 = parts.next()?.parse().ok()?;
-    Some(group_smem(format, nt8, hx))
+    let mode: usize = parts.next()?.parse().ok()?;
+    Some(group_smem(format, nt8, hx, mode == 2))
 }
 
 impl Gpu {
@@ -179,17 +221,15 @@ impl Gpu {
         let s = w.shape;
         let f = self.kernel(name)?;
         let half = s.rows / 2;
-        let groups = if mode == GemvMode::SwiGlu {
-            (half / TILE_ROWS).div_ceil(QG_TILES / 2)
-        } else {
-            s.tiles.div_ceil(QG_TILES)
-        };
-        let chunks = groups * s.units.div_ceil(group_cu());
-        let smem = group_smem(s.format, nt8, hx) as u32;
-        let threads = group_threads();
+        let swiglu = mode == GemvMode::SwiGlu;
+        let shape = GroupShape::of(swiglu);
+        let groups = if swiglu { (half / TILE_ROWS).div_ceil(shape.tiles / 2) } else { s.tiles.div_ceil(shape.tiles) };
+        let chunks = groups * s.units.div_ceil(shape.cu);
+        let smem = group_smem(s.format, nt8, hx, swiglu) as u32;
+        let threads = shape.threads();
         let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
         let blocks = grouped_blocks(chunks, groups, resident, group_split());
-        let (ws, counters) = self.group_scratch(blocks, groups)?;
+        let (ws, counters) = self.group_scratch(blocks * shape.ws_slot(), groups)?;
         let (wq, wsc, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(name, "shape", v)).collect::<Result<_, _>>()?;
@@ -221,18 +261,21 @@ impl Gpu {
         self.launch(f, a, name, cfg)
     }
 
-    /// The workspace of a grouped product of `blocks` blocks over `groups`
-    /// groups: (partials, counters) device addresses, allocated (zeroed
-    /// counters) the first time a step needs more.
-    fn group_scratch(&self, blocks: usize, groups: usize) -> Result<(u64, u64), CudaError> {
+    /// The workspace of a grouped product of `floats` floats of partial
+    /// results over `groups` groups: (partials, counters) device addresses,
+    /// allocated (zeroed counters) the first time a step needs more.
+    fn group_scratch(&self, floats: usize, groups: usize) -> Result<(u64, u64), CudaError> {
         let mut held = self.group_scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if held.as_ref().is_none_or(|h| h.blocks < blocks || h.groups < groups) {
-            // Room for a full wave of the device, so one allocation serves every shape.
-            let blocks = blocks.max(self.info().multiprocessors);
+        if held.as_ref().is_none_or(|h| h.floats < floats || h.groups < groups) {
+            // Room for a full wave of the device in either shape, so one
+            // allocation serves every product.
+            let wave =
+                self.info().multiprocessors * GroupShape::of(false).ws_slot().max(GroupShape::of(true).ws_slot());
+            let floats = floats.max(held.as_ref().map_or(0, |h| h.floats)).max(wave);
             let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
-            let partials = self.alloc::<f32>(blocks * QG_WS_SLOT, "grouped-product partial sums")?;
+            let partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
             let counters = self.alloc_zeros::<u32>(groups, "grouped-product counters")?;
-            *held = Some(GroupScratch { partials, counters, blocks, groups });
+            *held = Some(GroupScratch { partials, counters, floats, groups });
         }
         let h = held.as_ref().expect("allocated above");
         Ok((device_ptr(&h.partials), device_ptr(&h.counters)))
@@ -251,6 +294,22 @@ mod tests {
         assert_eq!(read("QMMG_CU=4,QMMG_KW=1", "QMMG_KW"), Some(1));
         assert_eq!(read("A=1 QMMG_CU=4", "QMMG_CU"), Some(4));
         assert_eq!(read("XQMMG_CU=4", "QMMG_CU"), None);
+    }
+
+    #[test]
+    fn wide_swiglu_groups_take_twice_the_rows_on_the_same_threads() {
+        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 4);
+        assert_eq!(narrow, GroupShape { tiles: 8, cu: 8, kw: 2 });
+        assert_eq!(wide, GroupShape { tiles: 16, cu: 4, kw: 1 });
+        assert_eq!(narrow.threads(), wide.threads());
+        assert_eq!(wide.ws_slot(), 2 * narrow.ws_slot());
+        // Off: the SwiGLU products keep the others' shape.
+        assert_eq!(GroupShape::from_defines(8, 2, 0, 4), (narrow, narrow));
+        // The wide q4_0 stage at 32 f16 tokens: 32 KB of weights, 4 KB of
+        // scales, 32 tokens × (8 blocks × 64 + 64) bytes; four in 220 KiB.
+        assert_eq!(shaped_smem(QuantFormat::Q4, 4, true, wide), 4 * (32768 + 4096 + 32 * 576));
+        // q4_1's offsets leave room for three.
+        assert_eq!(shaped_smem(QuantFormat::Q4Min, 4, true, wide), 3 * (32768 + 2 * 4096 + 32 * 576));
     }
 
     #[test]
@@ -285,10 +344,13 @@ mod tests {
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
                 for (hx, kind) in [(false, 'g'), (true, 'h')] {
-                    let smem = group_smem(format, nt8, hx);
-                    assert!(smem + nt8 * 8 * (16 + 4) + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
-                    let name = format!("qmm{kind}_{}_{nt8}_0", format as usize);
-                    assert_eq!(group_smem_of(&name), Some(smem));
+                    let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 4);
+                    for (mode, shape) in [(0, narrow), (2, wide)] {
+                        let smem = shaped_smem(format, nt8, hx, shape);
+                        assert!(smem + nt8 * 8 * (16 + 4) + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
+                        let name = format!("qmm{kind}_{}_{nt8}_{mode}", format as usize);
+                        assert_eq!(group_smem_of(&name), Some(group_smem(format, nt8, hx, mode == 2)));
+                    }
                 }
             }
         }

@@ -11,7 +11,7 @@
 // activations move by cp.async through a ring of stages (Marlin's shape),
 // and a block's int32 sums become f32 by the exponent trick instead of I2F.
 //
-// Groups are cut into chunks of QG_CU units, and the chunks of all groups
+// Groups are cut into chunks of QgShape::CU units, and the chunks of all groups
 // dealt to the blocks in equal contiguous runs (stream-K), so that every SM
 // has the same work whatever the shape. A group whose chunks went to several
 // blocks is summed in block order — deterministic — by the block holding
@@ -73,8 +73,9 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 // run inside one group (4h→h: 27 chunks over 4 blocks, 6/7/7/7), the summing
 // block otherwise finishes a chunk early and waits for the parts' (~2 µs a
 // chunk, plus their publishing; session 34's stamps: 6.75 µs waiting and adding).
+// Run 259: 32 int4 sequences 10,501 / 10,502 tok/s against 10,445 / 10,447 (+0.5%).
 #ifndef QMMG_SPLIT_CEIL
-#define QMMG_SPLIT_CEIL 0
+#define QMMG_SPLIT_CEIL 1
 #endif
 
 // A whole chunk's weight copies unrolled at constant offsets (0: the
@@ -83,11 +84,9 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QMMG_FAST_COPY 1
 #endif
 
-#define QG_TILES 8   // row tiles of a group
-// Floats a token's staged outputs take (a group's 128 rows, padded so that
-// a warp's 32 rows of one token and a thread's 16-byte reads meet no
-// conflicts).
-#define QG_KV_ROW (QG_TILES * 16 + 4)
+// Floats a token's staged outputs take (a group's rows, padded so that a
+// warp's 32 rows of one token and a thread's 16-byte reads meet no
+// conflicts): QgShape::KV_ROW.
 // The QKV epilogue's cache rows as 16-byte vectors (0: one 2-byte store a
 // value, for A/B measurements).
 #ifndef QMMG_KV_VEC
@@ -103,7 +102,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_CU
 #define QMMG_CU 8
 #endif
-#define QG_CU QMMG_CU
 // Warps a row tile (1 or 2, each taking half of a chunk's units): 2 puts 16
 // warps on an SM, where 8 issued an instruction every 3.5 cycles a
 // scheduler (run 83; run 85: 32 int4 sequences 5,069 tok/s against 4,291);
@@ -111,21 +109,52 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_KW
 #define QMMG_KW 2
 #endif
-#define QG_KW QMMG_KW
-#define QG_THREADS (QG_TILES * QG_KW * 32)
-// A chunk's units split evenly between a tile's warps, and its scales (64
-// bytes a 4-bit unit) staged by one warp's 32 lanes of 16 bytes.
-static_assert(QG_CU % QG_KW == 0, "QMMG_CU must be a multiple of QMMG_KW");
-static_assert(QG_CU * 64 / 16 <= 32, "QMMG_CU at most 8: one warp stages a chunk's scales");
-// Blocks a SM the registers are capped for: 2 where a block's shared
-// memory leaves room for two (QMMG_CU=4 halves the stages); QMMG_MINB sets
-// it (2 with two warps a tile: 32 warps a SM at 64 registers each), for
-// measurements.
-#ifdef QMMG_MINB
-#define QG_MIN_BLOCKS QMMG_MINB
-#else
-#define QG_MIN_BLOCKS (QG_CU <= 4 && QG_KW == 1 ? 2 : 1)
+// 1: the SwiGLU products (MODE 2: h→4h) on wide groups — 16 row tiles (8
+// gate/up pairs) of one warp each, chunks of QMMG_WIDE_CU units. A warp's
+// share of a chunk is what it is in the default shape (4 units of one tile),
+// but each chunk's activations are staged once for twice the rows: half the
+// activation bytes from L2 a weight byte (run 256: 112 MB of L2 reads
+// against Marlin's 88 for h→4h at 32 tokens, Marlin's blocks taking 128–256
+// columns), a stage small enough for 4 in the ring, and half as many groups,
+// so a block's chunks cross fewer group boundaries (a run switch's refill,
+// publish or sums: ~16 of h→4h's 44 µs, session 37). The host reads the
+// same defines (quant_group::GroupShape).
+#ifndef QMMG_WIDE_SWIGLU
+#define QMMG_WIDE_SWIGLU 0
 #endif
+#ifndef QMMG_WIDE_CU
+#define QMMG_WIDE_CU 4
+#endif
+// The rows of a group of a residual product's norm fold (the sums of squares
+// it hands on, QG_SS_STRIDE floats a group; the host's FOLD_GROUP_ROWS).
+#define QG_FOLD_ROWS 128
+
+// The shape of MODE's groups: row tiles, weight units a chunk, warps a tile.
+template <int MODE> struct QgShape {
+    enum {
+        WIDE = MODE == 2 && QMMG_WIDE_SWIGLU,
+        TILES = WIDE ? 16 : 8,
+        CU = WIDE ? QMMG_WIDE_CU : QMMG_CU,
+        KW = WIDE ? 1 : QMMG_KW,
+        THREADS = TILES * KW * 32,
+        KV_ROW = TILES * 16 + 4,
+        // Floats of a partial result: the group's rows × 64 tokens.
+        WS_SLOT = TILES * 16 * 64,
+        // Blocks a SM the registers are capped for: 2 where a block's shared
+        // memory leaves room for two (QMMG_CU=4 on one warp a tile halves
+        // the stages); QMMG_MINB sets it (2 with two warps a tile: 32 warps a
+        // SM at 64 registers each), for measurements.
+#ifdef QMMG_MINB
+        MIN_BLOCKS = QMMG_MINB,
+#else
+        MIN_BLOCKS = CU <= 4 && KW == 1 && !WIDE ? 2 : 1,
+#endif
+    };
+    // A chunk's units split evenly between a tile's warps, and its scales (64
+    // bytes a 4-bit unit) staged by one warp's 32 lanes of 16 bytes.
+    static_assert(CU % KW == 0, "QMMG_CU must be a multiple of QMMG_KW");
+    static_assert(CU * 64 / 16 <= 32, "QMMG_CU at most 8: one warp stages a chunk's scales");
+};
 
 // mma_block without `volatile`: the compiler may schedule the mmas of a
 // chunk among their scaling arithmetic (their results are pure functions of
@@ -143,8 +172,7 @@ __device__ __forceinline__ void mma_block_pure(int* c, const u32* a, u32 b0, u32
             : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
-#define QG_WS_SLOT (QG_TILES * 16 * 64)  // floats of a partial result: 128 rows × 64 tokens
-// The norm fold's sums of squares: [group of 128 rows][64 tokens] floats
+// The norm fold's sums of squares: [group of QG_FOLD_ROWS rows][64 tokens] floats
 // (the host's quant::FOLD_SUMS_STRIDE).
 #define QG_SS_STRIDE 64
 // The fold's f16 values are v·g·2⁻³ (the consumer's 1/rms carries the 8
@@ -161,25 +189,30 @@ __device__ __forceinline__ void red_add_release(u32* p, u32 v) {
 }
 
 
-// Shared memory of one stage (bytes, all 16-aligned): the 8 warps' weight
+// Shared memory of one stage (bytes, all 16-aligned): the tiles' weight
 // units, their scales (and offsets), the chunk's activation codes
 // [token][KB·32 + 16] (16 bytes of padding put the 8 token rows of an mma
 // fragment load on different banks) and scales [block][8·NT8] (dx, Σq).
-template <int F, int NT8, bool HX = false> struct QgLayout {
+template <int F, int NT8, bool HX, typename SH> struct QgLayout {
+    typedef SH Shape;
     enum {
         SB = QFmt<F>::BLOCKS,
-        KB = QG_CU * SB,  // activation blocks of a chunk
+        KB = SH::CU * SB,  // activation blocks of a chunk
         SCB = SB * 32,    // scale bytes of a unit: [g][block][row g, g+8] f16
         W_OFF = 0,
-        SC_OFF = QG_TILES * QG_CU * 512,
-        MN_OFF = SC_OFF + QG_TILES * QG_CU * SCB,
-        XQ_OFF = MN_OFF + (QFmt<F>::MIN ? QG_TILES * QG_CU * SCB : 0),
+        SC_OFF = SH::TILES * SH::CU * 512,
+        MN_OFF = SC_OFF + SH::TILES * SH::CU * SCB,
+        XQ_OFF = MN_OFF + (QFmt<F>::MIN ? SH::TILES * SH::CU * SCB : 0),
         // HX (f16 activations, 2 bytes a value): 64 bytes of padding, so the
         // 16-byte fragment loads of a quarter warp (2 token rows) meet 32 banks.
         XROW = HX ? KB * 64 + 64 : KB * 32 + 16,
         XS_OFF = XQ_OFF + NT8 * 8 * XROW,
         STAGE = XS_OFF + (HX ? 0 : KB * NT8 * 8 * 8),
-        STAGES0 = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
+        STAGES_NARROW = HX ? (NT8 <= 4 ? 3 : 2) : NT8 <= 2 ? 4 : NT8 == 4 ? 3 : 2,
+        // Wide groups' stages are small: as many as fit in 220 KiB, up to 4
+        // (the host's quant_group::group_smem mirrors this).
+        STAGES_WIDE = (220 << 10) / STAGE < 4 ? ((220 << 10) / STAGE < 2 ? 2 : (220 << 10) / STAGE) : 4,
+        STAGES0 = SH::WIDE ? STAGES_WIDE : STAGES_NARROW,
 #ifdef QMMG_STAGES
         // A measurement define: as many stages as fit in 220 KiB, up to it
         // (the host's quant_group::group_smem mirrors this).
@@ -189,15 +222,15 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
         STAGES = STAGES0,
 #endif
         RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
-        RED_BYTES = QG_TILES * 16 * RED_STRIDE * 4,
+        RED_BYTES = SH::TILES * 16 * RED_STRIDE * 4,
         // The norm fold's per-warp sums of squares, after red (stage memory
         // then free): [warp][a thread's elements].
         FOLD_OFF = (RED_BYTES + 15) / 16 * 16,
-        FOLD_BYTES = (QG_THREADS / 32) * (NT8 * 8 * QG_TILES * 16 / QG_THREADS) * 4,
+        FOLD_BYTES = (SH::THREADS / 32) * (NT8 * 8 * SH::TILES * 16 / SH::THREADS) * 4,
         // MODE 3 (no fold): the staged cache rows there, the group's biases,
         // then the RoPE table of (cos, sin) float2s, ROPE_CAP of them at most.
-        QKV_BIAS_OFF = FOLD_OFF + NT8 * 8 * QG_KV_ROW * 4,
-        ROPE_OFF = QKV_BIAS_OFF + QG_TILES * 16 * 4,
+        QKV_BIAS_OFF = FOLD_OFF + NT8 * 8 * SH::KV_ROW * 4,
+        ROPE_OFF = QKV_BIAS_OFF + SH::TILES * 16 * 4,
         SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
         ROPE_CAP = (STAGES * STAGE - ROPE_OFF) / 8,
     };
@@ -210,15 +243,16 @@ template <int F, int NT8, bool HX = false> struct QgLayout {
 template <int F, typename L, bool CHECKED, typename Body>
 __device__ __forceinline__ void for_chunk_blocks(const unsigned char* st, int warp, int lane, int nu, int nblk,
                                                  Body body) {
-    constexpr int HU = QG_CU / QG_KW;  // units of a warp's half of the chunk
-    const int u0 = (warp / QG_TILES) * HU;
-    warp %= QG_TILES;
+    typedef typename L::Shape SH;
+    constexpr int HU = SH::CU / SH::KW;  // units of a warp's half of the chunk
+    const int u0 = (warp / SH::TILES) * HU;
+    warp %= SH::TILES;
     typedef typename QScale<F>::type ScaleVec;
     constexpr int SB = QFmt<F>::BLOCKS;
     const int g = lane >> 2;
-    const unsigned char* wbase = st + L::W_OFF + warp * QG_CU * 512 + lane * 16;
-    const unsigned char* sbase = st + L::SC_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* mbase = st + L::MN_OFF + warp * QG_CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* wbase = st + L::W_OFF + warp * SH::CU * 512 + lane * 16;
+    const unsigned char* sbase = st + L::SC_OFF + warp * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* mbase = st + L::MN_OFF + warp * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
 #pragma unroll
     for (int uu = 0; uu < HU; uu++) {
         const int u = u0 + uu;
@@ -242,10 +276,10 @@ __device__ __forceinline__ void for_chunk_blocks(const unsigned char* st, int wa
 // One chunk of this warp's row tile against the staged activations, into
 // acc[token tile][c fragment]. CHECKED: the row's last chunk, with nu units
 // and nblk blocks.
-template <int F, int NT8, bool CHECKED>
+template <int F, int NT8, typename SH, bool CHECKED>
 __device__ __forceinline__ void chunk_product(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
                                               int nu, int nblk) {
-    typedef QgLayout<F, NT8> L;
+    typedef QgLayout<F, NT8, false, SH> L;
     const int g = lane >> 2, t = lane & 3;
     const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 4 * t;
     const float4* sxs = (const float4*)(st + L::XS_OFF) + t;
@@ -307,10 +341,10 @@ __device__ __forceinline__ void mma16816_pure(float (&c)[4], const u32* a, u32 b
 // warps wait on their own chains (issue slots 40% used), so fewer
 // instructions buy little; two accumulator chains a tile were no faster.
 // Not the CPU's arithmetic: ActivationForm::F16, opt-in.
-template <int F, int NT8, bool CHECKED>
+template <int F, int NT8, typename SH, bool CHECKED>
 __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const unsigned char* st, int warp, int lane,
                                                  int nu, int nblk) {
-    typedef QgLayout<F, NT8, true> L;
+    typedef QgLayout<F, NT8, true, SH> L;
     const int g = lane >> 2, t = lane & 3;
     const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 16 * t;
     for_chunk_blocks<F, L, CHECKED>(st, warp, lane, nu, nblk, [&](const uint4& wv, int i, int bl, u32 dw, u32 mw) {
@@ -331,9 +365,9 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
 // squares over group G's rows (sq: a thread's elements, as the epilogue
 // deals them — row threadIdx mod 128, tokens threadIdx / 128 + 4k) into
 // ss[G][token], summed in a fixed order (warp, then the row quarters).
-template <int EPT>
+template <typename SH, int EPT>
 __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, int n, float* ss, float* part) {
-    constexpr int RPG = QG_TILES * 16, TPP = QG_THREADS / RPG, WPT = RPG / 32;
+    constexpr int RPG = SH::TILES * 16, TPP = SH::THREADS / RPG, WPT = RPG / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
     for (int k = 0; k < EPT; k++) {
@@ -341,7 +375,7 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
         if (lane == 0) part[warp * EPT + k] = s;
     }
     __syncthreads();
-    for (int tok = threadIdx.x; tok < n; tok += QG_THREADS) {
+    for (int tok = threadIdx.x; tok < n; tok += SH::THREADS) {
         const int ts = tok % TPP, k = tok / TPP;
         float s = 0.f;
 #pragma unroll
@@ -351,7 +385,7 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
 }
 
 // The product (MODE as qmma_body; NT8 = quantize_x's token tiles). ws:
-// gridDim.x partial results of QG_WS_SLOT floats; counters: one a group,
+// gridDim.x partial results of SH::WS_SLOT floats; counters: one a group,
 // zero between launches. Dynamic shared memory: QgLayout::SMEM.
 //
 // The norm fold (f16 activations only; run 174): a residual product (MODE
@@ -371,24 +405,29 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           float2* hs, int hoff, const float* __restrict__ fold_g,
                                           float* __restrict__ fold_ss, const float* __restrict__ rms_ss,
                                           float rms_eps) {
-    typedef QgLayout<F, NT8, HX> L;
+    typedef QgShape<MODE> SH;
+    typedef QgLayout<F, NT8, HX, SH> L;
+    static_assert(MODE != 1 || SH::TILES * 16 == QG_FOLD_ROWS, "a fold's groups are its sums' groups");
     static_assert(L::STAGES * L::STAGE >= L::FOLD_OFF + L::FOLD_BYTES, "the fold's sums fit beside red");
     // Whether the QKV epilogue's cache rows can be staged beside red (not
     // with the small stages of QMMG_CU=4 at 64 q8 tokens: one store a value there).
-    constexpr bool KV_ROWS_FIT = L::STAGES * L::STAGE >= L::FOLD_OFF + NT8 * 8 * QG_KV_ROW * 4;
+    constexpr bool KV_ROWS_FIT = L::STAGES * L::STAGE >= L::FOLD_OFF + NT8 * 8 * SH::KV_ROW * 4;
     const bool fold = MODE == 1 && HX && fold_g != nullptr;
     const bool normed = HX && rms_ss != nullptr;
     __shared__ float inv_rms[HX ? NT8 * 8 : 1];
     constexpr int S = L::STAGES;
-    constexpr int EPT = NT8 * 8 * QG_TILES * 16 / QG_THREADS;  // a group's sums a thread holds
+    constexpr int EPT = NT8 * 8 * SH::TILES * 16 / SH::THREADS;  // a group's sums a thread holds
     extern __shared__ __align__(16) unsigned char qg_smem[];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int tw = warp % QG_TILES, half = warp / QG_TILES;  // the warp's row tile, its half of a chunk
+    const int tw = warp % SH::TILES, half = warp / SH::TILES;  // the warp's row tile, its half of a chunk
     const int nb = cols / 32;
     const int half_tiles = half_rows / 16;
-    const int groups = MODE == 2 ? (half_tiles + 3) / 4 : (tiles + QG_TILES - 1) / QG_TILES;
-    const int C = (units + QG_CU - 1) / QG_CU;  // chunks of a group
+    // SwiGLU: a group is PAIRS (gate, up) pairs of row tiles.
+    constexpr int PAIRS = SH::TILES / 2;
+    static_assert(PAIRS == 4 || PAIRS == 8, "a SwiGLU group's pairs: a power of two");
+    const int groups = MODE == 2 ? (half_tiles + PAIRS - 1) / PAIRS : (tiles + SH::TILES - 1) / SH::TILES;
+    const int C = (units + SH::CU - 1) / SH::CU;  // chunks of a group
     const long W = (long)groups * C, P = gridDim.x;
 #if QMMG_SPLIT_CEIL
     const long start = (blockIdx.x * W + P - 1) / P, end = ((blockIdx.x + 1) * W + P - 1) / P;
@@ -399,26 +438,26 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     // The block whose run holds chunk x.
     auto block_of = [&](long x) { return (int)(((x + 1) * P - 1) / W); };
 #endif
-    // This warp's row tile of group G (SwiGLU: warps 0–3 the gates of 4
-    // pairs, 4–7 their ups), or -1 past the matrix.
+    // This warp's row tile of group G (SwiGLU: the first PAIRS tiles the
+    // gates of PAIRS pairs, the rest their ups), or -1 past the matrix.
     auto tile_of = [&](int G) -> int {
         if (MODE == 2) {
-            const int pair = G * 4 + (tw & 3);
-            return pair < half_tiles ? (tw < 4 ? pair : half_tiles + pair) : -1;
+            const int pair = G * PAIRS + (tw & (PAIRS - 1));
+            return pair < half_tiles ? (tw < PAIRS ? pair : half_tiles + pair) : -1;
         }
-        const int tl = G * QG_TILES + tw;
+        const int tl = G * SH::TILES + tw;
         return tl < tiles ? tl : -1;
     };
     auto issue_w = [&](int tile, int c, int slot) {
         if (tile < 0) return;
         unsigned char* st = qg_smem + slot * L::STAGE;
-        const int p0 = c * QG_CU, nu = min(QG_CU, units - p0);
+        const int p0 = c * SH::CU, nu = min(SH::CU, units - p0);
         const long u0 = (long)tile * units + p0;
         const char* src = (const char*)w + u0 * 512;
-        unsigned char* dst = st + L::W_OFF + tw * QG_CU * 512;
+        unsigned char* dst = st + L::W_OFF + tw * SH::CU * 512;
         // The warp's half of the units (all of them with one warp a tile).
-        constexpr int HU = QG_CU / QG_KW;
-        if (QMMG_FAST_COPY && nu == QG_CU) {
+        constexpr int HU = SH::CU / SH::KW;
+        if (QMMG_FAST_COPY && nu == SH::CU) {
             // A whole chunk: a fixed count at constant offsets (the general
             // loop below compiles to a loop unrolled by 4 with its remainder,
             // ~60 instructions of branches and address arithmetic a chunk).
@@ -431,10 +470,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         }
         const int sc_chunks = nu * L::SCB / 16;  // ≤ 32
         if (half == 0 && lane < sc_chunks) {
-            cp_async16(st + L::SC_OFF + tw * QG_CU * L::SCB + lane * 16,
+            cp_async16(st + L::SC_OFF + tw * SH::CU * L::SCB + lane * 16,
                        (const char*)scales + u0 * L::SCB + lane * 16, true);
             if (QFmt<F>::MIN)
-                cp_async16(st + L::MN_OFF + tw * QG_CU * L::SCB + lane * 16,
+                cp_async16(st + L::MN_OFF + tw * SH::CU * L::SCB + lane * 16,
                            (const char*)mins + u0 * L::SCB + lane * 16, true);
         }
     };
@@ -448,8 +487,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             if (nblk == L::KB) {
                 // A thread copies piece r of tokens tok0, tok0 + TPR, …: its
                 // addresses step by constants.
-                constexpr int CPT = L::KB * 4, TPR = QG_THREADS / CPT;
-                static_assert(QG_THREADS % CPT == 0, "a round of copies covers whole token rows");
+                constexpr int CPT = L::KB * 4, TPR = SH::THREADS / CPT;
+                static_assert(SH::THREADS % CPT == 0, "a round of copies covers whole token rows");
                 const int tok0 = threadIdx.x / CPT, r = threadIdx.x % CPT;
                 unsigned char* d = st + L::XQ_OFF + tok0 * L::XROW + r * 16;
                 const char* s = xb + tok0 * row + r * 16;
@@ -458,7 +497,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     if (tok0 + i * TPR < n) cp_async16(d + i * TPR * L::XROW, s + i * TPR * row, true);
             } else {
                 const int cpt = nblk * 4;
-                for (int q = threadIdx.x; q < n * cpt; q += QG_THREADS) {
+                for (int q = threadIdx.x; q < n * cpt; q += SH::THREADS) {
                     const int tok = q / cpt, r = q - tok * cpt;
                     cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xb + tok * row + r * 16, true);
                 }
@@ -472,28 +511,28 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // of the 32-token products' instructions; ncu, session 16).
             constexpr int CPT = L::KB * 2;
             const signed char* xb = xq + b0 * 32;
-            for (int q = threadIdx.x; q < n * CPT; q += QG_THREADS) {
+            for (int q = threadIdx.x; q < n * CPT; q += SH::THREADS) {
                 const int tok = q / CPT, r = q % CPT;
                 cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xb + (long)tok * cols + r * 16, true);
             }
 #pragma unroll
-            for (int q = threadIdx.x; q < L::KB * NT8 * 4; q += QG_THREADS)
+            for (int q = threadIdx.x; q < L::KB * NT8 * 4; q += SH::THREADS)
                 cp_async16(st + L::XS_OFF + q * 16, src + q * 16, true);
             return;
         }
         const int cpt = nblk * 2;  // 16-byte pieces of a token's codes
-        for (int q = threadIdx.x; q < n * cpt; q += QG_THREADS) {
+        for (int q = threadIdx.x; q < n * cpt; q += SH::THREADS) {
             const int tok = q / cpt, r = q - tok * cpt;
             cp_async16(st + L::XQ_OFF + tok * L::XROW + r * 16, xq + (long)tok * cols + b0 * 32 + r * 16, true);
         }
-        for (int q = threadIdx.x; q < nblk * NT8 * 4; q += QG_THREADS)
+        for (int q = threadIdx.x; q < nblk * NT8 * 4; q += SH::THREADS)
             cp_async16(st + L::XS_OFF + q * 16, src + q * 16, true);
     };
     auto prefetch_next = [&]() {
         if (next_bytes <= 0) return;
         const long chunk = ((next_bytes + gridDim.x - 1) / gridDim.x + 127) / 128 * 128;
         const long e = min(next_bytes, (long)(blockIdx.x + 1) * chunk);
-        for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < e; b += QG_THREADS * 128L) prefetch_l2(next_w + b);
+        for (long b = blockIdx.x * chunk + threadIdx.x * 128L; b < e; b += SH::THREADS * 128L) prefetch_l2(next_w + b);
     };
 
 #if QMMG_STAMPS
@@ -540,8 +579,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // token, each every 8th group in order, then a fixed butterfly —
             // one L2 round trip, not one a group (run 174: the consumers
             // started ~2 µs late reading them one thread a token).
-            const int pg = (cols + QG_TILES * 16 - 1) / (QG_TILES * 16), j = threadIdx.x & 7;
-            for (int t0 = 0; t0 < NT8 * 8; t0 += QG_THREADS / 8) {
+            const int pg = (cols + QG_FOLD_ROWS - 1) / QG_FOLD_ROWS, j = threadIdx.x & 7;
+            for (int t0 = 0; t0 < NT8 * 8; t0 += SH::THREADS / 8) {
                 const int tok = t0 + (threadIdx.x >> 3);
                 float s = 0.f;
                 if (tok < n) {
@@ -568,16 +607,16 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             cp_async_commit();
             const unsigned char* st = qg_smem + (k % S) * L::STAGE;
-            const int nu = min(QG_CU, units - c * QG_CU), nblk = min((int)L::KB, nb - c * L::KB);
-            const bool whole = nu == QG_CU && nblk == L::KB;
+            const int nu = min(SH::CU, units - c * SH::CU), nblk = min((int)L::KB, nb - c * L::KB);
+            const bool whole = nu == SH::CU && nblk == L::KB;
             if (QMMG_DRY & 1) {
             } else if (HX) {
-                if (whole) chunk_product_hx<F, NT8, false>(acc, st, warp, lane, nu, nblk);
-                else chunk_product_hx<F, NT8, true>(acc, st, warp, lane, nu, nblk);
+                if (whole) chunk_product_hx<F, NT8, SH, false>(acc, st, warp, lane, nu, nblk);
+                else chunk_product_hx<F, NT8, SH, true>(acc, st, warp, lane, nu, nblk);
             } else if (whole) {
-                chunk_product<F, NT8, false>(acc, st, warp, lane, nu, nblk);
+                chunk_product<F, NT8, SH, false>(acc, st, warp, lane, nu, nblk);
             } else {
-                chunk_product<F, NT8, true>(acc, st, warp, lane, nu, nblk);
+                chunk_product<F, NT8, SH, true>(acc, st, warp, lane, nu, nblk);
             }
         }
         cp_async_wait<0>();
@@ -608,11 +647,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         float base[EPT], gk[EPT];
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
-            const int e = threadIdx.x + k * QG_THREADS;
-            const int tok = e / (QG_TILES * 16), row = G * QG_TILES * 16 + e % (QG_TILES * 16);
+            const int e = threadIdx.x + k * SH::THREADS;
+            const int tok = e / (SH::TILES * 16), row = G * SH::TILES * 16 + e % (SH::TILES * 16);
             base[k] = 0.f;
             gk[k] = 0.f;
-            if (MODE != 2 && writes && e < n * QG_TILES * 16 && row < out_rows) {
+            if (MODE != 2 && writes && e < n * SH::TILES * 16 && row < out_rows) {
                 if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
                 else if (bias) base[k] = bias[row];
                 if (fold) gk[k] = fold_g[row] * QG_FOLD_SCALE;
@@ -621,7 +660,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         constexpr int RS = L::RED_STRIDE;
         // The tile's sums: its first warp's, then (two warps a tile) the second's added.
 #pragma unroll
-        for (int h = 0; h < QG_KW; h++) {
+        for (int h = 0; h < SH::KW; h++) {
             if (half == h) {
 #pragma unroll
                 for (int j = 0; j < NT8; j++) {
@@ -646,13 +685,13 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         float2* rope = (float2*)(qg_smem + L::ROPE_OFF);
         float* gbias = (float*)(qg_smem + L::QKV_BIAS_OFF);
         if (qkv_fast) {
-            if (threadIdx.x < QG_TILES * 16) {
-                const int row = G * QG_TILES * 16 + threadIdx.x;
+            if (threadIdx.x < SH::TILES * 16) {
+                const int row = G * SH::TILES * 16 + threadIdx.x;
                 gbias[threadIdx.x] = bias && row < out_rows ? bias[row] : 0.f;
             }
-            if (G * QG_TILES * 16 < (rc.n_heads + rc.n_groups) * rc.head_dim) {
+            if (G * SH::TILES * 16 < (rc.n_heads + rc.n_groups) * rc.head_dim) {
 #pragma unroll 1
-                for (int i = threadIdx.x; i < n * rc.n_pairs; i += QG_THREADS) {
+                for (int i = threadIdx.x; i < n * rc.n_pairs; i += SH::THREADS) {
                     const int tok = i / rc.n_pairs;
                     float sn, cs;
                     sincosf((float)slots[tok].pos * rc.inv_freq[i - tok * rc.n_pairs], &sn, &cs);
@@ -666,9 +705,9 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // run starts at its group's first chunk): into this block's slot, then
             // counted by thread 0 alone, released (the barrier orders every
             // thread's writes before it; cooperative groups' grid barrier).
-            float* mine = ws + (long)blockIdx.x * QG_WS_SLOT;
-            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS)
-                mine[e] = red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)];
+            float* mine = ws + (long)blockIdx.x * SH::WS_SLOT;
+            for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS)
+                mine[e] = red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)];
             __syncthreads();  // also: red is the next run's stages
             if (threadIdx.x == 0) red_add_release(&counters[G], 1u);
             QG_STAMP();
@@ -698,24 +737,24 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             float sum[EPT];
 #pragma unroll
             for (int k = 0; k < EPT; k++) {
-                const int e = threadIdx.x + k * QG_THREADS;
-                sum[k] = e < n * QG_TILES * 16 ? red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] : 0.f;
+                const int e = threadIdx.x + k * SH::THREADS;
+                sum[k] = e < n * SH::TILES * 16 ? red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)] : 0.f;
             }
             for (int bb = blo + 1; bb <= bhi; bb++) {
-                const float* part = ws + (long)bb * QG_WS_SLOT;
+                const float* part = ws + (long)bb * SH::WS_SLOT;
                 float v[EPT];
 #pragma unroll
                 for (int k = 0; k < EPT; k++) {
-                    const int e = threadIdx.x + k * QG_THREADS;
-                    v[k] = e < n * QG_TILES * 16 ? __ldcg(part + e) : 0.f;
+                    const int e = threadIdx.x + k * SH::THREADS;
+                    v[k] = e < n * SH::TILES * 16 ? __ldcg(part + e) : 0.f;
                 }
 #pragma unroll
                 for (int k = 0; k < EPT; k++) sum[k] += v[k];
             }
 #pragma unroll
             for (int k = 0; k < EPT; k++) {
-                const int e = threadIdx.x + k * QG_THREADS;
-                if (e < n * QG_TILES * 16) red[(e % (QG_TILES * 16)) * RS + e / (QG_TILES * 16)] = sum[k];
+                const int e = threadIdx.x + k * SH::THREADS;
+                if (e < n * SH::TILES * 16) red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)] = sum[k];
             }
             __syncthreads();
             QG_STAMP();
@@ -723,29 +762,30 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         if (normed) {
             // Activations folded unnormalised by the product before: its
             // RMSNorm applied to the sums (before bias, RoPE, SwiGLU).
-            for (int e = threadIdx.x; e < n * QG_TILES * 16; e += QG_THREADS) {
-                const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
+            for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS) {
+                const int tok = e / (SH::TILES * 16), r = e % (SH::TILES * 16);
                 red[r * RS + tok] *= inv_rms[tok];
             }
             __syncthreads();
         }
         if (MODE == 3) QG_STAMP();
         if (MODE == 2 && hq) {
-            // The group's 64 outputs of each token are two q8_0 blocks (or,
-            // HX, two f16 blocks) of the next product's activations: written as
-            // quantize_x would write them (step_codes: codes or f16 at hq,
+            // The group's PAIRS·16 outputs of each token are BPG q8_0 blocks
+            // (or, HX, f16 blocks) of the next product's activations: written
+            // as quantize_x would write them (step_codes: codes or f16 at hq,
             // scales at hs), one warp a (token, block), so the next product
             // needs no quantize_x launch.
+            constexpr int BPG = PAIRS * 16 / 32, BPG_SHIFT = BPG == 4 ? 2 : 1;
             const int stride = NT8 * 8;
-            for (int pr = warp; pr < stride * 2; pr += QG_THREADS / 32) {
-                const int tok = pr >> 1, b = G * 2 + (pr & 1);
+            for (int pr = warp; pr < stride * BPG; pr += SH::THREADS / 32) {
+                const int tok = pr >> BPG_SHIFT, b = G * BPG + (pr & (BPG - 1));
                 if (b * 32 >= half_rows) continue;
                 if (tok >= n) {
                     if (!HX && lane == 0) hs[b * stride + tok] = make_float2(0.f, __int_as_float(hoff ? X_MAGIC : 0));
                     continue;
                 }
-                const int r = (pr & 1) * 32 + lane;
-                const float v = silu(red[r * RS + tok]) * red[(64 + r) * RS + tok];
+                const int r = (pr & (BPG - 1)) * 32 + lane;
+                const float v = silu(red[r * RS + tok]) * red[(PAIRS * 16 + r) * RS + tok];
                 out[(long)tok * half_rows + b * 32 + lane] = v;
                 if (HX) {
                     ((u16*)hq)[(long)tok * half_rows + b * 32 + f16_activation_slot(lane)] = f32_to_f16(v);
@@ -757,10 +797,11 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 }
             }
         } else if (MODE == 2) {
-            for (int e = threadIdx.x; e < n * 64; e += QG_THREADS) {
-                const int tok = e / 64, r = e % 64;
-                const int hrow = (G * 4 + r / 16) * 16 + r % 16;
-                if (hrow < half_rows) out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok]) * red[(64 + r) * RS + tok];
+            for (int e = threadIdx.x; e < n * PAIRS * 16; e += SH::THREADS) {
+                const int tok = e / (PAIRS * 16), r = e % (PAIRS * 16);
+                const int hrow = (G * PAIRS + r / 16) * 16 + r % 16;
+                if (hrow < half_rows)
+                    out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok]) * red[(PAIRS * 16 + r) * RS + tok];
             }
         } else {
             float sq[EPT];
@@ -768,21 +809,21 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // the fold's memory (free in MODE 3) and writes the cache rows from
             // there as 16-byte vectors (kv_store8).
             const bool kv_vec = MODE == 3 && QMMG_KV_VEC && KV_ROWS_FIT && (rc.head_dim & 7) == 0 &&
-                                (G + 1) * QG_TILES * 16 > rc.n_heads * rc.head_dim;
+                                (G + 1) * SH::TILES * 16 > rc.n_heads * rc.head_dim;
             float* kv_rows = (float*)(qg_smem + L::FOLD_OFF);
             if (qkv_fast) {
                 // A thread's row is the same for each of its tokens (the block's
                 // threads a multiple of the group's rows): what depends on the
                 // row is worked out once, the loop a few instructions a token.
-                static_assert(QG_THREADS % (QG_TILES * 16) == 0, "a thread keeps its row");
-                const int r = threadIdx.x % (QG_TILES * 16), row = G * QG_TILES * 16 + r;
+                static_assert(SH::THREADS % (SH::TILES * 16) == 0, "a thread keeps its row");
+                const int r = threadIdx.x % (SH::TILES * 16), row = G * SH::TILES * 16 + r;
                 const int h = row / rc.head_dim, d = row % rc.head_dim;
                 const bool rot = rope_turns(rc, h, d), odd = d & 1;
                 const float bv = gbias[r], bb = gbias[r ^ 1];
                 const float2* cs = rope + (d >> 1);
                 if (row < out_rows) {
 #pragma unroll 1
-                    for (int tok = threadIdx.x / (QG_TILES * 16); tok < n; tok += QG_THREADS / (QG_TILES * 16)) {
+                    for (int tok = threadIdx.x / (SH::TILES * 16); tok < n; tok += SH::THREADS / (SH::TILES * 16)) {
                         const float v = red[r * RS + tok] + bv;
                         float rv = v;
                         if (rot) {
@@ -791,18 +832,18 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                             rv = odd ? v * t.x + b * t.y : v * t.x - b * t.y;
                         }
                         out[(long)tok * out_rows + row] = rv;
-                        if (kv_vec) kv_rows[tok * QG_KV_ROW + r] = rv;
+                        if (kv_vec) kv_rows[tok * SH::KV_ROW + r] = rv;
                         else if (h >= rc.n_heads) kv_store1(rc, slots[tok], row, rv);
                     }
                 }
             } else {
 #pragma unroll
                 for (int k = 0; k < EPT; k++) {
-                    const int e = threadIdx.x + k * QG_THREADS;
-                    const int tok = e / (QG_TILES * 16), r = e % (QG_TILES * 16);
-                    const int row = G * QG_TILES * 16 + r;
+                    const int e = threadIdx.x + k * SH::THREADS;
+                    const int tok = e / (SH::TILES * 16), r = e % (SH::TILES * 16);
+                    const int row = G * SH::TILES * 16 + r;
                     sq[k] = 0.f;
-                    if (e >= n * QG_TILES * 16 || row >= out_rows) continue;
+                    if (e >= n * SH::TILES * 16 || row >= out_rows) continue;
                     const float v = red[r * RS + tok] + base[k];
                     if (MODE != 3) {
                         out[(long)tok * out_rows + row] = v;
@@ -810,7 +851,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                         const float b = red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f);
                         const float rv = qkv_rope(rc, slots[tok].pos, row, v, b);
                         out[(long)tok * out_rows + row] = rv;
-                        if (kv_vec) kv_rows[tok * QG_KV_ROW + r] = rv;
+                        if (kv_vec) kv_rows[tok * SH::KV_ROW + r] = rv;
                         else kv_store1(rc, slots[tok], row, rv);
                     }
                     if (fold) {
@@ -822,18 +863,18 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     }
                 }
             }
-            if (fold) fold_sum_squares<EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
+            if (fold) fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
             if (MODE == 3) QG_STAMP();
             if (kv_vec) {
                 // A token's 8-row pieces on consecutive threads: 16 of them
                 // write its 128 rows' 256 (f16) contiguous bytes.
                 __syncthreads();
-                for (int p = threadIdx.x; p < n * QG_TILES * 2; p += QG_THREADS) {
-                    const int tok = p / (QG_TILES * 2), r = p % (QG_TILES * 2) * 8;
-                    const int row = G * QG_TILES * 16 + r;
+                for (int p = threadIdx.x; p < n * SH::TILES * 2; p += SH::THREADS) {
+                    const int tok = p / (SH::TILES * 2), r = p % (SH::TILES * 2) * 8;
+                    const int row = G * SH::TILES * 16 + r;
                     const int h = row / rc.head_dim;
                     if (row >= out_rows || h < rc.n_heads) continue;
-                    const float4* src = (const float4*)(kv_rows + tok * QG_KV_ROW + r);
+                    const float4* src = (const float4*)(kv_rows + tok * SH::KV_ROW + r);
                     const float4 a = src[0], b = src[1];
                     const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
                     kv_store8(rc, slots[tok], h - rc.n_heads, row % rc.head_dim, x);
@@ -861,7 +902,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 // qmmg_*: over q8_0 activation codes; qmmh_*: over f16 activations (xq
 // the f16 rows, xs unused).
 #define QMMG_KERNEL_AS(KNAME, HX, F, NT8, MODE)                                                               \
-    extern "C" __global__ void __launch_bounds__(QG_THREADS, QG_MIN_BLOCKS)                                   \
+    extern "C" __global__ void __launch_bounds__(QgShape<MODE>::THREADS, QgShape<MODE>::MIN_BLOCKS)            \
         KNAME(const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,   \
               const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,    \
               RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters, unsigned char* hq,     \
