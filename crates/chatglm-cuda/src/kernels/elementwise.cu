@@ -244,28 +244,39 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, co
 // table. Each thread keeps four 16-byte loads in flight (a bus round trip
 // each).
 #define STAGE_LOADS 4
+// 1: a thread's first round of loads from host memory is requested before
+// the wait for the kernel ahead (the host filled the buffer before this
+// launch, and only the writes must follow that kernel), so the bus round
+// trip overlaps it (the step's argmax) instead of following it.
+#ifndef STAGE_EARLY_LOADS
+#define STAGE_EARLY_LOADS 0
+#endif
 extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
                                                              int4* table, int table16, const int* chosen,
                                                              int off_pairs, int n_chained) {
-    // No early launch of the kernel after this one: kernels read a step's
-    // positions and block table before their own wait (preload_token_slots),
-    // which covers only the kernel just ahead of them — a successor launched
-    // early here would let the one after it read what this kernel is still
-    // writing (the `cuda` suite's queued-steps test caught it, run 139).
-    pdl_wait();
     const bool is_meta = blockIdx.x == 0;
     int4* dst = is_meta ? meta : table;
     const int4* from = is_meta ? src : src + meta16;
     const int n = is_meta ? meta16 : table16;
     const int stride = is_meta ? STAGE_LOADS * blockDim.x : STAGE_LOADS * blockDim.x * (gridDim.x - 1);
     const int first = is_meta ? threadIdx.x : (blockIdx.x - 1) * STAGE_LOADS * blockDim.x + threadIdx.x;
-    for (int i0 = first; i0 < n; i0 += stride) {
-        int4 v[STAGE_LOADS];
+    int4 v[STAGE_LOADS];
+    auto load_round = [&](int i0) {
 #pragma unroll
         for (int k = 0; k < STAGE_LOADS; k++) {
             const int i = i0 + k * blockDim.x;
             if (i < n) v[k] = __ldcv(from + i);  // the host rewrote it since the last step: never a cached copy
         }
+    };
+    if (STAGE_EARLY_LOADS) load_round(first);
+    // No early launch of the kernel after this one: kernels read a step's
+    // positions and block table before their own wait (preload_token_slots),
+    // which covers only the kernel just ahead of them — a successor launched
+    // early here would let the one after it read what this kernel is still
+    // writing (the `cuda` suite's queued-steps test caught it, run 139).
+    pdl_wait();
+    for (int i0 = first; i0 < n; i0 += stride) {
+        if (!STAGE_EARLY_LOADS || i0 != first) load_round(i0);
 #pragma unroll
         for (int k = 0; k < STAGE_LOADS; k++) {
             const int i = i0 + k * blockDim.x;
