@@ -32,32 +32,42 @@ struct GroupShape {
 }
 
 impl GroupShape {
-    /// The shape of a SwiGLU product's groups (`swiglu`) or of the others':
-    /// qmma_group.cu's defaults, or as `CHATGLM_NVRTC_DEFINES` sets
-    /// `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU` and `QMMG_WIDE_CU`; read once.
-    fn of(swiglu: bool) -> GroupShape {
-        static SHAPES: std::sync::OnceLock<(GroupShape, GroupShape)> = std::sync::OnceLock::new();
+    /// The shape of the groups of a SwiGLU product (`swiglu`) or of another
+    /// of `format` weights over `nt8` token tiles (`hx`: f16 activations):
+    /// qmma_group.cu's `QgShape` under its defaults, or as
+    /// `CHATGLM_NVRTC_DEFINES` sets `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU`
+    /// and `QMMG_WIDE_CU` (read once).
+    fn of(swiglu: bool, format: QuantFormat, nt8: usize, hx: bool) -> GroupShape {
+        static SHAPES: std::sync::OnceLock<(GroupShape, Option<GroupShape>)> = std::sync::OnceLock::new();
         let (narrow, wide) = *SHAPES.get_or_init(|| {
             let read = |name: &str, default: usize| define(name).unwrap_or(default);
             GroupShape::from_defines(
                 read("QMMG_CU", 8),
                 read("QMMG_KW", 2),
-                read("QMMG_WIDE_SWIGLU", 0),
-                read("QMMG_WIDE_CU", 4),
+                read("QMMG_WIDE_SWIGLU", 1),
+                read("QMMG_WIDE_CU", 8),
             )
         });
-        if swiglu {
-            wide
-        } else {
-            narrow
+        match wide {
+            Some(wide) if swiglu => wide.fitted(format, nt8, hx),
+            _ => narrow,
         }
     }
 
-    /// (the others' shape, the SwiGLU products' shape) under these defines.
-    fn from_defines(cu: usize, kw: usize, wide_swiglu: usize, wide_cu: usize) -> (GroupShape, GroupShape) {
+    /// (the others' shape, the SwiGLU products' widest shape, if wide) under these defines.
+    fn from_defines(cu: usize, kw: usize, wide_swiglu: usize, wide_cu: usize) -> (GroupShape, Option<GroupShape>) {
         let narrow = GroupShape { tiles: 8, cu, kw };
-        let wide = if wide_swiglu != 0 { GroupShape { tiles: 16, cu: wide_cu, kw: 1 } } else { narrow };
-        (narrow, wide)
+        (narrow, (wide_swiglu != 0).then_some(GroupShape { tiles: 16, cu: wide_cu, kw: 1 }))
+    }
+
+    /// A wide shape with chunks of at most 4 units where two stages of its
+    /// own do not fit in [`STAGES_SMEM`] (qmma_group.cu's `QgShape`).
+    fn fitted(self, format: QuantFormat, nt8: usize, hx: bool) -> GroupShape {
+        if 2 * stage_bytes(format, nt8, hx, self) <= STAGES_SMEM {
+            self
+        } else {
+            GroupShape { cu: self.cu.min(4), ..self }
+        }
     }
 
     fn threads(self) -> u32 {
@@ -71,6 +81,12 @@ impl GroupShape {
 
     fn wide(self) -> bool {
         self.tiles == 16
+    }
+
+    /// The SwiGLU products' and the others' partial results, whichever is larger.
+    fn largest_ws_slot() -> usize {
+        let wide = GroupShape::of(true, QuantFormat::Q4, 4, true);
+        GroupShape::of(false, QuantFormat::Q4, 4, true).ws_slot().max(wide.ws_slot())
     }
 }
 
@@ -154,16 +170,22 @@ impl GroupScratch {
 /// `hx`: over f16 activations (2 bytes a value, 32 of padding a row, no scales).
 /// `swiglu`: a SwiGLU product's (its groups may be wide: [`GroupShape::of`]).
 pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool, swiglu: bool) -> usize {
-    shaped_smem(format, nt8, hx, GroupShape::of(swiglu))
+    shaped_smem(format, nt8, hx, GroupShape::of(swiglu, format, nt8, hx))
 }
 
-fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> usize {
+/// Bytes of one ring stage (qmma_group.cu's `QgLayout::STAGE`).
+fn stage_bytes(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> usize {
     let GroupShape { tiles, cu, .. } = shape;
     let sb = if format.is_4bit() { 2 } else { 1 };
     let kb = cu * sb;
     let scales = tiles * cu * sb * 32;
     let activations = if hx { nt8 * 8 * (kb * 64 + 64) } else { nt8 * 8 * (kb * 32 + 16) + kb * nt8 * 8 * 8 };
-    let stage = tiles * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations;
+    tiles * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations
+}
+
+fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> usize {
+    let tiles = shape.tiles;
+    let stage = stage_bytes(format, nt8, hx, shape);
     let stages = match (hx, nt8) {
         _ if shape.wide() => (STAGES_SMEM / stage).clamp(2, 4),
         (true, 0..=4) => 3,
@@ -222,7 +244,7 @@ impl Gpu {
         let f = self.kernel(name)?;
         let half = s.rows / 2;
         let swiglu = mode == GemvMode::SwiGlu;
-        let shape = GroupShape::of(swiglu);
+        let shape = GroupShape::of(swiglu, s.format, nt8, hx);
         let groups = if swiglu { (half / TILE_ROWS).div_ceil(shape.tiles / 2) } else { s.tiles.div_ceil(shape.tiles) };
         let chunks = groups * s.units.div_ceil(shape.cu);
         let smem = group_smem(s.format, nt8, hx, swiglu) as u32;
@@ -269,8 +291,7 @@ impl Gpu {
         if held.as_ref().is_none_or(|h| h.floats < floats || h.groups < groups) {
             // Room for a full wave of the device in either shape, so one
             // allocation serves every product.
-            let wave =
-                self.info().multiprocessors * GroupShape::of(false).ws_slot().max(GroupShape::of(true).ws_slot());
+            let wave = self.info().multiprocessors * GroupShape::largest_ws_slot();
             let floats = floats.max(held.as_ref().map_or(0, |h| h.floats)).max(wave);
             let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
             let partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
@@ -298,18 +319,34 @@ mod tests {
 
     #[test]
     fn wide_swiglu_groups_take_twice_the_rows_on_the_same_threads() {
-        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 4);
+        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8);
+        let wide = wide.expect("on");
         assert_eq!(narrow, GroupShape { tiles: 8, cu: 8, kw: 2 });
-        assert_eq!(wide, GroupShape { tiles: 16, cu: 4, kw: 1 });
+        assert_eq!(wide, GroupShape { tiles: 16, cu: 8, kw: 1 });
         assert_eq!(narrow.threads(), wide.threads());
         assert_eq!(wide.ws_slot(), 2 * narrow.ws_slot());
         // Off: the SwiGLU products keep the others' shape.
-        assert_eq!(GroupShape::from_defines(8, 2, 0, 4), (narrow, narrow));
-        // The wide q4_0 stage at 32 f16 tokens: 32 KB of weights, 4 KB of
-        // scales, 32 tokens × (8 blocks × 64 + 64) bytes; four in 220 KiB.
-        assert_eq!(shaped_smem(QuantFormat::Q4, 4, true, wide), 4 * (32768 + 4096 + 32 * 576));
-        // q4_1's offsets leave room for three.
-        assert_eq!(shaped_smem(QuantFormat::Q4Min, 4, true, wide), 3 * (32768 + 2 * 4096 + 32 * 576));
+        assert_eq!(GroupShape::from_defines(8, 2, 0, 8), (narrow, None));
+        // The wide q4_0 stage at 32 f16 tokens: 64 KB of weights, 8 KB of
+        // scales, 32 tokens × (16 blocks × 64 + 64) bytes; two in 220 KiB.
+        let q4 = wide.fitted(QuantFormat::Q4, 4, true);
+        assert_eq!(q4, wide);
+        assert_eq!(shaped_smem(QuantFormat::Q4, 4, true, q4), 2 * (65536 + 8192 + 32 * 1088));
+        // q4_1's offsets, or 64 tokens, leave room only for chunks of 4 (three
+        // stages of them for q4_1).
+        let q4_1 = wide.fitted(QuantFormat::Q4Min, 4, true);
+        assert_eq!(q4_1, GroupShape { cu: 4, ..wide });
+        assert_eq!(shaped_smem(QuantFormat::Q4Min, 4, true, q4_1), 3 * (32768 + 2 * 4096 + 32 * 576));
+        assert_eq!(wide.fitted(QuantFormat::Q4, 8, true).cu, 4);
+        assert_eq!(wide.fitted(QuantFormat::Q8, 8, true).cu, 8);
+        for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            for nt8 in [2, 4, 8] {
+                for hx in [false, true] {
+                    let shape = wide.fitted(format, nt8, hx);
+                    assert!(2 * stage_bytes(format, nt8, hx, shape) <= STAGES_SMEM, "{format:?} {nt8} {hx}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -344,8 +381,8 @@ mod tests {
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
                 for (hx, kind) in [(false, 'g'), (true, 'h')] {
-                    let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 4);
-                    for (mode, shape) in [(0, narrow), (2, wide)] {
+                    let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8);
+                    for (mode, shape) in [(0, narrow), (2, wide.expect("on").fitted(format, nt8, hx))] {
                         let smem = shaped_smem(format, nt8, hx, shape);
                         assert!(smem + nt8 * 8 * (16 + 4) + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
                         let name = format!("qmm{kind}_{}_{nt8}_{mode}", format as usize);

@@ -249,7 +249,7 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, co
 // launch, and only the writes must follow that kernel), so the bus round
 // trip overlaps it (the step's argmax) instead of following it.
 #ifndef STAGE_EARLY_LOADS
-#define STAGE_EARLY_LOADS 0
+#define STAGE_EARLY_LOADS 1
 #endif
 extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
                                                              int4* table, int table16, const int* chosen,

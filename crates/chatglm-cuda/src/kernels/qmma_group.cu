@@ -11,7 +11,7 @@
 // activations move by cp.async through a ring of stages (Marlin's shape),
 // and a block's int32 sums become f32 by the exponent trick instead of I2F.
 //
-// Groups are cut into chunks of QgShape::CU units, and the chunks of all groups
+// Groups are cut into chunks of QgDims::CU units, and the chunks of all groups
 // dealt to the blocks in equal contiguous runs (stream-K), so that every SM
 // has the same work whatever the shape. A group whose chunks went to several
 // blocks is summed in block order — deterministic — by the block holding
@@ -86,7 +86,7 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 
 // Floats a token's staged outputs take (a group's rows, padded so that a
 // warp's 32 rows of one token and a thread's 16-byte reads meet no
-// conflicts): QgShape::KV_ROW.
+// conflicts): QgDims::KV_ROW.
 // The QKV epilogue's cache rows as 16-byte vectors (0: one 2-byte store a
 // value, for A/B measurements).
 #ifndef QMMG_KV_VEC
@@ -110,32 +110,31 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QMMG_KW 2
 #endif
 // 1: the SwiGLU products (MODE 2: h→4h) on wide groups — 16 row tiles (8
-// gate/up pairs) of one warp each, chunks of QMMG_WIDE_CU units. A warp's
-// share of a chunk is what it is in the default shape (4 units of one tile),
-// but each chunk's activations are staged once for twice the rows: half the
-// activation bytes from L2 a weight byte (run 256: 112 MB of L2 reads
-// against Marlin's 88 for h→4h at 32 tokens, Marlin's blocks taking 128–256
-// columns), a stage small enough for 4 in the ring, and half as many groups,
-// so a block's chunks cross fewer group boundaries (a run switch's refill,
-// publish or sums: ~16 of h→4h's 44 µs, session 37). The host reads the
-// same defines (quant_group::GroupShape).
+// gate/up pairs) of one warp each, chunks of QMMG_WIDE_CU units (8; 4 where
+// two stages of 8 do not fit in 220 KiB: q4_1 over f16 activations at 32
+// tokens, every 4-bit format at 64). Each chunk's activations are staged once
+// for twice the rows (half the activation bytes from L2 a weight byte) and a
+// warp takes 8 units of its tile between barriers, twice the default's.
+// Run 261: h→4h at 32 int4 tokens 44.7 against 46.2 µs, 32 int4 sequences
+// +1.8%; with chunks of 4 (the default's share a warp, 4 stages) it was no
+// faster (run 260). The host reads the same defines (quant_group::GroupShape).
 #ifndef QMMG_WIDE_SWIGLU
-#define QMMG_WIDE_SWIGLU 0
+#define QMMG_WIDE_SWIGLU 1
 #endif
 #ifndef QMMG_WIDE_CU
-#define QMMG_WIDE_CU 4
+#define QMMG_WIDE_CU 8
 #endif
 // The rows of a group of a residual product's norm fold (the sums of squares
 // it hands on, QG_SS_STRIDE floats a group; the host's FOLD_GROUP_ROWS).
 #define QG_FOLD_ROWS 128
 
-// The shape of MODE's groups: row tiles, weight units a chunk, warps a tile.
-template <int MODE> struct QgShape {
+// A group shape: row tiles, weight units a chunk, warps a tile.
+template <int TILES_, int CU_, int KW_> struct QgDims {
     enum {
-        WIDE = MODE == 2 && QMMG_WIDE_SWIGLU,
-        TILES = WIDE ? 16 : 8,
-        CU = WIDE ? QMMG_WIDE_CU : QMMG_CU,
-        KW = WIDE ? 1 : QMMG_KW,
+        WIDE = TILES_ == 16,
+        TILES = TILES_,
+        CU = CU_,
+        KW = KW_,
         THREADS = TILES * KW * 32,
         KV_ROW = TILES * 16 + 4,
         // Floats of a partial result: the group's rows × 64 tokens.
@@ -155,6 +154,8 @@ template <int MODE> struct QgShape {
     static_assert(CU % KW == 0, "QMMG_CU must be a multiple of QMMG_KW");
     static_assert(CU * 64 / 16 <= 32, "QMMG_CU at most 8: one warp stages a chunk's scales");
 };
+template <bool C, typename A, typename B> struct QgPick { typedef A type; };
+template <typename A, typename B> struct QgPick<false, A, B> { typedef B type; };
 
 // mma_block without `volatile`: the compiler may schedule the mmas of a
 // chunk among their scaling arithmetic (their results are pure functions of
@@ -234,6 +235,17 @@ template <int F, int NT8, bool HX, typename SH> struct QgLayout {
         SMEM = STAGES * STAGE > RED_BYTES ? STAGES * STAGE : RED_BYTES,
         ROPE_CAP = (STAGES * STAGE - ROPE_OFF) / 8,
     };
+};
+
+// The shape of the groups of a MODE product of F weights over NT8 token tiles
+// (HX: f16 activations).
+template <int MODE, int F, int NT8, bool HX> struct QgShape {
+    typedef QgDims<8, QMMG_CU, QMMG_KW> Narrow;
+    typedef QgDims<16, QMMG_WIDE_CU, 1> Wide;
+    typedef QgDims<16, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1> WideSmall;
+    enum { WIDE_FITS = 2 * QgLayout<F, NT8, HX, Wide>::STAGE <= (220 << 10) };
+    typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU,
+                            typename QgPick<WIDE_FITS, Wide, WideSmall>::type, Narrow>::type type;
 };
 
 // Walks this warp's half of a staged chunk of its row tile: body(wv, i, bl,
@@ -405,7 +417,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           float2* hs, int hoff, const float* __restrict__ fold_g,
                                           float* __restrict__ fold_ss, const float* __restrict__ rms_ss,
                                           float rms_eps) {
-    typedef QgShape<MODE> SH;
+    typedef typename QgShape<MODE, F, NT8, HX>::type SH;
     typedef QgLayout<F, NT8, HX, SH> L;
     static_assert(MODE != 1 || SH::TILES * 16 == QG_FOLD_ROWS, "a fold's groups are its sums' groups");
     static_assert(L::STAGES * L::STAGE >= L::FOLD_OFF + L::FOLD_BYTES, "the fold's sums fit beside red");
@@ -902,7 +914,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 // qmmg_*: over q8_0 activation codes; qmmh_*: over f16 activations (xq
 // the f16 rows, xs unused).
 #define QMMG_KERNEL_AS(KNAME, HX, F, NT8, MODE)                                                               \
-    extern "C" __global__ void __launch_bounds__(QgShape<MODE>::THREADS, QgShape<MODE>::MIN_BLOCKS)            \
+    extern "C" __global__ void __launch_bounds__(QgShape<MODE, F, NT8, HX>::type::THREADS,                    \
+                                                        QgShape<MODE, F, NT8, HX>::type::MIN_BLOCKS)                 \
         KNAME(const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,   \
               const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,    \
               RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters, unsigned char* hq,     \
