@@ -527,62 +527,6 @@ impl Gpu {
         self.launch_unbroken(f, args, kernel, cfg)
     }
 
-    /// [`Self::launch`] in thread-block clusters of `cluster` blocks along x
-    /// (the grid a multiple of it; [`Self::clusters_fit`] says whether the
-    /// device can hold them).
-    pub(crate) fn launch_in_clusters(
-        &self,
-        f: &CudaFunction,
-        args: Args,
-        kernel: &str,
-        cfg: LaunchConfig,
-        cluster: u32,
-    ) -> Result<(), CudaError> {
-        self.break_chain();
-        if cluster == 0 || !cfg.grid_dim.0.is_multiple_of(cluster) {
-            return Err(CudaError::invalid(kernel, format!("a grid of {} in clusters of {cluster}", cfg.grid_dim.0)));
-        }
-        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string(), cluster };
-        match self.record(crate::graph::Op::Kernel(launch)) {
-            Some(crate::graph::Op::Kernel(l)) => self.launch_raw(&l),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether every block of a launch of kernel `name` as `cfg` in clusters
-    /// of `cluster` blocks can be resident at once (cuOccupancyMaxActiveClusters,
-    /// read once a shape).
-    pub(crate) fn clusters_fit(&self, name: &str, cfg: LaunchConfig, cluster: u32) -> bool {
-        let Some(f) = self.kernels.get(name) else { return false };
-        let key = (format!("{name}/cluster{cluster}/grid{}", cfg.grid_dim.0), cfg.shared_mem_bytes);
-        let mut cache = self.occupancy.lock().unwrap_or_else(|e| e.into_inner());
-        let clusters = *cache.entry(key).or_insert_with(|| {
-            let mut attr = cluster_attribute(cluster);
-            let config = sys::CUlaunchConfig {
-                gridDimX: cfg.grid_dim.0,
-                gridDimY: cfg.grid_dim.1,
-                gridDimZ: cfg.grid_dim.2,
-                blockDimX: cfg.block_dim.0,
-                blockDimY: cfg.block_dim.1,
-                blockDimZ: cfg.block_dim.2,
-                sharedMemBytes: cfg.shared_mem_bytes,
-                hStream: self.stream.cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            let mut n: std::ffi::c_int = 0;
-            // SAFETY: `config` and its attribute outlive the call, which only
-            // reads them and writes `n`.
-            let ok = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }.result().is_ok();
-            if ok {
-                n.max(0) as usize
-            } else {
-                0
-            }
-        });
-        clusters * cluster as usize >= cfg.grid_dim.0 as usize
-    }
-
     /// Whether launches use programmatic dependent launch.
     pub(crate) fn pdl_enabled(&self) -> bool {
         self.pdl
@@ -596,7 +540,7 @@ impl Gpu {
         kernel: &str,
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
-        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string(), cluster: 1 };
+        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string() };
         match self.record(crate::graph::Op::Kernel(launch)) {
             Some(crate::graph::Op::Kernel(l)) => self.launch_raw(&l),
             _ => Ok(()),
@@ -613,17 +557,11 @@ impl Gpu {
             message,
         };
         self.bind().map_err(|e| fail(e.to_string()))?;
-        let mut attrs = Vec::with_capacity(2);
-        if self.pdl {
-            attrs.push(sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
-            });
-        }
-        if l.cluster > 1 {
-            attrs.push(cluster_attribute(l.cluster));
-        }
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
+        };
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -633,28 +571,17 @@ impl Gpu {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
         };
         let mut params = l.args.pointers();
         // SAFETY: callers check every pointer and size argument against the
         // buffers they describe before building `args`; `params` points into
         // `l.args`, which outlives the call (the driver only reads through
-        // them); the attributes outlive the call.
+        // them); the attribute outlives the call.
         unsafe { sys::cuLaunchKernelEx(&config, l.func, params.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(|e| fail(format!("{e:?}")))
-    }
-}
-
-/// A launch attribute: thread-block clusters of `blocks` blocks along x.
-fn cluster_attribute(blocks: u32) -> sys::CUlaunchAttribute {
-    sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-        pad: [0; 4],
-        value: sys::CUlaunchAttributeValue {
-            clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: blocks, y: 1, z: 1 },
-        },
     }
 }
 

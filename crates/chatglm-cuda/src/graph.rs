@@ -29,8 +29,6 @@ pub(crate) struct Launch {
     pub args: Args,
     pub cfg: LaunchConfig,
     pub kernel: String,
-    /// Blocks a thread-block cluster (1: none).
-    pub cluster: u32,
 }
 
 // SAFETY: a CUfunction is a handle the driver lets any thread use with its
@@ -116,7 +114,7 @@ fn signature(ops: &[Op]) -> Vec<u64> {
         let c = &l.cfg;
         sig.extend([l.func as u64, c.grid_dim.0 as u64, c.grid_dim.1 as u64, c.grid_dim.2 as u64]);
         sig.extend([c.block_dim.0 as u64, c.block_dim.1 as u64, c.block_dim.2 as u64, c.shared_mem_bytes as u64]);
-        sig.extend([u64::from(l.cluster), l.args.values().len() as u64]);
+        sig.push(l.args.values().len() as u64);
         sig.extend_from_slice(l.args.values());
     }
     sig
@@ -291,7 +289,6 @@ mod tests {
             args: a,
             cfg: LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 },
             kernel: "k".into(),
-            cluster: 1,
         })
     }
 

@@ -1,12 +1,14 @@
 //! The grouped quantized products (`kernels/qmma_group.cu`): steps of 9..=64
 //! tokens over [`Gpu::quantize_x`]'s activations, where a block stages each
-//! chunk of activations once for 8 row tiles and the chunks of all groups are
+//! chunk of activations once for a group of row tiles (8; the SwiGLU
+//! products' wide groups 16: [`GroupShape`]) and the chunks of all groups are
 //! dealt to the blocks in equal runs (stream-K, partial results summed in a
 //! workspace). [`Gpu::qmma`] sends such steps here (`CHATGLM_QMMA_GROUPED=0`
 //! or [`Gpu::set_grouped_products`]: qmma's own). On the H200 at 32 int4
-//! tokens they take QKV 26.0 / dense 22.9 / h→4h 67.0 / 4h→h 40.1 / logits
-//! 127 µs against 37.8 / 21.7 / 85.0 / 57.7 / 231 (bench/RESULTS.md, runs
-//! 85 and 87).
+//! tokens (f16 activations) they take QKV 17.0 / dense 14.4 / h→4h 44.7 /
+//! 4h→h 33.2 / logits 90.5 µs (bench/RESULTS.md, run 268), where they began
+//! at 26.0 / 22.9 / 67.0 / 40.1 / 127 (runs 85 and 87) against qmma's own
+//! 37.8 / 21.7 / 85.0 / 57.7 / 231.
 
 use crate::device::{device_ptr, Args};
 use crate::ops::check_i32;
@@ -149,33 +151,6 @@ fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSpl
     blocks.max(1)
 }
 
-/// Whether the grouped products were compiled to sum a split group's parts
-/// in a cluster's shared memory (qmma_group.cu's `QMMG_CLUSTER_SUMS`, off by
-/// default; `CHATGLM_NVRTC_DEFINES=QMMG_CLUSTER_SUMS=1`), read once.
-fn cluster_sums() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| define("QMMG_CLUSTER_SUMS").is_some_and(|v| v != 0))
-}
-
-/// Blocks a thread-block cluster for a grouped product of `blocks` blocks
-/// over `groups` groups of `group_chunks` chunks when its parts are summed
-/// in shared memory (`on`): the blocks a group, where the grid gives each
-/// group the same number (2..=8) and each of them at least one chunk — then
-/// every block's run lies inside its group (the stream-K boundaries of a
-/// group fall on multiples of its blocks), so a group's blocks are one
-/// cluster and all of them meet at its barriers; else 1 (no clusters).
-fn cluster_blocks(on: bool, blocks: usize, groups: usize, group_chunks: usize) -> u32 {
-    if !on || groups == 0 || !blocks.is_multiple_of(groups) {
-        return 1;
-    }
-    let k = blocks / groups;
-    if (2..=8).contains(&k) && group_chunks >= k {
-        k as u32
-    } else {
-        1
-    }
-}
-
 /// Partial results (one a block: only a block's first run can be a part
 /// that another block sums) and one counter a group, grown on demand.
 pub(crate) struct GroupScratch {
@@ -307,10 +282,6 @@ impl Gpu {
             block_dim: (threads, 1, 1),
             shared_mem_bytes: smem,
         };
-        let cluster = cluster_blocks(cluster_sums(), blocks, groups, s.units.div_ceil(shape.cu));
-        if cluster > 1 && self.clusters_fit(name, cfg, cluster) {
-            return self.launch_in_clusters(f, a, name, cfg, cluster);
-        }
         self.launch(f, a, name, cfg)
     }
 
@@ -376,37 +347,6 @@ mod tests {
                     let shape = wide.fitted(format, nt8, hx);
                     assert!(2 * stage_bytes(format, nt8, hx, shape) <= STAGES_SMEM, "{format:?} {nt8} {hx}");
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn clusters_are_a_group_s_blocks_where_each_has_a_chunk() {
-        // Dense and 4h→h at 32 tokens: 32 groups on 128 blocks, 8 or 27 chunks a group.
-        assert_eq!(cluster_blocks(true, 128, 32, 8), 4);
-        assert_eq!(cluster_blocks(true, 128, 32, 27), 4);
-        assert_eq!(cluster_blocks(false, 128, 32, 27), 1);
-        // QKV and h→4h keep the wave: runs cross groups.
-        assert_eq!(cluster_blocks(true, 132, 36, 8), 1);
-        assert_eq!(cluster_blocks(true, 132, 107, 8), 1);
-        // A block without a chunk would miss the barriers; one block a group has no parts.
-        assert_eq!(cluster_blocks(true, 128, 32, 3), 1);
-        assert_eq!(cluster_blocks(true, 32, 32, 8), 1);
-        // At most 8 blocks a cluster (the portable limit).
-        assert_eq!(cluster_blocks(true, 160, 16, 27), 1);
-        assert_eq!(cluster_blocks(true, 128, 16, 27), 8);
-        assert_eq!(cluster_blocks(true, 0, 0, 8), 1);
-        // Where clusters are used, every block's run lies inside its group:
-        // block b's first chunk ⌈b·W/P⌉ (QMMG_SPLIT_CEIL) for W = groups·C.
-        for (blocks, groups, c) in [(128usize, 32usize, 8usize), (128, 32, 27), (96, 32, 3), (128, 16, 9)] {
-            let k = cluster_blocks(true, blocks, groups, c) as usize;
-            assert!(k > 1);
-            let w = groups * c;
-            for b in 0..blocks {
-                let (start, end) = ((b * w).div_ceil(blocks), ((b + 1) * w).div_ceil(blocks));
-                assert!(end > start, "block {b} has a chunk");
-                assert_eq!(start / c, (end - 1) / c, "block {b}'s run lies in one group");
-                assert_eq!(start / c, b / k, "the group's blocks are one cluster");
             }
         }
     }

@@ -6,8 +6,9 @@
 // reads the step's activations from L2 again — at 32 tokens 2.5 bytes of
 // activations for each byte of int4 weights (runs 77–79: those products
 // wait on the activation loads, and issue ~54 instructions an mma). Here a
-// block takes a group of 8 row tiles (128 rows), two warps a tile, and stages each
-// chunk of activations in shared memory once for all 8; weights, scales and
+// block takes a group of row tiles (8 of two warps each, 128 rows; the
+// SwiGLU products' wide groups 16 of one warp) and stages each chunk of
+// activations in shared memory once for all of them; weights, scales and
 // activations move by cp.async through a ring of stages (Marlin's shape),
 // and a block's int32 sums become f32 by the exponent trick instead of I2F.
 //
@@ -189,40 +190,6 @@ __device__ __forceinline__ void red_add_release(u32* p, u32 v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-// 1: where the host launches a product in thread-block clusters of a group's
-// blocks (quant_group::cluster_blocks: every block's run inside one group,
-// the group's blocks one cluster), a split group's parts stay in their
-// blocks' shared memory and the summing block (the cluster's first) reads
-// them there (distributed shared memory) between two cluster barriers —
-// instead of each part going out to L2, a release and a counter the summing
-// block polls: ~2 µs to publish a part and ~2 µs more to collect them on
-// every split product's critical path (session 34's stamps). Same sums in the
-// same order, so the same bits. Without clusters, the L2 path as before.
-#ifndef QMMG_CLUSTER_SUMS
-#define QMMG_CLUSTER_SUMS 0
-#endif
-#if QMMG_CLUSTER_SUMS
-__device__ __forceinline__ u32 qg_cluster_blocks() {
-    u32 n;
-    asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-    return n;
-}
-// Every thread of every block of the cluster: writes to shared memory before
-// it are visible to the cluster's blocks after it.
-__device__ __forceinline__ void qg_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-// The float at `local`'s offset in the shared memory of the cluster's block `rank`.
-__device__ __forceinline__ float qg_ld_cluster(const float* local, u32 rank) {
-    const u32 a = (u32)__cvta_generic_to_shared(local);
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
-    float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-#endif
-
 
 // Shared memory of one stage (bytes, all 16-aligned): the tiles' weight
 // units, their scales (and offsets), the chunk's activation codes
@@ -256,7 +223,7 @@ template <int F, int NT8, bool HX, typename SH> struct QgLayout {
 #else
         STAGES = STAGES0,
 #endif
-        RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [128 rows][tokens], after the stages
+        RED_STRIDE = NT8 * 8 + 1,  // floats: a group's sums [TILES·16 rows][tokens], after the stages
         RED_BYTES = SH::TILES * 16 * RED_STRIDE * 4,
         // The norm fold's per-warp sums of squares, after red (stage memory
         // then free): [warp][a thread's elements].
@@ -746,21 +713,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             if (!split) __syncthreads();
         }
-#if QMMG_CLUSTER_SUMS
-        // The group's blocks are this cluster (the host launches clusters
-        // only so): the parts stay where they are (red), read by the summing
-        // block, the cluster's first, between the two barriers.
-        const bool cluster_sums = split && qg_cluster_blocks() > 1;
-        if (cluster_sums && (int)blockIdx.x != blo) {
-            qg_cluster_sync();  // this part (red) is in
-            qg_cluster_sync();  // and has been read: red may go
-            QG_STAMP();
-            x = xn;
-            continue;
-        }
-#else
-        constexpr bool cluster_sums = false;
-#endif
         if (split && (int)blockIdx.x != blo) {
             // A part of group G for block blo (this block's first run: a later
             // run starts at its group's first chunk): into this block's slot, then
@@ -781,7 +733,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #endif
             // The other bhi − blo parts: counted (acquired by thread 0, the
             // barrier passing it on; the parts are read from L2).
-            if (threadIdx.x == 0 && !cluster_sums) {
+            if (threadIdx.x == 0) {
                 // Every block of the grid is resident (the host sizes it to a
                 // wave), so the parts come; a grid that is not would hang here:
                 // trapped, a launch error, instead.
@@ -801,25 +753,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 const int e = threadIdx.x + k * SH::THREADS;
                 sum[k] = e < n * SH::TILES * 16 ? red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)] : 0.f;
             }
-#if QMMG_CLUSTER_SUMS
-            if (cluster_sums) {
-                qg_cluster_sync();  // every part is in
-                for (int bb = blo + 1; bb <= bhi; bb++) {
-                    float v[EPT];
-#pragma unroll
-                    for (int k = 0; k < EPT; k++) {
-                        const int e = threadIdx.x + k * SH::THREADS;
-                        v[k] = e < n * SH::TILES * 16
-                                   ? qg_ld_cluster(red + (e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16), bb - blo)
-                                   : 0.f;
-                    }
-#pragma unroll
-                    for (int k = 0; k < EPT; k++) sum[k] += v[k];
-                }
-                qg_cluster_sync();  // the parts are read: their blocks may go
-            }
-#endif
-            for (int bb = blo + 1; bb <= bhi && !cluster_sums; bb++) {
+            for (int bb = blo + 1; bb <= bhi; bb++) {
                 const float* part = ws + (long)bb * SH::WS_SLOT;
                 float v[EPT];
 #pragma unroll
