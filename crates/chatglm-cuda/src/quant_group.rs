@@ -101,42 +101,61 @@ fn group_stages() -> Option<usize> {
 const STAGES_SMEM: usize = 220 << 10;
 
 /// How many blocks a group of a grouped product runs on. By default
-/// (`Aligned`) as many as fit in a wave (resident blocks / groups) where
-/// that keeps at least 15/16 of the wave (dense and 4h→h: 32 groups on 128
-/// of 132 blocks), so every block's run of chunks lies in one group and each
-/// group is summed from the same number of parts; else every chunk dealt
-/// over the wave, runs crossing groups (QKV's 36 groups: 108 aligned blocks
-/// were slower than 132). 32 int4 sequences 10,339–10,354 tok/s against
-/// 10,030–10,036 (runs 229–231). `CHATGLM_QMMG_SPLIT` (measurements): `wave`,
-/// `auto` (aligned whatever the share of the wave), or `k` (1..=8) blocks a
-/// group where they fit.
+/// (`ByTokens`) `Auto` from 4 token tiles (25–64 tokens) and `Aligned`
+/// below: `Aligned` gives a group as many blocks as fit in a wave (resident
+/// blocks / groups) where that keeps at least 15/16 of the wave (dense and
+/// 4h→h: 32 groups on 128 of 132 blocks), so every block's run of chunks
+/// lies in one group and each group is summed from the same number of
+/// parts; else every chunk is dealt over the wave, runs crossing groups
+/// (32 int4 sequences 10,339–10,354 tok/s against 10,030–10,036, runs
+/// 229–231). `Auto` aligns whatever the share of the wave it leaves (QKV's
+/// 36 groups on 108 blocks, h→4h's 107 wide groups on 107 unsplit): a part
+/// is a group's rows × the step's tokens, so with more tokens a split costs
+/// more — 32 int4 sequences 10,856–10,885 against 10,810–10,839 (+0.5%), 64
+/// +1.1%, but 16 −2.1% (run 271; without the grouped prefetch).
+/// `CHATGLM_QMMG_SPLIT` (measurements): `aligned`, `wave`, `auto`, or `k`
+/// (1..=8) blocks a group where they fit.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum GroupSplit {
+    ByTokens,
     Aligned,
     Wave,
     PerGroup(usize),
     Auto,
 }
 
+impl GroupSplit {
+    /// The setting for a product over `nt8` token tiles.
+    fn for_tiles(self, nt8: usize) -> GroupSplit {
+        match self {
+            GroupSplit::ByTokens if nt8 >= 4 => GroupSplit::Auto,
+            GroupSplit::ByTokens => GroupSplit::Aligned,
+            s => s,
+        }
+    }
+}
+
 fn group_split() -> GroupSplit {
     static SPLIT: std::sync::OnceLock<GroupSplit> = std::sync::OnceLock::new();
     *SPLIT.get_or_init(|| {
-        let Ok(v) = std::env::var("CHATGLM_QMMG_SPLIT") else { return GroupSplit::Aligned };
+        let Ok(v) = std::env::var("CHATGLM_QMMG_SPLIT") else { return GroupSplit::ByTokens };
         match v.trim() {
+            "aligned" => GroupSplit::Aligned,
             "auto" => GroupSplit::Auto,
             "wave" => GroupSplit::Wave,
             t => match t.parse::<usize>() {
                 Ok(k) if (1..=8).contains(&k) => GroupSplit::PerGroup(k),
                 _ => {
-                    tracing::warn!("CHATGLM_QMMG_SPLIT={v:?} is not wave, auto or 1..=8; using the default");
-                    GroupSplit::Aligned
+                    tracing::warn!("CHATGLM_QMMG_SPLIT={v:?} is not aligned, wave, auto or 1..=8; using the default");
+                    GroupSplit::ByTokens
                 }
             },
         }
     })
 }
 
-/// The grid of a grouped product (see [`group_split`]).
+/// The grid of a grouped product (see [`group_split`]; `ByTokens` resolved
+/// by [`GroupSplit::for_tiles`]).
 fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSplit) -> usize {
     let wave = chunks.min(resident);
     let fit = resident / groups.max(1);
@@ -144,8 +163,8 @@ fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSpl
         GroupSplit::Wave => 0,
         GroupSplit::PerGroup(k) => k,
         GroupSplit::Auto => fit,
-        GroupSplit::Aligned if 16 * groups * fit >= 15 * resident => fit,
-        GroupSplit::Aligned => 0,
+        GroupSplit::Aligned | GroupSplit::ByTokens if 16 * groups * fit >= 15 * resident => fit,
+        GroupSplit::Aligned | GroupSplit::ByTokens => 0,
     };
     let blocks = if per_group > 0 && groups * per_group <= resident { (groups * per_group).min(wave) } else { wave };
     blocks.max(1)
@@ -252,7 +271,7 @@ impl Gpu {
         let smem = group_smem(s.format, nt8, hx, swiglu) as u32;
         let threads = shape.threads();
         let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
-        let blocks = grouped_blocks(chunks, groups, resident, group_split());
+        let blocks = grouped_blocks(chunks, groups, resident, group_split().for_tiles(nt8));
         let (ws, counters) = self.group_scratch(blocks * shape.ws_slot(), groups)?;
         let (wq, wsc, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
@@ -370,6 +389,14 @@ mod tests {
         // h→4h: more groups than blocks keep the wave.
         assert_eq!(grouped_blocks(1712, 214, 132, Auto), 132);
         assert_eq!(grouped_blocks(1712, 214, 132, Aligned), 132);
+        // The default by tokens: 25–64 tokens as Auto, fewer as Aligned.
+        assert_eq!(ByTokens.for_tiles(4), Auto);
+        assert_eq!(ByTokens.for_tiles(8), Auto);
+        assert_eq!(ByTokens.for_tiles(2), Aligned);
+        assert_eq!(ByTokens.for_tiles(3), Aligned);
+        assert_eq!(Wave.for_tiles(4), Wave);
+        assert_eq!(grouped_blocks(856, 107, 132, ByTokens.for_tiles(4)), 107); // wide h→4h: whole groups
+        assert_eq!(grouped_blocks(856, 107, 132, ByTokens.for_tiles(2)), 132);
         // Fewer chunks than blocks.
         assert_eq!(grouped_blocks(3, 1, 132, PerGroup(4)), 3);
         assert_eq!(grouped_blocks(0, 0, 132, Auto), 1);

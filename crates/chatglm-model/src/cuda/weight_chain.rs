@@ -26,10 +26,13 @@ pub(super) fn prefetch_next_bytes() -> usize {
 /// Largest next matrix a grouped step's product (9..=64 tokens) starts
 /// towards L2 whole (`CHATGLM_QMMG_PREFETCH_NEXT` sets it; 0 turns it off):
 /// the small products (dense after QKV, the next QKV after 4h→h: ~10 MB at
-/// the 6B's shapes) then read their weights from L2. Those products are
-/// bound by their chains, not by DRAM, so the prefetch has the bus mostly to
-/// itself, unlike batch-1 decode's (run 73).
-const DEFAULT_GROUPED_PREFETCH_BYTES: usize = 24 << 20;
+/// the 6B's shapes) then read their weights from L2. Off since session 39:
+/// with today's grouped products it costs more than it saves — 32 int4
+/// sequences 10,810–10,839 tok/s without it against 10,723–10,769 with
+/// 24 MB (+0.5%; 16 sequences +0.3%, 64 +0.6%; bench/RESULTS.md, runs
+/// 270–271) — the prefetch's issue slots and L2 traffic now weigh more than
+/// an L2 hit on weights the products are not waiting for.
+const DEFAULT_GROUPED_PREFETCH_BYTES: usize = 0;
 
 /// `CHATGLM_QMMG_PREFETCH_NEXT` when it parses, else the default.
 pub(super) fn grouped_prefetch_bytes() -> usize {
