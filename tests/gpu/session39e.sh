@@ -25,6 +25,11 @@ for i in 1 2 3; do
     "| $(DTYPE=q8_0 b1 "${OLD[@]}"); 32 int4 sequences $(bn X=1) | $(bn "${OLD[@]}")"
 done
 for n in 16 64; do echo "$n int4 sequences (new | old): $(N=$n bn X=1) | $(N=$n bn "${OLD[@]}")"; done
+# Either side of the split rule's boundary (3 token tiles: aligned; 6: whole groups).
+for n in 24 48; do
+  echo "$n int4 sequences (new | split aligned | split auto):" \
+    "$(N=$n bn X=1) | $(N=$n bn CHATGLM_QMMG_SPLIT=aligned) | $(N=$n bn CHATGLM_QMMG_SPLIT=auto)"
+done
 if [ "${SUITES:-1}" != 0 ]; then
   for t in qmma cuda cuda_generate chatglm_cuda-lib; do
     s=$(date +%s)
