@@ -37,8 +37,8 @@ impl GroupShape {
     /// The shape of the groups of a SwiGLU product (`swiglu`) or of another
     /// of `format` weights over `nt8` token tiles (`hx`: f16 activations):
     /// qmma_group.cu's `QgShape` under its defaults, or as
-    /// `CHATGLM_NVRTC_DEFINES` sets `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU`
-    /// and `QMMG_WIDE_CU` (read once).
+    /// `CHATGLM_NVRTC_DEFINES` sets `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU`,
+    /// `QMMG_WIDE_CU` and `QMMG_WIDE_PAIRS` (read once).
     fn of(swiglu: bool, format: QuantFormat, nt8: usize, hx: bool) -> GroupShape {
         static SHAPES: std::sync::OnceLock<(GroupShape, Option<GroupShape>)> = std::sync::OnceLock::new();
         let (narrow, wide) = *SHAPES.get_or_init(|| {
@@ -48,18 +48,38 @@ impl GroupShape {
                 read("QMMG_KW", 2),
                 read("QMMG_WIDE_SWIGLU", 1),
                 read("QMMG_WIDE_CU", 8),
+                read("QMMG_WIDE_PAIRS", 8),
             )
         });
+        GroupShape::pick(narrow, wide, swiglu, format, nt8, hx)
+    }
+
+    /// [`GroupShape::of`] under these defines' shapes.
+    fn pick(
+        narrow: GroupShape,
+        wide: Option<GroupShape>,
+        swiglu: bool,
+        format: QuantFormat,
+        nt8: usize,
+        hx: bool,
+    ) -> GroupShape {
         match wide {
-            Some(wide) if swiglu => wide.fitted(format, nt8, hx),
+            // An odd count of pairs ends a group mid hand-off block: f16 only.
+            Some(wide) if swiglu && (hx || wide.tiles % 4 == 0) => wide.fitted(format, nt8, hx),
             _ => narrow,
         }
     }
 
     /// (the others' shape, the SwiGLU products' widest shape, if wide) under these defines.
-    fn from_defines(cu: usize, kw: usize, wide_swiglu: usize, wide_cu: usize) -> (GroupShape, Option<GroupShape>) {
+    fn from_defines(
+        cu: usize,
+        kw: usize,
+        wide_swiglu: usize,
+        wide_cu: usize,
+        wide_pairs: usize,
+    ) -> (GroupShape, Option<GroupShape>) {
         let narrow = GroupShape { tiles: 8, cu, kw };
-        (narrow, (wide_swiglu != 0).then_some(GroupShape { tiles: 16, cu: wide_cu, kw: 1 }))
+        (narrow, (wide_swiglu != 0).then_some(GroupShape { tiles: 2 * wide_pairs, cu: wide_cu, kw: 1 }))
     }
 
     /// A wide shape with chunks of at most 4 units where two stages of its
@@ -82,7 +102,7 @@ impl GroupShape {
     }
 
     fn wide(self) -> bool {
-        self.tiles == 16
+        self.tiles > 8
     }
 
     /// The SwiGLU products' and the others' partial results, whichever is larger.
@@ -340,14 +360,14 @@ mod tests {
 
     #[test]
     fn wide_swiglu_groups_take_twice_the_rows_on_the_same_threads() {
-        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8);
+        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8);
         let wide = wide.expect("on");
         assert_eq!(narrow, GroupShape { tiles: 8, cu: 8, kw: 2 });
         assert_eq!(wide, GroupShape { tiles: 16, cu: 8, kw: 1 });
         assert_eq!(narrow.threads(), wide.threads());
         assert_eq!(wide.ws_slot(), 2 * narrow.ws_slot());
         // Off: the SwiGLU products keep the others' shape.
-        assert_eq!(GroupShape::from_defines(8, 2, 0, 8), (narrow, None));
+        assert_eq!(GroupShape::from_defines(8, 2, 0, 8, 8), (narrow, None));
         // The wide q4_0 stage at 32 f16 tokens: 64 KB of weights, 8 KB of
         // scales, 32 tokens × (16 blocks × 64 + 64) bytes; two in 220 KiB.
         let q4 = wide.fitted(QuantFormat::Q4, 4, true);
@@ -366,6 +386,32 @@ mod tests {
                     let shape = wide.fitted(format, nt8, hx);
                     assert!(2 * stage_bytes(format, nt8, hx, shape) <= STAGES_SMEM, "{format:?} {nt8} {hx}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn an_odd_count_of_pairs_is_wide_over_f16_activations_only() {
+        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 7);
+        let wide = wide.expect("on");
+        assert_eq!(wide, GroupShape { tiles: 14, cu: 8, kw: 1 });
+        assert!(wide.wide());
+        assert_eq!(wide.threads(), 448);
+        let pick = |swiglu, hx| GroupShape::pick(narrow, Some(wide), swiglu, QuantFormat::Q4, 4, hx);
+        assert_eq!(pick(true, true), wide);
+        // A q8_0 hand-off block of 32 outputs would straddle two groups of 112.
+        assert_eq!(pick(true, false), narrow);
+        assert_eq!(pick(false, true), narrow);
+        // Eight pairs keep the wide groups either way.
+        let (_, eight) = GroupShape::from_defines(8, 2, 1, 8, 8);
+        assert_eq!(GroupShape::pick(narrow, eight, true, QuantFormat::Q4, 4, false), eight.expect("on"));
+        // ChatGLM2-6B's h→4h (856 tile pairs): 123 groups of 7 where 8 make 107.
+        assert_eq!(856usize.div_ceil(wide.tiles / 2), 123);
+        for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            for nt8 in [2, 4, 8] {
+                let shape = wide.fitted(format, nt8, true);
+                assert!(2 * stage_bytes(format, nt8, true, shape) <= STAGES_SMEM, "{format:?} {nt8}");
+                assert!(shaped_smem(format, nt8, true, shape) + nt8 * 8 * 20 + 16 <= 227 << 10, "{format:?} {nt8}");
             }
         }
     }
@@ -410,7 +456,7 @@ mod tests {
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
                 for (hx, kind) in [(false, 'g'), (true, 'h')] {
-                    let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8);
+                    let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8);
                     for (mode, shape) in [(0, narrow), (2, wide.expect("on").fitted(format, nt8, hx))] {
                         let smem = shaped_smem(format, nt8, hx, shape);
                         assert!(smem + nt8 * 8 * (16 + 4) + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");

@@ -125,6 +125,15 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_WIDE_CU
 #define QMMG_WIDE_CU 8
 #endif
+// (gate, up) pairs of row tiles a wide group (8: 16 tiles). An odd count
+// (7: 14 tiles of 448 threads, ChatGLM2-6B's 856 pairs as 123 groups where
+// 8 make 107, on 132 SMs) only over f16 activations, whose hand-off is
+// written a value at a time (a q8_0 block of the hand-off must lie in one
+// group); the q8 kernels keep the narrow groups then. The host reads the
+// same define (quant_group::GroupShape).
+#ifndef QMMG_WIDE_PAIRS
+#define QMMG_WIDE_PAIRS 8
+#endif
 // The rows of a group of a residual product's norm fold (the sums of squares
 // it hands on, QG_SS_STRIDE floats a group; the host's FOLD_GROUP_ROWS).
 #define QG_FOLD_ROWS 128
@@ -132,7 +141,7 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 // A group shape: row tiles, weight units a chunk, warps a tile.
 template <int TILES_, int CU_, int KW_> struct QgDims {
     enum {
-        WIDE = TILES_ == 16,
+        WIDE = TILES_ > 8,
         TILES = TILES_,
         CU = CU_,
         KW = KW_,
@@ -242,10 +251,10 @@ template <int F, int NT8, bool HX, typename SH> struct QgLayout {
 // (HX: f16 activations).
 template <int MODE, int F, int NT8, bool HX> struct QgShape {
     typedef QgDims<8, QMMG_CU, QMMG_KW> Narrow;
-    typedef QgDims<16, QMMG_WIDE_CU, 1> Wide;
-    typedef QgDims<16, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1> WideSmall;
+    typedef QgDims<2 * QMMG_WIDE_PAIRS, QMMG_WIDE_CU, 1> Wide;
+    typedef QgDims<2 * QMMG_WIDE_PAIRS, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1> WideSmall;
     enum { WIDE_FITS = 2 * QgLayout<F, NT8, HX, Wide>::STAGE <= (220 << 10) };
-    typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU,
+    typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU && (HX || QMMG_WIDE_PAIRS % 2 == 0),
                             typename QgPick<WIDE_FITS, Wide, WideSmall>::type, Narrow>::type type;
 };
 
@@ -438,7 +447,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     const int half_tiles = half_rows / 16;
     // SwiGLU: a group is PAIRS (gate, up) pairs of row tiles.
     constexpr int PAIRS = SH::TILES / 2;
-    static_assert(PAIRS == 4 || PAIRS == 8, "a SwiGLU group's pairs: a power of two");
+    static_assert(PAIRS == 4 || PAIRS == 8 || (PAIRS % 2 == 1 && HX),
+                  "a SwiGLU group's pairs: 4 or 8 (whole hand-off blocks), or odd over f16 activations");
     const int groups = MODE == 2 ? (half_tiles + PAIRS - 1) / PAIRS : (tiles + SH::TILES - 1) / SH::TILES;
     const int C = (units + SH::CU - 1) / SH::CU;  // chunks of a group
     const long W = (long)groups * C, P = gridDim.x;
@@ -455,7 +465,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     // gates of PAIRS pairs, the rest their ups), or -1 past the matrix.
     auto tile_of = [&](int G) -> int {
         if (MODE == 2) {
-            const int pair = G * PAIRS + (tw & (PAIRS - 1));
+            const int pair = G * PAIRS + ((PAIRS & (PAIRS - 1)) ? tw % PAIRS : tw & (PAIRS - 1));
             return pair < half_tiles ? (tw < PAIRS ? pair : half_tiles + pair) : -1;
         }
         const int tl = G * SH::TILES + tw;
@@ -782,7 +792,18 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();
         }
         if (MODE == 3) QG_STAMP();
-        if (MODE == 2 && hq) {
+        if (MODE == 2 && hq && PAIRS % 2) {
+            // An odd count of pairs (f16 hand-off only): a group's outputs
+            // end mid-block, so each value goes to its slot alone.
+            for (int e = threadIdx.x; e < n * PAIRS * 16; e += SH::THREADS) {
+                const int tok = e / (PAIRS * 16), r = e % (PAIRS * 16);
+                const int hrow = (G * PAIRS + r / 16) * 16 + r % 16;
+                if (hrow >= half_rows) continue;
+                const float v = silu(red[r * RS + tok]) * red[(PAIRS * 16 + r) * RS + tok];
+                out[(long)tok * half_rows + hrow] = v;
+                ((u16*)hq)[(long)tok * half_rows + (hrow & ~31) + f16_activation_slot(hrow & 31)] = f32_to_f16(v);
+            }
+        } else if (MODE == 2 && hq) {
             // The group's PAIRS·16 outputs of each token are BPG q8_0 blocks
             // (or, HX, f16 blocks) of the next product's activations: written
             // as quantize_x would write them (step_codes: codes or f16 at hq,
