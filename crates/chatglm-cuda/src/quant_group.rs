@@ -38,31 +38,37 @@ impl GroupShape {
     /// of `format` weights over `nt8` token tiles (`hx`: f16 activations):
     /// qmma_group.cu's `QgShape` under its defaults, or as
     /// `CHATGLM_NVRTC_DEFINES` sets `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU`,
-    /// `QMMG_WIDE_CU` and `QMMG_WIDE_PAIRS` (read once).
+    /// `QMMG_WIDE_CU`, `QMMG_WIDE_PAIRS` and `QMMG_WIDE_PAIRS_4` (read once).
     fn of(swiglu: bool, format: QuantFormat, nt8: usize, hx: bool) -> GroupShape {
-        static SHAPES: std::sync::OnceLock<(GroupShape, Option<GroupShape>)> = std::sync::OnceLock::new();
-        let (narrow, wide) = *SHAPES.get_or_init(|| {
+        type Shapes = (GroupShape, Option<GroupShape>, usize);
+        static SHAPES: std::sync::OnceLock<Shapes> = std::sync::OnceLock::new();
+        let (narrow, wide, pairs_4) = *SHAPES.get_or_init(|| {
             let read = |name: &str, default: usize| define(name).unwrap_or(default);
-            GroupShape::from_defines(
+            let pairs = read("QMMG_WIDE_PAIRS", 8);
+            let (narrow, wide) = GroupShape::from_defines(
                 read("QMMG_CU", 8),
                 read("QMMG_KW", 2),
                 read("QMMG_WIDE_SWIGLU", 1),
                 read("QMMG_WIDE_CU", 8),
-                read("QMMG_WIDE_PAIRS", 8),
-            )
+                pairs,
+            );
+            (narrow, wide, read("QMMG_WIDE_PAIRS_4", pairs))
         });
-        GroupShape::pick(narrow, wide, swiglu, format, nt8, hx)
+        GroupShape::pick(narrow, wide, pairs_4, swiglu, format, nt8, hx)
     }
 
-    /// [`GroupShape::of`] under these defines' shapes.
+    /// [`GroupShape::of`] under these defines' shapes (`pairs_4`: a wide
+    /// group's pairs at 4 token tiles over f16 activations).
     fn pick(
         narrow: GroupShape,
         wide: Option<GroupShape>,
+        pairs_4: usize,
         swiglu: bool,
         format: QuantFormat,
         nt8: usize,
         hx: bool,
     ) -> GroupShape {
+        let wide = wide.map(|w| if nt8 == 4 && hx { GroupShape { tiles: 2 * pairs_4, ..w } } else { w });
         match wide {
             // An odd count of pairs ends a group mid hand-off block: f16 only.
             Some(wide) if swiglu && (hx || wide.tiles % 4 == 0) => wide.fitted(format, nt8, hx),
@@ -107,8 +113,12 @@ impl GroupShape {
 
     /// The SwiGLU products' and the others' partial results, whichever is larger.
     fn largest_ws_slot() -> usize {
-        let wide = GroupShape::of(true, QuantFormat::Q4, 4, true);
-        GroupShape::of(false, QuantFormat::Q4, 4, true).ws_slot().max(wide.ws_slot())
+        let shapes = [false, true].into_iter().flat_map(|swiglu| {
+            [2, 4, 8].into_iter().flat_map(move |nt8| {
+                [false, true].into_iter().map(move |hx| GroupShape::of(swiglu, QuantFormat::Q4, nt8, hx))
+            })
+        });
+        shapes.map(GroupShape::ws_slot).max().unwrap_or(0)
     }
 }
 
@@ -397,14 +407,19 @@ mod tests {
         assert_eq!(wide, GroupShape { tiles: 14, cu: 8, kw: 1 });
         assert!(wide.wide());
         assert_eq!(wide.threads(), 448);
-        let pick = |swiglu, hx| GroupShape::pick(narrow, Some(wide), swiglu, QuantFormat::Q4, 4, hx);
+        let pick = |swiglu, hx| GroupShape::pick(narrow, Some(wide), 7, swiglu, QuantFormat::Q4, 4, hx);
         assert_eq!(pick(true, true), wide);
         // A q8_0 hand-off block of 32 outputs would straddle two groups of 112.
         assert_eq!(pick(true, false), narrow);
         assert_eq!(pick(false, true), narrow);
         // Eight pairs keep the wide groups either way.
         let (_, eight) = GroupShape::from_defines(8, 2, 1, 8, 8);
-        assert_eq!(GroupShape::pick(narrow, eight, true, QuantFormat::Q4, 4, false), eight.expect("on"));
+        assert_eq!(GroupShape::pick(narrow, eight, 8, true, QuantFormat::Q4, 4, false), eight.expect("on"));
+        // Seven pairs at 4 token tiles over f16 activations only.
+        let eight = eight.expect("on");
+        for (nt8, hx, tiles) in [(4, true, 14), (4, false, 16), (2, true, 16), (8, true, 16)] {
+            assert_eq!(GroupShape::pick(narrow, Some(eight), 7, true, QuantFormat::Q4, nt8, hx).tiles, tiles);
+        }
         // ChatGLM2-6B's h→4h (856 tile pairs): 123 groups of 7 where 8 make 107.
         assert_eq!(856usize.div_ceil(wide.tiles / 2), 123);
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {

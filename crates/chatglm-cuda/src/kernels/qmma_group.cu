@@ -134,6 +134,10 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_WIDE_PAIRS
 #define QMMG_WIDE_PAIRS 8
 #endif
+// The same at 4 token tiles (17–32 tokens) over f16 activations alone.
+#ifndef QMMG_WIDE_PAIRS_4
+#define QMMG_WIDE_PAIRS_4 QMMG_WIDE_PAIRS
+#endif
 // The rows of a group of a residual product's norm fold (the sums of squares
 // it hands on, QG_SS_STRIDE floats a group; the host's FOLD_GROUP_ROWS).
 #define QG_FOLD_ROWS 128
@@ -250,11 +254,12 @@ template <int F, int NT8, bool HX, typename SH> struct QgLayout {
 // The shape of the groups of a MODE product of F weights over NT8 token tiles
 // (HX: f16 activations).
 template <int MODE, int F, int NT8, bool HX> struct QgShape {
+    enum { PAIRS = NT8 == 4 && HX ? QMMG_WIDE_PAIRS_4 : QMMG_WIDE_PAIRS };
     typedef QgDims<8, QMMG_CU, QMMG_KW> Narrow;
-    typedef QgDims<2 * QMMG_WIDE_PAIRS, QMMG_WIDE_CU, 1> Wide;
-    typedef QgDims<2 * QMMG_WIDE_PAIRS, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1> WideSmall;
+    typedef QgDims<2 * PAIRS, QMMG_WIDE_CU, 1> Wide;
+    typedef QgDims<2 * PAIRS, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1> WideSmall;
     enum { WIDE_FITS = 2 * QgLayout<F, NT8, HX, Wide>::STAGE <= (220 << 10) };
-    typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU && (HX || QMMG_WIDE_PAIRS % 2 == 0),
+    typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU && (HX || PAIRS % 2 == 0),
                             typename QgPick<WIDE_FITS, Wide, WideSmall>::type, Narrow>::type type;
 };
 
