@@ -30,6 +30,9 @@ metrics+=",sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_activ
 metrics+=",lts__t_sectors_srcunit_tex_op_read.sum,dram__bytes_read.sum"
 # How busy the SM's load path is (weights and the activations each block re-reads).
 metrics+=",l1tex__throughput.avg.pct_of_peak_sustained_active,lts__throughput.avg.pct_of_peak_sustained_elapsed"
+# Which execution pipe the "math pipe throttle" stalls queue for: each pipe's active cycles and instructions.
+metrics+=",regex:sm__pipe_[a-z0-9_]+_cycles_active\\.avg\\.pct_of_peak_sustained_active"
+metrics+=",regex:sm__inst_executed_pipe_[a-z0-9_]+\\.sum$"
 IFS=';' read -r -a kernels <<<"${STALL_KERNELS:-qmmg_0_4_;qmma_0_1_[0-9]_2}"
 for k in "${kernels[@]}"; do
   case ${STALL_CMD:+cmd}$k in
@@ -73,6 +76,14 @@ for name, rs in by.items():
     st = [(m.replace("smsp__average_warps_issue_stalled_", "").replace("_per_issue_active.ratio", ""), avg(m))
           for m in col if m.startswith("smsp__average_warps_issue_stalled_")]
     st.sort(key=lambda kv: -kv[1] if kv[1] == kv[1] else 0)
+    pipes = [(m[len("sm__pipe_"):-len("_cycles_active.avg.pct_of_peak_sustained_active")], avg(m)) for m in col
+             if m.startswith("sm__pipe_") and m.endswith("_cycles_active.avg.pct_of_peak_sustained_active")]
+    pipes.sort(key=lambda kv: -kv[1] if kv[1] == kv[1] else 0)
+    print("   pipes active %: " + ", ".join(f"{k} {v:.1f}" for k, v in pipes if v == v and v >= 1.0))
+    insts = [(m[len("sm__inst_executed_pipe_"):-len(".sum")], avg(m)) for m in col
+             if m.startswith("sm__inst_executed_pipe_") and m.endswith(".sum")]
+    insts.sort(key=lambda kv: -kv[1] if kv[1] == kv[1] else 0)
+    print("   pipe instructions K: " + ", ".join(f"{k} {v/1e3:.0f}" for k, v in insts if v == v and v >= 1e3))
     print("   stalls/issue: " + ", ".join(f"{k} {v:.2f}" for k, v in st[:9] if v == v and v > 0.02))
 PY
 done
