@@ -7,19 +7,12 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
 . tests/gpu/device_env.sh
+. tests/gpu/bench_fns.sh
 export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
 R=${OUT:-$BIN/report}
 mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 P4=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7
-b1() {  # batch-1 q4_0 decode under the settings given
-  env "$@" timeout 90 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype q4_0 --prompt-len 8 \
-    --gen-len 128 --repeat 2 2>&1 | grep -E '^decode  ' | sed -E 's/.*\(([0-9.]+) tok\/s.*/\1/'
-}
-bn() {  # N int4 sequences under the settings given
-  env "$@" timeout 120 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 \
-    --gen-len 256 --concurrency "${N:-32}" 2>&1 | grep -E '^batch ' | sed -E 's/.* ([0-9]+) tok\/s.*/\1/'
-}
 s=$(date +%s)
 env "$P4" timeout 60 "$BIN/tests/cuda_generate" --test-threads=1 >"$R/t-cuda_generate-p4.log" 2>&1
 echo "cuda_generate under $P4: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$R/t-cuda_generate-p4.log" | tail -1)"
@@ -27,4 +20,4 @@ for i in 1 2 3; do echo "batch 1 q4_0, round $i: default $(b1 X=1) | pairs_4 7 $
 for i in 1 2; do echo "32 int4 sequences, round $i: default $(bn X=1) | pairs_4 7 $(bn "$P4")"; done
 for n in 16 64; do echo "$n int4 sequences: default $(N=$n bn X=1) | pairs_4 7 $(N=$n bn "$P4")"; done
 echo "32 int4 sequences, pairs_4 7 with CHATGLM_QMMG_SPLIT=aligned: $(bn "$P4" CHATGLM_QMMG_SPLIT=aligned)"
-echo "batch 1 q8_0 (default): $(env X=1 timeout 90 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype q8_0 --prompt-len 8 --gen-len 128 --repeat 2 2>&1 | grep -E '^decode  ' | sed -E 's/.*\(([0-9.]+) tok\/s.*/\1/')"
+echo "batch 1 q8_0 (default): $(DTYPE=q8_0 b1)"

@@ -6,18 +6,11 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
 . tests/gpu/device_env.sh
+. tests/gpu/bench_fns.sh
 R=${OUT:-$BIN/report}
 mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 P4=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7
-b1() {  # batch-1 q4_0 decode under the settings given
-  env "$@" timeout 90 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype q4_0 --prompt-len 8 \
-    --gen-len 128 --repeat 2 2>&1 | grep -E '^decode  ' | sed -E 's/.*\(([0-9.]+) tok\/s.*/\1/'
-}
-bn() {  # N int4 sequences under the settings given
-  env "$@" timeout 120 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 \
-    --gen-len 256 --concurrency "${N:-32}" 2>&1 | grep -E '^batch ' | sed -E 's/.* ([0-9]+) tok\/s.*/\1/'
-}
 for i in 1 2; do
   for o in hot-last reverse global-2 global-3 hot global list; do
     echo "round $i, order $o: default $(b1 CHATGLM_CUDA_LOAD_ORDER=$o) | pairs_4 7 $(b1 "$P4" CHATGLM_CUDA_LOAD_ORDER=$o)"

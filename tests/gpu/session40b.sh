@@ -5,20 +5,13 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
 . tests/gpu/device_env.sh
+. tests/gpu/bench_fns.sh
 export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
 R=${OUT:-$BIN/report}
 mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-b1() {  # batch-1 decode of DTYPE
-  timeout 90 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype "${DTYPE:-q4_0}" \
-    --prompt-len 8 --gen-len 128 --repeat 2 2>&1 | grep -E '^decode  ' | sed -E 's/.*\(([0-9.]+) tok\/s.*/\1/'
-}
-b32() {  # 32 int4 sequences
-  timeout 120 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 \
-    --gen-len 256 --concurrency 32 2>&1 | grep -E '^batch ' | sed -E 's/.* ([0-9]+) tok\/s.*/\1/'
-}
 for i in 1 2 3; do
-  echo "round $i: batch 1 q4_0 $(b1) $(b1); q8_0 $(DTYPE=q8_0 b1); 32 int4 sequences $(b32)"
+  echo "round $i: batch 1 q4_0 $(b1) $(b1); q8_0 $(DTYPE=q8_0 b1); 32 int4 sequences $(bn)"
 done
 b=("$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b)
 tests/gpu/mem_probe.sh q4_0-8k "${b[@]}" --dtype q4_0 --prompt-len 8192 --gen-len 8 2>&1 | tail -1
