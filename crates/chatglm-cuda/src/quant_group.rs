@@ -25,12 +25,14 @@ pub(crate) fn define(name: &str) -> Option<usize> {
 }
 
 /// The shape of a grouped product's groups (qmma_group.cu's `QgShape`):
-/// row tiles a group, weight units a chunk, warps a tile.
+/// row tiles a group, weight units a chunk, warps a tile, and the tiles at
+/// the group's end that a one-warp shape gives a second warp (`xt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GroupShape {
     tiles: usize,
     cu: usize,
     kw: usize,
+    xt: usize,
 }
 
 impl GroupShape {
@@ -38,37 +40,49 @@ impl GroupShape {
     /// of `format` weights over `nt8` token tiles (`hx`: f16 activations):
     /// qmma_group.cu's `QgShape` under its defaults, or as
     /// `CHATGLM_NVRTC_DEFINES` sets `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU`,
-    /// `QMMG_WIDE_CU`, `QMMG_WIDE_PAIRS` and `QMMG_WIDE_PAIRS_4` (read once).
+    /// `QMMG_WIDE_CU`, `QMMG_WIDE_PAIRS`, `QMMG_WIDE_PAIRS_4` and
+    /// `QMMG_WIDE_XT` (read once).
     fn of(swiglu: bool, format: QuantFormat, nt8: usize, hx: bool) -> GroupShape {
-        type Shapes = (GroupShape, Option<GroupShape>, usize);
+        type Shapes = (GroupShape, Option<GroupShape>, usize, bool);
         static SHAPES: std::sync::OnceLock<Shapes> = std::sync::OnceLock::new();
-        let (narrow, wide, pairs_4) = *SHAPES.get_or_init(|| {
+        let (narrow, wide, pairs_4, xt_on) = *SHAPES.get_or_init(|| {
             let read = |name: &str, default: usize| define(name).unwrap_or(default);
             let pairs = read("QMMG_WIDE_PAIRS", 8);
+            let xt_on = read("QMMG_WIDE_XT", 0) != 0;
             let (narrow, wide) = GroupShape::from_defines(
                 read("QMMG_CU", 8),
                 read("QMMG_KW", 2),
                 read("QMMG_WIDE_SWIGLU", 1),
                 read("QMMG_WIDE_CU", 8),
                 pairs,
+                xt_on,
             );
-            (narrow, wide, read("QMMG_WIDE_PAIRS_4", pairs))
+            (narrow, wide, read("QMMG_WIDE_PAIRS_4", pairs), xt_on)
         });
-        GroupShape::pick(narrow, wide, pairs_4, swiglu, format, nt8, hx)
+        GroupShape::pick(narrow, wide, pairs_4, xt_on, swiglu, format, nt8, hx)
     }
 
     /// [`GroupShape::of`] under these defines' shapes (`pairs_4`: a wide
-    /// group's pairs at 4 token tiles over f16 activations).
+    /// group's pairs at 4 token tiles over f16 activations; `xt_on`:
+    /// `QMMG_WIDE_XT`).
+    #[allow(clippy::too_many_arguments)]
     fn pick(
         narrow: GroupShape,
         wide: Option<GroupShape>,
         pairs_4: usize,
+        xt_on: bool,
         swiglu: bool,
         format: QuantFormat,
         nt8: usize,
         hx: bool,
     ) -> GroupShape {
-        let wide = wide.map(|w| if nt8 == 4 && hx { GroupShape { tiles: 2 * pairs_4, ..w } } else { w });
+        let wide = wide.map(|w| {
+            if nt8 == 4 && hx {
+                GroupShape { tiles: 2 * pairs_4, xt: two_warp_tiles(pairs_4, xt_on), ..w }
+            } else {
+                w
+            }
+        });
         match wide {
             // An odd count of pairs ends a group mid hand-off block: f16 only.
             Some(wide) if swiglu && (hx || wide.tiles % 4 == 0) => wide.fitted(format, nt8, hx),
@@ -83,9 +97,11 @@ impl GroupShape {
         wide_swiglu: usize,
         wide_cu: usize,
         wide_pairs: usize,
+        xt_on: bool,
     ) -> (GroupShape, Option<GroupShape>) {
-        let narrow = GroupShape { tiles: 8, cu, kw };
-        (narrow, (wide_swiglu != 0).then_some(GroupShape { tiles: 2 * wide_pairs, cu: wide_cu, kw: 1 }))
+        let narrow = GroupShape { tiles: 8, cu, kw, xt: 0 };
+        let wide = GroupShape { tiles: 2 * wide_pairs, cu: wide_cu, kw: 1, xt: two_warp_tiles(wide_pairs, xt_on) };
+        (narrow, (wide_swiglu != 0).then_some(wide))
     }
 
     /// A wide shape with chunks of at most 4 units where two stages of its
@@ -99,7 +115,7 @@ impl GroupShape {
     }
 
     fn threads(self) -> u32 {
-        (self.tiles * self.kw * 32) as u32
+        ((self.tiles * self.kw + self.xt) * 32) as u32
     }
 
     /// Floats of one partial result: the group's rows × 64 tokens.
@@ -119,6 +135,17 @@ impl GroupShape {
             })
         });
         shapes.map(GroupShape::ws_slot).max().unwrap_or(0)
+    }
+}
+
+/// The tiles of a wide group of `pairs` pairs that take two warps
+/// (qmma_group.cu's `QgShape::XT`): under `QMMG_WIDE_XT` a group of fewer
+/// than 8 pairs keeps 16 warps.
+fn two_warp_tiles(pairs: usize, xt_on: bool) -> usize {
+    if xt_on && pairs < 8 {
+        16 - 2 * pairs
+    } else {
+        0
     }
 }
 
@@ -370,14 +397,14 @@ mod tests {
 
     #[test]
     fn wide_swiglu_groups_take_twice_the_rows_on_the_same_threads() {
-        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8);
+        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8, false);
         let wide = wide.expect("on");
-        assert_eq!(narrow, GroupShape { tiles: 8, cu: 8, kw: 2 });
-        assert_eq!(wide, GroupShape { tiles: 16, cu: 8, kw: 1 });
+        assert_eq!(narrow, GroupShape { tiles: 8, cu: 8, kw: 2, xt: 0 });
+        assert_eq!(wide, GroupShape { tiles: 16, cu: 8, kw: 1, xt: 0 });
         assert_eq!(narrow.threads(), wide.threads());
         assert_eq!(wide.ws_slot(), 2 * narrow.ws_slot());
         // Off: the SwiGLU products keep the others' shape.
-        assert_eq!(GroupShape::from_defines(8, 2, 0, 8, 8), (narrow, None));
+        assert_eq!(GroupShape::from_defines(8, 2, 0, 8, 8, false), (narrow, None));
         // The wide q4_0 stage at 32 f16 tokens: 64 KB of weights, 8 KB of
         // scales, 32 tokens × (16 blocks × 64 + 64) bytes; two in 220 KiB.
         let q4 = wide.fitted(QuantFormat::Q4, 4, true);
@@ -402,23 +429,35 @@ mod tests {
 
     #[test]
     fn an_odd_count_of_pairs_is_wide_over_f16_activations_only() {
-        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 7);
+        let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 7, false);
         let wide = wide.expect("on");
-        assert_eq!(wide, GroupShape { tiles: 14, cu: 8, kw: 1 });
+        assert_eq!(wide, GroupShape { tiles: 14, cu: 8, kw: 1, xt: 0 });
         assert!(wide.wide());
         assert_eq!(wide.threads(), 448);
-        let pick = |swiglu, hx| GroupShape::pick(narrow, Some(wide), 7, swiglu, QuantFormat::Q4, 4, hx);
+        let pick = |swiglu, hx| GroupShape::pick(narrow, Some(wide), 7, false, swiglu, QuantFormat::Q4, 4, hx);
         assert_eq!(pick(true, true), wide);
         // A q8_0 hand-off block of 32 outputs would straddle two groups of 112.
         assert_eq!(pick(true, false), narrow);
         assert_eq!(pick(false, true), narrow);
         // Eight pairs keep the wide groups either way.
-        let (_, eight) = GroupShape::from_defines(8, 2, 1, 8, 8);
-        assert_eq!(GroupShape::pick(narrow, eight, 8, true, QuantFormat::Q4, 4, false), eight.expect("on"));
+        let (_, eight) = GroupShape::from_defines(8, 2, 1, 8, 8, false);
+        assert_eq!(GroupShape::pick(narrow, eight, 8, false, true, QuantFormat::Q4, 4, false), eight.expect("on"));
         // Seven pairs at 4 token tiles over f16 activations only.
         let eight = eight.expect("on");
         for (nt8, hx, tiles) in [(4, true, 14), (4, false, 16), (2, true, 16), (8, true, 16)] {
-            assert_eq!(GroupShape::pick(narrow, Some(eight), 7, true, QuantFormat::Q4, nt8, hx).tiles, tiles);
+            assert_eq!(GroupShape::pick(narrow, Some(eight), 7, false, true, QuantFormat::Q4, nt8, hx).tiles, tiles);
+        }
+        // QMMG_WIDE_XT: the last two tiles of 7 pairs on two warps each, 16
+        // warps as 8 pairs have; at 4 token tiles over f16 activations alone
+        // when only QMMG_WIDE_PAIRS_4 is 7.
+        let (_, wide_xt) = GroupShape::from_defines(8, 2, 1, 8, 7, true);
+        let wide_xt = wide_xt.expect("on");
+        assert_eq!((wide_xt.xt, wide_xt.threads()), (2, 512));
+        assert_eq!(GroupShape::from_defines(8, 2, 1, 8, 8, true).1.expect("on").xt, 0);
+        for (nt8, hx, xt) in [(4, true, 2), (4, false, 0), (2, true, 0), (8, true, 0)] {
+            let shape = GroupShape::pick(narrow, Some(eight), 7, true, true, QuantFormat::Q4, nt8, hx);
+            assert_eq!(shape.xt, xt, "{nt8} {hx}");
+            assert_eq!(shape.threads(), 512);
         }
         // ChatGLM2-6B's h→4h (856 tile pairs): 123 groups of 7 where 8 make 107.
         assert_eq!(856usize.div_ceil(wide.tiles / 2), 123);
@@ -471,7 +510,7 @@ mod tests {
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
                 for (hx, kind) in [(false, 'g'), (true, 'h')] {
-                    let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8);
+                    let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8, false);
                     for (mode, shape) in [(0, narrow), (2, wide.expect("on").fitted(format, nt8, hx))] {
                         let smem = shaped_smem(format, nt8, hx, shape);
                         assert!(smem + nt8 * 8 * (16 + 4) + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");

@@ -138,18 +138,34 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_WIDE_PAIRS_4
 #define QMMG_WIDE_PAIRS_4 QMMG_WIDE_PAIRS
 #endif
+// 1: a wide group of fewer than 8 pairs still runs 16 warps, its last
+// 16 − 2·PAIRS tiles on two warps each (each warp half of a chunk's units),
+// so that every scheduler of the SM holds the same share of the group
+// (7 pairs: three whole tiles and a half a scheduler, 28 units of 112 a
+// chunk). With one warp a tile (0) 14 warps leave two schedulers four
+// warps of whole tiles: a 7-pair group took as long as an 8-pair one, and
+// 123 groups on 132 SMs bought 1.1% instead of the ~12% fewer units a
+// scheduler would (run 274). The host reads the same define
+// (quant_group::GroupShape).
+#ifndef QMMG_WIDE_XT
+#define QMMG_WIDE_XT 0
+#endif
 // The rows of a group of a residual product's norm fold (the sums of squares
 // it hands on, QG_SS_STRIDE floats a group; the host's FOLD_GROUP_ROWS).
 #define QG_FOLD_ROWS 128
 
-// A group shape: row tiles, weight units a chunk, warps a tile.
-template <int TILES_, int CU_, int KW_> struct QgDims {
+// A group shape: row tiles, weight units a chunk, warps a tile; XT_: the
+// last XT_ tiles on two warps (with one warp a tile: QMMG_WIDE_XT).
+template <int TILES_, int CU_, int KW_, int XT_ = 0> struct QgDims {
     enum {
         WIDE = TILES_ > 8,
         TILES = TILES_,
         CU = CU_,
         KW = KW_,
-        THREADS = TILES * KW * 32,
+        XT = XT_,
+        THREADS = (TILES * KW + XT) * 32,
+        // Passes of the sums into shared memory: a tile's warps in turn.
+        PHASES = KW + (XT ? 1 : 0),
         KV_ROW = TILES * 16 + 4,
         // Floats of a partial result: the group's rows × 64 tokens.
         WS_SLOT = TILES * 16 * 64,
@@ -166,6 +182,7 @@ template <int TILES_, int CU_, int KW_> struct QgDims {
     // A chunk's units split evenly between a tile's warps, and its scales (64
     // bytes a 4-bit unit) staged by one warp's 32 lanes of 16 bytes.
     static_assert(CU % KW == 0, "QMMG_CU must be a multiple of QMMG_KW");
+    static_assert(XT == 0 || (KW == 1 && CU % 2 == 0 && XT <= TILES), "two-warp tiles halve whole chunks");
     static_assert(CU * 64 / 16 <= 32, "QMMG_CU at most 8: one warp stages a chunk's scales");
 };
 template <bool C, typename A, typename B> struct QgPick { typedef A type; };
@@ -254,32 +271,51 @@ template <int F, int NT8, bool HX, typename SH> struct QgLayout {
 // The shape of the groups of a MODE product of F weights over NT8 token tiles
 // (HX: f16 activations).
 template <int MODE, int F, int NT8, bool HX> struct QgShape {
-    enum { PAIRS = NT8 == 4 && HX ? QMMG_WIDE_PAIRS_4 : QMMG_WIDE_PAIRS };
+    enum {
+        PAIRS = NT8 == 4 && HX ? QMMG_WIDE_PAIRS_4 : QMMG_WIDE_PAIRS,
+        XT = QMMG_WIDE_XT && PAIRS < 8 ? 16 - 2 * PAIRS : 0,
+    };
     typedef QgDims<8, QMMG_CU, QMMG_KW> Narrow;
-    typedef QgDims<2 * PAIRS, QMMG_WIDE_CU, 1> Wide;
-    typedef QgDims<2 * PAIRS, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1> WideSmall;
+    typedef QgDims<2 * PAIRS, QMMG_WIDE_CU, 1, XT> Wide;
+    typedef QgDims<2 * PAIRS, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1, XT> WideSmall;
     enum { WIDE_FITS = 2 * QgLayout<F, NT8, HX, Wide>::STAGE <= (220 << 10) };
     typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU && (HX || PAIRS % 2 == 0),
                             typename QgPick<WIDE_FITS, Wide, WideSmall>::type, Narrow>::type type;
 };
 
-// Walks this warp's half of a staged chunk of its row tile: body(wv, i, bl,
-// dw, mw) for block i of each unit (bl: the block in the chunk; dw, mw: the
-// f16 scales and offsets of rows g and g+8). CHECKED: the row's last chunk,
-// with nu units and nblk blocks.
-template <int F, typename L, bool CHECKED, typename Body>
-__device__ __forceinline__ void for_chunk_blocks(const unsigned char* st, int warp, int lane, int nu, int nblk,
-                                                 Body body) {
+// A warp's share of its row tile's chunk: the tile, its first unit, and
+// whether it takes half the units (two warps a tile) or all of them.
+struct QgWarpShare {
+    int tile, half;
+    bool halved;
+};
+template <typename SH> __device__ __forceinline__ QgWarpShare qg_warp_share(int warp) {
+    QgWarpShare s;
+    if (SH::XT && warp >= SH::TILES) {
+        s.tile = SH::TILES - SH::XT + (warp - SH::TILES);
+        s.half = 1;
+    } else {
+        s.tile = warp % SH::TILES;
+        s.half = warp / SH::TILES;
+    }
+    s.halved = SH::KW == 2 || (SH::XT && s.tile >= SH::TILES - SH::XT);
+    return s;
+}
+
+// Walks HU units of a staged chunk of row tile `tile` from unit u0:
+// body(wv, i, bl, dw, mw) for block i of each unit (bl: the block in the
+// chunk; dw, mw: the f16 scales and offsets of rows g and g+8). CHECKED:
+// the row's last chunk, with nu units and nblk blocks.
+template <int F, typename L, bool CHECKED, int HU, typename Body>
+__device__ __forceinline__ void for_chunk_units(const unsigned char* st, int tile, int u0, int lane, int nu,
+                                                int nblk, Body body) {
     typedef typename L::Shape SH;
-    constexpr int HU = SH::CU / SH::KW;  // units of a warp's half of the chunk
-    const int u0 = (warp / SH::TILES) * HU;
-    warp %= SH::TILES;
     typedef typename QScale<F>::type ScaleVec;
     constexpr int SB = QFmt<F>::BLOCKS;
     const int g = lane >> 2;
-    const unsigned char* wbase = st + L::W_OFF + warp * SH::CU * 512 + lane * 16;
-    const unsigned char* sbase = st + L::SC_OFF + warp * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* mbase = st + L::MN_OFF + warp * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* wbase = st + L::W_OFF + tile * SH::CU * 512 + lane * 16;
+    const unsigned char* sbase = st + L::SC_OFF + tile * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
+    const unsigned char* mbase = st + L::MN_OFF + tile * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
 #pragma unroll
     for (int uu = 0; uu < HU; uu++) {
         const int u = u0 + uu;
@@ -298,6 +334,24 @@ __device__ __forceinline__ void for_chunk_blocks(const unsigned char* st, int wa
             body(wv, i, bl, dw, mw);
         }
     }
+}
+
+// for_chunk_units over this warp's share of its row tile's chunk.
+template <int F, typename L, bool CHECKED, typename Body>
+__device__ __forceinline__ void for_chunk_blocks(const unsigned char* st, int warp, int lane, int nu, int nblk,
+                                                 Body body) {
+    typedef typename L::Shape SH;
+    if (SH::XT) {
+        const QgWarpShare ws = qg_warp_share<SH>(warp);
+        constexpr int HALF = SH::CU / 2 > 0 ? SH::CU / 2 : 1;
+        if (ws.halved) for_chunk_units<F, L, CHECKED, HALF>(st, ws.tile, ws.half * HALF, lane, nu, nblk, body);
+        else for_chunk_units<F, L, CHECKED, SH::CU>(st, ws.tile, 0, lane, nu, nblk, body);
+        return;
+    }
+    constexpr int HU = SH::CU / SH::KW;  // units of a warp's half of the chunk
+    const int u0 = (warp / SH::TILES) * HU;
+    warp %= SH::TILES;
+    for_chunk_units<F, L, CHECKED, HU>(st, warp, u0, lane, nu, nblk, body);
 }
 
 // One chunk of this warp's row tile against the staged activations, into
@@ -447,7 +501,9 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     extern __shared__ __align__(16) unsigned char qg_smem[];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int tw = warp % SH::TILES, half = warp / SH::TILES;  // the warp's row tile, its half of a chunk
+    const QgWarpShare share = qg_warp_share<SH>(warp);
+    // The warp's row tile, its half of a chunk.
+    const int tw = SH::XT ? share.tile : warp % SH::TILES, half = SH::XT ? share.half : warp / SH::TILES;
     const int nb = cols / 32;
     const int half_tiles = half_rows / 16;
     // SwiGLU: a group is PAIRS (gate, up) pairs of row tiles.
@@ -484,8 +540,18 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         const char* src = (const char*)w + u0 * 512;
         unsigned char* dst = st + L::W_OFF + tw * SH::CU * 512;
         // The warp's half of the units (all of them with one warp a tile).
-        constexpr int HU = SH::CU / SH::KW;
-        if (QMMG_FAST_COPY && nu == SH::CU) {
+        constexpr int HU = SH::CU / SH::KW, HALF = SH::CU / 2 > 0 ? SH::CU / 2 : 1;
+        if (SH::XT && share.halved) {
+            // A two-warp tile of a one-warp shape: each warp half the units.
+            if (QMMG_FAST_COPY && nu == SH::CU) {
+                const int q0 = half * HALF * 32 + lane;
+#pragma unroll
+                for (int i = 0; i < HALF; i++) cp_async16(dst + (q0 + i * 32) * 16, src + (q0 + i * 32) * 16, true);
+            } else {
+                const int qend = min(nu, (half + 1) * HALF) * 32;
+                for (int q = half * HALF * 32 + lane; q < qend; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
+            }
+        } else if (QMMG_FAST_COPY && nu == SH::CU) {
             // A whole chunk: a fixed count at constant offsets (the general
             // loop below compiles to a loop unrolled by 4 with its remainder,
             // ~60 instructions of branches and address arithmetic a chunk).
@@ -688,7 +754,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         constexpr int RS = L::RED_STRIDE;
         // The tile's sums: its first warp's, then (two warps a tile) the second's added.
 #pragma unroll
-        for (int h = 0; h < SH::KW; h++) {
+        for (int h = 0; h < SH::PHASES; h++) {
             if (half == h) {
 #pragma unroll
                 for (int j = 0; j < NT8; j++) {
@@ -854,7 +920,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 // A thread's row is the same for each of its tokens (the block's
                 // threads a multiple of the group's rows): what depends on the
                 // row is worked out once, the loop a few instructions a token.
-                static_assert(SH::THREADS % (SH::TILES * 16) == 0, "a thread keeps its row");
+                static_assert(MODE != 3 || SH::THREADS % (SH::TILES * 16) == 0, "a thread keeps its row");
                 const int r = threadIdx.x % (SH::TILES * 16), row = G * SH::TILES * 16 + r;
                 const int h = row / rc.head_dim, d = row % rc.head_dim;
                 const bool rot = rope_turns(rc, h, d), odd = d & 1;
