@@ -227,6 +227,10 @@ fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSpl
     blocks.max(1)
 }
 
+/// The bits of an empty partial-result element (qmma_group.cu's
+/// `QG_PART_EMPTY`: a signalling NaN, which no arithmetic produces).
+const PART_EMPTY: u32 = 0x7fba_dbad;
+
 /// Partial results (one a block: only a block's first run can be a part
 /// that another block sums) and one counter a group, grown on demand.
 pub(crate) struct GroupScratch {
@@ -372,7 +376,9 @@ impl Gpu {
             let wave = self.info().multiprocessors * GroupShape::largest_ws_slot();
             let floats = floats.max(held.as_ref().map_or(0, |h| h.floats)).max(wave);
             let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
-            let partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
+            let mut partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
+            // Every slot empty (what QMMG_SENTINEL_PARTS's summing blocks leave behind).
+            self.upload(&vec![f32::from_bits(PART_EMPTY); floats], &mut partials, "grouped-product partial sums")?;
             let counters = self.alloc_zeros::<u32>(groups, "grouped-product counters")?;
             *held = Some(GroupScratch { partials, counters, floats, groups });
         }

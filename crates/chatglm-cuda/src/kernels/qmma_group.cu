@@ -79,6 +79,19 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QMMG_SPLIT_CEIL 1
 #endif
 
+// 1: a split group's parts carry no counter. The workspace holds a
+// sentinel (QG_PART_EMPTY, a signalling NaN no arithmetic makes) wherever
+// no part is waiting; a part block stores its sums and goes on — no fence
+// or count after them — and the summing block reads each element until it
+// is not the sentinel, then writes the sentinel back. A part was counted
+// ~2.3 µs after its chunks (its release waits for all its stores), on the
+// critical path wherever a part block has as many chunks as the summing
+// block (dense; 4h→h and QKV's groups of 7/7/7/6 and 3/3/2 chunks).
+#ifndef QMMG_SENTINEL_PARTS
+#define QMMG_SENTINEL_PARTS 0
+#endif
+#define QG_PART_EMPTY 0x7fbadbadu  // the host fills the workspace with it (quant_group::PART_EMPTY)
+
 // A whole chunk's weight copies unrolled at constant offsets (0: the
 // general loop, for A/B measurements).
 #ifndef QMMG_FAST_COPY
@@ -803,7 +816,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS)
                 mine[e] = red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)];
             __syncthreads();  // also: red is the next run's stages
-            if (threadIdx.x == 0) red_add_release(&counters[G], 1u);
+            if (!QMMG_SENTINEL_PARTS && threadIdx.x == 0) red_add_release(&counters[G], 1u);
             QG_STAMP();
             x = xn;
             continue;
@@ -814,15 +827,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #endif
             // The other bhi − blo parts: counted (acquired by thread 0, the
             // barrier passing it on; the parts are read from L2).
-            if (threadIdx.x == 0) {
-                // Every block of the grid is resident (the host sizes it to a
-                // wave), so the parts come; a grid that is not would hang here:
-                // trapped, a launch error, instead.
-                for (long spins = 0; ld_acquire_gpu((const int*)&counters[G]) != bhi - blo; spins++)
-                    if (spins > QG_SPIN_LIMIT) __trap();
-                counters[G] = 0u;
+            if (!QMMG_SENTINEL_PARTS) {
+                if (threadIdx.x == 0) {
+                    // Every block of the grid is resident (the host sizes it to a
+                    // wave), so the parts come; a grid that is not would hang here:
+                    // trapped, a launch error, instead.
+                    for (long spins = 0; ld_acquire_gpu((const int*)&counters[G]) != bhi - blo; spins++)
+                        if (spins > QG_SPIN_LIMIT) __trap();
+                    counters[G] = 0u;
+                }
+                __syncthreads();
             }
-            __syncthreads();
             // A thread's elements of every part requested together, one part
             // at a time: a loop that waited on each L2 load in turn kept the
             // summing block busy for ~50K cycles while the other SMs idled
@@ -835,12 +850,29 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 sum[k] = e < n * SH::TILES * 16 ? red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)] : 0.f;
             }
             for (int bb = blo + 1; bb <= bhi; bb++) {
-                const float* part = ws + (long)bb * SH::WS_SLOT;
+                float* part = ws + (long)bb * SH::WS_SLOT;
                 float v[EPT];
 #pragma unroll
                 for (int k = 0; k < EPT; k++) {
                     const int e = threadIdx.x + k * SH::THREADS;
                     v[k] = e < n * SH::TILES * 16 ? __ldcg(part + e) : 0.f;
+                }
+                if (QMMG_SENTINEL_PARTS) {
+                    // An element still the sentinel is read again until its
+                    // part's store lands (the grid is resident: it comes).
+#pragma unroll
+                    for (int k = 0; k < EPT; k++) {
+                        const int e = threadIdx.x + k * SH::THREADS;
+                        for (long spins = 0; __float_as_uint(v[k]) == QG_PART_EMPTY; spins++) {
+                            if (spins > QG_SPIN_LIMIT) __trap();
+                            asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v[k]) : "l"(part + e));
+                        }
+                    }
+#pragma unroll
+                    for (int k = 0; k < EPT; k++) {
+                        const int e = threadIdx.x + k * SH::THREADS;
+                        if (e < n * SH::TILES * 16) __stcg(part + e, __uint_as_float(QG_PART_EMPTY));
+                    }
                 }
 #pragma unroll
                 for (int k = 0; k < EPT; k++) sum[k] += v[k];

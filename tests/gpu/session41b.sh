@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Session 41's second call: split groups' parts without a counter (QMMG_SENTINEL_PARTS=1: the summing block reads
+# each element until it is no longer the workspace's sentinel, then puts the sentinel back; a part block stores and
+# goes on, no release fence), alone and with 7-pair wide groups on 16 warps (QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1),
+# against the default: the qmma, cuda and cuda_generate suites under it, each product alone at 32 tokens, 32 int4
+# sequences (3 rounds, alternating), 16 and 64 sequences, batch-1 q4_0 (the module image changes).
+# After tests/gpu/run.sh build with KERNEL_CACHE_VARIANTS naming the cases below, and tests/gpu/pack.sh.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+BIN=device-bin
+. tests/gpu/device_env.sh
+. tests/gpu/bench_fns.sh
+export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
+R=${OUT:-$BIN/report}
+mkdir -p "$R"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+SE=CHATGLM_NVRTC_DEFINES=QMMG_SENTINEL_PARTS=1
+BOTH=CHATGLM_NVRTC_DEFINES=QMMG_SENTINEL_PARTS=1,QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1
+XT=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1
+suite() { # case, suite
+  local s log=$R/t-$2-$(echo "$1" | tr -c 'A-Za-z0-9_\n' '_').log
+  s=$(date +%s)
+  env "$1" timeout 200 "$BIN/tests/$2" --test-threads=1 >"$log" 2>&1
+  echo "$2 under $1: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$log" | tail -1)"
+  grep -E "FAILED|panicked|relative error" "$log" | head -8
+}
+suite "$BOTH" qmma
+for c in X=1 "$SE" "$BOTH"; do
+  echo "== qmma_bench $c"
+  env "$c" timeout 120 "$BIN/qmma_bench" 2>&1 | grep -E " 32 " | head -12
+done
+for i in 1 2 3; do
+  echo "32 int4 sequences, round $i: default $(bn X=1) | sentinel $(bn "$SE") | both $(bn "$BOTH") | xt $(bn "$XT")"
+done
+for n in 16 64; do echo "$n int4 sequences: default $(N=$n bn X=1) | sentinel $(N=$n bn "$SE")"; done
+for i in 1 2; do echo "batch 1 q4_0, round $i: default $(b1 X=1) | sentinel $(b1 "$SE") | both $(b1 "$BOTH")"; done
+suite "$BOTH" cuda_generate
+suite "$BOTH" cuda
