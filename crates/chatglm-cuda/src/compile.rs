@@ -107,6 +107,10 @@ fn sample_kernels() -> Vec<String> {
     vec!["sample_rows".into()]
 }
 
+fn qmmx_kernels() -> Vec<String> {
+    (0..4).map(|f| format!("qmmx_{f}_4_2")).collect()
+}
+
 fn decode_mma_kernels() -> Vec<String> {
     vec!["attn_decode_mma16".into(), "attn_decode_mma16_w4".into(), crate::ops::DECODE_SHORT_KERNEL.into()]
 }
@@ -162,6 +166,20 @@ pub(crate) const SOURCES: &[Source] = &[
         ),
         min_arch: 80,
         kernels: decode_mma_kernels,
+    },
+    // Last: the lookup orders place a module's kernels after those listed
+    // before it, so this one's code moves no other kernel (kernels/qmmx.cuh).
+    Source {
+        name: "qmmx",
+        text: concat!(
+            include_str!("kernels/qmmx.cuh"),
+            include_str!("kernels/mma.cuh"),
+            include_str!("kernels/gemv_epilogue.cuh"),
+            include_str!("kernels/qmma.cu"),
+            include_str!("kernels/qmma_group.cu")
+        ),
+        min_arch: 80,
+        kernels: qmmx_kernels,
     },
 ];
 
@@ -228,12 +246,14 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
         // 245–248) with session 35's cubins.
         _ => named.sort_by_key(|(n, _)| (!decode_hot(n), !n.ends_with("_2"))),
     }
+    // The qmmx module last under every order: its code moves no other kernel.
+    named.sort_by_key(|(n, _)| n.starts_with("qmmx_"));
     // `CHATGLM_CUDA_GROUPED_LAST=1`: the grouped products (`qmmg_`, `qmmh_`)
     // behind every other kernel, so that their code's size moves no other
     // kernel (the one-token products sit behind them under `hot-last`, and
     // 7-pair groups moved batch-1 decode 0.4–0.7% with the same SASS).
     if std::env::var("CHATGLM_CUDA_GROUPED_LAST").is_ok_and(|v| v == "1") {
-        named.sort_by_key(|(n, _)| n.starts_with("qmmg_") || n.starts_with("qmmh_"));
+        named.sort_by_key(|(n, _)| n.starts_with("qmmg_") || n.starts_with("qmmh_") || n.starts_with("qmmx_"));
     }
     // `CHATGLM_CUDA_LOAD_FIRST=a,b,…`: these kernels before all others, in
     // this order (placement experiments).
@@ -525,6 +545,11 @@ mod tests {
                     || name.is_empty()
                     || !name.chars().all(|c| c.is_alphanumeric() || c == '_')
                 {
+                    continue;
+                }
+                // The qmmx module compiles qmma.cu's files for their device
+                // functions; of its kernels it launches only its own.
+                if s.name == "qmmx" && !name.starts_with("qmmx_") {
                     continue;
                 }
                 assert!(listed.iter().any(|l| l == name), "{name} (in {}.cu) is not in its kernel list", s.name);

@@ -660,7 +660,10 @@ impl Gpu {
             }
         }
         let hx = form == ActivationForm::F16;
-        let grouped = format!("qmm{}_{}_{nt8}_{kernel_mode}", if hx { 'h' } else { 'g' }, s.format as usize);
+        let mut grouped = crate::quant_group::grouped_kernel_name(s.format, nt8, kernel_mode, hx);
+        if grouped.starts_with("qmmx_") && !self.has_kernel(&grouped) {
+            grouped = format!("qmmh_{}_{nt8}_{kernel_mode}", s.format as usize);
+        }
         if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {
             let handed = if step_codes { codes.output } else { 0 };
             let codes = OneTokenCodes { output: handed, ..codes };

@@ -62,6 +62,13 @@ impl GroupShape {
         GroupShape::pick(narrow, wide, pairs_4, xt_on, swiglu, format, nt8, hx)
     }
 
+    /// The shape of the qmmx module's kernels (kernels/qmmx.cuh: 7 pairs
+    /// on 16 warps at 4 token tiles over f16 activations), under the
+    /// `CHATGLM_NVRTC_DEFINES` that [`GroupShape::of`] reads.
+    fn of_x(format: QuantFormat) -> GroupShape {
+        GroupShape { tiles: 14, cu: define("QMMG_WIDE_CU").unwrap_or(8), kw: 1, xt: 2 }.fitted(format, 4, true)
+    }
+
     /// [`GroupShape::of`] under these defines' shapes (`pairs_4`: a wide
     /// group's pairs at 4 token tiles over f16 activations; `xt_on`:
     /// `QMMG_WIDE_XT`).
@@ -283,12 +290,35 @@ fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> 
 /// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`, or
 /// `qmmh_…` over f16 activations) needs.
 pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
+    if let Some(rest) = name.strip_prefix("qmmx_") {
+        let format = QuantFormat::from_index(rest.split('_').next()?.parse().ok()?)?;
+        return Some(shaped_smem(format, 4, true, GroupShape::of_x(format)));
+    }
     let hx = name.starts_with("qmmh_");
     let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
     let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
     let nt8 = parts.next()?.parse().ok()?;
     let mode: usize = parts.next()?.parse().ok()?;
     Some(group_smem(format, nt8, hx, mode == 2))
+}
+
+/// Whether steps of 17–32 tokens over f16 activations take the qmmx module's
+/// SwiGLU kernels (kernels/qmmx.cuh; `CHATGLM_QMMX=0`: the qmma module's
+/// `qmmh_*_4_2`, for measurements), read once.
+fn x_swiglu_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("CHATGLM_QMMX").map_or(true, |v| v != "0"))
+}
+
+/// The grouped kernel of a product of `format` weights over `nt8` token
+/// tiles in `mode` (qmma_group.cu's numbering; `hx`: f16 activations).
+pub(crate) fn grouped_kernel_name(format: QuantFormat, nt8: usize, mode: usize, hx: bool) -> String {
+    let f = format as usize;
+    if hx && nt8 == 4 && mode == 2 && x_swiglu_on() {
+        format!("qmmx_{f}_4_2")
+    } else {
+        format!("qmm{}_{f}_{nt8}_{mode}", if hx { 'h' } else { 'g' })
+    }
 }
 
 impl Gpu {
@@ -326,10 +356,14 @@ impl Gpu {
         let f = self.kernel(name)?;
         let half = s.rows / 2;
         let swiglu = mode == GemvMode::SwiGlu;
-        let shape = GroupShape::of(swiglu, s.format, nt8, hx);
+        let shape = if name.starts_with("qmmx_") {
+            GroupShape::of_x(s.format)
+        } else {
+            GroupShape::of(swiglu, s.format, nt8, hx)
+        };
         let groups = if swiglu { (half / TILE_ROWS).div_ceil(shape.tiles / 2) } else { s.tiles.div_ceil(shape.tiles) };
         let chunks = groups * s.units.div_ceil(shape.cu);
-        let smem = group_smem(s.format, nt8, hx, swiglu) as u32;
+        let smem = shaped_smem(s.format, nt8, hx, shape) as u32;
         let threads = shape.threads();
         let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
         let blocks = grouped_blocks(chunks, groups, resident, group_split().for_tiles(nt8));
@@ -527,5 +561,31 @@ mod tests {
             }
         }
         assert_eq!(group_smem_of("qmma_0_2_0_0"), None);
+        // The qmmx module's 7-pair groups on 16 warps.
+        for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            let name = format!("qmmx_{}_4_2", format as usize);
+            let smem = group_smem_of(&name).expect("a qmmx kernel");
+            assert_eq!(smem, shaped_smem(format, 4, true, GroupShape::of_x(format)));
+            assert!(smem + 32 * (16 + 4) + 16 <= 227 << 10, "{name}: {smem}");
+        }
+    }
+
+    #[test]
+    fn the_qmmx_module_takes_the_32_token_f16_swiglu_products() {
+        // (CHATGLM_QMMX unset in tests: on.)
+        assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 2, true), "qmmx_0_4_2");
+        assert_eq!(grouped_kernel_name(QuantFormat::Q8, 4, 2, true), "qmmx_2_4_2");
+        assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 2, false), "qmmg_0_4_2");
+        assert_eq!(grouped_kernel_name(QuantFormat::Q4, 8, 2, true), "qmmh_0_8_2");
+        assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 1, true), "qmmh_0_4_1");
+        let x = GroupShape::of_x(QuantFormat::Q4);
+        assert_eq!(x, GroupShape { tiles: 14, cu: 8, kw: 1, xt: 2 });
+        assert_eq!(x.threads(), 512);
+        // Fourteen tiles leave room for two stages of 8-unit chunks in every format.
+        for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+            let x = GroupShape::of_x(format);
+            assert_eq!(x.cu, 8, "{format:?}");
+            assert!(2 * stage_bytes(format, 4, true, x) <= STAGES_SMEM, "{format:?}");
+        }
     }
 }

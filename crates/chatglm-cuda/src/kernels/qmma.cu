@@ -1565,10 +1565,12 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     QMMA_MODES(F, 1, 2) QMMA_MODES(F, 1, 1) QMMA_MODES(F, 1, 0) QMMA_MODES(F, 2, 0) QMMA_MODES(F, 4, 0) \
     QMMA_MODES(F, 8, 0)
 
+#ifndef QMMG_X_MODULE
 QMMA_FORMAT(0)
 QMMA_FORMAT(1)
 QMMA_FORMAT(2)
 QMMA_FORMAT(3)
+#endif
 
 // Rows [r0, r0 + nrows) of a tiled matrix as row-major f16 (the input of a
 // cuBLAS product for large steps). grid-stride over (row, block).

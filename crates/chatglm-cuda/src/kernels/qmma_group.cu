@@ -1054,7 +1054,16 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     QMMG_KERNEL_AS(qmmh_##F##_##NT8##_##MODE, true, F, NT8, MODE)
 #define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 2) QMMG_KERNEL(F, NT8, 3)
 #define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
+#ifdef QMMG_X_MODULE
+// The qmmx module (qmmx.cuh): the f16 SwiGLU products of 17–32 tokens alone.
+#define QMMX_KERNEL(F) QMMG_KERNEL_AS(qmmx_##F##_4_2, true, F, 4, 2)
+QMMX_KERNEL(0)
+QMMX_KERNEL(1)
+QMMX_KERNEL(2)
+QMMX_KERNEL(3)
+#else
 QMMG_FORMAT(0)
 QMMG_FORMAT(1)
 QMMG_FORMAT(2)
 QMMG_FORMAT(3)
+#endif

@@ -1,0 +1,17 @@
+// The qmmx module (compile.rs): the grouped f16 SwiGLU products of 17–32
+// tokens (qmmx_{format}_4_2) as 7-pair wide groups on 16 warps — the last two
+// of a group's 14 tiles on two warps each (QMMG_WIDE_XT) — where the qmma
+// module's qmmh_{format}_4_2 have 8 pairs: ChatGLM2-6B's h→4h as 123 groups on
+// 132 SMs instead of 107, each scheduler 28 of a chunk's 112 units (run 278:
+// 40.2 against 42.9 µs, 32 int4 sequences +2.6%). A module of its own, looked
+// up after every other, so that its code moves no other kernel: the qmma
+// module, and with it batch-1 decode's code placement, stays as it was
+// (compiled in it, the same kernels cost batch 1 0.4–0.7%, runs 274 and 278).
+// quant_group::GroupShape::of_x mirrors the shape.
+#define QMMG_X_MODULE 1
+#ifndef QMMG_WIDE_PAIRS_4
+#define QMMG_WIDE_PAIRS_4 7
+#endif
+#ifndef QMMG_WIDE_XT
+#define QMMG_WIDE_XT 1
+#endif
