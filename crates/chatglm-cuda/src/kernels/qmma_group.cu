@@ -541,8 +541,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     // takes ⌈C/K⌉ + QMMG_SKEW chunks, the others the rest in ⌈⌉-rounded
     // shares, so that their parts are published by the time its own
     // chunks end (S1 = 0: the even deal below).
-    // (Not the SwiGLU products: at 17–64 tokens a group a block, K = 1.)
-    const long K = MODE != 2 && P % groups == 0 ? P / groups : 0;
+    const long K = P % groups == 0 ? P / groups : 0;
     const long S1 = K > 1 && C - ((C + K - 1) / K + QMMG_SKEW) >= K - 1 ? (C + K - 1) / K + QMMG_SKEW : 0;
     // Block j's first chunk of its group: B(j) = S1 + ⌈(j − 1)(C − S1)/(K − 1)⌉.
     auto bound = [&](long j) -> long { return j == 0 ? 0 : S1 + ((j - 1) * (C - S1) + K - 2) / (K - 1); };
