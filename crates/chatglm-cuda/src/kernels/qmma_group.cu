@@ -92,15 +92,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #endif
 #define QG_PART_EMPTY 0x7fbadbadu  // the host fills the workspace with it (quant_group::PART_EMPTY)
 
-// N > 0: where every group has the same K > 1 blocks (an aligned grid), its
-// summing block takes N chunks more than an even share and the part blocks
-// the rest, so that their parts are in by the time its own chunks end (run
-// 278's stamps: 4h→h's summing block waited 3.6 µs for parts published 1.9
-// µs after chunks as long as its own). The qmmx module sets 1 (qmmx.cuh).
-#ifndef QMMG_SKEW
-#define QMMG_SKEW 0
-#endif
-
 // A whole chunk's weight copies unrolled at constant offsets (0: the
 // general loop, for A/B measurements).
 #ifndef QMMG_FAST_COPY
@@ -536,28 +527,9 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     const int C = (units + SH::CU - 1) / SH::CU;  // chunks of a group
     const long W = (long)groups * C, P = gridDim.x;
 #if QMMG_SPLIT_CEIL
-#if QMMG_SKEW
-    // A grid of K blocks a group: the summing block (the group's first)
-    // takes ⌈C/K⌉ + QMMG_SKEW chunks, the others the rest in ⌈⌉-rounded
-    // shares, so that their parts are published by the time its own
-    // chunks end (S1 = 0: the even deal below).
-    const long K = P % groups == 0 ? P / groups : 0;
-    const long S1 = K > 1 && C - ((C + K - 1) / K + QMMG_SKEW) >= K - 1 ? (C + K - 1) / K + QMMG_SKEW : 0;
-    // Block j's first chunk of its group: B(j) = S1 + ⌈(j − 1)(C − S1)/(K − 1)⌉.
-    auto bound = [&](long j) -> long { return j == 0 ? 0 : S1 + ((j - 1) * (C - S1) + K - 2) / (K - 1); };
-    const long start = S1 ? blockIdx.x / K * C + bound(blockIdx.x % K) : (blockIdx.x * W + P - 1) / P;
-    const long end = S1 ? blockIdx.x / K * C + bound(blockIdx.x % K + 1) : ((blockIdx.x + 1) * W + P - 1) / P;
-    // B(j) ≤ c ⇔ j − 1 ≤ (c − S1)(K − 1)/(C − S1) for c ≥ S1.
-    auto block_of = [&](long x) {
-        if (!S1) return (int)(x * P / W);
-        const long c = x % C;
-        return (int)(x / C * K + (c < S1 ? 0 : 1 + (c - S1) * (K - 1) / (C - S1)));
-    };
-#else
     const long start = (blockIdx.x * W + P - 1) / P, end = ((blockIdx.x + 1) * W + P - 1) / P;
     // The block whose run holds chunk x: ⌈b·W/P⌉ ≤ x < ⌈(b+1)·W/P⌉ ⇔ b = ⌊x·P/W⌋.
     auto block_of = [&](long x) { return (int)(x * P / W); };
-#endif
 #else
     const long start = blockIdx.x * W / P, end = (blockIdx.x + 1) * W / P;
     // The block whose run holds chunk x.
@@ -1083,11 +1055,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #define QMMG_MODES(F, NT8) QMMG_KERNEL(F, NT8, 0) QMMG_KERNEL(F, NT8, 1) QMMG_KERNEL(F, NT8, 2) QMMG_KERNEL(F, NT8, 3)
 #define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
 #ifdef QMMG_X_MODULE
-// The qmmx module (qmmx.cuh): the f16 products of 17–32 tokens of the layers' steps.
-#define QMMX_KERNEL(F)                                 \
-    QMMG_KERNEL_AS(qmmx_##F##_4_1, true, F, 4, 1)      \
-    QMMG_KERNEL_AS(qmmx_##F##_4_2, true, F, 4, 2)      \
-    QMMG_KERNEL_AS(qmmx_##F##_4_3, true, F, 4, 3)
+// The qmmx module (qmmx.cuh): the f16 SwiGLU products of 17–32 tokens alone.
+#define QMMX_KERNEL(F) QMMG_KERNEL_AS(qmmx_##F##_4_2, true, F, 4, 2)
 QMMX_KERNEL(0)
 QMMX_KERNEL(1)
 QMMX_KERNEL(2)

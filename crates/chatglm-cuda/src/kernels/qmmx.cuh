@@ -15,8 +15,3 @@
 #ifndef QMMG_WIDE_XT
 #define QMMG_WIDE_XT 1
 #endif
-// And the residual and QKV products of those steps (qmmx_{format}_4_{1,3})
-// with the summing block of a split group a chunk ahead (QMMG_SKEW).
-#ifndef QMMG_SKEW
-#define QMMG_SKEW 1
-#endif
