@@ -1,5 +1,5 @@
-# Sourced by the session scripts (from the repository root, BIN set, after device_env.sh): one benchmark figure
-# each, under the environment assignments given as arguments (none: the defaults).
+# Sourced by the session scripts (from the repository root, BIN and R set, after device_env.sh): one benchmark
+# figure each, under the environment assignments given as arguments (none: the defaults), and the suites.
 #   b1 [VAR=value...]   batch-1 decode tok/s of DTYPE (default q4_0): prompt 8, 128 new tokens, best of 2
 #   bn [VAR=value...]   aggregate tok/s of N (default 32) int4 sequences: prompt 128, 256 new tokens each
 b1() {
@@ -9,4 +9,13 @@ b1() {
 bn() {
   env "$@" timeout 120 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 \
     --gen-len 256 --concurrency "${N:-32}" 2>&1 | grep -E '^batch ' | sed -E 's/.* ([0-9]+) tok\/s.*/\1/'
+}
+#   suite CASE NAME     the GPU test suite NAME (device-bin/tests/NAME) under the environment assignment CASE (X=1: the
+#                       defaults): its log in $R, a line with its result and the first failures
+suite() {
+  local s log=$R/t-$2-$(echo "$1" | tr -c 'A-Za-z0-9_\n' '_').log
+  s=$(date +%s)
+  env "$1" timeout 200 "$BIN/tests/$2" --test-threads=1 >"$log" 2>&1
+  echo "$2 under $1: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$log" | tail -1)"
+  grep -E "FAILED|panicked|relative error" "$log" | head -8
 }

@@ -16,13 +16,6 @@ mkdir -p "$R"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 XT=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1
 P7=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7
-suite() { # case, suite
-  local s log=$R/t-$2-$(echo "$1" | tr -c 'A-Za-z0-9_\n' '_').log
-  s=$(date +%s)
-  env "$1" timeout 200 "$BIN/tests/$2" --test-threads=1 >"$log" 2>&1
-  echo "$2 under $1: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$log" | tail -1)"
-  grep -E "FAILED|panicked|relative error" "$log" | head -8
-}
 suite "$XT" qmma
 suite "$XT" cuda_generate
 for c in X=1 "$XT" "$P7"; do

@@ -18,13 +18,6 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 SE=CHATGLM_NVRTC_DEFINES=QMMG_SENTINEL_PARTS=1
 BOTH=CHATGLM_NVRTC_DEFINES=QMMG_SENTINEL_PARTS=1,QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1
 XT=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1
-suite() { # case, suite
-  local s log=$R/t-$2-$(echo "$1" | tr -c 'A-Za-z0-9_\n' '_').log
-  s=$(date +%s)
-  env "$1" timeout 200 "$BIN/tests/$2" --test-threads=1 >"$log" 2>&1
-  echo "$2 under $1: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$log" | tail -1)"
-  grep -E "FAILED|panicked|relative error" "$log" | head -8
-}
 GL=CHATGLM_CUDA_GROUPED_LAST=1
 suite "$BOTH" qmma
 for c in X=1 "$BOTH"; do

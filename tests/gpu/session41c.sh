@@ -22,10 +22,5 @@ for n in 16 64; do echo "$n int4 sequences: $(N=$n bn X=1)"; done
 b=("$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b)
 tests/gpu/mem_probe.sh q4_0-8k "${b[@]}" --dtype q4_0 --prompt-len 8192 --gen-len 8 2>&1 | tail -1
 tests/gpu/mem_probe.sh q4_0-8k-q8kv "${b[@]}" --dtype q4_0 --kv-dtype q8_0 --prompt-len 8192 --gen-len 8 2>&1 | tail -1
-for t in qmma cuda cuda_generate chatglm_cuda-lib; do
-  s=$(date +%s)
-  timeout 200 "$BIN/tests/$t" --test-threads=1 >"$R/t-$t.log" 2>&1
-  echo "$t: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$R/t-$t.log" | tail -1)"
-  grep -E "FAILED|panicked" "$R/t-$t.log" | head -5
-done
+for t in qmma cuda cuda_generate chatglm_cuda-lib; do suite X=1 "$t"; done
 PROFILE_DTYPES= PROFILE_CONCURRENCY=32 bash tests/gpu/profile_quant.sh "$R/prof" 2>&1 | grep -vE "^profile in" | head -36

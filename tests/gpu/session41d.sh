@@ -20,10 +20,5 @@ for i in 1 2 3; do
 done
 echo "batch 1 q8_0 $(DTYPE=q8_0 b1 X=1)"
 for n in 16 24 64; do echo "$n int4 sequences: $(N=$n bn X=1)"; done
-for t in qmma cuda cuda_generate chatglm_cuda-lib; do
-  s=$(date +%s)
-  timeout 200 "$BIN/tests/$t" --test-threads=1 >"$R/t-$t.log" 2>&1
-  echo "$t: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$R/t-$t.log" | tail -1)"
-  grep -E "FAILED|panicked" "$R/t-$t.log" | head -5
-done
+for t in qmma cuda cuda_generate chatglm_cuda-lib; do suite X=1 "$t"; done
 PROFILE_DTYPES= PROFILE_CONCURRENCY=32 bash tests/gpu/profile_quant.sh "$R/prof" 2>&1 | grep -vE "^profile in" | tail -16
