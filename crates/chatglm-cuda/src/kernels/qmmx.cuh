@@ -15,3 +15,10 @@
 #ifndef QMMG_WIDE_XT
 #define QMMG_WIDE_XT 1
 #endif
+// QMMX_EARLY_DEPENDENTS=1 (measurements): this module's products let the
+// kernel after them launch as soon as all their blocks have started
+// (qmma_group.cu's QMMG_EARLY_DEPENDENTS, here alone): 4h→h's first blocks
+// could take the 9 SMs that h→4h's 123 groups leave free.
+#ifdef QMMX_EARLY_DEPENDENTS
+#define QMMG_EARLY_DEPENDENTS QMMX_EARLY_DEPENDENTS
+#endif
