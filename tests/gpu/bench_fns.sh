@@ -1,5 +1,5 @@
 # Sourced by the session scripts (from the repository root, BIN and R set, after device_env.sh): one benchmark
-# figure each, under the environment assignments given as arguments (none: the defaults), and the suites.
+# figure each, under the environment assignments given as arguments (none: the defaults), the suites, the start.
 #   b1 [VAR=value...]   batch-1 decode tok/s of DTYPE (default q4_0): prompt 8, 128 new tokens, best of 2
 #   bn [VAR=value...]   aggregate tok/s of N (default 32) int4 sequences: prompt 128, 256 new tokens each
 b1() {
@@ -18,4 +18,11 @@ suite() {
   env "$1" timeout 200 "$BIN/tests/$2" --test-threads=1 >"$log" 2>&1
   echo "$2 under $1: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "$log" | tail -1)"
   grep -E "FAILED|panicked|relative error" "$log" | head -8
+}
+#   session_start       the suites' environment (golden data, a GPU required), the report folder R, the card's name
+session_start() {
+  export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
+  R=${OUT:-$BIN/report}
+  mkdir -p "$R"
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 }

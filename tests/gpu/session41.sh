@@ -10,10 +10,7 @@ cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
 . tests/gpu/device_env.sh
 . tests/gpu/bench_fns.sh
-export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
-R=${OUT:-$BIN/report}
-mkdir -p "$R"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+session_start
 XT=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1
 P7=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7
 suite "$XT" qmma

@@ -11,10 +11,7 @@ cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
 . tests/gpu/device_env.sh
 . tests/gpu/bench_fns.sh
-export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
-R=${OUT:-$BIN/report}
-mkdir -p "$R"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+session_start
 SE=CHATGLM_NVRTC_DEFINES=QMMG_SENTINEL_PARTS=1
 BOTH=CHATGLM_NVRTC_DEFINES=QMMG_SENTINEL_PARTS=1,QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1
 XT=CHATGLM_NVRTC_DEFINES=QMMG_WIDE_PAIRS_4=7,QMMG_WIDE_XT=1

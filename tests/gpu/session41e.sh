@@ -8,10 +8,7 @@ cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
 . tests/gpu/device_env.sh
 . tests/gpu/bench_fns.sh
-export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
-R=${OUT:-$BIN/report}
-mkdir -p "$R"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+session_start
 sha1sum "$CHATGLM_KERNEL_CACHE"/qmma-*.cubin "$CHATGLM_KERNEL_CACHE"/qmmx-*.cubin 2>/dev/null
 for i in 1 2; do
   echo "round $i: 32 int4 sequences: default $(bn X=1) | prefetch 32 MiB $(bn CHATGLM_QMMG_PREFETCH_NEXT=33554432)" \

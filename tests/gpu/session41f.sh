@@ -7,8 +7,7 @@ cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
 . tests/gpu/device_env.sh
 . tests/gpu/bench_fns.sh
-export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+session_start
 sha1sum "$CHATGLM_KERNEL_CACHE"/qmma-*.cubin "$CHATGLM_KERNEL_CACHE"/qmmx-*.cubin 2>/dev/null
 EA=CHATGLM_NVRTC_DEFINES=QMMX_EARLY_DEPENDENTS=1
 for i in 1 2 3; do echo "round $i: 32 int4 sequences: default $(bn X=1) | early $(bn "$EA"); batch 1 q4_0 $(b1 X=1)"; done
