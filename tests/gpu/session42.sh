@@ -16,11 +16,9 @@ echo "cluster bits: rc=$? $(grep -E '^test result' "$R/t-cluster.log" | tail -1)
 grep -E "clustered launches|panicked|differ|change" "$R/t-cluster.log" | head -12
 C0=CHATGLM_QMMG_CLUSTER=0
 FILL=CHATGLM_DECODE_SHORT_FILL=1
-for i in 1 2 3; do
+for i in 1 2; do
   echo "round $i: 32 int4 sequences: clusters $(bn X=1) | workspace $(bn "$C0") | fill $(bn "$FILL") | fill 4 warps $(bn "$FILL" CHATGLM_DECODE_SHORT_WARPS=4)"
 done
 echo "batch 1 q4_0 $(b1 X=1) $(b1 X=1)"
 suite X=1 qmma
 suite X=1 cuda
-suite X=1 cuda_generate
-suite X=1 chatglm_cuda-lib
