@@ -108,14 +108,7 @@ fn sample_kernels() -> Vec<String> {
 }
 
 fn qmmx_kernels() -> Vec<String> {
-    (0..4)
-        .flat_map(|f| [format!("qmmx_{f}_4_2"), format!("qmmc_{f}_4_0"), format!("qmmc_{f}_4_1"), format!("qmmc_{f}_4_3")])
-        .collect()
-}
-
-/// Whether `name` is one of the qmmx module's kernels.
-pub(crate) fn in_qmmx_module(name: &str) -> bool {
-    name.starts_with("qmmx_") || name.starts_with("qmmc_")
+    (0..4).map(|f| format!("qmmx_{f}_4_2")).collect()
 }
 
 fn decode_mma_kernels() -> Vec<String> {
@@ -254,13 +247,13 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
         _ => named.sort_by_key(|(n, _)| (!decode_hot(n), !n.ends_with("_2"))),
     }
     // The qmmx module last under every order: its code moves no other kernel.
-    named.sort_by_key(|(n, _)| in_qmmx_module(n));
+    named.sort_by_key(|(n, _)| n.starts_with("qmmx_"));
     // `CHATGLM_CUDA_GROUPED_LAST=1`: the grouped products (`qmmg_`, `qmmh_`)
     // behind every other kernel, so that their code's size moves no other
     // kernel (the one-token products sit behind them under `hot-last`, and
     // 7-pair groups moved batch-1 decode 0.4–0.7% with the same SASS).
     if std::env::var("CHATGLM_CUDA_GROUPED_LAST").is_ok_and(|v| v == "1") {
-        named.sort_by_key(|(n, _)| n.starts_with("qmmg_") || n.starts_with("qmmh_") || in_qmmx_module(n));
+        named.sort_by_key(|(n, _)| n.starts_with("qmmg_") || n.starts_with("qmmh_") || n.starts_with("qmmx_"));
     }
     // `CHATGLM_CUDA_LOAD_FIRST=a,b,…`: these kernels before all others, in
     // this order (placement experiments).
@@ -556,7 +549,7 @@ mod tests {
                 }
                 // The qmmx module compiles qmma.cu's files for their device
                 // functions; of its kernels it launches only its own.
-                if s.name == "qmmx" && !in_qmmx_module(name) {
+                if s.name == "qmmx" && !name.starts_with("qmmx_") {
                     continue;
                 }
                 assert!(listed.iter().any(|l| l == name), "{name} (in {}.cu) is not in its kernel list", s.name);

@@ -111,8 +111,6 @@ pub struct Gpu {
     pub(crate) gemv_blocks_per_sm: [usize; 3],
     /// Resident blocks per SM by (kernel, dynamic shared memory), as asked.
     occupancy: std::sync::Mutex<HashMap<(String, u32), usize>>,
-    /// Clusters the device holds at once by (kernel, dynamic shared memory, cluster blocks), as asked.
-    cluster_occupancy: std::sync::Mutex<HashMap<(String, u32, u32), usize>>,
     /// 0: choose the mat-vec variant by shape; 4 or 8: always that one
     /// (`CHATGLM_GEMV_ROWS`, for measurements).
     pub(crate) gemv_force_rows: std::sync::atomic::AtomicUsize,
@@ -130,11 +128,6 @@ pub struct Gpu {
     /// Steps of 9..=64 tokens on the grouped quantized products (`CHATGLM_QMMA_GROUPED=0`: qmma's own;
     /// 32 int4 sequences 5,602–5,627 against 4,395 tok/s, bench/RESULTS.md run 87).
     pub(crate) grouped_products: std::sync::atomic::AtomicBool,
-    /// Split groups of the f16 grouped products of 17–32 tokens sum through
-    /// thread block clusters (quant_group; `CHATGLM_QMMG_CLUSTER=0` turns it off).
-    pub(crate) grouped_clusters: std::sync::atomic::AtomicBool,
-    /// Clustered grouped-product launches (or graph recordings) so far.
-    pub(crate) cluster_launches: std::sync::atomic::AtomicU64,
     /// The grouped products' partial sums and counters, allocated by the first step that needs them.
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
     /// One-token products stream through shared memory (`quant_stream`).
@@ -354,7 +347,6 @@ impl Gpu {
             pdl,
             gemv_blocks_per_sm,
             occupancy: std::sync::Mutex::new(HashMap::new()),
-            cluster_occupancy: std::sync::Mutex::new(HashMap::new()),
             gemv_force_rows: std::sync::atomic::AtomicUsize::new(force),
             gemv_lean: (if std::env::var("CHATGLM_GEMV_LEAN").is_ok_and(|v| v == "0") {
                 GemvLean::Never
@@ -371,8 +363,6 @@ impl Gpu {
             recorder: Default::default(),
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
             grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
-            grouped_clusters: (!std::env::var("CHATGLM_QMMG_CLUSTER").is_ok_and(|v| v == "0")).into(),
-            cluster_launches: 0.into(),
             group_scratch: Default::default(),
             one_token_stream: one_token_stream.into(),
             chain_sync: (crate::chain::chain_sync_requested() && pdl).into(),
@@ -550,20 +540,7 @@ impl Gpu {
         kernel: &str,
         cfg: LaunchConfig,
     ) -> Result<(), CudaError> {
-        self.launch_clustered(f, args, kernel, cfg, 1)
-    }
-
-    /// [`Self::launch`] in thread block clusters of `cluster` blocks along x
-    /// (sm_90; 1: none).
-    pub(crate) fn launch_clustered(
-        &self,
-        f: &CudaFunction,
-        args: Args,
-        kernel: &str,
-        cfg: LaunchConfig,
-        cluster: u32,
-    ) -> Result<(), CudaError> {
-        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string(), cluster };
+        let launch = Launch { func: f.cu_function(), args, cfg, kernel: kernel.to_string() };
         match self.record(crate::graph::Op::Kernel(launch)) {
             Some(crate::graph::Op::Kernel(l)) => self.launch_raw(&l),
             _ => Ok(()),
@@ -580,17 +557,11 @@ impl Gpu {
             message,
         };
         self.bind().map_err(|e| fail(e.to_string()))?;
-        let mut attrs = Vec::with_capacity(2);
-        if self.pdl {
-            attrs.push(sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
-            });
-        }
-        if l.cluster > 1 {
-            attrs.push(cluster_attribute(l.cluster));
-        }
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { programmaticStreamSerializationAllowed: 1 },
+        };
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -600,64 +571,17 @@ impl Gpu {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
+            attrs: &mut attr,
+            numAttrs: u32::from(self.pdl),
         };
         let mut params = l.args.pointers();
         // SAFETY: callers check every pointer and size argument against the
         // buffers they describe before building `args`; `params` points into
         // `l.args`, which outlives the call (the driver only reads through
-        // them); the attributes outlive the call.
+        // them); the attribute outlives the call.
         unsafe { sys::cuLaunchKernelEx(&config, l.func, params.as_mut_ptr(), std::ptr::null_mut()) }
             .result()
             .map_err(|e| fail(format!("{e:?}")))
-    }
-}
-
-/// A launch attribute: clusters of `blocks` blocks along x.
-fn cluster_attribute(blocks: u32) -> sys::CUlaunchAttribute {
-    sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-        pad: [0; 4],
-        value: sys::CUlaunchAttributeValue {
-            clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: blocks, y: 1, z: 1 },
-        },
-    }
-}
-
-impl Gpu {
-    /// How many clusters of `cluster` blocks of kernel `name` (`threads` a
-    /// block, `smem` bytes of dynamic shared memory) the device holds at
-    /// once (0 where it cannot say).
-    pub(crate) fn max_active_clusters(&self, name: &str, threads: u32, smem: u32, cluster: u32) -> usize {
-        let mut cache = self.cluster_occupancy.lock().unwrap_or_else(|e| e.into_inner());
-        *cache.entry((name.to_string(), smem, cluster)).or_insert_with(|| {
-            let Some(f) = self.kernels.get(name) else { return 0 };
-            if self.bind().is_err() {
-                return 0;
-            }
-            let mut attr = cluster_attribute(cluster);
-            let config = sys::CUlaunchConfig {
-                gridDimX: cluster,
-                gridDimY: 1,
-                gridDimZ: 1,
-                blockDimX: threads,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: smem,
-                hStream: self.stream.cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            let mut n: std::ffi::c_int = 0;
-            // SAFETY: `config` and `attr` outlive the call, which only reads them and writes `n`.
-            let r = unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) };
-            if r == sys::CUresult::CUDA_SUCCESS {
-                n.max(0) as usize
-            } else {
-                0
-            }
-        })
     }
 }
 

@@ -29,8 +29,6 @@ pub(crate) struct Launch {
     pub args: Args,
     pub cfg: LaunchConfig,
     pub kernel: String,
-    /// Blocks a thread block cluster (along x; 1: no clusters).
-    pub cluster: u32,
 }
 
 // SAFETY: a CUfunction is a handle the driver lets any thread use with its
@@ -291,7 +289,6 @@ mod tests {
             args: a,
             cfg: LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 },
             kernel: "k".into(),
-            cluster: 1,
         })
     }
 

@@ -204,27 +204,6 @@ pub(crate) fn decode_short_warps() -> usize {
     env_choice("CHATGLM_DECODE_SHORT_WARPS", short_warps_valid).unwrap_or(DEFAULT_DECODE_SHORT_WARPS)
 }
 
-/// `CHATGLM_DECODE_SHORT_FILL=1` (measurements): a batched step's short
-/// attention splits each group's heads over as many blocks (up to 16) as
-/// keep the step's blocks within one per SM (32 sequences on 132 SMs: 2 a
-/// group, 128 blocks, where the default's one a group leaves half the SMs
-/// idle), read once.
-fn decode_short_fill() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CHATGLM_DECODE_SHORT_FILL").is_ok_and(|v| v == "1"))
-}
-
-/// Blocks a (token, group) under [`decode_short_fill`]: `subs` doubled while
-/// `work` tokens of `groups` groups stay within `sms` blocks (steps of more
-/// than 8 tokens only: one-token steps keep their setting).
-pub(crate) fn short_subs_filled(subs: usize, work: usize, groups: usize, sms: usize) -> usize {
-    let mut s = subs;
-    while work > 8 && s < 16 && 2 * s * work * groups <= sms {
-        s *= 2;
-    }
-    s
-}
-
 /// `name`'s value when it is a count `valid` accepts; else none (with a
 /// warning naming the value when one is set).
 fn env_choice(name: &str, valid: fn(usize) -> bool) -> Option<usize> {
@@ -1326,10 +1305,7 @@ impl Gpu {
             ));
         }
         let f = self.kernel(DECODE_SHORT_KERNEL)?;
-        let mut subs = short_subs_for(self.decode_short_subs.load(std::sync::atomic::Ordering::Relaxed), at.work);
-        if decode_short_fill() {
-            subs = short_subs_filled(subs, at.work, shape.n_groups, self.info().multiprocessors);
-        }
+        let subs = short_subs_for(self.decode_short_subs.load(std::sync::atomic::Ordering::Relaxed), at.work);
         let warps = self.decode_short_warps.load(std::sync::atomic::Ordering::Relaxed);
         let grid = ((shape.n_groups * subs) as u32, check_i32(DECODE_SHORT_KERNEL, "tokens", at.work)? as u32, 1);
         let mut a = at.decode_args();
@@ -1716,10 +1692,6 @@ mod tests {
         assert_eq!(short_subs_for(8, 32), 1);
         assert_eq!(short_subs_for(1, 1), 1);
         assert_eq!(short_subs_for(16, 5), 2);
-        assert_eq!(short_subs_filled(1, 32, 2, 132), 2);
-        assert_eq!(short_subs_filled(1, 16, 2, 132), 4);
-        assert_eq!(short_subs_filled(1, 64, 2, 132), 1);
-        assert_eq!(short_subs_filled(4, 1, 2, 132), 4);
         for subs in [1, 2, 4, 8, 16] {
             for work in 1..70 {
                 let s = short_subs_for(subs, work);

@@ -514,19 +514,6 @@ impl Gpu {
         self.grouped_products.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Lets the f16 grouped products of 17–32 tokens sum split groups
-    /// through thread block clusters where the device can (the default;
-    /// `CHATGLM_QMMG_CLUSTER=0` starts with it off) or not: the same bits
-    /// either way, for tests and measurements.
-    pub fn set_grouped_clusters(&self, on: bool) {
-        self.grouped_clusters.store(on, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Grouped products launched (or recorded) in clusters so far.
-    pub fn grouped_cluster_launches(&self) -> u64 {
-        self.cluster_launches.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Whether a step of `n` tokens over rows of `cols` quantizes its
     /// activations inside the product (no separate launch).
     pub fn qmma_quantizes_in_block(&self, n: usize, cols: usize) -> bool {

@@ -290,9 +290,6 @@ fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> 
 /// The shared memory kernel `name` (`qmmg_{format}_{nt8}_{mode}`, or
 /// `qmmh_…` over f16 activations) needs.
 pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
-    if let Some(rest) = name.strip_prefix("qmmc_") {
-        return group_smem_of(&format!("qmmh_{rest}"));
-    }
     if let Some(rest) = name.strip_prefix("qmmx_") {
         let format = QuantFormat::from_index(rest.split('_').next()?.parse().ok()?)?;
         return Some(shaped_smem(format, 4, true, GroupShape::of_x(format)));
@@ -370,12 +367,6 @@ impl Gpu {
         let threads = shape.threads();
         let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
         let blocks = grouped_blocks(chunks, groups, resident, group_split().for_tiles(nt8));
-        let chunks_per_group = s.units.div_ceil(shape.cu);
-        let clustered = self.cluster_kernel(name, groups, blocks, chunks_per_group, threads, smem);
-        let (f, name, cluster) = match &clustered {
-            Some((f, cname, k)) => (*f, cname.as_str(), *k),
-            None => (f, name, 1),
-        };
         let (ws, counters) = self.group_scratch(blocks * shape.ws_slot(), groups)?;
         let (wq, wsc, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
@@ -405,55 +396,8 @@ impl Gpu {
             block_dim: (threads, 1, 1),
             shared_mem_bytes: smem,
         };
-        self.break_chain();
-        if cluster > 1 {
-            self.cluster_launches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.launch_clustered(f, a, name, cfg, cluster)
+        self.launch(f, a, name, cfg)
     }
-
-    /// The clustered form of grouped product `name` (`qmmc_…`, the qmmx
-    /// module) and its blocks a cluster, where it applies: f16 activations
-    /// over 4 token tiles, no SwiGLU (those groups are not split), a deal of
-    /// K = 2..=8 blocks to every group with a chunk for each, and a device
-    /// that holds every group's cluster at once (clustered blocks that did not
-    /// fit would wait for whole clusters of SMs to free up).
-    fn cluster_kernel(
-        &self,
-        name: &str,
-        groups: usize,
-        blocks: usize,
-        chunks_per_group: usize,
-        threads: u32,
-        smem: u32,
-    ) -> Option<(&cudarc::driver::CudaFunction, String, u32)> {
-        let rest = name.strip_prefix("qmmh_")?;
-        if !self.grouped_clusters.load(std::sync::atomic::Ordering::Relaxed)
-            || self.info().compute_capability.0 < 9
-            || !(rest.ends_with("_4_0") || rest.ends_with("_4_1") || rest.ends_with("_4_3"))
-        {
-            return None;
-        }
-        let k = cluster_blocks(groups, blocks, chunks_per_group)?;
-        let cname = format!("qmmc_{rest}");
-        let f = self.kernel(&cname).ok()?;
-        (self.max_active_clusters(&cname, threads, smem, k as u32) >= groups).then_some((f, cname, k as u32))
-    }
-}
-
-/// Blocks a cluster for a grouped product of `groups` groups of
-/// `chunks_per_group` chunks on `blocks` blocks: the blocks a group, where
-/// every group has the same 2..=8 (the portable cluster sizes) and each of
-/// them at least a chunk (every block of a cluster must reach its barriers).
-fn cluster_blocks(groups: usize, blocks: usize, chunks_per_group: usize) -> Option<usize> {
-    if groups == 0 || !blocks.is_multiple_of(groups) {
-        return None;
-    }
-    let k = blocks / groups;
-    ((2..=8).contains(&k) && chunks_per_group >= k).then_some(k)
-}
-
-impl Gpu {
 
     /// The workspace of a grouped product of `floats` floats of partial
     /// results over `groups` groups: (partials, counters) device addresses,
@@ -480,22 +424,6 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clusters_take_a_whole_group_each() {
-        // ChatGLM2-6B at 32 tokens on 132 SMs: QKV's 36 groups on 108 blocks,
-        // dense and 4h→h's 32 on 128.
-        assert_eq!(cluster_blocks(36, 108, 8), Some(3));
-        assert_eq!(cluster_blocks(32, 128, 27), Some(4));
-        assert_eq!(cluster_blocks(32, 128, 8), Some(4));
-        // Unsplit groups, runs crossing groups, more than 8 blocks a group,
-        // blocks without a chunk: none.
-        assert_eq!(cluster_blocks(123, 123, 8), None);
-        assert_eq!(cluster_blocks(36, 132, 8), None);
-        assert_eq!(cluster_blocks(4, 40, 64), None);
-        assert_eq!(cluster_blocks(32, 128, 3), None);
-        assert_eq!(cluster_blocks(0, 0, 1), None);
-    }
 
     #[test]
     fn defines_are_read_as_the_compiler_reads_them() {

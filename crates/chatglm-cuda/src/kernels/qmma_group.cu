@@ -233,52 +233,6 @@ __device__ __forceinline__ void red_add_release(u32* p, u32 v) {
     asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
 
-// A thread block cluster's barrier halves and its shared memory (sm_90; the
-// host launches clustered kernels on such devices alone).
-__device__ __forceinline__ void cluster_arrive() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-#endif
-}
-// Arrival that orders nothing (the block's reads of the others' memory are
-// done by then: their values are in use).
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void cluster_wait() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r = 0;
-#if __CUDA_ARCH__ >= 900
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-#endif
-    return r;
-}
-__device__ __forceinline__ u32 cluster_size() {
-    u32 r = 1;
-#if __CUDA_ARCH__ >= 900
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(r));
-#endif
-    return r;
-}
-// The f32 at shared address `a` of this block, in block `rank` of the cluster.
-__device__ __forceinline__ float ld_cluster_f32(u32 a, u32 rank) {
-    float v = 0.f;
-#if __CUDA_ARCH__ >= 900
-    u32 m;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(m) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(m) : "memory");
-#endif
-    return v;
-}
-// The most blocks of a cluster a group's sums are read from.
-#define QG_CLUSTER_MAX 8
-
 
 // Shared memory of one stage (bytes, all 16-aligned): the tiles' weight
 // units, their scales (and offsets), the chunk's activation codes
@@ -505,9 +459,8 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
 // squares over group G's rows (sq: a thread's elements, as the epilogue
 // deals them — row threadIdx mod 128, tokens threadIdx / 128 + 4k) into
 // ss[G][token], summed in a fixed order (warp, then the row quarters).
-template <typename SH, int EPT, bool CL = false>
-__device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, int n, float* ss, float* part,
-                                                 int tlo = 0) {
+template <typename SH, int EPT>
+__device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, int n, float* ss, float* part) {
     constexpr int RPG = SH::TILES * 16, TPP = SH::THREADS / RPG, WPT = RPG / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -516,7 +469,7 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
         if (lane == 0) part[warp * EPT + k] = s;
     }
     __syncthreads();
-    for (int tok = CL ? tlo + threadIdx.x : threadIdx.x; tok < n; tok += SH::THREADS) {
+    for (int tok = threadIdx.x; tok < n; tok += SH::THREADS) {
         const int ts = tok % TPP, k = tok / TPP;
         float s = 0.f;
 #pragma unroll
@@ -536,16 +489,7 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
 // product (rms_ss: those sums) multiplies its sums by the tokens'
 // 1/√(Σ/cols + eps) — the RMSNorm is linear in the activations — so the
 // normed quantize_x launch between the two goes.
-//
-// CL (the qmmx module's qmmc_* kernels, sm_90): launched in clusters of K
-// blocks on a deal of K blocks a group (the aligned split; every block one
-// run in its group), so the group's partial sums meet through distributed
-// shared memory instead of the workspace: after a cluster barrier each block
-// sums the K blocks' sums of its own share of the tokens (rank order, the
-// workspace path's order: the same bits) and writes their epilogue, where a
-// summing block waited 2–3.9 µs for parts published through L2 and then ran
-// the whole group's epilogue alone (run 278's stamps).
-template <int F, int NT8, int MODE, bool HX, bool CL = false>
+template <int F, int NT8, int MODE, bool HX>
 __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
                                           const u16* __restrict__ mins, int units, int tiles,
                                           const signed char* __restrict__ xq, const float2* __restrict__ xs, int n,
@@ -801,15 +745,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             x = xn;
             continue;
         }
-        const bool split = !CL && (c0 != 0 || c1 != C);
-        // The tokens whose outputs this block writes: a cluster's blocks
-        // share them out, in rank order.
-        int tlo = 0, thi = n;
-        if (CL) {
-            const int K = (int)cluster_size(), r = (int)cluster_rank();
-            tlo = r * n / K;
-            thi = (r + 1) * n / K;
-        }
+        const bool split = c0 != 0 || c1 != C;
         const int blo = block_of((long)G * C), bhi = block_of((long)G * C + C - 1);
         // This block writes group G's outputs: the rows' current values
         // (accumulate) or biases are requested now, in flight during the
@@ -822,8 +758,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const int tok = e / (SH::TILES * 16), row = G * SH::TILES * 16 + e % (SH::TILES * 16);
             base[k] = 0.f;
             gk[k] = 0.f;
-            if (MODE != 2 && writes && e < n * SH::TILES * 16 && row < out_rows &&
-                (!CL || (tok >= tlo && tok < thi))) {
+            if (MODE != 2 && writes && e < n * SH::TILES * 16 && row < out_rows) {
                 if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
                 else if (bias) base[k] = bias[row];
                 if (fold) gk[k] = fold_g[row] * QG_FOLD_SCALE;
@@ -863,8 +798,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             if (G * SH::TILES * 16 < (rc.n_heads + rc.n_groups) * rc.head_dim) {
 #pragma unroll 1
-                for (int i = (CL ? tlo * rc.n_pairs : 0) + threadIdx.x; i < (CL ? thi : n) * rc.n_pairs;
-                     i += SH::THREADS) {
+                for (int i = threadIdx.x; i < n * rc.n_pairs; i += SH::THREADS) {
                     const int tok = i / rc.n_pairs;
                     float sn, cs;
                     sincosf((float)slots[tok].pos * rc.inv_freq[i - tok * rc.n_pairs], &sn, &cs);
@@ -951,39 +885,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();
             QG_STAMP();
         }
-        if (CL) {
-            // Every block of the cluster holds its run's sums in red: each
-            // sums the cluster's for its own tokens into its red (the others
-            // read only theirs there), in rank order.
-            cluster_arrive();
-            cluster_wait();
-            const int K = (int)cluster_size();
-            const u32 red_s = (u32)__cvta_generic_to_shared(red);
-            constexpr int R = SH::TILES * 16;
-            for (int e = threadIdx.x; e < (thi - tlo) * R; e += SH::THREADS) {
-                const int tok = tlo + e / R, r = e % R;
-                const u32 a = red_s + (u32)(r * RS + tok) * 4u;
-                float v[QG_CLUSTER_MAX];
-#pragma unroll
-                for (int q = 0; q < QG_CLUSTER_MAX; q++)
-                    if (q < K) v[q] = ld_cluster_f32(a, (u32)q);
-                float sum = v[0];
-#pragma unroll
-                for (int q = 1; q < QG_CLUSTER_MAX; q++)
-                    if (q < K) sum += v[q];
-                red[r * RS + tok] = sum;
-            }
-            // Done reading the others' memory; the matching wait is the
-            // block's last act, so none leaves while its sums are read.
-            cluster_arrive_relaxed();
-            __syncthreads();
-            QG_STAMP();
-        }
         if (normed) {
             // Activations folded unnormalised by the product before: its
             // RMSNorm applied to the sums (before bias, RoPE, SwiGLU).
-            for (int e = (CL ? tlo * SH::TILES * 16 : 0) + threadIdx.x; e < (CL ? thi : n) * SH::TILES * 16;
-                 e += SH::THREADS) {
+            for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS) {
                 const int tok = e / (SH::TILES * 16), r = e % (SH::TILES * 16);
                 red[r * RS + tok] *= inv_rms[tok];
             }
@@ -1055,8 +960,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 const float2* cs = rope + (d >> 1);
                 if (row < out_rows) {
 #pragma unroll 1
-                    for (int tok = (CL ? tlo : 0) + threadIdx.x / (SH::TILES * 16); tok < (CL ? thi : n);
-                         tok += SH::THREADS / (SH::TILES * 16)) {
+                    for (int tok = threadIdx.x / (SH::TILES * 16); tok < n; tok += SH::THREADS / (SH::TILES * 16)) {
                         const float v = red[r * RS + tok] + bv;
                         float rv = v;
                         if (rot) {
@@ -1076,7 +980,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     const int tok = e / (SH::TILES * 16), r = e % (SH::TILES * 16);
                     const int row = G * SH::TILES * 16 + r;
                     sq[k] = 0.f;
-                    if (e >= n * SH::TILES * 16 || row >= out_rows || (CL && (tok < tlo || tok >= thi))) continue;
+                    if (e >= n * SH::TILES * 16 || row >= out_rows) continue;
                     const float v = red[r * RS + tok] + base[k];
                     if (MODE != 3) {
                         out[(long)tok * out_rows + row] = v;
@@ -1096,15 +1000,13 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     }
                 }
             }
-            if (fold && CL) fold_sum_squares<SH, EPT, true>(sq, G, thi, fold_ss, (float*)(qg_smem + L::FOLD_OFF), tlo);
-            else if (fold) fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
+            if (fold) fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
             if (MODE == 3) QG_STAMP();
             if (kv_vec) {
                 // A token's 8-row pieces on consecutive threads: 16 of them
                 // write its 128 rows' 256 (f16) contiguous bytes.
                 __syncthreads();
-                for (int p = (CL ? tlo * SH::TILES * 2 : 0) + threadIdx.x; p < (CL ? thi : n) * SH::TILES * 2;
-                     p += SH::THREADS) {
+                for (int p = threadIdx.x; p < n * SH::TILES * 2; p += SH::THREADS) {
                     const int tok = p / (SH::TILES * 2), r = p % (SH::TILES * 2) * 8;
                     const int row = G * SH::TILES * 16 + r;
                     const int h = row / rc.head_dim;
@@ -1122,7 +1024,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         x = xn;
     }
     if (QMMG_PREFETCH_AT_END) prefetch_next();
-    if (CL) cluster_wait();
 #if QMMG_STAMPS
     if (st_on) {
         // Lines: block, start ns, runs (group, 0 part / 1 summed / 2 whole), stamps (cycles).
@@ -1137,18 +1038,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 
 // qmmg_*: over q8_0 activation codes; qmmh_*: over f16 activations (xq
 // the f16 rows, xs unused).
-#define QMMG_KERNEL_CL(KNAME, HX, F, NT8, MODE, CL)                                                           \
+#define QMMG_KERNEL_AS(KNAME, HX, F, NT8, MODE)                                                               \
     extern "C" __global__ void __launch_bounds__(QgShape<MODE, F, NT8, HX>::type::THREADS,                    \
                                                         QgShape<MODE, F, NT8, HX>::type::MIN_BLOCKS)                 \
         KNAME(const uint4* w, const u16* scales, const u16* mins, int units, int tiles, const signed char* xq,   \
               const float2* xs, int n, int cols, const float* bias, float* out, int out_rows, int half_rows,    \
               RopeCtx rc, const char* next_w, long next_bytes, float* ws, u32* counters, unsigned char* hq,     \
               float2* hs, int hoff, const float* fold_g, float* fold_ss, const float* rms_ss, float rms_eps) {  \
-        qmmg_body<F, NT8, MODE, HX, CL>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,    \
+        qmmg_body<F, NT8, MODE, HX>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,        \
                                     half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff, fold_g,     \
                                     fold_ss, rms_ss, rms_eps);                                                 \
     }
-#define QMMG_KERNEL_AS(KNAME, HX, F, NT8, MODE) QMMG_KERNEL_CL(KNAME, HX, F, NT8, MODE, false)
 #define QMMG_KERNEL(F, NT8, MODE)                                  \
     QMMG_KERNEL_AS(qmmg_##F##_##NT8##_##MODE, false, F, NT8, MODE) \
     QMMG_KERNEL_AS(qmmh_##F##_##NT8##_##MODE, true, F, NT8, MODE)
@@ -1156,12 +1056,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #define QMMG_FORMAT(F) QMMG_MODES(F, 2) QMMG_MODES(F, 4) QMMG_MODES(F, 8)
 #ifdef QMMG_X_MODULE
 // The qmmx module (qmmx.cuh): the f16 SwiGLU products of 17–32 tokens alone.
-// And the f16 products of 17–32 tokens without SwiGLU on clusters (qmmc_*, CL).
-#define QMMX_KERNEL(F)                                      \
-    QMMG_KERNEL_AS(qmmx_##F##_4_2, true, F, 4, 2)           \
-    QMMG_KERNEL_CL(qmmc_##F##_4_0, true, F, 4, 0, true)     \
-    QMMG_KERNEL_CL(qmmc_##F##_4_1, true, F, 4, 1, true)     \
-    QMMG_KERNEL_CL(qmmc_##F##_4_3, true, F, 4, 3, true)
+#define QMMX_KERNEL(F) QMMG_KERNEL_AS(qmmx_##F##_4_2, true, F, 4, 2)
 QMMX_KERNEL(0)
 QMMX_KERNEL(1)
 QMMX_KERNEL(2)

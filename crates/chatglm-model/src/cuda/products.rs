@@ -66,18 +66,6 @@ impl ActivationPolicy {
 }
 
 impl CudaBackend {
-    /// Lets split groups of the f16 grouped products of 17–32 tokens sum
-    /// through thread block clusters (`chatglm_cuda::Gpu::set_grouped_clusters`:
-    /// the default where the device can; the same bits either way).
-    pub fn set_grouped_clusters(&self, on: bool) {
-        self.gpu.set_grouped_clusters(on);
-    }
-
-    /// Grouped products launched (or recorded) in clusters so far.
-    pub fn grouped_cluster_launches(&self) -> u64 {
-        self.gpu.grouped_cluster_launches()
-    }
-
     /// Whether a step of `n` tokens takes `w` through the mat-vec kernels
     /// (float or quantized) rather than cuBLAS.
     pub(super) fn small_step(&self, w: &CudaMatrix, n: usize) -> bool {
