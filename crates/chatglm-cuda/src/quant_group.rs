@@ -291,8 +291,11 @@ fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> 
 /// `qmmh_…` over f16 activations) needs.
 pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
     if let Some(rest) = name.strip_prefix("qmmx_") {
-        let format = QuantFormat::from_index(rest.split('_').next()?.parse().ok()?)?;
-        return Some(shaped_smem(format, 4, true, GroupShape::of_x(format)));
+        let mut parts = rest.split('_');
+        let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
+        let mode: usize = parts.nth(1)?.parse().ok()?;
+        let shape = if mode == 2 { GroupShape::of_x(format) } else { GroupShape::of(false, format, 4, true) };
+        return Some(shaped_smem(format, 4, true, shape));
     }
     let hx = name.starts_with("qmmh_");
     let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
@@ -302,20 +305,25 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
     Some(group_smem(format, nt8, hx, mode == 2))
 }
 
-/// Whether steps of 17–32 tokens over f16 activations take the qmmx module's
-/// SwiGLU kernels (kernels/qmmx.cuh; `CHATGLM_QMMX=0`: the qmma module's
-/// `qmmh_*_4_2`, for measurements), read once.
-fn x_swiglu_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CHATGLM_QMMX").map_or(true, |v| v != "0"))
+/// Which products of 17–32 tokens over f16 activations take the qmmx
+/// module's kernels (kernels/qmmx.cuh): the residual, SwiGLU and QKV ones
+/// (modes 1–3); `CHATGLM_QMMX=0`: none (the qmma module's `qmmh_*_4_*`),
+/// `=2`: the SwiGLU ones alone, for measurements. Read once.
+fn x_modes() -> &'static [usize] {
+    static MODES: std::sync::OnceLock<&'static [usize]> = std::sync::OnceLock::new();
+    MODES.get_or_init(|| match std::env::var("CHATGLM_QMMX").as_deref() {
+        Ok("0") => &[],
+        Ok("2") => &[2],
+        _ => &[1, 2, 3],
+    })
 }
 
 /// The grouped kernel of a product of `format` weights over `nt8` token
 /// tiles in `mode` (qmma_group.cu's numbering; `hx`: f16 activations).
 pub(crate) fn grouped_kernel_name(format: QuantFormat, nt8: usize, mode: usize, hx: bool) -> String {
     let f = format as usize;
-    if hx && nt8 == 4 && mode == 2 && x_swiglu_on() {
-        format!("qmmx_{f}_4_2")
+    if hx && nt8 == 4 && x_modes().contains(&mode) {
+        format!("qmmx_{f}_4_{mode}")
     } else {
         format!("qmm{}_{f}_{nt8}_{mode}", if hx { 'h' } else { 'g' })
     }
@@ -356,7 +364,7 @@ impl Gpu {
         let f = self.kernel(name)?;
         let half = s.rows / 2;
         let swiglu = mode == GemvMode::SwiGlu;
-        let shape = if name.starts_with("qmmx_") {
+        let shape = if name.starts_with("qmmx_") && swiglu {
             GroupShape::of_x(s.format)
         } else {
             GroupShape::of(swiglu, s.format, nt8, hx)
@@ -561,12 +569,17 @@ mod tests {
             }
         }
         assert_eq!(group_smem_of("qmma_0_2_0_0"), None);
-        // The qmmx module's 7-pair groups on 16 warps.
+        // The qmmx module's 7-pair groups on 16 warps, and its other products'
+        // shape as the qmma module's.
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             let name = format!("qmmx_{}_4_2", format as usize);
             let smem = group_smem_of(&name).expect("a qmmx kernel");
             assert_eq!(smem, shaped_smem(format, 4, true, GroupShape::of_x(format)));
             assert!(smem + 32 * (16 + 4) + 16 <= 227 << 10, "{name}: {smem}");
+            for mode in [1, 3] {
+                let f = format as usize;
+                assert_eq!(group_smem_of(&format!("qmmx_{f}_4_{mode}")), group_smem_of(&format!("qmmh_{f}_4_{mode}")));
+            }
         }
     }
 
@@ -577,7 +590,10 @@ mod tests {
         assert_eq!(grouped_kernel_name(QuantFormat::Q8, 4, 2, true), "qmmx_2_4_2");
         assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 2, false), "qmmg_0_4_2");
         assert_eq!(grouped_kernel_name(QuantFormat::Q4, 8, 2, true), "qmmh_0_8_2");
-        assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 1, true), "qmmh_0_4_1");
+        assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 1, true), "qmmx_0_4_1");
+        assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 3, true), "qmmx_0_4_3");
+        // The output layer (mode 0) keeps the qmma module's.
+        assert_eq!(grouped_kernel_name(QuantFormat::Q8, 4, 0, true), "qmmh_2_4_0");
         let x = GroupShape::of_x(QuantFormat::Q4);
         assert_eq!(x, GroupShape { tiles: 14, cu: 8, kw: 1, xt: 2 });
         assert_eq!(x.threads(), 512);

@@ -22,3 +22,8 @@
 #ifdef QMMX_EARLY_DEPENDENTS
 #define QMMG_EARLY_DEPENDENTS QMMX_EARLY_DEPENDENTS
 #endif
+// And the residual and QKV products of those steps (qmmx_{format}_4_{1,3}),
+// their split groups' parts loaded all at once (QMMG_PARTS_AT_ONCE).
+#ifndef QMMG_PARTS_AT_ONCE
+#define QMMG_PARTS_AT_ONCE 1
+#endif
