@@ -92,14 +92,12 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #endif
 #define QG_PART_EMPTY 0x7fbadbadu  // the host fills the workspace with it (quant_group::PART_EMPTY)
 
-// 1: a split group's summing block requests up to QG_PARTS_BATCH parts'
-// elements together, then adds them in block order (the same bits); 0: the
-// loop as the compiler unrolls it (by two: 4h→h's and dense's three parts
-// took two L2 round trips). The qmmx module sets 1 (qmmx.cuh).
-#ifndef QMMG_PARTS_AT_ONCE
-#define QMMG_PARTS_AT_ONCE 0
+// Measurement only (results meaningless): 1 leaves out the QKV epilogue's f32
+// outputs of the key and value rows (the decode attention reads those rows
+// from the cache), to time their stores.
+#ifndef QMMG_KV_NO_OUT
+#define QMMG_KV_NO_OUT 0
 #endif
-#define QG_PARTS_BATCH 4
 
 // A whole chunk's weight copies unrolled at constant offsets (0: the
 // general loop, for A/B measurements).
@@ -858,27 +856,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 const int e = threadIdx.x + k * SH::THREADS;
                 sum[k] = e < n * SH::TILES * 16 ? red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)] : 0.f;
             }
-            // (Not the SwiGLU products': a group a block there.)
-            constexpr bool at_once = QMMG_PARTS_AT_ONCE && !QMMG_SENTINEL_PARTS && MODE != 2;
-            if (at_once) {
-            for (int b0 = blo + 1; b0 <= bhi; b0 += QG_PARTS_BATCH) {
-                float v[QG_PARTS_BATCH][EPT];
-#pragma unroll
-                for (int p = 0; p < QG_PARTS_BATCH; p++) {
-                    const float* part = ws + (long)(b0 + p) * SH::WS_SLOT;
-#pragma unroll
-                    for (int k = 0; k < EPT; k++) {
-                        const int e = threadIdx.x + k * SH::THREADS;
-                        v[p][k] = b0 + p <= bhi && e < n * SH::TILES * 16 ? __ldcg(part + e) : 0.f;
-                    }
-                }
-#pragma unroll
-                for (int p = 0; p < QG_PARTS_BATCH; p++)
-                    if (b0 + p <= bhi)
-#pragma unroll
-                        for (int k = 0; k < EPT; k++) sum[k] += v[p][k];
-            }
-            } else {
             for (int bb = blo + 1; bb <= bhi; bb++) {
                 float* part = ws + (long)bb * SH::WS_SLOT;
                 float v[EPT];
@@ -906,7 +883,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 }
 #pragma unroll
                 for (int k = 0; k < EPT; k++) sum[k] += v[k];
-            }
             }
 #pragma unroll
             for (int k = 0; k < EPT; k++) {
@@ -999,7 +975,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                             const float2 t = cs[tok * rc.n_pairs];
                             rv = odd ? v * t.x + b * t.y : v * t.x - b * t.y;
                         }
-                        out[(long)tok * out_rows + row] = rv;
+                        if (!QMMG_KV_NO_OUT || h < rc.n_heads) out[(long)tok * out_rows + row] = rv;
                         if (kv_vec) kv_rows[tok * SH::KV_ROW + r] = rv;
                         else if (h >= rc.n_heads) kv_store1(rc, slots[tok], row, rv);
                     }

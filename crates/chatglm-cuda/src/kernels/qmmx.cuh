@@ -1,5 +1,5 @@
-// The qmmx module (compile.rs): the grouped f16 SwiGLU products of 17–32
-// tokens (qmmx_{format}_4_2) as 7-pair wide groups on 16 warps — the last two
+// The qmmx module (compile.rs): the grouped f16 products of 17–32 tokens of the layers (below: the residual and QKV ones); the SwiGLU ones
+// (qmmx_{format}_4_2) as 7-pair wide groups on 16 warps — the last two
 // of a group's 14 tiles on two warps each (QMMG_WIDE_XT) — where the qmma
 // module's qmmh_{format}_4_2 have 8 pairs: ChatGLM2-6B's h→4h as 123 groups on
 // 132 SMs instead of 107, each scheduler 28 of a chunk's 112 units (run 278:
@@ -22,8 +22,11 @@
 #ifdef QMMX_EARLY_DEPENDENTS
 #define QMMG_EARLY_DEPENDENTS QMMX_EARLY_DEPENDENTS
 #endif
-// And the residual and QKV products of those steps (qmmx_{format}_4_{1,3}),
-// their split groups' parts loaded all at once (QMMG_PARTS_AT_ONCE).
-#ifndef QMMG_PARTS_AT_ONCE
-#define QMMG_PARTS_AT_ONCE 1
+// And the residual and QKV products of those steps (qmmx_{format}_4_{1,3}):
+// the same code as the qmma module's qmmh_{format}_4_{1,3}, placed apart
+// (run 286: 32 int4 sequences +0.4%).
+// QMMX_DRY (measurements, results meaningless): qmma_group.cu's QMMG_DRY for
+// this module's products alone.
+#ifdef QMMX_DRY
+#define QMMG_DRY QMMX_DRY
 #endif
