@@ -128,6 +128,9 @@ pub struct Gpu {
     /// Steps of 9..=64 tokens on the grouped quantized products (`CHATGLM_QMMA_GROUPED=0`: qmma's own;
     /// 32 int4 sequences 5,602–5,627 against 4,395 tok/s, bench/RESULTS.md run 87).
     pub(crate) grouped_products: std::sync::atomic::AtomicBool,
+    /// The residual and QKV products of 17–32-token f16 steps take the qmmx
+    /// module's kernels (`quant_group::grouped_kernel_name`; off: the qmma module's).
+    pub(crate) qmmx_residual: std::sync::atomic::AtomicBool,
     /// The grouped products' partial sums and counters, allocated by the first step that needs them.
     pub(crate) group_scratch: std::sync::Mutex<Option<crate::quant_group::GroupScratch>>,
     /// One-token products stream through shared memory (`quant_stream`).
@@ -363,6 +366,7 @@ impl Gpu {
             recorder: Default::default(),
             graphs_enabled: std::env::var("CHATGLM_CUDA_GRAPHS").map_or(true, |v| v != "0").into(),
             grouped_products: (!std::env::var("CHATGLM_QMMA_GROUPED").is_ok_and(|v| v == "0")).into(),
+            qmmx_residual: true.into(),
             group_scratch: Default::default(),
             one_token_stream: one_token_stream.into(),
             chain_sync: (crate::chain::chain_sync_requested() && pdl).into(),

@@ -514,6 +514,14 @@ impl Gpu {
         self.grouped_products.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Lets the residual and QKV products of 17–32-token f16 steps take the
+    /// qmmx module's kernels (the default: their split groups summed by all
+    /// their blocks, kernels/qmmx.cuh) or the qmma module's (one summing
+    /// block): the same bits either way, for tests and measurements.
+    pub fn set_qmmx_residual(&self, on: bool) {
+        self.qmmx_residual.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether a step of `n` tokens over rows of `cols` quantizes its
     /// activations inside the product (no separate launch).
     pub fn qmma_quantizes_in_block(&self, n: usize, cols: usize) -> bool {
@@ -661,7 +669,8 @@ impl Gpu {
         }
         let hx = form == ActivationForm::F16;
         let mut grouped = crate::quant_group::grouped_kernel_name(s.format, nt8, kernel_mode, hx);
-        if grouped.starts_with("qmmx_") && !self.has_kernel(&grouped) {
+        let residual_off = !self.qmmx_residual.load(std::sync::atomic::Ordering::Relaxed) && kernel_mode != 2;
+        if grouped.starts_with("qmmx_") && (residual_off || !self.has_kernel(&grouped)) {
             grouped = format!("qmmh_{}_{nt8}_{kernel_mode}", s.format as usize);
         }
         if !in_block && nt8 >= 2 && self.grouped_products() && self.has_kernel(&grouped) {

@@ -421,6 +421,9 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
     // Steps of 12 sequences: a prompt step, then decode steps, in q8_0 codes
     // and with f16 activations for the decode steps.
     let batched = vec![vec![3; 12], vec![1; 12], vec![1; 12], vec![1; 12]];
+    // Decode steps of 24 sequences over f16 activations: the qmmx module's
+    // products of 17–32 tokens (split groups summed by all their blocks).
+    let batched24 = vec![vec![3; 24], vec![1; 24], vec![1; 24]];
     for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
         for shape in [FLASH_SHAPE, GLM_HEADS] {
             compare_schedule_with(shape, format, KvDType::F16, &small, 4e-2, GpuSetup::default());
@@ -429,6 +432,8 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
                 let setup = GpuSetup { activations, ..GpuSetup::default() };
                 compare_schedule_with(shape, format, KvDType::F16, &batched, 4e-2, setup);
             }
+            let setup = GpuSetup { activations: "batched", ..GpuSetup::default() };
+            compare_schedule_with(shape, format, KvDType::F16, &batched24, 4e-2, setup);
         }
     }
 }
@@ -794,8 +799,17 @@ fn batched_steps_both_ways(
     steps: usize,
     setting: impl Fn(&CudaBackend, bool),
 ) -> Vec<[Vec<f32>; 2]> {
+    batched_steps_of(gpu, 12, steps, setting)
+}
+
+/// [`batched_steps_both_ways`] with `n_seqs` sequences.
+fn batched_steps_of(
+    gpu: &Model<CudaBackend>,
+    n_seqs: u32,
+    steps: usize,
+    setting: impl Fn(&CudaBackend, bool),
+) -> Vec<[Vec<f32>; 2]> {
     let vocab = gpu.config.padded_vocab_size;
-    let n_seqs = 12u32;
     let mut caches: [Vec<_>; 2] = std::array::from_fn(|_| (0..n_seqs).map(|_| gpu.new_cache(KvDType::F16)).collect());
     let mut state = ForwardState::new(&gpu.backend);
     for side in caches.iter_mut() {
@@ -851,6 +865,32 @@ fn gpu_step_handoff_keeps_batched_decode_bits() {
             gpu.backend.set_q8_handoff(true);
             let used = gpu.backend.q8_handoff_uses() - uses;
             assert!(used >= 4 * steps as u64 - 4, "{format:?} {activations}: activations handed over {used} times");
+        }
+    }
+}
+
+#[test]
+fn gpu_scattered_sums_keep_batched_decode_bits() {
+    // Batched decode steps of 24 and 32 sequences over f16 activations: the
+    // qmmx module's residual and QKV products, whose split groups are summed
+    // by all their blocks (each its share of the tokens, QMMG_SCATTER), against
+    // the qmma module's one summing block a group — the same bits; every
+    // kernel format, two layers, the 6B head layout (QKV with RoPE and cache
+    // rows, dense and 4h→h), sequences at different lengths crossing cache
+    // blocks. (The norm fold, learned from the step before, is off.)
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
+        for n_seqs in [24, 32] {
+            let src = random_model(&glm2, 47);
+            let Some(backend) = cuda(&src.config) else { return };
+            let gpu = Model::load(backend, &src, LoadOptions::new(format), &mut |_, _| {}).unwrap();
+            gpu.backend.set_gpu_activations("batched").unwrap();
+            gpu.backend.set_norm_fold(false);
+            let logits = batched_steps_of(&gpu, n_seqs, 6, |b, on| b.set_qmmx_residual(on));
+            for (step, [off, on]) in logits.iter().enumerate() {
+                assert!(off == on, "{format:?} {n_seqs} sequences: the qmmx products change step {step}");
+            }
+            gpu.backend.set_qmmx_residual(true);
         }
     }
 }

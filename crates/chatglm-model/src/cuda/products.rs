@@ -66,6 +66,13 @@ impl ActivationPolicy {
 }
 
 impl CudaBackend {
+    /// `chatglm_cuda::Gpu::set_qmmx_residual`: the residual and QKV products
+    /// of 17–32-token f16 steps on the qmmx module's kernels (the default) or
+    /// the qmma module's — the same bits.
+    pub fn set_qmmx_residual(&self, on: bool) {
+        self.gpu.set_qmmx_residual(on);
+    }
+
     /// Whether a step of `n` tokens takes `w` through the mat-vec kernels
     /// (float or quantized) rather than cuBLAS.
     pub(super) fn small_step(&self, w: &CudaMatrix, n: usize) -> bool {
