@@ -515,9 +515,9 @@ impl Gpu {
     }
 
     /// Lets the residual and QKV products of 17–32-token f16 steps take the
-    /// qmmx module's kernels (the default: their split groups summed by all
-    /// their blocks, kernels/qmmx.cuh) or the qmma module's (one summing
-    /// block): the same bits either way, for tests and measurements.
+    /// qmmx module's kernels (the default: the same code placed apart,
+    /// kernels/qmmx.cuh) or the qmma module's: the same bits either way, for
+    /// tests and measurements.
     pub fn set_qmmx_residual(&self, on: bool) {
         self.qmmx_residual.store(on, std::sync::atomic::Ordering::Relaxed);
     }

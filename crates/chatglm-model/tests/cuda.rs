@@ -422,7 +422,7 @@ fn gpu_quantized_products_match_cpu_for_every_format() {
     // and with f16 activations for the decode steps.
     let batched = vec![vec![3; 12], vec![1; 12], vec![1; 12], vec![1; 12]];
     // Decode steps of 24 sequences over f16 activations: the qmmx module's
-    // products of 17–32 tokens (split groups summed by all their blocks).
+    // products of 17–32 tokens.
     let batched24 = vec![vec![3; 24], vec![1; 24], vec![1; 24]];
     for format in [WeightFormat::Q8_0, WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q5_0, WeightFormat::Q5_1] {
         for shape in [FLASH_SHAPE, GLM_HEADS] {
@@ -870,14 +870,14 @@ fn gpu_step_handoff_keeps_batched_decode_bits() {
 }
 
 #[test]
-fn gpu_scattered_sums_keep_batched_decode_bits() {
+fn gpu_qmmx_residual_products_keep_batched_decode_bits() {
     // Batched decode steps of 24 and 32 sequences over f16 activations: the
-    // qmmx module's residual and QKV products, whose split groups are summed
-    // by all their blocks (each its share of the tokens, QMMG_SCATTER), against
-    // the qmma module's one summing block a group — the same bits; every
-    // kernel format, two layers, the 6B head layout (QKV with RoPE and cache
-    // rows, dense and 4h→h), sequences at different lengths crossing cache
-    // blocks. (The norm fold, learned from the step before, is off.)
+    // residual and QKV products compiled into the qmmx module (placed apart
+    // from the qmma module's code) against the qmma module's — the same bits;
+    // every kernel format, two layers, the 6B head layout (QKV with RoPE and
+    // cache rows, dense and 4h→h, split groups), sequences at different
+    // lengths crossing cache blocks. (The norm fold, learned from the step
+    // before, is off.)
     let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
     for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
         for n_seqs in [24, 32] {

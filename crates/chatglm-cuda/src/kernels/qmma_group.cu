@@ -92,28 +92,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #endif
 #define QG_PART_EMPTY 0x7fbadbadu  // the host fills the workspace with it (quant_group::PART_EMPTY)
 
-// 1: where the deal gives every group the same K > 1 blocks (the aligned
-// split, each block one run inside its group), a residual or QKV product's
-// split group is summed by all K blocks, each for its own n/K of the tokens
-// (reduce-scatter through the workspace): each publishes the others' tokens'
-// sums, waits for the group's count, adds the K blocks' sums of its tokens in
-// block order (the same bits) and writes their epilogue — where one summing
-// block read every part whole and wrote the whole group's epilogue alone
-// (run 278's stamps: QKV's 1.9 + 1.9 µs of RoPE, outputs and cache rows after
-// the sums). The qmmx module sets it (qmmx.cuh).
-#ifndef QMMG_SCATTER
-#define QMMG_SCATTER 0
-#endif
-// The most blocks of a group a scattered sum reads.
-#define QG_SCATTER_MAX 8
-
-// Measurement only (results meaningless): 1 leaves out the QKV epilogue's f32
-// outputs of the key and value rows (the decode attention reads those rows
-// from the cache), to time their stores.
-#ifndef QMMG_KV_NO_OUT
-#define QMMG_KV_NO_OUT 0
-#endif
-
 // A whole chunk's weight copies unrolled at constant offsets (0: the
 // general loop, for A/B measurements).
 #ifndef QMMG_FAST_COPY
@@ -481,9 +459,8 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
 // squares over group G's rows (sq: a thread's elements, as the epilogue
 // deals them — row threadIdx mod 128, tokens threadIdx / 128 + 4k) into
 // ss[G][token], summed in a fixed order (warp, then the row quarters).
-template <typename SH, int EPT, bool SLICE = false>
-__device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, int n, float* ss, float* part,
-                                                 int tlo = 0) {
+template <typename SH, int EPT>
+__device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, int n, float* ss, float* part) {
     constexpr int RPG = SH::TILES * 16, TPP = SH::THREADS / RPG, WPT = RPG / 32;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
@@ -492,7 +469,7 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
         if (lane == 0) part[warp * EPT + k] = s;
     }
     __syncthreads();
-    for (int tok = SLICE ? tlo + threadIdx.x : threadIdx.x; tok < n; tok += SH::THREADS) {
+    for (int tok = threadIdx.x; tok < n; tok += SH::THREADS) {
         const int ts = tok % TPP, k = tok / TPP;
         float s = 0.f;
 #pragma unroll
@@ -558,8 +535,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     // The block whose run holds chunk x.
     auto block_of = [&](long x) { return (int)(((x + 1) * P - 1) / W); };
 #endif
-    // Every group on the same K > 1 blocks, one run each (QMMG_SCATTER).
-    const bool aligned = QMMG_SCATTER && P % groups == 0 && P / groups > 1 && C >= P / groups;
     // This warp's row tile of group G (SwiGLU: the first PAIRS tiles the
     // gates of PAIRS pairs, the rest their ups), or -1 past the matrix.
     auto tile_of = [&](int G) -> int {
@@ -772,21 +747,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         }
         const bool split = c0 != 0 || c1 != C;
         const int blo = block_of((long)G * C), bhi = block_of((long)G * C + C - 1);
-        // QMMG_SCATTER: every block of the split group writes the outputs of
-        // its share of the tokens, tlo..thi (else all n, by one block).
-        constexpr bool SC = QMMG_SCATTER && (MODE == 1 || MODE == 3);
-        const int K = bhi - blo + 1;
-        const bool scatter = SC && split && aligned;
-        int tlo = 0, thi = n;
-        if (scatter) {
-            const int r = (int)blockIdx.x - blo;
-            tlo = r * n / K;
-            thi = (r + 1) * n / K;
-        }
         // This block writes group G's outputs: the rows' current values
         // (accumulate) or biases are requested now, in flight during the
         // sums.
-        const bool writes = !split || (int)blockIdx.x == blo || scatter;
+        const bool writes = !split || (int)blockIdx.x == blo;
         float base[EPT], gk[EPT];
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
@@ -794,8 +758,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const int tok = e / (SH::TILES * 16), row = G * SH::TILES * 16 + e % (SH::TILES * 16);
             base[k] = 0.f;
             gk[k] = 0.f;
-            if (MODE != 2 && writes && e < n * SH::TILES * 16 && row < out_rows &&
-                (!scatter || (tok >= tlo && tok < thi))) {
+            if (MODE != 2 && writes && e < n * SH::TILES * 16 && row < out_rows) {
                 if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
                 else if (bias) base[k] = bias[row];
                 if (fold) gk[k] = fold_g[row] * QG_FOLD_SCALE;
@@ -835,8 +798,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             if (G * SH::TILES * 16 < (rc.n_heads + rc.n_groups) * rc.head_dim) {
 #pragma unroll 1
-                for (int i = (scatter ? tlo * rc.n_pairs : 0) + threadIdx.x;
-                     i < (scatter ? thi : n) * rc.n_pairs; i += SH::THREADS) {
+                for (int i = threadIdx.x; i < n * rc.n_pairs; i += SH::THREADS) {
                     const int tok = i / rc.n_pairs;
                     float sn, cs;
                     sincosf((float)slots[tok].pos * rc.inv_freq[i - tok * rc.n_pairs], &sn, &cs);
@@ -845,41 +807,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             if (!split) __syncthreads();
         }
-        if (scatter) {
-            constexpr int R = SH::TILES * 16;
-            const int r = (int)blockIdx.x - blo;
-            // The other tokens' sums into this block's slot, counted.
-            float* mine = ws + (long)blockIdx.x * SH::WS_SLOT;
-            for (int e = threadIdx.x; e < tlo * R; e += SH::THREADS) mine[e] = red[(e % R) * RS + e / R];
-            for (int e = thi * R + threadIdx.x; e < n * R; e += SH::THREADS) mine[e] = red[(e % R) * RS + e / R];
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                red_add_release(&counters[G], 1u);
-                // Every block of the grid is resident (the host sizes it to a
-                // wave), so the others come; else a trap, not a hang.
-                for (long spins = 0; ld_acquire_gpu((const int*)&counters[G]) < K; spins++)
-                    if (spins > QG_SPIN_LIMIT) __trap();
-            }
-            __syncthreads();
-            // This block's tokens: the group's K sums in block order.
-            for (int e = tlo * R + threadIdx.x; e < thi * R; e += SH::THREADS) {
-                const int tok = e / R, row = e % R;
-                float v[QG_SCATTER_MAX];
-#pragma unroll
-                for (int q = 0; q < QG_SCATTER_MAX; q++)
-                    if (q < K) v[q] = q == r ? red[row * RS + tok] : __ldcg(ws + (long)(blo + q) * SH::WS_SLOT + e);
-                float sum = v[0];
-#pragma unroll
-                for (int q = 1; q < QG_SCATTER_MAX; q++)
-                    if (q < K) sum += v[q];
-                red[row * RS + tok] = sum;
-            }
-            __syncthreads();
-            // Read: the group's last block to say so zeroes the count for
-            // the next launch (every block has passed its wait by then).
-            if (threadIdx.x == 0 && atomicAdd(&counters[G], 1u) == 2u * K - 1u) counters[G] = 0u;
-            QG_STAMP();
-        } else if (split && (int)blockIdx.x != blo) {
+        if (split && (int)blockIdx.x != blo) {
             // A part of group G for block blo (this block's first run: a later
             // run starts at its group's first chunk): into this block's slot, then
             // counted by thread 0 alone, released (the barrier orders every
@@ -893,7 +821,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             x = xn;
             continue;
         }
-        if (split && !scatter) {
+        if (split) {
 #if QMMG_STAMPS
             if (st_on && st_nr > 0) st_last[st_nr - 1] = 1;
 #endif
@@ -960,8 +888,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         if (normed) {
             // Activations folded unnormalised by the product before: its
             // RMSNorm applied to the sums (before bias, RoPE, SwiGLU).
-            for (int e = (scatter ? tlo * SH::TILES * 16 : 0) + threadIdx.x;
-                 e < (scatter ? thi : n) * SH::TILES * 16; e += SH::THREADS) {
+            for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS) {
                 const int tok = e / (SH::TILES * 16), r = e % (SH::TILES * 16);
                 red[r * RS + tok] *= inv_rms[tok];
             }
@@ -1033,8 +960,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 const float2* cs = rope + (d >> 1);
                 if (row < out_rows) {
 #pragma unroll 1
-                    for (int tok = (scatter ? tlo : 0) + threadIdx.x / (SH::TILES * 16); tok < (scatter ? thi : n);
-                         tok += SH::THREADS / (SH::TILES * 16)) {
+                    for (int tok = threadIdx.x / (SH::TILES * 16); tok < n; tok += SH::THREADS / (SH::TILES * 16)) {
                         const float v = red[r * RS + tok] + bv;
                         float rv = v;
                         if (rot) {
@@ -1042,7 +968,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                             const float2 t = cs[tok * rc.n_pairs];
                             rv = odd ? v * t.x + b * t.y : v * t.x - b * t.y;
                         }
-                        if (!QMMG_KV_NO_OUT || h < rc.n_heads) out[(long)tok * out_rows + row] = rv;
+                        out[(long)tok * out_rows + row] = rv;
                         if (kv_vec) kv_rows[tok * SH::KV_ROW + r] = rv;
                         else if (h >= rc.n_heads) kv_store1(rc, slots[tok], row, rv);
                     }
@@ -1054,7 +980,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     const int tok = e / (SH::TILES * 16), r = e % (SH::TILES * 16);
                     const int row = G * SH::TILES * 16 + r;
                     sq[k] = 0.f;
-                    if (e >= n * SH::TILES * 16 || row >= out_rows || (scatter && (tok < tlo || tok >= thi))) continue;
+                    if (e >= n * SH::TILES * 16 || row >= out_rows) continue;
                     const float v = red[r * RS + tok] + base[k];
                     if (MODE != 3) {
                         out[(long)tok * out_rows + row] = v;
@@ -1074,17 +1000,13 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     }
                 }
             }
-            if (fold && scatter)
-                fold_sum_squares<SH, EPT, true>(sq, G, thi, fold_ss, (float*)(qg_smem + L::FOLD_OFF), tlo);
-            else if (fold)
-                fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
+            if (fold) fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
             if (MODE == 3) QG_STAMP();
             if (kv_vec) {
                 // A token's 8-row pieces on consecutive threads: 16 of them
                 // write its 128 rows' 256 (f16) contiguous bytes.
                 __syncthreads();
-                for (int p = (scatter ? tlo * SH::TILES * 2 : 0) + threadIdx.x; p < (scatter ? thi : n) * SH::TILES * 2;
-                     p += SH::THREADS) {
+                for (int p = threadIdx.x; p < n * SH::TILES * 2; p += SH::THREADS) {
                     const int tok = p / (SH::TILES * 2), r = p % (SH::TILES * 2) * 8;
                     const int row = G * SH::TILES * 16 + r;
                     const int h = row / rc.head_dim;

@@ -25,11 +25,6 @@
 // And the residual and QKV products of those steps (qmmx_{format}_4_{1,3}):
 // the same code as the qmma module's qmmh_{format}_4_{1,3}, placed apart
 // (run 286: 32 int4 sequences +0.4%).
-// Their split groups summed by all the group's blocks, each for its own share
-// of the tokens (QMMG_SCATTER).
-#ifndef QMMG_SCATTER
-#define QMMG_SCATTER 1
-#endif
 // QMMX_DRY (measurements, results meaningless): qmma_group.cu's QMMG_DRY for
 // this module's products alone.
 #ifdef QMMX_DRY
