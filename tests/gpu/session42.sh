@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (The record of run 284: the cluster kernels, CHATGLM_DECODE_SHORT_FILL and the test it runs were reverted in 3a2fff0.)
 # Session 42's first call: split groups of the 32-token f16 products summed through thread block clusters
 # (qmmc_*, the qmmx module; CHATGLM_QMMG_CLUSTER=0: the workspace, as before) — their bits against the workspace
 # path (the cuda test gpu_cluster_sums_keep_batched_decode_bits, qmma), then 32 int4 sequences with and without,

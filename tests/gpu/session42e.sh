@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# (The record of run 288: QMMG_SCATTER was removed after it and the test it runs renamed gpu_qmmx_residual_products_keep_batched_decode_bits.)
 # Session 42's sixth call: the qmmx module's residual and QKV products with their split groups summed by all the
 # group's blocks, each for its own share of the tokens (QMMG_SCATTER, set in that module: publish the others'
 # tokens' sums, wait for the group's count, add the K sums of its own tokens in block order, write their epilogue)
