@@ -30,6 +30,12 @@
 // 1 (measurements): thread 0 of block (0, 0) prints %globaltimer at entry,
 // after the wait, after its tile steps, after each merge barrier and at the
 // end, in layer 3 of steps whose context is a multiple of 16 (run 131).
+// 0 (measurements): no row of the context is started towards L2 before the
+// wait — at 32 sequences those 8 MB of requests land while the QKV product's
+// split groups publish and sum their parts (run 287's stamps: ~2 µs a part).
+#ifndef SHORT_PREFETCH
+#define SHORT_PREFETCH 1
+#endif
 #ifndef SHORT_STAMPS
 #define SHORT_STAMPS 0
 #endif
@@ -132,8 +138,9 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     pdl_launch_dependents();
     // The rows of earlier steps are settled; this step's (the last) lands
     // in L2 when the kernel ahead writes it, so a prefetch cannot go stale.
-    for (int kb = w * MMA_KEYS; kb < ctx; kb += STEP)
-        if (lane < MMA_KEYS && kb + lane < ctx) prefetch_kv_row(table, kb + lane, block_tokens, layer, n_groups, g);
+    if (SHORT_PREFETCH)
+        for (int kb = w * MMA_KEYS; kb < ctx; kb += STEP)
+            if (lane < MMA_KEYS && kb + lane < ctx) prefetch_kv_row(table, kb + lane, block_tokens, layer, n_groups, g);
     const long per_group = (long)block_tokens * DEC_D;
     const long koff = ((long)(layer * 2 + 0) * n_groups + g) * per_group;
     const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
