@@ -163,6 +163,24 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_WIDE_XT
 #define QMMG_WIDE_XT 0
 #endif
+// 1 (the qmmx module: QMMX_EPI): the SwiGLU epilogue's loops kept rolled, the
+// fold's RMSNorm applied inside them instead of in a pass of its own. Each
+// runs once a launch: unrolled, its code (~20 KB of it in h→4h) is fetched
+// cold by every block while the whole grid waits for the last.
+#ifndef QMMG_X_EPI
+#define QMMG_X_EPI 0
+#endif
+// 0 (measurements, qmmx.cuh's QMMX_SWIGLU_OUT): an odd-pair SwiGLU product
+// handing its output on writes only the hand-off, not its f32 rows.
+#ifndef QMMG_X_SWIGLU_OUT
+#define QMMG_X_SWIGLU_OUT 1
+#endif
+#if QMMG_X_EPI
+#define QG_EPI_LOOP _Pragma("unroll 1")
+#else
+#define QG_EPI_LOOP
+#endif
+
 // The rows of a group of a residual product's norm fold (the sums of squares
 // it hands on, QG_SS_STRIDE floats a group; the host's FOLD_GROUP_ROWS).
 #define QG_FOLD_ROWS 128
@@ -885,7 +903,12 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();
             QG_STAMP();
         }
+#if QMMG_X_EPI
+        // The SwiGLU loops below apply it themselves.
+        if (normed && MODE != 2) {
+#else
         if (normed) {
+#endif
             // Activations folded unnormalised by the product before: its
             // RMSNorm applied to the sums (before bias, RoPE, SwiGLU).
             for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS) {
@@ -898,12 +921,20 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         if (MODE == 2 && hq && PAIRS % 2) {
             // An odd count of pairs (f16 hand-off only): a group's outputs
             // end mid-block, so each value goes to its slot alone.
+            QG_EPI_LOOP
             for (int e = threadIdx.x; e < n * PAIRS * 16; e += SH::THREADS) {
                 const int tok = e / (PAIRS * 16), r = e % (PAIRS * 16);
                 const int hrow = (G * PAIRS + r / 16) * 16 + r % 16;
                 if (hrow >= half_rows) continue;
+#if QMMG_X_EPI
+                const float v = silu(red[r * RS + tok] * (normed ? inv_rms[tok] : 1.f)) *
+                                (red[(PAIRS * 16 + r) * RS + tok] * (normed ? inv_rms[tok] : 1.f));
+#else
                 const float v = silu(red[r * RS + tok]) * red[(PAIRS * 16 + r) * RS + tok];
+#endif
+#if QMMG_X_SWIGLU_OUT
                 out[(long)tok * half_rows + hrow] = v;
+#endif
                 ((u16*)hq)[(long)tok * half_rows + (hrow & ~31) + f16_activation_slot(hrow & 31)] = f32_to_f16(v);
             }
         } else if (MODE == 2 && hq) {
@@ -914,6 +945,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // needs no quantize_x launch.
             constexpr int BPG = PAIRS * 16 / 32, BPG_SHIFT = BPG == 4 ? 2 : 1;
             const int stride = NT8 * 8;
+            QG_EPI_LOOP
             for (int pr = warp; pr < stride * BPG; pr += SH::THREADS / 32) {
                 const int tok = pr >> BPG_SHIFT, b = G * BPG + (pr & (BPG - 1));
                 if (b * 32 >= half_rows) continue;
@@ -922,7 +954,12 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     continue;
                 }
                 const int r = (pr & (BPG - 1)) * 32 + lane;
+#if QMMG_X_EPI
+                const float v = silu(red[r * RS + tok] * (normed ? inv_rms[tok] : 1.f)) *
+                                (red[(PAIRS * 16 + r) * RS + tok] * (normed ? inv_rms[tok] : 1.f));
+#else
                 const float v = silu(red[r * RS + tok]) * red[(PAIRS * 16 + r) * RS + tok];
+#endif
                 out[(long)tok * half_rows + b * 32 + lane] = v;
                 if (HX) {
                     ((u16*)hq)[(long)tok * half_rows + b * 32 + f16_activation_slot(lane)] = f32_to_f16(v);
@@ -934,11 +971,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 }
             }
         } else if (MODE == 2) {
+            QG_EPI_LOOP
             for (int e = threadIdx.x; e < n * PAIRS * 16; e += SH::THREADS) {
                 const int tok = e / (PAIRS * 16), r = e % (PAIRS * 16);
                 const int hrow = (G * PAIRS + r / 16) * 16 + r % 16;
+#if QMMG_X_EPI
+                const float ir = normed ? inv_rms[tok] : 1.f;
+                if (hrow < half_rows) out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok] * ir) * (red[(PAIRS * 16 + r) * RS + tok] * ir);
+#else
                 if (hrow < half_rows)
                     out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok]) * red[(PAIRS * 16 + r) * RS + tok];
+#endif
             }
         } else {
             float sq[EPT];

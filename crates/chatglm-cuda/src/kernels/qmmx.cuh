@@ -30,3 +30,12 @@
 #ifdef QMMX_DRY
 #define QMMG_DRY QMMX_DRY
 #endif
+// QMMX_EPI (default 1): qmma_group.cu's QMMG_X_EPI in this module.
+#ifndef QMMX_EPI
+#define QMMX_EPI 1
+#endif
+#define QMMG_X_EPI QMMX_EPI
+// QMMX_SWIGLU_OUT=0 (measurements): qmma_group.cu's QMMG_X_SWIGLU_OUT.
+#ifdef QMMX_SWIGLU_OUT
+#define QMMG_X_SWIGLU_OUT QMMX_SWIGLU_OUT
+#endif
