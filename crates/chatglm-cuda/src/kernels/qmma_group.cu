@@ -165,13 +165,12 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #endif
 // Code that runs once a launch, kept compact in the qmmx module (QMMX_EPI, a
 // mask): unrolled, it is fetched cold by every block while the whole grid
-// waits for the last (run 292: h→4h's epilogue, ~380 instructions fewer, +1.35%
-// for 32 int4 sequences). 1: the SwiGLU epilogue's loops rolled, the fold's
-// RMSNorm applied inside them instead of in a pass of its own; 2: a row's last
-// (partial) chunk walked a unit at a time; 4: a residual product's epilogue
-// rolled — its rows' current values staged in shared memory by cp.async
-// instead of held in registers, the fold's warp sums inside the loop — and a
-// part's publishing loop rolled.
+// waits for the last. 1: the SwiGLU epilogue's loops rolled, the fold's RMSNorm
+// applied inside them instead of in a pass of its own (h→4h's epilogue ~380
+// instructions shorter: 32 int4 sequences +1.35%, run 292); 2: a row's last,
+// partial chunk walked a unit at a time (4h→h's: +0.5%, run 293). A residual
+// product's epilogue rolled the same way (its rows' current values staged by
+// cp.async, the fold's warp sums in the loop) lost 0.35–0.8% (run 293).
 #ifndef QMMG_X_EPI
 #define QMMG_X_EPI 0
 #endif
@@ -184,11 +183,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #define QG_EPI_LOOP _Pragma("unroll 1")
 #else
 #define QG_EPI_LOOP
-#endif
-#if QMMG_X_EPI & 4
-#define QG_EPI_LOOP4 _Pragma("unroll 1")
-#else
-#define QG_EPI_LOOP4
 #endif
 
 // The rows of a group of a residual product's norm fold (the sums of squares
@@ -300,9 +294,6 @@ template <int F, int NT8, bool HX, typename SH> struct QgLayout {
         // then free): [warp][a thread's elements].
         FOLD_OFF = (RED_BYTES + 15) / 16 * 16,
         FOLD_BYTES = (SH::THREADS / 32) * (NT8 * 8 * SH::TILES * 16 / SH::THREADS) * 4,
-        // QMMG_X_EPI & 4: a residual product's current rows staged after the fold's sums.
-        BASE_OFF = (FOLD_OFF + FOLD_BYTES + 15) / 16 * 16,
-        BASE_BYTES = NT8 * 8 * SH::TILES * 16 * 4,
         // MODE 3 (no fold): the staged cache rows there, the group's biases,
         // then the RoPE table of (cos, sin) float2s, ROPE_CAP of them at most.
         QKV_BIAS_OFF = FOLD_OFF + NT8 * 8 * SH::KV_ROW * 4,
@@ -533,30 +524,6 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
         ss[G * QG_SS_STRIDE + tok] = s;
     }
 }
-
-#if QMMG_X_EPI & 4
-// fold_sum_squares after its warp sums (part, written by the compact
-// residual epilogue): the same sums in the same order.
-template <typename SH, int EPT>
-__device__ __forceinline__ void fold_sums_publish(int G, int n, float* ss, const float* part) {
-    constexpr int RPG = SH::TILES * 16, TPP = SH::THREADS / RPG, WPT = RPG / 32;
-    __syncthreads();
-#pragma unroll 1
-    for (int tok = threadIdx.x; tok < n; tok += SH::THREADS) {
-        const int ts = tok % TPP, k = tok / TPP;
-        float s = 0.f;
-#pragma unroll
-        for (int q = 0; q < WPT; q++) s += part[(ts * WPT + q) * EPT + k];
-        ss[G * QG_SS_STRIDE + tok] = s;
-    }
-}
-// 4 bytes global → shared (cp.async; `valid` false: zero-filled, nothing read).
-__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
-    const u32 s = (u32)__cvta_generic_to_shared(smem);
-    const int n = valid ? 4 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(s), "l"(gmem), "r"(n) : "memory");
-}
-#endif
 
 // The product (MODE as qmma_body; NT8 = quantize_x's token tiles). ws:
 // gridDim.x partial results of SH::WS_SLOT floats; counters: one a group,
@@ -832,26 +799,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         // sums.
         const bool writes = !split || (int)blockIdx.x == blo;
         float base[EPT], gk[EPT];
-#if QMMG_X_EPI & 4
-        // A thread's row is the same for each of its elements; the rows'
-        // current values go to shared memory, the loops stay rolled.
-        constexpr bool compact = MODE == 1 && SH::THREADS % (SH::TILES * 16) == 0;
-        float* sbase = (float*)(qg_smem + L::BASE_OFF);
-        float gkr = 0.f;
-        if (compact) {
-            const int row = G * SH::TILES * 16 + (int)threadIdx.x % (SH::TILES * 16);
-            if (fold && writes && row < out_rows) gkr = fold_g[row] * QG_FOLD_SCALE;
-            if (writes) {
-#pragma unroll 1
-                for (int k = 0; k < EPT; k++) {
-                    const int e = threadIdx.x + k * SH::THREADS, tok = e / (SH::TILES * 16);
-                    const bool ok = e < n * SH::TILES * 16 && row < out_rows;
-                    cp_async4(sbase + k * SH::THREADS + threadIdx.x, out + (ok ? (long)tok * out_rows + row : 0), ok);
-                }
-                cp_async_commit();
-            }
-        } else {
-#endif
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
             const int e = threadIdx.x + k * SH::THREADS;
@@ -864,9 +811,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 if (fold) gk[k] = fold_g[row] * QG_FOLD_SCALE;
             }
         }
-#if QMMG_X_EPI & 4
-        }
-#endif
         constexpr int RS = L::RED_STRIDE;
         // The tile's sums: its first warp's, then (two warps a tile) the second's added.
 #pragma unroll
@@ -916,7 +860,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // counted by thread 0 alone, released (the barrier orders every
             // thread's writes before it; cooperative groups' grid barrier).
             float* mine = ws + (long)blockIdx.x * SH::WS_SLOT;
-            QG_EPI_LOOP4
             for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS)
                 mine[e] = red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)];
             __syncthreads();  // also: red is the next run's stages
@@ -1102,33 +1045,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                         else if (h >= rc.n_heads) kv_store1(rc, slots[tok], row, rv);
                     }
                 }
-#if QMMG_X_EPI & 4
-            } else if (compact) {
-                const int r = (int)threadIdx.x % (SH::TILES * 16), row = G * SH::TILES * 16 + r;
-                float* fpart = (float*)(qg_smem + L::FOLD_OFF);
-                cp_async_wait<0>();
-#pragma unroll 1
-                for (int k = 0; k < EPT; k++) {
-                    const int e = threadIdx.x + k * SH::THREADS, tok = e / (SH::TILES * 16);
-                    float s2 = 0.f;
-                    if (e < n * SH::TILES * 16 && row < out_rows) {
-                        const float v = red[r * RS + tok] + sbase[k * SH::THREADS + threadIdx.x];
-                        out[(long)tok * out_rows + row] = v;
-                        if (fold) {
-                            // Saturated, not infinite, past f16's range.
-                            const float a = fminf(fmaxf(v * gkr, -65504.f), 65504.f);
-                            ((u16*)hq)[(long)tok * out_rows + (row & ~31) + f16_activation_slot(row & 31)] =
-                                f32_to_f16(a);
-                            s2 = v * v;
-                        }
-                    }
-                    if (fold) {
-                        s2 = warp_sum(s2);
-                        if (lane == 0) fpart[warp * EPT + k] = s2;
-                    }
-                }
-                if (fold) fold_sums_publish<SH, EPT>(G, n, fold_ss, fpart);
-#endif
             } else {
 #pragma unroll
                 for (int k = 0; k < EPT; k++) {
@@ -1156,12 +1072,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     }
                 }
             }
-#if QMMG_X_EPI & 4
-            if (fold && !compact)
-#else
-            if (fold)
-#endif
-                fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
+            if (fold) fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
             if (MODE == 3) QG_STAMP();
             if (kv_vec) {
                 // A token's 8-row pieces on consecutive threads: 16 of them
