@@ -168,9 +168,11 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 // waits for the last. 1: the SwiGLU epilogue's loops rolled, the fold's RMSNorm
 // applied inside them instead of in a pass of its own (h→4h's epilogue ~380
 // instructions shorter: 32 int4 sequences +1.35%, run 292); 2: a row's last,
-// partial chunk walked a unit at a time (4h→h's: +0.5%, run 293). A residual
-// product's epilogue rolled the same way (its rows' current values staged by
-// cp.async, the fold's warp sums in the loop) lost 0.35–0.8% (run 293).
+// partial chunk walked a unit at a time (4h→h's: +0.5%, run 293); 8: QKV
+// without the bias loads its RoPE-table epilogue never reads (+0.3%, run 296).
+// A residual product's epilogue rolled (its rows' current values staged by
+// cp.async, the fold's warp sums in the loop) lost 0.35–0.8% (run 293), in two
+// rolled halves 1.4% (run 296): there the stores' overlap counts for more.
 #ifndef QMMG_X_EPI
 #define QMMG_X_EPI 0
 #endif
@@ -805,7 +807,13 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const int tok = e / (SH::TILES * 16), row = G * SH::TILES * 16 + e % (SH::TILES * 16);
             base[k] = 0.f;
             gk[k] = 0.f;
+#if QMMG_X_EPI & 8
+            // QKV's RoPE-table epilogue reads its biases from shared memory.
+            const bool table = MODE == 3 && QMMG_ROPE_TABLE && n * rc.n_pairs <= L::ROPE_CAP;
+            if (MODE != 2 && !table && writes && e < n * SH::TILES * 16 && row < out_rows) {
+#else
             if (MODE != 2 && writes && e < n * SH::TILES * 16 && row < out_rows) {
+#endif
                 if (MODE == 1) base[k] = out[(long)tok * out_rows + row];
                 else if (bias) base[k] = bias[row];
                 if (fold) gk[k] = fold_g[row] * QG_FOLD_SCALE;

@@ -30,9 +30,9 @@
 #ifdef QMMX_DRY
 #define QMMG_DRY QMMX_DRY
 #endif
-// QMMX_EPI (a mask, default 3): qmma_group.cu's QMMG_X_EPI in this module.
+// QMMX_EPI (a mask, default 11): qmma_group.cu's QMMG_X_EPI in this module.
 #ifndef QMMX_EPI
-#define QMMX_EPI 3
+#define QMMX_EPI 11
 #endif
 #define QMMG_X_EPI QMMX_EPI
 // QMMX_SWIGLU_OUT=0 (measurements): qmma_group.cu's QMMG_X_SWIGLU_OUT.
