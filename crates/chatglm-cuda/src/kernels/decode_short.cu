@@ -235,7 +235,18 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
             const int b = first / 32 + e % (hb * DEC_D / 32), tt = gridDim.y + e / (hb * DEC_D / 32);
             qs[b * qstride + tt] = make_float2(0.f, __int_as_float(qoff ? SHORT_X_MAGIC : 0));
         }
-    if (SHORT_STAMPS && tid == 0 && g == 0 && wt == 0 && layer == 3 && ctx % 16 == 0) {
+    // SHORT_STAMPS=2: every block of layer SHORT_STAMP_LAYER (default 3), absolute start, for alignment with
+    // the grouped products' stamps (QMMG_STAMPS with QMMG_STAMP_STEP / QMMG_STAMP_LAYER).
+#ifndef SHORT_STAMP_LAYER
+#define SHORT_STAMP_LAYER 3
+#endif
+    if (SHORT_STAMPS == 2 && tid == 0 && layer == SHORT_STAMP_LAYER && ctx % 16 == 0) {
+        __threadfence();
+        const unsigned long long t5 = short_now();
+        printf("SHS g %d wt %d ctx %d t0 %llu wait %llu tiles %llu merge1 %llu merge2 %llu out %llu\n", g, wt, ctx, t0,
+               t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4);
+    }
+    if (SHORT_STAMPS == 1 && tid == 0 && g == 0 && wt == 0 && layer == 3 && ctx % 16 == 0) {
         __threadfence();
         const unsigned long long t5 = short_now();
         printf("short stamps ctx %d: start %llu wait +%llu tiles +%llu merge1 +%llu merge2 +%llu out +%llu ns\n", ctx,

@@ -697,7 +697,14 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     bool st_on = false;
     if (threadIdx.x == 0 && blockIdx.x < 256) {
         unsigned* seen = &qmmg_seen[(F * 4 + MODE) * 2 + (HX ? 1 : 0)][blockIdx.x];
+#ifdef QMMG_STAMP_STEP
+        // One layer of one decode step for every product (a step's residual
+        // launches alternate dense, 4h→h; QKV and SwiGLU once a layer).
+        st_on = ++*seen == (MODE == 1 ? QMMG_STAMP_STEP * 56 + 2 * QMMG_STAMP_LAYER + 1
+                                      : QMMG_STAMP_STEP * 28 + QMMG_STAMP_LAYER + 1);
+#else
         st_on = ++*seen == QMMG_STAMP_LAUNCH;
+#endif
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(st_t0));
         st_c0 = clock64();
     }
