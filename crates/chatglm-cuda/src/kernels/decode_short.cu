@@ -36,6 +36,11 @@
 #ifndef SHORT_PREFETCH
 #define SHORT_PREFETCH 1
 #endif
+// 1 (measurements): a warp's first two tiles of settled rows loaded before
+// the wait (below).
+#ifndef SHORT_EARLY_TILES
+#define SHORT_EARLY_TILES 0
+#endif
 #ifndef SHORT_STAMPS
 #define SHORT_STAMPS 0
 #endif
@@ -146,13 +151,28 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     const long voff = ((long)(layer * 2 + 1) * n_groups + g) * per_group;
     const float qscale = scale * 1.4426950408889634f;
     const float* q = qkv + (long)t * width + (long)g * HG * DEC_D;
+    KvTile ta, tb;
+    const int kb0 = w * MMA_KEYS;
+#if SHORT_EARLY_TILES
+    // A warp's first two tiles of settled rows (all but the step's own,
+    // ctx − 1, which the kernel ahead writes) in registers before the wait:
+    // a block enters up to ~240 µs before it (run 302) and the rows it
+    // started towards L2 are evicted again by then. The tile holding the
+    // step's own row is read again, whole, after the wait.
+    if (kb0 < ctx) load_tile(ta, table, kb0, ctx - 1, block_tokens, koff, voff, gr, tq);
+    if (kb0 + STEP < ctx) load_tile(tb, table, kb0 + STEP, ctx - 1, block_tokens, koff, voff, gr, tq);
+    pdl_wait();
+    const unsigned long long t1 = short_now();
+    if (kb0 <= ctx - 1 && ctx - 1 < kb0 + MMA_KEYS) load_tile(ta, table, kb0, ctx, block_tokens, koff, voff, gr, tq);
+    if (kb0 + STEP <= ctx - 1 && ctx - 1 < kb0 + STEP + MMA_KEYS)
+        load_tile(tb, table, kb0 + STEP, ctx, block_tokens, koff, voff, gr, tq);
+#else
     pdl_wait();
     const unsigned long long t1 = short_now();
     // Both of a warp's first two tiles in flight with the query.
-    KvTile ta, tb;
-    const int kb0 = w * MMA_KEYS;
     if (kb0 < ctx) load_tile(ta, table, kb0, ctx, block_tokens, koff, voff, gr, tq);
     if (kb0 + STEP < ctx) load_tile(tb, table, kb0 + STEP, ctx, block_tokens, koff, voff, gr, tq);
+#endif
     u32 qf[8][4];
     // All 16 rows, the block's heads or not (a row's scores and outputs
     // depend on its own query only; the others are not stored).
