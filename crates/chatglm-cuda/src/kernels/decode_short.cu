@@ -36,10 +36,11 @@
 #ifndef SHORT_PREFETCH
 #define SHORT_PREFETCH 1
 #endif
-// 1 (measurements): a warp's first two tiles of settled rows loaded before
-// the wait (below).
+// 1: a warp's first two tiles of settled rows loaded before the wait
+// (below); 2: and the later tiles' rows requested again after it; 0: every
+// tile after the wait (measurements).
 #ifndef SHORT_EARLY_TILES
-#define SHORT_EARLY_TILES 0
+#define SHORT_EARLY_TILES 1
 #endif
 #ifndef SHORT_STAMPS
 #define SHORT_STAMPS 0
@@ -154,17 +155,26 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
     KvTile ta, tb;
     const int kb0 = w * MMA_KEYS;
 #if SHORT_EARLY_TILES
-    // A warp's first two tiles of settled rows (all but the step's own,
-    // ctx − 1, which the kernel ahead writes) in registers before the wait:
+    // A warp's first two tiles of settled rows in registers before the wait:
     // a block enters up to ~240 µs before it (run 302) and the rows it
-    // started towards L2 are evicted again by then. The tile holding the
-    // step's own row is read again, whole, after the wait.
-    if (kb0 < ctx) load_tile(ta, table, kb0, ctx - 1, block_tokens, koff, voff, gr, tq);
-    if (kb0 + STEP < ctx) load_tile(tb, table, kb0 + STEP, ctx - 1, block_tokens, koff, voff, gr, tq);
+    // started towards L2 are evicted again by then (32 int4 sequences +1.8%,
+    // run 303). Settled: the rows below a sequence's first token of the step
+    // (its tokens are consecutive, in order) — for that first token all but
+    // its own; a later token of the same sequence reads none early. The
+    // step's own rows are the kernel ahead's to write, so a tile holding
+    // one is read again, whole, after the wait.
+    const int settled = t == 0 || seq_of_token[t - 1] != seq_of_token[t] ? ctx - 1 : 0;
+    if (kb0 < settled) load_tile(ta, table, kb0, settled, block_tokens, koff, voff, gr, tq);
+    if (kb0 + STEP < settled) load_tile(tb, table, kb0 + STEP, settled, block_tokens, koff, voff, gr, tq);
     pdl_wait();
     const unsigned long long t1 = short_now();
-    if (kb0 <= ctx - 1 && ctx - 1 < kb0 + MMA_KEYS) load_tile(ta, table, kb0, ctx, block_tokens, koff, voff, gr, tq);
-    if (kb0 + STEP <= ctx - 1 && ctx - 1 < kb0 + STEP + MMA_KEYS)
+#if SHORT_EARLY_TILES >= 2
+    // The later tiles' rows requested again (their early requests are gone too).
+    for (int kb = kb0 + 2 * STEP; kb < ctx; kb += STEP)
+        if (lane < MMA_KEYS && kb + lane < ctx) prefetch_kv_row(table, kb + lane, block_tokens, layer, n_groups, g);
+#endif
+    if (kb0 < ctx && kb0 + MMA_KEYS > settled) load_tile(ta, table, kb0, ctx, block_tokens, koff, voff, gr, tq);
+    if (kb0 + STEP < ctx && kb0 + STEP + MMA_KEYS > settled)
         load_tile(tb, table, kb0 + STEP, ctx, block_tokens, koff, voff, gr, tq);
 #else
     pdl_wait();
