@@ -45,6 +45,12 @@
 #ifndef SHORT_STAMPS
 #define SHORT_STAMPS 0
 #endif
+// SHORT_STAMPS=2 (measurements): every block of this layer prints its absolute
+// start and phases, for alignment with the grouped products' stamps
+// (QMMG_STAMPS with QMMG_STAMP_STEP / QMMG_STAMP_LAYER, which assume 28 layers).
+#ifndef SHORT_STAMP_LAYER
+#define SHORT_STAMP_LAYER 3
+#endif
 
 __device__ __forceinline__ unsigned long long short_now() {
     unsigned long long t = 0;
@@ -265,11 +271,7 @@ extern "C" __global__ void __launch_bounds__(SHORT_WARPS * 32)
             const int b = first / 32 + e % (hb * DEC_D / 32), tt = gridDim.y + e / (hb * DEC_D / 32);
             qs[b * qstride + tt] = make_float2(0.f, __int_as_float(qoff ? SHORT_X_MAGIC : 0));
         }
-    // SHORT_STAMPS=2: every block of layer SHORT_STAMP_LAYER (default 3), absolute start, for alignment with
-    // the grouped products' stamps (QMMG_STAMPS with QMMG_STAMP_STEP / QMMG_STAMP_LAYER).
-#ifndef SHORT_STAMP_LAYER
-#define SHORT_STAMP_LAYER 3
-#endif
+    // SHORT_STAMPS=2: every block of layer SHORT_STAMP_LAYER, absolute start (see its define).
     if (SHORT_STAMPS == 2 && tid == 0 && layer == SHORT_STAMP_LAYER && ctx % 16 == 0) {
         __threadfence();
         const unsigned long long t5 = short_now();
