@@ -305,25 +305,6 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
     Some(group_smem(format, nt8, hx, mode == 2))
 }
 
-/// Whether the qmmx module's SwiGLU groups of `shape` take 6.5 pairs, 13
-/// half pairs (kernels/qmmx.cuh's `QMMX_HALF_PAIR`, default 1: qmma_group.cu's
-/// `QMMG_HALF_PAIR`, for its 7-pair shape on 16 warps).
-fn x_half_pairs(shape: GroupShape) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| define("QMMX_HALF_PAIR").is_none_or(|v| v != 0)) && shape.tiles == 14 && shape.xt == 2
-}
-
-/// The groups of a SwiGLU product of `pairs` (gate, up) tile pairs:
-/// `shape.tiles / 2` pairs a group, or with `half_pairs` 13 half pairs
-/// (qmma_group.cu's `QMMG_HALF_PAIR`).
-fn swiglu_groups(pairs: usize, shape: GroupShape, half_pairs: bool) -> usize {
-    if half_pairs {
-        (2 * pairs).div_ceil(shape.tiles - 1)
-    } else {
-        pairs.div_ceil(shape.tiles / 2)
-    }
-}
-
 /// Which products of 17–32 tokens over f16 activations take the qmmx
 /// module's kernels (kernels/qmmx.cuh): the residual, SwiGLU and QKV ones
 /// (modes 1–3); `CHATGLM_QMMX=0`: none (the qmma module's `qmmh_*_4_*`),
@@ -388,11 +369,7 @@ impl Gpu {
         } else {
             GroupShape::of(swiglu, s.format, nt8, hx)
         };
-        let groups = if swiglu {
-            swiglu_groups(half / TILE_ROWS, shape, name.starts_with("qmmx_") && x_half_pairs(shape))
-        } else {
-            s.tiles.div_ceil(shape.tiles)
-        };
+        let groups = if swiglu { (half / TILE_ROWS).div_ceil(shape.tiles / 2) } else { s.tiles.div_ceil(shape.tiles) };
         let chunks = groups * s.units.div_ceil(shape.cu);
         let smem = shaped_smem(s.format, nt8, hx, shape) as u32;
         let threads = shape.threads();
@@ -532,12 +509,6 @@ mod tests {
         }
         // ChatGLM2-6B's h→4h (856 tile pairs): 123 groups of 7 where 8 make 107.
         assert_eq!(856usize.div_ceil(wide.tiles / 2), 123);
-        // As 6.5 pairs a group (the qmmx module's half pairs): one a SM.
-        let x = GroupShape::of_x(QuantFormat::Q4);
-        assert!(x_half_pairs(x));
-        assert_eq!(swiglu_groups(856, x, true), 132);
-        assert_eq!(swiglu_groups(856, x, false), 123);
-        assert_eq!(swiglu_groups(1, x, true), 1);
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             for nt8 in [2, 4, 8] {
                 let shape = wide.fitted(format, nt8, true);

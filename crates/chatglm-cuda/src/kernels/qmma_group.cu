@@ -163,21 +163,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_WIDE_XT
 #define QMMG_WIDE_XT 0
 #endif
-// 1 (set by qmmx.cuh for its module): a 7-pair SwiGLU group of 16 warps
-// takes 6.5 pairs — 13 half pairs, ChatGLM2-6B's 1,712 as 132 groups on 132
-// SMs instead of 123 — so each scheduler has 26 of a chunk's units instead
-// of 28. A group stages 7 pairs as before; the one at its end (even groups)
-// or start (odd ones) is half its own, its gate and up rows of that half
-// (the low 8 or the high 8 of each tile) one mixed 16-row tile: a thread's
-// fragment words and scales of rows g and g+8 are separate, so the gate
-// tile's row-g words and the up tile's become the mixed tile's rows g and
-// g+8 with no extra arithmetic. 12 warps take the whole pairs' tiles, the
-// other 4 a quarter of the mixed tile's units each (one on every scheduler),
-// their sums added in warp order. The host mirrors the group count
-// (quant_group::x_half_pairs).
-#ifndef QMMG_HALF_PAIR
-#define QMMG_HALF_PAIR 0
-#endif
 // Code that runs once a launch, kept compact in the qmmx module (QMMX_EPI, a
 // mask): unrolled, it is fetched cold by every block while the whole grid
 // waits for the last. 1: the SwiGLU epilogue's loops rolled, the fold's RMSNorm
@@ -519,78 +504,6 @@ __device__ __forceinline__ void chunk_product_hx(float (&acc)[NT8][4], const uns
 }
 
 
-#if QMMG_HALF_PAIR
-// for_chunk_units over the mixed tile of a half pair: QU units from u0 of
-// the gate tile staged at slot gt and the up tile at slot gt + PAIRS (ut),
-// each lane's words and scales of row g + 8·hsel of both as rows g, g + 8.
-template <int F, typename L, bool CHECKED, int QU, typename Body>
-__device__ __forceinline__ void for_mixed_units(const unsigned char* st, int gt, int ut, int hsel, int u0, int lane,
-                                                int nu, int nblk, Body body) {
-    typedef typename L::Shape SH;
-    typedef typename QScale<F>::type ScaleVec;
-    constexpr int SB = QFmt<F>::BLOCKS;
-    const int g = lane >> 2;
-    const unsigned char* wg = st + L::W_OFF + gt * SH::CU * 512 + lane * 16;
-    const unsigned char* wu = st + L::W_OFF + ut * SH::CU * 512 + lane * 16;
-    const unsigned char* sg = st + L::SC_OFF + gt * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* su = st + L::SC_OFF + ut * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* mg = st + L::MN_OFF + gt * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const unsigned char* mu = st + L::MN_OFF + ut * SH::CU * L::SCB + g * (int)sizeof(ScaleVec);
-    const u32 sel = hsel ? 0x7632u : 0x5410u;
-#pragma unroll
-    for (int uu = 0; uu < QU; uu++) {
-        const int u = u0 + uu;
-        if (CHECKED && u >= nu) break;
-        const uint4 a = *(const uint4*)(wg + u * 512), b = *(const uint4*)(wu + u * 512);
-        const uint4 wv = hsel ? make_uint4(a.y, b.y, a.w, b.w) : make_uint4(a.x, b.x, a.z, b.z);
-        const ScaleVec scg = *(const ScaleVec*)(sg + u * L::SCB), scu = *(const ScaleVec*)(su + u * L::SCB);
-        ScaleVec mng, mnu;
-        if (QFmt<F>::MIN) {
-            mng = *(const ScaleVec*)(mg + u * L::SCB);
-            mnu = *(const ScaleVec*)(mu + u * L::SCB);
-        }
-#pragma unroll
-        for (int i = 0; i < SB; i++) {
-            const int bl = u * SB + i;
-            if (CHECKED && bl >= nblk) break;
-            const u32 dg = SB == 2 ? (i ? ((const uint2*)&scg)->y : ((const uint2*)&scg)->x) : *(const u32*)&scg;
-            const u32 du = SB == 2 ? (i ? ((const uint2*)&scu)->y : ((const uint2*)&scu)->x) : *(const u32*)&scu;
-            u32 mw = 0u;
-            if (QFmt<F>::MIN) {
-                const u32 ng = SB == 2 ? (i ? ((const uint2*)&mng)->y : ((const uint2*)&mng)->x) : *(const u32*)&mng;
-                const u32 nu2 = SB == 2 ? (i ? ((const uint2*)&mnu)->y : ((const uint2*)&mnu)->x) : *(const u32*)&mnu;
-                mw = __byte_perm(ng, nu2, sel);
-            }
-            body(wv, i, bl, __byte_perm(dg, du, sel), mw);
-        }
-    }
-}
-
-// chunk_product_hx for a half-pair group: a whole tile (quarter < 0) or
-// the quarter'th quarter of the mixed tile of the half pair at local pair
-// hp_local (its half hsel).
-template <int F, int NT8, typename SH, bool CHECKED>
-__device__ __forceinline__ void chunk_product_hp(float (&acc)[NT8][4], const unsigned char* st, int tw, int quarter,
-                                                 int hsel, int hp_local, int lane, int nu, int nblk) {
-    typedef QgLayout<F, NT8, true, SH> L;
-    const int g = lane >> 2, t = lane & 3;
-    const unsigned char* xbase = st + L::XQ_OFF + g * L::XROW + 16 * t;
-    auto body = [&](const uint4& wv, int i, int bl, u32 dw, u32 mw) {
-        u32 a[2][4];
-        a_fragments_f16<F>(wv, i, dw, mw, a);
-#pragma unroll
-        for (int j = 0; j < NT8; j++) {
-            const uint4 xv = *(const uint4*)(xbase + j * 8 * L::XROW + bl * 64);
-            mma16816_pure(acc[j], a[0], xv.x, xv.y);
-            mma16816_pure(acc[j], a[1], xv.z, xv.w);
-        }
-    };
-    constexpr int QU = SH::CU / 4;
-    if (quarter < 0) for_chunk_units<F, L, CHECKED, SH::CU>(st, tw, 0, lane, nu, nblk, body);
-    else for_mixed_units<F, L, CHECKED, QU>(st, hp_local, hp_local + SH::TILES / 2, hsel, quarter * QU, lane, nu, nblk, body);
-}
-#endif
-
 // The norm fold, in a residual product's epilogue: each token's sum of
 // squares over group G's rows (sq: a thread's elements, as the epilogue
 // deals them — row threadIdx mod 128, tokens threadIdx / 128 + 4k) into
@@ -650,50 +563,16 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     extern __shared__ __align__(16) unsigned char qg_smem[];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#if QMMG_HALF_PAIR
-    QgWarpShare share = qg_warp_share<SH>(warp);
-    // The warp's row tile, its half of a chunk (a half-pair group's: set a group).
-    int tw = SH::XT ? share.tile : warp % SH::TILES, half = SH::XT ? share.half : warp / SH::TILES;
-#else
     const QgWarpShare share = qg_warp_share<SH>(warp);
     // The warp's row tile, its half of a chunk.
     const int tw = SH::XT ? share.tile : warp % SH::TILES, half = SH::XT ? share.half : warp / SH::TILES;
-#endif
     const int nb = cols / 32;
     const int half_tiles = half_rows / 16;
     // SwiGLU: a group is PAIRS (gate, up) pairs of row tiles.
     constexpr int PAIRS = SH::TILES / 2;
     static_assert(PAIRS == 4 || PAIRS == 8 || (PAIRS % 2 == 1 && HX),
                   "a SwiGLU group's pairs: 4 or 8 (whole hand-off blocks), or odd over f16 activations");
-#if QMMG_HALF_PAIR
-    // Half-pair groups (QMMG_HALF_PAIR): group G's first pair hp_p0, the
-    // half pair's local index and half, and this warp's quarter of its
-    // mixed tile (-1: a whole tile).
-    constexpr bool HP = MODE == 2 && HX && SH::TILES == 14 && SH::XT == 2;
-    static_assert(!HP || SH::CU % 4 == 0, "a mixed tile's units split in quarters");
-    int hp_p0 = 0, hp_sel = 0, hp_local = 0, hp_q = -1;
-    auto hp_role = [&](int G) {
-        const int gh = G * (2 * PAIRS - 1);
-        hp_p0 = gh >> 1;
-        hp_sel = gh & 1;
-        hp_local = hp_sel ? 0 : PAIRS - 1;
-        if (warp < 2 * (PAIRS - 1)) {
-            tw = warp % (PAIRS - 1) + hp_sel + (warp / (PAIRS - 1)) * PAIRS;
-            half = 0;
-            share.halved = false;
-            hp_q = -1;
-        } else {
-            hp_q = warp - 2 * (PAIRS - 1);
-            tw = hp_local + (hp_q >> 1) * PAIRS;
-            half = hp_q & 1;
-            share.halved = true;
-        }
-    };
-    const int groups = HP ? (2 * half_tiles + 2 * PAIRS - 2) / (2 * PAIRS - 1)
-                     : MODE == 2 ? (half_tiles + PAIRS - 1) / PAIRS : (tiles + SH::TILES - 1) / SH::TILES;
-#else
     const int groups = MODE == 2 ? (half_tiles + PAIRS - 1) / PAIRS : (tiles + SH::TILES - 1) / SH::TILES;
-#endif
     const int C = (units + SH::CU - 1) / SH::CU;  // chunks of a group
     const long W = (long)groups * C, P = gridDim.x;
 #if QMMG_SPLIT_CEIL
@@ -709,12 +588,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     // gates of PAIRS pairs, the rest their ups), or -1 past the matrix.
     auto tile_of = [&](int G) -> int {
         if (MODE == 2) {
-#if QMMG_HALF_PAIR
-            if (HP) {
-                const int pair = hp_p0 + tw % PAIRS;
-                return pair < half_tiles ? (tw < PAIRS ? pair : half_tiles + pair) : -1;
-            }
-#endif
             const int pair = G * PAIRS + ((PAIRS & (PAIRS - 1)) ? tw % PAIRS : tw & (PAIRS - 1));
             return pair < half_tiles ? (tw < PAIRS ? pair : half_tiles + pair) : -1;
         }
@@ -846,9 +719,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     for (long x = start; x < end;) {
         const int G = (int)(x / C), c0 = (int)(x % C);
         const int c1 = (int)min((long)C, c0 + (end - x));
-#if QMMG_HALF_PAIR
-        if (HP) hp_role(G);
-#endif
         const int tile = tile_of(G);
         // Weights do not depend on the kernel ahead: the first stages' are
         // requested before waiting for it.
@@ -904,12 +774,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             const bool whole = nu == SH::CU && nblk == L::KB;
             if (QMMG_DRY & 1) {
             } else if (HX) {
-#if QMMG_HALF_PAIR
-                if (HP) {
-                    if (whole) chunk_product_hp<F, NT8, SH, false>(acc, st, tw, hp_q, hp_sel, hp_local, lane, nu, nblk);
-                    else chunk_product_hp<F, NT8, SH, true>(acc, st, tw, hp_q, hp_sel, hp_local, lane, nu, nblk);
-                } else
-#endif
                 if (whole) chunk_product_hx<F, NT8, SH, false>(acc, st, warp, lane, nu, nblk);
                 else chunk_product_hx<F, NT8, SH, true>(acc, st, warp, lane, nu, nblk);
             } else if (whole) {
@@ -963,29 +827,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
         }
         constexpr int RS = L::RED_STRIDE;
-#if QMMG_HALF_PAIR
-        if (HP) {
-            // Whole tiles' sums, then the mixed tile's quarters added in
-            // turn into its gate and up rows of the half pair's half.
-#pragma unroll
-            for (int h = 0; h < 4; h++) {
-                if (hp_q == h || (h == 0 && hp_q < 0)) {
-                    const int rg = hp_q < 0 ? tw * 16 + g : hp_local * 16 + hp_sel * 8 + g;
-                    const int ru = hp_q < 0 ? tw * 16 + g + 8 : (hp_local + PAIRS) * 16 + hp_sel * 8 + g;
-#pragma unroll
-                    for (int j = 0; j < NT8; j++) {
-                        float* r0 = red + rg * RS + j * 8 + 2 * t;
-                        float* r1 = red + ru * RS + j * 8 + 2 * t;
-                        r0[0] = h ? r0[0] + acc[j][0] : acc[j][0];
-                        r0[1] = h ? r0[1] + acc[j][1] : acc[j][1];
-                        r1[0] = h ? r1[0] + acc[j][2] : acc[j][2];
-                        r1[1] = h ? r1[1] + acc[j][3] : acc[j][3];
-                    }
-                }
-                __syncthreads();
-            }
-        } else
-#endif
         // The tile's sums: its first warp's, then (two warps a tile) the second's added.
 #pragma unroll
         for (int h = 0; h < SH::PHASES; h++) {
@@ -1127,13 +968,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             QG_EPI_LOOP
             for (int e = threadIdx.x; e < n * PAIRS * 16; e += SH::THREADS) {
                 const int tok = e / (PAIRS * 16), r = e % (PAIRS * 16);
-#if QMMG_HALF_PAIR
-                // A half pair's other half is the neighbouring group's.
-                if (HP && r / 16 == hp_local && ((r >> 3) & 1) != hp_sel) continue;
-                const int hrow = ((HP ? hp_p0 : G * PAIRS) + r / 16) * 16 + r % 16;
-#else
                 const int hrow = (G * PAIRS + r / 16) * 16 + r % 16;
-#endif
                 if (hrow >= half_rows) continue;
 #if QMMG_X_EPI & 1
                 const float v = silu(red[r * RS + tok] * (normed ? inv_rms[tok] : 1.f)) *
@@ -1183,12 +1018,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             QG_EPI_LOOP
             for (int e = threadIdx.x; e < n * PAIRS * 16; e += SH::THREADS) {
                 const int tok = e / (PAIRS * 16), r = e % (PAIRS * 16);
-#if QMMG_HALF_PAIR
-                if (HP && r / 16 == hp_local && ((r >> 3) & 1) != hp_sel) continue;
-                const int hrow = ((HP ? hp_p0 : G * PAIRS) + r / 16) * 16 + r % 16;
-#else
                 const int hrow = (G * PAIRS + r / 16) * 16 + r % 16;
-#endif
 #if QMMG_X_EPI & 1
                 const float ir = normed ? inv_rms[tok] : 1.f;
                 if (hrow < half_rows) out[(long)tok * half_rows + hrow] = silu(red[r * RS + tok] * ir) * (red[(PAIRS * 16 + r) * RS + tok] * ir);

@@ -30,12 +30,6 @@
 #ifdef QMMX_DRY
 #define QMMG_DRY QMMX_DRY
 #endif
-// QMMX_HALF_PAIR (default 1): the SwiGLU groups take 6.5 pairs
-// (qmma_group.cu's QMMG_HALF_PAIR); 0: 7.
-#ifndef QMMX_HALF_PAIR
-#define QMMX_HALF_PAIR 1
-#endif
-#define QMMG_HALF_PAIR QMMX_HALF_PAIR
 // QMMX_EPI (a mask, default 11): qmma_group.cu's QMMG_X_EPI in this module.
 #ifndef QMMX_EPI
 #define QMMX_EPI 11
