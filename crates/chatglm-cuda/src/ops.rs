@@ -267,15 +267,6 @@ pub fn sample_row_words(temperature: f32, top_p: f32, top_k: usize, uniform: f64
     [temperature.to_bits(), top_p.to_bits(), k, 0, u as u32, (u >> 32) as u32]
 }
 
-/// Blocks [`Gpu::embed`] reads a row of `cols` values with: 1, or
-/// `CHATGLM_EMBED_SLICES` (1..=16, read once), fewer where slices would
-/// be under 256 values.
-fn embed_slices(cols: usize) -> usize {
-    static SET: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let set = *SET.get_or_init(|| env_choice("CHATGLM_EMBED_SLICES", |v| (1..=16).contains(&v)));
-    set.unwrap_or(1).min(cols.div_ceil(256)).max(1)
-}
-
 /// Most blocks [`Gpu::argmax_rows`] splits a row over (the kernel's
 /// `ARGMAX_MAX_SLICES`).
 const ARGMAX_MAX_SLICES: usize = 64;
@@ -377,16 +368,14 @@ impl Gpu {
             return Ok(());
         }
         let f = self.kernel(&name)?;
-        // A row slice through shared memory (all its loads in flight) where
-        // it fits the default 48 KiB.
-        let slices = embed_slices(cols as usize);
-        let slice_cols = (cols as usize).div_ceil(slices).next_multiple_of(8);
-        let slice_bytes = slice_cols * dtype.size();
-        let staged = i32::from(slice_bytes <= 48 << 10);
-        let smem = if staged == 1 { slice_bytes as u32 } else { 0 };
+        // A row through shared memory (all its loads in flight) where it fits
+        // the default 48 KiB.
+        let row_bytes = cols as usize * dtype.size();
+        let staged = i32::from(row_bytes <= 48 << 10);
+        let smem = if staged == 1 { row_bytes as u32 } else { 0 };
         let mut a = Args::default();
         a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows).arg(&staged);
-        self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, slices as u32, 1), 256, smem))
+        self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, smem))
     }
 
     /// `out[t] = table[ids[t]]` for a table of ggml blocks of 32 (`block`:
@@ -807,10 +796,7 @@ impl Gpu {
     /// ([`argmax_scratch_ints`] i32, zero the first time: the kernel leaves
     /// its counters at zero, at places that do not move with the shape).
     /// With `host`, the choices also land in that page-locked buffer (no
-    /// copy queued behind the kernel): the launch may be recorded with the
-    /// step's (a graph per host buffer), so the caller marks the buffer
-    /// written ([`HostBuffer::written_by_device`]) once the launches are
-    /// issued; read them with [`Gpu::take_download`].
+    /// copy queued behind the kernel); read them with [`Gpu::take_download`].
     ///
     /// # Safety
     /// `x`: rows·cols f32; `out`: rows i32; `scratch`: as above.
@@ -820,7 +806,7 @@ impl Gpu {
         rows: usize,
         cols: usize,
         out: u64,
-        host: Option<&mut HostBuffer<i32>>,
+        mut host: Option<&mut HostBuffer<i32>>,
         scratch: &CudaSlice<i32>,
     ) -> Result<(), CudaError> {
         const OP: &str = "argmax_rows";
@@ -845,15 +831,21 @@ impl Gpu {
             Some(h) => h.device_ptr(),
             None => 0,
         };
-        if let Some(h) = host {
-            // The buffer's last writer done (its reader took it before).
+        if let Some(h) = host.as_deref_mut() {
+            // The launch must not be recorded into a graph (its host buffer
+            // changes from step to step), and the buffer's last reader done.
+            self.flush_recorded(false)?;
             h.wait_for_device()?;
         }
         let scratch_ptr = device_ptr(scratch);
         let mut a = Args::default();
         a.arg(&x).arg(&out).arg(&cols32).arg(&host_ptr).arg(&scratch_ptr);
         let threads = if slices > 1 { 256 } else { 1024 };
-        self.launch(f, a, OP, cfg((slices as u32, rows32 as u32, 1), threads, 0))
+        self.launch(f, a, OP, cfg((slices as u32, rows32 as u32, 1), threads, 0))?;
+        if let Some(h) = host {
+            h.written_by_device(self, rows)?;
+        }
+        Ok(())
     }
 
     /// Stages a step's metadata `meta` and block `table` into `meta_dev` and

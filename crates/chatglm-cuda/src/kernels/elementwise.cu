@@ -56,19 +56,15 @@ __device__ __forceinline__ void embed_body(const void* table_, const int* ids, f
     // Ids are validated by the forward pass; clamping keeps a broken invariant
     // from becoming an out-of-bounds read.
     if (id < 0 || id >= table_rows) id = 0;
-    // Slice blockIdx.y of gridDim.y of the row (whole 16-byte pieces), so a
-    // step's few rows from mapped host memory are read by more SMs at once.
-    const int per = ((cols + gridDim.y - 1) / gridDim.y + 7) & ~7;
-    const int c0 = min(cols, (int)blockIdx.y * per), c1 = min(cols, c0 + per);
-    const S* src = table + (long)id * cols + c0;
+    const S* src = table + (long)id * cols;
     if (staged) {
-        stage_row(embed_row, (const unsigned char*)src, (long)(c1 - c0) * sizeof(S));
+        stage_row(embed_row, (const unsigned char*)src, (long)cols * sizeof(S));
         src = (const S*)embed_row;
     }
-    for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) out[(long)row * cols + c] = Elem<T>::load(src, c - c0);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)row * cols + c] = Elem<T>::load(src, c);
 }
 
-// grid = (rows (tokens), slices of a row), block = 256.
+// grid = rows (tokens), block = 256.
 extern "C" __global__ void embed_0(const void* t, const int* ids, float* out, int cols, int rows, int staged) { embed_body<0>(t, ids, out, cols, rows, staged); }
 extern "C" __global__ void embed_1(const void* t, const int* ids, float* out, int cols, int rows, int staged) { embed_body<1>(t, ids, out, cols, rows, staged); }
 extern "C" __global__ void embed_2(const void* t, const int* ids, float* out, int cols, int rows, int staged) { embed_body<2>(t, ids, out, cols, rows, staged); }

@@ -855,13 +855,9 @@ impl Backend for CudaBackend {
         }
         let rows = x.rows;
         let r = (|| {
-            // The argmax is recorded with the step's launches (its graph: one
-            // a host buffer — two alternate), so it starts under programmatic
-            // dependent launch behind the logits; CHATGLM_ARGMAX_IN_GRAPH=0
-            // issues the step first and the argmax after it.
-            if !argmax_in_graph() {
-                self.flush_step_launches();
-            }
+            // The step's launches first (its graph): the argmax writes a host
+            // buffer that changes from step to step, so it runs after them.
+            self.flush_step_launches();
             if self.failed() {
                 // The launch fails (finish_queued_step): no read to queue for it.
                 return Ok(());
@@ -1563,13 +1559,6 @@ impl Backend for CudaBackend {
     }
 }
 
-/// Whether a queued step's argmax is recorded with its launches
-/// (`CHATGLM_ARGMAX_IN_GRAPH=0`: issued after them). Read once.
-fn argmax_in_graph() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("CHATGLM_ARGMAX_IN_GRAPH").map_or(true, |v| v != "0"))
-}
-
 impl CudaBackend {
     /// The step's greedy choices into `chosen` (and `host`, see
     /// [`Gpu::argmax_rows`]), with the step's queued launches issued.
@@ -1577,7 +1566,7 @@ impl CudaBackend {
         &self,
         x: &CudaActivations,
         cols: usize,
-        mut host: Option<&mut HostBuffer<i32>>,
+        host: Option<&mut HostBuffer<i32>>,
     ) -> Result<(), CudaError> {
         let rows = x.rows;
         if x.cols != cols {
@@ -1600,12 +1589,9 @@ impl CudaBackend {
         let scratch = st.argmax_scratch.as_ref().expect("invariant: allocated above");
         // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32;
         // the scratch is sized above.
-        unsafe { self.gpu.argmax_rows(xp, rows, cols, p, host.as_deref_mut(), scratch)? };
+        unsafe { self.gpu.argmax_rows(xp, rows, cols, p, host, scratch)? };
         drop(st);
         self.flush_step_launches();
-        if let Some(h) = host {
-            h.written_by_device(&self.gpu, rows)?;
-        }
         Ok(())
     }
 
