@@ -163,17 +163,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_WIDE_XT
 #define QMMG_WIDE_XT 0
 #endif
-// Chunks beyond the ring's newest whose weights and scales a warp starts
-// towards L2 as it requests the newest (its own share of its tile): the wide
-// SwiGLU groups' ring holds two stages (one chunk in flight behind the one in
-// use, ~64 KB a block), the narrow groups' three (QMMG_L2_AHEAD_NARROW).
-// Set by qmmx.cuh's measurement defines for its module.
-#ifndef QMMG_L2_AHEAD
-#define QMMG_L2_AHEAD 0
-#endif
-#ifndef QMMG_L2_AHEAD_NARROW
-#define QMMG_L2_AHEAD_NARROW 0
-#endif
 // Code that runs once a launch, kept compact in the qmmx module (QMMX_EPI, a
 // mask): unrolled, it is fetched cold by every block while the whole grid
 // waits for the last. 1: the SwiGLU epilogue's loops rolled, the fold's RMSNorm
@@ -644,24 +633,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                            (const char*)mins + u0 * L::SCB + lane * 16, true);
         }
     };
-#if QMMG_L2_AHEAD || QMMG_L2_AHEAD_NARROW
-    // Chunk c of this warp's share of `tile` towards L2 (chunks of the run, < cend).
-    auto l2_ahead = [&](int tile, int c, int cend) {
-        if (tile < 0 || c >= cend) return;
-        const int p0 = c * SH::CU, nu = min(SH::CU, units - p0);
-        const long u0 = (long)tile * units + p0;
-        constexpr int HU = SH::CU / SH::KW, HALF = SH::CU / 2 > 0 ? SH::CU / 2 : 1;
-        const bool two = SH::XT && share.halved;
-        const int ub = two ? half * HALF : half * HU, ue = min(nu, ub + (two ? HALF : HU));
-        const char* src = (const char*)w + u0 * 512;
-        for (int b = ub * 512 + lane * 128; b < ue * 512; b += 32 * 128) prefetch_l2(src + b);
-        if (half == 0 && lane * 128 < nu * L::SCB) {
-            prefetch_l2((const char*)scales + u0 * L::SCB + lane * 128);
-            if (QFmt<F>::MIN) prefetch_l2((const char*)mins + u0 * L::SCB + lane * 128);
-        }
-    };
-    constexpr int L2A = SH::WIDE ? QMMG_L2_AHEAD : QMMG_L2_AHEAD_NARROW;
-#endif
     auto issue_x = [&](int c, int slot) {
         unsigned char* st = qg_smem + slot * L::STAGE;
         const int b0 = c * L::KB, nblk = min((int)L::KB, nb - b0);
@@ -765,9 +736,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             if (c0 + s < c1) issue_x(c0 + s, s);
             cp_async_commit();
         }
-#if QMMG_L2_AHEAD || QMMG_L2_AHEAD_NARROW
-        for (int a = 0; a < L2A; a++) l2_ahead(tile, c0 + S - 1 + a, c1);
-#endif
         if (normed && first) {
             // The fold's sums of squares of the product before (as quantize_x:
             // 1 / √(mean + eps)), read while the first stages land: 8 threads a
@@ -799,9 +767,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             if (nc < c1 && !(QMMG_DRY & 2)) {
                 issue_w(tile, nc, (k + S - 1) % S);
                 if (!(QMMG_DRY & 4)) issue_x(nc, (k + S - 1) % S);
-#if QMMG_L2_AHEAD || QMMG_L2_AHEAD_NARROW
-                if (L2A) l2_ahead(tile, nc + L2A, c1);
-#endif
             }
             cp_async_commit();
             const unsigned char* st = qg_smem + (k % S) * L::STAGE;

@@ -30,14 +30,6 @@
 #ifdef QMMX_DRY
 #define QMMG_DRY QMMX_DRY
 #endif
-// QMMX_L2_AHEAD / QMMX_L2_AHEAD_N (measurements): qmma_group.cu's
-// QMMG_L2_AHEAD (wide SwiGLU groups) and QMMG_L2_AHEAD_NARROW here alone.
-#ifdef QMMX_L2_AHEAD
-#define QMMG_L2_AHEAD QMMX_L2_AHEAD
-#endif
-#ifdef QMMX_L2_AHEAD_N
-#define QMMG_L2_AHEAD_NARROW QMMX_L2_AHEAD_N
-#endif
 // QMMX_EPI (a mask, default 11): qmma_group.cu's QMMG_X_EPI in this module.
 #ifndef QMMX_EPI
 #define QMMX_EPI 11
