@@ -7,6 +7,7 @@
 # Defaults: the grouped 32-token int4 products (32 sequences, prompt 128) and the one-token int4 products
 # (batch-1 decode). Per kernel: duration, DRAM throughput, issue slots used, warps a scheduler, eligible
 # warps, and the stall reasons as warps stalled per issued instruction (largest first).
+# STALL_CACHE=none: caches kept between the profiled launches (ncu's --cache-control; default all: flushed).
 # STALL_CMD: a command to profile instead of `chatglm bench` (e.g. "device-bin/qmma_bench", or the Marlin peer
 # "env MARLIN_SHAPES=h_to_4h device-bin/marlin_peer 32" with STALL_KERNELS=Marlin).
 set -uo pipefail
@@ -43,7 +44,7 @@ for k in "${kernels[@]}"; do
   name=$(echo "$k" | tr -c 'a-zA-Z0-9_\n' '_')
   echo "== $k ($args)"
   # shellcheck disable=SC2086
-  timeout "${STALL_LIMIT:-240}" "$ncu" --clock-control none -k "regex:$k" --launch-skip "${STALL_SKIP:-120}" \
+  timeout "${STALL_LIMIT:-240}" "$ncu" --clock-control none --cache-control "${STALL_CACHE:-all}" -k "regex:$k" --launch-skip "${STALL_SKIP:-120}" \
     --launch-count "${STALL_COUNT:-8}" --metrics "$metrics" --csv --page raw ${STALL_CMD:-$b $args} >"$out/stall-$name.csv" \
     2>"$out/stall-$name.err" || { echo "ncu rc $?"; tail -3 "$out/stall-$name.err"; }
   python3 - "$out/stall-$name.csv" <<'PY'
