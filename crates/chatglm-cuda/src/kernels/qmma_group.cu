@@ -163,6 +163,24 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_WIDE_XT
 #define QMMG_WIDE_XT 0
 #endif
+// 1 (set by qmmx.cuh for its module): a chunk's copies from one 64-bit
+// address each (weights: a warp's units at constant offsets from it, which
+// LDGSTS takes as immediates; activations: a thread's token rows from an
+// address worked out once a launch). The compiler otherwise folds the
+// parameter base into a three-input 64-bit add a copy and recomputes the
+// token rows' 64-bit products every chunk: ~125 of the ~200 instructions
+// a warp spends on a chunk outside its mmas (run 316's per-instruction counts:
+// the copy code ~24% of the 32-token h→4h product's instructions).
+#ifndef QMMG_COPY_BASE
+#define QMMG_COPY_BASE 0
+#endif
+#if QMMG_COPY_BASE
+// p, opaque to the compiler: offsets added to it after stay apart.
+__device__ __forceinline__ const char* qg_base(const char* p) {
+    asm("" : "+l"(p));
+    return p;
+}
+#endif
 // Code that runs once a launch, kept compact in the qmmx module (QMMX_EPI, a
 // mask): unrolled, it is fetched cold by every block while the whole grid
 // waits for the last. 1: the SwiGLU epilogue's loops rolled, the fold's RMSNorm
@@ -170,6 +188,7 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 // instructions shorter: 32 int4 sequences +1.35%, run 292); 2: a row's last,
 // partial chunk walked a unit at a time (4h→h's: +0.5%, run 293); 8: QKV
 // without the bias loads its RoPE-table epilogue never reads (+0.3%, run 296).
+// 16: the odd-pair SwiGLU hand-off loop a row a thread (run 317).
 // A residual product's epilogue rolled (its rows' current values staged by
 // cp.async, the fold's warp sums in the loop) lost 0.35–0.8% (run 293), in two
 // rolled halves 1.4% (run 296): there the stores' overlap counts for more.
@@ -607,8 +626,14 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // A two-warp tile of a one-warp shape: each warp half the units.
             if (QMMG_FAST_COPY && nu == SH::CU) {
                 const int q0 = half * HALF * 32 + lane;
+#if QMMG_COPY_BASE
+                const char* sp = qg_base(src + q0 * 16);
+#pragma unroll
+                for (int i = 0; i < HALF; i++) cp_async16(dst + (q0 + i * 32) * 16, sp + i * 512, true);
+#else
 #pragma unroll
                 for (int i = 0; i < HALF; i++) cp_async16(dst + (q0 + i * 32) * 16, src + (q0 + i * 32) * 16, true);
+#endif
             } else {
                 const int qend = min(nu, (half + 1) * HALF) * 32;
                 for (int q = half * HALF * 32 + lane; q < qend; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
@@ -618,8 +643,14 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // loop below compiles to a loop unrolled by 4 with its remainder,
             // ~60 instructions of branches and address arithmetic a chunk).
             const int q0 = half * HU * 32 + lane;
+#if QMMG_COPY_BASE
+            const char* sp = qg_base(src + q0 * 16);
+#pragma unroll
+            for (int i = 0; i < HU; i++) cp_async16(dst + (q0 + i * 32) * 16, sp + i * 512, true);
+#else
 #pragma unroll
             for (int i = 0; i < HU; i++) cp_async16(dst + (q0 + i * 32) * 16, src + (q0 + i * 32) * 16, true);
+#endif
         } else {
             const int qend = min(nu, (half + 1) * HU) * 32;
             for (int q = half * HU * 32 + lane; q < qend; q += 32) cp_async16(dst + q * 16, src + q * 16, true);
@@ -633,6 +664,17 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                            (const char*)mins + u0 * L::SCB + lane * 16, true);
         }
     };
+#if QMMG_COPY_BASE
+    // issue_x's whole-chunk f16 copies: this thread's first token row and the
+    // step between its rows (the loop below only where the shapes match).
+    const char* x_row0 = nullptr;
+    long x_step = 0;
+    if (HX) {
+        constexpr int CPT = L::KB * 4, TPR = SH::THREADS / CPT > 0 ? SH::THREADS / CPT : 1;
+        x_row0 = (const char*)xq + (long)(threadIdx.x / CPT) * cols * 2 + (threadIdx.x % CPT) * 16;
+        x_step = (long)TPR * cols * 2;
+    }
+#endif
     auto issue_x = [&](int c, int slot) {
         unsigned char* st = qg_smem + slot * L::STAGE;
         const int b0 = c * L::KB, nblk = min((int)L::KB, nb - b0);
@@ -647,10 +689,20 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 static_assert(SH::THREADS % CPT == 0, "a round of copies covers whole token rows");
                 const int tok0 = threadIdx.x / CPT, r = threadIdx.x % CPT;
                 unsigned char* d = st + L::XQ_OFF + tok0 * L::XROW + r * 16;
+#if QMMG_COPY_BASE
+                // This thread's first token row (x_row0, once a launch) at the chunk's columns.
+                const char* s = qg_base(x_row0 + (long)b0 * 64);
+#pragma unroll
+                for (int i = 0; i < (NT8 * 8 + TPR - 1) / TPR; i++) {
+                    if (tok0 + i * TPR < n) cp_async16(d + i * TPR * L::XROW, s, true);
+                    s += x_step;
+                }
+#else
                 const char* s = xb + tok0 * row + r * 16;
 #pragma unroll
                 for (int i = 0; i < (NT8 * 8 + TPR - 1) / TPR; i++)
                     if (tok0 + i * TPR < n) cp_async16(d + i * TPR * L::XROW, s + i * TPR * row, true);
+#endif
             } else {
                 const int cpt = nblk * 4;
                 for (int q = threadIdx.x; q < n * cpt; q += SH::THREADS) {
@@ -965,6 +1017,30 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         if (MODE == 2 && hq && PAIRS % 2) {
             // An odd count of pairs (f16 hand-off only): a group's outputs
             // end mid-block, so each value goes to its slot alone.
+#if QMMG_X_EPI & 16
+            // A thread keeps one row for its tokens (every SH::THREADS / R-th):
+            // its row's addresses worked out once, the loop a few instructions
+            // a value (with e / R and e % R a value, ~70).
+            constexpr int R = PAIRS * 16, TPT = SH::THREADS / R;
+            static_assert(TPT >= 1, "a thread a row");
+            const int r = threadIdx.x % R, hrow = G * R + r;
+            if (threadIdx.x < TPT * R && hrow < half_rows) {
+                const float* gate = red + r * RS;
+                const float* up = red + (R + r) * RS;
+                float* o = out + hrow;
+                u16* h = (u16*)hq + (hrow & ~31) + f16_activation_slot(hrow & 31);
+#pragma unroll 1
+                for (int tok = threadIdx.x / R; tok < n; tok += TPT) {
+                    // (Without bit 1 the norm was applied to red before.)
+                    const float ir = (QMMG_X_EPI & 1) && normed ? inv_rms[tok] : 1.f;
+                    const float v = silu(gate[tok] * ir) * (up[tok] * ir);
+#if QMMG_X_SWIGLU_OUT
+                    o[(long)tok * half_rows] = v;
+#endif
+                    h[(long)tok * half_rows] = f32_to_f16(v);
+                }
+            }
+#else
             QG_EPI_LOOP
             for (int e = threadIdx.x; e < n * PAIRS * 16; e += SH::THREADS) {
                 const int tok = e / (PAIRS * 16), r = e % (PAIRS * 16);
@@ -981,6 +1057,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #endif
                 ((u16*)hq)[(long)tok * half_rows + (hrow & ~31) + f16_activation_slot(hrow & 31)] = f32_to_f16(v);
             }
+#endif
         } else if (MODE == 2 && hq) {
             // The group's PAIRS·16 outputs of each token are BPG q8_0 blocks
             // (or, HX, f16 blocks) of the next product's activations: written

@@ -30,9 +30,15 @@
 #ifdef QMMX_DRY
 #define QMMG_DRY QMMX_DRY
 #endif
-// QMMX_EPI (a mask, default 11): qmma_group.cu's QMMG_X_EPI in this module.
+// QMMX_COPY_BASE (default 1): qmma_group.cu's QMMG_COPY_BASE here; 0: the
+// qmma module's copy code.
+#ifndef QMMX_COPY_BASE
+#define QMMX_COPY_BASE 1
+#endif
+#define QMMG_COPY_BASE QMMX_COPY_BASE
+// QMMX_EPI (a mask, default 27): qmma_group.cu's QMMG_X_EPI in this module.
 #ifndef QMMX_EPI
-#define QMMX_EPI 11
+#define QMMX_EPI 27
 #endif
 #define QMMG_X_EPI QMMX_EPI
 // QMMX_SWIGLU_OUT=0 (measurements): qmma_group.cu's QMMG_X_SWIGLU_OUT.
