@@ -108,7 +108,7 @@ fn sample_kernels() -> Vec<String> {
 }
 
 fn qmmx_kernels() -> Vec<String> {
-    (0..4).flat_map(|f| (0..4).map(move |mode| format!("qmmx_{f}_4_{mode}"))).collect()
+    (0..4).flat_map(|f| (1..4).map(move |mode| format!("qmmx_{f}_4_{mode}"))).collect()
 }
 
 fn decode_mma_kernels() -> Vec<String> {

@@ -306,18 +306,15 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
 }
 
 /// Which products of 17–32 tokens over f16 activations take the qmmx
-/// module's kernels (kernels/qmmx.cuh): all of them — the output layer
-/// (mode 0: its chunk copies too, run 318), the residual, SwiGLU and QKV ones;
-/// `CHATGLM_QMMX=0`: none (the qmma module's `qmmh_*_4_*`), `=2`: the SwiGLU
-/// ones alone, `=3`: modes 1–3 (the output layer in the qmma module), for
-/// measurements. Read once.
+/// module's kernels (kernels/qmmx.cuh): the residual, SwiGLU and QKV ones
+/// (modes 1–3); `CHATGLM_QMMX=0`: none (the qmma module's `qmmh_*_4_*`),
+/// `=2`: the SwiGLU ones alone, for measurements. Read once.
 fn x_modes() -> &'static [usize] {
     static MODES: std::sync::OnceLock<&'static [usize]> = std::sync::OnceLock::new();
     MODES.get_or_init(|| match std::env::var("CHATGLM_QMMX").as_deref() {
         Ok("0") => &[],
         Ok("2") => &[2],
-        Ok("3") => &[1, 2, 3],
-        _ => &[0, 1, 2, 3],
+        _ => &[1, 2, 3],
     })
 }
 
@@ -587,7 +584,7 @@ mod tests {
     }
 
     #[test]
-    fn the_qmmx_module_takes_the_32_token_f16_products() {
+    fn the_qmmx_module_takes_the_32_token_f16_swiglu_products() {
         // (CHATGLM_QMMX unset in tests: on.)
         assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 2, true), "qmmx_0_4_2");
         assert_eq!(grouped_kernel_name(QuantFormat::Q8, 4, 2, true), "qmmx_2_4_2");
@@ -595,9 +592,8 @@ mod tests {
         assert_eq!(grouped_kernel_name(QuantFormat::Q4, 8, 2, true), "qmmh_0_8_2");
         assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 1, true), "qmmx_0_4_1");
         assert_eq!(grouped_kernel_name(QuantFormat::Q4, 4, 3, true), "qmmx_0_4_3");
-        // The output layer (mode 0) too; other token counts keep the qmma module's.
-        assert_eq!(grouped_kernel_name(QuantFormat::Q8, 4, 0, true), "qmmx_2_4_0");
-        assert_eq!(grouped_kernel_name(QuantFormat::Q8, 8, 0, true), "qmmh_2_8_0");
+        // The output layer (mode 0) keeps the qmma module's.
+        assert_eq!(grouped_kernel_name(QuantFormat::Q8, 4, 0, true), "qmmh_2_4_0");
         let x = GroupShape::of_x(QuantFormat::Q4);
         assert_eq!(x, GroupShape { tiles: 14, cu: 8, kw: 1, xt: 2 });
         assert_eq!(x.threads(), 512);

@@ -1221,7 +1221,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #ifdef QMMG_X_MODULE
 // The qmmx module (qmmx.cuh): the f16 products of 17–32 tokens of the layers' steps.
 #define QMMX_KERNEL(F)                                 \
-    QMMG_KERNEL_AS(qmmx_##F##_4_0, true, F, 4, 0)      \
     QMMG_KERNEL_AS(qmmx_##F##_4_1, true, F, 4, 1)      \
     QMMG_KERNEL_AS(qmmx_##F##_4_2, true, F, 4, 2)      \
     QMMG_KERNEL_AS(qmmx_##F##_4_3, true, F, 4, 3)
