@@ -168,7 +168,7 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 // LDGSTS takes as immediates; activations: a thread's token rows from an
 // address worked out once a launch). The compiler otherwise folds the
 // parameter base into a three-input 64-bit add a copy and recomputes the
-// token rows' 64-bit products every chunk: ~125 of the ~200 instructions
+// token rows' 64-bit products every chunk: ~125 of the ~270 instructions
 // a warp spends on a chunk outside its mmas (run 316's per-instruction counts:
 // the copy code ~24% of the 32-token h→4h product's instructions).
 #ifndef QMMG_COPY_BASE
