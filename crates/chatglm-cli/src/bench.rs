@@ -228,7 +228,7 @@ fn batched_run<B: Backend>(
     n: usize,
     prompt_len: usize,
     gen_len: usize,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, f64)> {
     let vocab = model.config.padded_vocab_size.min(60000) as u64;
     let prompts: Vec<Vec<u32>> = (0..n as u64)
         .map(|s| (0..prompt_len as u64).map(|i| (3 + (i * 7919 + s * 104729 + 13) % (vocab - 3)) as u32).collect())
@@ -247,9 +247,10 @@ fn batched_run<B: Backend>(
         next[group..end].copy_from_slice(ids);
     }
     let t = Instant::now();
-    decode_queued(model, state, &mut caches, &next, gen_len)?;
+    let (_, launching) = decode_queued(model, state, &mut caches, &next, gen_len)?;
     let secs = t.elapsed().as_secs_f64();
-    Ok(((n * gen_len) as f64 / secs, secs * 1e3 / gen_len.max(1) as f64))
+    let steps = gen_len.max(1) as f64;
+    Ok(((n * gen_len) as f64 / secs, secs * 1e3 / steps, launching.as_secs_f64() * 1e3 / steps))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -375,8 +376,8 @@ fn measure<B: Backend>(
         if prompt_len + args.gen_len > cfg.seq_length {
             bail!("--prompt-len + --gen-len exceeds the model context {}", cfg.seq_length);
         }
-        let (tps, ms) = batched_run(model, &mut state, kv_dtype, n, prompt_len, args.gen_len)?;
-        batched.push((n, prompt_len, tps, ms));
+        let (tps, ms, host_ms) = batched_run(model, &mut state, kv_dtype, n, prompt_len, args.gen_len)?;
+        batched.push((n, prompt_len, tps, ms, host_ms));
     }
     let probe = match args.read_probe {
         Some(rounds) => Some(read_probe(model, &mut state, &mut cache, rounds)?),
@@ -403,7 +404,7 @@ fn measure<B: Backend>(
             "decode_gb_per_s_best": gbps(best_ms),
             "decode_host_launch_ms_per_token": launch_ms,
             "decode_at_context": ctx_results.iter().map(|(p, ms)| serde_json::json!({"position": p, "ms_per_token": ms, "tokens_per_s": 1e3 / ms})).collect::<Vec<_>>(),
-            "batched_decode": batched.iter().map(|(n, p, tps, ms)| serde_json::json!({"sequences": n, "prompt_len": p, "tokens_per_s": tps, "ms_per_step": ms})).collect::<Vec<_>>(),
+            "batched_decode": batched.iter().map(|(n, p, tps, ms, host_ms)| serde_json::json!({"sequences": n, "prompt_len": p, "tokens_per_s": tps, "ms_per_step": ms, "host_launch_ms_per_step": host_ms})).collect::<Vec<_>>(),
             "read_probe": probe.as_ref().map(|p| serde_json::json!({"rounds": p.rounds, "read_bytes": p.bytes, "steps_per_round": PROBE_STEPS, "decode_gb_per_s_median": p.decode_gb_s, "read_gb_per_s_median": p.read_gb_s, "decode_share_of_read_median": p.share})),
             "peak_rss_bytes": rss,
         });
@@ -435,9 +436,10 @@ fn measure<B: Backend>(
     for (pos, ms) in &ctx_results {
         println!("decode @ {pos:>6}  {ms:.1} ms/tok ({:.2} tok/s)", 1e3 / ms);
     }
-    for (n, p, tps, ms) in &batched {
+    for (n, p, tps, ms, host_ms) in &batched {
         println!(
-            "batch {n:>4}   prompts of {p}, {} new tokens each: {tps:.0} tok/s aggregate ({ms:.2} ms/step)",
+            "batch {n:>4}   prompts of {p}, {} new tokens each: {tps:.0} tok/s aggregate ({ms:.2} ms/step; the host \
+             {host_ms:.2} ms/step launching them, queued one step ahead)",
             args.gen_len
         );
     }
