@@ -161,6 +161,17 @@ fn group_stages() -> Option<usize> {
     static STAGES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *STAGES.get_or_init(|| define("QMMG_STAGES"))
 }
+
+/// qmma_group.cu's `QMMG_STAGES` in the qmma module when no define sets it:
+/// as many stages as fit, up to 4.
+const QMMA_MODULE_STAGES: usize = 4;
+
+/// qmma_group.cu's `QMMG_HX2_STAGES` (the 9–16-token f16 products' stage
+/// cap under `QMMG_STAGES`: 3 unless a define sets it; 0: none), read once.
+fn hx2_stages() -> Option<usize> {
+    static STAGES: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *STAGES.get_or_init(|| define("QMMG_HX2_STAGES").map_or(Some(3), |s| (s > 0).then_some(s)))
+}
 /// Shared memory the stages may take under `QMMG_STAGES` (qmma_group.cu's STAGES_FIT: 220 KiB).
 const STAGES_SMEM: usize = 220 << 10;
 
@@ -259,7 +270,7 @@ impl GroupScratch {
 /// `hx`: over f16 activations (2 bytes a value, 32 of padding a row, no scales).
 /// `swiglu`: a SwiGLU product's (its groups may be wide: [`GroupShape::of`]).
 pub(crate) fn group_smem(format: QuantFormat, nt8: usize, hx: bool, swiglu: bool) -> usize {
-    shaped_smem(format, nt8, hx, GroupShape::of(swiglu, format, nt8, hx))
+    shaped_smem(format, nt8, hx, GroupShape::of(swiglu, format, nt8, hx), false)
 }
 
 /// Bytes of one ring stage (qmma_group.cu's `QgLayout::STAGE`).
@@ -272,7 +283,9 @@ fn stage_bytes(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> 
     tiles * cu * 512 + scales * if format.has_min() { 2 } else { 1 } + activations
 }
 
-fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> usize {
+/// `x_module`: a kernel of the qmmx module (kernels/qmmx.cuh), whose stages
+/// are the shapes' own unless `QMMG_STAGES` is set.
+fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape, x_module: bool) -> usize {
     let tiles = shape.tiles;
     let stage = stage_bytes(format, nt8, hx, shape);
     let stages = match (hx, nt8) {
@@ -282,8 +295,10 @@ fn shaped_smem(format: QuantFormat, nt8: usize, hx: bool, shape: GroupShape) -> 
         (false, 4) => 3,
         _ => 2,
     };
-    // `QMMG_STAGES` (a measurement define): as many stages as fit, up to it.
-    let stages = group_stages().map_or(stages, |s| s.min(STAGES_SMEM / stage).max(2));
+    // `QMMG_STAGES` (4 in the qmma module): as many stages as fit, up to it.
+    let cap = group_stages().or((!x_module).then_some(QMMA_MODULE_STAGES));
+    let cap = cap.map(|c| if hx && nt8 <= 2 { hx2_stages().unwrap_or(c) } else { c });
+    let stages = cap.map_or(stages, |s| s.min(STAGES_SMEM / stage).max(2));
     (stages * stage).max(tiles * TILE_ROWS * (nt8 * 8 + 1) * 4)
 }
 
@@ -295,7 +310,7 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
         let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
         let mode: usize = parts.nth(1)?.parse().ok()?;
         let shape = if mode == 2 { GroupShape::of_x(format) } else { GroupShape::of(false, format, 4, true) };
-        return Some(shaped_smem(format, 4, true, shape));
+        return Some(shaped_smem(format, 4, true, shape, true));
     }
     let hx = name.starts_with("qmmh_");
     let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
@@ -371,7 +386,7 @@ impl Gpu {
         };
         let groups = if swiglu { (half / TILE_ROWS).div_ceil(shape.tiles / 2) } else { s.tiles.div_ceil(shape.tiles) };
         let chunks = groups * s.units.div_ceil(shape.cu);
-        let smem = shaped_smem(s.format, nt8, hx, shape) as u32;
+        let smem = shaped_smem(s.format, nt8, hx, shape, name.starts_with("qmmx_")) as u32;
         let threads = shape.threads();
         let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
         let blocks = grouped_blocks(chunks, groups, resident, group_split().for_tiles(nt8));
@@ -457,12 +472,12 @@ mod tests {
         // scales, 32 tokens × (16 blocks × 64 + 64) bytes; two in 220 KiB.
         let q4 = wide.fitted(QuantFormat::Q4, 4, true);
         assert_eq!(q4, wide);
-        assert_eq!(shaped_smem(QuantFormat::Q4, 4, true, q4), 2 * (65536 + 8192 + 32 * 1088));
+        assert_eq!(shaped_smem(QuantFormat::Q4, 4, true, q4, false), 2 * (65536 + 8192 + 32 * 1088));
         // q4_1's offsets, or 64 tokens, leave room only for chunks of 4 (three
         // stages of them for q4_1).
         let q4_1 = wide.fitted(QuantFormat::Q4Min, 4, true);
         assert_eq!(q4_1, GroupShape { cu: 4, ..wide });
-        assert_eq!(shaped_smem(QuantFormat::Q4Min, 4, true, q4_1), 3 * (32768 + 2 * 4096 + 32 * 576));
+        assert_eq!(shaped_smem(QuantFormat::Q4Min, 4, true, q4_1, false), 3 * (32768 + 2 * 4096 + 32 * 576));
         assert_eq!(wide.fitted(QuantFormat::Q4, 8, true).cu, 4);
         assert_eq!(wide.fitted(QuantFormat::Q8, 8, true).cu, 8);
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
@@ -513,7 +528,10 @@ mod tests {
             for nt8 in [2, 4, 8] {
                 let shape = wide.fitted(format, nt8, true);
                 assert!(2 * stage_bytes(format, nt8, true, shape) <= STAGES_SMEM, "{format:?} {nt8}");
-                assert!(shaped_smem(format, nt8, true, shape) + nt8 * 8 * 20 + 16 <= 227 << 10, "{format:?} {nt8}");
+                assert!(
+                    shaped_smem(format, nt8, true, shape, false) + nt8 * 8 * 20 + 16 <= 227 << 10,
+                    "{format:?} {nt8}"
+                );
             }
         }
     }
@@ -560,7 +578,7 @@ mod tests {
                 for (hx, kind) in [(false, 'g'), (true, 'h')] {
                     let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8, false);
                     for (mode, shape) in [(0, narrow), (2, wide.expect("on").fitted(format, nt8, hx))] {
-                        let smem = shaped_smem(format, nt8, hx, shape);
+                        let smem = shaped_smem(format, nt8, hx, shape, false);
                         assert!(smem + nt8 * 8 * (16 + 4) + 16 <= 227 << 10, "{format:?} nt8={nt8} hx={hx}: {smem}");
                         let name = format!("qmm{kind}_{}_{nt8}_{mode}", format as usize);
                         assert_eq!(group_smem_of(&name), Some(group_smem(format, nt8, hx, mode == 2)));
@@ -574,13 +592,39 @@ mod tests {
         for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
             let name = format!("qmmx_{}_4_2", format as usize);
             let smem = group_smem_of(&name).expect("a qmmx kernel");
-            assert_eq!(smem, shaped_smem(format, 4, true, GroupShape::of_x(format)));
+            assert_eq!(smem, shaped_smem(format, 4, true, GroupShape::of_x(format), true));
             assert!(smem + 32 * (16 + 4) + 16 <= 227 << 10, "{name}: {smem}");
             for mode in [1, 3] {
                 let f = format as usize;
-                assert_eq!(group_smem_of(&format!("qmmx_{f}_4_{mode}")), group_smem_of(&format!("qmmh_{f}_4_{mode}")));
+                let narrow = GroupShape::of(false, format, 4, true);
+                assert_eq!(
+                    group_smem_of(&format!("qmmx_{f}_4_{mode}")),
+                    Some(shaped_smem(format, 4, true, narrow, true))
+                );
             }
         }
+    }
+
+    #[test]
+    fn the_qmma_module_gives_shapes_with_room_a_fourth_stage() {
+        // (No CHATGLM_NVRTC_DEFINES in tests.) 32 f16 tokens, 128-row groups:
+        // a q8_0 stage is 32 KiB of weights, 2 of scales and 32 × 576 bytes
+        // of activations — four fit in 220 KiB; a q4_0 stage (32 × 1,088
+        // bytes of activations, 4 KiB of scales) three.
+        let narrow = GroupShape::of(false, QuantFormat::Q8, 4, true);
+        let q8 = 32768 + 2048 + 32 * 576;
+        assert_eq!(shaped_smem(QuantFormat::Q8, 4, true, narrow, false), 4 * q8);
+        assert_eq!(shaped_smem(QuantFormat::Q8, 4, true, narrow, true), 3 * q8, "the qmmx module keeps three");
+        let q4 = 32768 + 4096 + 32 * 1088;
+        assert_eq!(shaped_smem(QuantFormat::Q4, 4, true, narrow, false), 3 * q4);
+        assert_eq!(group_smem_of("qmmh_2_4_0"), Some(4 * q8));
+        assert_eq!(group_smem_of("qmmx_2_4_1"), Some(3 * q8));
+        // The 9–16-token f16 products keep three (a q8_0 stage at 16 tokens:
+        // 16 × 576 bytes of activations), the q8_0-code ones their four.
+        let q8_16 = 32768 + 2048 + 16 * 576;
+        assert_eq!(group_smem_of("qmmh_2_2_0"), Some(3 * q8_16));
+        let g16 = stage_bytes(QuantFormat::Q8, 2, false, GroupShape::of(false, QuantFormat::Q8, 2, false));
+        assert_eq!(group_smem_of("qmmg_2_2_0"), Some(4 * g16));
     }
 
     #[test]

@@ -183,6 +183,22 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_LEAN_LOOP
 #define QMMG_LEAN_LOOP 0
 #endif
+// The ring's stages: in the qmma module as many as fit in 220 KiB, up to
+// QMMG_STAGES = 4, and up to QMMG_HX2_STAGES = 3 for the 9–16-token f16
+// products (QgLayout; 0: QMMG_STAGES for them too — 16 sequences −1%,
+// runs 326–327): the shapes with room for a fourth take it — q8_0 weights' at 17–64
+// tokens, among them 32 sequences' output layer (+1%), the q8_0-code
+// products of 17–64 tokens. With it the module's code placement reads
+// batch-1 q4_0 decode at 754.1–757.0 tok/s where the shapes' own counts
+// read 749.2–753.7 (runs 325–327: the one-token products' SASS unchanged).
+// In the qmmx module the shapes' own counts (STAGES0) unless a measurement
+// sets QMMG_STAGES.
+#if !defined(QMMG_STAGES) && !defined(QMMG_X_MODULE)
+#define QMMG_STAGES 4
+#endif
+#ifndef QMMG_HX2_STAGES
+#define QMMG_HX2_STAGES 3
+#endif
 #if QMMG_COPY_BASE
 // p, opaque to the compiler: offsets added to it after stay apart.
 __device__ __forceinline__ const char* qg_base(const char* p) {
@@ -311,10 +327,12 @@ template <int F, int NT8, bool HX, typename SH> struct QgLayout {
         STAGES_WIDE = (220 << 10) / STAGE < 4 ? ((220 << 10) / STAGE < 2 ? 2 : (220 << 10) / STAGE) : 4,
         STAGES0 = SH::WIDE ? STAGES_WIDE : STAGES_NARROW,
 #ifdef QMMG_STAGES
-        // A measurement define: as many stages as fit in 220 KiB, up to it
-        // (the host's quant_group::group_smem mirrors this).
+        // As many stages as fit in 220 KiB, up to QMMG_STAGES (or, for 9–16
+        // f16 tokens, QMMG_HX2_STAGES where set) — the host's
+        // quant_group::shaped_smem mirrors this.
         STAGES_FIT = (220 << 10) / STAGE,
-        STAGES = QMMG_STAGES < STAGES_FIT ? (QMMG_STAGES < 2 ? 2 : QMMG_STAGES) : (STAGES_FIT < 2 ? 2 : STAGES_FIT),
+        STAGES_CAP = QMMG_HX2_STAGES && HX && NT8 <= 2 ? QMMG_HX2_STAGES : QMMG_STAGES,
+        STAGES = STAGES_CAP < STAGES_FIT ? (STAGES_CAP < 2 ? 2 : STAGES_CAP) : (STAGES_FIT < 2 ? 2 : STAGES_FIT),
 #else
         STAGES = STAGES0,
 #endif
