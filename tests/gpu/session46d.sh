@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# (The embedding fold was reverted after this run, 11,940 against 11,938 tok/s: the tree no longer has it.)
 # Session 46's fourth call: the embedding gather of a grouped f16 step folding the first layer's norm
 # (kernels/embed_fold.cu, new default: the rows also written as the first QKV product's folded activations, so no
 # quantize_x launch sits between the gather and it) against the plain gather (CHATGLM_EMBED_FOLD=0), and the lean
 # chunk loop (QMMX_LEAN_LOOP=1) on top, four rounds alternating at 32 int4 sequences; 16 and 64 sequences; batch 1;
 # the cuda (its norm-fold test now counts the gather's fold), cuda_generate and qmma suites; int4 + an 8K dialogue.
+# (The embedding fold was reverted after this run, 11,940 against 11,938 tok/s: the tree no longer has it.)
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 BIN=device-bin
