@@ -174,21 +174,12 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_COPY_BASE
 #define QMMG_COPY_BASE 0
 #endif
-// 1 (measurements; set by qmmx.cuh's define, default 0 — run 320: +0.1%, inside the spread):
-// a run's whole chunks issued in the chunk loop from pointers to its weights
-// and scales worked out once a run (advanced by a constant a chunk), and the
-// loop's per-chunk unit and block counts replaced by one comparison — the
-// ~70 instructions of bookkeeping a warp a chunk that run 316's counts show
-// beside the copies (needs QMMG_COPY_BASE).
-#ifndef QMMG_LEAN_LOOP
-#define QMMG_LEAN_LOOP 0
-#endif
 // The ring's stages: in the qmma module as many as fit in 220 KiB, up to
 // QMMG_STAGES = 4, and up to QMMG_HX2_STAGES = 3 for the 9–16-token f16
 // products (QgLayout; 0: QMMG_STAGES for them too — 16 sequences −1%,
-// runs 326–327): the shapes with room for a fourth take it — q8_0 weights' at 17–64
-// tokens, among them 32 sequences' output layer (+1%), the q8_0-code
-// products of 17–64 tokens. With it the module's code placement reads
+// runs 326–327): the shapes with room for a fourth take it — q8_0
+// weights' at 17–64 tokens, among them 32 sequences' output layer (+1%),
+// the q8_0-code products of 17–64 tokens. With it the module's code placement reads
 // batch-1 q4_0 decode at 754.1–757.0 tok/s where the shapes' own counts
 // read 749.2–753.7 (runs 325–327: the one-token products' SASS unchanged).
 // In the qmmx module the shapes' own counts (STAGES0) unless a measurement
@@ -702,10 +693,9 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         x_step = (long)TPR * cols * 2;
     }
 #endif
-    // (whole: the caller knows chunk c has all its blocks.)
-    auto issue_x = [&](int c, int slot, bool whole = false) {
+    auto issue_x = [&](int c, int slot) {
         unsigned char* st = qg_smem + slot * L::STAGE;
-        const int b0 = c * L::KB, nblk = whole ? (int)L::KB : min((int)L::KB, nb - b0);
+        const int b0 = c * L::KB, nblk = min((int)L::KB, nb - b0);
         if (HX) {
             // f16 rows: 64 bytes a block, no scales.
             const char* xb = (const char*)xq + (long)b0 * 64;
@@ -800,21 +790,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         const int G = (int)(x / C), c0 = (int)(x % C);
         const int c1 = (int)min((long)C, c0 + (end - x));
         const int tile = tile_of(G);
-#if QMMG_LEAN_LOOP && QMMG_COPY_BASE
-        // This warp's share of a whole chunk: its first 16-byte piece, and
-        // where the chunk loop issues it from (chunk c at c·CU units on).
-        constexpr int LHU = SH::CU / SH::KW, LHALF = SH::CU / 2 > 0 ? SH::CU / 2 : 1;
-        const bool ltwo = SH::XT && share.halved;
-        const int lq0 = (ltwo ? half * LHALF : half * LHU) * 32 + lane;
-        const long lu0 = (long)max(tile, 0) * units;
-        const char* lw = qg_base((const char*)w + lu0 * 512 + lq0 * 16);
-        const char* ls = (const char*)scales + lu0 * L::SCB + lane * 16;
-        const char* lm = (const char*)mins + lu0 * L::SCB + lane * 16;
-        const int lwd = L::W_OFF + tw * SH::CU * 512 + lq0 * 16, lsd = tw * SH::CU * L::SCB + lane * 16;
-        const bool lsc = half == 0 && lane < SH::CU * L::SCB / 16;
-        // Chunks with all their units and blocks.
-        const int cwhole = min(units / SH::CU, nb / (int)L::KB);
-#endif
         // Weights do not depend on the kernel ahead: the first stages' are
         // requested before waiting for it.
 #pragma unroll
@@ -859,40 +834,14 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             cp_async_wait<S - 2>();
             __syncthreads();  // chunk c landed for every warp; slot (k − 1) % S is free
             const int nc = c + S - 1;
-#if QMMG_LEAN_LOOP && QMMG_COPY_BASE
-            if (HX && QMMG_FAST_COPY && nc < c1 && nc < cwhole && !(QMMG_DRY & 2)) {
-                unsigned char* sn = qg_smem + ((k + S - 1) % S) * L::STAGE;
-                if (tile >= 0) {
-                    const char* sp = lw + (long)nc * (SH::CU * 512);
-                    if (ltwo) {
-#pragma unroll
-                        for (int i = 0; i < LHALF; i++) cp_async16(sn + lwd + i * 512, sp + i * 512, true);
-                    } else {
-#pragma unroll
-                        for (int i = 0; i < LHU; i++) cp_async16(sn + lwd + i * 512, sp + i * 512, true);
-                    }
-                    if (lsc) {
-                        cp_async16(sn + L::SC_OFF + lsd, ls + (long)nc * (SH::CU * L::SCB), true);
-                        if (QFmt<F>::MIN) cp_async16(sn + L::MN_OFF + lsd, lm + (long)nc * (SH::CU * L::SCB), true);
-                    }
-                }
-                if (!(QMMG_DRY & 4)) issue_x(nc, (k + S - 1) % S, true);
-            } else
-#endif
             if (nc < c1 && !(QMMG_DRY & 2)) {
                 issue_w(tile, nc, (k + S - 1) % S);
                 if (!(QMMG_DRY & 4)) issue_x(nc, (k + S - 1) % S);
             }
             cp_async_commit();
             const unsigned char* st = qg_smem + (k % S) * L::STAGE;
-#if QMMG_LEAN_LOOP && QMMG_COPY_BASE
-            const bool whole = c < cwhole;
-            const int nu = whole ? SH::CU : min(SH::CU, units - c * SH::CU);
-            const int nblk = whole ? (int)L::KB : min((int)L::KB, nb - c * L::KB);
-#else
             const int nu = min(SH::CU, units - c * SH::CU), nblk = min((int)L::KB, nb - c * L::KB);
             const bool whole = nu == SH::CU && nblk == L::KB;
-#endif
             if (QMMG_DRY & 1) {
             } else if (HX) {
                 if (whole) chunk_product_hx<F, NT8, SH, false>(acc, st, warp, lane, nu, nblk);

@@ -36,10 +36,6 @@
 #define QMMX_COPY_BASE 1
 #endif
 #define QMMG_COPY_BASE QMMX_COPY_BASE
-// QMMX_LEAN_LOOP (measurements, default 0): qmma_group.cu's QMMG_LEAN_LOOP here.
-#ifdef QMMX_LEAN_LOOP
-#define QMMG_LEAN_LOOP QMMX_LEAN_LOOP
-#endif
 // QMMX_EPI (a mask, default 27): qmma_group.cu's QMMG_X_EPI in this module.
 #ifndef QMMX_EPI
 #define QMMX_EPI 27
