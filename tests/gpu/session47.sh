@@ -10,8 +10,11 @@ BIN=device-bin
 session_start
 sha1sum /tmp/chatglm-kernels/qmma-*.cubin /tmp/chatglm-kernels/qmmx-*.cubin
 O=CHATGLM_CUDA_LOAD_ORDER
+T0=$(date +%s)
 for i in 1 2; do
   for o in hot-last list hot reverse global global-2 global-3; do
-    echo "round $i $o: 32: $(bn $O=$o) | batch 1 q4_0: $(b1 $O=$o)"
+    # The call's 600 s: stop before a pair would run past it.
+    [ $(($(date +%s) - T0)) -lt 530 ] || { echo "stopped at $(($(date +%s) - T0)) s"; break 2; }
+    echo "round $i $o: 32: $(bn $O=$o) | batch 1 q4_0: $(b1 $O=$o) ($(($(date +%s) - T0)) s)"
   done
 done
