@@ -946,7 +946,7 @@ impl Backend for CudaBackend {
         if !format.is_quantized() {
             return self.random_matrix(rows, cols, format, seed);
         }
-        let table = Arc::new(self.device_readable(HostTable::random(rows, cols, seed)));
+        let table = Arc::new(self.device_readable(HostTable::random(rows, cols, format, seed)));
         *lock(&self.host_embedding) = Some(table.clone());
         CudaMatrix { host: Some(table), ..CudaMatrix::dense(rows, cols, DType::F32, None) }
     }

@@ -188,20 +188,60 @@ impl HostTable {
         Ok(Self { rows, cols, dtype: t.dtype, data: t.data.clone(), mapped: None })
     }
 
-    pub(super) fn random(rows: usize, cols: usize, seed: u64) -> Self {
-        let n = rows * cols;
-        let mut bytes = vec![0u8; n * 2];
-        bytes.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-            let mut s = seed ^ (c as u64).wrapping_mul(0xD134_2543_DE82_EF95) | 1;
+    /// Random rows for benchmarks, stored as a real load would store them:
+    /// blocks of `format` where it is a quantized format (the loader keeps a
+    /// quantized model's table in the layers' format), else f16. A step's
+    /// gather reads a row's bytes over the bus, so the row size is what
+    /// matters: 2,304 bytes for a 4,096-wide q4_0 row against 8,192 in f16.
+    pub(super) fn random(rows: usize, cols: usize, format: WeightFormat, seed: u64) -> Self {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let blocks = match format {
+            WeightFormat::Q8_0 => Some((FileDType::Q8_0, 0.035 / 127.0, None)),
+            WeightFormat::Q4_0 => Some((FileDType::Q4_0, 0.035 / 8.0, None)),
+            WeightFormat::Q4_1 => Some((FileDType::Q4_1, 0.07 / 15.0, Some(-0.035))),
+            WeightFormat::Q5_0 => Some((FileDType::Q5_0, 0.035 / 16.0, None)),
+            WeightFormat::Q5_1 => Some((FileDType::Q5_1, 0.07 / 31.0, Some(-0.035))),
+            _ => None,
+        };
+        let row_bytes = blocks.and_then(|(dtype, ..)| dtype.size_in_bytes(cols).filter(|_| cols % 32 == 0));
+        let (dtype, row_bytes) = match (blocks, row_bytes) {
+            (Some((dtype, ..)), Some(b)) => (dtype, b),
+            _ => (FileDType::F16, cols * 2),
+        };
+        let seeds: Vec<u64> = (0..rows.div_ceil(256)).map(|_| next()).collect();
+        let mut bytes = vec![0u8; rows * row_bytes];
+        bytes.par_chunks_mut(256 * row_bytes).zip(seeds).for_each(|(chunk, seed)| {
+            let mut s = seed | 1;
             for v in chunk.chunks_exact_mut(2) {
                 s ^= s << 13;
                 s ^= s >> 7;
                 s ^= s << 17;
-                let x = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07;
-                v.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+                if dtype == FileDType::F16 {
+                    let x = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.07;
+                    v.copy_from_slice(&f16::from_f32(x).to_le_bytes());
+                } else {
+                    v.copy_from_slice(&(s as u16).to_le_bytes());
+                }
+            }
+            // Every block starts with its f16 scale (then, for q4_1 and q5_1,
+            // its f16 minimum): finite values of a trained model's size.
+            if let Some((_, d, m)) = blocks.filter(|_| dtype != FileDType::F16) {
+                let block_bytes = row_bytes / (cols / 32);
+                for b in chunk.chunks_exact_mut(block_bytes) {
+                    b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                    if let Some(m) = m {
+                        b[2..4].copy_from_slice(&f16::from_f32(m).to_le_bytes());
+                    }
+                }
             }
         });
-        Self { rows, cols, dtype: FileDType::F16, data: TensorData::from_vec(bytes), mapped: None }
+        Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None }
     }
 
     /// Bytes the table holds on the host.
@@ -332,9 +372,32 @@ mod tests {
         for (block, size) in sizes {
             assert_eq!(block.bytes(), size, "{block:?}");
         }
-        let table = HostTable::random(4, 64, 1);
+        let table = HostTable::random(4, 64, WeightFormat::F16, 1);
         assert_eq!(table.device_rows(), Some(DeviceRows::Float(DType::F16)));
         assert_eq!(table.device_table(), None, "not mapped");
+    }
+
+    #[test]
+    fn a_synthetic_table_holds_the_rows_a_real_load_would() {
+        for (format, dtype, row_bytes) in [
+            (WeightFormat::Q4_0, FileDType::Q4_0, 2 * 18),
+            (WeightFormat::Q4_1, FileDType::Q4_1, 2 * 20),
+            (WeightFormat::Q5_0, FileDType::Q5_0, 2 * 22),
+            (WeightFormat::Q5_1, FileDType::Q5_1, 2 * 24),
+            (WeightFormat::Q8_0, FileDType::Q8_0, 2 * 34),
+            (WeightFormat::F16, FileDType::F16, 128),
+        ] {
+            let table = HostTable::random(300, 64, format, 7);
+            assert_eq!(table.dtype, dtype, "{format:?}");
+            assert_eq!(table.bytes(), 300 * row_bytes, "{format:?}");
+            let mut out = Vec::new();
+            table.gather(&[0, 17, 299], &mut out).unwrap();
+            assert_eq!(out.len(), 3 * 64);
+            assert!(out.iter().all(|v| v.is_finite() && v.abs() < 0.1), "{format:?}: {out:?}");
+            assert!(out.iter().any(|&v| v != 0.0), "{format:?}");
+        }
+        // Rows that are not whole blocks stay f16.
+        assert_eq!(HostTable::random(3, 40, WeightFormat::Q4_0, 1).dtype, FileDType::F16);
     }
 
     use super::*;
