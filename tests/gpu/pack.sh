@@ -14,7 +14,7 @@ if [ $# -gt 0 ]; then
 else
   files=()
   for f in chatglm qmma_bench qmma_phases qmma_phases-variant kernel_trace.so \
-    tests/cuda tests/cuda_generate tests/qmma tests/chatglm_cuda-lib; do
+    tests/cuda tests/cuda_generate tests/qmma tests/embed tests/chatglm_cuda-lib; do
     [ -e "$BIN/$f" ] && files+=("$f")
   done
 fi

@@ -74,7 +74,7 @@ build() {
     --features chatglm-model/cuda,chatglm-engine/cuda --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
-wanted = {("chatglm_cuda", "lib"), ("chatglm_model", "lib"), ("cuda", "test"), ("cuda_generate", "test"), ("qmma", "test")}
+wanted = {("chatglm_cuda", "lib"), ("chatglm_model", "lib"), ("cuda", "test"), ("cuda_generate", "test"), ("qmma", "test"), ("embed", "test")}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:

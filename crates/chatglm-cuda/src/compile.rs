@@ -111,6 +111,12 @@ fn qmmx_kernels() -> Vec<String> {
     (0..4).flat_map(|f| (1..4).map(move |mode| format!("qmmx_{f}_4_{mode}"))).collect()
 }
 
+fn embed_cached_kernels() -> Vec<String> {
+    let mut k: Vec<String> = (0..3).map(|t| format!("embed_cached_{t}")).collect();
+    k.extend((0..5).map(|b| format!("embed_ggml_cached_{b}")));
+    k
+}
+
 fn decode_mma_kernels() -> Vec<String> {
     vec!["attn_decode_mma16".into(), "attn_decode_mma16_w4".into(), crate::ops::DECODE_SHORT_KERNEL.into()]
 }
@@ -181,6 +187,16 @@ pub(crate) const SOURCES: &[Source] = &[
         min_arch: 80,
         kernels: qmmx_kernels,
     },
+    // After it, the embedding gathers through a device row cache: elementwise.cu
+    // again (only these kernels are looked up here) and the cached forms, so
+    // that neither the elementwise module nor any code placed before this one
+    // changes (kernels/embed_cached.cu).
+    Source {
+        name: "embed_cached",
+        text: concat!(include_str!("kernels/elementwise.cu"), include_str!("kernels/embed_cached.cu")),
+        min_arch: 0,
+        kernels: embed_cached_kernels,
+    },
 ];
 
 /// Whether a kernel runs in every single-sequence decode step (the one-token
@@ -246,8 +262,9 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
         // 245–248) with session 35's cubins.
         _ => named.sort_by_key(|(n, _)| (!decode_hot(n), !n.ends_with("_2"))),
     }
-    // The qmmx module last under every order: its code moves no other kernel.
-    named.sort_by_key(|(n, _)| n.starts_with("qmmx_"));
+    // The qmmx module, then the cached embedding gathers, last under every
+    // order: their code moves no other kernel.
+    named.sort_by_key(|(n, _)| (n.contains("_cached_"), n.starts_with("qmmx_")));
     // `CHATGLM_CUDA_GROUPED_LAST=1`: the grouped products (`qmmg_`, `qmmh_`)
     // behind every other kernel, so that their code's size moves no other
     // kernel (the one-token products sit behind them under `hot-last`, and
@@ -483,6 +500,21 @@ mod tests {
     }
 
     #[test]
+    fn the_qmmx_module_and_then_the_cached_gathers_are_looked_up_last() {
+        let named: Vec<(String, usize)> =
+            SOURCES.iter().enumerate().flat_map(|(m, s)| (s.kernels)().into_iter().map(move |n| (n, m))).collect();
+        let ordered = load_order(named.clone());
+        let cached = embed_cached_kernels().len();
+        let qmmx = qmmx_kernels().len();
+        let n = ordered.len();
+        assert!(ordered[n - cached..].iter().all(|(k, _)| k.contains("_cached_")));
+        assert!(ordered[n - cached - qmmx..n - cached].iter().all(|(k, _)| k.starts_with("qmmx_")));
+        // Everything else in the order it had without them.
+        let rest: Vec<_> = named.iter().filter(|(k, _)| !k.contains("_cached_")).cloned().collect();
+        assert_eq!(load_order(rest), ordered[..n - cached].to_vec());
+    }
+
+    #[test]
     fn cache_keys_change_with_every_part() {
         let a = fnv1a(&[b"src", b"compute_90", b"v1"]);
         assert_ne!(a, fnv1a(&[b"src", b"compute_80", b"v1"]));
@@ -550,6 +582,10 @@ mod tests {
                 // The qmmx module compiles qmma.cu's files for their device
                 // functions; of its kernels it launches only its own.
                 if s.name == "qmmx" && !name.starts_with("qmmx_") {
+                    continue;
+                }
+                // So does the embed_cached module with elementwise.cu's.
+                if s.name == "embed_cached" && !name.contains("_cached_") {
                     continue;
                 }
                 assert!(listed.iter().any(|l| l == name), "{name} (in {}.cu) is not in its kernel list", s.name);

@@ -347,11 +347,73 @@ fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: grid, block_dim: (block, 1, 1), shared_mem_bytes: smem }
 }
 
+/// A device cache of a mapped embedding table's rows (the kernels'
+/// `EmbedCache`): a decode step then reads a row it has seen before from
+/// device memory instead of across the bus (a round trip of several µs on
+/// every step's critical path). Rows sit in slot `id mod slots`.
+pub struct EmbedRowCache {
+    rows: CudaSlice<u8>,
+    tags: CudaSlice<i32>,
+    slots: usize,
+    stride: usize,
+}
+
+/// Most rows a launch may have for [`EmbedRowCache`] to be used (the
+/// kernels' `EMBED_CACHE_MAX_ROWS`: each block scans the launch's ids).
+pub const EMBED_CACHE_MAX_ROWS: usize = 256;
+
+impl EmbedRowCache {
+    /// Slots a cache of rows of `row_bytes` takes within `budget` bytes: a
+    /// power of two, at least 16 (else `None`: no cache).
+    pub fn slots_for(row_bytes: usize, budget: usize) -> Option<usize> {
+        let stride = row_bytes.next_multiple_of(16);
+        let fit = budget / stride.max(1);
+        (fit >= 16).then(|| 1usize << fit.ilog2())
+    }
+
+    /// Device bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.slots * self.stride + 4 * self.slots
+    }
+
+    /// The row id each slot holds (−1: none), read back (tests, diagnostics).
+    pub fn tags(&self, gpu: &Gpu) -> Result<Vec<i32>, CudaError> {
+        let mut out = vec![0; self.slots];
+        gpu.download(&self.tags, &mut out, "embedding row cache tags")?;
+        Ok(out)
+    }
+
+    /// The cached kernels' `EmbedCache` parameter, packed in 8-byte slots.
+    fn arg(cache: Option<&EmbedRowCache>) -> [u64; 3] {
+        match cache {
+            Some(c) => [device_ptr(&c.rows), device_ptr(&c.tags), c.slots as u64 | (c.stride as u64) << 32],
+            None => [0, 0, 0],
+        }
+    }
+}
+
 impl Gpu {
-    /// `out[t] = table[ids[t]]` as f32.
+    /// An empty [`EmbedRowCache`] for rows of `row_bytes` in at most `budget`
+    /// bytes (`None` where fewer than 16 rows fit).
+    pub fn embed_row_cache(&self, row_bytes: usize, budget: usize) -> Result<Option<EmbedRowCache>, CudaError> {
+        let Some(slots) = EmbedRowCache::slots_for(row_bytes, budget) else {
+            return Ok(None);
+        };
+        let stride = row_bytes.next_multiple_of(16);
+        check_i32("embed row cache", "slots", slots)?;
+        check_i32("embed row cache", "row bytes", stride)?;
+        let rows = self.alloc::<u8>(slots * stride, "embedding row cache")?;
+        let tags = self.upload_new(&vec![-1i32; slots], "embedding row cache tags")?;
+        Ok(Some(EmbedRowCache { rows, tags, slots, stride }))
+    }
+
+    /// `out[t] = table[ids[t]]` as f32; rows through `cache` where given
+    /// (a mapped table's: [`EmbedRowCache`]).
     ///
     /// # Safety
-    /// `table`: table_rows·cols elements of `dtype`; `ids`: n i32; `out`: n·cols f32.
+    /// `table`: table_rows·cols elements of `dtype`; `ids`: n i32; `out`: n·cols f32;
+    /// `cache`: made for rows of cols elements of `dtype`.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn embed(
         &self,
         table: u64,
@@ -361,30 +423,44 @@ impl Gpu {
         ids: u64,
         n: usize,
         out: u64,
+        cache: Option<&EmbedRowCache>,
     ) -> Result<(), CudaError> {
-        let name = format!("embed_{}", dtype.code());
+        // A row through shared memory (all its loads in flight) where it fits
+        // the default 48 KiB; only such rows are cached.
+        let row_bytes = cols * dtype.size();
+        let staged = i32::from(row_bytes <= 48 << 10);
+        let cache = cache.filter(|_| staged == 1);
+        let name = match cache {
+            Some(_) => format!("embed_cached_{}", dtype.code()),
+            None => format!("embed_{}", dtype.code()),
+        };
+        if cache.is_some_and(|c| c.stride != row_bytes.next_multiple_of(16)) {
+            return Err(CudaError::invalid(&name, "a row cache made for rows of another size"));
+        }
         let (cols, rows) = (check_i32(&name, "cols", cols)?, check_i32(&name, "table rows", table_rows)?);
         if n == 0 {
             return Ok(());
         }
         let f = self.kernel(&name)?;
-        // A row through shared memory (all its loads in flight) where it fits
-        // the default 48 KiB.
-        let row_bytes = cols as usize * dtype.size();
-        let staged = i32::from(row_bytes <= 48 << 10);
         let smem = if staged == 1 { row_bytes as u32 } else { 0 };
         let mut a = Args::default();
-        a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows).arg(&staged);
+        a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows);
+        match cache {
+            Some(_) => a.arg_struct(&EmbedRowCache::arg(cache)),
+            None => a.arg(&staged),
+        };
         self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, smem))
     }
 
     /// `out[t] = table[ids[t]]` for a table of ggml blocks of 32 (`block`:
-    /// [`GgmlBlock`]), `row_bytes` a row, dequantized as the CPU does.
+    /// [`GgmlBlock`]), `row_bytes` a row, dequantized as the CPU does; rows
+    /// through `cache` where given.
     ///
     /// # Safety
     /// `table`: table_rows × row_bytes bytes the device can read (device or
     /// mapped host memory); `ids`: n ints; `out`: n×cols f32; `row_bytes` =
-    /// cols / 32 blocks of the format.
+    /// cols / 32 blocks of the format; `cache`: made for such rows.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn embed_ggml(
         &self,
         table: u64,
@@ -394,14 +470,21 @@ impl Gpu {
         ids: u64,
         n: usize,
         out: u64,
+        cache: Option<&EmbedRowCache>,
     ) -> Result<(), CudaError> {
-        let name = format!("embed_ggml_{}", block as usize);
+        let name = match cache {
+            Some(_) => format!("embed_ggml_cached_{}", block as usize),
+            None => format!("embed_ggml_{}", block as usize),
+        };
         if !cols.is_multiple_of(32) {
             return Err(CudaError::invalid(&name, format!("rows of {cols} values are not whole blocks of 32")));
         }
         let row_bytes = cols / 32 * block.bytes();
         if row_bytes > 48 << 10 {
             return Err(CudaError::invalid(&name, format!("rows of {row_bytes} bytes exceed its shared memory")));
+        }
+        if cache.is_some_and(|c| c.stride != row_bytes.next_multiple_of(16)) {
+            return Err(CudaError::invalid(&name, "a row cache made for rows of another size"));
         }
         let (cols, rows) = (check_i32(&name, "cols", cols)?, check_i32(&name, "table rows", table_rows)?);
         if n == 0 {
@@ -411,6 +494,9 @@ impl Gpu {
         let row_bytes = row_bytes as i64;
         let mut a = Args::default();
         a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows).arg(&row_bytes);
+        if cache.is_some() {
+            a.arg_struct(&EmbedRowCache::arg(cache));
+        }
         self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, row_bytes as u32))
     }
 

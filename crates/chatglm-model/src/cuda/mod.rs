@@ -604,7 +604,11 @@ impl Backend for CudaBackend {
         // Keep 1 GiB back for activations, cuBLAS workspace and the prefill chunk.
         let kv_tokens = free.saturating_sub(1 << 30) / kv_bytes_per_token.max(1);
         let host = lock(&self.host_embedding).as_ref().map_or(String::new(), |t| {
-            format!(" (the {:.2} GiB embedding table stays in host memory)", gib(t.bytes()))
+            let cache = match t.row_cache_bytes() {
+                0 => String::new(),
+                b => format!("; a {:.1} MiB device cache of the rows decode steps read", b as f64 / (1 << 20) as f64),
+            };
+            format!(" (the {:.2} GiB embedding table stays in host memory{cache})", gib(t.bytes()))
         });
         Some(format!(
             "GPU memory: weights {:.2} GiB{host}, workspace {} MiB; {:.1} of {:.1} GiB free, 1 GiB of it kept for \
@@ -1051,16 +1055,17 @@ impl Backend for CudaBackend {
             }
             let op = Self::output(out, ids.len(), table.cols, "embed")?;
             let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
-            if let Some((tp, rows)) = table.host.as_ref().and_then(|h| h.device_table()) {
+            if let Some((tp, rows, cache)) = table.host.as_ref().and_then(|h| h.device_table()) {
                 // SAFETY: a mapped table of table.rows rows of table.cols values
-                // in that element type; ids as below; out n×cols.
+                // in that element type, its cache made for its rows; ids as
+                // below; out n×cols.
                 return unsafe {
                     match rows {
                         DeviceRows::Float(dtype) => {
-                            self.gpu.embed(tp, dtype, table.rows, table.cols, ids_ptr, ids.len(), op)
+                            self.gpu.embed(tp, dtype, table.rows, table.cols, ids_ptr, ids.len(), op, cache)
                         }
                         DeviceRows::Ggml(block) => {
-                            self.gpu.embed_ggml(tp, block, table.rows, table.cols, ids_ptr, ids.len(), op)
+                            self.gpu.embed_ggml(tp, block, table.rows, table.cols, ids_ptr, ids.len(), op, cache)
                         }
                     }
                 };
@@ -1075,7 +1080,7 @@ impl Backend for CudaBackend {
             let tp = Self::matrix_ptr(table, "embed")?;
             // SAFETY: ids are the first n ints of meta (validated < vocab by the
             // forward pass, clamped in the kernel); out holds n×cols.
-            unsafe { self.gpu.embed(tp, table.dtype, table.rows, table.cols, ids_ptr, ids.len(), op) }
+            unsafe { self.gpu.embed(tp, table.dtype, table.rows, table.cols, ids_ptr, ids.len(), op, None) }
         });
     }
 

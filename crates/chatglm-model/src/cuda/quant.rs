@@ -146,6 +146,9 @@ pub struct HostTable {
     /// The same bytes in mapped page-locked memory (then `data` is empty):
     /// the device gathers a step's rows itself ([`HostTable::map_for_device`]).
     mapped: Option<chatglm_cuda::MappedHost>,
+    /// The rows the device read last, kept on the device
+    /// ([`chatglm_cuda::EmbedRowCache`]) with a mapped table.
+    row_cache: Option<chatglm_cuda::EmbedRowCache>,
 }
 
 /// How the device reads a mapped table's rows.
@@ -177,7 +180,7 @@ impl HostTable {
             WeightFormat::Q5_1 => (FileDType::Q5_1, blocks::<BlockQ5_1>(t, FileDType::Q5_1, rows, cols)?),
             other => return Err(bad(t, format!("a host table in {} is not supported", other.name()))),
         };
-        Ok(Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None })
+        Ok(Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None, row_cache: None })
     }
 
     pub(super) fn from_tensor(t: &Tensor, rows: usize, cols: usize) -> Result<Self, ModelError> {
@@ -185,7 +188,7 @@ impl HostTable {
         if t.data.len() < rows * row_bytes {
             return Err(bad(t, "data is shorter than its shape"));
         }
-        Ok(Self { rows, cols, dtype: t.dtype, data: t.data.clone(), mapped: None })
+        Ok(Self { rows, cols, dtype: t.dtype, data: t.data.clone(), mapped: None, row_cache: None })
     }
 
     /// Random rows for benchmarks, stored as a real load would store them:
@@ -209,7 +212,7 @@ impl HostTable {
             WeightFormat::Q5_1 => Some((FileDType::Q5_1, 0.07 / 31.0, Some(-0.035))),
             _ => None,
         };
-        let row_bytes = blocks.and_then(|(dtype, ..)| dtype.size_in_bytes(cols).filter(|_| cols % 32 == 0));
+        let row_bytes = blocks.and_then(|(dtype, ..)| dtype.size_in_bytes(cols).filter(|_| cols.is_multiple_of(32)));
         let (dtype, row_bytes) = match (blocks, row_bytes) {
             (Some((dtype, ..)), Some(b)) => (dtype, b),
             _ => (FileDType::F16, cols * 2),
@@ -241,7 +244,7 @@ impl HostTable {
                 }
             }
         });
-        Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None }
+        Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None, row_cache: None }
     }
 
     /// Bytes the table holds on the host.
@@ -275,18 +278,29 @@ impl HostTable {
     /// rows by ids it holds (the host then need not know a step's tokens
     /// before it launches the step). Tables of other element types stay as
     /// they are.
-    pub(super) fn map_for_device(&mut self, gpu: &Gpu) -> Result<(), chatglm_cuda::CudaError> {
+    ///
+    /// With it, a device cache of up to `cache_budget` bytes of rows
+    /// ([`chatglm_cuda::EmbedRowCache`]; 0: none).
+    pub(super) fn map_for_device(&mut self, gpu: &Gpu, cache_budget: usize) -> Result<(), chatglm_cuda::CudaError> {
         if self.mapped.is_some() || self.device_rows().is_none() {
             return Ok(());
         }
         self.mapped = Some(gpu.mapped_host_copy(&self.data, "embedding table")?);
         self.data = TensorData::from_vec(Vec::new());
+        let row_bytes = self.dtype.size_in_bytes(self.cols).unwrap_or(0);
+        self.row_cache = gpu.embed_row_cache(row_bytes, cache_budget)?;
         Ok(())
     }
 
-    /// The device address of a mapped table and how to read its rows.
-    pub(super) fn device_table(&self) -> Option<(u64, DeviceRows)> {
-        Some((self.mapped.as_ref()?.device_ptr(), self.device_rows()?))
+    /// The device address of a mapped table, how to read its rows, and its
+    /// device row cache.
+    pub(super) fn device_table(&self) -> Option<(u64, DeviceRows, Option<&chatglm_cuda::EmbedRowCache>)> {
+        Some((self.mapped.as_ref()?.device_ptr(), self.device_rows()?, self.row_cache.as_ref()))
+    }
+
+    /// Device bytes of its row cache.
+    pub(super) fn row_cache_bytes(&self) -> usize {
+        self.row_cache.as_ref().map_or(0, |c| c.bytes())
     }
 
     /// Rows `ids` as f32, appended to `out`.
@@ -312,17 +326,38 @@ impl HostTable {
     }
 }
 
+/// Device bytes for the rows of a mapped embedding table a decode step read
+/// (its gather then skips the bus round trip for tokens seen before):
+/// `CHATGLM_CUDA_EMBED_CACHE_MIB` (0: none), default 16 MiB — 4,096 rows of
+/// ChatGLM2-6B's q4_0 table (9.4 MB), a sixteenth of the vocabulary and most
+/// of the tokens text uses.
+pub(super) fn embed_cache_budget() -> usize {
+    static SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        let v = std::env::var("CHATGLM_CUDA_EMBED_CACHE_MIB").ok();
+        match v.as_deref().map(str::parse::<usize>) {
+            None => 16,
+            Some(Ok(mib)) if mib <= 4096 => mib,
+            Some(_) => {
+                tracing::warn!("CHATGLM_CUDA_EMBED_CACHE_MIB={v:?} is not a size in MiB up to 4096; using 16");
+                16
+            }
+        }
+    }) << 20
+}
+
 impl super::CudaBackend {
     /// `table` in mapped page-locked memory where steps are queued (the
     /// device gathers each step's rows from the ids it chose), unless
     /// `CHATGLM_CUDA_MAPPED_EMBEDDING=0` (the host gathers them: each step
-    /// then waits for the one before). A system that cannot give the
+    /// then waits for the one before), with a device cache of the rows read
+    /// of [`embed_cache_budget`] bytes. A system that cannot give the
     /// page-locked memory keeps the table as it is, with a warning: slower
     /// steps, not a failed load.
     pub(super) fn device_readable(&self, mut table: HostTable) -> HostTable {
         let wanted = std::env::var("CHATGLM_CUDA_MAPPED_EMBEDDING").map_or(true, |v| v != "0");
         if self.queue_steps && wanted {
-            if let Err(e) = table.map_for_device(&self.gpu) {
+            if let Err(e) = table.map_for_device(&self.gpu, embed_cache_budget()) {
                 tracing::warn!("embedding table left in pageable memory, decode steps will not be queued: {e}");
             }
         }
@@ -374,7 +409,7 @@ mod tests {
         }
         let table = HostTable::random(4, 64, WeightFormat::F16, 1);
         assert_eq!(table.device_rows(), Some(DeviceRows::Float(DType::F16)));
-        assert_eq!(table.device_table(), None, "not mapped");
+        assert!(table.device_table().is_none(), "not mapped");
     }
 
     #[test]
