@@ -120,18 +120,7 @@ impl MappedHost {
 impl Gpu {
     /// A mapped page-locked copy of `bytes` ([`MappedHost`]).
     pub fn mapped_host_copy(&self, bytes: &[u8], what: &str) -> Result<MappedHost, CudaError> {
-        self.mapped_host_copy_with(bytes, what, false)
-    }
-
-    /// [`Gpu::mapped_host_copy`], write-combined where `write_combined`: not
-    /// cached on the host (so not snooped when the device reads it), for
-    /// memory the host writes once and the device reads — host reads of it
-    /// are slow.
-    pub fn mapped_host_copy_with(&self, bytes: &[u8], what: &str, write_combined: bool) -> Result<MappedHost, CudaError> {
-        let mut flags = cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP;
-        if write_combined {
-            flags |= cudarc::driver::sys::CU_MEMHOSTALLOC_WRITECOMBINED;
-        }
+        let flags = cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP;
         // SAFETY: filled below before anything reads it.
         let mut pinned = unsafe { self.context().alloc_pinned_with_flags::<u8>(bytes.len().max(1), flags) }
             .map_err(|e| CudaError::call(format!("cuMemHostAlloc({what}, {} bytes, mapped)", bytes.len()), e))?;

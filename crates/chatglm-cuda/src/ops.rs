@@ -376,6 +376,11 @@ impl EmbedRowCache {
         self.slots * self.stride + 4 * self.slots
     }
 
+    /// Rows it can hold (0: none, every row read from the table).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
     /// The row id each slot holds (−1: none), read back (tests, diagnostics).
     pub fn tags(&self, gpu: &Gpu) -> Result<Vec<i32>, CudaError> {
         let mut out = vec![0; self.slots];
@@ -394,17 +399,16 @@ impl EmbedRowCache {
 
 impl Gpu {
     /// An empty [`EmbedRowCache`] for rows of `row_bytes` in at most `budget`
-    /// bytes (`None` where fewer than 16 rows fit).
-    pub fn embed_row_cache(&self, row_bytes: usize, budget: usize) -> Result<Option<EmbedRowCache>, CudaError> {
-        let Some(slots) = EmbedRowCache::slots_for(row_bytes, budget) else {
-            return Ok(None);
-        };
+    /// bytes — one of no slots (the same kernels, every row from the table)
+    /// where fewer than 16 rows fit.
+    pub fn embed_row_cache(&self, row_bytes: usize, budget: usize) -> Result<EmbedRowCache, CudaError> {
+        let slots = EmbedRowCache::slots_for(row_bytes, budget).unwrap_or(0);
         let stride = row_bytes.next_multiple_of(16);
         check_i32("embed row cache", "slots", slots)?;
         check_i32("embed row cache", "row bytes", stride)?;
-        let rows = self.alloc::<u8>(slots * stride, "embedding row cache")?;
-        let tags = self.upload_new(&vec![-1i32; slots], "embedding row cache tags")?;
-        Ok(Some(EmbedRowCache { rows, tags, slots, stride }))
+        let rows = self.alloc::<u8>((slots * stride).max(16), "embedding row cache")?;
+        let tags = self.upload_new(&vec![-1i32; slots.max(1)], "embedding row cache tags")?;
+        Ok(EmbedRowCache { rows, tags, slots, stride })
     }
 
     /// `out[t] = table[ids[t]]` as f32; rows through `cache` where given

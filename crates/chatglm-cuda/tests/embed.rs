@@ -101,7 +101,8 @@ fn cached_rows_are_the_bits_of_uncached_ones() {
         let bytes = table_bytes(rows, row_bytes, block.map(|b| b.bytes()), 11);
         let mapped = gpu.mapped_host_copy(&bytes, "table").unwrap();
         // 16 slots: ids 5, 21, 37, … share slot 5.
-        let cache = gpu.embed_row_cache(row_bytes, 16 * row_bytes.next_multiple_of(16)).unwrap().unwrap();
+        let cache = gpu.embed_row_cache(row_bytes, 16 * row_bytes.next_multiple_of(16)).unwrap();
+        assert_eq!(cache.slots(), 16);
         let big: Vec<i32> = (0..EMBED_CACHE_MAX_ROWS as i32 + 3).map(|i| (i * 7) % rows as i32).collect();
         let launches: Vec<Vec<i32>> = vec![
             vec![5, 9, 5, 299],  // fills 5, 9 and 299 (two rows of id 5: the same bytes)
@@ -119,6 +120,11 @@ fn cached_rows_are_the_bits_of_uncached_ones() {
                 "{block:?}: launch {i} ({ids:?}) differs through the cache"
             );
         }
+        // A cache of no slots: the same kernels, every row from the table.
+        let none = gpu.embed_row_cache(row_bytes, 0).unwrap();
+        assert_eq!((none.slots(), none.bytes()), (0, 0));
+        let (cached, plain) = both(&gpu, mapped.device_ptr(), rows, cols, block, &[3, 3, 7], &none);
+        assert!(cached.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{block:?}: no slots");
         let tags = cache.tags(&gpu).unwrap();
         assert_eq!(tags[9], 9, "{block:?}: {tags:?}");
         assert_eq!(tags[299 % 16], 299, "{block:?}: {tags:?}");

@@ -14,6 +14,12 @@
 // with another id, so in a launch a slot is written only by rows that write
 // the same bytes and read by none under another tag.
 #define EMBED_CACHE_MAX_ROWS 256
+// 1 (measurements): the kernel after a gather may launch only once the
+// gather's rows are staged, so that the product after it (whose weights it
+// then requests early) does not share the memory system with the bus reads.
+#ifndef EMBED_LATE_TRIGGER
+#define EMBED_LATE_TRIGGER 0
+#endif
 struct EmbedCache {
     unsigned char* rows;
     int* tags;
@@ -59,7 +65,7 @@ template <int T>
 __device__ __forceinline__ void embed_cached_body(const void* table_, const int* ids, float* out, int cols,
                                                   int table_rows, EmbedCache cache) {
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
-    pdl_launch_dependents();
+    if (!EMBED_LATE_TRIGGER) pdl_launch_dependents();
     pdl_wait();
     typedef typename Elem<T>::storage S;
     const int row = blockIdx.x;
@@ -67,6 +73,7 @@ __device__ __forceinline__ void embed_cached_body(const void* table_, const int*
     if (id < 0 || id >= table_rows) id = 0;
     const S* src = (const S*)table_ + (long)id * cols;
     embed_cached_row(embed_cached_smem, (const unsigned char*)src, (long)cols * sizeof(S), id, ids, table_rows, cache);
+    if (EMBED_LATE_TRIGGER) pdl_launch_dependents();
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         out[(long)row * cols + c] = Elem<T>::load((const S*)embed_cached_smem, c);
 }
@@ -80,12 +87,13 @@ __device__ __forceinline__ void embed_ggml_cached_body(const unsigned char* tabl
                                                        int table_rows, long row_bytes, EmbedCache cache) {
     constexpr int BB = K == 0 ? 34 : K == 1 ? 18 : K == 2 ? 20 : K == 3 ? 22 : 24;
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
-    pdl_launch_dependents();
+    if (!EMBED_LATE_TRIGGER) pdl_launch_dependents();
     pdl_wait();
     const int row = blockIdx.x;
     int id = ids[row];
     if (id < 0 || id >= table_rows) id = 0;
     embed_cached_row(embed_cached_smem, table + (long)id * row_bytes, row_bytes, id, ids, table_rows, cache);
+    if (EMBED_LATE_TRIGGER) pdl_launch_dependents();
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         out[(long)row * cols + c] = ggml_value<K>(embed_cached_smem + (c / 32) * BB, c % 32);
 }

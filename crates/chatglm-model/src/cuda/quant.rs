@@ -285,11 +285,10 @@ impl HostTable {
         if self.mapped.is_some() || self.device_rows().is_none() {
             return Ok(());
         }
-        let wc = std::env::var("CHATGLM_CUDA_WC_TABLE").is_ok_and(|v| v == "1");
-        self.mapped = Some(gpu.mapped_host_copy_with(&self.data, "embedding table", wc)?);
+        self.mapped = Some(gpu.mapped_host_copy(&self.data, "embedding table")?);
         self.data = TensorData::from_vec(Vec::new());
         let row_bytes = self.dtype.size_in_bytes(self.cols).unwrap_or(0);
-        self.row_cache = gpu.embed_row_cache(row_bytes, cache_budget)?;
+        self.row_cache = Some(gpu.embed_row_cache(row_bytes, cache_budget)?);
         Ok(())
     }
 
