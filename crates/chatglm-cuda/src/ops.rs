@@ -504,6 +504,36 @@ impl Gpu {
         self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, row_bytes as u32))
     }
 
+    /// Requests towards L2 the rows of a mapped table (`table_rows` rows of
+    /// `row_bytes`) of the `n` ids at `chosen` that `cache` does not hold,
+    /// without waiting for them (`embed_prefetch`): issued behind a step's
+    /// argmax, the next step's gather then finds its bus reads under way.
+    ///
+    /// # Safety
+    /// `chosen`: n i32; `table`: table_rows × row_bytes bytes the device can
+    /// read; `cache` made for rows of row_bytes.
+    pub unsafe fn embed_prefetch(
+        &self,
+        chosen: u64,
+        n: usize,
+        table: u64,
+        table_rows: usize,
+        row_bytes: usize,
+        cache: Option<&EmbedRowCache>,
+    ) -> Result<(), CudaError> {
+        const OP: &str = "embed_prefetch";
+        if n == 0 {
+            return Ok(());
+        }
+        let f = self.kernel(OP)?;
+        let (n32, rows) = (check_i32(OP, "ids", n)?, check_i32(OP, "table rows", table_rows)?);
+        let row_bytes = row_bytes as i64;
+        let mut a = Args::default();
+        a.arg(&chosen).arg(&n32).arg(&table).arg(&rows).arg(&row_bytes);
+        a.arg_struct(&EmbedRowCache::arg(cache));
+        self.launch(f, a, OP, cfg((n32 as u32, 1, 1), 32, 0))
+    }
+
     /// `out = x` over n f32.
     ///
     /// # Safety

@@ -107,3 +107,23 @@ EMBED_GGML_CACHED(1)
 EMBED_GGML_CACHED(2)
 EMBED_GGML_CACHED(3)
 EMBED_GGML_CACHED(4)
+
+// Requests towards L2 the table rows of the `n` tokens a step just chose
+// (`chosen`, the argmax's output) that the cache does not hold, and ends
+// without waiting for them: launched behind the argmax, outside the next
+// step's graph, so that the next step's gather (a graph launch later) finds
+// the bus reads under way or done instead of starting them. grid = n blocks
+// of 32 threads, a 128-byte line a thread.
+extern "C" __global__ void embed_prefetch(const int* chosen, int n, const unsigned char* table, int table_rows,
+                                          long row_bytes, EmbedCache c) {
+    pdl_launch_dependents();
+    pdl_wait();
+    for (int r = blockIdx.x; r < n; r += gridDim.x) {
+        int id = chosen[r];
+        if (id < 0 || id >= table_rows) id = 0;
+        if (c.slots != 0 && __ldcg(c.tags + (id & (c.slots - 1))) == id) continue;
+        const unsigned char* row = table + (long)id * row_bytes;
+        for (long off = 128L * threadIdx.x; off < row_bytes; off += 128L * blockDim.x)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
+    }
+}

@@ -1595,6 +1595,14 @@ impl CudaBackend {
         // SAFETY: x holds rows×cols f32 (checked); chosen holds ≥ rows i32;
         // the scratch is sized above.
         unsafe { self.gpu.argmax_rows(xp, rows, cols, p, host, scratch)? };
+        if quant::embed_prefetch_wanted() {
+            if let Some(t) = lock(&self.host_embedding).as_ref() {
+                if let Some((tp, _, cache)) = t.device_table() {
+                    // SAFETY: chosen holds rows ids; the mapped table's rows and cache.
+                    unsafe { self.gpu.embed_prefetch(p, rows, tp, t.rows, t.row_bytes(), cache)? };
+                }
+            }
+        }
         drop(st);
         self.flush_step_launches();
         Ok(())
