@@ -14,12 +14,6 @@
 // with another id, so in a launch a slot is written only by rows that write
 // the same bytes and read by none under another tag.
 #define EMBED_CACHE_MAX_ROWS 256
-// 1 (measurements): the kernel after a gather may launch only once the
-// gather's rows are staged, so that the product after it (whose weights it
-// then requests early) does not share the memory system with the bus reads.
-#ifndef EMBED_LATE_TRIGGER
-#define EMBED_LATE_TRIGGER 0
-#endif
 struct EmbedCache {
     unsigned char* rows;
     int* tags;
@@ -65,15 +59,17 @@ template <int T>
 __device__ __forceinline__ void embed_cached_body(const void* table_, const int* ids, float* out, int cols,
                                                   int table_rows, EmbedCache cache) {
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
-    if (!EMBED_LATE_TRIGGER) pdl_launch_dependents();
+    // Waits before letting the kernel after it launch: that one's successor
+    // reads the step's positions before its own wait, and the kernel ahead
+    // of this one (stage_step_early) may still be writing them.
     pdl_wait();
+    pdl_launch_dependents();
     typedef typename Elem<T>::storage S;
     const int row = blockIdx.x;
     int id = ids[row];
     if (id < 0 || id >= table_rows) id = 0;
     const S* src = (const S*)table_ + (long)id * cols;
     embed_cached_row(embed_cached_smem, (const unsigned char*)src, (long)cols * sizeof(S), id, ids, table_rows, cache);
-    if (EMBED_LATE_TRIGGER) pdl_launch_dependents();
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         out[(long)row * cols + c] = Elem<T>::load((const S*)embed_cached_smem, c);
 }
@@ -87,13 +83,15 @@ __device__ __forceinline__ void embed_ggml_cached_body(const unsigned char* tabl
                                                        int table_rows, long row_bytes, EmbedCache cache) {
     constexpr int BB = K == 0 ? 34 : K == 1 ? 18 : K == 2 ? 20 : K == 3 ? 22 : 24;
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
-    if (!EMBED_LATE_TRIGGER) pdl_launch_dependents();
+    // Waits before letting the kernel after it launch: that one's successor
+    // reads the step's positions before its own wait, and the kernel ahead
+    // of this one (stage_step_early) may still be writing them.
     pdl_wait();
+    pdl_launch_dependents();
     const int row = blockIdx.x;
     int id = ids[row];
     if (id < 0 || id >= table_rows) id = 0;
     embed_cached_row(embed_cached_smem, table + (long)id * row_bytes, row_bytes, id, ids, table_rows, cache);
-    if (EMBED_LATE_TRIGGER) pdl_launch_dependents();
     for (int c = threadIdx.x; c < cols; c += blockDim.x)
         out[(long)row * cols + c] = ggml_value<K>(embed_cached_smem + (c / 32) * BB, c % 32);
 }
@@ -108,22 +106,11 @@ EMBED_GGML_CACHED(2)
 EMBED_GGML_CACHED(3)
 EMBED_GGML_CACHED(4)
 
-// Requests towards L2 the table rows of the `n` tokens a step just chose
-// (`chosen`, the argmax's output) that the cache does not hold, and ends
-// without waiting for them: launched behind the argmax, outside the next
-// step's graph, so that the next step's gather (a graph launch later) finds
-// the bus reads under way or done instead of starting them. grid = n blocks
-// of 32 threads, a 128-byte line a thread.
-extern "C" __global__ void embed_prefetch(const int* chosen, int n, const unsigned char* table, int table_rows,
-                                          long row_bytes, EmbedCache c) {
-    pdl_launch_dependents();
-    pdl_wait();
-    for (int r = blockIdx.x; r < n; r += gridDim.x) {
-        int id = chosen[r];
-        if (id < 0 || id >= table_rows) id = 0;
-        if (c.slots != 0 && __ldcg(c.tags + (id & (c.slots - 1))) == id) continue;
-        const unsigned char* row = table + (long)id * row_bytes;
-        for (long off = 128L * threadIdx.x; off < row_bytes; off += 128L * blockDim.x)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
-    }
+// stage_step that lets the kernel after it launch at once — a gather above,
+// which waits for it before letting its own successor launch: the gather's
+// launch then overlaps the step's argmax instead of following stage_step.
+extern "C" __global__ void __launch_bounds__(256) stage_step_early(const int4* __restrict__ src, int4* meta,
+                                                                   int meta16, int4* table, int table16,
+                                                                   const int* chosen, int off_pairs, int n_chained) {
+    stage_step_body<true>(src, meta, meta16, table, table16, chosen, off_pairs, n_chained);
 }

@@ -298,11 +298,6 @@ impl HostTable {
         Some((self.mapped.as_ref()?.device_ptr(), self.device_rows()?, self.row_cache.as_ref()))
     }
 
-    /// Bytes a row takes.
-    pub(super) fn row_bytes(&self) -> usize {
-        self.dtype.size_in_bytes(self.cols).unwrap_or(0)
-    }
-
     /// Device bytes of its row cache.
     pub(super) fn row_cache_bytes(&self) -> usize {
         self.row_cache.as_ref().map_or(0, |c| c.bytes())
@@ -329,14 +324,6 @@ impl HostTable {
         }
         Ok(())
     }
-}
-
-/// Whether a greedy step's argmax is followed by requests towards L2 for the
-/// rows of the tokens it chose (`Gpu::embed_prefetch`):
-/// `CHATGLM_CUDA_EMBED_PREFETCH=1` (measurements).
-pub(super) fn embed_prefetch_wanted() -> bool {
-    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SET.get_or_init(|| std::env::var("CHATGLM_CUDA_EMBED_PREFETCH").is_ok_and(|v| v == "1"))
 }
 
 /// Device bytes for the rows of a mapped embedding table a decode step read
