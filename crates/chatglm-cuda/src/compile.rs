@@ -114,7 +114,6 @@ fn qmmx_kernels() -> Vec<String> {
 fn embed_cached_kernels() -> Vec<String> {
     let mut k: Vec<String> = (0..3).map(|t| format!("embed_cached_{t}")).collect();
     k.extend((0..5).map(|b| format!("embed_ggml_cached_{b}")));
-    k.push("stage_step_early".into());
     k
 }
 
@@ -265,7 +264,7 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
     }
     // The qmmx module, then the cached embedding gathers, last under every
     // order: their code moves no other kernel.
-    named.sort_by_key(|(n, _)| (n.contains("_cached_") || n == "stage_step_early", n.starts_with("qmmx_")));
+    named.sort_by_key(|(n, _)| (n.contains("_cached_"), n.starts_with("qmmx_")));
     // `CHATGLM_CUDA_GROUPED_LAST=1`: the grouped products (`qmmg_`, `qmmh_`)
     // behind every other kernel, so that their code's size moves no other
     // kernel (the one-token products sit behind them under `hot-last`, and
@@ -508,11 +507,10 @@ mod tests {
         let cached = embed_cached_kernels().len();
         let qmmx = qmmx_kernels().len();
         let n = ordered.len();
-        assert!(ordered[n - cached..].iter().all(|(k, _)| k.contains("_cached_") || k == "stage_step_early"));
+        assert!(ordered[n - cached..].iter().all(|(k, _)| k.contains("_cached_")));
         assert!(ordered[n - cached - qmmx..n - cached].iter().all(|(k, _)| k.starts_with("qmmx_")));
         // Everything else in the order it had without them.
-        let rest: Vec<_> =
-            named.iter().filter(|(k, _)| !k.contains("_cached_") && k != "stage_step_early").cloned().collect();
+        let rest: Vec<_> = named.iter().filter(|(k, _)| !k.contains("_cached_")).cloned().collect();
         assert_eq!(load_order(rest), ordered[..n - cached].to_vec());
     }
 
@@ -587,7 +585,7 @@ mod tests {
                     continue;
                 }
                 // So does the embed_cached module with elementwise.cu's.
-                if s.name == "embed_cached" && !name.contains("_cached_") && name != "stage_step_early" {
+                if s.name == "embed_cached" && !name.contains("_cached_") {
                     continue;
                 }
                 assert!(listed.iter().any(|l| l == name), "{name} (in {}.cu) is not in its kernel list", s.name);

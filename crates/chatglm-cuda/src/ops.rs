@@ -950,11 +950,6 @@ impl Gpu {
     /// # Safety
     /// `chosen`: an i32 buffer holding every source named; every row named
     /// lies in `meta`.
-    ///
-    /// `early`: the next launch is a gather through an [`EmbedRowCache`]
-    /// (which waits for this kernel before letting its own successor
-    /// launch), so it may launch at once (`stage_step_early`).
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn stage_step(
         &self,
         meta: &[i32],
@@ -963,9 +958,7 @@ impl Gpu {
         table_dev: &mut CudaSlice<u64>,
         buf: &mut StagingBuffer,
         chain: Option<(u64, usize, usize)>,
-        early: bool,
     ) -> Result<(), CudaError> {
-        let op = if early { "stage_step_early" } else { "stage_step" };
         const OP: &str = "stage_step";
         let (meta16, table16) = staged_chunks(meta.len(), table.len());
         if 4 * meta16 > meta_dev.len() || 2 * table16 > table_dev.len() {
@@ -984,7 +977,7 @@ impl Gpu {
         if off_pairs + 2 * n_chained > meta.len() {
             return Err(CudaError::invalid(OP, format!("{n_chained} pairs at {off_pairs} past {} ints", meta.len())));
         }
-        let f = self.kernel(op)?;
+        let f = self.kernel(OP)?;
         self.flush_recorded(false)?;
         buf.fill(&[bytemuck::cast_slice(meta), bytemuck::cast_slice(table)])?;
         let ints = [meta16, table16, off_pairs, n_chained];
@@ -1702,25 +1695,13 @@ mod tests {
         // wait, which covers only the kernel just ahead: a successor launched
         // early by stage_step would let the kernel after it read the table
         // while stage_step still writes it (run 139). Its source must wait and
-        // trigger its dependents only in the early form, whose successors
-        // (the cached gathers) wait before they trigger theirs.
+        // never trigger its dependents.
         let src = include_str!("kernels/elementwise.cu");
-        let body_at = src.find("void stage_step_body(").expect("stage_step_body defined");
-        let body = &src[body_at..];
-        let body = &body[..body.find("\n}\n").expect("end of stage_step_body")];
+        let start = src.find("void __launch_bounds__(256) stage_step(").expect("stage_step defined");
+        let body = &src[start..];
+        let body = &body[..body.find("\n}\n").expect("end of stage_step")];
         assert!(body.contains("pdl_wait();"));
-        assert_eq!(body.matches("pdl_launch_dependents").count(), 1);
-        assert!(body.contains("if (EARLY) pdl_launch_dependents();"));
-        let kernel = &src[src.find("void __launch_bounds__(256) stage_step(").expect("stage_step defined")..];
-        assert!(kernel[..kernel.find("\n}\n").unwrap()].contains("stage_step_body<false>("));
-        let cached = include_str!("kernels/embed_cached.cu");
-        assert!(cached.contains("stage_step_body<true>("));
-        for gather in ["embed_cached_body(", "embed_ggml_cached_body("] {
-            let g = &cached[cached.find(gather).expect("a cached gather")..];
-            let g = &g[..g.find("\n}\n").unwrap()];
-            let (wait, trigger) = (g.find("pdl_wait();").unwrap(), g.find("pdl_launch_dependents();").unwrap());
-            assert!(wait < trigger, "{gather} must wait before it lets its successor launch");
-        }
+        assert!(!body.contains("pdl_launch_dependents"), "stage_step must not start its successor early");
     }
 
     #[test]

@@ -251,13 +251,9 @@ extern "C" __global__ void __launch_bounds__(256) rms_norm_h2(const float* x, co
 #ifndef STAGE_EARLY_LOADS
 #define STAGE_EARLY_LOADS 1
 #endif
-// EARLY (embed_cached.cu's stage_step_early): the kernel after it may launch
-// at once — only a gather that waits for this kernel before letting its own
-// successor launch.
-template <bool EARLY>
-__device__ __forceinline__ void stage_step_body(const int4* __restrict__ src, int4* meta, int meta16, int4* table,
-                                                int table16, const int* chosen, int off_pairs, int n_chained) {
-    if (EARLY) pdl_launch_dependents();
+extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
+                                                             int4* table, int table16, const int* chosen,
+                                                             int off_pairs, int n_chained) {
     const bool is_meta = blockIdx.x == 0;
     int4* dst = is_meta ? meta : table;
     const int4* from = is_meta ? src : src + meta16;
@@ -292,11 +288,6 @@ __device__ __forceinline__ void stage_step_body(const int4* __restrict__ src, in
     int* ids = (int*)meta;
     const int* pairs = ids + off_pairs;
     for (int i = threadIdx.x; i < n_chained; i += blockDim.x) ids[pairs[2 * i]] = chosen[pairs[2 * i + 1]];
-}
-extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restrict__ src, int4* meta, int meta16,
-                                                             int4* table, int table16, const int* chosen,
-                                                             int off_pairs, int n_chained) {
-    stage_step_body<false>(src, meta, meta16, table, table16, chosen, off_pairs, n_chained);
 }
 
 // (value, index) pairs: the larger value, the first of equal ones.

@@ -59,11 +59,8 @@ template <int T>
 __device__ __forceinline__ void embed_cached_body(const void* table_, const int* ids, float* out, int cols,
                                                   int table_rows, EmbedCache cache) {
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
-    // Waits before letting the kernel after it launch: that one's successor
-    // reads the step's positions before its own wait, and the kernel ahead
-    // of this one (stage_step_early) may still be writing them.
-    pdl_wait();
     pdl_launch_dependents();
+    pdl_wait();
     typedef typename Elem<T>::storage S;
     const int row = blockIdx.x;
     int id = ids[row];
@@ -83,11 +80,8 @@ __device__ __forceinline__ void embed_ggml_cached_body(const unsigned char* tabl
                                                        int table_rows, long row_bytes, EmbedCache cache) {
     constexpr int BB = K == 0 ? 34 : K == 1 ? 18 : K == 2 ? 20 : K == 3 ? 22 : 24;
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
-    // Waits before letting the kernel after it launch: that one's successor
-    // reads the step's positions before its own wait, and the kernel ahead
-    // of this one (stage_step_early) may still be writing them.
-    pdl_wait();
     pdl_launch_dependents();
+    pdl_wait();
     const int row = blockIdx.x;
     int id = ids[row];
     if (id < 0 || id >= table_rows) id = 0;
@@ -105,12 +99,3 @@ EMBED_GGML_CACHED(1)
 EMBED_GGML_CACHED(2)
 EMBED_GGML_CACHED(3)
 EMBED_GGML_CACHED(4)
-
-// stage_step that lets the kernel after it launch at once — a gather above,
-// which waits for it before letting its own successor launch: the gather's
-// launch then overlaps the step's argmax instead of following stage_step.
-extern "C" __global__ void __launch_bounds__(256) stage_step_early(const int4* __restrict__ src, int4* meta,
-                                                                   int meta16, int4* table, int table16,
-                                                                   const int* chosen, int off_pairs, int n_chained) {
-    stage_step_body<true>(src, meta, meta16, table, table16, chosen, off_pairs, n_chained);
-}

@@ -197,14 +197,6 @@ const PREFETCH_CONTEXT_LIMIT: usize = 1024;
 /// Bytes of each row the product after attention starts towards L2 in a step
 /// whose longest context is `longest` rows: `configured` (the environment's
 /// setting, for measurements) wherever it is set, else the default rule.
-/// Whether a step whose next launch is a mapped table's gather stages its
-/// metadata with `stage_step_early` (the gather's launch then overlaps the
-/// argmax ahead): `CHATGLM_CUDA_STAGE_EARLY=0` turns it off (measurements).
-fn stage_early() -> bool {
-    static SET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *SET.get_or_init(|| std::env::var("CHATGLM_CUDA_STAGE_EARLY").map_or(true, |v| v != "0"))
-}
-
 fn prefetch_after_attention(configured: Option<usize>, longest: usize) -> Option<usize> {
     match configured {
         Some(bytes) => Some(bytes),
@@ -765,7 +757,6 @@ impl Backend for CudaBackend {
         if let Some(table) = lock(&self.host_embedding).as_ref().filter(|t| t.device_table().is_none()) {
             table.gather(ids, &mut embedded)?;
         }
-        let mapped_gather = lock(&self.host_embedding).as_ref().is_some_and(|t| t.device_table().is_some());
         let mut st = lock(&self.step);
         let st = &mut *st;
         let mut upload = || -> Result<(), CudaError> {
@@ -799,9 +790,6 @@ impl Backend for CudaBackend {
             } else {
                 None
             };
-            // A mapped table's gather (the cached kernels, which wait before
-            // they trigger) is the next launch: it may launch at once.
-            let early = mapped_gather && stage_early();
             // SAFETY: every pair's row < n_tokens (the ids at the start of the
             // metadata) and its source < the step before's logits rows, which
             // `chosen` holds.
@@ -813,7 +801,6 @@ impl Backend for CudaBackend {
                     st.table.as_mut().expect("invariant: ensured"),
                     st.staging[slot].as_mut().expect("invariant: ensured"),
                     chain,
-                    early,
                 )?
             };
             if let Some(split) = plan.split {
