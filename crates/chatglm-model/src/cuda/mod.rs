@@ -606,7 +606,10 @@ impl Backend for CudaBackend {
         let host = lock(&self.host_embedding).as_ref().map_or(String::new(), |t| {
             let cache = match t.row_cache_bytes() {
                 0 => String::new(),
-                b => format!("; a {:.1} MiB device cache of the rows decode steps read", b as f64 / (1 << 20) as f64),
+                b => format!(
+                    "; a {:.1} MiB device cache of the rows decode steps read, made at the first step",
+                    b as f64 / (1 << 20) as f64
+                ),
             };
             format!(" (the {:.2} GiB embedding table stays in host memory{cache})", gib(t.bytes()))
         });
@@ -1055,7 +1058,8 @@ impl Backend for CudaBackend {
             }
             let op = Self::output(out, ids.len(), table.cols, "embed")?;
             let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
-            if let Some((tp, rows, cache)) = table.host.as_ref().and_then(|h| h.device_table()) {
+            if let Some((h, (tp, rows))) = table.host.as_ref().and_then(|h| Some((h, h.device_table()?))) {
+                let cache = h.row_cache(&self.gpu)?;
                 // SAFETY: a mapped table of table.rows rows of table.cols values
                 // in that element type, its cache made for its rows; ids as
                 // below; out n×cols.

@@ -147,8 +147,11 @@ pub struct HostTable {
     /// the device gathers a step's rows itself ([`HostTable::map_for_device`]).
     mapped: Option<chatglm_cuda::MappedHost>,
     /// The rows the device read last, kept on the device
-    /// ([`chatglm_cuda::EmbedRowCache`]) with a mapped table.
-    row_cache: Option<chatglm_cuda::EmbedRowCache>,
+    /// ([`chatglm_cuda::EmbedRowCache`]) with a mapped table: made at the
+    /// first gather (`cache_budget` bytes), after the weights, so that it
+    /// moves none of their addresses.
+    row_cache: std::sync::OnceLock<chatglm_cuda::EmbedRowCache>,
+    cache_budget: usize,
 }
 
 /// How the device reads a mapped table's rows.
@@ -180,7 +183,15 @@ impl HostTable {
             WeightFormat::Q5_1 => (FileDType::Q5_1, blocks::<BlockQ5_1>(t, FileDType::Q5_1, rows, cols)?),
             other => return Err(bad(t, format!("a host table in {} is not supported", other.name()))),
         };
-        Ok(Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None, row_cache: None })
+        Ok(Self {
+            rows,
+            cols,
+            dtype,
+            data: TensorData::from_vec(bytes),
+            mapped: None,
+            row_cache: Default::default(),
+            cache_budget: 0,
+        })
     }
 
     pub(super) fn from_tensor(t: &Tensor, rows: usize, cols: usize) -> Result<Self, ModelError> {
@@ -188,7 +199,15 @@ impl HostTable {
         if t.data.len() < rows * row_bytes {
             return Err(bad(t, "data is shorter than its shape"));
         }
-        Ok(Self { rows, cols, dtype: t.dtype, data: t.data.clone(), mapped: None, row_cache: None })
+        Ok(Self {
+            rows,
+            cols,
+            dtype: t.dtype,
+            data: t.data.clone(),
+            mapped: None,
+            row_cache: Default::default(),
+            cache_budget: 0,
+        })
     }
 
     /// Random rows for benchmarks, stored as a real load would store them:
@@ -244,7 +263,15 @@ impl HostTable {
                 }
             }
         });
-        Self { rows, cols, dtype, data: TensorData::from_vec(bytes), mapped: None, row_cache: None }
+        Self {
+            rows,
+            cols,
+            dtype,
+            data: TensorData::from_vec(bytes),
+            mapped: None,
+            row_cache: Default::default(),
+            cache_budget: 0,
+        }
     }
 
     /// Bytes the table holds on the host.
@@ -287,20 +314,39 @@ impl HostTable {
         }
         self.mapped = Some(gpu.mapped_host_copy(&self.data, "embedding table")?);
         self.data = TensorData::from_vec(Vec::new());
-        let row_bytes = self.dtype.size_in_bytes(self.cols).unwrap_or(0);
-        self.row_cache = Some(gpu.embed_row_cache(row_bytes, cache_budget)?);
+        self.cache_budget = cache_budget;
         Ok(())
     }
 
-    /// The device address of a mapped table, how to read its rows, and its
-    /// device row cache.
-    pub(super) fn device_table(&self) -> Option<(u64, DeviceRows, Option<&chatglm_cuda::EmbedRowCache>)> {
-        Some((self.mapped.as_ref()?.device_ptr(), self.device_rows()?, self.row_cache.as_ref()))
+    /// The device address of a mapped table and how to read its rows.
+    pub(super) fn device_table(&self) -> Option<(u64, DeviceRows)> {
+        Some((self.mapped.as_ref()?.device_ptr(), self.device_rows()?))
     }
 
-    /// Device bytes of its row cache.
+    /// A mapped table's device row cache, made on the first call.
+    pub(super) fn row_cache(&self, gpu: &Gpu) -> Result<Option<&chatglm_cuda::EmbedRowCache>, chatglm_cuda::CudaError> {
+        if self.mapped.is_none() {
+            return Ok(None);
+        }
+        if self.row_cache.get().is_none() {
+            let cache = gpu.embed_row_cache(self.row_bytes(), self.cache_budget)?;
+            // Another thread's cache, if it set one first, is as good.
+            let _ = self.row_cache.set(cache);
+        }
+        Ok(self.row_cache.get())
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.dtype.size_in_bytes(self.cols).unwrap_or(0)
+    }
+
+    /// Device bytes its row cache takes (once made: at the first gather).
     pub(super) fn row_cache_bytes(&self) -> usize {
-        self.row_cache.as_ref().map_or(0, |c| c.bytes())
+        match self.mapped {
+            Some(_) => chatglm_cuda::EmbedRowCache::slots_for(self.row_bytes(), self.cache_budget)
+                .map_or(0, |slots| slots * (self.row_bytes().next_multiple_of(16) + 4)),
+            None => 0,
+        }
     }
 
     /// Rows `ids` as f32, appended to `out`.
