@@ -183,15 +183,11 @@ impl HostTable {
             WeightFormat::Q5_1 => (FileDType::Q5_1, blocks::<BlockQ5_1>(t, FileDType::Q5_1, rows, cols)?),
             other => return Err(bad(t, format!("a host table in {} is not supported", other.name()))),
         };
-        Ok(Self {
-            rows,
-            cols,
-            dtype,
-            data: TensorData::from_vec(bytes),
-            mapped: None,
-            row_cache: Default::default(),
-            cache_budget: 0,
-        })
+        Ok(Self::unmapped(rows, cols, dtype, TensorData::from_vec(bytes)))
+    }
+
+    fn unmapped(rows: usize, cols: usize, dtype: FileDType, data: TensorData) -> Self {
+        Self { rows, cols, dtype, data, mapped: None, row_cache: Default::default(), cache_budget: 0 }
     }
 
     pub(super) fn from_tensor(t: &Tensor, rows: usize, cols: usize) -> Result<Self, ModelError> {
@@ -199,15 +195,7 @@ impl HostTable {
         if t.data.len() < rows * row_bytes {
             return Err(bad(t, "data is shorter than its shape"));
         }
-        Ok(Self {
-            rows,
-            cols,
-            dtype: t.dtype,
-            data: t.data.clone(),
-            mapped: None,
-            row_cache: Default::default(),
-            cache_budget: 0,
-        })
+        Ok(Self::unmapped(rows, cols, t.dtype, t.data.clone()))
     }
 
     /// Random rows for benchmarks, stored as a real load would store them:
@@ -263,15 +251,7 @@ impl HostTable {
                 }
             }
         });
-        Self {
-            rows,
-            cols,
-            dtype,
-            data: TensorData::from_vec(bytes),
-            mapped: None,
-            row_cache: Default::default(),
-            cache_budget: 0,
-        }
+        Self::unmapped(rows, cols, dtype, TensorData::from_vec(bytes))
     }
 
     /// Bytes the table holds on the host.
