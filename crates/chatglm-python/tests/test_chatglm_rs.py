@@ -234,14 +234,28 @@ def test_ctrl_c_interrupts_a_generation(model, tokenizer):
         long_chat()
         full = min(full, time.perf_counter() - t0)
     # SIGINT a tenth of the way in: the call must stop at the next token, not run to the end.
-    timer = threading.Timer(full * 0.1, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    started = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        long_chat()
-    elapsed = time.perf_counter() - started
-    timer.join()
-    assert elapsed < full * 0.9, f"interrupted after {elapsed:.3f} s of a {full:.3f} s call"
+    # On a busy 2-core machine one call can run slow enough that the signal lands after it
+    # returned; that attempt proves nothing either way, so up to three are made.
+    def interrupted_after():
+        timer = threading.Timer(full * 0.1, lambda: os.kill(os.getpid(), signal.SIGINT))
+        started = time.perf_counter()
+        try:
+            timer.start()
+            long_chat()
+            timer.join()
+            time.sleep(0.05)  # a late signal is taken here, not in a later test
+            return None
+        except KeyboardInterrupt:
+            elapsed = time.perf_counter() - started
+            timer.join()
+            return elapsed
+
+    attempts = []
+    for _ in range(3):
+        attempts.append(interrupted_after())
+        if attempts[-1] is not None and attempts[-1] < full * 0.9:
+            return
+    pytest.fail(f"no call of {full:.3f} s stopped early on SIGINT: {attempts}")
 
 
 FAMILY = ROOT / "golden" / "family" / "chatglm3"
