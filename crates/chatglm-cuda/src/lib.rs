@@ -38,6 +38,6 @@ pub use graph::{GraphStats, MAX_GRAPHS};
 pub use host::{HostBuffer, MappedHost, StagingBuffer};
 pub use mlp_stream::MlpBlock;
 pub use ops::{
-    argmax_scratch_ints, argmax_slices, sample_row_words, AttentionDims, AttentionWork, DType, EmbedFold,
-    EmbedRowCache, GemvMode, GgmlBlock, KvFormat, RopeArgs, SplitPlan, EMBED_CACHE_MAX_ROWS, SAMPLE_ROW_WORDS,
+    argmax_scratch_ints, argmax_slices, sample_row_words, AttentionDims, AttentionWork, DType, EmbedRowCache, GemvMode,
+    GgmlBlock, KvFormat, RopeArgs, SplitPlan, EMBED_CACHE_MAX_ROWS, SAMPLE_ROW_WORDS,
 };

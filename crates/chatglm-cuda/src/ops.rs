@@ -397,43 +397,6 @@ impl EmbedRowCache {
     }
 }
 
-/// An embedding gather's rows also written folded for the RMSNorm the
-/// next (normed) product applies — the norm fold a residual product writes
-/// for the next norm (`quant::OneTokenCodes::fold_norm`), so a batched
-/// step needs no `quantize_x` launch between its gather and the first
-/// layer's QKV product (kernels/embed_cached.cu).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EmbedFold {
-    /// The norm's weights: cols f32.
-    pub norm: u64,
-    /// The fold's buffer: [`crate::quant::fold_codes_bytes`] of the
-    /// gather's tokens and cols.
-    pub codes: u64,
-}
-
-impl EmbedFold {
-    /// A fold's shape limits: whole q8_0 blocks of columns (quantize_x's
-    /// f16 form), at most [`crate::quant::QMMA_MAX_TOKENS`] tokens (the
-    /// sums' stride).
-    fn check(fold: Option<EmbedFold>, n: usize, cols: usize, name: &str) -> Result<(), CudaError> {
-        if fold.is_none() {
-            return Ok(());
-        }
-        if !cols.is_multiple_of(crate::quant::BLOCK) || n > crate::quant::QMMA_MAX_TOKENS {
-            return Err(CudaError::invalid(name, format!("no fold of {n} rows of {cols} values")));
-        }
-        Ok(())
-    }
-
-    /// The kernels' `EmbedFold` parameter for `n` rows of `cols`.
-    fn arg(fold: Option<EmbedFold>, n: usize, cols: usize) -> [u64; 3] {
-        match fold {
-            Some(f) => [f.norm, f.codes, crate::quant::fold_sums(f.codes, n, cols)],
-            None => [0, 0, 0],
-        }
-    }
-}
-
 impl Gpu {
     /// An empty [`EmbedRowCache`] for rows of `row_bytes` in at most `budget`
     /// bytes — one of no slots (the same kernels, every row from the table)
@@ -449,12 +412,11 @@ impl Gpu {
     }
 
     /// `out[t] = table[ids[t]]` as f32; rows through `cache` where given
-    /// (a mapped table's: [`EmbedRowCache`]), and folded for the next norm
-    /// where `fold` asks ([`EmbedFold`]).
+    /// (a mapped table's: [`EmbedRowCache`]).
     ///
     /// # Safety
     /// `table`: table_rows·cols elements of `dtype`; `ids`: n i32; `out`: n·cols f32;
-    /// `cache`: made for rows of cols elements of `dtype`; `fold` as [`EmbedFold`] says.
+    /// `cache`: made for rows of cols elements of `dtype`.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn embed(
         &self,
@@ -466,25 +428,19 @@ impl Gpu {
         n: usize,
         out: u64,
         cache: Option<&EmbedRowCache>,
-        fold: Option<EmbedFold>,
     ) -> Result<(), CudaError> {
         // A row through shared memory (all its loads in flight) where it fits
-        // the default 48 KiB; only such rows are cached or folded.
+        // the default 48 KiB; only such rows are cached.
         let row_bytes = cols * dtype.size();
         let staged = i32::from(row_bytes <= 48 << 10);
         let cache = cache.filter(|_| staged == 1);
-        let cached = cache.is_some() || fold.is_some();
-        let name = match cached {
-            true => format!("embed_cached_{}", dtype.code()),
-            false => format!("embed_{}", dtype.code()),
+        let name = match cache {
+            Some(_) => format!("embed_cached_{}", dtype.code()),
+            None => format!("embed_{}", dtype.code()),
         };
         if cache.is_some_and(|c| c.stride != row_bytes.next_multiple_of(16)) {
             return Err(CudaError::invalid(&name, "a row cache made for rows of another size"));
         }
-        if fold.is_some() && staged == 0 {
-            return Err(CudaError::invalid(&name, format!("rows of {row_bytes} bytes are too large to fold")));
-        }
-        EmbedFold::check(fold, n, cols, &name)?;
         let (cols, rows) = (check_i32(&name, "cols", cols)?, check_i32(&name, "table rows", table_rows)?);
         if n == 0 {
             return Ok(());
@@ -493,23 +449,21 @@ impl Gpu {
         let smem = if staged == 1 { row_bytes as u32 } else { 0 };
         let mut a = Args::default();
         a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows);
-        match cached {
-            true => a.arg_struct(&EmbedRowCache::arg(cache)).arg_struct(&EmbedFold::arg(fold, n, cols as usize)),
-            false => a.arg(&staged),
+        match cache {
+            Some(_) => a.arg_struct(&EmbedRowCache::arg(cache)),
+            None => a.arg(&staged),
         };
         self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, smem))
     }
 
     /// `out[t] = table[ids[t]]` for a table of ggml blocks of 32 (`block`:
     /// [`GgmlBlock`]), `row_bytes` a row, dequantized as the CPU does; rows
-    /// through `cache` where given, folded for the next norm where `fold`
-    /// asks.
+    /// through `cache` where given.
     ///
     /// # Safety
     /// `table`: table_rows × row_bytes bytes the device can read (device or
     /// mapped host memory); `ids`: n ints; `out`: n×cols f32; `row_bytes` =
-    /// cols / 32 blocks of the format; `cache`: made for such rows; `fold`
-    /// as [`EmbedFold`] says.
+    /// cols / 32 blocks of the format; `cache`: made for such rows.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn embed_ggml(
         &self,
@@ -521,12 +475,10 @@ impl Gpu {
         n: usize,
         out: u64,
         cache: Option<&EmbedRowCache>,
-        fold: Option<EmbedFold>,
     ) -> Result<(), CudaError> {
-        let cached = cache.is_some() || fold.is_some();
-        let name = match cached {
-            true => format!("embed_ggml_cached_{}", block as usize),
-            false => format!("embed_ggml_{}", block as usize),
+        let name = match cache {
+            Some(_) => format!("embed_ggml_cached_{}", block as usize),
+            None => format!("embed_ggml_{}", block as usize),
         };
         if !cols.is_multiple_of(32) {
             return Err(CudaError::invalid(&name, format!("rows of {cols} values are not whole blocks of 32")));
@@ -538,7 +490,6 @@ impl Gpu {
         if cache.is_some_and(|c| c.stride != row_bytes.next_multiple_of(16)) {
             return Err(CudaError::invalid(&name, "a row cache made for rows of another size"));
         }
-        EmbedFold::check(fold, n, cols, &name)?;
         let (cols, rows) = (check_i32(&name, "cols", cols)?, check_i32(&name, "table rows", table_rows)?);
         if n == 0 {
             return Ok(());
@@ -547,8 +498,8 @@ impl Gpu {
         let row_bytes = row_bytes as i64;
         let mut a = Args::default();
         a.arg(&table).arg(&ids).arg(&out).arg(&cols).arg(&rows).arg(&row_bytes);
-        if cached {
-            a.arg_struct(&EmbedRowCache::arg(cache)).arg_struct(&EmbedFold::arg(fold, n, cols as usize));
+        if cache.is_some() {
+            a.arg_struct(&EmbedRowCache::arg(cache));
         }
         self.launch(f, a, &name, cfg((check_i32(&name, "tokens", n)? as u32, 1, 1), 256, row_bytes as u32))
     }

@@ -4,8 +4,7 @@
 //! launch, rows a launch before cached, launches too large for the cache.
 //! Skips without a GPU (`CHATGLM_REQUIRE_GPU=1` fails instead).
 
-use chatglm_cuda::quant::{fold_codes_bytes, fold_sums};
-use chatglm_cuda::{device_ptr, DType, EmbedFold, EmbedRowCache, GgmlBlock, Gpu, EMBED_CACHE_MAX_ROWS};
+use chatglm_cuda::{device_ptr, DType, EmbedRowCache, GgmlBlock, Gpu, EMBED_CACHE_MAX_ROWS};
 use half::f16;
 use std::sync::Arc;
 
@@ -72,19 +71,11 @@ fn both(
         unsafe {
             match block {
                 Some(b) => {
-                    gpu.embed_ggml(table, b, rows, cols, device_ptr(&ids_dev), ids.len(), device_ptr(&out), with, None)
+                    gpu.embed_ggml(table, b, rows, cols, device_ptr(&ids_dev), ids.len(), device_ptr(&out), with)
                 }
-                None => gpu.embed(
-                    table,
-                    DType::F16,
-                    rows,
-                    cols,
-                    device_ptr(&ids_dev),
-                    ids.len(),
-                    device_ptr(&out),
-                    with,
-                    None,
-                ),
+                None => {
+                    gpu.embed(table, DType::F16, rows, cols, device_ptr(&ids_dev), ids.len(), device_ptr(&out), with)
+                }
             }
             .unwrap();
         }
@@ -139,98 +130,6 @@ fn cached_rows_are_the_bits_of_uncached_ones() {
         assert_eq!(tags[299 % 16], 299, "{block:?}: {tags:?}");
         assert_eq!(tags[5], 21, "{block:?}: {tags:?}");
         assert_eq!(tags[0], 16, "{block:?}: {tags:?}");
-    }
-}
-
-/// Where quantize_x's f16 form (and so a norm fold) keeps column `c` of a
-/// 32-column block (qmma.cu's `f16_activation_slot`).
-fn f16_activation_slot(c: usize) -> usize {
-    let (i, pr, r) = (c >> 2, c & 1, (c >> 1) & 1);
-    ((i & 3) * 2 + (i >> 2)) * 4 + pr * 2 + r
-}
-
-#[test]
-fn gathers_fold_the_first_norm() {
-    // A gather with a fold writes the rows it writes without one, bit for
-    // bit, and beside them the norm fold a residual product hands on
-    // (quant::OneTokenCodes::fold_norm): f16(v·g/8) in quantize_x's f16
-    // form, saturated past f16's range, and each row's sums of squares
-    // over groups of 128 columns — here ending in a partial group, through
-    // a cache and from the table (mapped and on the device).
-    let Some(gpu) = gpu() else { return };
-    let rows = 40;
-    let cols = 1120;
-    let ids: Vec<i32> = vec![3, 17, 3, 39, 0, 21, 8, 8, 30, 11, 5, 2];
-    let n = ids.len();
-    let norm: Vec<f32> = (0..cols).map(|c| if c == 7 { 9.0e4 } else { 0.25 + (c % 13) as f32 * 0.2 }).collect();
-    let norm_dev = gpu.upload_new(&norm, "norm").unwrap();
-    let ids_dev = gpu.upload_new(&ids, "ids").unwrap();
-    for block in [Some(GgmlBlock::Q4_0), Some(GgmlBlock::Q8_0), None] {
-        let row_bytes = match block {
-            Some(b) => cols / 32 * b.bytes(),
-            None => cols * 2,
-        };
-        let bytes = table_bytes(rows, row_bytes, block.map(|b| b.bytes()), 5);
-        let mapped = gpu.mapped_host_copy(&bytes, "table").unwrap();
-        let device = gpu.upload_new(&bytes, "table").unwrap();
-        let cache = gpu.embed_row_cache(row_bytes, 64 * row_bytes.next_multiple_of(16)).unwrap();
-        for (table, cache) in [(mapped.device_ptr(), Some(&cache)), (device_ptr(&device), None)] {
-            let gather = |fold: Option<EmbedFold>| {
-                let out = gpu.alloc::<f32>(n * cols, "out").unwrap();
-                // SAFETY: the table holds rows × cols values of the kind; ids
-                // below rows; out n × cols; the fold's buffer below.
-                unsafe {
-                    match block {
-                        Some(b) => {
-                            gpu.embed_ggml(table, b, rows, cols, device_ptr(&ids_dev), n, device_ptr(&out), cache, fold)
-                        }
-                        None => gpu.embed(
-                            table,
-                            DType::F16,
-                            rows,
-                            cols,
-                            device_ptr(&ids_dev),
-                            n,
-                            device_ptr(&out),
-                            cache,
-                            fold,
-                        ),
-                    }
-                    .unwrap();
-                }
-                let mut host = vec![0f32; n * cols];
-                gpu.download(&out, &mut host, "out").unwrap();
-                host
-            };
-            let plain = gather(None);
-            let codes = gpu.alloc_zeros::<u8>(fold_codes_bytes(n, cols), "fold").unwrap();
-            let base = device_ptr(&codes);
-            let folded = gather(Some(EmbedFold { norm: device_ptr(&norm_dev), codes: base }));
-            assert!(plain.iter().zip(&folded).all(|(a, b)| a.to_bits() == b.to_bits()), "{block:?}: rows differ");
-            let mut fold = vec![0u8; fold_codes_bytes(n, cols)];
-            gpu.download(&codes, &mut fold, "fold").unwrap();
-            let f16_at = |t: usize, c: usize| {
-                let i = 2 * (t * cols + (c & !31) + f16_activation_slot(c & 31));
-                f16::from_le_bytes([fold[i], fold[i + 1]])
-            };
-            let sums_at = (fold_sums(base, n, cols) - base) as usize;
-            for t in 0..n {
-                let row = &plain[t * cols..(t + 1) * cols];
-                for (c, &v) in row.iter().enumerate() {
-                    let want = f16::from_f32((v * (norm[c] * 0.125)).clamp(-65504.0, 65504.0));
-                    assert_eq!(f16_at(t, c).to_bits(), want.to_bits(), "{block:?}: token {t} column {c} ({v})");
-                }
-                for (g, group) in row.chunks(128).enumerate() {
-                    let want: f64 = group.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-                    let i = sums_at + 4 * (g * 64 + t);
-                    let got = f32::from_le_bytes(fold[i..i + 4].try_into().unwrap());
-                    assert!(
-                        (f64::from(got) - want).abs() <= 1e-5 * want.max(1e-6),
-                        "{block:?}: token {t} group {g}: {got} against {want}"
-                    );
-                }
-            }
-        }
     }
 }
 

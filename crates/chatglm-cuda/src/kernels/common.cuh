@@ -78,27 +78,6 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Where quantize_x's f16 form puts column c (0..31) of a block: the
-// position, in f16 values from the block's start, the f16 products read it at.
-__device__ __forceinline__ int f16_activation_slot(int c) {
-    const int i = c >> 2, pr = c & 1 ? 1 : 0, r = (c >> 1) & 1;  // float4 i; x, z: pair 0; y, w: pair 1
-    // c mod 4 = 0, 1, 2, 3 (x, y, z, w): the word (x, z) or (y, w), x and y its low halves.
-    return ((i & 3) * 2 + (i >> 2)) * 4 + pr * 2 + r;
-}
-
-// The norm fold (qmma_group.cu; the embedding gathers write one too, in
-// embed_cached.cu): the rows of a group of the sums of squares a producer
-// hands on, QG_SS_STRIDE floats a group (the host's FOLD_GROUP_ROWS).
-#define QG_FOLD_ROWS 128
-// Its sums of squares: [group of QG_FOLD_ROWS rows][64 tokens] floats
-// (the host's quant::FOLD_SUMS_STRIDE).
-#define QG_SS_STRIDE 64
-// The fold's f16 values are v·g·2⁻³ (the consumer's 1/rms carries the 8
-// back, exactly): headroom for a residual at f16's limit — ChatGLM2's own
-// f16 inference keeps the residual stream under 65,504 — times norm
-// weights up to 8, while values down to ~5e-4 stay normal f16.
-#define QG_FOLD_SCALE 0.125f
-
 // Unpacks 16 bytes into floats: 4 f32, or 8 f16/bf16.
 template <int T> struct Vec16;
 template <> struct Vec16<0> {

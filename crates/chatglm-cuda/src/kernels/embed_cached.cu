@@ -21,46 +21,6 @@ struct EmbedCache {
     int stride;
 };
 
-// The gather's rows also written folded for the RMSNorm the first layer's
-// normed product applies (common.cuh's norm fold, as a residual product
-// writes it for the next norm: qmma_group.cu), so no quantize_x launch
-// stands between the gather and that product on a batched step's critical
-// path: f16(v·g/8) in quantize_x's f16 form at hq ([token][cols]), each
-// token's sum of squares over each group of QG_FOLD_ROWS columns at
-// ss[group][QG_SS_STRIDE]. g null: no fold.
-struct EmbedFold {
-    const float* g;
-    u16* hq;
-    float* ss;
-};
-
-// Writes row `row` of the gather, value(c) its column c: to out, and folded
-// where f asks. A warp a fold group (its sum in one warp, no barrier).
-template <typename Value>
-__device__ __forceinline__ void embed_write_row(Value value, float* out, int row, int cols, EmbedFold f) {
-    if (!f.g) {
-        for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)row * cols + c] = value(c);
-        return;
-    }
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int g0 = warp * QG_FOLD_ROWS; g0 < cols; g0 += (blockDim.x >> 5) * QG_FOLD_ROWS) {
-        float sq = 0.f;
-#pragma unroll
-        for (int k = 0; k < QG_FOLD_ROWS / 32; k++) {
-            const int c = g0 + k * 32 + lane;
-            if (c >= cols) break;
-            const float v = value(c);
-            out[(long)row * cols + c] = v;
-            // Saturated, not infinite, past f16's range (as the residual products' fold).
-            const float a = fminf(fmaxf(v * (f.g[c] * QG_FOLD_SCALE), -65504.f), 65504.f);
-            f.hq[(long)row * cols + (c & ~31) + f16_activation_slot(c & 31)] = f32_to_f16(a);
-            sq = fmaf(v, v, sq);
-        }
-        sq = warp_sum(sq);
-        if (lane == 0) f.ss[(g0 / QG_FOLD_ROWS) * QG_SS_STRIDE + row] = sq;
-    }
-}
-
 // Stages row `id` (at `src` in the table, row_bytes bytes) in `smem`: from
 // the cache where it holds it, else from the table, then cached where this
 // block may (above).
@@ -94,10 +54,10 @@ __device__ __forceinline__ void embed_cached_row(unsigned char* smem, const unsi
 }
 
 // embed_body with the row through the cache (rows of up to 48 KiB: the
-// host passes no cache for larger ones), folded where `fold` asks.
+// host passes no cache for larger ones).
 template <int T>
 __device__ __forceinline__ void embed_cached_body(const void* table_, const int* ids, float* out, int cols,
-                                                  int table_rows, EmbedCache cache, EmbedFold fold) {
+                                                  int table_rows, EmbedCache cache) {
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
     pdl_launch_dependents();
     pdl_wait();
@@ -107,22 +67,17 @@ __device__ __forceinline__ void embed_cached_body(const void* table_, const int*
     if (id < 0 || id >= table_rows) id = 0;
     const S* src = (const S*)table_ + (long)id * cols;
     embed_cached_row(embed_cached_smem, (const unsigned char*)src, (long)cols * sizeof(S), id, ids, table_rows, cache);
-    embed_write_row([&](int c) { return Elem<T>::load((const S*)embed_cached_smem, c); }, out, row, cols, fold);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        out[(long)row * cols + c] = Elem<T>::load((const S*)embed_cached_smem, c);
 }
-#define EMBED_CACHED(T)                                                                                     \
-    extern "C" __global__ void embed_cached_##T(const void* t, const int* ids, float* out, int cols, int rows, \
-                                                EmbedCache c, EmbedFold f) {                                  \
-        embed_cached_body<T>(t, ids, out, cols, rows, c, f);                                                  \
-    }
-EMBED_CACHED(0)
-EMBED_CACHED(1)
-EMBED_CACHED(2)
+extern "C" __global__ void embed_cached_0(const void* t, const int* ids, float* out, int cols, int rows, EmbedCache c) { embed_cached_body<0>(t, ids, out, cols, rows, c); }
+extern "C" __global__ void embed_cached_1(const void* t, const int* ids, float* out, int cols, int rows, EmbedCache c) { embed_cached_body<1>(t, ids, out, cols, rows, c); }
+extern "C" __global__ void embed_cached_2(const void* t, const int* ids, float* out, int cols, int rows, EmbedCache c) { embed_cached_body<2>(t, ids, out, cols, rows, c); }
 
-// embed_ggml_body with the row through the cache, folded where `fold` asks.
+// embed_ggml_body with the row through the cache.
 template <int K>
 __device__ __forceinline__ void embed_ggml_cached_body(const unsigned char* table, const int* ids, float* out, int cols,
-                                                       int table_rows, long row_bytes, EmbedCache cache,
-                                                       EmbedFold fold) {
+                                                       int table_rows, long row_bytes, EmbedCache cache) {
     constexpr int BB = K == 0 ? 34 : K == 1 ? 18 : K == 2 ? 20 : K == 3 ? 22 : 24;
     extern __shared__ __align__(16) unsigned char embed_cached_smem[];
     pdl_launch_dependents();
@@ -131,13 +86,13 @@ __device__ __forceinline__ void embed_ggml_cached_body(const unsigned char* tabl
     int id = ids[row];
     if (id < 0 || id >= table_rows) id = 0;
     embed_cached_row(embed_cached_smem, table + (long)id * row_bytes, row_bytes, id, ids, table_rows, cache);
-    embed_write_row([&](int c) { return ggml_value<K>(embed_cached_smem + (c / 32) * BB, c % 32); }, out, row, cols,
-                    fold);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        out[(long)row * cols + c] = ggml_value<K>(embed_cached_smem + (c / 32) * BB, c % 32);
 }
 #define EMBED_GGML_CACHED(K)                                                                                   \
     extern "C" __global__ void embed_ggml_cached_##K(const unsigned char* t, const int* ids, float* out, int cols, \
-                                                     int rows, long row_bytes, EmbedCache c, EmbedFold f) {     \
-        embed_ggml_cached_body<K>(t, ids, out, cols, rows, row_bytes, c, f);                                    \
+                                                     int rows, long row_bytes, EmbedCache c) {                  \
+        embed_ggml_cached_body<K>(t, ids, out, cols, rows, row_bytes, c);                                       \
     }
 EMBED_GGML_CACHED(0)
 EMBED_GGML_CACHED(1)

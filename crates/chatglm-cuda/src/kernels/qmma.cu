@@ -942,6 +942,14 @@ __device__ __forceinline__ int one_token_x(const float* x, const float* nw, floa
     return 2;
 }
 
+// Where quantize_x's f16 form puts column c (0..31) of a block: the
+// position, in f16 values from the block's start, the f16 products read it at.
+__device__ __forceinline__ int f16_activation_slot(int c) {
+    const int i = c >> 2, pr = c & 1 ? 1 : 0, r = (c >> 1) & 1;  // float4 i; x, z: pair 0; y, w: pair 1
+    // c mod 4 = 0, 1, 2, 3 (x, y, z, w): the word (x, z) or (y, w), x and y its low halves.
+    return ((i & 3) * 2 + (i >> 2)) * 4 + pr * 2 + r;
+}
+
 // 32 values, one a lane of a warp, as a q8_0 block exactly as
 // quantize_block32 makes it: this lane's code; (dx rounded to f16, Σq) to
 // every lane.

@@ -222,6 +222,10 @@ __device__ __forceinline__ const char* qg_base(const char* p) {
 #define QG_EPI_LOOP
 #endif
 
+// The rows of a group of a residual product's norm fold (the sums of squares
+// it hands on, QG_SS_STRIDE floats a group; the host's FOLD_GROUP_ROWS).
+#define QG_FOLD_ROWS 128
+
 // A group shape: row tiles, weight units a chunk, warps a tile; XT_: the
 // last XT_ tiles on two warps (with one warp a tile: QMMG_WIDE_XT).
 template <int TILES_, int CU_, int KW_, int XT_ = 0> struct QgDims {
@@ -272,6 +276,14 @@ __device__ __forceinline__ void mma_block_pure(int* c, const u32* a, u32 b0, u32
             : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
 }
+// The norm fold's sums of squares: [group of QG_FOLD_ROWS rows][64 tokens] floats
+// (the host's quant::FOLD_SUMS_STRIDE).
+#define QG_SS_STRIDE 64
+// The fold's f16 values are v·g·2⁻³ (the consumer's 1/rms carries the 8
+// back, exactly): headroom for a residual at f16's limit — ChatGLM2's own
+// f16 inference keeps the residual stream under 65,504 — times norm
+// weights up to 8, while values down to ~5e-4 stay normal f16.
+#define QG_FOLD_SCALE 0.125f
 #define QG_SPIN_LIMIT (1L << 28)           // a split group's summing block's polls (seconds)
 
 // A split group's part counted, after the block's barrier (release at GPU

@@ -18,8 +18,7 @@
 //! A residual product learns which norm reads its output next from the step
 //! before (a guess, like the attention's: a wrong one costs only the fold).
 //! Not bit for bit the separate launch's (f16 of v·g, the norm after the
-//! sums); `CHATGLM_NORM_FOLD=0` turns it off. The embedding gather folds
-//! the first layer's norm the same way (`embed_fold`).
+//! sums); `CHATGLM_NORM_FOLD=0` turns it off.
 
 use super::{ensure, lock, CudaBackend, StepBuffers};
 use chatglm_cuda::quant::{
@@ -187,38 +186,6 @@ pub(super) fn hand_fold(
     Ok(codes)
 }
 
-/// The embedding gather of an f16 batched step (`n` rows of `cols` into the
-/// floats at `floats`, the table known by `table`) folds the first layer's
-/// norm as a residual product folds the next one: it notes itself as the
-/// producer of those floats, and where the normed product after it took
-/// them folded in a step before, it writes the fold (the step's fold
-/// buffer, recorded for that product) — so no `quantize_x` launch stands
-/// between the gather and the first QKV product (kernels/embed_cached.cu).
-pub(super) fn embed_fold(
-    backend: &CudaBackend,
-    st: &mut StepBuffers,
-    table: u64,
-    floats: u64,
-    (n, cols): (usize, usize),
-) -> Result<Option<chatglm_cuda::EmbedFold>, CudaError> {
-    let on = backend.handoff.load(Relaxed) && backend.norm_fold.load(Relaxed) && backend.embed_fold.load(Relaxed);
-    let batched = n <= chatglm_cuda::quant::QMMA_MAX_TOKENS && !backend.gpu.qmma_quantizes_in_block(n, cols);
-    if !(on && batched && st.f16_activations && cols.is_multiple_of(chatglm_cuda::quant::BLOCK)) {
-        return Ok(None);
-    }
-    st.handoff.note_residual(table, floats);
-    let Some(norm) = st.handoff.fold_after(table) else { return Ok(None) };
-    let codes = hand_fold(&backend.gpu, st, floats, cols, (n, norm))?;
-    backend.embed_folds.fetch_add(1, Relaxed);
-    Ok(Some(chatglm_cuda::EmbedFold { norm, codes }))
-}
-
-/// Whether the embedding gather folds the first norm where the norm fold is
-/// on (`CHATGLM_EMBED_FOLD=0` turns it off alone: measurements).
-pub(super) fn embed_fold_requested() -> bool {
-    std::env::var("CHATGLM_EMBED_FOLD").map_or(true, |v| v != "0")
-}
-
 /// Whether residual products fold the next norm (`CHATGLM_NORM_FOLD=0`
 /// turns it off).
 pub(super) fn norm_fold_requested() -> bool {
@@ -268,11 +235,6 @@ impl CudaBackend {
     /// Normed products that took folded activations so far.
     pub fn norm_fold_uses(&self) -> u64 {
         self.norm_fold_uses.load(Relaxed)
-    }
-
-    /// Embedding gathers that wrote their rows folded for the first norm so far.
-    pub fn embed_folds(&self) -> u64 {
-        self.embed_folds.load(Relaxed)
     }
 
     /// The hand-off of a one-token quantized product of `x` (at `xp`,

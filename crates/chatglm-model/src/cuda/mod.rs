@@ -274,10 +274,6 @@ pub struct CudaBackend {
     norm_fold: std::sync::atomic::AtomicBool,
     /// Normed products that took folded activations so far (for tests).
     norm_fold_uses: std::sync::atomic::AtomicU64,
-    /// Whether the gather folds the first norm too (`CHATGLM_EMBED_FOLD`).
-    embed_fold: std::sync::atomic::AtomicBool,
-    /// Embedding gathers that wrote a fold so far (for tests).
-    embed_folds: std::sync::atomic::AtomicU64,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -379,8 +375,6 @@ impl CudaBackend {
             handoff_uses: 0.into(),
             norm_fold: handoff::norm_fold_requested().into(),
             norm_fold_uses: 0.into(),
-            embed_fold: handoff::embed_fold_requested().into(),
-            embed_folds: 0.into(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -1055,7 +1049,7 @@ impl Backend for CudaBackend {
 
     fn embed(&self, table: &CudaMatrix, ids: &[u32], out: &mut CudaActivations) {
         self.run("embed", || {
-            let mut st = lock(&self.step);
+            let st = lock(&self.step);
             if st.plan.n_tokens != ids.len() || st.meta.is_none() {
                 return Err(CudaError::Invalid {
                     op: "embed".into(),
@@ -1064,20 +1058,18 @@ impl Backend for CudaBackend {
             }
             let op = Self::output(out, ids.len(), table.cols, "embed")?;
             let ids_ptr = device_ptr(st.meta.as_ref().expect("invariant: checked"));
-            let shape = (ids.len(), table.cols);
             if let Some((h, (tp, rows))) = table.host.as_ref().and_then(|h| Some((h, h.device_table()?))) {
                 let cache = h.row_cache(&self.gpu)?;
-                let fold = handoff::embed_fold(self, &mut st, tp, op, shape)?;
                 // SAFETY: a mapped table of table.rows rows of table.cols values
                 // in that element type, its cache made for its rows; ids as
-                // below; out n×cols; the fold's buffer sized for n×cols.
+                // below; out n×cols.
                 return unsafe {
                     match rows {
                         DeviceRows::Float(dtype) => {
-                            self.gpu.embed(tp, dtype, table.rows, table.cols, ids_ptr, ids.len(), op, cache, fold)
+                            self.gpu.embed(tp, dtype, table.rows, table.cols, ids_ptr, ids.len(), op, cache)
                         }
                         DeviceRows::Ggml(block) => {
-                            self.gpu.embed_ggml(tp, block, table.rows, table.cols, ids_ptr, ids.len(), op, cache, fold)
+                            self.gpu.embed_ggml(tp, block, table.rows, table.cols, ids_ptr, ids.len(), op, cache)
                         }
                     }
                 };
@@ -1090,11 +1082,9 @@ impl Backend for CudaBackend {
                 return unsafe { self.gpu.copy_f32(device_ptr(rows), op, ids.len() * table.cols) };
             }
             let tp = Self::matrix_ptr(table, "embed")?;
-            let fold = handoff::embed_fold(self, &mut st, tp, op, shape)?;
             // SAFETY: ids are the first n ints of meta (validated < vocab by the
-            // forward pass, clamped in the kernel); out holds n×cols; the fold's
-            // buffer n×cols.
-            unsafe { self.gpu.embed(tp, table.dtype, table.rows, table.cols, ids_ptr, ids.len(), op, None, fold) }
+            // forward pass, clamped in the kernel); out holds n×cols.
+            unsafe { self.gpu.embed(tp, table.dtype, table.rows, table.cols, ids_ptr, ids.len(), op, None) }
         });
     }
 
