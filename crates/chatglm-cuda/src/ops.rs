@@ -354,8 +354,9 @@ fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
 pub struct EmbedRowCache {
     rows: CudaSlice<u8>,
     tags: CudaSlice<i32>,
-    /// A launch's leaders' counts of followers (zero between launches):
-    /// rows of one id in a launch are read once (kernels/embed_cached.cu).
+    /// The hand-overs between a launch's rows of one id (flags, then
+    /// counts; zero between launches): rows of one id in a launch are read
+    /// from the table once (kernels/embed_cached.cu).
     ready: CudaSlice<i32>,
     slots: usize,
     stride: usize,
@@ -384,11 +385,11 @@ impl EmbedRowCache {
         self.slots
     }
 
-    /// Followers a launch left counted (0: every launch's leaders and
-    /// followers met; read back for tests).
-    pub fn pending_followers(&self, gpu: &Gpu) -> Result<i64, CudaError> {
-        let mut out = vec![0; EMBED_CACHE_MAX_ROWS];
-        gpu.download(&self.ready, &mut out, "embedding gather leaders")?;
+    /// What the launches left in their hand-overs between rows of one id
+    /// (0: each launch cleared its own; read back for tests).
+    pub fn pending_hand_overs(&self, gpu: &Gpu) -> Result<i64, CudaError> {
+        let mut out = vec![0; 2 * EMBED_CACHE_MAX_ROWS];
+        gpu.download(&self.ready, &mut out, "embedding gather hand-overs")?;
         Ok(out.iter().map(|&v| i64::from(v)).sum())
     }
 
@@ -424,7 +425,7 @@ impl Gpu {
         check_i32("embed row cache", "row bytes", stride)?;
         let rows = self.alloc::<u8>((slots * stride).max(16), "embedding row cache")?;
         let tags = self.upload_new(&vec![-1i32; slots.max(1)], "embedding row cache tags")?;
-        let ready = self.alloc_zeros::<i32>(EMBED_CACHE_MAX_ROWS, "embedding gather leaders")?;
+        let ready = self.alloc_zeros::<i32>(2 * EMBED_CACHE_MAX_ROWS, "embedding gather hand-overs")?;
         Ok(EmbedRowCache { rows, tags, ready, slots, stride })
     }
 

@@ -14,99 +14,118 @@
 // with another id, so in a launch a slot is written only by rows that write
 // the same bytes and read by none under another tag.
 //
-// Rows of one id in a launch are read once: the first (the leader) stages
-// the row and writes its output, the others (followers) wait for it and
-// copy that output. Mapped host memory serves concurrent reads of one line
-// one after another: 32 blocks reading one 2,304-byte row took 10.6 µs
-// where 32 different rows took 3.7 and one row 2.0 (tests/gpu/bus_probe.cu,
-// run 340) — a batch of sequences that chose the same token paid that on
-// every missing step.
+// Rows of one id in a launch are read from the table once: a row that
+// misses the cache (or has none) and is not its id's first row in the
+// launch (the leader) waits for the leader's output and copies it; a row
+// that hits reads the cache as the leader does. Mapped host memory serves
+// concurrent reads of one line one after another: 32 blocks reading one
+// 2,304-byte row took 10.6 µs where 32 different rows took 3.7 and one row
+// 2.0 (tests/gpu/bus_probe.cu, run 340) — a batch of sequences that chose
+// the same token paid that on every missing step.
+//
+// The hand-over, for an id with `same` > 1 rows in the launch: the leader
+// sets flag[lead] once its output is written; every row of the id (the
+// leader too) then counts itself in done[lead], and the last to count
+// clears both, so both are zero between launches whichever rows hit. (A row
+// that misses knows the leader missed too: a tag changes in a launch only by
+// its leader's fill, after the leader's own miss.)
 #define EMBED_CACHE_MAX_ROWS 256
-#define EMBED_SPIN_LIMIT (1L << 28)  // a follower's polls (seconds): a trap, not a hang
+#define EMBED_SPIN_LIMIT (1L << 28)  // a waiting row's polls (seconds): a trap, not a hang
 struct EmbedCache {
     unsigned char* rows;
     int* tags;
-    // EMBED_CACHE_MAX_ROWS ints, zero between launches: ready[r] = how many
-    // followers row r's leader has, set once its output is written; each
-    // follower takes one off after copying it.
-    int* ready;
+    int* ready;  // 2·EMBED_CACHE_MAX_ROWS ints, zero between launches: flag[r], then done[r]
     int slots;
     int stride;
 };
 
-// The launch's other rows as this block (row `row`, id `id`) sees them.
+// The launch's rows of this block's id (row `row`, id `id`).
 struct EmbedPeers {
-    int lead;    // the first row of this id (this row: it leads)
-    int follow;  // rows of this id after this one
-    int clash;   // a row of another id maps to this id's slot
+    int lead;   // the first of them (this row: it leads)
+    int same;   // how many (this one included)
+    int clash;  // a row of another id maps to this id's slot
 };
 
-// Launches of at most EMBED_CACHE_MAX_ROWS rows (gridDim.x) with a block
-// of blockDim.x threads.
+// Launches of at most EMBED_CACHE_MAX_ROWS rows (gridDim.x).
 __device__ __forceinline__ EmbedPeers embed_peers(const int* ids, int row, int id, int table_rows, int slots) {
-    __shared__ int lead, follow;
+    __shared__ int lead, same;
     if (threadIdx.x == 0) {
         lead = row;
-        follow = 0;
+        same = 0;
     }
     __syncthreads();
     int clash = 0;
     for (int j = threadIdx.x; j < (int)gridDim.x; j += blockDim.x) {
         int other = ids[j];
         if (other < 0 || other >= table_rows) other = 0;  // as its block clamps it
-        if (other == id && j < row) atomicMin(&lead, j);
-        if (other == id && j > row) atomicAdd(&follow, 1);
+        if (other == id) {
+            if (j < row) atomicMin(&lead, j);
+            atomicAdd(&same, 1);
+        }
         clash |= slots != 0 && other != id && ((other ^ id) & (slots - 1)) == 0;
     }
     clash = __syncthreads_or(clash);
-    return EmbedPeers{lead, follow, clash};
+    return EmbedPeers{lead, same, clash};
 }
 
-// A follower: row `lead`'s output, once written, copied to row `row`.
-__device__ __forceinline__ void embed_follow(float* out, int row, int lead, int cols, int* ready) {
+// Row `lead` of the id counted done by this block (thread 0, after the
+// block's barrier): the last of its `same` rows clears the hand-over.
+__device__ __forceinline__ void embed_depart(int* ready, int lead, int same) {
+    int old;
+    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(ready + EMBED_CACHE_MAX_ROWS + lead) : "memory");
+    if (old == same - 1) {
+        ready[lead] = 0;
+        ready[EMBED_CACHE_MAX_ROWS + lead] = 0;
+    }
+}
+
+// A row that missed behind its leader: the leader's output, once written,
+// copied (all of a thread's loads in flight before its stores).
+__device__ __forceinline__ void embed_follow(float* out, int row, int cols, const EmbedPeers& p, int* ready) {
     if (threadIdx.x == 0)
-        for (long spins = 0; ld_acquire_gpu(ready + lead) == 0; spins++)
+        for (long spins = 0; ld_acquire_gpu(ready + p.lead) == 0; spins++)
             if (spins > EMBED_SPIN_LIMIT) __trap();
     __syncthreads();
-    const float* src = out + (long)lead * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)row * cols + c] = __ldcg(src + c);
-    if (threadIdx.x == 0) atomicSub(ready + lead, 1);
-}
-
-// A leader with followers: its output (every thread's writes, ordered by
-// the barrier; the release is cumulative over them) published to them.
-__device__ __forceinline__ void embed_lead_done(int row, int follow, int* ready) {
+    const float* src = out + (long)p.lead * cols;
+    float* dst = out + (long)row * cols;
+    if ((cols & 3) == 0) {
+        const int n = cols / 4;
+        for (int i0 = threadIdx.x; i0 < n; i0 += 4 * blockDim.x) {
+            float4 v[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                if (i0 + k * (int)blockDim.x < n) v[k] = __ldcg((const float4*)src + i0 + k * blockDim.x);
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                if (i0 + k * (int)blockDim.x < n) ((float4*)dst)[i0 + k * blockDim.x] = v[k];
+        }
+    } else {
+        for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = __ldcg(src + c);
+    }
     __syncthreads();
-    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(ready + row), "r"(follow) : "memory");
+    if (threadIdx.x == 0) embed_depart(ready, p.lead, p.same);
 }
 
 // Stages row `id` (at `src` in the table, row_bytes bytes) in `smem`: from
-// the cache where it holds it, else from the table, then cached where this
-// block may (above; `p` from embed_peers).
+// the cache where it holds it (`hit`), else from the table, then cached
+// where this block may (a leader without a clash: above).
 __device__ __forceinline__ void embed_cached_row(unsigned char* smem, const unsigned char* src, long row_bytes, int id,
-                                                 const EmbedPeers& p, EmbedCache c) {
-    if (c.slots == 0) {
-        stage_row(smem, src, row_bytes);
-        return;
-    }
-    const int slot = id & (c.slots - 1);
-    unsigned char* cached = c.rows + (long)slot * c.stride;
-    const bool hit = __ldcg(c.tags + slot) == id;
+                                                 bool hit, bool fill, EmbedCache c) {
+    unsigned char* cached = c.rows + (long)(id & (c.slots - 1)) * c.stride;
     stage_row(smem, hit ? cached : src, row_bytes);  // ends with a barrier
-    if (hit || p.clash) return;
+    if (hit || !fill) return;
     if ((row_bytes & 15) == 0) {
         for (long i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) ((uint4*)cached)[i] = ((const uint4*)smem)[i];
     } else {
         for (long i = threadIdx.x; i < row_bytes; i += blockDim.x) cached[i] = smem[i];
     }
-    __threadfence();  // the row before its tag, for the launches after this one
+    __threadfence();  // the row before its tag
     __syncthreads();
-    if (threadIdx.x == 0) c.tags[slot] = id;
+    if (threadIdx.x == 0) c.tags[id & (c.slots - 1)] = id;
 }
 
-// A block's row through the cache and its peers: stage(smem-staging
-// source) then write(row) for a leader or a launch too large to share
-// rows; a follower copies its leader's output.
+// A block's row through the cache and its peers: staged, then `write()`
+// (its output from shared memory), or copied from its leader's output.
 template <typename Write>
 __device__ __forceinline__ void embed_cached_block(unsigned char* smem, const unsigned char* src, long row_bytes,
                                                    int id, const int* ids, int table_rows, float* out, int cols,
@@ -117,14 +136,24 @@ __device__ __forceinline__ void embed_cached_block(unsigned char* smem, const un
         write();
         return;
     }
+    // The tag (acquired: the slot's bytes, if a leader of this launch just
+    // filled it, are read after it) requested before the peers' ids.
+    const bool hit = c.slots != 0 && ld_acquire_gpu(c.tags + (id & (c.slots - 1))) == id;
     const EmbedPeers p = embed_peers(ids, row, id, table_rows, c.slots);
-    if (p.lead != row) {
-        embed_follow(out, row, p.lead, cols, c.ready);
+    const bool leads = p.lead == row;
+    if (!leads && !hit) {
+        embed_follow(out, row, cols, p, c.ready);
         return;
     }
-    embed_cached_row(smem, src, row_bytes, id, p, c);
+    if (c.slots == 0) stage_row(smem, src, row_bytes);
+    else embed_cached_row(smem, src, row_bytes, id, hit, leads && !p.clash, c);
     write();
-    if (p.follow) embed_lead_done(row, p.follow, c.ready);
+    if (p.same < 2) return;
+    __syncthreads();  // the output written, for the rows that copy it
+    if (threadIdx.x == 0) {
+        if (leads) asm volatile("st.release.gpu.global.s32 [%0], 1;" ::"l"(c.ready + row) : "memory");
+        embed_depart(c.ready, p.lead, p.same);
+    }
 }
 
 // embed_body with the row through the cache (rows of up to 48 KiB: the
