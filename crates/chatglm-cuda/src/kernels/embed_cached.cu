@@ -9,28 +9,27 @@
 // a slot, −1 when empty) says which. A row read from mapped host memory
 // costs a decode step a bus round trip on its critical path (embed_ggml_1:
 // ~9 µs of a 2.7 ms 32-sequence step, run 332) where a cached one is a
-// device read. Launches of up to EMBED_CACHE_MAX_ROWS rows use it; a block
-// fills its slot only where no other row of the launch maps to that slot
-// with another id, so in a launch a slot is written only by rows that write
-// the same bytes and read by none under another tag.
+// device read. Launches of up to EMBED_CACHE_MAX_ROWS rows use it; only an
+// id's first row in the launch fills its slot (below), and only where no
+// other row of the launch maps to that slot with another id, so in a launch
+// a slot is written once and read by no row under another tag.
 //
-// Rows of one id in a launch are read from the table once: a row that
-// misses the cache (or has none) and is not its id's first row in the
-// launch (the leader) waits for the leader's output and copies it; a row
-// that hits reads the cache as the leader does. Mapped host memory serves
-// concurrent reads of one line one after another: 32 blocks reading one
-// 2,304-byte row took 10.6 µs where 32 different rows took 3.7 and one row
-// 2.0 (tests/gpu/bus_probe.cu, run 340) — a batch of sequences that chose
-// the same token paid that on every missing step.
+// Rows of one id in a launch are read from the table once: where they miss
+// the cache (or there is none), the id's first row in the launch (the
+// leader) stages it and the others (followers) wait for the leader's output
+// and copy it. Mapped host memory serves concurrent reads of one line one
+// after another: 32 blocks reading one 2,304-byte row took 10.6 µs where 32
+// different rows took 3.7 and one row 2.0 (tests/gpu/bus_probe.cu, run 340)
+// — a batch of sequences that chose the same token paid that on every
+// missing step.
 //
-// The hand-over, for an id with `same` > 1 rows in the launch: the leader
-// sets flag[lead] once its output is written; every row of the id (the
-// leader too) then counts itself in done[lead], and the last to count
-// clears both, so both are zero between launches whichever rows hit. (A row
-// that misses knows the leader missed too: a tag changes in a launch only by
-// its leader's fill, after the leader's own miss.)
+// The hand-over: the leader sets flag[lead] once its output is written and
+// each follower counts itself in done[lead] after copying it; the leader
+// waits for all of them, clears both (zero between launches) and only then
+// fills the cache slot, so every row of an id sees the same tag — all hit
+// (no hand-over, no scan of the launch's ids) or all miss.
 #define EMBED_CACHE_MAX_ROWS 256
-#define EMBED_SPIN_LIMIT (1L << 28)  // a waiting row's polls (seconds): a trap, not a hang
+#define EMBED_SPIN_LIMIT (1L << 28)  // polls (seconds): a trap, not a hang
 struct EmbedCache {
     unsigned char* rows;
     int* tags;
@@ -68,25 +67,20 @@ __device__ __forceinline__ EmbedPeers embed_peers(const int* ids, int row, int i
     return EmbedPeers{lead, same, clash};
 }
 
-// Row `lead` of the id counted done by this block (thread 0, after the
-// block's barrier): the last of its `same` rows clears the hand-over.
-__device__ __forceinline__ void embed_depart(int* ready, int lead, int same) {
-    int old;
-    asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;" : "=r"(old) : "l"(ready + EMBED_CACHE_MAX_ROWS + lead) : "memory");
-    if (old == same - 1) {
-        ready[lead] = 0;
-        ready[EMBED_CACHE_MAX_ROWS + lead] = 0;
-    }
-}
-
-// A row that missed behind its leader: the leader's output, once written,
-// copied (all of a thread's loads in flight before its stores).
-__device__ __forceinline__ void embed_follow(float* out, int row, int cols, const EmbedPeers& p, int* ready) {
+// Thread 0 polls `p` until it holds `want` (acquiring what was released
+// with it); the block waits for it.
+__device__ __forceinline__ void embed_await(const int* p, int want) {
     if (threadIdx.x == 0)
-        for (long spins = 0; ld_acquire_gpu(ready + p.lead) == 0; spins++)
+        for (long spins = 0; ld_acquire_gpu(p) != want; spins++)
             if (spins > EMBED_SPIN_LIMIT) __trap();
     __syncthreads();
-    const float* src = out + (long)p.lead * cols;
+}
+
+// A follower: its leader's output, once written, copied (all of a thread's
+// loads in flight before its stores), then counted done.
+__device__ __forceinline__ void embed_follow(float* out, int row, int cols, int lead, int* ready) {
+    embed_await(ready + lead, 1);
+    const float* src = out + (long)lead * cols;
     float* dst = out + (long)row * cols;
     if ((cols & 3) == 0) {
         const int n = cols / 4;
@@ -103,25 +97,20 @@ __device__ __forceinline__ void embed_follow(float* out, int row, int cols, cons
         for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = __ldcg(src + c);
     }
     __syncthreads();
-    if (threadIdx.x == 0) embed_depart(ready, p.lead, p.same);
+    if (threadIdx.x == 0)
+        asm volatile("red.release.gpu.global.add.s32 [%0], 1;" ::"l"(ready + EMBED_CACHE_MAX_ROWS + lead) : "memory");
 }
 
-// Stages row `id` (at `src` in the table, row_bytes bytes) in `smem`: from
-// the cache where it holds it (`hit`), else from the table, then cached
-// where this block may (a leader without a clash: above).
-__device__ __forceinline__ void embed_cached_row(unsigned char* smem, const unsigned char* src, long row_bytes, int id,
-                                                 bool hit, bool fill, EmbedCache c) {
-    unsigned char* cached = c.rows + (long)(id & (c.slots - 1)) * c.stride;
-    stage_row(smem, hit ? cached : src, row_bytes);  // ends with a barrier
-    if (hit || !fill) return;
-    if ((row_bytes & 15) == 0) {
-        for (long i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) ((uint4*)cached)[i] = ((const uint4*)smem)[i];
-    } else {
-        for (long i = threadIdx.x; i < row_bytes; i += blockDim.x) cached[i] = smem[i];
-    }
-    __threadfence();  // the row before its tag
+// A leader with followers, its output written: handed over, then the
+// hand-over cleared once every follower copied it.
+__device__ __forceinline__ void embed_hand_over(int row, int followers, int* ready) {
     __syncthreads();
-    if (threadIdx.x == 0) c.tags[id & (c.slots - 1)] = id;
+    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.s32 [%0], 1;" ::"l"(ready + row) : "memory");
+    embed_await(ready + EMBED_CACHE_MAX_ROWS + row, followers);
+    if (threadIdx.x == 0) {
+        ready[row] = 0;
+        ready[EMBED_CACHE_MAX_ROWS + row] = 0;
+    }
 }
 
 // A block's row through the cache and its peers: staged, then `write()`
@@ -136,24 +125,30 @@ __device__ __forceinline__ void embed_cached_block(unsigned char* smem, const un
         write();
         return;
     }
-    // The tag (acquired: the slot's bytes, if a leader of this launch just
-    // filled it, are read after it) requested before the peers' ids.
-    const bool hit = c.slots != 0 && ld_acquire_gpu(c.tags + (id & (c.slots - 1))) == id;
-    const EmbedPeers p = embed_peers(ids, row, id, table_rows, c.slots);
-    const bool leads = p.lead == row;
-    if (!leads && !hit) {
-        embed_follow(out, row, cols, p, c.ready);
+    const int slot = id & (c.slots - 1);
+    unsigned char* cached = c.rows + (long)slot * c.stride;
+    if (c.slots != 0 && __ldcg(c.tags + slot) == id) {
+        stage_row(smem, cached, row_bytes);
+        write();
         return;
     }
-    if (c.slots == 0) stage_row(smem, src, row_bytes);
-    else embed_cached_row(smem, src, row_bytes, id, hit, leads && !p.clash, c);
-    write();
-    if (p.same < 2) return;
-    __syncthreads();  // the output written, for the rows that copy it
-    if (threadIdx.x == 0) {
-        if (leads) asm volatile("st.release.gpu.global.s32 [%0], 1;" ::"l"(c.ready + row) : "memory");
-        embed_depart(c.ready, p.lead, p.same);
+    const EmbedPeers p = embed_peers(ids, row, id, table_rows, c.slots);
+    if (p.lead != row) {
+        embed_follow(out, row, cols, p.lead, c.ready);
+        return;
     }
+    stage_row(smem, src, row_bytes);  // ends with a barrier
+    write();
+    if (p.same > 1) embed_hand_over(row, p.same - 1, c.ready);
+    if (c.slots == 0 || p.clash) return;
+    if ((row_bytes & 15) == 0) {
+        for (long i = threadIdx.x; i < row_bytes / 16; i += blockDim.x) ((uint4*)cached)[i] = ((const uint4*)smem)[i];
+    } else {
+        for (long i = threadIdx.x; i < row_bytes; i += blockDim.x) cached[i] = smem[i];
+    }
+    __threadfence();  // the row before its tag, for the launches after this one
+    __syncthreads();
+    if (threadIdx.x == 0) c.tags[slot] = id;
 }
 
 // embed_body with the row through the cache (rows of up to 48 KiB: the
