@@ -354,10 +354,6 @@ fn cfg(grid: (u32, u32, u32), block: u32, smem: u32) -> LaunchConfig {
 pub struct EmbedRowCache {
     rows: CudaSlice<u8>,
     tags: CudaSlice<i32>,
-    /// The hand-overs between a launch's rows of one id (flags, then
-    /// counts; zero between launches): rows of one id in a launch are read
-    /// from the table once (kernels/embed_cached.cu).
-    ready: CudaSlice<i32>,
     slots: usize,
     stride: usize,
 }
@@ -375,7 +371,7 @@ impl EmbedRowCache {
         (fit >= 16).then(|| 1usize << fit.ilog2())
     }
 
-    /// Device bytes its rows and tags hold.
+    /// Device bytes it holds.
     pub fn bytes(&self) -> usize {
         self.slots * self.stride + 4 * self.slots
     }
@@ -383,14 +379,6 @@ impl EmbedRowCache {
     /// Rows it can hold (0: none, every row read from the table).
     pub fn slots(&self) -> usize {
         self.slots
-    }
-
-    /// What the launches left in their hand-overs between rows of one id
-    /// (0: each launch cleared its own; read back for tests).
-    pub fn pending_hand_overs(&self, gpu: &Gpu) -> Result<i64, CudaError> {
-        let mut out = vec![0; 2 * EMBED_CACHE_MAX_ROWS];
-        gpu.download(&self.ready, &mut out, "embedding gather hand-overs")?;
-        Ok(out.iter().map(|&v| i64::from(v)).sum())
     }
 
     /// The row id each slot holds (−1: none), read back (tests, diagnostics).
@@ -401,15 +389,10 @@ impl EmbedRowCache {
     }
 
     /// The cached kernels' `EmbedCache` parameter, packed in 8-byte slots.
-    fn arg(cache: Option<&EmbedRowCache>) -> [u64; 4] {
+    fn arg(cache: Option<&EmbedRowCache>) -> [u64; 3] {
         match cache {
-            Some(c) => [
-                device_ptr(&c.rows),
-                device_ptr(&c.tags),
-                device_ptr(&c.ready),
-                c.slots as u64 | (c.stride as u64) << 32,
-            ],
-            None => [0; 4],
+            Some(c) => [device_ptr(&c.rows), device_ptr(&c.tags), c.slots as u64 | (c.stride as u64) << 32],
+            None => [0, 0, 0],
         }
     }
 }
@@ -425,8 +408,7 @@ impl Gpu {
         check_i32("embed row cache", "row bytes", stride)?;
         let rows = self.alloc::<u8>((slots * stride).max(16), "embedding row cache")?;
         let tags = self.upload_new(&vec![-1i32; slots.max(1)], "embedding row cache tags")?;
-        let ready = self.alloc_zeros::<i32>(2 * EMBED_CACHE_MAX_ROWS, "embedding gather hand-overs")?;
-        Ok(EmbedRowCache { rows, tags, ready, slots, stride })
+        Ok(EmbedRowCache { rows, tags, slots, stride })
     }
 
     /// `out[t] = table[ids[t]]` as f32; rows through `cache` where given
