@@ -44,6 +44,24 @@ __global__ void read_rows(const uint4* table, const int* ids, int row_bytes, uin
     }
 }
 
+// read_rows with rows b < from_host read from `host_table`, the others
+// from `table`: a step whose first rows miss the cache.
+__global__ void read_mixed(const uint4* table, const uint4* host_table, const int* ids, int row_bytes, int from_host,
+                           uint4* out, unsigned long long* stamps) {
+    extern __shared__ uint4 row[];
+    const unsigned long long t0 = now();
+    const int n = row_bytes / 16;
+    const uint4* src = ((int)blockIdx.x < from_host ? host_table : table) + (long)ids[blockIdx.x] * n;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) row[i] = src[i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[(long)blockIdx.x * n + i] = row[i];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        stamps[2 * blockIdx.x] = t0;
+        stamps[2 * blockIdx.x + 1] = now();
+    }
+}
+
 // One thread, `hops` dependent 4-byte loads (each address from the last
 // value): the round trip of one load.
 __global__ void chase(const int* p, int hops, int* sink, unsigned long long* ns) {
@@ -106,6 +124,20 @@ int main() {
                        same ? "one id " : "random", where ? "mapped" : "device", in_kernel / reps);
             }
         }
+    }
+    // 32 different rows of which the first k miss (from mapped memory), the
+    // rest hit (device memory): a real-text step's few missing rows.
+    for (int k : {0, 1, 2, 3, 4, 8, 32}) {
+        double in_kernel = 0;
+        for (int r = 0; r < reps; r++) {
+            for (int b = 0; b < 32; b++) hids[b] = rand() % table_rows;
+            CHECK(cudaMemcpyAsync(ids, hids, 32 * 4, cudaMemcpyHostToDevice));
+            read_mixed<<<32, 256, row_bytes>>>((const uint4*)dev, (const uint4*)mapped, ids, row_bytes, k, out, stamps);
+            CHECK(cudaMemcpyAsync(hstamps, stamps, 2 * 32 * 8, cudaMemcpyDeviceToHost));
+            CHECK(cudaStreamSynchronize(0));
+            in_kernel += span_us(hstamps, 32);
+        }
+        printf("32 different rows, %2d of them mapped: in kernel %6.2f us\n", k, in_kernel / reps);
     }
     // Back-to-back launches of 32 random rows (no host step between): the
     // launch-to-launch period.
