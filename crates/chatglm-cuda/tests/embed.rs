@@ -5,21 +5,10 @@
 //! Skips without a GPU (`CHATGLM_REQUIRE_GPU=1` fails instead).
 
 use chatglm_cuda::{device_ptr, DType, EmbedRowCache, GgmlBlock, Gpu, EMBED_CACHE_MAX_ROWS};
-use half::f16;
-use std::sync::Arc;
+mod common;
 
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if std::env::var_os("CHATGLM_REQUIRE_GPU").is_some() {
-                panic!("CHATGLM_REQUIRE_GPU is set but the GPU cannot be used: {e}");
-            }
-            eprintln!("skipped: no usable CUDA GPU ({e})");
-            None
-        }
-    }
-}
+use common::gpu;
+use half::f16;
 
 /// A table's bytes: `rows` rows of `row_bytes` random bytes, each 32-value
 /// block starting with a finite f16 scale where `block` is given.

@@ -5,21 +5,10 @@
 
 use chatglm_cuda::quant::{ActivationForm, OneTokenCodes, QuantFormat, TileShape, TiledMatrix, TiledPtr, BLOCK};
 use chatglm_cuda::{device_ptr, GemvMode, Gpu};
-use half::f16;
-use std::sync::Arc;
+mod common;
 
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::open(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            if std::env::var_os("CHATGLM_REQUIRE_GPU").is_some() {
-                panic!("CHATGLM_REQUIRE_GPU is set but the GPU cannot be used: {e}");
-            }
-            eprintln!("skipped: no usable CUDA GPU ({e})");
-            None
-        }
-    }
-}
+use common::gpu;
+use half::f16;
 
 struct Rng(u64);
 impl Rng {
