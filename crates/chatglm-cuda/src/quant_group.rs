@@ -24,6 +24,14 @@ pub(crate) fn define(name: &str) -> Option<usize> {
     value
 }
 
+/// Whether the qmmx module's products sum split groups in the last-sums
+/// form (kernels/qmmx.cuh's `QMMX_LAST_SUMS`, off unless
+/// `CHATGLM_NVRTC_DEFINES` sets it): they then need a workspace of their own.
+fn last_sums() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| define("QMMX_LAST_SUMS").is_some_and(|v| v != 0))
+}
+
 /// The shape of a grouped product's groups (qmma_group.cu's `QgShape`):
 /// row tiles a group, weight units a chunk, warps a tile, and the tiles at
 /// the group's end that a one-warp shape gives a second warp (`xt`).
@@ -249,10 +257,16 @@ fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSpl
 /// `QG_PART_EMPTY`: a signalling NaN, which no arithmetic produces).
 const PART_EMPTY: u32 = 0x7fba_dbad;
 
-/// Partial results (one a block: only a block's first run can be a part
-/// that another block sums) and one counter a group, grown on demand.
+/// Partial results and one counter a group, grown on demand. The counted
+/// form's partials: one a block (only a block's first run can be a part
+/// that another block sums). The last-sums form's (qmma_group.cu's
+/// `QMMG_LAST_SUMS`, the qmmx module under `QMMX_LAST_SUMS=1`): two a block
+/// (a part where it holds a group's first chunks, and one where it does
+/// not), a region of their own that is always the sentinel where no part
+/// waits — the counted form leaves its values behind.
 pub(crate) struct GroupScratch {
     partials: CudaSlice<f32>,
+    last_partials: Option<CudaSlice<f32>>,
     counters: CudaSlice<u32>,
     floats: usize,
     groups: usize,
@@ -260,7 +274,8 @@ pub(crate) struct GroupScratch {
 
 impl GroupScratch {
     pub(crate) fn bytes(&self) -> usize {
-        self.floats * 4 + self.groups * 4
+        let last = self.last_partials.as_ref().map_or(0, |_| 2 * self.floats);
+        (self.floats + last) * 4 + self.groups * 4
     }
 }
 
@@ -390,7 +405,8 @@ impl Gpu {
         let threads = shape.threads();
         let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
         let blocks = grouped_blocks(chunks, groups, resident, group_split().for_tiles(nt8));
-        let (ws, counters) = self.group_scratch(blocks * shape.ws_slot(), groups)?;
+        let (ws, counters) =
+            self.group_scratch(blocks * shape.ws_slot(), groups, name.starts_with("qmmx_") && last_sums())?;
         let (wq, wsc, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(name, "shape", v)).collect::<Result<_, _>>()?;
@@ -423,9 +439,10 @@ impl Gpu {
     }
 
     /// The workspace of a grouped product of `floats` floats of partial
-    /// results over `groups` groups: (partials, counters) device addresses,
-    /// allocated (zeroed counters) the first time a step needs more.
-    fn group_scratch(&self, floats: usize, groups: usize) -> Result<(u64, u64), CudaError> {
+    /// results a slot of each block over `groups` groups: (partials,
+    /// counters) device addresses, allocated (zeroed counters) the first
+    /// time a step needs more; `last`: the last-sums form's partials.
+    fn group_scratch(&self, floats: usize, groups: usize, last: bool) -> Result<(u64, u64), CudaError> {
         let mut held = self.group_scratch.lock().unwrap_or_else(|e| e.into_inner());
         if held.as_ref().is_none_or(|h| h.floats < floats || h.groups < groups) {
             // Room for a full wave of the device in either shape, so one
@@ -433,14 +450,24 @@ impl Gpu {
             let wave = self.info().multiprocessors * GroupShape::largest_ws_slot();
             let floats = floats.max(held.as_ref().map_or(0, |h| h.floats)).max(wave);
             let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
-            let mut partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
-            // Every slot empty (what QMMG_SENTINEL_PARTS's summing blocks leave behind).
-            self.upload(&vec![f32::from_bits(PART_EMPTY); floats], &mut partials, "grouped-product partial sums")?;
+            // Every slot empty (what the summing blocks of QMMG_SENTINEL_PARTS
+            // and QMMG_LAST_SUMS leave behind).
+            let empty = |floats: usize| {
+                let mut partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
+                self.upload(&vec![f32::from_bits(PART_EMPTY); floats], &mut partials, "grouped-product partial sums")?;
+                Ok::<_, CudaError>(partials)
+            };
+            let partials = empty(floats)?;
+            let last_partials = if last_sums() { Some(empty(2 * floats)?) } else { None };
             let counters = self.alloc_zeros::<u32>(groups, "grouped-product counters")?;
-            *held = Some(GroupScratch { partials, counters, floats, groups });
+            *held = Some(GroupScratch { partials, last_partials, counters, floats, groups });
         }
         let h = held.as_ref().expect("allocated above");
-        Ok((device_ptr(&h.partials), device_ptr(&h.counters)))
+        let partials = match (&h.last_partials, last) {
+            (Some(p), true) => p,
+            _ => &h.partials,
+        };
+        Ok((device_ptr(partials), device_ptr(&h.counters)))
     }
 }
 

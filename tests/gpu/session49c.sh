@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Session 49's third call (not run: no device was lent after run 347): the last-sums form with the counted build's
+# register use (QMMX_LAST_SUMS=1: SwiGLU groups counted, a late part read again in one rolled loop; runs 346–347's
+# forms lost 26–30% to spills before the first weight copies) against the counted form (the default),
+# alternating; the generation and qmma suites under it; batch 1; a timeline of each.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+BIN=device-bin
+. tests/gpu/device_env.sh
+. tests/gpu/bench_fns.sh
+session_start
+D=CHATGLM_NVRTC_DEFINES
+L="$D=QMMX_LAST_SUMS=1"
+suite "$L" cuda_generate
+suite "$L" qmma
+for i in 1 2 3 4; do echo "32: last $(bn "$L") | counted $(bn X=1)"; done
+echo "batch 1 q4_0 $(b1 X=1); 16: last $(N=16 bn "$L") / counted $(N=16 bn X=1)"
+cupti_dir=$(dirname "$( (ls /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13 2>/dev/null;
+  find / -name libcupti.so.13 -not -path "*/proc/*" 2>/dev/null) | head -1)" 2>/dev/null)
+for v in 1 0; do
+  env LD_LIBRARY_PATH=$cupti_dir:$LD_LIBRARY_PATH CUDA_INJECTION64_PATH=$PWD/$BIN/kernel_trace.so \
+    "$D=QMMX_LAST_SUMS=$v" KTRACE_OUT=/tmp/kt-$v.csv timeout 120 "$BIN/chatglm" bench --device cuda \
+    --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32 2>&1 | grep -E '^batch '
+  xz -c /tmp/kt-$v.csv >"$R/kt-$v.csv.xz"
+  echo "== timeline QMMX_LAST_SUMS=$v"
+  python3 tests/gpu/ktrace_critical.py /tmp/kt-$v.csv --skip 0.05 --window qmmx_ | head -12
+done
