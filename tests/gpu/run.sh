@@ -56,6 +56,19 @@ check_scoreboard() {
   done
 }
 
+# Every grouped-product kernel's spilled bytes against the shipped build's (tests/gpu/stack_check.py): a warning
+# for each that spills more, since those spills are read back from L2 before the first weight copies.
+check_stack() {
+  local cubin dis
+  dis=${CUOBJDUMP:-$(command -v cuobjdump || ls /tmp/dis/nvidia/cu13/bin/cuobjdump 2>/dev/null | head -1)}
+  [ -n "$dis" ] && [ -x "$dis" ] || return 0
+  for cubin in "$1"/tmp/chatglm-kernels/qmm[ax]-*.cubin; do
+    [ -f "$cubin" ] || continue
+    echo "== $cubin"
+    "$dis" -res-usage "$cubin"
+  done | python3 tests/gpu/stack_check.py
+}
+
 build() {
   local data=${CHATGLM_TESTDATA:-testdata}
   [ -d "$data/dev" ] || { echo "error: golden test data not found at $data (set CHATGLM_TESTDATA)" >&2; exit 1; }
@@ -148,6 +161,7 @@ for line in sys.stdin:
     done
     for f in "${pids[@]}"; do wait "$f" || ok=0; done
     unset IFS
+    check_stack "$kc"
     [ "$ok" = 1 ] &&
       XZ_OPT="-9 -T2" tar cJf "$BIN/kcache.tgz" -C "$kc" tmp/chatglm-kernels &&
       echo "kernel cache for the GPU machine: $BIN/kcache.tgz (xz: the cubins of several variants compress ~18×)"
