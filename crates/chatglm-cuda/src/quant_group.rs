@@ -29,7 +29,20 @@ pub(crate) fn define(name: &str) -> Option<usize> {
 /// `CHATGLM_NVRTC_DEFINES` sets it): they then need a workspace of their own.
 fn last_sums() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| define("QMMX_LAST_SUMS").is_some_and(|v| v != 0))
+    *ON.get_or_init(|| {
+        let raw = std::env::var("CHATGLM_NVRTC_DEFINES").unwrap_or_default();
+        let set = crate::compile::define_items(&raw).find_map(|v| v.strip_prefix("QMMX_LAST_SUMS="));
+        match set.map(str::parse::<usize>) {
+            None => false,
+            Some(Ok(v)) => v != 0,
+            // The compiler would read it (C++: `true` is 1); the workspace
+            // would not follow. A measurement define: say so, and use it.
+            Some(Err(_)) => {
+                tracing::warn!("QMMX_LAST_SUMS={:?} is not 0 or 1: taken as on", set.unwrap_or_default());
+                true
+            }
+        }
+    })
 }
 
 /// The shape of a grouped product's groups (qmma_group.cu's `QgShape`):

@@ -110,6 +110,23 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #if QMMG_LAST_SUMS && QMMG_SENTINEL_PARTS
 #error "QMMG_LAST_SUMS and QMMG_SENTINEL_PARTS are two forms of the same sums"
 #endif
+#if QMMG_LAST_SUMS && !defined(QMMG_X_MODULE)
+// The host gives only the qmmx module's products the last-sums workspace.
+#error "QMMG_LAST_SUMS is the qmmx module's (QMMX_LAST_SUMS=1)"
+#endif
+#if QMMG_LAST_SUMS
+// A part's elements and the sentinel: single 4-byte accesses at GPU scope
+// (relaxed: the sentinel, not an ordering, tells a part's arrival; volatile,
+// so a slot's read stays before its sentinel's write-back).
+__device__ __forceinline__ void st_relaxed_gpu(float* p, float v) {
+    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(p), "f"(v));
+}
+__device__ __forceinline__ float ld_relaxed_gpu(const float* p) {
+    float v;
+    asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+#endif
 #define QG_PART_EMPTY 0x7fbadbadu  // the host fills the workspace with it (quant_group::PART_EMPTY)
 
 // A whole chunk's weight copies unrolled at constant offsets (0: the
@@ -992,7 +1009,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             // (its first run's).
             float* mine = ws + (long)((int)blockIdx.x == blo ? gridDim.x + blockIdx.x : blockIdx.x) * SH::WS_SLOT;
             for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS)
-                __stcg(mine + e, red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)]);
+                st_relaxed_gpu(mine + e, red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)]);
             __syncthreads();  // red is the next run's stages
             QG_STAMP();
             x = xn;
@@ -1022,7 +1039,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     if (bb == me) {
                         v[k] = red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)];
                     } else {
-                        v[k] = __ldcg(part + e);
+                        v[k] = ld_relaxed_gpu(part + e);
                         late |= __float_as_uint(v[k]) == QG_PART_EMPTY;
                     }
                 }
@@ -1036,7 +1053,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     for (int k = 0; k < EPT; k++) {
                         const int e = threadIdx.x + k * SH::THREADS;
                         if (e < total && __float_as_uint(v[k]) == QG_PART_EMPTY) {
-                            asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v[k]) : "l"(part + e));
+                            v[k] = ld_relaxed_gpu(part + e);
                             late |= __float_as_uint(v[k]) == QG_PART_EMPTY;
                         }
                     }
@@ -1045,7 +1062,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #pragma unroll
                     for (int k = 0; k < EPT; k++) {
                         const int e = threadIdx.x + k * SH::THREADS;
-                        if (e < total) __stcg(part + e, __uint_as_float(QG_PART_EMPTY));
+                        if (e < total) st_relaxed_gpu(part + e, __uint_as_float(QG_PART_EMPTY));
                     }
                 }
 #pragma unroll
@@ -1133,7 +1150,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
 #pragma unroll
                 for (int k = 0; k < EPT; k++) {
                     const int e = threadIdx.x + k * SH::THREADS;
-                    if (e < n * SH::TILES * 16) __stcg(part + e, __uint_as_float(QG_PART_EMPTY));
+                    if (e < n * SH::TILES * 16) st_relaxed_gpu(part + e, __uint_as_float(QG_PART_EMPTY));
                 }
 #endif
 #pragma unroll
