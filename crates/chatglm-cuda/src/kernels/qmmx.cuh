@@ -55,3 +55,9 @@
 #define QMMX_LAST_SUMS 0
 #endif
 #define QMMG_LAST_SUMS QMMX_LAST_SUMS
+// QMMX_SPLIT_CEIL (measurements): qmma_group.cu's QMMG_SPLIT_CEIL in this
+// module alone — under the last-sums form no block is the one that waits,
+// so the rounding that gives the summing block the larger share may not pay.
+#ifdef QMMX_SPLIT_CEIL
+#define QMMG_SPLIT_CEIL QMMX_SPLIT_CEIL
+#endif
