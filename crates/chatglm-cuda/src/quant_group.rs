@@ -498,6 +498,44 @@ mod tests {
         assert_eq!(read("XQMMG_CU=4", "QMMG_CU"), None);
     }
 
+    /// The stream-K deal of qmma_group.cu (`QMMG_SPLIT_CEIL` either way):
+    /// block b's chunks [start(b), start(b + 1)) of groups × chunks.
+    fn deal(groups: usize, chunks: usize, blocks: usize, ceil: bool) -> Vec<std::ops::Range<usize>> {
+        let w = groups * chunks;
+        let start = |b: usize| if ceil { (b * w).div_ceil(blocks) } else { b * w / blocks };
+        (0..blocks).map(|b| start(b)..start(b + 1)).collect()
+    }
+
+    #[test]
+    fn a_block_publishes_at_most_one_part_in_each_of_its_two_last_sums_slots() {
+        // The last-sums form's slots (QMMG_LAST_SUMS): a block stores a part
+        // in its second slot where it holds the group's first chunk, else in
+        // its first. That is one slot a kind for every deal the host makes
+        // (every block a chunk at least: blocks ≤ groups × chunks).
+        for groups in 1..12 {
+            for chunks in 1..9 {
+                for blocks in 1..=groups * chunks {
+                    for ceil in [false, true] {
+                        let ranges = deal(groups, chunks, blocks, ceil);
+                        let mut used = std::collections::HashSet::new();
+                        for (b, r) in ranges.iter().enumerate() {
+                            assert!(!r.is_empty(), "block {b} of {blocks} has no chunk");
+                            for g in r.start / chunks..=(r.end - 1) / chunks {
+                                let (g0, g1) = (g * chunks, (g + 1) * chunks);
+                                let split = r.start > g0 || r.end < g1;
+                                if !split {
+                                    continue;
+                                }
+                                let holds_first = r.start <= g0;
+                                assert!(used.insert((b, holds_first)), "block {b} publishes twice in one slot");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn wide_swiglu_groups_take_twice_the_rows_on_the_same_threads() {
         let (narrow, wide) = GroupShape::from_defines(8, 2, 1, 8, 8, false);
