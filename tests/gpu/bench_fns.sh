@@ -26,3 +26,19 @@ session_start() {
   mkdir -p "$R"
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 }
+#   timeline NAME ROWS [VAR=value...]   a 32-sequence int4 run under the kernel tracer (kernel_trace.so, CUPTI):
+#                       its figure, the trace in $R/kt-NAME.csv.xz and the first ROWS lines of each kernel's share of
+#                       the batched steps' critical path (ktrace_critical.py, qmmx products' window)
+timeline() {
+  local name=$1 rows=$2 cupti_dir
+  shift 2
+  [ -f "$BIN/kernel_trace.so" ] || { echo "timeline $name: no kernel tracer in $BIN"; return 0; }
+  cupti_dir=$(dirname "$( (ls /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13 2>/dev/null;
+    find / -name libcupti.so.13 -not -path "*/proc/*" 2>/dev/null) | head -1)" 2>/dev/null)
+  env LD_LIBRARY_PATH="$cupti_dir:$LD_LIBRARY_PATH" CUDA_INJECTION64_PATH="$PWD/$BIN/kernel_trace.so" "$@" \
+    KTRACE_OUT="/tmp/kt-$name.csv" timeout 120 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b \
+    --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32 2>&1 | grep -E '^batch '
+  xz -c "/tmp/kt-$name.csv" >"$R/kt-$name.csv.xz"
+  echo "== timeline $name"
+  python3 tests/gpu/ktrace_critical.py "/tmp/kt-$name.csv" --skip 0.05 --window qmmx_ | head -"$rows"
+}

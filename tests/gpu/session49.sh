@@ -21,15 +21,4 @@ echo "batch 1 q4_0 $(b1 X=1) $(b1 X=1), q8_0 $(DTYPE=q8_0 b1 X=1); 16: $(N=16 bn
 b=("$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b)
 tests/gpu/mem_probe.sh q4_0-8k "${b[@]}" --dtype q4_0 --prompt-len 8192 --gen-len 8 2>&1 | grep -E "peak GPU" | tail -1
 tests/gpu/mem_probe.sh q4_0-8k-q8kv "${b[@]}" --dtype q4_0 --kv-dtype q8_0 --prompt-len 8192 --gen-len 8 2>&1 | grep -E "peak GPU" | tail -1
-if [ -f "$BIN/kernel_trace.so" ]; then
-  cupti_dir=$(dirname "$( (ls /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13 2>/dev/null;
-    find / -name libcupti.so.13 -not -path "*/proc/*" 2>/dev/null) | head -1)" 2>/dev/null)
-  for v in 1 0; do
-    env LD_LIBRARY_PATH=$cupti_dir:$LD_LIBRARY_PATH CUDA_INJECTION64_PATH=$PWD/$BIN/kernel_trace.so \
-      "$D=QMMX_LAST_SUMS=$v" KTRACE_OUT=/tmp/kt-$v.csv timeout 120 "$BIN/chatglm" bench --device cuda \
-      --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32 2>&1 | grep -E '^batch '
-    xz -c /tmp/kt-$v.csv >"$R/kt-$v.csv.xz"
-    echo "== timeline QMMX_LAST_SUMS=$v"
-    python3 tests/gpu/ktrace_critical.py /tmp/kt-$v.csv --skip 0.05 --window qmmx_ | head -24
-  done
-fi
+for v in 1 0; do timeline last-sums-$v 24 "$D=QMMX_LAST_SUMS=$v"; done

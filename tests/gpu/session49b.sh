@@ -13,13 +13,4 @@ suite X=1 cuda_generate
 suite "$D=QMMX_LAST_SUMS=0" cuda_generate
 for i in 1 2 3 4; do echo "32: last $(bn X=1) | counted $(bn $D=QMMX_LAST_SUMS=0)"; done
 echo "batch 1 q4_0 $(b1 X=1); 16: $(N=16 bn X=1) / counted $(N=16 bn $D=QMMX_LAST_SUMS=0)"
-cupti_dir=$(dirname "$( (ls /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13 2>/dev/null;
-  find / -name libcupti.so.13 -not -path "*/proc/*" 2>/dev/null) | head -1)" 2>/dev/null)
-for v in 1 0; do
-  env LD_LIBRARY_PATH=$cupti_dir:$LD_LIBRARY_PATH CUDA_INJECTION64_PATH=$PWD/$BIN/kernel_trace.so \
-    "$D=QMMX_LAST_SUMS=$v" KTRACE_OUT=/tmp/kt-$v.csv timeout 120 "$BIN/chatglm" bench --device cuda \
-    --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32 2>&1 | grep -E '^batch '
-  xz -c /tmp/kt-$v.csv >"$R/kt-$v.csv.xz"
-  echo "== timeline QMMX_LAST_SUMS=$v"
-  python3 tests/gpu/ktrace_critical.py /tmp/kt-$v.csv --skip 0.05 --window qmmx_ | head -12
-done
+for v in 1 0; do timeline last-sums-$v 12 "$D=QMMX_LAST_SUMS=$v"; done

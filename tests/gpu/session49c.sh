@@ -20,13 +20,4 @@ suite "$L" cuda
 F="$D=QMMX_LAST_SUMS=1 QMMX_SPLIT_CEIL=0"
 for i in 1 2 3 4; do echo "32: last $(bn "$L") | counted $(bn X=1) | last, floor split $(bn "$F")"; done
 echo "batch 1 q4_0 $(b1 X=1) / last $(b1 "$L"); 16: last $(N=16 bn "$L") / counted $(N=16 bn X=1); 64: last $(N=64 bn "$L") / counted $(N=64 bn X=1)"
-cupti_dir=$(dirname "$( (ls /usr/local/cuda/extras/CUPTI/lib64/libcupti.so.13 2>/dev/null;
-  find / -name libcupti.so.13 -not -path "*/proc/*" 2>/dev/null) | head -1)" 2>/dev/null)
-for v in 1 0; do
-  env LD_LIBRARY_PATH=$cupti_dir:$LD_LIBRARY_PATH CUDA_INJECTION64_PATH=$PWD/$BIN/kernel_trace.so \
-    "$D=QMMX_LAST_SUMS=$v" KTRACE_OUT=/tmp/kt-$v.csv timeout 120 "$BIN/chatglm" bench --device cuda \
-    --synthetic chatglm2-6b --dtype q4_0 --prompt-len 128 --gen-len 256 --concurrency 32 2>&1 | grep -E '^batch '
-  xz -c /tmp/kt-$v.csv >"$R/kt-$v.csv.xz"
-  echo "== timeline QMMX_LAST_SUMS=$v"
-  python3 tests/gpu/ktrace_critical.py /tmp/kt-$v.csv --skip 0.05 --window qmmx_ | head -12
-done
+for v in 1 0; do timeline last-sums-$v 12 "$D=QMMX_LAST_SUMS=$v"; done
