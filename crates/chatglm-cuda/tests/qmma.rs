@@ -597,6 +597,123 @@ fn step_codes_hand_off_changes_nothing() {
 }
 
 #[test]
+fn greedy_bests_merge_to_the_argmax_of_the_logits() {
+    // The output products of 17–32 f16 tokens that also write each token's
+    // best of each group's rows (the qmmo module) against argmax_rows over
+    // the logits they write: the same choices, and the same logits bit for
+    // bit as the product without the bests; every format, a last group of
+    // one tile, a bias, and tokens whose logits are not finite (an infinite
+    // activation: token 5 chosen).
+    use chatglm_cuda::{argmax_scratch_ints, GreedyBests};
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(0x5eed_2207);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for format in [QuantFormat::Q4, QuantFormat::Q4Min, QuantFormat::Q8, QuantFormat::Q8Min] {
+        for (hidden, rows) in [(96, 16 * 9), (4096, 16 * 513)] {
+            let m = random_matrix(format, rows, hidden, &mut rng);
+            let md = gpu.upload_new(&m.bytes, "w").unwrap();
+            let wp = TiledPtr { base: device_ptr(&md), shape: m.shape };
+            let bias: Vec<f32> = (0..rows).map(|_| rng.uniform()).collect();
+            let bd = gpu.upload_new(&bias, "bias").unwrap();
+            for n in [17, 24, 32] {
+                if !gpu.greedy_fold_supported(n, format, ActivationForm::F16) {
+                    failures.push(format!("{format:?} n={n}: no greedy fold"));
+                    continue;
+                }
+                let mut x: Vec<f32> = (0..n * hidden).map(|_| rng.uniform()).collect();
+                x[3 * hidden + 7] = f32::INFINITY;
+                let xd = gpu.upload_new(&x, "x").unwrap();
+                let (qb, sb) = Gpu::quantized_x_bytes(n, hidden);
+                let (xq, xs) = (gpu.alloc::<u8>(qb, "xq").unwrap(), gpu.alloc::<u8>(sb, "xs").unwrap());
+                let shape = GreedyBests::of(m.shape, n);
+                let bests = gpu.alloc_zeros::<i32>(shape.ints(), "bests").unwrap();
+                let scratch = gpu.alloc_zeros::<i32>(argmax_scratch_ints(n), "scratch").unwrap();
+                let (chosen, merged) = (gpu.alloc::<i32>(n, "chosen").unwrap(), gpu.alloc::<i32>(n, "merged").unwrap());
+                let run = |with_bests: bool| {
+                    let out = gpu.alloc::<f32>(n * rows, "logits").unwrap();
+                    let (xqp, xsp) = (device_ptr(&xq), device_ptr(&xs));
+                    let q = Some((xqp, xsp, ActivationForm::F16));
+                    let codes = OneTokenCodes {
+                        greedy_bests: if with_bests { device_ptr(&bests) } else { 0 },
+                        ..OneTokenCodes::default()
+                    };
+                    // SAFETY: every buffer sized for n tokens above.
+                    unsafe {
+                        gpu.quantize_x(device_ptr(&xd), n, hidden, None, format, ActivationForm::F16, xqp, xsp)
+                            .unwrap();
+                        let (op, bp) = (device_ptr(&out), device_ptr(&bd));
+                        gpu.qmma(wp, device_ptr(&xd), None, q, n, bp, op, GemvMode::Store, None, None, codes).unwrap();
+                        if with_bests {
+                            gpu.argmax_rows(op, n, rows, device_ptr(&chosen), None, &scratch).unwrap();
+                            gpu.greedy_merge(&bests, shape, rows, device_ptr(&merged), None).unwrap();
+                        }
+                    }
+                    let mut o = vec![0f32; n * rows];
+                    gpu.download(&out, &mut o, "logits").unwrap();
+                    o
+                };
+                let label = format!("{format:?} {hidden}→{rows} n={n}");
+                let plain = run(false);
+                let folded = run(true);
+                checked += 1;
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                if bits(&plain) != bits(&folded) {
+                    failures.push(format!("{label}: the logits differ with the bests"));
+                }
+                let (mut a, mut b) = (vec![0i32; n], vec![0i32; n]);
+                gpu.download(&chosen, &mut a, "chosen").unwrap();
+                gpu.download(&merged, &mut b, "merged").unwrap();
+                if a != b {
+                    failures.push(format!("{label}: argmax {a:?}, merged bests {b:?}"));
+                }
+                // The host's rule, and the infinite token's 5.
+                let host: Vec<i32> = folded
+                    .chunks(rows)
+                    .map(|r| {
+                        if r.iter().any(|v| !v.is_finite()) {
+                            return 5;
+                        }
+                        let mut best = 0;
+                        for (i, v) in r.iter().enumerate() {
+                            if *v > r[best] {
+                                best = i;
+                            }
+                        }
+                        best as i32
+                    })
+                    .collect();
+                if b != host {
+                    failures.push(format!("{label}: merged {b:?}, the host's rule {host:?}"));
+                }
+                if b[3] != 5 {
+                    failures.push(format!("{label}: token 3 (infinite) chose {}", b[3]));
+                }
+            }
+            // Bests only from 17–32-token plain f16 products.
+            let codes = OneTokenCodes { greedy_bests: device_ptr(&md), ..OneTokenCodes::default() };
+            let out = gpu.alloc::<f32>(64 * rows, "out").unwrap();
+            for (n, mode) in [(8, GemvMode::Store), (33, GemvMode::Store), (24, GemvMode::Accumulate)] {
+                let (qb, sb) = Gpu::quantized_x_bytes(n, hidden);
+                let (xq, xs) = (gpu.alloc::<u8>(qb, "xq").unwrap(), gpu.alloc::<u8>(sb, "xs").unwrap());
+                let q = Some((device_ptr(&xq), device_ptr(&xs), ActivationForm::F16));
+                let op = device_ptr(&out);
+                // SAFETY: refused before any launch.
+                let r = unsafe { gpu.qmma(wp, 0, None, q, n, 0, op, mode, None, None, codes) };
+                if r.is_ok() {
+                    failures.push(format!("{format:?} n={n} {mode:?}: greedy bests accepted"));
+                }
+            }
+        }
+    }
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    assert!(failures.is_empty(), "{} failures", failures.len());
+    assert!(checked >= 24, "{checked} cases");
+}
+
+#[test]
 fn norm_fold_matches_the_normed_launch() {
     // A residual product (accumulate) folding the next RMSNorm — its output
     // also as f16(v·g) with each token's sums of squares — and the normed

@@ -896,6 +896,72 @@ fn gpu_qmmx_residual_products_keep_batched_decode_bits() {
 }
 
 #[test]
+fn gpu_greedy_fold_chooses_the_argmaxs_tokens() {
+    // Greedy batched decode steps of 17, 24 and 32 sequences over f16
+    // activations: the choice folded into the output product (the qmmo
+    // module's bests, merged) against the argmax over the logits — the same
+    // ids, step by step, through the direct readout and the queued one
+    // (launch_greedy, collect_greedy); every kernel format, the output layer
+    // in it too; and the fold was taken (each step of either readout).
+    let glm2 = GLM_HEADS.replace("\"num_layers\":1", "\"num_layers\":2");
+    for format in [WeightFormat::Q4_0, WeightFormat::Q4_1, WeightFormat::Q8_0, WeightFormat::Q5_1] {
+        let src = random_model(&glm2, 53);
+        let Some(backend) = cuda(&src.config) else { return };
+        let options = LoadOptions { output_format: Some(format), ..LoadOptions::new(format) };
+        let gpu = Model::load(backend, &src, options, &mut |_, _| {}).unwrap();
+        gpu.backend.set_gpu_activations("batched").unwrap();
+        let vocab = gpu.config.padded_vocab_size as u32;
+        for n_seqs in [17u32, 24, 32] {
+            let uses = gpu.backend.greedy_fold_uses();
+            let mut caches: [Vec<_>; 2] =
+                std::array::from_fn(|_| (0..n_seqs).map(|_| gpu.new_cache(KvDType::F16)).collect());
+            let mut state = ForwardState::new(&gpu.backend);
+            for side in caches.iter_mut() {
+                for (i, c) in side.iter_mut().enumerate() {
+                    let i = i as u32;
+                    let prompt: Vec<u32> = (0..20 + 7 * i).map(|j| (j * 13 + i) % vocab).collect();
+                    let input = SequenceInput { tokens: &prompt, cache: c, logits: LogitsWanted::None };
+                    gpu.forward(&mut state, &mut [input]).unwrap();
+                }
+            }
+            let mut tokens: Vec<u32> = (0..n_seqs).map(|i| 5 + i).collect();
+            let steps = 6;
+            for step in 0..steps {
+                let mut ids: [Vec<u32>; 2] = Default::default();
+                for (on, side) in caches.iter_mut().enumerate() {
+                    gpu.backend.set_greedy_fold(on == 1);
+                    let mut batch: Vec<_> = side
+                        .iter_mut()
+                        .zip(&tokens)
+                        .map(|(cache, t)| SequenceInput {
+                            tokens: std::slice::from_ref(t),
+                            cache,
+                            logits: LogitsWanted::Last,
+                        })
+                        .collect();
+                    ids[on] = if step % 2 == 0 {
+                        gpu.forward_greedy(&mut state, &mut batch).unwrap().to_vec()
+                    } else {
+                        let from_previous = vec![None; batch.len()];
+                        gpu.launch_greedy(&mut state, &mut batch, &from_previous).unwrap();
+                        gpu.collect_greedy(&mut state).unwrap().to_vec()
+                    };
+                }
+                assert_eq!(
+                    ids[0], ids[1],
+                    "{format:?} {n_seqs} sequences: the fold chooses differently at step {step}"
+                );
+                assert_eq!(ids[0].len(), n_seqs as usize);
+                tokens = ids[0].clone();
+            }
+            gpu.backend.set_greedy_fold(false);
+            let used = gpu.backend.greedy_fold_uses() - uses;
+            assert_eq!(used, steps as u64, "{format:?} {n_seqs} sequences: choices merged from bests {used} times");
+        }
+    }
+}
+
+#[test]
 fn gpu_norm_fold_matches_the_separate_norm_launch() {
     // f16 batched steps with the residual products folding the next RMSNorm
     // (dense → h→4h, 4h→h → the next layer's QKV: f16 of x·g and sums of

@@ -612,7 +612,12 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
 // product (rms_ss: those sums) multiplies its sums by the tokens'
 // 1/√(Σ/cols + eps) — the RMSNorm is linear in the activations — so the
 // normed quantize_x launch between the two goes.
-template <int F, int NT8, int MODE, bool HX>
+//
+// BEST (the qmmo module's output products, MODE 0): best, [token][group]
+// int4s, also gets each token's greedy choice among the group's rows (value
+// bits, row, non-finite seen: argmax.cuh's rules), which qmmo_greedy_merge
+// merges — the step's argmax without reading its logits back.
+template <int F, int NT8, int MODE, bool HX, bool BEST = false>
 __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
                                           const u16* __restrict__ mins, int units, int tiles,
                                           const signed char* __restrict__ xq, const float2* __restrict__ xs, int n,
@@ -621,7 +626,8 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           long next_bytes, float* ws, u32* counters, unsigned char* hq,
                                           float2* hs, int hoff, const float* __restrict__ fold_g,
                                           float* __restrict__ fold_ss, const float* __restrict__ rms_ss,
-                                          float rms_eps) {
+                                          float rms_eps, int4* __restrict__ best = nullptr) {
+    static_assert(!BEST || MODE == 0, "the greedy bests come from plain products (the output layer)");
     typedef typename QgShape<MODE, F, NT8, HX>::type SH;
     typedef QgLayout<F, NT8, HX, SH> L;
     static_assert(MODE != 1 || SH::TILES * 16 == QG_FOLD_ROWS, "a fold's groups are its sums' groups");
@@ -1316,6 +1322,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     const float v = red[r * RS + tok] + base[k];
                     if (MODE != 3) {
                         out[(long)tok * out_rows + row] = v;
+                        if (BEST) red[r * RS + tok] = v;  // only this thread reads the element
                     } else {
                         const float b = red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f);
                         const float rv = qkv_rope(rc, slots[tok].pos, row, v, b);
@@ -1333,6 +1340,25 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 }
             }
             if (fold) fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
+            if (BEST) {
+                // A warp a token: its best over the group's rows, the rows
+                // met in increasing order by each lane (rolled: once a launch).
+                constexpr int R = SH::TILES * 16;
+                __syncthreads();  // the group's values back in red
+#pragma unroll 1
+                for (int tok = warp; tok < n; tok += SH::THREADS / 32) {
+                    float bv = -INFINITY;
+                    int bi = 0x7fffffff, bad = 0;
+#pragma unroll 1
+                    for (int r = lane; r < R && G * R + r < out_rows; r += 32) {
+                        const float v = red[r * RS + tok];
+                        bad |= argmax_bad(v);
+                        if (v > bv) { bv = v; bi = G * R + r; }
+                    }
+                    argmax_warp(bv, bi, bad);
+                    if (lane == 0) best[(long)tok * groups + G] = make_int4(__float_as_int(bv), bi, bad, 0);
+                }
+            }
             if (MODE == 3) QG_STAMP();
             if (kv_vec) {
                 // A token's 8-row pieces on consecutive threads: 16 of them
@@ -1396,6 +1422,25 @@ QMMX_KERNEL(0)
 QMMX_KERNEL(1)
 QMMX_KERNEL(2)
 QMMX_KERNEL(3)
+#elif defined(QMMG_O_MODULE)
+// The qmmo module (qmmo.cuh): the output layer's 17–32-token f16 products
+// with the greedy bests (BEST above): qmmh_{format}_4_0 with one more argument.
+#define QMMO_KERNEL(F)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(QgShape<0, F, 4, true>::type::THREADS,                     \
+                                                        QgShape<0, F, 4, true>::type::MIN_BLOCKS)                  \
+        qmmo_##F##_4_0(const uint4* w, const u16* scales, const u16* mins, int units, int tiles,               \
+                       const signed char* xq, const float2* xs, int n, int cols, const float* bias, float* out,  \
+                       int out_rows, int half_rows, RopeCtx rc, const char* next_w, long next_bytes, float* ws, \
+                       u32* counters, unsigned char* hq, float2* hs, int hoff, const float* fold_g,            \
+                       float* fold_ss, const float* rms_ss, float rms_eps, int4* best) {                        \
+        qmmg_body<F, 4, 0, true, true>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,   \
+                                       half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff, fold_g, \
+                                       fold_ss, rms_ss, rms_eps, best);                                       \
+    }
+QMMO_KERNEL(0)
+QMMO_KERNEL(1)
+QMMO_KERNEL(2)
+QMMO_KERNEL(3)
 #else
 QMMG_FORMAT(0)
 QMMG_FORMAT(1)

@@ -1,0 +1,154 @@
+//! The greedy choice folded into the output layer's product (the qmmo
+//! module, kernels/qmmo.cuh): for a batched decode step of 17–32 tokens over
+//! f16 activations, the block writing each group of the logits' rows also
+//! writes each token's best (value, row, non-finite seen) of those rows, and
+//! one small launch merges them — instead of an argmax that reads the whole
+//! logits back (8.3 MB at 32 ChatGLM2 tokens, ~9.5 µs of a 2.66 ms step on
+//! the H200, bench/RESULTS.md run 341). The choices are the same as
+//! [`Gpu::argmax_rows`]'s over the same logits: the same rules, merged in an
+//! order that cannot change them.
+
+use crate::device::Args;
+use crate::ops::check_i32;
+use crate::quant::{token_tiles, ActivationForm, QuantFormat, TileShape, QMMA_MAX_TOKENS};
+use crate::quant_group::GroupShape;
+use crate::{CudaError, Gpu, HostBuffer};
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+/// i32 words of one (token, group) best: value bits, row, non-finite seen, padding.
+pub const GREEDY_BEST_INTS: usize = 4;
+
+/// Token tiles of the products that fold the choice in (17–32 tokens).
+const FOLD_TILES: usize = 4;
+
+/// The most tokens of a product that folds the choice in.
+pub const GREEDY_FOLD_MAX_TOKENS: usize = 8 * FOLD_TILES;
+
+/// The merge kernel's block.
+const MERGE_THREADS: u32 = 256;
+
+/// The output product of `n` tokens over `format` weights, its groups and
+/// the i32 words of its bests: [`Gpu::qmma`] with `OneTokenCodes::greedy_bests`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GreedyBests {
+    /// Groups of rows, each token's best of each written.
+    pub groups: usize,
+    /// Tokens.
+    pub rows: usize,
+}
+
+impl GreedyBests {
+    /// The bests of `rows` tokens of a plain product of `shape` (the groups
+    /// of qmma_group.cu's MODE 0 shape over f16 activations).
+    pub fn of(shape: TileShape, rows: usize) -> Self {
+        let tiles = GroupShape::of(false, shape.format, FOLD_TILES, true).tiles;
+        Self { groups: shape.tiles.div_ceil(tiles), rows }
+    }
+
+    /// i32 words of the bests buffer.
+    pub fn ints(&self) -> usize {
+        self.groups * self.rows * GREEDY_BEST_INTS
+    }
+}
+
+impl Gpu {
+    /// Whether a plain product of `n` tokens over `format` weights in `form`
+    /// can fold the greedy choice in (`qmmo_{format}_4_0`): 17–32 tokens of
+    /// f16 activations through the grouped products.
+    pub fn greedy_fold_supported(&self, n: usize, format: QuantFormat, form: ActivationForm) -> bool {
+        form == ActivationForm::F16
+            && n <= QMMA_MAX_TOKENS
+            && token_tiles(n) == FOLD_TILES
+            && self.f16_activations_supported(n, format)
+            && self.has_kernel(&fold_kernel(format))
+            && self.has_kernel(MERGE)
+    }
+
+    /// `out[t]` = the greedy choice of token `t` from the bests an output
+    /// product wrote (`bests`: [`GreedyBests::ints`] words of `shape`), by
+    /// [`Gpu::argmax_rows`]'s rules over `cols` columns; with `host`, also
+    /// into that page-locked buffer (read with [`Gpu::take_download`]).
+    ///
+    /// # Safety
+    /// `bests` written by the product just before (same stream) for
+    /// `shape.rows` tokens; `out`: that many i32.
+    pub unsafe fn greedy_merge(
+        &self,
+        bests: &CudaSlice<i32>,
+        shape: GreedyBests,
+        cols: usize,
+        out: u64,
+        mut host: Option<&mut HostBuffer<i32>>,
+    ) -> Result<(), CudaError> {
+        if shape.rows == 0 {
+            if let Some(h) = host {
+                h.wait_for_device()?;
+                h.written_by_device(self, 0)?;
+            }
+            return Ok(());
+        }
+        if bests.len() < shape.ints() {
+            return Err(CudaError::invalid(MERGE, format!("{} ints of bests for {shape:?}", bests.len())));
+        }
+        let f = self.kernel(MERGE)?;
+        let groups = check_i32(MERGE, "groups", shape.groups)?;
+        let cols = check_i32(MERGE, "cols", cols)?;
+        let rows = check_i32(MERGE, "rows", shape.rows)?;
+        let host_ptr = match &host {
+            Some(h) if h.len() < shape.rows => {
+                return Err(CudaError::invalid(MERGE, format!("{rows} rows into a host buffer of {}", h.len())))
+            }
+            Some(h) => h.device_ptr(),
+            None => 0,
+        };
+        if let Some(h) = host.as_deref_mut() {
+            // Not recorded into a graph (its host buffer changes from step
+            // to step), and the buffer's last reader done.
+            self.flush_recorded(false)?;
+            h.wait_for_device()?;
+        }
+        let bests_ptr = crate::device_ptr(bests);
+        let mut a = Args::default();
+        a.arg(&bests_ptr).arg(&groups).arg(&cols).arg(&out).arg(&host_ptr);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (MERGE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        self.launch(f, a, MERGE, cfg)?;
+        if let Some(h) = host {
+            h.written_by_device(self, shape.rows)?;
+        }
+        Ok(())
+    }
+}
+
+const MERGE: &str = "qmmo_greedy_merge";
+
+/// The output product that writes the bests, for `format` weights.
+pub(crate) fn fold_kernel(format: QuantFormat) -> String {
+    format!("qmmo_{}_4_0", format as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bests_follow_the_plain_products_groups() {
+        // ChatGLM2-6B's output layer: 65,024 rows in 4,064 tiles of 16.
+        let shape = TileShape::new(QuantFormat::Q8, 65_024, 4_096).expect("a tiled shape");
+        let b = GreedyBests::of(shape, 32);
+        let tiles = GroupShape::of(false, QuantFormat::Q8, 4, true).tiles;
+        assert_eq!(b.groups, 4_064usize.div_ceil(tiles));
+        assert_eq!(b.ints(), b.groups * 32 * 4);
+        // A partial last group still counts.
+        let odd = TileShape::new(QuantFormat::Q4, 16 * (tiles + 1), 64).expect("a tiled shape");
+        assert_eq!(GreedyBests::of(odd, 17).groups, 2);
+    }
+
+    #[test]
+    fn the_kernels_are_the_qmmo_modules() {
+        assert_eq!(fold_kernel(QuantFormat::Q8), "qmmo_2_4_0");
+        let src = include_str!("kernels/qmmo.cu");
+        assert!(src.contains(&format!("__launch_bounds__({MERGE_THREADS}) {MERGE}(")));
+        let group = include_str!("kernels/qmma_group.cu");
+        assert!(group.contains("make_int4(__float_as_int(bv), bi, bad, 0)"), "4 ints a best");
+    }
+}

@@ -1,0 +1,66 @@
+//! The greedy choice folded into the output layer's product (chatglm_cuda's
+//! qmmo module): a greedy step of 17–32 tokens over f16 activations (batched
+//! decode) whose output layer is quantized writes each token's best of each
+//! group of the logits' rows beside the logits, and the step's argmax becomes
+//! a merge of those (~16 KB a token) instead of a pass over the logits. The
+//! choices are the argmax's over the same logits, bit for bit.
+//!
+//! Off by default until measured on the H200 (`CHATGLM_GREEDY_FOLD=1` turns
+//! it on; `CudaBackend::set_greedy_fold` in tests).
+
+use super::{ensure, CudaBackend, StepBuffers};
+use chatglm_cuda::quant::{ActivationForm, TiledPtr};
+use chatglm_cuda::{CudaError, GemvMode, GreedyBests, GREEDY_FOLD_MAX_TOKENS};
+use std::sync::atomic::Ordering::Relaxed;
+
+pub(super) fn greedy_fold_requested() -> bool {
+    std::env::var("CHATGLM_GREEDY_FOLD").is_ok_and(|v| v == "1")
+}
+
+impl CudaBackend {
+    /// Folds greedy steps' choices into their output products where they
+    /// can (on) or runs the argmax over the logits (off), from the next step.
+    pub fn set_greedy_fold(&self, on: bool) {
+        self.greedy_fold.store(on, Relaxed);
+    }
+
+    /// Greedy steps whose choices were merged from folded bests so far.
+    pub fn greedy_fold_uses(&self) -> u64 {
+        self.greedy_fold_uses.load(Relaxed)
+    }
+
+    pub(super) fn note_greedy_next(&self) {
+        if self.greedy_fold.load(Relaxed) {
+            super::lock(&self.step).greedy_next = true;
+        }
+    }
+}
+
+/// The bests buffer of a quantized product of `n` tokens of `w` in `mode`,
+/// in `form`, where it is the greedy step's output layer that the hint
+/// before it named (consumed here) and the device folds the choice into it:
+/// its address, the shape recorded for the merge. 0: no fold.
+pub(super) fn bests_for(
+    gpu: &chatglm_cuda::Gpu,
+    st: &mut StepBuffers,
+    w: TiledPtr,
+    n: usize,
+    mode: GemvMode,
+    form: ActivationForm,
+    whole_plain_product: bool,
+) -> Result<u64, CudaError> {
+    if !std::mem::take(&mut st.greedy_next)
+        || !whole_plain_product
+        || mode != GemvMode::Store
+        || !gpu.greedy_fold_supported(n, w.shape.format, form)
+    {
+        return Ok(0);
+    }
+    let bests = GreedyBests::of(w.shape, n);
+    // Sized for the most tokens at once, so the address (part of a step's
+    // graph) does not move from one batch size to the next.
+    let most = GreedyBests { rows: GREEDY_FOLD_MAX_TOKENS, ..bests };
+    let p = ensure(gpu, &mut st.greedy_bests, most.ints(), "greedy bests")?;
+    st.bests_written = Some(bests);
+    Ok(p)
+}
