@@ -666,12 +666,8 @@ impl Gpu {
             }
             None => [0u64; 8],
         };
-        if sx == 2 && !codes.any() {
-            if let Some(name) = self.stream_kernel(s.format, kernel_mode, s.cols) {
-                return self.qmv(&name, w, x, norm.unwrap_or((0, 0.0)), bias, out, mode, ctx);
-            }
-        }
         let hx = form == ActivationForm::F16;
+        // Before any other path: a product that cannot write the bests refuses them.
         if codes.greedy_bests != 0 {
             // A fold's activations may come in (normed_by); nothing goes out but the logits.
             let hands_on = codes.input != 0 || codes.output != 0 || codes.fold_norm != 0;
@@ -683,6 +679,11 @@ impl Gpu {
             }
             let name = crate::greedy_fold::fold_kernel(s.format);
             return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &name, hx, ctx, next, codes);
+        }
+        if sx == 2 && !codes.any() {
+            if let Some(name) = self.stream_kernel(s.format, kernel_mode, s.cols) {
+                return self.qmv(&name, w, x, norm.unwrap_or((0, 0.0)), bias, out, mode, ctx);
+            }
         }
         let mut grouped = crate::quant_group::grouped_kernel_name(s.format, nt8, kernel_mode, hx);
         let residual_off = !self.qmmx_residual.load(std::sync::atomic::Ordering::Relaxed) && kernel_mode != 2;

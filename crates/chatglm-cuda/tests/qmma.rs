@@ -627,7 +627,10 @@ fn greedy_bests_merge_to_the_argmax_of_the_logits() {
                 let (qb, sb) = Gpu::quantized_x_bytes(n, hidden);
                 let (xq, xs) = (gpu.alloc::<u8>(qb, "xq").unwrap(), gpu.alloc::<u8>(sb, "xs").unwrap());
                 let shape = GreedyBests::of(m.shape, n);
-                let bests = gpu.alloc_zeros::<i32>(shape.ints(), "bests").unwrap();
+                // Poison: a best no block writes chooses token 5 for every token.
+                let poison: Vec<i32> =
+                    (0..shape.ints()).map(|i| [f32::INFINITY.to_bits() as i32, -1, 1, 0][i % 4]).collect();
+                let bests = gpu.upload_new(&poison, "bests").unwrap();
                 let scratch = gpu.alloc_zeros::<i32>(argmax_scratch_ints(n), "scratch").unwrap();
                 let (chosen, merged) = (gpu.alloc::<i32>(n, "chosen").unwrap(), gpu.alloc::<i32>(n, "merged").unwrap());
                 let run = |with_bests: bool| {
@@ -690,9 +693,18 @@ fn greedy_bests_merge_to_the_argmax_of_the_logits() {
                     failures.push(format!("{label}: token 3 (infinite) chose {}", b[3]));
                 }
             }
-            // Bests only from 17–32-token plain f16 products.
+            // Bests only from 17–32-token plain f16 products: not from one
+            // token quantized in the product either.
             let codes = OneTokenCodes { greedy_bests: device_ptr(&md), ..OneTokenCodes::default() };
             let out = gpu.alloc::<f32>(64 * rows, "out").unwrap();
+            let one = gpu.alloc_zeros::<f32>(hidden, "x").unwrap();
+            // SAFETY: refused before any launch.
+            let r = unsafe {
+                gpu.qmma(wp, device_ptr(&one), None, None, 1, 0, device_ptr(&out), GemvMode::Store, None, None, codes)
+            };
+            if r.is_ok() {
+                failures.push(format!("{format:?} one token in-block: greedy bests accepted"));
+            }
             for (n, mode) in [(8, GemvMode::Store), (33, GemvMode::Store), (24, GemvMode::Accumulate)] {
                 let (qb, sb) = Gpu::quantized_x_bytes(n, hidden);
                 let (xq, xs) = (gpu.alloc::<u8>(qb, "xq").unwrap(), gpu.alloc::<u8>(sb, "xs").unwrap());

@@ -3,7 +3,7 @@
 // in — qmma_group.cu's qmmh_{format}_4_0 (the same stages and copies as the
 // qmma module's) whose group-writing blocks also keep each token's best of
 // their rows (qmmg_body's BEST), merged by qmmo_greedy_merge (qmmo.cu) from
-// ~16 KB a token instead of an argmax over the written logits (8.3 MB at 32
+// ~8 KB a token instead of an argmax over the written logits (8.3 MB at 32
 // ChatGLM2 tokens). A module of its own, looked up after every other, so
 // that no other kernel's code moves (compile.rs: batch-1 decode's speed
 // follows the code placement of the modules before).

@@ -183,7 +183,7 @@ struct StepBuffers {
     /// Its per-group bests (greedy_fold.rs), and their shape where this
     /// step's output product wrote them.
     greedy_bests: Option<CudaSlice<i32>>,
-    bests_written: Option<chatglm_cuda::GreedyBests>,
+    bests_written: Option<greedy_fold::BestsWritten>,
 }
 
 /// Bytes of each dense weight row (4 KB: half of a 6B row) its mat-vec
@@ -1608,11 +1608,11 @@ impl CudaBackend {
         let mut st = lock(&self.step);
         let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
         st.greedy_next = false;
-        if let Some(bests) = st.bests_written.take().filter(|b| b.rows == rows) {
+        if let Some(written) = st.bests_written.take().filter(|b| b.of(xp, rows, cols)) {
             let held = st.greedy_bests.as_ref().expect("invariant: written by this step's output product");
-            // SAFETY: the step's output product wrote these bests of rows
-            // tokens (queued before this launch); chosen holds ≥ rows i32.
-            unsafe { self.gpu.greedy_merge(held, bests, cols, p, host)? };
+            // SAFETY: the step's output product wrote these bests of these
+            // logits (queued before this launch); chosen holds ≥ rows i32.
+            unsafe { self.gpu.greedy_merge(held, written.bests, cols, p, host)? };
             self.greedy_fold_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(st);
             self.flush_step_launches();

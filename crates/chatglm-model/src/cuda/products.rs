@@ -157,7 +157,8 @@ impl CudaBackend {
         let mut st = lock(&self.step);
         let f16 = st.f16_activations && self.gpu.f16_activations_supported(n, format);
         let form = if f16 { ActivationForm::F16 } else { ActivationForm::Q8 };
-        let greedy_bests = super::greedy_fold::bests_for(&self.gpu, &mut st, w, n, mode, form, whole && qkv.is_none())?;
+        let greedy_bests =
+            super::greedy_fold::bests_for(&self.gpu, &mut st, w, n, mode, form, whole && qkv.is_none(), out)?;
         // A grouped SwiGLU step before this one may have written x in the
         // form quantize_x would (handoff.rs); a grouped SwiGLU step writes
         // its output so for the product after it.
