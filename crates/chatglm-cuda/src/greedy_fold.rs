@@ -94,19 +94,7 @@ impl Gpu {
         let groups = check_i32(MERGE, "groups", shape.groups)?;
         let cols = check_i32(MERGE, "cols", cols)?;
         let rows = check_i32(MERGE, "rows", shape.rows)?;
-        let host_ptr = match &host {
-            Some(h) if h.len() < shape.rows => {
-                return Err(CudaError::invalid(MERGE, format!("{rows} rows into a host buffer of {}", h.len())))
-            }
-            Some(h) => h.device_ptr(),
-            None => 0,
-        };
-        if let Some(h) = host.as_deref_mut() {
-            // Not recorded into a graph (its host buffer changes from step
-            // to step), and the buffer's last reader done.
-            self.flush_recorded(false)?;
-            h.wait_for_device()?;
-        }
+        let host_ptr = self.readout_host(host.as_deref_mut(), shape.rows, MERGE)?;
         let bests_ptr = crate::device_ptr(bests);
         let mut a = Args::default();
         a.arg(&bests_ptr).arg(&groups).arg(&cols).arg(&out).arg(&host_ptr);

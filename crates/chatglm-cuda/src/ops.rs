@@ -914,19 +914,7 @@ impl Gpu {
         if scratch.len() < argmax_scratch_ints(rows) {
             return Err(CudaError::invalid(OP, format!("{} scratch ints for {rows} rows", scratch.len())));
         }
-        let host_ptr = match &host {
-            Some(h) if h.len() < rows => {
-                return Err(CudaError::invalid(OP, format!("{rows} rows into a host buffer of {}", h.len())))
-            }
-            Some(h) => h.device_ptr(),
-            None => 0,
-        };
-        if let Some(h) = host.as_deref_mut() {
-            // The launch must not be recorded into a graph (its host buffer
-            // changes from step to step), and the buffer's last reader done.
-            self.flush_recorded(false)?;
-            h.wait_for_device()?;
-        }
+        let host_ptr = self.readout_host(host.as_deref_mut(), rows, OP)?;
         let scratch_ptr = device_ptr(scratch);
         let mut a = Args::default();
         a.arg(&x).arg(&out).arg(&cols32).arg(&host_ptr).arg(&scratch_ptr);
@@ -936,6 +924,26 @@ impl Gpu {
             h.written_by_device(self, rows)?;
         }
         Ok(())
+    }
+
+    /// The device address of a readout's page-locked buffer for `rows` ids
+    /// (0: none), ready for a launch that writes it: checked for size, the
+    /// queued launches issued (the launch must not be recorded into a graph:
+    /// its host buffer changes from step to step) and the buffer's last
+    /// reader done.
+    pub(crate) fn readout_host(
+        &self,
+        host: Option<&mut HostBuffer<i32>>,
+        rows: usize,
+        op: &str,
+    ) -> Result<u64, CudaError> {
+        let Some(h) = host else { return Ok(0) };
+        if h.len() < rows {
+            return Err(CudaError::invalid(op, format!("{rows} rows into a host buffer of {}", h.len())));
+        }
+        self.flush_recorded(false)?;
+        h.wait_for_device()?;
+        Ok(h.device_ptr())
     }
 
     /// Stages a step's metadata `meta` and block `table` into `meta_dev` and
