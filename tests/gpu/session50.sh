@@ -7,7 +7,7 @@
 #    qmmo_2_4_0 writes each token's best of each 128-row group, qmmo_greedy_merge merges 508 of them a token instead
 #    of argmax_rows reading the 8.3 MB of logits back), alone and with last.
 # Four rounds alternating at 32 int4 sequences; batch 1 (the qmma module is unchanged by both: it must not move);
-# 16 / 64 sequences; the kernel suite qmma (its new test: the bests against argmax_rows) and cuda_generate under
+# 16 / 64 sequences; batch-1 q8_0; int4 + an 8K dialogue's GPU memory; the kernel suite qmma (its new test: the bests against argmax_rows) and cuda_generate under
 # each form. Build first with
 #   KERNEL_CACHE_VARIANTS="QMMX_LAST_SUMS=1;QMMX_LAST_SUMS=1 QMMX_SPLIT_CEIL=0" tests/gpu/run.sh build
 # then tests/gpu/pack.sh; carry ["device-bin/pack.txz", "device-bin/kcache.tgz"].
@@ -26,6 +26,12 @@ for i in 1 2 3 4; do
 done
 echo "batch 1 q4_0: default $(b1 X=1) / last $(b1 "$L") / fold $(b1 $G) / default $(b1 X=1)"
 echo "16: counted $(N=16 bn X=1) / last $(N=16 bn "$L") / fold $(N=16 bn $G); 64: counted $(N=64 bn X=1) / last $(N=64 bn "$L") / fold $(N=64 bn $G)"
+echo "batch 1 q8_0: default $(DTYPE=q8_0 b1 X=1)"
+# The qmmo module's code is loaded whatever the setting: the int4 + 8K dialogue must stay under 4.5 GB.
+b=("$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b)
+tests/gpu/mem_probe.sh q4_0-8k "${b[@]}" --dtype q4_0 --prompt-len 8192 --gen-len 8 2>&1 | grep -E "peak GPU" | tail -1
+tests/gpu/mem_probe.sh q4_0-8k-q8kv "${b[@]}" --dtype q4_0 --kv-dtype q8_0 --prompt-len 8192 --gen-len 8 2>&1 |
+  grep -E "peak GPU" | tail -1
 suite X=1 qmma
 suite "$G" cuda_generate
 suite "$L" cuda_generate
