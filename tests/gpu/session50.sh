@@ -5,11 +5,13 @@
 #    (QMMX_SPLIT_CEIL=0);
 #  - fold: the greedy choice folded into the 32-token output product (CHATGLM_GREEDY_FOLD=1, new: the qmmo module's
 #    qmmo_2_4_0 writes each token's best of each 128-row group, qmmo_greedy_merge merges 508 of them a token instead
-#    of argmax_rows reading the 8.3 MB of logits back), alone and with last.
+#    of argmax_rows reading the 8.3 MB of logits back), alone and with last; and the fold with the output product on
+#    wide groups (QMMO_WIDE=1: 16 tiles of one warp, half the activation bytes from L2 a weight byte; it spills
+#    56 bytes, after its first weight copies).
 # Four rounds alternating at 32 int4 sequences; batch 1 (the qmma module is unchanged by both: it must not move);
 # 16 / 64 sequences; batch-1 q8_0; int4 + an 8K dialogue's GPU memory; the kernel suite qmma (its new test: the bests against argmax_rows) and cuda_generate under
 # each form. Build first with
-#   KERNEL_CACHE_VARIANTS="QMMX_LAST_SUMS=1;QMMX_LAST_SUMS=1 QMMX_SPLIT_CEIL=0" tests/gpu/run.sh build
+#   KERNEL_CACHE_VARIANTS="QMMX_LAST_SUMS=1;QMMX_LAST_SUMS=1 QMMX_SPLIT_CEIL=0;QMMO_WIDE=1" tests/gpu/run.sh build
 # then tests/gpu/pack.sh; carry ["device-bin/pack.txz", "device-bin/kcache.tgz"].
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
@@ -21,8 +23,9 @@ D=CHATGLM_NVRTC_DEFINES
 L="$D=QMMX_LAST_SUMS=1"
 F="$D=QMMX_LAST_SUMS=1 QMMX_SPLIT_CEIL=0"
 G=CHATGLM_GREEDY_FOLD=1
+W="$D=QMMO_WIDE=1"
 for i in 1 2 3 4; do
-  echo "32: counted $(bn X=1) | last $(bn "$L") | last, floor split $(bn "$F") | fold $(bn $G) | last + fold $(bn "$L" $G)"
+  echo "32: counted $(bn X=1) | last $(bn "$L") | last, floor split $(bn "$F") | fold $(bn $G) | last + fold $(bn "$L" $G) | fold, wide $(bn $G "$W")"
 done
 echo "batch 1 q4_0: default $(b1 X=1) / last $(b1 "$L") / fold $(b1 $G) / default $(b1 X=1)"
 echo "16: counted $(N=16 bn X=1) / last $(N=16 bn "$L") / fold $(N=16 bn $G); 64: counted $(N=64 bn X=1) / last $(N=64 bn "$L") / fold $(N=64 bn $G)"

@@ -39,9 +39,9 @@ pub struct GreedyBests {
 
 impl GreedyBests {
     /// The bests of `rows` tokens of a plain product of `shape` (the groups
-    /// of qmma_group.cu's MODE 0 shape over f16 activations).
+    /// of the qmmo products' shape, [`fold_shape`]).
     pub fn of(shape: TileShape, rows: usize) -> Self {
-        let tiles = GroupShape::of(false, shape.format, FOLD_TILES, true).tiles;
+        let tiles = fold_shape(shape.format).tiles;
         Self { groups: shape.tiles.div_ceil(tiles), rows }
     }
 
@@ -112,6 +112,15 @@ const MERGE: &str = "qmmo_greedy_merge";
 /// The output product that writes the bests, for `format` weights.
 pub(crate) fn fold_kernel(format: QuantFormat) -> String {
     format!("qmmo_{}_4_0", format as usize)
+}
+
+/// The group shape of the qmmo products of `format` weights: the plain
+/// products' (narrow) groups, or under `QMMO_WIDE=1` (kernels/qmmo.cuh, a
+/// measurement define) the SwiGLU products' wide ones.
+pub(crate) fn fold_shape(format: QuantFormat) -> GroupShape {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let wide = *WIDE.get_or_init(|| crate::quant_group::define("QMMO_WIDE").is_some_and(|v| v != 0));
+    GroupShape::of(wide, format, FOLD_TILES, true)
 }
 
 #[cfg(test)]

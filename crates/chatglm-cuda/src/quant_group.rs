@@ -341,7 +341,10 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
         return Some(shaped_smem(format, 4, true, shape, true));
     }
     // The qmmo module's products: qmmh_{format}_4_0 with the greedy bests.
-    let name = name.strip_prefix("qmmo_").map_or(name.to_string(), |rest| format!("qmmh_{rest}"));
+    if let Some(rest) = name.strip_prefix("qmmo_") {
+        let format = QuantFormat::from_index(rest.split('_').next()?.parse().ok()?)?;
+        return Some(shaped_smem(format, 4, true, crate::greedy_fold::fold_shape(format), false));
+    }
     let hx = name.starts_with("qmmh_");
     let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
     let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
@@ -411,6 +414,8 @@ impl Gpu {
         let swiglu = mode == GemvMode::SwiGlu;
         let shape = if name.starts_with("qmmx_") && swiglu {
             GroupShape::of_x(s.format)
+        } else if name.starts_with("qmmo_") {
+            crate::greedy_fold::fold_shape(s.format)
         } else {
             GroupShape::of(swiglu, s.format, nt8, hx)
         };

@@ -248,6 +248,11 @@ __device__ __forceinline__ const char* qg_base(const char* p) {
 #ifndef QMMG_X_EPI
 #define QMMG_X_EPI 0
 #endif
+// 1 (qmmo.cuh's QMMO_WIDE, measurements): plain products (MODE 0) on the
+// SwiGLU products' wide groups too.
+#ifndef QMMG_O_WIDE
+#define QMMG_O_WIDE 0
+#endif
 // 0 (measurements, qmmx.cuh's QMMX_SWIGLU_OUT): an odd-pair SwiGLU product
 // handing its output on writes only the hand-off, not its f32 rows.
 #ifndef QMMG_X_SWIGLU_OUT
@@ -390,7 +395,7 @@ template <int MODE, int F, int NT8, bool HX> struct QgShape {
     typedef QgDims<2 * PAIRS, QMMG_WIDE_CU, 1, XT> Wide;
     typedef QgDims<2 * PAIRS, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1, XT> WideSmall;
     enum { WIDE_FITS = 2 * QgLayout<F, NT8, HX, Wide>::STAGE <= (220 << 10) };
-    typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU && (HX || PAIRS % 2 == 0),
+    typedef typename QgPick<(MODE == 2 || (MODE == 0 && QMMG_O_WIDE)) && QMMG_WIDE_SWIGLU && (HX || PAIRS % 2 == 0),
                             typename QgPick<WIDE_FITS, Wide, WideSmall>::type, Narrow>::type type;
 };
 

@@ -8,3 +8,11 @@
 // that no other kernel's code moves (compile.rs: batch-1 decode's speed
 // follows the code placement of the modules before).
 #define QMMG_O_MODULE 1
+// QMMO_WIDE=1 (measurements): the output product on the SwiGLU products'
+// wide groups (16 row tiles of one warp each, two stages), so each chunk's
+// activations are staged once for twice the rows — the narrow groups read
+// 18 KB of activations from L2 for every 32 KB of q8_0 weights. The host reads
+// the same define (greedy_fold::fold_shape).
+#ifdef QMMO_WIDE
+#define QMMG_O_WIDE QMMO_WIDE
+#endif
