@@ -140,6 +140,101 @@ mod tests {
         assert_eq!(GreedyBests::of(odd, 17).groups, 2);
     }
 
+    /// The kernels' merge rule (kernels/argmax.cuh's argmax_merge).
+    fn merge(a: (f32, i32), b: (f32, i32)) -> (f32, i32) {
+        if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// The choice as the fold makes it, lane by lane: each group's 32 lanes
+    /// scan their rows in order (strict >), merge in butterfly order; the
+    /// merge kernel's threads take the groups strided, then merge in pairs.
+    fn folded_choice(row: &[f32], group_rows: usize) -> i32 {
+        let mut bests = Vec::new();
+        for g0 in (0..row.len()).step_by(group_rows) {
+            let rows = &row[g0..(g0 + group_rows).min(row.len())];
+            let mut lanes: Vec<((f32, i32), bool)> = (0..32)
+                .map(|lane| {
+                    let (mut best, mut bad) = ((f32::NEG_INFINITY, i32::MAX), false);
+                    for (r, &v) in rows.iter().enumerate().skip(lane).step_by(32) {
+                        bad |= !v.is_finite();
+                        if v > best.0 {
+                            best = (v, (g0 + r) as i32);
+                        }
+                    }
+                    (best, bad)
+                })
+                .collect();
+            for o in [16, 8, 4, 2, 1] {
+                let before = lanes.clone();
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    lane.0 = merge(before[l].0, before[l ^ o].0);
+                    lane.1 |= before[l ^ o].1;
+                }
+            }
+            bests.push(lanes[0]);
+        }
+        let threads = 256;
+        let mut partial: Vec<((f32, i32), bool)> = vec![((f32::NEG_INFINITY, i32::MAX), false); threads];
+        for (g, b) in bests.iter().enumerate() {
+            let t = &mut partial[g % threads];
+            *t = (merge(t.0, b.0), t.1 | b.1);
+        }
+        let (best, bad) = partial.into_iter().reduce(|a, b| (merge(a.0, b.0), a.1 | b.1)).expect("threads");
+        if bad {
+            if row.len() > 5 {
+                5
+            } else {
+                0
+            }
+        } else {
+            best.1
+        }
+    }
+
+    /// The host's greedy rule (chatglm_model::greedy_token).
+    fn host_choice(row: &[f32]) -> i32 {
+        if row.iter().any(|v| !v.is_finite()) {
+            return if row.len() > 5 { 5 } else { 0 };
+        }
+        let mut best = 0;
+        for (i, v) in row.iter().enumerate() {
+            if *v > row[best] {
+                best = i;
+            }
+        }
+        best as i32
+    }
+
+    #[test]
+    fn merged_group_bests_make_the_hosts_choice() {
+        // Rows of awkward lengths with ties (values from a few levels), zeros
+        // of both signs, and now and then a NaN or an infinity: the fold's
+        // order of merging chooses what the host chooses.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..400 {
+            let cols = [1, 5, 6, 31, 127, 128, 129, 1000, 4099][case % 9];
+            let mut row: Vec<f32> =
+                (0..cols).map(|_| [(next() % 5) as f32 - 2.0, -0.0][(next() % 7 == 0) as usize]).collect();
+            if case % 5 == 0 {
+                let i = (next() % cols as u64) as usize;
+                row[i] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][case / 5 % 3];
+            }
+            for group_rows in [128, 256] {
+                assert_eq!(folded_choice(&row, group_rows), host_choice(&row), "case {case}: {cols} columns");
+            }
+        }
+    }
+
     #[test]
     fn the_kernels_are_the_qmmo_modules() {
         assert_eq!(fold_kernel(QuantFormat::Q8), "qmmo_2_4_0");
