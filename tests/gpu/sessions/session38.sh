@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Session 38's wide SwiGLU groups (QMMG_WIDE_SWIGLU=1, shipped in the kernel cache) against the default in one
+# device call (after tests/gpu/run.sh build and tests/gpu/pack.sh): each product alone at 32 tokens, 32 int4
+# sequences (f16 activations, ROUNDS rounds, default 2, alternating; the variant also with every block's run in one
+# group, CHATGLM_QMMG_SPLIT=auto), batch-1 q4_0 decode, then the qmma, cuda_generate and cuda suites under the variant
+# (SUITES=0: not; SUITE_LIST: which; QB=0: no qmma_bench).
+set -uo pipefail
+cd "$(dirname "$0")/../../.." || exit 1
+BIN=device-bin
+. tests/gpu/device_env.sh
+export CHATGLM_TESTDATA=$PWD/testdata CHATGLM_REQUIRE_GPU=1
+v=${VARIANT:-CHATGLM_NVRTC_DEFINES=QMMG_WIDE_SWIGLU=1}
+TESTS="" TEST_CASES="" CASES="$v;$v CHATGLM_QMMG_SPLIT=auto${EXTRA_CASES:+;$EXTRA_CASES}" ACTS=batched \
+  ROUNDS=${ROUNDS:-2} QB=${QB:-1} bash tests/gpu/quant_ab.sh
+for c in "" "$v" "" "$v"; do
+  # shellcheck disable=SC2086
+  echo "${c:-default} batch 1 q4_0: $(env $c timeout 90 "$BIN/chatglm" bench --device cuda --synthetic chatglm2-6b \
+    --dtype q4_0 --prompt-len 8 --gen-len 128 --repeat 2 2>&1 | grep -E '^decode  ')"
+done
+if [ "${SUITES:-1}" != 0 ]; then
+  for t in ${SUITE_LIST:-qmma cuda_generate cuda}; do
+    s=$(date +%s)
+    # shellcheck disable=SC2086
+    env $v timeout 200 "$BIN/tests/$t" --test-threads=1 >"${OUT:-$BIN/report}/t-$t-variant.log" 2>&1
+    echo "$t under $v: rc=$? $(($(date +%s) - s))s $(grep -E '^test result' "${OUT:-$BIN/report}/t-$t-variant.log" | tail -1)"
+    grep -E "FAILED|panicked" "${OUT:-$BIN/report}/t-$t-variant.log" | head -5
+  done
+fi
