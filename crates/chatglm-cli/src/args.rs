@@ -119,13 +119,13 @@ pub struct ModelArgs {
     /// Model: a local folder (config.json, tokenizer.model, safetensors or
     /// PyTorch .bin), a .gguf file, or a Hugging Face id such as
     /// THUDM/chatglm2-6b[@revision] (downloaded to the HF cache on first use;
-    /// honours HF_HOME, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE). For load tests:
+    /// honours HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE). For load tests:
     /// synthetic:chatglm2-6b:PATH/tokenizer.model (random weights of the real
     /// shapes, built on the device, with that tokenizer).
     #[arg(short = 'm', long = "model", default_value = DEFAULT_MODEL, env = "CHATGLM_MODEL")]
     pub model: String,
-    /// Weight format: auto (as stored), f32, f16, bf16, q8_0, q4_0. Float
-    /// checkpoints are quantized while loading.
+    /// Weight format: auto (as stored), f32, f16, bf16, q8_0, q4_0, q4_1,
+    /// q5_0, q5_1. Float checkpoints are quantized while loading.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// KV-cache element type: f32, f16 or q8_0 (default: f32 for f32 weights, else f16;
@@ -153,7 +153,7 @@ pub struct ModelArgs {
     /// A P-Tuning v2 checkpoint folder as the official fine-tuning scripts
     /// save it (config.json with pre_seq_len + the prefix encoder in
     /// pytorch_model.bin or model.safetensors), over the base model given
-    /// with -m: every conversation starts with its prefix. CPU only for now.
+    /// with -m: every conversation starts with its prefix (CPU and GPU).
     #[arg(long = "ptuning", value_name = "DIR")]
     pub ptuning: Option<std::path::PathBuf>,
 }

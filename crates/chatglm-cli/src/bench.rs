@@ -17,7 +17,7 @@ pub struct BenchArgs {
     /// Random weights of a known shape built in memory, no file needed: chatglm2-6b or dev (tiny).
     #[arg(long)]
     pub synthetic: Option<String>,
-    /// Weight format: auto, f32, f16, bf16, q8_0, q4_0 (auto = as stored; f16 for --synthetic).
+    /// Weight format: auto, f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (auto = as stored; f16 for --synthetic).
     #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// KV-cache element type: f32, f16 or q8_0.

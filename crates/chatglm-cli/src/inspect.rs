@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// Model folder, .gguf file or hub id.
-    #[arg(short = 'm', long = "model", default_value = crate::args::DEFAULT_MODEL)]
+    #[arg(short = 'm', long = "model", default_value = crate::args::DEFAULT_MODEL, env = "CHATGLM_MODEL")]
     pub model: String,
     /// Print JSON instead of text.
     #[arg(long)]

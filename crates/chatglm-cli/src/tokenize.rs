@@ -9,7 +9,7 @@ use std::path::Path;
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
     /// A tokenizer.model file, a model folder holding one, or a hub id.
-    #[arg(short = 'm', long = "model", default_value = crate::args::DEFAULT_MODEL)]
+    #[arg(short = 'm', long = "model", default_value = crate::args::DEFAULT_MODEL, env = "CHATGLM_MODEL")]
     pub model: String,
     /// Encode without the `[gMASK] sop` prefix.
     #[arg(long)]

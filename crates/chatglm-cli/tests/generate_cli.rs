@@ -140,6 +140,21 @@ fn tokenize_contract_matches_the_real_tokenizer() {
     }
     let (_, err, ok) = chatglm(&["tokenize", "-m", tok], "not json\n");
     assert!(!ok && err.contains("line 1"), "{err}");
+
+    // Without -m, $CHATGLM_MODEL names the model, as for the other commands.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatglm"))
+        .arg("tokenize")
+        .env("CHATGLM_MODEL", tok)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{}\n", cases[0]["text"]).as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(line.trim()).unwrap(), cases[0]["input_ids"]);
 }
 
 #[test]
