@@ -159,7 +159,7 @@ pub struct ModelArgs {
 }
 
 /// `DIR` or `DIR:SCALE` of `--lora` (a trailing `:number` is the scale).
-fn parse_lora(spec: &str) -> Result<(std::path::PathBuf, f32)> {
+pub fn parse_lora(spec: &str) -> Result<(std::path::PathBuf, f32)> {
     if let Some((dir, scale)) = spec.rsplit_once(':') {
         if let Ok(s) = scale.parse::<f32>() {
             if !s.is_finite() {

@@ -19,6 +19,7 @@ use chatglm_tokenizer::ChatGlmTokenizer;
 use chatglm_weights::gguf::{
     convert_rows, gguf_file_size, row_count, GgufModel, GgufTensorSpec, GgufValue, GgufWriter, QuantizePlan, TensorPlan,
 };
+use chatglm_weights::lora::LoraAdapter;
 use chatglm_weights::{Checkpoint, DType};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -73,6 +74,12 @@ pub struct QuantizeArgs {
     /// Worker threads (default: physical cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// A LoRA adapter folder as PEFT saves it, merged into the weights (in
+    /// f32) before they are quantized, so the file holds the fine-tuned
+    /// model: DIR or DIR:SCALE. Repeatable; adapters merge in order. With
+    /// --report, every format and the reference are the merged model.
+    #[arg(long = "lora", value_name = "DIR[:SCALE]")]
+    pub lora: Vec<String>,
 }
 
 /// The built-in report text: prose, dialogue and code, in both languages.
@@ -142,6 +149,19 @@ impl QuantizeArgs {
         })
     }
 
+    /// The `--lora` adapters, opened and checked against the source model.
+    fn adapters(&self, cfg: &Config) -> Result<Vec<LoraAdapter>> {
+        let shapes = chatglm_weights::lora::expected_shapes(cfg);
+        let mut adapters = Vec::with_capacity(self.lora.len());
+        for spec in &self.lora {
+            let (dir, scale) = crate::args::parse_lora(spec)?;
+            let adapter = LoraAdapter::open(&dir, scale)?;
+            adapter.check(|name| shapes.get(name).cloned())?;
+            adapters.push(adapter);
+        }
+        Ok(adapters)
+    }
+
     fn load_options(&self, format: WeightFormat) -> Result<LoadOptions> {
         let opt = |s: &Option<String>| s.as_deref().map(parse_format).transpose();
         Ok(LoadOptions {
@@ -165,8 +185,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         bail!("{} exists; pass --force to overwrite it", output.display());
     }
     let source = Source::open(&args.model)?;
+    let adapters = args.adapters(source.config())?;
     let start = Instant::now();
-    let size = write_gguf(&source, &plan, &output)?;
+    let size = write_gguf(&source, &plan, &adapters, &output)?;
     let rss = peak_rss_bytes();
     eprintln!(
         "wrote {} ({:.2} GiB, layers {}, output {}, embedding {}) in {:.1} s, peak RSS {:.2} GiB",
@@ -215,7 +236,7 @@ fn file_metadata(source: &Source, plan: &QuantizePlan) -> Vec<(String, GgufValue
 
 /// Writes `source` as GGUF under `plan` to `output` (via a temporary file
 /// renamed at the end). Returns the file size.
-fn write_gguf(source: &Source, plan: &QuantizePlan, output: &Path) -> Result<u64> {
+fn write_gguf(source: &Source, plan: &QuantizePlan, adapters: &[LoraAdapter], output: &Path) -> Result<u64> {
     let cfg = source.config();
     let tensors = plan.tensors(cfg)?;
     warn_fallbacks(&tensors);
@@ -235,13 +256,18 @@ fn write_gguf(source: &Source, plan: &QuantizePlan, output: &Path) -> Result<u64
             .progress_chars("=> "),
     );
     for t in &tensors {
-        let src = source.tensors.tensor(&t.source)?;
-        if src.shape != t.spec.shape {
-            bail!("tensor {}: shape {:?} in the source, the config implies {:?}", t.source, src.shape, t.spec.shape);
+        let stored = source.tensors.tensor(&t.source)?;
+        if stored.shape != t.spec.shape {
+            bail!("tensor {}: shape {:?} in the source, the config implies {:?}", t.source, stored.shape, t.spec.shape);
         }
         bar.set_message(format!("{} → {}", t.spec.name, t.spec.dtype));
+        // An adapter's matrix is merged whole in f32 first; the bar still
+        // counts the stored bytes.
+        let merged = chatglm_weights::lora::merge_adapters(adapters, &t.source, stored)?;
+        let src = merged.as_ref().unwrap_or(stored);
         let rows = row_count(src);
         let src_row_bytes = src.n_bytes() / rows.max(1);
+        let stored_row_bytes = stored.n_bytes() / rows.max(1);
         let batch_rows = (BATCH_SOURCE_BYTES / src_row_bytes.max(1)).clamp(1, rows.max(1));
         let threads = rayon::current_num_threads().max(1);
         for batch in (0..rows).step_by(batch_rows) {
@@ -261,7 +287,7 @@ fn write_gguf(source: &Source, plan: &QuantizePlan, output: &Path) -> Result<u64
                 writer.write_data(piece)?;
             }
             src.data.release_pages(batch * src_row_bytes..end * src_row_bytes);
-            bar.inc(((end - batch) * src_row_bytes) as u64);
+            bar.inc(((end - batch) * stored_row_bytes) as u64);
         }
         if rows == 0 {
             writer.write_tensor(&t.spec.name, &[])?;
@@ -371,11 +397,13 @@ fn report(args: &QuantizeArgs) -> Result<()> {
     let reference_format = parse_format(&args.reference)?;
     eprintln!("reference {}: {} tokens of {} ...", reference_format.name(), ids.len(), args.model);
     let t0 = Instant::now();
+    let adapters = args.adapters(&cfg)?;
     let reference = {
-        let model = Model::load(
+        let model = Model::load_with_adapters(
             CpuBackend::for_config(&cfg),
             source.tensors.as_ref(),
             LoadOptions::new(reference_format),
+            &adapters,
             &mut |_, _| {},
         )?;
         all_logits(&model, &ids, args.chunk)?
@@ -386,10 +414,11 @@ fn report(args: &QuantizeArgs) -> Result<()> {
     for f in &args.formats {
         let format = parse_format(f)?;
         let t0 = Instant::now();
-        let model = Model::load(
+        let model = Model::load_with_adapters(
             CpuBackend::for_config(&cfg),
             source.tensors.as_ref(),
             args.load_options(format)?,
+            &adapters,
             &mut |_, _| {},
         )?;
         let logits = all_logits(&model, &ids, args.chunk)?;

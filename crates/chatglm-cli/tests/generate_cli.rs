@@ -317,6 +317,49 @@ fn lora_adapters_merge_at_load_and_bad_ones_are_refused() {
 }
 
 #[test]
+fn quantize_merges_lora_adapters_into_the_file() {
+    let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/family/chatglm3");
+    let model = family.join("tiny/model");
+    let lora = family.join("lora");
+    let dir = tempfile::tempdir().unwrap();
+    let merged = dir.path().join("tuned-f32.gguf");
+    let (_, stderr, ok) = chatglm(
+        &[
+            "quantize",
+            "-m",
+            model.to_str().unwrap(),
+            "--lora",
+            lora.to_str().unwrap(),
+            "--dtype",
+            "f32",
+            "-o",
+            merged.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    let generate = |m: &str, extra: &[&str]| {
+        let mut args = vec!["generate", "-m", m, "-p", "你好", "--temperature", "0", "--max-new-tokens", "8", "--json"];
+        args.extend_from_slice(extra);
+        let (out, stderr, ok) = chatglm(&args, "");
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<Value>(out.trim()).unwrap()["generated_ids"].clone()
+    };
+    let tuned = generate(model.to_str().unwrap(), &["--lora", lora.to_str().unwrap(), "--dtype", "f32"]);
+    assert_eq!(generate(merged.to_str().unwrap(), &[]), tuned, "the file is not the merged model");
+    assert_ne!(generate(model.to_str().unwrap(), &["--dtype", "f32"]), tuned, "the adapter changed nothing");
+
+    // A bad adapter is refused before anything is written.
+    let refused = dir.path().join("refused.gguf");
+    let (_, stderr, ok) = chatglm(
+        &["quantize", "-m", model.to_str().unwrap(), "--lora", "/nonexistent/adapter", "-o", refused.to_str().unwrap()],
+        "",
+    );
+    assert!(!ok && stderr.contains("adapter_config.json"), "{stderr}");
+    assert!(!refused.exists());
+}
+
+#[test]
 fn a_p_tuning_prefix_applies_and_bad_ones_are_refused() {
     let family = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../golden/family/chatglm3");
     let model = family.join("tiny/model");
