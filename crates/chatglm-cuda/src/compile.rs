@@ -426,16 +426,27 @@ pub fn write_kernel_cache(
         written.push(path);
         Ok::<(), CudaError>(())
     };
-    for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
-        // The machine loads the SASS (no driver JIT) and keeps the PTX for
-        // the case its driver refuses that. A file already there is this
-        // text's (the name is its key): a variant's pass compiles only the
-        // files its defines change.
-        let cubin_path = dir.join(crate::cubin::cubin_file_name(source, arch, versions));
-        if wants("cubin") && !cubin_path.exists() {
-            let cubin = crate::cubin::cubin_for_uncached(source, arch)?;
-            write(cubin_path, &cubin, &mut written)?;
+    let sources: Vec<&Source> = SOURCES.iter().filter(|s| arch >= s.min_arch).collect();
+    // The machine loads the SASS (no driver JIT) and keeps the PTX for the
+    // case its driver refuses that. A file already there is this text's (the
+    // name is its key): a variant's pass compiles only the files its defines
+    // change, side by side.
+    if wants("cubin") {
+        let cubin_path = |s: &Source| dir.join(crate::cubin::cubin_file_name(s, arch, versions));
+        let before: Vec<bool> = sources.iter().map(|s| cubin_path(s).exists()).collect();
+        let cubins = crate::prebuild::cubins_into(Some(dir), &sources, arch, versions);
+        for ((source, cubin), existed) in sources.iter().zip(cubins).zip(before) {
+            cubin?;
+            let path = cubin_path(source);
+            if !path.is_file() {
+                return Err(CudaError::invalid("kernel cache", format!("{}: could not be written", path.display())));
+            }
+            if !existed {
+                written.push(path);
+            }
         }
+    }
+    for source in sources {
         let ptx_path = dir.join(cache_file_name(source, arch, versions));
         if wants("ptx") && !ptx_path.exists() {
             let ptx = ptx_for_uncached(source, arch)?;

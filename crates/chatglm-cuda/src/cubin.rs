@@ -8,7 +8,7 @@
 //! 1 s where PTX took ~110 s, and passed every GPU suite on them
 //! (bench/RESULTS.md, run 94); `CHATGLM_KERNEL_FORMAT=ptx` loads PTX.
 
-use crate::compile::{cache_dir, cache_file_name_for, source_text, write_cache_file, Source};
+use crate::compile::{cache_file_name_for, source_text, Source};
 use crate::CudaError;
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
@@ -29,28 +29,9 @@ fn arch_flag(arch: u32) -> String {
     format!("--gpu-architecture=sm_{}", crate::compile::arch_name(arch))
 }
 
-/// `source`'s cubin for `sm_{arch}`, from the disk cache or compiled (and
-/// then cached).
-pub(crate) fn cubin_for(source: &Source, arch: u32, versions: &str) -> Result<Vec<u8>, CudaError> {
-    let cached = cache_dir().map(|d| d.join(cubin_file_name(source, arch, versions)));
-    if let Some(path) = &cached {
-        if let Ok(bytes) = std::fs::read(path) {
-            if is_elf(&bytes) {
-                tracing::debug!(file = %path.display(), "kernel cache hit");
-                return Ok(bytes);
-            }
-        }
-    }
-    let cubin = cubin_for_uncached(source, arch)?;
-    if let Some(path) = &cached {
-        write_cache_file(path, &cubin);
-    }
-    Ok(cubin)
-}
-
 /// A cubin is an ELF image: anything else in the cache (a torn or foreign
 /// file) is compiled again rather than handed to the driver.
-fn is_elf(bytes: &[u8]) -> bool {
+pub(crate) fn is_elf(bytes: &[u8]) -> bool {
     bytes.starts_with(b"\x7fELF")
 }
 

@@ -151,16 +151,18 @@ pub struct Gpu {
 }
 
 /// The module of `source`: from its cubin (SASS for `sm_{arch}`, no driver
-/// JIT), else from PTX, which also serves when NVRTC cannot build a cubin
-/// or the driver refuses one.
+/// JIT; `cubin` is what [`crate::prebuild::cubins_into`] gave, `None` where
+/// cubins are off), else from PTX, which also serves when NVRTC cannot build
+/// a cubin or the driver refuses one.
 fn load_source_module(
     ctx: &Arc<CudaContext>,
     source: &crate::compile::Source,
+    cubin: Option<Result<Vec<u8>, CudaError>>,
     arch: u32,
     versions: &str,
 ) -> Result<Arc<cudarc::driver::CudaModule>, CudaError> {
-    if crate::cubin::cubins_enabled() {
-        match crate::cubin::cubin_for(source, arch, versions) {
+    if let Some(cubin) = cubin {
+        match cubin {
             Ok(cubin) => match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)) {
                 Ok(module) => return Ok(module),
                 Err(e) => {
@@ -222,10 +224,17 @@ impl Gpu {
         let nvrtc = nvrtc_version();
         let versions = crate::compile::cache_versions(driver_version, &nvrtc);
         tracing::info!(%versions, "kernel cache key");
+        let sources: Vec<&crate::compile::Source> = SOURCES.iter().filter(|s| arch >= s.min_arch).collect();
+        let mut cubins: Vec<Option<Result<Vec<u8>, CudaError>>> = if crate::cubin::cubins_enabled() {
+            let dir = crate::compile::cache_dir();
+            crate::prebuild::cubins_into(dir.as_deref(), &sources, arch, &versions).into_iter().map(Some).collect()
+        } else {
+            sources.iter().map(|_| None).collect()
+        };
         let (mut modules, mut named) = (Vec::new(), Vec::new());
-        for source in SOURCES.iter().filter(|s| arch >= s.min_arch) {
+        for (source, cubin) in sources.iter().zip(cubins.drain(..)) {
             named.extend((source.kernels)().into_iter().map(|name| (name, modules.len())));
-            modules.push(load_source_module(&ctx, source, arch, &versions)?);
+            modules.push(load_source_module(&ctx, source, cubin, arch, &versions)?);
         }
         // The driver places each kernel's code as it is looked up (lazy
         // loading), so this order is the code's layout in device memory.

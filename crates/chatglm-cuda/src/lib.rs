@@ -27,6 +27,7 @@ mod greedy_fold;
 mod host;
 mod mlp_stream;
 pub mod ops;
+mod prebuild;
 pub mod quant;
 mod quant_group;
 mod quant_stream;
