@@ -2,7 +2,8 @@
 //! the rest compiled side by side. A first start on a machine compiles every
 //! file with NVRTC — ~3 minutes of one core here, the qmma file alone ~2 of
 //! them — and used to sit silent for that long; now the files compile on as
-//! many threads as there are cores (NVRTC programs are independent), largest
+//! many threads as there are cores (NVRTC's guide allows concurrent calls on
+//! distinct programs, and each file is a program of its own), largest
 //! first, so the start takes about as long as the largest file, and stderr
 //! says what is happening (a progress bar on a terminal, one line elsewhere).
 
