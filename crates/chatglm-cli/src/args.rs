@@ -203,18 +203,26 @@ struct LoadThen<'a, U> {
 impl<R, U: PipelineUser<R>> BackendUser<R> for LoadThen<'_, U> {
     fn run<B: Backend + 'static>(self, make_backend: impl FnOnce(&Config) -> Result<B, EngineError>) -> Result<R> {
         let spec = &self.args.model;
-        let bar = ProgressBar::new(1).with_style(
-            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors ({elapsed})")
-                .expect("invariant: static template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(format!("loading {spec}"));
-        let pipeline = Pipeline::load_with(spec, self.options, make_backend, &mut |done, total| {
+        // Made at the first tensor, once the backend is up: opening a GPU
+        // may draw a bar of its own (a first start's kernel compile).
+        let mut bar: Option<ProgressBar> = None;
+        let loaded = Pipeline::load_with(spec, self.options, make_backend, &mut |done, total| {
+            let bar = bar.get_or_insert_with(|| {
+                let bar = ProgressBar::new(total as u64).with_style(
+                    ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tensors ({elapsed})")
+                        .expect("invariant: static template")
+                        .progress_chars("=> "),
+                );
+                bar.set_message(format!("loading {spec}"));
+                bar
+            });
             bar.set_length(total as u64);
             bar.set_position(done as u64);
-        })
-        .with_context(|| format!("cannot load model `{spec}`"))?;
-        bar.finish_and_clear();
+        });
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let pipeline = loaded.with_context(|| format!("cannot load model `{spec}`"))?;
         if let Some(plan) = pipeline.model.memory_plan(pipeline.kv_dtype) {
             eprintln!("{plan}");
         }

@@ -289,6 +289,10 @@ fn write_gguf(source: &Source, plan: &QuantizePlan, adapters: &[LoraAdapter], ou
             src.data.release_pages(batch * src_row_bytes..end * src_row_bytes);
             bar.inc(((end - batch) * stored_row_bytes) as u64);
         }
+        if merged.is_some() {
+            // The merge read the whole stored matrix.
+            stored.data.release_pages(0..stored.n_bytes());
+        }
         if rows == 0 {
             writer.write_tensor(&t.spec.name, &[])?;
         }
@@ -394,10 +398,10 @@ fn report(args: &QuantizeArgs) -> Result<()> {
         bail!("the text has no tokens");
     }
     let vocab = cfg.padded_vocab_size;
+    let adapters = args.adapters(&cfg)?;
     let reference_format = parse_format(&args.reference)?;
     eprintln!("reference {}: {} tokens of {} ...", reference_format.name(), ids.len(), args.model);
     let t0 = Instant::now();
-    let adapters = args.adapters(&cfg)?;
     let reference = {
         let model = Model::load_with_adapters(
             CpuBackend::for_config(&cfg),

@@ -349,6 +349,28 @@ fn quantize_merges_lora_adapters_into_the_file() {
     assert_eq!(generate(merged.to_str().unwrap(), &[]), tuned, "the file is not the merged model");
     assert_ne!(generate(model.to_str().unwrap(), &["--dtype", "f32"]), tuned, "the adapter changed nothing");
 
+    // Quantized, the file holds what loading with the adapter quantizes.
+    let q8 = dir.path().join("tuned-q8_0.gguf");
+    let (_, stderr, ok) = chatglm(
+        &[
+            "quantize",
+            "-m",
+            model.to_str().unwrap(),
+            "--lora",
+            lora.to_str().unwrap(),
+            "--dtype",
+            "q8_0",
+            "-o",
+            q8.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        generate(q8.to_str().unwrap(), &[]),
+        generate(model.to_str().unwrap(), &["--lora", lora.to_str().unwrap(), "--dtype", "q8_0"])
+    );
+
     // A bad adapter is refused before anything is written.
     let refused = dir.path().join("refused.gguf");
     let (_, stderr, ok) = chatglm(

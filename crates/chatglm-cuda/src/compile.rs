@@ -418,7 +418,18 @@ pub fn write_kernel_cache(
     if !wants("cubin") && !wants("ptx") {
         return Err(CudaError::invalid("kernel cache", format!("formats {formats:?}: expected cubin, ptx or both")));
     }
+    // SAFETY: only tries to load the library (cudarc panics on a call into
+    // a library that is not there).
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::Unavailable("NVRTC (libnvrtc) was not found to compile the kernels".into()));
+    }
     std::fs::create_dir_all(dir).map_err(|e| CudaError::invalid("kernel cache", format!("{}: {e}", dir.display())))?;
+    // Fail before minutes of compiling, with the system's reason, where the
+    // folder takes no files.
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| CudaError::invalid("kernel cache", format!("{}: {e}", dir.display())))?;
     let mut written = Vec::new();
     let write = |path: PathBuf, bytes: &[u8], written: &mut Vec<PathBuf>| {
         std::fs::write(&path, bytes)
@@ -433,12 +444,13 @@ pub fn write_kernel_cache(
     // change, side by side.
     if wants("cubin") {
         let cubin_path = |s: &Source| dir.join(crate::cubin::cubin_file_name(s, arch, versions));
-        let before: Vec<bool> = sources.iter().map(|s| cubin_path(s).exists()).collect();
+        let holds_cubin = |p: &std::path::Path| std::fs::read(p).is_ok_and(|b| crate::cubin::is_elf(&b));
+        let before: Vec<bool> = sources.iter().map(|s| holds_cubin(&cubin_path(s))).collect();
         let cubins = crate::prebuild::cubins_into(Some(dir), &sources, arch, versions);
         for ((source, cubin), existed) in sources.iter().zip(cubins).zip(before) {
             cubin?;
             let path = cubin_path(source);
-            if !path.is_file() {
+            if !holds_cubin(&path) {
                 return Err(CudaError::invalid("kernel cache", format!("{}: could not be written", path.display())));
             }
             if !existed {

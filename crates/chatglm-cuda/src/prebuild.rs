@@ -21,6 +21,9 @@ use std::time::Instant;
 /// the critical path.
 const MAX_COMPILE_THREADS: usize = 6;
 
+/// Each compile thread's stack.
+const COMPILE_STACK_BYTES: usize = 64 << 20;
+
 /// A file's cubin, or why there is none.
 type Cubin = Result<Vec<u8>, CudaError>;
 
@@ -48,14 +51,14 @@ pub(crate) fn cubins_into(dir: Option<&Path>, sources: &[&Source], arch: u32, ve
         return results.into_iter().map(|r| r.expect("every result was set")).collect();
     }
     // Largest first: the longest compile starts at once.
-    missing.sort_by_key(|&i| std::cmp::Reverse(source_text(sources[i]).len()));
+    missing.sort_by_cached_key(|&i| std::cmp::Reverse(source_text(sources[i]).len()));
     let progress = Progress::start(&missing.iter().map(|&i| sources[i].name).collect::<Vec<_>>(), arch, dir);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_COMPILE_THREADS);
     let next = AtomicUsize::new(0);
     let compiled: Vec<Mutex<Option<Cubin>>> = missing.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..threads.min(missing.len()) {
-            scope.spawn(|| loop {
+            let work = || loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&i) = missing.get(k) else { break };
                 let result = cubin_for_uncached(sources[i], arch);
@@ -64,14 +67,29 @@ pub(crate) fn cubins_into(dir: Option<&Path>, sources: &[&Source], arch: u32, ve
                 }
                 progress.finished(sources[i].name);
                 *compiled[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-            });
+            };
+            // NVRTC ran on the main thread's 8 MiB before; its front end
+            // recurses with the templates, so the workers get room too.
+            let spawned = std::thread::Builder::new().stack_size(COMPILE_STACK_BYTES).spawn_scoped(scope, work);
+            if spawned.is_err() {
+                break;
+            }
         }
     });
-    progress.done();
     for (k, &i) in missing.iter().enumerate() {
-        results[i] = compiled[k].lock().unwrap_or_else(|e| e.into_inner()).take();
+        // A file no thread took (none could be started) compiles here.
+        let result = compiled[k].lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| {
+            let result = cubin_for_uncached(sources[i], arch);
+            if let (Ok(cubin), Some(path)) = (&result, path_of(sources[i])) {
+                write_cache_file(&path, cubin);
+            }
+            progress.finished(sources[i].name);
+            result
+        });
+        results[i] = Some(result);
     }
-    results.into_iter().map(|r| r.expect("every compile stored its result")).collect()
+    progress.done();
+    results.into_iter().map(|r| r.expect("every missing file was compiled")).collect()
 }
 
 /// What stderr shows while files compile.
@@ -83,13 +101,17 @@ struct Progress {
 
 impl Progress {
     fn start(names: &[&'static str], arch: u32, dir: Option<&Path>) -> Self {
-        let kept =
-            dir.map_or_else(|| "not cached: no cache folder".to_string(), |d| format!("cached in {}", d.display()));
-        let what = format!("compiling GPU kernels for sm_{arch} with NVRTC (first start only; {kept})");
+        let kept = dir.map_or_else(
+            || "no cache folder: every start compiles".to_string(),
+            |d| format!("kept in {} for later starts", d.display()),
+        );
+        let what = format!("compiling GPU kernels for sm_{arch} with NVRTC ({kept})");
         let bar = if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(names.len() as u64).with_style(
-                indicatif::ProgressStyle::with_template("{spinner} {prefix} {pos}/{len} files [{elapsed}] {msg}")
-                    .expect("invariant: static template"),
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {prefix}\n  {pos}/{len} files [{elapsed}] {wide_msg}",
+                )
+                .expect("invariant: static template"),
             );
             bar.set_prefix(what);
             bar.set_message(names.join(", "));
@@ -117,6 +139,17 @@ impl Progress {
             None => eprintln!("compiled the GPU kernels in {:.0} s", self.started.elapsed().as_secs_f64()),
         }
         tracing::info!(seconds = self.started.elapsed().as_secs_f64(), "compiled the kernel files the cache lacked");
+    }
+}
+
+impl Drop for Progress {
+    /// A bar is never left drawn, even on a path that skips `done`.
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            if !bar.is_finished() {
+                bar.finish_and_clear();
+            }
+        }
     }
 }
 
@@ -158,6 +191,8 @@ mod tests {
         // One hit among the misses: it must come back untouched.
         let hit = dir.path().join(cubin_file_name(sources[1], 90, &versions));
         std::fs::write(&hit, b"\x7fELF cached").unwrap();
+        // A torn file is no cubin: compiled again and replaced.
+        std::fs::write(dir.path().join(cubin_file_name(sources[2], 90, &versions)), b"torn").unwrap();
         let got = cubins_into(Some(dir.path()), &sources, 90, &versions);
         let got: Vec<Vec<u8>> = got.into_iter().map(|r| r.expect("a cubin")).collect();
         assert_eq!(got[1], b"\x7fELF cached");

@@ -76,3 +76,43 @@ fn a_mismatching_adapter_is_refused_with_the_reason() {
     assert!(e.contains("no such weight"), "{e}");
     assert!(LoraAdapter::open(&family("chatglm3/tiny/model"), 1.0).is_err());
 }
+
+/// A safetensors file of f32 tensors, written by hand (8-byte header length,
+/// the JSON header, the data).
+fn write_safetensors(path: &std::path::Path, tensors: &[(&str, Vec<usize>)]) {
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+    for (name, shape) in tensors {
+        let n: usize = shape.iter().product();
+        let start = data.len();
+        data.extend((0..n).flat_map(|i| (i as f32 * 1e-3).to_le_bytes()));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let header = serde_json::to_vec(&Value::Object(header)).unwrap();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn an_adapter_of_the_embedding_table_is_refused() {
+    // No loader merges the table (it is gathered, not multiplied), so such an
+    // adapter would change nothing: refused, not ignored.
+    let dev = Checkpoint::open(&chatglm_testdata::dir().join("dev/model/safetensors-f32")).unwrap();
+    let (vocab, hidden) = (dev.config.padded_vocab_size, dev.config.hidden_size);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("adapter_config.json"), r#"{"peft_type": "LORA", "r": 2, "lora_alpha": 4}"#)
+        .unwrap();
+    let stem = "base_model.model.transformer.embedding.word_embeddings";
+    write_safetensors(
+        &dir.path().join("adapter_model.safetensors"),
+        &[(&format!("{stem}.lora_A.weight"), vec![2, hidden]), (&format!("{stem}.lora_B.weight"), vec![vocab, 2])],
+    );
+    let adapter = LoraAdapter::open(dir.path(), 1.0).unwrap();
+    let shapes = chatglm_weights::lora::expected_shapes(&dev.config);
+    let e = adapter.check(|n| shapes.get(n).cloned()).unwrap_err().to_string();
+    assert!(e.contains("embedding table"), "{e}");
+}

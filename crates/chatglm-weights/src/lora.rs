@@ -108,6 +108,10 @@ impl LoraAdapter {
         for (name, (a, b)) in &self.pairs {
             let bad =
                 |message: String| WeightsError::BadTensor { path: self.path.clone(), tensor: name.clone(), message };
+            if name == crate::names::WORD_EMBEDDINGS {
+                // The table is gathered, never multiplied: no loader merges it.
+                return Err(bad("an adapter of the embedding table is not supported".into()));
+            }
             let Some(shape) = shape_of(name) else {
                 return Err(bad("the model has no such weight; the adapter was trained for another model".into()));
             };
