@@ -168,11 +168,28 @@ pub fn merge_adapters(adapters: &[LoraAdapter], name: &str, base: &Tensor) -> Re
         return Ok(None);
     }
     let cols = base.shape.last().copied().unwrap_or(0);
-    let mut w = base.to_f32()?;
-    for a in adapters {
-        a.add_to(name, &mut w, cols)?;
+    let n = base.n_elements();
+    // The merged matrix is built in the bytes the tensor keeps, viewed as
+    // little-endian f32 where the allocation is aligned for it (it is, from
+    // the system allocator): one copy of a 6B MLP matrix (0.45 GB) instead of two.
+    let mut bytes = vec![0u8; n * 4];
+    let view =
+        if cfg!(target_endian = "little") { bytemuck::try_cast_slice_mut::<u8, f32>(&mut bytes).ok() } else { None };
+    if let Some(w) = view {
+        base.to_f32_into(w)?;
+        for a in adapters {
+            a.add_to(name, w, cols)?;
+        }
+    } else {
+        let mut w = base.to_f32()?;
+        for a in adapters {
+            a.add_to(name, &mut w, cols)?;
+        }
+        for (out, v) in bytes.chunks_exact_mut(4).zip(&w) {
+            out.copy_from_slice(&v.to_le_bytes());
+        }
     }
-    let data = TensorData::from_vec(w.iter().flat_map(|v| v.to_le_bytes()).collect());
+    let data = TensorData::from_vec(bytes);
     Ok(Some(Tensor { name: base.name.clone(), dtype: DType::F32, shape: base.shape.clone(), data }))
 }
 
