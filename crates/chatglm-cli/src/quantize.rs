@@ -264,6 +264,15 @@ fn write_gguf(source: &Source, plan: &QuantizePlan, adapters: &[LoraAdapter], ou
         // An adapter's matrix is merged whole in f32 first; the bar still
         // counts the stored bytes.
         let merged = chatglm_weights::lora::merge_adapters(adapters, &t.source, stored)?;
+        if merged.is_some() && stored.dtype.is_quantized() {
+            bar.suspend(|| {
+                eprintln!(
+                    "warning: {} is stored as {}: the adapter merges into its dequantized values, which are then \
+                     quantized again (merge into the float checkpoint for the exact fine-tune)",
+                    t.source, stored.dtype
+                )
+            });
+        }
         let src = merged.as_ref().unwrap_or(stored);
         let rows = row_count(src);
         let src_row_bytes = src.n_bytes() / rows.max(1);

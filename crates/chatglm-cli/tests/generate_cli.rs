@@ -371,6 +371,28 @@ fn quantize_merges_lora_adapters_into_the_file() {
         generate(model.to_str().unwrap(), &["--lora", lora.to_str().unwrap(), "--dtype", "q8_0"])
     );
 
+    // Over an already quantized file the merge is not exact, and says so.
+    let base_q8 = dir.path().join("base-q8_0.gguf");
+    let (_, stderr, ok) =
+        chatglm(&["quantize", "-m", model.to_str().unwrap(), "--dtype", "q8_0", "-o", base_q8.to_str().unwrap()], "");
+    assert!(ok, "{stderr}");
+    let requantized = dir.path().join("requantized.gguf");
+    let (_, stderr, ok) = chatglm(
+        &[
+            "quantize",
+            "-m",
+            base_q8.to_str().unwrap(),
+            "--lora",
+            lora.to_str().unwrap(),
+            "--dtype",
+            "q8_0",
+            "-o",
+            requantized.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(ok && stderr.contains("quantized again"), "{stderr}");
+
     // A bad adapter is refused before anything is written.
     let refused = dir.path().join("refused.gguf");
     let (_, stderr, ok) = chatglm(
