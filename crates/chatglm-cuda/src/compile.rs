@@ -293,6 +293,18 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
     // The qmmx module, then the cached embedding gathers, then the qmmo
     // module, last under every order: their code moves no other kernel.
     named.sort_by_key(|(n, _)| (n.starts_with("qmmo_"), n.contains("_cached_"), n.starts_with("qmmx_")));
+    // `CHATGLM_CUDA_QMMX_ORDER` (placement experiments for batched decode;
+    // the qmmx module is behind every kernel a one-token step runs, so its
+    // order moves none of them): `swiglu-first` (each format's SwiGLU product,
+    // `…_2`, ahead of the others: the qmmx order `global-2` gives), `step` (a
+    // format's products in the order a layer runs them: QKV, dense and 4h→h,
+    // SwiGLU); anything else, as listed.
+    let qmmx_order = std::env::var("CHATGLM_CUDA_QMMX_ORDER").ok();
+    let qmmx_at = named.iter().position(|(n, _)| n.starts_with("qmmx_"));
+    if let Some(at) = qmmx_at {
+        let end = named[at..].iter().position(|(n, _)| !n.starts_with("qmmx_")).map_or(named.len(), |k| at + k);
+        named[at..end].sort_by_key(|(n, _)| qmmx_rank(qmmx_order.as_deref(), n));
+    }
     // `CHATGLM_CUDA_GROUPED_LAST=1`: the grouped products (`qmmg_`, `qmmh_`)
     // behind every other kernel, so that their code's size moves no other
     // kernel (the one-token products sit behind them under `hot-last`, and
@@ -309,6 +321,19 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
         named.sort_by_key(|(n, _)| first.iter().position(|f| f == n).unwrap_or(first.len()));
     }
     named
+}
+
+/// A qmmx kernel's place under `CHATGLM_CUDA_QMMX_ORDER` (lower first).
+fn qmmx_rank(order: Option<&str>, name: &str) -> u8 {
+    match order {
+        Some("swiglu-first") => u8::from(!name.ends_with("_2")),
+        Some("step") => match name.rsplit('_').next() {
+            Some("3") => 0,
+            Some("1") => 1,
+            _ => 2,
+        },
+        _ => 0,
+    }
 }
 
 /// Where compiled PTX is kept: `CHATGLM_KERNEL_CACHE`, else the user cache
@@ -531,6 +556,19 @@ pub fn compile_all(arch: u32) -> Result<Vec<(&'static str, String)>, CudaError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qmmx_orders_rank_the_products() {
+        let names = ["qmmx_0_4_1", "qmmx_0_4_2", "qmmx_0_4_3"];
+        let sorted = |order| {
+            let mut v = names.to_vec();
+            v.sort_by_key(|n| qmmx_rank(order, n));
+            v
+        };
+        assert_eq!(sorted(None), names);
+        assert_eq!(sorted(Some("swiglu-first")), ["qmmx_0_4_2", "qmmx_0_4_1", "qmmx_0_4_3"]);
+        assert_eq!(sorted(Some("step")), ["qmmx_0_4_3", "qmmx_0_4_1", "qmmx_0_4_2"]);
+    }
 
     #[test]
     fn decode_hot_names_the_one_token_products() {
