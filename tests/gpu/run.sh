@@ -62,7 +62,7 @@ check_stack() {
   local cubin dis
   dis=${CUOBJDUMP:-$(command -v cuobjdump || ls /tmp/dis/nvidia/cu13/bin/cuobjdump 2>/dev/null | head -1)}
   [ -n "$dis" ] && [ -x "$dis" ] || return 0
-  for cubin in "$1"/tmp/chatglm-kernels/qmm[axo]-*.cubin; do
+  for cubin in "$1"/tmp/chatglm-kernels/qmm[ax]-*.cubin; do
     [ -f "$cubin" ] || continue
     echo "== $cubin"
     "$dis" -res-usage "$cubin"

@@ -2,7 +2,7 @@
 """Flags grouped-product kernels that spill more than the shipped build.
 
 Reads `cuobjdump -res-usage` of one or more cubins on stdin (each cubin's output after a line
-"== NAME") and compares every qmmx_*/qmmh_*/qmmg_*/qmmo_* kernel's STACK bytes with
+"== NAME") and compares every qmmx_*/qmmh_*/qmmg_* kernel's STACK bytes with
 tests/gpu/stack_baseline.txt ("kernel stack" lines, the default build's). A kernel above its
 baseline is printed as a warning: its spilled values are read back from L2 in the prologue,
 before the first weight copies (~200 KB of shared memory a block leaves L1 no room), and
@@ -32,7 +32,7 @@ for line in sys.stdin:
         func = m.group(1)
         continue
     m = re.match(r"\s*REG:(\d+) STACK:(\d+)", line)
-    if m and func and re.match(r"qmm[xhgo]_", func):
+    if m and func and re.match(r"qmm[xhg]_", func):
         seen += 1
         stack = int(m.group(2))
         if func in baseline and stack > baseline[func]:

@@ -111,12 +111,6 @@ fn qmmx_kernels() -> Vec<String> {
     (0..4).flat_map(|f| (1..4).map(move |mode| format!("qmmx_{f}_4_{mode}"))).collect()
 }
 
-fn qmmo_kernels() -> Vec<String> {
-    let mut k: Vec<String> = (0..4).map(|f| format!("qmmo_{f}_4_0")).collect();
-    k.push("qmmo_greedy_merge".into());
-    k
-}
-
 fn embed_cached_kernels() -> Vec<String> {
     let mut k: Vec<String> = (0..3).map(|t| format!("embed_cached_{t}")).collect();
     k.extend((0..5).map(|b| format!("embed_ggml_cached_{b}")));
@@ -130,7 +124,7 @@ fn decode_mma_kernels() -> Vec<String> {
 pub(crate) const SOURCES: &[Source] = &[
     Source {
         name: "elementwise",
-        text: concat!(include_str!("kernels/argmax.cuh"), include_str!("kernels/elementwise.cu")),
+        text: include_str!("kernels/elementwise.cu"),
         min_arch: 0,
         kernels: elementwise_kernels,
     },
@@ -144,7 +138,6 @@ pub(crate) const SOURCES: &[Source] = &[
     Source {
         name: "qmma",
         text: concat!(
-            include_str!("kernels/argmax.cuh"),
             include_str!("kernels/mma.cuh"),
             include_str!("kernels/gemv_epilogue.cuh"),
             include_str!("kernels/qmma.cu"),
@@ -186,7 +179,6 @@ pub(crate) const SOURCES: &[Source] = &[
         name: "qmmx",
         text: concat!(
             include_str!("kernels/qmmx.cuh"),
-            include_str!("kernels/argmax.cuh"),
             include_str!("kernels/mma.cuh"),
             include_str!("kernels/gemv_epilogue.cuh"),
             include_str!("kernels/qmma.cu"),
@@ -201,29 +193,9 @@ pub(crate) const SOURCES: &[Source] = &[
     // changes (kernels/embed_cached.cu).
     Source {
         name: "embed_cached",
-        text: concat!(
-            include_str!("kernels/argmax.cuh"),
-            include_str!("kernels/elementwise.cu"),
-            include_str!("kernels/embed_cached.cu")
-        ),
+        text: concat!(include_str!("kernels/elementwise.cu"), include_str!("kernels/embed_cached.cu")),
         min_arch: 0,
         kernels: embed_cached_kernels,
-    },
-    // After every other: the output layer's 17–32-token products with the
-    // greedy choice folded in (kernels/qmmo.cuh), qmma_group.cu again.
-    Source {
-        name: "qmmo",
-        text: concat!(
-            include_str!("kernels/qmmo.cuh"),
-            include_str!("kernels/argmax.cuh"),
-            include_str!("kernels/mma.cuh"),
-            include_str!("kernels/gemv_epilogue.cuh"),
-            include_str!("kernels/qmma.cu"),
-            include_str!("kernels/qmma_group.cu"),
-            include_str!("kernels/qmmo.cu")
-        ),
-        min_arch: 80,
-        kernels: qmmo_kernels,
     },
 ];
 
@@ -290,9 +262,9 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
         // 245–248) with session 35's cubins.
         _ => named.sort_by_key(|(n, _)| (!decode_hot(n), !n.ends_with("_2"))),
     }
-    // The qmmx module, then the cached embedding gathers, then the qmmo
-    // module, last under every order: their code moves no other kernel.
-    named.sort_by_key(|(n, _)| (n.starts_with("qmmo_"), n.contains("_cached_"), n.starts_with("qmmx_")));
+    // The qmmx module, then the cached embedding gathers, last under every
+    // order: their code moves no other kernel.
+    named.sort_by_key(|(n, _)| (n.contains("_cached_"), n.starts_with("qmmx_")));
     // `CHATGLM_CUDA_QMMX_ORDER` (placement experiments for batched decode;
     // the qmmx module is behind every kernel a one-token step runs, so its
     // order moves none of them): `swiglu-first` (each format's SwiGLU product,
@@ -310,9 +282,7 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
     // kernel (the one-token products sit behind them under `hot-last`, and
     // 7-pair groups moved batch-1 decode 0.4–0.7% with the same SASS).
     if std::env::var("CHATGLM_CUDA_GROUPED_LAST").is_ok_and(|v| v == "1") {
-        named.sort_by_key(|(n, _)| {
-            n.starts_with("qmmg_") || n.starts_with("qmmh_") || n.starts_with("qmmx_") || n.starts_with("qmmo_")
-        });
+        named.sort_by_key(|(n, _)| n.starts_with("qmmg_") || n.starts_with("qmmh_") || n.starts_with("qmmx_"));
     }
     // `CHATGLM_CUDA_LOAD_FIRST=a,b,…`: these kernels before all others, in
     // this order (placement experiments).
@@ -591,23 +561,17 @@ mod tests {
     }
 
     #[test]
-    fn the_qmmx_module_the_cached_gathers_and_the_qmmo_module_are_looked_up_last() {
+    fn the_qmmx_module_and_then_the_cached_gathers_are_looked_up_last() {
         let named: Vec<(String, usize)> =
             SOURCES.iter().enumerate().flat_map(|(m, s)| (s.kernels)().into_iter().map(move |n| (n, m))).collect();
         let ordered = load_order(named.clone());
-        let qmmo = qmmo_kernels().len();
         let cached = embed_cached_kernels().len();
         let qmmx = qmmx_kernels().len();
         let n = ordered.len();
-        assert!(ordered[n - qmmo..].iter().all(|(k, _)| k.starts_with("qmmo_")));
-        let n = n - qmmo;
-        assert!(ordered[n - cached..n].iter().all(|(k, _)| k.contains("_cached_")));
+        assert!(ordered[n - cached..].iter().all(|(k, _)| k.contains("_cached_")));
         assert!(ordered[n - cached - qmmx..n - cached].iter().all(|(k, _)| k.starts_with("qmmx_")));
-        // Everything else in the order it had without them: the qmmo module
-        // moves no kernel, nor do the cached gathers.
-        let without_qmmo: Vec<_> = named.iter().filter(|(k, _)| !k.starts_with("qmmo_")).cloned().collect();
-        assert_eq!(load_order(without_qmmo.clone()), ordered[..n].to_vec());
-        let rest: Vec<_> = without_qmmo.iter().filter(|(k, _)| !k.contains("_cached_")).cloned().collect();
+        // Everything else in the order it had without them.
+        let rest: Vec<_> = named.iter().filter(|(k, _)| !k.contains("_cached_")).cloned().collect();
         assert_eq!(load_order(rest), ordered[..n - cached].to_vec());
     }
 
@@ -679,10 +643,6 @@ mod tests {
                 // The qmmx module compiles qmma.cu's files for their device
                 // functions; of its kernels it launches only its own.
                 if s.name == "qmmx" && !name.starts_with("qmmx_") {
-                    continue;
-                }
-                // And the qmmo module (the merge kernel in qmmo.cu is its own).
-                if s.name == "qmmo" && !name.starts_with("qmmo_") {
                     continue;
                 }
                 // So does the embed_cached module with elementwise.cu's.

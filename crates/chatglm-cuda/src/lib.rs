@@ -23,7 +23,6 @@ mod cubin;
 mod device;
 mod error;
 mod graph;
-mod greedy_fold;
 mod host;
 mod mlp_stream;
 pub mod ops;
@@ -37,7 +36,6 @@ pub use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 pub use device::{device_count, device_ptr, usable_device_count, DeviceInfo, GemvLean, Gpu};
 pub use error::CudaError;
 pub use graph::{GraphStats, MAX_GRAPHS};
-pub use greedy_fold::{GreedyBests, GREEDY_BEST_INTS, GREEDY_FOLD_MAX_TOKENS};
 pub use host::{HostBuffer, MappedHost, StagingBuffer};
 pub use mlp_stream::MlpBlock;
 pub use ops::{

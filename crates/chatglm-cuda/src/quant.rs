@@ -107,10 +107,6 @@ pub struct OneTokenCodes {
     /// The activations are a fold's: its sums of squares ([`fold_sums`])
     /// and the norm's eps.
     pub normed_by: Option<(u64, f32)>,
-    /// A plain product's greedy bests ([`crate::GreedyBests`]: the output
-    /// layer of a step whose choices [`Gpu::greedy_merge`] then makes);
-    /// only where [`Gpu::greedy_fold_supported`]. 0: none.
-    pub greedy_bests: u64,
 }
 
 impl OneTokenCodes {
@@ -344,7 +340,7 @@ impl TiledPtr {
 }
 
 /// Token tiles of 8 the kernel for `n` tokens is instantiated with.
-pub(crate) fn token_tiles(n: usize) -> usize {
+fn token_tiles(n: usize) -> usize {
     n.div_ceil(8).next_power_of_two()
 }
 
@@ -666,25 +662,12 @@ impl Gpu {
             }
             None => [0u64; 8],
         };
-        let hx = form == ActivationForm::F16;
-        // Before any other path: a product that cannot write the bests refuses them.
-        if codes.greedy_bests != 0 {
-            // A fold's activations may come in (normed_by); nothing goes out but the logits.
-            let hands_on = codes.input != 0 || codes.output != 0 || codes.fold_norm != 0;
-            if in_block || kernel_mode != 0 || hands_on || !self.greedy_fold_supported(n, s.format, form) {
-                return Err(CudaError::invalid(
-                    "qmma (greedy bests)",
-                    format!("{n} tokens, mode {kernel_mode}: the bests come from 17–32-token f16 plain products alone"),
-                ));
-            }
-            let name = crate::greedy_fold::fold_kernel(s.format);
-            return self.qmma_grouped(w, (xq, xs), n, nt8, bias, out, mode, &name, hx, ctx, next, codes);
-        }
         if sx == 2 && !codes.any() {
             if let Some(name) = self.stream_kernel(s.format, kernel_mode, s.cols) {
                 return self.qmv(&name, w, x, norm.unwrap_or((0, 0.0)), bias, out, mode, ctx);
             }
         }
+        let hx = form == ActivationForm::F16;
         let mut grouped = crate::quant_group::grouped_kernel_name(s.format, nt8, kernel_mode, hx);
         let residual_off = !self.qmmx_residual.load(std::sync::atomic::Ordering::Relaxed) && kernel_mode != 2;
         if grouped.starts_with("qmmx_") && (residual_off || !self.has_kernel(&grouped)) {

@@ -49,8 +49,8 @@ fn last_sums() -> bool {
 /// row tiles a group, weight units a chunk, warps a tile, and the tiles at
 /// the group's end that a one-warp shape gives a second warp (`xt`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct GroupShape {
-    pub(crate) tiles: usize,
+struct GroupShape {
+    tiles: usize,
     cu: usize,
     kw: usize,
     xt: usize,
@@ -63,7 +63,7 @@ impl GroupShape {
     /// `CHATGLM_NVRTC_DEFINES` sets `QMMG_CU`, `QMMG_KW`, `QMMG_WIDE_SWIGLU`,
     /// `QMMG_WIDE_CU`, `QMMG_WIDE_PAIRS`, `QMMG_WIDE_PAIRS_4` and
     /// `QMMG_WIDE_XT` (read once).
-    pub(crate) fn of(swiglu: bool, format: QuantFormat, nt8: usize, hx: bool) -> GroupShape {
+    fn of(swiglu: bool, format: QuantFormat, nt8: usize, hx: bool) -> GroupShape {
         type Shapes = (GroupShape, Option<GroupShape>, usize, bool);
         static SHAPES: std::sync::OnceLock<Shapes> = std::sync::OnceLock::new();
         let (narrow, wide, pairs_4, xt_on) = *SHAPES.get_or_init(|| {
@@ -340,11 +340,6 @@ pub(crate) fn group_smem_of(name: &str) -> Option<usize> {
         let shape = if mode == 2 { GroupShape::of_x(format) } else { GroupShape::of(false, format, 4, true) };
         return Some(shaped_smem(format, 4, true, shape, true));
     }
-    // The qmmo module's products: qmmh_{format}_4_0 with the greedy bests.
-    if let Some(rest) = name.strip_prefix("qmmo_") {
-        let format = QuantFormat::from_index(rest.split('_').next()?.parse().ok()?)?;
-        return Some(shaped_smem(format, 4, true, crate::greedy_fold::fold_shape(format), false));
-    }
     let hx = name.starts_with("qmmh_");
     let mut parts = name.strip_prefix("qmmg_").or_else(|| name.strip_prefix("qmmh_"))?.split('_');
     let format = QuantFormat::from_index(parts.next()?.parse().ok()?)?;
@@ -414,8 +409,6 @@ impl Gpu {
         let swiglu = mode == GemvMode::SwiGlu;
         let shape = if name.starts_with("qmmx_") && swiglu {
             GroupShape::of_x(s.format)
-        } else if name.starts_with("qmmo_") {
-            crate::greedy_fold::fold_shape(s.format)
         } else {
             GroupShape::of(swiglu, s.format, nt8, hx)
         };
@@ -450,9 +443,6 @@ impl Gpu {
         let (fold_g, fold_ss) = if fold { (codes.fold_norm, fold_sums(handed, n, s.rows)) } else { (0, 0) };
         let (rms_ss, rms_eps) = codes.normed_by.unwrap_or((0, 0.0));
         a.arg(&fold_g).arg(&fold_ss).arg(&rms_ss).arg(&rms_eps);
-        if name.starts_with("qmmo_") {
-            a.arg(&codes.greedy_bests);
-        }
         let cfg = LaunchConfig {
             grid_dim: (check_i32(name, "blocks", blocks)? as u32, 1, 1),
             block_dim: (threads, 1, 1),
@@ -706,8 +696,6 @@ mod tests {
         let q4 = 32768 + 4096 + 32 * 1088;
         assert_eq!(shaped_smem(QuantFormat::Q4, 4, true, narrow, false), 3 * q4);
         assert_eq!(group_smem_of("qmmh_2_4_0"), Some(4 * q8));
-        assert_eq!(group_smem_of("qmmo_2_4_0"), Some(4 * q8), "the qmmo module's: the qmma module's stages");
-        assert_eq!(group_smem_of("qmmo_greedy_merge"), None);
         assert_eq!(group_smem_of("qmmx_2_4_1"), Some(3 * q8));
         // The 9–16-token f16 products keep three (a q8_0 stage at 16 tokens:
         // 16 × 576 bytes of activations), the q8_0-code ones their four.

@@ -303,11 +303,6 @@ pub trait Backend: Send + Sync {
     fn queues_steps(&self) -> bool {
         false
     }
-    /// The next product is the output layer of a step whose logits are
-    /// read greedily ([`Backend::read_greedy`] or [`Backend::queue_greedy`]
-    /// follows it): a backend may fold the choice into that product. The
-    /// logits are written either way.
-    fn expect_greedy(&self) {}
     /// Starts reading each logits row's [`greedy_token`] without waiting;
     /// [`Backend::collect_greedy`] returns them. Only called where
     /// [`Backend::queues_steps`].

@@ -557,9 +557,6 @@ impl<B: Backend> Model<B> {
         };
         b.resize(&mut st.normed, rows, hidden);
         b.resize(&mut st.logits, rows, vocab);
-        if matches!(readout, Readout::Greedy | Readout::GreedyQueued) {
-            b.expect_greedy();
-        }
         b.rms_norm_linear(last, &w.final_norm, eps, &mut st.normed, &w.output, None, &mut st.logits);
         match readout {
             Readout::GreedyQueued => {

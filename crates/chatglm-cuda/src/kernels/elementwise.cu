@@ -290,6 +290,32 @@ extern "C" __global__ void __launch_bounds__(256) stage_step(const int4* __restr
     for (int i = threadIdx.x; i < n_chained; i += blockDim.x) ids[pairs[2 * i]] = chosen[pairs[2 * i + 1]];
 }
 
+// (value, index) pairs: the larger value, the first of equal ones.
+__device__ __forceinline__ void argmax_merge(float& bv, int& bi, float ov, int oi) {
+    if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+}
+
+// The block's best (value, index) over its threads' and whether any thread
+// met a non-finite value, valid in thread 0.
+__device__ __forceinline__ void argmax_block(float& bv, int& bi, int& bad) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    bad = __syncthreads_or(bad);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_merge(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { sv[w] = bv; si[w] = bi; }
+    __syncthreads();
+    if (w != 0) return;
+    const int nw = (blockDim.x + 31) >> 5;
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        argmax_merge(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+}
+
 // out[r] = the greedy choice for row r, as the host's greedy sampler makes
 // it: a row holding NaN or ±inf is first replaced by zeros with 5e4 at index
 // 5 (the official InvalidScoreLogitsProcessor), then the index of the largest

@@ -1565,7 +1565,7 @@ __device__ __forceinline__ void qmma_body(const uint4* __restrict__ w, const u16
     QMMA_MODES(F, 1, 2) QMMA_MODES(F, 1, 1) QMMA_MODES(F, 1, 0) QMMA_MODES(F, 2, 0) QMMA_MODES(F, 4, 0) \
     QMMA_MODES(F, 8, 0)
 
-#if !defined(QMMG_X_MODULE) && !defined(QMMG_O_MODULE)
+#ifndef QMMG_X_MODULE
 QMMA_FORMAT(0)
 QMMA_FORMAT(1)
 QMMA_FORMAT(2)

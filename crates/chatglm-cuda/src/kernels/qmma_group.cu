@@ -248,11 +248,6 @@ __device__ __forceinline__ const char* qg_base(const char* p) {
 #ifndef QMMG_X_EPI
 #define QMMG_X_EPI 0
 #endif
-// 1 (qmmo.cuh's QMMO_WIDE, measurements): plain products (MODE 0) on the
-// SwiGLU products' wide groups too.
-#ifndef QMMG_O_WIDE
-#define QMMG_O_WIDE 0
-#endif
 // 0 (measurements, qmmx.cuh's QMMX_SWIGLU_OUT): an odd-pair SwiGLU product
 // handing its output on writes only the hand-off, not its f32 rows.
 #ifndef QMMG_X_SWIGLU_OUT
@@ -395,7 +390,7 @@ template <int MODE, int F, int NT8, bool HX> struct QgShape {
     typedef QgDims<2 * PAIRS, QMMG_WIDE_CU, 1, XT> Wide;
     typedef QgDims<2 * PAIRS, (QMMG_WIDE_CU < 4 ? QMMG_WIDE_CU : 4), 1, XT> WideSmall;
     enum { WIDE_FITS = 2 * QgLayout<F, NT8, HX, Wide>::STAGE <= (220 << 10) };
-    typedef typename QgPick<(MODE == 2 || (MODE == 0 && QMMG_O_WIDE)) && QMMG_WIDE_SWIGLU && (HX || PAIRS % 2 == 0),
+    typedef typename QgPick<MODE == 2 && QMMG_WIDE_SWIGLU && (HX || PAIRS % 2 == 0),
                             typename QgPick<WIDE_FITS, Wide, WideSmall>::type, Narrow>::type type;
 };
 
@@ -617,12 +612,7 @@ __device__ __forceinline__ void fold_sum_squares(const float (&sq)[EPT], int G, 
 // product (rms_ss: those sums) multiplies its sums by the tokens'
 // 1/√(Σ/cols + eps) — the RMSNorm is linear in the activations — so the
 // normed quantize_x launch between the two goes.
-//
-// BEST (the qmmo module's output products, MODE 0): best, [token][group]
-// int4s, also gets each token's greedy choice among the group's rows (value
-// bits, row, non-finite seen: argmax.cuh's rules), which qmmo_greedy_merge
-// merges — the step's argmax without reading its logits back.
-template <int F, int NT8, int MODE, bool HX, bool BEST = false>
+template <int F, int NT8, int MODE, bool HX>
 __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16* __restrict__ scales,
                                           const u16* __restrict__ mins, int units, int tiles,
                                           const signed char* __restrict__ xq, const float2* __restrict__ xs, int n,
@@ -631,8 +621,7 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                                           long next_bytes, float* ws, u32* counters, unsigned char* hq,
                                           float2* hs, int hoff, const float* __restrict__ fold_g,
                                           float* __restrict__ fold_ss, const float* __restrict__ rms_ss,
-                                          float rms_eps, int4* __restrict__ best = nullptr) {
-    static_assert(!BEST || MODE == 0, "the greedy bests come from plain products (the output layer)");
+                                          float rms_eps) {
     typedef typename QgShape<MODE, F, NT8, HX>::type SH;
     typedef QgLayout<F, NT8, HX, SH> L;
     static_assert(MODE != 1 || SH::TILES * 16 == QG_FOLD_ROWS, "a fold's groups are its sums' groups");
@@ -1327,7 +1316,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                     const float v = red[r * RS + tok] + base[k];
                     if (MODE != 3) {
                         out[(long)tok * out_rows + row] = v;
-                        if (BEST) red[r * RS + tok] = v;  // only this thread reads the element
                     } else {
                         const float b = red[(r ^ 1) * RS + tok] + (bias ? bias[row ^ 1] : 0.f);
                         const float rv = qkv_rope(rc, slots[tok].pos, row, v, b);
@@ -1345,25 +1333,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                 }
             }
             if (fold) fold_sum_squares<SH, EPT>(sq, G, n, fold_ss, (float*)(qg_smem + L::FOLD_OFF));
-            if (BEST) {
-                // A warp a token: its best over the group's rows, the rows
-                // met in increasing order by each lane (rolled: once a launch).
-                constexpr int R = SH::TILES * 16;
-                __syncthreads();  // the group's values back in red
-#pragma unroll 1
-                for (int tok = warp; tok < n; tok += SH::THREADS / 32) {
-                    float bv = -INFINITY;
-                    int bi = 0x7fffffff, bad = 0;
-#pragma unroll 1
-                    for (int r = lane; r < R && G * R + r < out_rows; r += 32) {
-                        const float v = red[r * RS + tok];
-                        bad |= argmax_bad(v);
-                        if (v > bv) { bv = v; bi = G * R + r; }
-                    }
-                    argmax_warp(bv, bi, bad);
-                    if (lane == 0) best[(long)tok * groups + G] = make_int4(__float_as_int(bv), bi, bad, 0);
-                }
-            }
             if (MODE == 3) QG_STAMP();
             if (kv_vec) {
                 // A token's 8-row pieces on consecutive threads: 16 of them
@@ -1427,25 +1396,6 @@ QMMX_KERNEL(0)
 QMMX_KERNEL(1)
 QMMX_KERNEL(2)
 QMMX_KERNEL(3)
-#elif defined(QMMG_O_MODULE)
-// The qmmo module (qmmo.cuh): the output layer's 17–32-token f16 products
-// with the greedy bests (BEST above): qmmh_{format}_4_0 with one more argument.
-#define QMMO_KERNEL(F)                                                                                      \
-    extern "C" __global__ void __launch_bounds__(QgShape<0, F, 4, true>::type::THREADS,                     \
-                                                        QgShape<0, F, 4, true>::type::MIN_BLOCKS)                  \
-        qmmo_##F##_4_0(const uint4* w, const u16* scales, const u16* mins, int units, int tiles,               \
-                       const signed char* xq, const float2* xs, int n, int cols, const float* bias, float* out,  \
-                       int out_rows, int half_rows, RopeCtx rc, const char* next_w, long next_bytes, float* ws, \
-                       u32* counters, unsigned char* hq, float2* hs, int hoff, const float* fold_g,            \
-                       float* fold_ss, const float* rms_ss, float rms_eps, int4* best) {                        \
-        qmmg_body<F, 4, 0, true, true>(w, scales, mins, units, tiles, xq, xs, n, cols, bias, out, out_rows,   \
-                                       half_rows, rc, next_w, next_bytes, ws, counters, hq, hs, hoff, fold_g, \
-                                       fold_ss, rms_ss, rms_eps, best);                                       \
-    }
-QMMO_KERNEL(0)
-QMMO_KERNEL(1)
-QMMO_KERNEL(2)
-QMMO_KERNEL(3)
 #else
 QMMG_FORMAT(0)
 QMMG_FORMAT(1)

@@ -8,7 +8,6 @@
 //! infallible calls for both backends.
 
 mod buffers;
-mod greedy_fold;
 mod handoff;
 mod kv;
 mod mlp_block;
@@ -178,12 +177,6 @@ struct StepBuffers {
     spare_reads: Vec<HostBuffer<i32>>,
     /// argmax_rows' per-row counters (left at zero) and block partials.
     argmax_scratch: Option<CudaSlice<i32>>,
-    /// The next product is a greedy step's output layer (expect_greedy).
-    greedy_next: bool,
-    /// Its per-group bests (greedy_fold.rs), and their shape where this
-    /// step's output product wrote them.
-    greedy_bests: Option<CudaSlice<i32>>,
-    bests_written: Option<greedy_fold::BestsWritten>,
 }
 
 /// Bytes of each dense weight row (4 KB: half of a 6B row) its mat-vec
@@ -281,11 +274,6 @@ pub struct CudaBackend {
     norm_fold: std::sync::atomic::AtomicBool,
     /// Normed products that took folded activations so far (for tests).
     norm_fold_uses: std::sync::atomic::AtomicU64,
-    /// Whether greedy steps fold the choice into the output product
-    /// (`CHATGLM_GREEDY_FOLD`; greedy_fold.rs).
-    greedy_fold: std::sync::atomic::AtomicBool,
-    /// Greedy choices merged from folded bests so far (for tests).
-    greedy_fold_uses: std::sync::atomic::AtomicU64,
     step: Mutex<StepBuffers>,
     error: Mutex<Option<ModelError>>,
 }
@@ -387,8 +375,6 @@ impl CudaBackend {
             handoff_uses: 0.into(),
             norm_fold: handoff::norm_fold_requested().into(),
             norm_fold_uses: 0.into(),
-            greedy_fold: greedy_fold::greedy_fold_requested().into(),
-            greedy_fold_uses: 0.into(),
             step: Mutex::new(StepBuffers::default()),
             error: Mutex::new(None),
         })
@@ -846,8 +832,6 @@ impl Backend for CudaBackend {
             && self.gpu.decode_short_supported(&self.dims, kv_dtype);
         st.kv_dtype = Some(kv_dtype);
         st.rotated = None;
-        st.greedy_next = false;
-        st.bests_written = None;
         st.f16_activations = lock(&self.activations).f16_for(batch.len(), one_token_each);
         st.graph = replay;
         if replay {
@@ -870,10 +854,6 @@ impl Backend for CudaBackend {
         // Where the host gathers a quantized model's embedding rows it needs
         // the ids; a mapped table the device reads by the ids it chose.
         self.queue_steps && lock(&self.host_embedding).as_ref().is_none_or(|t| t.device_table().is_some())
-    }
-
-    fn expect_greedy(&self) {
-        self.note_greedy_next();
     }
 
     fn queue_greedy(&self, x: &CudaActivations, cols: usize) {
@@ -1607,17 +1587,6 @@ impl CudaBackend {
         let xp = Self::input(x, rows, cols, "argmax")?;
         let mut st = lock(&self.step);
         let p = ensure(&self.gpu, &mut st.chosen, rows.max(1), "greedy tokens")?;
-        st.greedy_next = false;
-        if let Some(written) = st.bests_written.take().filter(|b| b.of(xp, rows, cols)) {
-            let held = st.greedy_bests.as_ref().expect("invariant: written by this step's output product");
-            // SAFETY: the step's output product wrote these bests of these
-            // logits (queued before this launch); chosen holds ≥ rows i32.
-            unsafe { self.gpu.greedy_merge(held, written.bests, cols, p, host)? };
-            self.greedy_fold_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            drop(st);
-            self.flush_step_launches();
-            return Ok(());
-        }
         let need = chatglm_cuda::argmax_scratch_ints(rows);
         if st.argmax_scratch.as_ref().is_none_or(|b| b.len() < need) {
             // Queued launches may use the old scratch: issue them first. Zeroed:

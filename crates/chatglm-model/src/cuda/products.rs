@@ -157,8 +157,6 @@ impl CudaBackend {
         let mut st = lock(&self.step);
         let f16 = st.f16_activations && self.gpu.f16_activations_supported(n, format);
         let form = if f16 { ActivationForm::F16 } else { ActivationForm::Q8 };
-        let greedy_bests =
-            super::greedy_fold::bests_for(&self.gpu, &mut st, w, n, mode, form, whole && qkv.is_none(), out)?;
         // A grouped SwiGLU step before this one may have written x in the
         // form quantize_x would (handoff.rs); a grouped SwiGLU step writes
         // its output so for the product after it.
@@ -206,7 +204,6 @@ impl CudaBackend {
             self.norm_fold_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             codes.normed_by = Some((chatglm_cuda::quant::fold_sums(c, n, cols), eps));
         }
-        codes.greedy_bests = greedy_bests;
         let (xq, xs) = match (handed, folded) {
             (Some(c), _) => {
                 self.handoff_uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
