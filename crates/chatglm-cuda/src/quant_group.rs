@@ -24,27 +24,6 @@ pub(crate) fn define(name: &str) -> Option<usize> {
     value
 }
 
-/// Whether the qmmx module's products sum split groups in the last-sums
-/// form (kernels/qmmx.cuh's `QMMX_LAST_SUMS`, off unless
-/// `CHATGLM_NVRTC_DEFINES` sets it): they then need a workspace of their own.
-fn last_sums() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        let raw = std::env::var("CHATGLM_NVRTC_DEFINES").unwrap_or_default();
-        let set = crate::compile::define_items(&raw).find_map(|v| v.strip_prefix("QMMX_LAST_SUMS="));
-        match set.map(str::parse::<usize>) {
-            None => false,
-            Some(Ok(v)) => v != 0,
-            // The compiler would read it (C++: `true` is 1); the workspace
-            // would not follow. A measurement define: say so, and use it.
-            Some(Err(_)) => {
-                tracing::warn!("QMMX_LAST_SUMS={:?} is not 0 or 1: taken as on", set.unwrap_or_default());
-                true
-            }
-        }
-    })
-}
-
 /// The shape of a grouped product's groups (qmma_group.cu's `QgShape`):
 /// row tiles a group, weight units a chunk, warps a tile, and the tiles at
 /// the group's end that a one-warp shape gives a second warp (`xt`).
@@ -270,16 +249,10 @@ fn grouped_blocks(chunks: usize, groups: usize, resident: usize, split: GroupSpl
 /// `QG_PART_EMPTY`: a signalling NaN, which no arithmetic produces).
 const PART_EMPTY: u32 = 0x7fba_dbad;
 
-/// Partial results and one counter a group, grown on demand. The counted
-/// form's partials: one a block (only a block's first run can be a part
-/// that another block sums). The last-sums form's (qmma_group.cu's
-/// `QMMG_LAST_SUMS`, the qmmx module under `QMMX_LAST_SUMS=1`): two a block
-/// (a part where it holds a group's first chunks, and one where it does
-/// not), a region of their own that is always the sentinel where no part
-/// waits — the counted form leaves its values behind.
+/// Partial results and one counter a group, grown on demand: one part a
+/// block (only a block's first run can be a part that another block sums).
 pub(crate) struct GroupScratch {
     partials: CudaSlice<f32>,
-    last_partials: Option<CudaSlice<f32>>,
     counters: CudaSlice<u32>,
     floats: usize,
     groups: usize,
@@ -287,8 +260,7 @@ pub(crate) struct GroupScratch {
 
 impl GroupScratch {
     pub(crate) fn bytes(&self) -> usize {
-        let last = self.last_partials.as_ref().map_or(0, |_| 2 * self.floats);
-        (self.floats + last) * 4 + self.groups * 4
+        self.floats * 4 + self.groups * 4
     }
 }
 
@@ -418,8 +390,7 @@ impl Gpu {
         let threads = shape.threads();
         let resident = self.blocks_per_sm(name, threads, smem) * self.info().multiprocessors;
         let blocks = grouped_blocks(chunks, groups, resident, group_split().for_tiles(nt8));
-        let (ws, counters) =
-            self.group_scratch(blocks * shape.ws_slot(), groups, name.starts_with("qmmx_") && last_sums())?;
+        let (ws, counters) = self.group_scratch(blocks * shape.ws_slot(), groups)?;
         let (wq, wsc, wm) = w.parts();
         let ints = [s.units, s.tiles, n, s.cols, s.rows, half];
         let ints: Vec<i32> = ints.iter().map(|&v| check_i32(name, "shape", v)).collect::<Result<_, _>>()?;
@@ -454,8 +425,8 @@ impl Gpu {
     /// The workspace of a grouped product of `floats` floats of partial
     /// results a slot of each block over `groups` groups: (partials,
     /// counters) device addresses, allocated (zeroed counters) the first
-    /// time a step needs more; `last`: the last-sums form's partials.
-    fn group_scratch(&self, floats: usize, groups: usize, last: bool) -> Result<(u64, u64), CudaError> {
+    /// time a step needs more.
+    fn group_scratch(&self, floats: usize, groups: usize) -> Result<(u64, u64), CudaError> {
         let mut held = self.group_scratch.lock().unwrap_or_else(|e| e.into_inner());
         if held.as_ref().is_none_or(|h| h.floats < floats || h.groups < groups) {
             // Room for a full wave of the device in either shape, so one
@@ -464,23 +435,14 @@ impl Gpu {
             let floats = floats.max(held.as_ref().map_or(0, |h| h.floats)).max(wave);
             let groups = groups.max(held.as_ref().map_or(0, |h| h.groups)).max(1024);
             // Every slot empty (what the summing blocks of QMMG_SENTINEL_PARTS
-            // and QMMG_LAST_SUMS leave behind).
-            let empty = |floats: usize| {
-                let mut partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
-                self.upload(&vec![f32::from_bits(PART_EMPTY); floats], &mut partials, "grouped-product partial sums")?;
-                Ok::<_, CudaError>(partials)
-            };
-            let partials = empty(floats)?;
-            let last_partials = if last_sums() { Some(empty(2 * floats)?) } else { None };
+            // leave behind).
+            let mut partials = self.alloc::<f32>(floats, "grouped-product partial sums")?;
+            self.upload(&vec![f32::from_bits(PART_EMPTY); floats], &mut partials, "grouped-product partial sums")?;
             let counters = self.alloc_zeros::<u32>(groups, "grouped-product counters")?;
-            *held = Some(GroupScratch { partials, last_partials, counters, floats, groups });
+            *held = Some(GroupScratch { partials, counters, floats, groups });
         }
         let h = held.as_ref().expect("allocated above");
-        let partials = match (&h.last_partials, last) {
-            (Some(p), true) => p,
-            _ => &h.partials,
-        };
-        Ok((device_ptr(partials), device_ptr(&h.counters)))
+        Ok((device_ptr(&h.partials), device_ptr(&h.counters)))
     }
 }
 
@@ -496,44 +458,6 @@ mod tests {
         assert_eq!(read("QMMG_CU=4,QMMG_KW=1", "QMMG_KW"), Some(1));
         assert_eq!(read("A=1 QMMG_CU=4", "QMMG_CU"), Some(4));
         assert_eq!(read("XQMMG_CU=4", "QMMG_CU"), None);
-    }
-
-    /// The stream-K deal of qmma_group.cu (`QMMG_SPLIT_CEIL` either way):
-    /// block b's chunks [start(b), start(b + 1)) of groups × chunks.
-    fn deal(groups: usize, chunks: usize, blocks: usize, ceil: bool) -> Vec<std::ops::Range<usize>> {
-        let w = groups * chunks;
-        let start = |b: usize| if ceil { (b * w).div_ceil(blocks) } else { b * w / blocks };
-        (0..blocks).map(|b| start(b)..start(b + 1)).collect()
-    }
-
-    #[test]
-    fn a_block_publishes_at_most_one_part_in_each_of_its_two_last_sums_slots() {
-        // The last-sums form's slots (QMMG_LAST_SUMS): a block stores a part
-        // in its second slot where it holds the group's first chunk, else in
-        // its first. That is one slot a kind for every deal the host makes
-        // (every block a chunk at least: blocks ≤ groups × chunks).
-        for groups in 1..12 {
-            for chunks in 1..9 {
-                for blocks in 1..=groups * chunks {
-                    for ceil in [false, true] {
-                        let ranges = deal(groups, chunks, blocks, ceil);
-                        let mut used = std::collections::HashSet::new();
-                        for (b, r) in ranges.iter().enumerate() {
-                            assert!(!r.is_empty(), "block {b} of {blocks} has no chunk");
-                            for g in r.start / chunks..=(r.end - 1) / chunks {
-                                let (g0, g1) = (g * chunks, (g + 1) * chunks);
-                                let split = r.start > g0 || r.end < g1;
-                                if !split {
-                                    continue;
-                                }
-                                let holds_first = r.start <= g0;
-                                assert!(used.insert((b, holds_first)), "block {b} publishes twice in one slot");
-                            }
-                        }
-                    }
-                }
-            }
-        }
     }
 
     #[test]

@@ -90,43 +90,6 @@ __device__ unsigned qmmg_seen[4 * 4 * 2][256];
 #ifndef QMMG_SENTINEL_PARTS
 #define QMMG_SENTINEL_PARTS 0
 #endif
-// 1: a split group is summed by whichever of its blocks counts itself
-// last, not by the block holding its first chunks. A block counts itself
-// as its chunks end (the count's round trip beside its sums' way to shared
-// memory); a part that is not last stores its sums in the sentinel-filled
-// workspace and goes on, with no fence; the last reads every part (several
-// at once) until no element is the sentinel and writes the sentinel back.
-// No block waits for another's chunks, and no part's stores wait for a
-// release before the sums can start (counted form: a part counted ~2.3 µs
-// after its chunks, QMMG_SENTINEL_PARTS above). The parts are added in
-// block order as before: the same sums, bit for bit. Its code is kept
-// compact and its registers the counted build's: unrolled over four parts
-// at once it lost 30%, compact but spilling 26% (runs 346–347: values
-// spilled in the prologue are read back from L2 before the first weight
-// copies, where ~200 KB of shared memory a block leaves L1 no room).
-#ifndef QMMG_LAST_SUMS
-#define QMMG_LAST_SUMS 0
-#endif
-#if QMMG_LAST_SUMS && QMMG_SENTINEL_PARTS
-#error "QMMG_LAST_SUMS and QMMG_SENTINEL_PARTS are two forms of the same sums"
-#endif
-#if QMMG_LAST_SUMS && !defined(QMMG_X_MODULE)
-// The host gives only the qmmx module's products the last-sums workspace.
-#error "QMMG_LAST_SUMS is the qmmx module's (QMMX_LAST_SUMS=1)"
-#endif
-#if QMMG_LAST_SUMS
-// A part's elements and the sentinel: single 4-byte accesses at GPU scope
-// (relaxed: the sentinel, not an ordering, tells a part's arrival; volatile,
-// so a slot's read stays before its sentinel's write-back).
-__device__ __forceinline__ void st_relaxed_gpu(float* p, float v) {
-    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;" ::"l"(p), "f"(v));
-}
-__device__ __forceinline__ float ld_relaxed_gpu(const float* p) {
-    float v;
-    asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-#endif
 #define QG_PART_EMPTY 0x7fbadbadu  // the host fills the workspace with it (quant_group::PART_EMPTY)
 
 // A whole chunk's weight copies unrolled at constant offsets (0: the
@@ -636,9 +599,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
     constexpr int EPT = NT8 * 8 * SH::TILES * 16 / SH::THREADS;  // a group's sums a thread holds
     extern __shared__ __align__(16) unsigned char qg_smem[];
     __shared__ TokenSlot slots[MODE == 3 ? NT8 * 8 : 1];
-#if QMMG_LAST_SUMS
-    __shared__ bool qg_last;  // this run's block counted its split group last
-#endif
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const QgWarpShare share = qg_warp_share<SH>(warp);
     // The warp's row tile, its half of a chunk.
@@ -913,23 +873,10 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
         }
         const bool split = c0 != 0 || c1 != C;
         const int blo = block_of((long)G * C), bhi = block_of((long)G * C + C - 1);
-#if QMMG_LAST_SUMS
-        // Whichever block of a split group counts itself last writes it, so
-        // every block of the group requests what the writer needs; its
-        // count is requested now, on its way while the sums go to red.
-        // SwiGLU groups (unsplit at 17–32 tokens: 123 groups on 132 SMs)
-        // keep the counted form — the last-sums code there cost the product
-        // registers it spilled.
-        constexpr bool LAST = MODE != 2;
-        const bool writes = LAST || !split || (int)blockIdx.x == blo;
-        u32 arrived = 0u;
-        if (LAST && split && threadIdx.x == 0) arrived = atomicAdd(&counters[G], 1u);
-#else
         // This block writes group G's outputs: the rows' current values
         // (accumulate) or biases are requested now, in flight during the
         // sums.
         const bool writes = !split || (int)blockIdx.x == blo;
-#endif
         float base[EPT], gk[EPT];
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
@@ -992,92 +939,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             }
             if (!split) __syncthreads();
         }
-#if QMMG_LAST_SUMS
-        if (LAST && split) {
-            if (threadIdx.x == 0) {
-                const bool last = arrived == (u32)(bhi - blo);
-                qg_last = last;
-                if (last) counters[G] = 0u;  // every part has counted
-            }
-            __syncthreads();  // also publishes the RoPE table
-        }
-        if (LAST && split && !qg_last) {
-            // A part, stored for the last block with no fence or count after
-            // it (the last block reads each element until it is not the
-            // sentinel): in the block's second slot where it holds the
-            // group's first chunks (a later run's group), else in its first
-            // (its first run's).
-            float* mine = ws + (long)((int)blockIdx.x == blo ? gridDim.x + blockIdx.x : blockIdx.x) * SH::WS_SLOT;
-            for (int e = threadIdx.x; e < n * SH::TILES * 16; e += SH::THREADS)
-                st_relaxed_gpu(mine + e, red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)]);
-            __syncthreads();  // red is the next run's stages
-            QG_STAMP();
-            x = xn;
-            continue;
-        }
-        if (LAST && split) {
-#if QMMG_STAMPS
-            if (st_on && st_nr > 0) st_last[st_nr - 1] = 1;
-#endif
-            // The parts in block order (this block's own from red), as the
-            // summing block of the counted form adds them, so the sums are
-            // the same bit for bit. Compact code: it runs once a launch and
-            // is fetched cold (unrolled over 4 parts at once, with the
-            // sentinel checks, it took ~10 µs a product: run 346).
-            const int me = (int)blockIdx.x, total = n * SH::TILES * 16;
-            float sum[EPT];
-#pragma unroll 1
-            for (int bb = blo; bb <= bhi; bb++) {
-                float v[EPT];
-                float* part = ws + (long)(bb == blo ? (int)gridDim.x + bb : bb) * SH::WS_SLOT;
-                bool late = false;
-#pragma unroll
-                for (int k = 0; k < EPT; k++) {
-                    const int e = threadIdx.x + k * SH::THREADS;
-                    v[k] = 0.f;
-                    if (e >= total) continue;
-                    if (bb == me) {
-                        v[k] = red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)];
-                    } else {
-                        v[k] = ld_relaxed_gpu(part + e);
-                        late |= __float_as_uint(v[k]) == QG_PART_EMPTY;
-                    }
-                }
-                // A part counted just before this block: its stores on their
-                // way, read again (rolled: rare, and code here is fetched cold).
-#pragma unroll 1
-                for (int spins = 0; late; spins++) {
-                    if (spins > (1 << 24)) __trap();
-                    late = false;
-#pragma unroll
-                    for (int k = 0; k < EPT; k++) {
-                        const int e = threadIdx.x + k * SH::THREADS;
-                        if (e < total && __float_as_uint(v[k]) == QG_PART_EMPTY) {
-                            v[k] = ld_relaxed_gpu(part + e);
-                            late |= __float_as_uint(v[k]) == QG_PART_EMPTY;
-                        }
-                    }
-                }
-                if (bb != me) {
-#pragma unroll
-                    for (int k = 0; k < EPT; k++) {
-                        const int e = threadIdx.x + k * SH::THREADS;
-                        if (e < total) st_relaxed_gpu(part + e, __uint_as_float(QG_PART_EMPTY));
-                    }
-                }
-#pragma unroll
-                for (int k = 0; k < EPT; k++) sum[k] = bb == blo ? v[k] : sum[k] + v[k];
-            }
-#pragma unroll
-            for (int k = 0; k < EPT; k++) {
-                const int e = threadIdx.x + k * SH::THREADS;
-                if (e < total) red[(e % (SH::TILES * 16)) * RS + e / (SH::TILES * 16)] = sum[k];
-            }
-            __syncthreads();
-            QG_STAMP();
-        }
-        if (!LAST) {
-#endif
         if (split && (int)blockIdx.x != blo) {
             // A part of group G for block blo (this block's first run: a later
             // run starts at its group's first chunk): into this block's slot, then
@@ -1145,14 +1006,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
                         if (e < n * SH::TILES * 16) __stcg(part + e, __uint_as_float(QG_PART_EMPTY));
                     }
                 }
-#if QMMG_LAST_SUMS
-                // The module's last-sums products find every slot empty.
-#pragma unroll
-                for (int k = 0; k < EPT; k++) {
-                    const int e = threadIdx.x + k * SH::THREADS;
-                    if (e < n * SH::TILES * 16) st_relaxed_gpu(part + e, __uint_as_float(QG_PART_EMPTY));
-                }
-#endif
 #pragma unroll
                 for (int k = 0; k < EPT; k++) sum[k] += v[k];
             }
@@ -1164,9 +1017,6 @@ __device__ __forceinline__ void qmmg_body(const uint4* __restrict__ w, const u16
             __syncthreads();
             QG_STAMP();
         }
-#if QMMG_LAST_SUMS
-        }
-#endif
 #if QMMG_X_EPI & 1
         // The SwiGLU loops below apply it themselves.
         if (normed && MODE != 2) {

@@ -45,19 +45,8 @@
 #ifdef QMMX_SWIGLU_OUT
 #define QMMG_X_SWIGLU_OUT QMMX_SWIGLU_OUT
 #endif
-// QMMX_LAST_SUMS=1 (measurements; the host's quant_group::last_sums reads
-// it): qmma_group.cu's QMMG_LAST_SUMS in this module; 0, the default: the
-// counted form, where the block holding a split group's first chunks waits
-// for its parts. Its first forms lost 26–30% (runs 346–347: spilled
-// registers); the form here, with the counted build's register use, is not
-// measured yet (tests/gpu/session49c.sh).
-#ifndef QMMX_LAST_SUMS
-#define QMMX_LAST_SUMS 0
-#endif
-#define QMMG_LAST_SUMS QMMX_LAST_SUMS
 // QMMX_SPLIT_CEIL (measurements): qmma_group.cu's QMMG_SPLIT_CEIL in this
-// module alone — under the last-sums form no block is the one that waits,
-// so the rounding that gives the summing block the larger share may not pay.
+// module alone.
 #ifdef QMMX_SPLIT_CEIL
 #define QMMG_SPLIT_CEIL QMMX_SPLIT_CEIL
 #endif
