@@ -268,9 +268,11 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
     // `CHATGLM_CUDA_QMMX_ORDER` (placement experiments for batched decode;
     // the qmmx module is behind every kernel a one-token step runs, so its
     // order moves none of them): `swiglu-first` (each format's SwiGLU product,
-    // `…_2`, ahead of the others: the qmmx order `global-2` gives), `step` (a
-    // format's products in the order a layer runs them: QKV, dense and 4h→h,
-    // SwiGLU; the default since run 350: +0.45% at 32 sequences); `list`, as listed.
+    // `…_2`, ahead of the others: the qmmx order `global-2` gives), `step`
+    // (the products in the order a layer runs them, mode by mode over the
+    // formats: QKV, dense and 4h→h, SwiGLU; the default since run 350: +0.45%
+    // at 32 sequences), `list` (as listed), or the modes named in an order of
+    // one's own (`3,2,1`), optionally format by format (`format:3,1,2`).
     let qmmx_order = std::env::var("CHATGLM_CUDA_QMMX_ORDER").ok();
     let qmmx_at = named.iter().position(|(n, _)| n.starts_with("qmmx_"));
     if let Some(at) = qmmx_at {
@@ -294,17 +296,19 @@ pub(crate) fn load_order(mut named: Vec<(String, usize)>) -> Vec<(String, usize)
 }
 
 /// A qmmx kernel's place under `CHATGLM_CUDA_QMMX_ORDER` (lower first).
-fn qmmx_rank(order: Option<&str>, name: &str) -> u8 {
+fn qmmx_rank(order: Option<&str>, name: &str) -> (usize, usize) {
+    let mut parts = name.strip_prefix("qmmx_").unwrap_or(name).split('_');
+    let format: usize = parts.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    let mode = parts.nth(1).unwrap_or("");
+    let by_modes = |modes: &str| modes.split(',').position(|m| m.trim() == mode).unwrap_or(usize::MAX);
     match order {
-        Some("swiglu-first") => u8::from(!name.ends_with("_2")),
-        Some("list") => 0,
+        Some("swiglu-first") => (0, usize::from(mode != "2")),
+        Some("list") => (0, 0),
+        Some(o) if o.starts_with("format:") => (format, by_modes(&o["format:".len()..])),
+        Some(o) if o.contains(',') => (0, by_modes(o)),
         // The default, `step`: run 350, 32 int4 sequences 12,056–12,058 tok/s
         // against 11,987–12,005 as listed, batch 1 unchanged.
-        _ => match name.rsplit('_').next() {
-            Some("3") => 0,
-            Some("1") => 1,
-            _ => 2,
-        },
+        _ => (0, by_modes("3,1,2")),
     }
 }
 
@@ -541,6 +545,14 @@ mod tests {
         assert_eq!(sorted(Some("swiglu-first")), ["qmmx_0_4_2", "qmmx_0_4_1", "qmmx_0_4_3"]);
         assert_eq!(sorted(Some("step")), ["qmmx_0_4_3", "qmmx_0_4_1", "qmmx_0_4_2"]);
         assert_eq!(sorted(None), sorted(Some("step")), "step is the default");
+        assert_eq!(sorted(Some("2,3,1")), ["qmmx_0_4_2", "qmmx_0_4_3", "qmmx_0_4_1"]);
+        let all = qmmx_kernels();
+        let mut by_format = all.clone();
+        by_format.sort_by_key(|n| qmmx_rank(Some("format:3,1,2"), n));
+        assert_eq!(by_format[..4], ["qmmx_0_4_3", "qmmx_0_4_1", "qmmx_0_4_2", "qmmx_1_4_3"]);
+        let mut step = all;
+        step.sort_by_key(|n| qmmx_rank(None, n));
+        assert_eq!(step[..5], ["qmmx_0_4_3", "qmmx_1_4_3", "qmmx_2_4_3", "qmmx_3_4_3", "qmmx_0_4_1"]);
     }
 
     #[test]
